@@ -1,0 +1,3 @@
+from spamtune.cli import main
+
+main()

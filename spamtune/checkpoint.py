@@ -1,0 +1,132 @@
+"""A fine-tuned classifier on disk: ``model.safetensors`` + ``config.json`` in a run folder.
+
+The pair is everything ``predict`` needs, readable by any safetensors loader and never
+unpickled. Both files are written atomically, the weights first, so a reader either sees
+the previous complete checkpoint or the new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from spamtune.errors import SpamtuneError
+from spamtune.fsutil import atomic_path, atomic_write_json, read_json
+from spamtune.model import GPTConfig, GPTModel
+from spamtune.tokenizer import EOT_ID, TOKENIZER_ID
+
+FORMAT = "spamtune-classifier/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class ClassifierConfig:
+    """What, besides the weights, it takes to classify a text the way training did."""
+
+    model: GPTConfig
+    labels: dict[str, int] = field(default_factory=lambda: {"ham": 0, "spam": 1})
+    pooling: str = "last-real"
+    max_length: int = 1024
+    trainable: str = "last-block"
+    base_model: str | None = None  # "gpt2-small", "tiny", ... or None for a custom shape
+    weights: str = "pretrained"  # what training started from: "pretrained" or "random"
+    tokenizer: str = TOKENIZER_ID
+    pad_token_id: int = EOT_ID
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Label names ordered by class index."""
+        return [name for name, _ in sorted(self.labels.items(), key=lambda kv: kv[1])]
+
+    @property
+    def positive_label(self) -> str:
+        """The class whose probability ``predict`` reports: ``spam`` if present, else index 1."""
+        return "spam" if "spam" in self.labels else self.label_names[min(1, self.num_classes - 1)]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        return {"format": FORMAT, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClassifierConfig:
+        data = dict(data)
+        fmt = data.pop("format", None)
+        if fmt != FORMAT:
+            raise SpamtuneError(f"not a spamtune classifier config (format {fmt!r}, expected {FORMAT!r})")
+        try:
+            data["model"] = GPTConfig.from_dict(data["model"])
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise SpamtuneError(f"classifier config is incomplete or has unknown fields: {exc}") from None
+
+
+def build_classifier(cfg: ClassifierConfig) -> GPTModel:
+    """An untrained model of the classifier's shape (2-class head, nothing frozen)."""
+    model = GPTModel(cfg.model)
+    model.out_head = nn.Linear(cfg.model.emb_dim, cfg.num_classes)
+    return model
+
+
+def save_classifier(run_dir: str | Path, model: GPTModel, cfg: ClassifierConfig, weights_name: str = WEIGHTS_FILE):
+    """Write the weights and the config, each atomically."""
+    run_dir = Path(run_dir)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / weights_name) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "spamtune": FORMAT})
+    atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+
+
+def load_classifier_config(run_dir: str | Path) -> ClassifierConfig:
+    return ClassifierConfig.from_dict(read_json(Path(run_dir) / CONFIG_FILE, "run config"))
+
+
+def load_classifier(
+    run_dir: str | Path, device: str | torch.device = "cpu", weights_name: str = WEIGHTS_FILE
+) -> tuple[GPTModel, ClassifierConfig]:
+    """The fine-tuned model of a run folder, in eval mode.
+
+    The module is built on the meta device (no memory, no random init) and then takes the
+    file's tensors as its parameters, so loading costs one read of the weights.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_classifier_config(run_dir)
+    path = run_dir / weights_name
+    if not path.is_file():
+        raise SpamtuneError(f"no {weights_name} in {run_dir}")
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise SpamtuneError(f"cannot read {path}: {exc}") from None
+    with torch.device("meta"):
+        model = build_classifier(cfg)
+    check_state_shapes(model, tensors, str(path))
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.eval(), cfg
+
+
+def check_state_shapes(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """One clear line when a checkpoint does not fit the model it is loaded into."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        key = (missing or extra)[0]
+        kind = "lacks" if missing else "has an unexpected"
+        raise SpamtuneError(f"{source} does not match the model: it {kind} weight '{key}'")
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise SpamtuneError(
+                f"{source} is a checkpoint of another shape: '{key}' is {list(tensors[key].shape)}, "
+                f"the model needs {list(shape)}"
+            )

@@ -1,0 +1,100 @@
+"""Prepared splits on disk, and turning token lists into padded batches.
+
+A split file is a UTF-8 CSV with the columns ``label`` (class index) and ``text``;
+``labels.json`` maps label names to those indices. The csv module reads them (not pandas),
+so training and prediction start without importing pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from spamtune import paths
+from spamtune.errors import SpamtuneError
+from spamtune.fsutil import atomic_path, read_json
+
+SPLIT_COLUMNS = ("label", "text")
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def read_split(path: str | Path) -> Split:
+    path = Path(path)
+    if not path.is_file():
+        raise SpamtuneError(f"split file not found: {path}; run `spamtune prepare` first")
+    texts, labels = [], []
+    csv.field_size_limit(1 << 24)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not set(SPLIT_COLUMNS) <= set(reader.fieldnames):
+                raise SpamtuneError(f"{path} is not a spamtune split (needs columns {', '.join(SPLIT_COLUMNS)})")
+            for row in reader:
+                texts.append(row["text"])
+                labels.append(int(row["label"]))
+    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+        raise SpamtuneError(f"{path} is not a valid split file: {exc}") from None
+    return Split(texts, labels)
+
+
+def write_split(path: str | Path, split: Split) -> Path:
+    """Atomically write a split CSV (RFC 4180 quoting keeps commas, quotes and newlines intact)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(SPLIT_COLUMNS)
+        writer.writerows(zip(split.labels, split.texts))
+    return Path(path)
+
+
+def read_label_map(root: str | Path) -> dict[str, int]:
+    """``labels.json`` of a data root: label name -> class index."""
+    data = read_json(paths.labels_file(Path(root)), "label map (run `spamtune prepare` first)")
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or len(labels) < 2:
+        raise SpamtuneError(f"{paths.labels_file(Path(root))} holds no label mapping")
+    return {str(k): int(v) for k, v in labels.items()}
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, device: str | torch.device = "cpu"):
+    """Right-pad token lists to the longest one: ``(input_ids [b, t], lengths [b])``."""
+    lengths = [len(s) for s in seqs]
+    width = max(lengths)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return ids.to(device), torch.as_tensor(lengths, dtype=torch.long).to(device)
+
+
+def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Index batches of similar length (longest first), so each pads only to its own longest."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random, bucket_batches: int = 20):
+    """Shuffled training batches of similar length.
+
+    Shuffle all examples, sort each window of ``bucket_batches`` batches by length and cut it
+    into batches, then shuffle the batch order: little padding, yet a different mix each epoch.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,354 @@
+"""GPT-2 from scratch, and the chapter-6 surgery that turns it into a classifier.
+
+The architecture is the one OpenAI released (and Hugging Face's ``GPT2LMHeadModel``
+reproduces): learned token and position embeddings, pre-LayerNorm transformer blocks
+with causal multi-head attention and a tanh-GELU MLP, a final LayerNorm, and an output
+head tied to the token embedding. Attention goes through
+``torch.nn.functional.scaled_dot_product_attention`` so PyTorch picks the fastest
+kernel for the device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spamtune.errors import SpamtuneError
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape of a GPT-2 model. Field names follow the book (``emb_dim``, ``n_layers``...)."""
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    drop_rate: float = 0.0
+    qkv_bias: bool = True
+    ln_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SpamtuneError(f"model config: {name} must be a positive integer")
+        if self.emb_dim % self.n_heads:
+            raise SpamtuneError(
+                f"model config: emb_dim {self.emb_dim} is not divisible by n_heads {self.n_heads}"
+            )
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise SpamtuneError("model config: drop_rate must be in [0, 1)")
+
+    @property
+    def name(self) -> str | None:
+        """The named size this shape matches, if any (``gpt2-small`` ...)."""
+        for size, cfg in MODEL_SIZES.items():
+            if replace(cfg, drop_rate=self.drop_rate) == self:
+                return size
+        return None
+
+    def describe(self) -> str:
+        return f"{self.emb_dim}-dim, {self.n_layers}-layer, {self.n_heads}-head"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpamtuneError(f"model config: unknown field(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_name(cls, name: str) -> GPTConfig:
+        """A named size (``gpt2-small``, ``124M``, ``tiny`` ...)."""
+        return MODEL_SIZES[canonical_model_name(name)]
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> GPTConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SpamtuneError(f"model config file not found: {path}") from None
+        except (OSError, ValueError) as exc:
+            raise SpamtuneError(f"cannot read model config {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise SpamtuneError(f"model config {path} must hold a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def resolve(cls, spec: str | Path | GPTConfig) -> GPTConfig:
+        """A named size or the path of a JSON config file."""
+        if isinstance(spec, GPTConfig):
+            return spec
+        text = str(spec)
+        if text.endswith(".json") or Path(text).is_file():
+            return cls.from_json(text)
+        return cls.from_name(text)
+
+
+_GPT2 = GPTConfig()
+MODEL_SIZES: dict[str, GPTConfig] = {
+    "gpt2-small": _GPT2,
+    "gpt2-medium": replace(_GPT2, emb_dim=1024, n_layers=24, n_heads=16),
+    "gpt2-large": replace(_GPT2, emb_dim=1280, n_layers=36, n_heads=20),
+    "gpt2-xl": replace(_GPT2, emb_dim=1600, n_layers=48, n_heads=25),
+    # Not a released checkpoint: a shape small enough to train from scratch on a CPU
+    # in minutes, for demos and tests.
+    "tiny": replace(_GPT2, context_length=256, emb_dim=256, n_layers=4, n_heads=4),
+}
+PRETRAINED_SIZES = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl")
+MODEL_ALIASES = {
+    "gpt2": "gpt2-small",
+    "small": "gpt2-small",
+    "124m": "gpt2-small",
+    "medium": "gpt2-medium",
+    "355m": "gpt2-medium",
+    "large": "gpt2-large",
+    "774m": "gpt2-large",
+    "xl": "gpt2-xl",
+    "1558m": "gpt2-xl",
+    "1.5b": "gpt2-xl",
+}
+
+
+def canonical_model_name(name: str) -> str:
+    """``gpt2``/``124M``/``GPT2-Small`` -> ``gpt2-small``; unknown names list the valid ones."""
+    key = name.strip().lower()
+    key = re.sub(r"\s*\((\d+m)\)$", "", key)  # "gpt2-small (124M)", the book's spelling
+    key = MODEL_ALIASES.get(key, key)
+    if key not in MODEL_SIZES:
+        valid = ", ".join(list(MODEL_SIZES) + ["gpt2", "124M", "355M", "774M", "1558M"])
+        raise SpamtuneError(f"unknown model '{name}'; choose one of: {valid}, or a JSON config file")
+    return key
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.emb_dim // cfg.n_heads
+        self.drop_rate = cfg.drop_rate
+        # One fused projection for queries, keys and values, laid out as GPT-2's c_attn.
+        self.qkv = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        self.resid_dropout = nn.Dropout(cfg.drop_rate)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        y = F.scaled_dot_product_attention(
+            self._heads(q),
+            self._heads(k),
+            self._heads(v),
+            dropout_p=self.drop_rate if self.training else 0.0,
+            is_causal=True,
+        )
+        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim)
+        self.proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
+        self.dropout = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers).
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=cfg.ln_eps)
+        self.att = CausalSelfAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=cfg.ln_eps)
+        self.ff = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.att(self.norm1(x))
+        return x + self.ff(self.norm2(x))
+
+
+# --------------------------------------------------------------------------- model
+
+POOLINGS = ("last-real", "last", "mean")
+
+
+class GPTModel(nn.Module):
+    """GPT-2. ``model(input_ids)`` returns logits ``[batch, tokens, out_dim]``."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.ln_eps)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head.weight = self.tok_emb.weight  # weight tying, as GPT-2 was trained
+        self.apply(_init_weights)
+        # GPT-2's scaled init for the projections that write into the residual stream.
+        for name, p in self.named_parameters():
+            if name.endswith(("att.out_proj.weight", "ff.proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @property
+    def num_classes(self) -> int:
+        return self.out_head.out_features
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1]
+        if t > self.cfg.context_length:
+            raise SpamtuneError(
+                f"input of {t} tokens exceeds the model's context length {self.cfg.context_length}"
+            )
+        pos = torch.arange(t, device=input_ids.device)
+        return self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(pos))
+
+    def hidden_states(self, input_ids: torch.Tensor, start_block: int = 0, x: torch.Tensor | None = None):
+        """Residual stream after the last block (before the final LayerNorm).
+
+        ``start_block``/``x`` resume from the output of block ``start_block - 1``, which lets a
+        caller reuse cached outputs of frozen blocks.
+        """
+        if x is None:
+            x = self.embed(input_ids)
+        for block in self.trf_blocks[start_block:]:
+            x = block(x)
+        return x
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.out_head(self.final_norm(self.hidden_states(input_ids)))
+
+    def classify(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        pooling: str = "last-real",
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Class logits ``[batch, num_classes]`` from one pooled position per sequence.
+
+        Sequences are right-padded; ``lengths`` holds each one's real token count. With causal
+        attention, real tokens never see the padding after them, so ``last-real`` and ``mean``
+        give the same logits whatever a message is batched with. ``last`` reads the padded final
+        position, as the book's chapter 6 does.
+        """
+        h = self.hidden_states(input_ids) if hidden is None else hidden
+        return self.out_head(pool_hidden(self.final_norm, h, lengths, pooling))
+
+
+def pool_hidden(final_norm: nn.Module, h: torch.Tensor, lengths: torch.Tensor | None, pooling: str):
+    """Normalised pooled representation ``[batch, emb_dim]`` (the head is applied after)."""
+    b, t, _ = h.shape
+    if lengths is None:
+        lengths = torch.full((b,), t, device=h.device, dtype=torch.long)
+    if pooling == "last":
+        return final_norm(h[:, -1, :])
+    if pooling == "last-real":
+        return final_norm(h[torch.arange(b, device=h.device), lengths.to(h.device) - 1])
+    if pooling == "mean":
+        mask = (torch.arange(t, device=h.device)[None, :] < lengths.to(h.device)[:, None]).to(h.dtype)
+        return (final_norm(h) * mask[..., None]).sum(1) / lengths.to(h.device, h.dtype)[:, None]
+    raise SpamtuneError(f"unknown pooling '{pooling}'; choose one of: {', '.join(POOLINGS)}")
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+# --------------------------------------------------------------------------- classifier surgery
+
+_LAST_N = re.compile(r"^last-(\d+)-blocks?$")
+
+
+def trainable_blocks(preset: str, n_layers: int) -> int:
+    """How many of the final transformer blocks a preset trains (``head`` -> 0, ``all`` -> all)."""
+    if preset == "head":
+        return 0
+    if preset == "last-block":
+        return 1
+    if preset == "all":
+        return n_layers
+    match = _LAST_N.match(preset)
+    if match and 1 <= int(match.group(1)) <= n_layers:
+        return int(match.group(1))
+    if match:
+        raise SpamtuneError(f"--trainable {preset}: the model has only {n_layers} blocks")
+    raise SpamtuneError(
+        f"unknown trainable preset '{preset}'; choose head, last-block, last-N-blocks (e.g. last-2-blocks) or all"
+    )
+
+
+def convert_to_classifier(model: GPTModel, num_classes: int = 2, trainable: str = "last-block", seed: int = 123):
+    """Listing 6.7 of the book, as one function.
+
+    Freeze the pretrained model, swap the vocabulary head for ``Linear(emb_dim, num_classes)``
+    (seeded, so the new head starts the same every run), and unfreeze what ``trainable`` names:
+    ``head``; ``last-block`` = head + last block + final LayerNorm (the book's choice);
+    ``last-N-blocks``; or ``all``.
+    """
+    n_train = trainable_blocks(trainable, model.cfg.n_layers)
+    for p in model.parameters():
+        p.requires_grad = False
+    torch.manual_seed(seed)
+    model.out_head = nn.Linear(model.cfg.emb_dim, num_classes)
+    if trainable == "all":
+        for p in model.parameters():
+            p.requires_grad = True
+    elif n_train:
+        for block in model.trf_blocks[model.cfg.n_layers - n_train :]:
+            block.requires_grad_(True)
+        model.final_norm.requires_grad_(True)
+    return model
+
+
+def first_trainable_block(model: GPTModel) -> int:
+    """Index of the first block with a trainable parameter (``n_layers`` if none is)."""
+    for i, block in enumerate(model.trf_blocks):
+        if any(p.requires_grad for p in block.parameters()):
+            return i
+    return model.cfg.n_layers
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a tied weight counts once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny GPT-2-shaped models written in the Hugging Face layout, and paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+REPO = Path(__file__).resolve().parents[1]
+SMS_FILE = REPO.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+
+
+@pytest.fixture
+def sms_file() -> Path:
+    """The real SMS Spam Collection from ../shared; tests that need it skip where it is absent."""
+    if not SMS_FILE.is_file():
+        pytest.skip(f"real SMS Spam Collection not found at {SMS_FILE}")
+    return SMS_FILE
+
+
+def hf_gpt2_state_dict(emb_dim=64, n_layers=2, vocab=50257, context=128, seed=0, prefix="", buffers=False):
+    """Random weights under Hugging Face GPT-2 key names and Conv1D ([in, out]) shapes."""
+    g = torch.Generator().manual_seed(seed)
+    d = emb_dim
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g) * 0.02
+
+    sd = {"wte.weight": rnd(vocab, d), "wpe.weight": rnd(context, d), "ln_f.weight": 1 + rnd(d), "ln_f.bias": rnd(d)}
+    for i in range(n_layers):
+        sd.update({
+            f"h.{i}.ln_1.weight": 1 + rnd(d), f"h.{i}.ln_1.bias": rnd(d),
+            f"h.{i}.attn.c_attn.weight": rnd(d, 3 * d), f"h.{i}.attn.c_attn.bias": rnd(3 * d),
+            f"h.{i}.attn.c_proj.weight": rnd(d, d), f"h.{i}.attn.c_proj.bias": rnd(d),
+            f"h.{i}.ln_2.weight": 1 + rnd(d), f"h.{i}.ln_2.bias": rnd(d),
+            f"h.{i}.mlp.c_fc.weight": rnd(d, 4 * d), f"h.{i}.mlp.c_fc.bias": rnd(4 * d),
+            f"h.{i}.mlp.c_proj.weight": rnd(4 * d, d), f"h.{i}.mlp.c_proj.bias": rnd(d),
+        })  # fmt: skip
+        if buffers:  # what older exports (and openai-community/gpt2) also hold
+            sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, context, context))
+            sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def write_hf_gpt2(path: Path, **kwargs) -> Path:
+    """A GPT-2-shaped ``model.safetensors`` as the Hugging Face hub serves it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(hf_gpt2_state_dict(**kwargs), str(path), metadata={"format": "pt"})
+    return path
+
+
+@pytest.fixture
+def tiny_hf_file(tmp_path) -> Path:
+    return write_hf_gpt2(tmp_path / "hf" / "model.safetensors", buffers=True)
