@@ -54,3 +54,31 @@ def latest_run(root: Path) -> Path:
     if not runs:
         raise SpamtuneError(f"no fine-tuned model found in {base}; run `spamtune finetune` first")
     return max(runs, key=lambda p: (p / "model.safetensors").stat().st_mtime)
+
+
+# Hugging Face repositories of OpenAI's released GPT-2 checkpoints.
+HF_REPOS = {
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+HF_WEIGHTS_FILE = "model.safetensors"
+
+
+def imported_weights_file(root: Path, name: str) -> Path:
+    """Where ``spamtune download model NAME --from FILE`` puts a carried-over weights file."""
+    return models_dir(root) / name / HF_WEIGHTS_FILE
+
+
+def find_pretrained_weights(root: Path, name: str) -> Path | None:
+    """The GPT-2 weights for a named size: imported into the data root, else in the HF cache."""
+    local = imported_weights_file(root, name)
+    if local.is_file():
+        return local
+    if name not in HF_REPOS:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(HF_REPOS[name], HF_WEIGHTS_FILE)
+    return Path(hit) if isinstance(hit, str) else None

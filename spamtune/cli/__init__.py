@@ -97,5 +97,22 @@ def root(
     """Fine-tune GPT-2 into a spam classifier and classify text in shell pipelines."""
 
 
+# Subcommands, in the order a user runs them. Each module defines ``register(app)`` and keeps
+# heavy imports (torch, pandas) inside its command function so `--help` stays instant.
+COMMANDS = ("download", "prepare", "finetune", "evaluate", "predict")
+
+
+def _register_commands() -> None:
+    import importlib
+    import importlib.util
+
+    for name in COMMANDS:
+        if importlib.util.find_spec(f"spamtune.cli.{name}") is not None:
+            importlib.import_module(f"spamtune.cli.{name}").register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     app(prog_name="spamtune")
