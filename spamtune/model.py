@@ -166,6 +166,27 @@ class CausalSelfAttention(nn.Module):
         )
         return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, d)))
 
+    def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Attention output ``[batch, emb_dim]`` at one position per sequence (``index``).
+
+        Keys and values are needed for every position, the query only for the one read out;
+        masking keys after ``index`` gives exactly what the causal forward gives there.
+        """
+        b, t, d = x.shape
+        w_q, w_kv = self.qkv.weight.split([d, 2 * d])
+        b_q, b_kv = self.qkv.bias.split([d, 2 * d]) if self.qkv.bias is not None else (None, None)
+        k, v = F.linear(x, w_kv, b_kv).split(d, dim=2)
+        q = F.linear(x[torch.arange(b, device=x.device), index], w_q, b_q)
+        visible = torch.arange(t, device=x.device)[None, :] <= index[:, None]
+        y = F.scaled_dot_product_attention(
+            q.view(b, 1, self.n_heads, self.head_dim).transpose(1, 2),
+            self._heads(k),
+            self._heads(v),
+            attn_mask=visible[:, None, None, :],
+            dropout_p=self.drop_rate if self.training else 0.0,
+        )
+        return self.resid_dropout(self.out_proj(y.reshape(b, d)))
+
 
 class FeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig):
@@ -190,6 +211,16 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.att(self.norm1(x))
         return x + self.ff(self.norm2(x))
+
+    def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The block's output ``[batch, emb_dim]`` at position ``index`` of each sequence only.
+
+        A classifier reads one position of the last block, so its query, attention output and
+        MLP are needed there alone: about a sequence length's worth less work, same numbers.
+        """
+        rows = torch.arange(x.shape[0], device=x.device)
+        h = x[rows, index] + self.att.forward_at(self.norm1(x), index)
+        return h + self.ff(self.norm2(h))
 
 
 # --------------------------------------------------------------------------- model
@@ -246,10 +277,12 @@ class GPTModel(nn.Module):
 
     def classify(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         lengths: torch.Tensor | None = None,
         pooling: str = "last-real",
-        hidden: torch.Tensor | None = None,
+        *,
+        prefix: torch.Tensor | None = None,
+        start_block: int = 0,
     ) -> torch.Tensor:
         """Class logits ``[batch, num_classes]`` from one pooled position per sequence.
 
@@ -257,9 +290,25 @@ class GPTModel(nn.Module):
         attention, real tokens never see the padding after them, so ``last-real`` and ``mean``
         give the same logits whatever a message is batched with. ``last`` reads the padded final
         position, as the book's chapter 6 does.
+
+        ``prefix``/``start_block`` resume from cached outputs of blocks ``< start_block``
+        (``prefix`` replaces ``input_ids``). For ``last``/``last-real`` the final block is run at
+        the pooled position only (``TransformerBlock.forward_at``).
         """
-        h = self.hidden_states(input_ids) if hidden is None else hidden
-        return self.out_head(pool_hidden(self.final_norm, h, lengths, pooling))
+        x = self.embed(input_ids) if prefix is None else prefix
+        b, t = x.shape[:2]
+        if lengths is None:
+            lengths = torch.full((b,), t, dtype=torch.long, device=x.device)
+        lengths = lengths.to(x.device)
+        if pooling == "mean" or start_block >= self.cfg.n_layers:
+            h = self.hidden_states(None, start_block=start_block, x=x)
+            return self.out_head(pool_hidden(self.final_norm, h, lengths, pooling))
+        if pooling not in POOLINGS:
+            raise SpamtuneError(f"unknown pooling '{pooling}'; choose one of: {', '.join(POOLINGS)}")
+        for block in self.trf_blocks[start_block:-1]:
+            x = block(x)
+        index = lengths - 1 if pooling == "last-real" else torch.full_like(lengths, t - 1)
+        return self.out_head(self.final_norm(self.trf_blocks[-1].forward_at(x, index)))
 
 
 def pool_hidden(final_norm: nn.Module, h: torch.Tensor, lengths: torch.Tensor | None, pooling: str):

@@ -1,0 +1,105 @@
+"""Frozen-prefix cache: run the frozen blocks once per example, not once per epoch.
+
+With the first K transformer blocks frozen and dropout off, their output for a given message
+never changes during training. The book recomputes it for every batch of every epoch and for
+every evaluation; here it is computed once, without autograd, and the trainable blocks start
+from it. Because attention is causal and messages are right-padded, a message's cached
+states do not depend on what it was batched with, so the result is the same as the plain
+forward pass (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from spamtune.data import pad_batch, sorted_batches
+from spamtune.model import GPTModel, first_trainable_block
+
+DEFAULT_BUDGET_BYTES = 4 << 30
+
+
+@dataclass
+class FrozenPrefixCache:
+    """Residual-stream states after block ``start_block - 1`` for a list of examples.
+
+    All examples' states are kept on the compute device in one flat ``[total_tokens, emb_dim]`` tensor; ``offsets``
+    and ``lengths`` locate each example in it.
+    """
+
+    start_block: int
+    states: torch.Tensor
+    offsets: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.states.numel() * self.states.element_size()
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, indices: list[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``(prefix [b, t, d], lengths [b])`` for the given examples."""
+        seqs = [self.states[self.offsets[i] : self.offsets[i] + self.lengths[i]] for i in indices]
+        prefix = pad_sequence(seqs, batch_first=True).to(device, non_blocking=True)
+        return prefix, self.lengths[indices].to(device)
+
+
+def cacheable_blocks(model: GPTModel) -> int:
+    """How many leading blocks can be cached: the frozen ones, if dropout cannot alter them."""
+    if model.cfg.drop_rate > 0 or any(p.requires_grad for p in (model.tok_emb.weight, model.pos_emb.weight)):
+        return 0
+    return first_trainable_block(model)
+
+
+def estimate_cache_bytes(token_lists: list[list[int]], emb_dim: int, dtype: torch.dtype = torch.float32) -> int:
+    return sum(len(t) for t in token_lists) * emb_dim * torch.empty((), dtype=dtype).element_size()
+
+
+@torch.no_grad()
+def build_prefix_cache(
+    model: GPTModel,
+    token_lists: list[list[int]],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    pad_id: int = 50256,
+    dtype: torch.dtype = torch.float32,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    autocast: torch.autocast | None = None,
+) -> FrozenPrefixCache | None:
+    """Cache the frozen blocks' outputs, or return None when nothing is frozen or it would not fit.
+
+    States are stored in fp32 by default even under bf16 autocast, because the plain forward
+    keeps its residual stream in fp32 too (embeddings are fp32 and additions promote); a
+    smaller ``dtype`` halves memory at the cost of that exactness.
+    """
+    start = cacheable_blocks(model)
+    device = torch.device(device)
+    if device.type == "cuda":  # the cache lives beside the model; leave room for training
+        budget_bytes = min(budget_bytes, int(0.3 * torch.cuda.mem_get_info(device)[0]))
+    if start == 0 or estimate_cache_bytes(token_lists, model.cfg.emb_dim, dtype) > budget_bytes:
+        return None
+    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)
+    offsets = torch.zeros_like(lengths)
+    offsets[1:] = torch.cumsum(lengths, 0)[:-1]
+    states = torch.empty(int(lengths.sum()), model.cfg.emb_dim, dtype=dtype, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in sorted_batches(lengths.tolist(), batch_size):
+            ids, lens = pad_batch([token_lists[i] for i in idx], pad_id, device)
+            with autocast or contextlib.nullcontext():
+                x = model.embed(ids)
+                for block in model.trf_blocks[:start]:
+                    x = block(x)
+            x = x.to(dtype)
+            for row, i in enumerate(idx):
+                states[offsets[i] : offsets[i] + lengths[i]] = x[row, : lengths[i]]
+    finally:
+        model.train(was_training)
+    return FrozenPrefixCache(start, states, offsets, lengths)

@@ -1,0 +1,85 @@
+"""The training shortcuts of issue 6 are exact: same logits as the plain forward pass."""
+
+import pytest
+import torch
+
+from spamtune.data import pad_batch
+from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
+from spamtune.prefix_cache import build_prefix_cache, cacheable_blocks
+
+CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=48, n_layers=4, n_heads=4)
+
+
+def plain_logits(model, seqs, pooling):
+    """The reference: full forward over the batch padded to its longest, read at the pooled position."""
+    ids, lengths = pad_batch(seqs, 50256)
+    full = model(ids)
+    if pooling == "last":
+        return full[:, -1]
+    return full[torch.arange(len(seqs)), lengths - 1]
+
+
+@pytest.fixture
+def model_and_seqs():
+    torch.manual_seed(0)
+    model = convert_to_classifier(GPTModel(CFG), trainable="last-2-blocks").eval()
+    gen = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in (1, 5, 17, 40, 9, 3)]
+    return model, seqs
+
+
+@pytest.mark.parametrize("pooling", ["last-real", "last"])
+def test_last_query_only_block_matches_full_forward(model_and_seqs, pooling):
+    model, seqs = model_and_seqs
+    ref = plain_logits(model, seqs, pooling)
+    ids, lengths = pad_batch(seqs, 50256)
+    with torch.no_grad():
+        fast = model.classify(ids, lengths, pooling)
+    assert (fast - ref).abs().max().item() <= 1e-5
+
+
+def test_prefix_cache_gives_the_same_logits_and_gradients(model_and_seqs):
+    model, seqs = model_and_seqs
+    assert cacheable_blocks(model) == 2
+    cache = build_prefix_cache(model, seqs, batch_size=4)
+    assert cache.start_block == 2 and cache.nbytes == sum(map(len, seqs)) * 48 * 4
+    batch = [3, 0, 4]
+    prefix, lengths = cache.batch(batch, "cpu")
+    fast = model.classify(None, lengths, "last-real", prefix=prefix, start_block=cache.start_block)
+    ref = plain_logits(model, [seqs[i] for i in batch], "last-real")
+    assert (fast - ref).abs().max().item() <= 1e-5
+    # Gradients of the trainable parameters agree too.
+    target = torch.tensor([1, 0, 1])
+    grads = []
+    for logits in (fast, ref):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(logits, target).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_no_cache_when_nothing_is_frozen_or_dropout_is_on(model_and_seqs):
+    _, seqs = model_and_seqs
+    assert build_prefix_cache(convert_to_classifier(GPTModel(CFG), trainable="all"), seqs) is None
+    dropout = GPTConfig(**{**CFG.to_dict(), "drop_rate": 0.1})
+    assert build_prefix_cache(convert_to_classifier(GPTModel(dropout)), seqs) is None
+
+
+def test_cache_over_budget_falls_back(model_and_seqs):
+    model, seqs = model_and_seqs
+    assert build_prefix_cache(model, seqs, budget_bytes=100) is None
+
+
+def test_head_only_preset_caches_every_block():
+    torch.manual_seed(0)
+    model = convert_to_classifier(GPTModel(CFG), trainable="head").eval()
+    seqs = [[5211, 345, 423, 640], [15496, 11, 995]]
+    cache = build_prefix_cache(model, seqs)
+    assert cache.start_block == CFG.n_layers
+    for pooling in ("last-real", "mean"):
+        prefix, lengths = cache.batch([0, 1], "cpu")
+        fast = model.classify(None, lengths, pooling, prefix=prefix, start_block=cache.start_block)
+        slow = model.classify(*pad_batch(seqs, 50256), pooling)
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
