@@ -12,8 +12,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from spamtune import paths
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, read_json
@@ -67,8 +65,10 @@ def read_label_map(root: str | Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in labels.items()}
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int, device: str | torch.device = "cpu"):
+def pad_batch(seqs: list[list[int]], pad_id: int, device="cpu"):
     """Right-pad token lists to the longest one: ``(input_ids [b, t], lengths [b])``."""
+    import torch  # here, so that `spamtune prepare` does not pay for importing torch
+
     lengths = [len(s) for s in seqs]
     width = max(lengths)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)

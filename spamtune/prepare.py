@@ -1,0 +1,436 @@
+"""Turning a labelled text file into the train / validation / test splits that fine-tuning reads.
+
+The default is the recipe of chapter 6 of *Build a Large Language Model (From Scratch)*, call for
+call: undersample the majority class to the minority's size, shuffle, cut 70% / 10% / 20%.
+The one deliberate difference is the parsing of the SMS Spam Collection: the book reads it with
+pandas' default CSV quoting, which treats a message that starts with ``"`` as the start of a
+quoted field and merges lines (5,572 rows); here it is read with quoting off, one message per
+``\\n``-terminated line, which gives the collection's real 5,574 rows.
+
+Nothing here prints: the functions return what they found and the CLI renders it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spamtune import __version__, paths
+from spamtune.data import Split, write_split
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.tokenizer import encode_texts
+
+INPUT_FORMATS = ("tsv", "csv", "jsonl")
+BALANCE_MODES = ("undersample", "none")
+DEFAULT_SPLIT = (0.7, 0.1, 0.2)
+DEFAULT_SEED = 123  # the book's random_state
+DEFAULT_TEXT_COL = "text"
+DEFAULT_LABEL_COL = "label"
+PREPARE_RECORD = "prepare.json"
+
+SMS_FORMAT = "sms"  # the SMS Spam Collection's own layout: ``ham|spam<TAB>text``, no header
+SMS_FILE_NAME = "SMSSpamCollection"
+SMS_LABELS = {"ham": 0, "spam": 1}
+_SMS_FIRST_LINE = re.compile(r"(ham|spam)\t")
+_EXTENSION_FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+@dataclass
+class LabelledTexts:
+    """The rows of an input file, in file order, with the label name -> class index mapping."""
+
+    path: Path
+    sha256: str
+    format: str  # "sms", "tsv", "csv" or "jsonl"
+    texts: list[str]
+    labels: list[str]
+    label_map: dict[str, int]
+    text_col: str | None = None  # None for the SMS format, which has no header
+    label_col: str | None = None
+
+    def label_counts(self) -> dict[str, int]:
+        """Rows per label name, in class-index order."""
+        counts = Counter(self.labels)
+        return {name: counts[name] for name in self.label_map}
+
+
+@dataclass
+class PrepareOptions:
+    balance: str = "undersample"
+    split: tuple[float, float, float] = DEFAULT_SPLIT
+    seed: int = DEFAULT_SEED
+    stratify: bool = False
+    dedupe: bool = False
+
+
+@dataclass
+class TokenLengths:
+    """Token counts of a split's texts (GPT-2 BPE, no truncation)."""
+
+    min: int
+    median: float
+    p95: float
+    max: int
+
+
+@dataclass
+class PreparedSplits:
+    source: LabelledTexts
+    options: PrepareOptions
+    splits: dict[str, Split]  # "train", "validation", "test"
+    duplicates_dropped: int | None  # None unless options.dedupe
+    rows_per_label_after_balance: int | None  # None with --balance none
+    leakage: dict[str, int]  # "validation" / "test" -> how many of its texts also appear in train
+    token_lengths: dict[str, TokenLengths]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per split per label name (class-index order)."""
+        out = {}
+        for name, split in self.splits.items():
+            per_index = Counter(split.labels)
+            out[name] = {label: per_index[index] for label, index in self.source.label_map.items()}
+        return out
+
+    def record(self) -> dict:
+        """What ``prepare.json`` holds: where the data came from, how it was cut, what came out."""
+        src = self.source
+        return {
+            "spamtune_version": __version__,
+            "input": {
+                "path": str(src.path.resolve()),
+                "sha256": src.sha256,
+                "format": src.format,
+                "text_col": src.text_col,
+                "label_col": src.label_col,
+                "rows": len(src.texts),
+                "rows_per_label": src.label_counts(),
+            },
+            "options": asdict(self.options),
+            "labels": src.label_map,
+            "duplicates_dropped": self.duplicates_dropped,
+            "rows_per_label_after_balance": self.rows_per_label_after_balance,
+            "counts": {name: {**per_label, "total": sum(per_label.values())} for name, per_label in self.counts().items()},
+            "leakage_into_train": self.leakage,
+            "token_lengths": {name: asdict(stats) for name, stats in self.token_lengths.items()},
+        }
+
+
+def resolve_input(root: Path, input_file: str | Path | None) -> Path:
+    """The file to prepare: ``--input`` if given, else the downloaded SMS Spam Collection."""
+    if input_file is None:
+        default = paths.sms_file(root)
+        if not default.is_file():
+            raise SpamtuneError(
+                f"SMS Spam Collection not found at {default}; run `spamtune download data` or pass --input FILE"
+            )
+        return default
+    path = Path(input_file)
+    if not path.exists():
+        raise SpamtuneError(f"input file not found: {path}")
+    if not path.is_file():
+        raise SpamtuneError(f"input is not a file: {path}")
+    return path
+
+
+def read_labelled_texts(
+    path: str | Path, fmt: str | None = None, text_col: str | None = None, label_col: str | None = None
+) -> LabelledTexts:
+    """Read (text, label) rows from the SMS Spam Collection, a TSV, a CSV or a JSONL file.
+
+    ``fmt`` (``tsv``, ``csv``, ``jsonl``) overrides the guess from the file extension. A file named
+    ``SMSSpamCollection``, or a TSV whose first line is ``ham<TAB>...`` / ``spam<TAB>...``, is
+    read as the SMS Spam Collection (no header, ham -> 0, spam -> 1). Other files need a header;
+    their texts are read verbatim ("NA" stays the text "NA") and their labels map to class indices
+    in sorted order (numerically when every label is an integer, so ``0``/``1`` keep their values).
+    """
+    path = Path(path)
+    if fmt is not None and fmt not in INPUT_FORMATS:
+        raise SpamtuneUsageError(f"unknown input format {fmt!r}; use one of {', '.join(INPUT_FORMATS)}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
+    content = _decode_utf8(raw, path)
+    if not content.strip():
+        raise SpamtuneError(f"{path} is empty")
+
+    fmt = _resolve_format(path, content, fmt)
+    if fmt == SMS_FORMAT:
+        if text_col is not None or label_col is not None:
+            raise SpamtuneUsageError(
+                f"{path} is in the SMS Spam Collection layout (label<TAB>text, no header); "
+                "--text-col and --label-col apply only to files with a header"
+            )
+        texts, labels = _read_sms(content, path)
+        label_map = {name: index for name, index in SMS_LABELS.items() if name in set(labels)}
+    else:
+        text_col = text_col or DEFAULT_TEXT_COL
+        label_col = label_col or DEFAULT_LABEL_COL
+        if text_col == label_col:
+            raise SpamtuneUsageError(f"--text-col and --label-col are both {text_col!r}")
+        reader = _read_jsonl if fmt == "jsonl" else _read_delimited
+        texts, labels = reader(content, path, fmt, text_col, label_col)
+        label_map = _label_map(labels)
+
+    if not texts:
+        raise SpamtuneError(f"{path} has a header but no rows")
+    if len(label_map) < 2:
+        raise SpamtuneError(f"{path} has only one label ({labels[0]!r}); a classifier needs at least two")
+    return LabelledTexts(path, hashlib.sha256(raw).hexdigest(), fmt, texts, labels, label_map, text_col, label_col)
+
+
+def _decode_utf8(raw: bytes, path: Path) -> str:
+    """Strict UTF-8 (a leading byte-order mark is dropped); a bad byte is reported by line."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SpamtuneError(
+            f"{path} is not valid UTF-8: line {line} has the byte 0x{raw[exc.start]:02x}; save it as UTF-8"
+        ) from None
+
+
+def _resolve_format(path: Path, content: str, fmt: str | None) -> str:
+    looks_like_sms = _SMS_FIRST_LINE.match(content) is not None
+    if fmt is None:
+        fmt = _EXTENSION_FORMATS.get(path.suffix.lower())
+        if path.name == SMS_FILE_NAME or (fmt in (None, "tsv") and looks_like_sms):
+            return SMS_FORMAT
+        if fmt is None:
+            raise SpamtuneUsageError(
+                f"cannot tell the format of {path} from its name; pass --format {'|'.join(INPUT_FORMATS)}"
+            )
+    elif fmt == "tsv" and looks_like_sms:
+        return SMS_FORMAT
+    return fmt
+
+
+def _read_sms(content: str, path: Path) -> tuple[list[str], list[str]]:
+    """One message per line, split on ``\\n`` only: ``ham|spam<TAB>text``, the text verbatim.
+
+    Quoting is off (a leading ``"`` is part of the message) and other line-break characters
+    (U+0085, U+2028, ...) stay inside their message, as they do in the collection.
+    """
+    texts, labels = [], []
+    for number, line in enumerate(content.rstrip("\n").split("\n"), start=1):
+        label, tab, text = line.partition("\t")
+        if not tab:
+            raise SpamtuneError(f"line {number} of {path} has no TAB; expected ham<TAB>text or spam<TAB>text")
+        if label not in SMS_LABELS:
+            raise SpamtuneError(f"line {number} of {path} has the unknown label {label!r}; expected ham or spam")
+        texts.append(text)
+        labels.append(label)
+    return texts, labels
+
+
+def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col: str):
+    """A CSV (RFC 4180 quoting: commas, quotes and newlines inside quoted fields) or a TSV
+    (no quoting, as in the IANA TSV format: a ``"`` is an ordinary character), with a header."""
+    options = {"sep": ","} if fmt == "csv" else {"sep": "\t", "quoting": csv.QUOTE_NONE}
+    try:
+        frame = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False, na_filter=False, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SpamtuneError(f"cannot parse {path} as {fmt.upper()}: {_one_line(exc)}") from None
+    columns = [str(c) for c in frame.columns]
+    for option, column in (("--text-col", text_col), ("--label-col", label_col)):
+        if column not in columns:
+            raise SpamtuneError(
+                f"column {column!r} not found in {path} (its columns: {', '.join(columns)}); pass {option} NAME"
+            )
+    texts = frame[text_col].tolist()
+    labels = [_clean_label(value, f"data row {row} of {path}") for row, value in enumerate(frame[label_col], start=1)]
+    return texts, labels
+
+
+def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: str):
+    """One JSON object per line (blank lines skipped).
+
+    Parsed line by line with the json module rather than ``pandas.read_json`` so that every
+    problem names its line, and so that a null text is an error instead of a NaN.
+    """
+    texts, labels = [], []
+    for number, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"line {number} of {path}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SpamtuneError(f"{where} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise SpamtuneError(f"{where} is not a JSON object")
+        for option, column in (("--text-col", text_col), ("--label-col", label_col)):
+            if column not in record:
+                keys = ", ".join(map(str, record)) or "none"
+                raise SpamtuneError(f"column {column!r} not found on {where} (its keys: {keys}); pass {option} NAME")
+        text, label = record[text_col], record[label_col]
+        if not isinstance(text, str):
+            raise SpamtuneError(f"{where}: {text_col!r} is {json.dumps(text)}, not a string")
+        if label is None or isinstance(label, (list, dict)):
+            raise SpamtuneError(f"{where}: {label_col!r} is {json.dumps(label)}, not a label")
+        texts.append(text)
+        labels.append(_clean_label(label if isinstance(label, str) else json.dumps(label), where))
+    return texts, labels
+
+
+def _clean_label(value: str, where: str) -> str:
+    """Labels are compared without surrounding spaces (``"spam "`` is ``spam``); empty ones are errors."""
+    label = value.strip()
+    if not label:
+        raise SpamtuneError(f"{where} has an empty label")
+    return label
+
+
+def _label_map(labels: list[str]) -> dict[str, int]:
+    """Class indices in sorted label order; numeric order when every label is an integer."""
+    names = set(labels)
+    if all(_INTEGER.fullmatch(name) for name in names):
+        ordered = sorted(names, key=lambda name: (int(name), name))
+    else:
+        ordered = sorted(names)
+    return {name: index for index, name in enumerate(ordered)}
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def parse_split(spec: str) -> tuple[float, float, float]:
+    """``"0.7,0.1,0.2"`` -> train / validation / test fractions, checked."""
+    parts = spec.split(",")
+    try:
+        fractions = tuple(float(part) for part in parts)
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3:
+        raise SpamtuneUsageError(f"--split takes three comma-separated fractions like 0.7,0.1,0.2, not {spec!r}")
+    check_split(fractions)
+    return fractions
+
+
+def check_split(fractions: tuple[float, float, float]) -> None:
+    if not all(0 < f < 1 for f in fractions):  # also refuses nan and inf
+        raise SpamtuneUsageError(f"every --split fraction must be between 0 and 1, got {_show(fractions)}")
+    if abs(sum(fractions) - 1) > 1e-6:
+        raise SpamtuneUsageError(f"--split fractions must sum to 1, got {_show(fractions)} (sum {sum(fractions):g})")
+
+
+def _show(fractions) -> str:
+    return ",".join(f"{f:g}" for f in fractions)
+
+
+def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None) -> PreparedSplits:
+    """Dedupe (optional), balance, shuffle and split ``source``; measure what came out."""
+    options = options or PrepareOptions()
+    if options.balance not in BALANCE_MODES:
+        raise SpamtuneUsageError(f"unknown balance mode {options.balance!r}; use one of {', '.join(BALANCE_MODES)}")
+    check_split(options.split)
+
+    frame = pd.DataFrame({"label": [source.label_map[name] for name in source.labels], "text": source.texts})
+    duplicates_dropped = None
+    if options.dedupe:
+        unique = frame.drop_duplicates(subset="text", keep="first")
+        duplicates_dropped = len(frame) - len(unique)
+        frame = unique
+
+    rows_per_label = None
+    if options.balance == "undersample":
+        frame, rows_per_label = _undersample(frame, options.seed)
+    # The book's random_split: shuffle every row, then cut by position.
+    frame = frame.sample(frac=1, random_state=options.seed).reset_index(drop=True)
+    splits = _cut(frame, options.split, options.stratify)
+
+    train_texts = set(splits["train"].texts)
+    leakage = {name: sum(text in train_texts for text in splits[name].texts) for name in ("validation", "test")}
+    token_lengths = {name: _token_lengths(split.texts) for name, split in splits.items()}
+    return PreparedSplits(source, options, splits, duplicates_dropped, rows_per_label, leakage, token_lengths)
+
+
+def _undersample(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, int]:
+    """Cut every label down to the rarest one's count, as the book's ``create_balanced_dataset``.
+
+    For two labels this is the book's code exactly: ``[majority.sample(n_minority,
+    random_state=seed), minority rows]``; with more, each larger label is sampled the same way
+    (in class-index order) and the rarest labels follow unchanged.
+    """
+    counts = frame["label"].value_counts()
+    smallest = int(counts.min())
+    if counts.max() == smallest:
+        return frame, smallest
+    classes = sorted(counts.index)
+    parts = [frame[frame["label"] == c].sample(smallest, random_state=seed) for c in classes if counts[c] > smallest]
+    parts += [frame[frame["label"] == c] for c in classes if counts[c] == smallest]
+    return pd.concat(parts), smallest
+
+
+def _cut(frame: pd.DataFrame, fractions: tuple[float, float, float], stratify: bool) -> dict[str, Split]:
+    """Cut the shuffled rows by position as the book does (``train_end = int(n * train_frac)``,
+    ``validation_end = train_end + int(n * validation_frac)``, the rest is test).
+
+    With ``stratify`` each label is cut that way on its own, so every split keeps the label
+    proportions; rows stay in their shuffled order either way.
+    """
+    labels = frame["label"].to_numpy()
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)] if stratify else [np.arange(len(frame))]
+    assignment = np.empty(len(frame), dtype=np.int8)
+    for positions in groups:
+        train_end = int(len(positions) * fractions[0])
+        validation_end = train_end + int(len(positions) * fractions[1])
+        assignment[positions[:train_end]] = 0
+        assignment[positions[train_end:validation_end]] = 1
+        assignment[positions[validation_end:]] = 2
+    splits = {}
+    for index, name in enumerate(paths.SPLITS):
+        part = frame[assignment == index]
+        if part.empty:
+            raise SpamtuneError(
+                f"the {name} split would be empty ({len(frame):,} rows to split, {name} fraction {fractions[index]:g}); "
+                "use more data or a larger --split fraction"
+            )
+        splits[name] = Split(part["text"].tolist(), [int(label) for label in part["label"]])
+    return splits
+
+
+def _token_lengths(texts: list[str]) -> TokenLengths:
+    lengths = np.array([len(ids) for ids in encode_texts(texts)])
+    return TokenLengths(
+        min=int(lengths.min()),
+        median=float(np.median(lengths)),
+        p95=round(float(np.percentile(lengths, 95)), 1),
+        max=int(lengths.max()),
+    )
+
+
+def output_files(root: Path) -> list[Path]:
+    """What ``spamtune prepare`` writes into the data root, in the order it reports them."""
+    return [*(paths.split_file(root, name) for name in paths.SPLITS), paths.labels_file(root), root / PREPARE_RECORD]
+
+
+def write_prepared(root: str | Path, prepared: PreparedSplits) -> list[Path]:
+    """Write the splits, ``labels.json`` and ``prepare.json`` into ``root``.
+
+    Every file is first written in full under a temporary name; only when all five are
+    complete are they renamed over the final names, so a failure leaves the previous set.
+    """
+    root = Path(root)
+    targets = output_files(root)
+    with contextlib.ExitStack() as stack:
+        temporary = [stack.enter_context(atomic_path(target)) for target in targets]
+        *split_paths, labels_path, record_path = temporary
+        for tmp, name in zip(split_paths, paths.SPLITS):
+            write_split(tmp, prepared.splits[name])
+        atomic_write_json(labels_path, {"labels": prepared.source.label_map})
+        atomic_write_json(record_path, prepared.record())
+    return targets

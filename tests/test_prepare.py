@@ -1,0 +1,270 @@
+import csv
+import hashlib
+import json
+from collections import Counter
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from spamtune import paths
+from spamtune.cli import app
+from spamtune.data import read_label_map, read_split
+from spamtune.errors import SpamtuneUsageError
+from spamtune.prepare import PrepareOptions, prepare_splits, read_labelled_texts
+
+OUTPUT_NAMES = ["train.csv", "validation.csv", "test.csv", "labels.json", "prepare.json"]
+
+
+def run_prepare(*args):
+    return CliRunner().invoke(app, ["prepare", *map(str, args)])
+
+
+def read_splits(root):
+    return {name: read_split(paths.split_file(root, name)) for name in paths.SPLITS}
+
+
+def all_rows(root):
+    """(label index, text) of every row in the three split files."""
+    return Counter((label, text) for split in read_splits(root).values() for label, text in zip(split.labels, split.texts))
+
+
+def write_rows(path, header, rows):
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+# --- the real SMS Spam Collection -------------------------------------------------------------
+
+
+def book_splits(sms_file, seed=123):
+    """Chapter 6's create_balanced_dataset + random_split, on the file parsed with quoting off."""
+    df = pd.read_csv(sms_file, sep="\t", header=None, names=["Label", "Text"], quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
+    num_spam = (df["Label"] == "spam").sum()
+    ham_subset = df[df["Label"] == "ham"].sample(num_spam, random_state=seed)
+    balanced = pd.concat([ham_subset, df[df["Label"] == "spam"]])
+    balanced["Label"] = balanced["Label"].map({"ham": 0, "spam": 1})
+    shuffled = balanced.sample(frac=1, random_state=seed).reset_index(drop=True)
+    train_end = int(len(shuffled) * 0.7)
+    validation_end = train_end + int(len(shuffled) * 0.1)
+    return shuffled[:train_end], shuffled[train_end:validation_end], shuffled[validation_end:]
+
+
+def test_real_file_is_read_with_quoting_off(sms_file):
+    source = read_labelled_texts(sms_file)
+    assert source.format == "sms"
+    assert len(source.texts) == 5574
+    assert source.label_counts() == {"ham": 4827, "spam": 747}
+    assert source.label_map == {"ham": 0, "spam": 1}
+    # Messages that open with a quote are where default CSV quoting merges lines.
+    quoted = [t for t in source.texts if t.startswith('"')]
+    assert quoted and all("\n" not in t and "\t" not in t for t in quoted)
+    assert source.sha256 == "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
+
+
+def test_real_file_gives_the_books_split(sms_file, tmp_path):
+    result = run_prepare("--input", sms_file, "--data-dir", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [str(tmp_path / name) for name in OUTPUT_NAMES]
+    assert "read 5,574 rows (4,827 ham / 747 spam)" in result.stderr
+
+    splits = read_splits(tmp_path)
+    assert [len(s) for s in splits.values()] == [1045, 149, 300]
+    assert Counter(label for s in splits.values() for label in s.labels) == {0: 747, 1: 747}
+    for ours, book in zip(splits.values(), book_splits(sms_file)):
+        assert ours.texts == book["Text"].tolist()
+        assert ours.labels == book["Label"].tolist()
+    assert read_label_map(tmp_path) == {"ham": 0, "spam": 1}
+
+    record = json.loads((tmp_path / "prepare.json").read_text())
+    assert record["input"]["sha256"] == hashlib.sha256(sms_file.read_bytes()).hexdigest()
+    assert record["input"]["rows_per_label"] == {"ham": 4827, "spam": 747}
+    assert record["options"] == {"balance": "undersample", "split": [0.7, 0.1, 0.2], "seed": 123, "stratify": False, "dedupe": False}
+    assert {name: c["total"] for name, c in record["counts"].items()} == {"train": 1045, "validation": 149, "test": 300}
+    train_texts = set(splits["train"].texts)
+    leaked_test = sum(t in train_texts for t in splits["test"].texts)
+    leaked_validation = sum(t in train_texts for t in splits["validation"].texts)
+    assert leaked_test > 0 and record["leakage_into_train"] == {"validation": leaked_validation, "test": leaked_test}
+    assert f"leakage: {leaked_test} of 300 test texts and {leaked_validation} of 149 validation texts also appear in train" in result.stderr
+    # The table: a row per split with its label counts and token lengths.
+    train_row = next(line for line in result.stderr.splitlines() if "train" in line and "1,045" in line)
+    assert str(record["token_lengths"]["train"]["max"]) in train_row
+
+
+def test_same_seed_same_bytes_other_seed_other_split(sms_file, tmp_path):
+    for folder, seed in (("a", 123), ("b", 123), ("c", 7)):
+        assert run_prepare("--input", sms_file, "--data-dir", tmp_path / folder, "--seed", seed).exit_code == 0
+    for name in ("train.csv", "validation.csv", "test.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "c" / name).read_bytes()
+
+
+def test_dedupe_on_real_file(sms_file, tmp_path):
+    result = run_prepare("--input", sms_file, "--data-dir", tmp_path, "--dedupe")
+    assert result.exit_code == 0, result.stderr
+    assert "dropped 403 duplicate texts" in result.stderr
+    assert "leakage: 0 of 262 test texts and 0 of 130 validation texts" in result.stderr
+    splits = read_splits(tmp_path)
+    texts = [t for s in splits.values() for t in s.texts]
+    assert len(texts) == len(set(texts)) == 2 * 653
+    assert [len(s) for s in splits.values()] == [914, 130, 262]
+    assert json.loads((tmp_path / "prepare.json").read_text())["duplicates_dropped"] == 403
+
+
+# --- small files --------------------------------------------------------------------------------
+
+
+TRICKY_TEXTS = ["hello, world", 'she said "hi"', "two\nlines", "NA", "null", "", "  padded  ", "£5 prize", "x", "y"]
+
+
+def test_csv_with_custom_columns_keeps_texts_verbatim(tmp_path):
+    rows = [(text, "spam" if i % 2 else "ham") for i, text in enumerate(TRICKY_TEXTS)]
+    src = write_rows(tmp_path / "in.csv", ["message", "kind"], rows)
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--text-col", "message", "--label-col", "kind", "--balance", "none", "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    assert all_rows(out) == Counter((1 if kind == "spam" else 0, text) for text, kind in rows)
+    assert read_label_map(out) == {"ham": 0, "spam": 1}
+
+
+def test_tsv_with_header_has_no_quoting(tmp_path):
+    texts = ['"opens with a quote', 'ends with one"', "plain", "NA", "more", "text", "here", "and", "some", "else"]
+    src = tmp_path / "in.tsv"
+    src.write_text("body\ttag\n" + "".join(f"{t}\t{'pos' if i < 5 else 'neg'}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--text-col", "body", "--label-col", "tag", "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    assert read_label_map(out) == {"neg": 0, "pos": 1}
+    assert all_rows(out) == Counter((0 if i >= 5 else 1, t) for i, t in enumerate(texts))
+
+
+def test_jsonl_with_integer_labels(tmp_path):
+    src = tmp_path / "in.jsonl"
+    records = [{"msg": text, "y": i % 2, "extra": None} for i, text in enumerate(TRICKY_TEXTS)]
+    src.write_text("\n".join(json.dumps(r) for r in records) + "\n\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--text-col", "msg", "--label-col", "y", "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    assert read_label_map(out) == {"0": 0, "1": 1}
+    assert all_rows(out) == Counter((r["y"], r["msg"]) for r in records)
+
+
+def test_format_option_overrides_the_extension(tmp_path):
+    src = write_rows(tmp_path / "rows.txt", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
+    assert run_prepare("--input", src, "--data-dir", tmp_path / "out").exit_code == 2
+    result = run_prepare("--input", src, "--format", "csv", "--data-dir", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    assert sum(all_rows(tmp_path / "out").values()) == 10
+
+
+def test_headerless_ham_spam_tsv_is_read_as_sms(tmp_path):
+    src = tmp_path / "messages"
+    src.write_text('ham\t"quoted\nspam\tWIN\tnow\n', encoding="utf-8")
+    source = read_labelled_texts(src)
+    assert source.format == "sms"
+    assert source.texts == ['"quoted', "WIN\tnow"] and source.labels == ["ham", "spam"]
+
+
+def test_several_labels_are_sorted_and_undersampled(tmp_path):
+    rows = [(f"{label} {i}", label) for label, n in (("pos", 5), ("neg", 6), ("neutral", 4)) for i in range(n)]
+    src = write_rows(tmp_path / "in.csv", ["text", "label"], rows)
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    assert read_label_map(out) == {"neg": 0, "neutral": 1, "pos": 2}
+    assert "read 15 rows (6 neg / 4 neutral / 5 pos)" in result.stderr
+    kept = all_rows(out)
+    assert Counter(label for label, _ in kept.elements()) == {0: 4, 1: 4, 2: 4}
+    assert set(text for _, text in kept) <= set(text for text, _ in rows)
+
+
+def test_integer_labels_map_in_numeric_order(tmp_path):
+    src = write_rows(tmp_path / "in.csv", ["text", "label"], [("a", "10"), ("b", "2"), ("c", "1"), ("d", "2")])
+    assert read_labelled_texts(src).label_map == {"1": 0, "2": 1, "10": 2}
+
+
+def test_stratify_keeps_label_proportions(tmp_path):
+    src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"m{i}", "spam" if i % 5 == 0 else "ham") for i in range(100)])
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--balance", "none", "--stratify", "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    counts = {name: Counter(s.labels) for name, s in read_splits(out).items()}
+    assert counts == {"train": {0: 56, 1: 14}, "validation": {0: 8, 1: 2}, "test": {0: 16, 1: 4}}
+
+
+def test_balance_none_keeps_every_row(sms_file, tmp_path):
+    result = run_prepare("--input", sms_file, "--balance", "none", "--data-dir", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    splits = read_splits(tmp_path)
+    assert [len(s) for s in splits.values()] == [3901, 557, 1116]
+    assert Counter(label for s in splits.values() for label in s.labels) == {0: 4827, 1: 747}
+
+
+def test_options_are_checked_in_the_library_too(sms_file):
+    source = read_labelled_texts(sms_file)
+    with pytest.raises(SpamtuneUsageError, match="sum to 1"):
+        prepare_splits(source, PrepareOptions(split=(0.5, 0.1, 0.1)))
+
+
+def test_a_failed_write_replaces_nothing(tmp_path):
+    src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
+    out = tmp_path / "out"
+    (out / "prepare.json").mkdir(parents=True)  # the last file cannot be renamed into place
+    result = run_prepare("--input", src, "--data-dir", out)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: cannot write") and "prepare.json" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["prepare.json"]
+
+
+# --- errors: one line on stderr, nothing on stdout, nothing written ------------------------------
+
+
+def sms_lines(*lines):
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+ERROR_CASES = {
+    "default input missing": (None, [], 1, "run `spamtune download data` or pass --input FILE"),
+    "input missing": ("absent.csv", [], 1, "input file not found: "),
+    "text column missing": (b"label,message\nham,a\nspam,b\n", [], 1, "column 'text' not found in {src} (its columns: label, message); pass --text-col"),
+    "label column missing": (b"label,text\nham,a\nspam,b\n", ["--label-col", "kind"], 1, "column 'kind' not found in {src} (its columns: label, text)"),
+    "one label": (b"label,text\nham,a\nham,b\n", [], 1, "has only one label ('ham')"),
+    "empty file": (b"", [], 1, "{src} is empty"),
+    "header only": (b"label,text\n", [], 1, "has a header but no rows"),
+    "split sum": (sms_lines("ham\ta", "spam\tb"), ["--split", "0.7,0.2,0.2"], 2, "--split fractions must sum to 1"),
+    "split malformed": (sms_lines("ham\ta", "spam\tb"), ["--split", "0.7;0.3"], 2, "--split takes three comma-separated fractions"),
+    "split zero": (sms_lines("ham\ta", "spam\tb"), ["--split", "0.8,0.2,0"], 2, "between 0 and 1"),
+    "bad utf-8": (b"ham\tok\nspam\tcaf\xe9\n", [], 1, "is not valid UTF-8: line 2 has the byte 0xe9"),
+    "sms line without tab": (sms_lines("ham\ta", "spam b"), [], 1, "line 2 of {src} has no TAB"),
+    "sms unknown label": (sms_lines("ham\ta", "spam\tb", "spma\tc"), [], 1, "line 3 of {src} has the unknown label 'spma'"),
+    "empty split": (sms_lines("ham\ta", "spam\tb", "ham\tc"), [], 1, "the validation split would be empty"),
+    "bad jsonl line": (b'{"text": "a", "label": "x"}\n{"text": "b", "label"\n', ["--format", "jsonl"], 1, "line 2 of {src} is not valid JSON"),
+    "jsonl null text": (b'{"text": null, "label": "x"}\n', ["--format", "jsonl"], 1, "line 1 of {src}: 'text' is null, not a string"),
+    "empty label": (b"label,text\nham,a\n ,b\n", [], 1, "data row 2 of {src} has an empty label"),
+    "same column twice": (b"label,text\nham,a\nspam,b\n", ["--label-col", "text"], 2, "--text-col and --label-col are both 'text'"),
+    "columns on sms file": (sms_lines("ham\ta", "spam\tb"), ["--text-col", "x"], 2, "--text-col and --label-col apply only to files with a header"),
+}
+
+
+@pytest.mark.parametrize("content, extra, exit_code, message", ERROR_CASES.values(), ids=ERROR_CASES.keys())
+def test_errors_are_one_line_and_write_nothing(tmp_path, content, extra, exit_code, message):
+    out = tmp_path / "out"
+    if content is None:
+        args = []
+    elif isinstance(content, str):
+        src = tmp_path / content
+        args = ["--input", src]
+    else:
+        src = tmp_path / "input.csv" if content.startswith((b"label", b"{")) or not content else tmp_path / "input.tsv"
+        src.write_bytes(content)
+        args = ["--input", src]
+    result = run_prepare(*args, *extra, "--data-dir", out)
+    assert result.exit_code == exit_code
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    assert message.format(src=src if args else "") in lines[0]
+    assert not out.exists()
