@@ -1,0 +1,147 @@
+"""``spamtune download``: the SMS Spam Collection and OpenAI's GPT-2 weights.
+
+``spamtune download`` alone fetches both (the data and gpt2-small); ``download data`` and
+``download model NAME`` fetch one, from the network or, with ``--from``, from a file carried
+over. Notes and progress bars go to stderr; the written paths are the last lines on stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from spamtune import paths
+from spamtune.errors import SpamtuneUsageError
+
+DEFAULT_MODEL = "gpt2-small"
+MODEL_NAMES_HELP = "gpt2-small, gpt2-medium, gpt2-large or gpt2-xl (aliases: gpt2, 124M, 355M, 774M, 1558M)"
+
+
+def _data_dir_option():
+    return typer.Option(
+        None,
+        "--data-dir",
+        metavar="DIR",
+        help="Data root (default: $SPAMTUNE_HOME, else ./data).",
+        show_default=False,
+    )
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+@contextlib.contextmanager
+def _byte_progress(console: Console, description: str) -> Iterator:
+    """A download bar on stderr when it is a terminal; ``None`` (no bar) otherwise."""
+    if not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def fetch_data_file(root: Path, urls: list[str], from_file: Path | None, console: Console) -> Path:
+    from spamtune.download import DataSource, data_urls, fetch_data, import_data
+
+    def notify(message: str) -> None:
+        console.print(message, markup=False)
+
+    if from_file is not None:
+        result = import_data(root, from_file, notify=notify)
+    else:
+        source = DataSource(urls=data_urls(urls))
+        with _byte_progress(console, "SMS Spam Collection") as on_progress:
+            result = fetch_data(root, source, on_progress=on_progress, notify=notify)
+    if result.status != "present":
+        console.print(f"SMS Spam Collection {result.status} and verified (sha256 matches)", markup=False)
+    return result.path
+
+
+def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: str | None, console: Console) -> Path:
+    from spamtune.download import download_model, import_model, pretrained_name
+
+    name = pretrained_name(name)
+    if from_file is not None:
+        result = import_model(root, name, from_file)
+        console.print(f"{from_file} imported: shapes match {result.path.parent.name}", markup=False)
+        return result.path
+    result = download_model(
+        name,
+        endpoint=endpoint,
+        progress_bars=console.is_terminal,
+        notify=lambda message: console.print(message, markup=False),
+    )
+    done = "was already in the Hugging Face cache" if result.status == "present" else "downloaded"
+    console.print(f"{name} {done}; sha256 and shapes verified", markup=False)
+    return result.path
+
+
+def register(app: typer.Typer) -> None:
+    download_app = typer.Typer(
+        help="Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand).",
+        invoke_without_command=True,
+        no_args_is_help=False,
+    )
+
+    @download_app.callback(invoke_without_command=True)
+    def download_all(ctx: typer.Context, data_dir: Path | None = _data_dir_option()) -> None:
+        """Download the SMS Spam Collection and gpt2-small; a subcommand fetches just one."""
+        ctx.obj = data_dir  # a subcommand's own --data-dir wins over this one
+        if ctx.invoked_subcommand is not None:
+            return
+        root, console = paths.data_root(data_dir), _stderr()
+        data_path = fetch_data_file(root, [], None, console)
+        model_path = fetch_model_file(root, DEFAULT_MODEL, None, None, console)
+        typer.echo(data_path)
+        typer.echo(model_path)
+
+    @download_app.command("data")
+    def download_data(
+        ctx: typer.Context,
+        url: list[str] = typer.Option(
+            [],
+            "--url",
+            metavar="URL",
+            help="Download from this URL instead (repeat for mirrors, tried in order). "
+            "Default: $SPAMTUNE_DATA_URLS (comma-separated), else UCI.",
+            show_default=False,
+        ),
+        from_file: Path | None = typer.Option(
+            None, "--from", metavar="PATH", help="Import a local zip or SMSSpamCollection file instead of downloading."
+        ),
+        data_dir: Path | None = _data_dir_option(),
+    ) -> None:
+        """The SMS Spam Collection (UCI), sha256-checked, into <data root>/sms_spam_collection/."""
+        if url and from_file is not None:
+            raise SpamtuneUsageError("--url and --from exclude each other")
+        root = paths.data_root(data_dir or ctx.obj)
+        typer.echo(fetch_data_file(root, url, from_file, _stderr()))
+
+    @download_app.command("model")
+    def download_model(
+        ctx: typer.Context,
+        name: str = typer.Argument(DEFAULT_MODEL, metavar="NAME", help=MODEL_NAMES_HELP),
+        from_file: Path | None = typer.Option(
+            None,
+            "--from",
+            metavar="FILE",
+            help="Import a local model.safetensors into <data root>/models/NAME/ instead of downloading.",
+        ),
+        endpoint: str | None = typer.Option(
+            None, "--endpoint", envvar="HF_ENDPOINT", metavar="URL", help="Hugging Face hub or mirror to use."
+        ),
+        data_dir: Path | None = _data_dir_option(),
+    ) -> None:
+        """GPT-2 weights (model.safetensors) from the Hugging Face hub into its cache, checked."""
+        root = paths.data_root(data_dir or ctx.obj)
+        typer.echo(fetch_model_file(root, name, from_file, endpoint, _stderr()))
+
+    app.add_typer(download_app, name="download")

@@ -1,0 +1,525 @@
+"""Fetching what training needs: the SMS Spam Collection and OpenAI's GPT-2 weights.
+
+The data comes from UCI as a zip over plain HTTP(S) (urllib, so ``HTTPS_PROXY``/``NO_PROXY``
+work as usual). A download lands in a ``.part`` file beside its destination and resumes from
+it with an HTTP ``Range`` request, within a run and in the next one; the one member we need
+is then extracted and checked against the published sha256 before it takes its final name.
+
+The weights go through ``huggingface_hub`` so that ``HF_HOME``, the shared cache,
+``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` mirrors behave as in every other Hugging Face tool.
+The file is then checked against the sha256 the hub published for it (its ETag) and opened
+to check its shapes against the requested size.
+
+Nothing here prints: progress and notes go to the callbacks the caller passes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
+from urllib.parse import unquote, urlsplit
+
+from spamtune import __version__, paths
+from spamtune.errors import SpamtuneError
+from spamtune.fsutil import atomic_path
+
+if TYPE_CHECKING:
+    from spamtune.model import GPTConfig
+
+Progress = Callable[[int, "int | None"], None]  # (bytes done, total bytes or None)
+Notify = Callable[[str], None]
+
+# UCI dataset 228, "SMS Spam Collection" v.1: the file and the figures it is known by.
+SMS_URLS = ("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",)
+SMS_MEMBER = "SMSSpamCollection"
+SMS_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
+SMS_SIZE = 477_907
+ENV_DATA_URLS = "SPAMTUNE_DATA_URLS"  # comma-separated mirrors, tried in order
+
+CHUNK = 1 << 16
+HTTP_TIMEOUT_S = 30
+# A dropped connection is retried at once, from where it stopped, as long as each attempt
+# brings new bytes; what is left after the last one resumes on the next run.
+MAX_ATTEMPTS_PER_URL = 5
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the SMS Spam Collection comes from and what it must hash to."""
+
+    urls: tuple[str, ...] = SMS_URLS
+    sha256: str = SMS_SHA256
+    size: int = SMS_SIZE
+    member: str = SMS_MEMBER
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A file in place: ``status`` is ``downloaded``, ``imported`` or ``present`` (nothing to do)."""
+
+    path: Path
+    status: str
+
+
+class _SourceError(SpamtuneError):
+    """This URL or file cannot give the data (unreachable, HTTP error, wrong content): try the next."""
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_error(path: Path, exc: OSError) -> SpamtuneError:
+    if exc.errno == errno.ENOSPC:
+        return SpamtuneError(f"disk full: cannot write {path}; free some space and run again")
+    return SpamtuneError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _reason(exc: BaseException | str) -> str:
+    """``[Errno 111] Connection refused`` -> ``Connection refused``; other errors as they print."""
+    text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+    return re.sub(r"^\[Errno -?\d+\] ", "", text.splitlines()[0])
+
+
+# --------------------------------------------------------------------------- the SMS data
+
+
+def data_urls(cli_urls: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The mirror list: ``--url`` values, else ``$SPAMTUNE_DATA_URLS``, else UCI."""
+    urls = tuple(cli_urls) or tuple(u.strip() for u in os.environ.get(ENV_DATA_URLS, "").split(",") if u.strip())
+    for url in urls:
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise SpamtuneError(f"not an http(s) URL: '{url}' (use --from for a local file)")
+    return urls or SMS_URLS
+
+
+def fetch_data(
+    root: Path,
+    source: DataSource = DataSource(),
+    *,
+    on_progress: Progress | None = None,
+    notify: Notify | None = None,
+) -> Fetched:
+    """Put a verified SMS Spam Collection at ``paths.sms_file(root)``, downloading only if needed.
+
+    Each URL is tried in order; one that fails (unreachable, HTTP error, not the right zip)
+    leaves the next one to try, and the error says what went wrong with each.
+    """
+    notify = notify or (lambda _msg: None)
+    target = paths.sms_file(root)
+    if _already_verified(target, source, notify):
+        return Fetched(target, "present")
+    failures = []
+    for url in source.urls:
+        if failures:
+            notify(f"trying the next mirror: {url}")
+        try:
+            _download_and_extract(url, target, source, on_progress, notify)
+            return Fetched(target, "downloaded")
+        except _SourceError as exc:
+            failures.append(str(exc))
+    if len(failures) == 1:
+        raise SpamtuneError(failures[0])
+    raise SpamtuneError(
+        f"could not download the SMS Spam Collection from any of {len(failures)} URLs: " + "; ".join(failures)
+    )
+
+
+def import_data(
+    root: Path, file: str | Path, source: DataSource = DataSource(), notify: Notify | None = None
+) -> Fetched:
+    """Put the SMS Spam Collection in place from a local zip or the raw tab-separated file."""
+    notify = notify or (lambda _msg: None)
+    file = Path(file)
+    target = paths.sms_file(root)
+    if not file.is_file():
+        raise SpamtuneError(f"file not found: {file}")
+    if _already_verified(target, source, notify):
+        return Fetched(target, "present")
+    try:
+        if zipfile.is_zipfile(file):
+            _extract_verified(file, str(file), target, source)
+        else:
+            _check_size(file.stat().st_size, str(file), source)
+            with file.open("rb") as stream:
+                _write_verified(stream, str(file), target, source)
+    except OSError as exc:
+        raise SpamtuneError(f"cannot read {file}: {exc.strerror or exc}") from None
+    return Fetched(target, "imported")
+
+
+def _already_verified(target: Path, source: DataSource, notify: Notify) -> bool:
+    if not target.is_file():
+        return False
+    if target.stat().st_size == source.size and sha256_file(target) == source.sha256:
+        notify(f"{target} is already there and verified (sha256 {source.sha256[:12]}...); nothing to download")
+        return True
+    notify(f"{target} does not match the expected sha256; fetching it again")
+    return False
+
+
+def _partial_path(target: Path, url: str) -> Path:
+    """Where a download from ``url`` collects its bytes: one per URL, so mirrors never mix."""
+    name = unquote(PurePosixPath(urlsplit(url).path).name) or "download"
+    tag = hashlib.sha256(url.encode()).hexdigest()[:10]
+    return target.parent / f".{name}.{tag}.part"
+
+
+def _download_and_extract(
+    url: str, target: Path, source: DataSource, on_progress: Progress | None, notify: Notify
+) -> None:
+    part = _partial_path(target, url)
+    try:
+        part.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(part.parent, exc) from None
+    _download(url, part, on_progress, notify)
+    try:
+        _extract_verified(part, url, target, source)
+    except _SourceError as exc:
+        part.unlink(missing_ok=True)  # complete but wrong: no use resuming it
+        raise _SourceError(f"{exc}; the download was removed") from None
+    part.unlink(missing_ok=True)
+
+
+def _download(url: str, part: Path, on_progress: Progress | None, notify: Notify) -> None:
+    """Fill ``part`` with the whole body of ``url``, resuming from what it already holds."""
+    host = urlsplit(url).hostname or url
+    opener = urllib.request.build_opener()  # built per call so proxy variables are read now
+    total = None
+    for _ in range(MAX_ATTEMPTS_PER_URL):
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": f"spamtune/{__version__}"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+            notify(f"resuming {url} at byte {have:,}")
+        kept = f" (the {have:,} bytes already here are kept for the next try)" if have else ""
+        try:
+            response = opener.open(urllib.request.Request(url, headers=headers), timeout=HTTP_TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:  # the partial file no longer fits what the server has
+                part.unlink()
+                continue
+            raise _SourceError(f"{host} answered HTTP {exc.code} {exc.reason} for {url}{kept}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = _reason(getattr(exc, "reason", exc))
+            raise _SourceError(
+                f"cannot reach {host}: {reason}{kept}; use --from FILE or give a mirror with --url"
+            ) from None
+        with response:
+            if response.status == 206 and _range_start(response) != have:
+                part.unlink(missing_ok=True)  # not the range we asked for: start over
+                continue
+            resumed = response.status == 206
+            start = have if resumed else 0
+            length = response.headers.get("Content-Length")
+            total = start + int(length) if length and length.isdigit() else None
+            done = _receive(response, part, "ab" if resumed else "wb", start, total, on_progress)
+        if total is None or done == total:
+            return
+        if done == start:
+            break  # no progress at all: retrying would loop
+    raise _SourceError(
+        f"download from {host} was cut off at byte {part.stat().st_size:,}"
+        + (f" of {total:,}" if total else "")
+        + "; run the command again to resume"
+    )
+
+
+def _range_start(response) -> int | None:
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _receive(response, part: Path, mode: str, done: int, total: int | None, on_progress: Progress | None) -> int:
+    """Append the response body to ``part`` until it ends or the connection drops; bytes held."""
+    try:
+        out = part.open(mode)
+    except OSError as exc:
+        raise _write_error(part, exc) from None
+    with out:
+        while True:
+            if on_progress:
+                on_progress(done, total)
+            try:
+                chunk = response.read(CHUNK)
+            except (OSError, http.client.HTTPException):
+                break  # dropped mid-body: keep what arrived, the caller resumes
+            if not chunk:
+                break
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise _write_error(part, exc) from None
+            done += len(chunk)
+    return done
+
+
+def _unsafe_entry(name: str) -> bool:
+    """A zip entry that would land outside the folder it is extracted into."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", name)) or ".." in parts
+
+
+def _extract_verified(zip_path: Path, origin: str, target: Path, source: DataSource) -> None:
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise _SourceError(f"{origin} is not a readable zip file ({exc})") from None
+    with archive:
+        entries = archive.infolist()
+        unsafe = next((e.filename for e in entries if _unsafe_entry(e.filename)), None)
+        if unsafe is not None:
+            raise _SourceError(
+                f"{origin} holds an unsafe entry '{unsafe}' (absolute path or '..'); refusing to extract it"
+            )
+        member = next((e for e in entries if not e.is_dir() and PurePosixPath(e.filename).name == source.member), None)
+        if member is None:
+            listing = ", ".join(e.filename for e in entries[:10]) or "nothing"
+            raise _SourceError(f"{origin} holds no {source.member} (it holds: {listing})")
+        _check_size(member.file_size, origin, source)
+        try:
+            with archive.open(member) as stream:
+                _write_verified(stream, origin, target, source)
+        except (zipfile.BadZipFile, NotImplementedError) as exc:
+            raise _SourceError(f"{origin} is a damaged or unsupported zip file ({exc})") from None
+
+
+def _check_size(size: int, origin: str, source: DataSource) -> None:
+    if size != source.size:
+        raise _SourceError(f"{source.member} from {origin} has {size:,} bytes, expected {source.size:,}")
+
+
+def _write_verified(stream: BinaryIO, origin: str, target: Path, source: DataSource) -> None:
+    """Copy ``stream`` to ``target`` atomically, only if it has exactly the expected bytes."""
+    digest, size = hashlib.sha256(), 0
+    with atomic_path(target) as tmp:
+        try:
+            out = tmp.open("wb")
+        except OSError as exc:
+            raise _write_error(target, exc) from None
+        with out:
+            # Stop once past the expected size: a zip bomb or an endless stream ends here.
+            while size <= source.size and (block := stream.read(CHUNK)):
+                digest.update(block)
+                size += len(block)
+                try:
+                    out.write(block)
+                except OSError as exc:
+                    raise _write_error(target, exc) from None
+        actual = digest.hexdigest()
+        if size != source.size or actual != source.sha256:
+            raise _SourceError(
+                f"{source.member} from {origin} has sha256 {actual[:12]}... ({size:,} bytes), expected "
+                f"{source.sha256[:12]}... ({source.size:,} bytes)"
+            )
+
+
+# --------------------------------------------------------------------------- GPT-2 weights
+
+
+def pretrained_name(name: str) -> str:
+    """``gpt2``/``124M``/``gpt2-small`` -> ``gpt2-small``; anything not on the hub is an error."""
+    from spamtune.model import canonical_model_name
+
+    valid = ", ".join(paths.HF_REPOS) + " (or gpt2, 124M, 355M, 774M, 1558M)"
+    try:
+        canonical = canonical_model_name(name)
+    except SpamtuneError:
+        raise SpamtuneError(f"unknown model '{name}'; choose one of: {valid}") from None
+    if canonical not in paths.HF_REPOS:
+        raise SpamtuneError(
+            f"'{name}' is not a released GPT-2 checkpoint, so there is nothing to download; choose one of: {valid}"
+        )
+    return canonical
+
+
+def download_model(
+    name: str,
+    *,
+    config: GPTConfig | None = None,
+    endpoint: str | None = None,
+    progress_bars: bool = False,
+    notify: Notify | None = None,
+) -> Fetched:
+    """Fetch ``model.safetensors`` for a GPT-2 size into the Hugging Face cache, and check it.
+
+    ``config`` is the ``GPTConfig`` the file must match (default: the named size's);
+    ``endpoint`` (default ``$HF_ENDPOINT``, else huggingface.co) is the hub or mirror to ask.
+    Hugging Face's own progress bars are shown only if ``progress_bars`` (and stderr is a terminal).
+    """
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    from spamtune.model import GPTConfig
+    from spamtune.weights import check_hf_file
+
+    notify = notify or (lambda _msg: None)
+    name = pretrained_name(name)
+    repo = paths.HF_REPOS[name]
+    config = config or GPTConfig.from_name(name)
+    # Read now, not when huggingface_hub was imported, and handed over explicitly.
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+
+    class _QuietTqdm(hf_tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    if constants.is_offline_mode():
+        notify(f"HF_HUB_OFFLINE is set: looking for {repo}/{paths.HF_WEIGHTS_FILE} in the Hugging Face cache only")
+    else:
+        notify(f"looking up {repo}/{paths.HF_WEIGHTS_FILE} on {endpoint or constants.ENDPOINT}")
+    cached_before = try_to_load_from_cache(repo, paths.HF_WEIGHTS_FILE)
+    try:
+        path = Path(
+            hf_hub_download(
+                repo,
+                paths.HF_WEIGHTS_FILE,
+                endpoint=endpoint,
+                tqdm_class=None if progress_bars else _QuietTqdm,
+            )
+        )
+    except Exception as exc:
+        _raise_hub_error(exc, name, repo, endpoint)
+    status = "present" if isinstance(cached_before, str) and Path(cached_before) == path else "downloaded"
+    notify(f"checking the sha256 of {path}")
+    _verify_against_hub(path, repo, endpoint)
+    check_hf_file(path, config)
+    return Fetched(path, status)
+
+
+def import_model(root: Path, name: str, file: str | Path, *, config: GPTConfig | None = None) -> Fetched:
+    """Copy a carried-over GPT-2 ``model.safetensors`` into the data root, after checking its shapes."""
+    from spamtune.model import GPTConfig
+    from spamtune.weights import check_hf_file
+
+    name = pretrained_name(name)
+    file = Path(file)
+    check_hf_file(file, config or GPTConfig.from_name(name))  # also says "not found" / "not safetensors"
+    target = paths.imported_weights_file(root, name)
+    if target.exists() and target.samefile(file):
+        return Fetched(target, "present")
+    with atomic_path(target) as tmp:
+        try:
+            shutil.copyfile(file, tmp)
+        except OSError as exc:
+            raise _write_error(target, exc) from None
+    return Fetched(target, "imported")
+
+
+def _verify_against_hub(path: Path, repo: str, endpoint: str | None) -> None:
+    """Compare the file's sha256 with the one the hub published; remove the file on a mismatch.
+
+    For an LFS file the hub's ETag is the content's sha256, and the cache names the blob after
+    it; where the cache holds copies instead of links, the hub is asked again.
+    """
+    blob = Path(os.path.realpath(path))
+    expected = blob.name
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+        if constants.is_offline_mode():
+            raise SpamtuneError(
+                f"HF_HUB_OFFLINE is set and this Hugging Face cache holds copies, not links named by their sha256, "
+                f"so {repo}/{paths.HF_WEIGHTS_FILE} cannot be checked offline; unset HF_HUB_OFFLINE"
+            )
+        try:
+            meta = get_hf_file_metadata(hf_hub_url(repo, paths.HF_WEIGHTS_FILE, endpoint=endpoint), endpoint=endpoint)
+        except Exception as exc:
+            _raise_hub_error(exc, None, repo, endpoint)
+        expected = meta.etag or ""
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise SpamtuneError(
+            f"the hub gives no sha256 for {repo}/{paths.HF_WEIGHTS_FILE} (ETag '{expected}'), so it cannot be "
+            "verified; download it by hand and use --from FILE"
+        )
+    actual = sha256_file(blob)
+    if actual != expected:
+        blob.unlink(missing_ok=True)
+        if path != blob:
+            path.unlink(missing_ok=True)
+        raise SpamtuneError(
+            f"{repo}/{paths.HF_WEIGHTS_FILE} has sha256 {actual[:12]}... but the hub lists {expected[:12]}...; "
+            "the bad file was removed, run the command again"
+        )
+
+
+def _raise_hub_error(exc: Exception, name: str | None, repo: str, endpoint: str | None) -> NoReturn:
+    """Re-raise what ``huggingface_hub`` raised as one line; anything unforeseen as it is (a bug)."""
+    message = _hub_error_message(exc, name, repo, endpoint)
+    if message is None:
+        raise exc
+    raise SpamtuneError(message) from None
+
+
+def _hub_error_message(exc: Exception, name: str | None, repo: str, endpoint: str | None) -> str | None:
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        FileMetadataError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    hub = endpoint or constants.ENDPOINT
+    what = f"{name} ({repo})" if name else repo
+    # "Not in the cache and could not ask the hub": the reason it could not is the cause.
+    cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ else exc
+
+    offline = isinstance(exc, LocalEntryNotFoundError) and constants.is_offline_mode()
+    if offline or isinstance(cause, OfflineModeIsEnabled):
+        return (
+            f"HF_HUB_OFFLINE is set and {what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); "
+            "unset HF_HUB_OFFLINE to download it, or use --from FILE"
+        )
+    if isinstance(cause, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        host = _request_host(cause) or urlsplit(hub).hostname or hub
+        return f"cannot reach {host}: {_reason(cause)}; use --from FILE or set HF_ENDPOINT"
+    if isinstance(cause, RepositoryNotFoundError):
+        return f"{hub} has no repository {repo} (HTTP {cause.response.status_code})"
+    if isinstance(cause, RemoteEntryNotFoundError):
+        return f"{repo} on {hub} has no {paths.HF_WEIGHTS_FILE} (HTTP {cause.response.status_code})"
+    if isinstance(cause, HfHubHTTPError):
+        response = cause.response
+        return f"{response.url.host} answered HTTP {response.status_code} {response.reason_phrase} for {response.url}"
+    if isinstance(cause, FileMetadataError):
+        return f"{hub} does not answer like a Hugging Face hub (no commit or ETag header); check HF_ENDPOINT"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (
+            f"disk full: cannot write to the Hugging Face cache {constants.HF_HUB_CACHE}; "
+            "free some space and run again"
+        )
+    if isinstance(exc, OSError) and "Consistency check failed" in str(exc):  # huggingface_hub's size check
+        return f"the download of {what} came back with the wrong size; run the command again"
+    if isinstance(exc, OSError):
+        return f"cannot fetch {what}: {_reason(exc)}"
+    return None
+
+
+def _request_host(exc: Exception) -> str | None:
+    try:
+        return exc.request.url.host  # httpx2 errors raised while sending carry their request
+    except (AttributeError, RuntimeError):
+        return None
