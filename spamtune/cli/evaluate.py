@@ -1,0 +1,124 @@
+"""``spamtune evaluate``: accuracy, per-class precision / recall / F1, confusion matrix and
+ROC-AUC of a run, optionally beside a TF-IDF baseline.
+
+``--format json`` prints one JSON object on stdout; the table format draws rich tables on
+stderr and prints a one-line result on stdout. torch is imported inside the command only.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from spamtune.errors import SpamtuneUsageError
+
+
+class ReportFormat(str, enum.Enum):
+    table = "table"
+    json = "json"
+
+
+def _number(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2%}" if percent else f"{value:.4f}"
+
+
+def _columns(result: dict) -> list[tuple[str, dict]]:
+    """(heading, report) for the model and, if present, the baseline."""
+    columns = [("spamtune", result)]
+    if "baseline" in result:
+        columns.append(("TF-IDF+LR", result["baseline"]))
+    return columns
+
+
+def _where(result: dict) -> str:
+    if "input" in result:
+        return result["input"]
+    return "all splits" if result["split"] == "all" else f"the {result['split']} split"
+
+
+def render_tables(result: dict, console: Console) -> None:
+    columns = _columns(result)
+    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages", highlight=False)
+    if "baseline" in result:
+        console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split", highlight=False)
+
+    overview = Table(title="Overall")
+    overview.add_column("")
+    for heading, _ in columns:
+        overview.add_column(heading, justify="right")
+    overview.add_row("accuracy", *(_number(r["accuracy"], percent=True) for _, r in columns))
+    overview.add_row("ROC-AUC", *(_number(r["roc_auc"]) for _, r in columns))
+    overview.add_row("cross-entropy", *(_number(r["loss"]) for _, r in columns))
+    for name, part in result.get("by_split", {}).items():
+        overview.add_row(
+            f"accuracy on {name} ({part['n']})",
+            *(_number(r["by_split"][name]["accuracy"], percent=True) for _, r in columns),
+        )
+    console.print(overview)
+
+    per_class = Table(title="Per class")
+    for heading in ("class", "model", "precision", "recall", "F1", "support"):
+        per_class.add_column(heading, justify="left" if heading in ("class", "model") else "right")
+    for label in result["labels"]:
+        for heading, r in columns:
+            scores = r["per_class"][label]
+            per_class.add_row(
+                label, heading, *(_number(scores[k], percent=True) for k in ("precision", "recall", "f1")), str(scores["support"])
+            )
+    console.print(per_class)
+
+    for heading, r in columns:
+        matrix = Table(title=f"Confusion matrix, {heading}")
+        matrix.add_column("true \\ predicted")
+        for label in r["labels"]:
+            matrix.add_column(label, justify="right")
+        for label, row in zip(r["labels"], r["confusion_matrix"]):
+            matrix.add_row(label, *map(str, row))
+        console.print(matrix)
+
+
+def evaluate_command(
+    run_dir: Path | None = typer.Argument(None, help="Run folder (default: the latest run under the data root)."),
+    split: str | None = typer.Option(None, help="test (default), validation, train or all."),
+    input_file: Path | None = typer.Option(
+        None, "--input", help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection."
+    ),
+    output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
+    baseline: bool = typer.Option(False, "--baseline", help="Also train TF-IDF + logistic regression on the train split."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Messages per batch."),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default: the run's, else $SPAMTUNE_HOME or ./data)."),
+) -> None:
+    """Score a fine-tuned run on a split or a labelled file."""
+    from spamtune.evaluate import evaluate_run
+
+    if split is not None and input_file is not None:
+        raise SpamtuneUsageError("give either --split or --input, not both")
+    result = evaluate_run(
+        run_dir,
+        split=split or "test",
+        input_file=input_file,
+        data_dir=data_dir,
+        device=device,
+        batch_size=batch_size,
+        baseline=baseline,
+    )
+    if output_format is ReportFormat.json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        return
+    render_tables(result, Console(stderr=True))
+    line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
+    if "baseline" in result:
+        line += f"; baseline {result['baseline']['accuracy']:.2%}"
+    typer.echo(line)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_command)

@@ -1,0 +1,176 @@
+"""``spamtune finetune``: train a classifier into a run folder, or ``--resume`` an unfinished one.
+
+Progress goes to stderr (a live bar only on a terminal, one line per evaluation always); the
+run folder's path is the last line on stdout. torch is imported inside the command only.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from spamtune.errors import SpamtuneUsageError
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    return f"{int(minutes)}m {secs:04.1f}s" if minutes else f"{secs:.1f}s"
+
+
+class ProgressReporter:
+    """Renders training events on stderr: a rich progress bar on a terminal, plain lines always."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = None
+        self.task = None
+        # The bar shows the mean training loss since the last evaluation: steadier than one step's.
+        self.loss_sum, self.loss_steps = 0.0, 0
+
+    def __call__(self, event) -> None:
+        from spamtune import train
+
+        if isinstance(event, train.TrainingStarted):
+            self._started(event)
+        elif isinstance(event, train.StepDone) and self.progress is not None:
+            self.loss_sum += event.loss
+            self.loss_steps += 1
+            self.progress.update(
+                self.task,
+                completed=event.step,
+                loss=self.loss_sum / self.loss_steps,
+                rate=event.examples_per_s,
+                description=f"epoch {event.epoch}",
+            )
+        elif isinstance(event, train.EvaluationStarted) and self.progress is not None:
+            self.progress.update(self.task, description=f"evaluating {event.split}")
+        elif isinstance(event, train.Evaluated):
+            self.loss_sum, self.loss_steps = 0.0, 0
+            r = event.record
+            self.console.print(
+                f"step {r['step']:>5}  epoch {r['epoch']:g}  "
+                f"train loss {r['train_loss']:.3f} acc {r['train_acc']:.2%}  "
+                f"val loss {r['val_loss']:.3f} acc {r['val_acc']:.2%}" + ("  [green]best[/]" if event.is_best else ""),
+                highlight=False,
+            )
+
+    def _started(self, e) -> None:
+        resumed = f", resuming at step {e.start_step}" if e.start_step else ""
+        self.console.print(
+            f"fine-tuning {e.model} on {e.device} ({e.precision}): {e.trainable_params:,} of {e.total_params:,} "
+            f"parameters trainable; {e.n_train}/{e.n_validation}/{e.n_test} train/validation/test messages, "
+            f"up to {e.max_length} tokens; {e.total_steps} steps{resumed}\nrun folder: {e.run_dir}",
+            highlight=False,
+        )
+        if not self.console.is_terminal:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}"),
+            TextColumn("{task.fields[rate]:.1f} ex/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("training", total=e.total_steps, completed=e.start_step, loss=math.nan, rate=0.0)
+        self.progress.start()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _given_options(ctx: typer.Context, names: list[str]) -> list[str]:
+    """The options typed on the command line (or set in the environment), not defaulted."""
+    given = []
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given.append(name)
+    return given
+
+
+def finetune_command(
+    ctx: typer.Context,
+    model: str = typer.Option("gpt2-small", help="Named size (gpt2-small, gpt2-medium, ..., tiny) or a JSON config file."),
+    weights: str = typer.Option("pretrained", help="pretrained (needs `spamtune download model NAME`) or random."),
+    trainable: str = typer.Option("last-block", help="head, last-block, last-N-blocks (e.g. last-2-blocks) or all."),
+    pooling: str = typer.Option("last-real", help="last-real (last non-padding token), last (the book's) or mean."),
+    epochs: int = typer.Option(5, help="Passes over the training split."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Messages per batch."),
+    lr: float = typer.Option(5e-5, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay."),
+    seed: int = typer.Option(123, help="Seed for the head, random init and batch order."),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="Tokens kept per message (start kept). Default: longest training message, capped by the context."
+    ),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Also evaluate every N steps (default: once per epoch)."),
+    patience: int | None = typer.Option(None, help="Stop after N evaluations without a lower validation loss."),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 (CPU/CUDA) or fp16 (CUDA)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder to create. Default: a new folder under <data root>/runs/."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue an unfinished run folder from its last checkpoint."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default: $SPAMTUNE_HOME or ./data)."),
+) -> None:
+    """Fine-tune GPT-2 into a spam classifier (the book's chapter-6 recipe by default)."""
+    from spamtune import paths, train
+
+    values = {
+        "model": model,
+        "weights": weights,
+        "trainable": trainable,
+        "pooling": pooling,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "max_length": max_length,
+        "grad_accum": grad_accum,
+        "eval_every": eval_every,
+        "patience": patience,
+        "device": device,
+        "precision": precision,
+        "data_dir": str(paths.data_root(data_dir)),
+    }
+    console = Console(stderr=True, soft_wrap=True)
+    reporter = ProgressReporter(console)
+    try:
+        if resume is not None:
+            if out is not None:
+                raise SpamtuneUsageError("--out and --resume exclude each other: a resumed run stays in its folder")
+            changed = {name: values[name] for name in _given_options(ctx, list(values))}
+            summary = train.resume_finetune(resume, changed, on_event=reporter)
+        else:
+            summary = train.finetune(train.FinetuneOptions(**values), out, on_event=reporter)
+    except train.TrainingInterrupted as exc:
+        reporter.close()
+        console.print(
+            f"interrupted at step {exc.step} (last checkpoint: step {exc.checkpoint_step}); "
+            f"continue with: spamtune finetune --resume {exc.run_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    finally:
+        reporter.close()
+    stopped = "  (stopped early)" if summary["stopped_early"] else ""
+    console.print(
+        f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.3f}) with the best weights "
+        f"(step {summary['best_step']}, validation accuracy {summary['validation_accuracy']:.2%}){stopped}; "
+        f"wall time {_duration(summary['wall_time_s'])}, {summary['examples_per_s']:.1f} examples/s",
+        highlight=False,
+    )
+    typer.echo(summary["run"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune")(finetune_command)

@@ -1,0 +1,151 @@
+"""Evaluation: the metrics agree with scikit-learn, and `spamtune evaluate` reproduces the
+fine-tuning summary and reports in both formats."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from spamtune import metrics, train
+from spamtune.cli import app
+from test_train import tiny_options, tiny_split, write_tiny_data
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+
+# --------------------------------------------------------------------------- metrics vs scikit-learn
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_match_scikit_learn(num_classes, seed):
+    rng = random.Random(seed)
+    n = 200
+    y_true = [rng.randrange(num_classes) for _ in range(n)]
+    # Coarse probabilities so that ties occur and the tie handling of ROC-AUC is exercised.
+    raw = [[rng.randint(1, 6) for _ in range(num_classes)] for _ in range(n)]
+    probs = [[v / sum(row) for v in row] for row in raw]
+    y_pred = [max(range(num_classes), key=p.__getitem__) for p in probs]
+    labels = list(range(num_classes))
+
+    assert metrics.accuracy(y_true, y_pred) == pytest.approx(sklearn_metrics.accuracy_score(y_true, y_pred))
+    matrix = metrics.confusion_matrix(y_true, y_pred, num_classes)
+    assert matrix == sklearn_metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    precision, recall, f1, support = sklearn_metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    for c, scores in enumerate(metrics.per_class_scores(matrix)):
+        assert scores["precision"] == pytest.approx(precision[c])
+        assert scores["recall"] == pytest.approx(recall[c])
+        assert scores["f1"] == pytest.approx(f1[c])
+        assert scores["support"] == support[c]
+    if num_classes == 2:
+        expected_auc = sklearn_metrics.roc_auc_score(y_true, [p[1] for p in probs])
+    else:
+        expected_auc = sklearn_metrics.roc_auc_score(y_true, probs, multi_class="ovr", average="macro")
+    assert metrics.roc_auc(y_true, probs) == pytest.approx(expected_auc)
+
+
+def test_edge_cases_of_the_metrics():
+    assert metrics.average_ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert metrics.roc_auc([1, 1, 1], [[0.2, 0.8]] * 3) is None  # one class only: undefined
+    assert metrics.per_class_scores([[0, 0], [3, 0]])[1] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 3}
+    report = metrics.classification_report([0, 1, 1], [0, 1, 0], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], ["ham", "spam"])
+    assert report["accuracy"] == pytest.approx(2 / 3) and report["confusion_matrix"] == [[1, 0], [1, 1]]
+    assert report["per_class"]["spam"]["recall"] == 0.5 and report["roc_auc"] == 1.0
+
+
+# --------------------------------------------------------------------------- spamtune evaluate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path, dict]:
+    root = write_tiny_data(tmp_path_factory.mktemp("data"))
+    summary = train.finetune(tiny_options(root, epochs=2), root / "runs" / "eval")
+    return root, Path(summary["run"]), summary
+
+
+def evaluate(*args: str):
+    return CliRunner().invoke(app, ["evaluate", *args])
+
+
+def test_json_matches_the_finetune_summary(run):
+    root, run_dir, summary = run
+    # No RUN_DIR: the latest run under the data root.
+    result = evaluate("--data-dir", str(root), "--format", "json", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["run"] == str(run_dir) and report["split"] == "test" and report["n"] == summary["n_test"]
+    assert report["accuracy"] == summary["test_accuracy"]
+    assert report["loss"] == pytest.approx(summary["test_loss"], abs=1e-6)
+    assert sum(map(sum, report["confusion_matrix"])) == report["n"]
+    assert set(report["per_class"]) == {"ham", "spam"} and 0.0 <= report["roc_auc"] <= 1.0
+
+
+def test_last_pooling_and_bf16_runs_evaluate_as_they_were_tested(tmp_path):
+    """``last`` pooling pads to the run's maximum length and bf16 runs evaluate in bf16, as in training."""
+    root = write_tiny_data(tmp_path / "data")
+    summary = train.finetune(tiny_options(root, pooling="last", precision="bf16"), root / "runs" / "last")
+    report = json.loads(evaluate(summary["run"], "--format", "json", "--device", "cpu").stdout)
+    assert report["precision"] == "bf16"
+    assert (report["accuracy"], report["loss"]) == (summary["test_accuracy"], pytest.approx(summary["test_loss"], abs=1e-6))
+
+
+def test_all_splits_and_a_labelled_file(run, tmp_path):
+    root, run_dir, summary = run
+    report = json.loads(evaluate(str(run_dir), "--split", "all", "--format", "json").stdout)
+    assert report["n"] == 60 and set(report["by_split"]) == {"train", "validation", "test"}
+    assert report["by_split"]["validation"]["accuracy"] == summary["validation_accuracy"]
+    assert report["by_split"]["train"]["accuracy"] == summary["train_accuracy"]
+
+    # The test split as a file with label names instead of indices gives the same figures.
+    test = tiny_split(10, 50)
+    file = tmp_path / "labelled.jsonl"
+    file.write_text("".join(json.dumps({"text": t, "label": ["ham", "spam"][y]}) + "\n" for t, y in zip(test.texts, test.labels)))
+    by_file = json.loads(evaluate(str(run_dir), "--input", str(file), "--format", "json").stdout)
+    assert by_file["input"] == str(file) and by_file["accuracy"] == summary["test_accuracy"]
+    assert by_file["confusion_matrix"] == json.loads(evaluate(str(run_dir), "--format", "json").stdout)["confusion_matrix"]
+
+
+def test_tables_on_stderr_and_the_baseline(run):
+    _, run_dir, summary = run
+    result = evaluate(str(run_dir), "--baseline")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"accuracy {summary['test_accuracy']:.2%} on the test split (10 messages); baseline ")
+    for heading in ("Overall", "Per class", "Confusion matrix, spamtune", "Confusion matrix, TF-IDF+LR", "ROC-AUC"):
+        assert heading in result.stderr
+    report = json.loads(evaluate(str(run_dir), "--baseline", "--format", "json").stdout)
+    assert report["baseline"]["model"].startswith("TF-IDF") and report["baseline"]["n"] == 10
+
+
+def test_baseline_without_scikit_learn_says_how_to_get_it(run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.feature_extraction.text", None)
+    result = evaluate(str(run[1]), "--baseline")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip() == "Error: --baseline needs scikit-learn: pip install 'spamtune[baseline]'"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "dev"], "unknown split 'dev'"),
+        (["--split", "test", "--input", "x.csv"], "either --split or --input"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line(run, args, message):
+    result = evaluate(str(run[1]), *args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_no_run_yet(tmp_path):
+    result = evaluate("--data-dir", str(tmp_path))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: no fine-tuned model found") and result.stderr.count("\n") == 1

@@ -1,0 +1,310 @@
+"""Fine-tuning: the loop learns, freezes what it should, is reproducible and resumable, and
+its CLI fails with one clear line on bad input. Tiny models and ~60 messages: seconds each."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from spamtune import train
+from spamtune.cli import app
+from spamtune.data import Split, write_split
+from spamtune.errors import SpamtuneError
+from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
+from spamtune.tokenizer import encode_texts
+
+SPAM = [
+    "WINNER!! You have won a free prize, call now to claim",
+    "URGENT: your mobile number won 2000 pounds, call 09061701461",
+    "Free entry to win a holiday, text WIN to 80086 now",
+    "Congratulations, you won a $1000 gift card, click the link",
+    "Claim your cash reward today, reply YES to 85023",
+    "You have been selected for a free ringtone, text TONE to 87121",
+]
+HAM = [
+    "Are we still meeting for lunch tomorrow?",
+    "I'll be home late tonight, sorry",
+    "Can you pick up some milk on the way back",
+    "Ok see you at the station at 6",
+    "Did you finish the report for Monday?",
+    "Happy birthday! Hope you have a lovely day",
+]
+TINY_CONFIG = {"context_length": 64, "emb_dim": 32, "n_layers": 2, "n_heads": 4}
+
+
+def tiny_split(n: int, offset: int) -> Split:
+    """``n`` alternating ham/spam messages, varied so that splits differ."""
+    texts, labels = [], []
+    for i in range(offset, offset + n):
+        label = i % 2
+        pool = SPAM if label else HAM
+        texts.append(pool[(i // 2) % len(pool)] + ("" if i % 3 else " thanks") + (" :)" if i % 5 == 0 else ""))
+        labels.append(label)
+    return Split(texts, labels)
+
+
+def write_tiny_data(root: Path) -> Path:
+    """A data root as `spamtune prepare` leaves it: three split CSVs and labels.json, plus a tiny model config."""
+    for name, n, offset in (("train", 40, 0), ("validation", 10, 40), ("test", 10, 50)):
+        write_split(root / f"{name}.csv", tiny_split(n, offset))
+    (root / "labels.json").write_text(json.dumps({"labels": {"ham": 0, "spam": 1}}))
+    (root / "tiny.json").write_text(json.dumps(TINY_CONFIG))
+    return root
+
+
+def tiny_options(root: Path, **overrides) -> train.FinetuneOptions:
+    options = train.FinetuneOptions(
+        model=str(root / "tiny.json"), weights="random", epochs=2, lr=1e-3, data_dir=str(root), device="cpu"
+    )
+    return replace(options, **overrides)
+
+
+def comparable(records: list[dict]) -> list[dict]:
+    """Metrics lines without their wall-clock times."""
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
+
+
+RESULT_KEYS = ("test_accuracy", "test_loss", "validation_accuracy", "validation_loss", "train_accuracy", "train_loss", "best_step")
+
+
+@pytest.fixture
+def data_root(tmp_path) -> Path:
+    return write_tiny_data(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One tiny last-block run, shared by the tests that only read it."""
+    root = write_tiny_data(tmp_path_factory.mktemp("data"))
+    summary = train.finetune(tiny_options(root), root / "runs" / "one")
+    return Path(summary["run"]), summary
+
+
+def tiny_model(trainable: str = "last-block") -> GPTModel:
+    torch.manual_seed(0)
+    return convert_to_classifier(GPTModel(GPTConfig(**TINY_CONFIG)), 2, trainable, seed=1)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_one_training_step_lowers_the_loss():
+    model = tiny_model()
+    split = tiny_split(16, 0)
+    batch = train.Examples(encode_texts(split.texts), split.labels).batch(list(range(16)))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    before = train.classification_loss(model, batch, "last-real").item()
+    reported = train.optimizer_step(model, optimizer, [batch], "last-real")
+    after = train.classification_loss(model, batch, "last-real").item()
+    assert reported == pytest.approx(before, rel=1e-6)
+    assert after < before
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    examples = train.Examples(encode_texts(tiny_split(12, 0).texts), tiny_split(12, 0).labels)
+    params = []
+    for groups in ([list(range(12))], [list(range(8)), list(range(8, 12))]):
+        model = tiny_model("all")
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the gradient itself
+        train.optimizer_step(model, optimizer, [examples.batch(g) for g in groups], "last-real")
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
+
+
+def test_frozen_parameters_stay_bit_identical(finished_run):
+    run_dir, _ = finished_run
+    trained = load_file(str(run_dir / "model.safetensors"))
+    root = run_dir.parents[1]
+    fresh = train.build_model(GPTConfig(**TINY_CONFIG), tiny_options(root), 2).state_dict()
+    frozen = [k for k in fresh if k.startswith(("tok_emb.", "pos_emb.", "trf_blocks.0."))]
+    assert frozen and all(torch.equal(trained[k], fresh[k]) for k in frozen)
+    trainable = [k for k in fresh if k.startswith(("trf_blocks.1.", "final_norm.", "out_head."))]
+    assert all(not torch.equal(trained[k], fresh[k]) for k in trainable)
+
+
+def test_run_folder_holds_exactly_the_six_files(finished_run):
+    run_dir, summary = finished_run
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(train.RUN_FILES)
+    records = train.read_metrics(run_dir)
+    assert [r["step"] for r in records] == [5, 10] and [r["epoch"] for r in records] == [1.0, 2.0]
+    assert records[-1]["examples_seen"] == 80
+    best = min(records, key=lambda r: (r["val_loss"], -r["val_acc"]))
+    assert summary["best_step"] == best["step"] and summary["validation_loss"] == best["val_loss"]
+    hparams = json.loads((run_dir / "hparams.json").read_text())
+    assert hparams["epochs"] == 2 and hparams["lr"] == 1e-3 and hparams["resolved"]["max_length"] == summary["max_length"]
+    assert json.loads((run_dir / "config.json").read_text())["labels"] == {"ham": 0, "spam": 1}
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["trainable_params"] < summary["total_params"]
+
+
+def test_same_seed_same_metrics(data_root, finished_run):
+    _, first = finished_run
+    second = train.finetune(tiny_options(data_root), data_root / "runs" / "two")
+    assert {k: first[k] for k in RESULT_KEYS} == {k: second[k] for k in RESULT_KEYS}
+    assert comparable(train.read_metrics(Path(first["run"]))) == comparable(train.read_metrics(Path(second["run"])))
+
+
+@pytest.mark.parametrize("interrupt_at", [2, 7])
+def test_resume_continues_where_it_stopped_and_reaches_the_same_metrics(data_root, interrupt_at):
+    options = tiny_options(data_root, epochs=3, eval_every=3)
+    reference = train.finetune(options, data_root / "runs" / "whole")
+
+    def stop_at_step(event):
+        if isinstance(event, train.StepDone) and event.step == interrupt_at:
+            raise KeyboardInterrupt
+
+    run_dir = data_root / "runs" / "cut"
+    with pytest.raises(train.TrainingInterrupted) as caught:
+        train.finetune(options, run_dir, on_event=stop_at_step)
+    assert caught.value.step == interrupt_at
+    assert caught.value.checkpoint_step == interrupt_at // 3 * 3  # the last evaluation before it
+    assert (run_dir / train.RESUME_DIR / train.RESUME_FILE).is_file()
+    assert not (run_dir / train.SUMMARY_FILE).exists()
+
+    steps = []
+    resumed = train.resume_finetune(run_dir, on_event=lambda e: steps.append(e.step) if isinstance(e, train.StepDone) else None)
+    assert steps[0] == caught.value.checkpoint_step + 1 and steps[-1] == 15
+    assert {k: resumed[k] for k in RESULT_KEYS} == {k: reference[k] for k in RESULT_KEYS}
+    assert comparable(train.read_metrics(run_dir)) == comparable(train.read_metrics(Path(reference["run"])))
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(train.RUN_FILES)
+    with pytest.raises(SpamtuneError, match="finished run"):
+        train.resume_finetune(run_dir)
+
+
+def test_early_stopping_counts_evaluations_without_improvement(data_root, monkeypatch):
+    monkeypatch.setattr(train, "evaluate_examples", lambda *args, **kwargs: (1.0, 0.5))
+    summary = train.finetune(tiny_options(data_root, epochs=5, eval_every=2, patience=2), data_root / "runs" / "early")
+    # Evaluations at steps 2 (best), 4 and 5 (the end of epoch 1): two without improvement.
+    assert summary["stopped_early"] and summary["best_step"] == 2 and summary["steps"] == 5
+
+
+def test_nan_loss_stops_with_a_clear_message(data_root, monkeypatch):
+    monkeypatch.setattr(train, "classification_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(SpamtuneError, match=r"loss became nan at step 1 .*lower --lr"):
+        train.finetune(tiny_options(data_root), data_root / "runs" / "nan")
+
+
+def test_padding_never_changes_the_logits():
+    model = tiny_model().eval()
+    short = encode_texts(["Ok see you at 6"])[0]
+    long = encode_texts([" ".join(SPAM), " ".join(HAM * 2)], max_length=60)
+    examples = train.Examples([short, *long], [0, 1, 0])
+    alone, mixed = examples.batch([0]), examples.batch([1, 0, 2])
+    assert mixed.input_ids.shape[1] > alone.input_ids.shape[1]
+    with torch.no_grad():
+        alone = model.classify(alone.input_ids, alone.lengths)
+        mixed = model.classify(mixed.input_ids, mixed.lengths)
+    torch.testing.assert_close(alone[0], mixed[1], atol=1e-5, rtol=1e-5)
+    one = train.predict_logits(model, [short], "last-real", device=torch.device("cpu"), batch_size=1)
+    together = train.predict_logits(model, [*long, short], "last-real", device=torch.device("cpu"), batch_size=3)
+    torch.testing.assert_close(one[0], together[2], atol=1e-5, rtol=1e-5)
+
+
+def test_last_pooling_pads_to_the_maximum_length():
+    """``last`` reads the final padded position: batches are as wide as the book pads them."""
+    examples = train.Examples([[1, 2], [3, 4, 5]], [0, 1])
+    assert examples.batch([0, 1], pad_to=train.pad_width("last", 10)).input_ids.shape == (2, 10)
+    assert examples.batch([0, 1], pad_to=train.pad_width("last-real", 10)).input_ids.shape == (2, 3)
+
+
+def test_bad_options_are_caught_before_a_folder_is_made(data_root):
+    for bad, message in (
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"lr": 0.0}, "--lr must be a positive number"),
+        ({"trainable": "last-9-blocks"}, "only 2 blocks"),
+        ({"pooling": "max"}, "unknown pooling"),
+        ({"precision": "fp8"}, "unknown precision"),
+        ({"precision": "fp16"}, "needs a CUDA device"),
+        ({"max_length": 100}, "exceeds the model's context length 64"),
+        ({"model": "tiny", "weights": "pretrained"}, "no pretrained weights for model 'tiny'"),
+    ):
+        with pytest.raises(SpamtuneError, match=message):
+            train.finetune(tiny_options(data_root, **bad))
+    assert not (data_root / "runs").exists()
+
+
+def test_default_run_folders_never_clobber(data_root):
+    first = train.new_run_dir(data_root, "tiny", "all")
+    second = train.new_run_dir(data_root, "tiny", "all")
+    assert first != second and first.is_dir() and second.is_dir()
+    (first / "x").write_text("taken")
+    with pytest.raises(SpamtuneError, match="already exists and is not empty"):
+        train.claim_run_dir(first)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_one_line_error(result, fragment: str, code: int | None = None):
+    assert result.exit_code == (code if code is not None else result.exit_code) and result.exit_code != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.stderr
+
+
+def cli_args(root: Path, *extra: str) -> list[str]:
+    return ["finetune", "--data-dir", str(root), "--model", str(root / "tiny.json"), "--weights", "random", "--device", "cpu", *extra]
+
+
+def test_cli_bad_input_is_one_line(data_root, tmp_path):
+    assert_one_line_error(invoke(*cli_args(data_root, "--epochs", "0")), "--epochs must be at least 1", 2)
+    assert_one_line_error(invoke(*cli_args(data_root, "--batch-size", "0")), "--batch-size must be at least 1", 2)
+    assert_one_line_error(invoke(*cli_args(data_root, "--trainable", "some-blocks")), "unknown trainable preset", 1)
+    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root), "--model", "gpt5"), "unknown model 'gpt5'", 1)
+    empty = tmp_path / "empty"
+    (empty).mkdir()
+    (empty / "labels.json").write_text(json.dumps({"labels": {"ham": 0, "spam": 1}}))
+    (empty / "tiny.json").write_text(json.dumps(TINY_CONFIG))
+    assert_one_line_error(invoke(*cli_args(empty)), "split file not found", 1)
+    assert not (data_root / "runs").exists() and not (empty / "runs").exists()
+
+
+def test_cli_trains_interrupts_and_resumes(data_root, monkeypatch):
+    real_step = train.optimizer_step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "optimizer_step", step_then_ctrl_c)
+    run_dir = data_root / "runs" / "cli"
+    result = invoke(*cli_args(data_root, "--out", str(run_dir)))
+    assert result.exit_code == 130 and result.stdout == ""
+    assert f"interrupted at step 7 (last checkpoint: step 5); continue with: spamtune finetune --resume {run_dir}" in result.stderr
+
+    resumed = invoke("finetune", "--resume", str(run_dir))
+    assert resumed.exit_code == 0, resumed.stderr
+    assert resumed.stdout.strip().splitlines()[-1] == str(run_dir)
+    assert "resuming at step 5" in resumed.stderr and "test accuracy" in resumed.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(train.RUN_FILES)
+
+
+def test_cli_resume_refuses_other_options_and_other_shapes(data_root):
+    runs = {}
+    for name, cfg in (("a", TINY_CONFIG), ("b", {**TINY_CONFIG, "emb_dim": 48})):
+        (data_root / f"{name}.json").write_text(json.dumps(cfg))
+        runs[name] = data_root / "runs" / name
+        with pytest.raises(train.TrainingInterrupted):
+            train.finetune(
+                tiny_options(data_root, model=str(data_root / f"{name}.json")),
+                runs[name],
+                on_event=lambda e: (_ for _ in ()).throw(KeyboardInterrupt) if isinstance(e, train.StepDone) else None,
+            )
+    assert_one_line_error(invoke("finetune", "--resume", str(runs["a"]), "--epochs", "9"), "--epochs 9 differs from its 2", 2)
+    state = train.RESUME_DIR + "/" + train.RESUME_FILE
+    (runs["a"] / state).write_bytes((runs["b"] / state).read_bytes())
+    assert_one_line_error(invoke("finetune", "--resume", str(runs["a"])), "checkpoint of another shape", 1)
+    assert_one_line_error(invoke("finetune", "--resume", str(data_root / "nowhere")), "no run folder", 1)
