@@ -15,6 +15,8 @@ _EXPORTS = {
     "load_pretrained_weights": "spamtune.weights",
     "get_tokenizer": "spamtune.tokenizer",
     "SpamtuneError": "spamtune.errors",
+    "SpamClassifier": "spamtune.infer",
+    "Prediction": "spamtune.infer",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -1,11 +1,30 @@
-"""Classifying token lists with a fine-tuned model, in length-sorted batches."""
+"""Classifying texts with a fine-tuned run: the ``SpamClassifier`` API and the batched forward pass under it.
+
+``SpamClassifier.load(run_dir)`` reads a run folder once (config, tokenizer, weights straight
+from the safetensors file); ``predict`` then turns texts into labels and probabilities in
+length-sorted batches. ``spamtune predict`` is a thin layer over it; training and evaluation
+share ``batched_logits``.
+"""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from spamtune import paths
+from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import pad_batch, sorted_batches
+from spamtune.device import resolve_device
+from spamtune.errors import SpamtuneError
 from spamtune.model import GPTModel
+from spamtune.tokenizer import EOT_ID, TOKENIZER_ID, encode_texts
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BATCH_SIZE = 64
 
 
 @torch.inference_mode()
@@ -13,17 +32,161 @@ def batched_logits(
     model: GPTModel,
     token_lists: list[list[int]],
     pooling: str,
-    batch_size: int = 64,
-    pad_id: int = 50256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    pad_id: int = EOT_ID,
     device: str | torch.device = "cpu",
+    pad_to: int | None = None,
 ) -> torch.Tensor:
     """Class logits ``[n, num_classes]`` (fp32, on the CPU) in the order of ``token_lists``.
 
     Batches group messages of similar length and pad only to their own longest, then the
-    results are put back in input order.
+    results are put back in input order. ``pad_to`` widens every batch to that many tokens:
+    ``last`` pooling reads the final padded position, so it must see the width it was trained
+    with (the book pads every message to the training maximum); the other poolings ignore
+    padding and need no ``pad_to``.
     """
     out = torch.empty(len(token_lists), model.num_classes, dtype=torch.float32)
     for idx in sorted_batches([len(t) for t in token_lists], batch_size):
         ids, lengths = pad_batch([token_lists[i] for i in idx], pad_id, device)
+        if pad_to is not None and ids.shape[1] < pad_to:
+            ids = F.pad(ids, (0, pad_to - ids.shape[1]), value=pad_id)
         out[idx] = model.classify(ids, lengths, pooling).float().cpu()
     return out
+
+
+def pad_width(pooling: str, max_length: int) -> int | None:
+    """The ``pad_to`` for ``batched_logits``: ``last`` pooling reads the final padded position,
+    so every batch is padded to the maximum length, as the book does; the other poolings ignore
+    padding and pad dynamically."""
+    return max_length if pooling == "last" else None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified text. ``probability`` is that of the positive class (``spam``), whatever ``label`` is."""
+
+    text: str
+    label: str
+    probability: float
+
+
+class SpamClassifier:
+    """A fine-tuned run, ready to classify texts.
+
+    >>> clf = SpamClassifier.load()                      # the latest run under the data root
+    >>> clf.predict("WINNER!! Claim your free prize now")
+    Prediction(text='WINNER!! Claim your free prize now', label='spam', probability=0.98...)
+
+    Texts are tokenized as in training and cut to the run's ``max_length`` tokens, keeping the
+    *start* of each text (spam announces itself early). Empty texts are classified too.
+    For a two-class run the label is the positive class (``spam``) when its probability is
+    ``>= threshold``; with more classes it is the most probable class and ``threshold`` is unused.
+    """
+
+    def __init__(
+        self,
+        model: GPTModel,
+        config: ClassifierConfig,
+        device: str | torch.device = "cpu",
+        threshold: float = DEFAULT_THRESHOLD,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        run_dir: str | Path | None = None,
+    ):
+        if config.tokenizer != TOKENIZER_ID:
+            raise SpamtuneError(f"this run uses the tokenizer '{config.tokenizer}'; spamtune has only '{TOKENIZER_ID}'")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model.eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.threshold = threshold
+        self.max_length = min(config.max_length, config.model.context_length)
+        self._positive_index = config.labels[config.positive_label]
+
+    @classmethod
+    def load(
+        cls,
+        run_dir: str | Path | None = None,
+        device: str | torch.device = "auto",
+        data_dir: str | Path | None = None,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> SpamClassifier:
+        """Load a run folder; without ``run_dir``, the latest run under the data root
+        (``data_dir``, else ``$SPAMTUNE_HOME``, else ``./data``). ``device``: auto, cpu, cuda, mps."""
+        if run_dir is None:
+            run_dir = paths.latest_run(paths.data_root(data_dir))
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise SpamtuneError(f"run folder not found: {run_dir}")
+        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        model, config = load_classifier(run_dir, dev)
+        return cls(model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir)
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {value}")
+        self._threshold = float(value)
+
+    @property
+    def labels(self) -> list[str]:
+        """Label names in class-index order (the columns of ``predict_proba``)."""
+        return self.config.label_names
+
+    @property
+    def positive_label(self) -> str:
+        """The class whose probability ``Prediction.probability`` holds (``spam`` for SMS runs)."""
+        return self.config.positive_label
+
+    def predict_proba(self, texts: str | Iterable[str]) -> torch.Tensor:
+        """Class probabilities ``[n, num_classes]`` (rows sum to 1), columns ordered as ``labels``."""
+        return self._probabilities(_text_list(texts)[0])
+
+    def predict(self, texts: str | Iterable[str]) -> Prediction | list[Prediction]:
+        """One ``Prediction`` for a string, a list of them (in order) for an iterable of strings."""
+        items, single = _text_list(texts)
+        probs = self._probabilities(items)
+        positive = probs[:, self._positive_index].tolist()
+        if self.config.num_classes == 2:
+            negative_label = self.labels[1 - self._positive_index]
+            labels = [self.positive_label if p >= self.threshold else negative_label for p in positive]
+        else:
+            labels = [self.labels[i] for i in probs.argmax(dim=1).tolist()]
+        predictions = [Prediction(t, label, p) for t, label, p in zip(items, labels, positive)]
+        return predictions[0] if single else predictions
+
+    def _probabilities(self, texts: list[str]) -> torch.Tensor:
+        token_lists = encode_texts(texts, self.max_length)
+        logits = batched_logits(
+            self.model,
+            token_lists,
+            self.config.pooling,
+            batch_size=self.batch_size,
+            pad_id=self.config.pad_token_id,
+            device=self.device,
+            pad_to=pad_width(self.config.pooling, self.max_length),
+        )
+        return torch.softmax(logits, dim=1)
+
+    def __repr__(self) -> str:
+        where = f"{self.run_dir}, " if self.run_dir else ""
+        return f"SpamClassifier({where}labels={self.labels}, device={self.device}, threshold={self.threshold})"
+
+
+def _text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:
+    """``(texts as a list, whether a single string was given)``; anything but strings is a TypeError."""
+    if isinstance(texts, str):
+        return [texts], True
+    items = list(texts)
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be strings; item {i} is {type(text).__name__}")
+    return items, False

@@ -41,8 +41,6 @@ class SpamtuneGroup(TyperGroup):
             code = _fail("interrupted", 130)
         except SpamtuneError as exc:
             code = _fail(str(exc), exc.exit_code)
-        except BrokenPipeError:
-            code = _quiet_broken_pipe()
         except Exception as exc:  # a bug: still one line unless debugging
             code = _fail(f"unexpected {type(exc).__name__}: {exc} (set SPAMTUNE_DEBUG=1 for a traceback)", 1)
         else:
@@ -50,6 +48,13 @@ class SpamtuneGroup(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+    def invoke(self, ctx):
+        # Caught here because Typer's main would turn a broken pipe into exit status 1.
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise typer.Exit(_quiet_broken_pipe()) from None
 
 
 def _fail(message: str, code: int) -> int:

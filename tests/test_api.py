@@ -1,0 +1,178 @@
+"""The Python API: ``SpamClassifier`` over a tiny run whose answers are known in advance."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from spamtune import Prediction, SpamClassifier, checkpoint, paths
+from spamtune.checkpoint import ClassifierConfig
+from spamtune.cli import app
+from spamtune.errors import SpamtuneError
+from spamtune.model import GPTConfig
+from spamtune.tokenizer import get_tokenizer
+
+TINY = GPTConfig(context_length=64, emb_dim=32, n_layers=2, n_heads=4)
+SPAM_TOKEN = "!"
+# The rigged model below gives p(spam) = sigmoid(2) to a text whose last token is "!" and
+# sigmoid(-2) to every other text.
+P_SPAM = 1 / (1 + math.exp(-2))
+P_HAM = 1 / (1 + math.exp(2))
+
+
+def write_rigged_run(run_dir: Path, pooling: str = "last-real", labels: dict[str, int] | None = None) -> Path:
+    """A tiny fine-tuned run whose verdict depends only on the last token: "!" means spam.
+
+    The blocks write nothing into the residual stream (zero output projections) and positions
+    embed to zero, so the pooled state is the last token's embedding. The "!" embedding is a
+    fixed zero-mean direction ``u``; every other embedding is made zero-mean and orthogonal to
+    it, so after the final LayerNorm only "!" has a component along ``u``, which the spam row
+    of the head reads.
+    """
+    labels = labels or {"ham": 0, "spam": 1}
+    cfg = ClassifierConfig(model=TINY, labels=labels, pooling=pooling, max_length=TINY.context_length)
+    torch.manual_seed(0)
+    model = checkpoint.build_classifier(cfg)
+    d = TINY.emb_dim
+    u = torch.tensor([1.0, -1.0] * (d // 2))  # zero mean, unit variance: LayerNorm leaves it as is
+    spam_class = labels["spam"]
+    with torch.no_grad():
+        for block in model.trf_blocks:
+            for layer in (block.att.out_proj, block.ff.proj):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        model.pos_emb.weight.zero_()
+        emb = model.tok_emb.weight
+        emb -= emb.mean(dim=1, keepdim=True)
+        emb -= (emb @ u)[:, None] * u / (u @ u)
+        emb[get_tokenizer().encode(SPAM_TOKEN)[0]] = u
+        model.out_head.weight.zero_()
+        model.out_head.bias.zero_()
+        model.out_head.weight[spam_class] = u * (4.0 / d)  # logit +4 along u
+        model.out_head.bias[spam_class] = -2.0
+    checkpoint.save_classifier(run_dir, model, cfg)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return write_rigged_run(tmp_path_factory.mktemp("api") / "run")
+
+
+@pytest.fixture(scope="module")
+def clf(run_dir) -> SpamClassifier:
+    return SpamClassifier.load(run_dir, device="cpu")
+
+
+def test_predict_one_text_returns_one_prediction(clf):
+    pred = clf.predict("WIN a prize now!")
+    assert isinstance(pred, Prediction)
+    assert pred.text == "WIN a prize now!"
+    assert pred.label == "spam"
+    assert pred.probability == pytest.approx(P_SPAM, abs=1e-4)
+    with pytest.raises(AttributeError):
+        pred.label = "ham"  # frozen
+
+
+def test_predict_list_keeps_order_and_probability_is_always_spams(clf):
+    texts = ["Do you have time", "Claim now!", "", "!", "ok see you later"]
+    preds = clf.predict(texts)
+    assert [p.text for p in preds] == texts
+    assert [p.label for p in preds] == ["ham", "spam", "ham", "spam", "ham"]
+    expected = [P_HAM, P_SPAM, P_HAM, P_SPAM, P_HAM]
+    assert [p.probability for p in preds] == pytest.approx(expected, abs=1e-4)
+    assert clf.predict(iter(texts)) == preds  # any iterable of strings
+    assert clf.predict([]) == []
+
+
+def test_predict_proba_shape_rows_and_columns(clf):
+    probs = clf.predict_proba(["hello", "buy now!", ""])
+    assert clf.labels == ["ham", "spam"]
+    assert probs.shape == (3, 2)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(3))
+    assert probs[:, 1].tolist() == pytest.approx([P_HAM, P_SPAM, P_HAM], abs=1e-4)
+    assert clf.predict_proba("one text").shape == (1, 2)
+    assert clf.predict_proba([]).shape == (0, 2)
+
+
+def test_threshold_moves_the_decision(run_dir):
+    strict = SpamClassifier.load(run_dir, device="cpu", threshold=0.9)
+    assert strict.predict("free entry!").label == "ham"
+    strict.threshold = strict.predict("free entry!").probability  # p >= threshold is spam
+    assert strict.predict("free entry!").label == "spam"
+    strict.threshold = 0.0
+    assert strict.predict("hello").label == "spam"
+    with pytest.raises(ValueError):
+        strict.threshold = 1.5
+
+
+def test_batching_and_padding_do_not_change_results(run_dir):
+    texts = ["short!", "a much longer message that goes on and on " * 3, "x", "yes!", "mid length text"] * 7
+    one_by_one = SpamClassifier.load(run_dir, device="cpu", batch_size=1).predict_proba(texts)
+    batched = SpamClassifier.load(run_dir, device="cpu", batch_size=4).predict_proba(texts)
+    assert torch.allclose(one_by_one, batched, atol=1e-5)
+
+
+def test_over_long_text_keeps_its_start(clf):
+    """max_length is 64 tokens: the "!" at the end of a long text is cut away, at its start it stays."""
+    filler = " word" * 100
+    assert clf.predict("hi!").label == "spam"
+    assert clf.predict("hi" + filler + "!").label == "ham"
+    assert clf.predict("!" + filler).label == "ham"  # the 64th token decides, not the first
+    assert clf.predict("x" + " word" * 62 + "!").label == "spam"  # exactly 64 tokens: nothing lost
+    assert clf.predict("x" + " word" * 63 + "!").label == "ham"  # 65 tokens: the "!" is cut
+
+
+def test_last_pooling_reads_the_padded_position_at_max_length(tmp_path):
+    """With ``last`` pooling the verdict comes from the pad at position max_length, for every text."""
+    clf = SpamClassifier.load(write_rigged_run(tmp_path / "run", pooling="last"), device="cpu")
+    assert [p.label for p in clf.predict(["hello!", "hello", "!"])] == ["ham", "ham", "ham"]
+    probs = clf.predict_proba(["hello!", "a longer text with more tokens!"])
+    assert torch.allclose(probs[0], probs[1])
+
+
+def test_label_order_comes_from_the_run(tmp_path):
+    clf = SpamClassifier.load(write_rigged_run(tmp_path / "run", labels={"spam": 0, "ham": 1}), device="cpu")
+    assert clf.labels == ["spam", "ham"] and clf.positive_label == "spam"
+    assert [p.label for p in clf.predict(["hey!", "hey"])] == ["spam", "ham"]
+    assert clf.predict_proba("hey!")[0, 0].item() == pytest.approx(P_SPAM, abs=1e-4)
+
+
+def test_load_defaults_to_the_latest_run_in_the_data_root(tmp_path, monkeypatch):
+    older = write_rigged_run(paths.runs_dir(tmp_path) / "older")
+    newer = write_rigged_run(paths.runs_dir(tmp_path) / "newer", labels={"spam": 0, "ham": 1})
+    stamp = (older / "model.safetensors").stat().st_mtime
+    os.utime(newer / "model.safetensors", (stamp + 10, stamp + 10))
+    assert SpamClassifier.load(data_dir=tmp_path, device="cpu").run_dir == newer
+    monkeypatch.setenv(paths.ENV_HOME, str(tmp_path))
+    assert SpamClassifier.load(device="cpu").labels == ["spam", "ham"]
+
+
+def test_load_errors_are_one_clear_line(tmp_path):
+    with pytest.raises(SpamtuneError, match=r"no fine-tuned model found in .*runs; run `spamtune finetune` first"):
+        SpamClassifier.load(data_dir=tmp_path)
+    with pytest.raises(SpamtuneError, match="run folder not found"):
+        SpamClassifier.load(tmp_path / "nope")
+    with pytest.raises(SpamtuneError, match="config.json"):
+        SpamClassifier.load(tmp_path)
+
+
+def test_non_string_input_is_a_type_error(clf):
+    with pytest.raises(TypeError, match="item 1 is int"):
+        clf.predict(["fine", 3])
+
+
+def test_cli_prints_what_the_api_returns(run_dir, clf):
+    texts = ["Do you have time", "URGENT! call now!", "", "été", "ok!", "a" * 500]
+    result = CliRunner().invoke(app, ["predict", "--run", str(run_dir), "--format", "jsonl", *texts])
+    assert result.exit_code == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = clf.predict(texts)
+    assert [(r["text"], r["label"]) for r in printed] == [(p.text, p.label) for p in expected]
+    assert [r["probability"] for r in printed] == pytest.approx([p.probability for p in expected], abs=1e-6)

@@ -1,0 +1,334 @@
+"""`spamtune predict`: inputs, formats, order, robustness, exit codes, streaming and pipes.
+
+The run is rigged (see ``test_api.write_rigged_run``): a message whose last token is "!" is
+spam with p = 0.8808, every other message ham with p = 0.1192.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from test_api import P_HAM, P_SPAM, write_rigged_run
+from typer.testing import CliRunner
+
+from spamtune.cli import app
+from spamtune.cli import predict as predict_cli
+
+SPAM_P = f"{P_SPAM:.4f}"  # 0.8808
+HAM_P = f"{P_HAM:.4f}"  # 0.1192
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return write_rigged_run(tmp_path_factory.mktemp("predict") / "run")
+
+
+def invoke(run_dir, *args, input=None, **kwargs):
+    return CliRunner().invoke(app, ["predict", "--run", str(run_dir), *args], input=input, **kwargs)
+
+
+def tsv_rows(stdout: str) -> list[list[str]]:
+    assert stdout.endswith("\n") or stdout == ""
+    return [line.split("\t") for line in stdout.splitlines()]
+
+
+# ---------------------------------------------------------------- inputs and order
+
+
+def test_each_argument_is_one_message_tsv_by_default_off_a_terminal(run_dir):
+    result = invoke(run_dir, "Do you have time", "WIN a prize now!")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"ham\t{HAM_P}\tDo you have time\nspam\t{SPAM_P}\tWIN a prize now!\n"
+    assert result.stderr == ""
+
+
+def test_stdin_lines_with_dash_or_without_arguments(run_dir):
+    data = "WINNER!! Claim your free prize now!\n\nDo you have time\n"
+    for args in (["-"], []):
+        result = invoke(run_dir, *args, "--format", "jsonl", input=data)
+        assert result.exit_code == 0 and result.stderr == ""
+        records = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [r["text"] for r in records] == ["WINNER!! Claim your free prize now!", "", "Do you have time"]
+        assert [r["label"] for r in records] == ["spam", "ham", "ham"]
+        assert [r["probability"] for r in records] == pytest.approx([P_SPAM, P_HAM, P_HAM], abs=1e-5)
+
+
+def test_order_is_kept_across_chunks_and_length_sorted_batches(run_dir):
+    texts = [("word " * (i % 37)) + f"message {i}" + ("!" if i % 3 == 0 else "") for i in range(1300)]
+    result = invoke(run_dir, "--batch-size", "16", input="\n".join(texts) + "\n")
+    rows = tsv_rows(result.stdout)
+    assert [r[2] for r in rows] == texts
+    assert [r[0] for r in rows] == ["spam" if i % 3 == 0 else "ham" for i in range(1300)]
+
+
+def test_empty_lines_are_messages_and_a_last_line_needs_no_newline(run_dir):
+    result = invoke(run_dir, input="\n\nlast one!")
+    assert tsv_rows(result.stdout) == [["ham", HAM_P, ""], ["ham", HAM_P, ""], ["spam", SPAM_P, "last one!"]]
+    assert invoke(run_dir, input="").stdout == ""  # no line, no message
+    assert invoke(run_dir, "").stdout == f"ham\t{HAM_P}\t\n"  # an empty argument is a message
+
+
+def test_invalid_utf8_is_replaced_not_fatal(run_dir):
+    result = invoke(run_dir, "--format", "jsonl", input=b"bad \xff\xfe bytes!\n\xc3\xa9t\xc3\xa9 ok\n")
+    assert result.exit_code == 0 and result.stderr == ""
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in records] == ["bad \ufffd\ufffd bytes!", "été ok"]
+    assert [r["label"] for r in records] == ["spam", "ham"]
+
+
+def test_crlf_lines_lose_their_carriage_return(run_dir, tmp_path):
+    """A kept "\\r" would be the last token and turn "now!" into ham."""
+    path = tmp_path / "windows.txt"
+    path.write_bytes(b"free now!\r\nsee you\r\n\r\n")
+    for args, data in ((["--file", str(path)], None), (["-"], path.read_bytes())):
+        result = invoke(run_dir, *args, input=data)
+        assert tsv_rows(result.stdout) == [["spam", SPAM_P, "free now!"], ["ham", HAM_P, "see you"], ["ham", HAM_P, ""]]
+
+
+def test_dash_among_arguments_reads_stdin_in_place(run_dir):
+    result = invoke(run_dir, "first!", "-", "last", "--format", "label", input="a\nb!\n")
+    assert result.stdout == "spam\nham\nspam\nham\n"
+
+
+def test_file_input_errors(run_dir, tmp_path):
+    missing = invoke(run_dir, "--file", str(tmp_path / "nope.txt"))
+    assert missing.exit_code == 1 and missing.stdout == ""
+    assert missing.stderr.startswith("Error: cannot read ") and missing.stderr.count("\n") == 1
+    both = invoke(run_dir, "--file", str(tmp_path / "nope.txt"), "hello")
+    assert both.exit_code == 2 and "not both" in both.stderr and both.stdout == ""
+    twice = invoke(run_dir, "-", "-", input="x\n")
+    assert twice.exit_code == 2 and "only once" in twice.stderr
+
+
+def test_no_input_on_a_terminal_is_a_usage_error_not_a_hang(run_dir, monkeypatch):
+    monkeypatch.setattr(predict_cli, "_stdin_is_terminal", lambda: True)
+    result = invoke(run_dir)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: no messages to classify")
+
+
+def test_usage_error_comes_before_looking_for_a_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(predict_cli, "_stdin_is_terminal", lambda: True)
+    result = CliRunner().invoke(app, ["predict", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "no messages" in result.stderr
+
+
+# ---------------------------------------------------------------- formats
+
+
+def test_tsv_keeps_one_line_per_message_and_jsonl_keeps_the_text(run_dir):
+    text = "a\tb\nc\r d!"
+    tsv = invoke(run_dir, text, "--format", "tsv")
+    assert tsv.stdout == f"spam\t{SPAM_P}\ta b c  d!\n"
+    jsonl = invoke(run_dir, text, "--format", "jsonl")
+    assert json.loads(jsonl.stdout) == {"text": text, "label": "spam", "probability": pytest.approx(P_SPAM, abs=1e-5)}
+    assert jsonl.stdout.count("\n") == 1
+
+
+def test_jsonl_writes_unicode_as_is(run_dir):
+    result = invoke(run_dir, "Gratuit ! 🎉 €100", "--format", "jsonl")
+    assert '"text": "Gratuit ! 🎉 €100"' in result.stdout
+
+
+def test_label_format(run_dir):
+    assert invoke(run_dir, "x!", "y", "--format", "label").stdout == "spam\nham\n"
+
+
+def test_text_format_is_readable_and_plain_off_a_terminal(run_dir):
+    result = invoke(run_dir, "WIN now!", "Do you have time", "esc \x1b[31m", "--format", "text")
+    assert result.stdout.splitlines() == [
+        "spam  p(spam)=0.881  WIN now!",
+        "ham   p(spam)=0.119  Do you have time",
+        "ham   p(spam)=0.119  esc  [31m",  # control characters never reach the terminal
+    ]
+
+
+def test_text_is_the_default_on_a_terminal_with_colour_unless_no_color(run_dir, monkeypatch):
+    monkeypatch.setattr(predict_cli, "_stdout_is_terminal", lambda: True)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    coloured = invoke(run_dir, "WIN now!", "hello").stdout.splitlines()
+    assert coloured == ["\x1b[1;31mspam\x1b[0m  p(spam)=0.881  WIN now!", "\x1b[32mham \x1b[0m  p(spam)=0.119  hello"]
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert invoke(run_dir, "hello").stdout == "ham   p(spam)=0.119  hello\n"
+
+
+# ---------------------------------------------------------------- decisions and exit codes
+
+
+def test_threshold_moves_the_spam_decision(run_dir):
+    texts = ["hi", "buy!"]
+    assert invoke(run_dir, *texts, "--format", "label").stdout == "ham\nspam\n"
+    assert invoke(run_dir, *texts, "--format", "label", "--threshold", "0.9").stdout == "ham\nham\n"
+    assert invoke(run_dir, *texts, "--format", "label", "--threshold", "0.1").stdout == "spam\nspam\n"
+    assert invoke(run_dir, *texts, "--format", "label", "--threshold", "0").stdout == "spam\nspam\n"
+    bad = invoke(run_dir, "hi", "--threshold", "1.5")
+    assert bad.exit_code == 2 and bad.stdout == "" and "threshold" in bad.stderr
+
+
+def test_fail_on_spam_exit_status_comes_after_all_output(run_dir):
+    spam = invoke(run_dir, "--fail-on-spam", "--format", "label", input="hello\nwin!\nbye\n")
+    assert spam.exit_code == 1
+    assert spam.stdout == "ham\nspam\nham\n" and spam.stderr == ""
+    clean = invoke(run_dir, "--fail-on-spam", "hello", "bye")
+    assert clean.exit_code == 0 and clean.stdout.count("\n") == 2
+
+
+def test_missing_run_is_one_clear_line(tmp_path):
+    result = CliRunner().invoke(app, ["predict", "--data-dir", str(tmp_path), "hello"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"Error: no fine-tuned model found in {tmp_path / 'runs'}; run `spamtune finetune` first\n"
+    )
+    gone = CliRunner().invoke(app, ["predict", "--run", str(tmp_path / "gone"), "hello"])
+    assert gone.exit_code == 1 and gone.stderr == f"Error: run folder not found: {tmp_path / 'gone'}\n"
+
+
+def test_unavailable_device_is_one_clear_line(run_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    result = invoke(run_dir, "hello", "--device", "cuda")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: --device cuda: CUDA is not available") and result.stderr.count("\n") == 1
+
+
+def test_latest_run_in_the_data_root_is_the_default(run_dir, tmp_path, monkeypatch):
+    write_rigged_run(tmp_path / "runs" / "only", labels={"spam": 0, "ham": 1})
+    monkeypatch.setenv("SPAMTUNE_HOME", str(tmp_path))
+    result = CliRunner().invoke(app, ["predict", "hey!", "--format", "label"])
+    assert result.exit_code == 0 and result.stdout == "spam\n"
+
+
+# ---------------------------------------------------------------- streaming
+
+
+class CountingStream(io.BytesIO):
+    """Records how many bytes the reader has taken so far."""
+
+    def read1(self, size=-1):
+        data = super().read1(size)
+        self.taken = getattr(self, "taken", 0) + len(data)
+        return data
+
+
+def test_reader_hands_out_chunks_before_reading_everything():
+    lines = [f"line {i}".encode() for i in range(50_000)]
+    stream = CountingStream(b"\n".join(lines) + b"\n")
+    chunks = predict_cli.read_message_chunks(stream, chunk_lines=100, read_size=4096)
+    first = next(chunks)
+    assert first == [f"line {i}" for i in range(100)]
+    assert stream.taken <= 4096  # one read so far, of a 500 kB input
+    rest = [line for chunk in chunks for line in chunk]
+    assert len(first) + len(rest) == 50_000 and rest[-1] == "line 49999"
+    assert all(len(chunk) <= 100 for chunk in predict_cli.read_message_chunks(io.BytesIO(b"x\n" * 1000), 100))
+
+
+def test_reader_keeps_lines_split_across_reads():
+    data = b"first line\r\nsecond \xff line\n\nno newline at end"
+    for read_size in (1, 3, 7, 1 << 16):
+        chunks = list(predict_cli.read_message_chunks(io.BytesIO(data), chunk_lines=2, read_size=read_size))
+        assert [m for c in chunks for m in c] == ["first line", "second \ufffd line", "", "no newline at end"]
+
+
+def spamtune_command(run_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "spamtune", "predict", "--run", str(run_dir), *args]
+
+
+# One compute thread: the tiny model gains nothing from more, and on a busy machine spinning
+# OpenMP threads make a child process many times slower.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def write_lines(path: Path, n: int) -> Path:
+    """n numbered messages of a dozen tokens, every third one spam."""
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(f"message {i:06d} with a few more words" + ("!" if i % 3 == 0 else "") + "\n")
+    return path
+
+
+def run_measuring_rss(cmd: list[str], stdin_path: Path, stdout_path: Path) -> tuple[int, int]:
+    """(exit status, peak RSS in kB) of one child process."""
+    with stdin_path.open("rb") as fin, stdout_path.open("wb") as fout:
+        proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=subprocess.DEVNULL, env=CHILD_ENV)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss
+
+
+@pytest.mark.slow
+def test_100k_lines_stream_in_order_with_flat_memory(run_dir, tmp_path):
+    peaks = {}
+    for n in (10_000, 100_000):
+        out = tmp_path / f"out{n}.tsv"
+        status, peaks[n] = run_measuring_rss(spamtune_command(run_dir, "-"), write_lines(tmp_path / f"in{n}", n), out)
+        assert status == 0
+    with out.open() as f:
+        count = 0
+        for i, line in enumerate(f):
+            label, _, text = line.rstrip("\n").split("\t")
+            assert text.startswith(f"message {i:06d} ") and label == ("spam" if i % 3 == 0 else "ham")
+            count += 1
+    assert count == 100_000
+    # Holding 100k messages, their tokens and results at once would take well over 50 MB more.
+    assert peaks[100_000] - peaks[10_000] < 20_000, peaks
+
+
+def test_head_closing_the_pipe_ends_quietly(run_dir, tmp_path):
+    big = write_lines(tmp_path / "in", 30_000)
+    with big.open("rb") as fin:
+        proc = subprocess.Popen(
+            spamtune_command(run_dir, "-"), stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV
+        )
+        head = [proc.stdout.readline() for _ in range(5)]
+        proc.stdout.close()  # what `| head -n 5` does
+        stderr = proc.stderr.read()
+        proc.wait(timeout=120)
+    assert [line.split(b"\t")[0] for line in head] == [b"spam", b"ham", b"ham", b"spam", b"ham"]
+    assert proc.returncode in (0, 141, -13)
+    assert stderr == b""  # no BrokenPipeError traceback, no "Exception ignored"
+
+
+def test_results_come_as_lines_arrive(run_dir):
+    """A slow producer gets each answer before sending the next line (no waiting for a full chunk)."""
+    proc = subprocess.Popen(
+        spamtune_command(run_dir, "-", "--format", "label"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV,
+    )
+    timer = threading.Timer(60, proc.kill)  # a regression would otherwise block forever
+    timer.start()
+    try:
+        answers = []
+        for line in (b"free prize!\n", b"see you\n"):
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            answers.append(proc.stdout.readline())
+        proc.stdin.close()
+        assert proc.wait() == 0
+    finally:
+        timer.cancel()
+    assert answers == [b"spam\n", b"ham\n"]
+
+
+def test_predict_path_imports_nothing_heavy(run_dir):
+    """Cold start: pandas, matplotlib and the Hugging Face libraries stay out of `predict`."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", *spamtune_command(run_dir, "x")[1:]],
+        capture_output=True, text=True, timeout=120, env=CHILD_ENV,
+    )
+    assert out.returncode == 0 and out.stdout == f"ham\t{HAM_P}\tx\n"
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert "torch" in imported and "tiktoken" in imported
+    assert not imported & {"pandas", "matplotlib", "huggingface_hub", "transformers", "sklearn"}
