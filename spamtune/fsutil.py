@@ -1,7 +1,9 @@
 """Writing files so that a crash, a full disk or Ctrl-C never leaves a half-written one.
 
 Everything is written to a temporary file in the destination's folder and renamed over the
-final name only once complete; a rename within one file system is atomic.
+final name only once complete; a rename within one file system is atomic. The final file gets
+the permissions a plain ``open(final, "w")`` would give it: those of the file it replaces, else
+``0o666`` less the umask (not the ``0o600`` of ``tempfile.mkstemp``).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,13 +25,15 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+        tmp_path, mode = _create_temporary(final)
     except OSError as exc:
         raise SpamtuneError(f"cannot write {final}: {exc.strerror or exc}") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # Again now: some writers (safetensors' save_file) replace the file at tmp_path with
+        # their own private 0o600 temporary rather than write into it.
+        if stat.S_IMODE(os.stat(tmp_path).st_mode) != mode:
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, final)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
@@ -36,6 +41,37 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+# How many random names to try before giving up (mkstemp tries as many).
+_TEMP_ATTEMPTS = 10_000
+
+
+def _create_temporary(final: Path) -> tuple[Path, int]:
+    """Create a new, empty ``.<name>.<random>.part`` beside ``final``; return it and the
+    permission bits the final file is to have.
+
+    Created with ``O_EXCL`` and mode ``0o666``, so the kernel applies the umask exactly as for any
+    new file, and that is the final mode; if ``final`` exists, its permission bits are kept
+    instead, as rewriting it in place would keep them.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}.part"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        try:
+            try:
+                return tmp, stat.S_IMODE(os.stat(final).st_mode)
+            except FileNotFoundError:  # nothing to replace: 0o666 less the umask, as just created
+                return tmp, stat.S_IMODE(os.stat(tmp).st_mode)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+    raise FileExistsError(f"no free temporary name beside {final}")
 
 
 def atomic_write_bytes(final: str | Path, data: bytes) -> Path:

@@ -43,17 +43,41 @@ def runs_dir(root: Path) -> Path:
     return root / "runs"
 
 
+# Files of a run folder that tell how far it got (spamtune.train writes them; the names are
+# repeated here so that finding a run does not import the training code).
+RUN_SUMMARY_FILE = "summary.json"  # written last, once training has finished
+RUN_RESUME_DIR = "resume"  # present while a run can still be resumed
+
+
 def is_run_dir(path: Path) -> bool:
+    """A folder holding a usable classifier: weights and their config."""
     return (path / "model.safetensors").is_file() and (path / "config.json").is_file()
 
 
+def is_finished_run(path: Path) -> bool:
+    """A run whose training completed: a usable classifier plus the final summary."""
+    return is_run_dir(path) and (path / RUN_SUMMARY_FILE).is_file() and not (path / RUN_RESUME_DIR).is_dir()
+
+
 def latest_run(root: Path) -> Path:
-    """The most recently written finished run under ``<root>/runs``."""
+    """The run ``evaluate`` and ``predict`` use by default: the newest finished run under
+    ``<root>/runs``, else the newest folder with weights and config (a run still training or
+    stopped, or one saved without training). Folders without weights are never picked, so a
+    run that has just started does not hide the previous one. Newest is by the weights' mtime."""
     base = runs_dir(root)
-    runs = [p for p in base.iterdir() if is_run_dir(p)] if base.is_dir() else []
+    runs = []
+    if base.is_dir():
+        for p in base.iterdir():
+            if not is_run_dir(p):
+                continue
+            try:
+                written = (p / "model.safetensors").stat().st_mtime
+            except OSError:  # removed meanwhile
+                continue
+            runs.append((is_finished_run(p), written, p.name, p))
     if not runs:
         raise SpamtuneError(f"no fine-tuned model found in {base}; run `spamtune finetune` first")
-    return max(runs, key=lambda p: (p / "model.safetensors").stat().st_mtime)
+    return max(runs)[-1]
 
 
 # Hugging Face repositories of OpenAI's released GPT-2 checkpoints.

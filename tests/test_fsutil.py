@@ -1,0 +1,112 @@
+"""Atomic writes: normal permissions, all-or-nothing replacement, no temporary file left behind."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+import pytest
+
+from spamtune.errors import SpamtuneError
+from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and put the old one back."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield lambda value: os.umask(value)
+    os.umask(saved)
+
+
+@posix_only
+@pytest.mark.parametrize("value", [0o022, 0o002, 0o077])
+def test_new_files_get_the_mode_a_plain_open_gives(tmp_path, umask, value):
+    umask(value)
+    (tmp_path / "plain.txt").write_text("x")
+    written = [
+        atomic_write_text(tmp_path / "a.txt", "x"),
+        atomic_write_bytes(tmp_path / "sub" / "b.bin", b"x"),  # a missing folder is created
+        atomic_write_json(tmp_path / "c.json", {"x": 1}),
+    ]
+    with atomic_path(tmp_path / "d.bin") as tmp:
+        tmp.write_bytes(b"x")
+    written.append(tmp_path / "d.bin")
+    assert mode(tmp_path / "plain.txt") == 0o666 & ~value
+    for path in written:
+        assert mode(path) == 0o666 & ~value, path
+
+
+@posix_only
+def test_the_mode_holds_when_the_writer_swaps_in_its_own_private_file(tmp_path, umask):
+    """safetensors' save_file renames a 0o600 temporary of its own onto the path it is given."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import torch
+
+    umask(0o022)
+    with atomic_path(tmp_path / "model.safetensors") as tmp:
+        safetensors_torch.save_file({"w": torch.zeros(2)}, str(tmp))
+    assert mode(tmp_path / "model.safetensors") == 0o644
+    with atomic_path(tmp_path / "other.bin") as tmp:
+        private = tmp_path / "private"
+        private.write_bytes(b"x")
+        private.chmod(0o600)
+        os.replace(private, tmp)
+    assert mode(tmp_path / "other.bin") == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "other.bin"]
+
+
+@posix_only
+def test_replacing_a_file_keeps_its_mode_as_rewriting_it_would(tmp_path, umask):
+    umask(0o022)
+    target = tmp_path / "kept.txt"
+    target.write_text("old")
+    target.chmod(0o640)
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert mode(target) == 0o640
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "data.json"
+    atomic_write_json(target, {"version": 1})
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"version": 2, "trunc')
+            raise RuntimeError("disk on fire")
+    assert read_json(target) == {"version": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
+
+
+def test_an_os_error_becomes_one_spamtune_error_and_cleans_up(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(SpamtuneError, match=r"cannot write .*out\.txt: No space left"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise OSError(28, "No space left on device")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_interrupt_is_not_swallowed_and_cleans_up(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "never.txt") as tmp:
+            tmp.write_text("partial")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_destination_is_a_spamtune_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SpamtuneError, match="cannot write"):
+        atomic_write_text(blocker / "inside.txt", "x")
