@@ -234,13 +234,18 @@ class GPTModel(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
-        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.tok_emb = _embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = _embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.ln_eps)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         self.out_head.weight = self.tok_emb.weight  # weight tying, as GPT-2 was trained
+        if self.tok_emb.weight.is_meta:
+            # Built on the meta device to receive a checkpoint's tensors (load_state_dict with
+            # assign=True): there is nothing to initialise, and normal_ on meta tensors would
+            # import torch._dynamo (about a second of start-up).
+            return
         self.apply(_init_weights)
         # GPT-2's scaled init for the projections that write into the residual stream.
         for name, p in self.named_parameters():
@@ -283,6 +288,7 @@ class GPTModel(nn.Module):
         *,
         prefix: torch.Tensor | None = None,
         start_block: int = 0,
+        last_query_only: bool = True,
     ) -> torch.Tensor:
         """Class logits ``[batch, num_classes]`` from one pooled position per sequence.
 
@@ -293,14 +299,15 @@ class GPTModel(nn.Module):
 
         ``prefix``/``start_block`` resume from cached outputs of blocks ``< start_block``
         (``prefix`` replaces ``input_ids``). For ``last``/``last-real`` the final block is run at
-        the pooled position only (``TransformerBlock.forward_at``).
+        the pooled position only (``TransformerBlock.forward_at``); ``last_query_only=False``
+        runs the plain full forward instead (the reference the shortcuts are tested against).
         """
         x = self.embed(input_ids) if prefix is None else prefix
         b, t = x.shape[:2]
         if lengths is None:
             lengths = torch.full((b,), t, dtype=torch.long, device=x.device)
         lengths = lengths.to(x.device)
-        if pooling == "mean" or start_block >= self.cfg.n_layers:
+        if pooling == "mean" or not last_query_only or start_block >= self.cfg.n_layers:
             h = self.hidden_states(None, start_block=start_block, x=x)
             return self.out_head(pool_hidden(self.final_norm, h, lengths, pooling))
         if pooling not in POOLINGS:
@@ -324,6 +331,19 @@ def pool_hidden(final_norm: nn.Module, h: torch.Tensor, lengths: torch.Tensor | 
         mask = (torch.arange(t, device=h.device)[None, :] < lengths.to(h.device)[:, None]).to(h.dtype)
         return (final_norm(h) * mask[..., None]).sum(1) / lengths.to(h.device, h.dtype)[:, None]
     raise SpamtuneError(f"unknown pooling '{pooling}'; choose one of: {', '.join(POOLINGS)}")
+
+
+def _embedding(num_embeddings: int, embedding_dim: int) -> nn.Embedding:
+    """``nn.Embedding(num_embeddings, embedding_dim)``, with its default N(0, 1) init done here.
+
+    The module's own init would also run on the meta device, where ``normal_`` imports
+    torch._dynamo; here it is skipped there. Elsewhere the same draw is made in the same order,
+    so a seeded model gets exactly the weights ``nn.Embedding`` would have given it.
+    """
+    emb = nn.Embedding(num_embeddings, embedding_dim, _weight=torch.empty(num_embeddings, embedding_dim))
+    if not emb.weight.is_meta:
+        nn.init.normal_(emb.weight)
+    return emb
 
 
 def _init_weights(module: nn.Module) -> None:

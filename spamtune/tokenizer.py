@@ -67,10 +67,12 @@ def encode_texts(texts: list[str], max_length: int | None = None) -> list[list[i
     Special tokens in the text are encoded as ordinary text. An empty text becomes ``[EOT_ID]`` so
     that every message has a position to classify from.
     """
-    enc = get_tokenizer()
-    ids = enc.encode_ordinary_batch(list(texts))
+    # One text at a time: encode_ordinary_batch starts a thread pool per call, which for
+    # SMS-length texts costs more than the encoding itself (measured 3-50x slower).
+    encode = get_tokenizer().encode_ordinary
     out = []
-    for seq in ids:
+    for text in texts:
+        seq = encode(text)
         if not seq:
             seq = [EOT_ID]
         out.append(seq[:max_length] if max_length else seq)

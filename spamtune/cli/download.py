@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from spamtune import paths
 from spamtune.errors import SpamtuneUsageError
+
+if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
+    from rich.console import Console
 
 DEFAULT_MODEL = "gpt2-small"
 MODEL_NAMES_HELP = "gpt2-small, gpt2-medium, gpt2-large or gpt2-xl (aliases: gpt2, 124M, 355M, 774M, 1558M)"
@@ -33,6 +35,8 @@ def _data_dir_option():
 
 
 def _stderr() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, soft_wrap=True, highlight=False)
 
 
@@ -42,6 +46,8 @@ def _byte_progress(console: Console, description: str) -> Iterator:
     if not console.is_terminal:
         yield None
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(description, total=None)

@@ -11,11 +11,14 @@ import enum
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from spamtune.errors import SpamtuneUsageError
+
+if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
+    from rich.console import Console
 
 
 class ReportFormat(str, enum.Enum):
@@ -44,6 +47,8 @@ def _where(result: dict) -> str:
 
 
 def render_tables(result: dict, console: Console) -> None:
+    from rich.table import Table
+
     columns = _columns(result)
     console.print(f"{result['run']} on {_where(result)}: {result['n']} messages", highlight=False)
     if "baseline" in result:
@@ -113,6 +118,8 @@ def evaluate_command(
     if output_format is ReportFormat.json:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
+    from rich.console import Console
+
     render_tables(result, Console(stderr=True))
     line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
     if "baseline" in result:

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from spamtune import paths
 
 if TYPE_CHECKING:  # the core pulls in pandas and torch, so the command imports it only when run
+    from rich.console import Console
+
     from spamtune.prepare import PreparedSplits
 
 
@@ -52,6 +51,8 @@ def prepare(
     source = read_labelled_texts(resolve_input(root, input_file), input_format, text_col, label_col)
     prepared = prepare_splits(source, options)
     written = write_prepared(root, prepared)
+    from rich.console import Console
+
     _render_summary(Console(stderr=True), prepared)
     for path in written:
         typer.echo(path)
@@ -65,6 +66,9 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
         _say(console, f"dropped {prepared.duplicates_dropped:,} duplicate texts (kept the first of each)")
     if prepared.rows_per_label_after_balance is not None:
         _say(console, f"balanced: {prepared.rows_per_label_after_balance:,} rows per label")
+
+    from rich.table import Table
+    from rich.text import Text
 
     counts = prepared.counts()
     table = Table(title="prepared splits", title_justify="left")
