@@ -15,7 +15,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev demo demo-offline test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +37,33 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+# The main job: the book's pipeline end to end. download needs the network (UCI and the
+# Hugging Face Hub); where there is none it stops with one clear line: use demo-offline.
+SMS_FILE ?= ../shared/data/sms_spam_collection/SMSSpamCollection
+SAMPLES  := "WINNER!! Claim your free prize now, text WIN to 80086" "Do you have time for lunch tomorrow?"
+
 demo: install
-	$(BIN)/spamtune --help
+	$(BIN)/spamtune download
+	$(BIN)/spamtune prepare
+	$(BIN)/spamtune finetune --model gpt2-small --weights pretrained --trainable last-block
+	$(BIN)/spamtune evaluate
+	$(BIN)/spamtune predict $(SAMPLES)
+
+# The same pipeline from a local copy of the SMS data (SMS_FILE: the UCI zip or the
+# SMSSpamCollection file) and a from-scratch tiny model: no network, a few minutes on a laptop.
+demo-offline: install
+	$(BIN)/spamtune download data --from $(SMS_FILE)
+	$(BIN)/spamtune prepare
+	$(BIN)/spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4
+	$(BIN)/spamtune evaluate
+	$(BIN)/spamtune predict $(SAMPLES)
 
 test: install-dev
 	$(BIN)/python -m pytest -q
+
+# Speed against the Hugging Face peer (needs the dev extras and the SMS file): ~10 minutes.
+bench: install-dev
+	$(BIN)/python benchmarks/bench.py --sms $(SMS_FILE) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

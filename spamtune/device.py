@@ -1,12 +1,24 @@
-"""Choosing where to compute: CUDA, then Apple's MPS, then the CPU."""
+"""Where and in what precision to compute: CUDA, then Apple's MPS, then the CPU; fp32 or bf16.
+
+``resolve_precision`` is the one place that decides what ``--precision auto`` means, for
+training, evaluation and prediction alike.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import platform
+
 import torch
 
-from spamtune.errors import SpamtuneError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# CPU features that run bf16 matrix products natively (AVX512-BF16, Intel AMX). Without them
+# PyTorch emulates bf16 and autocast is slower than fp32, so auto stays fp32 there.
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -28,3 +40,49 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise SpamtuneError(f"unknown device '{name}'; choose one of: {', '.join(DEVICES)}")
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Linux: read from /proc/cpuinfo)."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in _NATIVE_BF16_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The compute precision to use on ``device``.
+
+    ``auto`` is bf16 autocast where the hardware runs it natively (CUDA GPUs with bf16, CPUs
+    with AVX512-BF16 or AMX) and fp32 elsewhere: on the real SMS data a from-scratch model
+    trained in bf16 reached the same test accuracy as in fp32 (README, "Precision").
+    fp16 needs CUDA, where gradient scaling makes its narrow range safe.
+    """
+    if requested not in PRECISIONS:
+        raise SpamtuneUsageError(f"unknown precision '{requested}'; choose one of: {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise SpamtuneUsageError(f"--precision fp16 needs a CUDA device (this run uses {device.type}); use bf16 or fp32")
+    if requested == "bf16":
+        if device.type not in ("cpu", "cuda"):
+            raise SpamtuneUsageError(f"--precision bf16 is supported on cpu and cuda, not {device.type}; use fp32")
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise SpamtuneUsageError("this GPU has no bf16 support; use --precision fp16 or fp32")
+    return requested
+
+
+def autocast_context(precision: str, device: torch.device):
+    """Mixed-precision autocast for bf16/fp16, nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from spamtune import paths
 from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import pad_batch, sorted_batches
-from spamtune.device import resolve_device
+from spamtune.device import autocast_context, resolve_device, resolve_precision
 from spamtune.errors import SpamtuneError
 from spamtune.model import GPTModel
 from spamtune.tokenizer import EOT_ID, TOKENIZER_ID, encode_texts
@@ -40,18 +40,22 @@ def batched_logits(
     """Class logits ``[n, num_classes]`` (fp32, on the CPU) in the order of ``token_lists``.
 
     Batches group messages of similar length and pad only to their own longest, then the
-    results are put back in input order. ``pad_to`` widens every batch to that many tokens:
+    results are put back in input order. A message that occurs more than once is computed
+    once (mailboxes and logs repeat themselves). ``pad_to`` widens every batch to that many tokens:
     ``last`` pooling reads the final padded position, so it must see the width it was trained
     with (the book pads every message to the training maximum); the other poolings ignore
     padding and need no ``pad_to``.
     """
-    out = torch.empty(len(token_lists), model.num_classes, dtype=torch.float32)
-    for idx in sorted_batches([len(t) for t in token_lists], batch_size):
-        ids, lengths = pad_batch([token_lists[i] for i in idx], pad_id, device)
+    slots: dict[tuple[int, ...], int] = {}
+    slot_of = [slots.setdefault(tuple(t), len(slots)) for t in token_lists]
+    distinct = list(slots)
+    out = torch.empty(len(distinct), model.num_classes, dtype=torch.float32)
+    for idx in sorted_batches([len(t) for t in distinct], batch_size):
+        ids, lengths = pad_batch([distinct[i] for i in idx], pad_id, device)
         if pad_to is not None and ids.shape[1] < pad_to:
             ids = F.pad(ids, (0, pad_to - ids.shape[1]), value=pad_id)
         out[idx] = model.classify(ids, lengths, pooling).float().cpu()
-    return out
+    return out[slot_of]
 
 
 def pad_width(pooling: str, max_length: int) -> int | None:
@@ -91,6 +95,7 @@ class SpamClassifier:
         threshold: float = DEFAULT_THRESHOLD,
         batch_size: int = DEFAULT_BATCH_SIZE,
         run_dir: str | Path | None = None,
+        precision: str = "auto",
     ):
         if config.tokenizer != TOKENIZER_ID:
             raise SpamtuneError(f"this run uses the tokenizer '{config.tokenizer}'; spamtune has only '{TOKENIZER_ID}'")
@@ -99,6 +104,7 @@ class SpamClassifier:
         self.model = model.eval()
         self.config = config
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.threshold = threshold
@@ -114,9 +120,11 @@ class SpamClassifier:
         *,
         threshold: float = DEFAULT_THRESHOLD,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        precision: str = "auto",
     ) -> SpamClassifier:
         """Load a run folder; without ``run_dir``, the latest run under the data root
-        (``data_dir``, else ``$SPAMTUNE_HOME``, else ``./data``). ``device``: auto, cpu, cuda, mps."""
+        (``data_dir``, else ``$SPAMTUNE_HOME``, else ``./data``). ``device``: auto, cpu, cuda, mps.
+        ``precision``: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16."""
         if run_dir is None:
             run_dir = paths.latest_run(paths.data_root(data_dir))
         run_dir = Path(run_dir)
@@ -124,7 +132,7 @@ class SpamClassifier:
             raise SpamtuneError(f"run folder not found: {run_dir}")
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         model, config = load_classifier(run_dir, dev)
-        return cls(model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir)
+        return cls(model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=precision)
 
     @property
     def threshold(self) -> float:
@@ -165,20 +173,24 @@ class SpamClassifier:
 
     def _probabilities(self, texts: list[str]) -> torch.Tensor:
         token_lists = encode_texts(texts, self.max_length)
-        logits = batched_logits(
-            self.model,
-            token_lists,
-            self.config.pooling,
-            batch_size=self.batch_size,
-            pad_id=self.config.pad_token_id,
-            device=self.device,
-            pad_to=pad_width(self.config.pooling, self.max_length),
-        )
+        with autocast_context(self.precision, self.device):
+            logits = batched_logits(
+                self.model,
+                token_lists,
+                self.config.pooling,
+                batch_size=self.batch_size,
+                pad_id=self.config.pad_token_id,
+                device=self.device,
+                pad_to=pad_width(self.config.pooling, self.max_length),
+            )
         return torch.softmax(logits, dim=1)
 
     def __repr__(self) -> str:
         where = f"{self.run_dir}, " if self.run_dir else ""
-        return f"SpamClassifier({where}labels={self.labels}, device={self.device}, threshold={self.threshold})"
+        return (
+            f"SpamClassifier({where}labels={self.labels}, device={self.device}, "
+            f"precision={self.precision}, threshold={self.threshold})"
+        )
 
 
 def _text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:

@@ -18,10 +18,10 @@ This module never prints: it reports through the ``on_event`` callback and retur
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -44,11 +44,11 @@ from spamtune.checkpoint import (
     load_classifier,
     save_classifier,
 )
-from spamtune.data import Split, bucketed_batches, pad_batch, read_label_map, read_split
-from spamtune.device import resolve_device
+from spamtune.data import Split, bucketed_batches, pad_batch, read_label_map, read_split, sorted_batches
+from spamtune.device import PRECISIONS, autocast_context, resolve_device, resolve_precision
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json, atomic_write_text, read_json
-from spamtune.infer import batched_logits
+from spamtune.infer import batched_logits, pad_width
 from spamtune.model import (
     PRETRAINED_SIZES,
     POOLINGS,
@@ -59,6 +59,13 @@ from spamtune.model import (
     trainable_blocks,
 )
 from spamtune.plots import plot_curves
+from spamtune.prefix_cache import (
+    DEFAULT_BUDGET_BYTES,
+    FrozenPrefixCache,
+    build_prefix_cache,
+    cacheable_blocks,
+    estimate_cache_bytes,
+)
 from spamtune.tokenizer import EOT_ID, encode_texts
 from spamtune.weights import load_pretrained_weights
 
@@ -70,7 +77,6 @@ RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, HPARAMS_FILE, METRICS_FILE, SUMMARY_FILE
 RESUME_DIR = "resume"
 RESUME_FILE = "state.safetensors"
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WEIGHT_SOURCES = ("pretrained", "random")
 # Evaluation batches are sorted by length and padded only to their own longest, so a large
 # batch costs little padding; ``spamtune evaluate`` uses the same size by default.
@@ -100,6 +106,9 @@ class FinetuneOptions:
     device: str = "auto"
     precision: str = "auto"
     data_dir: str = "data"
+    # Exact speed-ups (issue 6): cache the frozen blocks' outputs once, and run the final block
+    # at the pooled position only. Off gives the plain forward pass, for checking they agree.
+    shortcuts: bool = True
 
 
 def _check(ok: bool, message: str) -> None:
@@ -150,47 +159,28 @@ def pretrained_weights_file(cfg: GPTConfig, spec: str, root: Path) -> Path:
     return found
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """The compute precision a run uses: the one place that decides what ``auto`` means.
-
-    ``auto`` is fp32 until issue 6's measurement of bf16's effect on accuracy decides
-    otherwise. bf16 autocast works on CPUs and recent GPUs; fp16 needs CUDA, where its narrow
-    range is made safe by gradient scaling.
-    """
-    if requested not in PRECISIONS:
-        raise SpamtuneUsageError(f"unknown precision '{requested}'; choose one of: {', '.join(PRECISIONS)}")
-    if requested == "auto":
-        return "fp32"
-    if requested == "fp16" and device.type != "cuda":
-        raise SpamtuneUsageError(f"--precision fp16 needs a CUDA device (this run uses {device.type}); use bf16 or fp32")
-    if requested == "bf16":
-        if device.type not in ("cpu", "cuda"):
-            raise SpamtuneUsageError(f"--precision bf16 is supported on cpu and cuda, not {device.type}; use fp32")
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise SpamtuneUsageError("this GPU has no bf16 support; use --precision fp16 or fp32")
-    return requested
-
-
-def autocast_context(precision: str, device: torch.device):
-    """Mixed-precision autocast for bf16/fp16, nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 # --------------------------------------------------------------------------- data
 
 
 @dataclass
 class Batch:
-    """Right-padded token ids, each row's real length, and the class labels."""
+    """Right-padded token ids (or, from a prefix cache, the frozen blocks' outputs for them),
+    each row's real length, and the class labels."""
 
-    input_ids: torch.Tensor
+    input_ids: torch.Tensor | None
     lengths: torch.Tensor
     labels: torch.Tensor
+    prefix: torch.Tensor | None = None  # [b, t, emb_dim], the output of block start_block - 1
+    start_block: int = 0
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def logits(self, model: GPTModel, pooling: str, last_query_only: bool = True) -> torch.Tensor:
+        return model.classify(
+            self.input_ids, self.lengths, pooling,
+            prefix=self.prefix, start_block=self.start_block, last_query_only=last_query_only,
+        )  # fmt: skip
 
 
 @dataclass
@@ -199,6 +189,7 @@ class Examples:
 
     tokens: list[list[int]]
     labels: list[int]
+    cache: FrozenPrefixCache | None = None  # set by attach_prefix_caches
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -208,10 +199,13 @@ class Examples:
         return [len(t) for t in self.tokens]
 
     def batch(self, indices: list[int], device: torch.device | str = "cpu", pad_to: int | None = None) -> Batch:
+        labels = torch.tensor([self.labels[i] for i in indices], dtype=torch.long, device=device)
+        if self.cache is not None:
+            prefix, lengths = self.cache.batch(indices, device)
+            return Batch(None, lengths, labels, prefix, self.cache.start_block)
         ids, lengths = pad_batch([self.tokens[i] for i in indices], EOT_ID, device)
         if pad_to is not None and ids.shape[1] < pad_to:
             ids = F.pad(ids, (0, pad_to - ids.shape[1]), value=EOT_ID)
-        labels = torch.tensor([self.labels[i] for i in indices], dtype=torch.long, device=device)
         return Batch(ids, lengths, labels)
 
 
@@ -256,12 +250,6 @@ def load_training_data(root: Path, context_length: int, max_length: int | None) 
     return TrainingData(labels, max_length, examples["train"], examples["validation"], examples["test"], digest.hexdigest())
 
 
-def pad_width(pooling: str, max_length: int) -> int | None:
-    """``last`` pooling reads the final padded position, so every batch is padded to the
-    maximum length, as the book does; the other poolings ignore padding and pad dynamically."""
-    return max_length if pooling == "last" else None
-
-
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The shuffled, length-bucketed batches of one epoch: a function of (seed, epoch) alone,
     so a resumed run replays exactly the order an uninterrupted one would have used."""
@@ -280,10 +268,9 @@ def build_model(cfg: GPTConfig, options: FinetuneOptions, num_classes: int) -> G
     return convert_to_classifier(model, num_classes, options.trainable, options.seed)
 
 
-def classification_loss(model: GPTModel, batch: Batch, pooling: str) -> torch.Tensor:
+def classification_loss(model: GPTModel, batch: Batch, pooling: str, last_query_only: bool = True) -> torch.Tensor:
     """Mean cross-entropy of one batch: the whole forward pass of training."""
-    logits = model.classify(batch.input_ids, batch.lengths, pooling)
-    return F.cross_entropy(logits.float(), batch.labels)
+    return F.cross_entropy(batch.logits(model, pooling, last_query_only).float(), batch.labels)
 
 
 class NonFiniteLoss(SpamtuneError):
@@ -300,6 +287,7 @@ def optimizer_step(
     *,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    last_query_only: bool = True,
 ) -> float:
     """One AdamW update from one or more batches (gradient accumulation); returns the loss.
 
@@ -307,13 +295,13 @@ def optimizer_step(
     gives exactly the gradient of one batch k times as large. A NaN or infinite loss raises
     ``NonFiniteLoss`` before the weights are touched.
     """
-    device = batches[0].input_ids.device
+    device = batches[0].labels.device
     optimizer.zero_grad(set_to_none=True)
     n = sum(len(b) for b in batches)
     total = torch.zeros((), device=device)
     for batch in batches:
         with autocast_context(precision, device):
-            loss = classification_loss(model, batch, pooling) * (len(batch) / n)
+            loss = classification_loss(model, batch, pooling, last_query_only) * (len(batch) / n)
         (scaler.scale(loss) if scaler else loss).backward()
         total += loss.detach()
     value = total.item()
@@ -356,15 +344,100 @@ def evaluate_examples(
     precision: str = "fp32",
     batch_size: int = EVAL_BATCH_SIZE,
     pad_to: int | None = None,
+    last_query_only: bool = True,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over every example of a split."""
-    logits = predict_logits(
-        model, examples.tokens, pooling, device=device, precision=precision, batch_size=batch_size, pad_to=pad_to
-    )
+    """(mean cross-entropy, accuracy) over every example of a split, from its prefix cache when
+    it has one; batches are sorted by length and padded only to their own longest."""
+    logits = torch.empty(len(examples), model.num_classes, dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast_context(precision, device):
+            for idx in sorted_batches(examples.lengths, batch_size):
+                batch = examples.batch(idx, device, pad_to)
+                logits[idx] = batch.logits(model, pooling, last_query_only).float().cpu()
+    finally:
+        model.train(was_training)
     labels = torch.tensor(examples.labels, dtype=torch.long)
     loss = F.cross_entropy(logits, labels).item()
     correct = int((logits.argmax(dim=1) == labels).sum())
     return loss, correct / len(labels)
+
+
+# --------------------------------------------------------------------------- frozen-prefix cache
+
+
+@dataclass(frozen=True)
+class PrefixCacheReport:
+    """What ``attach_prefix_caches`` did: blocks cached, for which splits, at what cost."""
+
+    start_block: int  # the frozen blocks whose outputs are cached (0: none)
+    splits: tuple[str, ...]
+    nbytes: int
+    seconds: float
+    skipped: str | None = None  # why a split, or every split, runs the plain path
+
+
+def memory_budget_bytes(device: torch.device) -> int:
+    """How much the caches may hold: half the memory free now, at most the module default."""
+    if device.type == "cuda":
+        return int(0.3 * torch.cuda.mem_get_info(device)[0])
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not Linux: trust the default
+        return DEFAULT_BUDGET_BYTES
+    return min(DEFAULT_BUDGET_BYTES, free // 2)
+
+
+def attach_prefix_caches(
+    model: GPTModel,
+    data: TrainingData,
+    options: FinetuneOptions,
+    device: torch.device,
+    precision: str,
+    budget_bytes: int | None = None,
+) -> PrefixCacheReport:
+    """Compute the frozen blocks' outputs once for train, validation and test (the issue-6
+    shortcut) and attach them to the splits, as far as memory allows.
+
+    Exact: with dropout off and the first K blocks frozen, their output for a message is a
+    fixed function of its tokens, and causal attention makes it independent of the padding it
+    is batched with. Not used for ``last`` pooling, whose pooled position is a padding token
+    that the cache does not hold.
+    """
+    start = cacheable_blocks(model)
+    if not options.shortcuts:
+        return PrefixCacheReport(0, (), 0, 0.0, "turned off (--no-shortcuts)")
+    if options.pooling == "last":
+        return PrefixCacheReport(0, (), 0, 0.0, "not used with --pooling last, which reads a padding position the cache does not hold")
+    if start == 0:
+        return PrefixCacheReport(0, (), 0, 0.0, "not used: every block is trainable")
+    budget = memory_budget_bytes(device) if budget_bytes is None else budget_bytes
+    emb_dim = model.cfg.emb_dim
+    # One cache for all splits, so a message found in several (the SMS data has such leaks)
+    # is computed once; when that would not fit, the training split alone, read most often.
+    for names in (paths.SPLITS, ("train",)):
+        token_lists = [t for name in names for t in getattr(data, name).tokens]
+        need = estimate_cache_bytes(token_lists, emb_dim)
+        if need <= budget:
+            break
+    else:
+        return PrefixCacheReport(
+            0, (), 0, 0.0, f"not used: the training split needs {need / 2**20:,.0f} MiB, over the {budget / 2**20:,.0f} MiB budget"
+        )
+    tick = time.perf_counter()
+    cache = build_prefix_cache(
+        model, token_lists, device=device, pad_id=EOT_ID, budget_bytes=budget, autocast=autocast_context(precision, device)
+    )
+    if cache is None:  # the device's free memory shrank meanwhile
+        return PrefixCacheReport(0, (), 0, 0.0, "not used: out of memory budget")
+    offset = 0
+    for name in names:
+        examples = getattr(data, name)
+        examples.cache = cache.subset(offset, offset + len(examples))
+        offset += len(examples)
+    skipped = None if len(names) == len(paths.SPLITS) else "validation and test run the plain path (memory budget)"
+    return PrefixCacheReport(start, tuple(names), cache.nbytes, time.perf_counter() - tick, skipped)
 
 
 # --------------------------------------------------------------------------- events
@@ -384,6 +457,13 @@ class TrainingStarted:
     n_validation: int
     n_test: int
     max_length: int
+
+
+@dataclass(frozen=True)
+class PrefixCaching:
+    """The frozen blocks' outputs are being computed once for every split."""
+
+    start_block: int
 
 
 @dataclass(frozen=True)
@@ -408,7 +488,7 @@ class Evaluated:
     is_best: bool
 
 
-Event = TrainingStarted | StepDone | EvaluationStarted | Evaluated
+Event = TrainingStarted | PrefixCaching | PrefixCacheReport | StepDone | EvaluationStarted | Evaluated
 
 
 class TrainingInterrupted(SpamtuneError):
@@ -653,6 +733,10 @@ class _Training:
             trainable, total, len(d.train), len(d.validation), len(d.test), d.max_length,
         ))  # fmt: skip
         try:
+            if self.s.options.shortcuts and cacheable_blocks(self.model):
+                self.emit(PrefixCaching(cacheable_blocks(self.model)))
+            self.cache_report = attach_prefix_caches(self.model, d, self.s.options, self.s.device, self.s.precision)
+            self.emit(self.cache_report)
             self._train()
             return self._finish(trainable, total)
         except KeyboardInterrupt:
@@ -670,8 +754,9 @@ class _Training:
                 batch_list = [self.s.data.train.batch(idx, self.s.device, self.pad_to) for idx in group]
                 try:
                     loss = optimizer_step(
-                        self.model, self.optimizer, batch_list, o.pooling, precision=self.s.precision, scaler=self.scaler
-                    )
+                        self.model, self.optimizer, batch_list, o.pooling,
+                        precision=self.s.precision, scaler=self.scaler, last_query_only=o.shortcuts,
+                    )  # fmt: skip
                 except NonFiniteLoss as exc:
                     raise self._diverged(f"{exc} at step {st.step + 1} (epoch {st.epoch + 1})") from None
                 st.training_time_s += time.perf_counter() - tick
@@ -697,8 +782,9 @@ class _Training:
     def _evaluate(self, model: GPTModel, examples: Examples) -> tuple[float, float]:
         s = self.s
         return evaluate_examples(
-            model, examples, s.options.pooling, device=s.device, precision=s.precision, pad_to=self.pad_to
-        )
+            model, examples, s.options.pooling,
+            device=s.device, precision=s.precision, pad_to=self.pad_to, last_query_only=s.options.shortcuts,
+        )  # fmt: skip
 
     def _evaluate_and_checkpoint(self) -> None:
         st, s = self.state, self.s
@@ -817,6 +903,13 @@ class _Training:
             # CPU kernels split sums across threads, so bit-identical reruns need the same count.
             "cpu_threads": torch.get_num_threads(),
             "precision": s.precision,
+            "shortcuts": s.options.shortcuts,
+            "prefix_cache": {
+                "blocks": self.cache_report.start_block,
+                "splits": list(self.cache_report.splits),
+                "bytes": self.cache_report.nbytes,
+                "build_s": round(self.cache_report.seconds, 3),
+            },
             "max_length": s.data.max_length,
             "n_train": len(s.data.train),
             "n_validation": len(s.data.validation),

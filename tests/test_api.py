@@ -3,61 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import P_HAM, P_SPAM, write_rigged_run
 from typer.testing import CliRunner
 
-from spamtune import Prediction, SpamClassifier, checkpoint, paths
-from spamtune.checkpoint import ClassifierConfig
+from spamtune import Prediction, SpamClassifier, paths
 from spamtune.cli import app
 from spamtune.errors import SpamtuneError
-from spamtune.model import GPTConfig
-from spamtune.tokenizer import get_tokenizer
-
-TINY = GPTConfig(context_length=64, emb_dim=32, n_layers=2, n_heads=4)
-SPAM_TOKEN = "!"
-# The rigged model below gives p(spam) = sigmoid(2) to a text whose last token is "!" and
-# sigmoid(-2) to every other text.
-P_SPAM = 1 / (1 + math.exp(-2))
-P_HAM = 1 / (1 + math.exp(2))
-
-
-def write_rigged_run(run_dir: Path, pooling: str = "last-real", labels: dict[str, int] | None = None) -> Path:
-    """A tiny fine-tuned run whose verdict depends only on the last token: "!" means spam.
-
-    The blocks write nothing into the residual stream (zero output projections) and positions
-    embed to zero, so the pooled state is the last token's embedding. The "!" embedding is a
-    fixed zero-mean direction ``u``; every other embedding is made zero-mean and orthogonal to
-    it, so after the final LayerNorm only "!" has a component along ``u``, which the spam row
-    of the head reads.
-    """
-    labels = labels or {"ham": 0, "spam": 1}
-    cfg = ClassifierConfig(model=TINY, labels=labels, pooling=pooling, max_length=TINY.context_length)
-    torch.manual_seed(0)
-    model = checkpoint.build_classifier(cfg)
-    d = TINY.emb_dim
-    u = torch.tensor([1.0, -1.0] * (d // 2))  # zero mean, unit variance: LayerNorm leaves it as is
-    spam_class = labels["spam"]
-    with torch.no_grad():
-        for block in model.trf_blocks:
-            for layer in (block.att.out_proj, block.ff.proj):
-                layer.weight.zero_()
-                layer.bias.zero_()
-        model.pos_emb.weight.zero_()
-        emb = model.tok_emb.weight
-        emb -= emb.mean(dim=1, keepdim=True)
-        emb -= (emb @ u)[:, None] * u / (u @ u)
-        emb[get_tokenizer().encode(SPAM_TOKEN)[0]] = u
-        model.out_head.weight.zero_()
-        model.out_head.bias.zero_()
-        model.out_head.weight[spam_class] = u * (4.0 / d)  # logit +4 along u
-        model.out_head.bias[spam_class] = -2.0
-    checkpoint.save_classifier(run_dir, model, cfg)
-    return run_dir
 
 
 @pytest.fixture(scope="module")

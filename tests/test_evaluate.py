@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_options, tiny_split, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import metrics, train
 from spamtune.cli import app
-from test_train import tiny_options, tiny_split, write_tiny_data
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -83,3 +83,18 @@ def test_head_only_preset_caches_every_block():
         slow = model.classify(*pad_batch(seqs, 50256), pooling)
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 
+
+
+def test_duplicate_messages_share_one_slot_and_subsets_share_storage(model_and_seqs):
+    model, seqs = model_and_seqs
+    with_dups = [*seqs, seqs[3], seqs[0], seqs[3]]
+    cache = build_prefix_cache(model, with_dups, batch_size=4)
+    assert cache.nbytes == sum(map(len, seqs)) * 48 * 4  # the repeats cost nothing
+    assert cache.offsets[len(seqs)] == cache.offsets[3] and cache.offsets[-1] == cache.offsets[3]
+    tail = cache.subset(len(seqs), len(with_dups))
+    assert tail.states.data_ptr() == cache.states.data_ptr() and len(tail) == 3
+    prefix, lengths = tail.batch([0, 1, 2], "cpu")
+    with torch.no_grad():
+        fast = model.classify(None, lengths, "last-real", prefix=prefix, start_block=cache.start_block)
+    ref = plain_logits(model, [seqs[3], seqs[0], seqs[3]], "last-real")
+    assert (fast - ref).abs().max().item() <= 1e-5

@@ -1,6 +1,6 @@
 """`spamtune predict`: inputs, formats, order, robustness, exit codes, streaming and pipes.
 
-The run is rigged (see ``test_api.write_rigged_run``): a message whose last token is "!" is
+The run is rigged (see ``helpers.write_rigged_run``): a message whose last token is "!" is
 spam with p = 0.8808, every other message ham with p = 0.1192.
 """
 
@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_api import P_HAM, P_SPAM, write_rigged_run
+from helpers import P_HAM, P_SPAM, write_rigged_run
 from typer.testing import CliRunner
 
 from spamtune.cli import app
@@ -323,12 +323,15 @@ def test_results_come_as_lines_arrive(run_dir):
 
 
 def test_predict_path_imports_nothing_heavy(run_dir):
-    """Cold start: pandas, matplotlib and the Hugging Face libraries stay out of `predict`."""
+    """Cold start: pandas, matplotlib, rich and the Hugging Face libraries stay out of `predict`, and
+    so does torch._dynamo (about a second), which initialising a model on the meta device pulls in."""
     out = subprocess.run(
         [sys.executable, "-X", "importtime", *spamtune_command(run_dir, "x")[1:]],
         capture_output=True, text=True, timeout=120, env=CHILD_ENV,
     )
     assert out.returncode == 0 and out.stdout == f"ham\t{HAM_P}\tx\n"
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    modules = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    imported = {name.split(".")[0] for name in modules}
     assert "torch" in imported and "tiktoken" in imported
-    assert not imported & {"pandas", "matplotlib", "huggingface_hub", "transformers", "sklearn"}
+    assert not imported & {"pandas", "matplotlib", "rich", "huggingface_hub", "transformers", "sklearn"}
+    assert "torch._dynamo" not in modules

@@ -4,65 +4,19 @@ its CLI fails with one clear line on bad input. Tiny models and ~60 messages: se
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import HAM, SPAM, TINY_CONFIG, tiny_options, tiny_split, write_tiny_data
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from spamtune import train
 from spamtune.cli import app
-from spamtune.data import Split, write_split
 from spamtune.errors import SpamtuneError
 from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
 from spamtune.tokenizer import encode_texts
-
-SPAM = [
-    "WINNER!! You have won a free prize, call now to claim",
-    "URGENT: your mobile number won 2000 pounds, call 09061701461",
-    "Free entry to win a holiday, text WIN to 80086 now",
-    "Congratulations, you won a $1000 gift card, click the link",
-    "Claim your cash reward today, reply YES to 85023",
-    "You have been selected for a free ringtone, text TONE to 87121",
-]
-HAM = [
-    "Are we still meeting for lunch tomorrow?",
-    "I'll be home late tonight, sorry",
-    "Can you pick up some milk on the way back",
-    "Ok see you at the station at 6",
-    "Did you finish the report for Monday?",
-    "Happy birthday! Hope you have a lovely day",
-]
-TINY_CONFIG = {"context_length": 64, "emb_dim": 32, "n_layers": 2, "n_heads": 4}
-
-
-def tiny_split(n: int, offset: int) -> Split:
-    """``n`` alternating ham/spam messages, varied so that splits differ."""
-    texts, labels = [], []
-    for i in range(offset, offset + n):
-        label = i % 2
-        pool = SPAM if label else HAM
-        texts.append(pool[(i // 2) % len(pool)] + ("" if i % 3 else " thanks") + (" :)" if i % 5 == 0 else ""))
-        labels.append(label)
-    return Split(texts, labels)
-
-
-def write_tiny_data(root: Path) -> Path:
-    """A data root as `spamtune prepare` leaves it: three split CSVs and labels.json, plus a tiny model config."""
-    for name, n, offset in (("train", 40, 0), ("validation", 10, 40), ("test", 10, 50)):
-        write_split(root / f"{name}.csv", tiny_split(n, offset))
-    (root / "labels.json").write_text(json.dumps({"labels": {"ham": 0, "spam": 1}}))
-    (root / "tiny.json").write_text(json.dumps(TINY_CONFIG))
-    return root
-
-
-def tiny_options(root: Path, **overrides) -> train.FinetuneOptions:
-    options = train.FinetuneOptions(
-        model=str(root / "tiny.json"), weights="random", epochs=2, lr=1e-3, data_dir=str(root), device="cpu"
-    )
-    return replace(options, **overrides)
 
 
 def comparable(records: list[dict]) -> list[dict]:
@@ -308,3 +262,65 @@ def test_cli_resume_refuses_other_options_and_other_shapes(data_root):
     (runs["a"] / state).write_bytes((runs["b"] / state).read_bytes())
     assert_one_line_error(invoke("finetune", "--resume", str(runs["a"])), "checkpoint of another shape", 1)
     assert_one_line_error(invoke("finetune", "--resume", str(data_root / "nowhere")), "no run folder", 1)
+
+
+# --------------------------------------------------------------------------- exact shortcuts (issue 6)
+
+
+def run_pair(root: Path, tmp: Path, **overrides) -> tuple[dict, dict, list[dict], list[dict]]:
+    """The same run with and without the shortcuts: summaries and metrics lines of both."""
+    fast = train.finetune(tiny_options(root, **overrides), tmp / "fast")
+    plain = train.finetune(tiny_options(root, shortcuts=False, **overrides), tmp / "plain")
+    return fast, plain, train.read_metrics(tmp / "fast"), train.read_metrics(tmp / "plain")
+
+
+def assert_same_curves(fast_records: list[dict], plain_records: list[dict]) -> None:
+    assert len(fast_records) == len(plain_records)
+    for f, p in zip(fast_records, plain_records):
+        assert (f["train_acc"], f["val_acc"]) == (p["train_acc"], p["val_acc"])
+        assert f["train_loss"] == pytest.approx(p["train_loss"], abs=1e-4)
+        assert f["val_loss"] == pytest.approx(p["val_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("trainable", ["last-block", "head"])
+def test_shortcuts_change_nothing_but_the_speed(data_root, tmp_path, trainable):
+    fast, plain, fast_records, plain_records = run_pair(data_root, tmp_path, trainable=trainable, epochs=3)
+    assert fast["prefix_cache"]["splits"] == ["train", "validation", "test"]
+    assert fast["prefix_cache"]["blocks"] == (1 if trainable == "last-block" else 2)
+    assert fast["prefix_cache"]["bytes"] > 0 and plain["prefix_cache"]["bytes"] == 0
+    assert_same_curves(fast_records, plain_records)
+    assert fast["test_accuracy"] == plain["test_accuracy"]
+    assert fast["test_loss"] == pytest.approx(plain["test_loss"], abs=1e-4)
+
+
+def test_prefix_cache_respects_its_memory_budget(data_root):
+    options = tiny_options(data_root)
+    model = train.build_model(GPTConfig(**TINY_CONFIG), options, 2)
+    data = train.load_training_data(data_root, 64, None)
+    train_bytes = sum(len(t) for t in {tuple(t) for t in data.train.tokens}) * TINY_CONFIG["emb_dim"] * 4
+    report = train.attach_prefix_caches(model, data, options, torch.device("cpu"), "fp32", budget_bytes=train_bytes)
+    assert report.splits == ("train",) and data.validation.cache is None and report.nbytes == train_bytes
+    data = train.load_training_data(data_root, 64, None)
+    report = train.attach_prefix_caches(model, data, options, torch.device("cpu"), "fp32", budget_bytes=train_bytes - 1)
+    assert report.splits == () and data.train.cache is None and "budget" in report.skipped
+
+
+def test_last_pooling_trains_without_the_cache(data_root, tmp_path):
+    summary = train.finetune(tiny_options(data_root, pooling="last"), tmp_path / "run")
+    assert summary["prefix_cache"]["splits"] == []
+
+
+REAL_SMS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+
+
+@pytest.mark.skipif(not REAL_SMS.is_file(), reason=f"real SMS data not found at {REAL_SMS}")
+def test_shortcuts_give_identical_accuracies_on_the_real_split(tmp_path):
+    """Issue 6's acceptance: same seed, fp32, tiny model, the book's balanced split."""
+    root = tmp_path / "data"
+    result = CliRunner().invoke(app, ["prepare", "--input", str(REAL_SMS), "--data-dir", str(root)])
+    assert result.exit_code == 0, result.output
+    (root / "tiny.json").write_text(json.dumps({"context_length": 128, "emb_dim": 64, "n_layers": 3, "n_heads": 4}))
+    _, _, fast_records, plain_records = run_pair(
+        root, tmp_path, trainable="last-2-blocks", epochs=2, lr=5e-4, batch_size=16, precision="fp32"
+    )
+    assert_same_curves(fast_records, plain_records)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
 from spamtune.errors import SpamtuneUsageError
+
+if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
+    from rich.console import Console
 
 
 def _duration(seconds: float) -> str:
@@ -45,6 +48,11 @@ class ProgressReporter:
                 rate=event.examples_per_s,
                 description=f"epoch {event.epoch}",
             )
+        elif isinstance(event, train.PrefixCaching):
+            if self.progress is not None:
+                self.progress.update(self.task, description=f"caching blocks 1-{event.start_block}")
+        elif isinstance(event, train.PrefixCacheReport):
+            self._cached(event)
         elif isinstance(event, train.EvaluationStarted) and self.progress is not None:
             self.progress.update(self.task, description=f"evaluating {event.split}")
         elif isinstance(event, train.Evaluated):
@@ -56,6 +64,17 @@ class ProgressReporter:
                 f"val loss {r['val_loss']:.3f} acc {r['val_acc']:.2%}" + ("  [green]best[/]" if event.is_best else ""),
                 highlight=False,
             )
+
+    def _cached(self, e) -> None:
+        if e.splits:
+            self.console.print(
+                f"frozen-prefix cache: outputs of blocks 1-{e.start_block} for {', '.join(e.splits)} "
+                f"computed once, {e.nbytes / 2**20:,.1f} MiB, {_duration(e.seconds)}"
+                + (f"; {e.skipped}" if e.skipped else ""),
+                highlight=False,
+            )
+        elif e.skipped:
+            self.console.print(f"frozen-prefix cache: {e.skipped}", highlight=False)
 
     def _started(self, e) -> None:
         resumed = f", resuming at step {e.start_step}" if e.start_step else ""
@@ -116,6 +135,10 @@ def finetune_command(
     patience: int | None = typer.Option(None, help="Stop after N evaluations without a lower validation loss."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
     precision: str = typer.Option("auto", help="auto, fp32, bf16 (CPU/CUDA) or fp16 (CUDA)."),
+    shortcuts: bool = typer.Option(
+        True,
+        help="Exact speed-ups: compute frozen blocks once (prefix cache) and run the last block at the pooled token only.",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Run folder to create. Default: a new folder under <data root>/runs/."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue an unfinished run folder from its last checkpoint."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default: $SPAMTUNE_HOME or ./data)."),
@@ -139,8 +162,11 @@ def finetune_command(
         "patience": patience,
         "device": device,
         "precision": precision,
+        "shortcuts": shortcuts,
         "data_dir": str(paths.data_root(data_dir)),
     }
+    from rich.console import Console
+
     console = Console(stderr=True, soft_wrap=True)
     reporter = ProgressReporter(console)
     try:

@@ -212,6 +212,9 @@ def predict(
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Messages per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (auto: CUDA, then MPS, then CPU)."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16 or fp16."
+    ),
     fail_on_spam: bool = typer.Option(
         False, "--fail-on-spam",
         help="Exit with status 1 when any message is spam (after writing all output), like an inverted grep -q.",
@@ -222,7 +225,9 @@ def predict(
 
     from spamtune.infer import SpamClassifier
 
-    classifier = SpamClassifier.load(run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size)
+    classifier = SpamClassifier.load(
+        run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
+    )
     if output_format is None:
         output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
     renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=_use_color())

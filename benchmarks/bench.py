@@ -1,0 +1,256 @@
+"""`make bench`: spamtune against a plain Hugging Face script, on this machine, in one run.
+
+What is timed (gpt2-small shape with random weights, since pretrained ones cannot be fetched
+here; the cost of a step does not depend on the weights' values):
+
+1. the book's recipe end to end with the real CLI (`spamtune finetune --model gpt2-small
+   --weights random --trainable last-block`, batch 8, 5 epochs, the balanced SMS split), from
+   process start to the last line, cache build and full-split evaluations included;
+2. the peer: `transformers.GPT2ForSequenceClassification`, same trainable parameters, AdamW,
+   every batch padded to the longest training example as the book does. Only its optimizer
+   steps are timed (>= 30, after a warm-up) and multiplied up to the book's 650 steps; its
+   model build and evaluations are left out, which flatters the peer;
+3. prediction over all 5,574 messages of the SMS file, spamtune's SpamClassifier vs the peer
+   (batches of 64 in input order, each padded to its longest, as a data collator does), in
+   the same precision;
+4. cold start of `spamtune predict "x"` against `python -c "import torch"`, and the peak
+   memory of `spamtune predict` over the whole file with the gpt2-small run.
+
+Prints a table with ratios and target checks, and writes it all as JSON to bench-results/.
+Usage: python benchmarks/bench.py [--sms PATH] [--precisions fp32,bf16] [--predict-precisions ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hf_peer import build_peer, time_prediction, time_training_steps  # noqa: E402
+
+from spamtune.device import cpu_has_native_bf16, resolve_device, resolve_precision  # noqa: E402
+from spamtune.infer import SpamClassifier  # noqa: E402
+from spamtune.model import GPTConfig  # noqa: E402
+from spamtune.prepare import read_labelled_texts  # noqa: E402
+from spamtune.tokenizer import encode_texts  # noqa: E402
+from spamtune.train import load_training_data  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SMS = REPO.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+BOOK_STEPS = 5 * (1045 // 8)  # the book drops the last partial batch: 130 steps per epoch
+SPAMTUNE = [sys.executable, "-m", "spamtune"]
+
+TARGETS = {
+    "recipe_vs_peer_fp32": 0.08,  # spamtune recipe wall / peer fp32 wall, at most
+    "recipe_s": 60.0,
+    "predict_speedup": 5.0,  # spamtune messages/s over the peer's, at least
+    "cold_start_over_torch_s": 1.0,
+    "predict_peak_gb": 1.2,
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def timed_run(cmd: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return elapsed, proc
+
+
+def peak_rss_gb(cmd: list[str], stdin_path: Path) -> tuple[float, float]:
+    """(wall seconds, peak resident memory in GB) of one child process."""
+    start = time.perf_counter()
+    with stdin_path.open("rb") as stdin:
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+
+
+def bench_recipe(data_dir: Path, precision: str, device: str) -> dict:
+    out = data_dir / "runs" / f"recipe-{device}-{precision}"
+    cmd = [
+        *SPAMTUNE, "finetune", "--model", "gpt2-small", "--weights", "random", "--trainable", "last-block",
+        "--epochs", "5", "--batch-size", "8", "--precision", precision, "--device", device,
+        "--data-dir", str(data_dir), "--out", str(out),
+    ]  # fmt: skip
+    log(f"recipe: spamtune finetune gpt2-small, {precision} on {device} ...")
+    wall, _ = timed_run(cmd)
+    summary = json.loads((out / "summary.json").read_text())
+    return {
+        "precision": summary["precision"],
+        "device": device,
+        "wall_s": round(wall, 2),
+        "prefix_cache_build_s": summary["prefix_cache"]["build_s"],
+        "prefix_cache_mib": round(summary["prefix_cache"]["bytes"] / 2**20, 1),
+        "training_steps_s": summary["training_time_s"],
+        "steps": summary["steps"],
+        "examples_per_s": summary["examples_per_s"],
+        "test_accuracy": summary["test_accuracy"],
+        "run": str(out),
+    }
+
+
+def bench_peer_training(data_dir: Path, precision: str, steps: int) -> dict:
+    data = load_training_data(data_dir, 1024, None)
+    log(f"peer: GPT2ForSequenceClassification training, {precision}, {steps} steps ...")
+    model = build_peer(GPTConfig.from_name("gpt2-small"))
+    per_step = time_training_steps(model, data.train.tokens, data.train.labels, steps, precision)
+    return {
+        "precision": precision,
+        "measured_steps": steps,
+        "s_per_step": round(per_step, 4),
+        "pad_width": data.max_length,
+        "extrapolated_650_steps_s": round(per_step * BOOK_STEPS, 1),
+    }
+
+
+def bench_prediction(run_dir: str, texts: list[str], precision: str) -> dict:
+    log(f"prediction over {len(texts):,} messages, {precision}: spamtune ...")
+    clf = SpamClassifier.load(run_dir, device="cpu", precision=precision)
+    start = time.perf_counter()
+    clf.predict(texts)
+    ours = len(texts) / (time.perf_counter() - start)
+    log(f"prediction over {len(texts):,} messages, {precision}: peer ...")
+    peer = build_peer(GPTConfig.from_name("gpt2-small"))
+    theirs = time_prediction(peer, encode_texts(texts, clf.max_length), precision)
+    return {
+        "precision": precision,
+        "messages": len(texts),
+        "spamtune_msg_per_s": round(ours, 1),
+        "peer_msg_per_s": round(theirs, 1),
+        "speedup": round(ours / theirs, 2),
+    }
+
+
+def bench_cold_start(run_dir: str, repeats: int = 5) -> dict:
+    log("cold start ...")
+    torch_s = statistics.median(timed_run([sys.executable, "-c", "import torch"])[0] for _ in range(repeats))
+    predict_s = statistics.median(
+        timed_run([*SPAMTUNE, "predict", "--run", run_dir, "x"])[0] for _ in range(repeats)
+    )
+    return {"import_torch_s": round(torch_s, 3), "predict_x_s": round(predict_s, 3), "over_torch_s": round(predict_s - torch_s, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sms", type=Path, default=DEFAULT_SMS, help="the SMS Spam Collection file")
+    parser.add_argument("--precisions", default=None, help="recipe precisions (default: fp32, and bf16 where native)")
+    parser.add_argument("--predict-precisions", default=None, help="prediction precisions (default: what auto picks)")
+    parser.add_argument("--peer-steps", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results")
+    args = parser.parse_args()
+    if not args.sms.is_file():
+        raise SystemExit(f"bench: the SMS Spam Collection is not at {args.sms}; give --sms PATH")
+
+    cpu = torch.device("cpu")
+    auto = resolve_precision("auto", cpu)
+    precisions = args.precisions.split(",") if args.precisions else ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
+    predict_precisions = args.predict_precisions.split(",") if args.predict_precisions else [auto]
+    results: dict = {
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "native_bf16": cpu_has_native_bf16(),
+            "auto_precision_cpu": auto,
+        },
+        "targets": TARGETS,
+    }
+    with tempfile.TemporaryDirectory(prefix="spamtune-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        timed_run([*SPAMTUNE, "prepare", "--input", str(args.sms), "--data-dir", str(data_dir)])
+        results["recipe"] = [bench_recipe(data_dir, p, "cpu") for p in precisions]
+        if resolve_device("auto").type == "cuda":
+            results["recipe"].append(bench_recipe(data_dir, "auto", "cuda"))
+        results["peer_training"] = [bench_peer_training(data_dir, p, args.peer_steps) for p in precisions]
+        run_dir = results["recipe"][0]["run"]
+        texts = read_labelled_texts(args.sms).texts
+        results["prediction"] = [bench_prediction(run_dir, texts, p) for p in predict_precisions]
+        results["cold_start"] = bench_cold_start(run_dir)
+        messages = Path(tmp) / "messages.txt"
+        messages.write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
+        log("predict peak memory over the whole file ...")
+        wall, peak = peak_rss_gb([*SPAMTUNE, "predict", "--run", run_dir, "--format", "tsv", "-"], messages)
+        results["predict_cli"] = {"messages": len(texts), "wall_s": round(wall, 2), "peak_rss_gb": round(peak, 3)}
+    report(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {path}")
+
+
+def report(r: dict) -> None:
+    rows: list[tuple[str, str, str]] = []
+    peer = {p["precision"]: p for p in r["peer_training"]}
+    peer_fp32 = peer["fp32"]["extrapolated_650_steps_s"] if "fp32" in peer else None
+    for rec in r["recipe"]:
+        ref = peer.get(rec["precision"])
+        rows.append((
+            f"recipe, 5 epochs, {rec['precision']} on {rec['device']}",
+            f"{rec['wall_s']:.1f} s (cache {rec['prefix_cache_build_s']:.1f} s, {rec['prefix_cache_mib']:.0f} MiB; "
+            f"test acc {rec['test_accuracy']:.2%})",
+            (f"{rec['wall_s'] / peer_fp32:.3f}x peer fp32" if peer_fp32 else "")
+            + (f", {rec['wall_s'] / ref['extrapolated_650_steps_s']:.3f}x peer {rec['precision']}" if ref else ""),
+        ))  # fmt: skip
+    for p in r["peer_training"]:
+        rows.append((
+            f"peer HF training, {p['precision']} (EXTRAPOLATED)",
+            f"{p['extrapolated_650_steps_s']:.1f} s = 650 x {p['s_per_step']:.3f} s/step (measured {p['measured_steps']}, pad {p['pad_width']})",
+            "",
+        ))  # fmt: skip
+    for p in r["prediction"]:
+        rows.append((
+            f"predict {p['messages']:,} msgs, {p['precision']}",
+            f"spamtune {p['spamtune_msg_per_s']:.1f} msg/s, peer {p['peer_msg_per_s']:.1f} msg/s",
+            f"{p['speedup']:.2f}x",
+        ))  # fmt: skip
+    c = r["cold_start"]
+    rows.append(("cold start predict \"x\"", f"{c['predict_x_s']:.2f} s vs import torch {c['import_torch_s']:.2f} s", f"+{c['over_torch_s']:.2f} s"))
+    m = r["predict_cli"]
+    rows.append(("spamtune predict - (CLI, whole file)", f"{m['wall_s']:.1f} s, peak RSS {m['peak_rss_gb']:.2f} GB", ""))
+    width = max(len(a) for a, _, _ in rows)
+    print(f"spamtune bench: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
+          f"auto precision on CPU = {r['machine']['auto_precision_cpu']}")  # fmt: skip
+    for a, b, c_ in rows:
+        print(f"  {a:<{width}}  {b}  {c_}")
+    print("targets:")
+    t = r["targets"]
+    best = min(r["recipe"], key=lambda x: x["wall_s"])
+    checks = []
+    if peer_fp32:
+        checks.append((f"recipe ({best['precision']}) <= {t['recipe_vs_peer_fp32']}x peer fp32", best["wall_s"] / peer_fp32 <= t["recipe_vs_peer_fp32"]))
+    checks.append((f"recipe ({best['precision']}) <= {t['recipe_s']:.0f} s", best["wall_s"] <= t["recipe_s"]))
+    for p in r["prediction"]:
+        checks.append((f"predict {p['precision']} >= {t['predict_speedup']}x peer", p["speedup"] >= t["predict_speedup"]))
+    checks.append((f"cold start <= import torch + {t['cold_start_over_torch_s']} s", c["over_torch_s"] <= t["cold_start_over_torch_s"]))
+    checks.append((f"predict peak memory <= {t['predict_peak_gb']} GB", m["peak_rss_gb"] <= t["predict_peak_gb"]))
+    for name, ok in checks:
+        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    r["checks"] = {name: ok for name, ok in checks}
+
+
+if __name__ == "__main__":
+    main()

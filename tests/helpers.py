@@ -1,0 +1,112 @@
+"""Helpers shared by several test files: tiny labelled data and runs, and a rigged classifier.
+
+Plain functions and constants, imported as ``from helpers import ...`` (pytest puts ``tests/`` on
+``sys.path``); fixtures stay in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from spamtune import checkpoint, train
+from spamtune.checkpoint import ClassifierConfig
+from spamtune.data import Split, write_split
+from spamtune.model import GPTConfig
+from spamtune.tokenizer import get_tokenizer
+
+# --------------------------------------------------------------------------- tiny labelled data
+
+SPAM = [
+    "WINNER!! You have won a free prize, call now to claim",
+    "URGENT: your mobile number won 2000 pounds, call 09061701461",
+    "Free entry to win a holiday, text WIN to 80086 now",
+    "Congratulations, you won a $1000 gift card, click the link",
+    "Claim your cash reward today, reply YES to 85023",
+    "You have been selected for a free ringtone, text TONE to 87121",
+]
+HAM = [
+    "Are we still meeting for lunch tomorrow?",
+    "I'll be home late tonight, sorry",
+    "Can you pick up some milk on the way back",
+    "Ok see you at the station at 6",
+    "Did you finish the report for Monday?",
+    "Happy birthday! Hope you have a lovely day",
+]
+TINY_CONFIG = {"context_length": 64, "emb_dim": 32, "n_layers": 2, "n_heads": 4}
+
+
+def tiny_split(n: int, offset: int) -> Split:
+    """``n`` alternating ham/spam messages, varied so that splits differ."""
+    texts, labels = [], []
+    for i in range(offset, offset + n):
+        label = i % 2
+        pool = SPAM if label else HAM
+        texts.append(pool[(i // 2) % len(pool)] + ("" if i % 3 else " thanks") + (" :)" if i % 5 == 0 else ""))
+        labels.append(label)
+    return Split(texts, labels)
+
+
+def write_tiny_data(root: Path) -> Path:
+    """A data root as `spamtune prepare` leaves it: three split CSVs and labels.json, plus a tiny model config."""
+    for name, n, offset in (("train", 40, 0), ("validation", 10, 40), ("test", 10, 50)):
+        write_split(root / f"{name}.csv", tiny_split(n, offset))
+    (root / "labels.json").write_text(json.dumps({"labels": {"ham": 0, "spam": 1}}))
+    (root / "tiny.json").write_text(json.dumps(TINY_CONFIG))
+    return root
+
+
+def tiny_options(root: Path, **overrides) -> train.FinetuneOptions:
+    options = train.FinetuneOptions(
+        model=str(root / "tiny.json"), weights="random", epochs=2, lr=1e-3, data_dir=str(root), device="cpu",
+        precision="fp32",
+    )
+    return replace(options, **overrides)
+
+
+# --------------------------------------------------------------------------- a rigged run
+
+TINY = GPTConfig(context_length=64, emb_dim=32, n_layers=2, n_heads=4)
+SPAM_TOKEN = "!"
+# The rigged model below gives p(spam) = sigmoid(2) to a text whose last token is "!" and
+# sigmoid(-2) to every other text.
+P_SPAM = 1 / (1 + math.exp(-2))
+P_HAM = 1 / (1 + math.exp(2))
+
+
+def write_rigged_run(run_dir: Path, pooling: str = "last-real", labels: dict[str, int] | None = None) -> Path:
+    """A tiny fine-tuned run whose verdict depends only on the last token: "!" means spam.
+
+    The blocks write nothing into the residual stream (zero output projections) and positions
+    embed to zero, so the pooled state is the last token's embedding. The "!" embedding is a
+    fixed zero-mean direction ``u``; every other embedding is made zero-mean and orthogonal to
+    it, so after the final LayerNorm only "!" has a component along ``u``, which the spam row
+    of the head reads.
+    """
+    labels = labels or {"ham": 0, "spam": 1}
+    cfg = ClassifierConfig(model=TINY, labels=labels, pooling=pooling, max_length=TINY.context_length)
+    torch.manual_seed(0)
+    model = checkpoint.build_classifier(cfg)
+    d = TINY.emb_dim
+    u = torch.tensor([1.0, -1.0] * (d // 2))  # zero mean, unit variance: LayerNorm leaves it as is
+    spam_class = labels["spam"]
+    with torch.no_grad():
+        for block in model.trf_blocks:
+            for layer in (block.att.out_proj, block.ff.proj):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        model.pos_emb.weight.zero_()
+        emb = model.tok_emb.weight
+        emb -= emb.mean(dim=1, keepdim=True)
+        emb -= (emb @ u)[:, None] * u / (u @ u)
+        emb[get_tokenizer().encode(SPAM_TOKEN)[0]] = u
+        model.out_head.weight.zero_()
+        model.out_head.bias.zero_()
+        model.out_head.weight[spam_class] = u * (4.0 / d)  # logit +4 along u
+        model.out_head.bias[spam_class] = -2.0
+    checkpoint.save_classifier(run_dir, model, cfg)
+    return run_dir
