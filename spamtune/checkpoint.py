@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from spamtune.errors import SpamtuneError
@@ -91,25 +91,52 @@ def load_classifier_config(run_dir: str | Path) -> ClassifierConfig:
     return ClassifierConfig.from_dict(read_json(Path(run_dir) / CONFIG_FILE, "run config"))
 
 
+def block_linear_parameter_names(model: GPTModel) -> set[str]:
+    """Names of the transformer blocks' Linear weights and biases: what autocast computes in low precision."""
+    return {
+        f"trf_blocks.{module_name}.{param_name}"
+        for module_name, module in model.trf_blocks.named_modules()
+        if isinstance(module, nn.Linear)
+        for param_name, _ in module.named_parameters(recurse=False)
+    }
+
+
 def load_classifier(
-    run_dir: str | Path, device: str | torch.device = "cpu", weights_name: str = WEIGHTS_FILE
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    weights_name: str = WEIGHTS_FILE,
+    *,
+    linear_dtype: torch.dtype | None = None,
 ) -> tuple[GPTModel, ClassifierConfig]:
     """The fine-tuned model of a run folder, in eval mode.
 
     The module is built on the meta device (no memory, no random init) and then takes the
-    file's tensors as its parameters, so loading costs one read of the weights.
+    file's tensors as its parameters, read one at a time, so loading costs one read of the
+    weights and never holds two copies of the model. ``linear_dtype`` stores the blocks'
+    Linear weights in an autocast dtype as they are read (see ``infer.store_linear_weights_in``).
     """
     run_dir = Path(run_dir)
     cfg = load_classifier_config(run_dir)
     path = run_dir / weights_name
     if not path.is_file():
         raise SpamtuneError(f"no {weights_name} in {run_dir}")
-    try:
-        tensors = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise SpamtuneError(f"cannot read {path}: {exc}") from None
     with torch.device("meta"):
         model = build_classifier(cfg)
+    cast = block_linear_parameter_names(model) if linear_dtype is not None else set()
+    tensors = {}
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            keys = list(f.keys())
+        for key in keys:
+            # One memory map per tensor when casting: the map is released (with the pages the
+            # cast read) as soon as the copy is made, so the fp32 file is never all resident.
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                tensor = f.get_tensor(key)
+                if linear_dtype is not None:
+                    tensor = tensor.to(linear_dtype) if key in cast else tensor.clone()
+            tensors[key] = tensor
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise SpamtuneError(f"cannot read {path}: {exc}") from None
     check_state_shapes(model, tensors, str(path))
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval(), cfg

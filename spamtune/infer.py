@@ -24,7 +24,7 @@ from spamtune.model import GPTModel
 from spamtune.tokenizer import EOT_ID, TOKENIZER_ID, encode_texts
 
 DEFAULT_THRESHOLD = 0.5
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 32
 
 
 @torch.inference_mode()
@@ -63,6 +63,25 @@ def pad_width(pooling: str, max_length: int) -> int | None:
     so every batch is padded to the maximum length, as the book does; the other poolings ignore
     padding and pad dynamically."""
     return max_length if pooling == "last" else None
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def store_linear_weights_in(model: GPTModel, dtype: torch.dtype) -> None:
+    """Keep the transformer blocks' Linear weights in the autocast dtype.
+
+    Autocast casts every Linear's weight and bias to that dtype before multiplying, so storing
+    them cast already gives the same results, halves their memory (gpt2-small: 340 MB of fp32
+    weights become 170 MB) and saves the cast on every call. Embeddings, LayerNorms and the
+    head stay fp32, as autocast keeps them.
+    """
+    with torch.no_grad():
+        for module in model.trf_blocks.modules():
+            if isinstance(module, torch.nn.Linear):
+                for name, param in list(module.named_parameters(recurse=False)):
+                    if param.dtype != dtype:
+                        setattr(module, name, torch.nn.Parameter(param.to(dtype), requires_grad=False))
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,8 @@ class SpamClassifier:
         self.config = config
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
+        if self.precision != "fp32":
+            store_linear_weights_in(self.model, AUTOCAST_DTYPES[self.precision])
         self.batch_size = batch_size
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.threshold = threshold
@@ -131,7 +152,8 @@ class SpamClassifier:
         if not run_dir.is_dir():
             raise SpamtuneError(f"run folder not found: {run_dir}")
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-        model, config = load_classifier(run_dir, dev)
+        linear_dtype = AUTOCAST_DTYPES.get(resolve_precision(precision, dev))
+        model, config = load_classifier(run_dir, dev, linear_dtype=linear_dtype)
         return cls(model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=precision)
 
     @property

@@ -132,3 +132,28 @@ def test_cli_prints_what_the_api_returns(run_dir, clf):
     expected = clf.predict(texts)
     assert [(r["text"], r["label"]) for r in printed] == [(p.text, p.label) for p in expected]
     assert [r["probability"] for r in printed] == pytest.approx([p.probability for p in expected], abs=1e-6)
+
+
+def test_bf16_stores_block_linears_cast_and_matches_plain_autocast(tmp_path):
+    """Keeping the Linear weights in bf16 saves memory without changing a single result."""
+    from helpers import TINY
+
+    from spamtune import checkpoint
+    from spamtune.infer import batched_logits
+    from spamtune.tokenizer import encode_texts
+
+    cfg = checkpoint.ClassifierConfig(model=TINY, labels={"ham": 0, "spam": 1}, pooling="last-real", max_length=64)
+    torch.manual_seed(0)
+    checkpoint.save_classifier(tmp_path, checkpoint.build_classifier(cfg), cfg)
+    clf = SpamClassifier.load(tmp_path, device="cpu", precision="bf16")
+    linears = [m for m in clf.model.trf_blocks.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(p.dtype == torch.bfloat16 for m in linears for p in m.parameters())
+    assert clf.model.tok_emb.weight.dtype == torch.float32 and clf.model.out_head.weight.dtype == torch.float32
+
+    texts = ["WINNER!! Claim your prize", "Do you have time", "", "ok"]
+    reference, _ = checkpoint.load_classifier(tmp_path)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torch.softmax(batched_logits(reference, encode_texts(texts, 64), "last-real"), dim=1)
+    assert torch.equal(clf.predict_proba(texts), expected)
+    fp32 = SpamClassifier.load(tmp_path, device="cpu", precision="fp32")
+    assert all(p.dtype == torch.float32 for p in fp32.model.parameters())

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # Messages classified (and written) per round: enough to fill length-sorted batches, small
 # enough that memory stays flat and results flow steadily.
-CHUNK_LINES = 512
+CHUNK_LINES = 2048
 READ_SIZE = 1 << 16
 
 
@@ -210,7 +210,7 @@ def predict(
     threshold: float = typer.Option(
         0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this."
     ),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Messages per forward pass."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (auto: CUDA, then MPS, then CPU)."),
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16 or fp16."
