@@ -74,16 +74,26 @@ def timed_run(cmd: list[str], **kwargs) -> tuple[float, subprocess.CompletedProc
     return elapsed, proc
 
 
+# Started from a fresh small interpreter: a child forked from this (by then large) process
+# reports the parent's resident size as its own peak on Linux, so the measurement is made
+# from a process that holds nothing.
+_PEAK_RSS_LAUNCHER = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+with open(sys.argv[1], "rb") as stdin:
+    proc = subprocess.Popen(sys.argv[2:], stdin=stdin, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+print(time.perf_counter() - start, os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def peak_rss_gb(cmd: list[str], stdin_path: Path) -> tuple[float, float]:
-    """(wall seconds, peak resident memory in GB) of one child process."""
-    start = time.perf_counter()
-    with stdin_path.open("rb") as stdin:
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    return elapsed, usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+    """(wall seconds, peak resident memory in GB) of one command reading ``stdin_path``."""
+    _, proc = timed_run([sys.executable, "-c", _PEAK_RSS_LAUNCHER, str(stdin_path), *cmd])
+    wall, code, maxrss_kib = proc.stdout.split()
+    if int(code) != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} exited with {code}")
+    return float(wall), int(maxrss_kib) * 1024 / 1e9  # ru_maxrss is in KiB on Linux
 
 
 def bench_recipe(data_dir: Path, precision: str, device: str) -> dict:
