@@ -61,15 +61,15 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     """The compute precision to use on ``device``.
 
     ``auto`` is bf16 autocast where the hardware runs it natively (CUDA GPUs with bf16, CPUs
-    with AVX512-BF16 or AMX) and fp32 elsewhere: on the real SMS data a from-scratch model
-    trained in bf16 reached the same test accuracy as in fp32 (README, "Precision").
-    fp16 needs CUDA, where gradient scaling makes its narrow range safe.
+    with AVX512-BF16 or AMX): on the real SMS data a from-scratch model trained in bf16
+    reached the same test accuracy as in fp32 (README, "Precision"). Older CUDA GPUs get fp16,
+    whose narrow range training makes safe with gradient scaling; everything else fp32.
     """
     if requested not in PRECISIONS:
         raise SpamtuneUsageError(f"unknown precision '{requested}'; choose one of: {', '.join(PRECISIONS)}")
     if requested == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise SpamtuneUsageError(f"--precision fp16 needs a CUDA device (this run uses {device.type}); use bf16 or fp32")

@@ -49,3 +49,9 @@ def test_repeated_messages_are_computed_once_and_answered_every_time(monkeypatch
     assert sum(rows) == 3  # three distinct messages
     alone = torch.cat([original(torch.tensor([s]), None, "last-real") for s in seqs])
     torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_on_cuda_prefers_bf16_then_fp16(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert devmod.resolve_precision("auto", torch.device("cuda")) == expected
