@@ -128,8 +128,8 @@ def load_classifier(
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             keys = list(f.keys())
         for key in keys:
-            # One memory map per tensor when casting: the map is released (with the pages the
-            # cast read) as soon as the copy is made, so the fp32 file is never all resident.
+            # One memory map per tensor: when casting, each map is released (with the pages
+            # the cast read) as soon as the copy is made, so the fp32 file is never all resident.
             with safe_open(str(path), framework="pt", device=str(device)) as f:
                 tensor = f.get_tensor(key)
                 if linear_dtype is not None:

@@ -12,6 +12,7 @@ share one slot, so they are computed once too.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,19 @@ def cacheable_blocks(model: GPTModel) -> int:
     return first_trainable_block(model)
 
 
+def memory_budget_bytes(device: torch.device | str) -> int:
+    """How much a cache may hold on ``device``: 30% of a GPU's free memory (training needs the
+    rest), half the CPU's free memory, at most ``DEFAULT_BUDGET_BYTES`` on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(0.3 * torch.cuda.mem_get_info(device)[0])
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not Linux: trust the default
+        return DEFAULT_BUDGET_BYTES
+    return min(DEFAULT_BUDGET_BYTES, free // 2)
+
+
 def estimate_cache_bytes(token_lists: list[list[int]], emb_dim: int, dtype: torch.dtype = torch.float32) -> int:
     """Bytes the cache of these token lists takes, counting each distinct message once."""
     distinct_tokens = sum(len(t) for t in {tuple(t) for t in token_lists})
@@ -76,7 +90,7 @@ def build_prefix_cache(
     batch_size: int = 32,
     pad_id: int = 50256,
     dtype: torch.dtype = torch.float32,
-    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    budget_bytes: int | None = None,
     autocast: torch.autocast | None = None,
 ) -> FrozenPrefixCache | None:
     """Cache the frozen blocks' outputs, or return None when nothing is frozen or it would not fit.
@@ -87,8 +101,8 @@ def build_prefix_cache(
     """
     start = cacheable_blocks(model)
     device = torch.device(device)
-    if device.type == "cuda":  # the cache lives beside the model; leave room for training
-        budget_bytes = min(budget_bytes, int(0.3 * torch.cuda.mem_get_info(device)[0]))
+    if budget_bytes is None:
+        budget_bytes = memory_budget_bytes(device)
     if start == 0 or estimate_cache_bytes(token_lists, model.cfg.emb_dim, dtype) > budget_bytes:
         return None
     slots: dict[tuple[int, ...], int] = {}

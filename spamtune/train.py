@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -60,11 +59,11 @@ from spamtune.model import (
 )
 from spamtune.plots import plot_curves
 from spamtune.prefix_cache import (
-    DEFAULT_BUDGET_BYTES,
     FrozenPrefixCache,
     build_prefix_cache,
     cacheable_blocks,
     estimate_cache_bytes,
+    memory_budget_bytes,
 )
 from spamtune.tokenizer import EOT_ID, encode_texts
 from spamtune.weights import load_pretrained_weights
@@ -378,17 +377,6 @@ class PrefixCacheReport:
     skipped: str | None = None  # why a split, or every split, runs the plain path
 
 
-def memory_budget_bytes(device: torch.device) -> int:
-    """How much the caches may hold: half the memory free now, at most the module default."""
-    if device.type == "cuda":
-        return int(0.3 * torch.cuda.mem_get_info(device)[0])
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # not Linux: trust the default
-        return DEFAULT_BUDGET_BYTES
-    return min(DEFAULT_BUDGET_BYTES, free // 2)
-
-
 def attach_prefix_caches(
     model: GPTModel,
     data: TrainingData,
@@ -396,6 +384,7 @@ def attach_prefix_caches(
     device: torch.device,
     precision: str,
     budget_bytes: int | None = None,
+    on_building: Callable[[int], None] | None = None,
 ) -> PrefixCacheReport:
     """Compute the frozen blocks' outputs once for train, validation and test (the issue-6
     shortcut) and attach them to the splits, as far as memory allows.
@@ -403,7 +392,7 @@ def attach_prefix_caches(
     Exact: with dropout off and the first K blocks frozen, their output for a message is a
     fixed function of its tokens, and causal attention makes it independent of the padding it
     is batched with. Not used for ``last`` pooling, whose pooled position is a padding token
-    that the cache does not hold.
+    that the cache does not hold. ``on_building(K)`` is called just before the K blocks run.
     """
     start = cacheable_blocks(model)
     if not options.shortcuts:
@@ -425,6 +414,8 @@ def attach_prefix_caches(
         return PrefixCacheReport(
             0, (), 0, 0.0, f"not used: the training split needs {need / 2**20:,.0f} MiB, over the {budget / 2**20:,.0f} MiB budget"
         )
+    if on_building:
+        on_building(start)
     tick = time.perf_counter()
     cache = build_prefix_cache(
         model, token_lists, device=device, pad_id=EOT_ID, budget_bytes=budget, autocast=autocast_context(precision, device)
@@ -736,9 +727,10 @@ class _Training:
             trainable, total, len(d.train), len(d.validation), len(d.test), d.max_length,
         ))  # fmt: skip
         try:
-            if self.s.options.shortcuts and cacheable_blocks(self.model):
-                self.emit(PrefixCaching(cacheable_blocks(self.model)))
-            self.cache_report = attach_prefix_caches(self.model, d, self.s.options, self.s.device, self.s.precision)
+            self.cache_report = attach_prefix_caches(
+                self.model, d, self.s.options, self.s.device, self.s.precision,
+                on_building=lambda blocks: self.emit(PrefixCaching(blocks)),
+            )  # fmt: skip
             self.emit(self.cache_report)
             self._train()
             return self._finish(trainable, total)
