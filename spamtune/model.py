@@ -169,22 +169,32 @@ class CausalSelfAttention(nn.Module):
     def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Attention output ``[batch, emb_dim]`` at one position per sequence (``index``).
 
-        Keys and values are needed for every position, the query only for the one read out;
-        masking keys after ``index`` gives exactly what the causal forward gives there.
+        With a single query per sequence the key and value projections need not be computed at
+        every position; they are folded into the query side instead (exact algebra):
+
+        - score: ``q . (W_k x_t + b_k) = (W_k^T q) . x_t + q . b_k``. The ``q . b_k`` term is the
+          same for every ``t`` and softmax ignores a constant shift, so it is dropped;
+        - output: ``sum_t a_t (W_v x_t + b_v) = W_v (sum_t a_t x_t) + (sum_t a_t) b_v``.
+
+        Per head that turns two ``emb_dim x emb_dim`` projections of every position into two
+        dot products with ``emb_dim``-vectors: the final block's cost no longer grows with the
+        sequence. Masking positions after ``index`` gives what the causal forward gives there.
         """
         b, t, d = x.shape
-        w_q, w_kv = self.qkv.weight.split([d, 2 * d])
-        b_q, b_kv = self.qkv.bias.split([d, 2 * d]) if self.qkv.bias is not None else (None, None)
-        k, v = F.linear(x, w_kv, b_kv).split(d, dim=2)
-        q = F.linear(x[torch.arange(b, device=x.device), index], w_q, b_q)
-        visible = torch.arange(t, device=x.device)[None, :] <= index[:, None]
-        y = F.scaled_dot_product_attention(
-            q.view(b, 1, self.n_heads, self.head_dim).transpose(1, 2),
-            self._heads(k),
-            self._heads(v),
-            attn_mask=visible[:, None, None, :],
-            dropout_p=self.drop_rate if self.training else 0.0,
-        )
+        heads, head_dim = self.n_heads, self.head_dim
+        w_q, w_k, w_v = self.qkv.weight.split(d)  # each [out, in], heads are contiguous rows
+        b_q, _, b_v = self.qkv.bias.split(d) if self.qkv.bias is not None else (None, None, None)
+        rows = torch.arange(b, device=x.device)
+        q = F.linear(x[rows, index], w_q, b_q).view(b, heads, head_dim)
+        q_in_x = torch.einsum("bhe,hed->bhd", q, w_k.view(heads, head_dim, d))  # W_k^T q per head
+        scores = torch.bmm(q_in_x, x.transpose(1, 2)) / math.sqrt(head_dim)  # [b, heads, t]
+        hidden = torch.arange(t, device=x.device)[None, :] > index[:, None]
+        scores = scores.masked_fill(hidden[:, None, :], float("-inf"))
+        weights = F.dropout(scores.softmax(dim=-1), self.drop_rate, self.training)
+        mixed = torch.bmm(weights.to(x.dtype), x)  # sum_t a_t x_t per head: [b, heads, emb_dim]
+        y = torch.einsum("bhd,hed->bhe", mixed, w_v.view(heads, head_dim, d))
+        if b_v is not None:  # the weights sum to one, except where dropout zeroed some
+            y = y + weights.sum(-1, keepdim=True) * b_v.view(heads, head_dim)
         return self.resid_dropout(self.out_proj(y.reshape(b, d)))
 
 

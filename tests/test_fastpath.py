@@ -38,6 +38,18 @@ def test_last_query_only_block_matches_full_forward(model_and_seqs, pooling):
     assert (fast - ref).abs().max().item() <= 1e-5
 
 
+def test_last_query_only_block_without_qkv_bias():
+    """The folded key/value projections do not lean on GPT-2's biases being there."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(**{**CFG.to_dict(), "qkv_bias": False})
+    model = convert_to_classifier(GPTModel(cfg), trainable="last-block").eval()
+    seqs = [[5, 9, 2], [7] * 11, [1]]
+    ids, lengths = pad_batch(seqs, 50256)
+    with torch.no_grad():
+        fast = model.classify(ids, lengths, "last-real")
+    assert (fast - plain_logits(model, seqs, "last-real")).abs().max().item() <= 1e-5
+
+
 def test_prefix_cache_gives_the_same_logits_and_gradients(model_and_seqs):
     model, seqs = model_and_seqs
     assert cacheable_blocks(model) == 2
