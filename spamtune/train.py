@@ -10,8 +10,10 @@ added makes the result trustworthy:
 * loss and accuracy on the FULL train and validation splits at every evaluation (the book
   estimates them from 5 batches), one JSON line each in ``metrics.jsonl``;
 * the best-on-validation weights kept as ``model.safetensors`` (what ``predict`` loads), and a
-  ``resume/`` folder (trainable weights, AdamW moments, RNG state, loop position, all in one
-  atomically written safetensors file, no pickle) while the run is unfinished.
+  ``resume/`` folder (trainable weights, the best ones so far, AdamW moments, RNG state, loop
+  position, all in one atomically written safetensors file, no pickle) while the run is
+  unfinished. The full model (mostly frozen weights that never change) is written once, when
+  the run ends or is interrupted, not at every new best: 0.5 GB for gpt2-small, 6 GB for xl.
 
 This module never prints: it reports through the ``on_event`` callback and returns values.
 """
@@ -40,7 +42,6 @@ from spamtune.checkpoint import (
     WEIGHTS_FILE,
     ClassifierConfig,
     check_state_shapes,
-    load_classifier,
     save_classifier,
 )
 from spamtune.data import Split, bucketed_batches, pad_batch, read_label_map, read_split, sorted_batches
@@ -483,13 +484,14 @@ Event = TrainingStarted | PrefixCaching | PrefixCacheReport | StepDone | Evaluat
 
 
 class TrainingInterrupted(SpamtuneError):
-    """Ctrl-C: the run folder holds its last complete checkpoint and can be resumed."""
+    """Ctrl-C: the run folder holds its last complete checkpoint and can be resumed; the best
+    weights so far (``best_step``, None before the first evaluation) are its model.safetensors."""
 
     exit_code = 130
 
-    def __init__(self, run_dir: Path, step: int, checkpoint_step: int):
+    def __init__(self, run_dir: Path, step: int, checkpoint_step: int, best_step: int | None = None):
         super().__init__(f"interrupted at step {step}")
-        self.run_dir, self.step, self.checkpoint_step = run_dir, step, checkpoint_step
+        self.run_dir, self.step, self.checkpoint_step, self.best_step = run_dir, step, checkpoint_step, best_step
 
 
 # --------------------------------------------------------------------------- run folders
@@ -704,6 +706,10 @@ class _Training:
         self.pad_to = pad_width(o.pooling, setup.data.max_length)
         self.state = LoopState()
         self.checkpoint_step = 0
+        # CPU copies of the trainable parameters at the best evaluation so far; the frozen
+        # rest of the model never changes, so these and the model make up the best classifier.
+        self.best_weights: dict[str, torch.Tensor] = {}
+        self.checkpoint_best: tuple[int | None, dict[str, torch.Tensor]] = (None, {})  # as of the checkpoint
         self._elapsed_base = 0.0
         self.records: list[dict] = []
 
@@ -735,7 +741,11 @@ class _Training:
             self._train()
             return self._finish(trainable, total)
         except KeyboardInterrupt:
-            raise TrainingInterrupted(run_dir, self.state.step, self.checkpoint_step) from None
+            # The best weights as of the last checkpoint become a usable classifier (a second
+            # Ctrl-C during the write leaves no partial file and the resume state untouched).
+            best_step, best_weights = self.checkpoint_best
+            self._write_model(best_weights)
+            raise TrainingInterrupted(run_dir, self.state.step, self.checkpoint_step, best_step) from None
 
     def _train(self) -> None:
         o, st = self.s.options, self.state
@@ -769,6 +779,7 @@ class _Training:
             self._evaluate_and_checkpoint()
 
     def _diverged(self, what: str) -> SpamtuneError:
+        self._write_model(self.checkpoint_best[1])
         hint = "try a lower --lr" + (" or --precision fp32" if self.s.precision != "fp32" else "")
         return SpamtuneError(
             f"{what}; training stopped, the last checkpoint (step {self.checkpoint_step}) is in {self.s.run_dir}; {hint}"
@@ -792,9 +803,9 @@ class _Training:
         epoch = round(st.epoch + st.steps_in_epoch / s.steps_per_epoch, 4)
         is_best = st.is_better(val_loss, val_acc)
         if is_best:
-            # The best weights first, the resume state after: a checkpoint never names a best
-            # model that is not on disk.
-            save_classifier(s.run_dir, self.model, self.classifier_cfg)
+            self.best_weights = {
+                n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad
+            }
             st.best_val_loss, st.best_val_acc, st.best_step, st.best_epoch = val_loss, val_acc, st.step, epoch
             st.evals_since_best = 0
         else:
@@ -820,6 +831,7 @@ class _Training:
         st = self.state
         st.elapsed_s = self._elapsed()
         tensors = {f"model.{n}": p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+        tensors.update({f"best.{n}": t for n, t in self.best_weights.items()})
         for index, param_state in self.optimizer.state_dict()["state"].items():
             for key, value in param_state.items():
                 tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
@@ -830,6 +842,7 @@ class _Training:
         with atomic_path(self.s.run_dir / RESUME_DIR / RESUME_FILE) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         self.checkpoint_step = st.step
+        self.checkpoint_best = (st.best_step, self.best_weights)
 
     def _load_checkpoint(self) -> None:
         path = self.s.run_dir / RESUME_DIR / RESUME_FILE
@@ -843,6 +856,7 @@ class _Training:
             raise SpamtuneError(f"cannot read the resume state {path}: {exc}") from None
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         saved = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        self.best_weights = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
         frozen = {k: v for k, v in self.model.state_dict().items() if k not in trainable}
         check_state_shapes(self.model, {**frozen, **saved}, str(path))
         with torch.no_grad():
@@ -864,12 +878,24 @@ class _Training:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.s.device)
         self.state = LoopState(**loop)
         self.checkpoint_step = self.state.step
+        self.checkpoint_best = (self.state.best_step, self.best_weights)
+
+    def _write_model(self, trainable_weights: dict[str, torch.Tensor]) -> None:
+        """``model.safetensors``: the frozen weights with these trainable ones (nothing if there
+        are none yet). Training is over when this is called, so the model itself takes them."""
+        if not trainable_weights:
+            return
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if name in trainable_weights:
+                    param.copy_(trainable_weights[name])
+        save_classifier(self.s.run_dir, self.model, self.classifier_cfg)
 
     def _finish(self, trainable: int, total: int) -> dict:
         s, st = self.s, self.state
+        self._write_model(self.best_weights)
         self.emit(EvaluationStarted(st.step, "test"))
-        best_model, _ = load_classifier(s.run_dir, s.device)
-        test_loss, test_acc = self._evaluate(best_model, s.data.test)
+        test_loss, test_acc = self._evaluate(self.model, s.data.test)
         best = next(r for r in self.records if r["step"] == st.best_step)
         wall = self._elapsed()
         summary = {

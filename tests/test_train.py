@@ -120,6 +120,14 @@ def test_resume_continues_where_it_stopped_and_reaches_the_same_metrics(data_roo
     assert caught.value.checkpoint_step == interrupt_at // 3 * 3  # the last evaluation before it
     assert (run_dir / train.RESUME_DIR / train.RESUME_FILE).is_file()
     assert not (run_dir / train.SUMMARY_FILE).exists()
+    # The best weights so far are written on the way out, and only once there are some.
+    best_step = caught.value.best_step
+    assert (best_step is None) == (interrupt_at < 3) == (not (run_dir / train.WEIGHTS_FILE).exists())
+    if best_step is not None:
+        resume_state = load_file(str(run_dir / train.RESUME_DIR / train.RESUME_FILE))
+        written = load_file(str(run_dir / train.WEIGHTS_FILE))
+        best = {k.removeprefix("best."): v for k, v in resume_state.items() if k.startswith("best.")}
+        assert best and all(torch.equal(written[k], v) for k, v in best.items())
 
     steps = []
     resumed = train.resume_finetune(run_dir, on_event=lambda e: steps.append(e.step) if isinstance(e, train.StepDone) else None)
@@ -127,6 +135,8 @@ def test_resume_continues_where_it_stopped_and_reaches_the_same_metrics(data_roo
     assert {k: resumed[k] for k in RESULT_KEYS} == {k: reference[k] for k in RESULT_KEYS}
     assert comparable(train.read_metrics(run_dir)) == comparable(train.read_metrics(Path(reference["run"])))
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(train.RUN_FILES)
+    ours, theirs = (load_file(str(Path(d) / train.WEIGHTS_FILE)) for d in (run_dir, reference["run"]))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     with pytest.raises(SpamtuneError, match="finished run"):
         train.resume_finetune(run_dir)
 
@@ -237,7 +247,12 @@ def test_cli_trains_interrupts_and_resumes(data_root, monkeypatch):
     run_dir = data_root / "runs" / "cli"
     result = invoke(*cli_args(data_root, "--out", str(run_dir)))
     assert result.exit_code == 130 and result.stdout == ""
-    assert f"interrupted at step 7 (last checkpoint: step 5); continue with: spamtune finetune --resume {run_dir}" in result.stderr
+    assert (
+        "interrupted at step 7 (last checkpoint: step 5; model.safetensors holds the best weights so far, from step "
+        in result.stderr
+    )
+    assert f"continue with: spamtune finetune --resume {run_dir}" in result.stderr
+    assert invoke("predict", "--run", str(run_dir), "Do you have time").exit_code == 0
 
     resumed = invoke("finetune", "--resume", str(run_dir))
     assert resumed.exit_code == 0, resumed.stderr

@@ -179,8 +179,9 @@ def finetune_command(
             summary = train.finetune(train.FinetuneOptions(**values), out, on_event=reporter)
     except train.TrainingInterrupted as exc:
         reporter.close()
+        best = f"; model.safetensors holds the best weights so far, from step {exc.best_step}" if exc.best_step else ""
         console.print(
-            f"interrupted at step {exc.step} (last checkpoint: step {exc.checkpoint_step}); "
+            f"interrupted at step {exc.step} (last checkpoint: step {exc.checkpoint_step}{best}); "
             f"continue with: spamtune finetune --resume {exc.run_dir}",
             highlight=False,
             soft_wrap=True,
