@@ -244,23 +244,32 @@ class GPTModel(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = _embedding(cfg.vocab_size, cfg.emb_dim)
-        self.pos_emb = _embedding(cfg.context_length, cfg.emb_dim)
-        self.drop_emb = nn.Dropout(cfg.drop_rate)
-        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
-        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.ln_eps)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        # The layers are made on the meta device (no memory, no init) and materialised once,
+        # so each weight is drawn once: PyTorch's per-layer default inits, all overwritten by
+        # GPT-2's, cost about a second for gpt2-small. Built under ``torch.device("meta")``
+        # (to receive a checkpoint's tensors with ``load_state_dict(assign=True)``), the model
+        # stays there and is not initialised at all.
+        device = torch.empty(()).device  # the default device, meta inside torch.device("meta")
+        with torch.device("meta"):
+            self.tok_emb = _embedding(cfg.vocab_size, cfg.emb_dim)
+            self.pos_emb = _embedding(cfg.context_length, cfg.emb_dim)
+            self.drop_emb = nn.Dropout(cfg.drop_rate)
+            self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+            self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=cfg.ln_eps)
+            self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.reset_parameters()
         self.out_head.weight = self.tok_emb.weight  # weight tying, as GPT-2 was trained
-        if self.tok_emb.weight.is_meta:
-            # Built on the meta device to receive a checkpoint's tensors (load_state_dict with
-            # assign=True): there is nothing to initialise, and normal_ on meta tensors would
-            # import torch._dynamo (about a second of start-up).
-            return
+
+    def reset_parameters(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights and embeddings, zero biases, unit
+        LayerNorms, and N(0, 0.02 / sqrt(2 * n_layers)) for the projections that write into
+        the residual stream."""
         self.apply(_init_weights)
-        # GPT-2's scaled init for the projections that write into the residual stream.
         for name, p in self.named_parameters():
             if name.endswith(("att.out_proj.weight", "ff.proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layers))
 
     @property
     def num_classes(self) -> int:
@@ -344,16 +353,9 @@ def pool_hidden(final_norm: nn.Module, h: torch.Tensor, lengths: torch.Tensor | 
 
 
 def _embedding(num_embeddings: int, embedding_dim: int) -> nn.Embedding:
-    """``nn.Embedding(num_embeddings, embedding_dim)``, with its default N(0, 1) init done here.
-
-    The module's own init would also run on the meta device, where ``normal_`` imports
-    torch._dynamo; here it is skipped there. Elsewhere the same draw is made in the same order,
-    so a seeded model gets exactly the weights ``nn.Embedding`` would have given it.
-    """
-    emb = nn.Embedding(num_embeddings, embedding_dim, _weight=torch.empty(num_embeddings, embedding_dim))
-    if not emb.weight.is_meta:
-        nn.init.normal_(emb.weight)
-    return emb
+    """``nn.Embedding`` without its default init, which ``GPTModel.reset_parameters`` replaces
+    (on the meta device that init would also import torch._dynamo: a second of start-up)."""
+    return nn.Embedding(num_embeddings, embedding_dim, _weight=torch.empty(num_embeddings, embedding_dim))
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -363,6 +365,8 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    elif isinstance(module, nn.LayerNorm):
+        module.reset_parameters()
 
 
 # --------------------------------------------------------------------------- classifier surgery

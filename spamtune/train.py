@@ -262,9 +262,12 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
 def build_model(cfg: GPTConfig, options: FinetuneOptions, num_classes: int) -> GPTModel:
     """The book's order: GPT-2, its weights (or a seeded random init), then the classifier surgery."""
     torch.manual_seed(options.seed)
-    model = GPTModel(cfg)
     if options.weights == "pretrained":
+        with torch.device("meta"):  # the file's tensors become the weights: no init to discard
+            model = GPTModel(cfg)
         load_pretrained_weights(model, pretrained_weights_file(cfg, options.model, Path(options.data_dir)))
+    else:
+        model = GPTModel(cfg)
     return convert_to_classifier(model, num_classes, options.trainable, options.seed)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from torch import nn
 
 from spamtune.errors import SpamtuneError
 from spamtune.model import MODEL_SIZES, GPTConfig, GPTModel
@@ -130,10 +131,13 @@ def load_pretrained_weights(model: GPTModel, path: str | Path) -> GPTModel:
     """Copy GPT-2 weights from a Hugging Face ``model.safetensors`` into ``model`` (in place).
 
     Keys may carry a ``transformer.`` prefix or not; every key and shape is checked first,
-    so a wrong or truncated file fails with one clear line before anything is changed.
+    so a wrong or truncated file fails with one clear line before anything is changed. A
+    model built on the meta device (``with torch.device("meta"): GPTModel(cfg)``) takes the
+    file's tensors as its parameters: no random init to throw away, one copy in memory.
     """
     check_hf_file(path, model.cfg)
     params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
     mapping = hf_to_spamtune_keys(model.cfg.n_layers)
     with safe_open(str(path), framework="pt") as f:
         for key in f.keys():
@@ -143,5 +147,13 @@ def load_pretrained_weights(model: GPTModel, path: str | Path) -> GPTModel:
             tensor = f.get_tensor(key)
             if hf_key.endswith(_CONV1D):
                 tensor = tensor.t()
-            params[mapping[hf_key]].copy_(tensor)
+            name = mapping[hf_key]
+            if params[name].is_meta:
+                module_name, _, attr = name.rpartition(".")
+                new = nn.Parameter(tensor.to(params[name].dtype).contiguous(), params[name].requires_grad)
+                setattr(modules[module_name], attr, new)
+            else:
+                params[name].copy_(tensor)
+    if model.out_head.weight.is_meta:  # it was tied to the meta embedding: tie it to the loaded one
+        model.out_head.weight = model.tok_emb.weight
     return model

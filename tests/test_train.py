@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_hf_gpt2
 from helpers import HAM, SPAM, TINY_CONFIG, tiny_options, tiny_split, write_tiny_data
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -17,6 +18,7 @@ from spamtune.cli import app
 from spamtune.errors import SpamtuneError
 from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
 from spamtune.tokenizer import encode_texts
+from spamtune.weights import load_pretrained_weights
 
 
 def comparable(records: list[dict]) -> list[dict]:
@@ -95,6 +97,19 @@ def test_run_folder_holds_exactly_the_six_files(finished_run):
     assert json.loads((run_dir / "config.json").read_text())["labels"] == {"ham": 0, "spam": 1}
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["trainable_params"] < summary["total_params"]
+
+
+def test_pretrained_weights_are_the_frozen_part_of_the_trained_model(data_root, monkeypatch):
+    """--weights pretrained: the file's tensors (HF layout) end up, untouched, as every frozen
+    weight of the run's model.safetensors; the trainable ones moved away from them."""
+    hf_file = write_hf_gpt2(data_root / "hf" / "model.safetensors", emb_dim=32, context=64, buffers=True)
+    monkeypatch.setattr(train, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
+    summary = train.finetune(tiny_options(data_root, weights="pretrained", epochs=1), data_root / "runs" / "pre")
+    trained = load_file(str(Path(summary["run"]) / train.WEIGHTS_FILE))
+    reference = load_pretrained_weights(GPTModel(GPTConfig(**TINY_CONFIG)), hf_file).state_dict()
+    frozen = [k for k in trained if not k.startswith(("trf_blocks.1.", "final_norm.", "out_head."))]
+    assert "tok_emb.weight" in frozen and all(torch.equal(trained[k], reference[k]) for k in frozen)
+    assert not torch.equal(trained["trf_blocks.1.ff.fc.weight"], reference["trf_blocks.1.ff.fc.weight"])
 
 
 def test_same_seed_same_metrics(data_root, finished_run):

@@ -47,6 +47,24 @@ def test_logits_match_transformers_three_layers_odd_heads(tmp_path):
     assert max_logit_diff(cfg, tmp_path, seed=1) <= 1e-4
 
 
+def test_meta_built_model_takes_the_files_tensors(tmp_path):
+    """Built on the meta device (what finetune does), the model gets the same weights as one
+    initialised at random and overwritten, keeps its weight tying, and holds no meta tensor."""
+    path = write_hf_gpt2(tmp_path / "a.safetensors", buffers=True)
+    with torch.device("meta"):
+        lazy = GPTModel(TINY)
+    lazy = load_pretrained_weights(lazy, path)
+    eager = load_pretrained_weights(GPTModel(TINY), path)
+    assert not any(p.is_meta for p in lazy.parameters())
+    assert lazy.out_head.weight is lazy.tok_emb.weight
+    assert all(p.is_contiguous() for p in lazy.parameters())
+    for (name, a), (_, b) in zip(lazy.state_dict().items(), eager.state_dict().items()):
+        assert torch.equal(a, b), name
+    ids = torch.randint(0, TINY.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(lazy.eval()(ids), eager.eval()(ids))
+
+
 def test_loads_keys_without_prefix_and_skips_buffers(tmp_path):
     """openai-community/gpt2's layout: no 'transformer.' prefix, attn.bias buffers present."""
     sd = hf_gpt2_state_dict(buffers=True)
