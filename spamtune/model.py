@@ -166,6 +166,28 @@ class CausalSelfAttention(nn.Module):
         )
         return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, d)))
 
+    def forward_after(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, past_valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Causal attention for ``x`` continuing sequences whose earlier positions' keys and
+        values are ``past`` (``[batch, heads, p, head_dim]`` each, ``past_valid [batch, p]``
+        marking the real ones); returns the output and ``x``'s own keys and values.
+
+        With ``past=None`` this is ``forward`` that also hands out its keys and values. The
+        output at a position is what ``forward`` gives there over the whole sequence.
+        """
+        b, t, d = x.shape
+        q, k, v = (self._heads(z) for z in self.qkv(x).split(d, dim=2))
+        if past is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            visible = torch.cat([past_valid[:, None, :].expand(b, t, -1), causal.expand(b, t, t)], dim=2)
+            y = F.scaled_dot_product_attention(
+                q, torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2), attn_mask=visible[:, None]
+            )
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, d)), (k, v)
+
     def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Attention output ``[batch, emb_dim]`` at one position per sequence (``index``).
 
@@ -221,6 +243,15 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.att(self.norm1(x))
         return x + self.ff(self.norm2(x))
+
+    def forward_after(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None, past_valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``forward`` continuing after cached keys/values (``CausalSelfAttention.forward_after``);
+        inference only (no dropout). Returns the output and this block's keys and values."""
+        attended, kv = self.att.forward_after(self.norm1(x), past, past_valid)
+        x = x + attended
+        return x + self.ff(self.norm2(x)), kv
 
     def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The block's output ``[batch, emb_dim]`` at position ``index`` of each sequence only.

@@ -6,7 +6,9 @@ every evaluation; here it is computed once, without autograd, and the trainable 
 from it. Because attention is causal and messages are right-padded, a message's cached
 states do not depend on what it was batched with, so the result is the same as the plain
 forward pass (up to float rounding). Identical messages (the SMS data repeats ~8% of them)
-share one slot, so they are computed once too.
+share one slot, so they are computed once too, and messages that open with the same dozen or
+more tokens (spam templates) have that prefix computed once, the rest of each attending to
+its cached keys and values (6.7% fewer tokens on the SMS data).
 """
 
 from __future__ import annotations
@@ -81,6 +83,52 @@ def estimate_cache_bytes(token_lists: list[list[int]], emb_dim: int, dtype: torc
     return distinct_tokens * emb_dim * torch.empty((), dtype=dtype).element_size()
 
 
+# Messages that share at least this many leading tokens (the SMS spam templates) have that
+# prefix computed once. Measured on the balanced SMS split: 6.7% fewer tokens through the
+# frozen blocks at 12; lower thresholds group more messages behind shorter prefixes.
+MIN_SHARED_PREFIX = 12
+
+
+def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def shared_prefix_groups(seqs: list[tuple[int, ...]], min_shared: int = MIN_SHARED_PREFIX) -> list[tuple[int, list[int]]]:
+    """``(prefix length, member indices)`` for each run of two or more messages that share at
+    least ``min_shared`` leading tokens: neighbours in sorted order, sharing what all share."""
+    order = sorted(range(len(seqs)), key=seqs.__getitem__)
+    groups: list[tuple[int, list[int]]] = []
+    members, shared = order[:1], None
+    for prev, cur in zip(order, order[1:]):
+        n = common_prefix_length(seqs[prev], seqs[cur])
+        if n >= min_shared:
+            members.append(cur)
+            shared = n if shared is None else min(shared, n)
+            continue
+        if len(members) > 1:
+            groups.append((shared, members))
+        members, shared = [cur], None
+    if len(members) > 1:
+        groups.append((shared, members))
+    return groups
+
+
+def _frozen_outputs(model: GPTModel, blocks: int, ids: torch.Tensor, positions: torch.Tensor, past=None, past_valid=None):
+    """Output of the first ``blocks`` blocks and each one's keys/values; ``past``: per block,
+    the keys/values of earlier positions that ``ids`` (at ``positions``) continue."""
+    x = model.tok_emb(ids) + model.pos_emb(positions)
+    kvs = []
+    for i, block in enumerate(model.trf_blocks[:blocks]):
+        x, kv = block.forward_after(x, None if past is None else past[i], past_valid)
+        kvs.append(kv)
+    return x, kvs
+
+
 @torch.no_grad()
 def build_prefix_cache(
     model: GPTModel,
@@ -92,12 +140,16 @@ def build_prefix_cache(
     dtype: torch.dtype = torch.float32,
     budget_bytes: int | None = None,
     autocast: torch.autocast | None = None,
+    min_shared: int = MIN_SHARED_PREFIX,
 ) -> FrozenPrefixCache | None:
     """Cache the frozen blocks' outputs, or return None when nothing is frozen or it would not fit.
 
     States are stored in fp32 by default even under bf16 autocast, because the plain forward
     keeps its residual stream in fp32 too (embeddings are fp32 and additions promote); a
-    smaller ``dtype`` halves memory at the cost of that exactness.
+    smaller ``dtype`` halves memory at the cost of that exactness. Messages that share a long
+    prefix (``shared_prefix_groups``) get it computed once: causal attention makes a prefix's
+    states the same in every message that starts with it, and the rest of each message attends
+    to the prefix's cached keys and values.
     """
     start = cacheable_blocks(model)
     device = torch.device(device)
@@ -107,23 +159,64 @@ def build_prefix_cache(
         return None
     slots: dict[tuple[int, ...], int] = {}
     slot_of = torch.tensor([slots.setdefault(tuple(t), len(slots)) for t in token_lists], dtype=torch.long)
-    distinct = [list(t) for t in slots]
+    distinct = list(slots)
     lengths = torch.tensor([len(t) for t in distinct], dtype=torch.long)
     offsets = torch.zeros_like(lengths)
     offsets[1:] = torch.cumsum(lengths, 0)[:-1]
     states = torch.empty(int(lengths.sum()), model.cfg.emb_dim, dtype=dtype, device=device)
+
+    def run(rows: list[tuple[int, ...]], first: list[int], past=None, past_valid=None):
+        """Outputs and keys/values of token ``rows``, row r starting at position ``first[r]``."""
+        ids, _ = pad_batch([list(r) for r in rows], pad_id, device)
+        positions = torch.tensor(first, device=device)[:, None] + torch.arange(ids.shape[1], device=device)
+        positions.clamp_(max=model.cfg.context_length - 1)  # only padding can go past the end
+        with autocast or contextlib.nullcontext():
+            x, kvs = _frozen_outputs(model, start, ids, positions, past, past_valid)
+        return x.to(dtype), kvs
+
+    def store(slot: int, first: int, values: torch.Tensor) -> None:
+        states[offsets[slot] + first : offsets[slot] + first + len(values)] = values
+
+    groups = shared_prefix_groups(distinct, min_shared) if min_shared else []
+    # The prefixes' keys/values are held until the second pass: 2 x blocks x emb_dim numbers
+    # per prefix token (~1.1x the cache itself on the SMS data). Skip sharing if they do not fit.
+    kv_bytes = sum(p for p, _ in groups) * 2 * start * model.cfg.emb_dim * 4
+    if int(lengths.sum()) * model.cfg.emb_dim * states.element_size() + kv_bytes > budget_bytes:
+        groups = []
+    grouped = {i for _, members in groups for i in members}
+    # First pass: every message outside a group in full, and each group's shared prefix, in
+    # one set of length-sorted batches; the prefixes' keys/values are kept for the second.
+    rows = [(distinct[i], [i], None) for i in range(len(distinct)) if i not in grouped]
+    rows += [(distinct[members[0]][:p], members, g) for g, (p, members) in enumerate(groups)]
+    kv_of: list = [None] * len(groups)
     was_training = model.training
     model.eval()
     try:
-        for idx in sorted_batches(lengths.tolist(), batch_size):
-            ids, _ = pad_batch([distinct[i] for i in idx], pad_id, device)
-            with autocast or contextlib.nullcontext():
-                x = model.embed(ids)
-                for block in model.trf_blocks[:start]:
-                    x = block(x)
-            x = x.to(dtype)
-            for row, i in enumerate(idx):
-                states[offsets[i] : offsets[i] + lengths[i]] = x[row, : lengths[i]]
+        for idx in sorted_batches([len(tokens) for tokens, _, _ in rows], batch_size):
+            x, kvs = run([rows[j][0] for j in idx], [0] * len(idx))
+            for row, j in enumerate(idx):
+                tokens, slots_here, g = rows[j]
+                for slot in slots_here:
+                    store(slot, 0, x[row, : len(tokens)])
+                if g is not None:
+                    kv_of[g] = [(k[row, :, : len(tokens)].clone(), v[row, :, : len(tokens)].clone()) for k, v in kvs]
+        # Second pass: each member's remaining tokens, attending to its group's prefix.
+        rests = [(g, p, m) for g, (p, members) in enumerate(groups) for m in members if len(distinct[m]) > p]
+        for idx in sorted_batches([len(distinct[m]) - p for _, p, m in rests], batch_size):
+            batch = [rests[j] for j in idx]
+            shared = torch.tensor([p for _, p, _ in batch])
+            # Each row's prefix keys/values, right-padded to the longest; past_valid masks the padding.
+            past = [
+                tuple(
+                    pad_sequence([kv_of[g][layer][i].transpose(0, 1) for g, _, _ in batch], batch_first=True).transpose(1, 2)
+                    for i in (0, 1)
+                )
+                for layer in range(start)
+            ]
+            past_valid = (torch.arange(int(shared.max()))[None, :] < shared[:, None]).to(device)
+            out, _ = run([distinct[m][p:] for _, p, m in batch], shared.tolist(), past, past_valid)
+            for row, (_, p, m) in enumerate(batch):
+                store(m, p, out[row, : len(distinct[m]) - p])
     finally:
         model.train(was_training)
     return FrozenPrefixCache(start, states, offsets[slot_of], lengths[slot_of])

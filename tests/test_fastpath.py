@@ -5,7 +5,8 @@ import torch
 
 from spamtune.data import pad_batch
 from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
-from spamtune.prefix_cache import build_prefix_cache, cacheable_blocks
+from spamtune.device import autocast_context
+from spamtune.prefix_cache import build_prefix_cache, cacheable_blocks, shared_prefix_groups
 
 CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=48, n_layers=4, n_heads=4)
 
@@ -110,3 +111,79 @@ def test_duplicate_messages_share_one_slot_and_subsets_share_storage(model_and_s
         fast = model.classify(None, lengths, "last-real", prefix=prefix, start_block=cache.start_block)
     ref = plain_logits(model, [seqs[3], seqs[0], seqs[3]], "last-real")
     assert (fast - ref).abs().max().item() <= 1e-5
+
+
+def frozen_states_one_by_one(model, seqs, blocks):
+    """The reference: each message alone through the first ``blocks`` blocks, no cache."""
+    out = []
+    with torch.no_grad():
+        for seq in seqs:
+            x = model.embed(torch.tensor([seq]))
+            for block in model.trf_blocks[:blocks]:
+                x = block(x)
+            out.append(x[0])
+    return out
+
+
+def messages_with_shared_prefixes():
+    """Spam-template-like messages: three groups sharing 14, 20 and 30 leading tokens (one
+    message is exactly its group's prefix, one group outnumbers a batch), and loners."""
+    gen = torch.Generator().manual_seed(3)
+
+    def tokens(n):
+        return torch.randint(0, 50257, (n,), generator=gen).tolist()
+
+    a, b, c = tokens(14), tokens(20), tokens(30)
+    seqs = [a + tokens(n) for n in (3, 9, 1)] + [list(a)]
+    seqs += [b + tokens(n) for n in (2, 5, 7, 11, 4, 6)]
+    seqs += [c + tokens(5), c + tokens(25)]
+    seqs += [tokens(n) for n in (1, 8, 16, 40)]
+    seqs += [a[:5] + tokens(6)]  # shares fewer than 12 tokens: computed alone
+    return seqs
+
+
+def test_shared_prefix_groups_find_the_templates():
+    seqs = [tuple(s) for s in messages_with_shared_prefixes()]
+    groups = sorted((p, sorted(m)) for p, m in shared_prefix_groups(seqs, 12))
+    assert groups == [(14, [0, 1, 2, 3]), (20, [4, 5, 6, 7, 8, 9]), (30, [10, 11])]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_shared_prefixes_give_the_same_states(model_and_seqs, precision):
+    """Prefixes computed once, the rest attending to their cached keys/values: every message's
+    states equal those of the message run alone (bf16: within bf16 rounding)."""
+    model, _ = model_and_seqs
+    seqs = messages_with_shared_prefixes()
+    ref = frozen_states_one_by_one(model, seqs, 2)
+    autocast = autocast_context(precision, torch.device("cpu"))
+    shared = build_prefix_cache(model, seqs, batch_size=4, autocast=autocast)
+    alone = build_prefix_cache(model, seqs, batch_size=4, autocast=autocast, min_shared=0)
+    tol = 1e-6 if precision == "fp32" else 2e-3  # the states are ~0.1 in size here
+    for i, want in enumerate(ref):
+        got = shared.states[shared.offsets[i] : shared.offsets[i] + len(want)]
+        assert (got - want).abs().max().item() <= tol, i
+        unshared = alone.states[alone.offsets[i] : alone.offsets[i] + len(want)]
+        assert (got - unshared).abs().max().item() <= tol, i
+
+
+@pytest.mark.parametrize("spare", [0, 10**9])
+def test_prefixes_are_shared_only_when_their_keys_and_values_fit(model_and_seqs, monkeypatch, spare):
+    """With a budget that holds the cache and nothing more, prefixes are not shared (no pass
+    continues after cached keys/values), and the states are right either way."""
+    from spamtune import prefix_cache
+
+    model, _ = model_and_seqs
+    seqs = messages_with_shared_prefixes()
+    real, continued = prefix_cache._frozen_outputs, []
+
+    def spy(*args, **kwargs):
+        continued.append(args[4] is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prefix_cache, "_frozen_outputs", spy)
+    cache_bytes = sum(len(t) for t in {tuple(t) for t in seqs}) * 48 * 4
+    cache = build_prefix_cache(model, seqs, batch_size=4, budget_bytes=cache_bytes + spare)
+    assert any(continued) == (spare > 0)
+    for i, want in enumerate(frozen_states_one_by_one(model, seqs, 2)):
+        assert (cache.states[cache.offsets[i] : cache.offsets[i] + len(want)] - want).abs().max().item() <= 1e-6
+
