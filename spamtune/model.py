@@ -155,38 +155,33 @@ class CausalSelfAttention(nn.Module):
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)
-        y = F.scaled_dot_product_attention(
-            self._heads(q),
-            self._heads(k),
-            self._heads(v),
-            dropout_p=self.drop_rate if self.training else 0.0,
-            is_causal=True,
-        )
-        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, d)))
+        return self.forward_after(x)[0]
 
     def forward_after(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, past_valid: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Causal attention for ``x`` continuing sequences whose earlier positions' keys and
-        values are ``past`` (``[batch, heads, p, head_dim]`` each, ``past_valid [batch, p]``
-        marking the real ones); returns the output and ``x``'s own keys and values.
+        """Causal attention for ``x``, and ``x``'s own keys and values.
 
-        With ``past=None`` this is ``forward`` that also hands out its keys and values. The
-        output at a position is what ``forward`` gives there over the whole sequence.
+        ``past`` continues sequences whose earlier positions' keys and values are cached
+        (``[batch, heads, p, head_dim]`` each, ``past_valid [batch, p]`` marking the real
+        ones): the output at a position is what the whole sequence would give there.
         """
         b, t, d = x.shape
         q, k, v = (self._heads(z) for z in self.qkv(x).split(d, dim=2))
+        dropout_p = self.drop_rate if self.training else 0.0
         if past is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             visible = torch.cat([past_valid[:, None, :].expand(b, t, -1), causal.expand(b, t, t)], dim=2)
             y = F.scaled_dot_product_attention(
-                q, torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2), attn_mask=visible[:, None]
-            )
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, d)), (k, v)
+                q, torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2),
+                attn_mask=visible[:, None], dropout_p=dropout_p,
+            )  # fmt: skip
+        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, d))), (k, v)
 
     def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Attention output ``[batch, emb_dim]`` at one position per sequence (``index``).
@@ -241,14 +236,13 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.att(self.norm1(x))
-        return x + self.ff(self.norm2(x))
+        return self.forward_after(x)[0]
 
     def forward_after(
         self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None, past_valid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``forward`` continuing after cached keys/values (``CausalSelfAttention.forward_after``);
-        inference only (no dropout). Returns the output and this block's keys and values."""
+        """The block's output and its keys/values, optionally continuing after cached ones
+        (``CausalSelfAttention.forward_after``)."""
         attended, kv = self.att.forward_after(self.norm1(x), past, past_valid)
         x = x + attended
         return x + self.ff(self.norm2(x)), kv
@@ -306,14 +300,17 @@ class GPTModel(nn.Module):
     def num_classes(self) -> int:
         return self.out_head.out_features
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        t = input_ids.shape[1]
-        if t > self.cfg.context_length:
-            raise SpamtuneError(
-                f"input of {t} tokens exceeds the model's context length {self.cfg.context_length}"
-            )
-        pos = torch.arange(t, device=input_ids.device)
-        return self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(pos))
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Token plus position embeddings; ``positions`` (default ``0..t-1``) lets sequences
+        continue after cached ones."""
+        if positions is None:
+            t = input_ids.shape[1]
+            if t > self.cfg.context_length:
+                raise SpamtuneError(
+                    f"input of {t} tokens exceeds the model's context length {self.cfg.context_length}"
+                )
+            positions = torch.arange(t, device=input_ids.device)
+        return self.drop_emb(self.tok_emb(input_ids) + self.pos_emb(positions))
 
     def hidden_states(self, input_ids: torch.Tensor, start_block: int = 0, x: torch.Tensor | None = None):
         """Residual stream after the last block (before the final LayerNorm).

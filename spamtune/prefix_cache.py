@@ -121,7 +121,7 @@ def shared_prefix_groups(seqs: list[tuple[int, ...]], min_shared: int = MIN_SHAR
 def _frozen_outputs(model: GPTModel, blocks: int, ids: torch.Tensor, positions: torch.Tensor, past=None, past_valid=None):
     """Output of the first ``blocks`` blocks and each one's keys/values; ``past``: per block,
     the keys/values of earlier positions that ``ids`` (at ``positions``) continue."""
-    x = model.tok_emb(ids) + model.pos_emb(positions)
+    x = model.embed(ids, positions)
     kvs = []
     for i, block in enumerate(model.trf_blocks[:blocks]):
         x, kv = block.forward_after(x, None if past is None else past[i], past_valid)
