@@ -43,6 +43,11 @@ def runs_dir(root: Path) -> Path:
     return root / "runs"
 
 
+def cache_dir(root: Path) -> Path:
+    """Frozen-prefix caches kept between runs (``spamtune.cache_store``)."""
+    return root / "cache"
+
+
 # Files of a run folder that tell how far it got (spamtune.train writes them; the names are
 # repeated here so that finding a run does not import the training code).
 RUN_SUMMARY_FILE = "summary.json"  # written last, once training has finished

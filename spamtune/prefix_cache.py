@@ -77,10 +77,14 @@ def memory_budget_bytes(device: torch.device | str) -> int:
     return min(DEFAULT_BUDGET_BYTES, free // 2)
 
 
+def distinct_token_count(token_lists: list[list[int]]) -> int:
+    """Rows of a cache of these token lists: each distinct message's tokens, once."""
+    return sum(len(t) for t in {tuple(t) for t in token_lists})
+
+
 def estimate_cache_bytes(token_lists: list[list[int]], emb_dim: int, dtype: torch.dtype = torch.float32) -> int:
     """Bytes the cache of these token lists takes, counting each distinct message once."""
-    distinct_tokens = sum(len(t) for t in {tuple(t) for t in token_lists})
-    return distinct_tokens * emb_dim * torch.empty((), dtype=dtype).element_size()
+    return distinct_token_count(token_lists) * emb_dim * torch.empty((), dtype=dtype).element_size()
 
 
 # Messages that share at least this many leading tokens (the SMS spam templates) have that
@@ -141,6 +145,7 @@ def build_prefix_cache(
     budget_bytes: int | None = None,
     autocast: torch.autocast | None = None,
     min_shared: int = MIN_SHARED_PREFIX,
+    states_out: torch.Tensor | None = None,
 ) -> FrozenPrefixCache | None:
     """Cache the frozen blocks' outputs, or return None when nothing is frozen or it would not fit.
 
@@ -149,13 +154,15 @@ def build_prefix_cache(
     smaller ``dtype`` halves memory at the cost of that exactness. Messages that share a long
     prefix (``shared_prefix_groups``) get it computed once: causal attention makes a prefix's
     states the same in every message that starts with it, and the rest of each message attends
-    to the prefix's cached keys and values.
+    to the prefix's cached keys and values. ``states_out`` (``[distinct tokens, emb_dim]``, see
+    ``distinct_token_count``) receives the states instead of a new tensor: a memory-mapped file
+    for a cache kept on disk (``spamtune.cache_store``), which need not fit in memory.
     """
     start = cacheable_blocks(model)
     device = torch.device(device)
     if budget_bytes is None:
         budget_bytes = memory_budget_bytes(device)
-    if start == 0 or estimate_cache_bytes(token_lists, model.cfg.emb_dim, dtype) > budget_bytes:
+    if start == 0 or (states_out is None and estimate_cache_bytes(token_lists, model.cfg.emb_dim, dtype) > budget_bytes):
         return None
     slots: dict[tuple[int, ...], int] = {}
     slot_of = torch.tensor([slots.setdefault(tuple(t), len(slots)) for t in token_lists], dtype=torch.long)
@@ -163,7 +170,10 @@ def build_prefix_cache(
     lengths = torch.tensor([len(t) for t in distinct], dtype=torch.long)
     offsets = torch.zeros_like(lengths)
     offsets[1:] = torch.cumsum(lengths, 0)[:-1]
-    states = torch.empty(int(lengths.sum()), model.cfg.emb_dim, dtype=dtype, device=device)
+    shape = (int(lengths.sum()), model.cfg.emb_dim)
+    if states_out is not None and (tuple(states_out.shape) != shape or states_out.dtype != dtype):
+        raise ValueError(f"states_out is {tuple(states_out.shape)} {states_out.dtype}, the cache needs {shape} {dtype}")
+    states = torch.empty(shape, dtype=dtype, device=device) if states_out is None else states_out
 
     def run(rows: list[tuple[int, ...]], first: list[int], past=None, past_valid=None):
         """Outputs and keys/values of token ``rows``, row r starting at position ``first[r]``."""
@@ -181,7 +191,7 @@ def build_prefix_cache(
     # The prefixes' keys/values are held until the second pass: 2 x blocks x emb_dim numbers
     # per prefix token (~1.1x the cache itself on the SMS data). Skip sharing if they do not fit.
     kv_bytes = sum(p for p, _ in groups) * 2 * start * model.cfg.emb_dim * 4
-    if int(lengths.sum()) * model.cfg.emb_dim * states.element_size() + kv_bytes > budget_bytes:
+    if (0 if states_out is not None else states.numel() * states.element_size()) + kv_bytes > budget_bytes:
         groups = []
     grouped = {i for _, members in groups for i in members}
     # First pass: every message outside a group in full, and each group's shared prefix, in
@@ -220,3 +230,46 @@ def build_prefix_cache(
     finally:
         model.train(was_training)
     return FrozenPrefixCache(start, states, offsets[slot_of], lengths[slot_of])
+
+
+@torch.no_grad()
+def extend_prefix_cache(
+    model: GPTModel,
+    cache: FrozenPrefixCache,
+    blocks: int = 1,
+    *,
+    batch_size: int = 16,
+    autocast: torch.autocast | None = None,
+    states_out: torch.Tensor | None = None,
+) -> FrozenPrefixCache:
+    """The cache for ``cache.start_block + blocks`` frozen blocks, by running only the next
+    ``blocks`` blocks over the cached states: a cache for K blocks serves K + 1 at the cost of
+    one block instead of K + 1.
+
+    Exact as the cache itself is: each block sees a message's own right-padded states under
+    causal attention, so padding never reaches the real positions. ``states_out`` as in
+    ``build_prefix_cache``; the new cache keeps the old one's offsets and lengths.
+    """
+    stop = cache.start_block + blocks
+    if blocks < 1 or stop > model.cfg.n_layers:
+        raise ValueError(f"cannot extend a cache of {cache.start_block} blocks by {blocks} in a {model.cfg.n_layers}-block model")
+    states = torch.empty_like(cache.states) if states_out is None else states_out
+    if states.shape != cache.states.shape:
+        raise ValueError(f"states_out is {tuple(states.shape)}, the cache holds {tuple(cache.states.shape)}")
+    # One pass per distinct slot (duplicates share one), in length-sorted batches.
+    slots = sorted({(int(o), int(n)) for o, n in zip(cache.offsets, cache.lengths)})
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in sorted_batches([n for _, n in slots], batch_size):
+            rows = [slots[i] for i in idx]
+            x = pad_sequence([cache.states[o : o + n] for o, n in rows], batch_first=True).to(device)
+            with autocast or contextlib.nullcontext():
+                for block in model.trf_blocks[cache.start_block : stop]:
+                    x = block(x)
+            for row, (o, n) in enumerate(rows):
+                states[o : o + n] = x[row, :n].to(states.dtype)
+    finally:
+        model.train(was_training)
+    return FrozenPrefixCache(stop, states, cache.offsets, cache.lengths)
