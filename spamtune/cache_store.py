@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,25 +76,6 @@ def tokens_fingerprint(token_lists: Iterable[list[int]]) -> str:
     digest.update(lengths.tobytes())
     digest.update(flat.tobytes())
     return digest.hexdigest()
-
-
-def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of named tensors (names, dtypes, shapes and bytes, in name order): the identity of
-    a base held in memory, such as a seeded random init."""
-    digest = hashlib.sha256(b"spamtune-weights/1\0")
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def base_weights_sha256(model: GPTModel) -> str:
-    """``weights_sha256`` of a model's base: every tensor but the classification head and LoRA's
-    A/B (which are not the base's). Call it before training moves any weight."""
-    return weights_sha256({
-        n: t for n, t in model.state_dict().items() if not n.startswith("out_head.") and ".lora_" not in n
-    })  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,12 @@ DEFAULT_ALPHA = 16.0
 ADAPTED_LAYERS = ("att.qkv", "att.out_proj", "ff.fc", "ff.proj")
 
 
+def merged_lora_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``W + scale * B @ A`` in ``W``'s dtype: one formula for the layer, merging and export, so
+    a merged model and a run rebuilt from its A/B tensors hold the same numbers."""
+    return weight + ((lora_b @ lora_a) * scale).to(weight.dtype)
+
+
 class LoRALinear(nn.Linear):
     """``nn.Linear`` plus a trainable low-rank update ``scale * B @ A`` of its frozen weight."""
 
@@ -68,13 +74,9 @@ class LoRALinear(nn.Linear):
             layer.lora_a.copy_(sample)
         return layer
 
-    def delta_weight(self) -> torch.Tensor:
-        """``scale * B @ A``: what the update adds to the weight (``[out, in]``)."""
-        return (self.lora_b @ self.lora_a) * self.scale
-
     def merged_weight(self) -> torch.Tensor:
         """The weight this layer applies: the base plus the update, in the base's dtype."""
-        return self.weight + self.delta_weight().to(self.weight.dtype)
+        return merged_lora_weight(self.weight, self.lora_a, self.lora_b, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two thin products rather than one with the merged weight: the frozen base then needs

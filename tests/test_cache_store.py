@@ -12,11 +12,11 @@ from spamtune.cache_store import (
     STATES_FILE,
     CacheKey,
     PrefixCacheStore,
-    base_weights_sha256,
     list_caches,
     remove_caches,
     tokens_fingerprint,
 )
+from spamtune.bases import base_weights_sha256
 from spamtune.cli import app
 from spamtune.data import pad_batch
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
