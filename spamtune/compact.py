@@ -29,6 +29,7 @@ from spamtune.bases import BaseRef, load_base
 from spamtune.checkpoint import (
     CONFIG_FILE,
     FORMAT,
+    WEIGHTS_FILE,
     ClassifierConfig,
     build_classifier,
     check_state_shapes,
@@ -76,6 +77,14 @@ def save_compact_run(
 
 def is_compact_run(run_dir: str | Path) -> bool:
     return (Path(run_dir) / BASE_REF_FILE).is_file()
+
+
+def holds_classifier(run_dir: str | Path) -> bool:
+    """A run folder with a usable classifier: its config and a full model or a delta and base."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        return False
+    return (run_dir / WEIGHTS_FILE).is_file() or (is_compact_run(run_dir) and (run_dir / DELTA_FILE).is_file())
 
 
 def run_data_root(run_dir: Path) -> Path:
@@ -144,6 +153,8 @@ def export_run(run_dir: str | Path, out: str | Path, data_root: str | Path | Non
     enough to rebuild and use the classifier.
     """
     out = Path(out)
+    if not holds_classifier(run_dir):
+        raise SpamtuneError(f"{run_dir} is not a run folder (no config.json with model.safetensors or delta.safetensors)")
     if out.is_dir():
         raise SpamtuneError(f"{out} is a folder; give the file to write, e.g. {out / 'classifier.safetensors'}")
     model, cfg = load_run(run_dir, "cpu", data_root)

@@ -43,35 +43,15 @@ def runs_dir(root: Path) -> Path:
     return root / "runs"
 
 
-def cache_dir(root: Path) -> Path:
-    """Frozen-prefix caches kept between runs (``spamtune.cache_store``)."""
-    return root / "cache"
-
-
-def bases_dir(root: Path) -> Path:
-    """Base weights that compact runs refer to, stored once by sha256 (``spamtune.compact``)."""
-    return root / "bases"
-
-
 # Files of a run folder that tell how far it got (spamtune.train writes them; the names are
 # repeated here so that finding a run does not import the training code).
 RUN_SUMMARY_FILE = "summary.json"  # written last, once training has finished
 RUN_RESUME_DIR = "resume"  # present while a run can still be resumed
 
 
-# The weights of a run: a full model, or (a compact run, spamtune.compact) the tensors training
-# changed with a reference to the base they apply to.
-RUN_WEIGHT_FILES = ("model.safetensors", "delta.safetensors")
-
-
-def run_weights_file(path: Path) -> Path | None:
-    """The file holding a run's weights, if it has one."""
-    return next((path / name for name in RUN_WEIGHT_FILES if (path / name).is_file()), None)
-
-
 def is_run_dir(path: Path) -> bool:
     """A folder holding a usable classifier: weights and their config."""
-    return run_weights_file(path) is not None and (path / "config.json").is_file()
+    return (path / "model.safetensors").is_file() and (path / "config.json").is_file()
 
 
 def is_finished_run(path: Path) -> bool:
@@ -91,8 +71,8 @@ def latest_run(root: Path) -> Path:
             if not is_run_dir(p):
                 continue
             try:
-                written = run_weights_file(p).stat().st_mtime
-            except (OSError, AttributeError):  # removed meanwhile
+                written = (p / "model.safetensors").stat().st_mtime
+            except OSError:  # removed meanwhile
                 continue
             runs.append((is_finished_run(p), written, p.name, p))
     if not runs:
@@ -126,3 +106,13 @@ def find_pretrained_weights(root: Path, name: str) -> Path | None:
 
     hit = try_to_load_from_cache(HF_REPOS[name], HF_WEIGHTS_FILE)
     return Path(hit) if isinstance(hit, str) else None
+
+
+def cache_dir(root: Path) -> Path:
+    """Frozen-prefix caches kept between runs (``spamtune.cache_store``)."""
+    return root / "cache"
+
+
+def bases_dir(root: Path) -> Path:
+    """Base weights that compact runs refer to, stored once by sha256 (``spamtune.bases``)."""
+    return root / "bases"
