@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spamtune.errors import SpamtuneUsageError
-from spamtune.model import GPTModel, convert_to_classifier
+from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
 
 DEFAULT_RANK = 16
 DEFAULT_ALPHA = 16.0
@@ -62,11 +62,10 @@ class LoRALinear(nn.Linear):
         layer.weight.requires_grad_(False)
         if layer.bias is not None:
             layer.bias.requires_grad_(False)
-        weight = linear.weight
-        # A uses the fp32 residual stream's dtype even when the base weights were cast for speed.
-        kind = {"device": weight.device, "dtype": torch.float32 if weight.dtype.is_floating_point and weight.element_size() < 4 else weight.dtype}
-        layer.lora_a = nn.Parameter(torch.empty(rank, linear.in_features, **kind))
-        layer.lora_b = nn.Parameter(torch.zeros(linear.out_features, rank, **kind))
+        # A and B are trained, so they stay fp32 even where the frozen weight was cast to 16 bits.
+        dtype = torch.promote_types(linear.weight.dtype, torch.float32)
+        layer.lora_a = nn.Parameter(torch.empty(rank, linear.in_features, device=linear.weight.device, dtype=dtype))
+        layer.lora_b = nn.Parameter(torch.zeros(linear.out_features, rank, device=linear.weight.device, dtype=dtype))
         # nn.Linear's own init (Kaiming-uniform with a = sqrt(5)): bound 1/sqrt(in_features).
         bound = 1 / math.sqrt(linear.in_features)
         with torch.no_grad():
@@ -157,7 +156,7 @@ def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
-def lora_parameter_count(cfg, rank: int, blocks: int | None = None) -> int:
+def lora_parameter_count(cfg: GPTConfig, rank: int, blocks: int | None = None) -> int:
     """A/B numbers LoRA adds: ``rank * (in + out)`` per layer. Per block the four layers are
     ``d -> 3d``, ``d -> d``, ``d -> 4d`` and ``4d -> d``: ``rank * 16 * d`` in all."""
     n = cfg.n_layers if blocks is None else blocks
