@@ -3,7 +3,8 @@
 It serves bytes the tests register, honours ``Range: bytes=N-`` like a CDN, records every
 request, and misbehaves on cue: each entry of a resource's ``script`` is used up by one GET,
 ``"drop"`` sending half the body before closing the connection, a number answering with that
-HTTP status instead.
+HTTP status instead. An ``endless`` resource sends its body over and over, with no
+Content-Length, until the client hangs up, as a broken or hostile server can.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Resource:
     headers: dict[str, str] = field(default_factory=dict)
     script: list = field(default_factory=list)  # per GET, in order: "drop" or an HTTP status
     ranges: bool = True  # False: answer a Range request with the whole body, as some servers do
+    endless: bool = False  # True: repeat the body without end and without a Content-Length
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             resource = server.resources.get(self.path)
             if resource is None:
                 return self._reply(404, {}, b"not found", body)
+            if resource.endless:
+                return self._stream_forever(resource.body if body else b"")
             action = resource.script.pop(0) if body and resource.script else None
             if isinstance(action, int):
                 return self._reply(action, {}, b"scripted failure", body)
@@ -106,6 +110,17 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             self._reply(status, headers, payload, body)
+
+        def _stream_forever(self, chunk: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Connection", "close")  # the body ends only when the connection does
+            self.end_headers()
+            self.close_connection = True
+            try:
+                while chunk:
+                    self.wfile.write(chunk)
+            except OSError:  # the client hung up, as it should
+                pass
 
         def _reply(self, status: int, headers: dict, payload: bytes, body: bool, length: int | None = None) -> None:
             self.send_response(status)
