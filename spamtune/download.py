@@ -417,6 +417,26 @@ def pretrained_name(name: str) -> str:
     return canonical
 
 
+def hub_unreachable(endpoint: str | None = None, timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached, or ``None`` when it answers at all (any HTTP
+    status counts: something is there). One HEAD request with a short timeout, through the usual
+    proxy variables, for a caller that must decide at once (the demo) rather than after the hub
+    client's retries, which take half a minute offline."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    base = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT or "https://huggingface.co").rstrip("/")
+    url = f"{base}/api/models/{paths.HF_REPOS['gpt2-small']}"
+    try:
+        with urllib.request.build_opener().open(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        return f"cannot reach {urlsplit(base).hostname or base}: {_reason(getattr(exc, 'reason', exc))}"
+
+
 def download_model(
     name: str,
     *,

@@ -37,6 +37,7 @@ from spamtune.download import (
     fetch_data,
     import_data,
     import_model,
+    hub_unreachable,
     sha256_file,
     use_bundled_data,
 )
@@ -724,6 +725,20 @@ def test_model_disk_full(server, tiny_weights, fill_disk):
         download_model("gpt2", config=TINY, endpoint=server.base_url)
     assert str(err.value).startswith("disk full: cannot write to the Hugging Face cache ")
     assert leftovers(Path(hf_constants.HF_HUB_CACHE)) == []
+
+
+def test_hub_reachability_is_one_quick_question(server, monkeypatch):
+    assert hub_unreachable(server.base_url) is None  # a 404 is an answer: the host is there
+    assert [(r.method, r.path) for r in server.requests] == [("HEAD", f"/api/models/{REPO}")]
+    monkeypatch.setenv("HF_ENDPOINT", server.base_url)
+    assert hub_unreachable() is None
+    assert hub_unreachable(closed_port_url().rstrip("/")) == "cannot reach 127.0.0.1: Connection refused"
+    monkeypatch.delenv("HF_ENDPOINT")
+    monkeypatch.setattr(hf_constants, "ENDPOINT", "https://huggingface.co")
+    assert hub_unreachable() == "cannot reach huggingface.co: a test tried to reach huggingface.co"
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    assert hub_unreachable(server.base_url) == "HF_HUB_OFFLINE is set"
+    assert len(server.requests) == 2
 
 
 @pytest.mark.parametrize("name", ["tiny", "gpt3", "my_config.json"])
