@@ -2,7 +2,9 @@
 
 ``spamtune download`` alone fetches both (the data and gpt2-small); ``download data`` and
 ``download model NAME`` fetch one, from the network or, with ``--from``, from a file carried
-over. Notes and progress bars go to stderr; the written paths are the last lines on stdout.
+over. The data can also come from the copy bundled in the repository (``--bundled``, and
+whenever UCI cannot give it). Notes and progress bars go to stderr; the written paths are the
+last lines on stdout.
 """
 
 from __future__ import annotations
