@@ -9,6 +9,7 @@ the permissions a plain ``open(final, "w")`` would give it: those of the file it
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -16,7 +17,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from spamtune.errors import SpamtuneError
+from spamtune.errors import DiskFull, SpamtuneError
 
 
 @contextlib.contextmanager
@@ -27,7 +28,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp_path, mode = _create_temporary(final)
     except OSError as exc:
-        raise SpamtuneError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise write_error(final, exc) from None
     try:
         yield tmp_path
         # Again now: some writers (safetensors' save_file) replace the file at tmp_path with
@@ -37,13 +38,22 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, final)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise SpamtuneError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise write_error(final, exc) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
+def write_error(final: Path, exc: OSError) -> SpamtuneError:
+    """The one-line error for a failed write; a full disk (or quota) is its own kind, so that
+    callers can say what survived and how to go on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(final)
+    return SpamtuneError(f"cannot write {final}: {exc.strerror or exc}")
+
+
 # How many random names to try before giving up (mkstemp tries as many).
+TEMPORARY_SUFFIX = ".part"
 _TEMP_ATTEMPTS = 10_000
 
 
@@ -57,7 +67,7 @@ def _create_temporary(final: Path) -> tuple[Path, int]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     for _ in range(_TEMP_ATTEMPTS):
-        tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}.part"
+        tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
         try:
             fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
@@ -72,6 +82,17 @@ def _create_temporary(final: Path) -> tuple[Path, int]:
             tmp.unlink(missing_ok=True)
             raise
     raise FileExistsError(f"no free temporary name beside {final}")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``folder`` (``.<name>.<random>.part``).
+    Only for a folder no live process writes to, e.g. a run folder under its lock."""
+    removed = []
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(final: str | Path, data: bytes) -> Path:

@@ -134,7 +134,7 @@ def test_baseline_without_scikit_learn_says_how_to_get_it(run, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--split", "dev"], "unknown split 'dev'"),
+        (["--split", "dev"], "unknown --split 'dev'"),
         (["--split", "test", "--input", "x.csv"], "either --split or --input"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
     ],
