@@ -20,6 +20,7 @@ the loop. This module never prints: it reports through ``on_event`` and returns 
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import time
@@ -76,9 +77,11 @@ def make_optimizer(model: GPTModel, options: FinetuneOptions, device: torch.devi
 
 
 class NonFiniteLoss(SpamtuneError):
-    def __init__(self, value: float):
-        super().__init__(f"the training loss became {value}")
-        self.value = value
+    """A loss became NaN or infinite (``what``: "training" or "evaluation")."""
+
+    def __init__(self, value: float, what: str = "training"):
+        super().__init__(f"the {what} loss became {value}")
+        self.value, self.what = value, what
 
 
 def optimizer_step(
@@ -285,25 +288,14 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         save_resume_state(run_dir, model, optimizer, precision, best_weights, position)
         return step, best and best["step"], best_weights
 
-    def evaluate(examples):
-        return evaluate_examples(
-            model, examples, options.pooling, precision=precision, pad_to=pad_to, last_query_only=options.shortcuts
-        )
-
+    evaluate = functools.partial(
+        evaluate_examples, model, pooling=options.pooling, precision=precision, pad_to=pad_to, last_query_only=options.shortcuts
+    )
     saved = (step, best and best["step"], best_weights)
     try:
         if not resuming:
             saved = checkpoint()  # an interrupted run is resumable from its first step
-        trainable_params, total_params = count_parameters(model)
-        emit(TrainingStarted(
-            run_dir, run.model_label, step, run.total_steps, str(precision.device), precision.name,
-            trainable_params, total_params, len(data.train), len(data.validation), len(data.test), data.max_length,
-        ))  # fmt: skip
-        cache = attach_prefix_caches(
-            model, data, run.trainable, options.pooling, precision,
-            shortcuts=options.shortcuts, on_building=lambda blocks: emit(PrefixCaching(blocks)),
-        )  # fmt: skip
-        emit(cache)
+        cache = start_session(run, model, step, emit)
         model.train()
         session_examples, session_time = examples_seen, training_time
         while epoch < options.epochs and not stopped_early:
@@ -312,30 +304,21 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             for group in groups[steps_in_epoch:]:
                 tick = time.perf_counter()
                 batch_list = [data.train.batch(idx, precision.device, pad_to) for idx in group]
-                try:
-                    loss = optimizer_step(model, optimizer, batch_list, options.pooling, precision, options.shortcuts)
-                except NonFiniteLoss as exc:
-                    raise diverged(run, model, saved, f"{exc} at step {step + 1} (epoch {epoch + 1})") from None
+                loss = optimizer_step(model, optimizer, batch_list, options.pooling, precision, options.shortcuts)
                 training_time += time.perf_counter() - tick
                 step, steps_in_epoch = step + 1, steps_in_epoch + 1
                 examples_seen += sum(len(b) for b in batch_list)
                 rate = (examples_seen - session_examples) / max(training_time - session_time, 1e-9)
                 emit(StepDone(step, run.total_steps, epoch + 1, loss, examples_seen, rate))
-                end_of_epoch = steps_in_epoch == len(groups)
-                if end_of_epoch:
+                if steps_in_epoch == len(groups):
                     epoch, steps_in_epoch = epoch + 1, 0
                 elif not (options.eval_every and step % options.eval_every == 0):
                     continue
                 emit(EvaluationStarted(step, "train+validation"))
-                (train_loss, train_acc), (val_loss, val_acc) = evaluate(data.train), evaluate(data.validation)
-                for value in (train_loss, val_loss):
-                    if not math.isfinite(value):
-                        raise diverged(run, model, saved, f"the evaluation loss became {value} at step {step}")
-                record = {
-                    "step": step, "epoch": round(epoch + steps_in_epoch / run.steps_per_epoch, 4),
-                    "examples_seen": examples_seen, "train_loss": train_loss, "train_acc": train_acc,
-                    "val_loss": val_loss, "val_acc": val_acc, "elapsed_s": round(elapsed(), 3),
-                }  # fmt: skip
+                record = evaluation_record(
+                    step, epoch + steps_in_epoch / run.steps_per_epoch, examples_seen,
+                    evaluate(data.train), evaluate(data.validation), elapsed(),
+                )  # fmt: skip
                 improved = is_better(record, best)
                 if improved:
                     best, best_weights, evals_since_best = record, trainable_weights(model), 0
@@ -351,30 +334,57 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
 
         write_model(run, model, best_weights)
         emit(EvaluationStarted(step, "test"))
-        test_loss, test_acc = evaluate(data.test)
         loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed()}
-        loop.update(training_time_s=training_time, trainable_params=trainable_params, total_params=total_params)
-        summary = summarize(run, best, cache, test_loss, test_acc, loop)
-        plot_curves(records, len(data.train), run_dir / runs.CURVES_FILE)
-        runs.write_summary(run_dir, summary)
-        shutil.rmtree(run_dir / runs.RESUME_DIR, ignore_errors=True)
-        return summary
+        loop["training_time_s"] = training_time
+        return finish(run, summarize(run, model, best, cache, evaluate(data.test), loop), records)
     except KeyboardInterrupt:
         # The best weights as of the last checkpoint become a usable classifier (a second
         # Ctrl-C during the write leaves no partial file and the resume state untouched).
-        saved_step, best_step, saved_best = saved
-        write_model(run, model, saved_best)
-        raise TrainingInterrupted(run_dir, step, saved_step, best_step) from None
+        write_model(run, model, saved[2])
+        raise TrainingInterrupted(run_dir, step, saved[0], saved[1]) from None
+    except NonFiniteLoss as exc:
+        write_model(run, model, saved[2])
+        where = f"at step {step + 1} (epoch {epoch + 1})" if exc.what == "training" else f"at step {step}"
+        hint = "try a lower learning rate" + (" or fp32 precision" if precision.name != "fp32" else "")
+        raise SpamtuneError(f"{exc} {where}; training stopped, the last checkpoint (step {saved[0]}) is in {run_dir}; {hint}") from None
     except DiskFull as exc:
         raise TrainingStopped(str(exc), run_dir, saved[0]) from None
 
 
-def diverged(run: Run, model: GPTModel, saved: tuple, what: str) -> SpamtuneError:
-    """The error for a loss that became NaN or infinite, once the best weights are written."""
-    saved_step, _, saved_best = saved
-    write_model(run, model, saved_best)
-    hint = "try a lower learning rate" + (" or fp32 precision" if run.precision.name != "fp32" else "")
-    return SpamtuneError(f"{what}; training stopped, the last checkpoint (step {saved_step}) is in {run.run_dir}; {hint}")
+def start_session(run: Run, model: GPTModel, step: int, emit: Callable[[Event], None]) -> PrefixCacheReport:
+    """Say what is about to run, then attach the frozen-prefix caches (the session's first cost)."""
+    trainable, total = count_parameters(model)
+    data = run.data
+    emit(TrainingStarted(
+        run.run_dir, run.model_label, step, run.total_steps, str(run.precision.device), run.precision.name,
+        trainable, total, len(data.train), len(data.validation), len(data.test), data.max_length,
+    ))  # fmt: skip
+    cache = attach_prefix_caches(
+        model, data, run.trainable, run.options.pooling, run.precision,
+        shortcuts=run.options.shortcuts, on_building=lambda blocks: emit(PrefixCaching(blocks)),
+    )  # fmt: skip
+    emit(cache)
+    return cache
+
+
+def evaluation_record(step: int, epoch: float, examples_seen: int, train: tuple, validation: tuple, elapsed: float) -> dict:
+    """The ``metrics.jsonl`` line of one evaluation from its (loss, accuracy) pairs."""
+    for loss, _ in (train, validation):
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(loss, "evaluation")
+    return {
+        "step": step, "epoch": round(epoch, 4), "examples_seen": examples_seen,
+        "train_loss": train[0], "train_acc": train[1], "val_loss": validation[0], "val_acc": validation[1],
+        "elapsed_s": round(elapsed, 3),
+    }  # fmt: skip
+
+
+def finish(run: Run, summary: dict, records: list[dict]) -> dict:
+    """The end of a run: the curves and the summary are written, the resume state removed."""
+    plot_curves(records, len(run.data.train), run.run_dir / runs.CURVES_FILE)
+    runs.write_summary(run.run_dir, summary)
+    shutil.rmtree(run.run_dir / runs.RESUME_DIR, ignore_errors=True)
+    return summary
 
 
 def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor]) -> None:
@@ -398,9 +408,11 @@ def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor]) -> 
     save_classifier(run.run_dir, model, cfg)
 
 
-def summarize(run: Run, best: dict, cache: PrefixCacheReport, test_loss: float, test_acc: float, loop: dict) -> dict:
-    """``summary.json``: the test figures, the best evaluation's, and the loop's counters."""
+def summarize(run: Run, model: GPTModel, best: dict, cache: PrefixCacheReport, test: tuple[float, float], loop: dict) -> dict:
+    """``summary.json``: the test (loss, accuracy), the best evaluation's figures, the loop's counters."""
     o = run.options
+    test_loss, test_acc = test
+    trainable, total = count_parameters(model)
     return {
         "run": str(run.run_dir),
         "model": run.model_label,
@@ -421,8 +433,8 @@ def summarize(run: Run, best: dict, cache: PrefixCacheReport, test_loss: float, 
         "wall_time_s": round(loop["wall_time_s"], 3),
         "training_time_s": round(loop["training_time_s"], 3),
         "examples_per_s": round(loop["examples_seen"] / max(loop["training_time_s"], 1e-9), 2),
-        "trainable_params": loop["trainable_params"],
-        "total_params": loop["total_params"],
+        "trainable_params": trainable,
+        "total_params": total,
         "device": str(run.precision.device),
         # CPU kernels split sums across threads, so bit-identical reruns need the same count.
         "cpu_threads": torch.get_num_threads(),
