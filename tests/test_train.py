@@ -3,6 +3,7 @@ its CLI fails with one clear line on bad input. Tiny models and ~60 messages: se
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -11,10 +12,11 @@ import pytest
 import torch
 from conftest import write_hf_gpt2
 from helpers import HAM, SPAM, TINY_CONFIG, tiny_options, tiny_split, write_tiny_data
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from spamtune import events, examples, forward, options, prefix_cache, runs, train
+from spamtune import checkpoint, events, examples, forward, options, prefix_cache, runs, train
 from spamtune.cli import app
 from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
@@ -370,3 +372,96 @@ def test_shortcuts_give_identical_accuracies_on_the_real_split(tmp_path):
         root, tmp_path, trainable="last-2-blocks", epochs=2, lr=5e-4, batch_size=16, precision="fp32"
     )
     assert_same_curves(fast_records, plain_records)
+
+
+# --------------------------------------------------------------------------- faults found by trying to break it
+
+
+def interrupted_run(data_root: Path, name: str, at_step: int = 3) -> Path:
+    """A run stopped by Ctrl-C at ``at_step``: resumable, its first evaluation (step 5) not reached."""
+    run_dir = data_root / "runs" / name
+
+    def ctrl_c(event):
+        if isinstance(event, events.StepDone) and event.step == at_step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(tiny_options(data_root, epochs=1), run_dir, on_event=ctrl_c)
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: OSError(errno.ENOSPC, "No space left on device"),
+        # What safetensors itself raises when the disk fills under it.
+        lambda: SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    ],
+)
+def test_a_full_disk_at_a_checkpoint_says_so_and_keeps_the_last_one(data_root, monkeypatch, failure):
+    real_save = checkpoint.save_file
+    saves = []
+
+    def disk_fills_after_the_first_checkpoint(tensors, path, metadata=None):
+        saves.append(path)
+        if len(saves) == 1:
+            return real_save(tensors, path, metadata=metadata)
+        Path(path).write_bytes(b"half a checkpoint")  # what a write cut short leaves behind
+        raise failure()
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_fills_after_the_first_checkpoint)
+    run_dir = data_root / "runs" / "full"
+    state = run_dir / runs.RESUME_DIR / runs.RESUME_FILE
+    result = invoke(*cli_args(data_root, "--out", str(run_dir), "--epochs", "1"))
+    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the progress lines: the error, one line
+    assert last.startswith(f"Error: disk full: {state}; the last checkpoint (step 0) is intact")
+    assert last.endswith(f"continue with: spamtune finetune --resume {run_dir}")
+    assert len(saves) == 2 and not [p for p in run_dir.rglob("*") if p.name.endswith(".part")]
+    monkeypatch.undo()
+    # The step-0 checkpoint is whole: the run resumes from it and finishes.
+    steps = []
+    summary = train.resume_finetune(run_dir, on_event=lambda e: steps.append(e.step) if isinstance(e, events.StepDone) else None)
+    assert steps[0] == 1 and summary["steps"] == 5
+
+
+def test_a_write_cut_short_leaves_nothing_after_resume(data_root):
+    """A kill during the final model write (or a checkpoint) leaves a temporary file; resuming
+    the run removes it, so the finished folder holds exactly its files."""
+    run_dir = interrupted_run(data_root, "killed")
+    (run_dir / ".model.safetensors.0badc0de.part").write_bytes(b"half a model")
+    (run_dir / runs.RESUME_DIR / ".state.safetensors.0badc0de.part").write_bytes(b"half a state")
+    train.resume_finetune(run_dir)
+    assert visible_files(run_dir) == sorted(runs.RUN_FILES)
+
+
+def test_a_run_trains_in_one_process_at_a_time(data_root):
+    run_dir = interrupted_run(data_root, "twice")
+    with runs.lock_run_dir(run_dir):  # as a second `finetune --resume` of the same run holds it
+        result = invoke("finetune", "--resume", str(run_dir))
+        assert_one_line_error(result, f"run is in use by another process: {run_dir}", 1)
+        assert not (run_dir / runs.SUMMARY_FILE).exists()
+    assert invoke("finetune", "--resume", str(run_dir)).exit_code == 0  # the lock goes with its holder
+    assert_one_line_error(invoke("finetune", "--resume", str(run_dir)), "is a finished run", 1)
+
+
+def test_paths_with_brackets_are_printed_as_they_are(data_root, monkeypatch):
+    """Rich would read ``[/x]`` in a path as a closing tag (and fail) and ``[bold]`` as a style
+    (and drop it): user text is never markup."""
+    run_dir = data_root / "runs" / "[bold]b" / "weird[/x]run"
+    real_step = train.optimizer_step
+    calls = []
+
+    def ctrl_c_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "optimizer_step", ctrl_c_at_step_3)
+    stopped = invoke(*cli_args(data_root, "--out", str(run_dir)))
+    assert stopped.exit_code == 130, stopped.stderr
+    assert f"run folder: {run_dir}\n" in stopped.stderr and f"--resume {run_dir}" in stopped.stderr
+    resumed = invoke("finetune", "--resume", str(run_dir))
+    assert resumed.exit_code == 0, resumed.stderr
+    assert f"run folder: {run_dir}\n" in resumed.stderr and resumed.stdout.splitlines()[-1] == str(run_dir)
