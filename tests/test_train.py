@@ -465,3 +465,21 @@ def test_paths_with_brackets_are_printed_as_they_are(data_root, monkeypatch):
     resumed = invoke("finetune", "--resume", str(run_dir))
     assert resumed.exit_code == 0, resumed.stderr
     assert f"run folder: {run_dir}\n" in resumed.stderr and resumed.stdout.splitlines()[-1] == str(run_dir)
+
+
+def test_the_cli_takes_its_defaults_from_the_options_dataclass(data_root, monkeypatch):
+    """Every finetune flag's default is FinetuneOptions' own: nothing is written twice."""
+    given = []
+
+    def capture(opts, out, on_event):
+        given.append(opts)
+        raise SpamtuneError("options captured")
+
+    monkeypatch.setattr(train, "finetune", capture)
+    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root)), "options captured", 1)
+    flags = ("--no-shortcuts", "--batch-size", "3", "--max-length", "9")
+    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root), *flags), "options captured", 1)
+    assert given == [
+        options.FinetuneOptions(data_dir=str(data_root)),
+        options.FinetuneOptions(data_dir=str(data_root), shortcuts=False, batch_size=3, max_length=9),
+    ]
