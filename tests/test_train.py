@@ -52,8 +52,8 @@ LAST_BLOCK = Trainable.parse("last-block", TINY_CONFIG["n_layers"])
 
 
 def visible_files(run_dir: Path) -> list[str]:
-    """The run folder's files but its (hidden) lock."""
-    return sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE)
+    """The files of a finished run's folder (its lock file goes with the end of training)."""
+    return sorted(p.name for p in run_dir.iterdir())
 
 
 def tiny_model(trainable: str = "last-block") -> GPTModel:
@@ -443,6 +443,7 @@ def test_a_run_trains_in_one_process_at_a_time(data_root):
         assert not (run_dir / runs.SUMMARY_FILE).exists()
     assert invoke("finetune", "--resume", str(run_dir)).exit_code == 0  # the lock goes with its holder
     assert_one_line_error(invoke("finetune", "--resume", str(run_dir)), "is a finished run", 1)
+    assert visible_files(run_dir) == sorted(runs.RUN_FILES)  # no lock file left in a finished run
 
 
 def test_paths_with_brackets_are_printed_as_they_are(data_root, monkeypatch):
