@@ -42,13 +42,8 @@ from spamtune.download import sha256_file
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json
 from spamtune.model import GPTModel
-from spamtune.prefix_cache import (
-    FrozenPrefixCache,
-    build_prefix_cache,
-    cacheable_blocks,
-    distinct_token_count,
-    extend_prefix_cache,
-)
+from spamtune.device import Precision
+from spamtune.prefix_cache import FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
 
 # Bump when the stored layout or the meaning of the states changes: old entries then stop
 # matching any key (``spamtune cache ls`` shows them as stale).
@@ -239,25 +234,33 @@ class PrefixCacheStore:
         states = _map_states(entry / STATES_FILE, nbytes, dtype, rows, emb_dim)
         return FrozenPrefixCache(key.blocks, states, cache.offsets, cache.lengths)
 
+    def lookup(
+        self, model: GPTModel, token_lists: list[list[int]], blocks: int, base_sha256: str, precision: Precision
+    ) -> CacheLookup:
+        """``obtain`` for the fp32 states of the first ``blocks`` blocks of ``model`` (built from the
+        base ``base_sha256``) over ``token_lists``, computed in ``precision``."""
+        key = CacheKey.for_tokens(base_sha256, token_lists, blocks, precision=precision.name)
+        return self.obtain(key, model, token_lists, precision=precision)
+
     def obtain(
         self,
         key: CacheKey,
         model: GPTModel,
         token_lists: list[list[int]],
         *,
-        pad_id: int = 50256,
-        autocast: torch.autocast | None = None,
+        precision: Precision | None = None,
         verify: str = "hash",
     ) -> CacheLookup:
         """The cache of ``key`` for ``token_lists``: loaded if stored; else extended from a stored
         cache of fewer blocks (same base, data, dtype and precision); else built; each new one is
         stored. A corrupt or stale entry met on the way is removed and rebuilt.
 
-        ``key`` must name what the model caches: ``cacheable_blocks(model)`` blocks, the
-        fingerprint of ``token_lists``, and the base the model was built from.
+        ``key`` must name what the model caches: its first ``key.blocks`` blocks (frozen), the
+        fingerprint of ``token_lists``, the base the model was built from and ``precision``'s name.
         """
-        if key.blocks != cacheable_blocks(model) or key.blocks < 1:
-            raise ValueError(f"the key is for {key.blocks} blocks, the model caches {cacheable_blocks(model)}")
+        precision = precision or Precision("fp32", "cpu")
+        if key.blocks < 1 or key.precision != precision.name:
+            raise ValueError(f"a cache key for {key.blocks} blocks in {key.precision} does not fit a {precision.name} computation")
         tick = time.perf_counter()
         problems: list[str] = []
 
@@ -286,12 +289,11 @@ class PrefixCacheStore:
             if start is None:
                 continue
             cache = self._write(key, rows, emb_dim, lambda out: extend_prefix_cache(
-                model, start, key.blocks - fewer, autocast=autocast, states_out=out,
+                model, start, key.blocks - fewer, precision=precision, states_out=out,
             ))  # fmt: skip
             return done(cache, "extended", f"from the {fewer}-block cache")
         cache = self._write(key, rows, emb_dim, lambda out: build_prefix_cache(
-            model, token_lists, device=next(model.parameters()).device, pad_id=pad_id, dtype=key.torch_dtype,
-            autocast=autocast, states_out=out,
+            model, token_lists, key.blocks, precision=precision, dtype=key.torch_dtype, states_out=out,
         ))  # fmt: skip
         return done(cache, "built")
 

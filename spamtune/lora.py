@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spamtune.errors import SpamtuneUsageError
-from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
+from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier
 
 DEFAULT_RANK = 16
 DEFAULT_ALPHA = 16.0
@@ -150,6 +150,12 @@ def convert_to_lora_classifier(
     head and the A/B matrices are what trains."""
     convert_to_classifier(model, num_classes, trainable="head", seed=seed)
     return apply_lora(model, rank, alpha, blocks, seed)
+
+
+def lora_trainable(n_layers: int, blocks: int | None = None) -> Trainable:
+    """What a LoRA run trains, as the rest of spamtune reads it: the head and A/B in the last
+    ``blocks`` blocks; the blocks before them are frozen whole, so the prefix cache serves them."""
+    return Trainable("lora", n_layers - (n_layers if blocks is None else blocks), final_norm=False, embeddings=False)
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:

@@ -13,15 +13,25 @@ its cached keys and values (6.7% fewer tokens on the SMS data).
 
 from __future__ import annotations
 
-import contextlib
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from spamtune import paths
 from spamtune.data import pad_batch, sorted_batches
-from spamtune.model import GPTModel, first_trainable_block
+from spamtune.device import Precision
+from spamtune.examples import TrainingData
+from spamtune.forward import eval_mode
+from spamtune.model import GPTModel, Trainable
+from spamtune.tokenizer import EOT_ID
+
+if TYPE_CHECKING:
+    from spamtune.cache_store import PrefixCacheStore
 
 DEFAULT_BUDGET_BYTES = 4 << 30
 
@@ -57,11 +67,11 @@ class FrozenPrefixCache:
         return prefix, self.lengths[indices].to(device)
 
 
-def cacheable_blocks(model: GPTModel) -> int:
+def cacheable_blocks(model: GPTModel, trainable: Trainable) -> int:
     """How many leading blocks can be cached: the frozen ones, if dropout cannot alter them."""
-    if model.cfg.drop_rate > 0 or any(p.requires_grad for p in (model.tok_emb.weight, model.pos_emb.weight)):
+    if model.cfg.drop_rate > 0 or trainable.embeddings:
         return 0
-    return first_trainable_block(model)
+    return trainable.first_block
 
 
 def memory_budget_bytes(device: torch.device | str) -> int:
@@ -137,17 +147,19 @@ def _frozen_outputs(model: GPTModel, blocks: int, ids: torch.Tensor, positions: 
 def build_prefix_cache(
     model: GPTModel,
     token_lists: list[list[int]],
+    start: int,
     *,
-    device: torch.device | str = "cpu",
+    precision: Precision | None = None,
     batch_size: int = 16,  # measured ~7% faster than 32 for gpt2-small on CPU, fp32 and bf16
-    pad_id: int = 50256,
+    pad_id: int = EOT_ID,
     dtype: torch.dtype = torch.float32,
     budget_bytes: int | None = None,
-    autocast: torch.autocast | None = None,
     min_shared: int = MIN_SHARED_PREFIX,
     states_out: torch.Tensor | None = None,
 ) -> FrozenPrefixCache | None:
-    """Cache the frozen blocks' outputs, or return None when nothing is frozen or it would not fit.
+    """Cache the outputs of the first ``start`` blocks (``cacheable_blocks``), or return None
+    when that is none or it would not fit. ``precision`` (default fp32 on the CPU) gives the
+    device and the autocast of the computation.
 
     States are stored in fp32 by default even under bf16 autocast, because the plain forward
     keeps its residual stream in fp32 too (embeddings are fp32 and additions promote); a
@@ -158,8 +170,8 @@ def build_prefix_cache(
     ``distinct_token_count``) receives the states instead of a new tensor: a memory-mapped file
     for a cache kept on disk (``spamtune.cache_store``), which need not fit in memory.
     """
-    start = cacheable_blocks(model)
-    device = torch.device(device)
+    precision = precision or Precision("fp32", "cpu")
+    device = precision.device
     if budget_bytes is None:
         budget_bytes = memory_budget_bytes(device)
     if start == 0 or (states_out is None and estimate_cache_bytes(token_lists, model.cfg.emb_dim, dtype) > budget_bytes):
@@ -180,7 +192,7 @@ def build_prefix_cache(
         ids, _ = pad_batch([list(r) for r in rows], pad_id, device)
         positions = torch.tensor(first, device=device)[:, None] + torch.arange(ids.shape[1], device=device)
         positions.clamp_(max=model.cfg.context_length - 1)  # only padding can go past the end
-        with autocast or contextlib.nullcontext():
+        with precision.autocast():
             x, kvs = _frozen_outputs(model, start, ids, positions, past, past_valid)
         return x.to(dtype), kvs
 
@@ -199,9 +211,7 @@ def build_prefix_cache(
     rows = [(distinct[i], [i], None) for i in range(len(distinct)) if i not in grouped]
     rows += [(distinct[members[0]][:p], members, g) for g, (p, members) in enumerate(groups)]
     kv_of: list = [None] * len(groups)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for idx in sorted_batches([len(tokens) for tokens, _, _ in rows], batch_size):
             x, kvs = run([rows[j][0] for j in idx], [0] * len(idx))
             for row, j in enumerate(idx):
@@ -227,9 +237,94 @@ def build_prefix_cache(
             out, _ = run([distinct[m][p:] for _, p, m in batch], shared.tolist(), past, past_valid)
             for row, (_, p, m) in enumerate(batch):
                 store(m, p, out[row, : len(distinct[m]) - p])
-    finally:
-        model.train(was_training)
     return FrozenPrefixCache(start, states, offsets[slot_of], lengths[slot_of])
+
+
+@dataclass(frozen=True)
+class PrefixCacheReport:
+    """What ``attach_prefix_caches`` did: blocks cached, for which splits, at what cost."""
+
+    start_block: int  # the frozen blocks whose outputs are cached (0: none)
+    splits: tuple[str, ...]
+    nbytes: int
+    seconds: float
+    skipped: str | None = None  # why a split, or every split, runs the plain path
+    # "built" in memory; kept under the data root (spamtune.cache_store): "hit", "extended"
+    # (from a cache of fewer blocks) or "stored" (built and kept)
+    source: str = "built"
+    detail: str | None = None  # e.g. "from the 10-block cache", "rebuilt: ... does not match its sha256"
+
+    def to_dict(self) -> dict:
+        return {
+            "blocks": self.start_block, "splits": list(self.splits), "bytes": self.nbytes, "build_s": round(self.seconds, 3),
+            "source": self.source,
+        }  # fmt: skip
+
+
+def attach_prefix_caches(
+    model: GPTModel,
+    data: TrainingData,
+    trainable: Trainable,
+    pooling: str,
+    precision: Precision,
+    *,
+    shortcuts: bool = True,
+    budget_bytes: int | None = None,
+    on_building: Callable[[int], None] | None = None,
+    store: PrefixCacheStore | None = None,
+    base_sha256: str | None = None,
+) -> PrefixCacheReport:
+    """Compute the frozen blocks' outputs once for train, validation and test and attach them
+    to the splits, as far as memory allows; with a ``store`` (and the ``base_sha256`` of the
+    model's base), load them from the data root's kept caches, or build and keep them there
+    (memory-mapped: no memory budget applies).
+
+    Exact: with dropout off and the first K blocks frozen, their output for a message is a
+    fixed function of its tokens, and causal attention makes it independent of the padding it
+    is batched with. Not used for ``last`` pooling, whose pooled position is a padding token
+    that the cache does not hold. ``on_building(K)`` is called just before the K blocks run.
+    """
+    start = cacheable_blocks(model, trainable)
+    if not shortcuts:
+        return PrefixCacheReport(0, (), 0, 0.0, "not used: the shortcuts are off")
+    if pooling == "last":
+        return PrefixCacheReport(0, (), 0, 0.0, "not used with last pooling, which reads a padding position the cache does not hold")
+    if start == 0:
+        return PrefixCacheReport(0, (), 0, 0.0, "not used: every block is trainable")
+    if store is not None and base_sha256 is not None:
+        token_lists = [t for name in paths.SPLITS for t in data.split(name).tokens]
+        if on_building:
+            on_building(start)
+        lookup = store.lookup(model, token_lists, start, base_sha256, precision)
+        cache = lookup.cache
+        if cache is not None:
+            if precision.device.type != "cpu" and cache.nbytes <= memory_budget_bytes(precision.device):
+                # On a GPU, batches are cut from device memory rather than copied over each step.
+                cache = FrozenPrefixCache(cache.start_block, cache.states.to(precision.device), cache.offsets, cache.lengths)
+            _attach(data, paths.SPLITS, cache)
+            source = "stored" if lookup.outcome == "built" else lookup.outcome
+            return PrefixCacheReport(start, paths.SPLITS, cache.nbytes, lookup.seconds, None, source, lookup.detail)
+    budget = memory_budget_bytes(precision.device) if budget_bytes is None else budget_bytes
+    # One cache for all splits, so a message found in several (the SMS data has such leaks)
+    # is computed once; when that would not fit, the training split alone, read most often.
+    for names in (paths.SPLITS, ("train",)):
+        token_lists = [t for name in names for t in data.split(name).tokens]
+        need = estimate_cache_bytes(token_lists, model.cfg.emb_dim)
+        if need <= budget:
+            break
+    else:
+        return PrefixCacheReport(
+            0, (), 0, 0.0, f"not used: the training split needs {need / 2**20:,.0f} MiB, over the {budget / 2**20:,.0f} MiB budget"
+        )
+    if on_building:
+        on_building(start)
+    tick = time.perf_counter()
+    cache = build_prefix_cache(model, token_lists, start, precision=precision, budget_bytes=budget)
+    if cache is None:  # the device's free memory shrank meanwhile
+        return PrefixCacheReport(0, (), 0, 0.0, "not used: out of memory budget")
+    _attach(data, names, cache)
+    skipped = None if len(names) == len(paths.SPLITS) else "validation and test run the plain path (memory budget)"
+    return PrefixCacheReport(start, tuple(names), cache.nbytes, time.perf_counter() - tick, skipped)
 
 
 @torch.no_grad()
@@ -239,7 +334,7 @@ def extend_prefix_cache(
     blocks: int = 1,
     *,
     batch_size: int = 16,
-    autocast: torch.autocast | None = None,
+    precision: Precision | None = None,
     states_out: torch.Tensor | None = None,
 ) -> FrozenPrefixCache:
     """The cache for ``cache.start_block + blocks`` frozen blocks, by running only the next
@@ -258,18 +353,23 @@ def extend_prefix_cache(
         raise ValueError(f"states_out is {tuple(states.shape)}, the cache holds {tuple(cache.states.shape)}")
     # One pass per distinct slot (duplicates share one), in length-sorted batches.
     slots = sorted({(int(o), int(n)) for o, n in zip(cache.offsets, cache.lengths)})
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    precision = precision or Precision("fp32", "cpu")
+    with eval_mode(model):
         for idx in sorted_batches([n for _, n in slots], batch_size):
             rows = [slots[i] for i in idx]
-            x = pad_sequence([cache.states[o : o + n] for o, n in rows], batch_first=True).to(device)
-            with autocast or contextlib.nullcontext():
+            x = pad_sequence([cache.states[o : o + n] for o, n in rows], batch_first=True).to(precision.device)
+            with precision.autocast():
                 for block in model.trf_blocks[cache.start_block : stop]:
                     x = block(x)
             for row, (o, n) in enumerate(rows):
                 states[o : o + n] = x[row, :n].to(states.dtype)
-    finally:
-        model.train(was_training)
     return FrozenPrefixCache(stop, states, cache.offsets, cache.lengths)
+
+
+def _attach(data: TrainingData, names: tuple[str, ...], cache: FrozenPrefixCache) -> None:
+    """Give each split its part of a cache built over ``names`` in that order."""
+    offset = 0
+    for name in names:
+        examples = data.split(name)
+        examples.cache = cache.subset(offset, offset + len(examples))
+        offset += len(examples)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from spamtune import paths
+from spamtune import runs
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_write_json, read_json
 
@@ -193,13 +193,13 @@ def run_sweep(
 
     for index, (overrides, name) in enumerate(zip(combos, names), start=1):
         run_dir = folder / name
-        if paths.is_finished_run(run_dir):
-            row = _row(name, overrides, run_dir, "skipped", read_json(run_dir / paths.RUN_SUMMARY_FILE, "run summary"))
+        if runs.is_finished(run_dir) and runs.is_classifier_dir(run_dir):
+            row = _row(name, overrides, run_dir, "skipped", read_json(run_dir / runs.SUMMARY_FILE, "run summary"))
             rows.append(row)
             save()
             emit(SweepRunFinished(index, len(combos), row, skipped=True))
             continue
-        resumable = (run_dir / paths.RUN_RESUME_DIR).is_dir()
+        resumable = runs.resume_file(run_dir).is_file()
         if run_dir.exists() and not resumable:
             shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
         emit(SweepRunStarted(index, len(combos), name, overrides, resumable))

@@ -19,6 +19,7 @@ from spamtune.cache_store import (
 from spamtune.bases import base_weights_sha256
 from spamtune.cli import app
 from spamtune.data import pad_batch
+from spamtune.device import Precision
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
 from spamtune.prefix_cache import build_prefix_cache, extend_prefix_cache
@@ -85,7 +86,7 @@ def test_second_lookup_hits_the_same_states_memory_mapped(tmp_path):
     assert torch.equal(second.cache.states, first.cache.states)
     assert torch.equal(second.cache.offsets, first.cache.offsets) and torch.equal(second.cache.lengths, first.cache.lengths)
     # Same states as a cache built in memory, and the same logits as the plain forward.
-    in_memory = build_prefix_cache(model, SEQS)
+    in_memory = build_prefix_cache(model, SEQS, 2)
     assert torch.equal(second.cache.states, in_memory.states)
     torch.testing.assert_close(cached_logits(model, second.cache), plain_logits(model, SEQS), atol=1e-5, rtol=1e-5)
     # Memory-mapped, not read into memory: a change to the file shows through an untouched page.
@@ -145,15 +146,15 @@ def test_a_cache_of_k_blocks_serves_k_plus_one_exactly(tmp_path):
     two = classifier("last-2-blocks")  # caches blocks 0-1
     lookup = store.obtain(key_for(two, 2), two, SEQS)
     assert lookup.outcome == "extended" and lookup.detail == "from the 1-block cache"
-    fresh = build_prefix_cache(two, SEQS)
+    fresh = build_prefix_cache(two, SEQS, 2)
     torch.testing.assert_close(lookup.cache.states, fresh.states, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cached_logits(two, lookup.cache), plain_logits(two, SEQS), atol=1e-5, rtol=1e-5)
     assert store.obtain(key_for(two, 2), two, SEQS).outcome == "hit"
     # In memory, and by several blocks at once.
     three = classifier("last-block")
-    extended = extend_prefix_cache(three, build_prefix_cache(one, SEQS), blocks=2, batch_size=3)
+    extended = extend_prefix_cache(three, build_prefix_cache(one, SEQS, 1), blocks=2, batch_size=3)
     assert extended.start_block == 3
-    torch.testing.assert_close(extended.states, build_prefix_cache(three, SEQS).states, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(extended.states, build_prefix_cache(three, SEQS, 3).states, atol=1e-5, rtol=1e-5)
 
 
 def test_a_cache_of_other_data_or_base_is_not_used(tmp_path):
@@ -165,8 +166,8 @@ def test_a_cache_of_other_data_or_base_is_not_used(tmp_path):
     with torch.no_grad():
         other.tok_emb.weight[SEQS[0][0]] += 1.0
     assert store.obtain(key_for(other, 2), other, SEQS).outcome == "built"
-    with pytest.raises(ValueError, match="caches 2"):
-        store.obtain(key_for(model, 3), model, SEQS)
+    with pytest.raises(ValueError, match="does not fit a bf16 computation"):
+        store.obtain(key_for(model, 2), model, SEQS, precision=Precision("bf16", "cpu"))
 
 
 def test_list_and_remove_with_sizes(tmp_path):

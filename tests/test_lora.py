@@ -14,6 +14,7 @@ from spamtune.lora import (
     has_lora,
     lora_layers,
     lora_parameter_count,
+    lora_trainable,
     merge_lora,
 )
 from spamtune.model import GPTConfig, GPTModel, convert_to_classifier, count_parameters
@@ -127,13 +128,17 @@ def test_folded_final_block_is_exact_under_lora(blocks):
 
 def test_lora_on_the_last_block_lets_the_prefix_cache_serve_the_rest():
     model = lora_classifier(blocks=1)
-    assert cacheable_blocks(model) == 3
-    cache = build_prefix_cache(model, SEQS, batch_size=2)
+    assert cacheable_blocks(model, lora_trainable(CFG.n_layers, 1)) == 3
+    cache = build_prefix_cache(model, SEQS, 3, batch_size=2)
     prefix, lengths = cache.batch(list(range(len(SEQS))), "cpu")
     with torch.no_grad():
         cached = model.classify(None, lengths, "last-real", prefix=prefix, start_block=cache.start_block)
         torch.testing.assert_close(cached, logits(model, last_query_only=False), atol=1e-5, rtol=1e-5)
-    assert cacheable_blocks(lora_classifier()) == 0  # LoRA everywhere: every block trains
+    assert cacheable_blocks(lora_classifier(), lora_trainable(CFG.n_layers)) == 0  # LoRA everywhere: every block trains
+    # The blocks LoRA leaves alone are the frozen ones.
+    frozen = {int(n.split(".")[1]) for n, p in model.named_parameters() if n.startswith("trf_blocks") and not p.requires_grad}
+    trains = {int(n.split(".")[1]) for n, p in model.named_parameters() if n.startswith("trf_blocks") and p.requires_grad}
+    assert frozen == {0, 1, 2, 3} and trains == {3}
 
 
 def test_a_training_step_moves_only_lora_and_head():
