@@ -131,8 +131,10 @@ def load_classifier(
     Linear weights in an autocast dtype as they are read (see ``infer.store_linear_weights_in``).
     """
     run_dir = Path(run_dir)
-    cfg = load_classifier_config(run_dir)
     path = run_dir / weights_name
+    if not path.is_file() and (run_dir / COMPACT_BASE_FILE).is_file():
+        return _load_compact(run_dir, device, linear_dtype)
+    cfg = load_classifier_config(run_dir)
     if not path.is_file():
         raise SpamtuneError(f"no {weights_name} in {run_dir}")
     with torch.device("meta"):
@@ -172,3 +174,19 @@ def check_state_shapes(model: nn.Module, tensors: dict[str, torch.Tensor], sourc
                 f"{source} is a checkpoint of another shape: '{key}' is {list(tensors[key].shape)}, "
                 f"the model needs {list(shape)}"
             )
+
+
+# A compact run (spamtune.compact) names its base here instead of holding model.safetensors.
+COMPACT_BASE_FILE = "base.json"
+
+
+def _load_compact(run_dir: Path, device, linear_dtype: torch.dtype | None) -> tuple[GPTModel, ClassifierConfig]:
+    """A compact run's classifier (its base resolved and checked, LoRA merged), so that every
+    reader of runs (``predict``, ``evaluate``, ``SpamClassifier``) takes both kinds of run."""
+    from spamtune.compact import load_compact_run
+    from spamtune.infer import store_linear_weights_in
+
+    model, cfg = load_compact_run(run_dir, device)
+    if linear_dtype is not None:
+        store_linear_weights_in(model, linear_dtype)
+    return model, cfg

@@ -70,7 +70,8 @@ def save_compact_run(
     delta = changed_tensors(model, load_base(data_root, base))
     with atomic_path(run_dir / DELTA_FILE) as tmp:
         save_file(delta, str(tmp), metadata={"format": "pt", "spamtune": COMPACT_FORMAT})
-    atomic_write_json(run_dir / BASE_REF_FILE, {"format": COMPACT_FORMAT, "base": base.to_dict(), "lora": lora})
+    record = {"format": COMPACT_FORMAT, "base": base.to_dict(), "lora": lora, "data_root": str(Path(data_root).resolve())}
+    atomic_write_json(run_dir / BASE_REF_FILE, record)
     atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
     return run_dir
 
@@ -88,9 +89,16 @@ def holds_classifier(run_dir: str | Path) -> bool:
 
 
 def run_data_root(run_dir: Path) -> Path:
-    """The data root a run belongs to: the folder above ``runs/``, else the default root."""
+    """The data root whose ``bases/`` a run's base is looked up (and rebuilt) in: the folder
+    above ``runs/`` for a run there, else the root it was trained in (if it still exists), else
+    the default root."""
     run_dir = Path(run_dir).resolve()
-    return run_dir.parent.parent if run_dir.parent.name == "runs" else paths.data_root()
+    if run_dir.parent.name == "runs":
+        return run_dir.parent.parent
+    recorded = read_json(run_dir / BASE_REF_FILE, "base reference").get("data_root")
+    if isinstance(recorded, str) and Path(recorded).is_dir():
+        return Path(recorded)
+    return paths.data_root()
 
 
 def read_base_ref(run_dir: Path) -> tuple[BaseRef, dict | None]:

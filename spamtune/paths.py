@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError
-from spamtune.runs import WEIGHTS_FILE, is_classifier_dir, is_finished
+from spamtune.runs import is_classifier_dir, is_finished, weights_file
 
 ENV_HOME = "SPAMTUNE_HOME"
 SPLITS = ("train", "validation", "test")
@@ -56,8 +56,8 @@ def latest_run(root: Path) -> Path:
             if not is_classifier_dir(p):
                 continue
             try:
-                written = (p / WEIGHTS_FILE).stat().st_mtime
-            except OSError:  # removed meanwhile
+                written = weights_file(p).stat().st_mtime
+            except (OSError, AttributeError):  # removed meanwhile
                 continue
             runs.append((is_finished(p), written, p.name, p))
     if not runs:

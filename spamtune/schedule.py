@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 import torch
 
 from spamtune.errors import SpamtuneUsageError
+from spamtune.options import SCHEDULES
 
-SCHEDULES = ("constant", "cosine", "linear")
 
 
 def check_schedule_options(schedule: str, warmup_steps: int, clip_grad_norm: float | None) -> None:

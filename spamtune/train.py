@@ -49,22 +49,43 @@ from spamtune.forward import calc_loss_batch, evaluate_examples
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
 from spamtune.options import RESUMABLE_CHANGES, FinetuneOptions, pretrained_weights_file, validate_options
 from spamtune.plots import plot_curves
+from spamtune.bases import BaseRef, base_weights_sha256, store_base
+from spamtune.cache_store import PrefixCacheStore
+from spamtune.compact import save_compact_run
+from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
 from spamtune.prefix_cache import PrefixCacheReport, attach_prefix_caches
+from spamtune.schedule import clip_gradients, make_scheduler
 from spamtune.resume import load_resume_state, save_resume_state, trainable_weights
 from spamtune.weights import load_pretrained_weights
 
 # --------------------------------------------------------------------------- model and step
 
 
-def build_model(cfg: GPTConfig, options: FinetuneOptions, trainable: Trainable, num_classes: int) -> GPTModel:
-    """The book's order: GPT-2, its weights (or a seeded random init), then the classifier surgery."""
+def build_base(cfg: GPTConfig, options: FinetuneOptions) -> GPTModel:
+    """GPT-2 with its weights, or a random init under the seed: what the run starts from."""
     torch.manual_seed(options.seed)
     if options.weights == "pretrained":
         with torch.device("meta"):  # the file's tensors become the weights: no init to discard
             model = GPTModel(cfg)
-        load_pretrained_weights(model, pretrained_weights_file(cfg, options.model, Path(options.data_dir)))
-    else:
-        model = GPTModel(cfg)
+        return load_pretrained_weights(model, pretrained_weights_file(cfg, options.model, Path(options.data_dir)))
+    return GPTModel(cfg)
+
+
+def base_origin(cfg: GPTConfig, options: FinetuneOptions) -> dict:
+    """Where a run's base comes from, for a compact run's reference (``spamtune.bases``)."""
+    if options.weights == "pretrained":
+        return {"kind": "pretrained", "name": cfg.name}
+    return {"kind": "random", "model": cfg.to_dict(), "seed": options.seed}
+
+
+def build_model(cfg: GPTConfig, options: FinetuneOptions, trainable: Trainable, num_classes: int, base: GPTModel | None = None) -> GPTModel:
+    """The book's order: GPT-2, its weights (or a seeded random init), then the classifier
+    surgery; for ``lora``, LoRA on the last ``lora_blocks`` blocks over a frozen model."""
+    model = base if base is not None else build_base(cfg, options)
+    if trainable.preset == "lora":
+        return convert_to_lora_classifier(
+            model, num_classes, rank=options.lora_rank, alpha=options.lora_alpha, blocks=options.lora_blocks, seed=options.seed
+        )
     return convert_to_classifier(model, num_classes, trainable, options.seed)
 
 
@@ -91,6 +112,7 @@ def optimizer_step(
     pooling: str,
     precision: Precision,
     last_query_only: bool = True,
+    clip_grad_norm: float | None = None,
 ) -> float:
     """One AdamW update from one or more batches (gradient accumulation); returns the loss.
 
@@ -110,6 +132,9 @@ def optimizer_step(
     value = total.item()
     if not math.isfinite(value):
         raise NonFiniteLoss(value)
+    if clip_grad_norm is not None:
+        precision.scaler.unscale_(optimizer)  # clip the true gradients, not fp16's scaled ones
+        clip_gradients((p for group in optimizer.param_groups for p in group["params"]), clip_grad_norm)
     precision.scaler.step(optimizer)
     precision.scaler.update()
     return value
@@ -222,7 +247,9 @@ def resume_finetune(
             runs.release_finished(run_dir)
             raise SpamtuneError(f"{run_dir} is a finished run; nothing to resume")
         try:
-            options = FinetuneOptions(**{f.name: hparams[f.name] for f in fields(FinetuneOptions)})
+            # Options added since a run started are absent from its hparams: their defaults are
+            # what such a run used.
+            options = FinetuneOptions(**{f.name: hparams[f.name] for f in fields(FinetuneOptions) if f.name in hparams})
             resolved = hparams["resolved"]
             cfg = GPTConfig.from_dict(resolved["model_config"])
         except (KeyError, TypeError) as exc:
@@ -263,8 +290,14 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     """
     emit = on_event or (lambda event: None)
     options, data, precision, run_dir = run.options, run.data, run.precision, run.run_dir
-    model = build_model(run.model_cfg, options, run.trainable, len(data.labels)).to(precision.device)
+    base = build_base(run.model_cfg, options)
+    # The base's identity keys the kept prefix caches and a compact run's reference; it is taken
+    # before the surgery and before a resumed run's weights are loaded.
+    base_sha256 = base_weights_sha256(base) if options.keep_cache or options.compact else None
+    base_ref = store_base(options.data_dir, base, base_origin(run.model_cfg, options)) if options.compact else None
+    model = build_model(run.model_cfg, options, run.trainable, len(data.labels), base).to(precision.device)
     optimizer = make_optimizer(model, options, precision.device)
+    params = count_parameters(model)  # as trained: write_model merges LoRA away at the end
     pad_to = pad_width(options.pooling, data.max_length)
 
     # Where training stands: at the start, or as the last checkpoint left it.
@@ -275,6 +308,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     best, evals_since_best, stopped_early = at.get("best"), at.get("evals_since_best", 0), at.get("stopped_early", False)
     elapsed_before = at.get("elapsed_s", 0.0)  # wall time of the sessions before this one
     records = [r for r in runs.read_metrics(run_dir) if r["step"] <= step]  # later ones are redone
+    scheduler = make_scheduler(optimizer, options.schedule, options.warmup_steps, run.total_steps, start_step=step)
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - run.started
@@ -296,7 +330,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     try:
         if not resuming:
             saved = checkpoint()  # an interrupted run is resumable from its first step
-        cache = start_session(run, model, step, emit)
+        cache = start_session(run, model, step, emit, base_sha256)
         model.train()
         session_examples, session_time = examples_seen, training_time
         while epoch < options.epochs and not stopped_early:
@@ -305,7 +339,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             for group in groups[steps_in_epoch:]:
                 tick = time.perf_counter()
                 batch_list = [data.train.batch(idx, precision.device, pad_to) for idx in group]
-                loss = optimizer_step(model, optimizer, batch_list, options.pooling, precision, options.shortcuts)
+                loss = optimizer_step(model, optimizer, batch_list, options.pooling, precision, options.shortcuts, options.clip_grad_norm)
+                scheduler.step()
                 training_time += time.perf_counter() - tick
                 step, steps_in_epoch = step + 1, steps_in_epoch + 1
                 examples_seen += sum(len(b) for b in batch_list)
@@ -333,18 +368,18 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                 if stopped_early:
                     break
 
-        write_model(run, model, best_weights)
+        write_model(run, model, best_weights, base_ref)
         emit(EvaluationStarted(step, "test"))
-        loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed()}
+        loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed(), "params": params}
         loop["training_time_s"] = training_time
         return finish(run, summarize(run, model, best, cache, evaluate(data.test), loop), records)
     except KeyboardInterrupt:
         # The best weights as of the last checkpoint become a usable classifier (a second
         # Ctrl-C during the write leaves no partial file and the resume state untouched).
-        write_model(run, model, saved[2])
+        write_model(run, model, saved[2], base_ref)
         raise TrainingInterrupted(run_dir, step, saved[0], saved[1]) from None
     except NonFiniteLoss as exc:
-        write_model(run, model, saved[2])
+        write_model(run, model, saved[2], base_ref)
         where = f"at step {step + 1} (epoch {epoch + 1})" if exc.what == "training" else f"at step {step}"
         hint = "try a lower learning rate" + (" or fp32 precision" if precision.name != "fp32" else "")
         raise SpamtuneError(f"{exc} {where}; training stopped, the last checkpoint (step {saved[0]}) is in {run_dir}; {hint}") from None
@@ -352,17 +387,22 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         raise TrainingStopped(str(exc), run_dir, saved[0]) from None
 
 
-def start_session(run: Run, model: GPTModel, step: int, emit: Callable[[Event], None]) -> PrefixCacheReport:
-    """Say what is about to run, then attach the frozen-prefix caches (the session's first cost)."""
+def start_session(
+    run: Run, model: GPTModel, step: int, emit: Callable[[Event], None], base_sha256: str | None = None
+) -> PrefixCacheReport:
+    """Say what is about to run, then attach the frozen-prefix caches (the session's first cost):
+    kept under the data root when ``keep_cache`` is on (``base_sha256`` names the base)."""
     trainable, total = count_parameters(model)
     data = run.data
     emit(TrainingStarted(
         run.run_dir, run.model_label, step, run.total_steps, str(run.precision.device), run.precision.name,
         trainable, total, len(data.train), len(data.validation), len(data.test), data.max_length,
     ))  # fmt: skip
+    store = PrefixCacheStore(run.options.data_dir) if run.options.keep_cache else None
     cache = attach_prefix_caches(
         model, data, run.trainable, run.options.pooling, run.precision,
         shortcuts=run.options.shortcuts, on_building=lambda blocks: emit(PrefixCaching(blocks)),
+        store=store, base_sha256=base_sha256,
     )  # fmt: skip
     emit(cache)
     return cache
@@ -389,9 +429,11 @@ def finish(run: Run, summary: dict, records: list[dict]) -> dict:
     return summary
 
 
-def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor]) -> None:
+def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor], base_ref: BaseRef | None = None) -> None:
     """``model.safetensors``: the frozen weights with these trainable ones (nothing if there
-    are none yet). Training is over when this is called, so the model itself takes them."""
+    are none yet); with ``base_ref``, a compact run instead (the changed tensors and the
+    reference). Training is over when this is called, so the model itself takes them, and
+    LoRA is merged into it afterwards (the test evaluation then runs at full speed)."""
     if not weights:
         return
     with torch.no_grad():
@@ -407,14 +449,20 @@ def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor]) -> 
         base_model=run.model_cfg.name,
         weights=run.options.weights,
     )
-    save_classifier(run.run_dir, model, cfg)
+    o = run.options
+    lora = {"rank": o.lora_rank, "alpha": o.lora_alpha, "blocks": o.lora_blocks} if has_lora(model) else None
+    if base_ref is not None:
+        save_compact_run(run.run_dir, model, cfg, base_ref, o.data_dir, lora)
+        merge_lora(model)
+    else:
+        save_classifier(run.run_dir, merge_lora(model), cfg)
 
 
 def summarize(run: Run, model: GPTModel, best: dict, cache: PrefixCacheReport, test: tuple[float, float], loop: dict) -> dict:
     """``summary.json``: the test (loss, accuracy), the best evaluation's figures, the loop's counters."""
     o = run.options
     test_loss, test_acc = test
-    trainable, total = count_parameters(model)
+    trainable, total = loop["params"]
     return {
         "run": str(run.run_dir),
         "model": run.model_label,

@@ -132,6 +132,19 @@ def test_lora_run_predicts_exactly_what_its_export_predicts(tmp_path):
     assert set(exported.state_dict()) == set(checkpoint.build_classifier(config()).state_dict())
 
 
+def test_a_run_outside_runs_finds_the_base_where_it_was_trained(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    model = random_base()
+    ref = store_base(root, model, SEEDED)
+    run = tmp_path / "elsewhere" / "run"
+    run.mkdir(parents=True)
+    save_compact_run(run, trained(convert_to_classifier(model)), config(), ref, root)
+    monkeypatch.chdir(tmp_path)  # the default data root, ./data, holds nothing
+    loaded, _ = load_compact_run(run)
+    assert not (tmp_path / "data").exists()  # nothing rebuilt or written anywhere else
+    assert logits(loaded).shape == (len(SEQS), 2)
+
+
 def test_bases_are_stored_once_and_shared(tmp_path):
     model = random_base()
     ref_a = store_base(tmp_path, model, SEEDED)
