@@ -1,8 +1,9 @@
 """Test accuracy of LoRA against the block presets, same data, base, seed and recipe.
 
-The loop is the one ``spamtune finetune`` runs (the library's own batches, steps, full-split
-evaluations, best-on-validation weights, prefix cache), so that presets and LoRA, which
-``finetune`` does not take yet, are compared on equal terms. Usage:
+The loop is the one ``spamtune finetune`` runs, from the library's own parts (batches, steps,
+full-split evaluations, best-on-validation weights, prefix cache) with no run folder to write,
+so presets and LoRA are compared on equal terms; ``spamtune sweep`` runs the same with their
+run folders. Usage:
 
     python benchmarks/compare_trainable.py --data-dir DIR [--model tiny] [--epochs 4] [--lr 5e-4]
         [--variants all,last-block,lora,lora-last-2]
@@ -19,16 +20,13 @@ from pathlib import Path
 
 import torch
 
-from spamtune.lora import convert_to_lora_classifier
-from spamtune.model import GPTConfig, GPTModel, convert_to_classifier, count_parameters
-from spamtune.train import (
-    FinetuneOptions,
-    attach_prefix_caches,
-    epoch_batches,
-    evaluate_examples,
-    load_training_data,
-    optimizer_step,
-)
+from spamtune.device import Precision
+from spamtune.examples import epoch_batches, load_training_data
+from spamtune.forward import evaluate_examples
+from spamtune.lora import convert_to_lora_classifier, lora_trainable
+from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
+from spamtune.prefix_cache import attach_prefix_caches
+from spamtune.train import optimizer_step
 
 
 def build(cfg: GPTConfig, variant: str, seed: int, rank: int, alpha: float) -> GPTModel:
@@ -41,23 +39,30 @@ def build(cfg: GPTConfig, variant: str, seed: int, rank: int, alpha: float) -> G
     return convert_to_classifier(model, 2, variant, seed)
 
 
+def trainable_of(cfg: GPTConfig, variant: str) -> Trainable:
+    if variant.startswith("lora"):
+        blocks = int(variant.removeprefix("lora-last-")) if variant.startswith("lora-last-") else None
+        return lora_trainable(cfg.n_layers, blocks)
+    return Trainable.parse(variant, cfg.n_layers)
+
+
 def run(args, variant: str, data) -> dict:
-    device = torch.device("cpu")
+    precision = Precision("fp32", "cpu")
+    device = precision.device
     cfg = GPTConfig.from_name(args.model)
     model = build(cfg, variant, args.seed, args.rank, args.alpha)
     for split in (data.train, data.validation, data.test):
         split.cache = None
-    options = FinetuneOptions(model=args.model, weights="random", trainable="all", data_dir=str(args.data_dir))
     tick = time.perf_counter()
-    report = attach_prefix_caches(model, data, options, device, "fp32")
+    report = attach_prefix_caches(model, data, trainable_of(cfg, variant), "last-real", precision)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.1, fused=True)
     best, best_key = None, None
     for epoch in range(args.epochs):
         model.train()
         for idx in epoch_batches(data.train.lengths, 8, args.seed, epoch):
-            optimizer_step(model, optimizer, [data.train.batch(idx, device)], "last-real")
-        val_loss, val_acc = evaluate_examples(model, data.validation, "last-real", device=device)
+            optimizer_step(model, optimizer, [data.train.batch(idx, device)], "last-real", precision)
+        val_loss, val_acc = evaluate_examples(model, data.validation, "last-real", precision=precision)
         key = (val_loss, -val_acc)
         if best_key is None or key < best_key:
             best_key = key
@@ -66,7 +71,7 @@ def run(args, variant: str, data) -> dict:
         for n, p in model.named_parameters():
             if n in best:
                 p.copy_(best[n])
-    test_loss, test_acc = evaluate_examples(model, data.test, "last-real", device=device)
+    test_loss, test_acc = evaluate_examples(model, data.test, "last-real", precision=precision)
     trainable, total = count_parameters(model)
     return {
         "variant": variant,
