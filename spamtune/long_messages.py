@@ -1,0 +1,95 @@
+"""Classifying messages longer than the model's window: ``--long head|head-tail|chunks``.
+
+A run reads at most ``max_length`` tokens (1,024 for GPT-2, 256 for ``tiny``), and mail often
+runs longer. ``windows`` turns one message's token ids into what the model reads:
+
+- ``head``: the first ``max_length`` tokens (what ``SpamClassifier.predict`` does);
+- ``head-tail``: the first half and the last half of the window (a signature, an unsubscribe
+  footer or a payload at the end is seen too);
+- ``chunks``: overlapping windows over the whole message, each classified, combined by the
+  maximum spam probability (one spammy stretch makes the message spam).
+
+``predict_long`` applies one of them to a ``SpamClassifier``'s texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from spamtune.device import autocast_context
+from spamtune.infer import Prediction, SpamClassifier, batched_logits, pad_width
+from spamtune.tokenizer import encode_texts
+
+LONG_MODES = ("head", "head-tail", "chunks")
+DEFAULT_LONG = "head"
+# Past this many windows a message's windows are spread evenly over it instead of overlapping,
+# so one huge message cannot cost more than this many forward passes.
+MAX_WINDOWS = 16
+
+
+def windows(ids: Sequence[int], max_length: int, mode: str = DEFAULT_LONG, overlap: int | None = None) -> list[list[int]]:
+    """The token windows the model classifies for one message (each at most ``max_length`` long).
+
+    ``chunks`` windows overlap by ``overlap`` tokens (default a quarter of the window) and the
+    last one ends at the message's end; beyond ``MAX_WINDOWS`` windows they are spaced evenly
+    from the start to the end of the message instead.
+    """
+    if mode not in LONG_MODES:
+        raise ValueError(f"unknown long-message mode {mode!r}; use one of {', '.join(LONG_MODES)}")
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    ids = list(ids)
+    n = len(ids)
+    if n <= max_length:
+        return [ids]
+    if mode == "head":
+        return [ids[:max_length]]
+    if mode == "head-tail":
+        half = max_length // 2
+        return [ids[:half] + ids[n - (max_length - half) :]]
+    overlap = max_length // 4 if overlap is None else overlap
+    if not 0 <= overlap < max_length:
+        raise ValueError(f"overlap must be between 0 and max_length - 1, got {overlap}")
+    stride = max_length - overlap
+    starts = list(range(0, n - max_length, stride)) + [n - max_length]
+    if len(starts) > MAX_WINDOWS:
+        last = n - max_length
+        starts = [round(i * last / (MAX_WINDOWS - 1)) for i in range(MAX_WINDOWS)]
+    return [ids[s : s + max_length] for s in starts]
+
+
+def predict_long(classifier: SpamClassifier, texts: Sequence[str], mode: str = DEFAULT_LONG) -> list[Prediction]:
+    """``classifier.predict(texts)`` with long texts read the ``mode`` way (see ``windows``).
+
+    Each text's windows are classified in the classifier's batches; a text takes the probabilities
+    of its window with the highest spam probability, and its label follows as in ``predict``.
+    """
+    texts = list(texts)
+    groups = [windows(ids, classifier.max_length, mode) for ids in encode_texts(texts)]
+    flat = [window for group in groups for window in group]
+    with autocast_context(classifier.precision, classifier.device):
+        logits = batched_logits(
+            classifier.model,
+            flat,
+            classifier.config.pooling,
+            batch_size=classifier.batch_size,
+            pad_id=classifier.config.pad_token_id,
+            device=classifier.device,
+            pad_to=pad_width(classifier.config.pooling, classifier.max_length),
+        )
+    probs = torch.softmax(logits, dim=1)
+    positive = classifier.labels.index(classifier.positive_label)
+    predictions, start = [], 0
+    for text, group in zip(texts, groups):
+        rows = probs[start : start + len(group)]
+        start += len(group)
+        row = rows[int(rows[:, positive].argmax())]
+        p = float(row[positive])
+        if len(classifier.labels) == 2:
+            label = classifier.positive_label if p >= classifier.threshold else classifier.labels[1 - positive]
+        else:
+            label = classifier.labels[int(row.argmax())]
+        predictions.append(Prediction(text, label, p))
+    return predictions
