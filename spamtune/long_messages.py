@@ -20,10 +20,9 @@ import torch
 
 from spamtune.device import autocast_context
 from spamtune.infer import Prediction, SpamClassifier, batched_logits, pad_width
+from spamtune.mail import DEFAULT_LONG, LONG_MODES
 from spamtune.tokenizer import encode_texts
 
-LONG_MODES = ("head", "head-tail", "chunks")
-DEFAULT_LONG = "head"
 # Past this many windows a message's windows are spread evenly over it instead of overlapping,
 # so one huge message cannot cost more than this many forward passes.
 MAX_WINDOWS = 16
@@ -60,13 +59,14 @@ def windows(ids: Sequence[int], max_length: int, mode: str = DEFAULT_LONG, overl
     return [ids[s : s + max_length] for s in starts]
 
 
-def predict_long(classifier: SpamClassifier, texts: Sequence[str], mode: str = DEFAULT_LONG) -> list[Prediction]:
+def predict_long(classifier: SpamClassifier, texts: Sequence[str], mode: str | None = None) -> list[Prediction]:
     """``classifier.predict(texts)`` with long texts read the ``mode`` way (see ``windows``).
 
     Each text's windows are classified in the classifier's batches; a text takes the probabilities
     of its window with the highest spam probability, and its label follows as in ``predict``.
     """
     texts = list(texts)
+    mode = mode or DEFAULT_LONG
     groups = [windows(ids, classifier.max_length, mode) for ids in encode_texts(texts)]
     flat = [window for group in groups for window in group]
     with autocast_context(classifier.precision, classifier.device):

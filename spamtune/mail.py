@@ -45,6 +45,11 @@ from spamtune.errors import SpamtuneError, SpamtuneUsageError
 MAX_MESSAGE_BYTES = 1 << 20
 _READ_BLOCK = 1 << 16
 
+# How a message longer than the model's window is read (see spamtune.long_messages); kept here,
+# free of torch, so the CLI's options can name them without importing the model.
+LONG_MODES = ("head", "head-tail", "chunks")
+DEFAULT_LONG = "head"
+
 _PARSER = BytesParser(policy=policy.default)
 
 

@@ -14,12 +14,12 @@ classifier cannot run, the message goes through unchanged and the caller reports
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from spamtune import __version__
-from spamtune.mail import MAX_MESSAGE_BYTES, header_block_end, message_text
+from spamtune.mail import MAX_MESSAGE_BYTES, extract, header_block_end, message_text
 
 if TYPE_CHECKING:  # torch comes with the classifier; this module stays light without it
     from spamtune.infer import SpamClassifier
@@ -46,13 +46,13 @@ class Verdict:
 
 def verdict_function(classifier: SpamClassifier, long: str | None = None) -> Callable[[bytes], Verdict]:
     """``classify`` for ``filter_message``: the message's text (``message_text``) through the
-    classifier, long messages read the ``long`` way (default ``DEFAULT_LONG``), at its threshold."""
-    from spamtune.long_messages import DEFAULT_LONG, predict_long
+    classifier, long messages read the ``long`` way (default ``spamtune.mail.DEFAULT_LONG``), at its threshold."""
+    from spamtune.long_messages import predict_long
 
     run = classifier.run_dir.name if classifier.run_dir is not None else "unsaved"
 
     def classify(raw: bytes) -> Verdict:
-        [prediction] = predict_long(classifier, [message_text(raw)], long or DEFAULT_LONG)
+        [prediction] = predict_long(classifier, [message_text(raw)], long)
         is_spam = prediction.label == classifier.positive_label
         return Verdict(is_spam, prediction.probability, classifier.threshold, run)
 
@@ -160,3 +160,44 @@ def _copy(source: BinaryIO, sink: BinaryIO) -> int:
         sink.write(data)
         copied += len(data)
     return copied
+
+
+@dataclass(frozen=True)
+class MailPrediction:
+    """One message's verdict for ``predict --mail``: its id (path, or mbox number and Message-ID)."""
+
+    id: str
+    label: str
+    p_spam: float
+    damaged: bool
+
+
+# Messages classified per round: enough to fill length-sorted batches, few enough that a
+# mailbox of any size runs in bounded memory (each message is at most MAX_MESSAGE_BYTES).
+MAIL_CHUNK = 256
+
+
+def classify_messages(
+    classifier: SpamClassifier, messages: Iterable[tuple[str, bytes]], long: str | None = None, chunk: int = MAIL_CHUNK
+) -> Iterator[list[MailPrediction]]:
+    """Verdicts for ``(id, raw bytes)`` messages (``spamtune.mail.iter_messages``), in input order,
+    a list per round of ``chunk`` messages so callers can write each round as it is ready."""
+    from spamtune.long_messages import predict_long
+
+    pending: list[tuple[str, bytes]] = []
+    for item in messages:
+        pending.append(item)
+        if len(pending) == chunk:
+            yield _classify_round(classifier, pending, long, predict_long)
+            pending = []
+    if pending:
+        yield _classify_round(classifier, pending, long, predict_long)
+
+
+def _classify_round(classifier, items, long, predict_long) -> list[MailPrediction]:
+    results = [extract(raw) for _, raw in items]
+    predictions = predict_long(classifier, [r.text for r in results], long)
+    return [
+        MailPrediction(message_id, p.label, p.probability, r.damaged)
+        for (message_id, _), p, r in zip(items, predictions, results)
+    ]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
+
+from spamtune.mail import DEFAULT_LONG as LONG_DEFAULT
 
 FILTER_HELP = (
     "Classify one mail message read on stdin and write it to stdout with two header lines added at the end "
@@ -33,7 +35,11 @@ def filter_mail(
         None, "--threshold", min=0.0, max=1.0, help="Spam when the spam probability is at least this.",
         show_default="the run's threshold",
     ),
-    long: str = typer.Option("head", "--long", help="How a message longer than the model's window is read: head, head-tail or chunks."),
+    long: Optional[Literal["head", "head-tail", "chunks"]] = typer.Option(
+        None, "--long", help="How a message longer than the model's window is read: its first tokens (head), "
+        "its first and last (head-tail), or overlapping windows over all of it, the most spam-like one deciding (chunks).",
+        show_default=LONG_DEFAULT,
+    ),
     device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps (cpu: one message needs no GPU start-up)."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
 ) -> None:
@@ -41,8 +47,6 @@ def filter_mail(
     from spamtune.errors import SpamtuneError, SpamtuneUsageError
     from spamtune.mail_filter import filter_message, verdict_function
 
-    if long not in ("head", "head-tail", "chunks"):
-        raise SpamtuneUsageError(f"--long takes head, head-tail or chunks, not {long!r}")
     classify, load_error = None, None
     try:
         from spamtune.infer import SpamClassifier

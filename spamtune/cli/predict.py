@@ -13,11 +13,12 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Literal, Optional
 
 import typer
 
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.mail import DEFAULT_LONG as LONG_DEFAULT
 
 if TYPE_CHECKING:
     from spamtune.infer import Prediction
@@ -215,15 +216,33 @@ def predict(
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16 or fp16."
     ),
+    mail: Path | None = typer.Option(
+        None, "--mail", metavar="PATH",
+        help="Classify mail: a Maildir, an mbox, a folder of message files, a .eml, or '-' for one message on stdin. "
+        "One line per message with its id (path, or mbox number and Message-ID) instead of its text.",
+    ),
+    long: Optional[Literal["head", "head-tail", "chunks"]] = typer.Option(
+        None, "--long", help="How a message longer than the model's window is read: its first tokens (head), "
+        "its first and last (head-tail), or overlapping windows over all of it, the most spam-like one deciding (chunks).",
+        show_default=LONG_DEFAULT,
+    ),
     fail_on_spam: bool = typer.Option(
         False, "--fail-on-spam",
         help="Exit with status 1 when any message is spam (after writing all output), like an inverted grep -q.",
     ),
 ) -> None:
     """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP)."""
-    chunks = message_source(messages or [], file)
+    if mail is not None:
+        if messages or file is not None:
+            raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --file with it")
+        from spamtune.cli.predict_mail import mail_messages
+
+        chunks = mail_messages(mail)
+    else:
+        chunks = message_source(messages or [], file)
 
     from spamtune.infer import SpamClassifier
+    from spamtune.long_messages import predict_long
 
     classifier = SpamClassifier.load(
         run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
@@ -234,8 +253,13 @@ def predict(
     sys.stdout.flush()
     out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
     any_positive = False
+    if mail is not None:
+        from spamtune.cli.predict_mail import predict_mail
+
+        any_positive = predict_mail(classifier, chunks, renderer, long)
+        chunks = []
     for chunk in chunks:
-        predictions = classifier.predict(chunk)
+        predictions = predict_long(classifier, chunk, long)
         out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
         out.flush()
         any_positive = any_positive or any(p.label == classifier.positive_label for p in predictions)
