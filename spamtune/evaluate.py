@@ -67,12 +67,13 @@ def read_splits(root: Path, split: str, cfg: ClassifierConfig) -> dict[str, Spli
     return splits
 
 
-def read_labelled_file(path: Path, cfg: ClassifierConfig) -> Split:
+def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig) -> Split:
     """A labelled file in any layout ``spamtune prepare`` reads (SMS collection, TSV, CSV with
-    ``label,text``, JSONL). Labels are the run's names (``ham``/``spam``) or class indices."""
-    from spamtune.prepare import read_labelled_texts
+    ``label,text``, JSONL), or mail sources ``LABEL=PATH`` (a list of them). Labels are the run's
+    names (``ham``/``spam``) or class indices."""
+    from spamtune.prepare import read_input
 
-    source = read_labelled_texts(path)
+    source = read_input(Path("."), [str(p) for p in path] if isinstance(path, list) else [str(path)])
     labels = []
     for value in source.labels:
         if value in cfg.labels:
@@ -109,17 +110,30 @@ def _reports(parts: dict[str, Split], preds: torch.Tensor, log_probs: torch.Tens
     return report
 
 
-def model_logits(model, cfg: ClassifierConfig, texts: list[str], *, device: torch.device, precision: str, batch_size: int):
-    """The run's logits for texts, tokenised and batched exactly as in training's evaluations."""
-    return predict_logits(
-        model,
-        encode_texts(texts, cfg.max_length),
-        cfg.pooling,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        pad_to=pad_width(cfg.pooling, cfg.max_length),
-    )
+def model_logits(
+    model, cfg: ClassifierConfig, texts: list[str], *, device: torch.device, precision: str, batch_size: int,
+    long: str | None = None,
+):
+    """The run's logits for texts, tokenised and batched exactly as in training's evaluations;
+    texts longer than the run's window are read the ``long`` way (``spamtune.long_messages``)."""
+
+    def logits_of(token_lists: list[list[int]]) -> torch.Tensor:
+        return predict_logits(
+            model,
+            token_lists,
+            cfg.pooling,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            pad_to=pad_width(cfg.pooling, cfg.max_length),
+        )
+
+    if long in (None, "head"):
+        return logits_of(encode_texts(texts, cfg.max_length))
+    from spamtune.long_messages import long_logits
+
+    window = min(cfg.max_length, cfg.model.context_length)
+    return long_logits(encode_texts(texts), window, long, cfg.labels[cfg.positive_label], logits_of)
 
 
 def baseline_reports(train: Split, parts: dict[str, Split], label_names: list[str]) -> dict:
@@ -143,11 +157,12 @@ def evaluate_run(
     run_dir: str | Path | None = None,
     *,
     split: str = "test",
-    input_file: str | Path | None = None,
+    input_file: str | Path | list[str] | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = EVAL_BATCH_SIZE,
     baseline: bool = False,
+    long: str | None = None,
 ) -> dict:
     """Every figure of ``spamtune evaluate`` as one JSON-ready dict.
 
@@ -165,16 +180,16 @@ def evaluate_run(
     model, cfg = load_classifier(run_dir, dev)
     root = run_data_root(run_dir, data_dir)
     if input_file is not None:
-        parts = {"input": read_labelled_file(Path(input_file), cfg)}
+        parts = {"input": read_labelled_file(input_file, cfg)}
     else:
         parts = read_splits(root, split, cfg)
 
     precision = run_precision(run_dir, dev)
     texts = [t for part in parts.values() for t in part.texts]
-    logits = model_logits(model, cfg, texts, device=dev, precision=precision, batch_size=batch_size)
+    logits = model_logits(model, cfg, texts, device=dev, precision=precision, batch_size=batch_size, long=long)
     result = {"run": str(run_dir), "split": None if input_file else split}
     if input_file is not None:
-        result["input"] = str(input_file)
+        result["input"] = ", ".join(map(str, input_file)) if isinstance(input_file, list) else str(input_file)
     result.update(_reports(parts, logits.argmax(dim=1), F.log_softmax(logits, dim=1), cfg.label_names))
     result["precision"] = precision
     if baseline:

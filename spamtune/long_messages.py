@@ -14,7 +14,7 @@ runs longer. ``windows`` turns one message's token ids into what the model reads
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -59,6 +59,30 @@ def windows(ids: Sequence[int], max_length: int, mode: str = DEFAULT_LONG, overl
     return [ids[s : s + max_length] for s in starts]
 
 
+def long_logits(
+    token_lists: Sequence[Sequence[int]],
+    max_length: int,
+    mode: str | None,
+    positive_index: int,
+    logits_of: Callable[[list[list[int]]], torch.Tensor],
+) -> torch.Tensor:
+    """Class logits ``[n, num_classes]`` for messages of any length, read the ``mode`` way.
+
+    ``logits_of`` computes the logits of a list of token windows (each at most ``max_length``);
+    every message takes the row of its window with the highest positive-class probability.
+    """
+    groups = [windows(ids, max_length, mode or DEFAULT_LONG) for ids in token_lists]
+    logits = logits_of([window for group in groups for window in group])
+    if all(len(group) == 1 for group in groups):
+        return logits
+    positive = torch.softmax(logits.float(), dim=1)[:, positive_index]
+    chosen, start = [], 0
+    for group in groups:
+        chosen.append(start + int(positive[start : start + len(group)].argmax()))
+        start += len(group)
+    return logits[chosen]
+
+
 def predict_long(classifier: SpamClassifier, texts: Sequence[str], mode: str | None = None) -> list[Prediction]:
     """``classifier.predict(texts)`` with long texts read the ``mode`` way (see ``windows``).
 
@@ -66,26 +90,23 @@ def predict_long(classifier: SpamClassifier, texts: Sequence[str], mode: str | N
     of its window with the highest spam probability, and its label follows as in ``predict``.
     """
     texts = list(texts)
-    mode = mode or DEFAULT_LONG
-    groups = [windows(ids, classifier.max_length, mode) for ids in encode_texts(texts)]
-    flat = [window for group in groups for window in group]
-    with autocast_context(classifier.precision, classifier.device):
-        logits = batched_logits(
-            classifier.model,
-            flat,
-            classifier.config.pooling,
-            batch_size=classifier.batch_size,
-            pad_id=classifier.config.pad_token_id,
-            device=classifier.device,
-            pad_to=pad_width(classifier.config.pooling, classifier.max_length),
-        )
-    probs = torch.softmax(logits, dim=1)
     positive = classifier.labels.index(classifier.positive_label)
-    predictions, start = [], 0
-    for text, group in zip(texts, groups):
-        rows = probs[start : start + len(group)]
-        start += len(group)
-        row = rows[int(rows[:, positive].argmax())]
+
+    def logits_of(token_lists: list[list[int]]) -> torch.Tensor:
+        with autocast_context(classifier.precision, classifier.device):
+            return batched_logits(
+                classifier.model,
+                token_lists,
+                classifier.config.pooling,
+                batch_size=classifier.batch_size,
+                pad_id=classifier.config.pad_token_id,
+                device=classifier.device,
+                pad_to=pad_width(classifier.config.pooling, classifier.max_length),
+            )
+
+    probs = torch.softmax(long_logits(encode_texts(texts), classifier.max_length, mode, positive, logits_of), dim=1)
+    predictions = []
+    for text, row in zip(texts, probs):
         p = float(row[positive])
         if len(classifier.labels) == 2:
             label = classifier.positive_label if p >= classifier.threshold else classifier.labels[1 - positive]

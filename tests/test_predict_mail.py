@@ -72,3 +72,20 @@ def test_usage_errors(run_dir, tmp_path):
     assert missing.exit_code == 1 and missing.stderr.startswith("Error: mail source not found")
     bad_long = invoke(run_dir, "--long", "tail", "x")
     assert bad_long.exit_code == 2
+
+
+def test_evaluate_on_mail_sources_and_long_modes(run_dir, tmp_path):
+    ham = tmp_path / "ham"
+    ham.mkdir()
+    for i in range(3):
+        (ham / f"{i}.eml").write_bytes(b"Subject: hi\n\nsee you at %d\n" % i)
+    (tmp_path / "spam.mbox").write_bytes(
+        b"From a Mon\nSubject: one\n\nyou won!\n\nFrom b Mon\nSubject: two\n\n" + b" word" * 300 + b" prize!\n"
+    )
+    args = ["evaluate", str(run_dir), "--input", f"ham={ham}", "--input", f"spam={tmp_path / 'spam.mbox'}", "--format", "json"]
+    head = CliRunner().invoke(app, args)
+    assert head.exit_code == 0, head.output
+    report = json.loads(head.stdout)
+    assert report["n"] == 5 and report["accuracy"] == pytest.approx(4 / 5)  # the long spam ends past the window
+    chunks = json.loads(CliRunner().invoke(app, [*args, "--long", "chunks"]).stdout)
+    assert chunks["accuracy"] == 1.0
