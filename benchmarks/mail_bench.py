@@ -5,7 +5,8 @@ newsletters (plain text, or HTML with styles and links) of a few hundred to ~2,0
 carrying one short message from the SMS test split, which the run never trained on, at the start,
 the middle or the end of the body. A newsletter carrying a spam SMS is spam, one carrying a ham
 SMS is ham. Ham is written as a folder of .eml files, spam as an mbox (with ``>From `` quoting);
-a few messages are damaged on purpose (8-bit Latin-1 subjects, truncated base64) or empty.
+a few messages are damaged on purpose (8-bit Latin-1 subjects, truncated base64), empty, or
+filed twice.
 
 Usage (an SMS-trained run, e.g. the README's offline pipeline):
     python benchmarks/mail_bench.py --data-dir DATA_ROOT [--run RUN_DIR] [--n 300] [--out bench-results]
@@ -111,6 +112,9 @@ def build_corpus(root: Path, cues: dict[str, list[str]], n: int, seed: int) -> d
         if label == "ham":
             (root / "ham" / f"{i:04d}.eml").write_bytes(raw)
             truth[f"ham:{i:04d}.eml"] = {"label": label, "position": position}
+            if i % 25 == 0:  # the same message filed twice: --dedupe drops the copy
+                (root / "ham" / f"{i:04d}-copy.eml").write_bytes(raw)
+                truth[f"ham:{i:04d}-copy.eml"] = truth[f"ham:{i:04d}.eml"]
         else:
             spam_number += 1
             mbox.write(b"From digest@example.org Mon Nov 23 10:00:00 2026\n")

@@ -18,6 +18,7 @@ from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import Split, read_label_map, read_split
 from spamtune.device import resolve_device
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.mail import DEFAULT_LONG
 from spamtune.metrics import classification_report
 from spamtune.tokenizer import encode_texts
 from spamtune.train import (
@@ -184,6 +185,10 @@ def evaluate_run(
     else:
         parts = read_splits(root, split, cfg)
 
+    from spamtune.prepare import mail_inputs
+
+    if long is None and input_file is not None and mail_inputs(input_file if isinstance(input_file, list) else [str(input_file)]):
+        long = DEFAULT_LONG
     precision = run_precision(run_dir, dev)
     texts = [t for part in parts.values() for t in part.texts]
     logits = model_logits(model, cfg, texts, device=dev, precision=precision, batch_size=batch_size, long=long)

@@ -171,13 +171,18 @@ def resolve_input(root: Path, input_file: str | Path | None) -> Path:
     return path
 
 
+def mail_inputs(inputs: list[str]) -> list[str]:
+    """The inputs that name mail sources: ``LABEL=PATH`` and not an existing file."""
+    return [str(spec) for spec in inputs if "=" in str(spec) and not Path(spec).is_file()]
+
+
 def read_input(
     root: Path, inputs: list[str], fmt: str | None = None, text_col: str | None = None, label_col: str | None = None
 ) -> LabelledTexts:
     """What ``prepare --input`` names: nothing (the SMS Spam Collection), one labelled-text file, or
     one or more mail sources ``LABEL=PATH``. An input is a mail source when it is not an existing
     file and has the form ``LABEL=PATH``."""
-    mail = [spec for spec in inputs if "=" in spec and not Path(spec).is_file()]
+    mail = mail_inputs(inputs)
     if not mail:
         if len(inputs) > 1:
             raise SpamtuneUsageError("give one labelled-text --input FILE, or mail sources as --input LABEL=PATH")

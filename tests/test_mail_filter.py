@@ -138,3 +138,11 @@ def test_filter_command_with_a_broken_run_passes_the_message(tmp_path, run_dir):
     result = CliRunner().invoke(app, ["filter", "--run", str(broken)], input=raw)
     assert result.exit_code == 1 and result.stdout_bytes == raw
     assert "Error: message passed through unclassified" in result.stderr
+
+
+def test_filter_reads_a_long_message_in_chunks_by_default(run_dir):
+    raw = b"Subject: newsletter\n\n" + b" word" * 400 + b" claim now!\n"
+    default = invoke("--run", str(run_dir), input=raw)
+    assert default.exit_code == 0 and b"X-Spamtune-Status: Yes" in default.stdout_bytes
+    head = invoke("--run", str(run_dir), "--long", "head", input=raw)
+    assert b"X-Spamtune-Status: No" in head.stdout_bytes

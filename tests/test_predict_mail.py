@@ -83,9 +83,9 @@ def test_evaluate_on_mail_sources_and_long_modes(run_dir, tmp_path):
         b"From a Mon\nSubject: one\n\nyou won!\n\nFrom b Mon\nSubject: two\n\n" + b" word" * 300 + b" prize!\n"
     )
     args = ["evaluate", str(run_dir), "--input", f"ham={ham}", "--input", f"spam={tmp_path / 'spam.mbox'}", "--format", "json"]
-    head = CliRunner().invoke(app, args)
-    assert head.exit_code == 0, head.output
-    report = json.loads(head.stdout)
-    assert report["n"] == 5 and report["accuracy"] == pytest.approx(4 / 5)  # the long spam ends past the window
-    chunks = json.loads(CliRunner().invoke(app, [*args, "--long", "chunks"]).stdout)
-    assert chunks["accuracy"] == 1.0
+    chunks = CliRunner().invoke(app, args)  # mail is read in chunks by default
+    assert chunks.exit_code == 0, chunks.output
+    report = json.loads(chunks.stdout)
+    assert report["n"] == 5 and report["accuracy"] == 1.0
+    head = json.loads(CliRunner().invoke(app, [*args, "--long", "head"]).stdout)
+    assert head["accuracy"] == pytest.approx(4 / 5)  # the long spam's "!" lies past the first window

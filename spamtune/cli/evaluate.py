@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Literal, Optional
 import typer
 
 from spamtune.errors import SpamtuneUsageError
-from spamtune.mail import DEFAULT_LONG as LONG_DEFAULT
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
     from rich.console import Console
@@ -100,7 +99,7 @@ def evaluate_command(
     ),
     long: Optional[Literal["head", "head-tail", "chunks"]] = typer.Option(
         None, "--long", help="How a message longer than the model's window is read: head, head-tail or chunks "
-        "(see spamtune predict --help).", show_default=LONG_DEFAULT,
+        "(see spamtune predict --help).", show_default="chunks for mail, head for files and splits",
     ),
     output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also train TF-IDF + logistic regression on the train split."),

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, Optional
 import typer
 
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
-from spamtune.mail import DEFAULT_LONG as LONG_DEFAULT
 
 if TYPE_CHECKING:
     from spamtune.infer import Prediction
@@ -180,7 +179,7 @@ PREDICT_HELP = (
     "with stdin not a terminal). In a file or on stdin each line is a message: lines end at \\n only, a trailing "
     "\\r is dropped (CRLF files), empty lines are classified too, and invalid UTF-8 is replaced by U+FFFD. "
     "Input is read and answered in chunks, so a large stream runs in constant memory and results appear as they come.\n\n"
-    "A message longer than the run's max length is cut to its first tokens (its start is kept). In tsv and text "
+    "A message longer than the run's max length is cut to its first tokens (its start is kept; see --long). In tsv and text "
     "output, tabs and line breaks inside a message become spaces; jsonl keeps the message exactly. The probability "
     "is always that of spam, whatever the label.\n\n"
     "With --fail-on-spam the exit status is 1 when any message is spam, 0 when none is (errors also exit 1, "
@@ -224,7 +223,7 @@ def predict(
     long: Optional[Literal["head", "head-tail", "chunks"]] = typer.Option(
         None, "--long", help="How a message longer than the model's window is read: its first tokens (head), "
         "its first and last (head-tail), or overlapping windows over all of it, the most spam-like one deciding (chunks).",
-        show_default=LONG_DEFAULT,
+        show_default="chunks with --mail, head for lines of text",
     ),
     fail_on_spam: bool = typer.Option(
         False, "--fail-on-spam",
@@ -243,6 +242,7 @@ def predict(
 
     from spamtune.infer import SpamClassifier
     from spamtune.long_messages import predict_long
+    from spamtune.mail import TEXT_LONG
 
     classifier = SpamClassifier.load(
         run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
@@ -259,7 +259,7 @@ def predict(
         any_positive = predict_mail(classifier, chunks, renderer, long)
         chunks = []
     for chunk in chunks:
-        predictions = predict_long(classifier, chunk, long)
+        predictions = predict_long(classifier, chunk, long or TEXT_LONG)
         out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
         out.flush()
         any_positive = any_positive or any(p.label == classifier.positive_label for p in predictions)
