@@ -338,20 +338,6 @@ def parse_source(spec: str) -> MailSource:
     return MailSource(label, Path(path).expanduser())
 
 
-def is_mail_source(path: str | Path) -> bool:
-    """Whether ``path`` holds mail rather than a TSV/CSV/JSONL file: a folder, an mbox or a ``.eml``."""
-    path = Path(path)
-    if path.is_dir():
-        return True
-    if path.suffix.lower() in (".eml", ".msg", ".mbox", ".mbx"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(5) == b"From "
-    except OSError:
-        return False
-
-
 def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[str, bytes]]:
     """``(id, raw bytes)`` for every message under ``path``, in a stable order.
 
