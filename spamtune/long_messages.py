@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from spamtune.device import autocast_context
-from spamtune.infer import Prediction, SpamClassifier, batched_logits, pad_width
+from spamtune.infer import Prediction, SpamClassifier
 from spamtune.mail import DEFAULT_LONG, LONG_MODES
 from spamtune.tokenizer import encode_texts
 
@@ -91,26 +90,5 @@ def predict_long(classifier: SpamClassifier, texts: Sequence[str], mode: str | N
     """
     texts = list(texts)
     positive = classifier.labels.index(classifier.positive_label)
-
-    def logits_of(token_lists: list[list[int]]) -> torch.Tensor:
-        with autocast_context(classifier.precision, classifier.device):
-            return batched_logits(
-                classifier.model,
-                token_lists,
-                classifier.config.pooling,
-                batch_size=classifier.batch_size,
-                pad_id=classifier.config.pad_token_id,
-                device=classifier.device,
-                pad_to=pad_width(classifier.config.pooling, classifier.max_length),
-            )
-
-    probs = torch.softmax(long_logits(encode_texts(texts), classifier.max_length, mode, positive, logits_of), dim=1)
-    predictions = []
-    for text, row in zip(texts, probs):
-        p = float(row[positive])
-        if len(classifier.labels) == 2:
-            label = classifier.positive_label if p >= classifier.threshold else classifier.labels[1 - positive]
-        else:
-            label = classifier.labels[int(row.argmax())]
-        predictions.append(Prediction(text, label, p))
-    return predictions
+    logits = long_logits(encode_texts(texts), classifier.max_length, mode, positive, classifier.token_logits)
+    return classifier.predictions(texts, torch.softmax(logits, dim=1))

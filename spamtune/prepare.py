@@ -31,12 +31,10 @@ from spamtune.data import Split, write_split
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json
 from spamtune.mail import MailSource, extract, iter_messages, parse_source
+from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.tokenizer import encode_texts
 
 INPUT_FORMATS = ("tsv", "csv", "jsonl")
-BALANCE_MODES = ("undersample", "none")
-DEFAULT_SPLIT = (0.7, 0.1, 0.2)
-DEFAULT_SEED = 123  # the book's random_state
 DEFAULT_TEXT_COL = "text"
 DEFAULT_LABEL_COL = "label"
 PREPARE_RECORD = "prepare.json"
@@ -88,15 +86,6 @@ class MailSourceCounts:
     @property
     def kept(self) -> int:
         return self.messages - self.empty
-
-
-@dataclass
-class PrepareOptions:
-    balance: str = "undersample"
-    split: tuple[float, float, float] = DEFAULT_SPLIT
-    seed: int = DEFAULT_SEED
-    stratify: bool = False
-    dedupe: bool = False
 
 
 @dataclass

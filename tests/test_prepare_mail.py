@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from spamtune.cli import app
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.mail import parse_source
-from spamtune.prepare import PrepareOptions, prepare_splits, read_input, read_mail_sources
+from spamtune.options import PrepareOptions
+from spamtune.prepare import prepare_splits, read_input, read_mail_sources
 
 
 def make_corpus(root):

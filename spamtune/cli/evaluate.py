@@ -11,10 +11,11 @@ import enum
 import json
 from pathlib import Path
 
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from spamtune.cli.common import LongMode, cell, long_option, stderr_console
 from spamtune.errors import SpamtuneUsageError
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
@@ -50,9 +51,9 @@ def render_tables(result: dict, console: Console) -> None:
     from rich.table import Table
 
     columns = _columns(result)
-    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages", highlight=False)
+    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages")
     if "baseline" in result:
-        console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split", highlight=False)
+        console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split")
 
     overview = Table(title="Overall")
     overview.add_column("")
@@ -75,7 +76,7 @@ def render_tables(result: dict, console: Console) -> None:
         for heading, r in columns:
             scores = r["per_class"][label]
             per_class.add_row(
-                label, heading, *(_number(scores[k], percent=True) for k in ("precision", "recall", "f1")), str(scores["support"])
+                cell(label), heading, *(_number(scores[k], percent=True) for k in ("precision", "recall", "f1")), str(scores["support"])
             )
     console.print(per_class)
 
@@ -83,9 +84,9 @@ def render_tables(result: dict, console: Console) -> None:
         matrix = Table(title=f"Confusion matrix, {heading}")
         matrix.add_column("true \\ predicted")
         for label in r["labels"]:
-            matrix.add_column(label, justify="right")
+            matrix.add_column(cell(label), justify="right")
         for label, row in zip(r["labels"], r["confusion_matrix"]):
-            matrix.add_row(label, *map(str, row))
+            matrix.add_row(cell(label), *map(str, row))
         console.print(matrix)
 
 
@@ -97,10 +98,7 @@ def evaluate_command(
         help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection; "
         "or mail as LABEL=PATH (repeatable: a Maildir, an mbox, a folder of message files or a .eml).",
     ),
-    long: Optional[Literal["head", "head-tail", "chunks"]] = typer.Option(
-        None, "--long", help="How a message longer than the model's window is read: head, head-tail or chunks "
-        "(see spamtune predict --help).", show_default="chunks for mail, head for files and splits",
-    ),
+    long: Optional[LongMode] = long_option("chunks for mail, head for files and splits"),
     output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also train TF-IDF + logistic regression on the train split."),
     batch_size: int = typer.Option(64, "--batch-size", help="Messages per batch."),
@@ -125,9 +123,7 @@ def evaluate_command(
     if output_format is ReportFormat.json:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
-    from rich.console import Console
-
-    render_tables(result, Console(stderr=True))
+    render_tables(result, stderr_console())
     line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
     if "baseline" in result:
         line += f"; baseline {result['baseline']['accuracy']:.2%}"

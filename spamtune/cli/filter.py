@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import typer
 
+from spamtune.cli.common import LongMode, long_option
 from spamtune.mail import DEFAULT_LONG as LONG_DEFAULT
 
 FILTER_HELP = (
@@ -35,11 +36,7 @@ def filter_mail(
         None, "--threshold", min=0.0, max=1.0, help="Spam when the spam probability is at least this.",
         show_default="the run's threshold",
     ),
-    long: Optional[Literal["head", "head-tail", "chunks"]] = typer.Option(
-        None, "--long", help="How a message longer than the model's window is read: its first tokens (head), "
-        "its first and last (head-tail), or overlapping windows over all of it, the most spam-like one deciding (chunks).",
-        show_default=LONG_DEFAULT,
-    ),
+    long: Optional[LongMode] = long_option(LONG_DEFAULT),
     device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps (cpu: one message needs no GPU start-up)."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
 ) -> None:

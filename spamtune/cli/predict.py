@@ -13,10 +13,11 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, Optional
+from typing import TYPE_CHECKING, BinaryIO, Optional
 
 import typer
 
+from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 if TYPE_CHECKING:
@@ -220,11 +221,7 @@ def predict(
         help="Classify mail: a Maildir, an mbox, a folder of message files, a .eml, or '-' for one message on stdin. "
         "One line per message with its id (path, or mbox number and Message-ID) instead of its text.",
     ),
-    long: Optional[Literal["head", "head-tail", "chunks"]] = typer.Option(
-        None, "--long", help="How a message longer than the model's window is read: its first tokens (head), "
-        "its first and last (head-tail), or overlapping windows over all of it, the most spam-like one deciding (chunks).",
-        show_default="chunks with --mail, head for lines of text",
-    ),
+    long: Optional[LongMode] = long_option("chunks with --mail, head for lines of text"),
     fail_on_spam: bool = typer.Option(
         False, "--fail-on-spam",
         help="Exit with status 1 when any message is spam (after writing all output), like an inverted grep -q.",
