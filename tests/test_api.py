@@ -131,7 +131,7 @@ def test_cli_prints_what_the_api_returns(run_dir, clf):
     printed = [json.loads(line) for line in result.stdout.splitlines()]
     expected = clf.predict(texts)
     assert [(r["text"], r["label"]) for r in printed] == [(p.text, p.label) for p in expected]
-    assert [r["probability"] for r in printed] == pytest.approx([p.probability for p in expected], abs=1e-6)
+    assert [r["p_spam"] for r in printed] == pytest.approx([p.probability for p in expected], abs=1e-6)
 
 
 def test_bf16_stores_block_linears_cast_and_matches_plain_autocast(tmp_path):
