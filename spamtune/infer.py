@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +180,12 @@ class SpamClassifier:
     def predict_proba(self, texts: str | Iterable[str]) -> torch.Tensor:
         """Class probabilities ``[n, num_classes]`` (rows sum to 1), columns ordered as ``labels``."""
         return self._probabilities(_text_list(texts)[0])
+
+    @overload
+    def predict(self, texts: str) -> Prediction: ...
+
+    @overload
+    def predict(self, texts: Iterable[str]) -> list[Prediction]: ...
 
     def predict(self, texts: str | Iterable[str]) -> Prediction | list[Prediction]:
         """One ``Prediction`` for a string, a list of them (in order) for an iterable of strings."""

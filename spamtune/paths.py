@@ -95,7 +95,7 @@ def is_finished_run(path: Path) -> bool:
 def looks_like_run(path: Path) -> bool:
     """A folder that training created (or a saved classifier): holds at least one run file.
     What ``spamtune runs`` lists and the only kind of folder ``runs rm`` removes."""
-    return path.is_dir() and not path.is_symlink() and any((path / name).exists() for name in RUN_FILES)
+    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
 
 
 def run_folders(root: Path) -> list[Path]:

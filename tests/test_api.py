@@ -157,3 +157,19 @@ def test_bf16_stores_block_linears_cast_and_matches_plain_autocast(tmp_path):
     assert torch.equal(clf.predict_proba(texts), expected)
     fp32 = SpamClassifier.load(tmp_path, device="cpu", precision="fp32")
     assert all(p.dtype == torch.float32 for p in fp32.model.parameters())
+
+
+def test_public_names_are_listed_and_typed():
+    import typing
+
+    import spamtune
+
+    assert dir(spamtune) == sorted(spamtune.__all__)
+    assert {"SpamClassifier", "Prediction", "GPTModel", "__version__"} <= set(dir(spamtune))
+    assert all(getattr(spamtune, name) is not None for name in dir(spamtune))
+    assert (Path(spamtune.__file__).parent / "py.typed").is_file()  # PEP 561: type checkers read the hints
+    overloads = typing.get_overloads(SpamClassifier.predict) if hasattr(typing, "get_overloads") else []
+    if overloads:  # Python 3.11+ records them
+        hints = [typing.get_type_hints(f) for f in overloads]
+        assert [(h["texts"], h["return"]) for h in hints][0] == (str, Prediction)
+        assert hints[1]["return"] == list[Prediction]

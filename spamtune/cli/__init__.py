@@ -136,14 +136,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    quiet: bool = common.quiet_option(),
-    verbose: bool = common.verbose_option(),
 ) -> None:
     """Fine-tune GPT-2 into a spam classifier and classify text in shell pipelines.
 
-    Data (downloads, prepared splits, runs/) lives in one data root: --data-dir, else
-    $SPAMTUNE_HOME, else the user data folder. Exit status: 0 success, 1 runtime error,
-    2 usage error.
+    Downloads, prepared splits and runs/ live in one data root: --data-dir, else $SPAMTUNE_HOME, else the user data folder.
+
+    Exit status: 0 success, 1 runtime error, 2 usage error.
     """
 
 
@@ -159,6 +157,18 @@ def _register_commands() -> None:
     for name in COMMANDS:
         if importlib.util.find_spec(f"spamtune.cli.{name}") is not None:
             importlib.import_module(f"spamtune.cli.{name}").register(app)
+    _add_verbosity_options(app)
+
+
+def _add_verbosity_options(typer_app: typer.Typer) -> None:
+    """--quiet and --verbose on the root, every group and every subcommand alike."""
+    if typer_app.registered_callback is not None and typer_app.registered_callback.callback is not None:
+        info = typer_app.registered_callback
+        info.callback = common.with_verbosity_options(info.callback)
+    for command in typer_app.registered_commands:
+        command.callback = common.with_verbosity_options(command.callback)
+    for group in typer_app.registered_groups:
+        _add_verbosity_options(group.typer_instance)
 
 
 _register_commands()

@@ -9,6 +9,8 @@ choices are listed in ``--help``. Nothing here imports torch, pandas or rich at 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import re
@@ -81,6 +83,30 @@ def verbose_option():
         False, "--verbose", "-v", callback=_set_verbosity(VERBOSE, "--verbose"), expose_value=False, is_eager=True,
         help="More detail on stderr (which run and device, Hugging Face's retries and logs).",
     )
+
+
+def with_verbosity_options(callback):
+    """``callback`` with ``--quiet``/``--verbose`` added to its options, unless it has them.
+
+    Applied by the CLI to every command and group callback, so each subcommand takes both, the
+    same way, without repeating them in every signature. The options set the verbosity while the
+    command line is parsed; the callback never sees them.
+    """
+    signature = inspect.signature(callback, eval_str=True)
+    if {"quiet", "verbose"} & set(signature.parameters):
+        return callback
+
+    @functools.wraps(callback)
+    def wrapper(*args, quiet=None, verbose=None, **kwargs):
+        return callback(*args, **kwargs)
+
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option(), annotation=bool)
+        for name, option in (("quiet", quiet_option), ("verbose", verbose_option))
+    ]
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *added])
+    wrapper.__annotations__ = {**getattr(callback, "__annotations__", {}), "quiet": bool, "verbose": bool}
+    return wrapper
 
 
 def stderr_console():
@@ -255,7 +281,7 @@ def data_dir_option():
     )
 
 
-def _complete_run_names(incomplete: str) -> list[str]:
+def complete_run_names(incomplete: str) -> list[str]:
     try:
         names = [p.name for p in paths.run_folders(paths.data_root())]
     except OSError:
@@ -265,13 +291,9 @@ def _complete_run_names(incomplete: str) -> list[str]:
 
 def run_option(help: str = "A run name (under <data root>/runs/, see `spamtune runs`) or a run folder's path."):
     return typer.Option(
-        None, "--run", metavar="RUN", show_default="the newest finished run", autocompletion=_complete_run_names,
+        None, "--run", metavar="RUN", show_default="the newest finished run", autocompletion=complete_run_names,
         help=help,
     )
-
-
-def run_argument(help: str = "A run name (under <data root>/runs/) or a run folder's path."):
-    return typer.Argument(..., metavar="RUN", autocompletion=_complete_run_names, help=help, show_default=False)
 
 
 def input_option(help: str, *, allow_dash: bool = False):

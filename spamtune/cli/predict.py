@@ -349,8 +349,6 @@ def predict(
         False, "--fail-on-spam",
         help="Exit status 1 when any message is spam, 0 when none is, 2 on an error (after writing all output).",
     ),
-    quiet: bool = common.quiet_option(),
-    verbose: bool = common.verbose_option(),
 ) -> None:
     """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP)."""
     if fail_on_spam:
