@@ -159,6 +159,11 @@ def examples(*pairs: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
+def group_with_default(help: str, *example_pairs: tuple[str, str]) -> typer.Typer:
+    """A command group that also acts on its own (``spamtune download``, ``spamtune runs``)."""
+    return typer.Typer(help=help, invoke_without_command=True, no_args_is_help=False, epilog=examples(*example_pairs))
+
+
 # --------------------------------------------------------------------------- values checked while parsing
 
 

@@ -92,15 +92,11 @@ def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: st
 
 
 def register(app: typer.Typer) -> None:
-    download_app = typer.Typer(
-        help="Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand).",
-        invoke_without_command=True,
-        no_args_is_help=False,
-        epilog=common.examples(
-            ("spamtune download", "the SMS data and gpt2-small"),
-            ("spamtune download data --from smsspamcollection.zip", "no network: import a copy"),
-            ("spamtune download model gpt2-medium", "another size, into the Hugging Face cache"),
-        ),
+    download_app = common.group_with_default(
+        "Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand).",
+        ("spamtune download", "the SMS data and gpt2-small"),
+        ("spamtune download data --from smsspamcollection.zip", "no network: import a copy"),
+        ("spamtune download model gpt2-medium", "another size, into the Hugging Face cache"),
     )
 
     @download_app.callback(invoke_without_command=True)

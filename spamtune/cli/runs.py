@@ -88,15 +88,11 @@ def _flatten(prefix: str, value, out: list[tuple[str, str]]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    runs_app = typer.Typer(
-        help="List the runs of the data root (a table; --json for scripts); show one; remove some.",
-        invoke_without_command=True,
-        no_args_is_help=False,
-        epilog=common.examples(
-            ("spamtune runs", "name, status, model, trainable, accuracy, size, age"),
-            ("spamtune runs --json | jq -r '.[] | select(.status == \"failed\") | .name'", "scripts read JSON"),
-            ("spamtune runs show 20261125-101500-gpt2-small-last-block", "one run's summary and hparams"),
-        ),
+    runs_app = common.group_with_default(
+        "List the runs of the data root (a table; --json for scripts); show one; remove some.",
+        ("spamtune runs", "name, status, model, trainable, accuracy, size, age"),
+        ("spamtune runs --json | jq -r '.[] | select(.status == \"failed\") | .name'", "scripts read JSON"),
+        ("spamtune runs show 20261125-101500-gpt2-small-last-block", "one run's summary and hparams"),
     )
 
     @runs_app.callback(invoke_without_command=True)
