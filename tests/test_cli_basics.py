@@ -1,6 +1,7 @@
 """Conventions every subcommand follows: help with examples, flags without values, exit codes,
 --quiet/--verbose, shell completion."""
 
+import os
 import subprocess
 import sys
 
@@ -84,3 +85,31 @@ def test_cli_choices_match_the_core():
     assert common.PRECISIONS == device.PRECISIONS
     assert common.POOLINGS == model.POOLINGS
     assert set(common.MODEL_NAMES) == set(model.MODEL_SIZES)
+
+
+def test_completion_offers_commands_choices_and_run_names(tmp_path):
+    (tmp_path / "runs" / "20261125-101500-tiny-all").mkdir(parents=True)
+    (tmp_path / "runs" / "20261125-101500-tiny-all" / "hparams.json").write_text("{}")
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_SPAMTUNE_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)), "SPAMTUNE_HOME": str(tmp_path)}
+        out = subprocess.run([sys.executable, "-m", "spamtune"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert complete("spamtune pr") == ["prepare", "predict"]
+    assert complete("spamtune predict --precision ") == ["auto", "fp32", "bf16", "fp16"]
+    assert complete("spamtune runs show 2026") == ["20261125-101500-tiny-all"]
+
+
+def test_not_found_errors_name_the_absolute_path_and_how_to_look_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPAMTUNE_HOME", "relative-root")
+    result = invoke("prepare")
+    assert result.exit_code == 1
+    expected = tmp_path / "relative-root" / "sms_spam_collection" / "SMSSpamCollection"
+    assert result.stderr.startswith(f"Error: SMS Spam Collection not found at {expected}; ")
+    assert result.stderr.rstrip().endswith("to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR")
+    missing_runs = invoke("runs", "show")
+    assert f"no fine-tuned model found in {tmp_path / 'relative-root' / 'runs'}" in missing_runs.stderr
