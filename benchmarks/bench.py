@@ -45,7 +45,7 @@ from spamtune.infer import SpamClassifier  # noqa: E402
 from spamtune.model import GPTConfig  # noqa: E402
 from spamtune.prepare import read_labelled_texts  # noqa: E402
 from spamtune.tokenizer import encode_texts  # noqa: E402
-from spamtune.train import load_training_data  # noqa: E402
+from spamtune.examples import load_training_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SMS = REPO / "data" / "sms_spam_collection" / "SMSSpamCollection"  # the copy bundled in the repo

@@ -14,6 +14,7 @@ final name is replaced by the new file, and the file it points to is left alone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from spamtune.errors import SpamtuneError
+from spamtune.errors import DiskFull, SpamtuneError
 
 
 @contextlib.contextmanager
@@ -33,7 +34,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp_path, mode = _create_temporary(final)
     except OSError as exc:
-        raise SpamtuneError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise write_error(final, exc) from None
     try:
         yield tmp_path
         # Again now: some writers (safetensors' save_file) replace the file at tmp_path with
@@ -43,13 +44,22 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, final)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise SpamtuneError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise write_error(final, exc) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
+def write_error(final: Path, exc: OSError) -> SpamtuneError:
+    """The one-line error for a failed write; a full disk (or quota) is its own kind, so that
+    callers can say what survived and how to go on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(final)
+    return SpamtuneError(f"cannot write {final}: {exc.strerror or exc}")
+
+
 # How many random names to try before giving up (mkstemp tries as many).
+TEMPORARY_SUFFIX = ".part"
 _TEMP_ATTEMPTS = 10_000
 
 
@@ -61,7 +71,7 @@ def _create_exclusive(folder: Path, stem: str, flags: int, mode: int) -> tuple[P
     """
     flags |= os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     for _ in range(_TEMP_ATTEMPTS):
-        path = folder / f".{stem}.{secrets.token_hex(4)}.part"
+        path = folder / f".{stem}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
         try:
             return path, os.open(path, flags, mode)
         except FileExistsError:
@@ -109,6 +119,17 @@ def scratch_file(folder: str | Path, stem: str) -> Iterator[BinaryIO]:
             yield handle
     finally:
         path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``folder`` (``.<name>.<random>.part``).
+    Only for a folder no live process writes to, e.g. a run folder under its lock."""
+    removed = []
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(final: str | Path, data: bytes) -> Path:

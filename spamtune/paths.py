@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError
+from spamtune.runs import RESUME_DIR, RUN_FILES, WEIGHTS_FILE, is_classifier_dir, is_finished
 
 ENV_HOME = "SPAMTUNE_HOME"
 APP_NAME = "spamtune"
@@ -71,31 +72,10 @@ def runs_dir(root: Path) -> Path:
     return root / "runs"
 
 
-# Files of a run folder (spamtune.train and spamtune.checkpoint write them; the names are
-# repeated here so that finding and listing runs does not import the training code or torch).
-RUN_WEIGHTS_FILE = "model.safetensors"
-RUN_CONFIG_FILE = "config.json"
-RUN_HPARAMS_FILE = "hparams.json"  # written first, when a run starts
-RUN_METRICS_FILE = "metrics.jsonl"
-RUN_SUMMARY_FILE = "summary.json"  # written last, once training has finished
-RUN_RESUME_DIR = "resume"  # present while a run can still be resumed
-RUN_FILES = (RUN_WEIGHTS_FILE, RUN_CONFIG_FILE, RUN_HPARAMS_FILE, RUN_METRICS_FILE, RUN_SUMMARY_FILE, RUN_RESUME_DIR)
-
-
-def is_run_dir(path: Path) -> bool:
-    """A folder holding a usable classifier: weights and their config."""
-    return (path / RUN_WEIGHTS_FILE).is_file() and (path / RUN_CONFIG_FILE).is_file()
-
-
-def is_finished_run(path: Path) -> bool:
-    """A run whose training completed: a usable classifier plus the final summary."""
-    return is_run_dir(path) and (path / RUN_SUMMARY_FILE).is_file() and not (path / RUN_RESUME_DIR).is_dir()
-
-
 def looks_like_run(path: Path) -> bool:
     """A folder that training created (or a saved classifier): holds at least one run file.
     What ``spamtune runs`` lists and the only kind of folder ``runs rm`` removes."""
-    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+    return path.is_dir() and any((path / name).exists() for name in (*RUN_FILES, RESUME_DIR))
 
 
 def run_folders(root: Path) -> list[Path]:
@@ -114,13 +94,13 @@ def latest_run(root: Path) -> Path:
     base = runs_dir(root)
     runs = []
     for p in run_folders(root):
-        if not is_run_dir(p):
+        if not is_classifier_dir(p):
             continue
         try:
-            written = (p / RUN_WEIGHTS_FILE).stat().st_mtime
+            written = (p / WEIGHTS_FILE).stat().st_mtime
         except OSError:  # removed meanwhile
             continue
-        runs.append((is_finished_run(p), written, p.name, p))
+        runs.append((is_finished(p), written, p.name, p))
     if not runs:
         raise SpamtuneError(f"no fine-tuned model found in {base}; run `spamtune finetune` first, or {ELSEWHERE}")
     return max(runs)[-1]

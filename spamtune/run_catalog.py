@@ -20,12 +20,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from spamtune import paths
+from spamtune import paths, runs
 from spamtune.errors import SpamtuneError
 
-FINISHED, INTERRUPTED, FAILED = "finished", "interrupted", "failed"
-# The resume checkpoint (spamtune.train.RESUME_FILE) inside RUN_RESUME_DIR.
-RESUME_STATE_FILE = "state.safetensors"
+RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
 
 
 @dataclass(frozen=True)
@@ -34,8 +32,9 @@ class RunInfo:
 
     name: str
     path: str
-    # finished: summary.json written; interrupted: a resume checkpoint is there (stopped by
-    # Ctrl-C or a crash, or still training); failed: training started and left neither.
+    # running: a process holds the run's lock; finished: summary.json written; interrupted: a
+    # resume checkpoint is there (stopped by Ctrl-C, a kill or an error); failed: training
+    # started and left neither.
     status: str
     model: str | None
     trainable: str | None
@@ -61,17 +60,17 @@ def _read_json(path: Path) -> dict | None:
 
 
 def read_summary(run_dir: Path) -> dict | None:
-    return _read_json(run_dir / paths.RUN_SUMMARY_FILE)
+    return _read_json(run_dir / runs.SUMMARY_FILE)
 
 
 def read_hparams(run_dir: Path) -> dict | None:
-    return _read_json(run_dir / paths.RUN_HPARAMS_FILE)
+    return _read_json(run_dir / runs.HPARAMS_FILE)
 
 
 def read_evaluations(run_dir: Path) -> list[dict]:
     """The records of ``metrics.jsonl`` (one per evaluation); unreadable lines are skipped."""
     try:
-        lines = (run_dir / paths.RUN_METRICS_FILE).read_text(encoding="utf-8").splitlines()
+        lines = (run_dir / runs.METRICS_FILE).read_text(encoding="utf-8").splitlines()
     except OSError:
         return []
     records = []
@@ -85,10 +84,31 @@ def read_evaluations(run_dir: Path) -> list[dict]:
     return records
 
 
+def is_in_use(run_dir: Path) -> bool:
+    """Whether a process is training in the run now: it holds the run's lock file. The lock is
+    only probed where its file exists (a finished run has none, and gets none from here)."""
+    lock_path = run_dir / runs.LOCK_FILE
+    if not lock_path.is_file():
+        return False
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:  # unreadable: nothing can be said, so nothing is claimed
+        return False
+    lock.release()
+    return False
+
+
 def run_status(run_dir: Path) -> str:
-    if (run_dir / paths.RUN_RESUME_DIR / RESUME_STATE_FILE).is_file():
+    if is_in_use(run_dir):
+        return RUNNING
+    if runs.resume_file(run_dir).is_file():
         return INTERRUPTED
-    if (run_dir / paths.RUN_SUMMARY_FILE).is_file():
+    if (run_dir / runs.SUMMARY_FILE).is_file():
         return FINISHED
     return FAILED
 
@@ -174,13 +194,16 @@ def find_run(run: str | Path | None, root: Path) -> Path:
     one), which must be a run: ``runs show`` and ``runs rm`` never act on another folder."""
     run_dir = paths.resolve_run(run, root)
     if not paths.looks_like_run(run_dir):
-        raise SpamtuneError(f"{run_dir} is not a spamtune run folder (it holds none of {', '.join(paths.RUN_FILES)})")
+        raise SpamtuneError(f"{run_dir} is not a spamtune run folder (it holds none of {', '.join(runs.RUN_FILES)})")
     return run_dir
 
 
 def remove_run(run_dir: Path) -> None:
     """Delete a run folder. A symbolic link is removed, never what it points to; a real folder
-    is first renamed to a hidden name (atomic), so no half-removed run is ever listed or used."""
+    is first renamed to a hidden name (atomic), so no half-removed run is ever listed or used.
+    A run that a process is training in is refused."""
+    if is_in_use(run_dir):
+        raise SpamtuneError(f"{run_dir} is in use: a process is training in it; stop that first")
     try:
         if run_dir.is_symlink():
             run_dir.unlink()

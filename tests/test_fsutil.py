@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from spamtune.errors import SpamtuneError
 from spamtune import fsutil
+from spamtune.errors import DiskFull, SpamtuneError
 from spamtune.fsutil import (
     atomic_path,
     atomic_write_bytes,
@@ -161,7 +161,13 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_an_os_error_becomes_one_spamtune_error_and_cleans_up(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
-    with pytest.raises(SpamtuneError, match=r"cannot write .*out\.txt: No space left"):
+    with pytest.raises(SpamtuneError, match=r"cannot write .*out\.txt: Permission denied"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise OSError(13, "Permission denied")
+    assert target.read_text() == "old"
+    # A full disk is said in so many words, so that callers can say what survived.
+    with pytest.raises(DiskFull, match=r"^disk full: .*out\.txt$"):
         with atomic_path(target) as tmp:
             tmp.write_text("partial")
             raise OSError(28, "No space left on device")

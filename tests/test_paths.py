@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spamtune import paths
+from spamtune import paths, runs
 from spamtune.errors import SpamtuneError
 
 T0 = 1_700_000_000
@@ -22,9 +22,9 @@ def make_run(root: Path, name: str, age: int, *, weights: bool = True, summary: 
         (run / "config.json").write_text("{}")
         os.utime(run / "model.safetensors", (T0 + age, T0 + age))
     if summary:
-        (run / paths.RUN_SUMMARY_FILE).write_text("{}")
+        (run / runs.SUMMARY_FILE).write_text("{}")
     if resume:
-        (run / paths.RUN_RESUME_DIR).mkdir()
+        (run / runs.RESUME_DIR).mkdir()
     return run
 
 
@@ -138,17 +138,7 @@ def test_run_folders_lists_what_training_created(tmp_path):
     b = make_run(tmp_path, "b", 20, weights=False, resume=True)
     (paths.runs_dir(tmp_path) / "c-empty").mkdir()
     (paths.runs_dir(tmp_path) / ".d-hidden").mkdir()
-    (paths.runs_dir(tmp_path) / ".d-hidden" / paths.RUN_HPARAMS_FILE).write_text("{}")
+    (paths.runs_dir(tmp_path) / ".d-hidden" / runs.HPARAMS_FILE).write_text("{}")
     assert paths.run_folders(tmp_path) == [a, b]
     assert paths.run_folders(tmp_path / "nowhere") == []
 
-
-def test_run_file_names_match_what_training_writes():
-    from spamtune import checkpoint, train
-
-    assert paths.RUN_SUMMARY_FILE == train.SUMMARY_FILE
-    assert paths.RUN_RESUME_DIR == train.RESUME_DIR
-    assert paths.RUN_HPARAMS_FILE == train.HPARAMS_FILE
-    assert paths.RUN_METRICS_FILE == train.METRICS_FILE
-    assert paths.RUN_WEIGHTS_FILE == checkpoint.WEIGHTS_FILE
-    assert paths.RUN_CONFIG_FILE == checkpoint.CONFIG_FILE

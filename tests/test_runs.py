@@ -12,7 +12,7 @@ import pytest
 from helpers import tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
-from spamtune import paths, run_catalog, train
+from spamtune import paths, run_catalog, runs, train
 from spamtune.cli import app
 from spamtune.cli import runs as runs_cli
 
@@ -32,15 +32,15 @@ def root(tmp_path, finished_template) -> Path:
     done = root / "runs" / "done"
     shutil.copytree(finished_template, done)
     interrupted = root / "runs" / "stopped"
-    (interrupted / paths.RUN_RESUME_DIR).mkdir(parents=True)
-    (interrupted / paths.RUN_RESUME_DIR / run_catalog.RESUME_STATE_FILE).write_bytes(b"x" * 1000)
-    (interrupted / paths.RUN_HPARAMS_FILE).write_text(json.dumps({"model": "/data/my-shape.json", "trainable": "all"}))
+    (interrupted / runs.RESUME_DIR).mkdir(parents=True)
+    (interrupted / runs.RESUME_DIR / runs.RESUME_FILE).write_bytes(b"x" * 1000)
+    (interrupted / runs.HPARAMS_FILE).write_text(json.dumps({"model": "/data/my-shape.json", "trainable": "all"}))
     records = [{"step": 5, "val_loss": 0.5, "val_acc": 0.7}, {"step": 10, "val_loss": 0.3, "val_acc": 0.9},
                {"step": 15, "val_loss": 0.4, "val_acc": 0.95}]  # fmt: skip
-    (interrupted / paths.RUN_METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    (interrupted / runs.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     failed = root / "runs" / "crashed"
     failed.mkdir()
-    (failed / paths.RUN_HPARAMS_FILE).write_text(json.dumps({"model": "gpt2-small", "trainable": "last-block"}))
+    (failed / runs.HPARAMS_FILE).write_text(json.dumps({"model": "gpt2-small", "trainable": "last-block"}))
     (root / "runs" / "not-a-run").mkdir()  # an empty folder: not listed
     for age, run in ((300, done), (200, interrupted), (100, failed)):
         stamp = 1_700_000_000 - age
@@ -56,11 +56,11 @@ def invoke(*args, **kwargs):
 def test_json_lists_every_run_newest_first_with_status_and_figures(root):
     result = invoke("runs", "--json", "--data-dir", str(root))
     assert result.exit_code == 0, result.stderr
-    runs = json.loads(result.stdout)
-    assert [r["name"] for r in runs] == ["crashed", "stopped", "done"]
-    by_name = {r["name"]: r for r in runs}
+    listed = json.loads(result.stdout)
+    assert [r["name"] for r in listed] == ["crashed", "stopped", "done"]
+    by_name = {r["name"]: r for r in listed}
     done = by_name["done"]
-    summary = json.loads((root / "runs" / "done" / paths.RUN_SUMMARY_FILE).read_text())
+    summary = json.loads((root / "runs" / "done" / runs.SUMMARY_FILE).read_text())
     assert done["status"] == "finished" and done["resume_command"] is None
     assert (done["model"], done["trainable"], done["weights"]) == ("tiny", "last-block", "random")
     assert done["test_accuracy"] == summary["test_accuracy"]
@@ -92,13 +92,13 @@ def test_a_terminal_gets_a_table_and_the_resume_command(root, monkeypatch):
     monkeypatch.setattr(runs_cli, "_stdout_is_terminal", lambda: True)
     monkeypatch.setenv("COLUMNS", "150")
     (root / "runs" / "[bold]odd").mkdir()
-    (root / "runs" / "[bold]odd" / paths.RUN_HPARAMS_FILE).write_text("{}")
+    (root / "runs" / "[bold]odd" / runs.HPARAMS_FILE).write_text("{}")
     out = invoke("runs", "--data-dir", str(root)).stdout
     header = out.splitlines()[0].split()
     assert header == ["name", "status", "model", "trainable", "val", "acc", "test", "acc", "size", "age"]
     assert "[bold]odd" in out  # a folder name is shown as it is, never as markup
     done_row = next(line for line in out.splitlines() if line.startswith("done "))
-    validation = json.loads((root / "runs" / "done" / paths.RUN_SUMMARY_FILE).read_text())["validation_accuracy"]
+    validation = json.loads((root / "runs" / "done" / runs.SUMMARY_FILE).read_text())["validation_accuracy"]
     assert done_row.split()[1:5] == ["finished", "tiny", "last-block", f"{validation:.2%}"] and done_row.endswith(" d")
     assert f"stopped is interrupted; continue it with: spamtune finetune --resume {root / 'runs' / 'stopped'}" in out
 
@@ -156,4 +156,16 @@ def test_rm_touches_only_runs_and_never_a_link_target(root, tmp_path):
     link = root / "runs" / "linked"
     link.symlink_to(root / "runs" / "done", target_is_directory=True)
     assert invoke("runs", "rm", "linked", "--yes", "--data-dir", str(root)).exit_code == 0
-    assert not link.is_symlink() and (root / "runs" / "done" / paths.RUN_SUMMARY_FILE).is_file()
+    assert not link.is_symlink() and (root / "runs" / "done" / runs.SUMMARY_FILE).is_file()
+
+
+def test_a_run_being_trained_shows_as_running_and_is_not_removed(root):
+    """Training holds the run folder's lock; a listing probes it and `runs rm` refuses."""
+    stopped = root / "runs" / "stopped"
+    with runs.lock_run_dir(stopped):
+        listed = {r["name"]: r for r in json.loads(invoke("runs", "--json", "--data-dir", str(root)).stdout)}
+        assert listed["stopped"]["status"] == "running" and listed["stopped"]["resume_command"] is None
+        refused = invoke("runs", "rm", "stopped", "--yes", "--data-dir", str(root))
+        assert refused.exit_code == 1 and "is in use" in refused.stderr and stopped.is_dir()
+    assert run_catalog.run_status(stopped) == "interrupted"  # the lock file stays; nobody holds it
+    assert not (root / "runs" / "done" / runs.LOCK_FILE).exists()  # probing never creates one

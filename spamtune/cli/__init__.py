@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
 
 from spamtune import __version__
 from spamtune.cli import common
-from spamtune.errors import SpamtuneError
+from spamtune.errors import OptionError, SpamtuneError
 
 
 def _flags_show_no_value() -> None:
@@ -68,8 +68,10 @@ class SpamtuneGroup(TyperGroup):
             code = _fail("aborted", 130)
         except KeyboardInterrupt:
             code = _fail("interrupted", 130)
+        except OptionError as exc:  # the core names the option; here it is the flag
+            code = _fail(exc.naming(common.flag(exc.option)), _status(exc.exit_code))
         except SpamtuneError as exc:
-            code = _fail(str(exc), common.error_exit_code() if exc.exit_code == 1 else exc.exit_code)
+            code = _fail(str(exc), _status(exc.exit_code))
         except Exception as exc:  # a bug: still one line unless debugging
             message = f"unexpected {type(exc).__name__}: {exc} (set SPAMTUNE_DEBUG=1 for a traceback)"
             code = _fail(message, common.error_exit_code())
@@ -85,6 +87,11 @@ class SpamtuneGroup(TyperGroup):
             return super().invoke(ctx)
         except BrokenPipeError:
             raise typer.Exit(_quiet_broken_pipe()) from None
+
+
+def _status(code: int) -> int:
+    """A runtime error's exit status: 1, unless the command uses 1 for an answer (see common)."""
+    return common.error_exit_code() if code == 1 else code
 
 
 def _plain(message: str) -> str:
