@@ -154,6 +154,15 @@ def note(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def warn(message: str) -> None:
+    """A warning the user must see: on stderr even under ``--quiet``, bold red on a terminal."""
+    from rich.console import Console
+
+    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(
+        styled(("WARNING: ", "bold red"), (message, "bold"))
+    )
+
+
 def detail(message: str) -> None:
     """A line on stderr only with ``--verbose``."""
     if is_verbose():
