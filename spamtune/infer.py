@@ -106,14 +106,11 @@ class SpamClassifier:
         batch_size: int = DEFAULT_BATCH_SIZE,
         precision: str = "auto",
     ) -> SpamClassifier:
-        """Load a run folder; without ``run_dir``, the latest run under the data root
-        (``data_dir``, else ``$SPAMTUNE_HOME``, else ``./data``). ``device``: auto, cpu, cuda, mps.
-        ``precision``: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16."""
-        if run_dir is None:
-            run_dir = paths.latest_run(paths.data_root(data_dir))
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise SpamtuneError(f"run folder not found: {run_dir}")
+        """Load a run: a folder, or a run's name under the data root's ``runs/`` (the data root is
+        ``data_dir``, else ``$SPAMTUNE_HOME``, else the user data folder); without ``run_dir``, the
+        newest finished run there. ``device``: auto, cpu, cuda, mps. ``precision``: auto (bf16
+        where the hardware runs it natively, else fp32), fp32, bf16, fp16."""
+        run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         resolved = Precision.resolve(precision, dev)
         model, config = load_classifier(run_dir, dev, linear_dtype=resolved.dtype)

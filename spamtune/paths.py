@@ -111,6 +111,12 @@ def is_bare_name(run: str) -> bool:
     return bool(run) and run not in (".", "..") and os.sep not in run and (os.altsep or os.sep) not in run and not run.startswith("~")
 
 
+def new_run_path(run: str | Path, root: Path) -> Path:
+    """Where ``finetune --run RUN`` creates a run: a bare name under ``<root>/runs``, a path as given."""
+    text = str(run)
+    return runs_dir(root) / text if is_bare_name(text) else _absolute(text)
+
+
 def resolve_run(run: str | Path | None, root: Path) -> Path:
     """The run folder a command was pointed at, as an absolute path.
 

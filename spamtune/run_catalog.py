@@ -149,7 +149,7 @@ def _size_and_mtime(run_dir: Path) -> tuple[int, float]:
 
 
 def resume_command(run_dir: Path) -> str:
-    return f"spamtune finetune --resume {shlex.quote(str(run_dir))}"
+    return f"spamtune finetune --resume --run {shlex.quote(str(run_dir))}"
 
 
 def describe_run(run_dir: Path, now: float | None = None) -> RunInfo:

@@ -176,3 +176,10 @@ def test_public_names_are_listed_and_typed():
         hints = [typing.get_type_hints(f) for f in overloads]
         assert [(h["texts"], h["return"]) for h in hints][0] == (str, Prediction)
         assert hints[1]["return"] == list[Prediction]
+
+
+def test_load_takes_a_run_name_under_the_data_root(tmp_path):
+    write_rigged_run(paths.runs_dir(tmp_path) / "named", labels={"spam": 0, "ham": 1})
+    assert SpamClassifier.load("named", data_dir=tmp_path, device="cpu").labels == ["spam", "ham"]
+    with pytest.raises(SpamtuneError, match=f"no run named 'other' in {paths.runs_dir(tmp_path)}"):
+        SpamClassifier.load("other", data_dir=tmp_path)

@@ -385,10 +385,12 @@ def complete_run_names(incomplete: str) -> list[str]:
     return [name for name in names if name.startswith(incomplete)]
 
 
-def run_option(help: str = "A run name (under <data root>/runs/, see `spamtune runs`) or a run folder's path."):
+def run_option(
+    help: str = "A run name (under <data root>/runs/, see `spamtune runs`) or a run folder's path.",
+    show_default: str | bool = "the newest finished run",
+):
     return typer.Option(
-        None, "--run", metavar="RUN", show_default="the newest finished run", autocompletion=complete_run_names,
-        help=help,
+        None, "--run", metavar="RUN", show_default=show_default, autocompletion=complete_run_names, help=help,
     )
 
 

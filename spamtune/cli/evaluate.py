@@ -96,7 +96,7 @@ def render_tables(result: dict, console: Console) -> None:
 
 
 def evaluate_command(
-    run_argument: str | None = typer.Argument(None, metavar="[RUN]", hidden=True, show_default=False),
+    run_argument: str | None = typer.Argument(None, metavar="RUN", hidden=True, show_default=False),
     run: str | None = common.run_option(),
     split: str | None = common.choice_option(
         None, "--split", SPLITS, "Which prepared split to score; all: the three together, and each.", show_default="test"
