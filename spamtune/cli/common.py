@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import typer
 
 from spamtune import paths
+from spamtune.mail import LONG_MODES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -255,6 +256,20 @@ def with_dataclass_options(*options: list[inspect.Parameter]) -> Callable:
     return decorate
 
 
+# --long, shared by predict, evaluate and filter. spamtune.mail names the modes without torch,
+# so importing it here keeps --help fast.
+LongMode = Literal[LONG_MODES]
+LONG_HELP = (
+    "How a message longer than the model's window is read: its first tokens (head), its first and last (head-tail), "
+    "or overlapping windows over all of it, the most spam-like one deciding (chunks)."
+)
+
+
+def long_option(show_default: str):
+    """The ``--long`` option; ``show_default`` says what each command reads when it is not given."""
+    return typer.Option(None, "--long", help=LONG_HELP, show_default=show_default)
+
+
 # --------------------------------------------------------------------------- values checked while parsing
 
 
@@ -306,10 +321,10 @@ def _check_device(value: str) -> str:
     raise typer.BadParameter(f"'{value}' is not one of {', '.join(DEVICES)} (or cuda:N)")
 
 
-def device_option():
+def device_option(default: str = "auto", help: str = "Where to compute; auto: CUDA, then Apple's MPS, then the CPU."):
     return typer.Option(
-        "auto", "--device", metavar="<auto|cpu|cuda|cuda:N|mps>", callback=_check_device,
-        autocompletion=_complete_from(DEVICES), help="Where to compute; auto: CUDA, then Apple's MPS, then the CPU.",
+        default, "--device", metavar="<auto|cpu|cuda|cuda:N|mps>", callback=_check_device,
+        autocompletion=_complete_from(DEVICES), help=help,
     )
 
 

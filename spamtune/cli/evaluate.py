@@ -11,12 +11,12 @@ import enum
 import json
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from spamtune.cli import common
-from spamtune.cli.common import cell, stderr_console
+from spamtune.cli.common import LongMode, cell, long_option, stderr_console
 from spamtune.errors import SpamtuneUsageError
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
@@ -101,9 +101,12 @@ def evaluate_command(
     split: str | None = common.choice_option(
         None, "--split", SPLITS, "Which prepared split to score; all: the three together, and each.", show_default="test"
     ),
-    input_file: Path | None = common.input_option(
-        "A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection."
+    input_file: Optional[list[str]] = typer.Option(
+        None, "--input", "-i", metavar="FILE|LABEL=PATH",
+        help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection; "
+        "or mail as LABEL=PATH (repeatable: a Maildir, an mbox, a folder of message files or a .eml).",
     ),
+    long: Optional[LongMode] = long_option("chunks for mail, head for files and splits"),
     output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
     threshold: float = typer.Option(
         0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this (as predict)."
@@ -128,14 +131,14 @@ def evaluate_command(
 
     if run_argument is not None and run is not None:
         raise SpamtuneUsageError("name the run once: with --run")
-    if split is not None and input_file is not None:
+    if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
     console = stderr_console()
     with _working(console, "scoring"):
         result = evaluate_run(
             run if run is not None else run_argument,
             split=split or "test",
-            input_file=input_file,
+            input_file=input_file or None,
             data_dir=data_dir,
             device=device,
             batch_size=batch_size,
@@ -143,6 +146,7 @@ def evaluate_command(
             threshold=threshold,
             precision=precision,
             force=force,
+            long=long,
         )
     for warning in result["warnings"]:
         common.warn(warning)

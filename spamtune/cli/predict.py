@@ -19,12 +19,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Optional
 
 import typer
 
 from spamtune import paths
 from spamtune.cli import common
+from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ CHUNK_LINES = 2048
 READ_SIZE = 1 << 16
 # Field names of the machine-readable formats (documented in the README).
 TSV_HEADER = "label\tp_spam\ttext\n"
+MAIL_TSV_HEADER = "label\tp_spam\tid\n"  # predict --mail: the message's id in the text's place
 
 
 class OutputFormat(str, enum.Enum):
@@ -315,7 +317,7 @@ PREDICT_HELP = (
     "with stdin not a terminal). In a file or on stdin each line is a message: lines end at \\n only, a trailing "
     "\\r is dropped (CRLF files), empty lines are classified too, and invalid UTF-8 is replaced by U+FFFD. "
     "Input is read and answered in chunks, so a large stream runs in constant memory and results appear as they come.\n\n"
-    "A message longer than the run's max length is cut to its first tokens (its start is kept). In tsv and text "
+    "A message longer than the run's max length is cut to its first tokens (its start is kept; see --long). In tsv and text "
     "output, tabs and line breaks inside a message become spaces; jsonl keeps the message exactly. p_spam is always "
     "the probability of spam, whatever the label. Fields: tsv label, p_spam, text (--header names them); "
     "jsonl {text, label, p_spam}.\n\n"
@@ -345,6 +347,12 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per forward pass."),
     device: str = common.device_option(),
     precision: str = common.precision_option(),
+    mail: Path | None = typer.Option(
+        None, "--mail", metavar="PATH",
+        help="Classify mail: a Maildir, an mbox, a folder of message files, a .eml, or '-' for one message on stdin. "
+        "One line per message with its id (path, or mbox number and Message-ID) instead of its text.",
+    ),
+    long: Optional[LongMode] = long_option("chunks with --mail, head for lines of text"),
     fail_on_spam: bool = typer.Option(
         False, "--fail-on-spam",
         help="Exit status 1 when any message is spam, 0 when none is, 2 on an error (after writing all output).",
@@ -359,10 +367,20 @@ def predict(
     if header and output_format is not OutputFormat.tsv:
         raise SpamtuneUsageError(f"--header is for --format tsv (this output is {output_format.value})")
     meter = ReadMeter()
-    chunks = message_source(messages or [], common.pick_input(input_file, file), meter, first_chunk_lines=batch_size)
+    input_path = common.pick_input(input_file, file)
+    if mail is not None:
+        if messages or input_path is not None:
+            raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --input with it")
+        from spamtune.cli.predict_mail import mail_messages
+
+        chunks = mail_messages(mail)
+    else:
+        chunks = message_source(messages or [], input_path, meter, first_chunk_lines=batch_size)
     run_dir = paths.resolve_run(run, paths.data_root(data_dir))
 
     from spamtune.infer import SpamClassifier
+    from spamtune.long_messages import predict_long
+    from spamtune.mail import TEXT_LONG
 
     started = time.perf_counter()
     classifier = SpamClassifier.load(run_dir, device=device, threshold=threshold, batch_size=batch_size, precision=precision)
@@ -373,16 +391,21 @@ def predict(
     sys.stdout.flush()
     out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
     if header:
-        out.write(TSV_HEADER.encode())
+        out.write((TSV_HEADER if mail is None else MAIL_TSV_HEADER).encode())
     watch = ReaderWatch(out)
     hook = watch.after_each_batch(classifier.model)
     counted = positives = 0
     started = time.perf_counter()
     try:
         with ProgressBar(meter) as bar:
+            if mail is not None:
+                from spamtune.cli.predict_mail import predict_mail
+
+                positives = int(predict_mail(classifier, chunks, renderer, long))
+                chunks = []
             for chunk in chunks:
                 watch.check()
-                predictions = classifier.predict(chunk)
+                predictions = predict_long(classifier, chunk, long or TEXT_LONG)
                 out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
                 out.flush()
                 counted += len(predictions)
@@ -392,7 +415,8 @@ def predict(
         if hook is not None:
             hook.remove()
     seconds = time.perf_counter() - started
-    common.detail(f"{counted:,} messages, {positives:,} {classifier.positive_label}, in {seconds:.1f}s")
+    if mail is None:
+        common.detail(f"{counted:,} messages, {positives:,} {classifier.positive_label}, in {seconds:.1f}s")
     if fail_on_spam and positives:
         raise typer.Exit(1)
 
