@@ -201,6 +201,11 @@ def examples(*pairs: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
+def add_command(app: typer.Typer, name: str, function: Callable, *example_pairs: tuple[str, str], help: str | None = None):
+    """Register ``function`` as the subcommand ``name``, its examples at the end of its ``--help``."""
+    app.command(name, help=help, epilog=examples(*example_pairs))(function)
+
+
 def group_with_default(help: str, *example_pairs: tuple[str, str]) -> typer.Typer:
     """A command group that also acts on its own (``spamtune download``, ``spamtune runs``)."""
     return typer.Typer(help=help, invoke_without_command=True, no_args_is_help=False, epilog=examples(*example_pairs))

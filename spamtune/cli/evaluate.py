@@ -170,11 +170,11 @@ def _working(console: Console, what: str):
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
+    common.add_command(
+        app,
         "evaluate",
-        epilog=common.examples(
-            ("spamtune evaluate", "the newest finished run on its test split"),
-            ("spamtune evaluate --run 20261125-101500-tiny-all --split all --format json | jq .accuracy", "a run by name"),
-            ("spamtune evaluate --input mails.csv --threshold 0.9 --baseline", "your own labelled file, beside TF-IDF"),
-        ),
-    )(evaluate_command)
+        evaluate_command,
+        ("spamtune evaluate", "the newest finished run on its test split"),
+        ("spamtune evaluate --run 20261125-101500-tiny-all --split all --format json | jq .accuracy", "a run by name"),
+        ("spamtune evaluate --input mails.csv --threshold 0.9 --baseline", "your own labelled file, beside TF-IDF"),
+    )

@@ -58,12 +58,12 @@ def filter_mail(
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
+    common.add_command(
+        app,
         "filter",
+        filter_mail,
+        ("spamtune filter < message.eml", "the message with its X-Spamtune-Status on stdout"),
+        ('| spamtune filter --run 20261125-101500-tiny-all', "in procmail: a recipe line with a run by name"),
+        ("spamtune filter --threshold 0.9 < message.eml | grep '^X-Spamtune'", "stricter; see the verdict"),
         help=FILTER_HELP,
-        epilog=common.examples(
-            ("spamtune filter < message.eml", "the message with its X-Spamtune-Status on stdout"),
-            ('| spamtune filter --run 20261125-101500-tiny-all', "in procmail: a recipe line with a run by name"),
-            ("spamtune filter --threshold 0.9 < message.eml | grep '^X-Spamtune'", "stricter; see the verdict"),
-        ),
-    )(filter_mail)
+    )

@@ -237,11 +237,11 @@ def finetune_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
+    common.add_command(
+        app,
         "finetune",
-        epilog=common.examples(
-            ("spamtune finetune", "the book: gpt2-small, pretrained, last block, 5 epochs"),
-            ("spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4", "offline, from scratch"),
-            ("spamtune finetune --config 20261125-101500-tiny-all --seed 7", "a run's settings again, another seed"),
-        ),
-    )(finetune_command)
+        finetune_command,
+        ("spamtune finetune", "the book: gpt2-small, pretrained, last block, 5 epochs"),
+        ("spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4", "offline, from scratch"),
+        ("spamtune finetune --config 20261125-101500-tiny-all --seed 7", "a run's settings again, another seed"),
+    )

@@ -422,12 +422,12 @@ def predict(
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
+    common.add_command(
+        app,
         "predict",
+        predict,
+        ('spamtune predict "Do you have time" "WINNER!! Claim your prize"', "one output line per argument"),
+        ("cat inbox.txt | spamtune predict - --format jsonl | jq 'select(.p_spam > 0.9)'", "a pipeline, as JSON lines"),
+        ("spamtune predict --input outbox.txt --fail-on-spam > /dev/null || echo spam", "exit 1 when any line is spam"),
         help=PREDICT_HELP,
-        epilog=common.examples(
-            ('spamtune predict "Do you have time" "WINNER!! Claim your prize"', "one output line per argument"),
-            ("cat inbox.txt | spamtune predict - --format jsonl | jq 'select(.p_spam > 0.9)'", "a pipeline, as JSON lines"),
-            ("spamtune predict --input outbox.txt --fail-on-spam > /dev/null || echo spam", "exit 1 when any line is spam"),
-        ),
-    )(predict)
+    )

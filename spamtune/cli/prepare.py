@@ -19,14 +19,14 @@ if TYPE_CHECKING:  # the core pulls in pandas and torch, so the command imports 
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
+    common.add_command(
+        app,
         "prepare",
-        epilog=common.examples(
-            ("spamtune prepare", "the book's split of the SMS data: 1,045 / 149 / 300"),
-            ("spamtune prepare --dedupe", "drop the 403 repeated texts first"),
-            ("spamtune prepare --input mails.csv --text-col body --label-col class", "your own labelled file"),
-        ),
-    )(prepare)
+        prepare,
+        ("spamtune prepare", "the book's split of the SMS data: 1,045 / 149 / 300"),
+        ("spamtune prepare --dedupe", "drop the 403 repeated texts first"),
+        ("spamtune prepare --input mails.csv --text-col body --label-col class", "your own labelled file"),
+    )
 
 
 # balance, split, seed, stratify and dedupe: PrepareOptions' fields, defaults and help.
