@@ -219,9 +219,20 @@ def predict(
         False, "--fail-on-spam",
         help="Exit with status 1 when any message is spam (after writing all output), like an inverted grep -q.",
     ),
+    server: str | None = typer.Option(
+        None, "--server", metavar="URL", envvar="SPAMTUNE_SERVER",
+        help="Send the messages to a running `spamtune serve` at URL instead of loading a model here (no torch import).",
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="SPAMTUNE_API_KEY", help="With --server: the service's API key (prefer the variable)."
+    ),
 ) -> None:
     """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP)."""
     chunks = message_source(messages or [], file)
+    if server:  # client mode: hand off before anything imports torch
+        from spamtune.cli.remote import predict_remotely
+
+        return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam)
 
     from spamtune.infer import SpamClassifier
 
