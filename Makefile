@@ -61,9 +61,11 @@ demo-offline: install
 test: install-dev
 	$(BIN)/python -m pytest -q
 
-# Speed against the Hugging Face peer (needs the dev extras and the SMS file): ~10 minutes.
+# Speed against the Hugging Face peer (needs the dev extras and the SMS file): ~10 minutes;
+# then `spamtune serve` under load against `spamtune predict` on the same machine: ~10 more.
 bench: install-dev
 	$(BIN)/python benchmarks/bench.py --sms $(SMS_FILE) $(BENCH_ARGS)
+	$(BIN)/python benchmarks/serve_bench.py --sms $(SMS_FILE) $(SERVE_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
