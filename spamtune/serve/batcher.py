@@ -13,6 +13,8 @@ request at once, and a busy one classifies what piled up during the previous pas
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import queue
 import threading
 import time
@@ -45,6 +47,25 @@ class ServiceStopping(RuntimeError):
 
 _STOP = object()
 
+# How often, at most, an idle worker hands freed memory back to the system.
+TRIM_INTERVAL_S = 1.0
+
+
+def _heap_trimmer():
+    """glibc's ``malloc_trim``, or None elsewhere.
+
+    Forward passes over batches of ever-different shapes leave the C heap fragmented: freed
+    activation buffers stay mapped, and a long-running service's memory would creep up with
+    every new mix of lengths. Trimming when the queue is empty returns them to the system
+    without costing a waiting request anything.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc.malloc_trim if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
 
 class DynamicBatcher:
     """Runs ``predict(texts) -> list`` on one worker thread for the requests of an event loop."""
@@ -66,7 +87,9 @@ class DynamicBatcher:
         self._carry: _Job | None = None  # a request that did not fit the last batch: first in the next
         self._thread = threading.Thread(target=self._work, name="spamtune-inference", daemon=True)
         self._accepting = False
-        self.waiting = 0  # requests queued or in the current pass (read by the metrics)
+        self._trim = _heap_trimmer()
+        self._last_trim = 0.0
+        self._untrimmed = False  # passes ran since the last trim
 
     def start(self) -> None:
         self._accepting = True
@@ -84,12 +107,8 @@ class DynamicBatcher:
             return []
         loop = asyncio.get_running_loop()
         job = _Job(texts, loop.create_future(), loop)
-        self.waiting += 1
         self._queue.put(job)
-        try:
-            return await job.future
-        finally:
-            self.waiting -= 1
+        return await job.future
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish the requests already queued, then end the worker thread."""
@@ -106,9 +125,26 @@ class DynamicBatcher:
             if batch is None:
                 return
             self._run(batch)
+            self._untrimmed = True
+            if self._queue.empty() and time.monotonic() - self._last_trim > TRIM_INTERVAL_S:
+                self._trim_heap()  # under steady load, between passes, at most once a second
+
+    def _trim_heap(self) -> None:
+        if self._trim is not None and self._untrimmed:
+            self._trim(0)
+        self._untrimmed = False
+        self._last_trim = time.monotonic()
+
+    def _next_job(self):
+        """The next queued request; a worker that falls idle trims the heap once first."""
+        try:
+            return self._queue.get(timeout=TRIM_INTERVAL_S)
+        except queue.Empty:
+            self._trim_heap()
+            return self._queue.get()
 
     def _next_batch(self) -> list[_Job] | None:
-        first = self._carry if self._carry is not None else self._queue.get()
+        first = self._carry if self._carry is not None else self._next_job()
         self._carry = None
         if first is _STOP:
             return None
