@@ -138,35 +138,41 @@ def test_concurrent_requests_get_their_own_answers(service, clf):
 
 
 def test_requests_waiting_together_share_one_forward_pass():
-    """While a pass runs, arrivals queue; the next pass takes them all (up to max_batch)."""
+    """While a pass runs, arrivals queue; the next pass takes them all (up to max_batch), one kind at a time."""
     import asyncio
 
     release = threading.Event()
-    passes: list[list[str]] = []
+    passes: list[tuple[str, list[str]]] = []
 
-    def predict(texts):
-        passes.append(list(texts))
-        if len(passes) == 1:
-            release.wait(10)
-        return [t.upper() for t in texts]
+    def predictor(kind):
+        def predict(texts):
+            passes.append((kind, list(texts)))
+            if len(passes) == 1:
+                release.wait(10)
+            return [f"{kind}:{t.upper()}" for t in texts]
 
-    batcher = DynamicBatcher(predict, max_batch=5, max_wait_s=0.001)
+        return predict
+
+    batcher = DynamicBatcher({"text": predictor("text"), "mail": predictor("mail")}, max_batch=5, max_wait_s=0.001)
     batcher.start()
 
     async def scenario():
         first = asyncio.ensure_future(batcher.classify(["a"]))
         while not passes:
             await asyncio.sleep(0.001)
-        later = [asyncio.ensure_future(batcher.classify(list(x))) for x in ("bc", "d", "ef", "g")]
-        await asyncio.sleep(0.05)  # all four are queued behind the blocked first pass
+        queued = [("bc", "text"), ("d", "text"), ("ef", "text"), ("g", "text"), ("m", "mail"), ("hi", "text")]
+        later = [asyncio.ensure_future(batcher.classify(list(t), kind)) for t, kind in queued]
+        await asyncio.sleep(0.05)  # all are queued behind the blocked first pass
         release.set()
         return await first, await asyncio.gather(*later)
 
     first, later = asyncio.run(scenario())
     batcher.stop(5)
-    assert first == ["A"] and later == [["B", "C"], ["D"], ["E", "F"], ["G"]]
-    # bc + d + ef fill 5; g does not fit and opens the next pass.
-    assert passes == [["a"], ["b", "c", "d", "e", "f"], ["g"]]
+    assert first == ["text:A"]
+    assert later == [["text:B", "text:C"], ["text:D"], ["text:E", "text:F"], ["text:G"], ["mail:M"], ["text:H", "text:I"]]
+    # bc + d + ef fill 5; g does not fit and opens the next pass, which the mail request ends.
+    assert passes == [("text", ["a"]), ("text", ["b", "c", "d", "e", "f"]), ("text", ["g"]), ("mail", ["m"]),
+                      ("text", ["h", "i"])]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- bad requests

@@ -73,8 +73,6 @@ def serve(
             f"the API key is too short (at least {MIN_KEY_LENGTH} characters; e.g. "
             "`python -c 'import secrets; print(secrets.token_urlsafe())'`)"
         )
-    if max_texts > max_batch * 64:
-        raise SpamtuneUsageError("--max-texts is far above --max-batch: one request would hold the model for long")
 
     try:
         from spamtune.serve.app import ServeSettings, create_app

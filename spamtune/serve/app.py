@@ -115,8 +115,8 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     settings = settings or ServeSettings()
     metrics = ServiceMetrics()
     batcher = DynamicBatcher(
-        classifier.predict, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
-        on_pass=metrics.observe_pass,
+        {"text": classifier.predict, "mail": mailverdict.mail_predictor(classifier)},
+        max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, on_pass=metrics.observe_pass,
     )  # fmt: skip
     run_name = classifier.run_dir.name if getattr(classifier, "run_dir", None) is not None else "unnamed"
     labels = list(classifier.labels)
@@ -178,12 +178,12 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
 
     # ------------------------------------------------------------------------- classification
 
-    async def classify(texts: list[str]) -> list:
+    async def classify(texts: list[str], kind: str = "text") -> list:
         if not batcher.running:
             raise ApiError(503, "the service is shutting down")
         metrics.in_flight.inc()
         try:
-            return await batcher.classify(texts)
+            return await batcher.classify(texts, kind)
         except ServiceStopping:
             raise ApiError(503, "the service is shutting down") from None
         finally:
@@ -233,7 +233,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
             raise ApiError(422, "invalid threshold: must be between 0 and 1")
         raw = await read_body(request, settings.max_mail_bytes)
         text = await run_in_threadpool(mailverdict.message_text, raw)  # parsing a large message takes a while
-        label, p = verdict((await classify([text]))[0], threshold)
+        label, p = verdict((await classify([text], "mail"))[0], threshold)
         return JSONResponse({
             "run": run_name, "threshold": threshold_of(threshold), "label": label, "p_spam": p,
             "headers": {mailverdict.STATUS_HEADER: mailverdict.status_header(label == positive, p)},

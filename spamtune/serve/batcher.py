@@ -3,11 +3,12 @@
 Every request hands its texts to ``DynamicBatcher.classify`` and awaits the answer; the event
 loop never runs the model itself, so it keeps accepting connections and serving ``/healthz``
 while a forward pass runs. The worker takes the oldest waiting request, adds every other
-request already waiting (up to ``max_batch`` texts in all), and, when others were waiting, lingers
+request of the same kind already waiting (up to ``max_batch`` texts in all), and, when others were waiting, lingers
 up to ``max_wait_s`` for more while the batch is not full. An idle service therefore answers a lone
 request at once, and a busy one classifies what piled up during the previous pass together:
 ``SpamClassifier.predict`` then sorts those texts by length into its own batches, as
-``spamtune predict --file`` does with a chunk of lines.
+``spamtune predict --file`` does with a chunk of lines. Each kind of request (plain texts, the
+texts of mail messages) has its own predict function; a pass runs one kind.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 @dataclass
 class _Job:
+    kind: str
     texts: list[str]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -68,18 +70,18 @@ def _heap_trimmer():
 
 
 class DynamicBatcher:
-    """Runs ``predict(texts) -> list`` on one worker thread for the requests of an event loop."""
+    """Runs ``predictors[kind](texts) -> list`` on one worker thread for the requests of an event loop."""
 
     def __init__(
         self,
-        predict: Callable[[list[str]], Sequence[Any]],
+        predictors: dict[str, Callable[[list[str]], Sequence[Any]]],
         max_batch: int = 128,
         max_wait_s: float = 0.002,
         on_pass: Callable[[PassStats], None] | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self._predict = predict
+        self._predictors = dict(predictors)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._on_pass = on_pass
@@ -99,14 +101,16 @@ class DynamicBatcher:
     def running(self) -> bool:
         return self._accepting and self._thread.is_alive()
 
-    async def classify(self, texts: list[str]) -> list:
+    async def classify(self, texts: list[str], kind: str = "text") -> list:
         """The predictions for ``texts``, in order, from a forward pass shared with other requests."""
         if not self._accepting:
             raise ServiceStopping("the service is shutting down")
+        if kind not in self._predictors:
+            raise ValueError(f"no predictor for {kind!r}")
         if not texts:
             return []
         loop = asyncio.get_running_loop()
-        job = _Job(texts, loop.create_future(), loop)
+        job = _Job(kind, texts, loop.create_future(), loop)
         self._queue.put(job)
         return await job.future
 
@@ -157,7 +161,7 @@ class DynamicBatcher:
                 job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is _STOP or size + len(job.texts) > self.max_batch:
+            if job is _STOP or job.kind != first.kind or size + len(job.texts) > self.max_batch:
                 self._carry = job
                 break
             batch.append(job)
@@ -168,7 +172,7 @@ class DynamicBatcher:
         texts = [t for job in batch for t in job.texts]
         start = time.perf_counter()
         try:
-            results = list(self._predict(texts))
+            results = list(self._predictors[batch[0].kind](texts))
         except BaseException as exc:  # noqa: BLE001 - handed to the requests, never kills the worker
             for job in batch:
                 job.loop.call_soon_threadsafe(_settle, job.future, None, exc)

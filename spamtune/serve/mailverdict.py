@@ -44,6 +44,12 @@ def _fallback_message_text(raw: bytes) -> str:
     return _SPACE.sub(" ", f"{subject} {text}").strip()
 
 
+def mail_predictor(classifier):
+    """``texts -> predictions`` for the texts of mail messages: the classifier's own ``predict``
+    (which keeps a long text's first tokens)."""
+    return classifier.predict
+
+
 def status_header(is_positive: bool, p_spam: float) -> str:
     """The ``X-Spamtune-Status`` value, e.g. ``Yes, p_spam=0.987``."""
     return f"{'Yes' if is_positive else 'No'}, p_spam={p_spam:.3f}"

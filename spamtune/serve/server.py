@@ -18,6 +18,9 @@ import uvicorn
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 # Seconds the requests in flight get to finish after SIGTERM before they are cancelled.
 GRACEFUL_SHUTDOWN_S = 30
+# Connections served at once; beyond it uvicorn answers 503 at once instead of queueing without
+# bound (each waiting request holds its body in memory).
+MAX_CONNECTIONS = 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -58,6 +61,7 @@ def serve_app(app, host: str, port: int, on_ready: Callable[[str], None], access
     config = uvicorn.Config(
         app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False, lifespan="on",
+        limit_concurrency=MAX_CONNECTIONS,
     )  # fmt: skip
     server = _Server(config, on_ready)
     try:
