@@ -43,7 +43,7 @@ from spamtune.model import GPTConfig
 from spamtune.prepare import read_labelled_texts
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SMS = REPO.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+DEFAULT_SMS = REPO / "data" / "sms_spam_collection" / "SMSSpamCollection"  # the copy bundled in the repo
 SPAMTUNE = [sys.executable, "-m", "spamtune"]
 SHORT_MESSAGE = "Are we still on for lunch?"
 BATCH = 32

@@ -4,7 +4,7 @@
 >>> client.classify(["WINNER!! Claim your prize", "lunch?"])
 [Verdict(label='spam', p_spam=0.98...), Verdict(label='ham', p_spam=0.01...)]
 >>> client.classify_mail(open("message.eml", "rb").read()).headers
-{'X-Spamtune-Status': 'Yes, p_spam=0.981'}
+{'X-Spamtune-Status': 'Yes, p_spam=0.981, threshold=0.5', 'X-Spamtune-Run': '...'}
 
 Starting a client costs a Python interpreter and ``urllib``, not a model: this is what
 ``spamtune predict --server URL`` and ``spamtune filter --server URL`` use. Any failure (the
@@ -42,8 +42,10 @@ class Verdict:
 
 @dataclass(frozen=True)
 class MailVerdict(Verdict):
-    """A classified message, with the headers ``spamtune filter`` would add to it."""
+    """A classified message: the threshold and run that decided it, and the headers ``spamtune filter`` would add."""
 
+    threshold: float
+    run: str
     headers: dict[str, str]
 
 
@@ -89,7 +91,10 @@ class SpamtuneClient:
         query = "" if threshold is None else "?" + urllib.parse.urlencode({"threshold": threshold})
         answer = self._request("POST", "/v1/classify/mail" + query, raw, content_type="message/rfc822")
         try:
-            return MailVerdict(answer["label"], float(answer["p_spam"]), dict(answer["headers"]))
+            return MailVerdict(
+                answer["label"], float(answer["p_spam"]), float(answer["threshold"]), str(answer["run"]),
+                dict(answer["headers"]),
+            )  # fmt: skip
         except (KeyError, TypeError, ValueError):
             raise SpamtuneError(f"the service at {self.url} sent a malformed answer") from None
 

@@ -24,12 +24,14 @@ from helpers import HAM, SPAM, TINY, write_rigged_run
 from running_service import call, call_json, running
 from typer.testing import CliRunner
 
-from spamtune import checkpoint
+from spamtune import __version__, checkpoint
 from spamtune.cli import app as cli_app
 from spamtune.infer import SpamClassifier
+from spamtune.long_messages import predict_long
+from spamtune.mail import DEFAULT_LONG
 from spamtune.serve.app import ServeSettings, create_app
 from spamtune.serve.batcher import DynamicBatcher
-from spamtune.serve.mailverdict import message_text
+from spamtune.mail import message_text
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "k" * 12 + "-test-key-0123"
@@ -187,10 +189,10 @@ def strict_service(tmp_path_factory):
         def __getattr__(self, name):
             return getattr(clf, name)
 
-        def predict(self, texts):
+        def predictions(self, texts, probabilities):  # the last step of every prediction
             if "explode" in texts:
                 raise RuntimeError(f"boom in {REPO}/secret/path.py")
-            return clf.predict(texts)
+            return clf.predictions(texts, probabilities)
 
     settings = ServeSettings(max_body_bytes=2_000, max_mail_bytes=3_000, max_texts=4)
     app = create_app(Fragile(), settings)
@@ -256,17 +258,35 @@ def test_a_failing_request_leaves_no_trace_and_the_service_running(strict_servic
 # ----------------------------------------------------------------------------- the other endpoints
 
 
+MAIL = (
+    b"From: Prize Desk <win@example.com>\r\nTo: you@example.org\r\nSubject: You have WON\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nClaim your cash reward today, reply YES to 85023\r\n"
+)
+
+
 def test_mail_endpoint_classifies_the_message_text_and_gives_the_filter_header(service, clf):
-    raw = (
-        b"From: Prize Desk <win@example.com>\r\nTo: you@example.org\r\nSubject: You have WON\r\n"
-        b"Content-Type: text/plain; charset=utf-8\r\n\r\nClaim your cash reward today, reply YES to 85023\r\n"
-    )
-    status, answer = call_json(service + "/v1/classify/mail", "POST", raw, {"Content-Type": "message/rfc822"})
-    expected = clf.predict(message_text(raw))
-    assert "85023" in message_text(raw) and "WON" in message_text(raw)
+    status, answer = call_json(service + "/v1/classify/mail", "POST", MAIL, {"Content-Type": "message/rfc822"})
+    [expected] = predict_long(clf, [message_text(MAIL)], DEFAULT_LONG)
+    assert "85023" in message_text(MAIL) and "WON" in message_text(MAIL)
     assert status == 200 and (answer["label"], answer["p_spam"]) == (expected.label, expected.probability)
     flag = "Yes" if expected.label == "spam" else "No"
-    assert answer["headers"] == {"X-Spamtune-Status": f"{flag}, p_spam={expected.probability:.3f}"}
+    assert answer["headers"] == {
+        "X-Spamtune-Status": f"{flag}, p_spam={expected.probability:.3f}, threshold=0.5",
+        "X-Spamtune-Run": f"random-run; spamtune {__version__}",
+    }
+
+
+def test_filter_with_a_server_writes_what_filter_writes(service, random_run):
+    local = CliRunner().invoke(cli_app, ["filter", "--run", str(random_run), "--precision", "fp32"], input=MAIL)
+    remote = CliRunner().invoke(cli_app, ["filter", "--server", service], input=MAIL)
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.stderr
+    assert b"X-Spamtune-Status: " in remote.stdout_bytes and remote.stdout_bytes == local.stdout_bytes
+    # The service unreachable: the message goes through untouched, one line on stderr, status 1.
+    down = CliRunner().invoke(cli_app, ["filter", "--server", "http://127.0.0.1:9"], input=MAIL)
+    assert down.exit_code == 1 and down.stdout_bytes == MAIL
+    assert down.stderr.startswith("Error: message passed through unclassified: cannot reach the service")
+    refused = CliRunner().invoke(cli_app, ["filter", "--server", service, "--long", "head"], input=MAIL)
+    assert refused.exit_code == 2 and "--long cannot be used with --server" in refused.stderr
 
 
 def test_health_model_metrics_and_openapi(service):
@@ -397,6 +417,10 @@ def test_client_mode_never_imports_torch(service, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 2 and set(proc.stdout.split()) <= {"spam", "ham"}
     assert "NO_TORCH" in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", probe, "filter", "--server", service], input=MAIL,
+                          capture_output=True, env=env, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert b"X-Spamtune-Status: " in proc.stdout and b"NO_TORCH" in proc.stderr
 
 
 def test_client_errors_are_one_line(service, clf, tmp_path):

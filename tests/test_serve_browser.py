@@ -16,6 +16,7 @@ import pytest
 from helpers import P_HAM, P_SPAM, write_rigged_run
 from running_service import running
 
+from spamtune import __version__
 from spamtune.infer import SpamClassifier
 from spamtune.serve.app import create_app
 
@@ -99,7 +100,9 @@ def test_pasted_mail_goes_to_the_mail_endpoint_and_shows_the_header(browser, ser
     page.click("#classify")
     page.wait_for_selector("#headers-box:not([hidden])")
     assert page.text_content("#verdict") == "spam"
-    assert page.text_content("#headers") == f"X-Spamtune-Status: Yes, p_spam={P_SPAM:.3f}"
+    assert page.text_content("#headers") == (
+        f"X-Spamtune-Status: Yes, p_spam={P_SPAM:.3f}, threshold=0.5\nX-Spamtune-Run: rigged; spamtune {__version__}"
+    )
     # A phone-wide page never scrolls sideways.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     _shot(page, "phone-mail")

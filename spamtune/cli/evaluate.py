@@ -11,10 +11,11 @@ import enum
 import json
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from spamtune.cli.common import LongMode, cell, long_option, stderr_console
 from spamtune.errors import SpamtuneUsageError
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
@@ -50,9 +51,9 @@ def render_tables(result: dict, console: Console) -> None:
     from rich.table import Table
 
     columns = _columns(result)
-    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages", highlight=False)
+    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages")
     if "baseline" in result:
-        console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split", highlight=False)
+        console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split")
 
     overview = Table(title="Overall")
     overview.add_column("")
@@ -75,7 +76,7 @@ def render_tables(result: dict, console: Console) -> None:
         for heading, r in columns:
             scores = r["per_class"][label]
             per_class.add_row(
-                label, heading, *(_number(scores[k], percent=True) for k in ("precision", "recall", "f1")), str(scores["support"])
+                cell(label), heading, *(_number(scores[k], percent=True) for k in ("precision", "recall", "f1")), str(scores["support"])
             )
     console.print(per_class)
 
@@ -83,18 +84,21 @@ def render_tables(result: dict, console: Console) -> None:
         matrix = Table(title=f"Confusion matrix, {heading}")
         matrix.add_column("true \\ predicted")
         for label in r["labels"]:
-            matrix.add_column(label, justify="right")
+            matrix.add_column(cell(label), justify="right")
         for label, row in zip(r["labels"], r["confusion_matrix"]):
-            matrix.add_row(label, *map(str, row))
+            matrix.add_row(cell(label), *map(str, row))
         console.print(matrix)
 
 
 def evaluate_command(
     run_dir: Path | None = typer.Argument(None, help="Run folder (default: the latest run under the data root)."),
     split: str | None = typer.Option(None, help="test (default), validation, train or all."),
-    input_file: Path | None = typer.Option(
-        None, "--input", help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection."
+    input_file: Optional[list[str]] = typer.Option(
+        None, "--input", metavar="FILE|LABEL=PATH",
+        help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection; "
+        "or mail as LABEL=PATH (repeatable: a Maildir, an mbox, a folder of message files or a .eml).",
     ),
+    long: Optional[LongMode] = long_option("chunks for mail, head for files and splits"),
     output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also train TF-IDF + logistic regression on the train split."),
     batch_size: int = typer.Option(64, "--batch-size", help="Messages per batch."),
@@ -104,23 +108,22 @@ def evaluate_command(
     """Score a fine-tuned run on a split or a labelled file."""
     from spamtune.evaluate import evaluate_run
 
-    if split is not None and input_file is not None:
+    if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
     result = evaluate_run(
         run_dir,
         split=split or "test",
-        input_file=input_file,
+        input_file=input_file or None,
         data_dir=data_dir,
         device=device,
         batch_size=batch_size,
         baseline=baseline,
+        long=long,
     )
     if output_format is ReportFormat.json:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
-    from rich.console import Console
-
-    render_tables(result, Console(stderr=True))
+    render_tables(result, stderr_console())
     line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
     if "baseline" in result:
         line += f"; baseline {result['baseline']['accuracy']:.2%}"

@@ -1,23 +1,26 @@
-"""``spamtune predict --server URL``: the same command, answered by a running ``spamtune serve``.
+"""``spamtune predict --server URL`` and ``spamtune filter --server URL``: the same commands,
+answered by a running ``spamtune serve``.
 
-Messages are read and answers written exactly as in local ``predict`` (same chunks, same
-renderer, same exit status), but each chunk goes to the service over HTTP: nothing here imports
-torch or loads a model, so a call costs an interpreter start and a round trip.
+Messages are read and answers written exactly as locally (same chunks, same renderer, same
+header insertion, same exit status), but the classifying happens in the service over HTTP:
+nothing here imports torch or loads a model, so a call costs an interpreter start and a round trip.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import typer
 
 from spamtune.errors import SpamtuneUsageError
+from spamtune.mail_filter import Verdict
 
-# Options of local prediction that the service decides for itself.
+# Options of local classification that the service decides for itself (its run, its reading of
+# long messages), or that it does not offer (mail folders: send each message to /v1/classify/mail).
 LOCAL_ONLY = {"run": "--run", "data_dir": "--data-dir", "device": "--device", "precision": "--precision",
-              "batch_size": "--batch-size"}  # fmt: skip
+              "batch_size": "--batch-size", "long": "--long", "mail": "--mail"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,29 @@ def given_on_command_line(name: str) -> bool:
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
 
 
+def refuse_local_options() -> None:
+    local = [flag for name, flag in LOCAL_ONLY.items() if given_on_command_line(name)]
+    if local:
+        raise SpamtuneUsageError(f"{', '.join(local)} cannot be used with --server: the service's own run and settings apply")
+
+
+def remote_mail_verdict(server: str, api_key: str | None, threshold: float | None) -> Callable[[bytes], Verdict]:
+    """``classify`` for ``filter_message``: the service's verdict on the message's first bytes.
+
+    Wrong options are refused here, before any input is read; a failure to reach the service
+    happens inside ``classify``, so the filter passes the message through unchanged."""
+    refuse_local_options()
+
+    def classify(raw: bytes) -> Verdict:
+        from spamtune.client import client_from_env
+
+        client = client_from_env(server, api_key)
+        answer = client.classify_mail(raw, threshold)
+        return Verdict(answer.label == client.model()["positive_label"], answer.p_spam, answer.threshold, answer.run)
+
+    return classify
+
+
 def predict_remotely(
     chunks: Iterable[list[str]], server: str, api_key: str | None, output_format, threshold: float, fail_on_spam: bool
 ) -> None:
@@ -51,9 +77,7 @@ def predict_remotely(
     from spamtune.cli.predict import OutputFormat, Renderer, _stdout_is_terminal, _use_color
     from spamtune.client import client_from_env
 
-    local = [flag for name, flag in LOCAL_ONLY.items() if given_on_command_line(name)]
-    if local:
-        raise SpamtuneUsageError(f"{', '.join(local)} cannot be used with --server: the service's own run and settings apply")
+    refuse_local_options()
     requested = threshold if given_on_command_line("threshold") else None  # else the service's threshold
     client = client_from_env(server, api_key)
     info = client.model()

@@ -24,7 +24,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spamtune import __version__
-from spamtune.serve import mailverdict
+from spamtune.serve import verdicts
 from spamtune.serve.batcher import DynamicBatcher, ServiceStopping
 from spamtune.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from spamtune.serve.metrics import ServiceMetrics
@@ -115,7 +115,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     settings = settings or ServeSettings()
     metrics = ServiceMetrics()
     batcher = DynamicBatcher(
-        {"text": classifier.predict, "mail": mailverdict.mail_predictor(classifier)},
+        verdicts.predictors(classifier),
         max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, on_pass=metrics.observe_pass,
     )  # fmt: skip
     run_name = classifier.run_dir.name if getattr(classifier, "run_dir", None) is not None else "unnamed"
@@ -227,16 +227,17 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         openapi_extra={"requestBody": {"required": True, "content": {"message/rfc822": {"schema": {"type": "string"}}}}},
     )  # fmt: skip
     async def classify_mail(request: Request, threshold: float | None = None) -> Response:
-        """The verdict on one raw message (the request body, as a mail server holds it) and the
-        headers ``spamtune filter`` would add to it."""
+        """The verdict on one raw message (the request body, as a mail server holds it), read as
+        ``spamtune filter`` reads it, and the headers it would add."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ApiError(422, "invalid threshold: must be between 0 and 1")
         raw = await read_body(request, settings.max_mail_bytes)
-        text = await run_in_threadpool(mailverdict.message_text, raw)  # parsing a large message takes a while
+        text = await run_in_threadpool(verdicts.message_text, raw)  # parsing a large message takes a while
         label, p = verdict((await classify([text], "mail"))[0], threshold)
+        used = threshold_of(threshold)
         return JSONResponse({
-            "run": run_name, "threshold": threshold_of(threshold), "label": label, "p_spam": p,
-            "headers": {mailverdict.STATUS_HEADER: mailverdict.status_header(label == positive, p)},
+            "run": run_name, "threshold": used, "label": label, "p_spam": p,
+            "headers": verdicts.mail_headers(label == positive, p, used, run_name),
         })  # fmt: skip
 
     # ------------------------------------------------------------------------- service
