@@ -9,6 +9,7 @@ from typing import List, Literal, Optional
 import typer
 
 from spamtune import paths
+from spamtune.cli.runs import human_size
 
 cache_app = typer.Typer(
     help="Show and free the frozen-prefix caches that later runs reuse (under <data root>/cache).",
@@ -20,14 +21,6 @@ DATA_DIR = typer.Option(None, "--data-dir", help="Data root (default: $SPAMTUNE_
 
 def register(app: typer.Typer) -> None:
     app.add_typer(cache_app, name="cache")
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _row(entry) -> dict:
@@ -67,11 +60,11 @@ def ls(
             typer.echo(json.dumps(row))
             continue
         base = (row["base_sha256"] or "-")[:12]
-        fields = [row["name"], human_bytes(row["bytes"]), f"{row['blocks'] or '-'} blocks", row["dtype"] or "-",
+        fields = [row["name"], human_size(row["bytes"]), f"{row['blocks'] or '-'} blocks", row["dtype"] or "-",
                   row["precision"] or "-", f"{row['examples'] or 0} examples", f"base {base}", row["status"], row["created"] or "-"]  # fmt: skip
         typer.echo("\t".join(str(f) for f in fields))
     total = sum(e.nbytes for e in entries)
-    typer.echo(f"{len(entries)} cache(s), {human_bytes(total)} in {paths.cache_dir(paths.data_root(data_dir))}", err=True)
+    typer.echo(f"{len(entries)} cache(s), {human_size(total)} in {paths.cache_dir(paths.data_root(data_dir))}", err=True)
 
 
 @cache_app.command("rm")
@@ -91,4 +84,4 @@ def rm(
     removed = remove_caches(paths.data_root(data_dir), names or (), everything=everything)
     for entry in removed:
         typer.echo(entry.path)
-    typer.echo(f"freed {human_bytes(sum(e.nbytes for e in removed))}", err=True)
+    typer.echo(f"freed {human_size(sum(e.nbytes for e in removed))}", err=True)
