@@ -127,9 +127,29 @@ def finetune_command(
     out: Path | None = typer.Option(None, "--out", help="Run folder to create. Default: a new folder under <data root>/runs/."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue an unfinished run folder from its last checkpoint."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=field_help(FinetuneOptions, "data_dir")),
+    devices: int | None = typer.Option(
+        None, "--devices", min=1,
+        help="Train with N processes on this machine (one per GPU; DistributedDataParallel through torchrun's "
+        "launcher). --batch-size stays the global batch.",
+    ),
     **options,
 ) -> None:
     """Fine-tune GPT-2 into a spam classifier (the book's chapter-6 recipe by default)."""
+    import sys
+
+    from spamtune import distributed
+
+    if distributed.maybe_launch(devices, sys.argv[1:]):
+        return
+    world = distributed.init_from_env(options["device"])
+    try:
+        _finetune(ctx, out, resume, data_dir, world, options)
+    finally:
+        distributed.shutdown()
+
+
+def _finetune(ctx: typer.Context, out: Path | None, resume: Path | None, data_dir: Path | None, world, options: dict) -> None:
+    """Train or resume; under several ranks only rank 0 reports (the others' events are dropped)."""
     from spamtune import events, paths, runs, train
 
     options["data_dir"] = str(paths.data_root(data_dir))
@@ -145,6 +165,8 @@ def finetune_command(
             summary = train.finetune(FinetuneOptions(**options), out, on_event=reporter)
     except events.TrainingInterrupted as exc:
         reporter.close()
+        if not world.is_main:
+            raise typer.Exit(130) from None
         best = f"; model.safetensors holds the best weights so far, from step {exc.best_step}" if exc.best_step else ""
         console.print(
             f"interrupted at step {exc.step} (last checkpoint: step {exc.checkpoint_step}{best}); "
@@ -159,6 +181,8 @@ def finetune_command(
         ) from None
     finally:
         reporter.close()
+    if not world.is_main:
+        return
     stopped = "  (stopped early)" if summary["stopped_early"] else ""
     console.print(
         f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.3f}) with the best weights "

@@ -7,6 +7,7 @@ answers as they come. torch and the model are imported inside the command only.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -219,28 +220,78 @@ def predict(
         False, "--fail-on-spam",
         help="Exit with status 1 when any message is spam (after writing all output), like an inverted grep -q.",
     ),
+    out_file: Path | None = typer.Option(
+        None, "--out", "-o", metavar="PATH", dir_okay=False,
+        help="Write the results to PATH (complete or not at all: a temporary file renamed at the end) instead of stdout.",
+    ),
+    devices: int | None = typer.Option(
+        None, "--devices", min=1,
+        help="Classify --file with N processes on this machine (one per GPU; torchrun's launcher), one output in input order.",
+    ),
 ) -> None:
-    """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP)."""
-    chunks = message_source(messages or [], file)
+    """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP).
 
+    Under torchrun (or ``--devices``) every rank reads the same input, classifies its share of
+    each chunk, and rank 0 writes all shares in input order: the output a single process gives."""
+    from spamtune import distributed
+
+    if distributed.maybe_launch(devices, sys.argv[1:]):
+        return
+    if distributed.launched_by_torchrun() and (file is None or str(file) == "-" or "-" in (messages or [])):
+        raise SpamtuneUsageError("several processes classify a file, not stdin: give --file PATH")
+    chunks = message_source(messages or [], file)
+    world = distributed.init_from_env(device)
+    try:
+        any_positive = _classify_all(chunks, world, run, data_dir, output_format, out_file, threshold, batch_size, device, precision)
+    finally:
+        distributed.shutdown()
+    if fail_on_spam and any_positive:
+        raise typer.Exit(1)
+
+
+def _classify_all(chunks, world, run, data_dir, output_format, out_file, threshold, batch_size, device, precision) -> bool:
+    """Write one line per message to ``out_file`` (atomically) or stdout; return whether any was positive."""
+    from spamtune.fsutil import atomic_path
     from spamtune.infer import SpamClassifier
 
     classifier = SpamClassifier.load(
         run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
     )
+    to_terminal = out_file is None and _stdout_is_terminal()
     if output_format is None:
-        output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
-    renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=_use_color())
+        output_format = OutputFormat.text if to_terminal else OutputFormat.tsv
+    renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=to_terminal and _use_color())
+    if world.distributed:  # every rank must cut the input at the same places
+        chunks = fixed_chunks(chunks, CHUNK_LINES * world.size)
     sys.stdout.flush()
-    out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
     any_positive = False
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
+        if out_file is not None and world.is_main:
+            out = stack.enter_context(open(stack.enter_context(atomic_path(out_file)), "wb"))
+        for chunk in chunks:
+            mine = world.share(chunk)
+            predictions = classifier.predict(mine) if mine else []
+            text = "".join(map(renderer.line, predictions))
+            positive = any(p.label == classifier.positive_label for p in predictions)
+            for share_text, share_positive in world.gather_to_main((text, positive)) or []:
+                out.write(share_text.encode("utf-8", errors="replace"))
+                any_positive = any_positive or share_positive
+            if world.is_main:
+                out.flush()
+    return world.decide_once(any_positive)
+
+
+def fixed_chunks(chunks: Iterator[list[str]], size: int) -> Iterator[list[str]]:
+    """The same messages in lists of exactly ``size`` (the last one shorter)."""
+    pending: list[str] = []
     for chunk in chunks:
-        predictions = classifier.predict(chunk)
-        out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
-        out.flush()
-        any_positive = any_positive or any(p.label == classifier.positive_label for p in predictions)
-    if fail_on_spam and any_positive:
-        raise typer.Exit(1)
+        pending.extend(chunk)
+        while len(pending) >= size:
+            yield pending[:size]
+            del pending[:size]
+    if pending:
+        yield pending
 
 
 def register(app: typer.Typer) -> None:
