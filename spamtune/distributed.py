@@ -21,6 +21,7 @@ rank 0 writes files and reports progress.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -375,13 +376,17 @@ def launch(nproc: int, argv: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "spamtune", *argv])
+    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "spamtune"])
+    # Set after parsing: the launcher's parser would read spamtune's own options (--run) as its own.
+    args.training_script_args = list(argv)
+    # The workers print their own one-line errors; the launcher's log of the same failure is noise.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         run(args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
-        error = WorkersFailed(f"rank {rank} of {nproc} exited with status {failure.exitcode}; the workers stopped")
+        error = WorkersFailed(f"rank {rank} of {nproc} exited with status {failure.exitcode}; the other ranks were stopped")
         error.exit_code = code
         raise error from None
 
