@@ -124,19 +124,23 @@ def bench_ranks(data_dir: Path, epochs: int = 1) -> dict:
     """1 process against 2 ranks (`--devices 2`: torchrun's launcher, DDP over gloo) on this CPU,
     same global batch, a from-scratch tiny model. With 2 cores there is nothing to gain: this
     measures the overhead (launcher, process group, gradient all-reduce) and checks that both
-    give the same result. One process uses torch's default threads, each rank one (torchrun's)."""
+    give the same result. Each rank gets one thread (torchrun's default), so one process is
+    timed both with torch's default threads and with one thread, the like-for-like comparison."""
     out: dict = {"model": "tiny", "trainable": "last-block", "epochs": epochs, "runs": {}}
-    for devices in (1, 2):
-        run_dir = data_dir / "runs" / f"ranks-{devices}"
+    configs = {"1 process": (1, None), "1 process, 1 thread": (1, "1"), "2 ranks": (2, None)}
+    for name, (devices, threads) in configs.items():
+        run_dir = data_dir / "runs" / f"ranks-{name.replace(' ', '').replace(',', '-')}"
         cmd = [
             *SPAMTUNE, "finetune", "--model", "tiny", "--weights", "random", "--trainable", "last-block",
             "--epochs", str(epochs), "--precision", "fp32", "--device", "cpu", "--data-dir", str(data_dir),
             "--out", str(run_dir), "--devices", str(devices),
         ]  # fmt: skip
-        log(f"ranks: tiny model, {devices} process(es) ...")
-        wall, _ = timed_run(cmd)
+        log(f"ranks: tiny model, {name} ...")
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        wall, _ = timed_run(cmd, env=env if threads is None else {**env, "OMP_NUM_THREADS": threads})
         summary = json.loads((run_dir / "summary.json").read_text())
-        out["runs"][devices] = {
+        out["runs"][name] = {
+            "run": str(run_dir),
             "wall_s": round(wall, 2),
             "training_steps_s": summary["training_time_s"],
             "examples_per_s": summary["examples_per_s"],
@@ -145,7 +149,7 @@ def bench_ranks(data_dir: Path, epochs: int = 1) -> dict:
         }
     from safetensors.torch import load_file
 
-    one, two = (load_file(str(data_dir / "runs" / f"ranks-{d}" / "model.safetensors")) for d in (1, 2))
+    one, two = (load_file(str(Path(out["runs"][name]["run"]) / "model.safetensors")) for name in ("1 process", "2 ranks"))
     out["max_weight_difference"] = max(float((one[k] - two[k]).abs().max()) for k in one)
     return out
 
@@ -279,7 +283,7 @@ def report(r: dict) -> None:
     rows.append(("cold start predict \"x\"", f"{c['predict_x_s']:.2f} s vs import torch {c['import_torch_s']:.2f} s", f"+{c['over_torch_s']:.2f} s"))
     m = r["predict_cli"]
     rows.append(("spamtune predict - (CLI, whole file)", f"{m['wall_s']:.1f} s, peak RSS {m['peak_rss_gb']:.2f} GB", ""))
-    rows.append(ranks_row(r["ranks"]))
+    rows.extend(ranks_rows(r["ranks"]))
     width = max(len(a) for a, _, _ in rows)
     print(f"spamtune bench: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
           f"auto precision on CPU = {r['machine']['auto_precision_cpu']}")  # fmt: skip
@@ -304,18 +308,22 @@ def report(r: dict) -> None:
     r["checks"] = {name: ok for name, ok in checks}
 
 
-def ranks_row(ranks: dict) -> tuple[str, str, str]:
-    one, two = ranks["runs"][1], ranks["runs"][2]
-    return (
-        f"tiny, {ranks['epochs']} epoch: 1 process vs --devices 2",
-        f"wall {one['wall_s']:.1f} s vs {two['wall_s']:.1f} s, steps {one['training_steps_s']:.1f} s vs {two['training_steps_s']:.1f} s",
-        f"{two['wall_s'] / one['wall_s']:.2f}x wall; test acc {one['test_accuracy']:.2%} vs {two['test_accuracy']:.2%}, "
-        f"max |dw| {ranks['max_weight_difference']:.1e}",
-    )
+def ranks_rows(ranks: dict) -> list[tuple[str, str, str]]:
+    """One row per configuration; the last column compares with one process of one thread."""
+    base = ranks["runs"]["1 process, 1 thread"]["wall_s"]
+    return [
+        (
+            f"tiny, {ranks['epochs']} epoch, {name}",
+            f"wall {r['wall_s']:.1f} s, steps {r['training_steps_s']:.1f} s, test acc {r['test_accuracy']:.2%}",
+            f"{r['wall_s'] / base:.2f}x 1-thread wall" + (f"; max |dw| vs 1 process {ranks['max_weight_difference']:.1e}" if name == "2 ranks" else ""),
+        )
+        for name, r in ranks["runs"].items()
+    ]
 
 
 def report_ranks(ranks: dict) -> None:
-    print("  ".join(ranks_row(ranks)))
+    for row in ranks_rows(ranks):
+        print("  ".join(row))
 
 
 if __name__ == "__main__":
