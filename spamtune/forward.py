@@ -49,15 +49,9 @@ def eval_mode(model: GPTModel) -> Iterator[GPTModel]:
 
 @torch.inference_mode()
 def predict_logits(
-    model: GPTModel,
-    examples: Examples,
-    pooling: str,
-    *,
-    precision: Precision,
-    batch_size: int = EVAL_BATCH_SIZE,
-    pad_to: int | None = None,
-    last_query_only: bool = True,
-) -> torch.Tensor:
+    model: GPTModel, examples: Examples, pooling: str, *, precision: Precision,
+    batch_size: int = EVAL_BATCH_SIZE, pad_to: int | None = None, last_query_only: bool = True,
+) -> torch.Tensor:  # fmt: skip
     """Class logits ``[n, num_classes]`` (fp32, on the CPU) in the order of ``examples``.
 
     A message that occurs more than once is computed once (the SMS splits, mailboxes and logs

@@ -264,7 +264,7 @@ def attach_prefix_caches(
     """
     start = cacheable_blocks(model, trainable)
     if not shortcuts:
-        return PrefixCacheReport(0, (), 0, 0.0, "turned off with the other shortcuts")
+        return PrefixCacheReport(0, (), 0, 0.0, "not used: the shortcuts are off")
     if pooling == "last":
         return PrefixCacheReport(0, (), 0, 0.0, "not used with last pooling, which reads a padding position the cache does not hold")
     if start == 0:

@@ -102,6 +102,13 @@ def lock_run_dir(run_dir: Path):
     return lock
 
 
+def release_finished(run_dir: Path) -> None:
+    """Remove the lock file of a run that has just finished, while still holding it. A process
+    that opened it meanwhile finds the run finished once it gets the lock, so nothing can train
+    the run again; an unfinished run keeps its lock file, whose one inode all its users share."""
+    (Path(run_dir) / LOCK_FILE).unlink(missing_ok=True)
+
+
 def remove_leftovers(run_dir: Path) -> None:
     """Temporaries of writes a kill cut short (the final model, a checkpoint): the folder is
     locked, so nothing is writing them any more."""

@@ -242,6 +242,7 @@ def resume_finetune(
     with run_lock(world, run_dir):
         hparams = runs.read_hparams(run_dir)
         if runs.is_finished(run_dir):
+            runs.release_finished(run_dir)
             raise SpamtuneError(f"{run_dir} is a finished run; nothing to resume")
         try:
             options = FinetuneOptions(**{f.name: hparams[f.name] for f in fields(FinetuneOptions)})
@@ -429,6 +430,7 @@ def finish(run: Run, summary: dict, records: list[dict]) -> dict:
     plot_curves(records, len(run.data.train), run.run_dir / runs.CURVES_FILE)
     runs.write_summary(run.run_dir, summary)
     shutil.rmtree(run.run_dir / runs.RESUME_DIR, ignore_errors=True)
+    runs.release_finished(run.run_dir)
     return summary
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -52,8 +51,8 @@ LAST_BLOCK = Trainable.parse("last-block", TINY_CONFIG["n_layers"])
 
 
 def visible_files(run_dir: Path) -> list[str]:
-    """The run folder's files but its (hidden) lock."""
-    return sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE)
+    """The files of a finished run's folder (its lock file goes with the end of training)."""
+    return sorted(p.name for p in run_dir.iterdir())
 
 
 def tiny_model(trainable: str = "last-block") -> GPTModel:
@@ -355,17 +354,10 @@ def test_last_pooling_trains_without_the_cache(data_root, tmp_path):
     assert summary["prefix_cache"]["splits"] == []
 
 
-REAL_SMS = Path(
-    os.environ.get("SPAMTUNE_TEST_SMS")
-    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
-)
-
-
-@pytest.mark.skipif(not REAL_SMS.is_file(), reason=f"real SMS data not found at {REAL_SMS}")
-def test_shortcuts_give_identical_accuracies_on_the_real_split(tmp_path):
+def test_shortcuts_give_identical_accuracies_on_the_real_split(tmp_path, sms_file):
     """Same seed, fp32, tiny model, the book's balanced split: the same curve with and without."""
     root = tmp_path / "data"
-    result = CliRunner().invoke(app, ["prepare", "--input", str(REAL_SMS), "--data-dir", str(root)])
+    result = CliRunner().invoke(app, ["prepare", "--input", str(sms_file), "--data-dir", str(root)])
     assert result.exit_code == 0, result.output
     (root / "tiny.json").write_text(json.dumps({"context_length": 128, "emb_dim": 64, "n_layers": 3, "n_heads": 4}))
     _, _, fast_records, plain_records = run_pair(
@@ -443,6 +435,7 @@ def test_a_run_trains_in_one_process_at_a_time(data_root):
         assert not (run_dir / runs.SUMMARY_FILE).exists()
     assert invoke("finetune", "--resume", str(run_dir)).exit_code == 0  # the lock goes with its holder
     assert_one_line_error(invoke("finetune", "--resume", str(run_dir)), "is a finished run", 1)
+    assert visible_files(run_dir) == sorted(runs.RUN_FILES)  # no lock file left in a finished run
 
 
 def test_paths_with_brackets_are_printed_as_they_are(data_root, monkeypatch):
@@ -465,3 +458,21 @@ def test_paths_with_brackets_are_printed_as_they_are(data_root, monkeypatch):
     resumed = invoke("finetune", "--resume", str(run_dir))
     assert resumed.exit_code == 0, resumed.stderr
     assert f"run folder: {run_dir}\n" in resumed.stderr and resumed.stdout.splitlines()[-1] == str(run_dir)
+
+
+def test_the_cli_takes_its_defaults_from_the_options_dataclass(data_root, monkeypatch):
+    """Every finetune flag's default is FinetuneOptions' own: nothing is written twice."""
+    given = []
+
+    def capture(opts, out, on_event):
+        given.append(opts)
+        raise SpamtuneError("options captured")
+
+    monkeypatch.setattr(train, "finetune", capture)
+    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root)), "options captured", 1)
+    flags = ("--no-shortcuts", "--batch-size", "3", "--max-length", "9")
+    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root), *flags), "options captured", 1)
+    assert given == [
+        options.FinetuneOptions(data_dir=str(data_root)),
+        options.FinetuneOptions(data_dir=str(data_root), shortcuts=False, batch_size=3, max_length=9),
+    ]
