@@ -379,10 +379,19 @@ def launch(nproc: int, argv: list[str]) -> None:
     args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "spamtune"])
     # Set after parsing: the launcher's parser would read spamtune's own options (--run) as its own.
     args.training_script_args = list(argv)
-    # The workers print their own one-line errors; the launcher's log of the same failure is noise.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    # The workers print their own one-line errors; the launcher's log of the same failure (or
+    # of a Ctrl-C) is noise. Its loggers each set their own level, so each is quietened.
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
+    # torchrun's default for several ranks, set here so that it does not warn about it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         run(args)
+    except SignalException:  # Ctrl-C (or a kill): the ranks got it too, rank 0 said what it kept
+        raise KeyboardInterrupt from None
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
