@@ -323,6 +323,18 @@ def evaluate_sharded(world: World, model: GPTModel, examples: Examples, pooling:
     return total_loss / len(examples), total_correct / len(examples)
 
 
+def predict_logits_sharded(world: World, model: GPTModel, examples: Examples, pooling: str, **forward) -> torch.Tensor:
+    """``forward.predict_logits`` over the whole of ``examples``, each rank computing its
+    contiguous share; the shares are all-gathered in rank order, which is input order."""
+    from spamtune.forward import predict_logits
+
+    if not world.distributed:
+        return predict_logits(model, examples, pooling, **forward)
+    mine, _ = shard_examples(world, examples)
+    logits = predict_logits(model, mine, pooling, **forward) if len(mine) else torch.zeros(0, model.num_classes)
+    return torch.cat(world.all_gather_rows(logits.to(world.device))).cpu()
+
+
 # --------------------------------------------------------------------------- prefix cache
 
 

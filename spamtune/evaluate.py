@@ -17,9 +17,10 @@ from spamtune import paths, runs
 from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import Split, read_label_map, read_split
 from spamtune.device import Precision, resolve_device
+from spamtune.distributed import World, predict_logits_sharded
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, check_split_labels, pad_width
-from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, predict_logits
+from spamtune.forward import EVAL_BATCH_SIZE, classification_loss
 from spamtune.metrics import classification_report
 from spamtune.tokenizer import encode_texts
 
@@ -104,10 +105,11 @@ def _reports(parts: dict[str, Split], preds: torch.Tensor, log_probs: torch.Tens
 
 
 def model_logits(model, cfg: ClassifierConfig, texts: list[str], *, precision: Precision, batch_size: int):
-    """The run's logits for texts, tokenised and batched exactly as in training's evaluations."""
+    """The run's logits for texts, tokenised and batched exactly as in training's evaluations;
+    under torchrun each rank computes a share and every rank gets all of them."""
     examples = Examples(encode_texts(texts, cfg.max_length), pad_id=cfg.pad_token_id)
-    return predict_logits(
-        model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
+    return predict_logits_sharded(
+        World.current(), model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
     )
 
 
@@ -166,7 +168,7 @@ def evaluate_run(
         result["input"] = str(input_file)
     result.update(_reports(parts, logits.argmax(dim=1), F.log_softmax(logits, dim=1), cfg.label_names))
     result["precision"] = precision.name
-    if baseline:
+    if baseline and World.current().is_main:  # only rank 0 reports it
         train = read_splits(root, "train", cfg)["train"]
         result["baseline"] = baseline_reports(train, parts, cfg.label_names)
     return result

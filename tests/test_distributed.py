@@ -28,6 +28,7 @@ from spamtune import distributed, events, runs, train
 from spamtune.cli import app
 from spamtune.cli import predict as predict_cli
 from spamtune.errors import SpamtuneError
+from spamtune.evaluate import evaluate_run
 
 REPO = Path(__file__).resolve().parents[1]
 JOIN_TIMEOUT_S = 60
@@ -195,7 +196,27 @@ def test_a_dead_rank_stops_the_other_with_the_checkpoint_intact(root, tmp_path, 
     assert state_steps["step"] == 5
 
 
-# --------------------------------------------------------------------------- prediction
+# --------------------------------------------------------------------------- evaluation and prediction
+
+
+def _evaluate_rank(rank: int, run_dir: Path, out: Path) -> None:
+    distributed.init_from_env("cpu")
+    result = evaluate_run(run_dir, split="all", device="cpu")
+    if rank == 0:
+        out.write_text(json.dumps(result))
+
+
+def test_sharded_evaluation_reports_the_single_process_figures(single_runs, tmp_path):
+    run_dir = single_runs["last-block, batch 8"]
+    single = evaluate_run(run_dir, split="all", device="cpu")
+    assert run_ranks(_evaluate_rank, run_dir, tmp_path / "two.json") == [0, 0]
+    sharded = json.loads((tmp_path / "two.json").read_text())
+    assert sharded["n"] == single["n"] == 60
+    for figures, reference in [(sharded, single), *((sharded["by_split"][k], single["by_split"][k]) for k in single["by_split"])]:
+        assert figures["accuracy"] == reference["accuracy"] and figures["confusion_matrix"] == reference["confusion_matrix"]
+        assert figures["loss"] == pytest.approx(reference["loss"], abs=1e-6)
+        assert figures["roc_auc"] == pytest.approx(reference["roc_auc"], abs=1e-9)
+
 
 
 def _predict_rank(rank: int, argv: list[str]) -> None:
@@ -233,3 +254,11 @@ def test_devices_launches_ranks_through_torchrun(tmp_path, big_input):
     launched = subprocess.run([sys.executable, "-m", "spamtune", *common, "--devices", "2"], capture_output=True, env=env, timeout=120)
     assert launched.returncode == 0, launched.stderr.decode()[-2000:]
     assert launched.stdout == single.read_bytes() and launched.stdout.count(b"\n") == 53
+
+
+def test_ranks_refuse_stdin_with_one_line(tmp_path, monkeypatch, capsys):
+    """Every rank would read the same stdin; a file is the shareable input."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = app(["predict", "-", "--run", str(tmp_path)], standalone_mode=False)
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "Error: several processes classify a file, not stdin: give --file PATH"

@@ -101,21 +101,36 @@ def evaluate_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Messages per batch."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default: the run's, else $SPAMTUNE_HOME or ./data)."),
+    devices: int | None = typer.Option(
+        None, "--devices", min=1, help="Score with N processes on this machine (one per GPU; torchrun's launcher)."
+    ),
 ) -> None:
-    """Score a fine-tuned run on a split or a labelled file."""
+    """Score a fine-tuned run on a split or a labelled file (under torchrun: each rank scores a
+    share of the messages, rank 0 reports)."""
+    import sys
+
+    from spamtune import distributed
     from spamtune.evaluate import evaluate_run
 
     if split is not None and input_file is not None:
         raise SpamtuneUsageError("give either --split or --input, not both")
-    result = evaluate_run(
-        run_dir,
-        split=split or "test",
-        input_file=input_file,
-        data_dir=data_dir,
-        device=device,
-        batch_size=batch_size,
-        baseline=baseline,
-    )
+    if distributed.maybe_launch(devices, sys.argv[1:]):
+        return
+    world = distributed.init_from_env(device)
+    try:
+        result = evaluate_run(
+            run_dir,
+            split=split or "test",
+            input_file=input_file,
+            data_dir=data_dir,
+            device=device,
+            batch_size=batch_size,
+            baseline=baseline,
+        )
+    finally:
+        distributed.shutdown()
+    if not world.is_main:
+        return
     if output_format is ReportFormat.json:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
