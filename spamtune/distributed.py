@@ -211,9 +211,11 @@ class World:
         return out
 
     def all_gather_rows(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's ``[n_r, ...]`` tensor (n_r may differ), in rank order, on every rank."""
+        """Every rank's ``[n_r, ...]`` tensor (n_r may differ), in rank order, on every rank, on
+        the device ``rows`` is on (they travel through the backend's: gloo has no MPS)."""
         if not self.distributed:
             return [rows]
+        home, rows = rows.device, rows.to(self.device)
         with self.collective():
             counts = torch.tensor([rows.shape[0]], device=rows.device)
             all_counts = [torch.zeros_like(counts) for _ in range(self.size)]
@@ -223,7 +225,7 @@ class World:
             padded[: rows.shape[0]] = rows
             gathered = [torch.empty_like(padded) for _ in range(self.size)]
             dist.all_gather(gathered, padded)
-        return [g[: int(c.item())] for g, c in zip(gathered, all_counts)]
+        return [g[: int(c.item())].to(home) for g, c in zip(gathered, all_counts)]
 
     def barrier(self) -> None:
         if self.distributed:

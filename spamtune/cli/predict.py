@@ -235,10 +235,11 @@ def predict(
     each chunk, and rank 0 writes all shares in input order: the output a single process gives."""
     from spamtune import distributed
 
+    several = distributed.launched_by_torchrun() or (devices or 1) > 1
+    if several and (file is None or str(file) == "-" or "-" in (messages or [])):
+        raise SpamtuneUsageError("several processes classify a file, not stdin: give --file PATH")
     if distributed.maybe_launch(devices, sys.argv[1:]):
         return
-    if distributed.launched_by_torchrun() and (file is None or str(file) == "-" or "-" in (messages or [])):
-        raise SpamtuneUsageError("several processes classify a file, not stdin: give --file PATH")
     chunks = message_source(messages or [], file)
     world = distributed.init_from_env(device)
     try:
