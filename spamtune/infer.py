@@ -8,7 +8,7 @@ is a thin layer over it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,19 +145,25 @@ class SpamClassifier:
     def predict(self, texts: str | Iterable[str]) -> Prediction | list[Prediction]:
         """One ``Prediction`` for a string, a list of them (in order) for an iterable of strings."""
         items, single = _text_list(texts)
-        probs = self._probabilities(items)
+        predictions = self.predictions(items, self._probabilities(items))
+        return predictions[0] if single else predictions
+
+    def predictions(self, texts: list[str], probs: torch.Tensor) -> list[Prediction]:
+        """A ``Prediction`` per text from its class probabilities ``[n, num_classes]``, labelled as
+        ``predict`` labels (``threshold`` for two classes, else the most probable class)."""
         positive = probs[:, self._positive_index].tolist()
         if self.config.num_classes == 2:
             negative_label = self.labels[1 - self._positive_index]
             labels = [self.positive_label if p >= self.threshold else negative_label for p in positive]
         else:
             labels = [self.labels[i] for i in probs.argmax(dim=1).tolist()]
-        predictions = [Prediction(t, label, p) for t, label, p in zip(items, labels, positive)]
-        return predictions[0] if single else predictions
+        return [Prediction(t, label, p) for t, label, p in zip(texts, labels, positive)]
 
-    def _probabilities(self, texts: list[str]) -> torch.Tensor:
-        examples = Examples(encode_texts(texts, self.max_length), pad_id=self.config.pad_token_id)
-        logits = predict_logits(
+    def token_logits(self, token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Class logits ``[n, num_classes]`` of token id lists (each at most ``max_length`` long):
+        the forward pass every prediction goes through, in the classifier's batches and precision."""
+        examples = Examples([list(ids) for ids in token_lists], pad_id=self.config.pad_token_id)
+        return predict_logits(
             self.model,
             examples,
             self.config.pooling,
@@ -165,7 +171,9 @@ class SpamClassifier:
             batch_size=self.batch_size,
             pad_to=pad_width(self.config.pooling, self.max_length),
         )
-        return torch.softmax(logits, dim=1)
+
+    def _probabilities(self, texts: list[str]) -> torch.Tensor:
+        return torch.softmax(self.token_logits(encode_texts(texts, self.max_length)), dim=1)
 
     def __repr__(self) -> str:
         where = f"{self.run_dir}, " if self.run_dir else ""

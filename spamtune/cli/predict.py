@@ -14,10 +14,11 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Optional
 
 import typer
 
+from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ PREDICT_HELP = (
     "with stdin not a terminal). In a file or on stdin each line is a message: lines end at \\n only, a trailing "
     "\\r is dropped (CRLF files), empty lines are classified too, and invalid UTF-8 is replaced by U+FFFD. "
     "Input is read and answered in chunks, so a large stream runs in constant memory and results appear as they come.\n\n"
-    "A message longer than the run's max length is cut to its first tokens (its start is kept). In tsv and text "
+    "A message longer than the run's max length is cut to its first tokens (its start is kept; see --long). In tsv and text "
     "output, tabs and line breaks inside a message become spaces; jsonl keeps the message exactly. The probability "
     "is always that of spam, whatever the label.\n\n"
     "With --fail-on-spam the exit status is 1 when any message is spam, 0 when none is (errors also exit 1, "
@@ -216,6 +217,12 @@ def predict(
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16 or fp16."
     ),
+    mail: Path | None = typer.Option(
+        None, "--mail", metavar="PATH",
+        help="Classify mail: a Maildir, an mbox, a folder of message files, a .eml, or '-' for one message on stdin. "
+        "One line per message with its id (path, or mbox number and Message-ID) instead of its text.",
+    ),
+    long: Optional[LongMode] = long_option("chunks with --mail, head for lines of text"),
     fail_on_spam: bool = typer.Option(
         False, "--fail-on-spam",
         help="Exit with status 1 when any message is spam (after writing all output), like an inverted grep -q.",
@@ -236,24 +243,37 @@ def predict(
     from spamtune import distributed
 
     several = distributed.launched_by_torchrun() or (devices or 1) > 1
-    if several and (file is None or str(file) == "-" or "-" in (messages or [])):
-        raise SpamtuneUsageError("several processes classify a file, not stdin: give --file PATH")
-    if distributed.maybe_launch(devices, sys.argv[1:]):
-        return
-    chunks = message_source(messages or [], file)
+    if mail is not None:
+        if messages or file is not None:
+            raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --file with it")
+        if several or out_file is not None:
+            raise SpamtuneUsageError("--mail runs on one process and writes to stdout; --out and --devices are for --file")
+        from spamtune.cli.predict_mail import mail_messages
+
+        chunks = mail_messages(mail)
+    else:
+        if several and (file is None or str(file) == "-" or "-" in (messages or [])):
+            raise SpamtuneUsageError("several processes classify a file, not stdin: give --file PATH")
+        if distributed.maybe_launch(devices, sys.argv[1:]):
+            return
+        chunks = message_source(messages or [], file)
     world = distributed.init_from_env(device)
     try:
-        any_positive = _classify_all(chunks, world, run, data_dir, output_format, out_file, threshold, batch_size, device, precision)
+        any_positive = _classify_all(
+            chunks, world, run, data_dir, output_format, out_file, threshold, batch_size, device, precision, mail, long
+        )
     finally:
         distributed.shutdown()
     if fail_on_spam and any_positive:
         raise typer.Exit(1)
 
 
-def _classify_all(chunks, world, run, data_dir, output_format, out_file, threshold, batch_size, device, precision) -> bool:
+def _classify_all(chunks, world, run, data_dir, output_format, out_file, threshold, batch_size, device, precision, mail, long) -> bool:
     """Write one line per message to ``out_file`` (atomically) or stdout; return whether any was positive."""
     from spamtune.fsutil import atomic_path
     from spamtune.infer import SpamClassifier
+    from spamtune.long_messages import predict_long
+    from spamtune.mail import TEXT_LONG
 
     classifier = SpamClassifier.load(
         run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
@@ -262,9 +282,13 @@ def _classify_all(chunks, world, run, data_dir, output_format, out_file, thresho
     if output_format is None:
         output_format = OutputFormat.text if to_terminal else OutputFormat.tsv
     renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=to_terminal and _use_color())
+    sys.stdout.flush()
+    if mail is not None:
+        from spamtune.cli.predict_mail import predict_mail
+
+        return predict_mail(classifier, chunks, renderer, long)
     if world.distributed:  # every rank must cut the input at the same places
         chunks = fixed_chunks(chunks, CHUNK_LINES * world.size)
-    sys.stdout.flush()
     any_positive = False
     with contextlib.ExitStack() as stack:
         out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
@@ -272,7 +296,7 @@ def _classify_all(chunks, world, run, data_dir, output_format, out_file, thresho
             out = stack.enter_context(open(stack.enter_context(atomic_path(out_file)), "wb"))
         for chunk in chunks:
             mine = world.share(chunk)
-            predictions = classifier.predict(mine) if mine else []
+            predictions = predict_long(classifier, mine, long or TEXT_LONG) if mine else []
             text = "".join(map(renderer.line, predictions))
             positive = any(p.label == classifier.positive_label for p in predictions)
             for share_text, share_positive in world.gather_to_main((text, positive)) or []:
