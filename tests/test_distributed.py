@@ -62,9 +62,9 @@ def _rank_main(rank: int, size: int, port: int, fn, args) -> None:
         os._exit(code)
 
 
-def run_ranks(fn, *args, size: int = 2, timeout: float = JOIN_TIMEOUT_S) -> list[int | None]:
+def run_ranks(fn, *args, size: int = 2, timeout: float = JOIN_TIMEOUT_S, exit_times: list | None = None) -> list[int | None]:
     """Fork ``size`` ranks running ``fn(rank, *args)``; their exit codes (None: still running
-    at the timeout, then killed)."""
+    at the timeout, or 2 s after a rank failed, then killed). ``exit_times`` receives when each was found ended (monotonic)."""
     ctx = multiprocessing.get_context("fork")
     port = free_port()
     procs = [ctx.Process(target=_rank_main, args=(rank, size, port, fn, args)) for rank in range(size)]
@@ -75,6 +75,10 @@ def run_ranks(fn, *args, size: int = 2, timeout: float = JOIN_TIMEOUT_S) -> list
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
         codes.append(p.exitcode)
+        if exit_times is not None:
+            exit_times.append(time.monotonic())
+        if p.exitcode not in (0, None):  # a failed rank: the others get 2 s to follow, as torchrun gives them
+            deadline = min(deadline, time.monotonic() + 2)
         if p.exitcode is None:
             p.kill()
             p.join()
@@ -161,8 +165,10 @@ def _interrupted_rank(rank: int, root: Path, out: Path, stop_at: int, how: str) 
         if steps[0] == stop_at:
             if how == "interrupt":
                 raise KeyboardInterrupt
-            if rank == 1:
+            if rank == 1 and how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if rank == 1 and how == "hang":
+                time.sleep(JOIN_TIMEOUT_S)
         return real_step(*args, **kwargs)
 
     train.optimizer_step = step
@@ -194,6 +200,14 @@ def test_a_dead_rank_stops_the_other_with_the_checkpoint_intact(root, tmp_path, 
     assert time.monotonic() - tick < 45
     state_steps = json.loads(__import__("safetensors").safe_open(str(runs.resume_file(out)), "pt").metadata()["loop"])
     assert state_steps["step"] == 5
+
+
+def test_a_hung_rank_stops_the_other_at_the_timeout(root, tmp_path, monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "3")
+    tick, exit_times = time.monotonic(), []
+    codes = run_ranks(_interrupted_rank, root, tmp_path / "two", 8, "hang", timeout=15, exit_times=exit_times)
+    assert codes[0] == 1 and codes[1] is None  # rank 1 still asleep, killed by the test
+    assert exit_times[0] - tick < 15
 
 
 # --------------------------------------------------------------------------- evaluation and prediction
