@@ -294,8 +294,8 @@ def loss_weights(world: World, share_sizes: list[int], global_sizes: list[int]) 
 # --------------------------------------------------------------------------- evaluation
 
 
-def shard_examples(world: World, examples: Examples) -> tuple[Examples, list[int]]:
-    """This rank's contiguous share of a split (with its cache rows) and their indices."""
+def shard_examples(world: World, examples: Examples) -> Examples:
+    """This rank's contiguous share of a split, with its cache rows."""
     from spamtune.examples import Examples
 
     indices = world.share(list(range(len(examples))))
@@ -304,22 +304,22 @@ def shard_examples(world: World, examples: Examples) -> tuple[Examples, list[int
     if examples.cache is not None:
         c, rows = examples.cache, torch.tensor(indices, dtype=torch.long)
         cache = type(c)(c.start_block, c.states, c.offsets[rows], c.lengths[rows])
-    return Examples([examples.tokens[i] for i in indices], labels, cache, examples.pad_id), indices
+    return Examples([examples.tokens[i] for i in indices], labels, cache, examples.pad_id)
 
 
 def evaluate_sharded(world: World, model: GPTModel, examples: Examples, pooling: str, **forward) -> tuple[float, float]:
     """(mean loss, accuracy) over the whole split, each rank computing its share: the sums of
     loss and of correct answers are added over the ranks, then divided by the split's size."""
-    from spamtune.forward import evaluate_examples, predict_logits
+    from spamtune.forward import classification_loss, evaluate_examples, predict_logits
 
     if not world.distributed:
         return evaluate_examples(model, examples, pooling, **forward)
-    mine, _ = shard_examples(world, examples)
+    mine = shard_examples(world, examples)
     loss_sum, correct = 0.0, 0.0
     if len(mine):
         logits = predict_logits(model, mine, pooling, **forward)
         labels = torch.tensor(mine.labels, dtype=torch.long)
-        loss_sum = float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        loss_sum = classification_loss(logits, labels).item() * len(labels)  # the one loss, as a sum
         correct = float((logits.argmax(dim=1) == labels).sum())
     total_loss, total_correct = world.sum([loss_sum, correct])
     return total_loss / len(examples), total_correct / len(examples)
@@ -332,7 +332,7 @@ def predict_logits_sharded(world: World, model: GPTModel, examples: Examples, po
 
     if not world.distributed:
         return predict_logits(model, examples, pooling, **forward)
-    mine, _ = shard_examples(world, examples)
+    mine = shard_examples(world, examples)
     logits = predict_logits(model, mine, pooling, **forward) if len(mine) else torch.zeros(0, model.num_classes)
     return torch.cat(world.all_gather_rows(logits.to(world.device))).cpu()
 
