@@ -249,7 +249,7 @@ def big_input(tmp_path) -> Path:
 def test_sharded_prediction_writes_the_single_process_output(tmp_path, big_input, monkeypatch):
     run_dir = write_rigged_run(tmp_path / "run")
     monkeypatch.setattr(predict_cli, "CHUNK_LINES", 5)  # several chunks, each split across the ranks
-    common = ["predict", "--file", str(big_input), "--run", str(run_dir), "--device", "cpu", "--format", "jsonl"]
+    common = ["predict", "--input", str(big_input), "--run", str(run_dir), "--device", "cpu", "--format", "jsonl"]
     single, sharded = tmp_path / "single.jsonl", tmp_path / "sharded.jsonl"
     assert app([*common, "--out", str(single)], standalone_mode=False) in (0, None)
     assert run_ranks(_predict_rank, [*common, "--out", str(sharded)]) == [0, 0]
@@ -261,7 +261,7 @@ def test_sharded_prediction_writes_the_single_process_output(tmp_path, big_input
 def test_devices_launches_ranks_through_torchrun(tmp_path, big_input):
     """``--devices 2``: torch's elastic launcher starts two ranks; the output is the single one."""
     run_dir = write_rigged_run(tmp_path / "run")
-    common = ["predict", "--file", str(big_input), "--run", str(run_dir), "--device", "cpu", "--format", "tsv"]
+    common = ["predict", "--input", str(big_input), "--run", str(run_dir), "--device", "cpu", "--format", "tsv"]
     single = tmp_path / "single.tsv"
     assert app([*common, "--out", str(single)], standalone_mode=False) in (0, None)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -275,4 +275,4 @@ def test_ranks_refuse_stdin_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     code = app(["predict", "-", "--run", str(tmp_path)], standalone_mode=False)
     assert code == 2
-    assert capsys.readouterr().err.strip() == "Error: several processes classify a file, not stdin: give --file PATH"
+    assert capsys.readouterr().err.strip() == "Error: several processes classify a file, not stdin: give --input PATH"
