@@ -366,13 +366,18 @@ def predict(
         None, "--devices", min=1,
         help="Classify --input with N processes on this machine (one per GPU; torchrun's launcher), one output in input order.",
     ),
+    server: str | None = typer.Option(
+        None, "--server", metavar="URL", envvar="SPAMTUNE_SERVER",
+        help="Send the messages to a running `spamtune serve` at URL instead of loading a model here (no torch import).",
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="SPAMTUNE_API_KEY", help="With --server: the service's API key (prefer the variable)."
+    ),
 ) -> None:
     """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP).
 
     Under torchrun (or ``--devices``) every rank reads the same input, classifies its share of
     each chunk, and rank 0 writes all shares in input order: the output a single process gives."""
-    from spamtune import distributed
-
     if fail_on_spam:
         common.use_error_exit_code(2)
     _check_flags_take_no_value(common.command_line())
@@ -383,7 +388,9 @@ def predict(
         raise SpamtuneUsageError(f"--header is for --format tsv (this output is {output_format.value})")
     meter = ReadMeter()
     input_path = common.pick_input(input_file, file)
-    several = distributed.launched_by_torchrun() or (devices or 1) > 1
+    if server and (devices is not None or out_file is not None):
+        raise SpamtuneUsageError("--server sends the messages to a running service; --devices and --out classify here")
+    several = not server and _several_ranks(devices)
     if mail is not None:
         if messages or input_path is not None:
             raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --input with it")
@@ -395,10 +402,16 @@ def predict(
     else:
         if several and (input_path is None or str(input_path) == "-" or "-" in (messages or [])):
             raise SpamtuneUsageError("several processes classify a file, not stdin: give --input PATH")
-        if distributed.maybe_launch(devices, sys.argv[1:]):
+        if several and _launched(devices):
             return
         chunks = message_source(messages or [], input_path, meter, first_chunk_lines=batch_size)
+    if server:  # client mode: hand off before anything imports torch
+        from spamtune.cli.remote import predict_remotely
+
+        return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam, header)
     run_dir = paths.resolve_run(run, paths.data_root(data_dir))
+    from spamtune import distributed
+
     world = distributed.init_from_env(device)
     try:
         positives = _classify_all(
@@ -409,6 +422,21 @@ def predict(
         distributed.shutdown()
     if fail_on_spam and positives:
         raise typer.Exit(1)
+
+
+def _several_ranks(devices: int | None) -> bool:
+    """Whether this prediction runs on several ranks (under torchrun, or ``--devices`` > 1);
+    ``spamtune.distributed`` imports torch, so client mode never asks."""
+    from spamtune import distributed
+
+    return distributed.launched_by_torchrun() or (devices or 1) > 1
+
+
+def _launched(devices: int | None) -> bool:
+    """``--devices N``: this command ran as N ranks through torch's launcher and is done."""
+    from spamtune import distributed
+
+    return distributed.maybe_launch(devices, sys.argv[1:])
 
 
 def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, threshold, batch_size, device, precision, mail, long) -> int:
