@@ -434,3 +434,54 @@ def read_calibration(run_dir: str | Path) -> Calibration | None:
     if not (MIN_TEMPERATURE <= calibration.temperature <= MAX_TEMPERATURE and 0.0 <= calibration.threshold <= 1.0):
         raise SpamtuneError(f"{path} holds an impossible temperature or threshold")
     return calibration
+
+
+# --------------------------------------------------------------------------- a run folder
+
+
+def calibrate_run(
+    run_dir: str | Path,
+    *,
+    rule: str = "threshold",
+    target: float = 0.5,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    refit_temperature: bool = True,
+) -> Calibration:
+    """Fit the run's temperature on its validation split, choose its threshold by ``rule``,
+    and store both as ``calibration.json`` in the run folder (atomically).
+
+    ``refit_temperature=False`` keeps the temperature already stored (changing only the
+    operating point); a run without one is fitted anyway.
+    """
+    from spamtune.checkpoint import load_classifier
+    from spamtune.device import resolve_device
+    from spamtune.evaluate import model_logits, read_splits, run_data_root, run_precision
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SpamtuneError(f"run folder not found: {run_dir}")
+    dev = resolve_device(device)
+    model, cfg = load_classifier(run_dir, dev)
+    validation = read_splits(run_data_root(run_dir, data_dir), "validation", cfg)["validation"]
+    logits = model_logits(model, cfg, validation.texts, device=dev, precision=run_precision(run_dir, dev), batch_size=64)
+    return calibrate_and_store(run_dir, logits, validation.labels, cfg.labels[cfg.positive_label], rule=rule, target=target, refit_temperature=refit_temperature)
+
+
+def calibrate_and_store(
+    run_dir: str | Path,
+    logits: torch.Tensor,
+    labels: Sequence[int],
+    positive_index: int,
+    *,
+    rule: str = "threshold",
+    target: float = 0.5,
+    refit_temperature: bool = True,
+) -> Calibration:
+    """``calibrate_logits`` on validation logits, written into the run folder."""
+    previous = None if refit_temperature else read_calibration(run_dir)
+    calibration = calibrate_logits(
+        logits, labels, positive_index, rule=rule, target=target, temperature=previous.temperature if previous else None
+    )
+    write_calibration(run_dir, calibration)
+    return calibration

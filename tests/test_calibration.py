@@ -202,3 +202,34 @@ def test_evaluation_plots_are_written(tmp_path):
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_calibrate_run_fits_the_validation_split_and_stores_it(tmp_path):
+    from helpers import write_rigged_run
+
+    from spamtune.data import Split, write_split
+
+    run = write_rigged_run(tmp_path / "run")
+    data = tmp_path / "data"
+    # The rigged model says spam (p = 0.88) for a final "!" and ham (0.12) otherwise; here it
+    # is right 9 times in 10 either way, so its confidence is about right already but a
+    # little low, and 2 of the 20 ham end in "!".
+    texts = [f"see you at {i}" for i in range(18)] + ["great news!", "thanks!"]
+    texts += [f"claim prize {i}!" for i in range(18)] + ["call 0800 now", "free entry"]
+    labels = [0] * 20 + [1] * 20
+    for name in ("train", "validation", "test"):
+        write_split(data / f"{name}.csv", Split(texts, labels))
+    (data / "labels.json").write_text('{"labels": {"ham": 0, "spam": 1}}')
+
+    record = cal.calibrate_run(run, rule="max-ham-loss", target=0.1, data_dir=data, device="cpu")
+    assert record.temperature < 1.0  # 90% right at 88% confidence: sharpen a little
+    assert record.validation["false_positive_rate"] == 0.1 and record.validation["spam_recall"] == 0.9
+    assert cal.read_calibration(run) == record
+
+    # A new operating point keeps the fitted temperature unless asked to refit.
+    stricter = cal.calibrate_run(run, rule="max-ham-loss", target=0.05, data_dir=data, device="cpu", refit_temperature=False)
+    assert stricter.temperature == record.temperature
+    assert stricter.validation["false_positive_rate"] == 0.0 and stricter.threshold > record.threshold
+    with pytest.raises(SpamtuneError, match="not measurable on 20 validation ham"):
+        cal.calibrate_run(run, rule="max-ham-loss", target=0.01, data_dir=data, device="cpu")
+    assert cal.read_calibration(run) == stricter  # a refused target leaves the stored one
