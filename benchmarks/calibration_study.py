@@ -73,11 +73,12 @@ def train_run(root: Path, out: Path, class_weights: str) -> Path:
     plain_loss = train.classification_loss
     if class_weights == "balanced" and "class_weights" not in train.FinetuneOptions.__dataclass_fields__:
         _patch_in_class_weights(root)
-    if out.exists():
+    resumable = (out / train.RESUME_DIR / train.RESUME_FILE).is_file()
+    if out.exists() and not resumable:
         shutil.rmtree(out)
     tick = time.perf_counter()
     try:
-        summary = train.finetune(options, out=out)
+        summary = train.resume_finetune(out) if resumable else train.finetune(options, out=out)
     finally:
         train.classification_loss = plain_loss
     log(f"trained {out.name} in {time.perf_counter() - tick:.0f} s: test acc {summary['test_accuracy']:.4f}")
@@ -169,7 +170,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    roots = make_roots(args.home, args.sms)
+    roots = {"natural": args.home / "natural", "book": args.home / "book"}
+    if not all((root / "prepare.json").is_file() for root in roots.values()):
+        roots = make_roots(args.home, args.sms)
     plan = {
         "book": (roots["book"], "none"),
         "natural-balanced": (roots["natural"], "balanced"),

@@ -204,23 +204,27 @@ def test_evaluation_plots_are_written(tmp_path):
     assert not list(tmp_path.glob(".*.part"))
 
 
-def test_calibrate_run_fits_the_validation_split_and_stores_it(tmp_path):
+@pytest.fixture
+def rigged_run_and_data(tmp_path):
+    """The rigged run (spam, p = 0.88, for a final "!"; ham, 0.12, otherwise) and a data root on
+    which it is right 9 times in 10 for either class: 2 of the 20 ham end in "!"."""
     from helpers import write_rigged_run
 
     from spamtune.data import Split, write_split
 
     run = write_rigged_run(tmp_path / "run")
     data = tmp_path / "data"
-    # The rigged model says spam (p = 0.88) for a final "!" and ham (0.12) otherwise; here it
-    # is right 9 times in 10 either way, so its confidence is about right already but a
-    # little low, and 2 of the 20 ham end in "!".
     texts = [f"see you at {i}" for i in range(18)] + ["great news!", "thanks!"]
     texts += [f"claim prize {i}!" for i in range(18)] + ["call 0800 now", "free entry"]
     labels = [0] * 20 + [1] * 20
     for name in ("train", "validation", "test"):
         write_split(data / f"{name}.csv", Split(texts, labels))
     (data / "labels.json").write_text('{"labels": {"ham": 0, "spam": 1}}')
+    return run, data
 
+
+def test_calibrate_run_fits_the_validation_split_and_stores_it(rigged_run_and_data):
+    run, data = rigged_run_and_data
     record = cal.calibrate_run(run, rule="max-ham-loss", target=0.1, data_dir=data, device="cpu")
     assert record.temperature < 1.0  # 90% right at 88% confidence: sharpen a little
     assert record.validation["false_positive_rate"] == 0.1 and record.validation["spam_recall"] == 0.9
@@ -233,3 +237,27 @@ def test_calibrate_run_fits_the_validation_split_and_stores_it(tmp_path):
     with pytest.raises(SpamtuneError, match="not measurable on 20 validation ham"):
         cal.calibrate_run(run, rule="max-ham-loss", target=0.01, data_dir=data, device="cpu")
     assert cal.read_calibration(run) == stricter  # a refused target leaves the stored one
+
+
+def test_calibrate_command(rigged_run_and_data):
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    run, data = rigged_run_and_data
+    common = [str(run), "--data-dir", str(data), "--device", "cpu"]
+    result = CliRunner().invoke(app, ["calibrate", *common, "--max-ham-loss", "10%"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(run / cal.CALIBRATION_FILE)
+    assert "threshold" in result.stderr and "10.00% of 20 ham marked spam, 90.00% of 20 spam caught" in result.stderr
+    # 2 lost ham at 3 each + 2 missed spam (8) beat flagging nothing (20 missed spam)...
+    result = CliRunner().invoke(app, ["calibrate", *common, "--cost-ratio", "3", "--format", "json"])
+    record = json.loads(result.stdout)
+    assert (record["rule"], record["target"]) == ("cost-ratio", 3.0) and record["validation"]["false_positive_rate"] == 0.1
+    # ... but not at 20 each (42).
+    dear = json.loads(CliRunner().invoke(app, ["calibrate", *common, "--cost-ratio", "20", "--format", "json"]).stdout)
+    assert dear["validation"]["false_positive_rate"] == 0.0 and dear["validation"]["spam_recall"] == 0.0
+    refused = CliRunner().invoke(app, ["calibrate", *common, "--max-ham-loss", "1%"])
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1 and "smallest measurable" in refused.stderr
+    both = CliRunner().invoke(app, ["calibrate", *common, "--threshold", "0.3", "--cost-ratio", "2"])
+    assert both.exit_code == 2 and "not --threshold and --cost-ratio" in both.stderr

@@ -104,7 +104,7 @@ def root(
 
 # Subcommands, in the order a user runs them. Each module defines ``register(app)`` and keeps
 # heavy imports (torch, pandas) inside its command function so `--help` stays instant.
-COMMANDS = ("download", "prepare", "finetune", "evaluate", "predict")
+COMMANDS = ("download", "prepare", "finetune", "calibrate", "evaluate", "predict")
 
 
 def _register_commands() -> None:

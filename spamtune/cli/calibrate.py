@@ -1,0 +1,92 @@
+"""``spamtune calibrate``: fit a run's temperature and choose its decision threshold on the
+validation split, stored in the run as ``calibration.json``.
+
+The written path goes to stdout (``--format json``: the whole record); what was fitted and the
+validation figures of the chosen operating point go to stderr.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from spamtune.errors import SpamtuneUsageError
+
+
+class CalibrateFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def describe_rule(rule: str, target: float) -> str:
+    """``max-ham-loss 1.00%``, ``threshold 0.5``, ``cost-ratio 10``: how a threshold was chosen."""
+    if rule == "max-ham-loss":
+        return f"max-ham-loss {target:.2%}"
+    return f"{rule} {target:g}"
+
+
+def summary_lines(calibration) -> list[str]:
+    """What a user wants to know about a calibration, as plain lines (no markup)."""
+    v = calibration.validation
+    lines = [
+        f"temperature {calibration.temperature:.4g}: validation NLL {v['nll_before']:.4f} -> {v['nll_after']:.4f}, "
+        f"ECE {v['ece_before']:.2%} -> {v['ece_after']:.2%} ({v['n']:,} messages)"
+        if v.get("nll_before") is not None
+        else f"temperature {calibration.temperature:.4g}",
+        f"threshold {calibration.threshold:.4g} ({describe_rule(calibration.rule, calibration.target)}): on validation "
+        f"{_percent(v.get('false_positive_rate'))} of {v.get('n_ham', 0):,} ham marked spam, "
+        f"{_percent(v.get('spam_recall'))} of {v.get('n_spam', 0):,} spam caught, precision {_percent(v.get('precision'))}",
+    ]
+    return lines
+
+
+def calibrate_command(
+    run_dir: Optional[Path] = typer.Argument(None, help="Run folder (default: the latest run under the data root)."),
+    max_ham_loss: Optional[str] = typer.Option(
+        None, "--max-ham-loss", help="Highest share of validation ham marked spam, e.g. 0.5% or 0.005: the threshold keeps the most spam within it."
+    ),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0, help="Use this spam probability threshold."),
+    cost_ratio: Optional[float] = typer.Option(
+        None, "--cost-ratio", help="Cost of one lost ham in missed spams, e.g. 10: the threshold with the least total cost on validation."
+    ),
+    output_format: CalibrateFormat = typer.Option(CalibrateFormat.text, "--format", help="text: the path on stdout; json: the record."),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: the run's, else $SPAMTUNE_HOME or ./data)."),
+) -> None:
+    """Fit the temperature and choose the spam threshold of a run on its validation split.
+
+    Without a target the threshold is 0.5 on the calibrated probability. predict and the
+    Python API use the stored temperature and threshold unless told otherwise.
+    """
+    from spamtune import paths
+    from spamtune.calibration import CALIBRATION_FILE, calibrate_run, parse_rate
+
+    given = [name for name, value in (("--max-ham-loss", max_ham_loss), ("--threshold", threshold), ("--cost-ratio", cost_ratio)) if value is not None]
+    if len(given) > 1:
+        raise SpamtuneUsageError(f"give one of --max-ham-loss, --threshold and --cost-ratio, not {' and '.join(given)}")
+    if max_ham_loss is not None:
+        rule, target = "max-ham-loss", parse_rate(max_ham_loss)
+    elif cost_ratio is not None:
+        rule, target = "cost-ratio", cost_ratio
+    else:
+        rule, target = "threshold", 0.5 if threshold is None else threshold
+    run_dir = run_dir or paths.latest_run(paths.data_root(data_dir))
+    calibration = calibrate_run(run_dir, rule=rule, target=target, data_dir=data_dir, device=device)
+    if output_format is CalibrateFormat.json:
+        typer.echo(json.dumps(calibration.to_dict(), ensure_ascii=False))
+        return
+    for line in summary_lines(calibration):
+        typer.echo(line, err=True)
+    typer.echo(Path(run_dir) / CALIBRATION_FILE)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_command)
