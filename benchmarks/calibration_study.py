@@ -122,8 +122,10 @@ def study_run(run: Path, root: Path, max_ham_loss: float, deletion_ks: tuple[int
         calibration = cal.calibrate_logits(val_logits, val.labels, positive, rule="max-ham-loss", target=max_ham_loss)
         result["calibration"] = calibration.to_dict()
     except cal.SpamtuneError as exc:
+        # Not measurable on this validation split: say so, and use the smallest rate that is.
         result["calibration_error"] = str(exc)
-        calibration = cal.calibrate_logits(val_logits, val.labels, positive)  # temperature only, threshold 0.5
+        smallest = 1 / n_val_ham
+        calibration = cal.calibrate_logits(val_logits, val.labels, positive, rule="max-ham-loss", target=smallest)
         result["calibration"] = calibration.to_dict()
     t = calibration.temperature
     before = cal.calibrated_probabilities(test_logits, 1.0)
@@ -150,12 +152,14 @@ def study_run(run: Path, root: Path, max_ham_loss: float, deletion_ks: tuple[int
 
     flagged = [text for text, p in zip(test.texts, after[:, positive].tolist()) if p >= calibration.threshold]
     tick = time.perf_counter()
-    explanations = explain.explain_texts(flagged, logits_of, positive_index=positive, max_length=cfg.max_length, temperature=t)
-    seconds = time.perf_counter() - tick
+    with explain.fp32_head(model):
+        explanations = explain.explain_texts(flagged, logits_of, positive_index=positive, max_length=cfg.max_length, temperature=t)
+        seconds = time.perf_counter() - tick
+        deletion = [explain.deletion_test(p_spam, explanations, k=k, draws=5, seed=0).to_dict() for k in deletion_ks]
     result["explain"] = {
         "messages": len(flagged),
         "seconds": round(seconds, 2),
-        "deletion": [explain.deletion_test(p_spam, explanations, k=k, draws=5, seed=0).to_dict() for k in deletion_ks],
+        "deletion": deletion,
         "examples": [{"text": e.text, "p_spam": round(e.p_spam, 4), "top": e.top(3)} for e in explanations[:3]],
     }
     return result

@@ -28,12 +28,14 @@ Nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from spamtune.tokenizer import EOT_ID, get_tokenizer
 
@@ -166,6 +168,35 @@ def explain_texts(
         spans = tuple(Span(text[a:b], a, b, full - log_odds[first + 1 + u]) for u, (a, b, _) in enumerate(units))
         out.append(Explanation(text, p_spam[first], spans))
     return out
+
+
+class _Fp32Head(nn.Module):
+    """The classification head run in fp32 even under autocast."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(x.float())
+
+
+@contextlib.contextmanager
+def fp32_head(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model.out_head`` in fp32 while explaining.
+
+    Under bf16 autocast the head's output is rounded to bf16: near a log-odds of 3 its steps are
+    1/64 apart, so many words would get exactly the same occlusion score and ties would decide
+    the ranking. The blocks stay in the run's precision; only the small head (emb_dim x classes)
+    is computed in full, from the fp32 output of the final LayerNorm.
+    """
+    head = model.out_head
+    model.out_head = _Fp32Head(head)
+    try:
+        yield model
+    finally:
+        model.out_head = head
 
 
 # --------------------------------------------------------------------------- checking it

@@ -128,3 +128,22 @@ def test_deletion_test_prefers_the_named_words(rigged):
     assert result.share_top_beats_random >= 0.5
     # k larger than any message's spam words: nothing to test, said as zero messages.
     assert explain.deletion_test(p_spam, explanations, k=2).messages == 0
+
+
+def test_fp32_head_keeps_bf16_autocast_from_rounding_the_logits():
+    from helpers import TINY
+
+    from spamtune.checkpoint import ClassifierConfig, build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierConfig(model=TINY))
+    head = model.out_head
+    x = torch.randn(4, TINY.emb_dim)
+    exact = head(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = model.out_head(x)
+        with explain.fp32_head(model):
+            full = model.out_head(x)
+    assert rounded.dtype == torch.bfloat16 and not torch.equal(rounded.float(), exact)
+    assert full.dtype == torch.float32 and torch.equal(full, exact)
+    assert model.out_head is head  # put back
