@@ -173,9 +173,10 @@ def explain_texts(
 class _Fp32Head(nn.Module):
     """The classification head run in fp32 even under autocast."""
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, head: nn.Linear):
         super().__init__()
         self.head = head
+        self.out_features = head.out_features  # what GPTModel.num_classes reads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):

@@ -144,6 +144,7 @@ def test_fp32_head_keeps_bf16_autocast_from_rounding_the_logits():
         rounded = model.out_head(x)
         with explain.fp32_head(model):
             full = model.out_head(x)
+            assert model.num_classes == 2
     assert rounded.dtype == torch.bfloat16 and not torch.equal(rounded.float(), exact)
     assert full.dtype == torch.float32 and torch.equal(full, exact)
     assert model.out_head is head  # put back
