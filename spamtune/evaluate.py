@@ -13,22 +13,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spamtune import paths
+from spamtune import paths, runs
 from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import Split, read_label_map, read_split
-from spamtune.device import resolve_device
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.device import Precision, resolve_device
+from spamtune.errors import OptionError, SpamtuneError
+from spamtune.examples import Examples, check_split_labels, pad_width
+from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, predict_logits
 from spamtune.metrics import classification_report
 from spamtune.tokenizer import encode_texts
-from spamtune.train import (
-    EVAL_BATCH_SIZE,
-    HPARAMS_FILE,
-    check_split_labels,
-    pad_width,
-    predict_logits,
-    read_hparams,
-    resolve_precision,
-)
 
 EVAL_SPLITS = ("test", "validation", "train", "all")
 BASELINE_NAME = "TF-IDF + logistic regression"
@@ -38,19 +31,19 @@ def run_data_root(run_dir: Path, data_dir: str | Path | None) -> Path:
     """Where a run's splits are: ``--data-dir`` if given, else the root it was trained on."""
     if data_dir:
         return Path(data_dir)
-    if (run_dir / HPARAMS_FILE).is_file():
-        recorded = read_hparams(run_dir).get("data_dir")
+    if (run_dir / runs.HPARAMS_FILE).is_file():
+        recorded = runs.read_hparams(run_dir).get("data_dir")
         if recorded:
             return Path(recorded)
     return paths.data_root()
 
 
-def run_precision(run_dir: Path, device: torch.device) -> str:
+def run_precision(run_dir: Path, device: torch.device) -> Precision:
     """The precision the run was trained and tested in, if this device has it; else fp32."""
     try:
-        return resolve_precision(read_hparams(run_dir)["resolved"]["precision"], device)
+        return Precision.resolve(runs.read_hparams(run_dir)["resolved"]["precision"], device)
     except (SpamtuneError, KeyError, TypeError):
-        return "fp32"
+        return Precision("fp32", device)
 
 
 def read_splits(root: Path, split: str, cfg: ClassifierConfig) -> dict[str, Split]:
@@ -92,7 +85,8 @@ def _report(labels: list[int], preds: torch.Tensor, log_probs: torch.Tensor, lab
     the argmax of its logits, as in training's accuracy.
     """
     report = classification_report(labels, preds.tolist(), log_probs.exp().tolist(), label_names)
-    report["loss"] = F.nll_loss(log_probs, torch.tensor(labels, dtype=torch.long)).item()
+    # Log-probabilities are logits whose softmax is the probabilities: the training loss applies.
+    report["loss"] = classification_loss(log_probs, torch.tensor(labels, dtype=torch.long)).item()
     return report
 
 
@@ -109,16 +103,11 @@ def _reports(parts: dict[str, Split], preds: torch.Tensor, log_probs: torch.Tens
     return report
 
 
-def model_logits(model, cfg: ClassifierConfig, texts: list[str], *, device: torch.device, precision: str, batch_size: int):
+def model_logits(model, cfg: ClassifierConfig, texts: list[str], *, precision: Precision, batch_size: int):
     """The run's logits for texts, tokenised and batched exactly as in training's evaluations."""
+    examples = Examples(encode_texts(texts, cfg.max_length), pad_id=cfg.pad_token_id)
     return predict_logits(
-        model,
-        encode_texts(texts, cfg.max_length),
-        cfg.pooling,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        pad_to=pad_width(cfg.pooling, cfg.max_length),
+        model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
     )
 
 
@@ -128,7 +117,7 @@ def baseline_reports(train: Split, parts: dict[str, Split], label_names: list[st
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        raise SpamtuneError("--baseline needs scikit-learn: pip install 'spamtune[baseline]'") from None
+        raise OptionError("baseline", "{option} needs scikit-learn: pip install 'spamtune[baseline]'", exit_code=1) from None
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     classifier = LogisticRegression(max_iter=1000)
     classifier.fit(vectorizer.fit_transform(train.texts), train.labels)
@@ -155,9 +144,9 @@ def evaluate_run(
     figures cover the three splits together and ``by_split`` holds each one's.
     """
     if batch_size < 1:
-        raise SpamtuneUsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        raise OptionError("batch_size", f"must be at least 1 (got {batch_size})")
     if split not in EVAL_SPLITS:
-        raise SpamtuneUsageError(f"unknown split '{split}'; choose one of: {', '.join(EVAL_SPLITS)}")
+        raise OptionError("split", f"unknown {{option}} '{split}'; choose one of: {', '.join(EVAL_SPLITS)}")
     run_dir = Path(run_dir) if run_dir else paths.latest_run(paths.data_root(data_dir))
     if not run_dir.is_dir():
         raise SpamtuneError(f"run folder not found: {run_dir}")
@@ -171,12 +160,12 @@ def evaluate_run(
 
     precision = run_precision(run_dir, dev)
     texts = [t for part in parts.values() for t in part.texts]
-    logits = model_logits(model, cfg, texts, device=dev, precision=precision, batch_size=batch_size)
+    logits = model_logits(model, cfg, texts, precision=precision, batch_size=batch_size)
     result = {"run": str(run_dir), "split": None if input_file else split}
     if input_file is not None:
         result["input"] = str(input_file)
     result.update(_reports(parts, logits.argmax(dim=1), F.log_softmax(logits, dim=1), cfg.label_names))
-    result["precision"] = precision
+    result["precision"] = precision.name
     if baseline:
         train = read_splits(root, "train", cfg)["train"]
         result["baseline"] = baseline_reports(train, parts, cfg.label_names)

@@ -1,9 +1,9 @@
-"""Classifying texts with a fine-tuned run: the ``SpamClassifier`` API and the batched forward pass under it.
+"""Classifying texts with a fine-tuned run: the ``SpamClassifier`` API.
 
 ``SpamClassifier.load(run_dir)`` reads a run folder once (config, tokenizer, weights straight
-from the safetensors file); ``predict`` then turns texts into labels and probabilities in
-length-sorted batches. ``spamtune predict`` is a thin layer over it; training and evaluation
-share ``batched_logits``.
+from the safetensors file); ``predict`` then turns texts into labels and probabilities through
+the forward pass training and evaluation use (``forward.predict_logits``). ``spamtune predict``
+is a thin layer over it.
 """
 
 from __future__ import annotations
@@ -13,59 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from spamtune import paths
 from spamtune.checkpoint import ClassifierConfig, load_classifier
-from spamtune.data import pad_batch, sorted_batches
-from spamtune.device import autocast_context, resolve_device, resolve_precision
+from spamtune.device import Precision, resolve_device
 from spamtune.errors import SpamtuneError
+from spamtune.examples import Examples, pad_width
+from spamtune.forward import predict_logits
 from spamtune.model import GPTModel
-from spamtune.tokenizer import EOT_ID, TOKENIZER_ID, encode_texts
+from spamtune.tokenizer import TOKENIZER_ID, encode_texts
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 32
-
-
-@torch.inference_mode()
-def batched_logits(
-    model: GPTModel,
-    token_lists: list[list[int]],
-    pooling: str,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    pad_id: int = EOT_ID,
-    device: str | torch.device = "cpu",
-    pad_to: int | None = None,
-) -> torch.Tensor:
-    """Class logits ``[n, num_classes]`` (fp32, on the CPU) in the order of ``token_lists``.
-
-    Batches group messages of similar length and pad only to their own longest, then the
-    results are put back in input order. A message that occurs more than once is computed
-    once (mailboxes and logs repeat themselves). ``pad_to`` widens every batch to that many tokens:
-    ``last`` pooling reads the final padded position, so it must see the width it was trained
-    with (the book pads every message to the training maximum); the other poolings ignore
-    padding and need no ``pad_to``.
-    """
-    slots: dict[tuple[int, ...], int] = {}
-    slot_of = [slots.setdefault(tuple(t), len(slots)) for t in token_lists]
-    distinct = list(slots)
-    out = torch.empty(len(distinct), model.num_classes, dtype=torch.float32)
-    for idx in sorted_batches([len(t) for t in distinct], batch_size):
-        ids, lengths = pad_batch([distinct[i] for i in idx], pad_id, device)
-        if pad_to is not None and ids.shape[1] < pad_to:
-            ids = F.pad(ids, (0, pad_to - ids.shape[1]), value=pad_id)
-        out[idx] = model.classify(ids, lengths, pooling).float().cpu()
-    return out[slot_of]
-
-
-def pad_width(pooling: str, max_length: int) -> int | None:
-    """The ``pad_to`` for ``batched_logits``: ``last`` pooling reads the final padded position,
-    so every batch is padded to the maximum length, as the book does; the other poolings ignore
-    padding and pad dynamically."""
-    return max_length if pooling == "last" else None
-
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def store_linear_weights_in(model: GPTModel, dtype: torch.dtype) -> None:
@@ -114,7 +73,7 @@ class SpamClassifier:
         threshold: float = DEFAULT_THRESHOLD,
         batch_size: int = DEFAULT_BATCH_SIZE,
         run_dir: str | Path | None = None,
-        precision: str = "auto",
+        precision: str | Precision = "auto",
     ):
         if config.tokenizer != TOKENIZER_ID:
             raise SpamtuneError(f"this run uses the tokenizer '{config.tokenizer}'; spamtune has only '{TOKENIZER_ID}'")
@@ -123,9 +82,12 @@ class SpamClassifier:
         self.model = model.eval()
         self.config = config
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device)
-        if self.precision != "fp32":
-            store_linear_weights_in(self.model, AUTOCAST_DTYPES[self.precision])
+        if not isinstance(precision, Precision):
+            precision = Precision.resolve(precision, self.device)
+        self._precision = precision
+        self.precision = self._precision.name
+        if self._precision.dtype is not None:
+            store_linear_weights_in(self.model, self._precision.dtype)
         self.batch_size = batch_size
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.threshold = threshold
@@ -152,9 +114,9 @@ class SpamClassifier:
         if not run_dir.is_dir():
             raise SpamtuneError(f"run folder not found: {run_dir}")
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-        linear_dtype = AUTOCAST_DTYPES.get(resolve_precision(precision, dev))
-        model, config = load_classifier(run_dir, dev, linear_dtype=linear_dtype)
-        return cls(model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=precision)
+        resolved = Precision.resolve(precision, dev)
+        model, config = load_classifier(run_dir, dev, linear_dtype=resolved.dtype)
+        return cls(model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=resolved)
 
     @property
     def threshold(self) -> float:
@@ -194,17 +156,15 @@ class SpamClassifier:
         return predictions[0] if single else predictions
 
     def _probabilities(self, texts: list[str]) -> torch.Tensor:
-        token_lists = encode_texts(texts, self.max_length)
-        with autocast_context(self.precision, self.device):
-            logits = batched_logits(
-                self.model,
-                token_lists,
-                self.config.pooling,
-                batch_size=self.batch_size,
-                pad_id=self.config.pad_token_id,
-                device=self.device,
-                pad_to=pad_width(self.config.pooling, self.max_length),
-            )
+        examples = Examples(encode_texts(texts, self.max_length), pad_id=self.config.pad_token_id)
+        logits = predict_logits(
+            self.model,
+            examples,
+            self.config.pooling,
+            precision=self._precision,
+            batch_size=self.batch_size,
+            pad_to=pad_width(self.config.pooling, self.max_length),
+        )
         return torch.softmax(logits, dim=1)
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError
+from spamtune.runs import WEIGHTS_FILE, is_classifier_dir, is_finished
 
 ENV_HOME = "SPAMTUNE_HOME"
 SPLITS = ("train", "validation", "test")
@@ -43,22 +44,6 @@ def runs_dir(root: Path) -> Path:
     return root / "runs"
 
 
-# Files of a run folder that tell how far it got (spamtune.train writes them; the names are
-# repeated here so that finding a run does not import the training code).
-RUN_SUMMARY_FILE = "summary.json"  # written last, once training has finished
-RUN_RESUME_DIR = "resume"  # present while a run can still be resumed
-
-
-def is_run_dir(path: Path) -> bool:
-    """A folder holding a usable classifier: weights and their config."""
-    return (path / "model.safetensors").is_file() and (path / "config.json").is_file()
-
-
-def is_finished_run(path: Path) -> bool:
-    """A run whose training completed: a usable classifier plus the final summary."""
-    return is_run_dir(path) and (path / RUN_SUMMARY_FILE).is_file() and not (path / RUN_RESUME_DIR).is_dir()
-
-
 def latest_run(root: Path) -> Path:
     """The run ``evaluate`` and ``predict`` use by default: the newest finished run under
     ``<root>/runs``, else the newest folder with weights and config (a run still training or
@@ -68,13 +53,13 @@ def latest_run(root: Path) -> Path:
     runs = []
     if base.is_dir():
         for p in base.iterdir():
-            if not is_run_dir(p):
+            if not is_classifier_dir(p):
                 continue
             try:
-                written = (p / "model.safetensors").stat().st_mtime
+                written = (p / WEIGHTS_FILE).stat().st_mtime
             except OSError:  # removed meanwhile
                 continue
-            runs.append((is_finished_run(p), written, p.name, p))
+            runs.append((is_finished(p), written, p.name, p))
     if not runs:
         raise SpamtuneError(f"no fine-tuned model found in {base}; run `spamtune finetune` first")
     return max(runs)[-1]

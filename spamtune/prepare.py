@@ -29,12 +29,10 @@ from spamtune import __version__, paths
 from spamtune.data import Split, write_split
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.tokenizer import encode_texts
 
 INPUT_FORMATS = ("tsv", "csv", "jsonl")
-BALANCE_MODES = ("undersample", "none")
-DEFAULT_SPLIT = (0.7, 0.1, 0.2)
-DEFAULT_SEED = 123  # the book's random_state
 DEFAULT_TEXT_COL = "text"
 DEFAULT_LABEL_COL = "label"
 PREPARE_RECORD = "prepare.json"
@@ -64,15 +62,6 @@ class LabelledTexts:
         """Rows per label name, in class-index order."""
         counts = Counter(self.labels)
         return {name: counts[name] for name in self.label_map}
-
-
-@dataclass
-class PrepareOptions:
-    balance: str = "undersample"
-    split: tuple[float, float, float] = DEFAULT_SPLIT
-    seed: int = DEFAULT_SEED
-    stratify: bool = False
-    dedupe: bool = False
 
 
 @dataclass

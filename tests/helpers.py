@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from spamtune import checkpoint, train
+from spamtune import checkpoint
 from spamtune.checkpoint import ClassifierConfig
 from spamtune.data import Split, write_split
 from spamtune.model import GPTConfig
+from spamtune.options import FinetuneOptions
 from spamtune.tokenizer import get_tokenizer
 
 # --------------------------------------------------------------------------- tiny labelled data
@@ -60,8 +61,8 @@ def write_tiny_data(root: Path) -> Path:
     return root
 
 
-def tiny_options(root: Path, **overrides) -> train.FinetuneOptions:
-    options = train.FinetuneOptions(
+def tiny_options(root: Path, **overrides) -> FinetuneOptions:
+    options = FinetuneOptions(
         model=str(root / "tiny.json"), weights="random", epochs=2, lr=1e-3, data_dir=str(root), device="cpu",
         precision="fp32",
     )

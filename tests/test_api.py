@@ -139,7 +139,9 @@ def test_bf16_stores_block_linears_cast_and_matches_plain_autocast(tmp_path):
     from helpers import TINY
 
     from spamtune import checkpoint
-    from spamtune.infer import batched_logits
+    from spamtune.device import Precision
+    from spamtune.examples import Examples
+    from spamtune.forward import predict_logits
     from spamtune.tokenizer import encode_texts
 
     cfg = checkpoint.ClassifierConfig(model=TINY, labels={"ham": 0, "spam": 1}, pooling="last-real", max_length=64)
@@ -152,8 +154,9 @@ def test_bf16_stores_block_linears_cast_and_matches_plain_autocast(tmp_path):
 
     texts = ["WINNER!! Claim your prize", "Do you have time", "", "ok"]
     reference, _ = checkpoint.load_classifier(tmp_path)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = torch.softmax(batched_logits(reference, encode_texts(texts, 64), "last-real"), dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # plain autocast around the fp32 path
+        logits = predict_logits(reference, Examples(encode_texts(texts, 64)), "last-real", precision=Precision("fp32", "cpu"))
+    expected = torch.softmax(logits, dim=1)
     assert torch.equal(clf.predict_proba(texts), expected)
     fp32 = SpamClassifier.load(tmp_path, device="cpu", precision="fp32")
     assert all(p.dtype == torch.float32 for p in fp32.model.parameters())

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import tiny_options, tiny_split, write_tiny_data
+from helpers import tiny_options, tiny_split, write_rigged_run, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import metrics, train
@@ -134,7 +134,7 @@ def test_baseline_without_scikit_learn_says_how_to_get_it(run, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--split", "dev"], "unknown split 'dev'"),
+        (["--split", "dev"], "unknown --split 'dev'"),
         (["--split", "test", "--input", "x.csv"], "either --split or --input"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
     ],
@@ -149,3 +149,16 @@ def test_no_run_yet(tmp_path):
     result = evaluate("--data-dir", str(tmp_path))
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.startswith("Error: no fine-tuned model found") and result.stderr.count("\n") == 1
+
+
+def test_labels_and_paths_with_brackets_are_printed_as_they_are(tmp_path):
+    """A label ``[/x]`` or a folder ``[bold]`` would be rich markup: a crash, or text that vanishes."""
+    run_dir = write_rigged_run(tmp_path / "runs" / "[bold]r[/x]un", labels={"[/x]": 0, "spam": 1})
+    file = tmp_path / "[red]labelled.jsonl"
+    rows = [("Do you have time", "[/x]"), ("WIN a prize now!", "spam"), ("lunch?", "[/x]")]
+    file.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    result = evaluate(str(run_dir), "--input", str(file), "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert f"{run_dir} on {file}: 3 messages" in result.stderr
+    assert result.stderr.count("[/x]") >= 3  # per-class row, confusion matrix heading and row
+    assert result.stdout == f"accuracy 100.00% on {file} (3 messages)\n"

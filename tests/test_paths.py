@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spamtune import paths
+from spamtune import paths, runs
 from spamtune.errors import SpamtuneError
 
 T0 = 1_700_000_000
@@ -22,9 +22,9 @@ def make_run(root: Path, name: str, age: int, *, weights: bool = True, summary: 
         (run / "config.json").write_text("{}")
         os.utime(run / "model.safetensors", (T0 + age, T0 + age))
     if summary:
-        (run / paths.RUN_SUMMARY_FILE).write_text("{}")
+        (run / runs.SUMMARY_FILE).write_text("{}")
     if resume:
-        (run / paths.RUN_RESUME_DIR).mkdir()
+        (run / runs.RESUME_DIR).mkdir()
     return run
 
 
@@ -57,10 +57,3 @@ def test_no_run_with_weights_is_one_clear_error(tmp_path):
     make_run(tmp_path, "empty", 10, weights=False)
     with pytest.raises(SpamtuneError, match=r"no fine-tuned model found in .*runs; run `spamtune finetune` first"):
         paths.latest_run(tmp_path)
-
-
-def test_run_file_names_match_what_training_writes():
-    from spamtune import train
-
-    assert paths.RUN_SUMMARY_FILE == train.SUMMARY_FILE
-    assert paths.RUN_RESUME_DIR == train.RESUME_DIR

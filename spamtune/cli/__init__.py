@@ -21,7 +21,8 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
     from click import exceptions as click_exceptions
 
 from spamtune import __version__
-from spamtune.errors import SpamtuneError
+from spamtune.cli.common import flag
+from spamtune.errors import OptionError, SpamtuneError
 
 
 class SpamtuneGroup(TyperGroup):
@@ -39,6 +40,8 @@ class SpamtuneGroup(TyperGroup):
             code = _fail("aborted", 130)
         except KeyboardInterrupt:
             code = _fail("interrupted", 130)
+        except OptionError as exc:  # the core names the option; here it is the flag
+            code = _fail(exc.naming(flag(exc.option)), exc.exit_code)
         except SpamtuneError as exc:
             code = _fail(str(exc), exc.exit_code)
         except Exception as exc:  # a bug: still one line unless debugging

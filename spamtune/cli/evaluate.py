@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from spamtune.cli.common import cell, stderr_console
 from spamtune.errors import SpamtuneUsageError
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
@@ -50,9 +51,9 @@ def render_tables(result: dict, console: Console) -> None:
     from rich.table import Table
 
     columns = _columns(result)
-    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages", highlight=False)
+    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages")
     if "baseline" in result:
-        console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split", highlight=False)
+        console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split")
 
     overview = Table(title="Overall")
     overview.add_column("")
@@ -75,7 +76,7 @@ def render_tables(result: dict, console: Console) -> None:
         for heading, r in columns:
             scores = r["per_class"][label]
             per_class.add_row(
-                label, heading, *(_number(scores[k], percent=True) for k in ("precision", "recall", "f1")), str(scores["support"])
+                cell(label), heading, *(_number(scores[k], percent=True) for k in ("precision", "recall", "f1")), str(scores["support"])
             )
     console.print(per_class)
 
@@ -83,9 +84,9 @@ def render_tables(result: dict, console: Console) -> None:
         matrix = Table(title=f"Confusion matrix, {heading}")
         matrix.add_column("true \\ predicted")
         for label in r["labels"]:
-            matrix.add_column(label, justify="right")
+            matrix.add_column(cell(label), justify="right")
         for label, row in zip(r["labels"], r["confusion_matrix"]):
-            matrix.add_row(label, *map(str, row))
+            matrix.add_row(cell(label), *map(str, row))
         console.print(matrix)
 
 
@@ -118,9 +119,7 @@ def evaluate_command(
     if output_format is ReportFormat.json:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
-    from rich.console import Console
-
-    render_tables(result, Console(stderr=True))
+    render_tables(result, stderr_console())
     line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
     if "baseline" in result:
         line += f"; baseline {result['baseline']['accuracy']:.2%}"

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Literal, Optional
 import typer
 
 from spamtune import paths
+from spamtune.cli.common import cell, dataclass_options, stderr_console, with_dataclass_options
+from spamtune.options import PrepareOptions
 
 if TYPE_CHECKING:  # the core pulls in pandas and torch, so the command imports it only when run
     from rich.console import Console
@@ -19,8 +21,8 @@ def register(app: typer.Typer) -> None:
     app.command("prepare")(prepare)
 
 
-# The defaults below are spamtune.prepare's (DEFAULT_SPLIT, DEFAULT_SEED, ...), spelled out here
-# so that `spamtune --help` does not import the core.
+# balance, split, seed, stratify and dedupe: PrepareOptions' fields, defaults and help.
+@with_dataclass_options(dataclass_options(PrepareOptions))
 def prepare(
     input_file: Optional[Path] = typer.Option(
         None, "--input", "-i", help="A TSV, CSV or JSONL file of labelled texts. Default: the downloaded SMS Spam Collection."
@@ -30,30 +32,22 @@ def prepare(
     ),
     text_col: Optional[str] = typer.Option(None, "--text-col", help="Column (or JSON key) holding the text (default: text)."),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Column (or JSON key) holding the label (default: label)."),
-    balance: Literal["undersample", "none"] = typer.Option(
-        "undersample", "--balance", help="undersample: cut every label to the rarest one's count (the book's recipe); none: keep all rows."
-    ),
-    split: str = typer.Option("0.7,0.1,0.2", "--split", help="Train, validation and test fractions; they must sum to 1."),
-    seed: int = typer.Option(123, "--seed", help="Random state of the undersampling and the shuffle."),
-    stratify: bool = typer.Option(False, "--stratify", help="Cut each label separately so every split keeps the label proportions."),
-    dedupe: bool = typer.Option(False, "--dedupe", help="Drop repeated texts (keeping the first) before anything else."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $SPAMTUNE_HOME, else ./data)."),
+    **options,
 ) -> None:
     """Balance, shuffle and split labelled texts into train.csv, validation.csv and test.csv.
 
     The default is the book's chapter 6 recipe: undersample ham to spam's count, shuffle with
     random_state 123, cut 70% / 10% / 20%. A summary goes to stderr; the written paths to stdout.
     """
-    from spamtune.prepare import PrepareOptions, parse_split, prepare_splits, read_labelled_texts, resolve_input, write_prepared
+    from spamtune.prepare import parse_split, prepare_splits, read_labelled_texts, resolve_input, write_prepared
 
     root = paths.data_root(data_dir)
-    options = PrepareOptions(balance=balance, split=parse_split(split), seed=seed, stratify=stratify, dedupe=dedupe)
+    options = PrepareOptions(**{**options, "split": parse_split(options["split"])})
     source = read_labelled_texts(resolve_input(root, input_file), input_format, text_col, label_col)
     prepared = prepare_splits(source, options)
     written = write_prepared(root, prepared)
-    from rich.console import Console
-
-    _render_summary(Console(stderr=True), prepared)
+    _render_summary(stderr_console(), prepared)
     for path in written:
         typer.echo(path)
 
@@ -61,20 +55,19 @@ def prepare(
 def _render_summary(console: Console, prepared: PreparedSplits) -> None:
     source, options = prepared.source, prepared.options
     per_label = " / ".join(f"{count:,} {label}" for label, count in source.label_counts().items())
-    _say(console, f"read {len(source.texts):,} rows ({per_label}) from {source.path}")
+    console.print(f"read {len(source.texts):,} rows ({per_label}) from {source.path}")
     if prepared.duplicates_dropped is not None:
-        _say(console, f"dropped {prepared.duplicates_dropped:,} duplicate texts (kept the first of each)")
+        console.print(f"dropped {prepared.duplicates_dropped:,} duplicate texts (kept the first of each)")
     if prepared.rows_per_label_after_balance is not None:
-        _say(console, f"balanced: {prepared.rows_per_label_after_balance:,} rows per label")
+        console.print(f"balanced: {prepared.rows_per_label_after_balance:,} rows per label")
 
     from rich.table import Table
-    from rich.text import Text
 
     counts = prepared.counts()
     table = Table(title="prepared splits", title_justify="left")
     table.add_column("split")
     for label in source.label_map:
-        table.add_column(Text(label), justify="right")  # Text: a label is never read as markup
+        table.add_column(cell(label), justify="right")
     table.add_column("total", justify="right")
     for heading in ("tokens min", "median", "p95", "max"):
         table.add_column(heading, justify="right")
@@ -95,9 +88,5 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
     )
     if any(leaks.values()) and not options.dedupe:
         line += " (--dedupe drops repeated texts first)"
-    _say(console, line)
+    console.print(line)
 
-
-def _say(console: Console, line: str) -> None:
-    """A plain line on stderr: no markup (paths may hold brackets), never wrapped (stays greppable)."""
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
