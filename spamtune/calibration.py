@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_write_json, read_json
 from spamtune.metrics import binary_roc_auc
-
-CALIBRATION_FILE = "calibration.json"
+from spamtune.runs import CALIBRATION_FILE
 CALIBRATION_FORMAT = "spamtune-calibration/1"
 ECE_BINS = 15
+DEFAULT_THRESHOLD = 0.5  # without a calibration: the argmax of two classes
 RULES = ("max-ham-loss", "threshold", "cost-ratio")
 # The search range of the temperature. NLL is convex in 1/T, so a bracketed 1-D search finds
 # its minimum; the bounds only matter for degenerate sets (perfectly separated validation data
@@ -371,6 +371,12 @@ class Calibration:
     def to_dict(self) -> dict:
         return {"format": CALIBRATION_FORMAT, **asdict(self)}
 
+    def describe(self) -> str:
+        """How the threshold was chosen: ``max-ham-loss 1.00%``, ``threshold 0.5``, ``cost-ratio 10``."""
+        if self.rule == "max-ham-loss":
+            return f"max-ham-loss {self.target:.2%}"
+        return f"{self.rule} {self.target:g}"
+
 
 def calibrate_logits(
     logits: torch.Tensor,
@@ -464,7 +470,7 @@ def calibrate_run(
     dev = resolve_device(device)
     model, cfg = load_classifier(run_dir, dev)
     validation = read_splits(run_data_root(run_dir, data_dir), "validation", cfg)["validation"]
-    logits = model_logits(model, cfg, validation.texts, device=dev, precision=run_precision(run_dir, dev), batch_size=64)
+    logits = model_logits(model, cfg, validation.texts, precision=run_precision(run_dir, dev), batch_size=64)
     return calibrate_and_store(run_dir, logits, validation.labels, cfg.labels[cfg.positive_label], rule=rule, target=target, refit_temperature=refit_temperature)
 
 

@@ -20,7 +20,9 @@ from spamtune.device import Precision, resolve_device
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, check_split_labels, pad_width
 from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, predict_logits
+from spamtune.calibration import DEFAULT_THRESHOLD, binary_report, calibrated_probabilities, nll, read_calibration
 from spamtune.metrics import classification_report
+from spamtune.plots import plot_binary_evaluation
 from spamtune.tokenizer import encode_texts
 
 EVAL_SPLITS = ("test", "validation", "train", "all")
@@ -103,6 +105,27 @@ def _reports(parts: dict[str, Split], preds: torch.Tensor, log_probs: torch.Tens
     return report
 
 
+def operating_point_report(labels: list[int], probs: torch.Tensor, positive: int, threshold: float, calibration) -> dict:
+    """The spam filter's figures, under fixed names: at the threshold (``threshold``,
+    ``false_positive_rate``, ``spam_recall``, ``spam_precision``, ``spam_f1``,
+    ``spam_confusion``: ``[[ham kept, ham lost], [spam missed, spam caught]]``) and
+    threshold-free (``roc_auc``, ``pr_auc``, ``ece``), and how the threshold was chosen."""
+    is_spam = [y == positive for y in labels]
+    report = binary_report(is_spam, probs[:, positive].tolist(), threshold, probs)
+    return {
+        "threshold": threshold,
+        "threshold_rule": calibration.describe() if calibration else "default 0.5 (run not calibrated)",
+        "false_positive_rate": report["false_positive_rate"],
+        "spam_recall": report["spam_recall"],
+        "spam_precision": report["precision"],
+        "spam_f1": report["f1"],
+        "spam_confusion": report["confusion_matrix"],
+        "roc_auc": report["roc_auc"],
+        "pr_auc": report["pr_auc"],
+        "ece": report["ece"],
+    }
+
+
 def model_logits(model, cfg: ClassifierConfig, texts: list[str], *, precision: Precision, batch_size: int):
     """The run's logits for texts, tokenised and batched exactly as in training's evaluations."""
     examples = Examples(encode_texts(texts, cfg.max_length), pad_id=cfg.pad_token_id)
@@ -137,11 +160,18 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int = EVAL_BATCH_SIZE,
     baseline: bool = False,
+    plots: str | Path | None = None,
 ) -> dict:
     """Every figure of ``spamtune evaluate`` as one JSON-ready dict.
 
     ``run_dir`` defaults to the latest run under the data root. With ``split="all"`` the
     figures cover the three splits together and ``by_split`` holds each one's.
+
+    Probabilities are the run's calibrated ones (``calibration.json``: temperature), and a
+    two-class run is decided at its threshold; the figures at that threshold
+    (``false_positive_rate``, ``spam_recall``, ...) and the threshold-free ones (``roc_auc``,
+    ``pr_auc``, ``ece``) are top-level fields. ``plots``: a folder for ``roc.png``, ``pr.png``
+    and ``calibration.png`` (two-class runs; None: none are drawn).
     """
     if batch_size < 1:
         raise OptionError("batch_size", f"must be at least 1 (got {batch_size})")
@@ -161,11 +191,31 @@ def evaluate_run(
     precision = run_precision(run_dir, dev)
     texts = [t for part in parts.values() for t in part.texts]
     logits = model_logits(model, cfg, texts, precision=precision, batch_size=batch_size)
+    calibration = read_calibration(run_dir)
+    temperature = calibration.temperature if calibration else 1.0
+    threshold = calibration.threshold if calibration else DEFAULT_THRESHOLD
+    probs = calibrated_probabilities(logits, temperature)
+    positive = cfg.labels[cfg.positive_label]
+    if cfg.num_classes == 2:  # the run's decision: spam at or above its threshold
+        preds = torch.where(probs[:, positive] >= threshold, positive, 1 - positive)
+    else:
+        preds = probs.argmax(dim=1)
     result = {"run": str(run_dir), "split": None if input_file else split}
     if input_file is not None:
         result["input"] = str(input_file)
-    result.update(_reports(parts, logits.argmax(dim=1), F.log_softmax(logits, dim=1), cfg.label_names))
+    # "loss" stays the model's own cross-entropy, the figure training reports; the calibrated
+    # one is beside it.
+    result.update(_reports(parts, preds, F.log_softmax(logits, dim=1), cfg.label_names))
     result["precision"] = precision.name
+    labels = [y for part in parts.values() for y in part.labels]
+    result["temperature"] = temperature
+    result["calibrated_loss"] = nll(logits, torch.tensor(labels), temperature)
+    if cfg.num_classes == 2:
+        result.update(operating_point_report(labels, probs, positive, threshold, calibration))
+        if plots is not None:
+            uncalibrated = calibrated_probabilities(logits) if temperature != 1.0 else None
+            drawn = plot_binary_evaluation(plots, [y == positive for y in labels], probs, positive, threshold, uncalibrated)
+            result["plots"] = [str(p) for p in drawn]
     if baseline:
         train = read_splits(root, "train", cfg)["train"]
         result["baseline"] = baseline_reports(train, parts, cfg.label_names)

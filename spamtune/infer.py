@@ -15,15 +15,16 @@ from pathlib import Path
 import torch
 
 from spamtune import paths
+from spamtune.calibration import DEFAULT_THRESHOLD, Calibration, read_calibration
 from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.device import Precision, resolve_device
 from spamtune.errors import SpamtuneError
 from spamtune.examples import Examples, pad_width
+from spamtune.explain import Explanation, explain_texts, fp32_head
 from spamtune.forward import predict_logits
 from spamtune.model import GPTModel
 from spamtune.tokenizer import TOKENIZER_ID, encode_texts
 
-DEFAULT_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -63,6 +64,10 @@ class SpamClassifier:
     *start* of each text (spam announces itself early). Empty texts are classified too.
     For a two-class run the label is the positive class (``spam``) when its probability is
     ``>= threshold``; with more classes it is the most probable class and ``threshold`` is unused.
+
+    A run's ``calibration.json`` (written after training and by ``spamtune calibrate``) gives the
+    temperature that divides the logits and the default threshold; ``calibration=False`` uses
+    the raw probabilities and 0.5, and an explicit ``threshold`` always wins.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class SpamClassifier:
         batch_size: int = DEFAULT_BATCH_SIZE,
         run_dir: str | Path | None = None,
         precision: str | Precision = "auto",
+        calibration: Calibration | None = None,
     ):
         if config.tokenizer != TOKENIZER_ID:
             raise SpamtuneError(f"this run uses the tokenizer '{config.tokenizer}'; spamtune has only '{TOKENIZER_ID}'")
@@ -90,6 +96,8 @@ class SpamClassifier:
             store_linear_weights_in(self.model, self._precision.dtype)
         self.batch_size = batch_size
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.calibration = calibration
+        self.temperature = calibration.temperature if calibration else 1.0
         self.threshold = threshold
         self.max_length = min(config.max_length, config.model.context_length)
         self._positive_index = config.labels[config.positive_label]
@@ -101,13 +109,16 @@ class SpamClassifier:
         device: str | torch.device = "auto",
         data_dir: str | Path | None = None,
         *,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         precision: str = "auto",
+        calibration: bool = True,
     ) -> SpamClassifier:
         """Load a run folder; without ``run_dir``, the latest run under the data root
         (``data_dir``, else ``$SPAMTUNE_HOME``, else ``./data``). ``device``: auto, cpu, cuda, mps.
-        ``precision``: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16."""
+        ``precision``: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16.
+        ``threshold``: None for the run's calibrated threshold (0.5 without one).
+        ``calibration=False`` ignores the run's ``calibration.json``."""
         if run_dir is None:
             run_dir = paths.latest_run(paths.data_root(data_dir))
         run_dir = Path(run_dir)
@@ -116,7 +127,20 @@ class SpamClassifier:
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         resolved = Precision.resolve(precision, dev)
         model, config = load_classifier(run_dir, dev, linear_dtype=resolved.dtype)
-        return cls(model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=resolved)
+        stored = read_calibration(run_dir) if calibration else None
+        if threshold is None:
+            threshold = stored.threshold if stored else DEFAULT_THRESHOLD
+        return cls(
+            model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=resolved,
+            calibration=stored,
+        )  # fmt: skip
+
+    def describe_threshold(self) -> str:
+        """Where the threshold comes from, for display: the calibration's rule when it is the
+        calibrated one, else "given"."""
+        if self.calibration is not None and self.threshold == self.calibration.threshold:
+            return f"calibrated on validation for {self.calibration.describe()}, temperature {self.temperature:.3g}"
+        return "given" if self.threshold != DEFAULT_THRESHOLD else "default"
 
     @property
     def threshold(self) -> float:
@@ -155,9 +179,22 @@ class SpamClassifier:
         predictions = [Prediction(t, label, p) for t, label, p in zip(items, labels, positive)]
         return predictions[0] if single else predictions
 
-    def _probabilities(self, texts: list[str]) -> torch.Tensor:
-        examples = Examples(encode_texts(texts, self.max_length), pad_id=self.config.pad_token_id)
-        logits = predict_logits(
+    def explain(self, texts: str | Iterable[str]) -> Explanation | list[Explanation]:
+        """Why each text got its spam probability: every word's push towards spam (positive
+        score) or ham (negative), in calibrated log-odds, with exact character offsets
+        (``spamtune.explain``). ``Explanation.top(k)`` is the JSON form ``predict --explain``
+        prints; one ``Explanation`` for a string, a list for an iterable."""
+        items, single = _text_list(texts)
+        with fp32_head(self.model):
+            explanations = explain_texts(
+                items, self._logits, positive_index=self._positive_index, max_length=self.max_length,
+                temperature=self.temperature,
+            )  # fmt: skip
+        return explanations[0] if single else explanations
+
+    def _logits(self, token_lists: list[list[int]]) -> torch.Tensor:
+        examples = Examples(token_lists, pad_id=self.config.pad_token_id)
+        return predict_logits(
             self.model,
             examples,
             self.config.pooling,
@@ -165,13 +202,15 @@ class SpamClassifier:
             batch_size=self.batch_size,
             pad_to=pad_width(self.config.pooling, self.max_length),
         )
-        return torch.softmax(logits, dim=1)
+
+    def _probabilities(self, texts: list[str]) -> torch.Tensor:
+        return torch.softmax(self._logits(encode_texts(texts, self.max_length)) / self.temperature, dim=1)
 
     def __repr__(self) -> str:
         where = f"{self.run_dir}, " if self.run_dir else ""
         return (
             f"SpamClassifier({where}labels={self.labels}, device={self.device}, "
-            f"precision={self.precision}, threshold={self.threshold})"
+            f"precision={self.precision}, threshold={self.threshold}, temperature={self.temperature:.4g})"
         )
 
 

@@ -339,7 +339,8 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
         frame, rows_per_label = _undersample(frame, options.seed)
     # The book's random_split: shuffle every row, then cut by position.
     frame = frame.sample(frac=1, random_state=options.seed).reset_index(drop=True)
-    splits = _cut(frame, options.split, options.stratify)
+    # Without balancing, validation and test are to show the real class mix: cut per label.
+    splits = _cut(frame, options.split, options.stratify or options.balance == "none")
 
     train_texts = set(splits["train"].texts)
     leakage = {name: sum(text in train_texts for text in splits[name].texts) for name in ("validation", "test")}

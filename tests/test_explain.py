@@ -11,7 +11,9 @@ from helpers import P_HAM, P_SPAM, write_rigged_run
 
 from spamtune import explain
 from spamtune.checkpoint import load_classifier
-from spamtune.infer import batched_logits
+from spamtune.device import Precision
+from spamtune.examples import Examples
+from spamtune.forward import predict_logits
 from spamtune.tokenizer import get_tokenizer
 
 TEXTS = [
@@ -73,7 +75,7 @@ def rigged(tmp_path_factory):
     model, cfg = load_classifier(run)
 
     def logits_of(token_lists):
-        return batched_logits(model, token_lists, cfg.pooling)
+        return predict_logits(model, Examples(token_lists), cfg.pooling, precision=Precision("fp32", torch.device("cpu")))
 
     return logits_of, cfg
 

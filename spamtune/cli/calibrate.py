@@ -26,13 +26,6 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2%}"
 
 
-def describe_rule(rule: str, target: float) -> str:
-    """``max-ham-loss 1.00%``, ``threshold 0.5``, ``cost-ratio 10``: how a threshold was chosen."""
-    if rule == "max-ham-loss":
-        return f"max-ham-loss {target:.2%}"
-    return f"{rule} {target:g}"
-
-
 def summary_lines(calibration) -> list[str]:
     """What a user wants to know about a calibration, as plain lines (no markup)."""
     v = calibration.validation
@@ -41,7 +34,7 @@ def summary_lines(calibration) -> list[str]:
         f"ECE {v['ece_before']:.2%} -> {v['ece_after']:.2%} ({v['n']:,} messages)"
         if v.get("nll_before") is not None
         else f"temperature {calibration.temperature:.4g}",
-        f"threshold {calibration.threshold:.4g} ({describe_rule(calibration.rule, calibration.target)}): on validation "
+        f"threshold {calibration.threshold:.4g} ({calibration.describe()}): on validation "
         f"{_percent(v.get('false_positive_rate'))} of {v.get('n_ham', 0):,} ham marked spam, "
         f"{_percent(v.get('spam_recall'))} of {v.get('n_spam', 0):,} spam caught, precision {_percent(v.get('precision'))}",
     ]
@@ -67,7 +60,8 @@ def calibrate_command(
     Python API use the stored temperature and threshold unless told otherwise.
     """
     from spamtune import paths
-    from spamtune.calibration import CALIBRATION_FILE, calibrate_run, parse_rate
+    from spamtune.calibration import calibrate_run, parse_rate
+    from spamtune.runs import CALIBRATION_FILE
 
     given = [name for name, value in (("--max-ham-loss", max_ham_loss), ("--threshold", threshold), ("--cost-ratio", cost_ratio)) if value is not None]
     if len(given) > 1:
