@@ -160,7 +160,8 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int = EVAL_BATCH_SIZE,
     baseline: bool = False,
-    plots: str | Path | None = None,
+    write_plots: bool = False,
+    plots_dir: str | Path | None = None,
 ) -> dict:
     """Every figure of ``spamtune evaluate`` as one JSON-ready dict.
 
@@ -170,8 +171,8 @@ def evaluate_run(
     Probabilities are the run's calibrated ones (``calibration.json``: temperature), and a
     two-class run is decided at its threshold; the figures at that threshold
     (``false_positive_rate``, ``spam_recall``, ...) and the threshold-free ones (``roc_auc``,
-    ``pr_auc``, ``ece``) are top-level fields. ``plots``: a folder for ``roc.png``, ``pr.png``
-    and ``calibration.png`` (two-class runs; None: none are drawn).
+    ``pr_auc``, ``ece``) are top-level fields. ``write_plots`` draws ``roc.png``, ``pr.png`` and
+    ``calibration.png`` (two-class runs) into ``plots_dir``, by default the run folder.
     """
     if batch_size < 1:
         raise OptionError("batch_size", f"must be at least 1 (got {batch_size})")
@@ -212,9 +213,10 @@ def evaluate_run(
     result["calibrated_loss"] = nll(logits, torch.tensor(labels), temperature)
     if cfg.num_classes == 2:
         result.update(operating_point_report(labels, probs, positive, threshold, calibration))
-        if plots is not None:
+        if write_plots:
             uncalibrated = calibrated_probabilities(logits) if temperature != 1.0 else None
-            drawn = plot_binary_evaluation(plots, [y == positive for y in labels], probs, positive, threshold, uncalibrated)
+            is_spam = [y == positive for y in labels]
+            drawn = plot_binary_evaluation(plots_dir or run_dir, is_spam, probs, positive, threshold, uncalibrated)
             result["plots"] = [str(p) for p in drawn]
     if baseline:
         train = read_splits(root, "train", cfg)["train"]

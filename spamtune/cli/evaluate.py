@@ -68,6 +68,8 @@ def render_tables(result: dict, console: Console) -> None:
             *(_number(r["by_split"][name]["accuracy"], percent=True) for _, r in columns),
         )
     console.print(overview)
+    if "threshold" in result:
+        console.print(operating_point_table(result))
 
     per_class = Table(title="Per class")
     for heading in ("class", "model", "precision", "recall", "F1", "support"):
@@ -90,6 +92,30 @@ def render_tables(result: dict, console: Console) -> None:
         console.print(matrix)
 
 
+def operating_point_table(result: dict):
+    """The spam filter's figures: at the run's threshold, then threshold-free."""
+    from rich.table import Table
+
+    table = Table(title="Spam filter")
+    table.add_column("")
+    table.add_column("spamtune", justify="right")
+    (ham_kept, ham_lost), (spam_missed, spam_caught) = result["spam_confusion"]
+    rows = [
+        ("threshold", f"{result['threshold']:.4g} ({result['threshold_rule']})"),
+        ("temperature", f"{result['temperature']:.4g}"),
+        ("false-positive rate (ham marked spam)", f"{_number(result['false_positive_rate'], percent=True)} ({ham_lost} of {ham_kept + ham_lost})"),
+        ("spam recall (spam caught)", f"{_number(result['spam_recall'], percent=True)} ({spam_caught} of {spam_missed + spam_caught})"),
+        ("spam precision", _number(result["spam_precision"], percent=True)),
+        ("spam F1", _number(result["spam_f1"], percent=True)),
+        ("ROC-AUC", _number(result["roc_auc"])),
+        ("PR-AUC (average precision)", _number(result["pr_auc"])),
+        ("ECE (15 bins)", _number(result["ece"], percent=True)),
+    ]
+    for name, value in rows:
+        table.add_row(name, cell(value))
+    return table
+
+
 def evaluate_command(
     run_dir: Path | None = typer.Argument(None, help="Run folder (default: the latest run under the data root)."),
     split: str | None = typer.Option(None, help="test (default), validation, train or all."),
@@ -101,8 +127,12 @@ def evaluate_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Messages per batch."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default: the run's, else $SPAMTUNE_HOME or ./data)."),
+    plots: Path | None = typer.Option(
+        None, "--plots", metavar="DIR", help="Folder for roc.png, pr.png and calibration.png (default: the run folder).", file_okay=False
+    ),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Draw no plots."),
 ) -> None:
-    """Score a fine-tuned run on a split or a labelled file."""
+    """Score a fine-tuned run on a split or a labelled file, at the run's calibrated threshold."""
     from spamtune.evaluate import evaluate_run
 
     if split is not None and input_file is not None:
@@ -115,6 +145,8 @@ def evaluate_command(
         device=device,
         batch_size=batch_size,
         baseline=baseline,
+        write_plots=not no_plots,
+        plots_dir=plots,
     )
     if output_format is ReportFormat.json:
         typer.echo(json.dumps(result, ensure_ascii=False))
@@ -123,6 +155,11 @@ def evaluate_command(
     line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
     if "baseline" in result:
         line += f"; baseline {result['baseline']['accuracy']:.2%}"
+    if "threshold" in result:
+        line += (
+            f"; at threshold {result['threshold']:.4g}: {_number(result['false_positive_rate'], percent=True)} of ham "
+            f"marked spam, {_number(result['spam_recall'], percent=True)} of spam caught"
+        )
     typer.echo(line)
 
 
