@@ -25,16 +25,18 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from spamtune import calibration as cal
-from spamtune import explain, train
+from spamtune import explain, runs, train
 from spamtune.checkpoint import load_classifier
 from spamtune.data import Split, write_split
 from spamtune.evaluate import model_logits, run_precision
+from spamtune.examples import Examples, pad_width
+from spamtune.forward import predict_logits
+from spamtune.options import FinetuneOptions
 from spamtune.prepare import LabelledTexts, PrepareOptions, prepare_splits, read_labelled_texts, write_prepared
 from spamtune.tokenizer import encode_texts
 
@@ -65,43 +67,17 @@ def make_roots(home: Path, sms: Path) -> dict[str, Path]:
 
 
 def train_run(root: Path, out: Path, class_weights: str) -> Path:
-    options = train.FinetuneOptions(
-        model="tiny", weights="random", trainable="all", epochs=4, lr=5e-4, data_dir=str(root), device="cpu"
+    options = FinetuneOptions(
+        model="tiny", weights="random", trainable="all", epochs=4, lr=5e-4, data_dir=str(root), device="cpu",
+        class_weights=class_weights,
     )
-    if "class_weights" in train.FinetuneOptions.__dataclass_fields__:
-        options = replace(options, class_weights=class_weights)
-    plain_loss = train.classification_loss
-    if class_weights == "balanced" and "class_weights" not in train.FinetuneOptions.__dataclass_fields__:
-        _patch_in_class_weights(root)
-    resumable = (out / train.RESUME_DIR / train.RESUME_FILE).is_file()
+    resumable = runs.resume_file(out).is_file()
     if out.exists() and not resumable:
         shutil.rmtree(out)
     tick = time.perf_counter()
-    try:
-        summary = train.resume_finetune(out) if resumable else train.finetune(options, out=out)
-    finally:
-        train.classification_loss = plain_loss
+    summary = train.resume_finetune(out) if resumable else train.finetune(options, out=out)
     log(f"trained {out.name} in {time.perf_counter() - tick:.0f} s: test acc {summary['test_accuracy']:.4f}")
     return out
-
-
-def _patch_in_class_weights(root: Path) -> None:
-    """Before ``finetune --class-weights`` exists: the same inverse-frequency weighting
-    (``n / (classes * n_c)``, scikit-learn's "balanced") put into the training loss."""
-    import torch.nn.functional as F
-
-    from spamtune.data import read_split
-
-    labels = torch.tensor(read_split(root / "train.csv").labels)
-    counts = torch.bincount(labels).double()
-    weights = (len(labels) / (len(counts) * counts)).float()
-    log(f"class weights {weights.tolist()}")
-
-    def weighted_loss(model, batch, pooling, last_query_only=True):
-        logits = batch.logits(model, pooling, last_query_only).float()
-        return F.cross_entropy(logits, batch.labels, weight=weights.to(logits.device))
-
-    train.classification_loss = weighted_loss
 
 
 def study_run(run: Path, root: Path, max_ham_loss: float, deletion_ks: tuple[int, ...]) -> dict:
@@ -113,8 +89,8 @@ def study_run(run: Path, root: Path, max_ham_loss: float, deletion_ks: tuple[int
     positive = cfg.labels[cfg.positive_label]
     val = read_split(root / "validation.csv")
     test = read_split(root / "test.csv")
-    val_logits = model_logits(model, cfg, val.texts, device=device, precision=precision, batch_size=64)
-    test_logits = model_logits(model, cfg, test.texts, device=device, precision=precision, batch_size=64)
+    val_logits = model_logits(model, cfg, val.texts, precision=precision, batch_size=64)
+    test_logits = model_logits(model, cfg, test.texts, precision=precision, batch_size=64)
     test_spam = [y == positive for y in test.labels]
     n_val_ham = sum(1 for y in val.labels if y != positive)
     result = {"validation": {"n": len(val), "ham": n_val_ham, "spam": len(val) - n_val_ham}}
@@ -142,9 +118,8 @@ def study_run(run: Path, root: Path, max_ham_loss: float, deletion_ks: tuple[int
     }
 
     def logits_of(token_lists):
-        from spamtune.train import predict_logits
-
-        return predict_logits(model, token_lists, cfg.pooling, device=device, precision=precision)
+        examples = Examples(token_lists, pad_id=cfg.pad_token_id)
+        return predict_logits(model, examples, cfg.pooling, precision=precision, pad_to=pad_width(cfg.pooling, cfg.max_length))
 
     def p_spam(texts):
         logits = logits_of(encode_texts(texts, cfg.max_length))
