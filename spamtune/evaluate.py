@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from spamtune import paths, runs
+from spamtune.calibration import DEFAULT_THRESHOLD, binary_report, calibrated_probabilities, nll, read_calibration
 from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import Split, read_label_map, read_split
 from spamtune.device import Precision, resolve_device
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, check_split_labels, pad_width
 from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, predict_logits
-from spamtune.calibration import DEFAULT_THRESHOLD, binary_report, calibrated_probabilities, nll, read_calibration
+from spamtune.mail import DEFAULT_LONG, LONG_MODES
 from spamtune.metrics import classification_report
 from spamtune.plots import plot_binary_evaluation
 from spamtune.tokenizer import encode_texts
@@ -62,12 +63,13 @@ def read_splits(root: Path, split: str, cfg: ClassifierConfig) -> dict[str, Spli
     return splits
 
 
-def read_labelled_file(path: Path, cfg: ClassifierConfig) -> Split:
+def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig) -> Split:
     """A labelled file in any layout ``spamtune prepare`` reads (SMS collection, TSV, CSV with
-    ``label,text``, JSONL). Labels are the run's names (``ham``/``spam``) or class indices."""
-    from spamtune.prepare import read_labelled_texts
+    ``label,text``, JSONL), or mail sources ``LABEL=PATH`` (a list of them). Labels are the run's
+    names (``ham``/``spam``) or class indices."""
+    from spamtune.prepare import read_input
 
-    source = read_labelled_texts(path)
+    source = read_input(Path("."), _input_list(path))
     labels = []
     for value in source.labels:
         if value in cfg.labels:
@@ -78,6 +80,11 @@ def read_labelled_file(path: Path, cfg: ClassifierConfig) -> Split:
             known = ", ".join(cfg.label_names)
             raise SpamtuneError(f"{path} has the label {value!r}; this run knows {known} (or indices 0-{cfg.num_classes - 1})")
     return Split(source.texts, labels)
+
+
+def _input_list(inputs: str | Path | list[str]) -> list[str]:
+    """``--input`` as a list of strings: one file, or the ``LABEL=PATH`` mail sources."""
+    return [str(p) for p in inputs] if isinstance(inputs, list) else [str(inputs)]
 
 
 def _report(labels: list[int], preds: torch.Tensor, log_probs: torch.Tensor, label_names: list[str]) -> dict:
@@ -126,12 +133,24 @@ def operating_point_report(labels: list[int], probs: torch.Tensor, positive: int
     }
 
 
-def model_logits(model, cfg: ClassifierConfig, texts: list[str], *, precision: Precision, batch_size: int):
-    """The run's logits for texts, tokenised and batched exactly as in training's evaluations."""
-    examples = Examples(encode_texts(texts, cfg.max_length), pad_id=cfg.pad_token_id)
-    return predict_logits(
-        model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
-    )
+def model_logits(
+    model, cfg: ClassifierConfig, texts: list[str], *, precision: Precision, batch_size: int, long: str | None = None
+):
+    """The run's logits for texts, tokenised and batched exactly as in training's evaluations;
+    texts longer than the run's window are read the ``long`` way (``spamtune.long_messages``)."""
+
+    def logits_of(token_lists: list[list[int]]) -> torch.Tensor:
+        examples = Examples(token_lists, pad_id=cfg.pad_token_id)
+        return predict_logits(
+            model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
+        )
+
+    if long in (None, "head"):
+        return logits_of(encode_texts(texts, cfg.max_length))
+    from spamtune.long_messages import long_logits
+
+    window = min(cfg.max_length, cfg.model.context_length)
+    return long_logits(encode_texts(texts), window, long, cfg.labels[cfg.positive_label], logits_of)
 
 
 def baseline_reports(train: Split, parts: dict[str, Split], label_names: list[str]) -> dict:
@@ -155,13 +174,14 @@ def evaluate_run(
     run_dir: str | Path | None = None,
     *,
     split: str = "test",
-    input_file: str | Path | None = None,
+    input_file: str | Path | list[str] | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = EVAL_BATCH_SIZE,
     baseline: bool = False,
     write_plots: bool = False,
     plots_dir: str | Path | None = None,
+    long: str | None = None,
 ) -> dict:
     """Every figure of ``spamtune evaluate`` as one JSON-ready dict.
 
@@ -178,6 +198,8 @@ def evaluate_run(
         raise OptionError("batch_size", f"must be at least 1 (got {batch_size})")
     if split not in EVAL_SPLITS:
         raise OptionError("split", f"unknown {{option}} '{split}'; choose one of: {', '.join(EVAL_SPLITS)}")
+    if long is not None and long not in LONG_MODES:
+        raise OptionError("long", f"unknown {{option}} mode '{long}'; choose one of: {', '.join(LONG_MODES)}")
     run_dir = Path(run_dir) if run_dir else paths.latest_run(paths.data_root(data_dir))
     if not run_dir.is_dir():
         raise SpamtuneError(f"run folder not found: {run_dir}")
@@ -185,13 +207,17 @@ def evaluate_run(
     model, cfg = load_classifier(run_dir, dev)
     root = run_data_root(run_dir, data_dir)
     if input_file is not None:
-        parts = {"input": read_labelled_file(Path(input_file), cfg)}
+        parts = {"input": read_labelled_file(input_file, cfg)}
     else:
         parts = read_splits(root, split, cfg)
 
+    from spamtune.prepare import mail_inputs
+
+    if long is None and input_file is not None and mail_inputs(_input_list(input_file)):
+        long = DEFAULT_LONG
     precision = run_precision(run_dir, dev)
     texts = [t for part in parts.values() for t in part.texts]
-    logits = model_logits(model, cfg, texts, precision=precision, batch_size=batch_size)
+    logits = model_logits(model, cfg, texts, precision=precision, batch_size=batch_size, long=long)
     calibration = read_calibration(run_dir)
     temperature = calibration.temperature if calibration else 1.0
     threshold = calibration.threshold if calibration else DEFAULT_THRESHOLD
@@ -203,7 +229,7 @@ def evaluate_run(
         preds = probs.argmax(dim=1)
     result = {"run": str(run_dir), "split": None if input_file else split}
     if input_file is not None:
-        result["input"] = str(input_file)
+        result["input"] = ", ".join(_input_list(input_file))
     # "loss" stays the model's own cross-entropy, the figure training reports; the calibrated
     # one is beside it.
     result.update(_reports(parts, preds, F.log_softmax(logits, dim=1), cfg.label_names))

@@ -8,7 +8,7 @@ is a thin layer over it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,15 +169,19 @@ class SpamClassifier:
     def predict(self, texts: str | Iterable[str]) -> Prediction | list[Prediction]:
         """One ``Prediction`` for a string, a list of them (in order) for an iterable of strings."""
         items, single = _text_list(texts)
-        probs = self._probabilities(items)
+        predictions = self.predictions(items, self._probabilities(items))
+        return predictions[0] if single else predictions
+
+    def predictions(self, texts: list[str], probs: torch.Tensor) -> list[Prediction]:
+        """A ``Prediction`` per text from its class probabilities ``[n, num_classes]``, labelled as
+        ``predict`` labels (``threshold`` for two classes, else the most probable class)."""
         positive = probs[:, self._positive_index].tolist()
         if self.config.num_classes == 2:
             negative_label = self.labels[1 - self._positive_index]
             labels = [self.positive_label if p >= self.threshold else negative_label for p in positive]
         else:
             labels = [self.labels[i] for i in probs.argmax(dim=1).tolist()]
-        predictions = [Prediction(t, label, p) for t, label, p in zip(items, labels, positive)]
-        return predictions[0] if single else predictions
+        return [Prediction(t, label, p) for t, label, p in zip(texts, labels, positive)]
 
     def explain(self, texts: str | Iterable[str]) -> Explanation | list[Explanation]:
         """Why each text got its spam probability: every word's push towards spam (positive
@@ -185,15 +189,15 @@ class SpamClassifier:
         (``spamtune.explain``). ``Explanation.top(k)`` is the JSON form ``predict --explain``
         prints; one ``Explanation`` for a string, a list for an iterable."""
         items, single = _text_list(texts)
-        with fp32_head(self.model):
-            explanations = explain_texts(
-                items, self._logits, positive_index=self._positive_index, max_length=self.max_length,
-                temperature=self.temperature,
-            )  # fmt: skip
+        with fp32_head(self.model):  # token_logits' logits are calibrated already
+            explanations = explain_texts(items, self.token_logits, positive_index=self._positive_index, max_length=self.max_length)
         return explanations[0] if single else explanations
 
-    def _logits(self, token_lists: list[list[int]]) -> torch.Tensor:
-        examples = Examples(token_lists, pad_id=self.config.pad_token_id)
+    def token_logits(self, token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Calibrated class logits ``[n, num_classes]`` (divided by the run's temperature) of
+        token id lists (each at most ``max_length`` long): the forward pass every prediction
+        goes through, in the classifier's batches and precision."""
+        examples = Examples([list(ids) for ids in token_lists], pad_id=self.config.pad_token_id)
         return predict_logits(
             self.model,
             examples,
@@ -201,10 +205,10 @@ class SpamClassifier:
             precision=self._precision,
             batch_size=self.batch_size,
             pad_to=pad_width(self.config.pooling, self.max_length),
-        )
+        ) / self.temperature
 
     def _probabilities(self, texts: list[str]) -> torch.Tensor:
-        return torch.softmax(self._logits(encode_texts(texts, self.max_length)) / self.temperature, dim=1)
+        return torch.softmax(self.token_logits(encode_texts(texts, self.max_length)), dim=1)
 
     def __repr__(self) -> str:
         where = f"{self.run_dir}, " if self.run_dir else ""

@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -29,6 +30,7 @@ from spamtune import __version__, paths
 from spamtune.data import Split, write_split
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.mail import MailSource, extract, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.tokenizer import encode_texts
 
@@ -57,11 +59,33 @@ class LabelledTexts:
     label_map: dict[str, int]
     text_col: str | None = None  # None for the SMS format, which has no header
     label_col: str | None = None
+    mail_sources: list[MailSourceCounts] | None = None  # for mail inputs: what each source held
 
     def label_counts(self) -> dict[str, int]:
         """Rows per label name, in class-index order."""
         counts = Counter(self.labels)
         return {name: counts[name] for name in self.label_map}
+
+
+@dataclass
+class MailSourceCounts:
+    """What one ``LABEL=PATH`` mail source held: messages read, and how many were damaged, cut or empty.
+
+    Damaged messages (parser defects, charset fallbacks) are kept with the text that could be
+    read; empty ones (no Subject and no body text) are left out; truncated ones were read on
+    their first ``MAX_MESSAGE_BYTES`` only.
+    """
+
+    label: str
+    path: str
+    messages: int = 0
+    damaged: int = 0
+    empty: int = 0
+    truncated: int = 0
+
+    @property
+    def kept(self) -> int:
+        return self.messages - self.empty
 
 
 @dataclass
@@ -95,7 +119,7 @@ class PreparedSplits:
     def record(self) -> dict:
         """What ``prepare.json`` holds: where the data came from, how it was cut, what came out."""
         src = self.source
-        return {
+        record = {
             "spamtune_version": __version__,
             "input": {
                 "path": str(src.path.resolve()),
@@ -114,6 +138,9 @@ class PreparedSplits:
             "leakage_into_train": self.leakage,
             "token_lengths": {name: asdict(stats) for name, stats in self.token_lengths.items()},
         }
+        if src.mail_sources is not None:
+            record["input"]["mail_sources"] = [{**asdict(c), "kept": c.kept} for c in src.mail_sources]
+        return record
 
 
 def resolve_input(root: Path, input_file: str | Path | None) -> Path:
@@ -131,6 +158,29 @@ def resolve_input(root: Path, input_file: str | Path | None) -> Path:
     if not path.is_file():
         raise SpamtuneError(f"input is not a file: {path}")
     return path
+
+
+def mail_inputs(inputs: list[str]) -> list[str]:
+    """The inputs that name mail sources: ``LABEL=PATH`` and not an existing file."""
+    return [str(spec) for spec in inputs if "=" in str(spec) and not Path(spec).is_file()]
+
+
+def read_input(
+    root: Path, inputs: list[str], fmt: str | None = None, text_col: str | None = None, label_col: str | None = None
+) -> LabelledTexts:
+    """What ``prepare --input`` names: nothing (the SMS Spam Collection), one labelled-text file, or
+    one or more mail sources ``LABEL=PATH``. An input is a mail source when it is not an existing
+    file and has the form ``LABEL=PATH``."""
+    mail = mail_inputs(inputs)
+    if not mail:
+        if len(inputs) > 1:
+            raise SpamtuneUsageError("give one labelled-text --input FILE, or mail sources as --input LABEL=PATH")
+        return read_labelled_texts(resolve_input(root, inputs[0] if inputs else None), fmt, text_col, label_col)
+    if len(mail) != len(inputs):
+        raise SpamtuneUsageError("mail sources (--input LABEL=PATH) cannot be mixed with a labelled-text --input FILE")
+    if fmt is not None or text_col is not None or label_col is not None:
+        raise SpamtuneUsageError("--format, --text-col and --label-col apply to labelled-text files, not to mail sources")
+    return read_mail_sources([parse_source(spec) for spec in mail])
 
 
 def read_labelled_texts(
@@ -178,6 +228,45 @@ def read_labelled_texts(
     if len(label_map) < 2:
         raise SpamtuneError(f"{path} has only one label ({labels[0]!r}); a classifier needs at least two")
     return LabelledTexts(path, hashlib.sha256(raw).hexdigest(), fmt, texts, labels, label_map, text_col, label_col)
+
+
+MAIL_FORMAT = "mail"
+
+
+def read_mail_sources(sources: list[MailSource]) -> LabelledTexts:
+    """Labelled texts from mail sources (``LABEL=PATH``: Maildir, mbox, folder tree or ``.eml``).
+
+    Each message becomes the text of ``spamtune.mail.message_text`` with its source's label, in
+    source order then each source's own stable order. One bad message never stops the read: it
+    is counted as damaged (kept with what could be read) or empty (left out). The sha256 covers
+    every message's id and bytes, so ``prepare.json`` tells whether the mail changed.
+    """
+    texts, labels, counts = [], [], []
+    digest = hashlib.sha256()
+    for source in sources:
+        if not source.path.exists():
+            raise SpamtuneError(f"mail source not found: {source.path}")
+        tally = MailSourceCounts(source.label, str(source.path))
+        for message_id, raw in iter_messages(source.path):
+            digest.update(message_id.encode("utf-8", "surrogateescape") + b"\0" + raw + b"\0")
+            result = extract(raw)
+            tally.messages += 1
+            tally.damaged += result.damaged
+            tally.truncated += result.truncated
+            if result.empty:
+                tally.empty += 1
+                continue
+            texts.append(result.text)
+            labels.append(source.label)
+        counts.append(tally)
+        if tally.messages == 0:
+            raise SpamtuneError(f"no messages found in {source.path} (a Maildir, an mbox, a folder of messages or a .eml)")
+    label_map = _label_map(labels)
+    if len(label_map) < 2:
+        found = ", ".join(label_map) or "none"
+        raise SpamtuneError(f"the mail sources give {len(label_map)} label(s) with text ({found}); a classifier needs at least two")
+    path = sources[0].path if len(sources) == 1 else Path(os.path.commonpath([s.path.resolve() for s in sources]))
+    return LabelledTexts(path, digest.hexdigest(), MAIL_FORMAT, texts, labels, label_map, mail_sources=counts)
 
 
 def _decode_utf8(raw: bytes, path: Path) -> str:

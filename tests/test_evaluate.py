@@ -145,6 +145,15 @@ def test_bad_input_is_one_line(run, args, message):
     assert result.stderr.count("\n") == 1 and message in result.stderr
 
 
+def test_the_library_names_a_bad_long_mode(run):
+    """The CLI's choices stop a bad --long before the core; the API says which modes exist."""
+    from spamtune.errors import OptionError
+    from spamtune.evaluate import evaluate_run
+
+    with pytest.raises(OptionError, match="unknown long mode 'tail'; choose one of: head, head-tail, chunks"):
+        evaluate_run(run[1], long="tail")
+
+
 def test_no_run_yet(tmp_path):
     result = evaluate("--data-dir", str(tmp_path))
     assert result.exit_code == 1 and result.stdout == ""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -355,17 +354,10 @@ def test_last_pooling_trains_without_the_cache(data_root, tmp_path):
     assert summary["prefix_cache"]["splits"] == []
 
 
-REAL_SMS = Path(
-    os.environ.get("SPAMTUNE_TEST_SMS")
-    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
-)
-
-
-@pytest.mark.skipif(not REAL_SMS.is_file(), reason=f"real SMS data not found at {REAL_SMS}")
-def test_shortcuts_give_identical_accuracies_on_the_real_split(tmp_path):
+def test_shortcuts_give_identical_accuracies_on_the_real_split(tmp_path, sms_file):
     """Same seed, fp32, tiny model, the book's balanced split: the same curve with and without."""
     root = tmp_path / "data"
-    result = CliRunner().invoke(app, ["prepare", "--input", str(REAL_SMS), "--data-dir", str(root)])
+    result = CliRunner().invoke(app, ["prepare", "--input", str(sms_file), "--data-dir", str(root)])
     assert result.exit_code == 0, result.output
     (root / "tiny.json").write_text(json.dumps({"context_length": 128, "emb_dim": 64, "n_layers": 3, "n_heads": 4}))
     _, _, fast_records, plain_records = run_pair(

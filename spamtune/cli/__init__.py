@@ -107,7 +107,7 @@ def root(
 
 # Subcommands, in the order a user runs them. Each module defines ``register(app)`` and keeps
 # heavy imports (torch, pandas) inside its command function so `--help` stays instant.
-COMMANDS = ("download", "prepare", "finetune", "calibrate", "evaluate", "predict")
+COMMANDS = ("download", "prepare", "finetune", "calibrate", "evaluate", "predict", "filter")
 
 
 def _register_commands() -> None:

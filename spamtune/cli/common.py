@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Literal
 
 import typer
 
+from spamtune.mail import LONG_MODES
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
@@ -67,6 +69,20 @@ def with_dataclass_options(*options: list[inspect.Parameter]) -> Callable:
         return command
 
     return decorate
+
+
+# --long, shared by predict, evaluate and filter. spamtune.mail names the modes without torch,
+# so importing it here keeps --help fast.
+LongMode = Literal[LONG_MODES]
+LONG_HELP = (
+    "How a message longer than the model's window is read: its first tokens (head), its first and last (head-tail), "
+    "or overlapping windows over all of it, the most spam-like one deciding (chunks)."
+)
+
+
+def long_option(show_default: str):
+    """The ``--long`` option; ``show_default`` says what each command reads when it is not given."""
+    return typer.Option(None, "--long", help=LONG_HELP, show_default=show_default)
 
 
 def stderr_console() -> Console:

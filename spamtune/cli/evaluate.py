@@ -11,11 +11,11 @@ import enum
 import json
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from spamtune.cli.common import cell, stderr_console
+from spamtune.cli.common import LongMode, cell, long_option, stderr_console
 from spamtune.errors import SpamtuneUsageError
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
@@ -119,9 +119,12 @@ def operating_point_table(result: dict):
 def evaluate_command(
     run_dir: Path | None = typer.Argument(None, help="Run folder (default: the latest run under the data root)."),
     split: str | None = typer.Option(None, help="test (default), validation, train or all."),
-    input_file: Path | None = typer.Option(
-        None, "--input", help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection."
+    input_file: Optional[list[str]] = typer.Option(
+        None, "--input", metavar="FILE|LABEL=PATH",
+        help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection; "
+        "or mail as LABEL=PATH (repeatable: a Maildir, an mbox, a folder of message files or a .eml).",
     ),
+    long: Optional[LongMode] = long_option("chunks for mail, head for files and splits"),
     output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also train TF-IDF + logistic regression on the train split."),
     batch_size: int = typer.Option(64, "--batch-size", help="Messages per batch."),
@@ -135,18 +138,19 @@ def evaluate_command(
     """Score a fine-tuned run on a split or a labelled file, at the run's calibrated threshold."""
     from spamtune.evaluate import evaluate_run
 
-    if split is not None and input_file is not None:
+    if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
     result = evaluate_run(
         run_dir,
         split=split or "test",
-        input_file=input_file,
+        input_file=input_file or None,
         data_dir=data_dir,
         device=device,
         batch_size=batch_size,
         baseline=baseline,
         write_plots=not no_plots,
         plots_dir=plots,
+        long=long,
     )
     if output_format is ReportFormat.json:
         typer.echo(json.dumps(result, ensure_ascii=False))

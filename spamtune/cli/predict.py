@@ -13,10 +13,11 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Optional
 
 import typer
 
+from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ PREDICT_HELP = (
     "with stdin not a terminal). In a file or on stdin each line is a message: lines end at \\n only, a trailing "
     "\\r is dropped (CRLF files), empty lines are classified too, and invalid UTF-8 is replaced by U+FFFD. "
     "Input is read and answered in chunks, so a large stream runs in constant memory and results appear as they come.\n\n"
-    "A message longer than the run's max length is cut to its first tokens (its start is kept). In tsv and text "
+    "A message longer than the run's max length is cut to its first tokens (its start is kept; see --long). In tsv and text "
     "output, tabs and line breaks inside a message become spaces; jsonl keeps the message exactly. The probability "
     "is always that of spam, whatever the label.\n\n"
     "With --fail-on-spam the exit status is 1 when any message is spam, 0 when none is (errors also exit 1, "
@@ -253,21 +254,38 @@ def predict(
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16 or fp16."
     ),
+    mail: Path | None = typer.Option(
+        None, "--mail", metavar="PATH",
+        help="Classify mail: a Maildir, an mbox, a folder of message files, a .eml, or '-' for one message on stdin. "
+        "One line per message with its id (path, or mbox number and Message-ID) instead of its text.",
+    ),
+    long: Optional[LongMode] = long_option("chunks with --mail, head for lines of text"),
     fail_on_spam: bool = typer.Option(
         False, "--fail-on-spam",
         help="Exit with status 1 when any message is spam (after writing all output), like an inverted grep -q.",
     ),
 ) -> None:
     """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP)."""
-    chunks = message_source(messages or [], file)
+    if mail is not None:
+        if messages or file is not None:
+            raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --file with it")
+        from spamtune.cli.predict_mail import mail_messages
+
+        chunks = mail_messages(mail)
+    else:
+        chunks = message_source(messages or [], file)
 
     from spamtune.infer import SpamClassifier
+    from spamtune.long_messages import predict_long
+    from spamtune.mail import TEXT_LONG
 
     classifier = SpamClassifier.load(
         run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
     )
     if output_format is None:
         output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
+    if explain and mail is not None:
+        raise SpamtuneUsageError("--explain works on messages given as lines of text, not with --mail")
     if explain and output_format is OutputFormat.label:
         raise SpamtuneUsageError("--explain needs --format text, tsv or jsonl (label prints the label only)")
     if threshold is None and classifier.calibration is not None:
@@ -276,8 +294,13 @@ def predict(
     sys.stdout.flush()
     out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
     any_positive = False
+    if mail is not None:
+        from spamtune.cli.predict_mail import predict_mail
+
+        any_positive = predict_mail(classifier, chunks, renderer, long)
+        chunks = []
     for chunk in chunks:
-        predictions = classifier.predict(chunk)
+        predictions = predict_long(classifier, chunk, long or TEXT_LONG)
         explanations = classifier.explain(chunk) if explain else [None] * len(chunk)
         out.write("".join(map(renderer.line, predictions, explanations)).encode("utf-8", errors="replace"))
         out.flush()

@@ -24,8 +24,10 @@ def register(app: typer.Typer) -> None:
 # balance, split, seed, stratify and dedupe: PrepareOptions' fields, defaults and help.
 @with_dataclass_options(dataclass_options(PrepareOptions))
 def prepare(
-    input_file: Optional[Path] = typer.Option(
-        None, "--input", "-i", help="A TSV, CSV or JSONL file of labelled texts. Default: the downloaded SMS Spam Collection."
+    inputs: Optional[list[str]] = typer.Option(
+        None, "--input", "-i", metavar="FILE|LABEL=PATH",
+        help="A TSV, CSV or JSONL file of labelled texts, or mail as LABEL=PATH (repeatable: a Maildir, an mbox, "
+        "a folder of message files or a .eml, every message labelled LABEL). Default: the downloaded SMS Spam Collection.",
     ),
     input_format: Optional[Literal["tsv", "csv", "jsonl"]] = typer.Option(
         None, "--format", help="Format of --input (default: from its extension). A headerless ham/spam TSV is read as the SMS Spam Collection."
@@ -40,11 +42,11 @@ def prepare(
     The default is the book's chapter 6 recipe: undersample ham to spam's count, shuffle with
     random_state 123, cut 70% / 10% / 20%. A summary goes to stderr; the written paths to stdout.
     """
-    from spamtune.prepare import parse_split, prepare_splits, read_labelled_texts, resolve_input, write_prepared
+    from spamtune.prepare import parse_split, prepare_splits, read_input, write_prepared
 
     root = paths.data_root(data_dir)
     options = PrepareOptions(**{**options, "split": parse_split(options["split"])})
-    source = read_labelled_texts(resolve_input(root, input_file), input_format, text_col, label_col)
+    source = read_input(root, inputs or [], input_format, text_col, label_col)
     prepared = prepare_splits(source, options)
     written = write_prepared(root, prepared)
     _render_summary(stderr_console(), prepared)
@@ -55,7 +57,15 @@ def prepare(
 def _render_summary(console: Console, prepared: PreparedSplits) -> None:
     source, options = prepared.source, prepared.options
     per_label = " / ".join(f"{count:,} {label}" for label, count in source.label_counts().items())
-    console.print(f"read {len(source.texts):,} rows ({per_label}) from {source.path}")
+    if source.mail_sources is None:
+        console.print(f"read {len(source.texts):,} rows ({per_label}) from {source.path}")
+    else:
+        for c in source.mail_sources:
+            console.print(
+                f"{c.label}: {c.messages:,} messages from {c.path}: {c.kept:,} kept, {c.damaged:,} damaged "
+                f"(kept with what could be read), {c.empty:,} empty (left out), {c.truncated:,} read on their first MiB"
+            )
+        console.print(f"read {len(source.texts):,} messages ({per_label})")
     if prepared.duplicates_dropped is not None:
         console.print(f"dropped {prepared.duplicates_dropped:,} duplicate texts (kept the first of each)")
     if prepared.rows_per_label_after_balance is not None:
