@@ -106,3 +106,17 @@ def test_evaluate_reports_the_operating_point_and_draws_the_plots(weighted_run, 
     assert report["spam_recall"] == spam_caught / (spam_missed + spam_caught)
     assert report["confusion_matrix"] == report["spam_confusion"]  # the labels are decided at the threshold
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.png", "pr.png", "roc.png"]
+
+
+def test_filter_and_long_messages_use_the_calibration(weighted_run):
+    from spamtune.long_messages import predict_long
+
+    root, run, _ = weighted_run
+    cal.write_calibration(run, cal.Calibration(2.0, 0.3, "max-ham-loss", 0.1, {}))
+    clf = SpamClassifier.load(run, device="cpu", precision="fp32")
+    texts = ["WINNER!! free prize", "lunch tomorrow?"]
+    assert [p.probability for p in predict_long(clf, texts, "chunks")] == pytest.approx([p.probability for p in clf.predict(texts)])
+    message = b"Subject: hello\n\nWINNER!! free prize\n"
+    result = CliRunner().invoke(app, ["filter", "--run", str(run), "--precision", "fp32"], input=message)
+    assert result.exit_code == 0, result.output
+    assert "threshold=0.3" in result.stdout
