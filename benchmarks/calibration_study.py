@@ -8,14 +8,15 @@ On the real SMS Spam Collection with the from-scratch ``tiny`` model (``--weight
   (1,043 / 149 against the book's 1,045 / 149);
 * ``natural-balanced``: every message, stratified 70/10/20 (``prepare --balance none``), with
   inverse-frequency class weights (``finetune --class-weights balanced``);
-* ``natural-none`` (``--with-unweighted``): the same data, unweighted loss;
+* ``natural-none``: the same data, unweighted loss;
 
 and scores all of them on the same natural-mix test split (disjoint from every training set):
 threshold-free figures, the figures at 0.5 and at the threshold calibrated for
 ``--max-ham-loss`` on each run's own validation split, ECE before/after temperature scaling,
 and the explanation deletion test. Prints one JSON document on stdout.
 
-    python benchmarks/calibration_study.py --home /tmp/calib-home --sms /path/to/SMSSpamCollection
+    python benchmarks/calibration_study.py --home /tmp/calib-home --sms data/sms_spam_collection/SMSSpamCollection \
+        --runs book,natural-balanced,natural-none
 """
 
 from __future__ import annotations
