@@ -56,8 +56,7 @@ def calibrate_command(
 ) -> None:
     """Fit the temperature and choose the spam threshold of a run on its validation split.
 
-    Without a target the threshold is 0.5 on the calibrated probability. predict and the
-    Python API use the stored temperature and threshold unless told otherwise.
+    Without a target the threshold is 0.5 on the calibrated probability. predict, filter, evaluate and the Python API use the stored temperature and threshold unless given --threshold.
     """
     from spamtune import paths
     from spamtune.calibration import calibrate_run, parse_rate
