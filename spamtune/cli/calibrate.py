@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 
+from spamtune.cli import common
 from spamtune.errors import SpamtuneUsageError
 
 
@@ -42,7 +43,8 @@ def summary_lines(calibration) -> list[str]:
 
 
 def calibrate_command(
-    run_dir: Optional[Path] = typer.Argument(None, help="Run folder (default: the latest run under the data root)."),
+    run_argument: Optional[str] = typer.Argument(None, metavar="RUN", hidden=True, show_default=False),
+    run: Optional[str] = common.run_option(),
     max_ham_loss: Optional[str] = typer.Option(
         None, "--max-ham-loss", help="Highest share of validation ham marked spam, e.g. 0.5% or 0.005: the threshold keeps the most spam within it."
     ),
@@ -51,8 +53,11 @@ def calibrate_command(
         None, "--cost-ratio", help="Cost of one lost ham in missed spams, e.g. 10: the threshold with the least total cost on validation."
     ),
     output_format: CalibrateFormat = typer.Option(CalibrateFormat.text, "--format", help="text: the path on stdout; json: the record."),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: the run's, else $SPAMTUNE_HOME or ./data)."),
+    device: str = common.device_option(),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", metavar="DIR", show_default=False,
+        help="Data root: where RUN names are looked up, and the validation split read. Default for the split: the run's own data root.",
+    ),
 ) -> None:
     """Fit the temperature and choose the spam threshold of a run on its validation split.
 
@@ -62,6 +67,8 @@ def calibrate_command(
     from spamtune.calibration import calibrate_run, parse_rate
     from spamtune.runs import CALIBRATION_FILE
 
+    if run_argument is not None and run is not None:
+        raise SpamtuneUsageError("name the run once: with --run")
     given = [name for name, value in (("--max-ham-loss", max_ham_loss), ("--threshold", threshold), ("--cost-ratio", cost_ratio)) if value is not None]
     if len(given) > 1:
         raise SpamtuneUsageError(f"give one of --max-ham-loss, --threshold and --cost-ratio, not {' and '.join(given)}")
@@ -71,15 +78,22 @@ def calibrate_command(
         rule, target = "cost-ratio", cost_ratio
     else:
         rule, target = "threshold", 0.5 if threshold is None else threshold
-    run_dir = run_dir or paths.latest_run(paths.data_root(data_dir))
+    run_dir = paths.resolve_run(run if run is not None else run_argument, paths.data_root(data_dir))
     calibration = calibrate_run(run_dir, rule=rule, target=target, data_dir=data_dir, device=device)
     if output_format is CalibrateFormat.json:
         typer.echo(json.dumps(calibration.to_dict(), ensure_ascii=False))
         return
     for line in summary_lines(calibration):
-        typer.echo(line, err=True)
+        common.note(line)
     typer.echo(Path(run_dir) / CALIBRATION_FILE)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("calibrate")(calibrate_command)
+    common.add_command(
+        app,
+        "calibrate",
+        calibrate_command,
+        ("spamtune calibrate --max-ham-loss 1%", "the newest run: most spam caught with at most 1% of validation ham lost"),
+        ("spamtune calibrate --run my-run --cost-ratio 10", "a lost ham costs as much as 10 missed spams"),
+        ("spamtune calibrate --run my-run --threshold 0.8 --format json", "an explicit threshold; the record on stdout"),
+    )
