@@ -81,9 +81,11 @@ test: install-dev
 	env -u SPAMTUNE_HOME $(BIN)/python -m pytest -q
 
 # Speed against the Hugging Face peer (needs the dev extras; the bundled SMS file unless
-# SMS_FILE says otherwise): ~10 minutes.
+# SMS_FILE says otherwise): ~10 minutes; then `spamtune serve` under load against
+# `spamtune predict` on the same machine: ~10 more.
 bench: install-dev
 	$(BIN)/python benchmarks/bench.py $(if $(SMS_FILE),--sms "$(SMS_FILE)") $(BENCH_ARGS)
+	$(BIN)/python benchmarks/serve_bench.py $(if $(SMS_FILE),--sms "$(SMS_FILE)") $(SERVE_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -21,7 +21,9 @@ FILTER_HELP = (
     "message back exactly. A message larger than 1 MiB is classified on its first MiB and still passed through "
     "whole. Exit status: 0 when the message was classified; 1 when it could not be (no run, a broken run, a "
     "model failure): the message is then written unchanged and the error goes to stderr; 2 for a wrong "
-    "command line, before anything is read."
+    "command line, before anything is read.\n\n"
+    "With --server URL (or SPAMTUNE_SERVER) a running `spamtune serve` classifies the message: no model load, "
+    "no torch import; the service's run and reading of long messages apply."
 )
 
 
@@ -35,20 +37,32 @@ def filter_mail(
     long: Optional[LongMode] = long_option(LONG_DEFAULT),
     device: str = common.device_option("cpu", "Where to compute (cpu: one message needs no GPU start-up)."),
     precision: str = common.precision_option(),
+    server: Optional[str] = typer.Option(
+        None, "--server", metavar="URL", envvar="SPAMTUNE_SERVER",
+        help="Ask a running `spamtune serve` at URL instead of loading a model here (no torch import).",
+    ),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="SPAMTUNE_API_KEY", help="With --server: the service's API key (prefer the variable)."
+    ),
 ) -> None:
     """Add X-Spamtune-Status to one message (help: FILTER_HELP)."""
     from spamtune.errors import SpamtuneError, SpamtuneUsageError
     from spamtune.mail_filter import filter_message, verdict_function
 
     classify, load_error = None, None
-    try:
-        from spamtune.infer import SpamClassifier
+    if server:  # client mode: the service classifies, torch is never imported
+        from spamtune.cli.remote import remote_mail_verdict
 
-        options = {} if threshold is None else {"threshold": threshold}
-        classifier = SpamClassifier.load(run, device=device, data_dir=data_dir, precision=precision, **options)
-        classify = verdict_function(classifier, long)
-    except Exception as exc:  # the message must still go through: report after passing it on
-        load_error = exc
+        classify = remote_mail_verdict(server, api_key, threshold)
+    else:
+        try:
+            from spamtune.infer import SpamClassifier
+
+            options = {} if threshold is None else {"threshold": threshold}
+            classifier = SpamClassifier.load(run, device=device, data_dir=data_dir, precision=precision, **options)
+            classify = verdict_function(classifier, long)
+        except Exception as exc:  # the message must still go through: report after passing it on
+            load_error = exc
     sys.stdout.flush()
     outcome = filter_message(sys.stdin.buffer, sys.stdout.buffer, classify)
     error = load_error or outcome.error

@@ -357,6 +357,13 @@ def predict(
         False, "--fail-on-spam",
         help="Exit status 1 when any message is spam, 0 when none is, 2 on an error (after writing all output).",
     ),
+    server: str | None = typer.Option(
+        None, "--server", metavar="URL", envvar="SPAMTUNE_SERVER",
+        help="Send the messages to a running `spamtune serve` at URL instead of loading a model here (no torch import).",
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="SPAMTUNE_API_KEY", help="With --server: the service's API key (prefer the variable)."
+    ),
 ) -> None:
     """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP)."""
     if fail_on_spam:
@@ -376,6 +383,10 @@ def predict(
         chunks = mail_messages(mail)
     else:
         chunks = message_source(messages or [], input_path, meter, first_chunk_lines=batch_size)
+    if server:  # client mode: hand off before anything imports torch
+        from spamtune.cli.remote import predict_remotely
+
+        return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam, header)
     run_dir = paths.resolve_run(run, paths.data_root(data_dir))
 
     from spamtune.infer import SpamClassifier
