@@ -45,9 +45,10 @@ from spamtune.events import (
     TrainingStopped,
 )
 from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_data, pad_width
-from spamtune.forward import calc_loss_batch, evaluate_examples
+from spamtune.calibration import calibrate_and_store
+from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples, predict_logits
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
-from spamtune.options import RESUMABLE_CHANGES, FinetuneOptions, pretrained_weights_file, validate_options
+from spamtune.options import ADDED_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, pretrained_weights_file, validate_options
 from spamtune.plots import plot_curves
 from spamtune.prefix_cache import PrefixCacheReport, attach_prefix_caches
 from spamtune.resume import load_resume_state, save_resume_state, trainable_weights
@@ -91,6 +92,7 @@ def optimizer_step(
     pooling: str,
     precision: Precision,
     last_query_only: bool = True,
+    class_weights: torch.Tensor | None = None,
 ) -> float:
     """One AdamW update from one or more batches (gradient accumulation); returns the loss.
 
@@ -104,7 +106,7 @@ def optimizer_step(
     total = torch.zeros((), device=precision.device)
     for batch in batches:
         with precision.autocast():
-            loss = calc_loss_batch(model, batch, pooling, last_query_only) * (len(batch) / n)
+            loss = calc_loss_batch(model, batch, pooling, last_query_only, class_weights) * (len(batch) / n)
         precision.scaler.scale(loss).backward()
         total += loss.detach()
     value = total.item()
@@ -222,7 +224,10 @@ def resume_finetune(
             runs.release_finished(run_dir)
             raise SpamtuneError(f"{run_dir} is a finished run; nothing to resume")
         try:
-            options = FinetuneOptions(**{f.name: hparams[f.name] for f in fields(FinetuneOptions)})
+            options = FinetuneOptions(**{
+                f.name: hparams.get(f.name, f.default) if f.name in ADDED_OPTIONS else hparams[f.name]
+                for f in fields(FinetuneOptions)
+            })  # fmt: skip
             resolved = hparams["resolved"]
             cfg = GPTConfig.from_dict(resolved["model_config"])
         except (KeyError, TypeError) as exc:
@@ -266,6 +271,9 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     model = build_model(run.model_cfg, options, run.trainable, len(data.labels)).to(precision.device)
     optimizer = make_optimizer(model, options, precision.device)
     pad_to = pad_width(options.pooling, data.max_length)
+    class_weights = class_weight_tensor(options.class_weights, data.train.labels, len(data.labels))
+    if class_weights is not None:
+        class_weights = class_weights.to(precision.device)
 
     # Where training stands: at the start, or as the last checkpoint left it.
     resuming = runs.resume_file(run_dir).is_file()
@@ -305,7 +313,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             for group in groups[steps_in_epoch:]:
                 tick = time.perf_counter()
                 batch_list = [data.train.batch(idx, precision.device, pad_to) for idx in group]
-                loss = optimizer_step(model, optimizer, batch_list, options.pooling, precision, options.shortcuts)
+                loss = optimizer_step(model, optimizer, batch_list, options.pooling, precision, options.shortcuts, class_weights)
                 training_time += time.perf_counter() - tick
                 step, steps_in_epoch = step + 1, steps_in_epoch + 1
                 examples_seen += sum(len(b) for b in batch_list)
@@ -337,7 +345,9 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         emit(EvaluationStarted(step, "test"))
         loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed()}
         loop["training_time_s"] = training_time
-        return finish(run, summarize(run, model, best, cache, evaluate(data.test), loop), records)
+        summary = summarize(run, model, best, cache, evaluate(data.test), loop)
+        summary["calibration"] = calibrate_on_validation(run, model, pad_to)
+        return finish(run, summary, records)
     except KeyboardInterrupt:
         # The best weights as of the last checkpoint become a usable classifier (a second
         # Ctrl-C during the write leaves no partial file and the resume state untouched).
@@ -389,6 +399,18 @@ def finish(run: Run, summary: dict, records: list[dict]) -> dict:
     return summary
 
 
+def classifier_config(run: Run) -> ClassifierConfig:
+    return ClassifierConfig(
+        model=run.model_cfg,
+        labels=run.data.labels,
+        pooling=run.options.pooling,
+        max_length=run.data.max_length,
+        trainable=run.options.trainable,
+        base_model=run.model_cfg.name,
+        weights=run.options.weights,
+    )
+
+
 def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor]) -> None:
     """``model.safetensors``: the frozen weights with these trainable ones (nothing if there
     are none yet). Training is over when this is called, so the model itself takes them."""
@@ -398,16 +420,19 @@ def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor]) -> 
         for name, param in model.named_parameters():
             if name in weights:
                 param.copy_(weights[name])
-    cfg = ClassifierConfig(
-        model=run.model_cfg,
-        labels=run.data.labels,
-        pooling=run.options.pooling,
-        max_length=run.data.max_length,
-        trainable=run.options.trainable,
-        base_model=run.model_cfg.name,
-        weights=run.options.weights,
-    )
-    save_classifier(run.run_dir, model, cfg)
+    save_classifier(run.run_dir, model, classifier_config(run))
+
+
+def calibrate_on_validation(run: Run, model: GPTModel, pad_to: int | None) -> dict:
+    """``calibration.json`` for the best weights: the temperature fitted on the validation
+    split, and the threshold 0.5 on the calibrated probability (``spamtune calibrate`` chooses
+    another operating point). Returns what the summary records of it."""
+    cfg = classifier_config(run)
+    o = run.options
+    logits = predict_logits(model, run.data.validation, o.pooling, precision=run.precision, pad_to=pad_to, last_query_only=o.shortcuts)
+    calibration = calibrate_and_store(run.run_dir, logits, run.data.validation.labels, cfg.labels[cfg.positive_label])
+    v = calibration.validation
+    return {"temperature": calibration.temperature, "threshold": calibration.threshold, "ece_before": v["ece_before"], "ece_after": v["ece_after"]}
 
 
 def summarize(run: Run, model: GPTModel, best: dict, cache: PrefixCacheReport, test: tuple[float, float], loop: dict) -> dict:

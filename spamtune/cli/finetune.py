@@ -233,6 +233,12 @@ def finetune_command(
         f"(step {summary['best_step']}, validation accuracy {summary['validation_accuracy']:.2%}){stopped}; "
         f"wall time {_duration(summary['wall_time_s'])}, {summary['examples_per_s']:.1f} examples/s"
     )
+    if "calibration" in summary:
+        c = summary["calibration"]
+        console.print(
+            f"temperature {c['temperature']:.3g} fitted on validation (ECE {c['ece_before']:.2%} -> {c['ece_after']:.2%}), "
+            f"threshold {c['threshold']:g}; choose an operating point with: spamtune calibrate --run {summary['run']} --max-ham-loss 1%"
+        )
     typer.echo(summary["run"])
 
 

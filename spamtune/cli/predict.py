@@ -29,6 +29,7 @@ from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 if TYPE_CHECKING:
+    from spamtune.explain import Explanation
     from spamtune.infer import Prediction
 
 # Messages classified (and written) per round: enough to fill length-sorted batches, small
@@ -202,27 +203,58 @@ def _printable(text: str) -> str:
     return "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
 
 
-class Renderer:
-    """Turns predictions into output lines, each ending in a newline."""
+# Terminal styles of the explained spans: words towards spam bold red, towards ham green,
+# both underlined so they show without colour perception too.
+SPAM_SPAN_STYLE, HAM_SPAN_STYLE, RESET = "\x1b[1;4;31m", "\x1b[4;32m", "\x1b[0m"
 
-    def __init__(self, fmt: OutputFormat, labels: list[str], positive: str, color: bool):
+
+def highlight(text: str, explanation: Explanation, color: bool, top_k: int) -> str:
+    """``text`` (already made printable, same length) with the top spans marked: coloured on a
+    terminal, else as ``[+span]`` (towards spam) and ``[-span]`` (towards ham). The text is
+    never parsed as markup: spans are cut by their character offsets."""
+    marks = [(s, True) for s in explanation.towards_spam(top_k)] + [(s, False) for s in explanation.towards_ham(top_k)]
+    out, last = [], 0
+    for span, spam in sorted(marks, key=lambda m: m[0].start):
+        out.append(text[last : span.start])
+        inner = text[span.start : span.end]
+        if color:
+            out.append(f"{SPAM_SPAN_STYLE if spam else HAM_SPAN_STYLE}{inner}{RESET}")
+        else:
+            out.append(f"[{'+' if spam else '-'}{inner}]")
+        last = span.end
+    out.append(text[last:])
+    return "".join(out)
+
+
+class Renderer:
+    """Turns predictions (and, with ``--explain``, their explanations) into output lines, each
+    ending in a newline."""
+
+    def __init__(self, fmt: OutputFormat, labels: list[str], positive: str, color: bool, top_k: int = 3):
         self.fmt = fmt
         self.positive = positive
         self.width = max(map(len, labels))
         self.color = color
+        self.top_k = top_k
 
-    def line(self, p: Prediction) -> str:
+    def line(self, p: Prediction, explanation: Explanation | None = None) -> str:
         if self.fmt is OutputFormat.tsv:
-            return f"{p.label}\t{p.probability:.4f}\t{_one_line(p.text)}\n"
+            extra = "" if explanation is None else "\t" + json.dumps(explanation.top(self.top_k), ensure_ascii=False)
+            return f"{p.label}\t{p.probability:.4f}\t{_one_line(p.text)}{extra}\n"
         if self.fmt is OutputFormat.jsonl:
             record = {"text": p.text, "label": p.label, "p_spam": round(p.probability, 6)}
+            if explanation is not None:
+                record["explanation"] = explanation.top(self.top_k)
             return json.dumps(record, ensure_ascii=False) + "\n"
         if self.fmt is OutputFormat.label:
             return p.label + "\n"
         label = p.label.ljust(self.width)
         if self.color:  # bold red for the positive class, green for the others
             label = f"\x1b[1;31m{label}\x1b[0m" if p.label == self.positive else f"\x1b[32m{label}\x1b[0m"
-        return f"{label}  p({self.positive})={p.probability:.3f}  {_printable(p.text)}\n"
+        text = _printable(p.text)
+        if explanation is not None:
+            text = highlight(text, explanation, self.color, self.top_k)
+        return f"{label}  p({self.positive})={p.probability:.3f}  {text}\n"
 
 
 def _use_color() -> bool:
@@ -341,8 +373,14 @@ def predict(
         show_default="text on a terminal, else tsv",
     ),
     header: bool = typer.Option(False, "--header", help="tsv: first print the field names (label, p_spam, text)."),
-    threshold: float = typer.Option(
-        0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this."
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this.",
+        show_default="the run's calibrated threshold (spamtune calibrate), else 0.5",
+    ),
+    explain: bool = typer.Option(
+        False, "--explain",
+        help="Also show the words that pushed each message most towards spam and towards ham: highlighted in text, "
+        "an 'explanation' list in jsonl, a JSON column in tsv.",
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per forward pass."),
     device: str = common.device_option(),
@@ -373,6 +411,10 @@ def predict(
         output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
     if header and output_format is not OutputFormat.tsv:
         raise SpamtuneUsageError(f"--header is for --format tsv (this output is {output_format.value})")
+    if explain and mail is not None:
+        raise SpamtuneUsageError("--explain works on messages given as lines of text, not with --mail")
+    if explain and output_format is OutputFormat.label:
+        raise SpamtuneUsageError("--explain needs --format text, tsv or jsonl (label prints the label only)")
     meter = ReadMeter()
     input_path = common.pick_input(input_file, file)
     if mail is not None:
@@ -398,6 +440,8 @@ def predict(
     common.detail(
         f"run {run_dir} on {classifier.device} ({classifier.precision}), loaded in {time.perf_counter() - started:.1f}s"
     )
+    if threshold is None and classifier.calibration is not None:
+        common.note(f"threshold {classifier.threshold:.4g} ({classifier.describe_threshold()})")
     renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=_use_color())
     sys.stdout.flush()
     out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
@@ -417,7 +461,8 @@ def predict(
             for chunk in chunks:
                 watch.check()
                 predictions = predict_long(classifier, chunk, long or TEXT_LONG)
-                out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
+                explanations = classifier.explain(chunk) if explain else [None] * len(chunk)
+                out.write("".join(map(renderer.line, predictions, explanations)).encode("utf-8", errors="replace"))
                 out.flush()
                 counted += len(predictions)
                 positives += sum(p.label == classifier.positive_label for p in predictions)
