@@ -319,8 +319,8 @@ def threshold_for_max_ham_loss(is_spam: Sequence[bool], p_spam: Sequence[float],
     if max_fpr < 1 / n_ham:
         raise SpamtuneError(
             f"--max-ham-loss {max_fpr:.3%} is not measurable on {n_ham:,} validation ham: the smallest measurable "
-            f"false-positive rate is 1/{n_ham:,} = {1 / n_ham:.2%}; ask for at least that, or prepare a larger "
-            "validation split (e.g. `spamtune prepare --balance none`)"
+            f"false-positive rate is 1/{n_ham:,} = {1 / n_ham:.2%}; ask for at least that, or give validation more ham "
+            "(`spamtune prepare --balance none` keeps every message; a larger validation fraction in --split)"
         )
     allowed = math.floor(max_fpr * n_ham + 1e-9)  # false positives the target allows
     threshold = _choose(is_spam, p_spam, lambda tp, fp: fp <= allowed, lambda tp, fp: (-tp, fp))

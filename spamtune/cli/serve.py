@@ -8,6 +8,7 @@ imported inside the command so `spamtune --help` stays instant.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -40,8 +41,9 @@ def serve(
     cors: list[str] = typer.Option(
         [], "--cors", metavar="ORIGIN", help="Allow browser pages from ORIGIN to call the API (repeatable). Off by default."
     ),
-    threshold: float = typer.Option(
-        0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this."
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this.",
+        show_default="the run's calibrated threshold (spamtune calibrate), else 0.5",
     ),
     device: str = common.device_option(),
     precision: str = common.precision_option(),
