@@ -429,7 +429,15 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
         frame, rows_per_label = _undersample(frame, options.seed)
     # The book's random_split: shuffle every row, then cut by position.
     frame = frame.sample(frac=1, random_state=options.seed).reset_index(drop=True)
-    splits = _cut(frame, options.split, options.stratify)
+    if options.stratify or options.balance != "none":
+        splits = _cut(frame, options.split, options.stratify)
+    else:
+        # Without balancing, validation and test are to show the real class mix: cut per label,
+        # unless the labels are too small to give every split a row that way (a tiny file).
+        try:
+            splits = _cut(frame, options.split, True)
+        except SpamtuneError:
+            splits = _cut(frame, options.split, False)
 
     train_texts = set(splits["train"].texts)
     leakage = {name: sum(text in train_texts for text in splits[name].texts) for name in ("validation", "test")}

@@ -14,8 +14,10 @@ from spamtune.checkpoint import load_classifier
 from spamtune.cli import app
 from spamtune.compact import export_run, read_exported
 from spamtune.device import Precision
-from spamtune.examples import Batch
+from spamtune.examples import Batch, Examples
+from spamtune.forward import predict_logits
 from spamtune.lora import lora_parameter_count
+from spamtune.tokenizer import get_tokenizer
 from spamtune.model import GPTConfig
 
 CFG = GPTConfig(**TINY_CONFIG)
@@ -34,6 +36,10 @@ def cache_reports(seen):
 @pytest.fixture
 def root(tmp_path):
     return write_tiny_data(tmp_path / "data")
+
+
+def batched_logits(model, token_lists):
+    return predict_logits(model, Examples(token_lists, [0] * len(token_lists)), "last-real", precision=Precision("fp32", "cpu"))
 
 
 def test_a_second_run_loads_the_kept_cache_and_gives_the_same_metrics(root, tmp_path):
@@ -103,10 +109,12 @@ def test_compact_run_predicts_what_its_export_predicts(root, tmp_path):
     delta = (run / "delta.safetensors").stat().st_size
     assert delta < (tmp_path / "full" / "model.safetensors").stat().st_size / 5
     texts = ["WINNER!! free prize, call now", "see you at lunch", "Claim your cash reward today"]
-    from_run = SpamClassifier.load(run, device="cpu", precision="fp32").predict_proba(texts)
+    # The class logits: the run's calibration (a temperature in calibration.json) is no part of
+    # the exported weights.
+    ids = [get_tokenizer().encode(t) for t in texts]
+    from_run = batched_logits(SpamClassifier.load(run, device="cpu", precision="fp32").model, ids)
     model, cfg = read_exported(export_run(run, tmp_path / "x.safetensors"))
-    exported = SpamClassifier(model, cfg, "cpu", precision="fp32").predict_proba(texts)
-    assert torch.equal(from_run, exported)
+    assert cfg.trainable == "lora" and torch.equal(from_run, batched_logits(model, ids))
 
 
 def test_schedule_and_resume_continue_the_same_rates(root, tmp_path):

@@ -199,7 +199,9 @@ def test_balance_none_keeps_every_row(sms_file, tmp_path):
     result = run_prepare("--input", sms_file, "--balance", "none", "--data-dir", tmp_path)
     assert result.exit_code == 0, result.stderr
     splits = read_splits(tmp_path)
-    assert [len(s) for s in splits.values()] == [3901, 557, 1116]
+    # Stratified: each label cut 70/10/20 on its own, so every split has the natural mix.
+    assert [len(s) for s in splits.values()] == [3900, 556, 1118]
+    assert [Counter(s.labels)[1] for s in splits.values()] == [522, 74, 151]
     assert Counter(label for s in splits.values() for label in s.labels) == {0: 4827, 1: 747}
 
 
