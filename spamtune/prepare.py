@@ -19,7 +19,7 @@ import io
 import json
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from spamtune import __version__, paths
 from spamtune.data import Split, write_split
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.lines import normalise_line_ends
 from spamtune.tokenizer import encode_texts
 
 INPUT_FORMATS = ("tsv", "csv", "jsonl")
@@ -42,7 +43,7 @@ PREPARE_RECORD = "prepare.json"
 SMS_FORMAT = "sms"  # the SMS Spam Collection's own layout: ``ham|spam<TAB>text``, no header
 SMS_FILE_NAME = "SMSSpamCollection"
 SMS_LABELS = {"ham": 0, "spam": 1}
-_SMS_FIRST_LINE = re.compile(r"(ham|spam)\t")
+_SMS_FIRST_LINE = re.compile(r"(ham|spam)\t", re.IGNORECASE)
 _EXTENSION_FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -59,6 +60,9 @@ class LabelledTexts:
     label_map: dict[str, int]
     text_col: str | None = None  # None for the SMS format, which has no header
     label_col: str | None = None
+    label_case_folded: bool = True  # labels were compared ignoring case ("Spam" is "spam")
+    # Folded label -> the spellings that folding merged into it, for labels with more than one.
+    label_spellings_merged: dict[str, list[str]] = field(default_factory=dict)
 
     def label_counts(self) -> dict[str, int]:
         """Rows per label name, in class-index order."""
@@ -94,6 +98,7 @@ class PreparedSplits:
     rows_per_label_after_balance: int | None  # None with --balance none
     leakage: dict[str, int]  # "validation" / "test" -> how many of its texts also appear in train
     token_lengths: dict[str, TokenLengths]
+    empty_texts_dropped: int = 0  # rows whose text is empty or only whitespace
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Rows per split per label name (class-index order)."""
@@ -119,6 +124,9 @@ class PreparedSplits:
             },
             "options": asdict(self.options),
             "labels": src.label_map,
+            "label_case": "folded" if src.label_case_folded else "kept",
+            "label_spellings_merged": src.label_spellings_merged,
+            "empty_texts_dropped": self.empty_texts_dropped,
             "duplicates_dropped": self.duplicates_dropped,
             "rows_per_label_after_balance": self.rows_per_label_after_balance,
             "counts": {name: {**per_label, "total": sum(per_label.values())} for name, per_label in self.counts().items()},
@@ -145,7 +153,12 @@ def resolve_input(root: Path, input_file: str | Path | None) -> Path:
 
 
 def read_labelled_texts(
-    path: str | Path, fmt: str | None = None, text_col: str | None = None, label_col: str | None = None
+    path: str | Path,
+    fmt: str | None = None,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    *,
+    keep_label_case: bool = False,
 ) -> LabelledTexts:
     """Read (text, label) rows from the SMS Spam Collection, a TSV, a CSV or a JSONL file.
 
@@ -154,6 +167,12 @@ def read_labelled_texts(
     read as the SMS Spam Collection (no header, ham -> 0, spam -> 1). Other files need a header;
     their texts are read verbatim ("NA" stays the text "NA") and their labels map to class indices
     in sorted order (numerically when every label is an integer, so ``0``/``1`` keep their values).
+
+    Every format follows one line-end rule (``spamtune.lines``): a ``\r`` before ``\n`` is
+    dropped, so a CRLF file gives the texts its LF twin gives, and the texts ``predict`` sees.
+    Labels are compared ignoring case (``Spam``, ``SPAM`` and ``spam`` are one class, named in
+    lower case) unless ``keep_label_case``; the spellings merged are reported in
+    ``label_spellings_merged``.
     """
     path = Path(path)
     if fmt is not None and fmt not in INPUT_FORMATS:
@@ -162,7 +181,7 @@ def read_labelled_texts(
         raw = path.read_bytes()
     except OSError as exc:
         raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
-    content = _decode_utf8(raw, path)
+    content = normalise_line_ends(_decode_utf8(raw, path))
     if not content.strip():
         raise SpamtuneError(f"{path} is empty")
 
@@ -173,8 +192,7 @@ def read_labelled_texts(
                 f"{path} is in the SMS Spam Collection layout (label<TAB>text, no header); "
                 "--text-col and --label-col apply only to files with a header"
             )
-        texts, labels = _read_sms(content, path)
-        label_map = {name: index for name, index in SMS_LABELS.items() if name in set(labels)}
+        texts, labels = _read_sms(content, path, fold_case=not keep_label_case)
     else:
         text_col = text_col or DEFAULT_TEXT_COL
         label_col = label_col or DEFAULT_LABEL_COL
@@ -182,13 +200,36 @@ def read_labelled_texts(
             raise SpamtuneUsageError(f"--text-col and --label-col are both {text_col!r}")
         reader = _read_jsonl if fmt == "jsonl" else _read_delimited
         texts, labels = reader(content, path, fmt, text_col, label_col)
-        label_map = _label_map(labels)
 
+    merged = {}
+    if not keep_label_case:
+        labels, merged = fold_label_case(labels)
+    if fmt == SMS_FORMAT:
+        label_map = {name: index for name, index in SMS_LABELS.items() if name in set(labels)}
+    else:
+        label_map = _label_map(labels)
     if not texts:
         raise SpamtuneError(f"{path} has a header but no rows")
     if len(label_map) < 2:
         raise SpamtuneError(f"{path} has only one label ({labels[0]!r}); a classifier needs at least two")
-    return LabelledTexts(path, hashlib.sha256(raw).hexdigest(), fmt, texts, labels, label_map, text_col, label_col)
+    return LabelledTexts(
+        path, hashlib.sha256(raw).hexdigest(), fmt, texts, labels, label_map, text_col, label_col,
+        label_case_folded=not keep_label_case, label_spellings_merged=merged,
+    )  # fmt: skip
+
+
+def fold_label_case(labels: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Labels in lower case, and for each folded label that more than one spelling fell into,
+    those spellings (sorted): a file labelled ``Spam`` in some rows and ``spam`` in others means
+    one class, not two."""
+    spellings: dict[str, set[str]] = {}
+    folded = []
+    for label in labels:
+        key = label.lower()
+        spellings.setdefault(key, set()).add(label)
+        folded.append(key)
+    merged = {key: sorted(names) for key, names in spellings.items() if len(names) > 1}
+    return folded, merged
 
 
 def _decode_utf8(raw: bytes, path: Path) -> str:
@@ -217,18 +258,19 @@ def _resolve_format(path: Path, content: str, fmt: str | None) -> str:
     return fmt
 
 
-def _read_sms(content: str, path: Path) -> tuple[list[str], list[str]]:
+def _read_sms(content: str, path: Path, fold_case: bool) -> tuple[list[str], list[str]]:
     """One message per line, split on ``\\n`` only: ``ham|spam<TAB>text``, the text verbatim.
 
     Quoting is off (a leading ``"`` is part of the message) and other line-break characters
-    (U+0085, U+2028, ...) stay inside their message, as they do in the collection.
+    (U+0085, U+2028, ...) stay inside their message, as they do in the collection. With
+    ``fold_case`` a label is checked in lower case (``Spam`` is spam); it is returned as written.
     """
     texts, labels = [], []
     for number, line in enumerate(content.rstrip("\n").split("\n"), start=1):
         label, tab, text = line.partition("\t")
         if not tab:
             raise SpamtuneError(f"line {number} of {path} has no TAB; expected ham<TAB>text or spam<TAB>text")
-        if label not in SMS_LABELS:
+        if (label.lower() if fold_case else label) not in SMS_LABELS:
             raise SpamtuneError(f"line {number} of {path} has the unknown label {label!r}; expected ham or spam")
         texts.append(text)
         labels.append(label)
@@ -339,6 +381,15 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
     check_split(options.split)
 
     frame = pd.DataFrame({"label": [source.label_map[name] for name in source.labels], "text": source.texts})
+    # A row with no text teaches nothing and would be a zero-token example: it is dropped.
+    has_text = frame["text"].str.strip() != ""
+    empty_texts_dropped = int((~has_text).sum())
+    frame = frame[has_text]
+    if frame["label"].nunique() < 2:
+        raise SpamtuneError(
+            f"{source.path}: after dropping {empty_texts_dropped:,} rows with an empty text, "
+            "fewer than two labels are left; a classifier needs at least two"
+        )
     duplicates_dropped = None
     if options.dedupe:
         unique = frame.drop_duplicates(subset="text", keep="first")
@@ -355,7 +406,9 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
     train_texts = set(splits["train"].texts)
     leakage = {name: sum(text in train_texts for text in splits[name].texts) for name in ("validation", "test")}
     token_lengths = {name: _token_lengths(split.texts) for name, split in splits.items()}
-    return PreparedSplits(source, options, splits, duplicates_dropped, rows_per_label, leakage, token_lengths)
+    return PreparedSplits(
+        source, options, splits, duplicates_dropped, rows_per_label, leakage, token_lengths, empty_texts_dropped
+    )
 
 
 def _undersample(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, int]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import typer
 
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.lines import strip_line_end
 
 if TYPE_CHECKING:
     from spamtune.infer import Prediction
@@ -68,7 +69,7 @@ def read_message_chunks(
 
 
 def _decode_line(raw: bytes) -> str:
-    return raw.removesuffix(b"\r").decode("utf-8", errors="replace")
+    return strip_line_end(raw.decode("utf-8", errors="replace"))
 
 
 def _argument_text(arg: str) -> str:

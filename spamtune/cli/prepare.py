@@ -30,6 +30,9 @@ def prepare(
     ),
     text_col: Optional[str] = typer.Option(None, "--text-col", help="Column (or JSON key) holding the text (default: text)."),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Column (or JSON key) holding the label (default: label)."),
+    keep_label_case: bool = typer.Option(
+        False, "--keep-label-case", help="Treat labels that differ only in case (Spam, spam) as different classes. Default: fold them to lower case."
+    ),
     balance: Literal["undersample", "none"] = typer.Option(
         "undersample", "--balance", help="undersample: cut every label to the rarest one's count (the book's recipe); none: keep all rows."
     ),
@@ -48,7 +51,9 @@ def prepare(
 
     root = paths.data_root(data_dir)
     options = PrepareOptions(balance=balance, split=parse_split(split), seed=seed, stratify=stratify, dedupe=dedupe)
-    source = read_labelled_texts(resolve_input(root, input_file), input_format, text_col, label_col)
+    source = read_labelled_texts(
+        resolve_input(root, input_file), input_format, text_col, label_col, keep_label_case=keep_label_case
+    )
     prepared = prepare_splits(source, options)
     written = write_prepared(root, prepared)
     from rich.console import Console
@@ -62,6 +67,12 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
     source, options = prepared.source, prepared.options
     per_label = " / ".join(f"{count:,} {label}" for label, count in source.label_counts().items())
     _say(console, f"read {len(source.texts):,} rows ({per_label}) from {source.path}")
+    if source.label_case_folded:
+        _say(console, "labels compared ignoring case, named in lower case (--keep-label-case keeps Spam and spam apart)")
+    for label, spellings in source.label_spellings_merged.items():
+        _say(console, f"warning: labels that differ only in case were merged into {label!r}: {', '.join(map(repr, spellings))}")
+    if prepared.empty_texts_dropped:
+        _say(console, f"warning: dropped {prepared.empty_texts_dropped:,} rows whose text is empty (or only spaces)")
     if prepared.duplicates_dropped is not None:
         _say(console, f"dropped {prepared.duplicates_dropped:,} duplicate texts (kept the first of each)")
     if prepared.rows_per_label_after_balance is not None:
