@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -235,13 +236,28 @@ def predict(
     sys.stdout.flush()
     out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
     any_positive = False
+    done = 0
     for chunk in chunks:
         predictions = classifier.predict(chunk)
+        check_probabilities(predictions, done)
+        done += len(predictions)
         out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
         out.flush()
         any_positive = any_positive or any(p.label == classifier.positive_label for p in predictions)
     if fail_on_spam and any_positive:
         raise typer.Exit(1)
+
+
+def check_probabilities(predictions: list[Prediction], messages_before: int) -> None:
+    """A NaN or infinite probability is a broken model, not an answer: it would print as a
+    confident-looking ``ham nan`` and pass ``--fail-on-spam``. Stop with an error instead,
+    before any line of the chunk is written."""
+    for number, prediction in enumerate(predictions, start=messages_before + 1):
+        if not math.isfinite(prediction.probability):
+            raise SpamtuneError(
+                f"the model gave a non-finite probability ({prediction.probability}) for message {number:,}; "
+                "its weights overflow at this precision or are broken, so no answer is given"
+            )
 
 
 def register(app: typer.Typer) -> None:
