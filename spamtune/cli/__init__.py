@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
 
 from spamtune import __version__
 from spamtune.errors import SpamtuneError
+from spamtune.threads import prefer_passive_waiting
 
 
 class SpamtuneGroup(TyperGroup):
@@ -120,4 +121,7 @@ _register_commands()
 
 
 def main() -> None:
+    """The ``spamtune`` command (console script and ``python -m spamtune``)."""
+    # Before any command imports torch: OpenMP reads its wait policy once, at load.
+    prefer_passive_waiting()
     app(prog_name="spamtune")
