@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from helpers import write_rigged_run
+from helpers import write_rigged_run, write_tiny_data
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -132,6 +132,14 @@ def test_non_finite_weights_are_refused_on_load(run, value):
         SpamClassifier.load(run, device="cpu")
     result = CliRunner().invoke(app, ["predict", "--run", str(run), "--fail-on-spam", "hello"])
     assert_one_error_line(result, message)
+
+
+def test_evaluate_refuses_non_finite_weights_instead_of_scoring_them(run, tmp_path):
+    """It reported 54% accuracy with loss NaN."""
+    edit_weights(run, lambda t: t["out_head.weight"].fill_(math.nan))
+    root = write_tiny_data(tmp_path / "data")
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--data-dir", str(root), "--format", "json"])
+    assert_one_error_line(result, "weight 'out_head.weight' holds 64 NaN or infinite value(s)")
 
 
 def test_huge_finite_weights_load_but_never_print_a_nan(run):
