@@ -188,7 +188,10 @@ def bench_concurrent_runs(data_dir: Path, wait_policy: str | None = None) -> dic
     sequential = sum(timed_run(command(f"seq-{tag}-{i}"), env=env)[0] for i in (1, 2))
     log(f"two concurrent tiny fine-tunes ({shown}): together ...")
     start = time.perf_counter()
-    procs = [subprocess.Popen(command(f"par-{tag}-{i}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in (1, 2)]
+    procs = [
+        subprocess.Popen(command(f"par-{tag}-{i}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in (1, 2)
+    ]
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:

@@ -18,8 +18,8 @@ from torch import nn
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, atomic_write_json, read_json
 from spamtune.model import POOLINGS, GPTConfig, GPTModel, is_integer, show_value
-from spamtune.weights import spamtune_shapes
 from spamtune.tokenizer import EOT_ID, TOKENIZER_ID
+from spamtune.weights import spamtune_shapes
 
 FORMAT = "spamtune-classifier/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -188,8 +188,7 @@ def load_classifier(
             tensors[key] = tensor
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise SpamtuneError(f"cannot read {path}: {exc}") from None
-    check_state_shapes(model, tensors, str(path))
-    model.load_state_dict(tensors, strict=True, assign=True)
+    model.load_state_dict(tensors, strict=True, assign=True)  # names and shapes: checked in the header
     return model.eval(), cfg
 
 
@@ -259,7 +258,9 @@ def check_checkpoint_header(path: Path, cfg: ClassifierConfig) -> None:
     check_shapes(classifier_shapes(cfg), shapes, str(path))
     for key, (_, dtype) in header.items():
         if dtype != CHECKPOINT_DTYPE:
-            raise SpamtuneError(f"{path}: '{key}' is stored as {dtype}; a {FORMAT} checkpoint holds float32 ({CHECKPOINT_DTYPE}) weights")
+            raise SpamtuneError(
+                f"{path}: '{key}' is stored as {dtype}; a {FORMAT} checkpoint holds float32 ({CHECKPOINT_DTYPE}) weights"
+            )
 
 
 def check_finite(tensor: torch.Tensor, key: str, path: Path) -> None:
