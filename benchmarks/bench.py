@@ -47,10 +47,10 @@ from spamtune.infer import SpamClassifier  # noqa: E402
 from spamtune.model import GPTConfig  # noqa: E402
 from spamtune.prepare import read_labelled_texts  # noqa: E402
 from spamtune.tokenizer import encode_texts  # noqa: E402
-from spamtune.train import load_training_data  # noqa: E402
+from spamtune.examples import load_training_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SMS = REPO.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+DEFAULT_SMS = REPO / "data" / "sms_spam_collection" / "SMSSpamCollection"  # the copy bundled in the repo
 BOOK_STEPS = 5 * (1045 // 8)  # the book drops the last partial batch: 130 steps per epoch
 SPAMTUNE = [sys.executable, "-m", "spamtune"]
 
@@ -207,7 +207,7 @@ def bench_concurrent_runs(data_dir: Path, wait_policy: str | None = None) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sms", type=Path, default=DEFAULT_SMS, help="the SMS Spam Collection file")
+    parser.add_argument("--sms", type=Path, default=DEFAULT_SMS, help="the SMS Spam Collection file (default: the bundled one)")
     parser.add_argument("--precisions", default=None, help="recipe precisions (default: fp32, and bf16 where native)")
     parser.add_argument("--predict-precisions", default=None, help="prediction precisions (default: what auto picks)")
     parser.add_argument("--peer-steps", type=int, default=30)

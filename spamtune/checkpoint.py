@@ -7,6 +7,8 @@ the previous complete checkpoint or the new one.
 
 from __future__ import annotations
 
+import errno
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -18,12 +20,11 @@ from torch import nn
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, atomic_write_json, read_json
 from spamtune.model import POOLINGS, GPTConfig, GPTModel, is_integer, show_value
+from spamtune.runs import CONFIG_FILE, WEIGHTS_FILE
 from spamtune.tokenizer import EOT_ID, TOKENIZER_ID
 from spamtune.weights import spamtune_shapes
 
 FORMAT = "spamtune-classifier/1"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -117,12 +118,26 @@ def build_classifier(cfg: ClassifierConfig) -> GPTModel:
     return model
 
 
+# safetensors reports the OS error of a failed write inside its own message ("... (os error 28)").
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def save_tensors(final: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically: the old file stays whole until the new one is.
+    A failed write is the one-line error of any other write (``DiskFull`` on a full disk)."""
+    with atomic_path(final) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            code = _OS_ERROR.search(str(exc))
+            raise OSError(int(code.group(1)) if code else errno.EIO, str(exc)) from None
+
+
 def save_classifier(run_dir: str | Path, model: GPTModel, cfg: ClassifierConfig, weights_name: str = WEIGHTS_FILE):
     """Write the weights and the config, each atomically."""
     run_dir = Path(run_dir)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(run_dir / weights_name) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "spamtune": FORMAT})
+    save_tensors(run_dir / weights_name, tensors, {"format": "pt", "spamtune": FORMAT})
     atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
 
 

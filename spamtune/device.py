@@ -1,7 +1,8 @@
 """Where and in what precision to compute: CUDA, then Apple's MPS, then the CPU; fp32 or bf16.
 
 ``resolve_precision`` is the one place that decides what ``--precision auto`` means, for
-training, evaluation and prediction alike.
+training, evaluation and prediction alike; ``Precision`` is that decision made once, carrying
+the autocast context and the gradient scaler every caller uses.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import platform
+from dataclasses import dataclass, field
 
 import torch
 
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.errors import OptionError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -31,15 +33,15 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise SpamtuneError(f"--device {name}: CUDA is not available in this PyTorch build or machine")
+            raise OptionError("device", f"{{option}} {name}: CUDA is not available in this PyTorch build or machine", exit_code=1)
         return torch.device(name)
     if name == "mps":
         if not torch.backends.mps.is_available():
-            raise SpamtuneError("--device mps: Apple's Metal backend is not available here")
+            raise OptionError("device", "{option} mps: Apple's Metal backend is not available here", exit_code=1)
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise SpamtuneError(f"unknown device '{name}'; choose one of: {', '.join(DEVICES)}")
+    raise OptionError("device", f"unknown {{option}} '{name}'; choose one of: {', '.join(DEVICES)}", exit_code=1)
 
 
 @functools.cache
@@ -66,23 +68,56 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     whose narrow range training makes safe with gradient scaling; everything else fp32.
     """
     if requested not in PRECISIONS:
-        raise SpamtuneUsageError(f"unknown precision '{requested}'; choose one of: {', '.join(PRECISIONS)}")
+        raise OptionError("precision", f"unknown {{option}} '{requested}'; choose one of: {', '.join(PRECISIONS)}")
     if requested == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if requested == "fp16" and device.type != "cuda":
-        raise SpamtuneUsageError(f"--precision fp16 needs a CUDA device (this run uses {device.type}); use bf16 or fp32")
+        raise OptionError("precision", f"{{option}} fp16 needs a CUDA device (this run uses {device.type}); use bf16 or fp32")
     if requested == "bf16":
         if device.type not in ("cpu", "cuda"):
-            raise SpamtuneUsageError(f"--precision bf16 is supported on cpu and cuda, not {device.type}; use fp32")
+            raise OptionError("precision", f"{{option}} bf16 is supported on cpu and cuda, not {device.type}; use fp32")
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise SpamtuneUsageError("this GPU has no bf16 support; use --precision fp16 or fp32")
+            raise OptionError("precision", "this GPU has no bf16 support; use {option} fp16 or fp32")
     return requested
 
 
-def autocast_context(precision: str, device: torch.device):
-    """Mixed-precision autocast for bf16/fp16, nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Precision:
+    """A resolved precision (``fp32``, ``bf16`` or ``fp16``) on one device, decided once and
+    passed down: ``autocast()`` for every forward pass, ``scaler`` for every backward pass.
+
+    The scaler is real only for fp16, whose narrow range needs the loss scaled; for the others
+    it is disabled and passes losses and optimizer steps through unchanged, so callers never
+    branch on the precision.
+    """
+
+    name: str
+    device: torch.device
+    scaler: torch.amp.GradScaler = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.name == "fp16")
+
+    @classmethod
+    def resolve(cls, requested: str, device: torch.device) -> Precision:
+        return cls(resolve_precision(requested, torch.device(device)), device)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, None for fp32."""
+        return AUTOCAST_DTYPES.get(self.name)
+
+    def autocast(self):
+        """A fresh context: bf16/fp16 autocast, or nothing for fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,9 +1,13 @@
 """Fetching what training needs: the SMS Spam Collection and OpenAI's GPT-2 weights.
 
 The data comes from UCI as a zip over plain HTTP(S) (urllib, so ``HTTPS_PROXY``/``NO_PROXY``
-work as usual). A download lands in a ``.part`` file beside its destination and resumes from
-it with an HTTP ``Range`` request, within a run and in the next one; the one member we need
-is then extracted and checked against the published sha256 before it takes its final name.
+work as usual). A download lands in a private temporary file beside its destination (created
+exclusively under a random name, so nothing planted there is written through), capped at
+``MAX_DOWNLOAD_BYTES``, and a dropped connection resumes with an HTTP ``Range`` request; the
+one member we need is then extracted and checked against the published sha256 before it takes
+its final name. The temporary file is removed whatever happens: success, error or Ctrl-C.
+When the default source cannot give the file, the copy bundled in the source repository's
+``data/`` folder (the same bytes, checked the same way) is used instead.
 
 The weights go through ``huggingface_hub`` so that ``HF_HOME``, the shared cache,
 ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` mirrors behave as in every other Hugging Face tool.
@@ -21,18 +25,20 @@ import http.client
 import os
 import re
 import shutil
+import stat
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, NoReturn
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from spamtune import __version__, paths
 from spamtune.errors import SpamtuneError
-from spamtune.fsutil import atomic_path
+from spamtune.fsutil import atomic_path, scratch_file
 
 if TYPE_CHECKING:
     from spamtune.model import GPTConfig
@@ -47,11 +53,18 @@ SMS_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
 SMS_SIZE = 477_907
 ENV_DATA_URLS = "SPAMTUNE_DATA_URLS"  # comma-separated mirrors, tried in order
 
+# The copy shipped in the source repository (a clone, or an editable install of one); a wheel
+# installed from an index does not carry it.
+BUNDLED_SMS_FILE = paths.sms_file(Path(__file__).resolve().parents[1] / "data")
+
 CHUNK = 1 << 16
 HTTP_TIMEOUT_S = 30
 # A dropped connection is retried at once, from where it stopped, as long as each attempt
-# brings new bytes; what is left after the last one resumes on the next run.
+# brings new bytes.
 MAX_ATTEMPTS_PER_URL = 5
+# The UCI zip is about 200 kB. A body a hundred times larger is not it (an endless stream, a
+# wrong URL, a hostile mirror) and is cut off there rather than filling the disk.
+MAX_DOWNLOAD_BYTES = 20 << 20
 
 
 @dataclass(frozen=True)
@@ -66,14 +79,25 @@ class DataSource:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A file in place: ``status`` is ``downloaded``, ``imported`` or ``present`` (nothing to do)."""
+    """A file in place: ``status`` is ``downloaded``, ``imported``, ``bundled`` (the repository's
+    copy) or ``present`` (nothing to do). ``source`` is the URL or file it came from;
+    ``fallback_reason`` says why the bundled copy was used when the download was asked for."""
 
     path: Path
     status: str
+    source: str = ""
+    fallback_reason: str = ""
 
 
 class _SourceError(SpamtuneError):
-    """This URL or file cannot give the data (unreachable, HTTP error, wrong content): try the next."""
+    """This URL or file cannot give the data (unreachable, HTTP error, wrong content): try the next.
+
+    ``reason`` is the message without the advice that ends it, for when the bundled copy is
+    used instead and the advice no longer applies."""
+
+    def __init__(self, reason: str, advice: str = "") -> None:
+        super().__init__(reason + advice)
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -91,6 +115,22 @@ def _write_error(path: Path, exc: OSError) -> SpamtuneError:
     if exc.errno == errno.ENOSPC:
         return SpamtuneError(f"disk full: cannot write {path}; free some space and run again")
     return SpamtuneError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _regular_file(file: str | Path, what: str) -> Path:
+    """``file`` as an absolute path, if it is a regular file (or a link to one) that can be read."""
+    absolute = Path(os.path.abspath(file))
+    try:
+        mode = absolute.stat().st_mode
+    except FileNotFoundError:
+        raise SpamtuneError(f"{what} not found: {absolute}") from None
+    except OSError as exc:
+        raise SpamtuneError(f"cannot read {absolute}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise SpamtuneError(f"{absolute} is a directory, not a {what}")
+    if not stat.S_ISREG(mode):
+        raise SpamtuneError(f"{absolute} is not a regular file (a device, pipe or socket), so not a {what}")
+    return absolute
 
 
 def _reason(exc: BaseException | str) -> str:
@@ -115,31 +155,37 @@ def fetch_data(
     root: Path,
     source: DataSource = DataSource(),
     *,
+    fallback: Path | None = None,
     on_progress: Progress | None = None,
     notify: Notify | None = None,
 ) -> Fetched:
     """Put a verified SMS Spam Collection at ``paths.sms_file(root)``, downloading only if needed.
 
     Each URL is tried in order; one that fails (unreachable, HTTP error, not the right zip)
-    leaves the next one to try, and the error says what went wrong with each.
+    leaves the next one to try, and the error says what went wrong with each. If all fail and
+    ``fallback`` names a local copy (the bundled one), that copy is checked and used instead.
     """
     notify = notify or (lambda _msg: None)
     target = paths.sms_file(root)
     if _already_verified(target, source, notify):
-        return Fetched(target, "present")
-    failures = []
+        return Fetched(target, "present", str(target))
+    failures: list[_SourceError] = []
     for url in source.urls:
         if failures:
             notify(f"trying the next mirror: {url}")
         try:
             _download_and_extract(url, target, source, on_progress, notify)
-            return Fetched(target, "downloaded")
+            return Fetched(target, "downloaded", url)
         except _SourceError as exc:
-            failures.append(str(exc))
+            failures.append(exc)
+    if fallback is not None and fallback.is_file():
+        reason = "; ".join(f.reason for f in failures)
+        return use_bundled_data(root, source, fallback, notify, fallback_reason=reason)
     if len(failures) == 1:
-        raise SpamtuneError(failures[0])
+        raise SpamtuneError(str(failures[0]))
     raise SpamtuneError(
-        f"could not download the SMS Spam Collection from any of {len(failures)} URLs: " + "; ".join(failures)
+        f"could not download the SMS Spam Collection from any of {len(failures)} URLs: "
+        + "; ".join(map(str, failures))
     )
 
 
@@ -148,12 +194,10 @@ def import_data(
 ) -> Fetched:
     """Put the SMS Spam Collection in place from a local zip or the raw tab-separated file."""
     notify = notify or (lambda _msg: None)
-    file = Path(file)
+    file = _regular_file(file, "zip or SMSSpamCollection file")
     target = paths.sms_file(root)
-    if not file.is_file():
-        raise SpamtuneError(f"file not found: {file}")
     if _already_verified(target, source, notify):
-        return Fetched(target, "present")
+        return Fetched(target, "present", str(target))
     try:
         if zipfile.is_zipfile(file):
             _extract_verified(file, str(file), target, source)
@@ -163,7 +207,27 @@ def import_data(
                 _write_verified(stream, str(file), target, source)
     except OSError as exc:
         raise SpamtuneError(f"cannot read {file}: {exc.strerror or exc}") from None
-    return Fetched(target, "imported")
+    return Fetched(target, "imported", str(file))
+
+
+def use_bundled_data(
+    root: Path,
+    source: DataSource = DataSource(),
+    bundled: Path = BUNDLED_SMS_FILE,
+    notify: Notify | None = None,
+    *,
+    fallback_reason: str = "",
+) -> Fetched:
+    """Put the SMS Spam Collection in place from the copy shipped in the source repository,
+    after checking its sha256 like any other source."""
+    if not bundled.is_file():
+        raise SpamtuneError(
+            f"no bundled SMS Spam Collection at {bundled}: it ships with the source repository, "
+            "not with an installed package; download it or import a copy"
+        )
+    fetched = import_data(root, bundled, source, notify)
+    status = "present" if fetched.status == "present" else "bundled"
+    return Fetched(fetched.path, status, str(bundled), fallback_reason)
 
 
 def _already_verified(target: Path, source: DataSource, notify: Notify) -> bool:
@@ -176,71 +240,76 @@ def _already_verified(target: Path, source: DataSource, notify: Notify) -> bool:
     return False
 
 
-def _partial_path(target: Path, url: str) -> Path:
-    """Where a download from ``url`` collects its bytes: one per URL, so mirrors never mix."""
-    name = unquote(PurePosixPath(urlsplit(url).path).name) or "download"
-    tag = hashlib.sha256(url.encode()).hexdigest()[:10]
-    return target.parent / f".{name}.{tag}.part"
-
-
 def _download_and_extract(
     url: str, target: Path, source: DataSource, on_progress: Progress | None, notify: Notify
 ) -> None:
-    part = _partial_path(target, url)
-    try:
-        part.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _write_error(part.parent, exc) from None
-    _download(url, part, on_progress, notify)
-    try:
-        _extract_verified(part, url, target, source)
-    except _SourceError as exc:
-        part.unlink(missing_ok=True)  # complete but wrong: no use resuming it
-        raise _SourceError(f"{exc}; the download was removed") from None
-    part.unlink(missing_ok=True)
+    # A fixed stem: a name taken from the URL could carry an encoded "/" or "..".
+    with scratch_file(target.parent, "download") as part:
+        try:
+            _download(url, part, on_progress, notify)
+        except OSError as exc:  # writing what arrived; network errors are handled inside
+            raise _write_error(target.parent, exc) from None
+        try:
+            _extract_verified(part, url, target, source)
+        except _SourceError as exc:
+            raise _SourceError(f"{exc}; the download was removed") from None
 
 
-def _download(url: str, part: Path, on_progress: Progress | None, notify: Notify) -> None:
-    """Fill ``part`` with the whole body of ``url``, resuming from what it already holds."""
+def _download(url: str, part: BinaryIO, on_progress: Progress | None, notify: Notify) -> None:
+    """Fill ``part`` with the whole body of ``url``, resuming after a dropped connection."""
     host = urlsplit(url).hostname or url
     opener = urllib.request.build_opener()  # built per call so proxy variables are read now
     total = None
     for _ in range(MAX_ATTEMPTS_PER_URL):
-        have = part.stat().st_size if part.exists() else 0
+        have = part.seek(0, os.SEEK_END)
         headers = {"User-Agent": f"spamtune/{__version__}"}
         if have:
             headers["Range"] = f"bytes={have}-"
             notify(f"resuming {url} at byte {have:,}")
-        kept = f" (the {have:,} bytes already here are kept for the next try)" if have else ""
         try:
             response = opener.open(urllib.request.Request(url, headers=headers), timeout=HTTP_TIMEOUT_S)
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:  # the partial file no longer fits what the server has
-                part.unlink()
+            if exc.code == 416 and have:  # what we hold no longer fits what the server has
+                _start_over(part)
                 continue
-            raise _SourceError(f"{host} answered HTTP {exc.code} {exc.reason} for {url}{kept}") from None
+            raise _SourceError(f"{host} answered HTTP {exc.code} {exc.reason} for {url}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = _reason(getattr(exc, "reason", exc))
             raise _SourceError(
-                f"cannot reach {host}: {reason}{kept}; use --from FILE or give a mirror with --url"
+                f"cannot reach {host}: {reason}", "; use --from FILE or give a mirror with --url"
             ) from None
         with response:
-            if response.status == 206 and _range_start(response) != have:
-                part.unlink(missing_ok=True)  # not the range we asked for: start over
-                continue
-            resumed = response.status == 206
+            resumed = response.status == 206 and _range_start(response) == have
+            if not resumed:  # a whole body (or not the range we asked for): start over
+                _start_over(part)
+                if response.status == 206:
+                    continue
             start = have if resumed else 0
             length = response.headers.get("Content-Length")
             total = start + int(length) if length and length.isdigit() else None
-            done = _receive(response, part, "ab" if resumed else "wb", start, total, on_progress)
+            if total is not None and total > MAX_DOWNLOAD_BYTES:
+                raise _SourceError(_too_large(url, f"announces {total:,} bytes, more"))
+            done = _receive(response, part, start, total, on_progress)
         if total is None or done == total:
             return
         if done == start:
             break  # no progress at all: retrying would loop
     raise _SourceError(
-        f"download from {host} was cut off at byte {part.stat().st_size:,}"
+        f"download from {host} was cut off at byte {part.tell():,}"
         + (f" of {total:,}" if total else "")
-        + "; run the command again to resume"
+        + "; run the command again"
+    )
+
+
+def _start_over(part: BinaryIO) -> None:
+    part.seek(0)
+    part.truncate()
+
+
+def _too_large(url: str, what: str) -> str:
+    return (
+        f"{url} {what} than the {MAX_DOWNLOAD_BYTES >> 20} MiB allowed: not the SMS Spam Collection's zip "
+        "(about 200 kB); nothing kept"
     )
 
 
@@ -249,27 +318,21 @@ def _range_start(response) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _receive(response, part: Path, mode: str, done: int, total: int | None, on_progress: Progress | None) -> int:
+def _receive(response, part: BinaryIO, done: int, total: int | None, on_progress: Progress | None) -> int:
     """Append the response body to ``part`` until it ends or the connection drops; bytes held."""
-    try:
-        out = part.open(mode)
-    except OSError as exc:
-        raise _write_error(part, exc) from None
-    with out:
-        while True:
-            if on_progress:
-                on_progress(done, total)
-            try:
-                chunk = response.read(CHUNK)
-            except (OSError, http.client.HTTPException):
-                break  # dropped mid-body: keep what arrived, the caller resumes
-            if not chunk:
-                break
-            try:
-                out.write(chunk)
-            except OSError as exc:
-                raise _write_error(part, exc) from None
-            done += len(chunk)
+    while True:
+        if on_progress:
+            on_progress(done, total)
+        try:
+            chunk = response.read(CHUNK)
+        except (OSError, http.client.HTTPException):
+            break  # dropped mid-body: keep what arrived, the caller resumes
+        if not chunk:
+            break
+        if done + len(chunk) > MAX_DOWNLOAD_BYTES:
+            raise _SourceError(_too_large(response.geturl(), "sent more"))
+        part.write(chunk)  # an OSError here is the disk's: the caller names the folder
+        done += len(chunk)
     return done
 
 
@@ -279,9 +342,9 @@ def _unsafe_entry(name: str) -> bool:
     return name.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", name)) or ".." in parts
 
 
-def _extract_verified(zip_path: Path, origin: str, target: Path, source: DataSource) -> None:
+def _extract_verified(zip_file: Path | BinaryIO, origin: str, target: Path, source: DataSource) -> None:
     try:
-        archive = zipfile.ZipFile(zip_path)
+        archive = zipfile.ZipFile(zip_file)
     except (zipfile.BadZipFile, OSError) as exc:
         raise _SourceError(f"{origin} is not a readable zip file ({exc})") from None
     with archive:
@@ -299,8 +362,10 @@ def _extract_verified(zip_path: Path, origin: str, target: Path, source: DataSou
         try:
             with archive.open(member) as stream:
                 _write_verified(stream, origin, target, source)
-        except (zipfile.BadZipFile, NotImplementedError) as exc:
-            raise _SourceError(f"{origin} is a damaged or unsupported zip file ({exc})") from None
+        except NotImplementedError as exc:  # a compression method Python's zipfile lacks
+            raise _SourceError(f"{origin} is an unsupported zip file ({exc})") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad CRC, damaged or cut-short deflate data
+            raise _SourceError(f"{origin} is a corrupt zip file: {member.filename} cannot be read ({exc})") from None
 
 
 def _check_size(size: int, origin: str, source: DataSource) -> None:
@@ -350,6 +415,26 @@ def pretrained_name(name: str) -> str:
             f"'{name}' is not a released GPT-2 checkpoint, so there is nothing to download; choose one of: {valid}"
         )
     return canonical
+
+
+def hub_unreachable(endpoint: str | None = None, timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached, or ``None`` when it answers at all (any HTTP
+    status counts: something is there). One HEAD request with a short timeout, through the usual
+    proxy variables, for a caller that must decide at once (the demo) rather than after the hub
+    client's retries, which take half a minute offline."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    base = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT or "https://huggingface.co").rstrip("/")
+    url = f"{base}/api/models/{paths.HF_REPOS['gpt2-small']}"
+    try:
+        with urllib.request.build_opener().open(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        return f"cannot reach {urlsplit(base).hostname or base}: {_reason(getattr(exc, 'reason', exc))}"
 
 
 def download_model(
@@ -413,7 +498,7 @@ def import_model(root: Path, name: str, file: str | Path, *, config: GPTConfig |
     from spamtune.weights import check_hf_file
 
     name = pretrained_name(name)
-    file = Path(file)
+    file = _regular_file(file, "weights file")
     check_hf_file(file, config or GPTConfig.from_name(name))  # also says "not found" / "not safetensors"
     target = paths.imported_weights_file(root, name)
     if target.exists() and target.samefile(file):

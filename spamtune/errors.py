@@ -11,3 +11,31 @@ class SpamtuneUsageError(SpamtuneError):
     """The command line itself is wrong (exit code 2, like a shell usage error)."""
 
     exit_code = 2
+
+
+class OptionError(SpamtuneUsageError):
+    """One option has a value that cannot work.
+
+    The core does not know the command line: its message says ``{option}`` where the option's
+    name goes, which reads as plain words here (``batch size``) and as the flag in the CLI
+    (``--batch-size``, see ``naming``). Usage errors exit 2; an option the machine cannot honour
+    (a device that is not there) passes ``exit_code=1``.
+    """
+
+    def __init__(self, option: str, message: str, exit_code: int = 2):
+        self.option, self.message, self.exit_code = option, message, exit_code
+        if "{option}" not in message:
+            self.message = "{option} " + message
+        super().__init__(self.naming(option.replace("_", " ")))
+
+    def naming(self, name: str) -> str:
+        """The message with ``name`` for the option (str.replace: values may hold braces)."""
+        return self.message.replace("{option}", name)
+
+
+class DiskFull(SpamtuneError):
+    """A write ran out of space; the file it was replacing, if any, is untouched."""
+
+    def __init__(self, path):
+        super().__init__(f"disk full: {path}")
+        self.path = path

@@ -13,22 +13,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spamtune import paths
+from spamtune import paths, runs
+from spamtune.calibration import DEFAULT_THRESHOLD, binary_report, calibrated_probabilities, nll, read_calibration
 from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import Split, read_label_map, read_split
-from spamtune.device import resolve_device
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.device import Precision, resolve_device
+from spamtune.errors import OptionError, SpamtuneError
+from spamtune.examples import Examples, check_split_labels, data_fingerprint, pad_width
+from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, predict_logits
+from spamtune.mail import DEFAULT_LONG, LONG_MODES
 from spamtune.metrics import classification_report
+from spamtune.plots import plot_binary_evaluation
 from spamtune.tokenizer import encode_texts
-from spamtune.train import (
-    EVAL_BATCH_SIZE,
-    HPARAMS_FILE,
-    check_split_labels,
-    pad_width,
-    predict_logits,
-    read_hparams,
-    resolve_precision,
-)
 
 EVAL_SPLITS = ("test", "validation", "train", "all")
 BASELINE_NAME = "TF-IDF + logistic regression"
@@ -38,19 +34,19 @@ def run_data_root(run_dir: Path, data_dir: str | Path | None) -> Path:
     """Where a run's splits are: ``--data-dir`` if given, else the root it was trained on."""
     if data_dir:
         return Path(data_dir)
-    if (run_dir / HPARAMS_FILE).is_file():
-        recorded = read_hparams(run_dir).get("data_dir")
+    if (run_dir / runs.HPARAMS_FILE).is_file():
+        recorded = runs.read_hparams(run_dir).get("data_dir")
         if recorded:
             return Path(recorded)
     return paths.data_root()
 
 
-def run_precision(run_dir: Path, device: torch.device) -> str:
+def run_precision(run_dir: Path, device: torch.device) -> Precision:
     """The precision the run was trained and tested in, if this device has it; else fp32."""
     try:
-        return resolve_precision(read_hparams(run_dir)["resolved"]["precision"], device)
+        return Precision.resolve(runs.read_hparams(run_dir)["resolved"]["precision"], device)
     except (SpamtuneError, KeyError, TypeError):
-        return "fp32"
+        return Precision("fp32", device)
 
 
 def read_splits(root: Path, split: str, cfg: ClassifierConfig) -> dict[str, Split]:
@@ -67,12 +63,13 @@ def read_splits(root: Path, split: str, cfg: ClassifierConfig) -> dict[str, Spli
     return splits
 
 
-def read_labelled_file(path: Path, cfg: ClassifierConfig) -> Split:
+def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig) -> Split:
     """A labelled file in any layout ``spamtune prepare`` reads (SMS collection, TSV, CSV with
-    ``label,text``, JSONL). Labels are the run's names (``ham``/``spam``) or class indices."""
-    from spamtune.prepare import read_labelled_texts
+    ``label,text``, JSONL), or mail sources ``LABEL=PATH`` (a list of them). Labels are the run's
+    names (``ham``/``spam``) or class indices."""
+    from spamtune.prepare import read_input
 
-    source = read_labelled_texts(path)
+    source = read_input(Path("."), _input_list(path))
     labels = []
     for value in source.labels:
         if value in cfg.labels:
@@ -85,6 +82,11 @@ def read_labelled_file(path: Path, cfg: ClassifierConfig) -> Split:
     return Split(source.texts, labels)
 
 
+def _input_list(inputs: str | Path | list[str]) -> list[str]:
+    """``--input`` as a list of strings: one file, or the ``LABEL=PATH`` mail sources."""
+    return [str(p) for p in inputs] if isinstance(inputs, list) else [str(inputs)]
+
+
 def _report(labels: list[int], preds: torch.Tensor, log_probs: torch.Tensor, label_names: list[str]) -> dict:
     """``classification_report`` plus the mean cross-entropy.
 
@@ -92,7 +94,8 @@ def _report(labels: list[int], preds: torch.Tensor, log_probs: torch.Tensor, lab
     the argmax of its logits, as in training's accuracy.
     """
     report = classification_report(labels, preds.tolist(), log_probs.exp().tolist(), label_names)
-    report["loss"] = F.nll_loss(log_probs, torch.tensor(labels, dtype=torch.long)).item()
+    # Log-probabilities are logits whose softmax is the probabilities: the training loss applies.
+    report["loss"] = classification_loss(log_probs, torch.tensor(labels, dtype=torch.long)).item()
     return report
 
 
@@ -109,17 +112,45 @@ def _reports(parts: dict[str, Split], preds: torch.Tensor, log_probs: torch.Tens
     return report
 
 
-def model_logits(model, cfg: ClassifierConfig, texts: list[str], *, device: torch.device, precision: str, batch_size: int):
-    """The run's logits for texts, tokenised and batched exactly as in training's evaluations."""
-    return predict_logits(
-        model,
-        encode_texts(texts, cfg.max_length),
-        cfg.pooling,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        pad_to=pad_width(cfg.pooling, cfg.max_length),
-    )
+def operating_point_report(labels: list[int], probs: torch.Tensor, positive: int, threshold: float, rule: str) -> dict:
+    """The spam filter's figures, under fixed names: at the threshold (``threshold``,
+    ``false_positive_rate``, ``spam_recall``, ``spam_precision``, ``spam_f1``,
+    ``spam_confusion``: ``[[ham kept, ham lost], [spam missed, spam caught]]``) and
+    threshold-free (``roc_auc``, ``pr_auc``, ``ece``), and how the threshold was chosen (``rule``)."""
+    is_spam = [y == positive for y in labels]
+    report = binary_report(is_spam, probs[:, positive].tolist(), threshold, probs)
+    return {
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "false_positive_rate": report["false_positive_rate"],
+        "spam_recall": report["spam_recall"],
+        "spam_precision": report["precision"],
+        "spam_f1": report["f1"],
+        "spam_confusion": report["confusion_matrix"],
+        "roc_auc": report["roc_auc"],
+        "pr_auc": report["pr_auc"],
+        "ece": report["ece"],
+    }
+
+
+def model_logits(
+    model, cfg: ClassifierConfig, texts: list[str], *, precision: Precision, batch_size: int, long: str | None = None
+):
+    """The run's logits for texts, tokenised and batched exactly as in training's evaluations;
+    texts longer than the run's window are read the ``long`` way (``spamtune.long_messages``)."""
+
+    def logits_of(token_lists: list[list[int]]) -> torch.Tensor:
+        examples = Examples(token_lists, pad_id=cfg.pad_token_id)
+        return predict_logits(
+            model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
+        )
+
+    if long in (None, "head"):
+        return logits_of(encode_texts(texts, cfg.max_length))
+    from spamtune.long_messages import long_logits
+
+    window = min(cfg.max_length, cfg.model.context_length)
+    return long_logits(encode_texts(texts), window, long, cfg.labels[cfg.positive_label], logits_of)
 
 
 def baseline_reports(train: Split, parts: dict[str, Split], label_names: list[str]) -> dict:
@@ -128,7 +159,7 @@ def baseline_reports(train: Split, parts: dict[str, Split], label_names: list[st
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
     except ImportError:
-        raise SpamtuneError("--baseline needs scikit-learn: pip install 'spamtune[baseline]'") from None
+        raise OptionError("baseline", "{option} needs scikit-learn: pip install 'spamtune[baseline]'", exit_code=1) from None
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     classifier = LogisticRegression(max_iter=1000)
     classifier.fit(vectorizer.fit_transform(train.texts), train.labels)
@@ -139,44 +170,130 @@ def baseline_reports(train: Split, parts: dict[str, Split], label_names: list[st
     return {"model": BASELINE_NAME, **_reports(parts, probs.argmax(dim=1), probs.clamp_min(1e-15).log(), label_names)}
 
 
+def check_data_fingerprint(run_dir: Path, root: Path, force: bool) -> list[str]:
+    """Refuse to score a run on splits other than those it was prepared with (a re-prepared data
+    root may put its training messages in the test split and inflate every figure); with
+    ``force``, score anyway and return the warning. Runs that recorded no fingerprint pass."""
+    try:
+        recorded = runs.read_hparams(run_dir)["resolved"]["data_fingerprint"]
+    except (SpamtuneError, KeyError, TypeError):
+        return []
+    try:
+        current = data_fingerprint(root)
+    except OSError:  # a split file is missing: reading the splits says which, in one line
+        return []
+    if current == recorded:
+        return []
+    message = (
+        f"the prepared splits in {root} are not the ones {run_dir.name} was trained with (their fingerprint "
+        "differs): it may have trained on messages now in the split scored, so its figures may be inflated"
+    )
+    if not force:
+        raise OptionError(
+            "force",
+            f"{message}; score the run on its own splits (prepare them again as it did), or pass {{option}} to score anyway",
+            exit_code=1,
+        )
+    return [message]
+
+
+def _decisions(logits: torch.Tensor, cfg: ClassifierConfig, threshold: float | None) -> torch.Tensor:
+    """Predicted classes: for a two-class run with a threshold, the positive class (spam) when its
+    probability is at least ``threshold`` (as ``predict`` decides); otherwise the most probable class."""
+    if threshold is None or cfg.num_classes != 2:
+        return logits.argmax(dim=1)
+    positive = cfg.labels[cfg.positive_label]
+    is_positive = torch.softmax(logits, dim=1)[:, positive] >= threshold
+    return torch.where(is_positive, positive, 1 - positive)
+
+
 def evaluate_run(
     run_dir: str | Path | None = None,
     *,
     split: str = "test",
-    input_file: str | Path | None = None,
+    input_file: str | Path | list[str] | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = EVAL_BATCH_SIZE,
     baseline: bool = False,
+    threshold: float | None = None,
+    precision: str | None = None,
+    force: bool = False,
+    write_plots: bool = False,
+    plots_dir: str | Path | None = None,
+    long: str | None = None,
 ) -> dict:
     """Every figure of ``spamtune evaluate`` as one JSON-ready dict.
 
-    ``run_dir`` defaults to the latest run under the data root. With ``split="all"`` the
-    figures cover the three splits together and ``by_split`` holds each one's.
+    ``run_dir`` is a run folder or a run's name under the data root's ``runs/``, by default the
+    newest finished run. With ``split="all"`` the figures cover the three splits together and
+    ``by_split`` holds each one's. ``threshold`` decides spam as ``predict`` does (``None``: the
+    most probable class); ``precision`` defaults to the run's own, so the test accuracy is the
+    one in its ``summary.json``. Splits prepared differently from the run's are refused unless
+    ``force`` (then ``warnings`` says so).
+
+    Probabilities are the run's calibrated ones (``calibration.json``: temperature). A two-class
+    run is decided at ``threshold``, by default the run's calibrated one (0.5 without one); the
+    figures at that threshold (``false_positive_rate``, ``spam_recall``, ...) and the
+    threshold-free ones (``roc_auc``, ``pr_auc``, ``ece``) are top-level fields. ``write_plots``
+    draws ``roc.png``, ``pr.png`` and ``calibration.png`` (two-class runs) into ``plots_dir``, by
+    default the run folder.
     """
     if batch_size < 1:
-        raise SpamtuneUsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        raise OptionError("batch_size", f"must be at least 1 (got {batch_size})")
     if split not in EVAL_SPLITS:
-        raise SpamtuneUsageError(f"unknown split '{split}'; choose one of: {', '.join(EVAL_SPLITS)}")
-    run_dir = Path(run_dir) if run_dir else paths.latest_run(paths.data_root(data_dir))
-    if not run_dir.is_dir():
-        raise SpamtuneError(f"run folder not found: {run_dir}")
+        raise OptionError("split", f"unknown {{option}} '{split}'; choose one of: {', '.join(EVAL_SPLITS)}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise OptionError("threshold", f"must be between 0 and 1 (got {threshold})")
+    if long is not None and long not in LONG_MODES:
+        raise OptionError("long", f"unknown {{option}} mode '{long}'; choose one of: {', '.join(LONG_MODES)}")
+    run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
     dev = resolve_device(device)
+    compute = run_precision(run_dir, dev) if precision is None else Precision.resolve(precision, dev)
     model, cfg = load_classifier(run_dir, dev)
     root = run_data_root(run_dir, data_dir)
+    warnings: list[str] = []
     if input_file is not None:
-        parts = {"input": read_labelled_file(Path(input_file), cfg)}
+        parts = {"input": read_labelled_file(input_file, cfg)}
     else:
+        warnings = check_data_fingerprint(run_dir, root, force)
         parts = read_splits(root, split, cfg)
 
-    precision = run_precision(run_dir, dev)
+    from spamtune.prepare import mail_inputs
+
+    if long is None and input_file is not None and mail_inputs(_input_list(input_file)):
+        long = DEFAULT_LONG
     texts = [t for part in parts.values() for t in part.texts]
-    logits = model_logits(model, cfg, texts, device=dev, precision=precision, batch_size=batch_size)
+    logits = model_logits(model, cfg, texts, precision=compute, batch_size=batch_size, long=long)
+    calibration = read_calibration(run_dir)
+    temperature = calibration.temperature if calibration else 1.0
+    rule = "given"
+    if threshold is None and cfg.num_classes == 2:
+        threshold = calibration.threshold if calibration else DEFAULT_THRESHOLD
+        rule = calibration.describe() if calibration else "default 0.5 (run not calibrated)"
     result = {"run": str(run_dir), "split": None if input_file else split}
     if input_file is not None:
-        result["input"] = str(input_file)
-    result.update(_reports(parts, logits.argmax(dim=1), F.log_softmax(logits, dim=1), cfg.label_names))
-    result["precision"] = precision
+        result["input"] = ", ".join(_input_list(input_file))
+    # "loss" stays the model's own cross-entropy, the figure training reports; the calibrated
+    # one is beside it.
+    decisions = _decisions(logits / temperature, cfg, threshold)
+    result.update(_reports(parts, decisions, F.log_softmax(logits, dim=1), cfg.label_names))
+    # Not "precision": that is the per-class metric beside it.
+    result["compute_dtype"] = compute.name
+    result["threshold"] = threshold
+    result["warnings"] = warnings
+    labels = [y for part in parts.values() for y in part.labels]
+    result["temperature"] = temperature
+    result["calibrated_loss"] = nll(logits, torch.tensor(labels), temperature)
+    if cfg.num_classes == 2:
+        probs = calibrated_probabilities(logits, temperature)
+        positive = cfg.labels[cfg.positive_label]
+        result.update(operating_point_report(labels, probs, positive, threshold, rule))
+        if write_plots:
+            uncalibrated = calibrated_probabilities(logits) if temperature != 1.0 else None
+            is_spam = [y == positive for y in labels]
+            drawn = plot_binary_evaluation(plots_dir or run_dir, is_spam, probs, positive, threshold, uncalibrated)
+            result["plots"] = [str(p) for p in drawn]
     if baseline:
         train = read_splits(root, "train", cfg)["train"]
         result["baseline"] = baseline_reports(train, parts, cfg.label_names)

@@ -2,21 +2,28 @@
 
 Everything is written to a temporary file in the destination's folder and renamed over the
 final name only once complete; a rename within one file system is atomic. The final file gets
-the permissions a plain ``open(final, "w")`` would give it: those of the file it replaces, else
-``0o666`` less the umask (not the ``0o600`` of ``tempfile.mkstemp``).
+the permissions a plain ``open(final, "w")`` would give it: those of the regular file it
+replaces (read, write and execute bits only), else ``0o666`` less the umask (not the ``0o600``
+of ``tempfile.mkstemp``).
+
+Temporary files are created under a random name with ``O_EXCL | O_NOFOLLOW``: a file or symlink
+planted in the folder is never opened, written through, or asked for its mode. A symlink at the
+final name is replaced by the new file, and the file it points to is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from spamtune.errors import SpamtuneError
+from spamtune.errors import DiskFull, SpamtuneError
 
 
 @contextlib.contextmanager
@@ -27,7 +34,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp_path, mode = _create_temporary(final)
     except OSError as exc:
-        raise SpamtuneError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise write_error(final, exc) from None
     try:
         yield tmp_path
         # Again now: some writers (safetensors' save_file) replace the file at tmp_path with
@@ -37,41 +44,92 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, final)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise SpamtuneError(f"cannot write {final}: {exc.strerror or exc}") from None
+        raise write_error(final, exc) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
+def write_error(final: Path, exc: OSError) -> SpamtuneError:
+    """The one-line error for a failed write; a full disk (or quota) is its own kind, so that
+    callers can say what survived and how to go on."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(final)
+    return SpamtuneError(f"cannot write {final}: {exc.strerror or exc}")
+
+
 # How many random names to try before giving up (mkstemp tries as many).
+TEMPORARY_SUFFIX = ".part"
 _TEMP_ATTEMPTS = 10_000
 
 
-def _create_temporary(final: Path) -> tuple[Path, int]:
-    """Create a new, empty ``.<name>.<random>.part`` beside ``final``; return it and the
-    permission bits the final file is to have.
+def _create_exclusive(folder: Path, stem: str, flags: int, mode: int) -> tuple[Path, int]:
+    """Create a new file ``.<stem>.<random>.part`` in ``folder``; return its path and open descriptor.
 
-    Created with ``O_EXCL`` and mode ``0o666``, so the kernel applies the umask exactly as for any
-    new file, and that is the final mode; if ``final`` exists, its permission bits are kept
-    instead, as rewriting it in place would keep them.
+    ``O_EXCL`` makes the kernel refuse any name that exists, a symlink included, so a file
+    planted under a guessed name is skipped, never opened.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    flags |= os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     for _ in range(_TEMP_ATTEMPTS):
-        tmp = final.parent / f".{final.name}.{secrets.token_hex(4)}.part"
+        path = folder / f".{stem}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
         try:
-            fd = os.open(tmp, flags, 0o666)
+            return path, os.open(path, flags, mode)
         except FileExistsError:
             continue
-        os.close(fd)
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+def _create_temporary(final: Path) -> tuple[Path, int]:
+    """Create a new, empty temporary file beside ``final``; return it and the permission bits the
+    final file is to have.
+
+    Created with mode ``0o666``, so the kernel applies the umask exactly as for any new file, and
+    that is the final mode. Only a regular file at ``final`` passes on its permission bits, as
+    rewriting it in place would keep them; setuid, setgid and sticky bits are never carried over,
+    and a symlink's target is never consulted (a link to a setuid program must not lend its mode).
+    """
+    tmp, fd = _create_exclusive(final.parent, final.name, os.O_WRONLY, 0o666)
+    os.close(fd)
+    try:
         try:
-            try:
-                return tmp, stat.S_IMODE(os.stat(final).st_mode)
-            except FileNotFoundError:  # nothing to replace: 0o666 less the umask, as just created
-                return tmp, stat.S_IMODE(os.stat(tmp).st_mode)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-    raise FileExistsError(f"no free temporary name beside {final}")
+            existing = os.lstat(final)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and stat.S_ISREG(existing.st_mode):
+            return tmp, stat.S_IMODE(existing.st_mode) & 0o777
+        return tmp, stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 less the umask, as just created
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def scratch_file(folder: str | Path, stem: str) -> Iterator[BinaryIO]:
+    """A new private file in ``folder``, open for reading and writing, removed on exit whatever
+    happens (an error, Ctrl-C). For bytes that are only a step on the way, such as a download
+    that is unpacked elsewhere; it is used through the handle, never reopened by name."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path, fd = _create_exclusive(folder, stem, os.O_RDWR, 0o600)
+    except OSError as exc:
+        raise SpamtuneError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w+b") as handle:
+            yield handle
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``folder`` (``.<name>.<random>.part``).
+    Only for a folder no live process writes to, e.g. a run folder under its lock."""
+    removed = []
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(final: str | Path, data: bytes) -> Path:

@@ -1,71 +1,33 @@
-"""Classifying texts with a fine-tuned run: the ``SpamClassifier`` API and the batched forward pass under it.
+"""Classifying texts with a fine-tuned run: the ``SpamClassifier`` API.
 
 ``SpamClassifier.load(run_dir)`` reads a run folder once (config, tokenizer, weights straight
-from the safetensors file); ``predict`` then turns texts into labels and probabilities in
-length-sorted batches. ``spamtune predict`` is a thin layer over it; training and evaluation
-share ``batched_logits``.
+from the safetensors file); ``predict`` then turns texts into labels and probabilities through
+the forward pass training and evaluation use (``forward.predict_logits``). ``spamtune predict``
+is a thin layer over it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import torch
-import torch.nn.functional as F
 
 from spamtune import paths
+from spamtune.calibration import DEFAULT_THRESHOLD, Calibration, read_calibration
 from spamtune.checkpoint import ClassifierConfig, load_classifier
-from spamtune.data import pad_batch, sorted_batches
-from spamtune.device import autocast_context, resolve_device, resolve_precision
+from spamtune.device import Precision, resolve_device
 from spamtune.errors import SpamtuneError
+from spamtune.examples import Examples, pad_width
+from spamtune.explain import Explanation, explain_texts, fp32_head
+from spamtune.forward import predict_logits
 from spamtune.model import GPTModel
-from spamtune.tokenizer import EOT_ID, TOKENIZER_ID, encode_texts
+from spamtune.tokenizer import TOKENIZER_ID, encode_texts
 
-DEFAULT_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 32
-
-
-@torch.inference_mode()
-def batched_logits(
-    model: GPTModel,
-    token_lists: list[list[int]],
-    pooling: str,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    pad_id: int = EOT_ID,
-    device: str | torch.device = "cpu",
-    pad_to: int | None = None,
-) -> torch.Tensor:
-    """Class logits ``[n, num_classes]`` (fp32, on the CPU) in the order of ``token_lists``.
-
-    Batches group messages of similar length and pad only to their own longest, then the
-    results are put back in input order. A message that occurs more than once is computed
-    once (mailboxes and logs repeat themselves). ``pad_to`` widens every batch to that many tokens:
-    ``last`` pooling reads the final padded position, so it must see the width it was trained
-    with (the book pads every message to the training maximum); the other poolings ignore
-    padding and need no ``pad_to``.
-    """
-    slots: dict[tuple[int, ...], int] = {}
-    slot_of = [slots.setdefault(tuple(t), len(slots)) for t in token_lists]
-    distinct = list(slots)
-    out = torch.empty(len(distinct), model.num_classes, dtype=torch.float32)
-    for idx in sorted_batches([len(t) for t in distinct], batch_size):
-        ids, lengths = pad_batch([distinct[i] for i in idx], pad_id, device)
-        if pad_to is not None and ids.shape[1] < pad_to:
-            ids = F.pad(ids, (0, pad_to - ids.shape[1]), value=pad_id)
-        out[idx] = model.classify(ids, lengths, pooling).float().cpu()
-    return out[slot_of]
-
-
-def pad_width(pooling: str, max_length: int) -> int | None:
-    """The ``pad_to`` for ``batched_logits``: ``last`` pooling reads the final padded position,
-    so every batch is padded to the maximum length, as the book does; the other poolings ignore
-    padding and pad dynamically."""
-    return max_length if pooling == "last" else None
-
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def store_linear_weights_in(model: GPTModel, dtype: torch.dtype) -> None:
@@ -93,6 +55,26 @@ class Prediction:
     probability: float
 
 
+class NonFiniteProbability(SpamtuneError):
+    """The model answered NaN or infinity for a text: broken or overflowing weights, not an
+    answer (it would read as a confident ``ham`` and pass a spam check). ``index`` is the text's
+    place (from 0) in the texts classified together."""
+
+    def __init__(self, index: int, value: float):
+        self.index, self.value = index, value
+        super().__init__(
+            f"the model gave a non-finite probability ({value}) for text {index + 1:,}; "
+            "its weights overflow at this precision or are broken, so no answer is given"
+        )
+
+
+def check_finite_probabilities(probabilities: list[float]) -> None:
+    """Raise ``NonFiniteProbability`` for the first NaN or infinite probability."""
+    for index, value in enumerate(probabilities):
+        if not math.isfinite(value):
+            raise NonFiniteProbability(index, value)
+
+
 class SpamClassifier:
     """A fine-tuned run, ready to classify texts.
 
@@ -104,6 +86,10 @@ class SpamClassifier:
     *start* of each text (spam announces itself early). Empty texts are classified too.
     For a two-class run the label is the positive class (``spam``) when its probability is
     ``>= threshold``; with more classes it is the most probable class and ``threshold`` is unused.
+
+    A run's ``calibration.json`` (written after training and by ``spamtune calibrate``) gives the
+    temperature that divides the logits and the default threshold; ``calibration=False`` uses
+    the raw probabilities and 0.5, and an explicit ``threshold`` always wins.
     """
 
     def __init__(
@@ -114,7 +100,8 @@ class SpamClassifier:
         threshold: float = DEFAULT_THRESHOLD,
         batch_size: int = DEFAULT_BATCH_SIZE,
         run_dir: str | Path | None = None,
-        precision: str = "auto",
+        precision: str | Precision = "auto",
+        calibration: Calibration | None = None,
     ):
         if config.tokenizer != TOKENIZER_ID:
             raise SpamtuneError(f"this run uses the tokenizer '{config.tokenizer}'; spamtune has only '{TOKENIZER_ID}'")
@@ -123,11 +110,16 @@ class SpamClassifier:
         self.model = model.eval()
         self.config = config
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device)
-        if self.precision != "fp32":
-            store_linear_weights_in(self.model, AUTOCAST_DTYPES[self.precision])
+        if not isinstance(precision, Precision):
+            precision = Precision.resolve(precision, self.device)
+        self._precision = precision
+        self.precision = self._precision.name
+        if self._precision.dtype is not None:
+            store_linear_weights_in(self.model, self._precision.dtype)
         self.batch_size = batch_size
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.calibration = calibration
+        self.temperature = calibration.temperature if calibration else 1.0
         self.threshold = threshold
         self.max_length = min(config.max_length, config.model.context_length)
         self._positive_index = config.labels[config.positive_label]
@@ -139,22 +131,35 @@ class SpamClassifier:
         device: str | torch.device = "auto",
         data_dir: str | Path | None = None,
         *,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         precision: str = "auto",
+        calibration: bool = True,
     ) -> SpamClassifier:
-        """Load a run folder; without ``run_dir``, the latest run under the data root
-        (``data_dir``, else ``$SPAMTUNE_HOME``, else ``./data``). ``device``: auto, cpu, cuda, mps.
-        ``precision``: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16."""
-        if run_dir is None:
-            run_dir = paths.latest_run(paths.data_root(data_dir))
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise SpamtuneError(f"run folder not found: {run_dir}")
+        """Load a run: a folder, or a run's name under the data root's ``runs/`` (the data root is
+        ``data_dir``, else ``$SPAMTUNE_HOME``, else the user data folder); without ``run_dir``, the
+        newest finished run there. ``device``: auto, cpu, cuda, mps. ``precision``: auto (bf16
+        where the hardware runs it natively, else fp32), fp32, bf16, fp16. ``threshold``: None for
+        the run's calibrated threshold (0.5 without one). ``calibration=False`` ignores the run's
+        ``calibration.json``."""
+        run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-        linear_dtype = AUTOCAST_DTYPES.get(resolve_precision(precision, dev))
-        model, config = load_classifier(run_dir, dev, linear_dtype=linear_dtype)
-        return cls(model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=precision)
+        resolved = Precision.resolve(precision, dev)
+        model, config = load_classifier(run_dir, dev, linear_dtype=resolved.dtype)
+        stored = read_calibration(run_dir) if calibration else None
+        if threshold is None:
+            threshold = stored.threshold if stored else DEFAULT_THRESHOLD
+        return cls(
+            model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=resolved,
+            calibration=stored,
+        )  # fmt: skip
+
+    def describe_threshold(self) -> str:
+        """Where the threshold comes from, for display: the calibration's rule when it is the
+        calibrated one, else "given"."""
+        if self.calibration is not None and self.threshold == self.calibration.threshold:
+            return f"calibrated on validation for {self.calibration.describe()}, temperature {self.temperature:.3g}"
+        return "given" if self.threshold != DEFAULT_THRESHOLD else "default"
 
     @property
     def threshold(self) -> float:
@@ -180,38 +185,62 @@ class SpamClassifier:
         """Class probabilities ``[n, num_classes]`` (rows sum to 1), columns ordered as ``labels``."""
         return self._probabilities(_text_list(texts)[0])
 
+    @overload
+    def predict(self, texts: str) -> Prediction: ...
+
+    @overload
+    def predict(self, texts: Iterable[str]) -> list[Prediction]: ...
+
     def predict(self, texts: str | Iterable[str]) -> Prediction | list[Prediction]:
         """One ``Prediction`` for a string, a list of them (in order) for an iterable of strings."""
         items, single = _text_list(texts)
-        probs = self._probabilities(items)
+        predictions = self.predictions(items, self._probabilities(items))
+        return predictions[0] if single else predictions
+
+    def predictions(self, texts: list[str], probs: torch.Tensor) -> list[Prediction]:
+        """A ``Prediction`` per text from its class probabilities ``[n, num_classes]``, labelled as
+        ``predict`` labels (``threshold`` for two classes, else the most probable class)."""
         positive = probs[:, self._positive_index].tolist()
+        check_finite_probabilities(positive)
         if self.config.num_classes == 2:
             negative_label = self.labels[1 - self._positive_index]
             labels = [self.positive_label if p >= self.threshold else negative_label for p in positive]
         else:
             labels = [self.labels[i] for i in probs.argmax(dim=1).tolist()]
-        predictions = [Prediction(t, label, p) for t, label, p in zip(items, labels, positive)]
-        return predictions[0] if single else predictions
+        return [Prediction(t, label, p) for t, label, p in zip(texts, labels, positive)]
+
+    def explain(self, texts: str | Iterable[str]) -> Explanation | list[Explanation]:
+        """Why each text got its spam probability: every word's push towards spam (positive
+        score) or ham (negative), in calibrated log-odds, with exact character offsets
+        (``spamtune.explain``). ``Explanation.top(k)`` is the JSON form ``predict --explain``
+        prints; one ``Explanation`` for a string, a list for an iterable."""
+        items, single = _text_list(texts)
+        with fp32_head(self.model):  # token_logits' logits are calibrated already
+            explanations = explain_texts(items, self.token_logits, positive_index=self._positive_index, max_length=self.max_length)
+        return explanations[0] if single else explanations
+
+    def token_logits(self, token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Calibrated class logits ``[n, num_classes]`` (divided by the run's temperature) of
+        token id lists (each at most ``max_length`` long): the forward pass every prediction
+        goes through, in the classifier's batches and precision."""
+        examples = Examples([list(ids) for ids in token_lists], pad_id=self.config.pad_token_id)
+        return predict_logits(
+            self.model,
+            examples,
+            self.config.pooling,
+            precision=self._precision,
+            batch_size=self.batch_size,
+            pad_to=pad_width(self.config.pooling, self.max_length),
+        ) / self.temperature
 
     def _probabilities(self, texts: list[str]) -> torch.Tensor:
-        token_lists = encode_texts(texts, self.max_length)
-        with autocast_context(self.precision, self.device):
-            logits = batched_logits(
-                self.model,
-                token_lists,
-                self.config.pooling,
-                batch_size=self.batch_size,
-                pad_id=self.config.pad_token_id,
-                device=self.device,
-                pad_to=pad_width(self.config.pooling, self.max_length),
-            )
-        return torch.softmax(logits, dim=1)
+        return torch.softmax(self.token_logits(encode_texts(texts, self.max_length)), dim=1)
 
     def __repr__(self) -> str:
         where = f"{self.run_dir}, " if self.run_dir else ""
         return (
             f"SpamClassifier({where}labels={self.labels}, device={self.device}, "
-            f"precision={self.precision}, threshold={self.threshold})"
+            f"precision={self.precision}, threshold={self.threshold}, temperature={self.temperature:.4g})"
         )
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spamtune.errors import SpamtuneError
+from spamtune.errors import OptionError, SpamtuneError
 
 # --------------------------------------------------------------------------- config
 
@@ -429,25 +429,44 @@ def _init_weights(module: nn.Module) -> None:
 _LAST_N = re.compile(r"^last-(\d+)-blocks?$")
 
 
-def trainable_blocks(preset: str, n_layers: int) -> int:
-    """How many of the final transformer blocks a preset trains (``head`` -> 0, ``all`` -> all)."""
-    if preset == "head":
-        return 0
-    if preset == "last-block":
-        return 1
-    if preset == "all":
-        return n_layers
-    match = _LAST_N.match(preset)
-    if match and 1 <= int(match.group(1)) <= n_layers:
-        return int(match.group(1))
-    if match:
-        raise SpamtuneError(f"--trainable {preset}: the model has only {n_layers} blocks")
-    raise SpamtuneError(
-        f"unknown trainable preset '{preset}'; choose head, last-block, last-N-blocks (e.g. last-2-blocks) or all"
-    )
+@dataclass(frozen=True)
+class Trainable:
+    """What a preset trains, parsed once: the head always; blocks ``first_block`` to the end;
+    the final LayerNorm with any block; the embeddings only for ``all``.
+
+    ``first_block`` is also how many leading blocks stay frozen, which is what the prefix
+    cache needs to know."""
+
+    preset: str
+    first_block: int
+    final_norm: bool
+    embeddings: bool
+
+    @classmethod
+    def parse(cls, preset: str, n_layers: int) -> Trainable:
+        """``head``, ``last-block``, ``last-N-blocks`` or ``all`` for a model of ``n_layers`` blocks."""
+        if preset == "head":
+            blocks = 0
+        elif preset == "last-block":
+            blocks = 1
+        elif preset == "all":
+            blocks = n_layers
+        elif (match := _LAST_N.match(preset)) and 1 <= int(match.group(1)) <= n_layers:
+            blocks = int(match.group(1))
+        elif match:
+            raise OptionError("trainable", f"{{option}} {preset}: the model has only {n_layers} blocks", exit_code=1)
+        else:
+            raise OptionError(
+                "trainable",
+                f"unknown {{option}} preset '{preset}'; choose head, last-block, last-N-blocks (e.g. last-2-blocks) or all",
+                exit_code=1,
+            )
+        return cls(preset, n_layers - blocks, final_norm=blocks > 0, embeddings=preset == "all")
 
 
-def convert_to_classifier(model: GPTModel, num_classes: int = 2, trainable: str = "last-block", seed: int = 123):
+def convert_to_classifier(
+    model: GPTModel, num_classes: int = 2, trainable: str | Trainable = "last-block", seed: int = 123
+) -> GPTModel:
     """Listing 6.7 of the book, as one function.
 
     Freeze the pretrained model, swap the vocabulary head for ``Linear(emb_dim, num_classes)``
@@ -455,27 +474,17 @@ def convert_to_classifier(model: GPTModel, num_classes: int = 2, trainable: str 
     ``head``; ``last-block`` = head + last block + final LayerNorm (the book's choice);
     ``last-N-blocks``; or ``all``.
     """
-    n_train = trainable_blocks(trainable, model.cfg.n_layers)
-    for p in model.parameters():
-        p.requires_grad = False
+    if isinstance(trainable, str):
+        trainable = Trainable.parse(trainable, model.cfg.n_layers)
+    model.requires_grad_(False)
     torch.manual_seed(seed)
     model.out_head = nn.Linear(model.cfg.emb_dim, num_classes)
-    if trainable == "all":
-        for p in model.parameters():
-            p.requires_grad = True
-    elif n_train:
-        for block in model.trf_blocks[model.cfg.n_layers - n_train :]:
-            block.requires_grad_(True)
-        model.final_norm.requires_grad_(True)
+    for block in model.trf_blocks[trainable.first_block :]:
+        block.requires_grad_(True)
+    model.final_norm.requires_grad_(trainable.final_norm)
+    model.tok_emb.requires_grad_(trainable.embeddings)
+    model.pos_emb.requires_grad_(trainable.embeddings)
     return model
-
-
-def first_trainable_block(model: GPTModel) -> int:
-    """Index of the first block with a trainable parameter (``n_layers`` if none is)."""
-    for i, block in enumerate(model.trf_blocks):
-        if any(p.requires_grad for p in block.parameters()):
-            return i
-    return model.cfg.n_layers
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

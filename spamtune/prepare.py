@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,12 +31,11 @@ from spamtune.data import Split, write_split
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json
 from spamtune.lines import normalise_line_ends
+from spamtune.mail import MailSource, extract, iter_messages, parse_source
+from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.tokenizer import encode_texts
 
 INPUT_FORMATS = ("tsv", "csv", "jsonl")
-BALANCE_MODES = ("undersample", "none")
-DEFAULT_SPLIT = (0.7, 0.1, 0.2)
-DEFAULT_SEED = 123  # the book's random_state
 DEFAULT_TEXT_COL = "text"
 DEFAULT_LABEL_COL = "label"
 PREPARE_RECORD = "prepare.json"
@@ -63,6 +63,7 @@ class LabelledTexts:
     label_case_folded: bool = True  # labels were compared ignoring case ("Spam" is "spam")
     # Folded label -> the spellings that folding merged into it, for labels with more than one.
     label_spellings_merged: dict[str, list[str]] = field(default_factory=dict)
+    mail_sources: list[MailSourceCounts] | None = None  # for mail inputs: what each source held
 
     def label_counts(self) -> dict[str, int]:
         """Rows per label name, in class-index order."""
@@ -71,12 +72,24 @@ class LabelledTexts:
 
 
 @dataclass
-class PrepareOptions:
-    balance: str = "undersample"
-    split: tuple[float, float, float] = DEFAULT_SPLIT
-    seed: int = DEFAULT_SEED
-    stratify: bool = False
-    dedupe: bool = False
+class MailSourceCounts:
+    """What one ``LABEL=PATH`` mail source held: messages read, and how many were damaged, cut or empty.
+
+    Damaged messages (parser defects, charset fallbacks) are kept with the text that could be
+    read; empty ones (no Subject and no body text) are left out; truncated ones were read on
+    their first ``MAX_MESSAGE_BYTES`` only.
+    """
+
+    label: str
+    path: str
+    messages: int = 0
+    damaged: int = 0
+    empty: int = 0
+    truncated: int = 0
+
+    @property
+    def kept(self) -> int:
+        return self.messages - self.empty
 
 
 @dataclass
@@ -111,7 +124,7 @@ class PreparedSplits:
     def record(self) -> dict:
         """What ``prepare.json`` holds: where the data came from, how it was cut, what came out."""
         src = self.source
-        return {
+        record = {
             "spamtune_version": __version__,
             "input": {
                 "path": str(src.path.resolve()),
@@ -133,6 +146,9 @@ class PreparedSplits:
             "leakage_into_train": self.leakage,
             "token_lengths": {name: asdict(stats) for name, stats in self.token_lengths.items()},
         }
+        if src.mail_sources is not None:
+            record["input"]["mail_sources"] = [{**asdict(c), "kept": c.kept} for c in src.mail_sources]
+        return record
 
 
 def resolve_input(root: Path, input_file: str | Path | None) -> Path:
@@ -141,15 +157,46 @@ def resolve_input(root: Path, input_file: str | Path | None) -> Path:
         default = paths.sms_file(root)
         if not default.is_file():
             raise SpamtuneError(
-                f"SMS Spam Collection not found at {default}; run `spamtune download data` or pass --input FILE"
+                f"SMS Spam Collection not found at {default}; run `spamtune download data` or pass --input FILE, "
+                f"or {paths.ELSEWHERE}"
             )
         return default
     path = Path(input_file)
     if not path.exists():
-        raise SpamtuneError(f"input file not found: {path}")
+        raise SpamtuneError(f"input file not found: {path.absolute()}")
     if not path.is_file():
         raise SpamtuneError(f"input is not a file: {path}")
     return path
+
+
+def mail_inputs(inputs: list[str]) -> list[str]:
+    """The inputs that name mail sources: ``LABEL=PATH`` and not an existing file."""
+    return [str(spec) for spec in inputs if "=" in str(spec) and not Path(spec).is_file()]
+
+
+def read_input(
+    root: Path,
+    inputs: list[str],
+    fmt: str | None = None,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    *,
+    keep_label_case: bool = False,
+) -> LabelledTexts:
+    """What ``prepare --input`` names: nothing (the SMS Spam Collection), one labelled-text file, or
+    one or more mail sources ``LABEL=PATH``. An input is a mail source when it is not an existing
+    file and has the form ``LABEL=PATH``. Labels are folded to lower case unless ``keep_label_case``."""
+    mail = mail_inputs(inputs)
+    if not mail:
+        if len(inputs) > 1:
+            raise SpamtuneUsageError("give one labelled-text --input FILE, or mail sources as --input LABEL=PATH")
+        path = resolve_input(root, inputs[0] if inputs else None)
+        return read_labelled_texts(path, fmt, text_col, label_col, keep_label_case=keep_label_case)
+    if len(mail) != len(inputs):
+        raise SpamtuneUsageError("mail sources (--input LABEL=PATH) cannot be mixed with a labelled-text --input FILE")
+    if fmt is not None or text_col is not None or label_col is not None:
+        raise SpamtuneUsageError("--format, --text-col and --label-col apply to labelled-text files, not to mail sources")
+    return read_mail_sources([parse_source(spec) for spec in mail], keep_label_case=keep_label_case)
 
 
 def read_labelled_texts(
@@ -230,6 +277,51 @@ def fold_label_case(labels: list[str]) -> tuple[list[str], dict[str, list[str]]]
         folded.append(key)
     merged = {key: sorted(names) for key, names in spellings.items() if len(names) > 1}
     return folded, merged
+
+
+MAIL_FORMAT = "mail"
+
+
+def read_mail_sources(sources: list[MailSource], *, keep_label_case: bool = False) -> LabelledTexts:
+    """Labelled texts from mail sources (``LABEL=PATH``: Maildir, mbox, folder tree or ``.eml``).
+
+    Each message becomes the text of ``spamtune.mail.message_text`` with its source's label, in
+    source order then each source's own stable order. One bad message never stops the read: it
+    is counted as damaged (kept with what could be read) or empty (left out). The sha256 covers
+    every message's id and bytes, so ``prepare.json`` tells whether the mail changed.
+    """
+    texts, labels, counts = [], [], []
+    digest = hashlib.sha256()
+    for source in sources:
+        if not source.path.exists():
+            raise SpamtuneError(f"mail source not found: {source.path}")
+        tally = MailSourceCounts(source.label, str(source.path))
+        for message_id, raw in iter_messages(source.path):
+            digest.update(message_id.encode("utf-8", "surrogateescape") + b"\0" + raw + b"\0")
+            result = extract(raw)
+            tally.messages += 1
+            tally.damaged += result.damaged
+            tally.truncated += result.truncated
+            if result.empty:
+                tally.empty += 1
+                continue
+            texts.append(result.text)
+            labels.append(source.label)
+        counts.append(tally)
+        if tally.messages == 0:
+            raise SpamtuneError(f"no messages found in {source.path} (a Maildir, an mbox, a folder of messages or a .eml)")
+    merged = {}
+    if not keep_label_case:  # the same rule as labelled-text files: Spam=... and spam=... are one class
+        labels, merged = fold_label_case(labels)
+    label_map = _label_map(labels)
+    if len(label_map) < 2:
+        found = ", ".join(label_map) or "none"
+        raise SpamtuneError(f"the mail sources give {len(label_map)} label(s) with text ({found}); a classifier needs at least two")
+    path = sources[0].path if len(sources) == 1 else Path(os.path.commonpath([s.path.resolve() for s in sources]))
+    return LabelledTexts(
+        path, digest.hexdigest(), MAIL_FORMAT, texts, labels, label_map, mail_sources=counts,
+        label_case_folded=not keep_label_case, label_spellings_merged=merged,
+    )  # fmt: skip
 
 
 def _decode_utf8(raw: bytes, path: Path) -> str:
@@ -401,7 +493,15 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
         frame, rows_per_label = _undersample(frame, options.seed)
     # The book's random_split: shuffle every row, then cut by position.
     frame = frame.sample(frac=1, random_state=options.seed).reset_index(drop=True)
-    splits = _cut(frame, options.split, options.stratify)
+    if options.stratify or options.balance != "none":
+        splits = _cut(frame, options.split, options.stratify)
+    else:
+        # Without balancing, validation and test are to show the real class mix: cut per label,
+        # unless the labels are too small to give every split a row that way (a tiny file).
+        try:
+            splits = _cut(frame, options.split, True)
+        except SpamtuneError:
+            splits = _cut(frame, options.split, False)
 
     train_texts = set(splits["train"].texts)
     leakage = {name: sum(text in train_texts for text in splits[name].texts) for name in ("validation", "test")}

@@ -9,15 +9,29 @@ import torch
 from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[1]
-SMS_FILE = REPO.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+SHARED_SMS_FILE = REPO.parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
+BUNDLED_SMS_FILE = REPO / "data" / "sms_spam_collection" / "SMSSpamCollection"
+
+
+@pytest.fixture(autouse=True)
+def _private_default_data_root(tmp_path_factory, monkeypatch):
+    """No test reads or writes the real user data folder: the default data root is a fresh
+    temporary folder and $SPAMTUNE_HOME is unset unless a test sets it."""
+    from spamtune import paths
+
+    root = tmp_path_factory.mktemp("user-data")
+    monkeypatch.setattr(paths, "default_data_root", lambda: root)
+    monkeypatch.delenv(paths.ENV_HOME, raising=False)
 
 
 @pytest.fixture
 def sms_file() -> Path:
-    """The real SMS Spam Collection from ../shared; tests that need it skip where it is absent."""
-    if not SMS_FILE.is_file():
-        pytest.skip(f"real SMS Spam Collection not found at {SMS_FILE}")
-    return SMS_FILE
+    """The real SMS Spam Collection: ../shared's copy where there is one, else the copy bundled
+    in the repository's data/, so that these tests run on a fresh clone too."""
+    for candidate in (SHARED_SMS_FILE, BUNDLED_SMS_FILE):
+        if candidate.is_file():
+            return candidate
+    pytest.skip(f"real SMS Spam Collection found neither at {SHARED_SMS_FILE} nor at {BUNDLED_SMS_FILE}")
 
 
 def hf_gpt2_state_dict(emb_dim=64, n_layers=2, vocab=50257, context=128, seed=0, prefix="", buffers=False):

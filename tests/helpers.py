@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from spamtune import checkpoint, train
+from spamtune import checkpoint
 from spamtune.checkpoint import ClassifierConfig
 from spamtune.data import Split, write_split
 from spamtune.model import GPTConfig
+from spamtune.options import FinetuneOptions
 from spamtune.tokenizer import get_tokenizer
 
 # --------------------------------------------------------------------------- tiny labelled data
@@ -60,8 +61,8 @@ def write_tiny_data(root: Path) -> Path:
     return root
 
 
-def tiny_options(root: Path, **overrides) -> train.FinetuneOptions:
-    options = train.FinetuneOptions(
+def tiny_options(root: Path, **overrides) -> FinetuneOptions:
+    options = FinetuneOptions(
         model=str(root / "tiny.json"), weights="random", epochs=2, lr=1e-3, data_dir=str(root), device="cpu",
         precision="fp32",
     )
@@ -110,3 +111,19 @@ def write_rigged_run(run_dir: Path, pooling: str = "last-real", labels: dict[str
         model.out_head.bias[spam_class] = -2.0
     checkpoint.save_classifier(run_dir, model, cfg)
     return run_dir
+
+
+def ctrl_c_at_step(monkeypatch, step: int) -> None:
+    """Make training's ``step``-th optimizer step raise KeyboardInterrupt, as Ctrl-C would."""
+    from spamtune import train
+
+    real_step = train.optimizer_step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "optimizer_step", step_then_ctrl_c)

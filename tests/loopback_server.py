@@ -3,7 +3,9 @@
 It serves bytes the tests register, honours ``Range: bytes=N-`` like a CDN, records every
 request, and misbehaves on cue: each entry of a resource's ``script`` is used up by one GET,
 ``"drop"`` sending half the body before closing the connection, a number answering with that
-HTTP status instead.
+HTTP status instead. A resource with ``stream_up_to`` sends its body over and over, with no
+Content-Length, until the client hangs up, as a broken or hostile server can; it stops by
+itself after that many bytes, so a client that fails to stop it cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Resource:
     headers: dict[str, str] = field(default_factory=dict)
     script: list = field(default_factory=list)  # per GET, in order: "drop" or an HTTP status
     ranges: bool = True  # False: answer a Range request with the whole body, as some servers do
+    stream_up_to: int = 0  # > 0: repeat the body without a Content-Length, at most this many bytes
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             resource = server.resources.get(self.path)
             if resource is None:
                 return self._reply(404, {}, b"not found", body)
+            if resource.stream_up_to:
+                return self._stream(resource.body if body else b"", resource.stream_up_to)
             action = resource.script.pop(0) if body and resource.script else None
             if isinstance(action, int):
                 return self._reply(action, {}, b"scripted failure", body)
@@ -106,6 +111,19 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             self._reply(status, headers, payload, body)
+
+        def _stream(self, chunk: bytes, up_to: int) -> None:
+            self.send_response(200)
+            self.send_header("Connection", "close")  # the body ends only when the connection does
+            self.end_headers()
+            self.close_connection = True
+            sent = 0
+            try:
+                while chunk and sent < up_to:
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+            except OSError:  # the client hung up, as it should
+                pass
 
         def _reply(self, status: int, headers: dict, payload: bytes, body: bool, length: int | None = None) -> None:
             self.send_response(status)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from spamtune.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ClassifierConfig, build_classifier, classifier_shapes, load_classifier
 from spamtune.cli import app
 from spamtune.errors import SpamtuneError
-from spamtune.infer import SpamClassifier
+from spamtune.infer import NonFiniteProbability, SpamClassifier
 from spamtune.model import GPTConfig
 
 
@@ -55,8 +55,8 @@ def predict(run, *messages):
     return CliRunner().invoke(app, ["predict", "--run", str(run), "--format", "tsv", *messages])
 
 
-def assert_one_error_line(result, *fragments):
-    assert result.exit_code == 1, result.stdout
+def assert_one_error_line(result, *fragments, exit_code=1):
+    assert result.exit_code == exit_code, result.stdout
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
@@ -131,7 +131,7 @@ def test_non_finite_weights_are_refused_on_load(run, value):
     with pytest.raises(SpamtuneError, match=message.replace("(", r"\(").replace(")", r"\)")):
         SpamClassifier.load(run, device="cpu")
     result = CliRunner().invoke(app, ["predict", "--run", str(run), "--fail-on-spam", "hello"])
-    assert_one_error_line(result, message)
+    assert_one_error_line(result, message, exit_code=2)  # --fail-on-spam keeps 1 for "spam found"
 
 
 def test_evaluate_refuses_non_finite_weights_instead_of_scoring_them(run, tmp_path):
@@ -151,7 +151,8 @@ def test_huge_finite_weights_load_but_never_print_a_nan(run):
 
     edit_weights(run, overflow)
     clf = SpamClassifier.load(run, device="cpu", precision="fp32")  # loads: every value is finite
-    assert math.isnan(clf.predict("hello").probability)
+    with pytest.raises(NonFiniteProbability, match=r"non-finite probability \(nan\) for text 1"):
+        clf.predict(["hello", "there"])
     result = predict(run, "first", "second")
     assert_one_error_line(result, "non-finite probability", "message 1")
 

@@ -5,7 +5,8 @@ import torch
 
 from spamtune import device as devmod
 from spamtune.errors import SpamtuneError
-from spamtune.infer import batched_logits
+from spamtune.examples import Examples
+from spamtune.forward import predict_logits
 from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
 
 CPU = torch.device("cpu")
@@ -45,7 +46,7 @@ def test_repeated_messages_are_computed_once_and_answered_every_time(monkeypatch
     rows = []
     original = model.classify
     monkeypatch.setattr(model, "classify", lambda ids, *a, **k: rows.append(len(ids)) or original(ids, *a, **k))
-    logits = batched_logits(model, seqs, "last-real", batch_size=2)
+    logits = predict_logits(model, Examples(seqs), "last-real", precision=devmod.Precision("fp32", CPU), batch_size=2)
     assert sum(rows) == 3  # three distinct messages
     alone = torch.cat([original(torch.tensor([s]), None, "last-real") for s in seqs])
     torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)

@@ -1,8 +1,8 @@
 """`spamtune download` against a real HTTP server on 127.0.0.1: no test reaches past loopback.
 
 Data tests serve small zips holding a made-up SMSSpamCollection and pass its checksum through
-``DataSource``; the CLI (which always uses the real checksum) is run on the real file from
-../shared where that exists. Model tests serve a tiny GPT-2-shaped ``model.safetensors`` the
+``DataSource``; the CLI (which always uses the real checksum) is run on the real file (the
+copy bundled in data/, or ../shared's). Model tests serve a tiny GPT-2-shaped ``model.safetensors`` the
 way the Hugging Face hub does and ask for it with a matching ``GPTConfig``.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import os
 import socket
 import types
 import zipfile
@@ -24,9 +25,22 @@ from typer.testing import CliRunner
 
 from conftest import write_hf_gpt2
 from loopback_server import LoopbackServer, closed_port_url
-from spamtune import model, paths
+from spamtune import download, model, paths
 from spamtune.cli import app
-from spamtune.download import DataSource, data_urls, download_model, fetch_data, import_data, import_model
+from spamtune.download import (
+    BUNDLED_SMS_FILE,
+    MAX_DOWNLOAD_BYTES,
+    SMS_SHA256,
+    DataSource,
+    data_urls,
+    download_model,
+    fetch_data,
+    import_data,
+    import_model,
+    hub_unreachable,
+    sha256_file,
+    use_bundled_data,
+)
 from spamtune.errors import SpamtuneError
 from spamtune.model import GPTConfig
 
@@ -35,6 +49,7 @@ FAKE_SMS = b"".join(
     for i in range(2000)
 )  # ~110 kB, so half a (stored) zip of it spans several 64 kB reads
 FAKE_SOURCE = DataSource(urls=(), sha256=hashlib.sha256(FAKE_SMS).hexdigest(), size=len(FAKE_SMS))
+CHUNK_OF_ZEROS = bytes(1 << 16)
 TINY = GPTConfig(context_length=64, emb_dim=32, n_layers=2, n_heads=4)
 REPO = paths.HF_REPOS["gpt2-small"]
 RESOLVE = f"/{REPO}/resolve/main/{paths.HF_WEIGHTS_FILE}"
@@ -110,6 +125,9 @@ class FullDiskFile:
     def write(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    def __getattr__(self, name):  # seek, tell, read...: the real file's
+        return getattr(self._handle, name)
+
     def __enter__(self):
         return self
 
@@ -119,15 +137,23 @@ class FullDiskFile:
 
 @pytest.fixture
 def fill_disk(monkeypatch):
-    """Call it to fill the disk: from then on every file opened for writing through pathlib
-    (ours and huggingface_hub's) fails to take any byte."""
-    real_open = Path.open
+    """Call it to fill the disk: from then on every file opened for writing through pathlib or
+    os.fdopen (ours and huggingface_hub's) fails to take any byte."""
+    real_open, real_fdopen = Path.open, os.fdopen
 
     def open_on_full_disk(self, mode="r", *args, **kwargs):
         handle = real_open(self, mode, *args, **kwargs)
-        return FullDiskFile(handle) if any(flag in mode for flag in "wax") else handle
+        return FullDiskFile(handle) if any(flag in mode for flag in "wax+") else handle
 
-    return lambda: monkeypatch.setattr(Path, "open", open_on_full_disk)
+    def fdopen_on_full_disk(fd, mode="r", *args, **kwargs):
+        handle = real_fdopen(fd, mode, *args, **kwargs)
+        return FullDiskFile(handle) if any(flag in mode for flag in "wax+") else handle
+
+    def fill():
+        monkeypatch.setattr(Path, "open", open_on_full_disk)
+        monkeypatch.setattr(os, "fdopen", fdopen_on_full_disk)
+
+    return fill
 
 
 # --------------------------------------------------------------------------- data, core
@@ -175,33 +201,99 @@ def test_dropped_connection_resumes_with_range_in_the_same_run(server, root):
     assert leftovers(root) == []
 
 
-def test_interrupted_download_resumes_in_the_next_run(server, root):
+def test_a_failed_download_leaves_nothing_and_the_next_run_starts_over(server, root):
     archive = make_zip({"SMSSpamCollection": FAKE_SMS})
     url = server.add("/sms.zip", archive, script=["drop", 503])  # cut off, then the server is down
     with pytest.raises(SpamtuneError) as err:
         fetch_data(root, source_for(url))
-    assert str(err.value) == (
-        f"127.0.0.1 answered HTTP 503 Service Unavailable for {url} "
-        f"(the {len(archive) // 2:,} bytes already here are kept for the next try)"
-    )
+    assert str(err.value) == f"127.0.0.1 answered HTTP 503 Service Unavailable for {url}"
     assert not paths.sms_file(root).exists()
-    assert len(leftovers(root)) == 1  # the first half, kept for the next run
+    assert list(paths.sms_file(root).parent.iterdir()) == []  # the half that arrived is gone too
 
     fetch_data(root, source_for(url))
-    assert server.requests_for("/sms.zip")[-1].headers["range"] == f"bytes={len(archive) // 2}-"
+    assert "range" not in server.requests_for("/sms.zip")[-1].headers
     assert paths.sms_file(root).read_bytes() == FAKE_SMS
     assert leftovers(root) == []
 
 
 def test_server_that_ignores_range_restarts_from_scratch(server, root):
     archive = make_zip({"SMSSpamCollection": FAKE_SMS})
-    url = server.add("/sms.zip", archive, script=["drop", 503])
-    with pytest.raises(SpamtuneError):
-        fetch_data(root, source_for(url))
-    server.resources["/sms.zip"].ranges = False  # answers 200 with the whole body to a Range request
+    url = server.add("/sms.zip", archive, script=["drop"], ranges=False)  # a Range request gets 200 and it all
     fetch_data(root, source_for(url))
-    assert "range" in server.requests_for("/sms.zip")[-1].headers
+    gets = server.requests_for("/sms.zip")
+    assert len(gets) == 2 and "range" in gets[1].headers
     assert paths.sms_file(root).read_bytes() == FAKE_SMS
+
+
+def test_an_endless_stream_is_cut_off_at_the_cap_and_removed(server, root):
+    # Zeros without a Content-Length; the server gives up 4 MiB past the cap by itself.
+    url = server.add("/sms.zip", CHUNK_OF_ZEROS, stream_up_to=MAX_DOWNLOAD_BYTES + (4 << 20))
+    received = []
+    with pytest.raises(SpamtuneError) as err:
+        fetch_data(root, source_for(url), on_progress=lambda done, total: received.append(done))
+    assert str(err.value) == (
+        f"{url} sent more than the 20 MiB allowed: not the SMS Spam Collection's zip (about 200 kB); nothing kept"
+    )
+    assert MAX_DOWNLOAD_BYTES - (1 << 16) < max(received) <= MAX_DOWNLOAD_BYTES
+    assert list(paths.sms_file(root).parent.iterdir()) == []
+
+
+def test_a_body_announced_larger_than_the_cap_is_not_read(server, root, monkeypatch):
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 10_000)
+    url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}))
+    received = []
+    with pytest.raises(SpamtuneError, match=r"announces [\d,]+ bytes, more than the 0 MiB allowed: not the"):
+        fetch_data(root, source_for(url), on_progress=lambda done, total: received.append(done))
+    assert received == []
+    assert list(paths.sms_file(root).parent.iterdir()) == []
+
+
+def test_ctrl_c_during_the_download_leaves_nothing(server, root):
+    url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}))
+
+    def interrupt_once_bytes_arrived(done, total):
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fetch_data(root, source_for(url), on_progress=interrupt_once_bytes_arrived)
+    assert list(paths.sms_file(root).parent.iterdir()) == []
+
+
+def test_a_symlink_planted_where_the_download_goes_is_not_written_through(server, root, tmp_path):
+    """The name the download once used was predictable; whatever it is now, links planted under
+    old names are left alone and nothing lands outside the data root."""
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}))
+    folder = paths.sms_file(root).parent
+    folder.mkdir(parents=True)
+    planted = folder / f".sms.zip.{hashlib.sha256(url.encode()).hexdigest()[:10]}.part"
+    planted.symlink_to(outside)
+    seen = set()
+    fetch_data(root, source_for(url), on_progress=lambda done, total: seen.update(leftovers(folder)))
+    assert outside.read_bytes() == b"precious"
+    assert paths.sms_file(root).read_bytes() == FAKE_SMS
+    assert planted.is_symlink()
+    assert [name for name in seen if name != planted.name], "the download went to a fresh file of its own"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([planted.name, "SMSSpamCollection"])
+
+
+def corrupt_deflate_zip(data: bytes) -> bytes:
+    """A zip whose directory is intact but whose compressed bytes are damaged midway."""
+    archive = bytearray(make_zip({"SMSSpamCollection": data}, zipfile.ZIP_DEFLATED))
+    middle = len(archive) // 2
+    archive[middle : middle + 64] = bytes(64)
+    return bytes(archive)
+
+
+def test_a_corrupt_deflate_stream_is_a_corrupt_zip(server, root):
+    url = server.add("/sms.zip", corrupt_deflate_zip(FAKE_SMS))
+    with pytest.raises(SpamtuneError) as err:
+        fetch_data(root, source_for(url))
+    assert str(err.value).startswith(f"{url} is a corrupt zip file: SMSSpamCollection cannot be read (")
+    assert str(err.value).endswith("; the download was removed")
+    assert list(paths.sms_file(root).parent.iterdir()) == []
 
 
 def test_404(server, root):
@@ -244,6 +336,28 @@ def test_wrong_size_is_refused_before_extracting(server, root):
     with pytest.raises(SpamtuneError, match=f"has {len(FAKE_SMS) * 50:,} bytes, expected {len(FAKE_SMS):,}"):
         fetch_data(root, source_for(url))
     assert not paths.sms_file(root).exists()
+
+
+def test_the_bundled_copy_is_used_when_every_url_fails(tmp_path, root):
+    bundled = tmp_path / "bundled"
+    bundled.write_bytes(FAKE_SMS)
+    down = closed_port_url("/sms.zip")
+    result = fetch_data(root, source_for(down), fallback=bundled)
+    assert (result.status, result.source) == ("bundled", str(bundled))
+    assert result.fallback_reason == "cannot reach 127.0.0.1: Connection refused"  # no advice: it was taken
+    assert paths.sms_file(root).read_bytes() == FAKE_SMS
+
+    bundled.write_bytes(FAKE_SMS.replace(b"ham", b"HAM"))  # a tampered copy is refused like any source
+    with pytest.raises(SpamtuneError, match="has sha256"):
+        use_bundled_data(tmp_path / "other", FAKE_SOURCE, bundled)
+    with pytest.raises(SpamtuneError) as err:
+        use_bundled_data(tmp_path / "other", FAKE_SOURCE, tmp_path / "missing")
+    assert str(err.value).startswith(f"no bundled SMS Spam Collection at {tmp_path / 'missing'}: it ships with")
+
+
+def test_the_bundled_copy_is_the_published_file():
+    assert BUNDLED_SMS_FILE.stat().st_size == DataSource().size
+    assert sha256_file(BUNDLED_SMS_FILE) == SMS_SHA256
 
 
 def test_unreachable_host(root):
@@ -320,6 +434,24 @@ def test_import_wrong_file_leaves_it_alone(tmp_path, root):
         import_data(root, tmp_path / "nope.zip", FAKE_SOURCE)
 
 
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("folder", "{abs} is a directory, not a zip or SMSSpamCollection file"),
+        ("/dev/zero", "/dev/zero is not a regular file (a device, pipe or socket), so not a zip or SMSSpamCollection file"),
+        ("missing.zip", "zip or SMSSpamCollection file not found: {abs}"),
+    ],
+)
+def test_cli_from_what_is_not_a_file_says_what_it_is(tmp_path, monkeypatch, root, given, expected):
+    if given == "/dev/zero" and not Path(given).exists():
+        pytest.skip("no /dev/zero here")
+    (tmp_path / "folder").mkdir()
+    monkeypatch.chdir(tmp_path)  # a relative path is shown absolute
+    result = cli("download", "data", "--from", given, "--data-dir", str(root))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == "Error: " + expected.format(abs=tmp_path / given) + "\n"
+
+
 def test_mirror_list_from_options_then_environment(monkeypatch):
     assert data_urls(["http://a/x.zip"]) == ("http://a/x.zip",)
     monkeypatch.setenv("SPAMTUNE_DATA_URLS", "http://m1/x.zip, http://m2/x.zip,")
@@ -363,6 +495,40 @@ def test_cli_download_data_from_env_mirrors_and_from_file(server, tmp_path, real
     assert imported.stdout.strip() == str(paths.sms_file(tmp_path / "b"))
 
 
+def test_cli_falls_back_to_the_bundled_copy_when_uci_cannot_be_reached(root, monkeypatch):
+    monkeypatch.delenv("SPAMTUNE_DATA_URLS")  # the default source: UCI, which no test may reach
+    result = cli("download", "data", "--data-dir", str(root))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"{paths.sms_file(root)}\n"
+    assert result.stderr == (
+        "SMS Spam Collection: the download failed (cannot reach archive.ics.uci.edu: a test tried to reach "
+        f"archive.ics.uci.edu), so the bundled copy {BUNDLED_SMS_FILE} was used; sha256 verified\n"
+    )
+    assert paths.sms_file(root).read_bytes() == BUNDLED_SMS_FILE.read_bytes()
+
+
+def test_cli_bundled_asks_no_server_and_named_mirrors_do_not_fall_back(server, root):
+    result = cli("download", "data", "--bundled", "--data-dir", str(root))
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == f"SMS Spam Collection: the bundled copy {BUNDLED_SMS_FILE} was used; sha256 verified\n"
+    assert paths.sms_file(root).read_bytes() == BUNDLED_SMS_FILE.read_bytes()
+
+    elsewhere = root.parent / "elsewhere"
+    result = cli("download", "data", "--url", server.url("/gone.zip"), "--data-dir", str(elsewhere))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert not paths.sms_file(elsewhere).exists()
+
+
+def test_cli_corrupt_zip_is_one_line(tmp_path, root, sms_file):
+    broken = tmp_path / "sms.zip"
+    broken.write_bytes(corrupt_deflate_zip(sms_file.read_bytes()))
+    result = cli("download", "data", "--from", str(broken), "--data-dir", str(root))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"Error: {broken} is a corrupt zip file: SMSSpamCollection cannot be read (")
+    assert result.stderr.count("\n") == 1
+    assert list(paths.sms_file(root).parent.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("entries", "expected"),
     [
@@ -398,6 +564,8 @@ def test_cli_data_unreachable_and_404(server, root):
 def test_cli_data_usage_errors(tmp_path):
     result = cli("download", "data", "--url", "http://127.0.0.1:9/x", "--from", str(tmp_path))
     assert result.exit_code == 2 and result.stderr == "Error: --url and --from exclude each other\n"
+    result = cli("download", "data", "--bundled", "--from", str(tmp_path))
+    assert result.exit_code == 2 and result.stderr == "Error: --from and --bundled exclude each other\n"
     result = cli("download", "data", "--url", "ftp://example.org/x.zip", "--data-dir", str(tmp_path))
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: not an http(s) URL: 'ftp://example.org/x.zip'")
@@ -560,6 +728,20 @@ def test_model_disk_full(server, tiny_weights, fill_disk):
     assert leftovers(Path(hf_constants.HF_HUB_CACHE)) == []
 
 
+def test_hub_reachability_is_one_quick_question(server, monkeypatch):
+    assert hub_unreachable(server.base_url) is None  # a 404 is an answer: the host is there
+    assert [(r.method, r.path) for r in server.requests] == [("HEAD", f"/api/models/{REPO}")]
+    monkeypatch.setenv("HF_ENDPOINT", server.base_url)
+    assert hub_unreachable() is None
+    assert hub_unreachable(closed_port_url().rstrip("/")) == "cannot reach 127.0.0.1: Connection refused"
+    monkeypatch.delenv("HF_ENDPOINT")
+    monkeypatch.setattr(hf_constants, "ENDPOINT", "https://huggingface.co")
+    assert hub_unreachable() == "cannot reach huggingface.co: a test tried to reach huggingface.co"
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    assert hub_unreachable(server.base_url) == "HF_HUB_OFFLINE is set"
+    assert len(server.requests) == 2
+
+
 @pytest.mark.parametrize("name", ["tiny", "gpt3", "my_config.json"])
 def test_names_that_cannot_be_downloaded(name):
     with pytest.raises(SpamtuneError) as err:
@@ -633,8 +815,10 @@ def test_cli_download_everything(server, tmp_path, root, tiny_weights, tiny_gpt2
     ],
 )
 def test_cli_model_name_errors(args, expected):
+    """A size that is not one of the choices is a usage error (exit 2), like every invalid value."""
     result = cli("download", "model", *args)
-    assert (result.exit_code, result.stdout, result.stderr) == (1, "", expected + "\n")
+    usage = expected.replace("Error: ", "Error: Invalid value for 'NAME': ") + " (see 'spamtune download model --help')"
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", usage + "\n")
 
 
 def test_cli_model_unreachable_is_one_error_line():

@@ -1,14 +1,19 @@
-"""The training shortcuts of issue 6 are exact: same logits as the plain forward pass."""
+"""The training shortcuts are exact: same logits as the plain forward pass."""
 
 import pytest
 import torch
 
 from spamtune.data import pad_batch
-from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
-from spamtune.device import autocast_context
+from spamtune.device import Precision
+from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier
 from spamtune.prefix_cache import build_prefix_cache, cacheable_blocks, shared_prefix_groups
 
 CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=48, n_layers=4, n_heads=4)
+
+
+def cache_of(model, seqs, trainable="last-2-blocks", **kwargs):
+    """The prefix cache of a model converted with the ``trainable`` preset."""
+    return build_prefix_cache(model, seqs, cacheable_blocks(model, Trainable.parse(trainable, model.cfg.n_layers)), **kwargs)
 
 
 def plain_logits(model, seqs, pooling):
@@ -53,8 +58,8 @@ def test_last_query_only_block_without_qkv_bias():
 
 def test_prefix_cache_gives_the_same_logits_and_gradients(model_and_seqs):
     model, seqs = model_and_seqs
-    assert cacheable_blocks(model) == 2
-    cache = build_prefix_cache(model, seqs, batch_size=4)
+    assert cacheable_blocks(model, Trainable.parse("last-2-blocks", CFG.n_layers)) == 2
+    cache = cache_of(model, seqs, batch_size=4)
     assert cache.start_block == 2 and cache.nbytes == sum(map(len, seqs)) * 48 * 4
     batch = [3, 0, 4]
     prefix, lengths = cache.batch(batch, "cpu")
@@ -74,21 +79,22 @@ def test_prefix_cache_gives_the_same_logits_and_gradients(model_and_seqs):
 
 def test_no_cache_when_nothing_is_frozen_or_dropout_is_on(model_and_seqs):
     _, seqs = model_and_seqs
-    assert build_prefix_cache(convert_to_classifier(GPTModel(CFG), trainable="all"), seqs) is None
+    assert cache_of(convert_to_classifier(GPTModel(CFG), trainable="all"), seqs, "all") is None
+    assert cache_of(convert_to_classifier(GPTModel(CFG), trainable="last-4-blocks"), seqs, "last-4-blocks") is None
     dropout = GPTConfig(**{**CFG.to_dict(), "drop_rate": 0.1})
-    assert build_prefix_cache(convert_to_classifier(GPTModel(dropout)), seqs) is None
+    assert cache_of(convert_to_classifier(GPTModel(dropout)), seqs, "last-block") is None
 
 
 def test_cache_over_budget_falls_back(model_and_seqs):
     model, seqs = model_and_seqs
-    assert build_prefix_cache(model, seqs, budget_bytes=100) is None
+    assert cache_of(model, seqs, budget_bytes=100) is None
 
 
 def test_head_only_preset_caches_every_block():
     torch.manual_seed(0)
     model = convert_to_classifier(GPTModel(CFG), trainable="head").eval()
     seqs = [[5211, 345, 423, 640], [15496, 11, 995]]
-    cache = build_prefix_cache(model, seqs)
+    cache = cache_of(model, seqs, "head")
     assert cache.start_block == CFG.n_layers
     for pooling in ("last-real", "mean"):
         prefix, lengths = cache.batch([0, 1], "cpu")
@@ -101,7 +107,7 @@ def test_head_only_preset_caches_every_block():
 def test_duplicate_messages_share_one_slot_and_subsets_share_storage(model_and_seqs):
     model, seqs = model_and_seqs
     with_dups = [*seqs, seqs[3], seqs[0], seqs[3]]
-    cache = build_prefix_cache(model, with_dups, batch_size=4)
+    cache = cache_of(model, with_dups, batch_size=4)
     assert cache.nbytes == sum(map(len, seqs)) * 48 * 4  # the repeats cost nothing
     assert cache.offsets[len(seqs)] == cache.offsets[3] and cache.offsets[-1] == cache.offsets[3]
     tail = cache.subset(len(seqs), len(with_dups))
@@ -155,9 +161,8 @@ def test_shared_prefixes_give_the_same_states(model_and_seqs, precision):
     model, _ = model_and_seqs
     seqs = messages_with_shared_prefixes()
     ref = frozen_states_one_by_one(model, seqs, 2)
-    autocast = autocast_context(precision, torch.device("cpu"))
-    shared = build_prefix_cache(model, seqs, batch_size=4, autocast=autocast)
-    alone = build_prefix_cache(model, seqs, batch_size=4, autocast=autocast, min_shared=0)
+    shared = cache_of(model, seqs, batch_size=4, precision=Precision(precision, "cpu"))
+    alone = cache_of(model, seqs, batch_size=4, precision=Precision(precision, "cpu"), min_shared=0)
     tol = 1e-6 if precision == "fp32" else 2e-3  # the states are ~0.1 in size here
     for i, want in enumerate(ref):
         got = shared.states[shared.offsets[i] : shared.offsets[i] + len(want)]
@@ -182,7 +187,7 @@ def test_prefixes_are_shared_only_when_their_keys_and_values_fit(model_and_seqs,
 
     monkeypatch.setattr(prefix_cache, "_frozen_outputs", spy)
     cache_bytes = sum(len(t) for t in {tuple(t) for t in seqs}) * 48 * 4
-    cache = build_prefix_cache(model, seqs, batch_size=4, budget_bytes=cache_bytes + spare)
+    cache = cache_of(model, seqs, batch_size=4, budget_bytes=cache_bytes + spare)
     assert any(continued) == (spare > 0)
     for i, want in enumerate(frozen_states_one_by_one(model, seqs, 2)):
         assert (cache.states[cache.offsets[i] : cache.offsets[i] + len(want)] - want).abs().max().item() <= 1e-6

@@ -8,8 +8,16 @@ import sys
 
 import pytest
 
-from spamtune.errors import SpamtuneError
-from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from spamtune import fsutil
+from spamtune.errors import DiskFull, SpamtuneError
+from spamtune.fsutil import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    scratch_file,
+)
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
 
@@ -65,14 +73,78 @@ def test_the_mode_holds_when_the_writer_swaps_in_its_own_private_file(tmp_path, 
 
 
 @posix_only
-def test_replacing_a_file_keeps_its_mode_as_rewriting_it_would(tmp_path, umask):
+@pytest.mark.parametrize(("before", "after"), [(0o640, 0o640), (0o6755, 0o755)])
+def test_replacing_a_file_keeps_its_mode_as_rewriting_it_would(tmp_path, umask, before, after):
+    """Its read, write and execute bits; never setuid or setgid, which a write clears too."""
     umask(0o022)
     target = tmp_path / "kept.txt"
     target.write_text("old")
-    target.chmod(0o640)
+    target.chmod(before)
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
-    assert mode(target) == 0o640
+    assert mode(target) == after
+
+
+@posix_only
+def test_a_symlink_to_a_setuid_file_lends_the_new_file_no_mode(tmp_path, umask):
+    umask(0o022)
+    program = tmp_path / "program"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o4755)
+    link = tmp_path / "out.txt"
+    link.symlink_to(program)
+    atomic_write_text(link, "new")
+    assert not link.is_symlink() and link.read_text() == "new"
+    assert mode(link) == 0o644  # a new file's mode, not the setuid program's
+    assert program.read_text() == "#!/bin/sh\n" and mode(program) == 0o4755
+
+
+@pytest.fixture
+def predictable_names(monkeypatch):
+    """Make the random part of temporary names come from a list, so a test can plant files there."""
+    names: list[str] = []
+    monkeypatch.setattr(fsutil.secrets, "token_hex", lambda nbytes: names.pop(0))
+    return names
+
+
+@posix_only
+@pytest.mark.parametrize("writer", ["atomic_path", "scratch_file"])
+def test_a_planted_symlink_at_the_temporary_name_is_skipped(tmp_path, predictable_names, writer):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / ".out.bin.aaaa.part").symlink_to(outside)
+    predictable_names.extend(["aaaa", "bbbb"])
+    if writer == "atomic_path":
+        with atomic_path(folder / "out.bin") as tmp:
+            assert tmp.name == ".out.bin.bbbb.part"
+            tmp.write_bytes(b"attacker wanted this outside")
+        assert (folder / "out.bin").read_bytes() == b"attacker wanted this outside"
+    else:
+        with scratch_file(folder, "out.bin") as handle:
+            handle.write(b"attacker wanted this outside")
+            handle.flush()
+            assert (folder / ".out.bin.bbbb.part").read_bytes() == b"attacker wanted this outside"
+    assert outside.read_text() == "precious"
+    assert (folder / ".out.bin.aaaa.part").is_symlink()  # skipped, not opened or removed
+
+
+@posix_only
+def test_scratch_file_is_private_and_removed_on_success_error_and_interrupt(tmp_path):
+    with scratch_file(tmp_path / "new", "download") as handle:
+        handle.write(b"bytes")
+        handle.seek(0)
+        assert handle.read() == b"bytes"
+        [path] = (tmp_path / "new").iterdir()
+        assert path.name.startswith(".download.") and mode(path) == 0o600
+    assert list((tmp_path / "new").iterdir()) == []
+    for exc in (RuntimeError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            with scratch_file(tmp_path, "download") as handle:
+                handle.write(b"half")
+                raise exc
+    assert list(tmp_path.iterdir()) == [tmp_path / "new"]
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -89,7 +161,13 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_an_os_error_becomes_one_spamtune_error_and_cleans_up(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
-    with pytest.raises(SpamtuneError, match=r"cannot write .*out\.txt: No space left"):
+    with pytest.raises(SpamtuneError, match=r"cannot write .*out\.txt: Permission denied"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise OSError(13, "Permission denied")
+    assert target.read_text() == "old"
+    # A full disk is said in so many words, so that callers can say what survived.
+    with pytest.raises(DiskFull, match=r"^disk full: .*out\.txt$"):
         with atomic_path(target) as tmp:
             tmp.write_text("partial")
             raise OSError(28, "No space left on device")

@@ -83,7 +83,7 @@ def test_real_file_gives_the_books_split(sms_file, tmp_path):
     record = json.loads((tmp_path / "prepare.json").read_text())
     assert record["input"]["sha256"] == hashlib.sha256(sms_file.read_bytes()).hexdigest()
     assert record["input"]["rows_per_label"] == {"ham": 4827, "spam": 747}
-    assert record["options"] == {"balance": "undersample", "split": [0.7, 0.1, 0.2], "seed": 123, "stratify": False, "dedupe": False}
+    assert record["options"] == {"balance": "undersample", "split": [0.7, 0.1, 0.2], "seed": 123, "stratify": False, "dedupe": False, "keep_label_case": False}
     assert {name: c["total"] for name, c in record["counts"].items()} == {"train": 1045, "validation": 149, "test": 300}
     train_texts = set(splits["train"].texts)
     leaked_test = sum(t in train_texts for t in splits["test"].texts)
@@ -202,7 +202,9 @@ def test_balance_none_keeps_every_row(sms_file, tmp_path):
     result = run_prepare("--input", sms_file, "--balance", "none", "--data-dir", tmp_path)
     assert result.exit_code == 0, result.stderr
     splits = read_splits(tmp_path)
-    assert [len(s) for s in splits.values()] == [3901, 557, 1116]
+    # Stratified: each label cut 70/10/20 on its own, so every split has the natural mix.
+    assert [len(s) for s in splits.values()] == [3900, 556, 1118]
+    assert [Counter(s.labels)[1] for s in splits.values()] == [522, 74, 151]
     assert Counter(label for s in splits.values() for label in s.labels) == {0: 4827, 1: 747}
 
 

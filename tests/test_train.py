@@ -3,22 +3,27 @@ its CLI fails with one clear line on bad input. Tiny models and ~60 messages: se
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import write_hf_gpt2
-from helpers import HAM, SPAM, TINY_CONFIG, tiny_options, tiny_split, write_tiny_data
+from helpers import HAM, SPAM, TINY_CONFIG, ctrl_c_at_step, tiny_options, tiny_split, write_tiny_data
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from spamtune import train
+from spamtune import checkpoint, events, examples, forward, options, prefix_cache, runs, train
 from spamtune.cli import app
+from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
-from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
+from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier
 from spamtune.tokenizer import encode_texts
 from spamtune.weights import load_pretrained_weights
+
+FP32 = Precision("fp32", "cpu")
 
 
 def comparable(records: list[dict]) -> list[dict]:
@@ -42,6 +47,14 @@ def finished_run(tmp_path_factory) -> tuple[Path, dict]:
     return Path(summary["run"]), summary
 
 
+LAST_BLOCK = Trainable.parse("last-block", TINY_CONFIG["n_layers"])
+
+
+def visible_files(run_dir: Path) -> list[str]:
+    """The files of a finished run's folder (its lock file goes with the end of training)."""
+    return sorted(p.name for p in run_dir.iterdir())
+
+
 def tiny_model(trainable: str = "last-block") -> GPTModel:
     torch.manual_seed(0)
     return convert_to_classifier(GPTModel(GPTConfig(**TINY_CONFIG)), 2, trainable, seed=1)
@@ -53,22 +66,22 @@ def tiny_model(trainable: str = "last-block") -> GPTModel:
 def test_one_training_step_lowers_the_loss():
     model = tiny_model()
     split = tiny_split(16, 0)
-    batch = train.Examples(encode_texts(split.texts), split.labels).batch(list(range(16)))
+    batch = examples.Examples(encode_texts(split.texts), split.labels).batch(list(range(16)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    before = train.classification_loss(model, batch, "last-real").item()
-    reported = train.optimizer_step(model, optimizer, [batch], "last-real")
-    after = train.classification_loss(model, batch, "last-real").item()
+    before = forward.calc_loss_batch(model, batch, "last-real").item()
+    reported = train.optimizer_step(model, optimizer, [batch], "last-real", FP32)
+    after = forward.calc_loss_batch(model, batch, "last-real").item()
     assert reported == pytest.approx(before, rel=1e-6)
     assert after < before
 
 
 def test_gradient_accumulation_equals_one_big_batch():
-    examples = train.Examples(encode_texts(tiny_split(12, 0).texts), tiny_split(12, 0).labels)
+    split = examples.Examples(encode_texts(tiny_split(12, 0).texts), tiny_split(12, 0).labels)
     params = []
     for groups in ([list(range(12))], [list(range(8)), list(range(8, 12))]):
         model = tiny_model("all")
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the gradient itself
-        train.optimizer_step(model, optimizer, [examples.batch(g) for g in groups], "last-real")
+        train.optimizer_step(model, optimizer, [split.batch(g) for g in groups], "last-real", FP32)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
 
@@ -77,7 +90,7 @@ def test_frozen_parameters_stay_bit_identical(finished_run):
     run_dir, _ = finished_run
     trained = load_file(str(run_dir / "model.safetensors"))
     root = run_dir.parents[1]
-    fresh = train.build_model(GPTConfig(**TINY_CONFIG), tiny_options(root), 2).state_dict()
+    fresh = train.build_model(GPTConfig(**TINY_CONFIG), tiny_options(root), LAST_BLOCK, 2).state_dict()
     frozen = [k for k in fresh if k.startswith(("tok_emb.", "pos_emb.", "trf_blocks.0."))]
     assert frozen and all(torch.equal(trained[k], fresh[k]) for k in frozen)
     trainable = [k for k in fresh if k.startswith(("trf_blocks.1.", "final_norm.", "out_head."))]
@@ -86,8 +99,8 @@ def test_frozen_parameters_stay_bit_identical(finished_run):
 
 def test_run_folder_holds_exactly_the_six_files(finished_run):
     run_dir, summary = finished_run
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(train.RUN_FILES)
-    records = train.read_metrics(run_dir)
+    assert visible_files(run_dir) == sorted(runs.RUN_FILES)
+    records = runs.read_metrics(run_dir)
     assert [r["step"] for r in records] == [5, 10] and [r["epoch"] for r in records] == [1.0, 2.0]
     assert records[-1]["examples_seen"] == 80
     best = min(records, key=lambda r: (r["val_loss"], -r["val_acc"]))
@@ -104,8 +117,9 @@ def test_pretrained_weights_are_the_frozen_part_of_the_trained_model(data_root, 
     weight of the run's model.safetensors; the trainable ones moved away from them."""
     hf_file = write_hf_gpt2(data_root / "hf" / "model.safetensors", emb_dim=32, context=64, buffers=True)
     monkeypatch.setattr(train, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
+    monkeypatch.setattr(options, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
     summary = train.finetune(tiny_options(data_root, weights="pretrained", epochs=1), data_root / "runs" / "pre")
-    trained = load_file(str(Path(summary["run"]) / train.WEIGHTS_FILE))
+    trained = load_file(str(Path(summary["run"]) / runs.WEIGHTS_FILE))
     reference = load_pretrained_weights(GPTModel(GPTConfig(**TINY_CONFIG)), hf_file).state_dict()
     frozen = [k for k in trained if not k.startswith(("trf_blocks.1.", "final_norm.", "out_head."))]
     assert "tok_emb.weight" in frozen and all(torch.equal(trained[k], reference[k]) for k in frozen)
@@ -116,7 +130,7 @@ def test_same_seed_same_metrics(data_root, finished_run):
     _, first = finished_run
     second = train.finetune(tiny_options(data_root), data_root / "runs" / "two")
     assert {k: first[k] for k in RESULT_KEYS} == {k: second[k] for k in RESULT_KEYS}
-    assert comparable(train.read_metrics(Path(first["run"]))) == comparable(train.read_metrics(Path(second["run"])))
+    assert comparable(runs.read_metrics(Path(first["run"]))) == comparable(runs.read_metrics(Path(second["run"])))
 
 
 @pytest.mark.parametrize("interrupt_at", [2, 7])
@@ -125,32 +139,32 @@ def test_resume_continues_where_it_stopped_and_reaches_the_same_metrics(data_roo
     reference = train.finetune(options, data_root / "runs" / "whole")
 
     def stop_at_step(event):
-        if isinstance(event, train.StepDone) and event.step == interrupt_at:
+        if isinstance(event, events.StepDone) and event.step == interrupt_at:
             raise KeyboardInterrupt
 
     run_dir = data_root / "runs" / "cut"
-    with pytest.raises(train.TrainingInterrupted) as caught:
+    with pytest.raises(events.TrainingInterrupted) as caught:
         train.finetune(options, run_dir, on_event=stop_at_step)
     assert caught.value.step == interrupt_at
     assert caught.value.checkpoint_step == interrupt_at // 3 * 3  # the last evaluation before it
-    assert (run_dir / train.RESUME_DIR / train.RESUME_FILE).is_file()
-    assert not (run_dir / train.SUMMARY_FILE).exists()
+    assert (run_dir / runs.RESUME_DIR / runs.RESUME_FILE).is_file()
+    assert not (run_dir / runs.SUMMARY_FILE).exists()
     # The best weights so far are written on the way out, and only once there are some.
     best_step = caught.value.best_step
-    assert (best_step is None) == (interrupt_at < 3) == (not (run_dir / train.WEIGHTS_FILE).exists())
+    assert (best_step is None) == (interrupt_at < 3) == (not (run_dir / runs.WEIGHTS_FILE).exists())
     if best_step is not None:
-        resume_state = load_file(str(run_dir / train.RESUME_DIR / train.RESUME_FILE))
-        written = load_file(str(run_dir / train.WEIGHTS_FILE))
+        resume_state = load_file(str(run_dir / runs.RESUME_DIR / runs.RESUME_FILE))
+        written = load_file(str(run_dir / runs.WEIGHTS_FILE))
         best = {k.removeprefix("best."): v for k, v in resume_state.items() if k.startswith("best.")}
         assert best and all(torch.equal(written[k], v) for k, v in best.items())
 
     steps = []
-    resumed = train.resume_finetune(run_dir, on_event=lambda e: steps.append(e.step) if isinstance(e, train.StepDone) else None)
+    resumed = train.resume_finetune(run_dir, on_event=lambda e: steps.append(e.step) if isinstance(e, events.StepDone) else None)
     assert steps[0] == caught.value.checkpoint_step + 1 and steps[-1] == 15
     assert {k: resumed[k] for k in RESULT_KEYS} == {k: reference[k] for k in RESULT_KEYS}
-    assert comparable(train.read_metrics(run_dir)) == comparable(train.read_metrics(Path(reference["run"])))
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(train.RUN_FILES)
-    ours, theirs = (load_file(str(Path(d) / train.WEIGHTS_FILE)) for d in (run_dir, reference["run"]))
+    assert comparable(runs.read_metrics(run_dir)) == comparable(runs.read_metrics(Path(reference["run"])))
+    assert visible_files(run_dir) == sorted(runs.RUN_FILES)
+    ours, theirs = (load_file(str(Path(d) / runs.WEIGHTS_FILE)) for d in (run_dir, reference["run"]))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     with pytest.raises(SpamtuneError, match="finished run"):
         train.resume_finetune(run_dir)
@@ -164,8 +178,8 @@ def test_early_stopping_counts_evaluations_without_improvement(data_root, monkey
 
 
 def test_nan_loss_stops_with_a_clear_message(data_root, monkeypatch):
-    monkeypatch.setattr(train, "classification_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
-    with pytest.raises(SpamtuneError, match=r"loss became nan at step 1 .*lower --lr"):
+    monkeypatch.setattr(train, "calc_loss_batch", lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(SpamtuneError, match=r"loss became nan at step 1 .*lower learning rate"):
         train.finetune(tiny_options(data_root), data_root / "runs" / "nan")
 
 
@@ -173,29 +187,29 @@ def test_padding_never_changes_the_logits():
     model = tiny_model().eval()
     short = encode_texts(["Ok see you at 6"])[0]
     long = encode_texts([" ".join(SPAM), " ".join(HAM * 2)], max_length=60)
-    examples = train.Examples([short, *long], [0, 1, 0])
-    alone, mixed = examples.batch([0]), examples.batch([1, 0, 2])
+    split = examples.Examples([short, *long], [0, 1, 0])
+    alone, mixed = split.batch([0]), split.batch([1, 0, 2])
     assert mixed.input_ids.shape[1] > alone.input_ids.shape[1]
     with torch.no_grad():
         alone = model.classify(alone.input_ids, alone.lengths)
         mixed = model.classify(mixed.input_ids, mixed.lengths)
     torch.testing.assert_close(alone[0], mixed[1], atol=1e-5, rtol=1e-5)
-    one = train.predict_logits(model, [short], "last-real", device=torch.device("cpu"), batch_size=1)
-    together = train.predict_logits(model, [*long, short], "last-real", device=torch.device("cpu"), batch_size=3)
+    one = forward.predict_logits(model, examples.Examples([short]), "last-real", precision=FP32, batch_size=1)
+    together = forward.predict_logits(model, examples.Examples([*long, short]), "last-real", precision=FP32, batch_size=3)
     torch.testing.assert_close(one[0], together[2], atol=1e-5, rtol=1e-5)
 
 
 def test_last_pooling_pads_to_the_maximum_length():
     """``last`` reads the final padded position: batches are as wide as the book pads them."""
-    examples = train.Examples([[1, 2], [3, 4, 5]], [0, 1])
-    assert examples.batch([0, 1], pad_to=train.pad_width("last", 10)).input_ids.shape == (2, 10)
-    assert examples.batch([0, 1], pad_to=train.pad_width("last-real", 10)).input_ids.shape == (2, 3)
+    split = examples.Examples([[1, 2], [3, 4, 5]], [0, 1])
+    assert split.batch([0, 1], pad_to=examples.pad_width("last", 10)).input_ids.shape == (2, 10)
+    assert split.batch([0, 1], pad_to=examples.pad_width("last-real", 10)).input_ids.shape == (2, 3)
 
 
 def test_bad_options_are_caught_before_a_folder_is_made(data_root):
     for bad, message in (
-        ({"epochs": 0}, "--epochs must be at least 1"),
-        ({"lr": 0.0}, "--lr must be a positive number"),
+        ({"epochs": 0}, "^epochs must be at least 1"),  # the option in words: the core knows no flags
+        ({"lr": 0.0}, "^lr must be a positive number"),
         ({"trainable": "last-9-blocks"}, "only 2 blocks"),
         ({"pooling": "max"}, "unknown pooling"),
         ({"precision": "fp8"}, "unknown precision"),
@@ -209,12 +223,12 @@ def test_bad_options_are_caught_before_a_folder_is_made(data_root):
 
 
 def test_default_run_folders_never_clobber(data_root):
-    first = train.new_run_dir(data_root, "tiny", "all")
-    second = train.new_run_dir(data_root, "tiny", "all")
+    first = runs.new_run_dir(data_root / "runs", "tiny-all")
+    second = runs.new_run_dir(data_root / "runs", "tiny-all")
     assert first != second and first.is_dir() and second.is_dir()
     (first / "x").write_text("taken")
     with pytest.raises(SpamtuneError, match="already exists and is not empty"):
-        train.claim_run_dir(first)
+        runs.claim_run_dir(first)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -238,8 +252,13 @@ def cli_args(root: Path, *extra: str) -> list[str]:
 def test_cli_bad_input_is_one_line(data_root, tmp_path):
     assert_one_line_error(invoke(*cli_args(data_root, "--epochs", "0")), "--epochs must be at least 1", 2)
     assert_one_line_error(invoke(*cli_args(data_root, "--batch-size", "0")), "--batch-size must be at least 1", 2)
-    assert_one_line_error(invoke(*cli_args(data_root, "--trainable", "some-blocks")), "unknown trainable preset", 1)
-    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root), "--model", "gpt5"), "unknown model 'gpt5'", 1)
+    # Values outside the choices --help lists are usage errors (2), caught while parsing.
+    assert_one_line_error(
+        invoke(*cli_args(data_root, "--trainable", "some-blocks")), "Invalid value for '--trainable': 'some-blocks'", 2
+    )
+    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root), "--model", "gpt5"), "Invalid value for '--model': 'gpt5'", 2)
+    for option, value in (("--device", "foo"), ("--pooling", "foo"), ("--precision", "fp8"), ("--weights", "some")):
+        assert_one_line_error(invoke(*cli_args(data_root, option, value)), f"Invalid value for '{option}': '{value}'", 2)
     empty = tmp_path / "empty"
     (empty).mkdir()
     (empty / "labels.json").write_text(json.dumps({"labels": {"ham": 0, "spam": 1}}))
@@ -249,16 +268,7 @@ def test_cli_bad_input_is_one_line(data_root, tmp_path):
 
 
 def test_cli_trains_interrupts_and_resumes(data_root, monkeypatch):
-    real_step = train.optimizer_step
-    calls = {"n": 0}
-
-    def step_then_ctrl_c(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train, "optimizer_step", step_then_ctrl_c)
+    ctrl_c_at_step(monkeypatch, 8)
     run_dir = data_root / "runs" / "cli"
     result = invoke(*cli_args(data_root, "--out", str(run_dir)))
     assert result.exit_code == 130 and result.stdout == ""
@@ -266,42 +276,42 @@ def test_cli_trains_interrupts_and_resumes(data_root, monkeypatch):
         "interrupted at step 7 (last checkpoint: step 5; model.safetensors holds the best weights so far, from step "
         in result.stderr
     )
-    assert f"continue with: spamtune finetune --resume {run_dir}" in result.stderr
+    assert f"continue with: spamtune finetune --resume --run {run_dir}" in result.stderr
     assert invoke("predict", "--run", str(run_dir), "Do you have time").exit_code == 0
 
     resumed = invoke("finetune", "--resume", str(run_dir))
     assert resumed.exit_code == 0, resumed.stderr
     assert resumed.stdout.strip().splitlines()[-1] == str(run_dir)
     assert "resuming at step 5" in resumed.stderr and "test accuracy" in resumed.stderr
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(train.RUN_FILES)
+    assert visible_files(run_dir) == sorted(runs.RUN_FILES)
 
 
 def test_cli_resume_refuses_other_options_and_other_shapes(data_root):
-    runs = {}
+    folders = {}
     for name, cfg in (("a", TINY_CONFIG), ("b", {**TINY_CONFIG, "emb_dim": 48})):
         (data_root / f"{name}.json").write_text(json.dumps(cfg))
-        runs[name] = data_root / "runs" / name
-        with pytest.raises(train.TrainingInterrupted):
+        folders[name] = data_root / "runs" / name
+        with pytest.raises(events.TrainingInterrupted):
             train.finetune(
                 tiny_options(data_root, model=str(data_root / f"{name}.json")),
-                runs[name],
-                on_event=lambda e: (_ for _ in ()).throw(KeyboardInterrupt) if isinstance(e, train.StepDone) else None,
+                folders[name],
+                on_event=lambda e: (_ for _ in ()).throw(KeyboardInterrupt) if isinstance(e, events.StepDone) else None,
             )
-    assert_one_line_error(invoke("finetune", "--resume", str(runs["a"]), "--epochs", "9"), "--epochs 9 differs from its 2", 2)
-    state = train.RESUME_DIR + "/" + train.RESUME_FILE
-    (runs["a"] / state).write_bytes((runs["b"] / state).read_bytes())
-    assert_one_line_error(invoke("finetune", "--resume", str(runs["a"])), "checkpoint of another shape", 1)
-    assert_one_line_error(invoke("finetune", "--resume", str(data_root / "nowhere")), "no run folder", 1)
+    assert_one_line_error(invoke("finetune", "--resume", str(folders["a"]), "--epochs", "9"), "--epochs 9 differs from its 2", 2)
+    state = runs.RESUME_DIR + "/" + runs.RESUME_FILE
+    (folders["a"] / state).write_bytes((folders["b"] / state).read_bytes())
+    assert_one_line_error(invoke("finetune", "--resume", str(folders["a"])), "checkpoint of another shape", 1)
+    assert_one_line_error(invoke("finetune", "--resume", str(data_root / "nowhere")), "run folder not found", 1)
 
 
-# --------------------------------------------------------------------------- exact shortcuts (issue 6)
+# --------------------------------------------------------------------------- exact shortcuts
 
 
 def run_pair(root: Path, tmp: Path, **overrides) -> tuple[dict, dict, list[dict], list[dict]]:
     """The same run with and without the shortcuts: summaries and metrics lines of both."""
     fast = train.finetune(tiny_options(root, **overrides), tmp / "fast")
     plain = train.finetune(tiny_options(root, shortcuts=False, **overrides), tmp / "plain")
-    return fast, plain, train.read_metrics(tmp / "fast"), train.read_metrics(tmp / "plain")
+    return fast, plain, runs.read_metrics(tmp / "fast"), runs.read_metrics(tmp / "plain")
 
 
 def assert_same_curves(fast_records: list[dict], plain_records: list[dict]) -> None:
@@ -325,13 +335,13 @@ def test_shortcuts_change_nothing_but_the_speed(data_root, tmp_path, trainable):
 
 def test_prefix_cache_respects_its_memory_budget(data_root):
     options = tiny_options(data_root)
-    model = train.build_model(GPTConfig(**TINY_CONFIG), options, 2)
-    data = train.load_training_data(data_root, 64, None)
+    model = train.build_model(GPTConfig(**TINY_CONFIG), options, LAST_BLOCK, 2)
+    data = examples.load_training_data(data_root, 64, None)
     train_bytes = sum(len(t) for t in {tuple(t) for t in data.train.tokens}) * TINY_CONFIG["emb_dim"] * 4
-    report = train.attach_prefix_caches(model, data, options, torch.device("cpu"), "fp32", budget_bytes=train_bytes)
+    report = prefix_cache.attach_prefix_caches(model, data, LAST_BLOCK, "last-real", FP32, budget_bytes=train_bytes)
     assert report.splits == ("train",) and data.validation.cache is None and report.nbytes == train_bytes
-    data = train.load_training_data(data_root, 64, None)
-    report = train.attach_prefix_caches(model, data, options, torch.device("cpu"), "fp32", budget_bytes=train_bytes - 1)
+    data = examples.load_training_data(data_root, 64, None)
+    report = prefix_cache.attach_prefix_caches(model, data, LAST_BLOCK, "last-real", FP32, budget_bytes=train_bytes - 1)
     assert report.splits == () and data.train.cache is None and "budget" in report.skipped
 
 
@@ -340,17 +350,126 @@ def test_last_pooling_trains_without_the_cache(data_root, tmp_path):
     assert summary["prefix_cache"]["splits"] == []
 
 
-REAL_SMS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sms_spam_collection" / "SMSSpamCollection"
-
-
-@pytest.mark.skipif(not REAL_SMS.is_file(), reason=f"real SMS data not found at {REAL_SMS}")
-def test_shortcuts_give_identical_accuracies_on_the_real_split(tmp_path):
-    """Issue 6's acceptance: same seed, fp32, tiny model, the book's balanced split."""
+def test_shortcuts_give_identical_accuracies_on_the_real_split(tmp_path, sms_file):
+    """Same seed, fp32, tiny model, the book's balanced split: the same curve with and without."""
     root = tmp_path / "data"
-    result = CliRunner().invoke(app, ["prepare", "--input", str(REAL_SMS), "--data-dir", str(root)])
+    result = CliRunner().invoke(app, ["prepare", "--input", str(sms_file), "--data-dir", str(root)])
     assert result.exit_code == 0, result.output
     (root / "tiny.json").write_text(json.dumps({"context_length": 128, "emb_dim": 64, "n_layers": 3, "n_heads": 4}))
     _, _, fast_records, plain_records = run_pair(
         root, tmp_path, trainable="last-2-blocks", epochs=2, lr=5e-4, batch_size=16, precision="fp32"
     )
     assert_same_curves(fast_records, plain_records)
+
+
+# --------------------------------------------------------------------------- faults found by trying to break it
+
+
+def interrupted_run(data_root: Path, name: str, at_step: int = 3) -> Path:
+    """A run stopped by Ctrl-C at ``at_step``: resumable, its first evaluation (step 5) not reached."""
+    run_dir = data_root / "runs" / name
+
+    def ctrl_c(event):
+        if isinstance(event, events.StepDone) and event.step == at_step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(tiny_options(data_root, epochs=1), run_dir, on_event=ctrl_c)
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: OSError(errno.ENOSPC, "No space left on device"),
+        # What safetensors itself raises when the disk fills under it.
+        lambda: SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    ],
+)
+def test_a_full_disk_at_a_checkpoint_says_so_and_keeps_the_last_one(data_root, monkeypatch, failure):
+    real_save = checkpoint.save_file
+    saves = []
+
+    def disk_fills_after_the_first_checkpoint(tensors, path, metadata=None):
+        saves.append(path)
+        if len(saves) == 1:
+            return real_save(tensors, path, metadata=metadata)
+        Path(path).write_bytes(b"half a checkpoint")  # what a write cut short leaves behind
+        raise failure()
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_fills_after_the_first_checkpoint)
+    run_dir = data_root / "runs" / "full"
+    state = run_dir / runs.RESUME_DIR / runs.RESUME_FILE
+    result = invoke(*cli_args(data_root, "--out", str(run_dir), "--epochs", "1"))
+    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the progress lines: the error, one line
+    assert last.startswith(f"Error: disk full: {state}; the last checkpoint (step 0) is intact")
+    assert last.endswith(f"continue with: spamtune finetune --resume --run {run_dir}")
+    assert len(saves) == 2 and not [p for p in run_dir.rglob("*") if p.name.endswith(".part")]
+    monkeypatch.undo()
+    # The step-0 checkpoint is whole: the run resumes from it and finishes.
+    steps = []
+    summary = train.resume_finetune(run_dir, on_event=lambda e: steps.append(e.step) if isinstance(e, events.StepDone) else None)
+    assert steps[0] == 1 and summary["steps"] == 5
+
+
+def test_a_write_cut_short_leaves_nothing_after_resume(data_root):
+    """A kill during the final model write (or a checkpoint) leaves a temporary file; resuming
+    the run removes it, so the finished folder holds exactly its files."""
+    run_dir = interrupted_run(data_root, "killed")
+    (run_dir / ".model.safetensors.0badc0de.part").write_bytes(b"half a model")
+    (run_dir / runs.RESUME_DIR / ".state.safetensors.0badc0de.part").write_bytes(b"half a state")
+    train.resume_finetune(run_dir)
+    assert visible_files(run_dir) == sorted(runs.RUN_FILES)
+
+
+def test_a_run_trains_in_one_process_at_a_time(data_root):
+    run_dir = interrupted_run(data_root, "twice")
+    with runs.lock_run_dir(run_dir):  # as a second `finetune --resume` of the same run holds it
+        result = invoke("finetune", "--resume", str(run_dir))
+        assert_one_line_error(result, f"run is in use by another process: {run_dir}", 1)
+        assert not (run_dir / runs.SUMMARY_FILE).exists()
+    assert invoke("finetune", "--resume", str(run_dir)).exit_code == 0  # the lock goes with its holder
+    assert_one_line_error(invoke("finetune", "--resume", str(run_dir)), "is a finished run", 1)
+    assert visible_files(run_dir) == sorted(runs.RUN_FILES)  # no lock file left in a finished run
+
+
+def test_paths_with_brackets_are_printed_as_they_are(data_root, monkeypatch):
+    """Rich would read ``[/x]`` in a path as a closing tag (and fail) and ``[bold]`` as a style
+    (and drop it): user text is never markup."""
+    run_dir = data_root / "runs" / "[bold]b" / "weird[/x]run"
+    real_step = train.optimizer_step
+    calls = []
+
+    def ctrl_c_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "optimizer_step", ctrl_c_at_step_3)
+    stopped = invoke(*cli_args(data_root, "--out", str(run_dir)))
+    assert stopped.exit_code == 130, stopped.stderr
+    # The resume command is quoted for the shell: brackets are glob characters there.
+    assert f"run folder: {run_dir}\n" in stopped.stderr and f"--resume --run '{run_dir}'" in stopped.stderr
+    resumed = invoke("finetune", "--resume", str(run_dir))
+    assert resumed.exit_code == 0, resumed.stderr
+    assert f"run folder: {run_dir}\n" in resumed.stderr and resumed.stdout.splitlines()[-1] == str(run_dir)
+
+
+def test_the_cli_takes_its_defaults_from_the_options_dataclass(data_root, monkeypatch):
+    """Every finetune flag's default is FinetuneOptions' own: nothing is written twice."""
+    given = []
+
+    def capture(opts, out, on_event):
+        given.append(opts)
+        raise SpamtuneError("options captured")
+
+    monkeypatch.setattr(train, "finetune", capture)
+    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root)), "options captured", 1)
+    flags = ("--no-shortcuts", "--batch-size", "3", "--max-length", "9")
+    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root), *flags), "options captured", 1)
+    assert given == [
+        options.FinetuneOptions(data_dir=str(data_root)),
+        options.FinetuneOptions(data_dir=str(data_root), shortcuts=False, batch_size=3, max_length=9),
+    ]

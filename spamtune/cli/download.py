@@ -2,7 +2,9 @@
 
 ``spamtune download`` alone fetches both (the data and gpt2-small); ``download data`` and
 ``download model NAME`` fetch one, from the network or, with ``--from``, from a file carried
-over. Notes and progress bars go to stderr; the written paths are the last lines on stdout.
+over. The data can also come from the copy bundled in the repository (``--bundled``, and
+whenever UCI cannot give it). Notes and progress bars go to stderr; the written paths are the
+last lines on stdout.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from spamtune import paths
+from spamtune.cli import common
 from spamtune.errors import SpamtuneUsageError
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
@@ -24,20 +27,19 @@ DEFAULT_MODEL = "gpt2-small"
 MODEL_NAMES_HELP = "gpt2-small, gpt2-medium, gpt2-large or gpt2-xl (aliases: gpt2, 124M, 355M, 774M, 1558M)"
 
 
-def _data_dir_option():
-    return typer.Option(
-        None,
-        "--data-dir",
-        metavar="DIR",
-        help="Data root (default: $SPAMTUNE_HOME, else ./data).",
-        show_default=False,
-    )
+_data_dir_option = common.data_dir_option
+_stderr = common.stderr_console
 
 
-def _stderr() -> Console:
-    from rich.console import Console
+def _check_model_name(name: str) -> str:
+    """An unknown size is a usage error (exit 2), caught while parsing."""
+    from spamtune.download import pretrained_name
+    from spamtune.errors import SpamtuneError
 
-    return Console(stderr=True, soft_wrap=True, highlight=False)
+    try:
+        return pretrained_name(name)
+    except SpamtuneError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -54,20 +56,44 @@ def _byte_progress(console: Console, description: str) -> Iterator:
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
-def fetch_data_file(root: Path, urls: list[str], from_file: Path | None, console: Console) -> Path:
-    from spamtune.download import DataSource, data_urls, fetch_data, import_data
+def fetch_data_file(root: Path, urls: list[str], from_file: Path | None, bundled: bool, console: Console) -> Path:
+    """Put the verified data file in place and say, in one line, where it came from."""
+    from spamtune.download import (
+        BUNDLED_SMS_FILE,
+        SMS_URLS,
+        DataSource,
+        data_urls,
+        fetch_data,
+        import_data,
+        use_bundled_data,
+    )
 
     def notify(message: str) -> None:
         console.print(message, markup=False)
 
     if from_file is not None:
         result = import_data(root, from_file, notify=notify)
+    elif bundled:
+        result = use_bundled_data(root, notify=notify)
     else:
         source = DataSource(urls=data_urls(urls))
+        # Only the default source falls back to the bundled copy: a mirror the user named
+        # failing is worth an error, not a silent substitute.
+        fallback = BUNDLED_SMS_FILE if source.urls == SMS_URLS else None
         with _byte_progress(console, "SMS Spam Collection") as on_progress:
-            result = fetch_data(root, source, on_progress=on_progress, notify=notify)
-    if result.status != "present":
-        console.print(f"SMS Spam Collection {result.status} and verified (sha256 matches)", markup=False)
+            result = fetch_data(root, source, fallback=fallback, on_progress=on_progress, notify=notify)
+    if result.status == "bundled" and result.fallback_reason:
+        line = (
+            f"SMS Spam Collection: the download failed ({result.fallback_reason}), "
+            f"so the bundled copy {result.source} was used"
+        )
+    elif result.status == "bundled":
+        line = f"SMS Spam Collection: the bundled copy {result.source} was used"
+    elif result.status != "present":
+        line = f"SMS Spam Collection {result.status} from {result.source}"
+    else:
+        return result.path  # the note above already said it was there
+    console.print(line + "; sha256 verified", markup=False)
     return result.path
 
 
@@ -79,6 +105,7 @@ def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: st
         result = import_model(root, name, from_file)
         console.print(f"{from_file} imported: shapes match {result.path.parent.name}", markup=False)
         return result.path
+    common.configure_hf_logging()
     result = download_model(
         name,
         endpoint=endpoint,
@@ -91,10 +118,11 @@ def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: st
 
 
 def register(app: typer.Typer) -> None:
-    download_app = typer.Typer(
-        help="Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand).",
-        invoke_without_command=True,
-        no_args_is_help=False,
+    download_app = common.group_with_default(
+        "Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand).",
+        ("spamtune download", "the SMS data and gpt2-small"),
+        ("spamtune download data --from smsspamcollection.zip", "no network: import a copy"),
+        ("spamtune download model gpt2-medium", "another size, into the Hugging Face cache"),
     )
 
     @download_app.callback(invoke_without_command=True)
@@ -104,12 +132,19 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         root, console = paths.data_root(data_dir), _stderr()
-        data_path = fetch_data_file(root, [], None, console)
+        data_path = fetch_data_file(root, [], None, False, console)
         model_path = fetch_model_file(root, DEFAULT_MODEL, None, None, console)
         typer.echo(data_path)
         typer.echo(model_path)
 
-    @download_app.command("data")
+    @download_app.command(
+        "data",
+        epilog=common.examples(
+            ("spamtune download data", "from UCI, sha256-checked"),
+            ("spamtune download data --url https://mirror.example/sms.zip", "from a mirror"),
+            ("spamtune download data --from SMSSpamCollection", "import a file carried over"),
+        ),
+    )
     def download_data(
         ctx: typer.Context,
         url: list[str] = typer.Option(
@@ -123,18 +158,33 @@ def register(app: typer.Typer) -> None:
         from_file: Path | None = typer.Option(
             None, "--from", metavar="PATH", help="Import a local zip or SMSSpamCollection file instead of downloading."
         ),
+        bundled: bool = typer.Option(
+            False,
+            "--bundled",
+            help="Use the copy shipped in the repository's data/ folder, without trying the network. "
+            "Without it, the bundled copy is used when UCI (the default source) cannot be reached.",
+        ),
         data_dir: Path | None = _data_dir_option(),
     ) -> None:
         """The SMS Spam Collection (UCI), sha256-checked, into <data root>/sms_spam_collection/."""
-        if url and from_file is not None:
-            raise SpamtuneUsageError("--url and --from exclude each other")
+        sources = (("--url", bool(url)), ("--from", from_file is not None), ("--bundled", bundled))
+        chosen = [flag for flag, given in sources if given]
+        if len(chosen) > 1:
+            raise SpamtuneUsageError(f"{', '.join(chosen[:-1])} and {chosen[-1]} exclude each other")
         root = paths.data_root(data_dir or ctx.obj)
-        typer.echo(fetch_data_file(root, url, from_file, _stderr()))
+        typer.echo(fetch_data_file(root, url, from_file, bundled, _stderr()))
 
-    @download_app.command("model")
+    @download_app.command(
+        "model",
+        epilog=common.examples(
+            ("spamtune download model", "gpt2-small (124M), the book's"),
+            ("spamtune download model 355M", "gpt2-medium, by its size"),
+            ("spamtune download model gpt2-small --from model.safetensors", "import a file carried over"),
+        ),
+    )
     def download_model(
         ctx: typer.Context,
-        name: str = typer.Argument(DEFAULT_MODEL, metavar="NAME", help=MODEL_NAMES_HELP),
+        name: str = typer.Argument(DEFAULT_MODEL, metavar="NAME", help=MODEL_NAMES_HELP, callback=_check_model_name),
         from_file: Path | None = typer.Option(
             None,
             "--from",

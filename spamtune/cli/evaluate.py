@@ -11,10 +11,12 @@ import enum
 import json
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from spamtune.cli import common
+from spamtune.cli.common import LongMode, cell, long_option, stderr_console
 from spamtune.errors import SpamtuneUsageError
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
@@ -24,6 +26,10 @@ if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI star
 class ReportFormat(str, enum.Enum):
     table = "table"
     json = "json"
+
+
+# spamtune.evaluate.EVAL_SPLITS, spelled out so that --help does not import torch.
+SPLITS = ("test", "validation", "train", "all")
 
 
 def _number(value: float | None, percent: bool = False) -> str:
@@ -50,9 +56,9 @@ def render_tables(result: dict, console: Console) -> None:
     from rich.table import Table
 
     columns = _columns(result)
-    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages", highlight=False)
+    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages")
     if "baseline" in result:
-        console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split", highlight=False)
+        console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split")
 
     overview = Table(title="Overall")
     overview.add_column("")
@@ -67,6 +73,8 @@ def render_tables(result: dict, console: Console) -> None:
             *(_number(r["by_split"][name]["accuracy"], percent=True) for _, r in columns),
         )
     console.print(overview)
+    if "threshold" in result:
+        console.print(operating_point_table(result))
 
     per_class = Table(title="Per class")
     for heading in ("class", "model", "precision", "recall", "F1", "support"):
@@ -75,7 +83,7 @@ def render_tables(result: dict, console: Console) -> None:
         for heading, r in columns:
             scores = r["per_class"][label]
             per_class.add_row(
-                label, heading, *(_number(scores[k], percent=True) for k in ("precision", "recall", "f1")), str(scores["support"])
+                cell(label), heading, *(_number(scores[k], percent=True) for k in ("precision", "recall", "f1")), str(scores["support"])
             )
     console.print(per_class)
 
@@ -83,49 +91,129 @@ def render_tables(result: dict, console: Console) -> None:
         matrix = Table(title=f"Confusion matrix, {heading}")
         matrix.add_column("true \\ predicted")
         for label in r["labels"]:
-            matrix.add_column(label, justify="right")
+            matrix.add_column(cell(label), justify="right")
         for label, row in zip(r["labels"], r["confusion_matrix"]):
-            matrix.add_row(label, *map(str, row))
+            matrix.add_row(cell(label), *map(str, row))
         console.print(matrix)
 
 
+def operating_point_table(result: dict):
+    """The spam filter's figures: at the run's threshold, then threshold-free."""
+    from rich.table import Table
+
+    table = Table(title="Spam filter")
+    table.add_column("")
+    table.add_column("spamtune", justify="right")
+    (ham_kept, ham_lost), (spam_missed, spam_caught) = result["spam_confusion"]
+    rows = [
+        ("threshold", f"{result['threshold']:.4g} ({result['threshold_rule']})"),
+        ("temperature", f"{result['temperature']:.4g}"),
+        ("false-positive rate (ham marked spam)", f"{_number(result['false_positive_rate'], percent=True)} ({ham_lost} of {ham_kept + ham_lost})"),
+        ("spam recall (spam caught)", f"{_number(result['spam_recall'], percent=True)} ({spam_caught} of {spam_missed + spam_caught})"),
+        ("spam precision", _number(result["spam_precision"], percent=True)),
+        ("spam F1", _number(result["spam_f1"], percent=True)),
+        ("ROC-AUC", _number(result["roc_auc"])),
+        ("PR-AUC (average precision)", _number(result["pr_auc"])),
+        ("ECE (15 bins)", _number(result["ece"], percent=True)),
+    ]
+    for name, value in rows:
+        table.add_row(name, cell(value))
+    return table
+
+
 def evaluate_command(
-    run_dir: Path | None = typer.Argument(None, help="Run folder (default: the latest run under the data root)."),
-    split: str | None = typer.Option(None, help="test (default), validation, train or all."),
-    input_file: Path | None = typer.Option(
-        None, "--input", help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection."
+    run_argument: str | None = typer.Argument(None, metavar="RUN", hidden=True, show_default=False),
+    run: str | None = common.run_option(),
+    split: str | None = common.choice_option(
+        None, "--split", SPLITS, "Which prepared split to score; all: the three together, and each.", show_default="test"
     ),
+    input_file: Optional[list[str]] = typer.Option(
+        None, "--input", "-i", metavar="FILE|LABEL=PATH",
+        help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection; "
+        "or mail as LABEL=PATH (repeatable: a Maildir, an mbox, a folder of message files or a .eml).",
+    ),
+    long: Optional[LongMode] = long_option("chunks for mail, head for files and splits"),
     output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this (as predict).",
+        show_default="the run's calibrated threshold, else 0.5",
+    ),
+    precision: str | None = common.choice_option(
+        None, "--precision", common.PRECISIONS, "Compute precision; by default the run's own, so the test accuracy is its summary's.",
+        show_default="the run's",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Score even when the prepared splits differ from those the run was trained with (warns loudly)."
+    ),
     baseline: bool = typer.Option(False, "--baseline", help="Also train TF-IDF + logistic regression on the train split."),
     batch_size: int = typer.Option(64, "--batch-size", help="Messages per batch."),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default: the run's, else $SPAMTUNE_HOME or ./data)."),
+    device: str = common.device_option(),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", metavar="DIR", show_default=False,
+        help="Data root: where RUN names are looked up, and the splits read. Default for the splits: the run's own data root.",
+    ),
+    plots: Path | None = typer.Option(
+        None, "--plots", metavar="DIR", help="Folder for roc.png, pr.png and calibration.png (default: the run folder).", file_okay=False
+    ),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Draw no plots."),
 ) -> None:
-    """Score a fine-tuned run on a split or a labelled file."""
+    """Score a fine-tuned run on a split or a labelled file at the run's calibrated threshold: the spam filter's figures
+    (false-positive rate, spam recall, ROC-AUC, PR-AUC, ECE), accuracy, per-class P/R/F1, confusion."""
     from spamtune.evaluate import evaluate_run
 
-    if split is not None and input_file is not None:
+    if run_argument is not None and run is not None:
+        raise SpamtuneUsageError("name the run once: with --run")
+    if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
-    result = evaluate_run(
-        run_dir,
-        split=split or "test",
-        input_file=input_file,
-        data_dir=data_dir,
-        device=device,
-        batch_size=batch_size,
-        baseline=baseline,
-    )
+    console = stderr_console()
+    with _working(console, "scoring"):
+        result = evaluate_run(
+            run if run is not None else run_argument,
+            split=split or "test",
+            input_file=input_file or None,
+            data_dir=data_dir,
+            device=device,
+            batch_size=batch_size,
+            baseline=baseline,
+            threshold=threshold,
+            precision=precision,
+            force=force,
+            long=long,
+            write_plots=not no_plots,
+            plots_dir=plots,
+        )
+    for warning in result["warnings"]:
+        common.warn(warning)
     if output_format is ReportFormat.json:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
-    from rich.console import Console
-
-    render_tables(result, Console(stderr=True))
+    render_tables(result, console)
     line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
     if "baseline" in result:
         line += f"; baseline {result['baseline']['accuracy']:.2%}"
+    if "threshold" in result:
+        line += (
+            f"; at threshold {result['threshold']:.4g}: {_number(result['false_positive_rate'], percent=True)} of ham "
+            f"marked spam, {_number(result['spam_recall'], percent=True)} of spam caught"
+        )
     typer.echo(line)
 
 
+def _working(console: Console, what: str):
+    """A spinner on a terminal while the run loads and scores (silent elsewhere and under --quiet)."""
+    import contextlib
+
+    if not console.is_terminal or common.is_quiet():
+        return contextlib.nullcontext()
+    return console.status(what + "...")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_command)
+    common.add_command(
+        app,
+        "evaluate",
+        evaluate_command,
+        ("spamtune evaluate", "the newest finished run on its test split"),
+        ("spamtune evaluate --run 20261125-101500-tiny-all --split all --format json | jq .accuracy", "a run by name"),
+        ("spamtune evaluate --input mails.csv --threshold 0.9 --baseline", "your own labelled file, beside TF-IDF"),
+    )

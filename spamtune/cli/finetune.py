@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from spamtune.errors import SpamtuneUsageError
+from spamtune.cli import common
+from spamtune.cli.common import dataclass_options, field_help, stderr_console, styled, with_dataclass_options
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.options import WEIGHT_SOURCES, FinetuneOptions
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
     from rich.console import Console
@@ -34,11 +37,11 @@ class ProgressReporter:
         self.loss_sum, self.loss_steps = 0.0, 0
 
     def __call__(self, event) -> None:
-        from spamtune import train
+        from spamtune import events
 
-        if isinstance(event, train.TrainingStarted):
+        if isinstance(event, events.TrainingStarted):
             self._started(event)
-        elif isinstance(event, train.StepDone) and self.progress is not None:
+        elif isinstance(event, events.StepDone) and self.progress is not None:
             self.loss_sum += event.loss
             self.loss_steps += 1
             self.progress.update(
@@ -48,41 +51,39 @@ class ProgressReporter:
                 rate=event.examples_per_s,
                 description=f"epoch {event.epoch}",
             )
-        elif isinstance(event, train.PrefixCaching):
+        elif isinstance(event, events.PrefixCaching):
             if self.progress is not None:
                 self.progress.update(self.task, description=f"caching blocks 1-{event.start_block}")
-        elif isinstance(event, train.PrefixCacheReport):
+        elif isinstance(event, events.PrefixCacheReport):
             self._cached(event)
-        elif isinstance(event, train.EvaluationStarted) and self.progress is not None:
+        elif isinstance(event, events.EvaluationStarted) and self.progress is not None:
             self.progress.update(self.task, description=f"evaluating {event.split}")
-        elif isinstance(event, train.Evaluated):
+        elif isinstance(event, events.Evaluated):
             self.loss_sum, self.loss_steps = 0.0, 0
             r = event.record
-            self.console.print(
+            line = (
                 f"step {r['step']:>5}  epoch {r['epoch']:g}  "
                 f"train loss {r['train_loss']:.3f} acc {r['train_acc']:.2%}  "
-                f"val loss {r['val_loss']:.3f} acc {r['val_acc']:.2%}" + ("  [green]best[/]" if event.is_best else ""),
-                highlight=False,
+                f"val loss {r['val_loss']:.3f} acc {r['val_acc']:.2%}"
             )
+            self.console.print(styled(line, ("  best", "green") if event.is_best else ""))
 
     def _cached(self, e) -> None:
         if e.splits:
             self.console.print(
                 f"frozen-prefix cache: outputs of blocks 1-{e.start_block} for {', '.join(e.splits)} "
                 f"computed once, {e.nbytes / 2**20:,.1f} MiB, {_duration(e.seconds)}"
-                + (f"; {e.skipped}" if e.skipped else ""),
-                highlight=False,
+                + (f"; {e.skipped}" if e.skipped else "")
             )
         elif e.skipped:
-            self.console.print(f"frozen-prefix cache: {e.skipped}", highlight=False)
+            self.console.print(f"frozen-prefix cache: {e.skipped}")
 
     def _started(self, e) -> None:
         resumed = f", resuming at step {e.start_step}" if e.start_step else ""
         self.console.print(
             f"fine-tuning {e.model} on {e.device} ({e.precision}): {e.trainable_params:,} of {e.total_params:,} "
             f"parameters trainable; {e.n_train}/{e.n_validation}/{e.n_test} train/validation/test messages, "
-            f"up to {e.max_length} tokens; {e.total_steps} steps{resumed}\nrun folder: {e.run_dir}",
-            highlight=False,
+            f"up to {e.max_length} tokens; {e.total_steps} steps{resumed}\nrun folder: {e.run_dir}"
         )
         if not self.console.is_terminal:
             return
@@ -116,88 +117,137 @@ def _given_options(ctx: typer.Context, names: list[str]) -> list[str]:
     return given
 
 
+# Every FinetuneOptions field is a flag of the same name; its default and help come from there.
+# data_dir is the exception: the command line's default is $SPAMTUNE_HOME, else the user data
+# folder. Fields with a fixed set of values are checked while parsing and list them in --help.
+OPTION_NAMES = [f for f in FinetuneOptions.__dataclass_fields__ if f != "data_dir"]
+CHECKED_OPTIONS = {
+    "model": common.model_option(FinetuneOptions.model),
+    "weights": common.choice_option(FinetuneOptions.weights, "--weights", WEIGHT_SOURCES, field_help(FinetuneOptions, "weights")),
+    "trainable": common.trainable_option(FinetuneOptions.trainable),
+    "pooling": common.pooling_option(FinetuneOptions.pooling),
+    "device": common.device_option(),
+    "precision": common.precision_option(),
+}
+
+
+def _resume_command(run_dir: Path) -> str:
+    from spamtune.run_catalog import resume_command
+
+    return resume_command(run_dir)
+
+
+def _settings_from(config: str, root: Path) -> dict:
+    """The FinetuneOptions fields of a run's hparams.json (a file, a run folder or a run's name);
+    the data root is not among them: it follows --data-dir / $SPAMTUNE_HOME as always."""
+    from spamtune import paths, runs
+    from spamtune.fsutil import read_json
+
+    path = Path(config).expanduser()
+    if not path.is_file():
+        path = paths.resolve_run(config, root) / runs.HPARAMS_FILE
+    hparams = read_json(path.absolute(), "run hyperparameters")
+    if not isinstance(hparams, dict):
+        raise SpamtuneError(f"{path.absolute()} is not a run's hparams.json (a JSON object)")
+    return {name: hparams[name] for name in OPTION_NAMES if name in hparams}
+
+
+def _run_to_resume(run: str | None, root: Path) -> Path:
+    """--run, else the newest interrupted run of the data root."""
+    from spamtune import paths, run_catalog
+
+    if run is not None:
+        return paths.resolve_run(run, root)
+    waiting = [info for info in run_catalog.list_runs(root) if info.status == run_catalog.INTERRUPTED]
+    if not waiting:
+        raise SpamtuneError(f"no interrupted run in {paths.runs_dir(root)} to resume; name one with --run, or {paths.ELSEWHERE}")
+    return Path(waiting[0].path)
+
+
+@with_dataclass_options(dataclass_options(FinetuneOptions, OPTION_NAMES, checked=CHECKED_OPTIONS))
 def finetune_command(
     ctx: typer.Context,
-    model: str = typer.Option("gpt2-small", help="Named size (gpt2-small, gpt2-medium, ..., tiny) or a JSON config file."),
-    weights: str = typer.Option("pretrained", help="pretrained (needs `spamtune download model NAME`) or random."),
-    trainable: str = typer.Option("last-block", help="head, last-block, last-N-blocks (e.g. last-2-blocks) or all."),
-    pooling: str = typer.Option("last-real", help="last-real (last non-padding token), last (the book's) or mean."),
-    epochs: int = typer.Option(5, help="Passes over the training split."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Messages per batch."),
-    lr: float = typer.Option(5e-5, help="AdamW learning rate."),
-    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay."),
-    seed: int = typer.Option(123, help="Seed for the head, random init and batch order."),
-    max_length: int | None = typer.Option(
-        None, "--max-length", help="Tokens kept per message (start kept). Default: longest training message, capped by the context."
+    run: str | None = common.run_option(
+        "The run folder, a name (under <data root>/runs/) or a path: where a new run goes "
+        "(default: a new <timestamp>-<model>-<trainable> folder), or with --resume the run to continue "
+        "(default: the newest interrupted one).",
+        show_default=False,
     ),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
-    eval_every: int | None = typer.Option(None, "--eval-every", help="Also evaluate every N steps (default: once per epoch)."),
-    patience: int | None = typer.Option(None, help="Stop after N evaluations without a lower validation loss."),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
-    precision: str = typer.Option("auto", help="auto, fp32, bf16 (CPU/CUDA) or fp16 (CUDA)."),
-    shortcuts: bool = typer.Option(
-        True,
-        help="Exact speed-ups: compute frozen blocks once (prefix cache) and run the last block at the pooled token only.",
+    resume: bool = typer.Option(False, "--resume", help="Continue an unfinished run from its last checkpoint."),
+    config: str | None = typer.Option(
+        None, "--config", metavar="HPARAMS",
+        help="Train with a run's settings: its hparams.json, or the run (a name or a folder); options given beside it win.",
     ),
-    out: Path | None = typer.Option(None, "--out", help="Run folder to create. Default: a new folder under <data root>/runs/."),
-    resume: Path | None = typer.Option(None, "--resume", help="Continue an unfinished run folder from its last checkpoint."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default: $SPAMTUNE_HOME or ./data)."),
+    resume_run: str | None = typer.Argument(None, hidden=True, metavar="RUN", show_default=False),  # `--resume RUN`, older spelling
+    out: Path | None = typer.Option(None, "--out", hidden=True),  # the older spelling of --run for a new run
+    data_dir: Path | None = common.data_dir_option(),
+    **options,
 ) -> None:
     """Fine-tune GPT-2 into a spam classifier (the book's chapter-6 recipe by default)."""
-    from spamtune import paths, train
+    from spamtune import events, paths, runs, train
 
-    values = {
-        "model": model,
-        "weights": weights,
-        "trainable": trainable,
-        "pooling": pooling,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "seed": seed,
-        "max_length": max_length,
-        "grad_accum": grad_accum,
-        "eval_every": eval_every,
-        "patience": patience,
-        "device": device,
-        "precision": precision,
-        "shortcuts": shortcuts,
-        "data_dir": str(paths.data_root(data_dir)),
-    }
-    from rich.console import Console
-
-    console = Console(stderr=True, soft_wrap=True)
+    root = paths.data_root(data_dir)
+    options["data_dir"] = str(root)
+    given = _given_options(ctx, list(options))
+    if resume_run is not None:
+        if not resume or run is not None:
+            raise SpamtuneUsageError(f"unexpected argument '{resume_run}'; name the run with --run")
+        run = resume_run
+    if out is not None:
+        if run is not None:
+            raise SpamtuneUsageError("--out is the older name of --run: give one")
+        run = str(out)
+    if config is not None:
+        if resume:
+            raise SpamtuneUsageError("--config starts a new run; --resume continues one with its own settings")
+        options.update({name: value for name, value in _settings_from(config, root).items() if name not in given})
+    console = stderr_console()
     reporter = ProgressReporter(console)
     try:
-        if resume is not None:
-            if out is not None:
-                raise SpamtuneUsageError("--out and --resume exclude each other: a resumed run stays in its folder")
-            changed = {name: values[name] for name in _given_options(ctx, list(values))}
-            summary = train.resume_finetune(resume, changed, on_event=reporter)
+        if resume:
+            run_dir = _run_to_resume(run, root)
+            summary = train.resume_finetune(run_dir, {name: options[name] for name in given}, on_event=reporter)
         else:
-            summary = train.finetune(train.FinetuneOptions(**values), out, on_event=reporter)
-    except train.TrainingInterrupted as exc:
+            out_dir = paths.new_run_path(run, root) if run is not None else None
+            summary = train.finetune(FinetuneOptions(**options), out_dir, on_event=reporter)
+    except events.TrainingInterrupted as exc:
         reporter.close()
         best = f"; model.safetensors holds the best weights so far, from step {exc.best_step}" if exc.best_step else ""
-        console.print(
+        # Said even under --quiet: it is the one way back into the run.
+        common.warn(
             f"interrupted at step {exc.step} (last checkpoint: step {exc.checkpoint_step}{best}); "
-            f"continue with: spamtune finetune --resume {exc.run_dir}",
-            highlight=False,
-            soft_wrap=True,
+            f"continue with: {_resume_command(exc.run_dir)}"
         )
         raise typer.Exit(130) from None
+    except events.TrainingStopped as exc:
+        raise SpamtuneError(f"{exc}; continue with: {_resume_command(exc.run_dir)}") from None
+    except runs.RunFolderTaken as exc:
+        raise SpamtuneError(
+            f"{exc}; choose another --run, or continue an unfinished run with `{_resume_command(exc.out)}`"
+        ) from None
     finally:
         reporter.close()
     stopped = "  (stopped early)" if summary["stopped_early"] else ""
     console.print(
         f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.3f}) with the best weights "
         f"(step {summary['best_step']}, validation accuracy {summary['validation_accuracy']:.2%}){stopped}; "
-        f"wall time {_duration(summary['wall_time_s'])}, {summary['examples_per_s']:.1f} examples/s",
-        highlight=False,
+        f"wall time {_duration(summary['wall_time_s'])}, {summary['examples_per_s']:.1f} examples/s"
     )
+    if "calibration" in summary:
+        c = summary["calibration"]
+        console.print(
+            f"temperature {c['temperature']:.3g} fitted on validation (ECE {c['ece_before']:.2%} -> {c['ece_after']:.2%}), "
+            f"threshold {c['threshold']:g}; choose an operating point with: spamtune calibrate --run {summary['run']} --max-ham-loss 1%"
+        )
     typer.echo(summary["run"])
 
 
 def register(app: typer.Typer) -> None:
-    app.command("finetune")(finetune_command)
+    common.add_command(
+        app,
+        "finetune",
+        finetune_command,
+        ("spamtune finetune", "the book: gpt2-small, pretrained, last block, 5 epochs"),
+        ("spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4", "offline, from scratch"),
+        ("spamtune finetune --config 20261125-101500-tiny-all --seed 7", "a run's settings again, another seed"),
+    )

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Literal, Optional
 import typer
 
 from spamtune import paths
+from spamtune.cli import common
+from spamtune.cli.common import cell, dataclass_options, stderr_console, with_dataclass_options
+from spamtune.options import PrepareOptions
 
 if TYPE_CHECKING:  # the core pulls in pandas and torch, so the command imports it only when run
     from rich.console import Console
@@ -16,49 +19,47 @@ if TYPE_CHECKING:  # the core pulls in pandas and torch, so the command imports 
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prepare")(prepare)
+    common.add_command(
+        app,
+        "prepare",
+        prepare,
+        ("spamtune prepare", "the book's split of the SMS data: 1,045 / 149 / 300"),
+        ("spamtune prepare --dedupe", "drop the 403 repeated texts first"),
+        ("spamtune prepare --input mails.csv --text-col body --label-col class", "your own labelled file"),
+    )
 
 
-# The defaults below are spamtune.prepare's (DEFAULT_SPLIT, DEFAULT_SEED, ...), spelled out here
-# so that `spamtune --help` does not import the core.
+# balance, split, seed, stratify, dedupe and keep_label_case: PrepareOptions' fields, defaults and help.
+@with_dataclass_options(dataclass_options(PrepareOptions))
 def prepare(
-    input_file: Optional[Path] = typer.Option(
-        None, "--input", "-i", help="A TSV, CSV or JSONL file of labelled texts. Default: the downloaded SMS Spam Collection."
+    inputs: Optional[list[str]] = typer.Option(
+        None, "--input", "-i", metavar="FILE|LABEL=PATH",
+        help="A TSV, CSV or JSONL file of labelled texts, or mail as LABEL=PATH (repeatable: a Maildir, an mbox, "
+        "a folder of message files or a .eml, every message labelled LABEL). Default: the downloaded SMS Spam Collection.",
     ),
     input_format: Optional[Literal["tsv", "csv", "jsonl"]] = typer.Option(
         None, "--format", help="Format of --input (default: from its extension). A headerless ham/spam TSV is read as the SMS Spam Collection."
     ),
     text_col: Optional[str] = typer.Option(None, "--text-col", help="Column (or JSON key) holding the text (default: text)."),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Column (or JSON key) holding the label (default: label)."),
-    keep_label_case: bool = typer.Option(
-        False, "--keep-label-case", help="Treat labels that differ only in case (Spam, spam) as different classes. Default: fold them to lower case."
-    ),
-    balance: Literal["undersample", "none"] = typer.Option(
-        "undersample", "--balance", help="undersample: cut every label to the rarest one's count (the book's recipe); none: keep all rows."
-    ),
-    split: str = typer.Option("0.7,0.1,0.2", "--split", help="Train, validation and test fractions; they must sum to 1."),
-    seed: int = typer.Option(123, "--seed", help="Random state of the undersampling and the shuffle."),
-    stratify: bool = typer.Option(False, "--stratify", help="Cut each label separately so every split keeps the label proportions."),
-    dedupe: bool = typer.Option(False, "--dedupe", help="Drop repeated texts (keeping the first) before anything else."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data root (default: $SPAMTUNE_HOME, else ./data)."),
+    data_dir: Optional[Path] = common.data_dir_option(),
+    **options,
 ) -> None:
     """Balance, shuffle and split labelled texts into train.csv, validation.csv and test.csv.
 
     The default is the book's chapter 6 recipe: undersample ham to spam's count, shuffle with
     random_state 123, cut 70% / 10% / 20%. A summary goes to stderr; the written paths to stdout.
     """
-    from spamtune.prepare import PrepareOptions, parse_split, prepare_splits, read_labelled_texts, resolve_input, write_prepared
+    from spamtune.prepare import parse_split, prepare_splits, read_input, write_prepared
 
     root = paths.data_root(data_dir)
-    options = PrepareOptions(balance=balance, split=parse_split(split), seed=seed, stratify=stratify, dedupe=dedupe)
-    source = read_labelled_texts(
-        resolve_input(root, input_file), input_format, text_col, label_col, keep_label_case=keep_label_case
+    options = PrepareOptions(**{**options, "split": parse_split(options["split"])})
+    source = read_input(
+        root, inputs or [], input_format, text_col, label_col, keep_label_case=options.keep_label_case
     )
     prepared = prepare_splits(source, options)
     written = write_prepared(root, prepared)
-    from rich.console import Console
-
-    _render_summary(Console(stderr=True), prepared)
+    _render_summary(stderr_console(), prepared)
     for path in written:
         typer.echo(path)
 
@@ -66,26 +67,33 @@ def prepare(
 def _render_summary(console: Console, prepared: PreparedSplits) -> None:
     source, options = prepared.source, prepared.options
     per_label = " / ".join(f"{count:,} {label}" for label, count in source.label_counts().items())
-    _say(console, f"read {len(source.texts):,} rows ({per_label}) from {source.path}")
+    if source.mail_sources is None:
+        console.print(f"read {len(source.texts):,} rows ({per_label}) from {source.path}")
+    else:
+        for c in source.mail_sources:
+            console.print(
+                f"{c.label}: {c.messages:,} messages from {c.path}: {c.kept:,} kept, {c.damaged:,} damaged "
+                f"(kept with what could be read), {c.empty:,} empty (left out), {c.truncated:,} read on their first MiB"
+            )
+        console.print(f"read {len(source.texts):,} messages ({per_label})")
     if source.label_case_folded:
-        _say(console, "labels compared ignoring case, named in lower case (--keep-label-case keeps Spam and spam apart)")
+        console.print("labels compared ignoring case, named in lower case (--keep-label-case keeps Spam and spam apart)")
     for label, spellings in source.label_spellings_merged.items():
-        _say(console, f"warning: labels that differ only in case were merged into {label!r}: {', '.join(map(repr, spellings))}")
+        console.print(f"warning: labels that differ only in case were merged into {label!r}: {', '.join(map(repr, spellings))}")
     if prepared.empty_texts_dropped:
-        _say(console, f"warning: dropped {prepared.empty_texts_dropped:,} rows whose text is empty (or only spaces)")
+        console.print(f"warning: dropped {prepared.empty_texts_dropped:,} rows whose text is empty (or only spaces)")
     if prepared.duplicates_dropped is not None:
-        _say(console, f"dropped {prepared.duplicates_dropped:,} duplicate texts (kept the first of each)")
+        console.print(f"dropped {prepared.duplicates_dropped:,} duplicate texts (kept the first of each)")
     if prepared.rows_per_label_after_balance is not None:
-        _say(console, f"balanced: {prepared.rows_per_label_after_balance:,} rows per label")
+        console.print(f"balanced: {prepared.rows_per_label_after_balance:,} rows per label")
 
     from rich.table import Table
-    from rich.text import Text
 
     counts = prepared.counts()
     table = Table(title="prepared splits", title_justify="left")
     table.add_column("split")
     for label in source.label_map:
-        table.add_column(Text(label), justify="right")  # Text: a label is never read as markup
+        table.add_column(cell(label), justify="right")
     table.add_column("total", justify="right")
     for heading in ("tokens min", "median", "p95", "max"):
         table.add_column(heading, justify="right")
@@ -106,9 +114,5 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
     )
     if any(leaks.values()) and not options.dedupe:
         line += " (--dedupe drops repeated texts first)"
-    _say(console, line)
+    console.print(line)
 
-
-def _say(console: Console, line: str) -> None:
-    """A plain line on stderr: no markup (paths may hold brackets), never wrapped (stays greppable)."""
-    console.print(line, markup=False, highlight=False, soft_wrap=True)

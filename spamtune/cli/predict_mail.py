@@ -1,0 +1,54 @@
+"""``spamtune predict --mail PATH``: one output line per mail message, in the source's stable order.
+
+Not a command of its own: ``predict`` hands over here when ``--mail`` is given. Fields: the
+message's id (its path relative to PATH, ``N <Message-ID>`` for an mbox, ``-`` for stdin), the
+label and ``p_spam``; jsonl adds ``damaged``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from spamtune.errors import SpamtuneError
+
+
+def render_line(renderer, p) -> str:
+    """Text, tsv and label lines as ``predict`` writes them, the id in the text's place; jsonl has its own fields."""
+    if renderer.fmt.value == "jsonl":
+        record = {"id": p.id, "label": p.label, "p_spam": round(p.p_spam, 6), "damaged": p.damaged}
+        return json.dumps(record, ensure_ascii=False) + "\n"
+    from spamtune.infer import Prediction
+
+    return renderer.line(Prediction(p.id, p.label, p.p_spam))
+
+
+def mail_messages(source: Path):
+    """``(id, raw)`` messages of a mail source, ``-`` being one message on stdin; problems raise now."""
+    from spamtune.mail import MAX_MESSAGE_BYTES, iter_messages
+
+    if str(source) == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise SpamtuneError("--mail - reads one message on stdin, but stdin is a terminal")
+        raw = sys.stdin.buffer.read(MAX_MESSAGE_BYTES)
+        while sys.stdin.buffer.read(1 << 16):  # the rest: read and dropped, so the writer is not cut off
+            pass
+        return iter([("-", raw)])
+    if not source.exists():
+        raise SpamtuneError(f"mail source not found: {source}")
+    return iter_messages(source)
+
+
+def predict_mail(classifier, messages, renderer, long: str) -> bool:
+    """Classify every message and write one line each, round by round; whether any was spam."""
+    from spamtune.mail_filter import classify_messages
+
+    out = sys.stdout.buffer
+    any_positive = False
+    for round_ in classify_messages(classifier, messages, long):
+        lines = "".join(render_line(renderer, p) for p in round_)
+        out.write(lines.encode("utf-8", errors="replace"))
+        out.flush()
+        any_positive = any_positive or any(p.label == classifier.positive_label for p in round_)
+    return any_positive

@@ -1,0 +1,101 @@
+"""``spamtune predict --server URL`` and ``spamtune filter --server URL``: the same commands,
+answered by a running ``spamtune serve``.
+
+Messages are read and answers written exactly as locally (same chunks, same renderer, same
+header insertion, same exit status), but the classifying happens in the service over HTTP:
+nothing here imports torch or loads a model, so a call costs an interpreter start and a round trip.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import typer
+
+from spamtune.errors import SpamtuneUsageError
+from spamtune.mail_filter import Verdict
+
+# Options of local classification that the service decides for itself (its run, its reading of
+# long messages), or that it does not offer (mail folders: send each message to /v1/classify/mail).
+LOCAL_ONLY = {"run": "--run", "data_dir": "--data-dir", "device": "--device", "precision": "--precision",
+              "batch_size": "--batch-size", "long": "--long", "mail": "--mail"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RemotePrediction:
+    """What the renderer of ``predict`` reads from a prediction, filled from the service's answer."""
+
+    text: str
+    label: str
+    probability: float
+
+    @property
+    def p_spam(self) -> float:
+        return self.probability
+
+
+def given_on_command_line(name: str) -> bool:
+    """Whether the user set option ``name`` (on the command line or by its variable), not its default."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - Typer without its own copy of Click
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
+def refuse_local_options() -> None:
+    local = [flag for name, flag in LOCAL_ONLY.items() if given_on_command_line(name)]
+    if local:
+        raise SpamtuneUsageError(f"{', '.join(local)} cannot be used with --server: the service's own run and settings apply")
+
+
+def remote_mail_verdict(server: str, api_key: str | None, threshold: float | None) -> Callable[[bytes], Verdict]:
+    """``classify`` for ``filter_message``: the service's verdict on the message's first bytes.
+
+    Wrong options are refused here, before any input is read; a failure to reach the service
+    happens inside ``classify``, so the filter passes the message through unchanged."""
+    refuse_local_options()
+
+    def classify(raw: bytes) -> Verdict:
+        from spamtune.client import client_from_env
+
+        client = client_from_env(server, api_key)
+        answer = client.classify_mail(raw, threshold)
+        return Verdict(answer.label == client.model()["positive_label"], answer.p_spam, answer.threshold, answer.run)
+
+    return classify
+
+
+def predict_remotely(
+    chunks: Iterable[list[str]], server: str, api_key: str | None, output_format, threshold: float, fail_on_spam: bool,
+    header: bool = False,
+) -> None:
+    """Classify every chunk with the service at ``server`` and print it as local ``predict`` would."""
+    from spamtune.cli.predict import TSV_HEADER, OutputFormat, Renderer, _stdout_is_terminal, _use_color
+    from spamtune.client import client_from_env
+
+    refuse_local_options()
+    requested = threshold if given_on_command_line("threshold") else None  # else the service's threshold
+    client = client_from_env(server, api_key)
+    info = client.model()
+    positive = info["positive_label"]
+    if output_format is None:
+        output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
+    renderer = Renderer(output_format, info["labels"], positive, color=_use_color())
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    if header:
+        out.write(TSV_HEADER.encode())
+    any_positive = False
+    for chunk in chunks:
+        verdicts = client.classify(chunk, requested)
+        predictions = [RemotePrediction(text, v.label, v.p_spam) for text, v in zip(chunk, verdicts)]
+        out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
+        out.flush()
+        any_positive = any_positive or any(p.label == positive for p in predictions)
+    if fail_on_spam and any_positive:
+        raise typer.Exit(1)

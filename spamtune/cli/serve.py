@@ -1,0 +1,98 @@
+"""``spamtune serve``: load a run once and classify over HTTP (the API and a web page).
+
+Only option checks happen before the model loads; the service reports ready (one line on
+stderr, and /healthz) once the run is loaded and warmed up. FastAPI, uvicorn and torch are
+imported inside the command so `spamtune --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+
+SERVE_HELP = (
+    "Serve a fine-tuned run over HTTP: a JSON API (/v1/classify, /v1/classify/mail, /v1/model, /healthz, "
+    "/metrics), its OpenAPI page (/docs) and a web page (/) to paste a message into.\n\n"
+    "The run is loaded once; the service is ready when 'ready on URL' is printed on stderr. Requests that "
+    "arrive together share forward passes (dynamic batching). It listens on 127.0.0.1 only unless --host says "
+    "otherwise, and any other address requires an API key (--api-key or SPAMTUNE_API_KEY), which clients send "
+    "as 'Authorization: Bearer KEY'. SIGTERM or Ctrl-C stops accepting connections, finishes the requests in "
+    "flight and exits 0."
+)
+
+MIN_KEY_LENGTH = 16
+
+
+def serve(
+    run: Path | None = typer.Option(
+        None, "--run", metavar="RUN_DIR", help="Fine-tuned run folder.",
+        show_default="the latest run in the data root", file_okay=False,
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Data root holding runs/.", show_default="$SPAMTUNE_HOME, else ./data"
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs an API key."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: any free port, printed when ready)."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="SPAMTUNE_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on the API and /metrics. Prefer the variable: arguments show in ps.",
+    ),
+    cors: list[str] = typer.Option(
+        [], "--cors", metavar="ORIGIN", help="Allow browser pages from ORIGIN to call the API (repeatable). Off by default."
+    ),
+    threshold: float = typer.Option(
+        0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (as for predict)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per model batch (as for predict)."),
+    max_batch: int = typer.Option(128, "--max-batch", min=1, help="Messages per forward pass shared by concurrent requests."),
+    max_wait_ms: float = typer.Option(
+        2.0, "--max-wait-ms", min=0.0, max=1000.0,
+        help="While busy, how long a pass waits for more requests to fill up (an idle service answers at once).",
+    ),
+    max_texts: int = typer.Option(256, "--max-texts", min=1, help="Texts per /v1/classify request (more: 413)."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1, help="JSON request size limit (more: 413)."),
+    max_mail_bytes: int = typer.Option(10 << 20, "--max-mail-bytes", min=1, help="Raw message size limit (more: 413)."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
+) -> None:
+    """Check the options, load and warm up the run, then serve until SIGTERM/Ctrl-C (help: SERVE_HELP)."""
+    from spamtune.serve.server import is_loopback
+
+    api_key = api_key or None  # an empty SPAMTUNE_API_KEY means none
+    if not is_loopback(host) and api_key is None:
+        raise SpamtuneUsageError(
+            f"--host {host} makes the service reachable from other machines: give an API key with "
+            "SPAMTUNE_API_KEY (or --api-key)"
+        )
+    if api_key is not None and len(api_key) < MIN_KEY_LENGTH:
+        raise SpamtuneUsageError(
+            f"the API key is too short (at least {MIN_KEY_LENGTH} characters; e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+        )
+
+    try:
+        from spamtune.serve.app import ServeSettings, create_app
+        from spamtune.serve.server import print_ready, serve_app
+    except ImportError as exc:
+        raise SpamtuneError(f"spamtune serve needs its extra: pip install 'spamtune[serve]' ({exc.name} is missing)") from None
+    from spamtune.infer import SpamClassifier
+
+    classifier = SpamClassifier.load(
+        run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
+    )
+    classifier.predict(["warm-up: the first pass allocates what later ones reuse"])
+    settings = ServeSettings(
+        max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts, max_batch=max_batch,
+        max_wait_ms=max_wait_ms, api_key=api_key, cors_origins=tuple(cors),
+    )  # fmt: skip
+    typer.echo(f"spamtune serve: {classifier!r}", err=True)
+    if not serve_app(create_app(classifier, settings), host, port, on_ready=print_ready, access_log=access_log):
+        raise SpamtuneError(f"could not listen on {host}:{port} (see the line above)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve", help=SERVE_HELP)(serve)

@@ -1,0 +1,164 @@
+"""A client for a running ``spamtune serve``: the standard library only, never torch.
+
+>>> client = SpamtuneClient("http://127.0.0.1:8080")          # api_key=... when the service asks for one
+>>> client.classify(["WINNER!! Claim your prize", "lunch?"])
+[Verdict(label='spam', p_spam=0.98...), Verdict(label='ham', p_spam=0.01...)]
+>>> client.classify_mail(open("message.eml", "rb").read()).headers
+{'X-Spamtune-Status': 'Yes, p_spam=0.981, threshold=0.5', 'X-Spamtune-Run': '...'}
+
+Starting a client costs a Python interpreter and ``urllib``, not a model: this is what
+``spamtune predict --server URL`` and ``spamtune filter --server URL`` use. Any failure (the
+service unreachable, a refusal, a malformed answer) raises ``SpamtuneError`` with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from spamtune.errors import SpamtuneError
+
+ENV_SERVER = "SPAMTUNE_SERVER"
+ENV_API_KEY = "SPAMTUNE_API_KEY"
+DEFAULT_TIMEOUT_S = 60.0
+# Used until the service has said its own limits (GET /v1/model): the defaults of `spamtune serve`.
+DEFAULT_MAX_TEXTS = 256
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One classified text: its label, and the probability of the positive class (spam)."""
+
+    label: str
+    p_spam: float
+
+
+@dataclass(frozen=True)
+class MailVerdict(Verdict):
+    """A classified message: the threshold and run that decided it, and the headers ``spamtune filter`` would add."""
+
+    threshold: float
+    run: str
+    headers: dict[str, str]
+
+
+class SpamtuneClient:
+    """Talks to one service at ``url`` (``http://host:port``)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise SpamtuneError(f"not a service URL: {url!r} (expected http://HOST:PORT)")
+        self.url = url.rstrip("/")
+        self.api_key = api_key or None
+        self.timeout = timeout
+        self._info: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ the API
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/healthz")
+
+    def model(self) -> dict[str, Any]:
+        """The run being served: name, labels, positive label, threshold, limits (cached)."""
+        if self._info is None:
+            self._info = self._request("GET", "/v1/model")
+        return self._info
+
+    def classify(self, texts: list[str], threshold: float | None = None) -> list[Verdict]:
+        """Verdicts for ``texts`` in order, sent in as many requests as the service's limits need."""
+        verdicts: list[Verdict] = []
+        for part in self._requests_for(texts):
+            body: dict[str, Any] = {"texts": part}
+            if threshold is not None:
+                body["threshold"] = threshold
+            answer = self._request("POST", "/v1/classify", json.dumps(body, ensure_ascii=False).encode())
+            results = answer.get("results")
+            if not isinstance(results, list) or len(results) != len(part):
+                raise SpamtuneError(f"the service at {self.url} sent a malformed answer")
+            verdicts.extend(Verdict(r["label"], float(r["p_spam"])) for r in results)
+        return verdicts
+
+    def classify_mail(self, raw: bytes, threshold: float | None = None) -> MailVerdict:
+        """The verdict on one raw RFC 822 message, as ``POST /v1/classify/mail`` gives it."""
+        query = "" if threshold is None else "?" + urllib.parse.urlencode({"threshold": threshold})
+        answer = self._request("POST", "/v1/classify/mail" + query, raw, content_type="message/rfc822")
+        try:
+            return MailVerdict(
+                answer["label"], float(answer["p_spam"]), float(answer["threshold"]), str(answer["run"]),
+                dict(answer["headers"]),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            raise SpamtuneError(f"the service at {self.url} sent a malformed answer") from None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _requests_for(self, texts: list[str]) -> Iterator[list[str]]:
+        """``texts`` cut into requests within the service's text count and body size limits."""
+        limits = self.model().get("limits", {})
+        max_texts = int(limits.get("max_texts", DEFAULT_MAX_TEXTS))
+        budget = int(limits.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)) - 64  # room for the JSON around them
+        part: list[str] = []
+        size = 0
+        for text in texts:
+            # The JSON form of the text, measured as sent: escapes and non-ASCII bytes counted.
+            cost = len(json.dumps(text, ensure_ascii=False).encode()) + 2
+            if cost > budget:
+                raise SpamtuneError(
+                    f"a message of {cost:,} bytes is larger than the service accepts ({budget:,}); "
+                    "raise its --max-body-bytes or classify it locally"
+                )
+            if part and (len(part) == max_texts or size + cost > budget):
+                yield part
+                part, size = [], 0
+            part.append(text)
+            size += cost
+        if part:
+            yield part
+
+    def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json") -> dict:
+        headers = {"Accept": "application/json", "User-Agent": "spamtune-client"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            raise SpamtuneError(f"the service at {self.url} refused the request: {_error_line(exc)}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SpamtuneError(f"cannot reach the service at {self.url}: {reason}") from None
+        try:
+            answer = json.loads(payload)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise SpamtuneError(f"the service at {self.url} sent a malformed answer")
+        return answer
+
+
+def _error_line(exc: urllib.error.HTTPError) -> str:
+    """The service's one-line reason (``{"error": ...}``) and the status."""
+    try:
+        message = json.loads(exc.read()).get("error")
+    except (ValueError, AttributeError, OSError):
+        message = None
+    return f"{message or exc.reason} (HTTP {exc.code})"
+
+
+def client_from_env(url: str | None = None, api_key: str | None = None) -> SpamtuneClient:
+    """A client for ``url`` (else ``$SPAMTUNE_SERVER``) with ``api_key`` (else ``$SPAMTUNE_API_KEY``)."""
+    url = url or os.environ.get(ENV_SERVER)
+    if not url:
+        raise SpamtuneError(f"no service URL: give --server URL or set {ENV_SERVER}")
+    return SpamtuneClient(url, api_key or os.environ.get(ENV_API_KEY))

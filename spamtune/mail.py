@@ -1,0 +1,484 @@
+"""RFC 822 mail in: the text the model sees for a message, and the readers of mail folders.
+
+The text of a message (``message_text``) is its decoded Subject followed by its body text, with
+all whitespace collapsed to single spaces:
+
+- the body is the message's ``text/plain`` content, or, where a part offers only HTML, that HTML
+  turned into text by a real parser (``html.parser``): scripts, styles and comments dropped,
+  entities decoded, the text of links kept;
+- in ``multipart/alternative`` the plain-text version wins over the HTML one; the inline text
+  parts of other multiparts (``mixed``, ``related``, ...) follow one another in order;
+- base64 and quoted-printable are decoded and the declared charset applied; an unknown charset
+  is read as UTF-8, a wrong one (bytes it cannot decode) as UTF-8 if they are valid UTF-8, else
+  with U+FFFD replacements; 8-bit bytes in headers are read as UTF-8, else as Windows-1252;
+- attachments (a ``Content-Disposition: attachment``, or any non-text part) are skipped, and a
+  forwarded ``message/rfc822`` contributes its own Subject and body.
+
+Parsing never raises: whatever the standard library's parser reports as a defect (a missing
+boundary, bad base64, a malformed header) and every charset fallback marks the result
+``damaged``; callers count damaged and empty messages. Only the first ``MAX_MESSAGE_BYTES`` of a
+message are parsed, so a 20 MB attachment costs a bounded amount of memory and time.
+
+The readers (``iter_messages``) take a Maildir, an mbox file, a folder tree of message files or a
+single message file and yield ``(id, raw bytes)`` in a stable order.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import BinaryIO
+
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+
+# Enough for any real text part (long HTML newsletters run to a few hundred KB); the rest of a
+# larger message is attachments, which the text skips anyway.
+MAX_MESSAGE_BYTES = 1 << 20
+_READ_BLOCK = 1 << 16
+
+# How a message longer than the model's window is read (see spamtune.long_messages); kept here,
+# free of torch, so the CLI's options can name them without importing the model. Mail defaults to
+# chunks, the most accurate on long mail (benchmarks/mail_bench.py); lines of text and prepared
+# splits keep the head, as training reads them.
+LONG_MODES = ("head", "head-tail", "chunks")
+DEFAULT_LONG = "chunks"
+TEXT_LONG = "head"
+
+_PARSER = BytesParser(policy=policy.default)
+
+
+@dataclass(frozen=True)
+class MailText:
+    """What ``extract`` found in one message.
+
+    ``text`` is what the model sees; ``damaged`` says the parser reported defects or a charset
+    had to fall back (``problems`` names them); ``truncated`` says only the message's start was
+    read; ``attachments`` lists the content types of the skipped parts.
+    """
+
+    text: str
+    damaged: bool = False
+    truncated: bool = False
+    problems: tuple[str, ...] = ()
+    attachments: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.text
+
+
+def message_text(raw: bytes | Message) -> str:
+    """The text the model sees for one message (raw bytes or a parsed message); never raises."""
+    return extract(raw).text
+
+
+def extract(raw: bytes | Message, max_bytes: int = MAX_MESSAGE_BYTES) -> MailText:
+    """``message_text`` with what went wrong on the way: see ``MailText``. Never raises."""
+    truncated = False
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = bytes(raw)
+        if len(raw) > max_bytes:
+            raw, truncated = raw[:max_bytes], True
+        try:
+            msg = _PARSER.parsebytes(raw)
+        except Exception as exc:  # the parser is lenient; this guards against its own bugs
+            return MailText("", damaged=True, truncated=truncated, problems=(f"unparseable: {type(exc).__name__}",))
+    else:
+        msg = raw
+    walker = _TextWalker()
+    try:
+        pieces = walker.message(msg)
+    except Exception as exc:  # a library bug on some odd message must not stop a mailbox
+        walker.problems.append(f"unreadable: {type(exc).__name__}")
+        pieces = []
+    text = _collapse(" ".join(pieces))
+    problems = tuple(dict.fromkeys(walker.problems))  # each kind once, in the order met
+    # A message cut at max_bytes has an unfinished last part: that is the cut, not damage.
+    if truncated:
+        problems = tuple(p for p in problems if p not in _CUT_DEFECTS)
+    return MailText(text, bool(problems), truncated, problems, tuple(walker.attachments))
+
+
+# What cutting a message short makes the parser report about its last part.
+_CUT_DEFECTS = {"CloseBoundaryNotFoundDefect", "InvalidBase64PaddingDefect", "InvalidBase64LengthDefect",
+                "InvalidBase64CharactersDefect", "StartBoundaryNotFoundDefect"}
+
+
+# Control characters (NUL, escape sequences, ...) carry no words: they read as spaces.
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+
+
+def _collapse(text: str) -> str:
+    return " ".join(_CONTROLS.sub(" ", text).split())
+
+
+class _TextWalker:
+    """Walks a parsed message and gathers the pieces of its text, noting problems on the way."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.attachments: list[str] = []
+
+    def message(self, msg: Message) -> list[str]:
+        self._defects(msg)
+        subject = self._subject(msg)
+        body = self.part(msg)
+        return [subject, *body]
+
+    def _defects(self, part: Message) -> None:
+        self.problems.extend(type(defect).__name__ for defect in part.defects)
+
+    def _subject(self, msg: Message) -> str:
+        raw_values = [value for name, value in msg.raw_items() if name.lower() == "subject"]
+        if not raw_values:
+            return ""
+        raw = raw_values[0]
+        if isinstance(raw, str) and _has_surrogates(raw):
+            # 8-bit bytes in the header: the parser kept them as surrogates.
+            data = raw.encode("utf-8", "surrogateescape")
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.problems.append("8-bit header not UTF-8")
+                return data.decode("cp1252", errors="replace")
+        try:
+            value = str(msg["subject"])
+        except Exception:
+            self.problems.append("unreadable Subject")
+            return str(raw)
+        if "\ufffd" in value and "\ufffd" not in str(raw):
+            self.problems.append("undecodable Subject")
+        return value
+
+    def part(self, part: Message) -> list[str]:
+        """The text pieces of ``part``, recursively; attachments skipped."""
+        self._defects(part)
+        ctype = part.get_content_type()
+        maintype = part.get_content_maintype()
+        if part.get_content_disposition() == "attachment":
+            self.attachments.append(ctype)
+            return []
+        if part.is_multipart():
+            children = list(_children(part))
+            if ctype == "message/rfc822":
+                return [piece for child in children for piece in self.message(child)]
+            if ctype == "multipart/alternative":
+                return self._alternative(children)
+            return [piece for child in children for piece in self.part(child)]
+        if maintype == "multipart":  # declared multipart but no boundary: the parser kept it as one text
+            return [self._decoded(part)]
+        if maintype != "text" or part.get_content_subtype() not in ("plain", "html"):
+            self.attachments.append(ctype)
+            return []
+        text = self._decoded(part)
+        return [html_to_text(text) if ctype == "text/html" else text]
+
+    def _alternative(self, children: list[Message]) -> list[str]:
+        """The plain version if it has text, else the HTML one, else whatever else the parts hold."""
+        for wanted in ("text/plain", "text/html"):
+            for child in children:
+                if child.get_content_type() == wanted and child.get_content_disposition() != "attachment":
+                    pieces = self.part(child)
+                    if any(piece.strip() for piece in pieces):
+                        return pieces
+        for child in children:  # e.g. a multipart/related holding the HTML and its images
+            if child.is_multipart():
+                pieces = self.part(child)
+                if any(piece.strip() for piece in pieces):
+                    return pieces
+        return []
+
+    def _base64(self, payload) -> bytes | None:
+        if not isinstance(payload, str):
+            return None
+        try:
+            return base64.b64decode("".join(payload.split()), validate=True)
+        except ValueError:  # binascii.Error: truncated or with stray characters
+            self.problems.append("bad base64")
+            return _lenient_base64(payload)
+
+    def _decoded(self, part: Message) -> str:
+        """The part's payload with its transfer encoding undone and its charset applied."""
+        if part.get("content-transfer-encoding", "").strip().lower() == "base64":
+            payload = self._base64(part.get_payload())
+        else:
+            payload = part.get_payload(decode=True)
+        if payload is None:  # a payload that is not a string (a mislabelled multipart)
+            self.problems.append("text part without text")
+            return ""
+        charset = part.get_content_charset()
+        if charset is None:
+            return _decode_without_charset(payload)
+        try:
+            codecs.lookup(charset)
+            return payload.decode(charset)
+        except LookupError:  # unknown charset, or a codec that is not a text encoding
+            self.problems.append(f"unknown charset {charset}")
+        except (UnicodeDecodeError, ValueError):
+            self.problems.append(f"bytes not in charset {charset}")
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        try:
+            return payload.decode(charset, errors="replace")
+        except (LookupError, ValueError):
+            return payload.decode("utf-8", errors="replace")
+
+
+def _lenient_base64(payload: str) -> bytes:
+    """Base64 decoded as far as it goes: stray characters dropped, a cut-off last group kept in part.
+
+    The standard library hands back the undecoded text when base64 is truncated; the start of the
+    message is worth more to the model than a page of base64 letters.
+    """
+    letters = _NOT_BASE64.sub("", payload.split("=", 1)[0])
+    usable = len(letters) - (len(letters) % 4 == 1)  # one lone letter carries no whole byte
+    letters = letters[:usable]
+    return base64.b64decode(letters + "=" * (-len(letters) % 4))
+
+
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+
+
+def _children(part: Message) -> Iterator[Message]:
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        yield from (child for child in payload if isinstance(child, Message))
+
+
+def _decode_without_charset(payload: bytes) -> str:
+    """No declared charset means US-ASCII, but 8-bit mail without one is mostly UTF-8 or Windows-1252."""
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload.decode("cp1252", errors="replace")
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in text)
+
+
+# --------------------------------------------------------------------------- HTML
+
+_SKIPPED_ELEMENTS = frozenset({"script", "style", "template"})
+# Elements that separate words: "<p>a</p><p>b</p>" reads "a b", while "<b>Fr</b>ee" stays "Free".
+_BREAKING_ELEMENTS = frozenset(
+    "address article aside blockquote br dd div dl dt fieldset figcaption figure footer form h1 h2 h3 h4 h5 h6 "
+    "header hr img input li main nav ol option p pre section select table tbody td tfoot th thead tr ul".split()
+)
+
+
+class _HTMLText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.pieces: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _SKIPPED_ELEMENTS:
+            self.skipping += 1
+        elif tag in _BREAKING_ELEMENTS:
+            self.pieces.append(" ")
+
+    def handle_startendtag(self, tag, attrs):
+        if tag in _BREAKING_ELEMENTS:
+            self.pieces.append(" ")
+
+    def handle_endtag(self, tag):
+        if tag in _SKIPPED_ELEMENTS:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in _BREAKING_ELEMENTS:
+            self.pieces.append(" ")
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self.pieces.append(data)
+
+    # Comments, declarations and processing instructions carry no text: HTMLParser's default
+    # handlers already drop them.
+
+
+def html_to_text(html: str) -> str:
+    """The visible text of an HTML document, whitespace collapsed; never raises."""
+    parser = _HTMLText()
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:  # html.parser is lenient; keep what was read before any failure
+        pass
+    return _collapse("".join(parser.pieces))
+
+
+# --------------------------------------------------------------------------- sources
+
+@dataclass(frozen=True)
+class MailSource:
+    """A labelled mail source from the command line: ``LABEL=PATH``."""
+
+    label: str
+    path: Path
+
+
+def parse_source(spec: str) -> MailSource:
+    """``"spam=~/Mail/Junk"`` -> ``MailSource("spam", Path("~/Mail/Junk").expanduser())``."""
+    label, sep, path = spec.partition("=")
+    label = label.strip()
+    if not sep or not label or not path:
+        raise SpamtuneUsageError(f"a mail source is LABEL=PATH (e.g. spam=~/Mail/Junk), not {spec!r}")
+    return MailSource(label, Path(path).expanduser())
+
+
+def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[str, bytes]]:
+    """``(id, raw bytes)`` for every message under ``path``, in a stable order.
+
+    ``path`` is a Maildir (``cur/`` then ``new/``, each by file name; ``tmp/`` holds unfinished
+    deliveries and is skipped), a folder tree of message files (every regular file, by relative
+    path; hidden names and symbolic links skipped), an mbox file (a file starting with ``From ``)
+    or a single message file. Ids are the file's path relative to ``path`` (its name for a single
+    file), or for an mbox the message's number from 1 and its Message-ID (``"3 <id@host>"``).
+    Each message is read up to ``max_bytes``: what the text needs, in bounded memory.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "cur").is_dir() or (path / "new").is_dir():
+            files = [f"{sub}/{name}" for sub in ("cur", "new") for name in _sorted_names(path / sub)]
+        else:
+            files = list(_tree_files(path))
+        for relative in files:
+            data = _read_start(path / relative, max_bytes)
+            if data is not None:
+                yield relative, data
+        return
+    if not path.exists():
+        raise SpamtuneError(f"mail source not found: {path}")
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with stream:
+        if stream.peek(5)[:5] == b"From ":
+            yield from iter_mbox(stream, max_bytes)
+        else:
+            yield path.name, stream.read(max_bytes)
+
+
+def _sorted_names(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file(follow_symlinks=False))
+
+
+def _tree_files(root: Path) -> Iterator[str]:
+    for folder, dirs, files in os.walk(root):  # os.walk does not follow links to folders
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        base = Path(folder).relative_to(root)
+        for name in sorted(files):
+            full = Path(folder) / name
+            if not name.startswith(".") and not full.is_symlink() and full.is_file():
+                yield (base / name).as_posix()
+
+
+def _read_start(path: Path, max_bytes: int) -> bytes | None:
+    """The first ``max_bytes`` of a file; None if it vanished meanwhile (a Maildir being read by a client)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(max_bytes)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+_ESCAPED_FROM = re.compile(rb">+From ")
+
+
+def iter_mbox(stream: BinaryIO, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[str, bytes]]:
+    """The messages of an mbox stream, ``(number and Message-ID, raw bytes)``.
+
+    A message starts at a ``From `` line at the start of the file or after an empty line (its
+    envelope line, dropped here); the empty line before it belongs to the separator. Lines
+    ``>From ``, ``>>From `` ... lose one ``>`` (mboxrd quoting; in mboxo files this restores the
+    ``From `` lines that were quoted). Only the first ``max_bytes`` of each message are kept;
+    the rest is skipped line by line, so memory stays bounded whatever the message size.
+    """
+    number = 0
+    body = bytearray()
+    in_message = False
+    kept_full = True
+    previous_blank = True
+    at_line_start = True
+    while True:
+        line = stream.readline(_READ_BLOCK)
+        if not line:
+            break
+        starts_line = at_line_start
+        at_line_start = line.endswith(b"\n")
+        if starts_line and previous_blank and line.startswith(b"From "):
+            if in_message:
+                yield _mbox_item(number, body, kept_full)
+            number += 1
+            body = bytearray()
+            in_message, kept_full = True, True
+            previous_blank = False
+            continue
+        if starts_line:
+            previous_blank = line in (b"\n", b"\r\n")
+            if _ESCAPED_FROM.match(line):
+                line = line[1:]
+        if in_message and kept_full:
+            if len(body) + len(line) <= max_bytes:
+                body += line
+            else:
+                body += line[: max_bytes - len(body)]
+                kept_full = False
+    if in_message:
+        yield _mbox_item(number, body, kept_full)
+
+
+def _mbox_item(number: int, body: bytearray, kept_full: bool) -> tuple[str, bytes]:
+    data = bytes(body)
+    if kept_full:  # the empty line written before the next envelope line
+        if data.endswith(b"\r\n\r\n"):
+            data = data[:-2]
+        elif data.endswith(b"\n\n"):
+            data = data[:-1]
+    message_id = header_value(data, "message-id")
+    return (f"{number} {message_id}" if message_id else str(number)), data
+
+
+def header_block_end(raw: bytes) -> int | None:
+    """Where the empty line ending the header block starts, or None when ``raw`` holds none."""
+    pos = 0
+    while True:
+        newline = raw.find(b"\n", pos)
+        if newline < 0:
+            return None
+        if raw[pos:newline] in (b"", b"\r"):
+            return pos
+        pos = newline + 1
+
+
+def header_value(raw: bytes, name: str) -> str | None:
+    """One header's raw value (unfolded, stripped) from the header block of ``raw``, or None."""
+    end = header_block_end(raw)
+    wanted = name.lower().encode("ascii") + b":"
+    value = None
+    for line in raw[:end].splitlines():
+        if value is not None:
+            if line[:1] in (b" ", b"\t"):
+                value += b" " + line.strip()
+                continue
+            break
+        if line.lower().startswith(wanted):
+            value = line[len(wanted):].strip()
+    return None if value is None else value.strip().decode("utf-8", errors="replace")

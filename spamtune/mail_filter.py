@@ -1,0 +1,203 @@
+"""Adding a verdict to a mail message without touching any of its bytes, as ``spamc`` does.
+
+``spamtune filter`` (and any server) reads a message, classifies its start and writes it back
+with two header lines added at the end of its header block::
+
+    X-Spamtune-Status: Yes, p_spam=0.987, threshold=0.5
+    X-Spamtune-Run: 20261125-101500-tiny; spamtune 0.1.0
+
+in the message's own line ending (CRLF or LF). Nothing else changes: no re-wrapping, no
+re-encoding, 8-bit bytes kept, so removing the two lines gives back the exact input. Only the
+first ``MAX_MESSAGE_BYTES`` are held in memory; the rest is copied through in blocks. When the
+classifier cannot run, the message goes through unchanged and the caller reports the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
+
+from spamtune import __version__
+from spamtune.mail import MAX_MESSAGE_BYTES, extract, header_block_end, message_text
+
+if TYPE_CHECKING:  # torch comes with the classifier; this module stays light without it
+    from spamtune.infer import SpamClassifier
+
+STATUS_HEADER = "X-Spamtune-Status"
+RUN_HEADER = "X-Spamtune-Run"
+_COPY_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A message's classification as the added headers state it."""
+
+    is_spam: bool
+    p_spam: float
+    threshold: float
+    run: str  # the run's name (its folder name)
+
+    def header_lines(self, newline: bytes = b"\n") -> bytes:
+        status = f"{STATUS_HEADER}: {'Yes' if self.is_spam else 'No'}, p_spam={self.p_spam:.3f}, threshold={self.threshold:g}"
+        run = f"{RUN_HEADER}: {_header_safe(self.run)}; spamtune {__version__}"
+        return status.encode("ascii") + newline + run.encode("ascii") + newline
+
+
+def verdict_function(classifier: SpamClassifier, long: str | None = None) -> Callable[[bytes], Verdict]:
+    """``classify`` for ``filter_message``: the message's text (``message_text``) through the
+    classifier, long messages read the ``long`` way (default ``spamtune.mail.DEFAULT_LONG``), at its threshold."""
+    from spamtune.long_messages import predict_long
+
+    run = classifier.run_dir.name if classifier.run_dir is not None else "unsaved"
+
+    def classify(raw: bytes) -> Verdict:
+        [prediction] = predict_long(classifier, [message_text(raw)], long)
+        is_spam = prediction.label == classifier.positive_label
+        return Verdict(is_spam, prediction.probability, classifier.threshold, run)
+
+    return classify
+
+
+def _header_safe(value: str) -> str:
+    """Printable ASCII only, so a run's name can neither break a header line nor need encoding."""
+    return "".join(c if " " <= c <= "~" else "?" for c in value)
+
+
+def insertion_point(head: bytes, complete: bool) -> tuple[int, bytes]:
+    """Where the added lines go in a message starting with ``head``, and the line ending to use.
+
+    The end of the header block is the first empty line. Without one (a message of headers only,
+    or a header block longer than ``head``) the lines go after the last complete header line when
+    ``head`` is the whole message and ends in a line break; otherwise at the top, after an mbox
+    ``From `` envelope line if there is one, so that no byte of the input has to change.
+    """
+    first_newline = head.find(b"\n")
+    newline = b"\r\n" if first_newline > 0 and head[first_newline - 1 : first_newline] == b"\r" else b"\n"
+    end = header_block_end(head)
+    if end is not None:
+        return end, newline
+    if complete and head.endswith(b"\n"):
+        return len(head), newline
+    if head.startswith(b"From ") and first_newline >= 0:
+        return first_newline + 1, newline
+    return 0, newline
+
+
+def with_status_headers(raw: bytes, verdict: Verdict) -> bytes:
+    """``raw`` (a whole message) with the verdict's header lines added at the end of its header block."""
+    at, newline = insertion_point(raw, complete=True)
+    return raw[:at] + verdict.header_lines(newline) + raw[at:]
+
+
+@dataclass
+class FilterOutcome:
+    """What ``filter_message`` did: the verdict, or the error that made it pass the message through."""
+
+    verdict: Verdict | None
+    error: Exception | None
+    size: int  # bytes of the message
+
+
+def filter_message(
+    source: BinaryIO,
+    sink: BinaryIO,
+    classify: Callable[[bytes], Verdict] | None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> FilterOutcome:
+    """Copy one message from ``source`` to ``sink``, with the verdict's headers added.
+
+    ``classify`` gets the message's first ``max_bytes`` (the whole message when smaller). If it is
+    None or raises, the message is copied unchanged and the error returned, never raised: mail must
+    not be lost. Errors writing to ``sink`` do propagate.
+    """
+    head = _read_up_to(source, max_bytes)
+    complete = len(head) < max_bytes or not _peek_more(source)
+    verdict, error, added = None, None, b""
+    if classify is None:
+        error = RuntimeError("no classifier")
+    else:
+        try:
+            verdict = classify(head)
+        except Exception as exc:  # any failure: pass the message on untouched
+            error = exc
+    at = 0
+    if verdict is not None:
+        at, newline = insertion_point(head, complete)
+        added = verdict.header_lines(newline)
+    sink.write(head[:at])
+    sink.write(added)
+    sink.write(head[at:])
+    size = len(head)
+    if not complete:
+        size += _copy(source, sink)
+    sink.flush()
+    return FilterOutcome(verdict, error, size)
+
+
+def _read_up_to(source: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes: pipes hand data over in pieces, so read until full or at the end."""
+    parts, size = [], 0
+    while size < limit:
+        data = source.read(min(_COPY_BLOCK, limit - size))
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    return b"".join(parts)
+
+
+def _peek_more(source: BinaryIO) -> bool:
+    peek = getattr(source, "peek", None)
+    if peek is not None:
+        return bool(peek(1))
+    return True  # cannot tell without reading: treat the message as longer than the head
+
+
+def _copy(source: BinaryIO, sink: BinaryIO) -> int:
+    copied = 0
+    while data := source.read(_COPY_BLOCK):
+        sink.write(data)
+        copied += len(data)
+    return copied
+
+
+@dataclass(frozen=True)
+class MailPrediction:
+    """One message's verdict for ``predict --mail``: its id (path, or mbox number and Message-ID)."""
+
+    id: str
+    label: str
+    p_spam: float
+    damaged: bool
+
+
+# Messages classified per round: enough to fill length-sorted batches, few enough that a
+# mailbox of any size runs in bounded memory (each message is at most MAX_MESSAGE_BYTES).
+MAIL_CHUNK = 256
+
+
+def classify_messages(
+    classifier: SpamClassifier, messages: Iterable[tuple[str, bytes]], long: str | None = None, chunk: int = MAIL_CHUNK
+) -> Iterator[list[MailPrediction]]:
+    """Verdicts for ``(id, raw bytes)`` messages (``spamtune.mail.iter_messages``), in input order,
+    a list per round of ``chunk`` messages so callers can write each round as it is ready."""
+    from spamtune.long_messages import predict_long
+
+    pending: list[tuple[str, bytes]] = []
+    for item in messages:
+        pending.append(item)
+        if len(pending) == chunk:
+            yield _classify_round(classifier, pending, long, predict_long)
+            pending = []
+    if pending:
+        yield _classify_round(classifier, pending, long, predict_long)
+
+
+def _classify_round(classifier, items, long, predict_long) -> list[MailPrediction]:
+    results = [extract(raw) for _, raw in items]
+    predictions = predict_long(classifier, [r.text for r in results], long)
+    return [
+        MailPrediction(message_id, p.label, p.probability, r.damaged)
+        for (message_id, _), p, r in zip(items, predictions, results)
+    ]

@@ -1,0 +1,149 @@
+"""The choices of a fine-tuning run and of a data preparation: one dataclass each, with the
+defaults and the help text of every field.
+
+They are the single source of both: the library takes them as they are, and the CLI builds its
+options (flags, defaults, ``--help``) from these fields, so a default is written once. This
+module imports nothing heavy: ``spamtune --help`` reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spamtune.errors import OptionError
+
+if TYPE_CHECKING:
+    from spamtune.model import GPTConfig, Trainable
+
+WEIGHT_SOURCES = ("pretrained", "random")
+BALANCE_MODES = ("undersample", "none")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def option(default, help: str, **cli) -> field:
+    """A dataclass field with its help text; ``cli`` holds what only the command line needs:
+    ``choices`` it checks itself, a ``flag`` other than the field's name."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass
+class FinetuneOptions:
+    """Every choice of a fine-tuning run, with the book's defaults. Saved as ``hparams.json``."""
+
+    model: str = option("gpt2-small", "Named size (gpt2-small, gpt2-medium, ..., tiny) or a JSON config file.")
+    weights: str = option("pretrained", "pretrained (needs `spamtune download model NAME`) or random.")
+    trainable: str = option("last-block", "head, last-block, last-N-blocks (e.g. last-2-blocks) or all.")
+    pooling: str = option("last-real", "last-real (last non-padding token), last (the book's) or mean.")
+    epochs: int = option(5, "Passes over the training split.")
+    batch_size: int = option(8, "Messages per batch.")
+    lr: float = option(5e-5, "AdamW learning rate.")
+    weight_decay: float = option(0.1, "AdamW weight decay.")
+    seed: int = option(123, "Seed for the head, random init and batch order.")
+    max_length: int | None = option(
+        None, "Tokens kept per message (start kept). Default: longest training message, capped by the context."
+    )
+    grad_accum: int = option(1, "Batches per optimizer step.")
+    eval_every: int | None = option(None, "Also evaluate every N steps (default: once per epoch).")
+    patience: int | None = option(None, "Stop after N evaluations without a lower validation loss.")
+    device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
+    precision: str = option("auto", "auto, fp32, bf16 (CPU/CUDA) or fp16 (CUDA).")
+    data_dir: str = option("data", "Data root (default: $SPAMTUNE_HOME or ./data).")
+    class_weights: str = option(
+        "none",
+        "none, or balanced: weight each class's training loss by n / (classes x its count), so that a "
+        "rare class (spam in the natural mix) counts as much as a common one without discarding data.",
+        choices=CLASS_WEIGHTS,
+    )
+    # Off gives the plain forward pass, the reference the shortcuts are tested against.
+    shortcuts: bool = option(
+        True, "Exact speed-ups: compute frozen blocks once (prefix cache) and run the last block at the pooled token only."
+    )
+
+
+# Options a resumed run may take afresh: where the data is (its fingerprint is checked) and
+# where to compute. Every other option is the run's own.
+RESUMABLE_CHANGES = ("device", "data_dir")
+# Options added after runs were first saved: an older run's hparams.json lacks them, and its
+# training had their default (no class weights).
+ADDED_OPTIONS = ("class_weights",)
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise OptionError(name, message)
+
+
+def validate_options(options: FinetuneOptions, model_cfg: GPTConfig | None = None) -> tuple[GPTConfig, Trainable]:
+    """One clear error per bad option, before anything is read or built; returns the model's
+    shape and the parsed ``trainable`` preset."""
+    from spamtune.device import PRECISIONS
+    from spamtune.model import POOLINGS, GPTConfig, Trainable
+
+    o = options
+    _require(o.epochs >= 1, "epochs", f"must be at least 1 (got {o.epochs})")
+    _require(o.batch_size >= 1, "batch_size", f"must be at least 1 (got {o.batch_size})")
+    _require(math.isfinite(o.lr) and o.lr > 0, "lr", f"must be a positive number (got {o.lr})")
+    _require(math.isfinite(o.weight_decay) and o.weight_decay >= 0, "weight_decay", f"must be >= 0 (got {o.weight_decay})")
+    _require(o.grad_accum >= 1, "grad_accum", f"must be at least 1 (got {o.grad_accum})")
+    _require(o.eval_every is None or o.eval_every >= 1, "eval_every", f"must be at least 1 step (got {o.eval_every})")
+    _require(o.patience is None or o.patience >= 1, "patience", f"must be at least 1 evaluation (got {o.patience})")
+    for name, value, choices in (("weights", o.weights, WEIGHT_SOURCES), ("pooling", o.pooling, POOLINGS), ("precision", o.precision, PRECISIONS), ("class_weights", o.class_weights, CLASS_WEIGHTS)):
+        _require(value in choices, name, f"unknown {{option}} '{value}'; choose one of: {', '.join(choices)}")
+    cfg = model_cfg or GPTConfig.resolve(o.model)
+    trainable = Trainable.parse(o.trainable, cfg.n_layers)
+    if o.max_length is not None:
+        _require(o.max_length >= 1, "max_length", f"must be at least 1 (got {o.max_length})")
+        _require(
+            o.max_length <= cfg.context_length,
+            "max_length",
+            f"{{option}} {o.max_length} exceeds the model's context length {cfg.context_length}",
+        )
+    if o.weights == "pretrained":
+        pretrained_weights_file(cfg, o.model, Path(o.data_dir))
+    return cfg, trainable
+
+
+def pretrained_weights_file(cfg: GPTConfig, spec: str, root: Path) -> Path:
+    """The downloaded GPT-2 weights for ``cfg``, or a one-line error saying how to get them."""
+    from spamtune import paths
+    from spamtune.errors import SpamtuneError
+    from spamtune.model import PRETRAINED_SIZES
+
+    name = cfg.name
+    if name not in PRETRAINED_SIZES:
+        raise OptionError(
+            "weights",
+            f"there are no pretrained weights for model '{spec}' (OpenAI released {', '.join(PRETRAINED_SIZES)}); "
+            "use {option} random",
+        )
+    found = paths.find_pretrained_weights(root, name)
+    if found is None:
+        raise SpamtuneError(
+            f"no pretrained {name} weights in {paths.models_dir(root)} or the Hugging Face cache; "
+            f"run `spamtune download model {name}` or use random weights"
+        )
+    return found
+
+
+@dataclass
+class PrepareOptions:
+    """How labelled texts become splits; the defaults are the book's chapter-6 recipe."""
+
+    balance: str = option(
+        "undersample",
+        "undersample: cut every label to the rarest one's count (the book's recipe); "
+        "none: keep every row, cut per label (stratified) so each split has the natural class mix.",
+        choices=BALANCE_MODES,
+    )
+    split: tuple[float, float, float] = option((0.7, 0.1, 0.2), "Train, validation and test fractions; they must sum to 1.")
+    seed: int = option(123, "Random state of the undersampling and the shuffle.")  # the book's random_state
+    stratify: bool = option(False, "Cut each label separately so every split keeps the label proportions.", flag="--stratify")
+    dedupe: bool = option(False, "Drop repeated texts (keeping the first) before anything else.", flag="--dedupe")
+    keep_label_case: bool = option(
+        False,
+        "Treat labels that differ only in case (Spam, spam) as different classes. Default: fold them to lower case.",
+        flag="--keep-label-case",
+    )

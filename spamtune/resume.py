@@ -1,0 +1,88 @@
+"""The resume state of an unfinished run: one safetensors file, so weights, optimizer and loop
+position always agree.
+
+It holds the trainable weights, the best ones so far (the frozen rest of the model never
+changes, so these two and the pretrained file make up both classifiers), AdamW's moments, the
+RNG state, the gradient scaler and where the loop stands. Written atomically after every
+evaluation: a kill, Ctrl-C or a full disk leaves the previous one whole. No pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from spamtune.checkpoint import check_state_shapes, save_tensors
+from spamtune.device import Precision
+from spamtune.errors import SpamtuneError
+from spamtune.model import GPTModel
+from spamtune.runs import resume_file
+
+
+def trainable_weights(model: GPTModel) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters training changes."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_resume_state(
+    run_dir: Path,
+    model: GPTModel,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    best_weights: dict[str, torch.Tensor],
+    position: dict,
+) -> None:
+    """Write the state; ``position`` is the loop's JSON-ready counters."""
+    tensors = {f"model.{n}": t.contiguous() for n, t in trainable_weights(model).items()}
+    tensors.update({f"best.{n}": t for n, t in best_weights.items()})
+    for index, param_state in optimizer.state_dict()["state"].items():
+        for key, value in param_state.items():
+            tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if precision.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(precision.device)
+    metadata = {"loop": json.dumps(position), "scaler": json.dumps(precision.scaler.state_dict())}
+    save_tensors(resume_file(run_dir), tensors, metadata)
+
+
+def load_resume_state(
+    run_dir: Path, model: GPTModel, optimizer: torch.optim.Optimizer, precision: Precision
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Put the saved weights, optimizer, scaler and RNG state back; return the loop position
+    and the best weights so far."""
+    path = resume_file(run_dir)
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+        position = json.loads(metadata["loop"])
+        scaler_state = json.loads(metadata["scaler"])
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise SpamtuneError(f"cannot read the resume state {path}: {exc}") from None
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    saved = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    best_weights = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
+    frozen = {k: v for k, v in model.state_dict().items() if k not in trainable}
+    check_state_shapes(model, {**frozen, **saved}, str(path))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in trainable:
+                param.copy_(saved[name])
+    optim_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optim_state.setdefault(int(index), {})[name] = value
+    optimizer_sd = optimizer.state_dict()
+    optimizer_sd["state"] = optim_state
+    optimizer.load_state_dict(optimizer_sd)
+    if precision.scaler.is_enabled() and scaler_state:
+        precision.scaler.load_state_dict(scaler_state)
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and precision.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], precision.device)
+    return position, best_weights

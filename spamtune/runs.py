@@ -1,0 +1,143 @@
+"""A run folder: the one place that names its files, and creates, claims, locks and reads one.
+
+A fine-tuning run writes, in ``<data root>/runs/<timestamp>-<model>-<trainable>`` or ``--out``:
+
+* ``model.safetensors`` + ``config.json``: the classifier (``spamtune.checkpoint``);
+* ``hparams.json``: the options and what they resolved to; ``metrics.jsonl``: one line per
+  evaluation; ``summary.json``: the final figures, written last; ``curves.png``;
+* ``calibration.json``: the temperature and decision threshold fitted on validation, written
+  after training and again by ``spamtune calibrate`` (``spamtune.calibration``);
+* ``resume/state.safetensors`` while the run is unfinished (``spamtune.resume``).
+
+Only the standard library is imported here: ``paths.latest_run`` and the CLI read these names.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from spamtune.errors import SpamtuneError
+from spamtune.fsutil import atomic_write_json, atomic_write_text, read_json, remove_stale_temporaries
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+HPARAMS_FILE = "hparams.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.png"
+CALIBRATION_FILE = "calibration.json"  # temperature and decision threshold (spamtune.calibration)
+RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, HPARAMS_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CALIBRATION_FILE)
+RESUME_DIR = "resume"
+RESUME_FILE = "state.safetensors"
+# Held by the process training in the folder, so that a second one (a repeated --resume)
+# refuses rather than trains the same run twice. Hidden: it is no part of the results.
+LOCK_FILE = ".lock"
+
+
+class RunInUse(SpamtuneError):
+    def __init__(self, run_dir: Path):
+        super().__init__(f"run is in use by another process: {run_dir}")
+        self.run_dir = run_dir
+
+
+def resume_file(run_dir: Path) -> Path:
+    return Path(run_dir) / RESUME_DIR / RESUME_FILE
+
+
+def is_classifier_dir(path: Path) -> bool:
+    """A folder holding a usable classifier: weights and their config."""
+    return (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Training completed: the summary is written and no resume state is left."""
+    return (run_dir / SUMMARY_FILE).is_file() and not (run_dir / RESUME_DIR).is_dir()
+
+
+def new_run_dir(runs: Path, name: str) -> Path:
+    """A fresh ``<runs>/<timestamp>-<name>``, never an existing folder."""
+    base = runs / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
+    for attempt in range(1, 1000):
+        candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise SpamtuneError(f"cannot create run folder {candidate}: {exc.strerror or exc}") from None
+    raise SpamtuneError(f"cannot find a free run folder name beside {base}")
+
+
+class RunFolderTaken(SpamtuneError):
+    """The folder asked for already holds something: a run never overwrites another."""
+
+    def __init__(self, out: Path):
+        super().__init__(f"{out} already exists and is not empty")
+        self.out = out
+
+
+def claim_run_dir(out: Path) -> Path:
+    """Use ``out`` only if it is new or empty."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunFolderTaken(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpamtuneError(f"cannot create run folder {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def lock_run_dir(run_dir: Path):
+    """Hold the run folder for this process (a context manager), or raise ``RunInUse`` at once.
+    The lock is the operating system's, so a killed process never leaves it held."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(Path(run_dir) / LOCK_FILE), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunInUse(Path(run_dir)) from None
+    except OSError as exc:
+        raise SpamtuneError(f"cannot lock run folder {run_dir}: {exc.strerror or exc}") from None
+    return lock
+
+
+def release_finished(run_dir: Path) -> None:
+    """Remove the lock file of a run that has just finished, while still holding it. A process
+    that opened it meanwhile finds the run finished once it gets the lock, so nothing can train
+    the run again; an unfinished run keeps its lock file, whose one inode all its users share."""
+    (Path(run_dir) / LOCK_FILE).unlink(missing_ok=True)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Temporaries of writes a kill cut short (the final model, a checkpoint): the folder is
+    locked, so nothing is writing them any more."""
+    for folder in (run_dir, run_dir / RESUME_DIR):
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_metrics(run_dir: Path, records: list[dict]) -> None:
+    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_hparams(run_dir: Path) -> dict:
+    return read_json(Path(run_dir) / HPARAMS_FILE, "run hyperparameters")
+
+
+def write_hparams(run_dir: Path, hparams: dict) -> None:
+    atomic_write_json(Path(run_dir) / HPARAMS_FILE, hparams)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    atomic_write_json(Path(run_dir) / SUMMARY_FILE, summary)

@@ -1,0 +1,400 @@
+"""The HTTP API of ``spamtune serve`` (FastAPI): routes, limits, authentication, errors, metrics.
+
+``create_app(classifier, settings)`` wraps a loaded ``SpamClassifier``; the model runs on the
+dynamic batcher's worker thread, never on the event loop. Every error a client sees is one JSON
+line, ``{"error": "..."}``: tracebacks and file paths stay in the server's log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spamtune import __version__
+from spamtune.serve import verdicts
+from spamtune.serve.batcher import DynamicBatcher, ServiceStopping
+from spamtune.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from spamtune.serve.metrics import ServiceMetrics
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and switches of one service (the ``spamtune serve`` options)."""
+
+    max_body_bytes: int = 1 << 20  # a JSON request
+    max_mail_bytes: int = 10 << 20  # a raw message: mail servers commonly cap at 10-25 MB
+    max_texts: int = 256  # texts in one JSON request
+    max_batch: int = 128  # texts in one forward pass
+    max_wait_ms: float = 2.0
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+
+
+class ApiError(Exception):
+    """A request the service refuses, with the status and the one line the client sees."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+# ----------------------------------------------------------------------------- documented shapes
+# Used for the OpenAPI page only: requests are parsed by hand (for one-line 422 reasons and
+# body limits enforced while reading) and responses are written directly.
+
+
+class ClassifyRequest(BaseModel):
+    """Either ``texts`` (a list) or ``text`` (one string); ``threshold`` overrides the service's for this request."""
+
+    texts: list[str] | None = None
+    text: str | None = None
+    threshold: float | None = None
+
+
+class Verdict(BaseModel):
+    label: str
+    p_spam: float
+
+
+class ClassifyResponse(BaseModel):
+    """``results`` (in order) for ``texts``; ``label`` and ``p_spam`` at the top level for ``text``."""
+
+    run: str
+    threshold: float
+    results: list[Verdict] | None = None
+    label: str | None = None
+    p_spam: float | None = None
+
+
+class MailResponse(BaseModel):
+    run: str
+    threshold: float
+    label: str
+    p_spam: float
+    headers: dict[str, str]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 422, 503)}
+
+# Paths counted under their own name in the metrics; anything else is "other", so that random
+# URLs cannot grow the number of series without bound.
+_ENDPOINTS = frozenset({
+    "/", "/static/app.css", "/static/app.js", "/healthz", "/metrics", "/v1/model", "/v1/classify",
+    "/v1/classify/mail", "/docs", "/openapi.json",
+})  # fmt: skip
+_PUBLIC = frozenset({"/", "/static/app.css", "/static/app.js", "/healthz", "/docs", "/openapi.json"})
+
+# The page loads nothing from elsewhere and runs no inline code.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAPI:
+    """The ASGI app serving ``classifier`` (a ``SpamClassifier``, or anything with its interface)."""
+    settings = settings or ServeSettings()
+    metrics = ServiceMetrics()
+    batcher = DynamicBatcher(
+        verdicts.predictors(classifier),
+        max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, on_pass=metrics.observe_pass,
+    )  # fmt: skip
+    run_name = classifier.run_dir.name if getattr(classifier, "run_dir", None) is not None else "unnamed"
+    labels = list(classifier.labels)
+    positive = classifier.positive_label
+    two_classes = len(labels) == 2
+    negative = labels[1 - labels.index(positive)] if two_classes else None
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:  # uvicorn has finished the requests in flight by now
+            await run_in_threadpool(batcher.stop, 30.0)
+
+    app = FastAPI(
+        title="spamtune",
+        version=__version__,
+        summary="Spam/ham classification with a fine-tuned GPT-2 run.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+
+    # ------------------------------------------------------------------------- errors
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "request refused")
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "query")
+        return JSONResponse({"error": f"invalid {where or 'request'}: {first.get('msg', 'bad value')}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+        # The traceback goes to the server's log (uvicorn prints it); the client learns nothing of it.
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    # ------------------------------------------------------------------------- middleware
+
+    app.add_middleware(GuardMiddleware, api_key=settings.api_key, metrics=metrics)
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------- classification
+
+    async def classify(texts: list[str], kind: str = "text") -> list:
+        if not batcher.running:
+            raise ApiError(503, "the service is shutting down")
+        metrics.in_flight.inc()
+        try:
+            return await batcher.classify(texts, kind)
+        except ServiceStopping:
+            raise ApiError(503, "the service is shutting down") from None
+        finally:
+            metrics.in_flight.dec()
+
+    def verdict(prediction: Any, threshold: float | None) -> tuple[str, float]:
+        """(label, p_spam); a request's own threshold relabels the way ``SpamClassifier`` labels."""
+        p = prediction.probability
+        if threshold is None or not two_classes:
+            return prediction.label, p
+        return (positive if p >= threshold else negative), p
+
+    def threshold_of(requested: float | None) -> float:
+        return classifier.threshold if requested is None else requested
+
+    classify_body = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}},
+        }
+    }
+
+    @app.post(
+        "/v1/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=classify_body,
+        summary="Classify texts",
+    )  # fmt: skip
+    async def classify_texts(request: Request) -> Response:
+        """Classify ``{"texts": [...]}`` or ``{"text": "..."}`` exactly as ``spamtune predict`` does."""
+        body = await read_body(request, settings.max_body_bytes)
+        texts, single, requested = parse_classify_request(body, settings.max_texts)
+        predictions = await classify(texts)
+        answer: dict[str, Any] = {"run": run_name, "threshold": threshold_of(requested)}
+        if single:
+            answer["label"], answer["p_spam"] = verdict(predictions[0], requested)
+        else:
+            answer["results"] = [dict(zip(("label", "p_spam"), verdict(p, requested))) for p in predictions]
+        return JSONResponse(answer)
+
+    @app.post(
+        "/v1/classify/mail", response_model=MailResponse, responses=ERRORS, summary="Classify a raw RFC 822 message",
+        openapi_extra={"requestBody": {"required": True, "content": {"message/rfc822": {"schema": {"type": "string"}}}}},
+    )  # fmt: skip
+    async def classify_mail(request: Request, threshold: float | None = None) -> Response:
+        """The verdict on one raw message (the request body, as a mail server holds it), read as
+        ``spamtune filter`` reads it, and the headers it would add."""
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ApiError(422, "invalid threshold: must be between 0 and 1")
+        raw = await read_body(request, settings.max_mail_bytes)
+        text = await run_in_threadpool(verdicts.message_text, raw)  # parsing a large message takes a while
+        label, p = verdict((await classify([text], "mail"))[0], threshold)
+        used = threshold_of(threshold)
+        return JSONResponse({
+            "run": run_name, "threshold": used, "label": label, "p_spam": p,
+            "headers": verdicts.mail_headers(label == positive, p, used, run_name),
+        })  # fmt: skip
+
+    # ------------------------------------------------------------------------- service
+
+    @app.get("/healthz", summary="Liveness and readiness")
+    async def healthz() -> Response:
+        """200 ``{"status": "ok"}`` while the model is loaded and the worker runs; 503 otherwise."""
+        if batcher.running:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "stopping"}, status_code=503)
+
+    @app.get("/v1/model", summary="The run being served")
+    async def model_info() -> Response:
+        cfg = classifier.config
+        return JSONResponse({
+            "run": run_name,
+            "model": cfg.base_model or "custom",
+            "shape": {k: getattr(cfg.model, k) for k in ("n_layers", "n_heads", "emb_dim", "context_length")},
+            "labels": labels,
+            "positive_label": positive,
+            "threshold": classifier.threshold,
+            "max_length": classifier.max_length,
+            "pooling": cfg.pooling,
+            "device": str(classifier.device),
+            "precision": classifier.precision,
+            "limits": {"max_texts": settings.max_texts, "max_body_bytes": settings.max_body_bytes,
+                       "max_mail_bytes": settings.max_mail_bytes},
+            "version": __version__,
+        })  # fmt: skip
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    # ------------------------------------------------------------------------- the page
+
+    page = {name: resources.files("spamtune.serve").joinpath("static", name).read_bytes()
+            for name in ("index.html", "app.css", "app.js")}  # fmt: skip
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return Response(page["index.html"], media_type="text/html; charset=utf-8")
+
+    @app.get("/static/app.css", include_in_schema=False)
+    async def stylesheet() -> Response:
+        return Response(page["app.css"], media_type="text/css; charset=utf-8")
+
+    @app.get("/static/app.js", include_in_schema=False)
+    async def script() -> Response:
+        return Response(page["app.js"], media_type="text/javascript; charset=utf-8")
+
+    return app
+
+
+class GuardMiddleware:
+    """Around every HTTP request: the API key, security headers and the metrics.
+
+    Plain ASGI rather than ``@app.middleware``: it adds no task per request, and it sees the
+    requests that end in an exception too, so those count as errors.
+    """
+
+    def __init__(self, app, api_key: str | None, metrics: ServiceMetrics):
+        self.app = app
+        self.api_key = api_key
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = scope["path"]
+        status = 500
+
+        async def send_with_headers(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                if path == "/":
+                    headers["Content-Security-Policy"] = PAGE_CSP
+            await send(message)
+
+        try:
+            if self.api_key and path not in _PUBLIC and not _authorized(Headers(scope=scope), self.api_key):
+                refusal = JSONResponse(
+                    {"error": "missing or wrong API key (send 'Authorization: Bearer KEY')"},
+                    status_code=401, headers={"WWW-Authenticate": "Bearer"},
+                )  # fmt: skip
+                await refusal(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            endpoint = path if path in _ENDPOINTS else "other"
+            self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
+
+
+def _authorized(headers: Headers, api_key: str) -> bool:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    # Compared as bytes in constant time, so the answer's timing says nothing about the key.
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    too_large = ApiError(413, f"request body too large (at most {limit:,} bytes)")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "invalid Content-Length")
+        if int(declared) > limit:
+            raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def parse_classify_request(body: bytes, max_texts: int) -> tuple[list[str], bool, float | None]:
+    """``(texts, single, threshold)`` from a ``/v1/classify`` body, or a 422/413 ``ApiError`` with one line."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError:
+        raise ApiError(422, "malformed JSON: the body is not UTF-8") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, 'the body must be a JSON object: {"texts": [...]} or {"text": "..."}')
+    unknown = sorted(set(data) - {"texts", "text", "threshold"})
+    if unknown:
+        raise ApiError(422, f"unknown field {unknown[0]!r} (expected 'texts' or 'text', and optionally 'threshold')")
+    if ("texts" in data) == ("text" in data):
+        raise ApiError(422, 'give exactly one of "texts" (a list of strings) or "text" (a string)')
+    threshold = data.get("threshold")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ApiError(422, '"threshold" must be a number between 0 and 1')
+        threshold = float(threshold)
+    if "text" in data:
+        if not isinstance(data["text"], str):
+            raise ApiError(422, f'"text" must be a string, not {_json_type(data["text"])}')
+        return [data["text"]], True, threshold
+    texts = data["texts"]
+    if not isinstance(texts, list):
+        raise ApiError(422, f'"texts" must be a list of strings, not {_json_type(texts)}')
+    if len(texts) > max_texts:
+        raise ApiError(413, f"too many texts: {len(texts):,} (at most {max_texts:,} per request)")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ApiError(422, f'"texts" must hold strings only; item {i} is {_json_type(text)}')
+    return texts, False, threshold
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)  # fmt: skip

@@ -1,0 +1,32 @@
+"""What the service runs for each kind of request: the same reading as ``predict`` and ``filter``.
+
+Texts go through ``predict_long`` in ``predict``'s mode for lines of text (a long text keeps its
+first tokens); the text of a mail message (``spamtune.mail.message_text``) goes through it in
+``filter``'s mode (``DEFAULT_LONG``), and its headers are the ones ``filter`` adds, built by the
+filter's own ``Verdict``. So the service answers exactly what the two commands would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from spamtune.long_messages import predict_long
+from spamtune.mail import DEFAULT_LONG, TEXT_LONG, message_text
+from spamtune.mail_filter import Verdict
+
+__all__ = ["mail_headers", "message_text", "predictors"]
+
+
+def predictors(classifier: Any) -> dict[str, Callable[[list[str]], list]]:
+    """``{"text": ..., "mail": ...}``: texts -> predictions, for the dynamic batcher."""
+    return {
+        "text": lambda texts: predict_long(classifier, texts, TEXT_LONG),
+        "mail": lambda texts: predict_long(classifier, texts, DEFAULT_LONG),
+    }
+
+
+def mail_headers(is_spam: bool, p_spam: float, threshold: float, run: str) -> dict[str, str]:
+    """The header fields ``spamtune filter`` adds for this verdict, by name."""
+    lines = Verdict(is_spam, p_spam, threshold, run).header_lines(b"\n").decode("ascii").splitlines()
+    return dict(line.split(": ", 1) for line in lines)

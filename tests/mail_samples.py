@@ -1,0 +1,231 @@
+"""Crafted mail messages, each written for one case, with the text ``spamtune.mail`` must extract.
+
+Every message is made up here (no external corpus). ``SAMPLES`` maps a case name to
+``(raw bytes, expected text, whether the message counts as damaged)``; the filter tests reuse
+the raw bytes to check that ``spamtune filter`` leaves every byte in place.
+"""
+
+from __future__ import annotations
+
+import base64
+import quopri
+
+
+def _lf(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+def _crlf(data: bytes) -> bytes:
+    return data.replace(b"\n", b"\r\n")
+
+
+def _b64(data: bytes, width: int = 76) -> bytes:
+    encoded = base64.b64encode(data)
+    return b"\n".join(encoded[i : i + width] for i in range(0, len(encoded), width))
+
+
+PLAIN = _lf(
+    "From: Ann <ann@example.org>\nTo: bob@example.org\nSubject: Lunch tomorrow?\n"
+    "Message-ID: <plain-1@example.org>\n\nAre we still on for lunch?\n\nAnn\n"
+)
+
+ALTERNATIVE = _lf(
+    "From: shop@example.com\nSubject: Your order\nMIME-Version: 1.0\n"
+    'Content-Type: multipart/alternative; boundary="alt-1"\n\n'
+    "This is a multi-part message in MIME format.\n"
+    "--alt-1\nContent-Type: text/plain; charset=utf-8\n\nYour order has shipped.\n"
+    "--alt-1\nContent-Type: text/html; charset=utf-8\n\n<p>Your <b>order</b> has shipped.</p>\n"
+    "--alt-1--\n"
+)
+
+ALTERNATIVE_EMPTY_PLAIN = _lf(
+    "Subject: Newsletter\nContent-Type: multipart/alternative; boundary=zz\n\n"
+    "--zz\nContent-Type: text/plain\n\n   \n"
+    "--zz\nContent-Type: text/html\n\n<h1>News</h1><p>Big sale</p>\n--zz--\n"
+)
+
+HTML_ONLY = _lf(
+    "Subject: You won!\nContent-Type: text/html; charset=utf-8\n\n"
+    "<!DOCTYPE html><html><head><title>ignored?</title>"
+    "<style>body { color: red }</style><script>var x = '<p>no</p>';</script></head>"
+    "<body><!-- tracking comment --><p>Claim your&nbsp;<a href='http://x.example/'>free prize</a> now&hellip;</p>"
+    "<p>Caf&eacute; &amp; b<b>a</b>r &#8364;5</p><div>line<br>break</div></body></html>\n"
+)
+
+HTML_IN_RELATED = _lf(
+    "Subject: Offer\nContent-Type: multipart/alternative; boundary=o\n\n"
+    "--o\nContent-Type: multipart/related; boundary=r\n\n"
+    "--r\nContent-Type: text/html\n\n<p>Cheap <i>pills</i></p>\n"
+    "--r\nContent-Type: image/png\nContent-Transfer-Encoding: base64\n\niVBORw0KGgo=\n--r--\n"
+    "--o--\n"
+)
+
+BASE64_UTF8 = (
+    b"Subject: =?utf-8?B?w4ljaGFudGlsbG9u?=\nMIME-Version: 1.0\n"
+    b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+    + _b64("Voilà, l'échantillon demandé.\n".encode())
+    + b"\n"
+)
+
+QUOTED_PRINTABLE = (
+    b"Subject: =?iso-8859-1?Q?R=E9union?=\nContent-Type: text/plain; charset=iso-8859-1\n"
+    b"Content-Transfer-Encoding: quoted-printable\n\n"
+    + quopri.encodestring("La réunion est déplacée à jeudi, une très longue ligne qui doit être coupée par le "
+                          "codage quoted-printable avec des sauts doux.\n".encode("iso-8859-1"))
+)
+
+LATIN1_8BIT = (
+    b"Subject: Caf\xe9\nContent-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: 8bit\n\n"
+    b"Un caf\xe9 cr\xe8me, s'il vous pla\xeet.\n"
+)
+
+KOI8R = (
+    b"Subject: =?koi8-r?B?8NLJ18XU?=\nContent-Type: text/plain; charset=koi8-r\nContent-Transfer-Encoding: 8bit\n\n"
+    + "Привет, как дела?\n".encode("koi8-r")
+)
+
+UNKNOWN_CHARSET_UTF8 = _lf(
+    "Subject: odd charset\nContent-Type: text/plain; charset=x-made-up\n\nnaïve café\n"
+)
+
+UNKNOWN_CHARSET_BINARY = (
+    b"Subject: odd bytes\nContent-Type: text/plain; charset=x-made-up\n\nab\xff\xfecd\n"
+)
+
+WRONG_CHARSET = (  # says us-ascii, holds UTF-8
+    b"Subject: wrong label\nContent-Type: text/plain; charset=us-ascii\n\n\xc3\xa0 bient\xc3\xb4t\n"
+)
+
+NON_TEXT_CHARSET = _lf(  # a codec that is not a text encoding must not be applied
+    "Subject: zipped?\nContent-Type: text/plain; charset=zlib\n\nplain words\n"
+)
+
+NO_CHARSET_8BIT = b"Subject: no charset\n\nd\xe9j\xe0 vu\n"
+
+BROKEN_BOUNDARY = _lf(
+    "Subject: broken\nContent-Type: multipart/mixed; boundary=good\n\n"
+    "--good\nContent-Type: text/plain\n\nfirst part\n--bad\nContent-Type: text/plain\n\nstill here\n"
+)
+
+MISSING_BOUNDARY_PARAM = _lf(
+    "Subject: no boundary\nContent-Type: multipart/mixed\n\nsome text without parts\n"
+)
+
+ATTACHMENTS_ONLY = _lf(
+    "Subject: invoice\nContent-Type: multipart/mixed; boundary=m\n\n"
+    "--m\nContent-Type: application/pdf; name=inv.pdf\nContent-Disposition: attachment; filename=inv.pdf\n"
+    "Content-Transfer-Encoding: base64\n\nJVBERi0xLjQK\n"
+    "--m\nContent-Type: text/plain; name=notes.txt\nContent-Disposition: attachment; filename=notes.txt\n\n"
+    "attached notes are skipped\n--m--\n"
+)
+
+TEXT_WITH_ATTACHMENT = _lf(
+    "Subject: photos\nContent-Type: multipart/mixed; boundary=m\n\n"
+    "--m\nContent-Type: text/plain\n\nHere are the photos.\n"
+    "--m\nContent-Type: image/jpeg\nContent-Transfer-Encoding: base64\n\n/9j/4AAQSkZJRg==\n"
+    "--m\nContent-Type: text/plain\n\nAnd one more line.\n--m--\n"
+)
+
+EMPTY_BODY = _lf("Subject: \nFrom: a@example.org\n\n")
+
+NO_SUBJECT = _lf("From: a@example.org\n\nonly a body\n")
+
+HEADERS_ONLY_NO_NEWLINE = b"Subject: just a header"
+
+NOTHING = b""
+
+CRLF_PLAIN = _crlf(_lf("Subject: crlf\nFrom: a@example.org\n\nline one\nline two\n"))
+
+CRLF_MULTIPART = _crlf(ALTERNATIVE)
+
+EIGHT_BIT_HEADER_UTF8 = "Subject: Grüße aus Köln\n\nhallo\n".encode()
+
+EIGHT_BIT_HEADER_LATIN1 = b"Subject: Gr\xfc\xdfe\nFrom: J\xf6rg <j@example.org>\n\nhallo\n"
+
+NESTED_RFC822 = _lf(
+    "Subject: Fwd: deal\nContent-Type: multipart/mixed; boundary=outer\n\n"
+    "--outer\nContent-Type: text/plain\n\nSee the forwarded mail.\n"
+    "--outer\nContent-Type: message/rfc822\n\n"
+    "Subject: Great deal\nContent-Type: multipart/alternative; boundary=inner\n\n"
+    "--inner\nContent-Type: text/plain\n\nBuy now!\n--inner\nContent-Type: text/html\n\n<p>Buy</p>\n--inner--\n"
+    "--outer--\n"
+)
+
+TRUNCATED_BASE64 = (
+    b"Subject: cut\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+    + base64.b64encode(b"hello there, friend")[:-3]
+    + b"\n"
+)
+
+BAD_BASE64_CHARS = (
+    b"Subject: noise\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\n"
+    + b"aGVsbG8g!!d29ybGQ=\n"
+)
+
+MALFORMED_HEADER = _lf(
+    "Subject: fine\nThis line is not a header\nFrom: x@example.org\n\nthe body\n"
+)
+
+LONG_FOLDED_SUBJECT = _lf(
+    "Subject: a subject that goes on\n and on over\n\tthree lines\n\nbody\n"
+)
+
+ENCODED_WORDS_MIXED = _lf(
+    "Subject: =?utf-8?Q?Hello_w=C3=B6rld?= and =?iso-8859-1?B?Q2Fm6Q==?= =?x-bogus?Q?caf=E9?=\n\nb\n"
+)
+
+MBOX_FROM_LINE = _lf("From sender@example.org Mon Nov 23 10:00:00 2026\nSubject: with envelope\n\nbody text\n")
+
+WHITESPACE = _lf("Subject:   many\t  spaces  \n\n  a\t\tb\n\n\n   c  \n")
+
+DIGEST_NESTED_MULTIPART = _lf(
+    "Subject: nested\nContent-Type: multipart/mixed; boundary=a\n\n"
+    "--a\nContent-Type: multipart/mixed; boundary=b\n\n"
+    "--b\nContent-Type: text/plain\n\none\n--b\nContent-Type: text/html\n\n<b>two</b>\n--b--\n"
+    "--a\nContent-Type: text/plain\nContent-Disposition: inline\n\nthree\n--a--\n"
+)
+
+BINARY_GARBAGE = bytes(range(256)) * 4
+
+SAMPLES: dict[str, tuple[bytes, str, bool]] = {
+    "plain": (PLAIN, "Lunch tomorrow? Are we still on for lunch? Ann", False),
+    "alternative": (ALTERNATIVE, "Your order Your order has shipped.", False),
+    "alternative_empty_plain": (ALTERNATIVE_EMPTY_PLAIN, "Newsletter News Big sale", False),
+    "html_only": (HTML_ONLY, "You won! ignored? Claim your free prize now… Café & bar €5 line break", False),
+    "html_in_related": (HTML_IN_RELATED, "Offer Cheap pills", False),
+    "base64_utf8": (BASE64_UTF8, "Échantillon Voilà, l'échantillon demandé.", False),
+    "quoted_printable": (
+        QUOTED_PRINTABLE,
+        "Réunion La réunion est déplacée à jeudi, une très longue ligne qui doit être coupée par le codage "
+        "quoted-printable avec des sauts doux.",
+        False,
+    ),
+    "latin1_8bit": (LATIN1_8BIT, "Café Un café crème, s'il vous plaît.", True),
+    "koi8r": (KOI8R, "Привет Привет, как дела?", False),
+    "unknown_charset_utf8": (UNKNOWN_CHARSET_UTF8, "odd charset naïve café", True),
+    "unknown_charset_binary": (UNKNOWN_CHARSET_BINARY, "odd bytes ab\ufffd\ufffdcd", True),
+    "wrong_charset": (WRONG_CHARSET, "wrong label à bientôt", True),
+    "non_text_charset": (NON_TEXT_CHARSET, "zipped? plain words", True),
+    "no_charset_8bit": (NO_CHARSET_8BIT, "no charset déjà vu", False),
+    "broken_boundary": (BROKEN_BOUNDARY, "broken first part --bad Content-Type: text/plain still here", True),
+    "missing_boundary_param": (MISSING_BOUNDARY_PARAM, "no boundary some text without parts", True),
+    "attachments_only": (ATTACHMENTS_ONLY, "invoice", False),
+    "text_with_attachment": (TEXT_WITH_ATTACHMENT, "photos Here are the photos. And one more line.", False),
+    "empty_body": (EMPTY_BODY, "", False),
+    "no_subject": (NO_SUBJECT, "only a body", False),
+    "headers_only_no_newline": (HEADERS_ONLY_NO_NEWLINE, "just a header", False),
+    "nothing": (NOTHING, "", False),
+    "crlf_plain": (CRLF_PLAIN, "crlf line one line two", False),
+    "crlf_multipart": (CRLF_MULTIPART, "Your order Your order has shipped.", False),
+    "eight_bit_header_utf8": (EIGHT_BIT_HEADER_UTF8, "Grüße aus Köln hallo", False),
+    "eight_bit_header_latin1": (EIGHT_BIT_HEADER_LATIN1, "Grüße hallo", True),
+    "nested_rfc822": (NESTED_RFC822, "Fwd: deal See the forwarded mail. Great deal Buy now!", False),
+    "truncated_base64": (TRUNCATED_BASE64, "cut hello there, frien", True),
+    "bad_base64_chars": (BAD_BASE64_CHARS, "noise hello world", True),
+    "malformed_header": (MALFORMED_HEADER, "fine This line is not a header From: x@example.org the body", True),
+    "long_folded_subject": (LONG_FOLDED_SUBJECT, "a subject that goes on and on over three lines body", False),
+    "encoded_words_mixed": (ENCODED_WORDS_MIXED, "Hello wörld and Cafécaf\ufffd b", True),
+    "mbox_from_line": (MBOX_FROM_LINE, "with envelope body text", False),
+    "whitespace": (WHITESPACE, "many spaces a b c", False),
+    "digest_nested_multipart": (DIGEST_NESTED_MULTIPART, "nested one two three", False),
+}

@@ -1,0 +1,207 @@
+"""The text the model sees for a mail message, and the readers of Maildirs, mboxes and folders."""
+
+from __future__ import annotations
+
+import random
+import time
+import tracemalloc
+from email import policy
+from email.parser import BytesParser
+
+import pytest
+from mail_samples import SAMPLES, TEXT_WITH_ATTACHMENT
+
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.mail import (
+    MAX_MESSAGE_BYTES,
+    MailSource,
+    extract,
+    html_to_text,
+    iter_messages,
+    message_text,
+    parse_source,
+)
+
+
+def test_there_are_at_least_thirty_crafted_messages():
+    assert len(SAMPLES) >= 30
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_extracted_text(name):
+    raw, expected, damaged = SAMPLES[name]
+    result = extract(raw)
+    assert result.text == expected
+    assert result.damaged is damaged, result.problems
+    assert result.empty is (expected == "")
+    assert message_text(raw) == expected
+
+
+def test_a_parsed_message_gives_the_same_text():
+    raw, expected, _ = SAMPLES["nested_rfc822"]
+    parsed = BytesParser(policy=policy.default).parsebytes(raw)
+    assert message_text(parsed) == expected
+
+
+def test_skipped_parts_are_listed():
+    assert extract(TEXT_WITH_ATTACHMENT).attachments == ("image/jpeg",)
+    assert extract(SAMPLES["attachments_only"][0]).attachments == ("application/pdf", "text/plain")
+
+
+def test_html_rules():
+    assert html_to_text("<p>a</p><p>b</p>") == "a b"
+    assert html_to_text("<b>Fr</b>ee <a href='http://x'>link text</a>") == "Free link text"
+    assert html_to_text("x<!-- hidden -->y<script>never</script>z<style>.a{}</style>") == "xyz"
+    assert html_to_text("&lt;tag&gt; &amp;&#x41;&copy;") == "<tag> &A©"
+    assert html_to_text("before<script>unclosed script") == "before"
+
+
+def test_bytes_that_are_not_mail_never_raise():
+    result = extract(bytes(range(256)) * 4)
+    assert result.damaged
+    assert "\x00" not in result.text and "\x1b" not in result.text  # control characters read as spaces
+
+
+def test_mangled_messages_never_raise():
+    """Random cuts, byte flips and duplicated slices of every sample: text comes back, nothing raises."""
+    rng = random.Random(7)
+    for raw, _, _ in SAMPLES.values():
+        for _ in range(20):
+            data = bytearray(raw)
+            for _ in range(rng.randint(1, 6)):
+                if not data:
+                    break
+                i = rng.randrange(len(data))
+                kind = rng.randrange(3)
+                if kind == 0:
+                    data[i] = rng.randrange(256)
+                elif kind == 1:
+                    del data[i : i + rng.randint(1, 40)]
+                else:
+                    data[i:i] = data[max(0, i - 30) : i]
+            assert isinstance(extract(bytes(data)).text, str)
+
+
+def _big_attachment_message(size: int) -> bytes:
+    head = (
+        b"Subject: holiday photos\nContent-Type: multipart/mixed; boundary=m\n\n"
+        b"--m\nContent-Type: text/plain\n\nThe photos from the trip.\n"
+        b"--m\nContent-Type: image/jpeg\nContent-Disposition: attachment; filename=a.jpg\n"
+        b"Content-Transfer-Encoding: base64\n\n"
+    )
+    line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx\n"
+    return head + line * (size // len(line)) + b"--m--\n"
+
+
+def test_a_20_mb_attachment_is_cut_not_parsed_in_full():
+    raw = _big_attachment_message(20 << 20)
+    tracemalloc.start()
+    start = time.perf_counter()
+    result = extract(raw)
+    seconds = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert result.text == "holiday photos The photos from the trip."
+    assert result.truncated and not result.damaged
+    assert result.attachments == ("image/jpeg",)
+    assert peak < 12 * MAX_MESSAGE_BYTES  # the parse of the first MiB only, not of 20
+    assert seconds < 5
+
+
+def test_reading_a_20_mb_message_file_keeps_only_its_start(tmp_path):
+    (tmp_path / "big.eml").write_bytes(_big_attachment_message(20 << 20))
+    tracemalloc.start()
+    [(message_id, raw)] = list(iter_messages(tmp_path / "big.eml"))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert message_id == "big.eml" and len(raw) == MAX_MESSAGE_BYTES
+    assert peak < 3 * MAX_MESSAGE_BYTES
+
+
+MBOX = (
+    b"From alice@example.org Mon Nov 23 10:00:00 2026\n"
+    b"Subject: first\nMessage-ID: <one@example.org>\n\n"
+    b"Hello\n>From the start, this line was quoted\n>>From here too\nFrom inside a paragraph is not a separator\n\n"
+    b"From bob@example.org Mon Nov 23 11:00:00 2026\n"
+    b"Subject: second\n\nNo Message-ID here.\n\n"
+    b"From carol@example.org Mon Nov 23 12:00:00 2026\n"
+    b"Subject: third\nMessage-ID:\n <folded@example.org>\n\nlast one\n"
+)
+
+
+def test_mbox_messages_ids_and_from_unquoting(tmp_path):
+    path = tmp_path / "inbox"
+    path.write_bytes(MBOX)
+    items = list(iter_messages(path))
+    assert [item_id for item_id, _ in items] == ["1 <one@example.org>", "2", "3 <folded@example.org>"]
+    assert items[0][1] == (
+        b"Subject: first\nMessage-ID: <one@example.org>\n\n"
+        b"Hello\nFrom the start, this line was quoted\n>From here too\nFrom inside a paragraph is not a separator\n"
+    )
+    assert items[1][1] == b"Subject: second\n\nNo Message-ID here.\n"
+    assert [message_text(raw) for _, raw in items][2] == "third last one"
+
+
+def test_mbox_with_crlf_and_a_huge_message_in_the_middle(tmp_path):
+    big = _big_attachment_message(5 << 20)
+    mbox = (
+        b"From a Mon\r\nSubject: one\r\n\r\nbody one\r\n\r\n"
+        + b"From b Mon\n" + big + b"\n"
+        + b"From c Mon\r\nSubject: three\r\n\r\nbody three\r\n"
+    )
+    path = tmp_path / "mixed.mbox"
+    path.write_bytes(mbox)
+    items = list(iter_messages(path, max_bytes=64 * 1024))
+    assert [i for i, _ in items] == ["1", "2", "3"]
+    assert items[0][1] == b"Subject: one\r\n\r\nbody one\r\n"
+    assert len(items[1][1]) == 64 * 1024 and items[1][1] == big[: 64 * 1024]
+    assert message_text(items[2][1]) == "three body three"
+
+
+def _write(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_maildir_reads_cur_then_new_and_skips_tmp_and_hidden(tmp_path):
+    box = tmp_path / "Maildir"
+    _write(box / "new" / "1700000002.M1.host", SAMPLES["plain"][0])
+    _write(box / "cur" / "1700000001.M2.host:2,S", SAMPLES["koi8r"][0])
+    _write(box / "cur" / "1700000000.M3.host:2,", SAMPLES["html_only"][0])
+    _write(box / "tmp" / "unfinished", b"Subject: partial\n\n")
+    _write(box / "cur" / ".hidden", b"Subject: hidden\n\n")
+    (box / ".Junk" / "cur").mkdir(parents=True)  # a Maildir++ subfolder is another source
+    items = list(iter_messages(box))
+    assert [i for i, _ in items] == ["cur/1700000000.M3.host:2,", "cur/1700000001.M2.host:2,S", "new/1700000002.M1.host"]
+    assert [message_text(raw) for _, raw in items] == [SAMPLES[n][1] for n in ("html_only", "koi8r", "plain")]
+
+
+def test_folder_tree_in_path_order_without_links_or_hidden_files(tmp_path):
+    root = tmp_path / "corpus"
+    _write(root / "b" / "2.eml", SAMPLES["plain"][0])
+    _write(root / "a" / "z" / "msg", SAMPLES["crlf_plain"][0])
+    _write(root / "10", SAMPLES["whitespace"][0])
+    _write(root / ".git" / "HEAD", b"ref: x\n")
+    (root / "link").symlink_to(root / "10")
+    items = list(iter_messages(root))
+    assert [i for i, _ in items] == ["10", "a/z/msg", "b/2.eml"]
+    assert items[1][1] == SAMPLES["crlf_plain"][0]
+
+
+def test_single_message_file(tmp_path):
+    path = tmp_path / "one.eml"
+    path.write_bytes(SAMPLES["alternative"][0])
+    assert list(iter_messages(path)) == [("one.eml", SAMPLES["alternative"][0])]
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(SpamtuneError, match="mail source not found"):
+        list(iter_messages(tmp_path / "nope"))
+
+
+def test_parse_source():
+    assert parse_source("spam=/var/mail/junk") == MailSource("spam", __import__("pathlib").Path("/var/mail/junk"))
+    assert parse_source("ham=a=b").path.name == "a=b"
+    for bad in ("spam", "=x", "spam="):
+        with pytest.raises(SpamtuneUsageError):
+            parse_source(bad)

@@ -1,0 +1,148 @@
+"""``spamtune filter``: the verdict added as header lines, every other byte of the message kept."""
+
+from __future__ import annotations
+
+import io
+import re
+from email import policy
+from email.parser import BytesParser
+
+import pytest
+from helpers import P_HAM, P_SPAM, write_rigged_run
+from mail_samples import SAMPLES
+from typer.testing import CliRunner
+
+from spamtune.cli import app
+from spamtune.mail import message_text
+from spamtune.mail_filter import RUN_HEADER, STATUS_HEADER, Verdict, filter_message, insertion_point, with_status_headers
+
+VERDICT = Verdict(is_spam=True, p_spam=0.98712, threshold=0.5, run="20261125-run")
+ADDED = re.compile(rb"X-Spamtune-(Status|Run): [^\r\n]*\r?\n")
+
+
+def filtered(raw: bytes, classify=lambda head: VERDICT, max_bytes: int = 1 << 20):
+    sink = io.BytesIO()
+    outcome = filter_message(io.BufferedReader(io.BytesIO(raw)), sink, classify, max_bytes=max_bytes)
+    return sink.getvalue(), outcome
+
+
+def without_added_lines(data: bytes) -> bytes:
+    return ADDED.sub(b"", data)
+
+
+VARIANTS = {**{n: raw for n, (raw, _, _) in SAMPLES.items()},
+            **{f"{n}_crlf": raw.replace(b"\n", b"\r\n") for n, (raw, _, _) in SAMPLES.items() if b"\r\n" not in raw}}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_removing_the_added_lines_gives_back_the_exact_input(name):
+    raw = VARIANTS[name]
+    out, outcome = filtered(raw)
+    assert outcome.verdict == VERDICT and outcome.error is None and outcome.size == len(raw)
+    assert len(ADDED.findall(out)) == 2
+    assert without_added_lines(out) == raw
+    newline = b"\r\n" if b"\r\n" in raw.split(b"\n", 1)[0] + b"\n" else b"\n"
+    assert f"{STATUS_HEADER}: Yes, p_spam=0.987, threshold=0.5".encode() + newline in out
+    assert f"{RUN_HEADER}: 20261125-run; spamtune ".encode() in out
+
+
+@pytest.mark.parametrize("name", ["plain", "alternative", "crlf_plain", "eight_bit_header_latin1", "nested_rfc822"])
+def test_the_added_lines_end_the_header_block(name):
+    raw = SAMPLES[name][0]
+    out, _ = filtered(raw)
+    parsed = BytesParser(policy=policy.default).parsebytes(out)
+    assert parsed[STATUS_HEADER] == "Yes, p_spam=0.987, threshold=0.5"
+    assert list(parsed.keys())[-2:] == [STATUS_HEADER, RUN_HEADER]
+    assert message_text(out) == message_text(raw)  # the body is untouched
+
+
+def test_where_the_lines_go_without_a_header_block_end():
+    assert insertion_point(b"Subject: x\n", complete=True) == (11, b"\n")  # headers only
+    assert insertion_point(b"Subject: x", complete=True) == (0, b"\n")  # no line break to follow
+    assert insertion_point(b"From a Mon\r\nSubject: x", complete=True) == (12, b"\r\n")  # after the envelope
+    assert insertion_point(b"Subject: x\r\nTo: y\r\n", complete=False) == (0, b"\r\n")  # header block past the head
+    assert with_status_headers(b"\nbody", VERDICT).startswith(b"X-Spamtune-Status: Yes")
+
+
+def test_run_names_cannot_break_the_header():
+    lines = Verdict(False, 0.1, 0.7, "evil\r\nBcc: x@y\u00e9").header_lines(b"\r\n")
+    assert lines.count(b"\r\n") == 2 and b"evil??Bcc: x@y?;" in lines
+    assert lines.startswith(b"X-Spamtune-Status: No, p_spam=0.100, threshold=0.7\r\n")
+
+
+def test_a_large_message_is_classified_on_its_start_and_passed_through_whole():
+    body = b"".join(b"line %d of a long attachment\n" % i for i in range(200_000))  # ~6 MB
+    raw = b"Subject: big\r\n\r\n" + body
+    seen = []
+    out, outcome = filtered(raw, lambda head: seen.append(len(head)) or VERDICT, max_bytes=4096)
+    assert seen == [4096]
+    assert outcome.size == len(raw)
+    assert without_added_lines(out) == raw
+    assert out.startswith(b"Subject: big\r\nX-Spamtune-Status: Yes")
+
+
+def test_a_failing_classifier_passes_the_message_through_unchanged():
+    def broken(head):
+        raise RuntimeError("model exploded")
+
+    raw = SAMPLES["html_only"][0]
+    out, outcome = filtered(raw, broken)
+    assert out == raw and outcome.verdict is None and "exploded" in str(outcome.error)
+    out, outcome = filtered(raw, None)
+    assert out == raw and outcome.error is not None
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return write_rigged_run(tmp_path_factory.mktemp("filter") / "run")
+
+
+def invoke(*args, input: bytes):
+    return CliRunner().invoke(app, ["filter", *args], input=input)
+
+
+def test_filter_command_spam_and_ham(run_dir):
+    spam = b"Subject: prize\r\nFrom: x@example.com\r\n\r\nYou won!\r\n"
+    result = invoke("--run", str(run_dir), input=spam)
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == (
+        b"Subject: prize\r\nFrom: x@example.com\r\n"
+        + f"X-Spamtune-Status: Yes, p_spam={P_SPAM:.3f}, threshold=0.5\r\n".encode()
+        + f"X-Spamtune-Run: run; spamtune ".encode()
+        + result.stdout_bytes.split(b"; spamtune ")[1].split(b"\r\n")[0]
+        + b"\r\n\r\nYou won!\r\n"
+    )
+    ham = SAMPLES["latin1_8bit"][0]
+    result = invoke("--run", str(run_dir), "--threshold", "0.05", input=ham)
+    assert result.exit_code == 0
+    assert f"X-Spamtune-Status: Yes, p_spam={P_HAM:.3f}, threshold=0.05\n".encode() in result.stdout_bytes
+    assert without_added_lines(result.stdout_bytes) == ham
+
+
+def test_filter_command_without_a_run_passes_the_message_and_exits_1(tmp_path):
+    raw = SAMPLES["eight_bit_header_latin1"][0]
+    result = CliRunner().invoke(app, ["filter", "--data-dir", str(tmp_path)], input=raw)
+    assert result.exit_code == 1
+    assert result.stdout_bytes == raw
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: message passed through unclassified:")
+
+
+def test_filter_command_with_a_broken_run_passes_the_message(tmp_path, run_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    raw = SAMPLES["crlf_multipart"][0]
+    result = CliRunner().invoke(app, ["filter", "--run", str(broken)], input=raw)
+    assert result.exit_code == 1 and result.stdout_bytes == raw
+    assert "Error: message passed through unclassified" in result.stderr
+
+
+def test_filter_reads_a_long_message_in_chunks_by_default(run_dir):
+    raw = b"Subject: newsletter\n\n" + b" word" * 400 + b" claim now!\n"
+    default = invoke("--run", str(run_dir), input=raw)
+    assert default.exit_code == 0 and b"X-Spamtune-Status: Yes" in default.stdout_bytes
+    head = invoke("--run", str(run_dir), "--long", "head", input=raw)
+    assert b"X-Spamtune-Status: No" in head.stdout_bytes

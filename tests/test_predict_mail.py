@@ -1,0 +1,91 @@
+"""``spamtune predict --mail``: one line per message of a Maildir, an mbox, a folder, a .eml or stdin."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import P_HAM, P_SPAM, write_rigged_run
+from mail_samples import SAMPLES
+from typer.testing import CliRunner
+
+from spamtune.cli import app
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return write_rigged_run(tmp_path_factory.mktemp("predict-mail") / "run")
+
+
+def invoke(run_dir, *args, input=None):
+    return CliRunner().invoke(app, ["predict", "--run", str(run_dir), *args], input=input)
+
+
+def test_maildir_one_line_per_message_in_every_format(run_dir, tmp_path):
+    box = tmp_path / "Maildir"
+    (box / "cur").mkdir(parents=True)
+    (box / "new").mkdir()
+    (box / "cur" / "1.host:2,S").write_bytes(b"Subject: hello\n\nsee you soon\n")
+    (box / "cur" / "2.host:2,S").write_bytes(b"Subject: prize\r\n\r\nYou won!\r\n")
+    (box / "new" / "3.host").write_bytes(SAMPLES["attachments_only"][0])
+    tsv = invoke(run_dir, "--mail", str(box), "--format", "tsv")
+    assert tsv.exit_code == 0, tsv.output
+    assert tsv.stdout.splitlines() == [
+        f"ham\t{P_HAM:.4f}\tcur/1.host:2,S",
+        f"spam\t{P_SPAM:.4f}\tcur/2.host:2,S",
+        f"ham\t{P_HAM:.4f}\tnew/3.host",
+    ]
+    records = [json.loads(line) for line in invoke(run_dir, "--mail", str(box), "--format", "jsonl").stdout.splitlines()]
+    assert [r["id"] for r in records] == ["cur/1.host:2,S", "cur/2.host:2,S", "new/3.host"]
+    assert [r["label"] for r in records] == ["ham", "spam", "ham"]
+    assert records[1]["p_spam"] == round(P_SPAM, 6) and records[1]["damaged"] is False
+    assert invoke(run_dir, "--mail", str(box), "--format", "label").stdout == "ham\nspam\nham\n"
+    text = invoke(run_dir, "--mail", str(box), "--format", "text").stdout.splitlines()
+    assert text[1] == f"spam  p(spam)={P_SPAM:.3f}  cur/2.host:2,S"
+    failing = invoke(run_dir, "--mail", str(box), "--fail-on-spam", "--format", "label")
+    assert failing.exit_code == 1 and failing.stdout == "ham\nspam\nham\n"
+
+
+def test_mbox_ids_and_stdin(run_dir, tmp_path):
+    mbox = tmp_path / "box"
+    mbox.write_bytes(
+        b"From a Mon\nSubject: one\nMessage-ID: <a@x>\n\nwin!\n\nFrom b Mon\nSubject: two\n\nordinary\n"
+    )
+    out = invoke(run_dir, "--mail", str(mbox), "--format", "tsv").stdout.splitlines()
+    assert out == [f"spam\t{P_SPAM:.4f}\t1 <a@x>", f"ham\t{P_HAM:.4f}\t2"]
+    stdin = invoke(run_dir, "--mail", "-", "--format", "jsonl", input=b"Subject: x\n\nfree!\n")
+    assert json.loads(stdin.stdout) == {"id": "-", "label": "spam", "p_spam": round(P_SPAM, 6), "damaged": False}
+
+
+def test_long_mode_changes_what_is_read(run_dir, tmp_path):
+    message = tmp_path / "long.eml"
+    message.write_bytes(b"Subject: news\n\n" + b" word" * 300 + b" unsubscribe!\n")
+    heads = invoke(run_dir, "--mail", str(message), "--format", "label", "--long", "head").stdout
+    tails = invoke(run_dir, "--mail", str(message), "--format", "label", "--long", "head-tail").stdout
+    assert (heads, tails) == ("ham\n", "spam\n")
+
+
+def test_usage_errors(run_dir, tmp_path):
+    both = invoke(run_dir, "--mail", str(tmp_path), "hello")
+    assert both.exit_code == 2 and "--mail reads its own messages" in both.stderr
+    missing = invoke(run_dir, "--mail", str(tmp_path / "nope"))
+    assert missing.exit_code == 1 and missing.stderr.startswith("Error: mail source not found")
+    bad_long = invoke(run_dir, "--long", "tail", "x")
+    assert bad_long.exit_code == 2
+
+
+def test_evaluate_on_mail_sources_and_long_modes(run_dir, tmp_path):
+    ham = tmp_path / "ham"
+    ham.mkdir()
+    for i in range(3):
+        (ham / f"{i}.eml").write_bytes(b"Subject: hi\n\nsee you at %d\n" % i)
+    (tmp_path / "spam.mbox").write_bytes(
+        b"From a Mon\nSubject: one\n\nyou won!\n\nFrom b Mon\nSubject: two\n\n" + b" word" * 300 + b" prize!\n"
+    )
+    args = ["evaluate", str(run_dir), "--input", f"ham={ham}", "--input", f"spam={tmp_path / 'spam.mbox'}", "--format", "json"]
+    chunks = CliRunner().invoke(app, args)  # mail is read in chunks by default
+    assert chunks.exit_code == 0, chunks.output
+    report = json.loads(chunks.stdout)
+    assert report["n"] == 5 and report["accuracy"] == 1.0
+    head = json.loads(CliRunner().invoke(app, [*args, "--long", "head"]).stdout)
+    assert head["accuracy"] == pytest.approx(4 / 5)  # the long spam's "!" lies past the first window

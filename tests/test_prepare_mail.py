@@ -1,0 +1,102 @@
+"""``spamtune prepare --input LABEL=PATH``: mail folders and mboxes as labelled texts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mail_samples import SAMPLES
+from typer.testing import CliRunner
+
+from spamtune.cli import app
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.mail import parse_source
+from spamtune.options import PrepareOptions
+from spamtune.prepare import prepare_splits, read_input, read_mail_sources
+
+
+def make_corpus(root):
+    """A Maildir of 24 ham messages (2 damaged, 1 empty, 1 repeated) and an mbox of 20 spam."""
+    box = root / "INBOX"
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True)
+    for i in range(20):
+        (box / "cur" / f"{1000 + i}.host:2,S").write_bytes(f"Subject: meeting {i}\n\nSee you at {i} o'clock.\n".encode())
+    (box / "cur" / "2000.host:2,S").write_bytes(SAMPLES["eight_bit_header_latin1"][0])  # damaged
+    (box / "new" / "3000.host").write_bytes(SAMPLES["truncated_base64"][0])  # damaged
+    (box / "new" / "3001.host").write_bytes(SAMPLES["empty_body"][0])  # empty
+    (box / "new" / "3002.host").write_bytes(b"Subject: meeting 3\n\nSee you at 3 o'clock.\n")  # the same text again
+    mbox = b"".join(
+        b"From spam@example.com Mon Nov 23 10:00:00 2026\nSubject: WIN %d\n\n>From now on you win %d pounds!\n\n" % (i, i)
+        for i in range(20)
+    )
+    (root / "junk.mbox").write_bytes(mbox)
+    return box, root / "junk.mbox"
+
+
+def test_mail_sources_become_labelled_texts_with_counts(tmp_path):
+    box, mbox = make_corpus(tmp_path)
+    source = read_mail_sources([parse_source(f"ham={box}"), parse_source(f"spam={mbox}")])
+    assert source.format == "mail" and source.label_map == {"ham": 0, "spam": 1}
+    assert source.label_counts() == {"ham": 23, "spam": 20}
+    assert source.texts[0] == "meeting 0 See you at 0 o'clock."
+    assert source.texts[-1] == "WIN 19 From now on you win 19 pounds!"
+    ham, spam = source.mail_sources
+    assert (ham.label, ham.messages, ham.kept, ham.damaged, ham.empty, ham.truncated) == ("ham", 24, 23, 2, 1, 0)
+    assert (spam.messages, spam.damaged, spam.empty) == (20, 0, 0)
+
+    prepared = prepare_splits(source, PrepareOptions(balance="none", dedupe=True))
+    assert prepared.duplicates_dropped == 1
+    record = prepared.record()
+    assert record["input"]["format"] == "mail"
+    assert [s["kept"] for s in record["input"]["mail_sources"]] == [23, 20]
+
+
+def test_the_digest_follows_the_mail(tmp_path):
+    box, mbox = make_corpus(tmp_path)
+    sources = [parse_source(f"ham={box}"), parse_source(f"spam={mbox}")]
+    before = read_mail_sources(sources).sha256
+    (box / "new" / "3000.host").write_bytes(b"Subject: changed\n\nnew text\n")
+    assert read_mail_sources(sources).sha256 != before
+
+
+def test_mail_labels_fold_case_like_file_labels(tmp_path):
+    """``Ham=INBOX`` and ``ham=Archive`` are one class, as ``Ham`` and ``ham`` rows of a file are."""
+    box, mbox = make_corpus(tmp_path)
+    sources = [parse_source(f"Ham={box}"), parse_source(f"ham={box}"), parse_source(f"SPAM={mbox}")]
+    folded = read_mail_sources(sources)
+    assert folded.label_map == {"ham": 0, "spam": 1}
+    assert folded.label_counts() == {"ham": 46, "spam": 20}
+    assert folded.label_spellings_merged == {"ham": ["Ham", "ham"]}
+    kept = read_mail_sources(sources, keep_label_case=True)
+    assert sorted(kept.label_map) == ["Ham", "SPAM", "ham"] and not kept.label_case_folded
+
+
+def test_input_rules(tmp_path):
+    box, mbox = make_corpus(tmp_path)
+    with pytest.raises(SpamtuneError, match="at least two"):
+        read_input(tmp_path, [f"ham={box}"])
+    with pytest.raises(SpamtuneUsageError, match="cannot be mixed"):
+        read_input(tmp_path, [f"ham={box}", str(mbox)])
+    with pytest.raises(SpamtuneUsageError, match="--format"):
+        read_input(tmp_path, [f"ham={box}", f"spam={mbox}"], fmt="csv")
+    with pytest.raises(SpamtuneError, match="mail source not found"):
+        read_input(tmp_path, [f"ham={box}", f"spam={tmp_path / 'nope'}"])
+    (tmp_path / "empty" / "cur").mkdir(parents=True)
+    with pytest.raises(SpamtuneError, match="no messages found"):
+        read_input(tmp_path, [f"ham={box}", f"spam={tmp_path / 'empty'}"])
+
+
+def test_prepare_command_on_mail(tmp_path):
+    box, mbox = make_corpus(tmp_path)
+    data = tmp_path / "data"
+    result = CliRunner().invoke(
+        app, ["prepare", "--data-dir", str(data), "--input", f"ham={box}", "--input", f"spam={mbox}", "--dedupe"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"ham: 24 messages from {box}: 23 kept, 2 damaged (kept with what could be read), 1 empty (left out), 0 read on their first MiB" in result.stderr
+    assert "dropped 1 duplicate texts" in result.stderr
+    assert "leakage: 0 of" in result.stderr
+    record = json.loads((data / "prepare.json").read_text())
+    assert record["counts"]["train"]["total"] + record["counts"]["validation"]["total"] + record["counts"]["test"]["total"] == 40
+    assert (data / "train.csv").is_file()

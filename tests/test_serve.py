@@ -1,0 +1,445 @@
+"""``spamtune serve``: answers equal to ``predict``'s, dynamic batching, limits, errors, auth, shutdown.
+
+Every service here listens on 127.0.0.1 only, on a free port, and every load is a few hundred
+requests at most.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import HAM, SPAM, TINY, write_rigged_run
+from running_service import call, call_json, running
+from typer.testing import CliRunner
+
+from spamtune import __version__, checkpoint
+from spamtune.cli import app as cli_app
+from spamtune.infer import SpamClassifier
+from spamtune.long_messages import predict_long
+from spamtune.mail import DEFAULT_LONG
+from spamtune.serve.app import ServeSettings, create_app
+from spamtune.serve.batcher import DynamicBatcher
+from spamtune.mail import message_text
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "k" * 12 + "-test-key-0123"
+
+
+def varied_messages(n: int = 300) -> list[str]:
+    """``n`` different messages: spam and ham mixed, short and cut-off long ones, unicode, an empty one."""
+    pool = SPAM + HAM
+    out = []
+    for i in range(n):
+        text = f"{pool[i % len(pool)]} {pool[(i * 7 + 3) % len(pool)].lower()} #{i}"
+        if i % 17 == 0:
+            text = (text + " ") * 12  # beyond the run's 64 tokens: its start is kept
+        if i % 23 == 0:
+            text = "café, naïve — ünïcödé ✓ " + text
+        out.append(text)
+    out[5] = ""
+    return out
+
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory) -> Path:
+    """A tiny run with random weights: probabilities spread around 0.5, so labels differ."""
+    run_dir = tmp_path_factory.mktemp("serve") / "random-run"
+    cfg = checkpoint.ClassifierConfig(model=TINY, labels={"ham": 0, "spam": 1}, pooling="last-real", max_length=64)
+    torch.manual_seed(3)
+    checkpoint.save_classifier(run_dir, checkpoint.build_classifier(cfg), cfg)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def clf(random_run) -> SpamClassifier:
+    return SpamClassifier.load(random_run, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def service(clf):
+    """One service for the read-only tests, with room for a whole test file in one request."""
+    with running(create_app(clf, ServeSettings(max_texts=512, max_batch=512))) as url:
+        yield url
+
+
+def classify(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    return call_json(url + "/v1/classify", "POST", body, headers)
+
+
+# ----------------------------------------------------------------------------- same answers as predict
+
+
+def test_server_and_predict_agree_exactly(service, random_run, clf, tmp_path):
+    """The same messages through `spamtune predict --file` and the service: identical labels and p_spam."""
+    texts = varied_messages()
+    inbox = tmp_path / "inbox.txt"
+    inbox.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    local = CliRunner().invoke(
+        cli_app, ["predict", "--run", str(random_run), "--precision", "fp32", "--file", str(inbox), "--format", "jsonl"]
+    )
+    assert local.exit_code == 0, local.stderr
+    expected = [json.loads(line) for line in local.stdout.splitlines()]
+    assert len(expected) == len(texts) and {r["label"] for r in expected} == {"spam", "ham"}
+
+    # predict reads chunks of 32, 64, 128... lines (the first answers come after one batch), and
+    # which messages share a padded batch moves the last bits of a float: send the same chunks.
+    chunks, start, size = [], 0, 32
+    while start < len(texts):
+        chunks.append(texts[start : start + size])
+        start, size = start + size, 2 * size
+    results = []
+    for chunk in chunks:
+        status, answer = classify(service, {"texts": chunk})
+        assert status == 200
+        assert answer["run"] == "random-run" and answer["threshold"] == 0.5
+        results += answer["results"]
+    assert [r["label"] for r in results] == [r["label"] for r in expected]
+    # predict's jsonl rounds to 6 decimals; the service sends the float itself.
+    assert [round(r["p_spam"], 6) for r in results] == [r["p_spam"] for r in expected]
+
+    # Client mode prints exactly what local predict prints.
+    remote = CliRunner().invoke(cli_app, ["predict", "--server", service, "--file", str(inbox), "--format", "jsonl"])
+    assert remote.exit_code == 0, remote.stderr
+    assert remote.stdout == local.stdout
+
+
+def test_single_text_threshold_and_truncation_follow_the_classifier(service, clf):
+    text = SPAM[0] + " and more" * 40  # well past 64 tokens
+    status, answer = classify(service, {"text": text})
+    expected = clf.predict(text)
+    assert status == 200 and (answer["label"], answer["p_spam"]) == (expected.label, expected.probability)
+    # A request's own threshold decides the label the way SpamClassifier's threshold does.
+    p = expected.probability
+    for threshold, label in ((p, "spam"), (min(1.0, p + 1e-6), "ham"), (0.0, "spam"), (1.0, "ham" if p < 1 else "spam")):
+        status, answer = classify(service, {"text": text, "threshold": threshold})
+        assert status == 200 and answer["label"] == label and answer["threshold"] == threshold
+    assert classify(service, {"texts": []}) == (200, {"run": "random-run", "threshold": 0.5, "results": []})
+
+
+def test_concurrent_requests_get_their_own_answers(service, clf):
+    """Many clients at once, single texts and lists mixed: each gets the answers for its own texts."""
+    texts = varied_messages(240)
+    expected = clf.predict(texts)
+    requests = [texts[i : i + 1] if i % 3 else texts[i : i + 8] for i in range(0, 240, 4)]
+
+    def one(part):
+        return part, classify(service, {"texts": part})
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, requests))
+    by_text = {p.text: p for p in expected}
+    for part, (status, answer) in answers:
+        assert status == 200 and len(answer["results"]) == len(part)
+        for text, result in zip(part, answer["results"]):
+            assert result["label"] == by_text[text].label
+            # Batch composition changes fp32 sums in their last bit, as between two predict calls.
+            assert result["p_spam"] == pytest.approx(by_text[text].probability, abs=1e-6)
+
+
+def test_requests_waiting_together_share_one_forward_pass():
+    """While a pass runs, arrivals queue; the next pass takes them all (up to max_batch), one kind at a time."""
+    import asyncio
+
+    release = threading.Event()
+    passes: list[tuple[str, list[str]]] = []
+
+    def predictor(kind):
+        def predict(texts):
+            passes.append((kind, list(texts)))
+            if len(passes) == 1:
+                release.wait(10)
+            return [f"{kind}:{t.upper()}" for t in texts]
+
+        return predict
+
+    batcher = DynamicBatcher({"text": predictor("text"), "mail": predictor("mail")}, max_batch=5, max_wait_s=0.001)
+    batcher.start()
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.classify(["a"]))
+        while not passes:
+            await asyncio.sleep(0.001)
+        queued = [("bc", "text"), ("d", "text"), ("ef", "text"), ("g", "text"), ("m", "mail"), ("hi", "text")]
+        later = [asyncio.ensure_future(batcher.classify(list(t), kind)) for t, kind in queued]
+        await asyncio.sleep(0.05)  # all are queued behind the blocked first pass
+        release.set()
+        return await first, await asyncio.gather(*later)
+
+    first, later = asyncio.run(scenario())
+    batcher.stop(5)
+    assert first == ["text:A"]
+    assert later == [["text:B", "text:C"], ["text:D"], ["text:E", "text:F"], ["text:G"], ["mail:M"], ["text:H", "text:I"]]
+    # bc + d + ef fill 5; g does not fit and opens the next pass, which the mail request ends.
+    assert passes == [("text", ["a"]), ("text", ["b", "c", "d", "e", "f"]), ("text", ["g"]), ("mail", ["m"]),
+                      ("text", ["h", "i"])]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- bad requests
+
+
+@pytest.fixture(scope="module")
+def strict_service(tmp_path_factory):
+    """Small limits, and a classifier that fails on one text, to check the refusals."""
+    clf = SpamClassifier.load(write_rigged_run(tmp_path_factory.mktemp("strict") / "rigged"), device="cpu")
+
+    class Fragile:
+        def __getattr__(self, name):
+            return getattr(clf, name)
+
+        def predictions(self, texts, probabilities):  # the last step of every prediction
+            if "explode" in texts:
+                raise RuntimeError(f"boom in {REPO}/secret/path.py")
+            return clf.predictions(texts, probabilities)
+
+    settings = ServeSettings(max_body_bytes=2_000, max_mail_bytes=3_000, max_texts=4)
+    app = create_app(Fragile(), settings)
+    with running(app) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (b'{"texts": ["a", "b"', 422, "malformed JSON"),
+        (b"\xff\xfe not json", 422, "malformed JSON"),
+        (b'["a"]', 422, "must be a JSON object"),
+        (b'{"texts": "a"}', 422, '"texts" must be a list of strings, not a string'),
+        (b'{"texts": ["a", 3]}', 422, "item 1 is a number"),
+        (b'{"text": null}', 422, '"text" must be a string, not null'),
+        (b'{"text": "a", "texts": ["b"]}', 422, "exactly one of"),
+        (b"{}", 422, "exactly one of"),
+        (b'{"text": "a", "threshold": 2}', 422, "between 0 and 1"),
+        (b'{"text": "a", "threshold": true}', 422, "between 0 and 1"),
+        (b'{"txt": "a"}', 422, "unknown field 'txt'"),
+        (b'{"texts": ["a", "b", "c", "d", "e"]}', 413, "too many texts: 5 (at most 4"),
+        (json.dumps({"text": "x" * 3_000}).encode(), 413, "request body too large"),
+    ],
+)
+def test_bad_requests_get_one_line_reasons(strict_service, body, status, reason):
+    code, headers, payload = call(strict_service + "/v1/classify", "POST", body, {"Content-Type": "application/json"})
+    assert code == status
+    answer = json.loads(payload)
+    assert set(answer) == {"error"} and reason in answer["error"] and "\n" not in answer["error"]
+
+
+def test_oversized_bodies_are_refused_while_reading(strict_service):
+    """Without a Content-Length (chunked upload) the limit still holds."""
+    def chunks():
+        for _ in range(10):
+            yield b"x" * 1_000
+
+    import http.client
+
+    host, port = strict_service.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/v1/classify/mail", body=chunks(), encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 413 and "at most 3,000 bytes" in json.loads(response.read())["error"]
+    conn.close()
+    assert call_json(strict_service + "/v1/classify/mail?threshold=7", "POST", b"Subject: hi\n\nyo") == (
+        422, {"error": "invalid threshold: must be between 0 and 1"},
+    )  # fmt: skip
+
+
+def test_a_failing_request_leaves_no_trace_and_the_service_running(strict_service):
+    status, headers, payload = call(strict_service + "/v1/classify", "POST", {"texts": ["fine", "explode"]})
+    assert status == 500 and json.loads(payload) == {"error": "internal error"}
+    assert str(REPO) not in payload.decode() and "Traceback" not in payload.decode()
+    assert call_json(strict_service + "/v1/classify", "POST", {"text": "still up!"})[1]["label"] == "spam"
+    assert call_json(strict_service + "/nope") == (404, {"error": "not found"})
+    assert call_json(strict_service + "/v1/classify")[0] == 405
+    metrics = call(strict_service + "/metrics")[2].decode()
+    assert re.search(r'spamtune_http_errors_total\{code="500",endpoint="/v1/classify"\} 1\.0', metrics)
+
+
+# ----------------------------------------------------------------------------- the other endpoints
+
+
+MAIL = (
+    b"From: Prize Desk <win@example.com>\r\nTo: you@example.org\r\nSubject: You have WON\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nClaim your cash reward today, reply YES to 85023\r\n"
+)
+
+
+def test_mail_endpoint_classifies_the_message_text_and_gives_the_filter_header(service, clf):
+    status, answer = call_json(service + "/v1/classify/mail", "POST", MAIL, {"Content-Type": "message/rfc822"})
+    [expected] = predict_long(clf, [message_text(MAIL)], DEFAULT_LONG)
+    assert "85023" in message_text(MAIL) and "WON" in message_text(MAIL)
+    assert status == 200 and (answer["label"], answer["p_spam"]) == (expected.label, expected.probability)
+    flag = "Yes" if expected.label == "spam" else "No"
+    assert answer["headers"] == {
+        "X-Spamtune-Status": f"{flag}, p_spam={expected.probability:.3f}, threshold=0.5",
+        "X-Spamtune-Run": f"random-run; spamtune {__version__}",
+    }
+
+
+def test_filter_with_a_server_writes_what_filter_writes(service, random_run):
+    local = CliRunner().invoke(cli_app, ["filter", "--run", str(random_run), "--precision", "fp32"], input=MAIL)
+    remote = CliRunner().invoke(cli_app, ["filter", "--server", service], input=MAIL)
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.stderr
+    assert b"X-Spamtune-Status: " in remote.stdout_bytes and remote.stdout_bytes == local.stdout_bytes
+    # The service unreachable: the message goes through untouched, one line on stderr, status 1.
+    down = CliRunner().invoke(cli_app, ["filter", "--server", "http://127.0.0.1:9"], input=MAIL)
+    assert down.exit_code == 1 and down.stdout_bytes == MAIL
+    assert down.stderr.startswith("Error: message passed through unclassified: cannot reach the service")
+    refused = CliRunner().invoke(cli_app, ["filter", "--server", service, "--long", "head"], input=MAIL)
+    assert refused.exit_code == 2 and "--long cannot be used with --server" in refused.stderr
+
+
+def test_health_model_metrics_and_openapi(service):
+    assert call_json(service + "/healthz") == (200, {"status": "ok"})
+    status, info = call_json(service + "/v1/model")
+    assert status == 200 and info["run"] == "random-run" and info["labels"] == ["ham", "spam"]
+    assert info["positive_label"] == "spam" and info["threshold"] == 0.5 and info["max_length"] == 64
+    assert info["shape"] == {"n_layers": 2, "n_heads": 4, "emb_dim": 32, "context_length": 64}
+    assert "/" not in json.dumps(info)  # no file path reaches a client
+    metrics = call(service + "/metrics")[2].decode()
+    for name in ("spamtune_http_requests_total", "spamtune_http_request_duration_seconds_bucket",
+                 "spamtune_batch_size_messages_bucket", "spamtune_batch_size_requests_bucket",
+                 "spamtune_messages_classified_total"):  # fmt: skip
+        assert name in metrics
+    assert re.search(r'spamtune_http_requests_total\{code="200",endpoint="/healthz"\} [1-9]', metrics)
+    spec = call_json(service + "/openapi.json")[1]
+    assert {"/v1/classify", "/v1/classify/mail", "/v1/model", "/healthz", "/metrics"} <= set(spec["paths"])
+    page = call(service + "/")
+    assert page[0] == 200 and "script-src 'self'" in page[1]["content-security-policy"]
+    assert b"<textarea" in page[2] and not re.search(rb"""(src|href)=["']?(https?:)?//""", page[2])  # no CDN
+
+
+# ----------------------------------------------------------------------------- safety switches
+
+
+def test_api_key_guards_everything_but_health_and_the_page(clf):
+    with running(create_app(clf, ServeSettings(api_key=KEY))) as url:
+        body = {"text": "hello"}
+        assert classify(url, body)[0] == 401
+        assert classify(url, body, {"Authorization": "Bearer wrong"})[0] == 401
+        assert classify(url, body, {"Authorization": KEY})[0] == 401  # the scheme is part of it
+        status, headers, payload = call(url + "/v1/classify", "POST", body)
+        assert headers["www-authenticate"] == "Bearer" and "API key" in json.loads(payload)["error"]
+        assert classify(url, body, {"Authorization": f"Bearer {KEY}"})[0] == 200
+        assert call(url + "/metrics")[0] == 401 and call(url + "/v1/model")[0] == 401
+        assert call(url + "/healthz")[0] == 200 and call(url + "/")[0] == 200
+
+
+def test_cors_is_off_unless_asked_for(clf):
+    origin = {"Origin": "https://mail.example.org"}
+    with running(create_app(clf)) as url:
+        assert "access-control-allow-origin" not in call(url + "/v1/model", headers=origin)[1]
+    with running(create_app(clf, ServeSettings(cors_origins=("https://mail.example.org",)))) as url:
+        assert call(url + "/v1/model", headers=origin)[1]["access-control-allow-origin"] == "https://mail.example.org"
+        other = call(url + "/v1/model", headers={"Origin": "https://evil.example"})[1]
+        assert "access-control-allow-origin" not in other
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--host", "0.0.0.0"], {}, "give an API key"),
+        (["--host", "192.168.1.5"], {"SPAMTUNE_API_KEY": ""}, "give an API key"),
+        (["--host", "0.0.0.0", "--api-key", "short"], {}, "too short"),
+    ],
+)
+def test_serve_refuses_other_hosts_without_a_key(args, env, message, monkeypatch):
+    monkeypatch.delenv("SPAMTUNE_API_KEY", raising=False)
+    result = CliRunner().invoke(cli_app, ["serve", *args], env=env)
+    assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_loopback_detection():
+    from spamtune.serve.server import is_loopback
+
+    assert all(map(is_loopback, ["127.0.0.1", "127.8.9.1", "::1", "[::1]", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.5", "example.org", ""]))
+
+
+# ----------------------------------------------------------------------------- a real process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
+    run_dir = write_rigged_run(tmp_path / "rigged")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spamtune", "serve", "--run", str(run_dir), "--port", str(port)],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        ready = proc.stderr.readline() + proc.stderr.readline()
+        assert f"ready on http://127.0.0.1:{port}" in ready
+        # A request whose body is half sent when SIGTERM arrives: it must still be answered.
+        body = json.dumps({"texts": ["in flight!", "still here"]}).encode()
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])  # fmt: skip
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(OSError):  # no longer accepting
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        conn.sendall(body[10:])
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+        conn.close()
+        head, _, payload = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert [r["label"] for r in json.loads(payload)["results"]] == ["spam", "ham"]
+        assert proc.wait(20) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_client_mode_never_imports_torch(service, tmp_path):
+    """`spamtune predict --server` in a fresh interpreter: answers printed, torch never imported."""
+    probe = (
+        "import sys\n"
+        "from spamtune.cli import app\n"
+        "code = app(sys.argv[1:], prog_name='spamtune', standalone_mode=False)\n"
+        "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", probe, "predict", "--server", service, "--format", "label", "Claim now", "lunch?"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 2 and set(proc.stdout.split()) <= {"spam", "ham"}
+    assert "NO_TORCH" in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", probe, "filter", "--server", service], input=MAIL,
+                          capture_output=True, env=env, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert b"X-Spamtune-Status: " in proc.stdout and b"NO_TORCH" in proc.stderr
+
+
+def test_client_errors_are_one_line(service, clf, tmp_path):
+    result = CliRunner().invoke(cli_app, ["predict", "--server", "http://127.0.0.1:9", "hi"])
+    assert result.exit_code == 1 and "cannot reach the service at http://127.0.0.1:9" in result.stderr
+    result = CliRunner().invoke(cli_app, ["predict", "--server", service, "--run", str(tmp_path), "hi"])
+    assert result.exit_code == 2 and "--run cannot be used with --server" in result.stderr
+    with running(create_app(clf, ServeSettings(api_key=KEY))) as url:
+        result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"], env={"SPAMTUNE_API_KEY": ""})
+        assert result.exit_code == 1 and "missing or wrong API key" in result.stderr and "(HTTP 401)" in result.stderr
+        result = CliRunner().invoke(cli_app, ["predict", "--server", url, "--format", "label", "hi"],
+                                    env={"SPAMTUNE_API_KEY": KEY})  # fmt: skip
+        assert result.exit_code == 0 and result.stdout in ("spam\n", "ham\n")

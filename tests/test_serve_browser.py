@@ -1,0 +1,142 @@
+"""The web page of ``spamtune serve`` in a real browser: Playwright driving the system's Chromium.
+
+No browser is downloaded: Playwright starts Debian's ``chromium`` package through its executable
+path. In CI (``CI=true``) a missing browser or Playwright is a failure, not a skip; elsewhere
+the test skips without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import P_HAM, P_SPAM, write_rigged_run
+from running_service import running
+
+from spamtune import __version__
+from spamtune.infer import SpamClassifier
+from spamtune.serve.app import create_app
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("SPAMTUNE_SCREENSHOTS")  # a folder: save what the browser showed, to look at
+
+
+def _need(condition: bool, why: str) -> None:
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{why}: CI must run the browser test (.ci/run installs it)")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need(False, "the playwright package is not installed (pip install 'spamtune[dev]')")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    clf = SpamClassifier.load(write_rigged_run(tmp_path_factory.mktemp("page") / "rigged"), device="cpu")
+    with running(create_app(clf)) as url:
+        yield url
+
+
+def _shot(page, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
+
+
+def test_page_classifies_spam_and_ham(browser, service):
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.goto(service + "/")
+    page.wait_for_selector("#run:has-text('run rigged')")
+
+    page.fill("#message", "WINNER!! You have won a free prize, call now to claim!")
+    page.click("#classify")
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.text_content("#verdict") == "spam"
+    assert page.text_content("#p-spam") == f"{P_SPAM:.3f}"
+    assert "is-spam" in page.get_attribute("#result", "class")
+    assert page.text_content("#compare").startswith(f"{P_SPAM:.3f} ≥ threshold 0.500")
+    assert page.is_hidden("#headers-box") and page.is_hidden("#explanation-box")
+    _shot(page, "desktop-spam")
+
+    page.fill("#message", "Are we still meeting for lunch tomorrow")
+    page.press("#message", "Control+Enter")
+    page.wait_for_selector("#verdict:has-text('ham')")
+    assert page.text_content("#p-spam") == f"{P_HAM:.3f}"
+    assert "is-ham" in page.get_attribute("#result", "class")
+    assert page.text_content("#compare").startswith(f"{P_HAM:.3f} < threshold 0.500")
+    assert page.evaluate("getComputedStyle(document.getElementById('meter-fill')).width") != "0px"
+    _shot(page, "desktop-ham")
+    assert problems == []
+
+
+def test_pasted_mail_goes_to_the_mail_endpoint_and_shows_the_header(browser, service):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page.goto(service + "/")
+    page.wait_for_selector("#run:has-text('run rigged')")
+    page.fill("#message", "From: desk@example.com\nSubject: act now\n\nReply YES to claim your reward!\n")
+    assert page.is_checked("#as-mail")  # headers then a blank line: read as an e-mail
+    page.click("#classify")
+    page.wait_for_selector("#headers-box:not([hidden])")
+    assert page.text_content("#verdict") == "spam"
+    assert page.text_content("#headers") == (
+        f"X-Spamtune-Status: Yes, p_spam={P_SPAM:.3f}, threshold=0.5\nX-Spamtune-Run: rigged; spamtune {__version__}"
+    )
+    # A phone-wide page never scrolls sideways.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    _shot(page, "phone-mail")
+
+
+def test_explanations_are_highlighted_as_text_never_as_markup(browser, service):
+    """When an answer carries explanation spans the page highlights them, writing them as text."""
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    spans = [{"text": "Claim ", "score": 0.9}, {"text": "<img src=x onerror=alert(1)>", "score": -0.4},
+             {"text": " now", "score": 0.01}]  # fmt: skip
+    answer = {"run": "rigged", "threshold": 0.5, "label": "spam", "p_spam": 0.93, "explanation": spans}
+    page.route("**/v1/classify", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                              body=json.dumps(answer)))  # fmt: skip
+    page.goto(service + "/")
+    page.fill("#message", "Claim <img src=x onerror=alert(1)> now")
+    page.click("#classify")
+    page.wait_for_selector("#explanation-box:not([hidden])")
+    assert page.text_content("#explanation") == "Claim <img src=x onerror=alert(1)> now"
+    assert page.eval_on_selector_all("#explanation span", "els => els.length") == 3
+    assert page.eval_on_selector_all("#explanation img, #result img", "els => els.length") == 0
+    colours = page.eval_on_selector_all("#explanation span", "els => els.map(e => e.style.backgroundColor)")
+    assert colours[0].startswith("rgba(214, 51, 108") and colours[1].startswith("rgba(43, 138, 62")
+    assert colours[2] == ""  # too weak to colour
+    _shot(page, "desktop-explanation")
+
+
+def test_errors_show_as_one_line(browser, service):
+    page = browser.new_page()
+    page.goto(service + "/")
+    page.click("#classify")
+    assert page.text_content("#error") == "Paste a message first."
+    page.route("**/v1/classify", lambda route: route.fulfill(status=413, content_type="application/json",
+                                                              body='{"error": "request body too large"}'))  # fmt: skip
+    page.fill("#message", "hello")
+    page.click("#classify")
+    page.wait_for_selector("#error:has-text('too large')")
+    assert page.is_hidden("#result")
