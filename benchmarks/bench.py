@@ -125,6 +125,40 @@ def bench_recipe(data_dir: Path, precision: str, device: str) -> dict:
     }
 
 
+def bench_ranks(data_dir: Path, epochs: int = 1) -> dict:
+    """1 process against 2 ranks (`--devices 2`: torchrun's launcher, DDP over gloo) on this CPU,
+    same global batch, a from-scratch tiny model. With 2 cores there is nothing to gain: this
+    measures the overhead (launcher, process group, gradient all-reduce) and checks that both
+    give the same result. Each rank gets one thread (torchrun's default), so one process is
+    timed both with torch's default threads and with one thread, the like-for-like comparison."""
+    out: dict = {"model": "tiny", "trainable": "last-block", "epochs": epochs, "runs": {}}
+    configs = {"1 process": (1, None), "1 process, 1 thread": (1, "1"), "2 ranks": (2, None)}
+    for name, (devices, threads) in configs.items():
+        run_dir = data_dir / "runs" / f"ranks-{name.replace(' ', '').replace(',', '-')}"
+        cmd = [
+            *SPAMTUNE, "finetune", "--model", "tiny", "--weights", "random", "--trainable", "last-block",
+            "--epochs", str(epochs), "--precision", "fp32", "--device", "cpu", "--data-dir", str(data_dir),
+            "--out", str(run_dir), "--devices", str(devices),
+        ]  # fmt: skip
+        log(f"ranks: tiny model, {name} ...")
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        wall, _ = timed_run(cmd, env=env if threads is None else {**env, "OMP_NUM_THREADS": threads})
+        summary = json.loads((run_dir / "summary.json").read_text())
+        out["runs"][name] = {
+            "run": str(run_dir),
+            "wall_s": round(wall, 2),
+            "training_steps_s": summary["training_time_s"],
+            "examples_per_s": summary["examples_per_s"],
+            "test_accuracy": summary["test_accuracy"],
+            "validation_loss": summary["validation_loss"],
+        }
+    from safetensors.torch import load_file
+
+    one, two = (load_file(str(Path(out["runs"][name]["run"]) / "model.safetensors")) for name in ("1 process", "2 ranks"))
+    out["max_weight_difference"] = max(float((one[k] - two[k]).abs().max()) for k in one)
+    return out
+
+
 def bench_peer_training(data_dir: Path, precision: str, steps: int) -> dict:
     data = load_training_data(data_dir, 1024, None)
     log(f"peer: GPT2ForSequenceClassification training, {precision}, {steps} steps ...")
@@ -216,6 +250,7 @@ def main() -> None:
         help="also time the two concurrent runs with these OMP_WAIT_POLICY values (e.g. ACTIVE,PASSIVE)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
+    parser.add_argument("--ranks-only", action="store_true", help="only the 1 vs 2 processes comparison")
     args = parser.parse_args()
     if not args.sms.is_file():
         raise SystemExit(f"bench: the SMS Spam Collection is not at {args.sms}; give --sms PATH")
@@ -239,6 +274,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spamtune-bench-") as tmp:
         data_dir = Path(tmp) / "data"
         timed_run([*SPAMTUNE, "prepare", "--input", str(args.sms), "--data-dir", str(data_dir)])
+        results["ranks"] = bench_ranks(data_dir)
+        if args.ranks_only:
+            report_ranks(results["ranks"])
+            return
         results["recipe"] = [bench_recipe(data_dir, p, "cpu") for p in precisions]
         if resolve_device("auto").type == "cuda":
             results["recipe"].append(bench_recipe(data_dir, "auto", "cuda"))
@@ -300,6 +339,7 @@ def report(r: dict) -> None:
             f"together {k['concurrent_s']:.1f} s vs one after the other {k['sequential_s']:.1f} s",
             f"{k['ratio']:.2f}x",
         ))  # fmt: skip
+    rows.extend(ranks_rows(r["ranks"]))
     width = max(len(a) for a, _, _ in rows)
     print(f"spamtune bench: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
           f"auto precision on CPU = {r['machine']['auto_precision_cpu']}")  # fmt: skip
@@ -327,6 +367,24 @@ def report(r: dict) -> None:
     for name, ok in checks:
         print(f"  {'PASS' if ok else 'MISS'}  {name}")
     r["checks"] = {name: ok for name, ok in checks}
+
+
+def ranks_rows(ranks: dict) -> list[tuple[str, str, str]]:
+    """One row per configuration; the last column compares with one process of one thread."""
+    base = ranks["runs"]["1 process, 1 thread"]["wall_s"]
+    return [
+        (
+            f"tiny, {ranks['epochs']} epoch, {name}",
+            f"wall {r['wall_s']:.1f} s, steps {r['training_steps_s']:.1f} s, test acc {r['test_accuracy']:.2%}",
+            f"{r['wall_s'] / base:.2f}x 1-thread wall" + (f"; max |dw| vs 1 process {ranks['max_weight_difference']:.1e}" if name == "2 ranks" else ""),
+        )
+        for name, r in ranks["runs"].items()
+    ]
+
+
+def report_ranks(ranks: dict) -> None:
+    for row in ranks_rows(ranks):
+        print("  ".join(row))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from spamtune.calibration import DEFAULT_THRESHOLD, binary_report, calibrated_pr
 from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import Split, read_label_map, read_split
 from spamtune.device import Precision, resolve_device
+from spamtune.distributed import World, predict_logits_sharded
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, check_split_labels, data_fingerprint, pad_width
-from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, predict_logits
+from spamtune.forward import EVAL_BATCH_SIZE, classification_loss
 from spamtune.mail import DEFAULT_LONG, LONG_MODES
 from spamtune.metrics import classification_report
 from spamtune.plots import plot_binary_evaluation
@@ -137,12 +138,13 @@ def model_logits(
     model, cfg: ClassifierConfig, texts: list[str], *, precision: Precision, batch_size: int, long: str | None = None
 ):
     """The run's logits for texts, tokenised and batched exactly as in training's evaluations;
-    texts longer than the run's window are read the ``long`` way (``spamtune.long_messages``)."""
+    texts longer than the run's window are read the ``long`` way (``spamtune.long_messages``).
+    Under torchrun each rank computes a share and every rank gets all of them."""
 
     def logits_of(token_lists: list[list[int]]) -> torch.Tensor:
         examples = Examples(token_lists, pad_id=cfg.pad_token_id)
-        return predict_logits(
-            model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
+        return predict_logits_sharded(
+            World.current(), model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
         )
 
     if long in (None, "head"):
@@ -294,7 +296,7 @@ def evaluate_run(
             is_spam = [y == positive for y in labels]
             drawn = plot_binary_evaluation(plots_dir or run_dir, is_spam, probs, positive, threshold, uncalibrated)
             result["plots"] = [str(p) for p in drawn]
-    if baseline:
+    if baseline and World.current().is_main:  # only rank 0 reports it
         train = read_splits(root, "train", cfg)["train"]
         result["baseline"] = baseline_reports(train, parts, cfg.label_names)
     return result

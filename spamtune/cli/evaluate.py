@@ -7,6 +7,7 @@ stderr and prints a one-line result on stdout. torch is imported inside the comm
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from pathlib import Path
@@ -156,32 +157,47 @@ def evaluate_command(
         None, "--plots", metavar="DIR", help="Folder for roc.png, pr.png and calibration.png (default: the run folder).", file_okay=False
     ),
     no_plots: bool = typer.Option(False, "--no-plots", help="Draw no plots."),
+    devices: int | None = typer.Option(
+        None, "--devices", min=1, help="Score with N processes on this machine (one per GPU; torchrun's launcher)."
+    ),
 ) -> None:
     """Score a fine-tuned run on a split or a labelled file at the run's calibrated threshold: the spam filter's figures
-    (false-positive rate, spam recall, ROC-AUC, PR-AUC, ECE), accuracy, per-class P/R/F1, confusion."""
+    (false-positive rate, spam recall, ROC-AUC, PR-AUC, ECE), accuracy, per-class P/R/F1, confusion.
+    Under torchrun each rank scores a share of the messages and rank 0 reports."""
+    import sys
+
+    from spamtune import distributed
     from spamtune.evaluate import evaluate_run
 
     if run_argument is not None and run is not None:
         raise SpamtuneUsageError("name the run once: with --run")
     if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
+    if distributed.maybe_launch(devices, sys.argv[1:]):
+        return
+    world = distributed.init_from_env(device)
     console = stderr_console()
-    with _working(console, "scoring"):
-        result = evaluate_run(
-            run if run is not None else run_argument,
-            split=split or "test",
-            input_file=input_file or None,
-            data_dir=data_dir,
-            device=device,
-            batch_size=batch_size,
-            baseline=baseline,
-            threshold=threshold,
-            precision=precision,
-            force=force,
-            long=long,
-            write_plots=not no_plots,
-            plots_dir=plots,
-        )
+    try:
+        with _working(console, "scoring") if world.is_main else contextlib.nullcontext():
+            result = evaluate_run(
+                run if run is not None else run_argument,
+                split=split or "test",
+                input_file=input_file or None,
+                data_dir=data_dir,
+                device=device,
+                batch_size=batch_size,
+                baseline=baseline,
+                threshold=threshold,
+                precision=precision,
+                force=force,
+                long=long,
+                write_plots=not no_plots and world.is_main,  # rank 0 alone writes files
+                plots_dir=plots,
+            )
+    finally:
+        distributed.shutdown()
+    if not world.is_main:
+        return
     for warning in result["warnings"]:
         common.warn(warning)
     if output_format is ReportFormat.json:

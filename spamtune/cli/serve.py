@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from spamtune.cli import common
+
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 SERVE_HELP = (
@@ -27,13 +29,8 @@ MIN_KEY_LENGTH = 16
 
 
 def serve(
-    run: Path | None = typer.Option(
-        None, "--run", metavar="RUN_DIR", help="Fine-tuned run folder.",
-        show_default="the latest run in the data root", file_okay=False,
-    ),
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Data root holding runs/.", show_default="$SPAMTUNE_HOME, else ./data"
-    ),
+    run: str | None = common.run_option(),
+    data_dir: Path | None = common.data_dir_option(),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs an API key."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: any free port, printed when ready)."),
     api_key: str | None = typer.Option(
@@ -46,8 +43,8 @@ def serve(
     threshold: float = typer.Option(
         0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (as for predict)."),
+    device: str = common.device_option(),
+    precision: str = common.precision_option(),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per model batch (as for predict)."),
     max_batch: int = typer.Option(128, "--max-batch", min=1, help="Messages per forward pass shared by concurrent requests."),
     max_wait_ms: float = typer.Option(
@@ -95,4 +92,12 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve", help=SERVE_HELP)(serve)
+    common.add_command(
+        app,
+        "serve",
+        serve,
+        ("spamtune serve", "the newest finished run on http://127.0.0.1:8080"),
+        ("spamtune serve --run 20261125-101500-tiny-all --port 0", "a run by name, on any free port"),
+        ("SPAMTUNE_API_KEY=$(openssl rand -hex 16) spamtune serve --host 0.0.0.0", "beyond loopback, with a key"),
+        help=SERVE_HELP,
+    )
