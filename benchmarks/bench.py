@@ -14,7 +14,9 @@ here; the cost of a step does not depend on the weights' values):
    (batches of 64 in input order, each padded to its longest, as a data collator does), in
    the same precision;
 4. cold start of `spamtune predict "x"` against `python -c "import torch"`, and the peak
-   memory of `spamtune predict` over the whole file with the gpt2-small run.
+   memory of `spamtune predict` over the whole file with the gpt2-small run;
+5. two concurrent runs: two tiny fine-tunes (1 epoch) started together against the same two
+   one after the other, as a ratio: how well two spamtune processes share the cores.
 
 Prints a table with ratios and target checks, and writes it all as JSON to bench-results/.
 Usage: python benchmarks/bench.py [--sms PATH] [--precisions fp32,bf16] [--predict-precisions ...]
@@ -58,6 +60,9 @@ TARGETS = {
     "predict_speedup": 5.0,  # spamtune messages/s over the peer's, at least
     "cold_start_over_torch_s": 1.0,
     "predict_peak_gb": 1.2,
+    # Two runs at once take at most this times as long as one after the other. Idle OpenMP
+    # threads that spin instead of sleeping made it about 4 on a 2-core machine.
+    "concurrent_over_sequential": 1.25,
 }
 
 
@@ -195,12 +200,55 @@ def bench_cold_start(run_dir: str, repeats: int = 5) -> dict:
     return {"import_torch_s": round(torch_s, 3), "predict_x_s": round(predict_s, 3), "over_torch_s": round(predict_s - torch_s, 3)}
 
 
+def bench_concurrent_runs(data_dir: Path, wait_policy: str | None = None) -> dict:
+    """Two tiny fine-tunes started together, against the same two run one after the other.
+
+    ``wait_policy`` sets ``OMP_WAIT_POLICY`` for both; ``None`` leaves the environment as it is
+    (unset: spamtune's own default applies).
+    """
+    env = dict(os.environ)
+    if wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    shown = wait_policy or env.get("OMP_WAIT_POLICY") or "spamtune's default"
+
+    def command(name: str) -> list[str]:
+        return [
+            *SPAMTUNE, "finetune", "--model", "tiny", "--weights", "random", "--trainable", "all", "--epochs", "1",
+            "--lr", "5e-4", "--data-dir", str(data_dir), "--out", str(data_dir / "runs" / name),
+        ]  # fmt: skip
+
+    log(f"two concurrent tiny fine-tunes ({shown}): one after the other ...")
+    tag = (wait_policy or "default").lower()
+    sequential = sum(timed_run(command(f"seq-{tag}-{i}"), env=env)[0] for i in (1, 2))
+    log(f"two concurrent tiny fine-tunes ({shown}): together ...")
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(command(f"par-{tag}-{i}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in (1, 2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: concurrent finetune failed ({proc.returncode}):\n{err[-2000:]}")
+    together = time.perf_counter() - start
+    return {
+        "wait_policy": shown,
+        "sequential_s": round(sequential, 2),
+        "concurrent_s": round(together, 2),
+        "ratio": round(together / sequential, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sms", type=Path, default=DEFAULT_SMS, help="the SMS Spam Collection file (default: the bundled one)")
     parser.add_argument("--precisions", default=None, help="recipe precisions (default: fp32, and bf16 where native)")
     parser.add_argument("--predict-precisions", default=None, help="prediction precisions (default: what auto picks)")
     parser.add_argument("--peer-steps", type=int, default=30)
+    parser.add_argument(
+        "--concurrent-policies", default="",
+        help="also time the two concurrent runs with these OMP_WAIT_POLICY values (e.g. ACTIVE,PASSIVE)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     parser.add_argument("--ranks-only", action="store_true", help="only the 1 vs 2 processes comparison")
     args = parser.parse_args()
@@ -243,6 +291,8 @@ def main() -> None:
         log("predict peak memory over the whole file ...")
         wall, peak = peak_rss_gb([*SPAMTUNE, "predict", "--run", run_dir, "--format", "tsv", "-"], messages)
         results["predict_cli"] = {"messages": len(texts), "wall_s": round(wall, 2), "peak_rss_gb": round(peak, 3)}
+        policies = [None] + [p for p in args.concurrent_policies.split(",") if p]
+        results["concurrent_runs"] = [bench_concurrent_runs(data_dir, policy) for policy in policies]
     report(results)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
@@ -283,6 +333,12 @@ def report(r: dict) -> None:
     rows.append(("cold start predict \"x\"", f"{c['predict_x_s']:.2f} s vs import torch {c['import_torch_s']:.2f} s", f"+{c['over_torch_s']:.2f} s"))
     m = r["predict_cli"]
     rows.append(("spamtune predict - (CLI, whole file)", f"{m['wall_s']:.1f} s, peak RSS {m['peak_rss_gb']:.2f} GB", ""))
+    for k in r["concurrent_runs"]:
+        rows.append((
+            f"two concurrent runs ({k['wait_policy']})",
+            f"together {k['concurrent_s']:.1f} s vs one after the other {k['sequential_s']:.1f} s",
+            f"{k['ratio']:.2f}x",
+        ))  # fmt: skip
     rows.extend(ranks_rows(r["ranks"]))
     width = max(len(a) for a, _, _ in rows)
     print(f"spamtune bench: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
@@ -303,6 +359,11 @@ def report(r: dict) -> None:
         checks.append((f"predict {p['precision']} >= {t['predict_speedup']}x peer", p["speedup"] >= t["predict_speedup"]))
     checks.append((f"cold start <= import torch + {t['cold_start_over_torch_s']} s", c["over_torch_s"] <= t["cold_start_over_torch_s"]))
     checks.append((f"predict peak memory <= {t['predict_peak_gb']} GB", m["peak_rss_gb"] <= t["predict_peak_gb"]))
+    shipped = r["concurrent_runs"][0]  # the environment as given: what a user gets
+    checks.append((
+        f"two concurrent runs <= {t['concurrent_over_sequential']}x one after the other ({shipped['wait_policy']})",
+        shipped["ratio"] <= t["concurrent_over_sequential"],
+    ))  # fmt: skip
     for name, ok in checks:
         print(f"  {'PASS' if ok else 'MISS'}  {name}")
     r["checks"] = {name: ok for name, ok in checks}

@@ -8,6 +8,7 @@ is a thin layer over it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,26 @@ class Prediction:
     text: str
     label: str
     probability: float
+
+
+class NonFiniteProbability(SpamtuneError):
+    """The model answered NaN or infinity for a text: broken or overflowing weights, not an
+    answer (it would read as a confident ``ham`` and pass a spam check). ``index`` is the text's
+    place (from 0) in the texts classified together."""
+
+    def __init__(self, index: int, value: float):
+        self.index, self.value = index, value
+        super().__init__(
+            f"the model gave a non-finite probability ({value}) for text {index + 1:,}; "
+            "its weights overflow at this precision or are broken, so no answer is given"
+        )
+
+
+def check_finite_probabilities(probabilities: list[float]) -> None:
+    """Raise ``NonFiniteProbability`` for the first NaN or infinite probability."""
+    for index, value in enumerate(probabilities):
+        if not math.isfinite(value):
+            raise NonFiniteProbability(index, value)
 
 
 class SpamClassifier:
@@ -180,6 +201,7 @@ class SpamClassifier:
         """A ``Prediction`` per text from its class probabilities ``[n, num_classes]``, labelled as
         ``predict`` labels (``threshold`` for two classes, else the most probable class)."""
         positive = probs[:, self._positive_index].tolist()
+        check_finite_probabilities(positive)
         if self.config.num_classes == 2:
             negative_label = self.labels[1 - self._positive_index]
             labels = [self.positive_label if p >= self.threshold else negative_label for p in positive]

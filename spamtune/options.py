@@ -167,3 +167,8 @@ class PrepareOptions:
     seed: int = option(123, "Random state of the undersampling and the shuffle.")  # the book's random_state
     stratify: bool = option(False, "Cut each label separately so every split keeps the label proportions.", flag="--stratify")
     dedupe: bool = option(False, "Drop repeated texts (keeping the first) before anything else.", flag="--dedupe")
+    keep_label_case: bool = option(
+        False,
+        "Treat labels that differ only in case (Spam, spam) as different classes. Default: fold them to lower case.",
+        flag="--keep-label-case",
+    )

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
 from spamtune import __version__
 from spamtune.cli import common
 from spamtune.errors import OptionError, SpamtuneError
+from spamtune.threads import prefer_passive_waiting
 
 
 def _flags_show_no_value() -> None:
@@ -182,4 +183,7 @@ _register_commands()
 
 
 def main() -> None:
+    """The ``spamtune`` command (console script and ``python -m spamtune``)."""
+    # Before any command imports torch: OpenMP reads its wait policy once, at load.
+    prefer_passive_waiting()
     app(prog_name="spamtune")

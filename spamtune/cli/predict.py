@@ -28,6 +28,7 @@ from spamtune import paths
 from spamtune.cli import common
 from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.lines import strip_line_end
 
 if TYPE_CHECKING:
     from spamtune.explain import Explanation
@@ -88,7 +89,7 @@ def read_message_chunks(
 
 
 def _decode_line(raw: bytes) -> str:
-    return raw.removesuffix(b"\r").decode("utf-8", errors="replace")
+    return strip_line_end(raw.decode("utf-8", errors="replace"))
 
 
 def _argument_text(arg: str) -> str:
@@ -486,8 +487,8 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
     """Write one line per message to ``out_file`` (atomically) or stdout; return how many were positive."""
     from spamtune.fsutil import atomic_path
 
+    from spamtune.distributed import share_bounds
     from spamtune.infer import SpamClassifier
-    from spamtune.long_messages import predict_long
     from spamtune.mail import TEXT_LONG
 
     output_format, to_terminal, header = renderer_options
@@ -524,7 +525,8 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
                 for chunk in chunks:
                     watch.check()
                     mine = world.share(chunk)
-                    predictions = predict_long(classifier, mine, long or TEXT_LONG) if mine else []
+                    before = counted + share_bounds(len(chunk), world.rank, world.size)[0]
+                    predictions = predict_numbered(classifier, mine, long or TEXT_LONG, before) if mine else []
                     explanations = classifier.explain(mine) if explain and mine else [None] * len(mine)
                     text = "".join(map(renderer.line, predictions, explanations))
                     share = (text, sum(p.label == classifier.positive_label for p in predictions))
@@ -554,6 +556,22 @@ def fixed_chunks(chunks: Iterator[list[str]], size: int) -> Iterator[list[str]]:
             del pending[:size]
     if pending:
         yield pending
+
+
+def predict_numbered(classifier, chunk: list[str], long: str, messages_before: int) -> list[Prediction]:
+    """``predict_long`` for one chunk; a non-finite probability (a broken model, which would
+    print as a confident-looking ``ham nan`` and pass ``--fail-on-spam``) stops the run before
+    any line of the chunk is written, naming the message by its place in the whole input."""
+    from spamtune.infer import NonFiniteProbability
+    from spamtune.long_messages import predict_long
+
+    try:
+        return predict_long(classifier, chunk, long)
+    except NonFiniteProbability as exc:
+        raise SpamtuneError(
+            f"the model gave a non-finite probability ({exc.value}) for message {messages_before + exc.index + 1:,}; "
+            "its weights overflow at this precision or are broken, so no answer is given"
+        ) from None
 
 
 def register(app: typer.Typer) -> None:
