@@ -22,6 +22,12 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 
+def __dir__() -> list[str]:
+    """The public names (loaded lazily, so not yet in the module's namespace): what
+    ``dir(spamtune)`` and editors' completion show."""
+    return sorted(__all__)
+
+
 def __getattr__(name: str):
     if name in _EXPORTS:
         import importlib

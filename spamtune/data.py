@@ -31,7 +31,7 @@ class Split:
 def read_split(path: str | Path) -> Split:
     path = Path(path)
     if not path.is_file():
-        raise SpamtuneError(f"split file not found: {path}; run `spamtune prepare` first")
+        raise SpamtuneError(f"split file not found: {path.absolute()}; run `spamtune prepare` first, or {paths.ELSEWHERE}")
     texts, labels = [], []
     csv.field_size_limit(1 << 24)
     try:

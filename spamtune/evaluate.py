@@ -18,7 +18,7 @@ from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import Split, read_label_map, read_split
 from spamtune.device import Precision, resolve_device
 from spamtune.errors import OptionError, SpamtuneError
-from spamtune.examples import Examples, check_split_labels, pad_width
+from spamtune.examples import Examples, check_split_labels, data_fingerprint, pad_width
 from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, predict_logits
 from spamtune.mail import DEFAULT_LONG, LONG_MODES
 from spamtune.metrics import classification_report
@@ -147,6 +147,43 @@ def baseline_reports(train: Split, parts: dict[str, Split], label_names: list[st
     return {"model": BASELINE_NAME, **_reports(parts, probs.argmax(dim=1), probs.clamp_min(1e-15).log(), label_names)}
 
 
+def check_data_fingerprint(run_dir: Path, root: Path, force: bool) -> list[str]:
+    """Refuse to score a run on splits other than those it was prepared with (a re-prepared data
+    root may put its training messages in the test split and inflate every figure); with
+    ``force``, score anyway and return the warning. Runs that recorded no fingerprint pass."""
+    try:
+        recorded = runs.read_hparams(run_dir)["resolved"]["data_fingerprint"]
+    except (SpamtuneError, KeyError, TypeError):
+        return []
+    try:
+        current = data_fingerprint(root)
+    except OSError:  # a split file is missing: reading the splits says which, in one line
+        return []
+    if current == recorded:
+        return []
+    message = (
+        f"the prepared splits in {root} are not the ones {run_dir.name} was trained with (their fingerprint "
+        "differs): it may have trained on messages now in the split scored, so its figures may be inflated"
+    )
+    if not force:
+        raise OptionError(
+            "force",
+            f"{message}; score the run on its own splits (prepare them again as it did), or pass {{option}} to score anyway",
+            exit_code=1,
+        )
+    return [message]
+
+
+def _decisions(logits: torch.Tensor, cfg: ClassifierConfig, threshold: float | None) -> torch.Tensor:
+    """Predicted classes: for a two-class run with a threshold, the positive class (spam) when its
+    probability is at least ``threshold`` (as ``predict`` decides); otherwise the most probable class."""
+    if threshold is None or cfg.num_classes != 2:
+        return logits.argmax(dim=1)
+    positive = cfg.labels[cfg.positive_label]
+    is_positive = torch.softmax(logits, dim=1)[:, positive] >= threshold
+    return torch.where(is_positive, positive, 1 - positive)
+
+
 def evaluate_run(
     run_dir: str | Path | None = None,
     *,
@@ -156,42 +193,54 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int = EVAL_BATCH_SIZE,
     baseline: bool = False,
+    threshold: float | None = None,
+    precision: str | None = None,
+    force: bool = False,
     long: str | None = None,
 ) -> dict:
     """Every figure of ``spamtune evaluate`` as one JSON-ready dict.
 
-    ``run_dir`` defaults to the latest run under the data root. With ``split="all"`` the
-    figures cover the three splits together and ``by_split`` holds each one's.
+    ``run_dir`` is a run folder or a run's name under the data root's ``runs/``, by default the
+    newest finished run. With ``split="all"`` the figures cover the three splits together and
+    ``by_split`` holds each one's. ``threshold`` decides spam as ``predict`` does (``None``: the
+    most probable class); ``precision`` defaults to the run's own, so the test accuracy is the
+    one in its ``summary.json``. Splits prepared differently from the run's are refused unless
+    ``force`` (then ``warnings`` says so).
     """
     if batch_size < 1:
         raise OptionError("batch_size", f"must be at least 1 (got {batch_size})")
     if split not in EVAL_SPLITS:
         raise OptionError("split", f"unknown {{option}} '{split}'; choose one of: {', '.join(EVAL_SPLITS)}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise OptionError("threshold", f"must be between 0 and 1 (got {threshold})")
     if long is not None and long not in LONG_MODES:
         raise OptionError("long", f"unknown {{option}} mode '{long}'; choose one of: {', '.join(LONG_MODES)}")
-    run_dir = Path(run_dir) if run_dir else paths.latest_run(paths.data_root(data_dir))
-    if not run_dir.is_dir():
-        raise SpamtuneError(f"run folder not found: {run_dir}")
+    run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
     dev = resolve_device(device)
+    compute = run_precision(run_dir, dev) if precision is None else Precision.resolve(precision, dev)
     model, cfg = load_classifier(run_dir, dev)
     root = run_data_root(run_dir, data_dir)
+    warnings: list[str] = []
     if input_file is not None:
         parts = {"input": read_labelled_file(input_file, cfg)}
     else:
+        warnings = check_data_fingerprint(run_dir, root, force)
         parts = read_splits(root, split, cfg)
 
     from spamtune.prepare import mail_inputs
 
     if long is None and input_file is not None and mail_inputs(_input_list(input_file)):
         long = DEFAULT_LONG
-    precision = run_precision(run_dir, dev)
     texts = [t for part in parts.values() for t in part.texts]
-    logits = model_logits(model, cfg, texts, precision=precision, batch_size=batch_size, long=long)
+    logits = model_logits(model, cfg, texts, precision=compute, batch_size=batch_size, long=long)
     result = {"run": str(run_dir), "split": None if input_file else split}
     if input_file is not None:
         result["input"] = ", ".join(_input_list(input_file))
-    result.update(_reports(parts, logits.argmax(dim=1), F.log_softmax(logits, dim=1), cfg.label_names))
-    result["precision"] = precision.name
+    result.update(_reports(parts, _decisions(logits, cfg, threshold), F.log_softmax(logits, dim=1), cfg.label_names))
+    # Not "precision": that is the per-class metric beside it.
+    result["compute_dtype"] = compute.name
+    result["threshold"] = threshold
+    result["warnings"] = warnings
     if baseline:
         train = read_splits(root, "train", cfg)["train"]
         result["baseline"] = baseline_reports(train, parts, cfg.label_names)

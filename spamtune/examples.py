@@ -128,7 +128,13 @@ def load_training_data(root: Path, context_length: int, max_length: int | None) 
     if max_length is None:
         max_length = min(context_length, max(map(len, encode_texts(splits["train"].texts))))
     examples = {name: Examples(encode_texts(s.texts, max_length), s.labels) for name, s in splits.items()}
+    return TrainingData(labels, max_length, examples["train"], examples["validation"], examples["test"], data_fingerprint(root))
+
+
+def data_fingerprint(root: Path) -> str:
+    """sha256 of a data root's labels.json and split files: a run records it (``hparams.json``,
+    ``resolved.data_fingerprint``), so resume and evaluate can tell re-prepared data."""
     digest = hashlib.sha256()
-    for path in (paths.labels_file(root), *split_paths.values()):
+    for path in (paths.labels_file(root), *(paths.split_file(root, name) for name in paths.SPLITS)):
         digest.update(path.read_bytes())
-    return TrainingData(labels, max_length, examples["train"], examples["validation"], examples["test"], digest.hexdigest())
+    return digest.hexdigest()

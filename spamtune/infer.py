@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import torch
 
@@ -105,14 +106,11 @@ class SpamClassifier:
         batch_size: int = DEFAULT_BATCH_SIZE,
         precision: str = "auto",
     ) -> SpamClassifier:
-        """Load a run folder; without ``run_dir``, the latest run under the data root
-        (``data_dir``, else ``$SPAMTUNE_HOME``, else ``./data``). ``device``: auto, cpu, cuda, mps.
-        ``precision``: auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16, fp16."""
-        if run_dir is None:
-            run_dir = paths.latest_run(paths.data_root(data_dir))
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise SpamtuneError(f"run folder not found: {run_dir}")
+        """Load a run: a folder, or a run's name under the data root's ``runs/`` (the data root is
+        ``data_dir``, else ``$SPAMTUNE_HOME``, else the user data folder); without ``run_dir``, the
+        newest finished run there. ``device``: auto, cpu, cuda, mps. ``precision``: auto (bf16
+        where the hardware runs it natively, else fp32), fp32, bf16, fp16."""
+        run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         resolved = Precision.resolve(precision, dev)
         model, config = load_classifier(run_dir, dev, linear_dtype=resolved.dtype)
@@ -141,6 +139,12 @@ class SpamClassifier:
     def predict_proba(self, texts: str | Iterable[str]) -> torch.Tensor:
         """Class probabilities ``[n, num_classes]`` (rows sum to 1), columns ordered as ``labels``."""
         return self._probabilities(_text_list(texts)[0])
+
+    @overload
+    def predict(self, texts: str) -> Prediction: ...
+
+    @overload
+    def predict(self, texts: Iterable[str]) -> list[Prediction]: ...
 
     def predict(self, texts: str | Iterable[str]) -> Prediction | list[Prediction]:
         """One ``Prediction`` for a string, a list of them (in order) for an iterable of strings."""

@@ -1,6 +1,10 @@
 """Where spamtune keeps things: one data root for downloads, prepared splits and runs.
 
-The root is ``--data-dir`` if given, else ``$SPAMTUNE_HOME``, else ``./data``.
+The root is ``--data-dir`` if given, else ``$SPAMTUNE_HOME``, else the platform's user data
+folder (``~/.local/share/spamtune`` on Linux, ``~/Library/Application Support/spamtune`` on
+macOS, ``%LOCALAPPDATA%\\spamtune`` on Windows), so a tool installed with pip finds its runs
+from any working directory. Every path handed out is absolute, so error messages say exactly
+where spamtune looked.
 """
 
 from __future__ import annotations
@@ -9,18 +13,42 @@ import os
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError
-from spamtune.runs import WEIGHTS_FILE, is_classifier_dir, is_finished
+from spamtune.runs import RESUME_DIR, RUN_FILES, WEIGHTS_FILE, is_classifier_dir, is_finished
 
 ENV_HOME = "SPAMTUNE_HOME"
+APP_NAME = "spamtune"
 SPLITS = ("train", "validation", "test")
+# Appended to "not found" errors about the data root: what the user can change.
+ELSEWHERE = f"to use another data root, pass --data-dir DIR or set {ENV_HOME}=DIR"
+
+
+def default_data_root() -> Path:
+    """The platform's per-user data folder for spamtune (created on first write, not here)."""
+    from platformdirs import user_data_path
+
+    return user_data_path(APP_NAME, appauthor=False)
 
 
 def data_root(override: str | Path | None = None) -> Path:
+    """``override`` (``--data-dir``), else ``$SPAMTUNE_HOME``, else ``default_data_root()``; absolute."""
     if override:
-        return Path(override)
+        return _absolute(override)
     if os.environ.get(ENV_HOME):
-        return Path(os.environ[ENV_HOME])
-    return Path("data")
+        return _absolute(os.environ[ENV_HOME])
+    return _absolute(default_data_root())
+
+
+def data_root_source(override: str | Path | None = None) -> str:
+    """Where ``data_root(override)`` came from, in words (for ``runs`` and error hints)."""
+    if override:
+        return "--data-dir"
+    if os.environ.get(ENV_HOME):
+        return f"${ENV_HOME}"
+    return "the default (the user data folder)"
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(path).expanduser().absolute()
 
 
 def sms_file(root: Path) -> Path:
@@ -44,6 +72,20 @@ def runs_dir(root: Path) -> Path:
     return root / "runs"
 
 
+def looks_like_run(path: Path) -> bool:
+    """A folder that training created (or a saved classifier): holds at least one run file.
+    What ``spamtune runs`` lists and the only kind of folder ``runs rm`` removes."""
+    return path.is_dir() and any((path / name).exists() for name in (*RUN_FILES, RESUME_DIR))
+
+
+def run_folders(root: Path) -> list[Path]:
+    """Every run folder under ``<root>/runs``, in name order (hidden folders skipped)."""
+    base = runs_dir(root)
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if not p.name.startswith(".") and looks_like_run(p))
+
+
 def latest_run(root: Path) -> Path:
     """The run ``evaluate`` and ``predict`` use by default: the newest finished run under
     ``<root>/runs``, else the newest folder with weights and config (a run still training or
@@ -51,18 +93,55 @@ def latest_run(root: Path) -> Path:
     run that has just started does not hide the previous one. Newest is by the weights' mtime."""
     base = runs_dir(root)
     runs = []
-    if base.is_dir():
-        for p in base.iterdir():
-            if not is_classifier_dir(p):
-                continue
-            try:
-                written = (p / WEIGHTS_FILE).stat().st_mtime
-            except OSError:  # removed meanwhile
-                continue
-            runs.append((is_finished(p), written, p.name, p))
+    for p in run_folders(root):
+        if not is_classifier_dir(p):
+            continue
+        try:
+            written = (p / WEIGHTS_FILE).stat().st_mtime
+        except OSError:  # removed meanwhile
+            continue
+        runs.append((is_finished(p), written, p.name, p))
     if not runs:
-        raise SpamtuneError(f"no fine-tuned model found in {base}; run `spamtune finetune` first")
+        raise SpamtuneError(f"no fine-tuned model found in {base}; run `spamtune finetune` first, or {ELSEWHERE}")
     return max(runs)[-1]
+
+
+def is_bare_name(run: str) -> bool:
+    """``20261125-101500-tiny-all`` is a name; ``./x``, ``runs/x``, ``/abs/x`` and ``~/x`` are paths."""
+    return bool(run) and run not in (".", "..") and os.sep not in run and (os.altsep or os.sep) not in run and not run.startswith("~")
+
+
+def new_run_path(run: str | Path, root: Path) -> Path:
+    """Where ``finetune --run RUN`` creates a run: a bare name under ``<root>/runs``, a path as given."""
+    text = str(run)
+    return runs_dir(root) / text if is_bare_name(text) else _absolute(text)
+
+
+def resolve_run(run: str | Path | None, root: Path) -> Path:
+    """The run folder a command was pointed at, as an absolute path.
+
+    ``None`` (no ``--run``): the newest finished run under ``<root>/runs`` (``latest_run``).
+    A bare name: ``<root>/runs/NAME``, or, when there is none, a folder of that name in the
+    working directory. Anything with a slash (or ``~``) is a path. The folder must exist;
+    whether it holds a usable model is for the caller to check.
+    """
+    if run is None or str(run) == "":
+        return latest_run(root)
+    text = str(run)
+    if is_bare_name(text):
+        named = runs_dir(root) / text
+        if named.is_dir():
+            return named
+        if Path(text).is_dir():
+            return _absolute(text)
+        raise SpamtuneError(
+            f"run folder not found: no run named '{text}' in {runs_dir(root)} (`spamtune runs` lists them), "
+            f"nor a folder {_absolute(text)}; {ELSEWHERE}"
+        )
+    path = _absolute(text)
+    if not path.is_dir():
+        raise SpamtuneError(f"run folder not found: {path}")
+    return path
 
 
 # Hugging Face repositories of OpenAI's released GPT-2 checkpoints.

@@ -149,12 +149,13 @@ def resolve_input(root: Path, input_file: str | Path | None) -> Path:
         default = paths.sms_file(root)
         if not default.is_file():
             raise SpamtuneError(
-                f"SMS Spam Collection not found at {default}; run `spamtune download data` or pass --input FILE"
+                f"SMS Spam Collection not found at {default}; run `spamtune download data` or pass --input FILE, "
+                f"or {paths.ELSEWHERE}"
             )
         return default
     path = Path(input_file)
     if not path.exists():
-        raise SpamtuneError(f"input file not found: {path}")
+        raise SpamtuneError(f"input file not found: {path.absolute()}")
     if not path.is_file():
         raise SpamtuneError(f"input is not a file: {path}")
     return path

@@ -13,6 +13,17 @@ SHARED_SMS_FILE = REPO.parent / "shared" / "data" / "sms_spam_collection" / "SMS
 BUNDLED_SMS_FILE = REPO / "data" / "sms_spam_collection" / "SMSSpamCollection"
 
 
+@pytest.fixture(autouse=True)
+def _private_default_data_root(tmp_path_factory, monkeypatch):
+    """No test reads or writes the real user data folder: the default data root is a fresh
+    temporary folder and $SPAMTUNE_HOME is unset unless a test sets it."""
+    from spamtune import paths
+
+    root = tmp_path_factory.mktemp("user-data")
+    monkeypatch.setattr(paths, "default_data_root", lambda: root)
+    monkeypatch.delenv(paths.ENV_HOME, raising=False)
+
+
 @pytest.fixture
 def sms_file() -> Path:
     """The real SMS Spam Collection: ../shared's copy where there is one, else the copy bundled

@@ -111,3 +111,19 @@ def write_rigged_run(run_dir: Path, pooling: str = "last-real", labels: dict[str
         model.out_head.bias[spam_class] = -2.0
     checkpoint.save_classifier(run_dir, model, cfg)
     return run_dir
+
+
+def ctrl_c_at_step(monkeypatch, step: int) -> None:
+    """Make training's ``step``-th optimizer step raise KeyboardInterrupt, as Ctrl-C would."""
+    from spamtune import train
+
+    real_step = train.optimizer_step
+    calls = {"n": 0}
+
+    def step_then_ctrl_c(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "optimizer_step", step_then_ctrl_c)

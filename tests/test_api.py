@@ -131,7 +131,7 @@ def test_cli_prints_what_the_api_returns(run_dir, clf):
     printed = [json.loads(line) for line in result.stdout.splitlines()]
     expected = clf.predict(texts)
     assert [(r["text"], r["label"]) for r in printed] == [(p.text, p.label) for p in expected]
-    assert [r["probability"] for r in printed] == pytest.approx([p.probability for p in expected], abs=1e-6)
+    assert [r["p_spam"] for r in printed] == pytest.approx([p.probability for p in expected], abs=1e-6)
 
 
 def test_bf16_stores_block_linears_cast_and_matches_plain_autocast(tmp_path):
@@ -160,3 +160,26 @@ def test_bf16_stores_block_linears_cast_and_matches_plain_autocast(tmp_path):
     assert torch.equal(clf.predict_proba(texts), expected)
     fp32 = SpamClassifier.load(tmp_path, device="cpu", precision="fp32")
     assert all(p.dtype == torch.float32 for p in fp32.model.parameters())
+
+
+def test_public_names_are_listed_and_typed():
+    import typing
+
+    import spamtune
+
+    assert dir(spamtune) == sorted(spamtune.__all__)
+    assert {"SpamClassifier", "Prediction", "GPTModel", "__version__"} <= set(dir(spamtune))
+    assert all(getattr(spamtune, name) is not None for name in dir(spamtune))
+    assert (Path(spamtune.__file__).parent / "py.typed").is_file()  # PEP 561: type checkers read the hints
+    overloads = typing.get_overloads(SpamClassifier.predict) if hasattr(typing, "get_overloads") else []
+    if overloads:  # Python 3.11+ records them
+        hints = [typing.get_type_hints(f) for f in overloads]
+        assert [(h["texts"], h["return"]) for h in hints][0] == (str, Prediction)
+        assert hints[1]["return"] == list[Prediction]
+
+
+def test_load_takes_a_run_name_under_the_data_root(tmp_path):
+    write_rigged_run(paths.runs_dir(tmp_path) / "named", labels={"spam": 0, "ham": 1})
+    assert SpamClassifier.load("named", data_dir=tmp_path, device="cpu").labels == ["spam", "ham"]
+    with pytest.raises(SpamtuneError, match=f"no run named 'other' in {paths.runs_dir(tmp_path)}"):
+        SpamClassifier.load("other", data_dir=tmp_path)

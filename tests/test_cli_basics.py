@@ -1,31 +1,118 @@
+"""Conventions every subcommand follows: help with examples, flags without values, exit codes,
+--quiet/--verbose, shell completion."""
+
+import os
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from spamtune import __version__
 from spamtune.cli import app
 
+# Every command a user can run, as its words after `spamtune`.
+COMMANDS = [
+    [], ["download"], ["download", "data"], ["download", "model"], ["prepare"], ["finetune"], ["evaluate"],
+    ["predict"], ["filter"], ["serve"], ["runs"], ["runs", "show"], ["runs", "rm"],
+]
+
+
+def invoke(*args, **kwargs):
+    return CliRunner().invoke(app, list(args), **kwargs)
+
 
 def test_version():
-    result = CliRunner().invoke(app, ["--version"])
+    result = invoke("--version")
     assert result.exit_code == 0
     assert result.stdout.strip() == f"spamtune {__version__}"
 
 
-def test_no_arguments_shows_help():
-    result = CliRunner().invoke(app, [])
+def test_no_arguments_prints_help_only():
+    result = invoke()
     assert "Usage" in result.output and "spamtune" in result.output
+    assert "Error" not in result.output  # no empty "Error:" line under the help
+    assert result.exit_code == 2  # a usage error, as for any missing command
 
 
 def test_unknown_option_is_one_line_usage_error():
-    result = CliRunner().invoke(app, ["--frobnicate"])
+    result = invoke("--frobnicate")
     assert result.exit_code == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: No such option: --frobnicate")
 
 
+@pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "spamtune")
+def test_every_help_has_examples_and_no_bool_metavar(words):
+    result = invoke(*words, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Examples:" in result.stdout
+    examples = result.stdout.split("Examples:")[1]
+    assert 2 <= examples.count("spamtune ") <= 3 * 2, examples  # two or three commands (some chain two)
+    assert "<bool>" not in result.stdout
+
+
+@pytest.mark.parametrize("words", [w for w in COMMANDS if w not in ([], ["download"], ["runs"])], ids=" ".join)
+def test_every_subcommand_takes_quiet_and_verbose(words):
+    help_text = invoke(*words, "--help").stdout
+    assert "--quiet" in help_text and "--verbose" in help_text
+
+
+def test_shell_completion_is_offered():
+    help_text = invoke("--help").stdout
+    assert "--install-completion" in help_text and "--show-completion" in help_text
+
+
 def test_python_dash_m_and_console_script():
     out = subprocess.run([sys.executable, "-m", "spamtune", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_cli_choices_match_the_core():
+    from spamtune import device, model
+    from spamtune.cli import common
+
+    assert common.DEVICES == device.DEVICES
+    assert common.PRECISIONS == device.PRECISIONS
+    assert common.POOLINGS == model.POOLINGS
+    assert set(common.MODEL_NAMES) == set(model.MODEL_SIZES)
+
+
+def test_completion_offers_commands_choices_and_run_names(tmp_path):
+    (tmp_path / "runs" / "20261125-101500-tiny-all").mkdir(parents=True)
+    (tmp_path / "runs" / "20261125-101500-tiny-all" / "hparams.json").write_text("{}")
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_SPAMTUNE_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)), "SPAMTUNE_HOME": str(tmp_path)}
+        out = subprocess.run([sys.executable, "-m", "spamtune"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert complete("spamtune pr") == ["prepare", "predict"]
+    assert complete("spamtune predict --precision ") == ["auto", "fp32", "bf16", "fp16"]
+    assert complete("spamtune runs show 2026") == ["20261125-101500-tiny-all"]
+
+
+def test_not_found_errors_name_the_absolute_path_and_how_to_look_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPAMTUNE_HOME", "relative-root")
+    result = invoke("prepare")
+    assert result.exit_code == 1
+    expected = tmp_path / "relative-root" / "sms_spam_collection" / "SMSSpamCollection"
+    assert result.stderr.startswith(f"Error: SMS Spam Collection not found at {expected}; ")
+    assert result.stderr.rstrip().endswith("to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR")
+    missing_runs = invoke("runs", "show")
+    assert f"no fine-tuned model found in {tmp_path / 'relative-root' / 'runs'}" in missing_runs.stderr
+
+
+def test_quiet_leaves_stdout_and_errors_only(tmp_path):
+    labelled = tmp_path / "mails.tsv"
+    labelled.write_text("".join(f"{'spam' if i % 2 else 'ham'}\tmessage number {i}\n" for i in range(40)))
+    loud = invoke("prepare", "--input", str(labelled), "--data-dir", str(tmp_path / "a"))
+    assert loud.exit_code == 0 and "prepared splits" in loud.stderr
+    quiet = invoke("prepare", "--input", str(labelled), "--data-dir", str(tmp_path / "b"), "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == loud.stdout.replace("/a/", "/b/")
+    failing = invoke("prepare", "--input", str(tmp_path / "nope.tsv"), "-q")
+    assert failing.exit_code == 1 and failing.stderr.startswith("Error: input file not found")

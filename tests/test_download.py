@@ -815,8 +815,10 @@ def test_cli_download_everything(server, tmp_path, root, tiny_weights, tiny_gpt2
     ],
 )
 def test_cli_model_name_errors(args, expected):
+    """A size that is not one of the choices is a usage error (exit 2), like every invalid value."""
     result = cli("download", "model", *args)
-    assert (result.exit_code, result.stdout, result.stderr) == (1, "", expected + "\n")
+    usage = expected.replace("Error: ", "Error: Invalid value for 'NAME': ") + " (see 'spamtune download model --help')"
+    assert (result.exit_code, result.stdout, result.stderr) == (2, "", usage + "\n")
 
 
 def test_cli_model_unreachable_is_one_error_line():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def test_last_pooling_and_bf16_runs_evaluate_as_they_were_tested(tmp_path):
     root = write_tiny_data(tmp_path / "data")
     summary = train.finetune(tiny_options(root, pooling="last", precision="bf16"), root / "runs" / "last")
     report = json.loads(evaluate(summary["run"], "--format", "json", "--device", "cpu").stdout)
-    assert report["precision"] == "bf16"
+    assert report["compute_dtype"] == "bf16" and "precision" not in report  # "precision" is a per-class metric
     assert (report["accuracy"], report["loss"]) == (summary["test_accuracy"], pytest.approx(summary["test_loss"], abs=1e-6))
 
 
@@ -134,7 +135,11 @@ def test_baseline_without_scikit_learn_says_how_to_get_it(run, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--split", "dev"], "unknown --split 'dev'"),
+        (["--split", "dev"], "Invalid value for '--split': 'dev' is not one of test, validation, train, all"),
+        (["--precision", "fp8"], "Invalid value for '--precision': 'fp8' is not one of auto, fp32, bf16, fp16"),
+        (["--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of auto, cpu, cuda, mps (or cuda:N)"),
+        (["--threshold", "1.5"], "Invalid value for '--threshold'"),
+        (["--run", "x"], "name the run once: with --run"),
         (["--split", "test", "--input", "x.csv"], "either --split or --input"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
     ],
@@ -171,3 +176,38 @@ def test_labels_and_paths_with_brackets_are_printed_as_they_are(tmp_path):
     assert f"{run_dir} on {file}: 3 messages" in result.stderr
     assert result.stderr.count("[/x]") >= 3  # per-class row, confusion matrix heading and row
     assert result.stdout == f"accuracy 100.00% on {file} (3 messages)\n"
+
+
+def test_run_by_name_threshold_and_precision(run, monkeypatch):
+    """The run named as everywhere else; --threshold decides as predict does; --precision picks the dtype."""
+    root, run_dir, summary = run
+    by_name = json.loads(evaluate("--run", run_dir.name, "--data-dir", str(root), "--format", "json").stdout)
+    assert by_name["run"] == str(run_dir) and by_name["accuracy"] == summary["test_accuracy"]
+    assert by_name["threshold"] == 0.5 and by_name["compute_dtype"] == "fp32" and by_name["warnings"] == []
+    everything_spam = json.loads(evaluate("--run", str(run_dir), "--threshold", "0", "--format", "json").stdout)
+    assert everything_spam["confusion_matrix"][0][0] == 0 and everything_spam["confusion_matrix"][1][0] == 0
+    assert everything_spam["per_class"]["spam"]["recall"] == 1.0 and everything_spam["loss"] == by_name["loss"]
+    bf16 = json.loads(evaluate("--run", str(run_dir), "--precision", "bf16", "--format", "json").stdout)
+    assert bf16["compute_dtype"] == "bf16"
+    monkeypatch.setenv("COLUMNS", "200")
+    assert "<test|validation|train|all>" in evaluate("--help").stdout
+
+
+def test_re_prepared_splits_are_refused_unless_forced(run, tmp_path):
+    """Scoring a run on splits it was not trained with would count its training messages as test."""
+    root, run_dir, summary = run
+    other = tmp_path / "other"
+    shutil.copytree(root, other, ignore=shutil.ignore_patterns("runs"))
+    test_csv = other / "test.csv"
+    test_csv.write_text(test_csv.read_text().replace("thanks", "thank you"))
+    refused = evaluate("--run", str(run_dir), "--data-dir", str(other))
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1
+    assert f"the prepared splits in {other} are not the ones {run_dir.name} was trained with" in refused.stderr
+    assert "pass --force to score anyway" in refused.stderr
+    forced = evaluate("--run", str(run_dir), "--data-dir", str(other), "--force", "--format", "json")
+    assert forced.exit_code == 0
+    assert forced.stderr.startswith("WARNING: the prepared splits in ")
+    assert json.loads(forced.stdout)["warnings"] == [forced.stderr.removeprefix("WARNING: ").strip()]
+    labelled = evaluate("--run", str(run_dir), "--data-dir", str(other), "--input", str(test_csv))
+    assert labelled.exit_code == 0  # a file of one's own is no split: nothing to compare

@@ -12,13 +12,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from helpers import P_HAM, P_SPAM, write_rigged_run
 from typer.testing import CliRunner
 
-from spamtune.cli import app
+from spamtune.cli import app, common
 from spamtune.cli import predict as predict_cli
 
 SPAM_P = f"{P_SPAM:.4f}"  # 0.8808
@@ -57,7 +58,7 @@ def test_stdin_lines_with_dash_or_without_arguments(run_dir):
         records = [json.loads(line) for line in result.stdout.splitlines()]
         assert [r["text"] for r in records] == ["WINNER!! Claim your free prize now!", "", "Do you have time"]
         assert [r["label"] for r in records] == ["spam", "ham", "ham"]
-        assert [r["probability"] for r in records] == pytest.approx([P_SPAM, P_HAM, P_HAM], abs=1e-5)
+        assert [r["p_spam"] for r in records] == pytest.approx([P_SPAM, P_HAM, P_HAM], abs=1e-5)
 
 
 def test_order_is_kept_across_chunks_and_length_sorted_batches(run_dir):
@@ -97,6 +98,17 @@ def test_dash_among_arguments_reads_stdin_in_place(run_dir):
     assert result.stdout == "spam\nham\nspam\nham\n"
 
 
+def test_input_option_and_its_old_spelling(run_dir, tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("free now!\nsee you\n")
+    expected = "spam\nham\n"
+    for flag in ("--input", "-i", "--file", "-f"):
+        assert invoke(run_dir, flag, str(path), "--format", "label").stdout == expected, flag
+    both = invoke(run_dir, "--input", str(path), "--file", str(path))
+    assert both.exit_code == 2 and "--input" in both.stderr
+    assert "--file" not in invoke(run_dir, "--help").stdout  # hidden: one name per concept
+
+
 def test_file_input_errors(run_dir, tmp_path):
     missing = invoke(run_dir, "--file", str(tmp_path / "nope.txt"))
     assert missing.exit_code == 1 and missing.stdout == ""
@@ -130,13 +142,21 @@ def test_tsv_keeps_one_line_per_message_and_jsonl_keeps_the_text(run_dir):
     tsv = invoke(run_dir, text, "--format", "tsv")
     assert tsv.stdout == f"spam\t{SPAM_P}\ta b c  d!\n"
     jsonl = invoke(run_dir, text, "--format", "jsonl")
-    assert json.loads(jsonl.stdout) == {"text": text, "label": "spam", "probability": pytest.approx(P_SPAM, abs=1e-5)}
+    assert json.loads(jsonl.stdout) == {"text": text, "label": "spam", "p_spam": pytest.approx(P_SPAM, abs=1e-5)}
     assert jsonl.stdout.count("\n") == 1
 
 
 def test_jsonl_writes_unicode_as_is(run_dir):
     result = invoke(run_dir, "Gratuit ! 🎉 €100", "--format", "jsonl")
     assert '"text": "Gratuit ! 🎉 €100"' in result.stdout
+
+
+def test_tsv_header_names_the_fields_and_only_for_tsv(run_dir):
+    result = invoke(run_dir, "--format", "tsv", "--header", "hi", "win!")
+    assert result.stdout.splitlines() == ["label\tp_spam\ttext", f"ham\t{HAM_P}\thi", f"spam\t{SPAM_P}\twin!"]
+    assert invoke(run_dir, "--header", "hi").stdout.startswith("label\tp_spam\ttext\n")  # tsv is the default in a pipe
+    wrong = invoke(run_dir, "--format", "jsonl", "--header", "hi")
+    assert wrong.exit_code == 2 and wrong.stdout == "" and "--header is for --format tsv" in wrong.stderr
 
 
 def test_label_format(run_dir):
@@ -183,12 +203,101 @@ def test_fail_on_spam_exit_status_comes_after_all_output(run_dir):
     assert clean.exit_code == 0 and clean.stdout.count("\n") == 2
 
 
+def test_fail_on_spam_errors_exit_2_so_scripts_can_tell_them_from_spam(run_dir, tmp_path):
+    """grep's convention: 0 no spam, 1 spam found, 2 something went wrong."""
+    missing_run = CliRunner().invoke(app, ["predict", "--data-dir", str(tmp_path), "--fail-on-spam", "hello"])
+    assert missing_run.exit_code == 2 and missing_run.stderr.startswith("Error: no fine-tuned model found")
+    missing_file = invoke(run_dir, "--fail-on-spam", "--input", str(tmp_path / "nope.txt"))
+    assert missing_file.exit_code == 2 and missing_file.stderr.startswith("Error: cannot read")
+    assert invoke(run_dir, "--input", str(tmp_path / "nope.txt")).exit_code == 1  # without the flag: 1
+    assert invoke(run_dir, "--fail-on-spam", "win!").exit_code == 1
+    assert invoke(run_dir, "--fail-on-spam", "hello").exit_code == 0
+
+
+def test_flags_take_no_value(run_dir):
+    """`--fail-on-spam true "hi"` meant a value for the flag, not a message "true"."""
+    result = invoke(run_dir, "--fail-on-spam", "true", "hi")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "--fail-on-spam is a flag and takes no value" in result.stderr
+    assert invoke(run_dir, "--fail-on-spam", "--", "true").stdout == f"ham\t{HAM_P}\ttrue\n"  # after --: a message
+    assert invoke(run_dir, "true", "--format", "label").stdout == "ham\n"  # not after a flag: a message
+    assert "<bool>" not in invoke(run_dir, "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--device", "foo"), ("--precision", "fp8"), ("--format", "xml"), ("--threshold", "2")]
+)
+def test_invalid_values_are_usage_errors(run_dir, option, value):
+    result = invoke(run_dir, option, value, "hello")
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: Invalid value for '{option}'"), lines
+    assert "Value error" not in lines[0]
+
+
+def test_choices_are_listed_in_help(run_dir):
+    help_text = invoke(run_dir, "--help").stdout
+    for choices in ("auto|cpu|cuda|cuda:N|mps", "auto|fp32|bf16|fp16", "text|tsv|jsonl|label"):
+        assert choices in help_text
+    assert "Examples:" in help_text
+
+
+def test_run_by_name_under_the_data_root_or_by_path(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    write_rigged_run(root / "runs" / "mine")
+    write_rigged_run(tmp_path / "elsewhere", labels={"spam": 0, "ham": 1})
+    by_name = CliRunner().invoke(app, ["predict", "--data-dir", str(root), "--run", "mine", "x!", "--format", "label"])
+    assert by_name.exit_code == 0 and by_name.stdout == "spam\n"
+    monkeypatch.setenv("SPAMTUNE_HOME", str(root))
+    assert CliRunner().invoke(app, ["predict", "--run", "mine", "x", "--format", "label"]).stdout == "ham\n"
+    by_path = CliRunner().invoke(app, ["predict", "--run", str(tmp_path / "elsewhere"), "x!", "--format", "label"])
+    assert by_path.exit_code == 0 and by_path.stdout == "spam\n"
+    monkeypatch.chdir(tmp_path)
+    relative = CliRunner().invoke(app, ["predict", "--run", "./elsewhere", "x!", "--format", "label"])
+    assert relative.exit_code == 0 and relative.stdout == "spam\n"
+    missing = CliRunner().invoke(app, ["predict", "--run", "nosuch", "x"])
+    assert missing.exit_code == 1
+    assert missing.stderr == (
+        f"Error: run folder not found: no run named 'nosuch' in {root / 'runs'} (`spamtune runs` lists them), "
+        f"nor a folder {tmp_path / 'nosuch'}; to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR\n"
+    )
+
+
+def test_verbose_names_the_run_and_quiet_says_nothing(run_dir):
+    verbose = invoke(run_dir, "--verbose", "hi")
+    assert verbose.exit_code == 0 and f"run {run_dir} on cpu" in verbose.stderr
+    assert "1 messages, 0 spam" in verbose.stderr
+    quiet = invoke(run_dir, "-q", "hi")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == f"ham\t{HAM_P}\thi\n"
+    both = invoke(run_dir, "-q", "-v", "hi")
+    assert both.exit_code == 2 and "exclude each other" in both.stderr
+
+
+def test_progress_only_on_a_terminal_stderr_with_stdout_redirected(run_dir, tmp_path, monkeypatch):
+    common.reset([])  # normal verbosity, as at the start of every command
+    meter = predict_cli.ReadMeter()
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"a\nb!\n" * 500)
+    chunks = list(predict_cli.message_source([], path, meter, first_chunk_lines=8))
+    assert sum(map(len, chunks)) == 1000 and meter.total == meter.done == path.stat().st_size
+    monkeypatch.setattr(predict_cli, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(predict_cli, "_stdout_is_terminal", lambda: False)
+    assert predict_cli.ProgressBar(meter).shown
+    assert not predict_cli.ProgressBar(predict_cli.ReadMeter()).shown  # arguments only: nothing to wait for
+    monkeypatch.setattr(predict_cli, "_stdout_is_terminal", lambda: True)
+    assert not predict_cli.ProgressBar(meter).shown  # the results on the terminal show the progress
+    monkeypatch.setattr(predict_cli, "_stdout_is_terminal", lambda: False)
+    monkeypatch.setattr(predict_cli, "_stderr_is_terminal", lambda: False)
+    assert not predict_cli.ProgressBar(meter).shown  # nothing on a non-terminal stderr
+
+
 def test_missing_run_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(app, ["predict", "--data-dir", str(tmp_path), "hello"])
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr == (
-        f"Error: no fine-tuned model found in {tmp_path / 'runs'}; run `spamtune finetune` first\n"
+        f"Error: no fine-tuned model found in {tmp_path / 'runs'}; run `spamtune finetune` first, "
+        "or to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR\n"
     )
     gone = CliRunner().invoke(app, ["predict", "--run", str(tmp_path / "gone"), "hello"])
     assert gone.exit_code == 1 and gone.stderr == f"Error: run folder not found: {tmp_path / 'gone'}\n"
@@ -233,6 +342,13 @@ def test_reader_hands_out_chunks_before_reading_everything():
     rest = [line for chunk in chunks for line in chunk]
     assert len(first) + len(rest) == 50_000 and rest[-1] == "line 49999"
     assert all(len(chunk) <= 100 for chunk in predict_cli.read_message_chunks(io.BytesIO(b"x\n" * 1000), 100))
+
+
+def test_first_chunks_are_small_then_double():
+    """The first answers come after one batch, not after 2,048 messages."""
+    stream = io.BytesIO(b"x\n" * 1000)
+    sizes = [len(c) for c in predict_cli.read_message_chunks(stream, chunk_lines=128, first_chunk_lines=16)]
+    assert sizes[:5] == [16, 32, 64, 128, 128] and sum(sizes) == 1000 and max(sizes) == 128
 
 
 def test_reader_keeps_lines_split_across_reads():
@@ -299,6 +415,61 @@ def test_head_closing_the_pipe_ends_quietly(run_dir, tmp_path):
     assert [line.split(b"\t")[0] for line in head] == [b"spam", b"ham", b"ham", b"spam", b"ham"]
     assert proc.returncode in (0, 141, -13)
     assert stderr == b""  # no BrokenPipeError traceback, no "Exception ignored"
+
+
+# A `predict` whose every batch takes {sleep} seconds more and logs its start time on stderr (and
+# when it is done, before the interpreter's own shutdown), to see how much work is done once the
+# reader has gone.
+SLOW_PREDICT = """
+import atexit, sys, time
+import spamtune.model as model
+atexit.register(lambda: print("done", time.monotonic(), file=sys.stderr, flush=True))
+classify = model.GPTModel.classify
+def slow(self, *args, **kwargs):
+    print("batch", time.monotonic(), file=sys.stderr, flush=True)
+    time.sleep({sleep})
+    return classify(self, *args, **kwargs)
+model.GPTModel.classify = slow
+from spamtune.cli import main
+sys.argv = ["spamtune", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_reader_leaving_stops_the_work_within_a_batch(run_dir, tmp_path):
+    """`predict - | head -n N` with N deep into the stream: once the reader has gone, at most the
+    batch under way finishes; before, the whole next chunk (2,048 messages) was computed first."""
+    batch, sleep = 256, 0.25
+    chunk_batches = predict_cli.CHUNK_LINES // batch  # 8 batches in a full-size chunk
+    big = write_lines(tmp_path / "in", 4 * predict_cli.CHUNK_LINES)
+    wanted = batch + 2 * batch + 4 * batch + 1  # into the first full-size chunk's output
+    script = SLOW_PREDICT.format(sleep=sleep)
+    with big.open("rb") as fin:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, "predict", "--run", str(run_dir), "--batch-size", str(batch), "-"],
+            stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV,
+        )
+        timer = threading.Timer(120, proc.kill)
+        timer.start()
+        try:
+            lines = [proc.stdout.readline() for _ in range(wanted)]
+            proc.stdout.close()  # what `head` does once it has its lines
+            closed = time.monotonic()
+            stderr = proc.stderr.read().decode()
+            proc.wait()
+            exited = time.monotonic()
+        finally:
+            timer.cancel()
+    assert len(lines) == wanted and all(line.endswith(b"\n") for line in lines)
+    assert proc.returncode == 0
+    log = [line.split() for line in stderr.splitlines()]
+    assert [words[0] for words in log if words[0] not in ("batch", "done")] == []  # no error, no traceback
+    after_close = [float(t) for word, t in log if word == "batch" and float(t) > closed]
+    done = next(float(t) for word, t in log if word == "done")
+    assert len(after_close) <= 1, f"{len(after_close)} batches started after the reader left"
+    # The batch under way, then stop: the rest of the chunk would take {chunk_batches - 1} x sleep.
+    assert done - closed < 3 * sleep < (chunk_batches - 1) * sleep
+    assert exited - closed < 10  # interpreter shutdown included (about a second for torch here)
 
 
 def test_results_come_as_lines_arrive(run_dir):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_hf_gpt2
-from helpers import HAM, SPAM, TINY_CONFIG, tiny_options, tiny_split, write_tiny_data
+from helpers import HAM, SPAM, TINY_CONFIG, ctrl_c_at_step, tiny_options, tiny_split, write_tiny_data
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -252,8 +252,13 @@ def cli_args(root: Path, *extra: str) -> list[str]:
 def test_cli_bad_input_is_one_line(data_root, tmp_path):
     assert_one_line_error(invoke(*cli_args(data_root, "--epochs", "0")), "--epochs must be at least 1", 2)
     assert_one_line_error(invoke(*cli_args(data_root, "--batch-size", "0")), "--batch-size must be at least 1", 2)
-    assert_one_line_error(invoke(*cli_args(data_root, "--trainable", "some-blocks")), "unknown --trainable preset", 1)
-    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root), "--model", "gpt5"), "unknown model 'gpt5'", 1)
+    # Values outside the choices --help lists are usage errors (2), caught while parsing.
+    assert_one_line_error(
+        invoke(*cli_args(data_root, "--trainable", "some-blocks")), "Invalid value for '--trainable': 'some-blocks'", 2
+    )
+    assert_one_line_error(invoke("finetune", "--data-dir", str(data_root), "--model", "gpt5"), "Invalid value for '--model': 'gpt5'", 2)
+    for option, value in (("--device", "foo"), ("--pooling", "foo"), ("--precision", "fp8"), ("--weights", "some")):
+        assert_one_line_error(invoke(*cli_args(data_root, option, value)), f"Invalid value for '{option}': '{value}'", 2)
     empty = tmp_path / "empty"
     (empty).mkdir()
     (empty / "labels.json").write_text(json.dumps({"labels": {"ham": 0, "spam": 1}}))
@@ -263,16 +268,7 @@ def test_cli_bad_input_is_one_line(data_root, tmp_path):
 
 
 def test_cli_trains_interrupts_and_resumes(data_root, monkeypatch):
-    real_step = train.optimizer_step
-    calls = {"n": 0}
-
-    def step_then_ctrl_c(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train, "optimizer_step", step_then_ctrl_c)
+    ctrl_c_at_step(monkeypatch, 8)
     run_dir = data_root / "runs" / "cli"
     result = invoke(*cli_args(data_root, "--out", str(run_dir)))
     assert result.exit_code == 130 and result.stdout == ""
@@ -280,7 +276,7 @@ def test_cli_trains_interrupts_and_resumes(data_root, monkeypatch):
         "interrupted at step 7 (last checkpoint: step 5; model.safetensors holds the best weights so far, from step "
         in result.stderr
     )
-    assert f"continue with: spamtune finetune --resume {run_dir}" in result.stderr
+    assert f"continue with: spamtune finetune --resume --run {run_dir}" in result.stderr
     assert invoke("predict", "--run", str(run_dir), "Do you have time").exit_code == 0
 
     resumed = invoke("finetune", "--resume", str(run_dir))
@@ -305,7 +301,7 @@ def test_cli_resume_refuses_other_options_and_other_shapes(data_root):
     state = runs.RESUME_DIR + "/" + runs.RESUME_FILE
     (folders["a"] / state).write_bytes((folders["b"] / state).read_bytes())
     assert_one_line_error(invoke("finetune", "--resume", str(folders["a"])), "checkpoint of another shape", 1)
-    assert_one_line_error(invoke("finetune", "--resume", str(data_root / "nowhere")), "no run folder", 1)
+    assert_one_line_error(invoke("finetune", "--resume", str(data_root / "nowhere")), "run folder not found", 1)
 
 
 # --------------------------------------------------------------------------- exact shortcuts
@@ -408,7 +404,7 @@ def test_a_full_disk_at_a_checkpoint_says_so_and_keeps_the_last_one(data_root, m
     assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]  # after the progress lines: the error, one line
     assert last.startswith(f"Error: disk full: {state}; the last checkpoint (step 0) is intact")
-    assert last.endswith(f"continue with: spamtune finetune --resume {run_dir}")
+    assert last.endswith(f"continue with: spamtune finetune --resume --run {run_dir}")
     assert len(saves) == 2 and not [p for p in run_dir.rglob("*") if p.name.endswith(".part")]
     monkeypatch.undo()
     # The step-0 checkpoint is whole: the run resumes from it and finishes.
@@ -454,7 +450,8 @@ def test_paths_with_brackets_are_printed_as_they_are(data_root, monkeypatch):
     monkeypatch.setattr(train, "optimizer_step", ctrl_c_at_step_3)
     stopped = invoke(*cli_args(data_root, "--out", str(run_dir)))
     assert stopped.exit_code == 130, stopped.stderr
-    assert f"run folder: {run_dir}\n" in stopped.stderr and f"--resume {run_dir}" in stopped.stderr
+    # The resume command is quoted for the shell: brackets are glob characters there.
+    assert f"run folder: {run_dir}\n" in stopped.stderr and f"--resume --run '{run_dir}'" in stopped.stderr
     resumed = invoke("finetune", "--resume", str(run_dir))
     assert resumed.exit_code == 0, resumed.stderr
     assert f"run folder: {run_dir}\n" in resumed.stderr and resumed.stdout.splitlines()[-1] == str(run_dir)

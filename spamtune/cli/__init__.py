@@ -21,31 +21,60 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
     from click import exceptions as click_exceptions
 
 from spamtune import __version__
-from spamtune.cli.common import flag
+from spamtune.cli import common
 from spamtune.errors import OptionError, SpamtuneError
+
+
+def _flags_show_no_value() -> None:
+    """Typer's rich help prints a ``<bool>`` type beside a flag as if it took a value, which
+    invited ``predict --fail-on-spam true "hi"`` (a flag takes none: "true" was a message).
+    Flags get an empty type column instead."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # pragma: no cover - other Typer layouts print no type column
+        return
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "flags_show_no_value", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    display_type_rich.flags_show_no_value = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_value()
 
 
 class SpamtuneGroup(TyperGroup):
     """Routes every failure to one line on stderr and a meaningful exit code."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
+    def main(self, args=None, *rest, standalone_mode: bool = True, **kwargs):
+        common.reset(sys.argv[1:] if args is None else list(args))
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(args, *rest, standalone_mode=False, **kwargs)
         except typer.Exit as exc:
             code = exc.exit_code
+        except click_exceptions.NoArgsIsHelpError as exc:
+            # `spamtune` alone: the help (rich prints it while the error is built), no "Error:" line.
+            if exc.format_message().strip():
+                print(exc.format_message())
+            code = 2
         except click_exceptions.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            code = _fail(f"{exc.format_message()}{hint}", 2)
+            code = _fail(f"{_plain(exc.format_message())}{hint}", 2)
         except typer.Abort:
             code = _fail("aborted", 130)
         except KeyboardInterrupt:
             code = _fail("interrupted", 130)
         except OptionError as exc:  # the core names the option; here it is the flag
-            code = _fail(exc.naming(flag(exc.option)), exc.exit_code)
+            code = _fail(exc.naming(common.flag(exc.option)), _status(exc.exit_code))
         except SpamtuneError as exc:
-            code = _fail(str(exc), exc.exit_code)
+            code = _fail(str(exc), _status(exc.exit_code))
         except Exception as exc:  # a bug: still one line unless debugging
-            code = _fail(f"unexpected {type(exc).__name__}: {exc} (set SPAMTUNE_DEBUG=1 for a traceback)", 1)
+            message = f"unexpected {type(exc).__name__}: {exc} (set SPAMTUNE_DEBUG=1 for a traceback)"
+            code = _fail(message, common.error_exit_code())
         else:
             code = rv if isinstance(rv, int) else 0
         if standalone_mode:
@@ -58,6 +87,16 @@ class SpamtuneGroup(TyperGroup):
             return super().invoke(ctx)
         except BrokenPipeError:
             raise typer.Exit(_quiet_broken_pipe()) from None
+
+
+def _status(code: int) -> int:
+    """A runtime error's exit status: 1, unless the command uses 1 for an answer (see common)."""
+    return common.error_exit_code() if code == 1 else code
+
+
+def _plain(message: str) -> str:
+    """A value error as the user wrote it: Typer's validation layer prefixes "Value error, "."""
+    return message.replace("Value error, ", "")
 
 
 def _fail(message: str, code: int) -> int:
@@ -83,12 +122,15 @@ def _quiet_broken_pipe() -> int:
 app = typer.Typer(
     cls=SpamtuneGroup,
     name="spamtune",
-    help="Fine-tune GPT-2 into a spam classifier (chapter 6 of Build a Large Language Model "
-    "(From Scratch)) and classify text in shell pipelines.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=common.examples(
+        ("spamtune download && spamtune prepare && spamtune finetune", "the book's recipe, end to end"),
+        ('spamtune predict "WINNER!! Claim your prize now"', "classify with the newest finished run"),
+        ("spamtune runs", "every run: status, model, accuracy, size, age"),
+    ),
 )
 
 
@@ -102,12 +144,17 @@ def _version(value: bool) -> None:
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    """Fine-tune GPT-2 into a spam classifier and classify text in shell pipelines."""
+    """Fine-tune GPT-2 into a spam classifier and classify text in shell pipelines.
+
+    Downloads, prepared splits and runs/ live in one data root: --data-dir, else $SPAMTUNE_HOME, else the user data folder.
+
+    Exit status: 0 success, 1 runtime error, 2 usage error.
+    """
 
 
 # Subcommands, in the order a user runs them. Each module defines ``register(app)`` and keeps
 # heavy imports (torch, pandas) inside its command function so `--help` stays instant.
-COMMANDS = ("download", "prepare", "finetune", "evaluate", "predict", "filter", "serve")
+COMMANDS = ("download", "prepare", "finetune", "evaluate", "predict", "filter", "serve", "runs")
 
 
 def _register_commands() -> None:
@@ -117,6 +164,18 @@ def _register_commands() -> None:
     for name in COMMANDS:
         if importlib.util.find_spec(f"spamtune.cli.{name}") is not None:
             importlib.import_module(f"spamtune.cli.{name}").register(app)
+    _add_verbosity_options(app)
+
+
+def _add_verbosity_options(typer_app: typer.Typer) -> None:
+    """--quiet and --verbose on the root, every group and every subcommand alike."""
+    if typer_app.registered_callback is not None and typer_app.registered_callback.callback is not None:
+        info = typer_app.registered_callback
+        info.callback = common.with_verbosity_options(info.callback)
+    for command in typer_app.registered_commands:
+        command.callback = common.with_verbosity_options(command.callback)
+    for group in typer_app.registered_groups:
+        _add_verbosity_options(group.typer_instance)
 
 
 _register_commands()

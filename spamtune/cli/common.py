@@ -1,5 +1,11 @@
-"""What the subcommands share: options built from the core's option dataclasses, and a console
-that never reads user text as markup.
+"""What every subcommand shares: option spellings, value checks, verbosity, examples in help,
+options built from the core's dataclasses, and a console that never reads user text as markup.
+
+One concept has one option name in every command (``--run``, ``--input``, ``--data-dir``,
+``--device``, ``--precision``), built by the factories below. Values are checked while the
+command line is parsed, so a wrong one is a usage error (exit 2) before anything loads, and the
+choices are listed in ``--help``. Nothing here imports torch, pandas or rich at start-up:
+``--help`` stays instant.
 
 Options: the dataclasses in ``spamtune.options`` hold every default and help text; a command
 lists the fields it takes and ``with_dataclass_options`` adds them to its signature as Typer
@@ -13,18 +19,199 @@ text; what needs a style is built with ``styled``, and table cells go through ``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import logging
+import os
+import re
+import sys
 import typing
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import typer
 
+from spamtune import paths
 from spamtune.mail import LONG_MODES
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
+
+# --------------------------------------------------------------------------- verbosity
+
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+_verbosity = NORMAL
+# The exit status for runtime errors: 1, or 2 when the command uses 1 for an answer
+# (``predict --fail-on-spam``: 0 no spam, 1 spam found, 2 an error, as grep does).
+_error_exit_code = 1
+# The command line as given, for checks that need to see how words were placed.
+_argv: list[str] = []
+
+
+def reset(argv: list[str]) -> None:
+    """Start of a command: default verbosity and error status (the CLI may run many times in one process)."""
+    global _verbosity, _error_exit_code, _argv
+    _verbosity, _error_exit_code, _argv = NORMAL, 1, list(argv)
+
+
+def is_quiet() -> bool:
+    return _verbosity == QUIET
+
+
+def is_verbose() -> bool:
+    return _verbosity == VERBOSE
+
+
+def command_line() -> list[str]:
+    return _argv
+
+
+def error_exit_code() -> int:
+    return _error_exit_code
+
+
+def use_error_exit_code(code: int) -> None:
+    global _error_exit_code
+    _error_exit_code = code
+
+
+def _set_verbosity(level: int, flag: str):
+    def callback(value: bool) -> None:
+        global _verbosity
+        if not value:
+            return
+        if _verbosity not in (NORMAL, level):
+            raise typer.BadParameter("--quiet and --verbose exclude each other", param_hint=flag)
+        _verbosity = level
+
+    return callback
+
+
+def quiet_option():
+    return typer.Option(
+        False, "--quiet", "-q", callback=_set_verbosity(QUIET, "--quiet"), expose_value=False, is_eager=True,
+        help="Nothing on stderr but errors: no progress, notes or tables.",
+    )
+
+
+def verbose_option():
+    return typer.Option(
+        False, "--verbose", "-v", callback=_set_verbosity(VERBOSE, "--verbose"), expose_value=False, is_eager=True,
+        help="More detail on stderr (which run and device, Hugging Face's retries and logs).",
+    )
+
+
+def with_verbosity_options(callback):
+    """``callback`` with ``--quiet``/``--verbose`` added to its options, unless it has them.
+
+    Applied by the CLI to every command and group callback, so each subcommand takes both, the
+    same way, without repeating them in every signature. The options set the verbosity while the
+    command line is parsed; the callback never sees them.
+    """
+    signature = inspect.signature(callback, eval_str=True)
+    if {"quiet", "verbose"} & set(signature.parameters):
+        return callback
+
+    @functools.wraps(callback)
+    def wrapper(*args, quiet=None, verbose=None, **kwargs):
+        return callback(*args, **kwargs)
+
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option(), annotation=bool)
+        for name, option in (("quiet", quiet_option), ("verbose", verbose_option))
+    ]
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *added])
+    wrapper.__annotations__ = {**getattr(callback, "__annotations__", {}), "quiet": bool, "verbose": bool}
+    return wrapper
+
+
+def stderr_console() -> Console:
+    """Rich on stderr with markup and highlighting off (every string prints as it is), silent
+    under ``--quiet``."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True, markup=False, highlight=False, quiet=is_quiet())
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line of plain strings and ``(text, style)`` pairs, none of it read as markup."""
+    from rich.text import Text
+
+    return Text.assemble(*parts)
+
+
+def cell(value: object) -> Text:
+    """A table cell or heading shown as it is (rich tables read plain strings as markup)."""
+    from rich.text import Text
+
+    return Text(str(value))
+
+
+def note(message: str) -> None:
+    """One plain line on stderr (never markup: it may hold paths and user text), unless ``--quiet``."""
+    if not is_quiet():
+        print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning the user must see: on stderr even under ``--quiet``, bold red on a terminal."""
+    from rich.console import Console
+
+    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(
+        styled(("WARNING: ", "bold red"), (message, "bold"))
+    )
+
+
+def detail(message: str) -> None:
+    """A line on stderr only with ``--verbose``."""
+    if is_verbose():
+        print(message, file=sys.stderr, flush=True)
+
+
+def configure_hf_logging() -> None:
+    """Hugging Face's own warnings (a retry line every few seconds while offline) only with
+    ``--verbose``; spamtune reports the outcome itself. ``$HF_HUB_VERBOSITY`` still wins when set."""
+    if not is_verbose() and os.environ.get("HF_HUB_VERBOSITY"):
+        return
+    level = logging.INFO if is_verbose() else logging.ERROR
+    try:
+        from huggingface_hub.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - a dependency; nothing to configure without it
+        return
+    hf_logging.set_verbosity(level)
+
+
+# --------------------------------------------------------------------------- help
+
+
+def _escape_markup(text: str) -> str:
+    """Escape what rich would read as a markup tag (``[bold]``, ``[/]``), as rich.markup.escape does,
+    without importing rich when the CLI starts."""
+    return re.sub(r"(\\*)(\[[a-z#/@][^[]*?])", lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+
+
+def examples(*pairs: tuple[str, str]) -> str:
+    """An ``Examples:`` epilog for ``--help``: each example a dimmed ``# what it does`` line above
+    its command (rich markup of our own; the commands themselves are escaped)."""
+    lines = ["Examples:"]
+    for command, comment in pairs:
+        lines += [f"[dim]# {_escape_markup(comment)}[/dim]", _escape_markup(command)]
+    return "\n".join(lines)
+
+
+def add_command(app: typer.Typer, name: str, function: Callable, *example_pairs: tuple[str, str], help: str | None = None):
+    """Register ``function`` as the subcommand ``name``, its examples at the end of its ``--help``."""
+    app.command(name, help=help, epilog=examples(*example_pairs))(function)
+
+
+def group_with_default(help: str, *example_pairs: tuple[str, str]) -> typer.Typer:
+    """A command group that also acts on its own (``spamtune download``, ``spamtune runs``)."""
+    return typer.Typer(help=help, invoke_without_command=True, no_args_is_help=False, epilog=examples(*example_pairs))
+
+
+# --------------------------------------------------------------------------- options from the core's dataclasses
 
 
 def flag(option: str) -> str:
@@ -36,10 +223,13 @@ def field_help(cls: type, name: str) -> str:
     return cls.__dataclass_fields__[name].metadata["help"]
 
 
-def dataclass_options(cls: type, names: Iterable[str] | None = None) -> list[inspect.Parameter]:
+def dataclass_options(
+    cls: type, names: Iterable[str] | None = None, checked: dict[str, typer.models.OptionInfo] | None = None
+) -> list[inspect.Parameter]:
     """Typer options for the fields of ``cls`` (all, or ``names``): the field's default and help;
     ``choices`` become a Literal that Typer checks; a tuple default (the split fractions) is
-    given as comma-separated text."""
+    given as comma-separated text. ``checked`` replaces a field's option by one of the factories
+    below (``device_option()``...), which check the value and list the choices in ``--help``."""
     hints = typing.get_type_hints(cls)
     wanted = set(names) if names is not None else None
     params = []
@@ -52,7 +242,7 @@ def dataclass_options(cls: type, names: Iterable[str] | None = None) -> list[ins
         if "choices" in meta:
             annotation = Literal[tuple(meta["choices"])]
         flags = (meta["flag"],) if "flag" in meta else ()
-        option = typer.Option(default, *flags, help=meta["help"])
+        option = (checked or {}).get(field.name) or typer.Option(default, *flags, help=meta["help"])
         params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     return params
 
@@ -85,22 +275,157 @@ def long_option(show_default: str):
     return typer.Option(None, "--long", help=LONG_HELP, show_default=show_default)
 
 
-def stderr_console() -> Console:
-    """Rich on stderr with markup and highlighting off: every string prints as it is."""
-    from rich.console import Console
-
-    return Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+# --------------------------------------------------------------------------- values checked while parsing
 
 
-def styled(*parts: str | tuple[str, str]) -> Text:
-    """A line of plain strings and ``(text, style)`` pairs, none of it read as markup."""
-    from rich.text import Text
-
-    return Text.assemble(*parts)
+def _choice_text(choices: tuple[str, ...]) -> str:
+    return "<" + "|".join(choices) + ">"
 
 
-def cell(value: object) -> Text:
-    """A table cell or heading shown as it is (rich tables read plain strings as markup)."""
-    from rich.text import Text
+def _complete_from(choices: tuple[str, ...]):
+    def complete(incomplete: str) -> list[str]:
+        return [c for c in choices if c.startswith(incomplete)]
 
-    return Text(str(value))
+    return complete
+
+
+def _check_choice(choices: tuple[str, ...]):
+    def callback(value: str | None) -> str | None:
+        if value is None:
+            return None
+        key = value.strip().lower()
+        if key not in choices:
+            raise typer.BadParameter(f"'{value}' is not one of {', '.join(choices)}")
+        return key
+
+    return callback
+
+
+def choice_option(default: str, flag: str, choices: tuple[str, ...], help: str, **kwargs):
+    """A string option limited to ``choices`` (case-insensitive), listed in ``--help``."""
+    return typer.Option(
+        default, flag, metavar=_choice_text(choices), callback=_check_choice(choices),
+        autocompletion=_complete_from(choices), help=help, **kwargs,
+    )
+
+
+# The device and precision choices of spamtune.device (DEVICES, PRECISIONS), spelled out so the
+# CLI starts without torch; tests check that they agree.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+POOLINGS = ("last-real", "last", "mean")
+# The named sizes of spamtune.model.MODEL_SIZES and its aliases.
+MODEL_NAMES = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny")
+_CUDA_INDEX = re.compile(r"^cuda:\d+$")
+
+
+def _check_device(value: str) -> str:
+    key = value.strip().lower()
+    if key in DEVICES or _CUDA_INDEX.match(key):
+        return key
+    raise typer.BadParameter(f"'{value}' is not one of {', '.join(DEVICES)} (or cuda:N)")
+
+
+def device_option(default: str = "auto", help: str = "Where to compute; auto: CUDA, then Apple's MPS, then the CPU."):
+    return typer.Option(
+        default, "--device", metavar="<auto|cpu|cuda|cuda:N|mps>", callback=_check_device,
+        autocompletion=_complete_from(DEVICES), help=help,
+    )
+
+
+def precision_option(help: str = "auto: bf16 where the hardware runs it natively (recent GPUs and CPUs), else fp32."):
+    return choice_option("auto", "--precision", PRECISIONS, help)
+
+
+def pooling_option(default: str = "last-real"):
+    return choice_option(
+        default, "--pooling", POOLINGS,
+        "last-real: the last non-padding token; last: the last padded position (the book's); mean: all real tokens.",
+    )
+
+
+def _check_model(value: str) -> str:
+    """A named size (or alias such as gpt2, 124M) or a JSON config file; checked against the core's list."""
+    if value.endswith(".json") or Path(value).is_file():
+        return value
+    from spamtune.errors import SpamtuneError
+    from spamtune.model import canonical_model_name
+
+    try:
+        return canonical_model_name(value)
+    except SpamtuneError:
+        raise typer.BadParameter(
+            f"'{value}' is not one of {', '.join(MODEL_NAMES)} (aliases gpt2, 124M, 355M, 774M, 1558M), nor a JSON config file"
+        ) from None
+
+
+def model_option(default: str = "gpt2-small"):
+    return typer.Option(
+        default, "--model", metavar="<" + "|".join(MODEL_NAMES) + "|FILE.json>", callback=_check_model,
+        autocompletion=_complete_from(MODEL_NAMES),
+        help="A GPT-2 size (aliases: gpt2, 124M, 355M, 774M, 1558M), tiny (a small from-scratch shape), "
+        "or a JSON config file.",
+    )
+
+
+TRAINABLE_PRESETS = ("head", "last-block", "last-N-blocks", "all")
+_TRAINABLE = re.compile(r"^(head|last-block|all|last-[1-9]\d*-blocks?)$")
+
+
+def _check_trainable(value: str) -> str:
+    key = value.strip().lower()
+    if not _TRAINABLE.match(key):
+        raise typer.BadParameter(f"'{value}' is not one of head, last-block, last-N-blocks (e.g. last-2-blocks), all")
+    return key
+
+
+def trainable_option(default: str = "last-block"):
+    return typer.Option(
+        default, "--trainable", metavar="<head|last-block|last-N-blocks|all>", callback=_check_trainable,
+        autocompletion=_complete_from(("head", "last-block", "last-2-blocks", "all")),
+        help="What trains: head only; head + last block + final LayerNorm (the book's); the last N blocks; all.",
+    )
+
+
+# --------------------------------------------------------------------------- where things are
+
+
+def data_dir_option():
+    return typer.Option(
+        None, "--data-dir", metavar="DIR", show_default=False,
+        help=f"Data root holding downloads, splits and runs/. Default: ${paths.ENV_HOME}, else {paths.default_data_root()}.",
+    )
+
+
+def complete_run_names(incomplete: str) -> list[str]:
+    try:
+        names = [p.name for p in paths.run_folders(paths.data_root())]
+    except OSError:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def run_option(
+    help: str = "A run name (under <data root>/runs/, see `spamtune runs`) or a run folder's path.",
+    show_default: str | bool = "the newest finished run",
+):
+    return typer.Option(
+        None, "--run", metavar="RUN", show_default=show_default, autocompletion=complete_run_names, help=help,
+    )
+
+
+def input_option(help: str, *, allow_dash: bool = False):
+    return typer.Option(None, "--input", "-i", metavar="PATH", help=help, dir_okay=False, allow_dash=allow_dash)
+
+
+def input_alias_option():
+    """The old ``--file``/``-f`` spelling of ``--input``, still accepted but no longer shown."""
+    return typer.Option(None, "--file", "-f", hidden=True, dir_okay=False)
+
+
+def pick_input(input_file: Path | None, old_spelling: Path | None) -> Path | None:
+    from spamtune.errors import SpamtuneUsageError
+
+    if input_file is not None and old_spelling is not None:
+        raise SpamtuneUsageError("give --input once (--file is its old name)")
+    return input_file if input_file is not None else old_spelling

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from spamtune import paths
+from spamtune.cli import common
 from spamtune.errors import SpamtuneUsageError
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
@@ -26,20 +27,19 @@ DEFAULT_MODEL = "gpt2-small"
 MODEL_NAMES_HELP = "gpt2-small, gpt2-medium, gpt2-large or gpt2-xl (aliases: gpt2, 124M, 355M, 774M, 1558M)"
 
 
-def _data_dir_option():
-    return typer.Option(
-        None,
-        "--data-dir",
-        metavar="DIR",
-        help="Data root (default: $SPAMTUNE_HOME, else ./data).",
-        show_default=False,
-    )
+_data_dir_option = common.data_dir_option
+_stderr = common.stderr_console
 
 
-def _stderr() -> Console:
-    from rich.console import Console
+def _check_model_name(name: str) -> str:
+    """An unknown size is a usage error (exit 2), caught while parsing."""
+    from spamtune.download import pretrained_name
+    from spamtune.errors import SpamtuneError
 
-    return Console(stderr=True, soft_wrap=True, highlight=False)
+    try:
+        return pretrained_name(name)
+    except SpamtuneError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -105,6 +105,7 @@ def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: st
         result = import_model(root, name, from_file)
         console.print(f"{from_file} imported: shapes match {result.path.parent.name}", markup=False)
         return result.path
+    common.configure_hf_logging()
     result = download_model(
         name,
         endpoint=endpoint,
@@ -117,10 +118,11 @@ def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: st
 
 
 def register(app: typer.Typer) -> None:
-    download_app = typer.Typer(
-        help="Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand).",
-        invoke_without_command=True,
-        no_args_is_help=False,
+    download_app = common.group_with_default(
+        "Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand).",
+        ("spamtune download", "the SMS data and gpt2-small"),
+        ("spamtune download data --from smsspamcollection.zip", "no network: import a copy"),
+        ("spamtune download model gpt2-medium", "another size, into the Hugging Face cache"),
     )
 
     @download_app.callback(invoke_without_command=True)
@@ -135,7 +137,14 @@ def register(app: typer.Typer) -> None:
         typer.echo(data_path)
         typer.echo(model_path)
 
-    @download_app.command("data")
+    @download_app.command(
+        "data",
+        epilog=common.examples(
+            ("spamtune download data", "from UCI, sha256-checked"),
+            ("spamtune download data --url https://mirror.example/sms.zip", "from a mirror"),
+            ("spamtune download data --from SMSSpamCollection", "import a file carried over"),
+        ),
+    )
     def download_data(
         ctx: typer.Context,
         url: list[str] = typer.Option(
@@ -165,10 +174,17 @@ def register(app: typer.Typer) -> None:
         root = paths.data_root(data_dir or ctx.obj)
         typer.echo(fetch_data_file(root, url, from_file, bundled, _stderr()))
 
-    @download_app.command("model")
+    @download_app.command(
+        "model",
+        epilog=common.examples(
+            ("spamtune download model", "gpt2-small (124M), the book's"),
+            ("spamtune download model 355M", "gpt2-medium, by its size"),
+            ("spamtune download model gpt2-small --from model.safetensors", "import a file carried over"),
+        ),
+    )
     def download_model(
         ctx: typer.Context,
-        name: str = typer.Argument(DEFAULT_MODEL, metavar="NAME", help=MODEL_NAMES_HELP),
+        name: str = typer.Argument(DEFAULT_MODEL, metavar="NAME", help=MODEL_NAMES_HELP, callback=_check_model_name),
         from_file: Path | None = typer.Option(
             None,
             "--from",

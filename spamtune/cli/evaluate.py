@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from spamtune.cli import common
 from spamtune.cli.common import LongMode, cell, long_option, stderr_console
 from spamtune.errors import SpamtuneUsageError
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI star
 class ReportFormat(str, enum.Enum):
     table = "table"
     json = "json"
+
+
+# spamtune.evaluate.EVAL_SPLITS, spelled out so that --help does not import torch.
+SPLITS = ("test", "validation", "train", "all")
 
 
 def _number(value: float | None, percent: bool = False) -> str:
@@ -91,44 +96,85 @@ def render_tables(result: dict, console: Console) -> None:
 
 
 def evaluate_command(
-    run_dir: Path | None = typer.Argument(None, help="Run folder (default: the latest run under the data root)."),
-    split: str | None = typer.Option(None, help="test (default), validation, train or all."),
+    run_argument: str | None = typer.Argument(None, metavar="RUN", hidden=True, show_default=False),
+    run: str | None = common.run_option(),
+    split: str | None = common.choice_option(
+        None, "--split", SPLITS, "Which prepared split to score; all: the three together, and each.", show_default="test"
+    ),
     input_file: Optional[list[str]] = typer.Option(
-        None, "--input", metavar="FILE|LABEL=PATH",
+        None, "--input", "-i", metavar="FILE|LABEL=PATH",
         help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection; "
         "or mail as LABEL=PATH (repeatable: a Maildir, an mbox, a folder of message files or a .eml).",
     ),
     long: Optional[LongMode] = long_option("chunks for mail, head for files and splits"),
     output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
+    threshold: float = typer.Option(
+        0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this (as predict)."
+    ),
+    precision: str | None = common.choice_option(
+        None, "--precision", common.PRECISIONS, "Compute precision; by default the run's own, so the test accuracy is its summary's.",
+        show_default="the run's",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Score even when the prepared splits differ from those the run was trained with (warns loudly)."
+    ),
     baseline: bool = typer.Option(False, "--baseline", help="Also train TF-IDF + logistic regression on the train split."),
     batch_size: int = typer.Option(64, "--batch-size", help="Messages per batch."),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data root (default: the run's, else $SPAMTUNE_HOME or ./data)."),
+    device: str = common.device_option(),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", metavar="DIR", show_default=False,
+        help="Data root: where RUN names are looked up, and the splits read. Default for the splits: the run's own data root.",
+    ),
 ) -> None:
-    """Score a fine-tuned run on a split or a labelled file."""
+    """Score a fine-tuned run on a split or a labelled file: accuracy, per-class P/R/F1, confusion, ROC-AUC."""
     from spamtune.evaluate import evaluate_run
 
+    if run_argument is not None and run is not None:
+        raise SpamtuneUsageError("name the run once: with --run")
     if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
-    result = evaluate_run(
-        run_dir,
-        split=split or "test",
-        input_file=input_file or None,
-        data_dir=data_dir,
-        device=device,
-        batch_size=batch_size,
-        baseline=baseline,
-        long=long,
-    )
+    console = stderr_console()
+    with _working(console, "scoring"):
+        result = evaluate_run(
+            run if run is not None else run_argument,
+            split=split or "test",
+            input_file=input_file or None,
+            data_dir=data_dir,
+            device=device,
+            batch_size=batch_size,
+            baseline=baseline,
+            threshold=threshold,
+            precision=precision,
+            force=force,
+            long=long,
+        )
+    for warning in result["warnings"]:
+        common.warn(warning)
     if output_format is ReportFormat.json:
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
-    render_tables(result, stderr_console())
+    render_tables(result, console)
     line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
     if "baseline" in result:
         line += f"; baseline {result['baseline']['accuracy']:.2%}"
     typer.echo(line)
 
 
+def _working(console: Console, what: str):
+    """A spinner on a terminal while the run loads and scores (silent elsewhere and under --quiet)."""
+    import contextlib
+
+    if not console.is_terminal or common.is_quiet():
+        return contextlib.nullcontext()
+    return console.status(what + "...")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_command)
+    common.add_command(
+        app,
+        "evaluate",
+        evaluate_command,
+        ("spamtune evaluate", "the newest finished run on its test split"),
+        ("spamtune evaluate --run 20261125-101500-tiny-all --split all --format json | jq .accuracy", "a run by name"),
+        ("spamtune evaluate --input mails.csv --threshold 0.9 --baseline", "your own labelled file, beside TF-IDF"),
+    )

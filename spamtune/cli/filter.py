@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from spamtune.cli import common
 from spamtune.cli.common import LongMode, long_option
 from spamtune.mail import DEFAULT_LONG as LONG_DEFAULT
 
@@ -27,20 +28,15 @@ FILTER_HELP = (
 
 
 def filter_mail(
-    run: Optional[Path] = typer.Option(
-        None, "--run", metavar="RUN_DIR", help="Fine-tuned run folder.", show_default="the latest run in the data root",
-        file_okay=False,
-    ),
-    data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="Data root holding runs/.", show_default="$SPAMTUNE_HOME, else ./data"
-    ),
+    run: Optional[str] = common.run_option(),
+    data_dir: Optional[Path] = common.data_dir_option(),
     threshold: Optional[float] = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Spam when the spam probability is at least this.",
         show_default="the run's threshold",
     ),
     long: Optional[LongMode] = long_option(LONG_DEFAULT),
-    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps (cpu: one message needs no GPU start-up)."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    device: str = common.device_option("cpu", "Where to compute (cpu: one message needs no GPU start-up)."),
+    precision: str = common.precision_option(),
     server: Optional[str] = typer.Option(
         None, "--server", metavar="URL", envvar="SPAMTUNE_SERVER",
         help="Ask a running `spamtune serve` at URL instead of loading a model here (no torch import).",
@@ -76,4 +72,12 @@ def filter_mail(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("filter", help=FILTER_HELP)(filter_mail)
+    common.add_command(
+        app,
+        "filter",
+        filter_mail,
+        ("spamtune filter < message.eml", "the message with its X-Spamtune-Status on stdout"),
+        ('| spamtune filter --run 20261125-101500-tiny-all', "in procmail: a recipe line with a run by name"),
+        ("spamtune filter --threshold 0.9 < message.eml | grep '^X-Spamtune'", "stricter; see the verdict"),
+        help=FILTER_HELP,
+    )

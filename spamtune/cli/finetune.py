@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from spamtune.cli import common
 from spamtune.cli.common import dataclass_options, field_help, stderr_console, styled, with_dataclass_options
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
-from spamtune.options import FinetuneOptions
+from spamtune.options import WEIGHT_SOURCES, FinetuneOptions
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
     from rich.console import Console
@@ -117,45 +118,112 @@ def _given_options(ctx: typer.Context, names: list[str]) -> list[str]:
 
 
 # Every FinetuneOptions field is a flag of the same name; its default and help come from there.
-# data_dir is the exception: the command line's default is $SPAMTUNE_HOME, else ./data.
+# data_dir is the exception: the command line's default is $SPAMTUNE_HOME, else the user data
+# folder. Fields with a fixed set of values are checked while parsing and list them in --help.
 OPTION_NAMES = [f for f in FinetuneOptions.__dataclass_fields__ if f != "data_dir"]
+CHECKED_OPTIONS = {
+    "model": common.model_option(FinetuneOptions.model),
+    "weights": common.choice_option(FinetuneOptions.weights, "--weights", WEIGHT_SOURCES, field_help(FinetuneOptions, "weights")),
+    "trainable": common.trainable_option(FinetuneOptions.trainable),
+    "pooling": common.pooling_option(FinetuneOptions.pooling),
+    "device": common.device_option(),
+    "precision": common.precision_option(),
+}
 
 
-@with_dataclass_options(dataclass_options(FinetuneOptions, OPTION_NAMES))
+def _resume_command(run_dir: Path) -> str:
+    from spamtune.run_catalog import resume_command
+
+    return resume_command(run_dir)
+
+
+def _settings_from(config: str, root: Path) -> dict:
+    """The FinetuneOptions fields of a run's hparams.json (a file, a run folder or a run's name);
+    the data root is not among them: it follows --data-dir / $SPAMTUNE_HOME as always."""
+    from spamtune import paths, runs
+    from spamtune.fsutil import read_json
+
+    path = Path(config).expanduser()
+    if not path.is_file():
+        path = paths.resolve_run(config, root) / runs.HPARAMS_FILE
+    hparams = read_json(path.absolute(), "run hyperparameters")
+    if not isinstance(hparams, dict):
+        raise SpamtuneError(f"{path.absolute()} is not a run's hparams.json (a JSON object)")
+    return {name: hparams[name] for name in OPTION_NAMES if name in hparams}
+
+
+def _run_to_resume(run: str | None, root: Path) -> Path:
+    """--run, else the newest interrupted run of the data root."""
+    from spamtune import paths, run_catalog
+
+    if run is not None:
+        return paths.resolve_run(run, root)
+    waiting = [info for info in run_catalog.list_runs(root) if info.status == run_catalog.INTERRUPTED]
+    if not waiting:
+        raise SpamtuneError(f"no interrupted run in {paths.runs_dir(root)} to resume; name one with --run, or {paths.ELSEWHERE}")
+    return Path(waiting[0].path)
+
+
+@with_dataclass_options(dataclass_options(FinetuneOptions, OPTION_NAMES, checked=CHECKED_OPTIONS))
 def finetune_command(
     ctx: typer.Context,
-    out: Path | None = typer.Option(None, "--out", help="Run folder to create. Default: a new folder under <data root>/runs/."),
-    resume: Path | None = typer.Option(None, "--resume", help="Continue an unfinished run folder from its last checkpoint."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help=field_help(FinetuneOptions, "data_dir")),
+    run: str | None = common.run_option(
+        "The run folder, a name (under <data root>/runs/) or a path: where a new run goes "
+        "(default: a new <timestamp>-<model>-<trainable> folder), or with --resume the run to continue "
+        "(default: the newest interrupted one).",
+        show_default=False,
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an unfinished run from its last checkpoint."),
+    config: str | None = typer.Option(
+        None, "--config", metavar="HPARAMS",
+        help="Train with a run's settings: its hparams.json, or the run (a name or a folder); options given beside it win.",
+    ),
+    resume_run: str | None = typer.Argument(None, hidden=True, metavar="RUN", show_default=False),  # `--resume RUN`, older spelling
+    out: Path | None = typer.Option(None, "--out", hidden=True),  # the older spelling of --run for a new run
+    data_dir: Path | None = common.data_dir_option(),
     **options,
 ) -> None:
     """Fine-tune GPT-2 into a spam classifier (the book's chapter-6 recipe by default)."""
     from spamtune import events, paths, runs, train
 
-    options["data_dir"] = str(paths.data_root(data_dir))
+    root = paths.data_root(data_dir)
+    options["data_dir"] = str(root)
+    given = _given_options(ctx, list(options))
+    if resume_run is not None:
+        if not resume or run is not None:
+            raise SpamtuneUsageError(f"unexpected argument '{resume_run}'; name the run with --run")
+        run = resume_run
+    if out is not None:
+        if run is not None:
+            raise SpamtuneUsageError("--out is the older name of --run: give one")
+        run = str(out)
+    if config is not None:
+        if resume:
+            raise SpamtuneUsageError("--config starts a new run; --resume continues one with its own settings")
+        options.update({name: value for name, value in _settings_from(config, root).items() if name not in given})
     console = stderr_console()
     reporter = ProgressReporter(console)
     try:
-        if resume is not None:
-            if out is not None:
-                raise SpamtuneUsageError("--out and --resume exclude each other: a resumed run stays in its folder")
-            changed = {name: options[name] for name in _given_options(ctx, list(options))}
-            summary = train.resume_finetune(resume, changed, on_event=reporter)
+        if resume:
+            run_dir = _run_to_resume(run, root)
+            summary = train.resume_finetune(run_dir, {name: options[name] for name in given}, on_event=reporter)
         else:
-            summary = train.finetune(FinetuneOptions(**options), out, on_event=reporter)
+            out_dir = paths.new_run_path(run, root) if run is not None else None
+            summary = train.finetune(FinetuneOptions(**options), out_dir, on_event=reporter)
     except events.TrainingInterrupted as exc:
         reporter.close()
         best = f"; model.safetensors holds the best weights so far, from step {exc.best_step}" if exc.best_step else ""
-        console.print(
+        # Said even under --quiet: it is the one way back into the run.
+        common.warn(
             f"interrupted at step {exc.step} (last checkpoint: step {exc.checkpoint_step}{best}); "
-            f"continue with: spamtune finetune --resume {exc.run_dir}"
+            f"continue with: {_resume_command(exc.run_dir)}"
         )
         raise typer.Exit(130) from None
     except events.TrainingStopped as exc:
-        raise SpamtuneError(f"{exc}; continue with: spamtune finetune --resume {exc.run_dir}") from None
+        raise SpamtuneError(f"{exc}; continue with: {_resume_command(exc.run_dir)}") from None
     except runs.RunFolderTaken as exc:
         raise SpamtuneError(
-            f"{exc}; choose another --out, or continue an unfinished run with `spamtune finetune --resume {exc.out}`"
+            f"{exc}; choose another --run, or continue an unfinished run with `{_resume_command(exc.out)}`"
         ) from None
     finally:
         reporter.close()
@@ -169,4 +237,11 @@ def finetune_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("finetune")(finetune_command)
+    common.add_command(
+        app,
+        "finetune",
+        finetune_command,
+        ("spamtune finetune", "the book: gpt2-small, pretrained, last block, 5 epochs"),
+        ("spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4", "offline, from scratch"),
+        ("spamtune finetune --config 20261125-101500-tiny-all --seed 7", "a run's settings again, another seed"),
+    )

@@ -2,21 +2,29 @@
 
 Input is read as bytes in bounded chunks and every chunk's results are written and flushed
 before the next is read, so a pipeline of any length runs in constant memory and sees its
-answers as they come. torch and the model are imported inside the command only.
+answers as they come. A reader that goes away (``| head``) is noticed between batches, not
+a chunk later. torch and the model are imported inside the command only; rich only when a
+progress bar is drawn.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import os
+import select
+import stat
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Optional
 
 import typer
 
+from spamtune import paths
+from spamtune.cli import common
 from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
@@ -27,6 +35,9 @@ if TYPE_CHECKING:
 # enough that memory stays flat and results flow steadily.
 CHUNK_LINES = 2048
 READ_SIZE = 1 << 16
+# Field names of the machine-readable formats (documented in the README).
+TSV_HEADER = "label\tp_spam\ttext\n"
+MAIL_TSV_HEADER = "label\tp_spam\tid\n"  # predict --mail: the message's id in the text's place
 
 
 class OutputFormat(str, enum.Enum):
@@ -37,7 +48,7 @@ class OutputFormat(str, enum.Enum):
 
 
 def read_message_chunks(
-    stream: BinaryIO, chunk_lines: int = CHUNK_LINES, read_size: int = READ_SIZE
+    stream: BinaryIO, chunk_lines: int = CHUNK_LINES, read_size: int = READ_SIZE, first_chunk_lines: int | None = None
 ) -> Iterator[list[str]]:
     """The lines of a byte stream as messages, in lists of at most ``chunk_lines``.
 
@@ -46,8 +57,13 @@ def read_message_chunks(
     full or when the input has nothing more ready (a short read from a pipe or terminal), so a
     fast producer fills whole batches while a slow one gets each answer at once. Memory holds
     one read, one chunk and the line being assembled.
+
+    ``first_chunk_lines`` starts small and doubles up to ``chunk_lines``: the first answers
+    come after one batch rather than a full chunk, and a reader that leaves early (``| head``)
+    has cost little.
     """
     read = getattr(stream, "read1", stream.read)
+    limit = min(first_chunk_lines or chunk_lines, chunk_lines)
     buffer = bytearray()
     pending: list[str] = []
     while data := read(read_size):
@@ -56,9 +72,10 @@ def read_message_chunks(
         if end >= 0:
             pending.extend(_decode_line(line) for line in bytes(buffer[:end]).split(b"\n"))
             del buffer[: end + 1]
-        while len(pending) >= chunk_lines:
-            yield pending[:chunk_lines]
-            del pending[:chunk_lines]
+        while len(pending) >= limit:
+            yield pending[:limit]
+            del pending[:limit]
+            limit = min(2 * limit, chunk_lines)
         if pending and len(data) < read_size:
             yield pending
             pending = []
@@ -85,24 +102,62 @@ def _stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def message_source(messages: list[str], file: Path | None) -> Iterator[list[str]]:
+def _stderr_is_terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
+class ReadMeter:
+    """How much of the file or stdin has been read, and its size when it is a regular file:
+    what the progress bar shows."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total: int | None = None
+        self.reads_stream = False
+
+    def wrap(self, stream: BinaryIO) -> BinaryIO:
+        self.reads_stream = True
+        try:
+            info = os.fstat(stream.fileno())
+            if stat.S_ISREG(info.st_mode):
+                self.total = info.st_size
+        except (OSError, ValueError, AttributeError):  # io.BytesIO in tests, closed stdin
+            pass
+        return _CountedStream(stream, self)
+
+
+class _CountedStream:
+    def __init__(self, stream: BinaryIO, meter: ReadMeter):
+        self._read = getattr(stream, "read1", stream.read)
+        self._meter = meter
+
+    def read1(self, size: int = -1) -> bytes:
+        data = self._read(size)
+        self._meter.done += len(data)
+        return data
+
+    read = read1
+
+
+def message_source(messages: list[str], file: Path | None, meter: ReadMeter | None = None, first_chunk_lines: int | None = None) -> Iterator[list[str]]:
     """Chunks of messages from the command line: arguments in order (``-`` = the lines of stdin),
-    else ``--file``, else stdin when it is not a terminal. Problems surface here, before the
+    else ``--input``, else stdin when it is not a terminal. Problems surface here, before the
     model loads."""
+    meter = meter or ReadMeter()
     if file is not None and messages:
-        raise SpamtuneUsageError("give messages as arguments or with --file, not both")
+        raise SpamtuneUsageError("give messages as arguments or with --input, not both")
     if file is not None and str(file) != "-":
         try:
             stream = open(file, "rb")  # noqa: SIM115 - closed by _lines_then_close once read
         except OSError as exc:
-            raise SpamtuneError(f"cannot read {file}: {exc.strerror or exc}") from None
-        return _lines_then_close(stream)
+            raise SpamtuneError(f"cannot read {Path(file).absolute()}: {exc.strerror or exc}") from None
+        return _lines_then_close(stream, meter, first_chunk_lines)
     if file is not None:
         messages = ["-"]
     if not messages:
         if _stdin_is_terminal():
             raise SpamtuneUsageError(
-                "no messages to classify: pass them as arguments, with --file PATH, "
+                "no messages to classify: pass them as arguments, with --input PATH, "
                 "or on stdin (e.g. `spamtune predict - < messages.txt`)"
             )
         messages = ["-"]
@@ -111,23 +166,23 @@ def message_source(messages: list[str], file: Path | None) -> Iterator[list[str]
     elif "-" in messages and _stdin_is_terminal():
         if sys.stdin is None:
             raise SpamtuneUsageError("'-' reads stdin, but this process has none")
-        print("Reading messages from the terminal, one per line; Ctrl-D to end.", file=sys.stderr)
-    return _argument_chunks(messages)
+        common.note("Reading messages from the terminal, one per line; Ctrl-D to end.")
+    return _argument_chunks(messages, meter, first_chunk_lines)
 
 
-def _lines_then_close(stream: BinaryIO) -> Iterator[list[str]]:
+def _lines_then_close(stream: BinaryIO, meter: ReadMeter, first_chunk_lines: int | None) -> Iterator[list[str]]:
     with stream:
-        yield from read_message_chunks(stream)
+        yield from read_message_chunks(meter.wrap(stream), first_chunk_lines=first_chunk_lines)
 
 
-def _argument_chunks(messages: list[str]) -> Iterator[list[str]]:
+def _argument_chunks(messages: list[str], meter: ReadMeter, first_chunk_lines: int | None) -> Iterator[list[str]]:
     literal: list[str] = []
     for message in messages:
         if message == "-":
             if literal:
                 yield literal
                 literal = []
-            yield from read_message_chunks(sys.stdin.buffer)
+            yield from read_message_chunks(meter.wrap(sys.stdin.buffer), first_chunk_lines=first_chunk_lines)
         else:
             literal.append(_argument_text(message))
             if len(literal) == CHUNK_LINES:
@@ -160,7 +215,7 @@ class Renderer:
         if self.fmt is OutputFormat.tsv:
             return f"{p.label}\t{p.probability:.4f}\t{_one_line(p.text)}\n"
         if self.fmt is OutputFormat.jsonl:
-            record = {"text": p.text, "label": p.label, "probability": round(p.probability, 6)}
+            record = {"text": p.text, "label": p.label, "p_spam": round(p.probability, 6)}
             return json.dumps(record, ensure_ascii=False) + "\n"
         if self.fmt is OutputFormat.label:
             return p.label + "\n"
@@ -174,17 +229,100 @@ def _use_color() -> bool:
     return _stdout_is_terminal() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
+class ReaderWatch:
+    """Notices that the reader of stdout has gone (``| head -2`` exited) without writing to it.
+
+    On a pipe or socket whose other end is closed, ``poll`` reports an error or hang-up at
+    once; checking after every batch stops the work within one batch instead of after the
+    next chunk's write fails (a 2,048-message chunk of gpt2-small is half a minute on a CPU).
+    Elsewhere (a file, a terminal, platforms without ``poll``) the next write tells.
+    """
+
+    def __init__(self, stream) -> None:
+        self._poller = None
+        try:
+            fd = stream.fileno()
+            mode = os.fstat(fd).st_mode
+            if (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) and hasattr(select, "poll"):
+                self._poller = select.poll()
+                self._poller.register(fd, 0)  # errors and hang-ups are always reported
+        except (OSError, ValueError, AttributeError):  # no real file descriptor (tests' CliRunner)
+            pass
+
+    def check(self, *_hook_args) -> None:
+        if self._poller is not None and self._poller.poll(0):
+            raise BrokenPipeError(errno.EPIPE, "the reader of stdout has gone")
+
+    def after_each_batch(self, model):
+        """Check after every batch's forward pass (the classifier head runs once per batch)."""
+        head = getattr(model, "out_head", None)
+        if self._poller is None or head is None:
+            return None
+        return head.register_forward_pre_hook(self.check)
+
+
+class ProgressBar:
+    """Messages classified so far, on stderr, while stdout goes to a file or a pipe.
+
+    Drawn only when stderr is a terminal, stdout is not (else the results themselves show the
+    progress, and a bar would tear through them), the input is a file or stdin, and not
+    ``--quiet``; the bar tracks bytes read when the input's size is known."""
+
+    def __init__(self, meter: ReadMeter):
+        self.meter = meter
+        self.shown = meter.reads_stream and _stderr_is_terminal() and not _stdout_is_terminal() and not common.is_quiet()
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> ProgressBar:
+        if not self.shown:
+            return self
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        columns = [TextColumn("classifying"), BarColumn(), TextColumn("{task.fields[messages]:,} messages"), TimeElapsedColumn()]
+        if self.meter.total:
+            columns.append(TimeRemainingColumn())
+        self.progress = Progress(*columns, console=common.stderr_console(), transient=True)
+        self.task = self.progress.add_task("classifying", total=self.meter.total or None, messages=0)
+        self.progress.start()
+        return self
+
+    def update(self, messages: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.meter.done, messages=messages)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+# A word right after a flag that reads like a value for it: `--fail-on-spam true "hi"` would
+# classify "true" as a message, which nobody means.
+_FLAG_VALUE_WORDS = {"true", "false", "yes", "no", "on", "off"}
+FLAGS = ("--fail-on-spam", "--header", "--quiet", "-q", "--verbose", "-v")
+
+
+def _check_flags_take_no_value(argv: list[str]) -> None:
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    for flag, word in zip(words, words[1:]):
+        if flag in FLAGS and word.lower() in _FLAG_VALUE_WORDS:
+            raise SpamtuneUsageError(
+                f"{flag} is a flag and takes no value; to classify the text '{word}', put it after `--`"
+            )
+
+
 PREDICT_HELP = (
     "Classify messages as spam or ham: exactly one output line per message, in input order.\n\n"
-    "Messages come from the arguments (each one a message), from --file, or from stdin ('-', or no arguments "
+    "Messages come from the arguments (each one a message), from --input, or from stdin ('-', or no arguments "
     "with stdin not a terminal). In a file or on stdin each line is a message: lines end at \\n only, a trailing "
     "\\r is dropped (CRLF files), empty lines are classified too, and invalid UTF-8 is replaced by U+FFFD. "
     "Input is read and answered in chunks, so a large stream runs in constant memory and results appear as they come.\n\n"
     "A message longer than the run's max length is cut to its first tokens (its start is kept; see --long). In tsv and text "
-    "output, tabs and line breaks inside a message become spaces; jsonl keeps the message exactly. The probability "
-    "is always that of spam, whatever the label.\n\n"
-    "With --fail-on-spam the exit status is 1 when any message is spam, 0 when none is (errors also exit 1, "
-    "with an 'Error:' line on stderr; usage errors exit 2)."
+    "output, tabs and line breaks inside a message become spaces; jsonl keeps the message exactly. p_spam is always "
+    "the probability of spam, whatever the label. Fields: tsv label, p_spam, text (--header names them); "
+    "jsonl {text, label, p_spam}.\n\n"
+    "Exit status: 0, 1 for a runtime error, 2 for a usage error. With --fail-on-spam: 0 no spam, 1 spam found, "
+    "2 an error (as grep: a script can tell them apart)."
 )
 
 
@@ -192,30 +330,23 @@ def predict(
     messages: list[str] | None = typer.Argument(
         None, metavar="MESSAGE", help="Messages to classify, one per argument; '-' reads stdin.", show_default=False
     ),
-    file: Path | None = typer.Option(
-        None, "--file", "-f", metavar="PATH", help="Read messages from PATH, one per line ('-' = stdin).", dir_okay=False
-    ),
-    run: Path | None = typer.Option(
-        None, "--run", metavar="RUN_DIR", help="Fine-tuned run folder.",
-        show_default="the latest run in the data root", file_okay=False,
-    ),
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Data root holding runs/.", show_default="$SPAMTUNE_HOME, else ./data"
-    ),
+    input_file: Path | None = common.input_option("Read messages from PATH, one per line ('-' = stdin).", allow_dash=True),
+    file: Path | None = common.input_alias_option(),
+    run: str | None = common.run_option(),
+    data_dir: Path | None = common.data_dir_option(),
     output_format: OutputFormat | None = typer.Option(
         None, "--format", case_sensitive=False,
-        help="text: label, spam probability, message (readable); tsv: label<TAB>probability<TAB>message; "
-        "jsonl: one JSON object per line; label: the label only.",
+        help="text: label, p(spam), message (for people); tsv: label<TAB>p_spam<TAB>text; "
+        "jsonl: {text, label, p_spam} per line; label: the label only.",
         show_default="text on a terminal, else tsv",
     ),
+    header: bool = typer.Option(False, "--header", help="tsv: first print the field names (label, p_spam, text)."),
     threshold: float = typer.Option(
         0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (auto: CUDA, then MPS, then CPU)."),
-    precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 where the hardware runs it natively, else fp32), fp32, bf16 or fp16."
-    ),
+    device: str = common.device_option(),
+    precision: str = common.precision_option(),
     mail: Path | None = typer.Option(
         None, "--mail", metavar="PATH",
         help="Classify mail: a Maildir, an mbox, a folder of message files, a .eml, or '-' for one message on stdin. "
@@ -224,7 +355,7 @@ def predict(
     long: Optional[LongMode] = long_option("chunks with --mail, head for lines of text"),
     fail_on_spam: bool = typer.Option(
         False, "--fail-on-spam",
-        help="Exit with status 1 when any message is spam (after writing all output), like an inverted grep -q.",
+        help="Exit status 1 when any message is spam, 0 when none is, 2 on an error (after writing all output).",
     ),
     server: str | None = typer.Option(
         None, "--server", metavar="URL", envvar="SPAMTUNE_SERVER",
@@ -235,45 +366,79 @@ def predict(
     ),
 ) -> None:
     """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP)."""
+    if fail_on_spam:
+        common.use_error_exit_code(2)
+    _check_flags_take_no_value(common.command_line())
+    if output_format is None:
+        output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
+    if header and output_format is not OutputFormat.tsv:
+        raise SpamtuneUsageError(f"--header is for --format tsv (this output is {output_format.value})")
+    meter = ReadMeter()
+    input_path = common.pick_input(input_file, file)
     if mail is not None:
-        if messages or file is not None:
-            raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --file with it")
+        if messages or input_path is not None:
+            raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --input with it")
         from spamtune.cli.predict_mail import mail_messages
 
         chunks = mail_messages(mail)
     else:
-        chunks = message_source(messages or [], file)
+        chunks = message_source(messages or [], input_path, meter, first_chunk_lines=batch_size)
     if server:  # client mode: hand off before anything imports torch
         from spamtune.cli.remote import predict_remotely
 
-        return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam)
+        return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam, header)
+    run_dir = paths.resolve_run(run, paths.data_root(data_dir))
 
     from spamtune.infer import SpamClassifier
     from spamtune.long_messages import predict_long
     from spamtune.mail import TEXT_LONG
 
-    classifier = SpamClassifier.load(
-        run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
+    started = time.perf_counter()
+    classifier = SpamClassifier.load(run_dir, device=device, threshold=threshold, batch_size=batch_size, precision=precision)
+    common.detail(
+        f"run {run_dir} on {classifier.device} ({classifier.precision}), loaded in {time.perf_counter() - started:.1f}s"
     )
-    if output_format is None:
-        output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
     renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=_use_color())
     sys.stdout.flush()
     out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
-    any_positive = False
-    if mail is not None:
-        from spamtune.cli.predict_mail import predict_mail
+    if header:
+        out.write((TSV_HEADER if mail is None else MAIL_TSV_HEADER).encode())
+    watch = ReaderWatch(out)
+    hook = watch.after_each_batch(classifier.model)
+    counted = positives = 0
+    started = time.perf_counter()
+    try:
+        with ProgressBar(meter) as bar:
+            if mail is not None:
+                from spamtune.cli.predict_mail import predict_mail
 
-        any_positive = predict_mail(classifier, chunks, renderer, long)
-        chunks = []
-    for chunk in chunks:
-        predictions = predict_long(classifier, chunk, long or TEXT_LONG)
-        out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
-        out.flush()
-        any_positive = any_positive or any(p.label == classifier.positive_label for p in predictions)
-    if fail_on_spam and any_positive:
+                positives = int(predict_mail(classifier, chunks, renderer, long))
+                chunks = []
+            for chunk in chunks:
+                watch.check()
+                predictions = predict_long(classifier, chunk, long or TEXT_LONG)
+                out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
+                out.flush()
+                counted += len(predictions)
+                positives += sum(p.label == classifier.positive_label for p in predictions)
+                bar.update(counted)
+    finally:
+        if hook is not None:
+            hook.remove()
+    seconds = time.perf_counter() - started
+    if mail is None:
+        common.detail(f"{counted:,} messages, {positives:,} {classifier.positive_label}, in {seconds:.1f}s")
+    if fail_on_spam and positives:
         raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("predict", help=PREDICT_HELP)(predict)
+    common.add_command(
+        app,
+        "predict",
+        predict,
+        ('spamtune predict "Do you have time" "WINNER!! Claim your prize"', "one output line per argument"),
+        ("cat inbox.txt | spamtune predict - --format jsonl | jq 'select(.p_spam > 0.9)'", "a pipeline, as JSON lines"),
+        ("spamtune predict --input outbox.txt --fail-on-spam > /dev/null || echo spam", "exit 1 when any line is spam"),
+        help=PREDICT_HELP,
+    )

@@ -71,10 +71,11 @@ def remote_mail_verdict(server: str, api_key: str | None, threshold: float | Non
 
 
 def predict_remotely(
-    chunks: Iterable[list[str]], server: str, api_key: str | None, output_format, threshold: float, fail_on_spam: bool
+    chunks: Iterable[list[str]], server: str, api_key: str | None, output_format, threshold: float, fail_on_spam: bool,
+    header: bool = False,
 ) -> None:
     """Classify every chunk with the service at ``server`` and print it as local ``predict`` would."""
-    from spamtune.cli.predict import OutputFormat, Renderer, _stdout_is_terminal, _use_color
+    from spamtune.cli.predict import TSV_HEADER, OutputFormat, Renderer, _stdout_is_terminal, _use_color
     from spamtune.client import client_from_env
 
     refuse_local_options()
@@ -87,6 +88,8 @@ def predict_remotely(
     renderer = Renderer(output_format, info["labels"], positive, color=_use_color())
     sys.stdout.flush()
     out = sys.stdout.buffer
+    if header:
+        out.write(TSV_HEADER.encode())
     any_positive = False
     for chunk in chunks:
         verdicts = client.classify(chunk, requested)

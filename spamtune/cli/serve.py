@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from spamtune import paths
+from spamtune.cli import common
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 SERVE_HELP = (
@@ -27,13 +29,8 @@ MIN_KEY_LENGTH = 16
 
 
 def serve(
-    run: Path | None = typer.Option(
-        None, "--run", metavar="RUN_DIR", help="Fine-tuned run folder.",
-        show_default="the latest run in the data root", file_okay=False,
-    ),
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Data root holding runs/.", show_default="$SPAMTUNE_HOME, else ./data"
-    ),
+    run: str | None = common.run_option(),
+    data_dir: Path | None = common.data_dir_option(),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs an API key."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: any free port, printed when ready)."),
     api_key: str | None = typer.Option(
@@ -46,8 +43,8 @@ def serve(
     threshold: float = typer.Option(
         0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (as for predict)."),
+    device: str = common.device_option(),
+    precision: str = common.precision_option(),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per model batch (as for predict)."),
     max_batch: int = typer.Option(128, "--max-batch", min=1, help="Messages per forward pass shared by concurrent requests."),
     max_wait_ms: float = typer.Option(
@@ -76,23 +73,34 @@ def serve(
 
     try:
         from spamtune.serve.app import ServeSettings, create_app
-        from spamtune.serve.server import print_ready, serve_app
+        from spamtune.serve.server import serve_app
     except ImportError as exc:
         raise SpamtuneError(f"spamtune serve needs its extra: pip install 'spamtune[serve]' ({exc.name} is missing)") from None
     from spamtune.infer import SpamClassifier
 
-    classifier = SpamClassifier.load(
-        run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
-    )
+    run_dir = paths.resolve_run(run, paths.data_root(data_dir))
+    classifier = SpamClassifier.load(run_dir, device=device, threshold=threshold, batch_size=batch_size, precision=precision)
     classifier.predict(["warm-up: the first pass allocates what later ones reuse"])
     settings = ServeSettings(
         max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts, max_batch=max_batch,
         max_wait_ms=max_wait_ms, api_key=api_key, cors_origins=tuple(cors),
     )  # fmt: skip
-    typer.echo(f"spamtune serve: {classifier!r}", err=True)
-    if not serve_app(create_app(classifier, settings), host, port, on_ready=print_ready, access_log=access_log):
+    common.detail(f"spamtune serve: {classifier!r}")
+
+    def ready(url: str) -> None:
+        common.note(f"spamtune serve: ready on {url}")
+
+    if not serve_app(create_app(classifier, settings), host, port, on_ready=ready, access_log=access_log):
         raise SpamtuneError(f"could not listen on {host}:{port} (see the line above)")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve", help=SERVE_HELP)(serve)
+    common.add_command(
+        app,
+        "serve",
+        serve,
+        ("spamtune serve", "the newest finished run on http://127.0.0.1:8080 (open it for the web page)"),
+        ('curl -s localhost:8080/v1/classify -d \'{"texts": ["WINNER!! Claim now", "lunch?"]}\'', "classify over HTTP"),
+        ("spamtune predict --server http://127.0.0.1:8080 \"Do you have time\"", "the client: no torch, no model load"),
+        help=SERVE_HELP,
+    )

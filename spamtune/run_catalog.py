@@ -1,0 +1,217 @@
+"""The runs under a data root, as ``spamtune runs`` shows them: status, model, accuracy, size, age.
+
+Everything is read from the run folders' small files (``summary.json``, ``hparams.json``,
+``metrics.jsonl``, the resume checkpoint's presence) without importing torch, so listing
+hundreds of runs takes milliseconds. Removing a run first renames it out of sight, so an
+interrupted removal never leaves a half-deleted folder that still looks like a run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shlex
+import shutil
+import stat
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from spamtune import paths, runs
+from spamtune.errors import SpamtuneError
+
+RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run folder, summarised. Field names follow ``summary.json`` where they overlap."""
+
+    name: str
+    path: str
+    # running: a process holds the run's lock; finished: summary.json written; interrupted: a
+    # resume checkpoint is there (stopped by Ctrl-C, a kill or an error); failed: training
+    # started and left neither.
+    status: str
+    model: str | None
+    trainable: str | None
+    weights: str | None
+    validation_accuracy: float | None
+    test_accuracy: float | None
+    size_bytes: int
+    modified: str  # ISO 8601, UTC: when the run last wrote a file
+    age_seconds: float
+    resume_command: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read_json(path: Path) -> dict | None:
+    """A run's JSON file, or None when it is missing or unreadable (a listing never fails on one run)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    return _read_json(run_dir / runs.SUMMARY_FILE)
+
+
+def read_hparams(run_dir: Path) -> dict | None:
+    return _read_json(run_dir / runs.HPARAMS_FILE)
+
+
+def read_evaluations(run_dir: Path) -> list[dict]:
+    """The records of ``metrics.jsonl`` (one per evaluation); unreadable lines are skipped."""
+    try:
+        lines = (run_dir / runs.METRICS_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def is_in_use(run_dir: Path) -> bool:
+    """Whether a process is training in the run now: it holds the run's lock file. The lock is
+    only probed where its file exists (a finished run has none, and gets none from here)."""
+    lock_path = run_dir / runs.LOCK_FILE
+    if not lock_path.is_file():
+        return False
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:  # unreadable: nothing can be said, so nothing is claimed
+        return False
+    lock.release()
+    return False
+
+
+def run_status(run_dir: Path) -> str:
+    if is_in_use(run_dir):
+        return RUNNING
+    if runs.resume_file(run_dir).is_file():
+        return INTERRUPTED
+    if (run_dir / runs.SUMMARY_FILE).is_file():
+        return FINISHED
+    return FAILED
+
+
+def _best_validation_accuracy(records: list[dict]) -> float | None:
+    """The validation accuracy of the best evaluation so far: lowest loss, then highest accuracy
+    (how training picks the weights it keeps)."""
+    scored = [r for r in records if _finite(r.get("val_loss")) and _finite(r.get("val_acc"))]
+    if not scored:
+        return None
+    return min(scored, key=lambda r: (r["val_loss"], -r["val_acc"]))["val_acc"]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _model_label(spec) -> str | None:
+    """``gpt2-small``, ``tiny``, or a JSON config's file name without ``.json``."""
+    if not isinstance(spec, str):
+        return None
+    return Path(spec).stem if spec.endswith(".json") else spec
+
+
+def _size_and_mtime(run_dir: Path) -> tuple[int, float]:
+    """Bytes of every file under the run (links not followed) and the newest modification time."""
+    total, newest = 0, run_dir.lstat().st_mtime
+    for folder, dirs, files in os.walk(run_dir):
+        for name in dirs + files:
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except OSError:  # removed meanwhile
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+            newest = max(newest, info.st_mtime)
+    return total, newest
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"spamtune finetune --resume --run {shlex.quote(str(run_dir))}"
+
+
+def describe_run(run_dir: Path, now: float | None = None) -> RunInfo:
+    now = time.time() if now is None else now
+    summary = read_summary(run_dir) or {}
+    hparams = read_hparams(run_dir) or {}
+    status = run_status(run_dir)
+    size, modified = _size_and_mtime(run_dir)
+    validation = summary.get("validation_accuracy")
+    if validation is None:
+        validation = _best_validation_accuracy(read_evaluations(run_dir))
+    return RunInfo(
+        name=run_dir.name,
+        path=str(run_dir),
+        status=status,
+        model=summary.get("model") or _model_label(hparams.get("model")),
+        trainable=summary.get("trainable") or hparams.get("trainable"),
+        weights=summary.get("weights") or hparams.get("weights"),
+        validation_accuracy=validation,
+        test_accuracy=summary.get("test_accuracy"),
+        size_bytes=size,
+        modified=datetime.fromtimestamp(modified, timezone.utc).isoformat(timespec="seconds"),
+        age_seconds=round(max(0.0, now - modified), 1),
+        resume_command=resume_command(run_dir) if status == INTERRUPTED else None,
+    )
+
+
+def list_runs(root: Path) -> list[RunInfo]:
+    """Every run under ``<root>/runs``, the most recently written first."""
+    now = time.time()
+    infos = []
+    for run_dir in paths.run_folders(root):
+        try:
+            infos.append(describe_run(run_dir, now))
+        except OSError:  # removed while listing
+            continue
+    return sorted(infos, key=lambda info: (info.age_seconds, info.name))
+
+
+def find_run(run: str | Path | None, root: Path) -> Path:
+    """The run folder named on the command line (a bare name, a path, or the newest finished
+    one), which must be a run: ``runs show`` and ``runs rm`` never act on another folder."""
+    run_dir = paths.resolve_run(run, root)
+    if not paths.looks_like_run(run_dir):
+        raise SpamtuneError(f"{run_dir} is not a spamtune run folder (it holds none of {', '.join(runs.RUN_FILES)})")
+    return run_dir
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete a run folder. A symbolic link is removed, never what it points to; a real folder
+    is first renamed to a hidden name (atomic), so no half-removed run is ever listed or used.
+    A run that a process is training in is refused."""
+    if is_in_use(run_dir):
+        raise SpamtuneError(f"{run_dir} is in use: a process is training in it; stop that first")
+    try:
+        if run_dir.is_symlink():
+            run_dir.unlink()
+            return
+        doomed = run_dir.with_name(f".{run_dir.name}.removing-{secrets.token_hex(4)}")
+        os.rename(run_dir, doomed)
+    except OSError as exc:
+        raise SpamtuneError(f"cannot remove {run_dir}: {exc.strerror or exc}") from None
+    shutil.rmtree(doomed, ignore_errors=True)
+    if doomed.exists():
+        raise SpamtuneError(f"{run_dir} was moved to {doomed} but could not be deleted completely; remove it by hand")

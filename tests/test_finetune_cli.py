@@ -1,0 +1,72 @@
+"""`spamtune finetune`'s command line: --run names the run (new or resumed), --config repeats a
+run's settings, the older spellings still work. Tiny runs on the tiny data (seconds each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import ctrl_c_at_step, write_tiny_data
+from typer.testing import CliRunner
+
+from spamtune import runs
+from spamtune.cli import app
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    return write_tiny_data(tmp_path / "data")
+
+
+def finetune(root: Path, *args: str):
+    return CliRunner().invoke(
+        app, ["finetune", "--data-dir", str(root), "--weights", "random", "--device", "cpu", "--precision", "fp32", *args]
+    )
+
+
+def hparams(run_dir: Path) -> dict:
+    return json.loads((run_dir / runs.HPARAMS_FILE).read_text())
+
+
+def test_run_names_a_new_run_and_config_repeats_its_settings(root, tmp_path):
+    first = finetune(root, "--run", "first", "--model", str(root / "tiny.json"), "--epochs", "1", "--lr", "0.002", "--seed", "5")
+    assert first.exit_code == 0, first.stderr
+    first_dir = root / "runs" / "first"
+    assert first.stdout.strip() == str(first_dir)
+
+    again = finetune(root, "--config", "first", "--run", "second", "--seed", "9")  # a run by name; --seed wins
+    assert again.exit_code == 0, again.stderr
+    second = hparams(root / "runs" / "second")
+    for name in ("model", "epochs", "lr", "trainable", "pooling", "batch_size"):
+        assert second[name] == hparams(first_dir)[name], name
+    assert (second["seed"], second["lr"], second["epochs"]) == (9, 0.002, 1)
+
+    by_file = finetune(root, "--config", str(first_dir / runs.HPARAMS_FILE), "--out", str(tmp_path / "third"))  # older --out
+    assert by_file.exit_code == 0, by_file.stderr
+    assert hparams(tmp_path / "third")["seed"] == 5
+
+
+def test_config_errors(root, tmp_path):
+    missing = finetune(root, "--config", "nosuch")
+    assert missing.exit_code == 1 and "run folder not found: no run named 'nosuch'" in missing.stderr
+    both = finetune(root, "--config", "x", "--resume")
+    assert both.exit_code == 2 and "--config starts a new run" in both.stderr
+
+
+def test_resume_takes_the_newest_interrupted_run_or_the_one_named(root, monkeypatch):
+    nothing = finetune(root, "--resume")
+    assert nothing.exit_code == 1 and f"no interrupted run in {root / 'runs'} to resume" in nothing.stderr
+    with monkeypatch.context() as interrupting:
+        ctrl_c_at_step(interrupting, 3)
+        stopped = finetune(root, "--run", "stopped", "--model", str(root / "tiny.json"), "--epochs", "1")
+    assert stopped.exit_code == 130
+    assert f"continue with: spamtune finetune --resume --run {root / 'runs' / 'stopped'}" in stopped.stderr
+
+    resumed = finetune(root, "--resume")  # no --run: the newest interrupted run
+    assert resumed.exit_code == 0, resumed.stderr
+    assert resumed.stdout.strip() == str(root / "runs" / "stopped") and "test accuracy" in resumed.stderr
+    finished = finetune(root, "--resume", "stopped")  # the older `--resume RUN`, by name
+    assert finished.exit_code == 1 and "is a finished run" in finished.stderr
+    stray = finetune(root, "stopped")
+    assert stray.exit_code == 2 and "name the run with --run" in stray.stderr

@@ -1,0 +1,171 @@
+"""`spamtune runs`: listing (table, TSV, JSON), `runs show`, `runs rm`, over a real tiny run and
+hand-made unfinished ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import tiny_options, write_tiny_data
+from typer.testing import CliRunner
+
+from spamtune import paths, run_catalog, runs, train
+from spamtune.cli import app
+from spamtune.cli import runs as runs_cli
+
+
+@pytest.fixture(scope="module")
+def finished_template(tmp_path_factory) -> Path:
+    """One real run, trained for an epoch on the tiny data (copied into each test's data root)."""
+    root = write_tiny_data(tmp_path_factory.mktemp("runs-data"))
+    summary = train.finetune(tiny_options(root, epochs=1), root / "runs" / "done")
+    return Path(summary["run"])
+
+
+@pytest.fixture
+def root(tmp_path, finished_template) -> Path:
+    """A data root with a finished run, an interrupted one and a failed one, oldest to newest."""
+    root = tmp_path / "root"
+    done = root / "runs" / "done"
+    shutil.copytree(finished_template, done)
+    interrupted = root / "runs" / "stopped"
+    (interrupted / runs.RESUME_DIR).mkdir(parents=True)
+    (interrupted / runs.RESUME_DIR / runs.RESUME_FILE).write_bytes(b"x" * 1000)
+    (interrupted / runs.HPARAMS_FILE).write_text(json.dumps({"model": "/data/my-shape.json", "trainable": "all"}))
+    records = [{"step": 5, "val_loss": 0.5, "val_acc": 0.7}, {"step": 10, "val_loss": 0.3, "val_acc": 0.9},
+               {"step": 15, "val_loss": 0.4, "val_acc": 0.95}]  # fmt: skip
+    (interrupted / runs.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    failed = root / "runs" / "crashed"
+    failed.mkdir()
+    (failed / runs.HPARAMS_FILE).write_text(json.dumps({"model": "gpt2-small", "trainable": "last-block"}))
+    (root / "runs" / "not-a-run").mkdir()  # an empty folder: not listed
+    for age, run in ((300, done), (200, interrupted), (100, failed)):
+        stamp = 1_700_000_000 - age
+        for path in [run, *run.rglob("*")]:
+            os.utime(path, (stamp, stamp), follow_symlinks=False)
+    return root
+
+
+def invoke(*args, **kwargs):
+    return CliRunner().invoke(app, list(args), **kwargs)
+
+
+def test_json_lists_every_run_newest_first_with_status_and_figures(root):
+    result = invoke("runs", "--json", "--data-dir", str(root))
+    assert result.exit_code == 0, result.stderr
+    listed = json.loads(result.stdout)
+    assert [r["name"] for r in listed] == ["crashed", "stopped", "done"]
+    by_name = {r["name"]: r for r in listed}
+    done = by_name["done"]
+    summary = json.loads((root / "runs" / "done" / runs.SUMMARY_FILE).read_text())
+    assert done["status"] == "finished" and done["resume_command"] is None
+    assert (done["model"], done["trainable"], done["weights"]) == ("tiny", "last-block", "random")
+    assert done["test_accuracy"] == summary["test_accuracy"]
+    assert done["validation_accuracy"] == summary["validation_accuracy"]
+    assert done["size_bytes"] == sum(p.stat().st_size for p in (root / "runs" / "done").rglob("*") if p.is_file())
+    assert done["path"] == str(root / "runs" / "done")
+
+    stopped = by_name["stopped"]
+    assert stopped["status"] == "interrupted" and stopped["model"] == "my-shape" and stopped["trainable"] == "all"
+    assert stopped["validation_accuracy"] == 0.9  # the best evaluation (lowest loss), not the last
+    assert stopped["test_accuracy"] is None
+    assert stopped["resume_command"] == f"spamtune finetune --resume {root / 'runs' / 'stopped'}"
+
+    crashed = by_name["crashed"]
+    assert crashed["status"] == "failed" and crashed["validation_accuracy"] is None and crashed["resume_command"] is None
+    assert crashed["modified"] == "2023-11-14T22:11:40+00:00"  # 1_700_000_000 - 100 s, in UTC
+    assert crashed["age_seconds"] > 365 * 86400
+
+
+def test_a_pipe_gets_tab_separated_values_with_a_header(root):
+    lines = invoke("runs", "--data-dir", str(root)).stdout.splitlines()
+    assert lines[0].split("\t") == list(runs_cli.TSV_FIELDS)
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [(r[0], r[1]) for r in rows] == [("crashed", "failed"), ("stopped", "interrupted"), ("done", "finished")]
+    assert rows[1][4] == "0.9" and rows[1][5] == ""
+
+
+def test_a_terminal_gets_a_table_and_the_resume_command(root, monkeypatch):
+    monkeypatch.setattr(runs_cli, "_stdout_is_terminal", lambda: True)
+    monkeypatch.setenv("COLUMNS", "150")
+    (root / "runs" / "[bold]odd").mkdir()
+    (root / "runs" / "[bold]odd" / runs.HPARAMS_FILE).write_text("{}")
+    out = invoke("runs", "--data-dir", str(root)).stdout
+    header = out.splitlines()[0].split()
+    assert header == ["name", "status", "model", "trainable", "val", "acc", "test", "acc", "size", "age"]
+    assert "[bold]odd" in out  # a folder name is shown as it is, never as markup
+    done_row = next(line for line in out.splitlines() if line.startswith("done "))
+    validation = json.loads((root / "runs" / "done" / runs.SUMMARY_FILE).read_text())["validation_accuracy"]
+    assert done_row.split()[1:5] == ["finished", "tiny", "last-block", f"{validation:.2%}"] and done_row.endswith(" d")
+    assert f"stopped is interrupted; continue it with: spamtune finetune --resume {root / 'runs' / 'stopped'}" in out
+
+
+def test_no_runs_yet(tmp_path, monkeypatch):
+    assert invoke("runs", "--json", "--data-dir", str(tmp_path)).stdout == "[]\n"
+    monkeypatch.setattr(runs_cli, "_stdout_is_terminal", lambda: True)
+    empty = invoke("runs", "--data-dir", str(tmp_path))
+    assert empty.exit_code == 0 and empty.stdout == ""
+    assert f"no runs in {tmp_path / 'runs'} yet" in empty.stderr and "--data-dir DIR or set SPAMTUNE_HOME" in empty.stderr
+
+
+def test_show_prints_summary_and_hparams(root, monkeypatch):
+    shown = json.loads(invoke("runs", "show", "done", "--json", "--data-dir", str(root)).stdout)
+    assert shown["status"] == "finished" and shown["summary"]["model"] == "tiny"
+    assert shown["hparams"]["epochs"] == 1 and shown["evaluations"] == 1
+    monkeypatch.setenv("SPAMTUNE_HOME", str(root))
+    text = invoke("runs", "show").stdout  # the newest finished run by default
+    assert ["status", "finished"] in [line.split() for line in text.splitlines()]
+    assert any(line.startswith("summary.test_accuracy ") for line in text.splitlines())
+    assert any(line.startswith("hparams.resolved.max_length ") for line in text.splitlines())
+    by_path = invoke("runs", "show", str(root / "runs" / "stopped"), "--json")
+    assert json.loads(by_path.stdout)["summary"] is None
+    missing = invoke("runs", "show", "nope")
+    assert missing.exit_code == 1 and f"no run named 'nope' in {root / 'runs'}" in missing.stderr
+
+
+def test_rm_needs_yes_off_a_terminal(root):
+    refused = invoke("runs", "rm", "crashed", "--data-dir", str(root))
+    assert refused.exit_code == 2 and "without --yes" in refused.stderr
+    assert (root / "runs" / "crashed").is_dir()
+    removed = invoke("runs", "rm", "crashed", "stopped", "--yes", "--data-dir", str(root))
+    assert removed.exit_code == 0
+    assert removed.stdout.splitlines() == [str(root / "runs" / "crashed"), str(root / "runs" / "stopped")]
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["done", "not-a-run"]  # nothing hidden left behind
+
+
+def test_rm_asks_on_a_terminal(root, monkeypatch):
+    monkeypatch.setattr(runs_cli, "_stdin_is_terminal", lambda: True)
+    declined = invoke("runs", "rm", "done", "--data-dir", str(root), input="n\n")
+    assert declined.exit_code == 1 and "Remove this run" in declined.stderr and "nothing removed" in declined.stderr
+    assert (root / "runs" / "done").is_dir()
+    accepted = invoke("runs", "rm", "done", "--data-dir", str(root), input="y\n")
+    assert accepted.exit_code == 0 and not (root / "runs" / "done").exists()
+
+
+def test_rm_touches_only_runs_and_never_a_link_target(root, tmp_path):
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    refused = invoke("runs", "rm", str(other), "--yes")
+    assert refused.exit_code == 1 and "is not a spamtune run folder" in refused.stderr and other.is_dir()
+    empty = invoke("runs", "rm", "not-a-run", "--yes", "--data-dir", str(root))
+    assert empty.exit_code == 1 and (root / "runs" / "not-a-run").is_dir()
+    link = root / "runs" / "linked"
+    link.symlink_to(root / "runs" / "done", target_is_directory=True)
+    assert invoke("runs", "rm", "linked", "--yes", "--data-dir", str(root)).exit_code == 0
+    assert not link.is_symlink() and (root / "runs" / "done" / runs.SUMMARY_FILE).is_file()
+
+
+def test_a_run_being_trained_shows_as_running_and_is_not_removed(root):
+    """Training holds the run folder's lock; a listing probes it and `runs rm` refuses."""
+    stopped = root / "runs" / "stopped"
+    with runs.lock_run_dir(stopped):
+        listed = {r["name"]: r for r in json.loads(invoke("runs", "--json", "--data-dir", str(root)).stdout)}
+        assert listed["stopped"]["status"] == "running" and listed["stopped"]["resume_command"] is None
+        refused = invoke("runs", "rm", "stopped", "--yes", "--data-dir", str(root))
+        assert refused.exit_code == 1 and "is in use" in refused.stderr and stopped.is_dir()
+    assert run_catalog.run_status(stopped) == "interrupted"  # the lock file stays; nobody holds it
+    assert not (root / "runs" / "done" / runs.LOCK_FILE).exists()  # probing never creates one
