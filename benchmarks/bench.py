@@ -14,7 +14,9 @@ here; the cost of a step does not depend on the weights' values):
    (batches of 64 in input order, each padded to its longest, as a data collator does), in
    the same precision;
 4. cold start of `spamtune predict "x"` against `python -c "import torch"`, and the peak
-   memory of `spamtune predict` over the whole file with the gpt2-small run.
+   memory of `spamtune predict` over the whole file with the gpt2-small run;
+5. two concurrent runs: two tiny fine-tunes (1 epoch) started together against the same two
+   one after the other, as a ratio: how well two spamtune processes share the cores.
 
 Prints a table with ratios and target checks, and writes it all as JSON to bench-results/.
 Usage: python benchmarks/bench.py [--sms PATH] [--precisions fp32,bf16] [--predict-precisions ...]
@@ -58,6 +60,9 @@ TARGETS = {
     "predict_speedup": 5.0,  # spamtune messages/s over the peer's, at least
     "cold_start_over_torch_s": 1.0,
     "predict_peak_gb": 1.2,
+    # Two runs at once take at most this times as long as one after the other. Idle OpenMP
+    # threads that spin instead of sleeping made it about 4 on a 2-core machine.
+    "concurrent_over_sequential": 1.25,
 }
 
 
@@ -120,6 +125,40 @@ def bench_recipe(data_dir: Path, precision: str, device: str) -> dict:
     }
 
 
+def bench_ranks(data_dir: Path, epochs: int = 1) -> dict:
+    """1 process against 2 ranks (`--devices 2`: torchrun's launcher, DDP over gloo) on this CPU,
+    same global batch, a from-scratch tiny model. With 2 cores there is nothing to gain: this
+    measures the overhead (launcher, process group, gradient all-reduce) and checks that both
+    give the same result. Each rank gets one thread (torchrun's default), so one process is
+    timed both with torch's default threads and with one thread, the like-for-like comparison."""
+    out: dict = {"model": "tiny", "trainable": "last-block", "epochs": epochs, "runs": {}}
+    configs = {"1 process": (1, None), "1 process, 1 thread": (1, "1"), "2 ranks": (2, None)}
+    for name, (devices, threads) in configs.items():
+        run_dir = data_dir / "runs" / f"ranks-{name.replace(' ', '').replace(',', '-')}"
+        cmd = [
+            *SPAMTUNE, "finetune", "--model", "tiny", "--weights", "random", "--trainable", "last-block",
+            "--epochs", str(epochs), "--precision", "fp32", "--device", "cpu", "--data-dir", str(data_dir),
+            "--out", str(run_dir), "--devices", str(devices),
+        ]  # fmt: skip
+        log(f"ranks: tiny model, {name} ...")
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        wall, _ = timed_run(cmd, env=env if threads is None else {**env, "OMP_NUM_THREADS": threads})
+        summary = json.loads((run_dir / "summary.json").read_text())
+        out["runs"][name] = {
+            "run": str(run_dir),
+            "wall_s": round(wall, 2),
+            "training_steps_s": summary["training_time_s"],
+            "examples_per_s": summary["examples_per_s"],
+            "test_accuracy": summary["test_accuracy"],
+            "validation_loss": summary["validation_loss"],
+        }
+    from safetensors.torch import load_file
+
+    one, two = (load_file(str(Path(out["runs"][name]["run"]) / "model.safetensors")) for name in ("1 process", "2 ranks"))
+    out["max_weight_difference"] = max(float((one[k] - two[k]).abs().max()) for k in one)
+    return out
+
+
 def bench_peer_training(data_dir: Path, precision: str, steps: int) -> dict:
     data = load_training_data(data_dir, 1024, None)
     log(f"peer: GPT2ForSequenceClassification training, {precision}, {steps} steps ...")
@@ -161,13 +200,57 @@ def bench_cold_start(run_dir: str, repeats: int = 5) -> dict:
     return {"import_torch_s": round(torch_s, 3), "predict_x_s": round(predict_s, 3), "over_torch_s": round(predict_s - torch_s, 3)}
 
 
+def bench_concurrent_runs(data_dir: Path, wait_policy: str | None = None) -> dict:
+    """Two tiny fine-tunes started together, against the same two run one after the other.
+
+    ``wait_policy`` sets ``OMP_WAIT_POLICY`` for both; ``None`` leaves the environment as it is
+    (unset: spamtune's own default applies).
+    """
+    env = dict(os.environ)
+    if wait_policy is not None:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    shown = wait_policy or env.get("OMP_WAIT_POLICY") or "spamtune's default"
+
+    def command(name: str) -> list[str]:
+        return [
+            *SPAMTUNE, "finetune", "--model", "tiny", "--weights", "random", "--trainable", "all", "--epochs", "1",
+            "--lr", "5e-4", "--data-dir", str(data_dir), "--out", str(data_dir / "runs" / name),
+        ]  # fmt: skip
+
+    log(f"two concurrent tiny fine-tunes ({shown}): one after the other ...")
+    tag = (wait_policy or "default").lower()
+    sequential = sum(timed_run(command(f"seq-{tag}-{i}"), env=env)[0] for i in (1, 2))
+    log(f"two concurrent tiny fine-tunes ({shown}): together ...")
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(command(f"par-{tag}-{i}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in (1, 2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: concurrent finetune failed ({proc.returncode}):\n{err[-2000:]}")
+    together = time.perf_counter() - start
+    return {
+        "wait_policy": shown,
+        "sequential_s": round(sequential, 2),
+        "concurrent_s": round(together, 2),
+        "ratio": round(together / sequential, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sms", type=Path, default=DEFAULT_SMS, help="the SMS Spam Collection file (default: the bundled one)")
     parser.add_argument("--precisions", default=None, help="recipe precisions (default: fp32, and bf16 where native)")
     parser.add_argument("--predict-precisions", default=None, help="prediction precisions (default: what auto picks)")
     parser.add_argument("--peer-steps", type=int, default=30)
+    parser.add_argument(
+        "--concurrent-policies", default="",
+        help="also time the two concurrent runs with these OMP_WAIT_POLICY values (e.g. ACTIVE,PASSIVE)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
+    parser.add_argument("--ranks-only", action="store_true", help="only the 1 vs 2 processes comparison")
     args = parser.parse_args()
     if not args.sms.is_file():
         raise SystemExit(f"bench: the SMS Spam Collection is not at {args.sms}; give --sms PATH")
@@ -191,6 +274,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spamtune-bench-") as tmp:
         data_dir = Path(tmp) / "data"
         timed_run([*SPAMTUNE, "prepare", "--input", str(args.sms), "--data-dir", str(data_dir)])
+        results["ranks"] = bench_ranks(data_dir)
+        if args.ranks_only:
+            report_ranks(results["ranks"])
+            return
         results["recipe"] = [bench_recipe(data_dir, p, "cpu") for p in precisions]
         if resolve_device("auto").type == "cuda":
             results["recipe"].append(bench_recipe(data_dir, "auto", "cuda"))
@@ -204,6 +291,8 @@ def main() -> None:
         log("predict peak memory over the whole file ...")
         wall, peak = peak_rss_gb([*SPAMTUNE, "predict", "--run", run_dir, "--format", "tsv", "-"], messages)
         results["predict_cli"] = {"messages": len(texts), "wall_s": round(wall, 2), "peak_rss_gb": round(peak, 3)}
+        policies = [None] + [p for p in args.concurrent_policies.split(",") if p]
+        results["concurrent_runs"] = [bench_concurrent_runs(data_dir, policy) for policy in policies]
     report(results)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
@@ -244,6 +333,13 @@ def report(r: dict) -> None:
     rows.append(("cold start predict \"x\"", f"{c['predict_x_s']:.2f} s vs import torch {c['import_torch_s']:.2f} s", f"+{c['over_torch_s']:.2f} s"))
     m = r["predict_cli"]
     rows.append(("spamtune predict - (CLI, whole file)", f"{m['wall_s']:.1f} s, peak RSS {m['peak_rss_gb']:.2f} GB", ""))
+    for k in r["concurrent_runs"]:
+        rows.append((
+            f"two concurrent runs ({k['wait_policy']})",
+            f"together {k['concurrent_s']:.1f} s vs one after the other {k['sequential_s']:.1f} s",
+            f"{k['ratio']:.2f}x",
+        ))  # fmt: skip
+    rows.extend(ranks_rows(r["ranks"]))
     width = max(len(a) for a, _, _ in rows)
     print(f"spamtune bench: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
           f"auto precision on CPU = {r['machine']['auto_precision_cpu']}")  # fmt: skip
@@ -263,9 +359,32 @@ def report(r: dict) -> None:
         checks.append((f"predict {p['precision']} >= {t['predict_speedup']}x peer", p["speedup"] >= t["predict_speedup"]))
     checks.append((f"cold start <= import torch + {t['cold_start_over_torch_s']} s", c["over_torch_s"] <= t["cold_start_over_torch_s"]))
     checks.append((f"predict peak memory <= {t['predict_peak_gb']} GB", m["peak_rss_gb"] <= t["predict_peak_gb"]))
+    shipped = r["concurrent_runs"][0]  # the environment as given: what a user gets
+    checks.append((
+        f"two concurrent runs <= {t['concurrent_over_sequential']}x one after the other ({shipped['wait_policy']})",
+        shipped["ratio"] <= t["concurrent_over_sequential"],
+    ))  # fmt: skip
     for name, ok in checks:
         print(f"  {'PASS' if ok else 'MISS'}  {name}")
     r["checks"] = {name: ok for name, ok in checks}
+
+
+def ranks_rows(ranks: dict) -> list[tuple[str, str, str]]:
+    """One row per configuration; the last column compares with one process of one thread."""
+    base = ranks["runs"]["1 process, 1 thread"]["wall_s"]
+    return [
+        (
+            f"tiny, {ranks['epochs']} epoch, {name}",
+            f"wall {r['wall_s']:.1f} s, steps {r['training_steps_s']:.1f} s, test acc {r['test_accuracy']:.2%}",
+            f"{r['wall_s'] / base:.2f}x 1-thread wall" + (f"; max |dw| vs 1 process {ranks['max_weight_difference']:.1e}" if name == "2 ranks" else ""),
+        )
+        for name, r in ranks["runs"].items()
+    ]
+
+
+def report_ranks(ranks: dict) -> None:
+    for row in ranks_rows(ranks):
+        print("  ".join(row))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -19,9 +19,10 @@ from torch import nn
 
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, atomic_write_json, read_json
-from spamtune.model import GPTConfig, GPTModel
+from spamtune.model import POOLINGS, GPTConfig, GPTModel, is_integer, show_value
 from spamtune.runs import CONFIG_FILE, WEIGHTS_FILE
 from spamtune.tokenizer import EOT_ID, TOKENIZER_ID
+from spamtune.weights import spamtune_shapes
 
 FORMAT = "spamtune-classifier/1"
 
@@ -39,6 +40,9 @@ class ClassifierConfig:
     weights: str = "pretrained"  # what training started from: "pretrained" or "random"
     tokenizer: str = TOKENIZER_ID
     pad_token_id: int = EOT_ID
+
+    def __post_init__(self) -> None:
+        check_classifier_fields(self)
 
     @property
     def num_classes(self) -> int:
@@ -61,15 +65,50 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ClassifierConfig:
+        """The config a ``config.json`` holds, every field checked (one line naming the first bad one)."""
+        if not isinstance(data, dict):
+            raise SpamtuneError(f"a classifier config is a JSON object, not {show_value(data)}")
         data = dict(data)
         fmt = data.pop("format", None)
         if fmt != FORMAT:
-            raise SpamtuneError(f"not a spamtune classifier config (format {fmt!r}, expected {FORMAT!r})")
-        try:
-            data["model"] = GPTConfig.from_dict(data["model"])
-            return cls(**data)
-        except (KeyError, TypeError) as exc:
-            raise SpamtuneError(f"classifier config is incomplete or has unknown fields: {exc}") from None
+            raise SpamtuneError(f"not a spamtune classifier config (format {show_value(fmt)}, expected {FORMAT!r})")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise SpamtuneError(f"unknown field(s) {', '.join(unknown)}")
+        if "model" not in data:
+            raise SpamtuneError("the field 'model' (the GPT shape) is missing")
+        data["model"] = GPTConfig.from_dict(data["model"])
+        return cls(**data)
+
+
+def check_classifier_fields(cfg: ClassifierConfig) -> None:
+    """Raise one line naming the first field of ``cfg`` that a classifier cannot use."""
+    if not isinstance(cfg.model, GPTConfig):
+        raise SpamtuneError(f"model must be a GPT shape, got {show_value(cfg.model)}")
+    labels = cfg.labels
+    if not isinstance(labels, dict) or len(labels) < 2:
+        raise SpamtuneError(f"labels must map at least two label names to class indices, got {show_value(labels)}")
+    for name, index in labels.items():
+        if not isinstance(name, str) or not name or not is_integer(index):
+            raise SpamtuneError(f"labels: {show_value(name)} -> {show_value(index)} is not a label name -> class index")
+    if sorted(labels.values()) != list(range(len(labels))):
+        raise SpamtuneError(
+            f"labels must number the classes 0 to {len(labels) - 1}, each once; got indices {sorted(labels.values())}"
+        )
+    if cfg.pooling not in POOLINGS:
+        raise SpamtuneError(f"pooling must be one of {', '.join(POOLINGS)}, got {show_value(cfg.pooling)}")
+    if not is_integer(cfg.max_length) or cfg.max_length < 1:
+        raise SpamtuneError(f"max_length must be a positive integer, got {show_value(cfg.max_length)}")
+    for name in ("trainable", "weights", "tokenizer"):
+        if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name):
+            raise SpamtuneError(f"{name} must be a non-empty string, got {show_value(getattr(cfg, name))}")
+    if cfg.base_model is not None and not isinstance(cfg.base_model, str):
+        raise SpamtuneError(f"base_model must be a model name or null, got {show_value(cfg.base_model)}")
+    if not is_integer(cfg.pad_token_id) or not 0 <= cfg.pad_token_id < cfg.model.vocab_size:
+        raise SpamtuneError(
+            f"pad_token_id must be a token id below the vocabulary size {cfg.model.vocab_size}, "
+            f"got {show_value(cfg.pad_token_id)}"
+        )
 
 
 def build_classifier(cfg: ClassifierConfig) -> GPTModel:
@@ -103,7 +142,13 @@ def save_classifier(run_dir: str | Path, model: GPTModel, cfg: ClassifierConfig,
 
 
 def load_classifier_config(run_dir: str | Path) -> ClassifierConfig:
-    return ClassifierConfig.from_dict(read_json(Path(run_dir) / CONFIG_FILE, "run config"))
+    """A run's ``config.json``, validated; a bad one is one line naming the file and the field."""
+    path = Path(run_dir) / CONFIG_FILE
+    data = read_json(path, "run config")
+    try:
+        return ClassifierConfig.from_dict(data)
+    except SpamtuneError as exc:
+        raise SpamtuneError(f"{path}: {exc}") from None
 
 
 def block_linear_parameter_names(model: GPTModel) -> set[str]:
@@ -125,16 +170,21 @@ def load_classifier(
 ) -> tuple[GPTModel, ClassifierConfig]:
     """The fine-tuned model of a run folder, in eval mode.
 
-    The module is built on the meta device (no memory, no random init) and then takes the
-    file's tensors as its parameters, read one at a time, so loading costs one read of the
-    weights and never holds two copies of the model. ``linear_dtype`` stores the blocks'
-    Linear weights in an autocast dtype as they are read (see ``infer.store_linear_weights_in``).
+    Nothing is built before the config has been checked against the weights file's header
+    (names, shapes, dtypes: read without loading a tensor), so a config that does not describe
+    the file fails in milliseconds, whatever size it claims. The module is then built on the
+    meta device (no memory, no random init) and takes the file's tensors as its parameters,
+    read one at a time, so loading costs one read of the weights and never holds two copies of
+    the model; a tensor holding NaN or infinity is refused as it is read. ``linear_dtype``
+    stores the blocks' Linear weights in an autocast dtype as they are read (see
+    ``infer.store_linear_weights_in``).
     """
     run_dir = Path(run_dir)
     cfg = load_classifier_config(run_dir)
     path = run_dir / weights_name
     if not path.is_file():
         raise SpamtuneError(f"no {weights_name} in {run_dir}")
+    check_checkpoint_header(path, cfg)
     with torch.device("meta"):
         model = build_classifier(cfg)
     cast = block_linear_parameter_names(model) if linear_dtype is not None else set()
@@ -147,28 +197,91 @@ def load_classifier(
             # the cast read) as soon as the copy is made, so the fp32 file is never all resident.
             with safe_open(str(path), framework="pt", device=str(device)) as f:
                 tensor = f.get_tensor(key)
+                check_finite(tensor, key, path)
                 if linear_dtype is not None:
                     tensor = tensor.to(linear_dtype) if key in cast else tensor.clone()
             tensors[key] = tensor
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise SpamtuneError(f"cannot read {path}: {exc}") from None
-    check_state_shapes(model, tensors, str(path))
-    model.load_state_dict(tensors, strict=True, assign=True)
+    model.load_state_dict(tensors, strict=True, assign=True)  # names and shapes: checked in the header
     return model.eval(), cfg
 
 
 def check_state_shapes(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """One clear line when a checkpoint does not fit the model it is loaded into."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
+    check_shapes(expected, {k: tuple(v.shape) for k, v in tensors.items()}, source)
+
+
+def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], source: str) -> None:
+    """One clear line unless ``found`` has exactly the names and shapes of ``expected``."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
     if missing or extra:
         key = (missing or extra)[0]
         kind = "lacks" if missing else "has an unexpected"
         raise SpamtuneError(f"{source} does not match the model: it {kind} weight '{key}'")
     for key, shape in expected.items():
-        if tuple(tensors[key].shape) != shape:
+        if found[key] != shape:
             raise SpamtuneError(
-                f"{source} is a checkpoint of another shape: '{key}' is {list(tensors[key].shape)}, "
-                f"the model needs {list(shape)}"
+                f"{source} is a checkpoint of another shape: '{key}' is {list(found[key])}, the model needs {list(shape)}"
             )
+
+
+# What save_classifier writes: every tensor float32 (safetensors' dtype code).
+CHECKPOINT_DTYPE = "F32"
+
+
+def classifier_shapes(cfg: ClassifierConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of ``build_classifier(cfg)``'s weights, computed without building it."""
+    d = cfg.model.emb_dim
+    return {**spamtune_shapes(cfg.model), "out_head.weight": (cfg.num_classes, d), "out_head.bias": (cfg.num_classes,)}
+
+
+def read_checkpoint_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each tensor's shape and dtype code (``F32``, ``I8``...) from a safetensors header: nothing
+    is loaded, so this costs the same for any size the header claims."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: (tuple(f.get_slice(key).get_shape()), f.get_slice(key).get_dtype()) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SpamtuneError(f"{path} is not a readable safetensors file: {exc}") from None
+
+
+def check_checkpoint_header(path: Path, cfg: ClassifierConfig) -> None:
+    """Refuse, in one line, weights that do not fit ``cfg``, before anything is built.
+
+    The sizes the config states are compared with those the header shows first, so a config
+    claiming ten million layers is refused without listing ten million layers' names; the
+    full name-by-name shape check then runs over a table no longer than the file's own.
+    """
+    header = read_checkpoint_header(path)
+    shapes = {key: shape for key, (shape, _) in header.items()}
+    blocks = {int(key.split(".")[1]) for key in shapes if key.startswith("trf_blocks.") and key.split(".")[1].isdigit()}
+    stated = {
+        "n_layers": (cfg.model.n_layers, max(blocks, default=-1) + 1),
+        "vocab_size": (cfg.model.vocab_size, shapes.get("tok_emb.weight", (None,))[0]),
+        "context_length": (cfg.model.context_length, shapes.get("pos_emb.weight", (None,))[0]),
+        "emb_dim": (cfg.model.emb_dim, shapes.get("tok_emb.weight", (None, None))[-1]),
+        "classes": (cfg.num_classes, shapes.get("out_head.weight", (None,))[0]),
+    }
+    differ = [f"{name} {want:,} vs {got if got is None else f'{got:,}'}" for name, (want, got) in stated.items() if want != got]
+    if differ:
+        raise SpamtuneError(
+            f"{path.parent / CONFIG_FILE} does not describe {path} (config vs weights: {'; '.join(differ)})"
+        )
+    check_shapes(classifier_shapes(cfg), shapes, str(path))
+    for key, (_, dtype) in header.items():
+        if dtype != CHECKPOINT_DTYPE:
+            raise SpamtuneError(
+                f"{path}: '{key}' is stored as {dtype}; a {FORMAT} checkpoint holds float32 ({CHECKPOINT_DTYPE}) weights"
+            )
+
+
+def check_finite(tensor: torch.Tensor, key: str, path: Path) -> None:
+    """Refuse a weight holding NaN or infinity: such a model answers with NaN probabilities that
+    look like confident labels. One reduction (no copy) for the common case of finite weights; a
+    non-finite sum is confirmed element-wise, since large finite values can overflow a sum."""
+    if tensor.is_floating_point() and not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise SpamtuneError(f"{path}: weight '{key}' holds {bad:,} NaN or infinite value(s); the checkpoint is broken")

@@ -14,14 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from spamtune import paths, runs
+from spamtune.calibration import DEFAULT_THRESHOLD, binary_report, calibrated_probabilities, nll, read_calibration
 from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.data import Split, read_label_map, read_split
 from spamtune.device import Precision, resolve_device
+from spamtune.distributed import World, predict_logits_sharded
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, check_split_labels, data_fingerprint, pad_width
-from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, predict_logits
+from spamtune.forward import EVAL_BATCH_SIZE, classification_loss
 from spamtune.mail import DEFAULT_LONG, LONG_MODES
 from spamtune.metrics import classification_report
+from spamtune.plots import plot_binary_evaluation
 from spamtune.tokenizer import encode_texts
 
 EVAL_SPLITS = ("test", "validation", "train", "all")
@@ -110,16 +113,38 @@ def _reports(parts: dict[str, Split], preds: torch.Tensor, log_probs: torch.Tens
     return report
 
 
+def operating_point_report(labels: list[int], probs: torch.Tensor, positive: int, threshold: float, rule: str) -> dict:
+    """The spam filter's figures, under fixed names: at the threshold (``threshold``,
+    ``false_positive_rate``, ``spam_recall``, ``spam_precision``, ``spam_f1``,
+    ``spam_confusion``: ``[[ham kept, ham lost], [spam missed, spam caught]]``) and
+    threshold-free (``roc_auc``, ``pr_auc``, ``ece``), and how the threshold was chosen (``rule``)."""
+    is_spam = [y == positive for y in labels]
+    report = binary_report(is_spam, probs[:, positive].tolist(), threshold, probs)
+    return {
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "false_positive_rate": report["false_positive_rate"],
+        "spam_recall": report["spam_recall"],
+        "spam_precision": report["precision"],
+        "spam_f1": report["f1"],
+        "spam_confusion": report["confusion_matrix"],
+        "roc_auc": report["roc_auc"],
+        "pr_auc": report["pr_auc"],
+        "ece": report["ece"],
+    }
+
+
 def model_logits(
     model, cfg: ClassifierConfig, texts: list[str], *, precision: Precision, batch_size: int, long: str | None = None
 ):
     """The run's logits for texts, tokenised and batched exactly as in training's evaluations;
-    texts longer than the run's window are read the ``long`` way (``spamtune.long_messages``)."""
+    texts longer than the run's window are read the ``long`` way (``spamtune.long_messages``).
+    Under torchrun each rank computes a share and every rank gets all of them."""
 
     def logits_of(token_lists: list[list[int]]) -> torch.Tensor:
         examples = Examples(token_lists, pad_id=cfg.pad_token_id)
-        return predict_logits(
-            model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
+        return predict_logits_sharded(
+            World.current(), model, examples, cfg.pooling, precision=precision, batch_size=batch_size, pad_to=pad_width(cfg.pooling, cfg.max_length)
         )
 
     if long in (None, "head"):
@@ -196,6 +221,8 @@ def evaluate_run(
     threshold: float | None = None,
     precision: str | None = None,
     force: bool = False,
+    write_plots: bool = False,
+    plots_dir: str | Path | None = None,
     long: str | None = None,
 ) -> dict:
     """Every figure of ``spamtune evaluate`` as one JSON-ready dict.
@@ -206,6 +233,13 @@ def evaluate_run(
     most probable class); ``precision`` defaults to the run's own, so the test accuracy is the
     one in its ``summary.json``. Splits prepared differently from the run's are refused unless
     ``force`` (then ``warnings`` says so).
+
+    Probabilities are the run's calibrated ones (``calibration.json``: temperature). A two-class
+    run is decided at ``threshold``, by default the run's calibrated one (0.5 without one); the
+    figures at that threshold (``false_positive_rate``, ``spam_recall``, ...) and the
+    threshold-free ones (``roc_auc``, ``pr_auc``, ``ece``) are top-level fields. ``write_plots``
+    draws ``roc.png``, ``pr.png`` and ``calibration.png`` (two-class runs) into ``plots_dir``, by
+    default the run folder.
     """
     if batch_size < 1:
         raise OptionError("batch_size", f"must be at least 1 (got {batch_size})")
@@ -233,15 +267,36 @@ def evaluate_run(
         long = DEFAULT_LONG
     texts = [t for part in parts.values() for t in part.texts]
     logits = model_logits(model, cfg, texts, precision=compute, batch_size=batch_size, long=long)
+    calibration = read_calibration(run_dir)
+    temperature = calibration.temperature if calibration else 1.0
+    rule = "given"
+    if threshold is None and cfg.num_classes == 2:
+        threshold = calibration.threshold if calibration else DEFAULT_THRESHOLD
+        rule = calibration.describe() if calibration else "default 0.5 (run not calibrated)"
     result = {"run": str(run_dir), "split": None if input_file else split}
     if input_file is not None:
         result["input"] = ", ".join(_input_list(input_file))
-    result.update(_reports(parts, _decisions(logits, cfg, threshold), F.log_softmax(logits, dim=1), cfg.label_names))
+    # "loss" stays the model's own cross-entropy, the figure training reports; the calibrated
+    # one is beside it.
+    decisions = _decisions(logits / temperature, cfg, threshold)
+    result.update(_reports(parts, decisions, F.log_softmax(logits, dim=1), cfg.label_names))
     # Not "precision": that is the per-class metric beside it.
     result["compute_dtype"] = compute.name
     result["threshold"] = threshold
     result["warnings"] = warnings
-    if baseline:
+    labels = [y for part in parts.values() for y in part.labels]
+    result["temperature"] = temperature
+    result["calibrated_loss"] = nll(logits, torch.tensor(labels), temperature)
+    if cfg.num_classes == 2:
+        probs = calibrated_probabilities(logits, temperature)
+        positive = cfg.labels[cfg.positive_label]
+        result.update(operating_point_report(labels, probs, positive, threshold, rule))
+        if write_plots:
+            uncalibrated = calibrated_probabilities(logits) if temperature != 1.0 else None
+            is_spam = [y == positive for y in labels]
+            drawn = plot_binary_evaluation(plots_dir or run_dir, is_spam, probs, positive, threshold, uncalibrated)
+            result["plots"] = [str(p) for p in drawn]
+    if baseline and World.current().is_main:  # only rank 0 reports it
         train = read_splits(root, "train", cfg)["train"]
         result["baseline"] = baseline_reports(train, parts, cfg.label_names)
     return result

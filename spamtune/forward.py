@@ -26,14 +26,27 @@ from spamtune.model import GPTModel
 EVAL_BATCH_SIZE = 64
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of class logits against class indices, computed in fp32."""
-    return F.cross_entropy(logits.float(), labels)
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of class logits against class indices, computed in fp32; ``weight``
+    (one per class) makes it the weighted mean (``--class-weights balanced``)."""
+    return F.cross_entropy(logits.float(), labels, weight=weight)
 
 
-def calc_loss_batch(model: GPTModel, batch: Batch, pooling: str, last_query_only: bool = True) -> torch.Tensor:
+def class_weight_tensor(mode: str, labels: list[int], num_classes: int) -> torch.Tensor | None:
+    """``balanced``: ``n / (classes * n_c)`` per class (scikit-learn's "balanced"), from the
+    training labels; a class absent from them gets weight 1. ``none``: no weights."""
+    if mode == "none":
+        return None
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).double()
+    weights = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp_min(1)), torch.ones_like(counts))
+    return weights.float()
+
+
+def calc_loss_batch(
+    model: GPTModel, batch: Batch, pooling: str, last_query_only: bool = True, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """The loss of one batch: the whole forward pass of a training step."""
-    return classification_loss(batch.logits(model, pooling, last_query_only), batch.labels)
+    return classification_loss(batch.logits(model, pooling, last_query_only), batch.labels, weight)
 
 
 @contextlib.contextmanager

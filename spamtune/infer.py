@@ -8,6 +8,7 @@ is a thin layer over it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +17,16 @@ from typing import overload
 import torch
 
 from spamtune import paths
+from spamtune.calibration import DEFAULT_THRESHOLD, Calibration, read_calibration
 from spamtune.checkpoint import ClassifierConfig, load_classifier
 from spamtune.device import Precision, resolve_device
 from spamtune.errors import SpamtuneError
 from spamtune.examples import Examples, pad_width
+from spamtune.explain import Explanation, explain_texts, fp32_head
 from spamtune.forward import predict_logits
 from spamtune.model import GPTModel
 from spamtune.tokenizer import TOKENIZER_ID, encode_texts
 
-DEFAULT_THRESHOLD = 0.5
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -53,6 +55,26 @@ class Prediction:
     probability: float
 
 
+class NonFiniteProbability(SpamtuneError):
+    """The model answered NaN or infinity for a text: broken or overflowing weights, not an
+    answer (it would read as a confident ``ham`` and pass a spam check). ``index`` is the text's
+    place (from 0) in the texts classified together."""
+
+    def __init__(self, index: int, value: float):
+        self.index, self.value = index, value
+        super().__init__(
+            f"the model gave a non-finite probability ({value}) for text {index + 1:,}; "
+            "its weights overflow at this precision or are broken, so no answer is given"
+        )
+
+
+def check_finite_probabilities(probabilities: list[float]) -> None:
+    """Raise ``NonFiniteProbability`` for the first NaN or infinite probability."""
+    for index, value in enumerate(probabilities):
+        if not math.isfinite(value):
+            raise NonFiniteProbability(index, value)
+
+
 class SpamClassifier:
     """A fine-tuned run, ready to classify texts.
 
@@ -64,6 +86,10 @@ class SpamClassifier:
     *start* of each text (spam announces itself early). Empty texts are classified too.
     For a two-class run the label is the positive class (``spam``) when its probability is
     ``>= threshold``; with more classes it is the most probable class and ``threshold`` is unused.
+
+    A run's ``calibration.json`` (written after training and by ``spamtune calibrate``) gives the
+    temperature that divides the logits and the default threshold; ``calibration=False`` uses
+    the raw probabilities and 0.5, and an explicit ``threshold`` always wins.
     """
 
     def __init__(
@@ -75,6 +101,7 @@ class SpamClassifier:
         batch_size: int = DEFAULT_BATCH_SIZE,
         run_dir: str | Path | None = None,
         precision: str | Precision = "auto",
+        calibration: Calibration | None = None,
     ):
         if config.tokenizer != TOKENIZER_ID:
             raise SpamtuneError(f"this run uses the tokenizer '{config.tokenizer}'; spamtune has only '{TOKENIZER_ID}'")
@@ -91,6 +118,8 @@ class SpamClassifier:
             store_linear_weights_in(self.model, self._precision.dtype)
         self.batch_size = batch_size
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.calibration = calibration
+        self.temperature = calibration.temperature if calibration else 1.0
         self.threshold = threshold
         self.max_length = min(config.max_length, config.model.context_length)
         self._positive_index = config.labels[config.positive_label]
@@ -102,19 +131,35 @@ class SpamClassifier:
         device: str | torch.device = "auto",
         data_dir: str | Path | None = None,
         *,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         precision: str = "auto",
+        calibration: bool = True,
     ) -> SpamClassifier:
         """Load a run: a folder, or a run's name under the data root's ``runs/`` (the data root is
         ``data_dir``, else ``$SPAMTUNE_HOME``, else the user data folder); without ``run_dir``, the
         newest finished run there. ``device``: auto, cpu, cuda, mps. ``precision``: auto (bf16
-        where the hardware runs it natively, else fp32), fp32, bf16, fp16."""
+        where the hardware runs it natively, else fp32), fp32, bf16, fp16. ``threshold``: None for
+        the run's calibrated threshold (0.5 without one). ``calibration=False`` ignores the run's
+        ``calibration.json``."""
         run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         resolved = Precision.resolve(precision, dev)
         model, config = load_classifier(run_dir, dev, linear_dtype=resolved.dtype)
-        return cls(model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=resolved)
+        stored = read_calibration(run_dir) if calibration else None
+        if threshold is None:
+            threshold = stored.threshold if stored else DEFAULT_THRESHOLD
+        return cls(
+            model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=resolved,
+            calibration=stored,
+        )  # fmt: skip
+
+    def describe_threshold(self) -> str:
+        """Where the threshold comes from, for display: the calibration's rule when it is the
+        calibrated one, else "given"."""
+        if self.calibration is not None and self.threshold == self.calibration.threshold:
+            return f"calibrated on validation for {self.calibration.describe()}, temperature {self.temperature:.3g}"
+        return "given" if self.threshold != DEFAULT_THRESHOLD else "default"
 
     @property
     def threshold(self) -> float:
@@ -156,6 +201,7 @@ class SpamClassifier:
         """A ``Prediction`` per text from its class probabilities ``[n, num_classes]``, labelled as
         ``predict`` labels (``threshold`` for two classes, else the most probable class)."""
         positive = probs[:, self._positive_index].tolist()
+        check_finite_probabilities(positive)
         if self.config.num_classes == 2:
             negative_label = self.labels[1 - self._positive_index]
             labels = [self.positive_label if p >= self.threshold else negative_label for p in positive]
@@ -163,9 +209,20 @@ class SpamClassifier:
             labels = [self.labels[i] for i in probs.argmax(dim=1).tolist()]
         return [Prediction(t, label, p) for t, label, p in zip(texts, labels, positive)]
 
+    def explain(self, texts: str | Iterable[str]) -> Explanation | list[Explanation]:
+        """Why each text got its spam probability: every word's push towards spam (positive
+        score) or ham (negative), in calibrated log-odds, with exact character offsets
+        (``spamtune.explain``). ``Explanation.top(k)`` is the JSON form ``predict --explain``
+        prints; one ``Explanation`` for a string, a list for an iterable."""
+        items, single = _text_list(texts)
+        with fp32_head(self.model):  # token_logits' logits are calibrated already
+            explanations = explain_texts(items, self.token_logits, positive_index=self._positive_index, max_length=self.max_length)
+        return explanations[0] if single else explanations
+
     def token_logits(self, token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Class logits ``[n, num_classes]`` of token id lists (each at most ``max_length`` long):
-        the forward pass every prediction goes through, in the classifier's batches and precision."""
+        """Calibrated class logits ``[n, num_classes]`` (divided by the run's temperature) of
+        token id lists (each at most ``max_length`` long): the forward pass every prediction
+        goes through, in the classifier's batches and precision."""
         examples = Examples([list(ids) for ids in token_lists], pad_id=self.config.pad_token_id)
         return predict_logits(
             self.model,
@@ -174,7 +231,7 @@ class SpamClassifier:
             precision=self._precision,
             batch_size=self.batch_size,
             pad_to=pad_width(self.config.pooling, self.max_length),
-        )
+        ) / self.temperature
 
     def _probabilities(self, texts: list[str]) -> torch.Tensor:
         return torch.softmax(self.token_logits(encode_texts(texts, self.max_length)), dim=1)
@@ -183,7 +240,7 @@ class SpamClassifier:
         where = f"{self.run_dir}, " if self.run_dir else ""
         return (
             f"SpamClassifier({where}labels={self.labels}, device={self.device}, "
-            f"precision={self.precision}, threshold={self.threshold})"
+            f"precision={self.precision}, threshold={self.threshold}, temperature={self.temperature:.4g})"
         )
 
 

@@ -39,15 +39,21 @@ class GPTConfig:
     ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        # Every field is checked for its type too: a config file with null, a list or "12" where
+        # a number belongs must fail here with the field's name, not deep inside PyTorch.
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise SpamtuneError(f"model config: {name} must be a positive integer")
+            if not is_integer(getattr(self, name)) or getattr(self, name) < 1:
+                raise SpamtuneError(f"model config: {name} must be a positive integer, got {show_value(getattr(self, name))}")
         if self.emb_dim % self.n_heads:
             raise SpamtuneError(
                 f"model config: emb_dim {self.emb_dim} is not divisible by n_heads {self.n_heads}"
             )
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise SpamtuneError("model config: drop_rate must be in [0, 1)")
+        if not is_real(self.drop_rate) or not 0.0 <= self.drop_rate < 1.0:
+            raise SpamtuneError(f"model config: drop_rate must be a number in [0, 1), got {show_value(self.drop_rate)}")
+        if not isinstance(self.qkv_bias, bool):
+            raise SpamtuneError(f"model config: qkv_bias must be true or false, got {show_value(self.qkv_bias)}")
+        if not is_real(self.ln_eps) or not 0.0 < self.ln_eps < 1.0:
+            raise SpamtuneError(f"model config: ln_eps must be a number in (0, 1), got {show_value(self.ln_eps)}")
 
     @property
     def name(self) -> str | None:
@@ -65,6 +71,8 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> GPTConfig:
+        if not isinstance(data, dict):
+            raise SpamtuneError(f"model config must be a JSON object, got {show_value(data)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -98,6 +106,25 @@ class GPTConfig:
         if text.endswith(".json") or Path(text).is_file():
             return cls.from_json(text)
         return cls.from_name(text)
+
+
+def is_integer(value) -> bool:
+    """A JSON integer: ``int`` but not ``bool`` (``true`` is not a layer count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A finite JSON number (NaN and Infinity, which Python's json accepts, are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def show_value(value) -> str:
+    """A config value as its JSON spelling (``null``, ``[1, 2]``), short enough for one line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _GPT2 = GPTConfig()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 WEIGHT_SOURCES = ("pretrained", "random")
 BALANCE_MODES = ("undersample", "none")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 def option(default, help: str, **cli) -> field:
@@ -50,6 +51,12 @@ class FinetuneOptions:
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
     precision: str = option("auto", "auto, fp32, bf16 (CPU/CUDA) or fp16 (CUDA).")
     data_dir: str = option("data", "Data root (default: $SPAMTUNE_HOME or ./data).")
+    class_weights: str = option(
+        "none",
+        "none, or balanced: weight each class's training loss by n / (classes x its count), so that a "
+        "rare class (spam in the natural mix) counts as much as a common one without discarding data.",
+        choices=CLASS_WEIGHTS,
+    )
     # Off gives the plain forward pass, the reference the shortcuts are tested against.
     shortcuts: bool = option(
         True, "Exact speed-ups: compute frozen blocks once (prefix cache) and run the last block at the pooled token only."
@@ -59,6 +66,9 @@ class FinetuneOptions:
 # Options a resumed run may take afresh: where the data is (its fingerprint is checked) and
 # where to compute. Every other option is the run's own.
 RESUMABLE_CHANGES = ("device", "data_dir")
+# Options added after runs were first saved: an older run's hparams.json lacks them, and its
+# training had their default (no class weights).
+ADDED_OPTIONS = ("class_weights",)
 
 
 def _require(ok: bool, name: str, message: str) -> None:
@@ -80,7 +90,7 @@ def validate_options(options: FinetuneOptions, model_cfg: GPTConfig | None = Non
     _require(o.grad_accum >= 1, "grad_accum", f"must be at least 1 (got {o.grad_accum})")
     _require(o.eval_every is None or o.eval_every >= 1, "eval_every", f"must be at least 1 step (got {o.eval_every})")
     _require(o.patience is None or o.patience >= 1, "patience", f"must be at least 1 evaluation (got {o.patience})")
-    for name, value, choices in (("weights", o.weights, WEIGHT_SOURCES), ("pooling", o.pooling, POOLINGS), ("precision", o.precision, PRECISIONS)):
+    for name, value, choices in (("weights", o.weights, WEIGHT_SOURCES), ("pooling", o.pooling, POOLINGS), ("precision", o.precision, PRECISIONS), ("class_weights", o.class_weights, CLASS_WEIGHTS)):
         _require(value in choices, name, f"unknown {{option}} '{value}'; choose one of: {', '.join(choices)}")
     cfg = model_cfg or GPTConfig.resolve(o.model)
     trainable = Trainable.parse(o.trainable, cfg.n_layers)
@@ -124,10 +134,16 @@ class PrepareOptions:
 
     balance: str = option(
         "undersample",
-        "undersample: cut every label to the rarest one's count (the book's recipe); none: keep all rows.",
+        "undersample: cut every label to the rarest one's count (the book's recipe); "
+        "none: keep every row, cut per label (stratified) so each split has the natural class mix.",
         choices=BALANCE_MODES,
     )
     split: tuple[float, float, float] = option((0.7, 0.1, 0.2), "Train, validation and test fractions; they must sum to 1.")
     seed: int = option(123, "Random state of the undersampling and the shuffle.")  # the book's random_state
     stratify: bool = option(False, "Cut each label separately so every split keeps the label proportions.", flag="--stratify")
     dedupe: bool = option(False, "Drop repeated texts (keeping the first) before anything else.", flag="--dedupe")
+    keep_label_case: bool = option(
+        False,
+        "Treat labels that differ only in case (Spam, spam) as different classes. Default: fold them to lower case.",
+        flag="--keep-label-case",
+    )

@@ -250,6 +250,7 @@ def attach_prefix_caches(
     shortcuts: bool = True,
     budget_bytes: int | None = None,
     on_building: Callable[[int], None] | None = None,
+    build: Callable[..., FrozenPrefixCache | None] = build_prefix_cache,
 ) -> PrefixCacheReport:
     """Compute the frozen blocks' outputs once for train, validation and test and attach them
     to the splits, as far as memory allows.
@@ -258,6 +259,8 @@ def attach_prefix_caches(
     fixed function of its tokens, and causal attention makes it independent of the padding it
     is batched with. Not used for ``last`` pooling, whose pooled position is a padding token
     that the cache does not hold. ``on_building(K)`` is called just before the K blocks run.
+    ``build`` computes the cache (``build_prefix_cache``'s arguments): several ranks pass one
+    that splits the work among them.
     """
     start = cacheable_blocks(model, trainable)
     if not shortcuts:
@@ -281,7 +284,7 @@ def attach_prefix_caches(
     if on_building:
         on_building(start)
     tick = time.perf_counter()
-    cache = build_prefix_cache(model, token_lists, start, precision=precision, budget_bytes=budget)
+    cache = build(model, token_lists, start, precision=precision, budget_bytes=budget)
     if cache is None:  # the device's free memory shrank meanwhile
         return PrefixCacheReport(0, (), 0, 0.0, "not used: out of memory budget")
     offset = 0

@@ -20,7 +20,7 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from spamtune import __version__, paths
 from spamtune.data import Split, write_split
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.lines import normalise_line_ends
 from spamtune.mail import MailSource, extract, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.tokenizer import encode_texts
@@ -42,7 +43,7 @@ PREPARE_RECORD = "prepare.json"
 SMS_FORMAT = "sms"  # the SMS Spam Collection's own layout: ``ham|spam<TAB>text``, no header
 SMS_FILE_NAME = "SMSSpamCollection"
 SMS_LABELS = {"ham": 0, "spam": 1}
-_SMS_FIRST_LINE = re.compile(r"(ham|spam)\t")
+_SMS_FIRST_LINE = re.compile(r"(ham|spam)\t", re.IGNORECASE)
 _EXTENSION_FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -59,6 +60,9 @@ class LabelledTexts:
     label_map: dict[str, int]
     text_col: str | None = None  # None for the SMS format, which has no header
     label_col: str | None = None
+    label_case_folded: bool = True  # labels were compared ignoring case ("Spam" is "spam")
+    # Folded label -> the spellings that folding merged into it, for labels with more than one.
+    label_spellings_merged: dict[str, list[str]] = field(default_factory=dict)
     mail_sources: list[MailSourceCounts] | None = None  # for mail inputs: what each source held
 
     def label_counts(self) -> dict[str, int]:
@@ -107,6 +111,7 @@ class PreparedSplits:
     rows_per_label_after_balance: int | None  # None with --balance none
     leakage: dict[str, int]  # "validation" / "test" -> how many of its texts also appear in train
     token_lengths: dict[str, TokenLengths]
+    empty_texts_dropped: int = 0  # rows whose text is empty or only whitespace
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Rows per split per label name (class-index order)."""
@@ -132,6 +137,9 @@ class PreparedSplits:
             },
             "options": asdict(self.options),
             "labels": src.label_map,
+            "label_case": "folded" if src.label_case_folded else "kept",
+            "label_spellings_merged": src.label_spellings_merged,
+            "empty_texts_dropped": self.empty_texts_dropped,
             "duplicates_dropped": self.duplicates_dropped,
             "rows_per_label_after_balance": self.rows_per_label_after_balance,
             "counts": {name: {**per_label, "total": sum(per_label.values())} for name, per_label in self.counts().items()},
@@ -167,25 +175,37 @@ def mail_inputs(inputs: list[str]) -> list[str]:
 
 
 def read_input(
-    root: Path, inputs: list[str], fmt: str | None = None, text_col: str | None = None, label_col: str | None = None
+    root: Path,
+    inputs: list[str],
+    fmt: str | None = None,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    *,
+    keep_label_case: bool = False,
 ) -> LabelledTexts:
     """What ``prepare --input`` names: nothing (the SMS Spam Collection), one labelled-text file, or
     one or more mail sources ``LABEL=PATH``. An input is a mail source when it is not an existing
-    file and has the form ``LABEL=PATH``."""
+    file and has the form ``LABEL=PATH``. Labels are folded to lower case unless ``keep_label_case``."""
     mail = mail_inputs(inputs)
     if not mail:
         if len(inputs) > 1:
             raise SpamtuneUsageError("give one labelled-text --input FILE, or mail sources as --input LABEL=PATH")
-        return read_labelled_texts(resolve_input(root, inputs[0] if inputs else None), fmt, text_col, label_col)
+        path = resolve_input(root, inputs[0] if inputs else None)
+        return read_labelled_texts(path, fmt, text_col, label_col, keep_label_case=keep_label_case)
     if len(mail) != len(inputs):
         raise SpamtuneUsageError("mail sources (--input LABEL=PATH) cannot be mixed with a labelled-text --input FILE")
     if fmt is not None or text_col is not None or label_col is not None:
         raise SpamtuneUsageError("--format, --text-col and --label-col apply to labelled-text files, not to mail sources")
-    return read_mail_sources([parse_source(spec) for spec in mail])
+    return read_mail_sources([parse_source(spec) for spec in mail], keep_label_case=keep_label_case)
 
 
 def read_labelled_texts(
-    path: str | Path, fmt: str | None = None, text_col: str | None = None, label_col: str | None = None
+    path: str | Path,
+    fmt: str | None = None,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    *,
+    keep_label_case: bool = False,
 ) -> LabelledTexts:
     """Read (text, label) rows from the SMS Spam Collection, a TSV, a CSV or a JSONL file.
 
@@ -194,6 +214,12 @@ def read_labelled_texts(
     read as the SMS Spam Collection (no header, ham -> 0, spam -> 1). Other files need a header;
     their texts are read verbatim ("NA" stays the text "NA") and their labels map to class indices
     in sorted order (numerically when every label is an integer, so ``0``/``1`` keep their values).
+
+    Every format follows one line-end rule (``spamtune.lines``): a ``\r`` before ``\n`` is
+    dropped, so a CRLF file gives the texts its LF twin gives, and the texts ``predict`` sees.
+    Labels are compared ignoring case (``Spam``, ``SPAM`` and ``spam`` are one class, named in
+    lower case) unless ``keep_label_case``; the spellings merged are reported in
+    ``label_spellings_merged``.
     """
     path = Path(path)
     if fmt is not None and fmt not in INPUT_FORMATS:
@@ -202,7 +228,7 @@ def read_labelled_texts(
         raw = path.read_bytes()
     except OSError as exc:
         raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
-    content = _decode_utf8(raw, path)
+    content = normalise_line_ends(_decode_utf8(raw, path))
     if not content.strip():
         raise SpamtuneError(f"{path} is empty")
 
@@ -213,8 +239,7 @@ def read_labelled_texts(
                 f"{path} is in the SMS Spam Collection layout (label<TAB>text, no header); "
                 "--text-col and --label-col apply only to files with a header"
             )
-        texts, labels = _read_sms(content, path)
-        label_map = {name: index for name, index in SMS_LABELS.items() if name in set(labels)}
+        texts, labels = _read_sms(content, path, fold_case=not keep_label_case)
     else:
         text_col = text_col or DEFAULT_TEXT_COL
         label_col = label_col or DEFAULT_LABEL_COL
@@ -222,19 +247,42 @@ def read_labelled_texts(
             raise SpamtuneUsageError(f"--text-col and --label-col are both {text_col!r}")
         reader = _read_jsonl if fmt == "jsonl" else _read_delimited
         texts, labels = reader(content, path, fmt, text_col, label_col)
-        label_map = _label_map(labels)
 
+    merged = {}
+    if not keep_label_case:
+        labels, merged = fold_label_case(labels)
+    if fmt == SMS_FORMAT:
+        label_map = {name: index for name, index in SMS_LABELS.items() if name in set(labels)}
+    else:
+        label_map = _label_map(labels)
     if not texts:
         raise SpamtuneError(f"{path} has a header but no rows")
     if len(label_map) < 2:
         raise SpamtuneError(f"{path} has only one label ({labels[0]!r}); a classifier needs at least two")
-    return LabelledTexts(path, hashlib.sha256(raw).hexdigest(), fmt, texts, labels, label_map, text_col, label_col)
+    return LabelledTexts(
+        path, hashlib.sha256(raw).hexdigest(), fmt, texts, labels, label_map, text_col, label_col,
+        label_case_folded=not keep_label_case, label_spellings_merged=merged,
+    )  # fmt: skip
+
+
+def fold_label_case(labels: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Labels in lower case, and for each folded label that more than one spelling fell into,
+    those spellings (sorted): a file labelled ``Spam`` in some rows and ``spam`` in others means
+    one class, not two."""
+    spellings: dict[str, set[str]] = {}
+    folded = []
+    for label in labels:
+        key = label.lower()
+        spellings.setdefault(key, set()).add(label)
+        folded.append(key)
+    merged = {key: sorted(names) for key, names in spellings.items() if len(names) > 1}
+    return folded, merged
 
 
 MAIL_FORMAT = "mail"
 
 
-def read_mail_sources(sources: list[MailSource]) -> LabelledTexts:
+def read_mail_sources(sources: list[MailSource], *, keep_label_case: bool = False) -> LabelledTexts:
     """Labelled texts from mail sources (``LABEL=PATH``: Maildir, mbox, folder tree or ``.eml``).
 
     Each message becomes the text of ``spamtune.mail.message_text`` with its source's label, in
@@ -262,12 +310,18 @@ def read_mail_sources(sources: list[MailSource]) -> LabelledTexts:
         counts.append(tally)
         if tally.messages == 0:
             raise SpamtuneError(f"no messages found in {source.path} (a Maildir, an mbox, a folder of messages or a .eml)")
+    merged = {}
+    if not keep_label_case:  # the same rule as labelled-text files: Spam=... and spam=... are one class
+        labels, merged = fold_label_case(labels)
     label_map = _label_map(labels)
     if len(label_map) < 2:
         found = ", ".join(label_map) or "none"
         raise SpamtuneError(f"the mail sources give {len(label_map)} label(s) with text ({found}); a classifier needs at least two")
     path = sources[0].path if len(sources) == 1 else Path(os.path.commonpath([s.path.resolve() for s in sources]))
-    return LabelledTexts(path, digest.hexdigest(), MAIL_FORMAT, texts, labels, label_map, mail_sources=counts)
+    return LabelledTexts(
+        path, digest.hexdigest(), MAIL_FORMAT, texts, labels, label_map, mail_sources=counts,
+        label_case_folded=not keep_label_case, label_spellings_merged=merged,
+    )  # fmt: skip
 
 
 def _decode_utf8(raw: bytes, path: Path) -> str:
@@ -296,18 +350,19 @@ def _resolve_format(path: Path, content: str, fmt: str | None) -> str:
     return fmt
 
 
-def _read_sms(content: str, path: Path) -> tuple[list[str], list[str]]:
+def _read_sms(content: str, path: Path, fold_case: bool) -> tuple[list[str], list[str]]:
     """One message per line, split on ``\\n`` only: ``ham|spam<TAB>text``, the text verbatim.
 
     Quoting is off (a leading ``"`` is part of the message) and other line-break characters
-    (U+0085, U+2028, ...) stay inside their message, as they do in the collection.
+    (U+0085, U+2028, ...) stay inside their message, as they do in the collection. With
+    ``fold_case`` a label is checked in lower case (``Spam`` is spam); it is returned as written.
     """
     texts, labels = [], []
     for number, line in enumerate(content.rstrip("\n").split("\n"), start=1):
         label, tab, text = line.partition("\t")
         if not tab:
             raise SpamtuneError(f"line {number} of {path} has no TAB; expected ham<TAB>text or spam<TAB>text")
-        if label not in SMS_LABELS:
+        if (label.lower() if fold_case else label) not in SMS_LABELS:
             raise SpamtuneError(f"line {number} of {path} has the unknown label {label!r}; expected ham or spam")
         texts.append(text)
         labels.append(label)
@@ -418,6 +473,15 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
     check_split(options.split)
 
     frame = pd.DataFrame({"label": [source.label_map[name] for name in source.labels], "text": source.texts})
+    # A row with no text teaches nothing and would be a zero-token example: it is dropped.
+    has_text = frame["text"].str.strip() != ""
+    empty_texts_dropped = int((~has_text).sum())
+    frame = frame[has_text]
+    if frame["label"].nunique() < 2:
+        raise SpamtuneError(
+            f"{source.path}: after dropping {empty_texts_dropped:,} rows with an empty text, "
+            "fewer than two labels are left; a classifier needs at least two"
+        )
     duplicates_dropped = None
     if options.dedupe:
         unique = frame.drop_duplicates(subset="text", keep="first")
@@ -429,12 +493,22 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
         frame, rows_per_label = _undersample(frame, options.seed)
     # The book's random_split: shuffle every row, then cut by position.
     frame = frame.sample(frac=1, random_state=options.seed).reset_index(drop=True)
-    splits = _cut(frame, options.split, options.stratify)
+    if options.stratify or options.balance != "none":
+        splits = _cut(frame, options.split, options.stratify)
+    else:
+        # Without balancing, validation and test are to show the real class mix: cut per label,
+        # unless the labels are too small to give every split a row that way (a tiny file).
+        try:
+            splits = _cut(frame, options.split, True)
+        except SpamtuneError:
+            splits = _cut(frame, options.split, False)
 
     train_texts = set(splits["train"].texts)
     leakage = {name: sum(text in train_texts for text in splits[name].texts) for name in ("validation", "test")}
     token_lengths = {name: _token_lengths(split.texts) for name, split in splits.items()}
-    return PreparedSplits(source, options, splits, duplicates_dropped, rows_per_label, leakage, token_lengths)
+    return PreparedSplits(
+        source, options, splits, duplicates_dropped, rows_per_label, leakage, token_lengths, empty_texts_dropped
+    )
 
 
 def _undersample(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, int]:

@@ -5,6 +5,8 @@ A fine-tuning run writes, in ``<data root>/runs/<timestamp>-<model>-<trainable>`
 * ``model.safetensors`` + ``config.json``: the classifier (``spamtune.checkpoint``);
 * ``hparams.json``: the options and what they resolved to; ``metrics.jsonl``: one line per
   evaluation; ``summary.json``: the final figures, written last; ``curves.png``;
+* ``calibration.json``: the temperature and decision threshold fitted on validation, written
+  after training and again by ``spamtune calibrate`` (``spamtune.calibration``);
 * ``resume/state.safetensors`` while the run is unfinished (``spamtune.resume``).
 
 Only the standard library is imported here: ``paths.latest_run`` and the CLI read these names.
@@ -25,7 +27,8 @@ HPARAMS_FILE = "hparams.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"
-RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, HPARAMS_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE)
+CALIBRATION_FILE = "calibration.json"  # temperature and decision threshold (spamtune.calibration)
+RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, HPARAMS_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CALIBRATION_FILE)
 RESUME_DIR = "resume"
 RESUME_FILE = "state.safetensors"
 # Held by the process training in the folder, so that a second one (a repeated --resume)

@@ -20,6 +20,7 @@ the loop. This module never prints: it reports through ``on_event`` and returns 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import shutil
@@ -33,6 +34,15 @@ import torch
 from spamtune import __version__, paths, runs
 from spamtune.checkpoint import ClassifierConfig, save_classifier
 from spamtune.device import Precision, resolve_device
+from spamtune.distributed import (
+    DataParallelClassifier,
+    PeerLost,
+    World,
+    build_prefix_cache_sharded,
+    evaluate_sharded,
+    loss_weights,
+    run_lock,
+)
 from spamtune.errors import DiskFull, OptionError, SpamtuneError
 from spamtune.events import (
     EvaluationStarted,
@@ -45,11 +55,12 @@ from spamtune.events import (
     TrainingStopped,
 )
 from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_data, pad_width
-from spamtune.forward import calc_loss_batch, evaluate_examples
+from spamtune.calibration import calibrate_and_store
+from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples, predict_logits
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
-from spamtune.options import RESUMABLE_CHANGES, FinetuneOptions, pretrained_weights_file, validate_options
+from spamtune.options import ADDED_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, pretrained_weights_file, validate_options
 from spamtune.plots import plot_curves
-from spamtune.prefix_cache import PrefixCacheReport, attach_prefix_caches
+from spamtune.prefix_cache import PrefixCacheReport, attach_prefix_caches, memory_budget_bytes
 from spamtune.resume import load_resume_state, save_resume_state, trainable_weights
 from spamtune.weights import load_pretrained_weights
 
@@ -91,23 +102,34 @@ def optimizer_step(
     pooling: str,
     precision: Precision,
     last_query_only: bool = True,
+    class_weights: torch.Tensor | None = None,
+    *,
+    weights: list[float] | None = None,
+    world: World = World(),
 ) -> float:
     """One AdamW update from one or more batches (gradient accumulation); returns the loss.
 
     Each batch's loss is weighted by its share of the examples, so accumulating k batches
-    gives exactly the gradient of one batch k times as large. A NaN or infinite loss raises
+    gives exactly the gradient of one batch k times as large. Under several ranks, ``model``
+    is a ``DataParallelClassifier``, ``batches`` this rank's shares and ``weights`` their
+    factors (``distributed.loss_weights``); gradients are averaged over the ranks once, in the
+    last batch's backward, and the loss returned is the global one. A NaN or infinite loss raises
     ``NonFiniteLoss`` before the weights are touched. Gradients are complete (and, for fp16,
     still scaled) just before ``scaler.step``: the place for unscaling and clipping them.
     """
     optimizer.zero_grad(set_to_none=True)
-    n = sum(len(b) for b in batches)
+    if weights is None:
+        n = sum(len(b) for b in batches)
+        weights = [len(b) / n for b in batches]
     total = torch.zeros((), device=precision.device)
-    for batch in batches:
-        with precision.autocast():
-            loss = calc_loss_batch(model, batch, pooling, last_query_only) * (len(batch) / n)
-        precision.scaler.scale(loss).backward()
+    for i, (batch, weight) in enumerate(zip(batches, weights)):
+        accumulate = i < len(batches) - 1 and hasattr(model, "no_sync")
+        with model.no_sync() if accumulate else contextlib.nullcontext():
+            with precision.autocast():
+                loss = calc_loss_batch(model, batch, pooling, last_query_only, class_weights) * weight
+            precision.scaler.scale(loss).backward()
         total += loss.detach()
-    value = total.item()
+    value = world.sum([total.item()])[0] / world.size
     if not math.isfinite(value):
         raise NonFiniteLoss(value)
     precision.scaler.step(optimizer)
@@ -169,14 +191,15 @@ def finetune(
     started = time.perf_counter()
     options = replace(options, data_dir=str(Path(options.data_dir).resolve()))
     cfg, trainable, precision, data = check_and_load(options)
+    world = World.current()  # several ranks: rank 0 creates and writes the folder, all train
     if out:
-        run_dir = runs.claim_run_dir(Path(out))
+        run_dir = world.on_main(lambda: runs.claim_run_dir(Path(out)))
     else:
         name = f"{model_label(cfg, options.model)}-{options.trainable}"
-        run_dir = runs.new_run_dir(paths.runs_dir(Path(options.data_dir)), name)
+        run_dir = world.on_main(lambda: runs.new_run_dir(paths.runs_dir(Path(options.data_dir)), name))
     run = Run(options, cfg, trainable, precision, data, run_dir, started)
-    with runs.lock_run_dir(run_dir):
-        runs.write_hparams(run_dir, {
+    with run_lock(world, run_dir):
+        world.on_main(lambda: runs.write_hparams(run_dir, {
             **asdict(options),
             "resolved": {
                 "model_config": cfg.to_dict(),
@@ -187,9 +210,10 @@ def finetune(
                 "steps_per_epoch": run.steps_per_epoch,
                 "total_steps": run.total_steps,
                 "data_fingerprint": data.fingerprint,
+                "world_size": world.size,
                 "spamtune_version": __version__,
             },
-        })  # fmt: skip
+        }), share=False)  # fmt: skip
         return train_run(run, on_event)
 
 
@@ -216,13 +240,17 @@ def resume_finetune(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SpamtuneError(f"no run folder {run_dir}")
-    with runs.lock_run_dir(run_dir):
+    world = World.current()
+    with run_lock(world, run_dir):
         hparams = runs.read_hparams(run_dir)
         if runs.is_finished(run_dir):
             runs.release_finished(run_dir)
             raise SpamtuneError(f"{run_dir} is a finished run; nothing to resume")
         try:
-            options = FinetuneOptions(**{f.name: hparams[f.name] for f in fields(FinetuneOptions)})
+            options = FinetuneOptions(**{
+                f.name: hparams.get(f.name, f.default) if f.name in ADDED_OPTIONS else hparams[f.name]
+                for f in fields(FinetuneOptions)
+            })  # fmt: skip
             resolved = hparams["resolved"]
             cfg = GPTConfig.from_dict(resolved["model_config"])
         except (KeyError, TypeError) as exc:
@@ -240,7 +268,7 @@ def resume_finetune(
                 f"the prepared data in {options.data_dir} is not the data this run started with; "
                 "resume needs the same splits"
             )
-        runs.remove_leftovers(run_dir)
+        world.on_main(lambda: runs.remove_leftovers(run_dir), share=False)
         return train_run(Run(options, cfg, trainable, precision, data, run_dir, started), on_event)
 
 
@@ -261,15 +289,21 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     the best weights as of the last checkpoint as ``model.safetensors`` and raises
     ``TrainingInterrupted``; a full disk raises ``TrainingStopped`` with the checkpoint intact.
     """
-    emit = on_event or (lambda event: None)
+    world = World.current()  # under torchrun: every rank runs this loop on its share of each batch
+    emit = (on_event if world.is_main else None) or (lambda event: None)
     options, data, precision, run_dir = run.options, run.data, run.precision, run.run_dir
     model = build_model(run.model_cfg, options, run.trainable, len(data.labels)).to(precision.device)
     optimizer = make_optimizer(model, options, precision.device)
     pad_to = pad_width(options.pooling, data.max_length)
+    class_weights = class_weight_tensor(options.class_weights, data.train.labels, len(data.labels))
+    if class_weights is not None:
+        class_weights = class_weights.to(precision.device)
 
-    # Where training stands: at the start, or as the last checkpoint left it.
-    resuming = runs.resume_file(run_dir).is_file()
+    # Where training stands: at the start, or as the last checkpoint left it (rank 0's view,
+    # since it writes the first checkpoint while a slower rank may still be looking).
+    resuming = world.decide_once(runs.resume_file(run_dir).is_file())
     at, best_weights = load_resume_state(run_dir, model, optimizer, precision) if resuming else ({}, {})
+    step_model = DataParallelClassifier(model, precision.device) if world.distributed else model
     step, epoch, steps_in_epoch = at.get("step", 0), at.get("epoch", 0), at.get("steps_in_epoch", 0)
     examples_seen, training_time = at.get("examples_seen", 0), at.get("training_time_s", 0.0)
     best, evals_since_best, stopped_early = at.get("best"), at.get("evals_since_best", 0), at.get("stopped_early", False)
@@ -286,17 +320,19 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             "best": best, "evals_since_best": evals_since_best, "stopped_early": stopped_early,
             "elapsed_s": elapsed(), "training_time_s": training_time,
         }  # fmt: skip
-        save_resume_state(run_dir, model, optimizer, precision, best_weights, position)
+        world.on_main(lambda: save_resume_state(run_dir, model, optimizer, precision, best_weights, position), share=False)
         return step, best and best["step"], best_weights
 
+    # Several ranks: each evaluates a share of the split, the sums are added over all of them.
     evaluate = functools.partial(
-        evaluate_examples, model, pooling=options.pooling, precision=precision, pad_to=pad_to, last_query_only=options.shortcuts
-    )
+        functools.partial(evaluate_sharded, world) if world.distributed else evaluate_examples,
+        model, pooling=options.pooling, precision=precision, pad_to=pad_to, last_query_only=options.shortcuts,
+    )  # fmt: skip
     saved = (step, best and best["step"], best_weights)
     try:
         if not resuming:
             saved = checkpoint()  # an interrupted run is resumable from its first step
-        cache = start_session(run, model, step, emit)
+        cache = start_session(run, model, step, emit, world)
         model.train()
         session_examples, session_time = examples_seen, training_time
         while epoch < options.epochs and not stopped_early:
@@ -304,11 +340,19 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             groups = [batches[i : i + options.grad_accum] for i in range(0, len(batches), options.grad_accum)]
             for group in groups[steps_in_epoch:]:
                 tick = time.perf_counter()
-                batch_list = [data.train.batch(idx, precision.device, pad_to) for idx in group]
-                loss = optimizer_step(model, optimizer, batch_list, options.pooling, precision, options.shortcuts)
+                # This rank's share of each batch; a rank left without one (a last batch smaller
+                # than the number of ranks) still runs a batch, weighted 0, so DDP's collectives match.
+                shares = [world.share(idx) for idx in group]
+                batch_list = [data.train.batch(share or idx[:1], precision.device, pad_to) for share, idx in zip(shares, group)]
+                weights = loss_weights(world, [len(s) for s in shares], [len(idx) for idx in group])
+                with world.collective():
+                    loss = optimizer_step(
+                        step_model, optimizer, batch_list, options.pooling, precision, options.shortcuts, class_weights,
+                        weights=weights, world=world,
+                    )  # fmt: skip
                 training_time += time.perf_counter() - tick
                 step, steps_in_epoch = step + 1, steps_in_epoch + 1
-                examples_seen += sum(len(b) for b in batch_list)
+                examples_seen += sum(len(idx) for idx in group)
                 rate = (examples_seen - session_examples) / max(training_time - session_time, 1e-9)
                 emit(StepDone(step, run.total_steps, epoch + 1, loss, examples_seen, rate))
                 if steps_in_epoch == len(groups):
@@ -320,6 +364,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                     step, epoch + steps_in_epoch / run.steps_per_epoch, examples_seen,
                     evaluate(data.train), evaluate(data.validation), elapsed(),
                 )  # fmt: skip
+                record = world.decide_once(record)  # the best weights and early stop: decided once
                 improved = is_better(record, best)
                 if improved:
                     best, best_weights, evals_since_best = record, trainable_weights(model), 0
@@ -327,24 +372,32 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                     evals_since_best += 1
                     stopped_early = bool(options.patience and evals_since_best >= options.patience)
                 records.append(record)
-                runs.write_metrics(run_dir, records)
+                world.on_main(lambda: runs.write_metrics(run_dir, records), share=False)
                 saved = checkpoint()
                 emit(Evaluated(record, improved))
                 if stopped_early:
                     break
 
-        write_model(run, model, best_weights)
+        world.on_main(lambda: write_model(run, model, best_weights), share=False)
         emit(EvaluationStarted(step, "test"))
         loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed()}
         loop["training_time_s"] = training_time
-        return finish(run, summarize(run, model, best, cache, evaluate(data.test), loop), records)
+        summary = world.decide_once(summarize(run, model, best, cache, evaluate(data.test), loop))
+        # Fitted and written (calibration.json) by rank 0 alone, on the whole validation split.
+        summary["calibration"] = world.on_main(lambda: calibrate_on_validation(run, model, pad_to))
+        world.on_main(lambda: finish(run, summary, records), share=False)
+        return summary
     except KeyboardInterrupt:
         # The best weights as of the last checkpoint become a usable classifier (a second
         # Ctrl-C during the write leaves no partial file and the resume state untouched).
-        write_model(run, model, saved[2])
+        if world.is_main:
+            write_model(run, model, saved[2])
         raise TrainingInterrupted(run_dir, step, saved[0], saved[1]) from None
+    except PeerLost as exc:  # another rank died or was stopped: this one stops too
+        raise TrainingStopped(str(exc), run_dir, saved[0]) from None
     except NonFiniteLoss as exc:
-        write_model(run, model, saved[2])
+        if world.is_main:
+            write_model(run, model, saved[2])
         where = f"at step {step + 1} (epoch {epoch + 1})" if exc.what == "training" else f"at step {step}"
         hint = "try a lower learning rate" + (" or fp32 precision" if precision.name != "fp32" else "")
         raise SpamtuneError(f"{exc} {where}; training stopped, the last checkpoint (step {saved[0]}) is in {run_dir}; {hint}") from None
@@ -352,17 +405,20 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         raise TrainingStopped(str(exc), run_dir, saved[0]) from None
 
 
-def start_session(run: Run, model: GPTModel, step: int, emit: Callable[[Event], None]) -> PrefixCacheReport:
-    """Say what is about to run, then attach the frozen-prefix caches (the session's first cost)."""
+def start_session(run: Run, model: GPTModel, step: int, emit: Callable[[Event], None], world: World = World()) -> PrefixCacheReport:
+    """Say what is about to run, then attach the frozen-prefix caches (the session's first cost):
+    under several ranks each computes a share and they exchange them, within rank 0's budget."""
     trainable, total = count_parameters(model)
     data = run.data
     emit(TrainingStarted(
         run.run_dir, run.model_label, step, run.total_steps, str(run.precision.device), run.precision.name,
         trainable, total, len(data.train), len(data.validation), len(data.test), data.max_length,
     ))  # fmt: skip
+    budget = world.decide_once(memory_budget_bytes(run.precision.device)) if world.distributed else None
     cache = attach_prefix_caches(
         model, data, run.trainable, run.options.pooling, run.precision,
         shortcuts=run.options.shortcuts, on_building=lambda blocks: emit(PrefixCaching(blocks)),
+        budget_bytes=budget, build=functools.partial(build_prefix_cache_sharded, world),
     )  # fmt: skip
     emit(cache)
     return cache
@@ -389,6 +445,18 @@ def finish(run: Run, summary: dict, records: list[dict]) -> dict:
     return summary
 
 
+def classifier_config(run: Run) -> ClassifierConfig:
+    return ClassifierConfig(
+        model=run.model_cfg,
+        labels=run.data.labels,
+        pooling=run.options.pooling,
+        max_length=run.data.max_length,
+        trainable=run.options.trainable,
+        base_model=run.model_cfg.name,
+        weights=run.options.weights,
+    )
+
+
 def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor]) -> None:
     """``model.safetensors``: the frozen weights with these trainable ones (nothing if there
     are none yet). Training is over when this is called, so the model itself takes them."""
@@ -398,16 +466,19 @@ def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor]) -> 
         for name, param in model.named_parameters():
             if name in weights:
                 param.copy_(weights[name])
-    cfg = ClassifierConfig(
-        model=run.model_cfg,
-        labels=run.data.labels,
-        pooling=run.options.pooling,
-        max_length=run.data.max_length,
-        trainable=run.options.trainable,
-        base_model=run.model_cfg.name,
-        weights=run.options.weights,
-    )
-    save_classifier(run.run_dir, model, cfg)
+    save_classifier(run.run_dir, model, classifier_config(run))
+
+
+def calibrate_on_validation(run: Run, model: GPTModel, pad_to: int | None) -> dict:
+    """``calibration.json`` for the best weights: the temperature fitted on the validation
+    split, and the threshold 0.5 on the calibrated probability (``spamtune calibrate`` chooses
+    another operating point). Returns what the summary records of it."""
+    cfg = classifier_config(run)
+    o = run.options
+    logits = predict_logits(model, run.data.validation, o.pooling, precision=run.precision, pad_to=pad_to, last_query_only=o.shortcuts)
+    calibration = calibrate_and_store(run.run_dir, logits, run.data.validation.labels, cfg.labels[cfg.positive_label])
+    v = calibration.validation
+    return {"temperature": calibration.temperature, "threshold": calibration.threshold, "ece_before": v["ece_before"], "ece_after": v["ece_after"]}
 
 
 def summarize(run: Run, model: GPTModel, best: dict, cache: PrefixCacheReport, test: tuple[float, float], loop: dict) -> dict:

@@ -126,6 +126,19 @@ def _expected_hf_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def spamtune_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``GPTModel(cfg)``'s weights under spamtune's names, without building it (the
+    vocabulary head, tied to the token embedding, is left out). Derived from the Hugging Face
+    table through the key mapping, so the two layouts cannot drift apart."""
+    mapping = hf_to_spamtune_keys(cfg.n_layers)
+    shapes = {
+        mapping[key]: shape[::-1] if key.endswith(_CONV1D) else shape for key, shape in _expected_hf_shapes(cfg).items()
+    }
+    if not cfg.qkv_bias:
+        shapes = {key: shape for key, shape in shapes.items() if not key.endswith("att.qkv.bias")}
+    return shapes
+
+
 @torch.no_grad()
 def load_pretrained_weights(model: GPTModel, path: str | Path) -> GPTModel:
     """Copy GPT-2 weights from a Hugging Face ``model.safetensors`` into ``model`` (in place).

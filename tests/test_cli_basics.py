@@ -14,7 +14,7 @@ from spamtune.cli import app
 # Every command a user can run, as its words after `spamtune`.
 COMMANDS = [
     [], ["download"], ["download", "data"], ["download", "model"], ["prepare"], ["finetune"], ["evaluate"],
-    ["predict"], ["filter"], ["serve"], ["runs"], ["runs", "show"], ["runs", "rm"],
+    ["calibrate"], ["predict"], ["filter"], ["serve"], ["runs"], ["runs", "show"], ["runs", "rm"],
 ]
 
 

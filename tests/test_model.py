@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -133,3 +134,20 @@ def test_classify_matches_full_forward_at_the_pooled_position():
     torch.testing.assert_close(model.classify(ids, lengths, "last"), full[:, -1])
     mean0 = full[1, :5].mean(0)
     torch.testing.assert_close(model.classify(ids, lengths, "mean")[1], mean0, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("n_layers", True, "n_layers must be a positive integer, got true"),
+        ("n_heads", None, "n_heads must be a positive integer, got null"),
+        ("context_length", 64.0, "context_length must be a positive integer, got 64.0"),
+        ("drop_rate", float("nan"), "drop_rate must be a number in [0, 1), got NaN"),
+        ("ln_eps", 0, "ln_eps must be a number in (0, 1), got 0"),
+        ("qkv_bias", "yes", 'qkv_bias must be true or false, got "yes"'),
+    ],
+)
+def test_config_fields_are_type_checked(field, value, message):
+    """A wrong type is named with its field, in JSON spelling, not left to fail inside PyTorch."""
+    with pytest.raises(SpamtuneError, match=re.escape(f"model config: {message}")):
+        GPTConfig.from_dict({field: value})

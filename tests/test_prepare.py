@@ -1,5 +1,6 @@
 import csv
 import hashlib
+import io
 import json
 from collections import Counter
 
@@ -82,7 +83,7 @@ def test_real_file_gives_the_books_split(sms_file, tmp_path):
     record = json.loads((tmp_path / "prepare.json").read_text())
     assert record["input"]["sha256"] == hashlib.sha256(sms_file.read_bytes()).hexdigest()
     assert record["input"]["rows_per_label"] == {"ham": 4827, "spam": 747}
-    assert record["options"] == {"balance": "undersample", "split": [0.7, 0.1, 0.2], "seed": 123, "stratify": False, "dedupe": False}
+    assert record["options"] == {"balance": "undersample", "split": [0.7, 0.1, 0.2], "seed": 123, "stratify": False, "dedupe": False, "keep_label_case": False}
     assert {name: c["total"] for name, c in record["counts"].items()} == {"train": 1045, "validation": 149, "test": 300}
     train_texts = set(splits["train"].texts)
     leaked_test = sum(t in train_texts for t in splits["test"].texts)
@@ -121,12 +122,14 @@ TRICKY_TEXTS = ["hello, world", 'she said "hi"', "two\nlines", "NA", "null", "",
 
 
 def test_csv_with_custom_columns_keeps_texts_verbatim(tmp_path):
-    rows = [(text, "spam" if i % 2 else "ham") for i, text in enumerate(TRICKY_TEXTS)]
+    rows = [(text, "spam" if i % 2 else "ham") for i, text in enumerate([*TRICKY_TEXTS, "z"])]
     src = write_rows(tmp_path / "in.csv", ["message", "kind"], rows)
     out = tmp_path / "out"
     result = run_prepare("--input", src, "--text-col", "message", "--label-col", "kind", "--balance", "none", "--data-dir", out)
     assert result.exit_code == 0, result.stderr
-    assert all_rows(out) == Counter((1 if kind == "spam" else 0, text) for text, kind in rows)
+    # Verbatim, except the one empty text, which is dropped (and said so).
+    assert all_rows(out) == Counter((1 if kind == "spam" else 0, text) for text, kind in rows if text)
+    assert "warning: dropped 1 rows whose text is empty" in result.stderr
     assert read_label_map(out) == {"ham": 0, "spam": 1}
 
 
@@ -143,13 +146,13 @@ def test_tsv_with_header_has_no_quoting(tmp_path):
 
 def test_jsonl_with_integer_labels(tmp_path):
     src = tmp_path / "in.jsonl"
-    records = [{"msg": text, "y": i % 2, "extra": None} for i, text in enumerate(TRICKY_TEXTS)]
+    records = [{"msg": text, "y": i % 2, "extra": None} for i, text in enumerate([*TRICKY_TEXTS, "z", "w"])]
     src.write_text("\n".join(json.dumps(r) for r in records) + "\n\n", encoding="utf-8")
     out = tmp_path / "out"
-    result = run_prepare("--input", src, "--text-col", "msg", "--label-col", "y", "--data-dir", out)
+    result = run_prepare("--input", src, "--text-col", "msg", "--label-col", "y", "--balance", "none", "--data-dir", out)
     assert result.exit_code == 0, result.stderr
     assert read_label_map(out) == {"0": 0, "1": 1}
-    assert all_rows(out) == Counter((r["y"], r["msg"]) for r in records)
+    assert all_rows(out) == Counter((r["y"], r["msg"]) for r in records if r["msg"])
 
 
 def test_format_option_overrides_the_extension(tmp_path):
@@ -199,7 +202,9 @@ def test_balance_none_keeps_every_row(sms_file, tmp_path):
     result = run_prepare("--input", sms_file, "--balance", "none", "--data-dir", tmp_path)
     assert result.exit_code == 0, result.stderr
     splits = read_splits(tmp_path)
-    assert [len(s) for s in splits.values()] == [3901, 557, 1116]
+    # Stratified: each label cut 70/10/20 on its own, so every split has the natural mix.
+    assert [len(s) for s in splits.values()] == [3900, 556, 1118]
+    assert [Counter(s.labels)[1] for s in splits.values()] == [522, 74, 151]
     assert Counter(label for s in splits.values() for label in s.labels) == {0: 4827, 1: 747}
 
 
@@ -241,6 +246,7 @@ ERROR_CASES = {
     "sms line without tab": (sms_lines("ham\ta", "spam b"), [], 1, "line 2 of {src} has no TAB"),
     "sms unknown label": (sms_lines("ham\ta", "spam\tb", "spma\tc"), [], 1, "line 3 of {src} has the unknown label 'spma'"),
     "empty split": (sms_lines("ham\ta", "spam\tb", "ham\tc"), [], 1, "the validation split would be empty"),
+    "only one label has texts": (b"label,text\nham,a\nspam, \nham,c\n", [], 1, "fewer than two labels are left"),
     "bad jsonl line": (b'{"text": "a", "label": "x"}\n{"text": "b", "label"\n', ["--format", "jsonl"], 1, "line 2 of {src} is not valid JSON"),
     "jsonl null text": (b'{"text": null, "label": "x"}\n', ["--format", "jsonl"], 1, "line 1 of {src}: 'text' is null, not a string"),
     "empty label": (b"label,text\nham,a\n ,b\n", [], 1, "data row 2 of {src} has an empty label"),
@@ -268,3 +274,105 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, content, extra, exit_co
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     assert message.format(src=src if args else "") in lines[0]
     assert not out.exists()
+
+
+# --- line ends: a CRLF file gives the texts its LF twin gives, in every format -------------------
+
+
+CRLF_CASES = {
+    # name: (file name, LF content, extra options)
+    "headerless tsv, --format tsv": ("plain.txt", "ham\thello there\nspam\tWIN now\nham\tsee you\n", ["--format", "tsv"]),
+    "headerless .tsv, detected": ("messages.tsv", "ham\thello there\nspam\tWIN now\nham\tsee you\n", []),
+    "tsv with a header": ("with_header.tsv", "text\tlabel\nhello there\tham\nWIN now\tspam\n", []),
+    "csv, quoted line break": ("in.csv", 'label,text\nham,"two\nlines"\nspam,WIN now\n', []),
+    "jsonl": ("in.jsonl", '{"text": "hello there", "label": "ham"}\n{"text": "WIN now", "label": "spam"}\n', []),
+}
+
+
+@pytest.mark.parametrize("name, content, extra", CRLF_CASES.values(), ids=CRLF_CASES.keys())
+def test_crlf_files_give_the_same_texts_as_lf_files(tmp_path, name, content, extra):
+    fmt = extra[1] if extra else None
+    (tmp_path / "lf").mkdir()
+    (tmp_path / "crlf").mkdir()
+    lf = tmp_path / "lf" / name
+    crlf = tmp_path / "crlf" / name
+    lf.write_bytes(content.encode())
+    crlf.write_bytes(content.replace("\n", "\r\n").encode())
+    want, got = read_labelled_texts(lf, fmt), read_labelled_texts(crlf, fmt)
+    assert got.texts == want.texts and got.labels == want.labels and got.format == want.format
+    assert not any(text.endswith("\r") for text in got.texts)
+
+
+def test_crlf_sms_file_prepares_the_texts_predict_reads(tmp_path):
+    """The issue's case end to end: the split files hold no trailing \\r, and the texts are those
+    predict's line reader gives for the same lines."""
+    from spamtune.cli.predict import read_message_chunks
+
+    lines = [f"{'spam' if i % 2 else 'ham'}\tmessage number {i}" for i in range(20)]
+    src = tmp_path / "messages.tsv"
+    src.write_bytes("".join(line + "\r\n" for line in lines).encode())
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--format", "tsv", "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    prepared = {text for _, text in all_rows(out)}
+    read_back = [line.partition("\t")[2] for chunk in read_message_chunks(io.BytesIO(src.read_bytes())) for line in chunk]
+    assert prepared == set(read_back) == {f"message number {i}" for i in range(20)}
+
+
+def test_a_lone_carriage_return_inside_a_text_is_kept(tmp_path):
+    src = tmp_path / "m.tsv"
+    src.write_bytes(b"ham\tone\rtwo\r\nspam\tthree\n")
+    assert read_labelled_texts(src).texts == ["one\rtwo", "three"]
+
+
+# --- label case --------------------------------------------------------------------------------
+
+
+def test_labels_differing_in_case_are_one_class_with_a_warning(tmp_path):
+    labels = ["Spam", "SPAM", "spam", "Ham", "ham", "ham"] * 3
+    src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"text {i}", label) for i, label in enumerate(labels)])
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--balance", "none", "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    assert read_label_map(out) == {"ham": 0, "spam": 1}
+    assert "read 18 rows (9 ham / 9 spam)" in result.stderr
+    assert "labels compared ignoring case" in result.stderr
+    assert "warning: labels that differ only in case were merged into 'spam': 'SPAM', 'Spam', 'spam'" in result.stderr
+    assert "merged into 'ham': 'Ham', 'ham'" in result.stderr
+    record = json.loads((out / "prepare.json").read_text())
+    assert record["label_case"] == "folded"
+    assert record["label_spellings_merged"] == {"spam": ["SPAM", "Spam", "spam"], "ham": ["Ham", "ham"]}
+
+    kept = run_prepare("--input", src, "--balance", "none", "--keep-label-case", "--data-dir", tmp_path / "kept")
+    assert kept.exit_code == 0, kept.stderr
+    assert read_label_map(tmp_path / "kept") == {"Ham": 0, "SPAM": 1, "Spam": 2, "ham": 3, "spam": 4}
+    assert "warning" not in kept.stderr and "ignoring case" not in kept.stderr
+
+
+def test_sms_layout_accepts_capitalised_labels(tmp_path):
+    src = tmp_path / "messages"
+    src.write_text("Ham\thello\nSPAM\tWIN\nham\tok\n", encoding="utf-8")
+    source = read_labelled_texts(src)
+    assert source.format == "sms" and source.labels == ["ham", "spam", "ham"]
+    assert source.label_map == {"ham": 0, "spam": 1} and source.label_spellings_merged == {"ham": ["Ham", "ham"]}
+
+
+# --- empty texts ---------------------------------------------------------------------------------
+
+
+def test_empty_texts_are_dropped_with_their_count(tmp_path):
+    rows = [(f"text {i}" if i % 4 else ("" if i % 8 else "   "), "ab"[i % 2]) for i in range(40)]
+    src = write_rows(tmp_path / "in.csv", ["text", "label"], rows)
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--balance", "none", "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    assert "warning: dropped 10 rows whose text is empty" in result.stderr
+    assert sum(all_rows(out).values()) == 30
+    assert all(text.strip() for _, text in all_rows(out))
+    assert json.loads((out / "prepare.json").read_text())["empty_texts_dropped"] == 10
+
+
+def test_no_warning_without_empty_texts(tmp_path):
+    src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
+    result = run_prepare("--input", src, "--data-dir", tmp_path / "out")
+    assert result.exit_code == 0 and "rows whose text is empty" not in result.stderr

@@ -60,6 +60,18 @@ def test_the_digest_follows_the_mail(tmp_path):
     assert read_mail_sources(sources).sha256 != before
 
 
+def test_mail_labels_fold_case_like_file_labels(tmp_path):
+    """``Ham=INBOX`` and ``ham=Archive`` are one class, as ``Ham`` and ``ham`` rows of a file are."""
+    box, mbox = make_corpus(tmp_path)
+    sources = [parse_source(f"Ham={box}"), parse_source(f"ham={box}"), parse_source(f"SPAM={mbox}")]
+    folded = read_mail_sources(sources)
+    assert folded.label_map == {"ham": 0, "spam": 1}
+    assert folded.label_counts() == {"ham": 46, "spam": 20}
+    assert folded.label_spellings_merged == {"ham": ["Ham", "ham"]}
+    kept = read_mail_sources(sources, keep_label_case=True)
+    assert sorted(kept.label_map) == ["Ham", "SPAM", "ham"] and not kept.label_case_folded
+
+
 def test_input_rules(tmp_path):
     box, mbox = make_corpus(tmp_path)
     with pytest.raises(SpamtuneError, match="at least two"):

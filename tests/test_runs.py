@@ -72,7 +72,7 @@ def test_json_lists_every_run_newest_first_with_status_and_figures(root):
     assert stopped["status"] == "interrupted" and stopped["model"] == "my-shape" and stopped["trainable"] == "all"
     assert stopped["validation_accuracy"] == 0.9  # the best evaluation (lowest loss), not the last
     assert stopped["test_accuracy"] is None
-    assert stopped["resume_command"] == f"spamtune finetune --resume {root / 'runs' / 'stopped'}"
+    assert stopped["resume_command"] == f"spamtune finetune --resume --run {root / 'runs' / 'stopped'}"
 
     crashed = by_name["crashed"]
     assert crashed["status"] == "failed" and crashed["validation_accuracy"] is None and crashed["resume_command"] is None
@@ -100,7 +100,7 @@ def test_a_terminal_gets_a_table_and_the_resume_command(root, monkeypatch):
     done_row = next(line for line in out.splitlines() if line.startswith("done "))
     validation = json.loads((root / "runs" / "done" / runs.SUMMARY_FILE).read_text())["validation_accuracy"]
     assert done_row.split()[1:5] == ["finished", "tiny", "last-block", f"{validation:.2%}"] and done_row.endswith(" d")
-    assert f"stopped is interrupted; continue it with: spamtune finetune --resume {root / 'runs' / 'stopped'}" in out
+    assert f"stopped is interrupted; continue it with: spamtune finetune --resume --run {root / 'runs' / 'stopped'}" in out
 
 
 def test_no_runs_yet(tmp_path, monkeypatch):

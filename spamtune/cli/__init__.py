@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
 from spamtune import __version__
 from spamtune.cli import common
 from spamtune.errors import OptionError, SpamtuneError
+from spamtune.threads import prefer_passive_waiting
 
 
 def _flags_show_no_value() -> None:
@@ -154,7 +155,7 @@ def root(
 
 # Subcommands, in the order a user runs them. Each module defines ``register(app)`` and keeps
 # heavy imports (torch, pandas) inside its command function so `--help` stays instant.
-COMMANDS = ("download", "prepare", "finetune", "evaluate", "predict", "filter", "serve", "runs")
+COMMANDS = ("download", "prepare", "finetune", "calibrate", "evaluate", "predict", "filter", "serve", "runs")
 
 
 def _register_commands() -> None:
@@ -182,4 +183,7 @@ _register_commands()
 
 
 def main() -> None:
+    """The ``spamtune`` command (console script and ``python -m spamtune``)."""
+    # Before any command imports torch: OpenMP reads its wait policy once, at load.
+    prefer_passive_waiting()
     app(prog_name="spamtune")

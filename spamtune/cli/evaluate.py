@@ -7,6 +7,7 @@ stderr and prints a one-line result on stdout. torch is imported inside the comm
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from pathlib import Path
@@ -73,6 +74,8 @@ def render_tables(result: dict, console: Console) -> None:
             *(_number(r["by_split"][name]["accuracy"], percent=True) for _, r in columns),
         )
     console.print(overview)
+    if "threshold" in result:
+        console.print(operating_point_table(result))
 
     per_class = Table(title="Per class")
     for heading in ("class", "model", "precision", "recall", "F1", "support"):
@@ -95,6 +98,30 @@ def render_tables(result: dict, console: Console) -> None:
         console.print(matrix)
 
 
+def operating_point_table(result: dict):
+    """The spam filter's figures: at the run's threshold, then threshold-free."""
+    from rich.table import Table
+
+    table = Table(title="Spam filter")
+    table.add_column("")
+    table.add_column("spamtune", justify="right")
+    (ham_kept, ham_lost), (spam_missed, spam_caught) = result["spam_confusion"]
+    rows = [
+        ("threshold", f"{result['threshold']:.4g} ({result['threshold_rule']})"),
+        ("temperature", f"{result['temperature']:.4g}"),
+        ("false-positive rate (ham marked spam)", f"{_number(result['false_positive_rate'], percent=True)} ({ham_lost} of {ham_kept + ham_lost})"),
+        ("spam recall (spam caught)", f"{_number(result['spam_recall'], percent=True)} ({spam_caught} of {spam_missed + spam_caught})"),
+        ("spam precision", _number(result["spam_precision"], percent=True)),
+        ("spam F1", _number(result["spam_f1"], percent=True)),
+        ("ROC-AUC", _number(result["roc_auc"])),
+        ("PR-AUC (average precision)", _number(result["pr_auc"])),
+        ("ECE (15 bins)", _number(result["ece"], percent=True)),
+    ]
+    for name, value in rows:
+        table.add_row(name, cell(value))
+    return table
+
+
 def evaluate_command(
     run_argument: str | None = typer.Argument(None, metavar="RUN", hidden=True, show_default=False),
     run: str | None = common.run_option(),
@@ -108,8 +135,9 @@ def evaluate_command(
     ),
     long: Optional[LongMode] = long_option("chunks for mail, head for files and splits"),
     output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
-    threshold: float = typer.Option(
-        0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this (as predict)."
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this (as predict).",
+        show_default="the run's calibrated threshold, else 0.5",
     ),
     precision: str | None = common.choice_option(
         None, "--precision", common.PRECISIONS, "Compute precision; by default the run's own, so the test accuracy is its summary's.",
@@ -125,29 +153,51 @@ def evaluate_command(
         None, "--data-dir", metavar="DIR", show_default=False,
         help="Data root: where RUN names are looked up, and the splits read. Default for the splits: the run's own data root.",
     ),
+    plots: Path | None = typer.Option(
+        None, "--plots", metavar="DIR", help="Folder for roc.png, pr.png and calibration.png (default: the run folder).", file_okay=False
+    ),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Draw no plots."),
+    devices: int | None = typer.Option(
+        None, "--devices", min=1, help="Score with N processes on this machine (one per GPU; torchrun's launcher)."
+    ),
 ) -> None:
-    """Score a fine-tuned run on a split or a labelled file: accuracy, per-class P/R/F1, confusion, ROC-AUC."""
+    """Score a fine-tuned run on a split or a labelled file at the run's calibrated threshold: the spam filter's figures
+    (false-positive rate, spam recall, ROC-AUC, PR-AUC, ECE), accuracy, per-class P/R/F1, confusion.
+    Under torchrun each rank scores a share of the messages and rank 0 reports."""
+    import sys
+
+    from spamtune import distributed
     from spamtune.evaluate import evaluate_run
 
     if run_argument is not None and run is not None:
         raise SpamtuneUsageError("name the run once: with --run")
     if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
+    if distributed.maybe_launch(devices, sys.argv[1:]):
+        return
+    world = distributed.init_from_env(device)
     console = stderr_console()
-    with _working(console, "scoring"):
-        result = evaluate_run(
-            run if run is not None else run_argument,
-            split=split or "test",
-            input_file=input_file or None,
-            data_dir=data_dir,
-            device=device,
-            batch_size=batch_size,
-            baseline=baseline,
-            threshold=threshold,
-            precision=precision,
-            force=force,
-            long=long,
-        )
+    try:
+        with _working(console, "scoring") if world.is_main else contextlib.nullcontext():
+            result = evaluate_run(
+                run if run is not None else run_argument,
+                split=split or "test",
+                input_file=input_file or None,
+                data_dir=data_dir,
+                device=device,
+                batch_size=batch_size,
+                baseline=baseline,
+                threshold=threshold,
+                precision=precision,
+                force=force,
+                long=long,
+                write_plots=not no_plots and world.is_main,  # rank 0 alone writes files
+                plots_dir=plots,
+            )
+    finally:
+        distributed.shutdown()
+    if not world.is_main:
+        return
     for warning in result["warnings"]:
         common.warn(warning)
     if output_format is ReportFormat.json:
@@ -157,6 +207,11 @@ def evaluate_command(
     line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
     if "baseline" in result:
         line += f"; baseline {result['baseline']['accuracy']:.2%}"
+    if "threshold" in result:
+        line += (
+            f"; at threshold {result['threshold']:.4g}: {_number(result['false_positive_rate'], percent=True)} of ham "
+            f"marked spam, {_number(result['spam_recall'], percent=True)} of spam caught"
+        )
     typer.echo(line)
 
 

@@ -181,9 +181,30 @@ def finetune_command(
     resume_run: str | None = typer.Argument(None, hidden=True, metavar="RUN", show_default=False),  # `--resume RUN`, older spelling
     out: Path | None = typer.Option(None, "--out", hidden=True),  # the older spelling of --run for a new run
     data_dir: Path | None = common.data_dir_option(),
+    devices: int | None = typer.Option(
+        None, "--devices", min=1,
+        help="Train with N processes on this machine (one per GPU; DistributedDataParallel through torchrun's "
+        "launcher). --batch-size stays the global batch.",
+    ),
     **options,
 ) -> None:
     """Fine-tune GPT-2 into a spam classifier (the book's chapter-6 recipe by default)."""
+    import sys
+
+    from spamtune import distributed
+
+    if distributed.maybe_launch(devices, sys.argv[1:]):
+        return
+    world = distributed.init_from_env(options["device"])
+    try:
+        _finetune(ctx, world, run, resume, config, resume_run, out, data_dir, options)
+    finally:
+        distributed.shutdown()
+
+
+def _finetune(ctx: typer.Context, world, run, resume, config, resume_run, out, data_dir, options: dict) -> None:
+    """Train or resume (``finetune_command``'s arguments); under several ranks only rank 0
+    reports: the others' events are dropped and they print nothing."""
     from spamtune import events, paths, runs, train
 
     root = paths.data_root(data_dir)
@@ -212,6 +233,8 @@ def finetune_command(
             summary = train.finetune(FinetuneOptions(**options), out_dir, on_event=reporter)
     except events.TrainingInterrupted as exc:
         reporter.close()
+        if not world.is_main:
+            raise typer.Exit(130) from None
         best = f"; model.safetensors holds the best weights so far, from step {exc.best_step}" if exc.best_step else ""
         # Said even under --quiet: it is the one way back into the run.
         common.warn(
@@ -227,12 +250,20 @@ def finetune_command(
         ) from None
     finally:
         reporter.close()
+    if not world.is_main:
+        return
     stopped = "  (stopped early)" if summary["stopped_early"] else ""
     console.print(
         f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.3f}) with the best weights "
         f"(step {summary['best_step']}, validation accuracy {summary['validation_accuracy']:.2%}){stopped}; "
         f"wall time {_duration(summary['wall_time_s'])}, {summary['examples_per_s']:.1f} examples/s"
     )
+    if "calibration" in summary:
+        c = summary["calibration"]
+        console.print(
+            f"temperature {c['temperature']:.3g} fitted on validation (ECE {c['ece_before']:.2%} -> {c['ece_after']:.2%}), "
+            f"threshold {c['threshold']:g}; choose an operating point with: spamtune calibrate --run {summary['run']} --max-ham-loss 1%"
+        )
     typer.echo(summary["run"])
 
 

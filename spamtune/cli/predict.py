@@ -9,6 +9,7 @@ progress bar is drawn.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import json
@@ -27,8 +28,10 @@ from spamtune import paths
 from spamtune.cli import common
 from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.lines import strip_line_end
 
 if TYPE_CHECKING:
+    from spamtune.explain import Explanation
     from spamtune.infer import Prediction
 
 # Messages classified (and written) per round: enough to fill length-sorted batches, small
@@ -86,7 +89,7 @@ def read_message_chunks(
 
 
 def _decode_line(raw: bytes) -> str:
-    return raw.removesuffix(b"\r").decode("utf-8", errors="replace")
+    return strip_line_end(raw.decode("utf-8", errors="replace"))
 
 
 def _argument_text(arg: str) -> str:
@@ -202,27 +205,58 @@ def _printable(text: str) -> str:
     return "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
 
 
-class Renderer:
-    """Turns predictions into output lines, each ending in a newline."""
+# Terminal styles of the explained spans: words towards spam bold red, towards ham green,
+# both underlined so they show without colour perception too.
+SPAM_SPAN_STYLE, HAM_SPAN_STYLE, RESET = "\x1b[1;4;31m", "\x1b[4;32m", "\x1b[0m"
 
-    def __init__(self, fmt: OutputFormat, labels: list[str], positive: str, color: bool):
+
+def highlight(text: str, explanation: Explanation, color: bool, top_k: int) -> str:
+    """``text`` (already made printable, same length) with the top spans marked: coloured on a
+    terminal, else as ``[+span]`` (towards spam) and ``[-span]`` (towards ham). The text is
+    never parsed as markup: spans are cut by their character offsets."""
+    marks = [(s, True) for s in explanation.towards_spam(top_k)] + [(s, False) for s in explanation.towards_ham(top_k)]
+    out, last = [], 0
+    for span, spam in sorted(marks, key=lambda m: m[0].start):
+        out.append(text[last : span.start])
+        inner = text[span.start : span.end]
+        if color:
+            out.append(f"{SPAM_SPAN_STYLE if spam else HAM_SPAN_STYLE}{inner}{RESET}")
+        else:
+            out.append(f"[{'+' if spam else '-'}{inner}]")
+        last = span.end
+    out.append(text[last:])
+    return "".join(out)
+
+
+class Renderer:
+    """Turns predictions (and, with ``--explain``, their explanations) into output lines, each
+    ending in a newline."""
+
+    def __init__(self, fmt: OutputFormat, labels: list[str], positive: str, color: bool, top_k: int = 3):
         self.fmt = fmt
         self.positive = positive
         self.width = max(map(len, labels))
         self.color = color
+        self.top_k = top_k
 
-    def line(self, p: Prediction) -> str:
+    def line(self, p: Prediction, explanation: Explanation | None = None) -> str:
         if self.fmt is OutputFormat.tsv:
-            return f"{p.label}\t{p.probability:.4f}\t{_one_line(p.text)}\n"
+            extra = "" if explanation is None else "\t" + json.dumps(explanation.top(self.top_k), ensure_ascii=False)
+            return f"{p.label}\t{p.probability:.4f}\t{_one_line(p.text)}{extra}\n"
         if self.fmt is OutputFormat.jsonl:
             record = {"text": p.text, "label": p.label, "p_spam": round(p.probability, 6)}
+            if explanation is not None:
+                record["explanation"] = explanation.top(self.top_k)
             return json.dumps(record, ensure_ascii=False) + "\n"
         if self.fmt is OutputFormat.label:
             return p.label + "\n"
         label = p.label.ljust(self.width)
         if self.color:  # bold red for the positive class, green for the others
             label = f"\x1b[1;31m{label}\x1b[0m" if p.label == self.positive else f"\x1b[32m{label}\x1b[0m"
-        return f"{label}  p({self.positive})={p.probability:.3f}  {_printable(p.text)}\n"
+        text = _printable(p.text)
+        if explanation is not None:
+            text = highlight(text, explanation, self.color, self.top_k)
+        return f"{label}  p({self.positive})={p.probability:.3f}  {text}\n"
 
 
 def _use_color() -> bool:
@@ -341,8 +375,14 @@ def predict(
         show_default="text on a terminal, else tsv",
     ),
     header: bool = typer.Option(False, "--header", help="tsv: first print the field names (label, p_spam, text)."),
-    threshold: float = typer.Option(
-        0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this."
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this.",
+        show_default="the run's calibrated threshold (spamtune calibrate), else 0.5",
+    ),
+    explain: bool = typer.Option(
+        False, "--explain",
+        help="Also show the words that pushed each message most towards spam and towards ham: highlighted in text, "
+        "an 'explanation' list in jsonl, a JSON column in tsv.",
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per forward pass."),
     device: str = common.device_option(),
@@ -357,6 +397,14 @@ def predict(
         False, "--fail-on-spam",
         help="Exit status 1 when any message is spam, 0 when none is, 2 on an error (after writing all output).",
     ),
+    out_file: Path | None = typer.Option(
+        None, "--out", "-o", metavar="PATH", dir_okay=False,
+        help="Write the results to PATH (complete or not at all: a temporary file renamed at the end) instead of stdout.",
+    ),
+    devices: int | None = typer.Option(
+        None, "--devices", min=1,
+        help="Classify --input with N processes on this machine (one per GPU; torchrun's launcher), one output in input order.",
+    ),
     server: str | None = typer.Option(
         None, "--server", metavar="URL", envvar="SPAMTUNE_SERVER",
         help="Send the messages to a running `spamtune serve` at URL instead of loading a model here (no torch import).",
@@ -365,71 +413,165 @@ def predict(
         None, "--api-key", envvar="SPAMTUNE_API_KEY", help="With --server: the service's API key (prefer the variable)."
     ),
 ) -> None:
-    """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP)."""
+    """Classify chunk by chunk, writing and flushing each chunk's lines before reading on (help: PREDICT_HELP).
+
+    Under torchrun (or ``--devices``) every rank reads the same input, classifies its share of
+    each chunk, and rank 0 writes all shares in input order: the output a single process gives."""
     if fail_on_spam:
         common.use_error_exit_code(2)
     _check_flags_take_no_value(common.command_line())
+    to_terminal = out_file is None and _stdout_is_terminal()
     if output_format is None:
-        output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
+        output_format = OutputFormat.text if to_terminal else OutputFormat.tsv
     if header and output_format is not OutputFormat.tsv:
         raise SpamtuneUsageError(f"--header is for --format tsv (this output is {output_format.value})")
+    if explain and mail is not None:
+        raise SpamtuneUsageError("--explain works on messages given as lines of text, not with --mail")
+    if explain and output_format is OutputFormat.label:
+        raise SpamtuneUsageError("--explain needs --format text, tsv or jsonl (label prints the label only)")
     meter = ReadMeter()
     input_path = common.pick_input(input_file, file)
+    if server and (devices is not None or out_file is not None):
+        raise SpamtuneUsageError("--server sends the messages to a running service; --devices and --out classify here")
+    several = not server and _several_ranks(devices)
     if mail is not None:
         if messages or input_path is not None:
             raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --input with it")
+        if several or out_file is not None:
+            raise SpamtuneUsageError("--mail runs on one process and writes to stdout; --out and --devices are for --input")
         from spamtune.cli.predict_mail import mail_messages
 
         chunks = mail_messages(mail)
     else:
+        if several and (input_path is None or str(input_path) == "-" or "-" in (messages or [])):
+            raise SpamtuneUsageError("several processes classify a file, not stdin: give --input PATH")
+        if several and _launched(devices):
+            return
         chunks = message_source(messages or [], input_path, meter, first_chunk_lines=batch_size)
     if server:  # client mode: hand off before anything imports torch
         from spamtune.cli.remote import predict_remotely
 
         return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam, header)
     run_dir = paths.resolve_run(run, paths.data_root(data_dir))
+    from spamtune import distributed
 
-    from spamtune.infer import SpamClassifier
-    from spamtune.long_messages import predict_long
-    from spamtune.mail import TEXT_LONG
-
-    started = time.perf_counter()
-    classifier = SpamClassifier.load(run_dir, device=device, threshold=threshold, batch_size=batch_size, precision=precision)
-    common.detail(
-        f"run {run_dir} on {classifier.device} ({classifier.precision}), loaded in {time.perf_counter() - started:.1f}s"
-    )
-    renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=_use_color())
-    sys.stdout.flush()
-    out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
-    if header:
-        out.write((TSV_HEADER if mail is None else MAIL_TSV_HEADER).encode())
-    watch = ReaderWatch(out)
-    hook = watch.after_each_batch(classifier.model)
-    counted = positives = 0
-    started = time.perf_counter()
+    world = distributed.init_from_env(device)
     try:
-        with ProgressBar(meter) as bar:
-            if mail is not None:
-                from spamtune.cli.predict_mail import predict_mail
-
-                positives = int(predict_mail(classifier, chunks, renderer, long))
-                chunks = []
-            for chunk in chunks:
-                watch.check()
-                predictions = predict_long(classifier, chunk, long or TEXT_LONG)
-                out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
-                out.flush()
-                counted += len(predictions)
-                positives += sum(p.label == classifier.positive_label for p in predictions)
-                bar.update(counted)
+        positives = _classify_all(
+            chunks, world, run_dir, meter, out_file, renderer_options=(output_format, to_terminal, header),
+            threshold=threshold, batch_size=batch_size, device=device, precision=precision, mail=mail, long=long,
+            explain=explain,
+        )
     finally:
-        if hook is not None:
-            hook.remove()
-    seconds = time.perf_counter() - started
-    if mail is None:
-        common.detail(f"{counted:,} messages, {positives:,} {classifier.positive_label}, in {seconds:.1f}s")
+        distributed.shutdown()
     if fail_on_spam and positives:
         raise typer.Exit(1)
+
+
+def _several_ranks(devices: int | None) -> bool:
+    """Whether this prediction runs on several ranks (under torchrun, or ``--devices`` > 1);
+    ``spamtune.distributed`` imports torch, so client mode never asks."""
+    from spamtune import distributed
+
+    return distributed.launched_by_torchrun() or (devices or 1) > 1
+
+
+def _launched(devices: int | None) -> bool:
+    """``--devices N``: this command ran as N ranks through torch's launcher and is done."""
+    from spamtune import distributed
+
+    return distributed.maybe_launch(devices, sys.argv[1:])
+
+
+def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, threshold, batch_size, device, precision, mail, long, explain) -> int:
+    """Write one line per message to ``out_file`` (atomically) or stdout; return how many were positive."""
+    from spamtune.fsutil import atomic_path
+
+    from spamtune.distributed import share_bounds
+    from spamtune.infer import SpamClassifier
+    from spamtune.mail import TEXT_LONG
+
+    output_format, to_terminal, header = renderer_options
+    started = time.perf_counter()
+    classifier = SpamClassifier.load(run_dir, device=device, threshold=threshold, batch_size=batch_size, precision=precision)
+    if world.is_main:
+        common.detail(
+            f"run {run_dir} on {classifier.device} ({classifier.precision}), loaded in {time.perf_counter() - started:.1f}s"
+        )
+        if threshold is None and classifier.calibration is not None:
+            common.note(f"threshold {classifier.threshold:.4g} ({classifier.describe_threshold()})")
+    renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=to_terminal and _use_color())
+    if world.distributed:  # every rank must cut the input at the same places
+        chunks = fixed_chunks(chunks, CHUNK_LINES * world.size)
+    sys.stdout.flush()
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
+        if out_file is not None and world.is_main:
+            out = stack.enter_context(open(stack.enter_context(atomic_path(out_file)), "wb"))
+        if header and world.is_main:
+            out.write((TSV_HEADER if mail is None else MAIL_TSV_HEADER).encode())
+        watch = ReaderWatch(out if world.is_main else None)  # only rank 0 writes, so only it watches
+        hook = watch.after_each_batch(classifier.model)
+        counted = positives = 0
+        started = time.perf_counter()
+        try:
+            # Rank 0 reads the whole input as every rank does, so its meter is the job's progress.
+            with ProgressBar(meter if world.is_main else ReadMeter()) as bar:
+                if mail is not None:
+                    from spamtune.cli.predict_mail import predict_mail
+
+                    positives = int(predict_mail(classifier, chunks, renderer, long))
+                    chunks = []
+                for chunk in chunks:
+                    watch.check()
+                    mine = world.share(chunk)
+                    before = counted + share_bounds(len(chunk), world.rank, world.size)[0]
+                    predictions = predict_numbered(classifier, mine, long or TEXT_LONG, before) if mine else []
+                    explanations = classifier.explain(mine) if explain and mine else [None] * len(mine)
+                    text = "".join(map(renderer.line, predictions, explanations))
+                    share = (text, sum(p.label == classifier.positive_label for p in predictions))
+                    for share_text, share_positives in world.gather_to_main(share) or []:
+                        out.write(share_text.encode("utf-8", errors="replace"))
+                        positives += share_positives
+                    if world.is_main:
+                        out.flush()
+                    counted += len(chunk)
+                    bar.update(counted)
+        finally:
+            if hook is not None:
+                hook.remove()
+    seconds = time.perf_counter() - started
+    if mail is None and world.is_main:
+        common.detail(f"{counted:,} messages, {positives:,} {classifier.positive_label}, in {seconds:.1f}s")
+    return world.decide_once(positives)
+
+
+def fixed_chunks(chunks: Iterator[list[str]], size: int) -> Iterator[list[str]]:
+    """The same messages in lists of exactly ``size`` (the last one shorter)."""
+    pending: list[str] = []
+    for chunk in chunks:
+        pending.extend(chunk)
+        while len(pending) >= size:
+            yield pending[:size]
+            del pending[:size]
+    if pending:
+        yield pending
+
+
+def predict_numbered(classifier, chunk: list[str], long: str, messages_before: int) -> list[Prediction]:
+    """``predict_long`` for one chunk; a non-finite probability (a broken model, which would
+    print as a confident-looking ``ham nan`` and pass ``--fail-on-spam``) stops the run before
+    any line of the chunk is written, naming the message by its place in the whole input."""
+    from spamtune.infer import NonFiniteProbability
+    from spamtune.long_messages import predict_long
+
+    try:
+        return predict_long(classifier, chunk, long)
+    except NonFiniteProbability as exc:
+        raise SpamtuneError(
+            f"the model gave a non-finite probability ({exc.value}) for message {messages_before + exc.index + 1:,}; "
+            "its weights overflow at this precision or are broken, so no answer is given"
+        ) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     )
 
 
-# balance, split, seed, stratify and dedupe: PrepareOptions' fields, defaults and help.
+# balance, split, seed, stratify, dedupe and keep_label_case: PrepareOptions' fields, defaults and help.
 @with_dataclass_options(dataclass_options(PrepareOptions))
 def prepare(
     inputs: Optional[list[str]] = typer.Option(
@@ -54,7 +54,9 @@ def prepare(
 
     root = paths.data_root(data_dir)
     options = PrepareOptions(**{**options, "split": parse_split(options["split"])})
-    source = read_input(root, inputs or [], input_format, text_col, label_col)
+    source = read_input(
+        root, inputs or [], input_format, text_col, label_col, keep_label_case=options.keep_label_case
+    )
     prepared = prepare_splits(source, options)
     written = write_prepared(root, prepared)
     _render_summary(stderr_console(), prepared)
@@ -74,6 +76,12 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
                 f"(kept with what could be read), {c.empty:,} empty (left out), {c.truncated:,} read on their first MiB"
             )
         console.print(f"read {len(source.texts):,} messages ({per_label})")
+    if source.label_case_folded:
+        console.print("labels compared ignoring case, named in lower case (--keep-label-case keeps Spam and spam apart)")
+    for label, spellings in source.label_spellings_merged.items():
+        console.print(f"warning: labels that differ only in case were merged into {label!r}: {', '.join(map(repr, spellings))}")
+    if prepared.empty_texts_dropped:
+        console.print(f"warning: dropped {prepared.empty_texts_dropped:,} rows whose text is empty (or only spaces)")
     if prepared.duplicates_dropped is not None:
         console.print(f"dropped {prepared.duplicates_dropped:,} duplicate texts (kept the first of each)")
     if prepared.rows_per_label_after_balance is not None:

@@ -8,11 +8,12 @@ imported inside the command so `spamtune --help` stays instant.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from spamtune import paths
 from spamtune.cli import common
+
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 SERVE_HELP = (
@@ -40,8 +41,9 @@ def serve(
     cors: list[str] = typer.Option(
         [], "--cors", metavar="ORIGIN", help="Allow browser pages from ORIGIN to call the API (repeatable). Off by default."
     ),
-    threshold: float = typer.Option(
-        0.5, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this."
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this.",
+        show_default="the run's calibrated threshold (spamtune calibrate), else 0.5",
     ),
     device: str = common.device_option(),
     precision: str = common.precision_option(),
@@ -73,24 +75,21 @@ def serve(
 
     try:
         from spamtune.serve.app import ServeSettings, create_app
-        from spamtune.serve.server import serve_app
+        from spamtune.serve.server import print_ready, serve_app
     except ImportError as exc:
         raise SpamtuneError(f"spamtune serve needs its extra: pip install 'spamtune[serve]' ({exc.name} is missing)") from None
     from spamtune.infer import SpamClassifier
 
-    run_dir = paths.resolve_run(run, paths.data_root(data_dir))
-    classifier = SpamClassifier.load(run_dir, device=device, threshold=threshold, batch_size=batch_size, precision=precision)
+    classifier = SpamClassifier.load(
+        run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
+    )
     classifier.predict(["warm-up: the first pass allocates what later ones reuse"])
     settings = ServeSettings(
         max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts, max_batch=max_batch,
         max_wait_ms=max_wait_ms, api_key=api_key, cors_origins=tuple(cors),
     )  # fmt: skip
-    common.detail(f"spamtune serve: {classifier!r}")
-
-    def ready(url: str) -> None:
-        common.note(f"spamtune serve: ready on {url}")
-
-    if not serve_app(create_app(classifier, settings), host, port, on_ready=ready, access_log=access_log):
+    typer.echo(f"spamtune serve: {classifier!r}", err=True)
+    if not serve_app(create_app(classifier, settings), host, port, on_ready=print_ready, access_log=access_log):
         raise SpamtuneError(f"could not listen on {host}:{port} (see the line above)")
 
 
@@ -99,8 +98,8 @@ def register(app: typer.Typer) -> None:
         app,
         "serve",
         serve,
-        ("spamtune serve", "the newest finished run on http://127.0.0.1:8080 (open it for the web page)"),
-        ('curl -s localhost:8080/v1/classify -d \'{"texts": ["WINNER!! Claim now", "lunch?"]}\'', "classify over HTTP"),
-        ("spamtune predict --server http://127.0.0.1:8080 \"Do you have time\"", "the client: no torch, no model load"),
+        ("spamtune serve", "the newest finished run on http://127.0.0.1:8080"),
+        ("spamtune serve --run 20261125-101500-tiny-all --port 0", "a run by name, on any free port"),
+        ("SPAMTUNE_API_KEY=$(openssl rand -hex 16) spamtune serve --host 0.0.0.0", "beyond loopback, with a key"),
         help=SERVE_HELP,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import sys
 from collections.abc import Callable
 
 import uvicorn
@@ -69,3 +70,6 @@ def serve_app(app, host: str, port: int, on_ready: Callable[[str], None], access
         return exc.code in (0, None)
     return server.started
 
+
+def print_ready(url: str) -> None:
+    print(f"spamtune serve: ready on {url}", file=sys.stderr, flush=True)

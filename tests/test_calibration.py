@@ -1,0 +1,263 @@
+"""Temperature scaling, ECE, the threshold search and the threshold-free figures."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from spamtune import calibration as cal
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+
+
+def overconfident_set(n: int = 2000, true_scale: float = 1.0, seed: int = 0):
+    """Logits whose true log-odds are ``z`` but which the "model" reports as ``4 z``: labels are
+    drawn from ``sigmoid(z)``, so the right temperature is about 4."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator=g) * 2 * true_scale
+    labels = (torch.rand(n, generator=g) < torch.sigmoid(z)).long()
+    logits = torch.stack([torch.zeros(n), 4 * z], dim=1)
+    return logits, labels
+
+
+def test_temperature_scaling_lowers_nll_and_ece_on_an_overconfident_set():
+    logits, labels = overconfident_set()
+    temperature = cal.fit_temperature(logits, labels)
+    assert 3.3 < temperature < 4.8  # the 4x overconfidence it was built with
+    assert cal.nll(logits, labels, temperature) < cal.nll(logits, labels, 1.0) - 0.1
+    before = cal.expected_calibration_error(cal.calibrated_probabilities(logits), labels.tolist())
+    after = cal.expected_calibration_error(cal.calibrated_probabilities(logits, temperature), labels.tolist())
+    assert after < before / 2
+
+
+def test_temperature_is_the_nll_minimum():
+    logits, labels = overconfident_set(n=500, seed=3)
+    t = cal.fit_temperature(logits, labels)
+    best = cal.nll(logits, labels, t)
+    for other in (t * 0.9, t * 1.1, 1.0):
+        assert best <= cal.nll(logits, labels, other)
+
+
+def test_underconfident_logits_get_a_temperature_below_one():
+    logits, labels = overconfident_set(n=1000, seed=1)
+    assert cal.fit_temperature(logits / 16, labels) < 0.5
+
+
+def test_a_calibrated_set_keeps_temperature_near_one_and_separated_data_stays_bounded():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(4000, generator=g) * 2
+    labels = (torch.rand(4000, generator=g) < torch.sigmoid(z)).long()
+    assert 0.9 < cal.fit_temperature(torch.stack([torch.zeros(4000), z], 1), labels) < 1.1
+    separated = torch.tensor([[0.0, 5.0], [0.0, -5.0]])
+    assert cal.fit_temperature(separated, [1, 0]) == pytest.approx(cal.MIN_TEMPERATURE, rel=1e-3)
+    assert cal.fit_temperature(torch.zeros(0, 2), []) == 1.0
+    with pytest.raises(SpamtuneError, match="non-finite"):
+        cal.fit_temperature(torch.tensor([[0.0, float("nan")]]), [1])
+
+
+def test_ece_by_hand():
+    # Two samples in the 0.9 bin, one right: |0.5 - 0.9| ; one in the 0.6 bin, right: |1 - 0.6|.
+    probs = torch.tensor([[0.1, 0.9], [0.1, 0.9], [0.4, 0.6]])
+    ece = cal.expected_calibration_error(probs, [1, 0, 1])
+    assert ece == pytest.approx((2 * 0.4 + 1 * 0.4) / 3)
+    bins = cal.reliability_bins(probs, [1, 0, 1])
+    assert len(bins) == 15 and sum(b.count for b in bins) == 3
+    assert cal.expected_calibration_error(torch.tensor([[0.0, 1.0]]), [1]) == 0.0
+
+
+# --------------------------------------------------------------------------- threshold search
+
+#          ham                            spam
+SCORES = [0.05, 0.10, 0.20, 0.20, 0.70] + [0.20, 0.60, 0.80, 0.90, 0.95]
+IS_SPAM = [False] * 5 + [True] * 5
+
+
+def test_max_ham_loss_picks_the_highest_recall_within_the_budget():
+    choice = cal.threshold_for_max_ham_loss(IS_SPAM, SCORES, 0.2)  # 1 ham allowed
+    # One ham may be lost: the 0.70 one. Flagging >= 0.60 catches 4 spam with 1 FP; going down to
+    # 0.20 would flag three ham (a tie with a spam), so the search stops at 0.60.
+    assert choice.validation.false_positives == 1 and choice.validation.true_positives == 4
+    assert 0.20 < choice.threshold <= 0.60
+    assert choice.threshold == pytest.approx(0.40)  # midway to the next lower score
+    # 39% of 5 ham still allows only one.
+    assert cal.threshold_for_max_ham_loss(IS_SPAM, SCORES, 0.39).threshold == choice.threshold
+    # Two allowed: the 0.20 tie would flag two more ham, so still the same point.
+    assert cal.threshold_for_max_ham_loss(IS_SPAM, SCORES, 0.4).threshold == choice.threshold
+    # Four allowed: down to the tie at 0.20, every spam caught with 3 false positives.
+    four = cal.threshold_for_max_ham_loss(IS_SPAM, SCORES, 0.8)
+    assert (four.validation.true_positives, four.validation.false_positives) == (5, 3)
+    assert 0.10 < four.threshold <= 0.20
+
+
+def test_max_ham_loss_zero_false_positives_and_ties():
+    scores = [0.1, 0.5, 0.5, 0.3, 0.3] + [0.5, 0.5, 0.9]
+    is_spam = [False] * 5 + [True] * 3
+    choice = cal.threshold_for_max_ham_loss(is_spam, scores, 0.39)
+    # Two ham tie with two spam at 0.5: flagging them costs 2 FP > 1, so only 0.9 is flagged.
+    assert (choice.validation.true_positives, choice.validation.false_positives) == (1, 0)
+    assert 0.5 < choice.threshold <= 0.9
+    loose = cal.threshold_for_max_ham_loss(is_spam, scores, 0.4)  # 2 ham allowed: the tie fits
+    assert (loose.validation.true_positives, loose.validation.false_positives) == (3, 2)
+    assert 0.3 < loose.threshold <= 0.5
+
+
+def test_an_unmeasurable_target_is_refused_with_the_smallest_measurable_rate():
+    with pytest.raises(SpamtuneError, match=r"not measurable on 5 validation ham.*1/5 = 20\.00%"):
+        cal.threshold_for_max_ham_loss(IS_SPAM, SCORES, 0.19)
+    with pytest.raises(SpamtuneError, match="no ham"):
+        cal.threshold_for_max_ham_loss([True, True], [0.2, 0.9], 0.01)
+    with pytest.raises(SpamtuneUsageError):
+        cal.threshold_for_max_ham_loss(IS_SPAM, SCORES, 1.0)
+
+
+def test_all_ham_flags_nothing_when_nothing_is_to_be_won():
+    scores = [0.1, 0.4, 0.8]
+    choice = cal.threshold_for_max_ham_loss([False] * 3, scores, 0.34)  # 1 allowed, but no spam
+    assert choice.validation.false_positives == 0 and choice.threshold > 0.8
+    assert choice.validation.spam_recall is None and choice.validation.false_positive_rate == 0.0
+
+
+def test_cost_ratio_minimises_expected_cost():
+    # Ratio 1: each FP costs one missed spam. Flag >= 0.6: 1 FP + 1 FN = 2 (best);
+    # >= 0.8: 0 FP + 2 FN = 2 too, and it flags less, so it wins the tie.
+    cheap = cal.threshold_for_cost_ratio(IS_SPAM, SCORES, 1.0)
+    assert (cheap.validation.false_positives, cheap.validation.false_negatives) == (0, 2)
+    # Ham ten times as dear: never lose one.
+    dear = cal.threshold_for_cost_ratio(IS_SPAM, SCORES, 10.0)
+    assert dear.validation.false_positives == 0
+    # Ham nearly free: catch every spam.
+    free = cal.threshold_for_cost_ratio(IS_SPAM, SCORES, 0.1)
+    assert free.validation.false_negatives == 0 and free.threshold <= 0.2
+    with pytest.raises(SpamtuneUsageError):
+        cal.threshold_for_cost_ratio(IS_SPAM, SCORES, 0)
+
+
+def test_operating_point_figures():
+    point = cal.operating_point(IS_SPAM, SCORES, 0.5)
+    assert point.confusion() == [[4, 1], [1, 4]]
+    assert point.false_positive_rate == 0.2 and point.spam_recall == 0.8
+    assert point.precision == 0.8 and point.f1 == pytest.approx(0.8)
+    none_flagged = cal.operating_point(IS_SPAM, SCORES, 0.99)
+    assert none_flagged.precision is None and none_flagged.f1 == 0.0
+
+
+def test_parse_rate():
+    assert cal.parse_rate("0.5%") == pytest.approx(0.005)
+    assert cal.parse_rate("0.01") == 0.01
+    for bad in ("abc", "100%", "-1%"):
+        with pytest.raises(SpamtuneUsageError):
+            cal.parse_rate(bad)
+
+
+# --------------------------------------------------------------------------- against scikit-learn
+
+
+def test_aucs_and_curves_match_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = random.Random(7)
+    for trial in range(20):
+        n = rng.randint(5, 200)
+        is_spam = [rng.random() < 0.3 for _ in range(n)]
+        is_spam[0], is_spam[1] = True, False
+        # Rounded scores: plenty of ties, which both definitions must handle alike.
+        scores = [round(rng.random(), rng.choice([1, 2, 6])) for _ in range(n)]
+        assert cal.average_precision(is_spam, scores) == pytest.approx(metrics.average_precision_score(is_spam, scores))
+        report = cal.binary_report(is_spam, scores, 0.5)
+        assert report["roc_auc"] == pytest.approx(metrics.roc_auc_score(is_spam, scores))
+        assert report["f1"] == pytest.approx(metrics.f1_score(is_spam, [s >= 0.5 for s in scores], zero_division=0))
+        fpr, tpr = cal.roc_curve(is_spam, scores)
+        ref_fpr, ref_tpr, _ = metrics.roc_curve(is_spam, scores, drop_intermediate=False)
+        assert fpr == pytest.approx(ref_fpr.tolist()) and tpr == pytest.approx(ref_tpr.tolist())
+
+
+# --------------------------------------------------------------------------- the run's record
+
+
+def test_calibrate_logits_and_the_record_round_trip(tmp_path):
+    logits, labels = overconfident_set(n=600, seed=5)
+    record = cal.calibrate_logits(logits, labels.tolist(), 1, rule="max-ham-loss", target=0.05)
+    v = record.validation
+    assert v["nll_after"] < v["nll_before"] and v["ece_after"] < v["ece_before"]
+    assert v["false_positive_rate"] <= 0.05
+    cal.write_calibration(tmp_path, record)
+    assert json.loads((tmp_path / cal.CALIBRATION_FILE).read_text())["format"] == cal.CALIBRATION_FORMAT
+    again = cal.read_calibration(tmp_path)
+    assert again == record
+    assert cal.read_calibration(tmp_path / "nowhere") is None
+    (tmp_path / cal.CALIBRATION_FILE).write_text('{"format": "spamtune-calibration/1", "temperature": -1}')
+    with pytest.raises(SpamtuneError, match="incomplete"):
+        cal.read_calibration(tmp_path)
+
+
+def test_evaluation_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    from spamtune.plots import plot_binary_evaluation
+
+    logits, labels = overconfident_set(n=300, seed=4)
+    probs = cal.calibrated_probabilities(logits, 4.0)
+    written = plot_binary_evaluation(tmp_path, [bool(y) for y in labels.tolist()], probs, 1, 0.5, cal.calibrated_probabilities(logits))
+    assert [p.name for p in written] == ["roc.png", "pr.png", "calibration.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.part"))
+
+
+@pytest.fixture
+def rigged_run_and_data(tmp_path):
+    """The rigged run (spam, p = 0.88, for a final "!"; ham, 0.12, otherwise) and a data root on
+    which it is right 9 times in 10 for either class: 2 of the 20 ham end in "!"."""
+    from helpers import write_rigged_run
+
+    from spamtune.data import Split, write_split
+
+    run = write_rigged_run(tmp_path / "run")
+    data = tmp_path / "data"
+    texts = [f"see you at {i}" for i in range(18)] + ["great news!", "thanks!"]
+    texts += [f"claim prize {i}!" for i in range(18)] + ["call 0800 now", "free entry"]
+    labels = [0] * 20 + [1] * 20
+    for name in ("train", "validation", "test"):
+        write_split(data / f"{name}.csv", Split(texts, labels))
+    (data / "labels.json").write_text('{"labels": {"ham": 0, "spam": 1}}')
+    return run, data
+
+
+def test_calibrate_run_fits_the_validation_split_and_stores_it(rigged_run_and_data):
+    run, data = rigged_run_and_data
+    record = cal.calibrate_run(run, rule="max-ham-loss", target=0.1, data_dir=data, device="cpu")
+    assert record.temperature < 1.0  # 90% right at 88% confidence: sharpen a little
+    assert record.validation["false_positive_rate"] == 0.1 and record.validation["spam_recall"] == 0.9
+    assert cal.read_calibration(run) == record
+
+    # A new operating point keeps the fitted temperature unless asked to refit.
+    stricter = cal.calibrate_run(run, rule="max-ham-loss", target=0.05, data_dir=data, device="cpu", refit_temperature=False)
+    assert stricter.temperature == record.temperature
+    assert stricter.validation["false_positive_rate"] == 0.0 and stricter.threshold > record.threshold
+    with pytest.raises(SpamtuneError, match="not measurable on 20 validation ham"):
+        cal.calibrate_run(run, rule="max-ham-loss", target=0.01, data_dir=data, device="cpu")
+    assert cal.read_calibration(run) == stricter  # a refused target leaves the stored one
+
+
+def test_calibrate_command(rigged_run_and_data):
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    run, data = rigged_run_and_data
+    common = [str(run), "--data-dir", str(data), "--device", "cpu"]
+    result = CliRunner().invoke(app, ["calibrate", *common, "--max-ham-loss", "10%"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(run / cal.CALIBRATION_FILE)
+    assert "threshold" in result.stderr and "10.00% of 20 ham marked spam, 90.00% of 20 spam caught" in result.stderr
+    # 2 lost ham at 3 each + 2 missed spam (8) beat flagging nothing (20 missed spam)...
+    result = CliRunner().invoke(app, ["calibrate", *common, "--cost-ratio", "3", "--format", "json"])
+    record = json.loads(result.stdout)
+    assert (record["rule"], record["target"]) == ("cost-ratio", 3.0) and record["validation"]["false_positive_rate"] == 0.1
+    # ... but not at 20 each (42).
+    dear = json.loads(CliRunner().invoke(app, ["calibrate", *common, "--cost-ratio", "20", "--format", "json"]).stdout)
+    assert dear["validation"]["false_positive_rate"] == 0.0 and dear["validation"]["spam_recall"] == 0.0
+    refused = CliRunner().invoke(app, ["calibrate", *common, "--max-ham-loss", "1%"])
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1 and "smallest measurable" in refused.stderr
+    both = CliRunner().invoke(app, ["calibrate", *common, "--threshold", "0.3", "--cost-ratio", "2"])
+    assert both.exit_code == 2 and "not --threshold and --cost-ratio" in both.stderr

@@ -1,0 +1,278 @@
+"""Several ranks (gloo on CPU, 2 processes) behave as one process with the same global batch:
+same weights and metrics, one writer, resumable with another number of ranks, no hang when a
+rank dies, and sharded prediction writes the single-process output.
+
+Ranks are forked from the test process (seconds, not the import time of fresh interpreters)
+and join through torchrun's environment variables on a free 127.0.0.1 port; every join has a
+timeout, so a broken test fails instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_options, write_rigged_run, write_tiny_data
+from safetensors.torch import load_file
+
+from spamtune import distributed, events, runs, train
+from spamtune.cli import app
+from spamtune.cli import predict as predict_cli
+from spamtune.errors import SpamtuneError
+from spamtune.evaluate import evaluate_run
+
+REPO = Path(__file__).resolve().parents[1]
+JOIN_TIMEOUT_S = 60
+RESULT_KEYS = ("test_accuracy", "test_loss", "validation_accuracy", "validation_loss", "train_accuracy", "train_loss")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, size: int, port: int, fn, args) -> None:
+    """One forked rank: torchrun's environment, ``fn(rank, *args)``, exit status as the CLI's."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    code = 0
+    try:
+        fn(rank, *args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except SpamtuneError as exc:
+        print(f"rank {rank}: Error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except BaseException:
+        traceback.print_exc()
+        code = 99
+    finally:
+        distributed.shutdown()
+        os._exit(code)
+
+
+def run_ranks(fn, *args, size: int = 2, timeout: float = JOIN_TIMEOUT_S, exit_times: list | None = None) -> list[int | None]:
+    """Fork ``size`` ranks running ``fn(rank, *args)``; their exit codes (None: still running
+    at the timeout, or 2 s after a rank failed, then killed). ``exit_times`` receives when each was found ended (monotonic)."""
+    ctx = multiprocessing.get_context("fork")
+    port = free_port()
+    procs = [ctx.Process(target=_rank_main, args=(rank, size, port, fn, args)) for rank in range(size)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        codes.append(p.exitcode)
+        if exit_times is not None:
+            exit_times.append(time.monotonic())
+        if p.exitcode not in (0, None):  # a failed rank: the others get 2 s to follow, as torchrun gives them
+            deadline = min(deadline, time.monotonic() + 2)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+    return codes
+
+
+def without_key_bias(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The key bias adds the same score to every position, which the softmax cancels: its true
+    gradient is 0, AdamW turns the rounding noise in it into steps of size lr, so it differs
+    between any two orders of summation. It is left out of the comparison (it cannot change
+    an output); the query and value biases stay in."""
+    if not name.endswith("att.qkv.bias"):
+        return tensor
+    d = tensor.shape[0] // 3
+    return torch.cat([tensor[:d], tensor[2 * d :]])
+
+
+def weights_close(a: Path, b: Path, atol: float = 1e-5) -> bool:
+    x, y = load_file(str(a / runs.WEIGHTS_FILE)), load_file(str(b / runs.WEIGHTS_FILE))
+    return x.keys() == y.keys() and all(
+        torch.allclose(without_key_bias(k, x[k]), without_key_bias(k, y[k]), atol=atol, rtol=0) for k in x
+    )
+
+
+def metrics_close(a: Path, b: Path) -> bool:
+    ra, rb = runs.read_metrics(a), runs.read_metrics(b)
+    if [r["step"] for r in ra] != [r["step"] for r in rb] or not ra:
+        return False
+    return all(r1[k] == pytest.approx(r2[k], abs=1e-5) for r1, r2 in zip(ra, rb) for k in r1 if k != "elapsed_s")
+
+
+def _finetune_rank(rank: int, root: Path, out: Path, overrides: dict, events_file: Path) -> None:
+    distributed.init_from_env("cpu")
+    seen = []
+    try:
+        train.finetune(tiny_options(root, **overrides), out, on_event=seen.append)
+    finally:
+        events_file.with_name(f"{events_file.name}.{rank}").write_text(str(len(seen)))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+# Uneven shares too: batches of 3 split 1 + 2, and 40 % 3 leaves a last batch of 1, where one
+# rank has nothing and runs a batch weighted 0; with accumulation over 2 batches.
+CASES = {
+    "last-block, batch 8": {"batch_size": 8},
+    "all blocks, batch 3, accumulation 2": {"batch_size": 3, "grad_accum": 2, "trainable": "all", "epochs": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def single_runs(root) -> dict[str, Path]:
+    return {name: Path(train.finetune(tiny_options(root, **o), root / "runs" / f"one-{i}")["run"]) for i, (name, o) in enumerate(CASES.items())}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_train_as_one_process_with_the_same_global_batch(root, single_runs, tmp_path, case):
+    out = tmp_path / "two"
+    codes = run_ranks(_finetune_rank, root, out, CASES[case], tmp_path / "events")
+    assert codes == [0, 0]
+    one = single_runs[case]
+    assert weights_close(out, one)
+    assert metrics_close(out, one)
+    ours, theirs = (json.loads((d / runs.SUMMARY_FILE).read_text()) for d in (out, one))
+    assert all(ours[k] == pytest.approx(theirs[k], abs=1e-5) for k in RESULT_KEYS)
+    assert ours["best_step"] == theirs["best_step"] and ours["examples_seen"] == theirs["examples_seen"]
+    # Only rank 0 writes and reports: the folder holds one run's files, rank 1 saw no event.
+    assert sorted(p.name for p in out.iterdir() if p.name != runs.LOCK_FILE) == sorted(runs.RUN_FILES)
+    assert json.loads((out / runs.HPARAMS_FILE).read_text())["resolved"]["world_size"] == 2
+    assert int((tmp_path / "events.0").read_text()) > 0 and int((tmp_path / "events.1").read_text()) == 0
+
+
+def _interrupted_rank(rank: int, root: Path, out: Path, stop_at: int, how: str) -> None:
+    """Train with 2 ranks; at step ``stop_at`` both raise Ctrl-C ("interrupt") or rank 1 dies ("kill")."""
+    distributed.init_from_env("cpu")
+    real_step = train.optimizer_step
+    steps = [0]
+
+    def step(*args, **kwargs):
+        steps[0] += 1
+        if steps[0] == stop_at:
+            if how == "interrupt":
+                raise KeyboardInterrupt
+            if rank == 1 and how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if rank == 1 and how == "hang":
+                time.sleep(JOIN_TIMEOUT_S)
+        return real_step(*args, **kwargs)
+
+    train.optimizer_step = step
+    try:
+        train.finetune(tiny_options(root, batch_size=8, epochs=2), out)
+    except events.TrainingInterrupted:
+        raise SystemExit(130) from None
+
+
+def test_a_two_rank_checkpoint_resumes_with_one_rank(root, single_runs, tmp_path):
+    out = tmp_path / "two"
+    assert run_ranks(_interrupted_rank, root, out, 8, "interrupt") == [130, 130]
+    assert not runs.is_finished(out)
+    resumed_steps = []
+    train.resume_finetune(out, on_event=lambda e: resumed_steps.append(e.step) if isinstance(e, events.StepDone) else None)
+    # The checkpoint of step 5 (end of epoch 1) was the last: one rank replays steps 6-10.
+    assert resumed_steps == [6, 7, 8, 9, 10]
+    one = single_runs["last-block, batch 8"]
+    assert weights_close(out, one) and metrics_close(out, one)
+
+
+def test_a_dead_rank_stops_the_other_with_the_checkpoint_intact(root, tmp_path, monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "20")
+    out = tmp_path / "two"
+    tick = time.monotonic()
+    codes = run_ranks(_interrupted_rank, root, out, 8, "kill", timeout=45)
+    assert codes[1] == -signal.SIGKILL
+    assert codes[0] == 1  # TrainingStopped: lost contact with the other ranks
+    assert time.monotonic() - tick < 45
+    state_steps = json.loads(__import__("safetensors").safe_open(str(runs.resume_file(out)), "pt").metadata()["loop"])
+    assert state_steps["step"] == 5
+
+
+def test_a_hung_rank_stops_the_other_at_the_timeout(root, tmp_path, monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "3")
+    tick, exit_times = time.monotonic(), []
+    codes = run_ranks(_interrupted_rank, root, tmp_path / "two", 8, "hang", timeout=15, exit_times=exit_times)
+    assert codes[0] == 1 and codes[1] is None  # rank 1 still asleep, killed by the test
+    assert exit_times[0] - tick < 15
+
+
+# --------------------------------------------------------------------------- evaluation and prediction
+
+
+def _evaluate_rank(rank: int, run_dir: Path, out: Path) -> None:
+    distributed.init_from_env("cpu")
+    result = evaluate_run(run_dir, split="all", device="cpu")
+    if rank == 0:
+        out.write_text(json.dumps(result))
+
+
+def test_sharded_evaluation_reports_the_single_process_figures(single_runs, tmp_path):
+    run_dir = single_runs["last-block, batch 8"]
+    single = evaluate_run(run_dir, split="all", device="cpu")
+    assert run_ranks(_evaluate_rank, run_dir, tmp_path / "two.json") == [0, 0]
+    sharded = json.loads((tmp_path / "two.json").read_text())
+    assert sharded["n"] == single["n"] == 60
+    for figures, reference in [(sharded, single), *((sharded["by_split"][k], single["by_split"][k]) for k in single["by_split"])]:
+        assert figures["accuracy"] == reference["accuracy"] and figures["confusion_matrix"] == reference["confusion_matrix"]
+        assert figures["loss"] == pytest.approx(reference["loss"], abs=1e-6)
+        assert figures["roc_auc"] == pytest.approx(reference["roc_auc"], abs=1e-9)
+
+
+
+def _predict_rank(rank: int, argv: list[str]) -> None:
+    app(argv, standalone_mode=False)
+
+
+@pytest.fixture
+def big_input(tmp_path) -> Path:
+    lines = [f"message {i} " + ("win a prize !" if i % 3 == 0 else "see you at lunch") for i in range(53)]
+    lines[7] = ""  # empty lines are messages too
+    path = tmp_path / "big.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_sharded_prediction_writes_the_single_process_output(tmp_path, big_input, monkeypatch):
+    run_dir = write_rigged_run(tmp_path / "run")
+    monkeypatch.setattr(predict_cli, "CHUNK_LINES", 5)  # several chunks, each split across the ranks
+    common = ["predict", "--input", str(big_input), "--run", str(run_dir), "--device", "cpu", "--format", "jsonl"]
+    single, sharded = tmp_path / "single.jsonl", tmp_path / "sharded.jsonl"
+    assert app([*common, "--out", str(single)], standalone_mode=False) in (0, None)
+    assert run_ranks(_predict_rank, [*common, "--out", str(sharded)]) == [0, 0]
+    lines = sharded.read_text().splitlines()
+    assert lines == single.read_text().splitlines() and len(lines) == 53
+    assert [json.loads(line)["text"] for line in lines][:3] == ["message 0 win a prize !", "message 1 see you at lunch", "message 2 see you at lunch"]
+
+
+def test_devices_launches_ranks_through_torchrun(tmp_path, big_input):
+    """``--devices 2``: torch's elastic launcher starts two ranks; the output is the single one."""
+    run_dir = write_rigged_run(tmp_path / "run")
+    common = ["predict", "--input", str(big_input), "--run", str(run_dir), "--device", "cpu", "--format", "tsv"]
+    single = tmp_path / "single.tsv"
+    assert app([*common, "--out", str(single)], standalone_mode=False) in (0, None)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run([sys.executable, "-m", "spamtune", *common, "--devices", "2"], capture_output=True, env=env, timeout=120)
+    assert launched.returncode == 0, launched.stderr.decode()[-2000:]
+    assert launched.stdout == single.read_bytes() and launched.stdout.count(b"\n") == 53
+
+
+def test_ranks_refuse_stdin_with_one_line(tmp_path, monkeypatch, capsys):
+    """Every rank would read the same stdin; a file is the shareable input."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = app(["predict", "-", "--run", str(tmp_path)], standalone_mode=False)
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "Error: several processes classify a file, not stdin: give --input PATH"
