@@ -180,8 +180,10 @@ def load_classifier(
     ``infer.store_linear_weights_in``).
     """
     run_dir = Path(run_dir)
-    cfg = load_classifier_config(run_dir)
     path = run_dir / weights_name
+    if not path.is_file() and (run_dir / COMPACT_BASE_FILE).is_file():
+        return _load_compact(run_dir, device, linear_dtype)
+    cfg = load_classifier_config(run_dir)
     if not path.is_file():
         raise SpamtuneError(f"no {weights_name} in {run_dir}")
     check_checkpoint_header(path, cfg)
@@ -285,3 +287,19 @@ def check_finite(tensor: torch.Tensor, key: str, path: Path) -> None:
     if tensor.is_floating_point() and not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
         bad = int((~torch.isfinite(tensor)).sum())
         raise SpamtuneError(f"{path}: weight '{key}' holds {bad:,} NaN or infinite value(s); the checkpoint is broken")
+
+
+# A compact run (spamtune.compact) names its base here instead of holding model.safetensors.
+COMPACT_BASE_FILE = "base.json"
+
+
+def _load_compact(run_dir: Path, device, linear_dtype: torch.dtype | None) -> tuple[GPTModel, ClassifierConfig]:
+    """A compact run's classifier (its base resolved and checked, LoRA merged), so that every
+    reader of runs (``predict``, ``evaluate``, ``SpamClassifier``) takes both kinds of run."""
+    from spamtune.compact import load_compact_run
+    from spamtune.infer import store_linear_weights_in
+
+    model, cfg = load_compact_run(run_dir, device)
+    if linear_dtype is not None:
+        store_linear_weights_in(model, linear_dtype)
+    return model, cfg

@@ -166,6 +166,13 @@ def canonical_model_name(name: str) -> str:
 # --------------------------------------------------------------------------- layers
 
 
+def applied_weight(layer: nn.Linear) -> torch.Tensor:
+    """The weight a Linear layer applies: its own, or with a LoRA update merged in
+    (``spamtune.lora.LoRALinear``), so the folded final block stays exact under LoRA."""
+    merged = getattr(layer, "merged_weight", None)
+    return layer.weight if merged is None else merged()
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -226,7 +233,7 @@ class CausalSelfAttention(nn.Module):
         """
         b, t, d = x.shape
         heads, head_dim = self.n_heads, self.head_dim
-        w_q, w_k, w_v = self.qkv.weight.split(d)  # each [out, in], heads are contiguous rows
+        w_q, w_k, w_v = applied_weight(self.qkv).split(d)  # each [out, in], heads are contiguous rows
         b_q, _, b_v = self.qkv.bias.split(d) if self.qkv.bias is not None else (None, None, None)
         rows = torch.arange(b, device=x.device)
         q = F.linear(x[rows, index], w_q, b_q).view(b, heads, head_dim)

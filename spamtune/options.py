@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from spamtune.model import GPTConfig, Trainable
 
 WEIGHT_SOURCES = ("pretrained", "random")
+SCHEDULES = ("constant", "cosine", "linear")  # learning-rate schedules (spamtune.schedule)
 BALANCE_MODES = ("undersample", "none")
 CLASS_WEIGHTS = ("none", "balanced")
 
@@ -35,12 +36,18 @@ class FinetuneOptions:
 
     model: str = option("gpt2-small", "Named size (gpt2-small, gpt2-medium, ..., tiny) or a JSON config file.")
     weights: str = option("pretrained", "pretrained (needs `spamtune download model NAME`) or random.")
-    trainable: str = option("last-block", "head, last-block, last-N-blocks (e.g. last-2-blocks) or all.")
+    trainable: str = option("last-block", "head, last-block, last-N-blocks (e.g. last-2-blocks), all, or lora.")
+    lora_rank: int = option(16, "With lora: rank of each low-rank update.")
+    lora_alpha: float = option(16.0, "With lora: the update is scaled by alpha / rank.")
+    lora_blocks: int | None = option(None, "With lora: adapt only the last N blocks (default: all); the prefix cache serves the rest.")
     pooling: str = option("last-real", "last-real (last non-padding token), last (the book's) or mean.")
     epochs: int = option(5, "Passes over the training split.")
     batch_size: int = option(8, "Messages per batch.")
     lr: float = option(5e-5, "AdamW learning rate.")
     weight_decay: float = option(0.1, "AdamW weight decay.")
+    schedule: str = option("constant", "Learning-rate schedule: constant (the book's), cosine or linear decay to zero.", choices=SCHEDULES)
+    warmup_steps: int = option(0, "Rise linearly to the learning rate over this many optimizer steps first.")
+    clip_grad_norm: float | None = option(None, "Clip the gradients' global L2 norm to this value (default: no clipping).")
     seed: int = option(123, "Seed for the head, random init and batch order.")
     max_length: int | None = option(
         None, "Tokens kept per message (start kept). Default: longest training message, capped by the context."
@@ -61,6 +68,12 @@ class FinetuneOptions:
     shortcuts: bool = option(
         True, "Exact speed-ups: compute frozen blocks once (prefix cache) and run the last block at the pooled token only."
     )
+    keep_cache: bool = option(
+        True, "Keep the prefix cache under <data root>/cache, so later runs on the same data and base skip building it."
+    )
+    compact: bool = option(
+        False, "Write only the tensors training changed, with a reference to the base (stored once under <data root>/bases)."
+    )
 
 
 # Options a resumed run may take afresh: where the data is (its fingerprint is checked) and
@@ -68,7 +81,10 @@ class FinetuneOptions:
 RESUMABLE_CHANGES = ("device", "data_dir")
 # Options added after runs were first saved: an older run's hparams.json lacks them, and its
 # training had their default (no class weights).
-ADDED_OPTIONS = ("class_weights",)
+ADDED_OPTIONS = (
+    "class_weights", "lora_rank", "lora_alpha", "lora_blocks", "schedule", "warmup_steps", "clip_grad_norm", "keep_cache",
+    "compact",
+)
 
 
 def _require(ok: bool, name: str, message: str) -> None:
@@ -92,8 +108,17 @@ def validate_options(options: FinetuneOptions, model_cfg: GPTConfig | None = Non
     _require(o.patience is None or o.patience >= 1, "patience", f"must be at least 1 evaluation (got {o.patience})")
     for name, value, choices in (("weights", o.weights, WEIGHT_SOURCES), ("pooling", o.pooling, POOLINGS), ("precision", o.precision, PRECISIONS), ("class_weights", o.class_weights, CLASS_WEIGHTS)):
         _require(value in choices, name, f"unknown {{option}} '{value}'; choose one of: {', '.join(choices)}")
+    from spamtune.schedule import check_schedule_options
+
+    check_schedule_options(o.schedule, o.warmup_steps, o.clip_grad_norm)
     cfg = model_cfg or GPTConfig.resolve(o.model)
-    trainable = Trainable.parse(o.trainable, cfg.n_layers)
+    if o.trainable == "lora":
+        from spamtune.lora import check_lora_options, lora_trainable
+
+        check_lora_options(o.lora_rank, o.lora_alpha, o.lora_blocks, cfg.n_layers)
+        trainable = lora_trainable(cfg.n_layers, o.lora_blocks)
+    else:
+        trainable = Trainable.parse(o.trainable, cfg.n_layers)
     if o.max_length is not None:
         _require(o.max_length >= 1, "max_length", f"must be at least 1 (got {o.max_length})")
         _require(

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError
-from spamtune.runs import RESUME_DIR, RUN_FILES, WEIGHTS_FILE, is_classifier_dir, is_finished
+from spamtune.runs import RESUME_DIR, RUN_FILES, is_classifier_dir, is_finished, weights_file
 
 ENV_HOME = "SPAMTUNE_HOME"
 APP_NAME = "spamtune"
@@ -97,8 +97,8 @@ def latest_run(root: Path) -> Path:
         if not is_classifier_dir(p):
             continue
         try:
-            written = (p / WEIGHTS_FILE).stat().st_mtime
-        except OSError:  # removed meanwhile
+            written = weights_file(p).stat().st_mtime
+        except (OSError, AttributeError):  # removed meanwhile
             continue
         runs.append((is_finished(p), written, p.name, p))
     if not runs:
@@ -170,3 +170,13 @@ def find_pretrained_weights(root: Path, name: str) -> Path | None:
 
     hit = try_to_load_from_cache(HF_REPOS[name], HF_WEIGHTS_FILE)
     return Path(hit) if isinstance(hit, str) else None
+
+
+def cache_dir(root: Path) -> Path:
+    """Frozen-prefix caches kept between runs (``spamtune.cache_store``)."""
+    return root / "cache"
+
+
+def bases_dir(root: Path) -> Path:
+    """Base weights that compact runs refer to, stored once by sha256 (``spamtune.bases``)."""
+    return root / "bases"

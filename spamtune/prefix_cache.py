@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -28,6 +29,9 @@ from spamtune.examples import TrainingData
 from spamtune.forward import eval_mode
 from spamtune.model import GPTModel, Trainable
 from spamtune.tokenizer import EOT_ID
+
+if TYPE_CHECKING:
+    from spamtune.cache_store import PrefixCacheStore
 
 DEFAULT_BUDGET_BYTES = 4 << 30
 
@@ -83,10 +87,14 @@ def memory_budget_bytes(device: torch.device | str) -> int:
     return min(DEFAULT_BUDGET_BYTES, free // 2)
 
 
+def distinct_token_count(token_lists: list[list[int]]) -> int:
+    """Rows of a cache of these token lists: each distinct message's tokens, once."""
+    return sum(len(t) for t in {tuple(t) for t in token_lists})
+
+
 def estimate_cache_bytes(token_lists: list[list[int]], emb_dim: int, dtype: torch.dtype = torch.float32) -> int:
     """Bytes the cache of these token lists takes, counting each distinct message once."""
-    distinct_tokens = sum(len(t) for t in {tuple(t) for t in token_lists})
-    return distinct_tokens * emb_dim * torch.empty((), dtype=dtype).element_size()
+    return distinct_token_count(token_lists) * emb_dim * torch.empty((), dtype=dtype).element_size()
 
 
 # Messages that share at least this many leading tokens (the SMS spam templates) have that
@@ -147,6 +155,7 @@ def build_prefix_cache(
     dtype: torch.dtype = torch.float32,
     budget_bytes: int | None = None,
     min_shared: int = MIN_SHARED_PREFIX,
+    states_out: torch.Tensor | None = None,
 ) -> FrozenPrefixCache | None:
     """Cache the outputs of the first ``start`` blocks (``cacheable_blocks``), or return None
     when that is none or it would not fit. ``precision`` (default fp32 on the CPU) gives the
@@ -157,13 +166,15 @@ def build_prefix_cache(
     smaller ``dtype`` halves memory at the cost of that exactness. Messages that share a long
     prefix (``shared_prefix_groups``) get it computed once: causal attention makes a prefix's
     states the same in every message that starts with it, and the rest of each message attends
-    to the prefix's cached keys and values.
+    to the prefix's cached keys and values. ``states_out`` (``[distinct tokens, emb_dim]``, see
+    ``distinct_token_count``) receives the states instead of a new tensor: a memory-mapped file
+    for a cache kept on disk (``spamtune.cache_store``), which need not fit in memory.
     """
     precision = precision or Precision("fp32", "cpu")
     device = precision.device
     if budget_bytes is None:
         budget_bytes = memory_budget_bytes(device)
-    if start == 0 or estimate_cache_bytes(token_lists, model.cfg.emb_dim, dtype) > budget_bytes:
+    if start == 0 or (states_out is None and estimate_cache_bytes(token_lists, model.cfg.emb_dim, dtype) > budget_bytes):
         return None
     slots: dict[tuple[int, ...], int] = {}
     slot_of = torch.tensor([slots.setdefault(tuple(t), len(slots)) for t in token_lists], dtype=torch.long)
@@ -171,7 +182,10 @@ def build_prefix_cache(
     lengths = torch.tensor([len(t) for t in distinct], dtype=torch.long)
     offsets = torch.zeros_like(lengths)
     offsets[1:] = torch.cumsum(lengths, 0)[:-1]
-    states = torch.empty(int(lengths.sum()), model.cfg.emb_dim, dtype=dtype, device=device)
+    shape = (int(lengths.sum()), model.cfg.emb_dim)
+    if states_out is not None and (tuple(states_out.shape) != shape or states_out.dtype != dtype):
+        raise ValueError(f"states_out is {tuple(states_out.shape)} {states_out.dtype}, the cache needs {shape} {dtype}")
+    states = torch.empty(shape, dtype=dtype, device=device) if states_out is None else states_out
 
     def run(rows: list[tuple[int, ...]], first: list[int], past=None, past_valid=None):
         """Outputs and keys/values of token ``rows``, row r starting at position ``first[r]``."""
@@ -189,7 +203,7 @@ def build_prefix_cache(
     # The prefixes' keys/values are held until the second pass: 2 x blocks x emb_dim numbers
     # per prefix token (~1.1x the cache itself on the SMS data). Skip sharing if they do not fit.
     kv_bytes = sum(p for p, _ in groups) * 2 * start * model.cfg.emb_dim * 4
-    if int(lengths.sum()) * model.cfg.emb_dim * states.element_size() + kv_bytes > budget_bytes:
+    if (0 if states_out is not None else states.numel() * states.element_size()) + kv_bytes > budget_bytes:
         groups = []
     grouped = {i for _, members in groups for i in members}
     # First pass: every message outside a group in full, and each group's shared prefix, in
@@ -235,9 +249,16 @@ class PrefixCacheReport:
     nbytes: int
     seconds: float
     skipped: str | None = None  # why a split, or every split, runs the plain path
+    # "built" in memory; kept under the data root (spamtune.cache_store): "hit", "extended"
+    # (from a cache of fewer blocks) or "stored" (built and kept)
+    source: str = "built"
+    detail: str | None = None  # e.g. "from the 10-block cache", "rebuilt: ... does not match its sha256"
 
     def to_dict(self) -> dict:
-        return {"blocks": self.start_block, "splits": list(self.splits), "bytes": self.nbytes, "build_s": round(self.seconds, 3)}
+        return {
+            "blocks": self.start_block, "splits": list(self.splits), "bytes": self.nbytes, "build_s": round(self.seconds, 3),
+            "source": self.source,
+        }  # fmt: skip
 
 
 def attach_prefix_caches(
@@ -251,9 +272,13 @@ def attach_prefix_caches(
     budget_bytes: int | None = None,
     on_building: Callable[[int], None] | None = None,
     build: Callable[..., FrozenPrefixCache | None] = build_prefix_cache,
+    store: PrefixCacheStore | None = None,
+    base_sha256: str | None = None,
 ) -> PrefixCacheReport:
     """Compute the frozen blocks' outputs once for train, validation and test and attach them
-    to the splits, as far as memory allows.
+    to the splits, as far as memory allows; with a ``store`` (and the ``base_sha256`` of the
+    model's base), load them from the data root's kept caches, or build and keep them there
+    (memory-mapped: no memory budget applies).
 
     Exact: with dropout off and the first K blocks frozen, their output for a message is a
     fixed function of its tokens, and causal attention makes it independent of the padding it
@@ -269,6 +294,19 @@ def attach_prefix_caches(
         return PrefixCacheReport(0, (), 0, 0.0, "not used with last pooling, which reads a padding position the cache does not hold")
     if start == 0:
         return PrefixCacheReport(0, (), 0, 0.0, "not used: every block is trainable")
+    if store is not None and base_sha256 is not None:
+        token_lists = [t for name in paths.SPLITS for t in data.split(name).tokens]
+        if on_building:
+            on_building(start)
+        lookup = store.lookup(model, token_lists, start, base_sha256, precision)
+        cache = lookup.cache
+        if cache is not None:
+            if precision.device.type != "cpu" and cache.nbytes <= memory_budget_bytes(precision.device):
+                # On a GPU, batches are cut from device memory rather than copied over each step.
+                cache = FrozenPrefixCache(cache.start_block, cache.states.to(precision.device), cache.offsets, cache.lengths)
+            _attach(data, paths.SPLITS, cache)
+            source = "stored" if lookup.outcome == "built" else lookup.outcome
+            return PrefixCacheReport(start, paths.SPLITS, cache.nbytes, lookup.seconds, None, source, lookup.detail)
     budget = memory_budget_bytes(precision.device) if budget_bytes is None else budget_bytes
     # One cache for all splits, so a message found in several (the SMS data has such leaks)
     # is computed once; when that would not fit, the training split alone, read most often.
@@ -287,10 +325,54 @@ def attach_prefix_caches(
     cache = build(model, token_lists, start, precision=precision, budget_bytes=budget)
     if cache is None:  # the device's free memory shrank meanwhile
         return PrefixCacheReport(0, (), 0, 0.0, "not used: out of memory budget")
+    _attach(data, names, cache)
+    skipped = None if len(names) == len(paths.SPLITS) else "validation and test run the plain path (memory budget)"
+    return PrefixCacheReport(start, tuple(names), cache.nbytes, time.perf_counter() - tick, skipped)
+
+
+@torch.no_grad()
+def extend_prefix_cache(
+    model: GPTModel,
+    cache: FrozenPrefixCache,
+    blocks: int = 1,
+    *,
+    batch_size: int = 16,
+    precision: Precision | None = None,
+    states_out: torch.Tensor | None = None,
+) -> FrozenPrefixCache:
+    """The cache for ``cache.start_block + blocks`` frozen blocks, by running only the next
+    ``blocks`` blocks over the cached states: a cache for K blocks serves K + 1 at the cost of
+    one block instead of K + 1.
+
+    Exact as the cache itself is: each block sees a message's own right-padded states under
+    causal attention, so padding never reaches the real positions. ``states_out`` as in
+    ``build_prefix_cache``; the new cache keeps the old one's offsets and lengths.
+    """
+    stop = cache.start_block + blocks
+    if blocks < 1 or stop > model.cfg.n_layers:
+        raise ValueError(f"cannot extend a cache of {cache.start_block} blocks by {blocks} in a {model.cfg.n_layers}-block model")
+    states = torch.empty_like(cache.states) if states_out is None else states_out
+    if states.shape != cache.states.shape:
+        raise ValueError(f"states_out is {tuple(states.shape)}, the cache holds {tuple(cache.states.shape)}")
+    # One pass per distinct slot (duplicates share one), in length-sorted batches.
+    slots = sorted({(int(o), int(n)) for o, n in zip(cache.offsets, cache.lengths)})
+    precision = precision or Precision("fp32", "cpu")
+    with eval_mode(model):
+        for idx in sorted_batches([n for _, n in slots], batch_size):
+            rows = [slots[i] for i in idx]
+            x = pad_sequence([cache.states[o : o + n] for o, n in rows], batch_first=True).to(precision.device)
+            with precision.autocast():
+                for block in model.trf_blocks[cache.start_block : stop]:
+                    x = block(x)
+            for row, (o, n) in enumerate(rows):
+                states[o : o + n] = x[row, :n].to(states.dtype)
+    return FrozenPrefixCache(stop, states, cache.offsets, cache.lengths)
+
+
+def _attach(data: TrainingData, names: tuple[str, ...], cache: FrozenPrefixCache) -> None:
+    """Give each split its part of a cache built over ``names`` in that order."""
     offset = 0
     for name in names:
         examples = data.split(name)
         examples.cache = cache.subset(offset, offset + len(examples))
         offset += len(examples)
-    skipped = None if len(names) == len(paths.SPLITS) else "validation and test run the plain path (memory budget)"
-    return PrefixCacheReport(start, tuple(names), cache.nbytes, time.perf_counter() - tick, skipped)

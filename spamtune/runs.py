@@ -46,9 +46,23 @@ def resume_file(run_dir: Path) -> Path:
     return Path(run_dir) / RESUME_DIR / RESUME_FILE
 
 
+# A compact run (spamtune.compact) holds the tensors training changed and names its base.
+DELTA_FILE = "delta.safetensors"
+BASE_REF_FILE = "base.json"
+
+
+def weights_file(path: Path) -> Path | None:
+    """The file holding a run's weights: the full model, else a compact run's delta."""
+    if (path / WEIGHTS_FILE).is_file():
+        return path / WEIGHTS_FILE
+    if (path / DELTA_FILE).is_file() and (path / BASE_REF_FILE).is_file():
+        return path / DELTA_FILE
+    return None
+
+
 def is_classifier_dir(path: Path) -> bool:
-    """A folder holding a usable classifier: weights and their config."""
-    return (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file()
+    """A folder holding a usable classifier: weights (full, or compact) and their config."""
+    return weights_file(path) is not None and (path / CONFIG_FILE).is_file()
 
 
 def is_finished(run_dir: Path) -> bool:

@@ -60,22 +60,43 @@ from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_exam
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
 from spamtune.options import ADDED_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, pretrained_weights_file, validate_options
 from spamtune.plots import plot_curves
+from spamtune.bases import BaseRef, base_weights_sha256, store_base
+from spamtune.cache_store import PrefixCacheStore
+from spamtune.compact import save_compact_run
+from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
 from spamtune.prefix_cache import PrefixCacheReport, attach_prefix_caches, memory_budget_bytes
+from spamtune.schedule import clip_gradients, make_scheduler
 from spamtune.resume import load_resume_state, save_resume_state, trainable_weights
 from spamtune.weights import load_pretrained_weights
 
 # --------------------------------------------------------------------------- model and step
 
 
-def build_model(cfg: GPTConfig, options: FinetuneOptions, trainable: Trainable, num_classes: int) -> GPTModel:
-    """The book's order: GPT-2, its weights (or a seeded random init), then the classifier surgery."""
+def build_base(cfg: GPTConfig, options: FinetuneOptions) -> GPTModel:
+    """GPT-2 with its weights, or a random init under the seed: what the run starts from."""
     torch.manual_seed(options.seed)
     if options.weights == "pretrained":
         with torch.device("meta"):  # the file's tensors become the weights: no init to discard
             model = GPTModel(cfg)
-        load_pretrained_weights(model, pretrained_weights_file(cfg, options.model, Path(options.data_dir)))
-    else:
-        model = GPTModel(cfg)
+        return load_pretrained_weights(model, pretrained_weights_file(cfg, options.model, Path(options.data_dir)))
+    return GPTModel(cfg)
+
+
+def base_origin(cfg: GPTConfig, options: FinetuneOptions) -> dict:
+    """Where a run's base comes from, for a compact run's reference (``spamtune.bases``)."""
+    if options.weights == "pretrained":
+        return {"kind": "pretrained", "name": cfg.name}
+    return {"kind": "random", "model": cfg.to_dict(), "seed": options.seed}
+
+
+def build_model(cfg: GPTConfig, options: FinetuneOptions, trainable: Trainable, num_classes: int, base: GPTModel | None = None) -> GPTModel:
+    """The book's order: GPT-2, its weights (or a seeded random init), then the classifier
+    surgery; for ``lora``, LoRA on the last ``lora_blocks`` blocks over a frozen model."""
+    model = base if base is not None else build_base(cfg, options)
+    if trainable.preset == "lora":
+        return convert_to_lora_classifier(
+            model, num_classes, rank=options.lora_rank, alpha=options.lora_alpha, blocks=options.lora_blocks, seed=options.seed
+        )
     return convert_to_classifier(model, num_classes, trainable, options.seed)
 
 
@@ -106,6 +127,7 @@ def optimizer_step(
     *,
     weights: list[float] | None = None,
     world: World = World(),
+    clip_grad_norm: float | None = None,
 ) -> float:
     """One AdamW update from one or more batches (gradient accumulation); returns the loss.
 
@@ -132,6 +154,9 @@ def optimizer_step(
     value = world.sum([total.item()])[0] / world.size
     if not math.isfinite(value):
         raise NonFiniteLoss(value)
+    if clip_grad_norm is not None:
+        precision.scaler.unscale_(optimizer)  # clip the true gradients, not fp16's scaled ones
+        clip_gradients((p for group in optimizer.param_groups for p in group["params"]), clip_grad_norm)
     precision.scaler.step(optimizer)
     precision.scaler.update()
     return value
@@ -292,8 +317,14 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     world = World.current()  # under torchrun: every rank runs this loop on its share of each batch
     emit = (on_event if world.is_main else None) or (lambda event: None)
     options, data, precision, run_dir = run.options, run.data, run.precision, run.run_dir
-    model = build_model(run.model_cfg, options, run.trainable, len(data.labels)).to(precision.device)
+    base = build_base(run.model_cfg, options)
+    # The base's identity keys the kept prefix caches and a compact run's reference; it is taken
+    # before the surgery and before a resumed run's weights are loaded.
+    base_sha256 = base_weights_sha256(base) if options.keep_cache or options.compact else None
+    base_ref = store_base(options.data_dir, base, base_origin(run.model_cfg, options)) if options.compact else None
+    model = build_model(run.model_cfg, options, run.trainable, len(data.labels), base).to(precision.device)
     optimizer = make_optimizer(model, options, precision.device)
+    params = count_parameters(model)  # as trained: write_model merges LoRA away at the end
     pad_to = pad_width(options.pooling, data.max_length)
     class_weights = class_weight_tensor(options.class_weights, data.train.labels, len(data.labels))
     if class_weights is not None:
@@ -309,6 +340,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     best, evals_since_best, stopped_early = at.get("best"), at.get("evals_since_best", 0), at.get("stopped_early", False)
     elapsed_before = at.get("elapsed_s", 0.0)  # wall time of the sessions before this one
     records = [r for r in runs.read_metrics(run_dir) if r["step"] <= step]  # later ones are redone
+    scheduler = make_scheduler(optimizer, options.schedule, options.warmup_steps, run.total_steps, start_step=step)
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - run.started
@@ -332,7 +364,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     try:
         if not resuming:
             saved = checkpoint()  # an interrupted run is resumable from its first step
-        cache = start_session(run, model, step, emit, world)
+        cache = start_session(run, model, step, emit, world, base_sha256)
         model.train()
         session_examples, session_time = examples_seen, training_time
         while epoch < options.epochs and not stopped_early:
@@ -348,8 +380,9 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                 with world.collective():
                     loss = optimizer_step(
                         step_model, optimizer, batch_list, options.pooling, precision, options.shortcuts, class_weights,
-                        weights=weights, world=world,
+                        weights=weights, world=world, clip_grad_norm=options.clip_grad_norm,
                     )  # fmt: skip
+                scheduler.step()
                 training_time += time.perf_counter() - tick
                 step, steps_in_epoch = step + 1, steps_in_epoch + 1
                 examples_seen += sum(len(idx) for idx in group)
@@ -378,9 +411,9 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                 if stopped_early:
                     break
 
-        world.on_main(lambda: write_model(run, model, best_weights), share=False)
+        world.on_main(lambda: write_model(run, model, best_weights, base_ref), share=False)
         emit(EvaluationStarted(step, "test"))
-        loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed()}
+        loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed(), "params": params}
         loop["training_time_s"] = training_time
         summary = world.decide_once(summarize(run, model, best, cache, evaluate(data.test), loop))
         # Fitted and written (calibration.json) by rank 0 alone, on the whole validation split.
@@ -391,13 +424,13 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         # The best weights as of the last checkpoint become a usable classifier (a second
         # Ctrl-C during the write leaves no partial file and the resume state untouched).
         if world.is_main:
-            write_model(run, model, saved[2])
+            write_model(run, model, saved[2], base_ref)
         raise TrainingInterrupted(run_dir, step, saved[0], saved[1]) from None
     except PeerLost as exc:  # another rank died or was stopped: this one stops too
         raise TrainingStopped(str(exc), run_dir, saved[0]) from None
     except NonFiniteLoss as exc:
         if world.is_main:
-            write_model(run, model, saved[2])
+            write_model(run, model, saved[2], base_ref)
         where = f"at step {step + 1} (epoch {epoch + 1})" if exc.what == "training" else f"at step {step}"
         hint = "try a lower learning rate" + (" or fp32 precision" if precision.name != "fp32" else "")
         raise SpamtuneError(f"{exc} {where}; training stopped, the last checkpoint (step {saved[0]}) is in {run_dir}; {hint}") from None
@@ -405,9 +438,12 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         raise TrainingStopped(str(exc), run_dir, saved[0]) from None
 
 
-def start_session(run: Run, model: GPTModel, step: int, emit: Callable[[Event], None], world: World = World()) -> PrefixCacheReport:
+def start_session(
+    run: Run, model: GPTModel, step: int, emit: Callable[[Event], None], world: World = World(), base_sha256: str | None = None
+) -> PrefixCacheReport:
     """Say what is about to run, then attach the frozen-prefix caches (the session's first cost):
-    under several ranks each computes a share and they exchange them, within rank 0's budget."""
+    kept under the data root when ``keep_cache`` is on (``base_sha256`` names the base); under
+    several ranks each computes a share and they exchange them, within rank 0's budget."""
     trainable, total = count_parameters(model)
     data = run.data
     emit(TrainingStarted(
@@ -415,10 +451,12 @@ def start_session(run: Run, model: GPTModel, step: int, emit: Callable[[Event], 
         trainable, total, len(data.train), len(data.validation), len(data.test), data.max_length,
     ))  # fmt: skip
     budget = world.decide_once(memory_budget_bytes(run.precision.device)) if world.distributed else None
+    store = PrefixCacheStore(run.options.data_dir) if run.options.keep_cache else None
     cache = attach_prefix_caches(
         model, data, run.trainable, run.options.pooling, run.precision,
         shortcuts=run.options.shortcuts, on_building=lambda blocks: emit(PrefixCaching(blocks)),
         budget_bytes=budget, build=functools.partial(build_prefix_cache_sharded, world),
+        store=store, base_sha256=base_sha256,
     )  # fmt: skip
     emit(cache)
     return cache
@@ -457,16 +495,25 @@ def classifier_config(run: Run) -> ClassifierConfig:
     )
 
 
-def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor]) -> None:
+def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor], base_ref: BaseRef | None = None) -> None:
     """``model.safetensors``: the frozen weights with these trainable ones (nothing if there
-    are none yet). Training is over when this is called, so the model itself takes them."""
+    are none yet); with ``base_ref``, a compact run instead (the changed tensors and the
+    reference). Training is over when this is called, so the model itself takes them, and
+    LoRA is merged into it afterwards (the test evaluation then runs at full speed)."""
     if not weights:
         return
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in weights:
                 param.copy_(weights[name])
-    save_classifier(run.run_dir, model, classifier_config(run))
+    cfg = classifier_config(run)
+    o = run.options
+    lora = {"rank": o.lora_rank, "alpha": o.lora_alpha, "blocks": o.lora_blocks} if has_lora(model) else None
+    if base_ref is not None:
+        save_compact_run(run.run_dir, model, cfg, base_ref, o.data_dir, lora)
+        merge_lora(model)
+    else:
+        save_classifier(run.run_dir, merge_lora(model), cfg)
 
 
 def calibrate_on_validation(run: Run, model: GPTModel, pad_to: int | None) -> dict:
@@ -485,7 +532,7 @@ def summarize(run: Run, model: GPTModel, best: dict, cache: PrefixCacheReport, t
     """``summary.json``: the test (loss, accuracy), the best evaluation's figures, the loop's counters."""
     o = run.options
     test_loss, test_acc = test
-    trainable, total = count_parameters(model)
+    trainable, total = loop["params"]
     return {
         "run": str(run.run_dir),
         "model": run.model_label,

@@ -368,21 +368,21 @@ def model_option(default: str = "gpt2-small"):
     )
 
 
-TRAINABLE_PRESETS = ("head", "last-block", "last-N-blocks", "all")
-_TRAINABLE = re.compile(r"^(head|last-block|all|last-[1-9]\d*-blocks?)$")
+TRAINABLE_PRESETS = ("head", "last-block", "last-N-blocks", "all", "lora")
+_TRAINABLE = re.compile(r"^(head|last-block|all|lora|last-[1-9]\d*-blocks?)$")
 
 
 def _check_trainable(value: str) -> str:
     key = value.strip().lower()
     if not _TRAINABLE.match(key):
-        raise typer.BadParameter(f"'{value}' is not one of head, last-block, last-N-blocks (e.g. last-2-blocks), all")
+        raise typer.BadParameter(f"'{value}' is not one of head, last-block, last-N-blocks (e.g. last-2-blocks), all, lora")
     return key
 
 
 def trainable_option(default: str = "last-block"):
     return typer.Option(
-        default, "--trainable", metavar="<head|last-block|last-N-blocks|all>", callback=_check_trainable,
-        autocompletion=_complete_from(("head", "last-block", "last-2-blocks", "all")),
+        default, "--trainable", metavar="<head|last-block|last-N-blocks|all|lora>", callback=_check_trainable,
+        autocompletion=_complete_from(("head", "last-block", "last-2-blocks", "all", "lora")),
         help="What trains: head only; head + last block + final LayerNorm (the book's); the last N blocks; all.",
     )
 

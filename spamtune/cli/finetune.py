@@ -70,10 +70,16 @@ class ProgressReporter:
 
     def _cached(self, e) -> None:
         if e.splits:
+            how = {
+                "built": "computed once",
+                "stored": "computed once and kept for later runs",
+                "hit": "loaded from the kept cache",
+                "extended": "extended from a kept cache of fewer blocks",
+            }.get(e.source, e.source)
             self.console.print(
                 f"frozen-prefix cache: outputs of blocks 1-{e.start_block} for {', '.join(e.splits)} "
-                f"computed once, {e.nbytes / 2**20:,.1f} MiB, {_duration(e.seconds)}"
-                + (f"; {e.skipped}" if e.skipped else "")
+                f"{how}, {e.nbytes / 2**20:,.1f} MiB, {_duration(e.seconds)}"
+                + "".join(f"; {note}" for note in (e.detail, e.skipped) if note)
             )
         elif e.skipped:
             self.console.print(f"frozen-prefix cache: {e.skipped}")

@@ -1,0 +1,173 @@
+"""Base weights, identified by sha256 and stored once under ``<data root>/bases/``.
+
+A base is the model a run starts from, without its classification head: OpenAI's GPT-2, or a
+seeded random init. Its identity is the sha256 of its tensors (names, dtypes, shapes, bytes),
+which does not depend on how a file serialises them: the key of the prefix caches built from
+it and the reference a compact run keeps instead of a full copy. ``bases/<sha256>.safetensors``
+holds each base once, whatever number of runs refer to it; a base missing there is rebuilt
+from its origin (the downloaded GPT-2 file, or the seed) when that gives the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from spamtune import paths
+from spamtune.errors import SpamtuneError
+from spamtune.fsutil import atomic_path
+
+BASE_FORMAT = "spamtune-base/1"
+
+
+def base_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A model's base: every tensor but the classification head and LoRA's A/B."""
+    return {n: t for n, t in model.state_dict().items() if not n.startswith("out_head.") and ".lora_" not in n}
+
+
+def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of named tensors: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256(b"spamtune-weights/1\0")
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def base_weights_sha256(model: torch.nn.Module) -> str:
+    """The identity of the base a model was built from. Call it before training moves a weight."""
+    return weights_sha256(base_tensors(model))
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """A base by hash, and where it came from, so that it can be found or made again:
+    ``{"kind": "pretrained", "name": "gpt2-small"}``, ``{"kind": "random", "model": {...},
+    "seed": 123}`` or ``{"kind": "file", "path": "..."}`` (a Hugging Face GPT-2 file)."""
+
+    sha256: str
+    origin: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BaseRef:
+        try:
+            sha, origin = data["sha256"], data.get("origin") or {}
+        except (KeyError, TypeError):
+            raise SpamtuneError("a base reference needs a sha256") from None
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            raise SpamtuneError(f"a base reference's sha256 must be 64 hex digits (got {sha!r})")
+        return cls(sha, dict(origin))
+
+    def describe(self) -> str:
+        kind = self.origin.get("kind")
+        if kind == "pretrained":
+            return f"pretrained {self.origin.get('name')}"
+        if kind == "random":
+            return f"random init (seed {self.origin.get('seed')})"
+        if kind == "file":
+            return f"weights file {self.origin.get('path')}"
+        return "unknown origin"
+
+
+def base_file(root: Path, sha256: str) -> Path:
+    return paths.bases_dir(root) / f"{sha256}.safetensors"
+
+
+def store_base(root: str | Path, model: torch.nn.Module, origin: dict) -> BaseRef:
+    """Keep a model's base under ``<root>/bases`` (once: an existing file is left as it is)."""
+    tensors = base_tensors(model)
+    ref = BaseRef(weights_sha256(tensors), dict(origin))
+    write_base(Path(root), ref, tensors)
+    return ref
+
+
+def write_base(root: Path, ref: BaseRef, tensors: Mapping[str, torch.Tensor]) -> Path:
+    path = base_file(root, ref.sha256)
+    if path.is_file() and not path.is_symlink():
+        return path
+    cpu = {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
+    metadata = {"format": "pt", "spamtune": BASE_FORMAT, "sha256": ref.sha256, "origin": json.dumps(ref.origin)}
+    with atomic_path(path) as tmp:
+        save_file(cpu, str(tmp), metadata=metadata)
+    return path
+
+
+def load_base(root: str | Path, ref: BaseRef, device: str | torch.device = "cpu", *, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The base's tensors: from ``<root>/bases``, else rebuilt from its origin (and stored).
+
+    ``verify`` re-hashes what was read, so a damaged or substituted file is an error, not a
+    silently different classifier. A base that can be neither found nor rebuilt is one line
+    saying how to get it back.
+    """
+    root = Path(root)
+    path = base_file(root, ref.sha256)
+    if path.is_file():
+        tensors = _read_tensors(path, device)
+        if verify and weights_sha256(tensors) != ref.sha256:
+            raise SpamtuneError(f"{path} does not hold the base it is named after (sha256 mismatch); remove it and load again to rebuild it")
+        return tensors
+    tensors = _rebuild(root, ref)
+    if tensors is None:
+        raise SpamtuneError(missing_base_message(root, ref))
+    actual = weights_sha256(tensors)
+    if actual != ref.sha256:
+        raise SpamtuneError(
+            f"the base ({ref.describe()}) rebuilt from its origin has sha256 {actual[:12]}..., not the {ref.sha256[:12]}... "
+            f"the run was trained on; put {path.name} back into {path.parent}"
+        )
+    write_base(root, ref, tensors)
+    return {n: t.to(device) for n, t in tensors.items()}
+
+
+def missing_base_message(root: Path, ref: BaseRef) -> str:
+    where = f"base {ref.sha256[:12]}... ({ref.describe()}) is not in {paths.bases_dir(root)}"
+    kind = ref.origin.get("kind")
+    if kind == "pretrained":
+        return f"{where}; run `spamtune download model {ref.origin.get('name')}` to get it back"
+    if kind == "file":
+        return f"{where} and {ref.origin.get('path')} is gone; put that file back or copy {ref.sha256}.safetensors there"
+    return f"{where}; copy {ref.sha256}.safetensors there from where the run was trained"
+
+
+def _read_tensors(path: Path, device) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise SpamtuneError(f"cannot read the base {path}: {exc}") from None
+
+
+def _rebuild(root: Path, ref: BaseRef) -> dict[str, torch.Tensor] | None:
+    """The base made again from its origin, or None when its origin is not at hand."""
+    from spamtune.model import GPTConfig, GPTModel
+    from spamtune.weights import load_pretrained_weights
+
+    origin = ref.origin
+    kind = origin.get("kind")
+    try:
+        if kind == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(origin["seed"]))
+                return base_tensors(GPTModel(GPTConfig.from_dict(origin["model"])))
+        if kind in ("pretrained", "file"):
+            source = paths.find_pretrained_weights(root, origin["name"]) if kind == "pretrained" else Path(origin["path"])
+            if source is None or not Path(source).is_file():
+                return None
+            cfg = GPTConfig.from_dict(origin["model"]) if "model" in origin else GPTConfig.from_name(origin["name"])
+            with torch.device("meta"):
+                model = GPTModel(cfg)
+            return base_tensors(load_pretrained_weights(model, source))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None

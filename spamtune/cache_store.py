@@ -1,0 +1,369 @@
+"""The frozen-prefix cache kept on disk, so that a second run on the same data and base skips
+the build (two thirds of the book's recipe in fp32).
+
+An entry lives in ``<data root>/cache/<name>/``, its name derived from everything the cached
+states depend on (``CacheKey``): the base weights' sha256, the tokenised messages' fingerprint,
+the number of frozen blocks, the storage dtype, the precision the blocks ran under, and the
+version of this format. Change any of them and the entry is simply another one.
+
+Files of an entry:
+
+* ``states.bin``: the states, raw, ``[rows, emb_dim]`` in the key's dtype (little-endian),
+  memory-mapped on load, so a cache larger than the RAM (gpt2-xl, big mailboxes) works and
+  loading reads nothing until a batch touches it;
+* ``index.safetensors``: each message's ``offsets`` and ``lengths`` in the states;
+* ``meta.json``: the key, shapes, sizes and the sha256 of both files. Written last, it marks
+  the entry complete; the other two are written to temporary names and renamed.
+
+On load the sizes and hashes are checked; an entry that fails is removed and rebuilt. A cache
+for K blocks is also the start of one for K + 1 (``extend_prefix_cache``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from spamtune import __version__, paths
+from spamtune.download import sha256_file
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.model import GPTModel
+from spamtune.device import Precision
+from spamtune.prefix_cache import FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
+
+# Bump when the stored layout or the meaning of the states changes: old entries then stop
+# matching any key (``spamtune cache ls`` shows them as stale).
+CACHE_FORMAT = 1
+STATES_FILE = "states.bin"
+INDEX_FILE = "index.safetensors"
+META_FILE = "meta.json"
+META_KIND = "spamtune-prefix-cache"
+NAME_LENGTH = 20  # hex digits of the key's sha256 naming an entry: 80 bits
+# Room left on the disk beyond the entry itself, so a cache never fills it up.
+DISK_MARGIN_BYTES = 256 << 20
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def tokens_fingerprint(token_lists: Iterable[list[int]]) -> str:
+    """sha256 of the tokenised messages, in order (lengths, then every token as int64 LE)."""
+    token_lists = list(token_lists)
+    lengths = np.fromiter(map(len, token_lists), dtype="<i8", count=len(token_lists))
+    flat = np.fromiter(itertools.chain.from_iterable(token_lists), dtype="<i8", count=int(lengths.sum()))
+    digest = hashlib.sha256(b"spamtune-tokens/1\0")
+    digest.update(lengths.tobytes())
+    digest.update(flat.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything the cached states are a function of."""
+
+    base_sha256: str
+    tokens_sha256: str
+    blocks: int
+    dtype: str = "float32"
+    precision: str = "fp32"  # the autocast the blocks ran under: bf16 states differ from fp32 ones
+    format: int = CACHE_FORMAT
+
+    @classmethod
+    def for_tokens(cls, base_sha256: str, token_lists: Iterable[list[int]], blocks: int, **kwargs) -> CacheKey:
+        return cls(base_sha256, tokens_fingerprint(token_lists), blocks, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:NAME_LENGTH]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        try:
+            return _DTYPES[self.dtype]
+        except KeyError:
+            raise SpamtuneUsageError(f"a prefix cache cannot be stored as {self.dtype}; use one of: {', '.join(_DTYPES)}") from None
+
+    def with_blocks(self, blocks: int) -> CacheKey:
+        return replace(self, blocks=blocks)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class CacheMissing(Exception):
+    pass
+
+
+class CacheCorrupt(Exception):
+    """An entry whose files do not match its meta.json: removed and rebuilt by ``obtain``."""
+
+
+@dataclass(frozen=True)
+class CacheLookup:
+    """What ``PrefixCacheStore.obtain`` did."""
+
+    cache: FrozenPrefixCache | None
+    outcome: str  # "hit", "extended", "built", or "unavailable" (no room: the caller builds in memory)
+    path: Path | None
+    seconds: float
+    detail: str | None = None  # e.g. "from the 2-block cache", "rebuilt: states.bin has 10 bytes, expected 12"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One folder of the store, as ``spamtune cache ls`` shows it."""
+
+    name: str
+    path: Path
+    nbytes: int
+    meta: dict | None
+
+    @property
+    def status(self) -> str:
+        if self.meta is None:
+            return "incomplete"
+        if self.meta.get("key", {}).get("format") != CACHE_FORMAT:
+            return "stale"
+        return "ok"
+
+
+class PrefixCacheStore:
+    """The caches under one data root."""
+
+    def __init__(self, data_root: str | Path):
+        self.root = paths.cache_dir(Path(data_root))
+
+    def entry_dir(self, key: CacheKey) -> Path:
+        return self.root / key.name
+
+    # ---- reading
+    def load(self, key: CacheKey, verify: str = "hash") -> FrozenPrefixCache:
+        """The entry of ``key``, memory-mapped. Raises ``CacheMissing`` or ``CacheCorrupt``.
+
+        ``verify="hash"`` (the default) re-hashes both files, reading the states once from the
+        disk; ``"size"`` checks only the sizes, for caches too large to read at every run.
+        """
+        entry = self.entry_dir(key)
+        meta_path = entry / META_FILE
+        if not meta_path.is_file():
+            raise CacheMissing(key.name)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("kind") != META_KIND or meta.get("key") != asdict(key):
+                raise CacheCorrupt(f"{meta_path} describes another cache")
+            rows, emb_dim, nbytes = int(meta["rows"]), int(meta["emb_dim"]), int(meta["states_bytes"])
+            states_sha, index_sha = meta["states_sha256"], meta["index_sha256"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CacheCorrupt(f"{meta_path} is unreadable ({exc})") from None
+        states_path, index_path = entry / STATES_FILE, entry / INDEX_FILE
+        for path in (states_path, index_path):
+            if path.is_symlink() or not path.is_file():
+                raise CacheCorrupt(f"{path} is missing")
+        size = states_path.stat().st_size
+        if size != nbytes or nbytes != rows * emb_dim * torch.empty((), dtype=key.torch_dtype).element_size():
+            raise CacheCorrupt(f"{states_path} has {size:,} bytes, expected {nbytes:,}")
+        if sha256_file(index_path) != index_sha:
+            raise CacheCorrupt(f"{index_path} does not match its sha256")
+        if verify == "hash" and sha256_file(states_path) != states_sha:
+            raise CacheCorrupt(f"{states_path} does not match its sha256")
+        try:
+            index = load_file(str(index_path))
+            offsets, lengths = index["offsets"], index["lengths"]
+        except (SafetensorError, OSError, KeyError) as exc:
+            raise CacheCorrupt(f"{index_path} is unreadable ({exc})") from None
+        if len(offsets) != len(lengths) or (len(offsets) and int((offsets + lengths).max()) > rows):
+            raise CacheCorrupt(f"{index_path} points outside the states")
+        states = _map_states(states_path, nbytes, key.torch_dtype, rows, emb_dim)
+        return FrozenPrefixCache(key.blocks, states, offsets, lengths)
+
+    # ---- writing
+    def _write(self, key: CacheKey, rows: int, emb_dim: int, fill: Callable[[torch.Tensor], FrozenPrefixCache]) -> FrozenPrefixCache | None:
+        """Create the entry of ``key``: ``fill`` writes the states into a memory-mapped temporary
+        file and returns the cache; None when the disk lacks the room (nothing is written)."""
+        dtype = key.torch_dtype
+        nbytes = rows * emb_dim * torch.empty((), dtype=dtype).element_size()
+        if nbytes == 0:
+            return None
+        entry = self.entry_dir(key)
+        try:
+            entry.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(entry).free < nbytes + DISK_MARGIN_BYTES:
+                return None
+        except OSError as exc:
+            raise SpamtuneError(f"cannot write the prefix cache {entry}: {exc.strerror or exc}") from None
+        (entry / META_FILE).unlink(missing_ok=True)  # the entry is incomplete until meta.json is back
+        with atomic_path(entry / STATES_FILE) as tmp:
+            os.truncate(tmp, nbytes)
+            mapped = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(nbytes,))
+            cache = fill(torch.from_numpy(mapped).view(dtype).view(rows, emb_dim))
+            mapped.flush()
+            del mapped
+            states_sha = sha256_file(tmp)
+        with atomic_path(entry / INDEX_FILE) as tmp:
+            save_file({"offsets": cache.offsets.contiguous(), "lengths": cache.lengths.contiguous()}, str(tmp))
+            index_sha = sha256_file(tmp)
+        meta = {
+            "kind": META_KIND,
+            "key": asdict(key),
+            "rows": rows,
+            "emb_dim": emb_dim,
+            "examples": len(cache),
+            "states_bytes": nbytes,
+            "states_sha256": states_sha,
+            "index_sha256": index_sha,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "spamtune_version": __version__,
+        }
+        atomic_write_json(entry / META_FILE, meta)
+        states = _map_states(entry / STATES_FILE, nbytes, dtype, rows, emb_dim)
+        return FrozenPrefixCache(key.blocks, states, cache.offsets, cache.lengths)
+
+    def lookup(
+        self, model: GPTModel, token_lists: list[list[int]], blocks: int, base_sha256: str, precision: Precision
+    ) -> CacheLookup:
+        """``obtain`` for the fp32 states of the first ``blocks`` blocks of ``model`` (built from the
+        base ``base_sha256``) over ``token_lists``, computed in ``precision``."""
+        key = CacheKey.for_tokens(base_sha256, token_lists, blocks, precision=precision.name)
+        return self.obtain(key, model, token_lists, precision=precision)
+
+    def obtain(
+        self,
+        key: CacheKey,
+        model: GPTModel,
+        token_lists: list[list[int]],
+        *,
+        precision: Precision | None = None,
+        verify: str = "hash",
+    ) -> CacheLookup:
+        """The cache of ``key`` for ``token_lists``: loaded if stored; else extended from a stored
+        cache of fewer blocks (same base, data, dtype and precision); else built; each new one is
+        stored. A corrupt or stale entry met on the way is removed and rebuilt.
+
+        ``key`` must name what the model caches: its first ``key.blocks`` blocks (frozen), the
+        fingerprint of ``token_lists``, the base the model was built from and ``precision``'s name.
+        """
+        precision = precision or Precision("fp32", "cpu")
+        if key.blocks < 1 or key.precision != precision.name:
+            raise ValueError(f"a cache key for {key.blocks} blocks in {key.precision} does not fit a {precision.name} computation")
+        tick = time.perf_counter()
+        problems: list[str] = []
+
+        def attempt(k: CacheKey) -> FrozenPrefixCache | None:
+            try:
+                return self.load(k, verify)
+            except CacheMissing:
+                return None
+            except CacheCorrupt as exc:
+                problems.append(str(exc))
+                _remove_tree(self.entry_dir(k))
+                return None
+
+        def done(cache, outcome, detail=None) -> CacheLookup:
+            if problems:
+                detail = "; ".join([f"rebuilt: {p}" for p in problems] + ([detail] if detail else []))
+            path = self.entry_dir(key) if cache is not None else None
+            return CacheLookup(cache, outcome if cache is not None else "unavailable", path, time.perf_counter() - tick, detail)
+
+        found = attempt(key)
+        if found is not None:
+            return done(found, "hit")
+        rows, emb_dim = distinct_token_count(token_lists), model.cfg.emb_dim
+        for fewer in range(key.blocks - 1, 0, -1):
+            start = attempt(key.with_blocks(fewer))
+            if start is None:
+                continue
+            cache = self._write(key, rows, emb_dim, lambda out: extend_prefix_cache(
+                model, start, key.blocks - fewer, precision=precision, states_out=out,
+            ))  # fmt: skip
+            return done(cache, "extended", f"from the {fewer}-block cache")
+        cache = self._write(key, rows, emb_dim, lambda out: build_prefix_cache(
+            model, token_lists, key.blocks, precision=precision, dtype=key.torch_dtype, states_out=out,
+        ))  # fmt: skip
+        return done(cache, "built")
+
+
+def _map_states(path: Path, nbytes: int, dtype: torch.dtype, rows: int, emb_dim: int) -> torch.Tensor:
+    """The states file as a tensor backed by the file's pages: nothing is read until used.
+
+    Copy-on-write ("c") rather than read-only: torch wants a writable array, and a write (none
+    is made) would go to a private page, never to the shared cache file.
+    """
+    mapped = np.memmap(path, dtype=np.uint8, mode="c", shape=(nbytes,))
+    return torch.from_numpy(mapped).view(dtype).view(rows, emb_dim)
+
+
+# --------------------------------------------------------------------------- listing and removal
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for child in path.iterdir():
+        if child.is_file() and not child.is_symlink():
+            total += child.stat().st_size
+    return total
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove an entry folder; a symlink planted in its place is unlinked, never followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def list_caches(data_root: str | Path) -> list[CacheEntry]:
+    """Every entry folder under ``<data root>/cache``, oldest first, with its size on disk."""
+    root = paths.cache_dir(Path(data_root))
+    if not root.is_dir():
+        return []
+    entries = []
+    for path in root.iterdir():
+        if path.is_symlink() or not path.is_dir():
+            continue
+        meta = None
+        try:
+            data = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+            meta = data if isinstance(data, dict) and data.get("kind") == META_KIND else None
+        except (OSError, ValueError):
+            pass
+        try:
+            entries.append(CacheEntry(path.name, path, _tree_bytes(path), meta))
+        except OSError:  # removed meanwhile
+            continue
+    return sorted(entries, key=lambda e: ((e.meta or {}).get("created", ""), e.name))
+
+
+def remove_caches(data_root: str | Path, names: Iterable[str] = (), *, everything: bool = False) -> list[CacheEntry]:
+    """Remove the entries named (a unique prefix of the name is enough), or all of them."""
+    entries = list_caches(data_root)
+    if everything:
+        chosen = entries
+    else:
+        chosen = []
+        for name in names:
+            matches = [e for e in entries if e.name.startswith(name)] if name else []
+            if not matches:
+                raise SpamtuneError(f"no prefix cache named '{name}' in {paths.cache_dir(Path(data_root))}; see `spamtune cache ls`")
+            if len(matches) > 1:
+                raise SpamtuneUsageError(f"'{name}' names {len(matches)} caches; give more of the name")
+            if matches[0] not in chosen:
+                chosen.append(matches[0])
+    for entry in chosen:
+        _remove_tree(entry.path)
+    return chosen

@@ -1,0 +1,87 @@
+"""``spamtune cache ls|rm``: the frozen-prefix caches kept under the data root, and their sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Literal, Optional
+
+import typer
+
+from spamtune import paths
+from spamtune.cli.runs import human_size
+
+cache_app = typer.Typer(
+    help="Show and free the frozen-prefix caches that later runs reuse (under <data root>/cache).",
+    no_args_is_help=True,
+)
+
+DATA_DIR = typer.Option(None, "--data-dir", help="Data root (default: $SPAMTUNE_HOME, else ./data).")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(cache_app, name="cache")
+
+
+def _row(entry) -> dict:
+    """One cache as the documented fields of ``ls --format json``."""
+    meta = entry.meta or {}
+    key = meta.get("key", {})
+    return {
+        "name": entry.name,
+        "status": entry.status,
+        "bytes": entry.nbytes,
+        "blocks": key.get("blocks"),
+        "dtype": key.get("dtype"),
+        "precision": key.get("precision"),
+        "examples": meta.get("examples"),
+        "base_sha256": key.get("base_sha256"),
+        "tokens_sha256": key.get("tokens_sha256"),
+        "created": meta.get("created"),
+        "path": str(entry.path),
+    }
+
+
+@cache_app.command("ls")
+def ls(
+    output_format: Literal["text", "json"] = typer.Option("text", "--format", help="text: a table; json: one JSON object per line."),
+    data_dir: Optional[Path] = DATA_DIR,
+) -> None:
+    """List the caches, oldest first: name, size, frozen blocks, dtype, examples, base.
+
+    One line per cache on stdout; the total on stderr.
+    """
+    from spamtune.cache_store import list_caches
+
+    entries = list_caches(paths.data_root(data_dir))
+    for entry in entries:
+        row = _row(entry)
+        if output_format == "json":
+            typer.echo(json.dumps(row))
+            continue
+        base = (row["base_sha256"] or "-")[:12]
+        fields = [row["name"], human_size(row["bytes"]), f"{row['blocks'] or '-'} blocks", row["dtype"] or "-",
+                  row["precision"] or "-", f"{row['examples'] or 0} examples", f"base {base}", row["status"], row["created"] or "-"]  # fmt: skip
+        typer.echo("\t".join(str(f) for f in fields))
+    total = sum(e.nbytes for e in entries)
+    typer.echo(f"{len(entries)} cache(s), {human_size(total)} in {paths.cache_dir(paths.data_root(data_dir))}", err=True)
+
+
+@cache_app.command("rm")
+def rm(
+    names: List[str] = typer.Argument(None, help="Caches to remove: their names from `spamtune cache ls`, or unique prefixes."),
+    everything: bool = typer.Option(False, "--all", help="Remove every cache."),
+    data_dir: Optional[Path] = DATA_DIR,
+) -> None:
+    """Remove caches; a later run rebuilds what it needs. Prints each removed folder on stdout."""
+    from spamtune.cache_store import remove_caches
+    from spamtune.errors import SpamtuneUsageError
+
+    if not names and not everything:
+        raise SpamtuneUsageError("name the caches to remove, or give --all")
+    if names and everything:
+        raise SpamtuneUsageError("give cache names or --all, not both")
+    removed = remove_caches(paths.data_root(data_dir), names or (), everything=everything)
+    for entry in removed:
+        typer.echo(entry.path)
+    typer.echo(f"freed {human_size(sum(e.nbytes for e in removed))}", err=True)

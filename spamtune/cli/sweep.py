@@ -1,0 +1,128 @@
+"""``spamtune sweep``: ``finetune``'s options, any of them a comma list; every combination runs.
+
+The table (validation and test accuracy and loss, time; sorted by validation loss, the best
+marked) goes to stderr with the progress; the path of ``sweep.json`` is the last line on stdout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from spamtune.cli.common import cell, field_help, flag, stderr_console, styled, with_dataclass_options
+from spamtune.options import FinetuneOptions
+
+
+def _sweep_options() -> list[inspect.Parameter]:
+    """Every option of ``finetune`` but the data root, as text: one value, or a comma list."""
+    params = []
+    for field in dataclasses.fields(FinetuneOptions):
+        if field.name == "data_dir":
+            continue
+        default = "none" if field.default is None else str(field.default).lower() if isinstance(field.default, bool) else field.default
+        option = typer.Option(None, flag(field.name), help=f"{field.metadata['help']} Default {default}; a comma list to sweep.")
+        params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[str]))
+    return params
+
+
+class SweepReporter:
+    """One line per run started and finished; each run's own progress as ``finetune`` shows it."""
+
+    def __init__(self, console):
+        from spamtune.cli.finetune import ProgressReporter
+
+        self.console = console
+        self.make_reporter = lambda: ProgressReporter(console)
+        self.run_reporter = None
+
+    def __call__(self, event) -> None:
+        from spamtune.sweep import SweepRunFinished, SweepRunStarted
+
+        if isinstance(event, SweepRunStarted):
+            how = "resuming" if event.resumed else "running"
+            self.console.print(styled((f"[{event.index}/{event.total}] {how} ", "bold"), event.name))
+            self.run_reporter = self.make_reporter()
+        elif isinstance(event, SweepRunFinished):
+            self.close()
+            row = event.row
+            if event.skipped:
+                self.console.print(f"[{event.index}/{event.total}] {row['name']}: finished earlier, skipped")
+            elif row["status"] == "failed":
+                self.console.print(f"[{event.index}/{event.total}] {row['name']} failed: {row['error']}")
+        elif self.run_reporter is not None:
+            self.run_reporter(event)
+
+    def close(self) -> None:
+        if self.run_reporter is not None:
+            self.run_reporter.close()
+            self.run_reporter = None
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _number(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_table(console, result) -> None:
+    from rich.table import Table
+
+    best = result.best
+    table = Table(title=f"sweep {result.folder.name}: {len(result.rows)} runs, by validation loss", title_justify="left")
+    for heading, justify in (("", "left"), ("run", "left"), ("val acc", "right"), ("val loss", "right"),
+                             ("test acc", "right"), ("test loss", "right"), ("time", "right"), ("status", "left")):  # fmt: skip
+        table.add_column(cell(heading), justify=justify)
+    for row in result.ranked():
+        mark = "best" if best is not None and row["name"] == best["name"] else ""
+        seconds = row["wall_time_s"]
+        table.add_row(
+            cell(mark), cell(row["name"]), cell(_percent(row["validation_accuracy"])), cell(_number(row["validation_loss"])),
+            cell(_percent(row["test_accuracy"])), cell(_number(row["test_loss"])),
+            cell("-" if seconds is None else f"{seconds:.1f}s"), cell(row["status"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+@with_dataclass_options(_sweep_options())
+def sweep_command(
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder. Default: <data root>/sweeps/sweep-<hash of the sweep>, the same for the same sweep."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=field_help(FinetuneOptions, "data_dir")),
+    **options,
+) -> None:
+    """Fine-tune every combination of the options given as comma lists, on shared prefix caches.
+
+    Example: spamtune sweep --lr 1e-5,5e-5,1e-4 --trainable last-block,last-2-blocks --epochs 5.
+    Runs go into one folder with sweep.json (runs ranked by validation loss); running the same
+    sweep again skips finished runs and resumes an interrupted one.
+    """
+    from spamtune import events, paths
+    from spamtune.sweep import parse_grid, run_sweep
+
+    given = {name: value for name, value in options.items() if value is not None}
+    fixed = {name: values[0] for name, values in parse_grid(FinetuneOptions, {k: v for k, v in given.items() if "," not in v}).items()}
+    grid = parse_grid(FinetuneOptions, {k: v for k, v in given.items() if "," in v})
+    base = FinetuneOptions(**fixed, data_dir=str(paths.data_root(data_dir)))
+    console = stderr_console()
+    reporter = SweepReporter(console)
+    try:
+        result = run_sweep(base, grid, out, on_event=reporter)
+    except events.TrainingInterrupted as exc:
+        reporter.close()
+        console.print(f"interrupted in {exc.run_dir}; finished runs are kept: run the same command again to go on")
+        raise typer.Exit(130) from None
+    finally:
+        reporter.close()
+    render_table(console, result)
+    from spamtune.sweep import SWEEP_FILE
+
+    typer.echo(result.folder / SWEEP_FILE)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep_command)

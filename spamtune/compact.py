@@ -1,0 +1,191 @@
+"""Compact runs: a run folder holding only what training changed, plus a reference to its base.
+
+A last-block gpt2-small run changes 7 M of its 124 M parameters; a LoRA run changes none of
+the base's and adds 2.4 M. A compact run folder holds:
+
+* ``delta.safetensors``: every tensor that differs from the base (the trained blocks, the
+  final LayerNorm if trained, LoRA's A/B) and the new head;
+* ``base.json``: the base by sha256 and origin (``spamtune.bases.BaseRef``) and the LoRA
+  settings, if any;
+* ``config.json``, as in every run.
+
+Loading resolves the base (``<data root>/bases``, else rebuilt from its origin), checks its
+hash, lays the delta over it and merges LoRA, giving a plain classifier. ``export_run`` writes
+that classifier as one standalone safetensors file. Runs with a full ``model.safetensors``
+load as before.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from spamtune import paths
+from spamtune.bases import BaseRef, load_base
+from spamtune.checkpoint import (
+    CONFIG_FILE,
+    FORMAT,
+    WEIGHTS_FILE,
+    ClassifierConfig,
+    build_classifier,
+    check_state_shapes,
+    load_classifier,
+    load_classifier_config,
+)
+from spamtune.errors import SpamtuneError
+from spamtune.fsutil import atomic_path, atomic_write_json, read_json
+from spamtune.lora import merged_lora_weight
+
+COMPACT_FORMAT = "spamtune-compact-run/1"
+BASE_REF_FILE = "base.json"
+DELTA_FILE = "delta.safetensors"
+_LORA_A, _LORA_B = ".lora_a", ".lora_b"
+
+
+def changed_tensors(model: torch.nn.Module, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's tensors that are not the base's: new ones (head, LoRA) and changed ones."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name not in base or not torch.equal(tensor.detach().cpu(), base[name].to("cpu")):
+            out[name] = tensor.detach().to("cpu").contiguous()
+    return out
+
+
+def save_compact_run(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    cfg: ClassifierConfig,
+    base: BaseRef,
+    data_root: str | Path,
+    lora: dict | None = None,
+) -> Path:
+    """Write a compact run (see the module doc): ``model`` is the trained classifier, LoRA not
+    merged (its A/B are what is stored); ``lora`` its settings (rank, alpha, blocks). The delta is
+    found by comparing with the stored base, so only tensors that really changed are kept."""
+    run_dir = Path(run_dir)
+    delta = changed_tensors(model, load_base(data_root, base))
+    with atomic_path(run_dir / DELTA_FILE) as tmp:
+        save_file(delta, str(tmp), metadata={"format": "pt", "spamtune": COMPACT_FORMAT})
+    record = {"format": COMPACT_FORMAT, "base": base.to_dict(), "lora": lora, "data_root": str(Path(data_root).resolve())}
+    atomic_write_json(run_dir / BASE_REF_FILE, record)
+    atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
+    return run_dir
+
+
+def is_compact_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / BASE_REF_FILE).is_file()
+
+
+def holds_classifier(run_dir: str | Path) -> bool:
+    """A run folder with a usable classifier: its config and a full model or a delta and base."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        return False
+    return (run_dir / WEIGHTS_FILE).is_file() or (is_compact_run(run_dir) and (run_dir / DELTA_FILE).is_file())
+
+
+def run_data_root(run_dir: Path) -> Path:
+    """The data root whose ``bases/`` a run's base is looked up (and rebuilt) in: the folder
+    above ``runs/`` for a run there, else the root it was trained in (if it still exists), else
+    the default root."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir.parent.name == "runs":
+        return run_dir.parent.parent
+    recorded = read_json(run_dir / BASE_REF_FILE, "base reference").get("data_root")
+    if isinstance(recorded, str) and Path(recorded).is_dir():
+        return Path(recorded)
+    return paths.data_root()
+
+
+def read_base_ref(run_dir: Path) -> tuple[BaseRef, dict | None]:
+    data = read_json(Path(run_dir) / BASE_REF_FILE, "base reference")
+    if not isinstance(data, dict) or data.get("format") != COMPACT_FORMAT:
+        raise SpamtuneError(f"{Path(run_dir) / BASE_REF_FILE} is not a spamtune compact run's base reference")
+    return BaseRef.from_dict(data.get("base")), data.get("lora")
+
+
+def merge_lora_tensors(tensors: dict[str, torch.Tensor], lora: dict | None) -> dict[str, torch.Tensor]:
+    """Fold each layer's A/B into its weight (``W + alpha / rank * B @ A``) and drop them."""
+    pairs = sorted(k.removesuffix(_LORA_A) for k in tensors if k.endswith(_LORA_A))
+    if pairs and not lora:
+        raise SpamtuneError("the run holds LoRA tensors but no LoRA settings")
+    out = {k: v for k, v in tensors.items() if not k.endswith((_LORA_A, _LORA_B))}
+    for layer in pairs:
+        scale = float(lora["alpha"]) / int(lora["rank"])
+        try:
+            out[f"{layer}.weight"] = merged_lora_weight(out[f"{layer}.weight"], tensors[layer + _LORA_A], tensors[layer + _LORA_B], scale)
+        except KeyError as exc:
+            raise SpamtuneError(f"the run's LoRA tensors for {layer} are incomplete ({exc})") from None
+    return out
+
+
+def load_compact_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", data_root: str | Path | None = None, *, verify: bool = True
+) -> tuple[torch.nn.Module, ClassifierConfig]:
+    """The classifier of a compact run, LoRA merged, in eval mode."""
+    run_dir = Path(run_dir)
+    cfg = load_classifier_config(run_dir)
+    ref, lora = read_base_ref(run_dir)
+    root = Path(data_root) if data_root is not None else run_data_root(run_dir)
+    tensors = load_base(root, ref, device, verify=verify)
+    delta_path = run_dir / DELTA_FILE
+    try:
+        with safe_open(str(delta_path), framework="pt", device=str(device)) as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise SpamtuneError(f"cannot read {delta_path}: {exc}") from None
+    tensors = merge_lora_tensors(tensors, lora)
+    with torch.device("meta"):
+        model = build_classifier(cfg)
+    check_state_shapes(model, tensors, str(delta_path))
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.eval(), cfg
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", data_root: str | Path | None = None):
+    """Any run's classifier: compact (delta over a base) or full (``model.safetensors``)."""
+    if is_compact_run(run_dir):
+        return load_compact_run(run_dir, device, data_root)
+    return load_classifier(run_dir, device)
+
+
+def export_run(run_dir: str | Path, out: str | Path, data_root: str | Path | None = None) -> Path:
+    """Write a run's classifier, LoRA merged, as one standalone safetensors file.
+
+    The tensors carry the names of a run's ``model.safetensors``; the classifier config (labels,
+    pooling, model shape...) is in the file's metadata under ``config``, so the file alone is
+    enough to rebuild and use the classifier.
+    """
+    out = Path(out)
+    if not holds_classifier(run_dir):
+        raise SpamtuneError(f"{run_dir} is not a run folder (no config.json with model.safetensors or delta.safetensors)")
+    if out.is_dir():
+        raise SpamtuneError(f"{out} is a folder; give the file to write, e.g. {out / 'classifier.safetensors'}")
+    model, cfg = load_run(run_dir, "cpu", data_root)
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", "spamtune": FORMAT, "config": json.dumps(cfg.to_dict())}
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return out
+
+
+def read_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ClassifierConfig]:
+    """The classifier of a file ``export_run`` wrote, in eval mode."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        cfg = ClassifierConfig.from_dict(json.loads(metadata["config"]))
+    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise SpamtuneError(f"{path} is not a classifier exported by spamtune ({exc})") from None
+    with torch.device("meta"):
+        model = build_classifier(cfg)
+    check_state_shapes(model, tensors, str(path))
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.eval(), cfg
+

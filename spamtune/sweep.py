@@ -1,0 +1,224 @@
+"""Sweeps: every combination of some fine-tuning options, one run each, compared in one table.
+
+A sweep is the base options plus a grid (option name -> the values to try). Its runs go into
+one folder, each named after the values it takes (``lr-5e-05_trainable-last-block``), with
+``sweep.json`` beside them, rewritten after every run. Running the same sweep again finds that
+folder (it is named after a hash of the sweep) and skips the runs that finished, resumes the
+one that was interrupted, and runs the rest. Runs share the frozen-prefix caches kept under the
+data root, so only the first run on a given base, data and frozen depth builds one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from spamtune import runs
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.fsutil import atomic_write_json, read_json
+
+SWEEP_FILE = "sweep.json"
+SWEEP_FORMAT = "spamtune-sweep/1"
+# Options that say where or how fast to compute, not what is trained: they do not name a sweep.
+_NOT_IDENTITY = ("device", "data_dir")
+
+
+def sweeps_dir(root: Path) -> Path:
+    return root / "sweeps"
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def _convert(field_type: str, name: str, text: str):
+    """One value of a comma list, typed as the option is (``int | None`` takes ``none``)."""
+    text = text.strip()
+    optional = "None" in field_type
+    if optional and text.lower() in ("none", ""):
+        return None
+    base = field_type.replace("| None", "").strip()
+    try:
+        if base == "int":
+            return int(text)
+        if base == "float":
+            return float(text)
+        if base == "bool":
+            if text.lower() in ("true", "yes", "1", "on"):
+                return True
+            if text.lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(text)
+    except ValueError:
+        raise SpamtuneUsageError(f"--{name.replace('_', '-')}: '{text}' is not a valid {base}") from None
+    return text
+
+
+def parse_grid(options_type: type, values: dict[str, str]) -> dict[str, list]:
+    """``{"lr": "1e-5,5e-5"}`` -> ``{"lr": [1e-05, 5e-05]}``, each value typed like the option."""
+    types = {f.name: str(f.type) for f in fields(options_type)}
+    grid = {}
+    for name, text in values.items():
+        if name not in types:
+            raise SpamtuneUsageError(f"a sweep cannot vary '{name}'")
+        items = [_convert(types[name], name, part) for part in str(text).split(",")]
+        if len(set(map(repr, items))) != len(items):
+            raise SpamtuneUsageError(f"--{name.replace('_', '-')} lists a value twice")
+        grid[name] = items
+    return grid
+
+
+def combinations(grid: dict[str, list]) -> list[dict]:
+    """Every combination, the first option varying slowest (the order runs are made in)."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def run_name(overrides: dict) -> str:
+    """``lr-5e-05_trainable-last-block``: the values a run takes, as a folder name."""
+    if not overrides:
+        return "run"
+    parts = [f"{name}-{value}" for name, value in overrides.items()]
+    safe = re.sub(r"[^A-Za-z0-9._+-]+|\.{2,}", "-", "_".join(parts))  # one path component, never ".."
+    return re.sub(r"-{2,}", "-", safe).strip("-.") or "run"
+
+
+def sweep_id(base: object, grid: dict[str, list]) -> str:
+    """A hash of what the sweep trains: the base options (less where it computes) and the grid."""
+    identity = {k: v for k, v in asdict(base).items() if k not in _NOT_IDENTITY}
+    text = json.dumps({"base": identity, "grid": grid}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class SweepRunStarted:
+    index: int  # 1-based
+    total: int
+    name: str
+    overrides: dict
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class SweepRunFinished:
+    index: int
+    total: int
+    row: dict  # the sweep.json entry
+    skipped: bool  # finished by an earlier invocation
+
+
+@dataclass
+class SweepResult:
+    folder: Path
+    rows: list[dict]
+
+    @property
+    def best(self) -> dict | None:
+        done = [r for r in self.rows if r["status"] in ("done", "skipped")]
+        return min(done, key=lambda r: (r["validation_loss"], -r["validation_accuracy"])) if done else None
+
+    def ranked(self) -> list[dict]:
+        """Finished runs by validation loss (then accuracy), failed ones last."""
+        return sorted(self.rows, key=lambda r: (r["status"] == "failed", r.get("validation_loss") or 0.0, -(r.get("validation_accuracy") or 0.0)))
+
+
+def _row(name: str, overrides: dict, run_dir: Path, status: str, summary: dict | None, error: str | None = None) -> dict:
+    summary = summary or {}
+    return {
+        "name": name,
+        "run": str(run_dir),
+        "overrides": overrides,
+        "status": status,
+        "validation_accuracy": summary.get("validation_accuracy"),
+        "validation_loss": summary.get("validation_loss"),
+        "test_accuracy": summary.get("test_accuracy"),
+        "test_loss": summary.get("test_loss"),
+        "wall_time_s": summary.get("wall_time_s"),
+        "trainable_params": summary.get("trainable_params"),
+        "error": error,
+    }
+
+
+def run_sweep(
+    base,
+    grid: dict[str, list],
+    out: str | Path | None = None,
+    on_event: Callable[[object], None] | None = None,
+    *,
+    finetune: Callable | None = None,
+    resume_finetune: Callable | None = None,
+) -> SweepResult:
+    """Run every combination of ``grid`` over the options ``base`` (a ``FinetuneOptions``).
+
+    ``out`` defaults to ``<data root>/sweeps/sweep-<id>``, the same folder for the same sweep.
+    A run whose training diverges is recorded as failed and the sweep goes on; Ctrl-C stops it
+    after writing ``sweep.json`` (the interrupted run resumes next time).
+    """
+    from spamtune import train
+
+    finetune = finetune or train.finetune
+    resume_finetune = resume_finetune or train.resume_finetune
+    emit = on_event or (lambda event: None)
+    root = Path(base.data_dir)
+    combos = combinations(grid)
+    names = [run_name(c) for c in combos]
+    if len(set(names)) != len(names):
+        raise SpamtuneUsageError("two runs of this sweep would get the same folder name; make the listed values differ more")
+    folder = Path(out) if out else sweeps_dir(root) / f"sweep-{sweep_id(base, grid)}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpamtuneError(f"cannot create the sweep folder {folder}: {exc.strerror or exc}") from None
+    rows: list[dict] = []
+    result = SweepResult(folder, rows)
+
+    def save() -> None:
+        best = result.best
+        atomic_write_json(folder / SWEEP_FILE, {
+            "format": SWEEP_FORMAT,
+            "base_options": asdict(base),
+            "grid": grid,
+            "runs": result.ranked(),
+            "best": best["name"] if best else None,
+        })  # fmt: skip
+
+    for index, (overrides, name) in enumerate(zip(combos, names), start=1):
+        run_dir = folder / name
+        if runs.is_finished(run_dir) and runs.is_classifier_dir(run_dir):
+            row = _row(name, overrides, run_dir, "skipped", read_json(run_dir / runs.SUMMARY_FILE, "run summary"))
+            rows.append(row)
+            save()
+            emit(SweepRunFinished(index, len(combos), row, skipped=True))
+            continue
+        resumable = runs.resume_file(run_dir).is_file()
+        if run_dir.exists() and not resumable:
+            shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
+        emit(SweepRunStarted(index, len(combos), name, overrides, resumable))
+        tick = time.perf_counter()
+        try:
+            if resumable:
+                summary = resume_finetune(run_dir, {"device": base.device, "data_dir": base.data_dir}, on_event)
+            else:
+                summary = finetune(replace(base, **overrides), run_dir, on_event)
+            row = _row(name, overrides, run_dir, "done", summary)
+        except KeyboardInterrupt:
+            save()
+            raise
+        except SpamtuneError as exc:
+            if getattr(exc, "exit_code", 1) == 130:  # Ctrl-C inside training: stop the sweep
+                save()
+                raise
+            row = _row(name, overrides, run_dir, "failed", {"wall_time_s": round(time.perf_counter() - tick, 3)}, str(exc))
+        rows.append(row)
+        save()
+        emit(SweepRunFinished(index, len(combos), row, skipped=False))
+    return result

@@ -1,0 +1,229 @@
+"""The frozen-prefix cache on disk: hits, memory mapping, corruption, K -> K+1, ls/rm."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from spamtune.cache_store import (
+    CACHE_FORMAT,
+    META_FILE,
+    STATES_FILE,
+    CacheKey,
+    PrefixCacheStore,
+    list_caches,
+    remove_caches,
+    tokens_fingerprint,
+)
+from spamtune.bases import base_weights_sha256
+from spamtune.cli import app
+from spamtune.data import pad_batch
+from spamtune.device import Precision
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
+from spamtune.prefix_cache import build_prefix_cache, extend_prefix_cache
+
+CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=48, n_layers=4, n_heads=4)
+gen = torch.Generator().manual_seed(1)
+SEQS = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in (1, 5, 17, 40, 9, 3)]
+SEQS += [SEQS[2], SEQS[3][:14] + [7, 8, 9]]  # a duplicate, and a message sharing a long prefix
+
+
+def classifier(trainable: str) -> GPTModel:
+    """The same random base every time, with the given preset trainable."""
+    torch.manual_seed(0)
+    return convert_to_classifier(GPTModel(CFG), trainable=trainable).eval()
+
+
+def key_for(model: GPTModel, blocks: int, seqs=SEQS) -> CacheKey:
+    return CacheKey.for_tokens(base_weights_sha256(model), seqs, blocks)
+
+
+def plain_logits(model, seqs):
+    ids, lengths = pad_batch(seqs, 50256)
+    with torch.no_grad():
+        return model.classify(ids, lengths, "last-real", last_query_only=False)
+
+
+def cached_logits(model, cache):
+    prefix, lengths = cache.batch(list(range(len(cache))), "cpu")
+    with torch.no_grad():
+        return model.classify(None, lengths, "last-real", prefix=prefix, start_block=cache.start_block)
+
+
+def test_key_depends_on_every_input():
+    base = CacheKey.for_tokens("a" * 64, SEQS, 2)
+    assert base == CacheKey.for_tokens("a" * 64, [list(s) for s in SEQS], 2)
+    others = [
+        CacheKey.for_tokens("b" * 64, SEQS, 2),
+        CacheKey.for_tokens("a" * 64, SEQS[::-1], 2),
+        CacheKey.for_tokens("a" * 64, [SEQS[0] + SEQS[1]] + SEQS[2:], 2),  # same tokens, other split into messages
+        base.with_blocks(3),
+        CacheKey.for_tokens("a" * 64, SEQS, 2, dtype="bfloat16"),
+        CacheKey.for_tokens("a" * 64, SEQS, 2, precision="bf16"),
+        CacheKey.for_tokens("a" * 64, SEQS, 2, format=CACHE_FORMAT + 1),
+    ]
+    assert len({base.name, *(k.name for k in others)}) == len(others) + 1
+
+
+def test_base_hash_ignores_head_and_follows_the_weights():
+    a, b = classifier("last-block"), classifier("last-2-blocks")
+    assert base_weights_sha256(a) == base_weights_sha256(b)
+    with torch.no_grad():
+        b.trf_blocks[0].norm1.weight[0] += 1e-3
+    assert base_weights_sha256(a) != base_weights_sha256(b)
+
+
+def test_second_lookup_hits_the_same_states_memory_mapped(tmp_path):
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    first = store.obtain(key, model, SEQS)
+    assert first.outcome == "built" and first.detail is None
+    second = store.obtain(key, model, SEQS)
+    assert second.outcome == "hit" and second.path == tmp_path / "cache" / key.name
+    assert torch.equal(second.cache.states, first.cache.states)
+    assert torch.equal(second.cache.offsets, first.cache.offsets) and torch.equal(second.cache.lengths, first.cache.lengths)
+    # Same states as a cache built in memory, and the same logits as the plain forward.
+    in_memory = build_prefix_cache(model, SEQS, 2)
+    assert torch.equal(second.cache.states, in_memory.states)
+    torch.testing.assert_close(cached_logits(model, second.cache), plain_logits(model, SEQS), atol=1e-5, rtol=1e-5)
+    # Memory-mapped, not read into memory: a change to the file shows through an untouched page.
+    loaded = store.load(key, verify="size")
+    path = second.path / STATES_FILE
+    raw = bytearray(path.read_bytes())
+    raw[:4] = torch.tensor([1234.5]).numpy().tobytes()
+    path.write_bytes(bytes(raw))  # in place: same inode
+    assert loaded.states[0, 0].item() == 1234.5
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "meta", "index"])
+def test_corrupt_entries_are_detected_and_rebuilt(tmp_path, damage):
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    good = store.obtain(key, model, SEQS).cache.states.clone()
+    entry = tmp_path / "cache" / key.name
+    if damage == "flip":
+        raw = bytearray((entry / STATES_FILE).read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (entry / STATES_FILE).write_bytes(bytes(raw))
+    elif damage == "truncate":
+        (entry / STATES_FILE).write_bytes((entry / STATES_FILE).read_bytes()[:-4])
+    elif damage == "meta":
+        (entry / META_FILE).write_text("{not json")
+    else:
+        (entry / "index.safetensors").write_bytes(b"\0" * 16)
+    again = store.obtain(key, model, SEQS)
+    assert again.outcome == "built" and again.detail.startswith("rebuilt: ")
+    assert torch.equal(again.cache.states, good)
+    assert store.obtain(key, model, SEQS).outcome == "hit"
+
+
+def test_an_interrupted_write_leaves_no_usable_entry(tmp_path):
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("spamtune.cache_store.build_prefix_cache", boom)
+        with pytest.raises(KeyboardInterrupt):
+            store.obtain(key, model, SEQS)
+    entry = tmp_path / "cache" / key.name
+    assert not (entry / META_FILE).exists() and not any(p.name.endswith(".part") for p in entry.iterdir())
+    assert [e.status for e in list_caches(tmp_path)] == ["incomplete"]
+    assert store.obtain(key, model, SEQS).outcome == "built"
+
+
+def test_a_cache_of_k_blocks_serves_k_plus_one_exactly(tmp_path):
+    store = PrefixCacheStore(tmp_path)
+    one = classifier("last-3-blocks")  # caches block 0
+    assert store.obtain(key_for(one, 1), one, SEQS).outcome == "built"
+    two = classifier("last-2-blocks")  # caches blocks 0-1
+    lookup = store.obtain(key_for(two, 2), two, SEQS)
+    assert lookup.outcome == "extended" and lookup.detail == "from the 1-block cache"
+    fresh = build_prefix_cache(two, SEQS, 2)
+    torch.testing.assert_close(lookup.cache.states, fresh.states, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached_logits(two, lookup.cache), plain_logits(two, SEQS), atol=1e-5, rtol=1e-5)
+    assert store.obtain(key_for(two, 2), two, SEQS).outcome == "hit"
+    # In memory, and by several blocks at once.
+    three = classifier("last-block")
+    extended = extend_prefix_cache(three, build_prefix_cache(one, SEQS, 1), blocks=2, batch_size=3)
+    assert extended.start_block == 3
+    torch.testing.assert_close(extended.states, build_prefix_cache(three, SEQS, 3).states, atol=1e-5, rtol=1e-5)
+
+
+def test_a_cache_of_other_data_or_base_is_not_used(tmp_path):
+    store = PrefixCacheStore(tmp_path)
+    model = classifier("last-2-blocks")
+    store.obtain(key_for(model, 2), model, SEQS)
+    assert store.obtain(key_for(model, 2, SEQS[:-1]), model, SEQS[:-1]).outcome == "built"
+    other = classifier("last-2-blocks")
+    with torch.no_grad():
+        other.tok_emb.weight[SEQS[0][0]] += 1.0
+    assert store.obtain(key_for(other, 2), other, SEQS).outcome == "built"
+    with pytest.raises(ValueError, match="does not fit a bf16 computation"):
+        store.obtain(key_for(model, 2), model, SEQS, precision=Precision("bf16", "cpu"))
+
+
+def test_list_and_remove_with_sizes(tmp_path):
+    store = PrefixCacheStore(tmp_path)
+    one, two = classifier("last-3-blocks"), classifier("last-2-blocks")
+    store.obtain(key_for(one, 1), one, SEQS)
+    store.obtain(key_for(two, 2), two, SEQS)
+    entries = list_caches(tmp_path)
+    assert len(entries) == 2 and {e.status for e in entries} == {"ok"}
+    for e in entries:
+        assert e.nbytes == sum(p.stat().st_size for p in e.path.iterdir())
+        assert e.nbytes > len({tuple(s) for s in SEQS}) * 48 * 4  # states plus index and meta
+    # An entry of an older format is listed as stale.
+    meta = json.loads((entries[0].path / META_FILE).read_text())
+    meta["key"]["format"] = CACHE_FORMAT - 1
+    (entries[0].path / META_FILE).write_text(json.dumps(meta))
+    assert sorted(e.status for e in list_caches(tmp_path)) == ["ok", "stale"]
+    with pytest.raises(SpamtuneError, match="no prefix cache named 'zzz'"):
+        remove_caches(tmp_path, ["zzz"])
+    if entries[0].name[0] == entries[1].name[0]:
+        with pytest.raises(SpamtuneUsageError, match="names 2 caches"):
+            remove_caches(tmp_path, [entries[0].name[0]])
+    removed = remove_caches(tmp_path, [entries[0].name[:6]])
+    assert [e.name for e in removed] == [entries[0].name] and not entries[0].path.exists()
+    assert [e.name for e in list_caches(tmp_path)] == [entries[1].name]
+    assert remove_caches(tmp_path, everything=True)[0].name == entries[1].name and list_caches(tmp_path) == []
+
+
+def test_remove_never_follows_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "abc").symlink_to(victim)
+    assert list_caches(tmp_path) == []  # not an entry
+    with pytest.raises(SpamtuneError):
+        remove_caches(tmp_path, ["abc"])
+    assert (victim / "keep.txt").read_text() == "precious"
+
+
+def test_cli_ls_and_rm(tmp_path):
+    store = PrefixCacheStore(tmp_path)
+    model = classifier("last-2-blocks")
+    key = key_for(model, 2)
+    store.obtain(key, model, SEQS)
+    runner = CliRunner()
+    result = runner.invoke(app, ["cache", "ls", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    fields = result.stdout.strip().split("\t")
+    assert fields[0] == key.name and fields[2] == "2 blocks" and fields[5] == f"{len(SEQS)} examples" and fields[7] == "ok"
+    assert "1 cache(s)" in result.stderr
+    row = json.loads(runner.invoke(app, ["cache", "ls", "--format", "json", "--data-dir", str(tmp_path)]).stdout)
+    assert row["name"] == key.name and row["bytes"] == list_caches(tmp_path)[0].nbytes and row["blocks"] == 2
+    bad = runner.invoke(app, ["cache", "rm", "nope", "--data-dir", str(tmp_path)])
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: no prefix cache named 'nope'") and bad.stdout == ""
+    assert runner.invoke(app, ["cache", "rm", "--data-dir", str(tmp_path)]).exit_code == 2
+    done = runner.invoke(app, ["cache", "rm", key.name[:8], "--data-dir", str(tmp_path)])
+    assert done.exit_code == 0 and done.stdout.strip() == str(tmp_path / "cache" / key.name)
+    assert list_caches(tmp_path) == []

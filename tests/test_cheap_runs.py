@@ -1,0 +1,165 @@
+"""Many runs, cheaply, end to end: kept prefix caches, LoRA, schedules, compact runs, sweeps."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from helpers import TINY_CONFIG, tiny_options, write_tiny_data
+from typer.testing import CliRunner
+
+from spamtune import SpamClassifier, events, train
+from spamtune.cache_store import STATES_FILE, list_caches
+from spamtune.checkpoint import load_classifier
+from spamtune.cli import app
+from spamtune.compact import export_run, read_exported
+from spamtune.device import Precision
+from spamtune.examples import Batch, Examples
+from spamtune.forward import predict_logits
+from spamtune.lora import lora_parameter_count
+from spamtune.tokenizer import get_tokenizer
+from spamtune.model import GPTConfig
+
+CFG = GPTConfig(**TINY_CONFIG)
+METRICS = ("validation_loss", "validation_accuracy", "test_loss", "test_accuracy", "best_step", "train_loss")
+
+
+def collect():
+    seen = []
+    return seen, seen.append
+
+
+def cache_reports(seen):
+    return [e for e in seen if isinstance(e, events.PrefixCacheReport)]
+
+
+@pytest.fixture
+def root(tmp_path):
+    return write_tiny_data(tmp_path / "data")
+
+
+def batched_logits(model, token_lists):
+    return predict_logits(model, Examples(token_lists, [0] * len(token_lists)), "last-real", precision=Precision("fp32", "cpu"))
+
+
+def test_a_second_run_loads_the_kept_cache_and_gives_the_same_metrics(root, tmp_path):
+    seen, on_event = collect()
+    cold = train.finetune(tiny_options(root), tmp_path / "r1", on_event)
+    warm = train.finetune(tiny_options(root), tmp_path / "r2", on_event)
+    plain = train.finetune(tiny_options(root, keep_cache=False), tmp_path / "r3", on_event)
+    assert [r.source for r in cache_reports(seen)] == ["stored", "hit", "built"]
+    assert cold["prefix_cache"]["source"] == "stored" and warm["prefix_cache"]["source"] == "hit"
+    for name in METRICS:
+        assert warm[name] == cold[name] == plain[name], name
+    assert len(list_caches(root)) == 1
+
+
+def test_a_corrupted_cache_is_rebuilt_by_the_next_run(root, tmp_path):
+    first = train.finetune(tiny_options(root), tmp_path / "r1")
+    states = list_caches(root)[0].path / STATES_FILE
+    raw = bytearray(states.read_bytes())
+    raw[100] ^= 0x40
+    states.write_bytes(bytes(raw))
+    seen, on_event = collect()
+    again = train.finetune(tiny_options(root), tmp_path / "r2", on_event)
+    report = cache_reports(seen)[0]
+    assert report.source == "stored" and report.detail.startswith("rebuilt: ") and "sha256" in report.detail
+    assert all(again[name] == first[name] for name in METRICS)
+
+
+def test_a_cache_of_fewer_frozen_blocks_is_extended(tmp_path):
+    root = write_tiny_data(tmp_path / "data")
+    (root / "tiny3.json").write_text(json.dumps({**TINY_CONFIG, "n_layers": 3}))
+    options = tiny_options(root, model=str(root / "tiny3.json"), epochs=1)
+    seen, on_event = collect()
+    train.finetune(replace(options, trainable="last-2-blocks"), tmp_path / "r1", on_event)
+    summary = train.finetune(options, tmp_path / "r2", on_event)  # last-block: 2 frozen blocks
+    first, second = cache_reports(seen)
+    assert (first.start_block, first.source) == (1, "stored")
+    assert (second.start_block, second.source, second.detail) == (2, "extended", "from the 1-block cache")
+    assert summary["prefix_cache"]["blocks"] == 2
+
+
+def test_lora_run_trains_a_b_and_head_and_writes_a_plain_classifier(root, tmp_path):
+    options = tiny_options(root, trainable="lora", lora_rank=4, lora_alpha=8, lora_blocks=1)
+    summary = train.finetune(options, tmp_path / "run")
+    assert summary["trainable_params"] == lora_parameter_count(CFG, 4, 1) + CFG.emb_dim * 2 + 2
+    assert summary["prefix_cache"]["blocks"] == 1  # LoRA on the last block: the first is cached
+    model, cfg = load_classifier(tmp_path / "run")  # merged: a plain classifier's keys
+    assert cfg.trainable == "lora" and not any(".lora_" in k for k in model.state_dict())
+    clf = SpamClassifier.load(tmp_path / "run", device="cpu", precision="fp32")
+    test = [line.split(",", 1) for line in (root / "test.csv").read_text().splitlines()[1:]]
+    assert len(clf.predict([t for _, t in test[:3]])) == 3
+
+
+def test_lora_differs_from_its_base_and_from_last_block(root, tmp_path):
+    lora = train.finetune(tiny_options(root, trainable="lora", lora_rank=4), tmp_path / "a")
+    block = train.finetune(tiny_options(root), tmp_path / "b")
+    assert lora["validation_loss"] != block["validation_loss"]
+    assert lora["trainable_params"] == lora_parameter_count(CFG, 4) + CFG.emb_dim * 2 + 2
+
+
+def test_compact_run_predicts_what_its_export_predicts(root, tmp_path):
+    full = train.finetune(tiny_options(root, trainable="lora", lora_rank=4), tmp_path / "full")
+    compact = train.finetune(tiny_options(root, trainable="lora", lora_rank=4, compact=True), tmp_path / "compact")
+    run = tmp_path / "compact"
+    assert (run / "delta.safetensors").is_file() and (run / "base.json").is_file() and not (run / "model.safetensors").exists()
+    assert all(compact[name] == full[name] for name in METRICS)
+    assert len(list((root / "bases").iterdir())) == 1
+    delta = (run / "delta.safetensors").stat().st_size
+    assert delta < (tmp_path / "full" / "model.safetensors").stat().st_size / 5
+    texts = ["WINNER!! free prize, call now", "see you at lunch", "Claim your cash reward today"]
+    # The class logits: the run's calibration (a temperature in calibration.json) is no part of
+    # the exported weights.
+    ids = [get_tokenizer().encode(t) for t in texts]
+    from_run = batched_logits(SpamClassifier.load(run, device="cpu", precision="fp32").model, ids)
+    model, cfg = read_exported(export_run(run, tmp_path / "x.safetensors"))
+    assert cfg.trainable == "lora" and torch.equal(from_run, batched_logits(model, ids))
+
+
+def test_schedule_and_resume_continue_the_same_rates(root, tmp_path):
+    options = tiny_options(root, schedule="cosine", warmup_steps=3, epochs=2)
+    whole = train.finetune(options, tmp_path / "whole")
+    constant = train.finetune(tiny_options(root, epochs=2), tmp_path / "constant")
+    assert whole["validation_loss"] != constant["validation_loss"]
+
+    def stop(event):
+        if isinstance(event, events.StepDone) and event.step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(options, tmp_path / "stopped", stop)
+    resumed = train.resume_finetune(tmp_path / "stopped")
+    assert all(resumed[name] == whole[name] for name in METRICS)
+
+
+def test_clipping_bounds_the_update_of_a_plain_sgd_step():
+    torch.manual_seed(0)
+    from spamtune.model import GPTModel, convert_to_classifier
+
+    model = convert_to_classifier(GPTModel(CFG), trainable="all")
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    batch = Batch(ids, torch.tensor([4, 4]), torch.tensor([0, 1]))
+    train.optimizer_step(model, optimizer, [batch], "last-real", Precision("fp32", "cpu"), clip_grad_norm=1e-3)
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert moved.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_cli_finetune_lora_then_sweep_resumes(root):
+    runner = CliRunner()
+    common = ["--model", str(root / "tiny.json"), "--weights", "random", "--device", "cpu", "--precision", "fp32", "--data-dir", str(root)]
+    result = runner.invoke(app, ["finetune", *common, "--epochs", "1", "--trainable", "lora", "--lora-rank", "2", "--lora-blocks", "1", "--schedule", "linear", "--warmup-steps", "2", "--clip-grad-norm", "1.0"])
+    assert result.exit_code == 0, result.output
+    assert "computed once and kept for later runs" in result.stderr
+    sweep = ["sweep", *common, "--epochs", "1", "--lr", "1e-3,3e-3", "--trainable", "last-block,lora"]
+    first = runner.invoke(app, sweep)
+    assert first.exit_code == 0, first.output
+    path = first.stdout.strip().splitlines()[-1]
+    saved = json.loads(open(path).read())
+    assert len(saved["runs"]) == 4 and {r["status"] for r in saved["runs"]} == {"done"} and saved["best"] == saved["runs"][0]["name"]
+    assert "best" in first.stderr and "val loss" in first.stderr
+    again = runner.invoke(app, sweep)
+    assert again.exit_code == 0 and again.stdout.strip().splitlines()[-1] == path
+    assert again.stderr.count("finished earlier, skipped") == 4

@@ -1,0 +1,225 @@
+"""Compact runs: only the changed tensors plus a base reference; bases stored once; export."""
+
+import pytest
+import torch
+from conftest import write_hf_gpt2
+from typer.testing import CliRunner
+
+from spamtune import checkpoint, paths
+from spamtune.bases import BaseRef, base_file, base_weights_sha256, load_base, missing_base_message, store_base
+from spamtune.checkpoint import ClassifierConfig
+from spamtune.cli import app
+from spamtune.compact import (
+    DELTA_FILE,
+    export_run,
+    holds_classifier,
+    is_compact_run,
+    load_compact_run,
+    load_run,
+    read_exported,
+    save_compact_run,
+)
+from spamtune.data import pad_batch
+from spamtune.errors import SpamtuneError
+from spamtune.lora import convert_to_lora_classifier, lora_layers
+from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
+from spamtune.weights import load_pretrained_weights
+
+CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=48, n_layers=3, n_heads=4)
+SEEDED = {"kind": "random", "model": CFG.to_dict(), "seed": 5}
+SEQS = [[5, 9, 2], [7] * 11, [1], list(range(100, 130))]
+
+
+def logits(model):
+    ids, lengths = pad_batch(SEQS, 50256)
+    with torch.no_grad():
+        return model.classify(ids, lengths, "last-real")
+
+
+def random_base() -> GPTModel:
+    torch.manual_seed(5)  # as SEEDED says, so the base can be rebuilt from its origin
+    return GPTModel(CFG)
+
+
+def trained(model: GPTModel) -> GPTModel:
+    """Stand-in for training: move every trainable tensor."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+def run_dir(root):
+    path = paths.runs_dir(root) / "r1"
+    path.mkdir(parents=True)
+    return path
+
+
+def config(trainable="last-block"):
+    return ClassifierConfig(model=CFG, max_length=64, trainable=trainable, base_model=None, weights="random")
+
+
+def last_block_run(root):
+    """A compact run of a trained last-block classifier on the seeded random base."""
+    model = random_base()
+    ref = store_base(root, model, SEEDED)
+    model = trained(convert_to_classifier(model, trainable="last-block"))
+    run = run_dir(root)
+    save_compact_run(run, model, config(), ref, root)
+    return run, model, ref
+
+
+def test_last_block_run_stores_only_what_changed_and_loads_identically(tmp_path):
+    run, model, _ = last_block_run(tmp_path)
+    assert is_compact_run(run) and holds_classifier(run) and not holds_classifier(run.parent)
+    delta = checkpoint_keys(run / DELTA_FILE)
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert delta == expected  # the last block, the final LayerNorm and the head; nothing frozen
+    loaded, cfg = load_compact_run(run)
+    model_state = model.state_dict()
+    assert set(loaded.state_dict()) == set(model_state)
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, model_state[name]), name
+    assert cfg.trainable == "last-block"
+    # Far smaller than the full model: the last of three blocks, one LayerNorm and the head.
+    full = sum(t.numel() for t in loaded.state_dict().values())
+    assert sum(t.numel() for t in load_delta(run).values()) < full / 10
+
+
+def checkpoint_keys(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return set(f.keys())
+
+
+def load_delta(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(run / DELTA_FILE))
+
+
+def test_unchanged_trainable_tensors_are_not_stored(tmp_path):
+    model = random_base()
+    ref = store_base(tmp_path, model, SEEDED)
+    model = convert_to_classifier(model, trainable="last-block")
+    with torch.no_grad():
+        model.trf_blocks[2].ff.fc.weight.mul_(1.5)  # one trained tensor changed, the rest did not
+    run = run_dir(tmp_path)
+    save_compact_run(run, model, config(), ref, tmp_path)
+    assert checkpoint_keys(run / DELTA_FILE) == {"trf_blocks.2.ff.fc.weight", "out_head.weight", "out_head.bias"}
+
+
+def test_lora_run_predicts_exactly_what_its_export_predicts(tmp_path):
+    model = random_base()
+    ref = store_base(tmp_path, model, SEEDED)
+    model = convert_to_lora_classifier(model, rank=4, alpha=8, blocks=2)
+    trained(model)
+    assert all(layer.lora_b.abs().sum() > 0 for _, layer in lora_layers(model))
+    unmerged = logits(model)
+    run = run_dir(tmp_path)
+    save_compact_run(run, model, config("lora"), ref, tmp_path, lora={"rank": 4, "alpha": 8, "blocks": 2})
+    delta = checkpoint_keys(run / DELTA_FILE)
+    assert delta == {n for n, _ in model.named_parameters() if ".lora_" in n} | {"out_head.weight", "out_head.bias"}
+    compact, _ = load_compact_run(run)
+    torch.testing.assert_close(logits(compact), unmerged, atol=1e-5, rtol=1e-5)
+    out = export_run(run, tmp_path / "out" / "classifier.safetensors")
+    exported, cfg = read_exported(out)
+    assert cfg.trainable == "lora" and cfg.model == CFG
+    assert torch.equal(logits(exported), logits(compact))
+    assert set(exported.state_dict()) == set(checkpoint.build_classifier(config()).state_dict())
+
+
+def test_a_run_outside_runs_finds_the_base_where_it_was_trained(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    model = random_base()
+    ref = store_base(root, model, SEEDED)
+    run = tmp_path / "elsewhere" / "run"
+    run.mkdir(parents=True)
+    save_compact_run(run, trained(convert_to_classifier(model)), config(), ref, root)
+    monkeypatch.chdir(tmp_path)  # the default data root, ./data, holds nothing
+    loaded, _ = load_compact_run(run)
+    assert not (tmp_path / "data").exists()  # nothing rebuilt or written anywhere else
+    assert logits(loaded).shape == (len(SEQS), 2)
+
+
+def test_bases_are_stored_once_and_shared(tmp_path):
+    model = random_base()
+    ref_a = store_base(tmp_path, model, SEEDED)
+    ref_b = store_base(tmp_path, convert_to_classifier(random_base(), trainable="all"), SEEDED)
+    assert ref_a == ref_b and ref_a.sha256 == base_weights_sha256(model)
+    assert [p.name for p in paths.bases_dir(tmp_path).iterdir()] == [f"{ref_a.sha256}.safetensors"]
+
+
+def test_a_missing_random_base_is_rebuilt_from_its_seed(tmp_path):
+    run, _, ref = last_block_run(tmp_path)
+    expected = logits(load_compact_run(run)[0])
+    base_file(tmp_path, ref.sha256).unlink()
+    state = torch.get_rng_state()
+    assert torch.equal(logits(load_compact_run(run)[0]), expected)
+    assert torch.equal(torch.get_rng_state(), state)  # rebuilding did not disturb the caller's RNG
+    assert base_file(tmp_path, ref.sha256).is_file()  # stored again
+
+
+def test_a_base_rebuilt_from_its_weights_file(tmp_path):
+    hf = write_hf_gpt2(tmp_path / "hf" / "model.safetensors", emb_dim=64, n_layers=2, context=128)
+    cfg = GPTConfig(context_length=128, emb_dim=64, n_layers=2, n_heads=4)
+    with torch.device("meta"):
+        base = GPTModel(cfg)
+    load_pretrained_weights(base, hf)
+    ref = store_base(tmp_path, base, {"kind": "file", "path": str(hf), "model": cfg.to_dict()})
+    model = trained(convert_to_classifier(base, trainable="last-block"))
+    run = run_dir(tmp_path)
+    classifier_cfg = ClassifierConfig(model=cfg, max_length=128)
+    save_compact_run(run, model, classifier_cfg, ref, tmp_path)
+    expected = logits(load_compact_run(run)[0])
+    base_file(tmp_path, ref.sha256).unlink()
+    assert torch.equal(logits(load_compact_run(run)[0]), expected)
+    # Gone from both places: one line saying what is missing and how to get it back.
+    base_file(tmp_path, ref.sha256).unlink()
+    hf.unlink()
+    with pytest.raises(SpamtuneError, match=r"^base [0-9a-f]{12}\.\.\. \(weights file .*\) is not in .*bases and .* is gone; put that file back"):
+        load_compact_run(run)
+
+
+def test_missing_pretrained_base_says_how_to_download_it(tmp_path):
+    ref = BaseRef("ab" * 32, {"kind": "pretrained", "name": "gpt2-medium"})
+    message = missing_base_message(tmp_path, ref)
+    assert message.endswith("run `spamtune download model gpt2-medium` to get it back")
+    assert "\n" not in message
+
+
+def test_a_tampered_base_is_refused(tmp_path):
+    run, _, ref = last_block_run(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    path = base_file(tmp_path, ref.sha256)
+    tensors = load_file(str(path))
+    tensors["pos_emb.weight"][0, 0] += 1
+    save_file(tensors, str(path))
+    with pytest.raises(SpamtuneError, match="sha256 mismatch"):
+        load_compact_run(run)
+
+
+def test_full_model_runs_keep_loading(tmp_path):
+    model = trained(convert_to_classifier(random_base()))
+    run = run_dir(tmp_path)
+    checkpoint.save_classifier(run, model, config())
+    loaded, _ = load_run(run)
+    assert not is_compact_run(run)
+    assert torch.equal(logits(loaded), logits(model.eval()))
+    exported, _ = read_exported(export_run(run, tmp_path / "full.safetensors"))
+    assert torch.equal(logits(exported), logits(loaded))
+
+
+def test_cli_export(tmp_path):
+    run, _, _ = last_block_run(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(run), str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 0 and result.stdout.strip() == str(tmp_path / "x.safetensors")
+    assert torch.equal(logits(read_exported(tmp_path / "x.safetensors")[0]), logits(load_run(run)[0]))
+    bad = runner.invoke(app, ["export", str(tmp_path), str(tmp_path / "y.safetensors")])
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: ") and "not a run folder" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "y.safetensors").exists()

@@ -1,0 +1,88 @@
+"""Learning-rate schedules and gradient clipping."""
+
+import math
+
+import pytest
+import torch
+
+from spamtune.errors import SpamtuneUsageError
+from spamtune.schedule import check_schedule_options, clip_gradients, lr_multiplier, make_scheduler
+
+
+def test_constant_without_warmup_is_the_books_fixed_rate():
+    assert [lr_multiplier(s, "constant", 0, 10) for s in range(12)] == [1.0] * 12
+
+
+def test_warmup_rises_linearly_then_constant():
+    assert [lr_multiplier(s, "constant", 3, 10) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decays_from_the_peak_after_warmup_to_zero_at_the_end(schedule):
+    values = [lr_multiplier(s, schedule, 2, 10) for s in range(12)]
+    assert values[:3] == [1 / 3, 2 / 3, 1.0]
+    assert all(a > b for a, b in zip(values[2:10], values[3:10]))  # strictly decreasing over the decay
+    assert values[10] == pytest.approx(0.0, abs=1e-12) and values[11] == values[10]
+
+
+def test_cosine_and_linear_midpoints():
+    # 8 decay steps after 2 warmup steps: the midpoint is step 6.
+    assert lr_multiplier(6, "cosine", 2, 10) == pytest.approx(0.5)
+    assert lr_multiplier(6, "linear", 2, 10) == pytest.approx(0.5)
+    assert lr_multiplier(4, "cosine", 2, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_multiplier(4, "linear", 2, 10) == pytest.approx(0.75)
+
+
+def test_lambda_lr_applies_the_multiplier_to_each_update():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scheduler = make_scheduler(optimizer, "linear", warmup_steps=1, total_steps=5)
+    seen = []
+    for _ in range(5):
+        seen.append(optimizer.param_groups[0]["lr"])
+        param.grad = torch.ones(1)
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.05, 0.1, 0.075, 0.05, 0.025])
+    # The parameter moved by exactly the sum of the rates used.
+    assert param.item() == pytest.approx(-sum(seen))
+
+
+def test_a_recreated_scheduler_continues_where_one_left_off():
+    def rates(resume_after):
+        param = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([param], lr=1.0)
+        scheduler = make_scheduler(optimizer, "cosine", 2, 8)
+        out = []
+        for step in range(8):
+            if step == resume_after:
+                optimizer = torch.optim.SGD([param], lr=1.0)
+                scheduler = make_scheduler(optimizer, "cosine", 2, 8, start_step=step)
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    assert rates(resume_after=5) == pytest.approx(rates(resume_after=-1))
+
+
+def test_clipping_scales_the_joint_norm_down_and_reports_it():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    assert clip_gradients([a, b], 1.0) == pytest.approx(5.0)
+    assert a.grad.tolist() == pytest.approx([0.6, 0.0], rel=1e-5) and b.grad.tolist() == pytest.approx([0.8], rel=1e-5)
+    # Under the limit nothing changes; off (None) touches nothing either.
+    assert clip_gradients([a, b], 10.0) == pytest.approx(1.0, rel=1e-5)
+    assert a.grad.tolist() == pytest.approx([0.6, 0.0], rel=1e-5)
+    a.grad = torch.tensor([30.0, 40.0])
+    assert clip_gradients([a, b], None) is None and a.grad.tolist() == [30.0, 40.0]
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [(("step", 0, None), "--schedule"), (("cosine", -1, None), "--warmup-steps"), (("cosine", 0, 0.0), "--clip-grad-norm"),
+     (("linear", 0, float("inf")), "--clip-grad-norm")],
+)
+def test_bad_options_are_usage_errors(args, flag):
+    with pytest.raises(SpamtuneUsageError, match=flag):
+        check_schedule_options(*args)

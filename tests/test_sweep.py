@@ -1,0 +1,87 @@
+"""Sweeps: the grid, run folders, and resuming after an interruption."""
+
+import json
+
+import pytest
+from helpers import tiny_options, write_tiny_data
+
+from spamtune import train
+from spamtune.errors import SpamtuneUsageError
+from spamtune.sweep import SWEEP_FILE, combinations, parse_grid, run_name, run_sweep, sweep_id
+
+
+def test_grid_values_are_typed_like_the_options():
+    grid = parse_grid(train.FinetuneOptions, {"lr": "1e-5, 5e-5", "trainable": "last-block,all", "patience": "none,2", "shortcuts": "true,off"})
+    assert grid == {"lr": [1e-5, 5e-5], "trainable": ["last-block", "all"], "patience": [None, 2], "shortcuts": [True, False]}
+    with pytest.raises(SpamtuneUsageError, match="--epochs: 'x' is not a valid int"):
+        parse_grid(train.FinetuneOptions, {"epochs": "1,x"})
+    with pytest.raises(SpamtuneUsageError, match="lists a value twice"):
+        parse_grid(train.FinetuneOptions, {"lr": "1e-5,0.00001"})
+    with pytest.raises(SpamtuneUsageError, match="cannot vary 'colour'"):
+        parse_grid(train.FinetuneOptions, {"colour": "red"})
+
+
+def test_combinations_and_their_names():
+    combos = combinations({"lr": [1e-5, 1e-4], "trainable": ["last-block", "last-2-blocks"]})
+    assert combos == [
+        {"lr": 1e-5, "trainable": "last-block"}, {"lr": 1e-5, "trainable": "last-2-blocks"},
+        {"lr": 1e-4, "trainable": "last-block"}, {"lr": 1e-4, "trainable": "last-2-blocks"},
+    ]  # fmt: skip
+    assert [run_name(c) for c in combos][:2] == ["lr-1e-05_trainable-last-block", "lr-1e-05_trainable-last-2-blocks"]
+    assert run_name({"model": "../x/tiny.json"}) == "model-x-tiny.json"
+
+
+def test_sweep_id_ignores_where_it_computes(tmp_path):
+    base = tiny_options(tmp_path)
+    grid = {"lr": [1e-3]}
+    assert sweep_id(base, grid) == sweep_id(tiny_options(tmp_path, device="cuda"), grid)
+    assert sweep_id(base, grid) != sweep_id(tiny_options(tmp_path, epochs=3), grid)
+    assert sweep_id(base, grid) != sweep_id(base, {"lr": [2e-3]})
+
+
+def test_an_interrupted_sweep_keeps_finished_runs_and_resumes(tmp_path):
+    root = write_tiny_data(tmp_path)
+    base = tiny_options(root, epochs=2)
+    grid = {"lr": [1e-3, 3e-3]}
+    calls = []
+
+    def counting(fn, label):
+        def wrapper(*args, **kwargs):
+            calls.append(label)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    def stop_second_run(event):
+        if isinstance(event, train.StepDone) and len(calls) == 2 and event.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(train.TrainingInterrupted):
+        run_sweep(base, grid, on_event=stop_second_run, finetune=counting(train.finetune, "new"))
+    folder = root / "sweeps" / f"sweep-{sweep_id(base, grid)}"
+    first = json.loads((folder / SWEEP_FILE).read_text())
+    assert [r["name"] for r in first["runs"]] == ["lr-0.001"] and first["runs"][0]["status"] == "done"
+    assert (folder / "lr-0.003" / "resume").is_dir()
+
+    calls.clear()
+    result = run_sweep(base, grid, finetune=counting(train.finetune, "new"), resume_finetune=counting(train.resume_finetune, "resume"))
+    assert calls == ["resume"]  # the finished run is skipped, the interrupted one resumed
+    assert result.folder == folder
+    assert {r["name"]: r["status"] for r in result.rows} == {"lr-0.001": "skipped", "lr-0.003": "done"}
+    # The resumed run ends where an uninterrupted one does.
+    fresh = run_sweep(base, {"lr": [3e-3]}, out=tmp_path / "fresh")
+    resumed = next(r for r in result.rows if r["name"] == "lr-0.003")
+    assert resumed["validation_loss"] == fresh.rows[0]["validation_loss"]
+    assert resumed["test_accuracy"] == fresh.rows[0]["test_accuracy"]
+    saved = json.loads((folder / SWEEP_FILE).read_text())
+    ranked = [r["validation_loss"] for r in saved["runs"]]
+    assert ranked == sorted(ranked) and saved["best"] == saved["runs"][0]["name"] == result.best["name"]
+
+
+def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    root = write_tiny_data(tmp_path)
+    result = run_sweep(tiny_options(root, epochs=1), {"lr": [1e-3, 1e30]}, out=tmp_path / "s")
+    assert {r["name"]: r["status"] for r in result.rows} == {"lr-0.001": "done", "lr-1e+30": "failed"}
+    failed = next(r for r in result.rows if r["status"] == "failed")
+    assert "training loss became nan" in failed["error"] and failed["validation_loss"] is None
+    assert result.ranked()[0]["name"] == "lr-0.001"
