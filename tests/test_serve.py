@@ -147,7 +147,8 @@ def test_explanations_are_predicts_and_map_back_to_the_text(service, clf):
             assert text[span["start"] : span["end"]] == span["text"] != ""
     assert any(result["explanation"] for result in answer["results"])
     status, single = classify(service, {"text": texts[1], "explain": True})
-    assert status == 200 and [s["text"] for s in single["explanation"]] == [s["text"] for s in answer["results"][1]["explanation"]]
+    assert status == 200
+    assert [s["text"] for s in single["explanation"]] == [s["text"] for s in answer["results"][1]["explanation"]]
     # Offsets count characters, not UTF-16 units or bytes: spans after the emoji still match.
     assert any(span["start"] > texts[1].index("🎉") for span in single["explanation"])
     status, plain = classify(service, {"text": texts[1]})  # no explanation unless asked for
