@@ -191,14 +191,18 @@ def test_requests_waiting_together_share_one_forward_pass():
 
         return predict
 
-    batcher = DynamicBatcher({"text": predictor("text"), "mail": predictor("mail")}, max_batch=5, max_wait_s=0.001)
+    batcher = DynamicBatcher(
+        {kind: predictor(kind) for kind in ("text", "mail", "explain")}, max_batch=5, max_wait_s=0.001,
+        kind_max_batch={"explain": 2},
+    )  # fmt: skip
     batcher.start()
 
     async def scenario():
         first = asyncio.ensure_future(batcher.classify(["a"]))
         while not passes:
             await asyncio.sleep(0.001)
-        queued = [("bc", "text"), ("d", "text"), ("ef", "text"), ("g", "text"), ("m", "mail"), ("hi", "text")]
+        queued = [("bc", "text"), ("d", "text"), ("ef", "text"), ("g", "text"), ("m", "mail"), ("hi", "text"),
+                  ("x", "explain"), ("y", "explain"), ("z", "explain")]  # fmt: skip
         later = [asyncio.ensure_future(batcher.classify(list(t), kind)) for t, kind in queued]
         await asyncio.sleep(0.05)  # all are queued behind the blocked first pass
         release.set()
@@ -207,10 +211,12 @@ def test_requests_waiting_together_share_one_forward_pass():
     first, later = asyncio.run(scenario())
     batcher.stop(5)
     assert first == ["text:A"]
-    assert later == [["text:B", "text:C"], ["text:D"], ["text:E", "text:F"], ["text:G"], ["mail:M"], ["text:H", "text:I"]]
+    assert later == [["text:B", "text:C"], ["text:D"], ["text:E", "text:F"], ["text:G"], ["mail:M"], ["text:H", "text:I"],
+                     ["explain:X"], ["explain:Y"], ["explain:Z"]]  # fmt: skip
     # bc + d + ef fill 5; g does not fit and opens the next pass, which the mail request ends.
+    # Explanations have their own, smaller limit: 2 texts a pass.
     assert passes == [("text", ["a"]), ("text", ["b", "c", "d", "e", "f"]), ("text", ["g"]), ("mail", ["m"]),
-                      ("text", ["h", "i"])]  # fmt: skip
+                      ("text", ["h", "i"]), ("explain", ["x", "y"]), ("explain", ["z"])]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- bad requests
