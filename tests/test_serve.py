@@ -128,6 +128,33 @@ def test_single_text_threshold_and_truncation_follow_the_classifier(service, clf
     assert classify(service, {"texts": []}) == (200, {"run": "random-run", "threshold": 0.5, "results": []})
 
 
+def test_explanations_are_predicts_and_map_back_to_the_text(service, clf):
+    """``"explain": true`` adds ``predict --explain``'s spans, whose offsets index the submitted text."""
+    texts = ["WINNER!! Claim your free prize now, text WIN to 80086", "café ✓ naïve 🎉 lunch at 1?", SPAM[1], ""]
+    status, answer = classify(service, {"texts": texts, "explain": True})
+    assert status == 200 and len(answer["results"]) == len(texts)
+    # Compared with the same texts classified together: which texts share a batch changes the
+    # padding, and so the floating-point sums, by about 1e-7 (see the README).
+    for text, result, expected, explained in zip(texts, answer["results"], clf.predict(texts), clf.explain(texts)):
+        assert (result["label"], result["p_spam"]) == (expected.label, pytest.approx(expected.probability, abs=1e-6))
+        wanted = explained.top(3)  # what predict --explain --format jsonl prints
+        assert [(s["text"], s["start"], s["end"]) for s in result["explanation"]] == [
+            (s["text"], s["start"], s["end"]) for s in wanted
+        ]
+        assert [s["score"] for s in result["explanation"]] == pytest.approx([s["score"] for s in wanted], abs=1e-4)
+        for span in result["explanation"]:
+            assert set(span) == {"text", "start", "end", "score"}
+            assert text[span["start"] : span["end"]] == span["text"] != ""
+    assert any(result["explanation"] for result in answer["results"])
+    status, single = classify(service, {"text": texts[1], "explain": True})
+    assert status == 200
+    assert [s["text"] for s in single["explanation"]] == [s["text"] for s in answer["results"][1]["explanation"]]
+    # Offsets count characters, not UTF-16 units or bytes: spans after the emoji still match.
+    assert any(span["start"] > texts[1].index("🎉") for span in single["explanation"])
+    status, plain = classify(service, {"text": texts[1]})  # no explanation unless asked for
+    assert status == 200 and "explanation" not in plain and plain["p_spam"] == pytest.approx(single["p_spam"], abs=1e-6)
+
+
 def test_concurrent_requests_get_their_own_answers(service, clf):
     """Many clients at once, single texts and lists mixed: each gets the answers for its own texts."""
     texts = varied_messages(240)
@@ -164,14 +191,18 @@ def test_requests_waiting_together_share_one_forward_pass():
 
         return predict
 
-    batcher = DynamicBatcher({"text": predictor("text"), "mail": predictor("mail")}, max_batch=5, max_wait_s=0.001)
+    batcher = DynamicBatcher(
+        {kind: predictor(kind) for kind in ("text", "mail", "explain")}, max_batch=5, max_wait_s=0.001,
+        kind_max_batch={"explain": 2},
+    )  # fmt: skip
     batcher.start()
 
     async def scenario():
         first = asyncio.ensure_future(batcher.classify(["a"]))
         while not passes:
             await asyncio.sleep(0.001)
-        queued = [("bc", "text"), ("d", "text"), ("ef", "text"), ("g", "text"), ("m", "mail"), ("hi", "text")]
+        queued = [("bc", "text"), ("d", "text"), ("ef", "text"), ("g", "text"), ("m", "mail"), ("hi", "text"),
+                  ("x", "explain"), ("y", "explain"), ("z", "explain")]  # fmt: skip
         later = [asyncio.ensure_future(batcher.classify(list(t), kind)) for t, kind in queued]
         await asyncio.sleep(0.05)  # all are queued behind the blocked first pass
         release.set()
@@ -180,10 +211,12 @@ def test_requests_waiting_together_share_one_forward_pass():
     first, later = asyncio.run(scenario())
     batcher.stop(5)
     assert first == ["text:A"]
-    assert later == [["text:B", "text:C"], ["text:D"], ["text:E", "text:F"], ["text:G"], ["mail:M"], ["text:H", "text:I"]]
+    assert later == [["text:B", "text:C"], ["text:D"], ["text:E", "text:F"], ["text:G"], ["mail:M"], ["text:H", "text:I"],
+                     ["explain:X"], ["explain:Y"], ["explain:Z"]]  # fmt: skip
     # bc + d + ef fill 5; g does not fit and opens the next pass, which the mail request ends.
+    # Explanations have their own, smaller limit: 2 texts a pass.
     assert passes == [("text", ["a"]), ("text", ["b", "c", "d", "e", "f"]), ("text", ["g"]), ("mail", ["m"]),
-                      ("text", ["h", "i"])]  # fmt: skip
+                      ("text", ["h", "i"]), ("explain", ["x", "y"]), ("explain", ["z"])]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- bad requests
@@ -203,7 +236,7 @@ def strict_service(tmp_path_factory):
                 raise RuntimeError(f"boom in {REPO}/secret/path.py")
             return clf.predictions(texts, probabilities)
 
-    settings = ServeSettings(max_body_bytes=2_000, max_mail_bytes=3_000, max_texts=4)
+    settings = ServeSettings(max_body_bytes=2_000, max_mail_bytes=3_000, max_texts=4, max_explain_texts=2)
     app = create_app(Fragile(), settings)
     with running(app) as url:
         yield url
@@ -224,6 +257,8 @@ def strict_service(tmp_path_factory):
         (b'{"text": "a", "threshold": true}', 422, "between 0 and 1"),
         (b'{"txt": "a"}', 422, "unknown field 'txt'"),
         (b'{"texts": ["a", "b", "c", "d", "e"]}', 413, "too many texts: 5 (at most 4"),
+        (b'{"texts": ["a", "b", "c"], "explain": true}', 413, 'too many texts to explain: 3 (at most 2 with "explain")'),
+        (b'{"text": "a", "explain": "yes"}', 422, '"explain" must be true or false, not a string'),
         (json.dumps({"text": "x" * 3_000}).encode(), 413, "request body too large"),
     ],
 )

@@ -77,7 +77,15 @@ def test_page_classifies_spam_and_ham(browser, service):
     assert page.text_content("#p-spam") == f"{P_SPAM:.3f}"
     assert "is-spam" in page.get_attribute("#result", "class")
     assert page.text_content("#compare").startswith(f"{P_SPAM:.3f} ≥ threshold 0.500")
-    assert page.is_hidden("#headers-box") and page.is_hidden("#explanation-box")
+    assert page.is_hidden("#headers-box")
+    # The page asked for explanations: the rigged run's verdict hangs on the final "!", so the
+    # service's answer scores "claim!" (and nothing else) towards spam, and the page highlights it
+    # in the message as written.
+    page.wait_for_selector("#explanation-box:not([hidden])")
+    assert page.text_content("#explanation") == "WINNER!! You have won a free prize, call now to claim!"
+    assert page.eval_on_selector_all("#explanation span", "els => els.map(e => e.textContent)") == ["claim!"]
+    colour = page.eval_on_selector("#explanation span", "e => e.style.backgroundColor")
+    assert colour.startswith("rgba(214, 51, 108")
     _shot(page, "desktop-spam")
 
     page.fill("#message", "Are we still meeting for lunch tomorrow")
@@ -87,6 +95,7 @@ def test_page_classifies_spam_and_ham(browser, service):
     assert "is-ham" in page.get_attribute("#result", "class")
     assert page.text_content("#compare").startswith(f"{P_HAM:.3f} < threshold 0.500")
     assert page.evaluate("getComputedStyle(document.getElementById('meter-fill')).width") != "0px"
+    assert page.is_hidden("#explanation-box")  # no word moves this verdict: nothing to highlight
     _shot(page, "desktop-ham")
     assert problems == []
 
@@ -111,8 +120,10 @@ def test_pasted_mail_goes_to_the_mail_endpoint_and_shows_the_header(browser, ser
 def test_explanations_are_highlighted_as_text_never_as_markup(browser, service):
     """When an answer carries explanation spans the page highlights them, writing them as text."""
     page = browser.new_page(viewport={"width": 1100, "height": 900})
-    spans = [{"text": "Claim ", "score": 0.9}, {"text": "<img src=x onerror=alert(1)>", "score": -0.4},
-             {"text": " now", "score": 0.01}]  # fmt: skip
+    spans = [{"text": "Claim", "start": 0, "end": 5, "score": 0.9},
+             {"text": "<img", "start": 6, "end": 10, "score": -0.4},
+             {"text": "now", "start": 35, "end": 38, "score": 0.01},
+             {"text": "off the end", "start": 30, "end": 99, "score": 5.0}]  # fmt: skip
     answer = {"run": "rigged", "threshold": 0.5, "label": "spam", "p_spam": 0.93, "explanation": spans}
     page.route("**/v1/classify", lambda route: route.fulfill(status=200, content_type="application/json",
                                                               body=json.dumps(answer)))  # fmt: skip
@@ -121,7 +132,7 @@ def test_explanations_are_highlighted_as_text_never_as_markup(browser, service):
     page.click("#classify")
     page.wait_for_selector("#explanation-box:not([hidden])")
     assert page.text_content("#explanation") == "Claim <img src=x onerror=alert(1)> now"
-    assert page.eval_on_selector_all("#explanation span", "els => els.length") == 3
+    assert page.eval_on_selector_all("#explanation span", "els => els.map(e => e.textContent)") == ["Claim", "<img", "now"]
     assert page.eval_on_selector_all("#explanation img, #result img", "els => els.length") == 0
     colours = page.eval_on_selector_all("#explanation span", "els => els.map(e => e.style.backgroundColor)")
     assert colours[0].startswith("rgba(214, 51, 108") and colours[1].startswith("rgba(43, 138, 62")

@@ -37,6 +37,7 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20  # a JSON request
     max_mail_bytes: int = 10 << 20  # a raw message: mail servers commonly cap at 10-25 MB
     max_texts: int = 256  # texts in one JSON request
+    max_explain_texts: int = 8  # texts in one request with "explain": each costs up to 65 forward passes
     max_batch: int = 128  # texts in one forward pass
     max_wait_ms: float = 2.0
     api_key: str | None = None
@@ -59,16 +60,29 @@ class ApiError(Exception):
 
 
 class ClassifyRequest(BaseModel):
-    """Either ``texts`` (a list) or ``text`` (one string); ``threshold`` overrides the service's for this request."""
+    """Either ``texts`` (a list) or ``text`` (one string); ``threshold`` overrides the service's for this request;
+    ``explain`` adds each text's explanation (at most 8 texts by default)."""
 
     texts: list[str] | None = None
     text: str | None = None
     threshold: float | None = None
+    explain: bool = False
+
+
+class Span(BaseModel):
+    """A word of the text, ``text == submitted[start:end]`` (offsets in characters), and its push
+    towards spam (positive ``score``) or ham (negative), in calibrated log-odds."""
+
+    text: str
+    start: int
+    end: int
+    score: float
 
 
 class Verdict(BaseModel):
     label: str
     p_spam: float
+    explanation: list[Span] | None = None
 
 
 class ClassifyResponse(BaseModel):
@@ -79,6 +93,7 @@ class ClassifyResponse(BaseModel):
     results: list[Verdict] | None = None
     label: str | None = None
     p_spam: float | None = None
+    explanation: list[Span] | None = None
 
 
 class MailResponse(BaseModel):
@@ -117,6 +132,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     batcher = DynamicBatcher(
         verdicts.predictors(classifier),
         max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, on_pass=metrics.observe_pass,
+        kind_max_batch={"explain": settings.max_explain_texts},
     )  # fmt: skip
     run_name = classifier.run_dir.name if getattr(classifier, "run_dir", None) is not None else "unnamed"
     labels = list(classifier.labels)
@@ -211,15 +227,22 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         summary="Classify texts",
     )  # fmt: skip
     async def classify_texts(request: Request) -> Response:
-        """Classify ``{"texts": [...]}`` or ``{"text": "..."}`` exactly as ``spamtune predict`` does."""
+        """Classify ``{"texts": [...]}`` or ``{"text": "..."}`` exactly as ``spamtune predict`` does;
+        with ``"explain": true``, each verdict also carries ``predict --explain``'s spans."""
         body = await read_body(request, settings.max_body_bytes)
-        texts, single, requested = parse_classify_request(body, settings.max_texts)
-        predictions = await classify(texts)
+        texts, single, requested, explain = parse_classify_request(body, settings.max_texts, settings.max_explain_texts)
+        results = []
+        for item in await classify(texts, "explain" if explain else "text"):
+            prediction, spans = item if explain else (item, None)
+            result: dict[str, Any] = dict(zip(("label", "p_spam"), verdict(prediction, requested)))
+            if explain:
+                result["explanation"] = spans
+            results.append(result)
         answer: dict[str, Any] = {"run": run_name, "threshold": threshold_of(requested)}
         if single:
-            answer["label"], answer["p_spam"] = verdict(predictions[0], requested)
+            answer.update(results[0])
         else:
-            answer["results"] = [dict(zip(("label", "p_spam"), verdict(p, requested))) for p in predictions]
+            answer["results"] = results
         return JSONResponse(answer)
 
     @app.post(
@@ -263,7 +286,8 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
             "pooling": cfg.pooling,
             "device": str(classifier.device),
             "precision": classifier.precision,
-            "limits": {"max_texts": settings.max_texts, "max_body_bytes": settings.max_body_bytes,
+            "limits": {"max_texts": settings.max_texts, "max_explain_texts": settings.max_explain_texts,
+                       "max_body_bytes": settings.max_body_bytes,
                        "max_mail_bytes": settings.max_mail_bytes},
             "version": __version__,
         })  # fmt: skip
@@ -360,8 +384,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def parse_classify_request(body: bytes, max_texts: int) -> tuple[list[str], bool, float | None]:
-    """``(texts, single, threshold)`` from a ``/v1/classify`` body, or a 422/413 ``ApiError`` with one line."""
+def parse_classify_request(
+    body: bytes, max_texts: int, max_explain_texts: int
+) -> tuple[list[str], bool, float | None, bool]:
+    """``(texts, single, threshold, explain)`` from a ``/v1/classify`` body, or a 422/413 ``ApiError`` with one line."""
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -370,9 +396,14 @@ def parse_classify_request(body: bytes, max_texts: int) -> tuple[list[str], bool
         raise ApiError(422, "malformed JSON: the body is not UTF-8") from None
     if not isinstance(data, dict):
         raise ApiError(422, 'the body must be a JSON object: {"texts": [...]} or {"text": "..."}')
-    unknown = sorted(set(data) - {"texts", "text", "threshold"})
+    unknown = sorted(set(data) - {"texts", "text", "threshold", "explain"})
     if unknown:
-        raise ApiError(422, f"unknown field {unknown[0]!r} (expected 'texts' or 'text', and optionally 'threshold')")
+        raise ApiError(
+            422, f"unknown field {unknown[0]!r} (expected 'texts' or 'text', and optionally 'threshold' and 'explain')"
+        )
+    explain = data.get("explain", False)
+    if not isinstance(explain, bool):
+        raise ApiError(422, f'"explain" must be true or false, not {_json_type(explain)}')
     if ("texts" in data) == ("text" in data):
         raise ApiError(422, 'give exactly one of "texts" (a list of strings) or "text" (a string)')
     threshold = data.get("threshold")
@@ -383,16 +414,19 @@ def parse_classify_request(body: bytes, max_texts: int) -> tuple[list[str], bool
     if "text" in data:
         if not isinstance(data["text"], str):
             raise ApiError(422, f'"text" must be a string, not {_json_type(data["text"])}')
-        return [data["text"]], True, threshold
+        return [data["text"]], True, threshold, explain
     texts = data["texts"]
     if not isinstance(texts, list):
         raise ApiError(422, f'"texts" must be a list of strings, not {_json_type(texts)}')
     if len(texts) > max_texts:
         raise ApiError(413, f"too many texts: {len(texts):,} (at most {max_texts:,} per request)")
+    if explain and len(texts) > max_explain_texts:
+        # Explaining a text takes up to 65 forward passes: a large request would hold the model for everyone.
+        raise ApiError(413, f'too many texts to explain: {len(texts):,} (at most {max_explain_texts:,} with "explain")')
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ApiError(422, f'"texts" must hold strings only; item {i} is {_json_type(text)}')
-    return texts, False, threshold
+    return texts, False, threshold, explain
 
 
 def _json_type(value: Any) -> str:

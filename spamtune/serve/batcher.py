@@ -8,7 +8,8 @@ up to ``max_wait_s`` for more while the batch is not full. An idle service there
 request at once, and a busy one classifies what piled up during the previous pass together:
 ``SpamClassifier.predict`` then sorts those texts by length into its own batches, as
 ``spamtune predict --file`` does with a chunk of lines. Each kind of request (plain texts, the
-texts of mail messages) has its own predict function; a pass runs one kind.
+texts of mail messages, texts to explain) has its own predict function; a pass runs one kind,
+and a kind may have a smaller batch limit of its own (explaining a text costs dozens of passes).
 """
 
 from __future__ import annotations
@@ -78,11 +79,13 @@ class DynamicBatcher:
         max_batch: int = 128,
         max_wait_s: float = 0.002,
         on_pass: Callable[[PassStats], None] | None = None,
+        kind_max_batch: dict[str, int] | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._predictors = dict(predictors)
         self.max_batch = max_batch
+        self._kind_max_batch = dict(kind_max_batch or {})
         self.max_wait_s = max_wait_s
         self._on_pass = on_pass
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -153,15 +156,16 @@ class DynamicBatcher:
         if first is _STOP:
             return None
         batch, size = [first], len(first.texts)
+        limit = self._kind_max_batch.get(first.kind, self.max_batch)
         busy = not self._queue.empty()  # others arrived while the last pass ran: worth waiting for more
         deadline = time.perf_counter() + self.max_wait_s
-        while size < self.max_batch:
+        while size < limit:
             timeout = deadline - time.perf_counter() if busy else 0.0
             try:
                 job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is _STOP or job.kind != first.kind or size + len(job.texts) > self.max_batch:
+            if job is _STOP or job.kind != first.kind or size + len(job.texts) > limit:
                 self._carry = job
                 break
             batch.append(job)

@@ -4,6 +4,7 @@ Texts go through ``predict_long`` in ``predict``'s mode for lines of text (a lon
 first tokens); the text of a mail message (``spamtune.mail.message_text``) goes through it in
 ``filter``'s mode (``DEFAULT_LONG``), and its headers are the ones ``filter`` adds, built by the
 filter's own ``Verdict``. So the service answers exactly what the two commands would.
+Texts to explain get ``predict``'s prediction and ``predict --explain``'s explanation.
 """
 
 from __future__ import annotations
@@ -15,14 +16,24 @@ from spamtune.long_messages import predict_long
 from spamtune.mail import DEFAULT_LONG, TEXT_LONG, message_text
 from spamtune.mail_filter import Verdict
 
-__all__ = ["mail_headers", "message_text", "predictors"]
+__all__ = ["EXPLAIN_TOP_K", "mail_headers", "message_text", "predictors"]
+
+# Spans towards spam and towards ham in an answer's "explanation": as many as predict --explain prints.
+EXPLAIN_TOP_K = 3
 
 
 def predictors(classifier: Any) -> dict[str, Callable[[list[str]], list]]:
-    """``{"text": ..., "mail": ...}``: texts -> predictions, for the dynamic batcher."""
+    """``{"text": ..., "mail": ..., "explain": ...}``: texts -> predictions (for ``explain``,
+    ``(prediction, explanation spans)`` pairs), for the dynamic batcher."""
+
+    def explained(texts: list[str]) -> list[tuple[Any, list[dict]]]:
+        explanations = classifier.explain(texts)
+        return [(p, e.top(EXPLAIN_TOP_K)) for p, e in zip(predict_long(classifier, texts, TEXT_LONG), explanations)]
+
     return {
         "text": lambda texts: predict_long(classifier, texts, TEXT_LONG),
         "mail": lambda texts: predict_long(classifier, texts, DEFAULT_LONG),
+        "explain": explained,
     }
 
 

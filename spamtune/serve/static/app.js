@@ -56,7 +56,7 @@ async function classify(event) {
   try {
     const response = asMail
       ? await fetch("/v1/classify/mail", { method: "POST", headers: headers({ "Content-Type": "message/rfc822" }), body: text })
-      : await fetch("/v1/classify", { method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify({ text }) });
+      : await fetch("/v1/classify", { method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify({ text, explain: true }) });
     const answer = await response.json().catch(() => ({ error: `the service answered ${response.status}` }));
     if (response.status === 401) {
       $("key-row").hidden = false;
@@ -66,7 +66,7 @@ async function classify(event) {
       showError(answer.error || `the service answered ${response.status}`);
       return;
     }
-    render(answer);
+    render(answer, asMail ? "" : text);
     if (response.status === 200 && !$("key-row").hidden) loadModel();
   } catch (err) {
     showError("Could not reach the service.");
@@ -76,7 +76,7 @@ async function classify(event) {
   }
 }
 
-function render(answer) {
+function render(answer, text) {
   const isSpam = answer.label === state.positive;
   const result = $("result");
   result.classList.toggle("is-spam", isSpam);
@@ -86,24 +86,32 @@ function render(answer) {
   $("meter-fill").style.width = `${(answer.p_spam * 100).toFixed(1)}%`;
   $("meter-mark").style.left = `${(answer.threshold * 100).toFixed(1)}%`;
   $("compare").textContent = `${answer.p_spam.toFixed(3)} ${answer.p_spam >= answer.threshold ? "≥" : "<"} threshold ${answer.threshold.toFixed(3)} · run ${answer.run}`;
-  renderExplanation(answer.explanation);
+  renderExplanation(text, answer.explanation);
   renderHeaders(answer.headers);
   result.hidden = false;
 }
 
-// Optional: a list of {text, score} spans, score > 0 towards spam, < 0 towards ham.
-function renderExplanation(spans) {
+// The message with its explanation spans highlighted: spans are {text, start, end, score},
+// start/end offsets in characters (code points, as Python counts them) into the message sent;
+// score > 0 towards spam, < 0 towards ham. Spans that do not fit the message are left out.
+function renderExplanation(text, spans) {
   const box = $("explanation-box");
   const target = $("explanation");
   target.replaceChildren();
-  if (!Array.isArray(spans) || spans.length === 0) {
+  const chars = Array.from(text || "");
+  const fits = (s) => Number.isInteger(s.start) && Number.isInteger(s.end) && s.start >= 0 && s.start < s.end && s.end <= chars.length;
+  const placed = (Array.isArray(spans) ? spans : []).filter(fits).sort((a, b) => a.start - b.start);
+  if (placed.length === 0) {
     box.hidden = true;
     return;
   }
-  const peak = Math.max(...spans.map((s) => Math.abs(Number(s.score) || 0)), 1e-9);
-  for (const span of spans) {
+  const peak = Math.max(...placed.map((s) => Math.abs(Number(s.score) || 0)), 1e-9);
+  let last = 0;
+  for (const span of placed) {
+    if (span.start < last) continue; // overlaps the previous span
+    target.append(document.createTextNode(chars.slice(last, span.start).join("")));
     const el = document.createElement("span");
-    el.textContent = String(span.text ?? "");
+    el.textContent = chars.slice(span.start, span.end).join("");
     const score = Number(span.score) || 0;
     const strength = Math.min(Math.abs(score) / peak, 1);
     if (strength > 0.05) {
@@ -112,7 +120,9 @@ function renderExplanation(spans) {
     }
     el.title = `score ${score.toFixed(3)}`;
     target.append(el);
+    last = span.end;
   }
+  target.append(document.createTextNode(chars.slice(last).join("")));
   box.hidden = false;
 }
 
