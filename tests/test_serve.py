@@ -472,6 +472,9 @@ def test_client_errors_are_one_line(service, clf, tmp_path):
     assert result.exit_code == 1 and "cannot reach the service at http://127.0.0.1:9" in result.stderr
     result = CliRunner().invoke(cli_app, ["predict", "--server", service, "--run", str(tmp_path), "hi"])
     assert result.exit_code == 2 and "--run cannot be used with --server" in result.stderr
+    # Never silently dropped: the client has no explanation to print.
+    result = CliRunner().invoke(cli_app, ["predict", "--server", service, "--explain", "hi"])
+    assert result.exit_code == 2 and "--explain cannot be used with --server" in result.stderr
     with running(create_app(clf, ServeSettings(api_key=KEY))) as url:
         result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"], env={"SPAMTUNE_API_KEY": ""})
         assert result.exit_code == 1 and "missing or wrong API key" in result.stderr and "(HTTP 401)" in result.stderr

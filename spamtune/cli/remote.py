@@ -20,7 +20,7 @@ from spamtune.mail_filter import Verdict
 # Options of local classification that the service decides for itself (its run, its reading of
 # long messages), or that it does not offer (mail folders: send each message to /v1/classify/mail).
 LOCAL_ONLY = {"run": "--run", "data_dir": "--data-dir", "device": "--device", "precision": "--precision",
-              "batch_size": "--batch-size", "long": "--long", "mail": "--mail"}  # fmt: skip
+              "batch_size": "--batch-size", "long": "--long", "mail": "--mail", "explain": "--explain"}  # fmt: skip
 
 
 @dataclass(frozen=True)
