@@ -80,7 +80,7 @@ def read_evaluations(run_dir: Path) -> list[dict]:
         except ValueError:
             continue
         if isinstance(record, dict):
-            records.append(record)
+            records.append(runs.normalize_metrics_record(record))
     return records
 
 
@@ -116,10 +116,10 @@ def run_status(run_dir: Path) -> str:
 def _best_validation_accuracy(records: list[dict]) -> float | None:
     """The validation accuracy of the best evaluation so far: lowest loss, then highest accuracy
     (how training picks the weights it keeps)."""
-    scored = [r for r in records if _finite(r.get("val_loss")) and _finite(r.get("val_acc"))]
+    scored = [r for r in records if _finite(r.get("validation_loss")) and _finite(r.get("validation_accuracy"))]
     if not scored:
         return None
-    return min(scored, key=lambda r: (r["val_loss"], -r["val_acc"]))["val_acc"]
+    return min(scored, key=lambda r: (r["validation_loss"], -r["validation_accuracy"]))["validation_accuracy"]
 
 
 def _finite(value) -> bool:

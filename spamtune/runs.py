@@ -134,11 +134,21 @@ def remove_leftovers(run_dir: Path) -> None:
             remove_stale_temporaries(folder)
 
 
+# ``metrics.jsonl`` once used short names; runs written then are still read under today's,
+# which are those of ``summary.json``.
+_OLD_METRIC_NAMES = {"train_acc": "train_accuracy", "val_loss": "validation_loss", "val_acc": "validation_accuracy"}
+
+
+def normalize_metrics_record(record: dict) -> dict:
+    """One ``metrics.jsonl`` line under the field names ``summary.json`` uses."""
+    return {_OLD_METRIC_NAMES.get(key, key): value for key, value in record.items()}
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [normalize_metrics_record(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def write_metrics(run_dir: Path, records: list[dict]) -> None:

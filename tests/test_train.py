@@ -103,8 +103,12 @@ def test_run_folder_holds_exactly_the_six_files(finished_run):
     records = runs.read_metrics(run_dir)
     assert [r["step"] for r in records] == [5, 10] and [r["epoch"] for r in records] == [1.0, 2.0]
     assert records[-1]["examples_seen"] == 80
-    best = min(records, key=lambda r: (r["val_loss"], -r["val_acc"]))
-    assert summary["best_step"] == best["step"] and summary["validation_loss"] == best["val_loss"]
+    best = min(records, key=lambda r: (r["validation_loss"], -r["validation_accuracy"]))
+    assert summary["best_step"] == best["step"] and summary["validation_loss"] == best["validation_loss"]
+    # metrics.jsonl itself (not just its reader) spells the figures as summary.json does
+    written = json.loads((run_dir / runs.METRICS_FILE).read_text().splitlines()[0])
+    shared = ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy")
+    assert all(key in written and key in summary for key in shared)
     hparams = json.loads((run_dir / "hparams.json").read_text())
     assert hparams["epochs"] == 2 and hparams["lr"] == 1e-3 and hparams["resolved"]["max_length"] == summary["max_length"]
     assert json.loads((run_dir / "config.json").read_text())["labels"] == {"ham": 0, "spam": 1}
@@ -317,9 +321,9 @@ def run_pair(root: Path, tmp: Path, **overrides) -> tuple[dict, dict, list[dict]
 def assert_same_curves(fast_records: list[dict], plain_records: list[dict]) -> None:
     assert len(fast_records) == len(plain_records)
     for f, p in zip(fast_records, plain_records):
-        assert (f["train_acc"], f["val_acc"]) == (p["train_acc"], p["val_acc"])
+        assert (f["train_accuracy"], f["validation_accuracy"]) == (p["train_accuracy"], p["validation_accuracy"])
         assert f["train_loss"] == pytest.approx(p["train_loss"], abs=1e-4)
-        assert f["val_loss"] == pytest.approx(p["val_loss"], abs=1e-4)
+        assert f["validation_loss"] == pytest.approx(p["validation_loss"], abs=1e-4)
 
 
 @pytest.mark.parametrize("trainable", ["last-block", "head"])
