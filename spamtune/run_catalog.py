@@ -106,6 +106,8 @@ def is_in_use(run_dir: Path) -> bool:
 def run_status(run_dir: Path) -> str:
     if is_in_use(run_dir):
         return RUNNING
+    if (run_dir / runs.FAILURE_FILE).is_file():
+        return FAILED
     if runs.resume_file(run_dir).is_file():
         return INTERRUPTED
     if (run_dir / runs.SUMMARY_FILE).is_file():

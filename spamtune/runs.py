@@ -26,6 +26,9 @@ CONFIG_FILE = "config.json"
 HPARAMS_FILE = "hparams.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+# Written when training stops for good (a diverging loss) rather than by an interruption: the
+# resume checkpoint stays, but the listing must not offer it as a run to simply continue.
+FAILURE_FILE = "failure.json"
 CURVES_FILE = "curves.png"
 CALIBRATION_FILE = "calibration.json"  # temperature and decision threshold (spamtune.calibration)
 RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, HPARAMS_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CALIBRATION_FILE)
@@ -165,3 +168,12 @@ def write_hparams(run_dir: Path, hparams: dict) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     atomic_write_json(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def write_failure(run_dir: Path, reason: str, step: int) -> None:
+    atomic_write_json(Path(run_dir) / FAILURE_FILE, {"status": "failed", "reason": reason, "step": step})
+
+
+def clear_failure(run_dir: Path) -> None:
+    """A resumed run is no longer the failed one (it fails again, or not, on its own)."""
+    (Path(run_dir) / FAILURE_FILE).unlink(missing_ok=True)

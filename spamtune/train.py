@@ -293,7 +293,7 @@ def resume_finetune(
                 f"the prepared data in {options.data_dir} is not the data this run started with; "
                 "resume needs the same splits"
             )
-        world.on_main(lambda: runs.remove_leftovers(run_dir), share=False)
+        world.on_main(lambda: (runs.remove_leftovers(run_dir), runs.clear_failure(run_dir)), share=False)
         return train_run(Run(options, cfg, trainable, precision, data, run_dir, started), on_event)
 
 
@@ -431,9 +431,10 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     except PeerLost as exc:  # another rank died or was stopped: this one stops too
         raise TrainingStopped(str(exc), run_dir, saved[0]) from None
     except NonFiniteLoss as exc:
-        if world.is_main:
-            write_model(run, model, saved[2], base_ref)
         where = f"at step {step + 1} (epoch {epoch + 1})" if exc.what == "training" else f"at step {step}"
+        if world.is_main:  # no collective here: the other ranks may not have stopped at this point
+            write_model(run, model, saved[2], base_ref)
+            runs.write_failure(run_dir, f"{exc} {where}", step)
         hint = "try a lower learning rate" + (" or fp32 precision" if precision.name != "fp32" else "")
         raise SpamtuneError(f"{exc} {where}; training stopped, the last checkpoint (step {saved[0]}) is in {run_dir}; {hint}") from None
     except DiskFull as exc:

@@ -187,6 +187,31 @@ def test_nan_loss_stops_with_a_clear_message(data_root, monkeypatch):
         train.finetune(tiny_options(data_root), data_root / "runs" / "nan")
 
 
+def test_a_diverged_run_is_listed_as_failed_until_a_resume_succeeds(data_root, monkeypatch):
+    from spamtune import run_catalog
+
+    real_loss, calls = train.calc_loss_batch, []
+
+    def diverging_after_the_first_checkpoint(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss if len(calls) <= 5 else loss * float("inf")  # the first epoch (5 steps) is sound
+
+    monkeypatch.setattr(train, "calc_loss_batch", diverging_after_the_first_checkpoint)
+    run_dir = data_root / "runs" / "diverged"
+    with pytest.raises(SpamtuneError, match=r"loss became"):
+        train.finetune(tiny_options(data_root), run_dir)
+    assert runs.resume_file(run_dir).is_file()  # the checkpoint stays, yet the run is not "interrupted"
+    failure = json.loads((run_dir / runs.FAILURE_FILE).read_text())
+    assert failure["status"] == "failed" and "loss became" in failure["reason"] and failure["step"] >= 5
+    info = run_catalog.describe_run(run_dir)
+    assert info.status == "failed" and info.resume_command is None
+
+    monkeypatch.setattr(train, "calc_loss_batch", real_loss)
+    train.resume_finetune(run_dir)
+    assert not (run_dir / runs.FAILURE_FILE).exists() and run_catalog.describe_run(run_dir).status == "finished"
+
+
 def test_padding_never_changes_the_logits():
     model = tiny_model().eval()
     short = encode_texts(["Ok see you at 6"])[0]
