@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import write_hf_gpt2
 from helpers import HAM, SPAM, TINY_CONFIG, ctrl_c_at_step, tiny_options, tiny_split, write_tiny_data
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from spamtune import checkpoint, events, examples, forward, options, prefix_cache, runs, train
+from spamtune import checkpoint, events, examples, forward, options, prefix_cache, run_catalog, runs, train
 from spamtune.cli import app
 from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
@@ -174,6 +174,34 @@ def test_resume_continues_where_it_stopped_and_reaches_the_same_metrics(data_roo
         train.resume_finetune(run_dir)
 
 
+def test_a_run_interrupted_under_the_old_metric_names_resumes_to_the_same_result(data_root):
+    """Runs stopped before metrics.jsonl took summary.json's names (``val_loss``, ...) still resume."""
+    options = tiny_options(data_root, epochs=3, eval_every=3)
+    reference = train.finetune(options, data_root / "runs" / "whole")
+    run_dir = data_root / "runs" / "old"
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(options, run_dir, on_event=lambda e: ctrl_c_if(isinstance(e, events.StepDone) and e.step == 7))
+    old = {"train_accuracy": "train_acc", "validation_loss": "val_loss", "validation_accuracy": "val_acc"}
+    records = [{old.get(k, k): v for k, v in r.items()} for r in runs.read_metrics(run_dir)]
+    (run_dir / runs.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    resume_file = run_dir / runs.RESUME_DIR / runs.RESUME_FILE
+    with safe_open(str(resume_file), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    loop = json.loads(metadata["loop"])
+    assert loop["best"]["validation_loss"]  # the checkpoint held the new names: write them the old way
+    loop["best"] = {old.get(k, k): v for k, v in loop["best"].items()}
+    save_file(tensors, str(resume_file), {**metadata, "loop": json.dumps(loop)})
+
+    resumed = train.resume_finetune(run_dir)
+    assert {k: resumed[k] for k in RESULT_KEYS} == {k: reference[k] for k in RESULT_KEYS}
+    assert comparable(runs.read_metrics(run_dir)) == comparable(runs.read_metrics(Path(reference["run"])))
+
+
+def ctrl_c_if(condition: bool) -> None:
+    if condition:
+        raise KeyboardInterrupt
+
+
 def test_early_stopping_counts_evaluations_without_improvement(data_root, monkeypatch):
     monkeypatch.setattr(train, "evaluate_examples", lambda *args, **kwargs: (1.0, 0.5))
     summary = train.finetune(tiny_options(data_root, epochs=5, eval_every=2, patience=2), data_root / "runs" / "early")
@@ -188,8 +216,6 @@ def test_nan_loss_stops_with_a_clear_message(data_root, monkeypatch):
 
 
 def test_a_diverged_run_is_listed_as_failed_until_a_resume_succeeds(data_root, monkeypatch):
-    from spamtune import run_catalog
-
     real_loss, calls = train.calc_loss_batch, []
 
     def diverging_after_the_first_checkpoint(*args):
