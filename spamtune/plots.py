@@ -32,9 +32,9 @@ def plot_curves(records: list[dict], n_train: int, path: str | Path) -> Path:
     """Write the two panels for ``metrics.jsonl`` records (one per evaluation)."""
     fig = _figure((10, 4))
     seen = [r["examples_seen"] for r in records]
-    for ax, key, title in zip(fig.subplots(1, 2), ("loss", "acc"), ("Loss", "Accuracy")):
+    for ax, key, title in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy")):
         ax.plot(seen, [r[f"train_{key}"] for r in records], marker="o", label=f"Training {title.lower()}")
-        ax.plot(seen, [r[f"val_{key}"] for r in records], marker="o", linestyle="-.", label=f"Validation {title.lower()}")
+        ax.plot(seen, [r[f"validation_{key}"] for r in records], marker="o", linestyle="-.", label=f"Validation {title.lower()}")
         ax.set_xlabel("Examples seen")
         ax.set_ylabel(title)
         ax.legend()

@@ -80,7 +80,7 @@ def read_evaluations(run_dir: Path) -> list[dict]:
         except ValueError:
             continue
         if isinstance(record, dict):
-            records.append(record)
+            records.append(runs.normalize_metrics_record(record))
     return records
 
 
@@ -106,6 +106,8 @@ def is_in_use(run_dir: Path) -> bool:
 def run_status(run_dir: Path) -> str:
     if is_in_use(run_dir):
         return RUNNING
+    if (run_dir / runs.FAILURE_FILE).is_file():
+        return FAILED
     if runs.resume_file(run_dir).is_file():
         return INTERRUPTED
     if (run_dir / runs.SUMMARY_FILE).is_file():
@@ -116,10 +118,10 @@ def run_status(run_dir: Path) -> str:
 def _best_validation_accuracy(records: list[dict]) -> float | None:
     """The validation accuracy of the best evaluation so far: lowest loss, then highest accuracy
     (how training picks the weights it keeps)."""
-    scored = [r for r in records if _finite(r.get("val_loss")) and _finite(r.get("val_acc"))]
+    scored = [r for r in records if _finite(r.get("validation_loss")) and _finite(r.get("validation_accuracy"))]
     if not scored:
         return None
-    return min(scored, key=lambda r: (r["val_loss"], -r["val_acc"]))["val_acc"]
+    return min(scored, key=lambda r: (r["validation_loss"], -r["validation_accuracy"]))["validation_accuracy"]
 
 
 def _finite(value) -> bool:

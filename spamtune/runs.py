@@ -26,6 +26,9 @@ CONFIG_FILE = "config.json"
 HPARAMS_FILE = "hparams.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+# Written when training stops for good (a diverging loss) rather than by an interruption: the
+# resume checkpoint stays, but the listing must not offer it as a run to simply continue.
+FAILURE_FILE = "failure.json"
 CURVES_FILE = "curves.png"
 CALIBRATION_FILE = "calibration.json"  # temperature and decision threshold (spamtune.calibration)
 RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, HPARAMS_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CALIBRATION_FILE)
@@ -134,11 +137,21 @@ def remove_leftovers(run_dir: Path) -> None:
             remove_stale_temporaries(folder)
 
 
+# ``metrics.jsonl`` once used short names; runs written then are still read under today's,
+# which are those of ``summary.json``.
+_OLD_METRIC_NAMES = {"train_acc": "train_accuracy", "val_loss": "validation_loss", "val_acc": "validation_accuracy"}
+
+
+def normalize_metrics_record(record: dict) -> dict:
+    """One ``metrics.jsonl`` line under the field names ``summary.json`` uses."""
+    return {_OLD_METRIC_NAMES.get(key, key): value for key, value in record.items()}
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [normalize_metrics_record(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def write_metrics(run_dir: Path, records: list[dict]) -> None:
@@ -155,3 +168,12 @@ def write_hparams(run_dir: Path, hparams: dict) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     atomic_write_json(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def write_failure(run_dir: Path, reason: str, step: int) -> None:
+    atomic_write_json(Path(run_dir) / FAILURE_FILE, {"status": "failed", "reason": reason, "step": step})
+
+
+def clear_failure(run_dir: Path) -> None:
+    """A resumed run is no longer the failed one (it fails again, or not, on its own)."""
+    (Path(run_dir) / FAILURE_FILE).unlink(missing_ok=True)

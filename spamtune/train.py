@@ -293,7 +293,7 @@ def resume_finetune(
                 f"the prepared data in {options.data_dir} is not the data this run started with; "
                 "resume needs the same splits"
             )
-        world.on_main(lambda: runs.remove_leftovers(run_dir), share=False)
+        world.on_main(lambda: (runs.remove_leftovers(run_dir), runs.clear_failure(run_dir)), share=False)
         return train_run(Run(options, cfg, trainable, precision, data, run_dir, started), on_event)
 
 
@@ -304,7 +304,8 @@ def is_better(record: dict, best: dict | None) -> bool:
     """Lowest validation loss wins; on a tie, the higher accuracy."""
     if best is None:
         return True
-    return record["val_loss"] < best["val_loss"] or (record["val_loss"] == best["val_loss"] and record["val_acc"] > best["val_acc"])
+    loss, best_loss = record["validation_loss"], best["validation_loss"]
+    return loss < best_loss or (loss == best_loss and record["validation_accuracy"] > best["validation_accuracy"])
 
 
 def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict:
@@ -338,6 +339,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     step, epoch, steps_in_epoch = at.get("step", 0), at.get("epoch", 0), at.get("steps_in_epoch", 0)
     examples_seen, training_time = at.get("examples_seen", 0), at.get("training_time_s", 0.0)
     best, evals_since_best, stopped_early = at.get("best"), at.get("evals_since_best", 0), at.get("stopped_early", False)
+    best = best and runs.normalize_metrics_record(best)  # a checkpoint written under the old names
     elapsed_before = at.get("elapsed_s", 0.0)  # wall time of the sessions before this one
     records = [r for r in runs.read_metrics(run_dir) if r["step"] <= step]  # later ones are redone
     scheduler = make_scheduler(optimizer, options.schedule, options.warmup_steps, run.total_steps, start_step=step)
@@ -429,9 +431,10 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     except PeerLost as exc:  # another rank died or was stopped: this one stops too
         raise TrainingStopped(str(exc), run_dir, saved[0]) from None
     except NonFiniteLoss as exc:
-        if world.is_main:
-            write_model(run, model, saved[2], base_ref)
         where = f"at step {step + 1} (epoch {epoch + 1})" if exc.what == "training" else f"at step {step}"
+        if world.is_main:  # no collective here: the other ranks may not have stopped at this point
+            write_model(run, model, saved[2], base_ref)
+            runs.write_failure(run_dir, f"{exc} {where}", step)
         hint = "try a lower learning rate" + (" or fp32 precision" if precision.name != "fp32" else "")
         raise SpamtuneError(f"{exc} {where}; training stopped, the last checkpoint (step {saved[0]}) is in {run_dir}; {hint}") from None
     except DiskFull as exc:
@@ -469,7 +472,7 @@ def evaluation_record(step: int, epoch: float, examples_seen: int, train: tuple,
             raise NonFiniteLoss(loss, "evaluation")
     return {
         "step": step, "epoch": round(epoch, 4), "examples_seen": examples_seen,
-        "train_loss": train[0], "train_acc": train[1], "val_loss": validation[0], "val_acc": validation[1],
+        "train_loss": train[0], "train_accuracy": train[1], "validation_loss": validation[0], "validation_accuracy": validation[1],
         "elapsed_s": round(elapsed, 3),
     }  # fmt: skip
 
@@ -541,9 +544,9 @@ def summarize(run: Run, model: GPTModel, best: dict, cache: PrefixCacheReport, t
         "pooling": o.pooling,
         "test_accuracy": test_acc,
         "test_loss": test_loss,
-        "validation_accuracy": best["val_acc"],
-        "validation_loss": best["val_loss"],
-        "train_accuracy": best["train_acc"],
+        "validation_accuracy": best["validation_accuracy"],
+        "validation_loss": best["validation_loss"],
+        "train_accuracy": best["train_accuracy"],
         "train_loss": best["train_loss"],
         "best_step": best["step"],
         "best_epoch": best["epoch"],

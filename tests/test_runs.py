@@ -35,6 +35,7 @@ def root(tmp_path, finished_template) -> Path:
     (interrupted / runs.RESUME_DIR).mkdir(parents=True)
     (interrupted / runs.RESUME_DIR / runs.RESUME_FILE).write_bytes(b"x" * 1000)
     (interrupted / runs.HPARAMS_FILE).write_text(json.dumps({"model": "/data/my-shape.json", "trainable": "all"}))
+    # written under metrics.jsonl's old short names, which the listing still reads
     records = [{"step": 5, "val_loss": 0.5, "val_acc": 0.7}, {"step": 10, "val_loss": 0.3, "val_acc": 0.9},
                {"step": 15, "val_loss": 0.4, "val_acc": 0.95}]  # fmt: skip
     (interrupted / runs.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -169,3 +170,11 @@ def test_a_run_being_trained_shows_as_running_and_is_not_removed(root):
         assert refused.exit_code == 1 and "is in use" in refused.stderr and stopped.is_dir()
     assert run_catalog.run_status(stopped) == "interrupted"  # the lock file stays; nobody holds it
     assert not (root / "runs" / "done" / runs.LOCK_FILE).exists()  # probing never creates one
+
+
+def test_old_metrics_lines_are_read_under_the_summary_names(tmp_path):
+    old = {"step": 5, "train_loss": 0.6, "train_acc": 0.5, "val_loss": 0.4, "val_acc": 0.75, "elapsed_s": 1.0}
+    (tmp_path / runs.METRICS_FILE).write_text(json.dumps(old) + "\n")
+    expected = {"step": 5, "train_loss": 0.6, "train_accuracy": 0.5, "validation_loss": 0.4, "validation_accuracy": 0.75, "elapsed_s": 1.0}
+    assert runs.read_metrics(tmp_path) == [expected]  # what resume and the curves read
+    assert run_catalog.read_evaluations(tmp_path) == [expected]  # what the listing reads

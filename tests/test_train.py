@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import write_hf_gpt2
 from helpers import HAM, SPAM, TINY_CONFIG, ctrl_c_at_step, tiny_options, tiny_split, write_tiny_data
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from spamtune import checkpoint, events, examples, forward, options, prefix_cache, runs, train
+from spamtune import checkpoint, events, examples, forward, options, prefix_cache, run_catalog, runs, train
 from spamtune.cli import app
 from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
@@ -103,8 +103,12 @@ def test_run_folder_holds_exactly_the_six_files(finished_run):
     records = runs.read_metrics(run_dir)
     assert [r["step"] for r in records] == [5, 10] and [r["epoch"] for r in records] == [1.0, 2.0]
     assert records[-1]["examples_seen"] == 80
-    best = min(records, key=lambda r: (r["val_loss"], -r["val_acc"]))
-    assert summary["best_step"] == best["step"] and summary["validation_loss"] == best["val_loss"]
+    best = min(records, key=lambda r: (r["validation_loss"], -r["validation_accuracy"]))
+    assert summary["best_step"] == best["step"] and summary["validation_loss"] == best["validation_loss"]
+    # metrics.jsonl itself (not just its reader) spells the figures as summary.json does
+    written = json.loads((run_dir / runs.METRICS_FILE).read_text().splitlines()[0])
+    shared = ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy")
+    assert all(key in written and key in summary for key in shared)
     hparams = json.loads((run_dir / "hparams.json").read_text())
     assert hparams["epochs"] == 2 and hparams["lr"] == 1e-3 and hparams["resolved"]["max_length"] == summary["max_length"]
     assert json.loads((run_dir / "config.json").read_text())["labels"] == {"ham": 0, "spam": 1}
@@ -170,6 +174,34 @@ def test_resume_continues_where_it_stopped_and_reaches_the_same_metrics(data_roo
         train.resume_finetune(run_dir)
 
 
+def test_a_run_interrupted_under_the_old_metric_names_resumes_to_the_same_result(data_root):
+    """Runs stopped before metrics.jsonl took summary.json's names (``val_loss``, ...) still resume."""
+    options = tiny_options(data_root, epochs=3, eval_every=3)
+    reference = train.finetune(options, data_root / "runs" / "whole")
+    run_dir = data_root / "runs" / "old"
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(options, run_dir, on_event=lambda e: ctrl_c_if(isinstance(e, events.StepDone) and e.step == 7))
+    old = {"train_accuracy": "train_acc", "validation_loss": "val_loss", "validation_accuracy": "val_acc"}
+    records = [{old.get(k, k): v for k, v in r.items()} for r in runs.read_metrics(run_dir)]
+    (run_dir / runs.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    resume_file = run_dir / runs.RESUME_DIR / runs.RESUME_FILE
+    with safe_open(str(resume_file), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    loop = json.loads(metadata["loop"])
+    assert loop["best"]["validation_loss"]  # the checkpoint held the new names: write them the old way
+    loop["best"] = {old.get(k, k): v for k, v in loop["best"].items()}
+    save_file(tensors, str(resume_file), {**metadata, "loop": json.dumps(loop)})
+
+    resumed = train.resume_finetune(run_dir)
+    assert {k: resumed[k] for k in RESULT_KEYS} == {k: reference[k] for k in RESULT_KEYS}
+    assert comparable(runs.read_metrics(run_dir)) == comparable(runs.read_metrics(Path(reference["run"])))
+
+
+def ctrl_c_if(condition: bool) -> None:
+    if condition:
+        raise KeyboardInterrupt
+
+
 def test_early_stopping_counts_evaluations_without_improvement(data_root, monkeypatch):
     monkeypatch.setattr(train, "evaluate_examples", lambda *args, **kwargs: (1.0, 0.5))
     summary = train.finetune(tiny_options(data_root, epochs=5, eval_every=2, patience=2), data_root / "runs" / "early")
@@ -181,6 +213,29 @@ def test_nan_loss_stops_with_a_clear_message(data_root, monkeypatch):
     monkeypatch.setattr(train, "calc_loss_batch", lambda *args: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(SpamtuneError, match=r"loss became nan at step 1 .*lower learning rate"):
         train.finetune(tiny_options(data_root), data_root / "runs" / "nan")
+
+
+def test_a_diverged_run_is_listed_as_failed_until_a_resume_succeeds(data_root, monkeypatch):
+    real_loss, calls = train.calc_loss_batch, []
+
+    def diverging_after_the_first_checkpoint(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss if len(calls) <= 5 else loss * float("inf")  # the first epoch (5 steps) is sound
+
+    monkeypatch.setattr(train, "calc_loss_batch", diverging_after_the_first_checkpoint)
+    run_dir = data_root / "runs" / "diverged"
+    with pytest.raises(SpamtuneError, match=r"loss became"):
+        train.finetune(tiny_options(data_root), run_dir)
+    assert runs.resume_file(run_dir).is_file()  # the checkpoint stays, yet the run is not "interrupted"
+    failure = json.loads((run_dir / runs.FAILURE_FILE).read_text())
+    assert failure["status"] == "failed" and "loss became" in failure["reason"] and failure["step"] >= 5
+    info = run_catalog.describe_run(run_dir)
+    assert info.status == "failed" and info.resume_command is None
+
+    monkeypatch.setattr(train, "calc_loss_batch", real_loss)
+    train.resume_finetune(run_dir)
+    assert not (run_dir / runs.FAILURE_FILE).exists() and run_catalog.describe_run(run_dir).status == "finished"
 
 
 def test_padding_never_changes_the_logits():
@@ -317,9 +372,9 @@ def run_pair(root: Path, tmp: Path, **overrides) -> tuple[dict, dict, list[dict]
 def assert_same_curves(fast_records: list[dict], plain_records: list[dict]) -> None:
     assert len(fast_records) == len(plain_records)
     for f, p in zip(fast_records, plain_records):
-        assert (f["train_acc"], f["val_acc"]) == (p["train_acc"], p["val_acc"])
+        assert (f["train_accuracy"], f["validation_accuracy"]) == (p["train_accuracy"], p["validation_accuracy"])
         assert f["train_loss"] == pytest.approx(p["train_loss"], abs=1e-4)
-        assert f["val_loss"] == pytest.approx(p["val_loss"], abs=1e-4)
+        assert f["validation_loss"] == pytest.approx(p["validation_loss"], abs=1e-4)
 
 
 @pytest.mark.parametrize("trainable", ["last-block", "head"])

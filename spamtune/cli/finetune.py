@@ -63,8 +63,8 @@ class ProgressReporter:
             r = event.record
             line = (
                 f"step {r['step']:>5}  epoch {r['epoch']:g}  "
-                f"train loss {r['train_loss']:.3f} acc {r['train_acc']:.2%}  "
-                f"val loss {r['val_loss']:.3f} acc {r['val_acc']:.2%}"
+                f"train loss {r['train_loss']:.3f} acc {r['train_accuracy']:.2%}  "
+                f"val loss {r['validation_loss']:.3f} acc {r['validation_accuracy']:.2%}"
             )
             self.console.print(styled(line, ("  best", "green") if event.is_best else ""))
 

@@ -85,20 +85,23 @@ class Verdict(BaseModel):
     explanation: list[Span] | None = None
 
 
-class ClassifyResponse(BaseModel):
-    """``results`` (in order) for ``texts``; ``label`` and ``p_spam`` at the top level for ``text``."""
+class Answer(BaseModel):
+    """What every classification answer starts with: the run that classified and the threshold it applied."""
 
     run: str
     threshold: float
+
+
+class ClassifyResponse(Answer):
+    """``results`` (in order) for ``texts``; ``label`` and ``p_spam`` at the top level for ``text``."""
+
     results: list[Verdict] | None = None
     label: str | None = None
     p_spam: float | None = None
     explanation: list[Span] | None = None
 
 
-class MailResponse(BaseModel):
-    run: str
-    threshold: float
+class MailResponse(Answer):
     label: str
     p_spam: float
     headers: dict[str, str]
