@@ -46,6 +46,10 @@ def _rank_main(rank: int, size: int, port: int, fn, args) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
+    # A forked child must not enter the OpenMP pool the parent already started: libgomp is not
+    # fork-safe and the child's first parallel region can hang. One thread per rank keeps it out
+    # (torchrun starts fresh processes, so this concerns the tests' fork only).
+    torch.set_num_threads(1)
     code = 0
     try:
         fn(rank, *args)
