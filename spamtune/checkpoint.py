@@ -251,13 +251,18 @@ def read_checkpoint_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]
 
 
 def check_checkpoint_header(path: Path, cfg: ClassifierConfig) -> None:
-    """Refuse, in one line, weights that do not fit ``cfg``, before anything is built.
+    """Refuse, in one line, weights that do not fit ``cfg``, before anything is built."""
+    check_header(read_checkpoint_header(path), cfg, path)
+
+
+def check_header(header: dict[str, tuple[tuple[int, ...], str]], cfg: ClassifierConfig, path: Path) -> None:
+    """Refuse, in one line, a header (``read_checkpoint_header``; for a compact run, its base's
+    and delta's together) whose tensors are not exactly ``cfg``'s classifier, in float32.
 
     The sizes the config states are compared with those the header shows first, so a config
     claiming ten million layers is refused without listing ten million layers' names; the
     full name-by-name shape check then runs over a table no longer than the file's own.
     """
-    header = read_checkpoint_header(path)
     shapes = {key: shape for key, (shape, _) in header.items()}
     blocks = {int(key.split(".")[1]) for key in shapes if key.startswith("trf_blocks.") and key.split(".")[1].isdigit()}
     stated = {

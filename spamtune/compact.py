@@ -25,16 +25,19 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from spamtune import paths
-from spamtune.bases import BaseRef, load_base
+from spamtune.bases import BaseRef, base_file, load_base
 from spamtune.checkpoint import (
     CONFIG_FILE,
     FORMAT,
     WEIGHTS_FILE,
     ClassifierConfig,
     build_classifier,
+    check_finite,
+    check_header,
     check_state_shapes,
     load_classifier,
     load_classifier_config,
+    read_checkpoint_header,
 )
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, atomic_write_json, read_json
@@ -126,24 +129,59 @@ def merge_lora_tensors(tensors: dict[str, torch.Tensor], lora: dict | None) -> d
 def load_compact_run(
     run_dir: str | Path, device: str | torch.device = "cpu", data_root: str | Path | None = None, *, verify: bool = True
 ) -> tuple[torch.nn.Module, ClassifierConfig]:
-    """The classifier of a compact run, LoRA merged, in eval mode."""
+    """The classifier of a compact run, LoRA merged, in eval mode.
+
+    The same checks as a full run's load: the base's and the delta's headers together must be
+    exactly the config's classifier in float32 before a tensor is read (a stored base's header;
+    a base rebuilt from its origin must come from the config's own model shape), and no
+    weight may hold NaN or infinity.
+    """
     run_dir = Path(run_dir)
     cfg = load_classifier_config(run_dir)
     ref, lora = read_base_ref(run_dir)
     root = Path(data_root) if data_root is not None else run_data_root(run_dir)
-    tensors = load_base(root, ref, device, verify=verify)
     delta_path = run_dir / DELTA_FILE
+    delta_header = read_checkpoint_header(delta_path)
+    stored = base_file(root, ref.sha256)
+    if stored.is_file():
+        check_header({**read_checkpoint_header(stored), **merged_lora_header(delta_header, lora)}, cfg, delta_path)
+    elif ref.origin.get("model", cfg.model.to_dict()) != cfg.model.to_dict():
+        raise SpamtuneError(f"{run_dir / BASE_REF_FILE} names a base of another model shape than {run_dir / CONFIG_FILE}")
+    tensors = load_base(root, ref, device, verify=verify)
     try:
         with safe_open(str(delta_path), framework="pt", device=str(device)) as f:
             tensors.update({k: f.get_tensor(k) for k in f.keys()})
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise SpamtuneError(f"cannot read {delta_path}: {exc}") from None
+    for key, tensor in tensors.items():
+        check_finite(tensor, key, delta_path if key in delta_header else stored)
     tensors = merge_lora_tensors(tensors, lora)
     with torch.device("meta"):
         model = build_classifier(cfg)
     check_state_shapes(model, tensors, str(delta_path))
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval(), cfg
+
+
+def merged_lora_header(header: dict[str, tuple[tuple[int, ...], str]], lora: dict | None) -> dict:
+    """A delta's header as ``merge_lora_tensors`` will leave it: each LoRA A/B pair checked
+    against the layer it adapts (``[rank, in]`` and ``[out, rank]``) and dropped."""
+    out = {k: v for k, v in header.items() if not k.endswith((_LORA_A, _LORA_B))}
+    adapted = {k.removesuffix(_LORA_A).removesuffix(_LORA_B) for k in header if k.endswith((_LORA_A, _LORA_B))}
+    if adapted and not lora:
+        raise SpamtuneError("the run holds LoRA tensors but no LoRA settings")
+    for layer in sorted(adapted):
+        a, b = header.get(layer + _LORA_A), header.get(layer + _LORA_B)
+        if a is None or b is None:
+            raise SpamtuneError(f"the run's LoRA tensors for {layer} are incomplete")
+        rank = lora.get("rank")
+        (a_shape, a_dtype), (b_shape, b_dtype) = a, b
+        if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != rank or b_shape[1] != rank:
+            raise SpamtuneError(f"the run's LoRA tensors for {layer} are not of rank {rank}: {list(a_shape)} and {list(b_shape)}")
+        if a_dtype != b_dtype:
+            raise SpamtuneError(f"the run's LoRA tensors for {layer} differ in dtype ({a_dtype}, {b_dtype})")
+        out.setdefault(f"{layer}.weight", ((b_shape[0], a_shape[1]), a_dtype))
+    return out
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", data_root: str | Path | None = None):

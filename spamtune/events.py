@@ -60,7 +60,7 @@ Event = TrainingStarted | PrefixCaching | PrefixCacheReport | StepDone | Evaluat
 
 class TrainingInterrupted(SpamtuneError):
     """Ctrl-C: the run folder holds its last complete checkpoint and can be resumed; the best
-    weights so far (``best_step``, None before the first evaluation) are its model.safetensors."""
+    weights so far (``best_step``, None before the first evaluation) are its classifier."""
 
     exit_code = 130
 

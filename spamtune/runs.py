@@ -2,7 +2,9 @@
 
 A fine-tuning run writes, in ``<data root>/runs/<timestamp>-<model>-<trainable>`` or ``--out``:
 
-* ``model.safetensors`` + ``config.json``: the classifier (``spamtune.checkpoint``);
+* ``config.json`` and the weights: ``delta.safetensors`` + ``base.json`` (a compact run, the
+  default: what training changed and the base it changed, ``spamtune.compact``), or
+  ``model.safetensors``, the whole classifier (``spamtune.checkpoint``);
 * ``hparams.json``: the options and what they resolved to; ``metrics.jsonl``: one line per
   evaluation; ``summary.json``: the final figures, written last; ``curves.png``;
 * ``calibration.json``: the temperature and decision threshold fitted on validation, written
@@ -31,7 +33,12 @@ SUMMARY_FILE = "summary.json"
 FAILURE_FILE = "failure.json"
 CURVES_FILE = "curves.png"
 CALIBRATION_FILE = "calibration.json"  # temperature and decision threshold (spamtune.calibration)
-RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, HPARAMS_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CALIBRATION_FILE)
+# A compact run (spamtune.compact), the default, holds the tensors training changed and names
+# its base, instead of the full model.
+DELTA_FILE = "delta.safetensors"
+BASE_REF_FILE = "base.json"
+RESULT_FILES = (CONFIG_FILE, HPARAMS_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE, CALIBRATION_FILE)
+RUN_FILES = (WEIGHTS_FILE, DELTA_FILE, BASE_REF_FILE, *RESULT_FILES)  # any of them marks a run folder
 RESUME_DIR = "resume"
 RESUME_FILE = "state.safetensors"
 # Held by the process training in the folder, so that a second one (a repeated --resume)
@@ -49,9 +56,11 @@ def resume_file(run_dir: Path) -> Path:
     return Path(run_dir) / RESUME_DIR / RESUME_FILE
 
 
-# A compact run (spamtune.compact) holds the tensors training changed and names its base.
-DELTA_FILE = "delta.safetensors"
-BASE_REF_FILE = "base.json"
+
+
+def finished_run_files(compact: bool = True) -> tuple[str, ...]:
+    """The files of a finished run folder, as ``finetune`` leaves it."""
+    return (*((DELTA_FILE, BASE_REF_FILE) if compact else (WEIGHTS_FILE,)), *RESULT_FILES)
 
 
 def weights_file(path: Path) -> Path | None:

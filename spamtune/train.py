@@ -273,7 +273,7 @@ def resume_finetune(
             raise SpamtuneError(f"{run_dir} is a finished run; nothing to resume")
         try:
             options = FinetuneOptions(**{
-                f.name: hparams.get(f.name, f.default) if f.name in ADDED_OPTIONS else hparams[f.name]
+                f.name: hparams.get(f.name, ADDED_OPTIONS[f.name]) if f.name in ADDED_OPTIONS else hparams[f.name]
                 for f in fields(FinetuneOptions)
             })  # fmt: skip
             resolved = hparams["resolved"]

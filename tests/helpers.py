@@ -127,3 +127,10 @@ def ctrl_c_at_step(monkeypatch, step: int) -> None:
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(train, "optimizer_step", step_then_ctrl_c)
+
+
+def run_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a run's classifier, compact (base and delta) or full."""
+    from spamtune.compact import load_run
+
+    return dict(load_run(run_dir)[0].state_dict())

@@ -100,8 +100,8 @@ def test_lora_differs_from_its_base_and_from_last_block(root, tmp_path):
 
 
 def test_compact_run_predicts_what_its_export_predicts(root, tmp_path):
-    full = train.finetune(tiny_options(root, trainable="lora", lora_rank=4), tmp_path / "full")
-    compact = train.finetune(tiny_options(root, trainable="lora", lora_rank=4, compact=True), tmp_path / "compact")
+    full = train.finetune(tiny_options(root, trainable="lora", lora_rank=4, compact=False), tmp_path / "full")
+    compact = train.finetune(tiny_options(root, trainable="lora", lora_rank=4), tmp_path / "compact")  # compact: the default
     run = tmp_path / "compact"
     assert (run / "delta.safetensors").is_file() and (run / "base.json").is_file() and not (run / "model.safetensors").exists()
     assert all(compact[name] == full[name] for name in METRICS)

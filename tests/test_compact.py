@@ -223,3 +223,54 @@ def test_cli_export(tmp_path):
     bad = runner.invoke(app, ["export", str(tmp_path), str(tmp_path / "y.safetensors")])
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: ") and "not a run folder" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "y.safetensors").exists()
+
+
+def rewrite_delta(run, change) -> None:
+    from safetensors.torch import save_file
+
+    tensors = load_delta(run)
+    change(tensors)
+    save_file(tensors, str(run / DELTA_FILE))
+
+
+def test_a_compact_run_with_non_finite_weights_is_refused(tmp_path):
+    run, _, _ = last_block_run(tmp_path)
+    rewrite_delta(run, lambda t: t["out_head.weight"].__setitem__((0, 0), float("nan")))
+    with pytest.raises(SpamtuneError, match="'out_head.weight' holds 1 NaN or infinite value"):
+        load_compact_run(run)
+
+
+def test_a_compact_run_whose_config_does_not_fit_is_refused_before_building(tmp_path):
+    import json
+    import time
+
+    run, _, _ = last_block_run(tmp_path)
+    data = json.loads((run / "config.json").read_text())
+    data["model"]["n_layers"] = 10_000_000
+    (run / "config.json").write_text(json.dumps(data))
+    start = time.perf_counter()
+    with pytest.raises(SpamtuneError, match="does not describe .*n_layers 10,000,000 vs 3"):
+        load_compact_run(run)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_compact_run_with_a_tensor_of_another_dtype_is_refused(tmp_path):
+    run, _, _ = last_block_run(tmp_path)
+    rewrite_delta(run, lambda t: t.update({"out_head.bias": t["out_head.bias"].to(torch.float16)}))
+    with pytest.raises(SpamtuneError, match="'out_head.bias' is stored as F16"):
+        load_compact_run(run)
+
+
+def test_lora_tensors_that_do_not_match_the_runs_rank_are_refused(tmp_path):
+    import json
+
+    model = random_base()
+    ref = store_base(tmp_path, model, SEEDED)
+    model = trained(convert_to_lora_classifier(model, rank=4, alpha=8, blocks=1))
+    run = run_dir(tmp_path)
+    save_compact_run(run, model, config("lora"), ref, tmp_path, lora={"rank": 4, "alpha": 8, "blocks": 1})
+    record = json.loads((run / "base.json").read_text())
+    record["lora"]["rank"] = 2
+    (run / "base.json").write_text(json.dumps(record))
+    with pytest.raises(SpamtuneError, match="not of rank 2"):
+        load_compact_run(run)

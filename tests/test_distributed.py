@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_options, write_rigged_run, write_tiny_data
-from safetensors.torch import load_file
+from helpers import run_weights, tiny_options, write_rigged_run, write_tiny_data
 
 from spamtune import distributed, events, runs, train
 from spamtune.cli import app
@@ -101,7 +100,7 @@ def without_key_bias(name: str, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def weights_close(a: Path, b: Path, atol: float = 1e-5) -> bool:
-    x, y = load_file(str(a / runs.WEIGHTS_FILE)), load_file(str(b / runs.WEIGHTS_FILE))
+    x, y = run_weights(a), run_weights(b)
     return x.keys() == y.keys() and all(
         torch.allclose(without_key_bias(k, x[k]), without_key_bias(k, y[k]), atol=atol, rtol=0) for k in x
     )
@@ -153,7 +152,7 @@ def test_two_ranks_train_as_one_process_with_the_same_global_batch(root, single_
     assert all(ours[k] == pytest.approx(theirs[k], abs=1e-5) for k in RESULT_KEYS)
     assert ours["best_step"] == theirs["best_step"] and ours["examples_seen"] == theirs["examples_seen"]
     # Only rank 0 writes and reports: the folder holds one run's files, rank 1 saw no event.
-    assert sorted(p.name for p in out.iterdir() if p.name != runs.LOCK_FILE) == sorted(runs.RUN_FILES)
+    assert sorted(p.name for p in out.iterdir() if p.name != runs.LOCK_FILE) == sorted(runs.finished_run_files())
     assert json.loads((out / runs.HPARAMS_FILE).read_text())["resolved"]["world_size"] == 2
     assert int((tmp_path / "events.0").read_text()) > 0 and int((tmp_path / "events.1").read_text()) == 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_hf_gpt2
-from helpers import HAM, SPAM, TINY_CONFIG, ctrl_c_at_step, tiny_options, tiny_split, write_tiny_data
+from helpers import HAM, SPAM, TINY_CONFIG, ctrl_c_at_step, run_weights, tiny_options, tiny_split, write_tiny_data
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -88,7 +88,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 def test_frozen_parameters_stay_bit_identical(finished_run):
     run_dir, _ = finished_run
-    trained = load_file(str(run_dir / "model.safetensors"))
+    trained = run_weights(run_dir)
     root = run_dir.parents[1]
     fresh = train.build_model(GPTConfig(**TINY_CONFIG), tiny_options(root), LAST_BLOCK, 2).state_dict()
     frozen = [k for k in fresh if k.startswith(("tok_emb.", "pos_emb.", "trf_blocks.0."))]
@@ -97,9 +97,9 @@ def test_frozen_parameters_stay_bit_identical(finished_run):
     assert all(not torch.equal(trained[k], fresh[k]) for k in trainable)
 
 
-def test_run_folder_holds_exactly_the_six_files(finished_run):
+def test_run_folder_holds_exactly_its_files(finished_run):
     run_dir, summary = finished_run
-    assert visible_files(run_dir) == sorted(runs.RUN_FILES)
+    assert visible_files(run_dir) == sorted(runs.finished_run_files())
     records = runs.read_metrics(run_dir)
     assert [r["step"] for r in records] == [5, 10] and [r["epoch"] for r in records] == [1.0, 2.0]
     assert records[-1]["examples_seen"] == 80
@@ -123,7 +123,7 @@ def test_pretrained_weights_are_the_frozen_part_of_the_trained_model(data_root, 
     monkeypatch.setattr(train, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
     monkeypatch.setattr(options, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
     summary = train.finetune(tiny_options(data_root, weights="pretrained", epochs=1), data_root / "runs" / "pre")
-    trained = load_file(str(Path(summary["run"]) / runs.WEIGHTS_FILE))
+    trained = run_weights(Path(summary["run"]))
     reference = load_pretrained_weights(GPTModel(GPTConfig(**TINY_CONFIG)), hf_file).state_dict()
     frozen = [k for k in trained if not k.startswith(("trf_blocks.1.", "final_norm.", "out_head."))]
     assert "tok_emb.weight" in frozen and all(torch.equal(trained[k], reference[k]) for k in frozen)
@@ -155,10 +155,10 @@ def test_resume_continues_where_it_stopped_and_reaches_the_same_metrics(data_roo
     assert not (run_dir / runs.SUMMARY_FILE).exists()
     # The best weights so far are written on the way out, and only once there are some.
     best_step = caught.value.best_step
-    assert (best_step is None) == (interrupt_at < 3) == (not (run_dir / runs.WEIGHTS_FILE).exists())
+    assert (best_step is None) == (interrupt_at < 3) == (runs.weights_file(run_dir) is None)
     if best_step is not None:
         resume_state = load_file(str(run_dir / runs.RESUME_DIR / runs.RESUME_FILE))
-        written = load_file(str(run_dir / runs.WEIGHTS_FILE))
+        written = run_weights(run_dir)
         best = {k.removeprefix("best."): v for k, v in resume_state.items() if k.startswith("best.")}
         assert best and all(torch.equal(written[k], v) for k, v in best.items())
 
@@ -167,8 +167,8 @@ def test_resume_continues_where_it_stopped_and_reaches_the_same_metrics(data_roo
     assert steps[0] == caught.value.checkpoint_step + 1 and steps[-1] == 15
     assert {k: resumed[k] for k in RESULT_KEYS} == {k: reference[k] for k in RESULT_KEYS}
     assert comparable(runs.read_metrics(run_dir)) == comparable(runs.read_metrics(Path(reference["run"])))
-    assert visible_files(run_dir) == sorted(runs.RUN_FILES)
-    ours, theirs = (load_file(str(Path(d) / runs.WEIGHTS_FILE)) for d in (run_dir, reference["run"]))
+    assert visible_files(run_dir) == sorted(runs.finished_run_files())
+    ours, theirs = (run_weights(Path(d)) for d in (run_dir, reference["run"]))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     with pytest.raises(SpamtuneError, match="finished run"):
         train.resume_finetune(run_dir)
@@ -328,7 +328,7 @@ def test_cli_trains_interrupts_and_resumes(data_root, monkeypatch):
     result = invoke(*cli_args(data_root, "--out", str(run_dir)))
     assert result.exit_code == 130 and result.stdout == ""
     assert (
-        "interrupted at step 7 (last checkpoint: step 5; model.safetensors holds the best weights so far, from step "
+        "interrupted at step 7 (last checkpoint: step 5; the run holds the best weights so far, from step "
         in result.stderr
     )
     assert f"continue with: spamtune finetune --resume --run {run_dir}" in result.stderr
@@ -338,7 +338,7 @@ def test_cli_trains_interrupts_and_resumes(data_root, monkeypatch):
     assert resumed.exit_code == 0, resumed.stderr
     assert resumed.stdout.strip().splitlines()[-1] == str(run_dir)
     assert "resuming at step 5" in resumed.stderr and "test accuracy" in resumed.stderr
-    assert visible_files(run_dir) == sorted(runs.RUN_FILES)
+    assert visible_files(run_dir) == sorted(runs.finished_run_files())
 
 
 def test_cli_resume_refuses_other_options_and_other_shapes(data_root):
@@ -475,7 +475,7 @@ def test_a_write_cut_short_leaves_nothing_after_resume(data_root):
     (run_dir / ".model.safetensors.0badc0de.part").write_bytes(b"half a model")
     (run_dir / runs.RESUME_DIR / ".state.safetensors.0badc0de.part").write_bytes(b"half a state")
     train.resume_finetune(run_dir)
-    assert visible_files(run_dir) == sorted(runs.RUN_FILES)
+    assert visible_files(run_dir) == sorted(runs.finished_run_files())
 
 
 def test_a_run_trains_in_one_process_at_a_time(data_root):
@@ -486,7 +486,7 @@ def test_a_run_trains_in_one_process_at_a_time(data_root):
         assert not (run_dir / runs.SUMMARY_FILE).exists()
     assert invoke("finetune", "--resume", str(run_dir)).exit_code == 0  # the lock goes with its holder
     assert_one_line_error(invoke("finetune", "--resume", str(run_dir)), "is a finished run", 1)
-    assert visible_files(run_dir) == sorted(runs.RUN_FILES)  # no lock file left in a finished run
+    assert visible_files(run_dir) == sorted(runs.finished_run_files())  # no lock file left in a finished run
 
 
 def test_paths_with_brackets_are_printed_as_they_are(data_root, monkeypatch):

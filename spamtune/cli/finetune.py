@@ -241,7 +241,7 @@ def _finetune(ctx: typer.Context, world, run, resume, config, resume_run, out, d
         reporter.close()
         if not world.is_main:
             raise typer.Exit(130) from None
-        best = f"; model.safetensors holds the best weights so far, from step {exc.best_step}" if exc.best_step else ""
+        best = f"; the run holds the best weights so far, from step {exc.best_step}" if exc.best_step else ""
         # Said even under --quiet: it is the one way back into the run.
         common.warn(
             f"interrupted at step {exc.step} (last checkpoint: step {exc.checkpoint_step}{best}); "
