@@ -22,9 +22,14 @@ from safetensors.torch import save_file
 
 from spamtune import paths
 from spamtune.errors import SpamtuneError
-from spamtune.fsutil import atomic_path
+from spamtune.fsutil import atomic_path, atomic_write_json, read_json
 
 BASE_FORMAT = "spamtune-base/1"
+# Random-init bases this data root holds, by what determines them, so that a later run on the
+# same seed reads the stored base instead of drawing 124 M numbers again and hashing them.
+ORIGINS_FILE = "random-origins.json"
+# Part of a random origin's key: change it whenever GPTModel's initialisation draws differently.
+RANDOM_INIT_VERSION = 1
 
 
 def base_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -84,12 +89,49 @@ def base_file(root: Path, sha256: str) -> Path:
     return paths.bases_dir(root) / f"{sha256}.safetensors"
 
 
-def store_base(root: str | Path, model: torch.nn.Module, origin: dict) -> BaseRef:
-    """Keep a model's base under ``<root>/bases`` (once: an existing file is left as it is)."""
+def store_base(root: str | Path, model: torch.nn.Module, origin: dict, sha256: str | None = None) -> BaseRef:
+    """Keep a model's base under ``<root>/bases`` (once: an existing file is left as it is).
+    ``sha256``: its hash, when the caller has just computed it (``base_weights_sha256``)."""
     tensors = base_tensors(model)
-    ref = BaseRef(weights_sha256(tensors), dict(origin))
+    ref = BaseRef(sha256 or weights_sha256(tensors), dict(origin))
     write_base(Path(root), ref, tensors)
+    remember_random_origin(Path(root), ref)
     return ref
+
+
+def random_origin_key(origin: dict) -> str | None:
+    """What a seeded random init is a function of: the shape, the seed, PyTorch's generator
+    (its version) and this code's way of drawing. None for a base read from a file."""
+    if origin.get("kind") != "random":
+        return None
+    return json.dumps({**origin, "torch": torch.__version__.split("+")[0], "init": RANDOM_INIT_VERSION}, sort_keys=True)
+
+
+def _random_origins(root: Path) -> dict:
+    path = paths.bases_dir(root) / ORIGINS_FILE
+    try:
+        known = read_json(path, "random bases index") if path.is_file() else {}
+    except SpamtuneError:
+        return {}  # a damaged index only costs drawing the base again
+    return known if isinstance(known, dict) else {}
+
+
+def remember_random_origin(root: Path, ref: BaseRef) -> None:
+    key = random_origin_key(ref.origin)
+    if key is None:
+        return
+    known = _random_origins(root)
+    if known.get(key) != ref.sha256:
+        atomic_write_json(paths.bases_dir(root) / ORIGINS_FILE, {**known, key: ref.sha256})
+
+
+def stored_random_base(root: str | Path, origin: dict) -> BaseRef | None:
+    """The stored base a random ``origin`` drew before, if this data root still holds it."""
+    key = random_origin_key(origin)
+    sha = _random_origins(Path(root)).get(key) if key else None
+    if isinstance(sha, str) and base_file(Path(root), sha).is_file():
+        return BaseRef.from_dict({"sha256": sha, "origin": origin})
+    return None
 
 
 def write_base(root: Path, ref: BaseRef, tensors: Mapping[str, torch.Tensor]) -> Path:

@@ -70,7 +70,8 @@ def save_compact_run(
     merged (its A/B are what is stored); ``lora`` its settings (rank, alpha, blocks). The delta is
     found by comparing with the stored base, so only tensors that really changed are kept."""
     run_dir = Path(run_dir)
-    delta = changed_tensors(model, load_base(data_root, base))
+    # Not re-hashed here: a base damaged since it was stored fails the check when the run loads.
+    delta = changed_tensors(model, load_base(data_root, base, verify=False))
     with atomic_path(run_dir / DELTA_FILE) as tmp:
         save_file(delta, str(tmp), metadata={"format": "pt", "spamtune": COMPACT_FORMAT})
     record = {"format": COMPACT_FORMAT, "base": base.to_dict(), "lora": lora, "data_root": str(Path(data_root).resolve())}

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -60,7 +62,7 @@ from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_exam
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
 from spamtune.options import ADDED_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, pretrained_weights_file, validate_options
 from spamtune.plots import plot_curves
-from spamtune.bases import BaseRef, base_weights_sha256, store_base
+from spamtune.bases import BaseRef, base_weights_sha256, load_base, store_base, stored_random_base
 from spamtune.cache_store import PrefixCacheStore
 from spamtune.compact import save_compact_run
 from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
@@ -82,6 +84,37 @@ def build_base(cfg: GPTConfig, options: FinetuneOptions) -> GPTModel:
     return GPTModel(cfg)
 
 
+def prepare_base(cfg: GPTConfig, options: FinetuneOptions) -> tuple[GPTModel, str | None, BaseRef | None]:
+    """The base, its sha256 when something is keyed by it (a kept prefix cache, a compact run),
+    and for a compact run its reference, the base stored once under the data root.
+
+    A random init drawn before under the same seed is read back from that store (its hash
+    checked) rather than drawn and hashed again: on a second run that is most of its start-up.
+    """
+    origin = base_origin(cfg, options)
+    if not (options.keep_cache or options.compact):
+        return build_base(cfg, options), None, None
+    known = stored_random_base(options.data_dir, origin)
+    base = stored_base_model(cfg, options.data_dir, known) if known is not None else None
+    if base is None:
+        base = build_base(cfg, options)
+        known = BaseRef(base_weights_sha256(base), origin)  # taken before training moves a weight
+    ref = store_base(options.data_dir, base, origin, sha256=known.sha256) if options.compact else None
+    return base, known.sha256, ref
+
+
+def stored_base_model(cfg: GPTConfig, root: str | Path, ref: BaseRef) -> GPTModel | None:
+    """GPT-2 of shape ``cfg`` holding a stored base's tensors, or None if they do not fit it."""
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    tensors = load_base(root, ref)
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    if unexpected or set(missing) != {"out_head.weight"}:
+        return None
+    model.out_head.weight = model.tok_emb.weight  # the tie the assignment replaced
+    return model
+
+
 def base_origin(cfg: GPTConfig, options: FinetuneOptions) -> dict:
     """Where a run's base comes from, for a compact run's reference (``spamtune.bases``)."""
     if options.weights == "pretrained":
@@ -98,6 +131,23 @@ def build_model(cfg: GPTConfig, options: FinetuneOptions, trainable: Trainable, 
             model, num_classes, rank=options.lora_rank, alpha=options.lora_alpha, blocks=options.lora_blocks, seed=options.seed
         )
     return convert_to_classifier(model, num_classes, trainable, options.seed)
+
+
+def import_in_background(*modules: str) -> threading.Thread:
+    """Import ``modules`` on a side thread while the main one works in native code (reading the
+    base, building the prefix cache, training), which lets go of the interpreter. A run needs
+    two slow imports late: AdamW's constructor imports ``torch._dynamo`` (about a second) and
+    the curves need matplotlib (half a second). Importing a module the side thread is still
+    importing simply waits for it; a failure here is left for the real import to report."""
+
+    def run() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=run, name="spamtune-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def make_optimizer(model: GPTModel, options: FinetuneOptions, device: torch.device) -> torch.optim.Optimizer:
@@ -318,11 +368,10 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     world = World.current()  # under torchrun: every rank runs this loop on its share of each batch
     emit = (on_event if world.is_main else None) or (lambda event: None)
     options, data, precision, run_dir = run.options, run.data, run.precision, run.run_dir
-    base = build_base(run.model_cfg, options)
+    import_in_background("torch._dynamo", "matplotlib.figure", "matplotlib.backends.backend_agg")
     # The base's identity keys the kept prefix caches and a compact run's reference; it is taken
     # before the surgery and before a resumed run's weights are loaded.
-    base_sha256 = base_weights_sha256(base) if options.keep_cache or options.compact else None
-    base_ref = store_base(options.data_dir, base, base_origin(run.model_cfg, options)) if options.compact else None
+    base, base_sha256, base_ref = prepare_base(run.model_cfg, options)
     model = build_model(run.model_cfg, options, run.trainable, len(data.labels), base).to(precision.device)
     optimizer = make_optimizer(model, options, precision.device)
     params = count_parameters(model)  # as trained: write_model merges LoRA away at the end

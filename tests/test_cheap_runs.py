@@ -54,6 +54,24 @@ def test_a_second_run_loads_the_kept_cache_and_gives_the_same_metrics(root, tmp_
     assert len(list_caches(root)) == 1
 
 
+def test_a_second_run_reads_its_random_base_from_the_store_instead_of_drawing_it(root, tmp_path, monkeypatch):
+    from spamtune.bases import ORIGINS_FILE
+
+    cold = train.finetune(tiny_options(root), tmp_path / "r1")
+    assert (root / "bases" / ORIGINS_FILE).is_file()
+    drawn = []
+    real_build_base = train.build_base
+    monkeypatch.setattr(train, "build_base", lambda *a: drawn.append(a) or real_build_base(*a))
+    warm = train.finetune(tiny_options(root), tmp_path / "r2")
+    assert not drawn and all(warm[name] == cold[name] for name in METRICS)
+    for stored in (root / "bases").glob("*.safetensors"):
+        stored.unlink()  # gone from the store: the base is drawn again, to the same result
+    again = train.finetune(tiny_options(root), tmp_path / "r3")
+    assert len(drawn) == 1 and all(again[name] == cold[name] for name in METRICS)
+    another_seed = train.finetune(tiny_options(root, seed=7), tmp_path / "r4")
+    assert len(drawn) == 2 and another_seed["validation_loss"] != cold["validation_loss"]
+
+
 def test_a_corrupted_cache_is_rebuilt_by_the_next_run(root, tmp_path):
     first = train.finetune(tiny_options(root), tmp_path / "r1")
     states = list_caches(root)[0].path / STATES_FILE
@@ -105,7 +123,7 @@ def test_compact_run_predicts_what_its_export_predicts(root, tmp_path):
     run = tmp_path / "compact"
     assert (run / "delta.safetensors").is_file() and (run / "base.json").is_file() and not (run / "model.safetensors").exists()
     assert all(compact[name] == full[name] for name in METRICS)
-    assert len(list((root / "bases").iterdir())) == 1
+    assert len(list((root / "bases").glob("*.safetensors"))) == 1
     delta = (run / "delta.safetensors").stat().st_size
     assert delta < (tmp_path / "full" / "model.safetensors").stat().st_size / 5
     texts = ["WINNER!! free prize, call now", "see you at lunch", "Claim your cash reward today"]

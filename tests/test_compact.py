@@ -150,7 +150,7 @@ def test_bases_are_stored_once_and_shared(tmp_path):
     ref_a = store_base(tmp_path, model, SEEDED)
     ref_b = store_base(tmp_path, convert_to_classifier(random_base(), trainable="all"), SEEDED)
     assert ref_a == ref_b and ref_a.sha256 == base_weights_sha256(model)
-    assert [p.name for p in paths.bases_dir(tmp_path).iterdir()] == [f"{ref_a.sha256}.safetensors"]
+    assert [p.name for p in paths.bases_dir(tmp_path).glob("*.safetensors")] == [f"{ref_a.sha256}.safetensors"]
 
 
 def test_a_missing_random_base_is_rebuilt_from_its_seed(tmp_path):
