@@ -117,13 +117,15 @@ def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: st
     return result.path
 
 
+DOWNLOAD_HELP = "Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand)."
+DOWNLOAD_EXAMPLES = (
+    ("spamtune download", "the SMS data and gpt2-small"),
+    ("spamtune download data --from smsspamcollection.zip", "no network: import a copy"),
+    ("spamtune download model gpt2-medium", "another size, into the Hugging Face cache"),
+)
+
 def register(app: typer.Typer) -> None:
-    download_app = common.group_with_default(
-        "Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand).",
-        ("spamtune download", "the SMS data and gpt2-small"),
-        ("spamtune download data --from smsspamcollection.zip", "no network: import a copy"),
-        ("spamtune download model gpt2-medium", "another size, into the Hugging Face cache"),
-    )
+    download_app = common.group_with_default(DOWNLOAD_HELP, *DOWNLOAD_EXAMPLES)
 
     @download_app.callback(invoke_without_command=True)
     def download_all(ctx: typer.Context, data_dir: Path | None = _data_dir_option()) -> None:

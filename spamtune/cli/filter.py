@@ -71,13 +71,11 @@ def filter_mail(
         raise SpamtuneError(f"message passed through unclassified: {reason}")
 
 
+FILTER_EXAMPLES = (
+    ("spamtune filter < message.eml", "the message with its X-Spamtune-Status on stdout"),
+    ('| spamtune filter --run 20261125-101500-tiny-all', "in procmail: a recipe line with a run by name"),
+    ("spamtune filter --threshold 0.9 < message.eml | grep '^X-Spamtune'", "stricter; see the verdict"),
+)
+
 def register(app: typer.Typer) -> None:
-    common.add_command(
-        app,
-        "filter",
-        filter_mail,
-        ("spamtune filter < message.eml", "the message with its X-Spamtune-Status on stdout"),
-        ('| spamtune filter --run 20261125-101500-tiny-all', "in procmail: a recipe line with a run by name"),
-        ("spamtune filter --threshold 0.9 < message.eml | grep '^X-Spamtune'", "stricter; see the verdict"),
-        help=FILTER_HELP,
-    )
+    common.add_command(app, "filter", filter_mail, *FILTER_EXAMPLES, help=FILTER_HELP)

@@ -87,13 +87,15 @@ def _flatten(prefix: str, value, out: list[tuple[str, str]]) -> None:
         out.append((prefix, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value))
 
 
+RUNS_HELP = "List the runs of the data root (a table; --json for scripts); show one; remove some."
+RUNS_EXAMPLES = (
+    ("spamtune runs", "name, status, model, trainable, accuracy, size, age"),
+    ("spamtune runs --json | jq -r '.[] | select(.status == \"failed\") | .name'", "scripts read JSON"),
+    ("spamtune runs show 20261125-101500-gpt2-small-last-block", "one run's summary and hparams"),
+)
+
 def register(app: typer.Typer) -> None:
-    runs_app = common.group_with_default(
-        "List the runs of the data root (a table; --json for scripts); show one; remove some.",
-        ("spamtune runs", "name, status, model, trainable, accuracy, size, age"),
-        ("spamtune runs --json | jq -r '.[] | select(.status == \"failed\") | .name'", "scripts read JSON"),
-        ("spamtune runs show 20261125-101500-gpt2-small-last-block", "one run's summary and hparams"),
-    )
+    runs_app = common.group_with_default(RUNS_HELP, *RUNS_EXAMPLES)
 
     @runs_app.callback(invoke_without_command=True)
     def list_runs(
