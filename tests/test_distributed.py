@@ -130,9 +130,11 @@ def root(tmp_path_factory) -> Path:
 
 # Uneven shares too: batches of 3 split 1 + 2, and 40 % 3 leaves a last batch of 1, where one
 # rank has nothing and runs a batch weighted 0; with accumulation over 2 batches.
+# And a run whose best weights are not its last: every rank must score the test split with them.
 CASES = {
     "last-block, batch 8": {"batch_size": 8},
     "all blocks, batch 3, accumulation 2": {"batch_size": 3, "grad_accum": 2, "trainable": "all", "epochs": 1},
+    "all blocks, batch 8, best before the end": {"batch_size": 8, "trainable": "all", "epochs": 3, "lr": 1e-2},
 }
 
 
@@ -152,14 +154,16 @@ def test_two_ranks_train_as_one_process_with_the_same_global_batch(root, single_
     ours, theirs = (json.loads((d / runs.SUMMARY_FILE).read_text()) for d in (out, one))
     assert all(ours[k] == pytest.approx(theirs[k], abs=1e-5) for k in RESULT_KEYS)
     assert ours["best_step"] == theirs["best_step"] and ours["examples_seen"] == theirs["examples_seen"]
+    assert ("best before the end" in case) == (theirs["best_step"] < theirs["steps"])
     # Only rank 0 writes and reports: the folder holds one run's files, rank 1 saw no event.
     assert sorted(p.name for p in out.iterdir() if p.name != runs.LOCK_FILE) == sorted(runs.RUN_FILES)
     assert json.loads((out / runs.HPARAMS_FILE).read_text())["resolved"]["world_size"] == 2
     assert int((tmp_path / "events.0").read_text()) > 0 and int((tmp_path / "events.1").read_text()) == 0
 
 
-def _interrupted_rank(rank: int, root: Path, out: Path, stop_at: int, how: str) -> None:
-    """Train with 2 ranks; at step ``stop_at`` both raise Ctrl-C ("interrupt") or rank 1 dies ("kill")."""
+def _interrupted_rank(rank: int, root: Path, out: Path, stop_at: int, how: str, overrides: dict | None = None) -> None:
+    """Train with 2 ranks (batch 8, 2 epochs, ``overrides``); at step ``stop_at`` both raise
+    Ctrl-C ("interrupt") or rank 1 dies ("kill")."""
     distributed.init_from_env("cpu")
     real_step = train.optimizer_step
     steps = [0]
@@ -177,7 +181,7 @@ def _interrupted_rank(rank: int, root: Path, out: Path, stop_at: int, how: str) 
 
     train.optimizer_step = step
     try:
-        train.finetune(tiny_options(root, batch_size=8, epochs=2), out)
+        train.finetune(tiny_options(root, **{"batch_size": 8, "epochs": 2, **(overrides or {})}), out)
     except events.TrainingInterrupted:
         raise SystemExit(130) from None
 
