@@ -266,6 +266,42 @@ def test_sharded_prediction_writes_the_single_process_output(tmp_path, big_input
     assert [json.loads(line)["text"] for line in lines][:3] == ["message 0 win a prize !", "message 1 see you at lunch", "message 2 see you at lunch"]
 
 
+def test_sharded_mail_prediction_writes_the_single_process_output(tmp_path, monkeypatch):
+    """``predict --mail``: each rank classifies its share of every round of messages; rank 0
+    writes them in the source's order, as one process does."""
+    from spamtune import mail_filter
+    from spamtune.cli import predict_mail
+
+    box = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True)
+    for i in range(23):
+        body = "you won a prize!" if i % 3 == 0 else "see you at lunch"
+        (box / ("cur" if i < 17 else "new") / f"{i:02d}.host").write_bytes(f"Subject: note {i}\n\n{body}\n".encode())
+    run_dir = write_rigged_run(tmp_path / "run")
+    monkeypatch.setattr(mail_filter, "MAIL_CHUNK", 3)  # rounds of 3 messages per rank, the last one short
+    common = ["predict", "--mail", str(box), "--run", str(run_dir), "--device", "cpu", "--format", "jsonl"]
+    single, sharded = tmp_path / "single.jsonl", tmp_path / "sharded.jsonl"
+    assert app([*common, "--out", str(single)], standalone_mode=False) in (0, None)
+    real_share = predict_mail.classify_share
+
+    def counted_share(classifier, messages, *args):  # how many messages each rank classified
+        with open(tmp_path / f"classified.{os.getpid()}", "a") as f:
+            f.write(f"{len(messages)}\n")
+        return real_share(classifier, messages, *args)
+
+    monkeypatch.setattr(predict_mail, "classify_share", counted_share)
+    assert run_ranks(_predict_rank, [*common, "--out", str(sharded)]) == [0, 0]
+    lines = sharded.read_text().splitlines()
+    assert lines == single.read_text().splitlines() and len(lines) == 23
+    # Rounds of 6: 3 + 3 messages, three times, then 5 left: 2 + 3.
+    shares = sorted(sum(map(int, f.read_text().split())) for f in tmp_path.glob("classified.*"))
+    assert shares == [11, 12]
+    records = [json.loads(line) for line in lines]
+    assert [r["id"] for r in records][:2] == ["cur/00.host", "cur/01.host"] and records[-1]["id"] == "new/22.host"
+    assert [r["label"] for r in records[:3]] == ["spam", "ham", "ham"]
+
+
 def test_devices_launches_ranks_through_torchrun(tmp_path, big_input):
     """``--devices 2``: torch's elastic launcher starts two ranks; the output is the single one."""
     run_dir = write_rigged_run(tmp_path / "run")
@@ -284,3 +320,6 @@ def test_ranks_refuse_stdin_with_one_line(tmp_path, monkeypatch, capsys):
     code = app(["predict", "-", "--run", str(tmp_path)], standalone_mode=False)
     assert code == 2
     assert capsys.readouterr().err.strip() == "Error: several processes classify a file, not stdin: give --input PATH"
+    code = app(["predict", "--mail", "-", "--run", str(tmp_path)], standalone_mode=False)
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "Error: several processes classify a mail source they can all read, not stdin: give --mail PATH"

@@ -189,8 +189,8 @@ def finetune_command(
     data_dir: Path | None = common.data_dir_option(),
     devices: int | None = typer.Option(
         None, "--devices", min=1,
-        help="Train with N processes on this machine (one per GPU; DistributedDataParallel through torchrun's "
-        "launcher). --batch-size stays the global batch.",
+        help="Train with N processes on this machine (one per GPU, through torchrun's launcher; DistributedDataParallel, "
+        "or FSDP with --strategy fsdp). --batch-size stays the global batch.",
     ),
     **options,
 ) -> None:
