@@ -375,7 +375,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             "best": best, "evals_since_best": evals_since_best, "stopped_early": stopped_early,
             "elapsed_s": elapsed(), "training_time_s": training_time,
         }  # fmt: skip
-        state = training_state(model, optimizer, keep=world.is_main)  # under FSDP, gathered by every rank
+        with world.collective():  # under FSDP, gathered by every rank
+            state = training_state(model, optimizer, keep=world.is_main)
         world.on_main(lambda: save_resume_state(run_dir, state, precision, best_weights, position), share=False)
         return step, best and best["step"], best_weights
 
@@ -384,7 +385,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     def evaluate(examples) -> tuple[float, float]:
         """Several ranks: each evaluates a share of the split, the sums are added over all of them."""
         score = functools.partial(evaluate_sharded, world) if world.distributed else evaluate_examples
-        with whole_model(model):
+        with world.collective(), whole_model(model):
             return score(model, examples, options.pooling, **forward)
     saved = (step, best and best["step"], best_weights)
     try:
@@ -426,7 +427,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                 record = world.decide_once(record)  # the best weights and early stop: decided once
                 improved = is_better(record, best)
                 if improved:
-                    best, best_weights, evals_since_best = record, trainable_weights(model, keep=world.is_main), 0
+                    with world.collective():
+                        best, best_weights, evals_since_best = record, trainable_weights(model, keep=world.is_main), 0
                 else:
                     evals_since_best += 1
                     stopped_early = bool(options.patience and evals_since_best >= options.patience)
@@ -438,7 +440,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                     break
 
         # Every rank takes the best weights (rank 0's), so the test split is scored with them.
-        set_from_rank0(model, best_weights, world.distributed)
+        with world.collective():
+            set_from_rank0(model, best_weights, world.distributed)
         world.on_main(lambda: write_model(run, model, best_weights, base_ref), share=False)
         emit(EvaluationStarted(step, "test"))
         loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed(), "params": params}
@@ -554,7 +557,7 @@ def calibrate_on_validation(run: Run, model: GPTModel, world: World, forward: di
     fits and writes, and returns what the summary records of it (the others: None).
     ``forward``: ``predict_logits``'s precision, padding and shortcut."""
     cfg = classifier_config(run)
-    with whole_model(model):
+    with world.collective(), whole_model(model):
         logits = predict_logits_sharded(world, model, run.data.validation, run.options.pooling, **forward)
 
     def fit() -> dict:
