@@ -6,12 +6,14 @@ weights and metrics for the same global batch, one ordinary ``model.safetensors`
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers import tiny_options, write_tiny_data
+from safetensors import safe_open
 from test_distributed import RESULT_KEYS, _interrupted_rank, metrics_close, run_ranks, weights_close
 from torch.distributed.tensor import DTensor
 
@@ -185,3 +187,14 @@ def test_fsdp_refuses_what_it_cannot_shard(root, tmp_path, capsys):
         train.check_strategy("fsdp", fp16_on_gpu, World(0, 2))
     train.check_strategy("fsdp", fp16_on_gpu, World())  # one process: plain training, fp16 as usual
     train.check_strategy("ddp", fp16_on_gpu, World(0, 2))
+
+
+def test_a_dead_fsdp_rank_stops_the_other_with_the_checkpoint_intact(root, tmp_path, monkeypatch, capfd):
+    """A peer lost inside FSDP's own gathers and reductions stops the survivor with one line."""
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "20")
+    out = tmp_path / "two"
+    codes = run_ranks(_interrupted_rank, root, out, 8, "kill", {"trainable": "all", "strategy": "fsdp"}, timeout=45)
+    assert codes == [1, -signal.SIGKILL]
+    assert "rank 0: Error: lost contact with the other ranks (" in capfd.readouterr().err
+    with safe_open(str(runs.resume_file(out)), "pt") as f:
+        assert json.loads(f.metadata()["loop"])["step"] == 5
