@@ -387,6 +387,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         score = functools.partial(evaluate_sharded, world) if world.distributed else evaluate_examples
         with world.collective(), whole_model(model):
             return score(model, examples, options.pooling, **forward)
+
     saved = (step, best and best["step"], best_weights)
     try:
         if not resuming:
@@ -480,6 +481,7 @@ def start_session(
     emit(TrainingStarted(
         run.run_dir, run.model_label, step, run.total_steps, str(run.precision.device), run.precision.name,
         trainable, total, len(data.train), len(data.validation), len(data.test), data.max_length,
+        f"{world.size} ranks, {run.options.strategy}" if world.distributed else "",
     ))  # fmt: skip
     budget = world.decide_once(memory_budget_bytes(run.precision.device)) if world.distributed else None
     store = PrefixCacheStore(run.options.data_dir) if run.options.keep_cache else None

@@ -68,8 +68,10 @@ def _fsdp_rank(rank: int, root: Path, out: Path, overrides: dict, report: Path) 
         return real_state(model, optimizer, keep)
 
     train.training_state = spy
-    train.finetune(tiny_options(root, strategy="fsdp", **overrides), out)
-    report.with_name(f"{report.name}.{rank}").write_text(json.dumps(held))
+    started = []  # what the run said it was: rank 0 reports, the others stay silent
+    on_event = lambda e: started.append(e.parallel) if isinstance(e, events.TrainingStarted) else None  # noqa: E731
+    train.finetune(tiny_options(root, strategy="fsdp", **overrides), out, on_event=on_event)
+    report.with_name(f"{report.name}.{rank}").write_text(json.dumps({"held": held, "started": started}))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -87,7 +89,9 @@ def test_two_fsdp_ranks_train_as_one_process_with_the_same_global_batch(root, si
     assert sorted(p.name for p in out.iterdir() if p.name != runs.LOCK_FILE) == sorted(runs.RUN_FILES)
     assert json.loads((out / runs.HPARAMS_FILE).read_text())["strategy"] == "fsdp"
     # Each rank held half the rows of every trained weight, gradient and moment; the frozen ones whole.
-    held = [json.loads((tmp_path / f"held.{r}").read_text()) for r in (0, 1)]
+    reports = [json.loads((tmp_path / f"held.{r}").read_text()) for r in (0, 1)]
+    assert [r["started"] for r in reports] == [["2 ranks, fsdp"], []]
+    held = [r["held"] for r in reports]
     trained = [name for name, tensors in held[0].items() if len(tensors) == 3]
     assert "out_head.weight" in trained and ("tok_emb.weight" in trained) == (CASES[case].get("trainable") == "all")
     for name in trained:
