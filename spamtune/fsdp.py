@@ -37,14 +37,12 @@ number of ranks, and the other way round.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
-
-STRATEGIES = ("ddp", "fsdp")
 
 
 def shard_classifier(model: nn.Module, device: torch.device) -> nn.Module:
@@ -68,15 +66,23 @@ def shard_classifier(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    """Whether ``shard_classifier`` applied FSDP to ``model`` (looked up like ``is_shard``)."""
+    module = sys.modules.get("torch.distributed.fsdp")
+    return module is not None and isinstance(model, module.FSDPModule)
 
-    return isinstance(model, FSDPModule)
+
+def is_shard(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a sharded parameter or optimizer state). Importing
+    ``torch.distributed.tensor`` costs half a second of every run's start, and no DTensor can
+    exist before something has imported it, so it is only looked up."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def whole(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a shard (gathered: every rank must call this, in the same order);
     a plain tensor as it is."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    return tensor.full_tensor() if is_shard(tensor) else tensor
 
 
 def shard_like(param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
@@ -84,7 +90,9 @@ def shard_like(param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     is laid out: this rank's shard of it when ``param`` is sharded, taken locally without any
     communication; else ``full`` on ``param``'s device."""
     full = full.to(param.device, param.dtype)
-    if isinstance(param, DTensor):
+    if is_shard(param):
+        from torch.distributed.tensor import distribute_tensor
+
         return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
     return full
 
@@ -101,7 +109,9 @@ def set_from_rank0(model: nn.Module, weights: dict[str, torch.Tensor], distribut
                 param.copy_(weights[name])
                 continue
             main = dist.get_rank() == 0
-            if isinstance(param, DTensor):
+            if is_shard(param):
+                from torch.distributed.tensor import distribute_tensor
+
                 full = weights[name].to(param.device, param.dtype) if main else torch.empty(param.shape, dtype=param.dtype, device=param.device)
                 param.copy_(distribute_tensor(full, param.device_mesh, param.placements))  # rank 0's, scattered
             else:
