@@ -24,6 +24,7 @@ class TrainingStarted:
     n_validation: int
     n_test: int
     max_length: int
+    parallel: str = ""  # how several ranks share the run ("2 ranks, fsdp"); empty for one process
 
 
 @dataclass(frozen=True)

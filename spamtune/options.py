@@ -22,6 +22,7 @@ WEIGHT_SOURCES = ("pretrained", "random")
 SCHEDULES = ("constant", "cosine", "linear")  # learning-rate schedules (spamtune.schedule)
 BALANCE_MODES = ("undersample", "none")
 CLASS_WEIGHTS = ("none", "balanced")
+STRATEGIES = ("ddp", "fsdp")  # how several ranks share a run (spamtune.distributed, spamtune.fsdp)
 
 
 def option(default, help: str, **cli) -> field:
@@ -57,6 +58,13 @@ class FinetuneOptions:
     patience: int | None = option(None, "Stop after N evaluations without a lower validation loss.")
     device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
     precision: str = option("auto", "auto, fp32, bf16 (CPU/CUDA) or fp16 (CUDA).")
+    strategy: str = option(
+        "ddp",
+        "With several processes (--devices, torchrun): ddp keeps a whole copy of the model, its gradients and "
+        "optimizer state on each; fsdp shards the trained weights, their gradients and AdamW's state across them "
+        "(for training that does not fit one device, e.g. gpt2-xl with --trainable all). One process trains plainly with either.",
+        choices=STRATEGIES,
+    )
     data_dir: str = option("data", "Data root (default: $SPAMTUNE_HOME or ./data).")
     class_weights: str = option(
         "none",
@@ -80,14 +88,15 @@ class FinetuneOptions:
     )
 
 
-# Options a resumed run may take afresh: where the data is (its fingerprint is checked) and
-# where to compute. Every other option is the run's own.
-RESUMABLE_CHANGES = ("device", "data_dir")
+# Options a resumed run may take afresh: where the data is (its fingerprint is checked), where to
+# compute, and how ranks share the work (the resume state is the same whatever the strategy).
+# Every other option is the run's own.
+RESUMABLE_CHANGES = ("device", "data_dir", "strategy")
 # Options added after runs were first saved, with the value an older run's training had: its
 # hparams.json lacks them. (compact has been on by default since; the runs before it were full.)
 ADDED_OPTIONS = {
     "class_weights": "none", "lora_rank": 16, "lora_alpha": 16.0, "lora_blocks": None, "schedule": "constant",
-    "warmup_steps": 0, "clip_grad_norm": None, "keep_cache": True, "compact": False,
+    "warmup_steps": 0, "clip_grad_norm": None, "keep_cache": True, "compact": False, "strategy": "ddp",
 }  # fmt: skip
 
 
@@ -110,12 +119,16 @@ def validate_options(options: FinetuneOptions, model_cfg: GPTConfig | None = Non
     _require(o.grad_accum >= 1, "grad_accum", f"must be at least 1 (got {o.grad_accum})")
     _require(o.eval_every is None or o.eval_every >= 1, "eval_every", f"must be at least 1 step (got {o.eval_every})")
     _require(o.patience is None or o.patience >= 1, "patience", f"must be at least 1 evaluation (got {o.patience})")
-    for name, value, choices in (("weights", o.weights, WEIGHT_SOURCES), ("pooling", o.pooling, POOLINGS), ("precision", o.precision, PRECISIONS), ("class_weights", o.class_weights, CLASS_WEIGHTS)):
+    for name, value, choices in (("weights", o.weights, WEIGHT_SOURCES), ("pooling", o.pooling, POOLINGS), ("precision", o.precision, PRECISIONS), ("class_weights", o.class_weights, CLASS_WEIGHTS), ("strategy", o.strategy, STRATEGIES)):
         _require(value in choices, name, f"unknown {{option}} '{value}'; choose one of: {', '.join(choices)}")
     from spamtune.schedule import check_schedule_options
 
     check_schedule_options(o.schedule, o.warmup_steps, o.clip_grad_norm)
     cfg = model_cfg or GPTConfig.resolve(o.model)
+    _require(
+        not (o.strategy == "fsdp" and o.trainable == "lora"), "strategy",
+        "{option} fsdp shards the training state of whole weights; LoRA's is small: use --strategy ddp with --trainable lora",
+    )  # fmt: skip
     if o.trainable == "lora":
         from spamtune.lora import check_lora_options, lora_trainable
 

@@ -4,7 +4,9 @@ position always agree.
 It holds the trainable weights, the best ones so far (the frozen rest of the model never
 changes, so these two and the pretrained file make up both classifiers), AdamW's moments, the
 RNG state, the gradient scaler and where the loop stands. Written atomically after every
-evaluation: a kill, Ctrl-C or a full disk leaves the previous one whole. No pickle.
+evaluation: a kill, Ctrl-C or a full disk leaves the previous one whole. No pickle. Tensors are
+stored whole even when training shards them (``--strategy fsdp``), so any number of ranks, or one
+process, can continue from it.
 """
 
 from __future__ import annotations
@@ -19,29 +21,46 @@ from safetensors.torch import load_file
 from spamtune.checkpoint import check_state_shapes, save_tensors
 from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
+from spamtune.fsdp import shard_like, whole
 from spamtune.model import GPTModel
 from spamtune.runs import resume_file
 
 
-def trainable_weights(model: GPTModel) -> dict[str, torch.Tensor]:
-    """CPU copies of the parameters training changes."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+def trainable_weights(model: GPTModel, keep: bool = True) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters training changes, whole: a sharded one (``--strategy fsdp``)
+    is gathered, so then every rank must call this; only a rank with ``keep`` gets the copies."""
+    out = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            full = whole(param.detach())
+            if keep:
+                out[name] = full.to("cpu", copy=True)
+    return out
+
+
+def training_state(model: GPTModel, optimizer: torch.optim.Optimizer, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The trainable weights and AdamW's moments as the resume file stores them, whole (in the
+    same form whatever the number of ranks and the strategy); like ``trainable_weights``, every
+    rank calls it under FSDP, and only ``keep`` gets the tensors."""
+    tensors = {f"model.{n}": t.contiguous() for n, t in trainable_weights(model, keep).items()}
+    for index, param_state in optimizer.state_dict()["state"].items():
+        for key, value in sorted(param_state.items()):
+            full = whole(value.detach())
+            if keep:
+                tensors[f"optimizer.{index}.{key}"] = full.cpu().contiguous()
+    return tensors
 
 
 def save_resume_state(
     run_dir: Path,
-    model: GPTModel,
-    optimizer: torch.optim.Optimizer,
+    state: dict[str, torch.Tensor],
     precision: Precision,
     best_weights: dict[str, torch.Tensor],
     position: dict,
 ) -> None:
-    """Write the state; ``position`` is the loop's JSON-ready counters."""
-    tensors = {f"model.{n}": t.contiguous() for n, t in trainable_weights(model).items()}
+    """Write the state: ``state`` from ``training_state``, ``position`` the loop's JSON-ready counters."""
+    tensors = dict(state)
     tensors.update({f"best.{n}": t for n, t in best_weights.items()})
-    for index, param_state in optimizer.state_dict()["state"].items():
-        for key, value in param_state.items():
-            tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     if precision.device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(precision.device)
@@ -68,15 +87,19 @@ def load_resume_state(
     best_weights = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
     frozen = {k: v for k, v in model.state_dict().items() if k not in trainable}
     check_state_shapes(model, {**frozen, **saved}, str(path))
+    params = {}
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in trainable:
-                param.copy_(saved[name])
+                param.copy_(shard_like(param, saved[name]))  # under FSDP, this rank's shard of it
+                params[len(params)] = param  # the optimizer's numbering: trainable parameters in order
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
-            optim_state.setdefault(int(index), {})[name] = value
+            param = params[int(index)]
+            # Moments are shaped like their parameter (and sharded like it); the step count is a scalar.
+            optim_state.setdefault(int(index), {})[name] = shard_like(param, value) if value.shape == param.shape else value
     optimizer_sd = optimizer.state_dict()
     optimizer_sd["state"] = optim_state
     optimizer.load_state_dict(optimizer_sd)

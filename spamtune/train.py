@@ -43,6 +43,7 @@ from spamtune.distributed import (
     build_prefix_cache_sharded,
     evaluate_sharded,
     loss_weights,
+    predict_logits_sharded,
     run_lock,
 )
 from spamtune.errors import DiskFull, OptionError, SpamtuneError
@@ -58,7 +59,7 @@ from spamtune.events import (
 )
 from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_data, pad_width
 from spamtune.calibration import calibrate_and_store
-from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples, predict_logits
+from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
 from spamtune.options import ADDED_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, pretrained_weights_file, validate_options
 from spamtune.plots import plot_curves
@@ -68,7 +69,8 @@ from spamtune.compact import save_compact_run
 from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
 from spamtune.prefix_cache import PrefixCacheReport, attach_prefix_caches, memory_budget_bytes
 from spamtune.schedule import clip_gradients, make_scheduler
-from spamtune.resume import load_resume_state, save_resume_state, trainable_weights
+from spamtune.resume import load_resume_state, save_resume_state, trainable_weights, training_state
+from spamtune.fsdp import is_sharded, plain_copy, set_from_rank0, shard_classifier, whole_model
 from spamtune.weights import load_pretrained_weights
 
 # --------------------------------------------------------------------------- model and step
@@ -251,8 +253,21 @@ def check_and_load(options: FinetuneOptions, model_cfg: GPTConfig | None = None)
     ``(model config, trainable, precision, data)``."""
     cfg, trainable = validate_options(options, model_cfg)
     precision = Precision.resolve(options.precision, resolve_device(options.device))
+    check_strategy(options.strategy, precision, World.current())
     data = load_training_data(Path(options.data_dir), cfg.context_length, options.max_length)
     return cfg, trainable, precision, data
+
+
+def check_strategy(strategy: str, precision: Precision, world: World) -> None:
+    """FSDP's limits, where it runs (several ranks; one process trains plainly with any strategy)."""
+    if strategy != "fsdp" or not world.distributed:
+        return
+    if precision.device.type not in ("cpu", "cuda"):
+        raise OptionError("strategy", f"{{option}} fsdp runs on CUDA GPUs or CPUs, not {precision.device.type}")
+    if precision.name == "fp16":
+        # fp16's gradient scaler decides to skip a step from the gradients it sees: under FSDP
+        # each rank sees only its shard, so ranks could disagree.
+        raise OptionError("strategy", "{option} fsdp trains in fp32 or bf16, not fp16; pass --precision fp32 (or bf16 where the device has it)")
 
 
 def finetune(
@@ -299,7 +314,7 @@ class OptionChanged(OptionError):
         super().__init__(
             option,
             f"a resumed run keeps the options it started with: {{option}} {value} differs from its {run_value} "
-            f"in {run_dir} (only the device and the data folder may change)",
+            f"in {run_dir} (only the device, the data folder and the strategy may change)",
         )
 
 
@@ -373,8 +388,11 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     # before the surgery and before a resumed run's weights are loaded.
     base, base_sha256, base_ref = prepare_base(run.model_cfg, options)
     model = build_model(run.model_cfg, options, run.trainable, len(data.labels), base).to(precision.device)
-    optimizer = make_optimizer(model, options, precision.device)
     params = count_parameters(model)  # as trained: write_model merges LoRA away at the end
+    sharded = world.distributed and options.strategy == "fsdp"
+    if sharded:  # before the optimizer, which then holds (and updates) this rank's shards
+        shard_classifier(model, precision.device)
+    optimizer = make_optimizer(model, options, precision.device)
     pad_to = pad_width(options.pooling, data.max_length)
     class_weights = class_weight_tensor(options.class_weights, data.train.labels, len(data.labels))
     if class_weights is not None:
@@ -384,7 +402,10 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     # since it writes the first checkpoint while a slower rank may still be looking).
     resuming = world.decide_once(runs.resume_file(run_dir).is_file())
     at, best_weights = load_resume_state(run_dir, model, optimizer, precision) if resuming else ({}, {})
-    step_model = DataParallelClassifier(model, precision.device) if world.distributed else model
+    # The best weights so far live on rank 0 alone (it writes them); the others get them at the end.
+    best_weights = best_weights if world.is_main else {}
+    # FSDP's model is its own step model: its classify gathers, and backward reduce-scatters.
+    step_model = DataParallelClassifier(model, precision.device) if world.distributed and not sharded else model
     step, epoch, steps_in_epoch = at.get("step", 0), at.get("epoch", 0), at.get("steps_in_epoch", 0)
     examples_seen, training_time = at.get("examples_seen", 0), at.get("training_time_s", 0.0)
     best, evals_since_best, stopped_early = at.get("best"), at.get("evals_since_best", 0), at.get("stopped_early", False)
@@ -403,14 +424,19 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             "best": best, "evals_since_best": evals_since_best, "stopped_early": stopped_early,
             "elapsed_s": elapsed(), "training_time_s": training_time,
         }  # fmt: skip
-        world.on_main(lambda: save_resume_state(run_dir, model, optimizer, precision, best_weights, position), share=False)
+        with world.collective():  # under FSDP, gathered by every rank
+            state = training_state(model, optimizer, keep=world.is_main)
+        world.on_main(lambda: save_resume_state(run_dir, state, precision, best_weights, position), share=False)
         return step, best and best["step"], best_weights
 
-    # Several ranks: each evaluates a share of the split, the sums are added over all of them.
-    evaluate = functools.partial(
-        functools.partial(evaluate_sharded, world) if world.distributed else evaluate_examples,
-        model, pooling=options.pooling, precision=precision, pad_to=pad_to, last_query_only=options.shortcuts,
-    )  # fmt: skip
+    forward = {"precision": precision, "pad_to": pad_to, "last_query_only": options.shortcuts}
+
+    def evaluate(examples) -> tuple[float, float]:
+        """Several ranks: each evaluates a share of the split, the sums are added over all of them."""
+        score = functools.partial(evaluate_sharded, world) if world.distributed else evaluate_examples
+        with world.collective(), whole_model(model):
+            return score(model, examples, options.pooling, **forward)
+
     saved = (step, best and best["step"], best_weights)
     try:
         if not resuming:
@@ -451,7 +477,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                 record = world.decide_once(record)  # the best weights and early stop: decided once
                 improved = is_better(record, best)
                 if improved:
-                    best, best_weights, evals_since_best = record, trainable_weights(model), 0
+                    with world.collective():
+                        best, best_weights, evals_since_best = record, trainable_weights(model, keep=world.is_main), 0
                 else:
                     evals_since_best += 1
                     stopped_early = bool(options.patience and evals_since_best >= options.patience)
@@ -462,13 +489,15 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                 if stopped_early:
                     break
 
+        # Every rank takes the best weights (rank 0's), so the test split is scored with them.
+        with world.collective():
+            set_from_rank0(model, best_weights, world.distributed)
         world.on_main(lambda: write_model(run, model, best_weights, base_ref), share=False)
         emit(EvaluationStarted(step, "test"))
         loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed(), "params": params}
         loop["training_time_s"] = training_time
         summary = world.decide_once(summarize(run, model, best, cache, evaluate(data.test), loop))
-        # Fitted and written (calibration.json) by rank 0 alone, on the whole validation split.
-        summary["calibration"] = world.on_main(lambda: calibrate_on_validation(run, model, pad_to))
+        summary["calibration"] = calibrate_on_validation(run, model, world, forward)
         world.on_main(lambda: finish(run, summary, records), share=False)
         return summary
     except KeyboardInterrupt:
@@ -501,6 +530,7 @@ def start_session(
     emit(TrainingStarted(
         run.run_dir, run.model_label, step, run.total_steps, str(run.precision.device), run.precision.name,
         trainable, total, len(data.train), len(data.validation), len(data.test), data.max_length,
+        f"{world.size} ranks, {run.options.strategy}" if world.distributed else "",
     ))  # fmt: skip
     budget = world.decide_once(memory_budget_bytes(run.precision.device)) if world.distributed else None
     store = PrefixCacheStore(run.options.data_dir) if run.options.keep_cache else None
@@ -551,9 +581,12 @@ def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor], bas
     """``model.safetensors``: the frozen weights with these trainable ones (nothing if there
     are none yet); with ``base_ref``, a compact run instead (the changed tensors and the
     reference). Training is over when this is called, so the model itself takes them, and
-    LoRA is merged into it afterwards (the test evaluation then runs at full speed)."""
+    LoRA is merged into it afterwards (the test evaluation then runs at full speed). A sharded
+    model is written through a plain copy (``fsdp.plain_copy``): rank 0 alone runs this."""
     if not weights:
         return
+    if is_sharded(model):
+        model = plain_copy(model, weights, classifier_config(run))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in weights:
@@ -568,16 +601,22 @@ def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor], bas
         save_classifier(run.run_dir, merge_lora(model), cfg)
 
 
-def calibrate_on_validation(run: Run, model: GPTModel, pad_to: int | None) -> dict:
+def calibrate_on_validation(run: Run, model: GPTModel, world: World, forward: dict) -> dict | None:
     """``calibration.json`` for the best weights: the temperature fitted on the validation
     split, and the threshold 0.5 on the calibrated probability (``spamtune calibrate`` chooses
-    another operating point). Returns what the summary records of it."""
+    another operating point). Every rank computes the logits of its share of the split; rank 0
+    fits and writes, and returns what the summary records of it (the others: None).
+    ``forward``: ``predict_logits``'s precision, padding and shortcut."""
     cfg = classifier_config(run)
-    o = run.options
-    logits = predict_logits(model, run.data.validation, o.pooling, precision=run.precision, pad_to=pad_to, last_query_only=o.shortcuts)
-    calibration = calibrate_and_store(run.run_dir, logits, run.data.validation.labels, cfg.labels[cfg.positive_label])
-    v = calibration.validation
-    return {"temperature": calibration.temperature, "threshold": calibration.threshold, "ece_before": v["ece_before"], "ece_after": v["ece_after"]}
+    with world.collective(), whole_model(model):
+        logits = predict_logits_sharded(world, model, run.data.validation, run.options.pooling, **forward)
+
+    def fit() -> dict:
+        calibration = calibrate_and_store(run.run_dir, logits, run.data.validation.labels, cfg.labels[cfg.positive_label])
+        v = calibration.validation
+        return {"temperature": calibration.temperature, "threshold": calibration.threshold, "ece_before": v["ece_before"], "ece_after": v["ece_after"]}
+
+    return world.on_main(fit)
 
 
 def summarize(run: Run, model: GPTModel, best: dict, cache: PrefixCacheReport, test: tuple[float, float], loop: dict) -> dict:

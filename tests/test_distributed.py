@@ -129,9 +129,11 @@ def root(tmp_path_factory) -> Path:
 
 # Uneven shares too: batches of 3 split 1 + 2, and 40 % 3 leaves a last batch of 1, where one
 # rank has nothing and runs a batch weighted 0; with accumulation over 2 batches.
+# And a run whose best weights are not its last: every rank must score the test split with them.
 CASES = {
     "last-block, batch 8": {"batch_size": 8},
     "all blocks, batch 3, accumulation 2": {"batch_size": 3, "grad_accum": 2, "trainable": "all", "epochs": 1},
+    "all blocks, batch 8, best before the end": {"batch_size": 8, "trainable": "all", "epochs": 3, "lr": 1e-2},
 }
 
 
@@ -151,14 +153,16 @@ def test_two_ranks_train_as_one_process_with_the_same_global_batch(root, single_
     ours, theirs = (json.loads((d / runs.SUMMARY_FILE).read_text()) for d in (out, one))
     assert all(ours[k] == pytest.approx(theirs[k], abs=1e-5) for k in RESULT_KEYS)
     assert ours["best_step"] == theirs["best_step"] and ours["examples_seen"] == theirs["examples_seen"]
+    assert ("best before the end" in case) == (theirs["best_step"] < theirs["steps"])
     # Only rank 0 writes and reports: the folder holds one run's files, rank 1 saw no event.
     assert sorted(p.name for p in out.iterdir() if p.name != runs.LOCK_FILE) == sorted(runs.finished_run_files())
     assert json.loads((out / runs.HPARAMS_FILE).read_text())["resolved"]["world_size"] == 2
     assert int((tmp_path / "events.0").read_text()) > 0 and int((tmp_path / "events.1").read_text()) == 0
 
 
-def _interrupted_rank(rank: int, root: Path, out: Path, stop_at: int, how: str) -> None:
-    """Train with 2 ranks; at step ``stop_at`` both raise Ctrl-C ("interrupt") or rank 1 dies ("kill")."""
+def _interrupted_rank(rank: int, root: Path, out: Path, stop_at: int, how: str, overrides: dict | None = None) -> None:
+    """Train with 2 ranks (batch 8, 2 epochs, ``overrides``); at step ``stop_at`` both raise
+    Ctrl-C ("interrupt") or rank 1 dies ("kill")."""
     distributed.init_from_env("cpu")
     real_step = train.optimizer_step
     steps = [0]
@@ -176,7 +180,7 @@ def _interrupted_rank(rank: int, root: Path, out: Path, stop_at: int, how: str) 
 
     train.optimizer_step = step
     try:
-        train.finetune(tiny_options(root, batch_size=8, epochs=2), out)
+        train.finetune(tiny_options(root, **{"batch_size": 8, "epochs": 2, **(overrides or {})}), out)
     except events.TrainingInterrupted:
         raise SystemExit(130) from None
 
@@ -261,6 +265,42 @@ def test_sharded_prediction_writes_the_single_process_output(tmp_path, big_input
     assert [json.loads(line)["text"] for line in lines][:3] == ["message 0 win a prize !", "message 1 see you at lunch", "message 2 see you at lunch"]
 
 
+def test_sharded_mail_prediction_writes_the_single_process_output(tmp_path, monkeypatch):
+    """``predict --mail``: each rank classifies its share of every round of messages; rank 0
+    writes them in the source's order, as one process does."""
+    from spamtune import mail_filter
+    from spamtune.cli import predict_mail
+
+    box = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True)
+    for i in range(23):
+        body = "you won a prize!" if i % 3 == 0 else "see you at lunch"
+        (box / ("cur" if i < 17 else "new") / f"{i:02d}.host").write_bytes(f"Subject: note {i}\n\n{body}\n".encode())
+    run_dir = write_rigged_run(tmp_path / "run")
+    monkeypatch.setattr(mail_filter, "MAIL_CHUNK", 3)  # rounds of 3 messages per rank, the last one short
+    common = ["predict", "--mail", str(box), "--run", str(run_dir), "--device", "cpu", "--format", "jsonl"]
+    single, sharded = tmp_path / "single.jsonl", tmp_path / "sharded.jsonl"
+    assert app([*common, "--out", str(single)], standalone_mode=False) in (0, None)
+    real_share = predict_mail.classify_share
+
+    def counted_share(classifier, messages, *args):  # how many messages each rank classified
+        with open(tmp_path / f"classified.{os.getpid()}", "a") as f:
+            f.write(f"{len(messages)}\n")
+        return real_share(classifier, messages, *args)
+
+    monkeypatch.setattr(predict_mail, "classify_share", counted_share)
+    assert run_ranks(_predict_rank, [*common, "--out", str(sharded)]) == [0, 0]
+    lines = sharded.read_text().splitlines()
+    assert lines == single.read_text().splitlines() and len(lines) == 23
+    # Rounds of 6: 3 + 3 messages, three times, then 5 left: 2 + 3.
+    shares = sorted(sum(map(int, f.read_text().split())) for f in tmp_path.glob("classified.*"))
+    assert shares == [11, 12]
+    records = [json.loads(line) for line in lines]
+    assert [r["id"] for r in records][:2] == ["cur/00.host", "cur/01.host"] and records[-1]["id"] == "new/22.host"
+    assert [r["label"] for r in records[:3]] == ["spam", "ham", "ham"]
+
+
 def test_devices_launches_ranks_through_torchrun(tmp_path, big_input):
     """``--devices 2``: torch's elastic launcher starts two ranks; the output is the single one."""
     run_dir = write_rigged_run(tmp_path / "run")
@@ -279,3 +319,6 @@ def test_ranks_refuse_stdin_with_one_line(tmp_path, monkeypatch, capsys):
     code = app(["predict", "-", "--run", str(tmp_path)], standalone_mode=False)
     assert code == 2
     assert capsys.readouterr().err.strip() == "Error: several processes classify a file, not stdin: give --input PATH"
+    code = app(["predict", "--mail", "-", "--run", str(tmp_path)], standalone_mode=False)
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "Error: several processes classify a mail source they can all read, not stdin: give --mail PATH"

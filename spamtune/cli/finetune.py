@@ -87,7 +87,7 @@ class ProgressReporter:
     def _started(self, e) -> None:
         resumed = f", resuming at step {e.start_step}" if e.start_step else ""
         self.console.print(
-            f"fine-tuning {e.model} on {e.device} ({e.precision}): {e.trainable_params:,} of {e.total_params:,} "
+            f"fine-tuning {e.model} on {e.device} ({e.precision}{', ' + e.parallel if e.parallel else ''}): {e.trainable_params:,} of {e.total_params:,} "
             f"parameters trainable; {e.n_train}/{e.n_validation}/{e.n_test} train/validation/test messages, "
             f"up to {e.max_length} tokens; {e.total_steps} steps{resumed}\nrun folder: {e.run_dir}"
         )
@@ -189,8 +189,8 @@ def finetune_command(
     data_dir: Path | None = common.data_dir_option(),
     devices: int | None = typer.Option(
         None, "--devices", min=1,
-        help="Train with N processes on this machine (one per GPU; DistributedDataParallel through torchrun's "
-        "launcher). --batch-size stays the global batch.",
+        help="Train with N processes on this machine (one per GPU, through torchrun's launcher; DistributedDataParallel, "
+        "or FSDP with --strategy fsdp). --batch-size stays the global batch.",
     ),
     **options,
 ) -> None:

@@ -403,7 +403,7 @@ def predict(
     ),
     devices: int | None = typer.Option(
         None, "--devices", min=1,
-        help="Classify --input with N processes on this machine (one per GPU; torchrun's launcher), one output in input order.",
+        help="Classify --input or --mail with N processes on this machine (one per GPU; torchrun's launcher), one output in input order.",
     ),
     server: str | None = typer.Option(
         None, "--server", metavar="URL", envvar="SPAMTUNE_SERVER",
@@ -437,11 +437,13 @@ def predict(
     if mail is not None:
         if messages or input_path is not None:
             raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --input with it")
-        if several or out_file is not None:
-            raise SpamtuneUsageError("--mail runs on one process and writes to stdout; --out and --devices are for --input")
+        if several and str(mail) == "-":
+            raise SpamtuneUsageError("several processes classify a mail source they can all read, not stdin: give --mail PATH")
         from spamtune.cli.predict_mail import mail_messages
 
-        chunks = mail_messages(mail)
+        chunks = mail_messages(mail)  # a missing source fails here, before any rank starts
+        if several and _launched(devices):
+            return
     else:
         if several and (input_path is None or str(input_path) == "-" or "-" in (messages or [])):
             raise SpamtuneUsageError("several processes classify a file, not stdin: give --input PATH")
@@ -487,9 +489,11 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
     """Write one line per message to ``out_file`` (atomically) or stdout; return how many were positive."""
     from spamtune.fsutil import atomic_path
 
+    from spamtune.cli.predict_mail import classify_share, round_digest
     from spamtune.distributed import share_bounds
     from spamtune.infer import SpamClassifier
     from spamtune.mail import TEXT_LONG
+    from spamtune.mail_filter import MAIL_CHUNK
 
     output_format, to_terminal, header = renderer_options
     started = time.perf_counter()
@@ -501,7 +505,11 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
         if threshold is None and classifier.calibration is not None:
             common.note(f"threshold {classifier.threshold:.4g} ({classifier.describe_threshold()})")
     renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=to_terminal and _use_color())
-    if world.distributed:  # every rank must cut the input at the same places
+    # Every rank must cut the input at the same places. Mail comes in rounds of MAIL_CHUNK
+    # messages per rank (one process: the rounds it always had).
+    if mail is not None:  # (id, raw) messages one at a time
+        chunks = fixed_chunks(([message] for message in chunks), MAIL_CHUNK * world.size)
+    elif world.distributed:
         chunks = fixed_chunks(chunks, CHUNK_LINES * world.size)
     sys.stdout.flush()
     with contextlib.ExitStack() as stack:
@@ -517,20 +525,21 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
         try:
             # Rank 0 reads the whole input as every rank does, so its meter is the job's progress.
             with ProgressBar(meter if world.is_main else ReadMeter()) as bar:
-                if mail is not None:
-                    from spamtune.cli.predict_mail import predict_mail
-
-                    positives = int(predict_mail(classifier, chunks, renderer, long))
-                    chunks = []
                 for chunk in chunks:
                     watch.check()
                     mine = world.share(chunk)
-                    before = counted + share_bounds(len(chunk), world.rank, world.size)[0]
-                    predictions = predict_numbered(classifier, mine, long or TEXT_LONG, before) if mine else []
-                    explanations = classifier.explain(mine) if explain and mine else [None] * len(mine)
-                    text = "".join(map(renderer.line, predictions, explanations))
-                    share = (text, sum(p.label == classifier.positive_label for p in predictions))
-                    for share_text, share_positives in world.gather_to_main(share) or []:
+                    if mail is not None:
+                        share = (*classify_share(classifier, mine, renderer, long), round_digest(chunk))
+                    else:
+                        before = counted + share_bounds(len(chunk), world.rank, world.size)[0]
+                        predictions = predict_numbered(classifier, mine, long or TEXT_LONG, before) if mine else []
+                        explanations = classifier.explain(mine) if explain and mine else [None] * len(mine)
+                        text = "".join(map(renderer.line, predictions, explanations))
+                        share = (text, sum(p.label == classifier.positive_label for p in predictions), None)
+                    shares = world.gather_to_main(share) or []
+                    if any(digest != share[2] for _, _, digest in shares):
+                        raise SpamtuneError(f"the mail source {mail} changed while the ranks read it; run again, or on one process")
+                    for share_text, share_positives, _ in shares:
                         out.write(share_text.encode("utf-8", errors="replace"))
                         positives += share_positives
                     if world.is_main:

@@ -7,6 +7,7 @@ label and ``p_spam``; jsonl adds ``damaged``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -40,15 +41,17 @@ def mail_messages(source: Path):
     return iter_messages(source)
 
 
-def predict_mail(classifier, messages, renderer, long: str) -> bool:
-    """Classify every message and write one line each, round by round; whether any was spam."""
+def classify_share(classifier, messages: list[tuple[str, bytes]], renderer, long: str | None) -> tuple[str, int]:
+    """A rank's share of a round of messages (all of it on one process): its output lines, in
+    order, and how many were positive."""
     from spamtune.mail_filter import classify_messages
 
-    out = sys.stdout.buffer
-    any_positive = False
-    for round_ in classify_messages(classifier, messages, long):
-        lines = "".join(render_line(renderer, p) for p in round_)
-        out.write(lines.encode("utf-8", errors="replace"))
-        out.flush()
-        any_positive = any_positive or any(p.label == classifier.positive_label for p in round_)
-    return any_positive
+    predictions = [p for round_ in classify_messages(classifier, messages, long, chunk=max(1, len(messages))) for p in round_]
+    lines = "".join(render_line(renderer, p) for p in predictions)
+    return lines, sum(p.label == classifier.positive_label for p in predictions)
+
+
+def round_digest(messages: list[tuple[str, bytes]]) -> str:
+    """What identifies a round of messages: every rank reads the source itself, and a Maildir
+    that takes a delivery while they list it could give ranks different rounds."""
+    return hashlib.sha256("\0".join(message_id for message_id, _ in messages).encode("utf-8", "surrogateescape")).hexdigest()
