@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,12 +39,20 @@ def base_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 of named tensors: names, dtypes, shapes and bytes, in name order."""
-    digest = hashlib.sha256(b"spamtune-weights/1\0")
+    digest = _new_digest()
     for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+        _hash_tensor(digest, name, tensors[name])
     return digest.hexdigest()
+
+
+def _new_digest():
+    return hashlib.sha256(b"spamtune-weights/1\0")
+
+
+def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
+    t = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy())
 
 
 def base_weights_sha256(model: torch.nn.Module) -> str:
@@ -145,18 +153,28 @@ def write_base(root: Path, ref: BaseRef, tensors: Mapping[str, torch.Tensor]) ->
     return path
 
 
-def load_base(root: str | Path, ref: BaseRef, device: str | torch.device = "cpu", *, verify: bool = True) -> dict[str, torch.Tensor]:
+def load_base(
+    root: str | Path,
+    ref: BaseRef,
+    device: str | torch.device = "cpu",
+    *,
+    verify: bool = True,
+    keep: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
     """The base's tensors: from ``<root>/bases``, else rebuilt from its origin (and stored).
 
     ``verify`` re-hashes what was read, so a damaged or substituted file is an error, not a
-    silently different classifier. A base that can be neither found nor rebuilt is one line
-    saying how to get it back.
+    silently different classifier. ``keep(name, tensor)`` turns each tensor as it is read (a
+    check, a cast to 16 bits), so that the file's fp32 tensors are never all held at once. A
+    base that can be neither found nor rebuilt is one line saying how to get it back.
     """
     root = Path(root)
     path = base_file(root, ref.sha256)
+    keep = keep or (lambda name, tensor: tensor)
     if path.is_file():
-        tensors = _read_tensors(path, device)
-        if verify and weights_sha256(tensors) != ref.sha256:
+        digest = _new_digest() if verify else None
+        tensors = _read_tensors(path, device, keep, digest)
+        if digest is not None and digest.hexdigest() != ref.sha256:
             raise SpamtuneError(f"{path} does not hold the base it is named after (sha256 mismatch); remove it and load again to rebuild it")
         return tensors
     tensors = _rebuild(root, ref)
@@ -169,7 +187,7 @@ def load_base(root: str | Path, ref: BaseRef, device: str | torch.device = "cpu"
             f"the run was trained on; put {path.name} back into {path.parent}"
         )
     write_base(root, ref, tensors)
-    return {n: t.to(device) for n, t in tensors.items()}
+    return {n: keep(n, t.to(device)) for n, t in tensors.items()}
 
 
 def missing_base_message(root: Path, ref: BaseRef) -> str:
@@ -182,12 +200,22 @@ def missing_base_message(root: Path, ref: BaseRef) -> str:
     return f"{where}; copy {ref.sha256}.safetensors there from where the run was trained"
 
 
-def _read_tensors(path: Path, device) -> dict[str, torch.Tensor]:
+def _read_tensors(path: Path, device, keep: Callable[[str, torch.Tensor], torch.Tensor], digest=None) -> dict[str, torch.Tensor]:
+    """Each tensor of ``path`` through ``keep``, in name order (hashed into ``digest`` first).
+    One memory map per tensor, released once ``keep`` has made what is kept of it."""
+    out = {}
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            names = sorted(f.keys())
+        for name in names:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                tensor = f.get_tensor(name)
+                if digest is not None:
+                    _hash_tensor(digest, name, tensor)
+                out[name] = keep(name, tensor)
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise SpamtuneError(f"cannot read the base {path}: {exc}") from None
+    return out
 
 
 def _rebuild(root: Path, ref: BaseRef) -> dict[str, torch.Tensor] | None:

@@ -302,9 +302,5 @@ def _load_compact(run_dir: Path, device, linear_dtype: torch.dtype | None) -> tu
     """A compact run's classifier (its base resolved and checked, LoRA merged), so that every
     reader of runs (``predict``, ``evaluate``, ``SpamClassifier``) takes both kinds of run."""
     from spamtune.compact import load_compact_run
-    from spamtune.infer import store_linear_weights_in
 
-    model, cfg = load_compact_run(run_dir, device)
-    if linear_dtype is not None:
-        store_linear_weights_in(model, linear_dtype)
-    return model, cfg
+    return load_compact_run(run_dir, device, linear_dtype=linear_dtype)

@@ -31,6 +31,7 @@ from spamtune.checkpoint import (
     FORMAT,
     WEIGHTS_FILE,
     ClassifierConfig,
+    block_linear_parameter_names,
     build_classifier,
     check_finite,
     check_header,
@@ -128,14 +129,21 @@ def merge_lora_tensors(tensors: dict[str, torch.Tensor], lora: dict | None) -> d
 
 
 def load_compact_run(
-    run_dir: str | Path, device: str | torch.device = "cpu", data_root: str | Path | None = None, *, verify: bool = True
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    data_root: str | Path | None = None,
+    *,
+    verify: bool = True,
+    linear_dtype: torch.dtype | None = None,
 ) -> tuple[torch.nn.Module, ClassifierConfig]:
     """The classifier of a compact run, LoRA merged, in eval mode.
 
     The same checks as a full run's load: the base's and the delta's headers together must be
     exactly the config's classifier in float32 before a tensor is read (a stored base's header;
     a base rebuilt from its origin must come from the config's own model shape), and no
-    weight may hold NaN or infinity.
+    weight may hold NaN or infinity. ``linear_dtype`` stores the blocks' Linear weights in an
+    autocast dtype, each cast as it is read (``checkpoint.load_classifier``); a layer LoRA
+    adapted is merged in fp32 first, as ``export`` merges it.
     """
     run_dir = Path(run_dir)
     cfg = load_classifier_config(run_dir)
@@ -148,19 +156,31 @@ def load_compact_run(
         check_header({**read_checkpoint_header(stored), **merged_lora_header(delta_header, lora)}, cfg, delta_path)
     elif ref.origin.get("model", cfg.model.to_dict()) != cfg.model.to_dict():
         raise SpamtuneError(f"{run_dir / BASE_REF_FILE} names a base of another model shape than {run_dir / CONFIG_FILE}")
-    tensors = load_base(root, ref, device, verify=verify)
-    try:
-        with safe_open(str(delta_path), framework="pt", device=str(device)) as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys()})
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise SpamtuneError(f"cannot read {delta_path}: {exc}") from None
-    for key, tensor in tensors.items():
-        check_finite(tensor, key, delta_path if key in delta_header else stored)
-    tensors = merge_lora_tensors(tensors, lora)
     with torch.device("meta"):
         model = build_classifier(cfg)
+    adapted = {k.removesuffix(_LORA_A) + ".weight" for k in delta_header if k.endswith(_LORA_A)}
+    cast = block_linear_parameter_names(model) - adapted if linear_dtype is not None else set()
+
+    def keep(source: Path):
+        def checked(name: str, tensor: torch.Tensor) -> torch.Tensor:
+            check_finite(tensor, name, source)
+            return tensor.to(linear_dtype) if name in cast and name not in delta_header else tensor
+
+        return checked
+
+    tensors = load_base(root, ref, device, verify=verify, keep=keep(stored))
+    try:
+        with safe_open(str(delta_path), framework="pt", device=str(device)) as f:
+            tensors.update({k: keep(delta_path)(k, f.get_tensor(k)) for k in f.keys()})
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise SpamtuneError(f"cannot read {delta_path}: {exc}") from None
+    tensors = merge_lora_tensors(tensors, lora)
     check_state_shapes(model, tensors, str(delta_path))
     model.load_state_dict(tensors, strict=True, assign=True)
+    if linear_dtype is not None:
+        from spamtune.infer import store_linear_weights_in
+
+        store_linear_weights_in(model, linear_dtype)  # the delta's trained and LoRA-merged layers
     return model.eval(), cfg
 
 

@@ -274,3 +274,25 @@ def test_lora_tensors_that_do_not_match_the_runs_rank_are_refused(tmp_path):
     (run / "base.json").write_text(json.dumps(record))
     with pytest.raises(SpamtuneError, match="not of rank 2"):
         load_compact_run(run)
+
+
+@pytest.mark.parametrize("trainable", ["last-block", "lora"])
+def test_bf16_loading_casts_as_it_reads_and_matches_casting_after(tmp_path, trainable):
+    """Each block Linear weight is cast as it is read (the fp32 base is never all held), and the
+    classifier is the one a full fp32 load cast afterwards gives; LoRA merges in fp32 first."""
+    from spamtune.infer import store_linear_weights_in
+
+    model = random_base()
+    ref = store_base(tmp_path, model, SEEDED)
+    lora = {"rank": 4, "alpha": 8, "blocks": 1} if trainable == "lora" else None
+    model = convert_to_lora_classifier(model, rank=4, alpha=8, blocks=1) if lora else convert_to_classifier(model)
+    run = run_dir(tmp_path)
+    save_compact_run(run, trained(model), config(trainable), ref, tmp_path, lora=lora)
+    cast, _ = load_compact_run(run, linear_dtype=torch.bfloat16)
+    reference, _ = load_compact_run(run)
+    store_linear_weights_in(reference, torch.bfloat16)
+    linears = [m for m in cast.trf_blocks.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(p.dtype == torch.bfloat16 for m in linears for p in m.parameters())
+    assert cast.tok_emb.weight.dtype == torch.float32 and cast.out_head.weight.dtype == torch.float32
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(cast.state_dict()[name], tensor), name

@@ -1,7 +1,7 @@
 """``--strategy fsdp`` (PyTorch's FSDP2 on gloo, 2 CPU processes): the trained weights, their
 gradients and AdamW's moments are sharded, and the run is still the single process's: same
-weights and metrics for the same global batch, one ordinary ``model.safetensors`` that
-``predict`` loads, and a resume state that one process or two ranks continue."""
+weights and metrics for the same global batch, one ordinary run folder that ``predict``
+loads, and a resume state that one process or two ranks continue."""
 
 from __future__ import annotations
 
@@ -85,8 +85,8 @@ def test_two_fsdp_ranks_train_as_one_process_with_the_same_global_batch(root, si
     assert ours["best_step"] == theirs["best_step"]
     assert ("best before the end" in case) == (theirs["best_step"] < theirs["steps"])
     assert ours["calibration"]["temperature"] == pytest.approx(theirs["calibration"]["temperature"], rel=1e-4)
-    # Rank 0 alone wrote: one run's files, and its model.safetensors is the plain classifier's.
-    assert sorted(p.name for p in out.iterdir() if p.name != runs.LOCK_FILE) == sorted(runs.RUN_FILES)
+    # Rank 0 alone wrote: one run's files, and its weights are the plain classifier's.
+    assert sorted(p.name for p in out.iterdir() if p.name != runs.LOCK_FILE) == sorted(runs.finished_run_files())
     assert json.loads((out / runs.HPARAMS_FILE).read_text())["strategy"] == "fsdp"
     # Each rank held half the rows of every trained weight, gradient and moment; the frozen ones whole.
     reports = [json.loads((tmp_path / f"held.{r}").read_text()) for r in (0, 1)]
@@ -139,7 +139,7 @@ def test_a_two_rank_fsdp_checkpoint_resumes(root, single_all_two_epochs, tmp_pat
     out = tmp_path / "two"
     assert run_ranks(_interrupted_rank, root, out, 8, "interrupt", {"trainable": "all", "strategy": "fsdp"}) == [130, 130]
     assert not runs.is_finished(out)
-    assert (out / runs.WEIGHTS_FILE).is_file()  # rank 0 wrote the best weights so far on Ctrl-C
+    assert runs.weights_file(out) is not None  # rank 0 wrote the best weights so far on Ctrl-C
     if resumed_by == "one process":
         resumed = []
         train.resume_finetune(out, on_event=lambda e: resumed.append(e.step) if isinstance(e, events.StepDone) else None)
