@@ -178,6 +178,11 @@ def test_cli_finetune_lora_then_sweep_resumes(root):
     saved = json.loads(open(path).read())
     assert len(saved["runs"]) == 4 and {r["status"] for r in saved["runs"]} == {"done"} and saved["best"] == saved["runs"][0]["name"]
     assert "best" in first.stderr and "val loss" in first.stderr
+    # One column per swept option; in a pipe the table keeps its natural width, nothing cut.
+    header = next(line for line in first.stderr.splitlines() if "val loss" in line and "┃" in line)
+    assert "trainable" in header and " lr " in header and "…" not in first.stderr
+    rows = [line for line in first.stderr.splitlines() if "last-block" in line or "lora" in line]
+    assert {"0.001", "0.003"} <= {cell.strip() for line in rows for cell in line.split("│")}
     again = runner.invoke(app, sweep)
     assert again.exit_code == 0 and again.stdout.strip().splitlines()[-1] == path
     assert again.stderr.count("finished earlier, skipped") == 4

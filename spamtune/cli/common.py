@@ -142,6 +142,14 @@ def styled(*parts: str | tuple[str, str]) -> Text:
     return Text.assemble(*parts)
 
 
+def print_table(console: Console, table) -> None:
+    """A rich table on a terminal fits its width; in a file or pipe (where rich assumes 80
+    columns) it is printed at its natural width, so no run name or value is cut to "…"."""
+    if not console.is_terminal:
+        table.width = console.measure(table, options=console.options.update(max_width=10_000)).maximum
+    console.print(table, crop=console.is_terminal)
+
+
 def cell(value: object) -> Text:
     """A table cell or heading shown as it is (rich tables read plain strings as markup)."""
     from rich.text import Text

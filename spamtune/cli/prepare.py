@@ -105,7 +105,7 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
             f"{sum(per_label.values()):,}",
             *(f"{value:g}" for value in (lengths.min, lengths.median, lengths.p95, lengths.max)),
         )
-    console.print(table)
+    common.print_table(console, table)
 
     leaks = prepared.leakage
     line = (

@@ -73,7 +73,7 @@ def _print_table(infos, console) -> None:
             human_size(info.size_bytes),
             human_age(info.age_seconds),
         )
-    console.print(table)
+    common.print_table(console, table)
     for info in infos:
         if info.resume_command:
             console.print(Text(f"{info.name} is interrupted; continue it with: {info.resume_command}"))

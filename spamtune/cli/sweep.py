@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from spamtune.cli import common
 from spamtune.cli.common import cell, field_help, flag, stderr_console, styled, with_dataclass_options
 from spamtune.options import FinetuneOptions
 
@@ -71,22 +72,29 @@ def _number(value, digits: int = 3) -> str:
 
 
 def render_table(console, result) -> None:
+    """One row per run, one column per swept option (what tells the runs apart; the run
+    folders are named after the same values), ranked by validation loss, the best marked."""
     from rich.table import Table
 
     best = result.best
+    swept = list(dict.fromkeys(name for row in result.rows for name in row["overrides"]))
     table = Table(title=f"sweep {result.folder.name}: {len(result.rows)} runs, by validation loss", title_justify="left")
-    for heading, justify in (("", "left"), ("run", "left"), ("val acc", "right"), ("val loss", "right"),
-                             ("test acc", "right"), ("test loss", "right"), ("time", "right"), ("status", "left")):  # fmt: skip
+    headings = [("", "left"), *((name.replace("_", "-"), "left") for name in swept)]
+    headings += [("val acc", "right"), ("val loss", "right"), ("test acc", "right"), ("test loss", "right"), ("time", "right"), ("status", "left")]
+    for heading, justify in headings:
         table.add_column(cell(heading), justify=justify)
     for row in result.ranked():
         mark = "best" if best is not None and row["name"] == best["name"] else ""
         seconds = row["wall_time_s"]
         table.add_row(
-            cell(mark), cell(row["name"]), cell(_percent(row["validation_accuracy"])), cell(_number(row["validation_loss"])),
+            cell(mark), *(cell(f"{row['overrides'].get(name, '')}") for name in swept),
+            cell(_percent(row["validation_accuracy"])), cell(_number(row["validation_loss"])),
             cell(_percent(row["test_accuracy"])), cell(_number(row["test_loss"])),
             cell("-" if seconds is None else f"{seconds:.1f}s"), cell(row["status"]),
         )  # fmt: skip
-    console.print(table)
+    common.print_table(console, table)
+    if best is not None:
+        console.print(f"best: {best['run']}", markup=False, highlight=False)
 
 
 @with_dataclass_options(_sweep_options())
