@@ -41,7 +41,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import torch
+# The peers run in this process: they get the OpenMP wait policy the spamtune commands they
+# are compared with set for themselves (spamtune.threads), or a busy neighbour would slow
+# only the peer's spinning threads. Set before torch loads; a value in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
