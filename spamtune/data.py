@@ -77,7 +77,9 @@ def pad_batch(seqs: list[list[int]], pad_id: int, device="cpu"):
     return ids.to(device), torch.as_tensor(lengths, dtype=torch.long).to(device)
 
 
-def sorted_batches(lengths: list[int], batch_size: int, call_cost: int | None = None) -> list[list[int]]:
+def sorted_batches(
+    lengths: list[int], batch_size: int, call_cost: int | None = None, row_counts: set[int] | None = None
+) -> list[list[int]]:
     """Index batches of similar length (longest first), so each pads only to its own longest.
 
     Without ``call_cost`` every batch but the last holds ``batch_size`` rows. With it, the sorted
@@ -87,7 +89,8 @@ def sorted_batches(lengths: list[int], batch_size: int, call_cost: int | None = 
     minimise the sum (an exact dynamic programme, O(n * batch_size)). For a large sorted chunk
     that changes little; for a few dozen texts of mixed lengths (what a service's forward pass
     holds) it avoids padding short messages to the longest one, which costs more than twice
-    the compute of the messages themselves.
+    the compute of the messages themselves. ``row_counts`` (with ``call_cost``; it must hold 1)
+    are the only batch sizes allowed.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     if call_cost is None or len(order) <= 1:
@@ -98,7 +101,11 @@ def sorted_batches(lengths: list[int], batch_size: int, call_cost: int | None = 
     cut = [0] * (n + 1)  # cut[j]: where the last batch of those j rows starts
     for j in range(1, n + 1):
         # Ties go to the smallest start, the widest batch: fewer calls for the same cost.
-        best[j], cut[j] = min((best[i] + call_cost + (j - i) * longest[i], i) for i in range(max(0, j - batch_size), j))
+        best[j], cut[j] = min(
+            (best[i] + call_cost + (j - i) * longest[i], i)
+            for i in range(max(0, j - batch_size), j)
+            if row_counts is None or j - i in row_counts
+        )  # fmt: skip
     bounds, j = [], n
     while j > 0:
         bounds.append((cut[j], j))

@@ -27,11 +27,6 @@ SERVE_HELP = (
 )
 
 MIN_KEY_LENGTH = 16
-# Batch widths rounded up to a multiple of 8 tokens: the CPU matmul kernels keep memory for
-# every distinct shape they meet, and a service meeting every width from 1 to max_length
-# (times every row count) grew by a third over 5,000 requests; with the widths rounded it
-# meets a few dozen shapes, most of them in its first minutes. It costs ~3% more compute.
-SERVICE_PAD_MULTIPLE = 8
 
 
 def serve(
@@ -89,9 +84,11 @@ def serve(
         raise SpamtuneError(f"spamtune serve needs its extra: pip install 'spamtune[serve]' ({exc.name} is missing)") from None
     from spamtune.infer import SpamClassifier
 
+    # few_shapes: the service's passes meet a bounded set of batch shapes, so its memory stops
+    # growing once it has met them (predict_logits says why).
     classifier = SpamClassifier.load(
         run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision,
-        pad_multiple=SERVICE_PAD_MULTIPLE,
+        few_shapes=True,
     )  # fmt: skip
     classifier.predict(["warm-up: the first pass allocates what later ones reuse"])
     settings = ServeSettings(
