@@ -33,24 +33,3 @@ def prefer_passive_waiting(environ: MutableMapping[str, str] = os.environ) -> bo
     """
     environ.setdefault(WAIT_POLICY_VARIABLE, DEFAULT_WAIT_POLICY)
     return "torch" not in sys.modules
-
-
-SPIN_COUNT_VARIABLE = "GOMP_SPINCOUNT"
-# libgomp estimates 100,000 spins per millisecond: this is about 0.1 ms.
-SERVICE_SPIN_COUNT = "10000"
-
-
-def prefer_short_spinning(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """For a latency-bound process (``spamtune serve``): idle OpenMP threads spin about 0.1 ms
-    before they sleep, unless ``GOMP_SPINCOUNT`` is set already (the user's value wins).
-
-    A forward pass is a few hundred small parallel regions a few microseconds apart. Threads
-    that sleep at once (``PASSIVE``) must be woken for each one: for a single short message on
-    gpt2-small that made a pass take as long on two threads as on one, about 1.6 times what it
-    takes with libgomp's default spinning. Spinning for a tenth of a millisecond covers the gaps
-    inside a pass, and threads still sleep a tenth of a millisecond after it, so an idle service
-    takes no CPU. libgomp honours the count under ``OMP_WAIT_POLICY=PASSIVE`` too; other OpenMP
-    runtimes ignore the variable. Returns whether it can still take effect (torch not loaded).
-    """
-    environ.setdefault(SPIN_COUNT_VARIABLE, SERVICE_SPIN_COUNT)
-    return "torch" not in sys.modules

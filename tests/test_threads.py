@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from spamtune.threads import prefer_passive_waiting, prefer_short_spinning
+from spamtune.threads import prefer_passive_waiting
 
 # Runs an entry point in a fresh interpreter, then reports the policy and whether torch loaded.
 PROBE = """
@@ -59,12 +59,3 @@ def test_prefer_passive_waiting_says_whether_it_is_in_time():
     environ = {"OMP_WAIT_POLICY": "active"}
     prefer_passive_waiting(environ)
     assert environ == {"OMP_WAIT_POLICY": "active"}
-
-
-def test_the_service_spins_briefly_unless_told_otherwise():
-    environ: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert prefer_short_spinning(environ) is ("torch" not in sys.modules)
-    assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
-    environ = {"GOMP_SPINCOUNT": "0"}  # the user's value wins: 0 sleeps at once
-    prefer_short_spinning(environ)
-    assert environ == {"GOMP_SPINCOUNT": "0"}

@@ -61,9 +61,6 @@ def serve(
 ) -> None:
     """Check the options, load and warm up the run, then serve until SIGTERM/Ctrl-C (help: SERVE_HELP)."""
     from spamtune.serve.server import is_loopback
-    from spamtune.threads import prefer_short_spinning
-
-    prefer_short_spinning()  # before torch loads: a request's forward pass should not wait on sleeping threads
 
     api_key = api_key or None  # an empty SPAMTUNE_API_KEY means none
     if not is_loopback(host) and api_key is None:
