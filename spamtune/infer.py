@@ -102,6 +102,7 @@ class SpamClassifier:
         run_dir: str | Path | None = None,
         precision: str | Precision = "auto",
         calibration: Calibration | None = None,
+        few_shapes: bool = False,
     ):
         if config.tokenizer != TOKENIZER_ID:
             raise SpamtuneError(f"this run uses the tokenizer '{config.tokenizer}'; spamtune has only '{TOKENIZER_ID}'")
@@ -117,6 +118,9 @@ class SpamClassifier:
         if self._precision.dtype is not None:
             store_linear_weights_in(self.model, self._precision.dtype)
         self.batch_size = batch_size
+        # Batch widths and row counts rounded up: the same answers, and a bounded set of batch
+        # shapes for a long-running process (``spamtune serve``); see ``predict_logits``.
+        self.few_shapes = few_shapes
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.calibration = calibration
         self.temperature = calibration.temperature if calibration else 1.0
@@ -135,13 +139,15 @@ class SpamClassifier:
         batch_size: int = DEFAULT_BATCH_SIZE,
         precision: str = "auto",
         calibration: bool = True,
+        few_shapes: bool = False,
     ) -> SpamClassifier:
         """Load a run: a folder, or a run's name under the data root's ``runs/`` (the data root is
         ``data_dir``, else ``$SPAMTUNE_HOME``, else the user data folder); without ``run_dir``, the
         newest finished run there. ``device``: auto, cpu, cuda, mps. ``precision``: auto (bf16
         where the hardware runs it natively, else fp32), fp32, bf16, fp16. ``threshold``: None for
         the run's calibrated threshold (0.5 without one). ``calibration=False`` ignores the run's
-        ``calibration.json``."""
+        ``calibration.json``. ``few_shapes``: round batch widths and row counts up (the same
+        answers; a bounded set of shapes for a long-running process)."""
         run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         resolved = Precision.resolve(precision, dev)
@@ -151,7 +157,7 @@ class SpamClassifier:
             threshold = stored.threshold if stored else DEFAULT_THRESHOLD
         return cls(
             model, config, dev, threshold=threshold, batch_size=batch_size, run_dir=run_dir, precision=resolved,
-            calibration=stored,
+            calibration=stored, few_shapes=few_shapes,
         )  # fmt: skip
 
     def describe_threshold(self) -> str:
@@ -231,6 +237,7 @@ class SpamClassifier:
             precision=self._precision,
             batch_size=self.batch_size,
             pad_to=pad_width(self.config.pooling, self.max_length),
+            few_shapes=self.few_shapes,
         ) / self.temperature
 
     def _probabilities(self, texts: list[str]) -> torch.Tensor:

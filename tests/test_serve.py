@@ -219,6 +219,46 @@ def test_requests_waiting_together_share_one_forward_pass():
                       ("text", ["h", "i"]), ("explain", ["x", "y"]), ("explain", ["z"])]  # fmt: skip
 
 
+def test_a_busy_pass_lingers_only_a_share_of_the_last_one():
+    """A pass that finds requests waiting may wait for more, but never longer than a twentieth
+    of the previous pass: waiting must not idle the model. An idle service waits not at all."""
+    import asyncio
+
+    release = threading.Event()
+    passes: list[list[str]] = []
+
+    def predict(texts):
+        passes.append(list(texts))
+        if len(passes) == 1:
+            release.wait(10)
+        return list(texts)
+
+    batcher = DynamicBatcher({"text": predict}, max_batch=100, max_wait_s=5.0)
+    batcher.start()
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.classify(["a"]))
+        while not passes:
+            await asyncio.sleep(0.001)
+        # Two requests wait behind a ~0.2 s pass: the next pass takes both and may linger.
+        queued = [asyncio.ensure_future(batcher.classify([t])) for t in ("b", "c")]
+        await asyncio.sleep(0.2)
+        release.set()
+        start = time.perf_counter()
+        await first, await asyncio.gather(*queued)
+        busy = time.perf_counter() - start
+        await asyncio.sleep(0.1)
+        start = time.perf_counter()
+        await batcher.classify(["d"])
+        return busy, time.perf_counter() - start
+
+    busy, idle = asyncio.run(scenario())
+    batcher.stop(5)
+    assert passes == [["a"], ["b", "c"], ["d"]]
+    assert busy < 2.0  # lingered ~10 ms (5% of 0.2 s), not max_wait_s
+    assert idle < 1.0
+
+
 # ----------------------------------------------------------------------------- bad requests
 
 

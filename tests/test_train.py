@@ -254,6 +254,65 @@ def test_padding_never_changes_the_logits():
     torch.testing.assert_close(one[0], together[2], atol=1e-5, rtol=1e-5)
 
 
+def test_cpu_batches_are_cut_where_padding_costs_more_than_a_call():
+    """Cuts of the length-sorted rows minimise ``call_cost + rows * longest`` summed over batches
+    (checked against every way to cut a small example, with and without a set of allowed batch
+    sizes); without a call cost, batches stay full."""
+    import itertools
+
+    from spamtune.data import sorted_batches
+
+    lengths = [3, 40, 5, 38, 4, 90, 6, 41]
+    assert sorted_batches(lengths, 4) == [[5, 7, 1, 3], [6, 2, 4, 0]]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+    def cost(batches, call_cost):
+        return sum(call_cost + len(b) * max(lengths[i] for i in b) for b in batches)
+
+    every_cut = [
+        [order[a:b] for a, b in zip((0, *ends), (*ends, len(order)))]
+        for k in range(len(order)) for ends in itertools.combinations(range(1, len(order)), k)
+    ]  # fmt: skip
+    cases = [(0, 4, None), (24, 4, None), (24, 8, None), (500, 8, None),
+             (24, 8, {1, 2, 4, 8}), (24, 8, {1, 3, 6}), (24, 4, {1, 2, 3, 4})]  # fmt: skip
+    for call_cost, batch_size, row_counts in cases:
+        allowed = row_counts or set(range(1, batch_size + 1))
+        cut = sorted_batches(lengths, batch_size, call_cost, row_counts)
+        assert [i for b in cut for i in b] == order and {len(b) for b in cut} <= allowed
+        assert cost(cut, call_cost) == min(cost(c, call_cost) for c in every_cut if {len(b) for b in c} <= allowed)
+    assert sorted_batches(lengths, 8, 500) == [order]  # a call dearer than any padding: one batch
+    assert len(sorted_batches(lengths, 8, 24)) == 3  # 90 | 41 40 38 | 6 5 4 3
+
+
+def test_few_shapes_keep_the_answers():
+    """``few_shapes`` pads every batch to a multiple of 8 (never past the context length) and
+    cuts batches of 1, 2, 3, 4, 6, 8, 12, 16, 24... rows only; no logit changes: padding follows
+    the real tokens."""
+    assert forward.few_row_counts(32) == {1, 2, 3, 4, 6, 8, 12, 16, 24, 32}
+    assert forward.few_row_counts(20) == {1, 2, 3, 4, 6, 8, 12, 16, 20}
+    model = tiny_model().eval()
+    texts = ["Ok see you at 6", " ".join(SPAM), " ".join(HAM), *(f"note {i} " * (i % 9 + 1) for i in range(40))]
+    token_lists = encode_texts(texts, max_length=60)
+    shapes = []
+    classify = model.classify
+
+    def spy(input_ids, *args, **kwargs):
+        shapes.append(tuple(input_ids.shape))
+        return classify(input_ids, *args, **kwargs)
+
+    model.classify = spy
+    plain = forward.predict_logits(model, examples.Examples(token_lists), "last-real", precision=FP32)
+    assert any(w % 8 for _, w in shapes) and any(n not in forward.few_row_counts(64) for n, _ in shapes)
+    shapes.clear()
+    few = forward.predict_logits(model, examples.Examples(token_lists), "last-real", precision=FP32, few_shapes=True)
+    assert shapes and all(w % 8 == 0 and n in forward.few_row_counts(64) for n, w in shapes)
+    torch.testing.assert_close(plain, few, atol=1e-5, rtol=1e-5)
+    shapes.clear()
+    whole = [[7] * (model.cfg.context_length - 3)]  # rounded up, yet never wider than the model reads
+    forward.predict_logits(model, examples.Examples(whole), "last-real", precision=FP32, few_shapes=True)
+    assert shapes == [(1, model.cfg.context_length)]
+
+
 def test_last_pooling_pads_to_the_maximum_length():
     """``last`` reads the final padded position: batches are as wide as the book pads them."""
     split = examples.Examples([[1, 2], [3, 4, 5]], [0, 1])

@@ -147,7 +147,7 @@ def evaluate_command(
         False, "--force", help="Score even when the prepared splits differ from those the run was trained with (warns loudly)."
     ),
     baseline: bool = typer.Option(False, "--baseline", help="Also train TF-IDF + logistic regression on the train split."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Messages per batch."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Most messages per batch (see predict --batch-size)."),
     device: str = common.device_option(),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", metavar="DIR", show_default=False,

@@ -384,7 +384,10 @@ def predict(
         help="Also show the words that pushed each message most towards spam and towards ham: highlighted in text, "
         "an 'explanation' list in jsonl, a JSON column in tsv.",
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per forward pass."),
+    batch_size: int = typer.Option(
+        32, "--batch-size", min=1,
+        help="Most messages per forward pass (on a CPU, fewer where padding them to one length would cost more).",
+    ),
     device: str = common.device_option(),
     precision: str = common.precision_option(),
     mail: Path | None = typer.Option(

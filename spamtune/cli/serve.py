@@ -50,8 +50,9 @@ def serve(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Messages per model batch (as for predict)."),
     max_batch: int = typer.Option(128, "--max-batch", min=1, help="Messages per forward pass shared by concurrent requests."),
     max_wait_ms: float = typer.Option(
-        2.0, "--max-wait-ms", min=0.0, max=1000.0,
-        help="While busy, how long a pass waits for more requests to fill up (an idle service answers at once).",
+        50.0, "--max-wait-ms", min=0.0, max=1000.0,
+        help="While busy, how long a pass may wait for more requests to fill up, and never more than 5% of the "
+        "previous pass's time (an idle service answers at once).",
     ),
     max_texts: int = typer.Option(256, "--max-texts", min=1, help="Texts per /v1/classify request (more: 413)."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1, help="JSON request size limit (more: 413)."),
@@ -80,9 +81,12 @@ def serve(
         raise SpamtuneError(f"spamtune serve needs its extra: pip install 'spamtune[serve]' ({exc.name} is missing)") from None
     from spamtune.infer import SpamClassifier
 
+    # few_shapes: the service's passes meet a bounded set of batch shapes, so its memory stops
+    # growing once it has met them (predict_logits says why).
     classifier = SpamClassifier.load(
-        run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision
-    )
+        run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision,
+        few_shapes=True,
+    )  # fmt: skip
     classifier.predict(["warm-up: the first pass allocates what later ones reuse"])
     settings = ServeSettings(
         max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts, max_batch=max_batch,

@@ -39,7 +39,7 @@ class ServeSettings:
     max_texts: int = 256  # texts in one JSON request
     max_explain_texts: int = 8  # texts in one request with "explain": each costs up to 65 forward passes
     max_batch: int = 128  # texts in one forward pass
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 50.0  # while busy; at most 5% of the previous pass (see batcher.LINGER_SHARE)
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
 

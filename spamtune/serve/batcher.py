@@ -3,11 +3,12 @@
 Every request hands its texts to ``DynamicBatcher.classify`` and awaits the answer; the event
 loop never runs the model itself, so it keeps accepting connections and serving ``/healthz``
 while a forward pass runs. The worker takes the oldest waiting request, adds every other
-request of the same kind already waiting (up to ``max_batch`` texts in all), and, when others were waiting, lingers
-up to ``max_wait_s`` for more while the batch is not full. An idle service therefore answers a lone
-request at once, and a busy one classifies what piled up during the previous pass together:
-``SpamClassifier.predict`` then sorts those texts by length into its own batches, as
-``spamtune predict --file`` does with a chunk of lines. Each kind of request (plain texts, the
+request of the same kind already waiting (up to ``max_batch`` texts in all), and, when others
+were waiting, lingers for more while the batch is not full: up to ``max_wait_s``, and never
+more than 5% of the previous pass's time. An idle service therefore answers a lone request at
+once, and a busy one classifies what piled up during the previous pass together:
+``SpamClassifier.predict`` then sorts those texts by length into batches of similar length
+(``forward.predict_logits``), as ``spamtune predict --file`` does with a chunk of lines. Each kind of request (plain texts, the
 texts of mail messages, texts to explain) has its own predict function; a pass runs one kind,
 and a kind may have a smaller batch limit of its own (explaining a text costs dozens of passes).
 """
@@ -52,6 +53,12 @@ _STOP = object()
 
 # How often, at most, an idle worker hands freed memory back to the system.
 TRIM_INTERVAL_S = 1.0
+# While busy, a pass lingers for more requests at most this share of the previous pass's time,
+# so waiting never idles the model for more than about 5% of its work. Under sustained load the
+# clients answered by one pass send their next requests a few milliseconds after it ends; a
+# pass that starts at once leaves them to the pass after, and the requests settle into two or
+# three cohorts, each a smaller and so less efficient batch. Lingering a little lets them join.
+LINGER_SHARE = 0.05
 
 
 def _heap_trimmer():
@@ -95,6 +102,7 @@ class DynamicBatcher:
         self._trim = _heap_trimmer()
         self._last_trim = 0.0
         self._untrimmed = False  # passes ran since the last trim
+        self._last_pass_s = 0.0  # how long the last pass took: bounds the next one's lingering
 
     def start(self) -> None:
         self._accepting = True
@@ -158,9 +166,10 @@ class DynamicBatcher:
         batch, size = [first], len(first.texts)
         limit = self._kind_max_batch.get(first.kind, self.max_batch)
         busy = not self._queue.empty()  # others arrived while the last pass ran: worth waiting for more
-        deadline = time.perf_counter() + self.max_wait_s
+        linger = min(self.max_wait_s, LINGER_SHARE * self._last_pass_s) if busy else 0.0
+        deadline = time.perf_counter() + linger
         while size < limit:
-            timeout = deadline - time.perf_counter() if busy else 0.0
+            timeout = deadline - time.perf_counter()
             try:
                 job = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
@@ -178,10 +187,11 @@ class DynamicBatcher:
         try:
             results = list(self._predictors[batch[0].kind](texts))
         except BaseException as exc:  # noqa: BLE001 - handed to the requests, never kills the worker
+            self._last_pass_s = time.perf_counter() - start
             for job in batch:
                 job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
             return
-        elapsed = time.perf_counter() - start
+        elapsed = self._last_pass_s = time.perf_counter() - start
         offset = 0
         for job in batch:
             part = results[offset : offset + len(job.texts)]
