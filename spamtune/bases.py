@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from spamtune import paths
@@ -201,21 +200,16 @@ def missing_base_message(root: Path, ref: BaseRef) -> str:
 
 
 def _read_tensors(path: Path, device, keep: Callable[[str, torch.Tensor], torch.Tensor], digest=None) -> dict[str, torch.Tensor]:
-    """Each tensor of ``path`` through ``keep``, in name order (hashed into ``digest`` first).
-    One memory map per tensor, released once ``keep`` has made what is kept of it."""
-    out = {}
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            names = sorted(f.keys())
-        for name in names:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                tensor = f.get_tensor(name)
-                if digest is not None:
-                    _hash_tensor(digest, name, tensor)
-                out[name] = keep(name, tensor)
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise SpamtuneError(f"cannot read the base {path}: {exc}") from None
-    return out
+    """Each tensor of the base file through ``keep``, hashed into ``digest`` first (name order,
+    as ``weights_sha256`` hashes)."""
+    from spamtune.checkpoint import read_tensors
+
+    def hashed(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if digest is not None:
+            _hash_tensor(digest, name, tensor)
+        return keep(name, tensor)
+
+    return read_tensors(path, device, hashed)
 
 
 def _rebuild(root: Path, ref: BaseRef) -> dict[str, torch.Tensor] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -190,23 +191,32 @@ def load_classifier(
     with torch.device("meta"):
         model = build_classifier(cfg)
     cast = block_linear_parameter_names(model) if linear_dtype is not None else set()
-    tensors = {}
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            keys = list(f.keys())
-        for key in keys:
-            # One memory map per tensor: when casting, each map is released (with the pages
-            # the cast read) as soon as the copy is made, so the fp32 file is never all resident.
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                tensor = f.get_tensor(key)
-                check_finite(tensor, key, path)
-                if linear_dtype is not None:
-                    tensor = tensor.to(linear_dtype) if key in cast else tensor.clone()
-            tensors[key] = tensor
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise SpamtuneError(f"cannot read {path}: {exc}") from None
+
+    def keep(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        check_finite(tensor, key, path)
+        if linear_dtype is None:
+            return tensor
+        return tensor.to(linear_dtype) if key in cast else tensor.clone()
+
+    tensors = read_tensors(path, device, keep)
     model.load_state_dict(tensors, strict=True, assign=True)  # names and shapes: checked in the header
     return model.eval(), cfg
+
+
+def read_tensors(path: Path, device, keep: Callable[[str, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file through ``keep(name, tensor)`` (a check, a cast, a
+    hash), in name order. One memory map per tensor: each is released, with the pages it read,
+    once ``keep`` has made what is kept of it, so a cast fp32 file is never all resident."""
+    out = {}
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            names = sorted(f.keys())
+        for name in names:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                out[name] = keep(name, f.get_tensor(name))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise SpamtuneError(f"cannot read {path}: {exc}") from None
+    return out
 
 
 def check_state_shapes(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
