@@ -64,7 +64,8 @@ def random_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clf(random_run) -> SpamClassifier:
-    return SpamClassifier.load(random_run, device="cpu", precision="fp32")
+    # As `spamtune serve` and `spamtune predict` load it: batch shapes rounded (few_shapes).
+    return SpamClassifier.load(random_run, device="cpu", precision="fp32", few_shapes=True)
 
 
 @pytest.fixture(scope="module")
