@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import math
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -133,23 +131,6 @@ def build_model(cfg: GPTConfig, options: FinetuneOptions, trainable: Trainable, 
             model, num_classes, rank=options.lora_rank, alpha=options.lora_alpha, blocks=options.lora_blocks, seed=options.seed
         )
     return convert_to_classifier(model, num_classes, trainable, options.seed)
-
-
-def import_in_background(*modules: str) -> threading.Thread:
-    """Import ``modules`` on a side thread while the main one works in native code (reading the
-    base, building the prefix cache, training), which lets go of the interpreter. A run needs
-    two slow imports late: AdamW's constructor imports ``torch._dynamo`` (about a second) and
-    the curves need matplotlib (half a second). Importing a module the side thread is still
-    importing simply waits for it; a failure here is left for the real import to report."""
-
-    def run() -> None:
-        for name in modules:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-
-    thread = threading.Thread(target=run, name="spamtune-imports", daemon=True)
-    thread.start()
-    return thread
 
 
 def make_optimizer(model: GPTModel, options: FinetuneOptions, device: torch.device) -> torch.optim.Optimizer:
@@ -383,7 +364,6 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     world = World.current()  # under torchrun: every rank runs this loop on its share of each batch
     emit = (on_event if world.is_main else None) or (lambda event: None)
     options, data, precision, run_dir = run.options, run.data, run.precision, run.run_dir
-    import_in_background("torch._dynamo", "matplotlib.figure", "matplotlib.backends.backend_agg")
     # The base's identity keys the kept prefix caches and a compact run's reference; it is taken
     # before the surgery and before a resumed run's weights are loaded.
     base, base_sha256, base_ref = prepare_base(run.model_cfg, options)
