@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from spamtune import paths
+from spamtune.checkpoint import read_tensors
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, atomic_write_json, read_json
 
@@ -171,9 +172,15 @@ def load_base(
     path = base_file(root, ref.sha256)
     keep = keep or (lambda name, tensor: tensor)
     if path.is_file():
-        digest = _new_digest() if verify else None
-        tensors = _read_tensors(path, device, keep, digest)
-        if digest is not None and digest.hexdigest() != ref.sha256:
+        digest = _new_digest()
+
+        def hashed(name: str, tensor: torch.Tensor) -> torch.Tensor:
+            if verify:  # in name order, as weights_sha256 hashes
+                _hash_tensor(digest, name, tensor)
+            return keep(name, tensor)
+
+        tensors = read_tensors(path, device, hashed)
+        if verify and digest.hexdigest() != ref.sha256:
             raise SpamtuneError(f"{path} does not hold the base it is named after (sha256 mismatch); remove it and load again to rebuild it")
         return tensors
     tensors = _rebuild(root, ref)
@@ -197,19 +204,6 @@ def missing_base_message(root: Path, ref: BaseRef) -> str:
     if kind == "file":
         return f"{where} and {ref.origin.get('path')} is gone; put that file back or copy {ref.sha256}.safetensors there"
     return f"{where}; copy {ref.sha256}.safetensors there from where the run was trained"
-
-
-def _read_tensors(path: Path, device, keep: Callable[[str, torch.Tensor], torch.Tensor], digest=None) -> dict[str, torch.Tensor]:
-    """Each tensor of the base file through ``keep``, hashed into ``digest`` first (name order,
-    as ``weights_sha256`` hashes)."""
-    from spamtune.checkpoint import read_tensors
-
-    def hashed(name: str, tensor: torch.Tensor) -> torch.Tensor:
-        if digest is not None:
-            _hash_tensor(digest, name, tensor)
-        return keep(name, tensor)
-
-    return read_tensors(path, device, hashed)
 
 
 def _rebuild(root: Path, ref: BaseRef) -> dict[str, torch.Tensor] | None:

@@ -158,13 +158,14 @@ def load_compact_run(
         raise SpamtuneError(f"{run_dir / BASE_REF_FILE} names a base of another model shape than {run_dir / CONFIG_FILE}")
     with torch.device("meta"):
         model = build_classifier(cfg)
+    # Cast as read: the base's block weights that neither the delta replaces nor LoRA adapts.
     adapted = {k.removesuffix(_LORA_A) + ".weight" for k in delta_header if k.endswith(_LORA_A)}
-    cast = block_linear_parameter_names(model) - adapted if linear_dtype is not None else set()
+    cast = block_linear_parameter_names(model) - adapted - set(delta_header) if linear_dtype is not None else set()
 
     def keep(source: Path):
         def checked(name: str, tensor: torch.Tensor) -> torch.Tensor:
             check_finite(tensor, name, source)
-            return tensor.to(linear_dtype) if name in cast and name not in delta_header else tensor
+            return tensor.to(linear_dtype) if name in cast else tensor
 
         return checked
 
