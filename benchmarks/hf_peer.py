@@ -36,19 +36,25 @@ def build_peer(cfg: GPTConfig, seed: int = 123):
     return model
 
 
-def _autocast(precision: str):
+def _autocast(precision: str, device: torch.device):
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _padded(seqs: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _padded(seqs: list[list[int]], width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 def _optimizer(model) -> torch.optim.AdamW:
@@ -56,9 +62,10 @@ def _optimizer(model) -> torch.optim.AdamW:
 
 
 def _train_step(model, opt, seqs: list[list[int]], labels: list[int], width: int, precision: str) -> None:
-    ids, mask = _padded(seqs, width)
-    with _autocast(precision):
-        out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor(labels))
+    device = model.device
+    ids, mask = _padded(seqs, width, device)
+    with _autocast(precision, device):
+        out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor(labels, device=device))
     opt.zero_grad()
     out.loss.backward()
     opt.step()
@@ -79,9 +86,11 @@ def time_training_steps(
         _train_step(model, opt, [token_lists[i] for i in idx], [labels[i] for i in idx], width, precision)
 
     step(0)  # warm-up, not timed
+    _sync(model.device)
     start = time.perf_counter()
     for k in range(1, steps + 1):
         step(k)
+    _sync(model.device)
     return (time.perf_counter() - start) / steps
 
 
@@ -112,9 +121,11 @@ def time_grouped_epoch(
         _train_step(model, opt, seqs, [labels[i] for i in idx], max(map(len, seqs)), precision)
 
     step(batches[0])  # warm-up, not timed
+    _sync(model.device)
     start = time.perf_counter()
     for idx in batches:
         step(idx)
+    _sync(model.device)
     return {"steps": len(batches), "epoch_s": time.perf_counter() - start}
 
 
@@ -122,10 +133,11 @@ def time_grouped_epoch(
 def time_prediction(model, token_lists: list[list[int]], precision: str = "fp32", batch_size: int = 64) -> float:
     """Messages per second, batches in input order padded to their own longest (a data collator)."""
     model.eval()
+    device = model.device
     start = time.perf_counter()
     for i in range(0, len(token_lists), batch_size):
         chunk = token_lists[i : i + batch_size]
-        ids, mask = _padded(chunk, max(map(len, chunk)))
-        with _autocast(precision):
-            model(input_ids=ids, attention_mask=mask).logits.softmax(-1)
+        ids, mask = _padded(chunk, max(map(len, chunk)), device)
+        with _autocast(precision, device):
+            model(input_ids=ids, attention_mask=mask).logits.softmax(-1).cpu()
     return len(token_lists) / (time.perf_counter() - start)
