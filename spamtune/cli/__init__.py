@@ -127,11 +127,11 @@ app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=common.examples(
+    epilog=common.examples_epilog((
         ("spamtune download && spamtune prepare && spamtune finetune", "the book's recipe, end to end"),
         ('spamtune predict "WINNER!! Claim your prize now"', "classify with the newest finished run"),
         ("spamtune runs", "every run: status, model, accuracy, size, age"),
-    ),
+    )),
 )
 
 

@@ -42,6 +42,11 @@ def summary_lines(calibration) -> list[str]:
     return lines
 
 
+@common.examples(
+    ("spamtune calibrate --max-ham-loss 1%", "the newest run: most spam caught with at most 1% of validation ham lost"),
+    ("spamtune calibrate --run my-run --cost-ratio 10", "a lost ham costs as much as 10 missed spams"),
+    ("spamtune calibrate --run my-run --threshold 0.8 --format json", "an explicit threshold; the record on stdout"),
+)
 def calibrate_command(
     run_argument: Optional[str] = typer.Argument(None, metavar="RUN", hidden=True, show_default=False),
     run: Optional[str] = common.run_option(),
@@ -89,11 +94,4 @@ def calibrate_command(
 
 
 def register(app: typer.Typer) -> None:
-    common.add_command(
-        app,
-        "calibrate",
-        calibrate_command,
-        ("spamtune calibrate --max-ham-loss 1%", "the newest run: most spam caught with at most 1% of validation ham lost"),
-        ("spamtune calibrate --run my-run --cost-ratio 10", "a lost ham costs as much as 10 missed spams"),
-        ("spamtune calibrate --run my-run --threshold 0.8 --format json", "an explicit threshold; the record on stdout"),
-    )
+    common.add_command(app, "calibrate", calibrate_command)

@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -200,23 +200,48 @@ def _escape_markup(text: str) -> str:
     return re.sub(r"(\\*)(\[[a-z#/@][^[]*?])", lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
 
 
-def examples(*pairs: tuple[str, str]) -> str:
-    """An ``Examples:`` epilog for ``--help``: each example a dimmed ``# what it does`` line above
-    its command (rich markup of our own; the commands themselves are escaped)."""
+def examples_epilog(examples: Sequence[tuple[str, str]]) -> str:
+    """An ``Examples:`` epilog for ``--help`` from (command, what it does) pairs: each example a dimmed
+    ``# what it does`` line above its command (rich markup of our own; the commands themselves are escaped)."""
     lines = ["Examples:"]
-    for command, comment in pairs:
-        lines += [f"[dim]# {_escape_markup(comment)}[/dim]", _escape_markup(command)]
+    for command_line, comment in examples:
+        lines += [f"[dim]# {_escape_markup(comment)}[/dim]", _escape_markup(command_line)]
     return "\n".join(lines)
 
 
-def add_command(app: typer.Typer, name: str, function: Callable, *example_pairs: tuple[str, str], help: str | None = None):
-    """Register ``function`` as the subcommand ``name``, its examples at the end of its ``--help``."""
-    app.command(name, help=help, epilog=examples(*example_pairs))(function)
+def examples(*pairs: tuple[str, str]) -> Callable:
+    """Declare a command's ``--help`` examples, (command, what it does) pairs, just above its function:
+    every command, group default and subcommand alike. Registering it (``add_command``, ``command``,
+    ``group_with_default``) turns them into the help's closing ``Examples:`` section."""
+
+    def declare(function: Callable) -> Callable:
+        function.help_examples = pairs
+        return function
+
+    return declare
 
 
-def group_with_default(help: str, *example_pairs: tuple[str, str]) -> typer.Typer:
-    """A command group that also acts on its own (``spamtune download``, ``spamtune runs``)."""
-    return typer.Typer(help=help, invoke_without_command=True, no_args_is_help=False, epilog=examples(*example_pairs))
+def command(app: typer.Typer, name: str, help: str | None = None) -> Callable:
+    """A decorator registering a function as the subcommand ``name``, its declared examples ending its ``--help``."""
+
+    def register(function: Callable) -> Callable:
+        return app.command(name, help=help, epilog=examples_epilog(function.help_examples))(function)
+
+    return register
+
+
+def add_command(app: typer.Typer, name: str, function: Callable, help: str | None = None) -> None:
+    """Register ``function`` as the subcommand ``name``, its declared examples ending its ``--help``."""
+    command(app, name, help)(function)
+
+
+def group_with_default(default: Callable) -> typer.Typer:
+    """A command group that also acts on its own (``spamtune download``, ``spamtune runs``): ``default``
+    runs when no subcommand is given; its docstring is the group's help, as a command's is its own, and
+    its declared examples end the group's ``--help``."""
+    group = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+    group.callback(invoke_without_command=True, epilog=examples_epilog(default.help_examples))(default)
+    return group
 
 
 # --------------------------------------------------------------------------- options from the core's dataclasses

@@ -117,89 +117,86 @@ def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: st
     return result.path
 
 
-DOWNLOAD_HELP = "Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand)."
-DOWNLOAD_EXAMPLES = (
+@common.examples(
     ("spamtune download", "the SMS data and gpt2-small"),
     ("spamtune download data --from smsspamcollection.zip", "no network: import a copy"),
     ("spamtune download model gpt2-medium", "another size, into the Hugging Face cache"),
 )
+def download_all(ctx: typer.Context, data_dir: Path | None = _data_dir_option()) -> None:
+    """Download the SMS Spam Collection and GPT-2 weights (both, with no subcommand)."""
+    ctx.obj = data_dir  # a subcommand's own --data-dir wins over this one
+    if ctx.invoked_subcommand is not None:
+        return
+    root, console = paths.data_root(data_dir), _stderr()
+    data_path = fetch_data_file(root, [], None, False, console)
+    model_path = fetch_model_file(root, DEFAULT_MODEL, None, None, console)
+    typer.echo(data_path)
+    typer.echo(model_path)
+
+
+download_app = common.group_with_default(download_all)
+
+
+@common.command(download_app, "data")
+@common.examples(
+    ("spamtune download data", "from UCI, sha256-checked"),
+    ("spamtune download data --url https://mirror.example/sms.zip", "from a mirror"),
+    ("spamtune download data --from SMSSpamCollection", "import a file carried over"),
+)
+def download_data(
+    ctx: typer.Context,
+    url: list[str] = typer.Option(
+        [],
+        "--url",
+        metavar="URL",
+        help="Download from this URL instead (repeat for mirrors, tried in order). "
+        "Default: $SPAMTUNE_DATA_URLS (comma-separated), else UCI.",
+        show_default=False,
+    ),
+    from_file: Path | None = typer.Option(
+        None, "--from", metavar="PATH", help="Import a local zip or SMSSpamCollection file instead of downloading."
+    ),
+    bundled: bool = typer.Option(
+        False,
+        "--bundled",
+        help="Use the copy shipped in the repository's data/ folder, without trying the network. "
+        "Without it, the bundled copy is used when UCI (the default source) cannot be reached.",
+    ),
+    data_dir: Path | None = _data_dir_option(),
+) -> None:
+    """The SMS Spam Collection (UCI), sha256-checked, into <data root>/sms_spam_collection/."""
+    sources = (("--url", bool(url)), ("--from", from_file is not None), ("--bundled", bundled))
+    chosen = [flag for flag, given in sources if given]
+    if len(chosen) > 1:
+        raise SpamtuneUsageError(f"{', '.join(chosen[:-1])} and {chosen[-1]} exclude each other")
+    root = paths.data_root(data_dir or ctx.obj)
+    typer.echo(fetch_data_file(root, url, from_file, bundled, _stderr()))
+
+
+@common.command(download_app, "model")
+@common.examples(
+    ("spamtune download model", "gpt2-small (124M), the book's"),
+    ("spamtune download model 355M", "gpt2-medium, by its size"),
+    ("spamtune download model gpt2-small --from model.safetensors", "import a file carried over"),
+)
+def download_model(
+    ctx: typer.Context,
+    name: str = typer.Argument(DEFAULT_MODEL, metavar="NAME", help=MODEL_NAMES_HELP, callback=_check_model_name),
+    from_file: Path | None = typer.Option(
+        None,
+        "--from",
+        metavar="FILE",
+        help="Import a local model.safetensors into <data root>/models/NAME/ instead of downloading.",
+    ),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", envvar="HF_ENDPOINT", metavar="URL", help="Hugging Face hub or mirror to use."
+    ),
+    data_dir: Path | None = _data_dir_option(),
+) -> None:
+    """GPT-2 weights (model.safetensors) from the Hugging Face hub into its cache, checked."""
+    root = paths.data_root(data_dir or ctx.obj)
+    typer.echo(fetch_model_file(root, name, from_file, endpoint, _stderr()))
+
 
 def register(app: typer.Typer) -> None:
-    download_app = common.group_with_default(DOWNLOAD_HELP, *DOWNLOAD_EXAMPLES)
-
-    @download_app.callback(invoke_without_command=True)
-    def download_all(ctx: typer.Context, data_dir: Path | None = _data_dir_option()) -> None:
-        """Download the SMS Spam Collection and gpt2-small; a subcommand fetches just one."""
-        ctx.obj = data_dir  # a subcommand's own --data-dir wins over this one
-        if ctx.invoked_subcommand is not None:
-            return
-        root, console = paths.data_root(data_dir), _stderr()
-        data_path = fetch_data_file(root, [], None, False, console)
-        model_path = fetch_model_file(root, DEFAULT_MODEL, None, None, console)
-        typer.echo(data_path)
-        typer.echo(model_path)
-
-    @download_app.command(
-        "data",
-        epilog=common.examples(
-            ("spamtune download data", "from UCI, sha256-checked"),
-            ("spamtune download data --url https://mirror.example/sms.zip", "from a mirror"),
-            ("spamtune download data --from SMSSpamCollection", "import a file carried over"),
-        ),
-    )
-    def download_data(
-        ctx: typer.Context,
-        url: list[str] = typer.Option(
-            [],
-            "--url",
-            metavar="URL",
-            help="Download from this URL instead (repeat for mirrors, tried in order). "
-            "Default: $SPAMTUNE_DATA_URLS (comma-separated), else UCI.",
-            show_default=False,
-        ),
-        from_file: Path | None = typer.Option(
-            None, "--from", metavar="PATH", help="Import a local zip or SMSSpamCollection file instead of downloading."
-        ),
-        bundled: bool = typer.Option(
-            False,
-            "--bundled",
-            help="Use the copy shipped in the repository's data/ folder, without trying the network. "
-            "Without it, the bundled copy is used when UCI (the default source) cannot be reached.",
-        ),
-        data_dir: Path | None = _data_dir_option(),
-    ) -> None:
-        """The SMS Spam Collection (UCI), sha256-checked, into <data root>/sms_spam_collection/."""
-        sources = (("--url", bool(url)), ("--from", from_file is not None), ("--bundled", bundled))
-        chosen = [flag for flag, given in sources if given]
-        if len(chosen) > 1:
-            raise SpamtuneUsageError(f"{', '.join(chosen[:-1])} and {chosen[-1]} exclude each other")
-        root = paths.data_root(data_dir or ctx.obj)
-        typer.echo(fetch_data_file(root, url, from_file, bundled, _stderr()))
-
-    @download_app.command(
-        "model",
-        epilog=common.examples(
-            ("spamtune download model", "gpt2-small (124M), the book's"),
-            ("spamtune download model 355M", "gpt2-medium, by its size"),
-            ("spamtune download model gpt2-small --from model.safetensors", "import a file carried over"),
-        ),
-    )
-    def download_model(
-        ctx: typer.Context,
-        name: str = typer.Argument(DEFAULT_MODEL, metavar="NAME", help=MODEL_NAMES_HELP, callback=_check_model_name),
-        from_file: Path | None = typer.Option(
-            None,
-            "--from",
-            metavar="FILE",
-            help="Import a local model.safetensors into <data root>/models/NAME/ instead of downloading.",
-        ),
-        endpoint: str | None = typer.Option(
-            None, "--endpoint", envvar="HF_ENDPOINT", metavar="URL", help="Hugging Face hub or mirror to use."
-        ),
-        data_dir: Path | None = _data_dir_option(),
-    ) -> None:
-        """GPT-2 weights (model.safetensors) from the Hugging Face hub into its cache, checked."""
-        root = paths.data_root(data_dir or ctx.obj)
-        typer.echo(fetch_model_file(root, name, from_file, endpoint, _stderr()))
-
     app.add_typer(download_app, name="download")

@@ -122,6 +122,11 @@ def operating_point_table(result: dict):
     return table
 
 
+@common.examples(
+    ("spamtune evaluate", "the newest finished run on its test split"),
+    ("spamtune evaluate --run 20261125-101500-tiny-all --split all --format json | jq .accuracy", "a run by name"),
+    ("spamtune evaluate --input mails.csv --threshold 0.9 --baseline", "your own labelled file, beside TF-IDF"),
+)
 def evaluate_command(
     run_argument: str | None = typer.Argument(None, metavar="RUN", hidden=True, show_default=False),
     run: str | None = common.run_option(),
@@ -225,11 +230,4 @@ def _working(console: Console, what: str):
 
 
 def register(app: typer.Typer) -> None:
-    common.add_command(
-        app,
-        "evaluate",
-        evaluate_command,
-        ("spamtune evaluate", "the newest finished run on its test split"),
-        ("spamtune evaluate --run 20261125-101500-tiny-all --split all --format json | jq .accuracy", "a run by name"),
-        ("spamtune evaluate --input mails.csv --threshold 0.9 --baseline", "your own labelled file, beside TF-IDF"),
-    )
+    common.add_command(app, "evaluate", evaluate_command)

@@ -27,6 +27,11 @@ FILTER_HELP = (
 )
 
 
+@common.examples(
+    ("spamtune filter < message.eml", "the message with its X-Spamtune-Status on stdout"),
+    ('| spamtune filter --run 20261125-101500-tiny-all', "in procmail: a recipe line with a run by name"),
+    ("spamtune filter --threshold 0.9 < message.eml | grep '^X-Spamtune'", "stricter; see the verdict"),
+)
 def filter_mail(
     run: Optional[str] = common.run_option(),
     data_dir: Optional[Path] = common.data_dir_option(),
@@ -71,11 +76,5 @@ def filter_mail(
         raise SpamtuneError(f"message passed through unclassified: {reason}")
 
 
-FILTER_EXAMPLES = (
-    ("spamtune filter < message.eml", "the message with its X-Spamtune-Status on stdout"),
-    ('| spamtune filter --run 20261125-101500-tiny-all', "in procmail: a recipe line with a run by name"),
-    ("spamtune filter --threshold 0.9 < message.eml | grep '^X-Spamtune'", "stricter; see the verdict"),
-)
-
 def register(app: typer.Typer) -> None:
-    common.add_command(app, "filter", filter_mail, *FILTER_EXAMPLES, help=FILTER_HELP)
+    common.add_command(app, "filter", filter_mail, help=FILTER_HELP)

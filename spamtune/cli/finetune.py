@@ -170,6 +170,11 @@ def _run_to_resume(run: str | None, root: Path) -> Path:
     return Path(waiting[0].path)
 
 
+@common.examples(
+    ("spamtune finetune", "the book: gpt2-small, pretrained, last block, 5 epochs"),
+    ("spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4", "offline, from scratch"),
+    ("spamtune finetune --config 20261125-101500-tiny-all --seed 7", "a run's settings again, another seed"),
+)
 @with_dataclass_options(dataclass_options(FinetuneOptions, OPTION_NAMES, checked=CHECKED_OPTIONS))
 def finetune_command(
     ctx: typer.Context,
@@ -274,11 +279,4 @@ def _finetune(ctx: typer.Context, world, run, resume, config, resume_run, out, d
 
 
 def register(app: typer.Typer) -> None:
-    common.add_command(
-        app,
-        "finetune",
-        finetune_command,
-        ("spamtune finetune", "the book: gpt2-small, pretrained, last block, 5 epochs"),
-        ("spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4", "offline, from scratch"),
-        ("spamtune finetune --config 20261125-101500-tiny-all --seed 7", "a run's settings again, another seed"),
-    )
+    common.add_command(app, "finetune", finetune_command)

@@ -360,6 +360,11 @@ PREDICT_HELP = (
 )
 
 
+@common.examples(
+    ('spamtune predict "Do you have time" "WINNER!! Claim your prize"', "one output line per argument"),
+    ("cat inbox.txt | spamtune predict - --format jsonl | jq 'select(.p_spam > 0.9)'", "a pipeline, as JSON lines"),
+    ("spamtune predict --input outbox.txt --fail-on-spam > /dev/null || echo spam", "exit 1 when any line is spam"),
+)
 def predict(
     messages: list[str] | None = typer.Argument(
         None, metavar="MESSAGE", help="Messages to classify, one per argument; '-' reads stdin.", show_default=False
@@ -591,12 +596,4 @@ def predict_numbered(classifier, chunk: list[str], long: str, messages_before: i
 
 
 def register(app: typer.Typer) -> None:
-    common.add_command(
-        app,
-        "predict",
-        predict,
-        ('spamtune predict "Do you have time" "WINNER!! Claim your prize"', "one output line per argument"),
-        ("cat inbox.txt | spamtune predict - --format jsonl | jq 'select(.p_spam > 0.9)'", "a pipeline, as JSON lines"),
-        ("spamtune predict --input outbox.txt --fail-on-spam > /dev/null || echo spam", "exit 1 when any line is spam"),
-        help=PREDICT_HELP,
-    )
+    common.add_command(app, "predict", predict, help=PREDICT_HELP)

@@ -19,16 +19,14 @@ if TYPE_CHECKING:  # the core pulls in pandas and torch, so the command imports 
 
 
 def register(app: typer.Typer) -> None:
-    common.add_command(
-        app,
-        "prepare",
-        prepare,
-        ("spamtune prepare", "the book's split of the SMS data: 1,045 / 149 / 300"),
-        ("spamtune prepare --dedupe", "drop the 403 repeated texts first"),
-        ("spamtune prepare --input mails.csv --text-col body --label-col class", "your own labelled file"),
-    )
+    common.add_command(app, "prepare", prepare)
 
 
+@common.examples(
+    ("spamtune prepare", "the book's split of the SMS data: 1,045 / 149 / 300"),
+    ("spamtune prepare --dedupe", "drop the 403 repeated texts first"),
+    ("spamtune prepare --input mails.csv --text-col body --label-col class", "your own labelled file"),
+)
 # balance, split, seed, stratify, dedupe and keep_label_case: PrepareOptions' fields, defaults and help.
 @with_dataclass_options(dataclass_options(PrepareOptions))
 def prepare(

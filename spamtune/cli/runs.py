@@ -87,121 +87,119 @@ def _flatten(prefix: str, value, out: list[tuple[str, str]]) -> None:
         out.append((prefix, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value))
 
 
-RUNS_HELP = "List the runs of the data root (a table; --json for scripts); show one; remove some."
-RUNS_EXAMPLES = (
+@common.examples(
     ("spamtune runs", "name, status, model, trainable, accuracy, size, age"),
     ("spamtune runs --json | jq -r '.[] | select(.status == \"failed\") | .name'", "scripts read JSON"),
     ("spamtune runs show 20261125-101500-gpt2-small-last-block", "one run's summary and hparams"),
 )
+def list_runs(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="A JSON array of runs (fields in the README)."),
+    data_dir: Path | None = common.data_dir_option(),
+) -> None:
+    """List the runs of the data root (a table; --json for scripts); show one; remove some."""
+    # Every run, the most recent first: a table on a terminal, TSV with a header in a pipe.
+    ctx.obj = data_dir  # a subcommand's own --data-dir wins over this one
+    if ctx.invoked_subcommand is not None:
+        return
+    from spamtune import run_catalog
+
+    root = paths.data_root(data_dir)
+    infos = run_catalog.list_runs(root)
+    if as_json:
+        typer.echo(json.dumps([info.to_dict() for info in infos], ensure_ascii=False))
+    elif _stdout_is_terminal():
+        if not infos:
+            common.note(f"no runs in {paths.runs_dir(root)} yet: `spamtune finetune` makes one; {paths.ELSEWHERE}")
+            return
+        from rich.console import Console
+
+        _print_table(infos, Console(highlight=False, soft_wrap=True))
+    else:
+        typer.echo("\t".join(TSV_FIELDS))
+        for info in infos:
+            record = info.to_dict()
+            typer.echo("\t".join(_tsv_value(record[field]) for field in TSV_FIELDS))
+
+
+runs_app = common.group_with_default(list_runs)
+
+
+@common.command(runs_app, "show")
+@common.examples(
+    ("spamtune runs show", "the newest finished run"),
+    ("spamtune runs show 20261125-101500-tiny-all --json | jq .summary.test_accuracy", "one figure"),
+)
+def show_run(
+    ctx: typer.Context,
+    run: str | None = typer.Argument(
+        None, metavar="RUN", help="A run name (under <data root>/runs/) or a run folder's path.",
+        show_default="the newest finished run", autocompletion=common.complete_run_names,
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: the listing's fields, summary, hparams."),
+    data_dir: Path | None = common.data_dir_option(),
+) -> None:
+    """One run: status, size and age, then its summary.json and hparams.json."""
+    from spamtune import run_catalog
+
+    run_dir = run_catalog.find_run(run, paths.data_root(data_dir or ctx.obj))
+    record = {
+        **run_catalog.describe_run(run_dir).to_dict(),
+        "summary": run_catalog.read_summary(run_dir),
+        "hparams": run_catalog.read_hparams(run_dir),
+        "evaluations": len(run_catalog.read_evaluations(run_dir)),
+    }
+    if as_json:
+        typer.echo(json.dumps(record, ensure_ascii=False))
+        return
+    lines: list[tuple[str, str]] = []
+    for key, value in record.items():
+        if key in ("summary", "hparams"):
+            continue
+        lines.append((key, "-" if value is None else str(value)))
+    for section in ("summary", "hparams"):
+        if record[section] is not None:
+            _flatten(section, record[section], lines)
+    width = max(len(key) for key, _ in lines)
+    for key, value in lines:
+        typer.echo(f"{key.ljust(width)}  {value}")
+
+
+@common.command(runs_app, "rm")
+@common.examples(
+    ("spamtune runs rm 20261125-101500-tiny-all", "asks first, on a terminal"),
+    ("spamtune runs --json | jq -r '.[] | select(.status == \"failed\") | .path' | xargs spamtune runs rm --yes",
+     "in a script"),
+)
+def remove_runs(
+    ctx: typer.Context,
+    runs: list[str] = typer.Argument(
+        ..., metavar="RUN...", help="Run names (under <data root>/runs/) or run folders' paths.",
+        autocompletion=common.complete_run_names,
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking (needed when stdin is not a terminal)."),
+    data_dir: Path | None = common.data_dir_option(),
+) -> None:
+    """Remove runs: asks on a terminal; scripts pass --yes. Removed folders' paths go to stdout."""
+    from spamtune import run_catalog
+
+    root = paths.data_root(data_dir or ctx.obj)
+    run_dirs = list(dict.fromkeys(run_catalog.find_run(run, root) for run in runs))
+    if not yes:
+        if not _stdin_is_terminal():
+            raise SpamtuneUsageError("refusing to remove runs without --yes: stdin is not a terminal to ask on")
+        infos = [run_catalog.describe_run(run_dir) for run_dir in run_dirs]
+        for info in infos:
+            print(f"  {info.path}  ({info.status}, {human_size(info.size_bytes)})", file=sys.stderr)
+        total = human_size(sum(info.size_bytes for info in infos))
+        question = f"Remove {'this run' if len(infos) == 1 else f'these {len(infos)} runs'} ({total})?"
+        if not typer.confirm(question, default=False, err=True):
+            print("nothing removed", file=sys.stderr)
+            raise typer.Exit(1)
+    for run_dir in run_dirs:
+        run_catalog.remove_run(run_dir)
+        typer.echo(run_dir)
+
 
 def register(app: typer.Typer) -> None:
-    runs_app = common.group_with_default(RUNS_HELP, *RUNS_EXAMPLES)
-
-    @runs_app.callback(invoke_without_command=True)
-    def list_runs(
-        ctx: typer.Context,
-        as_json: bool = typer.Option(False, "--json", help="A JSON array of runs (fields in the README)."),
-        data_dir: Path | None = common.data_dir_option(),
-    ) -> None:
-        """Every run, the most recent first: a table on a terminal, TSV with a header in a pipe."""
-        ctx.obj = data_dir  # a subcommand's own --data-dir wins over this one
-        if ctx.invoked_subcommand is not None:
-            return
-        from spamtune import run_catalog
-
-        root = paths.data_root(data_dir)
-        infos = run_catalog.list_runs(root)
-        if as_json:
-            typer.echo(json.dumps([info.to_dict() for info in infos], ensure_ascii=False))
-        elif _stdout_is_terminal():
-            if not infos:
-                common.note(f"no runs in {paths.runs_dir(root)} yet: `spamtune finetune` makes one; {paths.ELSEWHERE}")
-                return
-            from rich.console import Console
-
-            _print_table(infos, Console(highlight=False, soft_wrap=True))
-        else:
-            typer.echo("\t".join(TSV_FIELDS))
-            for info in infos:
-                record = info.to_dict()
-                typer.echo("\t".join(_tsv_value(record[field]) for field in TSV_FIELDS))
-
-    @runs_app.command(
-        "show",
-        epilog=common.examples(
-            ("spamtune runs show", "the newest finished run"),
-            ("spamtune runs show 20261125-101500-tiny-all --json | jq .summary.test_accuracy", "one figure"),
-        ),
-    )
-    def show_run(
-        ctx: typer.Context,
-        run: str | None = typer.Argument(
-            None, metavar="RUN", help="A run name (under <data root>/runs/) or a run folder's path.",
-            show_default="the newest finished run", autocompletion=common.complete_run_names,
-        ),
-        as_json: bool = typer.Option(False, "--json", help="One JSON object: the listing's fields, summary, hparams."),
-        data_dir: Path | None = common.data_dir_option(),
-    ) -> None:
-        """One run: status, size and age, then its summary.json and hparams.json."""
-        from spamtune import run_catalog
-
-        run_dir = run_catalog.find_run(run, paths.data_root(data_dir or ctx.obj))
-        record = {
-            **run_catalog.describe_run(run_dir).to_dict(),
-            "summary": run_catalog.read_summary(run_dir),
-            "hparams": run_catalog.read_hparams(run_dir),
-            "evaluations": len(run_catalog.read_evaluations(run_dir)),
-        }
-        if as_json:
-            typer.echo(json.dumps(record, ensure_ascii=False))
-            return
-        lines: list[tuple[str, str]] = []
-        for key, value in record.items():
-            if key in ("summary", "hparams"):
-                continue
-            lines.append((key, "-" if value is None else str(value)))
-        for section in ("summary", "hparams"):
-            if record[section] is not None:
-                _flatten(section, record[section], lines)
-        width = max(len(key) for key, _ in lines)
-        for key, value in lines:
-            typer.echo(f"{key.ljust(width)}  {value}")
-
-    @runs_app.command(
-        "rm",
-        epilog=common.examples(
-            ("spamtune runs rm 20261125-101500-tiny-all", "asks first, on a terminal"),
-            ("spamtune runs --json | jq -r '.[] | select(.status == \"failed\") | .path' | xargs spamtune runs rm --yes",
-             "in a script"),
-        ),
-    )
-    def remove_runs(
-        ctx: typer.Context,
-        runs: list[str] = typer.Argument(
-            ..., metavar="RUN...", help="Run names (under <data root>/runs/) or run folders' paths.",
-            autocompletion=common.complete_run_names,
-        ),
-        yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking (needed when stdin is not a terminal)."),
-        data_dir: Path | None = common.data_dir_option(),
-    ) -> None:
-        """Remove runs: asks on a terminal; scripts pass --yes. Removed folders' paths go to stdout."""
-        from spamtune import run_catalog
-
-        root = paths.data_root(data_dir or ctx.obj)
-        run_dirs = list(dict.fromkeys(run_catalog.find_run(run, root) for run in runs))
-        if not yes:
-            if not _stdin_is_terminal():
-                raise SpamtuneUsageError("refusing to remove runs without --yes: stdin is not a terminal to ask on")
-            infos = [run_catalog.describe_run(run_dir) for run_dir in run_dirs]
-            for info in infos:
-                print(f"  {info.path}  ({info.status}, {human_size(info.size_bytes)})", file=sys.stderr)
-            total = human_size(sum(info.size_bytes for info in infos))
-            question = f"Remove {'this run' if len(infos) == 1 else f'these {len(infos)} runs'} ({total})?"
-            if not typer.confirm(question, default=False, err=True):
-                print("nothing removed", file=sys.stderr)
-                raise typer.Exit(1)
-        for run_dir in run_dirs:
-            run_catalog.remove_run(run_dir)
-            typer.echo(run_dir)
-
     app.add_typer(runs_app, name="runs")

@@ -29,6 +29,11 @@ SERVE_HELP = (
 MIN_KEY_LENGTH = 16
 
 
+@common.examples(
+    ("spamtune serve", "the newest finished run on http://127.0.0.1:8080"),
+    ("spamtune serve --run 20261125-101500-tiny-all --port 0", "a run by name, on any free port"),
+    ("SPAMTUNE_API_KEY=$(openssl rand -hex 16) spamtune serve --host 0.0.0.0", "beyond loopback, with a key"),
+)
 def serve(
     run: str | None = common.run_option(),
     data_dir: Path | None = common.data_dir_option(),
@@ -97,11 +102,5 @@ def serve(
         raise SpamtuneError(f"could not listen on {host}:{port} (see the line above)")
 
 
-SERVE_EXAMPLES = (
-    ("spamtune serve", "the newest finished run on http://127.0.0.1:8080"),
-    ("spamtune serve --run 20261125-101500-tiny-all --port 0", "a run by name, on any free port"),
-    ("SPAMTUNE_API_KEY=$(openssl rand -hex 16) spamtune serve --host 0.0.0.0", "beyond loopback, with a key"),
-)
-
 def register(app: typer.Typer) -> None:
-    common.add_command(app, "serve", serve, *SERVE_EXAMPLES, help=SERVE_HELP)
+    common.add_command(app, "serve", serve, help=SERVE_HELP)
