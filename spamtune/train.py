@@ -59,9 +59,10 @@ from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_
 from spamtune.calibration import calibrate_and_store
 from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
-from spamtune.options import ADDED_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, pretrained_weights_file, validate_options
+from spamtune.options import ADDED_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, validate_options
 from spamtune.plots import plot_curves
-from spamtune.bases import BaseRef, base_weights_sha256, load_base, store_base, stored_random_base
+from spamtune.base_model import build_base, prepare_base
+from spamtune.bases import BaseRef
 from spamtune.cache_store import PrefixCacheStore
 from spamtune.compact import save_compact_run
 from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
@@ -69,57 +70,8 @@ from spamtune.prefix_cache import PrefixCacheReport, attach_prefix_caches, memor
 from spamtune.schedule import clip_gradients, make_scheduler
 from spamtune.resume import load_resume_state, save_resume_state, trainable_weights, training_state
 from spamtune.fsdp import is_sharded, plain_copy, set_from_rank0, shard_classifier, whole_model
-from spamtune.weights import load_pretrained_weights
 
 # --------------------------------------------------------------------------- model and step
-
-
-def build_base(cfg: GPTConfig, options: FinetuneOptions) -> GPTModel:
-    """GPT-2 with its weights, or a random init under the seed: what the run starts from."""
-    torch.manual_seed(options.seed)
-    if options.weights == "pretrained":
-        with torch.device("meta"):  # the file's tensors become the weights: no init to discard
-            model = GPTModel(cfg)
-        return load_pretrained_weights(model, pretrained_weights_file(cfg, options.model, Path(options.data_dir)))
-    return GPTModel(cfg)
-
-
-def prepare_base(cfg: GPTConfig, options: FinetuneOptions) -> tuple[GPTModel, str | None, BaseRef | None]:
-    """The base, its sha256 when something is keyed by it (a kept prefix cache, a compact run),
-    and for a compact run its reference, the base stored once under the data root.
-
-    A random init drawn before under the same seed is read back from that store (its hash
-    checked) rather than drawn and hashed again: on a second run that is most of its start-up.
-    """
-    origin = base_origin(cfg, options)
-    if not (options.keep_cache or options.compact):
-        return build_base(cfg, options), None, None
-    known = stored_random_base(options.data_dir, origin)
-    base = stored_base_model(cfg, options.data_dir, known) if known is not None else None
-    if base is None:
-        base = build_base(cfg, options)
-        known = BaseRef(base_weights_sha256(base), origin)  # taken before training moves a weight
-    ref = store_base(options.data_dir, base, origin, sha256=known.sha256) if options.compact else None
-    return base, known.sha256, ref
-
-
-def stored_base_model(cfg: GPTConfig, root: str | Path, ref: BaseRef) -> GPTModel | None:
-    """GPT-2 of shape ``cfg`` holding a stored base's tensors, or None if they do not fit it."""
-    with torch.device("meta"):
-        model = GPTModel(cfg)
-    tensors = load_base(root, ref)
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-    if unexpected or set(missing) != {"out_head.weight"}:
-        return None
-    model.out_head.weight = model.tok_emb.weight  # the tie the assignment replaced
-    return model
-
-
-def base_origin(cfg: GPTConfig, options: FinetuneOptions) -> dict:
-    """Where a run's base comes from, for a compact run's reference (``spamtune.bases``)."""
-    if options.weights == "pretrained":
-        return {"kind": "pretrained", "name": cfg.name}
-    return {"kind": "random", "model": cfg.to_dict(), "seed": options.seed}
 
 
 def build_model(cfg: GPTConfig, options: FinetuneOptions, trainable: Trainable, num_classes: int, base: GPTModel | None = None) -> GPTModel:

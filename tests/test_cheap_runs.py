@@ -8,7 +8,7 @@ import torch
 from helpers import TINY_CONFIG, tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
-from spamtune import SpamClassifier, events, train
+from spamtune import SpamClassifier, base_model, events, train
 from spamtune.cache_store import STATES_FILE, list_caches
 from spamtune.checkpoint import load_classifier
 from spamtune.cli import app
@@ -60,8 +60,8 @@ def test_a_second_run_reads_its_random_base_from_the_store_instead_of_drawing_it
     cold = train.finetune(tiny_options(root), tmp_path / "r1")
     assert (root / "bases" / ORIGINS_FILE).is_file()
     drawn = []
-    real_build_base = train.build_base
-    monkeypatch.setattr(train, "build_base", lambda *a: drawn.append(a) or real_build_base(*a))
+    real_build_base = base_model.build_base
+    monkeypatch.setattr(base_model, "build_base", lambda *a: drawn.append(a) or real_build_base(*a))
     warm = train.finetune(tiny_options(root), tmp_path / "r2")
     assert not drawn and all(warm[name] == cold[name] for name in METRICS)
     for stored in (root / "bases").glob("*.safetensors"):

@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from spamtune import checkpoint, events, examples, forward, options, prefix_cache, run_catalog, runs, train
+from spamtune import base_model, checkpoint, events, examples, forward, options, prefix_cache, run_catalog, runs, train
 from spamtune.cli import app
 from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
@@ -120,7 +120,7 @@ def test_pretrained_weights_are_the_frozen_part_of_the_trained_model(data_root, 
     """--weights pretrained: the file's tensors (HF layout) end up, untouched, as every frozen
     weight of the run's model.safetensors; the trainable ones moved away from them."""
     hf_file = write_hf_gpt2(data_root / "hf" / "model.safetensors", emb_dim=32, context=64, buffers=True)
-    monkeypatch.setattr(train, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
+    monkeypatch.setattr(base_model, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
     monkeypatch.setattr(options, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
     summary = train.finetune(tiny_options(data_root, weights="pretrained", epochs=1), data_root / "runs" / "pre")
     trained = run_weights(Path(summary["run"]))
