@@ -427,12 +427,17 @@ def strip_devices(argv: list[str]) -> list[str]:
     return out
 
 
+def will_launch(devices: int | None) -> bool:
+    """Whether ``--devices N`` starts N ranks of this command (given outside torchrun, N > 1)."""
+    if devices is not None and devices < 1:
+        raise SpamtuneUsageError(f"--devices must be at least 1 (got {devices})")
+    return devices is not None and devices > 1 and not launched_by_torchrun()
+
+
 def maybe_launch(devices: int | None, argv: list[str]) -> bool:
     """``--devices N`` given outside torchrun: launch N ranks of this same command, return
     True once they are done. Otherwise False: this process does the work itself."""
-    if devices is not None and devices < 1:
-        raise SpamtuneUsageError(f"--devices must be at least 1 (got {devices})")
-    if devices is None or devices == 1 or launched_by_torchrun():
+    if not will_launch(devices):
         return False
     launch(devices, strip_devices(argv))
     return True

@@ -191,6 +191,20 @@ def check_and_load(options: FinetuneOptions, model_cfg: GPTConfig | None = None)
     return cfg, trainable, precision, data
 
 
+def check_before_launch(options: FinetuneOptions, ranks: int) -> None:
+    """The option checks each of ``ranks`` processes would make, made once before they are started,
+    so that a refusal is one line rather than one per rank: all of ``validate_options``, and
+    FSDP's limits where they are known without a GPU's properties (reading those here would
+    start CUDA in the launcher, holding memory on the first rank's GPU while the ranks train)."""
+    validate_options(options)
+    if options.strategy != "fsdp":
+        return
+    device = resolve_device(options.device)
+    if device.type == "cuda" and options.precision in ("auto", "bf16"):
+        return  # what they resolve to depends on the GPU: each rank checks
+    check_strategy(options.strategy, Precision.resolve(options.precision, device), World(0, ranks))
+
+
 def check_strategy(strategy: str, precision: Precision, world: World) -> None:
     """FSDP's limits, where it runs (several ranks; one process trains plainly with any strategy)."""
     if strategy != "fsdp" or not world.distributed:

@@ -313,6 +313,19 @@ def test_devices_launches_ranks_through_torchrun(tmp_path, big_input):
     assert launched.stdout == single.read_bytes() and launched.stdout.count(b"\n") == 53
 
 
+def test_devices_looks_the_run_up_once_before_starting_any_rank(tmp_path, monkeypatch, capsys):
+    """A missing run: one line from the launching process, not one per rank and the launcher's."""
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: launched.append(argv))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    (tmp_path / "in.txt").write_text("hello\n")
+    missing = str(tmp_path / "no-such-run")
+    for command in (["predict", "--input", str(tmp_path / "in.txt")], ["evaluate"]):
+        assert app([*command, "--run", missing, "--devices", "2"], standalone_mode=False) == 1, command
+        assert capsys.readouterr().err.splitlines() == [f"Error: run folder not found: {missing}"]
+    assert launched == []
+
+
 def test_ranks_refuse_stdin_with_one_line(tmp_path, monkeypatch, capsys):
     """Every rank would read the same stdin; a file is the shareable input."""
     monkeypatch.setenv("WORLD_SIZE", "2")

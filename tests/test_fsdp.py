@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -191,6 +192,42 @@ def test_fsdp_refuses_what_it_cannot_shard(root, tmp_path, capsys):
         train.check_strategy("fsdp", fp16_on_gpu, World(0, 2))
     train.check_strategy("fsdp", fp16_on_gpu, World())  # one process: plain training, fp16 as usual
     train.check_strategy("ddp", fp16_on_gpu, World(0, 2))
+
+
+def test_devices_refuses_bad_options_once_before_starting_any_rank(root, monkeypatch, capsys):
+    """Checked in the launching process: one line and exit 2, not one line per rank and the launcher's."""
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: launched.append(argv))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    tiny = ["--model", str(root / "tiny.json"), "--weights", "random", "--data-dir", str(root), "--devices", "2"]
+    refused = {
+        "lora": (["--strategy", "fsdp", "--trainable", "lora"], "Error: --strategy fsdp shards the training state of whole weights"),
+        "fp16 off CUDA": (["--strategy", "fsdp", "--device", "cpu", "--precision", "fp16"], "Error: --precision fp16 needs a CUDA device"),
+        "a bad value": (["--epochs", "0"], "Error: --epochs must be at least 1 (got 0)"),
+    }
+    for name, (flags, first_words) in refused.items():
+        assert app(["finetune", *tiny, *flags], standalone_mode=False) == 2, name
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(first_words), (name, lines)
+    assert launched == []
+    # Good options reach the launcher.
+    assert app(["finetune", *tiny, "--strategy", "fsdp", "--device", "cpu"], standalone_mode=False) in (0, None)
+    assert len(launched) == 1
+
+
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled")  # CUDA faked: the scaler notices
+def test_the_launcher_checks_fsdp_limits_it_can_know_without_a_gpu(root, monkeypatch):
+    """fp16 and non-CUDA/CPU devices are refused before launching; what "auto" or bf16 becomes on
+    a GPU depends on the GPU's properties, which the launcher leaves to the ranks (CUDA unstarted)."""
+    options = tiny_options(root, strategy="fsdp")
+    for device, precision, refusal in (("cuda", "fp16", "fsdp trains in fp32 or bf16"), ("mps", "fp32", "fsdp runs on CUDA GPUs or CPUs, not mps")):
+        monkeypatch.setattr(train, "resolve_device", lambda name, device=device: torch.device(device))
+        with pytest.raises(OptionError, match=refusal):
+            train.check_before_launch(replace(options, device=device, precision=precision), 2)
+    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("cuda"))
+    for precision in ("auto", "bf16", "fp32"):
+        train.check_before_launch(replace(options, device="cuda", precision=precision), 2)
+    train.check_before_launch(replace(options, device="cuda", precision="fp16", strategy="ddp"), 2)
 
 
 def test_a_dead_fsdp_rank_stops_the_other_with_the_checkpoint_intact(root, tmp_path, monkeypatch, capfd):

@@ -171,13 +171,17 @@ def evaluate_command(
     Under torchrun each rank scores a share of the messages and rank 0 reports."""
     import sys
 
-    from spamtune import distributed
+    from spamtune import distributed, paths
     from spamtune.evaluate import evaluate_run
 
     if run_argument is not None and run is not None:
         raise SpamtuneUsageError("name the run once: with --run")
     if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
+    if run_argument is not None:
+        run = run_argument
+    if distributed.will_launch(devices):  # a missing run: one line here rather than one per rank
+        paths.resolve_run(run, paths.data_root(data_dir))
     if distributed.maybe_launch(devices, sys.argv[1:]):
         return
     world = distributed.init_from_env(device)
@@ -185,7 +189,7 @@ def evaluate_command(
     try:
         with _working(console, "scoring") if world.is_main else contextlib.nullcontext():
             result = evaluate_run(
-                run if run is not None else run_argument,
+                run,
                 split=split or "test",
                 input_file=input_file or None,
                 data_dir=data_dir,

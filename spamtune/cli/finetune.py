@@ -204,19 +204,27 @@ def finetune_command(
 
     from spamtune import distributed
 
+    root, run, given = _settle(ctx, run, resume, config, resume_run, out, data_dir, options)
+    if distributed.will_launch(devices) and not resume:
+        from spamtune import train
+
+        # Refused here, once, rather than by each rank the launcher starts (a resumed run's
+        # options are its own: its ranks read and check them).
+        train.check_before_launch(FinetuneOptions(**options), devices)
     if distributed.maybe_launch(devices, sys.argv[1:]):
         return
     world = distributed.init_from_env(options["device"])
     try:
-        _finetune(ctx, world, run, resume, config, resume_run, out, data_dir, options)
+        _finetune(world, root, run, resume, given, options)
     finally:
         distributed.shutdown()
 
 
-def _finetune(ctx: typer.Context, world, run, resume, config, resume_run, out, data_dir, options: dict) -> None:
-    """Train or resume (``finetune_command``'s arguments); under several ranks only rank 0
-    reports: the others' events are dropped and they print nothing."""
-    from spamtune import events, paths, runs, train
+def _settle(ctx: typer.Context, run, resume, config, resume_run, out, data_dir, options: dict) -> tuple[Path, str | None, list[str]]:
+    """The data root, the run named (or None) and the options given on the command line, from
+    ``finetune_command``'s arguments; ``options`` takes the data root and, with --config, that
+    run's settings where not given."""
+    from spamtune import paths
 
     root = paths.data_root(data_dir)
     options["data_dir"] = str(root)
@@ -233,6 +241,14 @@ def _finetune(ctx: typer.Context, world, run, resume, config, resume_run, out, d
         if resume:
             raise SpamtuneUsageError("--config starts a new run; --resume continues one with its own settings")
         options.update({name: value for name, value in _settings_from(config, root).items() if name not in given})
+    return root, run, given
+
+
+def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str], options: dict) -> None:
+    """Train or resume (``_settle``'s results); under several ranks only rank 0 reports: the
+    others' events are dropped and they print nothing."""
+    from spamtune import events, paths, runs, train
+
     console = stderr_console()
     reporter = ProgressReporter(console)
     try:
