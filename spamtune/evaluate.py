@@ -209,6 +209,29 @@ def _decisions(logits: torch.Tensor, cfg: ClassifierConfig, threshold: float | N
     return torch.where(is_positive, positive, 1 - positive)
 
 
+def check_evaluate_options(*, split: str, batch_size: int, threshold: float | None, long: str | None) -> None:
+    """One clear error per bad argument of ``evaluate_run``, before the run is read."""
+    if batch_size < 1:
+        raise OptionError("batch_size", f"must be at least 1 (got {batch_size})")
+    if split not in EVAL_SPLITS:
+        raise OptionError("split", f"unknown {{option}} '{split}'; choose one of: {', '.join(EVAL_SPLITS)}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise OptionError("threshold", f"must be between 0 and 1 (got {threshold})")
+    if long is not None and long not in LONG_MODES:
+        raise OptionError("long", f"unknown {{option}} mode '{long}'; choose one of: {', '.join(LONG_MODES)}")
+
+
+def decision_rule(calibration, cfg, threshold: float | None) -> tuple[float, float | None, str]:
+    """How the run decides: its temperature (1 when not calibrated), the threshold (the given
+    one; for a two-class run without one, the calibrated threshold, else 0.5) and how it was chosen."""
+    temperature = calibration.temperature if calibration else 1.0
+    if threshold is not None or cfg.num_classes != 2:
+        return temperature, threshold, "given"
+    if calibration is None:
+        return temperature, DEFAULT_THRESHOLD, "default 0.5 (run not calibrated)"
+    return temperature, calibration.threshold, calibration.describe()
+
+
 def evaluate_run(
     run_dir: str | Path | None = None,
     *,
@@ -241,14 +264,7 @@ def evaluate_run(
     draws ``roc.png``, ``pr.png`` and ``calibration.png`` (two-class runs) into ``plots_dir``, by
     default the run folder.
     """
-    if batch_size < 1:
-        raise OptionError("batch_size", f"must be at least 1 (got {batch_size})")
-    if split not in EVAL_SPLITS:
-        raise OptionError("split", f"unknown {{option}} '{split}'; choose one of: {', '.join(EVAL_SPLITS)}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise OptionError("threshold", f"must be between 0 and 1 (got {threshold})")
-    if long is not None and long not in LONG_MODES:
-        raise OptionError("long", f"unknown {{option}} mode '{long}'; choose one of: {', '.join(LONG_MODES)}")
+    check_evaluate_options(split=split, batch_size=batch_size, threshold=threshold, long=long)
     run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
     dev = resolve_device(device)
     compute = run_precision(run_dir, dev) if precision is None else Precision.resolve(precision, dev)
@@ -267,12 +283,7 @@ def evaluate_run(
         long = DEFAULT_LONG
     texts = [t for part in parts.values() for t in part.texts]
     logits = model_logits(model, cfg, texts, precision=compute, batch_size=batch_size, long=long)
-    calibration = read_calibration(run_dir)
-    temperature = calibration.temperature if calibration else 1.0
-    rule = "given"
-    if threshold is None and cfg.num_classes == 2:
-        threshold = calibration.threshold if calibration else DEFAULT_THRESHOLD
-        rule = calibration.describe() if calibration else "default 0.5 (run not calibrated)"
+    temperature, threshold, rule = decision_rule(read_calibration(run_dir), cfg, threshold)
     result = {"run": str(run_dir), "split": None if input_file else split}
     if input_file is not None:
         result["input"] = ", ".join(_input_list(input_file))

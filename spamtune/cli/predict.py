@@ -502,23 +502,11 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
 
     from spamtune.cli.predict_mail import classify_share, round_digest
     from spamtune.distributed import share_bounds
-    from spamtune.infer import SpamClassifier
     from spamtune.mail import TEXT_LONG
     from spamtune.mail_filter import MAIL_CHUNK
 
     output_format, to_terminal, header = renderer_options
-    started = time.perf_counter()
-    # few_shapes: a long input meets a bounded set of batch shapes, each of which the CPU's
-    # matmul kernels keep memory for (without it, predict over the SMS file peaked 0.3 GB higher).
-    classifier = SpamClassifier.load(
-        run_dir, device=device, threshold=threshold, batch_size=batch_size, precision=precision, few_shapes=True
-    )
-    if world.is_main:
-        common.detail(
-            f"run {run_dir} on {classifier.device} ({classifier.precision}), loaded in {time.perf_counter() - started:.1f}s"
-        )
-        if threshold is None and classifier.calibration is not None:
-            common.note(f"threshold {classifier.threshold:.4g} ({classifier.describe_threshold()})")
+    classifier = _load_classifier(run_dir, world, threshold=threshold, batch_size=batch_size, device=device, precision=precision)
     renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=to_terminal and _use_color())
     # Every rank must cut the input at the same places. Mail comes in rounds of MAIL_CHUNK
     # messages per rank (one process: the rounds it always had).
@@ -547,10 +535,7 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
                         share = (*classify_share(classifier, mine, renderer, long), round_digest(chunk))
                     else:
                         before = counted + share_bounds(len(chunk), world.rank, world.size)[0]
-                        predictions = predict_numbered(classifier, mine, long or TEXT_LONG, before) if mine else []
-                        explanations = classifier.explain(mine) if explain and mine else [None] * len(mine)
-                        text = "".join(map(renderer.line, predictions, explanations))
-                        share = (text, sum(p.label == classifier.positive_label for p in predictions), None)
+                        share = (*classify_lines_share(classifier, mine, renderer, long or TEXT_LONG, explain, before), None)
                     shares = world.gather_to_main(share) or []
                     if any(digest != share[2] for _, _, digest in shares):
                         raise SpamtuneError(f"the mail source {mail} changed while the ranks read it; run again, or on one process")
@@ -568,6 +553,35 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
     if mail is None and world.is_main:
         common.detail(f"{counted:,} messages, {positives:,} {classifier.positive_label}, in {seconds:.1f}s")
     return world.decide_once(positives)
+
+
+def _load_classifier(run_dir: Path, world, *, threshold, batch_size, device, precision):
+    """The run's classifier, loaded; rank 0 says which run, where, and the threshold it decides at."""
+    from spamtune.infer import SpamClassifier
+
+    started = time.perf_counter()
+    # few_shapes: a long input meets a bounded set of batch shapes, each of which the CPU's
+    # matmul kernels keep memory for (without it, predict over the SMS file peaked 0.3 GB higher).
+    classifier = SpamClassifier.load(
+        run_dir, device=device, threshold=threshold, batch_size=batch_size, precision=precision, few_shapes=True
+    )
+    if world.is_main:
+        common.detail(
+            f"run {run_dir} on {classifier.device} ({classifier.precision}), loaded in {time.perf_counter() - started:.1f}s"
+        )
+        if threshold is None and classifier.calibration is not None:
+            common.note(f"threshold {classifier.threshold:.4g} ({classifier.describe_threshold()})")
+    return classifier
+
+
+def classify_lines_share(classifier, lines: list[str], renderer, long: str, explain: bool, messages_before: int) -> tuple[str, int]:
+    """A rank's share of a chunk of lines (all of it on one process), as ``classify_share`` is for
+    mail: its output lines, in order, and how many were positive. ``messages_before``: how many
+    messages of the input come before it, to name a failing one."""
+    predictions = predict_numbered(classifier, lines, long, messages_before) if lines else []
+    explanations = classifier.explain(lines) if explain and lines else [None] * len(lines)
+    text = "".join(map(renderer.line, predictions, explanations))
+    return text, sum(p.label == classifier.positive_label for p in predictions)
 
 
 def fixed_chunks(chunks: Iterator[list[str]], size: int) -> Iterator[list[str]]:
