@@ -6,21 +6,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from conftest import REPO
-from spamtune.threads import prefer_passive_waiting
+from spamtune.errors import SpamtuneError
+from spamtune.threads import call_on_passing_thread, prefer_passive_waiting
 
 # Runs an entry point in a fresh interpreter, then reports the policy and whether torch loaded.
 PROBE = """
 import os, runpy, sys
-sys.argv = ["spamtune", "--version"]
+sys.argv = ["spamtune", *{args!r}]
 try:
     {entry}
 except SystemExit:
     pass
-print(os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules)
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"), "torch" in sys.modules)
 """
 ENTRIES = {
     "console script": "from spamtune.cli import main; main()",
@@ -29,10 +31,10 @@ ENTRIES = {
 }
 
 
-def probe(entry: str, **env: str) -> str:
-    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+def probe(entry: str, args: tuple[str, ...] = ("--version",), **env: str) -> str:
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     environ.update(env, PYTHONPATH=str(REPO))
-    code = PROBE.format(entry=ENTRIES[entry])
+    code = PROBE.format(entry=ENTRIES[entry], args=list(args))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()[-1]
@@ -40,16 +42,24 @@ def probe(entry: str, **env: str) -> str:
 
 @pytest.mark.parametrize("entry", ["console script", "python -m spamtune"])
 def test_the_command_sets_passive_before_torch_loads(entry):
-    assert probe(entry) == "PASSIVE False"
+    assert probe(entry) == "PASSIVE None False"
 
 
 @pytest.mark.parametrize("entry", ["console script", "python -m spamtune"])
 def test_the_users_policy_wins(entry):
-    assert probe(entry, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE False"
+    assert probe(entry, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE None False"
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m spamtune"])
+def test_serve_also_spins_briefly_unless_the_user_chose(entry):
+    assert probe(entry, ("serve", "--help")) == "PASSIVE 10000 False"
+    assert probe(entry, ("serve", "--help"), OMP_WAIT_POLICY="PASSIVE") == "PASSIVE None False"
+    assert probe(entry, ("serve", "--help"), GOMP_SPINCOUNT="0") == "PASSIVE 0 False"
+    assert probe(entry, ("predict", "--help")) == "PASSIVE None False"
 
 
 def test_importing_the_library_changes_nothing():
-    assert probe("import spamtune") == "None True"
+    assert probe("import spamtune") == "None None True"
 
 
 def test_prefer_passive_waiting_says_whether_it_is_in_time():
@@ -59,3 +69,31 @@ def test_prefer_passive_waiting_says_whether_it_is_in_time():
     environ = {"OMP_WAIT_POLICY": "active"}
     prefer_passive_waiting(environ)
     assert environ == {"OMP_WAIT_POLICY": "active"}
+
+
+def test_brief_spin_only_when_asked_and_the_user_set_neither():
+    environ: dict[str, str] = {}
+    prefer_passive_waiting(environ, brief_spin=True)
+    assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
+    environ = {"GOMP_SPINCOUNT": "500"}
+    prefer_passive_waiting(environ, brief_spin=True)
+    assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "500"}
+
+
+def test_call_on_passing_thread_returns_and_raises_on_the_caller():
+    main = threading.get_ident()
+    ran_on: list[int] = []
+
+    def work() -> int:
+        ran_on.append(threading.get_ident())
+        return 42
+
+    assert call_on_passing_thread(work) == 42
+    assert ran_on and ran_on[0] != main
+
+    def fail() -> None:
+        raise SpamtuneError("no such run")
+
+    with pytest.raises(SpamtuneError, match="no such run"):
+        call_on_passing_thread(fail)
+    assert all(t.name != "spamtune-load" for t in threading.enumerate())  # joined: its OpenMP pool went with it

@@ -185,5 +185,5 @@ _register_commands()
 def main() -> None:
     """The ``spamtune`` command (console script and ``python -m spamtune``)."""
     # Before any command imports torch: OpenMP reads its wait policy once, at load.
-    prefer_passive_waiting()
+    prefer_passive_waiting(brief_spin=sys.argv[1:2] == ["serve"])
     app(prog_name="spamtune")

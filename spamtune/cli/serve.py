@@ -85,14 +85,20 @@ def serve(
     except ImportError as exc:
         raise SpamtuneError(f"spamtune serve needs its extra: pip install 'spamtune[serve]' ({exc.name} is missing)") from None
     from spamtune.infer import SpamClassifier
+    from spamtune.threads import call_on_passing_thread
 
-    # few_shapes: the service's passes meet a bounded set of batch shapes, so its memory stops
-    # growing once it has met them (predict_logits says why).
-    classifier = SpamClassifier.load(
-        run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision,
-        few_shapes=True,
-    )  # fmt: skip
-    classifier.predict(["warm-up: the first pass allocates what later ones reuse"])
+    def load() -> SpamClassifier:
+        # few_shapes: the service's passes meet a bounded set of batch shapes, so its memory
+        # stops growing once it has met them (predict_logits says why).
+        classifier = SpamClassifier.load(
+            run, device=device, data_dir=data_dir, threshold=threshold, batch_size=batch_size, precision=precision,
+            few_shapes=True,
+        )  # fmt: skip
+        classifier.predict(["warm-up: the first pass allocates what later ones reuse"])
+        return classifier
+
+    # From here on all model work runs on the batcher's thread: only its OpenMP pool remains.
+    classifier = call_on_passing_thread(load)
     settings = ServeSettings(
         max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts, max_batch=max_batch,
         max_wait_ms=max_wait_ms, api_key=api_key, cors_origins=tuple(cors),
