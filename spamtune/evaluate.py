@@ -22,7 +22,7 @@ from spamtune.distributed import World, predict_logits_sharded
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, check_split_labels, data_fingerprint, pad_width
 from spamtune.forward import EVAL_BATCH_SIZE, classification_loss
-from spamtune.mail import DEFAULT_LONG, LONG_MODES
+from spamtune.options import DEFAULT_LONG, LONG_MODES
 from spamtune.metrics import classification_report
 from spamtune.plots import plot_binary_evaluation
 from spamtune.tokenizer import encode_texts

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from spamtune.infer import Prediction, SpamClassifier
-from spamtune.mail import DEFAULT_LONG, LONG_MODES
+from spamtune.options import DEFAULT_LONG, LONG_MODES
 from spamtune.tokenizer import encode_texts
 
 # Past this many windows a message's windows are spread evenly over it instead of overlapping,

@@ -46,7 +46,7 @@ class Verdict:
 
 def verdict_function(classifier: SpamClassifier, long: str | None = None) -> Callable[[bytes], Verdict]:
     """``classify`` for ``filter_message``: the message's text (``message_text``) through the
-    classifier, long messages read the ``long`` way (default ``spamtune.mail.DEFAULT_LONG``), at its threshold."""
+    classifier, long messages read the ``long`` way (default ``spamtune.options.DEFAULT_LONG``), at its threshold."""
     from spamtune.long_messages import predict_long
 
     run = classifier.run_dir.name if classifier.run_dir is not None else "unsaved"

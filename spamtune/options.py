@@ -18,6 +18,14 @@ from spamtune.errors import OptionError
 if TYPE_CHECKING:
     from spamtune.model import GPTConfig, Trainable
 
+# How a message longer than the model's window is read (see spamtune.long_messages). Named
+# here, with no email or torch import, so the CLI's options can list them. Mail defaults to
+# chunks, the most accurate on long mail (benchmarks/mail_bench.py); lines of text and prepared
+# splits keep the head, as training reads them.
+LONG_MODES = ("head", "head-tail", "chunks")
+DEFAULT_LONG = "chunks"
+TEXT_LONG = "head"
+
 WEIGHT_SOURCES = ("pretrained", "random")
 SCHEDULES = ("constant", "cosine", "linear")  # learning-rate schedules (spamtune.schedule)
 BALANCE_MODES = ("undersample", "none")

@@ -28,7 +28,7 @@ from spamtune import __version__, checkpoint
 from spamtune.cli import app as cli_app
 from spamtune.infer import SpamClassifier
 from spamtune.long_messages import predict_long
-from spamtune.mail import DEFAULT_LONG
+from spamtune.options import DEFAULT_LONG
 from spamtune.serve.app import ServeSettings, create_app
 from spamtune.serve.batcher import DynamicBatcher
 from spamtune.mail import message_text
@@ -488,12 +488,14 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
 
 
 def test_client_mode_never_imports_torch(service, tmp_path):
-    """`spamtune predict --server` in a fresh interpreter: answers printed, torch never imported."""
+    """`spamtune predict --server` in a fresh interpreter: answers printed, torch never imported,
+    and for predict not the email package either (a client's cold start is mostly imports)."""
     probe = (
         "import sys\n"
         "from spamtune.cli import app\n"
         "code = app(sys.argv[1:], prog_name='spamtune', standalone_mode=False)\n"
         "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n"
+        "print('MAIL_LOADED' if 'spamtune.mail' in sys.modules else 'NO_MAIL', file=sys.stderr)\n"
         "sys.exit(code)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -501,7 +503,7 @@ def test_client_mode_never_imports_torch(service, tmp_path):
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 2 and set(proc.stdout.split()) <= {"spam", "ham"}
-    assert "NO_TORCH" in proc.stderr
+    assert "NO_TORCH" in proc.stderr and "NO_MAIL" in proc.stderr
     proc = subprocess.run([sys.executable, "-c", probe, "filter", "--server", service], input=MAIL,
                           capture_output=True, env=env, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import typer
 
 from spamtune import paths
-from spamtune.mail import LONG_MODES
+from spamtune.options import LONG_MODES
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -10,7 +10,7 @@ import typer
 
 from spamtune.cli import common
 from spamtune.cli.common import LongMode, long_option
-from spamtune.mail import DEFAULT_LONG as LONG_DEFAULT
+from spamtune.options import DEFAULT_LONG as LONG_DEFAULT
 
 FILTER_HELP = (
     "Classify one mail message read on stdin and write it to stdout with two header lines added at the end "

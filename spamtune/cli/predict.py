@@ -502,7 +502,7 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
 
     from spamtune.cli.predict_mail import classify_share, round_digest
     from spamtune.distributed import share_bounds
-    from spamtune.mail import TEXT_LONG
+    from spamtune.options import TEXT_LONG
     from spamtune.mail_filter import MAIL_CHUNK
 
     output_format, to_terminal, header = renderer_options

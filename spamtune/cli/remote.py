@@ -11,11 +11,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import typer
 
 from spamtune.errors import SpamtuneUsageError
-from spamtune.mail_filter import Verdict
+
+if TYPE_CHECKING:
+    from spamtune.mail_filter import Verdict
 
 # Options of local classification that the service decides for itself (its run, its reading of
 # long messages), or that it does not offer (mail folders: send each message to /v1/classify/mail).
@@ -58,6 +61,8 @@ def remote_mail_verdict(server: str, api_key: str | None, threshold: float | Non
 
     Wrong options are refused here, before any input is read; a failure to reach the service
     happens inside ``classify``, so the filter passes the message through unchanged."""
+    from spamtune.mail_filter import Verdict  # here, so that predict's cold start skips the email package
+
     refuse_local_options()
 
     def classify(raw: bytes) -> Verdict:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from spamtune.long_messages import predict_long
-from spamtune.mail import DEFAULT_LONG, TEXT_LONG, message_text
+from spamtune.mail import message_text
+from spamtune.options import DEFAULT_LONG, TEXT_LONG
 from spamtune.mail_filter import Verdict
 
 __all__ = ["EXPLAIN_TOP_K", "mail_headers", "message_text", "predictors"]
