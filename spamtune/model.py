@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spamtune.errors import OptionError, SpamtuneError
+from spamtune.linear import linear, linear_gelu
 
 # --------------------------------------------------------------------------- config
 
@@ -166,6 +167,18 @@ def canonical_model_name(name: str) -> str:
 # --------------------------------------------------------------------------- layers
 
 
+def apply_linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """``layer(x)``, then GPT-2's GELU if asked. Where no gradient is needed, a LoRA layer's
+    update is merged into its weight first (one product rather than three), and the product,
+    with the GELU, is one ``spamtune.linear`` call: oneDNN on the CPU. A LoRA layer with B = 0
+    then computes exactly what its base layer does."""
+    if type(layer) is nn.Linear or not torch.is_grad_enabled():
+        weight = applied_weight(layer)
+        return linear_gelu(x, weight, layer.bias) if gelu else linear(x, weight, layer.bias)
+    y = layer(x)
+    return F.gelu(y, approximate="tanh") if gelu else y
+
+
 def applied_weight(layer: nn.Linear) -> torch.Tensor:
     """The weight a Linear layer applies: its own, or with a LoRA update merged in
     (``spamtune.lora.LoRALinear``), so the folded final block stays exact under LoRA."""
@@ -204,7 +217,7 @@ class CausalSelfAttention(nn.Module):
         ones): the output at a position is what the whole sequence would give there.
         """
         b, t, d = x.shape
-        q, k, v = (self._heads(z) for z in self.qkv(x).split(d, dim=2))
+        q, k, v = (self._heads(z) for z in apply_linear(self.qkv, x).split(d, dim=2))
         dropout_p = self.drop_rate if self.training else 0.0
         if past is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -215,7 +228,7 @@ class CausalSelfAttention(nn.Module):
                 q, torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2),
                 attn_mask=visible[:, None], dropout_p=dropout_p,
             )  # fmt: skip
-        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, d))), (k, v)
+        return self.resid_dropout(apply_linear(self.out_proj, y.transpose(1, 2).reshape(b, t, d))), (k, v)
 
     def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Attention output ``[batch, emb_dim]`` at one position per sequence (``index``).
@@ -236,7 +249,7 @@ class CausalSelfAttention(nn.Module):
         w_q, w_k, w_v = applied_weight(self.qkv).split(d)  # each [out, in], heads are contiguous rows
         b_q, _, b_v = self.qkv.bias.split(d) if self.qkv.bias is not None else (None, None, None)
         rows = torch.arange(b, device=x.device)
-        q = F.linear(x[rows, index], w_q, b_q).view(b, heads, head_dim)
+        q = linear(x[rows, index], w_q, b_q).view(b, heads, head_dim)
         q_in_x = torch.einsum("bhe,hed->bhd", q, w_k.view(heads, head_dim, d))  # W_k^T q per head
         scores = torch.bmm(q_in_x, x.transpose(1, 2)) / math.sqrt(head_dim)  # [b, heads, t]
         hidden = torch.arange(t, device=x.device)[None, :] > index[:, None]
@@ -246,7 +259,7 @@ class CausalSelfAttention(nn.Module):
         y = torch.einsum("bhd,hed->bhe", mixed, w_v.view(heads, head_dim, d))
         if b_v is not None:  # the weights sum to one, except where dropout zeroed some
             y = y + weights.sum(-1, keepdim=True) * b_v.view(heads, head_dim)
-        return self.resid_dropout(self.out_proj(y.reshape(b, d)))
+        return self.resid_dropout(apply_linear(self.out_proj, y.reshape(b, d)))
 
 
 class FeedForward(nn.Module):
@@ -258,7 +271,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers).
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return self.dropout(apply_linear(self.proj, apply_linear(self.fc, x, gelu=True)))
 
 
 class TransformerBlock(nn.Module):
