@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from spamtune.adamw import AdamW
 from spamtune.checkpoint import check_state_shapes, save_tensors
 from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
@@ -38,7 +39,7 @@ def trainable_weights(model: GPTModel, keep: bool = True) -> dict[str, torch.Ten
     return out
 
 
-def training_state(model: GPTModel, optimizer: torch.optim.Optimizer, keep: bool = True) -> dict[str, torch.Tensor]:
+def training_state(model: GPTModel, optimizer: AdamW | torch.optim.Optimizer, keep: bool = True) -> dict[str, torch.Tensor]:
     """The trainable weights and AdamW's moments as the resume file stores them, whole (in the
     same form whatever the number of ranks and the strategy); like ``trainable_weights``, every
     rank calls it under FSDP, and only ``keep`` gets the tensors."""
@@ -69,7 +70,7 @@ def save_resume_state(
 
 
 def load_resume_state(
-    run_dir: Path, model: GPTModel, optimizer: torch.optim.Optimizer, precision: Precision
+    run_dir: Path, model: GPTModel, optimizer: AdamW | torch.optim.Optimizer, precision: Precision
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Put the saved weights, optimizer, scaler and RNG state back; return the loop position
     and the best weights so far."""

@@ -1,7 +1,7 @@
 """Learning-rate schedules and gradient clipping (the book's appendix D), as options.
 
 A schedule is a function of the optimizer step (0 for the first update) giving a multiplier of
-the base ``--lr``, the form ``torch.optim.lr_scheduler.LambdaLR`` takes. Optional linear warmup
+the base ``--lr``, the form ``torch.optim.lr_scheduler.LambdaLR`` takes (``LearningRateSchedule`` applies it). Optional linear warmup
 rises over ``warmup_steps`` updates to the full rate; ``cosine`` and ``linear`` then decay to
 zero at ``total_steps``. The defaults are the book's chapter 6: a constant rate, no warmup, no
 clipping.
@@ -52,28 +52,40 @@ def lr_multiplier(step: int, schedule: str = "constant", warmup_steps: int = 0, 
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """``lr_multiplier`` with the run's settings bound: the argument of ``LambdaLR``."""
+    """``lr_multiplier`` with the run's settings bound: what ``LearningRateSchedule`` applies."""
     check_schedule_options(schedule, warmup_steps, None)
     return lambda step: lr_multiplier(step, schedule, warmup_steps, total_steps)
 
 
+class LearningRateSchedule:
+    """Sets each parameter group's rate to its base rate times ``multiplier(step)``: at the start
+    for update ``start_step``, then after every update (``step()``), as ``LambdaLR`` does. It
+    works with any optimizer that has ``param_groups`` (``spamtune.adamw.AdamW`` is not a
+    ``torch.optim.Optimizer``, which ``LambdaLR`` insists on)."""
+
+    def __init__(self, optimizer, multiplier: Callable[[int], float], start_step: int = 0):
+        self.param_groups = optimizer.param_groups
+        self.base_lrs = [group["lr"] for group in self.param_groups]
+        self.multiplier = multiplier
+        self.last_step = start_step
+        self._apply()
+
+    def step(self) -> None:
+        self.last_step += 1
+        self._apply()
+
+    def _apply(self) -> None:
+        for group, base_lr in zip(self.param_groups, self.base_lrs):
+            group["lr"] = base_lr * self.multiplier(self.last_step)
+
+
 def make_scheduler(
-    optimizer: torch.optim.Optimizer,
-    schedule: str = "constant",
-    warmup_steps: int = 0,
-    total_steps: int = 1,
-    start_step: int = 0,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` to step once after each optimizer update. Its only state is the step
-    count, so a resumed run passes the updates already done as ``start_step`` and continues
-    with the rates an uninterrupted run would have used."""
-    multiplier = lr_lambda(schedule, warmup_steps, total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-    if start_step:
-        scheduler.last_epoch = start_step
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base_lr * multiplier(start_step)
-    return scheduler
+    optimizer, schedule: str = "constant", warmup_steps: int = 0, total_steps: int = 1, start_step: int = 0
+) -> LearningRateSchedule:
+    """The schedule to step once after each optimizer update. Its only state is the step count,
+    so a resumed run passes the updates already done as ``start_step`` and continues with the
+    rates an uninterrupted run would have used."""
+    return LearningRateSchedule(optimizer, lr_lambda(schedule, warmup_steps, total_steps), start_step)
 
 
 def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float | None) -> float | None:
