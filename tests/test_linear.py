@@ -63,14 +63,34 @@ def test_under_bf16_autocast_the_product_is_bf16_like_autocasts(calls):
     assert calls == ["none", "gelu"]
 
 
-def test_where_a_gradient_is_needed_it_is_pytorchs_own_call_exactly(calls):
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp32_training_gets_pytorchs_gradients_through_onednn(calls, bias):
+    def grads(fn):
+        x, w, b = tensors(bias=bias)
+        leaves = [t.requires_grad_(True) for t in (x, w, b) if t is not None]
+        fn(x, w[:50], None if b is None else b[:50]).square().sum().backward()  # a view, as the qkv split is
+        return [t.grad for t in leaves]
+
+    ours = grads(linear_gelu)
+    assert calls == ["none", "none"]  # the forward and the input gradient
+    theirs = grads(lambda x, w, b: F.gelu(F.linear(x, w, b), approximate="tanh"))
+    assert len(ours) == len(theirs) == (3 if bias else 2)
+    for got, want in zip(ours, theirs):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not ours[1][50:].any()  # rows outside the view get nothing
+
+
+def test_gradients_under_autocast_are_pytorchs_own_call_exactly(calls):
     x, w, b = tensors()
     w.requires_grad_(True)
-    got = linear_gelu(x, w, b).square().sum()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_gelu(x, w, b).float().square().sum()
     got.backward()
     grad = w.grad.clone()
     w.grad = None
-    want = F.gelu(F.linear(x, w, b), approximate="tanh").square().sum()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.gelu(F.linear(x, w, b), approximate="tanh").float().square().sum()
     want.backward()
     assert torch.equal(got, want) and torch.equal(grad, w.grad)
     assert calls == []
