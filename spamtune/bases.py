@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,12 @@ BASE_FORMAT = "spamtune-base/1"
 ORIGINS_FILE = "random-origins.json"
 # Part of a random origin's key: change it whenever GPTModel's initialisation draws differently.
 RANDOM_INIT_VERSION = 1
+# Base files whose hash was checked, with what the file system said of each then (device,
+# inode, size, modification and change times). Reading 0.5 GB is fast; hashing it took 0.4 s,
+# a third of a prediction's start-up. A file rewritten, replaced or touched since gets a new
+# change time, which no program can set back, and is hashed again.
+VERIFIED_FILE = "verified.json"
+SETTLED_NS = 2_000_000_000
 
 
 def base_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -153,6 +160,33 @@ def write_base(root: Path, ref: BaseRef, tensors: Mapping[str, torch.Tensor]) ->
     return path
 
 
+def _file_signature(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _verified_files(root: Path) -> dict:
+    path = paths.bases_dir(root) / VERIFIED_FILE
+    try:
+        known = read_json(path, "verified bases index") if path.is_file() else {}
+    except SpamtuneError:
+        return {}  # a damaged index only costs hashing again
+    return known if isinstance(known, dict) else {}
+
+
+def _remember_verified(root: Path, sha256: str, signature: list[int]) -> None:
+    # File times move in clock ticks of a few milliseconds: a change within the tick of the
+    # signature could keep it. A file left alone for a while cannot be changed in that tick.
+    if time.time_ns() - signature[4] < SETTLED_NS:
+        return
+    known = _verified_files(root)
+    if known.get(sha256) != signature:
+        try:
+            atomic_write_json(paths.bases_dir(root) / VERIFIED_FILE, {**known, sha256: signature})
+        except SpamtuneError:
+            pass  # a read-only data root: the next load hashes again
+
+
 def load_base(
     root: str | Path,
     ref: BaseRef,
@@ -164,7 +198,8 @@ def load_base(
     """The base's tensors: from ``<root>/bases``, else rebuilt from its origin (and stored).
 
     ``verify`` re-hashes what was read, so a damaged or substituted file is an error, not a
-    silently different classifier. ``keep(name, tensor)`` turns each tensor as it is read (a
+    silently different classifier; a file hashed before and untouched since
+    (``VERIFIED_FILE``) is not hashed again. ``keep(name, tensor)`` turns each tensor as it is read (a
     check, a cast to 16 bits), so that the file's fp32 tensors are never all held at once. A
     base that can be neither found nor rebuilt is one line saying how to get it back.
     """
@@ -172,6 +207,8 @@ def load_base(
     path = base_file(root, ref.sha256)
     keep = keep or (lambda name, tensor: tensor)
     if path.is_file():
+        signature = _file_signature(path)
+        verify = verify and _verified_files(root).get(ref.sha256) != signature
         digest = _new_digest()
 
         def hashed(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -180,8 +217,10 @@ def load_base(
             return keep(name, tensor)
 
         tensors = read_tensors(path, device, hashed)
-        if verify and digest.hexdigest() != ref.sha256:
-            raise SpamtuneError(f"{path} does not hold the base it is named after (sha256 mismatch); remove it and load again to rebuild it")
+        if verify:
+            if digest.hexdigest() != ref.sha256:
+                raise SpamtuneError(f"{path} does not hold the base it is named after (sha256 mismatch); remove it and load again to rebuild it")
+            _remember_verified(root, ref.sha256, signature)
         return tensors
     tensors = _rebuild(root, ref)
     if tensors is None:

@@ -5,7 +5,7 @@ import torch
 from conftest import write_hf_gpt2
 from typer.testing import CliRunner
 
-from spamtune import checkpoint, paths
+from spamtune import bases, checkpoint, paths
 from spamtune.bases import BaseRef, base_file, base_weights_sha256, load_base, missing_base_message, store_base
 from spamtune.checkpoint import ClassifierConfig
 from spamtune.cli import app
@@ -296,3 +296,46 @@ def test_bf16_loading_casts_as_it_reads_and_matches_casting_after(tmp_path, trai
     assert cast.tok_emb.weight.dtype == torch.float32 and cast.out_head.weight.dtype == torch.float32
     for name, tensor in reference.state_dict().items():
         assert torch.equal(cast.state_dict()[name], tensor), name
+
+
+def hashing_counter(monkeypatch) -> list[str]:
+    hashed: list[str] = []
+    real = bases._hash_tensor
+
+    def counting(digest, name, tensor):
+        hashed.append(name)
+        real(digest, name, tensor)
+
+    monkeypatch.setattr(bases, "_hash_tensor", counting)
+    return hashed
+
+
+def test_a_base_hashed_once_is_not_hashed_again_until_its_file_changes(tmp_path, monkeypatch):
+    ref = store_base(tmp_path, random_base(), {"kind": "random", "seed": 1})
+    path = base_file(tmp_path, ref.sha256)
+    monkeypatch.setattr(bases, "SETTLED_NS", 0)  # the file was written just now
+    hashed = hashing_counter(monkeypatch)
+    first = load_base(tmp_path, ref)
+    assert hashed and len(hashed) == len(first)
+    hashed.clear()
+    again = load_base(tmp_path, ref)
+    assert hashed == [] and all(torch.equal(first[n], again[n]) for n in first)
+    # Rewritten with one number changed: a new change time, so it is hashed, and refused.
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    tensors["pos_emb.weight"][0, 0] += 1
+    save_file(tensors, str(path))
+    with pytest.raises(SpamtuneError, match="sha256 mismatch"):
+        load_base(tmp_path, ref)
+    assert hashed
+
+
+def test_a_file_changed_within_the_clock_tick_of_its_check_is_not_trusted(tmp_path, monkeypatch):
+    ref = store_base(tmp_path, random_base(), {"kind": "random", "seed": 1})
+    hashed = hashing_counter(monkeypatch)
+    load_base(tmp_path, ref)  # written a moment ago: hashed, and not remembered
+    hashed.clear()
+    load_base(tmp_path, ref)
+    assert hashed
+    assert not (paths.bases_dir(tmp_path) / bases.VERIFIED_FILE).exists()
