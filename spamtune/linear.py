@@ -10,23 +10,60 @@ products already go through oneDNN: there the fusion is the gain, ~11% of an MLP
 
 ``linear`` and ``linear_gelu`` compute what ``F.linear`` and ``F.gelu(F.linear(...),
 approximate="tanh")`` compute, to float rounding (the two libraries add in different orders).
-They are those calls where oneDNN is not the better choice or not there: other devices,
-dtypes other than fp32 and bf16, builds without oneDNN, and gradients under autocast (bf16
-training keeps PyTorch's mixed-precision rules).
+They are those calls where oneDNN is not the better choice or not there: other devices and
+CPUs other than x86, dtypes other than fp32 and bf16 (bf16 only where oneDNN supports it),
+builds without oneDNN, and gradients under autocast (bf16 training keeps PyTorch's
+mixed-precision rules). Should oneDNN still refuse a product that PyTorch's call computes,
+the process uses PyTorch's calls from then on.
 """
 
 from __future__ import annotations
 
 import functools
+import platform
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+# Set when oneDNN failed at something PyTorch's own call then did: this process stops asking it.
+_onednn_failed = False
+
 
 @functools.cache
+def _onednn_present() -> bool:
+    # x86 only: where it was measured, and where PyTorch's fp32 alternative is MKL.
+    return (
+        platform.machine().lower() in ("x86_64", "amd64")
+        and bool(torch.backends.mkldnn.is_available())
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """bf16 products in oneDNN need AVX-512 at least; elsewhere PyTorch's autocast falls back."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(supported is not None and supported())
+
+
 def onednn_available() -> bool:
-    """Whether this PyTorch build has oneDNN's fused linear kernel (x86 and Arm builds do)."""
-    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether the products go through oneDNN here: an x86 CPU, a PyTorch build with oneDNN's
+    fused linear kernel, and no failure of it so far."""
+    return _onednn_present() and not _onednn_failed
+
+
+def _guarded(fast: Callable[[], torch.Tensor], plain: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``fast()``; should oneDNN refuse what PyTorch's call does (an unusual CPU or build),
+    ``plain()`` from then on. A caller's own mistake (shapes, dtypes) raises from ``plain()``
+    as it always would, and leaves oneDNN in use."""
+    global _onednn_failed
+    try:
+        return fast()
+    except RuntimeError:
+        result = plain()
+        _onednn_failed = True
+        return result
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none") -> torch.Tensor:
@@ -61,8 +98,13 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
         return None
     if torch.is_autocast_enabled("cpu"):  # autocast multiplies in its dtype, whatever the inputs'
         dtype = torch.get_autocast_dtype("cpu")
-        return dtype if dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16) else None
-    return x.dtype if x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16) else None
+        usable = x.dtype in (torch.float32, torch.bfloat16)
+    else:
+        dtype = x.dtype
+        usable = weight.dtype == dtype
+    if not usable or dtype not in (torch.float32, torch.bfloat16) or (dtype == torch.bfloat16 and not _onednn_bf16()):
+        return None
+    return dtype
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
@@ -77,8 +119,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if _needs_grad(x, weight, bias):
         if dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return F.linear(x, weight, bias)
-        return _Linear.apply(x, weight, bias)
-    return _onednn(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        return _guarded(lambda: _Linear.apply(x, weight, bias), lambda: F.linear(x, weight, bias))
+    return _guarded(
+        lambda: _onednn(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)),
+        lambda: F.linear(x, weight, bias),
+    )
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,4 +133,7 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     dtype = _onednn_dtype(x, weight)
     if dtype is None or _needs_grad(x, weight, bias):
         return F.gelu(linear(x, weight, bias), approximate="tanh")
-    return _onednn(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), "gelu")
+    return _guarded(
+        lambda: _onednn(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), "gelu"),
+        lambda: F.gelu(F.linear(x, weight, bias), approximate="tanh"),
+    )

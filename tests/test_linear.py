@@ -119,3 +119,21 @@ def test_a_models_logits_stay_those_of_pytorchs_kernels(monkeypatch):
         monkeypatch.setattr(linear_module, "onednn_available", lambda: False)
         plain = model(ids)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+@needs_onednn
+def test_should_onednn_refuse_a_product_pytorchs_calls_take_over(monkeypatch):
+    monkeypatch.setattr(linear_module, "_onednn_failed", False)  # restored after the test
+    x, w, b = tensors()
+    with torch.no_grad():
+        with pytest.raises(RuntimeError):  # the caller's own mistake: raised, oneDNN kept
+            linear(x, w[:, :10], b)
+        assert onednn_available()
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("could not create a primitive descriptor")
+
+        monkeypatch.setattr(linear_module, "_onednn", refuse)
+        assert torch.equal(linear_gelu(x, w, b), F.gelu(F.linear(x, w, b), approximate="tanh"))
+        assert not onednn_available()
+        assert torch.equal(linear(x, w, b), F.linear(x, w, b))  # no longer asked
