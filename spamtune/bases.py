@@ -122,13 +122,19 @@ def random_origin_key(origin: dict) -> str | None:
     return json.dumps({**origin, "torch": torch.__version__.split("+")[0], "init": RANDOM_INIT_VERSION}, sort_keys=True)
 
 
-def _random_origins(root: Path) -> dict:
-    path = paths.bases_dir(root) / ORIGINS_FILE
+def _read_index(root: Path, name: str) -> dict:
+    """One of the small JSON indexes beside the bases; empty when missing or damaged, since
+    losing one only costs work done again (drawing a base, hashing a file)."""
+    path = paths.bases_dir(root) / name
     try:
-        known = read_json(path, "random bases index") if path.is_file() else {}
+        known = read_json(path, f"bases index {name}") if path.is_file() else {}
     except SpamtuneError:
-        return {}  # a damaged index only costs drawing the base again
+        return {}
     return known if isinstance(known, dict) else {}
+
+
+def _random_origins(root: Path) -> dict:
+    return _read_index(root, ORIGINS_FILE)
 
 
 def remember_random_origin(root: Path, ref: BaseRef) -> None:
@@ -166,12 +172,7 @@ def _file_signature(path: Path) -> list[int]:
 
 
 def _verified_files(root: Path) -> dict:
-    path = paths.bases_dir(root) / VERIFIED_FILE
-    try:
-        known = read_json(path, "verified bases index") if path.is_file() else {}
-    except SpamtuneError:
-        return {}  # a damaged index only costs hashing again
-    return known if isinstance(known, dict) else {}
+    return _read_index(root, VERIFIED_FILE)
 
 
 def _remember_verified(root: Path, sha256: str, signature: list[int]) -> None:

@@ -113,27 +113,29 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through oneDNN on the CPU."""
-    dtype = _onednn_dtype(x, weight)
-    if dtype is None:
-        return F.linear(x, weight, bias)
-    if _needs_grad(x, weight, bias):
-        if dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-            return F.linear(x, weight, bias)
-        return _guarded(lambda: _Linear.apply(x, weight, bias), lambda: F.linear(x, weight, bias))
-    return _guarded(
-        lambda: _onednn(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)),
-        lambda: F.linear(x, weight, bias),
-    )
+    return _product(x, weight, bias, gelu=False)
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.gelu(F.linear(x, weight, bias), approximate="tanh")``, GPT-2's MLP input layer, in
     one oneDNN pass on the CPU where no gradient is needed (GELU is applied before the product
     is rounded, so in bf16 it is, if anything, closer to the fp32 value)."""
+    return _product(x, weight, bias, gelu=True)
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
+    def then_gelu(y: torch.Tensor) -> torch.Tensor:
+        return F.gelu(y, approximate="tanh") if gelu else y
+
+    def plain() -> torch.Tensor:
+        return then_gelu(F.linear(x, weight, bias))
+
     dtype = _onednn_dtype(x, weight)
-    if dtype is None or _needs_grad(x, weight, bias):
-        return F.gelu(linear(x, weight, bias), approximate="tanh")
-    return _guarded(
-        lambda: _onednn(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), "gelu"),
-        lambda: F.gelu(F.linear(x, weight, bias), approximate="tanh"),
-    )
+    if dtype is None:
+        return plain()
+    if _needs_grad(x, weight, bias):
+        if dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return plain()
+        return then_gelu(_guarded(lambda: _Linear.apply(x, weight, bias), lambda: F.linear(x, weight, bias)))
+    cast_bias = None if bias is None else bias.to(dtype)
+    return _guarded(lambda: _onednn(x.to(dtype), weight.to(dtype), cast_bias, "gelu" if gelu else "none"), plain)
