@@ -229,10 +229,10 @@ def bench_ranks(data_dir: Path, epochs: int = 1) -> dict:
     return out
 
 
-def bench_peer_training(data_dir: Path, precision: str, steps: int) -> dict:
+def bench_peer_training(data_dir: Path, precision: str, steps: int, device: str = "cpu") -> dict:
     data = load_training_data(data_dir, 1024, None)
-    log(f"peer: GPT2ForSequenceClassification training, {precision}, {steps} steps ...")
-    model = build_peer(GPTConfig.from_name("gpt2-small"))
+    log(f"peer: GPT2ForSequenceClassification training, {precision} on {device}, {steps} steps ...")
+    model = build_peer(GPTConfig.from_name("gpt2-small")).to(device)
     per_step = time_training_steps(model, data.train.tokens, data.train.labels, steps, precision)
     return {
         "precision": precision,
