@@ -30,7 +30,10 @@ EVAL_BATCH_SIZE = 64
 # reading every weight once. Measured on gpt2-small (bf16, 2 cores), a call of one
 # short message costs what 16-24 more tokens in a larger batch cost. Batches are cut where
 # padding would cost more than that (``sorted_batches``). A GPU pays little for padding, so
-# there batches stay full.
+# there batches stay full; so does a split whose frozen prefix is cached, where only the last
+# block runs: its per-token work (a norm and two attention products) is small beside the
+# products at the pooled position, and full batches of 64 evaluated the SMS train and
+# validation splits in 0.98 s against 1.31-1.48 s cut this way (5 epochs' evaluations).
 CPU_CALL_COST_TOKENS = 24
 
 # ``few_shapes``: batch widths rounded up to a multiple of this many tokens, and row counts to
@@ -109,7 +112,8 @@ def predict_logits(
         slot_of.append(slot)
     out = torch.empty(len(first), model.num_classes, dtype=torch.float32)
     widths = [len(examples.tokens[i]) for i in first]
-    call_cost = CPU_CALL_COST_TOKENS if pad_to is None and precision.device.type == "cpu" else None
+    cut_for_padding = pad_to is None and precision.device.type == "cpu" and examples.cache is None
+    call_cost = CPU_CALL_COST_TOKENS if cut_for_padding else None
     few_shapes = few_shapes and call_cost is not None
     if few_shapes:
         multiple = FEW_SHAPES_WIDTH_MULTIPLE

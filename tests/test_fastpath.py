@@ -5,6 +5,8 @@ import torch
 
 from spamtune.data import pad_batch
 from spamtune.device import Precision
+from spamtune.examples import Examples
+from spamtune.forward import predict_logits
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier
 from spamtune.prefix_cache import build_prefix_cache, cacheable_blocks, shared_prefix_groups
 
@@ -192,3 +194,28 @@ def test_prefixes_are_shared_only_when_their_keys_and_values_fit(model_and_seqs,
     for i, want in enumerate(frozen_states_one_by_one(model, seqs, 2)):
         assert (cache.states[cache.offsets[i] : cache.offsets[i] + len(want)] - want).abs().max().item() <= 1e-6
 
+
+
+def test_a_cached_split_is_evaluated_in_full_batches(model_and_seqs, monkeypatch):
+    """Only the last block runs over a cached split, so its batches are not cut to save padding
+    (the CPU's uncached rule); the logits are the same either way."""
+    model, seqs = model_and_seqs
+    seqs = seqs * 4  # 24 messages, 6 distinct
+    seqs = [s + [i] for i, s in enumerate(seqs)]  # all distinct, of mixed lengths
+    rows: list[int] = []
+    original = Examples.batch
+
+    def recording(self, indices, *args, **kwargs):
+        rows.append(len(indices))
+        return original(self, indices, *args, **kwargs)
+
+    monkeypatch.setattr(Examples, "batch", recording)
+    fp32 = Precision("fp32", "cpu")
+    with torch.no_grad():
+        plain = predict_logits(model, Examples(seqs), "last-real", precision=fp32, batch_size=8)
+        cut = rows[:]
+        rows.clear()
+        cached = predict_logits(model, Examples(seqs, cache=cache_of(model, seqs)), "last-real", precision=fp32, batch_size=8)
+    assert rows == [8, 8, 8]
+    assert len(cut) > 3  # the uncached rule does cut these mixed lengths
+    assert (cached - plain).abs().max().item() <= 1e-5
