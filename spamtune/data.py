@@ -78,7 +78,8 @@ def pad_batch(seqs: list[list[int]], pad_id: int, device="cpu"):
 
 
 def sorted_batches(
-    lengths: list[int], batch_size: int, call_cost: int | None = None, row_counts: set[int] | None = None
+    lengths: list[int], batch_size: int, call_cost: int | None = None, row_counts: set[int] | None = None,
+    max_tokens: int | None = None,
 ) -> list[list[int]]:
     """Index batches of similar length (longest first), so each pads only to its own longest.
 
@@ -90,9 +91,18 @@ def sorted_batches(
     that changes little; for a few dozen texts of mixed lengths (what a service's forward pass
     holds) it avoids padding short messages to the longest one, which costs more than twice
     the compute of the messages themselves. ``row_counts`` (with ``call_cost``; it must hold 1)
-    are the only batch sizes allowed.
+    are the only batch sizes allowed. ``max_tokens`` (without ``call_cost``) also ends a batch
+    before its rows times its longest would exceed that many tokens (a batch holds one row at
+    least).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if max_tokens is not None and call_cost is None:
+        batches, start = [], 0
+        while start < len(order):
+            rows = max(1, min(batch_size, max_tokens // max(lengths[order[start]], 1)))
+            batches.append(order[start : start + rows])
+            start += rows
+        return batches
     if call_cost is None or len(order) <= 1:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     longest = [lengths[i] for i in order]  # descending: row i is the longest of a batch starting there

@@ -2,7 +2,7 @@
 
 ``resolve_precision`` is the one place that decides what ``--precision auto`` means, for
 training, evaluation and prediction alike; ``Precision`` is that decision made once, carrying
-the autocast context and the gradient scaler every caller uses.
+the context every forward pass runs in and the gradient scaler every caller uses.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -89,7 +90,7 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class Precision:
     """A resolved precision (``fp32``, ``bf16`` or ``fp16``) on one device, decided once and
-    passed down: ``autocast()`` for every forward pass, ``scaler`` for every backward pass.
+    passed down: ``forward_context()`` for every forward pass, ``scaler`` for every backward pass.
 
     The scaler is real only for fp16, whose narrow range needs the loss scaled; for the others
     it is disabled and passes losses and optimizer steps through unchanged, so callers never
@@ -113,11 +114,31 @@ class Precision:
         """The autocast dtype, None for fp32."""
         return AUTOCAST_DTYPES.get(self.name)
 
-    def autocast(self):
-        """A fresh context: bf16/fp16 autocast, or nothing for fp32."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+    @contextlib.contextmanager
+    def forward_context(self) -> Iterator[None]:
+        """What a forward pass runs under: bf16/fp16 autocast (nothing for fp32), and on CUDA
+        attention kernels that serve every sequence length at once.
+
+        PyTorch may pick cuDNN's attention on Hopper GPUs. cuDNN builds a graph for each new
+        shape, and messages come in every length: on an H200 the first pass over the SMS
+        data spent 8.1 of its 10.3 s cache build there, and its calls cost ~200 us of host time
+        each even once built, against ~10 us of GPU work. Flash and memory-efficient attention
+        need no such build; the math kernel stays as the last resort.
+        """
+        with contextlib.ExitStack() as stack:
+            if self.dtype is not None:
+                stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
+            if self.device.type == "cuda":
+                stack.enter_context(_attention_without_cudnn())
+            yield
+
+
+def _attention_without_cudnn() -> contextlib.AbstractContextManager:
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # PyTorch before 2.3 has no cuDNN attention to leave out
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
     def __str__(self) -> str:
         return self.name

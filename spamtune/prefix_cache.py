@@ -192,7 +192,7 @@ def build_prefix_cache(
         ids, _ = pad_batch([list(r) for r in rows], pad_id, device)
         positions = torch.tensor(first, device=device)[:, None] + torch.arange(ids.shape[1], device=device)
         positions.clamp_(max=model.cfg.context_length - 1)  # only padding can go past the end
-        with precision.autocast():
+        with precision.forward_context():
             x, kvs = _frozen_outputs(model, start, ids, positions, past, past_valid)
         return x.to(dtype), kvs
 
@@ -361,7 +361,7 @@ def extend_prefix_cache(
         for idx in sorted_batches([n for _, n in slots], batch_size):
             rows = [slots[i] for i in idx]
             x = pad_sequence([cache.states[o : o + n] for o, n in rows], batch_first=True).to(precision.device)
-            with precision.autocast():
+            with precision.forward_context():
                 for block in model.trf_blocks[cache.start_block : stop]:
                     x = block(x)
             for row, (o, n) in enumerate(rows):

@@ -136,7 +136,7 @@ def optimizer_step(
     for i, (batch, weight) in enumerate(zip(batches, weights)):
         accumulate = i < len(batches) - 1 and hasattr(model, "no_sync")
         with model.no_sync() if accumulate else contextlib.nullcontext():
-            with precision.autocast():
+            with precision.forward_context():
                 loss = calc_loss_batch(model, batch, pooling, last_query_only, class_weights) * weight
             precision.scaler.scale(loss).backward()
         total += loss.detach()

@@ -56,3 +56,17 @@ def test_repeated_messages_are_computed_once_and_answered_every_time(monkeypatch
 def test_auto_precision_on_cuda_prefers_bf16_then_fp16(monkeypatch, bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
     assert devmod.resolve_precision("auto", torch.device("cuda")) == expected
+
+
+def test_forward_context_autocasts_and_leaves_cudnn_attention_out_on_cuda():
+    cudnn_before = torch.backends.cuda.cudnn_sdp_enabled()
+    with devmod.Precision("bf16", "cpu").forward_context():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.backends.cuda.cudnn_sdp_enabled() == cudnn_before  # no CUDA flags touched on a CPU
+    with devmod.Precision("fp32", "cpu").forward_context():
+        assert not torch.is_autocast_enabled("cpu")
+    with devmod.Precision("fp32", "cuda").forward_context():  # sets the flags SDPA reads, GPU or not
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == cudnn_before

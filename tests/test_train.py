@@ -284,6 +284,18 @@ def test_cpu_batches_are_cut_where_padding_costs_more_than_a_call():
     assert len(sorted_batches(lengths, 8, 24)) == 3  # 90 | 41 40 38 | 6 5 4 3
 
 
+def test_gpu_batches_are_capped_in_tokens():
+    """``max_tokens`` ends each length-sorted batch before rows times its longest exceeds it;
+    a row longer than the cap still gets a batch of its own; every row is in exactly one."""
+    from spamtune.data import sorted_batches
+
+    lengths = [3, 40, 5, 38, 4, 90, 6, 41, 200]
+    cut = sorted_batches(lengths, 4, max_tokens=100)
+    assert cut == [[8], [5], [7, 1], [3, 6], [2, 4, 0]]
+    assert all(len(b) * max(lengths[i] for i in b) <= 100 for b in cut[1:])
+    assert sorted_batches(lengths, 4, max_tokens=10**6) == sorted_batches(lengths, 4)
+
+
 def test_few_shapes_keep_the_answers():
     """``few_shapes`` pads every batch to a multiple of 8 (never past the context length) and
     cuts batches of 1, 2, 3, 4, 6, 8, 12, 16, 24... rows only; no logit changes: padding follows

@@ -30,6 +30,9 @@ from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.lines import strip_line_end
 
+# The first chunk read is one CPU batch, so that the first answers come out at once.
+FIRST_CHUNK_LINES = 32
+
 if TYPE_CHECKING:
     from spamtune.explain import Explanation
     from spamtune.infer import Prediction
@@ -389,9 +392,10 @@ def predict(
         help="Also show the words that pushed each message most towards spam and towards ham: highlighted in text, "
         "an 'explanation' list in jsonl, a JSON column in tsv.",
     ),
-    batch_size: int = typer.Option(
-        32, "--batch-size", min=1,
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1,
         help="Most messages per forward pass (on a CPU, fewer where padding them to one length would cost more).",
+        show_default="32 on a CPU, 256 on a GPU",
     ),
     device: str = common.device_option(),
     precision: str = common.precision_option(),
@@ -457,7 +461,7 @@ def predict(
             raise SpamtuneUsageError("several processes classify a file, not stdin: give --input PATH")
         if several and _launched(devices, run, data_dir):
             return
-        chunks = message_source(messages or [], input_path, meter, first_chunk_lines=batch_size)
+        chunks = message_source(messages or [], input_path, meter, first_chunk_lines=batch_size or FIRST_CHUNK_LINES)
     if server:  # client mode: hand off before anything imports torch
         from spamtune.cli.remote import predict_remotely
 
