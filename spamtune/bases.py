@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ from safetensors.torch import save_file
 from spamtune import paths
 from spamtune.checkpoint import read_tensors
 from spamtune.errors import SpamtuneError
-from spamtune.fsutil import atomic_path, atomic_write_json, read_json
+from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.verified import VerifiedFiles, file_signature, read_index
 
 BASE_FORMAT = "spamtune-base/1"
 # Random-init bases this data root holds, by what determines them, so that a later run on the
@@ -31,12 +31,9 @@ BASE_FORMAT = "spamtune-base/1"
 ORIGINS_FILE = "random-origins.json"
 # Part of a random origin's key: change it whenever GPTModel's initialisation draws differently.
 RANDOM_INIT_VERSION = 1
-# Base files whose hash was checked, with what the file system said of each then (device,
-# inode, size, modification and change times). Reading 0.5 GB is fast; hashing it took 0.4 s,
-# a third of a prediction's start-up. A file rewritten, replaced or touched since gets a new
-# change time, which no program can set back, and is hashed again.
+# Base files whose hash was checked (``spamtune.verified``): hashing the gpt2-small base took
+# 0.4 s, a third of a prediction's start-up.
 VERIFIED_FILE = "verified.json"
-SETTLED_NS = 2_000_000_000
 
 
 def base_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -122,19 +119,8 @@ def random_origin_key(origin: dict) -> str | None:
     return json.dumps({**origin, "torch": torch.__version__.split("+")[0], "init": RANDOM_INIT_VERSION}, sort_keys=True)
 
 
-def _read_index(root: Path, name: str) -> dict:
-    """One of the small JSON indexes beside the bases; empty when missing or damaged, since
-    losing one only costs work done again (drawing a base, hashing a file)."""
-    path = paths.bases_dir(root) / name
-    try:
-        known = read_json(path, f"bases index {name}") if path.is_file() else {}
-    except SpamtuneError:
-        return {}
-    return known if isinstance(known, dict) else {}
-
-
 def _random_origins(root: Path) -> dict:
-    return _read_index(root, ORIGINS_FILE)
+    return read_index(paths.bases_dir(root) / ORIGINS_FILE, f"bases index {ORIGINS_FILE}")
 
 
 def remember_random_origin(root: Path, ref: BaseRef) -> None:
@@ -166,26 +152,8 @@ def write_base(root: Path, ref: BaseRef, tensors: Mapping[str, torch.Tensor]) ->
     return path
 
 
-def _file_signature(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def _verified_files(root: Path) -> dict:
-    return _read_index(root, VERIFIED_FILE)
-
-
-def _remember_verified(root: Path, sha256: str, signature: list[int]) -> None:
-    # File times move in clock ticks of a few milliseconds: a change within the tick of the
-    # signature could keep it. A file left alone for a while cannot be changed in that tick.
-    if time.time_ns() - signature[4] < SETTLED_NS:
-        return
-    known = _verified_files(root)
-    if known.get(sha256) != signature:
-        try:
-            atomic_write_json(paths.bases_dir(root) / VERIFIED_FILE, {**known, sha256: signature})
-        except SpamtuneError:
-            pass  # a read-only data root: the next load hashes again
+def _verified_bases(root: Path) -> VerifiedFiles:
+    return VerifiedFiles(paths.bases_dir(root) / VERIFIED_FILE)
 
 
 def load_base(
@@ -208,8 +176,8 @@ def load_base(
     path = base_file(root, ref.sha256)
     keep = keep or (lambda name, tensor: tensor)
     if path.is_file():
-        signature = _file_signature(path)
-        verify = verify and _verified_files(root).get(ref.sha256) != signature
+        signature = file_signature(path)
+        verify = verify and not _verified_bases(root).known(ref.sha256, signature)
         digest = _new_digest()
 
         def hashed(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -221,7 +189,7 @@ def load_base(
         if verify:
             if digest.hexdigest() != ref.sha256:
                 raise SpamtuneError(f"{path} does not hold the base it is named after (sha256 mismatch); remove it and load again to rebuild it")
-            _remember_verified(root, ref.sha256, signature)
+            _verified_bases(root).remember(ref.sha256, signature)
         return tensors
     tensors = _rebuild(root, ref)
     if tensors is None:

@@ -1,6 +1,8 @@
 """The frozen-prefix cache on disk: hits, memory mapping, corruption, K -> K+1, ls/rm."""
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +121,32 @@ def test_corrupt_entries_are_detected_and_rebuilt(tmp_path, damage):
     assert again.outcome == "built" and again.detail.startswith("rebuilt: ")
     assert torch.equal(again.cache.states, good)
     assert store.obtain(key, model, SEQS).outcome == "hit"
+
+
+def test_a_hit_hashes_the_states_once_until_the_file_changes(tmp_path, monkeypatch):
+    from spamtune import cache_store, verified
+
+    monkeypatch.setattr(verified, "SETTLED_NS", 0)  # the file was written just now
+    hashed: list[str] = []
+    real = cache_store.sha256_file
+    monkeypatch.setattr(cache_store, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    good = store.obtain(key, model, SEQS).cache.states.clone()
+    hashed.clear()
+    assert store.obtain(key, model, SEQS).outcome == "hit" and STATES_FILE in hashed  # checked, then remembered
+    hashed.clear()
+    assert store.obtain(key, model, SEQS).outcome == "hit" and STATES_FILE not in hashed
+    # One byte flipped in place (same inode and size): a new change time, so hashed and rebuilt.
+    time.sleep(0.05)  # past the file system's clock tick of the first write (SETTLED_NS is off)
+    path = tmp_path / "cache" / key.name / STATES_FILE
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    again = store.obtain(key, model, SEQS)
+    assert again.outcome == "built" and "does not match its sha256" in again.detail
+    assert torch.equal(again.cache.states, good)
 
 
 def test_an_interrupted_write_leaves_no_usable_entry(tmp_path):

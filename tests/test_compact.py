@@ -5,7 +5,7 @@ import torch
 from conftest import write_hf_gpt2
 from typer.testing import CliRunner
 
-from spamtune import bases, checkpoint, paths
+from spamtune import bases, checkpoint, paths, verified
 from spamtune.bases import BaseRef, base_file, base_weights_sha256, load_base, missing_base_message, store_base
 from spamtune.checkpoint import ClassifierConfig
 from spamtune.cli import app
@@ -313,7 +313,7 @@ def hashing_counter(monkeypatch) -> list[str]:
 def test_a_base_hashed_once_is_not_hashed_again_until_its_file_changes(tmp_path, monkeypatch):
     ref = store_base(tmp_path, random_base(), {"kind": "random", "seed": 1})
     path = base_file(tmp_path, ref.sha256)
-    monkeypatch.setattr(bases, "SETTLED_NS", 0)  # the file was written just now
+    monkeypatch.setattr(verified, "SETTLED_NS", 0)  # the file was written just now
     hashed = hashing_counter(monkeypatch)
     first = load_base(tmp_path, ref)
     assert hashed and len(hashed) == len(first)
