@@ -261,7 +261,7 @@ def evaluate_run(
     run is decided at ``threshold``, by default the run's calibrated one (0.5 without one); the
     figures at that threshold (``false_positive_rate``, ``spam_recall``, ...) and the
     threshold-free ones (``roc_auc``, ``pr_auc``, ``ece``) are top-level fields. ``write_plots``
-    draws ``roc.png``, ``pr.png`` and ``calibration.png`` (two-class runs) into ``plots_dir``, by
+    draws ``roc.svg``, ``pr.svg`` and ``calibration.svg`` (two-class runs) into ``plots_dir``, by
     default the run folder.
     """
     check_evaluate_options(split=split, batch_size=batch_size, threshold=threshold, long=long)

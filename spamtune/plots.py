@@ -1,7 +1,6 @@
-"""The run's pictures: ``curves.png`` (training), and ``roc.png``, ``pr.png`` and the
-reliability diagram ``calibration.png`` (evaluation).
+"""The run's pictures, as SVG (``spamtune.charts``): ``curves.svg`` (training), and
+``roc.svg``, ``pr.svg`` and the reliability diagram ``calibration.svg`` (evaluation).
 
-Drawn with matplotlib's Agg canvas directly: no pyplot, no display, no global backend state.
 The curves follow the book's figures 6.16 and 6.17 (examples seen below, epochs on a second
 axis above).
 """
@@ -10,81 +9,64 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spamtune.fsutil import atomic_path
+from spamtune.charts import Chart, render_svg
+from spamtune.fsutil import atomic_write_text
+
+ROC_FILE, PR_FILE, RELIABILITY_FILE = "roc.svg", "pr.svg", "calibration.svg"
+UNIT_RANGE = (-0.01, 1.01)
 
 
-def _figure(figsize: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+def _save(charts: list[Chart], path: str | Path) -> Path:
+    atomic_write_text(path, render_svg(charts))
     return Path(path)
 
 
 def plot_curves(records: list[dict], n_train: int, path: str | Path) -> Path:
     """Write the two panels for ``metrics.jsonl`` records (one per evaluation)."""
-    fig = _figure((10, 4))
     seen = [r["examples_seen"] for r in records]
-    for ax, key, title in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy")):
-        ax.plot(seen, [r[f"train_{key}"] for r in records], marker="o", label=f"Training {title.lower()}")
-        ax.plot(seen, [r[f"validation_{key}"] for r in records], marker="o", linestyle="-.", label=f"Validation {title.lower()}")
-        ax.set_xlabel("Examples seen")
-        ax.set_ylabel(title)
-        ax.legend()
-        epochs = ax.secondary_xaxis("top", functions=(lambda x: x / n_train, lambda e: e * n_train))
-        epochs.set_xlabel("Epochs")
-    return _save(fig, path)
+    epochs = ("Epochs", lambda x: x / n_train, lambda e: e * n_train)
+    panels = []
+    for key, title in (("loss", "Loss"), ("accuracy", "Accuracy")):
+        chart = Chart("Examples seen", title, top_axis=epochs)
+        chart.plot(seen, [r[f"train_{key}"] for r in records], f"Training {title.lower()}", marker="circle")
+        chart.plot(seen, [r[f"validation_{key}"] for r in records], f"Validation {title.lower()}", marker="circle", dash="dashdot")
+        panels.append(chart)
+    return _save(panels, path)
 
 
 def plot_roc(fpr: list[float], tpr: list[float], auc: float | None, point: tuple[float, float, float], path: str | Path) -> Path:
     """ROC curve (false-positive rate against spam recall) with the run's operating point
     ``(fpr, recall, threshold)`` marked."""
-    ax = _figure((5, 5)).subplots()
-    ax.step(fpr, tpr, where="post", label=f"ROC (AUC {auc:.4f})" if auc is not None else "ROC")
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
-    ax.plot(point[0], point[1], marker="o", color="red", label=f"threshold {point[2]:.3g}")
-    ax.set(xlabel="False-positive rate (ham marked spam)", ylabel="Spam recall", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax.legend(loc="lower right")
-    return _save(ax.figure, path)
+    chart = Chart("False-positive rate (ham marked spam)", "Spam recall", UNIT_RANGE, UNIT_RANGE, legend="lower right")
+    chart.plot(fpr, tpr, f"ROC (AUC {auc:.4f})" if auc is not None else "ROC", step=True)
+    chart.plot([0, 1], [0, 1], "chance", colour="grey", dash="dotted")
+    chart.plot([point[0]], [point[1]], f"threshold {point[2]:.3g}", colour="red", marker="circle", line=False)
+    return _save([chart], path)
 
 
 def plot_pr(recall: list[float], precision: list[float], ap: float | None, point: tuple[float, float, float], path: str | Path) -> Path:
     """Precision against spam recall with the operating point ``(recall, precision, threshold)``."""
-    ax = _figure((5, 5)).subplots()
-    ax.step(recall, precision, where="post", label=f"PR (average precision {ap:.4f})" if ap is not None else "PR")
-    ax.plot(point[0], point[1], marker="o", color="red", label=f"threshold {point[2]:.3g}")
-    ax.set(xlabel="Spam recall", ylabel="Precision", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
-    ax.legend(loc="lower left")
-    return _save(ax.figure, path)
+    chart = Chart("Spam recall", "Precision", UNIT_RANGE, UNIT_RANGE, legend="lower left")
+    chart.plot(recall, precision, f"PR (average precision {ap:.4f})" if ap is not None else "PR", step=True)
+    chart.plot([point[0]], [point[1]], f"threshold {point[2]:.3g}", colour="red", marker="circle", line=False)
+    return _save([chart], path)
 
 
 def plot_reliability(bins: list, ece: float, path: str | Path, bins_before: list | None = None, ece_before: float | None = None) -> Path:
     """Reliability diagram: accuracy against mean confidence per bin (``ReliabilityBin``s),
     the diagonal being perfect calibration; optionally the uncalibrated model's beside it."""
-    ax = _figure((5, 5)).subplots()
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfect calibration")
-    series = [(bins_before, ece_before, "before temperature scaling", "s")] if bins_before else []
-    series.append((bins, ece, "calibrated" if bins_before else "model", "o"))
+    chart = Chart("Confidence (top-label probability)", "Accuracy", (0, 1.01), (0, 1.01), legend="upper left")
+    chart.plot([0, 1], [0, 1], "perfect calibration", colour="grey", dash="dotted")
+    series = [(bins_before, ece_before, "before temperature scaling", "square")] if bins_before else []
+    series.append((bins, ece, "calibrated" if bins_before else "model", "circle"))
     for table, value, name, marker in series:
         used = [b for b in table if b.count]
-        ax.plot([b.confidence for b in used], [b.accuracy for b in used], marker=marker, label=f"{name} (ECE {value:.4f})")
-    ax.set(xlabel="Confidence (top-label probability)", ylabel="Accuracy", xlim=(0, 1.01), ylim=(0, 1.01))
-    ax.legend(loc="upper left")
-    return _save(ax.figure, path)
-
-
-ROC_FILE, PR_FILE, RELIABILITY_FILE = "roc.png", "pr.png", "calibration.png"
+        chart.plot([b.confidence for b in used], [b.accuracy for b in used], f"{name} (ECE {value:.4f})", marker=marker)
+    return _save([chart], path)
 
 
 def plot_binary_evaluation(out_dir: str | Path, is_spam: list[bool], probs, positive_index: int, threshold: float, probs_before=None) -> list[Path]:
-    """``roc.png``, ``pr.png`` and ``calibration.png`` for class probabilities ``[n, 2]``
+    """``roc.svg``, ``pr.svg`` and ``calibration.svg`` for class probabilities ``[n, 2]``
     (``probs_before``: the same without temperature scaling, drawn beside in the diagram)."""
     from spamtune import calibration as cal
     from spamtune.metrics import binary_roc_auc

@@ -6,7 +6,7 @@ A fine-tuning run writes, in ``<data root>/runs/<timestamp>-<model>-<trainable>`
   default: what training changed and the base it changed, ``spamtune.compact``), or
   ``model.safetensors``, the whole classifier (``spamtune.checkpoint``);
 * ``hparams.json``: the options and what they resolved to; ``metrics.jsonl``: one line per
-  evaluation; ``summary.json``: the final figures, written last; ``curves.png``;
+  evaluation; ``summary.json``: the final figures, written last; ``curves.svg``;
 * ``calibration.json``: the temperature and decision threshold fitted on validation, written
   after training and again by ``spamtune calibrate`` (``spamtune.calibration``);
 * ``resume/state.safetensors`` while the run is unfinished (``spamtune.resume``).
@@ -31,7 +31,7 @@ SUMMARY_FILE = "summary.json"
 # Written when training stops for good (a diverging loss) rather than by an interruption: the
 # resume checkpoint stays, but the listing must not offer it as a run to simply continue.
 FAILURE_FILE = "failure.json"
-CURVES_FILE = "curves.png"
+CURVES_FILE = "curves.svg"
 CALIBRATION_FILE = "calibration.json"  # temperature and decision threshold (spamtune.calibration)
 # A compact run (spamtune.compact), the default, holds the tensors training changed and names
 # its base, instead of the full model.

@@ -95,7 +95,7 @@ def test_evaluate_reports_the_operating_point_and_draws_the_plots(weighted_run, 
     result = CliRunner().invoke(app, ["evaluate", str(run), "--format", "json", "--device", "cpu", "--plots", str(tmp_path)])
     table = CliRunner().invoke(app, ["evaluate", str(run), "--device", "cpu"])
     assert table.exit_code == 0 and "ham marked spam" in table.stdout and "ECE (15 bins)" in table.stderr
-    assert {"roc.png", "pr.png", "calibration.png"} <= {p.name for p in run.iterdir()}  # by default into the run
+    assert {"roc.svg", "pr.svg", "calibration.svg"} <= {p.name for p in run.iterdir()}  # by default into the run
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for field in ("threshold", "false_positive_rate", "spam_recall", "roc_auc", "pr_auc", "ece"):
@@ -105,7 +105,7 @@ def test_evaluate_reports_the_operating_point_and_draws_the_plots(weighted_run, 
     assert report["false_positive_rate"] == ham_lost / (ham_kept + ham_lost)
     assert report["spam_recall"] == spam_caught / (spam_missed + spam_caught)
     assert report["confusion_matrix"] == report["spam_confusion"]  # the labels are decided at the threshold
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.png", "pr.png", "roc.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.svg", "pr.svg", "roc.svg"]
 
 
 def test_filter_and_long_messages_use_the_calibration(weighted_run):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -112,7 +113,9 @@ def test_run_folder_holds_exactly_its_files(finished_run):
     hparams = json.loads((run_dir / "hparams.json").read_text())
     assert hparams["epochs"] == 2 and hparams["lr"] == 1e-3 and hparams["resolved"]["max_length"] == summary["max_length"]
     assert json.loads((run_dir / "config.json").read_text())["labels"] == {"ham": 0, "spam": 1}
-    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = ElementTree.fromstring((run_dir / "curves.svg").read_text())  # well-formed SVG
+    lines = [e for e in curves.iter() if e.tag.endswith("polyline")]
+    assert len(lines) == 4 and all(len(e.get("points").split()) == len(records) for e in lines)  # 2 panels x 2 curves
     assert summary["trainable_params"] < summary["total_params"]
 
 

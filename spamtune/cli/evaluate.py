@@ -159,7 +159,7 @@ def evaluate_command(
         help="Data root: where RUN names are looked up, and the splits read. Default for the splits: the run's own data root.",
     ),
     plots: Path | None = typer.Option(
-        None, "--plots", metavar="DIR", help="Folder for roc.png, pr.png and calibration.png (default: the run folder).", file_okay=False
+        None, "--plots", metavar="DIR", help="Folder for roc.svg, pr.svg and calibration.svg (default: the run folder).", file_okay=False
     ),
     no_plots: bool = typer.Option(False, "--no-plots", help="Draw no plots."),
     devices: int | None = typer.Option(
