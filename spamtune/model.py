@@ -4,8 +4,8 @@ The architecture is the one OpenAI released (and Hugging Face's ``GPT2LMHeadMode
 reproduces): learned token and position embeddings, pre-LayerNorm transformer blocks
 with causal multi-head attention and a tanh-GELU MLP, a final LayerNorm, and an output
 head tied to the token embedding. Attention goes through
-``torch.nn.functional.scaled_dot_product_attention`` so PyTorch picks the fastest
-kernel for the device.
+``torch.nn.functional.scaled_dot_product_attention`` so PyTorch picks a fast kernel for
+the device (on CUDA, among those ``Precision.forward_context`` allows).
 """
 
 from __future__ import annotations
