@@ -14,10 +14,33 @@ which the value bias's gradient relies on; with dropout the autograd path is use
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from spamtune.linear import linear
+
+
+def attend_at(h, weight, bias, index, heads: int, dropout: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """The folded attention's forward, before the value bias: ``y [batch, heads, head_dim]``,
+    then what its backward reads (``x_last, q, q_in_x, weights, mixed``). ``dropout`` acts on
+    the attention weights; the caller adds the value bias, weighted by their sum."""
+    b, t, d = h.shape
+    head_dim = d // heads
+    w_q, w_k, w_v = weight.split(d)  # each [out, in], heads are contiguous rows
+    b_q = bias[:d] if bias is not None else None
+    rows = torch.arange(b, device=h.device)
+    x_last = h[rows, index]
+    q = linear(x_last, w_q, b_q).view(b, heads, head_dim)
+    q_in_x = torch.einsum("bhe,hed->bhd", q, w_k.view(heads, head_dim, d))  # W_k^T q per head
+    scores = torch.bmm(q_in_x, h.transpose(1, 2)) / math.sqrt(head_dim)  # [b, heads, t]
+    hidden = torch.arange(t, device=h.device)[None, :] > index[:, None]
+    weights = scores.masked_fill(hidden[:, None, :], float("-inf")).softmax(dim=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    mixed = torch.bmm(weights.to(h.dtype), h)  # sum_t a_t x_t per head: [b, heads, emb_dim]
+    y = torch.einsum("bhd,hed->bhe", mixed, w_v.view(heads, head_dim, d))
+    return y, x_last, q, q_in_x, weights, mixed
 
 
 class FoldedAttention(torch.autograd.Function):
@@ -26,21 +49,10 @@ class FoldedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, index, heads: int):
-        b, t, d = h.shape
-        head_dim = d // heads
-        w_q, w_k, w_v = weight.split(d)
-        b_q, _, b_v = bias.split(d) if bias is not None else (None, None, None)
-        rows = torch.arange(b, device=h.device)
-        x_last = h[rows, index]
-        q = linear(x_last, w_q, b_q).view(b, heads, head_dim)
-        q_in_x = torch.einsum("bhe,hed->bhd", q, w_k.view(heads, head_dim, d))  # W_k^T q per head
-        scores = torch.bmm(q_in_x, h.transpose(1, 2)) / math.sqrt(head_dim)  # [b, heads, t]
-        hidden = torch.arange(t, device=h.device)[None, :] > index[:, None]
-        weights = scores.masked_fill(hidden[:, None, :], float("-inf")).softmax(dim=-1)
-        mixed = torch.bmm(weights.to(h.dtype), h)  # sum_t a_t x_t per head: [b, heads, emb_dim]
-        y = torch.einsum("bhd,hed->bhe", mixed, w_v.view(heads, head_dim, d))
-        if b_v is not None:  # the weights sum to one
-            y = y + b_v.view(heads, head_dim)
+        b, _, d = h.shape
+        y, x_last, q, q_in_x, weights, mixed = attend_at(h, weight, bias, index, heads)
+        if bias is not None:  # the weights sum to one
+            y = y + bias[2 * d :].view(heads, d // heads)
         ctx.heads = heads
         ctx.has_bias = bias is not None
         ctx.save_for_backward(h, weight, index, x_last, q, q_in_x, weights, mixed)

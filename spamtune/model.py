@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spamtune.errors import OptionError, SpamtuneError
-from spamtune.folded_attention import FoldedAttention
+from spamtune.folded_attention import FoldedAttention, attend_at
 from spamtune.linear import linear, linear_gelu
 
 # --------------------------------------------------------------------------- config
@@ -246,24 +246,14 @@ class CausalSelfAttention(nn.Module):
         sequence. Masking positions after ``index`` gives what the causal forward gives there.
         """
         b, t, d = x.shape
+        weight, bias = applied_weight(self.qkv), self.qkv.bias
         if torch.is_grad_enabled() and not (self.training and self.drop_rate) and not torch.is_autocast_enabled(x.device.type):
             # Training in fp32 without dropout: the same forward, with the backward written out.
-            y = FoldedAttention.apply(x, applied_weight(self.qkv), self.qkv.bias, index, self.n_heads)
+            y = FoldedAttention.apply(x, weight, bias, index, self.n_heads)
             return self.resid_dropout(apply_linear(self.out_proj, y))
-        heads, head_dim = self.n_heads, self.head_dim
-        w_q, w_k, w_v = applied_weight(self.qkv).split(d)  # each [out, in], heads are contiguous rows
-        b_q, _, b_v = self.qkv.bias.split(d) if self.qkv.bias is not None else (None, None, None)
-        rows = torch.arange(b, device=x.device)
-        q = linear(x[rows, index], w_q, b_q).view(b, heads, head_dim)
-        q_in_x = torch.einsum("bhe,hed->bhd", q, w_k.view(heads, head_dim, d))  # W_k^T q per head
-        scores = torch.bmm(q_in_x, x.transpose(1, 2)) / math.sqrt(head_dim)  # [b, heads, t]
-        hidden = torch.arange(t, device=x.device)[None, :] > index[:, None]
-        scores = scores.masked_fill(hidden[:, None, :], float("-inf"))
-        weights = F.dropout(scores.softmax(dim=-1), self.drop_rate, self.training)
-        mixed = torch.bmm(weights.to(x.dtype), x)  # sum_t a_t x_t per head: [b, heads, emb_dim]
-        y = torch.einsum("bhd,hed->bhe", mixed, w_v.view(heads, head_dim, d))
-        if b_v is not None:  # the weights sum to one, except where dropout zeroed some
-            y = y + weights.sum(-1, keepdim=True) * b_v.view(heads, head_dim)
+        y, *_, weights, _ = attend_at(x, weight, bias, index, self.n_heads, lambda a: F.dropout(a, self.drop_rate, self.training))
+        if bias is not None:  # the weights sum to one, except where dropout zeroed some
+            y = y + weights.sum(-1, keepdim=True) * bias[2 * d :].view(self.n_heads, self.head_dim)
         return self.resid_dropout(apply_linear(self.out_proj, y.reshape(b, d)))
 
 
