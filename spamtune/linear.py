@@ -72,9 +72,12 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ac
 
 
 class _Linear(torch.autograd.Function):
-    """fp32 ``x @ weight.T + bias`` for training: oneDNN's forward and input gradient (the
-    transposed weight read in place), and the weight gradient as an ordinary matmul, which is
-    as fast as oneDNN's at these shapes."""
+    """fp32 ``x @ weight.T + bias`` for training, all three products in oneDNN: the forward,
+    the input gradient (the transposed weight read in place) and the weight gradient
+    ``grad.T @ x`` (both transposes read in place). At a training step's 8 rows that last
+    product sums only 8 terms per entry and is all output; MKL's matmul writes a wide one
+    slowly: 1.5 ms against oneDNN's 0.36 ms for the MLP's ``768 x 3072`` output layer, on
+    the 2-core EPYC, ~1.3 ms of a 17 ms step over the final block's four layers."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -87,7 +90,7 @@ class _Linear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         rows = grad.reshape(-1, grad.shape[-1])
         grad_x = _onednn(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
-        grad_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        grad_weight = _onednn(rows.t(), x.reshape(-1, x.shape[-1]).t(), None) if ctx.needs_input_grad[1] else None
         grad_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 
