@@ -239,19 +239,21 @@ def test_the_folded_attentions_written_out_backward_is_its_derivative(bias):
 def test_training_steps_use_the_written_out_backward_and_match_autograd(model_and_seqs, monkeypatch):
     """In training without autocast the last block's attention goes through ``FoldedAttention``;
     its gradients are autograd's (the same forward taken apart op by op). Compared in float64,
-    where rounding cannot hide a wrong term (in fp32 the two differ by up to 0.4% of a gradient:
-    the patched autocast check also moves the other Linear layers to PyTorch's kernels)."""
+    where rounding cannot hide a wrong term. Under autocast the block keeps autograd's path;
+    autocast casts no float64 tensor, so there it computes the same numbers that way."""
     from spamtune import folded_attention
 
     model, seqs = model_and_seqs
     model = model.double().train()
     ids, lengths = pad_batch(seqs, 50256)
-    target = torch.tensor([1, 0, 1, 1, 0, 0])
+    x = model.hidden_states(ids, start_block=0).detach()  # stand-in input, any [b, t, d] will do
+    block, target = model.trf_blocks[-1], torch.tensor([1, 0, 1, 1, 0, 0])
 
     def gradients():
         model.zero_grad()
-        torch.nn.functional.cross_entropy(model.classify(ids, lengths, "last-real"), target).backward()
-        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        logits = model.out_head(model.final_norm(block.forward_at(x, lengths - 1)))
+        torch.nn.functional.cross_entropy(logits, target).backward()
+        return [p.grad.clone() for p in block.parameters() if p.requires_grad]
 
     calls = []
     real = folded_attention.FoldedAttention.apply
@@ -259,10 +261,36 @@ def test_training_steps_use_the_written_out_backward_and_match_autograd(model_an
     written_out = gradients()
     assert calls
     calls.clear()
-    # Under autocast the block keeps autograd's path; claiming autocast (no cast happens in
-    # float64 here) gives that path's gradients for the same numbers.
-    monkeypatch.setattr(torch, "is_autocast_enabled", lambda *a: True)
-    reference = gradients()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = gradients()
     assert not calls
+    assert len(written_out) == len(reference) > 4
     for a, b in zip(written_out, reference):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+
+
+def test_a_bf16_training_step_of_the_final_block_alone_is_the_fp32_step_on_a_cpu(model_and_seqs):
+    """With every block before it cached, a CPU training step runs only the final block, at
+    one query per sequence; there bf16 autocast is set aside, so the loss and gradients are
+    fp32's to the bit. Without gradients (evaluation) the run's bf16 applies as before."""
+    model, seqs = model_and_seqs
+    model = convert_to_classifier(model, trainable="last-block").train()
+    cache = cache_of(model, seqs, trainable="last-block")
+    assert cache.start_block == CFG.n_layers - 1
+    prefix, lengths = cache.batch(range(len(seqs)), "cpu")
+    target = torch.tensor([1, 0, 1, 1, 0, 0])
+
+    def step(precision):
+        model.zero_grad()
+        with Precision(precision, "cpu").forward_context():
+            logits = model.classify(None, lengths, "last-real", prefix=prefix, start_block=cache.start_block)
+            loss = torch.nn.functional.cross_entropy(logits.float(), target)
+        loss.backward()
+        return logits, [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    (fp32_logits, fp32_grads), (bf16_logits, bf16_grads) = step("fp32"), step("bf16")
+    assert bf16_logits.dtype == torch.float32 and torch.equal(bf16_logits, fp32_logits)
+    assert len(bf16_grads) > 4 and all(torch.equal(a, b) for a, b in zip(bf16_grads, fp32_grads))
+    with torch.no_grad(), Precision("bf16", "cpu").forward_context():
+        evaluated = model.classify(None, lengths, "last-real", prefix=prefix, start_block=cache.start_block)
+    assert evaluated.dtype == torch.bfloat16
