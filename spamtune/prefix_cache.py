@@ -61,10 +61,18 @@ class FrozenPrefixCache:
         return FrozenPrefixCache(self.start_block, self.states, self.offsets[start:stop], self.lengths[start:stop])
 
     def batch(self, indices: list[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ``(prefix [b, t, d], lengths [b])`` for the given examples."""
-        seqs = [self.states[self.offsets[i] : self.offsets[i] + self.lengths[i]] for i in indices]
-        prefix = pad_sequence(seqs, batch_first=True).to(device, non_blocking=True)
-        return prefix, self.lengths[indices].to(device)
+        """Right-padded (with zeros) ``(prefix [b, t, d], lengths [b])`` for the given examples.
+
+        One gather for the whole batch: a training step takes its batch from here, and slicing
+        each row out and padding them one by one cost ~0.3 ms of a 16 ms step.
+        """
+        lengths = self.lengths[indices]
+        positions = torch.arange(int(lengths.max()))
+        # Past a row's end the gather reads its last state again; the padding then becomes zeros.
+        rows = self.offsets[indices][:, None] + torch.minimum(positions, (lengths[:, None] - 1).clamp_min(0))
+        prefix = self.states[rows.to(self.states.device)]
+        prefix.masked_fill_((positions >= lengths[:, None]).to(prefix.device)[..., None], 0)
+        return prefix.to(device, non_blocking=True), lengths.to(device)
 
 
 def cacheable_blocks(model: GPTModel, trainable: Trainable) -> int:

@@ -121,6 +121,18 @@ def test_duplicate_messages_share_one_slot_and_subsets_share_storage(model_and_s
     assert (fast - ref).abs().max().item() <= 1e-5
 
 
+def test_a_cache_batch_is_each_examples_states_then_zeros(model_and_seqs):
+    model, seqs = model_and_seqs
+    cache = cache_of(model, [*seqs, seqs[1]])
+    picked = [6, 3, 0, 2]  # a repeat, the longest, a one-token message, another
+    prefix, lengths = cache.batch(picked, "cpu")
+    assert lengths.tolist() == [5, 40, 1, 17] and prefix.shape == (4, 40, 48)
+    for row, i in enumerate(picked):
+        n, at = int(cache.lengths[i]), int(cache.offsets[i])
+        assert torch.equal(prefix[row, :n], cache.states[at : at + n])
+        assert not prefix[row, n:].any()
+
+
 def frozen_states_one_by_one(model, seqs, blocks):
     """The reference: each message alone through the first ``blocks`` blocks, no cache."""
     out = []
