@@ -19,12 +19,14 @@ the process uses PyTorch's calls from then on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 # Set when oneDNN failed at something PyTorch's own call then did: this process stops asking it.
 _onednn_failed = False
@@ -142,3 +144,58 @@ def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, g
         return then_gelu(_guarded(lambda: _Linear.apply(x, weight, bias), lambda: F.linear(x, weight, bias)))
     cast_bias = None if bias is None else bias.to(dtype)
     return _guarded(lambda: _onednn(x.to(dtype), weight.to(dtype), cast_bias, "gelu" if gelu else "none"), plain)
+
+
+# --------------------------------------------------------------------------- packed weights
+
+# Where a layer holds its packed weight while ``packed_weights`` is active (a plain attribute:
+# not a parameter or buffer, so state dicts, hashes and ``.to()`` never see it).
+_PACKED = "_onednn_packed_weight"
+
+# The batch size oneDNN is told to lay a weight out for: the frozen-prefix cache build's
+# batches hold 16 messages of 5-120 tokens. Any size gives the same products; hints from 128
+# to 2,048 rows were equally fast on gpt2-small's shapes.
+_PACKING_ROWS = 640
+
+
+def packing_dtype(device: torch.device | str, autocast_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype to pack weights in for products on ``device`` under ``autocast_dtype`` (None:
+    fp32), or None where the products do not go through oneDNN."""
+    dtype = autocast_dtype or torch.float32
+    if torch.device(device).type != "cpu" or not onednn_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return None
+    if dtype not in (torch.float32, torch.bfloat16) or (dtype == torch.bfloat16 and not _onednn_bf16()):
+        return None
+    return dtype
+
+
+def packed_weight_of(layer: nn.Module) -> torch.Tensor | None:
+    """The layer's packed weight while ``packed_weights`` is active and no gradient is needed."""
+    return None if torch.is_grad_enabled() else layer.__dict__.get(_PACKED)
+
+
+@contextlib.contextmanager
+def packed_weights(layers: Iterable[nn.Linear], dtype: torch.dtype | None) -> Iterator[None]:
+    """While inside, the products of ``layers`` (frozen ones: their weights must not change)
+    read a copy of each weight cast to ``dtype`` and laid out in oneDNN's own blocked format,
+    instead of oneDNN reordering (and autocast casting) the plain weight at every call.
+
+    For a pass that multiplies by the same weights hundreds of times, the frozen-prefix cache
+    build: on gpt2-small's shapes the products ran at 213-222 GFLOP/s instead of 198-207 in
+    fp32, and the cache build took 4-5% less time in fp32 and 14% less in bf16, with the same
+    numbers to the bit. The copies cost the weights' size again in ``dtype`` until the block
+    ends. ``dtype`` None (see ``packing_dtype``) packs nothing.
+    """
+    packed: list[nn.Linear] = []
+    try:
+        for layer in layers if dtype is not None else ():
+            try:
+                weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach().to(dtype), _PACKING_ROWS)
+            except RuntimeError:  # an unusual CPU or build: the plain weights serve as before
+                break
+            layer.__dict__[_PACKED] = weight
+            packed.append(layer)
+        yield
+    finally:
+        for layer in packed:
+            del layer.__dict__[_PACKED]

@@ -23,7 +23,7 @@ from torch import nn
 
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.folded_attention import FoldedAttention, attend_at
-from spamtune.linear import linear, linear_gelu
+from spamtune.linear import linear, linear_gelu, packed_weight_of
 
 # --------------------------------------------------------------------------- config
 
@@ -175,7 +175,8 @@ def apply_linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch
     with the GELU, is one ``spamtune.linear`` call: oneDNN on the CPU. A LoRA layer with B = 0
     then computes exactly what its base layer does."""
     if type(layer) is nn.Linear or not torch.is_grad_enabled():
-        weight = applied_weight(layer)
+        weight = packed_weight_of(layer)  # a frozen layer's, in the cache build (spamtune.linear)
+        weight = applied_weight(layer) if weight is None else weight
         return linear_gelu(x, weight, layer.bias) if gelu else linear(x, weight, layer.bias)
     y = layer(x)
     return F.gelu(y, approximate="tanh") if gelu else y

@@ -13,6 +13,7 @@ its cached keys and values (6.7% fewer tokens on the SMS data).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from spamtune import paths
@@ -27,6 +29,7 @@ from spamtune.data import pad_batch, sorted_batches
 from spamtune.device import Precision
 from spamtune.examples import TrainingData
 from spamtune.forward import eval_mode
+from spamtune.linear import packed_weights, packing_dtype
 from spamtune.model import GPTModel, Trainable
 from spamtune.tokenizer import EOT_ID
 
@@ -211,15 +214,17 @@ def build_prefix_cache(
     # The prefixes' keys/values are held until the second pass: 2 x blocks x emb_dim numbers
     # per prefix token (~1.1x the cache itself on the SMS data). Skip sharing if they do not fit.
     kv_bytes = sum(p for p, _ in groups) * 2 * start * model.cfg.emb_dim * 4
-    if (0 if states_out is not None else states.numel() * states.element_size()) + kv_bytes > budget_bytes:
-        groups = []
+    in_memory = 0 if states_out is not None else states.numel() * states.element_size()
+    if in_memory + kv_bytes > budget_bytes:
+        groups, kv_bytes = [], 0
+    packed = packed_frozen_weights(model.trf_blocks[:start], precision, budget_bytes - in_memory - kv_bytes)
     grouped = {i for _, members in groups for i in members}
     # First pass: every message outside a group in full, and each group's shared prefix, in
     # one set of length-sorted batches; the prefixes' keys/values are kept for the second.
     rows = [(distinct[i], [i], None) for i in range(len(distinct)) if i not in grouped]
     rows += [(distinct[members[0]][:p], members, g) for g, (p, members) in enumerate(groups)]
     kv_of: list = [None] * len(groups)
-    with eval_mode(model):
+    with eval_mode(model), packed:
         for idx in sorted_batches([len(tokens) for tokens, _, _ in rows], batch_size):
             x, kvs = run([rows[j][0] for j in idx], [0] * len(idx))
             for row, j in enumerate(idx):
@@ -365,7 +370,9 @@ def extend_prefix_cache(
     # One pass per distinct slot (duplicates share one), in length-sorted batches.
     slots = sorted({(int(o), int(n)) for o, n in zip(cache.offsets, cache.lengths)})
     precision = precision or Precision("fp32", "cpu")
-    with eval_mode(model):
+    in_memory = 0 if states_out is not None else states.numel() * states.element_size()
+    spare = memory_budget_bytes(precision.device) - in_memory
+    with eval_mode(model), packed_frozen_weights(model.trf_blocks[cache.start_block : stop], precision, spare):
         for idx in sorted_batches([n for _, n in slots], batch_size):
             rows = [slots[i] for i in idx]
             x = pad_sequence([cache.states[o : o + n] for o, n in rows], batch_first=True).to(precision.device)
@@ -375,6 +382,17 @@ def extend_prefix_cache(
             for row, (o, n) in enumerate(rows):
                 states[o : o + n] = x[row, :n].to(states.dtype)
     return FrozenPrefixCache(stop, states, cache.offsets, cache.lengths)
+
+
+def packed_frozen_weights(blocks, precision: Precision, spare_bytes: int) -> contextlib.AbstractContextManager:
+    """The frozen ``blocks``' Linear weights packed for oneDNN while a cache is built over them
+    (``spamtune.linear.packed_weights``), if the copies fit in ``spare_bytes``: gpt2-small's
+    frozen blocks take 340 MB in fp32, 170 MB in bf16; a larger model may go without."""
+    layers = [m for block in blocks for m in block.modules() if type(m) is nn.Linear]
+    dtype = packing_dtype(precision.device, precision.dtype)
+    if dtype is not None and sum(m.weight.numel() for m in layers) * dtype.itemsize > spare_bytes:
+        dtype = None
+    return packed_weights(layers, dtype)
 
 
 def _attach(data: TrainingData, names: tuple[str, ...], cache: FrozenPrefixCache) -> None:

@@ -3,10 +3,13 @@
 import pytest
 import torch
 
+import spamtune.linear as linear_module
+from spamtune import prefix_cache
 from spamtune.data import pad_batch
 from spamtune.device import Precision
 from spamtune.examples import Examples
 from spamtune.forward import predict_logits
+from spamtune.linear import onednn_available, packing_dtype
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier
 from spamtune.prefix_cache import build_prefix_cache, cacheable_blocks, shared_prefix_groups
 
@@ -306,3 +309,42 @@ def test_a_bf16_training_step_of_the_final_block_alone_is_the_fp32_step_on_a_cpu
     with torch.no_grad(), Precision("bf16", "cpu").forward_context():
         evaluated = model.classify(None, lengths, "last-real", prefix=prefix, start_block=cache.start_block)
     assert evaluated.dtype == torch.bfloat16
+
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_cache_build_reads_packed_weights_and_gets_the_same_states(model_and_seqs, monkeypatch, precision):
+    """The frozen blocks' products read their weights packed for oneDNN during the build (and
+    the plain ones without packing); the states are the same to the bit; nothing stays packed."""
+    if packing_dtype("cpu", Precision(precision, "cpu").dtype) is None:
+        pytest.skip(f"no oneDNN {precision} products on this CPU")
+    model, seqs = model_and_seqs
+    packed_reads = []
+    real = linear_module._onednn
+    monkeypatch.setattr(linear_module, "_onednn", lambda x, w, *rest: packed_reads.append(w.is_mkldnn) or real(x, w, *rest))
+    packed = cache_of(model, messages_with_shared_prefixes(), precision=Precision(precision, "cpu"))
+    assert len(packed_reads) > 8 and all(packed_reads)  # four products per frozen block and batch
+    packed_reads.clear()
+    monkeypatch.setattr(prefix_cache, "packing_dtype", lambda *args: None)
+    plain = cache_of(model, messages_with_shared_prefixes(), precision=Precision(precision, "cpu"))
+    assert packed_reads and not any(packed_reads)
+    assert torch.equal(packed.states, plain.states)
+    assert not any(linear_module._PACKED in m.__dict__ for m in model.modules())
+
+
+@needs_onednn
+def test_weights_are_packed_only_when_the_copies_fit(model_and_seqs):
+    model, _ = model_and_seqs
+    blocks, fp32 = model.trf_blocks[:2], Precision("fp32", "cpu")
+    size = sum(m.weight.numel() * 4 for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear))
+    for spare, packed in ((size, True), (size - 1, False)):
+        with prefix_cache.packed_frozen_weights(blocks, fp32, spare):
+            assert all((linear_module._PACKED in m.__dict__) == packed for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear))
+            linears = [m for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear)]
+            with torch.no_grad():
+                assert all((linear_module.packed_weight_of(m) is not None) == packed for m in linears)
+            # a product that needs gradients never reads a packed copy
+            assert all(linear_module.packed_weight_of(m) is None for m in linears)
