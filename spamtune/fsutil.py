@@ -19,11 +19,14 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 from spamtune.errors import DiskFull, SpamtuneError
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -130,6 +133,57 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+class WriteBehind(Generic[T]):
+    """Writes files on a side thread while the caller computes on, one write at a time.
+
+    ``submit(write, label)`` first waits for the write before it, then starts ``write()`` on a
+    thread of its own; ``wait()`` waits for the one in flight and raises what it raised;
+    ``written`` is the label of the last write that finished. Each write is meant to be a
+    whole-file atomic one (``atomic_path``): a write cut short leaves the file it replaces.
+    The thread is not a daemon, so a process on its way out still finishes the write in flight.
+
+    For a training run's resume checkpoints: a 113 MB one took 0.13-0.17 s to write, and
+    written behind the next 40 training steps it added 0.00-0.03 s to them (2-core EPYC).
+    """
+
+    def __init__(self, written: T | None = None):
+        self.written = written
+        self._thread: threading.Thread | None = None
+        self._label: T | None = None
+        self._failure: list[BaseException] = []
+
+    def submit(self, write: Callable[[], object], label: T) -> None:
+        self.wait()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as exc:  # noqa: BLE001 - raised again by wait(), on the caller's thread
+                failure.append(exc)
+
+        self._label, self._failure = label, failure
+        self._thread = threading.Thread(target=run, name="spamtune-write-behind")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is None:
+            return
+        self._thread.join()
+        self._thread = None
+        if self._failure:
+            raise self._failure.pop()
+        self.written = self._label
+
+    def settle(self) -> T | None:
+        """Wait for the write in flight, whatever became of it; the label of the last one written."""
+        try:
+            self.wait()
+        except Exception:  # noqa: BLE001 - the file it was replacing is still whole
+            pass
+        return self.written
 
 
 def atomic_write_bytes(final: str | Path, data: bytes) -> Path:

@@ -11,7 +11,9 @@ process, can continue from it.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,26 +49,30 @@ def training_state(model: GPTModel, optimizer: AdamW | torch.optim.Optimizer, ke
     for index, param_state in optimizer.state_dict()["state"].items():
         for key, value in sorted(param_state.items()):
             full = whole(value.detach())
-            if keep:
-                tensors[f"optimizer.{index}.{key}"] = full.cpu().contiguous()
+            if keep:  # a copy: the file may be written while training goes on (WriteBehind)
+                tensors[f"optimizer.{index}.{key}"] = full.to("cpu", copy=True).contiguous()
     return tensors
 
 
-def save_resume_state(
+def resume_writer(
     run_dir: Path,
     state: dict[str, torch.Tensor],
     precision: Precision,
     best_weights: dict[str, torch.Tensor],
     position: dict,
-) -> None:
-    """Write the state: ``state`` from ``training_state``, ``position`` the loop's JSON-ready counters."""
+) -> Callable[[], None]:
+    """The resume state, taken now, as a call that writes it: ``state`` from ``training_state``,
+    ``position`` the loop's JSON-ready counters, and the random number generators' and the
+    scaler's state as they are at this call. The write may come later, on a side thread
+    (``fsutil.WriteBehind``) while training goes on. ``state`` and ``best_weights`` must be
+    copies that training does not change (``training_state``, ``trainable_weights``)."""
     tensors = dict(state)
     tensors.update({f"best.{n}": t for n, t in best_weights.items()})
     tensors["rng.torch"] = torch.get_rng_state()
     if precision.device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(precision.device)
     metadata = {"loop": json.dumps(position), "scaler": json.dumps(precision.scaler.state_dict())}
-    save_tensors(resume_file(run_dir), tensors, metadata)
+    return functools.partial(save_tensors, resume_file(run_dir), tensors, metadata)
 
 
 def load_resume_state(

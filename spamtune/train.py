@@ -46,6 +46,7 @@ from spamtune.distributed import (
     run_lock,
 )
 from spamtune.errors import DiskFull, OptionError, SpamtuneError
+from spamtune.fsutil import WriteBehind
 from spamtune.events import (
     EvaluationStarted,
     Evaluated,
@@ -69,7 +70,7 @@ from spamtune.compact import save_compact_run
 from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
 from spamtune.prefix_cache import PrefixCacheReport, attach_prefix_caches, memory_budget_bytes
 from spamtune.schedule import clip_gradients, make_scheduler
-from spamtune.resume import load_resume_state, save_resume_state, trainable_weights, training_state
+from spamtune.resume import load_resume_state, resume_writer, trainable_weights, training_state
 from spamtune.fsdp import is_sharded, plain_copy, set_from_rank0, shard_classifier, whole_model
 
 # --------------------------------------------------------------------------- model and step
@@ -367,8 +368,13 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - run.started
 
-    def checkpoint() -> tuple[int, int | None, dict]:
-        """Write the resume state; return what an interruption falls back to."""
+    # What an interruption falls back to: (step, best step, best weights) of the last resume
+    # state written. One process writes it behind the next steps; several ranks write it
+    # before going on, so that a failed write stops every rank at once.
+    writer = WriteBehind(written=(step, best and best["step"], best_weights))
+
+    def checkpoint() -> None:
+        """Write the resume state (by ``writer``, or before returning under several ranks)."""
         position = {
             "step": step, "epoch": epoch, "steps_in_epoch": steps_in_epoch, "examples_seen": examples_seen,
             "best": best, "evals_since_best": evals_since_best, "stopped_early": stopped_early,
@@ -376,8 +382,12 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         }  # fmt: skip
         with world.collective():  # under FSDP, gathered by every rank
             state = training_state(model, optimizer, keep=world.is_main)
-        world.on_main(lambda: save_resume_state(run_dir, state, precision, best_weights, position), share=False)
-        return step, best and best["step"], best_weights
+        label = (step, best and best["step"], best_weights)
+        if not world.distributed:
+            writer.submit(resume_writer(run_dir, state, precision, best_weights, position), label)
+            return
+        world.on_main(lambda: resume_writer(run_dir, state, precision, best_weights, position)(), share=False)
+        writer.written = label
 
     forward = {"precision": precision, "pad_to": pad_to, "last_query_only": options.shortcuts}
 
@@ -387,10 +397,9 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         with world.collective(), whole_model(model):
             return score(model, examples, options.pooling, **forward)
 
-    saved = (step, best and best["step"], best_weights)
     try:
         if not resuming:
-            saved = checkpoint()  # an interrupted run is resumable from its first step
+            checkpoint()  # an interrupted run is resumable from its first step
         cache = start_session(run, model, step, emit, world, base_sha256)
         model.train()
         session_examples, session_time = examples_seen, training_time
@@ -434,11 +443,12 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                     stopped_early = bool(options.patience and evals_since_best >= options.patience)
                 records.append(record)
                 world.on_main(lambda: runs.write_metrics(run_dir, records), share=False)
-                saved = checkpoint()
+                checkpoint()
                 emit(Evaluated(record, improved))
                 if stopped_early:
                     break
 
+        writer.wait()
         # Every rank takes the best weights (rank 0's), so the test split is scored with them.
         with world.collective():
             set_from_rank0(model, best_weights, world.distributed)
@@ -453,12 +463,14 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     except KeyboardInterrupt:
         # The best weights as of the last checkpoint become a usable classifier (a second
         # Ctrl-C during the write leaves no partial file and the resume state untouched).
+        saved = writer.settle()
         if world.is_main:
             write_model(run, model, saved[2], base_ref)
         raise TrainingInterrupted(run_dir, step, saved[0], saved[1]) from None
     except PeerLost as exc:  # another rank died or was stopped: this one stops too
-        raise TrainingStopped(str(exc), run_dir, saved[0]) from None
+        raise TrainingStopped(str(exc), run_dir, writer.settle()[0]) from None
     except NonFiniteLoss as exc:
+        saved = writer.settle()
         where = f"at step {step + 1} (epoch {epoch + 1})" if exc.what == "training" else f"at step {step}"
         if world.is_main:  # no collective here: the other ranks may not have stopped at this point
             write_model(run, model, saved[2], base_ref)
@@ -466,7 +478,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         hint = "try a lower learning rate" + (" or fp32 precision" if precision.name != "fp32" else "")
         raise SpamtuneError(f"{exc} {where}; training stopped, the last checkpoint (step {saved[0]}) is in {run_dir}; {hint}") from None
     except DiskFull as exc:
-        raise TrainingStopped(str(exc), run_dir, saved[0]) from None
+        raise TrainingStopped(str(exc), run_dir, writer.settle()[0]) from None
 
 
 def start_session(

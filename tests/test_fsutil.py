@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import threading
 
 import pytest
 
@@ -15,6 +16,7 @@ from spamtune.fsutil import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    WriteBehind,
     read_json,
     scratch_file,
 )
@@ -188,3 +190,37 @@ def test_an_unwritable_destination_is_a_spamtune_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(SpamtuneError, match="cannot write"):
         atomic_write_text(blocker / "inside.txt", "x")
+
+
+def test_write_behind_writes_on_another_thread_one_at_a_time(tmp_path):
+    started, release, order = threading.Event(), threading.Event(), []
+
+    def slow_write():
+        order.append(("first", threading.current_thread() is not threading.main_thread()))
+        started.set()
+        release.wait(5)
+        atomic_write_text(tmp_path / "state", "first")
+
+    writer = WriteBehind(written="none yet")
+    writer.submit(slow_write, "first")
+    assert started.wait(5) and writer.written == "none yet"  # in flight: not written yet
+    threading.Timer(0.2, release.set).start()
+    writer.submit(lambda: order.append(("second", (tmp_path / "state").read_text())), "second")  # waits for the first
+    writer.wait()
+    assert order == [("first", True), ("second", "first")] and writer.written == "second"
+
+
+def test_write_behind_raises_a_failed_write_once_and_keeps_the_last_written(tmp_path):
+    writer = WriteBehind(written=1)
+    writer.submit(lambda: atomic_write_text(tmp_path / "state", "two"), 2)
+
+    def full_disk():
+        raise DiskFull(tmp_path / "state")
+
+    writer.submit(full_disk, 3)
+    with pytest.raises(DiskFull):
+        writer.wait()
+    assert writer.written == 2 and (tmp_path / "state").read_text() == "two"
+    writer.wait()  # raised once
+    writer.submit(full_disk, 4)
+    assert writer.settle() == 2  # settle never raises
