@@ -15,6 +15,9 @@ CPUs other than x86, dtypes other than fp32 and bf16 (bf16 only where oneDNN sup
 builds without oneDNN, and gradients under autocast (bf16 training keeps PyTorch's
 mixed-precision rules). Should oneDNN still refuse a product that PyTorch's call computes,
 the process uses PyTorch's calls from then on.
+
+A pass that multiplies by the same frozen weights many times (the frozen-prefix cache build)
+can have them laid out in oneDNN's own format once, for its duration: ``packed_weights``.
 """
 
 from __future__ import annotations
