@@ -318,7 +318,9 @@ needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch b
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_cache_build_reads_packed_weights_and_gets_the_same_states(model_and_seqs, monkeypatch, precision):
     """The frozen blocks' products read their weights packed for oneDNN during the build (and
-    the plain ones without packing); the states are the same to the bit; nothing stays packed."""
+    the plain ones without packing); the states are the same (to the bit on the 2-core EPYC,
+    where both layouts get the same kernels; another CPU may block them differently, so float
+    rounding is allowed); nothing stays packed."""
     if packing_dtype("cpu", Precision(precision, "cpu").dtype) is None:
         pytest.skip(f"no oneDNN {precision} products on this CPU")
     model, seqs = model_and_seqs
@@ -331,7 +333,8 @@ def test_the_cache_build_reads_packed_weights_and_gets_the_same_states(model_and
     monkeypatch.setattr(prefix_cache, "packing_dtype", lambda *args: None)
     plain = cache_of(model, messages_with_shared_prefixes(), precision=Precision(precision, "cpu"))
     assert packed_reads and not any(packed_reads)
-    assert torch.equal(packed.states, plain.states)
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    torch.testing.assert_close(packed.states, plain.states, rtol=tolerance, atol=tolerance)
     assert not any(linear_module._PACKED in m.__dict__ for m in model.modules())
 
 
