@@ -186,7 +186,8 @@ def packed_weights(layers: Iterable[nn.Linear], dtype: torch.dtype | None) -> It
     For a pass that multiplies by the same weights hundreds of times, the frozen-prefix cache
     build: on gpt2-small's shapes the products ran at 213-222 GFLOP/s instead of 198-207 in
     fp32, and the cache build took 4-5% less time in fp32 and 14% less in bf16, with the same
-    numbers to the bit. The copies cost the weights' size again in ``dtype`` until the block
+    numbers to the bit there (another CPU may get other kernels for the two layouts, and
+    differ by float rounding). The copies cost the weights' size again in ``dtype`` until the block
     ends. ``dtype`` None (see ``packing_dtype``) packs nothing.
     """
     packed: list[nn.Linear] = []

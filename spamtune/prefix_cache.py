@@ -369,13 +369,15 @@ def extend_prefix_cache(
         raise ValueError(f"states_out is {tuple(states.shape)}, the cache holds {tuple(cache.states.shape)}")
     # One pass per distinct slot (duplicates share one), in length-sorted batches.
     slots = sorted({(int(o), int(n)) for o, n in zip(cache.offsets, cache.lengths)})
+    offsets, lengths = torch.tensor(slots, dtype=torch.long).reshape(-1, 2).unbind(1)
+    distinct = FrozenPrefixCache(cache.start_block, cache.states, offsets, lengths)
     precision = precision or Precision("fp32", "cpu")
     in_memory = 0 if states_out is not None else states.numel() * states.element_size()
     spare = memory_budget_bytes(precision.device) - in_memory
     with eval_mode(model), packed_frozen_weights(model.trf_blocks[cache.start_block : stop], precision, spare):
         for idx in sorted_batches([n for _, n in slots], batch_size):
             rows = [slots[i] for i in idx]
-            x = pad_sequence([cache.states[o : o + n] for o, n in rows], batch_first=True).to(precision.device)
+            x, _ = distinct.batch(idx, precision.device)
             with precision.forward_context():
                 for block in model.trf_blocks[cache.start_block : stop]:
                     x = block(x)
