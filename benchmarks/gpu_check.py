@@ -14,7 +14,9 @@ by hand when a GPU is at hand. Run from the repository root:
    the precision auto picks, a second run on the same cache, and the Hugging Face peers on
    the same GPU (padded and length-grouped);
 4. prediction over the SMS file on the GPU against the peer, and the labels of the GPU run's
-   classifier on the GPU against the same classifier on the CPU.
+   classifier on the GPU against the same classifier on the CPU;
+5. spamtune's AdamW on CUDA against ``torch.optim.AdamW(fused=True)``, plain and under fp16's
+   gradient scaler with one infinite gradient: the same weights, bit for bit.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from bench import (  # noqa: E402
 )
 from hf_peer import build_peer, time_prediction  # noqa: E402
 
+from spamtune.adamw import AdamW  # noqa: E402
 from spamtune.infer import SpamClassifier  # noqa: E402
 from spamtune.model import GPTConfig  # noqa: E402
 from spamtune.prepare import read_labelled_texts  # noqa: E402
@@ -133,6 +136,30 @@ def check_prediction(run_dir: str, sms: Path) -> dict:
     }
 
 
+def check_adamw() -> dict:
+    def train(make, scaled: bool) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape, generator=gen).cuda()) for shape in ((768, 3072), (3072,), (2, 768))]
+        optimizer = make(params)
+        scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10, enabled=scaled)
+        for step in range(6):
+            scale = scaler.scale(torch.ones((), device="cuda"))
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).cuda() * scale
+            if scaled and step == 2:
+                params[0].grad[0, 0] = float("inf")
+            scaler.step(optimizer)
+            scaler.update()
+        return [p.detach().cpu() for p in params]
+
+    result = {}
+    for scaled in (False, True):
+        mine = train(lambda ps: AdamW(ps, lr=1e-3, weight_decay=0.1), scaled)
+        theirs = train(lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.1, fused=True), scaled)
+        result["fp16_scaler" if scaled else "plain"] = all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sms", type=Path, default=DEFAULT_SMS)
@@ -140,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA GPU here")
-    results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "adamw_equal": check_adamw()}
     with tempfile.TemporaryDirectory(prefix="spamtune-gpu-") as tmp:
         data_dir = Path(tmp) / "data"
         timed_run([*SPAMTUNE, "prepare", "--input", str(args.sms), "--data-dir", str(data_dir)])

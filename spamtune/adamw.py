@@ -1,4 +1,4 @@
-"""AdamW for training on one CPU process: PyTorch's fused update, without ``torch.optim``.
+"""AdamW for training on the CPU or one CUDA GPU per process: PyTorch's fused update, without ``torch.optim``.
 
 Every ``torch.optim`` optimizer imports ``torch._dynamo``, PyTorch's compiler, the first time
 one is made: a second or more of a run's start-up on a 2-core machine, a twentieth of a run
@@ -7,9 +7,12 @@ calls, ``torch._fused_adamw_``, with the same per-parameter state (``step``, ``e
 ``exp_avg_sq``) and the same ``state_dict`` layout, so it updates the weights bit for bit as
 that optimizer does and resume files are interchangeable between the two.
 
-It covers what spamtune trains on the CPU: fp32 weights (bf16 autocast keeps them fp32) on one
-process or under DDP. CUDA keeps ``torch.optim.AdamW``, whose fused step takes fp16's gradient
-scale; so do FSDP's sharded parameters and MPS (``train.make_optimizer``).
+It covers what spamtune trains on one device: fp32 weights (bf16 and fp16 autocast keep them
+fp32) on the CPU or a CUDA GPU, in one process or under DDP. Under fp16, ``GradScaler`` unscales
+the gradients and skips a step with an infinite one before calling ``step``, as it does for any
+optimizer; the scale is a power of two, so the update is the one ``torch.optim``'s fused step
+makes with the scale passed in. FSDP's sharded parameters and MPS keep ``torch.optim.AdamW``
+(``train.make_optimizer``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 
 class AdamW:
-    """``torch.optim.AdamW(params, lr, betas, eps, weight_decay, fused=True)`` for CPU tensors."""
+    """``torch.optim.AdamW(params, lr, betas, eps, weight_decay, fused=True)`` for CPU and CUDA tensors."""
 
     def __init__(
         self,

@@ -60,6 +60,37 @@ def test_updates_the_weights_exactly_as_torchs_fused_adamw():
     assert mine_state[1]["step"].item() == 5 and mine_state[0]["step"].item() == 6
 
 
+def train_scaled(make, steps: int = 5, infinite_at: int = 2):
+    """Steps under fp16's gradient scaler, whose scale is 2**k; one step sees an infinite
+    gradient, which the scaler skips (and halves its scale)."""
+    params = parameters()
+    optimizer = make(params)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for step in range(steps):
+        set_gradients(params, step)
+        scale = scaler.scale(torch.ones(()))  # what scaling a loss multiplies its gradients by
+        for p in params:
+            p.grad *= scale
+        if step == infinite_at:
+            params[0].grad[0, 0] = float("inf")
+        scaler.step(optimizer)
+        scaler.update()
+    return params, optimizer, scaler
+
+
+def test_under_a_gradient_scaler_it_updates_as_torchs_fused_adamw_given_the_scale():
+    """The scaler unscales for spamtune's AdamW before its step; torch's fused AdamW takes the
+    scale into its kernel. The weights, the moments and the skipped step are the same."""
+    mine, my_optimizer, my_scaler = train_scaled(ours)
+    theirs, their_optimizer, their_scaler = train_scaled(torchs)
+    assert getattr(their_optimizer, "_step_supports_amp_scaling", False)  # the other path, really
+    assert all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    assert my_optimizer.state_dict()["state"][0]["step"].item() == 4  # one of five skipped
+    for index, state in my_optimizer.state_dict()["state"].items():
+        assert all(torch.equal(state[k], their_optimizer.state_dict()["state"][index][k]) for k in state)
+    assert my_scaler.get_scale() == their_scaler.get_scale() == 2.0**9
+
+
 @pytest.mark.parametrize("first, then", [(torchs, ours), (ours, torchs), (ours, ours)])
 def test_state_dicts_are_interchangeable_with_torchs(first, then):
     _, optimizer = train(first, steps=3)
