@@ -33,7 +33,7 @@ import torch
 from spamtune import calibration as cal
 from spamtune import explain, runs, train
 from spamtune.checkpoint import load_classifier
-from spamtune.data import Split, write_split
+from spamtune.data import Split
 from spamtune.evaluate import model_logits, run_precision
 from spamtune.examples import Examples, pad_width
 from spamtune.forward import predict_logits

@@ -16,7 +16,6 @@ from spamtune.cache_store import (
     PrefixCacheStore,
     list_caches,
     remove_caches,
-    tokens_fingerprint,
 )
 from spamtune.bases import base_weights_sha256
 from spamtune.cli import app

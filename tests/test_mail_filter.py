@@ -111,7 +111,7 @@ def test_filter_command_spam_and_ham(run_dir):
     assert result.stdout_bytes == (
         b"Subject: prize\r\nFrom: x@example.com\r\n"
         + f"X-Spamtune-Status: Yes, p_spam={P_SPAM:.3f}, threshold=0.5\r\n".encode()
-        + f"X-Spamtune-Run: run; spamtune ".encode()
+        + b"X-Spamtune-Run: run; spamtune "
         + result.stdout_bytes.split(b"; spamtune ")[1].split(b"\r\n")[0]
         + b"\r\n\r\nYou won!\r\n"
     )

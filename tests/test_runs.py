@@ -12,7 +12,7 @@ import pytest
 from helpers import tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
-from spamtune import paths, run_catalog, runs, train
+from spamtune import run_catalog, runs, train
 from spamtune.cli import app
 from spamtune.cli import runs as runs_cli
 

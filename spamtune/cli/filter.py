@@ -51,7 +51,7 @@ def filter_mail(
     ),
 ) -> None:
     """Add X-Spamtune-Status to one message (help: FILTER_HELP)."""
-    from spamtune.errors import SpamtuneError, SpamtuneUsageError
+    from spamtune.errors import SpamtuneError
     from spamtune.mail_filter import filter_message, verdict_function
 
     classify, load_error = None, None
