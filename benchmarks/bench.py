@@ -210,7 +210,8 @@ def bench_ranks(data_dir: Path, epochs: int = 1) -> dict:
     same global batch, a from-scratch tiny model. With 2 cores there is nothing to gain: this
     measures the overhead (launcher, process group, gradient all-reduce) and checks that both
     give the same result. Each rank gets one thread (torchrun's default), so one process is
-    timed both with torch's default threads and with one thread, the like-for-like comparison."""
+    timed both with torch's default threads and with one thread, the like-for-like comparison.
+    No kept cache: each run builds its own, or the first would build it for the others."""
     out: dict = {"model": "tiny", "trainable": "last-block", "epochs": epochs, "runs": {}}
     configs = {"1 process": (1, None), "1 process, 1 thread": (1, "1"), "2 ranks": (2, None)}
     for name, (devices, threads) in configs.items():
@@ -218,7 +219,7 @@ def bench_ranks(data_dir: Path, epochs: int = 1) -> dict:
         cmd = [
             *SPAMTUNE, "finetune", "--model", "tiny", "--weights", "random", "--trainable", "last-block",
             "--epochs", str(epochs), "--precision", "fp32", "--device", "cpu", "--data-dir", str(data_dir),
-            "--out", str(run_dir), "--devices", str(devices), "--no-compact",
+            "--out", str(run_dir), "--devices", str(devices), "--no-compact", "--no-keep-cache",
         ]  # fmt: skip
         log(f"ranks: tiny model, {name} ...")
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
