@@ -1,4 +1,4 @@
-"""AdamW for training on the CPU or one CUDA GPU per process: PyTorch's fused update, without ``torch.optim``.
+"""AdamW on the CPU and CUDA: PyTorch's fused update, without ``torch.optim``.
 
 Every ``torch.optim`` optimizer imports ``torch._dynamo``, PyTorch's compiler, the first time
 one is made: a second or more of a run's start-up on a 2-core machine, a twentieth of a run
