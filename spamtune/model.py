@@ -490,12 +490,11 @@ class Trainable:
         elif (match := _LAST_N.match(preset)) and 1 <= int(match.group(1)) <= n_layers:
             blocks = int(match.group(1))
         elif match:
-            raise OptionError("trainable", f"{{option}} {preset}: the model has only {n_layers} blocks", exit_code=1)
+            raise OptionError("trainable", f"{{option}} {preset}: the model has only {n_layers} blocks")
         else:
             raise OptionError(
                 "trainable",
                 f"unknown {{option}} preset '{preset}'; choose head, last-block, last-N-blocks (e.g. last-2-blocks) or all",
-                exit_code=1,
             )
         return cls(preset, n_layers - blocks, final_norm=blocks > 0, embeddings=preset == "all")
 

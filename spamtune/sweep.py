@@ -160,10 +160,13 @@ def run_sweep(
     """Run every combination of ``grid`` over the options ``base`` (a ``FinetuneOptions``).
 
     ``out`` defaults to ``<data root>/sweeps/sweep-<id>``, the same folder for the same sweep.
-    A run whose training diverges is recorded as failed and the sweep goes on; Ctrl-C stops it
-    after writing ``sweep.json`` (the interrupted run resumes next time).
+    Every combination's options are checked first, so a value that cannot work (a misspelt
+    preset, a learning rate of 0) is one error before any run, not a failure hours in. A run
+    whose training diverges is recorded as failed and the sweep goes on; Ctrl-C stops it after
+    writing ``sweep.json`` (the interrupted run resumes next time).
     """
     from spamtune import train
+    from spamtune.options import validate_options
 
     finetune = finetune or train.finetune
     resume_finetune = resume_finetune or train.resume_finetune
@@ -173,6 +176,8 @@ def run_sweep(
     names = [run_name(c) for c in combos]
     if len(set(names)) != len(names):
         raise SpamtuneUsageError("two runs of this sweep would get the same folder name; make the listed values differ more")
+    for overrides in combos:
+        validate_options(replace(base, **overrides))
     folder = Path(out) if out else sweeps_dir(root) / f"sweep-{sweep_id(base, grid)}"
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -85,3 +85,38 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     failed = next(r for r in result.rows if r["status"] == "failed")
     assert "training loss became nan" in failed["error"] and failed["validation_loss"] is None
     assert result.ranked()[0]["name"] == "lr-0.001"
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"trainable": ["last-block", "bogus"]}, "unknown trainable preset 'bogus'"),
+        ({"lr": [1e-3, 0.0]}, "lr must be a positive number"),
+        ({"trainable": ["lora"], "lora_rank": [4, 0]}, "lora-rank must be a positive integer"),
+    ],
+)
+def test_a_value_that_cannot_work_stops_the_sweep_before_any_run(tmp_path, grid, message):
+    """The bad value comes last in the grid: without the check up front the runs before it would
+    train first, and the error would surface only when its turn came."""
+    root = write_tiny_data(tmp_path)
+    started = []
+    with pytest.raises(SpamtuneUsageError, match=message):
+        run_sweep(tiny_options(root, epochs=1), grid, out=tmp_path / "s", finetune=lambda *a: started.append(a))
+    assert started == [] and not (tmp_path / "s").exists()
+
+
+def test_the_cli_exits_1_when_no_run_of_a_sweep_finished(tmp_path):
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path)
+    args = ["sweep", "--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--precision", "fp32", "--lr", "1e30,1e31", "--data-dir", str(root)])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    table = json.loads(open(result.stdout.strip()).read())  # the sweep file is still written and named
+    assert [r["status"] for r in table["runs"]] == ["failed", "failed"] and table["best"] is None
+    assert result.stderr.strip().splitlines()[-1] == "Error: no run of the sweep finished: every one of the 2 failed (see the table above)"
+    bad = CliRunner().invoke(app, [*args, "--trainable", "last-block,nonsense", "--data-dir", str(root), "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and bad.stdout == "" and not (tmp_path / "bad").exists()
+    assert bad.stderr.strip() == "Error: unknown --trainable preset 'nonsense'; choose head, last-block, last-N-blocks (e.g. last-2-blocks) or all"

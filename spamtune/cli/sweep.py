@@ -107,7 +107,8 @@ def sweep_command(
 
     Example: spamtune sweep --lr 1e-5,5e-5,1e-4 --trainable last-block,last-2-blocks --epochs 5.
     Runs go into one folder with sweep.json (runs ranked by validation loss); running the same
-    sweep again skips finished runs and resumes an interrupted one.
+    sweep again skips finished runs and resumes an interrupted one. Every combination's options
+    are checked before the first run; the exit code is 1 when no run finished.
     """
     from spamtune import events, paths
     from spamtune.sweep import parse_grid, run_sweep
@@ -127,9 +128,12 @@ def sweep_command(
     finally:
         reporter.close()
     render_table(console, result)
+    from spamtune.errors import SpamtuneError
     from spamtune.sweep import SWEEP_FILE
 
     typer.echo(result.folder / SWEEP_FILE)
+    if result.best is None:  # nothing usable came out of it
+        raise SpamtuneError(f"no run of the sweep finished: every one of the {len(result.rows)} failed (see the table above)")
 
 
 def register(app: typer.Typer) -> None:
