@@ -246,8 +246,12 @@ def test_cli_ls_and_rm(tmp_path):
     fields = result.stdout.strip().split("\t")
     assert fields[0] == key.name and fields[2] == "2 blocks" and fields[5] == f"{len(SEQS)} examples" and fields[7] == "ok"
     assert "1 cache(s)" in result.stderr
-    row = json.loads(runner.invoke(app, ["cache", "ls", "--format", "json", "--data-dir", str(tmp_path)]).stdout)
+    as_json = runner.invoke(app, ["cache", "ls", "--format", "json", "--data-dir", str(tmp_path)]).stdout
+    row = json.loads(as_json)
     assert row["name"] == key.name and row["bytes"] == list_caches(tmp_path)[0].nbytes and row["blocks"] == 2
+    assert runner.invoke(app, ["cache", "ls", "--json", "--data-dir", str(tmp_path)]).stdout == as_json
+    both = runner.invoke(app, ["cache", "ls", "--json", "--format", "text", "--data-dir", str(tmp_path)])
+    assert both.exit_code == 2 and both.stdout == "" and both.stderr == "Error: --json and --format text ask for two formats; give one\n"
     bad = runner.invoke(app, ["cache", "rm", "nope", "--data-dir", str(tmp_path)])
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: no prefix cache named 'nope'") and bad.stdout == ""
     assert runner.invoke(app, ["cache", "rm", "--data-dir", str(tmp_path)]).exit_code == 2

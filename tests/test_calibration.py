@@ -262,3 +262,5 @@ def test_calibrate_command(rigged_run_and_data):
     assert refused.exit_code == 1 and refused.stderr.count("\n") == 1 and "smallest measurable" in refused.stderr
     both = CliRunner().invoke(app, ["calibrate", *common, "--threshold", "0.3", "--cost-ratio", "2"])
     assert both.exit_code == 2 and "not --threshold and --cost-ratio" in both.stderr
+    short = json.loads(CliRunner().invoke(app, ["calibrate", *common, "--cost-ratio", "20", "--json"]).stdout)
+    assert short == dear

@@ -86,6 +86,7 @@ def test_json_matches_the_finetune_summary(run):
     assert report["loss"] == pytest.approx(summary["test_loss"], abs=1e-6)
     assert sum(map(sum, report["confusion_matrix"])) == report["n"]
     assert set(report["per_class"]) == {"ham", "spam"} and 0.0 <= report["roc_auc"] <= 1.0
+    assert evaluate("--data-dir", str(root), "--json", "--device", "cpu").stdout == result.stdout
 
 
 def test_last_pooling_and_bf16_runs_evaluate_as_they_were_tested(tmp_path):

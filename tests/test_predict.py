@@ -146,6 +146,13 @@ def test_tsv_keeps_one_line_per_message_and_jsonl_keeps_the_text(run_dir):
     assert jsonl.stdout.count("\n") == 1
 
 
+def test_json_is_jsonl_and_refuses_another_format(run_dir):
+    assert invoke(run_dir, "--json", "hi", "win!").stdout == invoke(run_dir, "--format", "jsonl", "hi", "win!").stdout
+    both = invoke(run_dir, "--json", "--format", "tsv", "hi")
+    assert both.exit_code == 2 and both.stdout == "" and both.stderr == "Error: --json and --format tsv ask for two formats; give one\n"
+    assert invoke(run_dir, "--json", "--format", "jsonl", "hi").exit_code == 0  # the same format twice
+
+
 def test_jsonl_writes_unicode_as_is(run_dir):
     result = invoke(run_dir, "Gratuit ! 🎉 €100", "--format", "jsonl")
     assert '"text": "Gratuit ! 🎉 €100"' in result.stdout

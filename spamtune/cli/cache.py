@@ -9,6 +9,7 @@ from typing import List, Literal, Optional
 import typer
 
 from spamtune import paths
+from spamtune.cli import common
 from spamtune.cli.runs import human_size
 
 cache_app = typer.Typer(
@@ -44,7 +45,10 @@ def _row(entry) -> dict:
 
 @cache_app.command("ls")
 def ls(
-    output_format: Literal["text", "json"] = typer.Option("text", "--format", help="text: a table; json: one JSON object per line."),
+    output_format: Optional[Literal["text", "json"]] = typer.Option(
+        None, "--format", help="text: a table; json: one JSON object per line.", show_default="text"
+    ),
+    as_json: bool = common.json_option("json"),
     data_dir: Optional[Path] = DATA_DIR,
 ) -> None:
     """List the caches, oldest first: name, size, frozen blocks, dtype, examples, base.
@@ -53,6 +57,7 @@ def ls(
     """
     from spamtune.cache_store import list_caches
 
+    output_format = common.chosen_format(output_format, as_json, "json", "text")
     entries = list_caches(paths.data_root(data_dir))
     for entry in entries:
         row = _row(entry)

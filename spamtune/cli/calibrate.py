@@ -57,7 +57,10 @@ def calibrate_command(
     cost_ratio: Optional[float] = typer.Option(
         None, "--cost-ratio", help="Cost of one lost ham in missed spams, e.g. 10: the threshold with the least total cost on validation."
     ),
-    output_format: CalibrateFormat = typer.Option(CalibrateFormat.text, "--format", help="text: the path on stdout; json: the record."),
+    output_format: Optional[CalibrateFormat] = typer.Option(
+        None, "--format", help="text: the path on stdout; json: the record.", show_default="text"
+    ),
+    as_json: bool = common.json_option("json"),
     device: str = common.device_option(),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", metavar="DIR", show_default=False,
@@ -74,6 +77,7 @@ def calibrate_command(
 
     if run_argument is not None and run is not None:
         raise SpamtuneUsageError("name the run once: with --run")
+    output_format = common.chosen_format(output_format, as_json, CalibrateFormat.json, CalibrateFormat.text)
     given = [name for name, value in (("--max-ham-loss", max_ham_loss), ("--threshold", threshold), ("--cost-ratio", cost_ratio)) if value is not None]
     if len(given) > 1:
         raise SpamtuneUsageError(f"give one of --max-ham-loss, --threshold and --cost-ratio, not {' and '.join(given)}")

@@ -308,6 +308,24 @@ def long_option(show_default: str):
     return typer.Option(None, "--long", help=LONG_HELP, show_default=show_default)
 
 
+def json_option(json_format: str):
+    """``--json``: the flag a script reaches for first, the same as ``--format <json_format>``."""
+    return typer.Option(False, "--json", help=f"The same as --format {json_format}.")
+
+
+def chosen_format(output_format, as_json: bool, json_format, default):
+    """The output format asked for: ``--json`` is ``json_format``; nothing given is ``default``.
+    ``--json`` beside another ``--format`` is a usage error rather than a silent pick."""
+    if as_json:
+        if output_format is not None and output_format != json_format:
+            from spamtune.errors import SpamtuneUsageError
+
+            given = getattr(output_format, "value", output_format)
+            raise SpamtuneUsageError(f"--json and --format {given} ask for two formats; give one")
+        return json_format
+    return default if output_format is None else output_format
+
+
 # --------------------------------------------------------------------------- values checked while parsing
 
 

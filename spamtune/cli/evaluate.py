@@ -139,7 +139,10 @@ def evaluate_command(
         "or mail as LABEL=PATH (repeatable: a Maildir, an mbox, a folder of message files or a .eml).",
     ),
     long: Optional[LongMode] = long_option("chunks for mail, head for files and splits"),
-    output_format: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (on stderr) or json (on stdout)."),
+    output_format: Optional[ReportFormat] = typer.Option(
+        None, "--format", help="table (on stderr) or json (on stdout).", show_default="table"
+    ),
+    as_json: bool = common.json_option("json"),
     threshold: float | None = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this (as predict).",
         show_default="the run's calibrated threshold, else 0.5",
@@ -174,6 +177,7 @@ def evaluate_command(
     from spamtune import distributed, paths
     from spamtune.evaluate import evaluate_run
 
+    output_format = common.chosen_format(output_format, as_json, ReportFormat.json, ReportFormat.table)
     if run_argument is not None and run is not None:
         raise SpamtuneUsageError("name the run once: with --run")
     if split is not None and input_file:

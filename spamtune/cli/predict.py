@@ -336,7 +336,7 @@ class ProgressBar:
 # A word right after a flag that reads like a value for it: `--fail-on-spam true "hi"` would
 # classify "true" as a message, which nobody means.
 _FLAG_VALUE_WORDS = {"true", "false", "yes", "no", "on", "off"}
-FLAGS = ("--fail-on-spam", "--header", "--quiet", "-q", "--verbose", "-v")
+FLAGS = ("--fail-on-spam", "--header", "--json", "--quiet", "-q", "--verbose", "-v")
 
 
 def _check_flags_take_no_value(argv: list[str]) -> None:
@@ -382,6 +382,7 @@ def predict(
         "jsonl: {text, label, p_spam} per line; label: the label only.",
         show_default="text on a terminal, else tsv",
     ),
+    as_json: bool = common.json_option("jsonl"),
     header: bool = typer.Option(False, "--header", help="tsv: first print the field names (label, p_spam, text)."),
     threshold: float | None = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this.",
@@ -433,6 +434,7 @@ def predict(
         common.use_error_exit_code(2)
     _check_flags_take_no_value(common.command_line())
     to_terminal = out_file is None and _stdout_is_terminal()
+    output_format = common.chosen_format(output_format, as_json, OutputFormat.jsonl, None)
     if output_format is None:
         output_format = OutputFormat.text if to_terminal else OutputFormat.tsv
     if header and output_format is not OutputFormat.tsv:
