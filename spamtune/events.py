@@ -25,6 +25,7 @@ class TrainingStarted:
     n_test: int
     max_length: int
     parallel: str = ""  # how several ranks share the run ("2 ranks, fsdp"); empty for one process
+    warmup_steps: int = 0
 
 
 @dataclass(frozen=True)

@@ -493,7 +493,7 @@ def start_session(
     emit(TrainingStarted(
         run.run_dir, run.model_label, step, run.total_steps, str(run.precision.device), run.precision.name,
         trainable, total, len(data.train), len(data.validation), len(data.test), data.max_length,
-        f"{world.size} ranks, {run.options.strategy}" if world.distributed else "",
+        f"{world.size} ranks, {run.options.strategy}" if world.distributed else "", run.options.warmup_steps,
     ))  # fmt: skip
     budget = world.decide_once(memory_budget_bytes(run.precision.device)) if world.distributed else None
     store = PrefixCacheStore(run.options.data_dir) if run.options.keep_cache else None

@@ -86,3 +86,22 @@ def test_clipping_scales_the_joint_norm_down_and_reports_it():
 def test_bad_options_are_usage_errors(args, flag):
     with pytest.raises(SpamtuneUsageError, match=flag):
         check_schedule_options(*args)
+
+
+@pytest.mark.parametrize(("warmup", "warned"), [(10, True), (9, False)])
+def test_finetune_warns_when_warmup_lasts_the_whole_run(tmp_path, warmup, warned):
+    """The tiny data has 40 training messages: 10 steps of 4 in one epoch. A warm-up of 10
+    steps never reaches the learning rate; one of 9 reaches it at the last step."""
+    from helpers import write_tiny_data
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path)
+    args = ["finetune", "--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--batch-size", "4"]
+    args += ["--schedule", "cosine", "--warmup-steps", str(warmup), "--device", "cpu", "--data-dir", str(root)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.stderr
+    message = f"--warmup-steps {warmup} is not shorter than the run's 10 steps: the learning rate never reaches --lr"
+    assert (message in result.stderr) is warned
+    assert lr_multiplier(9, "cosine", warmup, 10) == (10 / 11 if warned else 1.0)

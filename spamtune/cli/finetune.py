@@ -91,6 +91,8 @@ class ProgressReporter:
             f"parameters trainable; {e.n_train}/{e.n_validation}/{e.n_test} train/validation/test messages, "
             f"up to {e.max_length} tokens; {e.total_steps} steps{resumed}\nrun folder: {e.run_dir}"
         )
+        if e.warmup_steps >= e.total_steps:
+            common.warn(f"--warmup-steps {e.warmup_steps} is not shorter than the run's {e.total_steps} steps: the learning rate never reaches --lr")
         if not self.console.is_terminal:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
