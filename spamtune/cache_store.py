@@ -364,15 +364,8 @@ def remove_caches(data_root: str | Path, names: Iterable[str] = (), *, everythin
     if everything:
         chosen = entries
     else:
-        chosen = []
-        for name in names:
-            matches = [e for e in entries if e.name.startswith(name)] if name else []
-            if not matches:
-                raise SpamtuneError(f"no prefix cache named '{name}' in {paths.cache_dir(Path(data_root))}; see `spamtune cache ls`")
-            if len(matches) > 1:
-                raise SpamtuneUsageError(f"'{name}' names {len(matches)} caches; give more of the name")
-            if matches[0] not in chosen:
-                chosen.append(matches[0])
+        folder = paths.cache_dir(Path(data_root))
+        chosen = paths.select_by_prefix(entries, names, lambda e: e.name, "prefix cache", folder, "spamtune cache ls")
     for entry in chosen:
         _remove_tree(entry.path)
     return chosen

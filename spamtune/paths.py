@@ -10,6 +10,7 @@ where spamtune looked.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError
@@ -180,3 +181,20 @@ def cache_dir(root: Path) -> Path:
 def bases_dir(root: Path) -> Path:
     """Base weights that compact runs refer to, stored once by sha256 (``spamtune.bases``)."""
     return root / "bases"
+
+
+def select_by_prefix(entries: list, names: Iterable[str], name_of: Callable[[object], str], what: str, folder: Path, listing: str) -> list:
+    """The entries of a stored kind (``what``: "prefix cache", "base") that ``names`` pick, each
+    by a unique prefix of its name; one clear line for a name that picks none or several."""
+    chosen: list = []
+    for name in names:
+        matches = [entry for entry in entries if name and name_of(entry).startswith(name)]
+        if not matches:
+            raise SpamtuneError(f"no {what} named '{name}' in {folder}; see `{listing}`")
+        if len(matches) > 1:
+            from spamtune.errors import SpamtuneUsageError
+
+            raise SpamtuneUsageError(f"'{name}' names {len(matches)} {what}s; give more of the name")
+        if matches[0] not in chosen:
+            chosen.append(matches[0])
+    return chosen

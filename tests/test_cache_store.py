@@ -215,7 +215,7 @@ def test_list_and_remove_with_sizes(tmp_path):
     with pytest.raises(SpamtuneError, match="no prefix cache named 'zzz'"):
         remove_caches(tmp_path, ["zzz"])
     if entries[0].name[0] == entries[1].name[0]:
-        with pytest.raises(SpamtuneUsageError, match="names 2 caches"):
+        with pytest.raises(SpamtuneUsageError, match="names 2 prefix caches"):
             remove_caches(tmp_path, [entries[0].name[0]])
     removed = remove_caches(tmp_path, [entries[0].name[:6]])
     assert [e.name for e in removed] == [entries[0].name] and not entries[0].path.exists()

@@ -14,7 +14,8 @@ from spamtune.cli import app
 # Every command a user can run, as its words after `spamtune`.
 COMMANDS = [
     [], ["download"], ["download", "data"], ["download", "model"], ["prepare"], ["finetune"], ["evaluate"],
-    ["calibrate"], ["predict"], ["filter"], ["serve"], ["runs"], ["runs", "show"], ["runs", "rm"],
+    ["calibrate"], ["predict"], ["filter"], ["serve"], ["runs"], ["runs", "show"], ["runs", "rm"], ["sweep"],
+    ["export"], ["cache"], ["cache", "ls"], ["cache", "rm"], ["bases"], ["bases", "ls"], ["bases", "rm"],
 ]
 
 
@@ -53,7 +54,7 @@ def test_every_help_has_examples_and_no_bool_metavar(words):
     assert "<bool>" not in result.stdout
 
 
-@pytest.mark.parametrize("words", [w for w in COMMANDS if w not in ([], ["download"], ["runs"])], ids=" ".join)
+@pytest.mark.parametrize("words", [w for w in COMMANDS if w not in ([], ["download"], ["runs"], ["cache"], ["bases"])], ids=" ".join)
 def test_every_subcommand_takes_quiet_and_verbose(words):
     help_text = invoke(*words, "--help").stdout
     assert "--quiet" in help_text and "--verbose" in help_text

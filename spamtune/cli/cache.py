@@ -15,6 +15,10 @@ from spamtune.cli.runs import human_size
 cache_app = typer.Typer(
     help="Show and free the frozen-prefix caches that later runs reuse (under <data root>/cache).",
     no_args_is_help=True,
+    epilog=common.examples_epilog((
+        ("spamtune cache ls", "what is kept, with sizes"),
+        ("spamtune cache rm --all", "free them all: later runs build what they need again"),
+    )),
 )
 
 DATA_DIR = typer.Option(None, "--data-dir", help="Data root (default: $SPAMTUNE_HOME, else ./data).")
@@ -43,11 +47,13 @@ def _row(entry) -> dict:
     }
 
 
-@cache_app.command("ls")
+@common.command(cache_app, "ls")
+@common.examples(
+    ("spamtune cache ls", "one line per cache: name, size, blocks, dtype, examples, base"),
+    ("spamtune cache ls --json | jq -s 'map(.bytes) | add'", "bytes in all"),
+)
 def ls(
-    output_format: Optional[Literal["text", "json"]] = typer.Option(
-        None, "--format", help="text: a table; json: one JSON object per line.", show_default="text"
-    ),
+    output_format: Optional[Literal["text", "json"]] = common.listing_format_option(),
     as_json: bool = common.json_option("json"),
     data_dir: Optional[Path] = DATA_DIR,
 ) -> None:
@@ -72,7 +78,11 @@ def ls(
     typer.echo(f"{len(entries)} cache(s), {human_size(total)} in {paths.cache_dir(paths.data_root(data_dir))}", err=True)
 
 
-@cache_app.command("rm")
+@common.command(cache_app, "rm")
+@common.examples(
+    ("spamtune cache rm 3f9a1c", "one cache, by a prefix of its name"),
+    ("spamtune cache rm --all", "every cache"),
+)
 def rm(
     names: List[str] = typer.Argument(None, help="Caches to remove: their names from `spamtune cache ls`, or unique prefixes."),
     everything: bool = typer.Option(False, "--all", help="Remove every cache."),

@@ -313,6 +313,11 @@ def json_option(json_format: str):
     return typer.Option(False, "--json", help=f"The same as --format {json_format}.")
 
 
+def listing_format_option():
+    """``--format`` of a listing (``cache ls``, ``bases ls``): a table, or JSON lines."""
+    return typer.Option(None, "--format", help="text: a table; json: one JSON object per line.", show_default="text")
+
+
 def chosen_format(output_format, as_json: bool, json_format, default):
     """The output format asked for: ``--json`` is ``json_format``; nothing given is ``default``.
     ``--json`` beside another ``--format`` is a usage error rather than a silent pick."""

@@ -7,11 +7,17 @@ from typing import Optional
 
 import typer
 
+from spamtune.cli import common
+
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(export)
+    common.add_command(app, "export", export)
 
 
+@common.examples(
+    ("spamtune export 20261125-101500-tiny-lora classifier.safetensors", "one file, LoRA merged"),
+    ("spamtune export \"$(spamtune runs --json | jq -r '.[0].path')\" latest.safetensors", "the newest run"),
+)
 def export(
     run: str = typer.Argument(..., help="The run to export (full or compact): a name under <data root>/runs, or a folder."),
     out: Path = typer.Argument(..., help="The file to write, e.g. classifier.safetensors."),

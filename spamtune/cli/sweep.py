@@ -97,6 +97,10 @@ def render_table(console, result) -> None:
         console.print(f"best: {best['run']}", markup=False, highlight=False)
 
 
+@common.examples(
+    ("spamtune sweep --lr 1e-5,5e-5,1e-4 --trainable last-block,last-2-blocks --epochs 5", "six runs on shared prefix caches"),
+    ("spamtune sweep --model tiny --weights random --trainable lora,last-block --lr 5e-4,1e-3", "LoRA against the last block"),
+)
 @with_dataclass_options(_sweep_options())
 def sweep_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder. Default: <data root>/sweeps/sweep-<hash of the sweep>, the same for the same sweep."),
@@ -137,4 +141,4 @@ def sweep_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sweep")(sweep_command)
+    common.add_command(app, "sweep", sweep_command)

@@ -1,0 +1,109 @@
+"""The bases a data root stores (``spamtune bases ls|rm``), and the runs there that use each.
+
+Every compact run names its base by sha256 and every run on the same base shares the one file
+under ``<data root>/bases``: 0.5 GB for gpt2-small, 6 GB for gpt2-xl, and one per seed for
+random inits. A removed base is not lost to the runs on it: loading one rebuilds the base from
+its origin (the seed, or the downloaded GPT-2 weights) when that gives the same hash, and
+otherwise says in one line how to get it back. Only the runs under this data root (``runs/``
+and ``sweeps/``) are counted as users; a compact run kept elsewhere may name these bases too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+from spamtune import paths
+from spamtune.bases import BaseRef
+from spamtune.compact import BASE_REF_FILE
+from spamtune.errors import SpamtuneError
+from spamtune.sweep import sweeps_dir
+
+
+@dataclass(frozen=True)
+class StoredBase:
+    sha256: str
+    path: Path
+    nbytes: int
+    origin: dict  # from the file's metadata; empty when the file cannot be read
+    users: list[Path] = field(default_factory=list)  # run folders here whose base.json names it
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.origin)
+
+    def describe(self) -> str:
+        return BaseRef(self.sha256, self.origin).describe() if self.origin else "unreadable file"
+
+
+def _origin(path: Path) -> dict:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            origin = json.loads((f.metadata() or {}).get("origin", "{}"))
+    except (SafetensorError, OSError, ValueError):
+        return {}
+    return origin if isinstance(origin, dict) else {}
+
+
+def _compact_runs(root: Path) -> Iterable[Path]:
+    yield from paths.run_folders(root)
+    sweeps = sweeps_dir(root)
+    if sweeps.is_dir():
+        for sweep in sorted(p for p in sweeps.iterdir() if p.is_dir()):
+            yield from sorted(p for p in sweep.iterdir() if p.is_dir() and (p / BASE_REF_FILE).is_file())
+
+
+def base_users(root: Path) -> dict[str, list[Path]]:
+    """sha256 -> the run folders under ``root`` whose ``base.json`` names that base."""
+    users: dict[str, list[Path]] = {}
+    for run_dir in _compact_runs(root):
+        try:
+            sha = json.loads((run_dir / BASE_REF_FILE).read_text(encoding="utf-8"))["base"]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(sha, str):
+            users.setdefault(sha, []).append(run_dir)
+    return users
+
+
+def list_bases(root: str | Path) -> list[StoredBase]:
+    """The bases stored under ``root``, oldest first, each with the runs here that use it."""
+    root = Path(root)
+    folder = paths.bases_dir(root)
+    if not folder.is_dir():
+        return []
+    users = base_users(root)
+    found = []
+    for path in folder.glob("*.safetensors"):
+        sha = path.stem
+        if len(sha) != 64 or path.is_symlink() or not path.is_file():
+            continue
+        try:
+            stat = path.stat()
+        except OSError:  # removed meanwhile
+            continue
+        found.append((stat.st_mtime, StoredBase(sha, path, stat.st_size, _origin(path), users.get(sha, []))))
+    return [base for _, base in sorted(found, key=lambda item: (item[0], item[1].sha256))]
+
+
+def remove_bases(root: str | Path, names: Iterable[str] = (), *, everything: bool = False, unused: bool = False) -> list[StoredBase]:
+    """Remove the bases named by a unique prefix of their sha256, all of them, or those no run
+    here uses. Returns what was removed."""
+    root = Path(root)
+    stored = list_bases(root)
+    if everything:
+        chosen = stored
+    elif unused:
+        chosen = [base for base in stored if not base.users]
+    else:
+        chosen = paths.select_by_prefix(stored, names, lambda b: b.sha256, "base", paths.bases_dir(root), "spamtune bases ls")
+    for base in chosen:
+        try:
+            base.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise SpamtuneError(f"cannot remove {base.path}: {exc.strerror or exc}") from None
+    return chosen

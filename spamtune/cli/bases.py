@@ -1,0 +1,95 @@
+"""``spamtune bases ls|rm``: the base weights stored once under the data root, and the runs on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Literal, Optional
+
+import typer
+
+from spamtune import paths
+from spamtune.cli import common
+from spamtune.cli.runs import human_size
+
+bases_app = typer.Typer(
+    help="Show and free the base weights that compact runs share (under <data root>/bases).",
+    no_args_is_help=True,
+    epilog=common.examples_epilog((
+        ("spamtune bases ls", "each base, its size and the runs on it"),
+        ("spamtune bases rm --unused", "free the bases no run uses"),
+    )),
+)
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bases_app, name="bases")
+
+
+def _row(base) -> dict:
+    """One base as the documented fields of ``ls --format json``."""
+    return {
+        "sha256": base.sha256,
+        "bytes": base.nbytes,
+        "origin": base.origin or None,
+        "describe": base.describe(),
+        "runs": [str(run) for run in base.users],
+        "path": str(base.path),
+    }
+
+
+@common.command(bases_app, "ls")
+@common.examples(
+    ("spamtune bases ls", "one line per base: sha256, size, origin, runs on it"),
+    ("spamtune bases ls --json | jq -r 'select(.runs == []) | .sha256'", "the unused ones"),
+)
+def ls(
+    output_format: Optional[Literal["text", "json"]] = common.listing_format_option(),
+    as_json: bool = common.json_option("json"),
+    data_dir: Optional[Path] = common.data_dir_option(),
+) -> None:
+    """List the stored bases, oldest first: sha256, size, origin, and how many runs here use each.
+
+    One line per base on stdout; the total on stderr.
+    """
+    from spamtune.base_catalog import list_bases
+
+    output_format = common.chosen_format(output_format, as_json, "json", "text")
+    root = paths.data_root(data_dir)
+    stored = list_bases(root)
+    for base in stored:
+        row = _row(base)
+        if output_format == "json":
+            typer.echo(json.dumps(row, ensure_ascii=False))
+            continue
+        used = f"{len(base.users)} run{'' if len(base.users) == 1 else 's'}"
+        typer.echo("\t".join([base.sha256[:12], human_size(base.nbytes), row["describe"], used, row["path"]]))
+    total = sum(base.nbytes for base in stored)
+    typer.echo(f"{len(stored)} base(s), {human_size(total)} in {paths.bases_dir(root)}", err=True)
+
+
+@common.command(bases_app, "rm")
+@common.examples(
+    ("spamtune bases rm --unused", "every base no run under the data root uses"),
+    ("spamtune bases rm be15d9735d61", "one base, by a prefix of its sha256"),
+)
+def rm(
+    names: List[str] = typer.Argument(None, help="Bases to remove: unique prefixes of their sha256 (`spamtune bases ls`)."),
+    unused: bool = typer.Option(False, "--unused", help="Remove every base that no run under the data root uses."),
+    everything: bool = typer.Option(False, "--all", help="Remove every base."),
+    data_dir: Optional[Path] = common.data_dir_option(),
+) -> None:
+    """Remove bases; a run on one rebuilds it from its origin (seed or GPT-2 download) when loaded. Prints each removed file."""
+    from spamtune.base_catalog import remove_bases
+    from spamtune.errors import SpamtuneUsageError
+
+    given = [name for name, on in (("names", bool(names)), ("--unused", unused), ("--all", everything)) if on]
+    if not given:
+        raise SpamtuneUsageError("name the bases to remove, or give --unused or --all")
+    if len(given) > 1:
+        raise SpamtuneUsageError(f"give one of base names, --unused and --all, not {' and '.join(given)}")
+    removed = remove_bases(paths.data_root(data_dir), names or (), everything=everything, unused=unused)
+    for base in removed:
+        typer.echo(base.path)
+        if base.users:
+            common.note(f"{len(base.users)} run(s) use {base.sha256[:12]} ({base.describe()}): they rebuild it from its origin when loaded")
+    typer.echo(f"freed {human_size(sum(base.nbytes for base in removed))}", err=True)

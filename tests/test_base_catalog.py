@@ -1,0 +1,78 @@
+"""`spamtune bases ls|rm`: the stored bases, the runs on each, and removing them safely."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import tiny_options, write_tiny_data
+from typer.testing import CliRunner
+
+from spamtune import train
+from spamtune.base_catalog import list_bases, remove_bases
+from spamtune.cli import app
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.infer import SpamClassifier
+from spamtune.sweep import run_sweep
+
+TEXTS = ["WIN a prize now!", "see you at lunch"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Two runs and a sweep run on the seed-123 base; one run on seed 7 whose folder is gone."""
+    root = write_tiny_data(tmp_path_factory.mktemp("data"))
+    for name in ("a", "b"):
+        train.finetune(tiny_options(root, epochs=1), root / "runs" / name)
+    run_sweep(tiny_options(root, epochs=1), {"lr": [1e-3]})
+    train.finetune(tiny_options(root, epochs=1, seed=7), root / "runs" / "gone")
+    (root / "runs" / "gone" / "base.json").unlink()  # no longer a compact run: seed 7's base is unused
+    return root
+
+
+def bases(root, *args):
+    return CliRunner().invoke(app, ["bases", *args, "--data-dir", str(root)])
+
+
+def test_ls_shows_each_base_once_with_the_runs_that_use_it(root):
+    stored = {base.origin["seed"]: base for base in list_bases(root)}
+    assert set(stored) == {123, 7}
+    used = stored[123]
+    assert sorted(p.name for p in used.users) == ["a", "b", "lr-0.001"] and stored[7].users == []
+    assert used.nbytes == used.path.stat().st_size and used.path.name == f"{used.sha256}.safetensors"
+    text = bases(root, "ls")
+    assert text.exit_code == 0 and text.stderr.startswith("2 base(s), ")
+    line = next(row.split("\t") for row in text.stdout.splitlines() if row.startswith(used.sha256[:12]))
+    assert line[2:] == ["random init (seed 123)", "3 runs", str(used.path)]
+    rows = [json.loads(row) for row in bases(root, "ls", "--json").stdout.splitlines()]
+    row = next(r for r in rows if r["sha256"] == used.sha256)
+    assert row["bytes"] == used.nbytes and row["origin"]["seed"] == 123 and len(row["runs"]) == 3
+
+
+def test_rm_unused_keeps_what_runs_use_and_a_removed_base_comes_back_when_a_run_loads(root):
+    before = SpamClassifier.load(root / "runs" / "a").predict(TEXTS)
+    used = next(base for base in list_bases(root) if base.users)
+    result = bases(root, "rm", "--unused")
+    assert result.exit_code == 0 and [b.sha256 for b in list_bases(root)] == [used.sha256]
+    gone = bases(root, "rm", used.sha256[:10])
+    assert gone.exit_code == 0 and gone.stdout.strip() == str(used.path) and not used.path.exists()
+    assert "3 run(s) use" in gone.stderr and "rebuild it from its origin" in gone.stderr
+    after = SpamClassifier.load(root / "runs" / "a").predict(TEXTS)  # the seed draws the same base again
+    assert [(v.label, v.probability) for v in after] == [(v.label, v.probability) for v in before]
+
+
+def test_bad_requests_are_one_line(tmp_path):
+    root = write_tiny_data(tmp_path)
+    assert bases(root, "rm").exit_code == 2
+    both = bases(root, "rm", "--unused", "--all")
+    assert both.exit_code == 2 and both.stderr == "Error: give one of base names, --unused and --all, not --unused and --all\n"
+    with pytest.raises(SpamtuneError, match="no base named 'abc'"):
+        remove_bases(root, ["abc"])
+    folder = root / "bases"
+    folder.mkdir()
+    for digit in "01":  # two files whose names share a prefix, neither a readable base
+        (folder / f"ab{digit * 62}.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SpamtuneUsageError, match="'ab' names 2 bases"):
+        remove_bases(root, ["ab"])
+    assert [base.describe() for base in list_bases(root)] == ["unreadable file", "unreadable file"]
+    assert [base.sha256[:3] for base in remove_bases(root, ["ab1"])] == ["ab1"]
