@@ -166,9 +166,10 @@ def load_base(
 ) -> dict[str, torch.Tensor]:
     """The base's tensors: from ``<root>/bases``, else rebuilt from its origin (and stored).
 
-    ``verify`` re-hashes what was read, so a damaged or substituted file is an error, not a
-    silently different classifier; a file hashed before and untouched since
-    (``VERIFIED_FILE``) is not hashed again. ``keep(name, tensor)`` turns each tensor as it is read (a
+    ``verify`` re-hashes what was read, so a damaged or substituted file is never a silently
+    different classifier: it is replaced by the base made again from its origin when that gives
+    the right hash, else an error; a file hashed before and untouched since (``VERIFIED_FILE``)
+    is not hashed again. ``keep(name, tensor)`` turns each tensor as it is read (a
     check, a cast to 16 bits), so that the file's fp32 tensors are never all held at once. A
     base that can be neither found nor rebuilt is one line saying how to get it back.
     """
@@ -186,22 +187,35 @@ def load_base(
             return keep(name, tensor)
 
         tensors = read_tensors(path, device, hashed)
-        if verify:
-            if digest.hexdigest() != ref.sha256:
-                raise SpamtuneError(f"{path} does not hold the base it is named after (sha256 mismatch); remove it and load again to rebuild it")
+        if not verify:
+            return tensors
+        if digest.hexdigest() == ref.sha256:
             _verified_bases(root).remember(ref.sha256, signature)
-        return tensors
+            return tensors
+        # Damaged or substituted: made again from its origin when that gives the right hash.
+        damaged = f"{path} does not hold the base it is named after (sha256 mismatch)"
+        return {n: keep(n, t.to(device)) for n, t in _rebuilt(root, ref, replacing=damaged).items()}
+    return {n: keep(n, t.to(device)) for n, t in _rebuilt(root, ref).items()}
+
+
+def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str, torch.Tensor]:
+    """The base made again from its origin, its hash checked, and stored in place of a missing
+    file or of the damaged one that ``replacing`` describes; else one line on how to get it back."""
+    path = base_file(root, ref.sha256)
     tensors = _rebuild(root, ref)
     if tensors is None:
-        raise SpamtuneError(missing_base_message(root, ref))
+        message = missing_base_message(root, ref)
+        raise SpamtuneError(f"{replacing}, and {message.split('; ', 1)[-1]}" if replacing else message)
     actual = weights_sha256(tensors)
     if actual != ref.sha256:
         raise SpamtuneError(
-            f"the base ({ref.describe()}) rebuilt from its origin has sha256 {actual[:12]}..., not the {ref.sha256[:12]}... "
-            f"the run was trained on; put {path.name} back into {path.parent}"
+            f"{replacing + '; ' if replacing else ''}the base ({ref.describe()}) rebuilt from its origin has sha256 "
+            f"{actual[:12]}..., not the {ref.sha256[:12]}... the run was trained on; put {path.name} back into {path.parent}"
         )
+    if replacing:
+        path.unlink(missing_ok=True)
     write_base(root, ref, tensors)
-    return {n: keep(n, t.to(device)) for n, t in tensors.items()}
+    return tensors
 
 
 def missing_base_message(root: Path, ref: BaseRef) -> str:

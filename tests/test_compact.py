@@ -191,16 +191,38 @@ def test_missing_pretrained_base_says_how_to_download_it(tmp_path):
     assert "\n" not in message
 
 
-def test_a_tampered_base_is_refused(tmp_path):
-    run, _, ref = last_block_run(tmp_path)
+def tamper(path) -> None:
     from safetensors.torch import load_file, save_file
 
-    path = base_file(tmp_path, ref.sha256)
     tensors = load_file(str(path))
     tensors["pos_emb.weight"][0, 0] += 1
     save_file(tensors, str(path))
-    with pytest.raises(SpamtuneError, match="sha256 mismatch"):
-        load_compact_run(run)
+
+
+def test_a_tampered_base_is_made_again_from_its_seed(tmp_path):
+    run, model, ref = last_block_run(tmp_path)
+    expected = logits(load_compact_run(run)[0])
+    path = base_file(tmp_path, ref.sha256)
+    tamper(path)
+    assert base_weights_sha256_of_file(path) != ref.sha256
+    assert torch.equal(logits(load_compact_run(run)[0]), expected)
+    assert base_weights_sha256_of_file(path) == ref.sha256  # the damaged file was replaced
+
+
+def test_a_tampered_base_its_origin_cannot_make_again_is_refused(tmp_path):
+    ref = store_base(tmp_path, random_base(), {"kind": "pretrained", "name": "gpt2-small"})
+    tamper(base_file(tmp_path, ref.sha256))
+    with pytest.raises(SpamtuneError) as refused:
+        load_base(tmp_path, ref)
+    message = str(refused.value)
+    assert "does not hold the base it is named after (sha256 mismatch)" in message
+    assert message.endswith("run `spamtune download model gpt2-small` to get it back")
+
+
+def base_weights_sha256_of_file(path) -> str:
+    from safetensors.torch import load_file
+
+    return bases.weights_sha256(load_file(str(path)))
 
 
 def test_full_model_runs_keep_loading(tmp_path):
