@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from spamtune import runs
+from spamtune import paths, runs
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_write_json, read_json
 
@@ -131,6 +131,28 @@ class SweepResult:
         return sorted(self.rows, key=lambda r: (r["status"] == "failed", r.get("validation_loss") or 0.0, -(r.get("validation_accuracy") or 0.0)))
 
 
+def check_sweep_folder(folder: Path, identity: str) -> None:
+    """A sweep writes into a new or empty folder, or one that holds this same sweep: never among
+    someone's files, where a run's folder could meet one of theirs."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise SpamtuneError(f"{folder} is not a folder; give --out a new or empty folder")
+    record = folder / SWEEP_FILE
+    if record.is_file():
+        found = read_json(record, "sweep file").get("id", identity)  # files before the id: trusted
+        if found != identity:
+            raise SpamtuneError(f"{folder} holds another sweep ({found}); give this one another --out")
+        return
+    if any(folder.iterdir()):
+        raise SpamtuneError(f"{folder} is not empty and holds no sweep; give --out a new or empty folder")
+
+
+def _started_run(run_dir: Path) -> bool:
+    """A run folder that training made (or began to: nothing in it yet but its lock)."""
+    return paths.looks_like_run(run_dir) or (run_dir.is_dir() and all(p.name.startswith(".") for p in run_dir.iterdir()))
+
+
 def _row(name: str, overrides: dict, run_dir: Path, status: str, summary: dict | None, error: str | None = None) -> dict:
     summary = summary or {}
     return {
@@ -178,7 +200,9 @@ def run_sweep(
         raise SpamtuneUsageError("two runs of this sweep would get the same folder name; make the listed values differ more")
     for overrides in combos:
         validate_options(replace(base, **overrides))
-    folder = Path(out) if out else sweeps_dir(root) / f"sweep-{sweep_id(base, grid)}"
+    identity = sweep_id(base, grid)
+    folder = Path(out) if out else sweeps_dir(root) / f"sweep-{identity}"
+    check_sweep_folder(folder, identity)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -190,12 +214,14 @@ def run_sweep(
         best = result.best
         atomic_write_json(folder / SWEEP_FILE, {
             "format": SWEEP_FORMAT,
+            "id": identity,
             "base_options": asdict(base),
             "grid": grid,
             "runs": result.ranked(),
             "best": best["name"] if best else None,
         })  # fmt: skip
 
+    save()  # from the start, so that an interrupted first run leaves a folder this sweep knows again
     for index, (overrides, name) in enumerate(zip(combos, names), start=1):
         run_dir = folder / name
         if runs.is_finished(run_dir) and runs.is_classifier_dir(run_dir):
@@ -206,6 +232,8 @@ def run_sweep(
             continue
         resumable = runs.resume_file(run_dir).is_file()
         if run_dir.exists() and not resumable:
+            if not _started_run(run_dir):
+                raise SpamtuneError(f"{run_dir} is in the way of this sweep's run '{name}' and is not one; move it, or give another --out")
             shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
         emit(SweepRunStarted(index, len(combos), name, overrides, resumable))
         tick = time.perf_counter()

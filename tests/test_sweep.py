@@ -1,12 +1,13 @@
 """Sweeps: the grid, run folders, and resuming after an interruption."""
 
 import json
+import shutil
 
 import pytest
 from helpers import tiny_options, write_tiny_data
 
 from spamtune import train
-from spamtune.errors import SpamtuneUsageError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.sweep import SWEEP_FILE, combinations, parse_grid, run_name, run_sweep, sweep_id
 
 
@@ -120,3 +121,36 @@ def test_the_cli_exits_1_when_no_run_of_a_sweep_finished(tmp_path):
     bad = CliRunner().invoke(app, [*args, "--trainable", "last-block,nonsense", "--data-dir", str(root), "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and bad.stdout == "" and not (tmp_path / "bad").exists()
     assert bad.stderr.strip() == "Error: unknown --trainable preset 'nonsense'; choose head, last-block, last-N-blocks (e.g. last-2-blocks) or all"
+
+
+def test_a_sweep_never_writes_among_other_files_nor_removes_a_folder_it_did_not_make(tmp_path):
+    root = write_tiny_data(tmp_path / "data")
+    base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3]}
+    crowded = tmp_path / "notes"
+    (crowded / "lr-0.001").mkdir(parents=True)
+    (crowded / "lr-0.001" / "precious.txt").write_text("mine")
+    with pytest.raises(SpamtuneError, match="is not empty and holds no sweep"):
+        run_sweep(base, grid, out=crowded)
+    assert (crowded / "lr-0.001" / "precious.txt").read_text() == "mine"
+    run_sweep(base, {"lr": [1e-3]}, out=tmp_path / "other")  # another sweep's folder...
+    with pytest.raises(SpamtuneError, match="holds another sweep"):
+        run_sweep(base, grid, out=tmp_path / "other")  # ... is not this one's
+    # This sweep's own folder, where somebody has put a folder of theirs under a run's name.
+    folder = tmp_path / "sweep"
+    run_sweep(base, grid, out=folder, finetune=fake_finetune)
+    shutil.rmtree(folder / "lr-0.002")
+    (folder / "lr-0.002").mkdir()
+    (folder / "lr-0.002" / "precious.txt").write_text("mine")
+    with pytest.raises(SpamtuneError, match="is in the way of this sweep's run 'lr-0.002'"):
+        run_sweep(base, grid, out=folder, finetune=fake_finetune)
+    assert (folder / "lr-0.002" / "precious.txt").read_text() == "mine"
+
+
+def fake_finetune(options, run_dir, on_event=None) -> dict:
+    """A finished run folder as training leaves one, without training."""
+    run_dir.mkdir(parents=True)
+    summary = {"validation_loss": options.lr, "validation_accuracy": 0.5, "test_accuracy": 0.5, "test_loss": 1.0, "wall_time_s": 0.0}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "delta.safetensors").write_bytes(b"")
+    return summary
