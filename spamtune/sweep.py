@@ -150,7 +150,7 @@ def check_sweep_folder(folder: Path, identity: str) -> None:
 
 def _started_run(run_dir: Path) -> bool:
     """A run folder that training made (or began to: nothing in it yet but its lock)."""
-    return paths.looks_like_run(run_dir) or (run_dir.is_dir() and all(p.name.startswith(".") for p in run_dir.iterdir()))
+    return paths.looks_like_run(run_dir) or (run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {runs.LOCK_FILE})
 
 
 def _row(name: str, overrides: dict, run_dir: Path, status: str, summary: dict | None, error: str | None = None) -> dict:
@@ -221,7 +221,8 @@ def run_sweep(
             "best": best["name"] if best else None,
         })  # fmt: skip
 
-    save()  # from the start, so that an interrupted first run leaves a folder this sweep knows again
+    if not (folder / SWEEP_FILE).is_file():
+        save()  # before the first run, so that a folder interrupted in it is known as this sweep's
     for index, (overrides, name) in enumerate(zip(combos, names), start=1):
         run_dir = folder / name
         if runs.is_finished(run_dir) and runs.is_classifier_dir(run_dir):

@@ -154,3 +154,13 @@ def fake_finetune(options, run_dir, on_event=None) -> dict:
     (run_dir / "config.json").write_text("{}")
     (run_dir / "delta.safetensors").write_bytes(b"")
     return summary
+
+
+def test_a_run_folder_holding_only_its_lock_is_started_and_anything_else_is_not(tmp_path):
+    from spamtune.sweep import _started_run
+
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / ".lock").write_text("")
+    (tmp_path / "dotfiles").mkdir()
+    (tmp_path / "dotfiles" / ".git").mkdir()
+    assert _started_run(tmp_path / "locked") and not _started_run(tmp_path / "dotfiles")
