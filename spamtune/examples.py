@@ -116,10 +116,7 @@ def load_training_data(root: Path, context_length: int, max_length: int | None) 
     capped by the model's context; longer messages in any split keep their first tokens.
     """
     labels = read_label_map(root)
-    split_paths = {name: paths.split_file(root, name) for name in paths.SPLITS}
-    for path in split_paths.values():
-        if not path.is_file():
-            raise SpamtuneError(f"split file not found: {path}; run `spamtune prepare` first")
+    split_paths = prepared_split_files(root)
     splits = {name: read_split(path) for name, path in split_paths.items()}
     for name, split in splits.items():
         if not len(split):
@@ -129,6 +126,17 @@ def load_training_data(root: Path, context_length: int, max_length: int | None) 
         max_length = min(context_length, max(map(len, encode_texts(splits["train"].texts))))
     examples = {name: Examples(encode_texts(s.texts, max_length), s.labels) for name, s in splits.items()}
     return TrainingData(labels, max_length, examples["train"], examples["validation"], examples["test"], data_fingerprint(root))
+
+
+def prepared_split_files(root: Path) -> dict[str, Path]:
+    """The split files ``spamtune prepare`` wrote under ``root``; one line saying so when any
+    of them, or the label map, is missing."""
+    read_label_map(root)  # one line of its own when there is none
+    split_paths = {name: paths.split_file(root, name) for name in paths.SPLITS}
+    for path in split_paths.values():
+        if not path.is_file():
+            raise SpamtuneError(f"split file not found: {path}; run `spamtune prepare` first")
+    return split_paths
 
 
 def data_fingerprint(root: Path) -> str:

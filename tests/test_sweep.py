@@ -164,3 +164,10 @@ def test_a_run_folder_holding_only_its_lock_is_started_and_anything_else_is_not(
     (tmp_path / "dotfiles").mkdir()
     (tmp_path / "dotfiles" / ".git").mkdir()
     assert _started_run(tmp_path / "locked") and not _started_run(tmp_path / "dotfiles")
+
+
+def test_a_sweep_on_an_unprepared_data_root_says_so_once_before_any_run(tmp_path):
+    started = []
+    with pytest.raises(SpamtuneError, match="run `spamtune prepare` first"):
+        run_sweep(tiny_options(tmp_path, model="tiny", epochs=1), {"lr": [1e-3, 2e-3]}, finetune=lambda *a: started.append(a))
+    assert started == [] and not (tmp_path / "sweeps").exists()
