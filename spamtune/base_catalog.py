@@ -32,10 +32,6 @@ class StoredBase:
     origin: dict  # from the file's metadata; empty when the file cannot be read
     users: list[Path] = field(default_factory=list)  # run folders here whose base.json names it
 
-    @property
-    def readable(self) -> bool:
-        return bool(self.origin)
-
     def describe(self) -> str:
         return BaseRef(self.sha256, self.origin).describe() if self.origin else "unreadable file"
 

@@ -204,8 +204,7 @@ def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str
     path = base_file(root, ref.sha256)
     tensors = _rebuild(root, ref)
     if tensors is None:
-        message = missing_base_message(root, ref)
-        raise SpamtuneError(f"{replacing}, and {message.split('; ', 1)[-1]}" if replacing else message)
+        raise SpamtuneError(f"{replacing}, and {how_to_get_back(ref)}" if replacing else missing_base_message(root, ref))
     actual = weights_sha256(tensors)
     if actual != ref.sha256:
         raise SpamtuneError(
@@ -220,12 +219,19 @@ def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str
 
 def missing_base_message(root: Path, ref: BaseRef) -> str:
     where = f"base {ref.sha256[:12]}... ({ref.describe()}) is not in {paths.bases_dir(root)}"
+    if ref.origin.get("kind") == "file":
+        return f"{where} and {ref.origin.get('path')} is gone; {how_to_get_back(ref)}"
+    return f"{where}; {how_to_get_back(ref)}"
+
+
+def how_to_get_back(ref: BaseRef) -> str:
+    """What brings a base back that its origin cannot make again here."""
     kind = ref.origin.get("kind")
     if kind == "pretrained":
-        return f"{where}; run `spamtune download model {ref.origin.get('name')}` to get it back"
+        return f"run `spamtune download model {ref.origin.get('name')}` to get it back"
     if kind == "file":
-        return f"{where} and {ref.origin.get('path')} is gone; put that file back or copy {ref.sha256}.safetensors there"
-    return f"{where}; copy {ref.sha256}.safetensors there from where the run was trained"
+        return f"put that file back or copy {ref.sha256}.safetensors there"
+    return f"copy {ref.sha256}.safetensors there from where the run was trained"
 
 
 def _rebuild(root: Path, ref: BaseRef) -> dict[str, torch.Tensor] | None:

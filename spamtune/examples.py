@@ -115,8 +115,7 @@ def load_training_data(root: Path, context_length: int, max_length: int | None) 
     The default maximum length is the longest training message (as the book pads to it),
     capped by the model's context; longer messages in any split keep their first tokens.
     """
-    labels = read_label_map(root)
-    split_paths = prepared_split_files(root)
+    labels, split_paths = prepared_data(root)
     splits = {name: read_split(path) for name, path in split_paths.items()}
     for name, split in splits.items():
         if not len(split):
@@ -128,15 +127,15 @@ def load_training_data(root: Path, context_length: int, max_length: int | None) 
     return TrainingData(labels, max_length, examples["train"], examples["validation"], examples["test"], data_fingerprint(root))
 
 
-def prepared_split_files(root: Path) -> dict[str, Path]:
-    """The split files ``spamtune prepare`` wrote under ``root``; one line saying so when any
-    of them, or the label map, is missing."""
-    read_label_map(root)  # one line of its own when there is none
+def prepared_data(root: Path) -> tuple[dict[str, int], dict[str, Path]]:
+    """The label map and the split files ``spamtune prepare`` wrote under ``root``; one line
+    saying to run it when any of them is missing."""
+    labels = read_label_map(root)
     split_paths = {name: paths.split_file(root, name) for name in paths.SPLITS}
     for path in split_paths.values():
         if not path.is_file():
             raise SpamtuneError(f"split file not found: {path}; run `spamtune prepare` first")
-    return split_paths
+    return labels, split_paths
 
 
 def data_fingerprint(root: Path) -> str:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from spamtune.errors import SpamtuneError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.runs import RESUME_DIR, RUN_FILES, is_classifier_dir, is_finished, weights_file
 
 ENV_HOME = "SPAMTUNE_HOME"
@@ -192,8 +192,6 @@ def select_by_prefix(entries: list, names: Iterable[str], name_of: Callable[[obj
         if not matches:
             raise SpamtuneError(f"no {what} named '{name}' in {folder}; see `{listing}`")
         if len(matches) > 1:
-            from spamtune.errors import SpamtuneUsageError
-
             raise SpamtuneUsageError(f"'{name}' names {len(matches)} {what}s; give more of the name")
         if matches[0] not in chosen:
             chosen.append(matches[0])

@@ -188,7 +188,7 @@ def run_sweep(
     writing ``sweep.json`` (the interrupted run resumes next time).
     """
     from spamtune import train
-    from spamtune.examples import prepared_split_files
+    from spamtune.examples import prepared_data
     from spamtune.options import validate_options
 
     finetune = finetune or train.finetune
@@ -201,7 +201,7 @@ def run_sweep(
         raise SpamtuneUsageError("two runs of this sweep would get the same folder name; make the listed values differ more")
     for overrides in combos:
         validate_options(replace(base, **overrides))
-    prepared_split_files(root)  # every run would fail on an unprepared data root: say it once
+    prepared_data(root)  # every run would fail on an unprepared data root: say it once
     identity = sweep_id(base, grid)
     folder = Path(out) if out else sweeps_dir(root) / f"sweep-{identity}"
     check_sweep_folder(folder, identity)

@@ -383,11 +383,12 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         }  # fmt: skip
         with world.collective():  # under FSDP, gathered by every rank
             state = training_state(model, optimizer, keep=world.is_main)
+        write = resume_writer(run_dir, state, precision, best_weights, position)
         label = (step, best and best["step"], best_weights)
         if not world.distributed:
-            writer.submit(resume_writer(run_dir, state, precision, best_weights, position), label)
+            writer.submit(write, label)
             return
-        world.on_main(lambda: resume_writer(run_dir, state, precision, best_weights, position)(), share=False)
+        world.on_main(write, share=False)
         writer.written = label
 
     forward = {"precision": precision, "pad_to": pad_to, "last_query_only": options.shortcuts}
