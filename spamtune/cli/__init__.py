@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
 from spamtune import __version__
 from spamtune.cli import common
 from spamtune.errors import OptionError, SpamtuneError
+from spamtune.allocator import keep_freed_memory
 from spamtune.threads import prefer_passive_waiting
 
 
@@ -186,4 +187,6 @@ def main() -> None:
     """The ``spamtune`` command (console script and ``python -m spamtune``)."""
     # Before any command imports torch: OpenMP reads its wait policy once, at load.
     prefer_passive_waiting(brief_spin=sys.argv[1:2] == ["serve"])
+    if sys.argv[1:2] in (["finetune"], ["sweep"]):
+        keep_freed_memory()  # a training step frees and takes the same memory every time
     app(prog_name="spamtune")
