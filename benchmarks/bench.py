@@ -134,6 +134,8 @@ def bench_recipe(data_dir: Path, precision: str, device: str, name: str = "") ->
         "device": device,
         "wall_s": round(wall, 2),
         "prefix_cache_build_s": summary["prefix_cache"]["build_s"],
+        # The test split's states finished behind the steps: what of them the run waited for at the end.
+        "prefix_cache_background_wait_s": summary["prefix_cache"].get("background_wait_s"),
         "prefix_cache_source": summary["prefix_cache"].get("source"),
         "prefix_cache_mib": round(summary["prefix_cache"]["bytes"] / 2**20, 1),
         "training_steps_s": summary["training_time_s"],
@@ -187,8 +189,22 @@ def bench_floor(data_dir: Path, recipe: dict, peak_gflops: float, bandwidth_gbs:
         "compute_floor_s": round(compute_s, 2),
         "optimizer_memory_floor_s": round(memory_s, 2),
         "recipe_over_floor": round(recipe["wall_s"] / (compute_s + memory_s), 2),
-        "cache_build_gflops": round(flops["frozen"] / max(recipe["prefix_cache_build_s"], 1e-9) / 1e9, 1),
+        # With the test split partly cached behind the steps, the time the build stood in the
+        # run's way (before the steps and at the end), not the time it took.
+        "cache_build_gflops": round(flops["frozen"] / max(cache_in_the_way_s(recipe), 1e-9) / 1e9, 1),
+        "cache_partly_behind": bool(recipe.get("prefix_cache_background_wait_s") is not None),
     }
+
+
+def cache_in_the_way_s(recipe: dict) -> float:
+    """Seconds the prefix cache's build held the run up: before the first step, and waiting at
+    the end for the states finished behind the steps."""
+    return recipe["prefix_cache_build_s"] + (recipe.get("prefix_cache_background_wait_s") or 0.0)
+
+
+def cache_at_the_end(recipe: dict) -> str:
+    wait = recipe.get("prefix_cache_background_wait_s")
+    return "" if wait is None else f" + {wait:.1f} s waited for the test split's, built behind the steps"
 
 
 def bench_peer_grouped(data_dir: Path, precision: str, device: str = "cpu") -> dict:
@@ -410,7 +426,7 @@ def report(r: dict) -> None:
         shown[f"grouped peer {rec['precision']} on {rec['device']}"] = grouped.get((rec["device"], rec["precision"]))
         rows.append((
             f"recipe, 5 epochs, {rec['precision']} on {rec['device']}",
-            f"{rec['wall_s']:.1f} s (cache {rec['prefix_cache_build_s']:.1f} s, {rec['prefix_cache_mib']:.0f} MiB; "
+            f"{rec['wall_s']:.1f} s (cache {rec['prefix_cache_build_s']:.1f} s{cache_at_the_end(rec)}, {rec['prefix_cache_mib']:.0f} MiB; "
             f"steps {rec['training_steps_s']:.1f} s; test acc {rec['test_accuracy']:.2%}; folder {rec['run_folder_mb']:.0f} MB)",
             ", ".join(f"{rec['wall_s'] / s:.3f}x {name}" for name, s in shown.items() if s),
         ))  # fmt: skip
@@ -446,7 +462,8 @@ def report(r: dict) -> None:
             f"floor of the recipe, {f['precision']} (matmul peak {f['peak_gflops']:.0f} GFLOP/s)",
             f"compute {f['compute_floor_s']:.1f} s ({f['frozen_tflop']:.2f} TFLOP frozen over {f['distinct_tokens']:,} distinct tokens "
             f"+ {f['trainable_tflop']:.3f} trainable) + optimizer memory {f['optimizer_memory_floor_s']:.1f} s "
-            f"({r['machine']['copy_gbs']:.0f} GB/s); cache built at {f['cache_build_gflops']:.0f} GFLOP/s",
+            f"({r['machine']['copy_gbs']:.0f} GB/s); cache built at {f['cache_build_gflops']:.0f} GFLOP/s"
+            + (" (in the run's way: the test split's partly behind the steps)" if f.get("cache_partly_behind") else ""),
             f"recipe {f['recipe_over_floor']:.1f}x its floor",
         ))  # fmt: skip
     for p in r["prediction"]:

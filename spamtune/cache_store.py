@@ -21,13 +21,14 @@ for K blocks is also the start of one for K + 1 (``extend_prefix_cache``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -204,7 +205,12 @@ class PrefixCacheStore:
     # ---- writing
     def _write(self, key: CacheKey, rows: int, emb_dim: int, fill: Callable[[torch.Tensor], FrozenPrefixCache]) -> FrozenPrefixCache | None:
         """Create the entry of ``key``: ``fill`` writes the states into a memory-mapped temporary
-        file and returns the cache; None when the disk lacks the room (nothing is written)."""
+        file and returns the cache; None when the disk lacks the room (nothing is written).
+
+        A cache that ``fill`` returns with states still ``pending`` (computed behind training)
+        is returned as it is, on the temporary file; the entry is completed when that work
+        finishes, and nothing of it is left if the work is cancelled.
+        """
         dtype = key.torch_dtype
         nbytes = rows * emb_dim * torch.empty((), dtype=dtype).element_size()
         if nbytes == 0:
@@ -217,39 +223,33 @@ class PrefixCacheStore:
         except OSError as exc:
             raise SpamtuneError(f"cannot write the prefix cache {entry}: {exc.strerror or exc}") from None
         (entry / META_FILE).unlink(missing_ok=True)  # the entry is incomplete until meta.json is back
-        with atomic_path(entry / STATES_FILE) as tmp:
-            os.truncate(tmp, nbytes)
-            mapped = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(nbytes,))
-            cache = fill(torch.from_numpy(mapped).view(dtype).view(rows, emb_dim))
-            mapped.flush()
-            del mapped
-            states_sha = sha256_file(tmp)
-        with atomic_path(entry / INDEX_FILE) as tmp:
-            save_file({"offsets": cache.offsets.contiguous(), "lengths": cache.lengths.contiguous()}, str(tmp))
-            index_sha = sha256_file(tmp)
-        meta = {
-            "kind": META_KIND,
-            "key": asdict(key),
-            "rows": rows,
-            "emb_dim": emb_dim,
-            "examples": len(cache),
-            "states_bytes": nbytes,
-            "states_sha256": states_sha,
-            "index_sha256": index_sha,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "spamtune_version": __version__,
-        }
-        atomic_write_json(entry / META_FILE, meta)
-        states = _map_states(entry / STATES_FILE, nbytes, dtype, rows, emb_dim)
-        return FrozenPrefixCache(key.blocks, states, cache.offsets, cache.lengths)
+        writing = contextlib.ExitStack()
+        states, filled = writing.enter_context(_entry_written(key, entry, rows, emb_dim, nbytes))
+        try:
+            cache = fill(states)
+        except BaseException as exc:
+            writing.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        filled.append(cache)
+        if cache.pending is not None:
+            cache.pending.exit_stack.enter_context(writing)
+            return cache
+        writing.close()
+        return FrozenPrefixCache(key.blocks, _map_states(entry / STATES_FILE, nbytes, dtype, rows, emb_dim), cache.offsets, cache.lengths)
 
     def lookup(
-        self, model: GPTModel, token_lists: list[list[int]], blocks: int, base_sha256: str, precision: Precision
+        self,
+        model: GPTModel,
+        token_lists: list[list[int]],
+        blocks: int,
+        base_sha256: str,
+        precision: Precision,
+        later_from: int | None = None,
     ) -> CacheLookup:
         """``obtain`` for the fp32 states of the first ``blocks`` blocks of ``model`` (built from the
         base ``base_sha256``) over ``token_lists``, computed in ``precision``."""
         key = CacheKey.for_tokens(base_sha256, token_lists, blocks, precision=precision.name)
-        return self.obtain(key, model, token_lists, precision=precision)
+        return self.obtain(key, model, token_lists, precision=precision, later_from=later_from)
 
     def obtain(
         self,
@@ -259,10 +259,13 @@ class PrefixCacheStore:
         *,
         precision: Precision | None = None,
         verify: str = "hash",
+        later_from: int | None = None,
     ) -> CacheLookup:
         """The cache of ``key`` for ``token_lists``: loaded if stored; else extended from a stored
         cache of fewer blocks (same base, data, dtype and precision); else built; each new one is
-        stored. A corrupt or stale entry met on the way is removed and rebuilt.
+        stored. A corrupt or stale entry met on the way is removed and rebuilt. A build may
+        leave the examples from ``later_from`` on to finish behind training
+        (``build_prefix_cache``); the entry is then complete once they are.
 
         ``key`` must name what the model caches: its first ``key.blocks`` blocks (frozen), the
         fingerprint of ``token_lists``, the base the model was built from and ``precision``'s name.
@@ -302,9 +305,41 @@ class PrefixCacheStore:
             ))  # fmt: skip
             return done(cache, "extended", f"from the {fewer}-block cache")
         cache = self._write(key, rows, emb_dim, lambda out: build_prefix_cache(
-            model, token_lists, key.blocks, precision=precision, dtype=key.torch_dtype, states_out=out,
+            model, token_lists, key.blocks, precision=precision, dtype=key.torch_dtype, states_out=out, later_from=later_from,
         ))  # fmt: skip
         return done(cache, "built")
+
+
+@contextlib.contextmanager
+def _entry_written(key: CacheKey, entry: Path, rows: int, emb_dim: int, nbytes: int) -> Iterator[tuple[torch.Tensor, list]]:
+    """The entry's states file, memory-mapped under a temporary name, and a list for the cache
+    made on it. Leaving normally completes the entry: the states are hashed and renamed, then
+    the index and ``meta.json`` (last: it marks the entry complete) are written. Leaving on an
+    error removes the temporary file."""
+    filled: list[FrozenPrefixCache] = []
+    with atomic_path(entry / STATES_FILE) as tmp:
+        os.truncate(tmp, nbytes)
+        mapped = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(nbytes,))
+        yield torch.from_numpy(mapped).view(key.torch_dtype).view(rows, emb_dim), filled
+        mapped.flush()
+        states_sha = sha256_file(tmp)
+    cache = filled[0]
+    with atomic_path(entry / INDEX_FILE) as tmp:
+        save_file({"offsets": cache.offsets.contiguous(), "lengths": cache.lengths.contiguous()}, str(tmp))
+        index_sha = sha256_file(tmp)
+    meta = {
+        "kind": META_KIND,
+        "key": asdict(key),
+        "rows": rows,
+        "emb_dim": emb_dim,
+        "examples": len(cache),
+        "states_bytes": nbytes,
+        "states_sha256": states_sha,
+        "index_sha256": index_sha,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "spamtune_version": __version__,
+    }
+    atomic_write_json(entry / META_FILE, meta)
 
 
 def _map_states(path: Path, nbytes: int, dtype: torch.dtype, rows: int, emb_dim: int) -> torch.Tensor:

@@ -14,10 +14,11 @@ its cached keys and values (6.7% fewer tokens on the SMS data).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,6 +30,7 @@ from spamtune.data import pad_batch, sorted_batches
 from spamtune.device import Precision
 from spamtune.examples import TrainingData
 from spamtune.forward import eval_mode
+from spamtune.idle_work import IdleWork, idle_priority_available
 from spamtune.linear import packed_weights, packing_dtype
 from spamtune.model import GPTModel, Trainable
 from spamtune.tokenizer import EOT_ID
@@ -45,12 +47,16 @@ class FrozenPrefixCache:
 
     All examples' states are kept on the compute device in one flat ``[total_tokens, emb_dim]``
     tensor; ``offsets`` and ``lengths`` locate each example in it (duplicates share a slot).
+    ``pending``: the work still computing the states of examples ``pending_from`` on (see
+    ``build_prefix_cache``'s ``later_from``); ``batch`` finishes it before it reads them.
     """
 
     start_block: int
     states: torch.Tensor
     offsets: torch.Tensor
     lengths: torch.Tensor
+    pending: IdleWork | None = field(default=None, repr=False, compare=False)
+    pending_from: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -60,8 +66,17 @@ class FrozenPrefixCache:
         return len(self.lengths)
 
     def subset(self, start: int, stop: int) -> FrozenPrefixCache:
-        """Examples ``start:stop``, sharing this cache's storage (one cache serves several splits)."""
-        return FrozenPrefixCache(self.start_block, self.states, self.offsets[start:stop], self.lengths[start:stop])
+        """Examples ``start:stop``, sharing this cache's storage (one cache serves several splits);
+        it waits for ``pending`` only if some of them do."""
+        pending = self.pending if self.pending is not None and stop > self.pending_from else None
+        return FrozenPrefixCache(
+            self.start_block, self.states, self.offsets[start:stop], self.lengths[start:stop], pending, max(0, self.pending_from - start)
+        )
+
+    def finish(self) -> None:
+        """Wait for the states still being computed (none: returns at once)."""
+        if self.pending is not None:
+            self.pending.finish()
 
     def batch(self, indices: list[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded (with zeros) ``(prefix [b, t, d], lengths [b])`` for the given examples.
@@ -69,6 +84,7 @@ class FrozenPrefixCache:
         One gather for the whole batch: a training step takes its batch from here, and slicing
         each row out and padding them one by one cost ~0.3 ms of a 16 ms step.
         """
+        self.finish()
         lengths = self.lengths[indices]
         positions = torch.arange(int(lengths.max()))
         # Past a row's end the gather reads its last state again; the padding then becomes zeros.
@@ -112,6 +128,12 @@ def estimate_cache_bytes(token_lists: list[list[int]], emb_dim: int, dtype: torc
 # prefix computed once. Measured on the balanced SMS split: 6.7% fewer tokens through the
 # frozen blocks at 12; lower thresholds group more messages behind shorter prefixes.
 MIN_SHARED_PREFIX = 12
+
+
+# The batches of a cache's later part (``build_prefix_cache``'s ``later_from``) hold at most this
+# many token positions: 16 short messages, or 4 of 120 tokens (~0.4 s on one EPYC core for
+# gpt2-small's 11 frozen blocks).
+LATER_BATCH_TOKENS = 512
 
 
 def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -167,6 +189,7 @@ def build_prefix_cache(
     budget_bytes: int | None = None,
     min_shared: int = MIN_SHARED_PREFIX,
     states_out: torch.Tensor | None = None,
+    later_from: int | None = None,
 ) -> FrozenPrefixCache | None:
     """Cache the outputs of the first ``start`` blocks (``cacheable_blocks``), or return None
     when that is none or it would not fit. ``precision`` (default fp32 on the CPU) gives the
@@ -180,6 +203,15 @@ def build_prefix_cache(
     to the prefix's cached keys and values. ``states_out`` (``[distinct tokens, emb_dim]``, see
     ``distinct_token_count``) receives the states instead of a new tensor: a memory-mapped file
     for a cache kept on disk (``spamtune.cache_store``), which need not fit in memory.
+
+    ``later_from``: the examples from this index on (the test split, read once training is
+    over) may be computed after this returns. Their part of the work (what the earlier examples
+    do not need) then runs as ``IdleWork`` at idle priority, filling the time the training
+    steps leave idle, and is the returned cache's ``pending``. Its batches are smaller (at most
+    ``LATER_BATCH_TOKENS`` token positions), so that the one a background thread still holds
+    when the states are needed is soon done. The states are the one-pass build's to float
+    rounding (other batches), and the same at every build: ``IdleWork`` runs each batch with one
+    thread, whichever thread takes it.
     """
     precision = precision or Precision("fp32", "cpu")
     device = precision.device
@@ -198,6 +230,7 @@ def build_prefix_cache(
         raise ValueError(f"states_out is {tuple(states_out.shape)} {states_out.dtype}, the cache needs {shape} {dtype}")
     states = torch.empty(shape, dtype=dtype, device=device) if states_out is None else states_out
 
+    @torch.no_grad()  # grad mode is per thread: the background thread needs its own
     def run(rows: list[tuple[int, ...]], first: list[int], past=None, past_valid=None):
         """Outputs and keys/values of token ``rows``, row r starting at position ``first[r]``."""
         ids, _ = pad_batch([list(r) for r in rows], pad_id, device)
@@ -224,33 +257,68 @@ def build_prefix_cache(
     rows = [(distinct[i], [i], None) for i in range(len(distinct)) if i not in grouped]
     rows += [(distinct[members[0]][:p], members, g) for g, (p, members) in enumerate(groups)]
     kv_of: list = [None] * len(groups)
-    with eval_mode(model), packed:
-        for idx in sorted_batches([len(tokens) for tokens, _, _ in rows], batch_size):
-            x, kvs = run([rows[j][0] for j in idx], [0] * len(idx))
-            for row, j in enumerate(idx):
-                tokens, slots_here, g = rows[j]
-                for slot in slots_here:
-                    store(slot, 0, x[row, : len(tokens)])
-                if g is not None:
-                    kv_of[g] = [(k[row, :, : len(tokens)].clone(), v[row, :, : len(tokens)].clone()) for k, v in kvs]
-        # Second pass: each member's remaining tokens, attending to its group's prefix.
-        rests = [(g, p, m) for g, (p, members) in enumerate(groups) for m in members if len(distinct[m]) > p]
-        for idx in sorted_batches([len(distinct[m]) - p for _, p, m in rests], batch_size):
-            batch = [rests[j] for j in idx]
-            shared = torch.tensor([p for _, p, _ in batch])
-            # Each row's prefix keys/values, right-padded to the longest; past_valid masks the padding.
-            past = [
-                tuple(
-                    pad_sequence([kv_of[g][layer][i].transpose(0, 1) for g, _, _ in batch], batch_first=True).transpose(1, 2)
-                    for i in (0, 1)
-                )
-                for layer in range(start)
-            ]
-            past_valid = (torch.arange(int(shared.max()))[None, :] < shared[:, None]).to(device)
-            out, _ = run([distinct[m][p:] for _, p, m in batch], shared.tolist(), past, past_valid)
-            for row, (_, p, m) in enumerate(batch):
-                store(m, p, out[row, : len(distinct[m]) - p])
-    return FrozenPrefixCache(start, states, offsets[slot_of], lengths[slot_of])
+    # Second pass: each member's remaining tokens, attending to its group's prefix.
+    rests = [(g, p, m) for g, (p, members) in enumerate(groups) for m in members if len(distinct[m]) > p]
+
+    def first_pass(batch: list[int]) -> None:
+        x, kvs = run([rows[j][0] for j in batch], [0] * len(batch))
+        for row, j in enumerate(batch):
+            tokens, slots_here, g = rows[j]
+            for slot in slots_here:
+                store(slot, 0, x[row, : len(tokens)])
+            if g is not None:
+                kv_of[g] = [(k[row, :, : len(tokens)].clone(), v[row, :, : len(tokens)].clone()) for k, v in kvs]
+
+    def second_pass(batch: list[int]) -> None:
+        chosen = [rests[j] for j in batch]
+        shared = torch.tensor([p for _, p, _ in chosen])
+        # Each row's prefix keys/values, right-padded to the longest; past_valid masks the padding.
+        past = [
+            tuple(
+                pad_sequence([kv_of[g][layer][i].transpose(0, 1) for g, _, _ in chosen], batch_first=True).transpose(1, 2)
+                for i in (0, 1)
+            )
+            for layer in range(start)
+        ]
+        past_valid = (torch.arange(int(shared.max()))[None, :] < shared[:, None]).to(device)
+        out, _ = run([distinct[m][p:] for _, p, m in chosen], shared.tolist(), past, past_valid)
+        for row, (_, p, m) in enumerate(chosen):
+            store(m, p, out[row, : len(distinct[m]) - p])
+
+    def stages(first: list[int], second: list[int], max_tokens: int | None = None) -> list[list[Callable[[], None]]]:
+        """The two passes over the chosen rows and rests, as lists of batches."""
+        widths = [len(rows[j][0]) for j in first], [len(distinct[rests[j][2]]) - rests[j][1] for j in second]
+        return [
+            [functools.partial(run_pass, [chosen[k] for k in idx]) for idx in sorted_batches(width, batch_size, max_tokens=max_tokens)]
+            for run_pass, chosen, width in ((first_pass, first, widths[0]), (second_pass, second, widths[1]))
+        ]
+
+    # What the examples before ``later_from`` need: their slots, and the prefixes of their groups.
+    needed = set(slot_of[:later_from].tolist()) if later_from is not None and model.cfg.drop_rate == 0 else set(range(len(distinct)))
+    now = stages(
+        [j for j, (_, slots_here, _) in enumerate(rows) if not needed.isdisjoint(slots_here)],
+        [j for j, (_, _, m) in enumerate(rests) if m in needed],
+    )
+    later = stages(
+        [j for j, (_, slots_here, _) in enumerate(rows) if needed.isdisjoint(slots_here)],
+        [j for j, (_, _, m) in enumerate(rests) if m not in needed],
+        LATER_BATCH_TOKENS,
+    )
+    held = contextlib.ExitStack()  # the packed weights, until the last batch is computed
+    with held:
+        held.enter_context(packed)
+        with eval_mode(model):
+            for stage in now:
+                for batch in stage:
+                    batch()
+        cache = FrozenPrefixCache(start, states, offsets[slot_of], lengths[slot_of])
+        if any(later):
+            # The background thread never changes the model's mode: with dropout off (``needed``
+            # covers everything otherwise) the frozen blocks compute the same in either.
+            work = IdleWork(later, name="spamtune-prefix-cache")
+            work.exit_stack.enter_context(held.pop_all())
+            cache.pending, cache.pending_from = work.start(), later_from
+    return cache
 
 
 @dataclass(frozen=True)
@@ -266,12 +334,21 @@ class PrefixCacheReport:
     # (from a cache of fewer blocks) or "stored" (built and kept)
     source: str = "built"
     detail: str | None = None  # e.g. "from the 10-block cache", "rebuilt: ... does not match its sha256"
+    # Splits whose states were still computed behind training (``seconds`` is the rest's
+    # build), and how long the run waited for them at the end, once known.
+    background: tuple[str, ...] = ()
+    background_wait_s: float | None = None
 
     def to_dict(self) -> dict:
-        return {
+        record = {
             "blocks": self.start_block, "splits": list(self.splits), "bytes": self.nbytes, "build_s": round(self.seconds, 3),
             "source": self.source,
         }  # fmt: skip
+        if self.background:
+            record["background"] = list(self.background)
+            if self.background_wait_s is not None:
+                record["background_wait_s"] = round(self.background_wait_s, 3)
+        return record
 
 
 def attach_prefix_caches(
@@ -287,6 +364,7 @@ def attach_prefix_caches(
     build: Callable[..., FrozenPrefixCache | None] = build_prefix_cache,
     store: PrefixCacheStore | None = None,
     base_sha256: str | None = None,
+    test_in_background: bool = False,
 ) -> PrefixCacheReport:
     """Compute the frozen blocks' outputs once for train, validation and test and attach them
     to the splits, as far as memory allows; with a ``store`` (and the ``base_sha256`` of the
@@ -298,7 +376,8 @@ def attach_prefix_caches(
     is batched with. Not used for ``last`` pooling, whose pooled position is a padding token
     that the cache does not hold. ``on_building(K)`` is called just before the K blocks run.
     ``build`` computes the cache (``build_prefix_cache``'s arguments): several ranks pass one
-    that splits the work among them.
+    that splits the work among them. ``test_in_background``: the test split's own states may be
+    finished behind training (``build_prefix_cache``'s ``later_from``; see ``background_worth_it``).
     """
     start = cacheable_blocks(model, trainable)
     if not shortcuts:
@@ -309,9 +388,10 @@ def attach_prefix_caches(
         return PrefixCacheReport(0, (), 0, 0.0, "not used: every block is trainable")
     if store is not None and base_sha256 is not None:
         token_lists = [t for name in paths.SPLITS for t in data.split(name).tokens]
+        later_from = len(token_lists) - len(data.test) if test_in_background else None
         if on_building:
             on_building(start)
-        lookup = store.lookup(model, token_lists, start, base_sha256, precision)
+        lookup = store.lookup(model, token_lists, start, base_sha256, precision, later_from)
         cache = lookup.cache
         if cache is not None:
             if precision.device.type != "cpu" and cache.nbytes <= memory_budget_bytes(precision.device):
@@ -319,7 +399,8 @@ def attach_prefix_caches(
                 cache = FrozenPrefixCache(cache.start_block, cache.states.to(precision.device), cache.offsets, cache.lengths)
             _attach(data, paths.SPLITS, cache)
             source = "stored" if lookup.outcome == "built" else lookup.outcome
-            return PrefixCacheReport(start, paths.SPLITS, cache.nbytes, lookup.seconds, None, source, lookup.detail)
+            background = ("test",) if cache.pending is not None else ()
+            return PrefixCacheReport(start, paths.SPLITS, cache.nbytes, lookup.seconds, None, source, lookup.detail, background)
     budget = memory_budget_bytes(precision.device) if budget_bytes is None else budget_bytes
     # One cache for all splits, so a message found in several (the SMS data has such leaks)
     # is computed once; when that would not fit, the training split alone, read most often.
@@ -335,12 +416,41 @@ def attach_prefix_caches(
     if on_building:
         on_building(start)
     tick = time.perf_counter()
-    cache = build(model, token_lists, start, precision=precision, budget_bytes=budget)
+    later = {"later_from": len(token_lists) - len(data.test)} if test_in_background and names == paths.SPLITS else {}
+    cache = build(model, token_lists, start, precision=precision, budget_bytes=budget, **later)
     if cache is None:  # the device's free memory shrank meanwhile
         return PrefixCacheReport(0, (), 0, 0.0, "not used: out of memory budget")
     _attach(data, names, cache)
     skipped = None if len(names) == len(paths.SPLITS) else "validation and test run the plain path (memory budget)"
-    return PrefixCacheReport(start, tuple(names), cache.nbytes, time.perf_counter() - tick, skipped)
+    background = ("test",) if cache.pending is not None else ()
+    return PrefixCacheReport(start, tuple(names), cache.nbytes, time.perf_counter() - tick, skipped, background=background)
+
+
+def background_worth_it(precision: Precision, distributed: bool) -> bool:
+    """Whether to finish the test split's cached states behind training: on a CPU with several
+    threads and an idle scheduling priority (the training steps leave part of a core idle), in
+    one process. A GPU builds them in a fraction of a second; several ranks share the build."""
+    return precision.device.type == "cpu" and not distributed and torch.get_num_threads() > 1 and idle_priority_available()
+
+
+def finish_prefix_caches(data: TrainingData) -> float:
+    """Wait for any split's states still computed behind training (``background_worth_it``);
+    the seconds waited."""
+    tick = time.perf_counter()
+    for name in paths.SPLITS:
+        cache = data.split(name).cache
+        if cache is not None:
+            cache.finish()
+    return time.perf_counter() - tick
+
+
+def cancel_prefix_caches(data: TrainingData) -> None:
+    """Stop the states still computed behind training (a run stopped before it needed them):
+    the kept cache's entry is then not written."""
+    for name in paths.SPLITS:
+        cache = data.split(name).cache
+        if cache is not None and cache.pending is not None:
+            cache.pending.cancel()
 
 
 @torch.no_grad()

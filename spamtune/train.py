@@ -68,7 +68,14 @@ from spamtune.bases import BaseRef
 from spamtune.cache_store import PrefixCacheStore
 from spamtune.compact import save_compact_run
 from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
-from spamtune.prefix_cache import PrefixCacheReport, attach_prefix_caches, memory_budget_bytes
+from spamtune.prefix_cache import (
+    PrefixCacheReport,
+    attach_prefix_caches,
+    background_worth_it,
+    cancel_prefix_caches,
+    finish_prefix_caches,
+    memory_budget_bytes,
+)
 from spamtune.schedule import clip_gradients, make_scheduler
 from spamtune.resume import load_resume_state, resume_writer, trainable_weights, training_state
 from spamtune.fsdp import is_sharded, plain_copy, set_from_rank0, shard_classifier, whole_model
@@ -455,6 +462,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         with world.collective():
             set_from_rank0(model, best_weights, world.distributed)
         world.on_main(lambda: write_model(run, model, best_weights, base_ref), share=False)
+        if cache.background:  # the test split's states, finished behind the training steps
+            cache = replace(cache, background_wait_s=finish_prefix_caches(data))
         emit(EvaluationStarted(step, "test"))
         loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed(), "params": params}
         loop["training_time_s"] = training_time
@@ -481,6 +490,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         raise SpamtuneError(f"{exc} {where}; training stopped, the last checkpoint (step {saved[0]}) is in {run_dir}; {hint}") from None
     except DiskFull as exc:
         raise TrainingStopped(str(exc), run_dir, writer.settle()[0]) from None
+    finally:
+        cancel_prefix_caches(data)  # a run stopped before the test split: its states are not needed
 
 
 def start_session(
@@ -502,7 +513,7 @@ def start_session(
         model, data, run.trainable, run.options.pooling, run.precision,
         shortcuts=run.options.shortcuts, on_building=lambda blocks: emit(PrefixCaching(blocks)),
         budget_bytes=budget, build=functools.partial(build_prefix_cache_sharded, world),
-        store=store, base_sha256=base_sha256,
+        store=store, base_sha256=base_sha256, test_in_background=background_worth_it(run.precision, world.distributed),
     )  # fmt: skip
     emit(cache)
     return cache

@@ -258,3 +258,51 @@ def test_cli_ls_and_rm(tmp_path):
     done = runner.invoke(app, ["cache", "rm", key.name[:8], "--data-dir", str(tmp_path)])
     assert done.exit_code == 0 and done.stdout.strip() == str(tmp_path / "cache" / key.name)
     assert list_caches(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- finished behind training
+
+LATER = 5  # SEQS[5:] stand for the test split: a message of its own, a duplicate of SEQS[2], one sharing SEQS[3]'s prefix
+
+
+def test_a_build_can_leave_the_last_examples_to_finish_in_the_background():
+    model = classifier("last-2-blocks")
+    whole = build_prefix_cache(model, SEQS, 2)
+    cache = build_prefix_cache(model, SEQS, 2, later_from=LATER)
+    assert cache.pending is not None and not cache.pending.done
+    first, last = cache.subset(0, LATER), cache.subset(LATER, len(SEQS))
+    assert first.pending is None and last.pending is cache.pending
+    # The earlier examples are there already: reading them does not wait for the rest.
+    torch.testing.assert_close(cached_logits(model, first), plain_logits(model, SEQS[:LATER]), atol=1e-5, rtol=1e-5)
+    assert not cache.pending.done
+    # Reading the later ones finishes the work first; then every state is the one-pass build's.
+    torch.testing.assert_close(cached_logits(model, last), plain_logits(model, SEQS[LATER:]), atol=1e-5, rtol=1e-5)
+    assert cache.pending.done
+    torch.testing.assert_close(cache.states, whole.states, atol=1e-6, rtol=0)  # other batches: float rounding
+    again = build_prefix_cache(model, SEQS, 2, later_from=LATER)
+    again.finish()
+    assert torch.equal(again.states, cache.states)  # but the same at every build
+
+
+def test_a_kept_cache_finished_in_the_background_is_complete_only_once_it_is_done(tmp_path):
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    built = store.obtain(key, model, SEQS, later_from=LATER)
+    assert built.outcome == "built" and built.cache.pending is not None
+    assert [e.status for e in list_caches(tmp_path)] == ["incomplete"]  # no meta.json yet
+    built.cache.finish()
+    assert [e.status for e in list_caches(tmp_path)] == ["ok"]
+    hit = store.obtain(key, model, SEQS)
+    assert hit.outcome == "hit" and torch.equal(hit.cache.states, built.cache.states)
+
+
+def test_a_cancelled_background_build_leaves_no_entry(tmp_path):
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    built = store.obtain(key, model, SEQS, later_from=LATER)
+    built.cache.pending.cancel()
+    entry = tmp_path / "cache" / key.name
+    assert list(entry.iterdir()) == []  # neither the states (a temporary name until done) nor the meta
+    assert store.obtain(key, model, SEQS).outcome == "built"

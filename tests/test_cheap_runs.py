@@ -1,11 +1,12 @@
 """Many runs, cheaply, end to end: kept prefix caches, LoRA, schedules, compact runs, sweeps."""
 
 import json
+import threading
 from dataclasses import replace
 
 import pytest
 import torch
-from helpers import TINY_CONFIG, tiny_options, write_tiny_data
+from helpers import TINY_CONFIG, ctrl_c_at_step, tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import SpamClassifier, base_model, events, train
@@ -17,6 +18,7 @@ from spamtune.device import Precision
 from spamtune.examples import Batch, Examples
 from spamtune.forward import predict_logits
 from spamtune.lora import lora_parameter_count
+from spamtune.prefix_cache import background_worth_it
 from spamtune.tokenizer import get_tokenizer
 from spamtune.model import GPTConfig
 
@@ -52,6 +54,25 @@ def test_a_second_run_loads_the_kept_cache_and_gives_the_same_metrics(root, tmp_
     for name in METRICS:
         assert warm[name] == cold[name] == plain[name], name
     assert len(list_caches(root)) == 1
+    # Where a core is left idle by the steps, the cold runs finished the test split's states behind them.
+    behind = background_worth_it(Precision("fp32", "cpu"), distributed=False)
+    for summary in (cold, plain):
+        assert summary["prefix_cache"].get("background") == (["test"] if behind else None)
+        assert ("background_wait_s" in summary["prefix_cache"]) == behind
+    assert "background" not in warm["prefix_cache"]
+
+
+def test_ctrl_c_while_the_test_split_is_cached_behind_leaves_no_entry_and_no_thread(root, tmp_path, monkeypatch):
+    ctrl_c_at_step(monkeypatch, 3)
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(tiny_options(root), tmp_path / "r1")
+    assert "spamtune-prefix-cache" not in [t.name for t in threading.enumerate()]
+    assert [e.status for e in list_caches(root)] in ([], ["incomplete"])  # no meta.json, no states file
+    assert not any(p.name.endswith(".part") for p in (root / "cache").rglob("*"))
+    monkeypatch.undo()
+    again = train.finetune(tiny_options(root), tmp_path / "r2")
+    plain = train.finetune(tiny_options(root, keep_cache=False), tmp_path / "r3")
+    assert again["prefix_cache"]["source"] == "stored" and all(again[name] == plain[name] for name in METRICS)
 
 
 def test_a_second_run_reads_its_random_base_from_the_store_instead_of_drawing_it(root, tmp_path, monkeypatch):

@@ -79,6 +79,7 @@ class ProgressReporter:
             self.console.print(
                 f"frozen-prefix cache: outputs of blocks 1-{e.start_block} for {', '.join(e.splits)} "
                 f"{how}, {e.nbytes / 2**20:,.1f} MiB, {_duration(e.seconds)}"
+                + (f" ({' and '.join(e.background)} finished behind the training steps)" if e.background else "")
                 + "".join(f"; {note}" for note in (e.detail, e.skipped) if note)
             )
         elif e.skipped:

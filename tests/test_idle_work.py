@@ -1,0 +1,134 @@
+"""Work done behind the main thread at idle priority (spamtune.idle_work)."""
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from spamtune import idle_work
+from spamtune.idle_work import IdleWork, WorkCancelled
+
+needs_idle_priority = pytest.mark.skipif(not idle_work.idle_priority_available(), reason="no SCHED_IDLE here")
+
+
+def recorder():
+    """Items that note (name, thread, start, end) as they run."""
+    log, lock = [], threading.Lock()
+
+    def item(name, seconds=0.0):
+        def run():
+            start = time.perf_counter()
+            time.sleep(seconds)
+            with lock:
+                log.append((name, threading.current_thread().name, start, time.perf_counter()))
+
+        return run
+
+    return log, item
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_stage_starts_once_every_item_before_it_is_done():
+    log, item = recorder()
+    work = IdleWork([[item("a1", 0.05), item("a2", 0.01), item("a3", 0.03)], [item("b1"), item("b2")], [item("c1")]]).start()
+    work.finish()
+    assert sorted(name for name, *_ in log) == ["a1", "a2", "a3", "b1", "b2", "c1"]
+    ends = {name: end for name, _, _, end in log}
+    starts = {name: start for name, _, start, _ in log}
+    assert min(starts["b1"], starts["b2"]) >= max(ends["a1"], ends["a2"], ends["a3"])
+    assert starts["c1"] >= max(ends["b1"], ends["b2"])
+    assert work.done
+    work.finish()  # idempotent
+    assert len(log) == 6
+
+
+@needs_idle_priority
+def test_the_background_runs_at_idle_priority_with_one_thread_and_takes_the_smallest_first():
+    seen, threads_before = [], torch.get_num_threads()
+
+    def item(name):
+        return lambda: seen.append((name, threading.current_thread().name, os.sched_getscheduler(0), torch.get_num_threads()))
+
+    work = IdleWork([[item("largest"), item("middle"), item("smallest")]], name="idle-test").start()
+    wait_until(lambda: len(seen) == 3)  # the main thread only waits: the background does it all
+    work.finish()
+    assert [name for name, *_ in seen] == ["smallest", "middle", "largest"]
+    assert {(thread, policy, threads) for _, thread, policy, threads in seen} == {("idle-test", os.SCHED_IDLE, 1)}
+    # The calling thread keeps its own priority and thread count.
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE and torch.get_num_threads() == threads_before
+
+
+def test_finish_does_what_the_background_cannot(monkeypatch):
+    monkeypatch.setattr(idle_work, "lower_own_priority", lambda: False)  # e.g. refused by the system
+    log, item = recorder()
+    IdleWork([[item("a"), item("b")], [item("c")]]).start().finish()
+    assert [(name, thread) for name, thread, *_ in log] == [("a", "MainThread"), ("b", "MainThread"), ("c", "MainThread")]
+
+
+class Exits:
+    """A context manager for the work's exit stack that notes how it was left."""
+
+    def __init__(self):
+        self.left_with = "open"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        self.left_with = kind
+        return False
+
+
+def test_an_items_error_reaches_finish_and_the_exit_stack_sees_it(monkeypatch):
+    monkeypatch.setattr(idle_work, "lower_own_priority", lambda: False)
+    log, item = recorder()
+
+    def broken():
+        raise ValueError("item failed")
+
+    work = IdleWork([[item("a"), broken, item("c")], [item("d")]])
+    exits = work.exit_stack.enter_context(Exits())
+    with pytest.raises(ValueError, match="item failed"):
+        work.start().finish()
+    assert exits.left_with is ValueError
+    assert [name for name, *_ in log] == ["a"]  # nothing after the failure, nothing of the next stage
+    work.finish()  # ended: no second run, no second error
+
+
+@needs_idle_priority
+def test_cancel_stops_after_the_item_in_progress_and_leaves_nothing_running():
+    release, started = threading.Event(), threading.Event()
+    log, item = recorder()
+
+    def blocking():
+        started.set()
+        release.wait(10)
+
+    work = IdleWork([[item("x"), item("y"), blocking]], name="cancel-test")
+    exits = work.exit_stack.enter_context(Exits())
+    work.start()
+    started.wait(10)
+    threading.Timer(0.05, release.set).start()
+    work.cancel()
+    assert exits.left_with is WorkCancelled
+    assert log == []  # the background takes the last item first; the other two never ran
+    assert "cancel-test" not in [t.name for t in threading.enumerate()]
+    work.finish()  # ended by the cancel: nothing more runs
+    assert log == []
+
+
+def test_the_exit_stack_closes_normally_after_finish():
+    work = IdleWork([[lambda: None]])
+    closed = []
+    work.exit_stack.callback(lambda: closed.append(True))
+    work.start().finish()
+    work.cancel()  # ended already: the stack is not closed again
+    assert closed == [True]
