@@ -211,7 +211,8 @@ def build_prefix_cache(
     ``LATER_BATCH_TOKENS`` token positions), so that the one a background thread still holds
     when the states are needed is soon done. The states are the one-pass build's to float
     rounding (other batches), and the same at every build: ``IdleWork`` runs each batch with one
-    thread, whichever thread takes it.
+    thread, whichever thread takes it. The packed weights (``packed_frozen_weights``, if they
+    fit the budget) and the shared prefixes' keys and values are kept until that work ends.
     """
     precision = precision or Precision("fp32", "cpu")
     device = precision.device
