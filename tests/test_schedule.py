@@ -1,5 +1,6 @@
 """Learning-rate schedules and gradient clipping."""
 
+import json
 import math
 
 import pytest
@@ -105,3 +106,21 @@ def test_finetune_warns_when_warmup_lasts_the_whole_run(tmp_path, warmup, warned
     message = f"--warmup-steps {warmup} is not shorter than the run's 10 steps: the learning rate never reaches --lr"
     assert (message in result.stderr) is warned
     assert lr_multiplier(9, "cosine", warmup, 10) == (10 / 11 if warned else 1.0)
+
+
+@pytest.mark.parametrize(("trainable", "warned"), [("last-block", True), ("lora", False)])
+def test_finetune_warns_of_lora_options_without_lora(tmp_path, trainable, warned):
+    from helpers import write_tiny_data
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path)
+    args = ["finetune", "--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--device", "cpu"]
+    args += ["--trainable", trainable, "--lora-rank", "4", "--lora-blocks", "1", "--data-dir", str(root), "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    message = "--lora-rank, --lora-blocks apply only with --trainable lora; this run trains last-block, without them"
+    assert (message in result.stderr) is warned
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["trainable"] == trainable

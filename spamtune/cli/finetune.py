@@ -208,6 +208,7 @@ def finetune_command(
     from spamtune import distributed
 
     root, run, given = _settle(ctx, run, resume, config, resume_run, out, data_dir, options)
+    _warn_of_unused_lora_options(given, options)
     if distributed.will_launch(devices) and not resume:
         from spamtune import train
 
@@ -221,6 +222,20 @@ def finetune_command(
         _finetune(world, root, run, resume, given, options)
     finally:
         distributed.shutdown()
+
+
+LORA_OPTIONS = {"lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_blocks": "--lora-blocks"}
+
+
+def _warn_of_unused_lora_options(given: list[str], options: dict) -> None:
+    """LoRA's options given to a run that trains no LoRA would be silently ignored: say so."""
+    unused = [flag for name, flag in LORA_OPTIONS.items() if name in given]
+    if unused and options.get("trainable") != "lora":
+        one = len(unused) == 1
+        common.warn(
+            f"{', '.join(unused)} {'applies' if one else 'apply'} only with --trainable lora; "
+            f"this run trains {options.get('trainable')}, without {'it' if one else 'them'}"
+        )
 
 
 def _settle(ctx: typer.Context, run, resume, config, resume_run, out, data_dir, options: dict) -> tuple[Path, str | None, list[str]]:
