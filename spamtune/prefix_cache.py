@@ -387,9 +387,10 @@ def attach_prefix_caches(
         return PrefixCacheReport(0, (), 0, 0.0, "not used with last pooling, which reads a padding position the cache does not hold")
     if start == 0:
         return PrefixCacheReport(0, (), 0, 0.0, "not used: every block is trainable")
+    # The test split comes last in a cache of every split: its examples start after the others'.
+    later_from = len(data.train) + len(data.validation) if test_in_background else None
     if store is not None and base_sha256 is not None:
         token_lists = [t for name in paths.SPLITS for t in data.split(name).tokens]
-        later_from = len(token_lists) - len(data.test) if test_in_background else None
         if on_building:
             on_building(start)
         lookup = store.lookup(model, token_lists, start, base_sha256, precision, later_from)
@@ -400,8 +401,7 @@ def attach_prefix_caches(
                 cache = FrozenPrefixCache(cache.start_block, cache.states.to(precision.device), cache.offsets, cache.lengths)
             _attach(data, paths.SPLITS, cache)
             source = "stored" if lookup.outcome == "built" else lookup.outcome
-            background = ("test",) if cache.pending is not None else ()
-            return PrefixCacheReport(start, paths.SPLITS, cache.nbytes, lookup.seconds, None, source, lookup.detail, background)
+            return PrefixCacheReport(start, paths.SPLITS, cache.nbytes, lookup.seconds, None, source, lookup.detail, _background(cache))
     budget = memory_budget_bytes(precision.device) if budget_bytes is None else budget_bytes
     # One cache for all splits, so a message found in several (the SMS data has such leaks)
     # is computed once; when that would not fit, the training split alone, read most often.
@@ -417,14 +417,18 @@ def attach_prefix_caches(
     if on_building:
         on_building(start)
     tick = time.perf_counter()
-    later = {"later_from": len(token_lists) - len(data.test)} if test_in_background and names == paths.SPLITS else {}
+    later = {"later_from": later_from} if later_from is not None and names == paths.SPLITS else {}
     cache = build(model, token_lists, start, precision=precision, budget_bytes=budget, **later)
     if cache is None:  # the device's free memory shrank meanwhile
         return PrefixCacheReport(0, (), 0, 0.0, "not used: out of memory budget")
     _attach(data, names, cache)
     skipped = None if len(names) == len(paths.SPLITS) else "validation and test run the plain path (memory budget)"
-    background = ("test",) if cache.pending is not None else ()
-    return PrefixCacheReport(start, tuple(names), cache.nbytes, time.perf_counter() - tick, skipped, background=background)
+    return PrefixCacheReport(start, tuple(names), cache.nbytes, time.perf_counter() - tick, skipped, background=_background(cache))
+
+
+def _background(cache: FrozenPrefixCache) -> tuple[str, ...]:
+    """The splits whose states ``cache`` still computes behind training: the test split, or none."""
+    return ("test",) if cache.pending is not None else ()
 
 
 def background_worth_it(precision: Precision, distributed: bool) -> bool:
