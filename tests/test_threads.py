@@ -15,14 +15,12 @@ from spamtune.errors import SpamtuneError
 from spamtune.threads import call_on_passing_thread, prefer_passive_waiting
 
 # Runs an entry point in a fresh interpreter, then reports the policy and whether torch loaded.
+# (At exit: the command ends the process itself once its exit callbacks have run.)
 PROBE = """
-import os, runpy, sys
+import atexit, os, runpy, sys
+atexit.register(lambda: print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"), "torch" in sys.modules))
 sys.argv = ["spamtune", *{args!r}]
-try:
-    {entry}
-except SystemExit:
-    pass
-print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"), "torch" in sys.modules)
+{entry}
 """
 ENTRIES = {
     "console script": "from spamtune.cli import main; main()",

@@ -24,6 +24,7 @@ from spamtune import __version__
 from spamtune.cli import common
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.allocator import keep_freed_memory
+from spamtune.cli.leave import leave
 from spamtune.threads import prefer_passive_waiting
 
 
@@ -189,4 +190,7 @@ def main() -> None:
     prefer_passive_waiting(brief_spin=sys.argv[1:2] == ["serve"])
     if sys.argv[1:2] in (["finetune"], ["sweep"]):
         keep_freed_memory()  # a training step frees and takes the same memory every time
-    app(prog_name="spamtune")
+    try:
+        app(prog_name="spamtune")
+    except SystemExit as exc:
+        leave(exc.code)

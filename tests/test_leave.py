@@ -1,0 +1,73 @@
+"""How the command ends: exit callbacks run and output is flushed, then the process ends
+without the interpreter's teardown, unless something still needs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+# Runs the command's entry point after planting: an exit callback, a module-level object that
+# says when the interpreter's teardown frees it, and optionally text waiting in stdout's
+# buffer and a running thread that is not a daemon.
+SCRIPT = """
+import atexit, sys, threading, time
+class Freed:
+    def __del__(self):
+        sys.stderr.write("torn down\\n")
+kept = Freed()
+atexit.register(lambda: sys.stderr.write("exit callback\\n"))
+sys.stdout.write("x" * {buffered})
+if {thread}:
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=True))).start()
+from spamtune.cli import main
+sys.argv = ["spamtune", *{args!r}]
+main()
+"""
+
+
+def run(args=("--version",), buffered=0, thread=False, stdout=subprocess.PIPE):
+    code = SCRIPT.format(args=list(args), buffered=buffered, thread=thread)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("COVERAGE_PROCESS_START", None)
+    env.pop("PYTHONUNBUFFERED", None)  # the output must wait in the buffer for the exit
+    return subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+
+
+def test_a_finished_command_skips_the_teardown_but_not_the_exit_callbacks():
+    result = run()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("spamtune ")
+    assert "exit callback" in result.stderr
+    assert "torn down" not in result.stderr
+
+
+def test_buffered_output_reaches_the_reader_whole():
+    result = run(buffered=3_000_000)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("x" * 3_000_000)
+    assert result.stdout[3_000_000:].startswith("spamtune ")
+
+
+def test_the_exit_status_of_a_failed_command_is_kept(tmp_path):
+    result = run(("predict", "--run", str(tmp_path / "missing"), "hello"))
+    assert result.returncode == 1
+    assert result.stderr.count("Error:") == 1
+    assert "exit callback" in result.stderr
+
+
+def test_a_running_thread_is_waited_for_as_python_would():
+    result = run(thread=True)
+    assert result.returncode == 0, result.stderr
+    assert "thread done" in result.stdout
+    assert "exit callback" in result.stderr
+
+
+def test_output_that_cannot_be_written_fails_the_exit_with_one_line():
+    with open("/dev/full", "w") as full:
+        result = run(buffered=100, stdout=full)
+    assert result.returncode == 1
+    assert "Error: cannot write the output" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
