@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from spamtune.bases import BaseRef, base_weights_sha256, load_base, store_base, stored_random_base
-from spamtune.model import GPTConfig, GPTModel
+from spamtune.bases import BaseIntake, BaseRef, base_tensors, load_base, store_base, stored_random_base
+from spamtune.model import RANDOM_INIT_VERSION, GPTConfig, GPTModel
 from spamtune.options import FinetuneOptions, pretrained_weights_file
 from spamtune.weights import load_pretrained_weights
 
@@ -41,11 +41,30 @@ def prepare_base(cfg: GPTConfig, options: FinetuneOptions) -> tuple[GPTModel, st
         return build_base(cfg, options), None, None
     known = stored_random_base(options.data_dir, origin)
     base = stored_base_model(cfg, options.data_dir, known) if known is not None else None
-    if base is None:
+    if base is not None:
+        ref = store_base(options.data_dir, base, origin, sha256=known.sha256) if options.compact else None
+        return base, known.sha256, ref
+    # Hashed (and, for a compact run, stored) before training moves a weight; a random init
+    # while it is drawn.
+    store_in = options.data_dir if options.compact else None
+    if options.weights == "random":
+        base, known = draw_base(cfg, options.seed, origin, store_in)
+    else:
         base = build_base(cfg, options)
-        known = BaseRef(base_weights_sha256(base), origin)  # taken before training moves a weight
-    ref = store_base(options.data_dir, base, origin, sha256=known.sha256) if options.compact else None
-    return base, known.sha256, ref
+        with BaseIntake(base_tensors(base), origin, store_in) as intake:
+            known = intake.finish()
+    return base, known.sha256, known if options.compact else None
+
+
+def draw_base(cfg: GPTConfig, seed: int, origin: dict, store_in: str | Path | None) -> tuple[GPTModel, BaseRef]:
+    """GPT-2's random init under ``seed`` (what ``build_base`` draws), hashed, and stored under
+    the data root ``store_in`` if given, while it is drawn."""
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        base = GPTModel(cfg)
+    with BaseIntake(base_tensors(base.materialize()), origin, store_in) as intake:
+        base.reset_parameters(drawn=intake.final)
+        return base, intake.finish()
 
 
 def stored_base_model(cfg: GPTConfig, root: str | Path, ref: BaseRef) -> GPTModel | None:
@@ -64,4 +83,4 @@ def base_origin(cfg: GPTConfig, options: FinetuneOptions) -> dict:
     """Where a run's base comes from, for a compact run's reference (``spamtune.bases``)."""
     if options.weights == "pretrained":
         return {"kind": "pretrained", "name": cfg.name}
-    return {"kind": "random", "model": cfg.to_dict(), "seed": options.seed}
+    return {"kind": "random", "model": cfg.to_dict(), "seed": options.seed, "init": RANDOM_INIT_VERSION}

@@ -106,6 +106,14 @@ def _create_temporary(final: Path) -> tuple[Path, int]:
         raise
 
 
+def new_temporary(folder: Path, stem: str) -> tuple[Path, int]:
+    """A new temporary file ``.<stem>.<random>.part`` in ``folder`` (made if missing), open for
+    writing, with the mode any new file gets: for a file whose final name is known only once it
+    is written (a content-addressed one). The caller renames it into place or removes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _create_exclusive(folder, stem, os.O_WRONLY, 0o666)
+
+
 @contextlib.contextmanager
 def scratch_file(folder: str | Path, stem: str) -> Iterator[BinaryIO]:
     """A new private file in ``folder``, open for reading and writing, removed on exit whatever

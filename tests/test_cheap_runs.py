@@ -81,8 +81,8 @@ def test_a_second_run_reads_its_random_base_from_the_store_instead_of_drawing_it
     cold = train.finetune(tiny_options(root), tmp_path / "r1")
     assert (root / "bases" / ORIGINS_FILE).is_file()
     drawn = []
-    real_build_base = base_model.build_base
-    monkeypatch.setattr(base_model, "build_base", lambda *a: drawn.append(a) or real_build_base(*a))
+    real_draw_base = base_model.draw_base
+    monkeypatch.setattr(base_model, "draw_base", lambda *a: drawn.append(a) or real_draw_base(*a))
     warm = train.finetune(tiny_options(root), tmp_path / "r2")
     assert not drawn and all(warm[name] == cold[name] for name in METRICS)
     for stored in (root / "bases").glob("*.safetensors"):

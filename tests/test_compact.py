@@ -1,11 +1,14 @@
 """Compact runs: only the changed tensors plus a base reference; bases stored once; export."""
 
+import threading
+
 import pytest
 import torch
 from conftest import write_hf_gpt2
 from typer.testing import CliRunner
 
 from spamtune import bases, checkpoint, paths, verified
+from spamtune.base_model import draw_base
 from spamtune.bases import BaseRef, base_file, base_weights_sha256, load_base, missing_base_message, store_base
 from spamtune.checkpoint import ClassifierConfig
 from spamtune.cli import app
@@ -22,11 +25,11 @@ from spamtune.compact import (
 from spamtune.data import pad_batch
 from spamtune.errors import SpamtuneError
 from spamtune.lora import convert_to_lora_classifier, lora_layers
-from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
+from spamtune.model import RANDOM_INIT_VERSION, GPTConfig, GPTModel, convert_to_classifier
 from spamtune.weights import load_pretrained_weights
 
 CFG = GPTConfig(vocab_size=50257, context_length=64, emb_dim=48, n_layers=3, n_heads=4)
-SEEDED = {"kind": "random", "model": CFG.to_dict(), "seed": 5}
+SEEDED = {"kind": "random", "model": CFG.to_dict(), "seed": 5, "init": RANDOM_INIT_VERSION}
 SEQS = [[5, 9, 2], [7] * 11, [1], list(range(100, 130))]
 
 
@@ -153,6 +156,71 @@ def test_bases_are_stored_once_and_shared(tmp_path):
     assert [p.name for p in paths.bases_dir(tmp_path).glob("*.safetensors")] == [f"{ref_a.sha256}.safetensors"]
 
 
+def test_a_base_drawn_while_it_is_hashed_and_stored_is_the_seeds_init(tmp_path):
+    """``draw_base`` hashes and writes each tensor on side threads as it is drawn: the same
+    numbers as ``GPTModel`` under the seed, the same hash as hashing them after, and a file
+    that loads (its hash checked) into the same tensors, with nothing else left in the store."""
+    base, ref = draw_base(CFG, 5, SEEDED, tmp_path)
+    expected = random_base()
+    assert all(torch.equal(t, expected.state_dict()[n]) for n, t in base.state_dict().items())
+    assert base.out_head.weight is base.tok_emb.weight
+    assert ref == BaseRef(base_weights_sha256(expected), SEEDED)
+    loaded = load_base(tmp_path, ref, verify=True)
+    assert loaded.keys() == bases.base_tensors(expected).keys()
+    assert all(torch.equal(t, expected.state_dict()[n]) for n, t in loaded.items())
+    assert sorted(p.name for p in paths.bases_dir(tmp_path).iterdir()) == sorted([base_file(tmp_path, ref.sha256).name, bases.ORIGINS_FILE])
+    assert "spamtune-base" not in [t.name for t in threading.enumerate()]
+    _, hashed_only = draw_base(CFG, 5, SEEDED, None)
+    assert hashed_only == ref
+
+
+def test_a_base_draw_that_fails_leaves_no_partial_file_and_no_thread(tmp_path, monkeypatch):
+    def stop_at_the_third(name, tensor, seen=[]):
+        seen.append(name)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with torch.device("meta"):
+        model = GPTModel(CFG)
+    with pytest.raises(KeyboardInterrupt):
+        with bases.BaseIntake(bases.base_tensors(model.materialize()), SEEDED, tmp_path) as intake:
+            model.reset_parameters(drawn=lambda name, tensor: (intake.final(name), stop_at_the_third(name, tensor)))
+            intake.finish()
+    assert list(paths.bases_dir(tmp_path).iterdir()) == []
+    assert "spamtune-base" not in [t.name for t in threading.enumerate()]
+
+
+def test_a_full_disk_while_storing_a_drawn_base_is_one_line_and_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    from spamtune.errors import DiskFull
+
+    def full(self, name, tensor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bases.TensorFileWriter, "write", full)
+    with pytest.raises(DiskFull):
+        draw_base(CFG, 5, SEEDED, tmp_path)
+    assert list(paths.bases_dir(tmp_path).iterdir()) == []
+
+
+def test_the_init_sets_each_tensor_once_in_name_order_as_gpt2_does():
+    with torch.device("meta"):
+        model = GPTModel(CFG)
+    model.materialize()
+    torch.nn.init.constant_(model.tok_emb.weight, float("nan"))  # what the memory held: overwritten
+    order = []
+    model.reset_parameters(drawn=lambda name, tensor: order.append(name))
+    assert order == sorted(name for name, _ in model.named_parameters())  # the head is tied: once
+    state = model.state_dict()
+    residual = [t for n, t in state.items() if n.endswith(("att.out_proj.weight", "ff.proj.weight"))]
+    assert len(residual) == 2 * CFG.n_layers
+    assert abs(torch.cat([t.flatten() for t in residual]).std().item() - 0.02 / (2 * CFG.n_layers) ** 0.5) < 1e-3
+    assert abs(state["tok_emb.weight"].std().item() - 0.02) < 1e-3 and not state["tok_emb.weight"].isnan().any()
+    assert all(torch.equal(t, torch.ones_like(t)) for n, t in state.items() if "norm" in n and n.endswith("weight"))
+    assert all(not t.any() for n, t in state.items() if n.endswith("bias"))
+
+
 def test_a_missing_random_base_is_rebuilt_from_its_seed(tmp_path):
     run, _, ref = last_block_run(tmp_path)
     expected = logits(load_compact_run(run)[0])
@@ -161,6 +229,20 @@ def test_a_missing_random_base_is_rebuilt_from_its_seed(tmp_path):
     assert torch.equal(logits(load_compact_run(run)[0]), expected)
     assert torch.equal(torch.get_rng_state(), state)  # rebuilding did not disturb the caller's RNG
     assert base_file(tmp_path, ref.sha256).is_file()  # stored again
+
+
+def test_a_random_base_drawn_the_old_way_is_not_rebuilt_the_new_way(tmp_path):
+    """A run on a random base from before the draw changed (no "init" in its origin): the seed
+    now draws other numbers, so a missing base is one line on where to find it, never a
+    rebuild that fails its hash or, worse, a different base."""
+    model = random_base()
+    old_origin = {k: v for k, v in SEEDED.items() if k != "init"}
+    ref = store_base(tmp_path, model, old_origin)
+    run = run_dir(tmp_path)
+    save_compact_run(run, trained(convert_to_classifier(model)), config(), ref, tmp_path)
+    base_file(tmp_path, ref.sha256).unlink()
+    with pytest.raises(SpamtuneError, match=f"copy {ref.sha256}.safetensors there"):
+        load_compact_run(run)
 
 
 def test_a_base_rebuilt_from_its_weights_file(tmp_path):
