@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from spamtune.bases import BaseIntake, BaseRef, base_tensors, load_base, store_base, stored_random_base
+from spamtune.bases import BaseIntake, BaseRef, base_tensors, base_weights_sha256, load_base, store_base, stored_random_base
 from spamtune.model import RANDOM_INIT_VERSION, GPTConfig, GPTModel
 from spamtune.options import FinetuneOptions, pretrained_weights_file
 from spamtune.weights import load_pretrained_weights
@@ -45,14 +45,14 @@ def prepare_base(cfg: GPTConfig, options: FinetuneOptions) -> tuple[GPTModel, st
         ref = store_base(options.data_dir, base, origin, sha256=known.sha256) if options.compact else None
         return base, known.sha256, ref
     # Hashed (and, for a compact run, stored) before training moves a weight; a random init
-    # while it is drawn.
-    store_in = options.data_dir if options.compact else None
+    # while it is drawn. A file's weights are hashed first: most runs find them stored already.
     if options.weights == "random":
-        base, known = draw_base(cfg, options.seed, origin, store_in)
+        base, known = draw_base(cfg, options.seed, origin, options.data_dir if options.compact else None)
     else:
         base = build_base(cfg, options)
-        with BaseIntake(base_tensors(base), origin, store_in) as intake:
-            known = intake.finish()
+        known = BaseRef(base_weights_sha256(base), origin)
+        if options.compact:
+            known = store_base(options.data_dir, base, origin, sha256=known.sha256)
     return base, known.sha256, known if options.compact else None
 
 

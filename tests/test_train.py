@@ -131,6 +131,14 @@ def test_pretrained_weights_are_the_frozen_part_of_the_trained_model(data_root, 
     frozen = [k for k in trained if not k.startswith(("trf_blocks.1.", "final_norm.", "out_head."))]
     assert "tok_emb.weight" in frozen and all(torch.equal(trained[k], reference[k]) for k in frozen)
     assert not torch.equal(trained["trf_blocks.1.ff.fc.weight"], reference["trf_blocks.1.ff.fc.weight"])
+    # A second run on the file finds its base stored under the same hash: nothing is written again.
+    from spamtune import bases
+
+    written = []
+    real_write = bases.TensorFileWriter.write
+    monkeypatch.setattr(bases.TensorFileWriter, "write", lambda *a: written.append(a[1]) or real_write(*a))
+    again = train.finetune(tiny_options(data_root, weights="pretrained", epochs=1), data_root / "runs" / "pre-2")
+    assert not written and again["test_accuracy"] == summary["test_accuracy"]
 
 
 def test_same_seed_same_metrics(data_root, finished_run):
