@@ -24,7 +24,7 @@ from spamtune import __version__
 from spamtune.cli import common
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.allocator import keep_freed_memory
-from spamtune.cli.leave import leave
+from spamtune.cli.process_end import end_process
 from spamtune.threads import prefer_passive_waiting
 
 
@@ -193,4 +193,4 @@ def main() -> None:
     try:
         app(prog_name="spamtune")
     except SystemExit as exc:
-        leave(exc.code)
+        end_process(exc.code)

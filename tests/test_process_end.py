@@ -71,3 +71,24 @@ def test_output_that_cannot_be_written_fails_the_exit_with_one_line():
     assert result.returncode == 1
     assert "Error: cannot write the output" in result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
+def test_a_lost_output_is_an_error_status_not_an_answer(monkeypatch, capsys):
+    """Under ``predict --fail-on-spam`` exit 1 means "spam found": output that could not be
+    written is an error there, 2, whatever the answer was."""
+    import errno
+
+    from spamtune.cli import common, process_end
+
+    class Full:
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    common.use_error_exit_code(2)
+    try:
+        assert [process_end._flushed(status) for status in (0, 1)] == [2, 2]
+    finally:
+        common.reset([])
+    assert [process_end._flushed(status) for status in (0, 1, 130)] == [1, 1, 130]
+    assert capsys.readouterr().err.count("Error: cannot write the output") == 5

@@ -21,8 +21,10 @@ import sys
 import threading
 from typing import NoReturn
 
+from spamtune.cli import common
 
-def leave(status: object) -> NoReturn:
+
+def end_process(status: object) -> NoReturn:
     """End the process with ``status`` (what ``sys.exit`` was given)."""
     if status is None:
         status = 0
@@ -40,7 +42,8 @@ def _nothing_needs_teardown() -> bool:
 
 def _flushed(status: int) -> int:
     """Flush the standard streams; a failure to write what a command printed fails the exit
-    (as Python's own exit does, with one line instead of its warning), unless the reader left."""
+    (as Python's own exit does, with one line instead of its warning) with the command's error
+    status (2 where 1 is an answer, ``predict --fail-on-spam``), unless the reader left."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
@@ -53,5 +56,5 @@ def _flushed(status: int) -> int:
                     print(f"Error: cannot write the output: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr, flush=True)
                 except (OSError, ValueError):
                     pass
-                status = status or 1
+                status = max(status, common.error_exit_code())
     return status
