@@ -43,12 +43,21 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-# The peers run in this process: they get the OpenMP wait policy the spamtune commands they
-# are compared with set for themselves (spamtune.threads), or a busy neighbour would slow
-# only the peer's spinning threads. Set before torch loads; a value in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from spamtune.threads import TRAINING_SPIN_COUNT, prefer_passive_waiting  # imports no torch
+
+# The peers run in this process: they get the OpenMP waiting that spamtune's training sets for
+# itself (spamtune.threads), or a busy neighbour would slow only the peer's spinning threads
+# (the peer's prediction gets it too, which can only help it). OpenMP reads it when torch
+# loads; then the environment is put back, so that each spamtune command the bench starts
+# chooses its own, as it would from a user's shell. A value the user set wins, for both.
+_USERS_THREAD_SETTINGS = {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+prefer_passive_waiting(spin_count=TRAINING_SPIN_COUNT)
 
 import torch  # noqa: E402
+
+for _name, _value in _USERS_THREAD_SETTINGS.items():
+    if _value is None:
+        os.environ.pop(_name, None)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -30,26 +30,36 @@ DEFAULT_WAIT_POLICY = "PASSIVE"
 SPIN_COUNT_VARIABLE = "GOMP_SPINCOUNT"
 # libgomp spins about 100,000 times a millisecond: about 0.1 ms before a thread sleeps.
 BRIEF_SPIN_COUNT = "10000"
+# About 10 µs: long enough to span the gap between two parallel regions of a training step.
+TRAINING_SPIN_COUNT = "1000"
 
 
-def prefer_passive_waiting(environ: MutableMapping[str, str] = os.environ, *, brief_spin: bool = False) -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set already (the user's value wins).
+def prefer_passive_waiting(environ: MutableMapping[str, str] = os.environ, *, spin_count: str | None = None) -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set already (the user's value wins), and
+    with ``spin_count`` let idle threads spin that long before they sleep (``GOMP_SPINCOUNT``).
 
-    ``brief_spin``, for a service that answers one short request at a time: idle threads also
-    spin about 0.1 ms before they sleep (``GOMP_SPINCOUNT``). One forward pass is a few hundred
-    parallel regions a few microseconds apart; with no spin, each wakes the threads from sleep
-    again, which made a short message on gpt2-small ~40% slower than with OpenMP's own default.
-    An idle service still sleeps. It is not the default for training: there the spinning
-    threads of two runs sharing the cores took the pair from 24 s to 48 s. Nothing is set
-    when the user set either variable.
+    A spin pays where parallel regions come microseconds apart, each of which would otherwise
+    wake the threads from sleep again (~50 µs here):
+
+    - ``BRIEF_SPIN_COUNT`` (0.1 ms), for a service that answers one short request at a time:
+      a forward pass is a few hundred regions, and without a spin a short message on
+      gpt2-small was ~40% slower than with OpenMP's own default. An idle service still sleeps.
+    - ``TRAINING_SPIN_COUNT`` (10 µs), for training: a step of the book's recipe is a few dozen
+      regions, and its 655 steps took 10.6-11.4 s against 12.5-14.0 s without a spin. Longer
+      spins cost runs that share the cores too much (two of them at once took 1.64x as long
+      as one after the other with 0.1 ms); with 10 µs a pair at once is 14-17% slower than
+      without a spin, still well under the time of one after the other (README, "Sharing cores").
+
+    Nothing is set when the user set either variable. Returns whether the policy in
+    ``environ`` can still take effect in this process, i.e. PyTorch has not been imported yet.
 
     Returns whether the policy in ``environ`` can still take effect in this process, i.e.
     PyTorch has not been imported yet.
     """
     users_choice = WAIT_POLICY_VARIABLE in environ or SPIN_COUNT_VARIABLE in environ
     environ.setdefault(WAIT_POLICY_VARIABLE, DEFAULT_WAIT_POLICY)
-    if brief_spin and not users_choice:
-        environ[SPIN_COUNT_VARIABLE] = BRIEF_SPIN_COUNT
+    if spin_count is not None and not users_choice:
+        environ[SPIN_COUNT_VARIABLE] = spin_count
     return "torch" not in sys.modules
 
 

@@ -56,6 +56,14 @@ def test_serve_also_spins_briefly_unless_the_user_chose(entry):
     assert probe(entry, ("predict", "--help")) == "PASSIVE None False"
 
 
+@pytest.mark.parametrize("entry", ["console script", "python -m spamtune"])
+def test_training_spins_for_microseconds_unless_the_user_chose(entry):
+    for command in ("finetune", "sweep"):
+        assert probe(entry, (command, "--help")) == "PASSIVE 1000 False"
+    assert probe(entry, ("finetune", "--help"), OMP_WAIT_POLICY="PASSIVE") == "PASSIVE None False"
+    assert probe(entry, ("finetune", "--help"), GOMP_SPINCOUNT="0") == "PASSIVE 0 False"
+
+
 def test_importing_the_library_changes_nothing():
     assert probe("import spamtune") == "None None True"
 
@@ -69,13 +77,16 @@ def test_prefer_passive_waiting_says_whether_it_is_in_time():
     assert environ == {"OMP_WAIT_POLICY": "active"}
 
 
-def test_brief_spin_only_when_asked_and_the_user_set_neither():
+def test_a_spin_only_when_asked_and_the_user_set_neither():
     environ: dict[str, str] = {}
-    prefer_passive_waiting(environ, brief_spin=True)
+    prefer_passive_waiting(environ, spin_count="10000")
     assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
     environ = {"GOMP_SPINCOUNT": "500"}
-    prefer_passive_waiting(environ, brief_spin=True)
+    prefer_passive_waiting(environ, spin_count="10000")
     assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "500"}
+    environ = {"OMP_WAIT_POLICY": "PASSIVE"}
+    prefer_passive_waiting(environ, spin_count="1000")
+    assert environ == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_call_on_passing_thread_returns_and_raises_on_the_caller():

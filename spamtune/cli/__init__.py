@@ -25,7 +25,7 @@ from spamtune.cli import common
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.allocator import keep_freed_memory
 from spamtune.cli.process_end import end_process
-from spamtune.threads import prefer_passive_waiting
+from spamtune.threads import BRIEF_SPIN_COUNT, TRAINING_SPIN_COUNT, prefer_passive_waiting
 
 
 def _flags_show_no_value() -> None:
@@ -187,8 +187,10 @@ _register_commands()
 def main() -> None:
     """The ``spamtune`` command (console script and ``python -m spamtune``)."""
     # Before any command imports torch: OpenMP reads its wait policy once, at load.
-    prefer_passive_waiting(brief_spin=sys.argv[1:2] == ["serve"])
-    if sys.argv[1:2] in (["finetune"], ["sweep"]):
+    training = sys.argv[1:2] in (["finetune"], ["sweep"])
+    spin = BRIEF_SPIN_COUNT if sys.argv[1:2] == ["serve"] else TRAINING_SPIN_COUNT if training else None
+    prefer_passive_waiting(spin_count=spin)
+    if training:
         keep_freed_memory()  # a training step frees and takes the same memory every time
     try:
         app(prog_name="spamtune")
