@@ -500,7 +500,7 @@ def report(r: dict) -> None:
             f"{p['speedup']:.2f}x",
         ))  # fmt: skip
     c = r["cold_start"]
-    rows.append(("cold start predict \"x\"", f"{c['predict_x_s']:.2f} s vs import torch {c['import_torch_s']:.2f} s", f"+{c['over_torch_s']:.2f} s"))
+    rows.append(("cold start predict \"x\"", f"{c['predict_x_s']:.2f} s vs import torch {c['import_torch_s']:.2f} s", f"{c['over_torch_s']:+.2f} s"))
     m = r["predict_cli"]
     rows.append(("spamtune predict - (CLI, whole file)", f"{m['wall_s']:.1f} s, peak RSS {m['peak_rss_gb']:.2f} GB", ""))
     for k in r["concurrent_runs"]:

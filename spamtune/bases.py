@@ -171,6 +171,7 @@ class BaseIntake:
         self._digest = _new_digest()
         self._tmp: Path | None = None
         self._fd = -1
+        self._threads: list[threading.Thread] = []
         steps = [self._hash]
         if self._root is not None:
             try:
@@ -238,6 +239,8 @@ class BaseIntake:
             thread.join()
         ref = BaseRef(self._digest.hexdigest(), self._origin)
         if self._root is None:
+            if self._failures:
+                raise self._failures[0]
             return ref
         final = base_file(self._root, ref.sha256)
         try:
@@ -246,7 +249,7 @@ class BaseIntake:
             self._file.finish(self._metadata(ref.sha256))
             os.close(self._fd)
             self._fd = -1
-            if not _is_stored(final):  # else the same tensors are there: the partial file goes
+            if not _is_stored(final):  # else the same base is stored already: this copy goes on exit
                 os.replace(self._tmp, final)
                 self._tmp = None
         except OSError as exc:

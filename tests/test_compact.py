@@ -204,6 +204,23 @@ def test_a_full_disk_while_storing_a_drawn_base_is_one_line_and_no_partial_file(
     assert list(paths.bases_dir(tmp_path).iterdir()) == []
 
 
+def test_a_base_intake_that_cannot_start_or_hash_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="no safetensors name"):
+        bases.BaseIntake({"odd": torch.zeros(2, dtype=torch.complex128)}, SEEDED, tmp_path)
+    assert list(paths.bases_dir(tmp_path).iterdir()) == []
+
+    def broken(digest, name, tensor):
+        raise RuntimeError(f"cannot hash {name}")
+
+    monkeypatch.setattr(bases, "_hash_tensor", broken)
+    for root in (None, tmp_path):
+        with pytest.raises(RuntimeError, match="cannot hash"):
+            with bases.BaseIntake({"w": torch.ones(3)}, SEEDED, root) as intake:
+                intake.finish()
+    assert list(paths.bases_dir(tmp_path).iterdir()) == []
+    assert "spamtune-base" not in [t.name for t in threading.enumerate()]
+
+
 def test_the_init_sets_each_tensor_once_in_name_order_as_gpt2_does():
     with torch.device("meta"):
         model = GPTModel(CFG)
