@@ -167,16 +167,19 @@ def bench_first_runs(sms: Path, root: Path, precision: str, repeats: int) -> dic
         data_dir = root / f"first-{precision}-{i + 1}"
         timed_run([*SPAMTUNE, "prepare", "--input", str(sms), "--data-dir", str(data_dir)])
         runs.append({**bench_recipe(data_dir, precision, "cpu", name=f"-first{i + 1}" if repeats > 1 else ""), "data_dir": str(data_dir)})
-    median = sorted(runs, key=lambda run: run["wall_s"])[repeats // 2]
-    return {**median, "walls_s": [run["wall_s"] for run in runs]}
+    return median_run(runs)
 
 
 def bench_second_runs(data_dir: Path, precision: str, repeats: int = 3) -> dict:
     """The recipe again on the first run's data and base, ``repeats`` times: the run whose wall
     time is the median, with every wall time. A second run is ~17 s of mostly small steps, where
     this shared machine's noise moves one reading by a second."""
-    runs = [bench_recipe(data_dir, precision, "cpu", name=f"-second{i + 1}") for i in range(repeats)]
-    median = sorted(runs, key=lambda run: run["wall_s"])[repeats // 2]
+    return median_run([bench_recipe(data_dir, precision, "cpu", name=f"-second{i + 1}") for i in range(repeats)])
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run whose wall time is the median, with every run's wall time (``walls_s``)."""
+    median = sorted(runs, key=lambda run: run["wall_s"])[len(runs) // 2]
     return {**median, "walls_s": [run["wall_s"] for run in runs]}
 
 

@@ -9,8 +9,9 @@ and every process slows down. Measured on a 2-core machine with two tiny fine-tu
 after the other to about even (figures in README, "Sharing cores").
 
 OpenMP reads the variable once, when PyTorch loads it, so it must be set before
-``import torch``. The ``spamtune`` command does that first thing (``spamtune.cli.main``); a
-user who sets ``OMP_WAIT_POLICY`` keeps their value. ``import spamtune`` changes nothing in
+``import torch``. The ``spamtune`` command does that first thing (``spamtune.cli.main``), with
+a short spin for training and for the service (``prefer_passive_waiting``); a user who sets
+``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` keeps their value. ``import spamtune`` changes nothing in
 the host process: a program that embeds the library and shares cores calls
 ``prefer_passive_waiting()`` before it imports torch, or sets the variable in its environment.
 """
@@ -52,9 +53,6 @@ def prefer_passive_waiting(environ: MutableMapping[str, str] = os.environ, *, sp
 
     Nothing is set when the user set either variable. Returns whether the policy in
     ``environ`` can still take effect in this process, i.e. PyTorch has not been imported yet.
-
-    Returns whether the policy in ``environ`` can still take effect in this process, i.e.
-    PyTorch has not been imported yet.
     """
     users_choice = WAIT_POLICY_VARIABLE in environ or SPIN_COUNT_VARIABLE in environ
     environ.setdefault(WAIT_POLICY_VARIABLE, DEFAULT_WAIT_POLICY)

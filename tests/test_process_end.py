@@ -65,6 +65,16 @@ def test_a_running_thread_is_waited_for_as_python_would():
     assert "exit callback" in result.stderr
 
 
+def test_a_command_whose_output_fills_the_disk_says_so_in_one_line():
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "spamtune", "--version"], stdout=full, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: cannot write the output: No space left on device"
+
+
 def test_output_that_cannot_be_written_fails_the_exit_with_one_line():
     with open("/dev/full", "w") as full:
         result = run(buffered=100, stdout=full)

@@ -8,6 +8,7 @@ what comes back. Errors the user can fix are ``SpamtuneError``s and print as one
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -77,6 +78,10 @@ class SpamtuneGroup(TyperGroup):
             code = _fail(str(exc), _status(exc.exit_code))
         except Exception as exc:  # a bug: still one line unless debugging
             message = f"unexpected {type(exc).__name__}: {exc} (set SPAMTUNE_DEBUG=1 for a traceback)"
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # The core's own writes fail as SpamtuneErrors naming their file; a full disk
+                # left bare is the command's output, stdout redirected to a file.
+                message = f"cannot write the output: {exc.strerror}"
             code = _fail(message, common.error_exit_code())
         else:
             code = rv if isinstance(rv, int) else 0
