@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -402,6 +403,11 @@ def launch(nproc: int, argv: list[str]) -> None:
             logger.setLevel(logging.CRITICAL)
     # torchrun's default for several ranks, set here so that it does not warn about it.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # The launcher keeps each rank's error report in a log folder, by default a new folder under
+    # /tmp that it never removes: one left behind per command. Its reports are read by the time
+    # it returns or raises, so the folder goes with the ranks.
+    logs = tempfile.TemporaryDirectory(prefix="spamtune-ranks-")
+    args.log_dir = logs.name
     try:
         run(args)
     except SignalException:  # Ctrl-C (or a kill): the ranks got it too, rank 0 said what it kept
@@ -412,6 +418,8 @@ def launch(nproc: int, argv: list[str]) -> None:
         error = WorkersFailed(f"rank {rank} of {nproc} exited with status {failure.exitcode}; the other ranks were stopped")
         error.exit_code = code
         raise error from None
+    finally:
+        logs.cleanup()
 
 
 def strip_devices(argv: list[str]) -> list[str]:

@@ -308,10 +308,13 @@ def test_devices_launches_ranks_through_torchrun(tmp_path, big_input):
     common = ["predict", "--input", str(big_input), "--run", str(run_dir), "--device", "cpu", "--format", "tsv"]
     single = tmp_path / "single.tsv"
     assert app([*common, "--out", str(single)], standalone_mode=False) in (0, None)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TMPDIR": str(temporary)}
     launched = subprocess.run([sys.executable, "-m", "spamtune", *common, "--devices", "2"], capture_output=True, env=env, timeout=120)
     assert launched.returncode == 0, launched.stderr.decode()[-2000:]
     assert launched.stdout == single.read_bytes() and launched.stdout.count(b"\n") == 53
+    assert list(temporary.iterdir()) == []  # the launcher's log folder went with the ranks
 
 
 def test_devices_looks_the_run_up_once_before_starting_any_rank(tmp_path, monkeypatch, capsys):
