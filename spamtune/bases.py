@@ -252,6 +252,7 @@ class BaseIntake:
             if not _is_stored(final):  # else the same base is stored already: this copy goes on exit
                 os.replace(self._tmp, final)
                 self._tmp = None
+                _verified_bases(self._root).remember_written(ref.sha256, final)
         except OSError as exc:
             raise write_error(final, exc) from None
         remember_random_origin(self._root, ref)

@@ -323,6 +323,7 @@ def _entry_written(key: CacheKey, entry: Path, rows: int, emb_dim: int, nbytes: 
         yield torch.from_numpy(mapped).view(key.torch_dtype).view(rows, emb_dim), filled
         mapped.flush()
         states_sha = sha256_file(tmp)
+    VerifiedFiles(entry / VERIFIED_FILE).remember_written(states_sha, entry / STATES_FILE)
     cache = filled[0]
     with atomic_path(entry / INDEX_FILE) as tmp:
         save_file({"offsets": cache.offsets.contiguous(), "lengths": cache.lengths.contiguous()}, str(tmp))

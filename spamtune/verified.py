@@ -7,6 +7,9 @@ different classifier. Hashing them each time is most of what a short command wai
 index beside them remembers, for each file whose hash matched, its device, inode, size and
 modification and change times. A file rewritten, replaced or touched since has a new change
 time, which no program can set back, and is hashed again.
+
+A file spamtune has just written and hashed itself goes into the index at once: the first run
+that stores a base and builds a cache leaves nothing for the second run to hash again.
 """
 
 from __future__ import annotations
@@ -55,6 +58,20 @@ class VerifiedFiles:
         (the next check hashes again)."""
         if time.time_ns() - signature[4] < SETTLED_NS:
             return
+        self._record(key, signature)
+
+    def remember_written(self, key: str, path: Path) -> None:
+        """Record the file at ``path`` that this process has just renamed into place, with the
+        sha256 ``key`` of the bytes it wrote there, without waiting for it to settle. Such a
+        file is a new inode, made under a temporary name: the signature could only miss a change
+        that another program made to it, in place, within a clock tick of its rename."""
+        try:
+            signature = file_signature(path)
+        except OSError:
+            return
+        self._record(key, signature)
+
+    def _record(self, key: str, signature: list[int]) -> None:
         known = read_index(self.index_path, f"index {self.index_path.name}")
         if known.get(key) != signature:
             try:

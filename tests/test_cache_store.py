@@ -134,7 +134,10 @@ def test_a_hit_hashes_the_states_once_until_the_file_changes(tmp_path, monkeypat
     key = key_for(model, 2)
     good = store.obtain(key, model, SEQS).cache.states.clone()
     hashed.clear()
-    assert store.obtain(key, model, SEQS).outcome == "hit" and STATES_FILE in hashed  # checked, then remembered
+    assert store.obtain(key, model, SEQS).outcome == "hit" and STATES_FILE not in hashed  # hashed as it was written
+    # An entry the index does not know (copied from elsewhere): checked, then remembered.
+    (tmp_path / "cache" / key.name / cache_store.VERIFIED_FILE).unlink()
+    assert store.obtain(key, model, SEQS).outcome == "hit" and STATES_FILE in hashed
     hashed.clear()
     assert store.obtain(key, model, SEQS).outcome == "hit" and STATES_FILE not in hashed
     # One byte flipped in place (same inode and size): a new change time, so hashed and rebuilt.

@@ -207,3 +207,18 @@ def test_cli_finetune_lora_then_sweep_resumes(root):
     again = runner.invoke(app, sweep)
     assert again.exit_code == 0 and again.stdout.strip().splitlines()[-1] == path
     assert again.stderr.count("finished earlier, skipped") == 4
+
+
+def test_a_second_run_hashes_neither_the_base_nor_the_cache_that_the_first_one_wrote(root, tmp_path, monkeypatch):
+    """The first run hashed both as it wrote them, and the index of checked files says so."""
+    from spamtune import bases, cache_store
+
+    train.finetune(tiny_options(root), tmp_path / "r1")
+    hashed = []
+    hash_file, hash_tensor = cache_store.sha256_file, bases._hash_tensor
+    monkeypatch.setattr(cache_store, "sha256_file", lambda path: hashed.append(path.name) or hash_file(path))
+    monkeypatch.setattr(bases, "_hash_tensor", lambda digest, name, t: hashed.append(name) or hash_tensor(digest, name, t))
+    seen, on_event = collect()
+    train.finetune(tiny_options(root), tmp_path / "r2", on_event)
+    assert [r.source for r in cache_reports(seen)] == ["hit"]
+    assert STATES_FILE not in hashed and "tok_emb.weight" not in hashed

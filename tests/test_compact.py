@@ -1,6 +1,7 @@
 """Compact runs: only the changed tensors plus a base reference; bases stored once; export."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -159,7 +160,8 @@ def test_bases_are_stored_once_and_shared(tmp_path):
 def test_a_base_drawn_while_it_is_hashed_and_stored_is_the_seeds_init(tmp_path):
     """``draw_base`` hashes and writes each tensor on side threads as it is drawn: the same
     numbers as ``GPTModel`` under the seed, the same hash as hashing them after, and a file
-    that loads (its hash checked) into the same tensors, with nothing else left in the store."""
+    that loads into the same tensors (so its bytes are what was hashed, and the index of checked
+    files may list it), with nothing else left in the store."""
     base, ref = draw_base(CFG, 5, SEEDED, tmp_path)
     expected = random_base()
     assert all(torch.equal(t, expected.state_dict()[n]) for n, t in base.state_dict().items())
@@ -168,7 +170,8 @@ def test_a_base_drawn_while_it_is_hashed_and_stored_is_the_seeds_init(tmp_path):
     loaded = load_base(tmp_path, ref, verify=True)
     assert loaded.keys() == bases.base_tensors(expected).keys()
     assert all(torch.equal(t, expected.state_dict()[n]) for n, t in loaded.items())
-    assert sorted(p.name for p in paths.bases_dir(tmp_path).iterdir()) == sorted([base_file(tmp_path, ref.sha256).name, bases.ORIGINS_FILE])
+    stored = [base_file(tmp_path, ref.sha256).name, bases.ORIGINS_FILE, bases.VERIFIED_FILE]
+    assert sorted(p.name for p in paths.bases_dir(tmp_path).iterdir()) == sorted(stored)
     assert "spamtune-base" not in [t.name for t in threading.enumerate()]
     _, hashed_only = draw_base(CFG, 5, SEEDED, None)
     assert hashed_only == ref
@@ -434,14 +437,19 @@ def hashing_counter(monkeypatch) -> list[str]:
 def test_a_base_hashed_once_is_not_hashed_again_until_its_file_changes(tmp_path, monkeypatch):
     ref = store_base(tmp_path, random_base(), {"kind": "random", "seed": 1})
     path = base_file(tmp_path, ref.sha256)
-    monkeypatch.setattr(verified, "SETTLED_NS", 0)  # the file was written just now
     hashed = hashing_counter(monkeypatch)
     first = load_base(tmp_path, ref)
-    assert hashed and len(hashed) == len(first)
-    hashed.clear()
+    assert hashed == []  # hashed as it was written, and known since
+    # A base file the index does not know (put in place by hand): hashed once, then known.
+    (paths.bases_dir(tmp_path) / bases.VERIFIED_FILE).unlink()
+    monkeypatch.setattr(verified, "SETTLED_NS", 0)  # the file was written just now
     again = load_base(tmp_path, ref)
-    assert hashed == [] and all(torch.equal(first[n], again[n]) for n in first)
+    assert len(hashed) == len(first) and all(torch.equal(first[n], again[n]) for n in first)
+    hashed.clear()
+    load_base(tmp_path, ref)
+    assert hashed == []
     # Rewritten with one number changed: a new change time, so it is hashed, and refused.
+    time.sleep(0.05)  # past the file system's clock tick of the write (SETTLED_NS is off)
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(str(path))
@@ -454,6 +462,7 @@ def test_a_base_hashed_once_is_not_hashed_again_until_its_file_changes(tmp_path,
 
 def test_a_file_changed_within_the_clock_tick_of_its_check_is_not_trusted(tmp_path, monkeypatch):
     ref = store_base(tmp_path, random_base(), {"kind": "random", "seed": 1})
+    (paths.bases_dir(tmp_path) / bases.VERIFIED_FILE).unlink()  # as if copied in by hand
     hashed = hashing_counter(monkeypatch)
     load_base(tmp_path, ref)  # written a moment ago: hashed, and not remembered
     hashed.clear()
