@@ -394,11 +394,15 @@ def list_caches(data_root: str | Path) -> list[CacheEntry]:
     return sorted(entries, key=lambda e: ((e.meta or {}).get("created", ""), e.name))
 
 
-def remove_caches(data_root: str | Path, names: Iterable[str] = (), *, everything: bool = False) -> list[CacheEntry]:
-    """Remove the entries named (a unique prefix of the name is enough), or all of them."""
+def remove_caches(data_root: str | Path, names: Iterable[str] = (), *, everything: bool = False, stale: bool = False) -> list[CacheEntry]:
+    """Remove the entries named (a unique prefix of the name is enough), all of them, or the
+    ``stale`` ones: of an older format, which no run reads. An incomplete entry is not stale:
+    it may be one a run is writing now."""
     entries = list_caches(data_root)
     if everything:
         chosen = entries
+    elif stale:
+        chosen = [e for e in entries if e.status == "stale"]
     else:
         folder = paths.cache_dir(Path(data_root))
         chosen = paths.select_by_prefix(entries, names, lambda e: e.name, "prefix cache", folder, "spamtune cache ls")

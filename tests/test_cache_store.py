@@ -309,3 +309,25 @@ def test_a_cancelled_background_build_leaves_no_entry(tmp_path):
     entry = tmp_path / "cache" / key.name
     assert list(entry.iterdir()) == []  # neither the states (a temporary name until done) nor the meta
     assert store.obtain(key, model, SEQS).outcome == "built"
+
+
+def test_cli_rm_stale_removes_only_the_entries_of_an_older_format(tmp_path):
+    store = PrefixCacheStore(tmp_path)
+    old, current = classifier("last-3-blocks"), classifier("last-2-blocks")
+    store.obtain(key_for(old, 1), old, SEQS)
+    store.obtain(key_for(current, 2), current, SEQS)
+    stale = store.entry_dir(key_for(old, 1))
+    meta = json.loads((stale / META_FILE).read_text())
+    meta["key"]["format"] = CACHE_FORMAT - 1
+    (stale / META_FILE).write_text(json.dumps(meta))
+    being_written = tmp_path / "cache" / "0123456789abcdef0123"  # no meta.json yet: a run may be writing it
+    being_written.mkdir()
+    (being_written / STATES_FILE).write_bytes(b"\0" * 8)
+    runner = CliRunner()
+    both = runner.invoke(app, ["cache", "rm", "--all", "--stale", "--data-dir", str(tmp_path)])
+    assert both.exit_code == 2 and both.stderr == "Error: give one of cache names, --all and --stale, not --all and --stale\n"
+    swept = runner.invoke(app, ["cache", "rm", "--stale", "--data-dir", str(tmp_path)])
+    assert swept.exit_code == 0 and swept.stdout == f"{stale}\n" and not stale.exists()
+    assert sorted(e.status for e in list_caches(tmp_path)) == ["incomplete", "ok"]
+    again = runner.invoke(app, ["cache", "rm", "--stale", "--data-dir", str(tmp_path)])
+    assert again.exit_code == 0 and again.stdout == "" and "freed 0 B" in again.stderr

@@ -82,21 +82,24 @@ def ls(
 @common.examples(
     ("spamtune cache rm 3f9a1c", "one cache, by a prefix of its name"),
     ("spamtune cache rm --all", "every cache"),
+    ("spamtune cache rm --stale", "the caches of an older spamtune, which no run reads"),
 )
 def rm(
     names: List[str] = typer.Argument(None, help="Caches to remove: their names from `spamtune cache ls`, or unique prefixes."),
     everything: bool = typer.Option(False, "--all", help="Remove every cache."),
+    stale: bool = typer.Option(False, "--stale", help="Remove the caches `spamtune cache ls` shows as stale: of an older format, which no run reads."),
     data_dir: Optional[Path] = DATA_DIR,
 ) -> None:
     """Remove caches; a later run rebuilds what it needs. Prints each removed folder on stdout."""
     from spamtune.cache_store import remove_caches
     from spamtune.errors import SpamtuneUsageError
 
-    if not names and not everything:
-        raise SpamtuneUsageError("name the caches to remove, or give --all")
-    if names and everything:
-        raise SpamtuneUsageError("give cache names or --all, not both")
-    removed = remove_caches(paths.data_root(data_dir), names or (), everything=everything)
+    chosen = [what for what, given in (("cache names", bool(names)), ("--all", everything), ("--stale", stale)) if given]
+    if not chosen:
+        raise SpamtuneUsageError("name the caches to remove, or give --all or --stale")
+    if len(chosen) > 1:
+        raise SpamtuneUsageError(f"give one of cache names, --all and --stale, not {' and '.join(chosen)}")
+    removed = remove_caches(paths.data_root(data_dir), names or (), everything=everything, stale=stale)
     for entry in removed:
         typer.echo(entry.path)
     typer.echo(f"freed {human_size(sum(e.nbytes for e in removed))}", err=True)
