@@ -80,13 +80,8 @@ def rm(
 ) -> None:
     """Remove bases; a run on one rebuilds it from its origin (seed or GPT-2 download) when loaded. Prints each removed file."""
     from spamtune.base_catalog import remove_bases
-    from spamtune.errors import SpamtuneUsageError
 
-    given = [name for name, on in (("names", bool(names)), ("--unused", unused), ("--all", everything)) if on]
-    if not given:
-        raise SpamtuneUsageError("name the bases to remove, or give --unused or --all")
-    if len(given) > 1:
-        raise SpamtuneUsageError(f"give one of base names, --unused and --all, not {' and '.join(given)}")
+    common.one_choice({"base names": bool(names), "--unused": unused, "--all": everything}, "name the bases to remove, or give --unused or --all")
     removed = remove_bases(paths.data_root(data_dir), names or (), everything=everything, unused=unused)
     for base in removed:
         typer.echo(base.path)

@@ -92,13 +92,8 @@ def rm(
 ) -> None:
     """Remove caches; a later run rebuilds what it needs. Prints each removed folder on stdout."""
     from spamtune.cache_store import remove_caches
-    from spamtune.errors import SpamtuneUsageError
 
-    chosen = [what for what, given in (("cache names", bool(names)), ("--all", everything), ("--stale", stale)) if given]
-    if not chosen:
-        raise SpamtuneUsageError("name the caches to remove, or give --all or --stale")
-    if len(chosen) > 1:
-        raise SpamtuneUsageError(f"give one of cache names, --all and --stale, not {' and '.join(chosen)}")
+    common.one_choice({"cache names": bool(names), "--all": everything, "--stale": stale}, "name the caches to remove, or give --all or --stale")
     removed = remove_caches(paths.data_root(data_dir), names or (), everything=everything, stale=stale)
     for entry in removed:
         typer.echo(entry.path)

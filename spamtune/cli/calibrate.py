@@ -78,9 +78,7 @@ def calibrate_command(
     if run_argument is not None and run is not None:
         raise SpamtuneUsageError("name the run once: with --run")
     output_format = common.chosen_format(output_format, as_json, CalibrateFormat.json, CalibrateFormat.text)
-    given = [name for name, value in (("--max-ham-loss", max_ham_loss), ("--threshold", threshold), ("--cost-ratio", cost_ratio)) if value is not None]
-    if len(given) > 1:
-        raise SpamtuneUsageError(f"give one of --max-ham-loss, --threshold and --cost-ratio, not {' and '.join(given)}")
+    common.one_choice({"--max-ham-loss": max_ham_loss is not None, "--threshold": threshold is not None, "--cost-ratio": cost_ratio is not None})
     if max_ham_loss is not None:
         rule, target = "max-ham-loss", parse_rate(max_ham_loss)
     elif cost_ratio is not None:

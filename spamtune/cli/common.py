@@ -318,6 +318,19 @@ def listing_format_option():
     return typer.Option(None, "--format", help="text: a table; json: one JSON object per line.", show_default="text")
 
 
+def one_choice(choices: dict[str, bool], missing: str | None = None) -> None:
+    """At most one of ``choices`` (each named as the user gives it, and whether it was given):
+    more is a usage error naming the ones given; none is one too when ``missing`` says so."""
+    from spamtune.errors import SpamtuneUsageError
+
+    given = [name for name, on in choices.items() if on]
+    if not given and missing is not None:
+        raise SpamtuneUsageError(missing)
+    if len(given) > 1:
+        *first, last = choices
+        raise SpamtuneUsageError(f"give one of {', '.join(first)} and {last}, not {' and '.join(given)}")
+
+
 def chosen_format(output_format, as_json: bool, json_format, default):
     """The output format asked for: ``--json`` is ``json_format``; nothing given is ``default``.
     ``--json`` beside another ``--format`` is a usage error rather than a silent pick."""
