@@ -104,13 +104,14 @@ def base_file(root: Path, sha256: str) -> Path:
 
 def store_base(root: str | Path, model: torch.nn.Module, origin: dict, sha256: str | None = None) -> BaseRef:
     """Keep a model's base under ``<root>/bases``, once: a file stored under its hash stays as
-    it is. ``sha256``: its hash, when the caller knows it (then a stored file is not written again)."""
+    it is. ``sha256``: its hash, when the caller has just taken it (then a stored file is not
+    written again, and the tensors are not hashed again)."""
     root = Path(root)
     if sha256 is not None and _is_stored(base_file(root, sha256)):
         ref = BaseRef(sha256, dict(origin))
         remember_random_origin(root, ref)
         return ref
-    with BaseIntake(base_tensors(model), origin, root) as intake:
+    with BaseIntake(base_tensors(model), origin, root, sha256) as intake:
         return intake.finish()
 
 
@@ -157,10 +158,11 @@ class BaseIntake:
 
     Used as a context manager: ``final(name)`` as each tensor is done (the threads take them
     in name order), then ``finish()`` for the reference. Leaving the block without
-    ``finish`` (an error, Ctrl-C) stops the threads and removes the partial file.
+    ``finish`` (an error, Ctrl-C) stops the threads and removes the partial file. ``sha256``:
+    the tensors' hash where the caller has just taken it; then only the file is made.
     """
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], origin: dict, root: str | Path | None = None):
+    def __init__(self, tensors: Mapping[str, torch.Tensor], origin: dict, root: str | Path | None = None, sha256: str | None = None):
         self._tensors = dict(tensors)
         self._origin = dict(origin)
         self._root = Path(root) if root is not None else None
@@ -169,10 +171,11 @@ class BaseIntake:
         self._all_final = self._stopped = False
         self._failures: list[BaseException] = []
         self._digest = _new_digest()
+        self._sha256 = sha256
         self._tmp: Path | None = None
         self._fd = -1
         self._threads: list[threading.Thread] = []
-        steps = [self._hash]
+        steps = [self._hash] if sha256 is None else []
         if self._root is not None:
             try:
                 self._tmp, self._fd = new_temporary(paths.bases_dir(self._root), "base")
@@ -237,7 +240,7 @@ class BaseIntake:
             self._ready.notify_all()
         for thread in self._threads:
             thread.join()
-        ref = BaseRef(self._digest.hexdigest(), self._origin)
+        ref = BaseRef(self._sha256 or self._digest.hexdigest(), self._origin)
         if self._root is None:
             if self._failures:
                 raise self._failures[0]
@@ -320,7 +323,7 @@ def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str
         )
     if replacing:
         path.unlink(missing_ok=True)
-    with BaseIntake(tensors, ref.origin, root) as intake:
+    with BaseIntake(tensors, ref.origin, root, actual) as intake:
         intake.finish()
     return tensors
 
