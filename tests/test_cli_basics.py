@@ -117,3 +117,19 @@ def test_quiet_leaves_stdout_and_errors_only(tmp_path):
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == loud.stdout.replace("/a/", "/b/")
     failing = invoke("prepare", "--input", str(tmp_path / "nope.tsv"), "-q")
     assert failing.exit_code == 1 and failing.stderr.startswith("Error: input file not found")
+
+
+def test_help_paragraphs_wrap_to_the_terminal():
+    """Rich keeps a help text's line breaks: a paragraph broken in the source prints ragged at
+    any width but the one it was typed for, so each paragraph is written as one line."""
+    import typer
+
+    def commands(command, words):
+        yield words, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from commands(sub, [*words, name])
+
+    for words, command in commands(typer.main.get_command(app), ["spamtune"]):
+        texts = [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
+        broken = [para for text in texts for para in text.strip().split("\n\n") if "\n" in para.strip()]
+        assert not broken, (" ".join(words), broken)

@@ -169,9 +169,10 @@ def evaluate_command(
         None, "--devices", min=1, help="Score with N processes on this machine (one per GPU; torchrun's launcher)."
     ),
 ) -> None:
-    """Score a fine-tuned run on a split or a labelled file at the run's calibrated threshold: the spam filter's figures
-    (false-positive rate, spam recall, ROC-AUC, PR-AUC, ECE), accuracy, per-class P/R/F1, confusion.
-    Under torchrun each rank scores a share of the messages and rank 0 reports."""
+    """Score a fine-tuned run on a split or a labelled file at the run's calibrated threshold.
+
+    The spam filter's figures (false-positive rate, spam recall, ROC-AUC, PR-AUC, ECE), then accuracy, per-class precision, recall and F1, and the confusion matrix. Under torchrun each rank scores a share of the messages and rank 0 reports.
+    """
     import sys
 
     from spamtune import distributed, paths

@@ -25,8 +25,7 @@ def export(
 ) -> None:
     """Write a run's full classifier, LoRA merged, to one safetensors file for other tools.
 
-    The tensors have the names of a run's model.safetensors; the classifier config (labels,
-    pooling, model shape) is in the file's metadata under "config". Prints the path on stdout.
+    The tensors have the names of a run's model.safetensors; the classifier config (labels, pooling, model shape) is in the file's metadata under "config". Prints the path on stdout.
     """
     from spamtune import paths
     from spamtune.compact import export_run

@@ -45,8 +45,7 @@ def prepare(
 ) -> None:
     """Balance, shuffle and split labelled texts into train.csv, validation.csv and test.csv.
 
-    The default is the book's chapter 6 recipe: undersample ham to spam's count, shuffle with
-    random_state 123, cut 70% / 10% / 20%. A summary goes to stderr; the written paths to stdout.
+    The default is the book's chapter 6 recipe: undersample ham to spam's count, shuffle with random_state 123, cut 70% / 10% / 20%. A summary goes to stderr; the written paths to stdout.
     """
     from spamtune.prepare import parse_split, prepare_splits, read_input, write_prepared
 

@@ -109,10 +109,7 @@ def sweep_command(
 ) -> None:
     """Fine-tune every combination of the options given as comma lists, on shared prefix caches.
 
-    Example: spamtune sweep --lr 1e-5,5e-5,1e-4 --trainable last-block,last-2-blocks --epochs 5.
-    Runs go into one folder with sweep.json (runs ranked by validation loss); running the same
-    sweep again skips finished runs and resumes an interrupted one. Every combination's options
-    are checked before the first run; the exit code is 1 when no run finished.
+    Runs go into one folder with sweep.json (runs ranked by validation loss); running the same sweep again skips finished runs and resumes an interrupted one. Every combination's options are checked before the first run; the exit code is 1 when no run finished.
     """
     from spamtune import events, paths
     from spamtune.sweep import parse_grid, run_sweep
