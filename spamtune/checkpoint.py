@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -246,8 +246,11 @@ CHECKPOINT_DTYPE = "F32"
 
 def classifier_shapes(cfg: ClassifierConfig) -> dict[str, tuple[int, ...]]:
     """Names and shapes of ``build_classifier(cfg)``'s weights, computed without building it."""
-    d = cfg.model.emb_dim
-    return {**spamtune_shapes(cfg.model), "out_head.weight": (cfg.num_classes, d), "out_head.bias": (cfg.num_classes,)}
+    return _classifier_shapes(cfg.model, cfg.num_classes)
+
+
+def _classifier_shapes(model: GPTConfig, num_classes: int) -> dict[str, tuple[int, ...]]:
+    return {**spamtune_shapes(model), "out_head.weight": (num_classes, model.emb_dim), "out_head.bias": (num_classes,)}
 
 
 def read_checkpoint_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -288,6 +291,27 @@ def check_header(header: dict[str, tuple[tuple[int, ...], str]], cfg: Classifier
             f"{path.parent / CONFIG_FILE} does not describe {path} (config vs weights: {'; '.join(differ)})"
         )
     check_shapes(classifier_shapes(cfg), shapes, str(path))
+    _check_dtypes(header, path)
+
+
+def check_partial_header(header: dict[str, tuple[tuple[int, ...], str]], cfg: ClassifierConfig, path: Path) -> None:
+    """Refuse, in one line, a header holding any tensor that is not one of ``cfg``'s classifier
+    weights, in its shape and in float32: a compact run's delta, checked on its own when its base
+    is to be rebuilt (so before that base is allocated). Each block's names are checked against
+    one block's, so the check costs the header's length whatever the config claims."""
+    one_block = _classifier_shapes(replace(cfg.model, n_layers=1), cfg.num_classes)
+    expected = {}
+    for key in header:
+        parts = key.split(".")
+        in_a_block = len(parts) > 2 and parts[0] == "trf_blocks" and parts[1].isdigit() and int(parts[1]) < cfg.model.n_layers
+        template = ".".join(["trf_blocks", "0", *parts[2:]]) if in_a_block else key
+        if template in one_block and (in_a_block or not template.startswith("trf_blocks.")):
+            expected[key] = one_block[template]
+    check_shapes(expected, {key: shape for key, (shape, _) in header.items()}, str(path))
+    _check_dtypes(header, path)
+
+
+def _check_dtypes(header: dict[str, tuple[tuple[int, ...], str]], path: Path) -> None:
     for key, (_, dtype) in header.items():
         if dtype != CHECKPOINT_DTYPE:
             raise SpamtuneError(

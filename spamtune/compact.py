@@ -35,6 +35,7 @@ from spamtune.checkpoint import (
     build_classifier,
     check_finite,
     check_header,
+    check_partial_header,
     check_state_shapes,
     load_classifier,
     load_classifier_config,
@@ -154,8 +155,10 @@ def load_compact_run(
     stored = base_file(root, ref.sha256)
     if stored.is_file():
         check_header({**read_checkpoint_header(stored), **merged_lora_header(delta_header, lora)}, cfg, delta_path)
-    elif ref.origin.get("model", cfg.model.to_dict()) != cfg.model.to_dict():
-        raise SpamtuneError(f"{run_dir / BASE_REF_FILE} names a base of another model shape than {run_dir / CONFIG_FILE}")
+    else:  # the base is rebuilt from its origin: the delta is checked before that allocates
+        if ref.origin.get("model", cfg.model.to_dict()) != cfg.model.to_dict():
+            raise SpamtuneError(f"{run_dir / BASE_REF_FILE} names a base of another model shape than {run_dir / CONFIG_FILE}")
+        check_partial_header(merged_lora_header(delta_header, lora), cfg, delta_path)
     with torch.device("meta"):
         model = build_classifier(cfg)
     # Cast as read: the base's block weights that neither the delta replaces nor LoRA adapts.

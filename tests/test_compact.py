@@ -378,6 +378,45 @@ def test_a_compact_run_whose_config_does_not_fit_is_refused_before_building(tmp_
     assert time.perf_counter() - start < 1.0
 
 
+def write_sparse_safetensors(path, tensors: dict[str, tuple[list[int], str]]) -> None:
+    """A safetensors file whose header claims ``tensors`` (name: shape, dtype), its data a hole:
+    as large as claimed on disk, nothing on it."""
+    import json
+    import math
+    import struct
+
+    header, offset = {}, 0
+    for name, (shape, dtype) in tensors.items():
+        size = math.prod(shape) * {"F32": 4, "F16": 2}[dtype]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.truncate(8 + len(text) + offset)
+
+
+@pytest.mark.parametrize(
+    "claimed, refusal",
+    [
+        ({"out_head.weight": ([2, 2**28], "F32")}, r"'out_head.weight' is \[2, 268435456\], the model needs \[2, 48\]"),
+        ({"trf_blocks.7.ff.fc.weight": ([192, 48], "F32")}, "unexpected weight 'trf_blocks.7.ff.fc.weight'"),
+        ({"trf_blocks.2.ff.fc.weight": ([2**28], "F32")}, r"'trf_blocks.2.ff.fc.weight' is \[268435456\]"),
+        ({"out_head.bias": ([2], "F16")}, "'out_head.bias' is stored as F16"),
+    ],
+)
+def test_a_delta_that_does_not_fit_is_refused_before_its_missing_base_is_rebuilt(tmp_path, claimed, refusal):
+    run, _, ref = last_block_run(tmp_path)
+    base_file(tmp_path, ref.sha256).unlink()
+    write_sparse_safetensors(run / DELTA_FILE, claimed)
+    start = time.perf_counter()
+    with pytest.raises(SpamtuneError, match=refusal):
+        load_compact_run(run)
+    assert time.perf_counter() - start < 1.0
+    assert not base_file(tmp_path, ref.sha256).exists()  # refused before the base was drawn
+
+
 def test_a_compact_run_with_a_tensor_of_another_dtype_is_refused(tmp_path):
     run, _, _ = last_block_run(tmp_path)
     rewrite_delta(run, lambda t: t.update({"out_head.bias": t["out_head.bias"].to(torch.float16)}))
