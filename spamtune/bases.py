@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -296,7 +297,10 @@ def load_base(
                 _hash_tensor(digest, name, tensor)
             return keep(name, tensor)
 
-        tensors = read_tensors(path, device, hashed)
+        try:
+            tensors = read_tensors(path, device, hashed)
+        except SpamtuneError as unreadable:  # truncated or not safetensors: damaged, as below
+            return {n: keep(n, t.to(device)) for n, t in _rebuilt(root, ref, replacing=str(unreadable)).items()}
         if not verify:
             return tensors
         if digest.hexdigest() == ref.sha256:
@@ -308,13 +312,31 @@ def load_base(
     return {n: keep(n, t.to(device)) for n, t in _rebuilt(root, ref).items()}
 
 
+def stored_base_intact(root: str | Path, ref: BaseRef) -> bool:
+    """Whether ``<root>/bases`` holds the base ``ref`` names, readable and of its hash: asked
+    when the stored base and a run's files disagree, to say which of them is at fault."""
+    root = Path(root)
+    path = base_file(root, ref.sha256)
+    if not path.is_file():
+        return False
+    signature = file_signature(path)
+    if _verified_bases(root).known(ref.sha256, signature):
+        return True
+    digest = _new_digest()
+    try:
+        read_tensors(path, "cpu", lambda name, tensor: _hash_tensor(digest, name, tensor))
+    except SpamtuneError:
+        return False
+    return digest.hexdigest() == ref.sha256
+
+
 def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str, torch.Tensor]:
     """The base made again from its origin, its hash checked, and stored in place of a missing
     file or of the damaged one that ``replacing`` describes; else one line on how to get it back."""
     path = base_file(root, ref.sha256)
     tensors = _rebuild(root, ref)
     if tensors is None:
-        raise SpamtuneError(f"{replacing}, and {how_to_get_back(ref)}" if replacing else missing_base_message(root, ref))
+        raise SpamtuneError(f"{replacing}, and {how_to_get_back(ref, root)}" if replacing else missing_base_message(root, ref))
     actual = weights_sha256(tensors)
     if actual != ref.sha256:
         raise SpamtuneError(
@@ -331,15 +353,17 @@ def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str
 def missing_base_message(root: Path, ref: BaseRef) -> str:
     where = f"base {ref.sha256[:12]}... ({ref.describe()}) is not in {paths.bases_dir(root)}"
     if ref.origin.get("kind") == "file":
-        return f"{where} and {ref.origin.get('path')} is gone; {how_to_get_back(ref)}"
-    return f"{where}; {how_to_get_back(ref)}"
+        return f"{where} and {ref.origin.get('path')} is gone; {how_to_get_back(ref, root)}"
+    return f"{where}; {how_to_get_back(ref, root)}"
 
 
-def how_to_get_back(ref: BaseRef) -> str:
-    """What brings a base back that its origin cannot make again here."""
+def how_to_get_back(ref: BaseRef, root: Path) -> str:
+    """What brings a base back that its origin cannot make again in the data root ``root``."""
     kind = ref.origin.get("kind")
     if kind == "pretrained":
-        return f"run `spamtune download model {ref.origin.get('name')}` to get it back"
+        # The download goes to the default root unless told otherwise.
+        where = "" if Path(root).absolute() == paths.data_root() else f" --data-dir {shlex.quote(str(root))}"
+        return f"run `spamtune download model {ref.origin.get('name')}{where}` to get it back"
     if kind == "file":
         return f"put that file back or copy {ref.sha256}.safetensors there"
     return f"copy {ref.sha256}.safetensors there from where the run was trained"

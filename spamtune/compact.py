@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from spamtune import paths
-from spamtune.bases import BaseRef, base_file, load_base
+from spamtune.bases import BaseRef, base_file, load_base, stored_base_intact
 from spamtune.checkpoint import (
     CONFIG_FILE,
     FORMAT,
@@ -152,13 +152,13 @@ def load_compact_run(
     root = Path(data_root) if data_root is not None else run_data_root(run_dir)
     delta_path = run_dir / DELTA_FILE
     delta_header = read_checkpoint_header(delta_path)
+    merged_header = merged_lora_header(delta_header, lora)
     stored = base_file(root, ref.sha256)
-    if stored.is_file():
-        check_header({**read_checkpoint_header(stored), **merged_lora_header(delta_header, lora)}, cfg, delta_path)
-    else:  # the base is rebuilt from its origin: the delta is checked before that allocates
+    if not _checked_against_stored_base(stored, merged_header, cfg, delta_path, root, ref):
+        # load_base makes the base again from its origin: the delta is checked before that allocates.
         if ref.origin.get("model", cfg.model.to_dict()) != cfg.model.to_dict():
             raise SpamtuneError(f"{run_dir / BASE_REF_FILE} names a base of another model shape than {run_dir / CONFIG_FILE}")
-        check_partial_header(merged_lora_header(delta_header, lora), cfg, delta_path)
+        check_partial_header(merged_header, cfg, delta_path)
     with torch.device("meta"):
         model = build_classifier(cfg)
     # Cast as read: the base's block weights that neither the delta replaces nor LoRA adapts.
@@ -186,6 +186,26 @@ def load_compact_run(
 
         store_linear_weights_in(model, linear_dtype)  # the delta's trained and LoRA-merged layers
     return model.eval(), cfg
+
+
+def _checked_against_stored_base(stored: Path, delta_header: dict, cfg: ClassifierConfig, delta_path: Path, root: Path, ref: BaseRef) -> bool:
+    """Check the stored base's header and the delta's together against the config; False when
+    the stored base is missing or damaged (unreadable, or not the base its hash names), which
+    ``load_base`` then makes again or says how to get back. When the two disagree with the
+    config, the base is hashed to tell whose fault it is: a damaged base is not the run's."""
+    if not stored.is_file():
+        return False
+    try:
+        base_header = read_checkpoint_header(stored)
+    except SpamtuneError:
+        return False
+    try:
+        check_header({**base_header, **delta_header}, cfg, delta_path)
+    except SpamtuneError:
+        if stored_base_intact(root, ref):
+            raise
+        return False
+    return True
 
 
 def merged_lora_header(header: dict[str, tuple[tuple[int, ...], str]], lora: dict | None) -> dict:

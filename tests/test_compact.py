@@ -286,11 +286,14 @@ def test_a_base_rebuilt_from_its_weights_file(tmp_path):
         load_compact_run(run)
 
 
-def test_missing_pretrained_base_says_how_to_download_it(tmp_path):
+def test_missing_pretrained_base_says_how_to_download_it_into_its_data_root(tmp_path, monkeypatch):
     ref = BaseRef("ab" * 32, {"kind": "pretrained", "name": "gpt2-medium"})
+    monkeypatch.setenv("SPAMTUNE_HOME", str(tmp_path))
     message = missing_base_message(tmp_path, ref)
     assert message.endswith("run `spamtune download model gpt2-medium` to get it back")
     assert "\n" not in message
+    other = tmp_path / "other root"
+    assert missing_base_message(other, ref).endswith(f"run `spamtune download model gpt2-medium --data-dir '{other}'` to get it back")
 
 
 def tamper(path) -> None:
@@ -311,7 +314,37 @@ def test_a_tampered_base_is_made_again_from_its_seed(tmp_path):
     assert base_weights_sha256_of_file(path) == ref.sha256  # the damaged file was replaced
 
 
-def test_a_tampered_base_its_origin_cannot_make_again_is_refused(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "another file", "not safetensors"])
+def test_a_damaged_base_file_is_made_again_from_its_seed_not_blamed_on_the_run(tmp_path, damage):
+    run, _, ref = last_block_run(tmp_path)
+    expected = logits(load_compact_run(run)[0])
+    path = base_file(tmp_path, ref.sha256)
+    if damage == "truncated":
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+    elif damage == "another file":  # readable, but other tensors: the run's own delta
+        path.write_bytes((run / DELTA_FILE).read_bytes())
+    else:
+        path.write_bytes(b"\0" * 1000)
+    assert torch.equal(logits(load_compact_run(run)[0]), expected)
+    assert base_weights_sha256_of_file(path) == ref.sha256  # the damaged file was replaced
+
+
+def test_a_truncated_base_its_origin_cannot_make_again_names_the_base(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAMTUNE_HOME", str(tmp_path))
+    ref = store_base(tmp_path, random_base(), {"kind": "pretrained", "name": "gpt2-small"})
+    path = base_file(tmp_path, ref.sha256)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    with pytest.raises(SpamtuneError) as refused:
+        load_base(tmp_path, ref)
+    message = str(refused.value)
+    assert message.startswith(f"cannot read {path}")
+    assert message.endswith("run `spamtune download model gpt2-small` to get it back")
+
+
+def test_a_tampered_base_its_origin_cannot_make_again_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAMTUNE_HOME", str(tmp_path))
     ref = store_base(tmp_path, random_base(), {"kind": "pretrained", "name": "gpt2-small"})
     tamper(base_file(tmp_path, ref.sha256))
     with pytest.raises(SpamtuneError) as refused:
