@@ -97,10 +97,14 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}"
 
 
-def check_lora_options(rank: int, alpha: float, blocks: int | None, n_layers: int) -> None:
-    """One usage error per bad LoRA option."""
+def check_lora_options(rank: int, alpha: float, blocks: int | None, n_layers: int, emb_dim: int) -> None:
+    """One usage error per bad LoRA option. Every adapted layer has ``emb_dim`` inputs or
+    outputs, so a rank above it adds parameters (A and B are allocated at once) and no expressive
+    power: it is refused as well."""
     if not isinstance(rank, int) or rank < 1:
         raise SpamtuneUsageError(f"--lora-rank must be a positive integer (got {rank})")
+    if rank > emb_dim:
+        raise SpamtuneUsageError(f"--lora-rank must be at most the model's width, {emb_dim}, which a full-rank update reaches (got {rank})")
     if not (math.isfinite(alpha) and alpha > 0):
         raise SpamtuneUsageError(f"--lora-alpha must be a positive number (got {alpha})")
     if blocks is not None and not 1 <= blocks <= n_layers:
@@ -123,7 +127,7 @@ def apply_lora(
     None), in place. Only the new A/B matrices are trainable among the blocks' parameters; what
     else is trainable (the head) is left as it was. ``A`` is drawn from a generator seeded with
     ``seed``, so a run starts the same every time."""
-    check_lora_options(rank, alpha, blocks, model.cfg.n_layers)
+    check_lora_options(rank, alpha, blocks, model.cfg.n_layers, model.cfg.emb_dim)
     generator = torch.Generator().manual_seed(seed)
     for i in adapted_block_indices(model.cfg.n_layers, blocks):
         block = model.trf_blocks[i]

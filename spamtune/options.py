@@ -140,7 +140,7 @@ def validate_options(options: FinetuneOptions, model_cfg: GPTConfig | None = Non
     if o.trainable == "lora":
         from spamtune.lora import check_lora_options, lora_trainable
 
-        check_lora_options(o.lora_rank, o.lora_alpha, o.lora_blocks, cfg.n_layers)
+        check_lora_options(o.lora_rank, o.lora_alpha, o.lora_blocks, cfg.n_layers, cfg.emb_dim)
         trainable = lora_trainable(cfg.n_layers, o.lora_blocks)
     else:
         trainable = Trainable.parse(o.trainable, cfg.n_layers)

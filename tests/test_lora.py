@@ -177,6 +177,7 @@ def test_wrapping_keeps_the_base_weight_objects_and_key_names():
         ({"alpha": float("nan")}, "--lora-alpha"),
         ({"blocks": 0}, "--lora-blocks"),
         ({"blocks": 5}, "--lora-blocks"),
+        ({"rank": 10**20}, "--lora-rank must be at most the model's width"),
     ],
 )
 def test_bad_options_are_usage_errors(kwargs, message):

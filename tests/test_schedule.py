@@ -108,8 +108,8 @@ def test_finetune_warns_when_warmup_lasts_the_whole_run(tmp_path, warmup, warned
     assert lr_multiplier(9, "cosine", warmup, 10) == (10 / 11 if warned else 1.0)
 
 
-@pytest.mark.parametrize(("trainable", "warned"), [("last-block", True), ("lora", False)])
-def test_finetune_warns_of_lora_options_without_lora(tmp_path, trainable, warned):
+@pytest.mark.parametrize("trainable", ["last-block", "lora"])
+def test_lora_options_without_lora_are_a_usage_error(tmp_path, trainable):
     from helpers import write_tiny_data
     from typer.testing import CliRunner
 
@@ -119,8 +119,48 @@ def test_finetune_warns_of_lora_options_without_lora(tmp_path, trainable, warned
     args = ["finetune", "--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--device", "cpu"]
     args += ["--trainable", trainable, "--lora-rank", "4", "--lora-blocks", "1", "--data-dir", str(root), "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.stderr
-    message = "--lora-rank, --lora-blocks apply only with --trainable lora; this run trains last-block, without them"
-    assert (message in result.stderr) is warned
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["trainable"] == trainable
+    if trainable == "lora":
+        assert result.exit_code == 0, result.stderr
+        assert json.loads((tmp_path / "run" / "summary.json").read_text())["trainable"] == "lora"
+        return
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "Error: --lora-rank, --lora-blocks apply only with --trainable lora, and this run trains last-block: "
+        "add --trainable lora, or leave them out"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_a_lora_run_takes_its_own_lora_options_again_without_a_word(tmp_path, monkeypatch):
+    from helpers import ctrl_c_at_step, write_tiny_data
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path)
+    run = str(tmp_path / "run")
+    args = ["--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--device", "cpu", "--data-dir", str(root)]
+    lora = ["--trainable", "lora", "--lora-rank", "4", "--lora-blocks", "1"]
+    with monkeypatch.context() as patched:
+        ctrl_c_at_step(patched, 3)
+        assert CliRunner().invoke(app, ["finetune", *args, *lora, "--run", run]).exit_code == 130
+    changed = CliRunner().invoke(app, ["finetune", "--resume", "--run", run, "--lora-rank", "8", "--data-dir", str(root)])
+    assert changed.exit_code == 2
+    assert changed.stderr.count("\n") == 1 and changed.stderr.startswith("Error: a resumed run keeps the options it started with")
+    resumed = CliRunner().invoke(app, ["finetune", "--resume", "--run", run, "--lora-rank", "4", "--lora-blocks", "1", "--data-dir", str(root)])
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "WARNING" not in resumed.stderr and "Error" not in resumed.stderr
+
+
+def test_a_lora_rank_beyond_the_models_width_is_a_usage_error_before_any_folder(tmp_path):
+    from helpers import write_tiny_data
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path)
+    args = ["finetune", "--model", str(root / "tiny.json"), "--weights", "random", "--trainable", "lora", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--lora-rank", "99999999999999999999", "--data-dir", str(root), "--run", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: --lora-rank must be at most the model's width") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()

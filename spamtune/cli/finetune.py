@@ -208,7 +208,8 @@ def finetune_command(
     from spamtune import distributed
 
     root, run, given = _settle(ctx, run, resume, config, resume_run, out, data_dir, options)
-    _warn_of_unused_lora_options(given, options)
+    if not resume:
+        _refuse_unused_lora_options(given, options)
     if distributed.will_launch(devices) and not resume:
         from spamtune import train
 
@@ -227,14 +228,16 @@ def finetune_command(
 LORA_OPTIONS = {"lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_blocks": "--lora-blocks"}
 
 
-def _warn_of_unused_lora_options(given: list[str], options: dict) -> None:
-    """LoRA's options given to a run that trains no LoRA would be silently ignored: say so."""
+def _refuse_unused_lora_options(given: list[str], options: dict) -> None:
+    """LoRA's options given to a new run that trains no LoRA would do nothing: a usage error,
+    before a run trains something else than what was asked for. (A resumed run's options are
+    its own, compared by ``resume_finetune``.)"""
     unused = [flag for name, flag in LORA_OPTIONS.items() if name in given]
     if unused and options.get("trainable") != "lora":
         one = len(unused) == 1
-        common.warn(
-            f"{', '.join(unused)} {'applies' if one else 'apply'} only with --trainable lora; "
-            f"this run trains {options.get('trainable')}, without {'it' if one else 'them'}"
+        raise SpamtuneUsageError(
+            f"{', '.join(unused)} {'applies' if one else 'apply'} only with --trainable lora, and this run trains "
+            f"{options.get('trainable')}: add --trainable lora, or leave {'it' if one else 'them'} out"
         )
 
 
