@@ -427,6 +427,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                         step_model, optimizer, batch_list, options.pooling, precision, options.shortcuts, class_weights,
                         weights=weights, world=world, clip_grad_norm=options.clip_grad_norm,
                     )  # fmt: skip
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step took; the schedule now sets the next
                 scheduler.step()
                 training_time += time.perf_counter() - tick
                 step, steps_in_epoch = step + 1, steps_in_epoch + 1
@@ -440,7 +441,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                 emit(EvaluationStarted(step, "train+validation"))
                 record = evaluation_record(
                     step, epoch + steps_in_epoch / run.steps_per_epoch, examples_seen,
-                    evaluate(data.train), evaluate(data.validation), elapsed(),
+                    evaluate(data.train), evaluate(data.validation), elapsed(), lr,
                 )  # fmt: skip
                 record = world.decide_once(record)  # the best weights and early stop: decided once
                 improved = is_better(record, best)
@@ -519,15 +520,16 @@ def start_session(
     return cache
 
 
-def evaluation_record(step: int, epoch: float, examples_seen: int, train: tuple, validation: tuple, elapsed: float) -> dict:
-    """The ``metrics.jsonl`` line of one evaluation from its (loss, accuracy) pairs."""
+def evaluation_record(step: int, epoch: float, examples_seen: int, train: tuple, validation: tuple, elapsed: float, lr: float) -> dict:
+    """The ``metrics.jsonl`` line of one evaluation from its (loss, accuracy) pairs; ``lr`` is
+    the learning rate the step just before it took."""
     for loss, _ in (train, validation):
         if not math.isfinite(loss):
             raise NonFiniteLoss(loss, "evaluation")
     return {
         "step": step, "epoch": round(epoch, 4), "examples_seen": examples_seen,
         "train_loss": train[0], "train_accuracy": train[1], "validation_loss": validation[0], "validation_accuracy": validation[1],
-        "elapsed_s": round(elapsed, 3),
+        "elapsed_s": round(elapsed, 3), "lr": lr,
     }  # fmt: skip
 
 

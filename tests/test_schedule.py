@@ -164,3 +164,25 @@ def test_a_lora_rank_beyond_the_models_width_is_a_usage_error_before_any_folder(
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: --lora-rank must be at most the model's width") and result.stderr.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_each_evaluation_records_the_learning_rate_its_step_took(tmp_path, schedule):
+    """The tiny data: 10 steps of 4 messages an epoch, evaluated every 3 steps and at the end."""
+    from helpers import write_tiny_data
+
+    from spamtune import runs, train
+    from spamtune.options import FinetuneOptions
+    from spamtune.schedule import lr_multiplier
+
+    root = write_tiny_data(tmp_path)
+    options = FinetuneOptions(
+        model=str(root / "tiny.json"), weights="random", epochs=2, batch_size=4, lr=1e-3, schedule=schedule,
+        warmup_steps=4, eval_every=3, device="cpu", data_dir=str(root),
+    )  # fmt: skip
+    train.finetune(options, tmp_path / "run")
+    records = runs.read_metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == [3, 6, 9, 10, 12, 15, 18, 20]
+    for record in records:
+        assert record["lr"] == pytest.approx(1e-3 * lr_multiplier(record["step"] - 1, schedule, 4, 20), rel=1e-12)
+    assert records[0]["lr"] < 1e-3  # still warming up at step 3
