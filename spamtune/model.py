@@ -509,14 +509,16 @@ class Trainable:
             blocks = 1
         elif preset == "all":
             blocks = n_layers
-        elif (match := _LAST_N.match(preset)) and 1 <= int(match.group(1)) <= n_layers:
+        elif match := _LAST_N.match(preset):
             blocks = int(match.group(1))
-        elif match:
-            raise OptionError("trainable", f"{{option}} {preset}: the model has only {n_layers} blocks")
+            if blocks < 1:
+                raise OptionError("trainable", f"{{option}} {preset} trains no block: use head for the head alone")
+            if blocks > n_layers:
+                raise OptionError("trainable", f"{{option}} {preset}: the model has only {n_layers} blocks")
         else:
             raise OptionError(
                 "trainable",
-                f"unknown {{option}} preset '{preset}'; choose head, last-block, last-N-blocks (e.g. last-2-blocks) or all",
+                f"unknown {{option}} preset '{preset}'; choose head, last-block, last-N-blocks (e.g. last-2-blocks), all or lora",
             )
         return cls(preset, n_layers - blocks, final_norm=blocks > 0, embeddings=preset == "all")
 

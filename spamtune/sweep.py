@@ -123,12 +123,13 @@ class SweepResult:
 
     @property
     def best(self) -> dict | None:
-        done = [r for r in self.rows if r["status"] in ("done", "skipped")]
+        done = [r for r in self.rows if r["status"] == "done"]
         return min(done, key=lambda r: (r["validation_loss"], -r["validation_accuracy"])) if done else None
 
     def ranked(self) -> list[dict]:
-        """Finished runs by validation loss (then accuracy), failed ones last."""
-        return sorted(self.rows, key=lambda r: (r["status"] == "failed", r.get("validation_loss") or 0.0, -(r.get("validation_accuracy") or 0.0)))
+        """Finished runs by validation loss (then accuracy), then failed ones, then those not run yet."""
+        order = {"done": 0, "failed": 1}
+        return sorted(self.rows, key=lambda r: (order.get(r["status"], 2), r.get("validation_loss") or 0.0, -(r.get("validation_accuracy") or 0.0)))
 
 
 def check_sweep_folder(folder: Path, identity: str) -> None:
@@ -140,11 +141,14 @@ def check_sweep_folder(folder: Path, identity: str) -> None:
         raise SpamtuneError(f"{folder} is not a folder; give --out a new or empty folder")
     record = folder / SWEEP_FILE
     if record.is_file():
-        found = read_json(record, "sweep file").get("id", identity)  # files before the id: trusted
+        data = read_json(record, "sweep file")
+        if not isinstance(data, dict) or data.get("format", SWEEP_FORMAT) != SWEEP_FORMAT:
+            raise SpamtuneError(f"{record} is not a spamtune sweep file; give --out a new or empty folder")
+        found = data.get("id", identity)  # files before the id: trusted
         if found != identity:
             raise SpamtuneError(f"{folder} holds another sweep ({found}); give this one another --out")
         return
-    if any(folder.iterdir()):
+    if any(p.name != runs.LOCK_FILE for p in folder.iterdir()):  # the lock: a sweep starting there
         raise SpamtuneError(f"{folder} is not empty and holds no sweep; give --out a new or empty folder")
 
 
@@ -153,13 +157,53 @@ def _started_run(run_dir: Path) -> bool:
     return paths.looks_like_run(run_dir) or (run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {runs.LOCK_FILE})
 
 
-def _row(name: str, overrides: dict, run_dir: Path, status: str, summary: dict | None, error: str | None = None) -> dict:
+class SweepInUse(SpamtuneError):
+    def __init__(self, folder: Path):
+        super().__init__(f"sweep is in use by another process: {folder}")
+
+
+def _hold_sweep_folder(folder: Path):
+    """Hold the sweep folder for this process (a context manager), or raise ``SweepInUse`` at
+    once: two processes running one sweep would each find the other's run locked, mark it
+    failed, and the last to write sweep.json would rank a finished run as failed."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(folder / runs.LOCK_FILE), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SweepInUse(folder) from None
+    except OSError as exc:
+        raise SpamtuneError(f"cannot lock the sweep folder {folder}: {exc.strerror or exc}") from None
+    return lock
+
+
+def _check_devices(base, combos: list[dict]) -> None:
+    """A device this machine lacks, or a precision its device cannot run (fp16 off CUDA):
+    one error before the first run, like the other options, not a failure after it."""
+    from spamtune.device import resolve_device, resolve_precision
+
+    for options in {(o.device, o.precision) for o in (replace(base, **c) for c in combos)}:
+        device, precision = options
+        resolve_precision(precision, resolve_device(device))
+
+
+# What a row's "status" says: the run finished (by this invocation, or an earlier one: then
+# "skipped" is true), failed (its "error" says why), or has not finished yet: "interrupted"
+# (it resumes from its checkpoint next time) or "pending" (not started).
+STATUSES = ("done", "failed", "interrupted", "pending")
+
+
+def _row(
+    name: str, overrides: dict, run_dir: Path, status: str, summary: dict | None, error: str | None = None, skipped: bool = False
+) -> dict:
     summary = summary or {}
     return {
         "name": name,
         "run": str(run_dir),
         "overrides": overrides,
         "status": status,
+        "skipped": skipped,
         "validation_accuracy": summary.get("validation_accuracy"),
         "validation_loss": summary.get("validation_loss"),
         "test_accuracy": summary.get("test_accuracy"),
@@ -201,6 +245,7 @@ def run_sweep(
         raise SpamtuneUsageError("two runs of this sweep would get the same folder name; make the listed values differ more")
     for overrides in combos:
         validate_options(replace(base, **overrides))
+    _check_devices(base, combos)
     prepared_data(root)  # every run would fail on an unprepared data root: say it once
     identity = sweep_id(base, grid)
     folder = Path(out) if out else sweeps_dir(root) / f"sweep-{identity}"
@@ -209,17 +254,30 @@ def run_sweep(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpamtuneError(f"cannot create the sweep folder {folder}: {exc.strerror or exc}") from None
+    with _hold_sweep_folder(folder):
+        return _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune)
+
+
+def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune) -> SweepResult:
+    """``run_sweep``'s runs, one after the other, in the folder this process holds."""
     rows: list[dict] = []
     result = SweepResult(folder, rows)
 
     def save() -> None:
+        """sweep.json: one row per combination, those not finished yet as they stand."""
         best = result.best
+        seen = {row["name"] for row in rows}
+        waiting = [
+            _row(name, overrides, folder / name, "interrupted" if runs.resume_file(folder / name).is_file() else "pending", None)
+            for overrides, name in zip(combos, names)
+            if name not in seen
+        ]  # fmt: skip
         atomic_write_json(folder / SWEEP_FILE, {
             "format": SWEEP_FORMAT,
             "id": identity,
             "base_options": asdict(base),
             "grid": grid,
-            "runs": result.ranked(),
+            "runs": SweepResult(folder, rows + waiting).ranked(),
             "best": best["name"] if best else None,
         })  # fmt: skip
 
@@ -228,7 +286,7 @@ def run_sweep(
     for index, (overrides, name) in enumerate(zip(combos, names), start=1):
         run_dir = folder / name
         if runs.is_finished(run_dir) and runs.is_classifier_dir(run_dir):
-            row = _row(name, overrides, run_dir, "skipped", read_json(run_dir / runs.SUMMARY_FILE, "run summary"))
+            row = _row(name, overrides, run_dir, "done", read_json(run_dir / runs.SUMMARY_FILE, "run summary"), skipped=True)
             rows.append(row)
             save()
             emit(SweepRunFinished(index, len(combos), row, skipped=True))

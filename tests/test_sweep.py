@@ -61,14 +61,16 @@ def test_an_interrupted_sweep_keeps_finished_runs_and_resumes(tmp_path):
         run_sweep(base, grid, on_event=stop_second_run, finetune=counting(train.finetune, "new"))
     folder = root / "sweeps" / f"sweep-{sweep_id(base, grid)}"
     first = json.loads((folder / SWEEP_FILE).read_text())
-    assert [r["name"] for r in first["runs"]] == ["lr-0.001"] and first["runs"][0]["status"] == "done"
+    # Every combination has its row; the one Ctrl-C stopped resumes next time.
+    assert [(r["name"], r["status"]) for r in first["runs"]] == [("lr-0.001", "done"), ("lr-0.003", "interrupted")]
+    assert first["best"] == "lr-0.001"
     assert (folder / "lr-0.003" / "resume").is_dir()
 
     calls.clear()
     result = run_sweep(base, grid, finetune=counting(train.finetune, "new"), resume_finetune=counting(train.resume_finetune, "resume"))
     assert calls == ["resume"]  # the finished run is skipped, the interrupted one resumed
     assert result.folder == folder
-    assert {r["name"]: r["status"] for r in result.rows} == {"lr-0.001": "skipped", "lr-0.003": "done"}
+    assert {r["name"]: (r["status"], r["skipped"]) for r in result.rows} == {"lr-0.001": ("done", True), "lr-0.003": ("done", False)}
     # The resumed run ends where an uninterrupted one does.
     fresh = run_sweep(base, {"lr": [3e-3]}, out=tmp_path / "fresh")
     resumed = next(r for r in result.rows if r["name"] == "lr-0.003")
@@ -94,6 +96,7 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
         ({"trainable": ["last-block", "bogus"]}, "unknown trainable preset 'bogus'"),
         ({"lr": [1e-3, 0.0]}, "lr must be a positive number"),
         ({"trainable": ["lora"], "lora_rank": [4, 0]}, "lora-rank must be a positive integer"),
+        ({"precision": ["fp32", "fp16"]}, "fp16 needs a CUDA device"),
     ],
 )
 def test_a_value_that_cannot_work_stops_the_sweep_before_any_run(tmp_path, grid, message):
@@ -120,7 +123,7 @@ def test_the_cli_exits_1_when_no_run_of_a_sweep_finished(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "Error: no run of the sweep finished: every one of the 2 failed (see the table above)"
     bad = CliRunner().invoke(app, [*args, "--trainable", "last-block,nonsense", "--data-dir", str(root), "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and bad.stdout == "" and not (tmp_path / "bad").exists()
-    assert bad.stderr.strip() == "Error: unknown --trainable preset 'nonsense'; choose head, last-block, last-N-blocks (e.g. last-2-blocks) or all"
+    assert bad.stderr.strip() == "Error: unknown --trainable preset 'nonsense'; choose head, last-block, last-N-blocks (e.g. last-2-blocks), all or lora"
 
 
 def test_a_sweep_never_writes_among_other_files_nor_removes_a_folder_it_did_not_make(tmp_path):
@@ -171,3 +174,46 @@ def test_a_sweep_on_an_unprepared_data_root_says_so_once_before_any_run(tmp_path
     with pytest.raises(SpamtuneError, match="run `spamtune prepare` first"):
         run_sweep(tiny_options(tmp_path, model="tiny", epochs=1), {"lr": [1e-3, 2e-3]}, finetune=lambda *a: started.append(a))
     assert started == [] and not (tmp_path / "sweeps").exists()
+
+
+def test_a_second_process_running_the_same_sweep_is_refused_while_the_first_holds_it(tmp_path):
+    """Run in turn, two processes would each find the other's run locked and mark it failed."""
+    import multiprocessing
+
+    from spamtune.sweep import SweepInUse
+
+    root = write_tiny_data(tmp_path)
+    base, grid, folder = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3]}, tmp_path / "s"
+    inside, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.get_context("fork").Process(target=_hold_a_sweep, args=(base, grid, folder, inside, release))
+    holder.start()
+    try:
+        assert inside.wait(30)
+        with pytest.raises(SweepInUse, match=f"sweep is in use by another process: {folder}"):
+            run_sweep(base, grid, out=folder, finetune=fake_finetune)
+    finally:
+        release.set()
+        holder.join(30)
+    assert holder.exitcode == 0
+    saved = json.loads((folder / SWEEP_FILE).read_text())  # the refused one wrote nothing over it
+    assert {r["name"]: r["status"] for r in saved["runs"]} == {"lr-0.001": "done", "lr-0.002": "done"} and saved["best"] == "lr-0.001"
+
+
+def _hold_a_sweep(base, grid, folder, inside, release) -> None:
+    """The sweep, its runs waiting until told to go on."""
+
+    def waiting(options, run_dir, on_event=None):
+        inside.set()
+        release.wait(30)
+        return fake_finetune(options, run_dir, on_event)
+
+    run_sweep(base, grid, out=folder, finetune=waiting)
+
+
+def test_a_folder_whose_sweep_file_is_not_one_is_one_error(tmp_path):
+    root = write_tiny_data(tmp_path)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / SWEEP_FILE).write_text("[1, 2]")
+    with pytest.raises(SpamtuneError, match=f"^{folder / SWEEP_FILE} is not a spamtune sweep file"):
+        run_sweep(tiny_options(root, epochs=1), {"lr": [1e-3]}, out=folder, finetune=fake_finetune)

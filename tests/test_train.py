@@ -348,6 +348,7 @@ def test_bad_options_are_caught_before_a_folder_is_made(data_root):
         ({"epochs": 0}, "^epochs must be at least 1"),  # the option in words: the core knows no flags
         ({"lr": 0.0}, "^lr must be a positive number"),
         ({"trainable": "last-9-blocks"}, "only 2 blocks"),
+        ({"trainable": "last-0-blocks"}, "trains no block: use head"),
         ({"pooling": "max"}, "unknown pooling"),
         ({"precision": "fp8"}, "unknown precision"),
         ({"precision": "fp16"}, "needs a CUDA device"),

@@ -90,7 +90,7 @@ def render_table(console, result) -> None:
             cell(mark), *(cell(f"{row['overrides'].get(name, '')}") for name in swept),
             cell(_percent(row["validation_accuracy"])), cell(_number(row["validation_loss"])),
             cell(_percent(row["test_accuracy"])), cell(_number(row["test_loss"])),
-            cell("-" if seconds is None else f"{seconds:.1f}s"), cell(row["status"]),
+            cell("-" if seconds is None else f"{seconds:.1f}s"), cell(row["status"] + (", earlier" if row.get("skipped") else "")),
         )  # fmt: skip
     common.print_table(console, table)
     if best is not None:
