@@ -163,7 +163,7 @@ def canonical_model_name(name: str) -> str:
     key = MODEL_ALIASES.get(key, key)
     if key not in MODEL_SIZES:
         valid = ", ".join(list(MODEL_SIZES) + ["gpt2", "124M", "355M", "774M", "1558M"])
-        raise SpamtuneError(f"unknown model '{name}'; choose one of: {valid}, or a JSON config file")
+        raise OptionError("model", f"unknown {{option}} '{name}'; choose one of: {valid}, or a JSON config file")
     return key
 
 

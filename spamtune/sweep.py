@@ -80,6 +80,22 @@ def combinations(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
+# LoRA's options, which a run that trains no LoRA does not read.
+_LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_blocks")
+
+
+def _distinct_runs(base, combos: list[dict]) -> list[dict]:
+    """The combinations less the LoRA values of those that train no LoRA, each once: a sweep of
+    ``--trainable lora,last-block --lora-rank 4,16`` is three runs, not a last-block run twice."""
+    out: list[dict] = []
+    for overrides in combos:
+        if overrides.get("trainable", base.trainable) != "lora":
+            overrides = {name: value for name, value in overrides.items() if name not in _LORA_OPTIONS}
+        if overrides not in out:
+            out.append(overrides)
+    return out
+
+
 def run_name(overrides: dict) -> str:
     """``lr-5e-05_trainable-last-block``: the values a run takes, as a folder name."""
     if not overrides:
@@ -239,7 +255,7 @@ def run_sweep(
     resume_finetune = resume_finetune or train.resume_finetune
     emit = on_event or (lambda event: None)
     root = Path(base.data_dir)
-    combos = combinations(grid)
+    combos = _distinct_runs(base, combinations(grid))
     names = [run_name(c) for c in combos]
     if len(set(names)) != len(names):
         raise SpamtuneUsageError("two runs of this sweep would get the same folder name; make the listed values differ more")

@@ -97,6 +97,7 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
         ({"lr": [1e-3, 0.0]}, "lr must be a positive number"),
         ({"trainable": ["lora"], "lora_rank": [4, 0]}, "lora-rank must be a positive integer"),
         ({"precision": ["fp32", "fp16"]}, "fp16 needs a CUDA device"),
+        ({"model": ["tiny", "nosuch"]}, "unknown model 'nosuch'"),
     ],
 )
 def test_a_value_that_cannot_work_stops_the_sweep_before_any_run(tmp_path, grid, message):
@@ -217,3 +218,11 @@ def test_a_folder_whose_sweep_file_is_not_one_is_one_error(tmp_path):
     (folder / SWEEP_FILE).write_text("[1, 2]")
     with pytest.raises(SpamtuneError, match=f"^{folder / SWEEP_FILE} is not a spamtune sweep file"):
         run_sweep(tiny_options(root, epochs=1), {"lr": [1e-3]}, out=folder, finetune=fake_finetune)
+
+
+def test_lora_values_make_no_second_run_of_a_preset_that_trains_no_lora(tmp_path):
+    root = write_tiny_data(tmp_path)
+    grid = {"trainable": ["lora", "last-block"], "lora_rank": [2, 4]}
+    result = run_sweep(tiny_options(root, epochs=1), grid, out=tmp_path / "s", finetune=fake_finetune)
+    assert sorted(r["name"] for r in result.rows) == ["trainable-last-block", "trainable-lora_lora_rank-2", "trainable-lora_lora_rank-4"]
+    assert json.loads((tmp_path / "s" / SWEEP_FILE).read_text())["grid"] == grid
