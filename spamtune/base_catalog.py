@@ -96,7 +96,8 @@ def remove_bases(root: str | Path, names: Iterable[str] = (), *, everything: boo
     elif unused:
         chosen = [base for base in stored if not base.users]
     else:
-        chosen = paths.select_by_prefix(stored, names, lambda b: b.sha256, "base", paths.bases_dir(root), "spamtune bases ls")
+        # A sha256 is hexadecimal: a prefix copied in capitals names the same base.
+        chosen = paths.select_by_prefix(stored, [n.lower() for n in names], lambda b: b.sha256, "base", paths.bases_dir(root), "spamtune bases ls")
     for base in chosen:
         try:
             base.path.unlink(missing_ok=True)

@@ -47,6 +47,8 @@ def test_ls_shows_each_base_once_with_the_runs_that_use_it(root):
     rows = [json.loads(row) for row in bases(root, "ls", "--json").stdout.splitlines()]
     row = next(r for r in rows if r["sha256"] == used.sha256)
     assert row["bytes"] == used.nbytes and row["origin"]["seed"] == 123 and len(row["runs"]) == 3
+    quiet = bases(root, "ls", "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == text.stdout
 
 
 def test_rm_unused_keeps_what_runs_use_and_a_removed_base_comes_back_when_a_run_loads(root):
@@ -54,9 +56,10 @@ def test_rm_unused_keeps_what_runs_use_and_a_removed_base_comes_back_when_a_run_
     used = next(base for base in list_bases(root) if base.users)
     result = bases(root, "rm", "--unused")
     assert result.exit_code == 0 and [b.sha256 for b in list_bases(root)] == [used.sha256]
-    gone = bases(root, "rm", used.sha256[:10])
+    gone = bases(root, "rm", used.sha256[:10].upper())
     assert gone.exit_code == 0 and gone.stdout.strip() == str(used.path) and not used.path.exists()
     assert "3 run(s) use" in gone.stderr and "rebuild it from its origin" in gone.stderr
+    assert "WARNING" not in gone.stderr  # its seed draws it again here: nothing to fetch
     after = SpamClassifier.load(root / "runs" / "a").predict(TEXTS)  # the seed draws the same base again
     assert [(v.label, v.probability) for v in after] == [(v.label, v.probability) for v in before]
 
@@ -76,3 +79,25 @@ def test_bad_requests_are_one_line(tmp_path):
         remove_bases(root, ["ab"])
     assert [base.describe() for base in list_bases(root)] == ["unreadable file", "unreadable file"]
     assert [base.sha256[:3] for base in remove_bases(root, ["ab1"])] == ["ab1"]
+
+
+def test_removing_a_base_runs_use_warns_even_under_quiet_when_it_must_be_fetched(tmp_path):
+    """A downloaded GPT-2 or a weights file is not made again from a seed: that is worth a word."""
+    import torch
+
+    from spamtune.bases import store_base
+    from spamtune.model import GPTConfig, GPTModel
+
+    root = write_tiny_data(tmp_path)
+    train.finetune(tiny_options(root, epochs=1), root / "runs" / "a")
+    (stored,) = list_bases(root)
+    torch.manual_seed(0)
+    ref = store_base(root, GPTModel(GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_layers=1, n_heads=2)), {"kind": "pretrained", "name": "gpt2-small"})
+    record = json.loads((root / "runs" / "a" / "base.json").read_text())
+    record["base"] = ref.to_dict()
+    (root / "runs" / "a" / "base.json").write_text(json.dumps(record))
+    stored.path.unlink()
+    result = CliRunner().invoke(app, ["bases", "rm", "-q", ref.sha256[:12], "--data-dir", str(root)])
+    assert result.exit_code == 0
+    assert result.stderr.startswith("WARNING: 1 run(s) use ") and "pretrained gpt2-small" in result.stderr
+    assert "freed" not in result.stderr

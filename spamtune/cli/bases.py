@@ -64,7 +64,7 @@ def ls(
         used = f"{len(base.users)} run{'' if len(base.users) == 1 else 's'}"
         typer.echo("\t".join([base.sha256[:12], human_size(base.nbytes), row["describe"], used, row["path"]]))
     total = sum(base.nbytes for base in stored)
-    typer.echo(f"{len(stored)} base(s), {human_size(total)} in {paths.bases_dir(root)}", err=True)
+    common.note(f"{len(stored)} base(s), {human_size(total)} in {paths.bases_dir(root)}")
 
 
 @common.command(bases_app, "rm")
@@ -86,5 +86,7 @@ def rm(
     for base in removed:
         typer.echo(base.path)
         if base.users:
-            common.note(f"{len(base.users)} run(s) use {base.sha256[:12]} ({base.describe()}): they rebuild it from its origin when loaded")
-    typer.echo(f"freed {human_size(sum(base.nbytes for base in removed))}", err=True)
+            said = f"{len(base.users)} run(s) use {base.sha256[:12]} ({base.describe()}): they rebuild it from its origin when loaded"
+            # A seed draws a random base again here; a download or a file must still be at hand.
+            (common.note if (base.origin or {}).get("kind") == "random" else common.warn)(said)
+    common.note(f"freed {human_size(sum(base.nbytes for base in removed))}")

@@ -92,7 +92,7 @@ def _set_verbosity(level: int, flag: str):
 def quiet_option():
     return typer.Option(
         False, "--quiet", "-q", callback=_set_verbosity(QUIET, "--quiet"), expose_value=False, is_eager=True,
-        help="Nothing on stderr but errors: no progress, notes or tables.",
+        help="Nothing on stderr but errors and warnings: no progress, notes or tables.",
     )
 
 
