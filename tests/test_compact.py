@@ -541,3 +541,158 @@ def test_a_file_changed_within_the_clock_tick_of_its_check_is_not_trusted(tmp_pa
     load_base(tmp_path, ref)
     assert hashed
     assert not (paths.bases_dir(tmp_path) / bases.VERIFIED_FILE).exists()
+
+
+def one_error_line(result, code: int, *parts: str) -> None:
+    assert result.exit_code == code and result.stdout == "" and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("Error: ")
+    for part in parts:
+        assert part in result.stderr
+
+
+def test_export_to_dash_streams_the_file_to_stdout_and_refuses_a_terminal(tmp_path, monkeypatch):
+    from spamtune.cli import export as export_cli
+
+    run, _, _ = last_block_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["export", str(run), "-"])
+    assert result.exit_code == 0 and result.stderr == ""
+    (tmp_path / "piped.safetensors").write_bytes(result.stdout_bytes)
+    assert torch.equal(logits(read_exported(tmp_path / "piped.safetensors")[0]), logits(load_run(run)[0]))
+    assert not (tmp_path / "-").exists()
+    monkeypatch.setattr(export_cli, "_stdout_is_terminal", lambda: True)
+    one_error_line(CliRunner().invoke(app, ["export", str(run), "-"]), 2, "terminal")
+    assert not (tmp_path / "-").exists()
+
+
+def test_export_to_a_pipe_whose_reader_leaves_ends_quietly(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run, _, _ = last_block_run(tmp_path)
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    env = {**os.environ, "TMPDIR": str(staging)}
+    command = [sys.executable, "-m", "spamtune", "export", str(run), "-"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    start = proc.stdout.read(9)  # the header's length, then its JSON: the file is on its way
+    assert len(start) == 9 and 0 < int.from_bytes(start[:8], "little") < 1 << 20 and start[8:] == b"{"
+    proc.stdout.close()  # as `| head -c 8` does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and err == b""
+    assert list(staging.iterdir()) == [] and not (tmp_path / "-").exists()  # the staged copy is gone
+
+
+@pytest.mark.parametrize("to_stdout", [False, True])
+def test_a_full_disk_while_exporting_is_one_line_and_keeps_the_earlier_export(tmp_path, monkeypatch, to_stdout):
+    import tempfile
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+
+    from spamtune import compact
+
+    run, _, _ = last_block_run(tmp_path)
+    out = tmp_path / "x.safetensors"
+    export_run(run, out)
+    staging = tmp_path / "tmp"  # where a streamed export is written first
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    before, listing = out.read_bytes(), sorted(tmp_path.iterdir())
+
+    def disk_fills(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a file")  # what a write cut short leaves behind
+        # What safetensors itself raises when the disk fills under it: not an OSError.
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_fills)
+    monkeypatch.setattr(compact, "save_file", disk_fills)
+    result = CliRunner().invoke(app, ["export", str(run), "-" if to_stdout else str(out)])
+    one_error_line(result, 1, "Error: disk full: ")
+    if to_stdout:
+        assert result.stderr.startswith(f"Error: disk full: {staging} (where the export is written before it is streamed)")
+    else:
+        assert result.stderr.strip() == f"Error: disk full: {out}"
+    assert out.read_bytes() == before and sorted(tmp_path.iterdir()) == listing  # no temporary left
+    assert list(staging.iterdir()) == []
+
+
+def run_without_classifier(root, name):
+    from spamtune import runs
+
+    run = paths.runs_dir(root) / name
+    (run / runs.RESUME_DIR).mkdir(parents=True)
+    (run / runs.HPARAMS_FILE).write_text("{}")
+    return run
+
+
+def test_exporting_a_run_still_training_or_stopped_before_its_classifier_says_which(tmp_path):
+    from spamtune import runs
+
+    running = run_without_classifier(tmp_path, "running")
+    runs.resume_file(running).write_bytes(b"a checkpoint")
+    interrupted = run_without_classifier(tmp_path, "interrupted")
+    runs.resume_file(interrupted).write_bytes(b"a checkpoint")
+    failed = run_without_classifier(tmp_path, "failed")
+    runs.write_failure(failed, "the loss is NaN at step 7", 7)
+    out = tmp_path / "x.safetensors"
+
+    def export(run):
+        return CliRunner().invoke(app, ["export", str(run), str(out)])
+
+    with runs.lock_run_dir(running):
+        one_error_line(export(running), 1, f"{running} is still training", "export it once")
+    one_error_line(export(running), 1, "interrupted")  # the process that trained it has gone
+    one_error_line(export(interrupted), 1, f"{interrupted} was interrupted before it wrote a classifier; continue it with: spamtune finetune --resume --run {interrupted}")
+    one_error_line(export(failed), 1, f"{failed} is a failed run", "(the loss is NaN at step 7)")
+    one_error_line(export(tmp_path), 1, f"{tmp_path} is not a run folder")
+    assert not out.exists()
+
+
+def test_export_replaces_only_an_earlier_export_unless_forced(tmp_path):
+    import os
+
+    run, _, _ = last_block_run(tmp_path)
+    runner = CliRunner()
+    earlier = tmp_path / "earlier.safetensors"
+    export_run(run, earlier)
+    result = runner.invoke(app, ["export", str(run), str(earlier)])
+    assert result.exit_code == 0 and result.stdout.strip() == str(earlier)
+    # A document, or another safetensors file (a run's own weights), is not an export.
+    notes = tmp_path / "important.txt"
+    notes.write_text("keep me")
+    weights = tmp_path / "model.safetensors"
+    checkpoint.save_classifier(tmp_path / "full", trained(convert_to_classifier(random_base())), config())
+    weights.write_bytes((tmp_path / "full" / checkpoint.WEIGHTS_FILE).read_bytes())
+    for taken in (notes, weights):
+        before = taken.read_bytes()
+        one_error_line(runner.invoke(app, ["export", str(run), str(taken)]), 1, f"{taken} exists and is not a classifier spamtune exported", "--force")
+        assert taken.read_bytes() == before
+    result = runner.invoke(app, ["export", str(run), str(notes), "--force"])
+    assert result.exit_code == 0 and read_exported(notes)[1] == config()
+    # A symbolic link is replaced only when forced, and then the link itself, never its target.
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(weights)
+    before = weights.read_bytes()
+    one_error_line(runner.invoke(app, ["export", str(run), str(link)]), 1, "symbolic link")
+    assert runner.invoke(app, ["export", str(run), str(link), "--force"]).exit_code == 0
+    assert not link.is_symlink() and weights.read_bytes() == before
+    # Nothing but a file is ever put in the place of a pipe (or a device), forced or not.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    one_error_line(runner.invoke(app, ["export", str(run), str(pipe), "--force"]), 1, "not a regular file")
+
+
+def test_export_to_a_folder_or_an_empty_name_is_a_usage_error(tmp_path, monkeypatch):
+    run, _, _ = last_block_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    runner = CliRunner()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    missing = runner.invoke(app, ["export", str(run), "newdir/"])
+    one_error_line(missing, 2, "newdir/ names a folder", "e.g. newdir/classifier.safetensors")
+    one_error_line(runner.invoke(app, ["export", str(run), "out"]), 2, "out is a folder", "e.g. out/classifier.safetensors")
+    one_error_line(runner.invoke(app, ["export", str(run), "out/", "--force"]), 2, "out/ is a folder")
+    one_error_line(runner.invoke(app, ["export", str(run), ""]), 2, "the file to write is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and list((tmp_path / "out").iterdir()) == []
