@@ -27,7 +27,6 @@ from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from spamtune import paths
 from spamtune.bases import BaseRef, base_file, load_base, stored_base_intact
@@ -48,8 +47,9 @@ from spamtune.checkpoint import (
     save_tensors,
 )
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
-from spamtune.fsutil import atomic_path, atomic_write_json, read_json
+from spamtune.fsutil import atomic_write_json, read_json
 from spamtune.lora import merged_lora_weight
+from spamtune.run_catalog import why_no_classifier
 
 COMPACT_FORMAT = "spamtune-compact-run/1"
 BASE_REF_FILE = "base.json"
@@ -80,8 +80,7 @@ def save_compact_run(
     run_dir = Path(run_dir)
     # Not re-hashed here: a base damaged since it was stored fails the check when the run loads.
     delta = changed_tensors(model, load_base(data_root, base, verify=False))
-    with atomic_path(run_dir / DELTA_FILE) as tmp:
-        save_file(delta, str(tmp), metadata={"format": "pt", "spamtune": COMPACT_FORMAT})
+    save_tensors(run_dir / DELTA_FILE, delta, {"format": "pt", "spamtune": COMPACT_FORMAT})  # a full disk: DiskFull
     record = {"format": COMPACT_FORMAT, "base": base.to_dict(), "lora": lora, "data_root": str(Path(data_root).resolve())}
     atomic_write_json(run_dir / BASE_REF_FILE, record)
     atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
@@ -252,7 +251,7 @@ def export_run(run_dir: str | Path, out: str | Path, data_root: str | Path | Non
     """
     run_dir = Path(run_dir)
     if not holds_classifier(run_dir):
-        raise SpamtuneError(_no_classifier_reason(run_dir))
+        raise SpamtuneError(why_no_classifier(run_dir))
     out = export_target(out, force)
     model, cfg = load_run(run_dir, "cpu", data_root)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -324,25 +323,6 @@ def _is_export(path: Path) -> bool:
     except (SafetensorError, OSError, ValueError):
         return False
     return metadata.get("spamtune") == FORMAT and "config" in metadata
-
-
-def _no_classifier_reason(run_dir: Path) -> str:
-    """Why ``run_dir`` has no classifier to export, as ``spamtune runs`` would see it: a process
-    is training in it, training stopped before it wrote one, or it is no run at all."""
-    from spamtune import run_catalog, runs
-
-    status = run_catalog.run_status(run_dir) if run_dir.is_dir() else None
-    if status == run_catalog.RUNNING:
-        return f"{run_dir} is still training (a process holds its lock); export it once training finishes and writes the classifier"
-    if status == run_catalog.INTERRUPTED:
-        return f"{run_dir} was interrupted before it wrote a classifier; continue it with: {run_catalog.resume_command(run_dir)}"
-    if status == run_catalog.FAILED and (run_dir / runs.FAILURE_FILE).is_file():
-        try:
-            reason = json.loads((run_dir / runs.FAILURE_FILE).read_text(encoding="utf-8"))["reason"]
-        except (OSError, ValueError, TypeError, KeyError):
-            reason = None
-        return f"{run_dir} is a failed run: training stopped before it wrote a classifier" + (f" ({reason})" if isinstance(reason, str) else "")
-    return f"{run_dir} is not a run folder (no config.json with model.safetensors or delta.safetensors)"
 
 
 def read_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ClassifierConfig]:

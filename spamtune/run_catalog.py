@@ -154,6 +154,20 @@ def resume_command(run_dir: Path) -> str:
     return f"spamtune finetune --resume --run {shlex.quote(str(run_dir))}"
 
 
+def why_no_classifier(run_dir: Path) -> str:
+    """Why ``run_dir`` holds no classifier to load or export, as ``spamtune runs`` sees it: a
+    process is training in it, training stopped before it wrote one, or it is no run at all."""
+    status = run_status(run_dir) if run_dir.is_dir() else None
+    if status == RUNNING:
+        return f"{run_dir} is still training (a process holds its lock); its classifier is written when training ends"
+    if status == INTERRUPTED:
+        return f"{run_dir} was interrupted before it wrote a classifier; continue it with: {resume_command(run_dir)}"
+    if status == FAILED and (run_dir / runs.FAILURE_FILE).is_file():
+        reason = (_read_json(run_dir / runs.FAILURE_FILE) or {}).get("reason")
+        return f"{run_dir} is a failed run: training stopped before it wrote a classifier" + (f" ({reason})" if isinstance(reason, str) else "")
+    return f"{run_dir} is not a run folder (no config.json with model.safetensors or delta.safetensors)"
+
+
 def describe_run(run_dir: Path, now: float | None = None) -> RunInfo:
     now = time.time() if now is None else now
     summary = read_summary(run_dir) or {}

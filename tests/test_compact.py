@@ -591,8 +591,6 @@ def test_a_full_disk_while_exporting_is_one_line_and_keeps_the_earlier_export(tm
 
     from safetensors import SafetensorError
 
-    from spamtune import compact
-
     run, _, _ = last_block_run(tmp_path)
     out = tmp_path / "x.safetensors"
     export_run(run, out)
@@ -606,8 +604,7 @@ def test_a_full_disk_while_exporting_is_one_line_and_keeps_the_earlier_export(tm
         # What safetensors itself raises when the disk fills under it: not an OSError.
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(checkpoint, "save_file", disk_fills)
-    monkeypatch.setattr(compact, "save_file", disk_fills)
+    monkeypatch.setattr(checkpoint, "save_file", disk_fills)  # every safetensors file spamtune writes
     result = CliRunner().invoke(app, ["export", str(run), "-" if to_stdout else str(out)])
     one_error_line(result, 1, "Error: disk full: ")
     if to_stdout:
@@ -642,7 +639,7 @@ def test_exporting_a_run_still_training_or_stopped_before_its_classifier_says_wh
         return CliRunner().invoke(app, ["export", str(run), str(out)])
 
     with runs.lock_run_dir(running):
-        one_error_line(export(running), 1, f"{running} is still training", "export it once")
+        one_error_line(export(running), 1, f"{running} is still training", "its classifier is written when training ends")
     one_error_line(export(running), 1, "interrupted")  # the process that trained it has gone
     one_error_line(export(interrupted), 1, f"{interrupted} was interrupted before it wrote a classifier; continue it with: spamtune finetune --resume --run {interrupted}")
     one_error_line(export(failed), 1, f"{failed} is a failed run", "(the loss is NaN at step 7)")
@@ -696,3 +693,13 @@ def test_export_to_a_folder_or_an_empty_name_is_a_usage_error(tmp_path, monkeypa
     one_error_line(runner.invoke(app, ["export", str(run), "out/", "--force"]), 2, "out/ is a folder")
     one_error_line(runner.invoke(app, ["export", str(run), ""]), 2, "the file to write is empty")
     assert sorted(p.name for p in tmp_path.iterdir()) == before and list((tmp_path / "out").iterdir()) == []
+
+
+def test_predicting_with_a_run_interrupted_before_its_classifier_says_how_to_go_on(tmp_path):
+    """Ctrl-C before the first evaluation leaves a resumable run and no classifier yet."""
+    from spamtune import runs
+
+    interrupted = run_without_classifier(tmp_path, "early")
+    runs.resume_file(interrupted).write_bytes(b"a checkpoint")
+    result = CliRunner().invoke(app, ["predict", "--run", str(interrupted), "hello"])
+    one_error_line(result, 1, f"{interrupted} was interrupted before it wrote a classifier; continue it with: spamtune finetune --resume --run {interrupted}")
