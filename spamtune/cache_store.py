@@ -16,7 +16,9 @@ Files of an entry:
   the entry complete; the other two are written to temporary names and renamed.
 
 On load the sizes and hashes are checked; an entry that fails is removed and rebuilt. A cache
-for K blocks is also the start of one for K + 1 (``extend_prefix_cache``).
+for K blocks is also the start of one for K + 1 (``extend_prefix_cache``). A process writing an
+entry holds a lock on its folder until it is complete (``folder_lock``); ``cache_catalog``
+lists and removes entries.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json
 from spamtune.model import GPTModel
 from spamtune.device import Precision
+from spamtune.folder_lock import held_for_writing
 from spamtune.prefix_cache import FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
 from spamtune.verified import VerifiedFiles, file_signature
 
@@ -130,24 +133,6 @@ class CacheLookup:
     detail: str | None = None  # e.g. "from the 2-block cache", "rebuilt: states.bin has 10 bytes, expected 12"
 
 
-@dataclass(frozen=True)
-class CacheEntry:
-    """One folder of the store, as ``spamtune cache ls`` shows it."""
-
-    name: str
-    path: Path
-    nbytes: int
-    meta: dict | None
-
-    @property
-    def status(self) -> str:
-        if self.meta is None:
-            return "incomplete"
-        if self.meta.get("key", {}).get("format") != CACHE_FORMAT:
-            return "stale"
-        return "ok"
-
-
 class PrefixCacheStore:
     """The caches under one data root."""
 
@@ -216,14 +201,16 @@ class PrefixCacheStore:
         if nbytes == 0:
             return None
         entry = self.entry_dir(key)
-        try:
-            entry.mkdir(parents=True, exist_ok=True)
-            if shutil.disk_usage(entry).free < nbytes + DISK_MARGIN_BYTES:
-                return None
-        except OSError as exc:
-            raise SpamtuneError(f"cannot write the prefix cache {entry}: {exc.strerror or exc}") from None
-        (entry / META_FILE).unlink(missing_ok=True)  # the entry is incomplete until meta.json is back
         writing = contextlib.ExitStack()
+        try:
+            writing.enter_context(held_for_writing(entry))
+            if shutil.disk_usage(entry).free < nbytes + DISK_MARGIN_BYTES:
+                writing.close()
+                return None
+            (entry / META_FILE).unlink(missing_ok=True)  # the entry is incomplete until meta.json is back
+        except OSError as exc:
+            writing.close()
+            raise SpamtuneError(f"cannot write the prefix cache {entry}: {exc.strerror or exc}") from None
         states, filled = writing.enter_context(_entry_written(key, entry, rows, emb_dim, nbytes))
         try:
             cache = fill(states)
@@ -283,7 +270,8 @@ class PrefixCacheStore:
                 return None
             except CacheCorrupt as exc:
                 problems.append(str(exc))
-                _remove_tree(self.entry_dir(k))
+                with contextlib.suppress(OSError):  # a folder that cannot be changed fails the write, with its reason
+                    remove_folder(self.entry_dir(k))
                 return None
 
         def done(cache, outcome, detail=None) -> CacheLookup:
@@ -353,10 +341,10 @@ def _map_states(path: Path, nbytes: int, dtype: torch.dtype, rows: int, emb_dim:
     return torch.from_numpy(mapped).view(dtype).view(rows, emb_dim)
 
 
-# --------------------------------------------------------------------------- listing and removal
+# --------------------------------------------------------------------------- entry folders
 
 
-def _tree_bytes(path: Path) -> int:
+def folder_bytes(path: Path) -> int:
     total = 0
     for child in path.iterdir():
         if child.is_file() and not child.is_symlink():
@@ -364,48 +352,14 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
-def _remove_tree(path: Path) -> None:
-    """Remove an entry folder; a symlink planted in its place is unlinked, never followed."""
+def remove_folder(path: Path) -> None:
+    """Remove an entry folder; a symlink planted in its place is unlinked, never followed.
+    Raises ``OSError`` when something in it cannot be removed."""
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)
     elif path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def list_caches(data_root: str | Path) -> list[CacheEntry]:
-    """Every entry folder under ``<data root>/cache``, oldest first, with its size on disk."""
-    root = paths.cache_dir(Path(data_root))
-    if not root.is_dir():
-        return []
-    entries = []
-    for path in root.iterdir():
-        if path.is_symlink() or not path.is_dir():
-            continue
-        meta = None
         try:
-            data = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-            meta = data if isinstance(data, dict) and data.get("kind") == META_KIND else None
-        except (OSError, ValueError):
-            pass
-        try:
-            entries.append(CacheEntry(path.name, path, _tree_bytes(path), meta))
-        except OSError:  # removed meanwhile
-            continue
-    return sorted(entries, key=lambda e: ((e.meta or {}).get("created", ""), e.name))
-
-
-def remove_caches(data_root: str | Path, names: Iterable[str] = (), *, everything: bool = False, stale: bool = False) -> list[CacheEntry]:
-    """Remove the entries named (a unique prefix of the name is enough), all of them, or the
-    ``stale`` ones: of an older format, which no run reads. An incomplete entry is not stale:
-    it may be one a run is writing now."""
-    entries = list_caches(data_root)
-    if everything:
-        chosen = entries
-    elif stale:
-        chosen = [e for e in entries if e.status == "stale"]
-    else:
-        folder = paths.cache_dir(Path(data_root))
-        chosen = paths.select_by_prefix(entries, names, lambda e: e.name, "prefix cache", folder, "spamtune cache ls")
-    for entry in chosen:
-        _remove_tree(entry.path)
-    return chosen
+            shutil.rmtree(path)
+        except FileNotFoundError:  # a file in it went meanwhile (a writer's temporary renamed)
+            if path.exists():
+                shutil.rmtree(path)

@@ -1,6 +1,12 @@
 """The frozen-prefix cache on disk: hits, memory mapping, corruption, K -> K+1, ls/rm."""
 
+import contextlib
+import errno
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -8,14 +14,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from spamtune import cache_catalog, cache_store, folder_lock
+from spamtune.cache_catalog import list_caches, remove_caches
 from spamtune.cache_store import (
     CACHE_FORMAT,
     META_FILE,
     STATES_FILE,
     CacheKey,
     PrefixCacheStore,
-    list_caches,
-    remove_caches,
 )
 from spamtune.bases import base_weights_sha256
 from spamtune.cli import app
@@ -163,9 +169,8 @@ def test_an_interrupted_write_leaves_no_usable_entry(tmp_path):
         mp.setattr("spamtune.cache_store.build_prefix_cache", boom)
         with pytest.raises(KeyboardInterrupt):
             store.obtain(key, model, SEQS)
-    entry = tmp_path / "cache" / key.name
-    assert not (entry / META_FILE).exists() and not any(p.name.endswith(".part") for p in entry.iterdir())
-    assert [e.status for e in list_caches(tmp_path)] == ["incomplete"]
+    assert not (tmp_path / "cache" / key.name).exists()  # no folder left for `cache ls` to show forever
+    assert list_caches(tmp_path) == []
     assert store.obtain(key, model, SEQS).outcome == "built"
 
 
@@ -220,10 +225,12 @@ def test_list_and_remove_with_sizes(tmp_path):
     if entries[0].name[0] == entries[1].name[0]:
         with pytest.raises(SpamtuneUsageError, match="names 2 prefix caches"):
             remove_caches(tmp_path, [entries[0].name[0]])
-    removed = remove_caches(tmp_path, [entries[0].name[:6]])
-    assert [e.name for e in removed] == [entries[0].name] and not entries[0].path.exists()
+    size = {e.name: e.nbytes for e in list_caches(tmp_path)}[entries[0].name]  # meta.json rewritten
+    removal = remove_caches(tmp_path, [entries[0].name[:6]])
+    assert [e.name for e in removal.removed] == [entries[0].name] and not entries[0].path.exists()
+    assert removal.freed == size and removal.failed == [] and removal.error() is None
     assert [e.name for e in list_caches(tmp_path)] == [entries[1].name]
-    assert remove_caches(tmp_path, everything=True)[0].name == entries[1].name and list_caches(tmp_path) == []
+    assert remove_caches(tmp_path, everything=True).removed[0].name == entries[1].name and list_caches(tmp_path) == []
 
 
 def test_remove_never_follows_a_planted_symlink(tmp_path):
@@ -306,8 +313,7 @@ def test_a_cancelled_background_build_leaves_no_entry(tmp_path):
     key = key_for(model, 2)
     built = store.obtain(key, model, SEQS, later_from=LATER)
     built.cache.pending.cancel()
-    entry = tmp_path / "cache" / key.name
-    assert list(entry.iterdir()) == []  # neither the states (a temporary name until done) nor the meta
+    assert not (tmp_path / "cache" / key.name).exists()  # neither the states (a temporary name until done), the meta, nor the folder
     assert store.obtain(key, model, SEQS).outcome == "built"
 
 
@@ -320,9 +326,10 @@ def test_cli_rm_stale_removes_only_the_entries_of_an_older_format(tmp_path):
     meta = json.loads((stale / META_FILE).read_text())
     meta["key"]["format"] = CACHE_FORMAT - 1
     (stale / META_FILE).write_text(json.dumps(meta))
-    being_written = tmp_path / "cache" / "0123456789abcdef0123"  # no meta.json yet: a run may be writing it
-    being_written.mkdir()
-    (being_written / STATES_FILE).write_bytes(b"\0" * 8)
+    # No meta.json yet, and a live writer holds it (its last examples are computed behind training).
+    other_data = SEQS[:-1]
+    being_written = store.obtain(key_for(current, 2, other_data), current, other_data, later_from=LATER)
+    assert being_written.cache.pending is not None
     runner = CliRunner()
     both = runner.invoke(app, ["cache", "rm", "--all", "--stale", "--data-dir", str(tmp_path)])
     assert both.exit_code == 2 and both.stderr == "Error: give one of cache names, --all and --stale, not --all and --stale\n"
@@ -331,3 +338,168 @@ def test_cli_rm_stale_removes_only_the_entries_of_an_older_format(tmp_path):
     assert sorted(e.status for e in list_caches(tmp_path)) == ["incomplete", "ok"]
     again = runner.invoke(app, ["cache", "rm", "--stale", "--data-dir", str(tmp_path)])
     assert again.exit_code == 0 and again.stdout == "" and "freed 0 B" in again.stderr
+    being_written.cache.finish()
+    assert sorted(e.status for e in list_caches(tmp_path)) == ["ok", "ok"]
+
+
+# --------------------------------------------------------------------------- what ls and rm say
+
+
+def test_ls_shows_a_truncated_entry_as_damaged_without_hashing_it_and_the_next_run_rebuilds_it(tmp_path, monkeypatch):
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    good = store.obtain(key, model, SEQS).cache.states.clone()
+    states = store.entry_dir(key) / STATES_FILE
+    os.truncate(states, states.stat().st_size // 3)
+    hashed = []
+    monkeypatch.setattr(cache_store, "sha256_file", lambda path: hashed.append(path))
+    assert [e.status for e in list_caches(tmp_path)] == ["damaged"] and hashed == []
+    listed = CliRunner().invoke(app, ["cache", "ls", "--data-dir", str(tmp_path)])
+    assert listed.exit_code == 0 and listed.stdout.split("\t")[7] == "damaged"
+    monkeypatch.undo()
+    again = store.obtain(key, model, SEQS)
+    assert again.outcome == "built" and again.detail.startswith("rebuilt: ") and torch.equal(again.cache.states, good)
+    assert [e.status for e in list_caches(tmp_path)] == ["ok"]
+    # A missing index, or a meta.json that no longer parses, is damage too; `rm --stale` sweeps them.
+    (store.entry_dir(key) / "index.safetensors").unlink()
+    assert [e.status for e in list_caches(tmp_path)] == ["damaged"]
+    (store.entry_dir(key) / META_FILE).write_text("{not json")
+    assert [e.status for e in list_caches(tmp_path)] == ["damaged"]
+    swept = CliRunner().invoke(app, ["cache", "rm", "--stale", "--data-dir", str(tmp_path)])
+    assert swept.exit_code == 0 and swept.stdout == f"{store.entry_dir(key)}\n" and list_caches(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["data root", "cache folder"])
+def test_ls_and_rm_refuse_a_data_root_that_is_a_file(tmp_path, where):
+    root = tmp_path / "data"
+    if where == "data root":
+        root = tmp_path / "train.csv"
+        root.write_text("text,label\n")
+        expected = f"Error: the data root {root} is not a folder; to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR\n"
+    else:
+        root.mkdir()
+        (root / "cache").write_text("")
+        expected = f"Error: {root / 'cache'} is not a folder: spamtune keeps its prefix caches there\n"
+    runner = CliRunner()
+    for command in (["cache", "ls"], ["cache", "rm", "--all"], ["cache", "rm", "--stale"]):
+        result = runner.invoke(app, [*command, "--data-dir", str(root)])
+        assert (result.exit_code, result.stdout, result.stderr) == (1, "", expected), command
+
+
+def _failing_removal_of(name: str, monkeypatch, *, files_go: bool = False) -> None:
+    """Make the removal of the entry ``name`` fail as in a read-only folder: its files stay, or
+    (``files_go``: the cache folder itself read-only) they go and the emptied folder stays."""
+    real = cache_catalog.remove_folder
+
+    def remove(path: Path) -> None:
+        if path.name != name:
+            return real(path)
+        if files_go:
+            for child in path.iterdir():
+                child.unlink()
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache_catalog, "remove_folder", remove)
+
+
+@pytest.mark.parametrize("files_go", [False, True])
+def test_rm_names_a_folder_it_cannot_remove_removes_the_others_and_counts_only_what_it_freed(tmp_path, monkeypatch, files_go):
+    from spamtune.cli.runs import human_size
+
+    store = PrefixCacheStore(tmp_path)
+    one, two = classifier("last-3-blocks"), classifier("last-2-blocks")
+    store.obtain(key_for(one, 1), one, SEQS)
+    store.obtain(key_for(two, 2), two, SEQS)
+    stuck, freeable = store.entry_dir(key_for(two, 2)), store.entry_dir(key_for(one, 1))
+    sizes = {e.name: e.nbytes for e in list_caches(tmp_path)}
+    _failing_removal_of(stuck.name, monkeypatch, files_go=files_go)
+    result = CliRunner().invoke(app, ["cache", "rm", "--all", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and result.stdout == f"{freeable}\n"  # only what went
+    freed = sizes[freeable.name] + (sizes[stuck.name] if files_go else 0)
+    assert result.stderr == f"freed {human_size(freed)}\nError: cannot remove {stuck}: Permission denied\n"
+    assert not freeable.exists() and stuck.is_dir()
+    assert [e.status for e in list_caches(tmp_path)] == (["abandoned"] if files_go else ["ok"])
+
+
+def test_rm_counts_every_folder_it_could_not_remove_in_its_one_error_line(tmp_path, monkeypatch):
+    store = PrefixCacheStore(tmp_path)
+    one, two = classifier("last-3-blocks"), classifier("last-2-blocks")
+    store.obtain(key_for(one, 1), one, SEQS)
+    store.obtain(key_for(two, 2), two, SEQS)
+
+    def refuse(path: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache_catalog, "remove_folder", refuse)
+    result = CliRunner().invoke(app, ["cache", "rm", "--all", "--data-dir", str(tmp_path)])
+    first = list_caches(tmp_path)[0].path
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == f"freed 0 B\nError: cannot remove {first}: Permission denied (and 1 more)\n"
+
+
+# --------------------------------------------------------------------------- abandoned entries
+
+# A process writing an entry the way a run does, until it is killed.
+WRITER = """
+import sys
+from pathlib import Path
+from spamtune.folder_lock import held_for_writing
+entry = Path(sys.argv[1])
+with held_for_writing(entry):
+    (entry / ".states.bin.0123abcd.part").write_bytes(bytes(64))
+    print("writing", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_an_entry_a_killed_writer_left_is_abandoned_and_swept_but_never_one_being_written(tmp_path):
+    entry = tmp_path / "cache" / "0123456789abcdef0123"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(entry)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        assert [e.status for e in list_caches(tmp_path)] == ["incomplete"]
+        kept = CliRunner().invoke(app, ["cache", "rm", "--stale", "--data-dir", str(tmp_path)])
+        assert kept.exit_code == 0 and kept.stdout == "" and entry.is_dir()
+    finally:
+        writer.send_signal(signal.SIGKILL)  # no clean-up runs: as a crash or `kill -9`
+        writer.wait()
+    assert [e.status for e in list_caches(tmp_path)] == ["abandoned"]
+    listed = CliRunner().invoke(app, ["cache", "ls", "--data-dir", str(tmp_path)])
+    assert listed.stdout.split("\t")[7] == "abandoned"
+    swept = CliRunner().invoke(app, ["cache", "rm", "--stale", "--data-dir", str(tmp_path)])
+    assert swept.exit_code == 0 and swept.stdout == f"{entry}\n" and "freed 64 B" in swept.stderr and not entry.exists()
+
+
+def test_rm_stale_never_removes_an_entry_a_run_started_writing_after_it_was_listed(tmp_path, monkeypatch):
+    entry = tmp_path / "cache" / "0123456789abcdef0123"
+    entry.mkdir(parents=True)  # listed as abandoned...
+    real = cache_catalog.list_caches
+
+    def listed_then_claimed(root):
+        entries = real(root)
+        claim.enter_context(folder_lock.held_for_writing(entry))  # ...then a run starts writing it
+        return entries
+
+    with contextlib.ExitStack() as claim:
+        monkeypatch.setattr(cache_catalog, "list_caches", listed_then_claimed)
+        removal = remove_caches(tmp_path, stale=True)
+        assert removal.removed == [] and removal.failed == [] and entry.is_dir()
+
+
+def test_a_writer_makes_its_folder_again_when_rm_removed_it_before_the_lock(tmp_path, monkeypatch):
+    entry = tmp_path / "cache" / "0123456789abcdef0123"
+    real = folder_lock.lock_folder
+    swept = []
+
+    def swept_first(folder, how):
+        if how == folder_lock.fcntl.LOCK_SH and not swept:  # `cache rm --stale` sees the new folder unlocked, and removes it
+            swept.append(remove_caches(tmp_path, stale=True).removed)
+        return real(folder, how)
+
+    monkeypatch.setattr(folder_lock, "lock_folder", swept_first)
+    with folder_lock.held_for_writing(entry):
+        monkeypatch.setattr(folder_lock, "lock_folder", real)
+        assert [e.path for e in swept[0]] == [entry]
+        assert entry.is_dir() and [e.status for e in list_caches(tmp_path)] == ["incomplete"]
+    assert not entry.exists()  # left empty: removed on the way out

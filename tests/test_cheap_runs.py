@@ -10,7 +10,8 @@ from helpers import TINY_CONFIG, ctrl_c_at_step, tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import SpamClassifier, base_model, events, train
-from spamtune.cache_store import STATES_FILE, list_caches
+from spamtune.cache_catalog import list_caches
+from spamtune.cache_store import STATES_FILE
 from spamtune.checkpoint import load_classifier
 from spamtune.cli import app
 from spamtune.compact import export_run, read_exported

@@ -61,7 +61,7 @@ def ls(
 
     One line per cache on stdout; the total on stderr.
     """
-    from spamtune.cache_store import list_caches
+    from spamtune.cache_catalog import list_caches
 
     output_format = common.chosen_format(output_format, as_json, "json", "text")
     entries = list_caches(paths.data_root(data_dir))
@@ -75,26 +75,32 @@ def ls(
                   row["precision"] or "-", f"{row['examples'] or 0} examples", f"base {base}", row["status"], row["created"] or "-"]  # fmt: skip
         typer.echo("\t".join(str(f) for f in fields))
     total = sum(e.nbytes for e in entries)
-    typer.echo(f"{len(entries)} cache(s), {human_size(total)} in {paths.cache_dir(paths.data_root(data_dir))}", err=True)
+    common.note(f"{len(entries)} cache(s), {human_size(total)} in {paths.cache_dir(paths.data_root(data_dir))}")
 
 
 @common.command(cache_app, "rm")
 @common.examples(
     ("spamtune cache rm 3f9a1c", "one cache, by a prefix of its name"),
     ("spamtune cache rm --all", "every cache"),
-    ("spamtune cache rm --stale", "the caches of an older spamtune, which no run reads"),
+    ("spamtune cache rm --stale", "the caches no run will read or finish: stale, damaged, abandoned"),
 )
 def rm(
     names: List[str] = typer.Argument(None, help="Caches to remove: their names from `spamtune cache ls`, or unique prefixes."),
     everything: bool = typer.Option(False, "--all", help="Remove every cache."),
-    stale: bool = typer.Option(False, "--stale", help="Remove the caches `spamtune cache ls` shows as stale: of an older format, which no run reads."),
+    stale: bool = typer.Option(False, "--stale", help="Remove the caches no run will read or finish: those `spamtune cache ls` shows as stale, damaged or abandoned."),
     data_dir: Optional[Path] = DATA_DIR,
 ) -> None:
-    """Remove caches; a later run rebuilds what it needs. Prints each removed folder on stdout."""
-    from spamtune.cache_store import remove_caches
+    """Remove caches; a later run rebuilds what it needs. Prints each removed folder on stdout.
+
+    A folder that cannot be removed is an error (exit 1) once the others are removed.
+    """
+    from spamtune.cache_catalog import remove_caches
 
     common.one_choice({"cache names": bool(names), "--all": everything, "--stale": stale}, "name the caches to remove, or give --all or --stale")
-    removed = remove_caches(paths.data_root(data_dir), names or (), everything=everything, stale=stale)
-    for entry in removed:
+    removal = remove_caches(paths.data_root(data_dir), names or (), everything=everything, stale=stale)
+    for entry in removal.removed:
         typer.echo(entry.path)
-    typer.echo(f"freed {human_size(sum(e.nbytes for e in removed))}", err=True)
+    common.note(f"freed {human_size(removal.freed)}")
+    failure = removal.error()
+    if failure is not None:
+        raise failure

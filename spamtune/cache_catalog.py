@@ -1,0 +1,177 @@
+"""The kept prefix caches under a data root, as ``spamtune cache ls|rm`` shows and frees them.
+
+Each entry's status is read from its folder without hashing anything: ``meta.json`` (written
+last, when the entry is complete), the sizes it gives, and whether a process still holds the
+folder's write lock (``folder_lock``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from spamtune import paths
+from spamtune.cache_store import CACHE_FORMAT, INDEX_FILE, META_FILE, META_KIND, STATES_FILE, remove_folder, folder_bytes
+from spamtune.errors import SpamtuneError
+from spamtune.folder_lock import unclaimed
+
+# An entry's status in ``spamtune cache ls``.
+OK = "ok"
+STALE = "stale"  # of an older format: no run reads it
+DAMAGED = "damaged"  # complete once, its files no longer match meta.json: the next run rebuilds it
+INCOMPLETE = "incomplete"  # no meta.json yet, and a live process is writing it
+ABANDONED = "abandoned"  # no meta.json, and no process writes it: a killed or crashed run left it
+# What ``cache rm --stale`` removes: the entries no run will read or finish.
+SWEPT = (STALE, DAMAGED, ABANDONED)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One folder of the store, as ``spamtune cache ls`` shows it."""
+
+    name: str
+    path: Path
+    nbytes: int
+    meta: dict | None
+    status: str  # OK, STALE, DAMAGED, INCOMPLETE or ABANDONED
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``remove_caches`` did."""
+
+    removed: list[CacheEntry]
+    freed: int  # bytes: of the folders removed, and of the files removed from those that stayed
+    failed: list[tuple[CacheEntry, OSError]]
+
+    def error(self) -> SpamtuneError | None:
+        """The one line saying which folder could not be removed (and how many more), if any."""
+        if not self.failed:
+            return None
+        entry, exc = self.failed[0]
+        more = f" (and {len(self.failed) - 1} more)" if len(self.failed) > 1 else ""
+        return SpamtuneError(f"cannot remove {entry.path}: {exc.strerror or exc}{more}")
+
+
+def _cache_folder(data_root: Path) -> Path:
+    """``<data root>/cache``; a data root (or cache folder) that is a file is an error, not an
+    empty store."""
+    root = paths.cache_dir(data_root)
+    if data_root.exists() and not data_root.is_dir():
+        raise SpamtuneError(f"the data root {data_root} is not a folder; {paths.ELSEWHERE}")
+    if root.exists() and not root.is_dir():
+        raise SpamtuneError(f"{root} is not a folder: spamtune keeps its prefix caches there")
+    return root
+
+
+def _files_whole(path: Path, meta: dict) -> bool:
+    """Whether the states and index files are there, the states of the size meta.json gives:
+    ``load``'s cheap checks, so that ``ls`` shows a truncated entry without hashing it."""
+    try:
+        states, index = os.lstat(path / STATES_FILE), os.lstat(path / INDEX_FILE)
+        return stat.S_ISREG(states.st_mode) and stat.S_ISREG(index.st_mode) and states.st_size == int(meta["states_bytes"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+def _read_entry(path: Path, nobody_writes: bool | None = None) -> CacheEntry:
+    """The entry in ``path``, with its status. ``nobody_writes``: whether no process writes it, when
+    the caller holds its lock already; else the lock is tried. Raises ``OSError`` when the
+    folder went meanwhile."""
+    meta, status = None, OK
+    try:
+        data = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        meta = data if isinstance(data, dict) and data.get("kind") == META_KIND else None
+        if meta is None:
+            status = DAMAGED
+        elif meta.get("key", {}).get("format") != CACHE_FORMAT:
+            status = STALE
+        elif not _files_whole(path, meta):
+            status = DAMAGED
+    except FileNotFoundError:  # meta.json is written last: incomplete, or never to be completed
+        if nobody_writes is None:
+            with unclaimed(path) as free:
+                nobody_writes = free
+        status = ABANDONED if nobody_writes else INCOMPLETE
+    except (OSError, ValueError, AttributeError):  # written atomically, so unreadable means damaged
+        status = DAMAGED
+    return CacheEntry(path.name, path, folder_bytes(path), meta, status)
+
+
+def list_caches(data_root: str | Path) -> list[CacheEntry]:
+    """Every entry folder under ``<data root>/cache``, oldest first, with its size on disk."""
+    root = _cache_folder(Path(data_root))
+    if not root.is_dir():
+        return []
+    entries = []
+    for path in root.iterdir():
+        if path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            entries.append(_read_entry(path))
+        except OSError:  # removed meanwhile
+            continue
+    return sorted(entries, key=lambda e: ((e.meta or {}).get("created", ""), e.name))
+
+
+def _sweep(entry: CacheEntry) -> bool:
+    """Remove an entry that no run will read or finish, under its exclusive lock, checking its
+    status again there: a run may have started writing it, or completed it, since it was listed.
+    A stale entry needs no lock: no run writes an entry of an older format."""
+    if entry.status == STALE:
+        remove_folder(entry.path)
+        return True
+    with unclaimed(entry.path) as free:
+        if not free:
+            return False
+        try:
+            now = _read_entry(entry.path, nobody_writes=True)
+        except OSError:  # removed meanwhile
+            return False
+        if now.status not in SWEPT:
+            return False
+        remove_folder(entry.path)
+        return True
+
+
+def _bytes_left(entry: CacheEntry) -> int:
+    """What is still on the disk of an entry that could not be wholly removed; all of it when
+    there is no telling (an unreadable folder)."""
+    try:
+        return folder_bytes(entry.path) if entry.path.is_dir() else 0
+    except OSError:
+        return entry.nbytes
+
+
+def remove_caches(data_root: str | Path, names: Iterable[str] = (), *, everything: bool = False, stale: bool = False) -> Removal:
+    """Remove the entries named (a unique prefix of the name is enough), all of them, or the
+    ``stale`` ones: those no run will read or finish (``SWEPT``). An incomplete entry is kept:
+    a live process is writing it. An entry that cannot be removed does not stop the others:
+    it is in ``failed``, and what was removed of it counts in ``freed``."""
+    entries = list_caches(data_root)
+    if everything:
+        chosen = entries
+    elif stale:
+        chosen = [e for e in entries if e.status in SWEPT]
+    else:
+        folder = paths.cache_dir(Path(data_root))
+        chosen = paths.select_by_prefix(entries, names, lambda e: e.name, "prefix cache", folder, "spamtune cache ls")
+    removed, freed, failed = [], 0, []
+    for entry in chosen:
+        try:
+            if stale:
+                if not _sweep(entry):
+                    continue
+            else:
+                remove_folder(entry.path)
+        except OSError as exc:
+            failed.append((entry, exc))
+            freed += max(0, entry.nbytes - _bytes_left(entry))
+            continue
+        removed.append(entry)
+        freed += entry.nbytes
+    return Removal(removed, freed, failed)
