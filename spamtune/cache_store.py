@@ -248,8 +248,8 @@ class PrefixCacheStore:
         verify: str = "hash",
         later_from: int | None = None,
     ) -> CacheLookup:
-        """The cache of ``key`` for ``token_lists``: loaded if stored; else extended from a stored
-        cache of fewer blocks (same base, data, dtype and precision); else built; each new one is
+        """The cache of ``key`` for ``token_lists``: loaded if stored; else, in fp32, extended from a
+        stored cache of fewer blocks (same base, data and dtype); else built; each new one is
         stored. A corrupt or stale entry met on the way is removed and rebuilt. A build may
         leave the examples from ``later_from`` on to finish behind training
         (``build_prefix_cache``); the entry is then complete once they are.
@@ -284,7 +284,13 @@ class PrefixCacheStore:
         if found is not None:
             return done(found, "hit")
         rows, emb_dim = distinct_token_count(token_lists), model.cfg.emb_dim
-        for fewer in range(key.blocks - 1, 0, -1):
+        # Extending runs the next blocks over each message on its own, where a build shares the
+        # prefixes messages have in common: other products, equal to float rounding. In fp32 that
+        # is ~1e-7 of a loss; bf16 rounds every product to 8 bits, and an extended cache moved a
+        # tiny run's validation loss by 1e-4, so a bf16 run's figures would depend on which
+        # caches earlier runs left. bf16 builds.
+        extendable = range(key.blocks - 1, 0, -1) if precision.name == "fp32" else ()
+        for fewer in extendable:
             start = attempt(key.with_blocks(fewer))
             if start is None:
                 continue

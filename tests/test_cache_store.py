@@ -43,8 +43,8 @@ def classifier(trainable: str) -> GPTModel:
     return convert_to_classifier(GPTModel(CFG), trainable=trainable).eval()
 
 
-def key_for(model: GPTModel, blocks: int, seqs=SEQS) -> CacheKey:
-    return CacheKey.for_tokens(base_weights_sha256(model), seqs, blocks)
+def key_for(model: GPTModel, blocks: int, seqs=SEQS, **kwargs) -> CacheKey:
+    return CacheKey.for_tokens(base_weights_sha256(model), seqs, blocks, **kwargs)
 
 
 def plain_logits(model, seqs):
@@ -190,6 +190,17 @@ def test_a_cache_of_k_blocks_serves_k_plus_one_exactly(tmp_path):
     extended = extend_prefix_cache(three, build_prefix_cache(one, SEQS, 1), blocks=2, batch_size=3)
     assert extended.start_block == 3
     torch.testing.assert_close(extended.states, build_prefix_cache(three, SEQS, 3).states, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bf16_cache_is_built_not_extended_so_it_is_the_same_whatever_came_before(tmp_path):
+    bf16 = Precision("bf16", "cpu")
+    one, two = classifier("last-3-blocks"), classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path / "after-a-1-block-cache")
+    store.obtain(key_for(one, 1, precision="bf16"), one, SEQS, precision=bf16)
+    lookup = store.obtain(key_for(two, 2, precision="bf16"), two, SEQS, precision=bf16)
+    assert lookup.outcome == "built"
+    cold = PrefixCacheStore(tmp_path / "cold").obtain(key_for(two, 2, precision="bf16"), two, SEQS, precision=bf16)
+    assert torch.equal(lookup.cache.states, cold.cache.states)
 
 
 def test_a_cache_of_other_data_or_base_is_not_used(tmp_path):
