@@ -19,9 +19,8 @@ from safetensors import SafetensorError, safe_open
 
 from spamtune import paths
 from spamtune.bases import BaseRef
-from spamtune.compact import BASE_REF_FILE
 from spamtune.errors import SpamtuneError
-from spamtune.sweep import sweeps_dir
+from spamtune.run_catalog import base_users
 
 
 @dataclass(frozen=True)
@@ -43,27 +42,6 @@ def _origin(path: Path) -> dict:
     except (SafetensorError, OSError, ValueError):
         return {}
     return origin if isinstance(origin, dict) else {}
-
-
-def _compact_runs(root: Path) -> Iterable[Path]:
-    yield from paths.run_folders(root)
-    sweeps = sweeps_dir(root)
-    if sweeps.is_dir():
-        for sweep in sorted(p for p in sweeps.iterdir() if p.is_dir()):
-            yield from sorted(p for p in sweep.iterdir() if p.is_dir() and (p / BASE_REF_FILE).is_file())
-
-
-def base_users(root: Path) -> dict[str, list[Path]]:
-    """sha256 -> the run folders under ``root`` whose ``base.json`` names that base."""
-    users: dict[str, list[Path]] = {}
-    for run_dir in _compact_runs(root):
-        try:
-            sha = json.loads((run_dir / BASE_REF_FILE).read_text(encoding="utf-8"))["base"]["sha256"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(sha, str):
-            users.setdefault(sha, []).append(run_dir)
-    return users
 
 
 def list_bases(root: str | Path) -> list[StoredBase]:

@@ -26,6 +26,7 @@ from spamtune.checkpoint import read_tensors
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_write_json, new_temporary, write_error
 from spamtune.model import RANDOM_INIT_VERSION
+from spamtune.paths import base_file
 from spamtune.tensor_file import TensorFileWriter
 from spamtune.verified import VerifiedFiles, file_signature, read_index
 
@@ -97,10 +98,6 @@ class BaseRef:
         if kind == "file":
             return f"weights file {self.origin.get('path')}"
         return "unknown origin"
-
-
-def base_file(root: Path, sha256: str) -> Path:
-    return paths.bases_dir(root) / f"{sha256}.safetensors"
 
 
 def store_base(root: str | Path, model: torch.nn.Module, origin: dict, sha256: str | None = None) -> BaseRef:
@@ -343,11 +340,23 @@ def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str
             f"{replacing + '; ' if replacing else ''}the base ({ref.describe()}) rebuilt from its origin has sha256 "
             f"{actual[:12]}..., not the {ref.sha256[:12]}... the run was trained on; put {path.name} back into {path.parent}"
         )
+    if not _can_store_in(root):  # a read-only data root: the run loads from the base made here
+        return tensors
     if replacing:
         path.unlink(missing_ok=True)
     with BaseIntake(tensors, ref.origin, root, actual) as intake:
         intake.finish()
     return tensors
+
+
+def _can_store_in(root: Path) -> bool:
+    """Whether a base may be stored under ``root``, as far as the file system says (a read-only
+    mount, a folder of someone else's): storing a rebuilt base saves the next load the rebuild,
+    and loading must not fail for want of it."""
+    probe = paths.bases_dir(root)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
 
 
 def missing_base_message(root: Path, ref: BaseRef) -> str:

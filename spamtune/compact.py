@@ -28,7 +28,6 @@ from typing import BinaryIO
 import torch
 from safetensors import SafetensorError, safe_open
 
-from spamtune import paths
 from spamtune.bases import BaseRef, base_file, load_base, stored_base_intact
 from spamtune.checkpoint import (
     CONFIG_FILE,
@@ -49,7 +48,7 @@ from spamtune.checkpoint import (
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_write_json, read_json
 from spamtune.lora import merged_lora_weight
-from spamtune.run_catalog import why_no_classifier
+from spamtune.run_catalog import bases_root_of, why_no_classifier
 
 COMPACT_FORMAT = "spamtune-compact-run/1"
 BASE_REF_FILE = "base.json"
@@ -99,19 +98,6 @@ def holds_classifier(run_dir: str | Path) -> bool:
     return (run_dir / WEIGHTS_FILE).is_file() or (is_compact_run(run_dir) and (run_dir / DELTA_FILE).is_file())
 
 
-def run_data_root(run_dir: Path) -> Path:
-    """The data root whose ``bases/`` a run's base is looked up (and rebuilt) in: the folder
-    above ``runs/`` for a run there, else the root it was trained in (if it still exists), else
-    the default root."""
-    run_dir = Path(run_dir).resolve()
-    if run_dir.parent.name == "runs":
-        return run_dir.parent.parent
-    recorded = read_json(run_dir / BASE_REF_FILE, "base reference").get("data_root")
-    if isinstance(recorded, str) and Path(recorded).is_dir():
-        return Path(recorded)
-    return paths.data_root()
-
-
 def read_base_ref(run_dir: Path) -> tuple[BaseRef, dict | None]:
     data = read_json(Path(run_dir) / BASE_REF_FILE, "base reference")
     if not isinstance(data, dict) or data.get("format") != COMPACT_FORMAT:
@@ -154,7 +140,7 @@ def load_compact_run(
     run_dir = Path(run_dir)
     cfg = load_classifier_config(run_dir)
     ref, lora = read_base_ref(run_dir)
-    root = Path(data_root) if data_root is not None else run_data_root(run_dir)
+    root = Path(data_root) if data_root is not None else bases_root_of(run_dir)
     delta_path = run_dir / DELTA_FILE
     delta_header = read_checkpoint_header(delta_path)
     merged_header = merged_lora_header(delta_header, lora)

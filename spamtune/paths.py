@@ -183,6 +183,11 @@ def bases_dir(root: Path) -> Path:
     return root / "bases"
 
 
+def base_file(root: Path, sha256: str) -> Path:
+    """Where the base of that sha256 is stored under a data root."""
+    return bases_dir(root) / f"{sha256}.safetensors"
+
+
 def select_by_prefix(entries: list, names: Iterable[str], name_of: Callable[[object], str], what: str, folder: Path, listing: str) -> list:
     """The entries of a stored kind (``what``: "prefix cache", "base") that ``names`` pick, each
     by a unique prefix of its name; one clear line for a name that picks none or several."""

@@ -16,12 +16,14 @@ import shlex
 import shutil
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from spamtune import paths, runs
 from spamtune.errors import SpamtuneError
+from spamtune.sweep import sweeps_dir
 
 RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
 
@@ -152,6 +154,51 @@ def _size_and_mtime(run_dir: Path) -> tuple[int, float]:
 
 def resume_command(run_dir: Path) -> str:
     return f"spamtune finetune --resume --run {shlex.quote(str(run_dir))}"
+
+
+def bases_root_of(run_dir: Path) -> Path:
+    """The data root whose ``bases/`` a compact run's base is looked up (and rebuilt) in: the
+    folder above ``runs/`` for a run there, else the root it was trained in (if it still exists),
+    else the default root."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir.parent.name == "runs":
+        return run_dir.parent.parent
+    recorded = (_read_json(run_dir / runs.BASE_REF_FILE) or {}).get("data_root")
+    if isinstance(recorded, str) and Path(recorded).is_dir():
+        return Path(recorded)
+    return paths.data_root()
+
+
+def base_of(run_dir: Path) -> dict | None:
+    """A compact run's base as ``runs show`` reports it: ``sha256``, ``origin`` and whether the
+    data root holds it (``stored``; a missing one is made again from its origin when the run
+    loads, or named with how to get it back). None for a run holding its whole model."""
+    record = _read_json(run_dir / runs.BASE_REF_FILE)
+    if record is None:
+        return None
+    base = record.get("base") if isinstance(record.get("base"), dict) else {}
+    sha256 = base.get("sha256")
+    stored = isinstance(sha256, str) and paths.base_file(bases_root_of(run_dir), sha256).is_file()
+    return {"sha256": sha256, "origin": base.get("origin"), "stored": stored}
+
+
+def _compact_runs(root: Path) -> Iterable[Path]:
+    yield from paths.run_folders(root)
+    sweeps = sweeps_dir(root)
+    if sweeps.is_dir():
+        for sweep in sorted(p for p in sweeps.iterdir() if p.is_dir()):
+            yield from sorted(p for p in sweep.iterdir() if p.is_dir() and (p / runs.BASE_REF_FILE).is_file())
+
+
+def base_users(root: Path) -> dict[str, list[Path]]:
+    """sha256 -> the run folders under ``root`` whose ``base.json`` names that base."""
+    users: dict[str, list[Path]] = {}
+    for run_dir in _compact_runs(root):
+        base = (_read_json(run_dir / runs.BASE_REF_FILE) or {}).get("base")
+        sha = base.get("sha256") if isinstance(base, dict) else None
+        if isinstance(sha, str):
+            users.setdefault(sha, []).append(run_dir)
+    return users
 
 
 def why_no_classifier(run_dir: Path) -> str:

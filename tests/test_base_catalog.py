@@ -101,3 +101,20 @@ def test_removing_a_base_runs_use_warns_even_under_quiet_when_it_must_be_fetched
     assert result.exit_code == 0
     assert result.stderr.startswith("WARNING: 1 run(s) use ") and "pretrained gpt2-small" in result.stderr
     assert "freed" not in result.stderr
+
+
+def test_runs_show_names_a_compact_runs_base_and_runs_rm_says_when_the_last_user_goes(tmp_path):
+    root = write_tiny_data(tmp_path)
+    for name in ("a", "b"):
+        train.finetune(tiny_options(root, epochs=1), root / "runs" / name)
+    (stored,) = list_bases(root)
+    shown = json.loads(CliRunner().invoke(app, ["runs", "show", "a", "--json", "--data-dir", str(root)]).stdout)
+    assert shown["base"] == {"sha256": stored.sha256, "origin": stored.origin, "stored": True}
+    text = CliRunner().invoke(app, ["runs", "show", "a", "--data-dir", str(root)]).stdout
+    assert any(line.startswith("base.sha256 ") and line.endswith(stored.sha256) for line in text.splitlines())
+    first = CliRunner().invoke(app, ["runs", "rm", "--yes", "a", "--data-dir", str(root)])
+    assert first.exit_code == 0 and "used by no run" not in first.stderr  # b still uses it
+    last = CliRunner().invoke(app, ["runs", "rm", "--yes", "b", "--data-dir", str(root)])
+    assert last.exit_code == 0 and last.stdout.strip() == str(root / "runs" / "b")
+    assert last.stderr.startswith("1 base(s) (") and last.stderr.endswith("are used by no run now; `spamtune bases rm --unused` frees them\n")
+    assert stored.path.is_file()  # only said: freeing it is the user's call

@@ -703,3 +703,15 @@ def test_predicting_with_a_run_interrupted_before_its_classifier_says_how_to_go_
     runs.resume_file(interrupted).write_bytes(b"a checkpoint")
     result = CliRunner().invoke(app, ["predict", "--run", str(interrupted), "hello"])
     one_error_line(result, 1, f"{interrupted} was interrupted before it wrote a classifier; continue it with: spamtune finetune --resume --run {interrupted}")
+
+
+def test_a_missing_base_is_made_again_in_memory_when_the_data_root_is_read_only(tmp_path, monkeypatch):
+    import os
+
+    run, _, ref = last_block_run(tmp_path)
+    expected = logits(load_compact_run(run)[0])
+    base_file(tmp_path, ref.sha256).unlink()
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if mode & os.W_OK and str(path).startswith(str(tmp_path)) else writable(path, mode, **kw))
+    assert torch.equal(logits(load_compact_run(run)[0]), expected)
+    assert not base_file(tmp_path, ref.sha256).exists()  # nothing written: it could not be

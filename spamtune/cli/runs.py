@@ -148,16 +148,18 @@ def show_run(
         "summary": run_catalog.read_summary(run_dir),
         "hparams": run_catalog.read_hparams(run_dir),
         "evaluations": len(run_catalog.read_evaluations(run_dir)),
+        "base": run_catalog.base_of(run_dir),
     }
     if as_json:
         typer.echo(json.dumps(record, ensure_ascii=False))
         return
+    sections = ("base", "summary", "hparams")
     lines: list[tuple[str, str]] = []
     for key, value in record.items():
-        if key in ("summary", "hparams"):
+        if key in sections:
             continue
         lines.append((key, "-" if value is None else str(value)))
-    for section in ("summary", "hparams"):
+    for section in sections:
         if record[section] is not None:
             _flatten(section, record[section], lines)
     width = max(len(key) for key, _ in lines)
@@ -196,9 +198,24 @@ def remove_runs(
         if not typer.confirm(question, default=False, err=True):
             print("nothing removed", file=sys.stderr)
             raise typer.Exit(1)
+    bases = {(run_catalog.base_of(run_dir) or {}).get("sha256") for run_dir in run_dirs} - {None}
     for run_dir in run_dirs:
         run_catalog.remove_run(run_dir)
         typer.echo(run_dir)
+    _note_bases_left_unused(root, bases)
+
+
+def _note_bases_left_unused(root: Path, bases: set[str]) -> None:
+    """Say which of ``bases`` (those the removed runs were on) no run here uses any more: they
+    stay on the disk, 0.5 GB for gpt2-small, until `bases rm --unused` frees them."""
+    from spamtune import run_catalog
+
+    users = run_catalog.base_users(root)
+    unused = [paths.base_file(root, sha) for sha in sorted(bases) if sha not in users]
+    unused = [path for path in unused if path.is_file()]
+    if unused:
+        size = human_size(sum(path.stat().st_size for path in unused))
+        common.note(f"{len(unused)} base(s) ({size}) are used by no run now; `spamtune bases rm --unused` frees them")
 
 
 def register(app: typer.Typer) -> None:
