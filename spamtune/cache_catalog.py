@@ -11,7 +11,7 @@ import json
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spamtune import paths
@@ -47,14 +47,17 @@ class Removal:
     removed: list[CacheEntry]
     freed: int  # bytes: of the folders removed, and of the files removed from those that stayed
     failed: list[tuple[CacheEntry, OSError]]
+    busy: list[CacheEntry] = field(default_factory=list)  # kept: a running process writes them
 
     def error(self) -> SpamtuneError | None:
         """The one line saying which folder could not be removed (and how many more), if any."""
-        if not self.failed:
+        reasons = [(entry, exc.strerror or str(exc)) for entry, exc in self.failed]
+        reasons += [(entry, "a running process is writing it; remove it once that run ends") for entry in self.busy]
+        if not reasons:
             return None
-        entry, exc = self.failed[0]
-        more = f" (and {len(self.failed) - 1} more)" if len(self.failed) > 1 else ""
-        return SpamtuneError(f"cannot remove {entry.path}: {exc.strerror or exc}{more}")
+        entry, reason = reasons[0]
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        return SpamtuneError(f"cannot remove {entry.path}: {reason}{more}")
 
 
 def _cache_folder(data_root: Path) -> Path:
@@ -138,6 +141,15 @@ def _sweep(entry: CacheEntry) -> bool:
         return True
 
 
+def _remove_unless_written(entry: CacheEntry) -> bool:
+    """Remove an entry the user named (or all of them) unless a running process is writing it:
+    that run would fail when it finished the entry. Under the entry's lock, so none starts to."""
+    with unclaimed(entry.path, when_unknown=True) as free:
+        if free:
+            remove_folder(entry.path)
+        return free
+
+
 def _bytes_left(entry: CacheEntry) -> int:
     """What is still on the disk of an entry that could not be wholly removed; all of it when
     there is no telling (an unreadable folder)."""
@@ -149,9 +161,9 @@ def _bytes_left(entry: CacheEntry) -> int:
 
 def remove_caches(data_root: str | Path, names: Iterable[str] = (), *, everything: bool = False, stale: bool = False) -> Removal:
     """Remove the entries named (a unique prefix of the name is enough), all of them, or the
-    ``stale`` ones: those no run will read or finish (``SWEPT``). An incomplete entry is kept:
-    a live process is writing it. An entry that cannot be removed does not stop the others:
-    it is in ``failed``, and what was removed of it counts in ``freed``."""
+    ``stale`` ones: those no run will read or finish (``SWEPT``). An entry a live process is
+    writing is kept, even when named (it is in ``busy``). An entry that cannot be removed does
+    not stop the others: it is in ``failed``, and what was removed of it counts in ``freed``."""
     entries = list_caches(data_root)
     if everything:
         chosen = entries
@@ -160,18 +172,19 @@ def remove_caches(data_root: str | Path, names: Iterable[str] = (), *, everythin
     else:
         folder = paths.cache_dir(Path(data_root))
         chosen = paths.select_by_prefix(entries, names, lambda e: e.name, "prefix cache", folder, "spamtune cache ls")
-    removed, freed, failed = [], 0, []
+    removed, freed, failed, busy = [], 0, [], []
     for entry in chosen:
         try:
             if stale:
                 if not _sweep(entry):
                     continue
-            else:
-                remove_folder(entry.path)
+            elif not _remove_unless_written(entry):
+                busy.append(entry)
+                continue
         except OSError as exc:
             failed.append((entry, exc))
             freed += max(0, entry.nbytes - _bytes_left(entry))
             continue
         removed.append(entry)
         freed += entry.nbytes
-    return Removal(removed, freed, failed)
+    return Removal(removed, freed, failed, busy)

@@ -79,17 +79,21 @@ def held_for_writing(entry: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def unclaimed(folder: Path) -> Iterator[bool]:
+def unclaimed(folder: Path, when_unknown: bool = False) -> Iterator[bool]:
     """Whether no process writes the entry in ``folder``, known by holding its exclusive lock,
-    so none can start to until the block ends. False where a writer holds it, the folder is
-    gone, or there is no telling (no flock): then nothing is claimed abandoned."""
+    so none can start to until the block ends. False where a writer holds it; ``when_unknown``
+    where the folder is gone or there is no telling (no flock): False, the default, claims
+    nothing abandoned; True lets a removal the user asked for go ahead."""
     if fcntl is None:
-        yield False
+        yield when_unknown
         return
     try:
         fd = lock_folder(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         yield False
+        return
+    except OSError:
+        yield when_unknown
         return
     try:
         yield True

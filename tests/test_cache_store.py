@@ -514,3 +514,20 @@ def test_a_writer_makes_its_folder_again_when_rm_removed_it_before_the_lock(tmp_
         assert [e.path for e in swept[0]] == [entry]
         assert entry.is_dir() and [e.status for e in list_caches(tmp_path)] == ["incomplete"]
     assert not entry.exists()  # left empty: removed on the way out
+
+
+def test_rm_all_keeps_an_entry_a_running_process_is_writing_and_says_so(tmp_path):
+    entry = tmp_path / "cache" / "0123456789abcdef0123"
+    store = PrefixCacheStore(tmp_path)
+    model = classifier("last-3-blocks")
+    store.obtain(key_for(model, 1), model, SEQS)
+    done = store.entry_dir(key_for(model, 1))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(entry)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        result = CliRunner().invoke(app, ["cache", "rm", "--all", "--data-dir", str(tmp_path)])
+        assert result.exit_code == 1 and result.stdout == f"{done}\n" and entry.is_dir() and not done.exists()
+        assert result.stderr.endswith(f"Error: cannot remove {entry}: a running process is writing it; remove it once that run ends\n")
+    finally:
+        writer.communicate("")
+    assert writer.returncode == 0
