@@ -234,8 +234,10 @@ class CausalSelfAttention(nn.Module):
             )  # fmt: skip
         return self.resid_dropout(apply_linear(self.out_proj, y.transpose(1, 2).reshape(b, t, d))), (k, v)
 
-    def forward_at(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Attention output ``[batch, emb_dim]`` at one position per sequence (``index``).
+    def forward_at(self, x_hat: torch.Tensor, index: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """Attention output ``[batch, emb_dim]`` at one position per sequence (``index``) of
+        ``gamma * x_hat + beta``: the block's input normalised, and its LayerNorm's scale and
+        shift, which are folded into the per-head vectors (``spamtune.folded_attention``).
 
         With a single query per sequence the key and value projections need not be computed at
         every position; they are folded into the query side instead (exact algebra):
@@ -248,13 +250,15 @@ class CausalSelfAttention(nn.Module):
         dot products with ``emb_dim``-vectors: the final block's cost no longer grows with the
         sequence. Masking positions after ``index`` gives what the causal forward gives there.
         """
-        b, t, d = x.shape
+        b, t, d = x_hat.shape
         weight, bias = applied_weight(self.qkv), self.qkv.bias
-        if torch.is_grad_enabled() and not (self.training and self.drop_rate) and not torch.is_autocast_enabled(x.device.type):
+        if torch.is_grad_enabled() and not (self.training and self.drop_rate) and not torch.is_autocast_enabled(x_hat.device.type):
             # Training in fp32 without dropout: the same forward, with the backward written out.
-            y = FoldedAttention.apply(x, weight, bias, index, self.n_heads)
+            y = FoldedAttention.apply(x_hat, gamma, beta, weight, bias, index, self.n_heads)
             return self.resid_dropout(apply_linear(self.out_proj, y))
-        y, *_, weights, _ = attend_at(x, weight, bias, index, self.n_heads, lambda a: F.dropout(a, self.drop_rate, self.training))
+        y, *_, weights, _ = attend_at(
+            x_hat, gamma, beta, weight, bias, index, self.n_heads, lambda a: F.dropout(a, self.drop_rate, self.training)
+        )
         if bias is not None:  # the weights sum to one, except where dropout zeroed some
             y = y + weights.sum(-1, keepdim=True) * bias[2 * d :].view(self.n_heads, self.head_dim)
         return self.resid_dropout(apply_linear(self.out_proj, y.reshape(b, d)))
@@ -299,7 +303,9 @@ class TransformerBlock(nn.Module):
         MLP are needed there alone: about a sequence length's worth less work, same numbers.
         """
         rows = torch.arange(x.shape[0], device=x.device)
-        h = x[rows, index] + self.att.forward_at(self.norm1(x), index)
+        # The first LayerNorm's scale and shift are applied inside the attention, per head.
+        x_hat = F.layer_norm(x, self.norm1.normalized_shape, eps=self.norm1.eps)
+        h = x[rows, index] + self.att.forward_at(x_hat, index, self.norm1.weight, self.norm1.bias)
         return h + self.ff(self.norm2(h))
 
 

@@ -237,18 +237,26 @@ def test_a_cached_split_is_evaluated_in_full_batches(model_and_seqs, monkeypatch
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_folded_attentions_written_out_backward_is_its_derivative(bias):
+@pytest.mark.parametrize("input_grad", [True, False], ids=["a block before trains", "frozen prefix"])
+def test_the_folded_attentions_written_out_backward_is_its_derivative(bias, input_grad):
     """``FoldedAttention``'s hand-written backward (float64 ``gradcheck``: against finite
-    differences) for the normalised input, the fused qkv weight and its bias."""
+    differences) for the normalised input (when it needs a gradient), the LayerNorm's scale and
+    shift, the fused qkv weight and its bias."""
     from spamtune.folded_attention import FoldedAttention
 
     gen = torch.Generator().manual_seed(3)
-    h = torch.randn(3, 5, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    x_hat = torch.randn(3, 5, 8, dtype=torch.float64, generator=gen, requires_grad=input_grad)
+    gamma = (1 + 0.3 * torch.randn(8, dtype=torch.float64, generator=gen)).requires_grad_()
+    beta = (0.3 * torch.randn(8, dtype=torch.float64, generator=gen)).requires_grad_()
     weight = torch.randn(24, 8, dtype=torch.float64, generator=gen, requires_grad=True)
     qkv_bias = torch.randn(24, dtype=torch.float64, generator=gen, requires_grad=True) if bias else None
     index = torch.tensor([4, 0, 2])  # the last, the first and a middle position
-    inputs = (h, weight, qkv_bias) if bias else (h, weight)
-    assert torch.autograd.gradcheck(lambda h, w, b=None: FoldedAttention.apply(h, w, b, index, 2), inputs)
+
+    def attention(x_hat, gamma, beta, weight, qkv_bias=None):
+        return FoldedAttention.apply(x_hat, gamma, beta, weight, qkv_bias, index, 2)
+
+    inputs = (x_hat, gamma, beta, weight, qkv_bias) if bias else (x_hat, gamma, beta, weight)
+    assert torch.autograd.gradcheck(attention, inputs)
 
 
 def test_training_steps_use_the_written_out_backward_and_match_autograd(model_and_seqs, monkeypatch):
