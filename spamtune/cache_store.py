@@ -43,10 +43,10 @@ from safetensors.torch import load_file, save_file
 from spamtune import __version__, paths
 from spamtune.download import sha256_file
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
-from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.fsutil import atomic_path, atomic_write_json, remove_stale_temporaries
 from spamtune.model import GPTModel
 from spamtune.device import Precision
-from spamtune.folder_lock import held_for_writing
+from spamtune.folder_lock import held_for_writing, unclaimed
 from spamtune.prefix_cache import FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
 from spamtune.verified import VerifiedFiles, file_signature
 
@@ -203,6 +203,9 @@ class PrefixCacheStore:
         entry = self.entry_dir(key)
         writing = contextlib.ExitStack()
         try:
+            with unclaimed(entry) as free:  # no process writes it: a killed writer's file can go
+                if free:
+                    remove_stale_temporaries(entry)
             writing.enter_context(held_for_writing(entry))
             if shutil.disk_usage(entry).free < nbytes + DISK_MARGIN_BYTES:
                 writing.close()

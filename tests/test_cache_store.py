@@ -531,3 +531,18 @@ def test_rm_all_keeps_an_entry_a_running_process_is_writing_and_says_so(tmp_path
     finally:
         writer.communicate("")
     assert writer.returncode == 0
+
+
+def test_the_build_after_a_killed_writer_removes_its_temporary_file(tmp_path):
+    model = classifier("last-3-blocks")
+    key = key_for(model, 1)
+    entry = PrefixCacheStore(tmp_path).entry_dir(key)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(entry)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "writing\n"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert [p.name for p in entry.iterdir()] == [".states.bin.0123abcd.part"]
+    assert PrefixCacheStore(tmp_path).obtain(key, model, SEQS).outcome == "built"
+    assert ".states.bin.0123abcd.part" not in [p.name for p in entry.iterdir()]
+    (listed,) = list_caches(tmp_path)
+    assert listed.status == "ok" and listed.nbytes == sum(p.stat().st_size for p in entry.iterdir())
