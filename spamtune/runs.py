@@ -138,6 +138,21 @@ def release_finished(run_dir: Path) -> None:
     (Path(run_dir) / LOCK_FILE).unlink(missing_ok=True)
 
 
+def remove_unstarted(run_dir: Path) -> None:
+    """Remove a run folder that training never got going in: what ``finetune`` writes before
+    its first checkpoint (``hparams.json``, the lock, temporaries), then the folder, if that
+    leaves it empty. Anything else in it stays, and so does the folder."""
+    run_dir = Path(run_dir)
+    for name in (HPARAMS_FILE, LOCK_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    remove_leftovers(run_dir)
+    for folder in (run_dir / RESUME_DIR, run_dir):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone: left as it is
+            pass
+
+
 def remove_leftovers(run_dir: Path) -> None:
     """Temporaries of writes a kill cut short (the final model, a checkpoint): the folder is
     locked, so nothing is writing them any more."""

@@ -84,6 +84,16 @@ def combinations(grid: dict[str, list]) -> list[dict]:
 _LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_blocks")
 
 
+def _refuse_unused_lora_values(base, grid: dict[str, list], combos: list[dict]) -> None:
+    """LoRA's options given to a sweep none of whose runs trains LoRA would do nothing: a usage
+    error, as for ``finetune``."""
+    defaults = {f.name: f.default for f in fields(type(base))}
+    given = [name for name in _LORA_OPTIONS if name in grid or getattr(base, name) != defaults[name]]
+    if given and not any(c.get("trainable", base.trainable) == "lora" for c in combos):
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise SpamtuneUsageError(f"{flags} {'applies' if len(given) == 1 else 'apply'} only with --trainable lora, and no run of this sweep trains lora")
+
+
 def _distinct_runs(base, combos: list[dict]) -> list[dict]:
     """The combinations less the LoRA values of those that train no LoRA, each once: a sweep of
     ``--trainable lora,last-block --lora-rank 4,16`` is three runs, not a last-block run twice."""
@@ -255,6 +265,7 @@ def run_sweep(
     resume_finetune = resume_finetune or train.resume_finetune
     emit = on_event or (lambda event: None)
     root = Path(base.data_dir)
+    _refuse_unused_lora_values(base, grid, combinations(grid))
     combos = _distinct_runs(base, combinations(grid))
     names = [run_name(c) for c in combos]
     if len(set(names)) != len(names):

@@ -25,7 +25,7 @@ import functools
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -248,7 +248,7 @@ def finetune(
         name = f"{model_label(cfg, options.model)}-{options.trainable}"
         run_dir = world.on_main(lambda: runs.new_run_dir(paths.runs_dir(Path(options.data_dir)), name))
     run = Run(options, cfg, trainable, precision, data, run_dir, started)
-    with run_lock(world, run_dir):
+    with run_lock(world, run_dir), _nothing_kept_if_stopped_before_training(world, run_dir):
         world.on_main(lambda: runs.write_hparams(run_dir, {
             **asdict(options),
             "resolved": {
@@ -265,6 +265,20 @@ def finetune(
             },
         }), share=False)  # fmt: skip
         return train_run(run, on_event)
+
+
+@contextlib.contextmanager
+def _nothing_kept_if_stopped_before_training(world: World, run_dir: Path) -> Iterator[None]:
+    """Ctrl-C before the first checkpoint (while the base is drawn or the model built) leaves
+    nothing to resume: the run folder this process made goes, rather than stay as a run that
+    ``spamtune runs`` can only call failed. Once a checkpoint is written, ``train_run`` turns
+    Ctrl-C into ``TrainingInterrupted`` and the run stays, resumable."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if world.is_main and not runs.resume_file(run_dir).is_file():
+            runs.remove_unstarted(run_dir)
+        raise
 
 
 class OptionChanged(OptionError):

@@ -98,6 +98,7 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
         ({"trainable": ["lora"], "lora_rank": [4, 0]}, "lora-rank must be a positive integer"),
         ({"precision": ["fp32", "fp16"]}, "fp16 needs a CUDA device"),
         ({"model": ["tiny", "nosuch"]}, "unknown model 'nosuch'"),
+        ({"trainable": ["last-block", "head"], "lora_rank": [2, 4]}, "--lora-rank applies only with --trainable lora, and no run"),
     ],
 )
 def test_a_value_that_cannot_work_stops_the_sweep_before_any_run(tmp_path, grid, message):
@@ -226,3 +227,23 @@ def test_lora_values_make_no_second_run_of_a_preset_that_trains_no_lora(tmp_path
     result = run_sweep(tiny_options(root, epochs=1), grid, out=tmp_path / "s", finetune=fake_finetune)
     assert sorted(r["name"] for r in result.rows) == ["trainable-last-block", "trainable-lora_lora_rank-2", "trainable-lora_lora_rank-4"]
     assert json.loads((tmp_path / "s" / SWEEP_FILE).read_text())["grid"] == grid
+
+
+def test_a_sweep_stopped_before_its_run_had_a_checkpoint_says_so_and_keeps_the_row_pending(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "prepare_base", ctrl_c)
+    args = ["sweep", "--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--lr", "1e-3,2e-3", "--data-dir", str(root), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines()[-1] == "interrupted; finished runs are kept: run the same command again to go on"
+    saved = json.loads((tmp_path / "s" / SWEEP_FILE).read_text())
+    assert [r["status"] for r in saved["runs"]] == ["pending", "pending"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".lock", SWEEP_FILE]  # no half-made run folder

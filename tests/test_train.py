@@ -611,3 +611,16 @@ def test_the_cli_takes_its_defaults_from_the_options_dataclass(data_root, monkey
         options.FinetuneOptions(data_dir=str(data_root)),
         options.FinetuneOptions(data_dir=str(data_root), shortcuts=False, batch_size=3, max_length=9),
     ]
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_run_folder(data_root, monkeypatch):
+    """Stopped while the base is drawn: nothing to resume, so nothing that `runs` would list as failed."""
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "prepare_base", ctrl_c)
+    out = data_root / "runs" / "early"
+    with pytest.raises(KeyboardInterrupt):
+        train.finetune(tiny_options(data_root), out)
+    assert not out.exists()

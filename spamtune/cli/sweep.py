@@ -122,9 +122,10 @@ def sweep_command(
     reporter = SweepReporter(console)
     try:
         result = run_sweep(base, grid, out, on_event=reporter)
-    except events.TrainingInterrupted as exc:
+    except (events.TrainingInterrupted, KeyboardInterrupt) as exc:
         reporter.close()
-        console.print(f"interrupted in {exc.run_dir}; finished runs are kept: run the same command again to go on")
+        where = f" in {exc.run_dir}" if isinstance(exc, events.TrainingInterrupted) else ""
+        console.print(f"interrupted{where}; finished runs are kept: run the same command again to go on")
         raise typer.Exit(130) from None
     finally:
         reporter.close()
