@@ -100,6 +100,7 @@ class FinetuneOptions:
 # compute, and how ranks share the work (the resume state is the same whatever the strategy).
 # Every other option is the run's own.
 RESUMABLE_CHANGES = ("device", "data_dir", "strategy")
+LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_blocks")  # read only by a run that trains lora
 # Options added after runs were first saved, with the value an older run's training had: its
 # hparams.json lacks them. (compact has been on by default since; the runs before it were full.)
 ADDED_OPTIONS = {

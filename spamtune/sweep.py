@@ -23,6 +23,7 @@ from pathlib import Path
 from spamtune import paths, runs
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_write_json, read_json
+from spamtune.options import LORA_OPTIONS
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "spamtune-sweep/1"
@@ -80,15 +81,11 @@ def combinations(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-# LoRA's options, which a run that trains no LoRA does not read.
-_LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_blocks")
-
-
 def _refuse_unused_lora_values(base, grid: dict[str, list], combos: list[dict]) -> None:
     """LoRA's options given to a sweep none of whose runs trains LoRA would do nothing: a usage
     error, as for ``finetune``."""
     defaults = {f.name: f.default for f in fields(type(base))}
-    given = [name for name in _LORA_OPTIONS if name in grid or getattr(base, name) != defaults[name]]
+    given = [name for name in LORA_OPTIONS if name in grid or getattr(base, name) != defaults[name]]
     if given and not any(c.get("trainable", base.trainable) == "lora" for c in combos):
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise SpamtuneUsageError(f"{flags} {'applies' if len(given) == 1 else 'apply'} only with --trainable lora, and no run of this sweep trains lora")
@@ -100,7 +97,7 @@ def _distinct_runs(base, combos: list[dict]) -> list[dict]:
     out: list[dict] = []
     for overrides in combos:
         if overrides.get("trainable", base.trainable) != "lora":
-            overrides = {name: value for name, value in overrides.items() if name not in _LORA_OPTIONS}
+            overrides = {name: value for name, value in overrides.items() if name not in LORA_OPTIONS}
         if overrides not in out:
             out.append(overrides)
     return out

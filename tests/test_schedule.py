@@ -186,3 +186,24 @@ def test_each_evaluation_records_the_learning_rate_its_step_took(tmp_path, sched
     for record in records:
         assert record["lr"] == pytest.approx(1e-3 * lr_multiplier(record["step"] - 1, schedule, 4, 20), rel=1e-12)
     assert records[0]["lr"] < 1e-3  # still warming up at step 3
+
+
+def test_resuming_a_run_that_trains_no_lora_refuses_lora_options_and_shows_values_as_typed(tmp_path, monkeypatch):
+    from helpers import ctrl_c_at_step, write_tiny_data
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path)
+    run = str(tmp_path / "run")
+    args = ["--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--device", "cpu", "--data-dir", str(root)]
+    with monkeypatch.context() as patched:
+        ctrl_c_at_step(patched, 3)
+        assert CliRunner().invoke(app, ["finetune", *args, "--run", run]).exit_code == 130
+    again = ["finetune", "--resume", "--run", run, "--data-dir", str(root)]
+    lora = CliRunner().invoke(app, [*again, "--lora-rank", "16"])
+    assert lora.exit_code == 2
+    assert lora.stderr == f"Error: --lora-rank applies only with --trainable lora, and {run} trains last-block\n"
+    patience = CliRunner().invoke(app, [*again, "--patience", "2"])
+    assert patience.exit_code == 2
+    assert patience.stderr.startswith("Error: a resumed run keeps the options it started with: --patience 2 differs from its none in ")

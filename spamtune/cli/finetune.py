@@ -15,7 +15,7 @@ import typer
 from spamtune.cli import common
 from spamtune.cli.common import dataclass_options, field_help, stderr_console, styled, with_dataclass_options
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
-from spamtune.options import WEIGHT_SOURCES, FinetuneOptions
+from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
     from rich.console import Console
@@ -225,14 +225,11 @@ def finetune_command(
         distributed.shutdown()
 
 
-LORA_OPTIONS = {"lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_blocks": "--lora-blocks"}
-
-
 def _refuse_unused_lora_options(given: list[str], options: dict) -> None:
     """LoRA's options given to a new run that trains no LoRA would do nothing: a usage error,
     before a run trains something else than what was asked for. (A resumed run's options are
     its own, compared by ``resume_finetune``.)"""
-    unused = [flag for name, flag in LORA_OPTIONS.items() if name in given]
+    unused = [common.flag(name) for name in LORA_OPTIONS if name in given]
     if unused and options.get("trainable") != "lora":
         one = len(unused) == 1
         raise SpamtuneUsageError(
