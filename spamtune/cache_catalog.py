@@ -61,11 +61,9 @@ class Removal:
 
 
 def _cache_folder(data_root: Path) -> Path:
-    """``<data root>/cache``; a data root (or cache folder) that is a file is an error, not an
-    empty store."""
+    """``<data root>/cache``; one that is a file is an error, not an empty store (a data root that
+    is a file is refused by ``paths.data_root``)."""
     root = paths.cache_dir(data_root)
-    if data_root.exists() and not data_root.is_dir():
-        raise SpamtuneError(f"the data root {data_root} is not a folder; {paths.ELSEWHERE}")
     if root.exists() and not root.is_dir():
         raise SpamtuneError(f"{root} is not a folder: spamtune keeps its prefix caches there")
     return root

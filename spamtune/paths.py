@@ -31,12 +31,17 @@ def default_data_root() -> Path:
 
 
 def data_root(override: str | Path | None = None) -> Path:
-    """``override`` (``--data-dir``), else ``$SPAMTUNE_HOME``, else ``default_data_root()``; absolute."""
+    """``override`` (``--data-dir``), else ``$SPAMTUNE_HOME``, else ``default_data_root()``;
+    absolute. A file there is an error: listed as a root, it would read as an empty one."""
     if override:
-        return _absolute(override)
-    if os.environ.get(ENV_HOME):
-        return _absolute(os.environ[ENV_HOME])
-    return _absolute(default_data_root())
+        root = _absolute(override)
+    elif os.environ.get(ENV_HOME):
+        root = _absolute(os.environ[ENV_HOME])
+    else:
+        root = _absolute(default_data_root())
+    if root.exists() and not root.is_dir():
+        raise SpamtuneError(f"the data root {root} is not a folder ({data_root_source(override)}); {ELSEWHERE}")
+    return root
 
 
 def data_root_source(override: str | Path | None = None) -> str:

@@ -387,7 +387,7 @@ def test_ls_and_rm_refuse_a_data_root_that_is_a_file(tmp_path, where):
     if where == "data root":
         root = tmp_path / "train.csv"
         root.write_text("text,label\n")
-        expected = f"Error: the data root {root} is not a folder; to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR\n"
+        expected = f"Error: the data root {root} is not a folder (--data-dir); to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR\n"
     else:
         root.mkdir()
         (root / "cache").write_text("")

@@ -133,3 +133,13 @@ def test_help_paragraphs_wrap_to_the_terminal():
         texts = [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
         broken = [para for text in texts for para in text.strip().split("\n\n") if "\n" in para.strip()]
         assert not broken, (" ".join(words), broken)
+
+
+@pytest.mark.parametrize("words", [["runs"], ["bases", "ls"], ["cache", "ls"], ["predict", "hi"], ["prepare"]], ids=" ".join)
+def test_a_data_root_that_is_a_file_is_one_error_line(tmp_path, words):
+    """Listed as a root, a file would read as an empty one: "0 runs" rather than the mistake."""
+    afile = tmp_path / "train.csv"
+    afile.write_text("text,label\n")
+    result = invoke(*words, "--data-dir", str(afile))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"Error: the data root {afile} is not a folder (--data-dir); to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR\n"

@@ -122,7 +122,11 @@ def test_the_cli_exits_1_when_no_run_of_a_sweep_finished(tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     table = json.loads(open(result.stdout.strip()).read())  # the sweep file is still written and named
     assert [r["status"] for r in table["runs"]] == ["failed", "failed"] and table["best"] is None
-    assert result.stderr.strip().splitlines()[-1] == "Error: no run of the sweep finished: every one of the 2 failed (see the table above)"
+    assert result.stderr.strip().splitlines()[-1] == f"Error: no run of the sweep finished: every one of the 2 failed (see {result.stdout.strip()})"
+    assert result.stderr.count("WARNING: [") == 2  # each failure, as it happens
+    quiet = CliRunner().invoke(app, [*args, "-q", "--precision", "fp32", "--lr", "1e30,1e31", "--data-dir", str(root)])
+    assert quiet.exit_code == 1 and quiet.stderr.count("WARNING: [") == 2 and "lr-1e+30 failed: " in quiet.stderr
+    assert quiet.stderr.strip().splitlines()[-1].startswith("Error: no run of the sweep finished")
     bad = CliRunner().invoke(app, [*args, "--trainable", "last-block,nonsense", "--data-dir", str(root), "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and bad.stdout == "" and not (tmp_path / "bad").exists()
     assert bad.stderr.strip() == "Error: unknown --trainable preset 'nonsense'; choose head, last-block, last-N-blocks (e.g. last-2-blocks), all or lora"

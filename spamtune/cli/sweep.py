@@ -52,8 +52,8 @@ class SweepReporter:
             row = event.row
             if event.skipped:
                 self.console.print(f"[{event.index}/{event.total}] {row['name']}: finished earlier, skipped")
-            elif row["status"] == "failed":
-                self.console.print(f"[{event.index}/{event.total}] {row['name']} failed: {row['error']}")
+            elif row["status"] == "failed":  # said even under --quiet: the sweep goes on without it
+                common.warn(f"[{event.index}/{event.total}] {row['name']} failed: {row['error']}")
         elif self.run_reporter is not None:
             self.run_reporter(event)
 
@@ -135,7 +135,7 @@ def sweep_command(
 
     typer.echo(result.folder / SWEEP_FILE)
     if result.best is None:  # nothing usable came out of it
-        raise SpamtuneError(f"no run of the sweep finished: every one of the {len(result.rows)} failed (see the table above)")
+        raise SpamtuneError(f"no run of the sweep finished: every one of the {len(result.rows)} failed (see {result.folder / SWEEP_FILE})")
 
 
 def register(app: typer.Typer) -> None:
