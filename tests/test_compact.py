@@ -715,3 +715,18 @@ def test_a_missing_base_is_made_again_in_memory_when_the_data_root_is_read_only(
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if mode & os.W_OK and str(path).startswith(str(tmp_path)) else writable(path, mode, **kw))
     assert torch.equal(logits(load_compact_run(run)[0]), expected)
     assert not base_file(tmp_path, ref.sha256).exists()  # nothing written: it could not be
+
+
+def test_predicting_or_exporting_with_an_interrupted_run_says_its_weights_are_the_best_so_far(tmp_path):
+    from spamtune import runs
+
+    run, _, _ = last_block_run(tmp_path)
+    (run / runs.RESUME_DIR).mkdir()
+    runs.resume_file(run).write_bytes(b"a checkpoint")
+    said = f"{run} is unfinished: these are its best weights so far; finish it with: spamtune finetune --resume --run {run}\n"
+    predicted = CliRunner().invoke(app, ["predict", "--run", str(run), "hello"])
+    assert predicted.exit_code == 0 and predicted.stdout.count("\n") == 1 and said in predicted.stderr
+    exported = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "x.safetensors")])
+    assert exported.exit_code == 0 and said in exported.stderr
+    quiet = CliRunner().invoke(app, ["predict", "-q", "--run", str(run), "hello"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""

@@ -40,11 +40,12 @@ def export(
     from spamtune.compact import export_run, export_to_stream
     from spamtune.errors import SpamtuneUsageError
 
-    if out == "-":
-        if _stdout_is_terminal():
-            raise SpamtuneUsageError("will not write a safetensors file to a terminal; pipe or redirect stdout (spamtune export RUN - > classifier.safetensors), or name the file")
-        root = paths.data_root(data_dir)
-        export_to_stream(paths.resolve_run(run, root), sys.stdout.buffer, root if data_dir else None)
-        return
+    if out == "-" and _stdout_is_terminal():
+        raise SpamtuneUsageError("will not write a safetensors file to a terminal; pipe or redirect stdout (spamtune export RUN - > classifier.safetensors), or name the file")
     root = paths.data_root(data_dir)
-    typer.echo(export_run(paths.resolve_run(run, root), out, root if data_dir else None, force=force))
+    run_dir = paths.resolve_run(run, root)
+    common.unfinished_run_note(run_dir)
+    if out == "-":
+        export_to_stream(run_dir, sys.stdout.buffer, root if data_dir else None)
+        return
+    typer.echo(export_run(run_dir, out, root if data_dir else None, force=force))

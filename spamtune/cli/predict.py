@@ -577,6 +577,7 @@ def _load_classifier(run_dir: Path, world, *, threshold, batch_size, device, pre
         )
         if threshold is None and classifier.calibration is not None:
             common.note(f"threshold {classifier.threshold:.4g} ({classifier.describe_threshold()})")
+        common.unfinished_run_note(run_dir)
     return classifier
 
 
