@@ -14,7 +14,7 @@ from spamtune.cache_catalog import list_caches
 from spamtune.cache_store import STATES_FILE
 from spamtune.checkpoint import load_classifier
 from spamtune.cli import app
-from spamtune.compact import export_run, read_exported
+from spamtune.export import export_run, read_exported
 from spamtune.device import Precision
 from spamtune.examples import Batch, Examples
 from spamtune.forward import predict_logits

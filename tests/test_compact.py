@@ -15,16 +15,15 @@ from spamtune.checkpoint import ClassifierConfig
 from spamtune.cli import app
 from spamtune.compact import (
     DELTA_FILE,
-    export_run,
     holds_classifier,
     is_compact_run,
     load_compact_run,
     load_run,
-    read_exported,
     save_compact_run,
 )
 from spamtune.data import pad_batch
 from spamtune.errors import SpamtuneError
+from spamtune.export import export_run, read_exported
 from spamtune.lora import convert_to_lora_classifier, lora_layers
 from spamtune.model import RANDOM_INIT_VERSION, GPTConfig, GPTModel, convert_to_classifier
 from spamtune.weights import load_pretrained_weights

@@ -37,7 +37,7 @@ def export(
     OUT must name a file: a folder, or a name ending in /, is refused. An existing OUT is replaced only if it is an earlier export, else only with --force. With - as OUT the file itself goes to stdout instead of its path: it is written whole in the temporary folder ($TMPDIR) first, then copied, so a failed export writes nothing there (./- names a file called -).
     """
     from spamtune import paths
-    from spamtune.compact import export_run, export_to_stream
+    from spamtune.export import export_run, export_to_stream
     from spamtune.errors import SpamtuneUsageError
 
     if out == "-" and _stdout_is_terminal():
