@@ -17,6 +17,7 @@ Only the standard library is imported here: ``paths.latest_run`` and the CLI rea
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -117,17 +118,23 @@ def claim_run_dir(out: Path) -> Path:
 
 
 def lock_run_dir(run_dir: Path):
-    """Hold the run folder for this process (a context manager), or raise ``RunInUse`` at once.
-    The lock is the operating system's, so a killed process never leaves it held."""
+    """Hold the run folder for this process (a context manager), or raise ``RunInUse`` at once."""
+    return hold_folder(Path(run_dir), RunInUse, "run folder")
+
+
+def hold_folder(folder: Path, in_use: Callable[[Path], SpamtuneError], what: str):
+    """Hold ``folder`` for this process through its ``LOCK_FILE`` (a context manager), or raise
+    ``in_use(folder)`` at once. The lock is the operating system's, so a killed process never
+    leaves it held."""
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(Path(run_dir) / LOCK_FILE), timeout=0, thread_local=False)
+    lock = FileLock(str(folder / LOCK_FILE), timeout=0, thread_local=False)
     try:
         lock.acquire()
     except Timeout:
-        raise RunInUse(Path(run_dir)) from None
+        raise in_use(folder) from None
     except OSError as exc:
-        raise SpamtuneError(f"cannot lock run folder {run_dir}: {exc.strerror or exc}") from None
+        raise SpamtuneError(f"cannot lock {what} {folder}: {exc.strerror or exc}") from None
     return lock
 
 

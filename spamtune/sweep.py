@@ -185,41 +185,21 @@ class SweepInUse(SpamtuneError):
         super().__init__(f"sweep is in use by another process: {folder}")
 
 
-def _hold_sweep_folder(folder: Path):
-    """Hold the sweep folder for this process (a context manager), or raise ``SweepInUse`` at
-    once: two processes running one sweep would each find the other's run locked, mark it
-    failed, and the last to write sweep.json would rank a finished run as failed."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(folder / runs.LOCK_FILE), timeout=0, thread_local=False)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise SweepInUse(folder) from None
-    except OSError as exc:
-        raise SpamtuneError(f"cannot lock the sweep folder {folder}: {exc.strerror or exc}") from None
-    return lock
-
-
 def _check_devices(base, combos: list[dict]) -> None:
     """A device this machine lacks, or a precision its device cannot run (fp16 off CUDA):
     one error before the first run, like the other options, not a failure after it."""
     from spamtune.device import resolve_device, resolve_precision
 
-    for options in {(o.device, o.precision) for o in (replace(base, **c) for c in combos)}:
-        device, precision = options
+    for device, precision in {(o.device, o.precision) for o in (replace(base, **c) for c in combos)}:
         resolve_precision(precision, resolve_device(device))
-
-
-# What a row's "status" says: the run finished (by this invocation, or an earlier one: then
-# "skipped" is true), failed (its "error" says why), or has not finished yet: "interrupted"
-# (it resumes from its checkpoint next time) or "pending" (not started).
-STATUSES = ("done", "failed", "interrupted", "pending")
 
 
 def _row(
     name: str, overrides: dict, run_dir: Path, status: str, summary: dict | None, error: str | None = None, skipped: bool = False
 ) -> dict:
+    """One run's row of sweep.json. ``status``: "done" (by this invocation, or an earlier one:
+    then ``skipped``), "failed" (``error`` says why), or not finished yet: "interrupted" (it
+    resumes from its checkpoint next time) or "pending" (not started)."""
     summary = summary or {}
     return {
         "name": name,
@@ -278,7 +258,9 @@ def run_sweep(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpamtuneError(f"cannot create the sweep folder {folder}: {exc.strerror or exc}") from None
-    with _hold_sweep_folder(folder):
+    # Two processes on one sweep would each find the other's run locked, mark it failed, and the
+    # last to write sweep.json would rank a finished run as failed.
+    with runs.hold_folder(folder, SweepInUse, "the sweep folder"):
         return _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune)
 
 
