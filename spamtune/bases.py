@@ -285,23 +285,11 @@ def load_base(
     path = base_file(root, ref.sha256)
     keep = keep or (lambda name, tensor: tensor)
     if path.is_file():
-        signature = file_signature(path)
-        verify = verify and not _verified_bases(root).known(ref.sha256, signature)
-        digest = _new_digest()
-
-        def hashed(name: str, tensor: torch.Tensor) -> torch.Tensor:
-            if verify:  # in name order, as weights_sha256 hashes
-                _hash_tensor(digest, name, tensor)
-            return keep(name, tensor)
-
         try:
-            tensors = read_tensors(path, device, hashed)
+            tensors, intact = _read_stored(root, ref, device, keep, verify)
         except SpamtuneError as unreadable:  # truncated or not safetensors: damaged, as below
             return {n: keep(n, t.to(device)) for n, t in _rebuilt(root, ref, replacing=str(unreadable)).items()}
-        if not verify:
-            return tensors
-        if digest.hexdigest() == ref.sha256:
-            _verified_bases(root).remember(ref.sha256, signature)
+        if intact:
             return tensors
         # Damaged or substituted: made again from its origin when that gives the right hash.
         damaged = f"{path} does not hold the base it is named after (sha256 mismatch)"
@@ -309,22 +297,38 @@ def load_base(
     return {n: keep(n, t.to(device)) for n, t in _rebuilt(root, ref).items()}
 
 
+def _read_stored(root: Path, ref: BaseRef, device, keep: Callable[[str, torch.Tensor], torch.Tensor], verify: bool) -> tuple[dict, bool]:
+    """The stored base's tensors through ``keep``, and whether they are the base ``ref`` names:
+    hashed as they are read (in name order, as ``weights_sha256`` hashes), unless ``verify`` is
+    off or the file was hashed before and is untouched since. Raises ``SpamtuneError`` for a
+    file that cannot be read."""
+    path = base_file(root, ref.sha256)
+    signature = file_signature(path)
+    if not verify or _verified_bases(root).known(ref.sha256, signature):
+        return read_tensors(path, device, keep), True
+    digest = _new_digest()
+
+    def hashed(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        _hash_tensor(digest, name, tensor)
+        return keep(name, tensor)
+
+    tensors = read_tensors(path, device, hashed)
+    intact = digest.hexdigest() == ref.sha256
+    if intact:
+        _verified_bases(root).remember(ref.sha256, signature)
+    return tensors, intact
+
+
 def stored_base_intact(root: str | Path, ref: BaseRef) -> bool:
     """Whether ``<root>/bases`` holds the base ``ref`` names, readable and of its hash: asked
     when the stored base and a run's files disagree, to say which of them is at fault."""
     root = Path(root)
-    path = base_file(root, ref.sha256)
-    if not path.is_file():
+    if not base_file(root, ref.sha256).is_file():
         return False
-    signature = file_signature(path)
-    if _verified_bases(root).known(ref.sha256, signature):
-        return True
-    digest = _new_digest()
     try:
-        read_tensors(path, "cpu", lambda name, tensor: _hash_tensor(digest, name, tensor))
+        return _read_stored(root, ref, "cpu", lambda name, tensor: None, verify=True)[1]
     except SpamtuneError:
         return False
-    return digest.hexdigest() == ref.sha256
 
 
 def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str, torch.Tensor]:
