@@ -8,14 +8,12 @@ folder's write lock (``folder_lock``).
 from __future__ import annotations
 
 import json
-import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from spamtune import paths
-from spamtune.cache_store import CACHE_FORMAT, INDEX_FILE, META_FILE, META_KIND, STATES_FILE, remove_folder, folder_bytes
+from spamtune.cache_store import CACHE_FORMAT, META_FILE, META_KIND, files_out_of_shape, folder_bytes, remove_folder
 from spamtune.errors import SpamtuneError
 from spamtune.folder_lock import unclaimed
 
@@ -69,16 +67,6 @@ def _cache_folder(data_root: Path) -> Path:
     return root
 
 
-def _files_whole(path: Path, meta: dict) -> bool:
-    """Whether the states and index files are there, the states of the size meta.json gives:
-    ``load``'s cheap checks, so that ``ls`` shows a truncated entry without hashing it."""
-    try:
-        states, index = os.lstat(path / STATES_FILE), os.lstat(path / INDEX_FILE)
-        return stat.S_ISREG(states.st_mode) and stat.S_ISREG(index.st_mode) and states.st_size == int(meta["states_bytes"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return False
-
-
 def _read_entry(path: Path, nobody_writes: bool | None = None) -> CacheEntry:
     """The entry in ``path``, with its status. ``nobody_writes``: whether no process writes it, when
     the caller holds its lock already; else the lock is tried. Raises ``OSError`` when the
@@ -91,14 +79,14 @@ def _read_entry(path: Path, nobody_writes: bool | None = None) -> CacheEntry:
             status = DAMAGED
         elif meta.get("key", {}).get("format") != CACHE_FORMAT:
             status = STALE
-        elif not _files_whole(path, meta):
+        elif files_out_of_shape(path, int(meta["states_bytes"])) is not None:  # load's size checks, no hashing
             status = DAMAGED
     except FileNotFoundError:  # meta.json is written last: incomplete, or never to be completed
         if nobody_writes is None:
             with unclaimed(path) as free:
                 nobody_writes = free
         status = ABANDONED if nobody_writes else INCOMPLETE
-    except (OSError, ValueError, AttributeError):  # written atomically, so unreadable means damaged
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # written atomically, so unreadable means damaged
         status = DAMAGED
     return CacheEntry(path.name, path, folder_bytes(path), meta, status)
 

@@ -163,12 +163,12 @@ class PrefixCacheStore:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CacheCorrupt(f"{meta_path} is unreadable ({exc})") from None
         states_path, index_path = entry / STATES_FILE, entry / INDEX_FILE
-        for path in (states_path, index_path):
-            if path.is_symlink() or not path.is_file():
-                raise CacheCorrupt(f"{path} is missing")
-        size = states_path.stat().st_size
-        if size != nbytes or nbytes != rows * emb_dim * torch.empty((), dtype=key.torch_dtype).element_size():
-            raise CacheCorrupt(f"{states_path} has {size:,} bytes, expected {nbytes:,}")
+        problem = files_out_of_shape(entry, nbytes)
+        if problem is not None:
+            raise CacheCorrupt(problem)
+        expected = rows * emb_dim * torch.empty((), dtype=key.torch_dtype).element_size()
+        if nbytes != expected:
+            raise CacheCorrupt(f"{states_path} has {nbytes:,} bytes, expected {expected:,} for {rows:,} rows of {emb_dim}")
         if sha256_file(index_path) != index_sha:
             raise CacheCorrupt(f"{index_path} does not match its sha256")
         if verify == "hash":
@@ -359,6 +359,18 @@ def folder_bytes(path: Path) -> int:
         if child.is_file() and not child.is_symlink():
             total += child.stat().st_size
     return total
+
+
+def files_out_of_shape(entry: Path, nbytes: int) -> str | None:
+    """What the sizes alone say is wrong with an entry's files: one missing (or a link planted
+    in its place), or states of another size than the ``nbytes`` its ``meta.json`` gives; None
+    when nothing is. No file is read."""
+    states_path, index_path = entry / STATES_FILE, entry / INDEX_FILE
+    for path in (states_path, index_path):
+        if path.is_symlink() or not path.is_file():
+            return f"{path} is missing"
+    size = states_path.stat().st_size
+    return None if size == nbytes else f"{states_path} has {size:,} bytes, expected {nbytes:,}"
 
 
 def remove_folder(path: Path) -> None:
