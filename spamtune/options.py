@@ -99,6 +99,11 @@ class FinetuneOptions:
 # Options a resumed run may take afresh: where the data is (its fingerprint is checked), where to
 # compute, and how ranks share the work (the resume state is the same whatever the strategy).
 # Every other option is the run's own.
+def as_typed(value) -> str:
+    """An option's value as the command line spells it: ``none``, ``true``, ``5e-05``."""
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 RESUMABLE_CHANGES = ("device", "data_dir", "strategy")
 LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_blocks")  # read only by a run that trains lora
 # Options added after runs were first saved, with the value an older run's training had: its

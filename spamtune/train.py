@@ -61,7 +61,7 @@ from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_
 from spamtune.calibration import calibrate_and_store
 from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
-from spamtune.options import ADDED_OPTIONS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, validate_options
+from spamtune.options import ADDED_OPTIONS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, validate_options
 from spamtune.plots import plot_curves
 from spamtune.base_model import build_base, prepare_base
 from spamtune.bases import BaseRef
@@ -287,14 +287,9 @@ class OptionChanged(OptionError):
     def __init__(self, option: str, value, run_value, run_dir: Path):
         super().__init__(
             option,
-            f"a resumed run keeps the options it started with: {{option}} {_as_given(value)} differs from its "
-            f"{_as_given(run_value)} in {run_dir} (only the device, the data folder and the strategy may change)",
+            f"a resumed run keeps the options it started with: {{option}} {as_typed(value)} differs from its "
+            f"{as_typed(run_value)} in {run_dir} (only the device, the data folder and the strategy may change)",
         )
-
-
-def _as_given(value) -> str:
-    """An option's value as the command line spells it: ``none``, ``true``."""
-    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def resume_finetune(

@@ -15,7 +15,7 @@ import typer
 
 from spamtune.cli import common
 from spamtune.cli.common import cell, field_help, flag, stderr_console, styled, with_dataclass_options
-from spamtune.options import FinetuneOptions
+from spamtune.options import FinetuneOptions, as_typed
 
 
 def _sweep_options() -> list[inspect.Parameter]:
@@ -24,8 +24,7 @@ def _sweep_options() -> list[inspect.Parameter]:
     for field in dataclasses.fields(FinetuneOptions):
         if field.name == "data_dir":
             continue
-        default = "none" if field.default is None else str(field.default).lower() if isinstance(field.default, bool) else field.default
-        option = typer.Option(None, flag(field.name), help=f"{field.metadata['help']} Default {default}; a comma list to sweep.")
+        option = typer.Option(None, flag(field.name), help=f"{field.metadata['help']} Default {as_typed(field.default)}; a comma list to sweep.")
         params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[str]))
     return params
 
