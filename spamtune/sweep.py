@@ -187,11 +187,24 @@ class SweepInUse(SpamtuneError):
 
 def _check_devices(base, combos: list[dict]) -> None:
     """A device this machine lacks, or a precision its device cannot run (fp16 off CUDA):
-    one error before the first run, like the other options, not a failure after it."""
+    one error before the first run, like the other options, not a failure after it. Two runs
+    that differ only in what ``auto`` means here (``--precision auto,bf16`` on a bf16 CPU) would
+    train the same thing twice under two names: a usage error, as a value listed twice is."""
     from spamtune.device import resolve_device, resolve_precision
 
-    for device, precision in {(o.device, o.precision) for o in (replace(base, **c) for c in combos)}:
-        resolve_precision(precision, resolve_device(device))
+    resolved: dict[tuple, dict] = {}
+    for overrides in combos:
+        options = replace(base, **overrides)
+        device = resolve_device(options.device)
+        precision = resolve_precision(options.precision, device)
+        rest = tuple(sorted((k, repr(v)) for k, v in overrides.items() if k not in ("device", "precision")))
+        same = resolved.setdefault((rest, str(device), precision), overrides)
+        if same is not overrides:
+            differ = [k for k in ("device", "precision") if same.get(k, getattr(base, k)) != overrides.get(k, getattr(base, k))]
+            listed = " and ".join(
+                f"--{k} {same.get(k, getattr(base, k))} and {overrides.get(k, getattr(base, k))}" for k in differ
+            )
+            raise SpamtuneUsageError(f"{listed} are the same here ({device.type}, {precision}): the sweep would train one run twice")
 
 
 def _row(

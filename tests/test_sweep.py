@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from helpers import tiny_options, write_tiny_data
 
 from spamtune import train
@@ -109,6 +110,25 @@ def test_a_value_that_cannot_work_stops_the_sweep_before_any_run(tmp_path, grid,
     with pytest.raises(SpamtuneUsageError, match=message):
         run_sweep(tiny_options(root, epochs=1), grid, out=tmp_path / "s", finetune=lambda *a: started.append(a))
     assert started == [] and not (tmp_path / "s").exists()
+
+
+def test_values_that_mean_the_same_run_here_are_refused_before_any_run(tmp_path):
+    """``auto`` is whatever this machine resolves it to: listing both would train one run twice
+    under two names."""
+    from spamtune.device import resolve_device, resolve_precision
+
+    root = write_tiny_data(tmp_path)
+    here = resolve_precision("auto", torch.device("cpu"))
+    started = []
+    with pytest.raises(SpamtuneUsageError, match=f"--precision auto and {here} are the same here \\(cpu, {here}\\)"):
+        run_sweep(tiny_options(root, epochs=1, device="cpu"), {"precision": ["auto", here]}, out=tmp_path / "s", finetune=lambda *a: started.append(a))
+    device = resolve_device("auto").type
+    with pytest.raises(SpamtuneUsageError, match=f"--device auto and {device} are the same here"):
+        run_sweep(tiny_options(root, epochs=1, precision="fp32"), {"device": ["auto", device]}, out=tmp_path / "s", finetune=lambda *a: started.append(a))
+    assert started == [] and not (tmp_path / "s").exists()
+    other = "fp32" if here != "fp32" else "bf16"  # two values that differ here are two runs
+    names = [r["name"] for r in run_sweep(tiny_options(root, epochs=1, device="cpu"), {"precision": ["auto", other]}, out=tmp_path / "t").rows]
+    assert names == ["precision-auto", f"precision-{other}"]
 
 
 def test_the_cli_exits_1_when_no_run_of_a_sweep_finished(tmp_path):
