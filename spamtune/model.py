@@ -25,6 +25,7 @@ from torch import nn
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.folded_attention import FoldedAttention, attend_at
 from spamtune.linear import linear, linear_gelu, packed_weight_of
+from spamtune.row_norm import norm_rows
 
 # --------------------------------------------------------------------------- config
 
@@ -306,7 +307,7 @@ class TransformerBlock(nn.Module):
         # The first LayerNorm's scale and shift are applied inside the attention, per head.
         x_hat = F.layer_norm(x, self.norm1.normalized_shape, eps=self.norm1.eps)
         h = x[rows, index] + self.att.forward_at(x_hat, index, self.norm1.weight, self.norm1.bias)
-        return h + self.ff(self.norm2(h))
+        return h + self.ff(norm_rows(self.norm2, h))
 
 
 # --------------------------------------------------------------------------- model
@@ -449,7 +450,10 @@ class GPTModel(nn.Module):
             x = block(x)
         index = lengths - 1 if pooling == "last-real" else torch.full_like(lengths, t - 1)
         with _fp32_training_step_on_cpu(x):
-            return self.out_head(self.final_norm(self.trf_blocks[-1].forward_at(x, index)))
+            h = norm_rows(self.final_norm, self.trf_blocks[-1].forward_at(x, index))
+            # A plain head through spamtune.linear: MKL's product for its input gradient rounds
+            # differently on one thread than on two (``spamtune.row_norm`` says why that matters).
+            return apply_linear(self.out_head, h) if type(self.out_head) is nn.Linear else self.out_head(h)
 
 
 def _fp32_training_step_on_cpu(x: torch.Tensor):

@@ -359,3 +359,48 @@ def test_weights_are_packed_only_when_the_copies_fit(model_and_seqs):
                 assert all((linear_module.packed_weight_of(m) is not None) == packed for m in linears)
             # a product that needs gradients never reads a packed copy
             assert all(linear_module.packed_weight_of(m) is None for m in linears)
+
+
+def test_a_training_step_and_an_evaluation_give_the_same_numbers_on_one_thread_fewer():
+    """A first run trains on one thread fewer while the test split's states are computed behind
+    its steps (``train.threads_for_steps``); a second run on the kept cache trains on all of
+    them. The two agree to the bit only if a step does not depend on the thread count. At
+    gpt2-small's width PyTorch splits its kernels over threads, and for an epoch's short last
+    batch (5-11 rows) MKL's products and PyTorch's LayerNorm backward rounded differently on
+    one thread than on two."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=64, context_length=128, emb_dim=768, n_layers=1, n_heads=12)
+    model = convert_to_classifier(GPTModel(cfg), trainable="last-block")
+    gen = torch.Generator().manual_seed(1)
+    threads = torch.get_num_threads()
+    fewer, full = (threads - 1, threads) if threads > 1 else (1, 2)
+
+    def step_and_evaluation(x, lengths, labels, n):
+        torch.set_num_threads(n)
+        model.train().zero_grad()
+        torch.nn.functional.cross_entropy(model.classify(None, lengths, prefix=x), labels).backward()
+        with torch.inference_mode():
+            logits = model.eval().classify(None, lengths, prefix=x)
+        return [logits] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    try:
+        for rows, width in ((5, 20), (6, 3), (8, 60), (11, 120), (64, 33)):
+            x = torch.randn(rows, width, cfg.emb_dim, generator=gen)
+            lengths = torch.randint(1, width + 1, (rows,), generator=gen)
+            labels = torch.randint(0, 2, (rows,), generator=gen)
+            one, other = (step_and_evaluation(x, lengths, labels, n) for n in (fewer, full))
+            assert len(one) == len(other) == 1 + sum(p.requires_grad for p in model.parameters())
+            assert all(torch.equal(a, b) for a, b in zip(one, other)), (rows, width)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_row_layer_norms_backward_is_its_derivative():
+    from spamtune.row_norm import _RowLayerNorm
+
+    gen = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True) for shape in ((5, 16), (16,), (16,)))
+    assert torch.autograd.gradcheck(lambda *t: _RowLayerNorm.apply(*t, 1e-5), (x, weight, bias))
+    norm = torch.nn.LayerNorm(16).double()
+    norm.load_state_dict({"weight": weight.detach(), "bias": bias.detach()})
+    torch.testing.assert_close(_RowLayerNorm.apply(x, weight, bias, 1e-5), norm(x), rtol=0, atol=1e-15)
