@@ -1,13 +1,14 @@
 """Work done with what the process leaves of the CPU, and finished when its result is needed.
 
 A first training run keeps both cores of a small machine busy while it builds the frozen-prefix
-cache, then runs training steps that leave part of the second core idle: each step is a few
-dozen small products, and between them the second OpenMP thread sleeps. Work the steps do not
-need until they are over (the test split's cached states, read once at the end) can use that
-time. ``IdleWork`` runs it on a background thread at the scheduler's idle priority
-(``SCHED_IDLE`` on Linux): that thread gets a core only when no other thread of the machine
-wants it, so the training steps run as fast as without it. ``finish`` then does what is left on
-the calling thread too, at full priority, and waits for the background thread's last item.
+cache, then runs training steps. Work the steps do not need until they are over (the test
+split's cached states, read once at the end) can run beside them. ``IdleWork`` runs it on a
+background thread at the scheduler's idle priority (``SCHED_IDLE`` on Linux): that thread gets a
+core only when no other thread of the machine wants it, so it takes no core from the others.
+Steps on every core leave it little (their second OpenMP thread sleeps only between products),
+so the training loop gives it a core of its own while ``running_behind`` says it is working
+(``spamtune.train.threads_for_steps``). ``finish`` then does what is left on the calling thread
+too, at full priority, and waits for the background thread's last item.
 
 Items come in stages: an item starts only once every item of the earlier stages is done (the
 cache build's second pass reads the keys and values its first pass keeps). Every item runs with
@@ -52,6 +53,11 @@ class IdleWork:
     @property
     def done(self) -> bool:
         return self._ended
+
+    @property
+    def running_behind(self) -> bool:
+        """Whether the background thread is still working (it stops when no item is left)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> IdleWork:
         """Start taking items on the background thread; returns this work."""

@@ -206,12 +206,12 @@ def build_prefix_cache(
 
     ``later_from``: the examples from this index on (the test split, read once training is
     over) may be computed after this returns. Their part of the work (what the earlier examples
-    do not need) then runs as ``IdleWork`` at idle priority, filling the time the training
-    steps leave idle, and is the returned cache's ``pending``. Its batches are smaller (at most
-    ``LATER_BATCH_TOKENS`` token positions), so that the one a background thread still holds
-    when the states are needed is soon done. The states are the one-pass build's to float
-    rounding (other batches), and the same at every build: ``IdleWork`` runs each batch with one
-    thread, whichever thread takes it. The packed weights (``packed_frozen_weights``, if they
+    do not need) then runs as ``IdleWork`` at idle priority, on the core the training steps
+    leave it (``spamtune.train.threads_for_steps``), and is the returned cache's ``pending``.
+    Its batches are smaller (at most ``LATER_BATCH_TOKENS`` token positions), so that the one a
+    background thread still holds when the states are needed is soon done. The states are the
+    one-pass build's to float rounding (other batches), and the same at every build:
+    ``IdleWork`` runs each batch with one thread, whichever thread takes it. The packed weights (``packed_frozen_weights``, if they
     fit the budget) and the shared prefixes' keys and values are kept until that work ends.
     """
     precision = precision or Precision("fp32", "cpu")
@@ -433,9 +433,15 @@ def _background(cache: FrozenPrefixCache) -> tuple[str, ...]:
 
 def background_worth_it(precision: Precision, distributed: bool) -> bool:
     """Whether to finish the test split's cached states behind training: on a CPU with several
-    threads and an idle scheduling priority (the training steps leave part of a core idle), in
+    threads and an idle scheduling priority (the training steps leave it a core), in
     one process. A GPU builds them in a fraction of a second; several ranks share the build."""
     return precision.device.type == "cpu" and not distributed and torch.get_num_threads() > 1 and idle_priority_available()
+
+
+def computing_behind(data: TrainingData) -> bool:
+    """Whether some split's states are still being computed on their background thread."""
+    caches = (data.split(name).cache for name in paths.SPLITS)
+    return any(cache is not None and cache.pending is not None and cache.pending.running_behind for cache in caches)
 
 
 def finish_prefix_caches(data: TrainingData) -> float:

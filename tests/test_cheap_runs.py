@@ -63,6 +63,32 @@ def test_a_second_run_loads_the_kept_cache_and_gives_the_same_metrics(root, tmp_
     assert "background" not in warm["prefix_cache"]
 
 
+@pytest.mark.parametrize("stop", [False, True])
+def test_the_steps_leave_a_core_to_the_states_computed_behind_them_and_take_it_back(root, tmp_path, monkeypatch, stop):
+    """One thread fewer while a split's states are computed behind the steps, all of them once
+    they are done, and all of them after the run, finished or stopped by Ctrl-C (a sweep's next
+    run starts with them)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    behind = iter([True] * 3)
+    monkeypatch.setattr(train, "computing_behind", lambda data: next(behind, False))
+    used, real_step = [], train.optimizer_step
+    monkeypatch.setattr(train, "optimizer_step", lambda *a, **k: used.append(torch.get_num_threads()) or real_step(*a, **k))
+    if stop:
+        ctrl_c_at_step(monkeypatch, 2)
+    try:
+        if stop:
+            with pytest.raises(events.TrainingInterrupted):
+                train.finetune(tiny_options(root), tmp_path / "r1")
+            assert used == [1]
+        else:
+            train.finetune(tiny_options(root), tmp_path / "r1")
+            assert used[:3] == [1, 1, 1] and set(used[3:]) == {2}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_ctrl_c_while_the_test_split_is_cached_behind_leaves_no_entry_and_no_thread(root, tmp_path, monkeypatch):
     ctrl_c_at_step(monkeypatch, 3)
     with pytest.raises(events.TrainingInterrupted):

@@ -132,3 +132,16 @@ def test_the_exit_stack_closes_normally_after_finish():
     work.start().finish()
     work.cancel()  # ended already: the stack is not closed again
     assert closed == [True]
+
+
+@needs_idle_priority
+def test_running_behind_while_the_background_thread_has_items_and_not_after():
+    release = threading.Event()
+    work = IdleWork([[release.wait]])
+    assert not work.running_behind  # not started
+    work.start()
+    assert work.running_behind
+    release.set()
+    wait_until(lambda: not work.running_behind)
+    work.finish()
+    assert work.done and not work.running_behind
