@@ -349,10 +349,21 @@ def threads_for_steps(data: TrainingData, threads: int) -> int:
     On two cores the steps at full width left the idle-priority thread little: the book's recipe
     in fp32 still waited 4.6 s for the test split's states after its steps (10.8-12.0 s). With
     one core each the steps took 14.4 s and the states were ready before them, ~2.3 s less in
-    all. The numbers are the same to the bit (``spamtune.row_norm``): a training step and an
-    evaluation give the same results on one thread fewer (tested).
+    all. Only for steps whose numbers do not depend on the thread count
+    (``steps_agree_across_threads``), so that a first run's figures are a second run's.
     """
-    return threads - 1 if threads > 1 and computing_behind(data) else threads
+    return threads - 1 if computing_behind(data) else threads
+
+
+def steps_agree_across_threads(run: Run) -> bool:
+    """Whether a training step gives the same numbers on any thread count: one that trains the
+    final block at the pooled position alone, with the head (``TransformerBlock.forward_at``,
+    ``spamtune.row_norm``; tested at gpt2-small's width). Full-sequence blocks, mean pooling,
+    LoRA's layers and a head on its own go through PyTorch's kernels, whose rounding changes
+    with the threads."""
+    options = run.options
+    folded = options.shortcuts and options.pooling in ("last-real", "last")
+    return folded and run.trainable.preset != "lora" and run.trainable.first_block == run.model_cfg.n_layers - 1
 
 
 def is_better(record: dict, best: dict | None) -> bool:
@@ -372,6 +383,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     """
     world = World.current()  # under torchrun: every rank runs this loop on its share of each batch
     threads = torch.get_num_threads()
+    share_cores = threads > 1 and steps_agree_across_threads(run)
     emit = (on_event if world.is_main else None) or (lambda event: None)
     options, data, precision, run_dir = run.options, run.data, run.precision, run.run_dir
     # The base's identity keys the kept prefix caches and a compact run's reference; it is taken
@@ -448,7 +460,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             groups = [batches[i : i + options.grad_accum] for i in range(0, len(batches), options.grad_accum)]
             for group in groups[steps_in_epoch:]:
                 tick = time.perf_counter()
-                if (wanted := threads_for_steps(data, threads)) != torch.get_num_threads():
+                if share_cores and (wanted := threads_for_steps(data, threads)) != torch.get_num_threads():
                     torch.set_num_threads(wanted)
                 # This rank's share of each batch; a rank left without one (a last batch smaller
                 # than the number of ranks) still runs a batch, weighted 0, so DDP's collectives match.

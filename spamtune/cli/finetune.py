@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI st
     from rich.console import Console
 
 
+def _blocks(count: int) -> str:
+    return "block 1" if count == 1 else f"blocks 1-{count}"
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(seconds, 60)
     return f"{int(minutes)}m {secs:04.1f}s" if minutes else f"{secs:.1f}s"
@@ -77,7 +81,7 @@ class ProgressReporter:
                 "extended": "extended from a kept cache of fewer blocks",
             }.get(e.source, e.source)
             self.console.print(
-                f"frozen-prefix cache: outputs of blocks 1-{e.start_block} for {', '.join(e.splits)} "
+                f"frozen-prefix cache: outputs of {_blocks(e.start_block)} for {', '.join(e.splits)} "
                 f"{how}, {e.nbytes / 2**20:,.1f} MiB, {_duration(e.seconds)}"
                 + (f" ({' and '.join(e.background)} finished behind the training steps)" if e.background else "")
                 + "".join(f"; {note}" for note in (e.detail, e.skipped) if note)
