@@ -257,11 +257,11 @@ def run_sweep(
     root = Path(base.data_dir)
     _refuse_unused_lora_values(base, grid, combinations(grid))
     combos = _distinct_runs(base, combinations(grid))
+    for overrides in combos:  # a value that cannot work is the first thing to say (not a name clash)
+        validate_options(replace(base, **overrides))
     names = [run_name(c) for c in combos]
     if len(set(names)) != len(names):
         raise SpamtuneUsageError("two runs of this sweep would get the same folder name; make the listed values differ more")
-    for overrides in combos:
-        validate_options(replace(base, **overrides))
     _check_devices(base, combos)
     prepared_data(root)  # every run would fail on an unprepared data root: say it once
     identity = sweep_id(base, grid)

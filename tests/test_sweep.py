@@ -98,6 +98,7 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
         ({"lr": [1e-3, 0.0]}, "lr must be a positive number"),
         ({"trainable": ["lora"], "lora_rank": [4, 0]}, "lora-rank must be a positive integer"),
         ({"precision": ["fp32", "fp16"]}, "fp16 needs a CUDA device"),
+        ({"clip_grad_norm": [1.0, -1.0]}, "clip-grad-norm"),  # not "the same folder name": run_name drops the sign
         ({"model": ["tiny", "nosuch"]}, "unknown model 'nosuch'"),
         ({"trainable": ["last-block", "head"], "lora_rank": [2, 4]}, "--lora-rank applies only with --trainable lora, and no run"),
     ],
