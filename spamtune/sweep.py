@@ -104,19 +104,37 @@ def _distinct_runs(base, combos: list[dict]) -> list[dict]:
 
 
 def run_name(overrides: dict) -> str:
-    """``lr-5e-05_trainable-last-block``: the values a run takes, as a folder name."""
+    """``lr-5e-05_trainable-last-block``: the values a run takes, as a folder name; a negative
+    number keeps its sign (``seed--1``), so that it never names the same folder as its opposite."""
     if not overrides:
         return "run"
-    parts = [f"{name}-{value}" for name, value in overrides.items()]
-    safe = re.sub(r"[^A-Za-z0-9._+-]+|\.{2,}", "-", "_".join(parts))  # one path component, never ".."
-    return re.sub(r"-{2,}", "-", safe).strip("-.") or "run"
+    return "_".join(_name_part(name, value) for name, value in overrides.items()).strip("-.") or "run"
+
+
+def _name_part(name: str, value) -> str:
+    negative = isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0
+    safe = re.sub(r"[^A-Za-z0-9._+-]+|\.{2,}", "-", f"{name}-{-value if negative else value}")  # one path component, never ".."
+    safe = re.sub(r"-{2,}", "-", safe)
+    return f"{name}--{safe[len(name) + 1:]}" if negative else safe
 
 
 def sweep_id(base: object, grid: dict[str, list]) -> str:
-    """A hash of what the sweep trains: the base options (less where it computes) and the grid."""
+    """A hash of what the sweep trains: the base options (less where it computes) and the grid,
+    each option's values in one order (the same runs however they were listed; a list given in
+    that order hashes as it always did)."""
     identity = {k: v for k, v in asdict(base).items() if k not in _NOT_IDENTITY}
-    text = json.dumps({"base": identity, "grid": grid}, sort_keys=True, default=str)
+    canonical = {name: sorted(values, key=_value_order) for name, values in grid.items()}
+    text = json.dumps({"base": identity, "grid": canonical}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _value_order(value) -> tuple:
+    """None first, then numbers by value, then text: the order a person lists values in."""
+    if value is None:
+        return (0, 0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, value, "")
+    return (2, 0, str(value))
 
 
 # --------------------------------------------------------------------------- running

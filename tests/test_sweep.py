@@ -33,6 +33,28 @@ def test_combinations_and_their_names():
     assert run_name({"model": "../x/tiny.json"}) == "model-x-tiny.json"
 
 
+def test_a_negative_value_names_another_folder_than_its_opposite():
+    assert run_name({"seed": -1}) == "seed--1" and run_name({"seed": 1}) == "seed-1"
+    assert run_name({"lr": 1e-3, "seed": -7}) == "lr-0.001_seed--7"
+    assert run_name({"shortcuts": False, "clip_grad_norm": None}) == "shortcuts-False_clip_grad_norm-None"
+
+
+def test_a_sweep_of_the_same_runs_finds_its_folder_whatever_the_order_of_its_values(tmp_path):
+    base = tiny_options(tmp_path)
+    listed = {"lr": [1e-4, 1e-3], "trainable": ["last-block", "lora"], "clip_grad_norm": [None, 1.0]}
+    shuffled = {"trainable": ["lora", "last-block"], "clip_grad_norm": [1.0, None], "lr": [1e-3, 1e-4]}
+    assert sweep_id(base, listed) == sweep_id(base, shuffled)
+    assert sweep_id(base, listed) != sweep_id(base, {**listed, "lr": [1e-4, 2e-3]})
+    # In that order the hash is the one a sweep folder was named with before the order stopped counting.
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    identity = {k: v for k, v in asdict(base).items() if k not in ("device", "data_dir")}
+    before = hashlib.sha256(json.dumps({"base": identity, "grid": listed}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert sweep_id(base, listed) == before
+
+
 def test_sweep_id_ignores_where_it_computes(tmp_path):
     base = tiny_options(tmp_path)
     grid = {"lr": [1e-3]}
@@ -98,7 +120,7 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
         ({"lr": [1e-3, 0.0]}, "lr must be a positive number"),
         ({"trainable": ["lora"], "lora_rank": [4, 0]}, "lora-rank must be a positive integer"),
         ({"precision": ["fp32", "fp16"]}, "fp16 needs a CUDA device"),
-        ({"clip_grad_norm": [1.0, -1.0]}, "clip-grad-norm"),  # not "the same folder name": run_name drops the sign
+        ({"clip_grad_norm": [1.0, -1.0]}, "clip-grad-norm"),  # the value's own error, not a clash of folder names
         ({"model": ["tiny", "nosuch"]}, "unknown model 'nosuch'"),
         ({"trainable": ["last-block", "head"], "lora_rank": [2, 4]}, "--lora-rank applies only with --trainable lora, and no run"),
     ],
