@@ -8,8 +8,9 @@ module imports nothing heavy: ``spamtune --help`` reads it.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,6 +113,37 @@ ADDED_OPTIONS = {
     "class_weights": "none", "lora_rank": 16, "lora_alpha": 16.0, "lora_blocks": None, "schedule": "constant",
     "warmup_steps": 0, "clip_grad_norm": None, "keep_cache": True, "compact": False, "strategy": "ddp",
 }  # fmt: skip
+
+
+# What each field's type (as the dataclass spells it) takes from a JSON file. bool is an int to
+# Python, so it is told apart first: ``true`` is no epoch count.
+_JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+_TYPE_WORDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false", "None": "null"}
+
+
+def options_in_record(record: dict, source: Path, names: list[str]) -> dict:
+    """The fields ``names`` of a saved run's options (its ``hparams.json``) that ``record``
+    holds, each of its field's type: a hand-edited ``"warmup_steps": "5"`` or ``"epochs": true``
+    is one error naming the file and the field, rather than a confusing one later."""
+    from spamtune.errors import SpamtuneError
+
+    types = {f.name: str(f.type) for f in fields(FinetuneOptions)}
+    out = {}
+    for name in names:
+        if name not in record:
+            continue
+        value, kinds = record[name], types[name].split(" | ")
+        if value is None:
+            ok = "None" in kinds
+        elif isinstance(value, bool):
+            ok = "bool" in kinds
+        else:
+            ok = any(isinstance(value, _JSON_TYPES[kind]) for kind in kinds if kind != "None")
+        if not ok:
+            wanted = " or ".join(_TYPE_WORDS[kind] for kind in kinds)
+            raise SpamtuneError(f"{source}: \"{name}\" must be {wanted}, not {json.dumps(value)}")
+        out[name] = float(value) if kinds[0] == "float" and value is not None else value
+    return out
 
 
 def _require(ok: bool, name: str, message: str) -> None:

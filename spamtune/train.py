@@ -61,7 +61,7 @@ from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_
 from spamtune.calibration import calibrate_and_store
 from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
-from spamtune.options import ADDED_OPTIONS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, validate_options
+from spamtune.options import ADDED_OPTIONS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, options_in_record, validate_options
 from spamtune.plots import plot_curves
 from spamtune.base_model import build_base, prepare_base
 from spamtune.bases import BaseRef
@@ -312,8 +312,9 @@ def resume_finetune(
             runs.release_finished(run_dir)
             raise SpamtuneError(f"{run_dir} is a finished run; nothing to resume")
         try:
+            saved = options_in_record(hparams, run_dir / runs.HPARAMS_FILE, [f.name for f in fields(FinetuneOptions)])
             options = FinetuneOptions(**{
-                f.name: hparams.get(f.name, ADDED_OPTIONS[f.name]) if f.name in ADDED_OPTIONS else hparams[f.name]
+                f.name: saved.get(f.name, ADDED_OPTIONS[f.name]) if f.name in ADDED_OPTIONS else saved[f.name]
                 for f in fields(FinetuneOptions)
             })  # fmt: skip
             resolved = hparams["resolved"]

@@ -54,6 +54,44 @@ def test_config_errors(root, tmp_path):
     assert both.exit_code == 2 and "--config starts a new run" in both.stderr
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("warmup_steps", "5", '"warmup_steps" must be a whole number, not "5"'),
+        ("clip_grad_norm", "0.5", '"clip_grad_norm" must be a number or null, not "0.5"'),
+        ("epochs", True, '"epochs" must be a whole number, not true'),
+        ("shortcuts", 1, '"shortcuts" must be true or false, not 1'),
+        ("trainable", None, '"trainable" must be a string, not null'),
+    ],
+)
+def test_a_hand_edited_setting_of_the_wrong_type_is_one_line_naming_the_file_and_field(root, monkeypatch, field, value, message):
+    """Read through --config and through --resume alike, before anything trains."""
+    with monkeypatch.context() as interrupting:
+        ctrl_c_at_step(interrupting, 3)
+        stopped = finetune(root, "--run", "stopped", "--model", str(root / "tiny.json"), "--epochs", "1")
+    assert stopped.exit_code == 130
+    hparams_file = root / "runs" / "stopped" / runs.HPARAMS_FILE
+    edited = {**hparams(root / "runs" / "stopped"), field: value}
+    hparams_file.write_text(json.dumps(edited))
+
+    for result in (finetune(root, "--config", str(hparams_file), "--run", "again"), finetune(root, "--resume", "--run", "stopped")):
+        assert result.exit_code == 1
+        assert result.stderr == f"Error: {hparams_file}: {message}\n"
+    assert not (root / "runs" / "again").exists()
+
+
+def test_a_whole_number_where_a_number_belongs_is_taken_as_that_number(root):
+    first = finetune(root, "--run", "first", "--model", str(root / "tiny.json"), "--epochs", "1")
+    assert first.exit_code == 0, first.stderr
+    hparams_file = root / "runs" / "first" / runs.HPARAMS_FILE
+    hparams_file.write_text(json.dumps({**hparams(root / "runs" / "first"), "weight_decay": 0, "lora_alpha": 8}))
+    again = finetune(root, "--config", "first", "--run", "again")
+    assert again.exit_code == 0, again.stderr
+    saved = hparams(root / "runs" / "again")
+    assert (saved["weight_decay"], saved["lora_alpha"]) == (0.0, 8.0)
+    assert isinstance(saved["weight_decay"], float) and isinstance(saved["lora_alpha"], float)
+
+
 def test_resume_takes_the_newest_interrupted_run_or_the_one_named(root, monkeypatch):
     nothing = finetune(root, "--resume")
     assert nothing.exit_code == 1 and f"no interrupted run in {root / 'runs'} to resume" in nothing.stderr

@@ -15,7 +15,7 @@ import typer
 from spamtune.cli import common
 from spamtune.cli.common import dataclass_options, field_help, stderr_console, styled, with_dataclass_options
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
-from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions
+from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, options_in_record
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
     from rich.console import Console
@@ -162,7 +162,7 @@ def _settings_from(config: str, root: Path) -> dict:
     hparams = read_json(path.absolute(), "run hyperparameters")
     if not isinstance(hparams, dict):
         raise SpamtuneError(f"{path.absolute()} is not a run's hparams.json (a JSON object)")
-    return {name: hparams[name] for name in OPTION_NAMES if name in hparams}
+    return options_in_record(hparams, path.absolute(), OPTION_NAMES)
 
 
 def _run_to_resume(run: str | None, root: Path) -> Path:
