@@ -456,6 +456,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         cache = start_session(run, model, step, emit, world, base_sha256)
         model.train()
         session_examples, session_time = examples_seen, training_time
+        step_threads: set[int] = set()  # the thread counts the steps of this session ran on
         while epoch < options.epochs and not stopped_early:
             batches = epoch_batches(data.train.lengths, options.batch_size, options.seed, epoch)
             groups = [batches[i : i + options.grad_accum] for i in range(0, len(batches), options.grad_accum)]
@@ -463,6 +464,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                 tick = time.perf_counter()
                 if share_cores and (wanted := threads_for_steps(data, threads)) != torch.get_num_threads():
                     torch.set_num_threads(wanted)
+                step_threads.add(torch.get_num_threads())
                 # This rank's share of each batch; a rank left without one (a last batch smaller
                 # than the number of ranks) still runs a batch, weighted 0, so DDP's collectives match.
                 shares = [world.share(idx) for idx in group]
@@ -514,6 +516,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             cache = replace(cache, background_wait_s=finish_prefix_caches(data))
         emit(EvaluationStarted(step, "test"))
         loop = {"steps": step, "stopped_early": stopped_early, "examples_seen": examples_seen, "wall_time_s": elapsed(), "params": params}
+        loop["cpu_threads"], loop["step_threads"] = threads, sorted(step_threads)
         loop["training_time_s"] = training_time
         summary = world.decide_once(summarize(run, model, best, cache, evaluate(data.test), loop))
         summary["calibration"] = calibrate_on_validation(run, model, world, forward)
@@ -672,8 +675,11 @@ def summarize(run: Run, model: GPTModel, best: dict, cache: PrefixCacheReport, t
         "trainable_params": trainable,
         "total_params": total,
         "device": str(run.precision.device),
-        # CPU kernels split sums across threads, so bit-identical reruns need the same count.
-        "cpu_threads": torch.get_num_threads(),
+        # CPU kernels split sums across threads, so bit-identical reruns need the same count;
+        # the steps of the book's recipe, alone, give the same numbers on any count, and leave a
+        # thread to the cache's work behind them while it lasts (``threads_for_steps``).
+        "cpu_threads": loop["cpu_threads"],
+        "step_threads": loop["step_threads"],
         "precision": run.precision.name,
         "shortcuts": o.shortcuts,
         "prefix_cache": cache.to_dict(),

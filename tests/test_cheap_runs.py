@@ -93,8 +93,9 @@ def test_the_steps_leave_a_core_to_the_states_computed_behind_them_and_take_it_b
                 train.finetune(tiny_options(root, **options), tmp_path / "r1")
             assert used == [1]
         else:
-            train.finetune(tiny_options(root, **options), tmp_path / "r1")
+            summary = train.finetune(tiny_options(root, **options), tmp_path / "r1")
             assert used[:3] == ([1, 1, 1] if fewer else [2, 2, 2]) and set(used[3:]) == {2}
+            assert (summary["cpu_threads"], summary["step_threads"]) == (2, [1, 2] if fewer else [2])
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
