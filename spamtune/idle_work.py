@@ -1,19 +1,20 @@
 """Work done with what the process leaves of the CPU, and finished when its result is needed.
 
-A first training run keeps both cores of a small machine busy while it builds the frozen-prefix
-cache, then runs training steps. Work the steps do not need until they are over (the test
-split's cached states, read once at the end) can run beside them. ``IdleWork`` runs it on a
-background thread at the scheduler's idle priority (``SCHED_IDLE`` on Linux): that thread gets a
-core only when no other thread of the machine wants it, so it takes no core from the others.
-Steps on every core leave it little (their second OpenMP thread sleeps only between products),
-so the training loop gives it a core of its own while ``running_behind`` says it is working
+A first training run keeps every core busy while it builds the frozen-prefix cache, then runs
+training steps. Work the steps do not need until they are over (the test split's cached
+states, read once at the end) can run beside them. ``IdleWork`` runs it on background worker
+threads at the scheduler's idle priority (``SCHED_IDLE`` on Linux): such a thread gets a core
+only when no other thread of the machine wants it, so it takes no core from the others. Steps
+on every core leave them little (their OpenMP threads sleep only between products), so the
+training loop gives the workers cores of their own while ``running_behind`` says they are
+working: ``split_threads`` shares a run's threads between the steps and the workers
 (``spamtune.train.threads_for_steps``). ``finish`` then does what is left on the calling thread
-too, at full priority, and waits for the background thread's last item.
+too, at full priority, and waits for every worker's last item.
 
 Items come in stages: an item starts only once every item of the earlier stages is done (the
 cache build's second pass reads the keys and values its first pass keeps). Every item runs with
-one OpenMP thread, on either thread, so that its result does not depend on which one took it:
-a run is the same run every time.
+one OpenMP thread, on whichever thread takes it and however many workers there are, so that its
+result does not depend on who computed it: a run is the same run every time.
 """
 
 from __future__ import annotations
@@ -29,8 +30,26 @@ class WorkCancelled(Exception):
     """Given to the exit callbacks of work that was stopped before it was done."""
 
 
+def split_threads(threads: int) -> tuple[int, int]:
+    """How a run's ``threads`` are shared while work runs behind its training steps: (threads
+    for the steps, background workers). Half to the workers (at least one), the rest to the steps.
+
+    On two cores that is one each, as measured there: steps on both left the idle-priority
+    thread little (the book's recipe in fp32 waited 4.6 s for the test split's states), and with
+    a core each the states were ready before the steps ended. On a 16-core Xeon the steps of the
+    same recipe took 6.4 s on 15 threads (~9.8 ms a step, ~12.5 on 2 cores: a step's 8 rows gain
+    little from more threads), and the run then waited 2.6 s for the states of one background
+    thread; the cores the steps barely use compute them faster on several workers. Not measured
+    on many cores since.
+    """
+    workers = max(1, threads // 2)
+    return max(1, threads - workers), workers
+
+
 class IdleWork:
     """Stages of items run in the background at idle priority until ``finish`` or ``cancel``.
+
+    ``workers`` background threads take the items (``split_threads`` says how many a run gives).
 
     ``exit_stack`` holds what the work needs until it ends (packed weights, a temporary file):
     closed normally after ``finish`` has run every item, or with ``WorkCancelled`` by ``cancel``
@@ -38,7 +57,9 @@ class IdleWork:
     completion from abandonment (``fsutil.atomic_path`` renames its file or removes it).
     """
 
-    def __init__(self, stages: list[list[Callable[[], None]]], name: str = "spamtune-idle"):
+    def __init__(self, stages: list[list[Callable[[], None]]], name: str = "spamtune-idle", workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"IdleWork needs at least one worker, got {workers}")
         self._left = [collections.deque(items) for items in stages]  # not yet taken, per stage
         self._stage_sizes = [len(items) for items in stages]
         self._stage_done = [0] * len(stages)
@@ -47,7 +68,8 @@ class IdleWork:
         self._ended = False
         self._state = threading.Condition()
         self._name = name
-        self._thread: threading.Thread | None = None
+        self._workers = workers
+        self._threads: list[threading.Thread] = []
         self.exit_stack = contextlib.ExitStack()
 
     @property
@@ -56,25 +78,28 @@ class IdleWork:
 
     @property
     def running_behind(self) -> bool:
-        """Whether the background thread is still working (it stops when no item is left)."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether a background worker is still working (each stops when no item is left)."""
+        return any(thread.is_alive() for thread in self._threads)
 
     def start(self) -> IdleWork:
-        """Start taking items on the background thread; returns this work."""
-        self._thread = threading.Thread(target=self._background, name=self._name, daemon=True)
-        self._thread.start()
+        """Start taking items on the background workers (named ``name``, or ``name-1``,
+        ``name-2``... when there are several); returns this work."""
+        names = [self._name] if self._workers == 1 else [f"{self._name}-{i + 1}" for i in range(self._workers)]
+        self._threads = [threading.Thread(target=self._background, name=name, daemon=True) for name in names]
+        for thread in self._threads:
+            thread.start()
         return self
 
     def finish(self) -> None:
-        """Run what is left here as well, wait for the background thread, and close the exit
-        stack; re-raise an item's error (after closing the stack as cancelled). Idempotent."""
+        """Run what is left here as well, wait for every background worker, and close the exit
+        stack; re-raise an item's error, from whichever thread (after closing the stack as
+        cancelled). Idempotent."""
         if self._ended:
             return
         try:
             with _one_openmp_thread():
                 self._work()
-            if self._thread is not None:
-                self._thread.join()
+            self._join()
             if self._error is not None:
                 raise self._error
         except BaseException as exc:
@@ -84,7 +109,8 @@ class IdleWork:
         self._end(None)
 
     def cancel(self) -> None:
-        """Stop after the item in progress, wait for it, and close the exit stack as cancelled."""
+        """Stop after the items in progress, wait for them (every worker), and close the exit
+        stack as cancelled."""
         if not self._ended:
             self._stop()
             self._end(WorkCancelled())
@@ -93,8 +119,12 @@ class IdleWork:
         with self._state:
             self._stopped = True
             self._state.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._join()
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
 
     def _end(self, error: BaseException | None) -> None:
         self._ended = True
@@ -112,9 +142,10 @@ class IdleWork:
             self._work(from_back=True)
 
     def _work(self, from_back: bool = False) -> None:
-        """Take and run items until none is left. The background thread takes each stage's items
-        from its end, ``finish`` from its start: given the largest first, the item the
-        background still holds when ``finish`` runs out is a small one."""
+        """Take and run items until none is left (or one failed, here or on another thread). The
+        background workers take each stage's items from its end, ``finish`` from its start:
+        given the largest first, the items the workers still hold when ``finish`` runs out are
+        small ones."""
         while (taken := self._take(from_back)) is not None:
             stage, item = taken
             try:

@@ -120,7 +120,7 @@ def test_cancel_stops_after_the_item_in_progress_and_leaves_nothing_running():
     work.cancel()
     assert exits.left_with is WorkCancelled
     assert log == []  # the background takes the last item first; the other two never ran
-    assert "cancel-test" not in [t.name for t in threading.enumerate()]
+    assert not any(t.name.startswith("cancel-test") for t in threading.enumerate())
     work.finish()  # ended by the cancel: nothing more runs
     assert log == []
 
@@ -145,3 +145,129 @@ def test_running_behind_while_the_background_thread_has_items_and_not_after():
     wait_until(lambda: not work.running_behind)
     work.finish()
     assert work.done and not work.running_behind
+
+
+# --------------------------------------------------------------------------- several workers
+
+
+def test_split_threads_gives_half_to_the_workers_and_one_each_on_two_cores():
+    assert idle_work.split_threads(2) == (1, 1)  # as measured on two cores
+    assert idle_work.split_threads(3) == (2, 1)
+    assert idle_work.split_threads(16) == (8, 8)
+    assert idle_work.split_threads(1) == (1, 1)  # nothing to share: the work stays behind at idle priority
+    for threads in range(2, 65):
+        steps, workers = idle_work.split_threads(threads)
+        assert steps >= 1 and workers >= 1 and steps + workers == threads
+
+
+def test_idle_work_needs_a_worker():
+    with pytest.raises(ValueError, match="at least one worker"):
+        IdleWork([[lambda: None]], workers=0)
+
+
+@needs_idle_priority
+def test_several_workers_run_every_item_once_and_a_stage_only_after_the_one_before():
+    log, item = recorder()
+    together = threading.Barrier(3, timeout=10)  # every worker holds an item of the first stage at once
+
+    def first(name, seconds):
+        run = item(name, seconds)
+        return lambda: (together.wait(), run())
+
+    stages = [
+        [first("a1", 0.04), first("a2", 0.01), first("a3", 0.02)],
+        [item(f"b{i}", 0.002 * i) for i in range(1, 9)],
+        [item("c1"), item("c2")],
+    ]
+    work = IdleWork(stages, name="several", workers=3).start()
+    wait_until(lambda: not work.running_behind)  # the workers do it all
+    work.finish()
+    names = [name for name, *_ in log]
+    assert sorted(names) == sorted(["a1", "a2", "a3", *(f"b{i}" for i in range(1, 9)), "c1", "c2"])  # each once
+    threads = {name: thread for name, thread, *_ in log}
+    assert {threads[a] for a in ("a1", "a2", "a3")} == {"several-1", "several-2", "several-3"}
+    starts = {name: start for name, _, start, _ in log}
+    ends = {name: end for name, _, _, end in log}
+    stage_of = {name: name[0] for name in names}
+    for name in names:
+        for before in names:
+            if stage_of[before] < stage_of[name]:
+                assert starts[name] >= ends[before], (before, name)
+    assert work.done and not any(t.name.startswith("several") for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_finish_does_what_several_workers_cannot(monkeypatch, workers):
+    monkeypatch.setattr(idle_work, "lower_own_priority", lambda: False)
+    log, item = recorder()
+    IdleWork([[item("a"), item("b")], [item("c")]], workers=workers).start().finish()
+    assert [(name, thread) for name, thread, *_ in log] == [("a", "MainThread"), ("b", "MainThread"), ("c", "MainThread")]
+
+
+@needs_idle_priority
+def test_an_error_on_one_of_several_workers_reaches_finish_and_stops_the_others():
+    log, item = recorder()
+    held = threading.Barrier(3, timeout=10)
+
+    def broken():
+        held.wait()
+        raise ValueError("item failed on a worker")
+
+    def slow(name):
+        run = item(name, 0.2)  # still running when the error is known
+        return lambda: (held.wait(), run())
+
+    work = IdleWork([[*(item(f"a{i}") for i in range(6)), slow("s1"), slow("s2"), broken], [item("d")]], name="failing", workers=3)
+    exits = work.exit_stack.enter_context(Exits())
+    work.start()
+    wait_until(lambda: not work.running_behind)  # every worker stopped: the error is known
+    assert exits.left_with == "open"  # until finish
+    with pytest.raises(ValueError, match="item failed on a worker"):
+        work.finish()
+    assert exits.left_with is ValueError  # closed as abandoned, not completed
+    # The two items in progress beside the failure finished; nothing was taken after it.
+    assert sorted(name for name, *_ in log) == ["s1", "s2"]
+    assert {thread for _, thread, *_ in log} < {"failing-1", "failing-2", "failing-3"}
+    work.finish()  # ended: no second run, no second error
+
+
+@needs_idle_priority
+def test_cancel_waits_for_every_worker():
+    release = threading.Event()
+    holding = threading.Barrier(4, timeout=10)  # three workers and this thread
+    log, item = recorder()
+
+    def blocking(name):
+        run = item(name)
+
+        def hold():
+            holding.wait()
+            release.wait(10)
+            run()
+
+        return hold
+
+    work = IdleWork([[item("x"), item("y"), blocking("b1"), blocking("b2"), blocking("b3")]], name="cancel-all", workers=3)
+    exits = work.exit_stack.enter_context(Exits())
+    work.start()
+    holding.wait()  # each worker is in an item
+    threading.Timer(0.05, release.set).start()
+    work.cancel()
+    assert exits.left_with is WorkCancelled
+    assert not work.running_behind
+    assert not any(t.name.startswith("cancel-all") for t in threading.enumerate())  # joined, all three
+    assert sorted(name for name, *_ in log) == ["b1", "b2", "b3"]  # the items in progress ended; x and y never ran
+
+
+@needs_idle_priority
+def test_running_behind_while_any_worker_is_alive():
+    release = threading.Event()
+    log, item = recorder()
+    work = IdleWork([[item("quick"), release.wait]], name="behind", workers=2).start()
+    wait_until(lambda: log)  # one worker ran the quick item and, with nothing left, ended
+    wait_until(lambda: sum(t.name.startswith("behind") for t in threading.enumerate()) == 1)
+    assert work.running_behind  # the other still holds an item
+    release.set()
+    wait_until(lambda: not work.running_behind)
+    work.finish()
+    assert work.done
