@@ -30,7 +30,7 @@ from spamtune.data import pad_batch, sorted_batches
 from spamtune.device import Precision
 from spamtune.examples import TrainingData
 from spamtune.forward import eval_mode
-from spamtune.idle_work import IdleWork, idle_priority_available
+from spamtune.idle_work import IdleWork, idle_priority_available, split_threads
 from spamtune.linear import packed_weights, packing_dtype
 from spamtune.model import GPTModel, Trainable
 from spamtune.tokenizer import EOT_ID
@@ -206,13 +206,15 @@ def build_prefix_cache(
 
     ``later_from``: the examples from this index on (the test split, read once training is
     over) may be computed after this returns. Their part of the work (what the earlier examples
-    do not need) then runs as ``IdleWork`` at idle priority, on the core the training steps
-    leave it (``spamtune.train.threads_for_steps``), and is the returned cache's ``pending``.
-    Its batches are smaller (at most ``LATER_BATCH_TOKENS`` token positions), so that the one a
-    background thread still holds when the states are needed is soon done. The states are the
-    one-pass build's to float rounding (other batches), and the same at every build:
-    ``IdleWork`` runs each batch with one thread, whichever thread takes it. The packed weights (``packed_frozen_weights``, if they
-    fit the budget) and the shared prefixes' keys and values are kept until that work ends.
+    do not need) then runs as ``IdleWork`` at idle priority, on the workers ``split_threads``
+    gives the current thread count, on the cores the training steps leave them
+    (``spamtune.train.threads_for_steps``), and is the returned cache's ``pending``. Its batches
+    are smaller (at most ``LATER_BATCH_TOKENS`` token positions), so that those the workers
+    still hold when the states are needed are soon done. The states are the one-pass build's
+    to float rounding (other batches), and the same at every build: ``IdleWork`` runs each batch
+    with one thread, whichever thread takes it and however many workers there are. The packed
+    weights (``packed_frozen_weights``, if they fit the budget) and the shared prefixes' keys
+    and values are kept until that work ends.
     """
     precision = precision or Precision("fp32", "cpu")
     device = precision.device
@@ -314,9 +316,9 @@ def build_prefix_cache(
                     batch()
         cache = FrozenPrefixCache(start, states, offsets[slot_of], lengths[slot_of])
         if any(later):
-            # The background thread never changes the model's mode: with dropout off (``needed``
+            # The background workers never change the model's mode: with dropout off (``needed``
             # covers everything otherwise) the frozen blocks compute the same in either.
-            work = IdleWork(later, name="spamtune-prefix-cache")
+            work = IdleWork(later, name="spamtune-prefix-cache", workers=split_threads(torch.get_num_threads())[1])
             work.exit_stack.enter_context(held.pop_all())
             cache.pending, cache.pending_from = work.start(), later_from
     return cache
@@ -433,13 +435,13 @@ def _background(cache: FrozenPrefixCache) -> tuple[str, ...]:
 
 def background_worth_it(precision: Precision, distributed: bool) -> bool:
     """Whether to finish the test split's cached states behind training: on a CPU with several
-    threads and an idle scheduling priority (the training steps leave it a core), in
+    threads and an idle scheduling priority (the training steps leave its workers cores), in
     one process. A GPU builds them in a fraction of a second; several ranks share the build."""
     return precision.device.type == "cpu" and not distributed and torch.get_num_threads() > 1 and idle_priority_available()
 
 
 def computing_behind(data: TrainingData) -> bool:
-    """Whether some split's states are still being computed on their background thread."""
+    """Whether some split's states are still being computed on their background workers."""
     caches = (data.split(name).cache for name in paths.SPLITS)
     return any(cache is not None and cache.pending is not None and cache.pending.running_behind for cache in caches)
 

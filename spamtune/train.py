@@ -67,6 +67,7 @@ from spamtune.base_model import build_base, prepare_base
 from spamtune.bases import BaseRef
 from spamtune.cache_store import PrefixCacheStore
 from spamtune.compact import save_compact_run
+from spamtune.idle_work import split_threads
 from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
 from spamtune.prefix_cache import (
     PrefixCacheReport,
@@ -344,8 +345,9 @@ def resume_finetune(
 
 
 def threads_for_steps(data: TrainingData, threads: int) -> int:
-    """The threads a training step uses: all of them, or one fewer while a split's states are
-    computed behind the steps, so that that work has a core of its own.
+    """The threads a training step uses: all of them, or the steps' share of ``split_threads``
+    while a split's states are computed behind the steps, so that that work's workers have
+    cores of their own (on two cores: one thread each).
 
     On two cores the steps at full width left the idle-priority thread little: the book's recipe
     in fp32 still waited 4.6 s for the test split's states after its steps (10.8-12.0 s). With
@@ -353,7 +355,7 @@ def threads_for_steps(data: TrainingData, threads: int) -> int:
     all. Only for steps whose numbers do not depend on the thread count
     (``steps_agree_across_threads``), so that a first run's figures are a second run's.
     """
-    return threads - 1 if computing_behind(data) else threads
+    return split_threads(threads)[0] if computing_behind(data) else threads
 
 
 def steps_agree_across_threads(run: Run) -> bool:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from spamtune import cache_catalog, cache_store, folder_lock
+from spamtune import cache_catalog, cache_store, folder_lock, idle_work, prefix_cache
 from spamtune.cache_catalog import list_caches, remove_caches
 from spamtune.cache_store import (
     CACHE_FORMAT,
@@ -303,6 +304,52 @@ def test_a_build_can_leave_the_last_examples_to_finish_in_the_background():
     again = build_prefix_cache(model, SEQS, 2, later_from=LATER)
     again.finish()
     assert torch.equal(again.states, cache.states)  # but the same at every build
+
+
+# Many small later batches (batch_size=2 below), some sharing a prefix (the second pass).
+many_gen = torch.Generator().manual_seed(2)
+MANY = [torch.randint(0, 50257, (int(n),), generator=many_gen).tolist() for n in torch.randint(2, 50, (30,), generator=many_gen)]
+MANY += [MANY[12][:20] + [i, i + 1] for i in range(6)] + [MANY[20][:15] + [i] for i in range(5)]
+MANY_LATER = 8
+
+
+@pytest.mark.skipif(not idle_work.idle_priority_available(), reason="no SCHED_IDLE here")
+@pytest.mark.parametrize("workers", [2, 3])
+def test_states_finished_on_several_workers_are_those_of_one_worker_and_of_the_foreground(monkeypatch, workers):
+    model = classifier("last-2-blocks")
+    real_outputs = prefix_cache._frozen_outputs
+
+    def build(n: int, foreground: bool = False) -> tuple[torch.Tensor, set[str]]:
+        threads, first_call = set(), threading.Barrier(n, timeout=10)
+
+        def outputs(*args, **kwargs):
+            name = threading.current_thread().name
+            if name.startswith("spamtune-prefix-cache") and name not in threads:
+                threads.add(name)
+                first_call.wait()  # every worker computes a batch, at the same time as the others
+            return real_outputs(*args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(prefix_cache, "split_threads", lambda threads: (1, n))
+            patch.setattr(prefix_cache, "_frozen_outputs", outputs)
+            if foreground:
+                patch.setattr(idle_work, "lower_own_priority", lambda: False)
+            cache = build_prefix_cache(model, MANY, 2, batch_size=2, later_from=MANY_LATER)
+            assert cache.pending is not None
+            deadline = time.monotonic() + 10
+            while not foreground and len(threads) < n and time.monotonic() < deadline:
+                time.sleep(0.005)  # before finish takes what is left: each worker holds a batch
+            cache.finish()
+        return cache.states, threads
+
+    several, threads = build(workers)
+    assert threads == {f"spamtune-prefix-cache-{i}" for i in range(1, workers + 1)}
+    one, threads = build(1)
+    assert threads == {"spamtune-prefix-cache"}
+    foreground, threads = build(1, foreground=True)
+    assert threads == set()
+    assert torch.equal(several, one) and torch.equal(several, foreground)
+    torch.testing.assert_close(several, build_prefix_cache(model, MANY, 2).states, atol=1e-6, rtol=0)  # the one-pass build's
 
 
 def test_a_kept_cache_finished_in_the_background_is_complete_only_once_it_is_done(tmp_path):

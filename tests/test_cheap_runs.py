@@ -64,23 +64,28 @@ def test_a_second_run_loads_the_kept_cache_and_gives_the_same_metrics(root, tmp_
 
 
 @pytest.mark.parametrize(
-    ("options", "stop", "fewer"),
+    ("options", "stop", "threads", "steps"),
     [
-        ({}, False, True),
-        ({}, True, True),
+        ({}, False, 2, 1),
+        ({}, True, 2, 1),
+        # More threads: half to the background workers, the rest to the steps (idle_work.split_threads).
+        ({}, False, 4, 2),
+        ({}, True, 4, 2),
+        ({}, False, 3, 2),
         # Steps whose rounding depends on the thread count keep them all: their numbers would
         # otherwise depend on how long the states took (train.steps_agree_across_threads).
-        ({"pooling": "mean"}, False, False),
-        ({"trainable": "last-2-blocks"}, False, False),
-        ({"trainable": "lora", "lora_blocks": 1}, False, False),
+        ({"pooling": "mean"}, False, 2, 2),
+        ({"pooling": "mean"}, False, 4, 4),
+        ({"trainable": "last-2-blocks"}, False, 2, 2),
+        ({"trainable": "lora", "lora_blocks": 1}, False, 2, 2),
     ],
 )
-def test_the_steps_leave_a_core_to_the_states_computed_behind_them_and_take_it_back(root, tmp_path, monkeypatch, options, stop, fewer):
-    """One thread fewer while a split's states are computed behind the steps, all of them once
-    they are done, and all of them after the run, finished or stopped by Ctrl-C (a sweep's next
-    run starts with them)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+def test_the_steps_leave_cores_to_the_states_computed_behind_them_and_take_them_back(root, tmp_path, monkeypatch, options, stop, threads, steps):
+    """The steps' share of the threads while a split's states are computed behind them, all of
+    them once they are done, and all of them after the run, finished or stopped by Ctrl-C (a
+    sweep's next run starts with them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     behind = iter([True] * 3)
     monkeypatch.setattr(train, "computing_behind", lambda data: next(behind, False))
     used, real_step = [], train.optimizer_step
@@ -91,21 +96,21 @@ def test_the_steps_leave_a_core_to_the_states_computed_behind_them_and_take_it_b
         if stop:
             with pytest.raises(events.TrainingInterrupted):
                 train.finetune(tiny_options(root, **options), tmp_path / "r1")
-            assert used == [1]
+            assert used == [steps]
         else:
             summary = train.finetune(tiny_options(root, **options), tmp_path / "r1")
-            assert used[:3] == ([1, 1, 1] if fewer else [2, 2, 2]) and set(used[3:]) == {2}
-            assert (summary["cpu_threads"], summary["step_threads"]) == (2, [1, 2] if fewer else [2])
-        assert torch.get_num_threads() == 2
+            assert used[:3] == [steps] * 3 and set(used[3:]) == {threads}
+            assert (summary["cpu_threads"], summary["step_threads"]) == (threads, sorted({steps, threads}))
+        assert torch.get_num_threads() == threads
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def test_ctrl_c_while_the_test_split_is_cached_behind_leaves_no_entry_and_no_thread(root, tmp_path, monkeypatch):
     ctrl_c_at_step(monkeypatch, 3)
     with pytest.raises(events.TrainingInterrupted):
         train.finetune(tiny_options(root), tmp_path / "r1")
-    assert "spamtune-prefix-cache" not in [t.name for t in threading.enumerate()]
+    assert not any(t.name.startswith("spamtune-prefix-cache") for t in threading.enumerate())  # every worker
     assert [e.status for e in list_caches(root)] in ([], ["incomplete"])  # no meta.json, no states file
     assert not any(p.name.endswith(".part") for p in (root / "cache").rglob("*"))
     monkeypatch.undo()

@@ -9,6 +9,7 @@ from spamtune.data import pad_batch
 from spamtune.device import Precision
 from spamtune.examples import Examples
 from spamtune.forward import predict_logits
+from spamtune.idle_work import split_threads
 from spamtune.linear import onednn_available, packing_dtype
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier
 from spamtune.prefix_cache import build_prefix_cache, cacheable_blocks, shared_prefix_groups
@@ -361,10 +362,10 @@ def test_weights_are_packed_only_when_the_copies_fit(model_and_seqs):
             assert all(linear_module.packed_weight_of(m) is None for m in linears)
 
 
-def test_a_training_step_and_an_evaluation_give_the_same_numbers_on_one_thread_fewer():
-    """A first run trains on one thread fewer while the test split's states are computed behind
-    its steps (``train.threads_for_steps``); a second run on the kept cache trains on all of
-    them. The two agree to the bit only if a step does not depend on the thread count. At
+def test_a_training_step_and_an_evaluation_give_the_same_numbers_on_the_steps_share_of_the_threads():
+    """A first run trains on the steps' share of the threads (``idle_work.split_threads``: one
+    of two, half of more) while the test split's states are computed behind its steps
+    (``train.threads_for_steps``); a second run on the kept cache trains on all of them. The two agree to the bit only if a step does not depend on the thread count. At
     gpt2-small's width PyTorch splits its kernels over threads, and for an epoch's short last
     batch (5-11 rows) MKL's products and PyTorch's LayerNorm backward rounded differently on
     one thread than on two."""
@@ -373,7 +374,7 @@ def test_a_training_step_and_an_evaluation_give_the_same_numbers_on_one_thread_f
     model = convert_to_classifier(GPTModel(cfg), trainable="last-block")
     gen = torch.Generator().manual_seed(1)
     threads = torch.get_num_threads()
-    fewer, full = (threads - 1, threads) if threads > 1 else (1, 2)
+    fewer, full = (split_threads(threads)[0], threads) if threads > 1 else (1, 2)
 
     def step_and_evaluation(x, lengths, labels, n):
         torch.set_num_threads(n)
