@@ -90,11 +90,14 @@ class SpamtuneGroup(TyperGroup):
         return code
 
     def invoke(self, ctx):
-        # Caught here because Typer's main would turn a broken pipe into exit status 1.
+        # Caught here because Typer's main would turn a broken pipe into exit status 1, and
+        # Ctrl-C into exit status 130 with nothing said.
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
             raise typer.Exit(_quiet_broken_pipe()) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(_fail("interrupted", 130)) from None
 
 
 def _status(code: int) -> int:
