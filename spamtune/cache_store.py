@@ -47,6 +47,7 @@ from spamtune.fsutil import atomic_path, atomic_write_json, remove_stale_tempora
 from spamtune.model import GPTModel
 from spamtune.device import Precision
 from spamtune.folder_lock import held_for_writing, unclaimed
+from spamtune.interrupts import sigint_deferred
 from spamtune.prefix_cache import FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
 from spamtune.verified import VerifiedFiles, file_signature
 
@@ -178,7 +179,8 @@ class PrefixCacheStore:
                     raise CacheCorrupt(f"{states_path} does not match its sha256")
                 hashed_before.remember(states_sha, signature)
         try:
-            index = load_file(str(index_path))
+            with sigint_deferred():  # safetensors would turn a Ctrl-C in the read into a ValueError
+                index = load_file(str(index_path))
             offsets, lengths = index["offsets"], index["lengths"]
         except (SafetensorError, OSError, KeyError) as exc:
             raise CacheCorrupt(f"{index_path} is unreadable ({exc})") from None

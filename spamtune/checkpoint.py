@@ -20,6 +20,7 @@ from torch import nn
 
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, atomic_write_json, read_json
+from spamtune.interrupts import read_tensor
 from spamtune.model import POOLINGS, GPTConfig, GPTModel, is_integer, show_value
 from spamtune.runs import CONFIG_FILE, WEIGHTS_FILE
 from spamtune.tokenizer import EOT_ID, TOKENIZER_ID
@@ -217,7 +218,7 @@ def read_tensors(path: Path, device, keep: Callable[[str, torch.Tensor], torch.T
             names = sorted(f.keys())
         for name in names:
             with safe_open(str(path), framework="pt", device=str(device)) as f:
-                out[name] = keep(name, f.get_tensor(name))
+                out[name] = keep(name, read_tensor(f, name))
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise SpamtuneError(f"cannot read {path}: {exc}") from None
     return out

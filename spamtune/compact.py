@@ -39,6 +39,7 @@ from spamtune.checkpoint import (
 )
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_write_json, read_json
+from spamtune.interrupts import read_tensor
 from spamtune.lora import merged_lora_weight
 from spamtune.run_catalog import bases_root_of
 
@@ -158,7 +159,7 @@ def load_compact_run(
     tensors = load_base(root, ref, device, verify=verify, keep=keep(stored))
     try:
         with safe_open(str(delta_path), framework="pt", device=str(device)) as f:
-            tensors.update({k: keep(delta_path)(k, f.get_tensor(k)) for k in f.keys()})
+            tensors.update({k: keep(delta_path)(k, read_tensor(f, k)) for k in f.keys()})
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise SpamtuneError(f"cannot read {delta_path}: {exc}") from None
     tensors = merge_lora_tensors(tensors, lora)

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from spamtune.checkpoint import FORMAT, ClassifierConfig, build_classifier, check_state_shapes, save_tensors
 from spamtune.compact import holds_classifier, load_run
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
+from spamtune.interrupts import read_tensor
 from spamtune.run_catalog import why_no_classifier
 
 
@@ -114,7 +115,7 @@ def read_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: read_tensor(f, k) for k in f.keys()}
         cfg = ClassifierConfig.from_dict(json.loads(metadata["config"]))
     except (SafetensorError, OSError, RuntimeError, KeyError, ValueError) as exc:
         raise SpamtuneError(f"{path} is not a classifier exported by spamtune ({exc})") from None

@@ -25,6 +25,7 @@ from spamtune.checkpoint import check_state_shapes, save_tensors
 from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
 from spamtune.fsdp import shard_like, whole
+from spamtune.interrupts import sigint_deferred
 from spamtune.model import GPTModel
 from spamtune.runs import resume_file
 
@@ -82,7 +83,8 @@ def load_resume_state(
     and the best weights so far."""
     path = resume_file(run_dir)
     try:
-        tensors = load_file(str(path))
+        with sigint_deferred():  # safetensors would turn a Ctrl-C in the read into a ValueError
+            tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata()
         position = json.loads(metadata["loop"])

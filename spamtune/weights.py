@@ -15,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from spamtune.errors import SpamtuneError
+from spamtune.interrupts import read_tensor
 from spamtune.model import MODEL_SIZES, GPTConfig, GPTModel
 
 # Hugging Face GPT-2 name (after stripping "transformer.") -> spamtune name, per block.
@@ -157,7 +158,7 @@ def load_pretrained_weights(model: GPTModel, path: str | Path) -> GPTModel:
             hf_key = _normalise_key(key)
             if hf_key not in mapping:
                 continue  # skipped buffers and a tied lm_head, checked above
-            tensor = f.get_tensor(key)
+            tensor = read_tensor(f, key)
             if hf_key.endswith(_CONV1D):
                 tensor = tensor.t()
             name = mapping[hf_key]

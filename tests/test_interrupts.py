@@ -1,13 +1,19 @@
-"""Ctrl-C: one line, exit status 130, never a traceback or a bug report."""
+"""Ctrl-C where native code would mangle it: held until that code returns, then the usual
+interrupt (one line, exit 130), never a bug report."""
 
 from __future__ import annotations
 
 import signal
+import threading
 
 import pytest
+import torch
+from helpers import write_rigged_run
 from typer.testing import CliRunner
 
+from spamtune.checkpoint import WEIGHTS_FILE, read_tensors
 from spamtune.cli import app
+from spamtune.interrupts import sigint_deferred
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +22,49 @@ def python_takes_ctrl_c():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_inside_the_block_comes_once_the_block_is_over():
+    went_on = []
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_deferred():
+            signal.raise_signal(signal.SIGINT)
+            went_on.append("the block ran to its end")
+    assert went_on == ["the block ran to its end"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_block_without_ctrl_c_leaves_the_handler_as_it_was():
+    with sigint_deferred():
+        pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with sigint_deferred():
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_off_the_main_thread_the_block_runs_as_it_is():
+    """Only the main thread may set a signal handler; a reader on a side thread still reads."""
+    outcome = []
+
+    def read() -> None:
+        try:
+            with sigint_deferred():
+                outcome.append("ran")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert outcome == ["ran"]
 
 
 def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path, monkeypatch):
@@ -28,4 +77,38 @@ def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path, monkeypatch):
     monkeypatch.setattr(run_catalog, "list_runs", ctrl_c)
     result = CliRunner().invoke(app, ["runs", "--json", "--data-dir", str(tmp_path)])
     assert result.exit_code == 130
+    assert result.stdout == "" and result.stderr == "Error: interrupted\n"
+
+
+@pytest.fixture
+def ctrl_c_inside_get_tensor(monkeypatch):
+    """SIGINT while safetensors' ``get_tensor`` builds its first tensor: at the second storage
+    slice it takes, where safetensors 0.8 turns the interrupt into ``ValueError: could not
+    determine the shape of object type 'torch.storage.UntypedStorage'``."""
+    real_getitem = torch.UntypedStorage.__getitem__
+    slices = []
+
+    def getitem(self, *args):
+        slices.append(args)
+        if len(slices) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real_getitem(self, *args)
+
+    monkeypatch.setattr(torch.UntypedStorage, "__getitem__", getitem)
+    return slices
+
+
+def test_ctrl_c_inside_a_tensor_read_is_a_keyboard_interrupt(tmp_path, ctrl_c_inside_get_tensor):
+    run = write_rigged_run(tmp_path / "run")
+    ctrl_c_inside_get_tensor.clear()  # counted from the read on
+    with pytest.raises(KeyboardInterrupt):
+        read_tensors(run / WEIGHTS_FILE, "cpu", lambda name, tensor: tensor)
+    assert len(ctrl_c_inside_get_tensor) >= 2  # the interrupt came inside the read
+
+
+def test_ctrl_c_while_a_run_loads_is_one_line_and_exit_130(tmp_path, ctrl_c_inside_get_tensor):
+    run = write_rigged_run(tmp_path / "run")
+    ctrl_c_inside_get_tensor.clear()
+    result = CliRunner().invoke(app, ["predict", "--run", str(run), "hello"])
+    assert result.exit_code == 130, result.stderr
     assert result.stdout == "" and result.stderr == "Error: interrupted\n"
