@@ -274,12 +274,16 @@ def _nothing_kept_if_stopped_before_training(world: World, run_dir: Path) -> Ite
     """Ctrl-C before the first checkpoint (while the base is drawn or the model built) leaves
     nothing to resume: the run folder this process made goes, rather than stay as a run that
     ``spamtune runs`` can only call failed. Once a checkpoint is written, ``train_run`` turns
-    Ctrl-C into ``TrainingInterrupted`` and the run stays, resumable."""
+    Ctrl-C into ``TrainingInterrupted`` and the run stays, resumable. A Ctrl-C while the first
+    checkpoint is being taken comes as ``TrainingInterrupted`` with no checkpoint written: it is
+    a stop before training too, so that nothing points at a resume state that is not there."""
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TrainingInterrupted) as stop:
         if world.is_main and not runs.resume_file(run_dir).is_file():
             runs.remove_unstarted(run_dir)
+            if isinstance(stop, TrainingInterrupted):
+                raise KeyboardInterrupt from None
         raise
 
 

@@ -613,14 +613,21 @@ def test_the_cli_takes_its_defaults_from_the_options_dataclass(data_root, monkey
     ]
 
 
-def test_ctrl_c_before_the_first_checkpoint_leaves_no_run_folder(data_root, monkeypatch):
-    """Stopped while the base is drawn: nothing to resume, so nothing that `runs` would list as failed."""
+# Stopped while the base is drawn, or while the first checkpoint is taken (the interrupt then
+# comes inside training's own handling, before any resume state exists).
+@pytest.mark.parametrize("stopped_in", ["prepare_base", "resume_writer"])
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_run_folder(data_root, monkeypatch, stopped_in):
+    """Nothing to resume, so nothing that `runs` would list as failed and no resume hint."""
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "prepare_base", ctrl_c)
+    monkeypatch.setattr(train, stopped_in, ctrl_c)
     out = data_root / "runs" / "early"
     with pytest.raises(KeyboardInterrupt):
         train.finetune(tiny_options(data_root), out)
+    assert not out.exists()
+    result = invoke(*cli_args(data_root, "--out", str(out)))
+    assert result.exit_code == 130 and result.stdout == ""
+    assert "continue with" not in result.stderr and result.stderr.endswith("Error: interrupted\n")
     assert not out.exists()
