@@ -1,6 +1,5 @@
-"""``python -m spamtune``: the same entry point as the ``spamtune`` console script (``main``
-sets the thread wait policy before any command imports torch)."""
+"""``python -m spamtune``: the same entry point as the ``spamtune`` console script."""
 
-from spamtune.cli import main
+from spamtune.entry import main
 
 main()

@@ -3,11 +3,15 @@ interrupt (one line, exit 130), never a bug report."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
 import torch
+from conftest import REPO
 from helpers import write_rigged_run
 from typer.testing import CliRunner
 
@@ -112,3 +116,41 @@ def test_ctrl_c_while_a_run_loads_is_one_line_and_exit_130(tmp_path, ctrl_c_insi
     result = CliRunner().invoke(app, ["predict", "--run", str(run), "hello"])
     assert result.exit_code == 130, result.stderr
     assert result.stdout == "" and result.stderr == "Error: interrupted\n"
+
+
+# A fresh `spamtune` process that gets Ctrl-C as it first imports {module}, sent by an import finder.
+CTRL_C_ON_IMPORT = """
+import runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored
+
+
+class CtrlCOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, CtrlCOnImport())
+sys.argv = ["spamtune", *{args!r}]
+{entry}
+"""
+ENTRIES = {
+    "console script": "from spamtune.entry import main; main()",  # what pyproject's [project.scripts] names
+    "python -m spamtune": "runpy.run_module('spamtune', run_name='__main__', alter_sys=True)",
+}
+
+
+def spamtune_stopped_importing(module: str, entry: str, *args: str) -> subprocess.CompletedProcess:
+    code = CTRL_C_ON_IMPORT.format(module=module, args=list(args), entry=ENTRIES[entry])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(entry):
+    """Typer is the CLI's first heavy import: Python would print a traceback."""
+    result = spamtune_stopped_importing("typer", entry, "--version")
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "Error: interrupted\n")
+

@@ -23,7 +23,7 @@ sys.argv = ["spamtune", *{args!r}]
 {entry}
 """
 ENTRIES = {
-    "console script": "from spamtune.cli import main; main()",
+    "console script": "from spamtune.entry import main; main()",
     "python -m spamtune": "runpy.run_module('spamtune', run_name='__main__', alter_sys=True)",
     "import spamtune": "import spamtune; from spamtune import GPTConfig, SpamClassifier",
 }
