@@ -3,14 +3,19 @@
 Ctrl-C ends the command with one line and exit status 130 from its first line of code. The CLI takes
 ~0.1 s to import (Typer, Rich, every subcommand's options): a Ctrl-C then would print Python's
 traceback, so it is caught around that import here, in a module that imports next to nothing.
+torch's import, when a command first needs it, runs with Ctrl-C held (see
+``interrupts.hold_sigint_while_torch_loads``).
 """
 
 from __future__ import annotations
 
 import sys
 
+from spamtune.interrupts import hold_sigint_while_torch_loads
+
 
 def main() -> None:
+    hold_sigint_while_torch_loads()
     try:
         from spamtune.cli import main as run_command
 

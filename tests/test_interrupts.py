@@ -154,3 +154,10 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(entry):
     result = spamtune_stopped_importing("typer", entry, "--version")
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "Error: interrupted\n")
 
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_ctrl_c_while_torch_loads_numpy_stops_the_command(entry, tmp_path):
+    """torch's import would lose it (the prediction would go on and print its verdict)."""
+    run = write_rigged_run(tmp_path / "run")
+    result = spamtune_stopped_importing("numpy", entry, "predict", "--run", str(run), "--format", "tsv", "hello!")
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "Error: interrupted\n")
