@@ -17,13 +17,14 @@ from spamtune.bases import BaseIntake, BaseRef, base_tensors, base_weights_sha25
 from spamtune.model import RANDOM_INIT_VERSION, GPTConfig, GPTModel
 from spamtune.options import FinetuneOptions, pretrained_weights_file
 from spamtune.weights import load_pretrained_weights
+from spamtune.interrupts import on_meta_device
 
 
 def build_base(cfg: GPTConfig, options: FinetuneOptions) -> GPTModel:
     """GPT-2 with its weights, or a random init under the seed: what the run starts from."""
     torch.manual_seed(options.seed)
     if options.weights == "pretrained":
-        with torch.device("meta"):  # the file's tensors become the weights: no init to discard
+        with on_meta_device():  # the file's tensors become the weights: no init to discard
             model = GPTModel(cfg)
         return load_pretrained_weights(model, pretrained_weights_file(cfg, options.model, Path(options.data_dir)))
     return GPTModel(cfg)
@@ -60,7 +61,7 @@ def draw_base(cfg: GPTConfig, seed: int, origin: dict, store_in: str | Path | No
     """GPT-2's random init under ``seed`` (what ``build_base`` draws), hashed, and stored under
     the data root ``store_in`` if given, while it is drawn."""
     torch.manual_seed(seed)
-    with torch.device("meta"):
+    with on_meta_device():
         base = GPTModel(cfg)
     with BaseIntake(base_tensors(base.materialize()), origin, store_in) as intake:
         base.reset_parameters(drawn=intake.final)
@@ -69,7 +70,7 @@ def draw_base(cfg: GPTConfig, seed: int, origin: dict, store_in: str | Path | No
 
 def stored_base_model(cfg: GPTConfig, root: str | Path, ref: BaseRef) -> GPTModel | None:
     """GPT-2 of shape ``cfg`` holding a stored base's tensors, or None if they do not fit it."""
-    with torch.device("meta"):
+    with on_meta_device():
         model = GPTModel(cfg)
     tensors = load_base(root, ref)
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)

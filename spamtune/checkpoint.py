@@ -20,7 +20,7 @@ from torch import nn
 
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, atomic_write_json, read_json
-from spamtune.interrupts import read_tensor
+from spamtune.interrupts import on_meta_device, read_tensor
 from spamtune.model import POOLINGS, GPTConfig, GPTModel, is_integer, show_value
 from spamtune.runs import CONFIG_FILE, WEIGHTS_FILE
 from spamtune.tokenizer import EOT_ID, TOKENIZER_ID
@@ -193,7 +193,7 @@ def load_classifier(
     if not path.is_file():
         raise SpamtuneError(f"no {weights_name} in {run_dir}")
     check_checkpoint_header(path, cfg)
-    with torch.device("meta"):
+    with on_meta_device():
         model = build_classifier(cfg)
     cast = block_linear_parameter_names(model) if linear_dtype is not None else set()
 

@@ -39,7 +39,7 @@ from spamtune.checkpoint import (
 )
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_write_json, read_json
-from spamtune.interrupts import read_tensor
+from spamtune.interrupts import on_meta_device, read_tensor
 from spamtune.lora import merged_lora_weight
 from spamtune.run_catalog import bases_root_of
 
@@ -143,7 +143,7 @@ def load_compact_run(
         if ref.origin.get("model", cfg.model.to_dict()) != cfg.model.to_dict():
             raise SpamtuneError(f"{run_dir / BASE_REF_FILE} names a base of another model shape than {run_dir / CONFIG_FILE}")
         check_partial_header(merged_header, cfg, delta_path)
-    with torch.device("meta"):
+    with on_meta_device():
         model = build_classifier(cfg)
     # Cast as read: the base's block weights that neither the delta replaces nor LoRA adapts.
     adapted = {k.removesuffix(_LORA_A) + ".weight" for k in delta_header if k.endswith(_LORA_A)}

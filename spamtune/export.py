@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from spamtune.checkpoint import FORMAT, ClassifierConfig, build_classifier, check_state_shapes, save_tensors
 from spamtune.compact import holds_classifier, load_run
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
-from spamtune.interrupts import read_tensor
+from spamtune.interrupts import on_meta_device, read_tensor
 from spamtune.run_catalog import why_no_classifier
 
 
@@ -119,7 +119,7 @@ def read_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
         cfg = ClassifierConfig.from_dict(json.loads(metadata["config"]))
     except (SafetensorError, OSError, RuntimeError, KeyError, ValueError) as exc:
         raise SpamtuneError(f"{path} is not a classifier exported by spamtune ({exc})") from None
-    with torch.device("meta"):
+    with on_meta_device():
         model = build_classifier(cfg)
     check_state_shapes(model, tensors, str(path))
     model.load_state_dict(tensors, strict=True, assign=True)

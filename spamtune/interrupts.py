@@ -41,6 +41,19 @@ def sigint_deferred() -> Iterator[None]:
             signal.raise_signal(signal.SIGINT)
 
 
+@contextlib.contextmanager
+def on_meta_device() -> Iterator[None]:
+    """``with torch.device("meta")``, Ctrl-C held for the block (it only lays out a model's
+    shapes: milliseconds). torch keeps the device on a stack of modes that it pops and pushes
+    back around calls in the block, partly in Python; one interrupt seen there left the stack
+    empty when the block ended (``trying to pop from empty mode stack``, an unexpected error
+    instead of the interrupt)."""
+    import torch
+
+    with sigint_deferred(), torch.device("meta"):
+        yield
+
+
 def read_tensor(handle, name: str):
     """``handle.get_tensor(name)`` of a safetensors ``safe_open`` handle, Ctrl-C held until it
     returns (see the module doc: safetensors would make the interrupt a ``ValueError``)."""

@@ -26,6 +26,7 @@ from spamtune.errors import OptionError, SpamtuneError
 from spamtune.folded_attention import FoldedAttention, attend_at
 from spamtune.linear import linear, linear_gelu, packed_weight_of
 from spamtune.row_norm import norm_rows
+from spamtune.interrupts import on_meta_device
 
 # --------------------------------------------------------------------------- config
 
@@ -336,7 +337,7 @@ class GPTModel(nn.Module):
         # import sympy and torch.fx's symbolic shapes, 0.3 s of a first run (1.8 s on a GPU
         # machine without a bytecode cache).
         device = torch.empty(()).device  # the default device, meta inside torch.device("meta")
-        with torch.device("meta"):
+        with on_meta_device():
             self.tok_emb = _embedding(cfg.vocab_size, cfg.emb_dim)
             self.pos_emb = _embedding(cfg.context_length, cfg.emb_dim)
             self.drop_emb = nn.Dropout(cfg.drop_rate)

@@ -71,6 +71,23 @@ def test_off_the_main_thread_the_block_runs_as_it_is():
     assert outcome == ["ran"]
 
 
+def test_ctrl_c_while_a_model_is_laid_out_on_the_meta_device_comes_after_the_block():
+    """torch's device mode stack, popped and pushed around the calls in the block, is never left
+    halfway; the interrupt comes once torch is back on its own device."""
+    from spamtune.interrupts import on_meta_device
+    from spamtune.model import GPTConfig, GPTModel
+
+    cfg = GPTConfig(vocab_size=64, context_length=16, emb_dim=8, n_heads=2, n_layers=1)
+    made = []
+    with pytest.raises(KeyboardInterrupt):
+        with on_meta_device():
+            signal.raise_signal(signal.SIGINT)
+            made.append(GPTModel(cfg).tok_emb.weight.device.type)
+    assert made == ["meta"]
+    assert torch.empty(()).device.type == "cpu" and torch._C._len_torch_function_stack() == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_in_a_command_is_one_line_and_exit_130(tmp_path, monkeypatch):
     """Typer alone would end the command with status 130 and nothing said."""
     from spamtune import run_catalog
