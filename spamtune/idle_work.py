@@ -57,7 +57,7 @@ class IdleWork:
     completion from abandonment (``fsutil.atomic_path`` renames its file or removes it).
     """
 
-    def __init__(self, stages: list[list[Callable[[], None]]], name: str = "spamtune-idle", workers: int = 1):
+    def __init__(self, stages: list[list[Callable[[], None]]], name: str = "spamtune-idle", workers: int = 1, *, idle: bool = True):
         if workers < 1:
             raise ValueError(f"IdleWork needs at least one worker, got {workers}")
         self._left = [collections.deque(items) for items in stages]  # not yet taken, per stage
@@ -69,6 +69,7 @@ class IdleWork:
         self._state = threading.Condition()
         self._name = name
         self._workers = workers
+        self._idle = idle  # False: the workers keep the caller's priority (``run_on_threads``)
         self._threads: list[threading.Thread] = []
         self.exit_stack = contextlib.ExitStack()
 
@@ -135,7 +136,7 @@ class IdleWork:
             self.exit_stack.__exit__(type(error), error, error.__traceback__)
 
     def _background(self) -> None:
-        if not lower_own_priority():
+        if self._idle and not lower_own_priority():
             return  # at full priority it would slow what it should only fill in for: ``finish`` does it all
         # One OpenMP thread also keeps a full-priority core from waiting for this one in a parallel region.
         with _one_openmp_thread():
@@ -169,6 +170,18 @@ class IdleWork:
                     left = self._left[stage]
                     return stage, (left.pop() if from_back else left.popleft())
                 self._state.wait()
+
+
+def run_on_threads(stages: list[list[Callable[[], None]]], threads: int, name: str) -> None:
+    """Run ``stages`` now on ``threads`` threads: this one and ``threads - 1`` workers at its
+    priority, each item with one OpenMP thread, as ``IdleWork`` runs its own. What an item
+    computes then does not depend on the thread count: PyTorch's CPU products round differently
+    on one thread than on several, so a prefix cache built by a run on one thread and one on
+    two gave runs 1e-4 apart in loss, whichever later run read it."""
+    work = IdleWork(stages, name=name, workers=max(1, threads - 1), idle=False)
+    if threads > 1:
+        work.start()
+    work.finish()
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from spamtune.data import pad_batch, sorted_batches
 from spamtune.device import Precision
 from spamtune.examples import TrainingData
 from spamtune.forward import eval_mode
-from spamtune.idle_work import IdleWork, idle_priority_available, split_threads
+from spamtune.idle_work import IdleWork, idle_priority_available, run_on_threads, split_threads
 from spamtune.linear import packed_weights, packing_dtype
 from spamtune.model import GPTModel, Trainable
 from spamtune.tokenizer import EOT_ID
@@ -204,17 +204,23 @@ def build_prefix_cache(
     ``distinct_token_count``) receives the states instead of a new tensor: a memory-mapped file
     for a cache kept on disk (``spamtune.cache_store``), which need not fit in memory.
 
+    On a CPU every batch runs with one OpenMP thread, on this thread and as many more as it
+    has (``idle_work.run_on_threads``): PyTorch's products round differently on one thread
+    than on several, and a kept cache is read by later runs whatever their thread count.
+
     ``later_from``: the examples from this index on (the test split, read once training is
-    over) may be computed after this returns. Their part of the work (what the earlier examples
+    over) are batched apart, in smaller batches (at most ``LATER_BATCH_TOKENS`` token
+    positions), and, where workers can take them (several threads and an idle scheduling
+    priority), computed after this returns: their part of the work (what the earlier examples
     do not need) then runs as ``IdleWork`` at idle priority, on the workers ``split_threads``
     gives the current thread count, on the cores the training steps leave them
-    (``spamtune.train.threads_for_steps``), and is the returned cache's ``pending``. Its batches
-    are smaller (at most ``LATER_BATCH_TOKENS`` token positions), so that those the workers
-    still hold when the states are needed are soon done. The states are the one-pass build's
-    to float rounding (other batches), and the same at every build: ``IdleWork`` runs each batch
-    with one thread, whichever thread takes it and however many workers there are. The packed
-    weights (``packed_frozen_weights``, if they fit the budget) and the shared prefixes' keys
-    and values are kept until that work ends.
+    (``spamtune.train.threads_for_steps``), and is the returned cache's ``pending``; small
+    batches, so that those the workers still hold when the states are needed are soon done.
+    Elsewhere they are computed at once, in the same batches. The states are the one-pass
+    build's to float rounding (other batches), and the same at every build, on any thread
+    count: ``IdleWork`` too runs each batch with one thread, whichever thread takes it and
+    however many workers there are. The packed weights (``packed_frozen_weights``, if they fit
+    the budget) and the shared prefixes' keys and values are kept until that work ends.
     """
     precision = precision or Precision("fp32", "cpu")
     device = precision.device
@@ -310,12 +316,16 @@ def build_prefix_cache(
     held = contextlib.ExitStack()  # the packed weights, until the last batch is computed
     with held:
         held.enter_context(packed)
+        behind = any(later) and torch.get_num_threads() > 1 and idle_priority_available()
         with eval_mode(model):
-            for stage in now:
-                for batch in stage:
-                    batch()
+            if device.type == "cpu":
+                run_on_threads(now if behind else now + later, torch.get_num_threads(), "spamtune-cache-build")
+            else:  # a GPU runs one batch at a time, each across the whole device
+                for stage in now + ([] if behind else later):
+                    for batch in stage:
+                        batch()
         cache = FrozenPrefixCache(start, states, offsets[slot_of], lengths[slot_of])
-        if any(later):
+        if behind:
             # The background workers never change the model's mode: with dropout off (``needed``
             # covers everything otherwise) the frozen blocks compute the same in either.
             work = IdleWork(later, name="spamtune-prefix-cache", workers=split_threads(torch.get_num_threads())[1])
@@ -367,7 +377,7 @@ def attach_prefix_caches(
     build: Callable[..., FrozenPrefixCache | None] = build_prefix_cache,
     store: PrefixCacheStore | None = None,
     base_sha256: str | None = None,
-    test_in_background: bool = False,
+    test_apart: bool = False,
 ) -> PrefixCacheReport:
     """Compute the frozen blocks' outputs once for train, validation and test and attach them
     to the splits, as far as memory allows; with a ``store`` (and the ``base_sha256`` of the
@@ -379,8 +389,9 @@ def attach_prefix_caches(
     is batched with. Not used for ``last`` pooling, whose pooled position is a padding token
     that the cache does not hold. ``on_building(K)`` is called just before the K blocks run.
     ``build`` computes the cache (``build_prefix_cache``'s arguments): several ranks pass one
-    that splits the work among them. ``test_in_background``: the test split's own states may be
-    finished behind training (``build_prefix_cache``'s ``later_from``; see ``background_worth_it``).
+    that splits the work among them. ``test_apart``: the test split's own states are batched
+    apart and may be finished behind training (``build_prefix_cache``'s ``later_from``; see
+    ``test_split_apart``).
     """
     start = cacheable_blocks(model, trainable)
     if not shortcuts:
@@ -390,7 +401,7 @@ def attach_prefix_caches(
     if start == 0:
         return PrefixCacheReport(0, (), 0, 0.0, "not used: every block is trainable")
     # The test split comes last in a cache of every split: its examples start after the others'.
-    later_from = len(data.train) + len(data.validation) if test_in_background else None
+    later_from = len(data.train) + len(data.validation) if test_apart else None
     if store is not None and base_sha256 is not None:
         token_lists = [t for name in paths.SPLITS for t in data.split(name).tokens]
         if on_building:
@@ -433,11 +444,14 @@ def _background(cache: FrozenPrefixCache) -> tuple[str, ...]:
     return ("test",) if cache.pending is not None else ()
 
 
-def background_worth_it(precision: Precision, distributed: bool) -> bool:
-    """Whether to finish the test split's cached states behind training: on a CPU with several
-    threads and an idle scheduling priority (the training steps leave its workers cores), in
-    one process. A GPU builds them in a fraction of a second; several ranks share the build."""
-    return precision.device.type == "cpu" and not distributed and torch.get_num_threads() > 1 and idle_priority_available()
+def test_split_apart(precision: Precision, distributed: bool) -> bool:
+    """Whether the test split's cached states are built apart (``build_prefix_cache``'s
+    ``later_from``): on a CPU, in one process. There they are finished behind training where
+    the build can leave them to workers (several threads and an idle scheduling priority), and
+    built at once in the same batches elsewhere, so that the states, and a run's figures, are
+    the same whatever the thread count of the run that built them. A GPU builds them in a
+    fraction of a second; several ranks share the build."""
+    return precision.device.type == "cpu" and not distributed
 
 
 def computing_behind(data: TrainingData) -> bool:
@@ -447,7 +461,7 @@ def computing_behind(data: TrainingData) -> bool:
 
 
 def finish_prefix_caches(data: TrainingData) -> float:
-    """Wait for any split's states still computed behind training (``background_worth_it``);
+    """Wait for any split's states still computed behind training (``test_split_apart``);
     the seconds waited."""
     tick = time.perf_counter()
     for name in paths.SPLITS:

@@ -72,7 +72,7 @@ from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
 from spamtune.prefix_cache import (
     PrefixCacheReport,
     attach_prefix_caches,
-    background_worth_it,
+    test_split_apart,
     cancel_prefix_caches,
     computing_behind,
     finish_prefix_caches,
@@ -571,7 +571,7 @@ def start_session(
         model, data, run.trainable, run.options.pooling, run.precision,
         shortcuts=run.options.shortcuts, on_building=lambda blocks: emit(PrefixCaching(blocks)),
         budget_bytes=budget, build=functools.partial(build_prefix_cache_sharded, world),
-        store=store, base_sha256=base_sha256, test_in_background=background_worth_it(run.precision, world.distributed),
+        store=store, base_sha256=base_sha256, test_apart=test_split_apart(run.precision, world.distributed),
     )  # fmt: skip
     emit(cache)
     return cache

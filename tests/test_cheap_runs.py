@@ -15,11 +15,11 @@ from spamtune.cache_store import STATES_FILE
 from spamtune.checkpoint import load_classifier
 from spamtune.cli import app
 from spamtune.export import export_run, read_exported
-from spamtune.device import Precision
+from spamtune.device import Precision, cpu_has_native_bf16
 from spamtune.examples import Batch, Examples
 from spamtune.forward import predict_logits
 from spamtune.lora import lora_parameter_count
-from spamtune.prefix_cache import background_worth_it
+from spamtune.idle_work import idle_priority_available
 from spamtune.tokenizer import get_tokenizer
 from spamtune.model import GPTConfig
 
@@ -56,11 +56,39 @@ def test_a_second_run_loads_the_kept_cache_and_gives_the_same_metrics(root, tmp_
         assert warm[name] == cold[name] == plain[name], name
     assert len(list_caches(root)) == 1
     # Where a core is left idle by the steps, the cold runs finished the test split's states behind them.
-    behind = background_worth_it(Precision("fp32", "cpu"), distributed=False)
+    behind = torch.get_num_threads() > 1 and idle_priority_available()
     for summary in (cold, plain):
         assert summary["prefix_cache"].get("background") == (["test"] if behind else None)
         assert ("background_wait_s" in summary["prefix_cache"]) == behind
     assert "background" not in warm["prefix_cache"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_first_run_keeps_the_same_states_and_figures_whatever_its_thread_count(tmp_path, precision):
+    """A later run reads whatever cache an earlier one kept: one run on one thread and one on
+    two must keep the same states, or a run's figures would depend on which ran first. Each
+    batch of the build runs with one OpenMP thread, in the same batches on any thread count
+    (the test split's apart, computed behind the steps or not)."""
+    if precision == "bf16" and not cpu_has_native_bf16():
+        pytest.skip("no native bf16 on this CPU")
+    before = torch.get_num_threads()
+    summaries, states = [], []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            root = write_tiny_data(tmp_path / f"data-{threads}")
+            summaries.append(train.finetune(tiny_options(root, precision=precision, eval_every=5), tmp_path / f"r{threads}"))
+            (entry,) = list_caches(root)
+            states.append((entry.path / STATES_FILE).read_bytes())
+    finally:
+        torch.set_num_threads(before)
+    assert summaries[0]["prefix_cache"].get("background") is None  # one thread: built at once
+    assert states[0] == states[1]
+    for name in METRICS:
+        assert summaries[0][name] == summaries[1][name], name
+    metrics = [[{k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "examples_per_s")}
+                for line in (tmp_path / f"r{t}" / "metrics.jsonl").read_text().splitlines()] for t in (1, 2)]  # fmt: skip
+    assert metrics[0] == metrics[1]
 
 
 @pytest.mark.parametrize(

@@ -271,3 +271,36 @@ def test_running_behind_while_any_worker_is_alive():
     wait_until(lambda: not work.running_behind)
     work.finish()
     assert work.done
+
+
+def test_run_on_threads_runs_every_item_now_on_the_caller_and_its_workers_each_with_one_openmp_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    both, met, seen, lock = threading.Barrier(2, timeout=10), threading.Event(), [], threading.Lock()
+
+    def item(stage):
+        def run():
+            if stage == 0 and not met.is_set():
+                both.wait()  # the first two items: one on each thread, at the same time
+                met.set()
+            with lock:
+                seen.append((stage, threading.current_thread().name, torch.get_num_threads()))
+
+        return run
+
+    try:
+        idle_work.run_on_threads([[item(0) for _ in range(6)], [item(1) for _ in range(3)]], 2, "spamtune-test")
+        assert torch.get_num_threads() == 2  # the caller's count, back
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(stage for stage, _, _ in seen) == [0] * 6 + [1] * 3
+    assert [stage for stage, _, _ in seen] == sorted(stage for stage, _, _ in seen)  # the second stage after the first
+    assert {name for _, name, _ in seen} == {threading.main_thread().name, "spamtune-test"}
+    assert {threads for _, _, threads in seen} == {1}
+    assert not any(t.name == "spamtune-test" for t in threading.enumerate())  # the worker ended with the work
+
+
+def test_run_on_one_thread_runs_every_item_here():
+    seen = []
+    idle_work.run_on_threads([[lambda: seen.append(threading.current_thread().name)] * 3], 1, "spamtune-test")
+    assert seen == [threading.main_thread().name] * 3
