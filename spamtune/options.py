@@ -146,6 +146,11 @@ def options_in_record(record: dict, source: Path, names: list[str]) -> dict:
     return out
 
 
+# What torch.manual_seed (and a torch.Generator) takes: any 64-bit pattern, read as unsigned
+# or, below zero, as signed. A seed outside it fails only once training has begun.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
 def _require(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise OptionError(name, message)
@@ -159,6 +164,10 @@ def validate_options(options: FinetuneOptions, model_cfg: GPTConfig | None = Non
 
     o = options
     _require(o.epochs >= 1, "epochs", f"must be at least 1 (got {o.epochs})")
+    _require(
+        SEED_RANGE[0] <= o.seed <= SEED_RANGE[1], "seed",
+        f"must be between {SEED_RANGE[0]} and {SEED_RANGE[1]} (got {o.seed})",
+    )  # fmt: skip
     _require(o.batch_size >= 1, "batch_size", f"must be at least 1 (got {o.batch_size})")
     _require(math.isfinite(o.lr) and o.lr > 0, "lr", f"must be a positive number (got {o.lr})")
     _require(math.isfinite(o.weight_decay) and o.weight_decay >= 0, "weight_decay", f"must be >= 0 (got {o.weight_decay})")

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import ctrl_c_at_step, write_tiny_data
+from helpers import ctrl_c_at_step, tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import runs
 from spamtune.cli import app
+from spamtune.errors import OptionError
 
 
 @pytest.fixture
@@ -78,6 +79,40 @@ def test_a_hand_edited_setting_of_the_wrong_type_is_one_line_naming_the_file_and
         assert result.exit_code == 1
         assert result.stderr == f"Error: {hparams_file}: {message}\n"
     assert not (root / "runs" / "again").exists()
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_a_seed_torch_cannot_take_is_a_usage_error_before_any_folder(root, monkeypatch, seed):
+    """Given on the command line, in a --config file or in the hparams.json of a run resumed,
+    it is refused up front, not as torch's overflow once the run folder exists."""
+    line = f"Error: --seed must be between {-(2**63)} and {2**64 - 1} (got {seed})\n"
+    given = finetune(root, "--run", "given", "--model", str(root / "tiny.json"), "--epochs", "1", f"--seed={seed}")
+    assert (given.exit_code, given.stderr) == (2, line)
+    assert not (root / "runs" / "given").exists()
+
+    with monkeypatch.context() as interrupting:
+        ctrl_c_at_step(interrupting, 3)
+        stopped = finetune(root, "--run", "stopped", "--model", str(root / "tiny.json"), "--epochs", "1")
+    assert stopped.exit_code == 130
+    hparams_file = root / "runs" / "stopped" / runs.HPARAMS_FILE
+    hparams_file.write_text(json.dumps({**hparams(root / "runs" / "stopped"), "seed": seed}))
+    for result in (finetune(root, "--config", str(hparams_file), "--run", "again"), finetune(root, "--resume", "--run", "stopped")):
+        assert (result.exit_code, result.stderr) == (2, line)
+    assert not (root / "runs" / "again").exists()
+
+
+def test_the_seeds_allowed_are_exactly_those_torch_takes(root):
+    import torch
+
+    from spamtune.options import validate_options
+
+    for edge, beyond in ((2**64 - 1, 2**64), (-(2**63), -(2**63) - 1)):
+        torch.manual_seed(edge)
+        validate_options(tiny_options(root, seed=edge))
+        with pytest.raises(ValueError):  # torch refuses it, so spamtune must too
+            torch.manual_seed(beyond)
+        with pytest.raises(OptionError, match="seed must be between"):
+            validate_options(tiny_options(root, seed=beyond))
 
 
 def test_a_whole_number_where_a_number_belongs_is_taken_as_that_number(root):

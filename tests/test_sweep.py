@@ -122,6 +122,7 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
         ({"precision": ["fp32", "fp16"]}, "fp16 needs a CUDA device"),
         ({"clip_grad_norm": [1.0, -1.0]}, "clip-grad-norm"),  # the value's own error, not a clash of folder names
         ({"model": ["tiny", "nosuch"]}, "unknown model 'nosuch'"),
+        ({"seed": [1, 2**64]}, "seed must be between"),  # torch.manual_seed's overflow, else, once seed 1 had trained
         ({"trainable": ["last-block", "head"], "lora_rank": [2, 4]}, "--lora-rank applies only with --trainable lora, and no run"),
     ],
 )
