@@ -142,7 +142,15 @@ def options_in_record(record: dict, source: Path, names: list[str]) -> dict:
         if not ok:
             wanted = " or ".join(_TYPE_WORDS[kind] for kind in kinds)
             raise SpamtuneError(f"{source}: \"{name}\" must be {wanted}, not {json.dumps(value)}")
-        out[name] = float(value) if kinds[0] == "float" and value is not None else value
+        if kinds[0] == "float" and value is not None:
+            try:
+                value = float(value)
+            except OverflowError:  # a whole number past a float's range, which JSON allows
+                raise SpamtuneError(
+                    f"{source}: \"{name}\" must be a number a float can hold (at most ~1.8e308), "
+                    f"not a {len(str(abs(value)))}-digit whole number"
+                ) from None
+        out[name] = value
     return out
 
 

@@ -63,6 +63,10 @@ def test_config_errors(root, tmp_path):
         ("epochs", True, '"epochs" must be a whole number, not true'),
         ("shortcuts", 1, '"shortcuts" must be true or false, not 1'),
         ("trainable", None, '"trainable" must be a string, not null'),
+        *(  # JSON's whole numbers have no bound; a float's do
+            pytest.param(name, 10**400, f'"{name}" must be a number a float can hold (at most ~1.8e308), not a 401-digit whole number', id=f"{name}-10**400")
+            for name in ("lr", "weight_decay", "clip_grad_norm", "lora_alpha")
+        ),
     ],
 )
 def test_a_hand_edited_setting_of_the_wrong_type_is_one_line_naming_the_file_and_field(root, monkeypatch, field, value, message):
