@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import shutil
 import time
@@ -60,7 +61,7 @@ from spamtune.events import (
 from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_data, pad_width
 from spamtune.calibration import calibrate_and_store
 from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples
-from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters
+from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters, is_integer
 from spamtune.options import ADDED_OPTIONS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, options_in_record, validate_options
 from spamtune.plots import plot_curves
 from spamtune.base_model import build_base, prepare_base
@@ -322,10 +323,13 @@ def resume_finetune(
                 f.name: saved.get(f.name, ADDED_OPTIONS[f.name]) if f.name in ADDED_OPTIONS else saved[f.name]
                 for f in fields(FinetuneOptions)
             })  # fmt: skip
-            resolved = hparams["resolved"]
-            cfg = GPTConfig.from_dict(resolved["model_config"])
+            resolved = resolved_for_resume(hparams, run_dir / runs.HPARAMS_FILE)
         except (KeyError, TypeError) as exc:
             raise SpamtuneError(f"{run_dir / runs.HPARAMS_FILE} is not a spamtune run's hyperparameters ({exc})") from None
+        try:
+            cfg = GPTConfig.from_dict(resolved["model_config"])
+        except SpamtuneError as exc:
+            raise SpamtuneError(f"{run_dir / runs.HPARAMS_FILE}: {exc}") from None
         for name, value in (changed or {}).items():
             if name in LORA_OPTIONS and options.trainable != "lora":
                 raise OptionError(name, f"{{option}} applies only with --trainable lora, and {run_dir} trains {options.trainable}")
@@ -336,13 +340,39 @@ def resume_finetune(
         if options.max_length is None:
             options.max_length = resolved["max_length"]
         cfg, trainable, precision, data = check_and_load(options, cfg)
-        if data.fingerprint != resolved.get("data_fingerprint"):
+        if data.fingerprint != resolved["data_fingerprint"]:
             raise SpamtuneError(
                 f"the prepared data in {options.data_dir} is not the data this run started with; "
                 "resume needs the same splits"
             )
         world.on_main(lambda: (runs.remove_leftovers(run_dir), runs.clear_failure(run_dir)), share=False)
         return train_run(Run(options, cfg, trainable, precision, data, run_dir, started), on_event)
+
+
+# What resume reads of a run's ``resolved`` section, each with the test its value must pass and
+# what that test asks for, as the error says it. Training has always written all three.
+_RESOLVED_FOR_RESUME = (
+    ("model_config", lambda v: isinstance(v, dict), "an object"),
+    ("max_length", lambda v: is_integer(v) and v >= 1, "a whole number of at least 1"),
+    ("data_fingerprint", lambda v: isinstance(v, str), "a string"),
+)
+
+
+def resolved_for_resume(hparams: dict, source: Path) -> dict:
+    """The ``resolved`` section of a run's ``hparams.json``, the fields resume reads checked: a
+    hand-edited ``"max_length": "abc"`` is one error naming the file and the field, not a
+    TypeError from deep in the data loading."""
+    if "resolved" not in hparams:
+        raise SpamtuneError(f'{source} lacks "resolved"')
+    resolved = hparams["resolved"]
+    if not isinstance(resolved, dict):
+        raise SpamtuneError(f'{source}: "resolved" must be an object, not {json.dumps(resolved)}')
+    for name, ok, wanted in _RESOLVED_FOR_RESUME:
+        if name not in resolved:
+            raise SpamtuneError(f'{source}: "resolved" lacks "{name}"')
+        if not ok(resolved[name]):
+            raise SpamtuneError(f'{source}: "resolved.{name}" must be {wanted}, not {json.dumps(resolved[name])}')
+    return resolved
 
 
 # --------------------------------------------------------------------------- the loop

@@ -85,6 +85,43 @@ def test_a_hand_edited_setting_of_the_wrong_type_is_one_line_naming_the_file_and
     assert not (root / "runs" / "again").exists()
 
 
+_MISSING = object()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_length", "abc", ': "resolved.max_length" must be a whole number of at least 1, not "abc"'),
+        ("max_length", 12.5, ': "resolved.max_length" must be a whole number of at least 1, not 12.5'),
+        ("max_length", 0, ': "resolved.max_length" must be a whole number of at least 1, not 0'),
+        ("max_length", _MISSING, ': "resolved" lacks "max_length"'),
+        ("data_fingerprint", 5, ': "resolved.data_fingerprint" must be a string, not 5'),
+        ("data_fingerprint", _MISSING, ': "resolved" lacks "data_fingerprint"'),
+        ("model_config", "tiny", ': "resolved.model_config" must be an object, not "tiny"'),
+        (None, [1], ': "resolved" must be an object, not [1]'),
+        (None, _MISSING, ' lacks "resolved"'),
+    ],
+)
+def test_a_hand_edited_resolved_setting_is_one_line_naming_the_file_and_field_on_resume(root, monkeypatch, field, value, message):
+    """What a run resolved its options to (the message length it trains at, the data it began
+    with) is read back on --resume: a broken value is the file's fault, said before anything loads."""
+    with monkeypatch.context() as interrupting:
+        ctrl_c_at_step(interrupting, 3)
+        stopped = finetune(root, "--run", "stopped", "--model", str(root / "tiny.json"), "--epochs", "1")
+    assert stopped.exit_code == 130
+    hparams_file = root / "runs" / "stopped" / runs.HPARAMS_FILE
+    edited = hparams(root / "runs" / "stopped")
+    section, key = (edited, "resolved") if field is None else (edited["resolved"], field)
+    if value is _MISSING:
+        del section[key]
+    else:
+        section[key] = value
+    hparams_file.write_text(json.dumps(edited))
+
+    result = finetune(root, "--resume", "--run", "stopped")
+    assert (result.exit_code, result.stderr) == (1, f"Error: {hparams_file}{message}\n")
+
+
 @pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
 def test_a_seed_torch_cannot_take_is_a_usage_error_before_any_folder(root, monkeypatch, seed):
     """Given on the command line, in a --config file or in the hparams.json of a run resumed,
