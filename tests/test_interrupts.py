@@ -178,3 +178,12 @@ def test_ctrl_c_while_torch_loads_numpy_stops_the_command(entry, tmp_path):
     run = write_rigged_run(tmp_path / "run")
     result = spamtune_stopped_importing("numpy", entry, "predict", "--run", str(run), "--format", "tsv", "hello!")
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "Error: interrupted\n")
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_ctrl_c_while_the_options_are_parsed_is_one_line_and_exit_130(entry, tmp_path):
+    """Typer reads a command's options with pydantic, imported as they are first parsed; Typer's
+    own main would turn Ctrl-C there into exit status 130 with nothing said."""
+    result = spamtune_stopped_importing("pydantic", entry, "runs", "--data-dir", str(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "Error: interrupted\n")
+

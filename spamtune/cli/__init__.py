@@ -89,6 +89,15 @@ class SpamtuneGroup(TyperGroup):
             sys.exit(code)
         return code
 
+    def make_context(self, *args, **kwargs):
+        # Parsing the command line imports pydantic (Typer reads options with it) on first use,
+        # ~0.1 s: a Ctrl-C there reaches Typer's main, which returns exit status 130 with
+        # nothing said, indistinguishable from a command that said its own line and exited 130.
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise typer.Exit(_fail("interrupted", 130)) from None
+
     def invoke(self, ctx):
         # Caught here because Typer's main would turn a broken pipe into exit status 1, and
         # Ctrl-C into exit status 130 with nothing said.
