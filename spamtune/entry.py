@@ -9,6 +9,7 @@ torch's import, when a command first needs it, runs with Ctrl-C held (see
 
 from __future__ import annotations
 
+import os
 import sys
 
 from spamtune.interrupts import hold_sigint_while_torch_loads
@@ -22,4 +23,17 @@ def main() -> None:
         run_command()
     except KeyboardInterrupt:  # before (or after) the CLI's own handling: its line, its status
         print("Error: interrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
+        # Not sys.exit: an interrupt raised in code run by exec or eval (dataclasses and inspect
+        # make functions that way while the CLI imports) marks it unhandled to the interpreter,
+        # which then ends `python -m spamtune` by SIGINT in place of the status given.
+        _exit_now(130)
+
+
+def _exit_now(status: int) -> None:
+    """Flush what was printed and end the process with ``status``, at once."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(status)

@@ -187,3 +187,15 @@ def test_ctrl_c_while_the_options_are_parsed_is_one_line_and_exit_130(entry, tmp
     result = spamtune_stopped_importing("pydantic", entry, "runs", "--data-dir", str(tmp_path))
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "Error: interrupted\n")
 
+
+def test_ctrl_c_in_code_python_compiles_while_the_command_starts_is_exit_130_not_death_by_sigint(tmp_path):
+    """dataclasses and inspect run generated code with exec and eval: an interrupt that comes out
+    of such code makes ``python -m`` end by SIGINT once the command has exited 130 (the
+    interpreter's own convention for an interrupt it saw no one catch)."""
+    code = CTRL_C_ON_IMPORT.format(module="typer", args=["--version"], entry=ENTRIES["python -m spamtune"])
+    (tmp_path / "stopped_in_exec.py").write_text(
+        code.replace("signal.raise_signal(signal.SIGINT)", 'exec("signal.raise_signal(signal.SIGINT)")')
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(REPO), str(tmp_path)))}
+    result = subprocess.run([sys.executable, "-m", "stopped_in_exec"], capture_output=True, text=True, env=env, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "Error: interrupted\n")
