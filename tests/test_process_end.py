@@ -7,18 +7,20 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 # Runs the command's entry point after planting: an exit callback, a module-level object that
 # says when the interpreter's teardown frees it, and optionally text waiting in stdout's
 # buffer and a running thread that is not a daemon.
 SCRIPT = """
-import atexit, sys, threading, time
+import atexit, signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored
 class Freed:
     def __del__(self):
         sys.stderr.write("torn down\\n")
 kept = Freed()
-atexit.register(lambda: sys.stderr.write("exit callback\\n"))
+atexit.register(lambda: ({ctrl_c} and signal.raise_signal(signal.SIGINT), sys.stderr.write("exit callback\\n")))
 sys.stdout.write("x" * {buffered})
 if {thread}:
     threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=True))).start()
@@ -28,8 +30,8 @@ main()
 """
 
 
-def run(args=("--version",), buffered=0, thread=False, stdout=subprocess.PIPE):
-    code = SCRIPT.format(args=list(args), buffered=buffered, thread=thread)
+def run(args=("--version",), buffered=0, thread=False, stdout=subprocess.PIPE, ctrl_c=False):
+    code = SCRIPT.format(args=list(args), buffered=buffered, thread=thread, ctrl_c=ctrl_c)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("COVERAGE_PROCESS_START", None)
     env.pop("PYTHONUNBUFFERED", None)  # the output must wait in the buffer for the exit
@@ -63,6 +65,17 @@ def test_a_running_thread_is_waited_for_as_python_would():
     assert result.returncode == 0, result.stderr
     assert "thread done" in result.stdout
     assert "exit callback" in result.stderr
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["shortcut", "python's exit"])
+def test_ctrl_c_while_the_process_ends_is_ignored(thread):
+    """The command is done: an exit callback (torch's, say) cut short by Ctrl-C would print
+    Python's "Exception ignored in atexit callback" and a traceback, or a finished command would
+    be told as interrupted."""
+    result = run(thread=thread, ctrl_c=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("spamtune ")
+    assert result.stderr.replace("torn down\n", "") == "exit callback\n"  # torn down: Python's own exit
 
 
 def test_a_command_whose_output_fills_the_disk_says_so_in_one_line():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import errno
 import os
+import signal
 import sys
 import threading
 from typing import NoReturn
@@ -26,12 +27,22 @@ from spamtune.cli import common
 
 def end_process(status: object) -> NoReturn:
     """End the process with ``status`` (what ``sys.exit`` was given)."""
+    work_done()
     if status is None:
         status = 0
     if not isinstance(status, int) or not _nothing_needs_teardown():
         sys.exit(status)
     atexit._run_exitfuncs()
     os._exit(_flushed(status))
+
+
+def work_done() -> None:
+    """From here on Ctrl-C is ignored: what the command was asked to do is done (a run's files
+    are complete), and only its report and the exit remain. An interrupt now would be nothing
+    stopped, only a finished command told as interrupted, or, inside an exit callback,
+    Python's "Exception ignored in atexit callback" and a traceback."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _nothing_needs_teardown() -> bool:
