@@ -48,6 +48,7 @@ from spamtune.distributed import (
 )
 from spamtune.errors import DiskFull, OptionError, SpamtuneError
 from spamtune.fsutil import WriteBehind
+from spamtune.interrupts import sigint_deferred
 from spamtune.events import (
     EvaluationStarted,
     Evaluated,
@@ -281,7 +282,9 @@ def _nothing_kept_if_stopped_before_training(world: World, run_dir: Path) -> Ite
     try:
         yield
     except (KeyboardInterrupt, TrainingInterrupted) as stop:
-        if world.is_main and not runs.resume_file(run_dir).is_file():
+        # A finished run has no resume state either (a Ctrl-C just after it was written): kept.
+        finished = (run_dir / runs.SUMMARY_FILE).is_file()
+        if world.is_main and not runs.resume_file(run_dir).is_file() and not finished:
             runs.remove_unstarted(run_dir)
             if isinstance(stop, TrainingInterrupted):
                 raise KeyboardInterrupt from None
@@ -559,6 +562,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         world.on_main(lambda: finish(run, summary, records), share=False)
         return summary
     except KeyboardInterrupt:
+        if runs.is_finished(run_dir):  # it came once the run was complete: nothing to save or resume
+            raise
         # The best weights as of the last checkpoint become a usable classifier (a second
         # Ctrl-C during the write leaves no partial file and the resume state untouched).
         saved = writer.settle()
@@ -623,9 +628,11 @@ def evaluation_record(step: int, epoch: float, examples_seen: int, train: tuple,
 def finish(run: Run, summary: dict, records: list[dict]) -> dict:
     """The end of a run: the curves and the summary are written, the resume state removed."""
     plot_curves(records, len(run.data.train), run.run_dir / runs.CURVES_FILE)
-    runs.write_summary(run.run_dir, summary)
-    shutil.rmtree(run.run_dir / runs.RESUME_DIR, ignore_errors=True)
-    runs.release_finished(run.run_dir)
+    # Ctrl-C held: a run is finished (summary, no resume state) or resumable, never half of each.
+    with sigint_deferred():
+        runs.write_summary(run.run_dir, summary)
+        shutil.rmtree(run.run_dir / runs.RESUME_DIR, ignore_errors=True)
+        runs.release_finished(run.run_dir)
     return summary
 
 

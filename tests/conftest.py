@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ def _private_default_data_root(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.mktemp("user-data")
     monkeypatch.setattr(paths, "default_data_root", lambda: root)
     monkeypatch.delenv(paths.ENV_HOME, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_handled_as_before():
+    """A command that finishes ignores Ctrl-C from then on (``process_end.work_done``); run in
+    this process, that would outlast its test."""
+    previous = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

@@ -168,6 +168,34 @@ def test_a_whole_number_where_a_number_belongs_is_taken_as_that_number(root):
     assert isinstance(saved["weight_decay"], float) and isinstance(saved["lora_alpha"], float)
 
 
+def test_ctrl_c_once_the_run_is_complete_stops_nothing_and_the_command_succeeds(root, monkeypatch):
+    """The run's files are all written: only the report is left to print."""
+    import signal
+
+    from spamtune import train
+    from spamtune.cli import finetune as finetune_cli
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (conftest restores it)
+    real_finetune, real_duration = train.finetune, finetune_cli._duration
+    returned = []
+
+    def finetune_then_note(*args, **kwargs):
+        returned.append(real_finetune(*args, **kwargs))
+        return returned[-1]
+
+    def ctrl_c_while_reporting(seconds):  # formats the wall times of progress lines and the result's
+        if returned:
+            signal.raise_signal(signal.SIGINT)
+        return real_duration(seconds)
+
+    monkeypatch.setattr(train, "finetune", finetune_then_note)
+    monkeypatch.setattr(finetune_cli, "_duration", ctrl_c_while_reporting)
+    result = finetune(root, "--run", "done", "--model", str(root / "tiny.json"), "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(root / "runs" / "done") and "test accuracy" in result.stderr
+    assert runs.is_finished(root / "runs" / "done")
+
+
 def test_resume_takes_the_newest_interrupted_run_or_the_one_named(root, monkeypatch):
     nothing = finetune(root, "--resume")
     assert nothing.exit_code == 1 and f"no interrupted run in {root / 'runs'} to resume" in nothing.stderr

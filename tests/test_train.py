@@ -631,3 +631,19 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_no_run_folder(data_root, monk
     assert result.exit_code == 130 and result.stdout == ""
     assert "continue with" not in result.stderr and result.stderr.endswith("Error: interrupted\n")
     assert not out.exists()
+
+
+def test_ctrl_c_just_after_a_run_finished_keeps_the_run(tmp_path, monkeypatch):
+    """Past its summary a run has no resume state either, like one stopped before its first
+    checkpoint: its hparams.json must not be taken for an unstarted run's and removed."""
+    root = write_tiny_data(tmp_path / "data")
+    real_finish = train.finish
+
+    def finish_then_ctrl_c(*args, **kwargs):
+        real_finish(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "finish", finish_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train.finetune(tiny_options(root, epochs=1), tmp_path / "run")
+    assert runs.is_finished(tmp_path / "run") and (tmp_path / "run" / runs.HPARAMS_FILE).is_file()

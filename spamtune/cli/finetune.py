@@ -14,6 +14,7 @@ import typer
 
 from spamtune.cli import common
 from spamtune.cli.common import dataclass_options, field_help, stderr_console, styled, with_dataclass_options
+from spamtune.cli.process_end import work_done
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, options_in_record
 
@@ -280,6 +281,7 @@ def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str]
         else:
             out_dir = paths.new_run_path(run, root) if run is not None else None
             summary = train.finetune(FinetuneOptions(**options), out_dir, on_event=reporter)
+        work_done()  # the run's files are complete: a Ctrl-C from here on would stop nothing
     except events.TrainingInterrupted as exc:
         reporter.close()
         if not world.is_main:
