@@ -208,11 +208,47 @@ def atomic_write_json(final: str | Path, obj) -> Path:
     return atomic_write_text(final, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+# spamtune's JSON files (hparams.json, summary.json, a sweep's sweep.json) are kilobytes; a file
+# past this is not one, and is not read into memory to find that out.
+MAX_JSON_BYTES = 16 << 20
+
+
 def read_json(path: str | Path, what: str = "file") -> dict:
+    """The JSON value in ``path``, or one error naming it: missing, not a regular file (a pipe
+    would block the read, /dev/zero would fill the memory), larger than ``MAX_JSON_BYTES``, or
+    not valid JSON (nesting too deep for the parser included)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_small_file(path).decode("utf-8"))
     except FileNotFoundError:
         raise SpamtuneError(f"{what} not found: {path}") from None
-    except (OSError, ValueError) as exc:
+    except RecursionError:
+        raise SpamtuneError(f"cannot read {what} {path}: not valid JSON (nested too deeply)") from None
+    except OSError as exc:
+        raise SpamtuneError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
         raise SpamtuneError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _read_small_file(path: Path) -> bytes:
+    """The bytes of ``path``; a ValueError saying why, for what is no small regular file."""
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError("it is a directory")
+        if not stat.S_ISREG(mode):
+            raise ValueError("it is not a regular file (a device, pipe or socket)")
+        chunks, size = [], 0
+        while size <= MAX_JSON_BYTES:
+            chunk = os.read(fd, MAX_JSON_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"it is larger than {MAX_JSON_BYTES >> 20} MiB")
+    return b"".join(chunks)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from spamtune import paths, runs
 from spamtune.errors import SpamtuneError
+from spamtune.fsutil import read_json
 from spamtune.sweep import sweeps_dir
 
 RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
@@ -55,8 +56,8 @@ class RunInfo:
 def _read_json(path: Path) -> dict | None:
     """A run's JSON file, or None when it is missing or unreadable (a listing never fails on one run)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(path)  # a pipe or /dev/zero in a run's place neither blocks nor fills the memory
+    except SpamtuneError:
         return None
     return data if isinstance(data, dict) else None
 

@@ -55,6 +55,21 @@ def test_config_errors(root, tmp_path):
     assert both.exit_code == 2 and "--config starts a new run" in both.stderr
 
 
+def test_a_config_that_is_no_regular_file_or_no_json_is_one_line(root, tmp_path):
+    import os
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    nested = finetune(root, "--config", str(deep))
+    assert (nested.exit_code, nested.stderr) == (1, f"Error: cannot read run hyperparameters {deep}: not valid JSON (nested too deeply)\n")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "piped.json")  # read as the file it is, not looked for as a run folder
+        piped = finetune(root, "--config", str(tmp_path / "piped.json"))
+        reason = "it is not a regular file (a device, pipe or socket)"
+        assert (piped.exit_code, piped.stderr) == (1, f"Error: cannot read run hyperparameters {tmp_path / 'piped.json'}: {reason}\n")
+    assert not (root / "runs").exists()
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

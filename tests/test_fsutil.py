@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 import threading
 
@@ -224,3 +225,52 @@ def test_write_behind_raises_a_failed_write_once_and_keeps_the_last_written(tmp_
     writer.wait()  # raised once
     writer.submit(full_disk, 4)
     assert writer.settle() == 2  # settle never raises
+
+
+# read_json in a process of its own, bounded in time and memory: what the fix is for is a read
+# that blocks for ever (a pipe) or fills the memory (/dev/zero).
+BOUNDED_READ = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from spamtune.errors import SpamtuneError
+from spamtune.fsutil import read_json
+try:
+    read_json(sys.argv[1], "run hyperparameters")
+except SpamtuneError as exc:
+    print(exc)
+"""
+
+
+def read_json_bounded(path) -> str:
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", BOUNDED_READ, str(path)], capture_output=True, text=True, env=env, timeout=60)
+    return result.stdout.strip()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_or_a_device_in_a_json_files_place_is_refused_not_read(tmp_path):
+    os.mkfifo(tmp_path / "fifo.json")  # no writer: a plain open would wait for one
+    (tmp_path / "zero.json").symlink_to("/dev/zero")  # endless: a plain read would fill the memory
+    for name in ("fifo.json", "zero.json"):
+        said = read_json_bounded(tmp_path / name)
+        assert said == f"cannot read run hyperparameters {tmp_path / name}: it is not a regular file (a device, pipe or socket)"
+
+
+def test_a_json_file_too_large_or_nested_too_deeply_is_one_error(tmp_path):
+    large = tmp_path / "large.json"
+    with open(large, "wb") as f:
+        f.truncate(fsutil.MAX_JSON_BYTES + 1)  # sparse: nothing written
+    with pytest.raises(SpamtuneError, match=f"{large}: it is larger than 16 MiB$"):
+        read_json(large, "run hyperparameters")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # the parser recurses once per level
+    with pytest.raises(SpamtuneError, match=f"{deep}: not valid JSON \\(nested too deeply\\)$"):
+        read_json(deep, "run hyperparameters")
+    with pytest.raises(SpamtuneError, match=f"{tmp_path}: it is a directory$"):
+        read_json(tmp_path, "run hyperparameters")
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "real.json")
+    (tmp_path / "real.json").write_text('{"a": 1}')  # a link to a regular file reads as the file
+    assert read_json(link) == {"a": 1}

@@ -178,3 +178,21 @@ def test_old_metrics_lines_are_read_under_the_summary_names(tmp_path):
     expected = {"step": 5, "train_loss": 0.6, "train_accuracy": 0.5, "validation_loss": 0.4, "validation_accuracy": 0.75, "elapsed_s": 1.0}
     assert runs.read_metrics(tmp_path) == [expected]  # what resume and the curves read
     assert run_catalog.read_evaluations(tmp_path) == [expected]  # what the listing reads
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_in_place_of_a_runs_hparams_json_does_not_stop_the_listing(tmp_path):
+    """In a process of its own, bounded: the read would wait for a writer for ever."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "runs" / "piped").mkdir(parents=True)
+    os.mkfifo(tmp_path / "runs" / "piped" / runs.HPARAMS_FILE)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "spamtune", "runs", "--json", "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["piped"]

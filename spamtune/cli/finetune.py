@@ -158,7 +158,7 @@ def _settings_from(config: str, root: Path) -> dict:
     from spamtune.fsutil import read_json
 
     path = Path(config).expanduser()
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a file, even one that is no regular file, is read as the file
         path = paths.resolve_run(config, root) / runs.HPARAMS_FILE
     hparams = read_json(path.absolute(), "run hyperparameters")
     if not isinstance(hparams, dict):
