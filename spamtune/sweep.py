@@ -69,10 +69,16 @@ def parse_grid(options_type: type, values: dict[str, str]) -> dict[str, list]:
         if name not in types:
             raise SpamtuneUsageError(f"a sweep cannot vary '{name}'")
         items = [_convert(types[name], name, part) for part in str(text).split(",")]
-        if len(set(map(repr, items))) != len(items):
+        if len(set(map(_listed_as, items))) != len(items):
             raise SpamtuneUsageError(f"--{name.replace('_', '-')} lists a value twice")
         grid[name] = items
     return grid
+
+
+def _listed_as(value) -> str:
+    """What makes two listed values the same: their repr (1e-5 and 0.00001 alike), -0.0 and 0.0
+    made one (one run, and no order between them for the sweep's hash)."""
+    return repr(value + 0.0 if isinstance(value, float) else value)
 
 
 def combinations(grid: dict[str, list]) -> list[dict]:

@@ -19,6 +19,9 @@ def test_grid_values_are_typed_like_the_options():
         parse_grid(train.FinetuneOptions, {"epochs": "1,x"})
     with pytest.raises(SpamtuneUsageError, match="lists a value twice"):
         parse_grid(train.FinetuneOptions, {"lr": "1e-5,0.00001"})
+    for listed in ("0.0,-0.0", "-0.0,0"):  # one value: -0.0 == 0.0
+        with pytest.raises(SpamtuneUsageError, match="--weight-decay lists a value twice"):
+            parse_grid(train.FinetuneOptions, {"weight_decay": listed})
     with pytest.raises(SpamtuneUsageError, match="cannot vary 'colour'"):
         parse_grid(train.FinetuneOptions, {"colour": "red"})
 
