@@ -61,6 +61,7 @@ def resume_writer(
     precision: Precision,
     best_weights: dict[str, torch.Tensor],
     position: dict,
+    settings: dict | None = None,
 ) -> Callable[[], None]:
     """The resume state, taken now, as a call that writes it: ``state`` from ``training_state``,
     ``position`` the loop's JSON-ready counters, and the random number generators' and the
@@ -73,7 +74,20 @@ def resume_writer(
     if precision.device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(precision.device)
     metadata = {"loop": json.dumps(position), "scaler": json.dumps(precision.scaler.state_dict())}
+    if settings is not None:  # what the run trains with (``train.run_settings``), compared on resume
+        metadata["settings"] = json.dumps(settings)
     return functools.partial(save_tensors, resume_file(run_dir), tensors, metadata)
+
+
+def saved_settings(run_dir: Path) -> dict | None:
+    """The settings the run's last checkpoint was taken with, or None where it keeps none (a
+    checkpoint from before they were kept) or cannot be read (loading it says why)."""
+    try:
+        with safe_open(str(resume_file(run_dir)), framework="pt") as f:
+            kept = (f.metadata() or {}).get("settings")
+        return json.loads(kept) if kept is not None else None
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 def load_resume_state(

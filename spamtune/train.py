@@ -81,7 +81,7 @@ from spamtune.prefix_cache import (
     memory_budget_bytes,
 )
 from spamtune.schedule import clip_gradients, make_scheduler
-from spamtune.resume import load_resume_state, resume_writer, trainable_weights, training_state
+from spamtune.resume import load_resume_state, resume_writer, saved_settings, trainable_weights, training_state
 from spamtune.fsdp import is_sharded, plain_copy, set_from_rank0, shard_classifier, whole_model
 
 # --------------------------------------------------------------------------- model and step
@@ -256,14 +256,10 @@ def finetune(
         world.on_main(lambda: runs.write_hparams(run_dir, {
             **asdict(options),
             "resolved": {
-                "model_config": cfg.to_dict(),
-                "max_length": data.max_length,
+                **resolved_settings(run),
                 "device": str(precision.device),
                 "precision": precision.name,
-                "labels": data.labels,
                 "steps_per_epoch": run.steps_per_epoch,
-                "total_steps": run.total_steps,
-                "data_fingerprint": data.fingerprint,
                 "world_size": world.size,
                 "spamtune_version": __version__,
             },
@@ -342,7 +338,8 @@ def resume_finetune(
                 raise OptionChanged(name, value, getattr(options, name), run_dir)
         if options.max_length is None:
             options.max_length = resolved["max_length"]
-        cfg, trainable, precision, data = check_and_load(options, cfg)
+        cfg, trainable, precision, data = check_and_load(options, cfg)  # a value that cannot work: said first
+        check_settings_unchanged(run_dir, run_settings(asdict(options), resolved))
         if data.fingerprint != resolved["data_fingerprint"]:
             raise SpamtuneError(
                 f"the prepared data in {options.data_dir} is not the data this run started with; "
@@ -359,6 +356,40 @@ _RESOLVED_FOR_RESUME = (
     ("max_length", lambda v: is_integer(v) and v >= 1, "a whole number of at least 1"),
     ("data_fingerprint", lambda v: isinstance(v, str), "a string"),
 )
+
+
+def resolved_settings(run: Run) -> dict:
+    """What a run's options resolved to that its training depends on (``hparams.json``'s
+    ``resolved``, with the device and bookkeeping beside them)."""
+    data = run.data
+    return {
+        "model_config": run.model_cfg.to_dict(), "max_length": data.max_length, "labels": data.labels,
+        "total_steps": run.total_steps, "data_fingerprint": data.fingerprint,
+    }  # fmt: skip
+
+
+def run_settings(options: dict, resolved: dict) -> dict:
+    """What a run trains with, as each of its checkpoints keeps it (``resume_writer``): every
+    option a resume may not change (``max_length`` by what it resolved to) and what they
+    resolved to. Compared on resume with the run's ``hparams.json``, so that a hand edit of it
+    after the run stopped (a batch size, the labels) is refused rather than trained with."""
+    kept = {name: value for name, value in options.items() if name not in RESUMABLE_CHANGES and name != "max_length"}
+    kept.update({f"resolved.{name}": resolved.get(name) for name in ("model_config", "max_length", "labels", "total_steps", "data_fingerprint")})
+    return json.loads(json.dumps(kept))  # as a checkpoint keeps it: JSON's lists and numbers
+
+
+def check_settings_unchanged(run_dir: Path, now: dict) -> None:
+    """Refuse to resume a run whose ``hparams.json`` no longer says what its last checkpoint
+    was taken with (older checkpoints keep no settings: nothing to compare)."""
+    kept = saved_settings(run_dir)
+    changed = [name for name in kept or {} if name in now and now[name] != kept[name]]
+    if changed:
+        name = changed[0]
+        raise SpamtuneError(
+            f'{run_dir / runs.HPARAMS_FILE}: "{name}" is {json.dumps(now[name])} but the run was checkpointed with '
+            f"{json.dumps(kept[name])}; a resume continues the run with its own settings: put it back, "
+            f"or start a new run with them (spamtune finetune --config {run_dir})"
+        )
 
 
 def resolved_for_resume(hparams: dict, source: Path) -> dict:
@@ -463,6 +494,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     # state written. One process writes it behind the next steps; several ranks write it
     # before going on, so that a failed write stops every rank at once.
     writer = WriteBehind(written=(step, best and best["step"], best_weights))
+    settings = run_settings(asdict(options), resolved_settings(run))
 
     def checkpoint() -> None:
         """Write the resume state (by ``writer``, or before returning under several ranks)."""
@@ -473,7 +505,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         }  # fmt: skip
         with world.collective():  # under FSDP, gathered by every rank
             state = training_state(model, optimizer, keep=world.is_main)
-        write = resume_writer(run_dir, state, precision, best_weights, position)
+        write = resume_writer(run_dir, state, precision, best_weights, position, settings)
         label = (step, best and best["step"], best_weights)
         if not world.distributed:
             writer.submit(write, label)

@@ -211,6 +211,32 @@ def test_ctrl_c_once_the_run_is_complete_stops_nothing_and_the_command_succeeds(
     assert runs.is_finished(root / "runs" / "done")
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h.update(batch_size=4), '"batch_size" is 4 but the run was checkpointed with 8'),
+        (lambda h: h["resolved"].update(labels={"ham": 1, "spam": 0}), '"resolved.labels" is {"ham": 1, "spam": 0} but the run was checkpointed with {"ham": 0, "spam": 1}'),
+        (lambda h: h["resolved"].update(max_length=7), '"resolved.max_length" is 7 but the run was checkpointed with'),
+    ],
+)
+def test_a_resume_refuses_settings_edited_since_the_last_checkpoint_and_takes_them_put_back(root, monkeypatch, edit, message):
+    with monkeypatch.context() as interrupting:
+        ctrl_c_at_step(interrupting, 3)
+        stopped = finetune(root, "--run", "stopped", "--model", str(root / "tiny.json"), "--epochs", "1", "--batch-size", "8")
+    assert stopped.exit_code == 130
+    hparams_file = root / "runs" / "stopped" / runs.HPARAMS_FILE
+    original = hparams_file.read_text()
+    edited = json.loads(original)
+    edit(edited)
+    hparams_file.write_text(json.dumps(edited))
+    refused = finetune(root, "--resume", "--run", "stopped")
+    assert refused.exit_code == 1 and refused.stderr.startswith(f"Error: {hparams_file}: {message}")
+    assert refused.stderr.count("\n") == 1 and "spamtune finetune --config" in refused.stderr
+    hparams_file.write_text(original)
+    resumed = finetune(root, "--resume", "--run", "stopped")
+    assert resumed.exit_code == 0, resumed.stderr
+
+
 def test_resume_takes_the_newest_interrupted_run_or_the_one_named(root, monkeypatch):
     nothing = finetune(root, "--resume")
     assert nothing.exit_code == 1 and f"no interrupted run in {root / 'runs'} to resume" in nothing.stderr

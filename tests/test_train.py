@@ -438,6 +438,14 @@ def test_cli_resume_refuses_other_options_and_other_shapes(data_root):
     assert_one_line_error(invoke("finetune", "--resume", str(folders["a"]), "--epochs", "9"), "--epochs 9 differs from its 2", 2)
     state = runs.RESUME_DIR + "/" + runs.RESUME_FILE
     (folders["a"] / state).write_bytes((folders["b"] / state).read_bytes())
+    assert_one_line_error(invoke("finetune", "--resume", str(folders["a"])), f'"model" is "{data_root / "a.json"}" but the run was checkpointed with', 1)
+    # A checkpoint that keeps no settings (as before they were kept): its shapes are checked.
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(folders["b"] / state), framework="pt") as f:
+        metadata = {k: v for k, v in f.metadata().items() if k != "settings"}
+    save_file(load_file(str(folders["b"] / state)), str(folders["a"] / state), metadata=metadata)
     assert_one_line_error(invoke("finetune", "--resume", str(folders["a"])), "checkpoint of another shape", 1)
     assert_one_line_error(invoke("finetune", "--resume", str(data_root / "nowhere")), "run folder not found", 1)
 
