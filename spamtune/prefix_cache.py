@@ -317,11 +317,12 @@ def build_prefix_cache(
     with held:
         held.enter_context(packed)
         behind = any(later) and torch.get_num_threads() > 1 and idle_priority_available()
+        at_once = now if behind else now + later
         with eval_mode(model):
             if device.type == "cpu":
-                run_on_threads(now if behind else now + later, torch.get_num_threads(), "spamtune-cache-build")
+                run_on_threads(at_once, torch.get_num_threads(), "spamtune-cache-build")
             else:  # a GPU runs one batch at a time, each across the whole device
-                for stage in now + ([] if behind else later):
+                for stage in at_once:
                     for batch in stage:
                         batch()
         cache = FrozenPrefixCache(start, states, offsets[slot_of], lengths[slot_of])

@@ -368,13 +368,16 @@ def resolved_settings(run: Run) -> dict:
     }  # fmt: skip
 
 
+_RESOLVED_SETTINGS = ("model_config", "max_length", "labels", "total_steps", "data_fingerprint")  # resolved_settings' fields
+
+
 def run_settings(options: dict, resolved: dict) -> dict:
     """What a run trains with, as each of its checkpoints keeps it (``resume_writer``): every
     option a resume may not change (``max_length`` by what it resolved to) and what they
     resolved to. Compared on resume with the run's ``hparams.json``, so that a hand edit of it
     after the run stopped (a batch size, the labels) is refused rather than trained with."""
     kept = {name: value for name, value in options.items() if name not in RESUMABLE_CHANGES and name != "max_length"}
-    kept.update({f"resolved.{name}": resolved.get(name) for name in ("model_config", "max_length", "labels", "total_steps", "data_fingerprint")})
+    kept.update({f"resolved.{name}": resolved.get(name) for name in _RESOLVED_SETTINGS})
     return json.loads(json.dumps(kept))  # as a checkpoint keeps it: JSON's lists and numbers
 
 
@@ -751,8 +754,8 @@ def summarize(run: Run, model: GPTModel, best: dict, cache: PrefixCacheReport, t
         "total_params": total,
         "device": str(run.precision.device),
         # CPU kernels split sums across threads, so bit-identical reruns need the same count;
-        # the steps of the book's recipe, alone, give the same numbers on any count, and leave a
-        # thread to the cache's work behind them while it lasts (``threads_for_steps``).
+        # the steps of the book's recipe, alone, give the same numbers on any count, and leave
+        # threads to the cache's work behind them while it lasts (``threads_for_steps``).
         "cpu_threads": loop["cpu_threads"],
         "step_threads": loop["step_threads"],
         "precision": run.precision.name,
