@@ -310,6 +310,17 @@ def test_bad_requests_get_one_line_reasons(strict_service, body, status, reason)
     assert set(answer) == {"error"} and reason in answer["error"] and "\n" not in answer["error"]
 
 
+def test_json_the_parser_cannot_hold_is_refused_as_malformed(service):
+    """Nesting past the recursion limit and integers past the digit limit are small bodies that
+    Python's json module refuses with other exceptions than JSONDecodeError."""
+    for body, reason in (
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"text": "a", "threshold": ' + b"1" * 5_000 + b"}", "a number has too many digits"),
+    ):
+        code, answer = call_json(service + "/v1/classify", "POST", body, {"Content-Type": "application/json"})
+        assert (code, answer) == (422, {"error": f"malformed JSON: {reason}"})
+
+
 def test_oversized_bodies_are_refused_while_reading(strict_service):
     """Without a Content-Length (chunked upload) the limit still holds."""
     def chunks():

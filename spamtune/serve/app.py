@@ -397,6 +397,10 @@ def parse_classify_request(
         raise ApiError(422, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except UnicodeDecodeError:
         raise ApiError(422, "malformed JSON: the body is not UTF-8") from None
+    except RecursionError:  # arrays or objects nested thousands deep: a small body, no answer
+        raise ApiError(422, "malformed JSON: nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ApiError(422, "malformed JSON: a number has too many digits") from None
     if not isinstance(data, dict):
         raise ApiError(422, 'the body must be a JSON object: {"texts": [...]} or {"text": "..."}')
     unknown = sorted(set(data) - {"texts", "text", "threshold", "explain"})
