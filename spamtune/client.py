@@ -32,6 +32,16 @@ DEFAULT_MAX_TEXTS = 256
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
+API_KEY_RULE = "the API key must be printable ASCII, with no space at either end (it travels in an HTTP header)"
+
+
+def is_valid_api_key(key: str) -> bool:
+    """Whether ``key`` can be sent as ``Authorization: Bearer KEY``: an HTTP header carries
+    printable ASCII (other characters arrive altered or not at all), and spaces around a
+    header value are dropped."""
+    return key == key.strip(" ") and all(" " <= c <= "~" for c in key)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One classified text: its label, and the probability of the positive class (spam)."""
@@ -53,9 +63,15 @@ class SpamtuneClient:
     """Talks to one service at ``url`` (``http://host:port``)."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S):
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        try:
+            parsed = urllib.parse.urlsplit(url)
+            parsed.port  # noqa: B018 - a port that is not a number raises here, not at the first request
+        except ValueError:  # an unclosed [IPv6 address, a port out of range or not a number
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise SpamtuneError(f"not a service URL: {url!r} (expected http://HOST:PORT)")
+        if api_key and not is_valid_api_key(api_key):
+            raise SpamtuneError(API_KEY_RULE)
         self.url = url.rstrip("/")
         self.api_key = api_key or None
         self.timeout = timeout
@@ -81,9 +97,12 @@ class SpamtuneClient:
                 body["threshold"] = threshold
             answer = self._request("POST", "/v1/classify", json.dumps(body, ensure_ascii=False).encode())
             results = answer.get("results")
-            if not isinstance(results, list) or len(results) != len(part):
-                raise SpamtuneError(f"the service at {self.url} sent a malformed answer")
-            verdicts.extend(Verdict(r["label"], float(r["p_spam"])) for r in results)
+            try:
+                if not isinstance(results, list) or len(results) != len(part):
+                    raise ValueError("not one result per text")
+                verdicts.extend(Verdict(str(r["label"]), float(r["p_spam"])) for r in results)
+            except (KeyError, TypeError, ValueError):
+                raise SpamtuneError(f"the service at {self.url} sent a malformed answer") from None
         return verdicts
 
     def classify_mail(self, raw: bytes, threshold: float | None = None) -> MailVerdict:

@@ -437,6 +437,8 @@ def test_cors_is_off_unless_asked_for(clf):
         (["--host", "0.0.0.0"], {}, "give an API key"),
         (["--host", "192.168.1.5"], {"SPAMTUNE_API_KEY": ""}, "give an API key"),
         (["--host", "0.0.0.0", "--api-key", "short"], {}, "too short"),
+        # No client could send it: a header carries printable ASCII only.
+        (["--host", "0.0.0.0"], {"SPAMTUNE_API_KEY": "ключ-ключ-ключ-ключ"}, "printable ASCII"),
     ],
 )
 def test_serve_refuses_other_hosts_without_a_key(args, env, message, monkeypatch):
@@ -524,6 +526,14 @@ def test_client_mode_never_imports_torch(service, tmp_path):
 def test_client_errors_are_one_line(service, clf, tmp_path):
     result = CliRunner().invoke(cli_app, ["predict", "--server", "http://127.0.0.1:9", "hi"])
     assert result.exit_code == 1 and "cannot reach the service at http://127.0.0.1:9" in result.stderr
+    for url in ("http://[::1", "http://127.0.0.1:abc", "http://127.0.0.1:99999"):
+        result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"])
+        assert result.exit_code == 1 and result.stderr == f"Error: not a service URL: {url!r} (expected http://HOST:PORT)\n"
+    for key in ("ключ-ключ-ключ-ключ", "line\nbreak"):
+        result = CliRunner().invoke(cli_app, ["predict", "--server", service, "hi"], env={"SPAMTUNE_API_KEY": key})
+        assert result.exit_code == 1 and "printable ASCII" in result.stderr and result.stderr.count("\n") == 1
+    result = CliRunner().invoke(cli_app, ["filter", "--server", "http://[::1"], input=MAIL)
+    assert result.exit_code == 1 and result.stdout_bytes == MAIL and "not a service URL" in result.stderr
     result = CliRunner().invoke(cli_app, ["predict", "--server", service, "--run", str(tmp_path), "hi"])
     assert result.exit_code == 2 and "--run cannot be used with --server" in result.stderr
     # Never silently dropped: the client has no explanation to print.

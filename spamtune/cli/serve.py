@@ -73,6 +73,10 @@ def serve(
             f"--host {host} makes the service reachable from other machines: give an API key with "
             "SPAMTUNE_API_KEY (or --api-key)"
         )
+    from spamtune.client import API_KEY_RULE, is_valid_api_key
+
+    if api_key is not None and not is_valid_api_key(api_key):
+        raise SpamtuneUsageError(API_KEY_RULE)
     if api_key is not None and len(api_key) < MIN_KEY_LENGTH:
         raise SpamtuneUsageError(
             f"the API key is too short (at least {MIN_KEY_LENGTH} characters; e.g. "
