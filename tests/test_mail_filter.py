@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 from email import policy
 from email.parser import BytesParser
 
@@ -138,6 +141,20 @@ def test_filter_command_with_a_broken_run_passes_the_message(tmp_path, run_dir):
     result = CliRunner().invoke(app, ["filter", "--run", str(broken)], input=raw)
     assert result.exit_code == 1 and result.stdout_bytes == raw
     assert "Error: message passed through unclassified" in result.stderr
+
+
+def test_filter_without_stdin_or_stdout_says_so_in_one_line(run_dir):
+    """A process started with stdin or stdout closed has ``sys.stdin``/``sys.stdout`` None."""
+    for closed, status, message in (
+        (0, 2, "filter reads one message on stdin, but this process has none"),
+        (1, 1, "stdout is closed: there is nowhere to write the output (redirect it instead, e.g. > /dev/null)"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "spamtune", "filter", "--run", str(run_dir)], input=None if closed == 0 else b"Subject: x\n\nhi\n",
+            preexec_fn=lambda fd=closed: os.close(fd), stderr=subprocess.PIPE, text=False, timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert (proc.returncode, proc.stderr.decode()) == (status, f"Error: {message}\n")
 
 
 def test_filter_reads_a_long_message_in_chunks_by_default(run_dir):

@@ -374,6 +374,25 @@ def spamtune_command(run_dir: Path, *args: str) -> list[str]:
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def test_a_closed_stdout_is_one_line_and_out_needs_none(run_dir, tmp_path):
+    """Started with stdout closed (``>&-``), Python has no sys.stdout: one line before the model
+    loads, not an "unexpected AttributeError"; with --out the results never needed stdout."""
+    def close_stdout():
+        os.close(1)
+
+    def run(*args):
+        return subprocess.run(spamtune_command(run_dir, *args), preexec_fn=close_stdout, stdin=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=CHILD_ENV, timeout=300)  # fmt: skip
+
+    proc = run("hi")
+    assert (proc.returncode, proc.stderr) == (1, "Error: stdout is closed: there is nowhere to write the output "
+                                                 "(redirect it instead, e.g. > /dev/null)\n")  # fmt: skip
+    out = tmp_path / "out.tsv"
+    proc = run("--out", str(out), "hi")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().endswith("\thi\n")
+
+
 def write_lines(path: Path, n: int) -> Path:
     """n numbered messages of a dozen tokens, every third one spam."""
     with path.open("w") as f:

@@ -187,6 +187,15 @@ def detail(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def require_stdout() -> None:
+    """Refuse in one line, before any work, a command whose output has nowhere to go: a process
+    started with stdout closed (``>&-``) has ``sys.stdout`` None."""
+    if sys.stdout is None:
+        from spamtune.errors import SpamtuneError
+
+        raise SpamtuneError("stdout is closed: there is nowhere to write the output (redirect it instead, e.g. > /dev/null)")
+
+
 def configure_hf_logging() -> None:
     """Hugging Face's own warnings (a retry line every few seconds while offline) only with
     ``--verbose``; spamtune reports the outcome itself. ``$HF_HUB_VERBOSITY`` still wins when set."""

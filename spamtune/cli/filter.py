@@ -51,8 +51,12 @@ def filter_mail(
     ),
 ) -> None:
     """Add X-Spamtune-Status to one message (help: FILTER_HELP)."""
-    from spamtune.errors import SpamtuneError
+    from spamtune.errors import SpamtuneError, SpamtuneUsageError
     from spamtune.mail_filter import filter_message, verdict_function
+
+    if sys.stdin is None:
+        raise SpamtuneUsageError("filter reads one message on stdin, but this process has none")
+    common.require_stdout()  # before the model loads; the mail server keeps the message
 
     classify, load_error = None, None
     if server:  # client mode: the service classifies, torch is never imported

@@ -105,7 +105,7 @@ def _stdin_is_terminal() -> bool:
 
 
 def _stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
+    return sys.stdout is not None and sys.stdout.isatty()
 
 
 def _stderr_is_terminal() -> bool:
@@ -433,6 +433,8 @@ def predict(
     if fail_on_spam:
         common.use_error_exit_code(2)
     _check_flags_take_no_value(common.command_line())
+    if out_file is None:
+        common.require_stdout()
     to_terminal = out_file is None and _stdout_is_terminal()
     output_format = common.chosen_format(output_format, as_json, OutputFormat.jsonl, None)
     if output_format is None:
@@ -520,11 +522,12 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
         chunks = fixed_chunks(([message] for message in chunks), MAIL_CHUNK * world.size)
     elif world.distributed:
         chunks = fixed_chunks(chunks, CHUNK_LINES * world.size)
-    sys.stdout.flush()
     with contextlib.ExitStack() as stack:
-        out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
-        if out_file is not None and world.is_main:
-            out = stack.enter_context(open(stack.enter_context(atomic_path(out_file)), "wb"))
+        if out_file is not None:  # stdout is not needed, and may be closed
+            out = stack.enter_context(open(stack.enter_context(atomic_path(out_file)), "wb")) if world.is_main else None
+        else:
+            sys.stdout.flush()
+            out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
         if header and world.is_main:
             out.write((TSV_HEADER if mail is None else MAIL_TSV_HEADER).encode())
         watch = ReaderWatch(out if world.is_main else None)  # only rank 0 writes, so only it watches

@@ -30,7 +30,9 @@ def mail_messages(source: Path):
     from spamtune.mail import MAX_MESSAGE_BYTES, iter_messages
 
     if str(source) == "-":
-        if sys.stdin is None or sys.stdin.isatty():
+        if sys.stdin is None:
+            raise SpamtuneError("--mail - reads one message on stdin, but this process has none")
+        if sys.stdin.isatty():
             raise SpamtuneError("--mail - reads one message on stdin, but stdin is a terminal")
         raw = sys.stdin.buffer.read(MAX_MESSAGE_BYTES)
         while sys.stdin.buffer.read(1 << 16):  # the rest: read and dropped, so the writer is not cut off
