@@ -321,6 +321,21 @@ def test_json_the_parser_cannot_hold_is_refused_as_malformed(service):
         assert (code, answer) == (422, {"error": f"malformed JSON: {reason}"})
 
 
+def test_a_client_leaving_mid_body_is_its_error_not_the_services(clf):
+    """A request cut off before its Content-Length is read whole counts as a 400, with no
+    "Exception in ASGI application" traceback, not as a 500 (a bug) in the metrics."""
+    with running(create_app(clf)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for path in ("/v1/classify", "/v1/classify/mail"):
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode() + b'{"te')
+            deadline = time.monotonic() + 10
+            counted = f'spamtune_http_requests_total{{code="400",endpoint="{path}"}} 1.0'
+            while counted not in (metrics := call(url + "/metrics")[2].decode()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert counted in metrics and 'code="500"' not in metrics
+
+
 def test_oversized_bodies_are_refused_while_reading(strict_service):
     """Without a Content-Length (chunked upload) the limit still holds."""
     def chunks():
