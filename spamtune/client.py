@@ -85,7 +85,12 @@ class SpamtuneClient:
     def model(self) -> dict[str, Any]:
         """The run being served: name, labels, positive label, threshold, limits (cached)."""
         if self._info is None:
-            self._info = self._request("GET", "/v1/model")
+            info = self._request("GET", "/v1/model")
+            labels = info.get("labels")
+            # What every caller reads: another JSON service at this URL answers without them.
+            if not isinstance(labels, list) or info.get("positive_label") not in labels:
+                raise SpamtuneError(f"the service at {self.url} sent a malformed answer (is it `spamtune serve`?)")
+            self._info = info
         return self._info
 
     def classify(self, texts: list[str], threshold: float | None = None) -> list[Verdict]:

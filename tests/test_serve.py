@@ -538,6 +538,44 @@ def test_client_mode_never_imports_torch(service, tmp_path):
     assert b"X-Spamtune-Status: " in proc.stdout and b"NO_TORCH" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "answers",
+    [
+        {"/v1/model": {"status": "ok"}},  # another JSON service at that URL
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{}]}},
+    ],
+)
+def test_a_malformed_answer_is_one_line(answers):
+    """Whatever JSON object the URL answers with, the client says so in one line."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Stub(BaseHTTPRequestHandler):
+        def answer(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps(answers.get(self.path, {})).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Stub) as stub:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{stub.server_address[1]}"
+        try:
+            result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"])
+            assert result.exit_code == 1 and result.stderr.startswith(f"Error: the service at {url} sent a malformed answer")
+            assert result.stderr.count("\n") == 1
+            result = CliRunner().invoke(cli_app, ["filter", "--server", url], input=MAIL)
+            assert result.exit_code == 1 and result.stdout_bytes == MAIL and "malformed answer" in result.stderr
+        finally:
+            stub.shutdown()
+
+
 def test_client_errors_are_one_line(service, clf, tmp_path):
     result = CliRunner().invoke(cli_app, ["predict", "--server", "http://127.0.0.1:9", "hi"])
     assert result.exit_code == 1 and "cannot reach the service at http://127.0.0.1:9" in result.stderr
