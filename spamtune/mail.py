@@ -358,10 +358,13 @@ def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Itera
     except OSError as exc:
         raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
     with stream:
-        if stream.peek(5)[:5] == b"From ":
-            yield from iter_mbox(stream, max_bytes)
-        else:
-            yield path.name, stream.read(max_bytes)
+        try:
+            if stream.peek(5)[:5] == b"From ":
+                yield from iter_mbox(stream, max_bytes)
+            else:
+                yield path.name, stream.read(max_bytes)
+        except OSError as exc:  # an I/O error midway: the messages read so far are already out
+            raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _sorted_names(folder: Path) -> list[str]:

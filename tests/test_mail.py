@@ -7,6 +7,7 @@ import time
 import tracemalloc
 from email import policy
 from email.parser import BytesParser
+from pathlib import Path
 
 import pytest
 from mail_samples import SAMPLES, TEXT_WITH_ATTACHMENT
@@ -197,6 +198,12 @@ def test_single_message_file(tmp_path):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(SpamtuneError, match="mail source not found"):
         list(iter_messages(tmp_path / "nope"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc: a file whose reads fail")
+def test_a_read_that_fails_midway_is_a_clear_error():
+    with pytest.raises(SpamtuneError, match="cannot read /proc/self/mem: Input/output error"):
+        list(iter_messages("/proc/self/mem"))
 
 
 def test_parse_source():

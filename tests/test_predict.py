@@ -119,6 +119,13 @@ def test_file_input_errors(run_dir, tmp_path):
     assert twice.exit_code == 2 and "only once" in twice.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc: a file whose reads fail")
+def test_a_read_that_fails_midway_is_one_line(run_dir):
+    """/proc/self/mem opens, then fails to read (EIO) as a bad disk or a dropped network share does."""
+    failing = invoke(run_dir, "--input", "/proc/self/mem")
+    assert failing.exit_code == 1 and failing.stderr.endswith("Error: cannot read /proc/self/mem: Input/output error\n")
+
+
 def test_no_input_on_a_terminal_is_a_usage_error_not_a_hang(run_dir, monkeypatch):
     monkeypatch.setattr(predict_cli, "_stdin_is_terminal", lambda: True)
     result = invoke(run_dir)

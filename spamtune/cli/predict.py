@@ -157,7 +157,7 @@ def message_source(messages: list[str], file: Path | None, meter: ReadMeter | No
             stream = open(file, "rb")  # noqa: SIM115 - closed by _lines_then_close once read
         except OSError as exc:
             raise SpamtuneError(f"cannot read {Path(file).absolute()}: {exc.strerror or exc}") from None
-        return _lines_then_close(stream, meter, first_chunk_lines)
+        return _reading(_lines_then_close(stream, meter, first_chunk_lines), str(Path(file).absolute()))
     if file is not None:
         messages = ["-"]
     if not messages:
@@ -173,7 +173,16 @@ def message_source(messages: list[str], file: Path | None, meter: ReadMeter | No
         if sys.stdin is None:
             raise SpamtuneUsageError("'-' reads stdin, but this process has none")
         common.note("Reading messages from the terminal, one per line; Ctrl-D to end.")
-    return _argument_chunks(messages, meter, first_chunk_lines)
+    return _reading(_argument_chunks(messages, meter, first_chunk_lines), "stdin")
+
+
+def _reading(chunks: Iterator[list[str]], name: str) -> Iterator[list[str]]:
+    """``chunks``, a read that fails midway (an I/O error of the disk or the network) being one
+    line that names the input."""
+    try:
+        yield from chunks
+    except OSError as exc:
+        raise SpamtuneError(f"cannot read {name}: {exc.strerror or exc}") from None
 
 
 def _lines_then_close(stream: BinaryIO, meter: ReadMeter, first_chunk_lines: int | None) -> Iterator[list[str]]:
