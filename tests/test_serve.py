@@ -156,6 +156,20 @@ def test_explanations_are_predicts_and_map_back_to_the_text(service, clf):
     assert status == 200 and "explanation" not in plain and plain["p_spam"] == pytest.approx(single["p_spam"], abs=1e-6)
 
 
+def test_a_lone_surrogate_reads_as_a_replacement_character(service, clf):
+    """JSON may escape half a surrogate pair ("\\ud800"): no UTF-8 answer can carry it back in an
+    explanation, so it reads as U+FFFD, as the tokenizer reads it, one character for one."""
+    for body in ({"text": "WIN \ud800 prize", "explain": True}, {"texts": ["WIN \ud800 prize"], "explain": True}):
+        status, answer = classify(service, body)
+        assert status == 200, answer
+        result = answer if "text" in body else answer["results"][0]
+        expected = clf.explain("WIN \ufffd prize").top(3)
+        assert [(s["text"], s["start"], s["end"]) for s in result["explanation"]] == [
+            (s["text"], s["start"], s["end"]) for s in expected
+        ]
+        assert result["p_spam"] == pytest.approx(clf.predict("WIN \ud800 prize").probability, abs=1e-6)
+
+
 def test_concurrent_requests_get_their_own_answers(service, clf):
     """Many clients at once, single texts and lists mixed: each gets the answers for its own texts."""
     texts = varied_messages(240)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -425,7 +426,7 @@ def parse_classify_request(
     if "text" in data:
         if not isinstance(data["text"], str):
             raise ApiError(422, f'"text" must be a string, not {_json_type(data["text"])}')
-        return [data["text"]], True, threshold, explain
+        return [_well_formed(data["text"])], True, threshold, explain
     texts = data["texts"]
     if not isinstance(texts, list):
         raise ApiError(422, f'"texts" must be a list of strings, not {_json_type(texts)}')
@@ -437,7 +438,17 @@ def parse_classify_request(
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ApiError(422, f'"texts" must hold strings only; item {i} is {_json_type(text)}')
-    return texts, False, threshold, explain
+    return [_well_formed(text) for text in texts], False, threshold, explain
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _well_formed(text: str) -> str:
+    """``text`` with each lone surrogate (JSON's ``"\\ud800"``, which no UTF-8 answer can
+    carry back in an explanation) as U+FFFD: what the tokenizer reads it as, and what predict
+    reads for bytes that are not UTF-8. One character for one, so offsets still hold."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _json_type(value: Any) -> str:
