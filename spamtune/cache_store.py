@@ -24,6 +24,7 @@ lists and removes entries.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -42,7 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from spamtune import __version__, paths
 from spamtune.download import sha256_file
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_json, remove_stale_temporaries
 from spamtune.model import GPTModel
 from spamtune.device import Precision
@@ -218,7 +219,11 @@ class PrefixCacheStore:
         except OSError as exc:
             writing.close()
             raise SpamtuneError(f"cannot write the prefix cache {entry}: {exc.strerror or exc}") from None
-        states, filled = writing.enter_context(_entry_written(key, entry, rows, emb_dim, nbytes))
+        try:
+            states, filled = writing.enter_context(_entry_written(key, entry, rows, emb_dim, nbytes))
+        except DiskFull:  # the room went between the check above and the reservation
+            writing.close()
+            return None
         try:
             cache = fill(states)
         except BaseException as exc:
@@ -320,6 +325,7 @@ def _entry_written(key: CacheKey, entry: Path, rows: int, emb_dim: int, nbytes: 
     filled: list[FrozenPrefixCache] = []
     with atomic_path(entry / STATES_FILE) as tmp:
         os.truncate(tmp, nbytes)
+        _reserve(tmp, nbytes)
         mapped = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(nbytes,))
         yield torch.from_numpy(mapped).view(key.torch_dtype).view(rows, emb_dim), filled
         mapped.flush()
@@ -342,6 +348,23 @@ def _entry_written(key: CacheKey, entry: Path, rows: int, emb_dim: int, nbytes: 
         "spamtune_version": __version__,
     }
     atomic_write_json(entry / META_FILE, meta)
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Allocate the disk blocks of ``path``'s first ``nbytes`` now. The states are written
+    through a memory map of a sparse file: a disk that fills meanwhile (another process writing)
+    would otherwise kill the process with SIGBUS at the first page that finds no room, where
+    this raises ENOSPC. Skipped where the file system cannot allocate ahead."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _map_states(path: Path, nbytes: int, dtype: torch.dtype, rows: int, emb_dim: int) -> torch.Tensor:

@@ -175,6 +175,26 @@ def test_an_interrupted_write_leaves_no_usable_entry(tmp_path):
     assert store.obtain(key, model, SEQS).outcome == "built"
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate here")
+def test_a_disk_that_fills_before_the_states_are_written_leaves_the_build_in_memory(tmp_path, monkeypatch):
+    # The states are written through a memory map: a page finding no room on the disk would
+    # be a SIGBUS, so the room is taken first, and a disk that filled since the check is
+    # the same as one that lacked the room from the start.
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    lookup = store.obtain(key, model, SEQS)
+    assert lookup.outcome == "unavailable" and lookup.cache is None
+    assert not (tmp_path / "cache" / key.name).exists()
+    monkeypatch.undo()
+    assert store.obtain(key, model, SEQS).outcome == "built"
+
+
 def test_a_cache_of_k_blocks_serves_k_plus_one_exactly(tmp_path):
     store = PrefixCacheStore(tmp_path)
     one = classifier("last-3-blocks")  # caches block 0
