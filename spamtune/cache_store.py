@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from spamtune import __version__, paths
 from spamtune.download import sha256_file
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
-from spamtune.fsutil import atomic_path, atomic_write_json, remove_stale_temporaries
+from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from spamtune.model import GPTModel
 from spamtune.device import Precision
 from spamtune.folder_lock import held_for_writing, unclaimed
@@ -332,9 +332,11 @@ def _entry_written(key: CacheKey, entry: Path, rows: int, emb_dim: int, nbytes: 
         states_sha = sha256_file(tmp)
     VerifiedFiles(entry / VERIFIED_FILE).remember_written(states_sha, entry / STATES_FILE)
     cache = filled[0]
-    with atomic_path(entry / INDEX_FILE) as tmp:
-        save_file({"offsets": cache.offsets.contiguous(), "lengths": cache.lengths.contiguous()}, str(tmp))
-        index_sha = sha256_file(tmp)
+    # Serialised here and written as bytes: safetensors' own save_file reports a full disk as a
+    # SafetensorError, which would be no one-line error.
+    index = save({"offsets": cache.offsets.contiguous(), "lengths": cache.lengths.contiguous()})
+    atomic_write_bytes(entry / INDEX_FILE, index)
+    index_sha = hashlib.sha256(index).hexdigest()
     meta = {
         "kind": META_KIND,
         "key": asdict(key),

@@ -19,6 +19,7 @@ from spamtune import cache_catalog, cache_store, folder_lock, idle_work, prefix_
 from spamtune.cache_catalog import list_caches, remove_caches
 from spamtune.cache_store import (
     CACHE_FORMAT,
+    INDEX_FILE,
     META_FILE,
     STATES_FILE,
     CacheKey,
@@ -28,7 +29,7 @@ from spamtune.bases import base_weights_sha256
 from spamtune.cli import app
 from spamtune.data import pad_batch
 from spamtune.device import Precision
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
 from spamtune.model import GPTConfig, GPTModel, convert_to_classifier
 from spamtune.prefix_cache import build_prefix_cache, extend_prefix_cache
 
@@ -192,6 +193,26 @@ def test_a_disk_that_fills_before_the_states_are_written_leaves_the_build_in_mem
     assert lookup.outcome == "unavailable" and lookup.cache is None
     assert not (tmp_path / "cache" / key.name).exists()
     monkeypatch.undo()
+    assert store.obtain(key, model, SEQS).outcome == "built"
+
+
+def test_a_disk_full_as_the_index_is_written_is_the_one_line_disk_full_error(tmp_path, monkeypatch):
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    write_bytes = Path.write_bytes
+
+    def full_for_the_index(path, data):
+        if INDEX_FILE in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_for_the_index)
+    with pytest.raises(DiskFull):
+        store.obtain(key, model, SEQS)
+    monkeypatch.undo()
+    entry = tmp_path / "cache" / key.name
+    assert not (entry / META_FILE).exists() and not list(entry.glob(".*.part"))
     assert store.obtain(key, model, SEQS).outcome == "built"
 
 
