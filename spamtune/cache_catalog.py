@@ -7,13 +7,12 @@ folder's write lock (``folder_lock``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from spamtune import paths
-from spamtune.cache_store import CACHE_FORMAT, META_FILE, META_KIND, files_out_of_shape, folder_bytes, remove_folder
+from spamtune.cache_store import CACHE_FORMAT, META_KIND, CacheCorrupt, CacheMissing, files_out_of_shape, folder_bytes, read_meta, remove_folder
 from spamtune.errors import SpamtuneError
 from spamtune.folder_lock import unclaimed
 
@@ -73,7 +72,7 @@ def _read_entry(path: Path, nobody_writes: bool | None = None) -> CacheEntry:
     folder went meanwhile."""
     meta, status = None, OK
     try:
-        data = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        data = read_meta(path)
         meta = data if isinstance(data, dict) and data.get("kind") == META_KIND else None
         if meta is None:
             status = DAMAGED
@@ -81,12 +80,12 @@ def _read_entry(path: Path, nobody_writes: bool | None = None) -> CacheEntry:
             status = STALE
         elif files_out_of_shape(path, int(meta["states_bytes"])) is not None:  # load's size checks, no hashing
             status = DAMAGED
-    except FileNotFoundError:  # meta.json is written last: incomplete, or never to be completed
+    except CacheMissing:  # meta.json is written last: incomplete, or never to be completed
         if nobody_writes is None:
             with unclaimed(path) as free:
                 nobody_writes = free
         status = ABANDONED if nobody_writes else INCOMPLETE
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # written atomically, so unreadable means damaged
+    except (CacheCorrupt, OSError, ValueError, AttributeError, KeyError, TypeError):  # written atomically, so unreadable means damaged
         status = DAMAGED
     return CacheEntry(path.name, path, folder_bytes(path), meta, status)
 

@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -44,7 +45,7 @@ from safetensors.torch import load_file, save
 from spamtune import __version__, paths
 from spamtune.download import sha256_file
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
-from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, read_json, remove_stale_temporaries
 from spamtune.model import GPTModel
 from spamtune.device import Precision
 from spamtune.folder_lock import held_for_writing, unclaimed
@@ -156,10 +157,8 @@ class PrefixCacheStore:
         """
         entry = self.entry_dir(key)
         meta_path = entry / META_FILE
-        if not meta_path.is_file():
-            raise CacheMissing(key.name)
+        meta = read_meta(entry)
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if meta.get("kind") != META_KIND or meta.get("key") != asdict(key):
                 raise CacheCorrupt(f"{meta_path} describes another cache")
             rows, emb_dim, nbytes = int(meta["rows"]), int(meta["emb_dim"]), int(meta["states_bytes"])
@@ -380,6 +379,25 @@ def _map_states(path: Path, nbytes: int, dtype: torch.dtype, rows: int, emb_dim:
 
 
 # --------------------------------------------------------------------------- entry folders
+
+
+def read_meta(entry: Path):
+    """The JSON value in an entry's ``meta.json``. Raises ``CacheMissing`` where there is none
+    (the entry is incomplete) and ``CacheCorrupt`` where something else stands in its place: a
+    folder, a link, or a pipe, which a plain read would wait on forever."""
+    path = entry / META_FILE
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise CacheCorrupt(f"{path} is not a file")
+        return read_json(path, "cache description")
+    except FileNotFoundError:
+        raise CacheMissing(entry.name) from None
+    except OSError as exc:
+        raise CacheCorrupt(f"{path} is unreadable ({exc.strerror or exc})") from None
+    except SpamtuneError as exc:
+        if not os.path.lexists(path):  # removed meanwhile: a run has started to write the entry again
+            raise CacheMissing(entry.name) from None
+        raise CacheCorrupt(str(exc)) from None
 
 
 def folder_bytes(path: Path) -> int:

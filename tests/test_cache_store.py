@@ -469,6 +469,30 @@ def test_ls_shows_a_truncated_entry_as_damaged_without_hashing_it_and_the_next_r
     assert swept.exit_code == 0 and swept.stdout == f"{store.entry_dir(key)}\n" and list_caches(tmp_path) == []
 
 
+@pytest.mark.parametrize("planted", ["folder", "pipe", "link"])
+def test_a_meta_json_that_is_no_file_is_damage_that_ls_shows_without_waiting_and_the_next_run_rebuilds(tmp_path, planted):
+    if planted == "pipe" and not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    good = store.obtain(key, model, SEQS).cache.states.clone()
+    meta = store.entry_dir(key) / META_FILE
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_bytes(meta.read_bytes())
+    meta.unlink()
+    {"folder": meta.mkdir, "pipe": lambda: os.mkfifo(meta), "link": lambda: meta.symlink_to(elsewhere)}[planted]()
+    listed = []
+    lister = threading.Thread(target=lambda: listed.extend(list_caches(tmp_path)), daemon=True)
+    lister.start()
+    lister.join(timeout=30)  # a pipe opened for reading waits for a writer
+    assert not lister.is_alive() and [e.status for e in listed] == ["damaged"]
+    again = store.obtain(key, model, SEQS)
+    assert again.outcome == "built" and again.detail.startswith("rebuilt: ") and torch.equal(again.cache.states, good)
+    assert meta.is_file() and not meta.is_symlink() and elsewhere.is_file()
+    assert [e.status for e in list_caches(tmp_path)] == ["ok"]
+
+
 @pytest.mark.parametrize("where", ["data root", "cache folder"])
 def test_ls_and_rm_refuse_a_data_root_that_is_a_file(tmp_path, where):
     root = tmp_path / "data"
