@@ -328,6 +328,9 @@ def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetu
         save()  # before the first run, so that a folder interrupted in it is known as this sweep's
     for index, (overrides, name) in enumerate(zip(combos, names), start=1):
         run_dir = folder / name
+        in_the_way = SpamtuneError(f"{run_dir} is in the way of this sweep's run '{name}' and is not one; move it, or give another --out")
+        if run_dir.is_symlink():  # the sweep makes its run folders: a link is someone else's, never followed
+            raise in_the_way
         if runs.is_finished(run_dir) and runs.is_classifier_dir(run_dir):
             row = _row(name, overrides, run_dir, "done", read_json(run_dir / runs.SUMMARY_FILE, "run summary"), skipped=True)
             rows.append(row)
@@ -337,7 +340,7 @@ def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetu
         resumable = runs.resume_file(run_dir).is_file()
         if run_dir.exists() and not resumable:
             if not _started_run(run_dir):
-                raise SpamtuneError(f"{run_dir} is in the way of this sweep's run '{name}' and is not one; move it, or give another --out")
+                raise in_the_way
             shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
         emit(SweepRunStarted(index, len(combos), name, overrides, resumable))
         tick = time.perf_counter()

@@ -202,6 +202,25 @@ def test_a_sweep_never_writes_among_other_files_nor_removes_a_folder_it_did_not_
     assert (folder / "lr-0.002" / "precious.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("target", ["empty", "finished run"])
+def test_a_link_planted_under_a_run_name_is_in_the_way_and_never_followed(tmp_path, target):
+    root = write_tiny_data(tmp_path / "data")
+    base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3]}
+    folder = tmp_path / "sweep"
+    run_sweep(base, grid, out=folder, finetune=fake_finetune)
+    elsewhere = tmp_path / "elsewhere"
+    if target == "empty":
+        elsewhere.mkdir()
+    else:
+        shutil.move(folder / "lr-0.002", elsewhere)
+    shutil.rmtree(folder / "lr-0.002", ignore_errors=True)
+    (folder / "lr-0.002").symlink_to(elsewhere, target_is_directory=True)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    with pytest.raises(SpamtuneError, match="is in the way of this sweep's run 'lr-0.002'"):
+        run_sweep(base, grid, out=folder, finetune=fake_finetune)
+    assert (folder / "lr-0.002").is_symlink() and sorted(p.name for p in elsewhere.iterdir()) == before
+
+
 def fake_finetune(options, run_dir, on_event=None) -> dict:
     """A finished run folder as training leaves one, without training."""
     run_dir.mkdir(parents=True)
