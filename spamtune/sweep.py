@@ -244,14 +244,32 @@ def _row(
         "overrides": overrides,
         "status": status,
         "skipped": skipped,
-        "validation_accuracy": summary.get("validation_accuracy"),
-        "validation_loss": summary.get("validation_loss"),
-        "test_accuracy": summary.get("test_accuracy"),
-        "test_loss": summary.get("test_loss"),
-        "wall_time_s": summary.get("wall_time_s"),
-        "trainable_params": summary.get("trainable_params"),
+        **{figure: summary.get(figure) for figure in _FIGURES},
         "error": error,
     }
+
+
+# What a row of sweep.json takes from a run's summary.json; the two it is ranked by must be there.
+_FIGURES = ("validation_accuracy", "validation_loss", "test_accuracy", "test_loss", "wall_time_s", "trainable_params")
+_RANKED_BY = ("validation_accuracy", "validation_loss")
+
+
+def _earlier_summary(run_dir: Path) -> dict:
+    """The summary of a run an earlier invocation finished. One error naming the file where it is
+    not what training writes (edited by hand, damaged): the table cannot rank such a run."""
+    path = run_dir / runs.SUMMARY_FILE
+    summary = read_json(path, "run summary")
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not (
+        isinstance(summary, dict)
+        and all(number(summary.get(figure)) for figure in _RANKED_BY)
+        and all(summary.get(figure) is None or number(summary[figure]) for figure in _FIGURES)
+    ):
+        raise SpamtuneError(f"cannot read run summary {path}: it does not hold the run's figures; remove {run_dir} to run it again")
+    return summary
 
 
 def run_sweep(
@@ -332,7 +350,7 @@ def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetu
         if run_dir.is_symlink():  # the sweep makes its run folders: a link is someone else's, never followed
             raise in_the_way
         if runs.is_finished(run_dir) and runs.is_classifier_dir(run_dir):
-            row = _row(name, overrides, run_dir, "done", read_json(run_dir / runs.SUMMARY_FILE, "run summary"), skipped=True)
+            row = _row(name, overrides, run_dir, "done", _earlier_summary(run_dir), skipped=True)
             rows.append(row)
             save()
             emit(SweepRunFinished(index, len(combos), row, skipped=True))

@@ -221,6 +221,18 @@ def test_a_link_planted_under_a_run_name_is_in_the_way_and_never_followed(tmp_pa
     assert (folder / "lr-0.002").is_symlink() and sorted(p.name for p in elsewhere.iterdir()) == before
 
 
+@pytest.mark.parametrize("summary", ["[1, 2]", '{"validation_loss": null, "validation_accuracy": 0.5}', '{"validation_loss": 0.1, "validation_accuracy": 0.5, "test_accuracy": "high"}'])
+def test_a_finished_run_whose_summary_was_edited_is_one_error_naming_it(tmp_path, summary):
+    root = write_tiny_data(tmp_path / "data")
+    base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3]}
+    folder = tmp_path / "sweep"
+    run_sweep(base, grid, out=folder, finetune=fake_finetune)
+    (folder / "lr-0.001" / "base.json").write_text("{}")  # a compact run's classifier, as training leaves it
+    (folder / "lr-0.001" / "summary.json").write_text(summary)
+    with pytest.raises(SpamtuneError, match=r"cannot read run summary .*lr-0.001.summary\.json: it does not hold the run's figures"):
+        run_sweep(base, grid, out=folder, finetune=fake_finetune)
+
+
 def fake_finetune(options, run_dir, on_event=None) -> dict:
     """A finished run folder as training leaves one, without training."""
     run_dir.mkdir(parents=True)
