@@ -85,7 +85,7 @@ class BaseRef:
             sha, origin = data["sha256"], data.get("origin") or {}
         except (KeyError, TypeError):
             raise SpamtuneError("a base reference needs a sha256") from None
-        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        if not is_sha256(sha):
             raise SpamtuneError(f"a base reference's sha256 must be 64 hex digits (got {sha!r})")
         return cls(sha, dict(origin))
 
@@ -98,6 +98,11 @@ class BaseRef:
         if kind == "file":
             return f"weights file {self.origin.get('path')}"
         return "unknown origin"
+
+
+def is_sha256(value) -> bool:
+    """Whether ``value`` is a sha256 as spamtune writes one: 64 lowercase hex digits."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def store_base(root: str | Path, model: torch.nn.Module, origin: dict, sha256: str | None = None) -> BaseRef:
@@ -142,7 +147,8 @@ def stored_random_base(root: str | Path, origin: dict) -> BaseRef | None:
     """The stored base a random ``origin`` drew before, if this data root still holds it."""
     key = random_origin_key(origin)
     sha = _random_origins(Path(root)).get(key) if key else None
-    if isinstance(sha, str) and base_file(Path(root), sha).is_file():
+    # The index is only a shortcut: a value edited into no sha256 is no base, not an error.
+    if is_sha256(sha) and base_file(Path(root), sha).is_file():
         return BaseRef.from_dict({"sha256": sha, "origin": origin})
     return None
 

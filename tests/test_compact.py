@@ -1,5 +1,6 @@
 """Compact runs: only the changed tensors plus a base reference; bases stored once; export."""
 
+import json
 import threading
 import time
 
@@ -174,6 +175,17 @@ def test_a_base_drawn_while_it_is_hashed_and_stored_is_the_seeds_init(tmp_path):
     assert "spamtune-base" not in [t.name for t in threading.enumerate()]
     _, hashed_only = draw_base(CFG, 5, SEEDED, None)
     assert hashed_only == ref
+
+
+def test_a_random_origins_index_edited_by_hand_costs_a_draw_not_the_run(tmp_path):
+    _, ref = draw_base(CFG, 5, SEEDED, tmp_path)
+    index = paths.bases_dir(tmp_path) / bases.ORIGINS_FILE
+    (tmp_path / "elsewhere.safetensors").write_bytes(b"")
+    known = json.loads(index.read_text())
+    index.write_text(json.dumps({key: "../elsewhere" for key in known}))
+    assert bases.stored_random_base(tmp_path, SEEDED) is None
+    assert draw_base(CFG, 5, SEEDED, tmp_path)[1] == ref
+    assert bases.stored_random_base(tmp_path, SEEDED) == ref  # the draw wrote the index again
 
 
 def test_a_base_draw_that_fails_leaves_no_partial_file_and_no_thread(tmp_path, monkeypatch):
