@@ -87,6 +87,8 @@ class BaseRef:
             raise SpamtuneError("a base reference needs a sha256") from None
         if not is_sha256(sha):
             raise SpamtuneError(f"a base reference's sha256 must be 64 hex digits (got {sha!r})")
+        if not isinstance(origin, dict):
+            raise SpamtuneError(f"a base reference's origin must be a JSON object (got {origin!r})")
         return cls(sha, dict(origin))
 
     def describe(self) -> str:

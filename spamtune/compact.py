@@ -41,6 +41,7 @@ from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_write_json, read_json
 from spamtune.interrupts import on_meta_device, read_tensor
 from spamtune.lora import merged_lora_weight
+from spamtune.model import is_integer, is_real, show_value
 from spamtune.run_catalog import bases_root_of
 
 COMPACT_FORMAT = "spamtune-compact-run/1"
@@ -92,10 +93,29 @@ def holds_classifier(run_dir: str | Path) -> bool:
 
 
 def read_base_ref(run_dir: Path) -> tuple[BaseRef, dict | None]:
-    data = read_json(Path(run_dir) / BASE_REF_FILE, "base reference")
+    path = Path(run_dir) / BASE_REF_FILE
+    data = read_json(path, "base reference")
     if not isinstance(data, dict) or data.get("format") != COMPACT_FORMAT:
-        raise SpamtuneError(f"{Path(run_dir) / BASE_REF_FILE} is not a spamtune compact run's base reference")
-    return BaseRef.from_dict(data.get("base")), data.get("lora")
+        raise SpamtuneError(f"{path} is not a spamtune compact run's base reference")
+    lora = data.get("lora")
+    if lora is not None:
+        check_lora_settings(lora, path)
+    try:
+        return BaseRef.from_dict(data.get("base")), lora
+    except SpamtuneError as exc:
+        raise SpamtuneError(f"{path}: {exc}") from None
+
+
+def check_lora_settings(lora, path: Path) -> None:
+    """Refuse, in one line, LoRA settings that loading cannot merge with: the scale
+    ``alpha / rank`` needs a positive whole rank and a positive finite alpha, as training does."""
+    if not isinstance(lora, dict):
+        raise SpamtuneError(f"{path}: 'lora' must be the LoRA settings (rank, alpha) or null, got {show_value(lora)}")
+    rank, alpha = lora.get("rank"), lora.get("alpha")
+    if not is_integer(rank) or rank < 1:
+        raise SpamtuneError(f"{path}: the LoRA rank must be a positive integer, got {show_value(rank)}")
+    if not is_real(alpha) or alpha <= 0:
+        raise SpamtuneError(f"{path}: the LoRA alpha must be a positive number, got {show_value(alpha)}")
 
 
 def merge_lora_tensors(tensors: dict[str, torch.Tensor], lora: dict | None) -> dict[str, torch.Tensor]:
@@ -163,6 +183,8 @@ def load_compact_run(
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise SpamtuneError(f"cannot read {delta_path}: {exc}") from None
     tensors = merge_lora_tensors(tensors, lora)
+    for name in sorted(adapted):  # finite A and B can still overflow the weight they are merged into
+        check_finite(tensors[name], name, delta_path)
     check_state_shapes(model, tensors, str(delta_path))
     model.load_state_dict(tensors, strict=True, assign=True)
     if linear_dtype is not None:

@@ -468,19 +468,72 @@ def test_a_compact_run_with_a_tensor_of_another_dtype_is_refused(tmp_path):
         load_compact_run(run)
 
 
+def lora_run(root):
+    """A compact run of a trained rank-4 LoRA classifier on the last block."""
+    model = random_base()
+    ref = store_base(root, model, SEEDED)
+    model = trained(convert_to_lora_classifier(model, rank=4, alpha=8, blocks=1))
+    run = run_dir(root)
+    save_compact_run(run, model, config("lora"), ref, root, lora={"rank": 4, "alpha": 8, "blocks": 1})
+    return run
+
+
 def test_lora_tensors_that_do_not_match_the_runs_rank_are_refused(tmp_path):
     import json
 
-    model = random_base()
-    ref = store_base(tmp_path, model, SEEDED)
-    model = trained(convert_to_lora_classifier(model, rank=4, alpha=8, blocks=1))
-    run = run_dir(tmp_path)
-    save_compact_run(run, model, config("lora"), ref, tmp_path, lora={"rank": 4, "alpha": 8, "blocks": 1})
+    run = lora_run(tmp_path)
     record = json.loads((run / "base.json").read_text())
     record["lora"]["rank"] = 2
     (run / "base.json").write_text(json.dumps(record))
     with pytest.raises(SpamtuneError, match="not of rank 2"):
         load_compact_run(run)
+
+
+@pytest.mark.parametrize(
+    "field, value, refusal",
+    [
+        ("lora", [4], "'lora' must be the LoRA settings"),
+        ("lora", "x", "'lora' must be the LoRA settings"),
+        ("rank", "4", "the LoRA rank must be a positive integer, got \"4\""),
+        ("alpha", None, "the LoRA alpha must be a positive number, got null"),
+        ("alpha", "x", "the LoRA alpha must be a positive number"),
+        ("alpha", -8, "the LoRA alpha must be a positive number, got -8"),
+        ("alpha", 0, "the LoRA alpha must be a positive number, got 0"),
+        ("origin", "abc", "a base reference.s origin must be a JSON object"),
+        ("origin", 5, "a base reference.s origin must be a JSON object"),
+    ],
+)
+def test_a_base_reference_with_unusable_lora_settings_or_origin_is_one_line(tmp_path, field, value, refusal):
+    import json
+
+    run = lora_run(tmp_path)
+    record = json.loads((run / "base.json").read_text())
+    if field == "lora":
+        record["lora"] = value
+    elif field == "origin":
+        record["base"]["origin"] = value
+    else:
+        record["lora"][field] = value
+    (run / "base.json").write_text(json.dumps(record))
+    with pytest.raises(SpamtuneError, match=f"base.json: {refusal}"):
+        load_compact_run(run)
+    with pytest.raises(SpamtuneError, match=refusal):
+        export_run(run, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_lora_settings_that_overflow_the_merged_weights_are_refused(tmp_path):
+    import json
+
+    run = lora_run(tmp_path)
+    record = json.loads((run / "base.json").read_text())
+    record["lora"]["alpha"] = 1e300  # finite, but the merged weights are not
+    (run / "base.json").write_text(json.dumps(record))
+    with pytest.raises(SpamtuneError, match="'trf_blocks.2.att.out_proj.weight' holds .* NaN or infinite"):
+        load_compact_run(run)
+    with pytest.raises(SpamtuneError, match="NaN or infinite"):
+        export_run(run, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 @pytest.mark.parametrize("trainable", ["last-block", "lora"])
