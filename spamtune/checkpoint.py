@@ -273,9 +273,10 @@ def check_checkpoint_header(path: Path, cfg: ClassifierConfig) -> None:
     check_header(read_checkpoint_header(path), cfg, path)
 
 
-def check_header(header: dict[str, tuple[tuple[int, ...], str]], cfg: ClassifierConfig, path: Path) -> None:
+def check_header(header: dict[str, tuple[tuple[int, ...], str]], cfg: ClassifierConfig, path: Path, config_source: str | None = None) -> None:
     """Refuse, in one line, a header (``read_checkpoint_header``; for a compact run, its base's
     and delta's together) whose tensors are not exactly ``cfg``'s classifier, in float32.
+    ``config_source`` names where ``cfg`` came from (default: the run's ``config.json``).
 
     The sizes the config states are compared with those the header shows first, so a config
     claiming ten million layers is refused without listing ten million layers' names; the
@@ -293,7 +294,7 @@ def check_header(header: dict[str, tuple[tuple[int, ...], str]], cfg: Classifier
     differ = [f"{name} {want:,} vs {got if got is None else f'{got:,}'}" for name, (want, got) in stated.items() if want != got]
     if differ:
         raise SpamtuneError(
-            f"{path.parent / CONFIG_FILE} does not describe {path} (config vs weights: {'; '.join(differ)})"
+            f"{config_source or path.parent / CONFIG_FILE} does not describe {path} (config vs weights: {'; '.join(differ)})"
         )
     check_shapes(classifier_shapes(cfg), shapes, str(path))
     _check_dtypes(header, path)

@@ -18,10 +18,19 @@ from typing import BinaryIO
 import torch
 from safetensors import SafetensorError, safe_open
 
-from spamtune.checkpoint import FORMAT, ClassifierConfig, build_classifier, check_state_shapes, save_tensors
+from spamtune.checkpoint import (
+    FORMAT,
+    ClassifierConfig,
+    build_classifier,
+    check_finite,
+    check_header,
+    read_checkpoint_header,
+    read_tensors,
+    save_tensors,
+)
 from spamtune.compact import holds_classifier, load_run
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
-from spamtune.interrupts import on_meta_device, read_tensor
+from spamtune.interrupts import on_meta_device
 from spamtune.run_catalog import why_no_classifier
 
 
@@ -110,18 +119,25 @@ def _is_export(path: Path) -> bool:
 
 
 def read_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ClassifierConfig]:
-    """The classifier of a file ``export_run`` wrote, in eval mode."""
+    """The classifier of a file ``export_run`` wrote, in eval mode, checked as a run's
+    ``model.safetensors`` is: the header against the config in its metadata (names, shapes,
+    float32) before a tensor is read, and no weight holding NaN or infinity."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: read_tensor(f, k) for k in f.keys()}
         cfg = ClassifierConfig.from_dict(json.loads(metadata["config"]))
-    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError) as exc:
+    except (SafetensorError, OSError, KeyError, ValueError, SpamtuneError) as exc:
         raise SpamtuneError(f"{path} is not a classifier exported by spamtune ({exc})") from None
+    check_header(read_checkpoint_header(path), cfg, path, config_source=f"the config in {path}'s metadata")
+
+    def checked(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        check_finite(tensor, name, path)
+        return tensor
+
+    tensors = read_tensors(path, device, checked)
     with on_meta_device():
         model = build_classifier(cfg)
-    check_state_shapes(model, tensors, str(path))
-    model.load_state_dict(tensors, strict=True, assign=True)
+    model.load_state_dict(tensors, strict=True, assign=True)  # names and shapes: checked in the header
     return model.eval(), cfg
 

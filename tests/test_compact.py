@@ -393,6 +393,31 @@ def test_cli_export(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "y.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    "change, refusal",
+    [
+        (lambda t: t.update({"out_head.bias": t["out_head.bias"].to(torch.float16)}), "'out_head.bias' is stored as F16"),
+        (lambda t: t.update({"out_head.bias": t["out_head.bias"].to(torch.int32)}), "'out_head.bias' is stored as I32"),
+        (lambda t: t["out_head.weight"].__setitem__((0, 0), float("inf")), "'out_head.weight' holds 1 NaN or infinite"),
+        (lambda t: t.pop("final_norm.bias"), "lacks weight 'final_norm.bias'"),
+        (lambda t: t.pop("out_head.weight"), "the config in .*x.safetensors's metadata does not describe .*classes 2 vs None"),
+    ],
+)
+def test_an_exported_file_is_checked_as_a_run_is(tmp_path, change, refusal):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run, _, _ = last_block_run(tmp_path)
+    out = export_run(run, tmp_path / "x.safetensors")
+    with safe_open(str(out), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(out)
+    change(tensors)
+    save_file(tensors, str(out), metadata=metadata)
+    with pytest.raises(SpamtuneError, match=refusal):
+        read_exported(out)
+
+
 def rewrite_delta(run, change) -> None:
     from safetensors.torch import save_file
 
