@@ -26,7 +26,7 @@ from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
 from spamtune.fsdp import shard_like, whole
 from spamtune.interrupts import sigint_deferred
-from spamtune.model import GPTModel
+from spamtune.model import GPTModel, is_integer, show_value
 from spamtune.runs import resume_file
 
 
@@ -105,6 +105,7 @@ def load_resume_state(
         scaler_state = json.loads(metadata["scaler"])
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
         raise SpamtuneError(f"cannot read the resume state {path}: {exc}") from None
+    _check_state_layout(path, tensors, position, optimizer_count=sum(p.requires_grad for p in model.parameters()))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     saved = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     best_weights = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
@@ -132,3 +133,23 @@ def load_resume_state(
     if "rng.cuda" in tensors and precision.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"], precision.device)
     return position, best_weights
+
+
+def _check_state_layout(path: Path, tensors: dict[str, torch.Tensor], position, optimizer_count: int) -> None:
+    """Refuse, in one line, a resume state that is not laid out as ``resume_writer`` lays it
+    out (a damaged or hand-edited file): the loop position an object with the step it stands
+    at, the RNG state bytes, and optimizer state only for the parameters that train."""
+
+    def damaged(what: str) -> SpamtuneError:
+        return SpamtuneError(f"cannot read the resume state {path}: {what}")
+
+    if not isinstance(position, dict) or not is_integer(position.get("step")) or position["step"] < 0:
+        raise damaged(f"its loop position {show_value(position)} does not say at which step training stands")
+    rng = tensors.get("rng.torch")
+    if rng is None or rng.dtype != torch.uint8:
+        raise damaged("it holds no random number generator state ('rng.torch', bytes)")
+    for key in tensors:
+        if key.startswith("optimizer."):
+            index = key.split(".")[1]
+            if not (index.isdigit() and int(index) < optimizer_count and key.count(".") == 2):
+                raise damaged(f"'{key}' is not the optimizer state of one of the {optimizer_count} parameters the run trains")

@@ -450,6 +450,32 @@ def test_cli_resume_refuses_other_options_and_other_shapes(data_root):
     assert_one_line_error(invoke("finetune", "--resume", str(data_root / "nowhere")), "run folder not found", 1)
 
 
+@pytest.mark.parametrize(
+    "change, refusal",
+    [
+        (lambda t, loop: t.update({"optimizer.x.exp_avg": t.pop("optimizer.0.exp_avg")}), "'optimizer.x.exp_avg' is not the optimizer state of one of"),
+        (lambda t, loop: t.update({"optimizer.999.exp_avg": t.pop("optimizer.0.exp_avg")}), "'optimizer.999.exp_avg' is not the optimizer state"),
+        (lambda t, loop: t.pop("rng.torch"), "no random number generator state"),
+        (lambda t, loop: t.update({"rng.torch": torch.zeros(3)}), "no random number generator state"),
+        (lambda t, loop: loop.clear(), "its loop position {} does not say at which step"),
+        (lambda t, loop: loop.update({"step": "5"}), "does not say at which step"),
+    ],
+)
+def test_a_damaged_resume_state_is_one_line(data_root, change, refusal):
+    run_dir = data_root / "runs" / "cut"
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(tiny_options(data_root, eval_every=3), run_dir, on_event=lambda e: ctrl_c_if(isinstance(e, events.StepDone) and e.step == 5))
+    resume_file = run_dir / runs.RESUME_DIR / runs.RESUME_FILE
+    with safe_open(str(resume_file), "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    loop = json.loads(metadata["loop"])
+    change(tensors, loop)
+    save_file(tensors, str(resume_file), {**metadata, "loop": json.dumps(loop)})
+    result = invoke("finetune", "--resume", str(run_dir))
+    assert_one_line_error(result, refusal, 1)
+    assert f"cannot read the resume state {resume_file}: " in result.stderr
+
+
 # --------------------------------------------------------------------------- exact shortcuts
 
 
