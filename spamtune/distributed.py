@@ -308,20 +308,22 @@ def shard_examples(world: World, examples: Examples) -> Examples:
     return Examples([examples.tokens[i] for i in indices], labels, cache, examples.pad_id)
 
 
-def evaluate_sharded(world: World, model: GPTModel, examples: Examples, pooling: str, **forward) -> tuple[float, float]:
+def evaluate_sharded(
+    world: World, model: GPTModel, examples: Examples, pooling: str, positive: int | None = None, **forward
+) -> tuple[float, float]:
     """(mean loss, accuracy) over the whole split, each rank computing its share: the sums of
     loss and of correct answers are added over the ranks, then divided by the split's size."""
-    from spamtune.forward import classification_loss, evaluate_examples, predict_logits
+    from spamtune.forward import classification_loss, decided_classes, evaluate_examples, predict_logits
 
     if not world.distributed:
-        return evaluate_examples(model, examples, pooling, **forward)
+        return evaluate_examples(model, examples, pooling, positive, **forward)
     mine = shard_examples(world, examples)
     loss_sum, correct = 0.0, 0.0
     if len(mine):
         logits = predict_logits(model, mine, pooling, **forward)
         labels = torch.tensor(mine.labels, dtype=torch.long)
         loss_sum = classification_loss(logits, labels).item() * len(labels)  # the one loss, as a sum
-        correct = float((logits.argmax(dim=1) == labels).sum())
+        correct = float((decided_classes(logits, positive) == labels).sum())
     total_loss, total_correct = world.sum([loss_sum, correct])
     return total_loss / len(examples), total_correct / len(examples)
 

@@ -135,10 +135,23 @@ def predict_logits(
     return out[slot_of]
 
 
-def evaluate_examples(model: GPTModel, examples: Examples, pooling: str, **forward) -> tuple[float, float]:
+def evaluate_examples(model: GPTModel, examples: Examples, pooling: str, positive: int | None = None, **forward) -> tuple[float, float]:
     """(mean loss, accuracy) over every example of a labelled split; ``forward`` holds the
-    keyword arguments of ``predict_logits`` (precision, batch size, padding, shortcuts)."""
+    keyword arguments of ``predict_logits`` (precision, batch size, padding, shortcuts).
+    ``positive``: see ``decided_classes``."""
     logits = predict_logits(model, examples, pooling, **forward)
     labels = torch.tensor(examples.labels, dtype=torch.long)
-    correct = int((logits.argmax(dim=1) == labels).sum())
+    correct = int((decided_classes(logits, positive) == labels).sum())
     return classification_loss(logits, labels).item(), correct / len(labels)
+
+
+def decided_classes(logits: torch.Tensor, positive: int | None = None) -> torch.Tensor:
+    """Each row's class: the most probable one. With two classes and the positive class's index
+    given, that class when its probability is at least 0.5, as ``predict`` and ``evaluate``
+    decide at the threshold 0.5: a tie (equal logits, common in bf16) is then the positive
+    class, where the argmax would take the first, and a run's accuracy would differ from
+    what ``evaluate`` reports for it."""
+    if positive is None or logits.shape[1] != 2:
+        return logits.argmax(dim=1)
+    is_positive = torch.softmax(logits.float(), dim=1)[:, positive] >= 0.5
+    return torch.where(is_positive, positive, 1 - positive)

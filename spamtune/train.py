@@ -517,12 +517,14 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
         writer.written = label
 
     forward = {"precision": precision, "pad_to": pad_to, "last_query_only": options.shortcuts}
+    cfg = classifier_config(run)
+    positive = cfg.labels[cfg.positive_label]  # accuracy decides as predict and evaluate do
 
     def evaluate(examples) -> tuple[float, float]:
         """Several ranks: each evaluates a share of the split, the sums are added over all of them."""
         score = functools.partial(evaluate_sharded, world) if world.distributed else evaluate_examples
         with world.collective(), whole_model(model):
-            return score(model, examples, options.pooling, **forward)
+            return score(model, examples, options.pooling, positive, **forward)
 
     try:
         if not resuming:

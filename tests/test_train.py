@@ -76,6 +76,25 @@ def test_one_training_step_lowers_the_loss():
     assert after < before
 
 
+def test_accuracy_decides_a_tie_as_evaluate_and_predict_do(monkeypatch):
+    """Equal logits (common in bf16) are spam at the threshold 0.5, so a run's summary accuracy
+    is the one ``spamtune evaluate`` reports for it."""
+    from spamtune.checkpoint import ClassifierConfig
+    from spamtune.evaluate import _decisions
+
+    logits = torch.tensor([[0.25, 0.25], [2.0, -1.0], [-1.0, 0.5], [0.25, 0.25]])
+    split = examples.Examples([[1], [2], [3], [4]], [1, 0, 1, 0])
+    monkeypatch.setattr(forward, "predict_logits", lambda *args, **kwargs: logits)
+    cfg = ClassifierConfig(model=GPTConfig(**TINY_CONFIG))
+    decided = _decisions(logits, cfg, 0.5)
+    assert decided.tolist() == [1, 0, 1, 1]
+    _, accuracy = forward.evaluate_examples(None, split, "last-real", positive=cfg.labels[cfg.positive_label])
+    assert accuracy == (decided == torch.tensor(split.labels)).float().mean().item() == 0.75
+    # Swapped labels: ties go to spam, whatever its index.
+    swapped = ClassifierConfig(model=GPTConfig(**TINY_CONFIG), labels={"spam": 0, "ham": 1})
+    assert _decisions(logits, swapped, 0.5).tolist() == forward.decided_classes(logits, 0).tolist() == [0, 0, 1, 0]
+
+
 def test_gradient_accumulation_equals_one_big_batch():
     split = examples.Examples(encode_texts(tiny_split(12, 0).texts), tiny_split(12, 0).labels)
     params = []
