@@ -30,7 +30,6 @@ import itertools
 import json
 import os
 import shutil
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -43,9 +42,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from spamtune import __version__, paths
+from spamtune.cache_entry import CACHE_FORMAT, INDEX_FILE, META_FILE, META_KIND, STATES_FILE, VERIFIED_FILE
+from spamtune.cache_entry import CacheCorrupt, CacheMissing, files_out_of_shape, read_meta, remove_folder
 from spamtune.download import sha256_file
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
-from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, read_json, remove_stale_temporaries
+from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from spamtune.model import GPTModel
 from spamtune.device import Precision
 from spamtune.folder_lock import held_for_writing, unclaimed
@@ -53,18 +54,6 @@ from spamtune.interrupts import sigint_deferred
 from spamtune.prefix_cache import FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
 from spamtune.verified import VerifiedFiles, file_signature
 
-# Bump when the stored layout or the meaning of the states changes: old entries then stop
-# matching any key (``spamtune cache ls`` shows them as stale). 2: each batch built on one
-# OpenMP thread and the test split batched apart on any thread count; format 1's states
-# depended, to float rounding, on the thread count of the run that built them.
-CACHE_FORMAT = 2
-STATES_FILE = "states.bin"
-INDEX_FILE = "index.safetensors"
-META_FILE = "meta.json"
-# The states file's signature once its hash matched (``spamtune.verified``): hashing the recipe's
-# 122 MiB cache took 0.13 s of every run that reuses it.
-VERIFIED_FILE = "verified.json"
-META_KIND = "spamtune-prefix-cache"
 NAME_LENGTH = 20  # hex digits of the key's sha256 naming an entry: 80 bits
 # Room left on the disk beyond the entry itself, so a cache never fills it up.
 DISK_MARGIN_BYTES = 256 << 20
@@ -117,14 +106,6 @@ class CacheKey:
 
 
 # --------------------------------------------------------------------------- the store
-
-
-class CacheMissing(Exception):
-    pass
-
-
-class CacheCorrupt(Exception):
-    """An entry whose files do not match its meta.json: removed and rebuilt by ``obtain``."""
 
 
 @dataclass(frozen=True)
@@ -378,56 +359,3 @@ def _map_states(path: Path, nbytes: int, dtype: torch.dtype, rows: int, emb_dim:
     return torch.from_numpy(mapped).view(dtype).view(rows, emb_dim)
 
 
-# --------------------------------------------------------------------------- entry folders
-
-
-def read_meta(entry: Path):
-    """The JSON value in an entry's ``meta.json``. Raises ``CacheMissing`` where there is none
-    (the entry is incomplete) and ``CacheCorrupt`` where something else stands in its place: a
-    folder, a link, or a pipe, which a plain read would wait on forever."""
-    path = entry / META_FILE
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            raise CacheCorrupt(f"{path} is not a file")
-        return read_json(path, "cache description")
-    except FileNotFoundError:
-        raise CacheMissing(entry.name) from None
-    except OSError as exc:
-        raise CacheCorrupt(f"{path} is unreadable ({exc.strerror or exc})") from None
-    except SpamtuneError as exc:
-        if not os.path.lexists(path):  # removed meanwhile: a run has started to write the entry again
-            raise CacheMissing(entry.name) from None
-        raise CacheCorrupt(str(exc)) from None
-
-
-def folder_bytes(path: Path) -> int:
-    total = 0
-    for child in path.iterdir():
-        if child.is_file() and not child.is_symlink():
-            total += child.stat().st_size
-    return total
-
-
-def files_out_of_shape(entry: Path, nbytes: int) -> str | None:
-    """What the sizes alone say is wrong with an entry's files: one missing (or a link planted
-    in its place), or states of another size than the ``nbytes`` its ``meta.json`` gives; None
-    when nothing is. No file is read."""
-    states_path, index_path = entry / STATES_FILE, entry / INDEX_FILE
-    for path in (states_path, index_path):
-        if path.is_symlink() or not path.is_file():
-            return f"{path} is missing"
-    size = states_path.stat().st_size
-    return None if size == nbytes else f"{states_path} has {size:,} bytes, expected {nbytes:,}"
-
-
-def remove_folder(path: Path) -> None:
-    """Remove an entry folder; a symlink planted in its place is unlinked, never followed.
-    Raises ``OSError`` when something in it cannot be removed."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.is_dir():
-        try:
-            shutil.rmtree(path)
-        except FileNotFoundError:  # a file in it went meanwhile (a writer's temporary renamed)
-            if path.exists():
-                shutil.rmtree(path)

@@ -17,14 +17,8 @@ from typer.testing import CliRunner
 
 from spamtune import cache_catalog, cache_store, folder_lock, idle_work, prefix_cache
 from spamtune.cache_catalog import list_caches, remove_caches
-from spamtune.cache_store import (
-    CACHE_FORMAT,
-    INDEX_FILE,
-    META_FILE,
-    STATES_FILE,
-    CacheKey,
-    PrefixCacheStore,
-)
+from spamtune.cache_entry import CACHE_FORMAT, INDEX_FILE, META_FILE, STATES_FILE, VERIFIED_FILE
+from spamtune.cache_store import CacheKey, PrefixCacheStore
 from spamtune.bases import base_weights_sha256
 from spamtune.cli import app
 from spamtune.data import pad_batch
@@ -144,7 +138,7 @@ def test_a_hit_hashes_the_states_once_until_the_file_changes(tmp_path, monkeypat
     hashed.clear()
     assert store.obtain(key, model, SEQS).outcome == "hit" and STATES_FILE not in hashed  # hashed as it was written
     # An entry the index does not know (copied from elsewhere): checked, then remembered.
-    (tmp_path / "cache" / key.name / cache_store.VERIFIED_FILE).unlink()
+    (tmp_path / "cache" / key.name / VERIFIED_FILE).unlink()
     assert store.obtain(key, model, SEQS).outcome == "hit" and STATES_FILE in hashed
     hashed.clear()
     assert store.obtain(key, model, SEQS).outcome == "hit" and STATES_FILE not in hashed
@@ -284,6 +278,38 @@ def test_list_and_remove_with_sizes(tmp_path):
     assert removal.freed == size and removal.failed == [] and removal.error() is None
     assert [e.name for e in list_caches(tmp_path)] == [entries[1].name]
     assert remove_caches(tmp_path, everything=True).removed[0].name == entries[1].name and list_caches(tmp_path) == []
+
+
+def test_cache_ls_and_rm_answer_without_importing_torch(tmp_path):
+    """Listing and removing read the entries' folders alone: no PyTorch import (seconds on a
+    cold start, most of what `cache ls` took)."""
+    store = PrefixCacheStore(tmp_path)
+    one, two = classifier("last-3-blocks"), classifier("last-2-blocks")
+    store.obtain(key_for(one, 1), one, SEQS)
+    store.obtain(key_for(two, 2), two, SEQS)
+    stale = list_caches(tmp_path)[0]
+    meta = json.loads((stale.path / META_FILE).read_text())
+    meta["key"]["format"] = CACHE_FORMAT - 1
+    (stale.path / META_FILE).write_text(json.dumps(meta))
+    probe = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr))\n"
+        "sys.argv = ['spamtune', *sys.argv[1:]]\n"
+        "runpy.run_module('spamtune', run_name='__main__', alter_sys=True)\n"
+    )
+
+    def spamtune(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        return subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env, timeout=120)
+
+    listed = spamtune("cache", "ls", "--format", "json", "--data-dir", str(tmp_path))
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(json.loads(line)["status"] for line in listed.stdout.splitlines()) == ["ok", "stale"]  # one JSON object a line
+    removed = spamtune("cache", "rm", "--stale", "--data-dir", str(tmp_path))
+    assert removed.returncode == 0, removed.stderr
+    assert [e.status for e in list_caches(tmp_path)] == ["ok"] and not stale.path.exists()
+    for result in (listed, removed):
+        assert "torch imported: False" in result.stderr
 
 
 def test_remove_never_follows_a_planted_symlink(tmp_path):

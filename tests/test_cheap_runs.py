@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from spamtune import SpamClassifier, base_model, events, train
 from spamtune.cache_catalog import list_caches
-from spamtune.cache_store import STATES_FILE
+from spamtune.cache_entry import STATES_FILE
 from spamtune.checkpoint import load_classifier
 from spamtune.cli import app
 from spamtune.export import export_run, read_exported
