@@ -100,13 +100,12 @@ def _refuse_unused_lora_values(base, grid: dict[str, list], combos: list[dict]) 
 def _distinct_runs(base, combos: list[dict]) -> list[dict]:
     """The combinations less the LoRA values of those that train no LoRA, each once: a sweep of
     ``--trainable lora,last-block --lora-rank 4,16`` is three runs, not a last-block run twice."""
-    out: list[dict] = []
+    out: dict[tuple, dict] = {}  # keyed by the items, so that a long list is not compared pair by pair
     for overrides in combos:
         if overrides.get("trainable", base.trainable) != "lora":
             overrides = {name: value for name, value in overrides.items() if name not in LORA_OPTIONS}
-        if overrides not in out:
-            out.append(overrides)
-    return out
+        out.setdefault(tuple(sorted(overrides.items())), overrides)
+    return list(out.values())
 
 
 def run_name(overrides: dict) -> str:

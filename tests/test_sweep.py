@@ -329,3 +329,19 @@ def test_a_sweep_stopped_before_its_run_had_a_checkpoint_says_so_and_keeps_the_r
     saved = json.loads((tmp_path / "s" / SWEEP_FILE).read_text())
     assert [r["status"] for r in saved["runs"]] == ["pending", "pending"]
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".lock", SWEEP_FILE]  # no half-made run folder
+
+
+def test_runs_that_train_no_lora_are_one_run_whatever_the_lora_values():
+    """``--trainable lora,last-block --lora-rank 4,16`` is three runs, in the order listed."""
+    from spamtune.sweep import _distinct_runs
+
+    base = train.FinetuneOptions(model="tiny", weights="random")
+    combos = combinations({"trainable": ["lora", "last-block"], "lora_rank": [4, 16], "seed": [1, 2]})
+    assert _distinct_runs(base, combos) == [
+        {"trainable": "lora", "lora_rank": 4, "seed": 1},
+        {"trainable": "lora", "lora_rank": 4, "seed": 2},
+        {"trainable": "lora", "lora_rank": 16, "seed": 1},
+        {"trainable": "lora", "lora_rank": 16, "seed": 2},
+        {"trainable": "last-block", "seed": 1},
+        {"trainable": "last-block", "seed": 2},
+    ]
