@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from spamtune import paths
-from spamtune.bases import BaseRef
+from spamtune.base_ref import BaseRef
 from spamtune.errors import SpamtuneError
 from spamtune.run_catalog import base_users
 
@@ -37,7 +37,7 @@ class StoredBase:
 
 def _origin(path: Path) -> dict:
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # the header alone: "pt" would import torch
             origin = json.loads((f.metadata() or {}).get("origin", "{}"))
     except (SafetensorError, OSError, ValueError):
         return {}

@@ -16,12 +16,12 @@ import os
 import shlex
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from spamtune import paths
+from spamtune.base_ref import BaseRef, is_sha256
 from spamtune.checkpoint import read_tensors
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_write_json, new_temporary, write_error
@@ -65,46 +65,6 @@ def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
 def base_weights_sha256(model: torch.nn.Module) -> str:
     """The identity of the base a model was built from. Call it before training moves a weight."""
     return weights_sha256(base_tensors(model))
-
-
-@dataclass(frozen=True)
-class BaseRef:
-    """A base by hash, and where it came from, so that it can be found or made again:
-    ``{"kind": "pretrained", "name": "gpt2-small"}``, ``{"kind": "random", "model": {...},
-    "seed": 123}`` or ``{"kind": "file", "path": "..."}`` (a Hugging Face GPT-2 file)."""
-
-    sha256: str
-    origin: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BaseRef:
-        try:
-            sha, origin = data["sha256"], data.get("origin") or {}
-        except (KeyError, TypeError):
-            raise SpamtuneError("a base reference needs a sha256") from None
-        if not is_sha256(sha):
-            raise SpamtuneError(f"a base reference's sha256 must be 64 hex digits (got {sha!r})")
-        if not isinstance(origin, dict):
-            raise SpamtuneError(f"a base reference's origin must be a JSON object (got {origin!r})")
-        return cls(sha, dict(origin))
-
-    def describe(self) -> str:
-        kind = self.origin.get("kind")
-        if kind == "pretrained":
-            return f"pretrained {self.origin.get('name')}"
-        if kind == "random":
-            return f"random init (seed {self.origin.get('seed')})"
-        if kind == "file":
-            return f"weights file {self.origin.get('path')}"
-        return "unknown origin"
-
-
-def is_sha256(value) -> bool:
-    """Whether ``value`` is a sha256 as spamtune writes one: 64 lowercase hex digits."""
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def store_base(root: str | Path, model: torch.nn.Module, origin: dict, sha256: str | None = None) -> BaseRef:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -134,3 +137,22 @@ def run_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     from spamtune.compact import load_run
 
     return dict(load_run(run_dir)[0].state_dict())
+
+
+# The spamtune command in a fresh interpreter that says at exit, on stderr, whether it imported torch.
+_TORCH_PROBE = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr))\n"
+    "sys.argv = ['spamtune', *sys.argv[1:]]\n"
+    "runpy.run_module('spamtune', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def spamtune_without_torch(*args: str) -> subprocess.CompletedProcess:
+    """Run ``spamtune ARGS`` in a new process and check that it succeeded without importing
+    torch (a command that only reads folders should not pay seconds for it); its outcome."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *args], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stderr, result.stderr
+    return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import tiny_options, write_tiny_data
+from helpers import spamtune_without_torch, tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import train
@@ -49,6 +49,12 @@ def test_ls_shows_each_base_once_with_the_runs_that_use_it(root):
     assert row["bytes"] == used.nbytes and row["origin"]["seed"] == 123 and len(row["runs"]) == 3
     quiet = bases(root, "ls", "-q")
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == text.stdout
+
+
+def test_ls_reads_each_base_s_origin_without_importing_torch(root):
+    rows = [json.loads(row) for row in spamtune_without_torch("bases", "ls", "--json", "--data-dir", str(root)).stdout.splitlines()]
+    assert sorted(row["origin"]["seed"] for row in rows) == [7, 123]
+    assert sorted(len(row["runs"]) for row in rows) == [0, 3]
 
 
 def test_rm_unused_keeps_what_runs_use_and_a_removed_base_comes_back_when_a_run_loads(root):
