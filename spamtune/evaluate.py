@@ -21,7 +21,7 @@ from spamtune.device import Precision, resolve_device
 from spamtune.distributed import World, predict_logits_sharded
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, check_split_labels, data_fingerprint, pad_width
-from spamtune.forward import EVAL_BATCH_SIZE, classification_loss
+from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, decided_classes
 from spamtune.options import DEFAULT_LONG, LONG_MODES
 from spamtune.metrics import classification_report
 from spamtune.plots import plot_binary_evaluation
@@ -202,11 +202,9 @@ def check_data_fingerprint(run_dir: Path, root: Path, force: bool) -> list[str]:
 def _decisions(logits: torch.Tensor, cfg: ClassifierConfig, threshold: float | None) -> torch.Tensor:
     """Predicted classes: for a two-class run with a threshold, the positive class (spam) when its
     probability is at least ``threshold`` (as ``predict`` decides); otherwise the most probable class."""
-    if threshold is None or cfg.num_classes != 2:
+    if threshold is None:
         return logits.argmax(dim=1)
-    positive = cfg.labels[cfg.positive_label]
-    is_positive = torch.softmax(logits, dim=1)[:, positive] >= threshold
-    return torch.where(is_positive, positive, 1 - positive)
+    return decided_classes(logits, cfg.labels[cfg.positive_label] if cfg.num_classes == 2 else None, threshold)
 
 
 def check_evaluate_options(*, split: str, batch_size: int, threshold: float | None, long: str | None) -> None:

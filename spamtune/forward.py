@@ -145,13 +145,13 @@ def evaluate_examples(model: GPTModel, examples: Examples, pooling: str, positiv
     return classification_loss(logits, labels).item(), correct / len(labels)
 
 
-def decided_classes(logits: torch.Tensor, positive: int | None = None) -> torch.Tensor:
+def decided_classes(logits: torch.Tensor, positive: int | None = None, threshold: float = 0.5) -> torch.Tensor:
     """Each row's class: the most probable one. With two classes and the positive class's index
-    given, that class when its probability is at least 0.5, as ``predict`` and ``evaluate``
-    decide at the threshold 0.5: a tie (equal logits, common in bf16) is then the positive
-    class, where the argmax would take the first, and a run's accuracy would differ from
-    what ``evaluate`` reports for it."""
+    given, that class when its probability is at least ``threshold``, as ``predict`` and
+    ``evaluate`` decide: at 0.5 a tie (equal logits, common in bf16) is then the positive class,
+    where the argmax would take the first, and a run's accuracy would differ from what
+    ``evaluate`` reports for it."""
     if positive is None or logits.shape[1] != 2:
         return logits.argmax(dim=1)
-    is_positive = torch.softmax(logits.float(), dim=1)[:, positive] >= 0.5
+    is_positive = torch.softmax(logits.float(), dim=1)[:, positive] >= threshold
     return torch.where(is_positive, positive, 1 - positive)
