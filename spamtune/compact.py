@@ -16,6 +16,7 @@ writes it as one standalone file). Runs with a full ``model.safetensors`` load a
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -50,10 +51,13 @@ DELTA_FILE = "delta.safetensors"
 _LORA_A, _LORA_B = ".lora_a", ".lora_b"
 
 
-def changed_tensors(model: torch.nn.Module, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's tensors that are not the base's: new ones (head, LoRA) and changed ones."""
+def changed_tensors(model: torch.nn.Module, base: dict[str, torch.Tensor], frozen: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    """The model's tensors that are not the base's: new ones (head, LoRA) and changed ones.
+    ``frozen``: names of tensors known to be the base's (see ``save_compact_run``), not compared."""
     out = {}
     for name, tensor in model.state_dict().items():
+        if name in frozen and name in base:
+            continue
         if name not in base or not torch.equal(tensor.detach().cpu(), base[name].to("cpu")):
             out[name] = tensor.detach().to("cpu").contiguous()
     return out
@@ -66,13 +70,19 @@ def save_compact_run(
     base: BaseRef,
     data_root: str | Path,
     lora: dict | None = None,
+    frozen: Collection[str] = (),
 ) -> Path:
     """Write a compact run (see the module doc): ``model`` is the trained classifier, LoRA not
     merged (its A/B are what is stored); ``lora`` its settings (rank, alpha, blocks). The delta is
-    found by comparing with the stored base, so only tensors that really changed are kept."""
+    found by comparing with the stored base, so only tensors that really changed are kept.
+
+    ``frozen`` names tensors the caller knows to be the base's own, such as the parameters
+    training never updated: they are not compared. The stored base is memory-mapped, so they are
+    then never read: a last-block gpt2-small run compares 28 MB of its 500 MB, which took ~1.8 s
+    at the end of a first run on the 2-core EPYC, its base's pages no longer in memory."""
     run_dir = Path(run_dir)
     # Not re-hashed here: a base damaged since it was stored fails the check when the run loads.
-    delta = changed_tensors(model, load_base(data_root, base, verify=False))
+    delta = changed_tensors(model, load_base(data_root, base, verify=False), frozen)
     save_tensors(run_dir / DELTA_FILE, delta, {"format": "pt", "spamtune": COMPACT_FORMAT})  # a full disk: DiskFull
     record = {"format": COMPACT_FORMAT, "base": base.to_dict(), "lora": lora, "data_root": str(Path(data_root).resolve())}
     atomic_write_json(run_dir / BASE_REF_FILE, record)

@@ -703,7 +703,8 @@ def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor], bas
     o = run.options
     lora = {"rank": o.lora_rank, "alpha": o.lora_alpha, "blocks": o.lora_blocks} if has_lora(model) else None
     if base_ref is not None:
-        save_compact_run(run.run_dir, model, cfg, base_ref, o.data_dir, lora)
+        frozen = {name for name, param in model.named_parameters() if not param.requires_grad}  # the base's since the surgery
+        save_compact_run(run.run_dir, model, cfg, base_ref, o.data_dir, lora, frozen)
         merge_lora(model)
     else:
         save_classifier(run.run_dir, merge_lora(model), cfg)

@@ -116,6 +116,31 @@ def test_unchanged_trainable_tensors_are_not_stored(tmp_path):
     assert checkpoint_keys(run / DELTA_FILE) == {"trf_blocks.2.ff.fc.weight", "out_head.weight", "out_head.bias"}
 
 
+def test_tensors_named_frozen_are_not_read_from_the_stored_base(tmp_path):
+    model = random_base()
+    ref = store_base(tmp_path, model, SEEDED)
+    model = trained(convert_to_classifier(model, trainable="last-block"))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    # Overwrite a frozen tensor's bytes in the stored file (same size): compared, it would
+    # count as changed; named frozen, it is never read.
+    name = "trf_blocks.0.ff.fc.weight"
+    assert name in frozen
+    path = base_file(tmp_path, ref.sha256)
+    header_size = int.from_bytes(path.read_bytes()[:8], "little")
+    start, end = json.loads(path.read_bytes()[8 : 8 + header_size])[name]["data_offsets"]
+    with open(path, "r+b") as f:
+        f.seek(8 + header_size + start)
+        f.write(torch.full(((end - start) // 4,), 7.0).numpy().tobytes())
+
+    compared = run_dir(tmp_path)
+    save_compact_run(compared, model, config(), ref, tmp_path)
+    assert name in checkpoint_keys(compared / DELTA_FILE)
+    trusted = tmp_path / "runs" / "trusted"
+    trusted.mkdir(parents=True)
+    save_compact_run(trusted, model, config(), ref, tmp_path, frozen=frozen)
+    assert checkpoint_keys(trusted / DELTA_FILE) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+
 def test_lora_run_predicts_exactly_what_its_export_predicts(tmp_path):
     model = random_base()
     ref = store_base(tmp_path, model, SEEDED)
