@@ -81,16 +81,17 @@ class FrozenPrefixCache:
     def batch(self, indices: list[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded (with zeros) ``(prefix [b, t, d], lengths [b])`` for the given examples.
 
-        One gather for the whole batch: a training step takes its batch from here, and slicing
-        each row out and padding them one by one cost ~0.3 ms of a 16 ms step.
+        Each example's states are one contiguous slice, copied into a zeroed batch: a training
+        step takes its batch from here, and the single gather this replaced (an index per
+        position, then a mask for the padding) took 0.5 ms against 0.15 ms for these copies,
+        ~0.3 s of a run from its kept cache on the 2-core EPYC.
         """
         self.finish()
         lengths = self.lengths[indices]
-        positions = torch.arange(int(lengths.max()))
-        # Past a row's end the gather reads its last state again; the padding then becomes zeros.
-        rows = self.offsets[indices][:, None] + torch.minimum(positions, (lengths[:, None] - 1).clamp_min(0))
-        prefix = self.states[rows.to(self.states.device)]
-        prefix.masked_fill_((positions >= lengths[:, None]).to(prefix.device)[..., None], 0)
+        spans = list(zip(self.offsets[indices].tolist(), lengths.tolist()))
+        prefix = self.states.new_zeros(len(spans), max(n for _, n in spans), self.states.shape[1])
+        for row, (start, n) in zip(prefix, spans):
+            row[:n] = self.states[start : start + n]
         return prefix.to(device, non_blocking=True), lengths.to(device)
 
 
