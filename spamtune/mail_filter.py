@@ -9,7 +9,8 @@ with two header lines added at the end of its header block::
 in the message's own line ending (CRLF or LF). Nothing else changes: no re-wrapping, no
 re-encoding, 8-bit bytes kept, so removing the two lines gives back the exact input. Only the
 first ``MAX_MESSAGE_BYTES`` are held in memory; the rest is copied through in blocks. When the
-classifier cannot run, the message goes through unchanged and the caller reports the error.
+classifier cannot run, the message goes through unchanged (or, if the caller means to have the
+mail server retry it, not at all) and the caller reports the error.
 """
 
 from __future__ import annotations
@@ -92,11 +93,12 @@ def with_status_headers(raw: bytes, verdict: Verdict) -> bytes:
 
 @dataclass
 class FilterOutcome:
-    """What ``filter_message`` did: the verdict, or the error that made it pass the message through."""
+    """What ``filter_message`` did: the verdict, or the error that made it pass the message through
+    (or withhold it)."""
 
     verdict: Verdict | None
     error: Exception | None
-    size: int  # bytes of the message
+    size: int  # bytes of the message read: all of them, unless it was withheld
 
 
 def filter_message(
@@ -104,12 +106,15 @@ def filter_message(
     sink: BinaryIO,
     classify: Callable[[bytes], Verdict] | None,
     max_bytes: int = MAX_MESSAGE_BYTES,
+    pass_through: bool = True,
 ) -> FilterOutcome:
     """Copy one message from ``source`` to ``sink``, with the verdict's headers added.
 
     ``classify`` gets the message's first ``max_bytes`` (the whole message when smaller). If it is
-    None or raises, the message is copied unchanged and the error returned, never raised: mail must
-    not be lost. Errors writing to ``sink`` do propagate.
+    None or raises, the error is returned, never raised, and the message is copied unchanged: mail
+    must not be lost. With ``pass_through`` False it is not written at all instead (nor read past
+    its first ``max_bytes``), for a caller that has the mail server keep it and retry. Errors
+    reading ``source`` or writing to ``sink`` do propagate.
     """
     head = _read_up_to(source, max_bytes)
     complete = len(head) < max_bytes or not _peek_more(source)
@@ -121,6 +126,8 @@ def filter_message(
             verdict = classify(head)
         except Exception as exc:  # any failure: pass the message on untouched
             error = exc
+    if error is not None and not pass_through:
+        return FilterOutcome(None, error, len(head))
     at = 0
     if verdict is not None:
         at, newline = insertion_point(head, complete)

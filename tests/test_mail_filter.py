@@ -23,9 +23,10 @@ VERDICT = Verdict(is_spam=True, p_spam=0.98712, threshold=0.5, run="20261125-run
 ADDED = re.compile(rb"X-Spamtune-(Status|Run): [^\r\n]*\r?\n")
 
 
-def filtered(raw: bytes, classify=lambda head: VERDICT, max_bytes: int = 1 << 20):
+def filtered(raw: bytes, classify=lambda head: VERDICT, max_bytes: int = 1 << 20, pass_through: bool = True):
     sink = io.BytesIO()
-    outcome = filter_message(io.BufferedReader(io.BytesIO(raw)), sink, classify, max_bytes=max_bytes)
+    source = io.BufferedReader(io.BytesIO(raw))
+    outcome = filter_message(source, sink, classify, max_bytes=max_bytes, pass_through=pass_through)
     return sink.getvalue(), outcome
 
 
@@ -93,6 +94,22 @@ def test_a_failing_classifier_passes_the_message_through_unchanged():
     assert out == raw and outcome.verdict is None and "exploded" in str(outcome.error)
     out, outcome = filtered(raw, None)
     assert out == raw and outcome.error is not None
+
+
+def test_a_failing_classifier_writes_nothing_when_the_message_is_to_be_deferred():
+    def broken(head):
+        raise RuntimeError("model exploded")
+
+    raw = SAMPLES["html_only"][0]
+    for classify in (broken, None):
+        out, outcome = filtered(raw, classify, pass_through=False)
+        assert out == b"" and outcome.verdict is None and outcome.error is not None
+    # Nothing past the classified start is read either; a verdict still writes the message.
+    big = b"Subject: big\n\n" + b"x" * 10_000
+    out, outcome = filtered(big, broken, max_bytes=4096, pass_through=False)
+    assert out == b"" and outcome.size == 4096
+    out, outcome = filtered(big, max_bytes=4096, pass_through=False)
+    assert without_added_lines(out) == big and outcome.size == len(big)
 
 
 # ---------------------------------------------------------------- the command
