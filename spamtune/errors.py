@@ -13,6 +13,17 @@ class SpamtuneUsageError(SpamtuneError):
     exit_code = 2
 
 
+# sysexits.h: a temporary failure. A mail server (Postfix pipe(8), sendmail, procmail) reads it
+# as "keep the message and try again later".
+EX_TEMPFAIL = 75
+
+
+class TemporaryFailure(SpamtuneError):
+    """Nothing done that cannot be done again later: exit status 75 (``EX_TEMPFAIL``)."""
+
+    exit_code = EX_TEMPFAIL
+
+
 class OptionError(SpamtuneUsageError):
     """One option has a value that cannot work.
 

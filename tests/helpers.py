@@ -148,11 +148,16 @@ _TORCH_PROBE = (
 )
 
 
-def spamtune_without_torch(*args: str) -> subprocess.CompletedProcess:
-    """Run ``spamtune ARGS`` in a new process and check that it succeeded without importing
-    torch (a command that only reads folders should not pay seconds for it); its outcome."""
+def spamtune_without_torch(*args: str, input: bytes | None = None, status: int = 0) -> subprocess.CompletedProcess:
+    """Run ``spamtune ARGS`` in a new process and check that it ended with ``status`` (success)
+    without importing torch (a command that only reads folders should not pay seconds for it);
+    its outcome. With ``input`` (bytes on stdin) its stdout and stderr are bytes too."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *args], capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "torch imported: False" in result.stderr, result.stderr
+    text = input is None
+    result = subprocess.run(
+        [sys.executable, "-c", _TORCH_PROBE, *args], input=input, capture_output=True, text=text, env=env, timeout=120
+    )
+    stderr = result.stderr if text else result.stderr.decode(errors="replace")
+    assert result.returncode == status, stderr
+    assert "torch imported: False" in stderr, stderr
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -11,7 +12,7 @@ from email import policy
 from email.parser import BytesParser
 
 import pytest
-from helpers import P_HAM, P_SPAM, write_rigged_run
+from helpers import P_HAM, P_SPAM, spamtune_without_torch, write_rigged_run
 from mail_samples import SAMPLES
 from typer.testing import CliRunner
 
@@ -161,13 +162,19 @@ def test_filter_command_with_a_broken_run_passes_the_message(tmp_path, run_dir):
 
 
 def test_filter_without_stdin_or_stdout_says_so_in_one_line(run_dir):
-    """A process started with stdin or stdout closed has ``sys.stdin``/``sys.stdout`` None."""
-    for closed, status, message in (
-        (0, 2, "filter reads one message on stdin, but this process has none"),
-        (1, 1, "stdout is closed: there is nowhere to write the output (redirect it instead, e.g. > /dev/null)"),
+    """A process started with stdin or stdout closed has ``sys.stdin``/``sys.stdout`` None.
+    Without stdin the command line is wrong (2) in every mode; stdout closed defers with tempfail."""
+    stdout_closed = "stdout is closed: there is nowhere to write the output (redirect it instead, e.g. > /dev/null)"
+    for closed, mode, status, message in (
+        (0, "fail", 2, "filter reads one message on stdin, but this process has none"),
+        (0, "tempfail", 2, "filter reads one message on stdin, but this process has none"),
+        (1, "fail", 1, stdout_closed),
+        (1, "pass", 1, stdout_closed),
+        (1, "tempfail", 75, f"message deferred: {stdout_closed}"),
     ):
         proc = subprocess.run(
-            [sys.executable, "-m", "spamtune", "filter", "--run", str(run_dir)], input=None if closed == 0 else b"Subject: x\n\nhi\n",
+            [sys.executable, "-m", "spamtune", "filter", "--run", str(run_dir), "--on-error", mode],
+            input=None if closed == 0 else b"Subject: x\n\nhi\n",
             preexec_fn=lambda fd=closed: os.close(fd), stderr=subprocess.PIPE, text=False, timeout=300,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )  # fmt: skip
@@ -180,3 +187,155 @@ def test_filter_reads_a_long_message_in_chunks_by_default(run_dir):
     assert default.exit_code == 0 and b"X-Spamtune-Status: Yes" in default.stdout_bytes
     head = invoke("--run", str(run_dir), "--long", "head", input=raw)
     assert b"X-Spamtune-Status: No" in head.stdout_bytes
+
+
+# ---------------------------------------------------------------- --on-error: what a failure does to the message
+
+# Each mode's exit status, whether the message is still written (unchanged), and its stderr line.
+ON_ERROR = {
+    "fail": (1, True, "Error: message passed through unclassified: "),
+    "pass": (0, True, "Error: message passed through unclassified: "),
+    "tempfail": (75, False, "Error: message deferred, nothing written: "),
+}
+
+
+def assert_failed_as_asked(result, mode: str, raw: bytes, reason: str):
+    status, written, line = ON_ERROR[mode]
+    assert result.exit_code == status, result.stderr
+    assert result.stdout_bytes == (raw if written else b"")
+    assert result.stderr.startswith(line + reason) and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def broken_run(parent):
+    broken = parent / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    return broken
+
+
+@pytest.mark.parametrize("mode", sorted(ON_ERROR))
+def test_on_error_when_the_model_cannot_load(mode, tmp_path):
+    raw = SAMPLES["eight_bit_header_latin1"][0]
+    missing = invoke("--data-dir", str(tmp_path), "--on-error", mode, input=raw)
+    assert_failed_as_asked(missing, mode, raw, "no fine-tuned model found in ")
+    raw = SAMPLES["crlf_multipart"][0]
+    run = broken_run(tmp_path)
+    broken = invoke("--run", str(run), "--on-error", mode, input=raw)
+    assert_failed_as_asked(broken, mode, raw, f"cannot read run config {run / 'config.json'}: ")
+
+
+@pytest.mark.parametrize("mode", sorted(ON_ERROR))
+def test_on_error_when_the_classification_fails(mode, run_dir, monkeypatch):
+    """The run loads; the model fails on the message."""
+    import spamtune.long_messages
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("model exploded")
+
+    monkeypatch.setattr(spamtune.long_messages, "predict_long", explode)
+    raw = SAMPLES["crlf_plain"][0]
+    result = invoke("--run", str(run_dir), "--on-error", mode, input=raw)
+    assert_failed_as_asked(result, mode, raw, "RuntimeError: model exploded\n")
+
+
+@pytest.mark.parametrize("mode", sorted(ON_ERROR))
+def test_on_error_when_the_service_cannot_be_reached(mode):
+    raw = SAMPLES["plain"][0]
+    result = invoke("--server", "http://127.0.0.1:9", "--on-error", mode, input=raw)
+    assert_failed_as_asked(result, mode, raw, "cannot reach the service at http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("mode", ["pass", "tempfail"])
+def test_on_error_in_client_mode_stays_torch_free(mode):
+    """In a new process: the exit status the mail server sees, and no torch import."""
+    raw = SAMPLES["plain"][0]
+    status, written, line = ON_ERROR[mode]
+    proc = spamtune_without_torch("filter", "--server", "http://127.0.0.1:9", "--on-error", mode, input=raw, status=status)
+    assert proc.stdout == (raw if written else b"")
+    [error, probe] = proc.stderr.decode().splitlines()
+    assert error.startswith(line + "cannot reach the service") and probe == "torch imported: False"
+
+
+def test_on_error_defaults_to_fail(tmp_path):
+    raw = SAMPLES["plain"][0]
+    default = invoke("--data-dir", str(tmp_path), input=raw)
+    assert_failed_as_asked(default, "fail", raw, "no fine-tuned model found in ")
+    given = invoke("--data-dir", str(tmp_path), "--on-error", "fail", input=raw)
+    assert (default.exit_code, default.stdout_bytes, default.stderr) == (given.exit_code, given.stdout_bytes, given.stderr)
+
+
+class Stdin(io.RawIOBase):
+    """A stdin that gives ``data``, then fails as a dying disk or a cut connection can; it counts reads."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at, self.reads = data, 0, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        self.reads += 1
+        if self.at == len(self.data):
+            raise OSError(errno.EIO, "Input/output error")
+        n = min(len(buffer), len(self.data) - self.at)
+        buffer[:n] = self.data[self.at : self.at + n]
+        self.at += n
+        return n
+
+
+def filter_reading(stdin: Stdin, *args: str, capsys) -> tuple[int, bytes, str]:
+    """``spamtune filter ARGS`` in this process with ``stdin`` (which CliRunner cannot take): its
+    exit status, stdout and stderr."""
+    out = io.BytesIO()
+    streams = io.TextIOWrapper(io.BufferedReader(stdin)), io.TextIOWrapper(out, write_through=True)
+    saved = sys.stdin, sys.stdout
+    sys.stdin, sys.stdout = streams
+    try:
+        code = app(["filter", *args], prog_name="spamtune", standalone_mode=False)
+        written = out.getvalue()
+    finally:
+        sys.stdin, sys.stdout = saved
+    return code, written, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--on-error", "later"], ["--on-error", ""], ["--on-error", "tempfail", "--threshold", "2"],
+                                  ["--on-error", "tempfail", "--server", "http://127.0.0.1:9", "--long", "head"]])  # fmt: skip
+def test_a_wrong_command_line_exits_2_before_reading_in_every_mode(args, capsys):
+    stdin = Stdin(b"Subject: x\n\nhi\n")
+    code, out, err = filter_reading(stdin, *args, capsys=capsys)
+    assert code == 2 and out == b"" and stdin.reads == 0
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "Traceback" not in err
+    if args[1] == "later":
+        assert "'later' is not one of fail, pass, tempfail" in err
+
+
+@pytest.mark.parametrize("mode", sorted(ON_ERROR))
+def test_an_input_that_breaks_midway_never_exits_0(mode, run_dir, capsys):
+    """The message classified and its start written, then the input fails: every byte read is out,
+    but no mode claims success for a message cut short; tempfail defers it (its output is void)."""
+    raw = b"Subject: big\n\n" + b"word " * 300_000  # 1.5 MB: past the classified first MiB
+    code, out, err = filter_reading(Stdin(raw), "--run", str(run_dir), "--long", "head", "--on-error", mode, capsys=capsys)
+    assert len(without_added_lines(out)) >= 1 << 20 and raw.startswith(without_added_lines(out))
+    assert b"X-Spamtune-Status: No" in out
+    assert err.count("\n") == 1 and "Traceback" not in err
+    if mode == "tempfail":
+        assert (code, err) == (75, "Error: message deferred while being copied: OSError: [Errno 5] Input/output error\n")
+    else:
+        assert code == 1 and "Input/output error" in err
+
+
+def test_tempfail_when_stdout_breaks_midway(run_dir):
+    """The mail server stops reading: 75 and one line, not the quiet 0 of a reader that went away."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    raw = b"Subject: big\n\n" + b"word " * 300_000
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "spamtune", "filter", "--run", str(run_dir), "--long", "head", "--on-error", "tempfail"],
+            input=raw, stdout=write_end, stderr=subprocess.PIPE, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 75
+    assert proc.stderr.decode() == "Error: message deferred while being copied: BrokenPipeError: [Errno 32] Broken pipe\n"

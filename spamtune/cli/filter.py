@@ -10,6 +10,7 @@ import typer
 
 from spamtune.cli import common
 from spamtune.cli.common import LongMode, long_option
+from spamtune.errors import SpamtuneError, SpamtuneUsageError, TemporaryFailure
 from spamtune.options import DEFAULT_LONG as LONG_DEFAULT
 
 FILTER_HELP = (
@@ -19,11 +20,24 @@ FILTER_HELP = (
     "X-Spamtune-Run: RUN_NAME; spamtune VERSION\n\n"
     "Every other byte is the input's (line endings, 8-bit bytes, folding), so deleting the two lines gives the "
     "message back exactly. A message larger than 1 MiB is classified on its first MiB and still passed through "
-    "whole. Exit status: 0 when the message was classified; 1 when it could not be (no run, a broken run, a "
-    "model failure): the message is then written unchanged and the error goes to stderr; 2 for a wrong "
-    "command line, before anything is read.\n\n"
+    "whole.\n\n"
+    "Exit status: 0 when the message was classified; 2 for a wrong command line, before anything is read "
+    "(nothing is written). When the message cannot be classified (no run, a broken run, a model failure, a "
+    "service that cannot be reached) one Error: line goes to stderr and --on-error decides: fail (the default) "
+    "writes the message unchanged and exits 1; pass writes it unchanged and exits 0, so that it is delivered "
+    "unfiltered; tempfail writes nothing and exits 75 (EX_TEMPFAIL, as spamc -x does), so that the mail "
+    "server keeps the message and retries later (Postfix pipe(8), a content filter script). With tempfail "
+    "every failure but a wrong command line exits 75, even one after part of the message was written (the "
+    "input unreadable midway, stdout broken): the output of a deferred delivery is to be thrown away.\n\n"
     "With --server URL (or SPAMTUNE_SERVER) a running `spamtune serve` classifies the message: no model load, "
     "no torch import; the service's run and reading of long messages apply."
+)
+
+
+ON_ERROR_MODES = ("fail", "pass", "tempfail")
+ON_ERROR_HELP = (
+    "A message that cannot be classified: fail: written unchanged, exit 1; pass: written unchanged, exit 0 "
+    "(delivered unfiltered); tempfail: nothing written, exit 75 (the mail server keeps it and retries)."
 )
 
 
@@ -31,6 +45,7 @@ FILTER_HELP = (
     ("spamtune filter < message.eml", "the message with its X-Spamtune-Status on stdout"),
     ('| spamtune filter --run 20261125-101500-tiny-all', "in procmail: a recipe line with a run by name"),
     ("spamtune filter --threshold 0.9 < message.eml | grep '^X-Spamtune'", "stricter; see the verdict"),
+    ("spamtune filter --on-error tempfail --run /srv/spamtune/run", "in a Postfix content filter: defer the mail on a failure"),
 )
 def filter_mail(
     run: Optional[str] = common.run_option(),
@@ -49,14 +64,18 @@ def filter_mail(
     api_key: Optional[str] = typer.Option(
         None, "--api-key", envvar="SPAMTUNE_API_KEY", help="With --server: the service's API key (prefer the variable)."
     ),
+    on_error: str = common.choice_option("fail", "--on-error", ON_ERROR_MODES, ON_ERROR_HELP),
 ) -> None:
     """Add X-Spamtune-Status to one message (help: FILTER_HELP)."""
-    from spamtune.errors import SpamtuneError, SpamtuneUsageError
     from spamtune.mail_filter import filter_message, verdict_function
 
+    defer = on_error == "tempfail"
     if sys.stdin is None:
         raise SpamtuneUsageError("filter reads one message on stdin, but this process has none")
-    common.require_stdout()  # before the model loads; the mail server keeps the message
+    try:
+        common.require_stdout()  # before the model loads; the mail server keeps the message
+    except SpamtuneError as exc:
+        raise TemporaryFailure(f"message deferred: {exc}") if defer else exc
 
     classify, load_error = None, None
     if server:  # client mode: the service classifies, torch is never imported
@@ -70,14 +89,35 @@ def filter_mail(
             options = {} if threshold is None else {"threshold": threshold}
             classifier = SpamClassifier.load(run, device=device, data_dir=data_dir, precision=precision, **options)
             classify = verdict_function(classifier, long)
-        except Exception as exc:  # the message must still go through: report after passing it on
+        except Exception as exc:  # reported after passing the message on (or instead, with tempfail)
             load_error = exc
-    sys.stdout.flush()
-    outcome = filter_message(sys.stdin.buffer, sys.stdout.buffer, classify)
+    if load_error is not None and defer:  # nothing read, nothing written: the mail server retries
+        raise _unclassified(load_error, on_error)
+    try:
+        sys.stdout.flush()
+        outcome = filter_message(sys.stdin.buffer, sys.stdout.buffer, classify, pass_through=not defer)
+    except Exception as exc:  # reading or writing the message failed, perhaps midway
+        if defer:
+            raise TemporaryFailure(f"message deferred while being copied: {_reason(exc)}") from exc
+        raise  # as any command's: one line, or a quiet end when stdout's reader went away
     error = load_error or outcome.error
     if error is not None:
-        reason = str(error) if isinstance(error, SpamtuneError) else f"{type(error).__name__}: {error}"
-        raise SpamtuneError(f"message passed through unclassified: {reason}")
+        raise _unclassified(error, on_error)
+
+
+def _unclassified(error: Exception, on_error: str) -> SpamtuneError:
+    """What ``--on-error`` makes of a message that could not be classified: its one line, its exit status."""
+    if on_error == "tempfail":
+        return TemporaryFailure(f"message deferred, nothing written: {_reason(error)}")
+    failure = SpamtuneError(f"message passed through unclassified: {_reason(error)}")
+    if on_error == "pass":
+        failure.exit_code = 0  # said on stderr, but the mail server delivers the message as it is
+    return failure
+
+
+def _reason(error: Exception) -> str:
+    """The error in one line: a SpamtuneError's message says it all; anything else is named."""
+    return str(error) if isinstance(error, SpamtuneError) else f"{type(error).__name__}: {error}"
 
 
 def register(app: typer.Typer) -> None:
