@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spamtune.errors import SpamtuneUsageError
+from spamtune.errors import OptionError, SpamtuneUsageError
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier
 
 DEFAULT_RANK = 16
@@ -102,13 +102,13 @@ def check_lora_options(rank: int, alpha: float, blocks: int | None, n_layers: in
     outputs, so a rank above it adds parameters (A and B are allocated at once) and no expressive
     power: it is refused as well."""
     if not isinstance(rank, int) or rank < 1:
-        raise SpamtuneUsageError(f"--lora-rank must be a positive integer (got {rank})")
+        raise OptionError("lora_rank", f"must be a positive integer (got {rank})")
     if rank > emb_dim:
-        raise SpamtuneUsageError(f"--lora-rank must be at most the model's width, {emb_dim}, which a full-rank update reaches (got {rank})")
+        raise OptionError("lora_rank", f"must be at most the model's width, {emb_dim}, which a full-rank update reaches (got {rank})")
     if not (math.isfinite(alpha) and alpha > 0):
-        raise SpamtuneUsageError(f"--lora-alpha must be a positive number (got {alpha})")
+        raise OptionError("lora_alpha", f"must be a positive number (got {alpha})")
     if blocks is not None and not 1 <= blocks <= n_layers:
-        raise SpamtuneUsageError(f"--lora-blocks must be between 1 and the model's {n_layers} blocks (got {blocks})")
+        raise OptionError("lora_blocks", f"must be between 1 and the model's {n_layers} blocks (got {blocks})")
 
 
 def adapted_block_indices(n_layers: int, blocks: int | None) -> range:

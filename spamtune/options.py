@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spamtune.errors import OptionError
+from spamtune.errors import OptionError, SpamtuneError
 
 if TYPE_CHECKING:
     from spamtune.model import GPTConfig, Trainable
@@ -125,8 +125,6 @@ def options_in_record(record: dict, source: Path, names: list[str]) -> dict:
     """The fields ``names`` of a saved run's options (its ``hparams.json``) that ``record``
     holds, each of its field's type: a hand-edited ``"warmup_steps": "5"`` or ``"epochs": true``
     is one error naming the file and the field, rather than a confusing one later."""
-    from spamtune.errors import SpamtuneError
-
     types = {f.name: str(f.type) for f in fields(FinetuneOptions)}
     out = {}
     for name in names:
@@ -152,6 +150,13 @@ def options_in_record(record: dict, source: Path, names: list[str]) -> dict:
                 ) from None
         out[name] = value
     return out
+
+
+def error_in_record(exc: OptionError, source: Path) -> SpamtuneError:
+    """``exc`` about a value read from the saved run options in ``source`` (a resumed run's
+    hparams.json, a --config file): one line naming the file and the field, rather than a flag
+    the user never typed, and exit status 1 (the file is at fault, not the command line)."""
+    return SpamtuneError(f'{source}: {exc.naming(json.dumps(exc.option))}')
 
 
 # What torch.manual_seed (and a torch.Generator) takes: any 64-bit pattern, read as unsigned

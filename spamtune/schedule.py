@@ -14,19 +14,20 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from spamtune.errors import SpamtuneUsageError
+from spamtune.errors import OptionError
 from spamtune.options import SCHEDULES
 
 
 
 def check_schedule_options(schedule: str, warmup_steps: int, clip_grad_norm: float | None) -> None:
-    """One usage error per bad option."""
+    """One usage error per bad option (an ``OptionError``: the command line names the flag, a
+    resumed run's hparams.json the field)."""
     if schedule not in SCHEDULES:
-        raise SpamtuneUsageError(f"unknown --schedule '{schedule}'; choose one of: {', '.join(SCHEDULES)}")
+        raise OptionError("schedule", f"unknown {{option}} '{schedule}'; choose one of: {', '.join(SCHEDULES)}")
     if not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise SpamtuneUsageError(f"--warmup-steps must be 0 or more (got {warmup_steps})")
+        raise OptionError("warmup_steps", f"must be 0 or more (got {warmup_steps})")
     if clip_grad_norm is not None and not (math.isfinite(clip_grad_norm) and clip_grad_norm > 0):
-        raise SpamtuneUsageError(f"--clip-grad-norm must be a positive number (got {clip_grad_norm})")
+        raise OptionError("clip_grad_norm", f"must be a positive number (got {clip_grad_norm})")
 
 
 def lr_multiplier(step: int, schedule: str = "constant", warmup_steps: int = 0, total_steps: int = 1) -> float:
@@ -48,7 +49,7 @@ def lr_multiplier(step: int, schedule: str = "constant", warmup_steps: int = 0, 
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "linear":
         return 1.0 - progress
-    raise SpamtuneUsageError(f"unknown --schedule '{schedule}'; choose one of: {', '.join(SCHEDULES)}")
+    raise OptionError("schedule", f"unknown {{option}} '{schedule}'; choose one of: {', '.join(SCHEDULES)}")
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:

@@ -138,12 +138,12 @@ def test_a_hand_edited_resolved_setting_is_one_line_naming_the_file_and_field_on
 
 
 @pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
-def test_a_seed_torch_cannot_take_is_a_usage_error_before_any_folder(root, monkeypatch, seed):
+def test_a_seed_torch_cannot_take_is_refused_before_any_folder(root, monkeypatch, seed):
     """Given on the command line, in a --config file or in the hparams.json of a run resumed,
     it is refused up front, not as torch's overflow once the run folder exists."""
-    line = f"Error: --seed must be between {-(2**63)} and {2**64 - 1} (got {seed})\n"
+    reason = f"must be between {-(2**63)} and {2**64 - 1} (got {seed})"
     given = finetune(root, "--run", "given", "--model", str(root / "tiny.json"), "--epochs", "1", f"--seed={seed}")
-    assert (given.exit_code, given.stderr) == (2, line)
+    assert (given.exit_code, given.stderr) == (2, f"Error: --seed {reason}\n")
     assert not (root / "runs" / "given").exists()
 
     with monkeypatch.context() as interrupting:
@@ -153,8 +153,36 @@ def test_a_seed_torch_cannot_take_is_a_usage_error_before_any_folder(root, monke
     hparams_file = root / "runs" / "stopped" / runs.HPARAMS_FILE
     hparams_file.write_text(json.dumps({**hparams(root / "runs" / "stopped"), "seed": seed}))
     for result in (finetune(root, "--config", str(hparams_file), "--run", "again"), finetune(root, "--resume", "--run", "stopped")):
-        assert (result.exit_code, result.stderr) == (2, line)
+        assert (result.exit_code, result.stderr) == (1, f'Error: {hparams_file}: "seed" {reason}\n')
     assert not (root / "runs" / "again").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag", "reason"),
+    [
+        ("lr", -1.0, "--lr -1", "{} must be a positive number (got -1.0)"),
+        ("schedule", "bogus", "--schedule bogus", "unknown {} 'bogus'; choose one of: constant, cosine, linear"),
+        ("warmup_steps", -3, "--warmup-steps -3", "{} must be 0 or more (got -3)"),
+        ("lora_rank", 0, "--lora-rank 0", "{} must be a positive integer (got 0)"),
+    ],
+)
+def test_a_bad_value_in_a_runs_hparams_names_the_file_and_field_not_a_flag(root, monkeypatch, field, value, flag, reason):
+    """Read back by --resume or --config, a value that cannot work is the file's fault (exit 1),
+    said as its field; the same value typed as a flag beside --config is still the flag's (exit 2)."""
+    with monkeypatch.context() as interrupting:
+        ctrl_c_at_step(interrupting, 3)
+        stopped = finetune(root, "--run", "stopped", "--model", str(root / "tiny.json"), "--epochs", "1", "--trainable", "lora")
+    assert stopped.exit_code == 130
+    hparams_file = root / "runs" / "stopped" / runs.HPARAMS_FILE
+    original = hparams(root / "runs" / "stopped")
+    hparams_file.write_text(json.dumps({**original, field: value}))
+    for result in (finetune(root, "--resume", "--run", "stopped"), finetune(root, "--config", str(hparams_file), "--run", "again")):
+        assert (result.exit_code, result.stderr) == (1, f"Error: {hparams_file}: {reason.format(json.dumps(field))}\n")
+    hparams_file.write_text(json.dumps(original))
+    typed = finetune(root, "--config", str(hparams_file), "--run", "again", *flag.split())
+    assert typed.exit_code == 2 and flag.split()[0] in typed.stderr and str(hparams_file) not in typed.stderr
+    assert not (root / "runs" / "again").exists()
+    assert finetune(root, "--resume", "--run", "stopped").exit_code == 0  # the file put back: the run goes on
 
 
 def test_the_seeds_allowed_are_exactly_those_torch_takes(root):

@@ -121,9 +121,9 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     [
         ({"trainable": ["last-block", "bogus"]}, "unknown trainable preset 'bogus'"),
         ({"lr": [1e-3, 0.0]}, "lr must be a positive number"),
-        ({"trainable": ["lora"], "lora_rank": [4, 0]}, "lora-rank must be a positive integer"),
+        ({"trainable": ["lora"], "lora_rank": [4, 0]}, "lora rank must be a positive integer"),
         ({"precision": ["fp32", "fp16"]}, "fp16 needs a CUDA device"),
-        ({"clip_grad_norm": [1.0, -1.0]}, "clip-grad-norm"),  # the value's own error, not a clash of folder names
+        ({"clip_grad_norm": [1.0, -1.0]}, "clip grad norm"),  # the value's own error, not a clash of folder names
         ({"model": ["tiny", "nosuch"]}, "unknown model 'nosuch'"),
         ({"seed": [1, 2**64]}, "seed must be between"),  # torch.manual_seed's overflow, else, once seed 1 had trained
         ({"trainable": ["last-block", "head"], "lora_rank": [2, 4]}, "--lora-rank applies only with --trainable lora, and no run"),

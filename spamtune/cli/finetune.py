@@ -6,7 +6,9 @@ run folder's path is the last line on stdout. torch is imported inside the comma
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +17,8 @@ import typer
 from spamtune.cli import common
 from spamtune.cli.common import dataclass_options, field_help, stderr_console, styled, with_dataclass_options
 from spamtune.cli.process_end import work_done
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
-from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, options_in_record
+from spamtune.errors import OptionError, SpamtuneError, SpamtuneUsageError
+from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, error_in_record, options_in_record
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
     from rich.console import Console
@@ -151,9 +153,9 @@ def _resume_command(run_dir: Path) -> str:
     return resume_command(run_dir)
 
 
-def _settings_from(config: str, root: Path) -> dict:
-    """The FinetuneOptions fields of a run's hparams.json (a file, a run folder or a run's name);
-    the data root is not among them: it follows --data-dir / $SPAMTUNE_HOME as always."""
+def _settings_from(config: str, root: Path) -> tuple[Path, dict]:
+    """The FinetuneOptions fields of a run's hparams.json (a file, a run folder or a run's name),
+    and that file; the data root is not among them: it follows --data-dir / $SPAMTUNE_HOME as always."""
     from spamtune import paths, runs
     from spamtune.fsutil import read_json
 
@@ -163,7 +165,7 @@ def _settings_from(config: str, root: Path) -> dict:
     hparams = read_json(path.absolute(), "run hyperparameters")
     if not isinstance(hparams, dict):
         raise SpamtuneError(f"{path.absolute()} is not a run's hparams.json (a JSON object)")
-    return options_in_record(hparams, path.absolute(), OPTION_NAMES)
+    return path.absolute(), options_in_record(hparams, path.absolute(), OPTION_NAMES)
 
 
 def _run_to_resume(run: str | None, root: Path) -> Path:
@@ -212,22 +214,36 @@ def finetune_command(
 
     from spamtune import distributed
 
-    root, run, given = _settle(ctx, run, resume, config, resume_run, out, data_dir, options)
+    root, run, given, configured = _settle(ctx, run, resume, config, resume_run, out, data_dir, options)
     if not resume:
         _refuse_unused_lora_options(given, options)
-    if distributed.will_launch(devices) and not resume:
-        from spamtune import train
+    with _blamed_on(configured):
+        if distributed.will_launch(devices) and not resume:
+            from spamtune import train
 
-        # Refused here, once, rather than by each rank the launcher starts (a resumed run's
-        # options are its own: its ranks read and check them).
-        train.check_before_launch(FinetuneOptions(**options), devices)
-    if distributed.maybe_launch(devices, sys.argv[1:]):
-        return
-    world = distributed.init_from_env(options["device"])
+            # Refused here, once, rather than by each rank the launcher starts (a resumed run's
+            # options are its own: its ranks read and check them).
+            train.check_before_launch(FinetuneOptions(**options), devices)
+        if distributed.maybe_launch(devices, sys.argv[1:]):
+            return
+        world = distributed.init_from_env(options["device"])
+        try:
+            _finetune(world, root, run, resume, given, options)
+        finally:
+            distributed.shutdown()
+
+
+@contextlib.contextmanager
+def _blamed_on(configured: tuple[Path, set[str]] | None) -> Iterator[None]:
+    """An option whose bad value came from the --config file (``configured``: that file and the
+    options it gave) is that file's fault: the error names the file and the field, not a flag
+    the user never typed."""
     try:
-        _finetune(world, root, run, resume, given, options)
-    finally:
-        distributed.shutdown()
+        yield
+    except OptionError as exc:
+        if configured is None or exc.option not in configured[1]:
+            raise
+        raise error_in_record(exc, configured[0]) from None
 
 
 def _refuse_unused_lora_options(given: list[str], options: dict) -> None:
@@ -243,10 +259,12 @@ def _refuse_unused_lora_options(given: list[str], options: dict) -> None:
         )
 
 
-def _settle(ctx: typer.Context, run, resume, config, resume_run, out, data_dir, options: dict) -> tuple[Path, str | None, list[str]]:
-    """The data root, the run named (or None) and the options given on the command line, from
-    ``finetune_command``'s arguments; ``options`` takes the data root and, with --config, that
-    run's settings where not given."""
+def _settle(
+    ctx: typer.Context, run, resume, config, resume_run, out, data_dir, options: dict
+) -> tuple[Path, str | None, list[str], tuple[Path, set[str]] | None]:
+    """The data root, the run named (or None), the options given on the command line and, with
+    --config, its file and the options taken from it, from ``finetune_command``'s arguments;
+    ``options`` takes the data root and, with --config, that run's settings where not given."""
     from spamtune import paths
 
     root = paths.data_root(data_dir)
@@ -260,11 +278,14 @@ def _settle(ctx: typer.Context, run, resume, config, resume_run, out, data_dir, 
         if run is not None:
             raise SpamtuneUsageError("--out is the older name of --run: give one")
         run = str(out)
-    if config is not None:
-        if resume:
-            raise SpamtuneUsageError("--config starts a new run; --resume continues one with its own settings")
-        options.update({name: value for name, value in _settings_from(config, root).items() if name not in given})
-    return root, run, given
+    if config is None:
+        return root, run, given, None
+    if resume:
+        raise SpamtuneUsageError("--config starts a new run; --resume continues one with its own settings")
+    source, settings = _settings_from(config, root)
+    taken = {name: value for name, value in settings.items() if name not in given}
+    options.update(taken)
+    return root, run, given, (source, set(taken))
 
 
 def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str], options: dict) -> None:
