@@ -130,13 +130,17 @@ class PrefixCacheStore:
 
     # ---- reading
     def load(self, key: CacheKey, verify: str = "hash") -> FrozenPrefixCache:
-        """The entry of ``key``, memory-mapped. Raises ``CacheMissing`` or ``CacheCorrupt``.
+        """The entry of ``key``, memory-mapped. Raises ``CacheMissing`` or ``CacheCorrupt`` (a
+        symbolic link planted in the entry's place is corrupt too: a cache is disposable, and
+        reading a folder elsewhere through it would also write its ``VERIFIED_FILE`` there).
 
         ``verify="hash"`` (the default) re-hashes both files, reading the states once from the
         disk, unless the states file matched before and is untouched since (``VERIFIED_FILE``);
         ``"size"`` checks only the sizes, for caches too large to read at every run.
         """
         entry = self.entry_dir(key)
+        if entry.is_symlink():  # never read or written through: ``obtain`` replaces the link itself
+            raise CacheCorrupt(f"{entry} is a symbolic link, not an entry folder (the link is replaced, what it points to left alone)")
         meta_path = entry / META_FILE
         meta = read_meta(entry)
         try:

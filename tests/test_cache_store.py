@@ -4,6 +4,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,6 +309,35 @@ def test_remove_never_follows_a_planted_symlink(tmp_path):
     with pytest.raises(SpamtuneError):
         remove_caches(tmp_path, ["abc"])
     assert (victim / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("target", ["copy of the entry", "other folder", "nothing"])
+def test_an_entry_replaced_by_a_symlink_is_rebuilt_in_place_of_the_link_never_through_it(tmp_path, target):
+    """A cache is disposable: a link planted where an entry goes is replaced by a fresh entry,
+    never read or written through, and what it points to is left exactly as it was."""
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    good = store.obtain(key, model, SEQS).cache.states.clone()
+    entry = store.entry_dir(key)
+    elsewhere = tmp_path / "elsewhere"
+    if target == "copy of the entry":  # a hit through the link would write its verified.json there
+        shutil.copytree(entry, elsewhere)
+        (elsewhere / VERIFIED_FILE).unlink()
+    elif target == "other folder":
+        elsewhere.mkdir()
+        (elsewhere / "keep.txt").write_text("precious")
+    before = {p.name: p.read_bytes() for p in elsewhere.iterdir()} if elsewhere.exists() else None
+    shutil.rmtree(entry)
+    entry.symlink_to(elsewhere, target_is_directory=True)
+    again = store.obtain(key, model, SEQS)
+    assert again.outcome == "built" and again.detail == (
+        f"rebuilt: {entry} is a symbolic link, not an entry folder (the link is replaced, what it points to left alone)"
+    )
+    assert torch.equal(again.cache.states, good)
+    assert not entry.is_symlink() and entry.is_dir() and (entry / META_FILE).is_file()
+    assert ({p.name: p.read_bytes() for p in elsewhere.iterdir()} if elsewhere.exists() else None) == before
+    assert store.obtain(key, model, SEQS).outcome == "hit"
 
 
 def test_cli_ls_and_rm(tmp_path):
