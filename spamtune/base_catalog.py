@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from spamtune import paths
-from spamtune.base_ref import BaseRef
+from spamtune.base_ref import BaseRef, folder_in_the_way
 from spamtune.errors import SpamtuneError
 from spamtune.run_catalog import base_users
 
@@ -62,6 +62,14 @@ def list_bases(root: str | Path) -> list[StoredBase]:
             continue
         found.append((stat.st_mtime, StoredBase(sha, path, stat.st_size, _origin(path), users.get(sha, []))))
     return [base for _, base in sorted(found, key=lambda item: (item[0], item[1].sha256))]
+
+
+def folders_in_the_way(root: str | Path) -> list[Path]:
+    """Folders under ``root``'s bases named as a base's file: no base can be stored there."""
+    folder = paths.bases_dir(Path(root))
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.glob("*.safetensors") if len(path.stem) == 64 and folder_in_the_way(path))
 
 
 def remove_bases(root: str | Path, names: Iterable[str] = (), *, everything: bool = False, unused: bool = False) -> list[StoredBase]:

@@ -6,7 +6,9 @@ what only reads references, ``spamtune bases ls`` and the run listings, needs no
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from spamtune.errors import SpamtuneError
 
@@ -49,3 +51,15 @@ class BaseRef:
 def is_sha256(value) -> bool:
     """Whether ``value`` is a sha256 as spamtune writes one: 64 lowercase hex digits."""
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def folder_in_the_way(path: Path) -> bool:
+    """Whether a folder stands where a base's file goes: no rename replaces it, and spamtune
+    removes no folder it did not make (it may hold anything). A link is no obstacle: a rename
+    replaces the link itself."""
+    return path.is_dir() and not path.is_symlink()
+
+
+def how_to_clear(path: Path) -> str:
+    """What to do about a folder in a base's place, in words."""
+    return f"{path} is a folder, which spamtune does not remove: move it away or remove it (rm -r {shlex.quote(str(path))})"

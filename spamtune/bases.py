@@ -15,15 +15,16 @@ import json
 import os
 import shlex
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
 from spamtune import paths
-from spamtune.base_ref import BaseRef, is_sha256
+from spamtune.base_ref import BaseRef, folder_in_the_way, how_to_clear, is_sha256
 from spamtune.checkpoint import read_tensors
-from spamtune.errors import SpamtuneError
+from spamtune.errors import SpamtuneError, SpamtuneWarning
 from spamtune.fsutil import atomic_write_json, new_temporary, write_error
 from spamtune.model import RANDOM_INIT_VERSION
 from spamtune.paths import base_file
@@ -76,12 +77,28 @@ def store_base(root: str | Path, model: torch.nn.Module, origin: dict, sha256: s
         ref = BaseRef(sha256, dict(origin))
         remember_random_origin(root, ref)
         return ref
+    if sha256 is not None and folder_in_the_way(base_file(root, sha256)):  # no file to write for nothing
+        ref = BaseRef(sha256, dict(origin))
+        _not_stored(base_file(root, sha256), ref)
+        return ref
     with BaseIntake(base_tensors(model), origin, root, sha256) as intake:
         return intake.finish()
 
 
 def _is_stored(path: Path) -> bool:
     return path.is_file() and not path.is_symlink()
+
+
+def _not_stored(path: Path, ref: BaseRef) -> None:
+    """Say, without stopping the work, that the base made here cannot be kept: it is made again
+    from its origin at each use until the folder in its place is gone. Warned from this one
+    place, so that a command that meets it twice (a run stores its base, then compares with
+    it) says it once."""
+    warnings.warn(
+        f"base {ref.sha256[:12]}... ({ref.describe()}) is made again from its origin at each use and cannot be stored: "
+        f"{how_to_clear(path)}",
+        SpamtuneWarning,
+    )
 
 
 def random_origin_key(origin: dict) -> str | None:
@@ -218,7 +235,9 @@ class BaseIntake:
             self._file.finish(self._metadata(ref.sha256))
             os.close(self._fd)
             self._fd = -1
-            if not _is_stored(final):  # else the same base is stored already: this copy goes on exit
+            if folder_in_the_way(final):  # used from memory; this copy goes on exit
+                _not_stored(final, ref)
+            elif not _is_stored(final):  # else the same base is stored already: this copy goes on exit
                 os.replace(self._tmp, final)
                 self._tmp = None
                 _verified_bases(self._root).remember_written(ref.sha256, final)
@@ -304,6 +323,8 @@ def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str
     file or of the damaged one that ``replacing`` describes; else one line on how to get it back."""
     path = base_file(root, ref.sha256)
     tensors = _rebuild(root, ref)
+    if tensors is None and folder_in_the_way(path):
+        raise SpamtuneError(f"base {ref.sha256[:12]}... ({ref.describe()}) is not stored: {how_to_clear(path)}, then {how_to_get_back(ref, root)}")
     if tensors is None:
         raise SpamtuneError(f"{replacing}, and {how_to_get_back(ref, root)}" if replacing else missing_base_message(root, ref))
     actual = weights_sha256(tensors)
@@ -313,6 +334,9 @@ def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str
             f"{actual[:12]}..., not the {ref.sha256[:12]}... the run was trained on; put {path.name} back into {path.parent}"
         )
     if not _can_store_in(root):  # a read-only data root: the run loads from the base made here
+        return tensors
+    if folder_in_the_way(path):  # as from a read-only data root, but the user hears of it
+        _not_stored(path, ref)
         return tensors
     if replacing:
         path.unlink(missing_ok=True)

@@ -24,6 +24,11 @@ class TemporaryFailure(SpamtuneError):
     exit_code = EX_TEMPFAIL
 
 
+class SpamtuneWarning(UserWarning):
+    """Something the user must hear of that does not stop the work (``warnings.warn`` it): the
+    CLI prints it as one ``WARNING:`` line, even under ``--quiet``, once per command."""
+
+
 class OptionError(SpamtuneUsageError):
     """One option has a value that cannot work.
 

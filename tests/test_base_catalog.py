@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from helpers import spamtune_without_torch, tiny_options, write_tiny_data
@@ -124,3 +125,53 @@ def test_runs_show_names_a_compact_runs_base_and_runs_rm_says_when_the_last_user
     assert last.exit_code == 0 and last.stdout.strip() == str(root / "runs" / "b")
     assert last.stderr.startswith("1 base(s) (") and last.stderr.endswith("are used by no run now; `spamtune bases rm --unused` frees them\n")
     assert stored.path.is_file()  # only said: freeing it is the user's call
+
+
+def test_a_folder_where_a_base_goes_is_left_alone_and_said_while_runs_on_that_base_go_on(tmp_path):
+    """No rename replaces a folder and spamtune removes none it did not make: a base its origin
+    makes again is used from memory, with one warning naming the folder and how to clear it,
+    until the folder is gone; then the base is stored again."""
+    root = write_tiny_data(tmp_path)
+    train.finetune(tiny_options(root, epochs=1), root / "runs" / "a")
+    before = SpamClassifier.load(root / "runs" / "a").predict(TEXTS)
+    (stored,) = list_bases(root)
+    stored.path.unlink()
+    stored.path.mkdir()
+    (stored.path / "notes.txt").write_text("mine")
+    clear = f"{stored.path} is a folder, which spamtune does not remove: move it away or remove it (rm -r {stored.path})"
+    line = f"WARNING: base {stored.sha256[:12]}... (random init (seed 123)) is made again from its origin at each use and cannot be stored: {clear}\n"
+
+    predicted = CliRunner().invoke(app, ["predict", "--run", str(root / "runs" / "a"), "-q", *TEXTS, "--data-dir", str(root)])
+    assert predicted.exit_code == 0 and predicted.stderr == line
+    assert [row.split("\t")[:2] for row in predicted.stdout.splitlines()] == [[v.label, f"{v.probability:.4f}"] for v in before]
+    again = CliRunner().invoke(app, ["finetune", "--run", "b", "-q", "--data-dir", str(root), "--model", str(root / "tiny.json"),
+                                     "--weights", "random", "--epochs", "1", "--device", "cpu", "--precision", "fp32"])  # fmt: skip
+    assert again.exit_code == 0 and again.stderr == line  # stored, then compared with: said once
+    listed = bases(root, "ls", "-q")
+    assert (listed.exit_code, listed.stdout, listed.stderr) == (0, "", f"WARNING: not a base: {clear}\n")
+    assert (stored.path / "notes.txt").read_text() == "mine"
+
+    shutil.rmtree(stored.path)  # cleared: the next load stores the base again, and says nothing
+    quiet = CliRunner().invoke(app, ["predict", "--run", str(root / "runs" / "b"), "-q", *TEXTS, "--data-dir", str(root)])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and stored.path.is_file()
+
+
+def test_a_folder_where_a_base_goes_that_its_origin_cannot_make_again_is_one_line_on_how_to_get_it_back(tmp_path):
+    import torch
+
+    from spamtune.bases import load_base, store_base
+    from spamtune.model import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_layers=1, n_heads=2))
+    ref = store_base(tmp_path, model, {"kind": "pretrained", "name": "gpt2-small"})  # no download here to make it again
+    path = tmp_path / "bases" / f"{ref.sha256}.safetensors"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(SpamtuneError) as refused:
+        load_base(tmp_path, ref)
+    assert str(refused.value) == (
+        f"base {ref.sha256[:12]}... (pretrained gpt2-small) is not stored: {path} is a folder, which spamtune does not remove: "
+        f"move it away or remove it (rm -r {path}), then run `spamtune download model gpt2-small --data-dir {tmp_path}` to get it back"
+    )
+    assert path.is_dir()

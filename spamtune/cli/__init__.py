@@ -57,7 +57,8 @@ class SpamtuneGroup(TyperGroup):
     def main(self, args=None, *rest, standalone_mode: bool = True, **kwargs):
         common.reset(sys.argv[1:] if args is None else list(args))
         try:
-            rv = super().main(args, *rest, standalone_mode=False, **kwargs)
+            with common.library_warnings_as_lines():
+                rv = super().main(args, *rest, standalone_mode=False, **kwargs)
         except typer.Exit as exc:
             code = exc.exit_code
         except click_exceptions.NoArgsIsHelpError as exc:

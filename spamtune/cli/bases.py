@@ -51,7 +51,8 @@ def ls(
 
     One line per base on stdout; the total on stderr.
     """
-    from spamtune.base_catalog import list_bases
+    from spamtune.base_catalog import folders_in_the_way, list_bases
+    from spamtune.base_ref import how_to_clear
 
     output_format = common.chosen_format(output_format, as_json, "json", "text")
     root = paths.data_root(data_dir)
@@ -65,6 +66,8 @@ def ls(
         typer.echo("\t".join([base.sha256[:12], human_size(base.nbytes), row["describe"], used, row["path"]]))
     total = sum(base.nbytes for base in stored)
     common.note(f"{len(stored)} base(s), {human_size(total)} in {paths.bases_dir(root)}")
+    for folder in folders_in_the_way(root):  # the runs on that base make it again at each use
+        common.warn(f"not a base: {how_to_clear(folder)}")
 
 
 @common.command(bases_app, "rm")

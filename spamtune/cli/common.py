@@ -18,6 +18,7 @@ text; what needs a style is built with ``styled``, and table cells go through ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -26,7 +27,7 @@ import os
 import re
 import sys
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -179,6 +180,28 @@ def warn(message: str) -> None:
     Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(
         styled(("WARNING: ", "bold red"), (message, "bold"))
     )
+
+
+@contextlib.contextmanager
+def library_warnings_as_lines() -> Iterator[None]:
+    """While the block runs, the library's ``SpamtuneWarning``s are ``warn`` lines (each message
+    once); Python's other warnings are shown as before."""
+    import warnings
+
+    from spamtune.errors import SpamtuneWarning
+
+    with warnings.catch_warnings():  # puts the filters and showwarning back on leaving
+        warnings.simplefilter("default", SpamtuneWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, SpamtuneWarning):
+                warn(str(message))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def detail(message: str) -> None:
