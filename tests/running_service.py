@@ -14,11 +14,14 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from spamtune.serve.server import service_config
+
 
 @contextmanager
 def running(app, startup_timeout: float = 20.0):
-    """Serve ``app`` while the block runs; yields its base URL (``http://127.0.0.1:PORT``)."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    """Serve ``app`` while the block runs, under uvicorn set up as ``spamtune serve`` sets it up;
+    yields its base URL (``http://127.0.0.1:PORT``)."""
+    server = uvicorn.Server(service_config(app, "127.0.0.1", 0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

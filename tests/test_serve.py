@@ -350,6 +350,32 @@ def test_a_client_leaving_mid_body_is_its_error_not_the_services(clf):
             assert counted in metrics and 'code="500"' not in metrics
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+    ],
+)
+def test_a_request_the_http_parser_refuses_gets_the_json_error_shape(service, head):
+    """uvicorn's parser refuses these before the app is called; the 400 still has the service's
+    one-line JSON error, and the service goes on answering."""
+    host, port = service.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head + b"{}")
+        answer = b""
+        while chunk := s.recv(65536):  # the service closes the connection after its answer
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    fields = dict(line.split(b": ", 1) for line in headers.split(b"\r\n"))
+    assert status_line == b"HTTP/1.1 400 Bad Request"
+    assert fields[b"content-type"] == b"application/json" and int(fields[b"content-length"]) == len(body)
+    assert json.loads(body) == {"error": "malformed HTTP request"}
+    assert call_json(service + "/healthz")[0] == 200
+
+
 def test_oversized_bodies_are_refused_while_reading(strict_service):
     """Without a Content-Length (chunked upload) the limit still holds."""
     def chunks():

@@ -8,8 +8,10 @@ server exits normally (status 0) instead.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
+import json
 import sys
 from collections.abc import Callable
 
@@ -55,15 +57,45 @@ class _Server(uvicorn.Server):
                 captured.clear()
 
 
+# What a request that is no HTTP gets: the service's error shape, like every other refusal.
+MALFORMED_REQUEST = json.dumps({"error": "malformed HTTP request"}).encode()
+
+
+def http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools where installed, else h11, as uvicorn picks), answering
+    a request its parser refuses (``Content-Length: abc``, a header line with no colon) in JSON.
+
+    The parser refuses such a request before the app is called, so no route, middleware or
+    exception handler of the app ever sees it; uvicorn writes the 400 itself, as plain text,
+    from ``send_400_response``, which both of its protocols have. That one method is replaced:
+    the same status and closed connection, the service's body.
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class JsonErrorsProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+        def send_400_response(self, msg: str) -> None:
+            head = [b"HTTP/1.1 400 Bad Request"]
+            head += [name + b": " + value for name, value in self.server_state.default_headers]
+            head += [b"content-type: application/json", b"content-length: %d" % len(MALFORMED_REQUEST), b"connection: close"]
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + MALFORMED_REQUEST)
+            self.transport.close()
+
+    return JsonErrorsProtocol
+
+
+def service_config(app, host: str, port: int, access_log: bool = False) -> uvicorn.Config:
+    """How ``spamtune serve`` runs uvicorn: its limits, its shutdown, its JSON 400s."""
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False, lifespan="on",
+        limit_concurrency=MAX_CONNECTIONS, http=http_protocol(),
+    )  # fmt: skip
+
+
 def serve_app(app, host: str, port: int, on_ready: Callable[[str], None], access_log: bool = False) -> bool:
     """Serve ``app`` until SIGTERM/SIGINT; ``on_ready(url)`` once the socket accepts connections.
     Returns False when the server could not start (e.g. the port is taken; uvicorn logged why)."""
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False, lifespan="on",
-        limit_concurrency=MAX_CONNECTIONS,
-    )  # fmt: skip
-    server = _Server(config, on_ready)
+    server = _Server(service_config(app, host, port, access_log), on_ready)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits 1 when the socket cannot be bound
