@@ -14,14 +14,14 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from spamtune.serve.server import service_config
+from spamtune.serve.server import MAX_CONNECTIONS, service_config
 
 
 @contextmanager
-def running(app, startup_timeout: float = 20.0):
-    """Serve ``app`` while the block runs, under uvicorn set up as ``spamtune serve`` sets it up;
-    yields its base URL (``http://127.0.0.1:PORT``)."""
-    server = uvicorn.Server(service_config(app, "127.0.0.1", 0))
+def running(app, startup_timeout: float = 20.0, max_connections: int = MAX_CONNECTIONS):
+    """Serve ``app`` while the block runs, under uvicorn set up as ``spamtune serve`` sets it up
+    (but for ``max_connections``); yields its base URL (``http://127.0.0.1:PORT``)."""
+    server = uvicorn.Server(service_config(app, "127.0.0.1", 0, max_connections=max_connections))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

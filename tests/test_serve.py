@@ -361,19 +361,65 @@ def test_a_client_leaving_mid_body_is_its_error_not_the_services(clf):
 def test_a_request_the_http_parser_refuses_gets_the_json_error_shape(service, head):
     """uvicorn's parser refuses these before the app is called; the 400 still has the service's
     one-line JSON error, and the service goes on answering."""
-    host, port = service.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(head + b"{}")
-        answer = b""
-        while chunk := s.recv(65536):  # the service closes the connection after its answer
-            answer += chunk
-    status_line, _, rest = answer.partition(b"\r\n")
-    headers, _, body = rest.partition(b"\r\n\r\n")
-    fields = dict(line.split(b": ", 1) for line in headers.split(b"\r\n"))
+    status_line, fields, body = closing_answer(service, head + b"{}")
     assert status_line == b"HTTP/1.1 400 Bad Request"
     assert fields[b"content-type"] == b"application/json" and int(fields[b"content-length"]) == len(body)
     assert json.loads(body) == {"error": "malformed HTTP request"}
     assert call_json(service + "/healthz")[0] == 200
+
+
+def closing_answer(url: str, request: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """``(status line, header fields, body)`` of the answer to the raw ``request`` on a connection
+    of its own, which the service must close after answering (a socket timeout otherwise)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    return status_line, dict(line.split(b": ", 1) for line in headers.split(b"\r\n")), body
+
+
+def test_a_request_beyond_the_connection_limit_gets_the_json_error_shape(clf):
+    """With ``max_connections`` open (idle keep-alive ones count), the next request is answered
+    503 at once, in the service's JSON shape, counted in the metrics, and its connection closed;
+    once those connections close, the service serves again."""
+    import http.client
+
+    limit = 2
+    with running(create_app(clf), max_connections=limit) as url:
+        host, port = url.removeprefix("http://").split(":")
+        held: list[http.client.HTTPConnection] = []
+        try:
+            # Kept open idle (uvicorn closes them after 5 s; this takes milliseconds). The last of
+            # these is connection number `limit`: still served.
+            for _ in range(limit):
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+                held.append(conn)
+                conn.request("GET", "/healthz")
+                answer = conn.getresponse()
+                assert (answer.status, answer.read()) == (200, b'{"status":"ok"}')
+            refusals = [closing_answer(url, b"GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(2)]
+        finally:
+            for conn in held:
+                conn.close()
+        (status_line, fields, body), again = refusals
+        assert status_line == b"HTTP/1.1 503 Service Unavailable"
+        assert fields[b"content-type"] == b"application/json" and int(fields[b"content-length"]) == len(body)
+        assert (fields[b"connection"], fields[b"retry-after"]) == (b"close", b"1")
+        assert json.loads(body) == {
+            "error": "too many connections: the service serves at most 2 at once; retry later"
+        }
+        del fields[b"date"], again[1][b"date"]
+        assert again == refusals[0]  # one refusal answers every time, nothing added per use
+        deadline = time.monotonic() + 10
+        while (status := call(url + "/healthz")[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the service has seen the held connections close
+        assert status == 200
+        metrics = call(url + "/metrics")[2].decode()
+        assert 'spamtune_http_errors_total{code="503",endpoint="/v1/model"} 2.0' in metrics
 
 
 def test_oversized_bodies_are_refused_while_reading(strict_service):

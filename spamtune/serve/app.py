@@ -366,6 +366,18 @@ class GuardMiddleware:
             self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
 
 
+def connection_limit_refusal(app: FastAPI, max_connections: int):
+    """The ASGI app that answers a request arriving while the service already serves
+    ``max_connections`` (the server's limit, see ``server.service_config``), in place of ``app``:
+    503 with the service's error line and the connection closed, counted in ``app``'s metrics and
+    given its headers like every other answer. No API key is asked: the answer tells nothing."""
+    refusal = JSONResponse(
+        {"error": f"too many connections: the service serves at most {max_connections:,} at once; retry later"},
+        status_code=503, headers={"Connection": "close", "Retry-After": "1"},
+    )  # fmt: skip
+    return GuardMiddleware(refusal, api_key=None, metrics=app.state.metrics)
+
+
 def _authorized(headers: Headers, api_key: str) -> bool:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     # Compared as bytes in constant time, so the answer's timing says nothing about the key.

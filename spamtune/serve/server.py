@@ -20,8 +20,8 @@ import uvicorn
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 # Seconds the requests in flight get to finish after SIGTERM before they are cancelled.
 GRACEFUL_SHUTDOWN_S = 30
-# Connections served at once; beyond it uvicorn answers 503 at once instead of queueing without
-# bound (each waiting request holds its body in memory).
+# Connections (and requests in progress) served at once; a request beyond it is answered 503 at
+# once instead of queueing without bound (each waiting request holds its body in memory).
 MAX_CONNECTIONS = 1024
 
 
@@ -61,18 +61,47 @@ class _Server(uvicorn.Server):
 MALFORMED_REQUEST = json.dumps({"error": "malformed HTTP request"}).encode()
 
 
-def http_protocol() -> type[asyncio.Protocol]:
+def http_protocol(over_limit) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (httptools where installed, else h11, as uvicorn picks), answering
-    a request its parser refuses (``Content-Length: abc``, a header line with no colon) in JSON.
+    in JSON the requests that uvicorn would answer itself, in plain text, before the app is called.
 
-    The parser refuses such a request before the app is called, so no route, middleware or
-    exception handler of the app ever sees it; uvicorn writes the 400 itself, as plain text,
-    from ``send_400_response``, which both of its protocols have. That one method is replaced:
-    the same status and closed connection, the service's body.
+    A request its parser refuses (``Content-Length: abc``, a header line with no colon): uvicorn
+    writes the 400 from ``send_400_response``, which both of its protocols have. That one method
+    is replaced: the same status and closed connection, the service's body.
+
+    A request beyond the connection limit (``config.limit_concurrency``): uvicorn would run its
+    own plain-text 503 app instead of the app. This protocol turns uvicorn's check off and makes
+    its own where the app is picked, running the ASGI app ``over_limit`` instead of the app.
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     class JsonErrorsProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            # uvicorn's own check off: the limit is checked where the app is picked (``app``).
+            self.max_connections, self.limit_concurrency = self.limit_concurrency, None
+
+        @property
+        def app(self):
+            """The ASGI app to run for the request whose head has just been read: uvicorn reads
+            this once per request, right where it would check its own limit.
+
+            This request's connection is among ``connections`` by then (idle keep-alive ones
+            are too); its task is not yet among ``tasks`` (which keeps a request that goes on
+            after its client left). Refused are a request on connection ``max_connections + 1``
+            and one arriving while ``max_connections`` are in progress: the service serves that
+            many at once, as its answer says. (uvicorn's own check refuses on connection
+            ``max_connections`` already, serving one connection fewer than its limit.)"""
+            limit, state = self.max_connections, self.server_state
+            if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
+                self.logger.warning("Refused a request: the service serves at most %d connections at once.", limit)
+                return over_limit
+            return self._app
+
+        @app.setter
+        def app(self, app) -> None:
+            self._app = app
+
         def send_400_response(self, msg: str) -> None:
             head = [b"HTTP/1.1 400 Bad Request"]
             head += [name + b": " + value for name, value in self.server_state.default_headers]
@@ -83,12 +112,18 @@ def http_protocol() -> type[asyncio.Protocol]:
     return JsonErrorsProtocol
 
 
-def service_config(app, host: str, port: int, access_log: bool = False) -> uvicorn.Config:
-    """How ``spamtune serve`` runs uvicorn: its limits, its shutdown, its JSON 400s."""
+def service_config(
+    app, host: str, port: int, access_log: bool = False, max_connections: int = MAX_CONNECTIONS
+) -> uvicorn.Config:
+    """How ``spamtune serve`` runs ``app`` (``create_app``'s) with uvicorn: its limits, its
+    shutdown, its JSON 400s and 503s."""
+    from spamtune.serve.app import connection_limit_refusal
+
+    over_limit = connection_limit_refusal(app, max_connections)
     return uvicorn.Config(
         app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False, lifespan="on",
-        limit_concurrency=MAX_CONNECTIONS, http=http_protocol(),
+        limit_concurrency=max_connections, http=http_protocol(over_limit),
     )  # fmt: skip
 
 
