@@ -18,10 +18,14 @@ from spamtune.serve.server import MAX_CONNECTIONS, service_config
 
 
 @contextmanager
-def running(app, startup_timeout: float = 20.0, max_connections: int = MAX_CONNECTIONS):
+def running(app, startup_timeout: float = 20.0, max_connections: int = MAX_CONNECTIONS, keep_alive_s: float | None = None):
     """Serve ``app`` while the block runs, under uvicorn set up as ``spamtune serve`` sets it up
-    (but for ``max_connections``); yields its base URL (``http://127.0.0.1:PORT``)."""
-    server = uvicorn.Server(service_config(app, "127.0.0.1", 0, max_connections=max_connections))
+    (but for ``max_connections``, and ``keep_alive_s``, how long an idle connection is kept
+    open); yields its base URL (``http://127.0.0.1:PORT``)."""
+    config = service_config(app, "127.0.0.1", 0, max_connections=max_connections)
+    if keep_alive_s is not None:
+        config.timeout_keep_alive = keep_alive_s
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
