@@ -8,8 +8,10 @@ module imports nothing heavy: ``spamtune --help`` reads it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,11 +154,19 @@ def options_in_record(record: dict, source: Path, names: list[str]) -> dict:
     return out
 
 
-def error_in_record(exc: OptionError, source: Path) -> SpamtuneError:
-    """``exc`` about a value read from the saved run options in ``source`` (a resumed run's
-    hparams.json, a --config file): one line naming the file and the field, rather than a flag
-    the user never typed, and exit status 1 (the file is at fault, not the command line)."""
-    return SpamtuneError(f'{source}: {exc.naming(json.dumps(exc.option))}')
+@contextlib.contextmanager
+def blamed_on_record(source: Path, read_from_it: Collection[str]) -> Iterator[None]:
+    """An ``OptionError`` raised inside about one of the options ``read_from_it``, values read
+    from the saved run options in ``source`` (a resumed run's hparams.json, a --config file),
+    becomes one line naming the file and the field, rather than a flag the user never typed,
+    with exit status 1 (the file is at fault, not the command line). Errors about options given
+    on the command line pass unchanged."""
+    try:
+        yield
+    except OptionError as exc:
+        if exc.option not in read_from_it:
+            raise
+        raise SpamtuneError(f"{source}: {exc.naming(json.dumps(exc.option))}") from None
 
 
 # What torch.manual_seed (and a torch.Generator) takes: any 64-bit pattern, read as unsigned

@@ -63,7 +63,7 @@ from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_
 from spamtune.calibration import calibrate_and_store
 from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters, is_integer
-from spamtune.options import ADDED_OPTIONS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, error_in_record, options_in_record, validate_options
+from spamtune.options import ADDED_OPTIONS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, blamed_on_record, options_in_record, validate_options
 from spamtune.plots import plot_curves
 from spamtune.base_model import build_base, prepare_base
 from spamtune.bases import BaseRef
@@ -338,12 +338,9 @@ def resume_finetune(
                 raise OptionChanged(name, value, getattr(options, name), run_dir)
         if options.max_length is None:
             options.max_length = resolved["max_length"]
-        try:
+        from_file = {f.name for f in fields(FinetuneOptions)} - set(changed or {})  # the rest: given again as flags
+        with blamed_on_record(run_dir / runs.HPARAMS_FILE, from_file):
             cfg, trainable, precision, data = check_and_load(options, cfg)  # a value that cannot work: said first
-        except OptionError as exc:
-            if exc.option in (changed or {}):  # given again on the command line: the flag's value
-                raise
-            raise error_in_record(exc, run_dir / runs.HPARAMS_FILE) from None
         check_settings_unchanged(run_dir, run_settings(asdict(options), resolved))
         if data.fingerprint != resolved["data_fingerprint"]:
             raise SpamtuneError(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +16,8 @@ import typer
 from spamtune.cli import common
 from spamtune.cli.common import dataclass_options, field_help, stderr_console, styled, with_dataclass_options
 from spamtune.cli.process_end import work_done
-from spamtune.errors import OptionError, SpamtuneError, SpamtuneUsageError
-from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, error_in_record, options_in_record
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, blamed_on_record, options_in_record
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
     from rich.console import Console
@@ -217,7 +216,7 @@ def finetune_command(
     root, run, given, configured = _settle(ctx, run, resume, config, resume_run, out, data_dir, options)
     if not resume:
         _refuse_unused_lora_options(given, options)
-    with _blamed_on(configured):
+    with blamed_on_record(*configured) if configured else contextlib.nullcontext():
         if distributed.will_launch(devices) and not resume:
             from spamtune import train
 
@@ -231,19 +230,6 @@ def finetune_command(
             _finetune(world, root, run, resume, given, options)
         finally:
             distributed.shutdown()
-
-
-@contextlib.contextmanager
-def _blamed_on(configured: tuple[Path, set[str]] | None) -> Iterator[None]:
-    """An option whose bad value came from the --config file (``configured``: that file and the
-    options it gave) is that file's fault: the error names the file and the field, not a flag
-    the user never typed."""
-    try:
-        yield
-    except OptionError as exc:
-        if configured is None or exc.option not in configured[1]:
-            raise
-        raise error_in_record(exc, configured[0]) from None
 
 
 def _refuse_unused_lora_options(given: list[str], options: dict) -> None:
