@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from spamtune import paths
-from spamtune.base_ref import BaseRef, folder_in_the_way
+from spamtune.base_ref import BaseRef, folder_in_the_way, is_sha256
 from spamtune.errors import SpamtuneError
 from spamtune.run_catalog import base_users
 
@@ -69,7 +69,7 @@ def folders_in_the_way(root: str | Path) -> list[Path]:
     folder = paths.bases_dir(Path(root))
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.glob("*.safetensors") if len(path.stem) == 64 and folder_in_the_way(path))
+    return sorted(path for path in folder.glob("*.safetensors") if is_sha256(path.stem) and folder_in_the_way(path))
 
 
 def remove_bases(root: str | Path, names: Iterable[str] = (), *, everything: bool = False, unused: bool = False) -> list[StoredBase]:
