@@ -360,12 +360,24 @@ def test_a_client_leaving_mid_body_is_its_error_not_the_services(clf):
 )
 def test_a_request_the_http_parser_refuses_gets_the_json_error_shape(service, head):
     """uvicorn's parser refuses these before the app is called; the 400 still has the service's
-    one-line JSON error, and the service goes on answering."""
+    one-line JSON error and security headers, counts in the metrics, and the service goes on answering."""
+    counted = 'spamtune_http_errors_total{code="400",endpoint="malformed"}'
+    before = counter_value(call(service + "/metrics")[2].decode(), counted)
     status_line, fields, body = closing_answer(service, head + b"{}")
     assert status_line == b"HTTP/1.1 400 Bad Request"
     assert fields[b"content-type"] == b"application/json" and int(fields[b"content-length"]) == len(body)
+    assert (fields[b"x-content-type-options"], fields[b"referrer-policy"]) == (b"nosniff", b"no-referrer")
     assert json.loads(body) == {"error": "malformed HTTP request"}
     assert call_json(service + "/healthz")[0] == 200
+    assert counter_value(call(service + "/metrics")[2].decode(), counted) == before + 1
+
+
+def counter_value(metrics: str, sample: str) -> float:
+    """The value of one sample (``name{labels}``) in Prometheus text; 0 if not there yet."""
+    for line in metrics.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def closing_answer(url: str, request: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:

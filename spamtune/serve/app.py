@@ -11,6 +11,7 @@ import hmac
 import json
 import re
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -121,6 +122,10 @@ _ENDPOINTS = frozenset({
     "/", "/static/app.css", "/static/app.js", "/healthz", "/metrics", "/v1/model", "/v1/classify",
     "/v1/classify/mail", "/docs", "/openapi.json",
 })  # fmt: skip
+# On every answer, those the HTTP parser refuses included (``server.http_protocol``).
+SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
+# The endpoint label of requests the HTTP parser refused: their path, if any, is not to be trusted.
+MALFORMED_ENDPOINT = "malformed"
 _PUBLIC = frozenset({"/", "/static/app.css", "/static/app.js", "/healthz", "/docs", "/openapi.json"})
 
 # The page loads nothing from elsewhere and runs no inline code.
@@ -346,8 +351,8 @@ class GuardMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
-                headers["X-Content-Type-Options"] = "nosniff"
-                headers["Referrer-Policy"] = "no-referrer"
+                for name, value in SECURITY_HEADERS:
+                    headers[name] = value
                 if path == "/":
                     headers["Content-Security-Policy"] = PAGE_CSP
             await send(message)
@@ -376,6 +381,13 @@ def connection_limit_refusal(app: FastAPI, max_connections: int):
         status_code=503, headers={"Connection": "close", "Retry-After": "1"},
     )  # fmt: skip
     return GuardMiddleware(refusal, api_key=None, metrics=app.state.metrics)
+
+
+def malformed_request_counter(app: FastAPI) -> Callable[[], None]:
+    """What counts, in ``app``'s metrics, a request the HTTP parser refused before any app ran:
+    a 400 under the endpoint ``malformed``, with no latency (its start is not known)."""
+    metrics: ServiceMetrics = app.state.metrics
+    return lambda: metrics.count_answer(MALFORMED_ENDPOINT, 400)
 
 
 def _authorized(headers: Headers, api_key: str) -> bool:

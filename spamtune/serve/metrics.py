@@ -48,10 +48,14 @@ class ServiceMetrics:
         self.in_flight = Gauge("spamtune_requests_in_flight", "Classification requests queued or running.", registry=r)
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
+        self.count_answer(endpoint, code)
+        self.latency.labels(endpoint).observe(seconds)
+
+    def count_answer(self, endpoint: str, code: int) -> None:
+        """An answer in the request and error counters alone: for one whose latency is unknown."""
         self.requests.labels(endpoint, str(code)).inc()
         if code >= 400:
             self.errors.labels(endpoint, str(code)).inc()
-        self.latency.labels(endpoint).observe(seconds)
 
     def observe_pass(self, stats: PassStats) -> None:
         """Called from the inference thread; prometheus_client's metrics are thread-safe."""

@@ -61,19 +61,22 @@ class _Server(uvicorn.Server):
 MALFORMED_REQUEST = json.dumps({"error": "malformed HTTP request"}).encode()
 
 
-def http_protocol(over_limit) -> type[asyncio.Protocol]:
+def http_protocol(over_limit, on_malformed: Callable[[], None]) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (httptools where installed, else h11, as uvicorn picks), answering
     in JSON the requests that uvicorn would answer itself, in plain text, before the app is called.
 
     A request its parser refuses (``Content-Length: abc``, a header line with no colon): uvicorn
     writes the 400 from ``send_400_response``, which both of its protocols have. That one method
-    is replaced: the same status and closed connection, the service's body.
+    is replaced: the same status and closed connection, the service's body and security headers,
+    and ``on_malformed()`` called, so that the metrics count it.
 
     A request beyond the connection limit (``config.limit_concurrency``): uvicorn would run its
     own plain-text 503 app instead of the app. This protocol turns uvicorn's check off and makes
     its own where the app is picked, running the ASGI app ``over_limit`` instead of the app.
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from spamtune.serve.app import SECURITY_HEADERS
 
     class JsonErrorsProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         def __init__(self, *args, **kwargs) -> None:
@@ -105,9 +108,11 @@ def http_protocol(over_limit) -> type[asyncio.Protocol]:
         def send_400_response(self, msg: str) -> None:
             head = [b"HTTP/1.1 400 Bad Request"]
             head += [name + b": " + value for name, value in self.server_state.default_headers]
+            head += [name.lower().encode() + b": " + value.encode() for name, value in SECURITY_HEADERS]
             head += [b"content-type: application/json", b"content-length: %d" % len(MALFORMED_REQUEST), b"connection: close"]
             self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + MALFORMED_REQUEST)
             self.transport.close()
+            on_malformed()
 
     return JsonErrorsProtocol
 
@@ -117,13 +122,13 @@ def service_config(
 ) -> uvicorn.Config:
     """How ``spamtune serve`` runs ``app`` (``create_app``'s) with uvicorn: its limits, its
     shutdown, its JSON 400s and 503s."""
-    from spamtune.serve.app import connection_limit_refusal
+    from spamtune.serve.app import connection_limit_refusal, malformed_request_counter
 
     over_limit = connection_limit_refusal(app, max_connections)
     return uvicorn.Config(
         app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False, lifespan="on",
-        limit_concurrency=max_connections, http=http_protocol(over_limit),
+        limit_concurrency=max_connections, http=http_protocol(over_limit, malformed_request_counter(app)),
     )  # fmt: skip
 
 
