@@ -325,17 +325,26 @@ def test_an_input_that_breaks_midway_never_exits_0(mode, run_dir, capsys):
         assert code == 1 and "Input/output error" in err
 
 
-def test_tempfail_when_stdout_breaks_midway(run_dir):
-    """The mail server stops reading: 75 and one line, not the quiet 0 of a reader that went away."""
+@pytest.mark.parametrize(
+    "mode, status, line",
+    [
+        ("tempfail", 75, "message deferred while being copied"),
+        ("fail", 1, "message not passed on whole"),
+        ("pass", 1, "message not passed on whole"),
+    ],
+)
+def test_stdout_that_breaks_midway_never_exits_0(run_dir, mode, status, line):
+    """The mail server stops reading: one line and a failure in every mode, not the quiet 0 that
+    other commands end with when their reader goes away (the message did not get through)."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     raw = b"Subject: big\n\n" + b"word " * 300_000
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "spamtune", "filter", "--run", str(run_dir), "--long", "head", "--on-error", "tempfail"],
+            [sys.executable, "-m", "spamtune", "filter", "--run", str(run_dir), "--long", "head", "--on-error", mode],
             input=raw, stdout=write_end, stderr=subprocess.PIPE, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
         )  # fmt: skip
     finally:
         os.close(write_end)
-    assert proc.returncode == 75
-    assert proc.stderr.decode() == "Error: message deferred while being copied: BrokenPipeError: [Errno 32] Broken pipe\n"
+    assert proc.returncode == status
+    assert proc.stderr.decode() == f"Error: {line}: BrokenPipeError: [Errno 32] Broken pipe\n"

@@ -28,7 +28,8 @@ FILTER_HELP = (
     "unfiltered; tempfail writes nothing and exits 75 (EX_TEMPFAIL, as spamc -x does), so that the mail "
     "server keeps the message and retries later (Postfix pipe(8), a content filter script). With tempfail "
     "every failure but a wrong command line exits 75, even one after part of the message was written (the "
-    "input unreadable midway, stdout broken): the output of a deferred delivery is to be thrown away.\n\n"
+    "input unreadable midway, stdout broken): the output of a deferred delivery is to be thrown away. With fail "
+    "and pass a message that cannot be read or written whole (stdout's reader gone) exits 1, even with pass.\n\n"
     "With --server URL (or SPAMTUNE_SERVER) a running `spamtune serve` classifies the message: no model load, "
     "no torch import; the service's run and reading of long messages apply."
 )
@@ -99,7 +100,11 @@ def filter_mail(
     except Exception as exc:  # reading or writing the message failed, perhaps midway
         if defer:
             raise TemporaryFailure(f"message deferred while being copied: {_reason(exc)}") from exc
-        raise  # as any command's: one line, or a quiet end when stdout's reader went away
+        if isinstance(exc, BrokenPipeError):
+            # Not the quiet end of other commands whose reader left: here the reader is the mail
+            # server, which must not take a message cut short for the filtered one.
+            raise SpamtuneError(f"message not passed on whole: {_reason(exc)}") from exc
+        raise  # as any command's: one line
     error = load_error or outcome.error
     if error is not None:
         raise _unclassified(error, on_error)
