@@ -93,3 +93,17 @@ def test_a_slower_import_puts_the_second_run_target_out_of_reach(tmp_path):
     second = report_lines(tmp_path, result)["second run <= 0.3x first run"]
     at_floor = (20.0 + TRAINABLE_FLOOR_S + OPTIMIZER_FLOOR_S) / (20.0 + COMPUTE_FLOOR_S + OPTIMIZER_FLOOR_S)
     assert f"at the floor {at_floor:.3f}x: out of reach" in second
+
+
+def test_a_sweep_is_set_against_the_first_run_timed_just_before_it(tmp_path):
+    """The sweep runs minutes after the median first run; the first run timed right before it
+    saw the machine's load of the moment, and is the reference. A result saved before that run
+    was timed is set against the median first run."""
+    result = saved_result(recipe_s=40.0, second_s=12.0)
+    result["targets"]["sweep_of_6_over_first_run"] = 3.0
+    result["sweep"] = {"precision": "fp32", "configurations": 6, "wall_s": 135.0, "first_run_s": 48.0, "sweep": {}}
+    sweep = report_lines(tmp_path, result)["sweep of 6 <= 3.0x one first run"]
+    assert sweep.startswith("  PASS") and f"{135.0 / 48.0:.3f}x" in sweep  # 3.375x the median 40 s
+    del result["sweep"]["first_run_s"]
+    sweep = report_lines(tmp_path, result)["sweep of 6 <= 3.0x one first run"]
+    assert sweep.startswith("  MISS") and f"{135.0 / 40.0:.3f}x" in sweep
