@@ -159,11 +159,15 @@ def resume_command(run_dir: Path) -> str:
 
 def bases_root_of(run_dir: Path) -> Path:
     """The data root whose ``bases/`` a compact run's base is looked up (and rebuilt) in: the
-    folder above ``runs/`` for a run there, else the root it was trained in (if it still exists),
-    else the default root."""
+    folder above ``runs/`` or ``sweeps/`` for a run there, else the root it was trained in (if it
+    still exists), else the default root."""
     run_dir = Path(run_dir).resolve()
     if run_dir.parent.name == "runs":
         return run_dir.parent.parent
+    # A sweep's run (<root>/sweeps/<sweep>/<run>), which `bases ls` counts as a user of that
+    # root's bases: in a data root moved or copied since, the recorded root is gone or another.
+    if run_dir.parent.parent.name == "sweeps":
+        return run_dir.parent.parent.parent
     recorded = (_read_json(run_dir / runs.BASE_REF_FILE) or {}).get("data_root")
     if isinstance(recorded, str) and Path(recorded).is_dir():
         return Path(recorded)

@@ -174,6 +174,19 @@ def test_a_run_outside_runs_finds_the_base_where_it_was_trained(tmp_path, monkey
     assert logits(loaded).shape == (len(SEQS), 2)
 
 
+def test_a_sweep_run_in_a_moved_data_root_finds_the_base_stored_beside_it(tmp_path):
+    root = tmp_path / "root"
+    model = random_base()
+    ref = store_base(root, model, SEEDED)
+    run = root / "sweeps" / "sweep-0123456789ab" / "lr-0.001"
+    run.mkdir(parents=True)
+    save_compact_run(run, trained(convert_to_classifier(model)), config(), ref, root)
+    root.rename(tmp_path / "moved")  # base.json still names the old root, which is gone
+    loaded, _ = load_compact_run(tmp_path / "moved" / run.relative_to(root))
+    assert not paths.bases_dir(paths.data_root()).exists()  # not drawn again into the default root
+    assert logits(loaded).shape == (len(SEQS), 2)
+
+
 def test_bases_are_stored_once_and_shared(tmp_path):
     model = random_base()
     ref_a = store_base(tmp_path, model, SEEDED)
