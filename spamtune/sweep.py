@@ -113,7 +113,21 @@ def run_name(overrides: dict) -> str:
     number keeps its sign (``seed--1``), so that it never names the same folder as its opposite."""
     if not overrides:
         return "run"
-    return "_".join(_name_part(name, value) for name, value in overrides.items()).strip("-.") or "run"
+    return _fitted("_".join(_name_part(name, value) for name, value in overrides.items()).strip("-.") or "run")
+
+
+# The longest file name most file systems take, in bytes (a run name is ASCII): values such as
+# two config files' paths make a longer one, which no folder can be named.
+NAME_MAX = 255
+
+
+def _fitted(name: str) -> str:
+    """``name`` if a folder can take it, else its start and a hash of all of it: the same runs
+    get the same folder in every invocation, and two runs never one between them."""
+    if len(name) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name[: NAME_MAX - len(digest) - 1].rstrip('-._')}-{digest}"
 
 
 def _name_part(name: str, value) -> str:

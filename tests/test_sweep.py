@@ -345,3 +345,12 @@ def test_runs_that_train_no_lora_are_one_run_whatever_the_lora_values():
         {"trainable": "last-block", "seed": 1},
         {"trainable": "last-block", "seed": 2},
     ]
+
+
+def test_values_too_long_for_a_folder_name_give_a_shorter_name_of_their_own(tmp_path):
+    deep = "/".join(["configs"] * 40)  # two config files far down a tree: 330-character names
+    first, second = run_name({"model": f"{deep}/tiny.json"}), run_name({"model": f"{deep}/tiny-2.json"})
+    assert len(first) <= 255 and len(second) <= 255 and first != second
+    assert first.startswith("model-configs-configs") and first == run_name({"model": f"{deep}/tiny.json"})
+    (tmp_path / first).mkdir()  # a folder can be named so
+    assert run_name({"lr": 1e-3, "trainable": "last-block"}) == "lr-0.001_trainable-last-block"  # short names as before
