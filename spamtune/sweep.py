@@ -23,7 +23,7 @@ from pathlib import Path
 from spamtune import paths, runs
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_write_json, read_json
-from spamtune.options import LORA_OPTIONS
+from spamtune.options import LORA_OPTIONS, as_typed
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "spamtune-sweep/1"
@@ -222,26 +222,36 @@ class SweepInUse(SpamtuneError):
         super().__init__(f"sweep is in use by another process: {folder}")
 
 
-def _check_devices(base, combos: list[dict]) -> None:
+# Options whose listed values can be spelt apart and still train the same run; what each means is
+# compared, not how it is spelt.
+_RESOLVED = ("device", "precision", "trainable", "lora_blocks")
+
+
+def _check_distinct_runs(base, combos: list[dict], trainables: list) -> None:
     """A device this machine lacks, or a precision its device cannot run (fp16 off CUDA):
     one error before the first run, like the other options, not a failure after it. Two runs
-    that differ only in what ``auto`` means here (``--precision auto,bf16`` on a bf16 CPU) would
-    train the same thing twice under two names: a usage error, as a value listed twice is."""
+    that differ only in what ``auto`` means here (``--precision auto,bf16`` on a bf16 CPU), or
+    in how a preset is spelt (``--trainable last-block,last-1-blocks``; ``--lora-blocks
+    none,12`` on a 12-block model, where none is every block) would train the same thing twice
+    under two names: a usage error, as a value listed twice is. ``trainables``: each
+    combination's parsed preset (``validate_options``)."""
     from spamtune.device import resolve_device, resolve_precision
 
     resolved: dict[tuple, dict] = {}
-    for overrides in combos:
+    for overrides, trainable in zip(combos, trainables):
         options = replace(base, **overrides)
         device = resolve_device(options.device)
         precision = resolve_precision(options.precision, device)
-        rest = tuple(sorted((k, repr(v)) for k, v in overrides.items() if k not in ("device", "precision")))
-        same = resolved.setdefault((rest, str(device), precision), overrides)
+        trains = (trainable.preset == "lora", trainable.first_block, trainable.final_norm, trainable.embeddings)
+        rest = tuple(sorted((k, repr(v)) for k, v in overrides.items() if k not in _RESOLVED))
+        same = resolved.setdefault((rest, str(device), precision, trains), overrides)
         if same is not overrides:
-            differ = [k for k in ("device", "precision") if same.get(k, getattr(base, k)) != overrides.get(k, getattr(base, k))]
+            differ = [k for k in _RESOLVED if same.get(k, getattr(base, k)) != overrides.get(k, getattr(base, k))]
             listed = " and ".join(
-                f"--{k} {same.get(k, getattr(base, k))} and {overrides.get(k, getattr(base, k))}" for k in differ
+                f"--{k.replace('_', '-')} {as_typed(same.get(k, getattr(base, k)))} and {as_typed(overrides.get(k, getattr(base, k)))}" for k in differ
             )
-            raise SpamtuneUsageError(f"{listed} are the same here ({device.type}, {precision}): the sweep would train one run twice")
+            here = f"the same here ({device.type}, {precision})" if {"device", "precision"} & set(differ) else "the same run"
+            raise SpamtuneUsageError(f"{listed} are {here}: the sweep would train one run twice")
 
 
 def _row(
@@ -312,12 +322,12 @@ def run_sweep(
     root = Path(base.data_dir)
     _refuse_unused_lora_values(base, grid, combinations(grid))
     combos = _distinct_runs(base, combinations(grid))
-    for overrides in combos:  # a value that cannot work is the first thing to say (not a name clash)
-        validate_options(replace(base, **overrides))
+    # A value that cannot work is the first thing to say (not a name clash).
+    trainables = [validate_options(replace(base, **overrides))[1] for overrides in combos]
     names = [run_name(c) for c in combos]
     if len(set(names)) != len(names):
         raise SpamtuneUsageError("two runs of this sweep would get the same folder name; make the listed values differ more")
-    _check_devices(base, combos)
+    _check_distinct_runs(base, combos, trainables)
     prepared_data(root)  # every run would fail on an unprepared data root: say it once
     identity = sweep_id(base, grid)
     folder = Path(out) if out else sweeps_dir(root) / f"sweep-{identity}"

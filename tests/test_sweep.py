@@ -158,6 +158,27 @@ def test_values_that_mean_the_same_run_here_are_refused_before_any_run(tmp_path)
     assert names == ["precision-auto", f"precision-{other}"]
 
 
+FIGURES = {"validation_loss": 0.5, "validation_accuracy": 0.5}  # what a stand-in for training returns
+
+
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ({"trainable": ["last-block", "last-1-blocks"]}, "--trainable last-block and last-1-blocks are the same run"),
+        ({"trainable": ["lora"], "lora_blocks": [None, 2]}, "--lora-blocks none and 2 are the same run"),  # none: all 2 blocks
+    ],
+)
+def test_presets_spelt_two_ways_for_one_run_are_refused_before_any_run(tmp_path, grid, message):
+    root = write_tiny_data(tmp_path)  # a 2-block model
+    started = []
+    with pytest.raises(SpamtuneUsageError, match=message):
+        run_sweep(tiny_options(root, epochs=1), grid, out=tmp_path / "s", finetune=lambda *a: started.append(a))
+    assert started == [] and not (tmp_path / "s").exists()
+    distinct = {"trainable": ["last-block", "last-2-blocks"]} if "lora_blocks" not in grid else {"trainable": ["lora"], "lora_blocks": [None, 1]}
+    rows = run_sweep(tiny_options(root, epochs=1), distinct, out=tmp_path / "t", finetune=lambda *a: FIGURES).rows
+    assert len(rows) == 2  # presets that train different blocks are two runs
+
+
 def test_the_cli_exits_1_when_no_run_of_a_sweep_finished(tmp_path):
     from typer.testing import CliRunner
 
