@@ -295,6 +295,26 @@ def _earlier_summary(run_dir: Path) -> dict:
     return summary
 
 
+def _check_same_data(folder: Path, names: list[str], root: Path, fingerprint: str) -> None:
+    """The runs already in the sweep's folder were trained on the data now prepared in ``root``:
+    the sweep's name does not hash the data, so after a new ``spamtune prepare`` the same command
+    finds the same folder, and would rank runs trained on the old splits as this sweep's (and
+    fail the interrupted one, whose resume needs its own splits). One error before any run."""
+    for name in names:
+        if (folder / name).is_symlink():  # in the way, said as such by the run; never followed
+            continue
+        try:
+            resolved = runs.read_hparams(folder / name).get("resolved")
+        except (SpamtuneError, AttributeError):  # no run there yet, or not one this check can read
+            continue
+        recorded = resolved.get("data_fingerprint") if isinstance(resolved, dict) else None
+        if isinstance(recorded, str) and recorded != fingerprint:
+            raise SpamtuneError(
+                f"{folder / name} was trained on other data than is now prepared in {root}; "
+                f"give this sweep another --out, or remove {folder} to run it again"
+            )
+
+
 def run_sweep(
     base,
     grid: dict[str, list],
@@ -313,7 +333,7 @@ def run_sweep(
     writing ``sweep.json`` (the interrupted run resumes next time).
     """
     from spamtune import train
-    from spamtune.examples import prepared_data
+    from spamtune.examples import data_fingerprint, prepared_data
     from spamtune.options import validate_options
 
     finetune = finetune or train.finetune
@@ -339,6 +359,7 @@ def run_sweep(
     # Two processes on one sweep would each find the other's run locked, mark it failed, and the
     # last to write sweep.json would rank a finished run as failed.
     with runs.hold_folder(folder, SweepInUse, "the sweep folder"):
+        _check_same_data(folder, names, root, data_fingerprint(root))
         return _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune)
 
 

@@ -375,3 +375,18 @@ def test_values_too_long_for_a_folder_name_give_a_shorter_name_of_their_own(tmp_
     assert first.startswith("model-configs-configs") and first == run_name({"model": f"{deep}/tiny.json"})
     (tmp_path / first).mkdir()  # a folder can be named so
     assert run_name({"lr": 1e-3, "trainable": "last-block"}) == "lr-0.001_trainable-last-block"  # short names as before
+
+
+def test_a_sweep_run_again_after_the_data_was_prepared_anew_refuses_its_old_runs(tmp_path):
+    from helpers import tiny_split
+
+    from spamtune.data import write_split
+
+    root = write_tiny_data(tmp_path / "root")
+    base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 3e-3]}
+    first = run_sweep(base, grid)
+    write_split(root / "train.csv", tiny_split(40, 7))  # `spamtune prepare` again: other splits
+    started = []
+    with pytest.raises(SpamtuneError, match=f"{first.rows[0]['run']} was trained on other data than is now prepared in"):
+        run_sweep(base, grid, finetune=lambda *a: started.append(a))
+    assert started == [] and json.loads((first.folder / SWEEP_FILE).read_text())["best"] == first.best["name"]
