@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from spamtune import paths, runs
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_write_json, read_json
 from spamtune.options import LORA_OPTIONS, as_typed
 
@@ -365,6 +365,8 @@ def run_sweep(
 
 def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune) -> SweepResult:
     """``run_sweep``'s runs, one after the other, in the folder this process holds."""
+    from spamtune.events import TrainingStopped
+
     rows: list[dict] = []
     result = SweepResult(folder, rows)
 
@@ -419,6 +421,11 @@ def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetu
             if getattr(exc, "exit_code", 1) == 130:  # Ctrl-C inside training: stop the sweep
                 save()
                 raise
+            if isinstance(exc, (DiskFull, TrainingStopped)):
+                # Not the run's own failure, as a divergence is: the next run would stop the same
+                # way (a full disk) after its own start-up. Stopped as by Ctrl-C, to go on later.
+                save()
+                raise SpamtuneError(f"{exc}; the sweep stopped: the same command goes on from there") from None
             row = _row(name, overrides, run_dir, "failed", {"wall_time_s": round(time.perf_counter() - tick, 3)}, str(exc))
         rows.append(row)
         save()

@@ -116,6 +116,25 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert result.ranked()[0]["name"] == "lr-0.001"
 
 
+@pytest.mark.parametrize("stop", ["disk full", "stopped with its checkpoint"])
+def test_a_full_disk_stops_the_sweep_rather_than_failing_every_run_after_it(tmp_path, stop):
+    from spamtune.errors import DiskFull
+    from spamtune.events import TrainingStopped
+
+    root = write_tiny_data(tmp_path)
+    started = []
+
+    def full(options, run_dir, on_event):
+        started.append(run_dir.name)
+        raise DiskFull(run_dir / "delta.safetensors") if stop == "disk full" else TrainingStopped("disk full: x", run_dir, 0)
+
+    with pytest.raises(SpamtuneError, match="disk full: .*the sweep stopped: the same command goes on from there"):
+        run_sweep(tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3, 3e-3]}, out=tmp_path / "s", finetune=full)
+    assert started == ["lr-0.001"]
+    rows = json.loads((tmp_path / "s" / SWEEP_FILE).read_text())["runs"]
+    assert {r["status"] for r in rows} == {"pending"}  # none failed: the same command runs them all
+
+
 @pytest.mark.parametrize(
     ("grid", "message"),
     [
