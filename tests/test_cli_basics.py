@@ -143,3 +143,15 @@ def test_a_data_root_that_is_a_file_is_one_error_line(tmp_path, words):
     result = invoke(*words, "--data-dir", str(afile))
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr == f"Error: the data root {afile} is not a folder (--data-dir); to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR\n"
+
+
+def test_a_path_with_a_name_too_long_for_the_file_system_is_one_line_naming_it(tmp_path):
+    from helpers import write_tiny_data
+
+    root = write_tiny_data(tmp_path / "root")
+    long = tmp_path / ("x" * 300)  # past the 255 bytes of a file name
+    for words in (["cache", "ls", "--data-dir", str(long)], ["sweep", "--model", str(root / "tiny.json"), "--weights", "random",
+                  "--lr", "1e-3,2e-3", "--data-dir", str(root), "--out", str(long)]):  # fmt: skip
+        result = invoke(*words)
+        assert result.exit_code == 1 and result.stdout == "", words
+        assert result.stderr == f"Error: a name in this path is longer than the file system allows: {long}\n", words

@@ -83,6 +83,10 @@ class SpamtuneGroup(TyperGroup):
                 # The core's own writes fail as SpamtuneErrors naming their file; a full disk
                 # left bare is the command's output, stdout redirected to a file.
                 message = f"cannot write the output: {exc.strerror}"
+            elif isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG and exc.filename:
+                # A path the user gave (--out, a data root, an export's file) with a name past
+                # what the file system takes: theirs to shorten, not a bug of spamtune's.
+                message = f"a name in this path is longer than the file system allows: {exc.filename}"
             code = _fail(message, common.error_exit_code())
         else:
             code = rv if isinstance(rv, int) else 0
