@@ -72,9 +72,21 @@ def folders_in_the_way(root: str | Path) -> list[Path]:
     return sorted(path for path in folder.glob("*.safetensors") if is_sha256(path.stem) and folder_in_the_way(path))
 
 
+class BasesNotRemoved(SpamtuneError):
+    """Some of the bases asked for could not be removed: the line names the first; ``removed``
+    holds those that were, for the caller to report as it would without the failure."""
+
+    def __init__(self, failed: list[tuple[StoredBase, OSError]], removed: list[StoredBase]):
+        base, exc = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        super().__init__(f"cannot remove {base.path}: {exc.strerror or exc}{more}")
+        self.removed = removed
+
+
 def remove_bases(root: str | Path, names: Iterable[str] = (), *, everything: bool = False, unused: bool = False) -> list[StoredBase]:
     """Remove the bases named by a unique prefix of their sha256, all of them, or those no run
-    here uses. Returns what was removed."""
+    here uses. Returns what was removed; ``BasesNotRemoved`` once the others are removed, when
+    a file could not be."""
     root = Path(root)
     stored = list_bases(root)
     if everything:
@@ -84,9 +96,15 @@ def remove_bases(root: str | Path, names: Iterable[str] = (), *, everything: boo
     else:
         # A sha256 is hexadecimal: a prefix copied in capitals names the same base.
         chosen = paths.select_by_prefix(stored, [n.lower() for n in names], lambda b: b.sha256, "base", paths.bases_dir(root), "spamtune bases ls")
-    for base in chosen:
+    removed, failed = [], []
+    for base in chosen:  # one that cannot be removed does not keep the others
         try:
             base.path.unlink(missing_ok=True)
         except OSError as exc:
-            raise SpamtuneError(f"cannot remove {base.path}: {exc.strerror or exc}") from None
-    return chosen
+            failed.append((base, exc))
+            continue
+        removed.append(base)
+    if failed:
+        raise BasesNotRemoved(failed, removed)
+    return removed
+

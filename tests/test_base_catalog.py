@@ -88,6 +88,32 @@ def test_bad_requests_are_one_line(tmp_path):
     assert [base.sha256[:3] for base in remove_bases(root, ["ab1"])] == ["ab1"]
 
 
+def test_a_base_that_cannot_be_removed_is_one_error_once_the_others_are_removed_and_printed(tmp_path, monkeypatch):
+    """As `cache rm`: the files that went are printed, then one error line for the one that stayed."""
+    from pathlib import Path
+
+    from spamtune.cli.runs import human_size
+
+    root = write_tiny_data(tmp_path)
+    folder = root / "bases"
+    folder.mkdir()
+    kept, *others = [folder / f"{digit * 64}.safetensors" for digit in "abc"]
+    for path in (kept, *others):
+        path.write_bytes(b"not a safetensors file")
+    unlink = Path.unlink
+
+    def refuse(path, *args, **kwargs):
+        if path == kept:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    result = bases(root, "rm", "--all")
+    assert result.exit_code == 1 and sorted(result.stdout.splitlines()) == sorted(map(str, others))
+    assert result.stderr.endswith(f"Error: cannot remove {kept}: Operation not permitted\n") and f"freed {human_size(2 * 22)}" in result.stderr
+    assert [p.exists() for p in (kept, *others)] == [True, False, False]
+
+
 def test_removing_a_base_runs_use_warns_even_under_quiet_when_it_must_be_fetched(tmp_path):
     """A downloaded GPT-2 or a weights file is not made again from a seed: that is worth a word."""
     import torch

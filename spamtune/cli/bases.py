@@ -81,11 +81,18 @@ def rm(
     everything: bool = typer.Option(False, "--all", help="Remove every base."),
     data_dir: Optional[Path] = common.data_dir_option(),
 ) -> None:
-    """Remove bases; a run on one rebuilds it from its origin (seed or GPT-2 download) when loaded. Prints each removed file."""
-    from spamtune.base_catalog import remove_bases
+    """Remove bases; a run on one rebuilds it from its origin (seed or GPT-2 download) when loaded. Prints each removed file.
+
+    A file that cannot be removed is an error (exit 1) once the others are removed.
+    """
+    from spamtune.base_catalog import BasesNotRemoved, remove_bases
 
     common.one_choice({"base names": bool(names), "--unused": unused, "--all": everything}, "name the bases to remove, or give --unused or --all")
-    removed = remove_bases(paths.data_root(data_dir), names or (), everything=everything, unused=unused)
+    failure = None
+    try:
+        removed = remove_bases(paths.data_root(data_dir), names or (), everything=everything, unused=unused)
+    except BasesNotRemoved as exc:  # the files that did go are said first, as without it
+        removed, failure = exc.removed, exc
     for base in removed:
         typer.echo(base.path)
         if base.users:
@@ -93,3 +100,5 @@ def rm(
             # A seed draws a random base again here; a download or a file must still be at hand.
             (common.note if (base.origin or {}).get("kind") == "random" else common.warn)(said)
     common.note(f"freed {human_size(sum(base.nbytes for base in removed))}")
+    if failure is not None:
+        raise failure
