@@ -54,12 +54,24 @@ class RunInfo:
 
 
 def _read_json(path: Path) -> dict | None:
-    """A run's JSON file, or None when it is missing or unreadable (a listing never fails on one run)."""
+    """A run's JSON file, or None when it is missing or unreadable (a listing never fails on one run).
+    NaN and infinities, which Python's JSON reader takes but no other does, come back as None:
+    ``runs --json`` and ``runs show --json`` pass these values on, and must stay valid JSON."""
     try:
         data = read_json(path)  # a pipe or /dev/zero in a run's place neither blocks nor fills the memory
     except SpamtuneError:
         return None
-    return data if isinstance(data, dict) else None
+    return _finite_numbers(data) if isinstance(data, dict) else None
+
+
+def _finite_numbers(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_numbers(item) for item in value]
+    return value
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -121,14 +133,25 @@ def run_status(run_dir: Path) -> str:
 def _best_validation_accuracy(records: list[dict]) -> float | None:
     """The validation accuracy of the best evaluation so far: lowest loss, then highest accuracy
     (how training picks the weights it keeps)."""
-    scored = [r for r in records if _finite(r.get("validation_loss")) and _finite(r.get("validation_accuracy"))]
+    scored = [r for r in records if _finite(r.get("validation_loss")) and _fraction(r.get("validation_accuracy")) is not None]
     if not scored:
         return None
     return min(scored, key=lambda r: (r["validation_loss"], -r["validation_accuracy"]))["validation_accuracy"]
 
 
 def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fraction(value) -> float | None:
+    """An accuracy as the listing shows it: a number from 0 to 1, else unknown (a summary.json
+    edited by hand or damaged holds anything, and one run must not stop the listing)."""
+    return value if _finite(value) and 0 <= value <= 1 else None
+
+
+def _name(value) -> str | None:
+    """A model, preset or weights name from a run's files: a string, else unknown."""
+    return value if isinstance(value, str) and value else None
 
 
 def _model_label(spec) -> str | None:
@@ -226,18 +249,18 @@ def describe_run(run_dir: Path, now: float | None = None) -> RunInfo:
     hparams = read_hparams(run_dir) or {}
     status = run_status(run_dir)
     size, modified = _size_and_mtime(run_dir)
-    validation = summary.get("validation_accuracy")
+    validation = _fraction(summary.get("validation_accuracy"))
     if validation is None:
         validation = _best_validation_accuracy(read_evaluations(run_dir))
     return RunInfo(
         name=run_dir.name,
         path=str(run_dir),
         status=status,
-        model=summary.get("model") or _model_label(hparams.get("model")),
-        trainable=summary.get("trainable") or hparams.get("trainable"),
-        weights=summary.get("weights") or hparams.get("weights"),
+        model=_name(summary.get("model")) or _model_label(hparams.get("model")),
+        trainable=_name(summary.get("trainable")) or _name(hparams.get("trainable")),
+        weights=_name(summary.get("weights")) or _name(hparams.get("weights")),
         validation_accuracy=validation,
-        test_accuracy=summary.get("test_accuracy"),
+        test_accuracy=_fraction(summary.get("test_accuracy")),
         size_bytes=size,
         modified=datetime.fromtimestamp(modified, timezone.utc).isoformat(timespec="seconds"),
         age_seconds=round(max(0.0, now - modified), 1),

@@ -196,3 +196,29 @@ def test_a_pipe_in_place_of_a_runs_hparams_json_does_not_stop_the_listing(tmp_pa
     )
     assert listed.returncode == 0, listed.stderr
     assert [row["name"] for row in json.loads(listed.stdout)] == ["piped"]
+
+
+def test_a_damaged_summary_leaves_the_listing_valid_and_whole(tmp_path, monkeypatch):
+    """A summary.json edited by hand or damaged holds anything: NaN (which only Python's JSON
+    reader takes), strings or objects where figures and names go. The listing shows those as
+    unknown rather than failing on a terminal or writing JSON that jq refuses."""
+    odd = tmp_path / "runs" / "odd"
+    odd.mkdir(parents=True)
+    (odd / runs.HPARAMS_FILE).write_text(json.dumps({"model": "tiny", "trainable": "all"}))
+    (odd / runs.SUMMARY_FILE).write_text(
+        '{"validation_accuracy": NaN, "test_accuracy": "x", "test_loss": Infinity, "model": {"a": 1}, "trainable": [1]}'
+    )
+    (odd / runs.METRICS_FILE).write_text(json.dumps({"step": 5, "validation_loss": 0.3, "validation_accuracy": 0.9}) + "\n")
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+    (listed,) = strict(invoke("runs", "--json", "--data-dir", str(tmp_path)).stdout)
+    assert (listed["model"], listed["trainable"]) == ("tiny", "all")  # from hparams.json
+    assert listed["validation_accuracy"] == 0.9 and listed["test_accuracy"] is None  # from metrics.jsonl
+    shown = strict(invoke("runs", "show", "odd", "--json", "--data-dir", str(tmp_path)).stdout)
+    assert shown["summary"]["test_loss"] is None and shown["summary"]["test_accuracy"] == "x"
+    monkeypatch.setattr(runs_cli, "_stdout_is_terminal", lambda: True)
+    table = invoke("runs", "--data-dir", str(tmp_path))
+    assert table.exit_code == 0, table.stderr
+    assert next(line for line in table.stdout.splitlines() if line.startswith("odd ")).split()[1:5] == ["finished", "tiny", "all", "90.00%"]
