@@ -67,10 +67,11 @@ def read_splits(root: Path, split: str, cfg: ClassifierConfig) -> dict[str, Spli
 def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig) -> Split:
     """A labelled file in any layout ``spamtune prepare`` reads (SMS collection, TSV, CSV with
     ``label,text``, JSONL), or mail sources ``LABEL=PATH`` (a list of them). Labels are the run's
-    names (``ham``/``spam``) or class indices."""
+    names (``ham``/``spam``) or class indices. One label is enough: a file of ham alone gives the
+    false-positive rate on it, the figures that need both classes are n/a."""
     from spamtune.prepare import read_input
 
-    source = read_input(Path("."), _input_list(path))
+    source = read_input(Path("."), _input_list(path), min_labels=1)
     labels = []
     for value in source.labels:
         if value in cfg.labels:

@@ -182,21 +182,23 @@ def read_input(
     label_col: str | None = None,
     *,
     keep_label_case: bool = False,
+    min_labels: int = 2,
 ) -> LabelledTexts:
     """What ``prepare --input`` names: nothing (the SMS Spam Collection), one labelled-text file, or
     one or more mail sources ``LABEL=PATH``. An input is a mail source when it is not an existing
-    file and has the form ``LABEL=PATH``. Labels are folded to lower case unless ``keep_label_case``."""
+    file and has the form ``LABEL=PATH``. Labels are folded to lower case unless ``keep_label_case``.
+    Training needs ``min_labels`` 2; scoring a run on messages of one class (an inbox of ham) needs 1."""
     mail = mail_inputs(inputs)
     if not mail:
         if len(inputs) > 1:
             raise SpamtuneUsageError("give one labelled-text --input FILE, or mail sources as --input LABEL=PATH")
         path = resolve_input(root, inputs[0] if inputs else None)
-        return read_labelled_texts(path, fmt, text_col, label_col, keep_label_case=keep_label_case)
+        return read_labelled_texts(path, fmt, text_col, label_col, keep_label_case=keep_label_case, min_labels=min_labels)
     if len(mail) != len(inputs):
         raise SpamtuneUsageError("mail sources (--input LABEL=PATH) cannot be mixed with a labelled-text --input FILE")
     if fmt is not None or text_col is not None or label_col is not None:
         raise SpamtuneUsageError("--format, --text-col and --label-col apply to labelled-text files, not to mail sources")
-    return read_mail_sources([parse_source(spec) for spec in mail], keep_label_case=keep_label_case)
+    return read_mail_sources([parse_source(spec) for spec in mail], keep_label_case=keep_label_case, min_labels=min_labels)
 
 
 def read_labelled_texts(
@@ -206,6 +208,7 @@ def read_labelled_texts(
     label_col: str | None = None,
     *,
     keep_label_case: bool = False,
+    min_labels: int = 2,
 ) -> LabelledTexts:
     """Read (text, label) rows from the SMS Spam Collection, a TSV, a CSV or a JSONL file.
 
@@ -257,7 +260,7 @@ def read_labelled_texts(
         label_map = _label_map(labels)
     if not texts:
         raise SpamtuneError(f"{path} has a header but no rows")
-    if len(label_map) < 2:
+    if len(label_map) < min_labels:
         raise SpamtuneError(f"{path} has only one label ({labels[0]!r}); a classifier needs at least two")
     return LabelledTexts(
         path, hashlib.sha256(raw).hexdigest(), fmt, texts, labels, label_map, text_col, label_col,
@@ -282,7 +285,7 @@ def fold_label_case(labels: list[str]) -> tuple[list[str], dict[str, list[str]]]
 MAIL_FORMAT = "mail"
 
 
-def read_mail_sources(sources: list[MailSource], *, keep_label_case: bool = False) -> LabelledTexts:
+def read_mail_sources(sources: list[MailSource], *, keep_label_case: bool = False, min_labels: int = 2) -> LabelledTexts:
     """Labelled texts from mail sources (``LABEL=PATH``: Maildir, mbox, folder tree or ``.eml``).
 
     Each message becomes the text of ``spamtune.mail.message_text`` with its source's label, in
@@ -314,8 +317,10 @@ def read_mail_sources(sources: list[MailSource], *, keep_label_case: bool = Fals
     if not keep_label_case:  # the same rule as labelled-text files: Spam=... and spam=... are one class
         labels, merged = fold_label_case(labels)
     label_map = _label_map(labels)
-    if len(label_map) < 2:
-        found = ", ".join(label_map) or "none"
+    if not label_map:
+        raise SpamtuneError("the mail sources hold no message with text")
+    if len(label_map) < min_labels:
+        found = ", ".join(label_map)
         raise SpamtuneError(f"the mail sources give {len(label_map)} label(s) with text ({found}); a classifier needs at least two")
     path = sources[0].path if len(sources) == 1 else Path(os.path.commonpath([s.path.resolve() for s in sources]))
     return LabelledTexts(

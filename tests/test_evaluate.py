@@ -212,3 +212,18 @@ def test_re_prepared_splits_are_refused_unless_forced(run, tmp_path):
     assert json.loads(forced.stdout)["warnings"] == [forced.stderr.removeprefix("WARNING: ").strip()]
     labelled = evaluate("--run", str(run_dir), "--data-dir", str(other), "--input", str(test_csv))
     assert labelled.exit_code == 0  # a file of one's own is no split: nothing to compare
+
+
+def test_a_file_of_one_class_gives_its_false_positive_rate(run, tmp_path):
+    """An inbox of ham alone is what a user checks a filter on before trusting it: the
+    figures that need both classes are null, the others are there."""
+    _, run_dir, _ = run
+    ham = tmp_path / "inbox-ham.csv"
+    ham.write_text("label,text\n" + "".join(f"ham,{text}\n" for text in ("see you at noon", "Do you have time", "ok thanks")))
+    result = evaluate(str(run_dir), "--input", str(ham), "--format", "json", "--no-plots")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    lost = report["spam_confusion"][0][1]
+    assert report["n"] == 3 and report["spam_confusion"][1] == [0, 0]
+    assert report["false_positive_rate"] == pytest.approx(lost / 3) and report["accuracy"] == pytest.approx(1 - lost / 3)
+    assert report["roc_auc"] is None and report["pr_auc"] is None and report["spam_recall"] is None
