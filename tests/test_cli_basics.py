@@ -4,6 +4,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -80,20 +81,37 @@ def test_cli_choices_match_the_core():
     assert set(common.MODEL_NAMES) == set(model.MODEL_SIZES)
 
 
+def shell_completion(words: str, home: Path) -> subprocess.CompletedProcess:
+    """What bash's completion gets for the command line ``words``, with ``SPAMTUNE_HOME=home``."""
+    env = {**os.environ, "_SPAMTUNE_COMPLETE": "complete_bash", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)), "SPAMTUNE_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "spamtune"], env=env, capture_output=True, text=True, timeout=60)
+
+
 def test_completion_offers_commands_choices_and_run_names(tmp_path):
     (tmp_path / "runs" / "20261125-101500-tiny-all").mkdir(parents=True)
     (tmp_path / "runs" / "20261125-101500-tiny-all" / "hparams.json").write_text("{}")
 
     def complete(words: str) -> list[str]:
-        env = {**os.environ, "_SPAMTUNE_COMPLETE": "complete_bash", "COMP_WORDS": words,
-               "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)), "SPAMTUNE_HOME": str(tmp_path)}
-        out = subprocess.run([sys.executable, "-m", "spamtune"], env=env, capture_output=True, text=True, timeout=60)
+        out = shell_completion(words, tmp_path)
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
     assert complete("spamtune pr") == ["prepare", "predict"]
     assert complete("spamtune predict --precision ") == ["auto", "fp32", "bf16", "fp16"]
     assert complete("spamtune runs show 2026") == ["20261125-101500-tiny-all"]
+
+
+def test_completion_of_run_names_follows_a_typed_data_dir_and_never_prints_an_error(tmp_path):
+    other = tmp_path / "other"
+    (other / "runs" / "elsewhere-run").mkdir(parents=True)
+    (other / "runs" / "elsewhere-run" / "hparams.json").write_text("{}")
+    (tmp_path / "a-file").write_text("")
+    for words in (f"spamtune predict --data-dir {other} --run ", f"spamtune runs --data-dir {other} show e",
+                  f"spamtune runs rm --data-dir {other} e"):  # fmt: skip
+        assert shell_completion(words, tmp_path / "empty").stdout.split() == ["elsewhere-run"], words
+    broken = shell_completion("spamtune predict --run ", tmp_path / "a-file")  # a data root that is a file
+    assert (broken.returncode, broken.stdout.strip(), broken.stderr) == (0, "", "")
 
 
 def test_not_found_errors_name_the_absolute_path_and_how_to_look_elsewhere(tmp_path, monkeypatch):

@@ -507,12 +507,25 @@ def data_dir_option():
     )
 
 
-def complete_run_names(incomplete: str) -> list[str]:
+def complete_run_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Run names for the shell: those of the data root that ``--data-dir``, typed before the run
+    (on the command or on ``runs``), names, else the usual one. A data root that cannot be read
+    completes nothing: an error printed here would land in the middle of the user's line."""
+    from spamtune.errors import SpamtuneError
+
     try:
-        names = [p.name for p in paths.run_folders(paths.data_root())]
-    except OSError:
+        names = [p.name for p in paths.run_folders(paths.data_root(_typed_data_dir(ctx)))]
+    except (OSError, SpamtuneError):
         return []
     return [name for name in names if name.startswith(incomplete)]
+
+
+def _typed_data_dir(ctx: typer.Context | None) -> str | Path | None:
+    while ctx is not None:
+        if ctx.params.get("data_dir") is not None:
+            return ctx.params["data_dir"]
+        ctx = ctx.parent
+    return None
 
 
 def run_option(
