@@ -227,3 +227,23 @@ def test_a_file_of_one_class_gives_its_false_positive_rate(run, tmp_path):
     assert report["n"] == 3 and report["spam_confusion"][1] == [0, 0]
     assert report["false_positive_rate"] == pytest.approx(lost / 3) and report["accuracy"] == pytest.approx(1 - lost / 3)
     assert report["roc_auc"] is None and report["pr_auc"] is None and report["spam_recall"] is None
+
+
+def test_a_run_of_three_classes_is_reported_without_the_spam_filter_figures(tmp_path):
+    """A run trained on labels other than ham/spam alone has no operating point: the report is
+    accuracy, per-class figures and the confusion matrix, on a terminal as in JSON."""
+    from spamtune.data import Split, write_split
+
+    root = write_tiny_data(tmp_path / "data")
+    for name in ("train", "validation", "test"):
+        split = tiny_split(12, 0)
+        write_split(root / f"{name}.csv", Split(split.texts + ["promo code inside"] * 4, split.labels + [2] * 4))
+    (root / "labels.json").write_text(json.dumps({"labels": {"ham": 0, "spam": 1, "promo": 2}}))
+    run_dir = train.finetune(tiny_options(root, epochs=1), root / "runs" / "three")["run"]
+    for args in ([], ["--threshold", "0.3"]):
+        result = evaluate(run_dir, "--no-plots", *args)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.startswith("accuracy ") and "threshold" not in result.stdout
+        assert "Per class" in result.stderr and "Spam filter" not in result.stderr
+    report = json.loads(evaluate(run_dir, "--no-plots", "--format", "json").stdout)
+    assert report["labels"] == ["ham", "spam", "promo"] and "spam_confusion" not in report

@@ -53,6 +53,12 @@ def _where(result: dict) -> str:
     return "all splits" if result["split"] == "all" else f"the {result['split']} split"
 
 
+def _is_spam_filter(result: dict) -> bool:
+    """Whether the report has the spam filter's figures: a two-class run's. A run of more
+    classes has a ``threshold`` field too (null, or the one given) but none of them."""
+    return "spam_confusion" in result
+
+
 def render_tables(result: dict, console: Console) -> None:
     from rich.table import Table
 
@@ -74,7 +80,7 @@ def render_tables(result: dict, console: Console) -> None:
             *(_number(r["by_split"][name]["accuracy"], percent=True) for _, r in columns),
         )
     console.print(overview)
-    if "threshold" in result:
+    if _is_spam_filter(result):
         console.print(operating_point_table(result))
 
     per_class = Table(title="Per class")
@@ -221,7 +227,7 @@ def evaluate_command(
     line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
     if "baseline" in result:
         line += f"; baseline {result['baseline']['accuracy']:.2%}"
-    if "threshold" in result:
+    if _is_spam_filter(result):
         line += (
             f"; at threshold {result['threshold']:.4g}: {_number(result['false_positive_rate'], percent=True)} of ham "
             f"marked spam, {_number(result['spam_recall'], percent=True)} of spam caught"
