@@ -46,6 +46,8 @@ SMS_LABELS = {"ham": 0, "spam": 1}
 _SMS_FIRST_LINE = re.compile(r"(ham|spam)\t", re.IGNORECASE)
 _EXTENSION_FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INTEGER = re.compile(r"[+-]?\d+")
+# The seeds pandas' sampling takes (numpy's RandomState): a negative one was an unexplained ValueError.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -476,6 +478,8 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
     if options.balance not in BALANCE_MODES:
         raise SpamtuneUsageError(f"unknown balance mode {options.balance!r}; use one of {', '.join(BALANCE_MODES)}")
     check_split(options.split)
+    if not 0 <= options.seed <= MAX_SEED:
+        raise SpamtuneUsageError(f"--seed must be between 0 and {MAX_SEED} (got {options.seed})")
 
     frame = pd.DataFrame({"label": [source.label_map[name] for name in source.labels], "text": source.texts})
     # A row with no text teaches nothing and would be a zero-token example: it is dropped.

@@ -242,6 +242,8 @@ ERROR_CASES = {
     "split sum": (sms_lines("ham\ta", "spam\tb"), ["--split", "0.7,0.2,0.2"], 2, "--split fractions must sum to 1"),
     "split malformed": (sms_lines("ham\ta", "spam\tb"), ["--split", "0.7;0.3"], 2, "--split takes three comma-separated fractions"),
     "split zero": (sms_lines("ham\ta", "spam\tb"), ["--split", "0.8,0.2,0"], 2, "between 0 and 1"),
+    "negative seed": (sms_lines("ham\ta", "spam\tb"), ["--seed", "-1"], 2, "--seed must be between 0 and 4294967295 (got -1)"),
+    "seed too large": (sms_lines("ham\ta", "spam\tb"), ["--seed", str(2**32)], 2, "--seed must be between 0 and 4294967295"),
     "bad utf-8": (b"ham\tok\nspam\tcaf\xe9\n", [], 1, "is not valid UTF-8: line 2 has the byte 0xe9"),
     "sms line without tab": (sms_lines("ham\ta", "spam b"), [], 1, "line 2 of {src} has no TAB"),
     "sms unknown label": (sms_lines("ham\ta", "spam\tb", "spma\tc"), [], 1, "line 3 of {src} has the unknown label 'spma'"),
