@@ -435,6 +435,53 @@ def test_a_request_beyond_the_connection_limit_gets_the_json_error_shape(clf):
         assert 'spamtune_http_errors_total{code="503",endpoint="/v1/model"} 2.0' in metrics
 
 
+def test_a_connection_that_sends_no_request_head_in_time_is_closed(clf):
+    """A connection that sends nothing, or a request head a byte at a time (after an answer
+    too), is closed once the head timeout has passed, so that such connections cannot hold the
+    connection limit and lock every client out; a request whose head arrived is answered however
+    long the model takes."""
+
+    class Slow:
+        def __getattr__(self, name):
+            return getattr(clf, name)
+
+        def predictions(self, texts, probabilities):
+            time.sleep(1.0)  # twice the head timeout
+            return clf.predictions(texts, probabilities)
+
+    # Idle connections after an answer are kept a minute by uvicorn's own timer: only the head
+    # timeout can close them here.
+    with running(create_app(Slow()), max_connections=2, keep_alive_s=60, head_timeout_s=0.5) as url:
+        host, port = url.removeprefix("http://").split(":")
+        # Both connections the limit allows: they must not keep it.
+        with socket.create_connection((host, int(port)), timeout=5) as silent, \
+                socket.create_connection((host, int(port)), timeout=5) as partial:  # fmt: skip
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            assert silent.recv(1) == b"" and partial.recv(1) == b""  # closed by the service, not timed out here
+        with socket.create_connection((host, int(port)), timeout=5) as trickling:
+            trickling.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"\r\n\r\n" + b'{"status":"ok"}'):
+                chunk = trickling.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            # The next head, one byte every 0.1 s: each byte would restart uvicorn's idle timer.
+            trickling.settimeout(0.1)
+            for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 30:
+                try:
+                    trickling.sendall(bytes([byte]))
+                    closed = trickling.recv(1) == b""
+                except socket.timeout:
+                    closed = False
+                except OSError:
+                    closed = True
+                if closed:
+                    break
+            assert closed
+        # The limit is free again, and a request that takes longer than the head timeout is answered.
+        assert call_json(url + "/v1/classify", "POST", {"text": "hello"})[0] == 200
+
+
 def test_oversized_bodies_are_refused_while_reading(strict_service):
     """Without a Content-Length (chunked upload) the limit still holds."""
     def chunks():

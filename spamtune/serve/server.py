@@ -23,6 +23,11 @@ GRACEFUL_SHUTDOWN_S = 30
 # Connections (and requests in progress) served at once; a request beyond it is answered 503 at
 # once instead of queueing without bound (each waiting request holds its body in memory).
 MAX_CONNECTIONS = 1024
+# Seconds a connection has to send a whole request head, from its opening or from the end of the
+# previous answer; then it is closed. uvicorn closes an idle connection only after an answer,
+# and only if no byte at all arrives: a connection that sends nothing, or a head one byte at a
+# time, would hold one of MAX_CONNECTIONS forever, and that many of them lock every client out.
+HEAD_TIMEOUT_S = 10.0
 
 
 def is_loopback(host: str) -> bool:
@@ -61,7 +66,9 @@ class _Server(uvicorn.Server):
 MALFORMED_REQUEST = json.dumps({"error": "malformed HTTP request"}).encode()
 
 
-def http_protocol(over_limit, on_malformed: Callable[[], None]) -> type[asyncio.Protocol]:
+def http_protocol(
+    over_limit, on_malformed: Callable[[], None], head_timeout_s: float = HEAD_TIMEOUT_S
+) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (httptools where installed, else h11, as uvicorn picks), answering
     in JSON the requests that uvicorn would answer itself, in plain text, before the app is called.
 
@@ -73,6 +80,9 @@ def http_protocol(over_limit, on_malformed: Callable[[], None]) -> type[asyncio.
     A request beyond the connection limit (``config.limit_concurrency``): uvicorn would run its
     own plain-text 503 app instead of the app. This protocol turns uvicorn's check off and makes
     its own where the app is picked, running the ASGI app ``over_limit`` instead of the app.
+
+    A connection that has not sent a whole request head ``head_timeout_s`` after it opened, or
+    after its previous answer ended, is closed (``HEAD_TIMEOUT_S`` says why).
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -80,9 +90,36 @@ def http_protocol(over_limit, on_malformed: Callable[[], None]) -> type[asyncio.
 
     class JsonErrorsProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         def __init__(self, *args, **kwargs) -> None:
+            self._head_deadline: asyncio.TimerHandle | None = None
             super().__init__(*args, **kwargs)
             # uvicorn's own check off: the limit is checked where the app is picked (``app``).
             self.max_connections, self.limit_concurrency = self.limit_concurrency, None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._await_head()
+
+        def on_response_complete(self) -> None:
+            self._await_head()  # first: uvicorn reads a pipelined request's head within it
+            super().on_response_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._head_read()
+            super().connection_lost(exc)
+
+        def _await_head(self) -> None:
+            self._head_read()
+            self._head_deadline = self.loop.call_later(head_timeout_s, self._head_too_slow)
+
+        def _head_read(self) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def _head_too_slow(self) -> None:
+            self._head_deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
 
         @property
         def app(self):
@@ -95,6 +132,7 @@ def http_protocol(over_limit, on_malformed: Callable[[], None]) -> type[asyncio.
             and one arriving while ``max_connections`` are in progress: the service serves that
             many at once, as its answer says. (uvicorn's own check refuses on connection
             ``max_connections`` already, serving one connection fewer than its limit.)"""
+            self._head_read()
             limit, state = self.max_connections, self.server_state
             if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
                 self.logger.warning("Refused a request: the service serves at most %d connections at once.", limit)
@@ -118,7 +156,8 @@ def http_protocol(over_limit, on_malformed: Callable[[], None]) -> type[asyncio.
 
 
 def service_config(
-    app, host: str, port: int, access_log: bool = False, max_connections: int = MAX_CONNECTIONS
+    app, host: str, port: int, access_log: bool = False, max_connections: int = MAX_CONNECTIONS,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
 ) -> uvicorn.Config:
     """How ``spamtune serve`` runs ``app`` (``create_app``'s) with uvicorn: its limits, its
     shutdown, its JSON 400s and 503s."""
@@ -128,7 +167,7 @@ def service_config(
     return uvicorn.Config(
         app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False, lifespan="on",
-        limit_concurrency=max_connections, http=http_protocol(over_limit, malformed_request_counter(app)),
+        limit_concurrency=max_connections, http=http_protocol(over_limit, malformed_request_counter(app), head_timeout_s),
     )  # fmt: skip
 
 
