@@ -482,6 +482,38 @@ def test_a_connection_that_sends_no_request_head_in_time_is_closed(clf):
         assert call_json(url + "/v1/classify", "POST", {"text": "hello"})[0] == 200
 
 
+def test_a_body_that_does_not_arrive_in_time_is_refused(clf):
+    """A body that stops short of its Content-Length, or comes a byte at a time, is answered
+    408 once the body timeout has passed, and its connection closed: it no longer holds a
+    connection and a request of the service's limit for as long as the client likes."""
+    with running(create_app(clf, ServeSettings(body_timeout_s=0.5))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for path in ("/v1/classify", "/v1/classify/mail"):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode())
+                s.settimeout(0.1)
+                answer, closed = b"", False
+                for _ in range(50):  # a byte every 0.1 s, for at most 5 s
+                    try:
+                        s.sendall(b"x")
+                        chunk = s.recv(65536)
+                    except socket.timeout:
+                        continue
+                    except OSError:
+                        closed = True
+                        break
+                    if not chunk:
+                        closed = True
+                        break
+                    answer += chunk
+            assert closed, answer
+            status_line, _, rest = answer.partition(b"\r\n")
+            assert status_line == b"HTTP/1.1 408 Request Timeout", answer
+            assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {"error": "the request body did not arrive within 0.5 s"}
+        metrics = call(url + "/metrics")[2].decode()
+        assert 'spamtune_http_errors_total{code="408",endpoint="/v1/classify/mail"} 1.0' in metrics
+
+
 def test_oversized_bodies_are_refused_while_reading(strict_service):
     """Without a Content-Length (chunked upload) the limit still holds."""
     def chunks():

@@ -7,6 +7,7 @@ line, ``{"error": "..."}``: tracebacks and file paths stay in the server's log.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -43,6 +44,9 @@ class ServeSettings:
     max_explain_texts: int = 8  # texts in one request with "explain": each costs up to 65 forward passes
     max_batch: int = 128  # texts in one forward pass
     max_wait_ms: float = 50.0  # while busy; at most 5% of the previous pass (see batcher.LINGER_SHARE)
+    # A whole request body, from the end of its head: a client that sends it slowly or never
+    # would otherwise hold a connection and a request of the service's limit forever.
+    body_timeout_s: float = 60.0
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
 
@@ -114,7 +118,7 @@ class ErrorResponse(BaseModel):
     error: str
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 422, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 408, 413, 422, 503)}
 
 # Paths counted under their own name in the metrics; anything else is "other", so that random
 # URLs cannot grow the number of series without bound.
@@ -239,7 +243,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     async def classify_texts(request: Request) -> Response:
         """Classify ``{"texts": [...]}`` or ``{"text": "..."}`` exactly as ``spamtune predict`` does;
         with ``"explain": true``, each verdict also carries ``predict --explain``'s spans."""
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         texts, single, requested, explain = parse_classify_request(body, settings.max_texts, settings.max_explain_texts)
         results = []
         for item in await classify(texts, "explain" if explain else "text"):
@@ -264,7 +268,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         ``spamtune filter`` reads it, and the headers it would add."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ApiError(422, "invalid threshold: must be between 0 and 1")
-        raw = await read_body(request, settings.max_mail_bytes)
+        raw = await read_body(request, settings.max_mail_bytes, settings.body_timeout_s)
         text = await run_in_threadpool(verdicts.message_text, raw)  # parsing a large message takes a while
         label, p = verdict((await classify([text], "mail"))[0], threshold)
         used = threshold_of(threshold)
@@ -396,8 +400,9 @@ def _authorized(headers: Headers, api_key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and
+    with 408 when it has not arrived whole within ``timeout_s`` seconds."""
     declared = request.headers.get("content-length")
     too_large = ApiError(413, f"request body too large (at most {limit:,} bytes)")
     if declared is not None:
@@ -405,15 +410,23 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(400, "invalid Content-Length")
         if int(declared) > limit:
             raise too_large
-    body = bytearray()
-    try:
+
+    async def read() -> bytes:
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
                 raise too_large
+        return bytes(body)
+
+    try:
+        # A deadline for the whole body, not for each piece: a byte every few seconds is no progress.
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        # Closed: the rest of the body may still come, and nothing else can be read before it.
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s", {"Connection": "close"}) from None
     except ClientDisconnect:  # the client left mid-body: its mistake, not a 500 with a traceback in the log
         raise ApiError(400, "the client disconnected before the request body ended") from None
-    return bytes(body)
 
 
 def parse_classify_request(
