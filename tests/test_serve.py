@@ -598,6 +598,20 @@ def test_health_model_metrics_and_openapi(service):
     assert b"<textarea" in page[2] and not re.search(rb"""(src|href)=["']?(https?:)?//""", page[2])  # no CDN
 
 
+def test_head_answers_as_get_without_the_body(service):
+    """Monitors and load balancers often check a service with HEAD: every page a GET answers
+    answers HEAD with the same status and headers and no body; the API's POST routes still refuse it."""
+    for path in ("/healthz", "/", "/static/app.js", "/v1/model", "/metrics", "/openapi.json"):
+        get_status, get_headers, _ = call(service + path)
+        status, headers, body = call(service + path, "HEAD")
+        assert (status, body) == (get_status, b"") and get_status == 200, path
+        for name in ("content-type", "x-content-type-options", "referrer-policy", "content-security-policy"):
+            assert headers.get(name) == get_headers.get(name), (path, name)
+    status, headers, _ = call(service + "/v1/classify", "HEAD")
+    assert (status, headers["allow"]) == (405, "POST")
+
+
+
 # ----------------------------------------------------------------------------- safety switches
 
 

@@ -349,6 +349,11 @@ class GuardMiddleware:
         start = time.perf_counter()
         path = scope["path"]
         status = 500
+        if scope["method"] == "HEAD":
+            # Answered as GET: FastAPI's routes take GET only, and a monitor checking /healthz
+            # with HEAD would see 405, a service down. uvicorn drops the body, as it reads the
+            # method from its own scope, not this copy.
+            scope = dict(scope, method="GET")
 
         async def send_with_headers(message) -> None:
             nonlocal status
