@@ -324,6 +324,19 @@ def test_bad_requests_get_one_line_reasons(strict_service, body, status, reason)
     assert set(answer) == {"error"} and reason in answer["error"] and "\n" not in answer["error"]
 
 
+def test_query_parameters_an_endpoint_does_not_read_are_refused(service):
+    """A threshold in the query of /v1/classify (whose options are in the body), or a misspelt
+    one on /v1/classify/mail, would be ignored and the service's threshold applied unseen."""
+    for path, body, reason in (
+        ("/v1/classify?threshold=0.9", {"text": "a"}, "unknown query parameter 'threshold': /v1/classify takes its options in the JSON body"),
+        ("/v1/classify/mail?treshold=0.9", b"Subject: hi\n\nyo", "unknown query parameter 'treshold': /v1/classify/mail takes ?threshold= only"),
+    ):  # fmt: skip
+        status, answer = call_json(service + path, "POST", body)
+        assert status == 422 and answer["error"].startswith(reason), answer
+    status, answer = call_json(service + "/v1/classify/mail?threshold=0.9", "POST", b"Subject: hi\n\nyo")
+    assert status == 200 and answer["threshold"] == 0.9
+
+
 def test_json_the_parser_cannot_hold_is_refused_as_malformed(service):
     """Nesting past the recursion limit and integers past the digit limit are small bodies that
     Python's json module refuses with other exceptions than JSONDecodeError."""

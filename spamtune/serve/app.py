@@ -243,6 +243,9 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     async def classify_texts(request: Request) -> Response:
         """Classify ``{"texts": [...]}`` or ``{"text": "..."}`` exactly as ``spamtune predict`` does;
         with ``"explain": true``, each verdict also carries ``predict --explain``'s spans."""
+        refuse_unknown_parameters(
+            request, (), '/v1/classify takes its options in the JSON body: {"text": ..., "threshold": ...}'
+        )
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         texts, single, requested, explain = parse_classify_request(body, settings.max_texts, settings.max_explain_texts)
         results = []
@@ -266,6 +269,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     async def classify_mail(request: Request, threshold: float | None = None) -> Response:
         """The verdict on one raw message (the request body, as a mail server holds it), read as
         ``spamtune filter`` reads it, and the headers it would add."""
+        refuse_unknown_parameters(request, ("threshold",), "/v1/classify/mail takes ?threshold= only")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ApiError(422, "invalid threshold: must be between 0 and 1")
         raw = await read_body(request, settings.max_mail_bytes, settings.body_timeout_s)
@@ -403,6 +407,15 @@ def _authorized(headers: Headers, api_key: str) -> bool:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     # Compared as bytes in constant time, so the answer's timing says nothing about the key.
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+def refuse_unknown_parameters(request: Request, allowed: tuple[str, ...], hint: str) -> None:
+    """A 422 for a query parameter the endpoint does not read: ignored, a misspelt
+    ``?treshold=0.8``, or a ``?threshold=`` sent to /v1/classify, would apply the service's
+    threshold while the client believes its own applies."""
+    unknown = sorted(set(request.query_params) - set(allowed))
+    if unknown:
+        raise ApiError(422, f"unknown query parameter {unknown[0]!r}: {hint}")
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
