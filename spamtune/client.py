@@ -13,6 +13,7 @@ service unreachable, a refusal, a malformed answer) raises ``SpamtuneError`` wit
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -40,6 +41,17 @@ def is_valid_api_key(key: str) -> bool:
     printable ASCII (other characters arrive altered or not at all), and spaces around a
     header value are dropped."""
     return key == key.strip(" ") and all(" " <= c <= "~" for c in key)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as an error, not followed: urllib would send the API key along to
+    wherever it points, another host included, and turn a POST into a GET."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 @dataclass(frozen=True)
@@ -155,13 +167,21 @@ class SpamtuneClient:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                location = exc.headers.get("Location", "")[:200]
+                raise SpamtuneError(
+                    f"the service at {self.url} answered with a redirect to {location!r} (HTTP {exc.code}): give "
+                    "the service's own URL (redirects are not followed: the API key would go along)"
+                ) from None
             raise SpamtuneError(f"the service at {self.url} refused the request: {_error_line(exc)}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise SpamtuneError(f"cannot reach the service at {self.url}: {reason}") from None
+        except http.client.HTTPException:  # no HTTP status line, or a body cut short of its length
+            raise SpamtuneError(f"the service at {self.url} sent a malformed answer (is it `spamtune serve`?)") from None
         try:
             answer = json.loads(payload)
         except ValueError:

@@ -781,6 +781,46 @@ def test_a_malformed_answer_is_one_line(answers):
             stub.shutdown()
 
 
+def test_a_redirect_or_a_broken_answer_is_one_line_and_the_key_stays_home():
+    """A redirect is not followed (urllib would send the API key to wherever it points, another
+    host too); an answer with no HTTP status line, or cut short of its Content-Length, is a
+    malformed answer: each one line and exit 1, not 'unexpected BadStatusLine' over two lines."""
+    from loopback_server import LoopbackServer
+
+    model = json.dumps({"labels": ["ham", "spam"], "positive_label": "spam"}).encode()
+    with LoopbackServer() as elsewhere, LoopbackServer() as service:
+        elsewhere.add("/v1/model", model)
+        service.add("/v1/model", status=307, headers={"Location": elsewhere.url("/v1/model")})
+        result = CliRunner().invoke(cli_app, ["predict", "--server", service.base_url, "hi"], env={"SPAMTUNE_API_KEY": KEY})
+        assert result.exit_code == 1 and result.stderr == (
+            f"Error: the service at {service.base_url} answered with a redirect to {elsewhere.url('/v1/model')!r} "
+            "(HTTP 307): give the service's own URL (redirects are not followed: the API key would go along)\n"
+        )
+        assert elsewhere.requests == []
+        service.add("/v1/model", model, script=["drop"])  # half the body, then the connection closed
+        result = CliRunner().invoke(cli_app, ["predict", "--server", service.base_url, "hi"])
+        assert result.exit_code == 1 and result.stderr == (
+            f"Error: the service at {service.base_url} sent a malformed answer (is it `spamtune serve`?)\n"
+        )
+
+    with socket.socket() as listener:  # answers anything with a line that is no HTTP
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(10)
+
+        def answer_garbage():
+            with listener.accept()[0] as connection:
+                connection.recv(65536)
+                connection.sendall(b"garbage\r\n\r\n")
+
+        thread = threading.Thread(target=answer_garbage, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"])
+        thread.join(10)
+    assert result.exit_code == 1 and result.stderr == f"Error: the service at {url} sent a malformed answer (is it `spamtune serve`?)\n"
+
+
 def test_client_errors_are_one_line(service, clf, tmp_path):
     result = CliRunner().invoke(cli_app, ["predict", "--server", "http://127.0.0.1:9", "hi"])
     assert result.exit_code == 1 and "cannot reach the service at http://127.0.0.1:9" in result.stderr
