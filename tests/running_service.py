@@ -20,15 +20,18 @@ from spamtune.serve.server import HEAD_TIMEOUT_S, MAX_CONNECTIONS, service_confi
 @contextmanager
 def running(
     app, startup_timeout: float = 20.0, max_connections: int = MAX_CONNECTIONS, keep_alive_s: float | None = None,
-    head_timeout_s: float = HEAD_TIMEOUT_S,
+    head_timeout_s: float = HEAD_TIMEOUT_S, graceful_shutdown_s: float | None = None,
 ):
     """Serve ``app`` while the block runs, under uvicorn set up as ``spamtune serve`` sets it up
     (but for ``max_connections``, ``keep_alive_s``, how long an idle connection is kept open
-    after an answer, and ``head_timeout_s``, how long a request head may take to arrive);
+    after an answer, ``head_timeout_s``, how long a request head may take to arrive, and
+    ``graceful_shutdown_s``, how long requests in flight get once the block ends);
     yields its base URL (``http://127.0.0.1:PORT``)."""
     config = service_config(app, "127.0.0.1", 0, max_connections=max_connections, head_timeout_s=head_timeout_s)
     if keep_alive_s is not None:
         config.timeout_keep_alive = keep_alive_s
+    if graceful_shutdown_s is not None:
+        config.timeout_graceful_shutdown = graceful_shutdown_s
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -720,6 +720,26 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
             proc.wait()
 
 
+def test_a_request_cut_off_by_the_end_of_shutdown_gets_the_services_503(clf, capfd):
+    """A request still running when the graceful shutdown's time is up (here a body that never
+    ends) is cancelled by uvicorn: it gets the service's JSON 503 and security headers, not
+    uvicorn's plain-text 500, and the log no 'Exception in ASGI application' traceback."""
+    with running(create_app(clf), graceful_shutdown_s=0.3) as url:
+        host, port = url.removeprefix("http://").split(":")
+        stalled = socket.create_connection((host, int(port)), timeout=10)
+        stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)  # the request is in the app, waiting for its body
+    with stalled:  # the block's end stopped the service
+        answer = b""
+        while chunk := stalled.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    head, _, body = rest.partition(b"\r\n\r\n")
+    assert status_line == b"HTTP/1.1 503 Service Unavailable", answer
+    assert b"x-content-type-options: nosniff" in head and json.loads(body) == {"error": "the service is shutting down"}
+    assert "Exception in ASGI application" not in capfd.readouterr().err
+
+
 def test_client_mode_never_imports_torch(service, tmp_path):
     """`spamtune predict --server` in a fresh interpreter: answers printed, torch never imported,
     and for predict not the email package either (a client's cold start is mostly imports)."""

@@ -359,10 +359,12 @@ class GuardMiddleware:
             # method from its own scope, not this copy.
             scope = dict(scope, method="GET")
 
+        started = False
+
         async def send_with_headers(message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS:
                     headers[name] = value
@@ -379,6 +381,14 @@ class GuardMiddleware:
                 await refusal(scope, receive, send_with_headers)
             else:
                 await self.app(scope, receive, send_with_headers)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when its graceful shutdown ends (30 s
+            # after SIGTERM, or at a second Ctrl-C): it would answer them a plain-text 500 and log
+            # a traceback. They get the service's 503 instead; the request task ends here anyway.
+            if started:
+                raise
+            stopping = JSONResponse({"error": "the service is shutting down"}, 503, headers={"Connection": "close"})
+            await stopping(scope, receive, send_with_headers)
         finally:
             endpoint = path if path in _ENDPOINTS else "other"
             self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
