@@ -740,6 +740,33 @@ def test_a_request_cut_off_by_the_end_of_shutdown_gets_the_services_503(clf, cap
     assert "Exception in ASGI application" not in capfd.readouterr().err
 
 
+def test_serve_listens_on_an_ipv6_address_written_in_brackets(tmp_path):
+    """``--host [::1]``, as the address is written in a URL: accepted as loopback, and served
+    there, rather than failing to bind after the run was loaded."""
+    run_dir = write_rigged_run(tmp_path / "rigged")
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spamtune", "serve", "--run", str(run_dir), "--host", "[::1]", "--port", str(port)],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        ready = proc.stderr.readline() + proc.stderr.readline()
+        assert f"ready on http://[::1]:{port}" in ready, ready + proc.stderr.read() if proc.poll() is not None else ready
+        assert call_json(f"http://[::1]:{port}/healthz") == (200, {"status": "ok"})
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_client_mode_never_imports_torch(service, tmp_path):
     """`spamtune predict --server` in a fresh interpreter: answers printed, torch never imported,
     and for predict not the email package either (a client's cold start is mostly imports)."""

@@ -30,12 +30,18 @@ MAX_CONNECTIONS = 1024
 HEAD_TIMEOUT_S = 10.0
 
 
+def bare_host(host: str) -> str:
+    """``host`` as a socket binds it: an IPv6 address without the brackets a URL puts around it
+    (``--host [::1]``, as one writes it in ``http://[::1]:8080``)."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` keeps the service on this machine."""
     if host.lower() in LOOPBACK_NAMES:
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(bare_host(host)).is_loopback
     except ValueError:
         return False
 
@@ -174,7 +180,7 @@ def service_config(
 def serve_app(app, host: str, port: int, on_ready: Callable[[str], None], access_log: bool = False) -> bool:
     """Serve ``app`` until SIGTERM/SIGINT; ``on_ready(url)`` once the socket accepts connections.
     Returns False when the server could not start (e.g. the port is taken; uvicorn logged why)."""
-    server = _Server(service_config(app, host, port, access_log), on_ready)
+    server = _Server(service_config(app, bare_host(host), port, access_log), on_ready)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits 1 when the socket cannot be bound
