@@ -50,7 +50,7 @@ from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, 
 from spamtune.model import GPTModel
 from spamtune.device import Precision
 from spamtune.folder_lock import held_for_writing, unclaimed
-from spamtune.interrupts import sigint_deferred
+from spamtune.interrupts import interrupts_deferred
 from spamtune.prefix_cache import FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
 from spamtune.verified import VerifiedFiles, file_signature
 
@@ -166,7 +166,7 @@ class PrefixCacheStore:
                     raise CacheCorrupt(f"{states_path} does not match its sha256")
                 hashed_before.remember(states_sha, signature)
         try:
-            with sigint_deferred():  # safetensors would turn a Ctrl-C in the read into a ValueError
+            with interrupts_deferred():  # safetensors would turn a Ctrl-C in the read into a ValueError
                 index = load_file(str(index_path))
             offsets, lengths = index["offsets"], index["lengths"]
         except (SafetensorError, OSError, KeyError) as exc:

@@ -5,10 +5,16 @@ arrives. Where that code was called from native code, the interrupt may not come
 one: safetensors turns a ``KeyboardInterrupt`` raised while ``get_tensor`` builds its tensor
 into ``ValueError: could not determine the shape of object type 'torch.storage.UntypedStorage'``
 (about 4 Ctrl-Cs in 10 that land in a read, safetensors 0.8), which the command can only report
-as a bug. ``sigint_deferred`` holds a SIGINT that arrives inside its block and delivers it as
+as a bug. ``interrupts_deferred`` holds a SIGINT that arrives inside its block and delivers it as
 the block ends, so the interrupt is the usual one, a little late (``read_tensor``).
 
 torch's own import has the same trouble (see ``hold_sigint_while_torch_loads``).
+
+A training command also stops on SIGTERM as it does on Ctrl-C (``sigterm_as_interrupt``):
+that is how systemd stops a service, how ``timeout`` ends a command and how a batch scheduler
+warns a job at its time limit, and each of them should leave the run with its best weights
+written and the line that resumes it, not a process gone mid-step. Such a stop exits with
+status 143 (128 + SIGTERM) rather than Ctrl-C's 130 (``interrupted_status``).
 """
 
 from __future__ import annotations
@@ -21,24 +27,60 @@ import threading
 from collections.abc import Iterator
 
 
+# The signal that stopped the command, when it was SIGTERM taken as an interrupt.
+_stopped_by: list[int] = []
+
+
+def _sigterm_raises(signum, frame) -> None:
+    _stopped_by.append(signum)
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Run the block with SIGINT held: one that arrives meanwhile goes, once the block is over,
-    to the handler it would have gone to (Python's raises ``KeyboardInterrupt``; an ignored one
-    stays ignored). Off the main thread, or with SIGINT not handled by Python, the block runs as
-    it is: signals reach Python's handlers on the main thread only, and only it may set them."""
-    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    if previous is None:
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Run the block with SIGTERM raising ``KeyboardInterrupt`` where the main thread is, as
+    Ctrl-C does, so that every clean stop made for Ctrl-C serves it too; after the block, the
+    handler it had. Off the main thread, where no handler can be set, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    arrived: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: arrived.append(signum))
+    previous = signal.signal(signal.SIGTERM, _sigterm_raises)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if arrived:
-            signal.raise_signal(signal.SIGINT)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_status() -> int:
+    """The exit status of a command stopped by an interrupt: 143 after SIGTERM, else 130."""
+    return 128 + (signal.SIGTERM if _stopped_by else signal.SIGINT)
+
+
+def forget_stop() -> None:
+    """A new command begins (the CLI run again in one process, as tests do): no stop yet."""
+    _stopped_by.clear()
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Run the block with Ctrl-C (and SIGTERM, where ``sigterm_as_interrupt`` takes it as one)
+    held: one that arrives meanwhile goes, once the block is over, to the handler it would have
+    gone to (Python's raises ``KeyboardInterrupt``; an ignored one stays ignored). Off the main
+    thread, or with SIGINT not handled by Python, the block runs as it is: signals reach
+    Python's handlers on the main thread only, and only it may set them."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield
+        return
+    held = [signal.SIGINT] + ([signal.SIGTERM] if signal.getsignal(signal.SIGTERM) is _sigterm_raises else [])
+    arrived: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in arrived[:1]:  # the first stops the command; a second would change nothing
+            signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
@@ -50,14 +92,14 @@ def on_meta_device() -> Iterator[None]:
     instead of the interrupt)."""
     import torch
 
-    with sigint_deferred(), torch.device("meta"):
+    with interrupts_deferred(), torch.device("meta"):
         yield
 
 
 def read_tensor(handle, name: str):
     """``handle.get_tensor(name)`` of a safetensors ``safe_open`` handle, Ctrl-C held until it
     returns (see the module doc: safetensors would make the interrupt a ``ValueError``)."""
-    with sigint_deferred():
+    with interrupts_deferred():
         return handle.get_tensor(name)
 
 
@@ -73,7 +115,7 @@ def hold_sigint_while_torch_loads() -> None:
 
 class _TorchLoadsWhole:
     """An import finder that finds ``torch`` as the others would, and loads it under
-    ``sigint_deferred``; then steps aside (it finds nothing else, and torch only once)."""
+    ``interrupts_deferred``; then steps aside (it finds nothing else, and torch only once)."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "torch":
@@ -95,5 +137,5 @@ class _LoaderWithSigintHeld:
     def exec_module(self, module) -> None:
         # The module keeps its own loader, as if this one had never been there.
         module.__loader__ = module.__spec__.loader = self._loader
-        with sigint_deferred():
+        with interrupts_deferred():
             self._loader.exec_module(module)

@@ -25,7 +25,7 @@ from spamtune.checkpoint import check_state_shapes, save_tensors
 from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
 from spamtune.fsdp import shard_like, whole
-from spamtune.interrupts import sigint_deferred
+from spamtune.interrupts import interrupts_deferred
 from spamtune.model import GPTModel, is_integer, show_value
 from spamtune.runs import resume_file
 
@@ -97,7 +97,7 @@ def load_resume_state(
     and the best weights so far."""
     path = resume_file(run_dir)
     try:
-        with sigint_deferred():  # safetensors would turn a Ctrl-C in the read into a ValueError
+        with interrupts_deferred():  # safetensors would turn a Ctrl-C in the read into a ValueError
             tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata()

@@ -48,7 +48,7 @@ from spamtune.distributed import (
 )
 from spamtune.errors import DiskFull, OptionError, SpamtuneError
 from spamtune.fsutil import WriteBehind
-from spamtune.interrupts import sigint_deferred
+from spamtune.interrupts import interrupts_deferred
 from spamtune.events import (
     EvaluationStarted,
     Evaluated,
@@ -668,7 +668,7 @@ def finish(run: Run, summary: dict, records: list[dict]) -> dict:
     """The end of a run: the curves and the summary are written, the resume state removed."""
     plot_curves(records, len(run.data.train), run.run_dir / runs.CURVES_FILE)
     # Ctrl-C held: a run is finished (summary, no resume state) or resumable, never half of each.
-    with sigint_deferred():
+    with interrupts_deferred():
         runs.write_summary(run.run_dir, summary)
         shutil.rmtree(run.run_dir / runs.RESUME_DIR, ignore_errors=True)
         runs.release_finished(run.run_dir)

@@ -1,5 +1,6 @@
 """Ctrl-C where native code would mangle it: held until that code returns, then the usual
-interrupt (one line, exit 130), never a bug report."""
+interrupt (one line, exit 130), never a bug report. SIGTERM stops a training command the same
+way, with exit 143."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from spamtune.checkpoint import WEIGHTS_FILE, read_tensors
 from spamtune.cli import app
-from spamtune.interrupts import sigint_deferred
+from spamtune.interrupts import forget_stop, interrupted_status, interrupts_deferred, sigterm_as_interrupt
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +32,7 @@ def python_takes_ctrl_c():
 def test_a_ctrl_c_inside_the_block_comes_once_the_block_is_over():
     went_on = []
     with pytest.raises(KeyboardInterrupt):
-        with sigint_deferred():
+        with interrupts_deferred():
             signal.raise_signal(signal.SIGINT)
             went_on.append("the block ran to its end")
     assert went_on == ["the block ran to its end"]
@@ -39,7 +40,7 @@ def test_a_ctrl_c_inside_the_block_comes_once_the_block_is_over():
 
 
 def test_a_block_without_ctrl_c_leaves_the_handler_as_it_was():
-    with sigint_deferred():
+    with interrupts_deferred():
         pass
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -47,7 +48,7 @@ def test_a_block_without_ctrl_c_leaves_the_handler_as_it_was():
 def test_an_ignored_ctrl_c_stays_ignored():
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with sigint_deferred():
+        with interrupts_deferred():
             signal.raise_signal(signal.SIGINT)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
@@ -60,7 +61,7 @@ def test_off_the_main_thread_the_block_runs_as_it_is():
 
     def read() -> None:
         try:
-            with sigint_deferred():
+            with interrupts_deferred():
                 outcome.append("ran")
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             outcome.append(exc)
@@ -69,6 +70,33 @@ def test_off_the_main_thread_the_block_runs_as_it_is():
     thread.start()
     thread.join()
     assert outcome == ["ran"]
+
+
+def test_sigterm_inside_the_block_is_an_interrupt_with_status_143_and_the_handler_comes_back():
+    previous = signal.getsignal(signal.SIGTERM)
+    forget_stop()
+    assert interrupted_status() == 130
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigterm_as_interrupt():
+                signal.raise_signal(signal.SIGTERM)
+        assert interrupted_status() == 143
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        forget_stop()
+
+
+def test_sigterm_taken_as_an_interrupt_is_held_like_ctrl_c_and_comes_after_the_block():
+    went_on = []
+    try:
+        with sigterm_as_interrupt():
+            with pytest.raises(KeyboardInterrupt):
+                with interrupts_deferred():
+                    signal.raise_signal(signal.SIGTERM)
+                    went_on.append("the block ran to its end")
+        assert went_on == ["the block ran to its end"] and interrupted_status() == 143
+    finally:
+        forget_stop()
 
 
 def test_ctrl_c_while_a_model_is_laid_out_on_the_meta_device_comes_after_the_block():

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
 from spamtune import __version__
 from spamtune.cli import common
 from spamtune.errors import OptionError, SpamtuneError
+from spamtune.interrupts import forget_stop, interrupted_status
 from spamtune.allocator import keep_freed_memory
 from spamtune.cli.process_end import end_process
 from spamtune.threads import BRIEF_SPIN_COUNT, TRAINING_SPIN_COUNT, prefer_passive_waiting
@@ -56,6 +57,7 @@ class SpamtuneGroup(TyperGroup):
 
     def main(self, args=None, *rest, standalone_mode: bool = True, **kwargs):
         common.reset(sys.argv[1:] if args is None else list(args))
+        forget_stop()
         try:
             with common.library_warnings_as_lines():
                 rv = super().main(args, *rest, standalone_mode=False, **kwargs)
@@ -72,7 +74,7 @@ class SpamtuneGroup(TyperGroup):
         except typer.Abort:
             code = _fail("aborted", 130)
         except KeyboardInterrupt:
-            code = _fail("interrupted", 130)
+            code = _fail("interrupted", interrupted_status())
         except OptionError as exc:  # the core names the option; here it is the flag
             code = _fail(exc.naming(common.flag(exc.option)), _status(exc.exit_code))
         except SpamtuneError as exc:
@@ -101,7 +103,7 @@ class SpamtuneGroup(TyperGroup):
         try:
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt:
-            raise typer.Exit(_fail("interrupted", 130)) from None
+            raise typer.Exit(_fail("interrupted", interrupted_status())) from None
 
     def invoke(self, ctx):
         # Caught here because Typer's main would turn a broken pipe into exit status 1, and
@@ -111,7 +113,7 @@ class SpamtuneGroup(TyperGroup):
         except BrokenPipeError:
             raise typer.Exit(_quiet_broken_pipe()) from None
         except KeyboardInterrupt:
-            raise typer.Exit(_fail("interrupted", 130)) from None
+            raise typer.Exit(_fail("interrupted", interrupted_status())) from None
 
 
 def _status(code: int) -> int:

@@ -17,6 +17,7 @@ from spamtune.cli import common
 from spamtune.cli.common import dataclass_options, field_help, stderr_console, styled, with_dataclass_options
 from spamtune.cli.process_end import work_done
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.interrupts import interrupted_status, sigterm_as_interrupt
 from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, blamed_on_record, options_in_record
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
@@ -227,7 +228,8 @@ def finetune_command(
             return
         world = distributed.init_from_env(options["device"])
         try:
-            _finetune(world, root, run, resume, given, options)
+            with sigterm_as_interrupt():  # systemd, `timeout` or a scheduler's time limit: as Ctrl-C
+                _finetune(world, root, run, resume, given, options)
         finally:
             distributed.shutdown()
 
@@ -292,14 +294,14 @@ def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str]
     except events.TrainingInterrupted as exc:
         reporter.close()
         if not world.is_main:
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupted_status()) from None
         best = f"; the run holds the best weights so far, from step {exc.best_step}" if exc.best_step else ""
         # Said even under --quiet: it is the one way back into the run.
         common.warn(
             f"interrupted at step {exc.step} (last checkpoint: step {exc.checkpoint_step}{best}); "
             f"continue with: {_resume_command(exc.run_dir)}"
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(interrupted_status()) from None
     except events.TrainingStopped as exc:
         raise SpamtuneError(f"{exc}; continue with: {_resume_command(exc.run_dir)}") from None
     except runs.RunFolderTaken as exc:

@@ -15,6 +15,7 @@ import typer
 
 from spamtune.cli import common
 from spamtune.cli.common import cell, field_help, flag, stderr_console, styled, with_dataclass_options
+from spamtune.interrupts import interrupted_status, sigterm_as_interrupt
 from spamtune.options import FinetuneOptions, as_typed
 
 
@@ -120,12 +121,13 @@ def sweep_command(
     console = stderr_console()
     reporter = SweepReporter(console)
     try:
-        result = run_sweep(base, grid, out, on_event=reporter)
+        with sigterm_as_interrupt():  # systemd, `timeout` or a scheduler's time limit: as Ctrl-C
+            result = run_sweep(base, grid, out, on_event=reporter)
     except (events.TrainingInterrupted, KeyboardInterrupt) as exc:
         reporter.close()
         where = f" in {exc.run_dir}" if isinstance(exc, events.TrainingInterrupted) else ""
         console.print(f"interrupted{where}; finished runs are kept: run the same command again to go on")
-        raise typer.Exit(130) from None
+        raise typer.Exit(interrupted_status()) from None
     finally:
         reporter.close()
     render_table(console, result)
