@@ -15,12 +15,13 @@ mail server retry it, not at all) and the caller reports the error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from spamtune import __version__
-from spamtune.mail import MAX_MESSAGE_BYTES, extract, header_block_end, message_text
+from spamtune.mail import MAX_MESSAGE_BYTES, extract, message_text
 
 if TYPE_CHECKING:  # torch comes with the classifier; this module stays light without it
     from spamtune.infer import SpamClassifier
@@ -65,24 +66,37 @@ def _header_safe(value: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in value)
 
 
+# A line inside a header block, as the standard library's parser tells one: a field's first line
+# (a name of printable characters but the colon, then the colon), a misplaced envelope line, or
+# (starting with a space or tab) the continuation of a field.
+_FIELD_START = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:")
+
+
 def insertion_point(head: bytes, complete: bool) -> tuple[int, bytes]:
     """Where the added lines go in a message starting with ``head``, and the line ending to use.
 
-    The end of the header block is the first empty line. Without one (a message of headers only,
-    or a header block longer than ``head``) the lines go after the last complete header line when
-    ``head`` is the whole message and ends in a line break; otherwise at the top, after an mbox
-    ``From `` envelope line if there is one, so that no byte of the input has to change.
+    The header block ends at its first line that is neither a field nor a field's continuation:
+    the empty line before the body, or the body's first line where that empty line is missing
+    (parsers take that line for the body, so lines added after it would not be headers). The
+    lines go there. When the header block runs to the end of ``head`` they go after its last
+    field: at the end when ``head`` is the whole message and ends in a line break, else before
+    that field (which may go on past ``head``), so that no byte of the input has to change. An
+    mbox ``From `` envelope line at the top stays first.
     """
     first_newline = head.find(b"\n")
     newline = b"\r\n" if first_newline > 0 and head[first_newline - 1 : first_newline] == b"\r" else b"\n"
-    end = header_block_end(head)
-    if end is not None:
-        return end, newline
-    if complete and head.endswith(b"\n"):
-        return len(head), newline
-    if head.startswith(b"From ") and first_newline >= 0:
-        return first_newline + 1, newline
-    return 0, newline
+    pos = first_newline + 1 if head.startswith(b"From ") and first_newline >= 0 else 0
+    field_start = pos
+    while (line_end := head.find(b"\n", pos)) >= 0:
+        line = head[pos:line_end]
+        if _FIELD_START.match(line):
+            field_start = pos
+        elif line[:1] not in (b" ", b"\t"):  # an empty line, or body text
+            return pos, newline
+        pos = line_end + 1
+    if complete and pos == len(head):
+        return pos, newline
+    return field_start, newline
 
 
 def with_status_headers(raw: bytes, verdict: Verdict) -> bytes:

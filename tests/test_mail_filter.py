@@ -65,8 +65,26 @@ def test_where_the_lines_go_without_a_header_block_end():
     assert insertion_point(b"Subject: x\n", complete=True) == (11, b"\n")  # headers only
     assert insertion_point(b"Subject: x", complete=True) == (0, b"\n")  # no line break to follow
     assert insertion_point(b"From a Mon\r\nSubject: x", complete=True) == (12, b"\r\n")  # after the envelope
-    assert insertion_point(b"Subject: x\r\nTo: y\r\n", complete=False) == (0, b"\r\n")  # header block past the head
+    # The header block goes on past the head: before its last field, which may be continued there.
+    assert insertion_point(b"Subject: x\r\nTo: y\r\n", complete=False) == (12, b"\r\n")
+    assert insertion_point(b"Subject: x\r\nTo: y\r\n z\r\n", complete=False) == (12, b"\r\n")
     assert with_status_headers(b"\nbody", VERDICT).startswith(b"X-Spamtune-Status: Yes")
+
+
+@pytest.mark.parametrize("raw, before", [
+    (b"Subject: cheap pills\nbuy now\nat example.com\n", b"buy now"),  # no empty line before the body
+    (b"From a@b Mon\r\nSubject: x\r\nTo: y\r\n z\r\nbody text\r\n\r\nmore\r\n", b"body text"),
+    (b"Subject: x\n>From a body line\n", b">From"),
+    (b"just a line of text\n", b"just a line"),  # no header at all: the lines go on top
+])  # fmt: skip
+def test_the_added_lines_come_before_a_body_that_lacks_its_empty_line(raw, before):
+    """Parsers end the header block at the first line that is not a header: lines added past it
+    would be body text, and a Sieve or procmail rule on the header would miss the verdict."""
+    out, _ = filtered(raw)
+    assert without_added_lines(out) == raw
+    assert out.index(b"X-Spamtune-Run") < out.index(before)
+    parsed = BytesParser(policy=policy.default).parsebytes(out)
+    assert parsed[STATUS_HEADER] == "Yes, p_spam=0.987, threshold=0.5"
 
 
 def test_run_names_cannot_break_the_header():
