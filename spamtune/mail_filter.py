@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from spamtune import __version__
+from spamtune.errors import SpamtuneError
 from spamtune.mail import MAX_MESSAGE_BYTES, extract, message_text
 
 if TYPE_CHECKING:  # torch comes with the classifier; this module stays light without it
@@ -127,13 +128,16 @@ def filter_message(
     ``classify`` gets the message's first ``max_bytes`` (the whole message when smaller). If it is
     None or raises, the error is returned, never raised, and the message is copied unchanged: mail
     must not be lost. With ``pass_through`` False it is not written at all instead (nor read past
-    its first ``max_bytes``), for a caller that has the mail server keep it and retry. Errors
-    reading ``source`` or writing to ``sink`` do propagate.
+    its first ``max_bytes``), for a caller that has the mail server keep it and retry. An empty
+    ``source`` holds no message: an error too, with nothing to write. Errors reading ``source`` or
+    writing to ``sink`` do propagate.
     """
     head = _read_up_to(source, max_bytes)
     complete = len(head) < max_bytes or not _peek_more(source)
     verdict, error, added = None, None, b""
-    if classify is None:
+    if not head:  # no message: two header lines of our own would be passed on as one
+        error = SpamtuneError("the input was empty: no message to classify")
+    elif classify is None:
         error = RuntimeError("no classifier")
     else:
         try:

@@ -35,8 +35,9 @@ def without_added_lines(data: bytes) -> bytes:
     return ADDED.sub(b"", data)
 
 
-VARIANTS = {**{n: raw for n, (raw, _, _) in SAMPLES.items()},
-            **{f"{n}_crlf": raw.replace(b"\n", b"\r\n") for n, (raw, _, _) in SAMPLES.items() if b"\r\n" not in raw}}
+# Every crafted message but the empty one, which is no message (see its own test).
+MESSAGES = {n: raw for n, (raw, _, _) in SAMPLES.items() if raw}
+VARIANTS = {**MESSAGES, **{f"{n}_crlf": raw.replace(b"\n", b"\r\n") for n, raw in MESSAGES.items() if b"\r\n" not in raw}}
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -85,6 +86,16 @@ def test_the_added_lines_come_before_a_body_that_lacks_its_empty_line(raw, befor
     assert out.index(b"X-Spamtune-Run") < out.index(before)
     parsed = BytesParser(policy=policy.default).parsebytes(out)
     assert parsed[STATUS_HEADER] == "Yes, p_spam=0.987, threshold=0.5"
+
+
+def test_an_empty_input_is_no_message_and_gets_no_headers():
+    def must_not_run(head):
+        raise AssertionError("classified nothing")
+
+    for pass_through in (True, False):
+        out, outcome = filtered(b"", must_not_run, pass_through=pass_through)
+        assert out == b"" and outcome.verdict is None and outcome.size == 0
+        assert str(outcome.error) == "the input was empty: no message to classify"
 
 
 def test_run_names_cannot_break_the_header():
@@ -241,6 +252,13 @@ def test_on_error_when_the_model_cannot_load(mode, tmp_path):
     run = broken_run(tmp_path)
     broken = invoke("--run", str(run), "--on-error", mode, input=raw)
     assert_failed_as_asked(broken, mode, raw, f"cannot read run config {run / 'config.json'}: ")
+
+
+@pytest.mark.parametrize("mode", sorted(ON_ERROR))
+def test_on_error_when_stdin_is_empty(mode, run_dir):
+    """A mail server that hands over nothing must not get a message of two header lines back."""
+    result = invoke("--run", str(run_dir), "--on-error", mode, input=b"")
+    assert_failed_as_asked(result, mode, b"", "the input was empty: no message to classify\n")
 
 
 @pytest.mark.parametrize("mode", sorted(ON_ERROR))

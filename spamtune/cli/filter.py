@@ -23,7 +23,7 @@ FILTER_HELP = (
     "whole.\n\n"
     "Exit status: 0 when the message was classified; 2 for a wrong command line, before anything is read "
     "(nothing is written). When the message cannot be classified (no run, a broken run, a model failure, a "
-    "service that cannot be reached) one Error: line goes to stderr and --on-error decides: fail (the default) "
+    "service that cannot be reached, an empty stdin) one Error: line goes to stderr and --on-error decides: fail (the default) "
     "writes the message unchanged and exits 1; pass writes it unchanged and exits 0, so that it is delivered "
     "unfiltered; tempfail writes nothing and exits 75 (EX_TEMPFAIL, as spamc -x does), so that the mail "
     "server keeps the message and retries later (Postfix pipe(8), a content filter script). With tempfail "
