@@ -16,7 +16,8 @@ all whitespace collapsed to single spaces:
 
 Parsing never raises: whatever the standard library's parser reports as a defect (a missing
 boundary, bad base64, a malformed header) and every charset fallback marks the result
-``damaged``; callers count damaged and empty messages. Only the first ``MAX_MESSAGE_BYTES`` of a
+``damaged``; callers count damaged and empty messages. A message the parser or the walk gives
+up on (parts nested past the recursion limit) gives its Subject and raw body instead. Only the first ``MAX_MESSAGE_BYTES`` of a
 message are parsed, so a 20 MB attachment costs a bounded amount of memory and time, and the
 headers the text reads (Subject and the MIME ones) only to their first ``MAX_HEADER_CHARS``.
 
@@ -109,21 +110,32 @@ def extract(raw: bytes | Message, max_bytes: int = MAX_MESSAGE_BYTES) -> MailTex
         try:
             msg = _PARSER.parsebytes(raw)
         except Exception as exc:  # the parser is lenient; this guards against its own bugs
-            return MailText("", damaged=True, truncated=truncated, problems=(f"unparseable: {type(exc).__name__}",))
+            problem = f"unparseable: {type(exc).__name__}"
+            return MailText(_collapse(_raw_text(raw)), damaged=True, truncated=truncated, problems=(problem,))
+        data = raw
     else:
-        msg = raw
+        msg, data = raw, None
     walker = _TextWalker()
     try:
         pieces = walker.message(msg)
     except Exception as exc:  # a library bug on some odd message must not stop a mailbox
         walker.problems.append(f"unreadable: {type(exc).__name__}")
-        pieces = []
+        pieces = [] if data is None else [_raw_text(data)]
     text = _collapse(" ".join(pieces))
     problems = tuple(dict.fromkeys(walker.problems))  # each kind once, in the order met
     # A message cut at max_bytes has an unfinished last part: that is the cut, not damage.
     if truncated:
         problems = tuple(p for p in problems if p not in _CUT_DEFECTS)
     return MailText(text, bool(problems), truncated, problems, tuple(walker.attachments))
+
+
+def _raw_text(raw: bytes) -> str:
+    """The text of a message that the parser or the walk gave up on: its Subject and its body's
+    bytes as they stand, MIME lines and all. Parts nested past Python's recursion limit (40 KB of
+    boundaries is enough) stop both, and an empty text would let such a message read as harmless."""
+    end = header_block_end(raw)
+    body = raw if end is None else raw[end:]
+    return (header_value(raw, "subject") or "") + " " + _decode_without_charset(body)
 
 
 # What cutting a message short makes the parser report about its last part.

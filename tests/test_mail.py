@@ -83,6 +83,24 @@ def test_mangled_messages_never_raise():
             assert isinstance(extract(bytes(data)).text, str)
 
 
+def _nested(depth: int) -> bytes:
+    """A message whose text part sits ``depth`` multiparts deep."""
+    parts = [b"Subject: deep\nContent-Type: multipart/mixed; boundary=b0\n\n"]
+    parts += [b"--b%d\nContent-Type: multipart/mixed; boundary=b%d\n\n" % (i - 1, i) for i in range(1, depth)]
+    return b"".join(parts) + b"--b%d\nContent-Type: text/plain\n\nWIN A PRIZE NOW\n" % (depth - 1)
+
+
+@pytest.mark.parametrize("depth, problem", [(700, "unreadable: RecursionError"), (1500, "unparseable: RecursionError")])
+def test_parts_nested_past_the_recursion_limit_still_give_their_text(depth, problem):
+    """Nesting stops the walk (700 levels) or the standard library's parser (1,500): the text then
+    falls back to the message's raw body rather than to nothing, which read as an empty message."""
+    result = extract(_nested(depth))
+    assert problem in result.problems and result.damaged
+    assert result.text.startswith("deep --b0 Content-Type: multipart/mixed")
+    assert result.text.endswith("WIN A PRIZE NOW")
+    assert extract(_nested(50)).text == "deep WIN A PRIZE NOW"
+
+
 def _measured(function, *args):
     """``function(*args)``, the seconds it took and its peak of traced memory in bytes."""
     tracemalloc.start()
