@@ -371,6 +371,8 @@ def parse_source(spec: str) -> MailSource:
     label = label.strip()
     if not sep or not label or not path:
         raise SpamtuneUsageError(f"a mail source is LABEL=PATH (e.g. spam=~/Mail/Junk), not {spec!r}")
+    if not label.isprintable():  # a tab or line break in a label would split predict's output lines
+        raise SpamtuneUsageError(f"a mail source's label is printable text on one line, not {label!r}")
     return MailSource(label, Path(path).expanduser())
 
 

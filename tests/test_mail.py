@@ -251,3 +251,7 @@ def test_parse_source():
     for bad in ("spam", "=x", "spam="):
         with pytest.raises(SpamtuneUsageError):
             parse_source(bad)
+    assert parse_source("Spam é=x").label == "Spam é"
+    for bad in ("sp\nam=x", "sp\tam=x", "sp\ram=x", "sp\x1b[31mam=x"):
+        with pytest.raises(SpamtuneUsageError, match="label is printable text on one line"):
+            parse_source(bad)
