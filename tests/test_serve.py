@@ -355,7 +355,7 @@ def test_a_client_leaving_mid_body_is_its_error_not_the_services(clf):
         host, port = url.removeprefix("http://").split(":")
         for path in ("/v1/classify", "/v1/classify/mail"):
             with socket.create_connection((host, int(port)), timeout=10) as s:
-                s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode() + b'{"te')
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n".encode() + b'{"te')
             deadline = time.monotonic() + 10
             counted = f'spamtune_http_requests_total{{code="400",endpoint="{path}"}} 1.0'
             while counted not in (metrics := call(url + "/metrics")[2].decode()) and time.monotonic() < deadline:
@@ -366,9 +366,9 @@ def test_a_client_leaving_mid_body_is_its_error_not_the_services(clf):
 @pytest.mark.parametrize(
     "head",
     [
-        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n",
+        b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nno colon here\r\n\r\n",
     ],
 )
 def test_a_request_the_http_parser_refuses_gets_the_json_error_shape(service, head):
@@ -427,7 +427,7 @@ def test_a_request_beyond_the_connection_limit_gets_the_json_error_shape(clf):
                 conn.request("GET", "/healthz")
                 answer = conn.getresponse()
                 assert (answer.status, answer.read()) == (200, b'{"status":"ok"}')
-            refusals = [closing_answer(url, b"GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(2)]
+            refusals = [closing_answer(url, b"GET /v1/model HTTP/1.1\r\nHost: localhost\r\n\r\n") for _ in range(2)]
         finally:
             for conn in held:
                 conn.close()
@@ -469,10 +469,10 @@ def test_a_connection_that_sends_no_request_head_in_time_is_closed(clf):
         # Both connections the limit allows: they must not keep it.
         with socket.create_connection((host, int(port)), timeout=5) as silent, \
                 socket.create_connection((host, int(port)), timeout=5) as partial:  # fmt: skip
-            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
             assert silent.recv(1) == b"" and partial.recv(1) == b""  # closed by the service, not timed out here
         with socket.create_connection((host, int(port)), timeout=5) as trickling:
-            trickling.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            trickling.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             answer = b""
             while not answer.endswith(b"\r\n\r\n" + b'{"status":"ok"}'):
                 chunk = trickling.recv(65536)
@@ -503,7 +503,7 @@ def test_a_body_that_does_not_arrive_in_time_is_refused(clf):
         host, port = url.removeprefix("http://").split(":")
         for path in ("/v1/classify", "/v1/classify/mail"):
             with socket.create_connection((host, int(port)), timeout=5) as s:
-                s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode())
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n".encode())
                 s.settimeout(0.1)
                 answer, closed = b"", False
                 for _ in range(50):  # a byte every 0.1 s, for at most 5 s
@@ -644,11 +644,91 @@ def test_api_key_guards_everything_but_health_and_the_page(clf):
 def test_cors_is_off_unless_asked_for(clf):
     origin = {"Origin": "https://mail.example.org"}
     with running(create_app(clf)) as url:
-        assert "access-control-allow-origin" not in call(url + "/v1/model", headers=origin)[1]
+        status, headers, _ = call(url + "/v1/model", headers=origin)
+        assert status == 403 and "access-control-allow-origin" not in headers
     with running(create_app(clf, ServeSettings(cors_origins=("https://mail.example.org",)))) as url:
-        assert call(url + "/v1/model", headers=origin)[1]["access-control-allow-origin"] == "https://mail.example.org"
-        other = call(url + "/v1/model", headers={"Origin": "https://evil.example"})[1]
-        assert "access-control-allow-origin" not in other
+        status, headers, _ = call(url + "/v1/model", headers=origin)
+        assert (status, headers["access-control-allow-origin"]) == (200, "https://mail.example.org")
+        assert classify(url, {"text": "hi"}, {**origin, "Content-Type": "text/plain"})[0] == 200
+        status, other, _ = call(url + "/v1/model", headers={"Origin": "https://evil.example"})
+        assert status == 403 and "access-control-allow-origin" not in other
+
+
+def refused(url: str, method: str = "GET", body=None, headers: dict | None = None) -> tuple[int, str]:
+    """``(status, error line)`` of a request the service should refuse, after checking that the
+    refusal has the service's shape: one JSON line and the security headers."""
+    status, fields, payload = call(url, method, body, headers)
+    fields = {name.lower(): value for name, value in fields.items()}
+    assert fields["content-type"] == "application/json" and set(json.loads(payload)) == {"error"}
+    assert (fields["x-content-type-options"], fields["referrer-policy"]) == ("nosniff", "no-referrer")
+    return status, json.loads(payload)["error"]
+
+
+def test_a_keyless_service_refuses_other_sites_pages(service):
+    """A page elsewhere can make a browser on this machine POST text/plain to the service with
+    no CORS preflight; the browser names the page's site in Origin, and the service refuses it
+    before reading the body. curl, scripts (no Origin) and the service's own page still pass."""
+    from spamtune.serve.app import CROSS_SITE
+
+    metrics = lambda: call(service + "/metrics")[2].decode()  # noqa: E731
+    classified = counter_value(metrics(), "spamtune_messages_classified_total")
+    counted = 'spamtune_http_errors_total{code="403",endpoint="/v1/classify"}'
+    before = counter_value(metrics(), counted)
+    port = service.rsplit(":", 1)[1]
+    plain = {"Content-Type": "text/plain"}
+    for origin in ("https://evil.example", "null", f"http://localhost:{port}", f"https://127.0.0.1:{port}",
+                   "http://127.0.0.1:1", f"http://127.0.0.1:{port}/page"):  # fmt: skip
+        assert refused(service + "/v1/classify", "POST", {"text": "x"}, {**plain, "Origin": origin}) == (403, CROSS_SITE)
+    mail = {"Content-Type": "message/rfc822", "Origin": "https://evil.example"}
+    assert refused(service + "/v1/classify/mail", "POST", b"Subject: hi\n\nyo", mail) == (403, CROSS_SITE)
+    assert refused(service + "/v1/model", headers={"Origin": "https://evil.example"}) == (403, CROSS_SITE)
+    assert counter_value(metrics(), counted) == before + 6
+    assert counter_value(metrics(), "spamtune_messages_classified_total") == classified  # no work done
+
+    assert classify(service, {"text": "x"}, plain)[0] == 200  # curl -d: no Origin
+    # The service's own page, however the address in the browser's bar was written.
+    for host, own in ((f"127.0.0.1:{port}", service), (f"localhost:{port}", f"http://LocalHost:{port}"),
+                      ("localhost", "http://localhost:80"), (f"[::1]:{port}", f"http://[::1]:{port}")):  # fmt: skip
+        assert classify(service, {"text": "x"}, {"Content-Type": "application/json", "Host": host, "Origin": own})[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/model", "/metrics", "/", "/v1/classify", "/nowhere"])
+def test_a_keyless_service_answers_only_requests_addressed_to_localhost(service, path):
+    """A page whose host name is made to resolve to 127.0.0.1 (DNS rebinding) is the service's
+    own origin for the browser, but its requests name that host in Host: refused everywhere,
+    /healthz included (a monitor of a loopback service is on this machine and says localhost)."""
+    from spamtune.serve.app import NOT_LOCALHOST
+
+    port = service.rsplit(":", 1)[1]
+    method, body = ("POST", {"text": "x"}) if path == "/v1/classify" else ("GET", None)
+    counted = f'spamtune_http_errors_total{{code="403",endpoint="{path if path != "/nowhere" else "other"}"}}'
+    before = counter_value(call(service + "/metrics")[2].decode(), counted)
+    for host in (f"rebound.example:{port}", "rebound.example", "localhost.rebound.example", f"192.168.1.5:{port}",
+                 "localhost.localdomain", "[::ffff:127.0.0.1]", f"localhost:{port}x", "127.0.0.1.", "[::1"):  # fmt: skip
+        assert refused(service + path, method, body, {"Host": host}) == (403, NOT_LOCALHOST), host
+    for host in ("localhost", f"LocalHost:{port}", "127.0.0.1", f"127.1.2.3:{port}", "[::1]", f"[::1]:{port}"):
+        assert call(service + path, method, body, {"Host": host})[0] == (404 if path == "/nowhere" else 200), host
+    assert counter_value(call(service + "/metrics")[2].decode(), counted) == before + 9
+
+
+def test_a_request_without_host_is_served_by_a_keyless_service(service):
+    """HTTP/1.0 needs no Host header, and no browser sends a request without one."""
+    status_line, _, body = closing_answer(service, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert status_line == b"HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
+    status_line, _, body = closing_answer(service, b"GET /v1/model HTTP/1.0\r\nOrigin: https://evil.example\r\n\r\n")
+    assert status_line == b"HTTP/1.1 403 Forbidden" and "no other site" in json.loads(body)["error"]
+
+
+def test_a_service_with_a_key_checks_neither_host_nor_origin(clf):
+    """The key guards it: a reverse proxy may keep the client's Host and its page's Origin, and
+    another site's page cannot send the key (a request without it is a 401, before any work)."""
+    with running(create_app(clf, ServeSettings(api_key=KEY))) as url:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        proxied = {**auth, "Host": "spam.example.org", "Origin": "https://spam.example.org"}
+        assert classify(url, {"text": "x"}, proxied)[0] == 200
+        assert call(url + "/healthz", headers={"Host": "spam.example.org"})[0] == 200
+        cross_site = {"Content-Type": "text/plain", "Origin": "https://evil.example"}
+        assert refused(url + "/v1/classify", "POST", {"text": "x"}, cross_site)[0] == 401
 
 
 @pytest.mark.parametrize(
@@ -697,7 +777,7 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
         # A request whose body is half sent when SIGTERM arrives: it must still be answered.
         body = json.dumps({"texts": ["in flight!", "still here"]}).encode()
         conn = socket.create_connection(("127.0.0.1", port), timeout=10)
-        conn.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        conn.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])  # fmt: skip
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
@@ -727,7 +807,7 @@ def test_a_request_cut_off_by_the_end_of_shutdown_gets_the_services_503(clf, cap
     with running(create_app(clf), graceful_shutdown_s=0.3) as url:
         host, port = url.removeprefix("http://").split(":")
         stalled = socket.create_connection((host, int(port)), timeout=10)
-        stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.2)  # the request is in the app, waiting for its body
     with stalled:  # the block's end stopped the service
         answer = b""

@@ -22,7 +22,8 @@ SERVE_HELP = (
     "The run is loaded once; the service is ready when 'ready on URL' is printed on stderr. Requests that "
     "arrive together share forward passes (dynamic batching). It listens on 127.0.0.1 only unless --host says "
     "otherwise, and any other address requires an API key (--api-key or SPAMTUNE_API_KEY), which clients send "
-    "as 'Authorization: Bearer KEY'. SIGTERM or Ctrl-C stops accepting connections, finishes the requests in "
+    "as 'Authorization: Bearer KEY'. Without a key it answers only requests addressed to localhost, 127.0.0.1 or "
+    "[::1], and none from another site's page (an Origin header other than its own or --cors's). SIGTERM or Ctrl-C stops accepting connections, finishes the requests in "
     "flight and exits 0."
 )
 

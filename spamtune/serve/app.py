@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import re
 import time
@@ -17,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -118,7 +120,7 @@ class ErrorResponse(BaseModel):
     error: str
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 408, 413, 422, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 408, 413, 422, 503)}
 
 # Paths counted under their own name in the metrics; anything else is "other", so that random
 # URLs cannot grow the number of series without bound.
@@ -196,7 +198,10 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
 
     # ------------------------------------------------------------------------- middleware
 
-    app.add_middleware(GuardMiddleware, api_key=settings.api_key, metrics=metrics)
+    app.add_middleware(
+        GuardMiddleware, api_key=settings.api_key, metrics=metrics, browser_guard=not settings.api_key,
+        cors_origins=settings.cors_origins,
+    )  # fmt: skip
 
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -335,16 +340,22 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
 
 
 class GuardMiddleware:
-    """Around every HTTP request: the API key, security headers and the metrics.
+    """Around every HTTP request: the API key, or without one the Host and Origin checks
+    (``browser_refusal``), security headers and the metrics.
 
     Plain ASGI rather than ``@app.middleware``: it adds no task per request, and it sees the
     requests that end in an exception too, so those count as errors.
     """
 
-    def __init__(self, app, api_key: str | None, metrics: ServiceMetrics):
+    def __init__(
+        self, app, api_key: str | None, metrics: ServiceMetrics, browser_guard: bool = False,
+        cors_origins: tuple[str, ...] = (),
+    ):  # fmt: skip
         self.app = app
         self.api_key = api_key
         self.metrics = metrics
+        self.browser_guard = browser_guard
+        self.cors_origins = cors_origins
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -373,7 +384,10 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            if self.api_key and path not in _PUBLIC and not _authorized(Headers(scope=scope), self.api_key):
+            foreign = browser_refusal(scope, self.cors_origins) if self.browser_guard else None
+            if foreign is not None:
+                await JSONResponse({"error": foreign}, status_code=403)(scope, receive, send_with_headers)
+            elif self.api_key and path not in _PUBLIC and not _authorized(Headers(scope=scope), self.api_key):
                 refusal = JSONResponse(
                     {"error": "missing or wrong API key (send 'Authorization: Bearer KEY')"},
                     status_code=401, headers={"WWW-Authenticate": "Bearer"},
@@ -411,6 +425,90 @@ def malformed_request_counter(app: FastAPI) -> Callable[[], None]:
     a 400 under the endpoint ``malformed``, with no latency (its start is not known)."""
     metrics: ServiceMetrics = app.state.metrics
     return lambda: metrics.count_answer(MALFORMED_ENDPOINT, 400)
+
+
+NOT_LOCALHOST = (
+    "this keyless service answers only requests addressed to localhost, 127.0.0.1 or [::1]; "
+    "to serve it under another name, give it an API key"
+)
+CROSS_SITE = (
+    "this service answers no other site's page (the request's Origin is not the service's own); "
+    "--cors ORIGIN allows one"
+)
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def browser_refusal(scope, cors_origins: tuple[str, ...] = ()) -> str | None:
+    """Why a keyless service refuses this request (403), or None to serve it.
+
+    Without a key, being on loopback is all that protects the service, and a browser on this
+    machine is on loopback too. A page of another site can make it send a "simple" POST
+    (``Content-Type: text/plain``, no CORS preflight), which the service would classify though
+    the page cannot read the answer; browsers name that page's site in ``Origin`` (on every
+    cross-origin request and on same-origin POSTs; curl and scripts send none), so an Origin
+    other than the service's own is refused. A page whose host name is made to resolve to
+    127.0.0.1 (DNS rebinding) is the service's own origin for the browser, and can read the
+    answers; but its requests carry that name in ``Host``: only loopback names are served.
+    A request without Host (HTTP/1.0) cannot come from a browser and is served.
+    """
+    hosts = [value.decode("latin-1") for name, value in scope["headers"] if name == b"host"]
+    if len(hosts) > 1:  # no browser sends two; which one would a proxy or the router believe?
+        return NOT_LOCALHOST
+    host = _host_and_port(hosts[0]) if hosts and hosts[0] else ("localhost", "")
+    if host is None or not _is_loopback_name(host[0]):
+        return NOT_LOCALHOST
+    origin = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"origin"), None)
+    if origin is None or origin in cors_origins or "*" in cors_origins:
+        return None
+    scheme = scope.get("scheme", "http")
+    own = (scheme, host[0], host[1] or _DEFAULT_PORTS.get(scheme, "")) if hosts and hosts[0] else None
+    return None if own is not None and _origin_parts(origin) == own else CROSS_SITE
+
+
+def _host_and_port(value: str) -> tuple[str, str] | None:
+    """``(host, port)`` of a Host header, lower case, the port "" when not given; None when
+    malformed. An IPv6 address keeps its brackets (``[::1]``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]") + 1
+        host, rest = value[:end], value[end:]
+        if not end or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    else:
+        host, _, port = value.partition(":")
+        if ":" in port:  # an IPv6 address without brackets is no Host header
+            return None
+    if not host or (port and not port.isdigit()):
+        return None
+    return host, port
+
+
+def _is_loopback_name(host: str) -> bool:
+    """``localhost``, 127.x.y.z or ``[::1]``, as a Host header names them. Names that only
+    ``/etc/hosts`` maps to loopback (``localhost.localdomain``) are not: DNS may answer for them."""
+    if host == "localhost":
+        return True
+    try:
+        if host.startswith("[") and host.endswith("]"):
+            return ipaddress.IPv6Address(host[1:-1]).is_loopback
+        return ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin_parts(origin: str) -> tuple[str, str, str] | None:
+    """``(scheme, host, port)`` of an Origin header, in the form ``_host_and_port`` gives, the
+    scheme's default port filled in; None for ``null`` or anything that is no origin."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = _host_and_port(parts.netloc) if parts.netloc and not (parts.path or parts.query or parts.fragment) else None
+    if scheme not in _DEFAULT_PORTS or host is None or "@" in parts.netloc:
+        return None
+    return scheme, host[0], host[1] or _DEFAULT_PORTS[scheme]
 
 
 def _authorized(headers: Headers, api_key: str) -> bool:
