@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from helpers import P_HAM, P_SPAM, write_rigged_run
-from running_service import running
+from running_service import call, running
 
 from spamtune import __version__
 from spamtune.infer import SpamClassifier
@@ -23,6 +25,8 @@ from spamtune.serve.app import create_app
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 SCREENSHOTS = os.environ.get("SPAMTUNE_SCREENSHOTS")  # a folder: save what the browser showed, to look at
+# A name the browser resolves to 127.0.0.1 as a DNS-rebinding attack makes it: no DNS involved.
+REBOUND = "rebound.test"
 
 
 def _need(condition: bool, why: str) -> None:
@@ -43,7 +47,7 @@ def browser():
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+                  "--disable-sync", "--no-first-run", f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"],
         )  # fmt: skip
         yield browser
         browser.close()
@@ -151,3 +155,73 @@ def test_errors_show_as_one_line(browser, service):
     page.click("#classify")
     page.wait_for_selector("#error:has-text('too large')")
     assert page.is_hidden("#result")
+
+
+@pytest.fixture(scope="module")
+def elsewhere():
+    """Another site's page, as a browser on this machine may have open: a blank page on another
+    port of loopback, at http://localhost:PORT (another origin than the service's)."""
+
+    class Blank(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!doctype html><title>elsewhere</title><p>another site"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Blank)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://localhost:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def _counter(service: str, sample: str) -> float:
+    for line in call(service + "/metrics")[2].decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_another_sites_page_cannot_make_the_browser_call_the_api(browser, service, elsewhere):
+    """A "simple" cross-site POST (text/plain, no preflight; the page cannot read the answer)
+    still reaches the service: refused with 403 before any work, as the browser names the page's
+    origin in Origin; and counted."""
+    page = browser.new_page()
+    page.goto(elsewhere)
+    refused = 'spamtune_http_errors_total{code="403",endpoint="%s"}'
+    before = {path: _counter(service, refused % path) for path in ("/v1/classify", "/v1/classify/mail")}
+    classified = _counter(service, "spamtune_messages_classified_total")
+    sent = page.evaluate(
+        """async service => {
+            const simple = (path, body) => fetch(service + path, { method: "POST", mode: "no-cors",
+                                                                   headers: { "Content-Type": "text/plain" }, body });
+            await simple("/v1/classify", JSON.stringify({ text: "WINNER!! claim your prize" }));
+            await simple("/v1/classify/mail", "Subject: hi\\n\\nclaim your prize!");
+            return true;
+        }""",
+        service,
+    )
+    assert sent is True
+    for path, count in before.items():
+        assert _counter(service, refused % path) == count + 1, path
+    assert _counter(service, "spamtune_messages_classified_total") == classified
+
+
+def test_a_rebound_host_name_gets_no_page_and_no_answer(browser, service):
+    """DNS rebinding: a name of the attacker's resolving to 127.0.0.1 makes its page the
+    service's own origin; the service answers nothing addressed to that name."""
+    port = service.rsplit(":", 1)[1]
+    page = browser.new_page()
+    response = page.goto(f"http://{REBOUND}:{port}/")
+    assert response.status == 403 and "answers only requests addressed to localhost" in response.json()["error"]
+    # The same page, as served at its loopback address, works.
+    assert page.goto(f"http://localhost:{port}/").status == 200
+    page.wait_for_selector("#run:has-text('run rigged')")
