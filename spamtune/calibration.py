@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.errors import OptionError, SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_write_json, read_json
 from spamtune.metrics import binary_roc_auc
 from spamtune.runs import CALIBRATION_FILE
@@ -40,6 +40,17 @@ RULES = ("max-ham-loss", "threshold", "cost-ratio")
 # drives T towards 0), where they stop the probabilities from collapsing to exactly 0 and 1.
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
+
+
+def check_threshold_applies(label_names: Sequence[str]) -> None:
+    """Refuse a spam threshold for a run that cannot use one: a run of more than two classes
+    decides by the most probable class, so a threshold given for it would be silently ignored."""
+    if len(label_names) != 2:
+        raise OptionError(
+            "threshold",
+            f"{{option}} cannot apply: the run has {len(label_names)} classes ({', '.join(label_names)}) and decides "
+            "by the most probable one; a spam threshold is for two-class (spam/ham) runs",
+        )
 
 
 # --------------------------------------------------------------------------- temperature

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from spamtune import paths, runs
 from spamtune.calibration import DEFAULT_THRESHOLD, binary_report, calibrated_probabilities, nll, read_calibration
-from spamtune.checkpoint import ClassifierConfig, load_classifier
+from spamtune.calibration import check_threshold_applies
+from spamtune.checkpoint import ClassifierConfig, load_classifier, load_classifier_config
 from spamtune.data import Split, read_label_map, read_split
 from spamtune.device import Precision, resolve_device
 from spamtune.distributed import World, predict_logits_sharded
@@ -252,7 +253,8 @@ def evaluate_run(
     ``run_dir`` is a run folder or a run's name under the data root's ``runs/``, by default the
     newest finished run. With ``split="all"`` the figures cover the three splits together and
     ``by_split`` holds each one's. ``threshold`` decides spam as ``predict`` does (``None``: the
-    most probable class); ``precision`` defaults to the run's own, so the test accuracy is the
+    run's own; a run of more classes decides by the most probable one and refuses a threshold,
+    ``OptionError``); ``precision`` defaults to the run's own, so the test accuracy is the
     one in its ``summary.json``. Splits prepared differently from the run's are refused unless
     ``force`` (then ``warnings`` says so).
 
@@ -265,6 +267,8 @@ def evaluate_run(
     """
     check_evaluate_options(split=split, batch_size=batch_size, threshold=threshold, long=long)
     run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
+    if threshold is not None:  # before the weights load: the config alone says how the run decides
+        check_threshold_applies(load_classifier_config(run_dir).label_names)
     dev = resolve_device(device)
     compute = run_precision(run_dir, dev) if precision is None else Precision.resolve(precision, dev)
     model, cfg = load_classifier(run_dir, dev)

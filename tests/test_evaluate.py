@@ -240,10 +240,16 @@ def test_a_run_of_three_classes_is_reported_without_the_spam_filter_figures(tmp_
         write_split(root / f"{name}.csv", Split(split.texts + ["promo code inside"] * 4, split.labels + [2] * 4))
     (root / "labels.json").write_text(json.dumps({"labels": {"ham": 0, "spam": 1, "promo": 2}}))
     run_dir = train.finetune(tiny_options(root, epochs=1), root / "runs" / "three")["run"]
-    for args in ([], ["--threshold", "0.3"]):
-        result = evaluate(run_dir, "--no-plots", *args)
-        assert result.exit_code == 0, result.stderr
-        assert result.stdout.startswith("accuracy ") and "threshold" not in result.stdout
-        assert "Per class" in result.stderr and "Spam filter" not in result.stderr
+    result = evaluate(run_dir, "--no-plots")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("accuracy ") and "threshold" not in result.stdout
+    assert "Per class" in result.stderr and "Spam filter" not in result.stderr
     report = json.loads(evaluate(run_dir, "--no-plots", "--format", "json").stdout)
     assert report["labels"] == ["ham", "spam", "promo"] and "spam_confusion" not in report
+    # Such a run decides by the most probable class: a threshold would be silently ignored.
+    refused = evaluate(run_dir, "--no-plots", "--threshold", "0.3")
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert refused.stderr == (
+        "Error: --threshold cannot apply: the run has 3 classes (ham, spam, promo) and decides by the most "
+        "probable one; a spam threshold is for two-class (spam/ham) runs\n"
+    )
