@@ -42,15 +42,23 @@ MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
 
 
+def threshold_refusal(label_names: Sequence[str]) -> str | None:
+    """Why a spam threshold cannot apply to a run of these classes (``{option}`` where its name
+    goes), or None when it can: a run of more than two classes decides by the most probable
+    class, so a threshold given for it would be silently ignored."""
+    if len(label_names) == 2:
+        return None
+    return (
+        f"{{option}} cannot apply: the run has {len(label_names)} classes ({', '.join(label_names)}) and decides "
+        "by the most probable one; a spam threshold is for two-class (spam/ham) runs"
+    )
+
+
 def check_threshold_applies(label_names: Sequence[str]) -> None:
-    """Refuse a spam threshold for a run that cannot use one: a run of more than two classes
-    decides by the most probable class, so a threshold given for it would be silently ignored."""
-    if len(label_names) != 2:
-        raise OptionError(
-            "threshold",
-            f"{{option}} cannot apply: the run has {len(label_names)} classes ({', '.join(label_names)}) and decides "
-            "by the most probable one; a spam threshold is for two-class (spam/ham) runs",
-        )
+    """``OptionError`` (a usage error) for a threshold given to a run that cannot use one."""
+    reason = threshold_refusal(label_names)
+    if reason is not None:
+        raise OptionError("threshold", reason)
 
 
 # --------------------------------------------------------------------------- temperature

@@ -17,8 +17,8 @@ from typing import overload
 import torch
 
 from spamtune import paths
-from spamtune.calibration import DEFAULT_THRESHOLD, Calibration, read_calibration
-from spamtune.checkpoint import ClassifierConfig, load_classifier
+from spamtune.calibration import DEFAULT_THRESHOLD, Calibration, check_threshold_applies, read_calibration
+from spamtune.checkpoint import ClassifierConfig, load_classifier, load_classifier_config
 from spamtune.device import Precision, resolve_device
 from spamtune.errors import SpamtuneError
 from spamtune.examples import Examples, pad_width
@@ -95,7 +95,8 @@ class SpamClassifier:
     Texts are tokenized as in training and cut to the run's ``max_length`` tokens, keeping the
     *start* of each text (spam announces itself early). Empty texts are classified too.
     For a two-class run the label is the positive class (``spam``) when its probability is
-    ``>= threshold``; with more classes it is the most probable class and ``threshold`` is unused.
+    ``>= threshold``; with more classes it is the most probable class, and ``load`` refuses a
+    ``threshold`` (``OptionError``) rather than ignore it.
 
     A run's ``calibration.json`` (written after training and by ``spamtune calibrate``) gives the
     temperature that divides the logits and the default threshold; ``calibration=False`` uses
@@ -156,11 +157,14 @@ class SpamClassifier:
         ``data_dir``, else ``$SPAMTUNE_HOME``, else the user data folder); without ``run_dir``, the
         newest finished run there. ``device``: auto, cpu, cuda, mps. ``precision``: auto (bf16
         where the hardware runs it natively, else fp32), fp32, bf16, fp16. ``threshold``: None for
-        the run's calibrated threshold (0.5 without one). ``calibration=False`` ignores the run's
+        the run's calibrated threshold (0.5 without one); a run of more than two classes decides
+        by the most probable one and refuses a threshold. ``calibration=False`` ignores the run's
         ``calibration.json``. ``batch_size``: most messages per forward pass (None: 32 on a CPU,
         256 on a GPU). ``few_shapes``: round batch widths and row counts up (the same
         answers; a bounded set of shapes for a long-running process)."""
         run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
+        if threshold is not None:  # before the weights load: the config alone says how the run decides
+            check_threshold_applies(load_classifier_config(run_dir).label_names)
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         resolved = Precision.resolve(precision, dev)
         model, config = load_classifier(run_dir, dev, linear_dtype=resolved.dtype)
@@ -178,6 +182,14 @@ class SpamClassifier:
         if self.calibration is not None and self.threshold == self.calibration.threshold:
             return f"calibrated on validation for {self.calibration.describe()}, temperature {self.temperature:.3g}"
         return "given" if self.threshold != DEFAULT_THRESHOLD else "default"
+
+    def describe_decision(self) -> str:
+        """How labels are decided, for display: the threshold and where it comes from, or, for a
+        run of more than two classes, the most probable class (which no threshold moves)."""
+        if self.config.num_classes == 2:
+            return f"threshold {self.threshold:.4g} ({self.describe_threshold()})"
+        calibrated = f"; temperature {self.temperature:.3g} fitted on validation" if self.calibration else ""
+        return f"the most probable of {self.config.num_classes} classes ({', '.join(self.labels)}) is the label{calibrated}"
 
     @property
     def threshold(self) -> float:

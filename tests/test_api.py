@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from spamtune import Prediction, SpamClassifier, paths
 from spamtune.cli import app
-from spamtune.errors import SpamtuneError
+from spamtune.errors import OptionError, SpamtuneError
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,15 @@ def test_threshold_moves_the_decision(run_dir):
     assert strict.predict("hello").label == "spam"
     with pytest.raises(ValueError):
         strict.threshold = 1.5
+
+
+def test_a_run_of_three_classes_decides_by_the_most_probable_one_and_refuses_a_threshold(tmp_path):
+    run = write_rigged_run(tmp_path / "three", labels={"ham": 0, "spam": 1, "promo": 2})
+    clf = SpamClassifier.load(run, device="cpu")
+    assert [p.label for p in clf.predict(["hi!", "hi"])] == ["spam", "ham"]  # "hi": ham and promo tie, the first wins
+    assert clf.describe_decision() == "the most probable of 3 classes (ham, spam, promo) is the label"
+    with pytest.raises(OptionError, match=r"^threshold cannot apply: the run has 3 classes \(ham, spam, promo\)"):
+        SpamClassifier.load(run, device="cpu", threshold=0.3)
 
 
 def test_batching_and_padding_do_not_change_results(run_dir):

@@ -539,3 +539,22 @@ def test_predict_path_imports_nothing_heavy(run_dir):
     assert "torch" in imported and "tiktoken" in imported
     assert not imported & {"pandas", "matplotlib", "rich", "huggingface_hub", "transformers", "sklearn"}
     assert "torch._dynamo" not in modules
+
+
+def test_a_run_of_three_classes_says_how_it_decides_and_refuses_a_threshold(tmp_path):
+    """Such a run labels a message with its most probable class: stderr says that rather than a
+    threshold, and a --threshold, which would be silently ignored, is a usage error."""
+    from spamtune import calibration
+
+    run = write_rigged_run(tmp_path / "three", labels={"ham": 0, "spam": 1, "promo": 2})
+    calibration.write_calibration(run, calibration.Calibration(2.0, 0.5, "threshold", 0.5, {}))
+    result = invoke(run, "hi!", "hi", "--format", "label")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "spam\nham\n"
+    assert result.stderr == "the most probable of 3 classes (ham, spam, promo) is the label; temperature 2 fitted on validation\n"
+    refused = invoke(run, "hi", "--threshold", "0.3")
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert refused.stderr == (
+        "Error: --threshold cannot apply: the run has 3 classes (ham, spam, promo) and decides by the most "
+        "probable one; a spam threshold is for two-class (spam/ham) runs\n"
+    )

@@ -337,6 +337,20 @@ def test_query_parameters_an_endpoint_does_not_read_are_refused(service):
     assert status == 200 and answer["threshold"] == 0.9
 
 
+def test_a_run_of_three_classes_refuses_a_requests_threshold(tmp_path):
+    """Such a run decides by the most probable class: a request's threshold would be ignored
+    while the answer claimed it, so it is refused with the reason."""
+    clf = SpamClassifier.load(write_rigged_run(tmp_path / "three", labels={"ham": 0, "spam": 1, "promo": 2}), device="cpu")
+    reason = "cannot apply: the run has 3 classes (ham, spam, promo) and decides by the most probable one"
+    with running(create_app(clf)) as url:
+        assert classify(url, {"texts": ["hi!", "hi"]})[1]["results"][0]["label"] == "spam"
+        status, answer = classify(url, {"text": "hi!", "threshold": 0.3})
+        assert status == 422 and answer["error"].startswith('"threshold" ' + reason), answer
+        status, answer = call_json(url + "/v1/classify/mail?threshold=0.3", "POST", b"Subject: hi\n\nyo")
+        assert status == 422 and answer["error"].startswith("?threshold= " + reason), answer
+        assert call_json(url + "/v1/classify/mail", "POST", b"Subject: hi!\n\nyo")[0] == 200
+
+
 def test_json_the_parser_cannot_hold_is_refused_as_malformed(service):
     """Nesting past the recursion limit and integers past the digit limit are small bodies that
     Python's json module refuses with other exceptions than JSONDecodeError."""

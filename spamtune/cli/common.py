@@ -421,6 +421,8 @@ def choice_option(default: str, flag: str, choices: tuple[str, ...], help: str, 
 
 # The device and precision choices of spamtune.device (DEVICES, PRECISIONS), spelled out so the
 # CLI starts without torch; tests check that they agree.
+# Said in every --threshold's help: such a run has no threshold to move, and refuses one.
+THRESHOLD_SCOPE = "Two-class runs only: a run of more classes decides by the most probable one."
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("last-real", "last", "mean")

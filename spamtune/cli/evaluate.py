@@ -150,8 +150,7 @@ def evaluate_command(
     ),
     as_json: bool = common.json_option("json"),
     threshold: float | None = typer.Option(
-        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this (as predict). Two-class runs only: "
-        "a run of more classes decides by the most probable one.",
+        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this (as predict). " + common.THRESHOLD_SCOPE,
         show_default="the run's calibrated threshold, else 0.5",
     ),
     precision: str | None = common.choice_option(

@@ -52,7 +52,7 @@ def filter_mail(
     run: Optional[str] = common.run_option(),
     data_dir: Optional[Path] = common.data_dir_option(),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", min=0.0, max=1.0, help="Spam when the spam probability is at least this.",
+        None, "--threshold", min=0.0, max=1.0, help="Spam when the spam probability is at least this. " + common.THRESHOLD_SCOPE,
         show_default="the run's threshold",
     ),
     long: Optional[LongMode] = long_option(LONG_DEFAULT),

@@ -394,7 +394,7 @@ def predict(
     as_json: bool = common.json_option("jsonl"),
     header: bool = typer.Option(False, "--header", help="tsv: first print the field names (label, p_spam, text)."),
     threshold: float | None = typer.Option(
-        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this.",
+        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this. " + common.THRESHOLD_SCOPE,
         show_default="the run's calibrated threshold (spamtune calibrate), else 0.5",
     ),
     explain: bool = typer.Option(
@@ -588,7 +588,7 @@ def _load_classifier(run_dir: Path, world, *, threshold, batch_size, device, pre
             f"run {run_dir} on {classifier.device} ({classifier.precision}), loaded in {time.perf_counter() - started:.1f}s"
         )
         if threshold is None and classifier.calibration is not None:
-            common.note(f"threshold {classifier.threshold:.4g} ({classifier.describe_threshold()})")
+            common.note(classifier.describe_decision())
         common.unfinished_run_note(run_dir)
     return classifier
 

@@ -48,7 +48,7 @@ def serve(
         [], "--cors", metavar="ORIGIN", help="Allow browser pages from ORIGIN to call the API (repeatable). Off by default."
     ),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this.",
+        None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this. " + common.THRESHOLD_SCOPE,
         show_default="the run's calibrated threshold (spamtune calibrate), else 0.5",
     ),
     device: str = common.device_option(),

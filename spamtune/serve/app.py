@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from spamtune import __version__
+from spamtune.calibration import threshold_refusal
 from spamtune.serve import verdicts
 from spamtune.serve.batcher import DynamicBatcher, ServiceStopping
 from spamtune.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -234,6 +235,14 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     def threshold_of(requested: float | None) -> float:
         return classifier.threshold if requested is None else requested
 
+    # A run of more classes decides by the most probable one: a request's threshold would be
+    # silently ignored, and its answer would claim a threshold that decided nothing.
+    threshold_refused = threshold_refusal(labels)
+
+    def check_requested(requested: float | None, name: str) -> None:
+        if requested is not None and threshold_refused is not None:
+            raise ApiError(422, threshold_refused.replace("{option}", name))
+
     classify_body = {
         "requestBody": {
             "required": True,
@@ -253,6 +262,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         )
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         texts, single, requested, explain = parse_classify_request(body, settings.max_texts, settings.max_explain_texts)
+        check_requested(requested, '"threshold"')
         results = []
         for item in await classify(texts, "explain" if explain else "text"):
             prediction, spans = item if explain else (item, None)
@@ -277,6 +287,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         refuse_unknown_parameters(request, ("threshold",), "/v1/classify/mail takes ?threshold= only")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ApiError(422, "invalid threshold: must be between 0 and 1")
+        check_requested(threshold, "?threshold=")
         raw = await read_body(request, settings.max_mail_bytes, settings.body_timeout_s)
         text = await run_in_threadpool(verdicts.message_text, raw)  # parsing a large message takes a while
         label, p = verdict((await classify([text], "mail"))[0], threshold)
