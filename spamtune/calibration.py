@@ -54,6 +54,18 @@ def threshold_refusal(label_names: Sequence[str]) -> str | None:
     )
 
 
+def check_calibration_applies(label_names: Sequence[str]) -> None:
+    """Refuse to choose an operating point for a run of more than two classes: it decides by the
+    most probable class, so a spam threshold chosen for it would be stored and never applied, and
+    its figures would count every other class as ham."""
+    if len(label_names) != 2:
+        raise SpamtuneUsageError(
+            f"cannot calibrate: the run has {len(label_names)} classes ({', '.join(label_names)}) and decides by the "
+            "most probable one; calibration and operating points are defined for two-class (spam/ham) runs "
+            "(training fitted this run's temperature on validation)"
+        )
+
+
 def check_threshold_applies(label_names: Sequence[str]) -> None:
     """``OptionError`` (a usage error) for a threshold given to a run that cannot use one."""
     reason = threshold_refusal(label_names)
@@ -411,27 +423,35 @@ def calibrate_logits(
     ``rule``/``target``: ``max-ham-loss`` with the highest false-positive rate allowed,
     ``threshold`` with the threshold itself, or ``cost-ratio`` with the cost of a lost ham in
     missed spams. Thresholds apply to the calibrated probability of ``positive_index``.
+
+    Logits of more than two classes get the temperature alone (NLL and top-label ECE over all
+    classes): such a run decides by the most probable class, so it has no operating point, and
+    the record keeps the threshold 0.5 that nothing applies.
     """
     if rule not in RULES:
         raise SpamtuneUsageError(f"unknown threshold rule {rule!r}; choose one of {', '.join(RULES)}")
     logits = torch.as_tensor(logits).detach().double().cpu()
     labels_t = torch.as_tensor(list(labels), dtype=torch.long)
+    two_classes = logits.ndim == 2 and logits.shape[1] == 2
+    if not two_classes and (rule, target) != ("threshold", DEFAULT_THRESHOLD):
+        raise SpamtuneUsageError(f"a {rule} operating point needs two classes; these logits have {logits.shape[-1]}")
     fitted = fit_temperature(logits, labels_t) if temperature is None else float(temperature)
     before = calibrated_probabilities(logits, 1.0)
     after = calibrated_probabilities(logits, fitted)
-    is_spam = [y == positive_index for y in labels_t.tolist()]
-    p_spam = after[:, positive_index].tolist()
-    choose = {"max-ham-loss": threshold_for_max_ham_loss, "cost-ratio": threshold_for_cost_ratio, "threshold": fixed_threshold}
-    choice = choose[rule](is_spam, p_spam, target)
     validation = {
         "n": len(labels_t),
         "nll_before": nll(logits, labels_t, 1.0) if len(labels_t) else None,
         "nll_after": nll(logits, labels_t, fitted) if len(labels_t) else None,
         "ece_before": expected_calibration_error(before, labels_t.tolist()),
         "ece_after": expected_calibration_error(after, labels_t.tolist()),
-        **choice.validation.to_dict(),
     }
-    return Calibration(fitted, choice.threshold, rule, target, validation)
+    if not two_classes:
+        return Calibration(fitted, DEFAULT_THRESHOLD, rule, target, validation)
+    is_spam = [y == positive_index for y in labels_t.tolist()]
+    p_spam = after[:, positive_index].tolist()
+    choose = {"max-ham-loss": threshold_for_max_ham_loss, "cost-ratio": threshold_for_cost_ratio, "threshold": fixed_threshold}
+    choice = choose[rule](is_spam, p_spam, target)
+    return Calibration(fitted, choice.threshold, rule, target, {**validation, **choice.validation.to_dict()})
 
 
 def write_calibration(run_dir: str | Path, calibration: Calibration) -> Path:
@@ -477,15 +497,17 @@ def calibrate_run(
     and store both as ``calibration.json`` in the run folder (atomically).
 
     ``refit_temperature=False`` keeps the temperature already stored (changing only the
-    operating point); a run without one is fitted anyway.
+    operating point); a run without one is fitted anyway. A run of more than two classes is
+    refused (``check_calibration_applies``): it has no operating point to choose.
     """
-    from spamtune.checkpoint import load_classifier
+    from spamtune.checkpoint import load_classifier, load_classifier_config
     from spamtune.device import resolve_device
     from spamtune.evaluate import model_logits, read_splits, run_data_root, run_precision
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SpamtuneError(f"run folder not found: {run_dir}")
+    check_calibration_applies(load_classifier_config(run_dir).label_names)  # before the weights load
     dev = resolve_device(device)
     model, cfg = load_classifier(run_dir, dev)
     validation = read_splits(run_data_root(run_dir, data_dir), "validation", cfg)["validation"]

@@ -716,7 +716,8 @@ def calibrate_on_validation(run: Run, model: GPTModel, world: World, forward: di
     """``calibration.json`` for the best weights: the temperature fitted on the validation
     split, and the threshold 0.5 on the calibrated probability (``spamtune calibrate`` chooses
     another operating point). Every rank computes the logits of its share of the split; rank 0
-    fits and writes, and returns what the summary records of it (the others: None).
+    fits and writes, and returns what the summary records of it (the others: None): a run of
+    more than two classes records no threshold, since it decides by the most probable class.
     ``forward``: ``predict_logits``'s precision, padding and shortcut."""
     cfg = classifier_config(run)
     with world.collective(), whole_model(model):
@@ -725,7 +726,8 @@ def calibrate_on_validation(run: Run, model: GPTModel, world: World, forward: di
     def fit() -> dict:
         calibration = calibrate_and_store(run.run_dir, logits, run.data.validation.labels, cfg.labels[cfg.positive_label])
         v = calibration.validation
-        return {"temperature": calibration.temperature, "threshold": calibration.threshold, "ece_before": v["ece_before"], "ece_after": v["ece_after"]}
+        fitted = {"temperature": calibration.temperature, "ece_before": v["ece_before"], "ece_after": v["ece_after"]}
+        return {**fitted, "threshold": calibration.threshold} if cfg.num_classes == 2 else fitted
 
     return world.on_main(fit)
 

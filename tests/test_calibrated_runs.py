@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_options, write_tiny_data
+from helpers import tiny_options, tiny_split, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import calibration as cal
 from spamtune import train
 from spamtune.cli import app
+from spamtune.errors import SpamtuneUsageError
 from spamtune.forward import class_weight_tensor
 from spamtune.infer import SpamClassifier
 from spamtune.prepare import LabelledTexts, PrepareOptions, prepare_splits
@@ -120,3 +121,36 @@ def test_filter_and_long_messages_use_the_calibration(weighted_run):
     result = CliRunner().invoke(app, ["filter", "--run", str(run), "--precision", "fp32"], input=message)
     assert result.exit_code == 0, result.output
     assert "threshold=0.3" in result.stdout
+
+
+def test_a_run_of_three_classes_gets_a_temperature_and_no_operating_point(tmp_path):
+    """Such a run decides by the most probable class: training fits its temperature (NLL and ECE
+    over every class) and reports no threshold, and calibrate refuses to choose one, rather
+    than count every class but spam as ham for a threshold nothing would apply."""
+    from spamtune.data import Split, write_split
+
+    root = write_tiny_data(tmp_path / "data")
+    for name in ("train", "validation", "test"):
+        split = tiny_split(12, 0)
+        write_split(root / f"{name}.csv", Split(split.texts + ["promo code inside"] * 4, split.labels + [2] * 4))
+    (root / "labels.json").write_text(json.dumps({"labels": {"ham": 0, "spam": 1, "promo": 2}}))
+    options = ["--data-dir", str(root), "--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1"]
+    result = CliRunner().invoke(app, ["finetune", *options, "--device", "cpu", "--precision", "fp32", "--run", "three"])
+    assert result.exit_code == 0, result.stderr
+    assert "; the run decides by the most probable class, with no threshold\n" in result.stderr
+    assert "spamtune calibrate" not in result.stderr
+    run = root / "runs" / "three"
+    stored = cal.read_calibration(run)
+    assert set(stored.validation) == {"n", "nll_before", "nll_after", "ece_before", "ece_after"}
+    assert "threshold" not in json.loads((run / "summary.json").read_text())["calibration"]
+
+    refused = CliRunner().invoke(app, ["calibrate", "--run", str(run), "--max-ham-loss", "10%"])
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert refused.stderr == (
+        "Error: cannot calibrate: the run has 3 classes (ham, spam, promo) and decides by the most probable one; "
+        "calibration and operating points are defined for two-class (spam/ham) runs (training fitted this run's "
+        "temperature on validation)\n"
+    )
+    assert cal.read_calibration(run) == stored
+    with pytest.raises(SpamtuneUsageError, match="needs two classes"):
+        cal.calibrate_logits(torch.zeros(4, 3), [0, 1, 2, 0], 1, rule="max-ham-loss", target=0.5)

@@ -70,6 +70,8 @@ def calibrate_command(
     """Fit the temperature and choose the spam threshold of a run on its validation split.
 
     Without a target the threshold is 0.5 on the calibrated probability. predict, filter, evaluate and the Python API use the stored temperature and threshold unless given --threshold.
+
+    Two-class (spam/ham) runs only: a run of more classes decides by the most probable one, so it has no operating point to choose (training fits its temperature).
     """
     from spamtune import paths
     from spamtune.calibration import calibrate_run, parse_rate

@@ -320,10 +320,14 @@ def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str]
     )
     if "calibration" in summary:
         c = summary["calibration"]
-        console.print(
-            f"temperature {c['temperature']:.3g} fitted on validation (ECE {c['ece_before']:.2%} -> {c['ece_after']:.2%}), "
-            f"threshold {c['threshold']:g}; choose an operating point with: spamtune calibrate --run {summary['run']} --max-ham-loss 1%"
-        )
+        fitted = f"temperature {c['temperature']:.3g} fitted on validation (ECE {c['ece_before']:.2%} -> {c['ece_after']:.2%})"
+        if "threshold" in c:
+            console.print(
+                f"{fitted}, threshold {c['threshold']:g}; choose an operating point with: "
+                f"spamtune calibrate --run {summary['run']} --max-ham-loss 1%"
+            )
+        else:  # a run of more classes: no threshold decides it, and calibrate refuses it
+            console.print(f"{fitted}; the run decides by the most probable class, with no threshold")
     typer.echo(summary["run"])
 
 
