@@ -275,12 +275,25 @@ class SpamClassifier:
         )
 
 
+# Bytes are an iterable of ints: said as such, a caller holding an encoded text or a raw
+# e-mail would read "item 0 is int" and not see why.
+_BYTES = (bytes, bytearray, memoryview)
+_BYTES_HINT = (
+    "decode them first (data.decode('utf-8', errors='replace')); for a raw e-mail message, "
+    "spamtune.mail.message_text(raw) gives the text spamtune filter classifies"
+)
+
+
 def _text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:
     """``(texts as a list, whether a single string was given)``; anything but strings is a TypeError."""
     if isinstance(texts, str):
         return [texts], True
+    if isinstance(texts, _BYTES):
+        raise TypeError(f"texts must be strings, not {type(texts).__name__}: {_BYTES_HINT}")
     items = list(texts)
     for i, text in enumerate(items):
+        if isinstance(text, _BYTES):
+            raise TypeError(f"texts must be strings; item {i} is {type(text).__name__}: {_BYTES_HINT}")
         if not isinstance(text, str):
             raise TypeError(f"texts must be strings; item {i} is {type(text).__name__}")
     return items, False

@@ -133,6 +133,15 @@ def test_non_string_input_is_a_type_error(clf):
         clf.predict(["fine", 3])
 
 
+def test_bytes_are_named_as_bytes_with_the_way_to_text(clf):
+    """Bytes iterate as ints: the error names them, and the mail entry point for a raw message."""
+    for call in (clf.predict, clf.predict_proba, clf.explain):
+        with pytest.raises(TypeError, match=r"^texts must be strings, not bytes: decode them first .*message_text\(raw\)"):
+            call(b"hi")
+    with pytest.raises(TypeError, match=r"^texts must be strings; item 1 is bytearray: decode them first"):
+        clf.predict(["fine", bytearray(b"hi")])
+
+
 def test_cli_prints_what_the_api_returns(run_dir, clf):
     texts = ["Do you have time", "URGENT! call now!", "", "été", "ok!", "a" * 500]
     result = CliRunner().invoke(app, ["predict", "--run", str(run_dir), "--format", "jsonl", *texts])
