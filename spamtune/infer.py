@@ -9,6 +9,7 @@ is a thin layer over it.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from spamtune import paths
 from spamtune.calibration import DEFAULT_THRESHOLD, Calibration, check_threshold_applies, read_calibration
 from spamtune.checkpoint import ClassifierConfig, load_classifier, load_classifier_config
 from spamtune.device import Precision, resolve_device
-from spamtune.errors import SpamtuneError
+from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, pad_width
 from spamtune.explain import Explanation, explain_texts, fp32_head
 from spamtune.forward import predict_logits
@@ -83,6 +84,17 @@ def check_finite_probabilities(probabilities: list[float]) -> None:
     for index, value in enumerate(probabilities):
         if not math.isfinite(value):
             raise NonFiniteProbability(index, value)
+
+
+def checked_threshold(value: float) -> float:
+    """``value`` as a float threshold. Not a number (a string such as ``"0.5"``, or a bool, which
+    Python counts as an int) is an ``OptionError``, rather than a comparison's bare TypeError or
+    ``True`` taken for 1.0; a number outside [0, 1] (NaN included) is a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OptionError("threshold", f"must be a number between 0 and 1, not {type(value).__name__} {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold must be between 0 and 1, got {value}")
+    return float(value)
 
 
 class SpamClassifier:
@@ -162,6 +174,8 @@ class SpamClassifier:
         ``calibration.json``. ``batch_size``: most messages per forward pass (None: 32 on a CPU,
         256 on a GPU). ``few_shapes``: round batch widths and row counts up (the same
         answers; a bounded set of shapes for a long-running process)."""
+        if threshold is not None:
+            threshold = checked_threshold(threshold)  # before anything loads
         run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
         if threshold is not None:  # before the weights load: the config alone says how the run decides
             check_threshold_applies(load_classifier_config(run_dir).label_names)
@@ -197,9 +211,7 @@ class SpamClassifier:
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {value}")
-        self._threshold = float(value)
+        self._threshold = checked_threshold(value)
 
     @property
     def labels(self) -> list[str]:

@@ -68,6 +68,18 @@ def test_threshold_moves_the_decision(run_dir):
         strict.threshold = 1.5
 
 
+@pytest.mark.parametrize(("value", "shown"), [("0.5", "str '0.5'"), (True, "bool True"), (None, "NoneType None")])
+def test_a_threshold_that_is_not_a_number_is_an_option_error(run_dir, clf, value, shown):
+    """Not a bare comparison TypeError (a string), nor True taken for 1.0 (a bool is an int)."""
+    message = f"^threshold must be a number between 0 and 1, not {shown}$"
+    if value is not None:  # None is load's "the run's own threshold"
+        with pytest.raises(OptionError, match=message):
+            SpamClassifier.load(run_dir, device="cpu", threshold=value)
+    with pytest.raises(OptionError, match=message):
+        clf.threshold = value
+    assert clf.threshold == 0.5
+
+
 def test_a_run_of_three_classes_decides_by_the_most_probable_one_and_refuses_a_threshold(tmp_path):
     run = write_rigged_run(tmp_path / "three", labels={"ham": 0, "spam": 1, "promo": 2})
     clf = SpamClassifier.load(run, device="cpu")
