@@ -29,6 +29,7 @@ Nothing here prints.
 from __future__ import annotations
 
 import contextlib
+import operator
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -69,15 +70,24 @@ class Explanation:
 
     def towards_spam(self, k: int = DEFAULT_TOP_K) -> list[Span]:
         """The ``k`` spans with the largest positive scores, strongest first."""
-        return sorted((w for w in self.words if w.score > 0), key=lambda w: -w.score)[:k]
+        return sorted((w for w in self.words if w.score > 0), key=lambda w: -w.score)[: _count(k)]
 
     def towards_ham(self, k: int = DEFAULT_TOP_K) -> list[Span]:
         """The ``k`` spans with the most negative scores, strongest first."""
-        return sorted((w for w in self.words if w.score < 0), key=lambda w: w.score)[:k]
+        return sorted((w for w in self.words if w.score < 0), key=lambda w: w.score)[: _count(k)]
 
     def top(self, k: int = DEFAULT_TOP_K) -> list[dict]:
         """The JSON form: the top spans towards spam, then those towards ham (negative scores)."""
         return [span.to_dict() for span in self.towards_spam(k) + self.towards_ham(k)]
+
+
+def _count(k: int) -> int:
+    """``k`` as a count of spans: a negative one is a ValueError, where a slice ``[:k]`` would
+    silently drop the weakest spans (and a float or a string a TypeError, as ``operator.index``)."""
+    k = operator.index(k)
+    if k < 0:
+        raise ValueError(f"k must be at least 0, got {k}")
+    return k
 
 
 # --------------------------------------------------------------------------- offsets

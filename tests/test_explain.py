@@ -106,6 +106,20 @@ def test_scores_are_in_calibrated_units_and_empty_text_has_none(rigged):
     assert empty.words == () and empty.top() == []
 
 
+def test_a_negative_count_of_spans_is_refused():
+    """A slice [:-1] would silently drop the weakest span of each side."""
+    e = explain.Explanation("win big now", 0.9, (
+        explain.Span("win", 0, 3, 2.0), explain.Span("big", 4, 7, 0.5), explain.Span("now", 8, 11, -1.0),
+    ))  # fmt: skip
+    for call in (e.top, e.towards_spam, e.towards_ham):
+        with pytest.raises(ValueError, match="^k must be at least 0, got -1$"):
+            call(-1)
+        assert call(0) == []
+    assert [span["text"] for span in e.top(2)] == ["win", "big", "now"]
+    with pytest.raises(TypeError):
+        e.top(1.5)
+
+
 def test_without_spans_cuts_exactly_those_characters():
     text = "Claim 🎉 your prize now"
     spans = [explain.Span("🎉", 6, 7, 1.0), explain.Span("prize", 13, 18, 2.0)]
