@@ -190,6 +190,19 @@ def test_filter_command_with_a_broken_run_passes_the_message(tmp_path, run_dir):
     assert "Error: message passed through unclassified" in result.stderr
 
 
+def test_filter_with_a_threshold_for_a_run_of_three_classes_passes_the_message_and_says_why(tmp_path):
+    """Such a run decides by the most probable class and refuses a threshold: the message goes
+    through unclassified, and the reason names the flag, as predict's does."""
+    three = write_rigged_run(tmp_path / "three", labels={"ham": 0, "spam": 1, "promo": 2})
+    raw = b"Subject: hi\n\nyo!\n"
+    result = CliRunner().invoke(app, ["filter", "--run", str(three), "--threshold", "0.3"], input=raw)
+    assert result.exit_code == 1 and result.stdout_bytes == raw
+    assert result.stderr == (
+        "Error: message passed through unclassified: --threshold cannot apply: the run has 3 classes (ham, spam, "
+        "promo) and decides by the most probable one; a spam threshold is for two-class (spam/ham) runs\n"
+    )
+
+
 def test_filter_without_stdin_or_stdout_says_so_in_one_line(run_dir):
     """A process started with stdin or stdout closed has ``sys.stdin``/``sys.stdout`` None.
     Without stdin the command line is wrong (2) in every mode; stdout closed defers with tempfail."""

@@ -10,7 +10,7 @@ import typer
 
 from spamtune.cli import common
 from spamtune.cli.common import LongMode, long_option
-from spamtune.errors import SpamtuneError, SpamtuneUsageError, TemporaryFailure
+from spamtune.errors import OptionError, SpamtuneError, SpamtuneUsageError, TemporaryFailure
 from spamtune.options import DEFAULT_LONG as LONG_DEFAULT
 
 FILTER_HELP = (
@@ -121,7 +121,10 @@ def _unclassified(error: Exception, on_error: str) -> SpamtuneError:
 
 
 def _reason(error: Exception) -> str:
-    """The error in one line: a SpamtuneError's message says it all; anything else is named."""
+    """The error in one line: a SpamtuneError's message says it all (an option named as its
+    flag, as other commands name it); anything else is named."""
+    if isinstance(error, OptionError):
+        return error.naming(common.flag(error.option))
     return str(error) if isinstance(error, SpamtuneError) else f"{type(error).__name__}: {error}"
 
 
