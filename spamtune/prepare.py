@@ -427,10 +427,13 @@ def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: st
 
 
 def _clean_label(value: str, where: str) -> str:
-    """Labels are compared without surrounding spaces (``"spam "`` is ``spam``); empty ones are errors."""
+    """Labels are compared without surrounding spaces (``"spam "`` is ``spam``); empty ones, and
+    ones holding a tab, a line break or another control character, are errors."""
     label = value.strip()
     if not label:
         raise SpamtuneError(f"{where} has an empty label")
+    if not label.isprintable():  # a tab or line break in a label would split predict's output lines
+        raise SpamtuneError(f"{where} has the label {label!r}; a label is printable text on one line")
     return label
 
 

@@ -252,6 +252,9 @@ ERROR_CASES = {
     "bad jsonl line": (b'{"text": "a", "label": "x"}\n{"text": "b", "label"\n', ["--format", "jsonl"], 1, "line 2 of {src} is not valid JSON"),
     "jsonl null text": (b'{"text": null, "label": "x"}\n', ["--format", "jsonl"], 1, "line 1 of {src}: 'text' is null, not a string"),
     "empty label": (b"label,text\nham,a\n ,b\n", [], 1, "data row 2 of {src} has an empty label"),
+    "label with a line break": (b'label,text\nham,a\n"sp\nam",b\n', [], 1, "data row 2 of {src} has the label 'sp\\nam'; a label is printable text on one line"),
+    "label with a tab": (b'{"text": "a", "label": "ham"}\n{"text": "b", "label": "sp\\tam"}\n', ["--format", "jsonl"], 1, "line 2 of {src} has the label 'sp\\tam'; a label is printable"),
+    "label with an escape": (b'{"text": "a", "label": "\\u001b[31mspam"}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the label '\\x1b[31mspam'"),
     "same column twice": (b"label,text\nham,a\nspam,b\n", ["--label-col", "text"], 2, "--text-col and --label-col are both 'text'"),
     "columns on sms file": (sms_lines("ham\ta", "spam\tb"), ["--text-col", "x"], 2, "--text-col and --label-col apply only to files with a header"),
 }
