@@ -24,7 +24,8 @@ first ``MAX_HEADER_CHARS``, and only the first ``MAX_PARTS`` MIME parts: the res
 more parts is read as raw text (``too many parts``).
 
 The readers (``iter_messages``) take a Maildir, an mbox file, a folder tree of message files or a
-single message file and yield ``(id, raw bytes)`` in a stable order.
+single message file and yield ``(id, raw bytes)`` in a stable order; a listed file that cannot be
+read is an ``Unreadable`` in its place, and a subfolder that cannot be listed a warning.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import functools
 import itertools
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
@@ -45,7 +47,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import BinaryIO
 
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
 
 # Enough for any real text part (long HTML newsletters run to a few hundred KB); the rest of a
 # larger message is attachments, which the text skips anyway.
@@ -133,13 +135,23 @@ class MailText:
         return not self.text
 
 
-def message_text(raw: bytes | Message) -> str:
+@dataclass(frozen=True)
+class Unreadable:
+    """What ``iter_messages`` gives in place of a message file it listed but could not read
+    (``reason``: ``Permission denied``, ``Is a directory``, ...)."""
+
+    reason: str
+
+
+def message_text(raw: bytes | Message | Unreadable) -> str:
     """The text the model sees for one message (raw bytes or a parsed message); never raises."""
     return extract(raw).text
 
 
-def extract(raw: bytes | Message, max_bytes: int = MAX_MESSAGE_BYTES) -> MailText:
+def extract(raw: bytes | Message | Unreadable, max_bytes: int = MAX_MESSAGE_BYTES) -> MailText:
     """``message_text`` with what went wrong on the way: see ``MailText``. Never raises."""
+    if isinstance(raw, Unreadable):
+        return MailText("", damaged=True, problems=(f"unreadable file: {raw.reason}",))
     truncated = False
     if isinstance(raw, (bytes, bytearray, memoryview)):
         raw = bytes(raw)
@@ -436,7 +448,7 @@ def parse_source(spec: str) -> MailSource:
     return MailSource(label, Path(path).expanduser())
 
 
-def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[str, bytes]]:
+def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[str, bytes | Unreadable]]:
     """``(id, raw bytes)`` for every message under ``path``, in a stable order.
 
     ``path`` is a Maildir (``cur/`` then ``new/``, each by file name; ``tmp/`` holds unfinished
@@ -445,6 +457,11 @@ def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Itera
     or a single message file. Ids are the file's path relative to ``path`` (its name for a single
     file), or for an mbox the message's number from 1 and its Message-ID (``"3 <id@host>"``).
     Each message is read up to ``max_bytes``: what the text needs, in bounded memory.
+
+    One bad file does not end the read: a listed file that cannot be read (permissions, replaced
+    by a folder meanwhile) comes as ``(id, Unreadable(reason))``, and a subfolder that cannot be
+    listed is left out with a ``SpamtuneWarning`` naming it. ``path`` itself unreadable, or an
+    mbox whose read fails midway (the messages after the failure cannot be told apart), raises.
     """
     path = Path(path)
     if path.is_dir():
@@ -476,11 +493,27 @@ def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Itera
 def _sorted_names(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
-    return sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file(follow_symlinks=False))
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file(follow_symlinks=False))
+    except OSError as exc:
+        _unlisted(exc, folder)
+        return []
+
+
+def _unlisted(exc: OSError, folder) -> None:
+    warnings.warn(f"cannot list {folder}: {exc.strerror or exc}; its messages are left out", SpamtuneWarning, stacklevel=3)
 
 
 def _tree_files(root: Path) -> Iterator[str]:
-    for folder, dirs, files in os.walk(root):  # os.walk does not follow links to folders
+    def unlisted(exc: OSError) -> None:
+        if Path(exc.filename) == root:  # the source itself: nothing to read at all
+            raise SpamtuneError(f"cannot read {root}: {exc.strerror or exc}") from None
+        if not isinstance(exc, FileNotFoundError):  # one removed meanwhile held nothing to read
+            _unlisted(exc, exc.filename)
+
+    # os.walk does not follow links to folders, and without onerror skips an unlistable one in silence.
+    for folder, dirs, files in os.walk(root, onerror=unlisted):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         base = Path(folder).relative_to(root)
         for name in sorted(files):
@@ -489,15 +522,16 @@ def _tree_files(root: Path) -> Iterator[str]:
                 yield (base / name).as_posix()
 
 
-def _read_start(path: Path, max_bytes: int) -> bytes | None:
-    """The first ``max_bytes`` of a file; None if it vanished meanwhile (a Maildir being read by a client)."""
+def _read_start(path: Path, max_bytes: int) -> bytes | Unreadable | None:
+    """The first ``max_bytes`` of a file; None if it vanished meanwhile (a Maildir being read by a
+    client), ``Unreadable`` if it cannot be read (one such file must not end a mailbox's read)."""
     try:
         with open(path, "rb") as f:
             return f.read(max_bytes)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return Unreadable(exc.strerror or str(exc))
 
 
 _ESCAPED_FROM = re.compile(rb">+From ")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from spamtune import __version__
 from spamtune.errors import SpamtuneError
-from spamtune.mail import MAX_MESSAGE_BYTES, extract, message_text
+from spamtune.mail import MAX_MESSAGE_BYTES, Unreadable, extract, message_text
 
 if TYPE_CHECKING:  # torch comes with the classifier; this module stays light without it
     from spamtune.infer import SpamClassifier
@@ -187,14 +187,20 @@ def _copy(source: BinaryIO, sink: BinaryIO) -> int:
     return copied
 
 
+# The label of a message whose file could not be read: it has no verdict, but keeps its line.
+UNREADABLE_LABEL = "error"
+
+
 @dataclass(frozen=True)
 class MailPrediction:
-    """One message's verdict for ``predict --mail``: its id (path, or mbox number and Message-ID)."""
+    """One message's verdict for ``predict --mail``: its id (path, or mbox number and Message-ID).
+    A file that could not be read has the label ``error``, no ``p_spam`` and the reason in ``error``."""
 
     id: str
     label: str
-    p_spam: float
+    p_spam: float | None
     damaged: bool
+    error: str | None = None
 
 
 # Messages classified per round: enough to fill length-sorted batches, few enough that a
@@ -220,9 +226,13 @@ def classify_messages(
 
 
 def _classify_round(classifier, items, long, predict_long) -> list[MailPrediction]:
-    results = [extract(raw) for _, raw in items]
-    predictions = predict_long(classifier, [r.text for r in results], long)
-    return [
-        MailPrediction(message_id, p.label, p.probability, r.damaged)
-        for (message_id, _), p, r in zip(items, predictions, results)
-    ]
+    results = [extract(raw) for _, raw in items if not isinstance(raw, Unreadable)]
+    verdicts = iter(zip(predict_long(classifier, [r.text for r in results], long) if results else [], results))
+    out = []
+    for message_id, raw in items:
+        if isinstance(raw, Unreadable):
+            out.append(MailPrediction(message_id, UNREADABLE_LABEL, None, True, raw.reason))
+        else:
+            p, r = next(verdicts)
+            out.append(MailPrediction(message_id, p.label, p.probability, r.damaged))
+    return out

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +29,10 @@ import pandas as pd
 
 from spamtune import __version__, paths
 from spamtune.data import Split, write_split
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
 from spamtune.fsutil import atomic_path, atomic_write_json
 from spamtune.lines import normalise_line_ends
-from spamtune.mail import MailSource, extract, iter_messages, parse_source
+from spamtune.mail import MailSource, Unreadable, extract, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.tokenizer import encode_texts
 
@@ -75,11 +76,13 @@ class LabelledTexts:
 
 @dataclass
 class MailSourceCounts:
-    """What one ``LABEL=PATH`` mail source held: messages read, and how many were damaged, cut or empty.
+    """What one ``LABEL=PATH`` mail source held: messages found, and how many were damaged, cut,
+    empty or unreadable.
 
     Damaged messages (parser defects, charset fallbacks) are kept with the text that could be
     read; empty ones (no Subject and no body text) are left out; truncated ones were read on
-    their first ``MAX_MESSAGE_BYTES`` only.
+    their first ``MAX_MESSAGE_BYTES`` only; unreadable ones (files that could not be read) are
+    left out, each with a warning naming it.
     """
 
     label: str
@@ -88,10 +91,11 @@ class MailSourceCounts:
     damaged: int = 0
     empty: int = 0
     truncated: int = 0
+    unreadable: int = 0
 
     @property
     def kept(self) -> int:
-        return self.messages - self.empty
+        return self.messages - self.empty - self.unreadable
 
 
 @dataclass
@@ -292,8 +296,10 @@ def read_mail_sources(sources: list[MailSource], *, keep_label_case: bool = Fals
 
     Each message becomes the text of ``spamtune.mail.message_text`` with its source's label, in
     source order then each source's own stable order. One bad message never stops the read: it
-    is counted as damaged (kept with what could be read) or empty (left out). The sha256 covers
-    every message's id and bytes, so ``prepare.json`` tells whether the mail changed.
+    is counted as damaged (kept with what could be read), empty (left out) or, a file that cannot
+    be read, unreadable (left out with a ``SpamtuneWarning`` naming it: training data is better
+    without one message than not at all). The sha256 covers every message read, its id and
+    bytes, so ``prepare.json`` tells whether the mail changed.
     """
     texts, labels, counts = [], [], []
     digest = hashlib.sha256()
@@ -302,9 +308,13 @@ def read_mail_sources(sources: list[MailSource], *, keep_label_case: bool = Fals
             raise SpamtuneError(f"mail source not found: {source.path}")
         tally = MailSourceCounts(source.label, str(source.path))
         for message_id, raw in iter_messages(source.path):
+            tally.messages += 1
+            if isinstance(raw, Unreadable):
+                tally.unreadable += 1
+                warnings.warn(f"cannot read {source.path / message_id}: {raw.reason}; it is left out", SpamtuneWarning)
+                continue
             digest.update(message_id.encode("utf-8", "surrogateescape") + b"\0" + raw + b"\0")
             result = extract(raw)
-            tally.messages += 1
             tally.damaged += result.damaged
             tally.truncated += result.truncated
             if result.empty:

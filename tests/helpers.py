@@ -161,3 +161,19 @@ def spamtune_without_torch(*args: str, input: bytes | None = None, status: int =
     assert result.returncode == status, stderr
     assert "torch imported: False" in stderr, stderr
     return result
+
+
+def deny_reading(monkeypatch, *paths: Path) -> None:
+    """Opening any of ``paths`` raises ``PermissionError`` in this process, as it would for a file
+    the user may not read (the tests run as root, whom permissions do not stop)."""
+    import builtins
+
+    denied = {os.fspath(path) for path in paths}
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file) in denied:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)

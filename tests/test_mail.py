@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import tracemalloc
@@ -13,11 +14,13 @@ import pytest
 from mail_samples import SAMPLES, TEXT_WITH_ATTACHMENT
 
 from spamtune import mail
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
 from spamtune.mail import (
     MAX_MESSAGE_BYTES,
     MAX_PARTS,
     MailSource,
+    MailText,
+    Unreadable,
     extract,
     html_to_text,
     iter_messages,
@@ -253,6 +256,51 @@ def test_folder_tree_in_path_order_without_links_or_hidden_files(tmp_path):
     items = list(iter_messages(root))
     assert [i for i, _ in items] == ["10", "a/z/msg", "b/2.eml"]
     assert items[1][1] == SAMPLES["crlf_plain"][0]
+
+
+def test_a_file_that_cannot_be_read_has_its_place_and_the_read_goes_on(tmp_path):
+    """A message file replaced by a folder between the listing and the read (as a permission
+    error would): it comes as Unreadable in its place, and the messages after it still come."""
+    root = tmp_path / "corpus"
+    for name in ("1.eml", "2.eml", "3.eml"):
+        _write(root / name, SAMPLES["plain"][0])
+    items = iter_messages(root)
+    first = next(items)  # the folder is listed by now
+    (root / "2.eml").unlink()
+    (root / "2.eml").mkdir()
+    assert [first, *items] == [("1.eml", SAMPLES["plain"][0]), ("2.eml", Unreadable("Is a directory")), ("3.eml", SAMPLES["plain"][0])]
+    assert extract(Unreadable("Permission denied")) == MailText("", True, False, ("unreadable file: Permission denied",))
+
+
+def _failing_scandir(monkeypatch, failing: Path):
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == failing:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("layout", ["tree", "maildir"])
+def test_a_folder_that_cannot_be_listed_is_a_warning_naming_it(tmp_path, monkeypatch, layout):
+    root = tmp_path / "box"
+    sub = root / ("a" if layout == "tree" else "new")
+    _write(sub / "1", SAMPLES["plain"][0])
+    _write(root / ("b" if layout == "tree" else "cur") / "2", SAMPLES["plain"][0])
+    _failing_scandir(monkeypatch, sub)
+    with pytest.warns(SpamtuneWarning, match=f"^cannot list {sub}: Permission denied; its messages are left out$"):
+        items = list(iter_messages(root))
+    assert [i for i, _ in items] == ["b/2" if layout == "tree" else "cur/2"]
+
+
+def test_a_source_folder_that_cannot_be_listed_is_an_error(tmp_path, monkeypatch):
+    root = tmp_path / "corpus"
+    _write(root / "1.eml", SAMPLES["plain"][0])
+    _failing_scandir(monkeypatch, root)
+    with pytest.raises(SpamtuneError, match=f"^cannot read {root}: Permission denied$"):
+        list(iter_messages(root))
 
 
 def test_single_message_file(tmp_path):

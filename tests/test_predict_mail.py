@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import P_HAM, P_SPAM, write_rigged_run
+from helpers import P_HAM, P_SPAM, deny_reading, write_rigged_run
 from mail_samples import SAMPLES
 from typer.testing import CliRunner
 
@@ -44,6 +44,33 @@ def test_maildir_one_line_per_message_in_every_format(run_dir, tmp_path):
     assert text[1] == f"spam  p(spam)={P_SPAM:.3f}  cur/2.host:2,S"
     failing = invoke(run_dir, "--mail", str(box), "--fail-on-spam", "--format", "label")
     assert failing.exit_code == 1 and failing.stdout == "ham\nspam\nham\n"
+
+
+def test_a_message_file_that_cannot_be_read_keeps_its_line_in_every_format(run_dir, tmp_path, monkeypatch):
+    """One output line per message, always: the unreadable one says error, the messages after it
+    are classified, stderr names it, and the exit status says that not every line is a verdict."""
+    box = tmp_path / "corpus"
+    box.mkdir()
+    (box / "1.eml").write_bytes(b"Subject: hello\n\nsee you soon\n")
+    (box / "2.eml").write_bytes(b"Subject: prize\n\nYou won!\n")
+    (box / "3.eml").write_bytes(b"Subject: prize\n\nYou won!\n")
+    deny_reading(monkeypatch, box / "2.eml")
+    warning = f"WARNING: cannot read {box / '2.eml'}: Permission denied; its line says error"
+    error = f"Error: 1 message file(s) in {box} could not be read; their lines say error"
+    tsv = invoke(run_dir, "--mail", str(box), "--format", "tsv")
+    assert tsv.stdout.splitlines() == [f"ham\t{P_HAM:.4f}\t1.eml", "error\t\t2.eml", f"spam\t{P_SPAM:.4f}\t3.eml"]
+    assert tsv.exit_code == 1 and tsv.stderr.splitlines() == [warning, error]
+    records = [json.loads(line) for line in invoke(run_dir, "--mail", str(box), "--format", "jsonl").stdout.splitlines()]
+    assert records[1] == {"id": "2.eml", "label": "error", "p_spam": None, "damaged": True, "error": "Permission denied"}
+    assert [r["label"] for r in records] == ["ham", "error", "spam"] and "error" not in records[2]
+    assert invoke(run_dir, "--mail", str(box), "--format", "label").stdout == "ham\nerror\nspam\n"
+    text = invoke(run_dir, "--mail", str(box), "--format", "text").stdout.splitlines()
+    assert text[1:] == ["error  p(spam)=-      2.eml", f"spam  p(spam)={P_SPAM:.3f}  3.eml"]
+    failing = invoke(run_dir, "--mail", str(box), "--fail-on-spam", "--format", "label")
+    assert failing.exit_code == 2 and failing.stdout == "ham\nerror\nspam\n"  # an error outranks "spam found"
+    out = tmp_path / "verdicts.tsv"
+    written = invoke(run_dir, "--mail", str(box), "--out", str(out))
+    assert written.exit_code == 1 and out.read_text().splitlines()[1] == "error\t\t2.eml"
 
 
 def test_mbox_ids_and_stdin(run_dir, tmp_path):

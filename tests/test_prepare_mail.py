@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import deny_reading
 from mail_samples import SAMPLES
 from typer.testing import CliRunner
 
@@ -94,9 +95,27 @@ def test_prepare_command_on_mail(tmp_path):
         app, ["prepare", "--data-dir", str(data), "--input", f"ham={box}", "--input", f"spam={mbox}", "--dedupe"]
     )
     assert result.exit_code == 0, result.output
-    assert f"ham: 24 messages from {box}: 23 kept, 2 damaged (kept with what could be read), 1 empty (left out), 0 read on their first MiB" in result.stderr
+    assert (
+        f"ham: 24 messages from {box}: 23 kept, 2 damaged (kept with what could be read), 1 empty (left out), "
+        "0 unreadable (left out), 0 read on their first MiB"
+    ) in result.stderr
     assert "dropped 1 duplicate texts" in result.stderr
     assert "leakage: 0 of" in result.stderr
     record = json.loads((data / "prepare.json").read_text())
     assert record["counts"]["train"]["total"] + record["counts"]["validation"]["total"] + record["counts"]["test"]["total"] == 40
     assert (data / "train.csv").is_file()
+
+
+def test_a_message_file_that_cannot_be_read_is_left_out_with_a_warning_naming_it(tmp_path, monkeypatch):
+    """Training data is better without one message than not at all: the file is named on stderr,
+    counted in the summary and in prepare.json, and the other messages are prepared."""
+    box, mbox = make_corpus(tmp_path)
+    denied = box / "cur" / "1005.host:2,S"
+    deny_reading(monkeypatch, denied)
+    data = tmp_path / "data"
+    result = CliRunner().invoke(app, ["prepare", "--data-dir", str(data), "--input", f"ham={box}", "--input", f"spam={mbox}"])
+    assert result.exit_code == 0, result.output
+    assert f"WARNING: cannot read {denied}: Permission denied; it is left out" in result.stderr
+    assert f"ham: 24 messages from {box}: 22 kept, 2 damaged (kept with what could be read), 1 empty (left out), 1 unreadable (left out)" in result.stderr
+    [ham, spam] = json.loads((data / "prepare.json").read_text())["input"]["mail_sources"]
+    assert (ham["messages"], ham["unreadable"], ham["kept"], spam["unreadable"]) == (24, 1, 22, 0)

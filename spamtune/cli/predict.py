@@ -484,13 +484,15 @@ def predict(
 
     world = distributed.init_from_env(device)
     try:
-        positives = _classify_all(
+        positives, unreadable = _classify_all(
             chunks, world, run_dir, meter, out_file, renderer_options=(output_format, to_terminal, header),
             threshold=threshold, batch_size=batch_size, device=device, precision=precision, mail=mail, long=long,
             explain=explain,
         )
     finally:
         distributed.shutdown()
+    if unreadable:  # every line is out; the status says that some are not verdicts
+        raise SpamtuneError(f"{unreadable:,} message file(s) in {mail} could not be read; their lines say error")
     if fail_on_spam and positives:
         raise typer.Exit(1)
 
@@ -513,11 +515,12 @@ def _launched(devices: int | None, run: str | None, data_dir: Path | None) -> bo
     return distributed.maybe_launch(devices, sys.argv[1:])
 
 
-def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, threshold, batch_size, device, precision, mail, long, explain) -> int:
-    """Write one line per message to ``out_file`` (atomically) or stdout; return how many were positive."""
+def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, threshold, batch_size, device, precision, mail, long, explain) -> tuple[int, int]:
+    """Write one line per message to ``out_file`` (atomically) or stdout; return how many were
+    positive, and how many mail messages could not be read (their lines say ``error``)."""
     from spamtune.fsutil import atomic_path
 
-    from spamtune.cli.predict_mail import classify_share, round_digest
+    from spamtune.cli.predict_mail import classify_share, report_unreadable, round_digest
     from spamtune.distributed import share_bounds
     from spamtune.options import TEXT_LONG
     from spamtune.mail_filter import MAIL_CHUNK
@@ -541,7 +544,7 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
             out.write((TSV_HEADER if mail is None else MAIL_TSV_HEADER).encode())
         watch = ReaderWatch(out if world.is_main else None)  # only rank 0 writes, so only it watches
         hook = watch.after_each_batch(classifier.model)
-        counted = positives = 0
+        counted = positives = unreadable = 0
         started = time.perf_counter()
         try:
             # Rank 0 reads the whole input as every rank does, so its meter is the job's progress.
@@ -550,6 +553,8 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
                     watch.check()
                     mine = world.share(chunk)
                     if mail is not None:
+                        if world.is_main:  # every rank reads the whole round: one of them tells
+                            unreadable += report_unreadable(chunk, mail)
                         share = (*classify_share(classifier, mine, renderer, long), round_digest(chunk))
                     else:
                         before = counted + share_bounds(len(chunk), world.rank, world.size)[0]
@@ -570,7 +575,7 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
     seconds = time.perf_counter() - started
     if mail is None and world.is_main:
         common.detail(f"{counted:,} messages, {positives:,} {classifier.positive_label}, in {seconds:.1f}s")
-    return world.decide_once(positives)
+    return world.decide_once((positives, unreadable))
 
 
 def _load_classifier(run_dir: Path, world, *, threshold, batch_size, device, precision):

@@ -2,7 +2,8 @@
 
 Not a command of its own: ``predict`` hands over here when ``--mail`` is given. Fields: the
 message's id (its path relative to PATH, ``N <Message-ID>`` for an mbox, ``-`` for stdin), the
-label and ``p_spam``; jsonl adds ``damaged``.
+label and ``p_spam``; jsonl adds ``damaged``. A message file that cannot be read keeps its line:
+the label ``error``, no ``p_spam`` (and in jsonl the reason, ``error``), with a warning on stderr.
 """
 
 from __future__ import annotations
@@ -18,11 +19,38 @@ from spamtune.errors import SpamtuneError
 def render_line(renderer, p) -> str:
     """Text, tsv and label lines as ``predict`` writes them, the id in the text's place; jsonl has its own fields."""
     if renderer.fmt.value == "jsonl":
-        record = {"id": p.id, "label": p.label, "p_spam": round(p.p_spam, 6), "damaged": p.damaged}
+        p_spam = None if p.p_spam is None else round(p.p_spam, 6)
+        record = {"id": p.id, "label": p.label, "p_spam": p_spam, "damaged": p.damaged}
+        if p.error is not None:
+            record["error"] = p.error
         return json.dumps(record, ensure_ascii=False) + "\n"
+    if p.error is not None:
+        return _error_line(renderer, p)
     from spamtune.infer import Prediction
 
     return renderer.line(Prediction(p.id, p.label, p.p_spam))
+
+
+def _error_line(renderer, p) -> str:
+    """The line of a message with no verdict: its p_spam empty (tsv) or ``-`` (text)."""
+    from spamtune.cli.predict import _one_line, _printable
+
+    if renderer.fmt.value == "tsv":
+        return f"{p.label}\t\t{_one_line(p.id)}\n"
+    if renderer.fmt.value == "label":
+        return p.label + "\n"
+    return f"{p.label.ljust(renderer.width)}  p({renderer.positive})={'-':<5}  {_printable(p.id)}\n"
+
+
+def report_unreadable(messages: list[tuple[str, object]], source: Path) -> int:
+    """Warn of each message of ``messages`` whose file could not be read; how many there were."""
+    from spamtune.cli import common
+    from spamtune.mail import Unreadable
+
+    unreadable = [(message_id, raw) for message_id, raw in messages if isinstance(raw, Unreadable)]
+    for message_id, raw in unreadable:
+        common.warn(f"cannot read {source / message_id}: {raw.reason}; its line says error")
+    return len(unreadable)
 
 
 def mail_messages(source: Path):

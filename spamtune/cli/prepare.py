@@ -70,7 +70,8 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
         for c in source.mail_sources:
             console.print(
                 f"{c.label}: {c.messages:,} messages from {c.path}: {c.kept:,} kept, {c.damaged:,} damaged "
-                f"(kept with what could be read), {c.empty:,} empty (left out), {c.truncated:,} read on their first MiB"
+                f"(kept with what could be read), {c.empty:,} empty (left out), {c.unreadable:,} unreadable (left out), "
+                f"{c.truncated:,} read on their first MiB"
             )
         console.print(f"read {len(source.texts):,} messages ({per_label})")
     if source.label_case_folded:
