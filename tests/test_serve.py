@@ -768,6 +768,66 @@ def test_loopback_detection():
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.5", "example.org", ""]))
 
 
+def test_a_taken_port_or_a_wrong_host_fails_before_the_run_loads(random_run, monkeypatch):
+    """The port is taken before the run loads (seconds for gpt2-small, minutes for a large one):
+    a taken port, an address this machine does not have or a host that does not resolve is one
+    line and exit 1 at once, and the run is never read."""
+    def load(*args, **kwargs):
+        raise AssertionError("the run was loaded")
+
+    monkeypatch.setattr(SpamClassifier, "load", load)
+    monkeypatch.delenv("SPAMTUNE_API_KEY", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", "--run", str(random_run), "--port", str(port)])
+    assert result.exit_code == 1 and result.stderr == (
+        f"Error: could not listen on 127.0.0.1:{port}: the port is taken (another process listens on it; "
+        "--port 0 takes a free one)\n"
+    )
+    # 192.0.2.1 (TEST-NET-1, documentation only) is on no interface: binding it sends nothing.
+    result = CliRunner().invoke(cli_app, ["serve", "--run", str(random_run), "--host", "192.0.2.1"], env={"SPAMTUNE_API_KEY": KEY})
+    assert result.exit_code == 1 and result.stderr == "Error: could not listen on 192.0.2.1:8080: this machine has no such address\n"
+
+    def no_such_name(*args, **kwargs):  # as the resolver answers a name it does not know, without asking one
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    result = CliRunner().invoke(cli_app, ["serve", "--host", "no-such-host.example", "--port", "0"], env={"SPAMTUNE_API_KEY": KEY})
+    assert result.exit_code == 1 and result.stderr == (
+        "Error: could not listen on no-such-host.example:0: the host name does not resolve (Name or service not known)\n"
+    )
+
+
+def test_the_port_stays_taken_during_the_load_and_closed_until_ready(random_run, monkeypatch):
+    """While the run loads no other server can bind the port, even one that allows sharing it
+    (SO_REUSEADDR, as most do), and a client is refused at once rather than left waiting; the
+    socket bound then is the one served."""
+    port, seen = _free_port(), {}
+    real_load = SpamClassifier.load
+
+    def load(*args, **kwargs):
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        seen["loaded"] = True
+        return real_load(*args, **kwargs)
+
+    def serve_app(app, sockets, on_ready, access_log=False):
+        seen["served"] = [sock.getsockname()[:2] for sock in sockets]
+        return True  # as a service that was stopped
+
+    monkeypatch.setattr(SpamClassifier, "load", load)
+    monkeypatch.setattr("spamtune.serve.server.serve_app", serve_app)
+    result = CliRunner().invoke(cli_app, ["serve", "--run", str(random_run), "--port", str(port)])
+    assert result.exit_code == 0, result.stderr
+    assert seen == {"loaded": True, "served": [("127.0.0.1", port)]}
+
+
 # ----------------------------------------------------------------------------- a real process
 
 

@@ -1,6 +1,6 @@
 """``spamtune serve``: load a run once and classify over HTTP (the API and a web page).
 
-Only option checks happen before the model loads; the service reports ready (one line on
+Only option checks and taking the port happen before the model loads; the service reports ready (one line on
 stderr, and /healthz) once the run is loaded and warmed up. FastAPI, uvicorn and torch are
 imported inside the command so `spamtune --help` stays instant.
 """
@@ -86,11 +86,18 @@ def serve(
 
     try:
         from spamtune.serve.app import ServeSettings, create_app
-        from spamtune.serve.server import print_ready, serve_app
+        from spamtune.serve.server import listen_failure, listening_sockets, print_ready, serve_app
     except ImportError as exc:
         raise SpamtuneError(f"spamtune serve needs its extra: pip install 'spamtune[serve]' ({exc.name} is missing)") from None
     from spamtune.infer import SpamClassifier
     from spamtune.threads import call_on_passing_thread
+
+    # The port is taken before the run loads: a taken port or a wrong --host fails at once, not
+    # after seconds (minutes for a large model) of loading and warming up.
+    try:
+        sockets = listening_sockets(host, port)
+    except OSError as exc:
+        raise SpamtuneError(listen_failure(host, port, exc)) from None
 
     def load() -> SpamClassifier:
         # few_shapes: the service's passes meet a bounded set of batch shapes, so its memory
@@ -102,15 +109,19 @@ def serve(
         classifier.predict(["warm-up: the first pass allocates what later ones reuse"])
         return classifier
 
-    # From here on all model work runs on the batcher's thread: only its OpenMP pool remains.
-    classifier = call_on_passing_thread(load)
-    settings = ServeSettings(
-        max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts, max_batch=max_batch,
-        max_wait_ms=max_wait_ms, api_key=api_key, cors_origins=tuple(cors),
-    )  # fmt: skip
-    typer.echo(f"spamtune serve: {classifier!r}", err=True)
-    if not serve_app(create_app(classifier, settings), host, port, on_ready=print_ready, access_log=access_log):
-        raise SpamtuneError(f"could not listen on {host}:{port} (see the line above)")
+    try:
+        # From here on all model work runs on the batcher's thread: only its OpenMP pool remains.
+        classifier = call_on_passing_thread(load)
+        settings = ServeSettings(
+            max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts, max_batch=max_batch,
+            max_wait_ms=max_wait_ms, api_key=api_key, cors_origins=tuple(cors),
+        )  # fmt: skip
+        typer.echo(f"spamtune serve: {classifier!r}", err=True)
+        if not serve_app(create_app(classifier, settings), sockets, on_ready=print_ready, access_log=access_log):
+            raise SpamtuneError(f"could not serve on {host}:{port} (see the line above)")
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def register(app: typer.Typer) -> None:

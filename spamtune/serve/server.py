@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
+import socket
 import sys
 from collections.abc import Callable
 
@@ -44,6 +46,56 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(bare_host(host)).is_loopback
     except ValueError:
         return False
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """The sockets the service will listen on, bound now to every address ``host`` resolves to
+    (as asyncio's ``create_server`` binds them): ``serve`` makes them before it loads the run, so
+    that a host that does not resolve, an address this machine does not have or a taken port
+    fails at once rather than after the load (seconds, minutes for a large model). Raises
+    ``OSError`` (``socket.gaierror`` for a host that does not resolve); ``listen_failure`` words it.
+
+    They are bound, not only tried, so that no other process takes the port during the load;
+    and they listen only once the service is ready (``serve_app``), so that until then a
+    connection is refused, as with a service that is not up, rather than left waiting. Bound
+    with ``SO_REUSEADDR``, as every server binds (else a restart fails while the previous
+    process's connections linger in TIME_WAIT), which is then cleared until ``serve_app``
+    listens: on Linux a socket that is not yet listening shares its port with any other that
+    sets it too, so a server started meanwhile would take the port from under this one."""
+    bare = bare_host(host)
+    found = socket.getaddrinfo(bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):  # without repeats, in order
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # this address only, as asyncio binds it
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def listen_failure(host: str, port: int, exc: OSError) -> str:
+    """Why ``listening_sockets(host, port)`` failed, in one line."""
+    bare = bare_host(host)
+    where = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+    if isinstance(exc, socket.gaierror):
+        reason = f"the host name does not resolve ({exc.strerror})"
+    elif exc.errno == errno.EADDRINUSE:
+        reason = "the port is taken (another process listens on it; --port 0 takes a free one)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        reason = "this machine has no such address"
+    elif exc.errno == errno.EACCES and 0 < port < 1024:
+        reason = "permission denied (ports below 1024 need privileges)"
+    else:
+        reason = exc.strerror or str(exc)
+    return f"could not listen on {where}: {reason}"
 
 
 class _Server(uvicorn.Server):
@@ -177,14 +229,23 @@ def service_config(
     )  # fmt: skip
 
 
-def serve_app(app, host: str, port: int, on_ready: Callable[[str], None], access_log: bool = False) -> bool:
-    """Serve ``app`` until SIGTERM/SIGINT; ``on_ready(url)`` once the socket accepts connections.
-    Returns False when the server could not start (e.g. the port is taken; uvicorn logged why)."""
-    server = _Server(service_config(app, bare_host(host), port, access_log), on_ready)
+def serve_app(
+    app, sockets: list[socket.socket], on_ready: Callable[[str], None], access_log: bool = False
+) -> bool:
+    """Serve ``app`` on ``sockets`` (``listening_sockets``') until SIGTERM/SIGINT; ``on_ready(url)``
+    once they accept connections. Returns False when the server could not start (uvicorn or the
+    log line above says why)."""
+    for sock in sockets:  # as uvicorn would bind them: see listening_sockets
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    host, port = sockets[0].getsockname()[:2]
+    server = _Server(service_config(app, host, port, access_log), on_ready)
     try:
-        server.run()
-    except SystemExit as exc:  # uvicorn exits 1 when the socket cannot be bound
+        server.run(sockets=sockets)
+    except SystemExit as exc:  # uvicorn exits 1 when the app's startup fails
         return exc.code in (0, None)
+    except OSError as exc:  # listen() failed after all: a system that let another process take the port
+        print(f"spamtune serve: {listen_failure(host, port, exc)}", file=sys.stderr, flush=True)
+        return False
     return server.started
 
 
