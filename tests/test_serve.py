@@ -874,6 +874,38 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
             proc.wait()
 
 
+def test_a_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
+    """Ctrl-C waits for the requests in flight (here an upload stalled mid-body); a second one
+    stops without them: the client gets the 503, the log one line rather than a traceback, and
+    the exit status is Ctrl-C's 130, since requests were cut off."""
+    run_dir = write_rigged_run(tmp_path / "rigged")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spamtune", "serve", "--run", str(run_dir), "--port", "0"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        proc.stderr.readline()
+        port = int(re.search(r"ready on http://127\.0\.0\.1:(\d+)", proc.stderr.readline())[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")
+            time.sleep(0.3)  # the request is in the app, waiting for its body
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            assert proc.poll() is None  # waiting for the request in flight
+            proc.send_signal(signal.SIGINT)
+            answer = b""
+            while chunk := stalled.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert proc.wait(20) == 130
+        assert proc.stderr.read() == "Error: interrupted again: stopped without waiting for the requests in flight\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_a_request_cut_off_by_the_end_of_shutdown_gets_the_services_503(clf, capfd):
     """A request still running when the graceful shutdown's time is up (here a body that never
     ends) is cancelled by uvicorn: it gets the service's JSON 503 and security headers, not

@@ -24,10 +24,16 @@ SERVE_HELP = (
     "otherwise, and any other address requires an API key (--api-key or SPAMTUNE_API_KEY), which clients send "
     "as 'Authorization: Bearer KEY'. Without a key it answers only requests addressed to localhost, 127.0.0.1 or "
     "[::1], and none from another site's page (an Origin header other than its own or --cors's). SIGTERM or Ctrl-C stops accepting connections, finishes the requests in "
-    "flight and exits 0."
+    "flight and exits 0; a second Ctrl-C stops at once (exit 130)."
 )
 
 MIN_KEY_LENGTH = 16
+
+
+class StoppedAtOnce(SpamtuneError):
+    """A second Ctrl-C cut the requests in flight short: Ctrl-C's exit status, as every command's."""
+
+    exit_code = 130
 
 
 @common.examples(
@@ -86,7 +92,7 @@ def serve(
 
     try:
         from spamtune.serve.app import ServeSettings, create_app
-        from spamtune.serve.server import listen_failure, listening_sockets, print_ready, serve_app
+        from spamtune.serve.server import Outcome, listen_failure, listening_sockets, print_ready, serve_app
     except ImportError as exc:
         raise SpamtuneError(f"spamtune serve needs its extra: pip install 'spamtune[serve]' ({exc.name} is missing)") from None
     from spamtune.infer import SpamClassifier
@@ -117,8 +123,11 @@ def serve(
             max_wait_ms=max_wait_ms, api_key=api_key, cors_origins=tuple(cors),
         )  # fmt: skip
         typer.echo(f"spamtune serve: {classifier!r}", err=True)
-        if not serve_app(create_app(classifier, settings), sockets, on_ready=print_ready, access_log=access_log):
+        outcome = serve_app(create_app(classifier, settings), sockets, on_ready=print_ready, access_log=access_log)
+        if outcome is Outcome.FAILED:
             raise SpamtuneError(f"could not serve on {host}:{port} (see the line above)")
+        if outcome is Outcome.STOPPED_AT_ONCE:
+            raise StoppedAtOnce("interrupted again: stopped without waiting for the requests in flight")
     finally:
         for sock in sockets:
             sock.close()

@@ -162,8 +162,14 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         batcher.start()
         try:
             yield
-        finally:  # uvicorn has finished the requests in flight by now
-            await run_in_threadpool(batcher.stop, 30.0)
+        except asyncio.CancelledError:
+            # The server ends without a shutdown (a second Ctrl-C): it waits for no request, so
+            # neither for the pass in progress. The cancellation ends here: re-raised, Starlette
+            # would report a failed shutdown with its traceback, for an operator's normal action.
+            batcher.stop(timeout=0)
+        finally:
+            if batcher.running:  # uvicorn has finished the requests in flight by now
+                await run_in_threadpool(batcher.stop, 30.0)
 
     app = FastAPI(
         title="spamtune",

@@ -3,13 +3,16 @@
 uvicorn already stops accepting connections on SIGTERM/SIGINT, lets the requests in flight
 finish and then runs the app's shutdown (which drains the batcher). It then re-raises the signal
 so the process dies by it; a service that was asked to stop and did is a success, so this
-server exits normally (status 0) instead.
+server exits normally (status 0) instead. A Ctrl-C while it waits (a second one) makes uvicorn
+stop at once, without the requests in flight (they get 503) or the app's shutdown:
+``serve_app`` says so (``Outcome.STOPPED_AT_ONCE``) and the command exits 130 with one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import ipaddress
 import json
@@ -229,12 +232,19 @@ def service_config(
     )  # fmt: skip
 
 
+class Outcome(enum.Enum):
+    """How ``serve_app`` ended."""
+
+    STOPPED = "stopped"  # on SIGTERM or Ctrl-C, the requests in flight finished
+    STOPPED_AT_ONCE = "stopped at once"  # Ctrl-C while stopping: the requests in flight were not waited for
+    FAILED = "failed"  # could not start (the line logged above says why)
+
+
 def serve_app(
     app, sockets: list[socket.socket], on_ready: Callable[[str], None], access_log: bool = False
-) -> bool:
+) -> Outcome:
     """Serve ``app`` on ``sockets`` (``listening_sockets``') until SIGTERM/SIGINT; ``on_ready(url)``
-    once they accept connections. Returns False when the server could not start (uvicorn or the
-    log line above says why)."""
+    once they accept connections."""
     for sock in sockets:  # as uvicorn would bind them: see listening_sockets
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     host, port = sockets[0].getsockname()[:2]
@@ -242,11 +252,13 @@ def serve_app(
     try:
         server.run(sockets=sockets)
     except SystemExit as exc:  # uvicorn exits 1 when the app's startup fails
-        return exc.code in (0, None)
+        return Outcome.STOPPED if exc.code in (0, None) else Outcome.FAILED
     except OSError as exc:  # listen() failed after all: a system that let another process take the port
         print(f"spamtune serve: {listen_failure(host, port, exc)}", file=sys.stderr, flush=True)
-        return False
-    return server.started
+        return Outcome.FAILED
+    if not server.started:
+        return Outcome.FAILED
+    return Outcome.STOPPED_AT_ONCE if server.force_exit else Outcome.STOPPED
 
 
 def print_ready(url: str) -> None:
