@@ -421,6 +421,23 @@ def closing_answer(url: str, request: bytes) -> tuple[bytes, dict[bytes, bytes],
     return status_line, dict(line.split(b": ", 1) for line in headers.split(b"\r\n")), body
 
 
+def test_a_websocket_upgrade_is_a_plain_request_and_logs_nothing(clf, capfd):
+    """The service has no WebSocket endpoint: a request asking to upgrade is answered as any
+    other request to its path, and the log gets no warning per attempt (uvicorn's "Unsupported
+    upgrade request" and "No supported WebSocket library detected", lines anyone could add to
+    an operator's log at will)."""
+    upgrade = (b"Host: localhost\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+    with running(create_app(clf)) as url:
+        capfd.readouterr()
+        status_line, _, body = closing_answer(url, b"GET /healthz HTTP/1.1\r\n" + upgrade)
+        assert status_line == b"HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
+        status_line, _, body = closing_answer(url, b"GET /ws HTTP/1.1\r\n" + upgrade)
+        assert status_line == b"HTTP/1.1 404 Not Found" and json.loads(body) == {"error": "not found"}
+    err = capfd.readouterr().err
+    assert "upgrade" not in err.lower() and "websocket" not in err.lower(), err
+
+
 def test_a_request_beyond_the_connection_limit_gets_the_json_error_shape(clf):
     """With ``max_connections`` open (idle keep-alive ones count), the next request is answered
     503 at once, in the service's JSON shape, counted in the metrics, and its connection closed;

@@ -144,6 +144,9 @@ def http_protocol(
 
     A connection that has not sent a whole request head ``head_timeout_s`` after it opened, or
     after its previous answer ended, is closed (``HEAD_TIMEOUT_S`` says why).
+
+    A request asking to upgrade the connection (``Upgrade: websocket``) is served as a plain
+    request, with no warning logged.
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -204,6 +207,11 @@ def http_protocol(
         def app(self, app) -> None:
             self._app = app
 
+        def _unsupported_upgrade_warning(self) -> None:
+            """Nothing logged. The service has no WebSocket endpoint (``ws="none"``): a request
+            asking to upgrade is served as the plain HTTP request it also is, and uvicorn's two
+            warnings for each one (even with ``ws="none"``) would let any client fill the log."""
+
         def send_400_response(self, msg: str) -> None:
             head = [b"HTTP/1.1 400 Bad Request"]
             head += [name + b": " + value for name, value in self.server_state.default_headers]
@@ -228,6 +236,9 @@ def service_config(
     return uvicorn.Config(
         app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False, lifespan="on",
+        # No WebSocket endpoint: with a WebSocket library installed uvicorn would upgrade such
+        # requests and hand the app a scope it has no route for.
+        ws="none",
         limit_concurrency=max_connections, http=http_protocol(over_limit, malformed_request_counter(app), head_timeout_s),
     )  # fmt: skip
 
