@@ -289,6 +289,34 @@ def find_run(run: str | Path | None, root: Path) -> Path:
     return run_dir
 
 
+# Everything spamtune writes in a run folder (training, calibrate, evaluate's plots), besides
+# hidden names (its lock, temporaries).
+_RUN_ENTRIES = frozenset(
+    (*runs.RUN_FILES, runs.FAILURE_FILE, runs.RESUME_DIR, "roc.svg", "pr.svg", "calibration.svg")
+)
+
+
+def check_removable(run_dir: Path, root: Path) -> None:
+    """Refuse to remove a folder outside ``<root>/runs`` that holds anything a run never holds.
+
+    A run file alone is weak evidence (a project folder has a ``config.json``; a Hugging Face
+    model folder a ``model.safetensors``), and ``runs rm`` deletes the whole folder: given a
+    path elsewhere, only a folder that holds nothing but what spamtune writes in a run is taken
+    for one. A symbolic link is only unlinked, so it is not checked."""
+    if run_dir.is_symlink() or os.path.realpath(run_dir.parent) == os.path.realpath(paths.runs_dir(root)):
+        return
+    try:
+        foreign = sorted(name for name in os.listdir(run_dir) if not name.startswith(".") and name not in _RUN_ENTRIES)
+    except OSError as exc:
+        raise SpamtuneError(f"cannot read {run_dir}: {exc.strerror or exc}") from None
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SpamtuneError(
+            f"{run_dir} holds {shown}, which no spamtune run holds, so it is not removed; "
+            "delete it by hand if it really is to go"
+        )
+
+
 def remove_run(run_dir: Path) -> None:
     """Delete a run folder. A symbolic link is removed, never what it points to; a real folder
     is first renamed to a hidden name (atomic), so no half-removed run is ever listed or used.

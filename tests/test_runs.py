@@ -222,3 +222,29 @@ def test_a_damaged_summary_leaves_the_listing_valid_and_whole(tmp_path, monkeypa
     table = invoke("runs", "--data-dir", str(tmp_path))
     assert table.exit_code == 0, table.stderr
     assert next(line for line in table.stdout.splitlines() if line.startswith("odd ")).split()[1:5] == ["finished", "tiny", "all", "90.00%"]
+
+
+def test_rm_of_a_folder_elsewhere_holding_more_than_a_run_is_refused(root, tmp_path, monkeypatch):
+    """A project folder with a config.json (a run file's name) is not a run to delete."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text("{}")
+    (project / "src" / "main.py").write_text("print('keep me')\n")
+    monkeypatch.chdir(tmp_path)
+    for given in (str(project), "project"):
+        refused = invoke("runs", "rm", given, str(root / "runs" / "crashed"), "--yes", "--data-dir", str(root))
+        assert (refused.exit_code, refused.stdout) == (1, "")
+        assert refused.stderr == (
+            f"Error: {project} holds src, which no spamtune run holds, so it is not removed; "
+            "delete it by hand if it really is to go\n"
+        )
+        assert (project / "src" / "main.py").is_file() and (root / "runs" / "crashed").is_dir()  # nothing removed
+    # a run copied out of the data root holds only run files (and hidden ones): it goes
+    copied = tmp_path / "copied"
+    shutil.copytree(root / "runs" / "done", copied)
+    (copied / runs.LOCK_FILE).touch()
+    removed = invoke("runs", "rm", str(copied), "--yes", "--data-dir", str(root))
+    assert removed.exit_code == 0 and removed.stdout == f"{copied}\n" and not copied.exists()
+    # inside <root>/runs a run folder is the user's to fill: it goes whatever it holds
+    (root / "runs" / "done" / "notes.txt").write_text("mine")
+    assert invoke("runs", "rm", "done", "--yes", "--data-dir", str(root)).exit_code == 0

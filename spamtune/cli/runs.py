@@ -187,6 +187,8 @@ def remove_runs(
 
     root = paths.data_root(data_dir or ctx.obj)
     run_dirs = list(dict.fromkeys(run_catalog.find_run(run, root) for run in runs))
+    for run_dir in run_dirs:  # all checked before anything is removed
+        run_catalog.check_removable(run_dir, root)
     if not yes:
         if not _stdin_is_terminal():
             raise SpamtuneUsageError("refusing to remove runs without --yes: stdin is not a terminal to ask on")
