@@ -146,6 +146,10 @@ def data_urls(cli_urls: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
     """The mirror list: ``--url`` values, else ``$SPAMTUNE_DATA_URLS``, else UCI."""
     urls = tuple(cli_urls) or tuple(u.strip() for u in os.environ.get(ENV_DATA_URLS, "").split(",") if u.strip())
     for url in urls:
+        try:
+            urlsplit(url).port  # also parses the host: "http://[::1/x" raises here, not mid-download
+        except ValueError as exc:
+            raise SpamtuneError(f"not a valid URL: '{url}' ({exc})") from None
         if urlsplit(url).scheme not in ("http", "https"):
             raise SpamtuneError(f"not an http(s) URL: '{url}' (use --from for a local file)")
     return urls or SMS_URLS

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import socket
 import types
 import zipfile
@@ -460,6 +461,9 @@ def test_mirror_list_from_options_then_environment(monkeypatch):
     assert data_urls([]) == DataSource().urls
     with pytest.raises(SpamtuneError, match="not an http"):
         data_urls(["/tmp/x.zip"])
+    for bad in ("http://[::1/x.zip", "http://127.0.0.1:99999/x.zip"):
+        with pytest.raises(SpamtuneError, match=re.escape(f"not a valid URL: '{bad}' (")):
+            data_urls([bad])
 
 
 # --------------------------------------------------------------------------- data, CLI
