@@ -27,12 +27,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.errors import RanksInterrupted, SpamtuneError, SpamtuneUsageError
+from spamtune.interrupts import INTERRUPT_NOTE_ENV
 
 if TYPE_CHECKING:
     from spamtune.examples import Examples
@@ -410,10 +412,12 @@ def launch(nproc: int, argv: list[str]) -> None:
     # it returns or raises, so the folder goes with the ranks.
     logs = tempfile.TemporaryDirectory(prefix="spamtune-ranks-")
     args.log_dir = logs.name
+    said = Path(logs.name) / "interrupt-said"
+    os.environ[INTERRUPT_NOTE_ENV] = str(said)  # the ranks inherit it
     try:
         run(args)
-    except SignalException:  # Ctrl-C (or a kill): the ranks got it too, rank 0 said what it kept
-        raise KeyboardInterrupt from None
+    except SignalException as exc:  # Ctrl-C (or a kill): passed on to the ranks, which have ended
+        raise RanksInterrupted(exc.sigval, said=said.exists()) from None
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
@@ -421,6 +425,7 @@ def launch(nproc: int, argv: list[str]) -> None:
         error.exit_code = code
         raise error from None
     finally:
+        os.environ.pop(INTERRUPT_NOTE_ENV, None)
         logs.cleanup()
 
 

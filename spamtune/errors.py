@@ -55,3 +55,14 @@ class DiskFull(SpamtuneError):
     def __init__(self, path):
         super().__init__(f"disk full: {path}")
         self.path = path
+
+
+class RanksInterrupted(Exception):
+    """``--devices N`` stopped by Ctrl-C or SIGTERM, which the launcher passed on to the ranks;
+    exit status 128 + the signal. ``said``: rank 0 has said what the interrupt left (finetune's
+    checkpoint), so the launcher adds no line of its own."""
+
+    def __init__(self, signum: int, said: bool) -> None:
+        super().__init__("interrupted")
+        self.exit_code = 128 + int(signum)
+        self.said = said

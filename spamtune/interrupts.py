@@ -20,6 +20,7 @@ status 143 (128 + SIGTERM) rather than Ctrl-C's 130 (``interrupted_status``).
 from __future__ import annotations
 
 import contextlib
+import os
 import importlib.util
 import signal
 import sys
@@ -54,6 +55,34 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def interrupted_status() -> int:
     """The exit status of a command stopped by an interrupt: 143 after SIGTERM, else 130."""
     return 128 + (signal.SIGTERM if _stopped_by else signal.SIGINT)
+
+
+# Set by ``--devices N``'s launcher for the ranks it starts: the launcher says "interrupted"
+# once for all of them, unless rank 0 said more (finetune's checkpoint and --resume command)
+# and recorded so by creating the file this names.
+INTERRUPT_NOTE_ENV = "SPAMTUNE_INTERRUPT_NOTE"
+
+
+def _rank_of_several() -> int | None:
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
+def speaks_for_the_ranks() -> bool:
+    """Whether this process says that it was interrupted: a single process, or rank 0 of a job
+    torchrun started; every rank gets the signal, and one line is enough. Ranks that
+    ``--devices`` started leave it to their launcher."""
+    rank = _rank_of_several()
+    return rank is None or (rank == 0 and not os.environ.get(INTERRUPT_NOTE_ENV))
+
+
+def tell_the_launcher_it_was_said() -> None:
+    """Rank 0 has said what the interrupt left: ``--devices``' launcher need not add its line."""
+    note = os.environ.get(INTERRUPT_NOTE_ENV)
+    if note and _rank_of_several() == 0:
+        try:
+            open(note, "x").close()
+        except OSError:  # already there, or its folder gone: the launcher adds its line
+            pass
 
 
 def forget_stop() -> None:

@@ -339,3 +339,52 @@ def test_ranks_refuse_stdin_with_one_line(tmp_path, monkeypatch, capsys):
     code = app(["predict", "--mail", "-", "--run", str(tmp_path)], standalone_mode=False)
     assert code == 2
     assert capsys.readouterr().err.strip() == "Error: several processes classify a mail source they can all read, not stdin: give --mail PATH"
+
+
+def test_ctrl_c_to_the_launcher_is_one_line_not_one_per_rank(tmp_path):
+    """Ctrl-C reaches the launcher, which passes it on to every rank: one `Error: interrupted`."""
+    run_dir = write_rigged_run(tmp_path / "run")
+    big = tmp_path / "big.txt"
+    big.write_text("free prize now\n" * 2_000_000)  # minutes of work: stopped long before the end
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = ["predict", "--input", str(big), "--run", str(run_dir), "--device", "cpu", "--devices", "2"]
+    launcher = subprocess.Popen([sys.executable, "-m", "spamtune", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert launcher.stdout.readline()  # the ranks are classifying
+        launcher.send_signal(signal.SIGINT)
+        out, err = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 130
+    assert [line for line in err.decode().splitlines() if "rror" in line] == ["Error: interrupted"]
+
+
+def test_an_interrupted_launcher_adds_its_line_only_when_rank_0_said_nothing(tmp_path, monkeypatch, capsys):
+    """finetune's rank 0 says what it kept and the --resume command; then the launcher says
+    nothing more. Other commands' ranks say nothing, and the launcher says it once. SIGTERM
+    exits 143."""
+    import torch.distributed.run as torch_run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from spamtune.interrupts import tell_the_launcher_it_was_said
+
+    def ranks(rank_0_says: bool):
+        def run(args):
+            if rank_0_says:
+                with monkeypatch.context() as rank_0:
+                    rank_0.setenv("WORLD_SIZE", "2")
+                    rank_0.setenv("RANK", "0")
+                    tell_the_launcher_it_was_said()
+            raise SignalException("stopped", signal.SIGTERM)
+
+        return run
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    run_dir = write_rigged_run(tmp_path / "run")
+    (tmp_path / "in.txt").write_text("hello\n")
+    command = ["predict", "--input", str(tmp_path / "in.txt"), "--run", str(run_dir), "--devices", "2"]
+    for rank_0_says, lines in ((False, ["Error: interrupted"]), (True, [])):
+        monkeypatch.setattr(torch_run, "run", ranks(rank_0_says))
+        assert app(command, standalone_mode=False) == 143
+        assert capsys.readouterr().err.splitlines() == lines
+    assert "SPAMTUNE_INTERRUPT_NOTE" not in os.environ

@@ -23,8 +23,8 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
 
 from spamtune import __version__
 from spamtune.cli import common
-from spamtune.errors import OptionError, SpamtuneError
-from spamtune.interrupts import forget_stop, interrupted_status
+from spamtune.errors import OptionError, RanksInterrupted, SpamtuneError
+from spamtune.interrupts import forget_stop, interrupted_status, speaks_for_the_ranks
 from spamtune.allocator import keep_freed_memory
 from spamtune.cli.process_end import end_process
 from spamtune.threads import BRIEF_SPIN_COUNT, TRAINING_SPIN_COUNT, prefer_passive_waiting
@@ -74,7 +74,9 @@ class SpamtuneGroup(TyperGroup):
         except typer.Abort:
             code = _fail("aborted", 130)
         except KeyboardInterrupt:
-            code = _fail("interrupted", interrupted_status())
+            code = _interrupted()
+        except RanksInterrupted as exc:
+            code = exc.exit_code if exc.said else _fail("interrupted", exc.exit_code)
         except OptionError as exc:  # the core names the option; here it is the flag
             code = _fail(exc.naming(common.flag(exc.option)), _status(exc.exit_code))
         except SpamtuneError as exc:
@@ -103,7 +105,7 @@ class SpamtuneGroup(TyperGroup):
         try:
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt:
-            raise typer.Exit(_fail("interrupted", interrupted_status())) from None
+            raise typer.Exit(_interrupted()) from None
 
     def invoke(self, ctx):
         # Caught here because Typer's main would turn a broken pipe into exit status 1, and
@@ -113,7 +115,7 @@ class SpamtuneGroup(TyperGroup):
         except BrokenPipeError:
             raise typer.Exit(_quiet_broken_pipe()) from None
         except KeyboardInterrupt:
-            raise typer.Exit(_fail("interrupted", interrupted_status())) from None
+            raise typer.Exit(_interrupted()) from None
 
 
 def _status(code: int) -> int:
@@ -134,6 +136,11 @@ def _fail(message: str, code: int) -> int:
     except (BrokenPipeError, ValueError):
         pass
     return code
+
+
+def _interrupted() -> int:
+    # Every rank of a job gets the signal: one line for the job, not one per rank.
+    return _fail("interrupted", interrupted_status()) if speaks_for_the_ranks() else interrupted_status()
 
 
 def _quiet_broken_pipe() -> int:

@@ -17,7 +17,7 @@ from spamtune.cli import common
 from spamtune.cli.common import dataclass_options, field_help, stderr_console, styled, with_dataclass_options
 from spamtune.cli.process_end import work_done
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
-from spamtune.interrupts import interrupted_status, sigterm_as_interrupt
+from spamtune.interrupts import interrupted_status, sigterm_as_interrupt, tell_the_launcher_it_was_said
 from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, blamed_on_record, options_in_record
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
@@ -301,6 +301,7 @@ def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str]
             f"interrupted at step {exc.step} (last checkpoint: step {exc.checkpoint_step}{best}); "
             f"continue with: {_resume_command(exc.run_dir)}"
         )
+        tell_the_launcher_it_was_said()
         raise typer.Exit(interrupted_status()) from None
     except events.TrainingStopped as exc:
         raise SpamtuneError(f"{exc}; continue with: {_resume_command(exc.run_dir)}") from None
