@@ -145,6 +145,11 @@ def resolve_run(run: str | Path | None, root: Path) -> Path:
             f"nor a folder {_absolute(text)}; {ELSEWHERE}"
         )
     path = _absolute(text)
+    if path.is_file():  # e.g. a run's model.safetensors, or a file `spamtune export` wrote
+        raise SpamtuneError(
+            f"{path} is a file, not a run folder; give the run folder (an exported classifier is for "
+            "other tools: predict with the run it came from)"
+        )
     if not path.is_dir():
         raise SpamtuneError(f"run folder not found: {path}")
     return path

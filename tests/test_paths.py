@@ -142,3 +142,11 @@ def test_run_folders_lists_what_training_created(tmp_path):
     assert paths.run_folders(tmp_path) == [a, b]
     assert paths.run_folders(tmp_path / "nowhere") == []
 
+
+
+def test_a_file_given_as_the_run_says_it_is_a_file(tmp_path):
+    """`predict --run classifier.safetensors` (an export) exists: "not found" would mislead."""
+    exported = tmp_path / "classifier.safetensors"
+    exported.write_bytes(b"x")
+    with pytest.raises(SpamtuneError, match=f"^{exported} is a file, not a run folder; give the run folder"):
+        paths.resolve_run(str(exported), tmp_path / "root")
