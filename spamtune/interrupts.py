@@ -20,8 +20,8 @@ status 143 (128 + SIGTERM) rather than Ctrl-C's 130 (``interrupted_status``).
 from __future__ import annotations
 
 import contextlib
-import os
 import importlib.util
+import os
 import signal
 import sys
 import threading
