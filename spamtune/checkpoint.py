@@ -183,12 +183,14 @@ def load_classifier(
     """
     run_dir = Path(run_dir)
     path = run_dir / weights_name
-    if not path.is_file() and (run_dir / COMPACT_BASE_FILE).is_file():
-        return _load_compact(run_dir, device, linear_dtype)
+    # Asked first: a run training, or stopped before it wrote a classifier, already names its
+    # base (base.json) but has no config yet, and is no compact run to load.
     if not path.is_file() and not (run_dir / CONFIG_FILE).is_file():
         from spamtune.run_catalog import why_no_classifier
 
         raise SpamtuneError(why_no_classifier(run_dir))
+    if not path.is_file() and (run_dir / COMPACT_BASE_FILE).is_file():
+        return _load_compact(run_dir, device, linear_dtype)
     cfg = load_classifier_config(run_dir)
     if not path.is_file():
         raise SpamtuneError(f"no {weights_name} in {run_dir}")

@@ -84,10 +84,18 @@ def save_compact_run(
     # Not re-hashed here: a base damaged since it was stored fails the check when the run loads.
     delta = changed_tensors(model, load_base(data_root, base, verify=False), frozen)
     save_tensors(run_dir / DELTA_FILE, delta, {"format": "pt", "spamtune": COMPACT_FORMAT})  # a full disk: DiskFull
-    record = {"format": COMPACT_FORMAT, "base": base.to_dict(), "lora": lora, "data_root": str(Path(data_root).resolve())}
-    atomic_write_json(run_dir / BASE_REF_FILE, record)
+    write_base_ref(run_dir, base, data_root, lora)
     atomic_write_json(run_dir / CONFIG_FILE, cfg.to_dict())
     return run_dir
+
+
+def write_base_ref(run_dir: str | Path, base: BaseRef, data_root: str | Path, lora: dict | None = None) -> None:
+    """``base.json``: the run's base (and LoRA settings). Training writes it as soon as it has
+    chosen the base, not only with the delta at the end, so that ``spamtune bases rm --unused``
+    counts a run still training, or interrupted before it wrote a classifier, as the base's
+    user. Alone it is no classifier: loading needs the delta and ``config.json`` beside it."""
+    record = {"format": COMPACT_FORMAT, "base": base.to_dict(), "lora": lora, "data_root": str(Path(data_root).resolve())}
+    atomic_write_json(Path(run_dir) / BASE_REF_FILE, record)
 
 
 def is_compact_run(run_dir: str | Path) -> bool:

@@ -147,10 +147,10 @@ def release_finished(run_dir: Path) -> None:
 
 def remove_unstarted(run_dir: Path) -> None:
     """Remove a run folder that training never got going in: what ``finetune`` writes before
-    its first checkpoint (``hparams.json``, the lock, temporaries), then the folder, if that
-    leaves it empty. Anything else in it stays, and so does the folder."""
+    its first checkpoint (``hparams.json``, ``base.json``, the lock, temporaries), then the
+    folder, if that leaves it empty. Anything else in it stays, and so does the folder."""
     run_dir = Path(run_dir)
-    for name in (HPARAMS_FILE, LOCK_FILE):
+    for name in (HPARAMS_FILE, BASE_REF_FILE, LOCK_FILE):
         (run_dir / name).unlink(missing_ok=True)
     remove_leftovers(run_dir)
     for folder in (run_dir / RESUME_DIR, run_dir):

@@ -68,9 +68,9 @@ from spamtune.plots import plot_curves
 from spamtune.base_model import build_base, prepare_base
 from spamtune.bases import BaseRef
 from spamtune.cache_store import PrefixCacheStore
-from spamtune.compact import save_compact_run
+from spamtune.compact import save_compact_run, write_base_ref
 from spamtune.idle_work import split_threads
-from spamtune.lora import convert_to_lora_classifier, has_lora, merge_lora
+from spamtune.lora import convert_to_lora_classifier, merge_lora
 from spamtune.prefix_cache import (
     PrefixCacheReport,
     attach_prefix_caches,
@@ -465,6 +465,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     # The base's identity keys the kept prefix caches and a compact run's reference; it is taken
     # before the surgery and before a resumed run's weights are loaded.
     base, base_sha256, base_ref = prepare_base(run.model_cfg, options)
+    if base_ref is not None:  # from now on the run uses the base: `bases rm --unused` must see it
+        world.on_main(lambda: write_base_ref(run_dir, base_ref, options.data_dir, lora_settings(run)), share=False)
     model = build_model(run.model_cfg, options, run.trainable, len(data.labels), base).to(precision.device)
     params = count_parameters(model)  # as trained: write_model merges LoRA away at the end
     sharded = world.distributed and options.strategy == "fsdp"
@@ -703,13 +705,18 @@ def write_model(run: Run, model: GPTModel, weights: dict[str, torch.Tensor], bas
                 param.copy_(weights[name])
     cfg = classifier_config(run)
     o = run.options
-    lora = {"rank": o.lora_rank, "alpha": o.lora_alpha, "blocks": o.lora_blocks} if has_lora(model) else None
     if base_ref is not None:
         frozen = {name for name, param in model.named_parameters() if not param.requires_grad}  # the base's since the surgery
-        save_compact_run(run.run_dir, model, cfg, base_ref, o.data_dir, lora, frozen)
+        save_compact_run(run.run_dir, model, cfg, base_ref, o.data_dir, lora_settings(run), frozen)
         merge_lora(model)
     else:
         save_classifier(run.run_dir, merge_lora(model), cfg)
+
+
+def lora_settings(run: Run) -> dict | None:
+    """What a compact run's ``base.json`` records of LoRA (loading merges A and B with them)."""
+    o = run.options
+    return {"rank": o.lora_rank, "alpha": o.lora_alpha, "blocks": o.lora_blocks} if run.trainable.preset == "lora" else None
 
 
 def calibrate_on_validation(run: Run, model: GPTModel, world: World, forward: dict) -> dict | None:

@@ -201,3 +201,46 @@ def test_a_folder_where_a_base_goes_that_its_origin_cannot_make_again_is_one_lin
         f"move it away or remove it (rm -r {path}), then run `spamtune download model gpt2-small --data-dir {tmp_path}` to get it back"
     )
     assert path.is_dir()
+
+
+def test_a_run_interrupted_before_it_wrote_a_classifier_keeps_its_base(tmp_path):
+    """Stopped after its first checkpoint but before an evaluation, a run has no weights of its
+    own yet; it still trains on its base when resumed, so the base is in use."""
+    from spamtune import events, runs
+
+    root = write_tiny_data(tmp_path)
+    run_dir = root / "runs" / "cut"
+
+    def ctrl_c(event):
+        if isinstance(event, events.StepDone) and event.step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(tiny_options(root, epochs=1), run_dir, on_event=ctrl_c)
+    assert runs.resume_file(run_dir).is_file() and runs.weights_file(run_dir) is None
+    (stored,) = list_bases(root)
+    assert stored.users == [run_dir]
+    assert remove_bases(root, unused=True) == [] and stored.path.is_file()
+    listed = bases(root, "ls")
+    assert listed.exit_code == 0 and listed.stdout.split("\t")[3] == "1 run"
+    predicted = CliRunner().invoke(app, ["predict", "--run", str(run_dir), *TEXTS, "--data-dir", str(root)])
+    assert predicted.exit_code == 1 and "was interrupted before it wrote a classifier" in predicted.stderr
+    train.resume_finetune(run_dir)
+    assert [base.users for base in list_bases(root)] == [[run_dir]]
+
+
+def test_a_run_in_progress_keeps_its_base_from_its_first_step(tmp_path):
+    from spamtune import events
+
+    root = write_tiny_data(tmp_path)
+    run_dir = root / "runs" / "busy"
+    seen = []
+
+    def clean_up_meanwhile(event):
+        if isinstance(event, events.StepDone) and event.step == 1:
+            seen.append(([base.users for base in list_bases(root)], remove_bases(root, unused=True)))
+
+    train.finetune(tiny_options(root, epochs=1), run_dir, on_event=clean_up_meanwhile)
+    assert seen == [([[run_dir]], [])]
+    (stored,) = list_bases(root)
+    assert stored.users == [run_dir] and stored.path.is_file()
