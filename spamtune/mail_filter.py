@@ -6,7 +6,7 @@ with two header lines added at the end of its header block::
     X-Spamtune-Status: Yes, p_spam=0.987, threshold=0.5
     X-Spamtune-Run: 20261125-101500-tiny; spamtune 0.1.0
 
-in the message's own line ending (CRLF or LF). Nothing else changes: no re-wrapping, no
+in the header block's own line ending (CRLF or LF). Nothing else changes: no re-wrapping, no
 re-encoding, 8-bit bytes kept, so removing the two lines gives back the exact input. Only the
 first ``MAX_MESSAGE_BYTES`` are held in memory; the rest is copied through in blocks. When the
 classifier cannot run, the message goes through unchanged (or, if the caller means to have the
@@ -83,21 +83,34 @@ def insertion_point(head: bytes, complete: bool) -> tuple[int, bytes]:
     field: at the end when ``head`` is the whole message and ends in a line break, else before
     that field (which may go on past ``head``), so that no byte of the input has to change. An
     mbox ``From `` envelope line at the top stays first.
+
+    The added lines end as the header line just before them does: an envelope line written in
+    LF over fields received in CRLF must not give LF lines among CRLF ones. With no field before
+    them, as the line they go before (the empty line, or the field); failing that, as the first line.
     """
     first_newline = head.find(b"\n")
-    newline = b"\r\n" if first_newline > 0 and head[first_newline - 1 : first_newline] == b"\r" else b"\n"
+    fallback = _ending(head, first_newline)
     pos = first_newline + 1 if head.startswith(b"From ") and first_newline >= 0 else 0
-    field_start = pos
+    field_start, last, before_field = pos, None, None  # ``last``: the ending of the header line before ``pos``
     while (line_end := head.find(b"\n", pos)) >= 0:
         line = head[pos:line_end]
         if _FIELD_START.match(line):
-            field_start = pos
+            field_start, before_field = pos, last
         elif line[:1] not in (b" ", b"\t"):  # an empty line, or body text
-            return pos, newline
+            return pos, last or _ending(head, line_end)
+        last = _ending(head, line_end)
         pos = line_end + 1
     if complete and pos == len(head):
-        return pos, newline
-    return field_start, newline
+        return pos, last or fallback
+    if before_field is None:  # the first field: its own line's ending, if that line ends in ``head``
+        field_end = head.find(b"\n", field_start)
+        before_field = _ending(head, field_end) if field_end >= 0 else fallback
+    return field_start, before_field
+
+
+def _ending(head: bytes, line_end: int) -> bytes:
+    """The line break of the line whose LF is at ``line_end`` (LF when there is none: -1)."""
+    return b"\r\n" if line_end > 0 and head[line_end - 1 : line_end] == b"\r" else b"\n"
 
 
 def with_status_headers(raw: bytes, verdict: Verdict) -> bytes:

@@ -72,6 +72,28 @@ def test_where_the_lines_go_without_a_header_block_end():
     assert with_status_headers(b"\nbody", VERDICT).startswith(b"X-Spamtune-Status: Yes")
 
 
+# An mbox envelope line in LF over CRLF header fields (as a tool that writes the `From ` line
+# itself leaves a message it stored as received): the added lines are of the header block.
+ENVELOPE_LF = b"From a@b Mon Nov 25 10:15:00 2026\nSubject: x\r\nTo: y\r\n z\r\n\r\nbody\r\n"
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 20, 60, 55])  # whole; cut in the body; cut in a field: before it
+def test_the_added_lines_take_the_line_ending_of_the_header_block_not_of_the_envelope_line(max_bytes):
+    out, outcome = filtered(ENVELOPE_LF, max_bytes=max_bytes)
+    assert outcome.verdict == VERDICT and without_added_lines(out) == ENVELOPE_LF
+    added = re.findall(rb"X-Spamtune-[^\n]*\n", out)
+    assert len(added) == 2 and all(line.endswith(b"\r\n") for line in added)
+    assert b"\r\n" + b"X-Spamtune-Status" in out  # after a whole field line, not the envelope's
+
+
+def test_the_line_ending_is_the_one_of_the_header_line_before_the_added_lines():
+    assert insertion_point(b"From a Mon\nSubject: x\r\nTo: y\r\n\r\nbody\r\n", complete=True) == (30, b"\r\n")
+    assert insertion_point(b"From a Mon\nSubject: x\r\nTo: y\r\n", complete=False) == (23, b"\r\n")  # before To
+    assert insertion_point(b"From a Mon\nSubject: x\r\n", complete=False) == (11, b"\r\n")  # that field's own
+    assert insertion_point(b"From a Mon\r\n\nbody\n", complete=True) == (12, b"\n")  # no field: the empty line's
+    assert with_status_headers(b"From a Mon\nSubject: x\r\n", VERDICT) == b"From a Mon\nSubject: x\r\n" + VERDICT.header_lines(b"\r\n")
+
+
 @pytest.mark.parametrize("raw, before", [
     (b"Subject: cheap pills\nbuy now\nat example.com\n", b"buy now"),  # no empty line before the body
     (b"From a@b Mon\r\nSubject: x\r\nTo: y\r\n z\r\nbody text\r\n\r\nmore\r\n", b"body text"),
