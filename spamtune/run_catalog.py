@@ -320,17 +320,30 @@ def check_removable(run_dir: Path, root: Path) -> None:
 def remove_run(run_dir: Path) -> None:
     """Delete a run folder. A symbolic link is removed, never what it points to; a real folder
     is first renamed to a hidden name (atomic), so no half-removed run is ever listed or used.
-    A run that a process is training in is refused."""
-    if is_in_use(run_dir):
-        raise SpamtuneError(f"{run_dir} is in use: a process is training in it; stop that first")
+    A run that a process is training in is refused.
+
+    The run's lock is held, as training holds it, until the folder is moved away: a resume
+    starting meanwhile finds the run in use rather than trains in a folder being deleted."""
     try:
         if run_dir.is_symlink():
             run_dir.unlink()
             return
-        doomed = run_dir.with_name(f".{run_dir.name}.removing-{secrets.token_hex(4)}")
-        os.rename(run_dir, doomed)
     except OSError as exc:
         raise SpamtuneError(f"cannot remove {run_dir}: {exc.strerror or exc}") from None
+    had_lock_file = (run_dir / runs.LOCK_FILE).exists()
+    try:
+        lock = runs.lock_run_dir(run_dir)
+    except runs.RunInUse:
+        raise SpamtuneError(f"{run_dir} is in use: a process is training in it; stop that first") from None
+    doomed = run_dir.with_name(f".{run_dir.name}.removing-{secrets.token_hex(4)}")
+    try:
+        os.rename(run_dir, doomed)
+    except OSError as exc:
+        if not had_lock_file:  # a finished run has none; it keeps none from here
+            runs.release_finished(run_dir)
+        lock.release()
+        raise SpamtuneError(f"cannot remove {run_dir}: {exc.strerror or exc}") from None
+    lock.release()
     shutil.rmtree(doomed, ignore_errors=True)
     if doomed.exists():
         raise SpamtuneError(f"{run_dir} was moved to {doomed} but could not be deleted completely; remove it by hand")

@@ -17,6 +17,7 @@ Only the standard library is imported here: ``paths.latest_run`` and the CLI rea
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -118,8 +119,41 @@ def claim_run_dir(out: Path) -> Path:
 
 
 def lock_run_dir(run_dir: Path):
-    """Hold the run folder for this process (a context manager), or raise ``RunInUse`` at once."""
-    return hold_folder(Path(run_dir), RunInUse, "run folder")
+    """Hold the run folder for this process (a context manager), or raise ``RunInUse`` at once.
+
+    ``runs rm`` holds the lock while it moves the folder away, so a process that looked at the
+    folder before that may get a lock that no longer guards it: a lock file in the moved folder,
+    or one in an empty folder the lock made in its place. The folder is the same before and
+    after, or the run is gone and nothing is held or left."""
+    run_dir = Path(run_dir)
+    try:
+        # Open while locking: a deleted folder's number cannot go to a new one meanwhile.
+        opened = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY) if hasattr(os, "O_DIRECTORY") else None
+    except OSError:
+        opened = None
+    try:
+        try:
+            before = os.fstat(opened) if opened is not None else os.stat(run_dir)
+        except OSError:
+            raise SpamtuneError(f"no run folder {run_dir}") from None
+        lock = hold_folder(run_dir, RunInUse, "run folder")
+        try:
+            after = os.stat(run_dir)
+        except OSError:
+            after = None
+    finally:
+        if opened is not None:
+            os.close(opened)
+    if after is not None and (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino):
+        return lock
+    if after is not None:  # made by the lock: only what it made goes
+        try:
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
+        except OSError:  # something else is in it: not ours
+            pass
+    lock.release()
+    raise SpamtuneError(f"no run folder {run_dir}: it was removed meanwhile")
 
 
 def hold_folder(folder: Path, in_use: Callable[[Path], SpamtuneError], what: str):

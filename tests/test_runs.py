@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from spamtune import run_catalog, runs, train
 from spamtune.cli import app
 from spamtune.cli import runs as runs_cli
+from spamtune.errors import SpamtuneError
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +171,55 @@ def test_a_run_being_trained_shows_as_running_and_is_not_removed(root):
         assert refused.exit_code == 1 and "is in use" in refused.stderr and stopped.is_dir()
     assert run_catalog.run_status(stopped) == "interrupted"  # the lock file stays; nobody holds it
     assert not (root / "runs" / "done" / runs.LOCK_FILE).exists()  # probing never creates one
+
+
+def test_rm_holds_the_run_until_it_is_moved_away(root, monkeypatch):
+    """A resume starting while `runs rm` removes the run is refused; it never trains in a folder
+    that is being deleted."""
+    stopped = root / "runs" / "stopped"
+    rename, tried = os.rename, []
+
+    def resume_meanwhile(src, dst):
+        if Path(src) == stopped:
+            with pytest.raises(runs.RunInUse):
+                train.resume_finetune(stopped)
+            tried.append(stopped.is_dir())
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", resume_meanwhile)
+    assert invoke("runs", "rm", "stopped", "--yes", "--data-dir", str(root)).exit_code == 0
+    assert tried == [True] and not stopped.exists()
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["crashed", "done", "not-a-run"]
+
+
+def test_a_resume_that_comes_after_rm_finds_no_run_and_makes_no_folder(root, monkeypatch):
+    """The folder is removed between the resume's look at it and its lock: the lock must not
+    make an empty folder in its place, nor hold anything."""
+    stopped = root / "runs" / "stopped"
+    hold, removed = runs.hold_folder, []
+
+    def removed_meanwhile(folder, in_use, what):
+        if not removed:  # the resume's lock; rm's own comes through here too
+            removed.append(folder)
+            run_catalog.remove_run(folder)
+        return hold(folder, in_use, what)
+
+    monkeypatch.setattr(runs, "hold_folder", removed_meanwhile)
+    with pytest.raises(SpamtuneError, match="was removed"):
+        train.resume_finetune(stopped)
+    assert not stopped.exists()
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["crashed", "done", "not-a-run"]
+
+
+def test_rm_that_cannot_move_a_finished_run_leaves_no_lock_in_it(root, monkeypatch):
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "rename", refuse)
+    refused = invoke("runs", "rm", "done", "--yes", "--data-dir", str(root))
+    assert refused.exit_code == 1 and "cannot remove" in refused.stderr
+    assert run_catalog.run_status(root / "runs" / "done") == "finished"
+    assert not (root / "runs" / "done" / runs.LOCK_FILE).exists()
 
 
 def test_old_metrics_lines_are_read_under_the_summary_names(tmp_path):
