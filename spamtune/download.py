@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -58,7 +59,14 @@ ENV_DATA_URLS = "SPAMTUNE_DATA_URLS"  # comma-separated mirrors, tried in order
 BUNDLED_SMS_FILE = paths.sms_file(Path(__file__).resolve().parents[1] / "data")
 
 CHUNK = 1 << 16
-HTTP_TIMEOUT_S = 30
+HTTP_TIMEOUT_S = 30  # for each read: a server that sends a byte now and then never reaches it
+# So a download also has to bring MIN_BYTES_PER_WINDOW in every STALL_WINDOW_S, or it is given
+# up on. 16 KiB a minute is about 2 kbit/s, a tenth of the slowest GPRS link (20-40 kbit/s):
+# a bad mobile connection passes with room to spare, and takes at worst some 12 minutes for
+# the 200 kB zip; a trickle that would keep the command running for days stops in a minute.
+# The first window counts from the first request, and so is also the grace for connecting.
+MIN_BYTES_PER_WINDOW = 16 << 10
+STALL_WINDOW_S = 60.0
 # A dropped connection is retried at once, from where it stopped, as long as each attempt
 # brings new bytes.
 MAX_ATTEMPTS_PER_URL = 5
@@ -263,6 +271,7 @@ def _download(url: str, part: BinaryIO, on_progress: Progress | None, notify: No
     """Fill ``part`` with the whole body of ``url``, resuming after a dropped connection."""
     host = urlsplit(url).hostname or url
     opener = urllib.request.build_opener()  # built per call so proxy variables are read now
+    guard = _StallGuard(url)  # over every attempt: reconnecting does not reset it
     total = None
     for _ in range(MAX_ATTEMPTS_PER_URL):
         have = part.seek(0, os.SEEK_END)
@@ -293,7 +302,7 @@ def _download(url: str, part: BinaryIO, on_progress: Progress | None, notify: No
             total = start + int(length) if length and length.isdigit() else None
             if total is not None and total > MAX_DOWNLOAD_BYTES:
                 raise _SourceError(_too_large(url, f"announces {total:,} bytes, more"))
-            done = _receive(response, part, start, total, on_progress)
+            done = _receive(response, part, start, total, on_progress, guard)
         if total is None or done == total:
             return
         if done == start:
@@ -322,15 +331,43 @@ def _range_start(response) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _receive(response, part: BinaryIO, done: int, total: int | None, on_progress: Progress | None) -> int:
+class _StallGuard:
+    """Gives up on a download that brings less than ``MIN_BYTES_PER_WINDOW`` in a
+    ``STALL_WINDOW_S`` (each window counted from the end of the last)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.since = time.monotonic()
+        self.received = 0
+
+    def add(self, size: int) -> None:
+        self.received += size
+        elapsed = time.monotonic() - self.since
+        if elapsed < STALL_WINDOW_S:
+            return
+        if self.received < MIN_BYTES_PER_WINDOW:
+            raise _SourceError(
+                f"{self.url} sent {self.received:,} bytes in {elapsed:.{0 if elapsed >= 10 else 1}f} s; giving up "
+                f"(a working link, however slow, sends {MIN_BYTES_PER_WINDOW:,} bytes in {STALL_WINDOW_S:g} s)"
+            )
+        self.since, self.received = time.monotonic(), 0
+
+
+def _receive(
+    response, part: BinaryIO, done: int, total: int | None, on_progress: Progress | None, guard: _StallGuard
+) -> int:
     """Append the response body to ``part`` until it ends or the connection drops; bytes held."""
     while True:
         if on_progress:
             on_progress(done, total)
         try:
-            chunk = response.read(CHUNK)
+            # read1: what has arrived, so the guard sees a trickle (read(CHUNK) waits for a
+            # whole CHUNK, each byte within HTTP_TIMEOUT_S of the last).
+            chunk = response.read1(CHUNK)
         except (OSError, http.client.HTTPException):
+            guard.add(0)
             break  # dropped mid-body: keep what arrived, the caller resumes
+        guard.add(len(chunk))
         if not chunk:
             break
         if done + len(chunk) > MAX_DOWNLOAD_BYTES:

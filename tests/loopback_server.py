@@ -5,7 +5,9 @@ request, and misbehaves on cue: each entry of a resource's ``script`` is used up
 ``"drop"`` sending half the body before closing the connection, a number answering with that
 HTTP status instead. A resource with ``stream_up_to`` sends its body over and over, with no
 Content-Length, until the client hangs up, as a broken or hostile server can; it stops by
-itself after that many bytes, so a client that fails to stop it cannot fill the disk.
+itself after that many bytes, so a client that fails to stop it cannot fill the disk. A
+resource with ``pace`` sends its body a few bytes at a time, slowly: a slow link, or a server
+that trickles a byte now and then to keep each of the client's reads under its timeout.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Resource:
     script: list = field(default_factory=list)  # per GET, in order: "drop" or an HTTP status
     ranges: bool = True  # False: answer a Range request with the whole body, as some servers do
     stream_up_to: int = 0  # > 0: repeat the body without a Content-Length, at most this many bytes
+    pace: tuple[int, float] | None = None  # (bytes, seconds): send that many bytes, then wait
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class LoopbackServer:
         self.requests: list[Request] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
+        self.closed = threading.Event()  # a paced body stops when the server does
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
@@ -62,6 +66,7 @@ class LoopbackServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.closed.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -110,7 +115,7 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            self._reply(status, headers, payload, body)
+            self._reply(status, headers, payload, body, pace=resource.pace)
 
         def _stream(self, chunk: bytes, up_to: int) -> None:
             self.send_response(200)
@@ -125,15 +130,31 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             except OSError:  # the client hung up, as it should
                 pass
 
-        def _reply(self, status: int, headers: dict, payload: bytes, body: bool, length: int | None = None) -> None:
+        def _reply(
+            self, status: int, headers: dict, payload: bytes, body: bool, length: int | None = None, pace=None
+        ) -> None:
             self.send_response(status)
             headers.setdefault("Accept-Ranges", "bytes")
             for key, value in headers.items():
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(payload) if length is None else length))
             self.end_headers()
+            if body and pace:
+                return self._paced(payload, *pace)
             if body:
                 self.wfile.write(payload)
                 self.wfile.flush()
+
+        def _paced(self, payload: bytes, size: int, seconds: float) -> None:
+            self.close_connection = True
+            try:
+                self.wfile.flush()
+                for start in range(0, len(payload), size):
+                    if server.closed.wait(seconds):
+                        break
+                    self.wfile.write(payload[start : start + size])
+                    self.wfile.flush()
+            except OSError:  # the client hung up, as it should when it gives up
+                pass
 
     return Handler

@@ -239,6 +239,33 @@ def test_an_endless_stream_is_cut_off_at_the_cap_and_removed(server, root):
     assert list(paths.sms_file(root).parent.iterdir()) == []
 
 
+@pytest.fixture
+def short_stall_window(monkeypatch):
+    """The stall guard's minute, cut to half a second (and its bytes to match)."""
+    monkeypatch.setattr(download, "STALL_WINDOW_S", 0.5)
+    monkeypatch.setattr(download, "MIN_BYTES_PER_WINDOW", 1000)
+
+
+def test_a_trickle_is_given_up_on_and_leaves_nothing(server, root, short_stall_window):
+    # A byte every 0.1 s: each read comes well within HTTP_TIMEOUT_S, forever.
+    url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}), pace=(1, 0.1))
+    result = cli("download", "data", "--url", url, "--data-dir", str(root))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert re.fullmatch(
+        rf"Error: {re.escape(url)} sent \d bytes in 0\.\d s; giving up \(a working link, however slow, "
+        r"sends 1,000 bytes in 0\.5 s\)\n",
+        result.stderr,
+    ), result.stderr
+    assert not root.exists() or list(paths.sms_file(root).parent.iterdir()) == []
+
+
+def test_a_slow_link_that_keeps_going_is_not_given_up_on(server, root, short_stall_window):
+    archive = make_zip({"SMSSpamCollection": FAKE_SMS})
+    url = server.add("/sms.zip", archive, pace=(5000, 0.05))  # about a second: two windows and more
+    fetch_data(root, source_for(url))
+    assert paths.sms_file(root).read_bytes() == FAKE_SMS and leftovers(root) == []
+
+
 def test_a_body_announced_larger_than_the_cap_is_not_read(server, root, monkeypatch):
     monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 10_000)
     url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}))
