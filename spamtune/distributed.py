@@ -81,7 +81,7 @@ def init_from_env(device: str = "auto") -> World:
     its ``LOCAL_RANK``."""
     if not launched_by_torchrun() or dist.is_initialized():
         return World.current()
-    use_cuda = device != "cpu" and not device.startswith("mps") and torch.cuda.is_available()
+    use_cuda = _ranks_use_cuda(device)
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
@@ -442,17 +442,56 @@ def strip_devices(argv: list[str]) -> list[str]:
     return out
 
 
-def will_launch(devices: int | None) -> bool:
-    """Whether ``--devices N`` starts N ranks of this command (given outside torchrun, N > 1)."""
+def _ranks_use_cuda(device: str) -> bool:
+    """Whether ranks started for ``--device device`` each take a GPU (``init_from_env``)."""
+    return device != "cpu" and not device.startswith("mps") and torch.cuda.is_available()
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_rank_count(devices: int, device: str) -> None:
+    """Refuse, before any is started, more ranks than this machine has devices for. On CUDA each
+    rank takes a GPU of its own, so one past the count could only fail once launched. On the CPU
+    each rank is a whole interpreter with a model copy, and ranks beyond the cores only take
+    turns on them: slower training, more memory. Two are always allowed, so the several-rank
+    path can be tried on a one-core machine too (two ranks on one core are slow, not stuck)."""
+    if _ranks_use_cuda(device):
+        gpus = torch.cuda.device_count()
+        if devices > gpus:
+            raise SpamtuneUsageError(
+                f"--devices {devices} asks for more ranks than the {gpus} GPU{'s' if gpus != 1 else ''} this machine has "
+                f"(each rank takes one); pass at most --devices {gpus}, or --device cpu"
+            )
+        return
+    cores = usable_cores()
+    if devices > max(2, cores):
+        raise SpamtuneUsageError(
+            f"--devices {devices} asks for more CPU ranks than the {cores} core{'s' if cores != 1 else ''} this process "
+            f"may use, which only slows training; pass at most --devices {max(2, cores)}"
+        )
+
+
+def will_launch(devices: int | None, device: str = "auto") -> bool:
+    """Whether ``--devices N`` starts N ranks of this command (given outside torchrun, N > 1).
+    ``device``: the command's ``--device``, which decides what each rank runs on."""
     if devices is not None and devices < 1:
         raise SpamtuneUsageError(f"--devices must be at least 1 (got {devices})")
-    return devices is not None and devices > 1 and not launched_by_torchrun()
+    if devices is None or devices < 2 or launched_by_torchrun():
+        return False
+    check_rank_count(devices, device)
+    return True
 
 
-def maybe_launch(devices: int | None, argv: list[str]) -> bool:
+def maybe_launch(devices: int | None, argv: list[str], device: str = "auto") -> bool:
     """``--devices N`` given outside torchrun: launch N ranks of this same command, return
     True once they are done. Otherwise False: this process does the work itself."""
-    if not will_launch(devices):
+    if not will_launch(devices, device):
         return False
     launch(devices, strip_devices(argv))
     return True

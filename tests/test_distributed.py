@@ -26,7 +26,7 @@ from helpers import run_weights, tiny_options, write_rigged_run, write_tiny_data
 from spamtune import distributed, events, runs, train
 from spamtune.cli import app
 from spamtune.cli import predict as predict_cli
-from spamtune.errors import SpamtuneError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.evaluate import evaluate_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -328,6 +328,47 @@ def test_devices_looks_the_run_up_once_before_starting_any_rank(tmp_path, monkey
         assert app([*command, "--run", missing, "--devices", "2"], standalone_mode=False) == 1, command
         assert capsys.readouterr().err.splitlines() == [f"Error: run folder not found: {missing}"]
     assert launched == []
+
+
+def test_devices_beyond_the_cores_is_refused_before_any_rank_starts(tmp_path, monkeypatch, capsys):
+    """More CPU ranks than cores only slows training: one usage line, nothing launched."""
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: launched.append(nproc))
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 4)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "in.txt").write_text("hello\n")
+    for command in (
+        ["finetune", "--device", "cpu", "--data-dir", str(tmp_path)],
+        ["finetune", "--resume", "--run", str(tmp_path / "run"), "--data-dir", str(tmp_path)],
+        ["predict", "--input", str(tmp_path / "in.txt"), "--run", str(tmp_path / "run")],
+        ["evaluate", "--run", str(tmp_path / "run")],
+    ):
+        assert app([*command, "--devices", "64"], standalone_mode=False) == 2, command
+        assert capsys.readouterr().err.splitlines() == [
+            "Error: --devices 64 asks for more CPU ranks than the 4 cores this process may use, "
+            "which only slows training; pass at most --devices 4"
+        ], command
+    assert launched == []
+    assert distributed.will_launch(4, "cpu") and launched == []
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 1)
+    assert distributed.will_launch(2, "cpu")  # two ranks are always allowed, to try the path anywhere
+
+
+def test_devices_beyond_the_gpus_is_refused_unless_the_ranks_run_on_the_cpu(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 8)
+    assert distributed.will_launch(2, "auto") and distributed.will_launch(2, "cuda")
+    for device in ("auto", "cuda"):
+        with pytest.raises(SpamtuneUsageError) as err:
+            distributed.will_launch(3, device)
+        assert str(err.value) == (
+            "--devices 3 asks for more ranks than the 2 GPUs this machine has (each rank takes one); "
+            "pass at most --devices 2, or --device cpu"
+        )
+    assert distributed.will_launch(3, "cpu")
 
 
 def test_ranks_refuse_stdin_with_one_line(tmp_path, monkeypatch, capsys):

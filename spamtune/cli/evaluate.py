@@ -191,9 +191,9 @@ def evaluate_command(
         raise SpamtuneUsageError("give either --split or --input, not both")
     if run_argument is not None:
         run = run_argument
-    if distributed.will_launch(devices):  # a missing run: one line here rather than one per rank
+    if distributed.will_launch(devices, device):  # a missing run: one line here rather than one per rank
         paths.resolve_run(run, paths.data_root(data_dir))
-    if distributed.maybe_launch(devices, sys.argv[1:]):
+    if distributed.maybe_launch(devices, sys.argv[1:], device):
         return
     world = distributed.init_from_env(device)
     console = stderr_console()

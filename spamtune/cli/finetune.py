@@ -218,13 +218,13 @@ def finetune_command(
     if not resume:
         _refuse_unused_lora_options(given, options)
     with blamed_on_record(*configured) if configured else contextlib.nullcontext():
-        if distributed.will_launch(devices) and not resume:
+        if distributed.will_launch(devices, options["device"]) and not resume:
             from spamtune import train
 
             # Refused here, once, rather than by each rank the launcher starts (a resumed run's
             # options are its own: its ranks read and check them).
             train.check_before_launch(FinetuneOptions(**options), devices)
-        if distributed.maybe_launch(devices, sys.argv[1:]):
+        if distributed.maybe_launch(devices, sys.argv[1:], options["device"]):
             return
         world = distributed.init_from_env(options["device"])
         try:

@@ -467,12 +467,12 @@ def predict(
         from spamtune.cli.predict_mail import mail_messages
 
         chunks = mail_messages(mail)  # a missing source fails here, before any rank starts
-        if several and _launched(devices, run, data_dir):
+        if several and _launched(devices, run, data_dir, device):
             return
     else:
         if several and (input_path is None or str(input_path) == "-" or "-" in (messages or [])):
             raise SpamtuneUsageError("several processes classify a file, not stdin: give --input PATH")
-        if several and _launched(devices, run, data_dir):
+        if several and _launched(devices, run, data_dir, device):
             return
         chunks = message_source(messages or [], input_path, meter, first_chunk_lines=batch_size or FIRST_CHUNK_LINES)
     if server:  # client mode: hand off before anything imports torch
@@ -505,14 +505,14 @@ def _several_ranks(devices: int | None) -> bool:
     return distributed.launched_by_torchrun() or (devices or 1) > 1
 
 
-def _launched(devices: int | None, run: str | None, data_dir: Path | None) -> bool:
+def _launched(devices: int | None, run: str | None, data_dir: Path | None, device: str) -> bool:
     """``--devices N``: this command ran as N ranks through torch's launcher and is done. The run
     is looked up first, so that a missing one is one line here rather than one per rank."""
     from spamtune import distributed
 
-    if distributed.will_launch(devices):
+    if distributed.will_launch(devices, device):
         paths.resolve_run(run, paths.data_root(data_dir))
-    return distributed.maybe_launch(devices, sys.argv[1:])
+    return distributed.maybe_launch(devices, sys.argv[1:], device)
 
 
 def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, threshold, batch_size, device, precision, mail, long, explain) -> tuple[int, int]:
