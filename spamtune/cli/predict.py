@@ -270,6 +270,15 @@ class Renderer:
             text = highlight(text, explanation, self.color, self.top_k)
         return f"{label}  p({self.positive})={p.probability:.3f}  {text}\n"
 
+    def no_verdict_line(self, label: str, text: str) -> str:
+        """The line of an item that got no probability (a mail file that could not be read), in
+        the columns of ``line``: p_spam empty in tsv, ``-`` in text."""
+        if self.fmt is OutputFormat.tsv:
+            return f"{label}\t\t{_one_line(text)}\n"
+        if self.fmt is OutputFormat.label:
+            return label + "\n"
+        return f"{label.ljust(self.width)}  p({self.positive})={'-':<5}  {_printable(text)}\n"
+
 
 def _use_color() -> bool:
     return _stdout_is_terminal() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"

@@ -25,21 +25,10 @@ def render_line(renderer, p) -> str:
             record["error"] = p.error
         return json.dumps(record, ensure_ascii=False) + "\n"
     if p.error is not None:
-        return _error_line(renderer, p)
+        return renderer.no_verdict_line(p.label, p.id)
     from spamtune.infer import Prediction
 
     return renderer.line(Prediction(p.id, p.label, p.p_spam))
-
-
-def _error_line(renderer, p) -> str:
-    """The line of a message with no verdict: its p_spam empty (tsv) or ``-`` (text)."""
-    from spamtune.cli.predict import _one_line, _printable
-
-    if renderer.fmt.value == "tsv":
-        return f"{p.label}\t\t{_one_line(p.id)}\n"
-    if renderer.fmt.value == "label":
-        return p.label + "\n"
-    return f"{p.label.ljust(renderer.width)}  p({renderer.positive})={'-':<5}  {_printable(p.id)}\n"
 
 
 def report_unreadable(messages: list[tuple[str, object]], source: Path) -> int:
