@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,3 +179,19 @@ def deny_reading(monkeypatch, *paths: Path) -> None:
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded_open)
+
+
+def sigterm_once_ready(command: list[str], ready: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``command`` (a training command, on one OpenMP thread), send it SIGTERM once ``ready``
+    exists, and return how it ended (stdout and stderr as text); it must still be running then."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(command, proc.returncode, out.decode(), err.decode())

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import ctrl_c_at_step, tiny_options, write_tiny_data
+from helpers import ctrl_c_at_step, sigterm_once_ready, tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import runs
@@ -286,30 +286,18 @@ def test_resume_takes_the_newest_interrupted_run_or_the_one_named(root, monkeypa
 def test_sigterm_stops_a_run_as_ctrl_c_does_with_its_best_weights_and_the_resume_line(root):
     """systemd's stop, `timeout` and a batch scheduler's time limit send SIGTERM: the run keeps
     its checkpoint, writes its best weights as its classifier and says how to go on, exit 143."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     run_dir = root / "runs" / "stopped"
     command = [
         sys.executable, "-m", "spamtune", "finetune", "--data-dir", str(root), "--model", str(root / "tiny.json"),
         "--weights", "random", "--device", "cpu", "--precision", "fp32", "--epochs", "500", "--run", "stopped",
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 60
-        while not (run_dir / runs.METRICS_FILE).is_file() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)  # an evaluation is recorded: there are best weights to keep
-        assert proc.poll() is None, proc.stderr.read().decode()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    stderr = err.decode()
-    assert proc.returncode == 143, stderr
-    assert out == b"" and "Traceback" not in stderr
+    # Once an evaluation is recorded there are best weights to keep.
+    stopped = sigterm_once_ready(command, run_dir / runs.METRICS_FILE)
+    stderr = stopped.stderr
+    assert stopped.returncode == 143, stderr
+    assert stopped.stdout == "" and "Traceback" not in stderr
     assert "interrupted at step" in stderr and "the run holds the best weights so far, from step" in stderr
     assert f"continue with: spamtune finetune --resume --run {run_dir}" in stderr
     assert runs.resume_file(run_dir).is_file()

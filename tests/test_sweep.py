@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import tiny_options, write_tiny_data
+from helpers import sigterm_once_ready, tiny_options, write_tiny_data
 
 from spamtune import train
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
@@ -414,11 +414,7 @@ def test_a_sweep_run_again_after_the_data_was_prepared_anew_refuses_its_old_runs
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_the_same_command_goes_on(tmp_path):
     """A scheduler's time limit (SIGTERM) mid-sweep: sweep.json says what finished and what is
     interrupted, exit 143, and the interrupted run resumes from its checkpoint next time."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     root = write_tiny_data(tmp_path / "data")
     out = tmp_path / "sweep"
@@ -427,17 +423,8 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_the_same_command_goes_on(tmp_p
         "--device", "cpu", "--precision", "fp32", "--epochs", "500", "--lr", "1e-3,2e-3", "--data-dir", str(root),
         "--out", str(out),
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 60
-        while not (out / "lr-0.001" / "metrics.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143 and "Traceback" not in err.decode(), err.decode()
-    assert "finished runs are kept: run the same command again to go on" in err.decode()
+    stopped = sigterm_once_ready(command, out / "lr-0.001" / "metrics.jsonl")
+    assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert "finished runs are kept: run the same command again to go on" in stopped.stderr
     rows = {row["name"]: row["status"] for row in json.loads((out / SWEEP_FILE).read_text())["runs"]}
     assert rows == {"lr-0.001": "interrupted", "lr-0.002": "pending"}
