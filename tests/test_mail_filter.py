@@ -419,3 +419,45 @@ def test_stdout_that_breaks_midway_never_exits_0(run_dir, mode, status, line):
         os.close(write_end)
     assert proc.returncode == status
     assert proc.stderr.decode() == f"Error: {line}: BrokenPipeError: [Errno 32] Broken pipe\n"
+
+
+class Interrupted(io.RawIOBase):
+    """A stdin read when Ctrl-C arrives."""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("mode, status, line", [("tempfail", 75, "Error: message deferred: interrupted\n"), ("fail", 130, "Error: interrupted\n")])
+def test_ctrl_c_defers_with_tempfail(mode, status, line, run_dir, capsys):
+    """With tempfail every failure defers, a Ctrl-C too: 130 is no status a mail server takes for "retry later"."""
+    code, out, err = filter_reading(Interrupted(), "--run", str(run_dir), "--on-error", mode, capsys=capsys)
+    assert (code, out, err) == (status, b"", line)
+
+
+def test_sigint_while_the_service_answers_defers_with_tempfail():
+    """A real SIGINT, sent once the filter has read the message and asked a service that does not answer."""
+    import signal
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(60)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spamtune", "filter", "--server", url, "--on-error", "tempfail"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            proc.stdin.write(SAMPLES["plain"][0])
+            proc.stdin.close()
+            connection, _ = listener.accept()  # the filter is waiting for the verdict
+            with connection:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=60)  # its output is a line or two: no pipe fills meanwhile
+            out, err = proc.stdout.read(), proc.stderr.read()
+        finally:
+            proc.kill()
+    assert (proc.returncode, out, err.decode()) == (75, b"", "Error: message deferred: interrupted\n")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +30,7 @@ FILTER_HELP = (
     "unfiltered; tempfail writes nothing and exits 75 (EX_TEMPFAIL, as spamc -x does), so that the mail "
     "server keeps the message and retries later (Postfix pipe(8), a content filter script). With tempfail "
     "every failure but a wrong command line exits 75, even one after part of the message was written (the "
-    "input unreadable midway, stdout broken): the output of a deferred delivery is to be thrown away. With fail "
+    "input unreadable midway, stdout broken, a Ctrl-C): the output of a deferred delivery is to be thrown away. With fail "
     "and pass a message that cannot be read or written whole (stdout's reader gone) exits 1, even with pass.\n\n"
     "With --server URL (or SPAMTUNE_SERVER) a running `spamtune serve` classifies the message: no model load, "
     "no torch import; the service's run and reading of long messages apply."
@@ -71,43 +73,57 @@ def filter_mail(
     from spamtune.mail_filter import filter_message, verdict_function
 
     defer = on_error == "tempfail"
-    if sys.stdin is None:
-        raise SpamtuneUsageError("filter reads one message on stdin, but this process has none")
-    try:
-        common.require_stdout()  # before the model loads; the mail server keeps the message
-    except SpamtuneError as exc:
-        raise TemporaryFailure(f"message deferred: {exc}") if defer else exc
-
-    classify, load_error = None, None
-    if server:  # client mode: the service classifies, torch is never imported
-        from spamtune.cli.remote import remote_mail_verdict
-
-        classify = remote_mail_verdict(server, api_key, threshold)
-    else:
+    with _deferred_if_interrupted(defer):
+        if sys.stdin is None:
+            raise SpamtuneUsageError("filter reads one message on stdin, but this process has none")
         try:
-            from spamtune.infer import SpamClassifier
+            common.require_stdout()  # before the model loads; the mail server keeps the message
+        except SpamtuneError as exc:
+            raise TemporaryFailure(f"message deferred: {exc}") if defer else exc
 
-            options = {} if threshold is None else {"threshold": threshold}
-            classifier = SpamClassifier.load(run, device=device, data_dir=data_dir, precision=precision, **options)
-            classify = verdict_function(classifier, long)
-        except Exception as exc:  # reported after passing the message on (or instead, with tempfail)
-            load_error = exc
-    if load_error is not None and defer:  # nothing read, nothing written: the mail server retries
-        raise _unclassified(load_error, on_error)
+        classify, load_error = None, None
+        if server:  # client mode: the service classifies, torch is never imported
+            from spamtune.cli.remote import remote_mail_verdict
+
+            classify = remote_mail_verdict(server, api_key, threshold)
+        else:
+            try:
+                from spamtune.infer import SpamClassifier
+
+                options = {} if threshold is None else {"threshold": threshold}
+                classifier = SpamClassifier.load(run, device=device, data_dir=data_dir, precision=precision, **options)
+                classify = verdict_function(classifier, long)
+            except Exception as exc:  # reported after passing the message on (or instead, with tempfail)
+                load_error = exc
+        if load_error is not None and defer:  # nothing read, nothing written: the mail server retries
+            raise _unclassified(load_error, on_error)
+        try:
+            sys.stdout.flush()
+            outcome = filter_message(sys.stdin.buffer, sys.stdout.buffer, classify, pass_through=not defer)
+        except Exception as exc:  # reading or writing the message failed, perhaps midway
+            if defer:
+                raise TemporaryFailure(f"message deferred while being copied: {_reason(exc)}") from exc
+            if isinstance(exc, BrokenPipeError):
+                # Not the quiet end of other commands whose reader left: here the reader is the mail
+                # server, which must not take a message cut short for the filtered one.
+                raise SpamtuneError(f"message not passed on whole: {_reason(exc)}") from exc
+            raise  # as any command's: one line
+        error = load_error or outcome.error
+        if error is not None:
+            raise _unclassified(error, on_error)
+
+
+@contextlib.contextmanager
+def _deferred_if_interrupted(defer: bool) -> Iterator[None]:
+    """With tempfail, a Ctrl-C defers the message as every other failure does: 130, the exit
+    status of an interrupted command, is no sysexits status, which a mail server would not read
+    as "try again later"."""
     try:
-        sys.stdout.flush()
-        outcome = filter_message(sys.stdin.buffer, sys.stdout.buffer, classify, pass_through=not defer)
-    except Exception as exc:  # reading or writing the message failed, perhaps midway
-        if defer:
-            raise TemporaryFailure(f"message deferred while being copied: {_reason(exc)}") from exc
-        if isinstance(exc, BrokenPipeError):
-            # Not the quiet end of other commands whose reader left: here the reader is the mail
-            # server, which must not take a message cut short for the filtered one.
-            raise SpamtuneError(f"message not passed on whole: {_reason(exc)}") from exc
-        raise  # as any command's: one line
-    error = load_error or outcome.error
-    if error is not None:
-        raise _unclassified(error, on_error)
+        yield
+    except KeyboardInterrupt:
+        if not defer:
+            raise
+        raise TemporaryFailure("message deferred: interrupted") from None
 
 
 def _unclassified(error: Exception, on_error: str) -> SpamtuneError:
