@@ -395,6 +395,13 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise SpamtuneError(f"cannot parse {path} as {fmt.upper()}: {_one_line(exc)}") from None
     columns = [str(c) for c in frame.columns]
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas reads a first data row with more fields than the header as an unnamed index
+        # column before the named ones: every text would be shifted one field, in silence.
+        inside = "put a text holding a comma in double quotes" if fmt == "csv" else "a TSV text cannot hold a tab"
+        raise SpamtuneError(
+            f"data row 1 of {path} has more fields than its header ({', '.join(columns)}); {inside}"
+        )
     for option, column in (("--text-col", text_col), ("--label-col", label_col)):
         if column not in columns:
             raise SpamtuneError(

@@ -255,6 +255,8 @@ ERROR_CASES = {
     "label with a line break": (b'label,text\nham,a\n"sp\nam",b\n', [], 1, "data row 2 of {src} has the label 'sp\\nam'; a label is printable text on one line"),
     "label with a tab": (b'{"text": "a", "label": "ham"}\n{"text": "b", "label": "sp\\tam"}\n', ["--format", "jsonl"], 1, "line 2 of {src} has the label 'sp\\tam'; a label is printable"),
     "label with an escape": (b'{"text": "a", "label": "\\u001b[31mspam"}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the label '\\x1b[31mspam'"),
+    "csv row with an unquoted comma": (b"label,text\nham,hello, you\nspam,win, now\n", [], 1, "data row 1 of {src} has more fields than its header (label, text); put a text holding a comma in double quotes"),
+    "tsv row with a tab in its text": (b"label\ttext\nham\thello\tyou\nspam\twin\tnow\n", ["--format", "tsv"], 1, "data row 1 of {src} has more fields than its header (label, text); a TSV text cannot hold a tab"),
     "same column twice": (b"label,text\nham,a\nspam,b\n", ["--label-col", "text"], 2, "--text-col and --label-col are both 'text'"),
     "columns on sms file": (sms_lines("ham\ta", "spam\tb"), ["--text-col", "x"], 2, "--text-col and --label-col apply only to files with a header"),
 }
