@@ -531,6 +531,15 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
             splits = _cut(frame, options.split, True)
         except SpamtuneError:
             splits = _cut(frame, options.split, False)
+    rows_of_label = Counter(frame["label"])
+    trained = set(splits["train"].labels)
+    for name, index in source.label_map.items():
+        # A label the model never trains on is one it can never predict, yet labels.json lists it.
+        if index not in trained:
+            raise SpamtuneError(
+                f"the train split would hold no {name!r} row ({rows_of_label[index]:,} in all); "
+                f"a classifier learns only the labels it trains on: give more {name!r} rows"
+            )
 
     train_texts = set(splits["train"].texts)
     leakage = {name: sum(text in train_texts for text in splits[name].texts) for name in ("validation", "test")}
