@@ -17,6 +17,9 @@ from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, read_json
 
 SPLIT_COLUMNS = ("label", "text")
+# The longest text a split file holds, in characters: the csv module's field limit when one is
+# read back. ``spamtune prepare`` refuses a longer text rather than write splits nothing can read.
+MAX_TEXT_CHARS = 1 << 24
 
 
 @dataclass
@@ -33,7 +36,7 @@ def read_split(path: str | Path) -> Split:
     if not path.is_file():
         raise SpamtuneError(f"split file not found: {path.absolute()}; run `spamtune prepare` first, or {paths.ELSEWHERE}")
     texts, labels = [], []
-    csv.field_size_limit(1 << 24)
+    csv.field_size_limit(MAX_TEXT_CHARS)
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from spamtune import __version__, paths
-from spamtune.data import Split, write_split
+from spamtune.data import MAX_TEXT_CHARS, Split, write_split
 from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
 from spamtune.fsutil import atomic_path, atomic_write_json
 from spamtune.lines import normalise_line_ends
@@ -381,6 +381,7 @@ def _read_sms(content: str, path: Path, fold_case: bool) -> tuple[list[str], lis
             raise SpamtuneError(f"line {number} of {path} has no TAB; expected ham<TAB>text or spam<TAB>text")
         if (label.lower() if fold_case else label) not in SMS_LABELS:
             raise SpamtuneError(f"line {number} of {path} has the unknown label {label!r}; expected ham or spam")
+        _check_text_length(text, f"line {number} of {path}")
         texts.append(text)
         labels.append(label)
     return texts, labels
@@ -408,6 +409,8 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
                 f"column {column!r} not found in {path} (its columns: {', '.join(columns)}); pass {option} NAME"
             )
     texts = frame[text_col].tolist()
+    for row, text in enumerate(texts, start=1):
+        _check_text_length(text, f"data row {row} of {path}")
     labels = [_clean_label(value, f"data row {row} of {path}") for row, value in enumerate(frame[label_col], start=1)]
     return texts, labels
 
@@ -438,9 +441,18 @@ def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: st
             raise SpamtuneError(f"{where}: {text_col!r} is {json.dumps(text)}, not a string")
         if label is None or isinstance(label, (list, dict)):
             raise SpamtuneError(f"{where}: {label_col!r} is {json.dumps(label)}, not a label")
+        _check_text_length(text, where)
         texts.append(text)
         labels.append(_clean_label(label if isinstance(label, str) else json.dumps(label), where))
     return texts, labels
+
+
+def _check_text_length(text: str, where: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise SpamtuneError(
+            f"{where} has a text of {len(text):,} characters, more than the {MAX_TEXT_CHARS:,} "
+            "a prepared split can hold; shorten it or leave it out"
+        )
 
 
 def _clean_label(value: str, where: str) -> str:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from spamtune import paths
 from spamtune.cli import app
-from spamtune.data import read_label_map, read_split
+from spamtune.data import MAX_TEXT_CHARS, Split, read_label_map, read_split, write_split
 from spamtune.errors import SpamtuneUsageError
 from spamtune.prepare import PrepareOptions, prepare_splits, read_labelled_texts
 
@@ -384,3 +384,28 @@ def test_no_warning_without_empty_texts(tmp_path):
     src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
     result = run_prepare("--input", src, "--data-dir", tmp_path / "out")
     assert result.exit_code == 0 and "rows whose text is empty" not in result.stderr
+
+
+# --- a text longer than a split file holds ------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_text_longer_than_a_split_file_holds_is_refused_by_its_row(tmp_path, fmt):
+    rows = [(f"t{i}", "ab"[i % 2]) for i in range(20)] + [("w" * (MAX_TEXT_CHARS + 1), "a")]
+    src = tmp_path / f"in.{fmt}"
+    if fmt == "csv":
+        write_rows(src, ["text", "label"], rows)
+    else:
+        src.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--balance", "none", "--data-dir", out)
+    assert result.exit_code == 1 and result.stdout == ""
+    where = f"data row 21 of {src}" if fmt == "csv" else f"line 21 of {src}"
+    assert result.stderr == f"Error: {where} has a text of {MAX_TEXT_CHARS + 1:,} characters, more than the {MAX_TEXT_CHARS:,} a prepared split can hold; shorten it or leave it out\n"
+    assert not out.exists()
+
+
+def test_a_split_file_reads_back_the_longest_text_prepare_accepts(tmp_path):
+    longest = Split(["w" * MAX_TEXT_CHARS, "short"], [0, 1])
+    write_split(tmp_path / "train.csv", longest)
+    assert read_split(tmp_path / "train.csv") == longest
