@@ -76,10 +76,11 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
         console.print(f"read {len(source.texts):,} messages ({per_label})")
     if source.label_case_folded:
         console.print("labels compared ignoring case, named in lower case (--keep-label-case keeps Spam and spam apart)")
+    # Warnings go where the library's do, so that --quiet, which silences this console, keeps them.
     for label, spellings in source.label_spellings_merged.items():
-        console.print(f"warning: labels that differ only in case were merged into {label!r}: {', '.join(map(repr, spellings))}")
+        common.warn(f"labels that differ only in case were merged into {label!r}: {', '.join(map(repr, spellings))}")
     if prepared.empty_texts_dropped:
-        console.print(f"warning: dropped {prepared.empty_texts_dropped:,} rows whose text is empty (or only spaces)")
+        common.warn(f"dropped {prepared.empty_texts_dropped:,} rows whose text is empty (or only spaces)")
     if prepared.duplicates_dropped is not None:
         console.print(f"dropped {prepared.duplicates_dropped:,} duplicate texts (kept the first of each)")
     if prepared.rows_per_label_after_balance is not None:
