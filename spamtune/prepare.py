@@ -396,17 +396,21 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise SpamtuneError(f"cannot parse {path} as {fmt.upper()}: {_one_line(exc)}") from None
     columns = [str(c) for c in frame.columns]
+    # Quoted, as the column asked for is: a header cell may hold a line break (a file without a
+    # header has its first text there), and the error is to stay one line.
+    named = ", ".join(map(repr, columns))
     if not isinstance(frame.index, pd.RangeIndex):
         # pandas reads a first data row with more fields than the header as an unnamed index
         # column before the named ones: every text would be shifted one field, in silence.
         inside = "put a text holding a comma in double quotes" if fmt == "csv" else "a TSV text cannot hold a tab"
         raise SpamtuneError(
-            f"data row 1 of {path} has more fields than its header ({', '.join(columns)}); {inside}"
+            f"data row 1 of {path} has more fields than its header ({named}); {inside}"
         )
     for option, column in (("--text-col", text_col), ("--label-col", label_col)):
         if column not in columns:
             raise SpamtuneError(
-                f"column {column!r} not found in {path} (its columns: {', '.join(columns)}); pass {option} NAME"
+                f"column {column!r} not found in {path} (its header: {named}); pass {option} NAME, "
+                "or add a header line if the file has none"
             )
     texts = frame[text_col].tolist()
     for row, text in enumerate(texts, start=1):
@@ -434,7 +438,7 @@ def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: st
             raise SpamtuneError(f"{where} is not a JSON object")
         for option, column in (("--text-col", text_col), ("--label-col", label_col)):
             if column not in record:
-                keys = ", ".join(map(str, record)) or "none"
+                keys = ", ".join(map(repr, record)) or "none"
                 raise SpamtuneError(f"column {column!r} not found on {where} (its keys: {keys}); pass {option} NAME")
         text, label = record[text_col], record[label_col]
         if not isinstance(text, str):

@@ -234,8 +234,10 @@ def sms_lines(*lines):
 ERROR_CASES = {
     "default input missing": (None, [], 1, "run `spamtune download data` or pass --input FILE"),
     "input missing": ("absent.csv", [], 1, "input file not found: "),
-    "text column missing": (b"label,message\nham,a\nspam,b\n", [], 1, "column 'text' not found in {src} (its columns: label, message); pass --text-col"),
-    "label column missing": (b"label,text\nham,a\nspam,b\n", ["--label-col", "kind"], 1, "column 'kind' not found in {src} (its columns: label, text)"),
+    "text column missing": (b"label,message\nham,a\nspam,b\n", [], 1, "column 'text' not found in {src} (its header: 'label', 'message'); pass --text-col NAME, or add a header line if the file has none"),
+    "no header, a line break in the first text": (b'ham,"two\nlines"\nspam,b\n', ["--format", "csv"], 1, "column 'text' not found in {src} (its header: 'ham', 'two\\nlines')"),
+    "a line break in a jsonl key": (b'{"te\\nxt": "a", "label": "ham"}\n', ["--format", "jsonl"], 1, "column 'text' not found on line 1 of {src} (its keys: 'te\\nxt', 'label')"),
+    "label column missing": (b"label,text\nham,a\nspam,b\n", ["--label-col", "kind"], 1, "column 'kind' not found in {src} (its header: 'label', 'text')"),
     "one label": (b"label,text\nham,a\nham,b\n", [], 1, "has only one label ('ham')"),
     "empty file": (b"", [], 1, "{src} is empty"),
     "header only": (b"label,text\n", [], 1, "has a header but no rows"),
@@ -256,8 +258,8 @@ ERROR_CASES = {
     "label with a line break": (b'label,text\nham,a\n"sp\nam",b\n', [], 1, "data row 2 of {src} has the label 'sp\\nam'; a label is printable text on one line"),
     "label with a tab": (b'{"text": "a", "label": "ham"}\n{"text": "b", "label": "sp\\tam"}\n', ["--format", "jsonl"], 1, "line 2 of {src} has the label 'sp\\tam'; a label is printable"),
     "label with an escape": (b'{"text": "a", "label": "\\u001b[31mspam"}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the label '\\x1b[31mspam'"),
-    "csv row with an unquoted comma": (b"label,text\nham,hello, you\nspam,win, now\n", [], 1, "data row 1 of {src} has more fields than its header (label, text); put a text holding a comma in double quotes"),
-    "tsv row with a tab in its text": (b"label\ttext\nham\thello\tyou\nspam\twin\tnow\n", ["--format", "tsv"], 1, "data row 1 of {src} has more fields than its header (label, text); a TSV text cannot hold a tab"),
+    "csv row with an unquoted comma": (b"label,text\nham,hello, you\nspam,win, now\n", [], 1, "data row 1 of {src} has more fields than its header ('label', 'text'); put a text holding a comma in double quotes"),
+    "tsv row with a tab in its text": (b"label\ttext\nham\thello\tyou\nspam\twin\tnow\n", ["--format", "tsv"], 1, "data row 1 of {src} has more fields than its header ('label', 'text'); a TSV text cannot hold a tab"),
     "same column twice": (b"label,text\nham,a\nspam,b\n", ["--label-col", "text"], 2, "--text-col and --label-col are both 'text'"),
     "columns on sms file": (sms_lines("ham\ta", "spam\tb"), ["--text-col", "x"], 2, "--text-col and --label-col apply only to files with a header"),
 }
