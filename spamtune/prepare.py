@@ -547,13 +547,16 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
             splits = _cut(frame, options.split, True)
         except SpamtuneError:
             splits = _cut(frame, options.split, False)
-    rows_of_label = Counter(frame["label"])
+    rows_left = Counter(frame["label"])
+    rows_read = source.label_counts()
     trained = set(splits["train"].labels)
     for name, index in source.label_map.items():
         # A label the model never trains on is one it can never predict, yet labels.json lists it.
         if index not in trained:
+            left, read = rows_left[index], rows_read[name]
+            count = f"{read:,} in all" if left == read else f"{left:,} of its {read:,} left to split"
             raise SpamtuneError(
-                f"the train split would hold no {name!r} row ({rows_of_label[index]:,} in all); "
+                f"the train split would hold no {name!r} row ({count}); "
                 f"a classifier learns only the labels it trains on: give more {name!r} rows"
             )
 

@@ -251,6 +251,7 @@ ERROR_CASES = {
     "sms unknown label": (sms_lines("ham\ta", "spam\tb", "spma\tc"), [], 1, "line 3 of {src} has the unknown label 'spma'"),
     "empty split": (sms_lines("ham\ta", "spam\tb", "ham\tc"), [], 1, "the validation split would be empty"),
     "a label too rare for train": (b"label,text\n" + b"".join(b"ham,h%d\n" % i for i in range(40)) + b"spam,win\n", ["--balance", "none"], 1, "the train split would hold no 'spam' row (1 in all)"),
+    "a label with only empty texts": (b"label,text\n" + b"".join(b"%s,t%d\n" % ((b"a", b"b")[i % 2], i) for i in range(40)) + b"c, \n" * 5, ["--balance", "none"], 1, "the train split would hold no 'c' row (0 of its 5 left to split)"),
     "only one label has texts": (b"label,text\nham,a\nspam, \nham,c\n", [], 1, "fewer than two labels are left"),
     "bad jsonl line": (b'{"text": "a", "label": "x"}\n{"text": "b", "label"\n', ["--format", "jsonl"], 1, "line 2 of {src} is not valid JSON"),
     "jsonl null text": (b'{"text": null, "label": "x"}\n', ["--format", "jsonl"], 1, "line 1 of {src}: 'text' is null, not a string"),
