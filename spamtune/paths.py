@@ -41,6 +41,13 @@ def data_root(override: str | Path | None = None) -> Path:
         root = _absolute(default_data_root())
     if root.exists() and not root.is_dir():
         raise SpamtuneError(f"the data root {root} is not a folder ({data_root_source(override)}); {ELSEWHERE}")
+    if root.is_symlink() and not root.exists():
+        # A link to a drive not mounted, or to a folder moved away: listed, it would read as an
+        # empty root, and written to, the only error would be mkdir's "File exists".
+        raise SpamtuneError(
+            f"the data root {root} is a symbolic link to {os.readlink(root)}, which does not exist "
+            f"({data_root_source(override)}); {ELSEWHERE}"
+        )
     return root
 
 

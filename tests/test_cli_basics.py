@@ -163,6 +163,20 @@ def test_a_data_root_that_is_a_file_is_one_error_line(tmp_path, words):
     assert result.stderr == f"Error: the data root {afile} is not a folder (--data-dir); to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR\n"
 
 
+@pytest.mark.parametrize("words", [["runs"], ["bases", "ls"], ["cache", "ls"], ["predict", "hi"], ["prepare"]], ids=" ".join)
+def test_a_data_root_that_is_a_dangling_link_is_one_error_line(tmp_path, words):
+    """A link to a drive not mounted: not an empty root, and not mkdir's "File exists"."""
+    link = tmp_path / "spamtune"
+    link.symlink_to(tmp_path / "unmounted" / "spamtune")
+    result = invoke(*words, "--data-dir", str(link))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"Error: the data root {link} is a symbolic link to {tmp_path / 'unmounted' / 'spamtune'}, which does not exist "
+        "(--data-dir); to use another data root, pass --data-dir DIR or set SPAMTUNE_HOME=DIR\n"
+    )
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_a_path_with_a_name_too_long_for_the_file_system_is_one_line_naming_it(tmp_path):
     from helpers import write_tiny_data
 
