@@ -31,6 +31,7 @@ from spamtune import __version__, paths
 from spamtune.data import MAX_TEXT_CHARS, Split, write_split
 from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
 from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.interrupts import interrupts_deferred
 from spamtune.lines import normalise_line_ends
 from spamtune.mail import MailSource, Unreadable, extract, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
@@ -636,11 +637,18 @@ def write_prepared(root: str | Path, prepared: PreparedSplits) -> list[Path]:
     """
     root = Path(root)
     targets = output_files(root)
-    with contextlib.ExitStack() as stack:
-        temporary = [stack.enter_context(atomic_path(target)) for target in targets]
+    for target in targets:
+        # The one rename that reliably fails; found among the five renames, it would come after
+        # some of them had replaced their files, leaving splits from two preparations.
+        if target.is_dir() and not target.is_symlink():
+            raise SpamtuneError(f"cannot write {target}: it is a folder")
+    with contextlib.ExitStack() as renames:
+        temporary = [renames.enter_context(atomic_path(target)) for target in targets]
         *split_paths, labels_path, record_path = temporary
         for tmp, name in zip(split_paths, paths.SPLITS):
             write_split(tmp, prepared.splits[name])
         atomic_write_json(labels_path, {"labels": prepared.source.label_map})
         atomic_write_json(record_path, prepared.record())
+        with interrupts_deferred():  # a Ctrl-C between two renames would leave a mixed set too
+            renames.close()
     return targets

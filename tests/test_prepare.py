@@ -2,7 +2,10 @@ import csv
 import hashlib
 import io
 import json
+import os
+import signal
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +15,7 @@ from spamtune import paths
 from spamtune.cli import app
 from spamtune.data import MAX_TEXT_CHARS, Split, read_label_map, read_split, write_split
 from spamtune.errors import SpamtuneUsageError
-from spamtune.prepare import PrepareOptions, prepare_splits, read_labelled_texts
+from spamtune.prepare import PrepareOptions, prepare_splits, read_labelled_texts, write_prepared
 
 OUTPUT_NAMES = ["train.csv", "validation.csv", "test.csv", "labels.json", "prepare.json"]
 
@@ -214,14 +217,44 @@ def test_options_are_checked_in_the_library_too(sms_file):
         prepare_splits(source, PrepareOptions(split=(0.5, 0.1, 0.1)))
 
 
-def test_a_failed_write_replaces_nothing(tmp_path):
-    src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
+def file_bytes(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("blocked", OUTPUT_NAMES)
+def test_a_failed_write_replaces_nothing(tmp_path, blocked):
+    old = write_rows(tmp_path / "old.csv", ["text", "label"], [(f"old {i}", "ab"[i % 2]) for i in range(10)])
+    new = write_rows(tmp_path / "new.csv", ["text", "label"], [(f"new {i}", "xy"[i % 2]) for i in range(10)])
     out = tmp_path / "out"
-    (out / "prepare.json").mkdir(parents=True)  # the last file cannot be renamed into place
-    result = run_prepare("--input", src, "--data-dir", out)
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    (out / blocked).unlink()
+    (out / blocked).mkdir()  # this file cannot be renamed into place
+    before = file_bytes(out)
+    result = run_prepare("--input", new, "--data-dir", out)
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.startswith("Error: cannot write") and "prepare.json" in result.stderr
-    assert [p.name for p in out.iterdir()] == ["prepare.json"]
+    assert result.stderr == f"Error: cannot write {out / blocked}: it is a folder\n"
+    assert file_bytes(out) == before and sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
+
+
+def test_ctrl_c_among_the_renames_lands_after_the_last(tmp_path, monkeypatch):
+    old = write_rows(tmp_path / "old.csv", ["text", "label"], [(f"old {i}", "ab"[i % 2]) for i in range(10)])
+    new = write_rows(tmp_path / "new.csv", ["text", "label"], [(f"new {i}", "xy"[i % 2]) for i in range(10)])
+    out = tmp_path / "out"
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    before = file_bytes(out)
+    replace = os.replace
+
+    def replace_then_ctrl_c(source, target):
+        replace(source, target)
+        if Path(target).name in OUTPUT_NAMES:  # a final name, not a temporary written in place
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        write_prepared(out, prepare_splits(read_labelled_texts(new)))
+    after = file_bytes(out)
+    assert sorted(after) == sorted(OUTPUT_NAMES) and all(after[name] != before[name] for name in OUTPUT_NAMES)
+    assert read_label_map(out) == {"x": 0, "y": 1}
 
 
 # --- errors: one line on stderr, nothing on stdout, nothing written ------------------------------
