@@ -392,6 +392,9 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
     """A CSV (RFC 4180 quoting: commas, quotes and newlines inside quoted fields) or a TSV
     (no quoting, as in the IANA TSV format: a ``"`` is an ordinary character), with a header."""
     options = {"sep": ","} if fmt == "csv" else {"sep": "\t", "quoting": csv.QUOTE_NONE}
+    # Lines end at "\n" alone (spamtune.lines; CRLF is gone already): by default pandas also
+    # ends a row at a lone "\r", which cut a text holding one into two rows.
+    options["lineterminator"] = "\n"
     try:
         frame = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False, na_filter=False, **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

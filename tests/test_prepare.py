@@ -363,9 +363,17 @@ def test_crlf_sms_file_prepares_the_texts_predict_reads(tmp_path):
     assert prepared == set(read_back) == {f"message number {i}" for i in range(20)}
 
 
-def test_a_lone_carriage_return_inside_a_text_is_kept(tmp_path):
-    src = tmp_path / "m.tsv"
-    src.write_bytes(b"ham\tone\rtwo\r\nspam\tthree\n")
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("m.tsv", b"ham\tone\rtwo\r\nspam\tthree\n"),
+        ("with_header.tsv", b"text\tlabel\none\rtwo\tham\r\nthree\tspam\n"),
+        ("in.csv", b"text,label\none\rtwo,ham\r\nthree,spam\n"),
+    ],
+)
+def test_a_lone_carriage_return_inside_a_text_is_kept(tmp_path, name, content):
+    src = tmp_path / name
+    src.write_bytes(content)
     assert read_labelled_texts(src).texts == ["one\rtwo", "three"]
 
 
