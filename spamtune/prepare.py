@@ -227,6 +227,7 @@ def read_labelled_texts(
 
     Every format follows one line-end rule (``spamtune.lines``): a ``\r`` before ``\n`` is
     dropped, so a CRLF file gives the texts its LF twin gives, and the texts ``predict`` sees.
+    A file without any ``\n`` has classic Mac OS line ends: there each ``\r`` ends a line.
     Labels are compared ignoring case (``Spam``, ``SPAM`` and ``spam`` are one class, named in
     lower case) unless ``keep_label_case``; the spellings merged are reported in
     ``label_spellings_merged``.
@@ -239,6 +240,10 @@ def read_labelled_texts(
     except OSError as exc:
         raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
     content = normalise_line_ends(_decode_utf8(raw, path))
+    if "\r" in content and "\n" not in content:
+        # Classic Mac OS line ends (Excel for Mac's "CSV (Macintosh)"): in a file without a
+        # single "\n", every "\r" ends a line, and read as text it would make one long header.
+        content = content.replace("\r", "\n")
     if not content.strip():
         raise SpamtuneError(f"{path} is empty")
 

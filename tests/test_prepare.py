@@ -333,15 +333,17 @@ CRLF_CASES = {
 }
 
 
+# "\r" alone: classic Mac OS line ends, as Excel for Mac's "CSV (Macintosh)" still writes them.
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"], ids=["crlf", "cr"])
 @pytest.mark.parametrize("name, content, extra", CRLF_CASES.values(), ids=CRLF_CASES.keys())
-def test_crlf_files_give_the_same_texts_as_lf_files(tmp_path, name, content, extra):
+def test_crlf_files_give_the_same_texts_as_lf_files(tmp_path, name, content, extra, line_end):
     fmt = extra[1] if extra else None
     (tmp_path / "lf").mkdir()
     (tmp_path / "crlf").mkdir()
     lf = tmp_path / "lf" / name
     crlf = tmp_path / "crlf" / name
     lf.write_bytes(content.encode())
-    crlf.write_bytes(content.replace("\n", "\r\n").encode())
+    crlf.write_bytes(content.replace("\n", line_end).encode())
     want, got = read_labelled_texts(lf, fmt), read_labelled_texts(crlf, fmt)
     assert got.texts == want.texts and got.labels == want.labels and got.format == want.format
     assert not any(text.endswith("\r") for text in got.texts)
