@@ -168,7 +168,8 @@ def resolve_input(root: Path, input_file: str | Path | None) -> Path:
                 f"or {paths.ELSEWHERE}"
             )
         return default
-    path = Path(input_file)
+    # Expanded here as --data-dir and mail sources are: the shell leaves the "~" of --input=~/x.csv.
+    path = Path(input_file).expanduser()
     if not path.exists():
         raise SpamtuneError(f"input file not found: {path.absolute()}")
     if not path.is_file():
@@ -178,7 +179,7 @@ def resolve_input(root: Path, input_file: str | Path | None) -> Path:
 
 def mail_inputs(inputs: list[str]) -> list[str]:
     """The inputs that name mail sources: ``LABEL=PATH`` and not an existing file."""
-    return [str(spec) for spec in inputs if "=" in str(spec) and not Path(spec).is_file()]
+    return [str(spec) for spec in inputs if "=" in str(spec) and not Path(spec).expanduser().is_file()]
 
 
 def read_input(

@@ -166,6 +166,15 @@ def test_format_option_overrides_the_extension(tmp_path):
     assert sum(all_rows(tmp_path / "out").values()) == 10
 
 
+def test_a_tilde_in_the_input_is_the_home_folder(tmp_path, monkeypatch):
+    """`--input=~/mails.csv`: the shell expands no "~" after "="."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
+    result = run_prepare("--input=~/in.csv", "--data-dir", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "prepare.json").read_text())["input"]["path"] == str(tmp_path / "in.csv")
+
+
 def test_headerless_ham_spam_tsv_is_read_as_sms(tmp_path):
     src = tmp_path / "messages"
     src.write_text('ham\t"quoted\nspam\tWIN\tnow\n', encoding="utf-8")
