@@ -565,8 +565,9 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
         if index not in trained:
             left, read = rows_left[index], rows_read[name]
             count = f"{read:,} in all" if left == read else f"{left:,} of its {read:,} left to split"
+            # The number of labels shows a wrong label column at once (an id: one label a row).
             raise SpamtuneError(
-                f"the train split would hold no {name!r} row ({count}); "
+                f"the train split would hold no {name!r} row ({count}; {len(source.label_map):,} labels); "
                 f"a classifier learns only the labels it trains on: give more {name!r} rows"
             )
 
