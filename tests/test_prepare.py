@@ -266,6 +266,36 @@ def test_ctrl_c_among_the_renames_lands_after_the_last(tmp_path, monkeypatch):
     assert read_label_map(out) == {"x": 0, "y": 1}
 
 
+def test_sigterm_while_writing_leaves_no_temporary_and_exits_143(tmp_path, monkeypatch):
+    """`timeout` or a scheduler ends prepare as Ctrl-C does: the data root keeps no half-written file."""
+    from spamtune import prepare as prepare_module
+    from spamtune.interrupts import forget_stop
+
+    src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
+    out = tmp_path / "out"
+    write_split = prepare_module.write_split
+
+    def write_then_sigterm(path, split):
+        write_split(path, split)
+        signal.raise_signal(signal.SIGTERM)
+
+    class Ended(Exception):
+        pass
+
+    def ended(signum, frame):  # what the default action would do, short of ending pytest
+        raise Ended
+
+    monkeypatch.setattr(prepare_module, "write_split", write_then_sigterm)
+    previous = signal.signal(signal.SIGTERM, ended)
+    try:
+        result = run_prepare("--input", src, "--data-dir", out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        forget_stop()
+    assert result.exit_code == 143 and result.stdout == "" and result.stderr == "Error: interrupted\n"
+    assert list(out.iterdir()) == []
+
+
 # --- errors: one line on stderr, nothing on stdout, nothing written ------------------------------
 
 

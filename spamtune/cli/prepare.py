@@ -47,15 +47,19 @@ def prepare(
 
     The default is the book's chapter 6 recipe: undersample ham to spam's count, shuffle with random_state 123, cut 70% / 10% / 20%. A summary goes to stderr; the written paths to stdout.
     """
+    from spamtune.interrupts import sigterm_as_interrupt
     from spamtune.prepare import parse_split, prepare_splits, read_input, write_prepared
 
     root = paths.data_root(data_dir)
     options = PrepareOptions(**{**options, "split": parse_split(options["split"])})
-    source = read_input(
-        root, inputs or [], input_format, text_col, label_col, keep_label_case=options.keep_label_case
-    )
-    prepared = prepare_splits(source, options)
-    written = write_prepared(root, prepared)
+    # SIGTERM (`timeout`, a scheduler) as Ctrl-C: the temporaries being written are removed, where
+    # ending at once would leave them in the data root, as large as the splits and never cleaned.
+    with sigterm_as_interrupt():
+        source = read_input(
+            root, inputs or [], input_format, text_col, label_col, keep_label_case=options.keep_label_case
+        )
+        prepared = prepare_splits(source, options)
+        written = write_prepared(root, prepared)
     _render_summary(stderr_console(), prepared)
     for path in written:
         typer.echo(path)
