@@ -348,11 +348,22 @@ def read_mail_sources(sources: list[MailSource], *, keep_label_case: bool = Fals
     )  # fmt: skip
 
 
+# Files that are not text at all, by their first bytes: a line and byte in them would mean nothing.
+_NOT_TEXT = (
+    ((b"\xff\xfe", b"\xfe\xff"), "it is UTF-16 (as Excel saves 'Unicode Text'); save it as UTF-8"),
+    ((b"\x1f\x8b",), "it is gzip-compressed; decompress it first"),
+    ((b"PK\x03\x04",), "it is a zip archive (an Excel .xlsx workbook is one); save the sheet as 'CSV UTF-8'"),
+)
+
+
 def _decode_utf8(raw: bytes, path: Path) -> str:
     """Strict UTF-8 (a leading byte-order mark is dropped); a bad byte is reported by line."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        for magic, why in _NOT_TEXT:
+            if raw.startswith(magic):
+                raise SpamtuneError(f"{path} is not UTF-8 text: {why}") from None
         line = raw.count(b"\n", 0, exc.start) + 1
         raise SpamtuneError(
             f"{path} is not valid UTF-8: line {line} has the byte 0x{raw[exc.start]:02x}; save it as UTF-8"

@@ -1,9 +1,11 @@
 import csv
+import gzip
 import hashlib
 import io
 import json
 import os
 import signal
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -299,6 +301,13 @@ def test_sigterm_while_writing_leaves_no_temporary_and_exits_143(tmp_path, monke
 # --- errors: one line on stderr, nothing on stdout, nothing written ------------------------------
 
 
+def zip_of(name, data):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(name, data)
+    return buffer.getvalue()
+
+
 def sms_lines(*lines):
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
@@ -319,6 +328,9 @@ ERROR_CASES = {
     "negative seed": (sms_lines("ham\ta", "spam\tb"), ["--seed", "-1"], 2, "--seed must be between 0 and 4294967295 (got -1)"),
     "seed too large": (sms_lines("ham\ta", "spam\tb"), ["--seed", str(2**32)], 2, "--seed must be between 0 and 4294967295"),
     "bad utf-8": (b"ham\tok\nspam\tcaf\xe9\n", [], 1, "is not valid UTF-8: line 2 has the byte 0xe9"),
+    "utf-16": ("text\tlabel\nhi\tham\n".encode("utf-16"), [], 1, "{src} is not UTF-8 text: it is UTF-16 (as Excel saves 'Unicode Text'); save it as UTF-8"),
+    "gzip": (gzip.compress(b"label,text\nham,a\nspam,b\n"), [], 1, "{src} is not UTF-8 text: it is gzip-compressed; decompress it first"),
+    "xlsx": (zip_of("xl/worksheets/sheet1.xml", b"<worksheet>\xc3\x28</worksheet>" * 50), [], 1, "{src} is not UTF-8 text: it is a zip archive (an Excel .xlsx workbook is one)"),
     "sms line without tab": (sms_lines("ham\ta", "spam b"), [], 1, "line 2 of {src} has no TAB"),
     "sms unknown label": (sms_lines("ham\ta", "spam\tb", "spma\tc"), [], 1, "line 3 of {src} has the unknown label 'spma'"),
     "empty split": (sms_lines("ham\ta", "spam\tb", "ham\tc"), [], 1, "the validation split would be empty"),
