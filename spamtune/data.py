@@ -52,11 +52,17 @@ def read_split(path: str | Path) -> Split:
 
 def write_split(path: str | Path, split: Split) -> Path:
     """Atomically write a split CSV (RFC 4180 quoting keeps commas, quotes and newlines intact)."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp:
+        write_split_into(tmp, split)
+    return Path(path)
+
+
+def write_split_into(path: Path, split: Split) -> None:
+    """Write a split CSV to ``path`` itself: a temporary that the caller renames into place."""
+    with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(SPLIT_COLUMNS)
         writer.writerows(zip(split.labels, split.texts))
-    return Path(path)
 
 
 def read_label_map(root: str | Path) -> dict[str, int]:

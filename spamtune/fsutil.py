@@ -204,8 +204,13 @@ def atomic_write_text(final: str | Path, text: str) -> Path:
     return atomic_write_bytes(final, text.encode("utf-8"))
 
 
+def json_bytes(obj) -> bytes:
+    """A JSON file as spamtune writes one: indented, UTF-8 kept as it is, a final newline."""
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def atomic_write_json(final: str | Path, obj) -> Path:
-    return atomic_write_text(final, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    return atomic_write_bytes(final, json_bytes(obj))
 
 
 # spamtune's JSON files (hparams.json, summary.json, a sweep's sweep.json) are kilobytes; a file

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -28,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from spamtune import __version__, paths
-from spamtune.data import MAX_TEXT_CHARS, Split, write_split
+from spamtune.data import MAX_TEXT_CHARS, Split, write_split_into
 from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
-from spamtune.fsutil import atomic_path, atomic_write_json
+from spamtune.fsutil import atomic_path, json_bytes, write_error
 from spamtune.interrupts import interrupts_deferred
 from spamtune.lines import normalise_line_ends
 from spamtune.mail import MailSource, Unreadable, extract, iter_messages, parse_source
@@ -663,13 +664,21 @@ def write_prepared(root: str | Path, prepared: PreparedSplits) -> list[Path]:
         # some of them had replaced their files, leaving splits from two preparations.
         if target.is_dir() and not target.is_symlink():
             raise SpamtuneError(f"cannot write {target}: it is a folder")
+    writers = [
+        *(functools.partial(write_split_into, split=prepared.splits[name]) for name in paths.SPLITS),
+        lambda tmp: tmp.write_bytes(json_bytes({"labels": prepared.source.label_map})),
+        lambda tmp: tmp.write_bytes(json_bytes(prepared.record())),
+    ]
     with contextlib.ExitStack() as renames:
-        temporary = [renames.enter_context(atomic_path(target)) for target in targets]
-        *split_paths, labels_path, record_path = temporary
-        for tmp, name in zip(split_paths, paths.SPLITS):
-            write_split(tmp, prepared.splits[name])
-        atomic_write_json(labels_path, {"labels": prepared.source.label_map})
-        atomic_write_json(record_path, prepared.record())
+        for target, write in zip(targets, writers):
+            tmp = renames.enter_context(atomic_path(target))
+            # Written into the temporary itself, and a failure named here: a full disk is then
+            # "disk full: train.csv", not a hidden temporary's name, nor the file whose
+            # temporary happened to be opened last.
+            try:
+                write(tmp)
+            except OSError as exc:
+                raise write_error(target, exc) from None
         with interrupts_deferred():  # a Ctrl-C between two renames would leave a mixed set too
             renames.close()
     return targets

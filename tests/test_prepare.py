@@ -1,4 +1,5 @@
 import csv
+import errno
 import gzip
 import hashlib
 import io
@@ -268,6 +269,23 @@ def test_ctrl_c_among_the_renames_lands_after_the_last(tmp_path, monkeypatch):
     assert read_label_map(out) == {"x": 0, "y": 1}
 
 
+def test_a_full_disk_is_reported_as_the_file_it_was_for(tmp_path, monkeypatch):
+    src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
+    out = tmp_path / "out"
+
+    class FullDisk:
+        def writerow(self, row):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        writerows = writerow
+
+    monkeypatch.setattr(csv, "writer", lambda f: FullDisk())
+    result = run_prepare("--input", src, "--data-dir", out)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"Error: disk full: {out / 'train.csv'}\n"
+    assert list(out.iterdir()) == []
+
+
 def test_sigterm_while_writing_leaves_no_temporary_and_exits_143(tmp_path, monkeypatch):
     """`timeout` or a scheduler ends prepare as Ctrl-C does: the data root keeps no half-written file."""
     from spamtune import prepare as prepare_module
@@ -275,10 +293,10 @@ def test_sigterm_while_writing_leaves_no_temporary_and_exits_143(tmp_path, monke
 
     src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
     out = tmp_path / "out"
-    write_split = prepare_module.write_split
+    write_split_into = prepare_module.write_split_into
 
     def write_then_sigterm(path, split):
-        write_split(path, split)
+        write_split_into(path, split)
         signal.raise_signal(signal.SIGTERM)
 
     class Ended(Exception):
@@ -287,7 +305,7 @@ def test_sigterm_while_writing_leaves_no_temporary_and_exits_143(tmp_path, monke
     def ended(signum, frame):  # what the default action would do, short of ending pytest
         raise Ended
 
-    monkeypatch.setattr(prepare_module, "write_split", write_then_sigterm)
+    monkeypatch.setattr(prepare_module, "write_split_into", write_then_sigterm)
     previous = signal.signal(signal.SIGTERM, ended)
     try:
         result = run_prepare("--input", src, "--data-dir", out)
