@@ -561,7 +561,9 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
     # The book's random_split: shuffle every row, then cut by position.
     frame = frame.sample(frac=1, random_state=options.seed).reset_index(drop=True)
     if options.stratify or options.balance != "none":
-        splits = _cut(frame, options.split, options.stratify)
+        # Undersampling can leave far fewer rows than the file holds: the error says why.
+        balanced = f" after --balance {options.balance} kept {rows_per_label:,} per label" if rows_per_label else ""
+        splits = _cut(frame, options.split, options.stratify, balanced)
     else:
         # Without balancing, validation and test are to show the real class mix: cut per label,
         # unless the labels are too small to give every split a row that way (a tiny file).
@@ -608,7 +610,7 @@ def _undersample(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, int]:
     return pd.concat(parts), smallest
 
 
-def _cut(frame: pd.DataFrame, fractions: tuple[float, float, float], stratify: bool) -> dict[str, Split]:
+def _cut(frame: pd.DataFrame, fractions: tuple[float, float, float], stratify: bool, balanced: str = "") -> dict[str, Split]:
     """Cut the shuffled rows by position as the book does (``train_end = int(n * train_frac)``,
     ``validation_end = train_end + int(n * validation_frac)``, the rest is test).
 
@@ -629,7 +631,7 @@ def _cut(frame: pd.DataFrame, fractions: tuple[float, float, float], stratify: b
         part = frame[assignment == index]
         if part.empty:
             raise SpamtuneError(
-                f"the {name} split would be empty ({len(frame):,} rows to split, {name} fraction {fractions[index]:g}); "
+                f"the {name} split would be empty ({len(frame):,} rows to split{balanced}, {name} fraction {fractions[index]:g}); "
                 "use more data or a larger --split fraction"
             )
         splits[name] = Split(part["text"].tolist(), [int(label) for label in part["label"]])

@@ -352,6 +352,7 @@ ERROR_CASES = {
     "sms line without tab": (sms_lines("ham\ta", "spam b"), [], 1, "line 2 of {src} has no TAB"),
     "sms unknown label": (sms_lines("ham\ta", "spam\tb", "spma\tc"), [], 1, "line 3 of {src} has the unknown label 'spma'"),
     "empty split": (sms_lines("ham\ta", "spam\tb", "ham\tc"), [], 1, "the validation split would be empty"),
+    "one spam, undersampled": (b"label,text\n" + b"".join(b"ham,h%d\n" % i for i in range(40)) + b"spam,win\n", [], 1, "the validation split would be empty (2 rows to split after --balance undersample kept 1 per label, validation fraction 0.1)"),
     "a label too rare for train": (b"label,text\n" + b"".join(b"ham,h%d\n" % i for i in range(40)) + b"spam,win\n", ["--balance", "none"], 1, "the train split would hold no 'spam' row (1 in all; 2 labels)"),
     "a label with only empty texts": (b"label,text\n" + b"".join(b"%s,t%d\n" % ((b"a", b"b")[i % 2], i) for i in range(40)) + b"c, \n" * 5, ["--balance", "none"], 1, "the train split would hold no 'c' row (0 of its 5 left to split; 3 labels)"),
     "an id column as the label": (b"id,text\n" + b"".join(b"%d,t%d\n" % (i, i) for i in range(40)), ["--label-col", "id", "--format", "csv"], 1, " row (1 in all; 40 labels); a classifier learns only the labels it trains on"),
