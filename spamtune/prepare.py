@@ -456,6 +456,8 @@ def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: st
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SpamtuneError(f"{where} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+        except RecursionError:  # the json module's parser recurses once per level of nesting
+            raise SpamtuneError(f"{where} is not valid JSON: nested too deeply") from None
         if not isinstance(record, dict):
             raise SpamtuneError(f"{where} is not a JSON object")
         for option, column in (("--text-col", text_col), ("--label-col", label_col)):

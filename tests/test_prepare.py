@@ -358,6 +358,7 @@ ERROR_CASES = {
     "an id column as the label": (b"id,text\n" + b"".join(b"%d,t%d\n" % (i, i) for i in range(40)), ["--label-col", "id", "--format", "csv"], 1, " row (1 in all; 40 labels); a classifier learns only the labels it trains on"),
     "only one label has texts": (b"label,text\nham,a\nspam, \nham,c\n", [], 1, "fewer than two labels are left"),
     "bad jsonl line": (b'{"text": "a", "label": "x"}\n{"text": "b", "label"\n', ["--format", "jsonl"], 1, "line 2 of {src} is not valid JSON"),
+    "jsonl nested too deeply": (b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b', "label": "x"}\n', ["--format", "jsonl"], 1, "line 1 of {src} is not valid JSON: nested too deeply"),
     "jsonl null text": (b'{"text": null, "label": "x"}\n', ["--format", "jsonl"], 1, "line 1 of {src}: 'text' is null, not a string"),
     "empty label": (b"label,text\nham,a\n ,b\n", [], 1, "data row 2 of {src} has an empty label"),
     "label with a line break": (b'label,text\nham,a\n"sp\nam",b\n', [], 1, "data row 2 of {src} has the label 'sp\\nam'; a label is printable text on one line"),
