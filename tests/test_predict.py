@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -398,6 +399,22 @@ def test_a_closed_stdout_is_one_line_and_out_needs_none(run_dir, tmp_path):
     proc = run("--out", str(out), "hi")
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().endswith("\thi\n")
+
+
+def test_out_onto_a_fifo_or_device_writes_into_it_rather_than_replacing_it(run_dir, tmp_path):
+    """A rename onto ``--out /dev/null`` (or ``/dev/stdout``, a named pipe) would replace the node
+    itself with a regular file; a node that is not a regular file is written to directly."""
+    fifo = tmp_path / "results"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that opening it to write does not wait
+    try:
+        result = invoke(run_dir, "--out", str(fifo), "hi", "WIN!")
+        assert result.exit_code == 0, result.stderr
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert os.read(reader, 1 << 16).decode() == f"ham\t{HAM_P}\thi\nspam\t{SPAM_P}\tWIN!\n"
+    finally:
+        os.close(reader)
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]  # no temporary left beside it
 
 
 def write_lines(path: Path, n: int) -> Path:

@@ -527,8 +527,6 @@ def _launched(devices: int | None, run: str | None, data_dir: Path | None, devic
 def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, threshold, batch_size, device, precision, mail, long, explain) -> tuple[int, int]:
     """Write one line per message to ``out_file`` (atomically) or stdout; return how many were
     positive, and how many mail messages could not be read (their lines say ``error``)."""
-    from spamtune.fsutil import atomic_path
-
     from spamtune.cli.predict_mail import classify_share, report_unreadable, round_digest
     from spamtune.distributed import share_bounds
     from spamtune.options import TEXT_LONG
@@ -545,7 +543,7 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
         chunks = fixed_chunks(chunks, CHUNK_LINES * world.size)
     with contextlib.ExitStack() as stack:
         if out_file is not None:  # stdout is not needed, and may be closed
-            out = stack.enter_context(open(stack.enter_context(atomic_path(out_file)), "wb")) if world.is_main else None
+            out = _open_out(stack, out_file) if world.is_main else None
         else:
             sys.stdout.flush()
             out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
@@ -585,6 +583,24 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
     if mail is None and world.is_main:
         common.detail(f"{counted:,} messages, {positives:,} {classifier.positive_label}, in {seconds:.1f}s")
     return world.decide_once((positives, unreadable))
+
+
+def _open_out(stack: contextlib.ExitStack, out_file: Path) -> BinaryIO:
+    """``--out``: a temporary file renamed onto PATH once complete, so PATH is whole or untouched.
+    A device or FIFO (``/dev/null``, ``/dev/stdout``, a named pipe) is written to directly: a
+    rename would replace the node itself (run as root, ``/dev/null`` became a regular file)."""
+    from spamtune.fsutil import atomic_path
+
+    try:
+        special = not stat.S_ISREG(os.stat(out_file).st_mode)
+    except OSError:  # not there yet: a new file
+        special = False
+    if not special:
+        return stack.enter_context(open(stack.enter_context(atomic_path(out_file)), "wb"))
+    try:
+        return stack.enter_context(open(out_file, "wb"))
+    except OSError as exc:
+        raise SpamtuneError(f"cannot write {out_file}: {exc.strerror or exc}") from None
 
 
 def _load_classifier(run_dir: Path, world, *, threshold, batch_size, device, precision):
