@@ -59,10 +59,10 @@ def read_message_chunks(
     """The lines of a byte stream as messages, in lists of at most ``chunk_lines``.
 
     A line ends at ``\\n`` only; a ``\\r`` before it is dropped (CRLF files), empty lines are
-    messages, and bytes that are not UTF-8 become U+FFFD. A chunk is handed over when it is
-    full or when the input has nothing more ready (a short read from a pipe or terminal), so a
-    fast producer fills whole batches while a slow one gets each answer at once. Memory holds
-    one read, one chunk and the line being assembled.
+    messages, bytes that are not UTF-8 become U+FFFD, and a byte-order mark opening the stream is
+    dropped. A chunk is handed over when it is full or when the input has nothing more ready (a
+    short read from a pipe or terminal), so a fast producer fills whole batches while a slow one
+    gets each answer at once. Memory holds one read, one chunk and the line being assembled.
 
     ``first_chunk_lines`` starts small and doubles up to ``chunk_lines``: the first answers
     come after one batch rather than a full chunk, and a reader that leaves early (``| head``)
@@ -72,11 +72,15 @@ def read_message_chunks(
     limit = min(first_chunk_lines or chunk_lines, chunk_lines)
     buffer = bytearray()
     pending: list[str] = []
+    first_line = True
     while data := read(read_size):
         buffer += data
         end = buffer.rfind(b"\n")
         if end >= 0:
-            pending.extend(_decode_line(line) for line in bytes(buffer[:end]).split(b"\n"))
+            lines = [_decode_line(line) for line in bytes(buffer[:end]).split(b"\n")]
+            if first_line:
+                lines[0], first_line = _without_bom(lines[0]), False
+            pending.extend(lines)
             del buffer[: end + 1]
         while len(pending) >= limit:
             yield pending[:limit]
@@ -86,13 +90,20 @@ def read_message_chunks(
             yield pending
             pending = []
     if buffer:  # a last line without a newline
-        pending.append(_decode_line(bytes(buffer)))
+        last = _decode_line(bytes(buffer))
+        pending.append(_without_bom(last) if first_line else last)
     if pending:
         yield pending
 
 
 def _decode_line(raw: bytes) -> str:
     return strip_line_end(raw.decode("utf-8", errors="replace"))
+
+
+def _without_bom(first_line: str) -> str:
+    """The stream's first line without a UTF-8 byte-order mark (Notepad and PowerShell write one),
+    as ``prepare`` reads its files: kept, it is a token of the first message that moves its score."""
+    return first_line.removeprefix("\ufeff")
 
 
 def _argument_text(arg: str) -> str:
@@ -370,7 +381,8 @@ PREDICT_HELP = (
     "Classify messages as spam or ham: exactly one output line per message, in input order.\n\n"
     "Messages come from the arguments (each one a message), from --input, or from stdin ('-', or no arguments "
     "with stdin not a terminal). In a file or on stdin each line is a message: lines end at \\n only, a trailing "
-    "\\r is dropped (CRLF files), empty lines are classified too, and invalid UTF-8 is replaced by U+FFFD. "
+    "\\r is dropped (CRLF files), empty lines are classified too, invalid UTF-8 is replaced by U+FFFD, and a "
+    "UTF-8 byte-order mark opening the input is dropped. "
     "Input is read and answered in chunks, so a large stream runs in constant memory and results appear as they come.\n\n"
     "A message longer than the run's max length is cut to its first tokens (its start is kept; see --long). In tsv and text "
     "output, tabs and line breaks inside a message become spaces; jsonl keeps the message exactly. p_spam is always "
