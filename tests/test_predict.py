@@ -169,6 +169,23 @@ def test_tsv_keeps_one_line_per_message_and_jsonl_keeps_the_text(run_dir):
     assert jsonl.stdout.count("\n") == 1
 
 
+def test_no_format_breaks_a_line_where_splitlines_or_grep_would(run_dir):
+    """Python's splitlines also ends a line at \\v, \\f, \\x1c-\\x1e, U+0085, U+2028 and U+2029
+    (JavaScript at the last two), and grep calls output with a NUL a binary file: each message
+    is still one line for them, and jsonl still gives its text back exactly."""
+    text = "a\vb\fc\x1cd\x1de\x1ef\x85g\u2028h\u2029i\0j!"
+    tsv = invoke(run_dir, text, "--format", "tsv", "--explain")
+    assert tsv.stdout.splitlines() == [tsv.stdout[:-1]]
+    assert tsv.stdout.split("\t")[:3] == ["spam", SPAM_P, "a b c d e f g h i j!"]
+    assert "\0" not in tsv.stdout
+    for args in ((), ("--explain",)):
+        jsonl = invoke(run_dir, text, "--format", "jsonl", *args).stdout
+        assert jsonl.splitlines() == [jsonl[:-1]]
+        assert json.loads(jsonl)["text"] == text
+    shown = invoke(run_dir, text, "--format", "text").stdout
+    assert shown.splitlines() == [shown[:-1]] and shown.endswith("a b c d e f g h i j!\n")
+
+
 def test_json_is_jsonl_and_refuses_another_format(run_dir):
     assert invoke(run_dir, "--json", "hi", "win!").stdout == invoke(run_dir, "--format", "jsonl", "hi", "win!").stdout
     both = invoke(run_dir, "--json", "--format", "tsv", "hi")

@@ -218,14 +218,32 @@ def _argument_chunks(messages: list[str], meter: ReadMeter, first_chunk_lines: i
         yield literal
 
 
+# What ends a line for some reader of the output besides "\n": Python's str.splitlines (which
+# also splits at \v, \f, \x1c-\x1e and U+0085) and JavaScript (U+2028, U+2029).
+_LINE_BREAKS = "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+# TSV: a NUL as well, after which grep calls the whole output a binary file and prints no line.
+_TSV_SPACES = str.maketrans(dict.fromkeys("\t\0" + _LINE_BREAKS, " "))
+_JSON_ESCAPES = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
 def _one_line(text: str) -> str:
     """TSV text column: tabs and line breaks become spaces, so a message stays one field of one line."""
-    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return text.translate(_TSV_SPACES)
+
+
+def json_line(value) -> str:
+    """``value`` as JSON on one line, non-ASCII text as it is but for the line breaks ``json``
+    leaves raw (U+0085, U+2028, U+2029), escaped: they can only stand inside a string there."""
+    text = json.dumps(value, ensure_ascii=False)
+    for raw, escaped in _JSON_ESCAPES.items():
+        text = text.replace(raw, escaped)
+    return text
 
 
 def _printable(text: str) -> str:
-    """Terminal text column: every control character (escape sequences included) becomes a space."""
-    return "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
+    """Terminal text column: every control character (escape sequences included) and line
+    separator becomes a space."""
+    return "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" else c for c in text)
 
 
 # Terminal styles of the explained spans: words towards spam bold red, towards ham green,
@@ -264,13 +282,13 @@ class Renderer:
 
     def line(self, p: Prediction, explanation: Explanation | None = None) -> str:
         if self.fmt is OutputFormat.tsv:
-            extra = "" if explanation is None else "\t" + json.dumps(explanation.top(self.top_k), ensure_ascii=False)
+            extra = "" if explanation is None else "\t" + json_line(explanation.top(self.top_k))
             return f"{p.label}\t{p.probability:.4f}\t{_one_line(p.text)}{extra}\n"
         if self.fmt is OutputFormat.jsonl:
             record = {"text": p.text, "label": p.label, "p_spam": round(p.probability, 6)}
             if explanation is not None:
                 record["explanation"] = explanation.top(self.top_k)
-            return json.dumps(record, ensure_ascii=False) + "\n"
+            return json_line(record) + "\n"
         if self.fmt is OutputFormat.label:
             return p.label + "\n"
         label = p.label.ljust(self.width)

@@ -9,7 +9,6 @@ the label ``error``, no ``p_spam`` (and in jsonl the reason, ``error``), with a 
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,9 @@ def render_line(renderer, p) -> str:
         record = {"id": p.id, "label": p.label, "p_spam": p_spam, "damaged": p.damaged}
         if p.error is not None:
             record["error"] = p.error
-        return json.dumps(record, ensure_ascii=False) + "\n"
+        from spamtune.cli.predict import json_line
+
+        return json_line(record) + "\n"
     if p.error is not None:
         return renderer.no_verdict_line(p.label, p.id)
     from spamtune.infer import Prediction
