@@ -187,3 +187,22 @@ def test_a_path_with_a_name_too_long_for_the_file_system_is_one_line_naming_it(t
         result = invoke(*words)
         assert result.exit_code == 1 and result.stdout == "", words
         assert result.stderr == f"Error: a name in this path is longer than the file system allows: {long}\n", words
+
+
+def test_an_error_naming_what_the_user_gave_stays_one_line_and_sends_no_escape_to_the_terminal(tmp_path):
+    """A path or value with a newline or an escape sequence in it is shown as Python writes it
+    in a string, not acted on: one line, no colours or cursor moves from an error message."""
+    odd = tmp_path / "a\nb\x1b[31mred\u2028c"
+    for words in (["predict", "--input", str(odd)], ["predict", "--run", str(odd), "hi"], ["predict", "--long", "\x1b[2J", "hi"]):
+        result = invoke(*words)
+        assert result.exit_code in (1, 2) and result.stdout == "", words
+        assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert not any(c in result.stderr for c in "\x1b\u2028"), result.stderr
+    assert "a\\nb\\x1b[31mred\\u2028c" in invoke("predict", "--input", str(odd)).stderr
+
+
+def test_a_warning_naming_a_file_stays_one_line(capsys):
+    from spamtune.cli import common
+
+    common.warn("cannot read cur/a\nb\x1b[31m: Permission denied")
+    assert capsys.readouterr().err == "WARNING: cannot read cur/a\\nb\\x1b[31m: Permission denied\n"

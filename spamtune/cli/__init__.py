@@ -132,7 +132,7 @@ def _fail(message: str, code: int) -> int:
     if os.environ.get("SPAMTUNE_DEBUG") == "1" and sys.exc_info()[0] is not None:
         traceback.print_exc()
     try:
-        print(f"Error: {message}", file=sys.stderr, flush=True)
+        print(f"Error: {common.one_line(message)}", file=sys.stderr, flush=True)
     except (BrokenPipeError, ValueError):
         pass
     return code

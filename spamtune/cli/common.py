@@ -158,6 +158,17 @@ def cell(value: object) -> Text:
     return Text(str(value))
 
 
+def one_line(message: str) -> str:
+    """``message`` as one line that a terminal shows as it is: a line break or other control
+    character in a value the user gave (a path with an escape sequence or a newline) is written
+    as Python writes it in a string (``\\n``, ``\\x1b``), not acted on."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if _is_control(c) else c for c in message)
+
+
+def _is_control(c: str) -> bool:
+    return ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"
+
+
 def note(message: str) -> None:
     """One plain line on stderr (never markup: it may hold paths and user text), unless ``--quiet``."""
     if not is_quiet():
@@ -178,7 +189,7 @@ def warn(message: str) -> None:
     from rich.console import Console
 
     Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(
-        styled(("WARNING: ", "bold red"), (message, "bold"))
+        styled(("WARNING: ", "bold red"), (one_line(message), "bold"))
     )
 
 
