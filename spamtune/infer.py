@@ -20,7 +20,7 @@ import torch
 from spamtune import paths
 from spamtune.calibration import DEFAULT_THRESHOLD, Calibration, check_threshold_applies, read_calibration
 from spamtune.checkpoint import ClassifierConfig, load_classifier, load_classifier_config
-from spamtune.device import Precision, resolve_device
+from spamtune.device import DEVICES, Precision, resolve_device
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, pad_width
 from spamtune.explain import Explanation, explain_texts, fp32_head
@@ -97,6 +97,32 @@ def checked_threshold(value: float) -> float:
     return float(value)
 
 
+def checked_batch_size(value: int) -> int:
+    """``value`` as a batch size: not an integer (``1.5``, ``"8"``, or a bool, which Python counts
+    as an int) is an ``OptionError`` at load, as for ``threshold``, rather than a TypeError deep
+    in the first ``predict``; below 1 a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise OptionError("batch_size", f"must be a whole number of messages, not {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"batch_size must be at least 1, got {value}")
+    return int(value)
+
+
+def checked_device(device: str | torch.device | int | None) -> torch.device:
+    """``device`` (a name, a ``torch.device`` or an index) as a device this machine has: one it
+    does not is the ``OptionError`` of ``resolve_device``, not torch's RuntimeError or assertion."""
+    if device is None or isinstance(device, str):
+        return resolve_device(device)
+    try:
+        name = str(torch.device(device))
+    except (TypeError, RuntimeError, ValueError):  # an index on a machine without an accelerator
+        raise OptionError(
+            "device", f"{{option}} {device!r} is not one this machine has; give one of: {', '.join(DEVICES)}, or a torch.device",
+            exit_code=1,
+        ) from None
+    return resolve_device(name)
+
+
 class SpamClassifier:
     """A fine-tuned run, ready to classify texts.
 
@@ -132,9 +158,7 @@ class SpamClassifier:
         self.model = model.eval()
         self.config = config
         self.device = torch.device(device)
-        batch_size = default_batch_size(self.device) if batch_size is None else batch_size
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        batch_size = default_batch_size(self.device) if batch_size is None else checked_batch_size(batch_size)
         if not isinstance(precision, Precision):
             precision = Precision.resolve(precision, self.device)
         self._precision = precision
@@ -176,10 +200,12 @@ class SpamClassifier:
         answers; a bounded set of shapes for a long-running process)."""
         if threshold is not None:
             threshold = checked_threshold(threshold)  # before anything loads
+        if batch_size is not None:
+            batch_size = checked_batch_size(batch_size)
         run_dir = paths.resolve_run(run_dir, paths.data_root(data_dir))
         if threshold is not None:  # before the weights load: the config alone says how the run decides
             check_threshold_applies(load_classifier_config(run_dir).label_names)
-        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        dev = checked_device(device)
         resolved = Precision.resolve(precision, dev)
         model, config = load_classifier(run_dir, dev, linear_dtype=resolved.dtype)
         stored = read_calibration(run_dir) if calibration else None

@@ -145,6 +145,25 @@ def test_non_string_input_is_a_type_error(clf):
         clf.predict(["fine", 3])
 
 
+@pytest.mark.parametrize(("value", "shown"), [(1.5, "float 1.5"), ("8", "str '8'"), (True, "bool True")])
+def test_a_batch_size_that_is_not_a_whole_number_is_an_option_error_at_load(run_dir, value, shown):
+    """Not accepted, to fail inside the first predict (1.5) or in a comparison ("8"), nor True
+    taken for 1."""
+    with pytest.raises(OptionError, match=f"^batch size must be a whole number of messages, not {shown}$"):
+        SpamClassifier.load(run_dir, device="cpu", batch_size=value)
+    with pytest.raises(ValueError, match="at least 1"):
+        SpamClassifier.load(run_dir, device="cpu", batch_size=0)
+
+
+def test_a_device_this_machine_lacks_is_an_option_error_whatever_its_form(run_dir, monkeypatch):
+    """A torch.device or an index is checked as a name is, not left to torch's assertion."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", torch.device("cuda"), torch.device("cuda", 1)):
+        with pytest.raises(OptionError, match="CUDA is not available"):
+            SpamClassifier.load(run_dir, device=device)
+    assert SpamClassifier.load(run_dir, device=torch.device("cpu")).device == torch.device("cpu")
+
+
 def test_bytes_are_named_as_bytes_with_the_way_to_text(clf):
     """Bytes iterate as ints: the error names them, and the mail entry point for a raw message."""
     for call in (clf.predict, clf.predict_proba, clf.explain):
