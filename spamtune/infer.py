@@ -328,6 +328,8 @@ def _text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:
         return [texts], True
     if isinstance(texts, _BYTES):
         raise TypeError(f"texts must be strings, not {type(texts).__name__}: {_BYTES_HINT}")
+    if not isinstance(texts, Iterable):  # else list() says "'NoneType' object is not iterable"
+        raise TypeError(f"texts must be a string or an iterable of strings, not {type(texts).__name__}")
     items = list(texts)
     for i, text in enumerate(items):
         if isinstance(text, _BYTES):

@@ -143,6 +143,10 @@ def test_load_errors_are_one_clear_line(tmp_path):
 def test_non_string_input_is_a_type_error(clf):
     with pytest.raises(TypeError, match="item 1 is int"):
         clf.predict(["fine", 3])
+    for call in (clf.predict, clf.predict_proba, clf.explain):
+        for value, shown in ((None, "NoneType"), (5, "int")):
+            with pytest.raises(TypeError, match=f"^texts must be a string or an iterable of strings, not {shown}$"):
+                call(value)
 
 
 @pytest.mark.parametrize(("value", "shown"), [(1.5, "float 1.5"), ("8", "str '8'"), (True, "bool True")])
