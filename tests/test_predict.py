@@ -225,7 +225,12 @@ def test_text_is_the_default_on_a_terminal_with_colour_unless_no_color(run_dir, 
     monkeypatch.setenv("TERM", "xterm")
     coloured = invoke(run_dir, "WIN now!", "hello").stdout.splitlines()
     assert coloured == ["\x1b[1;31mspam\x1b[0m  p(spam)=0.881  WIN now!", "\x1b[32mham \x1b[0m  p(spam)=0.119  hello"]
+    monkeypatch.setenv("NO_COLOR", "")  # empty is unset (no-color.org)
+    assert invoke(run_dir, "hello").stdout == coloured[1] + "\n"
     monkeypatch.setenv("NO_COLOR", "1")
+    assert invoke(run_dir, "hello").stdout == "ham   p(spam)=0.119  hello\n"
+    monkeypatch.setenv("TERM", "dumb")
+    monkeypatch.delenv("NO_COLOR")
     assert invoke(run_dir, "hello").stdout == "ham   p(spam)=0.119  hello\n"
 
 

@@ -310,7 +310,9 @@ class Renderer:
 
 
 def _use_color() -> bool:
-    return _stdout_is_terminal() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    # no-color.org: NO_COLOR set to an empty string is as if unset (as rich, which draws the
+    # WARNING lines, reads it).
+    return _stdout_is_terminal() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 class ReaderWatch:
