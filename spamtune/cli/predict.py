@@ -44,6 +44,7 @@ READ_SIZE = 1 << 16
 # Field names of the machine-readable formats (documented in the README).
 TSV_HEADER = "label\tp_spam\ttext\n"
 MAIL_TSV_HEADER = "label\tp_spam\tid\n"  # predict --mail: the message's id in the text's place
+EXPLAIN_TSV_HEADER = "label\tp_spam\ttext\texplanation\n"  # --explain: its list as a fourth column
 
 
 class OutputFormat(str, enum.Enum):
@@ -433,7 +434,9 @@ def predict(
         show_default="text on a terminal, else tsv",
     ),
     as_json: bool = common.json_option("jsonl"),
-    header: bool = typer.Option(False, "--header", help="tsv: first print the field names (label, p_spam, text)."),
+    header: bool = typer.Option(
+        False, "--header", help="tsv: first print the field names (label, p_spam, text; with --explain also explanation)."
+    ),
     threshold: float | None = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this. " + common.THRESHOLD_SCOPE,
         show_default="the run's calibrated threshold (spamtune calibrate), else 0.5",
@@ -580,7 +583,7 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
             sys.stdout.flush()
             out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
         if header and world.is_main:
-            out.write((TSV_HEADER if mail is None else MAIL_TSV_HEADER).encode())
+            out.write((MAIL_TSV_HEADER if mail is not None else EXPLAIN_TSV_HEADER if explain else TSV_HEADER).encode())
         watch = ReaderWatch(out if world.is_main else None)  # only rank 0 writes, so only it watches
         hook = watch.after_each_batch(classifier.model)
         counted = positives = unreadable = 0
