@@ -513,6 +513,22 @@ def test_head_closing_the_pipe_ends_quietly(run_dir, tmp_path):
     assert stderr == b""  # no BrokenPipeError traceback, no "Exception ignored"
 
 
+def test_fail_on_spam_still_says_spam_found_when_the_reader_leaves_after_spam(run_dir, tmp_path):
+    """`predict --fail-on-spam | head -n 1` that wrote spam exits 1: 0 would tell the script
+    there was none. Without spam written, or without the flag, the reader leaving is still 0."""
+    big = write_lines(tmp_path / "in", 30_000)
+    for args, first, status in ((["--fail-on-spam"], b"spam", 1), ([], b"spam", 0), (["--fail-on-spam", "--threshold", "1"], b"ham", 0)):
+        with big.open("rb") as fin:
+            proc = subprocess.Popen(spamtune_command(run_dir, *args, "-"), stdin=fin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=CHILD_ENV)  # fmt: skip
+            head = proc.stdout.readline()
+            proc.stdout.close()  # what `| head -n 1` does
+            stderr = proc.stderr.read()
+            proc.wait(timeout=120)
+        assert head.split(b"\t")[0] == first, args
+        assert (proc.returncode, stderr) == (status, b""), args
+
+
 # A `predict` whose every batch takes {sleep} seconds more and logs its start time on stderr (and
 # when it is done, before the interpreter's own shutdown), to see how much work is done once the
 # reader has gone.

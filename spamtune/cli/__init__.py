@@ -112,8 +112,10 @@ class SpamtuneGroup(TyperGroup):
         # Ctrl-C into exit status 130 with nothing said.
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:
-            raise typer.Exit(_quiet_broken_pipe()) from None
+        except BrokenPipeError as exc:
+            _quiet_broken_pipe()
+            # 0, as Unix tools end, unless the command still owes a status (predict --fail-on-spam).
+            raise typer.Exit(getattr(exc, "exit_code", 0)) from None
         except KeyboardInterrupt:
             raise typer.Exit(_interrupted()) from None
 
@@ -143,14 +145,13 @@ def _interrupted() -> int:
     return _fail("interrupted", interrupted_status()) if speaks_for_the_ranks() else interrupted_status()
 
 
-def _quiet_broken_pipe() -> int:
+def _quiet_broken_pipe() -> None:
     """The reader went away (``| head``): stop quietly, as Unix tools do."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-    return 0
 
 
 app = typer.Typer(

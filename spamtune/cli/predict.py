@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Optional
+from typing import TYPE_CHECKING, BinaryIO, NoReturn, Optional
 
 import typer
 
@@ -533,12 +533,22 @@ def predict(
             threshold=threshold, batch_size=batch_size, device=device, precision=precision, mail=mail, long=long,
             explain=explain,
         )
+    except BrokenPipeError as exc:
+        reader_gone(exc, fail_on_spam and getattr(exc, "positives_written", 0) > 0)
     finally:
         distributed.shutdown()
     if unreadable:  # every line is out; the status says that some are not verdicts
         raise SpamtuneError(f"{unreadable:,} message file(s) in {mail} could not be read; their lines say error")
     if fail_on_spam and positives:
         raise typer.Exit(1)
+
+
+def reader_gone(exc: BrokenPipeError, spam_written: bool) -> NoReturn:
+    """The reader of the output left (``| head``): the command stops quietly, with status 0, or
+    with --fail-on-spam 1 once a spam line was written: that answer is known, and 0 would tell
+    the script there was none."""
+    exc.exit_code = 1 if spam_written else 0
+    raise exc
 
 
 def _several_ranks(devices: int | None) -> bool:
@@ -611,6 +621,9 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
                         out.flush()
                     counted += len(chunk)
                     bar.update(counted)
+        except BrokenPipeError as exc:
+            exc.positives_written = positives  # for predict's --fail-on-spam status
+            raise
         finally:
             if hook is not None:
                 hook.remove()

@@ -80,7 +80,7 @@ def predict_remotely(
     header: bool = False,
 ) -> None:
     """Classify every chunk with the service at ``server`` and print it as local ``predict`` would."""
-    from spamtune.cli.predict import TSV_HEADER, OutputFormat, Renderer, _stdout_is_terminal, _use_color
+    from spamtune.cli.predict import TSV_HEADER, OutputFormat, Renderer, _stdout_is_terminal, _use_color, reader_gone
     from spamtune.client import client_from_env
 
     refuse_local_options()
@@ -96,11 +96,14 @@ def predict_remotely(
     if header:
         out.write(TSV_HEADER.encode())
     any_positive = False
-    for chunk in chunks:
-        verdicts = client.classify(chunk, requested)
-        predictions = [RemotePrediction(text, v.label, v.p_spam) for text, v in zip(chunk, verdicts)]
-        out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
-        out.flush()
-        any_positive = any_positive or any(p.label == positive for p in predictions)
+    try:
+        for chunk in chunks:
+            verdicts = client.classify(chunk, requested)
+            predictions = [RemotePrediction(text, v.label, v.p_spam) for text, v in zip(chunk, verdicts)]
+            out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
+            out.flush()
+            any_positive = any_positive or any(p.label == positive for p in predictions)
+    except BrokenPipeError as exc:
+        reader_gone(exc, fail_on_spam and any_positive)
     if fail_on_spam and any_positive:
         raise typer.Exit(1)
