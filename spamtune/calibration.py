@@ -19,6 +19,7 @@ Nothing here prints; functions return values and raise ``SpamtuneError`` for bad
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -458,6 +459,12 @@ def write_calibration(run_dir: str | Path, calibration: Calibration) -> Path:
     return atomic_write_json(Path(run_dir) / CALIBRATION_FILE, calibration.to_dict())
 
 
+def _shown(value) -> str:
+    """A hand-edited value as JSON, cut short: one line of error, whatever the file holds."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def read_calibration(run_dir: str | Path) -> Calibration | None:
     """The run's calibration, or None for a run that has none (made before calibration existed)."""
     path = Path(run_dir) / CALIBRATION_FILE
@@ -466,16 +473,21 @@ def read_calibration(run_dir: str | Path) -> Calibration | None:
     data = read_json(path, "calibration")
     if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
         raise SpamtuneError(f"{path} is not a spamtune calibration (format {CALIBRATION_FORMAT!r})")
-    try:
-        calibration = Calibration(
-            temperature=float(data["temperature"]),
-            threshold=float(data["threshold"]),
-            rule=str(data["rule"]),
-            target=float(data["target"]),
-            validation=dict(data.get("validation") or {}),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SpamtuneError(f"{path} is incomplete: {exc}") from None
+    missing = [key for key in ("temperature", "threshold", "rule", "target") if key not in data]
+    if missing:
+        raise SpamtuneError(f"{path} is incomplete: no {', '.join(missing)}")
+    # JSON numbers only: float() would take "0.5" and, worse, false for a threshold of 0 that
+    # marks every message spam.
+    for key in ("temperature", "threshold", "target"):
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SpamtuneError(f"{path}: {key} must be a finite number, not {_shown(value)}")
+    if data["rule"] not in RULES:
+        raise SpamtuneError(f"{path}: rule must be one of {', '.join(RULES)}, not {_shown(data['rule'])}")
+    validation = data.get("validation") or {}
+    if not isinstance(validation, dict):
+        raise SpamtuneError(f"{path}: validation must be an object, not {_shown(validation)}")
+    calibration = Calibration(float(data["temperature"]), float(data["threshold"]), data["rule"], float(data["target"]), dict(validation))
     if not (MIN_TEMPERATURE <= calibration.temperature <= MAX_TEMPERATURE and 0.0 <= calibration.threshold <= 1.0):
         raise SpamtuneError(f"{path} holds an impossible temperature or threshold")
     return calibration

@@ -191,6 +191,25 @@ def test_calibrate_logits_and_the_record_round_trip(tmp_path):
         cal.read_calibration(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("threshold", False, "threshold must be a finite number, not false"),  # float(False): every message spam
+        ("temperature", True, "temperature must be a finite number, not true"),
+        ("threshold", "0.5", 'threshold must be a finite number, not "0.5"'),
+        ("target", float("nan"), "target must be a finite number, not NaN"),
+        ("rule", "[bold]max[/]", "rule must be one of max-ham-loss, threshold, cost-ratio"),
+        ("validation", list(range(50)), r"validation must be an object, not \[0, 1, .*\.\.\.$"),
+    ],
+)
+def test_a_hand_edited_record_of_the_wrong_type_is_refused_in_one_line(tmp_path, field, value, message):
+    record = {"format": cal.CALIBRATION_FORMAT, "temperature": 1.0, "threshold": 0.5, "rule": "threshold", "target": 0.5}
+    (tmp_path / cal.CALIBRATION_FILE).write_text(json.dumps({**record, field: value}))
+    with pytest.raises(SpamtuneError, match=message) as refused:
+        cal.read_calibration(tmp_path)
+    assert "\n" not in str(refused.value)
+
+
 def test_evaluation_plots_are_written(tmp_path):
     from xml.etree import ElementTree
 
