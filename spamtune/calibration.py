@@ -88,16 +88,18 @@ def fit_temperature(logits: torch.Tensor, labels: Sequence[int] | torch.Tensor, 
     ``NLL(1/T)`` is convex (a log-sum-exp of linear functions minus a linear one), hence
     unimodal in ``log T``: a golden-section search over ``log T`` is exact to float precision
     after ~80 steps, needs no learning rate and cannot diverge, unlike gradient descent on
-    a handful of hundred points. Returns 1.0 for an empty set.
+    a handful of hundred points. Returns 1.0 for an empty set, and for a set of one class:
+    its NLL falls all the way to a bound of the search (every message is that class, with
+    certainty), a temperature that would squash or saturate every later probability.
     """
     logits = torch.as_tensor(logits).detach().double().cpu()
     labels = torch.as_tensor(labels, dtype=torch.long).cpu()
     if logits.ndim != 2 or len(logits) != len(labels):
         raise SpamtuneError(f"logits {list(logits.shape)} and {len(labels)} labels do not match")
-    if not len(labels):
-        return 1.0
     if not torch.isfinite(logits).all():
         raise SpamtuneError("cannot calibrate: the model gives non-finite logits on the validation split")
+    if len(labels.unique()) < 2:
+        return 1.0
 
     def loss(log_t: float) -> float:
         return F.cross_entropy(logits / math.exp(log_t), labels).item()
@@ -515,6 +517,7 @@ def calibrate_run(
     from spamtune.checkpoint import load_classifier, load_classifier_config
     from spamtune.device import resolve_device
     from spamtune.evaluate import model_logits, read_splits, run_data_root, run_precision
+    from spamtune.paths import split_file
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -522,7 +525,10 @@ def calibrate_run(
     check_calibration_applies(load_classifier_config(run_dir).label_names)  # before the weights load
     dev = resolve_device(device)
     model, cfg = load_classifier(run_dir, dev)
-    validation = read_splits(run_data_root(run_dir, data_dir), "validation", cfg)["validation"]
+    root = run_data_root(run_dir, data_dir)
+    validation = read_splits(root, "validation", cfg)["validation"]
+    if not len(validation):  # else a record "calibrated" on nothing, with a temperature of 1
+        raise SpamtuneError(f"cannot calibrate: the validation split {split_file(root, 'validation')} holds no messages")
     logits = model_logits(model, cfg, validation.texts, precision=run_precision(run_dir, dev), batch_size=64)
     return calibrate_and_store(run_dir, logits, validation.labels, cfg.labels[cfg.positive_label], rule=rule, target=target, refit_temperature=refit_temperature)
 

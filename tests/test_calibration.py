@@ -53,6 +53,9 @@ def test_a_calibrated_set_keeps_temperature_near_one_and_separated_data_stays_bo
     separated = torch.tensor([[0.0, 5.0], [0.0, -5.0]])
     assert cal.fit_temperature(separated, [1, 0]) == pytest.approx(cal.MIN_TEMPERATURE, rel=1e-3)
     assert cal.fit_temperature(torch.zeros(0, 2), []) == 1.0
+    # One class only: nothing to weigh it against, so no temperature (its NLL wants a bound).
+    assert cal.fit_temperature(torch.tensor([[0.0, 1.0], [0.0, 3.0]]), [1, 1]) == 1.0
+    assert cal.fit_temperature(torch.tensor([[0.0, 1.0], [0.0, 3.0]]), [0, 0]) == 1.0
     with pytest.raises(SpamtuneError, match="non-finite"):
         cal.fit_temperature(torch.tensor([[0.0, float("nan")]]), [1])
 
@@ -257,6 +260,19 @@ def test_calibrate_run_fits_the_validation_split_and_stores_it(rigged_run_and_da
     with pytest.raises(SpamtuneError, match="not measurable on 20 validation ham"):
         cal.calibrate_run(run, rule="max-ham-loss", target=0.01, data_dir=data, device="cpu")
     assert cal.read_calibration(run) == stricter  # a refused target leaves the stored one
+
+
+def test_a_validation_split_of_one_class_keeps_the_temperature_and_an_empty_one_is_refused(rigged_run_and_data):
+    from spamtune.data import Split, write_split
+
+    run, data = rigged_run_and_data
+    write_split(data / "validation.csv", Split([f"see you at {i}" for i in range(9)] + ["great news!"], [0] * 10))
+    record = cal.calibrate_run(run, rule="max-ham-loss", target=0.1, data_dir=data, device="cpu")
+    assert record.temperature == 1.0 and record.validation["n_spam"] == 0
+    write_split(data / "validation.csv", Split([], []))
+    with pytest.raises(SpamtuneError, match="validation split .* holds no messages"):
+        cal.calibrate_run(run, rule="threshold", target=0.5, data_dir=data, device="cpu")
+    assert cal.read_calibration(run) == record
 
 
 def test_calibrate_command(rigged_run_and_data):
