@@ -22,7 +22,7 @@ from spamtune.errors import SpamtuneError
 from spamtune.fsutil import atomic_path, atomic_write_json, read_json
 from spamtune.interrupts import on_meta_device, read_tensor
 from spamtune.model import POOLINGS, GPTConfig, GPTModel, is_integer, show_value
-from spamtune.runs import CONFIG_FILE, WEIGHTS_FILE
+from spamtune.runs import CONFIG_FILE, WEIGHTS_FILE, weights_file
 from spamtune.tokenizer import EOT_ID, TOKENIZER_ID
 from spamtune.weights import spamtune_shapes
 
@@ -144,8 +144,14 @@ def save_classifier(run_dir: str | Path, model: GPTModel, cfg: ClassifierConfig,
 
 
 def load_classifier_config(run_dir: str | Path) -> ClassifierConfig:
-    """A run's ``config.json``, validated; a bad one is one line naming the file and the field."""
+    """A run's ``config.json``, validated; a bad one is one line naming the file and the field.
+    A run folder with neither config nor weights is explained as ``load_classifier`` explains it
+    (still training, interrupted early), rather than as a missing file."""
     path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file() and weights_file(Path(run_dir)) is None:
+        from spamtune.run_catalog import why_no_classifier
+
+        raise SpamtuneError(why_no_classifier(Path(run_dir)))
     data = read_json(path, "run config")
     try:
         return ClassifierConfig.from_dict(data)

@@ -299,3 +299,21 @@ def test_calibrate_command(rigged_run_and_data):
     assert both.exit_code == 2 and "not --threshold and --cost-ratio" in both.stderr
     short = json.loads(CliRunner().invoke(app, ["calibrate", *common, "--cost-ratio", "20", "--json"]).stdout)
     assert short == dear
+
+
+def test_a_run_still_training_is_named_so_by_calibrate_and_by_a_given_threshold(tmp_path):
+    from typer.testing import CliRunner
+
+    from spamtune import runs
+    from spamtune.cli import app
+
+    # What a run folder holds while training: its settings and a checkpoint, no config yet.
+    run = tmp_path / "runs" / "training"
+    (run / runs.RESUME_DIR).mkdir(parents=True)
+    (run / runs.HPARAMS_FILE).write_text("{}")
+    runs.resume_file(run).write_bytes(b"a checkpoint")
+    with runs.lock_run_dir(run):
+        for command in (["calibrate", "--max-ham-loss", "1%"], ["evaluate", "--threshold", "0.3"], ["predict", "--threshold", "0.3", "hi"]):
+            result = CliRunner().invoke(app, [*command, "--run", str(run), "--device", "cpu"])
+            assert result.exit_code == 1 and result.stdout == "", result.output
+            assert result.stderr == f"Error: {run} is still training (a process holds its lock); its classifier is written when training ends\n"
