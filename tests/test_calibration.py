@@ -317,3 +317,22 @@ def test_a_run_still_training_is_named_so_by_calibrate_and_by_a_given_threshold(
             result = CliRunner().invoke(app, [*command, "--run", str(run), "--device", "cpu"])
             assert result.exit_code == 1 and result.stdout == "", result.output
             assert result.stderr == f"Error: {run} is still training (a process holds its lock); its classifier is written when training ends\n"
+
+
+def test_calibrate_and_evaluate_refuse_a_closed_stdout_before_any_work(rigged_run_and_data):
+    """Started with ``>&-``, Python has no sys.stdout: evaluate's report and calibrate's record
+    would vanish with exit 0 (and calibrate would have changed the run); one line instead."""
+    import os
+    import subprocess
+    import sys
+
+    run, data = rigged_run_and_data
+    for command in (["calibrate", "--max-ham-loss", "10%"], ["evaluate", "--no-plots"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "spamtune", *command, "--run", str(run), "--data-dir", str(data), "--device", "cpu"],
+            preexec_fn=lambda: os.close(1), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+        )  # fmt: skip
+        assert (proc.returncode, proc.stderr) == (1, "Error: stdout is closed: there is nowhere to write the output "
+                                                     "(redirect it instead, e.g. > /dev/null)\n")  # fmt: skip
+    assert not (run / cal.CALIBRATION_FILE).exists()

@@ -87,6 +87,7 @@ def calibrate_command(
         rule, target = "cost-ratio", cost_ratio
     else:
         rule, target = "threshold", 0.5 if threshold is None else threshold
+    common.require_stdout()  # before calibration.json changes: a script reads its path or record there
     run_dir = paths.resolve_run(run if run is not None else run_argument, paths.data_root(data_dir))
     calibration = calibrate_run(run_dir, rule=rule, target=target, data_dir=data_dir, device=device)
     if output_format is CalibrateFormat.json:

@@ -191,6 +191,7 @@ def evaluate_command(
         raise SpamtuneUsageError("give either --split or --input, not both")
     if run_argument is not None:
         run = run_argument
+    common.require_stdout()  # the report is the result: refused before the scoring, not lost after it
     if distributed.will_launch(devices, device):  # a missing run: one line here rather than one per rank
         paths.resolve_run(run, paths.data_root(data_dir))
     if distributed.maybe_launch(devices, sys.argv[1:], device):
