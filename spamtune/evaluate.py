@@ -81,7 +81,8 @@ def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig) -> S
             labels.append(int(value))
         else:
             known = ", ".join(cfg.label_names)
-            raise SpamtuneError(f"{path} has the label {value!r}; this run knows {known} (or indices 0-{cfg.num_classes - 1})")
+            where = ", ".join(_input_list(path))  # the CLI's --input is a list: named as given, not as ['...']
+            raise SpamtuneError(f"{where} has the label {value!r}; this run knows {known} (or indices 0-{cfg.num_classes - 1})")
     return Split(source.texts, labels)
 
 

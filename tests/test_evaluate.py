@@ -229,6 +229,15 @@ def test_a_file_of_one_class_gives_its_false_positive_rate(run, tmp_path):
     assert report["roc_auc"] is None and report["pr_auc"] is None and report["spam_recall"] is None
 
 
+def test_an_unknown_label_in_a_file_names_the_file_as_given(run, tmp_path):
+    _, run_dir, _ = run
+    file = tmp_path / "mails.csv"
+    file.write_text("label,text\nham,see you\nphishing,verify your account\n")
+    result = evaluate(str(run_dir), "--input", str(file), "--no-plots")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"Error: {file} has the label 'phishing'; this run knows ham, spam (or indices 0-1)\n"
+
+
 def test_a_run_of_three_classes_is_reported_without_the_spam_filter_figures(tmp_path):
     """A run trained on labels other than ham/spam alone has no operating point: the report is
     accuracy, per-class figures and the confusion matrix, on a terminal as in JSON."""
