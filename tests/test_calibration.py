@@ -336,3 +336,23 @@ def test_calibrate_and_evaluate_refuse_a_closed_stdout_before_any_work(rigged_ru
         assert (proc.returncode, proc.stderr) == (1, "Error: stdout is closed: there is nowhere to write the output "
                                                      "(redirect it instead, e.g. > /dev/null)\n")  # fmt: skip
     assert not (run / cal.CALIBRATION_FILE).exists()
+
+
+def test_calibrating_or_evaluating_an_interrupted_run_says_its_weights_are_the_best_so_far(rigged_run_and_data):
+    from typer.testing import CliRunner
+
+    from spamtune import runs
+    from spamtune.cli import app
+
+    run, data = rigged_run_and_data
+    (run / runs.RESUME_DIR).mkdir()
+    runs.resume_file(run).write_bytes(b"a checkpoint")
+    said = f"{run} is unfinished: these are its best weights so far; finish it with: spamtune finetune --resume --run {run}"
+    common = ["--run", str(run), "--data-dir", str(data), "--device", "cpu"]
+    calibrated = CliRunner().invoke(app, ["calibrate", *common, "--max-ham-loss", "10%"])
+    assert calibrated.exit_code == 0 and calibrated.stdout == f"{run / cal.CALIBRATION_FILE}\n"
+    # Finishing it writes calibration.json again, at 0.5: the point chosen here would go unsaid.
+    assert f"{said}; that replaces this calibration with the threshold 0.5, so calibrate again after it\n" in calibrated.stderr
+    evaluated = CliRunner().invoke(app, ["evaluate", *common, "--json", "--no-plots"])
+    assert evaluated.exit_code == 0 and f"{said}\n" in evaluated.stderr
+    assert json.loads(evaluated.stdout)["threshold"] == cal.read_calibration(run).threshold

@@ -89,6 +89,9 @@ def calibrate_command(
         rule, target = "threshold", 0.5 if threshold is None else threshold
     common.require_stdout()  # before calibration.json changes: a script reads its path or record there
     run_dir = paths.resolve_run(run if run is not None else run_argument, paths.data_root(data_dir))
+    # Finishing the run fits its calibration again for the final weights, at 0.5: the operating
+    # point chosen now would be gone without a word.
+    common.unfinished_run_note(run_dir, "; that replaces this calibration with the threshold 0.5, so calibrate again after it")
     calibration = calibrate_run(run_dir, rule=rule, target=target, data_dir=data_dir, device=device)
     if output_format is CalibrateFormat.json:
         typer.echo(json.dumps(calibration.to_dict(), ensure_ascii=False))

@@ -175,13 +175,13 @@ def note(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def unfinished_run_note(run_dir: Path) -> None:
+def unfinished_run_note(run_dir: Path, then: str = "") -> None:
     """Say that an interrupted run's classifier is its best so far, not a finished run's (one
-    with none yet is the loader's error to explain)."""
+    with none yet is the loader's error to explain); ``then``: what finishing it changes."""
     from spamtune import run_catalog, runs
 
     if runs.is_classifier_dir(run_dir) and run_catalog.run_status(run_dir) == run_catalog.INTERRUPTED:
-        note(f"{run_dir} is unfinished: these are its best weights so far; finish it with: {run_catalog.resume_command(run_dir)}")
+        note(f"{run_dir} is unfinished: these are its best weights so far; finish it with: {run_catalog.resume_command(run_dir)}{then}")
 
 
 def warn(message: str) -> None:

@@ -219,6 +219,7 @@ def evaluate_command(
         distributed.shutdown()
     if not world.is_main:
         return
+    common.unfinished_run_note(Path(result["run"]))
     for warning in result["warnings"]:
         common.warn(warning)
     if output_format is ReportFormat.json:
