@@ -293,7 +293,7 @@ def evaluate_run(
         result["input"] = ", ".join(_input_list(input_file))
     # "loss" stays the model's own cross-entropy, the figure training reports; the calibrated
     # one is beside it.
-    decisions = _decisions(logits / temperature, cfg, threshold)
+    decisions = _decisions(logits.double() / temperature, cfg, threshold)  # as calibrated_probabilities below
     result.update(_reports(parts, decisions, F.log_softmax(logits, dim=1), cfg.label_names))
     # Not "precision": that is the per-class metric beside it.
     result["compute_dtype"] = compute.name

@@ -153,5 +153,7 @@ def decided_classes(logits: torch.Tensor, positive: int | None = None, threshold
     ``evaluate`` reports for it."""
     if positive is None or logits.shape[1] != 2:
         return logits.argmax(dim=1)
-    is_positive = torch.softmax(logits.float(), dim=1)[:, positive] >= threshold
+    # float64, as calibration chooses the threshold: in float32 every probability within 6e-8 of
+    # 1 is 1.0, so a threshold set between two such validation scores would flag both.
+    is_positive = torch.softmax(logits.double(), dim=1)[:, positive] >= threshold
     return torch.where(is_positive, positive, 1 - positive)

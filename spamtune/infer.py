@@ -250,8 +250,9 @@ class SpamClassifier:
         return self.config.positive_label
 
     def predict_proba(self, texts: str | Iterable[str]) -> torch.Tensor:
-        """Class probabilities ``[n, num_classes]`` (rows sum to 1), columns ordered as ``labels``."""
-        return self._probabilities(_text_list(texts)[0])
+        """Class probabilities ``[n, num_classes]`` (rows sum to 1), columns ordered as ``labels``;
+        float32, as the model computes (labels are decided on the float64 ones)."""
+        return self._probabilities(_text_list(texts)[0]).float()
 
     @overload
     def predict(self, texts: str) -> Prediction: ...
@@ -288,9 +289,11 @@ class SpamClassifier:
         return explanations[0] if single else explanations
 
     def token_logits(self, token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Calibrated class logits ``[n, num_classes]`` (divided by the run's temperature) of
-        token id lists (each at most ``max_length`` long): the forward pass every prediction
-        goes through, in the classifier's batches and precision."""
+        """Calibrated class logits ``[n, num_classes]`` (divided by the run's temperature, in
+        float64) of token id lists (each at most ``max_length`` long): the forward pass every
+        prediction goes through, in the classifier's batches and precision. float64 as in
+        ``spamtune calibrate``, so that a probability is compared with the threshold exactly as
+        the threshold was chosen (float32 cannot tell apart probabilities within 6e-8 of 1)."""
         examples = Examples([list(ids) for ids in token_lists], pad_id=self.config.pad_token_id)
         return predict_logits(
             self.model,
@@ -300,7 +303,7 @@ class SpamClassifier:
             batch_size=self.batch_size,
             pad_to=pad_width(self.config.pooling, self.max_length),
             few_shapes=self.few_shapes,
-        ) / self.temperature
+        ).double() / self.temperature
 
     def _probabilities(self, texts: list[str]) -> torch.Tensor:
         return torch.softmax(self.token_logits(encode_texts(texts, self.max_length)), dim=1)

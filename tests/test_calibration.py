@@ -356,3 +356,21 @@ def test_calibrating_or_evaluating_an_interrupted_run_says_its_weights_are_the_b
     evaluated = CliRunner().invoke(app, ["evaluate", *common, "--json", "--no-plots"])
     assert evaluated.exit_code == 0 and f"{said}\n" in evaluated.stderr
     assert json.loads(evaluated.stdout)["threshold"] == cal.read_calibration(run).threshold
+
+
+def test_predict_and_evaluate_decide_at_the_threshold_as_calibrate_chose_it(rigged_run_and_data, monkeypatch):
+    """Near p = 1 the validation scores are closer than float32 can tell: calibrate's threshold
+    sits between a lost ham (logit gap 18) and a spam (18.5), and float32 would flag both."""
+    from spamtune import infer
+    from spamtune.forward import decided_classes
+
+    run, _ = rigged_run_and_data
+    logits = torch.tensor([[0.0, gap] for gap in (18.0, 18.0, 0.0, 19.0, 18.5)])  # the model's float32
+    labels = [0, 0, 0, 1, 1]
+    record = cal.calibrate_logits(logits, labels, 1, rule="max-ham-loss", target=0.34, temperature=1.0)
+    assert record.validation["confusion_matrix"] == [[3, 0], [0, 2]]
+    assert decided_classes(logits, 1, record.threshold).tolist() == [0, 0, 0, 1, 1]  # evaluate's labels
+
+    classifier = infer.SpamClassifier.load(run, device="cpu", threshold=record.threshold)
+    monkeypatch.setattr(infer, "predict_logits", lambda model, examples, *args, **kwargs: logits[: len(examples)])
+    assert [p.label for p in classifier.predict(["a", "b", "c", "d", "e"])] == ["ham", "ham", "ham", "spam", "spam"]
