@@ -506,9 +506,14 @@ def calibrate_run(
     data_dir: str | Path | None = None,
     device: str = "auto",
     refit_temperature: bool = True,
+    force: bool = False,
 ) -> Calibration:
     """Fit the run's temperature on its validation split, choose its threshold by ``rule``,
     and store both as ``calibration.json`` in the run folder (atomically).
+
+    Splits prepared differently from the run's are refused unless ``force``, as ``evaluate``
+    refuses them: their validation split may hold the run's training messages, on which the
+    model is surest, and a threshold chosen there loses more ham than it says.
 
     ``refit_temperature=False`` keeps the temperature already stored (changing only the
     operating point); a run without one is fitted anyway. A run of more than two classes is
@@ -516,7 +521,7 @@ def calibrate_run(
     """
     from spamtune.checkpoint import load_classifier, load_classifier_config
     from spamtune.device import resolve_device
-    from spamtune.evaluate import model_logits, read_splits, run_data_root, run_precision
+    from spamtune.evaluate import check_data_fingerprint, model_logits, read_splits, run_data_root, run_precision
     from spamtune.paths import split_file
 
     run_dir = Path(run_dir)
@@ -526,6 +531,7 @@ def calibrate_run(
     dev = resolve_device(device)
     model, cfg = load_classifier(run_dir, dev)
     root = run_data_root(run_dir, data_dir)
+    check_data_fingerprint(run_dir, root, force)
     validation = read_splits(root, "validation", cfg)["validation"]
     if not len(validation):  # else a record "calibrated" on nothing, with a temperature of 1
         raise SpamtuneError(f"cannot calibrate: the validation split {split_file(root, 'validation')} holds no messages")

@@ -374,3 +374,24 @@ def test_predict_and_evaluate_decide_at_the_threshold_as_calibrate_chose_it(rigg
     classifier = infer.SpamClassifier.load(run, device="cpu", threshold=record.threshold)
     monkeypatch.setattr(infer, "predict_logits", lambda model, examples, *args, **kwargs: logits[: len(examples)])
     assert [p.label for p in classifier.predict(["a", "b", "c", "d", "e"])] == ["ham", "ham", "ham", "spam", "spam"]
+
+
+def test_calibrate_refuses_splits_prepared_differently_from_the_run_s_unless_forced(rigged_run_and_data):
+    from typer.testing import CliRunner
+
+    from spamtune import runs
+    from spamtune.cli import app
+    from spamtune.examples import data_fingerprint
+
+    run, data = rigged_run_and_data
+    # Trained on splits that were then prepared again: validation may now hold its training messages.
+    runs.write_hparams(run, {"data_dir": str(data), "resolved": {"data_fingerprint": "trained-on-other-splits"}})
+    common = ["--run", str(run), "--device", "cpu", "--max-ham-loss", "10%"]
+    refused = CliRunner().invoke(app, ["calibrate", *common])
+    assert refused.exit_code == 1 and refused.stdout == "" and refused.stderr.count("\n") == 1
+    assert "are not the ones run was trained with" in refused.stderr and "pass --force" in refused.stderr
+    assert not (run / cal.CALIBRATION_FILE).exists()
+    forced = CliRunner().invoke(app, ["calibrate", *common, "--force"])
+    assert forced.exit_code == 0 and "WARNING: the prepared splits" in forced.stderr and cal.read_calibration(run) is not None
+    runs.write_hparams(run, {"data_dir": str(data), "resolved": {"data_fingerprint": data_fingerprint(data)}})
+    assert CliRunner().invoke(app, ["calibrate", *common]).exit_code == 0  # its own splits

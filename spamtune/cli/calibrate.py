@@ -61,6 +61,9 @@ def calibrate_command(
         None, "--format", help="text: the path on stdout; json: the record.", show_default="text"
     ),
     as_json: bool = common.json_option("json"),
+    force: bool = typer.Option(
+        False, "--force", help="Calibrate even when the prepared splits differ from those the run was trained with (warns loudly)."
+    ),
     device: str = common.device_option(),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", metavar="DIR", show_default=False,
@@ -75,6 +78,7 @@ def calibrate_command(
     """
     from spamtune import paths
     from spamtune.calibration import calibrate_run, parse_rate
+    from spamtune.evaluate import check_data_fingerprint, run_data_root
     from spamtune.runs import CALIBRATION_FILE
 
     if run_argument is not None and run is not None:
@@ -92,7 +96,10 @@ def calibrate_command(
     # Finishing the run fits its calibration again for the final weights, at 0.5: the operating
     # point chosen now would be gone without a word.
     common.unfinished_run_note(run_dir, "; that replaces this calibration with the threshold 0.5, so calibrate again after it")
-    calibration = calibrate_run(run_dir, rule=rule, target=target, data_dir=data_dir, device=device)
+    calibration = calibrate_run(run_dir, rule=rule, target=target, data_dir=data_dir, device=device, force=force)
+    if force:
+        for warning in check_data_fingerprint(run_dir, run_data_root(run_dir, data_dir), force=True):
+            common.warn(warning)
     if output_format is CalibrateFormat.json:
         typer.echo(json.dumps(calibration.to_dict(), ensure_ascii=False))
         return
