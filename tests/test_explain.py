@@ -164,3 +164,23 @@ def test_fp32_head_keeps_bf16_autocast_from_rounding_the_logits():
     assert rounded.dtype == torch.bfloat16 and not torch.equal(rounded.float(), exact)
     assert full.dtype == torch.float32 and torch.equal(full, exact)
     assert model.out_head is head  # put back
+
+
+def test_predict_refuses_to_explain_a_message_read_by_another_window(tmp_path):
+    """The rigged run calls a text spam for its final "!": past the window, --long chunks finds
+    it at the end while the explanation occludes the words of the first window and names none."""
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    run = write_rigged_run(tmp_path / "run")
+    text = "see you at lunch tomorrow ok " * 20 + "call now!"
+    chunks = CliRunner().invoke(app, ["predict", "--run", str(run), "--long", "chunks", "--format", "jsonl", "--device", "cpu", text])
+    assert chunks.exit_code == 0 and '"label": "spam"' in chunks.stdout  # the last window decides
+    for mode in ("chunks", "head-tail"):
+        result = CliRunner().invoke(app, ["predict", "--run", str(run), "--explain", "--long", mode, "--device", "cpu", text])
+        assert result.exit_code == 2 and result.stdout == ""
+        assert result.stderr == (f"Error: --explain reads a message's first tokens, as --long head; with --long {mode} the label "
+                                 "may come from a window the explanation never saw\n")  # fmt: skip
+    head = CliRunner().invoke(app, ["predict", "--run", str(run), "--explain", "--long", "head", "--format", "jsonl", "--device", "cpu", text])
+    assert head.exit_code == 0 and '"label": "ham"' in head.stdout

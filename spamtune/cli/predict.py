@@ -498,6 +498,13 @@ def predict(
         raise SpamtuneUsageError("--explain works on messages given as lines of text, not with --mail")
     if explain and output_format is OutputFormat.label:
         raise SpamtuneUsageError("--explain needs --format text, tsv or jsonl (label prints the label only)")
+    if explain and long is not None and long != "head":
+        # The explanation occludes the words of the first window: with another window deciding,
+        # it would explain a verdict that was not given (spam at the end, an empty list).
+        raise SpamtuneUsageError(
+            f"--explain reads a message's first tokens, as --long head; with --long {long} the label may come "
+            "from a window the explanation never saw"
+        )
     meter = ReadMeter()
     input_path = common.pick_input(input_file, file)
     if server and (devices is not None or out_file is not None):
