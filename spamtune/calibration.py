@@ -523,11 +523,17 @@ def calibrate_run(
     from spamtune.device import resolve_device
     from spamtune.evaluate import check_data_fingerprint, model_logits, read_splits, run_data_root, run_precision
     from spamtune.paths import split_file
+    from spamtune.run_catalog import is_in_use
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SpamtuneError(f"run folder not found: {run_dir}")
     check_calibration_applies(load_classifier_config(run_dir).label_names)  # before the weights load
+    if is_in_use(run_dir):  # a resumed run: its weights are not final, and its end writes calibration.json
+        raise SpamtuneError(
+            f"{run_dir} is still training (a process holds its lock); calibrate it when training ends, "
+            "which replaces calibration.json"
+        )
     dev = resolve_device(device)
     model, cfg = load_classifier(run_dir, dev)
     root = run_data_root(run_dir, data_dir)

@@ -395,3 +395,16 @@ def test_calibrate_refuses_splits_prepared_differently_from_the_run_s_unless_for
     assert forced.exit_code == 0 and "WARNING: the prepared splits" in forced.stderr and cal.read_calibration(run) is not None
     runs.write_hparams(run, {"data_dir": str(data), "resolved": {"data_fingerprint": data_fingerprint(data)}})
     assert CliRunner().invoke(app, ["calibrate", *common]).exit_code == 0  # its own splits
+
+
+def test_a_resumed_run_training_now_is_not_calibrated(rigged_run_and_data):
+    """It holds a classifier (its best so far) and its lock: the end of training writes
+    calibration.json again, so an operating point chosen now would be gone without a word."""
+    from spamtune import runs
+
+    run, data = rigged_run_and_data
+    with runs.lock_run_dir(run):
+        with pytest.raises(SpamtuneError, match="is still training .*; calibrate it when training ends"):
+            cal.calibrate_run(run, rule="max-ham-loss", target=0.1, data_dir=data, device="cpu")
+    assert not (run / cal.CALIBRATION_FILE).exists()
+    assert cal.calibrate_run(run, rule="max-ham-loss", target=0.1, data_dir=data, device="cpu").rule == "max-ham-loss"
