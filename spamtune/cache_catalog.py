@@ -73,7 +73,9 @@ def _read_entry(path: Path, nobody_writes: bool | None = None) -> CacheEntry:
     meta, status = None, OK
     try:
         data = read_meta(path)
-        meta = data if isinstance(data, dict) and data.get("kind") == META_KIND else None
+        # A meta.json that parses but is not an entry's (no key object) describes nothing: shown
+        # as damaged with no fields, rather than its values passed on to `ls` as if they were.
+        meta = data if isinstance(data, dict) and data.get("kind") == META_KIND and isinstance(data.get("key"), dict) else None
         if meta is None:
             status = DAMAGED
         elif meta.get("key", {}).get("format") != CACHE_FORMAT:
@@ -86,7 +88,7 @@ def _read_entry(path: Path, nobody_writes: bool | None = None) -> CacheEntry:
                 nobody_writes = free
         status = ABANDONED if nobody_writes else INCOMPLETE
     except (CacheCorrupt, OSError, ValueError, AttributeError, KeyError, TypeError):  # written atomically, so unreadable means damaged
-        status = DAMAGED
+        meta, status = None, DAMAGED
     return CacheEntry(path.name, path, folder_bytes(path), meta, status)
 
 
@@ -103,7 +105,14 @@ def list_caches(data_root: str | Path) -> list[CacheEntry]:
             entries.append(_read_entry(path))
         except OSError:  # removed meanwhile
             continue
-    return sorted(entries, key=lambda e: ((e.meta or {}).get("created", ""), e.name))
+    return sorted(entries, key=lambda e: (meta_field(e.meta, "created", str) or "", e.name))
+
+
+def meta_field(mapping: dict | None, name: str, kind: type):
+    """``mapping[name]`` when it is of the type ``ls`` documents for it, else None: a hand-edited
+    or damaged meta.json must not put another type in a field scripts read, or stop the listing."""
+    value = (mapping or {}).get(name)
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
 
 
 def _sweep(entry: CacheEntry) -> bool:

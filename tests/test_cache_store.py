@@ -511,6 +511,29 @@ def test_ls_shows_a_truncated_entry_as_damaged_without_hashing_it_and_the_next_r
     assert swept.exit_code == 0 and swept.stdout == f"{store.entry_dir(key)}\n" and list_caches(tmp_path) == []
 
 
+def test_ls_lists_an_entry_whose_meta_json_holds_values_of_other_types(tmp_path):
+    """A hand-edited or damaged meta.json that still parses: `ls` shows every entry, each field
+    of the documented type or null, and one without a key object as damaged."""
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    store.obtain(key_for(model, 2), model, SEQS)
+    two = classifier("last-3-blocks")
+    store.obtain(key_for(two, 1), two, SEQS)
+    edited, keyless = sorted(e.path for e in list_caches(tmp_path))
+    meta = json.loads((edited / META_FILE).read_text())
+    meta.update(created=12, examples="many")
+    (edited / META_FILE).write_text(json.dumps(meta))
+    (keyless / META_FILE).write_text(json.dumps({**meta, "key": 5}))
+    result = CliRunner().invoke(app, ["cache", "ls", "--json", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.stderr
+    rows = {row["name"]: row for row in map(json.loads, result.stdout.splitlines())}
+    assert rows[edited.name]["status"] == "ok" and rows[edited.name]["created"] is None and rows[edited.name]["examples"] is None
+    assert rows[edited.name]["blocks"] == meta["key"]["blocks"]
+    assert rows[keyless.name]["status"] == "damaged" and rows[keyless.name]["blocks"] is None and rows[keyless.name]["created"] is None
+    text = CliRunner().invoke(app, ["cache", "ls", "--data-dir", str(tmp_path)])
+    assert text.exit_code == 0 and len(text.stdout.splitlines()) == 2
+
+
 @pytest.mark.parametrize("planted", ["folder", "pipe", "link"])
 def test_a_meta_json_that_is_no_file_is_damage_that_ls_shows_without_waiting_and_the_next_run_rebuilds(tmp_path, planted):
     if planted == "pipe" and not hasattr(os, "mkfifo"):

@@ -30,19 +30,21 @@ def register(app: typer.Typer) -> None:
 
 def _row(entry) -> dict:
     """One cache as the documented fields of ``ls --format json``."""
+    from spamtune.cache_catalog import meta_field
+
     meta = entry.meta or {}
-    key = meta.get("key", {})
+    key = meta_field(meta, "key", dict)
     return {
         "name": entry.name,
         "status": entry.status,
         "bytes": entry.nbytes,
-        "blocks": key.get("blocks"),
-        "dtype": key.get("dtype"),
-        "precision": key.get("precision"),
-        "examples": meta.get("examples"),
-        "base_sha256": key.get("base_sha256"),
-        "tokens_sha256": key.get("tokens_sha256"),
-        "created": meta.get("created"),
+        "blocks": meta_field(key, "blocks", int),
+        "dtype": meta_field(key, "dtype", str),
+        "precision": meta_field(key, "precision", str),
+        "examples": meta_field(meta, "examples", int),
+        "base_sha256": meta_field(key, "base_sha256", str),
+        "tokens_sha256": meta_field(key, "tokens_sha256", str),
+        "created": meta_field(meta, "created", str),
         "path": str(entry.path),
     }
 
