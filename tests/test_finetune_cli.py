@@ -273,6 +273,9 @@ def test_resume_takes_the_newest_interrupted_run_or_the_one_named(root, monkeypa
         stopped = finetune(root, "--run", "stopped", "--model", str(root / "tiny.json"), "--epochs", "1")
     assert stopped.exit_code == 130
     assert f"continue with: spamtune finetune --resume --run {root / 'runs' / 'stopped'}" in stopped.stderr
+    # A new run in its folder is refused, with the way to continue it.
+    taken = finetune(root, "--run", "stopped", "--model", str(root / "tiny.json"), "--epochs", "1")
+    assert taken.exit_code == 1 and taken.stderr.endswith(f"continue this unfinished run with `spamtune finetune --resume --run {root / 'runs' / 'stopped'}`\n")
 
     resumed = finetune(root, "--resume")  # no --run: the newest interrupted run
     assert resumed.exit_code == 0, resumed.stderr
@@ -281,6 +284,12 @@ def test_resume_takes_the_newest_interrupted_run_or_the_one_named(root, monkeypa
     assert finished.exit_code == 1 and "is a finished run" in finished.stderr
     stray = finetune(root, "stopped")
     assert stray.exit_code == 2 and "name the run with --run" in stray.stderr
+    # A finished run, or a file, has nothing to resume: no `--resume` that would only fail.
+    note = root / "notes.txt"
+    note.write_text("mine")
+    for taken in (root / "runs" / "stopped", note):
+        again = finetune(root, "--run", str(taken), "--model", str(root / "tiny.json"), "--epochs", "1")
+        assert (again.exit_code, again.stderr) == (1, f"Error: {taken} already exists and is not empty; choose another --run\n")
 
 
 def test_sigterm_stops_a_run_as_ctrl_c_does_with_its_best_weights_and_the_resume_line(root):

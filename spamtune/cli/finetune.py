@@ -306,9 +306,11 @@ def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str]
     except events.TrainingStopped as exc:
         raise SpamtuneError(f"{exc}; continue with: {_resume_command(exc.run_dir)}") from None
     except runs.RunFolderTaken as exc:
-        raise SpamtuneError(
-            f"{exc}; choose another --run, or continue an unfinished run with `{_resume_command(exc.out)}`"
-        ) from None
+        # --resume only where it can continue something: for a finished run, a file or a folder
+        # of other things it would only lead to another error.
+        unfinished = (exc.out / runs.HPARAMS_FILE).is_file() and not runs.is_finished(exc.out)
+        resume = f", or continue this unfinished run with `{_resume_command(exc.out)}`" if unfinished else ""
+        raise SpamtuneError(f"{exc}; choose another --run{resume}") from None
     finally:
         reporter.close()
     if not world.is_main:
