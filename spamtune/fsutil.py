@@ -35,6 +35,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file holds the folder's name; "File exists" would blame the file to write
+        raise write_error(final, NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))) from None
+    except OSError as exc:
+        raise write_error(final, exc) from None
+    try:
         tmp_path, mode = _create_temporary(final)
     except OSError as exc:
         raise write_error(final, exc) from None

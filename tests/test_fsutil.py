@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -189,8 +190,11 @@ def test_interrupt_is_not_swallowed_and_cleans_up(tmp_path):
 def test_an_unwritable_destination_is_a_spamtune_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(SpamtuneError, match="cannot write"):
+    with pytest.raises(SpamtuneError) as raised:
         atomic_write_text(blocker / "inside.txt", "x")
+    # The file in the folder's place is what is wrong, not a file at the name to write.
+    assert str(raised.value) == f"cannot write {blocker / 'inside.txt'}: {os.strerror(errno.ENOTDIR)}"
+    assert blocker.read_text() == "not a folder"
 
 
 def test_write_behind_writes_on_another_thread_one_at_a_time(tmp_path):
