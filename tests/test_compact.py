@@ -857,3 +857,10 @@ def test_predicting_or_exporting_with_an_interrupted_run_says_its_weights_are_th
     assert exported.exit_code == 0 and said in exported.stderr
     quiet = CliRunner().invoke(app, ["predict", "-q", "--run", str(run), "hello"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
+    # Resumed: training again, and the classifier there is still the one from when it stopped.
+    again = f"{run} is training again: these are its best weights from when it stopped; the run writes newer ones when it ends\n"
+    with runs.lock_run_dir(run):
+        exported = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "x.safetensors")])
+        predicted = CliRunner().invoke(app, ["predict", "--run", str(run), "hello"])
+    assert exported.exit_code == 0 and again in exported.stderr
+    assert predicted.exit_code == 0 and again in predicted.stderr

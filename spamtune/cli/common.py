@@ -177,11 +177,18 @@ def note(message: str) -> None:
 
 def unfinished_run_note(run_dir: Path, then: str = "") -> None:
     """Say that an interrupted run's classifier is its best so far, not a finished run's (one
-    with none yet is the loader's error to explain); ``then``: what finishing it changes."""
+    with none yet is the loader's error to explain); ``then``: what finishing it changes. A run
+    resumed meanwhile still holds the classifier it wrote when it stopped, which its training
+    is replacing."""
     from spamtune import run_catalog, runs
 
-    if runs.is_classifier_dir(run_dir) and run_catalog.run_status(run_dir) == run_catalog.INTERRUPTED:
+    if not runs.is_classifier_dir(run_dir):
+        return
+    status = run_catalog.run_status(run_dir)
+    if status == run_catalog.INTERRUPTED:
         note(f"{run_dir} is unfinished: these are its best weights so far; finish it with: {run_catalog.resume_command(run_dir)}{then}")
+    elif status == run_catalog.RUNNING and runs.resume_file(run_dir).is_file():
+        note(f"{run_dir} is training again: these are its best weights from when it stopped; the run writes newer ones when it ends")
 
 
 def warn(message: str) -> None:
