@@ -206,3 +206,16 @@ def test_a_warning_naming_a_file_stays_one_line(capsys):
 
     common.warn("cannot read cur/a\nb\x1b[31m: Permission denied")
     assert capsys.readouterr().err == "WARNING: cannot read cur/a\\nb\\x1b[31m: Permission denied\n"
+
+
+@pytest.mark.parametrize("words", [["cache", "ls"], ["runs"], ["export", "some-run", "-"]])
+def test_a_listing_or_an_export_to_stdout_with_stdout_closed_is_one_line(tmp_path, words):
+    """Started with stdout closed (``>&-``), Python has no sys.stdout: a command whose result is
+    its stdout says so in one line, instead of an "unexpected AttributeError" or a listing
+    silently lost with exit 0."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "spamtune", *words, "--data-dir", str(tmp_path)], preexec_fn=lambda: os.close(1),
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (1, "Error: stdout is closed: there is nowhere to write the output (redirect it instead, e.g. > /dev/null)\n")

@@ -66,6 +66,7 @@ def ls(
     from spamtune.cache_catalog import list_caches
 
     output_format = common.chosen_format(output_format, as_json, "json", "text")
+    common.require_stdout()  # the listing is the result: with stdout closed it would vanish
     entries = list_caches(paths.data_root(data_dir))
     for entry in entries:
         row = _row(entry)

@@ -40,6 +40,8 @@ def export(
     from spamtune.export import export_run, export_to_stream
     from spamtune.errors import SpamtuneUsageError
 
+    if out == "-":
+        common.require_stdout()  # the file itself goes there
     if out == "-" and _stdout_is_terminal():
         raise SpamtuneUsageError("will not write a safetensors file to a terminal; pipe or redirect stdout (spamtune export RUN - > classifier.safetensors), or name the file")
     root = paths.data_root(data_dir)

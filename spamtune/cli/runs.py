@@ -104,6 +104,7 @@ def list_runs(
         return
     from spamtune import run_catalog
 
+    common.require_stdout()  # the listing is the result: with stdout closed it would vanish
     root = paths.data_root(data_dir)
     infos = run_catalog.list_runs(root)
     if as_json:
