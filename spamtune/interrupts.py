@@ -10,7 +10,8 @@ the block ends, so the interrupt is the usual one, a little late (``read_tensor`
 
 torch's own import has the same trouble (see ``hold_sigint_while_torch_loads``).
 
-A training command also stops on SIGTERM as it does on Ctrl-C (``sigterm_as_interrupt``):
+A training command also stops on SIGTERM as it does on Ctrl-C (``sigterm_as_interrupt``, as does
+``export``, whose killed write would leave its temporary file behind):
 that is how systemd stops a service, how ``timeout`` ends a command and how a batch scheduler
 warns a job at its time limit, and each of them should leave the run with its best weights
 written and the line that resumes it, not a process gone mid-step. Such a stop exits with

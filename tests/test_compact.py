@@ -864,3 +864,39 @@ def test_predicting_or_exporting_with_an_interrupted_run_says_its_weights_are_th
         predicted = CliRunner().invoke(app, ["predict", "--run", str(run), "hello"])
     assert exported.exit_code == 0 and again in exported.stderr
     assert predicted.exit_code == 0 and again in predicted.stderr
+
+
+EXPORT_TERMINATED_MID_WRITE = """
+import os, signal, sys
+from spamtune import checkpoint
+real = checkpoint.save_file
+
+def save_then_sigterm(tensors, path, metadata=None):
+    real(tensors, path, metadata=metadata)  # the temporary file is whole, not yet renamed
+    os.kill(os.getpid(), signal.SIGTERM)
+
+checkpoint.save_file = save_then_sigterm
+sys.argv = ["spamtune", *sys.argv[1:]]
+from spamtune.entry import main
+main()
+"""
+
+
+def test_an_export_stopped_by_sigterm_leaves_no_temporary_file_beside_out(tmp_path):
+    """`timeout`, systemd or `kill` stop an export as Ctrl-C does: the temporary file, as large as
+    the export, is removed rather than left hidden beside OUT, and the exit status is 143."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run, _, _ = last_block_run(tmp_path)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", EXPORT_TERMINATED_MID_WRITE, "export", str(run), str(folder / "x.safetensors"), "--data-dir", str(tmp_path)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (143, "", "Error: interrupted\n")
+    assert list(folder.iterdir()) == []

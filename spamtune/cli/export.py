@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from spamtune.cli import common
+from spamtune.interrupts import sigterm_as_interrupt
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +48,11 @@ def export(
     root = paths.data_root(data_dir)
     run_dir = paths.resolve_run(run, root)
     common.unfinished_run_note(run_dir)
-    if out == "-":
-        export_to_stream(run_dir, sys.stdout.buffer, root if data_dir else None)
-        return
-    typer.echo(export_run(run_dir, out, root if data_dir else None, force=force))
+    # `timeout`, systemd or `kill` stop it as Ctrl-C does: a killed write would leave its
+    # temporary file, as large as the export, hidden beside OUT.
+    with sigterm_as_interrupt():
+        if out == "-":
+            export_to_stream(run_dir, sys.stdout.buffer, root if data_dir else None)
+            return
+        written = export_run(run_dir, out, root if data_dir else None, force=force)
+    typer.echo(written)
