@@ -69,6 +69,8 @@ def write_error(final: Path, exc: OSError) -> SpamtuneError:
 # How many random names to try before giving up (mkstemp tries as many).
 TEMPORARY_SUFFIX = ".part"
 _TEMP_ATTEMPTS = 10_000
+# The longest file name most file systems take, in bytes.
+_NAME_MAX = 255
 
 
 def _create_exclusive(folder: Path, stem: str, flags: int, mode: int) -> tuple[Path, int]:
@@ -78,6 +80,9 @@ def _create_exclusive(folder: Path, stem: str, flags: int, mode: int) -> tuple[P
     planted under a guessed name is skipped, never opened.
     """
     flags |= os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    # Only the start of a long name: a final name the file system takes must not fail for the
+    # 15 bytes the temporary's name adds to it.
+    stem = os.fsdecode(os.fsencode(stem)[: _NAME_MAX - len(f"..{'0' * 8}{TEMPORARY_SUFFIX}")])
     for _ in range(_TEMP_ATTEMPTS):
         path = folder / f".{stem}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
         try:

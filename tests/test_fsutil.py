@@ -197,6 +197,16 @@ def test_an_unwritable_destination_is_a_spamtune_error(tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("char", ["a", "\u00e9"])  # characters of one byte and of two
+def test_a_final_name_as_long_as_the_file_system_takes_is_written(tmp_path, char):
+    """The temporary's name adds 15 bytes to the final one; a final name the file system takes
+    (255 bytes) must not fail with "File name too long" for them."""
+    stem = char * ((255 - len(".safetensors")) // len(char.encode()))
+    final = tmp_path / f"{stem}.safetensors"
+    atomic_write_bytes(final, b"whole")
+    assert final.read_bytes() == b"whole" and os.listdir(tmp_path) == [final.name]
+
+
 def test_write_behind_writes_on_another_thread_one_at_a_time(tmp_path):
     started, release, order = threading.Event(), threading.Event(), []
 
