@@ -213,10 +213,29 @@ def normalize_metrics_record(record: dict) -> dict:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """A run's ``metrics.jsonl`` records. The file is only ever rewritten whole, so a line that
+    is no record was edited or damaged since: one error naming it, rather than a bare JSON error
+    stopping a resume, or the line carried on into the run's curves."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [normalize_metrics_record(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeError) as exc:
+        raise SpamtuneError(f"cannot read {path}: {exc}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise SpamtuneError(f"{path}, line {number}, is not an evaluation record (a JSON object with its step); fix or remove that line")
+        records.append(normalize_metrics_record(record))
+    return records
 
 
 def write_metrics(run_dir: Path, records: list[dict]) -> None:

@@ -312,3 +312,23 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_its_best_weights_and_the_resume
     assert runs.resume_file(run_dir).is_file()
     predicted = CliRunner().invoke(app, ["predict", "--run", str(run_dir), "--json", "hello"])
     assert predicted.exit_code == 0, predicted.stderr
+
+
+def test_a_damaged_metrics_line_stops_a_resume_with_one_line_naming_it(root, monkeypatch):
+    """metrics.jsonl is only ever rewritten whole: a line cut short or edited since is named in
+    one error, and the resume goes on once it is fixed, instead of "unexpected JSONDecodeError"."""
+    with monkeypatch.context() as interrupting:
+        ctrl_c_at_step(interrupting, 4)
+        stopped = finetune(root, "--run", "stopped", "--model", str(root / "tiny.json"), "--epochs", "1", "--eval-every", "1")
+    assert stopped.exit_code == 130, stopped.stderr
+    metrics = root / "runs" / "stopped" / runs.METRICS_FILE
+    good = metrics.read_text()
+    lines = good.count("\n")
+    assert lines >= 2
+    for damage in ('{"step": 9, "epo', "[1, 2]", '{"epoch": 1}'):
+        metrics.write_text(good + damage)
+        resumed = finetune(root, "--resume")
+        assert (resumed.exit_code, resumed.stderr) == (1, f"Error: {metrics}, line {lines + 1}, is not an evaluation record (a JSON object with its step); fix or remove that line\n")
+    metrics.write_text(good)
+    resumed = finetune(root, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
