@@ -419,6 +419,53 @@ def test_reader_keeps_lines_split_across_reads():
         assert [m for c in chunks for m in c] == ["first line", "second \ufffd line", "", "no newline at end"]
 
 
+def test_a_line_past_the_cap_keeps_its_first_bytes_and_the_lines_after_it(monkeypatch):
+    """The rest of an overlong line is dropped as it is read, cut between two characters, with
+    its line number reported; every other line, before and after, is whole."""
+    monkeypatch.setattr(predict_cli, "MAX_LINE_BYTES", 10)
+    data = "a\n" + "é" * 30 + "\nb\n" + "z" * 25
+    for read_size in (1, 3, 7, 64, 1 << 16):
+        cut: list[int] = []
+        chunks = predict_cli.read_message_chunks(io.BytesIO(data.encode()), read_size=read_size, on_cut=cut.append)
+        assert [m for c in chunks for m in c] == ["a", "é" * 5, "b", "z" * 10], read_size
+        assert cut == [2, 4], read_size
+
+
+def test_a_line_without_an_end_is_read_in_bounded_memory():
+    """`predict < /dev/zero`: 24 MiB of one line held at most the first MiB and a read."""
+    import tracemalloc
+
+    class Endless(io.RawIOBase):
+        left = 24 << 20
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            n = min(len(buffer), self.left)
+            buffer[:n] = b"\0" * n
+            self.left -= n
+            return n
+
+    tracemalloc.start()
+    try:
+        [[line]] = list(predict_cli.read_message_chunks(io.BufferedReader(Endless())))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert line == "\0" * (1 << 20)
+    assert peak < 8 << 20, peak
+
+
+def test_an_overlong_line_is_classified_on_its_first_mib_with_a_warning(run_dir, tmp_path):
+    """Its "!" lies past the first MiB, so the line reads as ham; the lines around it are as usual."""
+    path = tmp_path / "dump.txt"
+    path.write_bytes(b"hi!\n" + b"word " * 300_000 + b"!\nbye!\n")
+    result = invoke(run_dir, "--input", str(path), "--format", "label")
+    assert (result.exit_code, result.stdout) == (0, "spam\nham\nspam\n")
+    assert result.stderr.count("WARNING: line 2 of ") == 1 and "longer than 1 MiB" in result.stderr
+
+
 def spamtune_command(run_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "spamtune", "predict", "--run", str(run_dir), *args]
 

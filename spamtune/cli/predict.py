@@ -18,7 +18,7 @@ import select
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NoReturn, Optional
 
@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 # enough that memory stays flat and results flow steadily.
 CHUNK_LINES = 2048
 READ_SIZE = 1 << 16
+# The most of one input line that is kept, as a mail message's first MiB is (spamtune.mail): a
+# line without an end (`< /dev/zero`, a 40 MB dump) would otherwise grow in memory without
+# bound, and tokenising it all took 2.3 GB and 52 s for 40 MB. A MiB is ~250,000 tokens,
+# beyond what any --long mode reads of it in practice.
+MAX_LINE_BYTES = 1 << 20
 # Field names of the machine-readable formats (documented in the README).
 TSV_HEADER = "label\tp_spam\ttext\n"
 MAIL_TSV_HEADER = "label\tp_spam\tid\n"  # predict --mail: the message's id in the text's place
@@ -55,7 +60,8 @@ class OutputFormat(str, enum.Enum):
 
 
 def read_message_chunks(
-    stream: BinaryIO, chunk_lines: int = CHUNK_LINES, read_size: int = READ_SIZE, first_chunk_lines: int | None = None
+    stream: BinaryIO, chunk_lines: int = CHUNK_LINES, read_size: int = READ_SIZE, first_chunk_lines: int | None = None,
+    on_cut: Callable[[int], None] = lambda line_number: None,
 ) -> Iterator[list[str]]:
     """The lines of a byte stream as messages, in lists of at most ``chunk_lines``.
 
@@ -64,6 +70,8 @@ def read_message_chunks(
     dropped. A chunk is handed over when it is full or when the input has nothing more ready (a
     short read from a pipe or terminal), so a fast producer fills whole batches while a slow one
     gets each answer at once. Memory holds one read, one chunk and the line being assembled.
+    A line longer than ``MAX_LINE_BYTES`` is the message of its first MiB (cut between two
+    characters); the rest of it is read and dropped, and ``on_cut`` gets its line number.
 
     ``first_chunk_lines`` starts small and doubles up to ``chunk_lines``: the first answers
     come after one batch rather than a full chunk, and a reader that leaves early (``| head``)
@@ -74,15 +82,27 @@ def read_message_chunks(
     buffer = bytearray()
     pending: list[str] = []
     first_line = True
+    cutting = False  # the line being read passed MAX_LINE_BYTES: the rest of it is dropped as it comes
+    lines_read = 0
     while data := read(read_size):
-        buffer += data
+        if cutting:
+            newline = data.find(b"\n")
+            cutting = newline < 0
+            buffer += b"" if cutting else data[newline:]
+        else:
+            buffer += data
         end = buffer.rfind(b"\n")
         if end >= 0:
-            lines = [_decode_line(line) for line in bytes(buffer[:end]).split(b"\n")]
+            lines = [_decode_line(_capped(line, lines_read + n, on_cut)) for n, line in enumerate(bytes(buffer[:end]).split(b"\n"), 1)]
             if first_line:
                 lines[0], first_line = _without_bom(lines[0]), False
             pending.extend(lines)
+            lines_read += len(lines)
             del buffer[: end + 1]
+        if len(buffer) > MAX_LINE_BYTES and not cutting:  # no line end in sight: keep the first MiB
+            del buffer[_utf8_prefix(buffer, MAX_LINE_BYTES) :]
+            cutting = True
+            on_cut(lines_read + 1)
         while len(pending) >= limit:
             yield pending[:limit]
             del pending[:limit]
@@ -91,10 +111,26 @@ def read_message_chunks(
             yield pending
             pending = []
     if buffer:  # a last line without a newline
-        last = _decode_line(bytes(buffer))
+        last = _decode_line(bytes(buffer) if cutting else _capped(bytes(buffer), lines_read + 1, on_cut))
         pending.append(_without_bom(last) if first_line else last)
     if pending:
         yield pending
+
+
+def _capped(line: bytes, number: int, on_cut: Callable[[int], None]) -> bytes:
+    if len(line) <= MAX_LINE_BYTES:
+        return line
+    on_cut(number)
+    return line[: _utf8_prefix(line, MAX_LINE_BYTES)]
+
+
+def _utf8_prefix(raw: bytes | bytearray, size: int) -> int:
+    """The longest length up to ``size`` (< ``len(raw)``) that does not cut a UTF-8 character in
+    two: a character is at most 4 bytes, so at most 3 steps back from a continuation byte."""
+    n = size
+    while n > size - 3 and raw[n] & 0xC0 == 0x80:
+        n -= 1
+    return n
 
 
 def _decode_line(raw: bytes) -> str:
@@ -169,7 +205,8 @@ def message_source(messages: list[str], file: Path | None, meter: ReadMeter | No
             stream = open(file, "rb")  # noqa: SIM115 - closed by _lines_then_close once read
         except OSError as exc:
             raise SpamtuneError(f"cannot read {Path(file).absolute()}: {exc.strerror or exc}") from None
-        return _reading(_lines_then_close(stream, meter, first_chunk_lines), str(Path(file).absolute()))
+        source = str(Path(file).absolute())
+        return _reading(_lines_then_close(stream, meter, first_chunk_lines, source), source)
     if file is not None:
         messages = ["-"]
     if not messages:
@@ -197,9 +234,17 @@ def _reading(chunks: Iterator[list[str]], name: str) -> Iterator[list[str]]:
         raise SpamtuneError(f"cannot read {name}: {exc.strerror or exc}") from None
 
 
-def _lines_then_close(stream: BinaryIO, meter: ReadMeter, first_chunk_lines: int | None) -> Iterator[list[str]]:
+def _lines_then_close(stream: BinaryIO, meter: ReadMeter, first_chunk_lines: int | None, source: str) -> Iterator[list[str]]:
     with stream:
-        yield from read_message_chunks(meter.wrap(stream), first_chunk_lines=first_chunk_lines)
+        yield from read_message_chunks(meter.wrap(stream), first_chunk_lines=first_chunk_lines, on_cut=_warn_cut(source))
+
+
+def _warn_cut(source: str) -> Callable[[int], None]:
+    """What ``read_message_chunks`` does with a line cut to its first MiB: one warning, as the
+    output line then holds that MiB alone (jsonl's text too)."""
+    return lambda line_number: common.warn(
+        f"line {line_number:,} of {source} is longer than 1 MiB: only its first MiB is classified and written out"
+    )
 
 
 def _argument_chunks(messages: list[str], meter: ReadMeter, first_chunk_lines: int | None) -> Iterator[list[str]]:
@@ -209,7 +254,7 @@ def _argument_chunks(messages: list[str], meter: ReadMeter, first_chunk_lines: i
             if literal:
                 yield literal
                 literal = []
-            yield from read_message_chunks(meter.wrap(sys.stdin.buffer), first_chunk_lines=first_chunk_lines)
+            yield from read_message_chunks(meter.wrap(sys.stdin.buffer), first_chunk_lines=first_chunk_lines, on_cut=_warn_cut("stdin"))
         else:
             literal.append(_argument_text(message))
             if len(literal) == CHUNK_LINES:
@@ -403,10 +448,10 @@ PREDICT_HELP = (
     "Messages come from the arguments (each one a message), from --input, or from stdin ('-', or no arguments "
     "with stdin not a terminal). In a file or on stdin each line is a message: lines end at \\n only, a trailing "
     "\\r is dropped (CRLF files), empty lines are classified too, invalid UTF-8 is replaced by U+FFFD, and a "
-    "UTF-8 byte-order mark opening the input is dropped. "
+    "UTF-8 byte-order mark opening the input is dropped. A line over 1 MiB is read as its first MiB (a warning names it). "
     "Input is read and answered in chunks, so a large stream runs in constant memory and results appear as they come.\n\n"
     "A message longer than the run's max length is cut to its first tokens (its start is kept; see --long). In tsv and text "
-    "output, tabs and line breaks inside a message become spaces; jsonl keeps the message exactly. p_spam is always "
+    "output, tabs and line breaks inside a message become spaces; jsonl keeps the message exactly (up to that MiB). p_spam is always "
     "the probability of spam, whatever the label. Fields: tsv label, p_spam, text (--header names them); "
     "jsonl {text, label, p_spam}.\n\n"
     "Exit status: 0, 1 for a runtime error, 2 for a usage error. With --fail-on-spam: 0 no spam, 1 spam found, "
