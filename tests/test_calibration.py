@@ -301,6 +301,23 @@ def test_calibrate_command(rigged_run_and_data):
     assert short == dear
 
 
+def test_a_large_bare_fraction_for_max_ham_loss_is_said_back_as_a_percentage(rigged_run_and_data):
+    """"0.5" is half the ham (the user likely meant 0.5%): it is taken as given, with a warning;
+    the same rate as a percentage, or a small bare fraction, warns of nothing."""
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    run, data = rigged_run_and_data
+    common = [str(run), "--data-dir", str(data), "--device", "cpu", "--format", "json"]
+    bare = CliRunner().invoke(app, ["calibrate", *common, "--max-ham-loss", "0.5"])
+    assert bare.exit_code == 0 and json.loads(bare.stdout)["target"] == 0.5
+    assert "WARNING: --max-ham-loss 0.5 is a fraction: up to 50% of ham may be marked spam; for 0.5 percent write 0.5%" in bare.stderr
+    for quiet in ("50%", "0.05"):
+        result = CliRunner().invoke(app, ["calibrate", *common, "--max-ham-loss", quiet])
+        assert result.exit_code == 0 and "WARNING" not in result.stderr, quiet
+
+
 def test_a_run_still_training_is_named_so_by_calibrate_and_by_a_given_threshold(tmp_path):
     from typer.testing import CliRunner
 

@@ -17,6 +17,10 @@ import typer
 from spamtune.cli import common
 from spamtune.errors import SpamtuneUsageError
 
+# A --max-ham-loss given as a bare fraction this large or larger is said back as a percentage:
+# "0.5" for "0.5%" flags up to half the ham, and nothing else would tell.
+LARGE_BARE_RATE = 0.1
+
 
 class CalibrateFormat(str, enum.Enum):
     text = "text"
@@ -87,6 +91,9 @@ def calibrate_command(
     common.one_choice({"--max-ham-loss": max_ham_loss is not None, "--threshold": threshold is not None, "--cost-ratio": cost_ratio is not None})
     if max_ham_loss is not None:
         rule, target = "max-ham-loss", parse_rate(max_ham_loss)
+        if target >= LARGE_BARE_RATE and not max_ham_loss.strip().endswith("%"):
+            # A bare number is a fraction: 0.5 lets half the ham be flagged, where "0.5%" was meant.
+            common.warn(f"--max-ham-loss {max_ham_loss.strip()} is a fraction: up to {target:.0%} of ham may be marked spam; for {max_ham_loss.strip()} percent write {max_ham_loss.strip()}%")
     elif cost_ratio is not None:
         rule, target = "cost-ratio", cost_ratio
     else:
