@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -181,13 +182,29 @@ def deny_reading(monkeypatch, *paths: Path) -> None:
     monkeypatch.setattr(builtins, "open", guarded_open)
 
 
-def sigterm_once_ready(command: list[str], ready: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run ``command`` (a training command, on one OpenMP thread), send it SIGTERM once ``ready``
-    exists, and return how it ended (stdout and stderr as text); it must still be running then."""
+def checkpointed_after_an_evaluation(run_dir: Path) -> Callable[[], bool]:
+    """Whether a training run has written a checkpoint since its last evaluation: from then on it
+    holds best weights. metrics.jsonl alone is too early, written just before that checkpoint (a
+    stop between the two finds only the checkpoint of step 0), and the resume file alone too, as
+    that step-0 checkpoint comes before any evaluation."""
+    from spamtune import runs
+
+    def ready() -> bool:
+        try:
+            return runs.resume_file(run_dir).stat().st_mtime_ns >= (Path(run_dir) / runs.METRICS_FILE).stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+
+    return ready
+
+
+def sigterm_once_ready(command: list[str], ready: Callable[[], bool], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``command`` (a training command, on one OpenMP thread), send it SIGTERM once
+    ``ready()``, and return how it ended (stdout and stderr as text); it must still be running then."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + timeout
-        while not ready.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        while not ready() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode()
         proc.send_signal(signal.SIGTERM)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import ctrl_c_at_step, sigterm_once_ready, tiny_options, write_tiny_data
+from helpers import checkpointed_after_an_evaluation, ctrl_c_at_step, sigterm_once_ready, tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import runs
@@ -302,8 +302,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_with_its_best_weights_and_the_resume
         sys.executable, "-m", "spamtune", "finetune", "--data-dir", str(root), "--model", str(root / "tiny.json"),
         "--weights", "random", "--device", "cpu", "--precision", "fp32", "--epochs", "500", "--run", "stopped",
     ]  # fmt: skip
-    # Once an evaluation is recorded there are best weights to keep.
-    stopped = sigterm_once_ready(command, run_dir / runs.METRICS_FILE)
+    stopped = sigterm_once_ready(command, checkpointed_after_an_evaluation(run_dir))
     stderr = stopped.stderr
     assert stopped.returncode == 143, stderr
     assert stopped.stdout == "" and "Traceback" not in stderr

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import sigterm_once_ready, tiny_options, write_tiny_data
+from helpers import checkpointed_after_an_evaluation, sigterm_once_ready, tiny_options, write_tiny_data
 
 from spamtune import train
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
@@ -423,7 +423,7 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_the_same_command_goes_on(tmp_p
         "--device", "cpu", "--precision", "fp32", "--epochs", "500", "--lr", "1e-3,2e-3", "--data-dir", str(root),
         "--out", str(out),
     ]  # fmt: skip
-    stopped = sigterm_once_ready(command, out / "lr-0.001" / "metrics.jsonl")
+    stopped = sigterm_once_ready(command, checkpointed_after_an_evaluation(out / "lr-0.001"))
     assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped.stderr
     assert "finished runs are kept: run the same command again to go on" in stopped.stderr
     rows = {row["name"]: row["status"] for row in json.loads((out / SWEEP_FILE).read_text())["runs"]}
