@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spamtune.errors import OptionError, SpamtuneError, SpamtuneUsageError
+from spamtune.errors import OptionError, SpamtuneError, SpamtuneUsageError, SpamtuneWarning
 from spamtune.fsutil import atomic_write_json, read_json
 from spamtune.metrics import binary_roc_auc
 from spamtune.runs import CALIBRATION_FILE
@@ -511,8 +512,8 @@ def calibrate_run(
     """Fit the run's temperature on its validation split, choose its threshold by ``rule``,
     and store both as ``calibration.json`` in the run folder (atomically).
 
-    Splits prepared differently from the run's are refused unless ``force``, as ``evaluate``
-    refuses them: their validation split may hold the run's training messages, on which the
+    Splits prepared differently from the run's are refused unless ``force`` (then a
+    ``SpamtuneWarning`` says so), as ``evaluate`` refuses them: their validation split may hold the run's training messages, on which the
     model is surest, and a threshold chosen there loses more ham than it says.
 
     ``refit_temperature=False`` keeps the temperature already stored (changing only the
@@ -537,7 +538,8 @@ def calibrate_run(
     dev = resolve_device(device)
     model, cfg = load_classifier(run_dir, dev)
     root = run_data_root(run_dir, data_dir)
-    check_data_fingerprint(run_dir, root, force)
+    for message in check_data_fingerprint(run_dir, root, force):  # with force: said, not refused
+        warnings.warn(message, SpamtuneWarning)
     validation = read_splits(root, "validation", cfg)["validation"]
     if not len(validation):  # else a record "calibrated" on nothing, with a temperature of 1
         raise SpamtuneError(f"cannot calibrate: the validation split {split_file(root, 'validation')} holds no messages")

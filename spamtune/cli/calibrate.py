@@ -82,7 +82,6 @@ def calibrate_command(
     """
     from spamtune import paths
     from spamtune.calibration import calibrate_run, parse_rate
-    from spamtune.evaluate import check_data_fingerprint, run_data_root
     from spamtune.runs import CALIBRATION_FILE
 
     if run_argument is not None and run is not None:
@@ -104,9 +103,6 @@ def calibrate_command(
     # point chosen now would be gone without a word.
     common.unfinished_run_note(run_dir, "; that replaces this calibration with the threshold 0.5, so calibrate again after it")
     calibration = calibrate_run(run_dir, rule=rule, target=target, data_dir=data_dir, device=device, force=force)
-    if force:
-        for warning in check_data_fingerprint(run_dir, run_data_root(run_dir, data_dir), force=True):
-            common.warn(warning)
     if output_format is CalibrateFormat.json:
         typer.echo(json.dumps(calibration.to_dict(), ensure_ascii=False))
         return

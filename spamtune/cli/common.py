@@ -162,10 +162,12 @@ def one_line(message: str) -> str:
     """``message`` as one line that a terminal shows as it is: a line break or other control
     character in a value the user gave (a path with an escape sequence or a newline) is written
     as Python writes it in a string (``\\n``, ``\\x1b``), not acted on."""
-    return "".join(c.encode("unicode_escape").decode("ascii") if _is_control(c) else c for c in message)
+    return "".join(c.encode("unicode_escape").decode("ascii") if is_control(c) else c for c in message)
 
 
-def _is_control(c: str) -> bool:
+def is_control(c: str) -> bool:
+    """Whether a terminal would act on the character rather than show it: C0 and C1 controls
+    (escape sequences start with one) and the two Unicode line separators."""
     return ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"
 
 

@@ -289,7 +289,7 @@ def json_line(value) -> str:
 def _printable(text: str) -> str:
     """Terminal text column: every control character (escape sequences included) and line
     separator becomes a space."""
-    return "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" else c for c in text)
+    return "".join(" " if common.is_control(c) else c for c in text)
 
 
 # Terminal styles of the explained spans: words towards spam bold red, towards ham green,
