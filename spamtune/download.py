@@ -444,7 +444,7 @@ def _write_verified(stream: BinaryIO, origin: str, target: Path, source: DataSou
 
 def pretrained_name(name: str) -> str:
     """``gpt2``/``124M``/``gpt2-small`` -> ``gpt2-small``; anything not on the hub is an error."""
-    from spamtune.model import canonical_model_name
+    from spamtune.model_names import canonical_model_name
 
     valid = ", ".join(paths.HF_REPOS) + " (or gpt2, 124M, 355M, 774M, 1558M)"
     try:

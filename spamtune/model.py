@@ -27,6 +27,7 @@ from spamtune.folded_attention import FoldedAttention, attend_at
 from spamtune.linear import linear, linear_gelu, packed_weight_of
 from spamtune.row_norm import norm_rows
 from spamtune.interrupts import on_meta_device
+from spamtune.model_names import canonical_model_name
 
 # --------------------------------------------------------------------------- config
 
@@ -143,30 +144,6 @@ MODEL_SIZES: dict[str, GPTConfig] = {
     # in minutes, for demos and tests.
     "tiny": replace(_GPT2, context_length=256, emb_dim=256, n_layers=4, n_heads=4),
 }
-PRETRAINED_SIZES = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl")
-MODEL_ALIASES = {
-    "gpt2": "gpt2-small",
-    "small": "gpt2-small",
-    "124m": "gpt2-small",
-    "medium": "gpt2-medium",
-    "355m": "gpt2-medium",
-    "large": "gpt2-large",
-    "774m": "gpt2-large",
-    "xl": "gpt2-xl",
-    "1558m": "gpt2-xl",
-    "1.5b": "gpt2-xl",
-}
-
-
-def canonical_model_name(name: str) -> str:
-    """``gpt2``/``124M``/``GPT2-Small`` -> ``gpt2-small``; unknown names list the valid ones."""
-    key = name.strip().lower()
-    key = re.sub(r"\s*\((\d+m)\)$", "", key)  # "gpt2-small (124M)", the book's spelling
-    key = MODEL_ALIASES.get(key, key)
-    if key not in MODEL_SIZES:
-        valid = ", ".join(list(MODEL_SIZES) + ["gpt2", "124M", "355M", "774M", "1558M"])
-        raise OptionError("model", f"unknown {{option}} '{name}'; choose one of: {valid}, or a JSON config file")
-    return key
 
 
 # --------------------------------------------------------------------------- layers

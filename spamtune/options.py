@@ -102,6 +102,20 @@ class FinetuneOptions:
 # Options a resumed run may take afresh: where the data is (its fingerprint is checked), where to
 # compute, and how ranks share the work (the resume state is the same whatever the strategy).
 # Every other option is the run's own.
+# Poolings whose final block runs at the pooled position alone with the shortcuts on
+# (``TransformerBlock.forward_at``): a training step of that block then gives the same numbers
+# on any thread count.
+FOLDED_POOLINGS = ("last-real", "last")
+_FINAL_BLOCK_PRESETS = ("last-block", "last-1-blocks")
+
+
+def trains_final_block_alone(trainable: str, pooling: str, shortcuts: bool) -> bool:
+    """Whether options train the final block at the pooled position (and the head) and nothing
+    else: what ``spamtune finetune`` can tell before the model is built. ``train``'s
+    ``steps_agree_across_threads`` says the same of a built run, for any preset."""
+    return shortcuts and pooling in FOLDED_POOLINGS and trainable in _FINAL_BLOCK_PRESETS
+
+
 def as_typed(value) -> str:
     """An option's value as the command line spells it: ``none``, ``true``, ``5e-05``."""
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
@@ -230,7 +244,7 @@ def pretrained_weights_file(cfg: GPTConfig, spec: str, root: Path) -> Path:
     """The downloaded GPT-2 weights for ``cfg``, or a one-line error saying how to get them."""
     from spamtune import paths
     from spamtune.errors import SpamtuneError
-    from spamtune.model import PRETRAINED_SIZES
+    from spamtune.model_names import PRETRAINED_SIZES
 
     name = cfg.name
     if name not in PRETRAINED_SIZES:

@@ -63,13 +63,17 @@ from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_
 from spamtune.calibration import calibrate_and_store
 from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters, is_integer
-from spamtune.options import ADDED_OPTIONS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, blamed_on_record, options_in_record, validate_options
+from spamtune.options import (
+    ADDED_OPTIONS, FOLDED_POOLINGS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, blamed_on_record, options_in_record,
+    validate_options,
+)  # fmt: skip
 from spamtune.plots import plot_curves
 from spamtune.base_model import build_base, prepare_base
 from spamtune.bases import BaseRef
 from spamtune.cache_store import PrefixCacheStore
 from spamtune.compact import save_compact_run, write_base_ref
 from spamtune.idle_work import split_threads
+from spamtune.threads import CoreWatch, spins_long
 from spamtune.lora import convert_to_lora_classifier, merge_lora
 from spamtune.prefix_cache import (
     PrefixCacheReport,
@@ -417,8 +421,9 @@ def resolved_for_resume(hparams: dict, source: Path) -> dict:
 # --------------------------------------------------------------------------- the loop
 
 
-def threads_for_steps(data: TrainingData, threads: int) -> int:
-    """The threads a training step uses: all of them, or the steps' share of ``split_threads``
+def threads_for_steps(data: TrainingData, threads: int, others_busy: bool = False) -> int:
+    """The threads a training step uses: all of them; one while other processes want the cores
+    (``others_busy``, from ``threads.CoreWatch``); or the steps' share of ``split_threads``
     while a split's states are computed behind the steps, so that that work's workers have
     cores of their own (on two cores: one thread each).
 
@@ -428,6 +433,8 @@ def threads_for_steps(data: TrainingData, threads: int) -> int:
     all. Only for steps whose numbers do not depend on the thread count
     (``steps_agree_across_threads``), so that a first run's figures are a second run's.
     """
+    if others_busy:
+        return 1
     return split_threads(threads)[0] if computing_behind(data) else threads
 
 
@@ -438,7 +445,7 @@ def steps_agree_across_threads(run: Run) -> bool:
     LoRA's layers and a head on its own go through PyTorch's kernels, whose rounding changes
     with the threads."""
     options = run.options
-    folded = options.shortcuts and options.pooling in ("last-real", "last")
+    folded = options.shortcuts and options.pooling in FOLDED_POOLINGS
     return folded and run.trainable.preset != "lora" and run.trainable.first_block == run.model_cfg.n_layers - 1
 
 
@@ -460,6 +467,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     world = World.current()  # under torchrun: every rank runs this loop on its share of each batch
     threads = torch.get_num_threads()
     share_cores = threads > 1 and steps_agree_across_threads(run)
+    # A process that spins its threads long must hand cores over to others that want them.
+    watch = CoreWatch() if share_cores and spins_long() else None
     emit = (on_event if world.is_main else None) or (lambda event: None)
     options, data, precision, run_dir = run.options, run.data, run.precision, run.run_dir
     # The base's identity keys the kept prefix caches and a compact run's reference; it is taken
@@ -542,7 +551,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             groups = [batches[i : i + options.grad_accum] for i in range(0, len(batches), options.grad_accum)]
             for group in groups[steps_in_epoch:]:
                 tick = time.perf_counter()
-                if share_cores and (wanted := threads_for_steps(data, threads)) != torch.get_num_threads():
+                others_busy = watch is not None and watch.poll()
+                if share_cores and (wanted := threads_for_steps(data, threads, others_busy)) != torch.get_num_threads():
                     torch.set_num_threads(wanted)
                 step_threads.add(torch.get_num_threads())
                 # This rank's share of each batch; a rank left without one (a last batch smaller

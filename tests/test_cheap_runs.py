@@ -134,6 +134,42 @@ def test_the_steps_leave_cores_to_the_states_computed_behind_them_and_take_them_
         torch.set_num_threads(before)
 
 
+class ScriptedWatch:
+    """A ``threads.CoreWatch`` that sees other processes busy before the steps it is told."""
+
+    busy_polls: list[bool] = []
+
+    def __init__(self):
+        self.polls = iter(self.busy_polls)
+
+    def poll(self) -> bool:
+        return next(self.polls, False)
+
+
+@pytest.mark.parametrize(("options", "watched"), [({}, True), ({"trainable": "last-2-blocks"}, False), ({"pooling": "mean"}, False)])
+def test_a_run_that_spins_long_steps_on_one_thread_while_others_want_the_cores(root, tmp_path, monkeypatch, options, watched):
+    """Only steps whose numbers do not depend on the thread count give cores back, and the
+    run's figures are those of a run that never did."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        reference = train.finetune(tiny_options(root, **options), tmp_path / "alone")
+        monkeypatch.setattr(train, "spins_long", lambda: True)
+        monkeypatch.setattr(ScriptedWatch, "busy_polls", [False, True, True, True, False, False])
+        monkeypatch.setattr(train, "CoreWatch", ScriptedWatch)
+        monkeypatch.setattr(train, "computing_behind", lambda data: False)
+        used, real_step = [], train.optimizer_step
+        monkeypatch.setattr(train, "optimizer_step", lambda *a, **k: used.append(torch.get_num_threads()) or real_step(*a, **k))
+        summary = train.finetune(tiny_options(root, **options), tmp_path / "shared")
+        assert used[:6] == ([2, 1, 1, 1, 2, 2] if watched else [2] * 6) and set(used[6:]) == {2}
+        assert summary["step_threads"] == ([1, 2] if watched else [2])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for name in METRICS:
+        assert summary[name] == reference[name], name
+
+
 def test_ctrl_c_while_the_test_split_is_cached_behind_leaves_no_entry_and_no_thread(root, tmp_path, monkeypatch):
     ctrl_c_at_step(monkeypatch, 3)
     with pytest.raises(events.TrainingInterrupted):

@@ -72,13 +72,15 @@ def test_python_dash_m_and_console_script():
 
 
 def test_cli_choices_match_the_core():
-    from spamtune import device, model
+    from spamtune import device, model, model_names
     from spamtune.cli import common
 
     assert common.DEVICES == device.DEVICES
     assert common.PRECISIONS == device.PRECISIONS
     assert common.POOLINGS == model.POOLINGS
     assert set(common.MODEL_NAMES) == set(model.MODEL_SIZES)
+    assert set(model_names.PRETRAINED_SIZES) <= set(model.MODEL_SIZES)
+    assert set(model_names.MODEL_ALIASES.values()) <= set(model.MODEL_SIZES)
 
 
 def shell_completion(words: str, home: Path) -> subprocess.CompletedProcess:

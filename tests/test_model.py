@@ -6,7 +6,8 @@ import torch
 
 from spamtune import GPTConfig, GPTModel, convert_to_classifier, get_tokenizer
 from spamtune.errors import SpamtuneError
-from spamtune.model import MODEL_SIZES, canonical_model_name, count_parameters
+from spamtune.model import MODEL_SIZES, count_parameters
+from spamtune.model_names import canonical_model_name
 
 SMALL = GPTConfig(vocab_size=50257, context_length=64, emb_dim=32, n_layers=3, n_heads=4)
 

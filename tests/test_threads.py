@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from conftest import REPO
 from spamtune.errors import SpamtuneError
-from spamtune.threads import call_on_passing_thread, prefer_passive_waiting
+from spamtune.threads import CoreWatch, call_on_passing_thread, machine_busy_seconds, prefer_passive_waiting
 
 # Runs an entry point in a fresh interpreter, then reports the policy and whether torch loaded.
 # (At exit: the command ends the process itself once its exit callbacks have run.)
@@ -58,10 +59,47 @@ def test_serve_also_spins_briefly_unless_the_user_chose(entry):
 
 @pytest.mark.parametrize("entry", ["console script", "python -m spamtune"])
 def test_training_spins_for_microseconds_unless_the_user_chose(entry):
-    for command in ("finetune", "sweep"):
-        assert probe(entry, (command, "--help")) == "PASSIVE 1000 False"
-    assert probe(entry, ("finetune", "--help"), OMP_WAIT_POLICY="PASSIVE") == "PASSIVE None False"
-    assert probe(entry, ("finetune", "--help"), GOMP_SPINCOUNT="0") == "PASSIVE 0 False"
+    assert probe(entry, ("sweep", "--help")) == "PASSIVE 1000 False"
+    assert probe(entry, ("sweep", "--help"), OMP_WAIT_POLICY="PASSIVE") == "PASSIVE None False"
+    assert probe(entry, ("sweep", "--help"), GOMP_SPINCOUNT="0") == "PASSIVE 0 False"
+    assert probe(entry, ("finetune", "--help")) == "None None False"  # finetune chooses once its options are read
+
+
+@pytest.mark.parametrize(
+    ("options", "env", "spin"),
+    [
+        ((), {}, "100000"),  # the book's recipe: its steps can drop to one thread (CoreWatch)
+        (("--pooling", "last", "--trainable", "last-1-blocks"), {}, "100000"),
+        (("--trainable", "last-2-blocks"), {}, "1000"),
+        (("--trainable", "lora"), {}, "1000"),
+        (("--pooling", "mean"), {}, "1000"),
+        (("--no-shortcuts",), {}, "1000"),
+        (("--device", "cuda"), {}, "1000"),
+        ((), {"WORLD_SIZE": "2"}, "1000"),  # a rank started by torchrun
+        ((), {"GOMP_SPINCOUNT": "0"}, "0"),
+        ((), {"OMP_WAIT_POLICY": "ACTIVE"}, "None"),
+    ],
+)
+def test_finetune_spins_long_only_where_its_steps_can_give_the_cores_back(tmp_path, options, env, spin):
+    """The spin is chosen from the parsed options before torch loads; the run then stops at
+    its missing splits (torch loaded by then), and the probe reads the environment at exit."""
+    args = ("finetune", "--model", "tiny", "--weights", "random", "--data-dir", str(tmp_path), *options)
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "WORLD_SIZE")}
+    environ.update(env, PYTHONPATH=str(REPO))
+    code = PROBE.format(entry=ENTRIES["console script"], args=list(args))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
+    policy, spin_count, torch_loaded = result.stdout.splitlines()[-1].split()
+    assert spin_count == spin and torch_loaded == "True", result.stderr
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+
+
+def test_a_resumed_run_spins_briefly(tmp_path):
+    args = ("finetune", "--resume", "--data-dir", str(tmp_path))
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    environ.update(PYTHONPATH=str(REPO))
+    code = PROBE.format(entry=ENTRIES["console script"], args=list(args))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
+    assert result.stdout.splitlines()[-1].split()[:2] == ["PASSIVE", "1000"], result.stderr
 
 
 def test_importing_the_library_changes_nothing():
@@ -106,3 +144,65 @@ def test_call_on_passing_thread_returns_and_raises_on_the_caller():
     with pytest.raises(SpamtuneError, match="no such run"):
         call_on_passing_thread(fail)
     assert all(t.name != "spamtune-load" for t in threading.enumerate())  # joined: its OpenMP pool went with it
+
+
+class FakeMachine:
+    """A machine whose busy CPU time, this process's share of it and the clock a test moves."""
+
+    def __init__(self):
+        self.now, self.busy, self.own = 0.0, 0.0, 0.0
+
+    def run(self, seconds: float, own_cores: float, other_cores: float) -> None:
+        self.now += seconds
+        self.own += seconds * own_cores
+        self.busy += seconds * (own_cores + other_cores)
+
+    def watch(self) -> CoreWatch:
+        return CoreWatch(lambda: self.busy, lambda: self.own, lambda: self.now)
+
+
+def test_the_watch_sees_others_busy_and_gives_the_cores_back_after_a_quiet_second():
+    machine = FakeMachine()
+    watch = machine.watch()
+    machine.run(0.6, own_cores=2.0, other_cores=0.1)  # alone, but for the kernel's bits
+    assert watch.working and not watch.poll()
+    machine.run(0.3, own_cores=1.0, other_cores=1.0)  # another process starts...
+    assert not watch.poll()  # ... but half a second has not passed since the last look
+    machine.run(0.3, own_cores=1.0, other_cores=1.0)
+    assert watch.poll()
+    machine.run(0.6, own_cores=1.0, other_cores=0.0)  # it stopped: one quiet period is not enough
+    assert watch.poll()
+    machine.run(0.6, own_cores=1.0, other_cores=0.0)
+    assert not watch.poll()
+    machine.run(0.6, own_cores=2.0, other_cores=0.5)
+    assert watch.poll()
+
+
+def test_a_machine_that_does_not_report_its_busy_time_never_looks_busy():
+    watch = CoreWatch(lambda: None, lambda: 0.0, iter(range(0, 100, 1)).__next__)
+    assert not watch.working
+    assert not any(watch.poll() for _ in range(5))
+
+
+def test_the_busy_time_read_from_a_proc_stat_file(tmp_path):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal: idle, iowait and steal are not busy.
+    stat.write_text("cpu  100 20 30 5000 70 4 6 900 0 0\ncpu0 50 10 15 2500 35 2 3 450 0 0\n")
+    assert machine_busy_seconds(str(stat)) == pytest.approx(160 / os.sysconf("SC_CLK_TCK"))
+    stat.write_text("not a stat file\n")
+    assert machine_busy_seconds(str(stat)) is None
+    assert machine_busy_seconds(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.skipif(machine_busy_seconds() is None, reason="the kernel does not report the machine's busy time")
+def test_the_watch_sees_a_real_process_that_keeps_a_core_busy():
+    watch = CoreWatch()
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while not watch.poll():
+            assert time.monotonic() < deadline, "a process spinning on a core for 10 s went unseen"
+            time.sleep(0.05)
+    finally:
+        busy.kill()
+        busy.wait()

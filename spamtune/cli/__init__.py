@@ -218,10 +218,11 @@ _register_commands()
 
 def main() -> None:
     """The ``spamtune`` command (console script and ``python -m spamtune``)."""
-    # Before any command imports torch: OpenMP reads its wait policy once, at load.
+    # Before any command imports torch: OpenMP reads its wait policy once, at load. finetune
+    # chooses its own once its options are read (``finetune.choose_spin``).
     training = sys.argv[1:2] in (["finetune"], ["sweep"])
-    spin = BRIEF_SPIN_COUNT if sys.argv[1:2] == ["serve"] else TRAINING_SPIN_COUNT if training else None
-    prefer_passive_waiting(spin_count=spin)
+    if sys.argv[1:2] != ["finetune"]:
+        prefer_passive_waiting(spin_count=BRIEF_SPIN_COUNT if sys.argv[1:2] == ["serve"] else TRAINING_SPIN_COUNT if training else None)
     if training:
         keep_freed_memory()  # a training step frees and takes the same memory every time
     try:

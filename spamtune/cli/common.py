@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 import typer
 
 from spamtune import paths
+from spamtune.model_names import MODEL_NAMES
 from spamtune.options import LONG_MODES
 
 if TYPE_CHECKING:
@@ -446,8 +447,6 @@ THRESHOLD_SCOPE = "Two-class runs only: a run of more classes decides by the mos
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("last-real", "last", "mean")
-# The named sizes of spamtune.model.MODEL_SIZES and its aliases.
-MODEL_NAMES = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny")
 _CUDA_INDEX = re.compile(r"^cuda:\d+$")
 
 
@@ -481,7 +480,7 @@ def _check_model(value: str) -> str:
     if value.endswith(".json") or Path(value).is_file():
         return value
     from spamtune.errors import SpamtuneError
-    from spamtune.model import canonical_model_name
+    from spamtune.model_names import canonical_model_name
 
     try:
         return canonical_model_name(value)
