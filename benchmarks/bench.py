@@ -17,7 +17,9 @@ here; the cost of a step does not depend on the weights' values):
 4. cold start of `spamtune predict "x"` against `python -c "import torch"`, and the peak
    memory of `spamtune predict` over the whole file with the gpt2-small run;
 5. two concurrent runs: two tiny fine-tunes (1 epoch) started together against the same two
-   one after the other, as a ratio: how well two spamtune processes share the cores;
+   one after the other, as a ratio: how well two spamtune processes share the cores; and the
+   same for two of the recipe's second runs (2 epochs on the kept cache), whose threads spin
+   long and give the cores back when others want them (``threads.CoreWatch``);
 6. cheap runs: the strongest peer (length-grouped batches, dynamic padding, one full epoch of
    training steps extrapolated to five, no evaluation) in each precision; a second run of the
    recipe on the same data and base right after each first run (the base and prefix cache it
@@ -396,8 +398,9 @@ def bench_cold_start(run_dir: str, repeats: int = 5) -> dict:
     return {"import_torch_s": round(torch_s, 3), "predict_x_s": round(predict_s, 3), "over_torch_s": round(predict_s - torch_s, 3)}
 
 
-def bench_concurrent_runs(data_dir: Path, wait_policy: str | None = None) -> dict:
-    """Two tiny fine-tunes started together, against the same two run one after the other.
+def bench_concurrent_runs(data_dir: Path, wait_policy: str | None = None, recipe_precision: str | None = None) -> dict:
+    """Two tiny fine-tunes started together, against the same two run one after the other; or,
+    with ``recipe_precision``, two of the recipe's runs of 2 epochs on ``data_dir``'s kept cache.
 
     ``wait_policy`` sets ``OMP_WAIT_POLICY`` for both; ``None`` leaves the environment as it is
     (unset: spamtune's own default applies).
@@ -406,17 +409,21 @@ def bench_concurrent_runs(data_dir: Path, wait_policy: str | None = None) -> dic
     if wait_policy is not None:
         env["OMP_WAIT_POLICY"] = wait_policy
     shown = wait_policy or env.get("OMP_WAIT_POLICY") or "spamtune's default"
+    what = f"recipe second runs, {recipe_precision}" if recipe_precision else "tiny fine-tunes"
 
     def command(name: str) -> list[str]:
+        out = data_dir / "runs" / name
+        if recipe_precision:
+            return recipe_command(data_dir, recipe_precision, "cpu", out, epochs=2)
         return [
             *SPAMTUNE, "finetune", "--model", "tiny", "--weights", "random", "--trainable", "all", "--epochs", "1",
-            "--lr", "5e-4", "--data-dir", str(data_dir), "--out", str(data_dir / "runs" / name),
+            "--lr", "5e-4", "--data-dir", str(data_dir), "--out", str(out),
         ]  # fmt: skip
 
-    log(f"two concurrent tiny fine-tunes ({shown}): one after the other ...")
-    tag = (wait_policy or "default").lower()
+    log(f"two concurrent {what} ({shown}): one after the other ...")
+    tag = (wait_policy or "default").lower() + ("-recipe" if recipe_precision else "")
     sequential = sum(timed_run(command(f"seq-{tag}-{i}"), env=env)[0] for i in (1, 2))
-    log(f"two concurrent tiny fine-tunes ({shown}): together ...")
+    log(f"two concurrent {what} ({shown}): together ...")
     start = time.perf_counter()
     procs = [
         subprocess.Popen(command(f"par-{tag}-{i}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -429,6 +436,7 @@ def bench_concurrent_runs(data_dir: Path, wait_policy: str | None = None) -> dic
     together = time.perf_counter() - start
     return {
         "wait_policy": shown,
+        "runs": what,
         "sequential_s": round(sequential, 2),
         "concurrent_s": round(together, 2),
         "ratio": round(together / sequential, 3),
@@ -523,6 +531,7 @@ def main() -> None:
         results["predict_cli"] = {"messages": len(texts), "wall_s": round(wall, 2), "peak_rss_gb": round(peak, 3)}
         policies = [None] + [p for p in args.concurrent_policies.split(",") if p]
         results["concurrent_runs"] = [bench_concurrent_runs(data_dir, policy) for policy in policies]
+        results["concurrent_recipe_runs"] = bench_concurrent_runs(Path(first["data_dir"]), recipe_precision=precisions[0])
     report(results)
     write_results(results, args.out)
 
@@ -600,9 +609,9 @@ def report(r: dict) -> None:
     rows.append(("cold start predict \"x\"", f"{c['predict_x_s']:.2f} s vs import torch {c['import_torch_s']:.2f} s", f"{c['over_torch_s']:+.2f} s"))
     m = r["predict_cli"]
     rows.append(("spamtune predict - (CLI, whole file)", f"{m['wall_s']:.1f} s, peak RSS {m['peak_rss_gb']:.2f} GB", ""))
-    for k in r["concurrent_runs"]:
+    for k in r["concurrent_runs"] + [r[key] for key in ("concurrent_recipe_runs",) if key in r]:
         rows.append((
-            f"two concurrent runs ({k['wait_policy']})",
+            f"two concurrent {k.get('runs', 'tiny fine-tunes')} ({k['wait_policy']})",
             f"together {k['concurrent_s']:.1f} s vs one after the other {k['sequential_s']:.1f} s",
             f"{k['ratio']:.2f}x",
         ))  # fmt: skip

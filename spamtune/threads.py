@@ -19,6 +19,7 @@ the host process: a program that embeds the library and shares cores calls
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -102,16 +103,17 @@ def own_cpu_seconds() -> float:
 
 
 class CoreWatch:
-    """Whether other processes want this machine's cores: the CPU time the machine spent busy
-    less this process's own, averaged over each half second.
+    """How many cores other processes want: the CPU time the machine spent busy less this
+    process's own, averaged over each half second.
 
-    A run whose OpenMP threads spin for a millisecond between parallel regions takes both cores
-    of a two-core machine even between them; beside another busy process the two then fight
-    for the cores and both slow down severalfold (two such runs at once took over 2.7 times as
-    long as one after the other). Polled before each training step, the watch lets such a run
-    drop to one thread while others work, and take its threads back once they have been quiet
-    for a second. The threshold sits above what the kernel's tick sampling shows an idle
-    machine (within ±0.16 of a core over a quarter second, measured with a run going)."""
+    A run whose OpenMP threads spin for a millisecond between parallel regions keeps every core
+    it has threads for, even between regions; beside another busy process the two then fight
+    for the cores and both slow down severalfold (on two cores, two such runs at once took over
+    2.7 times as long as one after the other). Polled before each training step, the watch lets
+    such a run leave the cores others use to them (``train.threads_for_steps``) and take them
+    back once others have used less for a second. A core counts as wanted from 0.35 of one,
+    above what the kernel's tick sampling shows of an idle machine (within ±0.16 of a core over
+    a quarter second, measured with a run going)."""
 
     PERIOD_S = 0.5
     BUSY_CORES = 0.35
@@ -125,31 +127,34 @@ class CoreWatch:
     ):
         self._machine_busy, self._own_cpu, self._clock = machine_busy, own_cpu, clock
         self._since, self._machine, self._own = clock(), machine_busy(), own_cpu()
-        self._quiet_periods = 0
-        self.others_busy = False
+        self._lower_periods = 0
+        self.cores_for_others = 0
 
     @property
     def working(self) -> bool:
         """Whether the machine reports its busy time (else others are never seen)."""
         return self._machine is not None
 
-    def poll(self) -> bool:
-        """Whether other processes want the cores, as of the last whole period."""
+    def poll(self) -> int:
+        """The cores to leave to other processes, as of the last whole period: at once as many
+        as they use, fewer only after ``QUIET_PERIODS`` periods in a row of less."""
         now = self._clock()
         if self._machine is None or now - self._since < self.PERIOD_S:
-            return self.others_busy
+            return self.cores_for_others
         machine, own = self._machine_busy(), self._own_cpu()
         if machine is None:
-            self._machine, self.others_busy = None, False
-            return False
+            self._machine, self.cores_for_others = None, 0
+            return 0
         others = ((machine - self._machine) - (own - self._own)) / (now - self._since)
         self._since, self._machine, self._own = now, machine, own
-        if others > self.BUSY_CORES:
-            self.others_busy, self._quiet_periods = True, 0
-        elif self.others_busy:
-            self._quiet_periods += 1
-            self.others_busy = self._quiet_periods < self.QUIET_PERIODS
-        return self.others_busy
+        wanted = math.ceil(others - self.BUSY_CORES) if others > self.BUSY_CORES else 0
+        if wanted >= self.cores_for_others:
+            self.cores_for_others, self._lower_periods = wanted, 0
+        else:
+            self._lower_periods += 1
+            if self._lower_periods >= self.QUIET_PERIODS:
+                self.cores_for_others, self._lower_periods = wanted, 0
+        return self.cores_for_others
 
 
 def call_on_passing_thread(fn: Callable[[], T]) -> T:

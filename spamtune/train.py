@@ -421,11 +421,11 @@ def resolved_for_resume(hparams: dict, source: Path) -> dict:
 # --------------------------------------------------------------------------- the loop
 
 
-def threads_for_steps(data: TrainingData, threads: int, others_busy: bool = False) -> int:
-    """The threads a training step uses: all of them; one while other processes want the cores
-    (``others_busy``, from ``threads.CoreWatch``); or the steps' share of ``split_threads``
-    while a split's states are computed behind the steps, so that that work's workers have
-    cores of their own (on two cores: one thread each).
+def threads_for_steps(data: TrainingData, threads: int, cores_for_others: int = 0) -> int:
+    """The threads a training step uses: all of them, less the cores other processes want
+    (``cores_for_others``, from ``threads.CoreWatch``; at least one); and at most the steps'
+    share of ``split_threads`` while a split's states are computed behind the steps, so that
+    that work's workers have cores of their own (on two cores: one thread each).
 
     On two cores the steps at full width left the idle-priority thread little: the book's recipe
     in fp32 still waited 4.6 s for the test split's states after its steps (10.8-12.0 s). With
@@ -433,9 +433,8 @@ def threads_for_steps(data: TrainingData, threads: int, others_busy: bool = Fals
     all. Only for steps whose numbers do not depend on the thread count
     (``steps_agree_across_threads``), so that a first run's figures are a second run's.
     """
-    if others_busy:
-        return 1
-    return split_threads(threads)[0] if computing_behind(data) else threads
+    steps = max(1, threads - cores_for_others)
+    return min(steps, split_threads(threads)[0]) if computing_behind(data) else steps
 
 
 def steps_agree_across_threads(run: Run) -> bool:
@@ -551,8 +550,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
             groups = [batches[i : i + options.grad_accum] for i in range(0, len(batches), options.grad_accum)]
             for group in groups[steps_in_epoch:]:
                 tick = time.perf_counter()
-                others_busy = watch is not None and watch.poll()
-                if share_cores and (wanted := threads_for_steps(data, threads, others_busy)) != torch.get_num_threads():
+                cores_for_others = watch.poll() if watch is not None else 0
+                if share_cores and (wanted := threads_for_steps(data, threads, cores_for_others)) != torch.get_num_threads():
                     torch.set_num_threads(wanted)
                 step_threads.add(torch.get_num_threads())
                 # This rank's share of each batch; a rank left without one (a last batch smaller

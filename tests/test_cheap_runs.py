@@ -134,16 +134,25 @@ def test_the_steps_leave_cores_to_the_states_computed_behind_them_and_take_them_
         torch.set_num_threads(before)
 
 
-class ScriptedWatch:
-    """A ``threads.CoreWatch`` that sees other processes busy before the steps it is told."""
+@pytest.mark.parametrize(
+    ("threads", "cores_for_others", "behind", "steps"),
+    [(2, 0, False, 2), (2, 1, False, 1), (2, 5, False, 1), (16, 3, False, 13), (16, 3, True, 8), (16, 10, True, 6), (1, 1, False, 1)],
+)
+def test_the_steps_leave_the_cores_others_want(monkeypatch, threads, cores_for_others, behind, steps):
+    monkeypatch.setattr(train, "computing_behind", lambda data: behind)
+    assert train.threads_for_steps(None, threads, cores_for_others) == steps
 
-    busy_polls: list[bool] = []
+
+class ScriptedWatch:
+    """A ``threads.CoreWatch`` that sees other processes want the cores it is told, step by step."""
+
+    wanted: list[int] = []
 
     def __init__(self):
-        self.polls = iter(self.busy_polls)
+        self.polls = iter(self.wanted)
 
-    def poll(self) -> bool:
-        return next(self.polls, False)
+    def poll(self) -> int:
+        return next(self.polls, 0)
 
 
 @pytest.mark.parametrize(("options", "watched"), [({}, True), ({"trainable": "last-2-blocks"}, False), ({"pooling": "mean"}, False)])
@@ -155,7 +164,7 @@ def test_a_run_that_spins_long_steps_on_one_thread_while_others_want_the_cores(r
     try:
         reference = train.finetune(tiny_options(root, **options), tmp_path / "alone")
         monkeypatch.setattr(train, "spins_long", lambda: True)
-        monkeypatch.setattr(ScriptedWatch, "busy_polls", [False, True, True, True, False, False])
+        monkeypatch.setattr(ScriptedWatch, "wanted", [0, 1, 2, 1, 0, 0])
         monkeypatch.setattr(train, "CoreWatch", ScriptedWatch)
         monkeypatch.setattr(train, "computing_behind", lambda data: False)
         used, real_step = [], train.optimizer_step

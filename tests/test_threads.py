@@ -161,21 +161,27 @@ class FakeMachine:
         return CoreWatch(lambda: self.busy, lambda: self.own, lambda: self.now)
 
 
-def test_the_watch_sees_others_busy_and_gives_the_cores_back_after_a_quiet_second():
+def test_the_watch_leaves_others_the_cores_they_use_and_takes_them_back_after_a_quieter_second():
     machine = FakeMachine()
     watch = machine.watch()
     machine.run(0.6, own_cores=2.0, other_cores=0.1)  # alone, but for the kernel's bits
-    assert watch.working and not watch.poll()
+    assert watch.working and watch.poll() == 0
     machine.run(0.3, own_cores=1.0, other_cores=1.0)  # another process starts...
-    assert not watch.poll()  # ... but half a second has not passed since the last look
+    assert watch.poll() == 0  # ... but half a second has not passed since the last look
     machine.run(0.3, own_cores=1.0, other_cores=1.0)
-    assert watch.poll()
-    machine.run(0.6, own_cores=1.0, other_cores=0.0)  # it stopped: one quiet period is not enough
-    assert watch.poll()
-    machine.run(0.6, own_cores=1.0, other_cores=0.0)
-    assert not watch.poll()
+    assert watch.poll() == 1
+    machine.run(0.6, own_cores=12.0, other_cores=3.2)  # more of them, on a bigger machine: at once
+    assert watch.poll() == 3
+    machine.run(0.6, own_cores=13.0, other_cores=0.0)  # they stopped: one quieter period is not enough
+    assert watch.poll() == 3
+    machine.run(0.6, own_cores=13.0, other_cores=1.0)  # a second quieter one: what it wants
+    assert watch.poll() == 1
+    machine.run(0.6, own_cores=13.0, other_cores=0.2)
+    assert watch.poll() == 1
+    machine.run(0.6, own_cores=13.0, other_cores=0.2)
+    assert watch.poll() == 0
     machine.run(0.6, own_cores=2.0, other_cores=0.5)
-    assert watch.poll()
+    assert watch.poll() == 1
 
 
 def test_a_machine_that_does_not_report_its_busy_time_never_looks_busy():
@@ -200,7 +206,7 @@ def test_the_watch_sees_a_real_process_that_keeps_a_core_busy():
     busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass"])
     try:
         deadline = time.monotonic() + 10
-        while not watch.poll():
+        while watch.poll() < 1:
             assert time.monotonic() < deadline, "a process spinning on a core for 10 s went unseen"
             time.sleep(0.05)
     finally:
