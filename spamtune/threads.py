@@ -24,7 +24,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Collection, MutableMapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -83,17 +83,30 @@ def spins_long() -> bool:
     return _spin_chosen_here == LONE_SPIN_COUNT
 
 
-def machine_busy_seconds(stat_file: str = "/proc/stat") -> float | None:
-    """CPU seconds the machine's cores have spent running anything (user, nice, system and
-    interrupts, not idle, waiting on I/O or stolen by a hypervisor) since boot; None where the
-    kernel does not say (not Linux)."""
+def machine_busy_seconds(stat_file: str = "/proc/stat", cpus: Collection[int] | None = None) -> float | None:
+    """CPU seconds the cores this process may run on (``cpus``: its affinity mask, by default)
+    have spent running anything (user, nice, system and interrupts, not idle, waiting on I/O or
+    stolen by a hypervisor) since boot; None where the kernel does not say (not Linux).
+
+    Only those cores: in a container pinned to a few cores of a large machine, the machine's
+    other cores are busy with work that does not compete for these."""
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ()
+    wanted = {f"cpu{n}" for n in cpus}
+    busy = 0
     try:
         with open(stat_file, encoding="ascii") as f:
-            ticks = [int(field) for field in f.readline().split()[1:8]]
-        user, nice, system, _idle, _iowait, irq, softirq = ticks
+            for line in f:
+                if not line.startswith("cpu"):  # the per-core lines come first, then long ones
+                    break
+                name, *fields = line.split()
+                if name in wanted:
+                    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+                    busy += user + nice + system + irq + softirq
+                    wanted.discard(name)
     except (OSError, ValueError):
         return None
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    return None if wanted or not cpus else busy / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds() -> float:

@@ -190,14 +190,23 @@ def test_a_machine_that_does_not_report_its_busy_time_never_looks_busy():
     assert not any(watch.poll() for _ in range(5))
 
 
-def test_the_busy_time_read_from_a_proc_stat_file(tmp_path):
+def test_the_busy_time_of_the_cores_this_process_may_use_read_from_a_proc_stat_file(tmp_path):
     stat = tmp_path / "stat"
     # user nice system idle iowait irq softirq steal: idle, iowait and steal are not busy.
-    stat.write_text("cpu  100 20 30 5000 70 4 6 900 0 0\ncpu0 50 10 15 2500 35 2 3 450 0 0\n")
-    assert machine_busy_seconds(str(stat)) == pytest.approx(160 / os.sysconf("SC_CLK_TCK"))
+    stat.write_text(
+        "cpu  300 20 30 5000 70 4 6 900 0 0\n"
+        "cpu0 100 20 30 2500 35 4 6 450 0 0\n"
+        "cpu1 200 0 0 2500 35 0 0 450 0 0\n"
+        "intr 12345 0 0\nctxt 999\n"
+    )
+    tick = os.sysconf("SC_CLK_TCK")
+    assert machine_busy_seconds(str(stat), cpus={0}) == pytest.approx(160 / tick)
+    assert machine_busy_seconds(str(stat), cpus={0, 1}) == pytest.approx(360 / tick)
+    assert machine_busy_seconds(str(stat), cpus={0, 5}) is None  # a core the file does not list
+    assert machine_busy_seconds(str(stat), cpus=set()) is None
     stat.write_text("not a stat file\n")
-    assert machine_busy_seconds(str(stat)) is None
-    assert machine_busy_seconds(str(tmp_path / "missing")) is None
+    assert machine_busy_seconds(str(stat), cpus={0}) is None
+    assert machine_busy_seconds(str(tmp_path / "missing"), cpus={0}) is None
 
 
 @pytest.mark.skipif(machine_busy_seconds() is None, reason="the kernel does not report the machine's busy time")
