@@ -22,7 +22,9 @@ import os
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,11 @@ SMS_LABELS = {"ham": 0, "spam": 1}
 _SMS_FIRST_LINE = re.compile(r"(ham|spam)\t", re.IGNORECASE)
 _EXTENSION_FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INTEGER = re.compile(r"[+-]?\d+")
+# A label written as a decimal number (``1``, ``1.0``, ``+1``, ``1e0``): compared by its value.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# Digits a whole-number label may have: Python writes no longer int (4,300 digits), and an id
+# that long names no class; the bound also keeps ``1e999999999`` from being written out.
+MAX_LABEL_DIGITS = 1000
 # The seeds pandas' sampling takes (numpy's RandomState): a negative one was an unexplained ValueError.
 MAX_SEED = 2**32 - 1
 
@@ -66,7 +73,7 @@ class LabelledTexts:
     text_col: str | None = None  # None for the SMS format, which has no header
     label_col: str | None = None
     label_case_folded: bool = True  # labels were compared ignoring case ("Spam" is "spam")
-    # Folded label -> the spellings that folding merged into it, for labels with more than one.
+    # Label -> the spellings merged into it (``Spam`` and ``spam``; ``1`` and ``1.0``), for labels with more than one.
     label_spellings_merged: dict[str, list[str]] = field(default_factory=dict)
     mail_sources: list[MailSourceCounts] | None = None  # for mail inputs: what each source held
 
@@ -231,8 +238,10 @@ def read_labelled_texts(
     dropped, so a CRLF file gives the texts its LF twin gives, and the texts ``predict`` sees.
     A file without any ``\n`` has classic Mac OS line ends: there each ``\r`` ends a line.
     Labels are compared ignoring case (``Spam``, ``SPAM`` and ``spam`` are one class, named in
-    lower case) unless ``keep_label_case``; the spellings merged are reported in
-    ``label_spellings_merged``.
+    lower case) unless ``keep_label_case``, and numbers by value (``label_names``: ``1`` and
+    ``1.0`` are one class, ``1``); the spellings merged are reported in ``label_spellings_merged``.
+    Columns and JSON keys are found as ``find_column`` finds them: ``Text`` is ``text`` where
+    no other column fits as well.
     """
     path = Path(path)
     if fmt is not None and fmt not in INPUT_FORMATS:
@@ -257,17 +266,19 @@ def read_labelled_texts(
                 "--text-col and --label-col apply only to files with a header"
             )
         texts, labels = _read_sms(content, path, fold_case=not keep_label_case)
+        spellings = labels
     else:
         text_col = text_col or DEFAULT_TEXT_COL
         label_col = label_col or DEFAULT_LABEL_COL
         if text_col == label_col:
             raise SpamtuneUsageError(f"--text-col and --label-col are both {text_col!r}")
         reader = _read_jsonl if fmt == "jsonl" else _read_delimited
-        texts, labels = reader(content, path, fmt, text_col, label_col)
+        texts, values, row_place, text_col, label_col = reader(content, path, fmt, text_col, label_col)
+        labels, spellings = label_names(values, row_place)
 
     merged = {}
     if not keep_label_case:
-        labels, merged = fold_label_case(labels)
+        labels, merged = fold_label_case(labels, spellings)
     if fmt == SMS_FORMAT:
         label_map = {name: index for name, index in SMS_LABELS.items() if name in set(labels)}
     else:
@@ -282,18 +293,83 @@ def read_labelled_texts(
     )  # fmt: skip
 
 
-def fold_label_case(labels: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+def fold_label_case(labels: list[str], spellings: list[str] | None = None) -> tuple[list[str], dict[str, list[str]]]:
     """Labels in lower case, and for each folded label that more than one spelling fell into,
     those spellings (sorted): a file labelled ``Spam`` in some rows and ``spam`` in others means
-    one class, not two."""
-    spellings: dict[str, set[str]] = {}
+    one class, not two. ``spellings``: each label as the file wrote it, where ``label_names``
+    made one name of several (``1.0`` and ``1`` are ``1``)."""
+    seen: dict[str, set[str]] = {}
     folded = []
-    for label in labels:
+    for label, spelling in zip(labels, spellings or labels):
         key = label.lower()
-        spellings.setdefault(key, set()).add(label)
+        seen.setdefault(key, set()).add(spelling)
         folded.append(key)
-    merged = {key: sorted(names) for key, names in spellings.items() if len(names) > 1}
+    merged = {key: sorted(names) for key, names in seen.items() if len(names) > 1}
     return folded, merged
+
+
+def _kind_of(value) -> str:
+    """What a label is: JSON's and a written ``true`` are true/false, ``1.0`` is a number."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, Decimal) or _NUMBER.fullmatch(value):
+        return "a number"
+    return "true/false" if value.lower() in ("true", "false") else "a name"
+
+
+def _spelt(value) -> str:
+    """A label value as its file wrote it: JSON's ``true`` and ``1.0`` as they were."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A label for an error line: a name quoted, a number as written; a long one cut."""
+    shown = repr(value) if isinstance(value, str) else _spelt(value)
+    return shown if len(shown) <= limit else f"{shown[: limit - 3]}... ({len(shown):,} characters)"
+
+
+def label_names(values: list, row_place: Callable[[int], str]) -> tuple[list[str], list[str]]:
+    """Class names for label values (stripped strings; JSON's true/false and numbers as ``bool``
+    and ``Decimal``), and each value's spelling: labels that mean the same value are one class.
+
+    Numbers are compared by value when every label is one, written (``1``) or a JSON number
+    (``1.0``): ``1``, ``1.0``, ``+1`` and ``1e0`` are the class ``1``. A number with a fraction,
+    a JSON number beside a name or beside true/false, and JSON's true/false beside a name other
+    than ``true``/``false``, are errors naming the two rows: no class could be read from them
+    without a guess. ``row_place(i)`` says where row ``i`` is (``line 3 of mails.jsonl``).
+    """
+    first: dict[str, int] = {}  # each kind of label: the first row with one
+    first_typed: dict[str, int] = {}  # the same, of JSON's numbers and true/false only
+    for index, value in enumerate(values):
+        typed = not isinstance(value, str)
+        kind = _kind_of(value)
+        first.setdefault(kind, index)
+        if typed:
+            first_typed.setdefault(kind, index)
+        # Written labels alone never clash: a CSV may name a class "1" beside one named "spam".
+        clashing = [row for other, row in (first if typed else first_typed).items() if other != kind]
+        if clashing:
+            a, b = sorted((index, min(clashing)))
+            raise SpamtuneError(
+                f"{row_place(a)} has the label {_shown(values[a])} ({_kind_of(values[a])}) and {row_place(b)} the label "
+                f"{_shown(values[b])} ({_kind_of(values[b])}); a file's labels are all names, all numbers or all true/false"
+            )
+    spellings = [_spelt(value) for value in values]
+    if set(first) == {"a number"}:
+        return [_whole_number(Decimal(value), row_place(index)) for index, value in enumerate(values)], spellings
+    return spellings, spellings
+
+
+def _whole_number(value: Decimal, place: str) -> str:
+    if not value.is_finite():
+        raise SpamtuneError(f"{place} has the label {value}; a label is a name or a whole number")
+    if value.adjusted() >= MAX_LABEL_DIGITS:
+        raise SpamtuneError(f"{place} has the label {_shown(value)}, a number of over {MAX_LABEL_DIGITS:,} digits; a label names a class")
+    if value != value.to_integral_value():
+        raise SpamtuneError(
+            f"{place} has the label {_shown(value)}, a number with a fraction; a number names a class only as a whole number"
+        )
+    return str(int(value))
 
 
 MAIL_FORMAT = "mail"
@@ -413,14 +489,20 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
     # Lines end at "\n" alone (spamtune.lines; CRLF is gone already): by default pandas also
     # ends a row at a lone "\r", which cut a text holding one into two rows.
     options["lineterminator"] = "\n"
+    options.update(dtype=str, keep_default_na=False, na_filter=False)
     try:
-        frame = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False, na_filter=False, **options)
+        frame = pd.read_csv(io.StringIO(content), **options)
+        # The header as written: pandas renames a second "label" column "label.1", and reading
+        # the first without a word would leave the other's labels unread.
+        header = pd.read_csv(io.StringIO(content), header=None, nrows=1, **options).iloc[0].tolist()
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise SpamtuneError(f"cannot parse {path} as {fmt.upper()}: {_one_line(exc)}") from None
     columns = [str(c) for c in frame.columns]
+    if len(header) != len(columns):
+        header = columns
     # Quoted, as the column asked for is: a header cell may hold a line break (a file without a
     # header has its first text there), and the error is to stay one line.
-    named = ", ".join(map(repr, columns))
+    named = ", ".join(map(repr, header))
     if not isinstance(frame.index, pd.RangeIndex):
         # pandas reads a first data row with more fields than the header as an unnamed index
         # column before the named ones: every text would be shifted one field, in silence.
@@ -428,51 +510,119 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
         raise SpamtuneError(
             f"data row 1 of {path} has more fields than its header ({named}); {inside}"
         )
+    found = []
     for option, column in (("--text-col", text_col), ("--label-col", label_col)):
-        if column not in columns:
+        position = find_column(header, column, option, str(path), "column")
+        if position is None:
             raise SpamtuneError(
                 f"column {column!r} not found in {path} (its header: {named}); pass {option} NAME, "
                 "or add a header line if the file has none"
             )
-    texts = frame[text_col].tolist()
+        found.append(position)
+    _refuse_one_column_twice(header, found)
+    texts = frame.iloc[:, found[0]].tolist()
     for row, text in enumerate(texts, start=1):
         _check_text_length(text, f"data row {row} of {path}")
-    labels = [_clean_label(value, f"data row {row} of {path}") for row, value in enumerate(frame[label_col], start=1)]
-    return texts, labels
+    labels = [_clean_label(value, f"data row {row} of {path}") for row, value in enumerate(frame.iloc[:, found[1]], start=1)]
+    return texts, labels, lambda index: f"data row {index + 1} of {path}", header[found[0]], header[found[1]]
+
+
+def find_column(names: list[str], wanted: str, option: str, where: str, noun: str) -> int | None:
+    """The position of the column (or JSON key) ``wanted`` among ``names``: the one spelt so,
+    else the one that differs from it only in case or surrounding spaces (a header ``Text,
+    Label``, a hand-written ``text, label``); None where there is none. Two that fit alike are
+    an error naming them, not a guess."""
+    exact = [index for index, name in enumerate(names) if name == wanted]
+    if len(exact) > 1:
+        raise SpamtuneError(f"{where} has {len(exact)} {noun}s named {wanted!r} (for {option}); rename all but one")
+    if exact:
+        return exact[0]
+    key = wanted.strip().casefold()
+    loose = [index for index, name in enumerate(names) if name.strip().casefold() == key]
+    if len(loose) > 1:
+        candidates = ", ".join(repr(names[index]) for index in loose)
+        raise SpamtuneError(
+            f"{where} has the {noun}s {candidates}, which differ only in case or spaces; pass {option} with the one to read"
+        )
+    return loose[0] if loose else None
+
+
+def _refuse_one_column_twice(names: list[str], found: list[int]) -> None:
+    if found[0] == found[1]:
+        raise SpamtuneUsageError(f"--text-col and --label-col both name {names[found[0]]!r}")
+
+
+class _JsonObject(dict):
+    """A JSON object that keeps its keys as written, a repeated one too: ``json`` keeps the
+    last value of a repeated key and drops the others without a word."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+# One decoder for every line: json.loads with options builds a new one per call, which made
+# reading a 200,000-line file twice as slow.
+_JSON_LINE = json.JSONDecoder(object_pairs_hook=_JsonObject, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
 
 
 def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: str):
     """One JSON object per line (blank lines skipped).
 
     Parsed line by line with the json module rather than ``pandas.read_json`` so that every
-    problem names its line, and so that a null text is an error instead of a NaN.
+    problem names its line, and so that a null text is an error instead of a NaN. Numbers are
+    read as ``Decimal``: ``1.0`` stays ``1.0`` for the error that names it, and an integer of
+    5,000 digits is no ValueError.
     """
-    texts, labels = [], []
+    texts, labels, numbers = [], [], []
     for number, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
-        where = f"line {number} of {path}"
         try:
-            record = json.loads(line)
+            record = _JSON_LINE.decode(line)
         except json.JSONDecodeError as exc:
-            raise SpamtuneError(f"{where} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+            raise SpamtuneError(f"line {number} of {path} is not valid JSON: {exc.msg} (column {exc.colno})") from None
         except RecursionError:  # the json module's parser recurses once per level of nesting
-            raise SpamtuneError(f"{where} is not valid JSON: nested too deeply") from None
+            raise SpamtuneError(f"line {number} of {path} is not valid JSON: nested too deeply") from None
         if not isinstance(record, dict):
-            raise SpamtuneError(f"{where} is not a JSON object")
-        for option, column in (("--text-col", text_col), ("--label-col", label_col)):
-            if column not in record:
-                keys = ", ".join(map(repr, record)) or "none"
-                raise SpamtuneError(f"column {column!r} not found on {where} (its keys: {keys}); pass {option} NAME")
-        text, label = record[text_col], record[label_col]
-        if not isinstance(text, str):
-            raise SpamtuneError(f"{where}: {text_col!r} is {json.dumps(text)}, not a string")
-        if label is None or isinstance(label, (list, dict)):
-            raise SpamtuneError(f"{where}: {label_col!r} is {json.dumps(label)}, not a label")
-        _check_text_length(text, where)
+            raise SpamtuneError(f"line {number} of {path} is not a JSON object")
+        if text_col in record and label_col in record and len(record) == len(record.pairs):
+            text_key, label_key = text_col, label_col  # the usual line: both keys as asked, none twice
+        else:
+            text_key, label_key = _json_keys(record, text_col, label_col, f"line {number} of {path}")
+        text, label = record[text_key], record[label_key]
+        if not isinstance(text, str) or label is None or isinstance(label, (list, dict)) or len(text) > MAX_TEXT_CHARS:
+            where = f"line {number} of {path}"
+            if not isinstance(text, str):
+                raise SpamtuneError(f"{where}: {text_key!r} is {_json_text(text)}, not a string")
+            if label is None or isinstance(label, (list, dict)):
+                raise SpamtuneError(f"{where}: {label_key!r} is {_json_text(label)}, not a label")
+            _check_text_length(text, where)
         texts.append(text)
-        labels.append(_clean_label(label if isinstance(label, str) else json.dumps(label), where))
-    return texts, labels
+        labels.append(_clean_label(label, lambda: f"line {number} of {path}") if isinstance(label, str) else label)
+        numbers.append(number)
+    return texts, labels, lambda index: f"line {numbers[index]} of {path}", text_col, label_col
+
+
+def _json_keys(record: _JsonObject, text_col: str, label_col: str, where: str) -> tuple[str, str]:
+    """The keys of ``record`` that ``--text-col`` and ``--label-col`` name, as ``find_column`` finds them."""
+    written = [key for key, _ in record.pairs]
+    found = []
+    for option, column in (("--text-col", text_col), ("--label-col", label_col)):
+        position = find_column(written, column, option, where, "key")
+        if position is None:
+            keys = ", ".join(map(repr, record)) or "none"
+            raise SpamtuneError(f"column {column!r} not found on {where} (its keys: {keys}); pass {option} NAME")
+        found.append(position)
+    _refuse_one_column_twice(written, found)
+    return written[found[0]], written[found[1]]
+
+
+def _json_text(value, limit: int = 80) -> str:
+    """A JSON value for an error line, cut to ``limit`` characters (a text that is a list of
+    a million numbers is not to fill the terminal)."""
+    shown = str(value) if isinstance(value, Decimal) else json.dumps(value, default=float)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _check_text_length(text: str, where: str) -> None:
@@ -483,15 +633,18 @@ def _check_text_length(text: str, where: str) -> None:
         )
 
 
-def _clean_label(value: str, where: str) -> str:
+def _clean_label(value: str, where: str | Callable[[], str]) -> str:
     """Labels are compared without surrounding spaces (``"spam "`` is ``spam``); empty ones, and
-    ones holding a tab, a line break or another control character, are errors."""
+    ones holding a tab, a line break or another control character, are errors. ``where``: the
+    row, or what says it (made only for an error)."""
     label = value.strip()
+    if label and label.isprintable():
+        return label
+    where = where() if callable(where) else where
     if not label:
         raise SpamtuneError(f"{where} has an empty label")
-    if not label.isprintable():  # a tab or line break in a label would split predict's output lines
-        raise SpamtuneError(f"{where} has the label {label!r}; a label is printable text on one line")
-    return label
+    # a tab or line break in a label would split predict's output lines
+    raise SpamtuneError(f"{where} has the label {label!r}; a label is printable text on one line")
 
 
 def _label_map(labels: list[str]) -> dict[str, int]:

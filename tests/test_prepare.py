@@ -367,6 +367,19 @@ ERROR_CASES = {
     "csv row with an unquoted comma": (b"label,text\nham,hello, you\nspam,win, now\n", [], 1, "data row 1 of {src} has more fields than its header ('label', 'text'); put a text holding a comma in double quotes"),
     "tsv row with a tab in its text": (b"label\ttext\nham\thello\tyou\nspam\twin\tnow\n", ["--format", "tsv"], 1, "data row 1 of {src} has more fields than its header ('label', 'text'); a TSV text cannot hold a tab"),
     "same column twice": (b"label,text\nham,a\nspam,b\n", ["--label-col", "text"], 2, "--text-col and --label-col are both 'text'"),
+    "one column, named two ways": (b"label,Text\nham,a\nspam,b\n", ["--label-col", "TEXT"], 2, "--text-col and --label-col both name 'Text'"),
+    "columns differing only in case": (b"label,Text,TEXT\nham,a,b\nspam,b,c\n", [], 1, "{src} has the columns 'Text', 'TEXT', which differ only in case or spaces; pass --text-col with the one to read"),
+    "jsonl keys differing only in case": (b'{"Label": "ham", "text": "a", "LABEL": "spam"}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the keys 'Label', 'LABEL', which differ only in case"),
+    "csv column named twice": (b"label,text,label\nham,a,spam\nspam,b,ham\n", [], 1, "{src} has 2 columns named 'label' (for --label-col); rename all but one"),
+    "jsonl key given twice": (b'{"text": "a", "label": "ham", "label": "spam"}\n', ["--format", "jsonl"], 1, "line 1 of {src} has 2 keys named 'label' (for --label-col); rename all but one"),
+    "a label with a fraction": (b"label,text\n1,a\n0.5,b\n0,c\n", [], 1, "data row 2 of {src} has the label 0.5, a number with a fraction; a number names a class only as a whole number"),
+    "jsonl number with a fraction": (b'{"text": "a", "label": 1}\n{"text": "b", "label": 1.5}\n', ["--format", "jsonl"], 1, "line 2 of {src} has the label 1.5, a number with a fraction"),
+    "jsonl true beside a number": (b'{"text": "a", "label": true}\n{"text": "b", "label": 0}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the label true (true/false) and line 2 of {src} the label 0 (a number); a file's labels are all names, all numbers or all true/false"),
+    "jsonl number beside a name": (b'{"text": "a", "label": "spam"}\n\n{"text": "b", "label": 1}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the label 'spam' (a name) and line 3 of {src} the label 1 (a number)"),
+    "jsonl true beside a name": (b'{"text": "a", "label": true}\n{"text": "b", "label": "ham"}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the label true (true/false) and line 2 of {src} the label 'ham' (a name)"),
+    "jsonl NaN label": (b'{"text": "a", "label": 1}\n{"text": "b", "label": NaN}\n', ["--format", "jsonl"], 1, "line 2 of {src} has the label NaN; a label is a name or a whole number"),
+    "jsonl label of 5,000 digits": (b'{"text": "a", "label": 0}\n{"text": "b", "label": ' + b"1" * 5000 + b"}\n", ["--format", "jsonl"], 1, "line 2 of {src} has the label 1111111111111111111111111111111111111... (5,000 characters), a number of over 1,000 digits"),
+    "jsonl text a long list": (b'{"text": [' + b"1.5, " * 1000 + b'2], "label": 0}\n', ["--format", "jsonl"], 1, "line 1 of {src}: 'text' is [1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1..., not a string"),
     "columns on sms file": (sms_lines("ham\ta", "spam\tb"), ["--text-col", "x"], 2, "--text-col and --label-col apply only to files with a header"),
 }
 
@@ -473,6 +486,45 @@ def test_labels_differing_in_case_are_one_class_with_a_warning(tmp_path):
     assert kept.exit_code == 0, kept.stderr
     assert read_label_map(tmp_path / "kept") == {"Ham": 0, "SPAM": 1, "Spam": 2, "ham": 3, "spam": 4}
     assert "warning" not in kept.stderr.lower() and "ignoring case" not in kept.stderr
+
+
+def test_labels_that_mean_one_value_are_one_class(tmp_path):
+    """1 and 1.0 (a float column written out by pandas), "0" and 0, true and "True": one class each."""
+    src = tmp_path / "in.jsonl"
+    labels = [1, 1.0, "1", " 1e0 ", 0, "0", -0.0, "+0"] * 3
+    src.write_text("".join(json.dumps({"text": f"t{i}", "label": label}) + "\n" for i, label in enumerate(labels)), encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--balance", "none", "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    assert read_label_map(out) == {"0": 0, "1": 1}
+    assert "WARNING: labels that mean the same value were merged into '1': '1', '1.0', '1e0'" in result.stderr
+    assert json.loads((out / "prepare.json").read_text())["label_spellings_merged"] == {"1": ["1", "1.0", "1e0"], "0": ["+0", "-0.0", "0"]}
+
+    csv_src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", label) for i, label in enumerate([" 2", "2.0 ", "10", "1e1"] * 3)])
+    assert read_labelled_texts(csv_src).label_map == {"2": 0, "10": 1}
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text("".join(json.dumps({"text": f"t{i}", "label": label}) + "\n" for i, label in enumerate([True, "True", False, " false"])), encoding="utf-8")
+    source = read_labelled_texts(truth)
+    assert source.labels == ["true", "true", "false", "false"] and source.label_map == {"false": 0, "true": 1}
+    # Written labels alone are names: "1" beside "spam" stays a class of its own, as written.
+    assert read_labelled_texts(write_rows(tmp_path / "names.csv", ["text", "label"], [("a", "spam"), ("b", "1.0")])).label_map == {"1.0": 0, "spam": 1}
+
+
+def test_columns_are_found_ignoring_case_and_spaces(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("Text, Label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(10)), encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_prepare("--input", src, "--data-dir", out, "--text-col", "TEXT")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(text for _, text in all_rows(out)) == [f"t{i}" for i in range(10)]
+    recorded = json.loads((out / "prepare.json").read_text())["input"]
+    assert (recorded["text_col"], recorded["label_col"]) == ("Text", " Label")  # the header's own names
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"Text": "a", "LABEL": "x"}\n{"text": "b", "label": "y"}\n', encoding="utf-8")
+    assert read_labelled_texts(jsonl).texts == ["a", "b"]
+    # A column spelt exactly as asked is the one read, whatever others differ from it in case.
+    exact = write_rows(tmp_path / "exact.csv", ["Text", "text", "label"], [("no", "yes", "x"), ("no", "yes too", "y")])
+    assert read_labelled_texts(exact).texts == ["yes", "yes too"]
 
 
 def test_sms_layout_accepts_capitalised_labels(tmp_path):
