@@ -135,6 +135,11 @@ class MailText:
         return not self.text
 
 
+# The label ``predict --mail`` gives a message whose file could not be read: it has no verdict,
+# but keeps its line. ``prepare`` refuses a class of this name, which no line could tell from it.
+UNREADABLE_LABEL = "error"
+
+
 @dataclass(frozen=True)
 class Unreadable:
     """What ``iter_messages`` gives in place of a message file it listed but could not read

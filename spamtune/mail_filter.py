@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from spamtune import __version__
 from spamtune.errors import SpamtuneError
-from spamtune.mail import MAX_MESSAGE_BYTES, Unreadable, extract, message_text
+from spamtune.mail import MAX_MESSAGE_BYTES, UNREADABLE_LABEL, Unreadable, extract, message_text
 
 if TYPE_CHECKING:  # torch comes with the classifier; this module stays light without it
     from spamtune.infer import SpamClassifier
@@ -198,10 +198,6 @@ def _copy(source: BinaryIO, sink: BinaryIO) -> int:
         sink.write(data)
         copied += len(data)
     return copied
-
-
-# The label of a message whose file could not be read: it has no verdict, but keeps its line.
-UNREADABLE_LABEL = "error"
 
 
 @dataclass(frozen=True)

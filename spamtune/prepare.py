@@ -36,7 +36,7 @@ from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
 from spamtune.fsutil import atomic_path, json_bytes, write_error
 from spamtune.interrupts import interrupts_deferred
 from spamtune.lines import normalise_line_ends
-from spamtune.mail import MailSource, Unreadable, extract, iter_messages, parse_source
+from spamtune.mail import UNREADABLE_LABEL, MailSource, Unreadable, extract, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.tokenizer import encode_texts
 
@@ -694,6 +694,12 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
     if not 0 <= options.seed <= MAX_SEED:
         raise SpamtuneUsageError(f"--seed must be between 0 and {MAX_SEED} (got {options.seed})")
 
+    if UNREADABLE_LABEL in source.label_map:
+        rows = source.label_counts()[UNREADABLE_LABEL]
+        raise SpamtuneError(
+            f"{source.path} has the label {UNREADABLE_LABEL!r} ({rows:,} rows): `spamtune predict --mail` prints it for a "
+            "message it cannot read, and a class of that name could not be told from one; rename the class"
+        )
     frame = pd.DataFrame({"label": [source.label_map[name] for name in source.labels], "text": source.texts})
     # A row with no text teaches nothing and would be a zero-token example: it is dropped.
     has_text = frame["text"].str.strip() != ""

@@ -116,3 +116,21 @@ def test_evaluate_on_mail_sources_and_long_modes(run_dir, tmp_path):
     assert report["n"] == 5 and report["accuracy"] == 1.0
     head = json.loads(CliRunner().invoke(app, [*args, "--long", "head"]).stdout)
     assert head["accuracy"] == pytest.approx(4 / 5)  # the long spam's "!" lies past the first window
+
+
+def test_a_class_named_error_is_refused_where_its_lines_would_look_like_unreadable_ones(tmp_path):
+    """A run with a class named as an unreadable message's label: label and text lines could not
+    tell them apart, tsv and jsonl can (no p_spam)."""
+    run_dir = write_rigged_run(tmp_path / "run", labels={"error": 0, "spam": 1})
+    message = tmp_path / "1.eml"
+    message.write_bytes(b"Subject: hello\n\nsee you soon\n")
+    for fmt in ("label", "text"):
+        refused = invoke(run_dir, "--mail", str(message), "--format", fmt)
+        assert refused.exit_code == 2 and refused.stdout == ""
+        assert refused.stderr.splitlines() == [
+            f"Error: this run has a class named 'error', the label --mail gives a message it cannot read: with --format {fmt} "
+            "the two look alike; use --format tsv or jsonl, where an unreadable message has no p_spam"
+        ]
+    tsv = invoke(run_dir, "--mail", str(message), "--format", "tsv")
+    assert tsv.exit_code == 0, tsv.output
+    assert tsv.stdout.startswith("error\t0.")

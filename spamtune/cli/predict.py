@@ -595,6 +595,18 @@ def predict(
         raise typer.Exit(1)
 
 
+def _refuse_a_class_named_like_unreadable(labels: list[str], output_format: OutputFormat) -> None:
+    """A run with a class named as --mail labels an unreadable message (prepared by hand, or
+    before prepare refused it): in label and text lines the two would be one word."""
+    from spamtune.mail import UNREADABLE_LABEL
+
+    if UNREADABLE_LABEL in labels and output_format in (OutputFormat.label, OutputFormat.text):
+        raise SpamtuneUsageError(
+            f"this run has a class named {UNREADABLE_LABEL!r}, the label --mail gives a message it cannot read: with "
+            f"--format {output_format.value} the two look alike; use --format tsv or jsonl, where an unreadable message has no p_spam"
+        )
+
+
 def reader_gone(exc: BrokenPipeError, spam_written: bool) -> NoReturn:
     """The reader of the output left (``| head``): the command stops quietly, with status 0, or
     with --fail-on-spam 1 once a spam line was written: that answer is known, and 0 would tell
@@ -632,6 +644,8 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
     output_format, to_terminal, header = renderer_options
     classifier = _load_classifier(run_dir, world, threshold=threshold, batch_size=batch_size, device=device, precision=precision)
     renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=to_terminal and _use_color())
+    if mail is not None:
+        _refuse_a_class_named_like_unreadable(classifier.labels, output_format)
     # Every rank must cut the input at the same places. Mail comes in rounds of MAIL_CHUNK
     # messages per rank (one process: the rounds it always had).
     if mail is not None:  # (id, raw) messages one at a time
