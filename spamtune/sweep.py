@@ -61,14 +61,27 @@ def _convert(field_type: str, name: str, text: str):
     return text
 
 
+def split_values(text: str) -> list[str]:
+    """A comma list's values: ``a,b`` is two, ``a\\,b`` one holding a comma (``a,b``). Every
+    other backslash is itself, so that a path such as ``C:\\data\\x.json`` or
+    ``\\\\server\\share`` is written as it is."""
+    return [item.replace("\\,", ",") for item in re.split(r"(?<!\\),", text)]
+
+
 def parse_grid(options_type: type, values: dict[str, str]) -> dict[str, list]:
-    """``{"lr": "1e-5,5e-5"}`` -> ``{"lr": [1e-05, 5e-05]}``, each value typed like the option."""
+    """``{"lr": "1e-5,5e-5"}`` -> ``{"lr": [1e-05, 5e-05]}``, each value typed like the option;
+    ``split_values`` cuts the lists."""
     types = {f.name: str(f.type) for f in fields(options_type)}
     grid = {}
     for name, text in values.items():
         if name not in types:
             raise SpamtuneUsageError(f"a sweep cannot vary '{name}'")
-        items = [_convert(types[name], name, part) for part in str(text).split(",")]
+        parts = split_values(str(text))
+        if len(parts) > 1 and not all(part.strip() for part in parts):
+            # "--max-length 128," was a second run with no --max-length, and "--trainable head,"
+            # a preset named "": a stray comma, not a value.
+            raise SpamtuneUsageError(f"--{name.replace('_', '-')} {text!r} lists an empty value; write none for an option's default")
+        items = [_convert(types[name], name, part) for part in parts]
         if len(set(map(_listed_as, items))) != len(items):
             raise SpamtuneUsageError(f"--{name.replace('_', '-')} lists a value twice")
         grid[name] = items

@@ -26,6 +26,31 @@ def test_grid_values_are_typed_like_the_options():
         parse_grid(train.FinetuneOptions, {"colour": "red"})
 
 
+def test_a_value_holding_a_comma_escapes_it_and_a_stray_comma_is_no_value():
+    grid = parse_grid(train.FinetuneOptions, {"model": "cfg\\,v2.json,C:\\data\\x.json", "trainable": "all"})
+    assert grid == {"model": ["cfg,v2.json", "C:\\data\\x.json"], "trainable": ["all"]}
+    for listed in ("128,", ",128", "128,,256", "128, "):  # "128," made a second run with no --max-length
+        with pytest.raises(SpamtuneUsageError, match=f"--max-length {listed!r} lists an empty value"):
+            parse_grid(train.FinetuneOptions, {"max_length": listed})
+    assert parse_grid(train.FinetuneOptions, {"max_length": "none,128"}) == {"max_length": [None, 128]}
+
+
+def test_the_cli_reads_a_path_holding_a_comma_as_one_value(tmp_path):
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path)
+    (root / "a,b").mkdir()
+    shutil.copy(root / "tiny.json", root / "a,b" / "tiny.json")
+    args = ["sweep", "--model", str(root / "a\\,b" / "tiny.json"), "--weights", "random", "--epochs", "1", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--precision", "fp32", "--lr", "1e30", "--data-dir", str(root)])
+    assert "Traceback" not in result.stderr
+    table = json.loads(open(result.stdout.strip()).read())
+    assert table["base_options"]["model"] == str(root / "a,b" / "tiny.json") and table["grid"] == {}
+    assert [row["status"] for row in table["runs"]] == ["failed"] and "training loss became nan" in table["runs"][0]["error"]
+
+
 def test_combinations_and_their_names():
     combos = combinations({"lr": [1e-5, 1e-4], "trainable": ["last-block", "last-2-blocks"]})
     assert combos == [

@@ -109,14 +109,17 @@ def sweep_command(
 ) -> None:
     """Fine-tune every combination of the options given as comma lists, on shared prefix caches.
 
+    A value holding a comma (a path) writes it \\, (--model 'cfg\\,v2.json'); any other backslash is itself.
+
     Runs go into one folder with sweep.json (runs ranked by validation loss); running the same sweep again skips finished runs and resumes an interrupted one. Every combination's options are checked before the first run; the exit code is 1 when no run finished.
     """
     from spamtune import events, paths
-    from spamtune.sweep import parse_grid, run_sweep
+    from spamtune.sweep import parse_grid, run_sweep, split_values
 
     given = {name: value for name, value in options.items() if value is not None}
-    fixed = {name: values[0] for name, values in parse_grid(FinetuneOptions, {k: v for k, v in given.items() if "," not in v}).items()}
-    grid = parse_grid(FinetuneOptions, {k: v for k, v in given.items() if "," in v})
+    listed = {name for name, value in given.items() if len(split_values(value)) > 1}
+    fixed = {name: values[0] for name, values in parse_grid(FinetuneOptions, {k: v for k, v in given.items() if k not in listed}).items()}
+    grid = parse_grid(FinetuneOptions, {k: v for k, v in given.items() if k in listed})
     base = FinetuneOptions(**fixed, data_dir=str(paths.data_root(data_dir)))
     console = stderr_console()
     reporter = SweepReporter(console)
