@@ -561,6 +561,7 @@ class _JsonObject(dict):
         self.pairs = pairs
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # One decoder for every line: json.loads with options builds a new one per call, which made
 # reading a 200,000-line file twice as slow.
 _JSON_LINE = json.JSONDecoder(object_pairs_hook=_JsonObject, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
@@ -591,8 +592,16 @@ def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: st
         else:
             text_key, label_key = _json_keys(record, text_col, label_col, f"line {number} of {path}")
         text, label = record[text_key], record[label_key]
-        if not isinstance(text, str) or label is None or isinstance(label, (list, dict)) or len(text) > MAX_TEXT_CHARS:
+        # A "\\ud800" escape without its pair's other half decodes to no character: the split file,
+        # UTF-8, could not hold it (an unexpected UnicodeEncodeError at the very end, before).
+        lone_half = "\\u" in line and isinstance(text, str) and _SURROGATE.search(text)
+        if lone_half or not isinstance(text, str) or label is None or isinstance(label, (list, dict)) or len(text) > MAX_TEXT_CHARS:
             where = f"line {number} of {path}"
+            if lone_half:
+                raise SpamtuneError(
+                    f"{where}: {text_key!r} holds the escape \\u{ord(lone_half.group()):04x}, half of a UTF-16 pair without "
+                    "the other half, which is no character; fix or leave out the line"
+                )
             if not isinstance(text, str):
                 raise SpamtuneError(f"{where}: {text_key!r} is {_json_text(text)}, not a string")
             if label is None or isinstance(label, (list, dict)):

@@ -367,6 +367,7 @@ ERROR_CASES = {
     "csv row with an unquoted comma": (b"label,text\nham,hello, you\nspam,win, now\n", [], 1, "data row 1 of {src} has more fields than its header ('label', 'text'); put a text holding a comma in double quotes"),
     "tsv row with a tab in its text": (b"label\ttext\nham\thello\tyou\nspam\twin\tnow\n", ["--format", "tsv"], 1, "data row 1 of {src} has more fields than its header ('label', 'text'); a TSV text cannot hold a tab"),
     "a class named as predict --mail's unreadable messages": (b"label,text\nham,a\nERROR,b\nham,c\nError,d\n", [], 1, "{src} has the label 'error' (2 rows): `spamtune predict --mail` prints it for a message it cannot read, and a class of that name could not be told from one; rename the class"),
+    "jsonl text with half a surrogate pair": (b'{"text": "a", "label": "x"}\n{"text": "\\ud83d\\ude00 ok \\uD800!", "label": "y"}\n', ["--format", "jsonl"], 1, "line 2 of {src}: 'text' holds the escape \\ud800, half of a UTF-16 pair without the other half, which is no character"),
     "same column twice": (b"label,text\nham,a\nspam,b\n", ["--label-col", "text"], 2, "--text-col and --label-col are both 'text'"),
     "one column, named two ways": (b"label,Text\nham,a\nspam,b\n", ["--label-col", "TEXT"], 2, "--text-col and --label-col both name 'Text'"),
     "columns differing only in case": (b"label,Text,TEXT\nham,a,b\nspam,b,c\n", [], 1, "{src} has the columns 'Text', 'TEXT', which differ only in case or spaces; pass --text-col with the one to read"),
