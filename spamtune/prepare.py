@@ -276,8 +276,9 @@ def read_labelled_texts(
         texts, values, row_place, text_col, label_col = reader(content, path, fmt, text_col, label_col)
         labels, spellings = label_names(values, row_place)
 
-    merged = {}
-    if not keep_label_case:
+    if keep_label_case:
+        merged = merged_spellings(labels, spellings)
+    else:
         labels, merged = fold_label_case(labels, spellings)
     if fmt == SMS_FORMAT:
         label_map = {name: index for name, index in SMS_LABELS.items() if name in set(labels)}
@@ -298,14 +299,16 @@ def fold_label_case(labels: list[str], spellings: list[str] | None = None) -> tu
     those spellings (sorted): a file labelled ``Spam`` in some rows and ``spam`` in others means
     one class, not two. ``spellings``: each label as the file wrote it, where ``label_names``
     made one name of several (``1.0`` and ``1`` are ``1``)."""
+    folded = [label.lower() for label in labels]
+    return folded, merged_spellings(folded, spellings or labels)
+
+
+def merged_spellings(labels: list[str], spellings: list[str]) -> dict[str, list[str]]:
+    """Label -> the spellings (sorted) that became it, for labels that more than one became."""
     seen: dict[str, set[str]] = {}
-    folded = []
-    for label, spelling in zip(labels, spellings or labels):
-        key = label.lower()
-        seen.setdefault(key, set()).add(spelling)
-        folded.append(key)
-    merged = {key: sorted(names) for key, names in seen.items() if len(names) > 1}
-    return folded, merged
+    for label, spelling in zip(labels, spellings):
+        seen.setdefault(label, set()).add(spelling)
+    return {label: sorted(names) for label, names in seen.items() if len(names) > 1}
 
 
 def _kind_of(value) -> str:
@@ -409,9 +412,14 @@ def read_mail_sources(sources: list[MailSource], *, keep_label_case: bool = Fals
         counts.append(tally)
         if tally.messages == 0:
             raise SpamtuneError(f"no messages found in {source.path} (a Maildir, an mbox, a folder of messages or a .eml)")
-    merged = {}
-    if not keep_label_case:  # the same rule as labelled-text files: Spam=... and spam=... are one class
-        labels, merged = fold_label_case(labels)
+    # The same rules as for labelled-text files: Spam=... and spam=... are one class, 1=... and 1.0=... too.
+    names, _ = label_names([s.label for s in sources], lambda index: f"the mail source {sources[index].label}={sources[index].path}")
+    name_of = dict(zip((s.label for s in sources), names))
+    spellings, labels = labels, [name_of[label] for label in labels]
+    if keep_label_case:
+        merged = merged_spellings(labels, spellings)
+    else:
+        labels, merged = fold_label_case(labels, spellings)
     label_map = _label_map(labels)
     if not label_map:
         raise SpamtuneError("the mail sources hold no message with text")

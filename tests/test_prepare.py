@@ -501,6 +501,8 @@ def test_labels_that_mean_one_value_are_one_class(tmp_path):
     assert read_label_map(out) == {"0": 0, "1": 1}
     assert "WARNING: labels that mean the same value were merged into '1': '1', '1.0', '1e0'" in result.stderr
     assert json.loads((out / "prepare.json").read_text())["label_spellings_merged"] == {"1": ["1", "1.0", "1e0"], "0": ["+0", "-0.0", "0"]}
+    # --keep-label-case keeps Spam and spam apart, not 1 and 1.0: the merge is said all the same.
+    assert read_labelled_texts(src, keep_label_case=True).label_spellings_merged == {"1": ["1", "1.0", "1e0"], "0": ["+0", "-0.0", "0"]}
 
     csv_src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"t{i}", label) for i, label in enumerate([" 2", "2.0 ", "10", "1e1"] * 3)])
     assert read_labelled_texts(csv_src).label_map == {"2": 0, "10": 1}

@@ -73,6 +73,17 @@ def test_mail_labels_fold_case_like_file_labels(tmp_path):
     assert sorted(kept.label_map) == ["Ham", "SPAM", "ham"] and not kept.label_case_folded
 
 
+def test_mail_labels_that_mean_one_number_are_one_class(tmp_path):
+    box, mbox = make_corpus(tmp_path)
+    sources = [parse_source(f"1={box}"), parse_source(f"1.0={box}"), parse_source(f"0={mbox}")]
+    for keep_label_case in (False, True):
+        source = read_mail_sources(sources, keep_label_case=keep_label_case)
+        assert source.label_map == {"0": 0, "1": 1} and source.label_counts() == {"0": 20, "1": 46}
+        assert source.label_spellings_merged == {"1": ["1", "1.0"]}
+    with pytest.raises(SpamtuneError, match=f"the mail source 0.5={mbox} has the label 0.5, a number with a fraction"):
+        read_mail_sources([parse_source(f"1={box}"), parse_source(f"0.5={mbox}")])
+
+
 def test_input_rules(tmp_path):
     box, mbox = make_corpus(tmp_path)
     with pytest.raises(SpamtuneError, match="at least two"):
