@@ -38,8 +38,8 @@ def prepare(
     input_format: Optional[Literal["tsv", "csv", "jsonl"]] = typer.Option(
         None, "--format", help="Format of --input (default: from its extension). A headerless ham/spam TSV is read as the SMS Spam Collection."
     ),
-    text_col: Optional[str] = typer.Option(None, "--text-col", help="Column (or JSON key) holding the text (default: text)."),
-    label_col: Optional[str] = typer.Option(None, "--label-col", help="Column (or JSON key) holding the label (default: label)."),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="Column (or JSON key) holding the text (default: text). Matched ignoring case and spaces where one column fits."),
+    label_col: Optional[str] = typer.Option(None, "--label-col", help="Column (or JSON key) holding the label (default: label). Matched as --text-col is."),
     data_dir: Optional[Path] = common.data_dir_option(),
     **options,
 ) -> None:
