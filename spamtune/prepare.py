@@ -337,20 +337,23 @@ def label_names(values: list, row_place: Callable[[int], str]) -> tuple[list[str
 
     Numbers are compared by value when every label is one, written (``1``) or a JSON number
     (``1.0``): ``1``, ``1.0``, ``+1`` and ``1e0`` are the class ``1``. A number with a fraction,
-    a JSON number beside a name or beside true/false, and JSON's true/false beside a name other
-    than ``true``/``false``, are errors naming the two rows: no class could be read from them
-    without a guess. ``row_place(i)`` says where row ``i`` is (``line 3 of mails.jsonl``).
+    a number beside true/false (``1`` or ``true``?), and a JSON number or true/false beside a
+    name, are errors naming the two rows: no class could be read from them without a guess.
+    Written names beside written numbers are names (a CSV may name a class ``1`` beside one
+    named ``spam``). ``row_place(i)`` says where row ``i`` is (``line 3 of mails.jsonl``).
     """
     first: dict[str, int] = {}  # each kind of label: the first row with one
-    first_typed: dict[str, int] = {}  # the same, of JSON's numbers and true/false only
+    first_written: dict[str, int] = {}  # the same, of labels written as strings
+    first_typed: dict[str, int] = {}  # and of JSON's numbers and true/false
     for index, value in enumerate(values):
         typed = not isinstance(value, str)
         kind = _kind_of(value)
         first.setdefault(kind, index)
-        if typed:
-            first_typed.setdefault(kind, index)
-        # Written labels alone never clash: a CSV may name a class "1" beside one named "spam".
-        clashing = [row for other, row in (first if typed else first_typed).items() if other != kind]
+        (first_typed if typed else first_written).setdefault(kind, index)
+        clashing = [row for other, row in first_typed.items() if other != kind]
+        clashing += [
+            row for other, row in first_written.items() if other != kind and (typed or {kind, other} == {"a number", "true/false"})
+        ]
         if clashing:
             a, b = sorted((index, min(clashing)))
             raise SpamtuneError(

@@ -376,6 +376,7 @@ ERROR_CASES = {
     "jsonl key given twice": (b'{"text": "a", "label": "ham", "label": "spam"}\n', ["--format", "jsonl"], 1, "line 1 of {src} has 2 keys named 'label' (for --label-col); rename all but one"),
     "a label with a fraction": (b"label,text\n1,a\n0.5,b\n0,c\n", [], 1, "data row 2 of {src} has the label 0.5, a number with a fraction; a number names a class only as a whole number"),
     "jsonl number with a fraction": (b'{"text": "a", "label": 1}\n{"text": "b", "label": 1.5}\n', ["--format", "jsonl"], 1, "line 2 of {src} has the label 1.5, a number with a fraction"),
+    "csv numbers beside true/false": (b"label,text\n1,a\nTrue,b\n0,c\n", [], 1, "data row 1 of {src} has the label '1' (a number) and data row 2 of {src} the label 'True' (true/false); a file's labels are all names, all numbers or all true/false"),
     "jsonl true beside a number": (b'{"text": "a", "label": true}\n{"text": "b", "label": 0}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the label true (true/false) and line 2 of {src} the label 0 (a number); a file's labels are all names, all numbers or all true/false"),
     "jsonl number beside a name": (b'{"text": "a", "label": "spam"}\n\n{"text": "b", "label": 1}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the label 'spam' (a name) and line 3 of {src} the label 1 (a number)"),
     "jsonl true beside a name": (b'{"text": "a", "label": true}\n{"text": "b", "label": "ham"}\n', ["--format", "jsonl"], 1, "line 1 of {src} has the label true (true/false) and line 2 of {src} the label 'ham' (a name)"),
