@@ -518,6 +518,7 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
         # pandas reads a first data row with more fields than the header as an unnamed index
         # column before the named ones: every text would be shifted one field, in silence.
         inside = "put a text holding a comma in double quotes" if fmt == "csv" else "a TSV text cannot hold a tab"
+        inside = _other_separator(header, text_col) or inside
         raise SpamtuneError(
             f"data row 1 of {path} has more fields than its header ({named}); {inside}"
         )
@@ -526,8 +527,8 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
         position = find_column(header, column, option, str(path), "column")
         if position is None:
             raise SpamtuneError(
-                f"column {column!r} not found in {path} (its header: {named}); pass {option} NAME, "
-                "or add a header line if the file has none"
+                f"column {column!r} not found in {path} (its header: {named}); "
+                + (_other_separator(header, column) or f"pass {option} NAME, or add a header line if the file has none")
             )
         found.append(position)
     _refuse_one_column_twice(header, found)
@@ -536,6 +537,23 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
         _check_text_length(text, f"data row {row} of {path}")
     labels = [_clean_label(value, f"data row {row} of {path}") for row, value in enumerate(frame.iloc[:, found[1]], start=1)]
     return texts, labels, lambda index: f"data row {index + 1} of {path}", header[found[0]], header[found[1]]
+
+
+# Separators a file read with the wrong one shows in its one header cell, and what to do.
+_OTHER_SEPARATORS = {
+    ";": "it is separated by ';' (as Excel writes CSV in some languages): save it comma-separated",
+    "\t": "it is separated by tabs: pass --format tsv",
+    ",": "it is separated by commas: pass --format csv",
+}
+
+
+def _other_separator(header: list[str], column: str) -> str | None:
+    """What to do where the header is one cell that another separator cuts into the column asked for."""
+    if len(header) == 1:
+        for separator, advice in _OTHER_SEPARATORS.items():
+            if column.strip().casefold() in (cell.strip().casefold() for cell in header[0].split(separator)):
+                return advice
+    return None
 
 
 def find_column(names: list[str], wanted: str, option: str, where: str, noun: str) -> int | None:
