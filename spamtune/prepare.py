@@ -342,10 +342,15 @@ def label_names(values: list, row_place: Callable[[int], str]) -> tuple[list[str
     Written names beside written numbers are names (a CSV may name a class ``1`` beside one
     named ``spam``). ``row_place(i)`` says where row ``i`` is (``line 3 of mails.jsonl``).
     """
+    # Each value is judged once, at its first row: a file has few labels and many rows. The type
+    # is part of the key, as True == Decimal(1) for a dict.
+    first_rows: dict[tuple, int] = {}
+    for index, value in enumerate(values):
+        first_rows.setdefault((type(value), value), index)
     first: dict[str, int] = {}  # each kind of label: the first row with one
     first_written: dict[str, int] = {}  # the same, of labels written as strings
     first_typed: dict[str, int] = {}  # and of JSON's numbers and true/false
-    for index, value in enumerate(values):
+    for (_, value), index in first_rows.items():
         typed = not isinstance(value, str)
         kind = _kind_of(value)
         first.setdefault(kind, index)
@@ -360,9 +365,10 @@ def label_names(values: list, row_place: Callable[[int], str]) -> tuple[list[str
                 f"{row_place(a)} has the label {_shown(values[a])} ({_kind_of(values[a])}) and {row_place(b)} the label "
                 f"{_shown(values[b])} ({_kind_of(values[b])}); a file's labels are all names, all numbers or all true/false"
             )
-    spellings = [_spelt(value) for value in values]
+    spellings = [value if isinstance(value, str) else _spelt(value) for value in values]
     if set(first) == {"a number"}:
-        return [_whole_number(Decimal(value), row_place(index)) for index, value in enumerate(values)], spellings
+        names = {key: _whole_number(Decimal(key[1]), row_place(index)) for key, index in first_rows.items()}
+        return [names[type(value), value] for value in values], spellings
     return spellings, spellings
 
 
@@ -535,7 +541,12 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
     texts = frame.iloc[:, found[0]].tolist()
     for row, text in enumerate(texts, start=1):
         _check_text_length(text, f"data row {row} of {path}")
-    labels = [_clean_label(value, f"data row {row} of {path}") for row, value in enumerate(frame.iloc[:, found[1]], start=1)]
+    cleaned: dict[str, str] = {}  # each label once: a file has few labels and many rows
+    labels = []
+    for row, value in enumerate(frame.iloc[:, found[1]].tolist(), start=1):
+        if value not in cleaned:
+            cleaned[value] = _clean_label(value, f"data row {row} of {path}")
+        labels.append(cleaned[value])
     return texts, labels, lambda index: f"data row {index + 1} of {path}", header[found[0]], header[found[1]]
 
 
