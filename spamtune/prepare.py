@@ -507,6 +507,8 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
     # ends a row at a lone "\r", which cut a text holding one into two rows.
     options["lineterminator"] = "\n"
     options.update(dtype=str, keep_default_na=False, na_filter=False)
+    if fmt == "csv":
+        _refuse_text_after_a_closing_quote(content, path)
     try:
         frame = pd.read_csv(io.StringIO(content), **options)
         # The header as written: pandas renames a second "label" column "label.1", and reading
@@ -548,6 +550,29 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
             cleaned[value] = _clean_label(value, f"data row {row} of {path}")
         labels.append(cleaned[value])
     return texts, labels, lambda index: f"data row {index + 1} of {path}", header[found[0]], header[found[1]]
+
+
+def _refuse_text_after_a_closing_quote(content: str, path: Path) -> None:
+    """A quoted CSV field goes on to its separator: pandas keeps what follows a closing quote,
+    so ``"he said \\"hi\\" to me"`` (a quote escaped with a backslash, not doubled as CSV
+    does) was read, without a word, as the text ``he said \\hi\\" to me"``. The csv module's
+    strict reading finds where; any other problem is left to pandas, which says it as before."""
+    if '"' not in content:
+        return
+    csv.field_size_limit(MAX_TEXT_CHARS)  # as spamtune.data reads the splits
+    # A lone "\r" is text here (spamtune.lines), where the csv module would end a row at it.
+    reader = csv.reader(io.StringIO(content.replace("\r", " "), newline=""), strict=True)
+    records = 0  # the header is record 0; blank lines are no record, as for pandas
+    try:
+        for row in reader:
+            records += bool(row)
+    except csv.Error as exc:
+        if "expected after" in str(exc):
+            where = f"data row {records} of {path}" if records else f"the header of {path}"
+            raise SpamtuneError(
+                f"{where} goes on after the closing quote of a quoted field; a quote inside one is written "
+                '"" in CSV (a \\" is read as a backslash and the end of the field)'
+            ) from None
 
 
 # Separators a file read with the wrong one shows in its one header cell, and what to do.

@@ -371,6 +371,7 @@ ERROR_CASES = {
     "semicolon-separated csv": (b"label;text\nham;a\nspam;b\n", [], 1, "column 'text' not found in {src} (its header: 'label;text'); it is separated by ';' (as Excel writes CSV in some languages): save it comma-separated"),
     "semicolon-separated csv, a comma in a text": (b"label;text\nham;hello, you\nspam;b\n", [], 1, "data row 1 of {src} has more fields than its header ('label;text'); it is separated by ';'"),
     "tab-separated .csv": (b"label\ttext\nham\ta\nspam\tb\n", [], 1, "column 'text' not found in {src} (its header: 'label\\ttext'); it is separated by tabs: pass --format tsv"),
+    "a quote escaped with a backslash in a csv": (b'label,text\nham,a\n\nspam,"he said \\"hi\\" to me"\nham,c\n', [], 1, 'data row 2 of {src} goes on after the closing quote of a quoted field; a quote inside one is written "" in CSV'),
     "same column twice": (b"label,text\nham,a\nspam,b\n", ["--label-col", "text"], 2, "--text-col and --label-col are both 'text'"),
     "one column, named two ways": (b"label,Text\nham,a\nspam,b\n", ["--label-col", "TEXT"], 2, "--text-col and --label-col both name 'Text'"),
     "columns differing only in case": (b"label,Text,TEXT\nham,a,b\nspam,b,c\n", [], 1, "{src} has the columns 'Text', 'TEXT', which differ only in case or spaces; pass --text-col with the one to read"),
