@@ -657,7 +657,7 @@ def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: st
         else:
             text_key, label_key = _json_keys(record, text_col, label_col, f"line {number} of {path}")
         text, label = record[text_key], record[label_key]
-        # A "\\ud800" escape without its pair's other half decodes to no character: the split file,
+        # A \ud800 escape without its pair's other half decodes to no character: the split file,
         # UTF-8, could not hold it (an unexpected UnicodeEncodeError at the very end, before).
         lone_half = "\\u" in line and isinstance(text, str) and _SURROGATE.search(text)
         if lone_half or not isinstance(text, str) or label is None or isinstance(label, (list, dict)) or len(text) > MAX_TEXT_CHARS:
