@@ -540,6 +540,7 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
             )
         found.append(position)
     _refuse_one_column_twice(header, found)
+    _refuse_a_repeated_header(frame, header, found, path)
     texts = frame.iloc[:, found[0]].tolist()
     for row, text in enumerate(texts, start=1):
         _check_text_length(text, f"data row {row} of {path}")
@@ -550,6 +551,21 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
             cleaned[value] = _clean_label(value, f"data row {row} of {path}")
         labels.append(cleaned[value])
     return texts, labels, lambda index: f"data row {index + 1} of {path}", header[found[0]], header[found[1]]
+
+
+def _refuse_a_repeated_header(frame: pd.DataFrame, header: list[str], found: list[int], path: Path) -> None:
+    """Files joined with ``cat`` keep every header but the first as a data row (a byte-order
+    mark before it, from Excel): its label, ``label``, was a class of its own, one row per file."""
+    repeated = None
+    for position in found:
+        cells = frame.iloc[:, position].str.lstrip("\ufeff").str.strip() == header[position].strip()
+        repeated = cells if repeated is None else repeated & cells
+    if repeated.any():
+        row = int(repeated.to_numpy().argmax()) + 1
+        raise SpamtuneError(
+            f"data row {row} of {path} repeats the header ({header[found[0]]!r}, {header[found[1]]!r}): files joined with "
+            "their headers? leave out every header line but the first"
+        )
 
 
 def _refuse_text_after_a_closing_quote(content: str, path: Path) -> None:
@@ -644,6 +660,8 @@ def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: st
     for number, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
+        if line.startswith("\ufeff"):  # files joined with cat keep each one's byte-order mark
+            line = line[1:]
         try:
             record = _JSON_LINE.decode(line)
         except json.JSONDecodeError as exc:

@@ -372,6 +372,7 @@ ERROR_CASES = {
     "semicolon-separated csv, a comma in a text": (b"label;text\nham;hello, you\nspam;b\n", [], 1, "data row 1 of {src} has more fields than its header ('label;text'); it is separated by ';'"),
     "tab-separated .csv": (b"label\ttext\nham\ta\nspam\tb\n", [], 1, "column 'text' not found in {src} (its header: 'label\\ttext'); it is separated by tabs: pass --format tsv"),
     "a quote escaped with a backslash in a csv": (b'label,text\nham,a\n\nspam,"he said \\"hi\\" to me"\nham,c\n', [], 1, 'data row 2 of {src} goes on after the closing quote of a quoted field; a quote inside one is written "" in CSV'),
+    "csv files joined with their headers": (b"label,text\nham,a\nspam,b\n\xef\xbb\xbflabel , text\nham,c\n", [], 1, "data row 3 of {src} repeats the header ('text', 'label'): files joined with their headers? leave out every header line but the first"),
     "same column twice": (b"label,text\nham,a\nspam,b\n", ["--label-col", "text"], 2, "--text-col and --label-col are both 'text'"),
     "one column, named two ways": (b"label,Text\nham,a\nspam,b\n", ["--label-col", "TEXT"], 2, "--text-col and --label-col both name 'Text'"),
     "columns differing only in case": (b"label,Text,TEXT\nham,a,b\nspam,b,c\n", [], 1, "{src} has the columns 'Text', 'TEXT', which differ only in case or spaces; pass --text-col with the one to read"),
@@ -517,6 +518,14 @@ def test_labels_that_mean_one_value_are_one_class(tmp_path):
     assert source.labels == ["true", "true", "false", "false"] and source.label_map == {"false": 0, "true": 1}
     # Written labels alone are names: "1" beside "spam" stays a class of its own, as written.
     assert read_labelled_texts(write_rows(tmp_path / "names.csv", ["text", "label"], [("a", "spam"), ("b", "1.0")])).label_map == {"1.0": 0, "spam": 1}
+
+
+def test_jsonl_files_joined_with_their_byte_order_marks_are_read_whole(tmp_path):
+    """Excel and Notepad start a UTF-8 file with a byte-order mark; `cat` keeps every file's."""
+    part = "\ufeff" + "".join(json.dumps({"text": f"t{i}", "label": "ab"[i % 2]}) + "\n" for i in range(4))
+    src = tmp_path / "joined.jsonl"
+    src.write_text(part + part, encoding="utf-8")
+    assert read_labelled_texts(src).texts == ["t0", "t1", "t2", "t3"] * 2
 
 
 def test_columns_are_found_ignoring_case_and_spaces(tmp_path):
