@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -726,10 +727,14 @@ def _check_text_length(text: str, where: str) -> None:
 
 
 def _clean_label(value: str, where: str | Callable[[], str]) -> str:
-    """Labels are compared without surrounding spaces (``"spam "`` is ``spam``); empty ones, and
-    ones holding a tab, a line break or another control character, are errors. ``where``: the
-    row, or what says it (made only for an error)."""
+    """Labels are compared without surrounding spaces (``"spam "`` is ``spam``) and in Unicode's
+    composed form (NFC); empty ones, and ones holding a tab, a line break or another control
+    character, are errors. ``where``: the row, or what says it (made only for an error)."""
     label = value.strip()
+    if not label.isascii():
+        # "café" with one é, or with e and a combining accent (as macOS spells file names): one
+        # text, which looked like two identical classes in labels.json and the summary.
+        label = unicodedata.normalize("NFC", label)
     if label and label.isprintable():
         return label
     where = where() if callable(where) else where

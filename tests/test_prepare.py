@@ -516,6 +516,9 @@ def test_labels_that_mean_one_value_are_one_class(tmp_path):
     truth.write_text("".join(json.dumps({"text": f"t{i}", "label": label}) + "\n" for i, label in enumerate([True, "True", False, " false"])), encoding="utf-8")
     source = read_labelled_texts(truth)
     assert source.labels == ["true", "true", "false", "false"] and source.label_map == {"false": 0, "true": 1}
+    # One text in Unicode's two spellings (é, and e with a combining accent) is one class.
+    accents = write_rows(tmp_path / "accents.csv", ["text", "label"], [("a", "caf\u00e9"), ("b", "cafe\u0301"), ("c", "x")])
+    assert read_labelled_texts(accents).label_map == {"caf\u00e9": 0, "x": 1}
     # Written labels alone are names: "1" beside "spam" stays a class of its own, as written.
     assert read_labelled_texts(write_rows(tmp_path / "names.csv", ["text", "label"], [("a", "spam"), ("b", "1.0")])).label_map == {"1.0": 0, "spam": 1}
 
