@@ -525,6 +525,7 @@ def calibrate_run(
     from spamtune.evaluate import check_data_fingerprint, model_logits, read_splits, run_data_root, run_precision
     from spamtune.paths import split_file
     from spamtune.run_catalog import is_in_use
+    from spamtune.split_lock import reading_splits
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -538,9 +539,10 @@ def calibrate_run(
     dev = resolve_device(device)
     model, cfg = load_classifier(run_dir, dev)
     root = run_data_root(run_dir, data_dir)
-    for message in check_data_fingerprint(run_dir, root, force):  # with force: said, not refused
-        warnings.warn(message, SpamtuneWarning)
-    validation = read_splits(root, "validation", cfg)["validation"]
+    with reading_splits(root):  # the split checked is the split read
+        for message in check_data_fingerprint(run_dir, root, force):  # with force: said, not refused
+            warnings.warn(message, SpamtuneWarning)
+        validation = read_splits(root, "validation", cfg)["validation"]
     if not len(validation):  # else a record "calibrated" on nothing, with a temperature of 1
         raise SpamtuneError(f"cannot calibrate: the validation split {split_file(root, 'validation')} holds no messages")
     logits = model_logits(model, cfg, validation.texts, precision=run_precision(run_dir, dev), batch_size=64)

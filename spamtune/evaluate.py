@@ -26,6 +26,7 @@ from spamtune.forward import EVAL_BATCH_SIZE, classification_loss, decided_class
 from spamtune.options import DEFAULT_LONG, LONG_MODES
 from spamtune.metrics import classification_report
 from spamtune.plots import plot_binary_evaluation
+from spamtune.split_lock import reading_splits
 from spamtune.tokenizer import encode_texts
 
 EVAL_SPLITS = ("test", "validation", "train", "all")
@@ -275,11 +276,15 @@ def evaluate_run(
     model, cfg = load_classifier(run_dir, dev)
     root = run_data_root(run_dir, data_dir)
     warnings: list[str] = []
+    baseline_train = None
     if input_file is not None:
         parts = {"input": read_labelled_file(input_file, cfg)}
-    else:
-        warnings = check_data_fingerprint(run_dir, root, force)
-        parts = read_splits(root, split, cfg)
+    with reading_splits(root):  # what is checked and scored are the files of one preparation
+        if input_file is None:
+            warnings = check_data_fingerprint(run_dir, root, force)
+            parts = read_splits(root, split, cfg)
+        if baseline and World.current().is_main:  # only rank 0 reports it
+            baseline_train = read_splits(root, "train", cfg)["train"]
 
     from spamtune.prepare import mail_inputs
 
@@ -311,7 +316,6 @@ def evaluate_run(
             is_spam = [y == positive for y in labels]
             drawn = plot_binary_evaluation(plots_dir or run_dir, is_spam, probs, positive, threshold, uncalibrated)
             result["plots"] = [str(p) for p in drawn]
-    if baseline and World.current().is_main:  # only rank 0 reports it
-        train = read_splits(root, "train", cfg)["train"]
-        result["baseline"] = baseline_reports(train, parts, cfg.label_names)
+    if baseline_train is not None:
+        result["baseline"] = baseline_reports(baseline_train, parts, cfg.label_names)
     return result

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from spamtune import paths
 from spamtune.data import Split, bucketed_batches, pad_batch, read_label_map, read_split
 from spamtune.errors import SpamtuneError
+from spamtune.split_lock import reading_splits
 from spamtune.tokenizer import EOT_ID, encode_texts
 
 if TYPE_CHECKING:
@@ -115,8 +116,10 @@ def load_training_data(root: Path, context_length: int, max_length: int | None) 
     The default maximum length is the longest training message (as the book pads to it),
     capped by the model's context; longer messages in any split keep their first tokens.
     """
-    labels, split_paths = prepared_data(root)
-    splits = {name: read_split(path) for name, path in split_paths.items()}
+    with reading_splits(root):  # the files of one preparation, and the fingerprint of those
+        labels, split_paths = prepared_data(root)
+        splits = {name: read_split(path) for name, path in split_paths.items()}
+        fingerprint = data_fingerprint(root)
     for name, split in splits.items():
         if not len(split):
             raise SpamtuneError(f"{split_paths[name]} holds no examples")
@@ -124,7 +127,7 @@ def load_training_data(root: Path, context_length: int, max_length: int | None) 
     if max_length is None:
         max_length = min(context_length, max(map(len, encode_texts(splits["train"].texts))))
     examples = {name: Examples(encode_texts(s.texts, max_length), s.labels) for name, s in splits.items()}
-    return TrainingData(labels, max_length, examples["train"], examples["validation"], examples["test"], data_fingerprint(root))
+    return TrainingData(labels, max_length, examples["train"], examples["validation"], examples["test"], fingerprint)
 
 
 def prepared_data(root: Path) -> tuple[dict[str, int], dict[str, Path]]:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -80,9 +82,7 @@ def _create_exclusive(folder: Path, stem: str, flags: int, mode: int) -> tuple[P
     planted under a guessed name is skipped, never opened.
     """
     flags |= os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    # Only the start of a long name: a final name the file system takes must not fail for the
-    # 15 bytes the temporary's name adds to it.
-    stem = os.fsdecode(os.fsencode(stem)[: _NAME_MAX - len(f"..{'0' * 8}{TEMPORARY_SUFFIX}")])
+    stem = _temporary_stem(stem)
     for _ in range(_TEMP_ATTEMPTS):
         path = folder / f".{stem}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
         try:
@@ -90,6 +90,12 @@ def _create_exclusive(folder: Path, stem: str, flags: int, mode: int) -> tuple[P
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name in {folder}")
+
+
+def _temporary_stem(name: str) -> str:
+    """The part of ``name`` a temporary's name starts with: only the start of a long name, so
+    that a final name the file system takes does not fail for the 15 bytes the temporary adds."""
+    return os.fsdecode(os.fsencode(name)[: _NAME_MAX - len(f"..{'0' * 8}{TEMPORARY_SUFFIX}")])
 
 
 def _create_temporary(final: Path) -> tuple[Path, int]:
@@ -150,6 +156,26 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         if path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
             removed.append(path)
+    return removed
+
+
+def remove_temporaries_of(final: Path) -> list[Path]:
+    """Delete the temporaries ``atomic_path(final)`` left behind when its process was killed
+    (``.<name>.<8 hex digits>.part`` beside ``final``). Only while no live process writes
+    ``final`` (its writers hold a lock). A symlink planted under such a name is removed, never
+    followed; a folder, and one that cannot be removed (another user's in a shared folder), is
+    left alone: it is in nobody's way, the temporaries to come have names of their own."""
+    final = Path(final)
+    stem = _temporary_stem(final.name)
+    pattern = re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{8}}{re.escape(TEMPORARY_SUFFIX)}")
+    removed = []
+    for path in final.parent.glob(f".{glob.escape(stem)}.*{TEMPORARY_SUFFIX}"):
+        try:
+            if pattern.fullmatch(path.name) and not stat.S_ISDIR(os.lstat(path).st_mode):
+                path.unlink()
+                removed.append(path)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
     return removed
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import functools
 import hashlib
 import io
@@ -34,11 +35,12 @@ import pandas as pd
 from spamtune import __version__, paths
 from spamtune.data import MAX_TEXT_CHARS, Split, write_split_into
 from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
-from spamtune.fsutil import atomic_path, json_bytes, write_error
+from spamtune.fsutil import atomic_path, json_bytes, remove_temporaries_of, write_error
 from spamtune.interrupts import interrupts_deferred
 from spamtune.lines import normalise_line_ends
 from spamtune.mail import UNREADABLE_LABEL, MailSource, Unreadable, extract, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
+from spamtune.split_lock import replacing_splits
 from spamtune.tokenizer import encode_texts
 
 INPUT_FORMATS = ("tsv", "csv", "jsonl")
@@ -916,6 +918,9 @@ def write_prepared(root: str | Path, prepared: PreparedSplits) -> list[Path]:
 
     Every file is first written in full under a temporary name; only when all five are
     complete are they renamed over the final names, so a failure leaves the previous set.
+    All of it under ``split_lock.replacing_splits``: a reader (finetune, evaluate) never reads
+    some files of this set and some of the one before, and a second prepare into ``root``
+    waits, then replaces the set whole. The temporaries a killed prepare left are removed first.
     """
     root = Path(root)
     targets = output_files(root)
@@ -924,6 +929,18 @@ def write_prepared(root: str | Path, prepared: PreparedSplits) -> list[Path]:
         # some of them had replaced their files, leaving splits from two preparations.
         if target.is_dir() and not target.is_symlink():
             raise SpamtuneError(f"cannot write {target}: it is a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(targets[0], NotADirectoryError(errno.ENOTDIR, "not a folder") if root.exists() else exc) from None
+    with replacing_splits(root):
+        for target in targets:  # no live prepare writes them now: only a killed one's are left
+            remove_temporaries_of(target)
+        _write_and_rename(targets, prepared)
+    return targets
+
+
+def _write_and_rename(targets: list[Path], prepared: PreparedSplits) -> None:
     writers = [
         *(functools.partial(write_split_into, split=prepared.splits[name]) for name in paths.SPLITS),
         lambda tmp: tmp.write_bytes(json_bytes({"labels": prepared.source.label_map})),
@@ -941,4 +958,3 @@ def write_prepared(root: str | Path, prepared: PreparedSplits) -> list[Path]:
                 raise write_error(target, exc) from None
         with interrupts_deferred():  # a Ctrl-C between two renames would leave a mixed set too
             renames.close()
-    return targets

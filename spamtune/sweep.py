@@ -348,6 +348,7 @@ def run_sweep(
     from spamtune import train
     from spamtune.examples import data_fingerprint, prepared_data
     from spamtune.options import validate_options
+    from spamtune.split_lock import reading_splits
 
     finetune = finetune or train.finetune
     resume_finetune = resume_finetune or train.resume_finetune
@@ -372,7 +373,9 @@ def run_sweep(
     # Two processes on one sweep would each find the other's run locked, mark it failed, and the
     # last to write sweep.json would rank a finished run as failed.
     with runs.hold_folder(folder, SweepInUse, "the sweep folder"):
-        _check_same_data(folder, names, root, data_fingerprint(root))
+        with reading_splits(root):  # not a fingerprint of files from two preparations
+            fingerprint = data_fingerprint(root)
+        _check_same_data(folder, names, root, fingerprint)
         return _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune)
 
 

@@ -603,3 +603,126 @@ def test_a_split_file_reads_back_the_longest_text_prepare_accepts(tmp_path):
     longest = Split(["w" * MAX_TEXT_CHARS, "short"], [0, 1])
     write_split(tmp_path / "train.csv", longest)
     assert read_split(tmp_path / "train.csv") == longest
+
+
+# --- one preparation's files at a time ----------------------------------------------------------
+
+
+def two_inputs(tmp_path):
+    old = write_rows(tmp_path / "old.csv", ["text", "label"], [(f"old {i}", "ab"[i % 2]) for i in range(10)])
+    new = write_rows(tmp_path / "new.csv", ["text", "label"], [(f"new {i}", "xy"[i % 2]) for i in range(10)])
+    return old, new
+
+
+def paused_after_the_first_rename(monkeypatch):
+    """Make the next prepare stop after renaming its first file into place, until ``go`` is set."""
+    import threading
+
+    halfway, go, replace = threading.Event(), threading.Event(), os.replace
+
+    def replace_then_wait(source, target):
+        replace(source, target)
+        if Path(target).name == OUTPUT_NAMES[0] and not halfway.is_set():
+            halfway.set()
+            assert go.wait(30)
+
+    monkeypatch.setattr(os, "replace", replace_then_wait)
+    return halfway, go
+
+
+def in_thread(call):
+    import threading
+
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("result", call()), daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_reader_never_gets_files_of_two_preparations(tmp_path, monkeypatch):
+    """finetune reading the splits while a prepare renames them in: it waits, and reads the new set."""
+    from spamtune.examples import data_fingerprint, load_training_data
+
+    old, new = two_inputs(tmp_path)
+    out = tmp_path / "out"
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    halfway, go = paused_after_the_first_rename(monkeypatch)
+    writer, _ = in_thread(lambda: write_prepared(out, prepare_splits(read_labelled_texts(new))))
+    assert halfway.wait(30)  # train.csv is the new one, the other four still the old
+    reader, read = in_thread(lambda: load_training_data(out, 64, None))
+    reader.join(0.5)
+    assert reader.is_alive()  # waiting for the set being written
+    go.set()
+    writer.join(30)
+    reader.join(30)
+    assert read["result"].labels == {"x": 0, "y": 1} and read["result"].fingerprint == data_fingerprint(out)
+
+
+def test_two_prepares_at_once_leave_one_whole_set(tmp_path, monkeypatch):
+    old, new = two_inputs(tmp_path)
+    out, alone = tmp_path / "out", tmp_path / "alone"
+    assert run_prepare("--input", new, "--data-dir", alone).exit_code == 0
+    halfway, go = paused_after_the_first_rename(monkeypatch)
+    first, _ = in_thread(lambda: write_prepared(out, prepare_splits(read_labelled_texts(old))))
+    assert halfway.wait(30)
+    second, _ = in_thread(lambda: write_prepared(out, prepare_splits(read_labelled_texts(new))))
+    second.join(0.5)
+    assert second.is_alive()  # waits for the first set to be in place
+    go.set()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    assert file_bytes(out) == file_bytes(alone)  # the second set, whole: none of the first's files
+
+
+def test_a_reader_waits_for_a_prepare_only_so_long(tmp_path, monkeypatch):
+    from spamtune import split_lock
+
+    old, new = two_inputs(tmp_path)
+    out = tmp_path / "out"
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    monkeypatch.setattr(split_lock, "WAIT_SECONDS", 0.2)
+    with split_lock.reading_splits(out):  # a finetune reading the splits, for ever
+        result = run_prepare("--input", new, "--data-dir", out)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"Error: the prepared splits in {out} are still being read by another process after 0.2 s; try again when it is done\n"
+    assert read_label_map(out) == {"a": 0, "b": 1} and sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
+    with split_lock.replacing_splits(out):
+        finetune = CliRunner().invoke(app, ["finetune", "--data-dir", str(out), "--model", "tiny", "--weights", "random"])
+    assert finetune.exit_code == 1
+    assert finetune.stderr == f"Error: the prepared splits in {out} are still being written by `spamtune prepare` after 0.2 s; try again when it ends\n"
+
+
+def test_a_killed_prepares_temporaries_are_removed_by_the_next(tmp_path):
+    src, _ = two_inputs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not prepare's")
+    (out / ".train.csv.0badc0de.part").write_text("half a split")  # what a SIGKILL leaves
+    (out / ".labels.json.deadbeef.part").symlink_to(outside)  # planted: removed, never followed
+    kept = [out / ".train.csv.mine.part", out / ".notes.0badc0de.part"]  # not names prepare writes
+    for path in kept:
+        path.write_text("someone else's")
+    assert run_prepare("--input", src, "--data-dir", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUT_NAMES, *(p.name for p in kept)])
+    assert outside.read_text() == "not prepare's"
+
+
+def test_a_stale_temporary_that_cannot_be_removed_is_left_and_the_prepare_goes_on(tmp_path, monkeypatch):
+    src, _ = two_inputs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    stuck = out / ".test.csv.0badc0de.part"  # another user's, in a folder with the sticky bit
+    stuck.write_text("not ours to remove")
+    unlink = Path.unlink
+
+    def refuse_the_stuck_one(path, missing_ok=False):
+        if path == stuck:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse_the_stuck_one)
+    result = run_prepare("--input", src, "--data-dir", out)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUT_NAMES, stuck.name])

@@ -1,0 +1,81 @@
+"""One preparation's splits at a time: ``spamtune prepare`` writes and renames a data root's
+five files (``prepare.output_files``) holding an exclusive ``flock`` on the root folder, and the
+commands that read them (finetune, evaluate, calibrate) hold a shared one while they read.
+
+So a reader gets the files of one preparation, never the train split of one and the validation
+split of the next, and two prepares into one root replace the set one after the other: the set
+that stays is the last one written, whole. A lock on the folder itself needs no file in it (a
+read-only root can be locked for reading), and the kernel drops the lock of a killed process.
+Where the file system has no ``flock`` (Windows, some network file systems) nothing is locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from spamtune.errors import SpamtuneError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, nothing is locked
+    fcntl = None
+
+# How long one side waits for the other before saying so: a prepare holds the lock while it
+# writes the splits, a reader while it reads them, seconds at most for a large mail corpus.
+WAIT_SECONDS = 120.0
+_POLL_SECONDS = 0.05
+_NO_FLOCK = (errno.ENOLCK, errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP)
+
+
+@contextlib.contextmanager
+def replacing_splits(root: Path) -> Iterator[None]:
+    """Held while ``root``'s prepared files are written and renamed into place: no reader is
+    reading them meanwhile, and no other prepare writes its own."""
+    with _held(root, "LOCK_EX", f"the prepared splits in {root} are still being read by another process after {WAIT_SECONDS:g} s; try again when it is done"):
+        yield
+
+
+@contextlib.contextmanager
+def reading_splits(root: Path) -> Iterator[None]:
+    """Held while ``root``'s label map and splits are read (and fingerprinted): a prepare
+    replacing them waits for the read, and a read waits for the set being written."""
+    with _held(root, "LOCK_SH", f"the prepared splits in {root} are still being written by `spamtune prepare` after {WAIT_SECONDS:g} s; try again when it ends"):
+        yield
+
+
+@contextlib.contextmanager
+def _held(root: Path, how: str, busy: str) -> Iterator[None]:
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # no root (nothing to read, nothing read meanwhile), or not a folder: the reads and writes say so
+        yield
+        return
+    try:
+        _lock(fd, getattr(fcntl, how), root, busy)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock(fd: int, how: int, root: Path, busy: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise SpamtuneError(busy) from None
+            time.sleep(_POLL_SECONDS)
+        except OSError as exc:
+            if exc.errno in _NO_FLOCK:  # a file system without flock: unlocked, as everywhere then
+                return
+            raise SpamtuneError(f"cannot lock {root}: {exc.strerror or exc}") from None
