@@ -84,6 +84,13 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / SUMMARY_FILE).is_file() and not (run_dir / RESUME_DIR).is_dir()
 
 
+def has_trained(run_dir: Path) -> bool:
+    """Training in the run took steps: it left an evaluation, weights, a summary or a failure.
+    A run with none of them (killed before its first checkpoint) has nothing to lose."""
+    names = (METRICS_FILE, WEIGHTS_FILE, DELTA_FILE, SUMMARY_FILE, FAILURE_FILE)
+    return any((Path(run_dir) / name).is_file() for name in names)
+
+
 def new_run_dir(runs: Path, name: str) -> Path:
     """A fresh ``<runs>/<timestamp>-<name>``, never an existing folder."""
     base = runs / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -340,6 +341,15 @@ def resume_finetune(
                 setattr(options, name, str(Path(value).resolve()) if name == "data_dir" else value)
             elif getattr(options, name) != value:
                 raise OptionChanged(name, value, getattr(options, name), run_dir)
+        state = runs.resume_file(run_dir)
+        if not state.is_file() and runs.has_trained(run_dir):
+            # Training would start again at step 0 and write over the run's metrics and weights.
+            gone = "is not a file" if os.path.lexists(state) else "is missing"
+            raise SpamtuneError(
+                f"cannot resume {run_dir}: its resume state {state} {gone}, so the run "
+                f"cannot go on from where it stopped; start over in a new run with its settings: "
+                f"spamtune finetune --config {run_dir} --data-dir {options.data_dir}"
+            )
         if options.max_length is None:
             options.max_length = resolved["max_length"]
         from_file = {f.name for f in fields(FinetuneOptions)} - set(changed or {})  # the rest: given again as flags

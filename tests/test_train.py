@@ -614,6 +614,29 @@ def test_a_write_cut_short_leaves_nothing_after_resume(data_root):
     assert visible_files(run_dir) == sorted(runs.finished_run_files())
 
 
+def test_a_resume_without_its_resume_state_is_refused_not_started_again(data_root):
+    """A deleted resume state made --resume train from step 0 again, over the run's metrics."""
+    run_dir = data_root / "runs" / "lost"
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(tiny_options(data_root, eval_every=3), run_dir, on_event=lambda e: ctrl_c_if(isinstance(e, events.StepDone) and e.step == 8))
+    runs.resume_file(run_dir).unlink()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    result = invoke("finetune", "--resume", str(run_dir))
+    assert_one_line_error(result, f"cannot resume {run_dir}: its resume state {runs.resume_file(run_dir)} is missing", 1)
+    way_out = f"spamtune finetune --config {run_dir} --data-dir {data_root.resolve()}"
+    assert result.stderr.rstrip().endswith(f"start over in a new run with its settings: {way_out}")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    again = invoke(*way_out.split()[1:], "--run", str(data_root / "runs" / "again"))
+    assert again.exit_code == 0, again.stderr
+    runs.resume_file(run_dir).mkdir()  # something else in its place
+    assert_one_line_error(invoke("finetune", "--resume", str(run_dir)), f"its resume state {runs.resume_file(run_dir)} is not a file", 1)
+    runs.resume_file(run_dir).rmdir()
+    # A run killed before it took a step (no evaluation, no weights) has nothing to lose: it starts.
+    for name in (runs.METRICS_FILE, runs.DELTA_FILE, runs.CONFIG_FILE):
+        (run_dir / name).unlink()
+    assert invoke("finetune", "--resume", str(run_dir)).exit_code == 0 and runs.is_finished(run_dir)
+
+
 def test_a_run_trains_in_one_process_at_a_time(data_root):
     run_dir = interrupted_run(data_root, "twice")
     with runs.lock_run_dir(run_dir):  # as a second `finetune --resume` of the same run holds it
