@@ -328,6 +328,22 @@ def _check_same_data(folder: Path, names: list[str], root: Path, fingerprint: st
             )
 
 
+def _check_no_lost_state(folder: Path, names: list[str]) -> None:
+    """No run in the sweep's folder has trained yet lost its resume state: the sweep would take it
+    for one stopped before its first checkpoint, remove it and train it again from the start,
+    metrics and weights gone. One error before any run. A finished run has no resume state to
+    lose: the end of training removes it."""
+    for name in names:
+        run_dir = folder / name
+        if run_dir.is_symlink() or not run_dir.is_dir() or runs.resume_file(run_dir).is_file():
+            continue
+        if not (run_dir / runs.SUMMARY_FILE).is_file() and runs.has_trained(run_dir):
+            raise SpamtuneError(
+                f"{run_dir} has trained but its resume state {runs.resume_file(run_dir)} is missing, so this "
+                f"sweep can neither go on with it nor start it again; remove {run_dir} to train it from the start"
+            )
+
+
 def run_sweep(
     base,
     grid: dict[str, list],
@@ -376,6 +392,7 @@ def run_sweep(
         with reading_splits(root):  # not a fingerprint of files from two preparations
             fingerprint = data_fingerprint(root)
         _check_same_data(folder, names, root, fingerprint)
+        _check_no_lost_state(folder, names)
         return _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune)
 
 

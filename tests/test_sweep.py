@@ -453,3 +453,26 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_the_same_command_goes_on(tmp_p
     assert "finished runs are kept: run the same command again to go on" in stopped.stderr
     rows = {row["name"]: row["status"] for row in json.loads((out / SWEEP_FILE).read_text())["runs"]}
     assert rows == {"lr-0.001": "interrupted", "lr-0.002": "pending"}
+
+
+def test_a_run_that_trained_and_lost_its_resume_state_is_refused_not_removed(tmp_path):
+    """The sweep took such a run for one stopped before its first checkpoint: it removed it,
+    metrics and weights, and trained it again from step 0."""
+    from spamtune import runs
+
+    root = write_tiny_data(tmp_path)
+    base, grid = tiny_options(root, epochs=2, eval_every=3), {"lr": [1e-3, 3e-3]}
+
+    def stop_at_step_8(event):
+        if isinstance(event, train.StepDone) and event.step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(train.TrainingInterrupted):
+        run_sweep(base, grid, on_event=stop_at_step_8)
+    run_dir = root / "sweeps" / f"sweep-{sweep_id(base, grid)}" / "lr-0.001"
+    runs.resume_file(run_dir).unlink()
+    metrics = (run_dir / runs.METRICS_FILE).read_bytes()
+    started = []
+    with pytest.raises(SpamtuneError, match=f"^{run_dir} has trained but its resume state {runs.resume_file(run_dir)} is missing, .* remove {run_dir} to train it from the start$"):
+        run_sweep(base, grid, finetune=lambda *a: started.append(a))
+    assert started == [] and (run_dir / runs.METRICS_FILE).read_bytes() == metrics
