@@ -308,24 +308,56 @@ def _earlier_summary(run_dir: Path) -> dict:
     return summary
 
 
-def _check_same_data(folder: Path, names: list[str], root: Path, fingerprint: str) -> None:
+def _check_same_data(folder: Path, names: list[str], root: Path, fingerprint: str | None) -> None:
     """The runs already in the sweep's folder were trained on the data now prepared in ``root``:
     the sweep's name does not hash the data, so after a new ``spamtune prepare`` the same command
     finds the same folder, and would rank runs trained on the old splits as this sweep's (and
     fail the interrupted one, whose resume needs its own splits). One error before any run."""
     for name in names:
-        if (folder / name).is_symlink():  # in the way, said as such by the run; never followed
+        if fingerprint is None or (folder / name).is_symlink():  # in the way, said as such by the run; never followed
             continue
-        try:
-            resolved = runs.read_hparams(folder / name).get("resolved")
-        except (SpamtuneError, AttributeError):  # no run there yet, or not one this check can read
-            continue
-        recorded = resolved.get("data_fingerprint") if isinstance(resolved, dict) else None
-        if isinstance(recorded, str) and recorded != fingerprint:
+        recorded = _recorded_fingerprint(folder / name)
+        if recorded is not None and recorded != fingerprint:
             raise SpamtuneError(
                 f"{folder / name} was trained on other data than is now prepared in {root}; "
                 f"give this sweep another --out, or remove {folder} to run it again"
             )
+
+
+def _recorded_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of the splits a run trained on, as its ``hparams.json`` records it; None
+    where there is no run yet, or none this can read."""
+    try:
+        resolved = runs.read_hparams(run_dir).get("resolved")
+    except (SpamtuneError, AttributeError):
+        return None
+    recorded = resolved.get("data_fingerprint") if isinstance(resolved, dict) else None
+    return recorded if isinstance(recorded, str) else None
+
+
+def _current_fingerprint(root: Path) -> str | None:
+    """The fingerprint of the splits prepared in ``root`` now; None where one is missing (the
+    run that reads them says so)."""
+    from spamtune.examples import data_fingerprint
+    from spamtune.split_lock import reading_splits
+
+    try:
+        with reading_splits(root):  # not a fingerprint of files from two preparations
+            return data_fingerprint(root)
+    except OSError:
+        return None
+
+
+class DataChanged(SpamtuneError):
+    """The prepared splits changed while the sweep ran: its runs would not be comparable."""
+
+    def __init__(self, root: Path, run_dir: Path, trained: bool):
+        advice = f"remove {run_dir}, " if trained else ""
+        super().__init__(
+            f"the prepared splits in {root} changed while this sweep ran, so {run_dir} "
+            f"{'trained' if trained else 'would train'} on other data than the runs before it; {advice}"
+            "prepare them as before and run the same command to go on, or give the sweep another --out"
+        )
 
 
 def _check_no_lost_state(folder: Path, names: list[str]) -> None:
@@ -362,9 +394,8 @@ def run_sweep(
     writing ``sweep.json`` (the interrupted run resumes next time).
     """
     from spamtune import train
-    from spamtune.examples import data_fingerprint, prepared_data
+    from spamtune.examples import prepared_data
     from spamtune.options import validate_options
-    from spamtune.split_lock import reading_splits
 
     finetune = finetune or train.finetune
     resume_finetune = resume_finetune or train.resume_finetune
@@ -389,15 +420,16 @@ def run_sweep(
     # Two processes on one sweep would each find the other's run locked, mark it failed, and the
     # last to write sweep.json would rank a finished run as failed.
     with runs.hold_folder(folder, SweepInUse, "the sweep folder"):
-        with reading_splits(root):  # not a fingerprint of files from two preparations
-            fingerprint = data_fingerprint(root)
+        fingerprint = _current_fingerprint(root)
         _check_same_data(folder, names, root, fingerprint)
         _check_no_lost_state(folder, names)
-        return _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune)
+        return _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune, fingerprint)
 
 
-def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune) -> SweepResult:
-    """``run_sweep``'s runs, one after the other, in the folder this process holds."""
+def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune, fingerprint) -> SweepResult:
+    """``run_sweep``'s runs, one after the other, in the folder this process holds, every one on
+    the splits whose ``fingerprint`` the sweep started with (a prepare meanwhile stops it)."""
+    root = Path(base.data_dir)
     from spamtune.events import TrainingStopped
 
     rows: list[dict] = []
@@ -439,6 +471,9 @@ def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetu
             if not _started_run(run_dir):
                 raise in_the_way
             shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
+        if _current_fingerprint(root) not in (None, fingerprint):
+            save()
+            raise DataChanged(root, run_dir, trained=False)
         emit(SweepRunStarted(index, len(combos), name, overrides, resumable))
         tick = time.perf_counter()
         try:
@@ -462,5 +497,7 @@ def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetu
             row = _row(name, overrides, run_dir, "failed", {"wall_time_s": round(time.perf_counter() - tick, 3)}, str(exc))
         rows.append(row)
         save()
+        if _recorded_fingerprint(run_dir) not in (None, fingerprint):  # a prepare as the run read the splits
+            raise DataChanged(root, run_dir, trained=True)
         emit(SweepRunFinished(index, len(combos), row, skipped=False))
     return result

@@ -476,3 +476,43 @@ def test_a_run_that_trained_and_lost_its_resume_state_is_refused_not_removed(tmp
     with pytest.raises(SpamtuneError, match=f"^{run_dir} has trained but its resume state {runs.resume_file(run_dir)} is missing, .* remove {run_dir} to train it from the start$"):
         run_sweep(base, grid, finetune=lambda *a: started.append(a))
     assert started == [] and (run_dir / runs.METRICS_FILE).read_bytes() == metrics
+
+
+def test_a_prepare_while_the_sweep_runs_stops_it_before_its_runs_train_on_other_data(tmp_path):
+    """Runs trained on two preparations were ranked together as one sweep's."""
+    from helpers import tiny_split
+
+    from spamtune.data import write_split
+    from spamtune.sweep import SweepRunFinished
+
+    root = write_tiny_data(tmp_path / "root")
+    base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3, 3e-3]}
+    started = []
+
+    def prepare_after_the_first(event):
+        if isinstance(event, SweepRunFinished) and event.index == 1:
+            write_split(root / "train.csv", tiny_split(40, 7))  # `spamtune prepare` from another shell
+
+    with pytest.raises(SpamtuneError, match=r"^the prepared splits in .* changed while this sweep ran, so .*lr-0\.002 would train on other data than the runs before it; prepare them as before and run the same command to go on, or give the sweep another --out$"):
+        run_sweep(base, grid, on_event=prepare_after_the_first, finetune=lambda *a: started.append(a) or fake_finetune(*a))
+    assert len(started) == 1
+
+
+def test_a_prepare_as_a_sweep_run_starts_is_caught_once_the_run_ends(tmp_path):
+    from helpers import tiny_split
+
+    from spamtune.data import write_split
+
+    root = write_tiny_data(tmp_path / "root")
+    base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3, 3e-3]}
+    started = []
+
+    def prepared_anew_as_the_second_starts(options, run_dir, on_event=None):
+        started.append(run_dir)
+        if len(started) == 2:  # after the sweep looked, before the run read the splits
+            write_split(root / "train.csv", tiny_split(40, 7))
+        return train.finetune(options, run_dir, on_event)
+
+    with pytest.raises(SpamtuneError, match=r"so .*lr-0\.002 trained on other data than the runs before it; remove .*lr-0\.002, prepare"):
+        run_sweep(base, grid, finetune=prepared_anew_as_the_second_starts)
+    assert len(started) == 2
