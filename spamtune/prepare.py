@@ -40,7 +40,7 @@ from spamtune.interrupts import interrupts_deferred
 from spamtune.lines import normalise_line_ends
 from spamtune.mail import UNREADABLE_LABEL, MailSource, Unreadable, extract, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
-from spamtune.split_lock import replacing_splits
+from spamtune.split_lock import RENAMING_MARK, renaming, replacing_splits
 from spamtune.tokenizer import encode_texts
 
 INPUT_FORMATS = ("tsv", "csv", "jsonl")
@@ -934,7 +934,7 @@ def write_prepared(root: str | Path, prepared: PreparedSplits) -> list[Path]:
     except OSError as exc:
         raise write_error(targets[0], NotADirectoryError(errno.ENOTDIR, "not a folder") if root.exists() else exc) from None
     with replacing_splits(root):
-        for target in targets:  # no live prepare writes them now: only a killed one's are left
+        for target in [*targets, root / RENAMING_MARK]:  # no live prepare writes them now: only a killed one's are left
             remove_temporaries_of(target)
         _write_and_rename(targets, prepared)
     return targets
@@ -956,5 +956,5 @@ def _write_and_rename(targets: list[Path], prepared: PreparedSplits) -> None:
                 write(tmp)
             except OSError as exc:
                 raise write_error(target, exc) from None
-        with interrupts_deferred():  # a Ctrl-C between two renames would leave a mixed set too
+        with interrupts_deferred(), renaming(targets[0].parent):  # a Ctrl-C between two renames would leave a mixed set too
             renames.close()

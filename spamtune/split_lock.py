@@ -7,6 +7,10 @@ split of the next, and two prepares into one root replace the set one after the 
 that stays is the last one written, whole. A lock on the folder itself needs no file in it (a
 read-only root can be locked for reading), and the kernel drops the lock of a killed process.
 Where the file system has no ``flock`` (Windows, some network file systems) nothing is locked.
+
+A lock does not outlive a prepare killed (or failing) among its five renames, which leaves a set
+mixed from two preparations: ``renaming`` marks the root for that time, and a reader that finds
+the mark with no prepare at work refuses the splits.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError
+from spamtune.fsutil import atomic_write_bytes
 
 try:
     import fcntl
@@ -45,7 +50,26 @@ def reading_splits(root: Path) -> Iterator[None]:
     """Held while ``root``'s label map and splits are read (and fingerprinted): a prepare
     replacing them waits for the read, and a read waits for the set being written."""
     with _held(root, "LOCK_SH", f"the prepared splits in {root} are still being written by `spamtune prepare` after {WAIT_SECONDS:g} s; try again when it ends"):
+        if os.path.lexists(root / RENAMING_MARK):  # no prepare is renaming now: one was stopped doing so
+            raise SpamtuneError(
+                f"the prepared splits in {root} may be from two preparations: a `spamtune prepare` was stopped "
+                "while it renamed its files into place; run it again"
+            )
         yield
+
+
+# Present in a data root only while a prepare renames its files into place.
+RENAMING_MARK = ".prepare-renaming"
+
+
+@contextlib.contextmanager
+def renaming(root: Path) -> Iterator[None]:
+    """Mark ``root`` while a prepare renames its files into place (holding ``replacing_splits``);
+    the mark goes only once every rename is done, so a prepare killed or failing among them leaves
+    it for ``reading_splits`` to find."""
+    atomic_write_bytes(root / RENAMING_MARK, b"")  # never through a link planted under its name
+    yield
+    (root / RENAMING_MARK).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -614,17 +614,20 @@ def two_inputs(tmp_path):
     return old, new
 
 
-def paused_after_the_first_rename(monkeypatch):
-    """Make the next prepare stop after renaming its first file into place, until ``go`` is set."""
+def paused_among_the_renames(monkeypatch):
+    """Make the next prepare stop once it has renamed three of its five files into place
+    (prepare.json, labels.json, test.csv: the last first), until ``go`` is set."""
     import threading
 
-    halfway, go, replace = threading.Event(), threading.Event(), os.replace
+    halfway, go, replace, renamed = threading.Event(), threading.Event(), os.replace, []
 
     def replace_then_wait(source, target):
         replace(source, target)
-        if Path(target).name == OUTPUT_NAMES[0] and not halfway.is_set():
-            halfway.set()
-            assert go.wait(30)
+        if Path(target).name in OUTPUT_NAMES and not halfway.is_set():
+            renamed.append(target)
+            if len(renamed) == 3:
+                halfway.set()
+                assert go.wait(30)
 
     monkeypatch.setattr(os, "replace", replace_then_wait)
     return halfway, go
@@ -634,7 +637,14 @@ def in_thread(call):
     import threading
 
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("result", call()), daemon=True)
+
+    def run():
+        try:
+            outcome["result"] = call()
+        except Exception as exc:  # noqa: BLE001 - said by the test's assertion
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, outcome
 
@@ -646,33 +656,36 @@ def test_a_reader_never_gets_files_of_two_preparations(tmp_path, monkeypatch):
     old, new = two_inputs(tmp_path)
     out = tmp_path / "out"
     assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
-    halfway, go = paused_after_the_first_rename(monkeypatch)
+    halfway, go = paused_among_the_renames(monkeypatch)
     writer, _ = in_thread(lambda: write_prepared(out, prepare_splits(read_labelled_texts(new))))
-    assert halfway.wait(30)  # train.csv is the new one, the other four still the old
+    assert halfway.wait(30)  # labels.json and test.csv are the new ones, train.csv still the old
     reader, read = in_thread(lambda: load_training_data(out, 64, None))
     reader.join(0.5)
-    assert reader.is_alive()  # waiting for the set being written
+    waited = reader.is_alive()
     go.set()
     writer.join(30)
     reader.join(30)
+    assert "error" not in read, read["error"]
     assert read["result"].labels == {"x": 0, "y": 1} and read["result"].fingerprint == data_fingerprint(out)
+    assert waited  # for the set being written
 
 
 def test_two_prepares_at_once_leave_one_whole_set(tmp_path, monkeypatch):
     old, new = two_inputs(tmp_path)
     out, alone = tmp_path / "out", tmp_path / "alone"
     assert run_prepare("--input", new, "--data-dir", alone).exit_code == 0
-    halfway, go = paused_after_the_first_rename(monkeypatch)
+    halfway, go = paused_among_the_renames(monkeypatch)
     first, _ = in_thread(lambda: write_prepared(out, prepare_splits(read_labelled_texts(old))))
     assert halfway.wait(30)
     second, _ = in_thread(lambda: write_prepared(out, prepare_splits(read_labelled_texts(new))))
     second.join(0.5)
-    assert second.is_alive()  # waits for the first set to be in place
+    waited = second.is_alive()
     go.set()
     first.join(30)
     second.join(30)
     assert not first.is_alive() and not second.is_alive()
     assert file_bytes(out) == file_bytes(alone)  # the second set, whole: none of the first's files
+    assert waited  # for the first set to be in place
 
 
 def test_a_reader_waits_for_a_prepare_only_so_long(tmp_path, monkeypatch):
@@ -726,3 +739,40 @@ def test_a_stale_temporary_that_cannot_be_removed_is_left_and_the_prepare_goes_o
     result = run_prepare("--input", src, "--data-dir", out)
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUT_NAMES, stuck.name])
+
+
+def test_a_prepare_killed_among_its_renames_leaves_splits_no_reader_takes(tmp_path):
+    """A SIGKILL (or a power cut) between two renames leaves files of two preparations: no lock
+    outlives it, so the root keeps a mark that readers refuse until a prepare completes."""
+    import subprocess
+    import sys
+
+    from spamtune.errors import SpamtuneError
+    from spamtune.examples import load_training_data
+
+    old, new = two_inputs(tmp_path)
+    out = tmp_path / "out"
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    killed_among_the_renames = (
+        "import os, signal, sys\n"
+        "replace = os.replace\n"
+        "def replace_then_die(source, target):\n"
+        "    replace(source, target)\n"
+        "    if os.path.basename(target) == 'labels.json':  # renamed after prepare.json, before the splits\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.replace = replace_then_die\n"
+        "from spamtune.entry import main\n"
+        "sys.argv = ['spamtune', 'prepare', '--input', sys.argv[1], '--data-dir', sys.argv[2]]\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    ended = subprocess.run([sys.executable, "-c", killed_among_the_renames, str(new), str(out)], capture_output=True, env=env, timeout=60)
+    assert ended.returncode == -9
+    assert read_label_map(out) == {"x": 0, "y": 1} and "old 0" in (out / "train.csv").read_text()  # two sets
+    with pytest.raises(SpamtuneError, match=f"^the prepared splits in {out} may be from two preparations: a `spamtune prepare` was stopped while it renamed"):
+        load_training_data(out, 64, None)
+    finetune = CliRunner().invoke(app, ["finetune", "--data-dir", str(out), "--model", "tiny", "--weights", "random"])
+    assert finetune.exit_code == 1 and "may be from two preparations" in finetune.stderr
+    assert run_prepare("--input", new, "--data-dir", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
+    assert load_training_data(out, 64, None).labels == {"x": 0, "y": 1}
