@@ -277,14 +277,16 @@ def evaluate_run(
     root = run_data_root(run_dir, data_dir)
     warnings: list[str] = []
     baseline_train = None
+    wants_train = baseline and World.current().is_main  # only rank 0 reports the baseline
     if input_file is not None:
         parts = {"input": read_labelled_file(input_file, cfg)}
-    with reading_splits(root):  # what is checked and scored are the files of one preparation
-        if input_file is None:
-            warnings = check_data_fingerprint(run_dir, root, force)
-            parts = read_splits(root, split, cfg)
-        if baseline and World.current().is_main:  # only rank 0 reports it
-            baseline_train = read_splits(root, "train", cfg)["train"]
+    if input_file is None or wants_train:
+        with reading_splits(root):  # what is checked and scored are the files of one preparation
+            if input_file is None:
+                warnings = check_data_fingerprint(run_dir, root, force)
+                parts = read_splits(root, split, cfg)
+            if wants_train:
+                baseline_train = read_splits(root, "train", cfg)["train"]
 
     from spamtune.prepare import mail_inputs
 

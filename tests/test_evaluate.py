@@ -114,6 +114,25 @@ def test_all_splits_and_a_labelled_file(run, tmp_path):
     assert by_file["confusion_matrix"] == json.loads(evaluate(str(run_dir), "--format", "json").stdout)["confusion_matrix"]
 
 
+def test_splits_a_killed_prepare_left_mixed_are_refused_and_a_labelled_file_still_scored(run, tmp_path):
+    from spamtune.split_lock import RENAMING_MARK
+
+    root, run_dir, summary = run
+    (root / RENAMING_MARK).write_bytes(b"")  # what a prepare killed among its renames leaves
+    try:
+        refused = evaluate(str(run_dir))
+        assert refused.exit_code == 1 and refused.stdout == ""
+        assert refused.stderr == f"Error: the prepared splits in {root} may be from two preparations: a `spamtune prepare` was stopped while it renamed its files into place; run it again\n"
+        test = tiny_split(10, 50)
+        file = tmp_path / "labelled.jsonl"
+        file.write_text("".join(json.dumps({"text": t, "label": ["ham", "spam"][y]}) + "\n" for t, y in zip(test.texts, test.labels)))
+        scored = evaluate(str(run_dir), "--input", str(file), "--format", "json")
+        assert scored.exit_code == 0, scored.stderr
+        assert json.loads(scored.stdout)["accuracy"] == summary["test_accuracy"]
+    finally:
+        (root / RENAMING_MARK).unlink()
+
+
 def test_tables_on_stderr_and_the_baseline(run):
     _, run_dir, summary = run
     result = evaluate(str(run_dir), "--baseline")
