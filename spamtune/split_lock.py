@@ -19,10 +19,11 @@ import contextlib
 import errno
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from spamtune.errors import SpamtuneError
+from spamtune.errors import SpamtuneError, SpamtuneWarning
 from spamtune.fsutil import atomic_write_bytes
 
 try:
@@ -33,6 +34,7 @@ except ImportError:  # Windows: no flock, nothing is locked
 # How long one side waits for the other before saying so: a prepare holds the lock while it
 # writes the splits, a reader while it reads them (0.9 s each for 223,000 texts, 20 MB).
 WAIT_SECONDS = 120.0
+NOTICE_SECONDS = 1.0  # and how long before it says that it waits
 _POLL_SECONDS = 0.05
 _NO_FLOCK = (errno.ENOLCK, errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP)
 # Present in a data root only while a prepare renames its files into place.
@@ -43,7 +45,9 @@ RENAMING_MARK = ".prepare-renaming"
 def replacing_splits(root: Path) -> Iterator[None]:
     """Held while ``root``'s prepared files are written and renamed into place: no reader is
     reading them meanwhile, and no other prepare writes its own."""
-    with _held(root, "LOCK_EX", f"the prepared splits in {root} are still being read by another process after {WAIT_SECONDS:g} s; try again when it is done"):
+    waiting = f"waiting for another process to finish reading the prepared splits in {root}"
+    busy = f"the prepared splits in {root} are still being read by another process after {WAIT_SECONDS:g} s; try again when it is done"
+    with _held(root, "LOCK_EX", waiting, busy):
         yield
 
 
@@ -51,7 +55,9 @@ def replacing_splits(root: Path) -> Iterator[None]:
 def reading_splits(root: Path) -> Iterator[None]:
     """Held while ``root``'s label map and splits are read (and fingerprinted): a prepare
     replacing them waits for the read, and a read waits for the set being written."""
-    with _held(root, "LOCK_SH", f"the prepared splits in {root} are still being written by `spamtune prepare` after {WAIT_SECONDS:g} s; try again when it ends"):
+    waiting = f"waiting for `spamtune prepare` to finish writing the prepared splits in {root}"
+    busy = f"the prepared splits in {root} are still being written by `spamtune prepare` after {WAIT_SECONDS:g} s; try again when it ends"
+    with _held(root, "LOCK_SH", waiting, busy):
         if os.path.lexists(root / RENAMING_MARK):  # no prepare is renaming now: one was stopped doing so
             raise SpamtuneError(
                 f"the prepared splits in {root} may be from two preparations: a `spamtune prepare` was stopped "
@@ -71,7 +77,7 @@ def renaming(root: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _held(root: Path, how: str, busy: str) -> Iterator[None]:
+def _held(root: Path, how: str, waiting: str, busy: str) -> Iterator[None]:
     if fcntl is None:
         yield
         return
@@ -81,21 +87,28 @@ def _held(root: Path, how: str, busy: str) -> Iterator[None]:
         yield
         return
     try:
-        _lock(fd, getattr(fcntl, how), root, busy)
+        _lock(fd, getattr(fcntl, how), root, waiting, busy)
         yield
     finally:
         os.close(fd)
 
 
-def _lock(fd: int, how: int, root: Path, busy: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
+def _lock(fd: int, how: int, root: Path, waiting: str, busy: str) -> None:
+    """The lock, once the other side lets go; ``waiting`` said (a ``SpamtuneWarning``) once the
+    wait is long enough to look like a hang, ``busy`` raised once it is too long."""
+    started = time.monotonic()
+    said = False
     while True:
         try:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            if time.monotonic() >= deadline:
+            waited = time.monotonic() - started
+            if waited >= WAIT_SECONDS:
                 raise SpamtuneError(busy) from None
+            if waited >= NOTICE_SECONDS and not said:
+                warnings.warn(waiting, SpamtuneWarning)
+                said = True
             time.sleep(_POLL_SECONDS)
         except OSError as exc:
             if exc.errno in _NO_FLOCK:  # a file system without flock: unlocked, as everywhere then

@@ -688,22 +688,29 @@ def test_two_prepares_at_once_leave_one_whole_set(tmp_path, monkeypatch):
     assert waited  # for the first set to be in place
 
 
-def test_a_reader_waits_for_a_prepare_only_so_long(tmp_path, monkeypatch):
+def test_a_wait_for_the_other_side_is_said_and_bounded(tmp_path, monkeypatch):
     from spamtune import split_lock
 
     old, new = two_inputs(tmp_path)
     out = tmp_path / "out"
     assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
-    monkeypatch.setattr(split_lock, "WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(split_lock, "WAIT_SECONDS", 0.4)
+    monkeypatch.setattr(split_lock, "NOTICE_SECONDS", 0.1)
     with split_lock.reading_splits(out):  # a finetune reading the splits, for ever
         result = run_prepare("--input", new, "--data-dir", out)
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr == f"Error: the prepared splits in {out} are still being read by another process after 0.2 s; try again when it is done\n"
+    assert result.stderr.splitlines() == [
+        f"WARNING: waiting for another process to finish reading the prepared splits in {out}",
+        f"Error: the prepared splits in {out} are still being read by another process after 0.4 s; try again when it is done",
+    ]
     assert read_label_map(out) == {"a": 0, "b": 1} and sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
     with split_lock.replacing_splits(out):
         finetune = CliRunner().invoke(app, ["finetune", "--data-dir", str(out), "--model", "tiny", "--weights", "random"])
     assert finetune.exit_code == 1
-    assert finetune.stderr == f"Error: the prepared splits in {out} are still being written by `spamtune prepare` after 0.2 s; try again when it ends\n"
+    assert finetune.stderr.splitlines() == [
+        f"WARNING: waiting for `spamtune prepare` to finish writing the prepared splits in {out}",
+        f"Error: the prepared splits in {out} are still being written by `spamtune prepare` after 0.4 s; try again when it ends",
+    ]
 
 
 def test_a_killed_prepares_temporaries_are_removed_by_the_next(tmp_path):
