@@ -153,10 +153,10 @@ def model_logits(
 
     if long in (None, "head"):
         return logits_of(encode_texts(texts, cfg.max_length))
-    from spamtune.long_messages import long_logits
+    from spamtune.long_messages import deciding_windows
 
     window = min(cfg.max_length, cfg.model.context_length)
-    return long_logits(encode_texts(texts), window, long, cfg.labels[cfg.positive_label], logits_of)
+    return deciding_windows(encode_texts(texts), window, long, cfg.labels[cfg.positive_label], logits_of)[0]
 
 
 def baseline_reports(train: Split, parts: dict[str, Split], label_names: list[str]) -> dict:

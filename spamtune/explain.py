@@ -14,14 +14,22 @@ It was chosen because it is
 * cheap for messages: the variants (one per word) go through the model as one batch of
   forward passes, in inference mode, with the same fast path, batching and precision as
   prediction. Long texts are occluded in at most ``MAX_UNITS`` runs of adjacent words, so the
-  cost is bounded by ``MAX_UNITS + 1`` forward passes whatever the length;
+  cost is bounded by ``MAX_UNITS + 1`` forward passes whatever the length (plus one per window
+  that ``--long`` reads, to find the one that decides);
 * checked: ``deletion_test`` removes each message's top-k spam words at once, and k random
   words, and compares the fall of the spam probability (figures in the README).
+
+**What is explained: the window that decided.** A message longer than the run's window is
+read the ``--long`` way (``spamtune.long_messages``): its head, its head and tail, or chunks of
+which the most spam-like decides. The explanation occludes the words of that deciding window
+only (the verdict's probability is that window's), and says which it is: ``Explanation.window``,
+the window's character and token ranges in the message.
 
 Spans are reported as exact character offsets into the original string: ``text[start:end]
 == span.text`` for ASCII, emoji and any other script, because the offsets come from the
 tokens' UTF-8 bytes, counted back into characters. Words are runs of non-space characters, so
-``WIN!!`` (two tokens) or a two-token emoji is one span.
+``WIN!!`` (two tokens) or a two-token emoji is one span; a word cut by the window's edge is the
+part of it that the window reads (what occluding its tokens removes).
 
 Nothing here prints.
 """
@@ -38,14 +46,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spamtune.tokenizer import EOT_ID, get_tokenizer
+from spamtune.long_messages import TokenRanges, deciding_windows, window_ids
+from spamtune.options import TEXT_LONG
+from spamtune.tokenizer import EOT_ID, encode_texts, get_tokenizer
 
 DEFAULT_TOP_K = 5
 # Most occlusion variants per message: a word each up to this many words, runs of adjacent
 # words beyond. SMS messages (median 15 words) are always explained word by word.
 MAX_UNITS = 64
 _WORD = re.compile(r"\S+")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -63,10 +73,37 @@ class Span:
 
 
 @dataclass(frozen=True)
+class WindowPart:
+    """A stretch of the message that the explained window reads: characters ``[start, end)`` of the
+    message, tokens ``[token_start, token_end)`` of its encoding (an empty message is read as one
+    end-of-text token: characters 0-0, tokens 0-1)."""
+
+    start: int
+    end: int
+    token_start: int
+    token_end: int
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "end": self.end, "token_start": self.token_start, "token_end": self.token_end}
+
+
+@dataclass(frozen=True)
 class Explanation:
     text: str
-    p_spam: float  # calibrated, of the message as classified (truncated to the run's max length)
+    p_spam: float  # calibrated: the verdict's, which is that of the window explained
     words: tuple[Span, ...]  # every scored span, in text order
+    # What the model read to decide: one part (the message, its head, the deciding chunk), or
+    # two for head-tail (its head and its tail), in text order.
+    window: tuple[WindowPart, ...] = ()
+
+    @property
+    def reads_whole_text(self) -> bool:
+        """Whether the window explained reaches every character of the message."""
+        return len(self.window) == 1 and self.window[0].start == 0 and self.window[0].end == len(self.text)
+
+    def window_list(self) -> list[dict]:
+        """The JSON form of ``window``: ``[{"start", "end", "token_start", "token_end"}, ...]``."""
+        return [part.to_dict() for part in self.window]
 
     def towards_spam(self, k: int = DEFAULT_TOP_K) -> list[Span]:
         """The ``k`` spans with the largest positive scores, strongest first."""
@@ -93,43 +130,123 @@ def _count(k: int) -> int:
 # --------------------------------------------------------------------------- offsets
 
 
-def _tokenizable(text: str) -> str:
-    """``text`` with each lone surrogate replaced by U+FFFD (one character for one, so every
-    offset into it is an offset into ``text``): UTF-8 cannot encode them."""
-    return _LONE_SURROGATE.sub("\ufffd", text)
+class _CharsOfBytes:
+    """The character of ``text`` that each byte of its UTF-8 encoding belongs to, the encoding
+    being the tokenizer's (``encode_texts``): a surrogate pair (which only a Python string can
+    hold) is the one character it stands for, a lone surrogate U+FFFD."""
+
+    def __init__(self, text: str):
+        self.length = len(text)
+        self._starts: list[int] | None = None
+        if _SURROGATE.search(text):
+            self._by_character(text)
+            return
+        data = text.encode("utf-8")
+        self.size = len(data)
+        # A character starts at each byte that is not a continuation byte (10xxxxxx): counted in
+        # one pass over the bytes rather than character by character (a line is up to a MiB).
+        leading = (torch.frombuffer(bytearray(data), dtype=torch.uint8) & 0xC0) != 0x80 if data else torch.zeros(0, dtype=torch.bool)
+        self._char = leading.cumsum(0) - 1
+
+    def _by_character(self, text: str) -> None:
+        starts, ends, i = [], [], 0
+        while i < len(text):
+            char = text[i]
+            if "\ud800" <= char <= "\udbff" and i + 1 < len(text) and "\udc00" <= text[i + 1] <= "\udfff":
+                width, size = 2, 4  # the tokenizer reads the pair as the character it encodes
+            else:
+                width, size = 1, len(_SURROGATE.sub("\ufffd", char).encode("utf-8"))
+            starts += [i] * size
+            ends += [i + width] * size
+            i += width
+        self._starts, self._ends, self.size = starts, ends, len(starts)
+
+    def spans(self, offsets: Sequence[int]) -> list[tuple[int, int]]:
+        """``(start, end)`` characters of the byte ranges between consecutive ``offsets`` (each
+        range is given every character it touches)."""
+        if len(offsets) < 2:
+            return []
+        first, last = offsets[0], offsets[-1]
+        if last > self.size:
+            raise ValueError("the tokens are not an encoding of this text")
+        if self._starts is None:
+            starts = self._char[first:last].tolist()
+            ends = [c + 1 for c in starts]
+        else:
+            starts, ends = self._starts[first:last], self._ends[first:last]
+        spans = []
+        for a, b in zip(offsets, offsets[1:]):
+            if b > a:
+                spans.append((starts[a - first], ends[b - 1 - first]))
+            else:  # a token of no bytes (GPT-2 has none) sits between two characters
+                at = starts[a - first] if a < last else self.length
+                spans.append((at, at))
+        return spans
+
+
+def _byte_offsets(token_ids: Sequence[int]) -> list[int]:
+    """Where each token starts in the bytes the tokens encode, and where the last one ends."""
+    enc = get_tokenizer()
+    offsets = [0]
+    for token in token_ids:
+        offsets.append(offsets[-1] + len(enc.decode_single_token_bytes(token)))
+    return offsets
 
 
 def token_char_spans(text: str, token_ids: Sequence[int]) -> list[tuple[int, int]]:
-    """``(start, end)`` character offsets in ``text`` of each token of its encoding.
+    """``(start, end)`` character offsets in ``text`` of each token of its encoding (or of the
+    first tokens of it).
 
     Tokens are byte sequences: a token may hold part of a character (an emoji is often two
     tokens). Such a token is given the whole character it touches, so its span is never empty
     and never cuts a character in two.
     """
-    data = _tokenizable(text).encode("utf-8")
-    char_of_byte = []
-    for index, char in enumerate(text):
-        char_of_byte += [index] * len(_tokenizable(char).encode("utf-8"))
-    enc = get_tokenizer()
-    spans, offset = [], 0
-    for token in token_ids:
-        size = len(enc.decode_single_token_bytes(token))
-        if offset + size > len(data):
-            raise ValueError("the tokens are not an encoding of this text")
-        spans.append((char_of_byte[offset], char_of_byte[offset + size - 1] + 1) if size else (len(text), len(text)))
-        offset += size
-    return spans
+    return _CharsOfBytes(text).spans(_byte_offsets(token_ids))
+
+
+def window_token_spans(text: str, token_ids: Sequence[int], ranges: TokenRanges) -> tuple[list[tuple[int, int]], tuple[WindowPart, ...]]:
+    """The character spans of the tokens a window reads (``ranges`` of ``token_ids``, the text's
+    whole encoding), in the window's order, and the window's parts in characters and tokens."""
+    chars, offsets = _CharsOfBytes(text), _byte_offsets(token_ids)
+    if offsets[-1] != chars.size:
+        raise ValueError("the tokens are not an encoding of this text")
+    spans, parts = [], []
+    for start, end in ranges:
+        if end > start:
+            part = chars.spans(offsets[start : end + 1])
+            spans += part
+            parts.append(WindowPart(part[0][0], part[-1][1], start, end))
+    return spans, tuple(parts)
+
+
+def _covered(token_spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The stretches of characters the token spans (in text order) cover without a gap."""
+    stretches: list[tuple[int, int]] = []
+    for start, end in token_spans:
+        if stretches and start <= stretches[-1][1]:
+            stretches[-1] = (stretches[-1][0], max(end, stretches[-1][1]))
+        else:
+            stretches.append((start, end))
+    return stretches
 
 
 def word_spans(text: str, token_spans: Sequence[tuple[int, int]], max_units: int = MAX_UNITS) -> list[tuple[int, int, list[int]]]:
-    """``(start, end, token indices)`` of each word the tokens reach, in text order; past
-    ``max_units`` words, runs of adjacent words (as even as possible) so there are ``max_units``.
-    Words beyond the tokens (cut by the run's max length) are left out."""
-    words = []
-    for match in _WORD.finditer(text):
-        start, end = match.span()
-        tokens = [i for i, (a, b) in enumerate(token_spans) if a < end and b > start]
-        if tokens:
+    """``(start, end, token indices)`` of each word the tokens (their character spans, in text
+    order) read, in text order; past ``max_units`` words, runs of adjacent words (as even as
+    possible) so there are ``max_units``. A word is cut to the characters the tokens cover: words
+    beyond them (cut by the run's max length, outside a window) are left out, and a word across
+    a window's edge is its part inside. Linear in the characters and tokens covered."""
+    words, first = [], 0
+    for stretch_start, stretch_end in _covered(token_spans):
+        for match in _WORD.finditer(text, stretch_start, stretch_end):
+            start, end = match.span()
+            while first < len(token_spans) and token_spans[first][1] <= start:
+                first += 1
+            tokens, i = [], first
+            while i < len(token_spans) and token_spans[i][0] < end:
+                if token_spans[i][1] > start:
+                    tokens.append(i)
+                i += 1
             words.append((start, end, tokens))
     if len(words) <= max_units:
         return words
@@ -155,28 +272,56 @@ def explain_texts(
     max_length: int,
     temperature: float = 1.0,
     max_units: int = MAX_UNITS,
+    long: str = TEXT_LONG,
 ) -> list[Explanation]:
     """One ``Explanation`` per text (in order). ``logits_of`` maps token lists to class logits
-    ``[n, C]`` (the classifier's batched forward pass); texts are tokenised and cut to
-    ``max_length`` tokens as prediction does, and every variant of every text goes through
-    ``logits_of`` in one call."""
-    enc = get_tokenizer()
-    token_lists = [enc.encode_ordinary(_tokenizable(t))[:max_length] or [EOT_ID] for t in texts]
+    ``[n, C]`` (the classifier's batched forward pass); texts are tokenised and read the ``long``
+    way as prediction reads them (``--long``, by default their first ``max_length`` tokens), and
+    each is explained in the window that decides its verdict (``explain_windows``)."""
+    token_lists = encode_texts(texts)
+    verdicts, windows = deciding_windows(token_lists, max_length, long, positive_index, logits_of)
+    return explain_windows(
+        texts, token_lists, windows, verdicts, logits_of, positive_index=positive_index, temperature=temperature, max_units=max_units
+    )
+
+
+def explain_windows(
+    texts: Sequence[str],
+    token_lists: Sequence[Sequence[int]],
+    windows: Sequence[TokenRanges],
+    verdict_logits: torch.Tensor,
+    logits_of: Callable[[list[list[int]]], torch.Tensor],
+    *,
+    positive_index: int,
+    temperature: float = 1.0,
+    max_units: int = MAX_UNITS,
+) -> list[Explanation]:
+    """One ``Explanation`` per text, of the words of its window: ``token_lists`` are the texts'
+    encodings (``encode_texts``: an empty text is one end-of-text token), ``windows`` the token
+    ranges each window reads and ``verdict_logits`` ``[n, C]`` the logits that decided each verdict
+    (``long_messages.deciding_windows``), whose probability the explanation reports. Every
+    variant of every window goes through ``logits_of`` in one call."""
     plans, variants = [], []
-    for text, tokens in zip(texts, token_lists):
-        units = word_spans(text, token_char_spans(text, tokens), max_units) if text else []
-        plans.append((len(variants), units))
+    for text, ids, ranges in zip(texts, token_lists, windows):
+        tokens = window_ids(ids, ranges)
+        if text:
+            spans, parts = window_token_spans(text, ids, ranges)
+            units = word_spans(text, spans, max_units)
+        else:  # the end-of-text token the model reads has no character to occlude
+            units, parts = [], tuple(WindowPart(0, 0, start, end) for start, end in ranges)
+        plans.append((len(variants), units, parts))
         variants.append(tokens)
         for _, _, dropped in units:
             gone = set(dropped)
             variants.append([t for i, t in enumerate(tokens) if i not in gone] or [EOT_ID])
-    scores = _log_odds(logits_of(variants), positive_index, temperature)
-    log_odds, p_spam = scores.tolist(), torch.sigmoid(scores).tolist()
+    log_odds = _log_odds(logits_of(variants), positive_index, temperature).tolist() if variants else []
+    # The verdict's probability as prediction computes it (spamtune.infer), bit for bit.
+    p_spam = torch.softmax(verdict_logits.double() / temperature, dim=1)[:, positive_index].tolist()
     out = []
-    for text, (first, units) in zip(texts, plans):
+    for text, p, (first, units, parts) in zip(texts, p_spam, plans):
         full = log_odds[first]
         spans = tuple(Span(text[a:b], a, b, full - log_odds[first + 1 + u]) for u, (a, b, _) in enumerate(units))
-        out.append(Explanation(text, p_spam[first], spans))
+        out.append(Explanation(text, p, spans, parts))
     return out
 
 

@@ -23,9 +23,11 @@ from spamtune.checkpoint import ClassifierConfig, load_classifier, load_classifi
 from spamtune.device import DEVICES, Precision, resolve_device
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, pad_width
-from spamtune.explain import Explanation, explain_texts, fp32_head
+from spamtune.explain import Explanation, explain_windows, fp32_head
 from spamtune.forward import predict_logits
+from spamtune.long_messages import check_mode, deciding_windows
 from spamtune.model import GPTModel
+from spamtune.options import TEXT_LONG
 from spamtune.tokenizer import TOKENIZER_ID, encode_texts
 
 DEFAULT_BATCH_SIZE = 32
@@ -278,14 +280,26 @@ class SpamClassifier:
             labels = [self.labels[i] for i in probs.argmax(dim=1).tolist()]
         return [Prediction(t, label, p) for t, label, p in zip(texts, labels, positive)]
 
-    def explain(self, texts: str | Iterable[str]) -> Explanation | list[Explanation]:
+    def explain(self, texts: str | Iterable[str], long: str | None = None) -> Explanation | list[Explanation]:
         """Why each text got its spam probability: every word's push towards spam (positive
         score) or ham (negative), in calibrated log-odds, with exact character offsets
         (``spamtune.explain``). ``Explanation.top(k)`` is the JSON form ``predict --explain``
-        prints; one ``Explanation`` for a string, a list for an iterable."""
+        prints; one ``Explanation`` for a string, a list for an iterable.
+
+        ``long`` reads a text longer than the run's window as ``predict_long`` does (None: its
+        head, as ``predict``); the explanation is of the window that decided the verdict, which
+        ``Explanation.window`` names, and its ``p_spam`` is the verdict's."""
         items, single = _text_list(texts)
+        mode = check_mode(TEXT_LONG if long is None else long)
+        token_lists = encode_texts(items)
+        # The windows are chosen, and the verdicts computed, by predict_long's own pass, at the
+        # run's precision: fp32_head below could rank two close windows otherwise.
+        verdicts, windows = deciding_windows(token_lists, self.max_length, mode, self._positive_index, self.token_logits)
+        check_finite_probabilities(torch.softmax(verdicts, dim=1)[:, self._positive_index].tolist())
         with fp32_head(self.model):  # token_logits' logits are calibrated already
-            explanations = explain_texts(items, self.token_logits, positive_index=self._positive_index, max_length=self.max_length)
+            explanations = explain_windows(
+                items, token_lists, windows, verdicts, self.token_logits, positive_index=self._positive_index
+            )
         return explanations[0] if single else explanations
 
     def token_logits(self, token_lists: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -3,6 +3,7 @@ whose verdict is known, and the deletion test."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -14,6 +15,8 @@ from spamtune.checkpoint import load_classifier
 from spamtune.device import Precision
 from spamtune.examples import Examples
 from spamtune.forward import predict_logits
+from spamtune.infer import SpamClassifier
+from spamtune.long_messages import predict_long
 from spamtune.tokenizer import get_tokenizer
 
 TEXTS = [
@@ -166,21 +169,135 @@ def test_fp32_head_keeps_bf16_autocast_from_rounding_the_logits():
     assert model.out_head is head  # put back
 
 
-def test_predict_refuses_to_explain_a_message_read_by_another_window(tmp_path):
-    """The rigged run calls a text spam for its final "!": past the window, --long chunks finds
-    it at the end while the explanation occludes the words of the first window and names none."""
+# 312 tokens whose only "!" is the last token of the second chunk (tokens 48-112) of the rigged
+# run's 64-token windows: that chunk alone is spam, in the middle of the message. Cyrillic and
+# emoji before it make character offsets differ from byte offsets.
+MIDDLE_CUE = "Привет 🎉🎉 " + " word" * 97 + "!" + " word" * 200
+TAIL_CUE = "Привет 🎉🎉 " + " word" * 150 + "!"  # spam in its last window only
+
+
+@pytest.fixture(scope="module")
+def rigged_classifier(tmp_path_factory):
+    run = write_rigged_run(tmp_path_factory.mktemp("explain_long") / "run")
+    return run, SpamClassifier.load(run, device="cpu", precision="fp32")
+
+
+def _alone(clf, token_ids):
+    """p(spam) of a list of tokens classified by itself (a batch of one: equal to the verdict to
+    fp32 rounding, where any other window of these messages is 0.76 away)."""
+    return torch.softmax(clf.token_logits([token_ids]), dim=1)[0, 1].item()
+
+
+def test_explain_reads_the_chunk_that_decided_the_verdict(rigged_classifier):
+    _, clf = rigged_classifier
+    enc = get_tokenizer()
+    ids = enc.encode_ordinary(MIDDLE_CUE)
+    assert len(ids) == 312 and enc.decode(ids[111:112]) == "!"
+    (verdict,) = predict_long(clf, [MIDDLE_CUE], "chunks")
+    e = clf.explain(MIDDLE_CUE, long="chunks")
+    assert verdict.label == "spam" and e.p_spam == verdict.probability
+    (part,) = e.window
+    assert (part.token_start, part.token_end) == (48, 112)
+    assert part.start == len(enc.decode(ids[:48])) != len(enc.decode_bytes(ids[:48]))  # characters, not bytes
+    assert part.end == MIDDLE_CUE.index("!") + 1
+    assert enc.encode_ordinary(MIDDLE_CUE[part.start : part.end]) == ids[48:112]
+    assert _alone(clf, ids[48:112]) == pytest.approx(verdict.probability, abs=1e-6)
+    # The word that decided is named; every span lies in the window.
+    assert e.towards_spam(1)[0].text == "word!" and e.towards_spam(1)[0].score == pytest.approx(4.0, abs=1e-4)
+    assert all(part.start <= w.start < w.end <= part.end for w in e.words)
+    assert not e.reads_whole_text
+
+
+def test_explain_head_tail_reads_the_head_and_the_tail(rigged_classifier):
+    _, clf = rigged_classifier
+    enc = get_tokenizer()
+    ids = enc.encode_ordinary(TAIL_CUE)
+    n = len(ids)
+    (verdict,) = predict_long(clf, [TAIL_CUE], "head-tail")
+    e = clf.explain(TAIL_CUE, long="head-tail")
+    assert verdict.label == "spam" and e.p_spam == verdict.probability
+    head, tail = e.window
+    assert (head.token_start, head.token_end, tail.token_start, tail.token_end) == (0, 32, n - 32, n)
+    assert (head.start, tail.end) == (0, len(TAIL_CUE))
+    assert enc.encode_ordinary(TAIL_CUE[: head.end]) == ids[:32]
+    assert enc.encode_ordinary(TAIL_CUE[tail.start :]) == ids[n - 32 :]
+    assert _alone(clf, ids[:32] + ids[n - 32 :]) == pytest.approx(verdict.probability, abs=1e-6)
+    assert e.towards_spam(1)[0].text == "word!"
+    assert all(head.start <= w.start < w.end <= head.end or tail.start <= w.start < w.end <= tail.end for w in e.words)
+    # Without --long the head alone is read, and explained: no "!" in it.
+    (first,) = clf.predict([TAIL_CUE])
+    e = clf.explain(TAIL_CUE)
+    assert first.label == "ham" and e.p_spam == first.probability and e.towards_spam() == []
+    assert [(p.token_start, p.token_end) for p in e.window] == [(0, 64)]
+
+
+def test_a_message_that_fits_is_explained_whole_in_every_mode(rigged_classifier):
+    _, clf = rigged_classifier
+    for mode in ("head", "head-tail", "chunks"):
+        texts = ["Привет 🎉 win!", ""]
+        e, empty = clf.explain(texts, long=mode)
+        assert e.window == (explain.WindowPart(0, len(e.text), 0, len(get_tokenizer().encode_ordinary(e.text))),)
+        assert e.reads_whole_text and [e.p_spam, empty.p_spam] == [p.probability for p in predict_long(clf, texts, mode)]
+        assert empty.window_list() == [{"start": 0, "end": 0, "token_start": 0, "token_end": 1}] and empty.words == ()
+    with pytest.raises(ValueError, match="unknown long-message mode 'tail'"):
+        clf.explain("hi", long="tail")
+
+
+@pytest.mark.parametrize("mode", ["head", "head-tail", "chunks"])
+def test_predict_explains_the_window_that_decided_as_the_api_does(rigged_classifier, mode):
+    """--explain with every --long: the verdict is the deciding window's, the output names that
+    window in each format, and says what SpamClassifier.explain says."""
     from typer.testing import CliRunner
 
     from spamtune.cli import app
 
-    run = write_rigged_run(tmp_path / "run")
-    text = "see you at lunch tomorrow ok " * 20 + "call now!"
-    chunks = CliRunner().invoke(app, ["predict", "--run", str(run), "--long", "chunks", "--format", "jsonl", "--device", "cpu", text])
-    assert chunks.exit_code == 0 and '"label": "spam"' in chunks.stdout  # the last window decides
-    for mode in ("chunks", "head-tail"):
-        result = CliRunner().invoke(app, ["predict", "--run", str(run), "--explain", "--long", mode, "--device", "cpu", text])
-        assert result.exit_code == 2 and result.stdout == ""
-        assert result.stderr == (f"Error: --explain reads a message's first tokens, as --long head; with --long {mode} the label "
-                                 "may come from a window the explanation never saw\n")  # fmt: skip
-    head = CliRunner().invoke(app, ["predict", "--run", str(run), "--explain", "--long", "head", "--format", "jsonl", "--device", "cpu", text])
-    assert head.exit_code == 0 and '"label": "ham"' in head.stdout
+    run, clf = rigged_classifier
+    texts = [MIDDLE_CUE, TAIL_CUE, "hi!"]
+    explanations = clf.explain(texts, long=mode)
+    verdicts = predict_long(clf, texts, mode)
+
+    def invoke(*args):
+        result = CliRunner().invoke(app, ["predict", "--run", str(run), "--device", "cpu", "--precision", "fp32",
+                                          "--explain", "--long", mode, *args, "--", *texts])  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        return result.stdout.splitlines()
+
+    records = [json.loads(line) for line in invoke("--format", "jsonl")]
+    assert [r["label"] for r in records] == [v.label for v in verdicts]
+    for record, e, v in zip(records, explanations, verdicts):
+        assert record["p_spam"] == round(v.probability, 6) == round(e.p_spam, 6)
+        assert record["explanation"] == json.loads(json.dumps(e.top(3)))
+        assert record["window"] == e.window_list()
+    header, *rows = [line.split("\t") for line in invoke("--format", "tsv", "--header")]
+    assert header == ["label", "p_spam", "text", "explanation", "window"] and len(rows) == 3
+    assert [json.loads(row[4]) for row in rows] == [r["window"] for r in records]
+    assert [json.loads(row[3]) for row in rows] == [r["explanation"] for r in records]
+    shown = invoke("--format", "text")
+    for line, e in zip(shown, explanations):
+        parts = " and ".join(f"{p.start}-{p.end}" for p in e.window)
+        assert (f"  (explains chars {parts} of {len(e.text)})  " in line) == (not e.reads_whole_text)
+    assert shown[2] == "spam  p(spam)=0.881  [+hi!]"
+
+
+def test_a_surrogate_pair_is_read_as_prediction_reads_it(tmp_path):
+    """A Python string may hold a surrogate pair: the tokenizer reads it as the character it
+    stands for, and the explanation reads the same tokens (it read two U+FFFD, a different
+    message with another p(spam)), with spans that never split the pair."""
+    from helpers import TINY
+
+    from spamtune import checkpoint
+    from spamtune.checkpoint import ClassifierConfig
+
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(model=TINY)
+    checkpoint.save_classifier(tmp_path / "run", checkpoint.build_classifier(cfg), cfg)
+    clf = SpamClassifier.load(tmp_path / "run", device="cpu", precision="fp32")
+    texts = ["Call \ud83d\ude00 now", "x \ud800 y\ud83d\ude00\ud83d\ude00z", "\ud83d\ude00" * 40 + " prize"]
+    for e, p in zip(clf.explain(texts), clf.predict(texts)):
+        assert e.p_spam == p.probability
+        (window,) = e.window
+        words = [(m.start(), min(m.end(), window.end)) for m in re.finditer(r"\S+", e.text) if m.start() < window.end]
+        assert [(w.start, w.end) for w in e.words] == words
+        for w in e.words:
+            assert e.text[w.start : w.end] == w.text
+            assert not (w.end < len(e.text) and "\udc00" <= e.text[w.end] <= "\udfff")  # no pair cut in two

@@ -206,11 +206,11 @@ def test_tsv_header_names_the_fields_and_only_for_tsv(run_dir):
     assert wrong.exit_code == 2 and wrong.stdout == "" and "--header is for --format tsv" in wrong.stderr
 
 
-def test_tsv_header_with_explain_names_its_fourth_column(run_dir):
-    """Three names over four columns would shift every field: pandas took the labels for an index."""
+def test_tsv_header_with_explain_names_its_fourth_and_fifth_columns(run_dir):
+    """Three names over five columns would shift every field: pandas took the labels for an index."""
     lines = invoke(run_dir, "--format", "tsv", "--header", "--explain", "win now!", "hi").stdout.splitlines()
     header, *rows = [line.split("\t") for line in lines]
-    assert header == ["label", "p_spam", "text", "explanation"]
+    assert header == ["label", "p_spam", "text", "explanation", "window"]
     assert all(len(row) == len(header) for row in rows) and rows[0][:3] == ["spam", SPAM_P, "win now!"]
     assert json.loads(rows[0][3])[0]["text"] == "now!"
 

@@ -49,7 +49,8 @@ MAX_LINE_BYTES = 1 << 20
 # Field names of the machine-readable formats (documented in the README).
 TSV_HEADER = "label\tp_spam\ttext\n"
 MAIL_TSV_HEADER = "label\tp_spam\tid\n"  # predict --mail: the message's id in the text's place
-EXPLAIN_TSV_HEADER = "label\tp_spam\ttext\texplanation\n"  # --explain: its list as a fourth column
+# --explain: its list of spans as a fourth column, the window it explains as a fifth
+EXPLAIN_TSV_HEADER = "label\tp_spam\ttext\texplanation\twindow\n"
 
 
 class OutputFormat(str, enum.Enum):
@@ -315,6 +316,13 @@ def highlight(text: str, explanation: Explanation, color: bool, top_k: int) -> s
     return "".join(out)
 
 
+def window_note(explanation: Explanation) -> str:
+    """Which characters of a message the explanation explains, for people: the window that
+    decided the verdict, where it is not the whole message (``chars 0-310 and 2690-3000 of 3000``)."""
+    parts = " and ".join(f"{part.start}-{part.end}" for part in explanation.window)
+    return f"(explains chars {parts} of {len(explanation.text)})"
+
+
 class Renderer:
     """Turns predictions (and, with ``--explain``, their explanations) into output lines, each
     ending in a newline."""
@@ -328,12 +336,13 @@ class Renderer:
 
     def line(self, p: Prediction, explanation: Explanation | None = None) -> str:
         if self.fmt is OutputFormat.tsv:
-            extra = "" if explanation is None else "\t" + json_line(explanation.top(self.top_k))
+            extra = "" if explanation is None else f"\t{json_line(explanation.top(self.top_k))}\t{json_line(explanation.window_list())}"
             return f"{p.label}\t{p.probability:.4f}\t{_one_line(p.text)}{extra}\n"
         if self.fmt is OutputFormat.jsonl:
             record = {"text": p.text, "label": p.label, "p_spam": round(p.probability, 6)}
             if explanation is not None:
                 record["explanation"] = explanation.top(self.top_k)
+                record["window"] = explanation.window_list()
             return json_line(record) + "\n"
         if self.fmt is OutputFormat.label:
             return p.label + "\n"
@@ -343,6 +352,8 @@ class Renderer:
         text = _printable(p.text)
         if explanation is not None:
             text = highlight(text, explanation, self.color, self.top_k)
+            if not explanation.reads_whole_text:
+                text = f"{window_note(explanation)}  {text}"
         return f"{label}  p({self.positive})={p.probability:.3f}  {text}\n"
 
     def no_verdict_line(self, label: str, text: str) -> str:
@@ -480,7 +491,7 @@ def predict(
     ),
     as_json: bool = common.json_option("jsonl"),
     header: bool = typer.Option(
-        False, "--header", help="tsv: first print the field names (label, p_spam, text; with --explain also explanation)."
+        False, "--header", help="tsv: first print the field names (label, p_spam, text; with --explain also explanation, window)."
     ),
     threshold: float | None = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this. " + common.THRESHOLD_SCOPE,
@@ -489,7 +500,8 @@ def predict(
     explain: bool = typer.Option(
         False, "--explain",
         help="Also show the words that pushed each message most towards spam and towards ham: highlighted in text, "
-        "an 'explanation' list in jsonl, a JSON column in tsv.",
+        "an 'explanation' list in jsonl, a JSON column in tsv. A message longer than the window is explained in the "
+        "window that decided its label (see --long), which the output names ('window' in jsonl and tsv).",
     ),
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", min=1,
@@ -543,13 +555,6 @@ def predict(
         raise SpamtuneUsageError("--explain works on messages given as lines of text, not with --mail")
     if explain and output_format is OutputFormat.label:
         raise SpamtuneUsageError("--explain needs --format text, tsv or jsonl (label prints the label only)")
-    if explain and long is not None and long != "head":
-        # The explanation occludes the words of the first window: with another window deciding,
-        # it would explain a verdict that was not given (spam at the end, an empty list).
-        raise SpamtuneUsageError(
-            f"--explain reads a message's first tokens, as --long head; with --long {long} the label may come "
-            "from a window the explanation never saw"
-        )
     meter = ReadMeter()
     input_path = common.pick_input(input_file, file)
     if server and (devices is not None or out_file is not None):
@@ -742,7 +747,7 @@ def classify_lines_share(classifier, lines: list[str], renderer, long: str, expl
     mail: its output lines, in order, and how many were positive. ``messages_before``: how many
     messages of the input come before it, to name a failing one."""
     predictions = predict_numbered(classifier, lines, long, messages_before) if lines else []
-    explanations = classifier.explain(lines) if explain and lines else [None] * len(lines)
+    explanations = classifier.explain(lines, long) if explain and lines else [None] * len(lines)
     text = "".join(map(renderer.line, predictions, explanations))
     return text, sum(p.label == classifier.positive_label for p in predictions)
 
