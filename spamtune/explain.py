@@ -55,6 +55,11 @@ DEFAULT_TOP_K = 5
 # words beyond. SMS messages (median 15 words) are always explained word by word.
 MAX_UNITS = 64
 _WORD = re.compile(r"\S+")
+# Most token ids held at once in the variants of the texts explained together (about this many
+# bytes twice over: the lists, and the forward pass's copies to find repeats). All at once, a
+# chunk of predict's 2,048 lines at GPT-2's 1,024-token window was 136 M ids, 2.6 GB more memory;
+# 2 M ids are still 30 long texts or hundreds of short ones per group, each many batches.
+VARIANT_TOKENS = 1 << 21
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -299,29 +304,43 @@ def explain_windows(
     """One ``Explanation`` per text, of the words of its window: ``token_lists`` are the texts'
     encodings (``encode_texts``: an empty text is one end-of-text token), ``windows`` the token
     ranges each window reads and ``verdict_logits`` ``[n, C]`` the logits that decided each verdict
-    (``long_messages.deciding_windows``), whose probability the explanation reports. Every
-    variant of every window goes through ``logits_of`` in one call."""
-    plans, variants = [], []
-    for text, ids, ranges in zip(texts, token_lists, windows):
+    (``long_messages.deciding_windows``), whose probability the explanation reports. The
+    variants go through ``logits_of`` a group of texts at a time, each call about
+    ``VARIANT_TOKENS`` tokens (or one text's variants)."""
+    # The verdict's probability as prediction computes it (spamtune.infer), bit for bit.
+    p_spam = torch.softmax(verdict_logits.double() / temperature, dim=1)[:, positive_index].tolist()
+    out: list[Explanation] = []
+    plans: list[tuple[str, float, int, list, tuple[WindowPart, ...]]] = []
+    variants: list[list[int]] = []
+    held = 0  # tokens in variants
+
+    def score_held() -> None:
+        log_odds = _log_odds(logits_of(variants), positive_index, temperature).tolist()
+        for text, p, first, units, parts in plans:
+            full = log_odds[first]
+            spans = tuple(Span(text[a:b], a, b, full - log_odds[first + 1 + u]) for u, (a, b, _) in enumerate(units))
+            out.append(Explanation(text, p, spans, parts))
+        plans.clear()
+        variants.clear()
+
+    for text, p, ids, ranges in zip(texts, p_spam, token_lists, windows):
         tokens = window_ids(ids, ranges)
         if text:
             spans, parts = window_token_spans(text, ids, ranges)
             units = word_spans(text, spans, max_units)
         else:  # the end-of-text token the model reads has no character to occlude
             units, parts = [], tuple(WindowPart(0, 0, start, end) for start, end in ranges)
-        plans.append((len(variants), units, parts))
+        if variants and held + len(tokens) * (len(units) + 1) > VARIANT_TOKENS:
+            score_held()
+            held = 0
+        plans.append((text, p, len(variants), units, parts))
         variants.append(tokens)
         for _, _, dropped in units:
             gone = set(dropped)
             variants.append([t for i, t in enumerate(tokens) if i not in gone] or [EOT_ID])
-    log_odds = _log_odds(logits_of(variants), positive_index, temperature).tolist() if variants else []
-    # The verdict's probability as prediction computes it (spamtune.infer), bit for bit.
-    p_spam = torch.softmax(verdict_logits.double() / temperature, dim=1)[:, positive_index].tolist()
-    out = []
-    for text, p, (first, units, parts) in zip(texts, p_spam, plans):
-        full = log_odds[first]
-        spans = tuple(Span(text[a:b], a, b, full - log_odds[first + 1 + u]) for u, (a, b, _) in enumerate(units))
-        out.append(Explanation(text, p, spans, parts))
+        held += len(tokens) * (len(units) + 1)
+    if variants:
+        score_held()
     return out
 
 

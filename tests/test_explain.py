@@ -328,3 +328,25 @@ def test_a_huge_message_is_explained_from_its_window_alone(rigged_classifier, mo
     e = clf.explain(words, long="chunks")
     assert e.window[0].token_end == 50_001 and e.towards_spam(1)[0].text == "word!"
     assert len(found) <= 128
+
+
+def test_many_long_texts_are_explained_a_group_at_a_time(rigged, monkeypatch):
+    """Every variant of every text went through the model in one call: predict's chunk of 2,048
+    long lines at GPT-2's window held 136 M token ids at once (2.6 GB). Calls now hold about
+    VARIANT_TOKENS ids, and the explanations are those of one call."""
+    logits_of, cfg = rigged
+    texts = [f"line {i} " + "see you at lunch " * 20 + ("call now!" if i % 3 else "") for i in range(12)] + ["", "x!"]
+    whole = explain.explain_texts(texts, logits_of, positive_index=1, max_length=cfg.max_length)
+    calls = []
+
+    def counted(token_lists):
+        calls.append(sum(map(len, token_lists)))
+        return logits_of(token_lists)
+
+    monkeypatch.setattr(explain, "VARIANT_TOKENS", 5_000, raising=False)
+    grouped = explain.explain_texts(texts, counted, positive_index=1, max_length=cfg.max_length)
+    one_text = 65 * cfg.max_length  # a window and its 64 variants
+    assert len(calls) > 3 and max(calls[1:]) <= 5_000 + one_text  # calls[0] finds the windows
+    for a, b in zip(whole, grouped):
+        assert (a.text, a.p_spam, a.window, [w.text for w in a.words]) == (b.text, b.p_spam, b.window, [w.text for w in b.words])
+        assert [w.score for w in a.words] == pytest.approx([w.score for w in b.words], abs=1e-4)
