@@ -153,7 +153,21 @@ def test_explanations_are_predicts_and_map_back_to_the_text(service, clf):
     # Offsets count characters, not UTF-16 units or bytes: spans after the emoji still match.
     assert any(span["start"] > texts[1].index("🎉") for span in single["explanation"])
     status, plain = classify(service, {"text": texts[1]})  # no explanation unless asked for
-    assert status == 200 and "explanation" not in plain and plain["p_spam"] == pytest.approx(single["p_spam"], abs=1e-6)
+    assert status == 200 and "explanation" not in plain and "window" not in plain
+    assert plain["p_spam"] == pytest.approx(single["p_spam"], abs=1e-6)
+
+
+def test_an_explanation_names_the_window_it_explains(service, clf):
+    """A text longer than the run's window is read, and explained, from its head: the answer
+    says which part of it, as predict --explain does, so that a client does not take the spans
+    for the whole text's."""
+    long_text = "Привет 🎉 " + "see you at lunch " * 40 + "WIN a prize!"
+    status, answer = classify(service, {"texts": [long_text, "hi"], "explain": True})
+    assert status == 200
+    (head,), (whole,) = [result["window"] for result in answer["results"]]
+    assert head == clf.explain(long_text).window_list()[0] and (head["token_start"], head["token_end"]) == (0, clf.max_length)
+    assert 0 == head["start"] < head["end"] < len(long_text) and whole == {"start": 0, "end": 2, "token_start": 0, "token_end": 1}
+    assert all(span["end"] <= head["end"] for span in answer["results"][0]["explanation"])
 
 
 def test_a_lone_surrogate_reads_as_a_replacement_character(service, clf):

@@ -89,10 +89,21 @@ class Span(BaseModel):
     score: float
 
 
+class WindowPart(BaseModel):
+    """A stretch of the text that the explanation explains: characters ``[start, end)``, tokens
+    ``[token_start, token_end)`` of its encoding (a text longer than the run's window: its head)."""
+
+    start: int
+    end: int
+    token_start: int
+    token_end: int
+
+
 class Verdict(BaseModel):
     label: str
     p_spam: float
     explanation: list[Span] | None = None
+    window: list[WindowPart] | None = None
 
 
 class Answer(BaseModel):
@@ -109,6 +120,7 @@ class ClassifyResponse(Answer):
     label: str | None = None
     p_spam: float | None = None
     explanation: list[Span] | None = None
+    window: list[WindowPart] | None = None
 
 
 class MailResponse(Answer):
@@ -271,10 +283,10 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         check_requested(requested, '"threshold"')
         results = []
         for item in await classify(texts, "explain" if explain else "text"):
-            prediction, spans = item if explain else (item, None)
+            prediction, spans, window = item if explain else (item, None, None)
             result: dict[str, Any] = dict(zip(("label", "p_spam"), verdict(prediction, requested)))
             if explain:
-                result["explanation"] = spans
+                result["explanation"], result["window"] = spans, window
             results.append(result)
         answer: dict[str, Any] = {"run": run_name, "threshold": threshold_of(requested)}
         if single:

@@ -25,11 +25,13 @@ EXPLAIN_TOP_K = 3
 
 def predictors(classifier: Any) -> dict[str, Callable[[list[str]], list]]:
     """``{"text": ..., "mail": ..., "explain": ...}``: texts -> predictions (for ``explain``,
-    ``(prediction, explanation spans)`` pairs), for the dynamic batcher."""
+    ``(prediction, explanation spans, window explained)``), for the dynamic batcher."""
 
-    def explained(texts: list[str]) -> list[tuple[Any, list[dict]]]:
-        explanations = classifier.explain(texts)
-        return [(p, e.top(EXPLAIN_TOP_K)) for p, e in zip(predict_long(classifier, texts, TEXT_LONG), explanations)]
+    def explained(texts: list[str]) -> list[tuple[Any, list[dict], list[dict]]]:
+        explanations = classifier.explain(texts, TEXT_LONG)
+        return [
+            (p, e.top(EXPLAIN_TOP_K), e.window_list()) for p, e in zip(predict_long(classifier, texts, TEXT_LONG), explanations)
+        ]  # fmt: skip
 
     return {
         "text": lambda texts: predict_long(classifier, texts, TEXT_LONG),
