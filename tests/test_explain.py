@@ -350,3 +350,29 @@ def test_many_long_texts_are_explained_a_group_at_a_time(rigged, monkeypatch):
     for a, b in zip(whole, grouped):
         assert (a.text, a.p_spam, a.window, [w.text for w in a.words]) == (b.text, b.p_spam, b.window, [w.text for w in b.words])
         assert [w.score for w in a.words] == pytest.approx([w.score for w in b.words], abs=1e-4)
+
+
+def test_under_bf16_the_window_explained_is_the_one_that_decided(tmp_path):
+    """Explaining runs the head in fp32 (explain.fp32_head); the deciding window is chosen by
+    the verdict's own pass, at the run's precision: chosen with the fp32 head, one of these 40
+    messages was explained in a window other than the one whose probability gave its label."""
+    import random
+
+    from spamtune import checkpoint
+    from spamtune.checkpoint import ClassifierConfig
+    from spamtune.model import GPTConfig
+
+    cfg = ClassifierConfig(model=GPTConfig(context_length=64, emb_dim=64, n_layers=2, n_heads=4), max_length=64)
+    torch.manual_seed(1)
+    checkpoint.save_classifier(tmp_path / "run", checkpoint.build_classifier(cfg), cfg)
+    clf = SpamClassifier.load(tmp_path / "run", device="cpu", precision="bf16")
+    rng = random.Random(0)
+    words = "see you at lunch free prize call now win cash tomorrow ok".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(50, 400))) for _ in range(40)]
+    ids = [get_tokenizer().encode_ordinary(t) for t in texts]
+    from spamtune.long_messages import deciding_windows
+
+    _, windows = deciding_windows(ids, clf.max_length, "chunks", 1, clf.token_logits)
+    explained = clf.explain(texts, long="chunks")
+    assert [e.p_spam for e in explained] == [p.probability for p in predict_long(clf, texts, "chunks")]
+    assert [tuple((p.token_start, p.token_end) for p in e.window) for e in explained] == windows
