@@ -153,6 +153,8 @@ def test_huge_finite_weights_load_but_never_print_a_nan(run):
     clf = SpamClassifier.load(run, device="cpu", precision="fp32")  # loads: every value is finite
     with pytest.raises(NonFiniteProbability, match=r"non-finite probability \(nan\) for text 1"):
         clf.predict(["hello", "there"])
+    with pytest.raises(NonFiniteProbability, match=r"non-finite probability \(nan\) for text 1"):
+        clf.explain(["hello", "there"], long="chunks")  # its p_spam was NaN, and every score
     result = predict(run, "first", "second")
     assert_one_error_line(result, "non-finite probability", "message 1")
 
