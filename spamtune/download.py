@@ -19,13 +19,16 @@ Nothing here prints: progress and notes go to the callbacks the caller passes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
 import os
 import re
 import shutil
+import socket
 import stat
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -64,9 +67,13 @@ HTTP_TIMEOUT_S = 30  # for each read: a server that sends a byte now and then ne
 # up on. 16 KiB a minute is about 2 kbit/s, a tenth of the slowest GPRS link (20-40 kbit/s):
 # a bad mobile connection passes with room to spare, and takes at worst some 12 minutes for
 # the 200 kB zip; a trickle that would keep the command running for days stops in a minute.
-# The first window counts from the first request, and so is also the grace for connecting.
+# The first window counts from the first request, and so is also the grace for connecting and
+# for the response's headers, which a server can trickle as well as its body.
 MIN_BYTES_PER_WINDOW = 16 << 10
 STALL_WINDOW_S = 60.0
+# The window, in seconds, for a link known to pause longer (or a test that cannot wait a
+# minute); the bytes it must bring scale with it, so the floor stays the same rate.
+ENV_STALL_WINDOW = "SPAMTUNE_DOWNLOAD_STALL_S"
 # A dropped connection is retried at once, from where it stopped, as long as each attempt
 # brings new bytes.
 MAX_ATTEMPTS_PER_URL = 5
@@ -269,9 +276,18 @@ def _download_and_extract(
 
 def _download(url: str, part: BinaryIO, on_progress: Progress | None, notify: Notify) -> None:
     """Fill ``part`` with the whole body of ``url``, resuming after a dropped connection."""
+    guard = _StallGuard(url, stall_window_s())  # over every attempt: reconnecting does not reset it
+    with guard.watching():
+        _download_guarded(url, part, on_progress, notify, guard)
+
+
+def _download_guarded(
+    url: str, part: BinaryIO, on_progress: Progress | None, notify: Notify, guard: _StallGuard
+) -> None:
     host = urlsplit(url).hostname or url
-    opener = urllib.request.build_opener()  # built per call so proxy variables are read now
-    guard = _StallGuard(url)  # over every attempt: reconnecting does not reset it
+    # Built per call so proxy variables are read now; its connections are handed to the guard,
+    # which closes one that stalls whatever it is waiting for (headers or body).
+    opener = urllib.request.build_opener(_GuardedHTTPHandler(guard), _GuardedHTTPSHandler(guard))
     total = None
     for _ in range(MAX_ATTEMPTS_PER_URL):
         have = part.seek(0, os.SEEK_END)
@@ -287,10 +303,12 @@ def _download(url: str, part: BinaryIO, on_progress: Progress | None, notify: No
                 continue
             raise _SourceError(f"{host} answered HTTP {exc.code} {exc.reason} for {url}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            guard.raise_if_stalled()  # the guard closed the connection: say why, not how it ended
             reason = _reason(getattr(exc, "reason", exc))
             raise _SourceError(
                 f"cannot reach {host}: {reason}", "; use --from FILE or give a mirror with --url"
             ) from None
+        guard.receiving_body()
         with response:
             resumed = response.status == 206 and _range_start(response) == have
             if not resumed:  # a whole body (or not the range we asked for): start over
@@ -331,26 +349,140 @@ def _range_start(response) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class _StallGuard:
-    """Gives up on a download that brings less than ``MIN_BYTES_PER_WINDOW`` in a
-    ``STALL_WINDOW_S`` (each window counted from the end of the last)."""
+def stall_window_s() -> float:
+    """The stall guard's window: ``$SPAMTUNE_DOWNLOAD_STALL_S`` seconds, else a minute."""
+    raw = os.environ.get(ENV_STALL_WINDOW, "").strip()
+    try:
+        value = float(raw) if raw else STALL_WINDOW_S
+    except ValueError:
+        raise SpamtuneError(f"{ENV_STALL_WINDOW} must be a number of seconds, not '{raw}'") from None
+    if not 0 < value < float("inf"):
+        raise SpamtuneError(f"{ENV_STALL_WINDOW} must be a positive number of seconds, not '{raw}'")
+    return value
 
-    def __init__(self, url: str) -> None:
+
+class _StallGuard:
+    """Gives up on a download that brings less than ``min_bytes`` in a window of ``window_s``
+    (each window counted from the end of the last).
+
+    The body's reads count the bytes; a watchdog thread checks each window as it ends, and
+    shuts the connection down when it stalls, so a read blocked in the headers, or on a byte
+    that comes just within ``HTTP_TIMEOUT_S``, returns at once rather than at the next byte."""
+
+    def __init__(self, url: str, window_s: float) -> None:
         self.url = url
+        self.window_s = window_s
+        self.min_bytes = max(1, round(MIN_BYTES_PER_WINDOW * window_s / STALL_WINDOW_S))
         self.since = time.monotonic()
         self.received = 0
+        self.in_body = False
+        self.stalled: str | None = None
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    @contextlib.contextmanager
+    def watching(self):
+        watchdog = threading.Thread(target=self._watch, name="spamtune-download-watchdog", daemon=True)
+        watchdog.start()
+        try:
+            yield self
+        finally:
+            self._done.set()
+            watchdog.join()
+
+    def connected(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            self.in_body = False
+            if self.stalled:
+                self._shut_down()
+
+    def receiving_body(self) -> None:
+        with self._lock:
+            self.in_body = True
 
     def add(self, size: int) -> None:
-        self.received += size
+        with self._lock:
+            self.received += size
+            self._check()
+        self.raise_if_stalled()
+
+    def raise_if_stalled(self) -> None:
+        if self.stalled:
+            raise _SourceError(self.stalled)
+
+    def _watch(self) -> None:
+        tick = min(1.0, self.window_s / 10)
+        while not self._done.wait(tick):
+            with self._lock:
+                if self._check():
+                    self._shut_down()
+                    return
+
+    def _check(self) -> bool:
+        """Whether the download has stalled, closing the window if it has ended well."""
+        if self.stalled:
+            return True
         elapsed = time.monotonic() - self.since
-        if elapsed < STALL_WINDOW_S:
+        if elapsed < self.window_s:
+            return False
+        if self.received >= self.min_bytes:
+            self.since, self.received = time.monotonic(), 0
+            return False
+        seconds = f"{elapsed:.{0 if elapsed >= 10 else 1}f} s"
+        seen = f"sent {self.received:,} bytes in {seconds}" if self.in_body else f"sent no complete response headers in {seconds}"
+        self.stalled = (
+            f"{self.url} {seen}; giving up (a working link, however slow, sends {self.min_bytes:,} bytes in "
+            f"{self.window_s:g} s; {ENV_STALL_WINDOW}=SECONDS allows a longer window)"
+        )
+        return True
+
+    def _shut_down(self) -> None:
+        if self._sock is None:
             return
-        if self.received < MIN_BYTES_PER_WINDOW:
-            raise _SourceError(
-                f"{self.url} sent {self.received:,} bytes in {elapsed:.{0 if elapsed >= 10 else 1}f} s; giving up "
-                f"(a working link, however slow, sends {MIN_BYTES_PER_WINDOW:,} bytes in {STALL_WINDOW_S:g} s)"
-            )
-        self.since, self.received = time.monotonic(), 0
+        try:
+            # socket.socket's own shutdown even for TLS: it wakes the reading thread without
+            # touching the TLS state that thread is using.
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
+def _guarded_connection(connection_class, guard: _StallGuard):
+    """``connection_class`` whose connections, once connected, are watched by ``guard``."""
+
+    def make(*args, **kwargs):
+        connection = connection_class(*args, **kwargs)
+        connect = connection.connect
+
+        def connect_and_watch() -> None:
+            connect()
+            guard.connected(connection.sock)
+
+        connection.connect = connect_and_watch
+        return connection
+
+    return make
+
+
+class _GuardedOpen:
+    """Mixed into urllib's HTTP and HTTPS handlers: their connections are watched by ``guard``."""
+
+    def __init__(self, guard: _StallGuard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_guarded_connection(http_class, self.guard), req, **kwargs)
+
+
+class _GuardedHTTPHandler(_GuardedOpen, urllib.request.HTTPHandler):
+    pass
+
+
+class _GuardedHTTPSHandler(_GuardedOpen, urllib.request.HTTPSHandler):
+    pass
 
 
 def _receive(

@@ -7,7 +7,8 @@ HTTP status instead. A resource with ``stream_up_to`` sends its body over and ov
 Content-Length, until the client hangs up, as a broken or hostile server can; it stops by
 itself after that many bytes, so a client that fails to stop it cannot fill the disk. A
 resource with ``pace`` sends its body a few bytes at a time, slowly: a slow link, or a server
-that trickles a byte now and then to keep each of the client's reads under its timeout.
+that trickles a byte now and then to keep each of the client's reads under its timeout;
+``pace_headers`` trickles the status line and headers that way instead, the body never coming.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Resource:
     ranges: bool = True  # False: answer a Range request with the whole body, as some servers do
     stream_up_to: int = 0  # > 0: repeat the body without a Content-Length, at most this many bytes
     pace: tuple[int, float] | None = None  # (bytes, seconds): send that many bytes, then wait
+    pace_headers: tuple[int, float] | None = None  # the same for an endless response head
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,10 @@ def _handler_for(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             resource = server.resources.get(self.path)
             if resource is None:
                 return self._reply(404, {}, b"not found", body)
+            if resource.pace_headers:
+                self.close_connection = True
+                head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"x" * 60_000
+                return self._paced(head, *resource.pace_headers)
             if resource.stream_up_to:
                 return self._stream(resource.body if body else b"", resource.stream_up_to)
             action = resource.script.pop(0) if body and resource.script else None

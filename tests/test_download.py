@@ -14,6 +14,7 @@ import io
 import os
 import re
 import socket
+import time
 import types
 import zipfile
 from pathlib import Path
@@ -246,17 +247,52 @@ def short_stall_window(monkeypatch):
     monkeypatch.setattr(download, "MIN_BYTES_PER_WINDOW", 1000)
 
 
-def test_a_trickle_is_given_up_on_and_leaves_nothing(server, root, short_stall_window):
-    # A byte every 0.1 s: each read comes well within HTTP_TIMEOUT_S, forever.
+def test_a_trickle_is_given_up_on_and_leaves_nothing(server, root, monkeypatch):
+    # A byte every 0.1 s: each read comes well within HTTP_TIMEOUT_S, forever. The window is
+    # the user's to set, and the bytes it asks for scale with it (16 KiB a minute).
+    monkeypatch.setenv("SPAMTUNE_DOWNLOAD_STALL_S", "0.5")
     url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}), pace=(1, 0.1))
     result = cli("download", "data", "--url", url, "--data-dir", str(root))
     assert (result.exit_code, result.stdout) == (1, "")
     assert re.fullmatch(
         rf"Error: {re.escape(url)} sent \d bytes in 0\.\d s; giving up \(a working link, however slow, "
-        r"sends 1,000 bytes in 0\.5 s\)\n",
+        r"sends 137 bytes in 0\.5 s; SPAMTUNE_DOWNLOAD_STALL_S=SECONDS allows a longer window\)\n",
         result.stderr,
     ), result.stderr
     assert not root.exists() or list(paths.sms_file(root).parent.iterdir()) == []
+
+
+def test_a_trickled_response_head_is_given_up_on_in_its_window(server, root, monkeypatch):
+    # A status line and headers a byte at a time never end the request; the window still does.
+    monkeypatch.setenv("SPAMTUNE_DOWNLOAD_STALL_S", "0.5")
+    url = server.add("/sms.zip", pace_headers=(1, 0.1))
+    started = time.monotonic()
+    with pytest.raises(SpamtuneError) as err:
+        fetch_data(root, source_for(url))
+    assert time.monotonic() - started < 3
+    assert str(err.value).startswith(f"{url} sent no complete response headers in 0.5 s; giving up (a working link")
+    assert leftovers(root) == [] and list(paths.sms_file(root).parent.iterdir()) == []
+
+
+def test_a_stall_ends_with_its_window_not_with_the_next_byte(server, root, short_stall_window):
+    # One byte then nothing for 5 s (within HTTP_TIMEOUT_S): given up on at the window's end,
+    # the read it was waiting in broken off, not when the next byte comes.
+    url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}), pace=(1, 5.0))
+    started = time.monotonic()
+    with pytest.raises(SpamtuneError, match=r" sent \d bytes in 0\.\d s; giving up \(a working link, however slow, sends 1,000 bytes in 0\.5 s"):
+        fetch_data(root, source_for(url))
+    assert time.monotonic() - started < 3
+    assert list(paths.sms_file(root).parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "inf", "nan"])
+def test_a_bad_stall_window_is_one_error_before_any_request(server, root, monkeypatch, value):
+    monkeypatch.setenv("SPAMTUNE_DOWNLOAD_STALL_S", value)
+    url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}))
+    result = cli("download", "data", "--url", url, "--data-dir", str(root))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.startswith("Error: SPAMTUNE_DOWNLOAD_STALL_S must be a ") and result.stderr.count("\n") == 1
+    assert f"'{value}'" in result.stderr and server.requests == []
 
 
 def test_a_slow_link_that_keeps_going_is_not_given_up_on(server, root, short_stall_window):
