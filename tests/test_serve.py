@@ -29,7 +29,7 @@ from spamtune.cli import app as cli_app
 from spamtune.infer import SpamClassifier
 from spamtune.long_messages import predict_long
 from spamtune.options import DEFAULT_LONG
-from spamtune.serve.app import ServeSettings, create_app
+from spamtune.serve.app import CROSS_SITE, ServeSettings, create_app
 from spamtune.serve.batcher import DynamicBatcher
 from spamtune.mail import message_text
 
@@ -699,6 +699,40 @@ def test_cors_is_off_unless_asked_for(clf):
         assert status == 403 and "access-control-allow-origin" not in other
 
 
+@pytest.mark.parametrize("api_key", [None, KEY])
+def test_every_cors_preflight_is_counted_and_refused_in_the_services_shape(clf, api_key):
+    """Preflights are answered by the CORS layer, not by a route: allowed or refused, for a known
+    path or not, each is counted in /metrics like any answer. Browsers send no credentials on a
+    preflight, so with an API key it is answered without one (it runs nothing)."""
+    allowed = "https://mail.example.org"
+    settings = ServeSettings(cors_origins=(allowed,), api_key=api_key)
+    auth = {"Authorization": f"Bearer {KEY}"} if api_key else {}
+    with running(create_app(clf, settings)) as url:
+        def preflight(path: str, origin: str, method: str = "POST") -> tuple[int, dict, bytes]:
+            return call(url + path, "OPTIONS", headers={"Origin": origin, "Access-Control-Request-Method": method})
+
+        status, headers, _ = preflight("/v1/classify", allowed)
+        assert (status, headers["access-control-allow-origin"]) == (200, allowed)
+        assert headers["x-content-type-options"] == "nosniff"
+        assert preflight("/no/such/path", allowed)[0] == 200
+        assert refused(url + "/v1/classify", "OPTIONS", headers={
+            "Origin": allowed, "Access-Control-Request-Method": "DELETE",
+        }) == (400, "CORS preflight refused: method not allowed")  # fmt: skip
+        evil = refused(url + "/v1/model", "OPTIONS", headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "GET",
+        })  # fmt: skip
+        # Keyless, another site's origin is refused before CORS sees it, as for any request.
+        assert evil == ((400, "CORS preflight refused: origin not allowed") if api_key else (403, CROSS_SITE))
+        metrics = call(url + "/metrics", headers=auth)[2].decode()
+    sample = 'spamtune_http_requests_total{{code="{}",endpoint="{}"}}'
+    assert counter_value(metrics, sample.format(200, "/v1/classify")) == 1
+    assert counter_value(metrics, sample.format(200, "other")) == 1
+    assert counter_value(metrics, sample.format(400, "/v1/classify")) == 1
+    assert counter_value(metrics, sample.format(evil[0], "/v1/model")) == 1
+    assert counter_value(metrics, 'spamtune_http_errors_total{code="400",endpoint="/v1/classify"}') == 1
+    assert counter_value(metrics, 'spamtune_http_request_duration_seconds_count{endpoint="/v1/classify"}') == 2
+
+
 def refused(url: str, method: str = "GET", body=None, headers: dict | None = None) -> tuple[int, str]:
     """``(status, error line)`` of a request the service should refuse, after checking that the
     refusal has the service's shape: one JSON line and the security headers."""
@@ -713,8 +747,6 @@ def test_a_keyless_service_refuses_other_sites_pages(service):
     """A page elsewhere can make a browser on this machine POST text/plain to the service with
     no CORS preflight; the browser names the page's site in Origin, and the service refuses it
     before reading the body. curl, scripts (no Origin) and the service's own page still pass."""
-    from spamtune.serve.app import CROSS_SITE
-
     metrics = lambda: call(service + "/metrics")[2].decode()  # noqa: E731
     classified = counter_value(metrics(), "spamtune_messages_classified_total")
     counted = 'spamtune_http_errors_total{code="403",endpoint="/v1/classify"}'

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
 from spamtune import __version__
@@ -217,18 +218,18 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
 
     # ------------------------------------------------------------------------- middleware
 
+    # The last one added is the outermost: CORS inside the guard, so that the preflights CORS
+    # answers by itself are counted in the metrics and get the security headers too.
+    if settings.cors_origins:
+        app.add_middleware(
+            JsonRefusalCORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )  # fmt: skip
+
     app.add_middleware(
         GuardMiddleware, api_key=settings.api_key, metrics=metrics, browser_guard=not settings.api_key,
         cors_origins=settings.cors_origins,
     )  # fmt: skip
-
-    if settings.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        )  # fmt: skip
 
     # ------------------------------------------------------------------------- classification
 
@@ -416,7 +417,10 @@ class GuardMiddleware:
             foreign = browser_refusal(scope, self.cors_origins) if self.browser_guard else None
             if foreign is not None:
                 await JSONResponse({"error": foreign}, status_code=403)(scope, receive, send_with_headers)
-            elif self.api_key and path not in _PUBLIC and not _authorized(Headers(scope=scope), self.api_key):
+            elif (
+                self.api_key and path not in _PUBLIC and not (self.cors_origins and _is_preflight(scope))
+                and not _authorized(Headers(scope=scope), self.api_key)
+            ):  # fmt: skip
                 refusal = JSONResponse(
                     {"error": "missing or wrong API key (send 'Authorization: Bearer KEY')"},
                     status_code=401, headers={"WWW-Authenticate": "Bearer"},
@@ -435,6 +439,25 @@ class GuardMiddleware:
         finally:
             endpoint = path if path in _ENDPOINTS else "other"
             self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
+
+
+def _is_preflight(scope) -> bool:
+    """A CORS preflight: browsers send it without credentials (so without the API key), and it
+    runs nothing; the CORS middleware answers it."""
+    return scope["method"] == "OPTIONS" and any(name == b"access-control-request-method" for name, _ in scope["headers"])
+
+
+class JsonRefusalCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, but a preflight it refuses (an origin, method or header not allowed)
+    gets the service's one-line JSON error rather than a plain-text body."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        reason = bytes(response.body).decode("latin-1").replace("Disallowed CORS ", "")
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return JSONResponse({"error": f"CORS preflight refused: {reason} not allowed"}, response.status_code, headers)
 
 
 def connection_limit_refusal(app: FastAPI, max_connections: int):
