@@ -413,9 +413,16 @@ class GuardMiddleware:
                     headers["Content-Security-Policy"] = PAGE_CSP
             await send(message)
 
+        # Both framings at once: h11 reads the body as chunked and keeps the connection, but a
+        # proxy in front that goes by Content-Length would read the rest as another request
+        # (request smuggling). Refused as the parser refuses a malformed head, and closed.
+        ambiguous = _has_both_framings(scope)
         try:
             foreign = browser_refusal(scope, self.cors_origins) if self.browser_guard else None
-            if foreign is not None:
+            if ambiguous:
+                refusal = JSONResponse({"error": "malformed HTTP request"}, 400, headers={"Connection": "close"})
+                await refusal(scope, receive, send_with_headers)
+            elif foreign is not None:
                 await JSONResponse({"error": foreign}, status_code=403)(scope, receive, send_with_headers)
             elif (
                 self.api_key and path not in _PUBLIC and not (self.cors_origins and _is_preflight(scope))
@@ -437,8 +444,13 @@ class GuardMiddleware:
             stopping = JSONResponse({"error": "the service is shutting down"}, 503, headers={"Connection": "close"})
             await stopping(scope, receive, send_with_headers)
         finally:
-            endpoint = path if path in _ENDPOINTS else "other"
+            endpoint = MALFORMED_ENDPOINT if ambiguous else path if path in _ENDPOINTS else "other"
             self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
+
+
+def _has_both_framings(scope) -> bool:
+    names = {name for name, _ in scope["headers"]}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 def _is_preflight(scope) -> bool:
