@@ -438,6 +438,37 @@ def closing_answer(url: str, request: bytes) -> tuple[bytes, dict[bytes, bytes],
     return status_line, dict(line.split(b": ", 1) for line in headers.split(b"\r\n")), body
 
 
+def chunked(pieces: list[bytes], end: bool = True) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + (b"0\r\n\r\n" if end else b"")
+
+
+def test_a_body_in_thousands_of_tiny_chunks_is_refused_before_it_eats_the_event_loop(service):
+    """Each chunk costs the parser an event on the loop every client shares: a 1 MiB body in
+    1-byte chunks took 14 s of it. Past 4,096 pieces averaging under 256 bytes the body is
+    refused as malformed, with its reason; chunks of a normal size pass however many they are."""
+    counted = 'spamtune_http_errors_total{code="400",endpoint="malformed"}'
+    before = counter_value(call(service + "/metrics")[2].decode(), counted)
+    head = b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+    started = time.monotonic()
+    status_line, fields, body = closing_answer(service, head + chunked([b" "] * 5000, end=False))
+    assert time.monotonic() - started < 2
+    assert status_line == b"HTTP/1.1 400 Bad Request" and fields[b"x-content-type-options"] == b"nosniff"
+    assert json.loads(body) == {"error": "request body in too many small chunks (over 4,096, averaging under 256 bytes)"}
+    assert counter_value(call(service + "/metrics")[2].decode(), counted) == before + 1
+
+    # 2.5 MB in 5,000 chunks of 512 bytes (which the network's reads may split in two).
+    message = b"Subject: hi\n\n" + b"win a prize now " * 160_000
+    pieces = [message[i : i + 512] for i in range(0, len(message), 512)]
+    mail = b"POST /v1/classify/mail HTTP/1.1\r\nHost: localhost\r\nContent-Type: message/rfc822\r\n"
+    status_line, _, body = closing_answer(
+        service, mail + b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(pieces)
+    )
+    assert status_line == b"HTTP/1.1 200 OK" and "p_spam" in json.loads(body) and len(pieces) > 5000
+    few = [b'{"text":', b' "hello"', b"}"]  # tiny chunks, but few of them
+    status_line, _, body = closing_answer(service, head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + chunked(few))
+    assert status_line == b"HTTP/1.1 200 OK" and json.loads(body)["label"] in ("ham", "spam")
+
+
 def test_a_websocket_upgrade_is_a_plain_request_and_logs_nothing(clf, capfd):
     """The service has no WebSocket endpoint: a request asking to upgrade is answered as any
     other request to its path, and the log gets no warning per attempt (uvicorn's "Unsupported

@@ -33,6 +33,18 @@ MAX_CONNECTIONS = 1024
 # and only if no byte at all arrives: a connection that sends nothing, or a head one byte at a
 # time, would hold one of MAX_CONNECTIONS forever, and that many of them lock every client out.
 HEAD_TIMEOUT_S = 10.0
+# A chunked body may come in pieces of any size, and each piece costs h11 an event and uvicorn a
+# copy of the body so far, on the event loop every client shares: a 1 MiB body sent as 1-byte
+# chunks (6 MB on the wire) took 14 s of it, holding up every other request. Past
+# MAX_SMALL_BODY_PIECES pieces, a body whose pieces average under MIN_BODY_PIECE_BYTES is refused.
+# Clients send chunks of kilobytes (and a Content-Length body comes in the network's reads),
+# far above both.
+MAX_SMALL_BODY_PIECES = 4096
+MIN_BODY_PIECE_BYTES = 256
+TOO_MANY_PIECES = json.dumps({
+    "error": f"request body in too many small chunks (over {MAX_SMALL_BODY_PIECES:,}, "
+    f"averaging under {MIN_BODY_PIECE_BYTES} bytes)",
+}).encode()  # fmt: skip
 
 
 def bare_host(host: str) -> str:
@@ -147,6 +159,10 @@ def http_protocol(
 
     A request asking to upgrade the connection (``Upgrade: websocket``) is served as a plain
     request, with no warning logged.
+
+    A body in too many small pieces (``MAX_SMALL_BODY_PIECES`` says why) is refused as
+    malformed, with its own reason, before it costs the event loop more (h11's events are
+    counted; uvicorn's other parser, httptools, is not watched).
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -155,9 +171,15 @@ def http_protocol(
     class JsonErrorsProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         def __init__(self, *args, **kwargs) -> None:
             self._head_deadline: asyncio.TimerHandle | None = None
+            self._refusal = MALFORMED_REQUEST
             super().__init__(*args, **kwargs)
             # uvicorn's own check off: the limit is checked where the app is picked (``app``).
             self.max_connections, self.limit_concurrency = self.limit_concurrency, None
+            if hasattr(self, "conn"):  # h11's connection
+                self.conn.next_event = _counting_body_pieces(self.conn.next_event, self._refuse_with)
+
+        def _refuse_with(self, body: bytes) -> None:
+            self._refusal = body
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -216,12 +238,34 @@ def http_protocol(
             head = [b"HTTP/1.1 400 Bad Request"]
             head += [name + b": " + value for name, value in self.server_state.default_headers]
             head += [name.lower().encode() + b": " + value.encode() for name, value in SECURITY_HEADERS]
-            head += [b"content-type: application/json", b"content-length: %d" % len(MALFORMED_REQUEST), b"connection: close"]
-            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + MALFORMED_REQUEST)
+            head += [b"content-type: application/json", b"content-length: %d" % len(self._refusal), b"connection: close"]
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + self._refusal)
             self.transport.close()
             on_malformed()
 
     return JsonErrorsProtocol
+
+
+def _counting_body_pieces(next_event: Callable[[], object], refuse_with: Callable[[bytes], None]):
+    """h11's ``next_event``, raising its protocol error (which uvicorn answers with
+    ``send_400_response``) once a request's body has too many small pieces."""
+    import h11
+
+    pieces = size = 0
+
+    def counted():
+        nonlocal pieces, size
+        event = next_event()
+        if isinstance(event, h11.Request):
+            pieces = size = 0
+        elif isinstance(event, h11.Data):
+            pieces, size = pieces + 1, size + len(event.data)
+            if pieces > MAX_SMALL_BODY_PIECES and size < MIN_BODY_PIECE_BYTES * pieces:
+                refuse_with(TOO_MANY_PIECES)
+                raise h11.RemoteProtocolError("request body in too many small chunks")
+        return event
+
+    return counted
 
 
 def service_config(
