@@ -287,7 +287,9 @@ def _download_guarded(
     host = urlsplit(url).hostname or url
     # Built per call so proxy variables are read now; its connections are handed to the guard,
     # which closes one that stalls whatever it is waiting for (headers or body).
-    opener = urllib.request.build_opener(_GuardedHTTPHandler(guard), _GuardedHTTPSHandler(guard))
+    opener = urllib.request.build_opener(
+        _GuardedHTTPHandler(guard), _GuardedHTTPSHandler(guard), _HttpOnlyRedirectHandler()
+    )
     total = None
     for _ in range(MAX_ATTEMPTS_PER_URL):
         have = part.seek(0, os.SEEK_END)
@@ -464,6 +466,17 @@ def _guarded_connection(connection_class, guard: _StallGuard):
         return connection
 
     return make
+
+
+class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) URLs only. urllib's own also follows one to ``ftp://``, so a
+    mirror could make the download log in to an FTP server of its choosing, anywhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            fp.close()
+            raise _SourceError(f"{req.full_url} redirects to {newurl}, not an http(s) URL; not followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class _GuardedOpen:

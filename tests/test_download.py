@@ -302,6 +302,22 @@ def test_a_slow_link_that_keeps_going_is_not_given_up_on(server, root, short_sta
     assert paths.sms_file(root).read_bytes() == FAKE_SMS and leftovers(root) == []
 
 
+def test_a_redirect_to_anything_but_http_is_not_followed(server, root):
+    # urllib follows a redirect to ftp:// by itself, logging in to whatever server it names.
+    with socket.socket() as ftp:
+        ftp.bind(("127.0.0.1", 0))
+        ftp.listen(1)
+        ftp.settimeout(0.2)
+        location = f"ftp://127.0.0.1:{ftp.getsockname()[1]}/sms.zip"
+        url = server.add("/sms.zip", status=302, headers={"Location": location})
+        with pytest.raises(SpamtuneError) as err:
+            fetch_data(root, source_for(url))
+        with pytest.raises(TimeoutError):
+            ftp.accept()  # nothing came
+    assert str(err.value) == f"{url} redirects to {location}, not an http(s) URL; not followed"
+    assert not root.exists() or list(paths.sms_file(root).parent.iterdir()) == []
+
+
 def test_a_body_announced_larger_than_the_cap_is_not_read(server, root, monkeypatch):
     monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 10_000)
     url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}))
