@@ -318,6 +318,38 @@ def test_a_redirect_to_anything_but_http_is_not_followed(server, root):
     assert not root.exists() or list(paths.sms_file(root).parent.iterdir()) == []
 
 
+def test_sigterm_during_the_download_leaves_nothing_and_exits_143(server, root, monkeypatch):
+    """`timeout` or a scheduler ends the download as Ctrl-C does: the temporary file, named at
+    random and so never resumed, is not left beside the data."""
+    import signal
+
+    from spamtune.interrupts import forget_stop
+
+    url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}), pace=(5000, 0.05))
+    add = download._StallGuard.add
+
+    def add_then_sigterm(guard, size):
+        add(guard, size)
+        if size and list(paths.sms_file(root).parent.glob(".download.*")):
+            signal.raise_signal(signal.SIGTERM)
+
+    class Ended(Exception):
+        pass
+
+    def ended(signum, frame):  # what the default action would do, short of ending pytest
+        raise Ended
+
+    monkeypatch.setattr(download._StallGuard, "add", add_then_sigterm)
+    previous = signal.signal(signal.SIGTERM, ended)
+    try:
+        result = cli("download", "data", "--url", url, "--data-dir", str(root))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        forget_stop()
+    assert (result.exit_code, result.stdout, result.stderr) == (143, "", "Error: interrupted\n")
+    assert list(paths.sms_file(root).parent.iterdir()) == []
+
+
 def test_a_body_announced_larger_than_the_cap_is_not_read(server, root, monkeypatch):
     monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 10_000)
     url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}))

@@ -68,20 +68,25 @@ def fetch_data_file(root: Path, urls: list[str], from_file: Path | None, bundled
         use_bundled_data,
     )
 
+    from spamtune.interrupts import sigterm_as_interrupt
+
     def notify(message: str) -> None:
         console.print(message, markup=False)
 
-    if from_file is not None:
-        result = import_data(root, from_file, notify=notify)
-    elif bundled:
-        result = use_bundled_data(root, notify=notify)
-    else:
-        source = DataSource(urls=data_urls(urls))
-        # Only the default source falls back to the bundled copy: a mirror the user named
-        # failing is worth an error, not a silent substitute.
-        fallback = BUNDLED_SMS_FILE if source.urls == SMS_URLS else None
-        with _byte_progress(console, "SMS Spam Collection") as on_progress:
-            result = fetch_data(root, source, fallback=fallback, on_progress=on_progress, notify=notify)
+    # SIGTERM (`timeout`, a scheduler) as Ctrl-C: the temporary download is removed, where ending
+    # at once would leave it beside the data under a random name, never resumed nor cleaned.
+    with sigterm_as_interrupt():
+        if from_file is not None:
+            result = import_data(root, from_file, notify=notify)
+        elif bundled:
+            result = use_bundled_data(root, notify=notify)
+        else:
+            source = DataSource(urls=data_urls(urls))
+            # Only the default source falls back to the bundled copy: a mirror the user named
+            # failing is worth an error, not a silent substitute.
+            fallback = BUNDLED_SMS_FILE if source.urls == SMS_URLS else None
+            with _byte_progress(console, "SMS Spam Collection") as on_progress:
+                result = fetch_data(root, source, fallback=fallback, on_progress=on_progress, notify=notify)
     if result.status == "bundled" and result.fallback_reason:
         line = (
             f"SMS Spam Collection: the download failed ({result.fallback_reason}), "
