@@ -660,15 +660,19 @@ def download_model(
     else:
         notify(f"looking up {repo}/{paths.HF_WEIGHTS_FILE} on {endpoint or constants.ENDPOINT}")
     cached_before = try_to_load_from_cache(repo, paths.HF_WEIGHTS_FILE)
+    guard = _StallGuard(f"{endpoint or constants.ENDPOINT}/{repo}", stall_window_s())
     try:
-        path = Path(
-            hf_hub_download(
-                repo,
-                paths.HF_WEIGHTS_FILE,
-                endpoint=endpoint,
-                tqdm_class=None if progress_bars else _QuietTqdm,
+        with _hub_responses_guarded(guard):
+            path = Path(
+                hf_hub_download(
+                    repo,
+                    paths.HF_WEIGHTS_FILE,
+                    endpoint=endpoint,
+                    tqdm_class=None if progress_bars else _QuietTqdm,
+                )
             )
-        )
+    except _SourceError as exc:  # a stall: the hub's client keeps the .incomplete file to resume from
+        raise SpamtuneError(str(exc)) from None
     except Exception as exc:
         _raise_hub_error(exc, name, repo, endpoint)
     status = "present" if isinstance(cached_before, str) and Path(cached_before) == path else "downloaded"
@@ -676,6 +680,45 @@ def download_model(
     _verify_against_hub(path, repo, endpoint)
     check_hf_file(path, config)
     return Fetched(path, status)
+
+
+@contextlib.contextmanager
+def _hub_responses_guarded(guard: _StallGuard):
+    """While the block runs, every body the hub's shared HTTP client reads goes through ``guard``.
+
+    Its own timeout (``HF_HUB_DOWNLOAD_TIMEOUT``, 10 s) is per read, so a byte now and then
+    keeps a download of gigabytes going for ever. The bytes are counted as they arrive (the hub's
+    client writes them 10 MiB at a time), and the read after the window that stalls ends the
+    download: within a window and one read timeout. A response head that trickles in, and a
+    download over the Xet protocol (``hf_xet``, not HTTP), are not watched."""
+    import httpx2
+    from huggingface_hub import get_session
+
+    class GuardedStream(httpx2.SyncByteStream):
+        def __init__(self, inner, url: str) -> None:
+            self.inner, self.url = inner, url
+
+        def __iter__(self):
+            guard.url = self.url
+            guard.receiving_body()
+            for chunk in self.inner:
+                guard.add(len(chunk))
+                yield chunk
+
+        def close(self) -> None:
+            self.inner.close()
+
+    def watch(response) -> None:
+        response.stream = GuardedStream(response.stream, str(response.url))
+
+    session = get_session()
+    hooks = session.event_hooks
+    session.event_hooks = {**hooks, "response": [*hooks.get("response", []), watch]}
+    try:
+        yield
+    finally:
+        hooks = session.event_hooks
+        session.event_hooks = {**hooks, "response": [hook for hook in hooks.get("response", []) if hook is not watch]}
 
 
 def import_model(root: Path, name: str, file: str | Path, *, config: GPTConfig | None = None) -> Fetched:

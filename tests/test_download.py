@@ -697,14 +697,15 @@ def tiny_weights(tmp_path_factory) -> bytes:
 
 
 def serve_on_hub(
-    hub: LoopbackServer, data: bytes, *, sha256: str | None = None, cdn: LoopbackServer | None = None, script=()
+    hub: LoopbackServer, data: bytes, *, sha256: str | None = None, cdn: LoopbackServer | None = None, script=(),
+    pace: tuple[int, float] | None = None,
 ):
     """Answer HEAD/GET on the resolve URL as the hub does for an LFS file: the sha256 as (linked)
     ETag, the commit in X-Repo-Commit; with ``cdn``, a redirect to the bytes on another host."""
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
     meta = {"X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data))}
     if cdn is None:
-        hub.add(RESOLVE, data, headers={**meta, "ETag": f'"{sha256}"'}, script=list(script))
+        hub.add(RESOLVE, data, headers={**meta, "ETag": f'"{sha256}"'}, script=list(script), pace=pace)
     else:
         location = cdn.add(f"/blobs/{sha256}", data, script=list(script))
         hub.add(RESOLVE, status=302, headers={**meta, "ETag": '"0b1f1a1e"', "Location": location})
@@ -713,6 +714,30 @@ def serve_on_hub(
 def cache_files(kind: str) -> list[Path]:
     folder = Path(hf_constants.HF_HUB_CACHE) / "models--openai-community--gpt2" / kind
     return sorted(folder.rglob("*")) if folder.is_dir() else []
+
+
+def test_a_trickling_hub_is_given_up_on_and_the_next_download_starts_clean(server, tiny_weights, monkeypatch):
+    # The hub client's own timeout is per read: a byte every 0.1 s would never reach it.
+    monkeypatch.setenv("SPAMTUNE_DOWNLOAD_STALL_S", "0.5")
+    serve_on_hub(server, tiny_weights, pace=(1, 0.1))
+    hooks_before = list(hf_http.get_session().event_hooks["response"])
+    started = time.monotonic()
+    result = cli("download", "model", "gpt2", "--endpoint", server.base_url)
+    assert time.monotonic() - started < 5
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert re.fullmatch(
+        rf"Error: {re.escape(server.url(RESOLVE))} sent \d bytes in 0\.\d s; giving up \(a working link, however "
+        r"slow, sends 137 bytes in 0\.5 s; SPAMTUNE_DOWNLOAD_STALL_S=SECONDS allows a longer window\)",
+        result.stderr.splitlines()[-1],
+    ), result.stderr
+    # Nothing under the final name, no partial blob (the hub's client removes its own).
+    assert [p for p in cache_files("snapshots") if p.is_file() or p.is_symlink()] == []
+    assert cache_files("blobs") == []
+    assert hf_http.get_session().event_hooks["response"] == hooks_before  # the shared client as it was
+
+    serve_on_hub(server, tiny_weights)
+    result = download_model("gpt2", config=TINY, endpoint=server.base_url)
+    assert result.path.read_bytes() == tiny_weights and result.status == "downloaded"
 
 
 def test_model_download_checks_sha_and_shapes(server, tiny_weights):
