@@ -318,19 +318,27 @@ def test_a_redirect_to_anything_but_http_is_not_followed(server, root):
     assert not root.exists() or list(paths.sms_file(root).parent.iterdir()) == []
 
 
-def test_sigterm_during_the_download_leaves_nothing_and_exits_143(server, root, monkeypatch):
+@pytest.mark.parametrize("what", ["data", "model"])
+def test_sigterm_during_the_download_leaves_nothing_and_exits_143(server, root, tiny_weights, monkeypatch, what):
     """`timeout` or a scheduler ends the download as Ctrl-C does: the temporary file, named at
-    random and so never resumed, is not left beside the data."""
+    random and so never resumed, is not left beside the data or in the hub's cache."""
     import signal
 
     from spamtune.interrupts import forget_stop
 
-    url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}), pace=(5000, 0.05))
+    if what == "data":
+        url = server.add("/sms.zip", make_zip({"SMSSpamCollection": FAKE_SMS}), pace=(5000, 0.05))
+        args = ["download", "data", "--url", url, "--data-dir", str(root)]
+        partial = lambda: list(paths.sms_file(root).parent.glob(".download.*"))  # noqa: E731
+    else:
+        serve_on_hub(server, tiny_weights, pace=(5000, 0.05))
+        args = ["download", "model", "gpt2", "--endpoint", server.base_url]
+        partial = lambda: [p for p in cache_files("blobs") if p.name.endswith(".incomplete")]  # noqa: E731
     add = download._StallGuard.add
 
     def add_then_sigterm(guard, size):
         add(guard, size)
-        if size and list(paths.sms_file(root).parent.glob(".download.*")):
+        if size and partial():
             signal.raise_signal(signal.SIGTERM)
 
     class Ended(Exception):
@@ -342,12 +350,12 @@ def test_sigterm_during_the_download_leaves_nothing_and_exits_143(server, root, 
     monkeypatch.setattr(download._StallGuard, "add", add_then_sigterm)
     previous = signal.signal(signal.SIGTERM, ended)
     try:
-        result = cli("download", "data", "--url", url, "--data-dir", str(root))
+        result = cli(*args)
     finally:
         signal.signal(signal.SIGTERM, previous)
         forget_stop()
-    assert (result.exit_code, result.stdout, result.stderr) == (143, "", "Error: interrupted\n")
-    assert list(paths.sms_file(root).parent.iterdir()) == []
+    assert (result.exit_code, result.stdout, result.stderr.splitlines()[-1]) == (143, "", "Error: interrupted")
+    assert partial() == [] and leftovers(root) == []
 
 
 def test_a_body_announced_larger_than_the_cap_is_not_read(server, root, monkeypatch):

@@ -104,19 +104,23 @@ def fetch_data_file(root: Path, urls: list[str], from_file: Path | None, bundled
 
 def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: str | None, console: Console) -> Path:
     from spamtune.download import download_model, import_model, pretrained_name
+    from spamtune.interrupts import sigterm_as_interrupt
 
     name = pretrained_name(name)
-    if from_file is not None:
-        result = import_model(root, name, from_file)
-        console.print(f"{from_file} imported: shapes match {result.path.parent.name}", markup=False)
-        return result.path
-    common.configure_hf_logging()
-    result = download_model(
-        name,
-        endpoint=endpoint,
-        progress_bars=console.is_terminal,
-        notify=lambda message: console.print(message, markup=False),
-    )
+    # SIGTERM as Ctrl-C, as for the data: the hub client's partial file, under a name of its
+    # own, is removed rather than left in its cache.
+    with sigterm_as_interrupt():
+        if from_file is not None:
+            result = import_model(root, name, from_file)
+            console.print(f"{from_file} imported: shapes match {result.path.parent.name}", markup=False)
+            return result.path
+        common.configure_hf_logging()
+        result = download_model(
+            name,
+            endpoint=endpoint,
+            progress_bars=console.is_terminal,
+            notify=lambda message: console.print(message, markup=False),
+        )
     done = "was already in the Hugging Face cache" if result.status == "present" else "downloaded"
     console.print(f"{name} {done}; sha256 and shapes verified", markup=False)
     return result.path
