@@ -574,6 +574,31 @@ def test_a_connection_that_sends_no_request_head_in_time_is_closed(clf):
         assert call_json(url + "/v1/classify", "POST", {"text": "hello"})[0] == 200
 
 
+def test_a_client_that_reads_nothing_of_its_answers_is_cut_off(clf):
+    """Pipelined requests whose answers are never read fill the buffers, and the request then
+    waits on the client: with no limit of uvicorn's it held its connection (one of the limit's)
+    for as long as it liked. Once writing has waited the head timeout, the connection is aborted:
+    what the kernel already holds still arrives, then the end, not the remaining answers."""
+    with running(create_app(clf), head_timeout_s=0.5) as url:
+        host, port = url.removeprefix("http://").split(":")
+        answer = len(call(url + "/static/app.js")[2])
+        with socket.socket() as reader:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.settimeout(5)
+            reader.connect((host, int(port)))
+            # 10 MB of answers, more than the socket buffers hold.
+            reader.sendall(b"GET /static/app.js HTTP/1.1\r\nHost: localhost\r\n\r\n" * 1500)
+            time.sleep(2)
+            received = 0
+            try:
+                while chunk := reader.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert 0 < received < 1000 * answer
+        assert call(url + "/healthz")[0] == 200
+
+
 def test_a_body_that_does_not_arrive_in_time_is_refused(clf):
     """A body that stops short of its Content-Length, or comes a byte at a time, is answered
     408 once the body timeout has passed, and its connection closed: it no longer holds a

@@ -33,6 +33,10 @@ MAX_CONNECTIONS = 1024
 # and only if no byte at all arrives: a connection that sends nothing, or a head one byte at a
 # time, would hold one of MAX_CONNECTIONS forever, and that many of them lock every client out.
 HEAD_TIMEOUT_S = 10.0
+# The same for a client that stops reading its answer: once the answer fills the socket's buffers
+# the request waits for it to read, with no timeout of uvicorn's, so a client that pipelines
+# requests and reads nothing held one of MAX_CONNECTIONS for as long as it liked. A connection
+# whose writing stays paused for HEAD_TIMEOUT_S (the client took in no ~48 KiB meanwhile) is cut.
 # A chunked body may come in pieces of any size, and each piece costs h11 an event and uvicorn a
 # copy of the body so far, on the event loop every client shares: a 1 MiB body sent as 1-byte
 # chunks (6 MB on the wire) took 14 s of it, holding up every other request. Past
@@ -155,7 +159,9 @@ def http_protocol(
     its own where the app is picked, running the ASGI app ``over_limit`` instead of the app.
 
     A connection that has not sent a whole request head ``head_timeout_s`` after it opened, or
-    after its previous answer ended, is closed (``HEAD_TIMEOUT_S`` says why).
+    after its previous answer ended, is closed (``HEAD_TIMEOUT_S`` says why); so is one that reads
+    nothing of its answer for as long, once the answer fills the buffers (aborted, as what it
+    holds will never be read).
 
     A request asking to upgrade the connection (``Upgrade: websocket``) is served as a plain
     request, with no warning logged.
@@ -171,6 +177,7 @@ def http_protocol(
     class JsonErrorsProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         def __init__(self, *args, **kwargs) -> None:
             self._head_deadline: asyncio.TimerHandle | None = None
+            self._read_deadline: asyncio.TimerHandle | None = None
             self._refusal = MALFORMED_REQUEST
             super().__init__(*args, **kwargs)
             # uvicorn's own check off: the limit is checked where the app is picked (``app``).
@@ -191,7 +198,22 @@ def http_protocol(
 
         def connection_lost(self, exc) -> None:
             self._head_read()
+            self._answer_read()
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._answer_read()
+            self._read_deadline = self.loop.call_later(head_timeout_s, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            self._answer_read()
+            super().resume_writing()
+
+        def _answer_read(self) -> None:
+            if self._read_deadline is not None:
+                self._read_deadline.cancel()
+                self._read_deadline = None
 
         def _await_head(self) -> None:
             self._head_read()
