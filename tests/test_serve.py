@@ -351,6 +351,20 @@ def test_query_parameters_an_endpoint_does_not_read_are_refused(service):
     assert status == 200 and answer["threshold"] == 0.9
 
 
+def test_a_threshold_given_twice_is_refused_not_the_last_one_taken(service):
+    """Of two, the last was applied: a client, or a proxy checking the first, would believe
+    another threshold applied than the one that did."""
+    status, answer = call_json(service + "/v1/classify/mail?threshold=0.1&threshold=0.9", "POST", b"Subject: hi\n\nyo")
+    assert (status, answer) == (422, {"error": "query parameter 'threshold' given 2 times; give it once"})
+    body = b'{"text": "hi", "threshold": 0.1, "threshold": 0.9}'
+    status, answer = call_json(service + "/v1/classify", "POST", body)
+    assert (status, answer) == (422, {"error": "malformed JSON: the key 'threshold' appears twice in one object"})
+    many_keys = b"{" + b", ".join(b'"k%d": 1' % i for i in range(50_000)) + b', "text": "hi"}'
+    started = time.monotonic()
+    assert call_json(service + "/v1/classify", "POST", many_keys)[0] == 422  # unknown field, found at once
+    assert time.monotonic() - started < 2
+
+
 def test_a_run_of_three_classes_refuses_a_requests_threshold(tmp_path):
     """Such a run decides by the most probable class: a request's threshold would be ignored
     while the answer claimed it, so it is refused with the reason."""

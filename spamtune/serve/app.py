@@ -582,12 +582,26 @@ def _authorized(headers: Headers, api_key: str) -> bool:
 
 
 def refuse_unknown_parameters(request: Request, allowed: tuple[str, ...], hint: str) -> None:
-    """A 422 for a query parameter the endpoint does not read: ignored, a misspelt
-    ``?treshold=0.8``, or a ``?threshold=`` sent to /v1/classify, would apply the service's
-    threshold while the client believes its own applies."""
+    """A 422 for a query parameter the endpoint does not read, or one given twice: ignored, a
+    misspelt ``?treshold=0.8``, a ``?threshold=`` sent to /v1/classify, or the first of two
+    (the last one wins), would apply another threshold than the one the client believes applies."""
     unknown = sorted(set(request.query_params) - set(allowed))
     if unknown:
         raise ApiError(422, f"unknown query parameter {unknown[0]!r}: {hint}")
+    repeated = next((name for name in allowed if len(request.query_params.getlist(name)) > 1), None)
+    if repeated is not None:
+        raise ApiError(422, f"query parameter {repeated!r} given {len(request.query_params.getlist(repeated))} times; give it once")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: of two, ``json`` keeps the last, so the
+    first "threshold" a client (or a proxy's check) reads would not be the one applied."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ApiError(422, f"malformed JSON: the key {key!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -624,7 +638,7 @@ def parse_classify_request(
 ) -> tuple[list[str], bool, float | None, bool]:
     """``(texts, single, threshold, explain)`` from a ``/v1/classify`` body, or a 422/413 ``ApiError`` with one line."""
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise ApiError(422, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except UnicodeDecodeError:
