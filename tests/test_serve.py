@@ -613,6 +613,36 @@ def test_a_client_that_reads_nothing_of_its_answers_is_cut_off(clf):
         assert call(url + "/healthz")[0] == 200
 
 
+def test_request_bodies_held_at_once_are_capped_across_requests(clf):
+    """Each request's limit alone let every connection hold a whole body (11.4 MiB of memory for
+    each 10 MiB message still arriving): the bodies held at once, from their first byte to their
+    answer, have a cap of their own, beyond which a request is 503 before its body is read."""
+    settings = ServeSettings(max_mail_bytes=1000, max_body_bytes=1000, max_bodies_bytes=2500)
+    mail = b"POST /v1/classify/mail HTTP/1.1\r\nHost: localhost\r\nContent-Type: message/rfc822\r\n"
+    with running(create_app(clf, settings)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        holding = []
+        for _ in range(2):  # 2,000 of the 2,500 bytes, bodies still arriving
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(mail + b"Content-Length: 1000\r\n\r\nSubject: hi\n\n")
+            holding.append(sock)
+        time.sleep(0.3)
+        status_line, fields, body = closing_answer(url, mail + b"Content-Length: 600\r\n\r\n" + b"x" * 600)
+        assert (status_line, fields.get(b"retry-after")) == (b"HTTP/1.1 503 Service Unavailable", b"1"), (status_line, fields, body)
+        assert json.loads(body) == {"error": "the service holds 2,500 bytes of request bodies already; retry later"}
+        # A chunked body is counted as it arrives.
+        status_line, _, body = closing_answer(
+            url, mail + b"Transfer-Encoding: chunked\r\n\r\n" + chunked([b"x" * 300, b"y" * 300])
+        )
+        assert status_line == b"HTTP/1.1 503 Service Unavailable"
+        assert call_json(url + "/v1/classify", "POST", {"text": "hi"})[0] == 200  # 17 bytes: room for it
+        for sock in holding:  # the clients leave: their share is given back
+            sock.close()
+        time.sleep(0.3)
+        status, answer = call_json(url + "/v1/classify/mail", "POST", b"Subject: hi\n\n" + b"x" * 900)
+        assert status == 200 and "p_spam" in answer
+
+
 def test_a_body_that_does_not_arrive_in_time_is_refused(clf):
     """A body that stops short of its Content-Length, or comes a byte at a time, is answered
     408 once the body timeout has passed, and its connection closed: it no longer holds a

@@ -51,6 +51,9 @@ class ServeSettings:
     # A whole request body, from the end of its head: a client that sends it slowly or never
     # would otherwise hold a connection and a request of the service's limit forever.
     body_timeout_s: float = 60.0
+    # Request bodies held at once, all requests together (from their first byte to their answer):
+    # each request's own limit alone let 1,024 connections each hold a 10 MiB message, 11 GiB.
+    max_bodies_bytes: int = 256 << 20
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
 
@@ -159,6 +162,8 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     """The ASGI app serving ``classifier`` (a ``SpamClassifier``, or anything with its interface)."""
     settings = settings or ServeSettings()
     metrics = ServiceMetrics()
+    # Never below one request's own limit, or a body within it could never be served.
+    bodies = BodyBudget(max(settings.max_bodies_bytes, settings.max_body_bytes, settings.max_mail_bytes))
     batcher = DynamicBatcher(
         verdicts.predictors(classifier),
         max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, on_pass=metrics.observe_pass,
@@ -279,16 +284,19 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         refuse_unknown_parameters(
             request, (), '/v1/classify takes its options in the JSON body: {"text": ..., "threshold": ...}'
         )
-        body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
-        texts, single, requested, explain = parse_classify_request(body, settings.max_texts, settings.max_explain_texts)
-        check_requested(requested, '"threshold"')
-        results = []
-        for item in await classify(texts, "explain" if explain else "text"):
-            prediction, spans, window = item if explain else (item, None, None)
-            result: dict[str, Any] = dict(zip(("label", "p_spam"), verdict(prediction, requested)))
-            if explain:
-                result["explanation"], result["window"] = spans, window
-            results.append(result)
+        async with bodies.holding() as share:
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s, share)
+            texts, single, requested, explain = parse_classify_request(
+                body, settings.max_texts, settings.max_explain_texts
+            )
+            check_requested(requested, '"threshold"')
+            results = []
+            for item in await classify(texts, "explain" if explain else "text"):
+                prediction, spans, window = item if explain else (item, None, None)
+                result: dict[str, Any] = dict(zip(("label", "p_spam"), verdict(prediction, requested)))
+                if explain:
+                    result["explanation"], result["window"] = spans, window
+                results.append(result)
         answer: dict[str, Any] = {"run": run_name, "threshold": threshold_of(requested)}
         if single:
             answer.update(results[0])
@@ -307,9 +315,10 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ApiError(422, "invalid threshold: must be between 0 and 1")
         check_requested(threshold, "?threshold=")
-        raw = await read_body(request, settings.max_mail_bytes, settings.body_timeout_s)
-        text = await run_in_threadpool(verdicts.message_text, raw)  # parsing a large message takes a while
-        label, p = verdict((await classify([text], "mail"))[0], threshold)
+        async with bodies.holding() as share:
+            raw = await read_body(request, settings.max_mail_bytes, settings.body_timeout_s, share)
+            text = await run_in_threadpool(verdicts.message_text, raw)  # parsing a large message takes a while
+            label, p = verdict((await classify([text], "mail"))[0], threshold)
         used = threshold_of(threshold)
         return JSONResponse({
             "run": run_name, "threshold": used, "label": label, "p_spam": p,
@@ -604,9 +613,47 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and
-    with 408 when it has not arrived whole within ``timeout_s`` seconds."""
+class BodyBudget:
+    """The bytes of request bodies the service holds at once, across requests: a request that
+    would take it past ``capacity`` is refused with 503 (retry later) rather than held.
+    Used from the event loop only."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+
+    @asynccontextmanager
+    async def holding(self):
+        """A request's share, given back when the block ends (its answer made, or its error)."""
+        share = _BodyShare(self)
+        try:
+            yield share
+        finally:
+            self.held -= share.size
+
+
+class _BodyShare:
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def grow_to(self, size: int) -> None:
+        extra = size - self.size
+        if extra <= 0:
+            return
+        if self.budget.held + extra > self.budget.capacity:
+            raise ApiError(
+                503, f"the service holds {self.budget.capacity:,} bytes of request bodies already; retry later",
+                {"Retry-After": "1", "Connection": "close"},
+            )  # fmt: skip
+        self.budget.held += extra
+        self.size = size
+
+
+async def read_body(request: Request, limit: int, timeout_s: float, share: _BodyShare) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, with
+    408 when it has not arrived whole within ``timeout_s`` seconds, and with 503 when the
+    service's ``BodyBudget`` (of which ``share`` is this request's) cannot hold it."""
     declared = request.headers.get("content-length")
     too_large = ApiError(413, f"request body too large (at most {limit:,} bytes)")
     if declared is not None:
@@ -614,6 +661,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             raise ApiError(400, "invalid Content-Length")
         if int(declared) > limit:
             raise too_large
+        share.grow_to(int(declared))  # refused before a byte of it is read
 
     async def read() -> bytes:
         body = bytearray()
@@ -621,6 +669,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             body += chunk
             if len(body) > limit:
                 raise too_large
+            share.grow_to(len(body))
         return bytes(body)
 
     try:
