@@ -149,6 +149,8 @@ _ENDPOINTS = frozenset({
 SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
 # The endpoint label of requests the HTTP parser refused: their path, if any, is not to be trusted.
 MALFORMED_ENDPOINT = "malformed"
+# Set in a request's scope when the parser answered it mid-body (``server.http_protocol``).
+ANSWERED_BY_PARSER = "spamtune.answered_by_parser"
 _PUBLIC = frozenset({"/", "/static/app.css", "/static/app.js", "/healthz", "/docs", "/openapi.json"})
 
 # The page loads nothing from elsewhere and runs no inline code.
@@ -403,6 +405,7 @@ class GuardMiddleware:
         start = time.perf_counter()
         path = scope["path"]
         status = 500
+        server_scope = scope  # the server's own, where it marks a request its parser answered
         if scope["method"] == "HEAD":
             # Answered as GET: FastAPI's routes take GET only, and a monitor checking /healthz
             # with HEAD would see 405, a service down. uvicorn drops the body, as it reads the
@@ -453,8 +456,9 @@ class GuardMiddleware:
             stopping = JSONResponse({"error": "the service is shutting down"}, 503, headers={"Connection": "close"})
             await stopping(scope, receive, send_with_headers)
         finally:
-            endpoint = MALFORMED_ENDPOINT if ambiguous else path if path in _ENDPOINTS else "other"
-            self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
+            if not server_scope.get(ANSWERED_BY_PARSER):  # counted there, under "malformed"
+                endpoint = MALFORMED_ENDPOINT if ambiguous else path if path in _ENDPOINTS else "other"
+                self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
 
 
 def _has_both_framings(scope) -> bool:

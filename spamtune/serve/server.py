@@ -172,7 +172,7 @@ def http_protocol(
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    from spamtune.serve.app import SECURITY_HEADERS
+    from spamtune.serve.app import ANSWERED_BY_PARSER, SECURITY_HEADERS
 
     class JsonErrorsProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         def __init__(self, *args, **kwargs) -> None:
@@ -257,6 +257,11 @@ def http_protocol(
             warnings for each one (even with ``ws="none"``) would let any client fill the log."""
 
         def send_400_response(self, msg: str) -> None:
+            cycle = getattr(self, "cycle", None)
+            if cycle is not None and not cycle.response_started:
+                # Mid-body: the app's own answer to this request will never be written; this
+                # one stands for it, counted once (``on_malformed``), not again by the app.
+                cycle.scope[ANSWERED_BY_PARSER] = True
             head = [b"HTTP/1.1 400 Bad Request"]
             head += [name + b": " + value for name, value in self.server_state.default_headers]
             head += [name.lower().encode() + b": " + value.encode() for name, value in SECURITY_HEADERS]
