@@ -304,8 +304,11 @@ def _download_guarded(
                 _start_over(part)
                 continue
             raise _SourceError(f"{host} answered HTTP {exc.code} {exc.reason} for {url}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        except http.client.HTTPException as exc:  # reached, but what came back is no HTTP answer
             guard.raise_if_stalled()  # the guard closed the connection: say why, not how it ended
+            raise _SourceError(f"{host} sent no valid HTTP answer for {url} ({_reason(exc)})") from None
+        except (urllib.error.URLError, OSError) as exc:
+            guard.raise_if_stalled()
             reason = _reason(getattr(exc, "reason", exc))
             raise _SourceError(
                 f"cannot reach {host}: {reason}", "; use --from FILE or give a mirror with --url"

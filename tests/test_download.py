@@ -684,6 +684,14 @@ def test_cli_data_unreachable_and_404(server, root):
     assert result.stderr == f"Error: 127.0.0.1 answered HTTP 404 Not Found for {server.url('/nope.zip')}\n"
 
 
+def test_an_answer_that_is_no_http_is_not_called_unreachable(server, root):
+    # 150 header lines: http.client stops at 100. The server was reached; its answer is the fault.
+    url = server.add("/sms.zip", b"x", headers={f"X-Padding-{i}": "a" for i in range(150)})
+    result = cli("download", "data", "--url", url, "--data-dir", str(root))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == f"Error: 127.0.0.1 sent no valid HTTP answer for {url} (got more than 100 headers)\n"
+
+
 def test_cli_data_usage_errors(tmp_path):
     result = cli("download", "data", "--url", "http://127.0.0.1:9/x", "--from", str(tmp_path))
     assert result.exit_code == 2 and result.stderr == "Error: --url and --from exclude each other\n"
