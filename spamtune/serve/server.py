@@ -32,11 +32,11 @@ MAX_CONNECTIONS = 1024
 # previous answer; then it is closed. uvicorn closes an idle connection only after an answer,
 # and only if no byte at all arrives: a connection that sends nothing, or a head one byte at a
 # time, would hold one of MAX_CONNECTIONS forever, and that many of them lock every client out.
-HEAD_TIMEOUT_S = 10.0
 # The same for a client that stops reading its answer: once the answer fills the socket's buffers
 # the request waits for it to read, with no timeout of uvicorn's, so a client that pipelines
 # requests and reads nothing held one of MAX_CONNECTIONS for as long as it liked. A connection
 # whose writing stays paused for HEAD_TIMEOUT_S (the client took in no ~48 KiB meanwhile) is cut.
+HEAD_TIMEOUT_S = 10.0
 # A chunked body may come in pieces of any size, and each piece costs h11 an event and uvicorn a
 # copy of the body so far, on the event loop every client shares: a 1 MiB body sent as 1-byte
 # chunks (6 MB on the wire) took 14 s of it, holding up every other request. Past
