@@ -25,6 +25,15 @@ def _private_default_data_root(tmp_path_factory, monkeypatch):
     monkeypatch.delenv(paths.ENV_HOME, raising=False)
 
 
+def pytest_configure(config):
+    """Ctrl-C as a terminal delivers it, whoever started the suite: a shell without job control
+    starts a background job (`pytest ... &`, nohup) with SIGINT ignored, which its children
+    inherit, and the tests that send a real SIGINT would then wait for an interrupt that never
+    comes."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def _ctrl_c_handled_as_before():
     """A command that finishes ignores Ctrl-C from then on (``process_end.work_done``); run in
