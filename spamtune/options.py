@@ -106,7 +106,7 @@ class FinetuneOptions:
 # (``TransformerBlock.forward_at``): a training step of that block then gives the same numbers
 # on any thread count.
 FOLDED_POOLINGS = ("last-real", "last")
-_FINAL_BLOCK_PRESETS = ("last-block", "last-1-blocks")
+_FINAL_BLOCK_PRESETS = ("last-block", "last-1-blocks", "last-1-block")
 
 
 def trains_final_block_alone(trainable: str, pooling: str, shortcuts: bool) -> bool:

@@ -239,11 +239,11 @@ def finetune_command(
 def choose_spin(options: dict, resume: bool, devices: int | None) -> None:
     """How long the run's idle OpenMP threads spin before they sleep, set before torch loads.
 
-    A run that trains the final block alone can drop to one thread when other processes want
-    the cores (its numbers do not depend on the thread count), so it spins about a millisecond
-    (``threads.LONE_SPIN_COUNT``): its steps took ~5-20% less time on two cores. Every other
-    run, a resumed one (its options are read later, with torch) and ranks started by
-    ``--devices`` spin about 10 µs, which costs a machine's other work little."""
+    A run that trains the final block alone can leave cores to other processes that want them
+    (its numbers do not depend on the thread count; ``threads.CoreWatch``), so it spins about a
+    millisecond (``threads.LONE_SPIN_COUNT``): its steps took ~15% less time on 16 cores, a few
+    percent on two. Every other run, a resumed one (its options are read later, with torch) and
+    ranks started by ``--devices`` spin about 10 µs, which costs a machine's other work little."""
     import os
 
     from spamtune.threads import LONE_SPIN_COUNT, TRAINING_SPIN_COUNT, prefer_passive_waiting
