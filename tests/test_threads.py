@@ -58,11 +58,9 @@ def test_serve_also_spins_briefly_unless_the_user_chose(entry):
 
 
 @pytest.mark.parametrize("entry", ["console script", "python -m spamtune"])
-def test_training_spins_for_microseconds_unless_the_user_chose(entry):
-    assert probe(entry, ("sweep", "--help")) == "PASSIVE 1000 False"
-    assert probe(entry, ("sweep", "--help"), OMP_WAIT_POLICY="PASSIVE") == "PASSIVE None False"
-    assert probe(entry, ("sweep", "--help"), GOMP_SPINCOUNT="0") == "PASSIVE 0 False"
-    assert probe(entry, ("finetune", "--help")) == "None None False"  # finetune chooses once its options are read
+def test_training_chooses_its_spin_once_its_options_are_read(entry):
+    for command in ("finetune", "sweep"):
+        assert probe(entry, (command, "--help")) == "None None False"
 
 
 @pytest.mark.parametrize(
@@ -80,10 +78,15 @@ def test_training_spins_for_microseconds_unless_the_user_chose(entry):
         ((), {"OMP_WAIT_POLICY": "ACTIVE"}, "None"),
     ],
 )
-def test_finetune_spins_long_only_where_its_steps_can_give_the_cores_back(tmp_path, options, env, spin):
+@pytest.mark.parametrize("command", ["finetune", "sweep"])
+def test_training_spins_long_only_where_its_steps_can_give_the_cores_back(tmp_path, command, options, env, spin):
     """The spin is chosen from the parsed options before torch loads; the run then stops at
-    its missing splits (torch loaded by then), and the probe reads the environment at exit."""
-    args = ("finetune", "--model", "tiny", "--weights", "random", "--data-dir", str(tmp_path), *options)
+    its missing splits (torch loaded by then), and the probe reads the environment at exit.
+    A sweep (here of two learning rates) spins long only if every combination may."""
+    lrs = ("--lr", "1e-4,5e-4") if command == "sweep" else ()
+    if command == "sweep" and options == ("--no-shortcuts",):  # a sweep's flags take values
+        options = ("--shortcuts", "false")
+    args = (command, "--model", "tiny", "--weights", "random", "--data-dir", str(tmp_path), *lrs, *options)
     environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "WORLD_SIZE")}
     environ.update(env, PYTHONPATH=str(REPO))
     code = PROBE.format(entry=ENTRIES["console script"], args=list(args))
@@ -91,6 +94,16 @@ def test_finetune_spins_long_only_where_its_steps_can_give_the_cores_back(tmp_pa
     policy, spin_count, torch_loaded = result.stdout.splitlines()[-1].split()
     assert spin_count == spin and torch_loaded == "True", result.stderr
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("trainable", "spin"), [("last-block,last-1-block", "100000"), ("last-block,last-2-blocks", "1000")])
+def test_a_sweep_spins_long_only_if_every_combination_may(tmp_path, trainable, spin):
+    args = ("sweep", "--model", "tiny", "--weights", "random", "--trainable", trainable, "--data-dir", str(tmp_path))
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "WORLD_SIZE")}
+    environ.update(PYTHONPATH=str(REPO))
+    code = PROBE.format(entry=ENTRIES["console script"], args=list(args))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
+    assert result.stdout.splitlines()[-1].split() == ["PASSIVE", spin, "True"], result.stderr
 
 
 def test_a_resumed_run_spins_briefly(tmp_path):

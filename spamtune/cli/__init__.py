@@ -27,7 +27,7 @@ from spamtune.errors import OptionError, RanksInterrupted, SpamtuneError
 from spamtune.interrupts import forget_stop, interrupted_status, speaks_for_the_ranks
 from spamtune.allocator import keep_freed_memory
 from spamtune.cli.process_end import end_process
-from spamtune.threads import BRIEF_SPIN_COUNT, TRAINING_SPIN_COUNT, prefer_passive_waiting
+from spamtune.threads import BRIEF_SPIN_COUNT, prefer_passive_waiting
 
 
 def _flags_show_no_value() -> None:
@@ -218,11 +218,11 @@ _register_commands()
 
 def main() -> None:
     """The ``spamtune`` command (console script and ``python -m spamtune``)."""
-    # Before any command imports torch: OpenMP reads its wait policy once, at load. finetune
-    # chooses its own once its options are read (``finetune.choose_spin``).
+    # Before any command imports torch: OpenMP reads its wait policy once, at load. finetune and
+    # sweep choose theirs once their options are read (``common.choose_training_spin``).
     training = sys.argv[1:2] in (["finetune"], ["sweep"])
-    if sys.argv[1:2] != ["finetune"]:
-        prefer_passive_waiting(spin_count=BRIEF_SPIN_COUNT if sys.argv[1:2] == ["serve"] else TRAINING_SPIN_COUNT if training else None)
+    if not training:
+        prefer_passive_waiting(spin_count=BRIEF_SPIN_COUNT if sys.argv[1:2] == ["serve"] else None)
     if training:
         keep_freed_memory()  # a training step frees and takes the same memory every time
     try:

@@ -18,7 +18,7 @@ from spamtune.cli.common import dataclass_options, field_help, stderr_console, s
 from spamtune.cli.process_end import work_done
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.interrupts import interrupted_status, sigterm_as_interrupt, tell_the_launcher_it_was_said
-from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, blamed_on_record, options_in_record, trains_final_block_alone
+from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, blamed_on_record, options_in_record
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
     from rich.console import Console
@@ -215,7 +215,8 @@ def finetune_command(
     root, run, given, configured = _settle(ctx, run, resume, config, resume_run, out, data_dir, options)
     if not resume:
         _refuse_unused_lora_options(given, options)
-    choose_spin(options, resume, devices)
+    # A resumed run's options are read later, with torch: it keeps the short spin.
+    common.choose_training_spin([] if resume else [options], one_process=devices in (None, 1))
 
     from spamtune import distributed  # imports torch: the spin is chosen by now
 
@@ -234,24 +235,6 @@ def finetune_command(
                 _finetune(world, root, run, resume, given, options)
         finally:
             distributed.shutdown()
-
-
-def choose_spin(options: dict, resume: bool, devices: int | None) -> None:
-    """How long the run's idle OpenMP threads spin before they sleep, set before torch loads.
-
-    A run that trains the final block alone can leave cores to other processes that want them
-    (its numbers do not depend on the thread count; ``threads.CoreWatch``), so it spins about a
-    millisecond (``threads.LONE_SPIN_COUNT``): its steps took ~15% less time on 16 cores, a few
-    percent on two. Every other run, a resumed one (its options are read later, with torch) and
-    ranks started by ``--devices`` spin about 10 µs, which costs a machine's other work little."""
-    import os
-
-    from spamtune.threads import LONE_SPIN_COUNT, TRAINING_SPIN_COUNT, prefer_passive_waiting
-
-    one_process = devices in (None, 1) and os.environ.get("WORLD_SIZE", "1") == "1"  # WORLD_SIZE: set by torchrun
-    gives_cores_back = trains_final_block_alone(options["trainable"], options["pooling"], options["shortcuts"])
-    alone = gives_cores_back and one_process and not resume and options["device"] in ("auto", "cpu")
-    prefer_passive_waiting(spin_count=LONE_SPIN_COUNT if alone else TRAINING_SPIN_COUNT)
 
 
 def _refuse_unused_lora_options(given: list[str], options: dict) -> None:

@@ -113,14 +113,18 @@ def sweep_command(
 
     Runs go into one folder with sweep.json (runs ranked by validation loss); running the same sweep again skips finished runs and resumes an interrupted one. Every combination's options are checked before the first run; the exit code is 1 when no run finished.
     """
-    from spamtune import events, paths
-    from spamtune.sweep import parse_grid, run_sweep, split_values
+    from spamtune import paths
+    from spamtune.sweep import combinations, parse_grid, run_sweep, split_values
 
     given = {name: value for name, value in options.items() if value is not None}
     listed = {name for name, value in given.items() if len(split_values(value)) > 1}
     fixed = {name: values[0] for name, values in parse_grid(FinetuneOptions, {k: v for k, v in given.items() if k not in listed}).items()}
     grid = parse_grid(FinetuneOptions, {k: v for k, v in given.items() if k in listed})
     base = FinetuneOptions(**fixed, data_dir=str(paths.data_root(data_dir)))
+    common.choose_training_spin({**dataclasses.asdict(base), **combination} for combination in combinations(grid))
+
+    from spamtune import events  # imports torch: the spin is chosen by now
+
     console = stderr_console()
     reporter = SweepReporter(console)
     try:
