@@ -21,6 +21,8 @@ try:
 except ImportError:  # Windows: no flock, so an incomplete entry is never taken for abandoned
     fcntl = None
 
+# What flock raises on a file system that has none (some network file systems): lock nothing there.
+NO_FLOCK_ERRNOS = (errno.ENOLCK, errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP)
 # Times a writer makes its entry's folder again when ``cache rm`` removed it before it was locked.
 _CLAIM_ATTEMPTS = 3
 
@@ -56,7 +58,7 @@ def _claim_for_writing(entry: Path) -> int | None:
             if attempt == _CLAIM_ATTEMPTS - 1:
                 raise
         except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP):
+            if exc.errno not in NO_FLOCK_ERRNOS:
                 raise
             return None
     raise AssertionError("unreachable: the last attempt returns or raises")

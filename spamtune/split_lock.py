@@ -16,7 +16,6 @@ the mark with no prepare at work refuses the splits.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 import warnings
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError, SpamtuneWarning
+from spamtune.folder_lock import NO_FLOCK_ERRNOS
 from spamtune.fsutil import atomic_write_bytes
 
 try:
@@ -36,7 +36,6 @@ except ImportError:  # Windows: no flock, nothing is locked
 WAIT_SECONDS = 120.0
 NOTICE_SECONDS = 1.0  # and how long before it says that it waits
 _POLL_SECONDS = 0.05
-_NO_FLOCK = (errno.ENOLCK, errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP)
 # Present in a data root only while a prepare renames its files into place.
 RENAMING_MARK = ".prepare-renaming"
 
@@ -111,6 +110,6 @@ def _lock(fd: int, how: int, root: Path, waiting: str, busy: str) -> None:
                 said = True
             time.sleep(_POLL_SECONDS)
         except OSError as exc:
-            if exc.errno in _NO_FLOCK:  # a file system without flock: unlocked, as everywhere then
+            if exc.errno in NO_FLOCK_ERRNOS:  # a file system without flock: unlocked, as everywhere then
                 return
             raise SpamtuneError(f"cannot lock {root}: {exc.strerror or exc}") from None

@@ -10,8 +10,9 @@ after the other to about even (figures in README, "Sharing cores").
 
 OpenMP reads the variable once, when PyTorch loads it, so it must be set before
 ``import torch``. The ``spamtune`` command does that first thing (``spamtune.cli.main``), with
-a short spin for training and for the service (``prefer_passive_waiting``), and ``finetune``
-once it knows what the run trains (a longer one where ``CoreWatch`` can act); a user who sets
+a short spin for the service (``prefer_passive_waiting``); ``finetune`` and ``sweep`` choose
+theirs once their options are read, still before torch loads (``cli.common.choose_training_spin``:
+10 µs, or 1 ms where ``CoreWatch`` can act); a user who sets
 ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` keeps their value. ``import spamtune`` changes nothing in
 the host process: a program that embeds the library and shares cores calls
 ``prefer_passive_waiting()`` before it imports torch, or sets the variable in its environment.
