@@ -21,6 +21,8 @@ import io
 import json
 import os
 import re
+import stat
+import sys
 import unicodedata
 import warnings
 from collections import Counter
@@ -47,6 +49,11 @@ INPUT_FORMATS = ("tsv", "csv", "jsonl")
 DEFAULT_TEXT_COL = "text"
 DEFAULT_LABEL_COL = "label"
 PREPARE_RECORD = "prepare.json"
+STDIN = "-"  # ``--input -``: the labelled texts come on stdin
+# A stream (stdin, a pipe, a FIFO, a character device) has no size to check before it is read,
+# and one that never ends (`yes`, /dev/zero) would fill the memory: it is read up to this.
+MAX_STREAM_BYTES = 1 << 30
+_STREAM_CHUNK = 1 << 20
 
 SMS_FORMAT = "sms"  # the SMS Spam Collection's own layout: ``ham|spam<TAB>text``, no header
 SMS_FILE_NAME = "SMSSpamCollection"
@@ -67,7 +74,7 @@ MAX_SEED = 2**32 - 1
 class LabelledTexts:
     """The rows of an input file, in file order, with the label name -> class index mapping."""
 
-    path: Path
+    path: Path  # "-" for stdin
     sha256: str
     format: str  # "sms", "tsv", "csv" or "jsonl"
     texts: list[str]
@@ -79,6 +86,12 @@ class LabelledTexts:
     # Label -> the spellings merged into it (``Spam`` and ``spam``; ``1`` and ``1.0``), for labels with more than one.
     label_spellings_merged: dict[str, list[str]] = field(default_factory=dict)
     mail_sources: list[MailSourceCounts] | None = None  # for mail inputs: what each source held
+    stream: bool = False  # read once from stdin, a pipe, a FIFO or a device: ``path`` cannot be read again
+
+    @property
+    def name(self) -> str:
+        """The input as messages name it: ``stdin`` for ``-``."""
+        return input_name(self.path)
 
     def label_counts(self) -> dict[str, int]:
         """Rows per label name, in class-index order."""
@@ -145,7 +158,8 @@ class PreparedSplits:
         record = {
             "spamtune_version": __version__,
             "input": {
-                "path": str(src.path.resolve()),
+                "path": _recorded_path(src),
+                "stream": src.stream,
                 "sha256": src.sha256,
                 "format": src.format,
                 "text_col": src.text_col,
@@ -169,6 +183,13 @@ class PreparedSplits:
         return record
 
 
+def _recorded_path(source: LabelledTexts) -> str:
+    if str(source.path) == STDIN:
+        return STDIN
+    # A pipe's path (/dev/fd/63) resolves to no file at all, only to "pipe:[...]": kept as given.
+    return str(source.path.absolute() if source.stream else source.path.resolve())
+
+
 def resolve_input(root: Path, input_file: str | Path | None) -> Path:
     """The file to prepare: ``--input`` if given, else the downloaded SMS Spam Collection."""
     if input_file is None:
@@ -179,18 +200,30 @@ def resolve_input(root: Path, input_file: str | Path | None) -> Path:
                 f"or {paths.ELSEWHERE}"
             )
         return default
+    if str(input_file) == STDIN:
+        return Path(STDIN)
     # Expanded here as --data-dir and mail sources are: the shell leaves the "~" of --input=~/x.csv.
     path = Path(input_file).expanduser()
     if not path.exists():
         raise SpamtuneError(f"input file not found: {path.absolute()}")
-    if not path.is_file():
-        raise SpamtuneError(f"input is not a file: {path}")
+    if not is_input_file(path):
+        raise SpamtuneError(f"input is not a file, a pipe or a character device: {path}")
     return path
 
 
+def is_input_file(path: Path) -> bool:
+    """Whether ``path`` (a link followed: ``<(cmd)`` is a link to a pipe) is something prepare
+    reads labelled texts from: a regular file, a FIFO or pipe, a character device."""
+    return path.is_file() or path.is_fifo() or path.is_char_device()
+
+
+def input_name(path: Path) -> str:
+    return "stdin" if str(path) == STDIN else str(path)
+
+
 def mail_inputs(inputs: list[str]) -> list[str]:
-    """The inputs that name mail sources: ``LABEL=PATH`` and not an existing file."""
-    return [str(spec) for spec in inputs if "=" in str(spec) and not Path(spec).expanduser().is_file()]
+    """The inputs that name mail sources: ``LABEL=PATH`` and not an existing file or pipe."""
+    return [str(spec) for spec in inputs if "=" in str(spec) and not is_input_file(Path(spec).expanduser())]
 
 
 def read_input(
@@ -246,29 +279,26 @@ def read_labelled_texts(
     Columns and JSON keys are found as ``find_column`` finds them: ``Text`` is ``text`` where
     no other column fits as well.
     """
-    path = Path(path)
+    path, name = Path(path), input_name(Path(path))
     if fmt is not None and fmt not in INPUT_FORMATS:
         raise SpamtuneUsageError(f"unknown input format {fmt!r}; use one of {', '.join(INPUT_FORMATS)}")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
-    content = normalise_line_ends(_decode_utf8(raw, path))
+    raw, stream = _read_input_bytes(path)
+    content = normalise_line_ends(_decode_utf8(raw, name))
     if "\r" in content and "\n" not in content:
         # Classic Mac OS line ends (Excel for Mac's "CSV (Macintosh)"): in a file without a
         # single "\n", every "\r" ends a line, and read as text it would make one long header.
         content = content.replace("\r", "\n")
     if not content.strip():
-        raise SpamtuneError(f"{path} is empty")
+        raise SpamtuneError(f"{name} is empty")
 
     fmt = _resolve_format(path, content, fmt)
     if fmt == SMS_FORMAT:
         if text_col is not None or label_col is not None:
             raise SpamtuneUsageError(
-                f"{path} is in the SMS Spam Collection layout (label<TAB>text, no header); "
+                f"{name} is in the SMS Spam Collection layout (label<TAB>text, no header); "
                 "--text-col and --label-col apply only to files with a header"
             )
-        texts, labels = _read_sms(content, path, fold_case=not keep_label_case)
+        texts, labels = _read_sms(content, name, fold_case=not keep_label_case)
         spellings = labels
     else:
         text_col = text_col or DEFAULT_TEXT_COL
@@ -276,7 +306,7 @@ def read_labelled_texts(
         if text_col == label_col:
             raise SpamtuneUsageError(f"--text-col and --label-col are both {text_col!r}")
         reader = _read_jsonl if fmt == "jsonl" else _read_delimited
-        texts, values, row_place, text_col, label_col = reader(content, path, fmt, text_col, label_col)
+        texts, values, row_place, text_col, label_col = reader(content, name, fmt, text_col, label_col)
         labels, spellings = label_names(values, row_place)
 
     if keep_label_case:
@@ -288,13 +318,46 @@ def read_labelled_texts(
     else:
         label_map = _label_map(labels)
     if not texts:
-        raise SpamtuneError(f"{path} has a header but no rows")
+        raise SpamtuneError(f"{name} has a header but no rows")
     if len(label_map) < min_labels:
-        raise SpamtuneError(f"{path} has only one label ({labels[0]!r}); a classifier needs at least two")
+        raise SpamtuneError(f"{name} has only one label ({labels[0]!r}); a classifier needs at least two")
     return LabelledTexts(
         path, hashlib.sha256(raw).hexdigest(), fmt, texts, labels, label_map, text_col, label_col,
-        label_case_folded=not keep_label_case, label_spellings_merged=merged,
+        label_case_folded=not keep_label_case, label_spellings_merged=merged, stream=stream,
     )  # fmt: skip
+
+
+def _read_input_bytes(path: Path) -> tuple[bytes, bool]:
+    """The bytes of a labelled-text input, and whether it was a stream. A regular file is read
+    whole; stdin (``-``), a pipe (``<(cmd)``), a FIFO or a character device can be read only
+    once, so it is read to its end in one pass, and refused past ``MAX_STREAM_BYTES``."""
+    name = input_name(path)
+    try:
+        if str(path) == STDIN:
+            if sys.stdin is None:
+                raise SpamtuneUsageError("--input - reads labelled texts on stdin, but this process has none")
+            return _read_stream(sys.stdin.buffer, name), True
+        with open(path, "rb") as file:
+            if stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return file.read(), False
+            return _read_stream(file, name), True
+    except OSError as exc:
+        raise SpamtuneError(f"cannot read {name}: {exc.strerror or exc}") from None
+
+
+def _read_stream(stream, name: str) -> bytes:
+    if stream.isatty():  # typing labelled rows at a prompt is not what was meant
+        raise SpamtuneUsageError(f"{name} is a terminal; pipe the labelled texts in, e.g. `spamtune prepare --input - < texts.tsv`")
+    read = bytearray()  # grown in place: the bytes are held once, not once more when joined
+    while len(read) <= MAX_STREAM_BYTES:
+        chunk = stream.read(_STREAM_CHUNK)
+        if not chunk:
+            return read
+        read += chunk
+    raise SpamtuneError(
+        f"{name} holds more than {MAX_STREAM_BYTES >> 20:,} MiB, more than prepare reads from a stream; "
+        "save it to a file and pass --input FILE"
+    )
 
 
 def fold_label_case(labels: list[str], spellings: list[str] | None = None) -> tuple[list[str], dict[str, list[str]]]:
@@ -453,36 +516,35 @@ _NOT_TEXT = (
 )
 
 
-def _decode_utf8(raw: bytes, path: Path) -> str:
+def _decode_utf8(raw: bytes, name: str) -> str:
     """Strict UTF-8 (a leading byte-order mark is dropped); a bad byte is reported by line."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         for magic, why in _NOT_TEXT:
             if raw.startswith(magic):
-                raise SpamtuneError(f"{path} is not UTF-8 text: {why}") from None
+                raise SpamtuneError(f"{name} is not UTF-8 text: {why}") from None
         line = raw.count(b"\n", 0, exc.start) + 1
         raise SpamtuneError(
-            f"{path} is not valid UTF-8: line {line} has the byte 0x{raw[exc.start]:02x}; save it as UTF-8"
+            f"{name} is not valid UTF-8: line {line} has the byte 0x{raw[exc.start]:02x}; save it as UTF-8"
         ) from None
 
 
 def _resolve_format(path: Path, content: str, fmt: str | None) -> str:
     looks_like_sms = _SMS_FIRST_LINE.match(content) is not None
     if fmt is None:
-        fmt = _EXTENSION_FORMATS.get(path.suffix.lower())
+        fmt = None if str(path) == STDIN else _EXTENSION_FORMATS.get(path.suffix.lower())
         if path.name == SMS_FILE_NAME or (fmt in (None, "tsv") and looks_like_sms):
             return SMS_FORMAT
         if fmt is None:
-            raise SpamtuneUsageError(
-                f"cannot tell the format of {path} from its name; pass --format {'|'.join(INPUT_FORMATS)}"
-            )
+            how = "" if str(path) == STDIN else " from its name"  # stdin has none
+            raise SpamtuneUsageError(f"cannot tell the format of {input_name(path)}{how}; pass --format {'|'.join(INPUT_FORMATS)}")
     elif fmt == "tsv" and looks_like_sms:
         return SMS_FORMAT
     return fmt
 
 
-def _read_sms(content: str, path: Path, fold_case: bool) -> tuple[list[str], list[str]]:
+def _read_sms(content: str, name: str, fold_case: bool) -> tuple[list[str], list[str]]:
     """One message per line, split on ``\\n`` only: ``ham|spam<TAB>text``, the text verbatim.
 
     Quoting is off (a leading ``"`` is part of the message) and other line-break characters
@@ -493,16 +555,16 @@ def _read_sms(content: str, path: Path, fold_case: bool) -> tuple[list[str], lis
     for number, line in enumerate(content.rstrip("\n").split("\n"), start=1):
         label, tab, text = line.partition("\t")
         if not tab:
-            raise SpamtuneError(f"line {number} of {path} has no TAB; expected ham<TAB>text or spam<TAB>text")
+            raise SpamtuneError(f"line {number} of {name} has no TAB; expected ham<TAB>text or spam<TAB>text")
         if (label.lower() if fold_case else label) not in SMS_LABELS:
-            raise SpamtuneError(f"line {number} of {path} has the unknown label {label!r}; expected ham or spam")
-        _check_text_length(text, f"line {number} of {path}")
+            raise SpamtuneError(f"line {number} of {name} has the unknown label {label!r}; expected ham or spam")
+        _check_text_length(text, f"line {number} of {name}")
         texts.append(text)
         labels.append(label)
     return texts, labels
 
 
-def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col: str):
+def _read_delimited(content: str, name: str, fmt: str, text_col: str, label_col: str):
     """A CSV (RFC 4180 quoting: commas, quotes and newlines inside quoted fields) or a TSV
     (no quoting, as in the IANA TSV format: a ``"`` is an ordinary character), with a header."""
     options = {"sep": ","} if fmt == "csv" else {"sep": "\t", "quoting": csv.QUOTE_NONE}
@@ -511,14 +573,14 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
     options["lineterminator"] = "\n"
     options.update(dtype=str, keep_default_na=False, na_filter=False)
     if fmt == "csv":
-        _refuse_text_after_a_closing_quote(content, path)
+        _refuse_text_after_a_closing_quote(content, name)
     try:
         frame = pd.read_csv(io.StringIO(content), **options)
         # The header as written: pandas renames a second "label" column "label.1", and reading
         # the first without a word would leave the other's labels unread.
         header = pd.read_csv(io.StringIO(content), header=None, nrows=1, **options).iloc[0].tolist()
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SpamtuneError(f"cannot parse {path} as {fmt.upper()}: {_one_line(exc)}") from None
+        raise SpamtuneError(f"cannot parse {name} as {fmt.upper()}: {_one_line(exc)}") from None
     columns = [str(c) for c in frame.columns]
     if len(header) != len(columns):
         header = columns
@@ -531,32 +593,32 @@ def _read_delimited(content: str, path: Path, fmt: str, text_col: str, label_col
         inside = "put a text holding a comma in double quotes" if fmt == "csv" else "a TSV text cannot hold a tab"
         inside = _other_separator(header, text_col) or inside
         raise SpamtuneError(
-            f"data row 1 of {path} has more fields than its header ({named}); {inside}"
+            f"data row 1 of {name} has more fields than its header ({named}); {inside}"
         )
     found = []
     for option, column in (("--text-col", text_col), ("--label-col", label_col)):
-        position = find_column(header, column, option, str(path), "column")
+        position = find_column(header, column, option, name, "column")
         if position is None:
             raise SpamtuneError(
-                f"column {column!r} not found in {path} (its header: {named}); "
+                f"column {column!r} not found in {name} (its header: {named}); "
                 + (_other_separator(header, column) or f"pass {option} NAME, or add a header line if the file has none")
             )
         found.append(position)
     _refuse_one_column_twice(header, found)
-    _refuse_a_repeated_header(frame, header, found, path)
+    _refuse_a_repeated_header(frame, header, found, name)
     texts = frame.iloc[:, found[0]].tolist()
     for row, text in enumerate(texts, start=1):
-        _check_text_length(text, f"data row {row} of {path}")
+        _check_text_length(text, f"data row {row} of {name}")
     cleaned: dict[str, str] = {}  # each label once: a file has few labels and many rows
     labels = []
     for row, value in enumerate(frame.iloc[:, found[1]].tolist(), start=1):
         if value not in cleaned:
-            cleaned[value] = _clean_label(value, f"data row {row} of {path}")
+            cleaned[value] = _clean_label(value, f"data row {row} of {name}")
         labels.append(cleaned[value])
-    return texts, labels, lambda index: f"data row {index + 1} of {path}", header[found[0]], header[found[1]]
+    return texts, labels, lambda index: f"data row {index + 1} of {name}", header[found[0]], header[found[1]]
 
 
-def _refuse_a_repeated_header(frame: pd.DataFrame, header: list[str], found: list[int], path: Path) -> None:
+def _refuse_a_repeated_header(frame: pd.DataFrame, header: list[str], found: list[int], name: str) -> None:
     """Files joined with ``cat`` keep every header but the first as a data row (a byte-order
     mark before it, from Excel): its label, ``label``, was a class of its own, one row per file."""
     repeated = None
@@ -566,12 +628,12 @@ def _refuse_a_repeated_header(frame: pd.DataFrame, header: list[str], found: lis
     if repeated.any():
         row = int(repeated.to_numpy().argmax()) + 1
         raise SpamtuneError(
-            f"data row {row} of {path} repeats the header ({header[found[0]]!r}, {header[found[1]]!r}): files joined with "
+            f"data row {row} of {name} repeats the header ({header[found[0]]!r}, {header[found[1]]!r}): files joined with "
             "their headers? leave out every header line but the first"
         )
 
 
-def _refuse_text_after_a_closing_quote(content: str, path: Path) -> None:
+def _refuse_text_after_a_closing_quote(content: str, name: str) -> None:
     """A quoted CSV field goes on to its separator: pandas keeps what follows a closing quote,
     so ``"he said \\"hi\\" to me"`` (a quote escaped with a backslash, not doubled as CSV
     does) was read, without a word, as the text ``he said \\hi\\" to me"``. The csv module's
@@ -587,7 +649,7 @@ def _refuse_text_after_a_closing_quote(content: str, path: Path) -> None:
             records += bool(row)
     except csv.Error as exc:
         if "expected after" in str(exc):
-            where = f"data row {records} of {path}" if records else f"the header of {path}"
+            where = f"data row {records} of {name}" if records else f"the header of {name}"
             raise SpamtuneError(
                 f"{where} goes on after the closing quote of a quoted field; a quote inside one is written "
                 '"" in CSV (a \\" is read as a backslash and the end of the field)'
@@ -651,7 +713,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_LINE = json.JSONDecoder(object_pairs_hook=_JsonObject, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
 
 
-def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: str):
+def _read_jsonl(content: str, name: str, fmt: str, text_col: str, label_col: str):
     """One JSON object per line (blank lines skipped).
 
     Parsed line by line with the json module rather than ``pandas.read_json`` so that every
@@ -668,21 +730,21 @@ def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: st
         try:
             record = _JSON_LINE.decode(line)
         except json.JSONDecodeError as exc:
-            raise SpamtuneError(f"line {number} of {path} is not valid JSON: {exc.msg} (column {exc.colno})") from None
+            raise SpamtuneError(f"line {number} of {name} is not valid JSON: {exc.msg} (column {exc.colno})") from None
         except RecursionError:  # the json module's parser recurses once per level of nesting
-            raise SpamtuneError(f"line {number} of {path} is not valid JSON: nested too deeply") from None
+            raise SpamtuneError(f"line {number} of {name} is not valid JSON: nested too deeply") from None
         if not isinstance(record, dict):
-            raise SpamtuneError(f"line {number} of {path} is not a JSON object")
+            raise SpamtuneError(f"line {number} of {name} is not a JSON object")
         if text_col in record and label_col in record and len(record) == len(record.pairs):
             text_key, label_key = text_col, label_col  # the usual line: both keys as asked, none twice
         else:
-            text_key, label_key = _json_keys(record, text_col, label_col, f"line {number} of {path}")
+            text_key, label_key = _json_keys(record, text_col, label_col, f"line {number} of {name}")
         text, label = record[text_key], record[label_key]
         # A \ud800 escape without its pair's other half decodes to no character: the split file,
         # UTF-8, could not hold it (an unexpected UnicodeEncodeError at the very end, before).
         lone_half = "\\u" in line and isinstance(text, str) and _SURROGATE.search(text)
         if lone_half or not isinstance(text, str) or label is None or isinstance(label, (list, dict)) or len(text) > MAX_TEXT_CHARS:
-            where = f"line {number} of {path}"
+            where = f"line {number} of {name}"
             if lone_half:
                 raise SpamtuneError(
                     f"{where}: {text_key!r} holds the escape \\u{ord(lone_half.group()):04x}, half of a UTF-16 pair without "
@@ -694,9 +756,9 @@ def _read_jsonl(content: str, path: Path, fmt: str, text_col: str, label_col: st
                 raise SpamtuneError(f"{where}: {label_key!r} is {_json_text(label)}, not a label")
             _check_text_length(text, where)
         texts.append(text)
-        labels.append(_clean_label(label, lambda: f"line {number} of {path}") if isinstance(label, str) else label)
+        labels.append(_clean_label(label, lambda: f"line {number} of {name}") if isinstance(label, str) else label)
         numbers.append(number)
-    return texts, labels, lambda index: f"line {numbers[index]} of {path}", text_col, label_col
+    return texts, labels, lambda index: f"line {numbers[index]} of {name}", text_col, label_col
 
 
 def _json_keys(record: _JsonObject, text_col: str, label_col: str, where: str) -> tuple[str, str]:
@@ -796,7 +858,7 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
     if UNREADABLE_LABEL in source.label_map:
         rows = source.label_counts()[UNREADABLE_LABEL]
         raise SpamtuneError(
-            f"{source.path} has the label {UNREADABLE_LABEL!r} ({rows:,} rows): `spamtune predict --mail` prints it for a "
+            f"{source.name} has the label {UNREADABLE_LABEL!r} ({rows:,} rows): `spamtune predict --mail` prints it for a "
             "message it cannot read, and a class of that name could not be told from one; rename the class"
         )
     frame = pd.DataFrame({"label": [source.label_map[name] for name in source.labels], "text": source.texts})
@@ -806,7 +868,7 @@ def prepare_splits(source: LabelledTexts, options: PrepareOptions | None = None)
     frame = frame[has_text]
     if frame["label"].nunique() < 2:
         raise SpamtuneError(
-            f"{source.path}: after dropping {empty_texts_dropped:,} rows with an empty text, "
+            f"{source.name}: after dropping {empty_texts_dropped:,} rows with an empty text, "
             "fewer than two labels are left; a classifier needs at least two"
         )
     duplicates_dropped = None

@@ -1,3 +1,4 @@
+import contextlib
 import csv
 import errno
 import gzip
@@ -603,6 +604,119 @@ def test_a_split_file_reads_back_the_longest_text_prepare_accepts(tmp_path):
     longest = Split(["w" * MAX_TEXT_CHARS, "short"], [0, 1])
     write_split(tmp_path / "train.csv", longest)
     assert read_split(tmp_path / "train.csv") == longest
+
+
+# --- streams: stdin, a pipe, a FIFO -------------------------------------------------------------
+
+
+def stream_input(tmp_path):
+    """A CSV with a quoted line break and a comma in a text: a stream must be parsed as the file is."""
+    rows = [(["ham", "spam"][i % 2], f"message {i}, with a comma" if i % 5 else f"two\nlines {i}") for i in range(40)]
+    return write_rows(tmp_path / "in.csv", ["label", "text"], rows)
+
+
+def prepare_in_a_process(*args, stdin=None, pass_fds=()):
+    """``spamtune prepare ARGS`` in a fresh process, as a shell pipeline starts it."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "spamtune", "prepare", *map(str, args)]
+    return subprocess.run(command, stdin=stdin, pass_fds=pass_fds, capture_output=True, text=True, env=env, timeout=60)
+
+
+def feeding(target, data: bytes):
+    """A thread writing ``data`` into ``target`` (a FIFO's path, or a pipe's write end), as the
+    command of `cmd > fifo` or `<(cmd)` does; a reader that never comes is not waited for."""
+    import threading
+
+    def write():
+        with contextlib.suppress(BrokenPipeError), open(target, "wb") as sink:
+            sink.write(data)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def assert_same_preparation(root, expected_root, path):
+    for name in OUTPUT_NAMES[:-1]:
+        assert (root / name).read_bytes() == (expected_root / name).read_bytes(), name
+    record, expected = (json.loads((folder / "prepare.json").read_text()) for folder in (root, expected_root))
+    assert record["input"].pop("path") == path and record["input"].pop("stream") is True
+    del expected["input"]["path"], expected["input"]["stream"]
+    assert record == expected  # the sha256 of the bytes read among the rest
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_stdin_a_pipe_and_a_fifo_give_the_splits_of_the_file(tmp_path):
+    """`prepare --input - < file`, `--input <(cat file)` and a named pipe were refused ("input is
+    not a file" / "not found: ./-"); each is read once and prepared as the file itself."""
+    src = stream_input(tmp_path)
+    assert run_prepare("--input", src, "--data-dir", tmp_path / "file").exit_code == 0
+    assert json.loads((tmp_path / "file" / "prepare.json").read_text())["input"]["stream"] is False
+
+    with src.open("rb") as stdin:
+        piped = prepare_in_a_process("--input", "-", "--format", "csv", "--data-dir", tmp_path / "stdin", stdin=stdin)
+    assert piped.returncode == 0, piped.stderr
+    assert "read 40 rows (20 ham / 20 spam) from stdin" in piped.stderr
+    assert_same_preparation(tmp_path / "stdin", tmp_path / "file", "-")
+
+    read_end, write_end = os.pipe()  # what bash's <(cat in.csv) hands over: /dev/fd/N
+    try:
+        feeding(write_end, src.read_bytes())
+        substituted = prepare_in_a_process(
+            "--input", f"/dev/fd/{read_end}", "--format", "csv", "--data-dir", tmp_path / "fd", pass_fds=(read_end,)
+        )
+    finally:
+        os.close(read_end)
+    assert substituted.returncode == 0, substituted.stderr
+    assert_same_preparation(tmp_path / "fd", tmp_path / "file", f"/dev/fd/{read_end}")
+
+    fifo = tmp_path / "named.csv"  # a FIFO's name gives its format as a file's does
+    os.mkfifo(fifo)
+    writer = feeding(fifo, src.read_bytes())
+    result = run_prepare("--input", fifo, "--data-dir", tmp_path / "fifo")
+    if writer.is_alive():  # refused unread: the writer still waits for a reader
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    writer.join(10)
+    assert result.exit_code == 0, result.stderr
+    assert_same_preparation(tmp_path / "fifo", tmp_path / "file", str(fifo))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+@pytest.mark.parametrize("given", ["stdin", "fifo"])
+def test_an_empty_or_endless_stream_is_one_line(tmp_path, monkeypatch, given):
+    """Nothing on the stream is one line saying so; a stream with no end (`yes`, /dev/zero) is
+    read up to MAX_STREAM_BYTES, then refused in one line rather than filling the memory."""
+    from spamtune import prepare
+
+    monkeypatch.setattr(prepare, "MAX_STREAM_BYTES", 1 << 20)
+    fifo = tmp_path / "fifo.tsv"
+    if given == "fifo":
+        os.mkfifo(fifo)
+    for data, message in ((b"", "is empty"), (b"ham\tx\n" * 200_000, "holds more than 1 MiB, more than prepare reads from a stream; save it to a file and pass --input FILE")):
+        if given == "stdin":
+            result = CliRunner().invoke(app, ["prepare", "--input", "-", "--data-dir", str(tmp_path / "out")], input=data)
+        else:
+            writer = feeding(fifo, data)
+            result = run_prepare("--input", fifo, "--data-dir", tmp_path / "out")
+            if writer.is_alive():
+                os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+            writer.join(10)
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr.splitlines() == [f"Error: {'stdin' if given == 'stdin' else fifo} {message}"]
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_stream_without_a_format_is_one_line(tmp_path):
+    """stdin has no name to take a format from: --format is asked for, unless it is in the SMS layout."""
+    result = CliRunner().invoke(app, ["prepare", "--input", "-", "--data-dir", str(tmp_path)], input=stream_input(tmp_path).read_bytes())
+    assert result.exit_code == 2 and result.stderr == "Error: cannot tell the format of stdin; pass --format tsv|csv|jsonl\n"
+    sms = b"".join(b"%s\tmessage %d\n" % (b"spam" if i % 2 else b"ham", i) for i in range(40))
+    result = CliRunner().invoke(app, ["prepare", "--input", "-", "--data-dir", str(tmp_path / "out")], input=sms)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "prepare.json").read_text())["input"]["format"] == "sms"
 
 
 # --- one preparation's files at a time ----------------------------------------------------------

@@ -32,11 +32,11 @@ def register(app: typer.Typer) -> None:
 def prepare(
     inputs: Optional[list[str]] = typer.Option(
         None, "--input", "-i", metavar="FILE|LABEL=PATH",
-        help="A TSV, CSV or JSONL file of labelled texts, or mail as LABEL=PATH (repeatable: a Maildir, an mbox, "
+        help="A TSV, CSV or JSONL file of labelled texts ('-' reads stdin; a pipe such as <(cmd) or a FIFO is read once too), or mail as LABEL=PATH (repeatable: a Maildir, an mbox, "
         "a folder of message files or a .eml, every message labelled LABEL). Default: the downloaded SMS Spam Collection.",
     ),
     input_format: Optional[Literal["tsv", "csv", "jsonl"]] = typer.Option(
-        None, "--format", help="Format of --input (default: from its extension). A headerless ham/spam TSV is read as the SMS Spam Collection."
+        None, "--format", help="Format of --input (default: from its extension; give it for stdin or a pipe). A headerless ham/spam TSV is read as the SMS Spam Collection."
     ),
     text_col: Optional[str] = typer.Option(None, "--text-col", help="Column (or JSON key) holding the text (default: text). Matched ignoring case and spaces where one column fits."),
     label_col: Optional[str] = typer.Option(None, "--label-col", help="Column (or JSON key) holding the label (default: label). Matched as --text-col is."),
@@ -69,7 +69,7 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
     source, options = prepared.source, prepared.options
     per_label = " / ".join(f"{count:,} {label}" for label, count in source.label_counts().items())
     if source.mail_sources is None:
-        console.print(f"read {len(source.texts):,} rows ({per_label}) from {source.path}")
+        console.print(f"read {len(source.texts):,} rows ({per_label}) from {source.name}")
     else:
         for c in source.mail_sources:
             console.print(
