@@ -82,9 +82,22 @@ def resume_writer(
 def saved_settings(run_dir: Path) -> dict | None:
     """The settings the run's last checkpoint was taken with, or None where it keeps none (a
     checkpoint from before they were kept) or cannot be read (loading it says why)."""
+    return _saved_metadata(run_dir, "settings")
+
+
+def saved_step(run_dir: Path) -> int | None:
+    """The step the run's last checkpoint stands at, read without its tensors; None where it
+    cannot be read (loading it says why)."""
+    position = _saved_metadata(run_dir, "loop")
+    step = position.get("step") if isinstance(position, dict) else None
+    return step if is_integer(step) and step >= 0 else None
+
+
+def _saved_metadata(run_dir: Path, key: str):
+    """The JSON value under ``key`` in the resume state's metadata, or None."""
     try:
         with safe_open(str(resume_file(run_dir)), framework="pt") as f:
-            kept = (f.metadata() or {}).get("settings")
+            kept = (f.metadata() or {}).get(key)
         return json.loads(kept) if kept is not None else None
     except (SafetensorError, OSError, ValueError):
         return None

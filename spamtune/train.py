@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
@@ -86,7 +87,7 @@ from spamtune.prefix_cache import (
     memory_budget_bytes,
 )
 from spamtune.schedule import clip_gradients, make_scheduler
-from spamtune.resume import load_resume_state, resume_writer, saved_settings, trainable_weights, training_state
+from spamtune.resume import load_resume_state, resume_writer, saved_settings, saved_step, trainable_weights, training_state
 from spamtune.fsdp import is_sharded, plain_copy, set_from_rank0, shard_classifier, whole_model
 
 # --------------------------------------------------------------------------- model and step
@@ -342,13 +343,13 @@ def resume_finetune(
             elif getattr(options, name) != value:
                 raise OptionChanged(name, value, getattr(options, name), run_dir)
         state = runs.resume_file(run_dir)
+        start_over = f"start over in a new run with its settings: spamtune finetune --config {run_dir} --data-dir {options.data_dir}"
         if not state.is_file() and runs.has_trained(run_dir):
             # Training would start again at step 0 and write over the run's metrics and weights.
             gone = "is not a file" if os.path.lexists(state) else "is missing"
             raise SpamtuneError(
                 f"cannot resume {run_dir}: its resume state {state} {gone}, so the run "
-                f"cannot go on from where it stopped; start over in a new run with its settings: "
-                f"spamtune finetune --config {run_dir} --data-dir {options.data_dir}"
+                f"cannot go on from where it stopped; {start_over}"
             )
         if options.max_length is None:
             options.max_length = resolved["max_length"]
@@ -361,8 +362,55 @@ def resume_finetune(
                 f"the prepared data in {options.data_dir} is not the data this run started with; "
                 "resume needs the same splits"
             )
+        run = Run(options, cfg, trainable, precision, data, run_dir, started)
+        check_metrics_kept(run, start_over)
         world.on_main(lambda: (runs.remove_leftovers(run_dir), runs.clear_failure(run_dir)), share=False)
-        return train_run(Run(options, cfg, trainable, precision, data, run_dir, started), on_event)
+        return train_run(run, on_event)
+
+
+def check_metrics_kept(run: Run, start_over: str) -> None:
+    """Refuse to resume a run whose ``metrics.jsonl`` lacks an evaluation its resume state has
+    passed: training carries on from the file, so a deleted or cut file left the finished run's
+    metrics, curves and plot without its early epochs, and nothing said so. A link or anything
+    else not a regular file there is refused too: it is read through, then replaced by a file at
+    the next evaluation, so whatever it led to stops being the run's metrics."""
+    path = run.run_dir / runs.METRICS_FILE
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        what = "is a symbolic link" if stat.S_ISLNK(mode) else "is not a file"
+        raise SpamtuneError(
+            f"cannot resume {run.run_dir}: its metrics {path} {what}; a run keeps them in a file of its own there: "
+            f"put the file itself back, or {start_over}"
+        )
+    step = saved_step(run.run_dir)  # None: the resume state is damaged, which loading it reports
+    expected = evaluation_steps(run.steps_per_epoch, run.options.eval_every, step or 0)
+    if not expected:
+        return
+    up_to = f"up to step {step}, where its resume state stands"
+    evaluations = f"the {len(expected):,} evaluations" if len(expected) > 1 else "the one evaluation"
+    if mode is None:
+        what = f"is missing, and with it {evaluations} {up_to}"
+    else:
+        kept = {record["step"] for record in runs.read_metrics(run.run_dir)}  # a damaged line: one error naming it
+        missing = [at for at in expected if at not in kept]
+        if not missing:
+            return
+        shown = ", ".join(map(str, missing[:3])) + (f" and {len(missing) - 3:,} more" if len(missing) > 3 else "")
+        lacking = f"{len(missing):,} of {evaluations}" if len(expected) > 1 else evaluations
+        what = f"lacks {lacking} {up_to} (step {shown})"
+    raise SpamtuneError(
+        f"cannot resume {run.run_dir}: its metrics {path} {what}; the finished run's metrics and curves would be "
+        f"incomplete: put the file back, or {start_over}"
+    )
+
+
+def evaluation_steps(steps_per_epoch: int, eval_every: int | None, until: int) -> list[int]:
+    """The steps up to ``until`` after which training evaluates (as ``train_run`` does): the end
+    of every epoch, and every ``eval_every`` steps."""
+    return [step for step in range(1, until + 1) if step % steps_per_epoch == 0 or (eval_every and step % eval_every == 0)]
 
 
 # What resume reads of a run's ``resolved`` section, each with the test its value must pass and

@@ -637,6 +637,48 @@ def test_a_resume_without_its_resume_state_is_refused_not_started_again(data_roo
     assert invoke("finetune", "--resume", str(run_dir)).exit_code == 0 and runs.is_finished(run_dir)
 
 
+def test_a_resume_whose_metrics_lost_evaluations_is_refused(data_root, tmp_path):
+    """A deleted metrics.jsonl was resumed from in silence: the finished run's metrics, curves
+    and plot lacked its early epochs. Every way the file can lose an evaluation the resume state
+    has passed is one line naming it, and the run is left as it was, to resume once it is back."""
+    run_dir = data_root / "runs" / "lost-metrics"
+    # 7 batches of 6 messages, 2 a step: 4 steps an epoch (the last one batch), evaluated at 3, 4, 6 and 8.
+    options = tiny_options(data_root, eval_every=3, batch_size=6, grad_accum=2)
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(options, run_dir, on_event=lambda e: ctrl_c_if(isinstance(e, events.StepDone) and e.step == 7))
+    metrics = run_dir / runs.METRICS_FILE
+    kept = metrics.read_bytes()
+    assert [r["step"] for r in runs.read_metrics(run_dir)] == [3, 4, 6]  # the resume state stands at step 6
+    elsewhere = tmp_path / "metrics-copy.jsonl"
+    elsewhere.write_bytes(kept)
+    way_out = f"start over in a new run with its settings: spamtune finetune --config {run_dir} --data-dir {data_root.resolve()}"
+    refused = f"Error: cannot resume {run_dir}: its metrics {metrics} "
+    damages = {
+        "deleted": (metrics.unlink, f"{refused}is missing, and with it the 3 evaluations up to step 6, where its resume state stands; "),
+        "its last epoch gone": (lambda: metrics.write_bytes(b"".join(kept.splitlines(keepends=True)[:2])), f"{refused}lacks 1 of the 3 evaluations up to step 6, where its resume state stands (step 6); "),
+        "one in the middle gone": (lambda: metrics.write_bytes(b"".join(kept.splitlines(keepends=True)[::2])), f"{refused}lacks 1 of the 3 evaluations up to step 6, where its resume state stands (step 4); "),
+        "a link to a copy": (lambda: (metrics.unlink(), metrics.symlink_to(elsewhere)), f"{refused}is a symbolic link; "),
+        "a folder": (lambda: (metrics.unlink(), metrics.mkdir()), f"{refused}is not a file; "),
+        # A line cut short is no record: named as it always was ("fix or remove that line").
+        "cut mid-line": (lambda: metrics.write_bytes(kept[:-20]), f"Error: {metrics}, line 3, is not an evaluation record"),
+    }
+    for name, (damage, refusal) in damages.items():
+        damage()
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()}
+        result = invoke("finetune", "--resume", str(run_dir))
+        assert_one_line_error(result, refusal, 1)
+        assert result.stderr.startswith(refusal), name
+        assert result.stderr.rstrip().endswith(way_out) or not refusal.startswith(refused), name
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()} == before, name
+        if metrics.is_dir() and not metrics.is_symlink():
+            metrics.rmdir()
+        metrics.unlink(missing_ok=True)
+        metrics.write_bytes(kept)
+    resumed = invoke("finetune", "--resume", str(run_dir))
+    assert resumed.exit_code == 0, resumed.stderr
+    assert [r["step"] for r in runs.read_metrics(run_dir)] == [3, 4, 6, 8]  # the schedule the check expects
+
+
 def test_a_run_trains_in_one_process_at_a_time(data_root):
     run_dir = interrupted_run(data_root, "twice")
     with runs.lock_run_dir(run_dir):  # as a second `finetune --resume` of the same run holds it
