@@ -6,6 +6,7 @@ requests at most.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -485,6 +486,28 @@ def test_a_body_in_thousands_of_tiny_chunks_is_refused_before_it_eats_the_event_
     few = [b'{"text":', b' "hello"', b"}"]  # tiny chunks, but few of them
     status_line, _, body = closing_answer(service, head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + chunked(few))
     assert status_line == b"HTTP/1.1 200 OK" and json.loads(body)["label"] in ("ham", "spam")
+
+
+def test_the_tiny_chunk_guard_holds_where_uvicorn_would_pick_another_parser(clf, monkeypatch):
+    """uvicorn's own pick of a parser is httptools wherever that is installed, and the guard
+    counts h11's events: there a body in thousands of 1-byte chunks was served. The service runs
+    on h11 whatever uvicorn would pick, so the body is refused all the same."""
+    import uvicorn.protocols.http.auto as auto
+
+    try:  # the parser uvicorn picks where it is installed
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as OtherParser
+    except ImportError:
+
+        class OtherParser(asyncio.Protocol):  # a stand-in: any parser but h11
+            def __init__(self, *args, **kwargs) -> None:
+                pass
+
+    monkeypatch.setattr(auto, "AutoHTTPProtocol", OtherParser)
+    head = b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with running(create_app(clf)) as url:
+        status_line, _, body = closing_answer(url, head + chunked([b" "] * 5000, end=False))
+    assert status_line == b"HTTP/1.1 400 Bad Request", status_line
+    assert json.loads(body)["error"].startswith("request body in too many small chunks")
 
 
 def test_a_websocket_upgrade_is_a_plain_request_and_logs_nothing(clf, capfd):

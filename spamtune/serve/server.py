@@ -146,8 +146,16 @@ MALFORMED_REQUEST = json.dumps({"error": "malformed HTTP request"}).encode()
 def http_protocol(
     over_limit, on_malformed: Callable[[], None], head_timeout_s: float = HEAD_TIMEOUT_S
 ) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools where installed, else h11, as uvicorn picks), answering
-    in JSON the requests that uvicorn would answer itself, in plain text, before the app is called.
+    """uvicorn's h11 HTTP protocol, answering in JSON the requests that uvicorn would answer
+    itself, in plain text, before the app is called.
+
+    h11 always, not the parser uvicorn picks by itself (``http="auto"``: httptools wherever it
+    is installed, as ``uvicorn[standard]`` installs it). Every change below reaches into the
+    parser's protocol class, and the body guard into h11's events: with httptools picked instead,
+    a body in a million 1-byte chunks was served rather than refused, and the whole protocol ran
+    on a parser the service is not tested with, so that what a client got depended on what else
+    happened to be installed. h11 is the slower parser, but its cost per request is small beside
+    a model's forward pass.
 
     A request its parser refuses (``Content-Length: abc``, a header line with no colon): uvicorn
     writes the 400 from ``send_400_response``, which both of its protocols have. That one method
@@ -168,13 +176,13 @@ def http_protocol(
 
     A body in too many small pieces (``MAX_SMALL_BODY_PIECES`` says why) is refused as
     malformed, with its own reason, before it costs the event loop more (h11's events are
-    counted; uvicorn's other parser, httptools, is not watched).
+    counted).
     """
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
     from spamtune.serve.app import ANSWERED_BY_PARSER, SECURITY_HEADERS
 
-    class JsonErrorsProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    class JsonErrorsProtocol(H11Protocol):
         def __init__(self, *args, **kwargs) -> None:
             self._head_deadline: asyncio.TimerHandle | None = None
             self._read_deadline: asyncio.TimerHandle | None = None
@@ -182,8 +190,7 @@ def http_protocol(
             super().__init__(*args, **kwargs)
             # uvicorn's own check off: the limit is checked where the app is picked (``app``).
             self.max_connections, self.limit_concurrency = self.limit_concurrency, None
-            if hasattr(self, "conn"):  # h11's connection
-                self.conn.next_event = _counting_body_pieces(self.conn.next_event, self._refuse_with)
+            self.conn.next_event = _counting_body_pieces(self.conn.next_event, self._refuse_with)
 
         def _refuse_with(self, body: bytes) -> None:
             self._refusal = body
