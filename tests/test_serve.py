@@ -568,6 +568,36 @@ def test_a_request_beyond_the_connection_limit_gets_the_json_error_shape(clf):
         assert 'spamtune_http_errors_total{code="503",endpoint="/v1/model"} 2.0' in metrics
 
 
+def test_a_connection_once_served_is_not_refused_its_next_requests(clf):
+    """At the connection limit, requests written at once on one connection (pipelined) are all
+    served: the next one's head is read as the previous answer completes, and that answer's
+    request counted as still in progress, so the second got a 503. And a connection once served
+    keeps being served when a newer one beyond the limit opens: the newer one is refused."""
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with running(create_app(clf), max_connections=1, keep_alive_s=60) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as served:
+            served.sendall(healthz * 3)
+            assert status_lines(served, 3) == [b"HTTP/1.1 200 OK"] * 3
+            with socket.create_connection((host, int(port)), timeout=10) as newer:
+                time.sleep(0.5)  # the service has taken the newer connection in by then
+                served.sendall(healthz)
+                assert status_lines(served, 1) == [b"HTTP/1.1 200 OK"]
+                newer.sendall(healthz)
+                assert status_lines(newer, 1) == [b"HTTP/1.1 503 Service Unavailable"]
+
+
+def status_lines(sock: socket.socket, count: int) -> list[bytes]:
+    """The status lines of the next ``count`` answers on ``sock`` (JSON bodies), fewer if it closes."""
+    answers = b""
+    while answers.count(b"HTTP/1.1 ") < count or not answers.endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answers += chunk
+    return re.findall(rb"HTTP/1\.1 [^\r]*", answers)
+
+
 def test_a_connection_that_sends_no_request_head_in_time_is_closed(clf):
     """A connection that sends nothing, or a request head a byte at a time (after an answer
     too), is closed once the head timeout has passed, so that such connections cannot hold the

@@ -187,6 +187,8 @@ def http_protocol(
             self._head_deadline: asyncio.TimerHandle | None = None
             self._read_deadline: asyncio.TimerHandle | None = None
             self._refusal = MALFORMED_REQUEST
+            self._admitted = False  # a request of this connection's was served (see ``app``)
+            self._answered: asyncio.Task | None = None  # the task of its last request answered
             super().__init__(*args, **kwargs)
             # uvicorn's own check off: the limit is checked where the app is picked (``app``).
             self.max_connections, self.limit_concurrency = self.limit_concurrency, None
@@ -200,10 +202,14 @@ def http_protocol(
             self._await_head()
 
         def on_response_complete(self) -> None:
+            # Called within the answered request's task, which is still among the server's
+            # tasks when uvicorn reads a pipelined request's head, below (``app``).
+            self._answered = asyncio.current_task()
             self._await_head()  # first: uvicorn reads a pipelined request's head within it
             super().on_response_complete()
 
         def connection_lost(self, exc) -> None:
+            self._answered = None
             self._head_read()
             self._answer_read()
             super().connection_lost(exc)
@@ -246,12 +252,23 @@ def http_protocol(
             after its client left). Refused are a request on connection ``max_connections + 1``
             and one arriving while ``max_connections`` are in progress: the service serves that
             many at once, as its answer says. (uvicorn's own check refuses on connection
-            ``max_connections`` already, serving one connection fewer than its limit.)"""
+            ``max_connections`` already, serving one connection fewer than its limit.)
+
+            A connection once served stays served: it is one of the ``max_connections``, so a
+            newer connection beyond them is refused, not its next request. Nor does its own
+            previous request count as in progress: a pipelined request's head is read as the
+            answer before it completes, in that answer's task, which is still among ``tasks``
+            then, and the second of two requests sent at once got a 503 from a service with
+            room for both (at a limit of one, always). A task done is not counted either: it
+            leaves ``tasks`` only in a callback a moment later."""
             self._head_read()
             limit, state = self.max_connections, self.server_state
-            if limit is not None and (len(state.connections) > limit or len(state.tasks) >= limit):
-                self.logger.warning("Refused a request: the service serves at most %d connections at once.", limit)
-                return over_limit
+            if limit is not None:
+                in_progress = sum(1 for task in state.tasks if task is not self._answered and not task.done())
+                if (not self._admitted and len(state.connections) > limit) or in_progress >= limit:
+                    self.logger.warning("Refused a request: the service serves at most %d connections at once.", limit)
+                    return over_limit
+            self._admitted = True
             return self._app
 
         @app.setter
