@@ -238,7 +238,7 @@ def read_input(
 ) -> LabelledTexts:
     """What ``prepare --input`` names: nothing (the SMS Spam Collection), one labelled-text file, or
     one or more mail sources ``LABEL=PATH``. An input is a mail source when it is not an existing
-    file and has the form ``LABEL=PATH``. Labels are folded to lower case unless ``keep_label_case``.
+    file and has the form ``LABEL=PATH``. Labels are compared ignoring case (``fold_label_case``) unless ``keep_label_case``.
     Training needs ``min_labels`` 2; scoring a run on messages of one class (an inbox of ham) needs 1."""
     mail = mail_inputs(inputs)
     if not mail:
@@ -274,7 +274,7 @@ def read_labelled_texts(
     dropped, so a CRLF file gives the texts its LF twin gives, and the texts ``predict`` sees.
     A file without any ``\n`` has classic Mac OS line ends: there each ``\r`` ends a line.
     Labels are compared ignoring case (``Spam``, ``SPAM`` and ``spam`` are one class, named in
-    lower case) unless ``keep_label_case``, and numbers by value (``label_names``: ``1`` and
+    lower case; ``fold_label_case``) unless ``keep_label_case``, and numbers by value (``label_names``: ``1`` and
     ``1.0`` are one class, ``1``); the spellings merged are reported in ``label_spellings_merged``.
     Columns and JSON keys are found as ``find_column`` finds them: ``Text`` is ``text`` where
     no other column fits as well.
@@ -298,8 +298,9 @@ def read_labelled_texts(
                 f"{name} is in the SMS Spam Collection layout (label<TAB>text, no header); "
                 "--text-col and --label-col apply only to files with a header"
             )
-        texts, labels = _read_sms(content, name, fold_case=not keep_label_case)
-        spellings = labels
+        texts, spellings = _read_sms(content, name, fold_case=not keep_label_case)
+        # Its classes are ham and spam however a line spells them (casefold's forms).
+        labels = spellings if keep_label_case else [label.casefold() for label in spellings]
     else:
         text_col = text_col or DEFAULT_TEXT_COL
         label_col = label_col or DEFAULT_LABEL_COL
@@ -361,11 +362,21 @@ def _read_stream(stream, name: str) -> bytes:
 
 
 def fold_label_case(labels: list[str], spellings: list[str] | None = None) -> tuple[list[str], dict[str, list[str]]]:
-    """Labels in lower case, and for each folded label that more than one spelling fell into,
+    """Labels compared ignoring case, and for each class that more than one spelling fell into,
     those spellings (sorted): a file labelled ``Spam`` in some rows and ``spam`` in others means
     one class, not two. ``spellings``: each label as the file wrote it, where ``label_names``
-    made one name of several (``1.0`` and ``1`` are ``1``)."""
-    folded = [label.lower() for label in labels]
+    made one name of several (``1.0`` and ``1`` are ``1``).
+
+    Compared as Unicode compares text ignoring case (``str.casefold``): ``STRASSE`` and
+    ``straße`` are one class, which lower case kept apart. A class is named in lower case where
+    its spellings all have one (``Straße`` alone stays ``straße``, and ``ΛΌΓΟΣ`` is ``λόγος``,
+    not casefold's ``λόγοσ``), else in casefold's form (``strasse``)."""
+    keys = [label.casefold() for label in labels]
+    lower_forms: dict[str, set[str]] = {}
+    for key, label in zip(keys, labels):
+        lower_forms.setdefault(key, set()).add(label.lower())
+    names = {key: next(iter(forms)) if len(forms) == 1 else key for key, forms in lower_forms.items()}
+    folded = [names[key] for key in keys]
     return folded, merged_spellings(folded, spellings or labels)
 
 
@@ -383,7 +394,7 @@ def _kind_of(value) -> str:
         return "true/false"
     if isinstance(value, Decimal) or _NUMBER.fullmatch(value):
         return "a number"
-    return "true/false" if value.lower() in ("true", "false") else "a name"
+    return "true/false" if value.casefold() in ("true", "false") else "a name"
 
 
 def _spelt(value) -> str:
@@ -549,14 +560,14 @@ def _read_sms(content: str, name: str, fold_case: bool) -> tuple[list[str], list
 
     Quoting is off (a leading ``"`` is part of the message) and other line-break characters
     (U+0085, U+2028, ...) stay inside their message, as they do in the collection. With
-    ``fold_case`` a label is checked in lower case (``Spam`` is spam); it is returned as written.
+    ``fold_case`` a label is checked ignoring case (``Spam`` is spam); it is returned as written.
     """
     texts, labels = [], []
     for number, line in enumerate(content.rstrip("\n").split("\n"), start=1):
         label, tab, text = line.partition("\t")
         if not tab:
             raise SpamtuneError(f"line {number} of {name} has no TAB; expected ham<TAB>text or spam<TAB>text")
-        if (label.lower() if fold_case else label) not in SMS_LABELS:
+        if (label.casefold() if fold_case else label) not in SMS_LABELS:
             raise SpamtuneError(f"line {number} of {name} has the unknown label {label!r}; expected ham or spam")
         _check_text_length(text, f"line {number} of {name}")
         texts.append(text)

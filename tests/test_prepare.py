@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from spamtune import paths
 from spamtune.cli import app
 from spamtune.data import MAX_TEXT_CHARS, Split, read_label_map, read_split, write_split
-from spamtune.errors import SpamtuneUsageError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.prepare import PrepareOptions, prepare_splits, read_labelled_texts, write_prepared
 
 OUTPUT_NAMES = ["train.csv", "validation.csv", "test.csv", "labels.json", "prepare.json"]
@@ -476,12 +476,19 @@ def test_a_lone_carriage_return_inside_a_text_is_kept(tmp_path, name, content):
 # --- label case --------------------------------------------------------------------------------
 
 
-def test_labels_differing_in_case_are_one_class_with_a_warning(tmp_path):
-    labels = ["Spam", "SPAM", "spam", "Ham", "ham", "ham"] * 3
+def prepare_labelled(tmp_path, labels: list[str]):
+    """``prepare`` (no balancing) of a CSV whose rows have ``labels``: the CSV, the data folder
+    and the command's result, which succeeded."""
     src = write_rows(tmp_path / "in.csv", ["text", "label"], [(f"text {i}", label) for i, label in enumerate(labels)])
     out = tmp_path / "out"
     result = run_prepare("--input", src, "--balance", "none", "--data-dir", out)
     assert result.exit_code == 0, result.stderr
+    return src, out, result
+
+
+def test_labels_differing_in_case_are_one_class_with_a_warning(tmp_path):
+    labels = ["Spam", "SPAM", "spam", "Ham", "ham", "ham"] * 3
+    src, out, result = prepare_labelled(tmp_path, labels)
     assert read_label_map(out) == {"ham": 0, "spam": 1}
     assert "read 18 rows (9 ham / 9 spam)" in result.stderr
     assert "labels compared ignoring case" in result.stderr
@@ -495,6 +502,20 @@ def test_labels_differing_in_case_are_one_class_with_a_warning(tmp_path):
     assert kept.exit_code == 0, kept.stderr
     assert read_label_map(tmp_path / "kept") == {"Ham": 0, "SPAM": 1, "Spam": 2, "ham": 3, "spam": 4}
     assert "warning" not in kept.stderr.lower() and "ignoring case" not in kept.stderr
+
+
+def test_labels_are_compared_ignoring_case_as_unicode_folds_it(tmp_path):
+    """STRASSE and straße differ only in case (casefold), as Spam and spam do: lower case kept
+    them apart as two classes. A class keeps its lower-case name where its spellings have one."""
+    labels = ["STRASSE", "straße", "Straße", "weg"] * 3
+    src, out, result = prepare_labelled(tmp_path, labels)
+    assert read_label_map(out) == {"strasse": 0, "weg": 1}
+    assert "WARNING: labels that differ only in case were merged into 'strasse': 'STRASSE', 'Straße', 'straße'" in result.stderr
+    kept = read_labelled_texts(src, keep_label_case=True)
+    assert kept.label_map == {"STRASSE": 0, "Straße": 1, "straße": 2, "weg": 3} and not kept.label_spellings_merged
+    # Named in lower case, not in casefold's form: ß stays ß, and a final sigma stays final.
+    alone = write_rows(tmp_path / "alone.csv", ["text", "label"], [("a", "Straße"), ("b", "ΛΌΓΟΣ"), ("c", "λόγος")])
+    assert read_labelled_texts(alone).label_map == {"straße": 0, "λόγος": 1}
 
 
 def test_labels_that_mean_one_value_are_one_class(tmp_path):
@@ -547,6 +568,15 @@ def test_columns_are_found_ignoring_case_and_spaces(tmp_path):
     # A column spelt exactly as asked is the one read, whatever others differ from it in case.
     exact = write_rows(tmp_path / "exact.csv", ["Text", "text", "label"], [("no", "yes", "x"), ("no", "yes too", "y")])
     assert read_labelled_texts(exact).texts == ["yes", "yes too"]
+
+
+def test_columns_that_differ_only_in_unicode_case_are_found_and_two_are_refused(tmp_path):
+    """Column names are compared as Unicode folds case: a header STRASSE is the column straße."""
+    one = write_rows(tmp_path / "one.csv", ["STRASSE", "label"], [("a", "x"), ("b", "y")])
+    assert read_labelled_texts(one, text_col="straße").texts == ["a", "b"]
+    two = write_rows(tmp_path / "two.csv", ["STRASSE", "Straße", "label"], [("a", "b", "x"), ("c", "d", "y")])
+    with pytest.raises(SpamtuneError, match="has the columns 'STRASSE', 'Straße', which differ only in case or spaces; pass --text-col"):
+        read_labelled_texts(two, text_col="strasse")
 
 
 def test_sms_layout_accepts_capitalised_labels(tmp_path):

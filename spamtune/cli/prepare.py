@@ -82,7 +82,7 @@ def _render_summary(console: Console, prepared: PreparedSplits) -> None:
         console.print("labels compared ignoring case, named in lower case (--keep-label-case keeps Spam and spam apart)")
     # Warnings go where the library's do, so that --quiet, which silences this console, keeps them.
     for label, spellings in source.label_spellings_merged.items():
-        how = "differ only in case" if len({s.lower() for s in spellings}) == 1 else "mean the same value"
+        how = "differ only in case" if len({s.casefold() for s in spellings}) == 1 else "mean the same value"
         common.warn(f"labels that {how} were merged into {label!r}: {', '.join(map(repr, spellings))}")
     if prepared.empty_texts_dropped:
         common.warn(f"dropped {prepared.empty_texts_dropped:,} rows whose text is empty (or only spaces)")
