@@ -857,6 +857,156 @@ def test_a_wait_for_the_other_side_is_said_and_bounded(tmp_path, monkeypatch):
     ]
 
 
+def overlapping_readers(root, count=3, hold=0.3):
+    """``count`` threads reading ``root``'s splits in turn without end, each holding the lock
+    ``hold`` seconds, started ``hold / count`` apart: the shared lock is never free between
+    them. Stopped by setting the event returned; ``reads`` counts the reads done."""
+    import threading
+    import time
+
+    from spamtune.split_lock import reading_splits
+
+    stop, reads, lock = threading.Event(), [0], threading.Lock()
+
+    def read_in_turn():
+        while not stop.is_set():
+            with reading_splits(root):
+                time.sleep(hold)
+            with lock:
+                reads[0] += 1
+
+    threads = []
+    for _ in range(count):
+        threads.append(threading.Thread(target=read_in_turn, daemon=True))
+        threads[-1].start()
+        time.sleep(hold / count)
+    return stop, reads, threads
+
+
+def test_a_waiting_prepare_goes_before_the_readers_that_come_after_it(tmp_path, monkeypatch):
+    """Readers whose shared locks overlap without end (a sweep's runs, evaluations in a loop)
+    would keep the folder from ever being free for a prepare, which gave up after 2 minutes."""
+    import time
+
+    from spamtune import split_lock
+
+    old, _ = two_inputs(tmp_path)
+    out = tmp_path / "out"
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    monkeypatch.setattr(split_lock, "WAIT_SECONDS", 5.0)
+    stop, reads, readers = overlapping_readers(out)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        with split_lock.replacing_splits(out):
+            waited = time.monotonic() - started
+            assert (out / split_lock.WRITER_WAITING_MARK).is_file()
+            before = reads[0]
+            time.sleep(0.5)
+            assert reads[0] == before  # none of them read while the splits are replaced
+        time.sleep(0.5)
+        assert reads[0] > before  # and they read again once it is done
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(5)
+    assert waited < 1.5  # one reader's hold (0.3 s) and the polls, on a loaded machine
+    assert not any(reader.is_alive() for reader in readers)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)  # the mark went with it
+
+
+def test_a_killed_reader_or_waiting_prepare_holds_no_one_up(tmp_path, monkeypatch):
+    """The kernel drops a killed process's locks: a reader's on the folder, a waiting
+    prepare's on the mark it leaves behind, which the next prepare takes over and removes."""
+    import subprocess
+    import sys
+    import time
+
+    from spamtune import split_lock
+    from spamtune.examples import load_training_data
+
+    old, _ = two_inputs(tmp_path)
+    out = tmp_path / "out"
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    monkeypatch.setattr(split_lock, "WAIT_SECONDS", 10.0)
+    hold = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from spamtune import split_lock\n"
+        "with getattr(split_lock, sys.argv[1])(Path(sys.argv[2])):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def holding(how):
+        return subprocess.Popen([sys.executable, "-c", hold, how, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+
+    reader = holding("reading_splits")
+    try:
+        assert reader.stdout.readline() == "held\n"
+        prepare = holding("replacing_splits")  # waits for the reader, holding the mark
+        try:
+            time.sleep(0.5)
+            assert (out / split_lock.WRITER_WAITING_MARK).is_file() and prepare.poll() is None
+            reader.kill()
+            assert prepare.stdout.readline() == "held\n"  # once the killed reader's lock is gone
+        finally:
+            prepare.kill()
+            prepare.wait()
+    finally:
+        reader.kill()
+        reader.wait()
+    assert (out / split_lock.WRITER_WAITING_MARK).is_file()  # left by the killed prepare, unlocked
+    started = time.monotonic()
+    assert load_training_data(out, 64, None).labels == {"a": 0, "b": 1}
+    assert time.monotonic() - started < 5
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_a_mark_planted_where_prepare_would_make_its_own_is_never_followed_nor_opened_to_block(tmp_path, planted):
+    from spamtune.examples import load_training_data
+    from spamtune.split_lock import WRITER_WAITING_MARK
+
+    old, new = two_inputs(tmp_path)
+    out = tmp_path / "out"
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not prepare's")
+    if planted == "link":
+        (out / WRITER_WAITING_MARK).symlink_to(outside)
+    else:
+        os.mkfifo(out / WRITER_WAITING_MARK)
+    reader, read = in_thread(lambda: load_training_data(out, 64, None))
+    reader.join(30)
+    assert read["result"].labels == {"a": 0, "b": 1}
+    writer, written = in_thread(lambda: run_prepare("--input", new, "--data-dir", out))
+    writer.join(30)
+    assert written["result"].exit_code == 0, written["result"].stderr
+    assert read_label_map(out) == {"x": 0, "y": 1}
+    assert outside.read_text() == "not prepare's"
+    assert os.path.islink(out / WRITER_WAITING_MARK) == (planted == "link")  # left where it was planted
+
+
+def test_on_a_file_system_without_flock_nothing_is_locked_and_no_mark_is_left(tmp_path, monkeypatch):
+    from spamtune import split_lock
+    from spamtune.examples import load_training_data
+
+    def no_flock(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    old, new = two_inputs(tmp_path)
+    out = tmp_path / "out"
+    assert run_prepare("--input", old, "--data-dir", out).exit_code == 0
+    monkeypatch.setattr(split_lock.fcntl, "flock", no_flock)
+    assert run_prepare("--input", new, "--data-dir", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
+    (out / split_lock.WRITER_WAITING_MARK).write_bytes(b"")  # one a prepare left where flock worked
+    assert load_training_data(out, 64, None).labels == {"x": 0, "y": 1}
+
+
 def test_a_killed_prepares_temporaries_are_removed_by_the_next(tmp_path):
     src, _ = two_inputs(tmp_path)
     out = tmp_path / "out"
