@@ -279,7 +279,8 @@ def test_a_real_nice_19_process_is_booked_in_the_column_a_run_that_is_not_niced_
     niced = machine_busy_seconds(count_niced=True) - machine_busy_seconds(count_niced=False) - before
     assert status == 0
     child_cpu = usage.ru_utime + usage.ru_stime
-    assert child_cpu > 0.2, "the nice-19 child hardly ran: the machine is too busy to tell"
+    if child_cpu < 0.2:
+        pytest.skip("the nice-19 child hardly ran: the machine is too busy to tell")
     # The kernel samples a core's column at each tick: within a few ticks of what the child ran.
     assert niced > child_cpu - 0.1
 
