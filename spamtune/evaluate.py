@@ -66,14 +66,15 @@ def read_splits(root: Path, split: str, cfg: ClassifierConfig) -> dict[str, Spli
     return splits
 
 
-def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig) -> Split:
+def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig, fmt: str | None = None) -> Split:
     """A labelled file in any layout ``spamtune prepare`` reads (SMS collection, TSV, CSV with
-    ``label,text``, JSONL), or mail sources ``LABEL=PATH`` (a list of them). Labels are the run's
+    ``label,text``, JSONL; ``fmt`` as prepare's ``--format``: needed for stdin, ``-``, where no
+    extension tells), or mail sources ``LABEL=PATH`` (a list of them). Labels are the run's
     names (``ham``/``spam``) or class indices. One label is enough: a file of ham alone gives the
     false-positive rate on it, the figures that need both classes are n/a."""
     from spamtune.prepare import read_input
 
-    source = read_input(Path("."), _input_list(path), min_labels=1)
+    source = read_input(Path("."), _input_list(path), fmt, min_labels=1)
     labels = []
     for value in source.labels:
         if value in cfg.labels:
@@ -82,7 +83,7 @@ def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig) -> S
             labels.append(int(value))
         else:
             known = ", ".join(cfg.label_names)
-            where = ", ".join(_input_list(path))  # the CLI's --input is a list: named as given, not as ['...']
+            where = _input_names(path)  # the CLI's --input is a list: named as given, not as ['...']
             raise SpamtuneError(f"{where} has the label {value!r}; this run knows {known} (or indices 0-{cfg.num_classes - 1})")
     return Split(source.texts, labels)
 
@@ -90,6 +91,13 @@ def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig) -> S
 def _input_list(inputs: str | Path | list[str]) -> list[str]:
     """``--input`` as a list of strings: one file, or the ``LABEL=PATH`` mail sources."""
     return [str(p) for p in inputs] if isinstance(inputs, list) else [str(inputs)]
+
+
+def _input_names(inputs: str | Path | list[str]) -> str:
+    """``--input`` as reports name it: ``-`` is stdin."""
+    from spamtune.prepare import input_name
+
+    return ", ".join(input_name(Path(p)) for p in _input_list(inputs))
 
 
 def _report(labels: list[int], preds: torch.Tensor, log_probs: torch.Tensor, label_names: list[str]) -> dict:
@@ -239,6 +247,7 @@ def evaluate_run(
     *,
     split: str = "test",
     input_file: str | Path | list[str] | None = None,
+    input_format: str | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = EVAL_BATCH_SIZE,
@@ -279,7 +288,7 @@ def evaluate_run(
     baseline_train = None
     wants_train = baseline and World.current().is_main  # only rank 0 reports the baseline
     if input_file is not None:
-        parts = {"input": read_labelled_file(input_file, cfg)}
+        parts = {"input": read_labelled_file(input_file, cfg, input_format)}
     if input_file is None or wants_train:
         with reading_splits(root):  # what is checked and scored are the files of one preparation
             if input_file is None:
@@ -297,7 +306,7 @@ def evaluate_run(
     temperature, threshold, rule = decision_rule(read_calibration(run_dir), cfg, threshold)
     result = {"run": str(run_dir), "split": None if input_file else split}
     if input_file is not None:
-        result["input"] = ", ".join(_input_list(input_file))
+        result["input"] = _input_names(input_file)
     # "loss" stays the model's own cross-entropy, the figure training reports; the calibrated
     # one is beside it.
     decisions = _decisions(logits.double() / temperature, cfg, threshold)  # as calibrated_probabilities below

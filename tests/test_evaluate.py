@@ -114,6 +114,26 @@ def test_all_splits_and_a_labelled_file(run, tmp_path):
     assert by_file["confusion_matrix"] == json.loads(evaluate(str(run_dir), "--format", "json").stdout)["confusion_matrix"]
 
 
+def test_a_labelled_file_on_stdin_scores_as_the_file_and_is_named_stdin(run, tmp_path):
+    root, run_dir, summary = run
+    test = tiny_split(10, 50)
+    rows = "".join(json.dumps({"text": t, "label": ["ham", "spam"][y]}) + "\n" for t, y in zip(test.texts, test.labels))
+    stdin = ["evaluate", str(run_dir), "--input", "-", "--input-format", "jsonl", "--no-plots"]
+    piped = CliRunner().invoke(app, [*stdin, "--format", "json"], input=rows)
+    assert piped.exit_code == 0, piped.stderr
+    report = json.loads(piped.stdout)
+    assert report["input"] == "stdin" and report["accuracy"] == summary["test_accuracy"]
+    text = CliRunner().invoke(app, stdin, input=rows)
+    assert text.exit_code == 0 and "on stdin" in text.stdout and "on -" not in text.stdout
+    wrong = CliRunner().invoke(app, stdin, input=rows.replace('"ham"', '"eggs"'))
+    assert wrong.exit_code == 1 and wrong.stderr.startswith("Error: stdin has the label 'eggs'")
+    unsaid = CliRunner().invoke(app, ["evaluate", str(run_dir), "--input", "-", "--no-plots"], input=rows)
+    assert unsaid.exit_code == 2 and unsaid.stderr == "Error: cannot tell the format of stdin; pass --input-format tsv|csv|jsonl\n"
+    for misplaced in (["--split", "test"], ["--input", f"spam={tmp_path}"]):
+        refused = CliRunner().invoke(app, ["evaluate", str(run_dir), *misplaced, "--input-format", "csv"])
+        assert refused.exit_code == 2 and "--input-format applies to a labelled-text --input" in refused.stderr
+
+
 def test_splits_a_killed_prepare_left_mixed_are_refused_and_a_labelled_file_still_scored(run, tmp_path):
     from spamtune.split_lock import RENAMING_MARK
 

@@ -12,13 +12,13 @@ import enum
 import json
 from pathlib import Path
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import typer
 
 from spamtune.cli import common
 from spamtune.cli.common import LongMode, cell, long_option, stderr_console
-from spamtune.errors import SpamtuneUsageError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 if TYPE_CHECKING:  # rich is imported when a command runs, not when the CLI starts
     from rich.console import Console
@@ -51,6 +51,18 @@ def _where(result: dict) -> str:
     if "input" in result:
         return result["input"]
     return "all splits" if result["split"] == "all" else f"the {result['split']} split"
+
+
+@contextlib.contextmanager
+def _format_option_named():
+    """The input reader's errors name prepare's ``--format``; here ``--format`` is the report's,
+    and the input's is ``--input-format``."""
+    try:
+        yield
+    except SpamtuneError as exc:
+        if "--format " not in str(exc):
+            raise
+        raise type(exc)(str(exc).replace("--format ", "--input-format ")) from None
 
 
 def _is_spam_filter(result: dict) -> bool:
@@ -144,6 +156,9 @@ def evaluate_command(
         help="A labelled file instead of a split: CSV/TSV with label,text columns, JSONL, or the SMS collection; "
         "or mail as LABEL=PATH (repeatable: a Maildir, an mbox, a folder of message files or a .eml).",
     ),
+    input_format: Optional[Literal["tsv", "csv", "jsonl"]] = typer.Option(
+        None, "--input-format", help="Format of --input (default: from its extension; give it for stdin, -, or a pipe)."
+    ),
     long: Optional[LongMode] = long_option("chunks for mail, head for files and splits"),
     output_format: Optional[ReportFormat] = typer.Option(
         None, "--format", help="table (on stderr) or json (on stdout).", show_default="table"
@@ -189,6 +204,11 @@ def evaluate_command(
         raise SpamtuneUsageError("name the run once: with --run")
     if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
+    if input_format is not None:
+        from spamtune.prepare import mail_inputs
+
+        if not input_file or mail_inputs(input_file):
+            raise SpamtuneUsageError("--input-format applies to a labelled-text --input FILE (or -), not to a split or mail sources")
     if run_argument is not None:
         run = run_argument
     common.require_stdout()  # the report is the result: refused before the scoring, not lost after it
@@ -199,11 +219,12 @@ def evaluate_command(
     world = distributed.init_from_env(device)
     console = stderr_console()
     try:
-        with _working(console, "scoring") if world.is_main else contextlib.nullcontext():
+        with _working(console, "scoring") if world.is_main else contextlib.nullcontext(), _format_option_named():
             result = evaluate_run(
                 run,
                 split=split or "test",
                 input_file=input_file or None,
+                input_format=input_format,
                 data_dir=data_dir,
                 device=device,
                 batch_size=batch_size,
