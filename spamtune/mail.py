@@ -609,16 +609,22 @@ def header_block_end(raw: bytes) -> int | None:
 
 
 def header_value(raw: bytes, name: str) -> str | None:
-    """One header's raw value (unfolded, stripped) from the header block of ``raw``, or None."""
+    """One header's raw value (unfolded, stripped, cut to ``MAX_HEADER_CHARS``) from the header
+    block of ``raw``, or None.
+
+    The pieces of a folded value are joined once at the end: adding each to the value as it came
+    copied the value so far every time, and a Message-ID folded over a 1 MiB message took 3.5 s."""
     end = header_block_end(raw)
     wanted = name.lower().encode("ascii") + b":"
-    value = None
+    pieces: list[bytes] | None = None
     for line in raw[:end].splitlines():
-        if value is not None:
+        if pieces is not None:
             if line[:1] in (b" ", b"\t"):
-                value += b" " + line.strip()
+                pieces.append(line.strip())
                 continue
             break
         if line.lower().startswith(wanted):
-            value = line[len(wanted):].strip()
-    return None if value is None else value.strip().decode("utf-8", errors="replace")
+            pieces = [line[len(wanted):].strip()]
+    if pieces is None:
+        return None
+    return b" ".join(pieces).strip().decode("utf-8", errors="replace")[:MAX_HEADER_CHARS]
