@@ -471,10 +471,9 @@ def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Itera
     path = Path(path)
     if path.is_dir():
         if (path / "cur").is_dir() or (path / "new").is_dir():
-            files = [f"{sub}/{name}" for sub in ("cur", "new") for name in _sorted_names(path / sub)]
-        else:
-            files = list(_tree_files(path))
-        for relative in files:
+            yield from _maildir_messages(path, max_bytes)
+            return
+        for relative in list(_tree_files(path)):  # listed whole first, as a Maildir is
             data = _read_start(path / relative, max_bytes)
             if data is not None:
                 yield relative, data
@@ -493,6 +492,51 @@ def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Itera
                 yield path.name, stream.read(max_bytes)
         except OSError as exc:  # an I/O error midway: the messages read so far are already out
             raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _maildir_messages(box: Path, max_bytes: int) -> Iterator[tuple[str, bytes | Unreadable]]:
+    """The messages of a Maildir, ``cur/`` then ``new/``, each by name, while a mail client may
+    be renaming them: it moves a message from ``new/`` to ``cur/`` once seen, and renames it in
+    ``cur/`` whenever a flag changes (``X:2,S`` to ``X:2,RS``). The part of a name before ``:``
+    stays the same, and a message is found again by it: a renamed one was left out before, with
+    no line and no warning. A message deleted meanwhile is gone, and has no line."""
+    # new/ is listed first: a message moved to cur/ between the two listings is then in both, and
+    # read once (as cur/'s), rather than in neither.
+    new = _sorted_names(box / "new")
+    cur = _sorted_names(box / "cur")
+    in_cur = {_maildir_unique(name) for name in cur}
+    files = [f"cur/{name}" for name in cur] + [f"new/{name}" for name in new if _maildir_unique(name) not in in_cur]
+    for relative in files:
+        for _ in range(_RENAMES_FOLLOWED):
+            data = _read_start(box / relative, max_bytes)
+            if data is not None:
+                yield relative, data
+                break
+            relative = _maildir_renamed(box, _maildir_unique(relative.partition("/")[2]))
+            if relative is None:
+                break
+
+
+# A message renamed again while it is looked for is looked for again, a few times.
+_RENAMES_FOLLOWED = 3
+
+
+def _maildir_unique(name: str) -> str:
+    """The part of a Maildir file name that its flags (after ``:``) do not change."""
+    return name.partition(":")[0]
+
+
+def _maildir_renamed(box: Path, unique: str) -> str | None:
+    """Where the message named ``unique`` is now (``cur/...`` or ``new/...``), or None."""
+    for sub in ("cur", "new"):
+        try:
+            with os.scandir(box / sub) as entries:
+                for entry in entries:
+                    if _maildir_unique(entry.name) == unique and entry.is_file(follow_symlinks=False):
+                        return f"{sub}/{entry.name}"
+        except OSError:  # listed once already; a folder gone now holds nothing to find
+            continue
+    return None
 
 
 def _sorted_names(folder: Path) -> list[str]:

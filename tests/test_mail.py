@@ -257,6 +257,41 @@ def test_maildir_reads_cur_then_new_and_skips_tmp_and_hidden(tmp_path):
     assert [message_text(raw) for _, raw in items] == [SAMPLES[n][1] for n in ("html_only", "koi8r", "plain")]
 
 
+def test_a_maildir_message_renamed_by_a_mail_client_while_the_box_is_read_keeps_its_line(tmp_path):
+    """A client sets a flag (cur/X:2,S -> cur/X:2,RS) or moves a message it has shown from new/ to
+    cur/ while the Maildir is read: both were left out, with no line and no warning."""
+    box = tmp_path / "Maildir"
+    _write(box / "cur" / "1.a.host:2,S", b"Subject: one\n\n1\n")
+    _write(box / "cur" / "2.b.host:2,", b"Subject: two\n\n2\n")
+    _write(box / "new" / "3.c.host", b"Subject: three\n\n3\n")
+    _write(box / "tmp" / "4.d.host", b"Subject: unfinished\n\n")
+    items = iter_messages(box)
+    first = next(items)  # both folders are listed by now
+    (box / "cur" / "2.b.host:2,").rename(box / "cur" / "2.b.host:2,RS")
+    (box / "new" / "3.c.host").rename(box / "cur" / "3.c.host:2,")
+    (box / "tmp" / "4.d.host").rename(box / "cur" / "4.d.host:2,")  # delivered meanwhile: not listed, no line
+    rest = list(items)
+    assert [first[0]] + [i for i, _ in rest] == ["cur/1.a.host:2,S", "cur/2.b.host:2,RS", "cur/3.c.host:2,"]
+    assert [message_text(raw) for _, raw in [first, *rest]] == ["one 1", "two 2", "three 3"]
+
+
+@pytest.mark.parametrize("listing", ["new", "cur"])
+def test_a_maildir_message_moved_to_cur_between_the_listings_is_read_once(tmp_path, monkeypatch, listing):
+    """Listed before it moved or after, never in neither listing (it was, when cur/ was listed first)."""
+    box = tmp_path / "Maildir"
+    _write(box / "new" / "1.a.host", b"Subject: one\n\n1\n")
+    (box / "cur").mkdir()
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == box / listing and (box / "new" / "1.a.host").exists():  # the client moves it now
+            (box / "new" / "1.a.host").rename(box / "cur" / "1.a.host:2,S")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert [i for i, _ in iter_messages(box)] == ["cur/1.a.host:2,S"]
+
+
 def test_folder_tree_in_path_order_without_links_or_hidden_files(tmp_path):
     root = tmp_path / "corpus"
     _write(root / "b" / "2.eml", SAMPLES["plain"][0])
