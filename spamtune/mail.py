@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import base64
 import codecs
+import errno
 import functools
 import itertools
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -571,16 +573,36 @@ def _tree_files(root: Path) -> Iterator[str]:
                 yield (base / name).as_posix()
 
 
+# A listed message file is opened as it was listed, a regular file: a symbolic link put in its place
+# since is not followed (it could lead anywhere, and prepare would copy what it reads into the
+# training data), and a pipe is opened without waiting for a writer, which could wait forever.
+_OPEN_LISTED = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
 def _read_start(path: Path, max_bytes: int) -> bytes | Unreadable | None:
-    """The first ``max_bytes`` of a file; None if it vanished meanwhile (a Maildir being read by a
-    client), ``Unreadable`` if it cannot be read (one such file must not end a mailbox's read)."""
+    """The first ``max_bytes`` of a listed file; None if it vanished meanwhile (a Maildir being
+    read by a client), ``Unreadable`` if it cannot be read or is no longer a regular file (one
+    such file must not end a mailbox's read)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(max_bytes)
+        fd = os.open(path, _OPEN_LISTED)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a link
+            return Unreadable("a symbolic link now, not followed")
         return Unreadable(exc.strerror or str(exc))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            return Unreadable(os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            return Unreadable("not a regular file now (a device, pipe or socket)")
+        with open(fd, "rb", closefd=False) as f:
+            return f.read(max_bytes)
+    except OSError as exc:
+        return Unreadable(exc.strerror or str(exc))
+    finally:
+        os.close(fd)
 
 
 _ESCAPED_FROM = re.compile(rb">+From ")

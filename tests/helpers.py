@@ -174,12 +174,18 @@ def deny_reading(monkeypatch, *paths: Path) -> None:
     denied = {os.fspath(path) for path in paths}
     real_open = builtins.open
 
-    def guarded_open(file, *args, **kwargs):
-        if isinstance(file, (str, os.PathLike)) and os.fspath(file) in denied:
-            raise PermissionError(13, "Permission denied", os.fspath(file))
-        return real_open(file, *args, **kwargs)
+    real_os_open = os.open
 
-    monkeypatch.setattr(builtins, "open", guarded_open)
+    def guarded(real):
+        def guarded_open(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and os.fspath(file) in denied:
+                raise PermissionError(13, "Permission denied", os.fspath(file))
+            return real(file, *args, **kwargs)
+
+        return guarded_open
+
+    monkeypatch.setattr(builtins, "open", guarded(real_open))
+    monkeypatch.setattr(os, "open", guarded(real_os_open))  # message files are opened with os.open
 
 
 def checkpointed_after_an_evaluation(run_dir: Path) -> Callable[[], bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 import tracemalloc
 from email import policy
@@ -316,6 +317,32 @@ def test_a_file_that_cannot_be_read_has_its_place_and_the_read_goes_on(tmp_path)
     (root / "2.eml").mkdir()
     assert [first, *items] == [("1.eml", SAMPLES["plain"][0]), ("2.eml", Unreadable("Is a directory")), ("3.eml", SAMPLES["plain"][0])]
     assert extract(Unreadable("Permission denied")) == MailText("", True, False, ("unreadable file: Permission denied",))
+
+
+def test_a_link_or_a_pipe_put_in_place_of_a_listed_file_is_not_followed_or_waited_for(tmp_path):
+    """A link planted after the listing was followed (here to a file outside the source, whose text
+    prepare would copy into the training data), and a pipe waited for a writer for ever."""
+    root = tmp_path / "corpus"
+    for name in ("1.eml", "2.eml", "3.eml"):
+        _write(root / name, SAMPLES["plain"][0])
+    _write(tmp_path / "secret", b"Subject: private\n\nnot mail\n")
+    items = iter_messages(root)
+    first = next(items)  # the folder is listed by now
+    (root / "2.eml").unlink()
+    (root / "2.eml").symlink_to(tmp_path / "secret")
+    (root / "3.eml").unlink()
+    os.mkfifo(root / "3.eml")
+    read: list = []
+    reader = threading.Thread(target=lambda: read.extend(items), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # opened the pipe and waits: give it a writer so the thread ends
+        os.close(os.open(root / "3.eml", os.O_WRONLY | os.O_NONBLOCK))
+    assert [first, *read] == [
+        ("1.eml", SAMPLES["plain"][0]),
+        ("2.eml", Unreadable("a symbolic link now, not followed")),
+        ("3.eml", Unreadable("not a regular file now (a device, pipe or socket)")),
+    ]
 
 
 def _failing_scandir(monkeypatch, failing: Path):
