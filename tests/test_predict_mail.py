@@ -84,6 +84,14 @@ def test_mbox_ids_and_stdin(run_dir, tmp_path):
     assert json.loads(stdin.stdout) == {"id": "-", "label": "spam", "p_spam": round(P_SPAM, 6), "damaged": False}
 
 
+@pytest.mark.parametrize("fail_on_spam, status", [((), 1), (("--fail-on-spam",), 2)])
+def test_an_empty_stdin_is_no_message_and_gets_no_verdict(run_dir, fail_on_spam, status):
+    """As filter says: `cat missing.eml | spamtune predict --mail -` got "ham" and exit status 0."""
+    empty = invoke(run_dir, "--mail", "-", *fail_on_spam, input=b"")
+    assert (empty.exit_code, empty.stdout) == (status, "")
+    assert empty.stderr == "Error: --mail - read nothing on stdin: no message to classify\n"
+
+
 def test_long_mode_changes_what_is_read(run_dir, tmp_path):
     message = tmp_path / "long.eml"
     message.write_bytes(b"Subject: news\n\n" + b" word" * 300 + b" unsubscribe!\n")

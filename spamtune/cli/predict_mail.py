@@ -53,6 +53,8 @@ def mail_messages(source: Path):
         if sys.stdin.isatty():
             raise SpamtuneError("--mail - reads one message on stdin, but stdin is a terminal")
         raw = sys.stdin.buffer.read(MAX_MESSAGE_BYTES)
+        if not raw:  # a writer that failed (`cat missing.eml |`) must not get a verdict of ham for nothing
+            raise SpamtuneError("--mail - read nothing on stdin: no message to classify")
         while sys.stdin.buffer.read(1 << 16):  # the rest: read and dropped, so the writer is not cut off
             pass
         return iter([("-", raw)])
