@@ -109,6 +109,17 @@ def test_usage_errors(run_dir, tmp_path):
     assert bad_long.exit_code == 2
 
 
+@pytest.mark.parametrize("args", [["--mail", ""], ["--mail="]])
+def test_an_empty_mail_path_is_a_usage_error_not_the_current_folder(run_dir, tmp_path, monkeypatch, args):
+    """`--mail "$MAILDIR"` with the variable unset read every file under the current folder."""
+    (tmp_path / "notes.txt").write_bytes(b"not mail\n")
+    monkeypatch.chdir(tmp_path)
+    empty = invoke(run_dir, *args)
+    assert (empty.exit_code, empty.stdout) == (2, "")
+    assert empty.stderr.startswith("Error: --mail needs a path")
+    assert invoke(run_dir, "--mail", ".", "--format", "label").stdout == "ham\n"  # the current folder, said so
+
+
 def test_evaluate_on_mail_sources_and_long_modes(run_dir, tmp_path):
     ham = tmp_path / "ham"
     ham.mkdir()

@@ -454,6 +454,13 @@ def _check_flags_take_no_value(argv: list[str]) -> None:
             )
 
 
+def _given_empty(argv: list[str], option: str) -> bool:
+    """Whether ``option`` was given an empty value (``--mail ''``, ``--mail=``): it comes as
+    ``Path('.')``, and `--mail "$MAILDIR"` with the variable unset read the whole current folder."""
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    return f"{option}=" in words or any(word == option and value == "" for word, value in zip(words, words[1:]))
+
+
 PREDICT_HELP = (
     "Classify messages as spam or ham: exactly one output line per message, in input order.\n\n"
     "Messages come from the arguments (each one a message), from --input, or from stdin ('-', or no arguments "
@@ -561,6 +568,8 @@ def predict(
         raise SpamtuneUsageError("--server sends the messages to a running service; --devices and --out classify here")
     several = not server and _several_ranks(devices)
     if mail is not None:
+        if _given_empty(common.command_line(), "--mail"):
+            raise SpamtuneUsageError("--mail needs a path (a Maildir, an mbox, a folder, a .eml, or '-' for stdin), not an empty one")
         if messages or input_path is not None:
             raise SpamtuneUsageError("--mail reads its own messages; give no MESSAGE arguments or --input with it")
         if several and str(mail) == "-":
