@@ -36,6 +36,7 @@ import errno
 import functools
 import itertools
 import os
+import quopri
 import re
 import stat
 import warnings
@@ -323,10 +324,16 @@ class _TextWalker:
 
     def _decoded(self, part: Message) -> str:
         """The part's payload with its transfer encoding undone and its charset applied."""
-        if part.get("content-transfer-encoding", "").strip().lower() == "base64":
+        encoding = _transfer_encoding(part)
+        if encoding == "base64":
             payload = self._base64(part.get_payload())
         else:
+            # The standard library decodes only a header that is the bare name: with a comment
+            # ("quoted-printable (x)") it hands back the bytes as they stand, to be decoded here.
             payload = part.get_payload(decode=True)
+            if encoding == "quoted-printable" and isinstance(payload, bytes):
+                if str(part.get("content-transfer-encoding", "")).strip().lower() != encoding:
+                    payload = quopri.decodestring(payload)
         if payload is None:  # a payload that is not a string (a mislabelled multipart)
             self.problems.append("text part without text")
             return ""
@@ -348,6 +355,20 @@ class _TextWalker:
             return payload.decode(charset, errors="replace")
         except (LookupError, ValueError):
             return payload.decode("utf-8", errors="replace")
+
+
+def _transfer_encoding(part: Message) -> str:
+    """The part's Content-Transfer-Encoding: the name alone, lower case, without the comment RFC 2045
+    allows after it or a stray ``;`` (``base64 (encoded)`` is ``base64``). Read as the whole
+    header's text, such a header left a part's base64 undecoded, a page of letters to the model,
+    while a reader that drops the comment shows the sender's text."""
+    header = part.get("content-transfer-encoding")
+    if header is None:
+        return "7bit"
+    parsed = getattr(header, "cte", None)  # the policy's parse of the header, comments dropped
+    if parsed is None:  # a message parsed by the caller with another policy: its plain text
+        parsed = re.split(r"[\s;(]", str(header).strip(), maxsplit=1)[0]
+    return parsed.lower()
 
 
 def _lenient_base64(payload: str) -> bytes:

@@ -162,6 +162,15 @@ BAD_BASE64_CHARS = (
     + b"aGVsbG8g!!d29ybGQ=\n"
 )
 
+# RFC 2045's Content-Transfer-Encoding may carry a comment; a reader that drops it decodes the part.
+ENCODING_WITH_COMMENT = (
+    b"Subject: offer\nContent-Type: multipart/mixed; boundary=c\n\n"
+    b"--c\nContent-Type: text/plain\nContent-Transfer-Encoding: base64 (the text)\n\n"
+    + base64.b64encode(b"Claim your free cruise now.")
+    + b"\n--c\nContent-Type: text/plain\nContent-Transfer-Encoding: quoted-printable (soft breaks)\n\n"
+    b"Call =3D=\n free.\n--c--\n"
+)
+
 MALFORMED_HEADER = _lf(
     "Subject: fine\nThis line is not a header\nFrom: x@example.org\n\nthe body\n"
 )
@@ -222,6 +231,7 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "nested_rfc822": (NESTED_RFC822, "Fwd: deal See the forwarded mail. Great deal Buy now!", False),
     "truncated_base64": (TRUNCATED_BASE64, "cut hello there, frien", True),
     "bad_base64_chars": (BAD_BASE64_CHARS, "noise hello world", True),
+    "encoding_with_comment": (ENCODING_WITH_COMMENT, "offer Claim your free cruise now. Call = free.", False),
     "malformed_header": (MALFORMED_HEADER, "fine This line is not a header From: x@example.org the body", True),
     "long_folded_subject": (LONG_FOLDED_SUBJECT, "a subject that goes on and on over three lines body", False),
     "encoded_words_mixed": (ENCODED_WORDS_MIXED, "Hello wörld and Cafécaf\ufffd b", True),

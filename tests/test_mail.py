@@ -45,9 +45,10 @@ def test_extracted_text(name):
     assert message_text(raw) == expected
 
 
-def test_a_parsed_message_gives_the_same_text():
-    raw, expected, _ = SAMPLES["nested_rfc822"]
-    parsed = BytesParser(policy=policy.default).parsebytes(raw)
+@pytest.mark.parametrize("name, parse_policy", [("nested_rfc822", policy.default), ("encoding_with_comment", policy.compat32)])
+def test_a_parsed_message_gives_the_same_text(name, parse_policy):
+    raw, expected, _ = SAMPLES[name]
+    parsed = BytesParser(policy=parse_policy).parsebytes(raw)
     assert message_text(parsed) == expected
 
 
