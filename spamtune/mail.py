@@ -210,8 +210,14 @@ _CUT_DEFECTS = {"CloseBoundaryNotFoundDefect", "InvalidBase64PaddingDefect", "In
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 
 
+# Half of a UTF-16 surrogate pair is no character, and text holding one cannot be written as UTF-8:
+# a charset such as unicode-escape ("\\ud800" in the body) made one, and prepare stopped at the
+# message with an error. Such halves read as U+FFFD.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def _collapse(text: str) -> str:
-    return " ".join(_CONTROLS.sub(" ", text).split())
+    return " ".join(_SURROGATES.sub("\ufffd", _CONTROLS.sub(" ", text)).split())
 
 
 # The headers the parser and the text read (the only ones cut to MAX_HEADER_CHARS that matter).
@@ -342,7 +348,10 @@ class _TextWalker:
             return _decode_without_charset(payload)
         try:
             codecs.lookup(charset)
-            return payload.decode(charset)
+            text = payload.decode(charset)
+            if _SURROGATES.search(text):  # read as U+FFFD (_collapse), as bytes that are not in a charset are
+                self.problems.append(f"bytes not in charset {charset}")
+            return text
         except LookupError:  # unknown charset, or a codec that is not a text encoding
             self.problems.append(f"unknown charset {charset}")
         except (UnicodeDecodeError, ValueError):

@@ -171,6 +171,9 @@ ENCODING_WITH_COMMENT = (
     b"Call =3D=\n free.\n--c--\n"
 )
 
+# A codec that turns bytes into half a UTF-16 surrogate pair, which no UTF-8 file can hold.
+SURROGATE_CHARSET = b"Subject: s\nContent-Type: text/plain; charset=unicode-escape\n\nWIN \\ud800 now\n"
+
 MALFORMED_HEADER = _lf(
     "Subject: fine\nThis line is not a header\nFrom: x@example.org\n\nthe body\n"
 )
@@ -232,6 +235,7 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "truncated_base64": (TRUNCATED_BASE64, "cut hello there, frien", True),
     "bad_base64_chars": (BAD_BASE64_CHARS, "noise hello world", True),
     "encoding_with_comment": (ENCODING_WITH_COMMENT, "offer Claim your free cruise now. Call = free.", False),
+    "surrogate_charset": (SURROGATE_CHARSET, "s WIN \ufffd now", True),
     "malformed_header": (MALFORMED_HEADER, "fine This line is not a header From: x@example.org the body", True),
     "long_folded_subject": (LONG_FOLDED_SUBJECT, "a subject that goes on and on over three lines body", False),
     "encoded_words_mixed": (ENCODED_WORDS_MIXED, "Hello wörld and Cafécaf\ufffd b", True),

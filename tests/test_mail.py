@@ -40,6 +40,7 @@ def test_extracted_text(name):
     raw, expected, damaged = SAMPLES[name]
     result = extract(raw)
     assert result.text == expected
+    result.text.encode("utf-8")  # what prepare writes and the tokenizer reads
     assert result.damaged is damaged, result.problems
     assert result.empty is (expected == "")
     assert message_text(raw) == expected
