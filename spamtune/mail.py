@@ -216,8 +216,15 @@ _CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
+# Characters a mail reader does not show (zero-width spaces and joiners, the soft hyphen, direction
+# marks, the byte-order mark): put between the letters of "WIN" they leave it "WIN" on the screen,
+# but gave the model tokens unlike any word it was trained on. They are dropped.
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
+
+
 def _collapse(text: str) -> str:
-    return " ".join(_SURROGATES.sub("\ufffd", _CONTROLS.sub(" ", text)).split())
+    text = _INVISIBLE.sub("", _SURROGATES.sub("\ufffd", _CONTROLS.sub(" ", text)))
+    return " ".join(text.split())
 
 
 # The headers the parser and the text read (the only ones cut to MAX_HEADER_CHARS that matter).

@@ -174,6 +174,12 @@ ENCODING_WITH_COMMENT = (
 # A codec that turns bytes into half a UTF-16 surrogate pair, which no UTF-8 file can hold.
 SURROGATE_CHARSET = b"Subject: s\nContent-Type: text/plain; charset=unicode-escape\n\nWIN \\ud800 now\n"
 
+# Characters a mail reader does not show, between the letters of words the reader shows whole.
+INVISIBLE_CHARACTERS = _lf(
+    "Subject: F\u200bR\u00adE\u2060E\nContent-Type: text/html; charset=utf-8\n\n"
+    "<p>W&#8203;I\u200cN c\ufeffa\u200ds\u202eh</p>\n"
+)
+
 MALFORMED_HEADER = _lf(
     "Subject: fine\nThis line is not a header\nFrom: x@example.org\n\nthe body\n"
 )
@@ -236,6 +242,7 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "bad_base64_chars": (BAD_BASE64_CHARS, "noise hello world", True),
     "encoding_with_comment": (ENCODING_WITH_COMMENT, "offer Claim your free cruise now. Call = free.", False),
     "surrogate_charset": (SURROGATE_CHARSET, "s WIN \ufffd now", True),
+    "invisible_characters": (INVISIBLE_CHARACTERS, "FREE WIN cash", False),
     "malformed_header": (MALFORMED_HEADER, "fine This line is not a header From: x@example.org the body", True),
     "long_folded_subject": (LONG_FOLDED_SUBJECT, "a subject that goes on and on over three lines body", False),
     "encoded_words_mixed": (ENCODED_WORDS_MIXED, "Hello wörld and Cafécaf\ufffd b", True),
