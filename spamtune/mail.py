@@ -372,9 +372,9 @@ class _TextWalker:
             return payload.decode("utf-8", errors="replace")
 
 
-# Python's punycode codec decodes in time that grows with the square of the text: a 400 KB body
-# declared charset=punycode took 10 s, a 1 MiB one over a minute (twice, with the fallback), a
-# cost any sender could put on a filter. No mail is written in it; it reads as an unknown charset.
+# Python's punycode codec decodes in time that grows with the square of the text: a 1 MiB body
+# declared charset=punycode held `spamtune filter` for 21 s (3.5 s as an unknown charset), a cost
+# any sender could put on a filter. No mail is written in it; it reads as an unknown charset.
 _SLOW_CODECS = frozenset({"punycode"})
 
 
