@@ -339,7 +339,7 @@ class _TextWalker:
         """The part's payload with its transfer encoding undone and its charset applied."""
         encoding = _transfer_encoding(part)
         if encoding == "base64":
-            payload = self._base64(part.get_payload())
+            payload = self._base64(_encoded_payload(part))
         else:
             # The standard library decodes only a header that is the bare name: with a comment
             # ("quoted-printable (x)") it hands back the bytes as they stand, to be decoded here.
@@ -384,6 +384,18 @@ def _codec(charset: str) -> str:
     if name in _SLOW_CODECS:
         raise LookupError(charset)
     return name
+
+
+def _encoded_payload(part: Message):
+    """The part's body as sent, still transfer-encoded (8-bit bytes as surrogates).
+
+    ``get_payload()`` first reads 8-bit bytes in the body in the declared charset, and some codecs
+    (idna, punycode) raise there whatever the error handler: one byte 0xA0 in a base64 part
+    declared charset=idna made the whole message unreadable, its text a page of base64 letters."""
+    try:
+        return part.get_payload()
+    except (UnicodeError, ValueError):
+        return part._payload  # as the parser stored it (the standard library's generator reads it so too)
 
 
 def _transfer_encoding(part: Message) -> str:

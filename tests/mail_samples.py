@@ -180,6 +180,13 @@ INVISIBLE_CHARACTERS = _lf(
     "<p>W&#8203;I\u200cN c\ufeffa\u200ds\u202eh</p>\n"
 )
 
+# One 8-bit byte in a base64 part, in a charset whose codec raises on it even when told to replace.
+BASE64_8BIT_ODD_CHARSET = (
+    b"Subject: hello\nContent-Type: text/plain; charset=idna\nContent-Transfer-Encoding: base64\n\n"
+    + base64.b64encode(b"Claim your free cruise now.")
+    + b"\xa0\n"
+)
+
 MALFORMED_HEADER = _lf(
     "Subject: fine\nThis line is not a header\nFrom: x@example.org\n\nthe body\n"
 )
@@ -243,6 +250,7 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "encoding_with_comment": (ENCODING_WITH_COMMENT, "offer Claim your free cruise now. Call = free.", False),
     "surrogate_charset": (SURROGATE_CHARSET, "s WIN \ufffd now", True),
     "invisible_characters": (INVISIBLE_CHARACTERS, "FREE WIN cash", False),
+    "base64_8bit_odd_charset": (BASE64_8BIT_ODD_CHARSET, "hello Claim your free cruise now.", True),
     "malformed_header": (MALFORMED_HEADER, "fine This line is not a header From: x@example.org the body", True),
     "long_folded_subject": (LONG_FOLDED_SUBJECT, "a subject that goes on and on over three lines body", False),
     "encoded_words_mixed": (ENCODED_WORDS_MIXED, "Hello wörld and Cafécaf\ufffd b", True),
