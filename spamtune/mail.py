@@ -522,9 +522,9 @@ def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Itera
 
     ``path`` is a Maildir (``cur/`` then ``new/``, each by file name; ``tmp/`` holds unfinished
     deliveries and is skipped), a folder tree of message files (every regular file, by relative
-    path; hidden names and symbolic links skipped), an mbox file (a file starting with ``From ``)
-    or a single message file. Ids are the file's path relative to ``path`` (its name for a single
-    file), or for an mbox the message's number from 1 and its Message-ID (``"3 <id@host>"``).
+    path; hidden names and symbolic links skipped; a Maildir in it read as one), an mbox file (a
+    file starting with ``From ``) or a single message file. Ids are the file's path relative to
+    ``path`` (its name for a single file), or for an mbox the message's number from 1 and its Message-ID (``"3 <id@host>"``).
     Each message is read up to ``max_bytes``: what the text needs, in bounded memory.
 
     One bad file does not end the read: a listed file that cannot be read (permissions, replaced
@@ -534,13 +534,12 @@ def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Itera
     """
     path = Path(path)
     if path.is_dir():
-        if (path / "cur").is_dir() or (path / "new").is_dir():
-            yield from _maildir_messages(path, max_bytes)
-            return
-        for relative in list(_tree_files(path)):  # listed whole first, as a Maildir is
-            data = _read_start(path / relative, max_bytes)
-            if data is not None:
-                yield relative, data
+        # Listed whole first: the ids and their order are those of the moment the read began.
+        files = _maildir_files(path, "") if _is_maildir(path) else list(_tree_files(path))
+        for relative, in_maildir in files:
+            found = _read_listed(path, relative, max_bytes, in_maildir)
+            if found is not None:
+                yield found
         return
     if not path.exists():
         raise SpamtuneError(f"mail source not found: {path}")
@@ -558,27 +557,43 @@ def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Itera
             raise SpamtuneError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _maildir_messages(box: Path, max_bytes: int) -> Iterator[tuple[str, bytes | Unreadable]]:
-    """The messages of a Maildir, ``cur/`` then ``new/``, each by name, while a mail client may
-    be renaming them: it moves a message from ``new/`` to ``cur/`` once seen, and renames it in
-    ``cur/`` whenever a flag changes (``X:2,S`` to ``X:2,RS``). The part of a name before ``:``
-    stays the same, and a message is found again by it: a renamed one was left out before, with
-    no line and no warning. A message deleted meanwhile is gone, and has no line."""
+def _is_maildir(folder: Path) -> bool:
+    return (folder / "cur").is_dir() or (folder / "new").is_dir()
+
+
+def _maildir_files(box: Path, prefix: str) -> list[tuple[str, bool]]:
+    """The message files of the Maildir ``box``, ``cur/`` then ``new/``, each by name (paths
+    start with ``prefix``), marked as a Maildir's; ``tmp/`` holds unfinished deliveries."""
     # new/ is listed first: a message moved to cur/ between the two listings is then in both, and
     # read once (as cur/'s), rather than in neither.
     new = _sorted_names(box / "new")
     cur = _sorted_names(box / "cur")
     in_cur = {_maildir_unique(name) for name in cur}
     files = [f"cur/{name}" for name in cur] + [f"new/{name}" for name in new if _maildir_unique(name) not in in_cur]
-    for relative in files:
-        for _ in range(_RENAMES_FOLLOWED):
-            data = _read_start(box / relative, max_bytes)
-            if data is not None:
-                yield relative, data
-                break
-            relative = _maildir_renamed(box, _maildir_unique(relative.partition("/")[2]))
-            if relative is None:
-                break
+    return [(prefix + relative, True) for relative in files]
+
+
+def _read_listed(root: Path, relative: str, max_bytes: int, in_maildir: bool) -> tuple[str, bytes | Unreadable] | None:
+    """A listed message file's ``(id, start)``; None when it is gone.
+
+    A Maildir may be read while a mail client renames its messages: it moves one from ``new/`` to
+    ``cur/`` once seen, and renames it in ``cur/`` whenever a flag changes (``X:2,S`` to
+    ``X:2,RS``). The part of a name before ``:`` stays the same, and a message is found again by
+    it, under the id of its new path (a renamed one was left out, with no line and no warning).
+    A message deleted meanwhile is gone, and has no line."""
+    for _ in range(_RENAMES_FOLLOWED):
+        data = _read_start(root / relative, max_bytes)
+        if data is not None:
+            return relative, data
+        if not in_maildir:
+            return None
+        folder, _, name = relative.rpartition("/")  # "cur/NAME", or "INBOX/cur/NAME" in a tree
+        box = folder.rpartition("/")[0]
+        renamed = _maildir_renamed(root / box, _maildir_unique(name))
+        if renamed is None:
+            return None
+        relative = f"{box}/{renamed}" if box else renamed
+    return None
 
 
 # A message renamed again while it is looked for is looked for again, a few times.
@@ -618,7 +633,14 @@ def _unlisted(exc: OSError, folder) -> None:
     warnings.warn(f"cannot list {folder}: {exc.strerror or exc}; its messages are left out", SpamtuneWarning, stacklevel=3)
 
 
-def _tree_files(root: Path) -> Iterator[str]:
+def _tree_files(root: Path) -> Iterator[tuple[str, bool]]:
+    """The message files under ``root`` by path, each marked whether it is a Maildir's.
+
+    A folder of the tree that is a Maildir (a folder of Maildirs, as mbsync and offlineimap keep
+    mail, or ``SubFolders Verbatim`` nesting) is read as one: its ``cur/`` and ``new/``, not its
+    ``tmp/`` (unfinished deliveries) nor the files beside them (``dovecot-uidlist``, indexes),
+    which were classified as messages. Such a folder has all three of ``cur/``, ``new/`` and
+    ``tmp/``, as every Maildir writer makes them."""
     def unlisted(exc: OSError) -> None:
         if Path(exc.filename) == root:  # the source itself: nothing to read at all
             raise SpamtuneError(f"cannot read {root}: {exc.strerror or exc}") from None
@@ -629,10 +651,17 @@ def _tree_files(root: Path) -> Iterator[str]:
     for folder, dirs, files in os.walk(root, onerror=unlisted):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         base = Path(folder).relative_to(root)
+        if _MAILDIR_FOLDERS <= set(dirs):  # all three: a folder of hand-sorted files may have a new/
+            dirs[:] = [d for d in dirs if d not in _MAILDIR_FOLDERS]  # Maildirs nested in it are walked on
+            yield from _maildir_files(Path(folder), "" if base == Path(".") else f"{base.as_posix()}/")
+            continue
         for name in sorted(files):
             full = Path(folder) / name
             if not name.startswith(".") and not full.is_symlink() and full.is_file():
-                yield (base / name).as_posix()
+                yield (base / name).as_posix(), False
+
+
+_MAILDIR_FOLDERS = frozenset({"cur", "new", "tmp"})
 
 
 # A listed message file is opened as it was listed, a regular file: a symbolic link put in its place

@@ -303,6 +303,27 @@ def test_a_maildir_message_moved_to_cur_between_the_listings_is_read_once(tmp_pa
     assert [i for i, _ in iter_messages(box)] == ["cur/1.a.host:2,S"]
 
 
+def test_maildirs_in_a_folder_tree_are_read_as_maildirs(tmp_path):
+    """~/Mail as mbsync keeps it: a Maildir per folder. Their tmp/ (a delivery being written) and
+    the files beside cur/ (Dovecot's uidlist and indexes) were classified as messages."""
+    root = tmp_path / "Mail"
+    _write(root / "INBOX" / "cur" / "1.a.host:2,S", b"Subject: one\n\n1\n")
+    _write(root / "INBOX" / "new" / "2.b.host", b"Subject: two\n\n2\n")
+    _write(root / "INBOX" / "tmp" / "3.c.host", b"Subject: thr")
+    _write(root / "INBOX" / "dovecot-uidlist", b"3 V1 N4\n")
+    _write(root / "INBOX" / "Archive" / "cur" / "4.d.host:2,S", b"Subject: four\n\n4\n")
+    (root / "INBOX" / "Archive" / "new").mkdir()
+    (root / "INBOX" / "Archive" / "tmp").mkdir()
+    _write(root / "corpus" / "new" / "5.eml", b"Subject: five\n\n5\n")  # no cur/ and tmp/: not a Maildir
+    _write(root / "corpus" / "6.eml", b"Subject: six\n\n6\n")
+    items = iter_messages(root)
+    first = next(items)
+    (root / "INBOX" / "new" / "2.b.host").rename(root / "INBOX" / "cur" / "2.b.host:2,S")  # a client read it
+    assert [first[0]] + [i for i, _ in items] == [
+        "INBOX/cur/1.a.host:2,S", "INBOX/cur/2.b.host:2,S", "INBOX/Archive/cur/4.d.host:2,S", "corpus/6.eml", "corpus/new/5.eml",
+    ]
+
+
 def test_folder_tree_in_path_order_without_links_or_hidden_files(tmp_path):
     root = tmp_path / "corpus"
     _write(root / "b" / "2.eml", SAMPLES["plain"][0])
