@@ -524,8 +524,9 @@ def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Itera
     deliveries and is skipped), a folder tree of message files (every regular file, by relative
     path; hidden names and symbolic links skipped; a Maildir in it read as one), an mbox file (a
     file starting with ``From ``) or a single message file. Ids are the file's path relative to
-    ``path`` (its name for a single file), or for an mbox the message's number from 1 and its Message-ID (``"3 <id@host>"``).
-    Each message is read up to ``max_bytes``: what the text needs, in bounded memory.
+    ``path`` (its name for a single file), or for an mbox the message's number from 1 and its
+    Message-ID (``"3 <id@host>"``). Each message is read up to ``max_bytes``: what the text
+    needs, in bounded memory.
 
     One bad file does not end the read: a listed file that cannot be read (permissions, replaced
     by a folder meanwhile) comes as ``(id, Unreadable(reason))``, and a subfolder that cannot be
