@@ -39,6 +39,7 @@ import os
 import quopri
 import re
 import stat
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -222,9 +223,20 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 _INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
 
 
+# Letters and digits in forms that a reader shows as plain ones: full width ("ＦＲＥＥ"),
+# mathematical alphanumerics ("𝐅𝐑𝐄𝐄"), ligatures ("ﬁ"), circled and squared ones ("Ⓕ", "🄵").
+# They read as those letters (their NFKC form): on the screen they are "FREE", but they gave the
+# model tokens it had never seen together. Other characters are left as written.
+_LETTER_FORMS = re.compile("[\uff01-\uff5e\ufb00-\ufb06\u2460-\u24ff\U0001d400-\U0001d7ff\U0001f130-\U0001f189]+")
+
+
+def _plain_letters(match: re.Match) -> str:
+    return unicodedata.normalize("NFKC", match.group())
+
+
 def _collapse(text: str) -> str:
     text = _INVISIBLE.sub("", _SURROGATES.sub("\ufffd", _CONTROLS.sub(" ", text)))
-    return " ".join(text.split())
+    return " ".join(_LETTER_FORMS.sub(_plain_letters, text).split())
 
 
 # The headers the parser and the text read (the only ones cut to MAX_HEADER_CHARS that matter).

@@ -187,6 +187,12 @@ BASE64_8BIT_ODD_CHARSET = (
     + b"\xa0\n"
 )
 
+# Letters in compatibility forms that a reader shows as the plain letters.
+COMPATIBILITY_LETTERS = _lf(
+    "Subject: \U0001d405\U0001d411\U0001d404\U0001d404 money\nContent-Type: text/plain; charset=utf-8\n\n"
+    "\uff37\uff29\uff2e now, \ufb01nal o\ufb00er\u00a0today\n"
+)
+
 MALFORMED_HEADER = _lf(
     "Subject: fine\nThis line is not a header\nFrom: x@example.org\n\nthe body\n"
 )
@@ -251,6 +257,7 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "surrogate_charset": (SURROGATE_CHARSET, "s WIN \ufffd now", True),
     "invisible_characters": (INVISIBLE_CHARACTERS, "FREE WIN cash", False),
     "base64_8bit_odd_charset": (BASE64_8BIT_ODD_CHARSET, "hello Claim your free cruise now.", True),
+    "compatibility_letters": (COMPATIBILITY_LETTERS, "FREE money WIN now, final offer today", False),
     "malformed_header": (MALFORMED_HEADER, "fine This line is not a header From: x@example.org the body", True),
     "long_folded_subject": (LONG_FOLDED_SUBJECT, "a subject that goes on and on over three lines body", False),
     "encoded_words_mixed": (ENCODED_WORDS_MIXED, "Hello wörld and Cafécaf\ufffd b", True),
