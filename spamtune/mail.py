@@ -214,29 +214,37 @@ _CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 # Half of a UTF-16 surrogate pair is no character, and text holding one cannot be written as UTF-8:
 # a charset such as unicode-escape ("\\ud800" in the body) made one, and prepare stopped at the
 # message with an error. Such halves read as U+FFFD.
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
+_SURROGATE_CHARS = "\ud800-\udfff"
+_SURROGATES = re.compile(f"[{_SURROGATE_CHARS}]")
 
 # Characters a mail reader does not show (zero-width spaces and joiners, the soft hyphen, direction
 # marks, the byte-order mark): put between the letters of "WIN" they leave it "WIN" on the screen,
 # but gave the model tokens unlike any word it was trained on. They are dropped.
-_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
-
+_INVISIBLE_CHARS = "\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff"
 
 # Letters and digits in forms that a reader shows as plain ones: full width ("ＦＲＥＥ"),
 # mathematical alphanumerics ("𝐅𝐑𝐄𝐄"), ligatures ("ﬁ"), circled and squared ones ("Ⓕ", "🄵").
 # They read as those letters (their NFKC form): on the screen they are "FREE", but they gave the
 # model tokens it had never seen together. Other characters are left as written.
-_LETTER_FORMS = re.compile("[\uff01-\uff5e\ufb00-\ufb06\u2460-\u24ff\U0001d400-\U0001d7ff\U0001f130-\U0001f189]+")
+_LETTER_FORM_CHARS = "\uff01-\uff5e\ufb00-\ufb06\u2460-\u24ff\U0001d400-\U0001d7ff\U0001f130-\U0001f189"
+
+# All three in one pass, which only text that is not ASCII needs (str.isascii() costs nothing):
+# three passes over every text had made parsing 45% slower.
+_UNREADABLE_RUNS = re.compile(f"[{_SURROGATE_CHARS}{_INVISIBLE_CHARS}{_LETTER_FORM_CHARS}]+")
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
 
 
-def _plain_letters(match: re.Match) -> str:
-    return unicodedata.normalize("NFKC", match.group())
+def _as_read(match: re.Match) -> str:
+    """A run of the characters above as a reader shows it."""
+    run = _INVISIBLE.sub("", _SURROGATES.sub("\ufffd", match.group()))
+    return unicodedata.normalize("NFKC", run)  # changes only the letter forms among what is left
 
 
 def _collapse(text: str) -> str:
-    text = _INVISIBLE.sub("", _SURROGATES.sub("\ufffd", _CONTROLS.sub(" ", text)))
-    return " ".join(_LETTER_FORMS.sub(_plain_letters, text).split())
+    text = _CONTROLS.sub(" ", text)
+    if not text.isascii():
+        text = _UNREADABLE_RUNS.sub(_as_read, text)
+    return " ".join(text.split())
 
 
 # The headers the parser and the text read (the only ones cut to MAX_HEADER_CHARS that matter).
