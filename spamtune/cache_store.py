@@ -129,10 +129,14 @@ class PrefixCacheStore:
         return self.root / key.name
 
     # ---- reading
-    def load(self, key: CacheKey, verify: str = "hash") -> FrozenPrefixCache:
+    def load(self, key: CacheKey, verify: str = "hash", shape: tuple[int, int] | None = None) -> FrozenPrefixCache:
         """The entry of ``key``, memory-mapped. Raises ``CacheMissing`` or ``CacheCorrupt`` (a
         symbolic link planted in the entry's place is corrupt too: a cache is disposable, and
         reading a folder elsewhere through it would also write its ``VERIFIED_FILE`` there).
+
+        ``shape``: the ``(rows, emb_dim)`` the caller's tokens and model make; an entry whose
+        ``meta.json`` gives others is corrupt. Its hashes cover the files, not meta.json itself:
+        rows and width swapped for the same byte count would map the states in another shape.
 
         ``verify="hash"`` (the default) re-hashes both files, reading the states once from the
         disk, unless the states file matched before and is untouched since (``VERIFIED_FILE``);
@@ -151,6 +155,10 @@ class PrefixCacheStore:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CacheCorrupt(f"{meta_path} is unreadable ({exc})") from None
         states_path, index_path = entry / STATES_FILE, entry / INDEX_FILE
+        if shape is not None and (rows, emb_dim) != tuple(shape):
+            raise CacheCorrupt(f"{meta_path} gives {rows:,} rows of {emb_dim}, expected {shape[0]:,} of {shape[1]}")
+        if rows < 1 or emb_dim < 1:
+            raise CacheCorrupt(f"{meta_path} gives {rows:,} rows of {emb_dim}")
         problem = files_out_of_shape(entry, nbytes)
         if problem is not None:
             raise CacheCorrupt(problem)
@@ -259,9 +267,11 @@ class PrefixCacheStore:
         tick = time.perf_counter()
         problems: list[str] = []
 
+        rows, emb_dim = distinct_token_count(token_lists), model.cfg.emb_dim
+
         def attempt(k: CacheKey) -> FrozenPrefixCache | None:
             try:
-                return self.load(k, verify)
+                return self.load(k, verify, shape=(rows, emb_dim))
             except CacheMissing:
                 return None
             except CacheCorrupt as exc:
@@ -279,7 +289,6 @@ class PrefixCacheStore:
         found = attempt(key)
         if found is not None:
             return done(found, "hit")
-        rows, emb_dim = distinct_token_count(token_lists), model.cfg.emb_dim
         # Extending runs the next blocks over each message on its own, where a build shares the
         # prefixes messages have in common: other products, equal to float rounding. In fp32 that
         # is ~1e-7 of a loss; bf16 rounds every product to 8 bits, and an extended cache moved a

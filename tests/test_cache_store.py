@@ -126,6 +126,25 @@ def test_corrupt_entries_are_detected_and_rebuilt(tmp_path, damage):
     assert store.obtain(key, model, SEQS).outcome == "hit"
 
 
+@pytest.mark.parametrize("rows_times", [2, -1])
+def test_a_meta_json_giving_another_shape_of_the_same_bytes_is_rebuilt_not_mapped_so(tmp_path, rows_times):
+    # The hashes in meta.json cover the files, not meta.json: rows and width traded for the same
+    # byte count (or both negated) pass every size and hash check, and the states mapped so made
+    # the run's next block fail on the width.
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    good = store.obtain(key, model, SEQS).cache.states.clone()
+    meta_path = tmp_path / "cache" / key.name / META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["rows"], meta["emb_dim"] = meta["rows"] * rows_times, meta["emb_dim"] // rows_times
+    meta_path.write_text(json.dumps(meta))
+    again = store.obtain(key, model, SEQS)
+    assert again.outcome == "built" and f"expected {good.shape[0]:,} of {CFG.emb_dim}" in again.detail
+    assert torch.equal(again.cache.states, good)
+    assert store.obtain(key, model, SEQS).outcome == "hit"
+
+
 def test_a_hit_hashes_the_states_once_until_the_file_changes(tmp_path, monkeypatch):
     from spamtune import cache_store, verified
 
