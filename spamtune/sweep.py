@@ -205,24 +205,60 @@ class SweepResult:
         return sorted(self.rows, key=lambda r: (order.get(r["status"], 2), r.get("validation_loss") or 0.0, -(r.get("validation_accuracy") or 0.0)))
 
 
-def check_sweep_folder(folder: Path, identity: str) -> None:
+def check_sweep_folder(folder: Path, identity: str, planned: dict[str, object] | None = None) -> None:
     """A sweep writes into a new or empty folder, or one that holds this same sweep: never among
-    someone's files, where a run's folder could meet one of theirs."""
+    someone's files, where a run's folder could meet one of theirs. ``planned``: this sweep's
+    runs, by folder name, with their options; a folder whose ``sweep.json`` is gone or damaged
+    still holds this sweep when its runs show it (``_holds_only_these_runs``)."""
     if not folder.exists():
         return
     if not folder.is_dir():
         raise SpamtuneError(f"{folder} is not a folder; give --out a new or empty folder")
     record = folder / SWEEP_FILE
     if record.is_file():
-        data = read_json(record, "sweep file")
+        try:
+            data = read_json(record, "sweep file")
+        except SpamtuneError:
+            if _holds_only_these_runs(folder, planned):
+                return  # rewritten after the next run: a cut or edited file loses nothing the runs hold
+            raise
         if not isinstance(data, dict) or data.get("format", SWEEP_FORMAT) != SWEEP_FORMAT:
+            if _holds_only_these_runs(folder, planned):
+                return
             raise SpamtuneError(f"{record} is not a spamtune sweep file; give --out a new or empty folder")
         found = data.get("id", identity)  # files before the id: trusted
         if found != identity:
             raise SpamtuneError(f"{folder} holds another sweep ({found}); give this one another --out")
         return
     if any(p.name != runs.LOCK_FILE for p in folder.iterdir()):  # the lock: a sweep starting there
+        if _holds_only_these_runs(folder, planned):
+            return
         raise SpamtuneError(f"{folder} is not empty and holds no sweep; give --out a new or empty folder")
+
+
+def _holds_only_these_runs(folder: Path, planned: dict[str, object] | None) -> bool:
+    """Whether ``folder`` holds this sweep's runs and nothing else (beside its lock and a
+    ``sweep.json`` that cannot say): at least one run, each a folder named as one of ``planned``
+    whose ``hparams.json`` records that run's options. The runs' own files then identify the
+    sweep as its ``sweep.json`` would have, so finished runs are skipped again rather than the
+    folder refused, with no way to go on but training them all again elsewhere."""
+    if not planned:
+        return False
+    entries = [p for p in folder.iterdir() if p.name not in (runs.LOCK_FILE, SWEEP_FILE)]
+    if not entries:
+        return False
+    for entry in entries:
+        options = planned.get(entry.name)
+        if options is None or entry.is_symlink() or not entry.is_dir():
+            return False
+        try:
+            hparams = runs.read_hparams(entry)
+        except SpamtuneError:
+            return False
+        expected = {k: v for k, v in asdict(options).items() if k not in _NOT_IDENTITY}
+        if not isinstance(hparams, dict) or any(k not in hparams or hparams[k] != v for k, v in expected.items()):
+            return False
+    return True
 
 
 def _started_run(run_dir: Path) -> bool:
@@ -412,7 +448,7 @@ def run_sweep(
     prepared_data(root)  # every run would fail on an unprepared data root: say it once
     identity = sweep_id(base, grid)
     folder = Path(out) if out else sweeps_dir(root) / f"sweep-{identity}"
-    check_sweep_folder(folder, identity)
+    check_sweep_folder(folder, identity, {name: replace(base, **overrides) for name, overrides in zip(names, combos)})
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

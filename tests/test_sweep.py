@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -366,6 +367,38 @@ def test_a_folder_whose_sweep_file_is_not_one_is_one_error(tmp_path):
     (folder / SWEEP_FILE).write_text("[1, 2]")
     with pytest.raises(SpamtuneError, match=f"^{folder / SWEEP_FILE} is not a spamtune sweep file"):
         run_sweep(tiny_options(root, epochs=1), {"lr": [1e-3]}, out=folder, finetune=fake_finetune)
+
+
+@pytest.mark.parametrize("damage", ["removed", "cut", "not a sweep"])
+def test_a_sweep_whose_sweep_file_is_gone_or_damaged_goes_on_when_its_runs_show_it_is_this_sweep(tmp_path, damage):
+    # sweep.json only ranks the runs; losing it used to strand every finished run ("is not
+    # empty and holds no sweep"), to be trained again under another --out.
+    root = write_tiny_data(tmp_path)
+    base, grid, folder = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3]}, tmp_path / "s"
+    first = run_sweep(base, grid, out=folder)
+    record = folder / SWEEP_FILE
+    if damage == "removed":
+        record.unlink()
+    elif damage == "cut":
+        record.write_text(record.read_text()[:100])
+    else:
+        record.write_text("[1, 2]")
+
+    def no_training(*args):
+        raise AssertionError("a finished run trained again")
+
+    again = run_sweep(base, grid, out=folder, finetune=no_training)
+    assert [(r["name"], r["status"], r["skipped"]) for r in again.rows] == [("lr-0.001", "done", True), ("lr-0.002", "done", True)]
+    assert again.best["validation_loss"] == first.best["validation_loss"]
+    assert json.loads(record.read_text())["best"] == first.best["name"]
+    # Not when anything in the folder is no run of this sweep as planned: another grid's run,
+    # or a run of the same name trained with other options.
+    record.unlink()
+    with pytest.raises(SpamtuneError, match="is not empty and holds no sweep"):
+        run_sweep(base, {"lr": [1e-3]}, out=folder, finetune=no_training)
+    with pytest.raises(SpamtuneError, match="is not empty and holds no sweep"):
+        run_sweep(replace(base, epochs=2), grid, out=folder, finetune=no_training)
+    assert not record.exists()
 
 
 def test_lora_values_make_no_second_run_of_a_preset_that_trains_no_lora(tmp_path):
