@@ -10,15 +10,12 @@ and ``sweeps/``) are counted as users; a compact run kept elsewhere may name the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-
 from spamtune import paths
-from spamtune.base_ref import BaseRef, folder_in_the_way, is_sha256
+from spamtune.base_ref import BaseRef, folder_in_the_way, is_sha256, recorded_origin
 from spamtune.errors import SpamtuneError
 from spamtune.run_catalog import base_users
 
@@ -33,15 +30,6 @@ class StoredBase:
 
     def describe(self) -> str:
         return BaseRef(self.sha256, self.origin).describe() if self.origin else "unreadable file"
-
-
-def _origin(path: Path) -> dict:
-    try:
-        with safe_open(str(path), framework="numpy") as f:  # the header alone: "pt" would import torch
-            origin = json.loads((f.metadata() or {}).get("origin", "{}"))
-    except (SafetensorError, OSError, ValueError):
-        return {}
-    return origin if isinstance(origin, dict) else {}
 
 
 def list_bases(root: str | Path) -> list[StoredBase]:
@@ -60,7 +48,7 @@ def list_bases(root: str | Path) -> list[StoredBase]:
             stat = path.stat()
         except OSError:  # removed meanwhile
             continue
-        found.append((stat.st_mtime, StoredBase(sha, path, stat.st_size, _origin(path), users.get(sha, []))))
+        found.append((stat.st_mtime, StoredBase(sha, path, stat.st_size, recorded_origin(path), users.get(sha, []))))
     return [base for _, base in sorted(found, key=lambda item: (item[0], item[1].sha256))]
 
 

@@ -6,9 +6,12 @@ what only reads references, ``spamtune bases ls`` and the run listings, needs no
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
 
 from spamtune.errors import SpamtuneError
 
@@ -46,6 +49,17 @@ class BaseRef:
         if kind == "file":
             return f"weights file {self.origin.get('path')}"
         return "unknown origin"
+
+
+def recorded_origin(path: Path) -> dict:
+    """The origin a stored base's file records in its header (the header alone is read, without
+    PyTorch); empty when the file cannot be read."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:  # "pt" would import torch
+            origin = json.loads((f.metadata() or {}).get("origin", "{}"))
+    except (SafetensorError, OSError, ValueError):
+        return {}
+    return origin if isinstance(origin, dict) else {}
 
 
 def is_sha256(value) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from spamtune import paths
-from spamtune.base_ref import BaseRef, folder_in_the_way, how_to_clear, is_sha256
+from spamtune.base_ref import BaseRef, folder_in_the_way, how_to_clear, is_sha256, recorded_origin
 from spamtune.checkpoint import read_tensors
 from spamtune.errors import SpamtuneError, SpamtuneWarning
 from spamtune.fsutil import atomic_write_json, new_temporary, write_error
@@ -126,8 +126,10 @@ def stored_random_base(root: str | Path, origin: dict) -> BaseRef | None:
     """The stored base a random ``origin`` drew before, if this data root still holds it."""
     key = random_origin_key(origin)
     sha = _random_origins(Path(root)).get(key) if key else None
-    # The index is only a shortcut: a value edited into no sha256 is no base, not an error.
-    if is_sha256(sha) and base_file(Path(root), sha).is_file():
+    # The index is only a shortcut: a value edited into no sha256 is no base, not an error; one
+    # naming another stored base (another seed's) would have the run train on that base, under
+    # this origin, so the file must record this origin too. A miss costs a draw.
+    if is_sha256(sha) and base_file(Path(root), sha).is_file() and recorded_origin(base_file(Path(root), sha)) == origin:
         return BaseRef.from_dict({"sha256": sha, "origin": origin})
     return None
 

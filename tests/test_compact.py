@@ -226,6 +226,18 @@ def test_a_random_origins_index_edited_by_hand_costs_a_draw_not_the_run(tmp_path
     assert bases.stored_random_base(tmp_path, SEEDED) == ref  # the draw wrote the index again
 
 
+def test_a_random_origins_index_naming_another_stored_base_is_not_trusted(tmp_path):
+    # An index edited (or mixed up) to map seed 5 to seed 6's stored base had a seed-5 run train
+    # on seed 6's weights, under an origin that can never rebuild them.
+    _, ref = draw_base(CFG, 5, SEEDED, tmp_path)
+    _, other = draw_base(CFG, 6, {**SEEDED, "seed": 6}, tmp_path)
+    index = paths.bases_dir(tmp_path) / bases.ORIGINS_FILE
+    index.write_text(json.dumps({key: other.sha256 for key in json.loads(index.read_text())}))
+    assert bases.stored_random_base(tmp_path, SEEDED) is None
+    assert draw_base(CFG, 5, SEEDED, tmp_path)[1] == ref
+    assert bases.stored_random_base(tmp_path, SEEDED) == ref
+
+
 def test_a_base_draw_that_fails_leaves_no_partial_file_and_no_thread(tmp_path, monkeypatch):
     def stop_at_the_third(name, tensor, seen=[]):
         seen.append(name)
