@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spamtune import paths
-from spamtune.cache_entry import CACHE_FORMAT, META_KIND, CacheCorrupt, CacheMissing, files_out_of_shape, folder_bytes, read_meta, remove_folder
+from spamtune.cache_entry import CACHE_FORMAT, META_KIND, CacheCorrupt, CacheMissing, files_out_of_shape, folder_bytes, is_entry_name, read_meta, remove_folder
 from spamtune.errors import SpamtuneError
 from spamtune.folder_lock import unclaimed
 
@@ -99,7 +99,7 @@ def list_caches(data_root: str | Path) -> list[CacheEntry]:
         return []
     entries = []
     for path in root.iterdir():
-        if path.is_symlink() or not path.is_dir():
+        if path.is_symlink() or not path.is_dir() or not is_entry_name(path.name):
             continue
         try:
             entries.append(_read_entry(path))

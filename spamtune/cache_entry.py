@@ -30,6 +30,14 @@ META_FILE = "meta.json"
 # 122 MiB cache took 0.13 s of every run that reuses it.
 VERIFIED_FILE = "verified.json"
 META_KIND = "spamtune-prefix-cache"
+NAME_LENGTH = 20  # hex digits of the key's sha256 naming an entry: 80 bits
+
+
+def is_entry_name(name: str) -> bool:
+    """Whether a folder under the cache root is named as an entry is: ``NAME_LENGTH`` lowercase
+    hex digits. Any other folder there (someone's notes, a file system's ``lost+found``) is no
+    cache: ``spamtune cache ls`` does not list it, nor ``cache rm`` remove it."""
+    return len(name) == NAME_LENGTH and all(c in "0123456789abcdef" for c in name)
 
 
 class CacheMissing(Exception):

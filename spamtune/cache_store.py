@@ -42,7 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from spamtune import __version__, paths
-from spamtune.cache_entry import CACHE_FORMAT, INDEX_FILE, META_FILE, META_KIND, STATES_FILE, VERIFIED_FILE
+from spamtune.cache_entry import CACHE_FORMAT, INDEX_FILE, META_FILE, META_KIND, NAME_LENGTH, STATES_FILE, VERIFIED_FILE
 from spamtune.cache_entry import CacheCorrupt, CacheMissing, files_out_of_shape, read_meta, remove_folder
 from spamtune.download import sha256_file
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
@@ -54,7 +54,6 @@ from spamtune.interrupts import interrupts_deferred
 from spamtune.prefix_cache import FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
 from spamtune.verified import VerifiedFiles, file_signature
 
-NAME_LENGTH = 20  # hex digits of the key's sha256 naming an entry: 80 bits
 # Room left on the disk beyond the entry itself, so a cache never fills it up.
 DISK_MARGIN_BYTES = 256 << 20
 

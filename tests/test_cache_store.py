@@ -678,6 +678,22 @@ def test_an_entry_a_killed_writer_left_is_abandoned_and_swept_but_never_one_bein
     assert swept.exit_code == 0 and swept.stdout == f"{entry}\n" and "freed 64 B" in swept.stderr and not entry.exists()
 
 
+def test_a_folder_not_named_as_an_entry_is_no_cache_that_ls_lists_or_rm_removes(tmp_path):
+    # With no meta.json and no writer, a user's folder under cache/ (or a mount's lost+found)
+    # was listed as an abandoned cache, and `rm --stale` or `rm --all` deleted it with its files.
+    for name in ("my-notes", "lost+found", "0123456789ABCDEF0123", "0123456789abcdef012"):
+        (tmp_path / "cache" / name).mkdir(parents=True)
+        (tmp_path / "cache" / name / "todo.txt").write_text("mine")
+    entry = tmp_path / "cache" / "0123456789abcdef0123"
+    entry.mkdir()  # a killed writer's, as in the test above
+    assert [(e.name, e.status) for e in list_caches(tmp_path)] == [(entry.name, "abandoned")]
+    for how in (["--stale"], ["--all"], ["my"]):
+        CliRunner().invoke(app, ["cache", "rm", *how, "--data-dir", str(tmp_path)])
+    assert not entry.exists()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["0123456789ABCDEF0123", "0123456789abcdef012", "lost+found", "my-notes"]
+    assert all((p / "todo.txt").read_text() == "mine" for p in (tmp_path / "cache").iterdir())
+
+
 def test_rm_stale_never_removes_an_entry_a_run_started_writing_after_it_was_listed(tmp_path, monkeypatch):
     entry = tmp_path / "cache" / "0123456789abcdef0123"
     entry.mkdir(parents=True)  # listed as abandoned...
