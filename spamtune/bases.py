@@ -10,6 +10,7 @@ from its origin (the downloaded GPT-2 file, or the seed) when that gives the sam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -114,12 +115,16 @@ def _random_origins(root: Path) -> dict:
 
 
 def remember_random_origin(root: Path, ref: BaseRef) -> None:
+    """Note in the index which stored base a random origin drew. Nothing where the index cannot
+    be written (a folder in its place, no room): it is a shortcut, and the next run on the
+    seed only draws the base again, where failing here would stop a run that has its base."""
     key = random_origin_key(ref.origin)
     if key is None:
         return
     known = _random_origins(root)
     if known.get(key) != ref.sha256:
-        atomic_write_json(paths.bases_dir(root) / ORIGINS_FILE, {**known, key: ref.sha256})
+        with contextlib.suppress(SpamtuneError):
+            atomic_write_json(paths.bases_dir(root) / ORIGINS_FILE, {**known, key: ref.sha256})
 
 
 def stored_random_base(root: str | Path, origin: dict) -> BaseRef | None:

@@ -238,6 +238,15 @@ def test_a_random_origins_index_naming_another_stored_base_is_not_trusted(tmp_pa
     assert bases.stored_random_base(tmp_path, SEEDED) == ref
 
 
+def test_a_random_origins_index_that_cannot_be_written_costs_a_draw_not_the_run(tmp_path):
+    # A folder where the index goes made "cannot write .../random-origins.json: Is a directory"
+    # the run's error, once its base was drawn and stored.
+    (paths.bases_dir(tmp_path) / bases.ORIGINS_FILE).mkdir(parents=True)
+    base, ref = draw_base(CFG, 5, SEEDED, tmp_path)
+    assert base_file(tmp_path, ref.sha256).is_file() and bases.stored_random_base(tmp_path, SEEDED) is None
+    assert store_base(tmp_path, base, SEEDED, sha256=ref.sha256) == ref
+
+
 def test_a_base_draw_that_fails_leaves_no_partial_file_and_no_thread(tmp_path, monkeypatch):
     def stop_at_the_third(name, tensor, seen=[]):
         seen.append(name)
