@@ -245,12 +245,13 @@ def _holds_only_these_runs(folder: Path, planned: dict[str, object] | None) -> b
     if not planned:
         return False
     entries = [p for p in folder.iterdir() if p.name not in (runs.LOCK_FILE, SWEEP_FILE)]
-    if not entries:
-        return False
+    shown = False
     for entry in entries:
         options = planned.get(entry.name)
         if options is None or entry.is_symlink() or not entry.is_dir():
             return False
+        if {p.name for p in entry.iterdir()} <= {runs.LOCK_FILE}:
+            continue  # a run killed as it started: holds nothing, and the sweep starts it again
         try:
             hparams = runs.read_hparams(entry)
         except SpamtuneError:
@@ -258,7 +259,8 @@ def _holds_only_these_runs(folder: Path, planned: dict[str, object] | None) -> b
         expected = {k: v for k, v in asdict(options).items() if k not in _NOT_IDENTITY}
         if not isinstance(hparams, dict) or any(k not in hparams or hparams[k] != v for k, v in expected.items()):
             return False
-    return True
+        shown = True
+    return shown
 
 
 def _started_run(run_dir: Path) -> bool:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import checkpointed_after_an_evaluation, sigterm_once_ready, tiny_options, write_tiny_data
 
-from spamtune import train
+from spamtune import runs, train
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.sweep import SWEEP_FILE, combinations, parse_grid, run_name, run_sweep, sweep_id
 
@@ -391,6 +391,12 @@ def test_a_sweep_whose_sweep_file_is_gone_or_damaged_goes_on_when_its_runs_show_
     assert [(r["name"], r["status"], r["skipped"]) for r in again.rows] == [("lr-0.001", "done", True), ("lr-0.002", "done", True)]
     assert again.best["validation_loss"] == first.best["validation_loss"]
     assert json.loads(record.read_text())["best"] == first.best["name"]
+    # A run killed as it started (its folder holding nothing but its lock) is no obstacle.
+    shutil.rmtree(folder / "lr-0.002")
+    (folder / "lr-0.002").mkdir()
+    (folder / "lr-0.002" / runs.LOCK_FILE).write_text("")
+    record.unlink()
+    assert [row["skipped"] for row in run_sweep(base, grid, out=folder).rows] == [True, False]
     # Not when anything in the folder is no run of this sweep as planned: another grid's run,
     # or a run of the same name trained with other options.
     record.unlink()
