@@ -128,14 +128,15 @@ class PrefixCacheStore:
         return self.root / key.name
 
     # ---- reading
-    def load(self, key: CacheKey, verify: str = "hash", shape: tuple[int, int] | None = None) -> FrozenPrefixCache:
+    def load(self, key: CacheKey, verify: str = "hash", emb_dim: int | None = None) -> FrozenPrefixCache:
         """The entry of ``key``, memory-mapped. Raises ``CacheMissing`` or ``CacheCorrupt`` (a
         symbolic link planted in the entry's place is corrupt too: a cache is disposable, and
         reading a folder elsewhere through it would also write its ``VERIFIED_FILE`` there).
 
-        ``shape``: the ``(rows, emb_dim)`` the caller's tokens and model make; an entry whose
-        ``meta.json`` gives others is corrupt. Its hashes cover the files, not meta.json itself:
-        rows and width swapped for the same byte count would map the states in another shape.
+        ``emb_dim``: the width of the caller's model; an entry whose ``meta.json`` gives another
+        is corrupt. Its hashes cover the files, not meta.json itself: rows and width traded for
+        the same byte count would map the states in another shape. (The rows then follow from
+        the file's size, checked below.)
 
         ``verify="hash"`` (the default) re-hashes both files, reading the states once from the
         disk, unless the states file matched before and is untouched since (``VERIFIED_FILE``);
@@ -149,21 +150,21 @@ class PrefixCacheStore:
         try:
             if meta.get("kind") != META_KIND or meta.get("key") != asdict(key):
                 raise CacheCorrupt(f"{meta_path} describes another cache")
-            rows, emb_dim, nbytes = int(meta["rows"]), int(meta["emb_dim"]), int(meta["states_bytes"])
+            rows, width, nbytes = int(meta["rows"]), int(meta["emb_dim"]), int(meta["states_bytes"])
             states_sha, index_sha = meta["states_sha256"], meta["index_sha256"]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CacheCorrupt(f"{meta_path} is unreadable ({exc})") from None
         states_path, index_path = entry / STATES_FILE, entry / INDEX_FILE
-        if shape is not None and (rows, emb_dim) != tuple(shape):
-            raise CacheCorrupt(f"{meta_path} gives {rows:,} rows of {emb_dim}, expected {shape[0]:,} of {shape[1]}")
-        if rows < 1 or emb_dim < 1:
-            raise CacheCorrupt(f"{meta_path} gives {rows:,} rows of {emb_dim}")
+        if emb_dim is not None and width != emb_dim:
+            raise CacheCorrupt(f"{meta_path} gives states {width} wide, expected {emb_dim} for this model")
+        if rows < 1 or width < 1:
+            raise CacheCorrupt(f"{meta_path} gives {rows:,} rows of {width}")
         problem = files_out_of_shape(entry, nbytes)
         if problem is not None:
             raise CacheCorrupt(problem)
-        expected = rows * emb_dim * torch.empty((), dtype=key.torch_dtype).element_size()
+        expected = rows * width * torch.empty((), dtype=key.torch_dtype).element_size()
         if nbytes != expected:
-            raise CacheCorrupt(f"{states_path} has {nbytes:,} bytes, expected {expected:,} for {rows:,} rows of {emb_dim}")
+            raise CacheCorrupt(f"{states_path} has {nbytes:,} bytes, expected {expected:,} for {rows:,} rows of {width}")
         if sha256_file(index_path) != index_sha:
             raise CacheCorrupt(f"{index_path} does not match its sha256")
         if verify == "hash":
@@ -180,7 +181,7 @@ class PrefixCacheStore:
             raise CacheCorrupt(f"{index_path} is unreadable ({exc})") from None
         if len(offsets) != len(lengths) or (len(offsets) and int((offsets + lengths).max()) > rows):
             raise CacheCorrupt(f"{index_path} points outside the states")
-        states = _map_states(states_path, nbytes, key.torch_dtype, rows, emb_dim)
+        states = _map_states(states_path, nbytes, key.torch_dtype, rows, width)
         return FrozenPrefixCache(key.blocks, states, offsets, lengths)
 
     # ---- writing
@@ -266,11 +267,9 @@ class PrefixCacheStore:
         tick = time.perf_counter()
         problems: list[str] = []
 
-        rows, emb_dim = distinct_token_count(token_lists), model.cfg.emb_dim
-
         def attempt(k: CacheKey) -> FrozenPrefixCache | None:
             try:
-                return self.load(k, verify, shape=(rows, emb_dim))
+                return self.load(k, verify, emb_dim=model.cfg.emb_dim)
             except CacheMissing:
                 return None
             except CacheCorrupt as exc:
@@ -288,6 +287,7 @@ class PrefixCacheStore:
         found = attempt(key)
         if found is not None:
             return done(found, "hit")
+        rows, emb_dim = distinct_token_count(token_lists), model.cfg.emb_dim
         # Extending runs the next blocks over each message on its own, where a build shares the
         # prefixes messages have in common: other products, equal to float rounding. In fp32 that
         # is ~1e-7 of a loss; bf16 rounds every product to 8 bits, and an extended cache moved a
