@@ -42,7 +42,7 @@ def list_bases(root: str | Path) -> list[StoredBase]:
     found = []
     for path in folder.glob("*.safetensors"):
         sha = path.stem
-        if len(sha) != 64 or path.is_symlink() or not path.is_file():
+        if not is_sha256(sha) or path.is_symlink() or not path.is_file():  # another name is no base spamtune stored
             continue
         try:
             stat = path.stat()

@@ -88,6 +88,19 @@ def test_bad_requests_are_one_line(tmp_path):
     assert [base.sha256[:3] for base in remove_bases(root, ["ab1"])] == ["ab1"]
 
 
+def test_a_file_not_named_as_a_stored_base_is_never_listed_or_removed(tmp_path):
+    # Any 64-character name ending .safetensors was taken for a base, and `rm --all` deleted it.
+    folder = tmp_path / "bases"
+    folder.mkdir(parents=True)
+    theirs = [folder / f"{'my-gpt2-small-weights-copied-from-the-old-laptop-before-2026-kept':.64}.safetensors", folder / f"{'AB' * 32}.safetensors"]
+    for path in theirs:
+        path.write_bytes(b"mine")
+    (folder / f"{'ab' * 32}.safetensors").write_bytes(b"not a safetensors file")
+    assert [base.sha256 for base in list_bases(tmp_path)] == ["ab" * 32]
+    assert bases(tmp_path, "rm", "--all").exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in theirs)
+
+
 def test_a_base_that_cannot_be_removed_is_one_error_once_the_others_are_removed_and_printed(tmp_path, monkeypatch):
     """As `cache rm`: the files that went are printed, then one error line for the one that stayed."""
     from pathlib import Path
