@@ -260,7 +260,7 @@ def read_json(path: str | Path, what: str = "file") -> dict:
     not valid JSON (nesting too deep for the parser included)."""
     path = Path(path)
     try:
-        return json.loads(_read_small_file(path).decode("utf-8"))
+        return json.loads(read_small_file(path).decode("utf-8"))
     except FileNotFoundError:
         raise SpamtuneError(f"{what} not found: {path}") from None
     except RecursionError:
@@ -271,8 +271,9 @@ def read_json(path: str | Path, what: str = "file") -> dict:
         raise SpamtuneError(f"cannot read {what} {path}: {exc}") from None
 
 
-def _read_small_file(path: Path) -> bytes:
-    """The bytes of ``path``; a ValueError saying why, for what is no small regular file."""
+def read_small_file(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of ``path``; a ValueError saying why, for what is no regular file of at most
+    ``limit`` bytes (OSError for what cannot be opened or read)."""
     # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
@@ -282,14 +283,14 @@ def _read_small_file(path: Path) -> bytes:
         if not stat.S_ISREG(mode):
             raise ValueError("it is not a regular file (a device, pipe or socket)")
         chunks, size = [], 0
-        while size <= MAX_JSON_BYTES:
-            chunk = os.read(fd, MAX_JSON_BYTES + 1 - size)
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
     finally:
         os.close(fd)
-    if size > MAX_JSON_BYTES:
-        raise ValueError(f"it is larger than {MAX_JSON_BYTES >> 20} MiB")
+    if size > limit:
+        raise ValueError(f"it is larger than {limit >> 20} MiB")
     return b"".join(chunks)

@@ -23,10 +23,12 @@ from pathlib import Path
 
 from spamtune import paths, runs
 from spamtune.errors import SpamtuneError
-from spamtune.fsutil import read_json
+from spamtune.fsutil import read_json, read_small_file
 from spamtune.sweep import sweeps_dir
 
 RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
+# metrics.jsonl holds a ~250-byte line per evaluation: this is a million of them.
+MAX_METRICS_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,15 @@ def read_hparams(run_dir: Path) -> dict | None:
 
 
 def read_evaluations(run_dir: Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` (one per evaluation); unreadable lines are skipped."""
+    """The records of ``metrics.jsonl`` (one per evaluation); unreadable lines are skipped.
+    A damaged file (bytes that are not UTF-8) loses only its damaged lines, and one that is no
+    regular file (a pipe would block the read, /dev/zero fill the memory) reads as none: one run
+    never stops the listing or ``runs show``."""
     try:
-        lines = (run_dir / runs.METRICS_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
+        data = read_small_file(run_dir / runs.METRICS_FILE, limit=MAX_METRICS_BYTES)
+    except (OSError, ValueError):
         return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
     records = []
     for line in lines:
         try:

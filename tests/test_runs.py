@@ -248,6 +248,42 @@ def test_a_pipe_in_place_of_a_runs_hparams_json_does_not_stop_the_listing(tmp_pa
     assert [row["name"] for row in json.loads(listed.stdout)] == ["piped"]
 
 
+def test_a_metrics_file_with_bytes_that_are_not_utf8_loses_only_those_lines(tmp_path):
+    """A damaged metrics.jsonl stopped the whole listing ("unexpected UnicodeDecodeError")."""
+    run_dir = tmp_path / "runs" / "damaged"
+    run_dir.mkdir(parents=True)
+    (run_dir / runs.HPARAMS_FILE).write_text(json.dumps({"model": "tiny", "trainable": "all"}))
+    good = json.dumps({"step": 5, "validation_loss": 0.3, "validation_accuracy": 0.9}).encode()
+    (run_dir / runs.METRICS_FILE).write_bytes(b"\xff\xfe{\n" + good + b"\n")
+    listed = invoke("runs", "--json", "--data-dir", str(tmp_path))
+    assert listed.exit_code == 0, listed.stderr
+    assert [(r["name"], r["validation_accuracy"]) for r in json.loads(listed.stdout)] == [("damaged", 0.9)]
+    shown = invoke("runs", "show", "damaged", "--json", "--data-dir", str(tmp_path))
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["evaluations"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_in_place_of_a_runs_metrics_does_not_stop_runs_show(tmp_path):
+    """In a process of its own, bounded: the read waited for a writer for ever."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run_dir = tmp_path / "runs" / "piped"
+    run_dir.mkdir(parents=True)
+    (run_dir / runs.HPARAMS_FILE).write_text("{}")
+    os.mkfifo(run_dir / runs.METRICS_FILE)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    shown = subprocess.run(
+        [sys.executable, "-m", "spamtune", "runs", "show", "piped", "--json", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["evaluations"] == 0
+
+
 def test_a_damaged_summary_leaves_the_listing_valid_and_whole(tmp_path, monkeypatch):
     """A summary.json edited by hand or damaged holds anything: NaN (which only Python's JSON
     reader takes), strings or objects where figures and names go. The listing shows those as
