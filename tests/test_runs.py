@@ -105,6 +105,28 @@ def test_a_terminal_gets_a_table_and_the_resume_command(root, monkeypatch):
     assert f"stopped is interrupted; continue it with: spamtune finetune --resume --run {root / 'runs' / 'stopped'}" in out
 
 
+def test_a_run_named_with_a_line_break_or_an_escape_sequence_is_shown_escaped(root, monkeypatch):
+    """The table, `runs show` and `runs rm`'s question passed the name to the terminal as it was:
+    the row broke in two and the escape sequence turned the rest of the screen red."""
+    name = "odd\nname\x1b[31m"
+    shutil.copytree(root / "runs" / "stopped", root / "runs" / name)
+    escaped = "odd\\nname\\x1b[31m"
+    monkeypatch.setattr(runs_cli, "_stdout_is_terminal", lambda: True)
+    monkeypatch.setenv("COLUMNS", "200")
+    table = invoke("runs", "--data-dir", str(root))
+    assert table.exit_code == 0, table.stderr
+    assert "\x1b[31m" not in table.stdout and "\nname" not in table.stdout
+    assert any(line.startswith(escaped + " ") for line in table.stdout.splitlines())  # its row is one line
+    assert f"{escaped} is interrupted; continue it with" in table.stdout
+    shown = invoke("runs", "show", name, "--data-dir", str(root))
+    assert shown.exit_code == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and ["name", escaped] in [line.split() for line in shown.stdout.splitlines()]
+    monkeypatch.setattr(runs_cli, "_stdin_is_terminal", lambda: True)
+    declined = invoke("runs", "rm", name, "--data-dir", str(root), input="n\n")
+    assert declined.exit_code == 1 and "\x1b" not in declined.stderr
+    assert f"{root / 'runs'}/{escaped}  (interrupted" in declined.stderr
+
+
 def test_no_runs_yet(tmp_path, monkeypatch):
     assert invoke("runs", "--json", "--data-dir", str(tmp_path)).stdout == "[]\n"
     monkeypatch.setattr(runs_cli, "_stdout_is_terminal", lambda: True)

@@ -153,10 +153,12 @@ def print_table(console: Console, table) -> None:
 
 
 def cell(value: object) -> Text:
-    """A table cell or heading shown as it is (rich tables read plain strings as markup)."""
+    """A table cell or heading shown as it is (rich tables read plain strings as markup), on one
+    line: a control character in it (a run folder named with a line break or an escape
+    sequence) is written as ``one_line`` writes it, not acted on by the terminal."""
     from rich.text import Text
 
-    return Text(str(value))
+    return Text(one_line(str(value)))
 
 
 def one_line(message: str) -> str:

@@ -64,10 +64,10 @@ def _print_table(infos, console) -> None:
         table.add_column(heading, justify=justify, no_wrap=heading == "name")
     for info in infos:
         table.add_row(
-            Text(info.name),  # Text: a folder name is never read as markup
+            common.cell(info.name),  # a folder name is never read as markup nor acted on by the terminal
             Text(info.status, style=STATUS_STYLE.get(info.status, "")),
-            Text(info.model or "-"),
-            Text(info.trainable or "-"),
+            common.cell(info.model or "-"),
+            common.cell(info.trainable or "-"),
             _percent(info.validation_accuracy),
             _percent(info.test_accuracy),
             human_size(info.size_bytes),
@@ -76,7 +76,7 @@ def _print_table(infos, console) -> None:
     common.print_table(console, table)
     for info in infos:
         if info.resume_command:
-            console.print(Text(f"{info.name} is interrupted; continue it with: {info.resume_command}"))
+            console.print(common.cell(f"{info.name} is interrupted; continue it with: {info.resume_command}"))
 
 
 def _flatten(prefix: str, value, out: list[tuple[str, str]]) -> None:
@@ -165,7 +165,7 @@ def show_run(
             _flatten(section, record[section], lines)
     width = max(len(key) for key, _ in lines)
     for key, value in lines:
-        typer.echo(f"{key.ljust(width)}  {value}")
+        typer.echo(f"{key.ljust(width)}  {common.one_line(value)}")  # one line per key, whatever a value holds
 
 
 @common.command(runs_app, "rm")
@@ -195,7 +195,7 @@ def remove_runs(
             raise SpamtuneUsageError("refusing to remove runs without --yes: stdin is not a terminal to ask on")
         infos = [run_catalog.describe_run(run_dir) for run_dir in run_dirs]
         for info in infos:
-            print(f"  {info.path}  ({info.status}, {human_size(info.size_bytes)})", file=sys.stderr)
+            print(f"  {common.one_line(info.path)}  ({info.status}, {human_size(info.size_bytes)})", file=sys.stderr)
         total = human_size(sum(info.size_bytes for info in infos))
         question = f"Remove {'this run' if len(infos) == 1 else f'these {len(infos)} runs'} ({total})?"
         if not typer.confirm(question, default=False, err=True):
