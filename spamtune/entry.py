@@ -16,6 +16,7 @@ from spamtune.interrupts import hold_sigint_while_torch_loads
 
 
 def main() -> None:
+    _closed_stderr_to_devnull()
     hold_sigint_while_torch_loads()
     try:
         from spamtune.cli import main as run_command
@@ -37,3 +38,25 @@ def _exit_now(status: int) -> None:
         except (AttributeError, OSError, ValueError):
             pass
     os._exit(status)
+
+
+def _closed_stderr_to_devnull() -> None:
+    """A process started with stderr closed (``2>&-``) has ``sys.stderr`` None, and ``print(...,
+    file=sys.stderr)`` then writes to stdout: notes, warnings and ``Error:`` lines would land
+    among the results a pipeline reads. They go to /dev/null instead, on file descriptor 2, so
+    that no file opened later (``--out``'s temporary) takes that number and gets what native
+    code writes to stderr."""
+    if sys.stderr is not None:
+        return
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.fstat(2)
+    except OSError:  # free: /dev/null takes it
+        if fd != 2:
+            os.dup2(fd, 2)
+            os.close(fd)
+        fd = 2
+    sys.stderr = open(fd, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - for the process's life

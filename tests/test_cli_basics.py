@@ -210,6 +210,17 @@ def test_a_warning_naming_a_file_stays_one_line(capsys):
     assert capsys.readouterr().err == "WARNING: cannot read cur/a\\nb\\x1b[31m: Permission denied\n"
 
 
+def test_with_stderr_closed_nothing_meant_for_it_lands_on_stdout(tmp_path):
+    """Started with ``2>&-``, Python has no sys.stderr, and ``print(file=None)`` writes to stdout:
+    an Error line (and predict's notes) came out among the results a pipeline reads."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "spamtune", "runs", "show", "nope", "--data-dir", str(tmp_path)], preexec_fn=lambda: os.close(2),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (1, "")
+
+
 @pytest.mark.parametrize("words", [["cache", "ls"], ["runs"], ["export", "some-run", "-"]])
 def test_a_listing_or_an_export_to_stdout_with_stdout_closed_is_one_line(tmp_path, words):
     """Started with stdout closed (``>&-``), Python has no sys.stdout: a command whose result is
