@@ -136,16 +136,21 @@ class SpamtuneClient:
 
     # ------------------------------------------------------------------ plumbing
 
+    def text_budget(self) -> int:
+        """The most bytes one text may take in a request (``text_cost``): the service's body limit,
+        less room for the JSON around it."""
+        limits = self.model().get("limits", {})
+        return int(limits.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)) - 64
+
     def _requests_for(self, texts: list[str]) -> Iterator[list[str]]:
         """``texts`` cut into requests within the service's text count and body size limits."""
         limits = self.model().get("limits", {})
         max_texts = int(limits.get("max_texts", DEFAULT_MAX_TEXTS))
-        budget = int(limits.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)) - 64  # room for the JSON around them
+        budget = self.text_budget()
         part: list[str] = []
         size = 0
         for text in texts:
-            # The JSON form of the text, measured as sent: escapes and non-ASCII bytes counted.
-            cost = len(json.dumps(text, ensure_ascii=False).encode()) + 2
+            cost = text_cost(text)
             if cost > budget:
                 raise SpamtuneError(
                     f"a message of {cost:,} bytes is larger than the service accepts ({budget:,}); "
@@ -206,3 +211,20 @@ def client_from_env(url: str | None = None, api_key: str | None = None) -> Spamt
     if not url:
         raise SpamtuneError(f"no service URL: give --server URL or set {ENV_SERVER}")
     return SpamtuneClient(url, api_key or os.environ.get(ENV_API_KEY))
+
+
+def text_cost(text: str) -> int:
+    """The bytes ``text`` takes in a request: its JSON form as sent (escapes and non-ASCII bytes
+    counted), and a separator."""
+    return len(json.dumps(text, ensure_ascii=False).encode()) + 2
+
+
+def fitting_start(text: str, budget: int) -> str:
+    """The longest start of ``text`` whose ``text_cost`` is at most ``budget`` (all of it when it fits)."""
+    if text_cost(text) <= budget:
+        return text
+    low, high = 0, len(text)  # text[:low] fits, text[:high] does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if text_cost(text[:middle]) <= budget else (low, middle)
+    return text[:low]

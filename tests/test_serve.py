@@ -732,6 +732,27 @@ def test_a_body_that_does_not_arrive_in_time_is_refused(clf):
         assert 'spamtune_http_errors_total{code="408",endpoint="/v1/classify/mail"} 1.0' in metrics
 
 
+def test_predict_with_a_server_classifies_the_start_of_a_line_too_large_for_one_request(strict_service):
+    """A line the service cannot take in one request (here 2,000 bytes; by default a line of
+    1 MiB, which local predict reads, or 200 KB of NULs, escaped six times over) stopped the
+    whole stream with exit 1, every later line unanswered. Its start is classified, with a
+    warning, and its output line holds it whole."""
+    long_line = "WIN \0" * 1000
+    lines = ["lunch?", long_line, "see you"]
+    remote = CliRunner().invoke(
+        cli_app, ["predict", "--server", strict_service, "--format", "jsonl", "-"], input="".join(line + "\n" for line in lines)
+    )
+    assert remote.exit_code == 0, remote.stderr
+    records = [json.loads(line) for line in remote.stdout.splitlines()]
+    assert [r["text"] for r in records] == lines
+    sent = records[1]["p_spam"]
+    assert "WARNING: message 2 is larger than the service takes in a request: only its first " in remote.stderr
+    shown = int(re.search(r"its first ([\d,]+) of 5,000 characters", remote.stderr)[1].replace(",", ""))
+    assert 0 < shown < len(long_line) and len(json.dumps(long_line[:shown])) <= 2_000
+    status, answer = classify(strict_service, {"texts": [long_line[:shown]]})  # what the service says of that start
+    assert status == 200 and sent == round(answer["results"][0]["p_spam"], 6)
+
+
 def test_oversized_bodies_are_refused_while_reading(strict_service):
     """Without a Content-Length (chunked upload) the limit still holds."""
     def chunks():

@@ -96,14 +96,33 @@ def predict_remotely(
     if header:
         out.write(TSV_HEADER.encode())
     any_positive = False
+    budget, read = client.text_budget(), 0
     try:
         for chunk in chunks:
-            verdicts = client.classify(chunk, requested)
+            sent = [_within_budget(text, budget, read + n) for n, text in enumerate(chunk, 1)]
+            verdicts = client.classify(sent, requested)
             predictions = [RemotePrediction(text, v.label, v.p_spam) for text, v in zip(chunk, verdicts)]
             out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
             out.flush()
             any_positive = any_positive or any(p.label == positive for p in predictions)
+            read += len(chunk)
     except BrokenPipeError as exc:
         reader_gone(exc, fail_on_spam and any_positive)
     if fail_on_spam and any_positive:
         raise typer.Exit(1)
+
+
+def _within_budget(text: str, budget: int, number: int) -> str:
+    """What is sent of message ``number``: its start that one request can hold, with a warning when
+    that is not all of it, as a line over 1 MiB is read locally. Refused, the message stopped
+    the whole stream (every later line unanswered) over a line local predict classifies."""
+    from spamtune.cli import common
+    from spamtune.client import fitting_start
+
+    sent = fitting_start(text, budget)
+    if len(sent) < len(text):
+        common.warn(
+            f"message {number:,} is larger than the service takes in a request: only its first "
+            f"{len(sent):,} of {len(text):,} characters are classified (its output line holds it whole)"
+        )
+    return sent
