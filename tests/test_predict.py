@@ -419,6 +419,29 @@ def test_reader_keeps_lines_split_across_reads():
         assert [m for c in chunks for m in c] == ["first line", "second \ufffd line", "", "no newline at end"]
 
 
+@pytest.mark.skipif(not hasattr(os, "set_blocking"), reason="non-blocking pipes")
+def test_a_non_blocking_stdin_is_read_to_its_end_not_to_its_first_pause():
+    """A non-blocking pipe (the flag is shared with whatever process set it) reads as empty
+    whenever its writer pauses: every line after the first pause was dropped, with exit 0."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+
+    def write_with_pauses():
+        with os.fdopen(write_end, "wb", buffering=0) as writer:
+            for piece in (b"first\n", b"second\nthi", b"rd\nlast"):
+                writer.write(piece)
+                time.sleep(0.2)
+
+    writer = threading.Thread(target=write_with_pauses)
+    writer.start()
+    with os.fdopen(read_end, "rb") as stream:
+        meter = predict_cli.ReadMeter()
+        lines = [line for chunk in predict_cli.read_message_chunks(meter.wrap(stream)) for line in chunk]
+    writer.join()
+    assert lines == ["first", "second", "third", "last"]
+    assert meter.done == len(b"first\nsecond\nthird\nlast")
+
+
 def test_a_line_past_the_cap_keeps_its_first_bytes_and_the_lines_after_it(monkeypatch):
     """The rest of an overlong line is dropped as it is read, cut between two characters, with
     its line number reported; every other line, before and after, is whole."""
