@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -334,6 +335,28 @@ def test_a_run_still_training_is_named_so_by_calibrate_and_by_a_given_threshold(
             result = CliRunner().invoke(app, [*command, "--run", str(run), "--device", "cpu"])
             assert result.exit_code == 1 and result.stdout == "", result.output
             assert result.stderr == f"Error: {run} is still training (a process holds its lock); its classifier is written when training ends\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="a device whose writes fail with a full disk")
+def test_calibrate_to_a_full_stdout_says_that_calibration_json_is_written(rigged_run_and_data):
+    """calibration.json is in place before the report is printed: "cannot write the output"
+    alone told a script that the run's threshold had stayed as it was."""
+    import subprocess
+    import sys
+
+    run, data = rigged_run_and_data
+    before = (run / "calibration.json").read_bytes() if (run / "calibration.json").exists() else None
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "spamtune", "calibrate", "--threshold", "0.25", "--run", str(run), "--data-dir", str(data),
+             "--device", "cpu", "-q"],
+            stdout=full, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+        )  # fmt: skip
+    assert (run / "calibration.json").read_bytes() != before and json.loads((run / "calibration.json").read_text())["threshold"] == 0.25
+    assert (proc.returncode, proc.stderr) == (
+        1, f"Error: {run / 'calibration.json'} is written, but its report could not be written to stdout: No space left on device\n"
+    )
 
 
 def test_calibrate_and_evaluate_refuse_a_closed_stdout_before_any_work(rigged_run_and_data):

@@ -147,11 +147,7 @@ def _interrupted() -> int:
 
 def _quiet_broken_pipe() -> None:
     """The reader went away (``| head``): stop quietly, as Unix tools do."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
+    common.discard_stdout()
 
 
 app = typer.Typer(

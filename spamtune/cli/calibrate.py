@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from spamtune.cli import common
-from spamtune.errors import SpamtuneUsageError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 # A --max-ham-loss given as a bare fraction this large or larger is said back as a percentage:
 # "0.5" for "0.5%" flags up to half the ham, and nothing else would tell.
@@ -103,12 +103,26 @@ def calibrate_command(
     # point chosen now would be gone without a word.
     common.unfinished_run_note(run_dir, "; that replaces this calibration with the threshold 0.5, so calibrate again after it")
     calibration = calibrate_run(run_dir, rule=rule, target=target, data_dir=data_dir, device=device, force=force)
+    written = Path(run_dir) / CALIBRATION_FILE
     if output_format is CalibrateFormat.json:
-        typer.echo(json.dumps(calibration.to_dict(), ensure_ascii=False))
+        _report(json.dumps(calibration.to_dict(), ensure_ascii=False), written)
         return
     for line in summary_lines(calibration):
         common.note(line)
-    typer.echo(Path(run_dir) / CALIBRATION_FILE)
+    _report(str(written), written)
+
+
+def _report(line: str, written: Path) -> None:
+    """Print the result line. calibration.json is in place by now: a stdout that cannot take the
+    line (a full disk) is said to have failed the report alone, where the bare "cannot write the
+    output" told a script that the run's threshold had stayed as it was."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        common.discard_stdout()  # what stayed in its buffer would fail again, with a second line, at exit
+        raise SpamtuneError(f"{written} is written, but its report could not be written to stdout: {exc.strerror or exc}") from None
 
 
 def register(app: typer.Typer) -> None:

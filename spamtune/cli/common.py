@@ -242,6 +242,17 @@ def require_stdout() -> None:
         raise SpamtuneError("stdout is closed: there is nowhere to write the output (redirect it instead, e.g. > /dev/null)")
 
 
+def discard_stdout() -> None:
+    """Point stdout at /dev/null, once writing to it has failed (a full disk, a reader gone), so
+    that the flush at exit neither fails again nor says so a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def configure_hf_logging() -> None:
     """Hugging Face's own warnings (a retry line every few seconds while offline) only with
     ``--verbose``; spamtune reports the outcome itself. ``$HF_HUB_VERBOSITY`` still wins when set."""
