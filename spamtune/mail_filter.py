@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from spamtune import __version__
 from spamtune.errors import SpamtuneError
 from spamtune.mail import MAX_MESSAGE_BYTES, UNREADABLE_LABEL, Unreadable, extract, message_text
+from spamtune.streams import read_up_to, waiting
 
 if TYPE_CHECKING:  # torch comes with the classifier; this module stays light without it
     from spamtune.infer import SpamClassifier
@@ -145,7 +146,8 @@ def filter_message(
     ``source`` holds no message: an error too, with nothing to write. Errors reading ``source`` or
     writing to ``sink`` do propagate.
     """
-    head = _read_up_to(source, max_bytes)
+    source = waiting(source)  # a non-blocking stdin's pause is no end of the message
+    head = read_up_to(source, max_bytes, _COPY_BLOCK)
     complete = len(head) < max_bytes or not _peek_more(source)
     verdict, error, added = None, None, b""
     if not head:  # no message: two header lines of our own would be passed on as one
@@ -171,18 +173,6 @@ def filter_message(
         size += _copy(source, sink)
     sink.flush()
     return FilterOutcome(verdict, error, size)
-
-
-def _read_up_to(source: BinaryIO, limit: int) -> bytes:
-    """Up to ``limit`` bytes: pipes hand data over in pieces, so read until full or at the end."""
-    parts, size = [], 0
-    while size < limit:
-        data = source.read(min(_COPY_BLOCK, limit - size))
-        if not data:
-            break
-        parts.append(data)
-        size += len(data)
-    return b"".join(parts)
 
 
 def _peek_more(source: BinaryIO) -> bool:

@@ -43,6 +43,7 @@ from spamtune.lines import normalise_line_ends
 from spamtune.mail import UNREADABLE_LABEL, MailSource, Unreadable, extract, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.split_lock import RENAMING_MARK, renaming, replacing_splits
+from spamtune.streams import waiting
 from spamtune.tokenizer import encode_texts
 
 INPUT_FORMATS = ("tsv", "csv", "jsonl")
@@ -349,6 +350,7 @@ def _read_input_bytes(path: Path) -> tuple[bytes, bool]:
 def _read_stream(stream, name: str) -> bytes:
     if stream.isatty():  # typing labelled rows at a prompt is not what was meant
         raise SpamtuneUsageError(f"{name} is a terminal; pipe the labelled texts in, e.g. `spamtune prepare --input - < texts.tsv`")
+    stream = waiting(stream)  # a non-blocking pipe's pause is no end of the input
     read = bytearray()  # grown in place: the bytes are held once, not once more when joined
     while len(read) <= MAX_STREAM_BYTES:
         chunk = stream.read(_STREAM_CHUNK)

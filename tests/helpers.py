@@ -6,16 +6,19 @@ Plain functions and constants, imported as ``from helpers import ...`` (pytest p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -218,3 +221,26 @@ def sigterm_once_ready(command: list[str], ready: Callable[[], bool], timeout: f
     finally:
         proc.kill()
     return subprocess.CompletedProcess(command, proc.returncode, out.decode(), err.decode())
+
+
+@contextlib.contextmanager
+def non_blocking_pipe(pieces: list[bytes], pause_s: float = 0.2) -> Iterator[BinaryIO]:
+    """The reading end of a pipe in non-blocking mode, as another process sharing it may leave
+    it (the flag is the open file's), whose writer sends ``pieces`` with a pause before each:
+    it reads as empty at every pause, and only at the last piece's end is the input over."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+
+    def write_with_pauses() -> None:
+        with os.fdopen(write_end, "wb", buffering=0) as writer:
+            for piece in pieces:
+                time.sleep(pause_s)
+                writer.write(piece)
+
+    writer = threading.Thread(target=write_with_pauses)
+    writer.start()
+    try:
+        with os.fdopen(read_end, "rb") as stream:
+            yield stream
+    finally:
+        writer.join()

@@ -12,7 +12,7 @@ from email import policy
 from email.parser import BytesParser
 
 import pytest
-from helpers import P_HAM, P_SPAM, spamtune_without_torch, write_rigged_run
+from helpers import P_HAM, P_SPAM, non_blocking_pipe, spamtune_without_torch, write_rigged_run
 from mail_samples import SAMPLES
 from typer.testing import CliRunner
 
@@ -50,6 +50,20 @@ def test_removing_the_added_lines_gives_back_the_exact_input(name):
     newline = b"\r\n" if b"\r\n" in raw.split(b"\n", 1)[0] + b"\n" else b"\n"
     assert f"{STATUS_HEADER}: Yes, p_spam=0.987, threshold=0.5".encode() + newline in out
     assert f"{RUN_HEADER}: 20261125-run; spamtune ".encode() in out
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 20, 40])
+def test_a_non_blocking_stdin_passes_on_the_whole_message_not_its_head(max_bytes):
+    """A pipe made non-blocking by another process sharing it reads as empty while its writer
+    pauses: the filter took the first pause for the end of the message, and passed on its head
+    alone with a verdict on it (exit 0), the rest lost. Within and past the classified head."""
+    raw = SAMPLES["plain"][0]
+    heads = []
+    with non_blocking_pipe([raw[:20], raw[20:60], raw[60:]]) as source:
+        sink = io.BytesIO()
+        outcome = filter_message(source, sink, lambda head: heads.append(head) or VERDICT, max_bytes=max_bytes)
+    assert heads == [raw[:max_bytes]] and outcome.size == len(raw)
+    assert without_added_lines(sink.getvalue()) == raw and len(ADDED.findall(sink.getvalue())) == 2
 
 
 @pytest.mark.parametrize("name", ["plain", "alternative", "crlf_plain", "eight_bit_header_latin1", "nested_rfc822"])

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import P_HAM, P_SPAM, write_rigged_run
+from helpers import P_HAM, P_SPAM, non_blocking_pipe, write_rigged_run
 from typer.testing import CliRunner
 
 from spamtune.cli import app, common
@@ -423,21 +423,9 @@ def test_reader_keeps_lines_split_across_reads():
 def test_a_non_blocking_stdin_is_read_to_its_end_not_to_its_first_pause():
     """A non-blocking pipe (the flag is shared with whatever process set it) reads as empty
     whenever its writer pauses: every line after the first pause was dropped, with exit 0."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-
-    def write_with_pauses():
-        with os.fdopen(write_end, "wb", buffering=0) as writer:
-            for piece in (b"first\n", b"second\nthi", b"rd\nlast"):
-                writer.write(piece)
-                time.sleep(0.2)
-
-    writer = threading.Thread(target=write_with_pauses)
-    writer.start()
-    with os.fdopen(read_end, "rb") as stream:
+    with non_blocking_pipe([b"first\n", b"second\nthi", b"rd\nlast"]) as stream:
         meter = predict_cli.ReadMeter()
         lines = [line for chunk in predict_cli.read_message_chunks(meter.wrap(stream)) for line in chunk]
-    writer.join()
     assert lines == ["first", "second", "third", "last"]
     assert meter.done == len(b"first\nsecond\nthird\nlast")
 

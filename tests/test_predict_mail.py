@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
+from pathlib import Path
 
 import pytest
-from helpers import P_HAM, P_SPAM, deny_reading, write_rigged_run
+from helpers import P_HAM, P_SPAM, deny_reading, non_blocking_pipe, write_rigged_run
 from mail_samples import SAMPLES
 from typer.testing import CliRunner
 
@@ -82,6 +85,16 @@ def test_mbox_ids_and_stdin(run_dir, tmp_path):
     assert out == [f"spam\t{P_SPAM:.4f}\t1 <a@x>", f"ham\t{P_HAM:.4f}\t2"]
     stdin = invoke(run_dir, "--mail", "-", "--format", "jsonl", input=b"Subject: x\n\nfree!\n")
     assert json.loads(stdin.stdout) == {"id": "-", "label": "spam", "p_spam": round(P_SPAM, 6), "damaged": False}
+
+
+def test_a_non_blocking_stdin_is_read_to_the_end_of_the_message(monkeypatch):
+    """A pipe made non-blocking by another process sharing it reads as empty while its writer
+    pauses: the message was its part before the first pause, and its verdict one on that part."""
+    from spamtune.cli.predict_mail import mail_messages
+
+    with non_blocking_pipe([b"Subject: x\n\nfirst ", b"then free!\n"]) as stream:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stream))
+        assert list(mail_messages(Path("-"))) == [("-", b"Subject: x\n\nfirst then free!\n")]
 
 
 @pytest.mark.parametrize("fail_on_spam, status", [((), 1), (("--fail-on-spam",), 2)])

@@ -7,12 +7,14 @@ import io
 import json
 import os
 import signal
+import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import non_blocking_pipe
 from typer.testing import CliRunner
 
 from spamtune import paths
@@ -679,6 +681,16 @@ def assert_same_preparation(root, expected_root, path):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_non_blocking_stdin_is_read_to_its_end(monkeypatch):
+    """A pipe made non-blocking by another process sharing it reads as empty while its writer
+    pauses, which is no end of the input: every row is read."""
+    rows = [b"ham\thello\n", b"spam\tfree entry\n", b"ham\tsee you\n"]
+    with non_blocking_pipe(rows) as stream:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stream))
+        read = read_labelled_texts("-")
+    assert (read.texts, read.labels) == (["hello", "free entry", "see you"], ["ham", "spam", "ham"])
+
+
 def test_stdin_a_pipe_and_a_fifo_give_the_splits_of_the_file(tmp_path):
     """`prepare --input - < file`, `--input <(cat file)` and a named pipe were refused ("input is
     not a file" / "not found: ./-"); each is read once and prepared as the file itself."""

@@ -29,6 +29,7 @@ from spamtune.cli import common
 from spamtune.cli.common import LongMode, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.lines import strip_line_end
+from spamtune.streams import waiting
 
 # The first chunk read is one CPU batch, so that the first answers come out at once.
 FIRST_CHUNK_LINES = 32
@@ -85,17 +86,16 @@ def read_message_chunks(
     first_line = True
     cutting = False  # the line being read passed MAX_LINE_BYTES: the rest of it is dropped as it comes
     lines_read = 0
-    waits_for_data = _non_blocking_descriptor(stream)
+    waiting_stream = waiting(stream)
     while True:
         data = read(read_size)
-        if not data and waits_for_data is not None:
+        if not data and waiting_stream is not stream:
             # A non-blocking stream reads as empty whenever nothing has arrived yet: that is no
             # end. What is complete goes out, then the wait is for data or the real end.
             if pending:
                 yield pending
                 pending = []
-            select.select([waits_for_data], [], [])
-            data = read(read_size)
+            data = waiting_stream.read1(read_size)
         if not data:
             break
         if cutting:
@@ -128,18 +128,6 @@ def read_message_chunks(
         pending.append(_without_bom(last) if first_line else last)
     if pending:
         yield pending
-
-
-def _non_blocking_descriptor(stream: BinaryIO) -> int | None:
-    """The file descriptor of ``stream`` when it is in non-blocking mode (a flag that the stdin
-    pipe or terminal shares with whatever process set it, Node.js among them), else None: there
-    an empty read means "nothing yet", where ``read_message_chunks`` took it for the end and
-    dropped every later line with exit status 0."""
-    try:
-        fd = stream.fileno()
-        return None if os.get_blocking(fd) else fd
-    except (OSError, ValueError, AttributeError):  # io.BytesIO in tests, a closed stream, no get_blocking
-        return None
 
 
 def _capped(line: bytes, number: int, on_cut: Callable[[int], None]) -> bytes:

@@ -46,16 +46,18 @@ def report_unreadable(messages: list[tuple[str, object]], source: Path) -> int:
 def mail_messages(source: Path):
     """``(id, raw)`` messages of a mail source, ``-`` being one message on stdin; problems raise now."""
     from spamtune.mail import MAX_MESSAGE_BYTES, iter_messages
+    from spamtune.streams import read_up_to, waiting
 
     if str(source) == "-":
         if sys.stdin is None:
             raise SpamtuneError("--mail - reads one message on stdin, but this process has none")
         if sys.stdin.isatty():
             raise SpamtuneError("--mail - reads one message on stdin, but stdin is a terminal")
-        raw = sys.stdin.buffer.read(MAX_MESSAGE_BYTES)
+        stdin = waiting(sys.stdin.buffer)  # a non-blocking stdin's pause is no end of the message
+        raw = read_up_to(stdin, MAX_MESSAGE_BYTES)
         if not raw:  # a writer that failed (`cat missing.eml |`) must not get a verdict of ham for nothing
             raise SpamtuneError("--mail - read nothing on stdin: no message to classify")
-        while sys.stdin.buffer.read(1 << 16):  # the rest: read and dropped, so the writer is not cut off
+        while stdin.read(1 << 16):  # the rest: read and dropped, so the writer is not cut off
             pass
         return iter([("-", raw)])
     if not source.exists():
