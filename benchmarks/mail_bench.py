@@ -31,7 +31,8 @@ from pathlib import Path
 from spamtune import paths
 from spamtune.infer import SpamClassifier
 from spamtune.long_messages import predict_long
-from spamtune.mail import extract, iter_messages
+from spamtune.mail import extract
+from spamtune.mail_sources import iter_messages
 from spamtune.options import LONG_MODES
 from spamtune.mail_filter import filter_message, verdict_function
 

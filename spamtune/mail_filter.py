@@ -210,7 +210,7 @@ MAIL_CHUNK = 256
 def classify_messages(
     classifier: SpamClassifier, messages: Iterable[tuple[str, bytes]], long: str | None = None, chunk: int = MAIL_CHUNK
 ) -> Iterator[list[MailPrediction]]:
-    """Verdicts for ``(id, raw bytes)`` messages (``spamtune.mail.iter_messages``), in input order,
+    """Verdicts for ``(id, raw bytes)`` messages (``spamtune.mail_sources.iter_messages``), in input order,
     a list per round of ``chunk`` messages so callers can write each round as it is ready."""
     from spamtune.long_messages import predict_long
 

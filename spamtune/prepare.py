@@ -40,7 +40,8 @@ from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
 from spamtune.fsutil import atomic_path, json_bytes, remove_temporaries_of, write_error
 from spamtune.interrupts import interrupts_deferred
 from spamtune.lines import normalise_line_ends
-from spamtune.mail import UNREADABLE_LABEL, MailSource, Unreadable, extract, iter_messages, parse_source
+from spamtune.mail import UNREADABLE_LABEL, Unreadable, extract
+from spamtune.mail_sources import MailSource, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.split_lock import RENAMING_MARK, renaming, replacing_splits
 from spamtune.streams import waiting

@@ -16,19 +16,8 @@ from mail_samples import SAMPLES, TEXT_WITH_ATTACHMENT
 
 from spamtune import mail
 from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
-from spamtune.mail import (
-    MAX_HEADER_CHARS,
-    MAX_MESSAGE_BYTES,
-    MAX_PARTS,
-    MailSource,
-    MailText,
-    Unreadable,
-    extract,
-    html_to_text,
-    iter_messages,
-    message_text,
-    parse_source,
-)
+from spamtune.mail import MAX_HEADER_CHARS, MAX_MESSAGE_BYTES, MAX_PARTS, MailText, Unreadable, extract, html_to_text, message_text
+from spamtune.mail_sources import MailSource, iter_messages, parse_source
 
 
 def test_there_are_at_least_thirty_crafted_messages():

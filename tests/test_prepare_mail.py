@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from spamtune.cli import app
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
-from spamtune.mail import parse_source
+from spamtune.mail_sources import parse_source
 from spamtune.options import PrepareOptions
 from spamtune.prepare import prepare_splits, read_input, read_mail_sources
 

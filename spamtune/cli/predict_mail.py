@@ -45,7 +45,8 @@ def report_unreadable(messages: list[tuple[str, object]], source: Path) -> int:
 
 def mail_messages(source: Path):
     """``(id, raw)`` messages of a mail source, ``-`` being one message on stdin; problems raise now."""
-    from spamtune.mail import MAX_MESSAGE_BYTES, iter_messages
+    from spamtune.mail import MAX_MESSAGE_BYTES
+    from spamtune.mail_sources import iter_messages
     from spamtune.streams import read_up_to, waiting
 
     if str(source) == "-":
