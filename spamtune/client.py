@@ -221,7 +221,9 @@ def text_cost(text: str) -> int:
 
 def fitting_start(text: str, budget: int) -> str:
     """The longest start of ``text`` whose ``text_cost`` is at most ``budget`` (all of it when it fits)."""
-    if text_cost(text) <= budget:
+    # No character takes more than 6 bytes in JSON (``\u001b``): most texts fit by that bound alone,
+    # without being encoded here as well as in the request.
+    if 6 * len(text) + 2 <= budget or text_cost(text) <= budget:
         return text
     low, high = 0, len(text)  # text[:low] fits, text[:high] does not
     while high - low > 1:
