@@ -84,14 +84,10 @@ def spins_long() -> bool:
     return _spin_chosen_here == LONE_SPIN_COUNT
 
 
-def machine_busy_seconds(
-    stat_file: str = "/proc/stat", cpus: Collection[int] | None = None, *, count_niced: bool = True
-) -> float | None:
+def machine_busy_seconds(stat_file: str = "/proc/stat", cpus: Collection[int] | None = None) -> float | None:
     """CPU seconds the cores this process may run on (``cpus``: its affinity mask, by default)
     have spent running anything (user, nice, system and interrupts, not idle, waiting on I/O or
-    stolen by a hypervisor) since boot; None where the kernel does not say (not Linux). Without
-    ``count_niced``, less the time of niced processes (the nice column: every process whose
-    nice value is above 0).
+    stolen by a hypervisor) since boot; None where the kernel does not say (not Linux).
 
     Only those cores: in a container pinned to a few cores of a large machine, the machine's
     other cores are busy with work that does not compete for these."""
@@ -107,20 +103,11 @@ def machine_busy_seconds(
                 name, *fields = line.split()
                 if name in wanted:
                     user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-                    busy += user + system + irq + softirq + (nice if count_niced else 0)
+                    busy += user + nice + system + irq + softirq
                     wanted.discard(name)
     except (OSError, ValueError):
         return None
     return None if wanted or not cpus else busy / os.sysconf("SC_CLK_TCK")
-
-
-def runs_niced() -> bool:
-    """Whether this process (its calling thread, as the kernel keeps nice values per thread)
-    runs niced, its nice value above 0: the kernel then books its CPU time in the nice column."""
-    try:
-        return os.getpriority(os.PRIO_PROCESS, 0) > 0
-    except (AttributeError, OSError):  # no nice values here (Windows)
-        return False
 
 
 def own_cpu_seconds() -> float:
@@ -142,13 +129,15 @@ class CoreWatch:
     above what the kernel's tick sampling shows of an idle machine (within ±0.16 of a core over
     a quarter second, measured with a run going).
 
-    Niced processes (``nice -n 19`` batch jobs, most of them) do not count while this process is
-    not niced itself: the scheduler gives a nice-19 thread 15 parts of a core to 1,024 for each
-    of ours, so such a job hardly slows our threads, and it asked for what others leave; a run
-    leaving it a core would slow itself for the job's sake. (``/proc/stat`` has one column for
-    every nice value above 0: a job niced at all is taken to yield.) While this process runs
-    niced, its own time is in that column: the column then counts, else our own time would come
-    off the others' and hide them, and other niced processes are then the equals of ours."""
+    Niced processes (``nice -n 19`` batch jobs) count as any other: a nice value does not keep
+    them off a run's cores. The scheduler (EEVDF, Linux 6.6 on) lets a task it has started run
+    out a slice of a few milliseconds, nice 19 or not, and with autogroup on (the default of many
+    distributions' kernels) a job started in another session gets an equal share of the cores
+    whatever its nice value. Either way one of a step's threads waits at every parallel region
+    for the other. On the 2-core EPYC (Linux 6.18, autogroup on), an epoch of the book's recipe
+    from its kept cache took 2.5 s alone; beside one spinning ``nice -n 19`` process it took
+    26-43 s on two threads when the process was started in the run's own session, and 15-60 s
+    from another session, against 3.4-4.6 s with the core left to it."""
 
     PERIOD_S = 0.5
     BUSY_CORES = 0.35
@@ -156,16 +145,13 @@ class CoreWatch:
 
     def __init__(
         self,
-        machine_busy: Callable[..., float | None] = machine_busy_seconds,
+        machine_busy: Callable[[], float | None] = machine_busy_seconds,
         own_cpu: Callable[[], float] = own_cpu_seconds,
         clock: Callable[[], float] = time.monotonic,
-        niced: Callable[[], bool] = runs_niced,
     ):
-        """``machine_busy(count_niced=...)``: the cores' busy CPU seconds, with or without the
-        nice column; ``niced()``: whether this process runs niced now."""
-        self._machine_busy, self._own_cpu, self._clock, self._niced = machine_busy, own_cpu, clock, niced
-        self._count_niced = niced()
-        self._since, self._machine, self._own = clock(), machine_busy(count_niced=self._count_niced), own_cpu()
+        """``machine_busy()``: the cores' busy CPU seconds; ``own_cpu()``: this process's."""
+        self._machine_busy, self._own_cpu, self._clock = machine_busy, own_cpu, clock
+        self._since, self._machine, self._own = clock(), machine_busy(), own_cpu()
         self._lower_periods = 0
         self.cores_for_others = 0
 
@@ -180,14 +166,10 @@ class CoreWatch:
         now = self._clock()
         if self._machine is None or now - self._since < self.PERIOD_S:
             return self.cores_for_others
-        count_niced = self._niced()
-        machine, own = self._machine_busy(count_niced=count_niced), self._own_cpu()
+        machine, own = self._machine_busy(), self._own_cpu()
         if machine is None:
             self._machine, self.cores_for_others = None, 0
             return 0
-        if count_niced != self._count_niced:  # reniced: this reading and the last count other columns
-            self._since, self._machine, self._own, self._count_niced = now, machine, own, count_niced
-            return self.cores_for_others
         others = ((machine - self._machine) - (own - self._own)) / (now - self._since)
         self._since, self._machine, self._own = now, machine, own
         wanted = math.ceil(others - self.BUSY_CORES) if others > self.BUSY_CORES else 0
