@@ -6,7 +6,7 @@ all whitespace collapsed to single spaces:
 
 - the body is the message's ``text/plain`` content, or, where a part offers only HTML, that HTML
   turned into text by a real parser (``html.parser``): scripts, styles and comments dropped,
-  entities decoded, the text of links kept;
+  entities decoded, the text of links kept, a tag or comment left open at the end dropped;
 - in ``multipart/alternative`` the plain-text version wins over the HTML one; the inline text
   parts of other multiparts (``mixed``, ``related``, ...) follow one another in order;
 - base64 and quoted-printable are decoded and the declared charset applied; an unknown charset
@@ -468,6 +468,8 @@ class _HTMLText(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.pieces: list[str] = []
         self.skipping = 0
+        self.closing = False  # close() hands over what the parser could not finish as text
+        self.unfinished = False
 
     def handle_starttag(self, tag, attrs):
         if tag in _SKIPPED_ELEMENTS:
@@ -486,6 +488,12 @@ class _HTMLText(HTMLParser):
             self.pieces.append(" ")
 
     def handle_data(self, data):
+        # A tag or comment left open at the end ("<!-- ..." never closed, a message cut inside
+        # "<a href=...") is markup a browser shows none of, nor of what follows it; the parser
+        # hands it over as text when closed, and the model read "<!-- <p>" and "<a href" as words.
+        if self.closing and (self.unfinished or data.startswith("<")):
+            self.unfinished = True
+            return
         if not self.skipping:
             self.pieces.append(data)
 
@@ -498,6 +506,7 @@ def html_to_text(html: str) -> str:
     parser = _HTMLText()
     try:
         parser.feed(html)
+        parser.closing = True
         parser.close()
     except Exception:  # html.parser is lenient; keep what was read before any failure
         pass

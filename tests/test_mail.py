@@ -53,6 +53,9 @@ def test_html_rules():
     assert html_to_text("x<!-- hidden -->y<script>never</script>z<style>.a{}</style>") == "xyz"
     assert html_to_text("&lt;tag&gt; &amp;&#x41;&copy;") == "<tag> &A©"
     assert html_to_text("before<script>unclosed script") == "before"
+    # A tag or comment left open at the end shows nothing, nor does what follows it.
+    assert html_to_text("<p>a</p><!-- open <p>b</p>c") == "a"
+    assert html_to_text("<p>cut inside <a href='http://x.example/") == "cut inside"
 
 
 def test_bytes_that_are_not_mail_never_raise():
