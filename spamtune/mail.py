@@ -7,8 +7,11 @@ all whitespace collapsed to single spaces:
 - the body is the message's ``text/plain`` content, or, where a part offers only HTML, that HTML
   turned into text by a real parser (``html.parser``): scripts, styles and comments dropped,
   entities decoded, the text of links kept, a tag or comment left open at the end dropped;
-- in ``multipart/alternative`` the plain-text version wins over the HTML one; the inline text
-  parts of other multiparts (``mixed``, ``related``, ...) follow one another in order;
+- in ``multipart/alternative`` the text is that of the version mail clients show, the last HTML
+  one (or a multipart such as ``related`` holding it) that shows any words; the plain-text
+  version is read instead where it says the same (nine tenths of their distinct words shared,
+  links aside) or where no HTML version shows a word. The inline text parts of other multiparts
+  (``mixed``, ``related``, ...) follow one another in order;
 - base64 and quoted-printable are decoded and the declared charset applied; an unknown charset
   is read as UTF-8, a wrong one (bytes it cannot decode) as UTF-8 if they are valid UTF-8, else
   with U+FFFD replacements; 8-bit bytes in headers are read as UTF-8, else as Windows-1252;
@@ -241,6 +244,42 @@ _READ_HEADERS = {"subject", "content-type", "content-disposition", "content-tran
 
 _TOO_MANY_PARTS = "too many parts"
 
+# Words as the versions of a multipart/alternative are compared: runs of letters and digits, case
+# folded. Links are left out: a plain version writes out the addresses an HTML one keeps in its
+# markup ("the report <https://...>"), a dozen words each that say nothing of the message.
+_WORD = re.compile(r"\w+")
+# (The schemes are spelled out: a pattern that scans a run of letters for "://" takes time growing
+# with the square of the run's length, and a part can be one 1 MiB run.)
+_LINK = re.compile(r"\b(?:https?://|ftp://|www\.|mailto:)\S*", re.IGNORECASE)
+
+# How much of their words two versions must share (the shared distinct words over all the distinct
+# words of both) for the plain one to stand for the HTML one. The plain version of normal mail is
+# made from the HTML and shares all its words but for a few a conversion changes (image names,
+# words run together by markup); a spammer's harmless plain version ("see you tomorrow") beside
+# the pitch in the HTML shares almost none. Past this, the HTML's visible text is read, not the
+# two: it is what mail clients show, and reading both would let words no reader sees (in the plain
+# version) outweigh the pitch. To pass, a pitch must come with nine times its distinct words in
+# text that both versions show, where the reader sees it too.
+SAME_WORDS = 0.9
+
+
+def _same_words(plain: str, html: str) -> bool:
+    """Whether a plain and an HTML version say the same: see ``SAME_WORDS``."""
+    plain_words = set(_WORD.findall(_LINK.sub(" ", plain).casefold()))
+    html_words = set(_WORD.findall(_LINK.sub(" ", html).casefold()))
+    if not plain_words | html_words:
+        return True
+    return len(plain_words & html_words) >= SAME_WORDS * len(plain_words | html_words)
+
+
+@dataclass
+class _Walk:
+    """A part's text pieces and what its walk noted (``_TextWalker._walk_apart``)."""
+
+    pieces: list[str]
+    problems: list[str]
+    attachments: list[str]
+
 
 class _TextWalker:
     """Walks a parsed message and gathers the pieces of its text, noting problems on the way;
@@ -316,23 +355,69 @@ class _TextWalker:
         if maintype != "text" or part.get_content_subtype() not in ("plain", "html"):
             self.attachments.append(ctype)
             return []
+        return [self._text(part)]
+
+    def _text(self, part: Message) -> str:
+        """The text of a ``text/plain`` or ``text/html`` part (HTML as its visible text)."""
         text = self._decoded(part)
-        return [html_to_text(text) if ctype == "text/html" else text]
+        return html_to_text(text) if part.get_content_type() == "text/html" else text
 
     def _alternative(self, children: list[Message]) -> list[str]:
-        """The plain version if it has text, else the HTML one, else whatever else the parts hold."""
-        for wanted in ("text/plain", "text/html"):
-            for child in children:
-                if child.get_content_type() == wanted and child.get_content_disposition() != "attachment":
-                    pieces = self.part(child)
-                    if any(piece.strip() for piece in pieces):
-                        return pieces
-        for child in children:  # e.g. a multipart/related holding the HTML and its images
-            if child.is_multipart():
-                pieces = self.part(child)
-                if any(piece.strip() for piece in pieces):
-                    return pieces
-        return []
+        """The version a reader sees: the last HTML (or multipart, e.g. ``related``) version that
+        shows any words, as clients display the last version they can (RFC 2046); the plain one
+        instead where it says the same (``_same_words``) or where no HTML version shows a word.
+        Only the problems and attachments of the version read are kept."""
+        plain = rendered = None
+        for child in children:
+            if child.get_content_disposition() == "attachment":
+                continue
+            ctype = child.get_content_type()
+            if ctype == "text/plain" and plain is None:
+                walk = self._walk_apart(child)
+                if any(piece.strip() for piece in walk.pieces):
+                    plain = walk
+                else:
+                    self._keep(walk, only_limit=True)
+            elif ctype == "text/html" or child.is_multipart():
+                walk = self._walk_apart(child)
+                if _WORD.search(_collapse(" ".join(walk.pieces))):
+                    if rendered is not None:
+                        self._keep(rendered, only_limit=True)
+                    rendered = walk
+                else:  # empty, or markup debris only: a reader sees nothing there
+                    self._keep(walk, only_limit=True)
+        if plain is not None and rendered is not None:
+            if _same_words(_collapse(" ".join(plain.pieces)), _collapse(" ".join(rendered.pieces))):
+                chosen, dropped = plain, rendered
+            else:
+                chosen, dropped = rendered, plain
+            self._keep(dropped, only_limit=True)
+        else:
+            chosen = rendered or plain
+        if chosen is None:
+            return []
+        self._keep(chosen)
+        return chosen.pieces
+
+    def _walk_apart(self, part: Message) -> _Walk:
+        """``part(part)`` with the problems and attachments it notes kept apart,
+        for ``_keep`` to add or leave out once the version to read is chosen."""
+        saved = self.problems, self.attachments
+        self.problems, self.attachments = [], []
+        try:
+            pieces = self.part(part)
+            return _Walk(pieces, self.problems, self.attachments)
+        finally:
+            self.problems, self.attachments = saved
+
+    def _keep(self, walk: _Walk, only_limit: bool = False) -> None:
+        """What ``walk`` noted, as if its part had been walked in place; of a version not read,
+        only that the part limit was met (the walk stopped there, whichever version is read)."""
+        if only_limit:
+            self.problems.extend(p for p in walk.problems if p == _TOO_MANY_PARTS)
+            return
+        self.problems.extend(walk.problems)
+        self.attachments.extend(walk.attachments)
 
     def _base64(self, payload) -> bytes | None:
         if not isinstance(payload, str):

@@ -52,6 +52,65 @@ HTML_ONLY = _lf(
     "<p>Caf&eacute; &amp; b<b>a</b>r &#8364;5</p><div>line<br>break</div></body></html>\n"
 )
 
+# The classic trick: a harmless plain version, and the pitch in the HTML one that mail clients show.
+ALTERNATIVE_PITCH_IN_HTML = _lf(
+    "Subject: hi\nContent-Type: multipart/alternative; boundary=a\n\n"
+    "--a\nContent-Type: text/plain\n\nHi, see you tomorrow.\n"
+    "--a\nContent-Type: text/html\n\n<p>Cheap <b>pills</b>, no prescription: <a href='http://x.example/'>order now</a></p>\n"
+    "--a--\n"
+)
+
+# Normal mail: the plain version written from the HTML, links written out, an image named; the
+# same words otherwise, so the plain version is read as it always was.
+MINUTES_PLAIN = (
+    "Hi all,\n\nthe minutes of Monday's meeting are in the shared folder\n<https://files.example.org/minutes/2026-11-23.pdf>.\n"
+    "Next meeting: Thursday at ten, room B.\n\nThanks, Ann\n[image: logo]\n"
+)
+ALTERNATIVE_SAME_WORDS = _lf(
+    "Subject: Minutes\nContent-Type: multipart/alternative; boundary=a\n\n"
+    f"--a\nContent-Type: text/plain; charset=utf-8\n\n{MINUTES_PLAIN}"
+    "--a\nContent-Type: text/html; charset=utf-8\n\n"
+    "<div>Hi all,</div><div><br></div><div>the minutes of Monday&#39;s meeting are in the "
+    "<a href='https://files.example.org/minutes/2026-11-23.pdf'>shared folder</a>.</div>"
+    "<div>Next meeting: Thursday at ten, room B.</div><div>Thanks, Ann</div><img alt='logo' src='cid:1'>\n"
+    "--a--\n"
+)
+
+# The pitch in an HTML version inside multipart/related inside the alternative (HTML with its images).
+ALTERNATIVE_PITCH_IN_RELATED = _lf(
+    "Subject: hi\nContent-Type: multipart/alternative; boundary=a\n\n"
+    "--a\nContent-Type: text/plain\n\nHi, see you tomorrow.\n"
+    "--a\nContent-Type: multipart/related; boundary=r\n\n"
+    "--r\nContent-Type: text/html\n\n<p>Cheap pills, order now</p><img src='cid:p'>\n"
+    "--r\nContent-Type: image/png\nContent-Transfer-Encoding: base64\n\niVBORw0KGgo=\n--r--\n"
+    "--a--\n"
+)
+
+# An HTML version that shows nothing (markup only, an unclosed comment): the plain version is read.
+ALTERNATIVE_EMPTY_HTML = _lf(
+    "Subject: note\nContent-Type: multipart/alternative; boundary=a\n\n"
+    "--a\nContent-Type: text/plain\n\nThe plain words.\n"
+    "--a\nContent-Type: text/html\n\n<html><body><!-- <p>never closed</p>\n"
+    "--a--\n"
+)
+
+# Clients show the last version they can: a second HTML version after one that matches the plain.
+ALTERNATIVE_TWO_HTML = _lf(
+    "Subject: hi\nContent-Type: multipart/alternative; boundary=a\n\n"
+    "--a\nContent-Type: text/plain\n\nHi, see you tomorrow.\n"
+    "--a\nContent-Type: text/html\n\n<p>Hi, see you tomorrow.</p>\n"
+    "--a\nContent-Type: text/html\n\n<p>Cheap pills, order now</p>\n"
+    "--a--\n"
+)
+
+# Odd charsets in both versions: the plain in KOI8-R, the HTML in an unknown charset (read as UTF-8).
+ALTERNATIVE_ODD_CHARSETS = (
+    b"Subject: odd\nContent-Type: multipart/alternative; boundary=a\n\n"
+    b"--a\nContent-Type: text/plain; charset=koi8-r\n\n" + "Привет, как дела?\n".encode("koi8-r")
+    + b"--a\nContent-Type: text/html; charset=x-made-up\n\n<p>" + "Дешёвые таблетки".encode() + b"</p>\n"
+    b"--a--\n"
+)
+
 HTML_IN_RELATED = _lf(
     "Subject: Offer\nContent-Type: multipart/alternative; boundary=o\n\n"
     "--o\nContent-Type: multipart/related; boundary=r\n\n"
@@ -147,7 +206,7 @@ NESTED_RFC822 = _lf(
     "--outer\nContent-Type: text/plain\n\nSee the forwarded mail.\n"
     "--outer\nContent-Type: message/rfc822\n\n"
     "Subject: Great deal\nContent-Type: multipart/alternative; boundary=inner\n\n"
-    "--inner\nContent-Type: text/plain\n\nBuy now!\n--inner\nContent-Type: text/html\n\n<p>Buy</p>\n--inner--\n"
+    "--inner\nContent-Type: text/plain\n\nBuy now!\n--inner\nContent-Type: text/html\n\n<p>Buy <b>now</b>!</p>\n--inner--\n"
     "--outer--\n"
 )
 
@@ -224,6 +283,12 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "alternative_empty_plain": (ALTERNATIVE_EMPTY_PLAIN, "Newsletter News Big sale", False),
     "html_only": (HTML_ONLY, "You won! ignored? Claim your free prize now… Café & bar €5 line break", False),
     "html_in_related": (HTML_IN_RELATED, "Offer Cheap pills", False),
+    "alternative_pitch_in_html": (ALTERNATIVE_PITCH_IN_HTML, "hi Cheap pills, no prescription: order now", False),
+    "alternative_same_words": (ALTERNATIVE_SAME_WORDS, " ".join(f"Minutes {MINUTES_PLAIN}".split()), False),
+    "alternative_pitch_in_related": (ALTERNATIVE_PITCH_IN_RELATED, "hi Cheap pills, order now", False),
+    "alternative_empty_html": (ALTERNATIVE_EMPTY_HTML, "note The plain words.", False),
+    "alternative_two_html": (ALTERNATIVE_TWO_HTML, "hi Cheap pills, order now", False),
+    "alternative_odd_charsets": (ALTERNATIVE_ODD_CHARSETS, "odd Дешёвые таблетки", True),
     "base64_utf8": (BASE64_UTF8, "Échantillon Voilà, l'échantillon demandé.", False),
     "quoted_printable": (
         QUOTED_PRINTABLE,

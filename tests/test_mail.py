@@ -47,6 +47,57 @@ def test_skipped_parts_are_listed():
     assert extract(SAMPLES["attachments_only"][0]).attachments == ("application/pdf", "text/plain")
 
 
+def _alternative(plain: str, html: str, html_charset: str = "utf-8") -> bytes:
+    return (
+        "Subject: s\nContent-Type: multipart/alternative; boundary=a\n\n"
+        f"--a\nContent-Type: text/plain; charset=utf-8\n\n{plain}\n"
+        f"--a\nContent-Type: text/html; charset={html_charset}\n\n{html}\n--a--\n"
+    ).encode()
+
+
+SHARED = [f"word{i}" for i in range(18)]
+
+
+@pytest.mark.parametrize("shared, plain_read", [(18, True), (17, False)])
+def test_the_plain_version_is_read_only_where_it_shares_nine_tenths_of_the_words(shared, plain_read):
+    """Two words of pitch in the HTML alone pass beside 18 words both versions show (18 of 20
+    distinct words shared), not beside 17: the HTML's text is read then."""
+    words = " ".join(SHARED[:shared])
+    result = extract(_alternative(f"{words}.", f"<p>{words}</p><p>CHEAP PILLS</p>"))
+    assert result.text == (f"s {words}." if plain_read else f"s {words} CHEAP PILLS")
+
+
+def test_versions_compare_without_case_punctuation_or_written_out_links():
+    plain = "Read THE report: <https://example.org/a/b/c?x=1>, or www.example.org/r (mailto:me@example.org)."
+    html = "<p>read the <a href='https://example.org/a/b/c?x=1'>report</a>, or <b>the</b> <i>report</i></p>"
+    assert extract(_alternative(plain, html)).text == f"s {plain}"
+
+
+def test_only_the_problems_and_attachments_of_the_version_read_count():
+    """The plain version read: a charset fallback in the HTML one (not read) does not mark the message
+    damaged; the HTML version read: it does."""
+    same = extract(_alternative("Your order has shipped.", "<p>Your order has shipped.</p>", "x-made-up"))
+    assert same.text == "s Your order has shipped." and not same.damaged
+    other = extract(_alternative("See you.", "<p>Cheap pills</p>", "x-made-up"))
+    assert other.text == "s Cheap pills" and other.problems == ("unknown charset x-made-up",)
+    related = SAMPLES["alternative_pitch_in_related"][0]
+    assert extract(related).attachments == ("image/png",)
+
+
+@pytest.mark.parametrize("charset", ["x-made-up", "zlib", "idna", "punycode", "unicode-escape", "utf-16", "koi8-r"])
+def test_versions_in_odd_charsets_never_raise(charset):
+    """Each version decoded by the charset rules above, then compared: no charset stops the choice."""
+    html = "<p>Cheap pills \\ud800 now</p>".encode() + b"\xa0\xff"
+    raw = (
+        b"Subject: s\nContent-Type: multipart/alternative; boundary=a\n\n"
+        + b"--a\nContent-Type: text/plain; charset=" + charset.encode() + b"\n\nSee you \xe9 soon\n"
+        + b"--a\nContent-Type: text/html; charset=" + charset.encode() + b"\n\n" + html + b"\n--a--\n"
+    )
+    result = extract(raw)
+    result.text.encode("utf-8")
+    assert result.text.startswith("s ") and len(result.text) > 2
+
+
 def test_html_rules():
     assert html_to_text("<p>a</p><p>b</p>") == "a b"
     assert html_to_text("<b>Fr</b>ee <a href='http://x'>link text</a>") == "Free link text"
