@@ -15,8 +15,10 @@ all whitespace collapsed to single spaces:
 - base64 and quoted-printable are decoded and the declared charset applied; an unknown charset
   is read as UTF-8, a wrong one (bytes it cannot decode) as UTF-8 if they are valid UTF-8, else
   with U+FFFD replacements; 8-bit bytes in headers are read as UTF-8, else as Windows-1252;
-- attachments (a ``Content-Disposition: attachment``, or any non-text part) are skipped, and a
-  forwarded ``message/rfc822`` contributes its own Subject and body.
+- attachments (a ``Content-Disposition: attachment``, or any non-text part) are skipped, but for
+  the ``text/plain``, ``text/html`` and ``message/rfc822`` attachments of a message with no other
+  body text, which mail clients display inline; a forwarded ``message/rfc822`` contributes its own
+  Subject and body.
 
 Parsing never raises: whatever the standard library's parser reports as a defect (a missing
 boundary, bad base64, a malformed header) and every charset fallback marks the result
@@ -181,7 +183,7 @@ def extract(raw: bytes | Message | Unreadable, max_bytes: int = MAX_MESSAGE_BYTE
     # not damage (past MAX_PARTS the message is marked damaged anyway).
     if truncated or stopped_at is not None:
         problems = tuple(p for p in problems if p not in _CUT_DEFECTS)
-    return MailText(text, bool(problems), truncated, problems, tuple(walker.attachments))
+    return MailText(text, bool(problems), truncated, problems, tuple(ctype for ctype, _ in walker.attachments))
 
 
 def _raw_text(raw: bytes) -> str:
@@ -244,6 +246,9 @@ _READ_HEADERS = {"subject", "content-type", "content-disposition", "content-tran
 
 _TOO_MANY_PARTS = "too many parts"
 
+# The attachments mail clients display inline, read where a message has no other body text.
+_SHOWN_ATTACHMENTS = frozenset({"text/plain", "text/html", "message/rfc822"})
+
 # Words as the versions of a multipart/alternative are compared: runs of letters and digits, case
 # folded. Links are left out: a plain version writes out the addresses an HTML one keeps in its
 # markup ("the report <https://...>"), a dozen words each that say nothing of the message.
@@ -278,7 +283,8 @@ class _Walk:
 
     pieces: list[str]
     problems: list[str]
-    attachments: list[str]
+    attachments: list[tuple[str, Message]]
+    shown_attachments: list[Message]
 
 
 class _TextWalker:
@@ -287,7 +293,8 @@ class _TextWalker:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
-        self.attachments: list[str] = []
+        self.attachments: list[tuple[str, Message]] = []  # the skipped parts' types, and the parts
+        self.shown_attachments: list[Message] = []  # skipped parts of _SHOWN_ATTACHMENTS: see message()
         self.parts_seen = 0
 
     def _at_limit(self) -> bool:
@@ -302,7 +309,23 @@ class _TextWalker:
             return []
         self._defects(msg)
         subject = self._subject(msg)
+        start = len(self.shown_attachments)
         body = self.part(msg)
+        attached = self.shown_attachments[start:]
+        del self.shown_attachments[start:]
+        # A text part or a message sent as an attachment is what a message shows when it has no
+        # other body: mail clients display them inline, so a pitch sent as the only, "attached",
+        # text part read as a message of no words. Beside a body, attachments (logs, notes, code)
+        # are not the message, and stay skipped.
+        if attached and not any(piece.strip() for piece in body):
+            read = {id(part) for part in attached}
+            self.attachments = [entry for entry in self.attachments if id(entry[1]) not in read]
+            body = []
+            for part in attached:
+                if part.get_content_type() == "message/rfc822":
+                    body += [piece for child in _children(part) for piece in self.message(child)]
+                else:
+                    body.append(self._text(part))
         return [subject, *body]
 
     def _defects(self, part: Message) -> None:
@@ -341,7 +364,9 @@ class _TextWalker:
         ctype = part.get_content_type()
         maintype = part.get_content_maintype()
         if part.get_content_disposition() == "attachment":
-            self.attachments.append(ctype)
+            self.attachments.append((ctype, part))
+            if ctype in _SHOWN_ATTACHMENTS:
+                self.shown_attachments.append(part)
             return []
         if part.is_multipart():
             children = list(_children(part))
@@ -353,7 +378,7 @@ class _TextWalker:
         if maintype == "multipart":  # declared multipart but no boundary: the parser kept it as one text
             return [self._decoded(part)]
         if maintype != "text" or part.get_content_subtype() not in ("plain", "html"):
-            self.attachments.append(ctype)
+            self.attachments.append((ctype, part))
             return []
         return [self._text(part)]
 
@@ -400,15 +425,15 @@ class _TextWalker:
         return chosen.pieces
 
     def _walk_apart(self, part: Message) -> _Walk:
-        """``part(part)`` with the problems and attachments it notes kept apart,
+        """``part(part)`` with the problems, attachments and shown attachments it notes kept apart,
         for ``_keep`` to add or leave out once the version to read is chosen."""
-        saved = self.problems, self.attachments
-        self.problems, self.attachments = [], []
+        saved = self.problems, self.attachments, self.shown_attachments
+        self.problems, self.attachments, self.shown_attachments = [], [], []
         try:
             pieces = self.part(part)
-            return _Walk(pieces, self.problems, self.attachments)
+            return _Walk(pieces, self.problems, self.attachments, self.shown_attachments)
         finally:
-            self.problems, self.attachments = saved
+            self.problems, self.attachments, self.shown_attachments = saved
 
     def _keep(self, walk: _Walk, only_limit: bool = False) -> None:
         """What ``walk`` noted, as if its part had been walked in place; of a version not read,
@@ -418,6 +443,7 @@ class _TextWalker:
             return
         self.problems.extend(walk.problems)
         self.attachments.extend(walk.attachments)
+        self.shown_attachments.extend(walk.shown_attachments)
 
     def _base64(self, payload) -> bytes | None:
         if not isinstance(payload, str):

@@ -175,7 +175,36 @@ ATTACHMENTS_ONLY = _lf(
     "--m\nContent-Type: application/pdf; name=inv.pdf\nContent-Disposition: attachment; filename=inv.pdf\n"
     "Content-Transfer-Encoding: base64\n\nJVBERi0xLjQK\n"
     "--m\nContent-Type: text/plain; name=notes.txt\nContent-Disposition: attachment; filename=notes.txt\n\n"
-    "attached notes are skipped\n--m--\n"
+    "notes shown inline\n--m--\n"
+)
+
+# A message forwarded as an attachment, and no other body: the forwarded message is read.
+FORWARDED_AS_ATTACHMENT_ONLY = _lf(
+    "Subject: Fwd: look\nContent-Type: multipart/mixed; boundary=m\n\n"
+    "--m\nContent-Type: message/rfc822\nContent-Disposition: attachment; filename=look.eml\n\n"
+    "Subject: Great deal\n\nBuy now!\n--m--\n"
+)
+
+# A text attachment beside a body: the body is the message, the attachment (a log here) is skipped.
+TEXT_ATTACHMENT_BESIDE_BODY = _lf(
+    "Subject: the log\nContent-Type: multipart/mixed; boundary=m\n\n"
+    "--m\nContent-Type: text/plain\n\nThe log from last night.\n"
+    "--m\nContent-Type: text/plain; name=run.log\nContent-Disposition: attachment; filename=run.log\n\n"
+    "ERROR disk full\n--m--\n"
+)
+
+# The only text of a message, sent as an attachment (which mail clients display inline).
+ONLY_TEXT_AS_ATTACHMENT = _lf(
+    "Subject: hello\nContent-Type: text/plain; charset=utf-8\nContent-Disposition: attachment; filename=a.txt\n\n"
+    "Claim your free cruise now.\n"
+)
+
+# The same, as an HTML attachment beside an image: its visible text.
+ONLY_HTML_AS_ATTACHMENT = _lf(
+    "Subject: invoice\nContent-Type: multipart/mixed; boundary=m\n\n"
+    "--m\nContent-Type: image/png\nContent-Transfer-Encoding: base64\n\niVBORw0KGgo=\n"
+    "--m\nContent-Type: text/html\nContent-Disposition: attachment; filename=invoice.html\n\n"
+    "<form><p>Confirm your <b>password</b></p></form>\n--m--\n"
 )
 
 TEXT_WITH_ATTACHMENT = _lf(
@@ -305,7 +334,11 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "no_charset_8bit": (NO_CHARSET_8BIT, "no charset déjà vu", False),
     "broken_boundary": (BROKEN_BOUNDARY, "broken first part --bad Content-Type: text/plain still here", True),
     "missing_boundary_param": (MISSING_BOUNDARY_PARAM, "no boundary some text without parts", True),
-    "attachments_only": (ATTACHMENTS_ONLY, "invoice", False),
+    "attachments_only": (ATTACHMENTS_ONLY, "invoice notes shown inline", False),
+    "text_attachment_beside_body": (TEXT_ATTACHMENT_BESIDE_BODY, "the log The log from last night.", False),
+    "only_text_as_attachment": (ONLY_TEXT_AS_ATTACHMENT, "hello Claim your free cruise now.", False),
+    "forwarded_as_attachment_only": (FORWARDED_AS_ATTACHMENT_ONLY, "Fwd: look Great deal Buy now!", False),
+    "only_html_as_attachment": (ONLY_HTML_AS_ATTACHMENT, "invoice Confirm your password", False),
     "text_with_attachment": (TEXT_WITH_ATTACHMENT, "photos Here are the photos. And one more line.", False),
     "empty_body": (EMPTY_BODY, "", False),
     "no_subject": (NO_SUBJECT, "only a body", False),

@@ -44,7 +44,11 @@ def test_a_parsed_message_gives_the_same_text(name, parse_policy):
 
 def test_skipped_parts_are_listed():
     assert extract(TEXT_WITH_ATTACHMENT).attachments == ("image/jpeg",)
-    assert extract(SAMPLES["attachments_only"][0]).attachments == ("application/pdf", "text/plain")
+    # A text attachment is read (no longer listed) where the message has no other body.
+    assert extract(SAMPLES["attachments_only"][0]).attachments == ("application/pdf",)
+    assert extract(SAMPLES["text_attachment_beside_body"][0]).attachments == ("text/plain",)
+    with_body = SAMPLES["forwarded_as_attachment_only"][0].replace(b"--m\nContent-Type: message", b"--m\n\nFYI\n--m\nContent-Type: message")
+    assert extract(with_body).text == "Fwd: look FYI" and extract(with_body).attachments == ("message/rfc822",)
 
 
 def _alternative(plain: str, html: str, html_charset: str = "utf-8") -> bytes:
