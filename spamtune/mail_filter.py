@@ -26,6 +26,7 @@ from spamtune.mail import MAX_MESSAGE_BYTES, UNREADABLE_LABEL, Unreadable, extra
 from spamtune.streams import read_up_to, waiting
 
 if TYPE_CHECKING:  # torch comes with the classifier; this module stays light without it
+    from spamtune.explain import Explanation
     from spamtune.infer import SpamClassifier
 
 STATUS_HEADER = "X-Spamtune-Status"
@@ -200,6 +201,8 @@ class MailPrediction:
     p_spam: float | None
     damaged: bool
     error: str | None = None
+    # Asked for (``explain``): why, in the text the model read of the message (``explanation.text``).
+    explanation: Explanation | None = None
 
 
 # Messages classified per round: enough to fill length-sorted batches, few enough that a
@@ -208,30 +211,38 @@ MAIL_CHUNK = 256
 
 
 def classify_messages(
-    classifier: SpamClassifier, messages: Iterable[tuple[str, bytes]], long: str | None = None, chunk: int = MAIL_CHUNK
+    classifier: SpamClassifier, messages: Iterable[tuple[str, bytes]], long: str | None = None, chunk: int = MAIL_CHUNK,
+    explain: bool = False,
 ) -> Iterator[list[MailPrediction]]:
     """Verdicts for ``(id, raw bytes)`` messages (``spamtune.mail_sources.iter_messages``), in input order,
-    a list per round of ``chunk`` messages so callers can write each round as it is ready."""
+    a list per round of ``chunk`` messages so callers can write each round as it is ready. With
+    ``explain`` each verdict has its ``explanation``, of the window read the ``long`` way that decided it."""
     from spamtune.long_messages import predict_long
 
     pending: list[tuple[str, bytes]] = []
     for item in messages:
         pending.append(item)
         if len(pending) == chunk:
-            yield _classify_round(classifier, pending, long, predict_long)
+            yield _classify_round(classifier, pending, long, predict_long, explain)
             pending = []
     if pending:
-        yield _classify_round(classifier, pending, long, predict_long)
+        yield _classify_round(classifier, pending, long, predict_long, explain)
 
 
-def _classify_round(classifier, items, long, predict_long) -> list[MailPrediction]:
+def _classify_round(classifier, items, long, predict_long, explain) -> list[MailPrediction]:
+    from spamtune.options import DEFAULT_LONG
+
     results = [extract(raw) for _, raw in items if not isinstance(raw, Unreadable)]
-    verdicts = iter(zip(predict_long(classifier, [r.text for r in results], long) if results else [], results))
+    texts = [r.text for r in results]
+    predictions = predict_long(classifier, texts, long) if results else []
+    # explain's own default is the head that lines of text are read by; mail is read ``long or DEFAULT_LONG``
+    explanations = classifier.explain(texts, long or DEFAULT_LONG) if explain and results else [None] * len(results)
+    verdicts = iter(zip(predictions, results, explanations))
     out = []
     for message_id, raw in items:
         if isinstance(raw, Unreadable):
             out.append(MailPrediction(message_id, UNREADABLE_LABEL, None, True, raw.reason))
         else:
-            p, r = next(verdicts)
-            out.append(MailPrediction(message_id, p.label, p.probability, r.damaged))
+            p, r, explanation = next(verdicts)
+            out.append(MailPrediction(message_id, p.label, p.probability, r.damaged, explanation=explanation))
     return out

@@ -166,3 +166,78 @@ def test_a_class_named_error_is_refused_where_its_lines_would_look_like_unreadab
     tsv = invoke(run_dir, "--mail", str(message), "--format", "tsv")
     assert tsv.exit_code == 0, tsv.output
     assert tsv.stdout.startswith("error\t0.")
+
+
+# ---------------------------------------------------------------- --explain
+
+
+def _explain_box(tmp_path) -> Path:
+    """A folder whose messages the model reads otherwise than their bytes: a QP subject, an HTML body."""
+    box = tmp_path / "explained"
+    box.mkdir()
+    (box / "1.eml").write_bytes(b"Subject: hello\n\nsee   you\tsoon\n")
+    (box / "2.eml").write_bytes(
+        b"Subject: =?utf-8?q?Gagn=C3=A9?=\nContent-Type: text/html\n\n<p>Claim <b>your prize now!</b></p>\n"
+    )
+    return box
+
+
+def test_explain_with_mail_explains_the_text_the_model_read_in_every_format(run_dir, tmp_path):
+    """--explain was refused with --mail: each message's line now says why, in spans of the text
+    the model read of it (decoded, HTML stripped), which jsonl and tsv carry to map them back."""
+    from spamtune.mail import message_text
+
+    box = _explain_box(tmp_path)
+    read = [message_text((box / name).read_bytes()) for name in ("1.eml", "2.eml")]
+    assert read[1] == "Gagné Claim your prize now!"  # not the message's bytes: the spans index this
+    jsonl = invoke(run_dir, "--mail", str(box), "--explain", "--format", "jsonl")
+    assert jsonl.exit_code == 0, jsonl.output
+    records = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert [r["id"] for r in records] == ["1.eml", "2.eml"] and [r["label"] for r in records] == ["ham", "spam"]
+    assert [r["text"] for r in records] == read
+    for record in records:
+        assert record["window"] == [{"start": 0, "end": len(record["text"]), "token_start": 0, "token_end": record["window"][0]["token_end"]}]
+        assert all(record["text"][s["start"] : s["end"]] == s["text"] for s in record["explanation"])
+    assert records[1]["explanation"][0]["text"] == "now!" and records[1]["explanation"][0]["score"] > 0
+    header, *rows = [line.split("\t") for line in invoke(run_dir, "--mail", str(box), "--explain", "--header").stdout.splitlines()]
+    assert header == ["label", "p_spam", "id", "explanation", "window", "text"]
+    assert [row[:3] for row in rows] == [["ham", f"{P_HAM:.4f}", "1.eml"], ["spam", f"{P_SPAM:.4f}", "2.eml"]]
+    assert [json.loads(row[3]) for row in rows] == [r["explanation"] for r in records]
+    assert [json.loads(row[4]) for row in rows] == [r["window"] for r in records] and [row[5] for row in rows] == read
+    text = invoke(run_dir, "--mail", str(box), "--explain", "--format", "text").stdout.splitlines()
+    assert text == [f"ham   p(spam)={P_HAM:.3f}  1.eml  hello see you soon", f"spam  p(spam)={P_SPAM:.3f}  2.eml  Gagné Claim your prize [+now!]"]
+    label = invoke(run_dir, "--mail", str(box), "--explain", "--format", "label")
+    assert label.exit_code == 2 and label.stdout == "" and "--explain needs --format text, tsv or jsonl" in label.stderr
+
+
+def test_explain_with_mail_keeps_the_line_of_a_message_that_cannot_be_read(run_dir, tmp_path, monkeypatch):
+    """One line per message with --explain too, its explanation fields empty (null), the columns
+    of every tsv line the same."""
+    box = _explain_box(tmp_path)
+    (box / "0.eml").write_bytes(b"Subject: gone\n\nwin!\n")
+    deny_reading(monkeypatch, box / "0.eml")
+    tsv = invoke(run_dir, "--mail", str(box), "--explain", "--format", "tsv", "--header")
+    assert tsv.exit_code == 1 and "cannot read" in tsv.stderr
+    rows = [line.split("\t") for line in tsv.stdout.splitlines()]
+    assert rows[1] == ["error", "", "0.eml", "", "", ""] and {len(row) for row in rows} == {6}
+    records = [json.loads(line) for line in invoke(run_dir, "--mail", str(box), "--explain", "--format", "jsonl").stdout.splitlines()]
+    assert records[0] == {"id": "0.eml", "label": "error", "p_spam": None, "damaged": True, "error": "Permission denied",
+                          "explanation": None, "window": None, "text": None}  # fmt: skip
+    assert [r["label"] for r in records[1:]] == ["ham", "spam"] and records[2]["explanation"]
+    text = invoke(run_dir, "--mail", str(box), "--explain", "--format", "text").stdout.splitlines()
+    assert len(text) == 3 and text[0] == "error  p(spam)=-      0.eml"
+
+
+def test_explain_with_mail_explains_the_window_that_decided_read_as_mail_is(run_dir, tmp_path):
+    """Mail is read in chunks unless --long says otherwise (lines of text: their head): the
+    explanation is of the chunk whose verdict the line gives, from stdin too."""
+    raw = b"Subject: news\n\n" + b" word" * 300 + b" unsubscribe!\n"
+    for args, label, parts in (((), "spam", 1), (("--long", "head-tail"), "spam", 2), (("--long", "head"), "ham", 1)):
+        result = invoke(run_dir, "--mail", "-", "--explain", "--format", "jsonl", *args, input=raw)
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)
+        assert (record["id"], record["label"], len(record["window"])) == ("-", label, parts)
+        assert (record["window"][-1]["end"] == len(record["text"])) == (label == "spam")  # the head ends before the "!"
+        spam_side = [s["text"] for s in record["explanation"] if s["score"] > 0]
+        assert ("unsubscribe!" in spam_side) == (label == "spam")
+        assert all(record["text"][s["start"] : s["end"]] == s["text"] for s in record["explanation"])

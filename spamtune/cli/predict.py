@@ -52,6 +52,9 @@ TSV_HEADER = "label\tp_spam\ttext\n"
 MAIL_TSV_HEADER = "label\tp_spam\tid\n"  # predict --mail: the message's id in the text's place
 # --explain: its list of spans as a fourth column, the window it explains as a fifth
 EXPLAIN_TSV_HEADER = "label\tp_spam\ttext\texplanation\twindow\n"
+# predict --mail --explain: the id's columns, explain's two, then the text the model read of the
+# message, which the spans and the window index (it has no other place in a mail line)
+MAIL_EXPLAIN_TSV_HEADER = "label\tp_spam\tid\texplanation\twindow\ttext\n"
 
 
 class OutputFormat(str, enum.Enum):
@@ -289,7 +292,7 @@ _TSV_SPACES = str.maketrans(dict.fromkeys("\t\0" + _LINE_BREAKS, " "))
 _JSON_ESCAPES = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """TSV text column: tabs and line breaks become spaces, so a message stays one field of one line."""
     return text.translate(_TSV_SPACES)
 
@@ -352,31 +355,40 @@ class Renderer:
 
     def line(self, p: Prediction, explanation: Explanation | None = None) -> str:
         if self.fmt is OutputFormat.tsv:
-            extra = "" if explanation is None else f"\t{json_line(explanation.top(self.top_k))}\t{json_line(explanation.window_list())}"
-            return f"{p.label}\t{p.probability:.4f}\t{_one_line(p.text)}{extra}\n"
+            extra = "" if explanation is None else f"\t{self.explanation_columns(explanation)}"
+            return f"{p.label}\t{p.probability:.4f}\t{one_line(p.text)}{extra}\n"
         if self.fmt is OutputFormat.jsonl:
             record = {"text": p.text, "label": p.label, "p_spam": round(p.probability, 6)}
             if explanation is not None:
-                record["explanation"] = explanation.top(self.top_k)
-                record["window"] = explanation.window_list()
+                record.update(self.explanation_fields(explanation))
             return json_line(record) + "\n"
         if self.fmt is OutputFormat.label:
             return p.label + "\n"
         label = p.label.ljust(self.width)
         if self.color:  # bold red for the positive class, green for the others
             label = f"\x1b[1;31m{label}\x1b[0m" if p.label == self.positive else f"\x1b[32m{label}\x1b[0m"
-        text = _printable(p.text)
-        if explanation is not None:
-            text = highlight(text, explanation, self.color, self.top_k)
-            if not explanation.reads_whole_text:
-                text = f"{window_note(explanation)}  {text}"
+        text = _printable(p.text) if explanation is None else self.explained_text(explanation)
         return f"{label}  p({self.positive})={p.probability:.3f}  {text}\n"
+
+    def explanation_columns(self, explanation: Explanation) -> str:
+        """tsv's explanation and window columns: two JSON lists, as jsonl's fields."""
+        return f"{json_line(explanation.top(self.top_k))}\t{json_line(explanation.window_list())}"
+
+    def explanation_fields(self, explanation: Explanation) -> dict:
+        """jsonl's ``explanation`` (the top spans) and ``window`` (what of the text they come from)."""
+        return {"explanation": explanation.top(self.top_k), "window": explanation.window_list()}
+
+    def explained_text(self, explanation: Explanation) -> str:
+        """text format: the explained text made printable with its top spans marked, after a note
+        naming the window where the window does not reach the whole text."""
+        text = highlight(_printable(explanation.text), explanation, self.color, self.top_k)
+        return text if explanation.reads_whole_text else f"{window_note(explanation)}  {text}"
 
     def no_verdict_line(self, label: str, text: str) -> str:
         """The line of an item that got no probability (a mail file that could not be read), in
         the columns of ``line``: p_spam empty in tsv, ``-`` in text."""
         if self.fmt is OutputFormat.tsv:
-            return f"{label}\t\t{_one_line(text)}\n"
+            return f"{label}\t\t{one_line(text)}\n"
         if self.fmt is OutputFormat.label:
             return label + "\n"
         return f"{label.ljust(self.width)}  p({self.positive})={'-':<5}  {_printable(text)}\n"
@@ -514,7 +526,9 @@ def predict(
     ),
     as_json: bool = common.json_option("jsonl"),
     header: bool = typer.Option(
-        False, "--header", help="tsv: first print the field names (label, p_spam, text; with --explain also explanation, window)."
+        False, "--header",
+        help="tsv: first print the field names (label, p_spam, text; with --explain also explanation, window; "
+        "with --mail id in text's place, and with --explain text last).",
     ),
     threshold: float | None = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Label a message spam when its spam probability is at least this. " + common.THRESHOLD_SCOPE,
@@ -524,7 +538,8 @@ def predict(
         False, "--explain",
         help="Also show the words that pushed each message most towards spam and towards ham: highlighted in text, "
         "an 'explanation' list in jsonl, a JSON column in tsv. A message longer than the window is explained in the "
-        "window that decided its label (see --long), which the output names ('window' in jsonl and tsv).",
+        "window that decided its label (see --long), which the output names ('window' in jsonl and tsv). With --mail "
+        "the spans index the text the model read of each message, which jsonl and tsv then carry ('text').",
     ),
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", min=1,
@@ -574,8 +589,6 @@ def predict(
         output_format = OutputFormat.text if to_terminal else OutputFormat.tsv
     if header and output_format is not OutputFormat.tsv:
         raise SpamtuneUsageError(f"--header is for --format tsv (this output is {output_format.value})")
-    if explain and mail is not None:
-        raise SpamtuneUsageError("--explain works on messages given as lines of text, not with --mail")
     if explain and output_format is OutputFormat.label:
         raise SpamtuneUsageError("--explain needs --format text, tsv or jsonl (label prints the label only)")
     meter = ReadMeter()
@@ -689,7 +702,7 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
             sys.stdout.flush()
             out = sys.stdout.buffer  # UTF-8 whatever the locale: pipelines and JSON expect it
         if header and world.is_main:
-            out.write((MAIL_TSV_HEADER if mail is not None else EXPLAIN_TSV_HEADER if explain else TSV_HEADER).encode())
+            out.write(_tsv_header(mail is not None, explain).encode())
         watch = ReaderWatch(out if world.is_main else None)  # only rank 0 writes, so only it watches
         hook = watch.after_each_batch(classifier.model)
         counted = positives = unreadable = 0
@@ -703,7 +716,7 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
                     if mail is not None:
                         if world.is_main:  # every rank reads the whole round: one of them tells
                             unreadable += report_unreadable(chunk, mail)
-                        share = (*classify_share(classifier, mine, renderer, long), round_digest(chunk))
+                        share = (*classify_share(classifier, mine, renderer, long, explain), round_digest(chunk))
                     else:
                         before = counted + share_bounds(len(chunk), world.rank, world.size)[0]
                         share = (*classify_lines_share(classifier, mine, renderer, long or TEXT_LONG, explain, before), None)
@@ -727,6 +740,12 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
     if mail is None and world.is_main:
         common.detail(f"{counted:,} messages, {positives:,} {classifier.positive_label}, in {seconds:.1f}s")
     return world.decide_once((positives, unreadable))
+
+
+def _tsv_header(mail: bool, explain: bool) -> str:
+    if mail:
+        return MAIL_EXPLAIN_TSV_HEADER if explain else MAIL_TSV_HEADER
+    return EXPLAIN_TSV_HEADER if explain else TSV_HEADER
 
 
 def _open_out(stack: contextlib.ExitStack, out_file: Path) -> BinaryIO:

@@ -2,7 +2,8 @@
 
 Not a command of its own: ``predict`` hands over here when ``--mail`` is given. Fields: the
 message's id (its path relative to PATH, ``N <Message-ID>`` for an mbox, ``-`` for stdin), the
-label and ``p_spam``; jsonl adds ``damaged``. A message file that cannot be read keeps its line:
+label and ``p_spam``; jsonl adds ``damaged``; ``--explain`` adds the explanation, its window and
+the text the model read, which they index. A message file that cannot be read keeps its line:
 the label ``error``, no ``p_spam`` (and in jsonl the reason, ``error``), with a warning on stderr.
 """
 
@@ -15,21 +16,46 @@ from pathlib import Path
 from spamtune.errors import SpamtuneError
 
 
-def render_line(renderer, p) -> str:
-    """Text, tsv and label lines as ``predict`` writes them, the id in the text's place; jsonl has its own fields."""
+def render_line(renderer, p, explain: bool = False) -> str:
+    """Text, tsv and label lines as ``predict`` writes them, the id in the text's place; jsonl has its own fields.
+
+    ``explain``: each line also carries ``p.explanation`` and the text the model read of the
+    message (``spamtune.mail.message_text``), which its spans and window are offsets into; an
+    unreadable message's line has these fields empty (null in jsonl), so every line has them."""
     if renderer.fmt.value == "jsonl":
-        p_spam = None if p.p_spam is None else round(p.p_spam, 6)
-        record = {"id": p.id, "label": p.label, "p_spam": p_spam, "damaged": p.damaged}
-        if p.error is not None:
-            record["error"] = p.error
-        from spamtune.cli.predict import json_line
-
-        return json_line(record) + "\n"
+        return _jsonl_line(renderer, p, explain)
     if p.error is not None:
-        return renderer.no_verdict_line(p.label, p.id)
-    from spamtune.infer import Prediction
+        line = renderer.no_verdict_line(p.label, p.id)
+    else:
+        from spamtune.infer import Prediction
 
-    return renderer.line(Prediction(p.id, p.label, p.p_spam))
+        line = renderer.line(Prediction(p.id, p.label, p.p_spam))
+    return line.removesuffix("\n") + _after_the_id(renderer, p.explanation) + "\n" if explain else line
+
+
+def _jsonl_line(renderer, p, explain: bool) -> str:
+    from spamtune.cli.predict import json_line
+
+    p_spam = None if p.p_spam is None else round(p.p_spam, 6)
+    record = {"id": p.id, "label": p.label, "p_spam": p_spam, "damaged": p.damaged}
+    if p.error is not None:
+        record["error"] = p.error
+    if explain and p.explanation is None:
+        record.update(explanation=None, window=None, text=None)
+    elif explain:
+        record.update(renderer.explanation_fields(p.explanation), text=p.explanation.text)
+    return json_line(record) + "\n"
+
+
+def _after_the_id(renderer, explanation) -> str:
+    """What --explain adds to a tsv or text line after the message's id: tsv's explanation,
+    window and text columns (empty for a message that could not be read); the explained text."""
+    if renderer.fmt.value == "tsv":
+        from spamtune.cli.predict import one_line
+
+        return "\t\t\t" if explanation is None else f"\t{renderer.explanation_columns(explanation)}\t{one_line(explanation.text)}"
+    shown = "" if explanation is None else renderer.explained_text(explanation)
+    return f"  {shown}" if shown else ""
 
 
 def report_unreadable(messages: list[tuple[str, object]], source: Path) -> int:
@@ -66,13 +92,14 @@ def mail_messages(source: Path):
     return iter_messages(source)
 
 
-def classify_share(classifier, messages: list[tuple[str, bytes]], renderer, long: str | None) -> tuple[str, int]:
+def classify_share(classifier, messages: list[tuple[str, bytes]], renderer, long: str | None, explain: bool = False) -> tuple[str, int]:
     """A rank's share of a round of messages (all of it on one process): its output lines, in
-    order, and how many were positive."""
+    order (``explain``: with why, as ``render_line`` writes it), and how many were positive."""
     from spamtune.mail_filter import classify_messages
 
-    predictions = [p for round_ in classify_messages(classifier, messages, long, chunk=max(1, len(messages))) for p in round_]
-    lines = "".join(render_line(renderer, p) for p in predictions)
+    rounds = classify_messages(classifier, messages, long, chunk=max(1, len(messages)), explain=explain)
+    predictions = [p for round_ in rounds for p in round_]
+    lines = "".join(render_line(renderer, p, explain) for p in predictions)
     return lines, sum(p.label == classifier.positive_label for p in predictions)
 
 
