@@ -186,6 +186,21 @@ def test_no_format_breaks_a_line_where_splitlines_or_grep_would(run_dir):
     assert shown.splitlines() == [shown[:-1]] and shown.endswith("a b c d e f g h i j!\n")
 
 
+def test_no_format_passes_an_escape_sequence_or_another_control_character_on(run_dir):
+    """tsv wrote ESC, BEL, backspace, DEL and the C1 controls as they came (jsonl the C1s and DEL):
+    a message could set the title of the terminal that showed the output, or hide itself. Each
+    is written as an escape now; text shows a space, as for a line break."""
+    text = "a\x1b]0;pwned\x07b\x08c\x7fd\x9b31me!"
+    tsv = invoke(run_dir, text, "--format", "tsv").stdout
+    assert tsv == f"spam\t{SPAM_P}\ta\\x1b]0;pwned\\x07b\\x08c\\x7fd\\x9b31me!\n"
+    explained = invoke(run_dir, text, "--format", "tsv", "--explain").stdout
+    assert explained.isascii() and explained.split("\t")[2] == tsv.split("\t")[2][:-1]
+    for args in ((), ("--explain",)):
+        jsonl = invoke(run_dir, text, "--format", "jsonl", *args).stdout
+        assert jsonl.isascii() and json.loads(jsonl)["text"] == text
+    assert invoke(run_dir, text, "--format", "text").stdout.endswith("  a ]0;pwned b c d 31me!\n")
+
+
 def test_json_is_jsonl_and_refuses_another_format(run_dir):
     assert invoke(run_dir, "--json", "hi", "win!").stdout == invoke(run_dir, "--format", "jsonl", "hi", "win!").stdout
     both = invoke(run_dir, "--json", "--format", "tsv", "hi")

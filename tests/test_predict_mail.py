@@ -87,6 +87,27 @@ def test_mbox_ids_and_stdin(run_dir, tmp_path):
     assert json.loads(stdin.stdout) == {"id": "-", "label": "spam", "p_spam": round(P_SPAM, 6), "damaged": False}
 
 
+def test_an_id_with_an_escape_sequence_reaches_no_terminal(run_dir, tmp_path):
+    """A planted Message-ID or Maildir file name went to the output as it was: its escape sequence
+    set the title of the terminal that showed `predict --mail ... --format tsv`, and a U+0085 in it
+    broke the line in two for a line reader. tsv writes each as an escape, text as a space."""
+    box = tmp_path / "Maildir"
+    (box / "cur").mkdir(parents=True)
+    (box / "new").mkdir()
+    (box / "cur" / "1.host\x1b]0;pwned\x07:2,S").write_bytes(b"Subject: hello\n\nsee you soon\n")
+    tsv = invoke(run_dir, "--mail", str(box), "--format", "tsv")
+    assert tsv.exit_code == 0, tsv.output
+    assert tsv.stdout == f"ham\t{P_HAM:.4f}\tcur/1.host\\x1b]0;pwned\\x07:2,S\n"
+    shown = invoke(run_dir, "--mail", str(box), "--format", "text").stdout
+    assert shown == f"ham   p(spam)={P_HAM:.3f}  cur/1.host ]0;pwned :2,S\n"
+    mbox = tmp_path / "box"
+    mbox.write_bytes("From a Mon\nMessage-ID: <a\x1b]0;pwned\x07\x9b\x85@x>\n\nwin!\n".encode())
+    tsv = invoke(run_dir, "--mail", str(mbox), "--format", "tsv").stdout
+    assert tsv == f"spam\t{P_SPAM:.4f}\t1 <a\\x1b]0;pwned\\x07\\x9b @x>\n"
+    jsonl = invoke(run_dir, "--mail", str(mbox), "--format", "jsonl").stdout
+    assert jsonl.isascii() and json.loads(jsonl)["id"] == "1 <a\x1b]0;pwned\x07\x9b\x85@x>"
+
+
 def test_a_non_blocking_stdin_is_read_to_the_end_of_the_message(monkeypatch):
     """A pipe made non-blocking by another process sharing it reads as empty while its writer
     pauses: the message was its part before the first pause, and its verdict one on that part."""

@@ -111,6 +111,8 @@ def test_a_run_named_with_a_line_break_or_an_escape_sequence_is_shown_escaped(ro
     name = "odd\nname\x1b[31m"
     shutil.copytree(root / "runs" / "stopped", root / "runs" / name)
     escaped = "odd\\nname\\x1b[31m"
+    piped = invoke("runs", "--data-dir", str(root)).stdout  # tsv: the line break a space, as in predict's
+    assert "\x1b" not in piped and any(line.startswith("odd name\\x1b[31m\tinterrupted\t") for line in piped.splitlines())
     monkeypatch.setattr(runs_cli, "_stdout_is_terminal", lambda: True)
     monkeypatch.setenv("COLUMNS", "200")
     table = invoke("runs", "--data-dir", str(root))

@@ -174,6 +174,22 @@ def is_control(c: str) -> bool:
     return ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"
 
 
+# What ends a line for some reader of the output besides "\n": Python's str.splitlines (which
+# also splits at \v, \f, \x1c-\x1e and U+0085) and JavaScript (U+2028, U+2029).
+LINE_BREAKS = "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+# A TSV field: a tab, a NUL (after which grep calls the whole output a binary file) and a line
+# break become a space, as a message's lines are words of one field; every other control
+# character (ESC, BEL, DEL, the C1 controls) is written as ``one_line`` writes it, so that a
+# planted escape sequence shows as such instead of reaching the terminal of whoever reads it.
+_TSV_FIELD = {n: chr(n).encode("unicode_escape").decode("ascii") for n in range(160) if is_control(chr(n))}
+_TSV_FIELD.update(dict.fromkeys(map(ord, "\t\0" + LINE_BREAKS), " "))
+
+
+def tsv_field(text: str) -> str:
+    """``text`` as one field of one TSV line that a terminal shows as it is (see ``_TSV_FIELD``)."""
+    return text.translate(_TSV_FIELD)
+
+
 def note(message: str) -> None:
     """One plain line on stderr (never markup: it may hold paths and user text), unless ``--quiet``."""
     if not is_quiet():

@@ -14,6 +14,7 @@ import enum
 import errno
 import json
 import os
+import re
 import select
 import stat
 import sys
@@ -284,26 +285,16 @@ def _argument_chunks(messages: list[str], meter: ReadMeter, first_chunk_lines: i
         yield literal
 
 
-# What ends a line for some reader of the output besides "\n": Python's str.splitlines (which
-# also splits at \v, \f, \x1c-\x1e and U+0085) and JavaScript (U+2028, U+2029).
-_LINE_BREAKS = "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
-# TSV: a NUL as well, after which grep calls the whole output a binary file and prints no line.
-_TSV_SPACES = str.maketrans(dict.fromkeys("\t\0" + _LINE_BREAKS, " "))
-_JSON_ESCAPES = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-def one_line(text: str) -> str:
-    """TSV text column: tabs and line breaks become spaces, so a message stays one field of one line."""
-    return text.translate(_TSV_SPACES)
+# The characters ``json`` leaves raw in a string that a reader still acts on: the line breaks
+# U+0085, U+2028 and U+2029 (every line reader must see one line), DEL and the other C1
+# controls (a terminal may read U+009B as the start of an escape sequence).
+_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 
 def json_line(value) -> str:
-    """``value`` as JSON on one line, non-ASCII text as it is but for the line breaks ``json``
-    leaves raw (U+0085, U+2028, U+2029), escaped: they can only stand inside a string there."""
-    text = json.dumps(value, ensure_ascii=False)
-    for raw, escaped in _JSON_ESCAPES.items():
-        text = text.replace(raw, escaped)
-    return text
+    """``value`` as JSON on one line, non-ASCII text as it is but for what ``json`` leaves raw
+    and a reader acts on (``_JSON_RAW``), escaped: it can only stand inside a string there."""
+    return _JSON_RAW.sub(lambda raw: f"\\u{ord(raw[0]):04x}", json.dumps(value, ensure_ascii=False))
 
 
 def _printable(text: str) -> str:
@@ -356,7 +347,7 @@ class Renderer:
     def line(self, p: Prediction, explanation: Explanation | None = None) -> str:
         if self.fmt is OutputFormat.tsv:
             extra = "" if explanation is None else f"\t{self.explanation_columns(explanation)}"
-            return f"{p.label}\t{p.probability:.4f}\t{one_line(p.text)}{extra}\n"
+            return f"{p.label}\t{p.probability:.4f}\t{common.tsv_field(p.text)}{extra}\n"
         if self.fmt is OutputFormat.jsonl:
             record = {"text": p.text, "label": p.label, "p_spam": round(p.probability, 6)}
             if explanation is not None:
@@ -388,7 +379,7 @@ class Renderer:
         """The line of an item that got no probability (a mail file that could not be read), in
         the columns of ``line``: p_spam empty in tsv, ``-`` in text."""
         if self.fmt is OutputFormat.tsv:
-            return f"{label}\t\t{one_line(text)}\n"
+            return f"{label}\t\t{common.tsv_field(text)}\n"
         if self.fmt is OutputFormat.label:
             return label + "\n"
         return f"{label.ljust(self.width)}  p({self.positive})={'-':<5}  {_printable(text)}\n"

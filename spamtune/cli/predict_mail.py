@@ -51,9 +51,9 @@ def _after_the_id(renderer, explanation) -> str:
     """What --explain adds to a tsv or text line after the message's id: tsv's explanation,
     window and text columns (empty for a message that could not be read); the explained text."""
     if renderer.fmt.value == "tsv":
-        from spamtune.cli.predict import one_line
+        from spamtune.cli.common import tsv_field
 
-        return "\t\t\t" if explanation is None else f"\t{renderer.explanation_columns(explanation)}\t{one_line(explanation.text)}"
+        return "\t\t\t" if explanation is None else f"\t{renderer.explanation_columns(explanation)}\t{tsv_field(explanation.text)}"
     shown = "" if explanation is None else renderer.explained_text(explanation)
     return f"  {shown}" if shown else ""
 

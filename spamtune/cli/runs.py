@@ -49,7 +49,7 @@ def _percent(value: float | None) -> str:
 
 
 def _tsv_value(value) -> str:
-    return "" if value is None else str(value).replace("\t", " ").replace("\n", " ")
+    return "" if value is None else common.tsv_field(str(value))
 
 
 def _print_table(infos, console) -> None:
