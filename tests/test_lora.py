@@ -187,6 +187,22 @@ def test_bad_options_are_usage_errors(kwargs, message):
     assert refused.value.option == message.split(" must")[0].replace(" ", "_") and refused.value.exit_code == 2
 
 
+@pytest.mark.parametrize("rank, alpha, refused", [(16, 1e30, "above 128"), (4, 513.0, "above 128"), (4, 1e-3, "below 1/1024"), (1, 1e-300, "below 1/1024")])
+def test_an_alpha_that_would_drown_the_base_or_barely_train_is_a_usage_error(rank, alpha, refused):
+    """--lora-alpha 1e30 trained nothing and said nothing: the gradient's square overflowed fp32 in
+    AdamW, so B never moved. The scale alpha/rank is bounded instead, in words that say why."""
+    with pytest.raises(OptionError, match=f"alpha/rank = .*, {refused}: AdamW") as error:
+        apply_lora(base_classifier(), rank=rank, alpha=alpha)
+    assert error.value.option == "lora_alpha" and error.value.exit_code == 2
+    low, high = str(error.value).split("keep alpha between ")[1].split(" at this rank")[0].split(" and ")
+    assert (float(low), float(high)) == (rank / 1024, rank * 128)  # exactly: a user may copy either
+
+
+def test_the_bounds_of_alpha_are_allowed():
+    for rank, alpha in ((16, 2048.0), (16, 16 / 1024), (48, 48 / 1024), (1, 128.0)):
+        assert len(lora_layers(apply_lora(base_classifier(), rank=rank, alpha=alpha))) == 4 * CFG.n_layers
+
+
 def test_lora_cannot_be_applied_twice():
     model = lora_classifier(blocks=1, nudge=False)
     with pytest.raises(SpamtuneUsageError, match="already has LoRA"):

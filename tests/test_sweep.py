@@ -167,6 +167,7 @@ def test_a_full_disk_stops_the_sweep_rather_than_failing_every_run_after_it(tmp_
         ({"trainable": ["last-block", "bogus"]}, "unknown trainable preset 'bogus'"),
         ({"lr": [1e-3, 0.0]}, "lr must be a positive number"),
         ({"trainable": ["lora"], "lora_rank": [4, 0]}, "lora rank must be a positive integer"),
+        ({"trainable": ["lora"], "lora_rank": [4, 1], "lora_alpha": [8.0, 256.0]}, "lora alpha 256 at rank 1 scales the update"),
         ({"precision": ["fp32", "fp16"]}, "fp16 needs a CUDA device"),
         ({"clip_grad_norm": [1.0, -1.0]}, "clip grad norm"),  # the value's own error, not a clash of folder names
         ({"model": ["tiny", "nosuch"]}, "unknown model 'nosuch'"),

@@ -409,6 +409,10 @@ def cli_args(root: Path, *extra: str) -> list[str]:
 def test_cli_bad_input_is_one_line(data_root, tmp_path):
     assert_one_line_error(invoke(*cli_args(data_root, "--epochs", "0")), "--epochs must be at least 1", 2)
     assert_one_line_error(invoke(*cli_args(data_root, "--batch-size", "0")), "--batch-size must be at least 1", 2)
+    lora = ("--trainable", "lora", "--lora-rank", "4")
+    assert_one_line_error(invoke(*cli_args(data_root, *lora, "--lora-alpha", "1e30")), "--lora-alpha 1e+30 at rank 4 scales the update", 2)
+    assert_one_line_error(invoke(*cli_args(data_root, *lora, "--lora-alpha", "inf")), "--lora-alpha must be a positive number", 2)
+    assert_one_line_error(invoke(*cli_args(data_root, "--trainable", "lora", "--lora-rank", "-1")), "--lora-rank must be a positive", 2)
     # Values outside the choices --help lists are usage errors (2), caught while parsing.
     assert_one_line_error(
         invoke(*cli_args(data_root, "--trainable", "some-blocks")), "Invalid value for '--trainable': 'some-blocks'", 2
