@@ -407,10 +407,15 @@ def check_metrics_kept(run: Run, start_over: str) -> None:
     )
 
 
+def evaluates_after(step: int, steps_per_epoch: int, eval_every: int | None) -> bool:
+    """Whether training evaluates after ``step`` (counted from 1): at the end of every epoch (an
+    epoch is ``steps_per_epoch`` steps), and every ``eval_every`` steps."""
+    return step % steps_per_epoch == 0 or bool(eval_every and step % eval_every == 0)
+
+
 def evaluation_steps(steps_per_epoch: int, eval_every: int | None, until: int) -> list[int]:
-    """The steps up to ``until`` after which training evaluates (as ``train_run`` does): the end
-    of every epoch, and every ``eval_every`` steps."""
-    return [step for step in range(1, until + 1) if step % steps_per_epoch == 0 or (eval_every and step % eval_every == 0)]
+    """The steps up to ``until`` after which training evaluates."""
+    return [step for step in range(1, until + 1) if evaluates_after(step, steps_per_epoch, eval_every)]
 
 
 # What resume reads of a run's ``resolved`` section, each with the test its value must pass and
@@ -631,7 +636,7 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                 emit(StepDone(step, run.total_steps, epoch + 1, loss, examples_seen, rate))
                 if steps_in_epoch == len(groups):
                     epoch, steps_in_epoch = epoch + 1, 0
-                elif not (options.eval_every and step % options.eval_every == 0):
+                if not evaluates_after(step, run.steps_per_epoch, options.eval_every):
                     continue
                 emit(EvaluationStarted(step, "train+validation"))
                 record = evaluation_record(
