@@ -99,8 +99,12 @@ class SpamtuneClient:
         if self._info is None:
             info = self._request("GET", "/v1/model")
             labels = info.get("labels")
-            # What every caller reads: another JSON service at this URL answers without them.
-            if not isinstance(labels, list) or info.get("positive_label") not in labels:
+            # What every caller reads: another JSON service at this URL answers without them. A
+            # label is printable text, as `prepare` makes it: callers write labels to terminals.
+            if (
+                not isinstance(labels, list) or info.get("positive_label") not in labels
+                or not all(isinstance(label, str) and label.isprintable() for label in labels)
+            ):  # fmt: skip
                 raise SpamtuneError(f"the service at {self.url} sent a malformed answer (is it `spamtune serve`?)")
             self._info = info
         return self._info
@@ -108,6 +112,7 @@ class SpamtuneClient:
     def classify(self, texts: list[str], threshold: float | None = None) -> list[Verdict]:
         """Verdicts for ``texts`` in order, sent in as many requests as the service's limits need."""
         verdicts: list[Verdict] = []
+        labels = self.model()["labels"]  # read already: the requests are sized by its limits
         for part in self._requests_for(texts):
             body: dict[str, Any] = {"texts": part}
             if threshold is not None:
@@ -117,7 +122,9 @@ class SpamtuneClient:
             try:
                 if not isinstance(results, list) or len(results) != len(part):
                     raise ValueError("not one result per text")
-                verdicts.extend(Verdict(str(r["label"]), float(r["p_spam"])) for r in results)
+                if any(r["label"] not in labels for r in results):  # it might hold an escape sequence
+                    raise ValueError("a label the run does not have")
+                verdicts.extend(Verdict(r["label"], float(r["p_spam"])) for r in results)
             except (KeyError, TypeError, ValueError):
                 raise SpamtuneError(f"the service at {self.url} sent a malformed answer") from None
         return verdicts

@@ -1225,6 +1225,10 @@ def test_client_mode_never_imports_torch(service, tmp_path):
     [
         {"/v1/model": {"status": "ok"}},  # another JSON service at that URL
         {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{}]}},
+        # a label with an escape sequence went to the terminal as it came
+        {"/v1/model": {"labels": ["ham", "spam\x1b]0;pwned\x07"], "positive_label": "ham"}, "/v1/classify": {"results": [{"label": "ham", "p_spam": 0.1}]}},
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": "\x1b[2J", "p_spam": 0.5}]}},
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": ["spam"], "p_spam": 0.5}]}},
     ],
 )
 def test_a_malformed_answer_is_one_line(answers):
