@@ -52,6 +52,16 @@ def test_ls_shows_each_base_once_with_the_runs_that_use_it(root):
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == text.stdout
 
 
+def test_ls_writes_an_escape_sequence_in_a_path_as_an_escape(root, tmp_path):
+    """The listing wrote a data root's name as it was: its escape sequence reached the terminal."""
+    odd = tmp_path / "data\x1b]0;pwned\x07"
+    shutil.copytree(root / "bases", odd / "bases")
+    listed = bases(odd, "ls")
+    assert listed.exit_code == 0 and "\x1b" not in listed.stdout and "\x07" not in listed.stdout
+    assert len(listed.stdout.splitlines()) == 2
+    assert all(line.split("\t")[4].startswith(str(tmp_path / "data\\x1b]0;pwned\\x07")) for line in listed.stdout.splitlines())
+
+
 def test_ls_reads_each_base_s_origin_without_importing_torch(root):
     rows = [json.loads(row) for row in spamtune_without_torch("bases", "ls", "--json", "--data-dir", str(root)).stdout.splitlines()]
     assert sorted(row["origin"]["seed"] for row in rows) == [7, 123]

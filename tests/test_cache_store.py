@@ -359,6 +359,20 @@ def test_an_entry_replaced_by_a_symlink_is_rebuilt_in_place_of_the_link_never_th
     assert store.obtain(key, model, SEQS).outcome == "hit"
 
 
+def test_cli_ls_writes_an_escape_sequence_in_a_hand_edited_meta_as_an_escape(tmp_path):
+    """A string field of meta.json went to the listing as it was, escape sequence and all."""
+    store = PrefixCacheStore(tmp_path)
+    model = classifier("last-2-blocks")
+    key = key_for(model, 2)
+    store.obtain(key, model, SEQS)
+    [entry] = list_caches(tmp_path)
+    meta = json.loads((entry.path / META_FILE).read_text())
+    meta["created"] = "2026\x1b]0;pwned\x07"
+    (entry.path / META_FILE).write_text(json.dumps(meta))
+    listed = CliRunner().invoke(app, ["cache", "ls", "--data-dir", str(tmp_path)]).stdout
+    assert listed.strip().split("\t")[8] == "2026\\x1b]0;pwned\\x07"
+
+
 def test_cli_ls_and_rm(tmp_path):
     store = PrefixCacheStore(tmp_path)
     model = classifier("last-2-blocks")

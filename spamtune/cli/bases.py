@@ -63,7 +63,7 @@ def ls(
             typer.echo(json.dumps(row, ensure_ascii=False))
             continue
         used = f"{len(base.users)} run{'' if len(base.users) == 1 else 's'}"
-        typer.echo("\t".join([base.sha256[:12], human_size(base.nbytes), row["describe"], used, row["path"]]))
+        typer.echo("\t".join(map(common.tsv_field, [base.sha256[:12], human_size(base.nbytes), row["describe"], used, row["path"]])))
     total = sum(base.nbytes for base in stored)
     common.note(f"{len(stored)} base(s), {human_size(total)} in {paths.bases_dir(root)}")
     for folder in folders_in_the_way(root):  # the runs on that base make it again at each use
