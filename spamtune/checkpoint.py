@@ -93,6 +93,8 @@ def check_classifier_fields(cfg: ClassifierConfig) -> None:
     for name, index in labels.items():
         if not isinstance(name, str) or not name or not is_integer(index):
             raise SpamtuneError(f"labels: {show_value(name)} -> {show_value(index)} is not a label name -> class index")
+        if not name.isprintable():  # as prepare makes them: every output format writes labels as they are
+            raise SpamtuneError(f"labels: {show_value(name)} is not a label name: a label is printable text on one line")
     if sorted(labels.values()) != list(range(len(labels))):
         raise SpamtuneError(
             f"labels must number the classes 0 to {len(labels) - 1}, each once; got indices {sorted(labels.values())}"

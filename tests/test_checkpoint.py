@@ -177,6 +177,10 @@ BAD_CONFIGS = {
     "labels list": ({"labels": ["ham", "spam"]}, 'labels must map at least two label names to class indices, got ["ham", "spam"]'),
     "bad label index": ({"labels": {"ham": 0, "spam": 5}}, "labels must number the classes 0 to 1, each once; got indices [0, 5]"),
     "label index text": ({"labels": {"ham": 0, "spam": "1"}}, 'labels: "spam" -> "1" is not a label name -> class index'),
+    "label with an escape sequence": (
+        {"labels": {"ham": 0, "spam\x1b]0;pwned\x07": 1}},
+        'labels: "spam\\u001b]0;pwned\\u0007" is not a label name: a label is printable text on one line',
+    ),
     "max_length negative": ({"max_length": -5}, "max_length must be a positive integer, got -5"),
     "max_length null": ({"max_length": None}, "max_length must be a positive integer, got null"),
     "pooling": ({"pooling": "first"}, 'pooling must be one of last-real, last, mean, got "first"'),
