@@ -218,6 +218,19 @@ def test_labels_and_paths_with_brackets_are_printed_as_they_are(tmp_path):
     assert result.stdout.startswith(f"accuracy 100.00% on {file} (3 messages); at threshold 0.5: ")
 
 
+def test_a_run_or_file_named_with_an_escape_sequence_is_shown_escaped(tmp_path):
+    """Their names went to the terminal as they were: the escape sequence set its title."""
+    run_dir = write_rigged_run(tmp_path / "runs" / "r\x1b]0;pwned\x07un")
+    file = tmp_path / "labelled\x1b[2J.jsonl"
+    file.write_text(json.dumps({"text": "WIN a prize now!", "label": "spam"}) + "\n")
+    result = evaluate(str(run_dir), "--input", str(file), "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stderr + result.stdout
+    shown_file = str(tmp_path / "labelled\\x1b[2J.jsonl")
+    assert f"{tmp_path / 'runs'}/r\\x1b]0;pwned\\x07un on {shown_file}: 1 messages" in result.stderr
+    assert result.stdout.startswith(f"accuracy 100.00% on {shown_file} (1 messages)")
+
+
 def test_run_by_name_threshold_and_precision(run, monkeypatch):
     """The run named as everywhere else; --threshold decides as predict does; --precision picks the dtype."""
     root, run_dir, summary = run

@@ -75,7 +75,7 @@ def render_tables(result: dict, console: Console) -> None:
     from rich.table import Table
 
     columns = _columns(result)
-    console.print(f"{result['run']} on {_where(result)}: {result['n']} messages")
+    console.print(common.one_line(f"{result['run']} on {_where(result)}: {result['n']} messages"))
     if "baseline" in result:
         console.print(f"TF-IDF+LR: {result['baseline']['model']} trained on the run's train split")
 
@@ -247,7 +247,7 @@ def evaluate_command(
         typer.echo(json.dumps(result, ensure_ascii=False))
         return
     render_tables(result, console)
-    line = f"accuracy {result['accuracy']:.2%} on {_where(result)} ({result['n']} messages)"
+    line = f"accuracy {result['accuracy']:.2%} on {common.one_line(_where(result))} ({result['n']} messages)"
     if "baseline" in result:
         line += f"; baseline {result['baseline']['accuracy']:.2%}"
     if _is_spam_filter(result):
