@@ -129,6 +129,21 @@ def test_a_run_named_with_a_line_break_or_an_escape_sequence_is_shown_escaped(ro
     assert f"{root / 'runs'}/{escaped}  (interrupted" in declined.stderr
 
 
+def test_runs_json_escapes_the_c1_controls_and_line_separators_json_leaves_raw(root):
+    """`json.dumps(ensure_ascii=False)` writes U+009B (a terminal's one-byte escape sequence
+    start) and U+2028 as they are: a run named with them reached the terminal reading the JSON."""
+    name = "odd\u009b31m\u2028name"
+    shutil.copytree(root / "runs" / "stopped", root / "runs" / name)
+    listed = invoke("runs", "--json", "--data-dir", str(root))
+    shown = invoke("runs", "show", name, "--json", "--data-dir", str(root))
+    for result in (listed, shown):
+        assert result.exit_code == 0, result.stderr
+        assert "\x9b" not in result.stdout and "\u2028" not in result.stdout
+        assert "\\u009b" in result.stdout and "\\u2028" in result.stdout
+    assert name in [info["name"] for info in json.loads(listed.stdout)]
+    assert json.loads(shown.stdout)["name"] == name
+
+
 def test_no_runs_yet(tmp_path, monkeypatch):
     assert invoke("runs", "--json", "--data-dir", str(tmp_path)).stdout == "[]\n"
     monkeypatch.setattr(runs_cli, "_stdout_is_terminal", lambda: True)

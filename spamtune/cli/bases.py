@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Literal, Optional
 
@@ -60,7 +59,7 @@ def ls(
     for base in stored:
         row = _row(base)
         if output_format == "json":
-            typer.echo(json.dumps(row, ensure_ascii=False))
+            typer.echo(common.json_line(row))
             continue
         used = f"{len(base.users)} run{'' if len(base.users) == 1 else 's'}"
         typer.echo("\t".join(map(common.tsv_field, [base.sha256[:12], human_size(base.nbytes), row["describe"], used, row["path"]])))

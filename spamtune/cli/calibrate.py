@@ -8,7 +8,6 @@ validation figures of the chosen operating point go to stderr.
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -105,7 +104,7 @@ def calibrate_command(
     calibration = calibrate_run(run_dir, rule=rule, target=target, data_dir=data_dir, device=device, force=force)
     written = Path(run_dir) / CALIBRATION_FILE
     if output_format is CalibrateFormat.json:
-        _report(json.dumps(calibration.to_dict(), ensure_ascii=False), written)
+        _report(common.json_line(calibration.to_dict()), written)
         return
     for line in summary_lines(calibration):
         common.note(line)

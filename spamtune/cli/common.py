@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import json
 import logging
 import os
 import re
@@ -188,6 +189,18 @@ _TSV_FIELD.update(dict.fromkeys(map(ord, "\t\0" + LINE_BREAKS), " "))
 def tsv_field(text: str) -> str:
     """``text`` as one field of one TSV line that a terminal shows as it is (see ``_TSV_FIELD``)."""
     return text.translate(_TSV_FIELD)
+
+
+# The characters ``json`` leaves raw in a string that a reader still acts on: the line breaks
+# U+0085, U+2028 and U+2029 (every line reader must see one line), DEL and the other C1
+# controls (a terminal may read U+009B as the start of an escape sequence).
+_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def json_line(value) -> str:
+    """``value`` as JSON on one line, non-ASCII text as it is but for what ``json`` leaves raw
+    and a reader acts on (``_JSON_RAW``), escaped: it can only stand inside a string there."""
+    return _JSON_RAW.sub(lambda raw: f"\\u{ord(raw[0]):04x}", json.dumps(value, ensure_ascii=False))
 
 
 def note(message: str) -> None:

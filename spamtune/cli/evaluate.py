@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 from pathlib import Path
 
 from typing import TYPE_CHECKING, Literal, Optional
@@ -244,7 +243,7 @@ def evaluate_command(
     for warning in result["warnings"]:
         common.warn(warning)
     if output_format is ReportFormat.json:
-        typer.echo(json.dumps(result, ensure_ascii=False))
+        typer.echo(common.json_line(result))
         return
     render_tables(result, console)
     line = f"accuracy {result['accuracy']:.2%} on {common.one_line(_where(result))} ({result['n']} messages)"

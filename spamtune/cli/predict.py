@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
-import json
 import os
-import re
 import select
 import stat
 import sys
@@ -27,7 +25,7 @@ import typer
 
 from spamtune import paths
 from spamtune.cli import common
-from spamtune.cli.common import LongMode, long_option
+from spamtune.cli.common import LongMode, json_line, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.lines import strip_line_end
 from spamtune.streams import waiting
@@ -283,18 +281,6 @@ def _argument_chunks(messages: list[str], meter: ReadMeter, first_chunk_lines: i
                 literal = []
     if literal:
         yield literal
-
-
-# The characters ``json`` leaves raw in a string that a reader still acts on: the line breaks
-# U+0085, U+2028 and U+2029 (every line reader must see one line), DEL and the other C1
-# controls (a terminal may read U+009B as the start of an escape sequence).
-_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029]")
-
-
-def json_line(value) -> str:
-    """``value`` as JSON on one line, non-ASCII text as it is but for what ``json`` leaves raw
-    and a reader acts on (``_JSON_RAW``), escaped: it can only stand inside a string there."""
-    return _JSON_RAW.sub(lambda raw: f"\\u{ord(raw[0]):04x}", json.dumps(value, ensure_ascii=False))
 
 
 def _printable(text: str) -> str:

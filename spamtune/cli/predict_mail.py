@@ -34,7 +34,7 @@ def render_line(renderer, p, explain: bool = False) -> str:
 
 
 def _jsonl_line(renderer, p, explain: bool) -> str:
-    from spamtune.cli.predict import json_line
+    from spamtune.cli.common import json_line
 
     p_spam = None if p.p_spam is None else round(p.p_spam, 6)
     record = {"id": p.id, "label": p.label, "p_spam": p_spam, "damaged": p.damaged}

@@ -108,7 +108,7 @@ def list_runs(
     root = paths.data_root(data_dir)
     infos = run_catalog.list_runs(root)
     if as_json:
-        typer.echo(json.dumps([info.to_dict() for info in infos], ensure_ascii=False))
+        typer.echo(common.json_line([info.to_dict() for info in infos]))
     elif _stdout_is_terminal():
         if not infos:
             common.note(f"no runs in {paths.runs_dir(root)} yet: `spamtune finetune` makes one; {paths.ELSEWHERE}")
@@ -152,7 +152,7 @@ def show_run(
         "base": run_catalog.base_of(run_dir),
     }
     if as_json:
-        typer.echo(json.dumps(record, ensure_ascii=False))
+        typer.echo(common.json_line(record))
         return
     sections = ("base", "summary", "hparams")
     lines: list[tuple[str, str]] = []
