@@ -166,13 +166,17 @@ def one_line(message: str) -> str:
     """``message`` as one line that a terminal shows as it is: a line break or other control
     character in a value the user gave (a path with an escape sequence or a newline) is written
     as Python writes it in a string (``\\n``, ``\\x1b``), not acted on."""
-    return "".join(c.encode("unicode_escape").decode("ascii") if is_control(c) else c for c in message)
+    return message.translate(_ESCAPED)
 
 
 def is_control(c: str) -> bool:
     """Whether a terminal would act on the character rather than show it: C0 and C1 controls
     (escape sequences start with one) and the two Unicode line separators."""
     return ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"
+
+
+# Every character ``is_control`` names, as Python writes it in a string.
+_ESCAPED = {n: chr(n).encode("unicode_escape").decode("ascii") for n in (*range(160), 0x2028, 0x2029) if is_control(chr(n))}
 
 
 # What ends a line for some reader of the output besides "\n": Python's str.splitlines (which
@@ -182,8 +186,7 @@ LINE_BREAKS = "\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 # break become a space, as a message's lines are words of one field; every other control
 # character (ESC, BEL, DEL, the C1 controls) is written as ``one_line`` writes it, so that a
 # planted escape sequence shows as such instead of reaching the terminal of whoever reads it.
-_TSV_FIELD = {n: chr(n).encode("unicode_escape").decode("ascii") for n in range(160) if is_control(chr(n))}
-_TSV_FIELD.update(dict.fromkeys(map(ord, "\t\0" + LINE_BREAKS), " "))
+_TSV_FIELD = {**_ESCAPED, **dict.fromkeys(map(ord, "\t\0" + LINE_BREAKS), " ")}
 
 
 def tsv_field(text: str) -> str:
