@@ -9,7 +9,9 @@ index lists into padded ``Batch``es, from its frozen-prefix cache when one is at
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +21,8 @@ import torch.nn.functional as F
 
 from spamtune import paths
 from spamtune.data import Split, bucketed_batches, pad_batch, read_label_map, read_split
-from spamtune.errors import SpamtuneError
+from spamtune.errors import SpamtuneError, SpamtuneWarning
+from spamtune.mail import READING_VERSION
 from spamtune.split_lock import reading_splits
 from spamtune.tokenizer import EOT_ID, encode_texts
 
@@ -120,6 +123,7 @@ def load_training_data(root: Path, context_length: int, max_length: int | None) 
         labels, split_paths = prepared_data(root)
         splits = {name: read_split(path) for name, path in split_paths.items()}
         fingerprint = data_fingerprint(root)
+        warn_of_old_mail_reading(root)
     for name, split in splits.items():
         if not len(split):
             raise SpamtuneError(f"{split_paths[name]} holds no examples")
@@ -139,6 +143,25 @@ def prepared_data(root: Path) -> tuple[dict[str, int], dict[str, Path]]:
         if not path.is_file():
             raise SpamtuneError(f"split file not found: {path}; run `spamtune prepare` first")
     return labels, split_paths
+
+
+def warn_of_old_mail_reading(root: Path) -> None:
+    """A ``SpamtuneWarning`` when ``root``'s splits were read from mail by another version of
+    ``spamtune.mail``'s reading: the run would learn from text that ``predict --mail``,
+    ``filter`` and ``serve`` no longer show it. A record written before versions were kept is
+    version 1; a missing or unreadable record (splits written by hand) says nothing."""
+    try:
+        source = json.loads(paths.prepare_record_file(root).read_bytes())["input"]
+        mail, version = "mail_sources" in source, source.get("mail_reading", 1)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if mail and version != READING_VERSION:
+        warnings.warn(
+            f"the splits in {root} were read from mail by another version of spamtune (mail reading {version}, "
+            f"now {READING_VERSION}), which reads some messages into other text than predict, filter and serve now do; "
+            "run `spamtune prepare` again with the same sources so that the model learns from what it will be shown",
+            SpamtuneWarning,
+        )
 
 
 def data_fingerprint(root: Path) -> str:

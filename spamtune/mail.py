@@ -47,6 +47,13 @@ from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
 from html.parser import HTMLParser
 
+# The way a message is read into text, numbered. ``prepare`` records it with splits read from
+# mail, and training warns about splits read by another version: a model trained on text read one
+# way and shown mail read another (by ``predict --mail``, ``filter``, ``serve``) is tested on
+# something it never saw. Raised whenever a message's text changes: 2 reads the HTML version of
+# ``multipart/alternative`` unless the plain one says the same, and attached text bodies.
+READING_VERSION = 2
+
 # Enough for any real text part (long HTML newsletters run to a few hundred KB); the rest of a
 # larger message is attachments, which the text skips anyway.
 MAX_MESSAGE_BYTES = 1 << 20

@@ -81,6 +81,10 @@ def labels_file(root: Path) -> Path:
     return root / "labels.json"
 
 
+def prepare_record_file(root: Path) -> Path:
+    return root / "prepare.json"
+
+
 def runs_dir(root: Path) -> Path:
     return root / "runs"
 

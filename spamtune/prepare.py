@@ -40,7 +40,7 @@ from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
 from spamtune.fsutil import atomic_path, json_bytes, remove_temporaries_of, write_error
 from spamtune.interrupts import interrupts_deferred
 from spamtune.lines import normalise_line_ends
-from spamtune.mail import UNREADABLE_LABEL, Unreadable, extract
+from spamtune.mail import READING_VERSION, UNREADABLE_LABEL, Unreadable, extract
 from spamtune.mail_sources import MailSource, iter_messages, parse_source
 from spamtune.options import BALANCE_MODES, PrepareOptions
 from spamtune.split_lock import RENAMING_MARK, renaming, replacing_splits
@@ -50,7 +50,6 @@ from spamtune.tokenizer import encode_texts
 INPUT_FORMATS = ("tsv", "csv", "jsonl")
 DEFAULT_TEXT_COL = "text"
 DEFAULT_LABEL_COL = "label"
-PREPARE_RECORD = "prepare.json"
 STDIN = "-"  # ``--input -``: the labelled texts come on stdin
 # A stream (stdin, a pipe, a FIFO, a character device) has no size to check before it is read,
 # and one that never ends (`yes`, /dev/zero) would fill the memory: it is read up to this.
@@ -182,6 +181,7 @@ class PreparedSplits:
         }
         if src.mail_sources is not None:
             record["input"]["mail_sources"] = [{**asdict(c), "kept": c.kept} for c in src.mail_sources]
+            record["input"]["mail_reading"] = READING_VERSION
         return record
 
 
@@ -986,7 +986,7 @@ def _token_lengths(texts: list[str]) -> TokenLengths:
 
 def output_files(root: Path) -> list[Path]:
     """What ``spamtune prepare`` writes into the data root, in the order it reports them."""
-    return [*(paths.split_file(root, name) for name in paths.SPLITS), paths.labels_file(root), root / PREPARE_RECORD]
+    return [*(paths.split_file(root, name) for name in paths.SPLITS), paths.labels_file(root), paths.prepare_record_file(root)]
 
 
 def write_prepared(root: str | Path, prepared: PreparedSplits) -> list[Path]:

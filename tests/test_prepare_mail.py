@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import deny_reading
+from helpers import TINY_CONFIG, deny_reading
 from mail_samples import SAMPLES
 from typer.testing import CliRunner
 
 from spamtune.cli import app
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.mail import READING_VERSION
 from spamtune.mail_sources import parse_source
 from spamtune.options import PrepareOptions
 from spamtune.prepare import prepare_splits, read_input, read_mail_sources
@@ -130,3 +131,36 @@ def test_a_message_file_that_cannot_be_read_is_left_out_with_a_warning_naming_it
     assert f"ham: 24 messages from {box}: 22 kept, 2 damaged (kept with what could be read), 1 empty (left out), 1 unreadable (left out)" in result.stderr
     [ham, spam] = json.loads((data / "prepare.json").read_text())["input"]["mail_sources"]
     assert (ham["messages"], ham["unreadable"], ham["kept"], spam["unreadable"]) == (24, 1, 22, 0)
+
+
+def test_training_warns_when_the_splits_were_read_from_mail_by_another_version(tmp_path):
+    """A model trained on mail read one way and shown mail read another is tested on text it never
+    saw: prepare records how it read the mail, and finetune says when that is not how mail is read
+    now. Splits from other files, or prepared by this version, train without the line."""
+    box, mbox = make_corpus(tmp_path)
+    data = tmp_path / "data"
+    prepared = CliRunner().invoke(app, ["prepare", "--data-dir", str(data), "--input", f"ham={box}", "--input", f"spam={mbox}"])
+    assert prepared.exit_code == 0, prepared.output
+    record_file = data / "prepare.json"
+    record = json.loads(record_file.read_text())
+    assert record["input"]["mail_reading"] == READING_VERSION
+    (data / "tiny.json").write_text(json.dumps(TINY_CONFIG))
+
+    def finetune_stderr() -> str:
+        result = CliRunner().invoke(
+            app, ["finetune", "--data-dir", str(data), "--model", str(data / "tiny.json"), "--weights", "random",
+                  "--device", "cpu", "--precision", "fp32", "--epochs", "1"]
+        )
+        assert result.exit_code == 0, result.output
+        return result.stderr
+
+    assert "mail reading" not in finetune_stderr()
+    del record["input"]["mail_reading"]  # as prepare wrote it before it kept the version
+    record_file.write_text(json.dumps(record))
+    assert (
+        f"WARNING: the splits in {data} were read from mail by another version of spamtune "
+        f"(mail reading 1, now {READING_VERSION})"
+    ) in finetune_stderr()
+    del record["input"]["mail_sources"]  # splits from a file of labelled texts: no mail was read
+    record_file.write_text(json.dumps(record))
+    assert "mail reading" not in finetune_stderr()
