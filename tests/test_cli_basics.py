@@ -55,6 +55,25 @@ def test_every_help_has_examples_and_no_bool_metavar(words):
     assert "<bool>" not in result.stdout
 
 
+def test_every_command_line_in_the_listings_is_a_whole_sentence():
+    """A listing (spamtune --help, a group's --help) shows each command's first sentence: one that
+    runs on past a colon into a list would show cut off at the colon."""
+    import typer.main
+
+    def listed(group, words: list[str]) -> list[tuple[str, str]]:
+        found = []
+        for name, sub in group.commands.items():
+            found.append((" ".join([*words, name]), sub.get_short_help_str(limit=200)))
+            if hasattr(sub, "commands"):  # a group: its own listing
+                found += listed(sub, [*words, name])
+        return found
+
+    lines = listed(typer.main.get_command(app), [])
+    assert len(lines) == len(COMMANDS) - 1
+    for name, line in lines:
+        assert line.endswith("."), (name, line)
+
+
 @pytest.mark.parametrize("words", [w for w in COMMANDS if w not in ([], ["download"], ["runs"], ["cache"], ["bases"])], ids=" ".join)
 def test_every_subcommand_takes_quiet_and_verbose(words):
     help_text = invoke(*words, "--help").stdout

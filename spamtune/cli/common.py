@@ -328,18 +328,21 @@ def examples(*pairs: tuple[str, str]) -> Callable:
     return declare
 
 
-def command(app: typer.Typer, name: str, help: str | None = None) -> Callable:
-    """A decorator registering a function as the subcommand ``name``, its declared examples ending its ``--help``."""
+def command(app: typer.Typer, name: str, help: str | None = None, short_help: str | None = None) -> Callable:
+    """A decorator registering a function as the subcommand ``name``, its declared examples ending
+    its ``--help``; ``short_help`` is its line in ``spamtune --help`` where the help's first
+    sentence does not stand alone."""
 
     def register(function: Callable) -> Callable:
-        return app.command(name, help=help, epilog=examples_epilog(function.help_examples))(function)
+        epilog = examples_epilog(function.help_examples)
+        return app.command(name, help=help, short_help=short_help, epilog=epilog)(function)
 
     return register
 
 
-def add_command(app: typer.Typer, name: str, function: Callable, help: str | None = None) -> None:
+def add_command(app: typer.Typer, name: str, function: Callable, help: str | None = None, short_help: str | None = None) -> None:
     """Register ``function`` as the subcommand ``name``, its declared examples ending its ``--help``."""
-    command(app, name, help)(function)
+    command(app, name, help, short_help)(function)
 
 
 def group_with_default(default: Callable) -> typer.Typer:

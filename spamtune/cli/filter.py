@@ -145,4 +145,8 @@ def _reason(error: Exception) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    common.add_command(app, "filter", filter_mail, help=FILTER_HELP)
+    common.add_command(
+        app, "filter", filter_mail, help=FILTER_HELP,
+        short_help="Classify one mail message read on stdin and write it to stdout with its verdict in two added "
+        "header lines, as spamc does for procmail, maildrop or sieve.",
+    )
