@@ -4,9 +4,11 @@ mbox files are ``spamtune.mail_sources``).
 The text of a message (``message_text``) is its decoded Subject followed by its body text, with
 all whitespace collapsed to single spaces:
 
-- the body is the message's ``text/plain`` content, or, where a part offers only HTML, that HTML
-  turned into text by a real parser (``html.parser``): scripts, styles and comments dropped,
-  entities decoded, the text of links kept, a tag or comment left open at the end dropped;
+- the body is the message's ``text/plain`` content, or, where a part offers only HTML, the text
+  that HTML shows (``spamtune.mail_html``): read by a real parser (``html.parser``), scripts,
+  styles and comments dropped, entities decoded, the text of links and the alt text of images
+  kept, the text of elements hidden by their inline style or ``hidden`` attribute dropped, a tag
+  or comment left open at the end dropped;
 - in ``multipart/alternative`` the text is that of the version mail clients show, the last HTML
   one (or a multipart such as ``related`` holding it) that shows any words; the plain-text
   version is read instead where it says the same (nine tenths of their distinct words shared,
@@ -45,7 +47,8 @@ from email import policy
 from email.feedparser import BytesFeedParser
 from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
-from html.parser import HTMLParser
+
+from spamtune.mail_html import visible_text
 
 # The way a message is read into text, numbered. ``prepare`` records it with splits read from
 # mail, and training warns about splits read by another version: a model trained on text read one
@@ -573,62 +576,10 @@ def _has_surrogates(text: str) -> bool:
 
 # --------------------------------------------------------------------------- HTML
 
-_SKIPPED_ELEMENTS = frozenset({"script", "style", "template"})
-# Elements that separate words: "<p>a</p><p>b</p>" reads "a b", while "<b>Fr</b>ee" stays "Free".
-_BREAKING_ELEMENTS = frozenset(
-    "address article aside blockquote br dd div dl dt fieldset figcaption figure footer form h1 h2 h3 h4 h5 h6 "
-    "header hr img input li main nav ol option p pre section select table tbody td tfoot th thead tr ul".split()
-)
-
-
-class _HTMLText(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.pieces: list[str] = []
-        self.skipping = 0
-        self.closing = False  # close() hands over what the parser could not finish as text
-        self.unfinished = False
-
-    def handle_starttag(self, tag, attrs):
-        if tag in _SKIPPED_ELEMENTS:
-            self.skipping += 1
-        elif tag in _BREAKING_ELEMENTS:
-            self.pieces.append(" ")
-
-    def handle_startendtag(self, tag, attrs):
-        if tag in _BREAKING_ELEMENTS:
-            self.pieces.append(" ")
-
-    def handle_endtag(self, tag):
-        if tag in _SKIPPED_ELEMENTS:
-            self.skipping = max(0, self.skipping - 1)
-        elif tag in _BREAKING_ELEMENTS:
-            self.pieces.append(" ")
-
-    def handle_data(self, data):
-        # A tag or comment left open at the end ("<!-- ..." never closed, a message cut inside
-        # "<a href=...") is markup a browser shows none of, nor of what follows it; the parser
-        # hands it over as text when closed, and the model read "<!-- <p>" and "<a href" as words.
-        if self.closing and (self.unfinished or data.startswith("<")):
-            self.unfinished = True
-            return
-        if not self.skipping:
-            self.pieces.append(data)
-
-    # Comments, declarations and processing instructions carry no text: HTMLParser's default
-    # handlers already drop them.
-
 
 def html_to_text(html: str) -> str:
-    """The visible text of an HTML document, whitespace collapsed; never raises."""
-    parser = _HTMLText()
-    try:
-        parser.feed(html)
-        parser.closing = True
-        parser.close()
-    except Exception:  # html.parser is lenient; keep what was read before any failure
-        pass
-    return _collapse("".join(parser.pieces))
+    """The text an HTML document shows (``spamtune.mail_html``), whitespace collapsed; never raises."""
+    return _collapse(visible_text(html))
 
 
 def header_block_end(raw: bytes) -> int | None:

@@ -306,6 +306,53 @@ DIGEST_NESTED_MULTIPART = _lf(
 
 BINARY_GARBAGE = bytes(range(256)) * 4
 
+# Salad: innocent words hidden in the HTML by the inline means mail clients honour, to drown the
+# pitch, with the markup as sloppy as such mail comes (an unclosed span, a stray </div>, a
+# paragraph closed by the next one, upper-case styles, !important).
+HIDDEN_SALAD = _lf(
+    "Subject: Your account\nContent-Type: text/html; charset=utf-8\n\n"
+    "<html><body>"
+    '<div style="display:none;max-height:0px;overflow:hidden;mso-hide:all">meeting agenda minutes</div>'
+    '<table width="600"><tr><td style="font-size:14px;line-height:20px">'
+    "<p>Cheap <b>meds</b>, no prescription.</p>"
+    '<div style="DISPLAY: None !important">garden recipe<span>weekend family</div></div>'
+    "Order today."
+    '<span style="font-size:0px">invoice report schedule</span>'
+    '<div style="font-size:0">lunch <span style="font-size:12px">80% off</span> tomorrow</div>'
+    '<p style="opacity:0">soccer practice<p>Reply STOP to end.'
+    '<div hidden>thanks again</div>'
+    '<span style="visibility:hidden">see you <b style="visibility:visible">Friday</b> then</span>'
+    '<div style="max-height:0;overflow:hidden">project update</div>'
+    '<span style="font-size:0.9em">Unsubscribe</span>'
+    "</td></tr></table></body></html>\n"
+)
+
+# The pitch in a remote image, whose alt text mail clients show while they block the image; the
+# alt text of a hidden image is not shown.
+IMAGE_PITCH = _lf(
+    "Subject: Special offer\nContent-Type: text/html; charset=utf-8\n\n"
+    "<p>Hello,<a href='http://x.example/'><img src='http://x.example/pitch.png' "
+    "alt='Viagra 90% off, order now'/></a>Best regards"
+    "<img src='http://x.example/t.gif' width='1' height='1' alt=''>"
+    "<img src='http://x.example/s.png' style='display:none' alt='weather forecast'></p>\n"
+)
+
+# A harmless plain version, and an HTML one that hides the same words beside the pitch: read with
+# the hidden words, the HTML shares nine tenths of its words with the plain version, which was read
+# in its place; what a reader sees of the HTML is the pitch, and that is read.
+_SALAD = (
+    "The quarterly report covers revenue, hiring, the office move, travel budgets, parking, the "
+    "holiday rota, printer supplies, security badges, onboarding checklists and the new schedule for "
+    "our weekly team meeting next Thursday afternoon in room four, with coffee and cake at three."
+)
+ALTERNATIVE_SALAD_HIDDEN_IN_HTML = _lf(
+    "Subject: hi\nContent-Type: multipart/alternative; boundary=a\n\n"
+    f"--a\nContent-Type: text/plain\n\n{_SALAD}\n"
+    "--a\nContent-Type: text/html\n\n"
+    f'<p>Cheap pills, order now</p><div style="display:none">{_SALAD}</div>\n'
+    "--a--\n"
+)
+
 SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "plain": (PLAIN, "Lunch tomorrow? Are we still on for lunch? Ann", False),
     "alternative": (ALTERNATIVE, "Your order Your order has shipped.", False),
@@ -362,4 +409,11 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "mbox_from_line": (MBOX_FROM_LINE, "with envelope body text", False),
     "whitespace": (WHITESPACE, "many spaces a b c", False),
     "digest_nested_multipart": (DIGEST_NESTED_MULTIPART, "nested one two three", False),
+    "hidden_salad": (
+        HIDDEN_SALAD,
+        "Your account Cheap meds, no prescription. Order today. 80% off Reply STOP to end. Friday Unsubscribe",
+        False,
+    ),
+    "image_pitch": (IMAGE_PITCH, "Special offer Hello, Viagra 90% off, order now Best regards", False),
+    "alternative_salad_hidden_in_html": (ALTERNATIVE_SALAD_HIDDEN_IN_HTML, "hi Cheap pills, order now", False),
 }

@@ -1,0 +1,641 @@
+"""The text a mail client shows of an HTML part (``visible_text``; ``spamtune.mail`` reads HTML
+parts through it).
+
+HTML goes through a real parser (``html.parser``): scripts, styles, templates and comments are
+dropped, entities decoded, the text of links kept, block elements separate words, an image reads
+as its ``alt`` text (mail clients block remote images and show that text in their place) and a
+tag or comment left open at the end is dropped with what follows it.
+
+Text that a reader does not see is dropped too: that of elements hidden by the inline means mail
+clients honour, the spammer's way to bury a pitch in innocent words no one reads. An element
+hides its text where its ``hidden`` attribute or its ``style`` attribute says so:
+``display: none`` (or the ``hidden`` attribute, unless the style sets another display),
+``opacity: 0``, ``visibility: hidden`` or ``collapse`` (a descendant may set ``visible`` again),
+a font size of zero (``font-size: 0``, in any unit, or the ``font`` shorthand; a descendant may
+set a size again, but not one relative to the zero: ``em``, ``%``, ``smaller``), or a block
+clipped to nothing (``height``, ``max-height``, ``width`` or ``max-width`` of zero with
+``overflow: hidden`` or ``clip`` and no padding); an image's alt text also by a zero ``width``
+or ``height``. The style attribute is read as CSS reads it: declarations split on ``;`` (not
+in strings or brackets), names and keywords in any case, comments and whitespace ignored, the
+last valid declaration winning unless an earlier one is ``!important``, and a value CSS would
+reject ignored, so ``font-size: 0.9em`` or ``display: nonesuch`` hide nothing. Stylesheets (``<style>``) are not
+applied, and colours are not compared (white text on white is read).
+
+Elements nest as a browser builds them from malformed HTML, in the parts that decide what is
+hidden: an end tag closes the elements opened inside the one it names, a stray one (naming no
+open element, or one beyond a table cell) is ignored, a block closes an open paragraph, a list
+item the previous one, a table cell the previous cell, ``</body>`` and ``</html>`` close
+nothing, and text written in a table outside its cells shows before the table, as browsers move
+it. Nothing recurses, and a tag costs the same work at any depth of nesting.
+
+Hidden text that takes room on the screen (``visibility: hidden``, ``opacity: 0``) reads as a
+space, keeping the words on either side apart; text that takes none (``display: none``, a font
+size of zero) reads as nothing, so ``V<span style="font-size:0">x</span>iagra`` reads ``Viagra``,
+as on the screen.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from typing import NamedTuple
+
+# Elements whose content is never shown: scripts, styles, and templates (inert until a script
+# uses them).
+_SKIPPED_ELEMENTS = frozenset({"script", "style", "template"})
+# Elements that separate words: "<p>a</p><p>b</p>" reads "a b", while "<b>Fr</b>ee" stays "Free".
+_BREAKING_ELEMENTS = frozenset(
+    "address article aside blockquote br dd div dl dt fieldset figcaption figure footer form h1 h2 h3 h4 h5 h6 "
+    "header hr img input li main nav ol option p pre section select table tbody td tfoot th thead tr ul".split()
+)
+# Elements that have no content and no end tag: never open.
+_VOID_ELEMENTS = frozenset(
+    "area base basefont bgsound br col embed frame hr img input keygen link meta param source track wbr".split()
+)
+# The document's own elements: a browser keeps one of each, and "</body>" or "</html>" closes nothing
+# (what follows still goes into the elements open before it).
+_DOCUMENT_ELEMENTS = frozenset({"html", "head", "body"})
+
+# The HTML standard's "special" elements: an end tag of another kind ("</span>") that meets one of
+# them open above its own element is ignored, as browsers ignore it.
+_SPECIAL_ELEMENTS = frozenset(
+    "address applet area article aside base basefont bgsound blockquote body br button caption center col "
+    "colgroup dd details dir div dl dt embed fieldset figcaption figure footer form frame frameset h1 h2 h3 "
+    "h4 h5 h6 head header hgroup hr html iframe img input keygen li link listing main marquee menu meta nav "
+    "noembed noframes noscript object ol p param plaintext pre script search section select source style "
+    "summary table tbody td template textarea tfoot th thead title tr track ul wbr xmp".split()
+)
+# Formatting elements: their end tag closes them across blocks opened inside (the standard's
+# "adoption agency" moves those blocks out), so it is not stopped by a special element.
+_FORMATTING_ELEMENTS = frozenset("a b big code em font i nobr s small strike strong tt u".split())
+# Elements an end tag does not reach past ("has an element in scope"): "</div>" inside a table cell
+# does not close a div around the table.
+_SCOPE_BOUNDARIES = frozenset("applet caption html marquee object table td template th".split())
+# Elements that a table holds directly; text and other elements written there are shown before
+# the table ("foster parenting").
+_TABLE_STRUCTURE = frozenset({"table", "tbody", "thead", "tfoot", "tr"})
+
+# The start tags that close an open element of another kind, and the elements past which they do
+# not look: a block closes an open paragraph, a list item the previous item, a cell the previous cell.
+_PARAGRAPH_CLOSERS = frozenset(
+    "address article aside blockquote center dd details dialog dir div dl dt fieldset figcaption figure footer "
+    "form h1 h2 h3 h4 h5 h6 header hgroup hr li listing main menu nav ol p plaintext pre search section "
+    "summary table ul xmp".split()
+)
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Where a search of the open elements stops: at the standard's scope boundaries (``default``)
+    and at the elements named in ``also``."""
+
+    default: bool
+    also: tuple[str, ...] = ()
+
+
+_DEFAULT_SCOPE = _Scope(True)
+_PARAGRAPH_SCOPE = _Scope(True, ("button",))
+_TABLE_SCOPE = _Scope(False, ("html", "table", "template"))
+_IMPLIED_ENDS: dict[str, tuple[tuple[str, ...], _Scope]] = {
+    "li": (("li",), _Scope(True, ("ol", "ul"))),
+    "dd": (("dd", "dt"), _Scope(True, ("dl",))),
+    "dt": (("dd", "dt"), _Scope(True, ("dl",))),
+    "td": (("td", "th"), _TABLE_SCOPE),
+    "th": (("td", "th"), _TABLE_SCOPE),
+    "tr": (("tr",), _TABLE_SCOPE),
+    "tbody": (("tbody", "thead", "tfoot"), _TABLE_SCOPE),
+    "thead": (("tbody", "thead", "tfoot"), _TABLE_SCOPE),
+    "tfoot": (("tbody", "thead", "tfoot"), _TABLE_SCOPE),
+    "option": (("option",), _Scope(True, ("select",))),
+    "optgroup": (("option", "optgroup"), _Scope(True, ("select",))),
+}
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+# Table parts outside any table are ignored by browsers, their content shown where they stand.
+_TABLE_PARTS = frozenset("caption col colgroup tbody td tfoot th thead tr".split())
+
+# Elements laid out as blocks unless their style says otherwise: the ones a height or width can
+# clip (on an inline element such as <span> neither applies, and its text shows).
+_BLOCK_ELEMENTS = frozenset(
+    "address article aside blockquote center details dialog dir div dl dd dt fieldset figcaption figure "
+    "footer form h1 h2 h3 h4 h5 h6 header hgroup li main menu nav ol p pre section summary ul".split()
+)
+
+
+# --------------------------------------------------------------------------- inline style
+
+_IMPORTANT = re.compile(r"!\s*important\s*\Z", re.IGNORECASE)
+# A CSS number with its unit: "0", "-0.0px", ".5em", "1e3%".
+_DIMENSION = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)([a-z]*|%)\Z")
+_ABSOLUTE_UNITS = frozenset(
+    "px pt pc cm mm in q rem rex rch rcap ric rlh vw vh vi vb vmin vmax svw svh lvw lvh dvw dvh cqw cqh "
+    "cqi cqb cqmin cqmax".split()
+)
+_RELATIVE_UNITS = frozenset("em ex ch cap ic lh %".split())  # relative to the parent's font size
+_FONT_SIZE_KEYWORDS = frozenset("xx-small x-small small medium large x-large xx-large xxx-large".split())
+_SYSTEM_FONTS = frozenset("caption icon menu message-box small-caption status-bar".split())
+_DISPLAY_KEYWORDS = frozenset(
+    "block inline run-in flow flow-root table flex grid ruby list-item contents inline-block inline-table "
+    "inline-flex inline-grid table-row-group table-header-group table-footer-group table-row table-cell "
+    "table-column-group table-column table-caption ruby-base ruby-text ruby-base-container "
+    "ruby-text-container math -webkit-box -webkit-inline-box -webkit-flex -webkit-inline-flex -moz-box "
+    "-moz-inline-box -ms-flexbox -ms-inline-flexbox -ms-grid -ms-inline-grid".split()
+)
+_CSS_WIDE_KEYWORDS = frozenset({"inherit", "initial", "unset", "revert", "revert-layer"})
+# Displays whose box a height, width and overflow can clip (table cells grow to their content).
+_CLIPPABLE_DISPLAYS = frozenset(
+    "block inline-block flex inline-flex grid inline-grid list-item flow-root -webkit-box -webkit-inline-box "
+    "-webkit-flex -webkit-inline-flex -moz-box -moz-inline-box -ms-flexbox -ms-inline-flexbox".split()
+)
+
+
+def _declarations(style: str) -> dict[str, list[tuple[int, str, bool]]]:
+    """The declarations of a style attribute by lower-case property name, each property's in the
+    order written, as ``(position, value, important)``: values lower case, whitespace collapsed,
+    without ``!important``. Which of them applies is ``_cascade``'s choice.
+
+    A ``;`` ends a declaration only outside strings and brackets, as in CSS: split at every ``;``,
+    ``font-family: "x;display:none;"`` hid text that browsers show."""
+    texts = []
+    current: list[str] = []
+    depth = 0
+    for token in _STYLE_TOKENS.findall(style):
+        if token.startswith("/*"):
+            token = " "
+        elif token in _OPENING:
+            depth += 1
+        elif token in _CLOSING:
+            depth = max(0, depth - 1)
+        elif token == ";" and not depth:
+            texts.append("".join(current))
+            current = []
+            continue
+        current.append(token)
+    texts.append("".join(current))
+    declared: dict[str, list[tuple[int, str, bool]]] = {}
+    for position, text in enumerate(texts):
+        name, colon, value = text.partition(":")
+        name = name.strip().lower()
+        if not colon or not name:
+            continue
+        important = bool(_IMPORTANT.search(value))
+        value = " ".join(_IMPORTANT.sub("", value).lower().split())
+        if value:
+            declared.setdefault(name, []).append((position, value, important))
+    return declared
+
+
+# The pieces of a style attribute: comments, strings, escapes and brackets one by one (a ";" in
+# them does not end a declaration), the rest in runs.
+_STYLE_TOKENS = re.compile(
+    r"""/\*.*?(?:\*/|\Z)|"(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?|\\.?|[;()\[\]{}]|[^;"'\\()\[\]{}/]+|/""",
+    re.DOTALL,
+)
+_OPENING = frozenset("([{")
+_CLOSING = frozenset(")]}")
+
+
+def _cascade(declarations, read):
+    """What ``read`` makes of the declaration that applies among ``declarations`` (in the order
+    written), or None: the last valid one, unless an earlier one is ``!important`` and it is not.
+    A value ``read`` rejects (None) is dropped, as CSS drops an invalid declaration."""
+    winner = None
+    winner_important = False
+    for _, value, important in sorted(declarations or ()):
+        meaning = read(value)
+        if meaning is None or (winner_important and not important):
+            continue
+        winner, winner_important = meaning, important
+    return winner
+
+
+def _dimension(value: str) -> tuple[float, str] | None:
+    match = _DIMENSION.match(value)
+    if match is None:
+        return None
+    number, unit = float(match.group(1)), match.group(2)
+    if unit and unit not in _ABSOLUTE_UNITS and unit not in _RELATIVE_UNITS:
+        return None
+    return number, unit
+
+
+def _read_display(value: str) -> str | None:
+    if value == "none" or value in _CSS_WIDE_KEYWORDS:
+        return value
+    words = value.split()
+    if not all(word in _DISPLAY_KEYWORDS for word in words):
+        return None
+    if len(words) == 1:
+        return words[0]
+    # Two keywords, outer and inner display: "inline flow" is inline, "inline flex" an inline block.
+    if "inline" in words:
+        return "inline" if "flow" in words else "inline-block"
+    return "block"
+
+
+def _read_visibility(value: str) -> bool | str | None:
+    """True: hidden; False: visible; "inherit": the parent's."""
+    if value in ("hidden", "collapse"):
+        return True
+    if value in ("visible", "initial", "revert", "revert-layer"):
+        return False
+    if value in ("inherit", "unset"):
+        return "inherit"
+    return None
+
+
+def _read_opacity(value: str) -> bool | None:
+    """True where the element is fully transparent."""
+    dimension = _dimension(value)
+    if dimension is None or dimension[1] not in ("", "%"):
+        return None
+    return dimension[0] <= 0
+
+
+def _read_font_size(value: str) -> str | None:
+    """"zero", "shown" (a size of its own), or "inherit" (the parent's, or relative to it)."""
+    if value in _FONT_SIZE_KEYWORDS or value in ("initial", "revert", "revert-layer"):
+        return "shown"
+    if value in ("inherit", "unset", "smaller", "larger"):
+        return "inherit"
+    dimension = _dimension(value)
+    if dimension is None:
+        # A size computed when the page is laid out is not worked out here: it counts as a size.
+        return "shown" if value.startswith(("calc(", "clamp(", "max(", "min(", "var(")) else None
+    number, unit = dimension
+    if number < 0:
+        return None
+    if number == 0:
+        return "zero"
+    # A unitless size is valid in quirks mode (as pixels), which is how most mail is rendered.
+    return "inherit" if unit in _RELATIVE_UNITS else "shown"
+
+
+def _read_font(value: str) -> str | None:
+    """The font size the ``font`` shorthand sets: the first word (before any "/line-height") that
+    is a size."""
+    if value in _SYSTEM_FONTS:
+        return "shown"
+    if value in _CSS_WIDE_KEYWORDS:
+        return "inherit" if value in ("inherit", "unset") else "shown"
+    for word in value.split():
+        size = word.split("/", 1)[0]
+        if size in _FONT_SIZE_KEYWORDS or size in ("smaller", "larger"):
+            return _read_font_size(size)
+        dimension = _dimension(size)
+        if dimension is not None and (dimension[1] or dimension[0] == 0):
+            return _read_font_size(size)
+    return None
+
+
+def _read_zero_length(value: str) -> bool | None:
+    """True for a length of zero, False for another valid one."""
+    if value in ("auto", "none") or value in _CSS_WIDE_KEYWORDS or value.endswith(")"):
+        return False
+    dimension = _dimension(value)
+    if dimension is None:
+        return False if value.endswith("content") else None  # min-content, fit-content, ...
+    if dimension[0] < 0:
+        return None
+    return dimension[0] == 0
+
+
+def _read_nonzero_length(value: str) -> bool | None:
+    zero = _read_zero_length(value)
+    return None if zero is None else not zero
+
+
+def _read_overflow(value: str) -> tuple[bool, bool] | None:
+    """Whether the overflow clips (x, y): ``overflow`` takes one value for both, or two."""
+    words = value.split()
+    if not 1 <= len(words) <= 2:
+        return None
+    clips = []
+    for word in words:
+        if word not in ("visible", "hidden", "clip", "scroll", "auto", "overlay") and word not in _CSS_WIDE_KEYWORDS:
+            return None
+        clips.append(word in ("hidden", "clip"))
+    return clips[0], clips[-1]
+
+
+def _read_axis_overflow(value: str) -> bool | None:
+    overflow = _read_overflow(value)
+    return None if overflow is None or " " in value else overflow[0]
+
+
+def _read_padding(value: str) -> bool | None:
+    """True where any side of a padding (shorthand or one side) is more than zero."""
+    sides = [_read_zero_length(word) for word in value.split()]
+    if not sides or None in sides:
+        return None
+    return not all(sides)
+
+
+@dataclass(frozen=True)
+class _Style:
+    """What an element's own attributes say about the visibility of its content."""
+
+    removes: bool = False  # the element is not laid out (display: none)
+    covers: bool = False  # laid out, but its content not seen (opacity: 0, clipped)
+    visibility: bool | str | None = None  # hidden (True), visible (False), the parent's (None)
+    font_size: str | None = None  # "zero", "shown", or the parent's (None or "inherit")
+    alt_hidden: bool = False  # an image shown at a width or height of zero
+
+
+_NO_STYLE = _Style()
+
+
+def _element_style(tag: str, attrs: list[tuple[str, str | None]]) -> _Style:
+    """``tag``'s ``_Style``, from its ``style`` and ``hidden`` attributes (and an image's ``width``
+    and ``height``, a font's ``size``). The first of repeated attributes counts, as in browsers."""
+    style = None
+    hidden = False
+    for name, value in attrs:
+        if name == "style" and style is None:
+            style = value or ""
+        elif name == "hidden":
+            hidden = True
+    if tag in _DOCUMENT_ELEMENTS:
+        # A client shows a message's body inside its own page and keeps none of a hiding body's
+        # style; a message that hid its whole body would show its reader nothing anyway.
+        return _NO_STYLE
+    style = style or ""
+    if tag == "img":
+        sizes = [(value or "").strip() for name, value in attrs if name in ("width", "height")]
+        sized = "0" in sizes or "0px" in sizes
+    elif tag == "font":
+        sized = any((value or "").strip() for name, value in attrs if name == "size")
+    elif hidden or _STYLE_PROPERTIES.search(style):
+        sized = False
+    else:
+        return _NO_STYLE
+    # The cache keeps the styles real mail repeats, not the odd long one, kept for good.
+    return (_cached_style if len(style) <= _CACHED_STYLE_CHARS else _style)(tag, style, hidden, sized)
+
+
+# The properties _style reads: a style attribute that names none of them (most in a newsletter)
+# is not parsed.
+_STYLE_PROPERTIES = re.compile("display|opacity|visibility|font|height|width", re.IGNORECASE)
+
+
+_CACHED_STYLE_CHARS = 500
+
+
+def _style(tag: str, style: str, hidden: bool, sized: bool) -> _Style:
+    """The ``_Style`` of a ``tag`` with this ``style`` attribute and ``hidden`` one; ``sized``: an
+    image with a width or height of zero, or a font with a ``size``."""
+    declared = _declarations(style)
+    display = _cascade(declared.get("display"), _read_display)
+    removes = display == "none" or (hidden and display is None)
+    covers = bool(_cascade(declared.get("opacity"), _read_opacity))
+    if display is None or display in _CSS_WIDE_KEYWORDS:
+        display = "block" if tag in _BLOCK_ELEMENTS else "inline"
+    image = tag == "img"
+    if image:  # an image of no width or height has no room for its alt text
+        sized = sized or _clipped(declared, image=True)
+    elif display in _CLIPPABLE_DISPLAYS:
+        covers = covers or _clipped(declared, image=False)
+    font_size = _font_size(declared)
+    if font_size is None and tag == "font" and sized:
+        # A <font size> sets a size of its own: browsers read "0" and anything below 1 as 1.
+        font_size = "shown"
+    visibility = _cascade(declared.get("visibility"), _read_visibility)
+    return _Style(removes, covers, visibility, font_size, alt_hidden=image and sized)
+
+
+_cached_style = functools.lru_cache(maxsize=256)(_style)  # a newsletter repeats a few styles on hundreds of elements
+
+
+def _font_size(declared: dict) -> str | None:
+    """The font size set by the last of the ``font`` and ``font-size`` declarations (each
+    overrides the other)."""
+    sizes = [(position, _read_font(value), important) for position, value, important in declared.get("font", ())]
+    sizes += [(position, _read_font_size(value), important) for position, value, important in declared.get("font-size", ())]
+    return _cascade(sizes, lambda size: size)
+
+
+def _clipped(declared: dict, image: bool) -> bool:
+    """Whether the box is clipped to nothing: a height or width of zero with the overflow on that
+    axis hidden (an image at zero size needs no overflow), and no padding to show text in."""
+    paddings = ("padding", "padding-top", "padding-right", "padding-bottom", "padding-left")
+    if any(_cascade(declared.get(name), _read_padding) for name in paddings):
+        return False
+    overflow = _cascade(declared.get("overflow"), _read_overflow) or (False, False)
+    clips_x = _cascade(declared.get("overflow-x"), _read_axis_overflow)
+    clips_y = _cascade(declared.get("overflow-y"), _read_axis_overflow)
+    clips = {"width": overflow[0] if clips_x is None else clips_x, "height": overflow[1] if clips_y is None else clips_y}
+    for size in ("height", "width"):
+        if not (clips[size] or image):
+            continue
+        # max-height wins over height, and min-height over both.
+        zero = _cascade(declared.get(f"max-{size}"), _read_zero_length)
+        if not zero:
+            zero = _cascade(declared.get(size), _read_zero_length)
+        if zero and not _cascade(declared.get(f"min-{size}"), _read_nonzero_length):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+@dataclass(frozen=True)
+class _State:
+    """Whether the content at one place of the document shows: not where an element around it is
+    ``gone`` (not laid out) or ``covered`` (laid out, not seen), nor where the ``invisible`` and
+    ``zero_font`` it inherits from the elements around it say so. Hidden text ``takes_room`` (and
+    reads as a space) unless it is ``gone`` or of ``zero_font``."""
+
+    gone: bool = False
+    covered: bool = False
+    invisible: bool = False
+    zero_font: bool = False
+
+    @property
+    def shown(self) -> bool:
+        return not (self.gone or self.covered or self.invisible or self.zero_font)
+
+    @property
+    def takes_room(self) -> bool:
+        return not (self.gone or self.zero_font)
+
+    def inside(self, tag: str, style: _Style) -> _State:
+        """The state of the content of an element with ``style`` placed here."""
+        gone = self.gone or style.removes or tag in _SKIPPED_ELEMENTS
+        covered = self.covered or style.covers
+        invisible = self.invisible if style.visibility in (None, "inherit") else bool(style.visibility)
+        zero_font = (style.font_size == "zero") or (self.zero_font and style.font_size in (None, "inherit"))
+        if (gone, covered, invisible, zero_font) == (self.gone, self.covered, self.invisible, self.zero_font):
+            return self
+        return _State(gone, covered, invisible, zero_font)
+
+
+_SHOWN = _State()
+
+
+class _Open(NamedTuple):
+    """An open element: its tag, the state of its content, and the stack positions of the nearest
+    special element and scope boundary at or below it (-1: none)."""
+
+    name: str
+    state: _State
+    special: int
+    boundary: int
+
+
+_DOCUMENT = _Open("", _SHOWN, -1, -1)
+
+
+class VisibleText(HTMLParser):
+    """Collects the text an HTML document shows (``pieces``), as the module describes.
+
+    The open elements are a stack of ``_Open`` entries, and for each tag name the stack positions
+    of the open elements of that name: an end tag finds its element, and a start tag the element
+    it implicitly closes, without walking the stack, so each tag costs the same at any depth.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.pieces: list[str] = []
+        self.stack: list[_Open] = []
+        self.positions: dict[str, list[int]] = {}
+        self.closing = False  # close() hands over what the parser could not finish as text
+        self.unfinished = False
+
+    # -- the open elements
+
+    def _state(self) -> _State:
+        return self.stack[-1].state if self.stack else _SHOWN
+
+    def _nearest(self, names) -> int:
+        """The stack position of the nearest open element of one of ``names`` (-1 if none)."""
+        found = -1
+        for name in names:
+            positions = self.positions.get(name)
+            if positions and positions[-1] > found:
+                found = positions[-1]
+        return found
+
+    def _in_scope(self, names, scope: _Scope) -> int:
+        """The position of the nearest open element of ``names`` with no boundary of ``scope``
+        above it, or -1."""
+        position = self._nearest(names)
+        if position < 0:
+            return -1
+        boundary = self._nearest(scope.also)
+        if scope.default and self.stack:
+            boundary = max(boundary, self.stack[-1].boundary)
+        return position if boundary <= position else -1
+
+    def _pop_to(self, position: int) -> None:
+        """Closes the element at ``position`` and every one opened inside it."""
+        while len(self.stack) > position:
+            self.positions[self.stack.pop().name].pop()
+
+    def _push(self, tag: str, state: _State) -> None:
+        position = len(self.stack)
+        below = self.stack[-1] if self.stack else _DOCUMENT
+        self.stack.append(_Open(
+            tag,
+            state,
+            position if tag in _SPECIAL_ELEMENTS else below.special,
+            position if tag in _SCOPE_BOUNDARIES else below.boundary,
+        ))
+        self.positions.setdefault(tag, []).append(position)
+
+    def _placement(self) -> _State:
+        """The state of content added now: where the current element is a table's (not a cell),
+        that of the table's parent, before which browsers show it."""
+        if self.stack and self.stack[-1].name in _TABLE_STRUCTURE:
+            table = self._nearest(("table",))
+            return self.stack[table - 1].state if table > 0 else _SHOWN
+        return self._state()
+
+    # -- the parser's events
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _DOCUMENT_ELEMENTS or (tag in _TABLE_PARTS and not self.positions.get("table")):
+            return
+        if tag in _PARAGRAPH_CLOSERS and self.positions.get("p"):
+            paragraph = self._in_scope(("p",), _PARAGRAPH_SCOPE)
+            if paragraph >= 0:
+                self._pop_to(paragraph)
+        implied = _IMPLIED_ENDS.get(tag)
+        if implied is not None:
+            position = self._in_scope(*implied)
+            if position >= 0:
+                self._pop_to(position)
+        elif tag in _HEADINGS and self.stack and self.stack[-1].name in _HEADINGS:
+            self._pop_to(len(self.stack) - 1)
+        style = _element_style(tag, attrs)
+        parent = self._state() if tag in _TABLE_PARTS else self._placement()
+        state = parent if style is _NO_STYLE and tag not in _SKIPPED_ELEMENTS else parent.inside(tag, style)
+        if tag == "img":
+            self._image(attrs, _State(gone=True) if style.alt_hidden else state)
+        elif tag in _BREAKING_ELEMENTS and not state.gone:
+            self.pieces.append(" ")
+        if tag not in _VOID_ELEMENTS:
+            self._push(tag, state)
+
+    def handle_startendtag(self, tag, attrs):
+        # "<div/>" opens a div in HTML: only void elements have no content.
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "br":  # browsers read "</br>" as "<br>"
+            self.handle_starttag(tag, [])
+            return
+        if tag in _DOCUMENT_ELEMENTS or not self.positions.get(tag):
+            return  # a stray end tag: browsers ignore it
+        if tag == "p":
+            position = self._in_scope(("p",), _PARAGRAPH_SCOPE)
+        elif tag in _SPECIAL_ELEMENTS or tag in _FORMATTING_ELEMENTS:
+            position = self._in_scope((tag,), _DEFAULT_SCOPE)
+        else:  # any other end tag stops at the first special element open above its element
+            position = self.positions[tag][-1]
+            if self.stack[-1].special > position:
+                position = -1
+        if position < 0:
+            return
+        shown = not self.stack[position].state.gone
+        self._pop_to(position)
+        if tag in _BREAKING_ELEMENTS and shown:
+            self.pieces.append(" ")
+
+    def handle_data(self, data):
+        # A tag or comment left open at the end ("<!-- ..." never closed, a message cut inside
+        # "<a href=...") is markup a browser shows none of, nor of what follows it; the parser
+        # hands it over as text when closed, and the model read "<!-- <p>" and "<a href" as words.
+        if self.closing and (self.unfinished or data.startswith("<")):
+            self.unfinished = True
+            return
+        state = self._placement() if data.strip() else self._state()
+        if state.shown:
+            self.pieces.append(data)
+        elif state.takes_room:
+            self.pieces.append(" ")
+
+    def _image(self, attrs, state: _State) -> None:
+        """An image as a client that blocks it shows it: its alt text, apart from the words around it."""
+        if not state.takes_room:  # no box, or one sized by alt text in a font of size zero
+            return
+        self.pieces.append(" ")
+        alt = next((value for name, value in attrs if name == "alt"), None)
+        if alt and state.shown:
+            self.pieces += (alt, " ")
+
+    # Comments, declarations and processing instructions carry no text: HTMLParser's default
+    # handlers already drop them.
+
+
+def visible_text(html: str) -> str:
+    """The text an HTML document shows, as ``VisibleText`` reads it (whitespace as it stands); never raises."""
+    parser = VisibleText()
+    try:
+        parser.feed(html)
+        parser.closing = True
+        parser.close()
+    except Exception:  # html.parser is lenient; keep what was read before any failure
+        pass
+    return "".join(parser.pieces)
