@@ -25,8 +25,10 @@ Elements nest as a browser builds them from malformed HTML, in the parts that de
 hidden: an end tag closes the elements opened inside the one it names, a stray one (naming no
 open element, or one beyond a table cell) is ignored, a block closes an open paragraph, a list
 item the previous one, a table cell the previous cell, ``</body>`` and ``</html>`` close
-nothing, and text written in a table outside its cells shows before the table, as browsers move
-it. Nothing recurses, and a tag costs the same work at any depth of nesting.
+nothing, a formatting element (``<b>``, ``<font>``, ...) closed by another element's end tag
+carries on after it, style and all, and text written in a table outside its cells shows before
+the table, as browsers move it. Nothing recurses, and a tag costs the same work at any depth of
+nesting.
 
 Hidden text that takes room on the screen (``visibility: hidden``, ``opacity: 0``) reads as a
 space, keeping the words on either side apart; text that takes none (``display: none``, a font
@@ -112,6 +114,21 @@ _IMPLIED_ENDS: dict[str, tuple[tuple[str, ...], _Scope]] = {
     "optgroup": (("option", "optgroup"), _Scope(True, ("select",))),
 }
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+# Elements after which formatting elements closed by another end tag do not carry on (see
+# VisibleText._reopen_formatting), and the start tags that do not open them again.
+_MARKER_ELEMENTS = frozenset("applet caption marquee object td template th".split())
+_NOT_REOPENING = frozenset(
+    "address article aside base blockquote body caption center col colgroup dd details dialog dir div dl dt "
+    "fieldset figcaption figure footer form frameset h1 h2 h3 h4 h5 h6 head header hgroup hr html li link "
+    "listing main menu meta nav noembed noframes ol p plaintext pre script search section style summary "
+    "table tbody td template textarea tfoot th thead title tr ul xmp".split()
+)
+# At most this many formatting elements carry on (a browser lets three of each kind with the same
+# attributes), and at most _MAX_REOPENED are opened again in a document: "</div>x" repeated after
+# many open <b>s reopens them all for each "x", which took 4 s per 100 KB before these bounds
+# (a browser does the same work). Real mail reopens a handful.
+_MAX_FORMATTING = 12
+_MAX_REOPENED = 50_000
 # Table parts outside any table are ignored by browsers, their content shown where they stand.
 _TABLE_PARTS = frozenset("caption col colgroup tbody td tfoot th thead tr".split())
 
@@ -474,14 +491,27 @@ class _State:
 _SHOWN = _State()
 
 
+class _Formatting:
+    """An entry of the list of active formatting elements: a formatting element (``<b>``,
+    ``<font>``, ...) not yet closed by its own end tag, with its style, and whether it is open."""
+
+    __slots__ = ("name", "style", "open")
+
+    def __init__(self, name: str, style: _Style) -> None:
+        self.name = name
+        self.style = style
+        self.open = True
+
+
 class _Open(NamedTuple):
-    """An open element: its tag, the state of its content, and the stack positions of the nearest
-    special element and scope boundary at or below it (-1: none)."""
+    """An open element: its tag, the state of its content, the stack positions of the nearest
+    special element and scope boundary at or below it (-1: none), and its ``_Formatting`` entry."""
 
     name: str
     state: _State
     special: int
     boundary: int
+    formatting: _Formatting | None = None
 
 
 _DOCUMENT = _Open("", _SHOWN, -1, -1)
@@ -500,6 +530,8 @@ class VisibleText(HTMLParser):
         self.pieces: list[str] = []
         self.stack: list[_Open] = []
         self.positions: dict[str, list[int]] = {}
+        self.formatting: list[_Formatting | None] = []  # None: a marker (a table cell, ...)
+        self.reopened = 0
         self.closing = False  # close() hands over what the parser could not finish as text
         self.unfinished = False
 
@@ -531,9 +563,15 @@ class VisibleText(HTMLParser):
     def _pop_to(self, position: int) -> None:
         """Closes the element at ``position`` and every one opened inside it."""
         while len(self.stack) > position:
-            self.positions[self.stack.pop().name].pop()
+            element = self.stack.pop()
+            self.positions[element.name].pop()
+            if element.formatting is not None:
+                element.formatting.open = False
+            if element.name in _MARKER_ELEMENTS:  # the formatting elements opened inside end here
+                while self.formatting and self.formatting.pop() is not None:
+                    pass
 
-    def _push(self, tag: str, state: _State) -> None:
+    def _push(self, tag: str, state: _State, formatting: _Formatting | None = None) -> None:
         position = len(self.stack)
         below = self.stack[-1] if self.stack else _DOCUMENT
         self.stack.append(_Open(
@@ -541,8 +579,50 @@ class VisibleText(HTMLParser):
             state,
             position if tag in _SPECIAL_ELEMENTS else below.special,
             position if tag in _SCOPE_BOUNDARIES else below.boundary,
+            formatting,
         ))
         self.positions.setdefault(tag, []).append(position)
+        if tag in _MARKER_ELEMENTS:
+            self.formatting.append(None)
+
+    # -- formatting elements: "<div><font style='font-size:0'></div>salad" hides "salad", as
+    # browsers open the font again (with its style) for the text that follows the div.
+
+    def _last_marker(self) -> int:
+        """Where the formatting entries after the last marker start (at most _MAX_FORMATTING back)."""
+        start = len(self.formatting)
+        while start > 0 and self.formatting[start - 1] is not None:
+            start -= 1
+        return start
+
+    def _open_formatting(self, tag: str, style: _Style) -> _Formatting:
+        start = self._last_marker()
+        if len(self.formatting) - start >= _MAX_FORMATTING:
+            del self.formatting[start]
+        entry = _Formatting(tag, style)
+        self.formatting.append(entry)
+        return entry
+
+    def _formatting_entry(self, tag: str) -> int:
+        """The index of the last formatting entry of ``tag`` after the last marker, or -1."""
+        for index in range(len(self.formatting) - 1, self._last_marker() - 1, -1):
+            if self.formatting[index].name == tag:
+                return index
+        return -1
+
+    def _reopen_formatting(self) -> None:
+        """Opens again the formatting elements that other end tags closed (the standard's
+        "reconstruct the active formatting elements")."""
+        entries = self.formatting
+        if not entries or entries[-1] is None or entries[-1].open or self.reopened >= _MAX_REOPENED:
+            return
+        start = len(entries) - 1
+        while start > 0 and entries[start - 1] is not None and not entries[start - 1].open:
+            start -= 1
+        self.reopened += len(entries) - start
+        for entry in entries[start:]:
+            self._push(entry.name, self._placement().inside(entry.name, entry.style), entry)
+            entry.open = True
 
     def _placement(self) -> _State:
         """The state of content added now: where the current element is a table's (not a cell),
@@ -568,6 +648,8 @@ class VisibleText(HTMLParser):
                 self._pop_to(position)
         elif tag in _HEADINGS and self.stack and self.stack[-1].name in _HEADINGS:
             self._pop_to(len(self.stack) - 1)
+        if tag not in _NOT_REOPENING:
+            self._reopen_formatting()
         style = _element_style(tag, attrs)
         parent = self._state() if tag in _TABLE_PARTS else self._placement()
         state = parent if style is _NO_STYLE and tag not in _SKIPPED_ELEMENTS else parent.inside(tag, style)
@@ -575,7 +657,9 @@ class VisibleText(HTMLParser):
             self._image(attrs, _State(gone=True) if style.alt_hidden else state)
         elif tag in _BREAKING_ELEMENTS and not state.gone:
             self.pieces.append(" ")
-        if tag not in _VOID_ELEMENTS:
+        if tag in _FORMATTING_ELEMENTS:
+            self._push(tag, state, self._open_formatting(tag, style))
+        elif tag not in _VOID_ELEMENTS:
             self._push(tag, state)
 
     def handle_startendtag(self, tag, attrs):
@@ -585,6 +669,10 @@ class VisibleText(HTMLParser):
     def handle_endtag(self, tag):
         if tag == "br":  # browsers read "</br>" as "<br>"
             self.handle_starttag(tag, [])
+            return
+        entry = self._formatting_entry(tag) if tag in _FORMATTING_ELEMENTS else -1
+        if entry >= 0 and not self.formatting[entry].open:
+            del self.formatting[entry]  # closed already by another end tag: not opened again
             return
         if tag in _DOCUMENT_ELEMENTS or not self.positions.get(tag):
             return  # a stray end tag: browsers ignore it
@@ -598,6 +686,8 @@ class VisibleText(HTMLParser):
                 position = -1
         if position < 0:
             return
+        if entry >= 0 and self.formatting[entry] is self.stack[position].formatting:
+            del self.formatting[entry]  # the element's own end tag: it does not carry on
         shown = not self.stack[position].state.gone
         self._pop_to(position)
         if tag in _BREAKING_ELEMENTS and shown:
@@ -610,6 +700,7 @@ class VisibleText(HTMLParser):
         if self.closing and (self.unfinished or data.startswith("<")):
             self.unfinished = True
             return
+        self._reopen_formatting()
         state = self._placement() if data.strip() else self._state()
         if state.shown:
             self.pieces.append(data)
