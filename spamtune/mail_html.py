@@ -485,6 +485,8 @@ class _State:
         zero_font = (style.font_size == "zero") or (self.zero_font and style.font_size in (None, "inherit"))
         if (gone, covered, invisible, zero_font) == (self.gone, self.covered, self.invisible, self.zero_font):
             return self
+        if not (gone or covered or invisible or zero_font):
+            return _SHOWN
         return _State(gone, covered, invisible, zero_font)
 
 
@@ -648,9 +650,10 @@ class VisibleText(HTMLParser):
                 self._pop_to(position)
         elif tag in _HEADINGS and self.stack and self.stack[-1].name in _HEADINGS:
             self._pop_to(len(self.stack) - 1)
-        if tag not in _NOT_REOPENING:
+        formatting = self.formatting
+        if formatting and formatting[-1] is not None and not formatting[-1].open and tag not in _NOT_REOPENING:
             self._reopen_formatting()
-        style = _element_style(tag, attrs)
+        style = _element_style(tag, attrs) if attrs or tag == "img" else _NO_STYLE
         parent = self._state() if tag in _TABLE_PARTS else self._placement()
         state = parent if style is _NO_STYLE and tag not in _SKIPPED_ELEMENTS else parent.inside(tag, style)
         if tag == "img":
@@ -670,6 +673,16 @@ class VisibleText(HTMLParser):
         if tag == "br":  # browsers read "</br>" as "<br>"
             self.handle_starttag(tag, [])
             return
+        stack = self.stack
+        if stack and stack[-1].name == tag:  # well-formed HTML: the current element's end tag
+            element = stack[-1]
+            if element.formatting is None or (self.formatting and self.formatting[-1] is element.formatting):
+                if element.formatting is not None:
+                    self.formatting.pop()
+                self._pop_to(len(stack) - 1)
+                if tag in _BREAKING_ELEMENTS and not element.state.gone:
+                    self.pieces.append(" ")
+                return
         entry = self._formatting_entry(tag) if tag in _FORMATTING_ELEMENTS else -1
         if entry >= 0 and not self.formatting[entry].open:
             del self.formatting[entry]  # closed already by another end tag: not opened again
@@ -700,9 +713,11 @@ class VisibleText(HTMLParser):
         if self.closing and (self.unfinished or data.startswith("<")):
             self.unfinished = True
             return
-        self._reopen_formatting()
+        formatting = self.formatting
+        if formatting and formatting[-1] is not None and not formatting[-1].open:
+            self._reopen_formatting()
         state = self._placement() if data.strip() else self._state()
-        if state.shown:
+        if state is _SHOWN or state.shown:
             self.pieces.append(data)
         elif state.takes_room:
             self.pieces.append(" ")
