@@ -355,7 +355,7 @@ class _Style:
 
     removes: bool = False  # the element is not laid out (display: none)
     covers: bool = False  # laid out, but its content not seen (opacity: 0, clipped)
-    visibility: bool | str | None = None  # hidden (True), visible (False), the parent's (None)
+    visibility: bool | str | None = None  # hidden (True), visible (False), the parent's (None, "inherit")
     font_size: str | None = None  # "zero", "shown", or the parent's (None or "inherit")
     alt_hidden: bool = False  # an image shown at a width or height of zero
 
@@ -387,15 +387,13 @@ def _element_style(tag: str, attrs: list[tuple[str, str | None]]) -> _Style:
         sized = False
     else:
         return _NO_STYLE
-    # The cache keeps the styles real mail repeats, not the odd long one, kept for good.
+    # Long styles are not cached: the cache would keep them for good.
     return (_cached_style if len(style) <= _CACHED_STYLE_CHARS else _style)(tag, style, hidden, sized)
 
 
 # The properties _style reads: a style attribute that names none of them (most in a newsletter)
 # is not parsed.
 _STYLE_PROPERTIES = re.compile("display|opacity|visibility|font|height|width", re.IGNORECASE)
-
-
 _CACHED_STYLE_CHARS = 500
 
 
