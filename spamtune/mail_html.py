@@ -689,6 +689,8 @@ class VisibleText(HTMLParser):
             return  # a stray end tag: browsers ignore it
         if tag == "p":
             position = self._in_scope(("p",), _PARAGRAPH_SCOPE)
+        elif tag in _TABLE_STRUCTURE:  # "</table>" in a cell left open closes the cell, then the table
+            position = self._in_scope((tag,), _TABLE_SCOPE)
         elif tag in _SPECIAL_ELEMENTS or tag in _FORMATTING_ELEMENTS:
             position = self._in_scope((tag,), _DEFAULT_SCOPE)
         else:  # any other end tag stops at the first special element open above its element

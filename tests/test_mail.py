@@ -231,6 +231,11 @@ def test_a_style_attribute_is_read_as_css_reads_it(style, hides):
         ('<ul><li style="display:none">salad<li>pitch</ul>', "pitch"),
         ('<table><tr><td style="display:none">salad<td>pitch</table>', "pitch"),
         ('<table><tr style="display:none"><td>salad<tr><td>pitch</table>', "pitch"),
+        # "</table>" or "</tr>" closes a cell left open in it: what follows is not in the cell.
+        ('<table><tr><td style="display:none">salad</table>pitch', "pitch"),
+        ('<table><tr style="display:none"><td>salad</tr></table>pitch', "pitch"),
+        ('<table><tr><td>cell</table>after', "cell after"),
+        ('<table><tr><td><table><tr><td style="display:none">salad</tr></table>pitch</td></tr></table>', "pitch"),
         # A formatting element closed by another element's end tag carries on, style and all, as
         # browsers open it again for the text that follows; its own end tag, or a cell's, ends it.
         ('<div><font style="font-size:0">salad</div>more salad', ""),
