@@ -234,9 +234,12 @@ def _classify_round(classifier, items, long, predict_long, explain) -> list[Mail
 
     results = [extract(raw) for _, raw in items if not isinstance(raw, Unreadable)]
     texts = [r.text for r in results]
-    predictions = predict_long(classifier, texts, long) if results else []
-    # explain's own default is the head that lines of text are read by; mail is read ``long or DEFAULT_LONG``
-    explanations = classifier.explain(texts, long or DEFAULT_LONG) if explain and results else [None] * len(results)
+    if explain and results:
+        # explain's own default is the head that lines of text are read by; mail is read ``long or DEFAULT_LONG``
+        predictions, explanations = classifier.predict_explained(texts, long or DEFAULT_LONG)
+    else:
+        predictions = predict_long(classifier, texts, long) if results else []
+        explanations = [None] * len(results)
     verdicts = iter(zip(predictions, results, explanations))
     out = []
     for message_id, raw in items:

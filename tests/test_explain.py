@@ -376,3 +376,71 @@ def test_under_bf16_the_window_explained_is_the_one_that_decided(tmp_path):
     explained = clf.explain(texts, long="chunks")
     assert [e.p_spam for e in explained] == [p.probability for p in predict_long(clf, texts, "chunks")]
     assert [tuple((p.token_start, p.token_end) for p in e.window) for e in explained] == windows
+
+
+@pytest.fixture
+def rows_forwarded(monkeypatch):
+    """The rows of every batch the model classifies from now on (padding rows included), in order."""
+    from spamtune.model import GPTModel
+
+    rows = []
+    classify = GPTModel.classify
+
+    def counted(self, input_ids, *args, **kwargs):
+        rows.append(len(input_ids))
+        return classify(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(GPTModel, "classify", counted)
+    return rows
+
+
+@pytest.mark.parametrize("mode", ["head", "chunks"])
+def test_predict_explained_gives_the_verdicts_of_predict_long_from_the_explanations_pass(rigged_classifier, rows_forwarded, mode):
+    """The verdicts and the explanations come from one pass over the windows: what predict_long
+    gives, bit for bit, for the rows that explain alone forwards."""
+    _, clf = rigged_classifier
+    texts = [MIDDLE_CUE, TAIL_CUE, "hi!", "Привет 🎉 win", ""]
+    verdicts = predict_long(clf, texts, mode)
+    verdict_rows = sum(rows_forwarded)
+    rows_forwarded.clear()
+    explanations = clf.explain(texts, long=mode)
+    explain_rows = sum(rows_forwarded)
+    rows_forwarded.clear()
+    predictions, explained = clf.predict_explained(texts, mode)
+    assert sum(rows_forwarded) == explain_rows and verdict_rows > 0
+    assert predictions == verdicts  # labels and float probabilities, exactly
+    assert explained == explanations and [e.p_spam for e in explained] == [p.probability for p in verdicts]
+
+
+@pytest.mark.parametrize("mode", ["head", "chunks"])
+def test_predict_explain_forwards_each_window_once_for_its_verdict(rigged_classifier, rows_forwarded, mode):
+    """predict --explain classified every text on its own, then again inside the explanation
+    (which needs the verdict's window): one forward of every window more than explaining costs.
+    The lines are what predict writes without --explain, plus the explanation."""
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    run, _ = rigged_classifier
+    texts = [MIDDLE_CUE, TAIL_CUE, "hi!", "Привет 🎉 win", ""]
+
+    def invoke(*args):
+        result = CliRunner().invoke(app, ["predict", "--run", str(run), "--device", "cpu", "--precision", "fp32",
+                                          "--format", "jsonl", "--long", mode, *args, "--", *texts])  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    plain = invoke()
+    verdict_rows = sum(rows_forwarded)
+    # As predict loads it (batch shapes rounded): the rows explaining alone forwards.
+    clf = SpamClassifier.load(run, device="cpu", precision="fp32", few_shapes=True)
+    rows_forwarded.clear()
+    explanations = clf.explain(texts, long=mode)
+    explain_rows = sum(rows_forwarded)
+    rows_forwarded.clear()
+    explained = invoke("--explain")
+    assert sum(rows_forwarded) == explain_rows  # was explain_rows + verdict_rows
+    assert verdict_rows > 0
+    assert [{k: r[k] for k in ("text", "label", "p_spam")} for r in explained] == plain
+    assert [r["explanation"] for r in explained] == [json.loads(json.dumps(e.top(3))) for e in explanations]
+    assert [r["window"] for r in explained] == [e.window_list() for e in explanations]

@@ -767,8 +767,7 @@ def classify_lines_share(classifier, lines: list[str], renderer, long: str, expl
     """A rank's share of a chunk of lines (all of it on one process), as ``classify_share`` is for
     mail: its output lines, in order, and how many were positive. ``messages_before``: how many
     messages of the input come before it, to name a failing one."""
-    predictions = predict_numbered(classifier, lines, long, messages_before) if lines else []
-    explanations = classifier.explain(lines, long) if explain and lines else [None] * len(lines)
+    predictions, explanations = predict_numbered(classifier, lines, long, messages_before, explain) if lines else ([], [])
     text = "".join(map(renderer.line, predictions, explanations))
     return text, sum(p.label == classifier.positive_label for p in predictions)
 
@@ -785,15 +784,19 @@ def fixed_chunks(chunks: Iterator[list[str]], size: int) -> Iterator[list[str]]:
         yield pending
 
 
-def predict_numbered(classifier, chunk: list[str], long: str, messages_before: int) -> list[Prediction]:
-    """``predict_long`` for one chunk; a non-finite probability (a broken model, which would
-    print as a confident-looking ``ham nan`` and pass ``--fail-on-spam``) stops the run before
-    any line of the chunk is written, naming the message by its place in the whole input."""
+def predict_numbered(classifier, chunk: list[str], long: str, messages_before: int, explain: bool = False) -> tuple[list[Prediction], list]:
+    """``predict_long`` for one chunk, and with ``explain`` the explanations (else Nones) from the
+    same verdict pass (``SpamClassifier.predict_explained``). A non-finite probability (a broken
+    model, which would print as a confident-looking ``ham nan`` and pass ``--fail-on-spam``) stops
+    the run before any line of the chunk is written, naming the message by its place in the whole
+    input."""
     from spamtune.infer import NonFiniteProbability
     from spamtune.long_messages import predict_long
 
     try:
-        return predict_long(classifier, chunk, long)
+        if explain:
+            return classifier.predict_explained(chunk, long)
+        return predict_long(classifier, chunk, long), [None] * len(chunk)
     except NonFiniteProbability as exc:
         raise SpamtuneError(
             f"the model gave a non-finite probability ({exc.value}) for message {messages_before + exc.index + 1:,}; "

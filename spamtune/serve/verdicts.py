@@ -28,10 +28,8 @@ def predictors(classifier: Any) -> dict[str, Callable[[list[str]], list]]:
     ``(prediction, explanation spans, window explained)``), for the dynamic batcher."""
 
     def explained(texts: list[str]) -> list[tuple[Any, list[dict], list[dict]]]:
-        explanations = classifier.explain(texts, TEXT_LONG)
-        return [
-            (p, e.top(EXPLAIN_TOP_K), e.window_list()) for p, e in zip(predict_long(classifier, texts, TEXT_LONG), explanations)
-        ]  # fmt: skip
+        predictions, explanations = classifier.predict_explained(texts, TEXT_LONG)
+        return [(p, e.top(EXPLAIN_TOP_K), e.window_list()) for p, e in zip(predictions, explanations)]
 
     return {
         "text": lambda texts: predict_long(classifier, texts, TEXT_LONG),
