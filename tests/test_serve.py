@@ -344,7 +344,7 @@ def test_query_parameters_an_endpoint_does_not_read_are_refused(service):
     one on /v1/classify/mail, would be ignored and the service's threshold applied unseen."""
     for path, body, reason in (
         ("/v1/classify?threshold=0.9", {"text": "a"}, "unknown query parameter 'threshold': /v1/classify takes its options in the JSON body"),
-        ("/v1/classify/mail?treshold=0.9", b"Subject: hi\n\nyo", "unknown query parameter 'treshold': /v1/classify/mail takes ?threshold= only"),
+        ("/v1/classify/mail?treshold=0.9", b"Subject: hi\n\nyo", "unknown query parameter 'treshold': /v1/classify/mail takes ?threshold= and ?explain= only"),
     ):  # fmt: skip
         status, answer = call_json(service + path, "POST", body)
         assert status == 422 and answer["error"].startswith(reason), answer
@@ -802,6 +802,97 @@ def test_mail_endpoint_classifies_the_message_text_and_gives_the_filter_header(s
         "X-Spamtune-Status": f"{flag}, p_spam={expected.probability:.3f}, threshold=0.5",
         "X-Spamtune-Run": f"random-run; spamtune {__version__}",
     }
+
+
+def test_mail_endpoint_explains_as_predict_mail_explain_does(service, random_run, clf, tmp_path):
+    """``?explain=true`` adds what ``predict --mail --explain --format jsonl`` prints for the
+    message: the spans, the window and the text the model read, which their offsets index; the
+    verdict and the headers stay those of the plain answer."""
+    url = service + "/v1/classify/mail"
+    status, plain = call_json(url, "POST", MAIL)
+    status_explained, answer = call_json(url + "?explain=true", "POST", MAIL)
+    assert status == status_explained == 200 and set(plain) == {"run", "threshold", "label", "p_spam", "headers"}
+    assert {k: answer.pop(k) for k in ("explanation", "window", "text")} and answer == plain
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "1.eml").write_bytes(MAIL)
+    local = CliRunner().invoke(
+        cli_app, ["predict", "--run", str(random_run), "--precision", "fp32", "--mail", str(box), "--explain", "--format", "jsonl"]
+    )
+    assert local.exit_code == 0, local.stderr
+    (expected,) = [json.loads(line) for line in local.stdout.splitlines()]
+    _, answer = call_json(url + "?explain=true", "POST", MAIL)
+    assert (answer["label"], round(answer["p_spam"], 6)) == (expected["label"], expected["p_spam"])
+    assert (answer["explanation"], answer["window"], answer["text"]) == (expected["explanation"], expected["window"], expected["text"])
+    assert answer["text"] == message_text(MAIL) and answer["explanation"]
+    assert all(answer["text"][s["start"] : s["end"]] == s["text"] for s in answer["explanation"])
+    assert call_json(url + "?explain=false", "POST", MAIL) == (200, plain)
+
+
+def test_a_long_message_is_explained_in_the_chunk_that_decided(service, clf):
+    """Mail is read in chunks (filter's mode): the answer's window is the chunk whose verdict it
+    gives, and the threshold of the request applies as without explain."""
+    raw = "Subject: news\n\nПривет 🎉 ".encode() + b" see you at lunch" * 60 + b" WIN a prize now!\n"
+    text = message_text(raw)
+    (verdict,), (explained,) = clf.predict_explained([text], DEFAULT_LONG)
+    status, answer = call_json(service + "/v1/classify/mail?explain=true&threshold=0.25", "POST", raw)
+    assert status == 200 and answer["text"] == text and answer["threshold"] == 0.25
+    assert answer["p_spam"] == verdict.probability and answer["label"] == ("spam" if verdict.probability >= 0.25 else "ham")
+    assert answer["window"] == explained.window_list() and answer["explanation"] == json.loads(json.dumps(explained.top(3)))
+    assert len(answer["window"]) == 1 and answer["window"][0]["token_end"] - answer["window"][0]["token_start"] == clf.max_length
+    assert all(answer["window"][0]["start"] <= s["start"] < s["end"] <= answer["window"][0]["end"] for s in answer["explanation"])
+
+
+def test_a_message_with_no_text_keeps_its_answer_with_explain(service):
+    """An empty body or one with nothing readable is classified as the empty text it reads as:
+    its answer has every field, an empty explanation and the end-of-text token's window."""
+    for raw in (b"", b"\x00\x01\xff\xfe", b"Content-Type: image/png\n\n\x89PNG"):
+        status, answer = call_json(service + "/v1/classify/mail?explain=true", "POST", raw)
+        assert status == 200, answer
+        assert answer["text"] == message_text(raw) and answer["label"] in ("spam", "ham") and "headers" in answer
+        if answer["text"] == "":
+            assert answer["explanation"] == [] and answer["window"] == [{"start": 0, "end": 0, "token_start": 0, "token_end": 1}]
+
+
+def test_mail_explain_refusals_are_one_line(service, clf):
+    """A value that is no boolean, ``?explain=`` given twice, and a message over the mail limit:
+    one-line JSON errors, as for the threshold."""
+    url = service + "/v1/classify/mail"
+    for query, status, reason in (
+        ("?explain=maybe", 422, "invalid explain: "),
+        ("?explain=true&explain=false", 422, "query parameter 'explain' given 2 times; give it once"),
+        ("?explain=true&threshold=2", 422, "invalid threshold: must be between 0 and 1"),
+    ):
+        code, answer = call_json(url + query, "POST", MAIL)
+        assert code == status and set(answer) == {"error"} and answer["error"].startswith(reason), answer
+        assert "\n" not in answer["error"] and "Traceback" not in answer["error"]
+    with running(create_app(clf, ServeSettings(max_mail_bytes=100))) as small:
+        code, answer = call_json(small + "/v1/classify/mail?explain=true", "POST", MAIL + b"x" * 100)
+        assert (code, answer) == (413, {"error": "request body too large (at most 100 bytes)"})
+
+
+def test_mail_explanations_share_passes_within_the_explain_limit(clf):
+    """Explaining a message costs dozens of forward passes, as a text does: concurrent mail
+    requests with explain are batched together at most ``max_explain_texts`` a pass, apart from
+    plain ones."""
+    sizes = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(clf, name)
+
+        def predict_explained(self, texts, long=None):
+            sizes.append(len(texts))
+            time.sleep(0.05)  # long enough for the other requests to queue up
+            return clf.predict_explained(texts, long)
+
+    messages = [MAIL.replace(b"85023", str(i).encode()) for i in range(7)]
+    with running(create_app(Recording(), ServeSettings(max_explain_texts=2))) as url:
+        with ThreadPoolExecutor(7) as pool:
+            answers = list(pool.map(lambda raw: call_json(url + "/v1/classify/mail?explain=true", "POST", raw), messages))
+    assert [status for status, _ in answers] == [200] * 7
+    assert [answer["text"] for _, answer in answers] == [message_text(raw) for raw in messages]
+    assert sum(sizes) == 7 and max(sizes) == 2
 
 
 def test_filter_with_a_server_writes_what_filter_writes(service, random_run):

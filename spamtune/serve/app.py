@@ -95,7 +95,8 @@ class Span(BaseModel):
 
 class WindowPart(BaseModel):
     """A stretch of the text that the explanation explains: characters ``[start, end)``, tokens
-    ``[token_start, token_end)`` of its encoding (a text longer than the run's window: its head)."""
+    ``[token_start, token_end)`` of its encoding (a text longer than the run's window: its head;
+    a mail message's: the chunk that decided)."""
 
     start: int
     end: int
@@ -128,9 +129,15 @@ class ClassifyResponse(Answer):
 
 
 class MailResponse(Answer):
+    """With ``?explain=true`` also the explanation, its window, and ``text``: the text the model
+    read of the message (decoded Subject and body), which their offsets index."""
+
     label: str
     p_spam: float
     headers: dict[str, str]
+    explanation: list[Span] | None = None
+    window: list[WindowPart] | None = None
+    text: str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -169,7 +176,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     batcher = DynamicBatcher(
         verdicts.predictors(classifier),
         max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, on_pass=metrics.observe_pass,
-        kind_max_batch={"explain": settings.max_explain_texts},
+        kind_max_batch={"explain": settings.max_explain_texts, "mail-explain": settings.max_explain_texts},
     )  # fmt: skip
     run_name = classifier.run_dir.name if getattr(classifier, "run_dir", None) is not None else "unnamed"
     labels = list(classifier.labels)
@@ -310,22 +317,28 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         "/v1/classify/mail", response_model=MailResponse, responses=ERRORS, summary="Classify a raw RFC 822 message",
         openapi_extra={"requestBody": {"required": True, "content": {"message/rfc822": {"schema": {"type": "string"}}}}},
     )  # fmt: skip
-    async def classify_mail(request: Request, threshold: float | None = None) -> Response:
+    async def classify_mail(request: Request, threshold: float | None = None, explain: bool = False) -> Response:
         """The verdict on one raw message (the request body, as a mail server holds it), read as
-        ``spamtune filter`` reads it, and the headers it would add."""
-        refuse_unknown_parameters(request, ("threshold",), "/v1/classify/mail takes ?threshold= only")
+        ``spamtune filter`` reads it, and the headers it would add; with ``?explain=true`` also
+        ``predict --mail --explain``'s spans, window and the text they index."""
+        refuse_unknown_parameters(request, ("threshold", "explain"), "/v1/classify/mail takes ?threshold= and ?explain= only")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ApiError(422, "invalid threshold: must be between 0 and 1")
         check_requested(threshold, "?threshold=")
         async with bodies.holding() as share:
             raw = await read_body(request, settings.max_mail_bytes, settings.body_timeout_s, share)
             text = await run_in_threadpool(verdicts.message_text, raw)  # parsing a large message takes a while
-            label, p = verdict((await classify([text], "mail"))[0], threshold)
+            (item,) = await classify([text], "mail-explain" if explain else "mail")
+            prediction, spans, window = item if explain else (item, None, None)
+            label, p = verdict(prediction, threshold)
         used = threshold_of(threshold)
-        return JSONResponse({
+        answer = {
             "run": run_name, "threshold": used, "label": label, "p_spam": p,
             "headers": verdicts.mail_headers(label == positive, p, used, run_name),
-        })  # fmt: skip
+        }  # fmt: skip
+        if explain:  # the offsets index the text the model read, not the message's bytes: it comes with them
+            answer.update(explanation=spans, window=window, text=text)
+        return JSONResponse(answer)
 
     # ------------------------------------------------------------------------- service
 

@@ -9,7 +9,7 @@ more than 5% of the previous pass's time. An idle service therefore answers a lo
 once, and a busy one classifies what piled up during the previous pass together:
 ``SpamClassifier.predict`` then sorts those texts by length into batches of similar length
 (``forward.predict_logits``), as ``spamtune predict --file`` does with a chunk of lines. Each kind of request (plain texts, the
-texts of mail messages, texts to explain) has its own predict function; a pass runs one kind,
+texts of mail messages, and either of them to explain) has its own predict function; a pass runs one kind,
 and a kind may have a smaller batch limit of its own (explaining a text costs dozens of passes).
 """
 

@@ -4,7 +4,8 @@ Texts go through ``predict_long`` in ``predict``'s mode for lines of text (a lon
 first tokens); the text of a mail message (``spamtune.mail.message_text``) goes through it in
 ``filter``'s mode (``DEFAULT_LONG``), and its headers are the ones ``filter`` adds, built by the
 filter's own ``Verdict``. So the service answers exactly what the two commands would.
-Texts to explain get ``predict``'s prediction and ``predict --explain``'s explanation.
+Texts to explain get ``predict``'s prediction and ``predict --explain``'s explanation; mail
+messages to explain, ``predict --mail --explain``'s (of the window read in ``filter``'s mode).
 """
 
 from __future__ import annotations
@@ -24,17 +25,19 @@ EXPLAIN_TOP_K = 3
 
 
 def predictors(classifier: Any) -> dict[str, Callable[[list[str]], list]]:
-    """``{"text": ..., "mail": ..., "explain": ...}``: texts -> predictions (for ``explain``,
-    ``(prediction, explanation spans, window explained)``), for the dynamic batcher."""
+    """``{"text": ..., "mail": ..., "explain": ..., "mail-explain": ...}``: texts -> predictions
+    (for the two that explain, ``(prediction, explanation spans, window explained)``), for the
+    dynamic batcher."""
 
-    def explained(texts: list[str]) -> list[tuple[Any, list[dict], list[dict]]]:
-        predictions, explanations = classifier.predict_explained(texts, TEXT_LONG)
+    def explained(texts: list[str], long: str) -> list[tuple[Any, list[dict], list[dict]]]:
+        predictions, explanations = classifier.predict_explained(texts, long)
         return [(p, e.top(EXPLAIN_TOP_K), e.window_list()) for p, e in zip(predictions, explanations)]
 
     return {
         "text": lambda texts: predict_long(classifier, texts, TEXT_LONG),
         "mail": lambda texts: predict_long(classifier, texts, DEFAULT_LONG),
-        "explain": explained,
+        "explain": lambda texts: explained(texts, TEXT_LONG),
+        "mail-explain": lambda texts: explained(texts, DEFAULT_LONG),
     }
 
 
