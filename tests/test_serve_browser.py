@@ -116,6 +116,11 @@ def test_pasted_mail_goes_to_the_mail_endpoint_and_shows_the_header(browser, ser
     assert page.text_content("#headers") == (
         f"X-Spamtune-Status: Yes, p_spam={P_SPAM:.3f}, threshold=0.5\nX-Spamtune-Run: rigged; spamtune {__version__}"
     )
+    # The words that drove it, highlighted in the text the model read of the message (the
+    # rigged run's verdict hangs on the final "!").
+    page.wait_for_selector("#explanation-box:not([hidden])")
+    assert page.text_content("#explanation") == "act now Reply YES to claim your reward!"
+    assert page.eval_on_selector_all("#explanation span", "els => els.map(e => e.textContent)") == ["reward!"]
     # A phone-wide page never scrolls sideways.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     _shot(page, "phone-mail")

@@ -55,7 +55,7 @@ async function classify(event) {
   showError("");
   try {
     const response = asMail
-      ? await fetch("/v1/classify/mail", { method: "POST", headers: headers({ "Content-Type": "message/rfc822" }), body: text })
+      ? await fetch("/v1/classify/mail?explain=true", { method: "POST", headers: headers({ "Content-Type": "message/rfc822" }), body: text })
       : await fetch("/v1/classify", { method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify({ text, explain: true }) });
     const answer = await response.json().catch(() => ({ error: `the service answered ${response.status}` }));
     if (response.status === 401) {
@@ -66,7 +66,8 @@ async function classify(event) {
       showError(answer.error || `the service answered ${response.status}`);
       return;
     }
-    render(answer, asMail ? "" : text);
+    // A message's spans index the text the model read of it (its decoded Subject and body), which the answer carries.
+    render(answer, asMail ? answer.text : text);
     if (response.status === 200 && !$("key-row").hidden) loadModel();
   } catch (err) {
     showError("Could not reach the service.");
@@ -92,7 +93,7 @@ function render(answer, text) {
 }
 
 // The message with its explanation spans highlighted: spans are {text, start, end, score},
-// start/end offsets in characters (code points, as Python counts them) into the message sent;
+// start/end offsets in characters (code points, as Python counts them) into the text shown;
 // score > 0 towards spam, < 0 towards ham. Spans that do not fit the message are left out.
 function renderExplanation(text, spans) {
   const box = $("explanation-box");
