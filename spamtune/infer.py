@@ -299,8 +299,8 @@ class SpamClassifier:
         long)`` and ``explain(texts, long)`` give (``long`` None: the head, as ``explain``), from
         one verdict pass. Asked for apart, every window of every text goes through the model once
         more: the two passes are the same call on the same windows, so the answers are the same
-        bit for bit, and the second cost ``predict --explain`` 7 of its 46 forward calls and a
-        tenth of its time on 50 SMS texts (the ``tiny`` model, CPU)."""
+        bit for bit, and the second cost ``predict --explain`` 7 of its 46 forward calls and
+        7-10% of its time on 50 SMS texts (the ``tiny`` model, 2 CPU cores)."""
         items, _ = _text_list(texts)
         mode = check_mode(TEXT_LONG if long is None else long)
         token_lists = encode_texts(items)
