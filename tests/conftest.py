@@ -53,6 +53,22 @@ def sms_file() -> Path:
     pytest.skip(f"real SMS Spam Collection found neither at {SHARED_SMS_FILE} nor at {BUNDLED_SMS_FILE}")
 
 
+@pytest.fixture
+def rows_forwarded(monkeypatch):
+    """The rows of every batch the model classifies from now on (padding rows included), in order."""
+    from spamtune.model import GPTModel
+
+    rows = []
+    classify = GPTModel.classify
+
+    def counted(self, input_ids, *args, **kwargs):
+        rows.append(len(input_ids))
+        return classify(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(GPTModel, "classify", counted)
+    return rows
+
+
 def hf_gpt2_state_dict(emb_dim=64, n_layers=2, vocab=50257, context=128, seed=0, prefix="", buffers=False):
     """Random weights under Hugging Face GPT-2 key names and Conv1D ([in, out]) shapes."""
     g = torch.Generator().manual_seed(seed)

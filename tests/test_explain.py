@@ -378,22 +378,6 @@ def test_under_bf16_the_window_explained_is_the_one_that_decided(tmp_path):
     assert [tuple((p.token_start, p.token_end) for p in e.window) for e in explained] == windows
 
 
-@pytest.fixture
-def rows_forwarded(monkeypatch):
-    """The rows of every batch the model classifies from now on (padding rows included), in order."""
-    from spamtune.model import GPTModel
-
-    rows = []
-    classify = GPTModel.classify
-
-    def counted(self, input_ids, *args, **kwargs):
-        rows.append(len(input_ids))
-        return classify(self, input_ids, *args, **kwargs)
-
-    monkeypatch.setattr(GPTModel, "classify", counted)
-    return rows
-
-
 @pytest.mark.parametrize("mode", ["head", "chunks"])
 def test_predict_explained_gives_the_verdicts_of_predict_long_from_the_explanations_pass(rigged_classifier, rows_forwarded, mode):
     """The verdicts and the explanations come from one pass over the windows: what predict_long

@@ -262,3 +262,29 @@ def test_explain_with_mail_explains_the_window_that_decided_read_as_mail_is(run_
         spam_side = [s["text"] for s in record["explanation"] if s["score"] > 0]
         assert ("unsubscribe!" in spam_side) == (label == "spam")
         assert all(record["text"][s["start"] : s["end"]] == s["text"] for s in record["explanation"])
+
+
+def test_explain_with_mail_forwards_each_window_once_for_its_verdict(run_dir, tmp_path, rows_forwarded):
+    """Each message's windows went through the model for its verdict, then again inside its
+    explanation: now the verdict is the explanation's, and the lines are those without --explain
+    plus the explanation."""
+    from spamtune.infer import SpamClassifier
+    from spamtune.mail import message_text
+    from spamtune.options import DEFAULT_LONG
+
+    box = _explain_box(tmp_path)
+    (box / "3.eml").write_bytes(b"Subject: news\n\n" + b" word" * 300 + b" unsubscribe!\n")
+    plain = [json.loads(line) for line in invoke(run_dir, "--mail", str(box), "--format", "jsonl").stdout.splitlines()]
+    verdict_rows = sum(rows_forwarded)
+    texts = [message_text(path.read_bytes()) for path in sorted(box.iterdir())]
+    clf = SpamClassifier.load(run_dir, few_shapes=True)  # as predict loads it
+    rows_forwarded.clear()
+    clf.explain(texts, long=DEFAULT_LONG)
+    explain_rows = sum(rows_forwarded)
+    rows_forwarded.clear()
+    result = invoke(run_dir, "--mail", str(box), "--explain", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert sum(rows_forwarded) == explain_rows and verdict_rows > 0  # was explain_rows + verdict_rows
+    explained = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [{k: r[k] for k in ("id", "label", "p_spam", "damaged")} for r in explained] == plain
+    assert [r["text"] for r in explained] == texts and [r["label"] for r in plain] == ["ham", "spam", "spam"]
