@@ -556,3 +556,24 @@ def test_a_prepare_as_a_sweep_run_starts_is_caught_once_the_run_ends(tmp_path):
     with pytest.raises(SpamtuneError, match=r"so .*lr-0\.002 trained on other data than the runs before it; remove .*lr-0\.002, prepare"):
         run_sweep(base, grid, finetune=prepared_anew_as_the_second_starts)
     assert len(started) == 2
+
+
+def test_the_progress_shows_an_escape_sequence_in_a_path_given_rather_than_sending_it_to_the_terminal(tmp_path):
+    """The run folders under --out and the model's config file are the user's paths: the run
+    started, the run folder, the best run and the interrupted run were printed as they were, so
+    an escape sequence in one (or rich markup, which the console never reads) reached the terminal."""
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path / "data")
+    planted = tmp_path / "m\x1b]0;owned\x07[red]\x9b31m"
+    planted.mkdir()
+    shutil.copy(root / "tiny.json", planted / "cfg\x1b[2J.json")
+    args = ["sweep", "--model", str(planted / "cfg\x1b[2J.json"), "--weights", "random", "--epochs", "1", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--precision", "fp32", "--lr", "1e-3,2e-3", "--data-dir", str(root), "--out", str(planted / "sw")])
+    assert result.exit_code == 0 and "Traceback" not in result.stderr, result.stderr
+    assert not any(c in result.stderr for c in "\x1b\x07\x9b")
+    shown = str(planted).encode("unicode_escape").decode("ascii")  # as one_line writes it
+    assert f"run folder: {shown}/sw/lr-0.001" in result.stderr and f"best: {shown}/sw/lr-0." in result.stderr
+    assert "fine-tuning cfg\\x1b[2J on cpu" in result.stderr and "[red]" in result.stderr

@@ -83,22 +83,28 @@ class ProgressReporter:
                 "hit": "loaded from the kept cache",
                 "extended": "extended from a kept cache of fewer blocks",
             }.get(e.source, e.source)
-            self.console.print(
+            self._line(
                 f"frozen-prefix cache: outputs of {_blocks(e.start_block)} for {', '.join(e.splits)} "
                 f"{how}, {e.nbytes / 2**20:,.1f} MiB, {_duration(e.seconds)}"
                 + (f" ({' and '.join(e.background)} finished behind the training steps)" if e.background else "")
                 + "".join(f"; {note}" for note in (e.detail, e.skipped) if note)
             )
         elif e.skipped:
-            self.console.print(f"frozen-prefix cache: {e.skipped}")
+            self._line(f"frozen-prefix cache: {e.skipped}")
+
+    def _line(self, text: str) -> None:
+        """One line on the console that may hold paths the user gave (the run folder, a config
+        file's name, a cache's path): an escape sequence in one is shown, not acted on."""
+        self.console.print(common.one_line(text))
 
     def _started(self, e) -> None:
         resumed = f", resuming at step {e.start_step}" if e.start_step else ""
-        self.console.print(
+        self._line(
             f"fine-tuning {e.model} on {e.device} ({e.precision}{', ' + e.parallel if e.parallel else ''}): {e.trainable_params:,} of {e.total_params:,} "
             f"parameters trainable; {e.n_train}/{e.n_validation}/{e.n_test} train/validation/test messages, "
-            f"up to {e.max_length} tokens; {e.total_steps} steps{resumed}\nrun folder: {e.run_dir}"
+            f"up to {e.max_length} tokens; {e.total_steps} steps{resumed}"
         )
+        self._line(f"run folder: {e.run_dir}")
         if e.warmup_steps >= e.total_steps:
             common.warn(f"--warmup-steps {e.warmup_steps} is not shorter than the run's {e.total_steps} steps: the learning rate never reaches --lr")
         if not self.console.is_terminal:

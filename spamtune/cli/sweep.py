@@ -45,13 +45,13 @@ class SweepReporter:
 
         if isinstance(event, SweepRunStarted):
             how = "resuming" if event.resumed else "running"
-            self.console.print(styled((f"[{event.index}/{event.total}] {how} ", "bold"), event.name))
+            self.console.print(styled((f"[{event.index}/{event.total}] {how} ", "bold"), common.one_line(event.name)))
             self.run_reporter = self.make_reporter()
         elif isinstance(event, SweepRunFinished):
             self.close()
             row = event.row
             if event.skipped:
-                self.console.print(f"[{event.index}/{event.total}] {row['name']}: finished earlier, skipped")
+                self.console.print(common.one_line(f"[{event.index}/{event.total}] {row['name']}: finished earlier, skipped"))
             elif row["status"] == "failed":  # said even under --quiet: the sweep goes on without it
                 common.warn(f"[{event.index}/{event.total}] {row['name']} failed: {row['error']}")
         elif self.run_reporter is not None:
@@ -94,7 +94,7 @@ def render_table(console, result) -> None:
         )  # fmt: skip
     common.print_table(console, table)
     if best is not None:
-        console.print(f"best: {best['run']}", markup=False, highlight=False)
+        console.print(common.one_line(f"best: {best['run']}"), markup=False, highlight=False)
 
 
 @common.examples(
@@ -133,7 +133,7 @@ def sweep_command(
     except (events.TrainingInterrupted, KeyboardInterrupt) as exc:
         reporter.close()
         where = f" in {exc.run_dir}" if isinstance(exc, events.TrainingInterrupted) else ""
-        console.print(f"interrupted{where}; finished runs are kept: run the same command again to go on")
+        console.print(common.one_line(f"interrupted{where}; finished runs are kept: run the same command again to go on"))
         raise typer.Exit(interrupted_status()) from None
     finally:
         reporter.close()
