@@ -127,6 +127,8 @@ def test_a_run_named_with_a_line_break_or_an_escape_sequence_is_shown_escaped(ro
     declined = invoke("runs", "rm", name, "--data-dir", str(root), input="n\n")
     assert declined.exit_code == 1 and "\x1b" not in declined.stderr
     assert f"{root / 'runs'}/{escaped}  (interrupted" in declined.stderr
+    removed = invoke("runs", "rm", "--yes", name, "--data-dir", str(root))  # stdout: one line per run, as the question
+    assert removed.exit_code == 0 and removed.stdout == f"{root / 'runs'}/{escaped}\n"
 
 
 def test_runs_json_escapes_the_c1_controls_and_line_separators_json_leaves_raw(root):
@@ -142,6 +144,29 @@ def test_runs_json_escapes_the_c1_controls_and_line_separators_json_leaves_raw(r
         assert "\\u009b" in result.stdout and "\\u2028" in result.stdout
     assert name in [info["name"] for info in json.loads(listed.stdout)]
     assert json.loads(shown.stdout)["name"] == name
+
+
+
+def test_a_run_folder_whose_name_is_no_utf8_is_listed_shown_and_removed_in_every_format(root):
+    """A name with a byte that is no UTF-8 (Python reads it as a lone surrogate) cannot be
+    written to a UTF-8 stdout: one such folder made `runs` and `runs --json` fail whole, and
+    `runs rm` fail after removing it, before the runs given after it. It is written as Python
+    writes it in a string (\\udcff in text, the same escape in JSON, which reads back as the name)."""
+    name = os.fsdecode(b"latin-\xe9t\xe9")
+    shutil.copytree(root / "runs" / "stopped", root / "runs" / name)
+    piped = invoke("runs", "--data-dir", str(root))
+    listed = invoke("runs", "--json", "--data-dir", str(root))
+    shown = invoke("runs", "show", name, "--data-dir", str(root))
+    shown_json = invoke("runs", "show", name, "--json", "--data-dir", str(root))
+    for result in (piped, listed, shown, shown_json):
+        assert result.exit_code == 0 and result.stderr == "", result.stderr
+    assert any(line.startswith("latin-\\udce9t\\udce9\tinterrupted\t") for line in piped.stdout.splitlines())
+    assert ["name", "latin-\\udce9t\\udce9"] in [line.split() for line in shown.stdout.splitlines()]
+    assert name in [info["name"] for info in json.loads(listed.stdout)] and json.loads(shown_json.stdout)["name"] == name
+    removed = invoke("runs", "rm", "--yes", name, "stopped", "--data-dir", str(root))
+    assert removed.exit_code == 0, removed.stderr
+    assert removed.stdout.splitlines() == [f"{root / 'runs'}/latin-\\udce9t\\udce9", str(root / "runs" / "stopped")]
+    assert not (root / "runs" / name).exists() and not (root / "runs" / "stopped").exists()
 
 
 def test_no_runs_yet(tmp_path, monkeypatch):

@@ -93,7 +93,7 @@ def rm(
     except BasesNotRemoved as exc:  # the files that did go are said first, as without it
         removed, failure = exc.removed, exc
     for base in removed:
-        typer.echo(base.path)
+        typer.echo(common.one_line(str(base.path)))
         if base.users:
             said = f"{len(base.users)} run(s) use {base.sha256[:12]} ({base.describe()}): they rebuild it from its origin when loaded"
             # A seed draws a random base again here; a download or a file must still be at hand.

@@ -102,7 +102,7 @@ def rm(
     common.one_choice({"cache names": bool(names), "--all": everything, "--stale": stale}, "name the caches to remove, or give --all or --stale")
     removal = remove_caches(paths.data_root(data_dir), names or (), everything=everything, stale=stale)
     for entry in removal.removed:
-        typer.echo(entry.path)
+        typer.echo(common.one_line(str(entry.path)))
     common.note(f"freed {human_size(removal.freed)}")
     failure = removal.error()
     if failure is not None:

@@ -175,8 +175,14 @@ def is_control(c: str) -> bool:
     return ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"
 
 
-# Every character ``is_control`` names, as Python writes it in a string.
-_ESCAPED = {n: chr(n).encode("unicode_escape").decode("ascii") for n in (*range(160), 0x2028, 0x2029) if is_control(chr(n))}
+# The lone surrogates: how Python reads the bytes of a file name that are no UTF-8 (``\xff`` is
+# U+DCFF), which no UTF-8 output can hold: a terminal's stdout raises on one.
+_SURROGATES = range(0xD800, 0xE000)
+# Every character ``is_control`` names, and the lone surrogates, as Python writes it in a string.
+_ESCAPED = {
+    n: chr(n).encode("unicode_escape").decode("ascii")
+    for n in (*(n for n in (*range(160), 0x2028, 0x2029) if is_control(chr(n))), *_SURROGATES)
+}
 
 
 # What ends a line for some reader of the output besides "\n": Python's str.splitlines (which
@@ -196,8 +202,9 @@ def tsv_field(text: str) -> str:
 
 # The characters ``json`` leaves raw in a string that a reader still acts on: the line breaks
 # U+0085, U+2028 and U+2029 (every line reader must see one line), DEL and the other C1
-# controls (a terminal may read U+009B as the start of an escape sequence).
-_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029]")
+# controls (a terminal may read U+009B as the start of an escape sequence), and the lone
+# surrogates, which no UTF-8 output can hold (``_SURROGATES``).
+_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def json_line(value) -> str:

@@ -55,4 +55,4 @@ def export(
             export_to_stream(run_dir, sys.stdout.buffer, root if data_dir else None)
             return
         written = export_run(run_dir, out, root if data_dir else None, force=force)
-    typer.echo(written)
+    typer.echo(common.one_line(str(written)))

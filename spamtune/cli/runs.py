@@ -204,7 +204,7 @@ def remove_runs(
     bases = {(run_catalog.base_of(run_dir) or {}).get("sha256") for run_dir in run_dirs} - {None}
     for run_dir in run_dirs:
         run_catalog.remove_run(run_dir)
-        typer.echo(run_dir)
+        typer.echo(common.one_line(str(run_dir)))
     _note_bases_left_unused(root, bases)
 
 

@@ -141,7 +141,7 @@ def sweep_command(
     from spamtune.errors import SpamtuneError
     from spamtune.sweep import SWEEP_FILE
 
-    typer.echo(result.folder / SWEEP_FILE)
+    typer.echo(common.one_line(str(result.folder / SWEEP_FILE)))
     if result.best is None:  # nothing usable came out of it
         raise SpamtuneError(f"no run of the sweep finished: every one of the {len(result.rows)} failed (see {result.folder / SWEEP_FILE})")
 
