@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 import shutil
 import time
@@ -94,8 +95,28 @@ def _listed_as(value) -> str:
     return repr(value + 0.0 if isinstance(value, float) else value)
 
 
+# The most combinations a sweep takes. Each is checked and named before the first run, and
+# sweep.json holds a row for each, rewritten after every run: a list pasted by mistake
+# (`--seed $(seq -s, 1 1000000)`) spent minutes and gigabytes of memory on that before any
+# output, for a sweep no machine would finish.
+MAX_COMBINATIONS = 10_000
+
+
+def check_grid_size(grid: dict[str, list]) -> None:
+    """One usage error for a grid of more than ``MAX_COMBINATIONS`` combinations, counted
+    without making them."""
+    count = math.prod(len(values) for values in grid.values())
+    if count > MAX_COMBINATIONS:
+        sizes = " x ".join(f"{len(values):,} --{name.replace('_', '-')}" for name, values in grid.items() if len(values) > 1)
+        raise SpamtuneUsageError(
+            f"this sweep lists {count:,} combinations ({sizes}); a sweep takes at most {MAX_COMBINATIONS:,}: "
+            "list fewer values, or split it into sweeps of their own --out"
+        )
+
+
 def combinations(grid: dict[str, list]) -> list[dict]:
     """Every combination, the first option varying slowest (the order runs are made in)."""
+    check_grid_size(grid)
     names = list(grid)
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 

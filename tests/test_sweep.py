@@ -577,3 +577,26 @@ def test_the_progress_shows_an_escape_sequence_in_a_path_given_rather_than_sendi
     shown = str(planted).encode("unicode_escape").decode("ascii")  # as one_line writes it
     assert f"run folder: {shown}/sw/lr-0.001" in result.stderr and f"best: {shown}/sw/lr-0." in result.stderr
     assert "fine-tuning cfg\\x1b[2J on cpu" in result.stderr and "[red]" in result.stderr
+
+
+def test_a_grid_of_more_combinations_than_a_sweep_takes_is_one_usage_error_before_any_work(tmp_path):
+    """A list pasted by mistake: every combination was made, checked and named first (minutes
+    and gigabytes for a million), then written into sweep.json after every run."""
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+    from spamtune.sweep import MAX_COMBINATIONS
+
+    root = write_tiny_data(tmp_path / "data")
+    seeds, rates = ",".join(map(str, range(MAX_COMBINATIONS // 100 + 1))), ",".join(f"{n}e-4" for n in range(1, 101))
+
+    def never(*args):
+        raise AssertionError("a run started")
+
+    with pytest.raises(SpamtuneUsageError, match=f"lists {MAX_COMBINATIONS + 100:,} combinations .* at most {MAX_COMBINATIONS:,}"):
+        run_sweep(tiny_options(root), parse_grid(train.FinetuneOptions, {"seed": seeds, "lr": rates}), tmp_path / "lib", finetune=never)
+    args = ["sweep", "--model", str(root / "tiny.json"), "--weights", "random", "--seed", seeds, "--lr", rates, "--out", str(tmp_path / "cli")]
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(root)])
+    assert result.exit_code == 2 and result.stdout == "" and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"Error: this sweep lists {MAX_COMBINATIONS + 100:,} combinations (100 --lr x 101 --seed)")
+    assert not (tmp_path / "lib").exists() and not (tmp_path / "cli").exists()
