@@ -471,6 +471,10 @@ def run_sweep(
     prepared_data(root)  # every run would fail on an unprepared data root: say it once
     identity = sweep_id(base, grid)
     folder = Path(out) if out else sweeps_dir(root) / f"sweep-{identity}"
+    if not out and folder.is_symlink():
+        # The sweep names and makes this folder itself: a link there is someone else's, and the
+        # runs would land wherever it points. A folder named with --out is the user's to choose.
+        raise SpamtuneError(f"{folder} is a symbolic link, not a folder this sweep made; remove it, or give the sweep an --out")
     check_sweep_folder(folder, identity, {name: replace(base, **overrides) for name, overrides in zip(names, combos)})
     try:
         folder.mkdir(parents=True, exist_ok=True)

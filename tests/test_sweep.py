@@ -288,6 +288,25 @@ def test_a_link_planted_under_a_run_name_is_in_the_way_and_never_followed(tmp_pa
     assert (folder / "lr-0.002").is_symlink() and sorted(p.name for p in elsewhere.iterdir()) == before
 
 
+def test_a_link_planted_as_the_default_sweep_folder_is_refused_and_never_followed(tmp_path):
+    """The folder under <data root>/sweeps is named after the sweep's hash, so it can be planted
+    ahead: the sweep wrote its runs and sweep.json wherever the link pointed."""
+    root = write_tiny_data(tmp_path / "data")
+    base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3]}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = root / "sweeps" / f"sweep-{sweep_id(base, grid)}"
+    planted.parent.mkdir()
+    planted.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(SpamtuneError, match="is a symbolic link, not a folder this sweep made"):
+        run_sweep(base, grid, finetune=fake_finetune)
+    assert planted.is_symlink() and list(elsewhere.iterdir()) == []
+    linked_out = tmp_path / "my-sweep"  # named by the user: theirs to point anywhere
+    linked_out.symlink_to(elsewhere, target_is_directory=True)
+    assert run_sweep(base, grid, out=linked_out, finetune=fake_finetune).best is not None
+    assert (elsewhere / SWEEP_FILE).is_file()
+
+
 @pytest.mark.parametrize("summary", ["[1, 2]", '{"validation_loss": null, "validation_accuracy": 0.5}', '{"validation_loss": 0.1, "validation_accuracy": 0.5, "test_accuracy": "high"}'])
 def test_a_finished_run_whose_summary_was_edited_is_one_error_naming_it(tmp_path, summary):
     root = write_tiny_data(tmp_path / "data")
