@@ -91,9 +91,21 @@ def has_trained(run_dir: Path) -> bool:
     return any((Path(run_dir) / name).is_file() for name in names)
 
 
+def check_utf8_path(path: Path, what: str) -> None:
+    """Refuse ``path`` for a run's or a sweep's files when it is not UTF-8 (a name's bytes that
+    are no UTF-8 read as lone surrogates): safetensors opens a file by its UTF-8 path, and the
+    JSON files of a run and a sweep record where they are, so a run there trained to its end,
+    then failed as it saved, with an "unexpected UnicodeEncodeError"."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpamtuneError(f"{what} {path} is not a UTF-8 path (it holds bytes that are no UTF-8), which a run's files cannot be written under; give another") from None
+
+
 def new_run_dir(runs: Path, name: str) -> Path:
     """A fresh ``<runs>/<timestamp>-<name>``, never an existing folder."""
     base = runs / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
+    check_utf8_path(base, "the run folder")
     for attempt in range(1, 1000):
         candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
         try:
@@ -116,6 +128,7 @@ class RunFolderTaken(SpamtuneError):
 
 def claim_run_dir(out: Path) -> Path:
     """Use ``out`` only if it is new or empty."""
+    check_utf8_path(out, "the run folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunFolderTaken(out)
     try:

@@ -475,6 +475,8 @@ def run_sweep(
         # The sweep names and makes this folder itself: a link there is someone else's, and the
         # runs would land wherever it points. A folder named with --out is the user's to choose.
         raise SpamtuneError(f"{folder} is a symbolic link, not a folder this sweep made; remove it, or give the sweep an --out")
+    runs.check_utf8_path(root, "the data root")  # sweep.json records it
+    runs.check_utf8_path(folder, "the sweep folder")
     check_sweep_folder(folder, identity, {name: replace(base, **overrides) for name, overrides in zip(names, combos)})
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -251,6 +251,7 @@ def finetune(
     started = time.perf_counter()
     options = replace(options, data_dir=str(Path(options.data_dir).resolve()))
     cfg, trainable, precision, data = check_and_load(options)
+    runs.check_utf8_path(Path(options.data_dir), "the data root")  # hparams.json records it
     world = World.current()  # several ranks: rank 0 creates and writes the folder, all train
     if out:
         run_dir = world.on_main(lambda: runs.claim_run_dir(Path(out)))

@@ -619,3 +619,32 @@ def test_a_grid_of_more_combinations_than_a_sweep_takes_is_one_usage_error_befor
     assert result.exit_code == 2 and result.stdout == "" and len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith(f"Error: this sweep lists {MAX_COMBINATIONS + 100:,} combinations (100 --lr x 101 --seed)")
     assert not (tmp_path / "lib").exists() and not (tmp_path / "cli").exists()
+
+
+def test_a_sweep_or_run_under_a_path_that_is_no_utf8_is_refused_before_anything_is_made(tmp_path):
+    """safetensors opens files by a UTF-8 path, and sweep.json and a run's JSON files record
+    where they are: such a sweep failed with "unexpected UnicodeEncodeError" after making its
+    folder, and a run trained to its end, then failed as it saved."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path / "data")
+    base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3]}
+    out = tmp_path / os.fsdecode(b"sweep-\xff")
+    with pytest.raises(SpamtuneError, match=r"the sweep folder .* is not a UTF-8 path"):
+        run_sweep(base, grid, out=out, finetune=fake_finetune)
+    odd_root = shutil.copytree(root, tmp_path / os.fsdecode(b"data-\xe9"))
+    with pytest.raises(SpamtuneError, match=r"the data root .* is not a UTF-8 path"):
+        run_sweep(replace(base, data_dir=str(odd_root)), grid, out=tmp_path / "sweep", finetune=fake_finetune)
+    with pytest.raises(SpamtuneError, match=r"the run folder .* is not a UTF-8 path"):
+        train.finetune(base, tmp_path / os.fsdecode(b"run-\xff"))
+    with pytest.raises(SpamtuneError, match=r"the data root .* is not a UTF-8 path"):
+        train.finetune(replace(base, data_dir=str(odd_root)), tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data", odd_root.name])
+    args = ["sweep", "--model", str(root / "tiny.json"), "--weights", "random", "--lr", "1e-3,2e-3", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(root)])
+    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr == f"Error: the sweep folder {tmp_path}/sweep-\\udcff is not a UTF-8 path (it holds bytes that are no UTF-8), which a run's files cannot be written under; give another\n"
