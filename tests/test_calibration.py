@@ -302,6 +302,21 @@ def test_calibrate_command(rigged_run_and_data):
     assert short == dear
 
 
+def test_calibrate_prints_a_run_path_holding_an_escape_sequence_escaped_on_one_line(rigged_run_and_data):
+    """The path of calibration.json went to stdout as it was: a run folder named with an escape
+    sequence and a line break drove the terminal and made two result lines of one."""
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    run, data = rigged_run_and_data
+    odd = run.rename(run.with_name("run\x1b]0;owned\x07\nx"))
+    result = CliRunner().invoke(app, ["calibrate", str(odd), "--data-dir", str(data), "--device", "cpu"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"{odd.parent}/run\\x1b]0;owned\\x07\\nx/{cal.CALIBRATION_FILE}\n"
+    assert (odd / cal.CALIBRATION_FILE).is_file()
+
+
 def test_a_large_bare_fraction_for_max_ham_loss_is_said_back_as_a_percentage(rigged_run_and_data):
     """"0.5" is half the ham (the user likely meant 0.5%): it is taken as given, with a warning;
     the same rate as a percentage, or a small bare fraction, warns of nothing."""

@@ -108,7 +108,7 @@ def calibrate_command(
         return
     for line in summary_lines(calibration):
         common.note(line)
-    _report(str(written), written)
+    _report(common.one_line(str(written)), written)  # a control character in the run's path shown, not acted on
 
 
 def _report(line: str, written: Path) -> None:
