@@ -225,6 +225,16 @@ def test_rm_touches_only_runs_and_never_a_link_target(root, tmp_path):
     assert not link.is_symlink() and (root / "runs" / "done" / runs.SUMMARY_FILE).is_file()
 
 
+def test_rm_of_one_run_named_twice_in_two_spellings_removes_it_once_and_succeeds(root):
+    """`runs rm x <root>/runs/../runs/x` removed the run, then failed on the second spelling as
+    a run not found: exit 1 for a removal that was done."""
+    spelt = f"{root}/runs/../runs/done"
+    removed = invoke("runs", "rm", "--yes", "done", spelt, "stopped", "--data-dir", str(root))
+    assert removed.exit_code == 0 and "Error" not in removed.stderr, removed.stderr
+    assert removed.stdout.splitlines() == [str(root / "runs" / "done"), str(root / "runs" / "stopped")]
+    assert not (root / "runs" / "done").exists() and not (root / "runs" / "stopped").exists()
+
+
 def test_a_run_being_trained_shows_as_running_and_is_not_removed(root):
     """Training holds the run folder's lock; a listing probes it and `runs rm` refuses."""
     stopped = root / "runs" / "stopped"

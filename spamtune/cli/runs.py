@@ -7,6 +7,7 @@ and a JSON array with ``--json``. Nothing here imports torch: it reads the runs'
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -187,7 +188,14 @@ def remove_runs(
     from spamtune import run_catalog
 
     root = paths.data_root(data_dir or ctx.obj)
-    run_dirs = list(dict.fromkeys(run_catalog.find_run(run, root) for run in runs))
+    found: dict[tuple[str, str], Path] = {}
+    for run in runs:
+        run_dir = run_catalog.find_run(run, root)
+        # One run named twice, however spelt (a name and its path, runs/../runs/x): removed once,
+        # where the second removal failed, after the first, as a run not found. The folder's own
+        # name is not resolved: a link to a run is removed itself, a run of its own.
+        found.setdefault((os.path.realpath(run_dir.parent), run_dir.name), run_dir)
+    run_dirs = list(found.values())
     for run_dir in run_dirs:  # all checked before anything is removed
         run_catalog.check_removable(run_dir, root)
     if not yes:
