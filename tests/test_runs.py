@@ -131,6 +131,18 @@ def test_a_run_named_with_a_line_break_or_an_escape_sequence_is_shown_escaped(ro
     assert removed.exit_code == 0 and removed.stdout == f"{root / 'runs'}/{escaped}\n"
 
 
+def test_runs_show_escapes_the_keys_of_a_run_s_files_as_it_does_their_values(root):
+    """The values were escaped but not the keys: an hparams.json planted with a key holding an
+    escape sequence set the terminal's title, and one with a line break made two lines."""
+    hparams = root / "runs" / "done" / runs.HPARAMS_FILE
+    hparams.write_text(json.dumps({**json.loads(hparams.read_text()), "\x1b]0;owned\x07": 1, "two\nlines": "v"}))
+    shown = invoke("runs", "show", "done", "--data-dir", str(root))
+    assert shown.exit_code == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    lines = [line.split() for line in shown.stdout.splitlines()]
+    assert ["hparams.\\x1b]0;owned\\x07", "1"] in lines and ["hparams.two\\nlines", "v"] in lines
+
+
 def test_runs_json_escapes_the_c1_controls_and_line_separators_json_leaves_raw(root):
     """`json.dumps(ensure_ascii=False)` writes U+009B (a terminal's one-byte escape sequence
     start) and U+2028 as they are: a run named with them reached the terminal reading the JSON."""

@@ -164,9 +164,12 @@ def show_run(
     for section in sections:
         if record[section] is not None:
             _flatten(section, record[section], lines)
+    # One line per key, whatever a key or value holds: the keys are those of the run's JSON
+    # files too, which a hand-edited or planted run fills with anything.
+    lines = [(common.one_line(key), common.one_line(value)) for key, value in lines]
     width = max(len(key) for key, _ in lines)
     for key, value in lines:
-        typer.echo(f"{key.ljust(width)}  {common.one_line(value)}")  # one line per key, whatever a value holds
+        typer.echo(f"{key.ljust(width)}  {value}")
 
 
 @common.command(runs_app, "rm")
