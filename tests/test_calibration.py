@@ -413,6 +413,26 @@ def test_calibrating_or_evaluating_an_interrupted_run_says_its_weights_are_the_b
     assert json.loads(evaluated.stdout)["threshold"] == cal.read_calibration(run).threshold
 
 
+def test_the_note_on_an_interrupted_run_named_with_an_escape_sequence_shows_it_escaped(rigged_run_and_data):
+    """Notes on stderr printed the run folder as it was (warnings and errors escape it): an
+    interrupted run named with an escape sequence set the terminal's title on every evaluate."""
+    from typer.testing import CliRunner
+
+    from spamtune import runs
+    from spamtune.cli import app
+
+    run, data = rigged_run_and_data
+    run = run.rename(run.with_name("run\x1b]0;owned\x07"))
+    (run / runs.RESUME_DIR).mkdir()
+    runs.resume_file(run).write_bytes(b"a checkpoint")
+    common = ["--run", str(run), "--data-dir", str(data), "--device", "cpu"]
+    for command in (["calibrate", *common, "--json"], ["evaluate", *common, "--json", "--no-plots"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.stderr
+        assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+        assert f"{run.parent}/run\\x1b]0;owned\\x07 is unfinished: these are its best weights so far" in result.stderr
+
+
 def test_predict_and_evaluate_decide_at_the_threshold_as_calibrate_chose_it(rigged_run_and_data, monkeypatch):
     """Near p = 1 the validation scores are closer than float32 can tell: calibrate's threshold
     sits between a lost ham (logit gap 18) and a spam (18.5), and float32 would flag both."""

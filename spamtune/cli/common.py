@@ -214,9 +214,10 @@ def json_line(value) -> str:
 
 
 def note(message: str) -> None:
-    """One plain line on stderr (never markup: it may hold paths and user text), unless ``--quiet``."""
+    """One plain line on stderr (never markup: it may hold paths and user text, whose control
+    characters it writes as ``one_line`` does, as ``warn`` and ``Error:`` lines do), unless ``--quiet``."""
     if not is_quiet():
-        print(message, file=sys.stderr, flush=True)
+        print(one_line(message), file=sys.stderr, flush=True)
 
 
 def unfinished_run_note(run_dir: Path, then: str = "") -> None:
