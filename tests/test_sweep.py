@@ -579,7 +579,7 @@ def test_a_prepare_as_a_sweep_run_starts_is_caught_once_the_run_ends(tmp_path):
 
 def test_the_progress_shows_an_escape_sequence_in_a_path_given_rather_than_sending_it_to_the_terminal(tmp_path):
     """The run folders under --out and the model's config file are the user's paths: the run
-    started, the run folder, the best run and the interrupted run were printed as they were, so
+    started, the run folder, the best run, the interrupted run and the table's title were printed as they were, so
     an escape sequence in one (or rich markup, which the console never reads) reached the terminal."""
     from typer.testing import CliRunner
 
@@ -590,11 +590,14 @@ def test_the_progress_shows_an_escape_sequence_in_a_path_given_rather_than_sendi
     planted.mkdir()
     shutil.copy(root / "tiny.json", planted / "cfg\x1b[2J.json")
     args = ["sweep", "--model", str(planted / "cfg\x1b[2J.json"), "--weights", "random", "--epochs", "1", "--device", "cpu"]
-    result = CliRunner().invoke(app, [*args, "--precision", "fp32", "--lr", "1e-3,2e-3", "--data-dir", str(root), "--out", str(planted / "sw")])
+    out = planted / "s\x1b[1mw"
+    result = CliRunner().invoke(app, [*args, "--precision", "fp32", "--lr", "1e-3,2e-3", "--data-dir", str(root), "--out", str(out)])
     assert result.exit_code == 0 and "Traceback" not in result.stderr, result.stderr
     assert not any(c in result.stderr for c in "\x1b\x07\x9b")
-    shown = str(planted).encode("unicode_escape").decode("ascii")  # as one_line writes it
-    assert f"run folder: {shown}/sw/lr-0.001" in result.stderr and f"best: {shown}/sw/lr-0." in result.stderr
+    shown = str(out).encode("unicode_escape").decode("ascii")  # as one_line writes it
+    assert f"run folder: {shown}/lr-0.001" in result.stderr and f"best: {shown}/lr-0." in result.stderr
+    assert "sweep s\\x1b[1mw: 2 runs" in result.stderr  # the table's title
+    assert result.stdout == f"{shown}/{SWEEP_FILE}\n"
     assert "fine-tuning cfg\\x1b[2J on cpu" in result.stderr and "[red]" in result.stderr
 
 

@@ -78,7 +78,7 @@ def render_table(console, result) -> None:
 
     best = result.best
     swept = list(dict.fromkeys(name for row in result.rows for name in row["overrides"]))
-    table = Table(title=f"sweep {result.folder.name}: {len(result.rows)} runs, by validation loss", title_justify="left")
+    table = Table(title=cell(f"sweep {result.folder.name}: {len(result.rows)} runs, by validation loss"), title_justify="left")
     headings = [("", "left"), *((name.replace("_", "-"), "left") for name in swept)]
     headings += [("val acc", "right"), ("val loss", "right"), ("test acc", "right"), ("test loss", "right"), ("time", "right"), ("status", "left")]
     for heading, justify in headings:
