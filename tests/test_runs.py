@@ -247,6 +247,16 @@ def test_rm_of_one_run_named_twice_in_two_spellings_removes_it_once_and_succeeds
     assert not (root / "runs" / "done").exists() and not (root / "runs" / "stopped").exists()
 
 
+def test_rm_of_an_empty_run_name_is_a_usage_error_not_the_newest_run(root):
+    """An empty run is the newest finished one for show and evaluate: `runs rm --yes "$RUN"`
+    with RUN unset removed the newest finished run."""
+    before = sorted(p.name for p in (root / "runs").iterdir())
+    refused = invoke("runs", "rm", "--yes", "stopped", "", "--data-dir", str(root))
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert refused.stderr == "Error: an empty run name: name each run to remove (`spamtune runs` lists them)\n"
+    assert sorted(p.name for p in (root / "runs").iterdir()) == before
+
+
 def test_a_run_being_trained_shows_as_running_and_is_not_removed(root):
     """Training holds the run folder's lock; a listing probes it and `runs rm` refuses."""
     stopped = root / "runs" / "stopped"

@@ -191,6 +191,10 @@ def remove_runs(
     from spamtune import run_catalog
 
     root = paths.data_root(data_dir or ctx.obj)
+    if "" in runs:
+        # Elsewhere an empty run means the newest one: here a script's empty variable
+        # (`runs rm --yes "$RUN"`) removed the newest finished run.
+        raise SpamtuneUsageError("an empty run name: name each run to remove (`spamtune runs` lists them)")
     found: dict[tuple[str, str], Path] = {}
     for run in runs:
         run_dir = run_catalog.find_run(run, root)
