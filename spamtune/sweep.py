@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -296,7 +297,20 @@ class SweepInUse(SpamtuneError):
 
 # Options whose listed values can be spelt apart and still train the same run; what each means is
 # compared, not how it is spelt.
-_RESOLVED = ("device", "precision", "trainable", "lora_blocks")
+_RESOLVED = ("device", "precision", "trainable", "lora_blocks", "model")
+
+
+def _model_identity(spec: str) -> str:
+    """The model a ``--model`` value names: a size whatever its spelling (``gpt2``, ``124M``,
+    ``GPT2-small``), or a config file however its path is written (``tiny.json``, ``./tiny.json``)."""
+    from spamtune.model_names import canonical_model_name
+
+    if not (spec.endswith(".json") or Path(spec).is_file()):  # read as GPTConfig.resolve reads it
+        try:
+            return canonical_model_name(spec)
+        except SpamtuneError:
+            pass
+    return os.path.realpath(spec)
 
 
 def _check_distinct_runs(base, combos: list[dict], trainables: list) -> None:
@@ -304,7 +318,8 @@ def _check_distinct_runs(base, combos: list[dict], trainables: list) -> None:
     one error before the first run, like the other options, not a failure after it. Two runs
     that differ only in what ``auto`` means here (``--precision auto,bf16`` on a bf16 CPU), or
     in how a preset is spelt (``--trainable last-block,last-1-blocks``; ``--lora-blocks
-    none,12`` on a 12-block model, where none is every block) would train the same thing twice
+    none,12`` on a 12-block model, where none is every block) or a model (``--model gpt2,124M``)
+    would train the same thing twice
     under two names: a usage error, as a value listed twice is. ``trainables``: each
     combination's parsed preset (``validate_options``)."""
     from spamtune.device import resolve_device, resolve_precision
@@ -316,7 +331,7 @@ def _check_distinct_runs(base, combos: list[dict], trainables: list) -> None:
         precision = resolve_precision(options.precision, device)
         trains = (trainable.preset == "lora", trainable.first_block, trainable.final_norm, trainable.embeddings)
         rest = tuple(sorted((k, repr(v)) for k, v in overrides.items() if k not in _RESOLVED))
-        same = resolved.setdefault((rest, str(device), precision, trains), overrides)
+        same = resolved.setdefault((rest, str(device), precision, trains, _model_identity(options.model)), overrides)
         if same is not overrides:
             differ = [k for k in _RESOLVED if same.get(k, getattr(base, k)) != overrides.get(k, getattr(base, k))]
             listed = " and ".join(

@@ -225,6 +225,23 @@ def test_presets_spelt_two_ways_for_one_run_are_refused_before_any_run(tmp_path,
     assert len(rows) == 2  # presets that train different blocks are two runs
 
 
+def test_one_model_named_two_ways_is_refused_before_any_run(tmp_path):
+    """`--model gpt2,124M` (an alias), `tiny,TINY`, or one config file reached by two paths
+    trained the same model twice under two folder names."""
+    root = write_tiny_data(tmp_path / "data")
+    spelt = [
+        (["tiny", "TINY"], "--model tiny and TINY are the same run"),
+        (["gpt2", "124M"], "--model gpt2 and 124M are the same run"),
+        ([str(root / "tiny.json"), f"{root}/../data/tiny.json"], "--model .* are the same run"),
+    ]
+    for models, message in spelt:
+        with pytest.raises(SpamtuneUsageError, match=message):
+            run_sweep(tiny_options(root, epochs=1), {"model": models}, out=tmp_path / "s", finetune=lambda *a: pytest.fail("a run started"))
+    assert not (tmp_path / "s").exists()
+    rows = run_sweep(tiny_options(root, epochs=1), {"model": ["tiny", str(root / "tiny.json")]}, out=tmp_path / "t", finetune=lambda *a: FIGURES).rows
+    assert len(rows) == 2  # two models
+
+
 def test_the_cli_exits_1_when_no_run_of_a_sweep_finished(tmp_path):
     from typer.testing import CliRunner
 
