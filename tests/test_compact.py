@@ -1,6 +1,7 @@
 """Compact runs: only the changed tensors plus a base reference; bases stored once; export."""
 
 import json
+import os
 import threading
 import time
 
@@ -450,6 +451,12 @@ def test_cli_export(tmp_path):
     bad = runner.invoke(app, ["export", str(tmp_path), str(tmp_path / "y.safetensors")])
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: ") and "not a run folder" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "y.safetensors").exists()
+    # A file named with a line break, an escape sequence and a byte that is no UTF-8: its path
+    # was two lines on stdout with the escape sequence acted on, or an "unexpected
+    # UnicodeEncodeError" once the file was written. One line, escaped, now.
+    odd = tmp_path / (os.fsdecode(b"x\xff") + "\n\x1b[1m.safetensors")
+    written = runner.invoke(app, ["export", str(run), str(odd)])
+    assert written.exit_code == 0 and written.stdout == f"{tmp_path}/x\\udcff\\n\\x1b[1m.safetensors\n" and odd.is_file()
 
 
 @pytest.mark.parametrize(
