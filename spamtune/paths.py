@@ -34,11 +34,11 @@ def data_root(override: str | Path | None = None) -> Path:
     """``override`` (``--data-dir``), else ``$SPAMTUNE_HOME``, else ``default_data_root()``;
     absolute. A file there is an error: listed as a root, it would read as an empty one."""
     if override:
-        root = _absolute(override)
+        root = absolute(override)
     elif os.environ.get(ENV_HOME):
-        root = _absolute(os.environ[ENV_HOME])
+        root = absolute(os.environ[ENV_HOME])
     else:
-        root = _absolute(default_data_root())
+        root = absolute(default_data_root())
     if root.exists() and not root.is_dir():
         raise SpamtuneError(f"the data root {root} is not a folder ({data_root_source(override)}); {ELSEWHERE}")
     if root.is_symlink() and not root.exists():
@@ -60,7 +60,8 @@ def data_root_source(override: str | Path | None = None) -> str:
     return "the default (the user data folder)"
 
 
-def _absolute(path: str | Path) -> Path:
+def absolute(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, made absolute (not resolved: a link in it stays one)."""
     return Path(path).expanduser().absolute()
 
 
@@ -131,7 +132,7 @@ def is_bare_name(run: str) -> bool:
 def new_run_path(run: str | Path, root: Path) -> Path:
     """Where ``finetune --run RUN`` creates a run: a bare name under ``<root>/runs``, a path as given."""
     text = str(run)
-    return runs_dir(root) / text if is_bare_name(text) else _absolute(text)
+    return runs_dir(root) / text if is_bare_name(text) else absolute(text)
 
 
 def resolve_run(run: str | Path | None, root: Path) -> Path:
@@ -150,12 +151,12 @@ def resolve_run(run: str | Path | None, root: Path) -> Path:
         if named.is_dir():
             return named
         if Path(text).is_dir():
-            return _absolute(text)
+            return absolute(text)
         raise SpamtuneError(
             f"run folder not found: no run named '{text}' in {runs_dir(root)} (`spamtune runs` lists them), "
-            f"nor a folder {_absolute(text)}; {ELSEWHERE}"
+            f"nor a folder {absolute(text)}; {ELSEWHERE}"
         )
-    path = _absolute(text)
+    path = absolute(text)
     if path.is_file():  # e.g. a run's model.safetensors, or a file `spamtune export` wrote
         raise SpamtuneError(
             f"{path} is a file, not a run folder; give the run folder (an exported classifier is for "

@@ -485,7 +485,9 @@ def run_sweep(
     _check_distinct_runs(base, combos, trainables)
     prepared_data(root)  # every run would fail on an unprepared data root: say it once
     identity = sweep_id(base, grid)
-    folder = Path(out) if out else sweeps_dir(root) / f"sweep-{identity}"
+    # Absolute, as every path spamtune hands out: sweep.json and each run's summary record it,
+    # and a relative --out made them name the runs from the directory the sweep ran in only.
+    folder = paths.absolute(out) if out else sweeps_dir(root) / f"sweep-{identity}"
     if not out and folder.is_symlink():
         # The sweep names and makes this folder itself: a link there is someone else's, and the
         # runs would land wherever it points. A folder named with --out is the user's to choose.

@@ -668,3 +668,21 @@ def test_a_sweep_or_run_under_a_path_that_is_no_utf8_is_refused_before_anything_
     result = CliRunner().invoke(app, [*args, "--data-dir", str(root)])
     assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr
     assert result.stderr == f"Error: the sweep folder {tmp_path}/sweep-\\udcff is not a UTF-8 path (it holds bytes that are no UTF-8), which a run's files cannot be written under; give another\n"
+
+
+def test_a_relative_out_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    """sweep.json and each run's summary.json named the runs relative to the directory the
+    sweep ran in (`--out my-sweep`): read from anywhere else they pointed nowhere."""
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", "--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--device", "cpu", "--precision", "fp32"]
+    result = CliRunner().invoke(app, [*args, "--lr", "1e-3,2e-3", "--out", "my-sweep", "--data-dir", str(root)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"{tmp_path / 'my-sweep' / SWEEP_FILE}\n"
+    table = json.loads((tmp_path / "my-sweep" / SWEEP_FILE).read_text())
+    assert sorted(row["run"] for row in table["runs"]) == [str(tmp_path / "my-sweep" / name) for name in ("lr-0.001", "lr-0.002")]
+    assert json.loads((tmp_path / "my-sweep" / "lr-0.001" / runs.SUMMARY_FILE).read_text())["run"] == str(tmp_path / "my-sweep" / "lr-0.001")
