@@ -951,6 +951,31 @@ def test_cli_download_model_from_file(tmp_path, root, tiny_weights, tiny_gpt2_sm
     assert result.stdout == f"{paths.imported_weights_file(root, 'gpt2-small')}\n"
 
 
+def test_cli_prints_the_paths_under_a_data_root_with_control_characters_escaped_on_one_line(tmp_path, tiny_weights, tiny_gpt2_small):
+    """The written paths went to stdout, and the notes naming them to stderr, as they were: a data
+    root named with an escape sequence and a line break drove the terminal and made two lines of
+    each path, and one with a byte that is no UTF-8 failed the output. Each is one escaped line."""
+    root = tmp_path / (os.fsdecode(b"x\xff") + "\x1b]0;x\x07\nroot")
+    shown = f"{tmp_path}/x\\udcff\\x1b]0;x\\x07\\nroot"
+    data = cli("download", "data", "--bundled", "--data-dir", str(root))
+    assert data.exit_code == 0, data.stderr
+    assert data.stdout == f"{shown}/sms_spam_collection/SMSSpamCollection\n"
+    again = cli("download", "data", "--bundled", "--data-dir", str(root))
+    assert again.exit_code == 0 and again.stdout == data.stdout
+    assert again.stderr.startswith(f"{shown}/sms_spam_collection/SMSSpamCollection is already there and verified (sha256 ")
+    assert len(again.stderr.splitlines()) == 1
+
+    # safetensors opens a file by its UTF-8 path: weights go where every byte is UTF-8.
+    root, shown = tmp_path / "\x1b]0;x\x07\nroot", f"{tmp_path}/\\x1b]0;x\\x07\\nroot"
+    source = tmp_path / "\x1b[1mmodel.safetensors"
+    source.write_bytes(tiny_weights)
+    weights = cli("download", "model", "124M", "--from", str(source), "--data-dir", str(root))
+    assert weights.exit_code == 0, weights.stderr
+    assert weights.stdout == f"{shown}/models/gpt2-small/model.safetensors\n"
+    assert weights.stderr == f"{tmp_path}/\\x1b[1mmodel.safetensors imported: shapes match gpt2-small\n"
+    assert paths.imported_weights_file(root, "gpt2-small").read_bytes() == tiny_weights
+
+
 def test_cli_download_everything(server, tmp_path, root, tiny_weights, tiny_gpt2_small, real_sms_zip):
     serve_on_hub(server, tiny_weights)
     url = server.add("/sms.zip", real_sms_zip)

@@ -71,7 +71,7 @@ def fetch_data_file(root: Path, urls: list[str], from_file: Path | None, bundled
     from spamtune.interrupts import sigterm_as_interrupt
 
     def notify(message: str) -> None:
-        console.print(message, markup=False)
+        console.print(common.one_line(message), markup=False)  # it may name the data root or --from's file
 
     # SIGTERM (`timeout`, a scheduler) as Ctrl-C: the temporary download is removed, where ending
     # at once would leave it beside the data under a random name, never resumed nor cleaned.
@@ -98,7 +98,7 @@ def fetch_data_file(root: Path, urls: list[str], from_file: Path | None, bundled
         line = f"SMS Spam Collection {result.status} from {result.source}"
     else:
         return result.path  # the note above already said it was there
-    console.print(line + "; sha256 verified", markup=False)
+    console.print(common.one_line(line + "; sha256 verified"), markup=False)
     return result.path
 
 
@@ -112,18 +112,24 @@ def fetch_model_file(root: Path, name: str, from_file: Path | None, endpoint: st
     with sigterm_as_interrupt():
         if from_file is not None:
             result = import_model(root, name, from_file)
-            console.print(f"{from_file} imported: shapes match {result.path.parent.name}", markup=False)
+            console.print(common.one_line(f"{from_file} imported: shapes match {result.path.parent.name}"), markup=False)
             return result.path
         common.configure_hf_logging()
         result = download_model(
             name,
             endpoint=endpoint,
             progress_bars=console.is_terminal,
-            notify=lambda message: console.print(message, markup=False),
+            notify=lambda message: console.print(common.one_line(message), markup=False),
         )
     done = "was already in the Hugging Face cache" if result.status == "present" else "downloaded"
     console.print(f"{name} {done}; sha256 and shapes verified", markup=False)
     return result.path
+
+
+def _print_path(path: Path) -> None:
+    """A written file's path on stdout, one line a terminal shows as it is (a data root named
+    with an escape sequence, a line break or bytes that are no UTF-8)."""
+    typer.echo(common.one_line(str(path)))
 
 
 @common.examples(
@@ -139,8 +145,8 @@ def download_all(ctx: typer.Context, data_dir: Path | None = _data_dir_option())
     root, console = paths.data_root(data_dir), _stderr()
     data_path = fetch_data_file(root, [], None, False, console)
     model_path = fetch_model_file(root, DEFAULT_MODEL, None, None, console)
-    typer.echo(data_path)
-    typer.echo(model_path)
+    _print_path(data_path)
+    _print_path(model_path)
 
 
 download_app = common.group_with_default(download_all)
@@ -179,7 +185,7 @@ def download_data(
     if len(chosen) > 1:
         raise SpamtuneUsageError(f"{', '.join(chosen[:-1])} and {chosen[-1]} exclude each other")
     root = paths.data_root(data_dir or ctx.obj)
-    typer.echo(fetch_data_file(root, url, from_file, bundled, _stderr()))
+    _print_path(fetch_data_file(root, url, from_file, bundled, _stderr()))
 
 
 @common.command(download_app, "model")
@@ -204,7 +210,7 @@ def download_model(
 ) -> None:
     """GPT-2 weights (model.safetensors) from the Hugging Face hub into its cache, checked."""
     root = paths.data_root(data_dir or ctx.obj)
-    typer.echo(fetch_model_file(root, name, from_file, endpoint, _stderr()))
+    _print_path(fetch_model_file(root, name, from_file, endpoint, _stderr()))
 
 
 def register(app: typer.Typer) -> None:
