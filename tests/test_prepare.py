@@ -181,6 +181,18 @@ def test_a_tilde_in_the_input_is_the_home_folder(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "out" / "prepare.json").read_text())["input"]["path"] == str(tmp_path / "in.csv")
 
 
+def test_paths_with_control_characters_print_escaped_on_one_line(tmp_path):
+    """The written paths went to stdout, and the input's name to stderr, as they were: a data
+    root or --input named with an escape sequence and a line break drove the terminal and made
+    two lines of each. Each is one escaped line; a plain path prints as it is."""
+    src = write_rows(tmp_path / "in\x1b]0;x\x07\n.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
+    result = run_prepare("--input", src, "--data-dir", tmp_path / "out\x1b[2J\nroot")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{tmp_path}/out\\x1b[2J\\nroot/{name}" for name in OUTPUT_NAMES]
+    assert f"read 10 rows (5 a / 5 b) from {tmp_path}/in\\x1b]0;x\\x07\\n.csv\n" in result.stderr
+    assert "\x1b" not in result.output and (tmp_path / "out\x1b[2J\nroot" / "train.csv").is_file()
+
+
 def test_headerless_ham_spam_tsv_is_read_as_sms(tmp_path):
     src = tmp_path / "messages"
     src.write_text('ham\t"quoted\nspam\tWIN\tnow\n', encoding="utf-8")

@@ -118,6 +118,19 @@ def test_prepare_command_on_mail(tmp_path):
     assert (data / "train.csv").is_file()
 
 
+def test_a_mail_source_named_with_control_characters_is_named_escaped_on_one_line(tmp_path):
+    """A source's line on stderr named its folder as it was: an escape sequence in the name
+    drove the terminal, and a line break cut the line in two."""
+    folder = tmp_path / "mail\x1b]0;x\x07\n"
+    folder.mkdir()
+    box, mbox = make_corpus(folder)
+    result = CliRunner().invoke(app, ["prepare", "--data-dir", str(tmp_path / "data"), "--input", f"ham={box}", "--input", f"spam={mbox}"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"ham: 24 messages from {tmp_path}/mail\\x1b]0;x\\x07\\n/INBOX: 23 kept, ")
+    assert f"\nspam: 20 messages from {tmp_path}/mail\\x1b]0;x\\x07\\n/junk.mbox: 20 kept, " in result.stderr
+    assert "\x1b" not in result.stderr
+
+
 def test_a_message_file_that_cannot_be_read_is_left_out_with_a_warning_naming_it(tmp_path, monkeypatch):
     """Training data is better without one message than not at all: the file is named on stderr,
     counted in the summary and in prepare.json, and the other messages are prepared."""

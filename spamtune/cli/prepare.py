@@ -62,21 +62,21 @@ def prepare(
         written = write_prepared(root, prepared)
     _render_summary(stderr_console(), prepared)
     for path in written:
-        typer.echo(path)
+        typer.echo(common.one_line(str(path)))  # a data root named with an escape sequence or a line break: one line, shown
 
 
 def _render_summary(console: Console, prepared: PreparedSplits) -> None:
     source, options = prepared.source, prepared.options
     per_label = " / ".join(f"{count:,} {label}" for label, count in source.label_counts().items())
     if source.mail_sources is None:
-        console.print(f"read {len(source.texts):,} rows ({per_label}) from {source.name}")
+        console.print(common.one_line(f"read {len(source.texts):,} rows ({per_label}) from {source.name}"))
     else:
         for c in source.mail_sources:
-            console.print(
+            console.print(common.one_line(
                 f"{c.label}: {c.messages:,} messages from {c.path}: {c.kept:,} kept, {c.damaged:,} damaged "
                 f"(kept with what could be read), {c.empty:,} empty (left out), {c.unreadable:,} unreadable (left out), "
                 f"{c.truncated:,} read on their first MiB"
-            )
+            ))
         console.print(f"read {len(source.texts):,} messages ({per_label})")
     if source.label_case_folded:
         console.print("labels compared ignoring case, named in lower case (--keep-label-case keeps Spam and spam apart)")
