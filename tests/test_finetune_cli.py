@@ -48,6 +48,17 @@ def test_run_names_a_new_run_and_config_repeats_its_settings(root, tmp_path):
     assert hparams(tmp_path / "third")["seed"] == 5
 
 
+def test_a_run_named_with_control_characters_is_printed_escaped_on_one_line(root):
+    """The run folder's path went to stdout, and into the calibrate command on stderr, as it
+    was: an escape sequence in --run drove the terminal and a line break made two lines of it."""
+    result = finetune(root, "--run", "run\x1b]0;x\x07\nx", "--model", str(root / "tiny.json"), "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    shown = f"{root}/runs/run\\x1b]0;x\\x07\\nx"
+    assert result.stdout == f"{shown}\n"
+    assert f"choose an operating point with: spamtune calibrate --run '{shown}' --max-ham-loss 1%\n" in result.stderr
+    assert "\x1b" not in result.output and runs.is_finished(root / "runs" / "run\x1b]0;x\x07\nx")
+
+
 def test_config_errors(root, tmp_path):
     missing = finetune(root, "--config", "nosuch")
     assert missing.exit_code == 1 and "run folder not found: no run named 'nosuch'" in missing.stderr

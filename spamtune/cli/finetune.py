@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -336,11 +337,11 @@ def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str]
         if "threshold" in c:
             console.print(
                 f"{fitted}, threshold {c['threshold']:g}; choose an operating point with: "
-                f"spamtune calibrate --run {summary['run']} --max-ham-loss 1%"
+                f"spamtune calibrate --run {common.one_line(shlex.quote(summary['run']))} --max-ham-loss 1%"
             )
         else:  # a run of more classes: no threshold decides it, and calibrate refuses it
             console.print(f"{fitted}; the run decides by the most probable class, with no threshold")
-    typer.echo(summary["run"])
+    typer.echo(common.one_line(summary["run"]))  # a control character in the run's path shown, not acted on
 
 
 def register(app: typer.Typer) -> None:
