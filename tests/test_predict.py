@@ -349,6 +349,16 @@ def test_verbose_names_the_run_and_quiet_says_nothing(run_dir):
     assert both.exit_code == 2 and "exclude each other" in both.stderr
 
 
+def test_verbose_names_a_run_with_control_characters_escaped_on_one_line(tmp_path):
+    """--verbose's line naming the run printed its path as it was: an escape sequence in the
+    folder's name drove the terminal, a line break cut the line in two."""
+    odd = write_rigged_run(tmp_path / "run\x1b]0;x\x07\nx")
+    verbose = invoke(odd, "--verbose", "hi")
+    assert verbose.exit_code == 0, verbose.stderr
+    assert f"\nrun {tmp_path}/run\\x1b]0;x\\x07\\nx on cpu (" in "\n" + verbose.stderr
+    assert "\x1b" not in verbose.stderr
+
+
 def test_progress_only_on_a_terminal_stderr_with_stdout_redirected(run_dir, tmp_path, monkeypatch):
     common.reset([])  # normal verbosity, as at the start of every command
     meter = predict_cli.ReadMeter()

@@ -268,9 +268,9 @@ def library_warnings_as_lines() -> Iterator[None]:
 
 
 def detail(message: str) -> None:
-    """A line on stderr only with ``--verbose``."""
+    """A line on stderr only with ``--verbose``, written as ``note`` writes its line."""
     if is_verbose():
-        print(message, file=sys.stderr, flush=True)
+        print(one_line(message), file=sys.stderr, flush=True)
 
 
 def require_stdout() -> None:
