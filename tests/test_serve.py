@@ -1163,6 +1163,17 @@ def test_the_port_stays_taken_during_the_load_and_closed_until_ready(random_run,
     assert seen == {"loaded": True, "served": [("127.0.0.1", port)]}
 
 
+def test_the_served_run_is_named_with_control_characters_escaped_on_one_line(tmp_path, monkeypatch):
+    """The line naming the served classifier printed its run folder as it was: an escape
+    sequence in the name drove the terminal, and a line break cut the line in two."""
+    run_dir = write_rigged_run(tmp_path / "run\x1b]0;x\x07\nx")
+    monkeypatch.setattr("spamtune.serve.server.serve_app", lambda app, sockets, on_ready, access_log=False: True)
+    result = CliRunner().invoke(cli_app, ["serve", "--run", str(run_dir), "--port", "0"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith(f"spamtune serve: SpamClassifier({tmp_path}/run\\x1b]0;x\\x07\\nx, labels=")
+    assert len(result.stderr.splitlines()) == 1 and "\x1b" not in result.stderr
+
+
 # ----------------------------------------------------------------------------- a real process
 
 

@@ -122,7 +122,7 @@ def serve(
             max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts, max_batch=max_batch,
             max_wait_ms=max_wait_ms, api_key=api_key, cors_origins=tuple(cors),
         )  # fmt: skip
-        typer.echo(f"spamtune serve: {classifier!r}", err=True)
+        typer.echo(common.one_line(f"spamtune serve: {classifier!r}"), err=True)  # it names the run's folder
         outcome = serve_app(create_app(classifier, settings), sockets, on_ready=print_ready, access_log=access_log)
         if outcome is Outcome.FAILED:
             raise SpamtuneError(f"could not serve on {host}:{port} (see the line above)")
