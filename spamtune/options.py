@@ -121,6 +121,18 @@ def as_typed(value) -> str:
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def recorded_model(spec: str) -> str:
+    """A ``model`` option as a run records it: a JSON config file's path made absolute, so that
+    ``finetune --config RUN`` reads that same file from any directory (a relative one named no
+    file there, or another of that name); a named size as it is. A file is told from a name as
+    ``GPTConfig.resolve`` tells them."""
+    if spec.endswith(".json") or Path(spec).is_file():
+        from spamtune import paths
+
+        return str(paths.absolute(spec))
+    return spec
+
+
 RESUMABLE_CHANGES = ("device", "data_dir", "strategy")
 LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_blocks")  # read only by a run that trains lora
 # Options added after runs were first saved, with the value an older run's training had: its

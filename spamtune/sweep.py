@@ -25,7 +25,7 @@ from pathlib import Path
 from spamtune import paths, runs
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_write_json, read_json
-from spamtune.options import LORA_OPTIONS, as_typed
+from spamtune.options import LORA_OPTIONS, as_typed, recorded_model
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "spamtune-sweep/1"
@@ -278,7 +278,8 @@ def _holds_only_these_runs(folder: Path, planned: dict[str, object] | None) -> b
             hparams = runs.read_hparams(entry)
         except SpamtuneError:
             return False
-        expected = {k: v for k, v in asdict(options).items() if k not in _NOT_IDENTITY}
+        # The run recorded its model as a run does: a config file's path absolute.
+        expected = {k: v for k, v in asdict(replace(options, model=recorded_model(options.model))).items() if k not in _NOT_IDENTITY}
         if not isinstance(hparams, dict) or any(k not in hparams or hparams[k] != v for k, v in expected.items()):
             return False
         shown = True

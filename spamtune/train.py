@@ -67,7 +67,7 @@ from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_exam
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters, is_integer
 from spamtune.options import (
     ADDED_OPTIONS, FOLDED_POOLINGS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, blamed_on_record, options_in_record,
-    validate_options,
+    recorded_model, validate_options,
 )  # fmt: skip
 from spamtune.plots import plot_curves
 from spamtune.base_model import build_base, prepare_base
@@ -249,7 +249,7 @@ def finetune(
     leaves nothing behind. Raises ``TrainingInterrupted`` on Ctrl-C.
     """
     started = time.perf_counter()
-    options = replace(options, data_dir=str(Path(options.data_dir).resolve()))
+    options = replace(options, data_dir=str(Path(options.data_dir).resolve()), model=recorded_model(options.model))
     cfg, trainable, precision, data = check_and_load(options)
     runs.check_utf8_path(Path(options.data_dir), "the data root")  # hparams.json records it
     world = World.current()  # several ranks: rank 0 creates and writes the folder, all train
@@ -341,6 +341,8 @@ def resume_finetune(
                 raise OptionError(name, f"{{option}} applies only with --trainable lora, and {run_dir} trains {options.trainable}")
             if name in RESUMABLE_CHANGES:
                 setattr(options, name, str(Path(value).resolve()) if name == "data_dir" else value)
+            elif name == "model" and recorded_model(value) == recorded_model(options.model):
+                continue  # the run's config file, given by another path (relative, where the run recorded it absolute)
             elif getattr(options, name) != value:
                 raise OptionChanged(name, value, getattr(options, name), run_dir)
         state = runs.resume_file(run_dir)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import checkpointed_after_an_evaluation, ctrl_c_at_step, sigterm_once_ready, tiny_options, write_tiny_data
+from helpers import TINY_CONFIG, checkpointed_after_an_evaluation, ctrl_c_at_step, sigterm_once_ready, tiny_options, write_tiny_data
 from typer.testing import CliRunner
 
 from spamtune import runs
@@ -46,6 +46,33 @@ def test_run_names_a_new_run_and_config_repeats_its_settings(root, tmp_path):
     by_file = finetune(root, "--config", str(first_dir / runs.HPARAMS_FILE), "--out", str(tmp_path / "third"))  # older --out
     assert by_file.exit_code == 0, by_file.stderr
     assert hparams(tmp_path / "third")["seed"] == 5
+
+
+def test_a_model_file_given_relative_is_recorded_absolute(root, tmp_path, monkeypatch):
+    """--model tiny.json was recorded as given: `finetune --config RUN` from another directory
+    then read no file, or another of that name. The path is recorded absolute; a named size as
+    it is; a resume given the file again by its relative path takes it as the run's own."""
+    monkeypatch.chdir(root)
+    with monkeypatch.context() as interrupting:
+        ctrl_c_at_step(interrupting, 3)
+        first = finetune(root, "--run", "first", "--model", "tiny.json", "--epochs", "1")
+    assert first.exit_code == 130, first.stderr
+    assert hparams(root / "runs" / "first")["model"] == str(root / "tiny.json")
+    resumed = finetune(root, "--resume", "--run", "first", "--model", "./tiny.json")
+    assert resumed.exit_code == 0, resumed.stderr
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "tiny.json").write_text(json.dumps({**TINY_CONFIG, "n_layers": 1}))  # another file of that name
+    monkeypatch.chdir(elsewhere)
+    again = finetune(root, "--config", "first", "--run", "again")
+    assert again.exit_code == 0, again.stderr
+    assert hparams(root / "runs" / "again")["model"] == str(root / "tiny.json")
+    assert hparams(root / "runs" / "again")["resolved"]["model_config"] == hparams(root / "runs" / "first")["resolved"]["model_config"]
+
+    named = finetune(root, "--run", "named", "--model", "tiny", "--epochs", "1")
+    assert named.exit_code == 0, named.stderr
+    assert hparams(root / "runs" / "named")["model"] == "tiny"
 
 
 def test_a_run_named_with_control_characters_is_printed_escaped_on_one_line(root):

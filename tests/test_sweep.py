@@ -406,6 +406,23 @@ def test_a_folder_whose_sweep_file_is_not_one_is_one_error(tmp_path):
         run_sweep(tiny_options(root, epochs=1), {"lr": [1e-3]}, out=folder, finetune=fake_finetune)
 
 
+def test_a_sweep_given_its_model_file_relative_knows_its_runs_without_its_sweep_file(tmp_path, monkeypatch):
+    """A run records its config file's path absolute (read from elsewhere, a relative one named
+    no file): the sweep's runs are compared with what they record, so a sweep given the file
+    relative still knows its finished runs once sweep.json is gone."""
+    root = write_tiny_data(tmp_path)
+    monkeypatch.chdir(root)
+    base, grid, folder = tiny_options(root, model="tiny.json", epochs=1), {"lr": [1e-3, 2e-3]}, tmp_path / "s"
+    run_sweep(base, grid, out=folder)
+    assert json.loads((folder / "lr-0.001" / runs.HPARAMS_FILE).read_text())["model"] == str(root / "tiny.json")
+    (folder / SWEEP_FILE).unlink()
+
+    def no_training(*args):
+        raise AssertionError("a finished run trained again")
+
+    assert [row["skipped"] for row in run_sweep(base, grid, out=folder, finetune=no_training).rows] == [True, True]
+
+
 @pytest.mark.parametrize("damage", ["removed", "cut", "not a sweep"])
 def test_a_sweep_whose_sweep_file_is_gone_or_damaged_goes_on_when_its_runs_show_it_is_this_sweep(tmp_path, damage):
     # sweep.json only ranks the runs; losing it used to strand every finished run ("is not
