@@ -493,6 +493,9 @@ def run_sweep(
         # The sweep names and makes this folder itself: a link there is someone else's, and the
         # runs would land wherever it points. A folder named with --out is the user's to choose.
         raise SpamtuneError(f"{folder} is a symbolic link, not a folder this sweep made; remove it, or give the sweep an --out")
+    if folder.is_symlink() and not folder.exists():
+        # A link to a drive not mounted, or to a folder moved away: the only error would be mkdir's "File exists".
+        raise SpamtuneError(f"the sweep folder {folder} is a symbolic link to {os.readlink(folder)}, which does not exist; give another --out")
     runs.check_utf8_path(root, "the data root")  # sweep.json records it
     runs.check_utf8_path(folder, "the sweep folder")
     check_sweep_folder(folder, identity, {name: replace(base, **overrides) for name, overrides in zip(names, combos)})

@@ -324,6 +324,23 @@ def test_a_link_planted_as_the_default_sweep_folder_is_refused_and_never_followe
     assert (elsewhere / SWEEP_FILE).is_file()
 
 
+def test_an_out_that_is_a_link_to_nothing_is_one_line_saying_so(tmp_path):
+    """A --out linked to a folder moved away (or a drive not mounted) failed with mkdir's bare
+    "cannot create the sweep folder ...: File exists"."""
+    from typer.testing import CliRunner
+
+    from spamtune.cli import app
+
+    root = write_tiny_data(tmp_path / "data")
+    link = tmp_path / "my-sweep"
+    link.symlink_to(tmp_path / "moved", target_is_directory=True)
+    args = ["sweep", "--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--device", "cpu", "--lr", "1e-3,2e-3"]
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(root), "--out", str(link)])
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == f"Error: the sweep folder {link} is a symbolic link to {tmp_path / 'moved'}, which does not exist; give another --out\n"
+    assert link.is_symlink() and not (tmp_path / "moved").exists()
+
+
 @pytest.mark.parametrize("summary", ["[1, 2]", '{"validation_loss": null, "validation_accuracy": 0.5}', '{"validation_loss": 0.1, "validation_accuracy": 0.5, "test_accuracy": "high"}'])
 def test_a_finished_run_whose_summary_was_edited_is_one_error_naming_it(tmp_path, summary):
     root = write_tiny_data(tmp_path / "data")
