@@ -240,9 +240,16 @@ def atomic_write_text(final: str | Path, text: str) -> Path:
     return atomic_write_bytes(final, text.encode("utf-8"))
 
 
+# The lone surrogates: how Python reads the bytes of a file name that are no UTF-8 (``\xff`` is
+# U+DCFF), which UTF-8 cannot encode; JSON's ``\u`` escape holds one, read back as the same name.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def json_bytes(obj) -> bytes:
-    """A JSON file as spamtune writes one: indented, UTF-8 kept as it is, a final newline."""
-    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """A JSON file as spamtune writes one: indented, UTF-8 kept as it is (but a lone surrogate,
+    as ``\\udcff``: prepare.json records its input's path, whatever bytes name it), a final newline."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    return (_LONE_SURROGATE.sub(lambda lone: f"\\u{ord(lone[0]):04x}", text) + "\n").encode("utf-8")
 
 
 def atomic_write_json(final: str | Path, obj) -> Path:

@@ -193,6 +193,19 @@ def test_paths_with_control_characters_print_escaped_on_one_line(tmp_path):
     assert "\x1b" not in result.output and (tmp_path / "out\x1b[2J\nroot" / "train.csv").is_file()
 
 
+def test_paths_with_bytes_that_are_no_utf8_are_recorded_and_printed_escaped(tmp_path):
+    """A data root or --input named with a byte that is no UTF-8: prepare failed with "unexpected
+    UnicodeEncodeError" writing prepare.json, which records the input's path. The byte is
+    written \\udcff there (read back as the same name) and in the paths printed."""
+    odd = os.fsdecode(b"x\xff")
+    src = write_rows(tmp_path / f"{odd}.csv", ["text", "label"], [(f"t{i}", "ab"[i % 2]) for i in range(10)])
+    result = run_prepare("--input", src, "--data-dir", tmp_path / odd)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{tmp_path}/x\\udcff/{name}" for name in OUTPUT_NAMES]
+    written = (tmp_path / odd / "prepare.json").read_bytes()
+    assert b'x\\udcff.csv"' in written and json.loads(written)["input"]["path"] == str(src)
+
+
 def test_headerless_ham_spam_tsv_is_read_as_sms(tmp_path):
     src = tmp_path / "messages"
     src.write_text('ham\t"quoted\nspam\tWIN\tnow\n', encoding="utf-8")
