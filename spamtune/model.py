@@ -27,7 +27,7 @@ from spamtune.folded_attention import FoldedAttention, attend_at
 from spamtune.linear import linear, linear_gelu, packed_weight_of
 from spamtune.row_norm import norm_rows
 from spamtune.interrupts import on_meta_device
-from spamtune.model_names import canonical_model_name
+from spamtune.model_names import canonical_model_name, names_config_file
 
 # --------------------------------------------------------------------------- config
 
@@ -110,7 +110,7 @@ class GPTConfig:
         if isinstance(spec, GPTConfig):
             return spec
         text = str(spec)
-        if text.endswith(".json") or Path(text).is_file():
+        if names_config_file(text):
             return cls.from_json(text)
         return cls.from_name(text)
 

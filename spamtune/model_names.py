@@ -6,6 +6,7 @@ gives each name its shape; a test checks that the two list the same names."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from spamtune.errors import OptionError
 
@@ -23,6 +24,12 @@ MODEL_ALIASES = {
     "1558m": "gpt2-xl",
     "1.5b": "gpt2-xl",
 }
+
+
+def names_config_file(spec: str) -> bool:
+    """Whether a ``--model`` value is a JSON config file's path rather than a named size: it ends
+    in ``.json``, or a file of that name is there."""
+    return spec.endswith(".json") or Path(spec).is_file()
 
 
 def canonical_model_name(name: str) -> str:

@@ -124,9 +124,10 @@ def as_typed(value) -> str:
 def recorded_model(spec: str) -> str:
     """A ``model`` option as a run records it: a JSON config file's path made absolute, so that
     ``finetune --config RUN`` reads that same file from any directory (a relative one named no
-    file there, or another of that name); a named size as it is. A file is told from a name as
-    ``GPTConfig.resolve`` tells them."""
-    if spec.endswith(".json") or Path(spec).is_file():
+    file there, or another of that name); a named size as it is."""
+    from spamtune.model_names import names_config_file
+
+    if names_config_file(spec):
         from spamtune import paths
 
         return str(paths.absolute(spec))

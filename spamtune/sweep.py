@@ -304,9 +304,9 @@ _RESOLVED = ("device", "precision", "trainable", "lora_blocks", "model")
 def _model_identity(spec: str) -> str:
     """The model a ``--model`` value names: a size whatever its spelling (``gpt2``, ``124M``,
     ``GPT2-small``), or a config file however its path is written (``tiny.json``, ``./tiny.json``)."""
-    from spamtune.model_names import canonical_model_name
+    from spamtune.model_names import canonical_model_name, names_config_file
 
-    if not (spec.endswith(".json") or Path(spec).is_file()):  # read as GPTConfig.resolve reads it
+    if not names_config_file(spec):
         try:
             return canonical_model_name(spec)
         except SpamtuneError:

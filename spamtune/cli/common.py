@@ -553,10 +553,11 @@ def pooling_option(default: str = "last-real"):
 
 def _check_model(value: str) -> str:
     """A named size (or alias such as gpt2, 124M) or a JSON config file; checked against the core's list."""
-    if value.endswith(".json") or Path(value).is_file():
+    from spamtune.model_names import canonical_model_name, names_config_file
+
+    if names_config_file(value):
         return value
     from spamtune.errors import SpamtuneError
-    from spamtune.model_names import canonical_model_name
 
     try:
         return canonical_model_name(value)
