@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from spamtune.errors import SpamtuneError
+from spamtune.explanation import Explanation
 
 ENV_SERVER = "SPAMTUNE_SERVER"
 ENV_API_KEY = "SPAMTUNE_API_KEY"
 DEFAULT_TIMEOUT_S = 60.0
 # Used until the service has said its own limits (GET /v1/model): the defaults of `spamtune serve`.
 DEFAULT_MAX_TEXTS = 256
+DEFAULT_MAX_EXPLAIN_TEXTS = 8
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
@@ -60,6 +62,13 @@ class Verdict:
 
     label: str
     p_spam: float
+
+
+@dataclass(frozen=True)
+class ExplainedVerdict(Verdict):
+    """A classified text with the words that pushed its verdict (``classify(..., explain=True)``)."""
+
+    explanation: Explanation
 
 
 @dataclass(frozen=True)
@@ -109,14 +118,19 @@ class SpamtuneClient:
             self._info = info
         return self._info
 
-    def classify(self, texts: list[str], threshold: float | None = None) -> list[Verdict]:
-        """Verdicts for ``texts`` in order, sent in as many requests as the service's limits need."""
+    def classify(self, texts: list[str], threshold: float | None = None, explain: bool = False) -> list[Verdict]:
+        """Verdicts for ``texts`` in order, sent in as many requests as the service's limits need;
+        with ``explain``, ``ExplainedVerdict``s carrying ``predict --explain``'s spans."""
         verdicts: list[Verdict] = []
-        labels = self.model()["labels"]  # read already: the requests are sized by its limits
-        for part in self._requests_for(texts):
+        info = self.model()  # read already: the requests are sized by its limits
+        labels = info["labels"]
+        max_texts = int(info.get("limits", {}).get("max_explain_texts", DEFAULT_MAX_EXPLAIN_TEXTS)) if explain else None
+        for part in self._requests_for(texts, max_texts):
             body: dict[str, Any] = {"texts": part}
             if threshold is not None:
                 body["threshold"] = threshold
+            if explain:
+                body["explain"] = True
             answer = self._request("POST", "/v1/classify", json.dumps(body, ensure_ascii=False).encode())
             results = answer.get("results")
             try:
@@ -124,7 +138,7 @@ class SpamtuneClient:
                     raise ValueError("not one result per text")
                 if any(r["label"] not in labels for r in results):  # it might hold an escape sequence
                     raise ValueError("a label the run does not have")
-                verdicts.extend(Verdict(r["label"], float(r["p_spam"])) for r in results)
+                verdicts.extend(_verdict(text, r, explain) for text, r in zip(part, results))
             except (KeyError, TypeError, ValueError):
                 raise SpamtuneError(f"the service at {self.url} sent a malformed answer") from None
         return verdicts
@@ -149,10 +163,10 @@ class SpamtuneClient:
         limits = self.model().get("limits", {})
         return int(limits.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)) - 64
 
-    def _requests_for(self, texts: list[str]) -> Iterator[list[str]]:
-        """``texts`` cut into requests within the service's text count and body size limits."""
+    def _requests_for(self, texts: list[str], max_texts: int | None = None) -> Iterator[list[str]]:
+        """``texts`` cut into requests within the service's text count (or ``max_texts``) and body size limits."""
         limits = self.model().get("limits", {})
-        max_texts = int(limits.get("max_texts", DEFAULT_MAX_TEXTS))
+        max_texts = max_texts or int(limits.get("max_texts", DEFAULT_MAX_TEXTS))
         budget = self.text_budget()
         part: list[str] = []
         size = 0
@@ -201,6 +215,15 @@ class SpamtuneClient:
         if not isinstance(answer, dict):
             raise SpamtuneError(f"the service at {self.url} sent a malformed answer")
         return answer
+
+
+def _verdict(text: str, result: dict, explain: bool) -> Verdict:
+    """One result of ``/v1/classify`` for ``text``; a ValueError (or KeyError, TypeError) if malformed."""
+    p_spam = float(result["p_spam"])
+    if not explain:
+        return Verdict(result["label"], p_spam)
+    explanation = Explanation.from_answer(text, p_spam, result["explanation"], result["window"])
+    return ExplainedVerdict(result["label"], p_spam, explanation)
 
 
 def _error_line(exc: urllib.error.HTTPError) -> str:

@@ -37,7 +37,6 @@ Nothing here prints.
 from __future__ import annotations
 
 import contextlib
-import operator
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -46,11 +45,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spamtune.explanation import Explanation, Span, WindowPart
 from spamtune.long_messages import TokenRanges, deciding_windows, window_ids
 from spamtune.options import TEXT_LONG
 from spamtune.tokenizer import EOT_ID, encode_texts, get_tokenizer
 
-DEFAULT_TOP_K = 5
 # Most occlusion variants per message: a word each up to this many words, runs of adjacent
 # words beyond. SMS messages (median 15 words) are always explained word by word.
 MAX_UNITS = 64
@@ -61,75 +60,6 @@ _WORD = re.compile(r"\S+")
 # 2 M ids are still 30 long texts or hundreds of short ones per group, each many batches.
 VARIANT_TOKENS = 1 << 21
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-@dataclass(frozen=True)
-class Span:
-    """A word (or run of words) of the message, ``text == message[start:end]``, with its push
-    towards spam (positive ``score``) or ham (negative), in calibrated log-odds."""
-
-    text: str
-    start: int
-    end: int
-    score: float
-
-    def to_dict(self) -> dict:
-        return {"text": self.text, "start": self.start, "end": self.end, "score": round(self.score, 6)}
-
-
-@dataclass(frozen=True)
-class WindowPart:
-    """A stretch of the message that the explained window reads: characters ``[start, end)`` of the
-    message, tokens ``[token_start, token_end)`` of its encoding (an empty message is read as one
-    end-of-text token: characters 0-0, tokens 0-1)."""
-
-    start: int
-    end: int
-    token_start: int
-    token_end: int
-
-    def to_dict(self) -> dict:
-        return {"start": self.start, "end": self.end, "token_start": self.token_start, "token_end": self.token_end}
-
-
-@dataclass(frozen=True)
-class Explanation:
-    text: str
-    p_spam: float  # calibrated: the verdict's, which is that of the window explained
-    words: tuple[Span, ...]  # every scored span, in text order
-    # What the model read to decide: one part (the message, its head, the deciding chunk), or
-    # two for head-tail (its head and its tail), in text order.
-    window: tuple[WindowPart, ...] = ()
-
-    @property
-    def reads_whole_text(self) -> bool:
-        """Whether the window explained reaches every character of the message."""
-        return len(self.window) == 1 and self.window[0].start == 0 and self.window[0].end == len(self.text)
-
-    def window_list(self) -> list[dict]:
-        """The JSON form of ``window``: ``[{"start", "end", "token_start", "token_end"}, ...]``."""
-        return [part.to_dict() for part in self.window]
-
-    def towards_spam(self, k: int = DEFAULT_TOP_K) -> list[Span]:
-        """The ``k`` spans with the largest positive scores, strongest first."""
-        return sorted((w for w in self.words if w.score > 0), key=lambda w: -w.score)[: _count(k)]
-
-    def towards_ham(self, k: int = DEFAULT_TOP_K) -> list[Span]:
-        """The ``k`` spans with the most negative scores, strongest first."""
-        return sorted((w for w in self.words if w.score < 0), key=lambda w: w.score)[: _count(k)]
-
-    def top(self, k: int = DEFAULT_TOP_K) -> list[dict]:
-        """The JSON form: the top spans towards spam, then those towards ham (negative scores)."""
-        return [span.to_dict() for span in self.towards_spam(k) + self.towards_ham(k)]
-
-
-def _count(k: int) -> int:
-    """``k`` as a count of spans: a negative one is a ValueError, where a slice ``[:k]`` would
-    silently drop the weakest spans (and a float or a string a TypeError, as ``operator.index``)."""
-    k = operator.index(k)
-    if k < 0:
-        raise ValueError(f"k must be at least 0, got {k}")
-    return k
 
 
 # --------------------------------------------------------------------------- offsets

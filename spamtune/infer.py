@@ -23,7 +23,8 @@ from spamtune.checkpoint import ClassifierConfig, load_classifier, load_classifi
 from spamtune.device import DEVICES, Precision, resolve_device
 from spamtune.errors import OptionError, SpamtuneError
 from spamtune.examples import Examples, pad_width
-from spamtune.explain import Explanation, explain_windows, fp32_head
+from spamtune.explain import explain_windows, fp32_head
+from spamtune.explanation import Explanation
 from spamtune.forward import predict_logits
 from spamtune.long_messages import check_mode, deciding_windows
 from spamtune.model import GPTModel

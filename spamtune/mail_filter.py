@@ -26,7 +26,7 @@ from spamtune.mail import MAX_MESSAGE_BYTES, UNREADABLE_LABEL, Unreadable, extra
 from spamtune.streams import read_up_to, waiting
 
 if TYPE_CHECKING:  # torch comes with the classifier; this module stays light without it
-    from spamtune.explain import Explanation
+    from spamtune.explanation import Explanation
     from spamtune.infer import SpamClassifier
 
 STATUS_HEADER = "X-Spamtune-Status"

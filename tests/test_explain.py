@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import P_HAM, P_SPAM, write_rigged_run
 
-from spamtune import explain
+from spamtune import explain, explanation
 from spamtune.checkpoint import load_classifier
 from spamtune.device import Precision
 from spamtune.examples import Examples
@@ -111,8 +111,8 @@ def test_scores_are_in_calibrated_units_and_empty_text_has_none(rigged):
 
 def test_a_negative_count_of_spans_is_refused():
     """A slice [:-1] would silently drop the weakest span of each side."""
-    e = explain.Explanation("win big now", 0.9, (
-        explain.Span("win", 0, 3, 2.0), explain.Span("big", 4, 7, 0.5), explain.Span("now", 8, 11, -1.0),
+    e = explanation.Explanation("win big now", 0.9, (
+        explanation.Span("win", 0, 3, 2.0), explanation.Span("big", 4, 7, 0.5), explanation.Span("now", 8, 11, -1.0),
     ))  # fmt: skip
     for call in (e.top, e.towards_spam, e.towards_ham):
         with pytest.raises(ValueError, match="^k must be at least 0, got -1$"):
@@ -123,9 +123,27 @@ def test_a_negative_count_of_spans_is_refused():
         e.top(1.5)
 
 
+def test_an_explanation_sent_as_json_reads_back_as_the_one_sent():
+    """What the service sends (``top`` and ``window_list``) rebuilds an explanation that prints the
+    same top spans and window, emoji and all; spans that are not the text's are refused."""
+    text = "Claim 🎉 your prize now, café"
+    sent = explanation.Explanation(text, 0.8, (
+        explanation.Span("Claim", 0, 5, 0.25), explanation.Span("🎉", 6, 7, 1.5), explanation.Span("your", 8, 12, -0.5),
+        explanation.Span("prize", 13, 18, 2.0), explanation.Span("now,", 19, 23, 0.1), explanation.Span("café", 24, 28, -1.0),
+    ), (explanation.WindowPart(0, len(text), 0, 9),))  # fmt: skip
+    got = explanation.Explanation.from_answer(text, 0.8, json.loads(json.dumps(sent.top(3))), sent.window_list())
+    assert got.top(3) == sent.top(3) and got.window == sent.window and got.reads_whole_text
+    assert [span.text for span in got.words] == ["Claim", "🎉", "your", "prize", "café"]  # text order; "now," not sent
+    for bad in ([{"text": "🎉", "start": 7, "end": 8, "score": 1.0}], [{"text": "Claim", "start": 0, "end": 5}], "spans"):
+        with pytest.raises(ValueError):
+            explanation.Explanation.from_answer(text, 0.8, bad, [])
+    with pytest.raises(ValueError):
+        explanation.Explanation.from_answer(text, 0.8, [], [{"start": 0, "end": len(text) + 1, "token_start": 0, "token_end": 9}])
+
+
 def test_without_spans_cuts_exactly_those_characters():
     text = "Claim 🎉 your prize now"
-    spans = [explain.Span("🎉", 6, 7, 1.0), explain.Span("prize", 13, 18, 2.0)]
+    spans = [explanation.Span("🎉", 6, 7, 1.0), explanation.Span("prize", 13, 18, 2.0)]
     assert explain.without_spans(text, spans) == "Claim  your  now"
 
 
@@ -236,7 +254,7 @@ def test_a_message_that_fits_is_explained_whole_in_every_mode(rigged_classifier)
     for mode in ("head", "head-tail", "chunks"):
         texts = ["Привет 🎉 win!", ""]
         e, empty = clf.explain(texts, long=mode)
-        assert e.window == (explain.WindowPart(0, len(e.text), 0, len(get_tokenizer().encode_ordinary(e.text))),)
+        assert e.window == (explanation.WindowPart(0, len(e.text), 0, len(get_tokenizer().encode_ordinary(e.text))),)
         assert e.reads_whole_text and [e.p_spam, empty.p_spam] == [p.probability for p in predict_long(clf, texts, mode)]
         assert empty.window_list() == [{"start": 0, "end": 0, "token_start": 0, "token_end": 1}] and empty.words == ()
     with pytest.raises(ValueError, match="unknown long-message mode 'tail'"):

@@ -7,6 +7,7 @@ requests at most.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -156,6 +157,40 @@ def test_explanations_are_predicts_and_map_back_to_the_text(service, clf):
     status, plain = classify(service, {"text": texts[1]})  # no explanation unless asked for
     assert status == 200 and "explanation" not in plain and "window" not in plain
     assert plain["p_spam"] == pytest.approx(single["p_spam"], abs=1e-6)
+
+
+def test_predict_explain_with_a_server_prints_what_it_prints_locally(service, random_run, tmp_path):
+    """``predict --server --explain`` prints, in every format, what local ``predict --explain``
+    prints: the same spans, marked the same way, the same window notes."""
+    texts = ["WINNER!! Claim your free prize now, text WIN to 80086", "café ✓ naïve 🎉 lunch at 1?", SPAM[1], "",
+             "Привет 🎉 " + "see you at lunch " * 40 + "WIN a prize!"]  # fmt: skip
+    inbox = tmp_path / "inbox.txt"
+    inbox.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    printed = {}
+    for fmt in (["--format", "text"], ["--format", "tsv", "--header"], ["--format", "jsonl"]):
+        local = CliRunner().invoke(cli_app, ["predict", "--run", str(random_run), "--precision", "fp32", "--explain", *fmt, "--file", str(inbox)])
+        remote = CliRunner().invoke(cli_app, ["predict", "--server", service, "--explain", *fmt, "--file", str(inbox)])
+        assert local.exit_code == remote.exit_code == 0, (local.stderr, remote.stderr)
+        assert remote.stdout == local.stdout and len(local.stdout.splitlines()) == len(texts) + (fmt[1] == "tsv")
+        printed[fmt[1]] = remote.stdout
+    # Marked spans in text, and the long text's note that only its head was read and explained.
+    assert "[+" in printed["text"] and printed["text"].splitlines()[4].split("  ")[2].startswith("(explains chars 0-")
+    records = [json.loads(line) for line in remote.stdout.splitlines()]
+    assert any(r["explanation"] for r in records) and records[4]["window"][0]["end"] < len(texts[4])
+
+
+def test_predict_explain_with_a_server_sends_what_the_service_explains_in_one_request(clf, tmp_path):
+    """The service explains at most ``max_explain_texts`` texts a request: the client sends no more."""
+    texts = [f"{SPAM[i % len(SPAM)]} #{i}" for i in range(5)]
+    with running(create_app(clf, ServeSettings(max_explain_texts=2))) as url:
+        remote = CliRunner().invoke(cli_app, ["predict", "--server", url, "--explain", "--format", "jsonl", *texts])
+    assert remote.exit_code == 0, remote.stderr
+    records = [json.loads(line) for line in remote.stdout.splitlines()]
+    assert [r["text"] for r in records] == texts
+    for record, expected in zip(records, clf.explain(texts)):
+        assert [(s["text"], s["start"], s["end"]) for s in record["explanation"]] == [
+            (s["text"], s["start"], s["end"]) for s in expected.top(3)
+        ]
 
 
 def test_an_explanation_names_the_window_it_explains(service, clf):
@@ -1188,12 +1223,14 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spamtune", "serve", "--run", str(run_dir), "--port", str(port)],
+        [sys.executable, "-m", "spamtune", "serve", "--run", str(run_dir), "--port", str(port), "--max-explain-texts", "3"],
         stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
         ready = proc.stderr.readline() + proc.stderr.readline()
         assert f"ready on http://127.0.0.1:{port}" in ready
+        status, info = call_json(f"http://127.0.0.1:{port}/v1/model")
+        assert status == 200 and info["limits"]["max_explain_texts"] == 3
         # A request whose body is half sent when SIGTERM arrives: it must still be answered.
         body = json.dumps({"texts": ["in flight!", "still here"]}).encode()
         conn = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -1300,8 +1337,8 @@ def test_serve_listens_on_an_ipv6_address_written_in_brackets(tmp_path):
 
 
 def test_client_mode_never_imports_torch(service, tmp_path):
-    """`spamtune predict --server` in a fresh interpreter: answers printed, torch never imported,
-    and for predict not the email package either (a client's cold start is mostly imports)."""
+    """`spamtune predict --server` in a fresh interpreter: answers printed (explained too), torch never
+    imported, and for predict not the email package either (a client's cold start is mostly imports)."""
     probe = (
         "import sys\n"
         "from spamtune.cli import app\n"
@@ -1316,25 +1353,19 @@ def test_client_mode_never_imports_torch(service, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 2 and set(proc.stdout.split()) <= {"spam", "ham"}
     assert "NO_TORCH" in proc.stderr and "NO_MAIL" in proc.stderr
+    explained = subprocess.run(args[:-4] + ["--explain", "--format", "jsonl", "Claim now"], capture_output=True, text=True, env=env, timeout=60)
+    assert explained.returncode == 0 and "NO_TORCH" in explained.stderr, explained.stderr
+    assert "explanation" in json.loads(explained.stdout)
     proc = subprocess.run([sys.executable, "-c", probe, "filter", "--server", service], input=MAIL,
                           capture_output=True, env=env, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert b"X-Spamtune-Status: " in proc.stdout and b"NO_TORCH" in proc.stderr
 
 
-@pytest.mark.parametrize(
-    "answers",
-    [
-        {"/v1/model": {"status": "ok"}},  # another JSON service at that URL
-        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{}]}},
-        # a label with an escape sequence went to the terminal as it came
-        {"/v1/model": {"labels": ["ham", "spam\x1b]0;pwned\x07"], "positive_label": "ham"}, "/v1/classify": {"results": [{"label": "ham", "p_spam": 0.1}]}},
-        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": "\x1b[2J", "p_spam": 0.5}]}},
-        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": ["spam"], "p_spam": 0.5}]}},
-    ],
-)
-def test_a_malformed_answer_is_one_line(answers):
-    """Whatever JSON object the URL answers with, the client says so in one line."""
+@contextlib.contextmanager
+def answering(answers: dict[str, dict]):
+    """A stub on 127.0.0.1 that answers every request for a path with ``answers[path]`` (``{}``
+    for other paths), status 200; yields its base URL."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Stub(BaseHTTPRequestHandler):
@@ -1353,15 +1384,54 @@ def test_a_malformed_answer_is_one_line(answers):
 
     with ThreadingHTTPServer(("127.0.0.1", 0), Stub) as stub:
         threading.Thread(target=stub.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{stub.server_address[1]}"
         try:
-            result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"])
-            assert result.exit_code == 1 and result.stderr.startswith(f"Error: the service at {url} sent a malformed answer")
-            assert result.stderr.count("\n") == 1
-            result = CliRunner().invoke(cli_app, ["filter", "--server", url], input=MAIL)
-            assert result.exit_code == 1 and result.stdout_bytes == MAIL and "malformed answer" in result.stderr
+            yield f"http://127.0.0.1:{stub.server_address[1]}"
         finally:
             stub.shutdown()
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        {"/v1/model": {"status": "ok"}},  # another JSON service at that URL
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{}]}},
+        # a label with an escape sequence went to the terminal as it came
+        {"/v1/model": {"labels": ["ham", "spam\x1b]0;pwned\x07"], "positive_label": "ham"}, "/v1/classify": {"results": [{"label": "ham", "p_spam": 0.1}]}},
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": "\x1b[2J", "p_spam": 0.5}]}},
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": ["spam"], "p_spam": 0.5}]}},
+    ],
+)
+def test_a_malformed_answer_is_one_line(answers):
+    """Whatever JSON object the URL answers with, the client says so in one line."""
+    with answering(answers) as url:
+        result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"])
+        assert result.exit_code == 1 and result.stderr.startswith(f"Error: the service at {url} sent a malformed answer")
+        assert result.stderr.count("\n") == 1
+        result = CliRunner().invoke(cli_app, ["filter", "--server", url], input=MAIL)
+        assert result.exit_code == 1 and result.stdout_bytes == MAIL and "malformed answer" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"label": "spam", "p_spam": 0.9},  # no explanation
+        {"label": "spam", "p_spam": 0.9, "explanation": [{"text": "hi", "start": 0, "end": 2, "score": 1.0}]},  # no window
+        # offsets that are not the text's: highlighting would cut the line elsewhere
+        {"label": "spam", "p_spam": 0.9, "explanation": [{"text": "yo", "start": 0, "end": 2, "score": 1.0}], "window": []},
+        {"label": "spam", "p_spam": 0.9, "explanation": [{"text": "", "start": 5, "end": 9, "score": 1.0}], "window": []},
+        {"label": "spam", "p_spam": 0.9, "explanation": [{"text": "h", "start": 0, "end": 1, "score": 1.0},
+                                                         {"text": "hi", "start": 0, "end": 2, "score": 1.0}], "window": []},
+        {"label": "spam", "p_spam": 0.9, "explanation": [{"text": "hi", "start": 0, "end": 2, "score": "big"}], "window": []},
+        {"label": "spam", "p_spam": 0.9, "explanation": [], "window": [{"start": 0, "end": 7, "token_start": 0, "token_end": 1}]},
+        {"label": "spam", "p_spam": 0.9, "explanation": [], "window": [{"start": True, "end": 2, "token_start": 0, "token_end": 1}]},
+    ],
+)
+def test_a_malformed_explanation_is_one_line(result):
+    """An explanation whose spans are not the text's, or with no window, is a malformed answer."""
+    answers = {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [result]}}
+    with answering(answers) as url:
+        out = CliRunner().invoke(cli_app, ["predict", "--server", url, "--explain", "--format", "text", "hi"])
+    assert out.exit_code == 1 and out.stderr == f"Error: the service at {url} sent a malformed answer\n" and out.stdout == ""
 
 
 def test_a_redirect_or_a_broken_answer_is_one_line_and_the_key_stays_home():
@@ -1417,9 +1487,8 @@ def test_client_errors_are_one_line(service, clf, tmp_path):
     assert result.exit_code == 1 and result.stdout_bytes == MAIL and "not a service URL" in result.stderr
     result = CliRunner().invoke(cli_app, ["predict", "--server", service, "--run", str(tmp_path), "hi"])
     assert result.exit_code == 2 and "--run cannot be used with --server" in result.stderr
-    # Never silently dropped: the client has no explanation to print.
-    result = CliRunner().invoke(cli_app, ["predict", "--server", service, "--explain", "hi"])
-    assert result.exit_code == 2 and "--explain cannot be used with --server" in result.stderr
+    result = CliRunner().invoke(cli_app, ["predict", "--server", service, "--explain", "--format", "label", "hi"])
+    assert result.exit_code == 2 and result.stderr == "Error: --explain needs --format text, tsv or jsonl (label prints the label only)\n"
     with running(create_app(clf, ServeSettings(api_key=KEY))) as url:
         result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"], env={"SPAMTUNE_API_KEY": ""})
         assert result.exit_code == 1 and "missing or wrong API key" in result.stderr and "(HTTP 401)" in result.stderr

@@ -27,6 +27,7 @@ from spamtune import paths
 from spamtune.cli import common
 from spamtune.cli.common import LongMode, json_line, long_option
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.explanation import SHOWN_SPANS
 from spamtune.lines import strip_line_end
 from spamtune.streams import waiting
 
@@ -34,7 +35,7 @@ from spamtune.streams import waiting
 FIRST_CHUNK_LINES = 32
 
 if TYPE_CHECKING:
-    from spamtune.explain import Explanation
+    from spamtune.explanation import Explanation
     from spamtune.infer import Prediction
 
 # Messages classified (and written) per round: enough to fill length-sorted batches, small
@@ -323,7 +324,7 @@ class Renderer:
     """Turns predictions (and, with ``--explain``, their explanations) into output lines, each
     ending in a newline."""
 
-    def __init__(self, fmt: OutputFormat, labels: list[str], positive: str, color: bool, top_k: int = 3):
+    def __init__(self, fmt: OutputFormat, labels: list[str], positive: str, color: bool, top_k: int = SHOWN_SPANS):
         self.fmt = fmt
         self.positive = positive
         self.width = max(map(len, labels))
@@ -594,7 +595,7 @@ def predict(
     if server:  # client mode: hand off before anything imports torch
         from spamtune.cli.remote import predict_remotely
 
-        return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam, header)
+        return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam, header, explain)
     run_dir = paths.resolve_run(run, paths.data_root(data_dir))
     from spamtune import distributed
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # Options of local classification that the service decides for itself (its run, its reading of
 # long messages), or that it does not offer (mail folders: send each message to /v1/classify/mail).
 LOCAL_ONLY = {"run": "--run", "data_dir": "--data-dir", "device": "--device", "precision": "--precision",
-              "batch_size": "--batch-size", "long": "--long", "mail": "--mail", "explain": "--explain"}  # fmt: skip
+              "batch_size": "--batch-size", "long": "--long", "mail": "--mail"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,13 @@ def remote_mail_verdict(server: str, api_key: str | None, threshold: float | Non
 def predict_remotely(
     chunks: Iterable[list[str]], server: str, api_key: str | None, output_format, threshold: float, fail_on_spam: bool,
     header: bool = False,
+    explain: bool = False,
 ) -> None:
-    """Classify every chunk with the service at ``server`` and print it as local ``predict`` would."""
-    from spamtune.cli.predict import TSV_HEADER, OutputFormat, Renderer, _stdout_is_terminal, _use_color, reader_gone
+    """Classify every chunk with the service at ``server`` and print it as local ``predict`` would;
+    with ``explain``, with the explanations the service sends (the same spans as local ones)."""
+    from spamtune.cli.predict import (
+        EXPLAIN_TSV_HEADER, TSV_HEADER, OutputFormat, Renderer, _stdout_is_terminal, _use_color, reader_gone,
+    )  # fmt: skip
     from spamtune.client import client_from_env
 
     refuse_local_options()
@@ -94,15 +98,16 @@ def predict_remotely(
     sys.stdout.flush()
     out = sys.stdout.buffer
     if header:
-        out.write(TSV_HEADER.encode())
+        out.write((EXPLAIN_TSV_HEADER if explain else TSV_HEADER).encode())
     any_positive = False
     budget, read = client.text_budget(), 0
     try:
         for chunk in chunks:
             sent = [_within_budget(text, budget, read + n) for n, text in enumerate(chunk, 1)]
-            verdicts = client.classify(sent, requested)
+            verdicts = client.classify(sent, requested, explain)
             predictions = [RemotePrediction(text, v.label, v.p_spam) for text, v in zip(chunk, verdicts)]
-            out.write("".join(map(renderer.line, predictions)).encode("utf-8", errors="replace"))
+            explanations = [getattr(v, "explanation", None) for v in verdicts]
+            out.write("".join(map(renderer.line, predictions, explanations)).encode("utf-8", errors="replace"))
             out.flush()
             any_positive = any_positive or any(p.label == positive for p in predictions)
             read += len(chunk)

@@ -67,6 +67,10 @@ def serve(
         "previous pass's time (an idle service answers at once).",
     ),
     max_texts: int = typer.Option(256, "--max-texts", min=1, help="Texts per /v1/classify request (more: 413)."),
+    max_explain_texts: int = typer.Option(
+        8, "--max-explain-texts", min=1,
+        help='Texts per /v1/classify request with "explain" (more: 413); each costs up to 65 forward passes.',
+    ),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1, help="JSON request size limit (more: 413)."),
     max_mail_bytes: int = typer.Option(10 << 20, "--max-mail-bytes", min=1, help="Raw message size limit (more: 413)."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
@@ -119,8 +123,9 @@ def serve(
         # From here on all model work runs on the batcher's thread: only its OpenMP pool remains.
         classifier = call_on_passing_thread(load)
         settings = ServeSettings(
-            max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts, max_batch=max_batch,
-            max_wait_ms=max_wait_ms, api_key=api_key, cors_origins=tuple(cors),
+            max_body_bytes=max_body_bytes, max_mail_bytes=max_mail_bytes, max_texts=max_texts,
+            max_explain_texts=max_explain_texts, max_batch=max_batch, max_wait_ms=max_wait_ms, api_key=api_key,
+            cors_origins=tuple(cors),
         )  # fmt: skip
         typer.echo(common.one_line(f"spamtune serve: {classifier!r}"), err=True)  # it names the run's folder
         outcome = serve_app(create_app(classifier, settings), sockets, on_ready=print_ready, access_log=access_log)

@@ -13,15 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from spamtune.explanation import SHOWN_SPANS
 from spamtune.long_messages import predict_long
 from spamtune.mail import message_text
 from spamtune.options import DEFAULT_LONG, TEXT_LONG
 from spamtune.mail_filter import Verdict
 
-__all__ = ["EXPLAIN_TOP_K", "mail_headers", "message_text", "predictors"]
-
-# Spans towards spam and towards ham in an answer's "explanation": as many as predict --explain prints.
-EXPLAIN_TOP_K = 3
+__all__ = ["mail_headers", "message_text", "predictors"]
 
 
 def predictors(classifier: Any) -> dict[str, Callable[[list[str]], list]]:
@@ -31,7 +29,7 @@ def predictors(classifier: Any) -> dict[str, Callable[[list[str]], list]]:
 
     def explained(texts: list[str], long: str) -> list[tuple[Any, list[dict], list[dict]]]:
         predictions, explanations = classifier.predict_explained(texts, long)
-        return [(p, e.top(EXPLAIN_TOP_K), e.window_list()) for p, e in zip(predictions, explanations)]
+        return [(p, e.top(SHOWN_SPANS), e.window_list()) for p, e in zip(predictions, explanations)]
 
     return {
         "text": lambda texts: predict_long(classifier, texts, TEXT_LONG),
