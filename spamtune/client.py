@@ -3,6 +3,8 @@
 >>> client = SpamtuneClient("http://127.0.0.1:8080")          # api_key=... when the service asks for one
 >>> client.classify(["WINNER!! Claim your prize", "lunch?"])
 [Verdict(label='spam', p_spam=0.98...), Verdict(label='ham', p_spam=0.01...)]
+>>> client.classify(["WINNER!! Claim your prize"], explain=True)[0].explanation.towards_spam(3)
+[Span(text='WINNER!!', start=0, end=8, score=2.1...), ...]
 >>> client.classify_mail(open("message.eml", "rb").read()).headers
 {'X-Spamtune-Status': 'Yes, p_spam=0.981, threshold=0.5', 'X-Spamtune-Run': '...'}
 
