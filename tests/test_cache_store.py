@@ -563,6 +563,10 @@ def test_ls_lists_an_entry_whose_meta_json_holds_values_of_other_types(tmp_path)
     assert rows[edited.name]["status"] == "ok" and rows[edited.name]["created"] is None and rows[edited.name]["examples"] is None
     assert rows[edited.name]["blocks"] == meta["key"]["blocks"]
     assert rows[keyless.name]["status"] == "damaged" and rows[keyless.name]["blocks"] is None and rows[keyless.name]["created"] is None
+    # As every --json listing writes text: non-ASCII as it is, a control character escaped.
+    (edited / META_FILE).write_text(json.dumps({**meta, "created": "27 novembre ✓\x1b[2J"}))
+    result = CliRunner().invoke(app, ["cache", "ls", "--json", "--data-dir", str(tmp_path)])
+    assert '"created": "27 novembre ✓\\u001b[2J"' in result.stdout
     text = CliRunner().invoke(app, ["cache", "ls", "--data-dir", str(tmp_path)])
     assert text.exit_code == 0 and len(text.stdout.splitlines()) == 2
 

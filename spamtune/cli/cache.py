@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Literal, Optional
 
@@ -71,7 +70,7 @@ def ls(
     for entry in entries:
         row = _row(entry)
         if output_format == "json":
-            typer.echo(json.dumps(row))
+            typer.echo(common.json_line(row))
             continue
         base = (row["base_sha256"] or "-")[:12]
         fields = [row["name"], human_size(row["bytes"]), f"{row['blocks'] or '-'} blocks", row["dtype"] or "-",
