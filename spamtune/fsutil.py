@@ -37,8 +37,6 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # a file holds the folder's name; "File exists" would blame the file to write
-        raise write_error(final, NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))) from None
     except OSError as exc:
         raise write_error(final, exc) from None
     try:
@@ -65,7 +63,27 @@ def write_error(final: Path, exc: OSError) -> SpamtuneError:
     callers can say what survived and how to go on."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(final)
-    return SpamtuneError(f"cannot write {final}: {exc.strerror or exc}")
+    return SpamtuneError(f"cannot write {final}: {creation_failure(final, exc)}")
+
+
+def creation_failure(path: str | Path, exc: OSError) -> str:
+    """Why creating ``path`` (or a folder on its way) failed, in words that point at the cause.
+
+    The system's own words blame the wrong thing when a folder on the way is a symbolic link to
+    something that does not exist (``mkdir`` then says "File exists") or is a file ("Not a
+    directory" names no file): those are named instead. Otherwise ``exc``'s own text."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ENOENT):
+        path = Path(path)
+        for folder in [*reversed(path.parents), path]:
+            if folder.is_symlink() and not folder.exists():
+                try:
+                    target = os.readlink(folder)
+                except OSError:  # gone or changed since: the system's words then
+                    break
+                return f"{folder} is a symbolic link to {target}, which does not exist"
+            if folder != path and folder.exists() and not folder.is_dir():
+                return f"{folder} is a file, not a folder"
+    return exc.strerror or str(exc)
 
 
 # How many random names to try before giving up (mkstemp tries as many).
@@ -140,7 +158,7 @@ def scratch_file(folder: str | Path, stem: str) -> Iterator[BinaryIO]:
         folder.mkdir(parents=True, exist_ok=True)
         path, fd = _create_exclusive(folder, stem, os.O_RDWR, 0o600)
     except OSError as exc:
-        raise SpamtuneError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+        raise SpamtuneError(f"cannot write in {folder}: {creation_failure(folder, exc)}") from None
     try:
         with os.fdopen(fd, "w+b") as handle:
             yield handle

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError
-from spamtune.fsutil import atomic_write_json, atomic_write_text, read_json, remove_stale_temporaries
+from spamtune.fsutil import atomic_write_json, atomic_write_text, creation_failure, read_json, remove_stale_temporaries
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -114,7 +114,7 @@ def new_run_dir(runs: Path, name: str) -> Path:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise SpamtuneError(f"cannot create run folder {candidate}: {exc.strerror or exc}") from None
+            raise SpamtuneError(f"cannot create run folder {candidate}: {creation_failure(candidate, exc)}") from None
     raise SpamtuneError(f"cannot find a free run folder name beside {base}")
 
 
@@ -134,7 +134,7 @@ def claim_run_dir(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SpamtuneError(f"cannot create run folder {out}: {exc.strerror or exc}") from None
+        raise SpamtuneError(f"cannot create run folder {out}: {creation_failure(out, exc)}") from None
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from spamtune import paths, runs
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
-from spamtune.fsutil import atomic_write_json, read_json
+from spamtune.fsutil import atomic_write_json, creation_failure, read_json
 from spamtune.options import LORA_OPTIONS, as_typed, recorded_model
 
 SWEEP_FILE = "sweep.json"
@@ -502,7 +502,7 @@ def run_sweep(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SpamtuneError(f"cannot create the sweep folder {folder}: {exc.strerror or exc}") from None
+        raise SpamtuneError(f"cannot create the sweep folder {folder}: {creation_failure(folder, exc)}") from None
     # Two processes on one sweep would each find the other's run locked, mark it failed, and the
     # last to write sweep.json would rank a finished run as failed.
     with runs.hold_folder(folder, SweepInUse, "the sweep folder"):

@@ -198,6 +198,29 @@ def test_a_data_root_that_is_a_dangling_link_is_one_error_line(tmp_path, words):
     assert not (tmp_path / "unmounted").exists()
 
 
+def test_an_output_under_a_folder_linked_to_nothing_is_one_line_naming_the_link(tmp_path):
+    """mkdir's "File exists" (or "Not a directory") blamed the output for a folder on its way that
+    is a symbolic link to something gone: each command that writes says which link it is."""
+    from helpers import write_rigged_run, write_tiny_data
+
+    root = write_tiny_data(tmp_path / "root")
+    run = write_rigged_run(tmp_path / "run")
+    link = tmp_path / "latest"
+    link.symlink_to(tmp_path / "unmounted" / "results")
+    cause = f"{link} is a symbolic link to {tmp_path / 'unmounted' / 'results'}, which does not exist"
+    training = ["--model", str(root / "tiny.json"), "--weights", "random", "--epochs", "1", "--data-dir", str(root)]
+    for words, failure in (
+        (["finetune", *training, "--out", str(link / "run")], f"cannot create run folder {link / 'run'}"),
+        (["sweep", *training, "--lr", "1e-3,2e-3", "--out", str(link / "sweep")], f"cannot create the sweep folder {link / 'sweep'}"),
+        (["export", str(run), str(link / "model.safetensors")], f"cannot write {link / 'model.safetensors'}"),
+        (["predict", "--run", str(run), "--out", str(link / "out.tsv"), "hi"], f"cannot write {link / 'out.tsv'}"),
+    ):
+        result = invoke(*words)
+        assert (result.exit_code, result.stdout) == (1, ""), words
+        assert result.stderr.splitlines()[-1] == f"Error: {failure}: {cause}", words
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_a_path_with_a_name_too_long_for_the_file_system_is_one_line_naming_it(tmp_path):
     from helpers import write_tiny_data
 

@@ -193,8 +193,34 @@ def test_an_unwritable_destination_is_a_spamtune_error(tmp_path):
     with pytest.raises(SpamtuneError) as raised:
         atomic_write_text(blocker / "inside.txt", "x")
     # The file in the folder's place is what is wrong, not a file at the name to write.
-    assert str(raised.value) == f"cannot write {blocker / 'inside.txt'}: {os.strerror(errno.ENOTDIR)}"
+    assert str(raised.value) == f"cannot write {blocker / 'inside.txt'}: {blocker} is a file, not a folder"
+    with pytest.raises(SpamtuneError) as raised:
+        atomic_write_text(blocker / "deeper" / "inside.txt", "x")
+    assert str(raised.value) == f"cannot write {blocker / 'deeper' / 'inside.txt'}: {blocker} is a file, not a folder"
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("target", ["moved", "../moved/elsewhere"])
+def test_a_folder_linked_to_nothing_on_the_way_is_named(tmp_path, target):
+    """mkdir says "File exists" when a folder on the way is a symbolic link to nothing (a drive
+    not mounted, a folder moved): the error names the link and where it points instead."""
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "latest"
+    link.symlink_to(target)
+    for final in (link / "report.txt", link / "a" / "b" / "report.txt"):
+        with pytest.raises(SpamtuneError) as raised:
+            atomic_write_text(final, "x")
+        assert str(raised.value) == f"cannot write {final}: {link} is a symbolic link to {target}, which does not exist"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["latest"] and link.is_symlink()
+
+
+def test_other_failures_keep_the_systems_words(tmp_path):
+    """Only the causes that the system's words hide are named; a folder name too long for the
+    file system keeps its 'File name too long'."""
+    final = tmp_path / ("x" * 300) / "file.txt"
+    with pytest.raises(SpamtuneError) as raised:
+        atomic_write_text(final, "x")
+    assert str(raised.value) == f"cannot write {final}: {os.strerror(errno.ENAMETOOLONG)}"
 
 
 @pytest.mark.parametrize("char", ["a", "\u00e9"])  # characters of one byte and of two

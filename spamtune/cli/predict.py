@@ -730,7 +730,7 @@ def _open_out(stack: contextlib.ExitStack, out_file: Path) -> BinaryIO:
     """``--out``: a temporary file renamed onto PATH once complete, so PATH is whole or untouched.
     A device or FIFO (``/dev/null``, ``/dev/stdout``, a named pipe) is written to directly: a
     rename would replace the node itself (run as root, ``/dev/null`` became a regular file)."""
-    from spamtune.fsutil import atomic_path
+    from spamtune.fsutil import atomic_path, creation_failure
 
     try:
         special = not stat.S_ISREG(os.stat(out_file).st_mode)
@@ -741,7 +741,7 @@ def _open_out(stack: contextlib.ExitStack, out_file: Path) -> BinaryIO:
     try:
         return stack.enter_context(open(out_file, "wb"))
     except OSError as exc:
-        raise SpamtuneError(f"cannot write {out_file}: {exc.strerror or exc}") from None
+        raise SpamtuneError(f"cannot write {out_file}: {creation_failure(out_file, exc)}") from None
 
 
 def _load_classifier(run_dir: Path, world, *, threshold, batch_size, device, precision):
