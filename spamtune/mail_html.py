@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import NamedTuple
 
+from spamtune.mail_css import cascade, declarations
+
 # Elements whose content is never shown: scripts, styles, and templates (inert until a script
 # uses them).
 _SKIPPED_ELEMENTS = frozenset({"script", "style", "template"})
@@ -142,7 +144,6 @@ _BLOCK_ELEMENTS = frozenset(
 
 # --------------------------------------------------------------------------- inline style
 
-_IMPORTANT = re.compile(r"!\s*important\s*\Z", re.IGNORECASE)
 # A CSS number with its unit: "0", "-0.0px", ".5em", "1e3%".
 _DIMENSION = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)([a-z]*|%)\Z")
 _ABSOLUTE_UNITS = frozenset(
@@ -165,66 +166,6 @@ _CLIPPABLE_DISPLAYS = frozenset(
     "block inline-block flex inline-flex grid inline-grid list-item flow-root -webkit-box -webkit-inline-box "
     "-webkit-flex -webkit-inline-flex -moz-box -moz-inline-box -ms-flexbox -ms-inline-flexbox".split()
 )
-
-
-def _declarations(style: str) -> dict[str, list[tuple[int, str, bool]]]:
-    """The declarations of a style attribute by lower-case property name, each property's in the
-    order written, as ``(position, value, important)``: values lower case, whitespace collapsed,
-    without ``!important``. Which of them applies is ``_cascade``'s choice.
-
-    A ``;`` ends a declaration only outside strings and brackets, as in CSS: split at every ``;``,
-    ``font-family: "x;display:none;"`` hid text that browsers show."""
-    texts = []
-    current: list[str] = []
-    depth = 0
-    for token in _STYLE_TOKENS.findall(style):
-        if token.startswith("/*"):
-            token = " "
-        elif token in _OPENING:
-            depth += 1
-        elif token in _CLOSING:
-            depth = max(0, depth - 1)
-        elif token == ";" and not depth:
-            texts.append("".join(current))
-            current = []
-            continue
-        current.append(token)
-    texts.append("".join(current))
-    declared: dict[str, list[tuple[int, str, bool]]] = {}
-    for position, text in enumerate(texts):
-        name, colon, value = text.partition(":")
-        name = name.strip().lower()
-        if not colon or not name:
-            continue
-        important = bool(_IMPORTANT.search(value))
-        value = " ".join(_IMPORTANT.sub("", value).lower().split())
-        if value:
-            declared.setdefault(name, []).append((position, value, important))
-    return declared
-
-
-# The pieces of a style attribute: comments, strings, escapes and brackets one by one (a ";" in
-# them does not end a declaration), the rest in runs.
-_STYLE_TOKENS = re.compile(
-    r"""/\*.*?(?:\*/|\Z)|"(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?|\\.?|[;()\[\]{}]|[^;"'\\()\[\]{}/]+|/""",
-    re.DOTALL,
-)
-_OPENING = frozenset("([{")
-_CLOSING = frozenset(")]}")
-
-
-def _cascade(declarations, read):
-    """What ``read`` makes of the declaration that applies among ``declarations`` (in the order
-    written), or None: the last valid one, unless an earlier one is ``!important`` and it is not.
-    A value ``read`` rejects (None) is dropped, as CSS drops an invalid declaration."""
-    winner = None
-    winner_important = False
-    for _, value, important in sorted(declarations or ()):
-        meaning = read(value)
-        if meaning is None or (winner_important and not important):
-            continue
-        winner, winner_important = meaning, important
-    return winner
 
 
 def _dimension(value: str) -> tuple[float, str] | None:
@@ -400,10 +341,10 @@ _CACHED_STYLE_CHARS = 500
 def _style(tag: str, style: str, hidden: bool, sized: bool) -> _Style:
     """The ``_Style`` of a ``tag`` with this ``style`` attribute and ``hidden`` one; ``sized``: an
     image with a width or height of zero, or a font with a ``size``."""
-    declared = _declarations(style)
-    display = _cascade(declared.get("display"), _read_display)
+    declared = declarations(style)
+    display = cascade(declared.get("display"), _read_display)
     removes = display == "none" or (hidden and display is None)
-    covers = bool(_cascade(declared.get("opacity"), _read_opacity))
+    covers = bool(cascade(declared.get("opacity"), _read_opacity))
     if display is None or display in _CSS_WIDE_KEYWORDS:
         display = "block" if tag in _BLOCK_ELEMENTS else "inline"
     image = tag == "img"
@@ -415,7 +356,7 @@ def _style(tag: str, style: str, hidden: bool, sized: bool) -> _Style:
     if font_size is None and tag == "font" and sized:
         # A <font size> sets a size of its own: browsers read "0" and anything below 1 as 1.
         font_size = "shown"
-    visibility = _cascade(declared.get("visibility"), _read_visibility)
+    visibility = cascade(declared.get("visibility"), _read_visibility)
     return _Style(removes, covers, visibility, font_size, alt_hidden=image and sized)
 
 
@@ -427,27 +368,27 @@ def _font_size(declared: dict) -> str | None:
     overrides the other)."""
     sizes = [(position, _read_font(value), important) for position, value, important in declared.get("font", ())]
     sizes += [(position, _read_font_size(value), important) for position, value, important in declared.get("font-size", ())]
-    return _cascade(sizes, lambda size: size)
+    return cascade(sizes, lambda size: size)
 
 
 def _clipped(declared: dict, image: bool) -> bool:
     """Whether the box is clipped to nothing: a height or width of zero with the overflow on that
     axis hidden (an image at zero size needs no overflow), and no padding to show text in."""
     paddings = ("padding", "padding-top", "padding-right", "padding-bottom", "padding-left")
-    if any(_cascade(declared.get(name), _read_padding) for name in paddings):
+    if any(cascade(declared.get(name), _read_padding) for name in paddings):
         return False
-    overflow = _cascade(declared.get("overflow"), _read_overflow) or (False, False)
-    clips_x = _cascade(declared.get("overflow-x"), _read_axis_overflow)
-    clips_y = _cascade(declared.get("overflow-y"), _read_axis_overflow)
+    overflow = cascade(declared.get("overflow"), _read_overflow) or (False, False)
+    clips_x = cascade(declared.get("overflow-x"), _read_axis_overflow)
+    clips_y = cascade(declared.get("overflow-y"), _read_axis_overflow)
     clips = {"width": overflow[0] if clips_x is None else clips_x, "height": overflow[1] if clips_y is None else clips_y}
     for size in ("height", "width"):
         if not (clips[size] or image):
             continue
         # max-height wins over height, and min-height over both.
-        zero = _cascade(declared.get(f"max-{size}"), _read_zero_length)
+        zero = cascade(declared.get(f"max-{size}"), _read_zero_length)
         if not zero:
-            zero = _cascade(declared.get(size), _read_zero_length)
-        if zero and not _cascade(declared.get(f"min-{size}"), _read_nonzero_length):
+            zero = cascade(declared.get(size), _read_zero_length)
+        if zero and not cascade(declared.get(f"min-{size}"), _read_nonzero_length):
             return True
     return False
 
