@@ -44,7 +44,22 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import NamedTuple
 
-from spamtune.mail_css import cascade, declarations
+from spamtune.mail_css import (
+    TRANSPARENT,
+    Colour,
+    Rule,
+    SelectorMatcher,
+    Stylesheet,
+    Subject,
+    cascade,
+    css_colour,
+    declarations,
+    indistinguishable,
+    legacy_colour,
+    media_applies,
+    over,
+    parse_stylesheet,
+)
 
 # Elements whose content is never shown: scripts, styles, and templates (inert until a script
 # uses them).
@@ -290,58 +305,145 @@ def _read_padding(value: str) -> bool | None:
     return not all(sides)
 
 
+def _read_color(value: str) -> Colour | str:
+    """A text colour: a colour, "inherit" (the parent's), or _UNKNOWN for a value not read here
+    (``var()``, ``lab()``, ...), which hides nothing, whatever the background."""
+    if value in ("inherit", "unset", "currentcolor"):
+        return "inherit"
+    if value in ("initial", "revert", "revert-layer"):
+        return _BLACK
+    return css_colour(value) or _UNKNOWN
+
+
+def _read_background_color(value: str) -> Colour | str:
+    if value in _CSS_WIDE_KEYWORDS:  # not inherited: the parent's background shows through
+        return TRANSPARENT
+    return css_colour(value) or _UNKNOWN
+
+
+def _read_background(value: str) -> tuple[Colour | str, bool]:
+    """The colour and whether an image is painted by the ``background`` shorthand. Its colour is
+    read where it stands beside keywords and positions (``#000 no-repeat``); a value holding other
+    words paints a background not read here (_UNKNOWN)."""
+    if value in _CSS_WIDE_KEYWORDS or value == "none":
+        return TRANSPARENT, False
+    if _IMAGE_FUNCTIONS.search(value):
+        return _UNKNOWN, True
+    colours = []
+    for word in _BACKGROUND_WORDS.findall(value):
+        colour = css_colour(word)
+        if colour is not None:
+            colours.append(colour)
+        elif word not in _BACKGROUND_KEYWORDS and word != "/" and _dimension(word) is None:
+            return _UNKNOWN, False
+    return (colours[0] if len(colours) == 1 else TRANSPARENT if not colours else _UNKNOWN), False
+
+
+def _read_background_image(value: str) -> bool:
+    return value not in _CSS_WIDE_KEYWORDS and value != "none"
+
+
+def _background(declared: dict) -> Colour | str | None:
+    """The background an element paints (None: none), set by the last of the ``background``,
+    ``background-color`` and ``background-image`` declarations; any image makes it _UNKNOWN, as
+    text over a picture is not compared with a colour."""
+    shorthands = [(position, _read_background(value), important) for position, value, important in declared.get("background", ())]
+    paints = [(position, read[0], important) for position, read, important in shorthands]
+    paints += [(position, _read_background_color(value), important) for position, value, important in declared.get("background-color", ())]
+    images = [(position, read[1], important) for position, read, important in shorthands]
+    images += [(position, _read_background_image(value), important) for position, value, important in declared.get("background-image", ())]
+    if cascade(images, lambda image: image):
+        return _UNKNOWN
+    colour = cascade(paints, lambda paint: paint)
+    return None if colour is None or colour == TRANSPARENT else colour
+
+
+_IMAGE_FUNCTIONS = re.compile(r"(?:url|gradient|image|image-set|element|cross-fade|paint)\(")
+# The words of a background value, a function with its arguments as one.
+_BACKGROUND_WORDS = re.compile(r"[^\s(/]+(?:\([^)]*\)?)?|/")
+_BACKGROUND_KEYWORDS = frozenset(
+    "repeat no-repeat repeat-x repeat-y space round scroll fixed local top bottom left right center "
+    "border-box padding-box content-box text auto cover contain none".split()
+)
+_BLACK: Colour = (0, 0, 0, 1.0)
+_WHITE = (255, 255, 255)
+
+
 @dataclass(frozen=True)
 class _Style:
-    """What an element's own attributes say about the visibility of its content."""
+    """What an element's own attributes and the stylesheet rules it matches say about the
+    visibility of its content."""
 
     removes: bool = False  # the element is not laid out (display: none)
     covers: bool = False  # laid out, but its content not seen (opacity: 0, clipped)
     visibility: bool | str | None = None  # hidden (True), visible (False), the parent's (None, "inherit")
     font_size: str | None = None  # "zero", "shown", or the parent's (None or "inherit")
     alt_hidden: bool = False  # an image shown at a width or height of zero
+    color: Colour | str | None = None  # the text colour: a colour, _UNKNOWN (one not read here), or the parent's (None)
+    background: Colour | str | None = None  # the background it paints: a colour, _UNKNOWN (an image), or none (None)
 
 
 _NO_STYLE = _Style()
+_UNKNOWN = "unknown"
+# The elements whose bgcolor and background attributes paint a background.
+_BACKGROUND_ATTRIBUTE_ELEMENTS = frozenset({"body", "table", "tr", "td", "th"})
 
 
-def _element_style(tag: str, attrs: list[tuple[str, str | None]]) -> _Style:
-    """``tag``'s ``_Style``, from its ``style`` and ``hidden`` attributes (and an image's ``width``
-    and ``height``, a font's ``size``). The first of repeated attributes counts, as in browsers."""
+def _element_style(tag: str, attrs: list[tuple[str, str | None]], rules: tuple[Rule, ...] = ()) -> _Style:
+    """``tag``'s ``_Style``, from the stylesheet ``rules`` it matches (lowest precedence first), its
+    ``style`` and ``hidden`` attributes, and the attributes that act as styles below any CSS (an
+    image's ``width`` and ``height``, a font's ``size`` and ``color``, the body's ``text``, the
+    ``bgcolor`` and ``background`` of the body, tables and their cells). The first of repeated
+    attributes counts, as in browsers."""
     style = None
     hidden = False
+    hints: list[tuple[str, str]] = []
+    seen = set()
     for name, value in attrs:
-        if name == "style" and style is None:
+        if name in seen:
+            continue
+        seen.add(name)
+        if name == "style":
             style = value or ""
         elif name == "hidden":
             hidden = True
-    if tag in _DOCUMENT_ELEMENTS:
-        # A client shows a message's body inside its own page and keeps none of a hiding body's
-        # style; a message that hid its whole body would show its reader nothing anyway.
-        return _NO_STYLE
+        elif (name == "color" and tag == "font") or (name == "text" and tag == "body"):
+            _colour_hint(hints, "color", value)
+        elif name == "bgcolor" and tag in _BACKGROUND_ATTRIBUTE_ELEMENTS:
+            _colour_hint(hints, "background-color", value)
+        elif name == "background" and tag in _BACKGROUND_ATTRIBUTE_ELEMENTS and (value or "").strip():
+            hints.append(("background-image", "url()"))
     style = style or ""
     if tag == "img":
         sizes = [(value or "").strip() for name, value in attrs if name in ("width", "height")]
         sized = "0" in sizes or "0px" in sizes
     elif tag == "font":
         sized = any((value or "").strip() for name, value in attrs if name == "size")
-    elif hidden or _STYLE_PROPERTIES.search(style):
+    elif hidden or hints or rules or _STYLE_PROPERTIES.search(style):
         sized = False
     else:
         return _NO_STYLE
     # Long styles are not cached: the cache would keep them for good.
-    return (_cached_style if len(style) <= _CACHED_STYLE_CHARS else _style)(tag, style, hidden, sized)
+    return (_cached_style if len(style) <= _CACHED_STYLE_CHARS else _style)(tag, style, hidden, sized, tuple(hints), rules)
+
+
+def _colour_hint(hints: list[tuple[str, str]], name: str, value: str | None) -> None:
+    colour = legacy_colour(value or "")
+    if colour is not None:
+        hints.append((name, "#%02x%02x%02x" % colour[:3]))
 
 
 # The properties _style reads: a style attribute that names none of them (most in a newsletter)
 # is not parsed.
-_STYLE_PROPERTIES = re.compile("display|opacity|visibility|font|height|width", re.IGNORECASE)
+_STYLE_PROPERTIES = re.compile("display|opacity|visibility|font|height|width|color|background", re.IGNORECASE)
 _CACHED_STYLE_CHARS = 500
 
 
-def _style(tag: str, style: str, hidden: bool, sized: bool) -> _Style:
+def _style(tag: str, style: str, hidden: bool, sized: bool, hints: tuple = (), rules: tuple[Rule, ...] = ()) -> _Style:
     """The ``_Style`` of a ``tag`` with this ``style`` attribute and ``hidden`` one; ``sized``: an
-    image with a width or height of zero, or a font with a ``size``."""
-    declared = declarations(style)
+    image with a width or height of zero, or a font with a ``size``; ``hints``: declarations made
+    by other attributes; ``rules``: the stylesheet rules it matches."""
+    declared = _merged(style, hints, rules) if hints or rules else declarations(style)
     display = cascade(declared.get("display"), _read_display)
     removes = display == "none" or (hidden and display is None)
     covers = bool(cascade(declared.get("opacity"), _read_opacity))
@@ -357,7 +459,27 @@ def _style(tag: str, style: str, hidden: bool, sized: bool) -> _Style:
         # A <font size> sets a size of its own: browsers read "0" and anything below 1 as 1.
         font_size = "shown"
     visibility = cascade(declared.get("visibility"), _read_visibility)
-    return _Style(removes, covers, visibility, font_size, alt_hidden=image and sized)
+    color = cascade(declared.get("color"), _read_color)
+    return _Style(
+        removes, covers, visibility, font_size, image and sized, None if color == "inherit" else color, _background(declared)
+    )
+
+
+def _merged(style: str, hints: tuple, rules: tuple[Rule, ...]) -> dict:
+    """An element's declarations from all their sources, each placed in the cascade by
+    ``(origin, specificity, order, position)``: attributes acting as styles first, then the
+    stylesheet rules by specificity and order, then the style attribute, so that ``cascade``'s
+    last valid declaration, unless an earlier one is ``!important``, is the one CSS applies."""
+    merged: dict[str, list] = {}
+    for position, (name, value) in enumerate(hints):
+        merged.setdefault(name, []).append(((0, (0, 0, 0), 0, position), value, False))
+    for rule in rules:
+        for name, entries in rule.declared.items():
+            place = (1, rule.specificity, rule.order)
+            merged.setdefault(name, []).extend(((*place, position), value, important) for position, value, important in entries)
+    for name, entries in declarations(style).items():
+        merged.setdefault(name, []).extend(((2, (0, 0, 0), 0, position), value, important) for position, value, important in entries)
+    return merged
 
 
 _cached_style = functools.lru_cache(maxsize=256)(_style)  # a newsletter repeats a few styles on hundreds of elements
@@ -400,17 +522,22 @@ def _clipped(declared: dict, image: bool) -> bool:
 class _State:
     """Whether the content at one place of the document shows: not where an element around it is
     ``gone`` (not laid out) or ``covered`` (laid out, not seen), nor where the ``invisible`` and
-    ``zero_font`` it inherits from the elements around it say so. Hidden text ``takes_room`` (and
-    reads as a space) unless it is ``gone`` or of ``zero_font``."""
+    ``zero_font`` it inherits from the elements around it say so, nor where its text is of a
+    ``same_colour`` as the background behind it. Hidden text ``takes_room`` (and reads as a
+    space) unless it is ``gone`` or of ``zero_font``. ``color`` is the text colour inherited and
+    ``background`` the colour seen behind the content (None: not known, so never compared)."""
 
     gone: bool = False
     covered: bool = False
     invisible: bool = False
     zero_font: bool = False
+    same_colour: bool = False
+    color: Colour | None = _BLACK
+    background: tuple[float, float, float] | None = _WHITE
 
     @property
     def shown(self) -> bool:
-        return not (self.gone or self.covered or self.invisible or self.zero_font)
+        return not (self.gone or self.covered or self.invisible or self.zero_font or self.same_colour)
 
     @property
     def takes_room(self) -> bool:
@@ -422,11 +549,19 @@ class _State:
         covered = self.covered or style.covers
         invisible = self.invisible if style.visibility in (None, "inherit") else bool(style.visibility)
         zero_font = (style.font_size == "zero") or (self.zero_font and style.font_size in (None, "inherit"))
-        if (gone, covered, invisible, zero_font) == (self.gone, self.covered, self.invisible, self.zero_font):
+        color = self.color if style.color is None else None if style.color == _UNKNOWN else style.color
+        background = self.background
+        if style.background is not None:
+            if style.background == _UNKNOWN or (background is None and style.background[3] < 1):
+                background = None
+            else:  # a partly transparent background lets the one behind it show through
+                background = over(style.background, background or _WHITE)
+        here = (gone, covered, invisible, zero_font, color, background)
+        if here == (self.gone, self.covered, self.invisible, self.zero_font, self.color, self.background):
             return self
-        if not (gone or covered or invisible or zero_font):
-            return _SHOWN
-        return _State(gone, covered, invisible, zero_font)
+        same_colour = color is not None and background is not None and indistinguishable(color, background)
+        state = _State(gone, covered, invisible, zero_font, same_colour, color, background)
+        return _SHOWN if state == _SHOWN else state
 
 
 _SHOWN = _State()
@@ -436,23 +571,26 @@ class _Formatting:
     """An entry of the list of active formatting elements: a formatting element (``<b>``,
     ``<font>``, ...) not yet closed by its own end tag, with its style, and whether it is open."""
 
-    __slots__ = ("name", "style", "open")
+    __slots__ = ("name", "style", "subject", "open")
 
-    def __init__(self, name: str, style: _Style) -> None:
+    def __init__(self, name: str, style: _Style, subject: Subject | None) -> None:
         self.name = name
         self.style = style
+        self.subject = subject  # what selectors match when it is opened again (None: no stylesheet)
         self.open = True
 
 
 class _Open(NamedTuple):
     """An open element: its tag, the state of its content, the stack positions of the nearest
-    special element and scope boundary at or below it (-1: none), and its ``_Formatting`` entry."""
+    special element and scope boundary at or below it (-1: none), its ``_Formatting`` entry, and
+    the stylesheet's selector prefixes it matches."""
 
     name: str
     state: _State
     special: int
     boundary: int
     formatting: _Formatting | None = None
+    matched: tuple[int, ...] = ()
 
 
 _DOCUMENT = _Open("", _SHOWN, -1, -1)
@@ -466,8 +604,16 @@ class VisibleText(HTMLParser):
     it implicitly closes, without walking the stack, so each tag costs the same at any depth.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sheet: Stylesheet | None = None) -> None:
         super().__init__(convert_charrefs=True)
+        self.matcher = SelectorMatcher(sheet) if sheet is not None and sheet.count else None
+        self.root = _SHOWN  # the state of the body's content
+        self.root_matched: tuple[int, ...] = ()  # the selector prefixes the body matches
+        self.document_attrs: dict[str, list] = {"html": [], "body": []}
+        self.document_matched: dict[str, tuple[int, ...]] = {"html": (), "body": ()}
+        self.document_seen: set[str] = set()
+        if self.matcher is not None:
+            self._set_root()
         self.pieces: list[str] = []
         self.stack: list[_Open] = []
         self.positions: dict[str, list[int]] = {}
@@ -479,7 +625,33 @@ class VisibleText(HTMLParser):
     # -- the open elements
 
     def _state(self) -> _State:
-        return self.stack[-1].state if self.stack else _SHOWN
+        return self.stack[-1].state if self.stack else self.root
+
+    def _set_root(self) -> None:
+        """The state of the body's content, from the colours of the html and body elements (the
+        implied ones where the document has no such tags): a client shows a message's body inside
+        its own page and keeps none of a hiding body's style (a message that hid its whole body
+        would show its reader nothing anyway), but it paints the body's background and text
+        colour, which the text is written for."""
+        state, parent = _SHOWN, ()
+        for tag in ("html", "body"):
+            attrs = self.document_attrs[tag]
+            rules = ()
+            if self.matcher is not None:
+                self.matcher.leave(self.document_matched[tag])
+                parent = self.matcher.match(Subject.of(tag, attrs), parent)
+                self.matcher.enter(parent)
+                self.document_matched[tag] = parent
+                rules = self.matcher.rules(parent)
+            style = _element_style(tag, attrs, rules)
+            state = state.inside(tag, _Style(color=style.color, background=style.background))
+        self.root, self.root_matched = state, parent
+
+    def _match(self, subject: Subject | None) -> tuple[int, ...]:
+        """The selector prefixes an element opened now matches."""
+        if self.matcher is None or subject is None:
+            return ()
+        return self.matcher.match(subject, self.stack[-1].matched if self.stack else self.root_matched)
 
     def _nearest(self, names) -> int:
         """The stack position of the nearest open element of one of ``names`` (-1 if none)."""
@@ -508,11 +680,13 @@ class VisibleText(HTMLParser):
             self.positions[element.name].pop()
             if element.formatting is not None:
                 element.formatting.open = False
+            if element.matched:
+                self.matcher.leave(element.matched)
             if element.name in _MARKER_ELEMENTS:  # the formatting elements opened inside end here
                 while self.formatting and self.formatting.pop() is not None:
                     pass
 
-    def _push(self, tag: str, state: _State, formatting: _Formatting | None = None) -> None:
+    def _push(self, tag: str, state: _State, formatting: _Formatting | None = None, matched: tuple[int, ...] = ()) -> None:
         position = len(self.stack)
         below = self.stack[-1] if self.stack else _DOCUMENT
         self.stack.append(_Open(
@@ -521,7 +695,10 @@ class VisibleText(HTMLParser):
             position if tag in _SPECIAL_ELEMENTS else below.special,
             position if tag in _SCOPE_BOUNDARIES else below.boundary,
             formatting,
+            matched,
         ))
+        if matched:
+            self.matcher.enter(matched)
         self.positions.setdefault(tag, []).append(position)
         if tag in _MARKER_ELEMENTS:
             self.formatting.append(None)
@@ -536,11 +713,11 @@ class VisibleText(HTMLParser):
             start -= 1
         return start
 
-    def _open_formatting(self, tag: str, style: _Style) -> _Formatting:
+    def _open_formatting(self, tag: str, style: _Style, subject: Subject | None) -> _Formatting:
         start = self._last_marker()
         if len(self.formatting) - start >= _MAX_FORMATTING:
             del self.formatting[start]
-        entry = _Formatting(tag, style)
+        entry = _Formatting(tag, style, subject)
         self.formatting.append(entry)
         return entry
 
@@ -562,7 +739,7 @@ class VisibleText(HTMLParser):
             start -= 1
         self.reopened += len(entries) - start
         for entry in entries[start:]:
-            self._push(entry.name, self._placement().inside(entry.name, entry.style), entry)
+            self._push(entry.name, self._placement().inside(entry.name, entry.style), entry, self._match(entry.subject))
             entry.open = True
 
     def _placement(self) -> _State:
@@ -570,13 +747,21 @@ class VisibleText(HTMLParser):
         that of the table's parent, before which browsers show it."""
         if self.stack and self.stack[-1].name in _TABLE_STRUCTURE:
             table = self._nearest(("table",))
-            return self.stack[table - 1].state if table > 0 else _SHOWN
+            return self.stack[table - 1].state if table > 0 else self.root
         return self._state()
 
     # -- the parser's events
 
     def handle_starttag(self, tag, attrs):
-        if tag in _DOCUMENT_ELEMENTS or (tag in _TABLE_PARTS and not self.positions.get("table")):
+        if tag in _DOCUMENT_ELEMENTS:
+            # The first <html> and <body> count (browsers add a later one's new attributes only).
+            if tag in self.document_attrs and tag not in self.document_seen:
+                self.document_seen.add(tag)
+                if attrs:
+                    self.document_attrs[tag] = attrs
+                    self._set_root()
+            return
+        if tag in _TABLE_PARTS and not self.positions.get("table"):
             return
         if tag in _PARAGRAPH_CLOSERS and self.positions.get("p"):
             paragraph = self._in_scope(("p",), _PARAGRAPH_SCOPE)
@@ -592,7 +777,10 @@ class VisibleText(HTMLParser):
         formatting = self.formatting
         if formatting and formatting[-1] is not None and not formatting[-1].open and tag not in _NOT_REOPENING:
             self._reopen_formatting()
-        style = _element_style(tag, attrs) if attrs or tag == "img" else _NO_STYLE
+        subject = Subject.of(tag, attrs) if self.matcher is not None else None
+        matched = self._match(subject)
+        rules = self.matcher.rules(matched) if matched else ()
+        style = _element_style(tag, attrs, rules) if attrs or rules or tag == "img" else _NO_STYLE
         parent = self._state() if tag in _TABLE_PARTS else self._placement()
         state = parent if style is _NO_STYLE and tag not in _SKIPPED_ELEMENTS else parent.inside(tag, style)
         if tag == "img":
@@ -600,9 +788,9 @@ class VisibleText(HTMLParser):
         elif tag in _BREAKING_ELEMENTS and not state.gone:
             self.pieces.append(" ")
         if tag in _FORMATTING_ELEMENTS:
-            self._push(tag, state, self._open_formatting(tag, style))
+            self._push(tag, state, self._open_formatting(tag, style, subject), matched)
         elif tag not in _VOID_ELEMENTS:
-            self._push(tag, state)
+            self._push(tag, state, None, matched)
 
     def handle_startendtag(self, tag, attrs):
         # "<div/>" opens a div in HTML: only void elements have no content.
@@ -676,9 +864,70 @@ class VisibleText(HTMLParser):
     # handlers already drop them.
 
 
+class _StyleSheets(HTMLParser):
+    """Collects the text of a document's ``<style>`` elements that apply (``texts``), in order:
+    wherever they stand, as mail clients that honour them apply them, but not inside a
+    ``<template>`` (inert) nor with a ``media`` attribute that no screen matches."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.texts: list[str] = []
+        self.templates = 0
+        self.current: list[str] | None = None  # the text of the <style> being read, if it applies
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "template":
+            self.templates += 1
+        elif tag == "style":
+            media = next((value for name, value in attrs if name == "media"), None)
+            self.current = [] if not self.templates and (media is None or media_applies(media)) else None
+
+    def handle_endtag(self, tag):
+        if tag == "template":
+            self.templates = max(0, self.templates - 1)
+        elif tag == "style":
+            self.finish()
+
+    def handle_data(self, data):
+        if self.current is not None:
+            self.current.append(data)
+
+    def finish(self) -> None:
+        if self.current is not None:
+            self.texts.append("".join(self.current))
+            self.current = None
+
+
+_STYLE_TAG = re.compile(r"<style[\s/>]", re.IGNORECASE)
+
+
+def _stylesheet(html: str) -> Stylesheet | None:
+    """The rules of the document's stylesheets: a first pass, as a ``<style>`` may follow the
+    elements it styles (in the body, or a message cut short of its end tag)."""
+    collector = _StyleSheets()
+    try:
+        collector.feed(html)
+        collector.close()
+    except Exception:  # html.parser is lenient; keep what was read before any failure
+        pass
+    if collector.current is not None and collector.cdata_elem == "style":
+        # A <style> never closed runs to the end of the document, as in a browser; the parser
+        # keeps that text unread.
+        collector.current.append(collector.rawdata)
+    collector.finish()
+    sheet = None
+    for text in collector.texts:
+        sheet = parse_stylesheet(text, sheet)
+    return sheet
+
+
 def visible_text(html: str) -> str:
     """The text an HTML document shows, as ``VisibleText`` reads it (whitespace as it stands); never raises."""
-    parser = VisibleText()
+    try:
+        sheet = _stylesheet(html) if _STYLE_TAG.search(html) else None
+    except Exception:  # a stylesheet not read hides nothing
+        sheet = None
+    parser = VisibleText(sheet)
     try:
         parser.feed(html)
         parser.closing = True
