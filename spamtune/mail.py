@@ -7,8 +7,9 @@ all whitespace collapsed to single spaces:
 - the body is the message's ``text/plain`` content, or, where a part offers only HTML, the text
   that HTML shows (``spamtune.mail_html``): read by a real parser (``html.parser``), scripts,
   styles and comments dropped, entities decoded, the text of links and the alt text of images
-  kept, the text of elements hidden by their inline style or ``hidden`` attribute dropped, a tag
-  or comment left open at the end dropped;
+  kept, the text of elements hidden by their inline style, a ``<style>`` sheet's rules or their
+  ``hidden`` attribute dropped, and text of the colour of its background, a tag or comment left
+  open at the end dropped;
 - in ``multipart/alternative`` the text is that of the version mail clients show, the last HTML
   one (or a multipart such as ``related`` holding it) that shows any words; the plain-text
   version is read instead where it says the same (nine tenths of their distinct words shared,
@@ -55,8 +56,9 @@ from spamtune.mail_html import visible_text
 # way and shown mail read another (by ``predict --mail``, ``filter``, ``serve``) is tested on
 # something it never saw. Raised whenever a message's text changes: 2 reads the HTML version of
 # ``multipart/alternative`` unless the plain one says the same, and attached text bodies; 3 drops
-# HTML text hidden by inline styles and reads images' alt text.
-READING_VERSION = 3
+# HTML text hidden by inline styles and reads images' alt text; 4 also drops text hidden by the
+# rules of ``<style>`` sheets and text of the colour of its background.
+READING_VERSION = 4
 
 # Enough for any real text part (long HTML newsletters run to a few hundred KB); the rest of a
 # larger message is attachments, which the text skips anyway.
