@@ -6,17 +6,23 @@ elements (``parse_stylesheet``) with the selectors that pick the elements each r
 
 Stylesheets are read as a browser reads them, in the parts that mail uses: comments, strings and
 the ``<!--``/``-->`` a mail wraps its sheet in are skipped, ``@import``, ``@font-face`` and the
-other at-rules ignored, and the rules of an ``@media`` block applied only where its query is
-``screen``, ``all`` (optionally ``only``) or empty: ``print``, ``speech`` and every query with a
-condition (``(max-width: 600px)``, ``not``) are skipped, so the text read is what a client on a
-screen of no particular size shows (a mobile layout hides the desktop one, and the other way
-round; reading one of them is enough). A rule applies where one of its selectors matches: type
+other at-rules ignored (the rules inside ``@supports`` or ``@layer`` too), and the rules of an
+``@media`` block (or a ``<style media>``) applied only where its query is ``screen``, ``all``
+(optionally ``only``) or empty: ``print``, ``speech`` and every query with a condition
+(``(max-width: 600px)``, ``not``) are skipped, as a query not understood must be. The text read
+is then what a wide screen shows: a newsletter's mobile layout, which a ``max-width`` query shows
+in place of the desktop one, stays hidden as on a desktop client. A rule applies where one of its selectors matches: type
 (``span``), universal (``*``), class (``.x``), id (``#x``), attribute presence or equality
 (``[hidden]``, ``[class="x"]``), compounds of them (``span.x#y``), and the descendant (`` ``)
 and child (``>``) combinators. A selector list holding anything else (pseudo-classes such as
 ``:hover``, pseudo-elements, sibling combinators, escapes, namespaces) makes its rule skipped
 whole, never applied to elements it was not meant for. Class and id names are compared with
 their case, as in a standard-mode document.
+
+Colours are read in the forms CSS gives them (hex of 3, 4, 6 or 8 digits, ``rgb()``/``rgba()``
+and ``hsl()``/``hsla()`` with numbers or percentages, the named colours, ``transparent``) and
+those colour attributes take (``legacy_colour``); text is ``indistinguishable`` from its
+background where each channel is within ``SAME_COLOUR_DISTANCE`` of the background's.
 
 The work is bounded on hostile input: at most ``MAX_RULES`` selectors are kept (the rest of the
 sheets are ignored), a selector of more than ``MAX_COMPOUNDS`` parts is skipped, and matching

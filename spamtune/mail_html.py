@@ -18,8 +18,30 @@ clipped to nothing (``height``, ``max-height``, ``width`` or ``max-width`` of ze
 or ``height``. The style attribute is read as CSS reads it: declarations split on ``;`` (not
 in strings or brackets), names and keywords in any case, comments and whitespace ignored, the
 last valid declaration winning unless an earlier one is ``!important``, and a value CSS would
-reject ignored, so ``font-size: 0.9em`` or ``display: nonesuch`` hide nothing. Stylesheets (``<style>``) are not
-applied, and colours are not compared (white text on white is read).
+reject ignored, so ``font-size: 0.9em`` or ``display: nonesuch`` hide nothing.
+
+The rules of ``<style>`` elements apply to the same properties, wherever the element stands (in
+the body, after the text it hides), as the mail clients that honour them apply them; the
+selectors, ``@media`` queries and bounds on hostile sheets are ``spamtune.mail_css``'s. They
+cascade as in CSS: a rule beats the attributes that act as styles, a more specific rule a less
+specific one and a later one an earlier one as specific, the style attribute every rule, and an
+``!important`` declaration (a rule's or the attribute's) every declaration that is not.
+
+Text whose colour cannot be told from the background behind it is hidden as well: white on
+white, or ``#fefefe`` on white (each channel within ``mail_css.SAME_COLOUR_DISTANCE`` of the
+background's), while grey (``#eeeeee`` on white and darker) is read. The text colour comes from
+``color`` and ``<font color>``, the background from ``background-color``, a ``background`` whose
+colour can be read, and the ``bgcolor`` of the body, tables and their rows and cells (colour
+attributes read as browsers read them: ``ffffff`` is white, ``fff`` near black); where nothing is
+set, black on white. A partly transparent colour is seen over what lies behind it. Text over a
+background image (``background: url(...)``, a ``background`` attribute) or on a colour not read
+here (``var()``, ``lab()``) is never compared. The html and body elements keep their colours,
+none of their hiding styles: a client shows a message's body inside its own page.
+
+Not honoured: external stylesheets (``<link>``, ``@import``), which mail clients do not load;
+selectors other than those ``mail_css`` reads (a rule holding one is skipped, so ``:hover`` hides
+nothing); text moved off the screen (``position``, ``text-indent``, negative margins); text drawn
+over by other elements; the colours of the pictures behind text.
 
 Elements nest as a browser builds them from malformed HTML, in the parts that decide what is
 hidden: an end tag closes the elements opened inside the one it names, a stray one (naming no
@@ -30,8 +52,8 @@ carries on after it, style and all, and text written in a table outside its cell
 the table, as browsers move it. Nothing recurses, and a tag costs the same work at any depth of
 nesting.
 
-Hidden text that takes room on the screen (``visibility: hidden``, ``opacity: 0``) reads as a
-space, keeping the words on either side apart; text that takes none (``display: none``, a font
+Hidden text that takes room on the screen (``visibility: hidden``, ``opacity: 0``, text of the
+background's colour) reads as a space, keeping the words on either side apart; text that takes none (``display: none``, a font
 size of zero) reads as nothing, so ``V<span style="font-size:0">x</span>iagra`` reads ``Viagra``,
 as on the screen.
 """
