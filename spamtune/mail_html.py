@@ -33,7 +33,8 @@ background's), while grey (``#eeeeee`` on white and darker) is read. The text co
 ``color`` and ``<font color>``, the background from ``background-color``, a ``background`` whose
 colour can be read, and the ``bgcolor`` of the body, tables and their rows and cells (colour
 attributes read as browsers read them: ``ffffff`` is white, ``fff`` near black); where nothing is
-set, black on white. A partly transparent colour is seen over what lies behind it. Text over a
+set, black on white, but for the colours browsers give some elements of their own (``<mark>``
+black on yellow; links and form controls the client's, never compared). A partly transparent colour is seen over what lies behind it. Text over a
 background image (``background: url(...)``, a ``background`` attribute) or on a colour not read
 here (``var()``, ``lab()``) is never compared. The html and body elements keep their colours,
 none of their hiding styles: a client shows a message's body inside its own page.
@@ -369,11 +370,11 @@ def _background(declared: dict) -> Colour | str | None:
     """The background an element paints (None: none), set by the last of the ``background``,
     ``background-color`` and ``background-image`` declarations; any image makes it _UNKNOWN, as
     text over a picture is not compared with a colour."""
-    shorthands = [(position, _read_background(value), important) for position, value, important in declared.get("background", ())]
+    shorthands = _each_read(declared, "background", _read_background)
     paints = [(position, read[0], important) for position, read, important in shorthands]
-    paints += [(position, _read_background_color(value), important) for position, value, important in declared.get("background-color", ())]
     images = [(position, read[1], important) for position, read, important in shorthands]
-    images += [(position, _read_background_image(value), important) for position, value, important in declared.get("background-image", ())]
+    paints += _each_read(declared, "background-color", _read_background_color)
+    images += _each_read(declared, "background-image", _read_background_image)
     if cascade(images, lambda image: image):
         return _UNKNOWN
     colour = cascade(paints, lambda paint: paint)
@@ -409,6 +410,15 @@ _NO_STYLE = _Style()
 _UNKNOWN = "unknown"
 # The elements whose bgcolor and background attributes paint a background.
 _BACKGROUND_ATTRIBUTE_ELEMENTS = frozenset({"body", "table", "tr", "td", "th"})
+# The colours browsers give elements of their own, below any CSS: black on yellow for <mark>, and
+# colours of the system or the client, not read here (so never compared), for links (an <a href>
+# is blue, not its parent's colour) and form controls.
+_DEFAULT_COLOURS = {
+    "mark": (("background-color", "yellow"), ("color", "black")),
+    "button": (("background-color", "buttonface"), ("color", "buttontext")),
+    "select": (("background-color", "field"), ("color", "fieldtext")),
+    "textarea": (("background-color", "field"), ("color", "fieldtext")),
+}
 
 
 def _element_style(tag: str, attrs: list[tuple[str, str | None]], rules: tuple[Rule, ...] = ()) -> _Style:
@@ -419,7 +429,7 @@ def _element_style(tag: str, attrs: list[tuple[str, str | None]], rules: tuple[R
     attributes counts, as in browsers."""
     style = None
     hidden = False
-    hints: list[tuple[str, str]] = []
+    hints = list(_DEFAULT_COLOURS.get(tag, ()))
     seen = set()
     for name, value in attrs:
         if name in seen:
@@ -435,6 +445,8 @@ def _element_style(tag: str, attrs: list[tuple[str, str | None]], rules: tuple[R
             _colour_hint(hints, "background-color", value)
         elif name == "background" and tag in _BACKGROUND_ATTRIBUTE_ELEMENTS and (value or "").strip():
             hints.append(("background-image", "url()"))
+        elif name == "href" and tag == "a":
+            hints.append(("color", "linktext"))
     style = style or ""
     if tag == "img":
         sizes = [(value or "").strip() for name, value in attrs if name in ("width", "height")]
@@ -500,7 +512,8 @@ def _merged(style: str, hints: tuple, rules: tuple[Rule, ...]) -> dict:
             place = (1, rule.specificity, rule.order)
             merged.setdefault(name, []).extend(((*place, position), value, important) for position, value, important in entries)
     for name, entries in declarations(style).items():
-        merged.setdefault(name, []).extend(((2, (0, 0, 0), 0, position), value, important) for position, value, important in entries)
+        place = (2, (0, 0, 0), 0)
+        merged.setdefault(name, []).extend(((*place, position), value, important) for position, value, important in entries)
     return merged
 
 
@@ -510,9 +523,14 @@ _cached_style = functools.lru_cache(maxsize=256)(_style)  # a newsletter repeats
 def _font_size(declared: dict) -> str | None:
     """The font size set by the last of the ``font`` and ``font-size`` declarations (each
     overrides the other)."""
-    sizes = [(position, _read_font(value), important) for position, value, important in declared.get("font", ())]
-    sizes += [(position, _read_font_size(value), important) for position, value, important in declared.get("font-size", ())]
+    sizes = _each_read(declared, "font", _read_font) + _each_read(declared, "font-size", _read_font_size)
     return cascade(sizes, lambda size: size)
+
+
+def _each_read(declared: dict, name: str, read) -> list:
+    """The declarations of ``name`` with their values read, for a cascade among properties that
+    set one another (a shorthand and its longhands)."""
+    return [(position, read(value), important) for position, value, important in declared.get(name, ())]
 
 
 def _clipped(declared: dict, image: bool) -> bool:
@@ -802,7 +820,7 @@ class VisibleText(HTMLParser):
         subject = Subject.of(tag, attrs) if self.matcher is not None else None
         matched = self._match(subject)
         rules = self.matcher.rules(matched) if matched else ()
-        style = _element_style(tag, attrs, rules) if attrs or rules or tag == "img" else _NO_STYLE
+        style = _element_style(tag, attrs, rules) if attrs or rules or tag == "img" or tag in _DEFAULT_COLOURS else _NO_STYLE
         parent = self._state() if tag in _TABLE_PARTS else self._placement()
         state = parent if style is _NO_STYLE and tag not in _SKIPPED_ELEMENTS else parent.inside(tag, style)
         if tag == "img":

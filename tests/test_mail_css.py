@@ -227,6 +227,11 @@ def test_legacy_colour_attributes_are_read_as_browsers_read_them(value, colour):
         ('<body bgcolor="#000000" text="#ffffff"><p>white body</p></body>', "white body"),
         ('<style>body{background:#000;color:#fff}</style><p>white body</p>', "white body"),
         ('<font color=white><span style="color:#333">dark</span></font>', "dark"),
+        # Links and marked text have colours of their own, whatever their parent's.
+        ('<font color=white><a href="http://x.example/">link</a></font>', "link"),
+        ('<font color=white><mark>marked</mark></font>', "marked"),
+        ('pitch <a href="http://x.example/" style="color:#fff">salad</a>', "pitch"),
+        ('<style>a{color:#fff}</style>pitch <a href="http://x.example/">salad</a>', "pitch"),
     ],
 )
 def test_text_of_the_colour_of_its_background_is_not_read(html, shown):
