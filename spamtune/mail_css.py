@@ -24,13 +24,13 @@ and ``hsl()``/``hsla()`` with numbers or percentages, the named colours, ``trans
 those colour attributes take (``legacy_colour``); text is ``indistinguishable`` from its
 background where each channel is within ``SAME_COLOUR_DISTANCE`` of the background's.
 
-The work is bounded on hostile input: at most ``MAX_RULES`` selectors are kept (the rest of the
-sheets are ignored), a selector of more than ``MAX_COMPOUNDS`` parts is skipped, and matching
-costs each element the rules indexed under its id, classes and type (and the universal ones),
-never a walk of its ancestors: each open element keeps the selector prefixes it matches and
+The work is bounded on hostile input: at most ``MAX_RULES`` selectors are read, understood or not
+(the rest of the sheets are ignored), a selector of more than ``MAX_COMPOUNDS`` parts is skipped,
+and matching costs each element the rules indexed under its id, classes and type (and the universal
+ones), never a walk of its ancestors: each open element keeps the selector prefixes it matches and
 each prefix a count of the open elements matching it, so ``div .x`` asks one count. A document
-whose matching passes ``MAX_MATCHING_WORK`` steps (thousands of rules applied to many thousands
-of elements, which real mail never needs) has no more rules applied to its later elements.
+whose matching passes ``MAX_MATCHING_WORK`` steps (thousands of rules applied to many thousands of
+elements, which real mail never needs) has no more rules applied to its later elements.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def indistinguishable(text: Colour, background: tuple[float, float, float]) -> b
 
 # --------------------------------------------------------------------------- stylesheets
 
-# At most this many selectors are kept from a document's stylesheets (a newsletter's sheets hold a
+# At most this many selectors are read from a document's stylesheets (a newsletter's sheets hold a
 # few hundred), each of at most MAX_COMPOUNDS compounds, and @media blocks are read to this depth.
 MAX_RULES = 4000
 MAX_COMPOUNDS = 8
@@ -308,11 +308,12 @@ class Stylesheet:
     rules: dict[int, list[Rule]] = field(default_factory=dict)
     index: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     known: dict[tuple, int] = field(default_factory=dict)
-    count: int = 0
+    count: int = 0  # the rules kept
+    read: int = 0  # the selectors read, kept or not
 
     @property
     def full(self) -> bool:
-        return self.count >= MAX_RULES
+        return self.read >= MAX_RULES
 
     def add(self, selector: list[tuple[str, Compound]], declared: dict, weight: int) -> None:
         prefix = -1
@@ -346,24 +347,25 @@ def media_applies(query: str) -> bool:
 
 
 def parse_stylesheet(text: str, sheet: Stylesheet | None = None, depth: int = 0) -> Stylesheet:
-    """Adds the rules of the stylesheet ``text`` to ``sheet`` (a new one if None), in order."""
+    """Adds the rules of the stylesheet ``text`` to ``sheet`` (a new one if None), in order. The
+    text is read only as far as the rules kept: past ``MAX_RULES`` selectors, not at all."""
     sheet = Stylesheet() if sheet is None else sheet
-    tokens = STYLE_TOKENS.findall(text)
+    tokens = (match.group() for match in STYLE_TOKENS.finditer(text))
     prelude: list[str] = []
-    position = 0
-    while position < len(tokens) and not sheet.full:
-        token = tokens[position]
-        position += 1
+    for token in tokens:
+        if sheet.full:
+            break
         if token == ";" and "".join(prelude).lstrip().startswith("@"):
             prelude = []  # "@import ...;", "@charset ...;"
         elif token == "{":
-            start = position
+            block: list[str] = []
             nesting = 1
-            while position < len(tokens) and nesting:
-                nesting += (tokens[position] == "{") - (tokens[position] == "}")
-                position += 1
-            block = "".join(tokens[start : position - 1 if not nesting else position])
-            _read_rule(" ".join(_COMMENT_OR_MARKUP_COMMENT.sub(" ", "".join(prelude)).split()), block, sheet, depth)
+            for token in tokens:  # the block, to its closing "}" (or the end of the text, as in CSS)
+                nesting += (token == "{") - (token == "}")
+                if not nesting:
+                    break
+                block.append(token)
+            _read_rule(" ".join(_COMMENT_OR_MARKUP_COMMENT.sub(" ", "".join(prelude)).split()), "".join(block), sheet, depth)
             prelude = []
         else:
             prelude.append(token)
@@ -376,15 +378,16 @@ def _read_rule(prelude: str, block: str, sheet: Stylesheet, depth: int) -> None:
         if name.lower() == "@media" and depth < _MAX_MEDIA_DEPTH and media_applies(query):
             parse_stylesheet(block, sheet, depth + 1)
         return
-    # A list of more selectors than a document may keep leaves the rest in its last, too long to read.
-    selectors = [parse_selector(text) for text in prelude.split(",", MAX_RULES)]
+    # Selectors not understood count as read: a sheet of thousands of them costs no more than
+    # one of rules kept. A list longer than what is left is cut, so its rule is skipped.
+    texts = prelude.split(",", MAX_RULES - sheet.read)
+    sheet.read += len(texts)
+    selectors = [parse_selector(text) for text in texts]
     if not selectors or None in selectors:
         return  # a selector not understood: the whole rule is skipped, as browsers skip an invalid one
     declared = declarations(block)
     weight = 1 + sum(len(entries) for entries in declared.values())
     for selector in selectors:
-        if sheet.full:
-            return
         sheet.add(selector, declared, weight)
 
 

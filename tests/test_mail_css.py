@@ -130,10 +130,13 @@ def test_hostile_stylesheets_cost_bounded_time():
         start = time.process_time()
         html_to_text(html)
         assert time.process_time() - start < 20 * bare + 1.0
-    assert html_to_text(many) == "kept"  # the rule past the first MAX_RULES is not read
+    assert html_to_text(many) == "kept"  # the rule past the first MAX_RULES selectors is not read
     assert html_to_text(nested) == "kept"  # @media blocks nested past a few levels are not read
     sheet = mail_css.parse_stylesheet(many[len("<style>") :])
     assert sheet.count == mail_css.MAX_RULES
+    # Selectors not understood count too: they cannot make the whole of a huge sheet read.
+    junk = "".join(f".a{i}:hover{{display:none}}" for i in range(mail_css.MAX_RULES)) + ".late{display:none}"
+    assert mail_css.parse_stylesheet(junk).count == 0
 
 
 def test_matching_work_is_bounded_per_document():
