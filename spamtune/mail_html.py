@@ -27,17 +27,18 @@ cascade as in CSS: a rule beats the attributes that act as styles, a more specif
 specific one and a later one an earlier one as specific, the style attribute every rule, and an
 ``!important`` declaration (a rule's or the attribute's) every declaration that is not.
 
-Text whose colour cannot be told from the background behind it is hidden as well: white on
-white, or ``#fefefe`` on white (each channel within ``mail_css.SAME_COLOUR_DISTANCE`` of the
+Text whose colour cannot be told from the background behind it is hidden as well: white on white,
+or ``#fefefe`` on white (each channel within ``mail_css.SAME_COLOUR_DISTANCE`` of the
 background's), while grey (``#eeeeee`` on white and darker) is read. The text colour comes from
 ``color`` and ``<font color>``, the background from ``background-color``, a ``background`` whose
 colour can be read, and the ``bgcolor`` of the body, tables and their rows and cells (colour
 attributes read as browsers read them: ``ffffff`` is white, ``fff`` near black); where nothing is
-set, black on white, but for the colours browsers give some elements of their own (``<mark>``
-black on yellow; links and form controls the client's, never compared). A partly transparent colour is seen over what lies behind it. Text over a
-background image (``background: url(...)``, a ``background`` attribute) or on a colour not read
-here (``var()``, ``lab()``) is never compared. The html and body elements keep their colours,
-none of their hiding styles: a client shows a message's body inside its own page.
+set, black on white, but for the colours browsers give some elements of their own (``<mark>`` black
+on yellow; links and form controls the client's, never compared). A partly transparent colour is
+seen over what lies behind it. Text over a background image (``background: url(...)``, a
+``background`` attribute) or on a colour not read here (``var()``, ``lab()``) is never compared.
+The html and body elements keep their colours, none of their hiding styles: a client shows a
+message's body inside its own page.
 
 Not honoured: external stylesheets (``<link>``, ``@import``), which mail clients do not load;
 selectors other than those ``mail_css`` reads (a rule holding one is skipped, so ``:hover`` hides
@@ -54,9 +55,9 @@ the table, as browsers move it. Nothing recurses, and a tag costs the same work 
 nesting.
 
 Hidden text that takes room on the screen (``visibility: hidden``, ``opacity: 0``, text of the
-background's colour) reads as a space, keeping the words on either side apart; text that takes none (``display: none``, a font
-size of zero) reads as nothing, so ``V<span style="font-size:0">x</span>iagra`` reads ``Viagra``,
-as on the screen.
+background's colour) reads as a space, keeping the words on either side apart; text that takes
+none (``display: none``, a font size of zero) reads as nothing, so
+``V<span style="font-size:0">x</span>iagra`` reads ``Viagra``, as on the screen.
 """
 
 from __future__ import annotations
@@ -386,7 +387,7 @@ _IMAGE_FUNCTIONS = re.compile(r"(?:url|gradient|image|image-set|element|cross-fa
 _BACKGROUND_WORDS = re.compile(r"[^\s(/]+(?:\([^)]*\)?)?|/")
 _BACKGROUND_KEYWORDS = frozenset(
     "repeat no-repeat repeat-x repeat-y space round scroll fixed local top bottom left right center "
-    "border-box padding-box content-box text auto cover contain none".split()
+    "border-box padding-box content-box auto cover contain none".split()
 )
 _BLACK: Colour = (0, 0, 0, 1.0)
 _WHITE = (255, 255, 255)
@@ -942,8 +943,8 @@ _STYLE_TAG = re.compile(r"<style[\s/>]", re.IGNORECASE)
 
 
 def _stylesheet(html: str) -> Stylesheet | None:
-    """The rules of the document's stylesheets: a first pass, as a ``<style>`` may follow the
-    elements it styles (in the body, or a message cut short of its end tag)."""
+    """The rules of the document's stylesheets, read in a first pass: a ``<style>`` may follow
+    the elements it styles."""
     collector = _StyleSheets()
     try:
         collector.feed(html)
