@@ -216,6 +216,7 @@ def test_legacy_colour_attributes_are_read_as_browsers_read_them(value, colour):
         ('<table><tr><td bgcolor="#000000"><span style="color:black">salad</span></td><td>pitch</td></tr></table>', "pitch"),
         ('<table><tr><td style="background:#123456"><font color="#123456">salad</font></td></tr></table>pitch', "pitch"),
         ('<div style="background-color:red;color:red">salad</div>pitch', "pitch"),
+        ('<table bgcolor=black><tr><td bgcolor="#FFFFFF"><span style="color:#ffffff">salad</span></td></tr></table>pitch', "pitch"),
         # Shown: ordinary grey and coloured text, white on a dark background, text whose colour
         # cannot be read, text over an image.
         ('<span style="color:#999999">grey</span>', "grey"),
@@ -252,6 +253,18 @@ def test_backgrounds_nest():
     )
     assert html_to_text(html) == "shown shown again"
     assert html_to_text('<div style="background:#000;color:#fff">a<p style="background:#fff">salad</p>b</div>') == "a b"
+
+
+def test_a_message_reads_without_the_text_its_stylesheet_and_colours_hide():
+    """A newsletter-shaped spam: the pitch shown, salad buried by a class and by white text."""
+    html = (
+        "<html><head><style type='text/css'><!-- .pre{display:none!important;max-height:0} --></style></head>"
+        "<body bgcolor='#ffffff'><div class='pre'>quarterly report meeting agenda</div>"
+        "<table width='600'><tr><td><p>Cheap meds, order now</p>"
+        "<p><font color='#FFFFFF' size='1'>invoice project lunch schedule</font></p></td></tr></table></body></html>"
+    )
+    raw = f"Subject: offer\nContent-Type: text/html; charset=utf-8\n\n{html}\n".encode()
+    assert mail.extract(raw).text == "offer Cheap meds, order now"
 
 
 def test_the_reading_of_mail_is_a_new_version():
