@@ -75,11 +75,14 @@ class ExplainedVerdict(Verdict):
 
 @dataclass(frozen=True)
 class MailVerdict(Verdict):
-    """A classified message: the threshold and run that decided it, and the headers ``spamtune filter`` would add."""
+    """A classified message: the threshold and run that decided it, the headers ``spamtune filter``
+    would add, whether the message had defects its reading worked around, and (``explain``) why."""
 
     threshold: float
     run: str
     headers: dict[str, str]
+    damaged: bool = False
+    explanation: Explanation | None = None
 
 
 class SpamtuneClient:
@@ -145,14 +148,24 @@ class SpamtuneClient:
                 raise SpamtuneError(f"the service at {self.url} sent a malformed answer") from None
         return verdicts
 
-    def classify_mail(self, raw: bytes, threshold: float | None = None) -> MailVerdict:
-        """The verdict on one raw RFC 822 message, as ``POST /v1/classify/mail`` gives it."""
-        query = "" if threshold is None else "?" + urllib.parse.urlencode({"threshold": threshold})
+    def classify_mail(self, raw: bytes, threshold: float | None = None, explain: bool = False) -> MailVerdict:
+        """The verdict on one raw RFC 822 message, as ``POST /v1/classify/mail`` gives it; with
+        ``explain``, its ``explanation``, whose offsets index the text the model read of it."""
+        parameters = {"threshold": threshold} if threshold is not None else {}
+        if explain:
+            parameters["explain"] = "true"
+        query = "?" + urllib.parse.urlencode(parameters) if parameters else ""
         answer = self._request("POST", "/v1/classify/mail" + query, raw, content_type="message/rfc822")
         try:
+            p_spam, damaged = float(answer["p_spam"]), answer.get("damaged", False)
+            if answer["label"] not in self.model()["labels"] or not isinstance(damaged, bool):
+                raise ValueError("a label the run does not have, or damage that is no boolean")
+            explanation = None
+            if explain:
+                explanation = Explanation.from_answer(answer["text"], p_spam, answer["explanation"], answer["window"])
             return MailVerdict(
-                answer["label"], float(answer["p_spam"]), float(answer["threshold"]), str(answer["run"]),
-                dict(answer["headers"]),
+                answer["label"], p_spam, float(answer["threshold"]), str(answer["run"]), dict(answer["headers"]),
+                damaged, explanation,
             )  # fmt: skip
         except (KeyError, TypeError, ValueError):
             raise SpamtuneError(f"the service at {self.url} sent a malformed answer") from None

@@ -832,6 +832,7 @@ def test_mail_endpoint_classifies_the_message_text_and_gives_the_filter_header(s
     [expected] = predict_long(clf, [message_text(MAIL)], DEFAULT_LONG)
     assert "85023" in message_text(MAIL) and "WON" in message_text(MAIL)
     assert status == 200 and (answer["label"], answer["p_spam"]) == (expected.label, expected.probability)
+    assert answer["damaged"] is False
     flag = "Yes" if expected.label == "spam" else "No"
     assert answer["headers"] == {
         "X-Spamtune-Status": f"{flag}, p_spam={expected.probability:.3f}, threshold=0.5",
@@ -846,7 +847,7 @@ def test_mail_endpoint_explains_as_predict_mail_explain_does(service, random_run
     url = service + "/v1/classify/mail"
     status, plain = call_json(url, "POST", MAIL)
     status_explained, answer = call_json(url + "?explain=true", "POST", MAIL)
-    assert status == status_explained == 200 and set(plain) == {"run", "threshold", "label", "p_spam", "headers"}
+    assert status == status_explained == 200 and set(plain) == {"run", "threshold", "label", "p_spam", "damaged", "headers"}
     assert {k: answer.pop(k) for k in ("explanation", "window", "text")} and answer == plain
     box = tmp_path / "box"
     box.mkdir()
@@ -862,6 +863,48 @@ def test_mail_endpoint_explains_as_predict_mail_explain_does(service, random_run
     assert answer["text"] == message_text(MAIL) and answer["explanation"]
     assert all(answer["text"][s["start"] : s["end"]] == s["text"] for s in answer["explanation"])
     assert call_json(url + "?explain=false", "POST", MAIL) == (200, plain)
+
+
+def same_but_last_digits(one: str, other: str) -> bool:
+    """Whether two outputs are the same text with the same numbers, to their last printed digit:
+    local predict --mail classifies a round of messages in shared batches, the service each
+    message in its own, and other padding moves a float by ~1e-7, enough to flip a rounding."""
+    number = re.compile(r"-?\d+\.\d+")
+    if number.sub("#", one) != number.sub("#", other):
+        return False
+    pairs = zip(number.findall(one), number.findall(other))
+    return all(abs(float(a) - float(b)) <= 1.5 * 10 ** -len(a.split(".")[1]) for a, b in pairs)
+
+
+def test_predict_mail_with_a_server_prints_what_it_prints_locally(service, random_run, tmp_path, monkeypatch):
+    """``predict --mail DIR --server URL`` sends each message to /v1/classify/mail and prints, in
+    every format and with --explain, what local ``predict --mail`` prints: ids, labels, damage,
+    explanations of the text the model read, and an unreadable file's error line and status."""
+    from helpers import deny_reading
+
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "1.eml").write_bytes(MAIL)
+    (box / "2.eml").write_bytes(b"Subject: lunch\nContent-Type: text/html\n\n<style>.x{display:none}</style>"
+                                b"<p>Lunch tomorrow?<span class=x>WIN a free prize</span></p>\n")  # fmt: skip
+    (box / "3.eml").write_bytes(b"Subject: =?utf-8?b?not base64?=\nContent-Transfer-Encoding: base64\n\n!!!\n")
+    (box / "4.eml").write_bytes(MAIL)
+    deny_reading(monkeypatch, box / "4.eml")
+    printed = {}
+    for fmt in (["--format", "tsv", "--header"], ["--format", "jsonl"], ["--format", "text"]):
+        for explain in ([], ["--explain"]):
+            args = ["--mail", str(box), *fmt, *explain]
+            local = CliRunner().invoke(cli_app, ["predict", "--run", str(random_run), "--precision", "fp32", *args])
+            remote = CliRunner().invoke(cli_app, ["predict", "--server", service, *args])
+            assert local.exit_code == remote.exit_code == 1, (local.stderr, remote.stderr)  # the unreadable file
+            assert same_but_last_digits(remote.stdout, local.stdout) and remote.stderr == local.stderr
+            printed[(fmt[1], bool(explain))] = remote
+    records = [json.loads(line) for line in printed[("jsonl", True)].stdout.splitlines()]
+    assert [r["id"] for r in records] == ["1.eml", "2.eml", "3.eml", "4.eml"] and records[3]["label"] == "error"
+    assert [r["damaged"] for r in records] == [False, False, True, True] and "WIN" not in records[1]["text"]
+    assert printed[("jsonl", True)].stderr.splitlines()[-1] == f"Error: 1 message file(s) in {box} could not be read; their lines say error"
+    refused = CliRunner().invoke(cli_app, ["predict", "--server", service, "--mail", str(box), "--long", "head"])
+    assert refused.exit_code == 2 and "--long cannot be used with --server" in refused.stderr
 
 
 def test_a_long_message_is_explained_in_the_chunk_that_decided(service, clf):
@@ -1356,6 +1399,10 @@ def test_client_mode_never_imports_torch(service, tmp_path):
     explained = subprocess.run(args[:-4] + ["--explain", "--format", "jsonl", "Claim now"], capture_output=True, text=True, env=env, timeout=60)
     assert explained.returncode == 0 and "NO_TORCH" in explained.stderr, explained.stderr
     assert "explanation" in json.loads(explained.stdout)
+    (tmp_path / "box").mkdir()
+    (tmp_path / "box" / "1.eml").write_bytes(MAIL)
+    mailed = subprocess.run(args[:-4] + ["--mail", str(tmp_path / "box"), "--format", "text"], capture_output=True, text=True, env=env, timeout=60)
+    assert mailed.returncode == 0 and "NO_TORCH" in mailed.stderr and mailed.stdout.split()[0] in ("spam", "ham"), mailed.stderr
     proc = subprocess.run([sys.executable, "-c", probe, "filter", "--server", service], input=MAIL,
                           capture_output=True, env=env, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -1399,6 +1446,9 @@ def answering(answers: dict[str, dict]):
         {"/v1/model": {"labels": ["ham", "spam\x1b]0;pwned\x07"], "positive_label": "ham"}, "/v1/classify": {"results": [{"label": "ham", "p_spam": 0.1}]}},
         {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": "\x1b[2J", "p_spam": 0.5}]}},
         {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": ["spam"], "p_spam": 0.5}]}},
+        # predict --mail prints a mail verdict's label too
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": "[2J", "p_spam": 0.5}]},
+         "/v1/classify/mail": {"label": "\x1b[2J", "p_spam": 0.5, "threshold": 0.5, "run": "r", "headers": {}}},
     ],
 )
 def test_a_malformed_answer_is_one_line(answers):

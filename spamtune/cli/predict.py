@@ -595,7 +595,7 @@ def predict(
     if server:  # client mode: hand off before anything imports torch
         from spamtune.cli.remote import predict_remotely
 
-        return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam, header, explain)
+        return predict_remotely(chunks, server, api_key, output_format, threshold, fail_on_spam, header, explain, mail)
     run_dir = paths.resolve_run(run, paths.data_root(data_dir))
     from spamtune import distributed
 

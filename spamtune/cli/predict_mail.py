@@ -12,8 +12,17 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from spamtune.errors import SpamtuneError
+
+
+class _Shown(NamedTuple):
+    """What ``Renderer.line`` prints of a message: its id in the text's place."""
+
+    text: str
+    label: str
+    probability: float
 
 
 def render_line(renderer, p, explain: bool = False) -> str:
@@ -27,9 +36,7 @@ def render_line(renderer, p, explain: bool = False) -> str:
     if p.error is not None:
         line = renderer.no_verdict_line(p.label, p.id)
     else:
-        from spamtune.infer import Prediction
-
-        line = renderer.line(Prediction(p.id, p.label, p.p_spam))
+        line = renderer.line(_Shown(p.id, p.label, p.p_spam))
     return line.removesuffix("\n") + _after_the_id(renderer, p.explanation) + "\n" if explain else line
 
 

@@ -9,21 +9,22 @@ nothing here imports torch or loads a model, so a call costs an interpreter star
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from spamtune.errors import SpamtuneUsageError
+from spamtune.errors import SpamtuneError, SpamtuneUsageError
 
 if TYPE_CHECKING:
     from spamtune.mail_filter import Verdict
 
-# Options of local classification that the service decides for itself (its run, its reading of
-# long messages), or that it does not offer (mail folders: send each message to /v1/classify/mail).
+# Options of local classification that the service decides for itself: its run, its reading of
+# long messages (a mail message in chunks, a line of text by its head, as predict's defaults).
 LOCAL_ONLY = {"run": "--run", "data_dir": "--data-dir", "device": "--device", "precision": "--precision",
-              "batch_size": "--batch-size", "long": "--long", "mail": "--mail"}  # fmt: skip
+              "batch_size": "--batch-size", "long": "--long"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,15 +77,15 @@ def remote_mail_verdict(server: str, api_key: str | None, threshold: float | Non
 
 
 def predict_remotely(
-    chunks: Iterable[list[str]], server: str, api_key: str | None, output_format, threshold: float, fail_on_spam: bool,
+    chunks: Iterable[list], server: str, api_key: str | None, output_format, threshold: float, fail_on_spam: bool,
     header: bool = False,
     explain: bool = False,
+    mail: Path | None = None,
 ) -> None:
     """Classify every chunk with the service at ``server`` and print it as local ``predict`` would;
-    with ``explain``, with the explanations the service sends (the same spans as local ones)."""
-    from spamtune.cli.predict import (
-        EXPLAIN_TSV_HEADER, TSV_HEADER, OutputFormat, Renderer, _stdout_is_terminal, _use_color, reader_gone,
-    )  # fmt: skip
+    with ``explain``, with the explanations the service sends (the same spans as local ones).
+    ``mail``: the chunks are a mail source's ``(id, raw)`` messages, each sent to ``/v1/classify/mail``."""
+    from spamtune.cli.predict import OutputFormat, Renderer, _stdout_is_terminal, _tsv_header, _use_color, reader_gone
     from spamtune.client import client_from_env
 
     refuse_local_options()
@@ -94,27 +95,74 @@ def predict_remotely(
     positive = info["positive_label"]
     if output_format is None:
         output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
+    if mail is not None:
+        from spamtune.cli.predict import _refuse_a_class_named_like_unreadable
+
+        _refuse_a_class_named_like_unreadable(info["labels"], output_format)
     renderer = Renderer(output_format, info["labels"], positive, color=_use_color())
     sys.stdout.flush()
     out = sys.stdout.buffer
     if header:
-        out.write((EXPLAIN_TSV_HEADER if explain else TSV_HEADER).encode())
+        out.write(_tsv_header(mail is not None, explain).encode())
     any_positive = False
-    budget, read = client.text_budget(), 0
+    unreadable: list[str] = []
+    if mail is None:
+        answered = _text_lines(client, chunks, renderer, requested, explain)
+    else:
+        answered = _mail_lines(client, chunks, renderer, requested, explain, mail, unreadable)
     try:
-        for chunk in chunks:
-            sent = [_within_budget(text, budget, read + n) for n, text in enumerate(chunk, 1)]
-            verdicts = client.classify(sent, requested, explain)
-            predictions = [RemotePrediction(text, v.label, v.p_spam) for text, v in zip(chunk, verdicts)]
-            explanations = [getattr(v, "explanation", None) for v in verdicts]
-            out.write("".join(map(renderer.line, predictions, explanations)).encode("utf-8", errors="replace"))
+        for lines, positives in answered:
+            out.write(lines.encode("utf-8", errors="replace"))
             out.flush()
-            any_positive = any_positive or any(p.label == positive for p in predictions)
-            read += len(chunk)
+            any_positive = any_positive or positives > 0
     except BrokenPipeError as exc:
         reader_gone(exc, fail_on_spam and any_positive)
+    if unreadable:  # every line is out; the status says that some are not verdicts
+        raise SpamtuneError(f"{len(unreadable):,} message file(s) in {mail} could not be read; their lines say error")
     if fail_on_spam and any_positive:
         raise typer.Exit(1)
+
+
+def _text_lines(client, chunks: Iterable[list[str]], renderer, requested: float | None, explain: bool) -> Iterator[tuple[str, int]]:
+    """Each chunk of lines of text as the service classifies it: its output lines and how many are positive."""
+    budget, read = client.text_budget(), 0
+    for chunk in chunks:
+        sent = [_within_budget(text, budget, read + n) for n, text in enumerate(chunk, 1)]
+        verdicts = client.classify(sent, requested, explain)
+        predictions = [RemotePrediction(text, v.label, v.p_spam) for text, v in zip(chunk, verdicts)]
+        explanations = [getattr(v, "explanation", None) for v in verdicts]
+        yield "".join(map(renderer.line, predictions, explanations)), sum(p.label == renderer.positive for p in predictions)
+        read += len(chunk)
+
+
+def _mail_lines(
+    client, messages: Iterable, renderer, requested: float | None, explain: bool, source: Path, unreadable: list[str]
+) -> Iterator[tuple[str, int]]:
+    """Each ``(id, raw)`` message of a mail source as the service classifies it (one request each):
+    its line as local ``predict --mail`` writes it. A file that could not be read keeps its line
+    (label ``error``), is warned of, and is added to ``unreadable``."""
+    from spamtune.cli.predict_mail import render_line, report_unreadable
+    from spamtune.mail import MAX_MESSAGE_BYTES, UNREADABLE_LABEL, Unreadable
+    from spamtune.mail_filter import MailPrediction
+
+    # The service reads a message's first MiB, as predict does: more need not travel.
+    limit = min(MAX_MESSAGE_BYTES, int(client.model().get("limits", {}).get("max_mail_bytes", MAX_MESSAGE_BYTES)))
+    for message_id, raw in messages:
+        if isinstance(raw, Unreadable):
+            report_unreadable([(message_id, raw)], source)
+            unreadable.append(message_id)
+            p = MailPrediction(message_id, UNREADABLE_LABEL, None, True, raw.reason)
+        else:
+            if len(raw) > limit and limit < MAX_MESSAGE_BYTES:
+                from spamtune.cli import common
+
+                common.warn(
+                    f"message {message_id} is larger than the service takes ({limit:,} bytes, its --max-mail-bytes): "
+                    "only its start is classified"
+                )
+            v = client.classify_mail(raw[:limit], requested, explain)
+            p = MailPrediction(message_id, v.label, v.p_spam, v.damaged, explanation=v.explanation)
+        yield render_line(renderer, p, explain), int(p.label == renderer.positive and p.error is None)
 
 
 def _within_budget(text: str, budget: int, number: int) -> str:

@@ -129,11 +129,13 @@ class ClassifyResponse(Answer):
 
 
 class MailResponse(Answer):
-    """With ``?explain=true`` also the explanation, its window, and ``text``: the text the model
-    read of the message (decoded Subject and body), which their offsets index."""
+    """``damaged``: the message had defects its reading worked around (as ``predict --mail``
+    says). With ``?explain=true`` also the explanation, its window, and ``text``: the text the
+    model read of the message (decoded Subject and body), which their offsets index."""
 
     label: str
     p_spam: float
+    damaged: bool
     headers: dict[str, str]
     explanation: list[Span] | None = None
     window: list[WindowPart] | None = None
@@ -327,13 +329,14 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         check_requested(threshold, "?threshold=")
         async with bodies.holding() as share:
             raw = await read_body(request, settings.max_mail_bytes, settings.body_timeout_s, share)
-            text = await run_in_threadpool(verdicts.message_text, raw)  # parsing a large message takes a while
+            read = await run_in_threadpool(verdicts.extract, raw)  # parsing a large message takes a while
+            text = read.text
             (item,) = await classify([text], "mail-explain" if explain else "mail")
             prediction, spans, window = item if explain else (item, None, None)
             label, p = verdict(prediction, threshold)
         used = threshold_of(threshold)
         answer = {
-            "run": run_name, "threshold": used, "label": label, "p_spam": p,
+            "run": run_name, "threshold": used, "label": label, "p_spam": p, "damaged": read.damaged,
             "headers": verdicts.mail_headers(label == positive, p, used, run_name),
         }  # fmt: skip
         if explain:  # the offsets index the text the model read, not the message's bytes: it comes with them

@@ -1,7 +1,7 @@
 """What the service runs for each kind of request: the same reading as ``predict`` and ``filter``.
 
 Texts go through ``predict_long`` in ``predict``'s mode for lines of text (a long text keeps its
-first tokens); the text of a mail message (``spamtune.mail.message_text``) goes through it in
+first tokens); the text of a mail message (``spamtune.mail.extract``) goes through it in
 ``filter``'s mode (``DEFAULT_LONG``), and its headers are the ones ``filter`` adds, built by the
 filter's own ``Verdict``. So the service answers exactly what the two commands would.
 Texts to explain get ``predict``'s prediction and ``predict --explain``'s explanation; mail
@@ -15,11 +15,11 @@ from typing import Any
 
 from spamtune.explanation import SHOWN_SPANS
 from spamtune.long_messages import predict_long
-from spamtune.mail import message_text
+from spamtune.mail import extract
 from spamtune.options import DEFAULT_LONG, TEXT_LONG
 from spamtune.mail_filter import Verdict
 
-__all__ = ["mail_headers", "message_text", "predictors"]
+__all__ = ["extract", "mail_headers", "predictors"]
 
 
 def predictors(classifier: Any) -> dict[str, Callable[[list[str]], list]]:
