@@ -135,34 +135,64 @@ def _text_lines(client, chunks: Iterable[list[str]], renderer, requested: float 
         read += len(chunk)
 
 
+# Messages of a mail source in flight to the service at once: its dynamic batcher classifies
+# those that arrive together in one pass. 200 short messages to a gpt2-small service (2 cores):
+# 6.6 s one at a time, 5.0 s four at a time, 3.5 s sixteen (local predict --mail, its model's
+# load included: 3.4 s). At most this many messages (each at most a MiB) are held at once.
+MAIL_REQUESTS_IN_FLIGHT = 16
+
+
 def _mail_lines(
     client, messages: Iterable, renderer, requested: float | None, explain: bool, source: Path, unreadable: list[str]
 ) -> Iterator[tuple[str, int]]:
-    """Each ``(id, raw)`` message of a mail source as the service classifies it (one request each):
-    its line as local ``predict --mail`` writes it. A file that could not be read keeps its line
-    (label ``error``), is warned of, and is added to ``unreadable``."""
+    """Each ``(id, raw)`` message of a mail source as the service classifies it (one request each,
+    ``MAIL_REQUESTS_IN_FLIGHT`` at a time): its line as local ``predict --mail`` writes it, in the
+    source's order. A file that could not be read keeps its line (label ``error``), is warned of,
+    and is added to ``unreadable``."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     from spamtune.cli.predict_mail import render_line, report_unreadable
     from spamtune.mail import MAX_MESSAGE_BYTES, UNREADABLE_LABEL, Unreadable
     from spamtune.mail_filter import MailPrediction
 
     # The service reads a message's first MiB, as predict does: more need not travel.
     limit = min(MAX_MESSAGE_BYTES, int(client.model().get("limits", {}).get("max_mail_bytes", MAX_MESSAGE_BYTES)))
-    for message_id, raw in messages:
+
+    def sent(message_id: str, raw: bytes) -> bytes:
+        if len(raw) > limit and limit < MAX_MESSAGE_BYTES:
+            from spamtune.cli import common
+
+            common.warn(
+                f"message {message_id} is larger than the service takes ({limit:,} bytes, its --max-mail-bytes): "
+                "only its start is classified"
+            )
+        return raw[:limit]
+
+    def line(message_id: str, raw, answer) -> tuple[str, int]:
         if isinstance(raw, Unreadable):
             report_unreadable([(message_id, raw)], source)
             unreadable.append(message_id)
             p = MailPrediction(message_id, UNREADABLE_LABEL, None, True, raw.reason)
         else:
-            if len(raw) > limit and limit < MAX_MESSAGE_BYTES:
-                from spamtune.cli import common
-
-                common.warn(
-                    f"message {message_id} is larger than the service takes ({limit:,} bytes, its --max-mail-bytes): "
-                    "only its start is classified"
-                )
-            v = client.classify_mail(raw[:limit], requested, explain)
+            v = answer.result()
             p = MailPrediction(message_id, v.label, v.p_spam, v.damaged, explanation=v.explanation)
-        yield render_line(renderer, p, explain), int(p.label == renderer.positive and p.error is None)
+        return render_line(renderer, p, explain), int(p.label == renderer.positive and p.error is None)
+
+    waiting: deque = deque()
+    with ThreadPoolExecutor(MAIL_REQUESTS_IN_FLIGHT, thread_name_prefix="spamtune-client") as pool:
+        try:
+            for message_id, raw in messages:
+                answer = None if isinstance(raw, Unreadable) else pool.submit(client.classify_mail, sent(message_id, raw), requested, explain)
+                waiting.append((message_id, raw, answer))
+                if len(waiting) > MAIL_REQUESTS_IN_FLIGHT:
+                    yield line(*waiting.popleft())
+            while waiting:
+                yield line(*waiting.popleft())
+        finally:  # stopped early (an error, Ctrl-C, the reader gone): what is not sent yet is not
+            for _, _, answer in waiting:
+                if answer is not None:
+                    answer.cancel()
 
 
 def _within_budget(text: str, budget: int, number: int) -> str:
