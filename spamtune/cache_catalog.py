@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spamtune import paths
-from spamtune.cache_entry import CACHE_FORMAT, META_KIND, CacheCorrupt, CacheMissing, files_out_of_shape, folder_bytes, is_entry_name, read_meta, remove_folder
+from spamtune.cache_entry import CACHE_FORMAT, META_KIND, PROGRESS_FILE, CacheCorrupt, CacheMissing, files_out_of_shape, folder_bytes
+from spamtune.cache_entry import is_entry_name, read_meta, remove_folder
 from spamtune.errors import SpamtuneError
 from spamtune.folder_lock import unclaimed
 
@@ -22,6 +23,7 @@ STALE = "stale"  # of an older format: no run reads it
 DAMAGED = "damaged"  # complete once, its files no longer match meta.json: the next run rebuilds it
 INCOMPLETE = "incomplete"  # no meta.json yet, and a live process is writing it
 ABANDONED = "abandoned"  # no meta.json, and no process writes it: a killed or crashed run left it
+INTERRUPTED = "interrupted"  # a build stopped by Ctrl-C left what it wrote: the next run on the same data resumes it
 # What ``cache rm --stale`` removes: the entries no run will read or finish.
 SWEPT = (STALE, DAMAGED, ABANDONED)
 
@@ -34,7 +36,7 @@ class CacheEntry:
     path: Path
     nbytes: int
     meta: dict | None
-    status: str  # OK, STALE, DAMAGED, INCOMPLETE or ABANDONED
+    status: str  # OK, STALE, DAMAGED, INCOMPLETE, ABANDONED or INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def _read_entry(path: Path, nobody_writes: bool | None = None) -> CacheEntry:
         if nobody_writes is None:
             with unclaimed(path) as free:
                 nobody_writes = free
-        status = ABANDONED if nobody_writes else INCOMPLETE
+        status = (INTERRUPTED if (path / PROGRESS_FILE).is_file() else ABANDONED) if nobody_writes else INCOMPLETE
     except (CacheCorrupt, OSError, ValueError, AttributeError, KeyError, TypeError):  # written atomically, so unreadable means damaged
         meta, status = None, DAMAGED
     return CacheEntry(path.name, path, folder_bytes(path), meta, status)

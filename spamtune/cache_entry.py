@@ -29,6 +29,11 @@ META_FILE = "meta.json"
 # The states file's signature once its hash matched (``spamtune.verified``): hashing the recipe's
 # 122 MiB cache took 0.13 s of every run that reuses it.
 VERIFIED_FILE = "verified.json"
+# What a build stopped by Ctrl-C leaves for the next one to resume: the states written so far,
+# and which batches wrote them (``cache_store``).
+PARTIAL_STATES_FILE = "states.partial"
+PROGRESS_FILE = "progress.json"
+PROGRESS_KIND = "spamtune-prefix-cache-progress"
 META_KIND = "spamtune-prefix-cache"
 NAME_LENGTH = 20  # hex digits of the key's sha256 naming an entry: 80 bits
 

@@ -15,6 +15,12 @@ Files of an entry:
 * ``meta.json``: the key, shapes, sizes and the sha256 of both files. Written last, it marks
   the entry complete; the other two are written to temporary names and renamed.
 
+A build stopped by Ctrl-C (in the build, or while the test split's states were computed behind
+training) leaves ``states.partial``, the states written so far, and ``progress.json``, the key
+and the batches that wrote them; the next build of that key takes the file over and computes
+only the other batches (``prefix_cache.BuildProgress``). A file that does not fit its ledger is
+removed and the build starts over; a crash that writes no ledger leaves nothing to resume.
+
 On load the sizes and hashes are checked; an entry that fails is removed and rebuilt. A cache
 for K blocks is also the start of one for K + 1 (``extend_prefix_cache``). A process writing an
 entry holds a lock on its folder until it is complete (``folder_lock``); ``cache_catalog``
@@ -42,7 +48,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from spamtune import __version__, paths
-from spamtune.cache_entry import CACHE_FORMAT, INDEX_FILE, META_FILE, META_KIND, NAME_LENGTH, STATES_FILE, VERIFIED_FILE
+from spamtune.cache_entry import CACHE_FORMAT, INDEX_FILE, META_FILE, META_KIND, NAME_LENGTH, PARTIAL_STATES_FILE, PROGRESS_FILE
+from spamtune.cache_entry import PROGRESS_KIND, STATES_FILE, VERIFIED_FILE
 from spamtune.cache_entry import CacheCorrupt, CacheMissing, files_out_of_shape, read_meta, remove_folder
 from spamtune.download import sha256_file
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
@@ -50,8 +57,9 @@ from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, 
 from spamtune.model import GPTModel
 from spamtune.device import Precision
 from spamtune.folder_lock import held_for_writing, unclaimed
+from spamtune.idle_work import WorkCancelled
 from spamtune.interrupts import interrupts_deferred
-from spamtune.prefix_cache import FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
+from spamtune.prefix_cache import BuildProgress, FrozenPrefixCache, build_prefix_cache, distinct_token_count, extend_prefix_cache
 from spamtune.verified import VerifiedFiles, file_signature
 
 # Room left on the disk beyond the entry itself, so a cache never fills it up.
@@ -185,9 +193,13 @@ class PrefixCacheStore:
         return FrozenPrefixCache(key.blocks, states, offsets, lengths)
 
     # ---- writing
-    def _write(self, key: CacheKey, rows: int, emb_dim: int, fill: Callable[[torch.Tensor], FrozenPrefixCache]) -> FrozenPrefixCache | None:
+    def _write(
+        self, key: CacheKey, rows: int, emb_dim: int, fill: Callable[[torch.Tensor, BuildProgress], FrozenPrefixCache]
+    ) -> FrozenPrefixCache | None:
         """Create the entry of ``key``: ``fill`` writes the states into a memory-mapped temporary
-        file and returns the cache; None when the disk lacks the room (nothing is written).
+        file (an interrupted build's, if it left one that fits, with what it wrote in the
+        ``BuildProgress`` it gets) and returns the cache; None when the disk lacks the room
+        (nothing is written).
 
         A cache that ``fill`` returns with states still ``pending`` (computed behind training)
         is returned as it is, on the temporary file; the entry is completed when that work
@@ -204,7 +216,8 @@ class PrefixCacheStore:
                 if free:
                     remove_stale_temporaries(entry)
             writing.enter_context(held_for_writing(entry))
-            if shutil.disk_usage(entry).free < nbytes + DISK_MARGIN_BYTES:
+            progress = _interrupted_build(entry, key, nbytes)
+            if shutil.disk_usage(entry).free < (0 if progress.done else nbytes) + DISK_MARGIN_BYTES:
                 writing.close()
                 return None
             (entry / META_FILE).unlink(missing_ok=True)  # the entry is incomplete until meta.json is back
@@ -212,12 +225,12 @@ class PrefixCacheStore:
             writing.close()
             raise SpamtuneError(f"cannot write the prefix cache {entry}: {exc.strerror or exc}") from None
         try:
-            states, filled = writing.enter_context(_entry_written(key, entry, rows, emb_dim, nbytes))
+            states, filled = writing.enter_context(_entry_written(key, entry, rows, emb_dim, nbytes, progress))
         except DiskFull:  # the room went between the check above and the reservation
             writing.close()
             return None
         try:
-            cache = fill(states)
+            cache = fill(states, progress)
         except BaseException as exc:
             writing.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -298,28 +311,81 @@ class PrefixCacheStore:
             start = attempt(key.with_blocks(fewer))
             if start is None:
                 continue
-            cache = self._write(key, rows, emb_dim, lambda out: extend_prefix_cache(
+            cache = self._write(key, rows, emb_dim, lambda out, _: extend_prefix_cache(
                 model, start, key.blocks - fewer, precision=precision, states_out=out,
             ))  # fmt: skip
             return done(cache, "extended", f"from the {fewer}-block cache")
-        cache = self._write(key, rows, emb_dim, lambda out: build_prefix_cache(
-            model, token_lists, key.blocks, precision=precision, dtype=key.torch_dtype, states_out=out, later_from=later_from,
-        ))  # fmt: skip
-        return done(cache, "built")
+        resumed: list[BuildProgress] = []
+
+        def build(out: torch.Tensor, progress: BuildProgress) -> FrozenPrefixCache:
+            resumed.append(progress)
+            return build_prefix_cache(
+                model, token_lists, key.blocks, precision=precision, dtype=key.torch_dtype, states_out=out,
+                later_from=later_from, progress=progress,
+            )  # fmt: skip
+
+        cache = self._write(key, rows, emb_dim, build)
+        skipped = resumed[0].skipped if resumed else 0
+        return done(cache, "built", f"resumed an interrupted build: {skipped:,} batches were written already" if skipped else None)
+
+
+def _interrupted_build(entry: Path, key: CacheKey, nbytes: int) -> BuildProgress:
+    """What an interrupted build of ``key`` left in ``entry`` to resume (its ledger, if its file is
+    there, regular and of the entry's size), else a fresh start, with any leftovers removed."""
+    ledger, partial = entry / PROGRESS_FILE, entry / PARTIAL_STATES_FILE
+    try:
+        record = json.loads(ledger.read_text(encoding="utf-8"))
+        if (
+            isinstance(record, dict) and record.get("kind") == PROGRESS_KIND and record.get("key") == asdict(key)
+            and record.get("states_bytes") == nbytes and isinstance(record.get("plan"), str)
+            and isinstance(record.get("written"), list) and all(isinstance(name, str) for name in record["written"])
+            and not partial.is_symlink() and partial.is_file() and partial.stat().st_size == nbytes
+        ):  # fmt: skip
+            return BuildProgress(frozenset(record["written"]), record["plan"])
+    except (OSError, ValueError):  # none, or unreadable: nothing to resume
+        pass
+    for leftover in (ledger, partial):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    return BuildProgress()
+
+
+def _keep_for_resuming(entry: Path, key: CacheKey, tmp: Path, mapped: np.memmap, nbytes: int, progress: BuildProgress) -> None:
+    """An interrupted build's states, under ``PARTIAL_STATES_FILE``, and its ledger, for the next build."""
+    written = progress.written()
+    if progress.planned is None or not written:
+        return  # nothing a next build could skip
+    mapped.flush()
+    os.replace(tmp, entry / PARTIAL_STATES_FILE)
+    record = {"kind": PROGRESS_KIND, "key": asdict(key), "states_bytes": nbytes, "plan": progress.planned, "written": written}
+    atomic_write_json(entry / PROGRESS_FILE, record)
 
 
 @contextlib.contextmanager
-def _entry_written(key: CacheKey, entry: Path, rows: int, emb_dim: int, nbytes: int) -> Iterator[tuple[torch.Tensor, list]]:
-    """The entry's states file, memory-mapped under a temporary name, and a list for the cache
-    made on it. Leaving normally completes the entry: the states are hashed and renamed, then
-    the index and ``meta.json`` (last: it marks the entry complete) are written. Leaving on an
-    error removes the temporary file."""
+def _entry_written(
+    key: CacheKey, entry: Path, rows: int, emb_dim: int, nbytes: int, progress: BuildProgress
+) -> Iterator[tuple[torch.Tensor, list]]:
+    """The entry's states file, memory-mapped under a temporary name (an interrupted build's,
+    taken over, where ``progress`` has what it wrote), and a list for the cache made on it.
+    Leaving normally completes the entry: the states are hashed and renamed, then the index and
+    ``meta.json`` (last: it marks the entry complete) are written. Leaving on Ctrl-C (or the
+    background work cancelled) keeps what was written for the next build; on any other error the
+    temporary file is removed."""
     filled: list[FrozenPrefixCache] = []
     with atomic_path(entry / STATES_FILE) as tmp:
-        os.truncate(tmp, nbytes)
-        _reserve(tmp, nbytes)
+        if progress.done:
+            os.replace(entry / PARTIAL_STATES_FILE, tmp)
+            (entry / PROGRESS_FILE).unlink()
+        else:
+            os.truncate(tmp, nbytes)
+            _reserve(tmp, nbytes)
         mapped = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(nbytes,))
-        yield torch.from_numpy(mapped).view(key.torch_dtype).view(rows, emb_dim), filled
+        try:
+            yield torch.from_numpy(mapped).view(key.torch_dtype).view(rows, emb_dim), filled
+        except (KeyboardInterrupt, WorkCancelled):
+            with contextlib.suppress(OSError):  # a folder that cannot be written: the next build starts over
+                _keep_for_resuming(entry, key, tmp, mapped, nbytes, progress)
+            raise
         mapped.flush()
         states_sha = sha256_file(tmp)
     VerifiedFiles(entry / VERIFIED_FILE).remember_written(states_sha, entry / STATES_FILE)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -191,6 +193,7 @@ def build_prefix_cache(
     min_shared: int = MIN_SHARED_PREFIX,
     states_out: torch.Tensor | None = None,
     later_from: int | None = None,
+    progress: BuildProgress | None = None,
 ) -> FrozenPrefixCache | None:
     """Cache the outputs of the first ``start`` blocks (``cacheable_blocks``), or return None
     when that is none or it would not fit. ``precision`` (default fp32 on the CPU) gives the
@@ -222,6 +225,11 @@ def build_prefix_cache(
     count: ``IdleWork`` too runs each batch with one thread, whichever thread takes it and
     however many workers there are. The packed weights (``packed_frozen_weights``, if they fit
     the budget) and the shared prefixes' keys and values are kept until that work ends.
+
+    ``progress`` (with ``states_out``: a kept cache's file) records each batch as it is written,
+    so that a build stopped by Ctrl-C can be resumed: the batches its ``done`` names, if planned
+    as they are now, are not computed again, but for those that hold shared prefixes while a
+    message continuing one is still to do (their keys and values are not kept).
     """
     precision = precision or Precision("fp32", "cpu")
     device = precision.device
@@ -295,12 +303,12 @@ def build_prefix_cache(
         for row, (_, p, m) in enumerate(chosen):
             store(m, p, out[row, : len(distinct[m]) - p])
 
-    def stages(first: list[int], second: list[int], max_tokens: int | None = None) -> list[list[Callable[[], None]]]:
-        """The two passes over the chosen rows and rests, as lists of batches."""
+    def stages(first: list[int], second: list[int], max_tokens: int | None = None) -> list[list[list[int]]]:
+        """The two passes over the chosen rows and rests, as lists of batches (of indices into them)."""
         widths = [len(rows[j][0]) for j in first], [len(distinct[rests[j][2]]) - rests[j][1] for j in second]
         return [
-            [functools.partial(run_pass, [chosen[k] for k in idx]) for idx in sorted_batches(width, batch_size, max_tokens=max_tokens)]
-            for run_pass, chosen, width in ((first_pass, first, widths[0]), (second_pass, second, widths[1]))
+            [[chosen[k] for k in idx] for idx in sorted_batches(width, batch_size, max_tokens=max_tokens)]
+            for chosen, width in ((first, widths[0]), (second, widths[1]))
         ]
 
     # What the examples before ``later_from`` need: their slots, and the prefixes of their groups.
@@ -314,6 +322,7 @@ def build_prefix_cache(
         [j for j, (_, _, m) in enumerate(rests) if m not in needed],
         LATER_BATCH_TOKENS,
     )
+    now, later = _batch_calls(now, later, first_pass, second_pass, [g is not None for _, _, g in rows], progress)
     held = contextlib.ExitStack()  # the packed weights, until the last batch is computed
     with held:
         held.enter_context(packed)
@@ -334,6 +343,62 @@ def build_prefix_cache(
             work.exit_stack.enter_context(held.pop_all())
             cache.pending, cache.pending_from = work.start(), later_from
     return cache
+
+
+@dataclass
+class BuildProgress:
+    """Which batches of a kept cache's build are written: ``done``, those an interrupted build
+    wrote (named as the batch plan ``plan`` names them), and ``finished``, those this build
+    writes, each added once its states are in the file. ``planned`` is this build's plan and
+    ``skipped`` the batches it did not compute again (``build_prefix_cache`` sets both)."""
+
+    done: frozenset[str] = frozenset()
+    plan: str | None = None
+    finished: list[str] = field(default_factory=list)
+    planned: str | None = None
+    skipped: int = 0
+
+    def written(self) -> list[str]:
+        """Every batch whose states the file holds: what an interrupted build leaves to the next."""
+        usable = self.done if self.plan == self.planned else frozenset()
+        return sorted(usable | set(self.finished))
+
+
+def _batch_calls(now, later, first_pass, second_pass, holds_prefix: list[bool], progress: BuildProgress | None):
+    """``now`` and ``later`` (stages of batches of indices) as stages of calls, each batch named
+    (``now0:3``: phase, pass, place) for ``progress``, which records it once written; the batches
+    an earlier build wrote are left out, but for first-pass batches holding shared prefixes while
+    a second-pass batch is still to do: the prefixes' keys and values must be computed again."""
+    plan = hashlib.sha256(json.dumps([now, later]).encode()).hexdigest()
+    done = frozenset()
+    if progress is not None:
+        progress.planned = plan
+        done = progress.done if progress.plan == plan else frozenset()
+    named = [(f"{phase}{p}:{i}", p, batch) for phase, stages in (("now", now), ("later", later))
+             for p, stage in enumerate(stages) for i, batch in enumerate(stage)]  # fmt: skip
+    second_left = any(p == 1 and name not in done for name, p, _ in named)
+
+    def call(name: str, p: int, batch: list[int]) -> Callable[[], None]:
+        run = functools.partial(first_pass if p == 0 else second_pass, batch)
+        if progress is None:
+            return run
+
+        def recorded() -> None:
+            run()
+            progress.finished.append(name)
+
+        return recorded
+
+    def keep(name: str, p: int, batch: list[int]) -> bool:
+        return name not in done or (p == 0 and second_left and any(holds_prefix[j] for j in batch))
+
+    calls = {phase: [[], []] for phase in ("now", "later")}
+    for name, p, batch in named:
+        if keep(name, p, batch):
+            calls[name[: name.index(":") - 1]][p].append(call(name, p, batch))
+        elif progress is not None:
+            progress.skipped += 1
+    return calls["now"], calls["later"]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -481,14 +482,23 @@ def test_a_kept_cache_finished_in_the_background_is_complete_only_once_it_is_don
     assert hit.outcome == "hit" and torch.equal(hit.cache.states, built.cache.states)
 
 
-def test_a_cancelled_background_build_leaves_no_entry(tmp_path):
+def test_a_cancelled_background_build_leaves_what_it_wrote_for_the_next_build(tmp_path):
+    """The test split's states computed behind training, cancelled (the run stopped first): no
+    entry, but the states written and their ledger, which the next build of the key resumes."""
     model = classifier("last-2-blocks")
     store = PrefixCacheStore(tmp_path)
     key = key_for(model, 2)
     built = store.obtain(key, model, SEQS, later_from=LATER)
     built.cache.pending.cancel()
-    assert not (tmp_path / "cache" / key.name).exists()  # neither the states (a temporary name until done), the meta, nor the folder
-    assert store.obtain(key, model, SEQS).outcome == "built"
+    entry = store.entry_dir(key)
+    assert sorted(p.name for p in entry.iterdir() if not p.name.startswith(".")) == ["progress.json", "states.partial"]
+    assert [e.status for e in list_caches(tmp_path)] == ["interrupted"]
+    again = store.obtain(key, model, SEQS, later_from=LATER)
+    assert again.outcome == "built" and again.detail.startswith("resumed an interrupted build: ")
+    again.cache.finish()
+    cold = PrefixCacheStore(tmp_path / "cold").obtain(key, model, SEQS, later_from=LATER)  # batched alike
+    cold.cache.finish()
+    assert (entry / STATES_FILE).read_bytes() == (cold.path / STATES_FILE).read_bytes()
 
 
 def test_cli_rm_stale_removes_only_the_entries_of_an_older_format(tmp_path):
@@ -776,3 +786,84 @@ def test_the_build_after_a_killed_writer_removes_its_temporary_file(tmp_path):
     assert ".states.bin.0123abcd.part" not in [p.name for p in entry.iterdir()]
     (listed,) = list_caches(tmp_path)
     assert listed.status == "ok" and listed.nbytes == sum(p.stat().st_size for p in entry.iterdir())
+
+
+# Enough messages for several batches of each pass: 70 of 2-40 tokens, every seventh continuing
+# the one before it after a shared prefix of 14 (a second-pass message).
+_GEN = torch.Generator().manual_seed(11)
+MANY = [torch.randint(0, 50257, (int(n),), generator=_GEN).tolist() for n in torch.randint(2, 41, (70,), generator=_GEN)]
+MANY = [s if i % 7 or i == 0 or len(MANY[i - 1]) < 14 else MANY[i - 1][:14] + s for i, s in enumerate(MANY)]
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 4])  # of the 5 batches: 4 of the first pass, then 1 of the second
+def test_a_build_stopped_by_ctrl_c_is_resumed_to_the_same_bytes(tmp_path, monkeypatch, stop_after):
+    """Ctrl-C in the build of a kept cache keeps the states written so far and which batches wrote
+    them; the next run computes only the others, and its cache is byte for byte a cold build's."""
+    model = classifier("last-2-blocks")
+    key = key_for(model, 2, MANY)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one batch after another: a known place to stop
+    try:
+        _stop_and_resume(tmp_path, monkeypatch, stop_after, model, key)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stop_and_resume(tmp_path, monkeypatch, stop_after: int, model, key) -> None:
+    cold = PrefixCacheStore(tmp_path / "cold").obtain(key, model, MANY)
+    assert cold.outcome == "built" and cold.detail is None
+    real = prefix_cache._frozen_outputs
+    calls = []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > stop_after:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    store = PrefixCacheStore(tmp_path / "root")
+    monkeypatch.setattr(prefix_cache, "_frozen_outputs", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        store.obtain(key, model, MANY)
+    monkeypatch.setattr(prefix_cache, "_frozen_outputs", counted)
+    entry = store.entry_dir(key)
+    assert sorted(p.name for p in entry.iterdir() if not p.name.startswith(".")) == ["progress.json", "states.partial"]
+    assert len(json.loads((entry / "progress.json").read_text())["written"]) == stop_after
+    (listed,) = list_caches(tmp_path / "root")
+    assert listed.status == cache_catalog.INTERRUPTED and listed.status not in cache_catalog.SWEPT
+    calls.clear()
+    resumed = store.obtain(key, model, MANY)
+    skipped = int(re.fullmatch(r"resumed an interrupted build: (\d+) batches were written already", resumed.detail)[1])
+    assert resumed.outcome == "built" and 1 <= skipped <= stop_after and len(calls) == 5 - skipped
+    assert (entry / STATES_FILE).read_bytes() == (cold.path / STATES_FILE).read_bytes()
+    assert not (entry / "progress.json").exists() and not (entry / "states.partial").exists()
+    assert store.obtain(key, model, MANY).outcome == "hit"  # its hash checked
+
+
+def test_leftovers_of_a_build_that_do_not_fit_are_removed_and_the_build_starts_over(tmp_path, monkeypatch):
+    model = classifier("last-2-blocks")
+    key = key_for(model, 2, MANY)
+    store = PrefixCacheStore(tmp_path)
+    cold = PrefixCacheStore(tmp_path / "cold").obtain(key, model, MANY)
+    entry = store.entry_dir(key)
+    entry.mkdir(parents=True)
+    nbytes = (cold.path / STATES_FILE).stat().st_size
+    ledger = {"kind": "spamtune-prefix-cache-progress", "key": json.loads(json.dumps(key.__dict__)), "states_bytes": nbytes,
+              "plan": "0" * 64, "written": ["now0:0"]}  # fmt: skip
+    (entry / "progress.json").write_text(json.dumps(ledger))
+    (entry / "states.partial").write_bytes(b"\0" * (nbytes // 2))  # cut short
+    again = store.obtain(key, model, MANY)
+    assert again.outcome == "built" and again.detail is None
+    assert (entry / STATES_FILE).read_bytes() == (cold.path / STATES_FILE).read_bytes()
+    assert not (entry / "progress.json").exists() and not (entry / "states.partial").exists()
+    # A ledger of another plan (batches named otherwise): its file is taken over, every batch computed again.
+    shutil.rmtree(entry)
+    entry.mkdir()
+    (entry / "progress.json").write_text(json.dumps(ledger))
+    (entry / "states.partial").write_bytes(b"\x7f" * nbytes)
+    again = store.obtain(key, model, MANY)
+    assert again.detail is None and (entry / STATES_FILE).read_bytes() == (cold.path / STATES_FILE).read_bytes()
