@@ -374,9 +374,9 @@ def _batch_calls(now, later, first_pass, second_pass, holds_prefix: list[bool], 
     if progress is not None:
         progress.planned = plan
         done = progress.done if progress.plan == plan else frozenset()
-    named = [(f"{phase}{p}:{i}", p, batch) for phase, stages in (("now", now), ("later", later))
+    named = [(phase, p, f"{phase}{p}:{i}", batch) for phase, stages in (("now", now), ("later", later))
              for p, stage in enumerate(stages) for i, batch in enumerate(stage)]  # fmt: skip
-    second_left = any(p == 1 and name not in done for name, p, _ in named)
+    second_left = any(p == 1 and name not in done for _, p, name, _ in named)
 
     def call(name: str, p: int, batch: list[int]) -> Callable[[], None]:
         run = functools.partial(first_pass if p == 0 else second_pass, batch)
@@ -392,10 +392,10 @@ def _batch_calls(now, later, first_pass, second_pass, holds_prefix: list[bool], 
     def keep(name: str, p: int, batch: list[int]) -> bool:
         return name not in done or (p == 0 and second_left and any(holds_prefix[j] for j in batch))
 
-    calls = {phase: [[], []] for phase in ("now", "later")}
-    for name, p, batch in named:
+    calls: dict[str, list[list[Callable[[], None]]]] = {"now": [[], []], "later": [[], []]}
+    for phase, p, name, batch in named:
         if keep(name, p, batch):
-            calls[name[: name.index(":") - 1]][p].append(call(name, p, batch))
+            calls[phase][p].append(call(name, p, batch))
         elif progress is not None:
             progress.skipped += 1
     return calls["now"], calls["later"]
