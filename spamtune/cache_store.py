@@ -53,7 +53,7 @@ from spamtune.cache_entry import PROGRESS_KIND, STATES_FILE, VERIFIED_FILE
 from spamtune.cache_entry import CacheCorrupt, CacheMissing, files_out_of_shape, read_meta, remove_folder
 from spamtune.download import sha256_file
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
-from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, creation_failure, remove_stale_temporaries
 from spamtune.model import GPTModel
 from spamtune.device import Precision
 from spamtune.folder_lock import held_for_writing, unclaimed
@@ -203,7 +203,7 @@ class PrefixCacheStore:
 
         A cache that ``fill`` returns with states still ``pending`` (computed behind training)
         is returned as it is, on the temporary file; the entry is completed when that work
-        finishes, and nothing of it is left if the work is cancelled.
+        finishes; if the work is cancelled, what it wrote is kept for the next build (``_entry_written``).
         """
         dtype = key.torch_dtype
         nbytes = rows * emb_dim * torch.empty((), dtype=dtype).element_size()
@@ -223,7 +223,7 @@ class PrefixCacheStore:
             (entry / META_FILE).unlink(missing_ok=True)  # the entry is incomplete until meta.json is back
         except OSError as exc:
             writing.close()
-            raise SpamtuneError(f"cannot write the prefix cache {entry}: {exc.strerror or exc}") from None
+            raise SpamtuneError(f"cannot write the prefix cache {entry}: {creation_failure(entry, exc)}") from None
         try:
             states, filled = writing.enter_context(_entry_written(key, entry, rows, emb_dim, nbytes, progress))
         except DiskFull:  # the room went between the check above and the reservation

@@ -540,7 +540,7 @@ def finish_prefix_caches(data: TrainingData) -> float:
 
 def cancel_prefix_caches(data: TrainingData) -> None:
     """Stop the states still computed behind training (a run stopped before it needed them):
-    the kept cache's entry is then not written."""
+    the kept cache's entry is then not completed, and what was written is kept for the next build."""
     for name in paths.SPLITS:
         cache = data.split(name).cache
         if cache is not None and cache.pending is not None:

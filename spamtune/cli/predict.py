@@ -616,7 +616,7 @@ def predict(
         raise typer.Exit(1)
 
 
-def _refuse_a_class_named_like_unreadable(labels: list[str], output_format: OutputFormat) -> None:
+def refuse_a_class_named_like_unreadable(labels: list[str], output_format: OutputFormat) -> None:
     """A run with a class named as --mail labels an unreadable message (prepared by hand, or
     before prepare refused it): in label and text lines the two would be one word."""
     from spamtune.mail import UNREADABLE_LABEL
@@ -666,7 +666,7 @@ def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, 
     classifier = _load_classifier(run_dir, world, threshold=threshold, batch_size=batch_size, device=device, precision=precision)
     renderer = Renderer(output_format, classifier.labels, classifier.positive_label, color=to_terminal and _use_color())
     if mail is not None:
-        _refuse_a_class_named_like_unreadable(classifier.labels, output_format)
+        refuse_a_class_named_like_unreadable(classifier.labels, output_format)
     # Every rank must cut the input at the same places. Mail comes in rounds of MAIL_CHUNK
     # messages per rank (one process: the rounds it always had).
     if mail is not None:  # (id, raw) messages one at a time

@@ -96,9 +96,9 @@ def predict_remotely(
     if output_format is None:
         output_format = OutputFormat.text if _stdout_is_terminal() else OutputFormat.tsv
     if mail is not None:
-        from spamtune.cli.predict import _refuse_a_class_named_like_unreadable
+        from spamtune.cli.predict import refuse_a_class_named_like_unreadable
 
-        _refuse_a_class_named_like_unreadable(info["labels"], output_format)
+        refuse_a_class_named_like_unreadable(info["labels"], output_format)
     renderer = Renderer(output_format, info["labels"], positive, color=_use_color())
     sys.stdout.flush()
     out = sys.stdout.buffer
