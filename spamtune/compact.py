@@ -249,7 +249,14 @@ def merged_lora_header(header: dict[str, tuple[tuple[int, ...], str]], lora: dic
             raise SpamtuneError(f"the run's LoRA tensors for {layer} are not of rank {rank}: {list(a_shape)} and {list(b_shape)}")
         if a_dtype != b_dtype:
             raise SpamtuneError(f"the run's LoRA tensors for {layer} differ in dtype ({a_dtype}, {b_dtype})")
-        out.setdefault(f"{layer}.weight", ((b_shape[0], a_shape[1]), a_dtype))
+        merged = (b_shape[0], a_shape[1])
+        # A delta holding the layer's weight too (only a damaged one does): A and B must fit
+        # it here, or the merge would multiply them, whatever size they claim, before failing.
+        weight = out.setdefault(f"{layer}.weight", (merged, a_dtype))
+        if tuple(weight[0]) != merged:
+            raise SpamtuneError(
+                f"the run's LoRA tensors for {layer} are {list(a_shape)} and {list(b_shape)}, its weight {list(weight[0])}: they do not fit it"
+            )
     return out
 
 

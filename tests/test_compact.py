@@ -613,6 +613,25 @@ def test_a_base_reference_with_unusable_lora_settings_or_origin_is_one_line(tmp_
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_lora_tensors_beside_their_layers_weight_are_checked_before_they_are_merged(tmp_path):
+    # A delta never holds an adapted layer's weight, but a damaged one may: its A and B must
+    # still fit that weight, checked in the header, not found out by the merge that multiplies
+    # them (here a 16 MB A would have made a 576 MB product before failing on it).
+    from safetensors import safe_open
+
+    run = lora_run(tmp_path)
+    with safe_open(str(run / DELTA_FILE), framework="pt") as f:
+        claimed = {k: (f.get_slice(k).get_shape(), "F32") for k in f.keys()}
+    claimed["trf_blocks.2.att.qkv.weight"] = ([3 * 48, 48], "F32")
+    claimed["trf_blocks.2.att.qkv.lora_a"] = ([4, 2**20], "F32")
+    write_sparse_safetensors(run / DELTA_FILE, claimed)
+    with pytest.raises(SpamtuneError, match=r"LoRA tensors for trf_blocks.2.att.qkv are \[4, 1048576\] and \[144, 4\], its weight \[144, 48\]"):
+        load_compact_run(run)
+    with pytest.raises(SpamtuneError, match="LoRA tensors for trf_blocks.2.att.qkv"):
+        export_run(run, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_lora_settings_that_overflow_the_merged_weights_are_refused(tmp_path):
     import json
 
