@@ -192,8 +192,10 @@ def load_classifier(
     run_dir = Path(run_dir)
     path = run_dir / weights_name
     # Asked first: a run training, or stopped before it wrote a classifier, already names its
-    # base (base.json) but has no config yet, and is no compact run to load.
-    if not path.is_file() and not (run_dir / CONFIG_FILE).is_file():
+    # base (base.json) but has no config yet, and is no compact run to load; a delta that lost
+    # its base.json is no full run either.
+    lost_base_ref = (run_dir / COMPACT_DELTA_FILE).is_file() and not (run_dir / COMPACT_BASE_FILE).is_file()
+    if not path.is_file() and (not (run_dir / CONFIG_FILE).is_file() or lost_base_ref):
         from spamtune.run_catalog import why_no_classifier
 
         raise SpamtuneError(why_no_classifier(run_dir))
@@ -346,6 +348,7 @@ def check_finite(tensor: torch.Tensor, key: str, path: Path) -> None:
 
 # A compact run (spamtune.compact) names its base here instead of holding model.safetensors.
 COMPACT_BASE_FILE = "base.json"
+COMPACT_DELTA_FILE = "delta.safetensors"
 
 
 def _load_compact(run_dir: Path, device, linear_dtype: torch.dtype | None) -> tuple[GPTModel, ClassifierConfig]:

@@ -246,6 +246,12 @@ def why_no_classifier(run_dir: Path) -> str:
     if status == FAILED and (run_dir / runs.FAILURE_FILE).is_file():
         reason = (_read_json(run_dir / runs.FAILURE_FILE) or {}).get("reason")
         return f"{run_dir} is a failed run: training stopped before it wrote a classifier" + (f" ({reason})" if isinstance(reason, str) else "")
+    if (run_dir / runs.DELTA_FILE).is_file() and not (run_dir / runs.BASE_REF_FILE).is_file():
+        # The delta is only what training changed: without base.json it names no base to lay it over.
+        return (
+            f"{run_dir} holds {runs.DELTA_FILE} but no {runs.BASE_REF_FILE}, which names the base it was trained on; "
+            f"copy {runs.BASE_REF_FILE} back from where the run was made"
+        )
     return f"{run_dir} is not a run folder (no config.json with model.safetensors or delta.safetensors)"
 
 

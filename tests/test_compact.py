@@ -613,6 +613,17 @@ def test_a_base_reference_with_unusable_lora_settings_or_origin_is_one_line(tmp_
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_a_delta_whose_base_json_is_lost_names_that_file(tmp_path):
+    run, _, _ = last_block_run(tmp_path)
+    (run / "base.json").unlink()
+    refusal = "holds delta.safetensors but no base.json"
+    with pytest.raises(SpamtuneError, match=refusal):
+        checkpoint.load_classifier(run)
+    with pytest.raises(SpamtuneError, match=refusal):
+        export_run(run, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_lora_tensors_beside_their_layers_weight_are_checked_before_they_are_merged(tmp_path):
     # A delta never holds an adapted layer's weight, but a damaged one may: its A and B must
     # still fit that weight, checked in the header, not found out by the merge that multiplies
