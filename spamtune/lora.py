@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spamtune.errors import OptionError, SpamtuneUsageError
-from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier
+from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, is_integer, is_real
 
 DEFAULT_RANK = 16
 DEFAULT_ALPHA = 16.0
@@ -114,11 +114,11 @@ def check_lora_options(rank: int, alpha: float, blocks: int | None, n_layers: in
     """One usage error per bad LoRA option. Every adapted layer has ``emb_dim`` inputs or
     outputs, so a rank above it adds parameters (A and B are allocated at once) and no expressive
     power: it is refused as well; so is an ``alpha / rank`` outside the bounds above."""
-    if not isinstance(rank, int) or rank < 1:
+    if not is_integer(rank) or rank < 1:
         raise OptionError("lora_rank", f"must be a positive integer (got {rank})")
     if rank > emb_dim:
         raise OptionError("lora_rank", f"must be at most the model's width, {emb_dim}, which a full-rank update reaches (got {rank})")
-    if not (math.isfinite(alpha) and alpha > 0):
+    if not (is_real(alpha) and alpha > 0):
         raise OptionError("lora_alpha", f"must be a positive number (got {alpha})")
     scale = alpha / rank
     if not MIN_LORA_SCALE <= scale <= MAX_LORA_SCALE:
@@ -132,7 +132,7 @@ def check_lora_options(rank: int, alpha: float, blocks: int | None, n_layers: in
             f"update by about the learning rate times that scale each step, so it would {effect}; keep alpha between "
             f"{rank * MIN_LORA_SCALE:.12g} and {rank * MAX_LORA_SCALE:.12g} at this rank and set the pace with the learning rate",
         )
-    if blocks is not None and not 1 <= blocks <= n_layers:
+    if blocks is not None and not (is_integer(blocks) and 1 <= blocks <= n_layers):
         raise OptionError("lora_blocks", f"must be between 1 and the model's {n_layers} blocks (got {blocks})")
 
 

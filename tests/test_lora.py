@@ -178,6 +178,13 @@ def test_wrapping_keeps_the_base_weight_objects_and_key_names():
         ({"blocks": 0}, "lora blocks"),
         ({"blocks": 5}, "lora blocks"),
         ({"rank": 10**20}, "lora rank must be at most the model's width"),
+        # Not numbers of their kind, though Python lets a bool pass for an int and a str reach math.
+        ({"rank": True}, "lora rank"),
+        ({"rank": 4.0}, "lora rank"),
+        ({"alpha": True}, "lora alpha"),
+        ({"alpha": "8"}, "lora alpha"),
+        ({"blocks": True}, "lora blocks"),
+        ({"blocks": 1.5}, "lora blocks"),
     ],
 )
 def test_bad_options_are_usage_errors(kwargs, message):
