@@ -215,7 +215,9 @@ def select_by_prefix(entries: list, names: Iterable[str], name_of: Callable[[obj
     by a unique prefix of its name; one clear line for a name that picks none or several."""
     chosen: list = []
     for name in names:
-        matches = [entry for entry in entries if name and name_of(entry).startswith(name)]
+        if not name:  # a script's unset variable: a mistake to say, not a name that matches nothing
+            raise SpamtuneUsageError(f"an empty {what} name: name each one to remove (`{listing}` lists them)")
+        matches = [entry for entry in entries if name_of(entry).startswith(name)]
         if not matches:
             raise SpamtuneError(f"no {what} named '{name}' in {folder}; see `{listing}`")
         if len(matches) > 1:

@@ -96,6 +96,9 @@ def test_bad_requests_are_one_line(tmp_path):
         remove_bases(root, ["ab"])
     assert [base.describe() for base in list_bases(root)] == ["unreadable file", "unreadable file"]
     assert [base.sha256[:3] for base in remove_bases(root, ["ab1"])] == ["ab1"]
+    # An empty name (a script's unset variable) is a usage error, as for `runs rm`, naming none.
+    empty = bases(root, "rm", "")
+    assert empty.exit_code == 2 and empty.stderr.startswith("Error: an empty base name") and len(list_bases(root)) == 1
 
 
 def test_a_file_not_named_as_a_stored_base_is_never_listed_or_removed(tmp_path):
