@@ -25,8 +25,8 @@ import torch
 from spamtune import paths
 from spamtune.base_ref import BaseRef, folder_in_the_way, how_to_clear, is_sha256, recorded_origin
 from spamtune.checkpoint import read_tensors
-from spamtune.errors import SpamtuneError, SpamtuneWarning
-from spamtune.fsutil import atomic_write_json, new_temporary, write_error
+from spamtune.errors import DiskFull, SpamtuneError, SpamtuneWarning
+from spamtune.fsutil import atomic_write_json, creation_failure, new_temporary, write_error
 from spamtune.model import RANDOM_INIT_VERSION
 from spamtune.paths import base_file
 from spamtune.tensor_file import TensorFileWriter
@@ -170,7 +170,7 @@ class BaseIntake:
             try:
                 self._tmp, self._fd = new_temporary(paths.bases_dir(self._root), "base")
             except OSError as exc:
-                raise write_error(paths.bases_dir(self._root), exc) from None
+                raise _folder_write_error(paths.bases_dir(self._root), exc) from None
             try:
                 self._file = TensorFileWriter(self._fd, self._tensors, self._metadata("0" * 64))
             except BaseException:
@@ -252,6 +252,13 @@ class BaseIntake:
             raise write_error(final, exc) from None
         remember_random_origin(self._root, ref)
         return ref
+
+
+def _folder_write_error(folder: Path, exc: OSError) -> SpamtuneError:
+    """``write_error`` for a file made in ``folder``: the cause is asked of a file in it, so that
+    a file standing where the folder goes is named as such rather than as "File exists"."""
+    error = write_error(folder, exc)
+    return error if isinstance(error, DiskFull) else SpamtuneError(f"cannot write in {folder}: {creation_failure(folder / 'base', exc)}")
 
 
 def _verified_bases(root: Path) -> VerifiedFiles:
@@ -345,10 +352,17 @@ def _rebuilt(root: Path, ref: BaseRef, replacing: str | None = None) -> dict[str
     if folder_in_the_way(path):  # as from a read-only data root, but the user hears of it
         _not_stored(path, ref)
         return tensors
-    if replacing:
-        path.unlink(missing_ok=True)
-    with BaseIntake(tensors, ref.origin, root, actual) as intake:
-        intake.finish()
+    try:
+        if replacing:
+            path.unlink(missing_ok=True)
+        with BaseIntake(tensors, ref.origin, root, actual) as intake:
+            intake.finish()
+    except (SpamtuneError, OSError) as exc:  # a full disk, a file where the folder goes: as read-only
+        reason = str(exc) if isinstance(exc, SpamtuneError) else write_error(path, exc)
+        warnings.warn(
+            f"base {ref.sha256[:12]}... ({ref.describe()}) could not be stored, so it is made again from its origin at each use: {reason}",
+            SpamtuneWarning,
+        )
     return tensors
 
 

@@ -322,6 +322,33 @@ def test_a_missing_random_base_is_rebuilt_from_its_seed(tmp_path):
     assert base_file(tmp_path, ref.sha256).is_file()  # stored again
 
 
+def test_a_rebuilt_base_that_cannot_be_stored_is_used_from_memory_with_a_warning(tmp_path, monkeypatch):
+    # Storing the rebuilt base only saves the next load the rebuild: a load must not fail for
+    # want of it, whether the disk is full or a file stands where the bases folder goes.
+    import errno
+
+    from spamtune.errors import SpamtuneWarning
+
+    run, _, ref = last_block_run(tmp_path)
+    expected = logits(load_compact_run(run)[0])
+    base_file(tmp_path, ref.sha256).unlink()
+    with monkeypatch.context() as patched:
+        patched.setattr(bases.TensorFileWriter, "write", lambda self, name, tensor: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+        with pytest.warns(SpamtuneWarning, match=f"base {ref.sha256[:12]}.* could not be stored.*disk full"):
+            assert torch.equal(logits(load_compact_run(run)[0]), expected)
+    assert [p.name for p in paths.bases_dir(tmp_path).iterdir() if p.suffix == ".safetensors"] == []  # no partial file
+    folder = paths.bases_dir(tmp_path)
+    for entry in folder.iterdir():
+        entry.unlink()
+    folder.rmdir()
+    folder.write_text("not a folder")
+    with pytest.warns(SpamtuneWarning, match=f"could not be stored.*{folder} is a file, not a folder"):
+        assert torch.equal(logits(load_compact_run(run)[0]), expected)
+    with pytest.warns(SpamtuneWarning, match="could not be stored"):
+        export_run(run, tmp_path / "x.safetensors")
+    assert torch.equal(logits(read_exported(tmp_path / "x.safetensors")[0]), expected)
+
+
 def test_a_random_base_drawn_the_old_way_is_not_rebuilt_the_new_way(tmp_path):
     """A run on a random base from before the draw changed (no "init" in its origin): the seed
     now draws other numbers, so a missing base is one line on where to find it, never a
