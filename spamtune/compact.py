@@ -124,6 +124,23 @@ def read_base_ref(run_dir: Path) -> tuple[BaseRef, dict | None]:
         raise SpamtuneError(f"{path}: {exc}") from None
 
 
+def check_same_base(run_dir: str | Path, base: BaseRef) -> None:
+    """Refuse to resume a run on another base than the one its ``base.json`` named when it
+    started: the resume state holds only the weights that train, the frozen ones come from the
+    base again, so a GPT-2 file downloaded or imported anew since would make the run half one
+    model and half another. A run without a readable ``base.json`` has nothing to compare."""
+    try:
+        started_on, _ = read_base_ref(Path(run_dir))
+    except SpamtuneError:
+        return
+    if started_on.sha256 != base.sha256:
+        raise SpamtuneError(
+            f"{run_dir} started on base {started_on.sha256[:12]}... ({started_on.describe()}), but its settings now give base "
+            f"{base.sha256[:12]}... ({base.describe()}): the weights it trained on changed since; put them back to resume it, "
+            f"or start a new run with its settings: spamtune finetune --config {run_dir}"
+        )
+
+
 def check_lora_settings(lora, path: Path) -> None:
     """Refuse, in one line, LoRA settings that loading cannot merge with: the scale
     ``alpha / rank`` needs a positive whole rank and a positive finite alpha, as training does."""

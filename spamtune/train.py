@@ -73,7 +73,7 @@ from spamtune.plots import plot_curves
 from spamtune.base_model import build_base, prepare_base
 from spamtune.bases import BaseRef
 from spamtune.cache_store import PrefixCacheStore
-from spamtune.compact import save_compact_run, write_base_ref
+from spamtune.compact import check_same_base, save_compact_run, write_base_ref
 from spamtune.idle_work import split_threads
 from spamtune.threads import CoreWatch, spins_long
 from spamtune.lora import convert_to_lora_classifier, merge_lora
@@ -539,6 +539,8 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     # The base's identity keys the kept prefix caches and a compact run's reference; it is taken
     # before the surgery and before a resumed run's weights are loaded.
     base, base_sha256, base_ref = prepare_base(run.model_cfg, options)
+    if base_ref is not None and runs.resume_file(run_dir).is_file():
+        check_same_base(run_dir, base_ref)
     if base_ref is not None:  # from now on the run uses the base: `bases rm --unused` must see it
         world.on_main(lambda: write_base_ref(run_dir, base_ref, options.data_dir, lora_settings(run)), share=False)
     model = build_model(run.model_cfg, options, run.trainable, len(data.labels), base).to(precision.device)

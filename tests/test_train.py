@@ -769,3 +769,23 @@ def test_ctrl_c_just_after_a_run_finished_keeps_the_run(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train.finetune(tiny_options(root, epochs=1), tmp_path / "run")
     assert runs.is_finished(tmp_path / "run") and (tmp_path / "run" / runs.HPARAMS_FILE).is_file()
+
+
+def test_a_resume_on_other_base_weights_than_the_run_started_on_is_refused(data_root, monkeypatch):
+    """The resume state holds only what trains: the frozen weights come from the base again. A
+    GPT-2 file downloaded or imported anew between the sessions made the run half one model,
+    half another, silently; the base the run named when it started is compared instead."""
+    hf_file = write_hf_gpt2(data_root / "hf" / "model.safetensors", emb_dim=32, context=64, buffers=True)
+    monkeypatch.setattr(base_model, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
+    monkeypatch.setattr(options, "pretrained_weights_file", lambda cfg, spec, root: hf_file)
+    run_dir = data_root / "runs" / "pre"
+    with pytest.raises(events.TrainingInterrupted):
+        train.finetune(tiny_options(data_root, weights="pretrained", epochs=1), run_dir, on_event=lambda e: ctrl_c_if(isinstance(e, events.StepDone) and e.step == 3))
+    started_on = json.loads((run_dir / runs.BASE_REF_FILE).read_text())["base"]["sha256"]
+    write_hf_gpt2(hf_file, emb_dim=32, context=64, buffers=True, seed=1)  # other weights, same shape
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(SpamtuneError, match=f"{run_dir} started on base {started_on[:12]}.*its settings now give base"):
+        train.resume_finetune(run_dir)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # base.json too
+    write_hf_gpt2(hf_file, emb_dim=32, context=64, buffers=True)  # the weights it started on, back
+    assert train.resume_finetune(run_dir)["steps"] == 5
