@@ -72,7 +72,7 @@ demo-pretrained: install
 demo-offline: install
 	$(BIN)/spamtune download data $(SMS_SOURCE)
 	$(BIN)/spamtune prepare
-	$(BIN)/spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4
+	$(BIN)/spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4 --pooling mean
 	$(BIN)/spamtune evaluate
 	$(BIN)/spamtune predict $(SAMPLES)
 

@@ -189,7 +189,7 @@ def _run_to_resume(run: str | None, root: Path) -> Path:
 
 @common.examples(
     ("spamtune finetune", "the book: gpt2-small, pretrained, last block, 5 epochs"),
-    ("spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4", "offline, from scratch"),
+    ("spamtune finetune --model tiny --weights random --trainable all --epochs 4 --lr 5e-4 --pooling mean", "offline, from scratch"),
     ("spamtune finetune --config 20261125-101500-tiny-all --seed 7", "a run's settings again, another seed"),
 )
 @with_dataclass_options(dataclass_options(FinetuneOptions, OPTION_NAMES, checked=CHECKED_OPTIONS))
