@@ -223,6 +223,8 @@ class SpamClassifier:
         """Where the threshold comes from, for display: the calibration's rule when it is the
         calibrated one, else "given"."""
         if self.calibration is not None and self.threshold == self.calibration.threshold:
+            if self.calibration.rule == "threshold":  # kept as given: only the temperature was fitted
+                return f"temperature {self.temperature:.3g} fitted on validation"
             return f"calibrated on validation for {self.calibration.describe()}, temperature {self.temperature:.3g}"
         return "given" if self.threshold != DEFAULT_THRESHOLD else "default"
 

@@ -55,6 +55,8 @@ def test_training_writes_a_calibration_and_records_class_weights(weighted_run):
 
 def test_classifier_uses_the_runs_temperature_and_threshold(weighted_run):
     root, run, _ = weighted_run
+    kept = SpamClassifier.load(run, device="cpu", precision="fp32")  # training's calibration keeps 0.5
+    assert kept.describe_decision() == f"threshold 0.5 (temperature {kept.temperature:.3g} fitted on validation)"
     cal.write_calibration(run, cal.Calibration(2.0, 0.3, "max-ham-loss", 0.1, {}))
     clf = SpamClassifier.load(run, device="cpu", precision="fp32")
     raw = SpamClassifier.load(run, device="cpu", precision="fp32", calibration=False)
