@@ -81,8 +81,10 @@ def parse_grid(options_type: type, values: dict[str, str]) -> dict[str, list]:
         parts = split_values(str(text))
         if len(parts) > 1 and not all(part.strip() for part in parts):
             # "--max-length 128," was a second run with no --max-length, and "--trainable head,"
-            # a preset named "": a stray comma, not a value.
-            raise SpamtuneUsageError(f"--{name.replace('_', '-')} {text!r} lists an empty value; write none for an option's default")
+            # a preset named "": a stray comma, not a value. Only an option that takes none can
+            # be told to write it: "--lr 1e-4,none" is no float, so that advice led to a second error.
+            advice = "write none for the option's default" if "None" in types[name] else "remove the stray comma"
+            raise SpamtuneUsageError(f"--{name.replace('_', '-')} {text!r} lists an empty value; {advice}")
         items = [_convert(types[name], name, part) for part in parts]
         if len(set(map(_listed_as, items))) != len(items):
             raise SpamtuneUsageError(f"--{name.replace('_', '-')} lists a value twice")

@@ -36,6 +36,18 @@ def test_a_value_holding_a_comma_escapes_it_and_a_stray_comma_is_no_value():
     assert parse_grid(train.FinetuneOptions, {"max_length": "none,128"}) == {"max_length": [None, 128]}
 
 
+@pytest.mark.parametrize("name, listed", [("max_length", "128,"), ("lr", "1e-4,,"), ("epochs", ",2"), ("trainable", "head,"), ("patience", "2,")])
+def test_a_stray_comma_is_told_a_fix_that_the_option_takes(name, listed):
+    with pytest.raises(SpamtuneUsageError, match="lists an empty value") as caught:
+        parse_grid(train.FinetuneOptions, {name: listed})
+    advice = str(caught.value).rsplit("; ", 1)[1]
+    # What the error advises, done, must parse: "--lr 1e-4,none" is no float.
+    parts = listed.split(",")
+    mended = [p for p in parts if p] if advice == "remove the stray comma" else [p or "none" for p in parts]
+    assert advice in ("remove the stray comma", "write none for the option's default")
+    assert len(parse_grid(train.FinetuneOptions, {name: ",".join(mended)})[name]) == len(mended)
+
+
 def test_the_cli_reads_a_path_holding_a_comma_as_one_value(tmp_path):
     from typer.testing import CliRunner
 
