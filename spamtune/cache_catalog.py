@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spamtune import paths
-from spamtune.cache_entry import CACHE_FORMAT, META_KIND, PROGRESS_FILE, CacheCorrupt, CacheMissing, files_out_of_shape, folder_bytes
-from spamtune.cache_entry import is_entry_name, read_meta, remove_folder
+from spamtune.cache_entry import CACHE_FORMAT, META_KIND, CacheCorrupt, CacheMissing, files_out_of_shape, folder_bytes
+from spamtune.cache_entry import interrupted_build, is_entry_name, read_meta, remove_folder
 from spamtune.errors import SpamtuneError
 from spamtune.folder_lock import unclaimed
 
@@ -88,7 +88,9 @@ def _read_entry(path: Path, nobody_writes: bool | None = None) -> CacheEntry:
         if nobody_writes is None:
             with unclaimed(path) as free:
                 nobody_writes = free
-        status = (INTERRUPTED if (path / PROGRESS_FILE).is_file() else ABANDONED) if nobody_writes else INCOMPLETE
+        # Interrupted only where the next build can take over what it left: a ledger whose states
+        # were cut short or removed resumes nothing, and `rm --stale` is to remove it.
+        status = (INTERRUPTED if interrupted_build(path) is not None else ABANDONED) if nobody_writes else INCOMPLETE
     except (CacheCorrupt, OSError, ValueError, AttributeError, KeyError, TypeError):  # written atomically, so unreadable means damaged
         meta, status = None, DAMAGED
     return CacheEntry(path.name, path, folder_bytes(path), meta, status)

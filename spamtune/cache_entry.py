@@ -10,6 +10,7 @@ entries, ``cache_catalog`` lists and removes them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -70,6 +71,30 @@ def read_meta(entry: Path):
         if not os.path.lexists(path):  # removed meanwhile: a run has started to write the entry again
             raise CacheMissing(entry.name) from None
         raise CacheCorrupt(str(exc)) from None
+
+
+def interrupted_build(entry: Path) -> dict | None:
+    """The ledger (``PROGRESS_FILE``) that a build stopped by Ctrl-C left in ``entry``, where a next
+    build could take it over: a regular file describing the batches written, beside a regular
+    ``PARTIAL_STATES_FILE`` of the size it gives; else None. Only sizes are checked, nothing
+    hashed. ``spamtune cache ls`` shows an entry as interrupted on this, and the build resumes on
+    it (when its key is the build's): a ledger whose states are gone or cut short, or one that
+    cannot be read, resumes nothing and is the leftover of an abandoned build."""
+    ledger, partial = entry / PROGRESS_FILE, entry / PARTIAL_STATES_FILE
+    try:
+        if not stat.S_ISREG(os.lstat(ledger).st_mode):  # a pipe planted there would make the read wait forever
+            return None
+        record = json.loads(ledger.read_text(encoding="utf-8"))
+        if (
+            isinstance(record, dict) and record.get("kind") == PROGRESS_KIND and isinstance(record.get("key"), dict)
+            and isinstance(record.get("states_bytes"), int) and isinstance(record.get("plan"), str)
+            and isinstance(record.get("written"), list) and all(isinstance(name, str) for name in record["written"])
+            and stat.S_ISREG(os.lstat(partial).st_mode) and os.lstat(partial).st_size == record["states_bytes"]
+        ):  # fmt: skip
+            return record
+    except (OSError, ValueError):  # none, or unreadable: nothing to resume
+        pass
+    return None
 
 
 def folder_bytes(path: Path) -> int:

@@ -50,7 +50,7 @@ from safetensors.torch import load_file, save
 from spamtune import __version__, paths
 from spamtune.cache_entry import CACHE_FORMAT, INDEX_FILE, META_FILE, META_KIND, NAME_LENGTH, PARTIAL_STATES_FILE, PROGRESS_FILE
 from spamtune.cache_entry import PROGRESS_KIND, STATES_FILE, VERIFIED_FILE
-from spamtune.cache_entry import CacheCorrupt, CacheMissing, files_out_of_shape, read_meta, remove_folder
+from spamtune.cache_entry import CacheCorrupt, CacheMissing, files_out_of_shape, interrupted_build, read_meta, remove_folder
 from spamtune.download import sha256_file
 from spamtune.errors import DiskFull, SpamtuneError, SpamtuneUsageError
 from spamtune.fsutil import atomic_path, atomic_write_bytes, atomic_write_json, creation_failure, remove_stale_temporaries
@@ -332,19 +332,10 @@ class PrefixCacheStore:
 def _interrupted_build(entry: Path, key: CacheKey, nbytes: int) -> BuildProgress:
     """What an interrupted build of ``key`` left in ``entry`` to resume (its ledger, if its file is
     there, regular and of the entry's size), else a fresh start, with any leftovers removed."""
-    ledger, partial = entry / PROGRESS_FILE, entry / PARTIAL_STATES_FILE
-    try:
-        record = json.loads(ledger.read_text(encoding="utf-8"))
-        if (
-            isinstance(record, dict) and record.get("kind") == PROGRESS_KIND and record.get("key") == asdict(key)
-            and record.get("states_bytes") == nbytes and isinstance(record.get("plan"), str)
-            and isinstance(record.get("written"), list) and all(isinstance(name, str) for name in record["written"])
-            and not partial.is_symlink() and partial.is_file() and partial.stat().st_size == nbytes
-        ):  # fmt: skip
-            return BuildProgress(frozenset(record["written"]), record["plan"])
-    except (OSError, ValueError):  # none, or unreadable: nothing to resume
-        pass
-    for leftover in (ledger, partial):
+    record = interrupted_build(entry)
+    if record is not None and record["key"] == asdict(key) and record["states_bytes"] == nbytes:
+        return BuildProgress(frozenset(record["written"]), record["plan"])
+    for leftover in (entry / PROGRESS_FILE, entry / PARTIAL_STATES_FILE):
         with contextlib.suppress(OSError):
             leftover.unlink()
     return BuildProgress()

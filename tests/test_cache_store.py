@@ -792,6 +792,38 @@ def test_the_build_after_a_killed_writer_removes_its_temporary_file(tmp_path):
 # the one before it after a shared prefix of 14 (a second-pass message).
 _GEN = torch.Generator().manual_seed(11)
 MANY = [torch.randint(0, 50257, (int(n),), generator=_GEN).tolist() for n in torch.randint(2, 41, (70,), generator=_GEN)]
+def _unlink(path: Path) -> None:
+    path.unlink()
+
+
+def _cut_short(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda entry: _unlink(entry / "states.partial"),  # removed to free the space
+    lambda entry: _cut_short(entry / "states.partial"),
+    lambda entry: (entry / "progress.json").write_text("{\"kind\": "),
+    lambda entry: (entry / "states.partial").unlink() or (entry / "states.partial").mkdir(),
+], ids=["states-removed", "states-cut-short", "ledger-cut-short", "states-a-folder"])  # fmt: skip
+def test_an_interrupted_build_whose_states_are_gone_or_cut_short_is_abandoned_and_swept(tmp_path, damage):
+    """What is left of a build stopped by Ctrl-C is `interrupted` only while the next build can
+    take it over: once its states are gone or cut short (or its ledger unreadable), that build
+    starts over, and `cache rm --stale` removes the leftovers rather than keep them for ever."""
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    store.obtain(key, model, SEQS, later_from=LATER).cache.pending.cancel()
+    entry = store.entry_dir(key)
+    assert [e.status for e in list_caches(tmp_path)] == ["interrupted"]
+    damage(entry)
+    assert [e.status for e in list_caches(tmp_path)] == ["abandoned"]
+    removal = remove_caches(tmp_path, stale=True)
+    assert [e.name for e in removal.removed] == [entry.name] and not entry.exists()
+    again = store.obtain(key, model, SEQS)
+    assert again.outcome == "built" and again.detail is None
+
+
 MANY = [s if i % 7 or i == 0 or len(MANY[i - 1]) < 14 else MANY[i - 1][:14] + s for i, s in enumerate(MANY)]
 
 
