@@ -300,7 +300,7 @@ class SweepInUse(SpamtuneError):
 
 # Options whose listed values can be spelt apart and still train the same run; what each means is
 # compared, not how it is spelt.
-_RESOLVED = ("device", "precision", "trainable", "lora_blocks", "model")
+_RESOLVED = ("device", "precision", "trainable", "lora_blocks", "model", "strategy")
 
 
 def _model_identity(spec: str) -> str:
@@ -334,13 +334,20 @@ def _check_distinct_runs(base, combos: list[dict], trainables: list) -> None:
         precision = resolve_precision(options.precision, device)
         trains = (trainable.preset == "lora", trainable.first_block, trainable.final_norm, trainable.embeddings)
         rest = tuple(sorted((k, repr(v)) for k, v in overrides.items() if k not in _RESOLVED))
+        # The strategy is not part of what a sweep's run trains: a sweep joins no process group, so
+        # each run trains in one process, plainly whatever --strategy says (train.check_strategy).
         same = resolved.setdefault((rest, str(device), precision, trains, _model_identity(options.model)), overrides)
         if same is not overrides:
             differ = [k for k in _RESOLVED if same.get(k, getattr(base, k)) != overrides.get(k, getattr(base, k))]
             listed = " and ".join(
                 f"--{k.replace('_', '-')} {as_typed(same.get(k, getattr(base, k)))} and {as_typed(overrides.get(k, getattr(base, k)))}" for k in differ
             )
-            here = f"the same here ({device.type}, {precision})" if {"device", "precision"} & set(differ) else "the same run"
+            if {"device", "precision"} & set(differ):
+                here = f"the same here ({device.type}, {precision})"
+            elif "strategy" in differ:
+                here = "the same in a sweep (each run trains in one process, with either)"
+            else:
+                here = "the same run"
             raise SpamtuneUsageError(f"{listed} are {here}: the sweep would train one run twice")
 
 

@@ -219,6 +219,22 @@ def test_values_that_mean_the_same_run_here_are_refused_before_any_run(tmp_path)
 FIGURES = {"validation_loss": 0.5, "validation_accuracy": 0.5}  # what a stand-in for training returns
 
 
+def test_strategies_that_train_alike_in_one_process_are_refused_before_any_run(tmp_path):
+    """A sweep's runs each train in one process, where ddp and fsdp both train plainly: listing
+    both trained the same run twice under two names."""
+    root = write_tiny_data(tmp_path)
+    started = []
+    with pytest.raises(SpamtuneUsageError, match="--strategy ddp and fsdp are the same in a sweep"):
+        run_sweep(tiny_options(root, epochs=1, precision="fp32"), {"strategy": ["ddp", "fsdp"]}, out=tmp_path / "s", finetune=lambda *a: started.append(a))
+    assert started == [] and not (tmp_path / "s").exists()
+    grid = {"strategy": ["ddp", "fsdp"], "seed": [1, 2]}  # other values still make other runs
+    with pytest.raises(SpamtuneUsageError, match="--strategy ddp and fsdp are the same in a sweep"):
+        run_sweep(tiny_options(root, epochs=1, precision="fp32"), grid, out=tmp_path / "s", finetune=lambda *a: started.append(a))
+    names = [r["name"] for r in run_sweep(tiny_options(root, epochs=1, precision="fp32", strategy="fsdp"), {"seed": [1, 2]}, out=tmp_path / "t",
+                                          finetune=lambda *a: FIGURES).rows]  # fmt: skip
+    assert names == ["seed-1", "seed-2"]
+
+
 @pytest.mark.parametrize(
     "grid, message",
     [
