@@ -579,6 +579,9 @@ def test_ls_lists_an_entry_whose_meta_json_holds_values_of_other_types(tmp_path)
     assert '"created": "27 novembre ✓\\u001b[2J"' in result.stdout
     text = CliRunner().invoke(app, ["cache", "ls", "--data-dir", str(tmp_path)])
     assert text.exit_code == 0 and len(text.stdout.splitlines()) == 2
+    # A count no file gives is unknown, as the blocks are, not none.
+    lines = {line.split("\t")[0]: line.split("\t") for line in text.stdout.splitlines()}
+    assert lines[edited.name][5] == "- examples" and lines[keyless.name][2:4] == ["- blocks", "-"]
 
 
 @pytest.mark.parametrize("planted", ["folder", "pipe", "link"])

@@ -74,7 +74,7 @@ def ls(
             continue
         base = (row["base_sha256"] or "-")[:12]
         fields = [row["name"], human_size(row["bytes"]), f"{row['blocks'] or '-'} blocks", row["dtype"] or "-",
-                  row["precision"] or "-", f"{row['examples'] or 0} examples", f"base {base}", row["status"], row["created"] or "-"]  # fmt: skip
+                  row["precision"] or "-", f"{'-' if row['examples'] is None else row['examples']} examples", f"base {base}", row["status"], row["created"] or "-"]  # fmt: skip
         typer.echo("\t".join(common.tsv_field(str(f)) for f in fields))
     total = sum(e.nbytes for e in entries)
     common.note(f"{len(entries)} cache(s), {human_size(total)} in {paths.cache_dir(paths.data_root(data_dir))}")
