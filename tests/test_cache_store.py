@@ -827,6 +827,26 @@ def test_an_interrupted_build_whose_states_are_gone_or_cut_short_is_abandoned_an
     assert again.outcome == "built" and again.detail is None
 
 
+def test_a_pipe_planted_as_the_ledger_of_an_interrupted_build_is_no_ledger_and_the_build_never_waits_on_it(tmp_path):
+    model = classifier("last-2-blocks")
+    store = PrefixCacheStore(tmp_path)
+    key = key_for(model, 2)
+    entry = store.entry_dir(key)
+    entry.mkdir(parents=True)
+    os.mkfifo(entry / "progress.json")
+    outcome = []
+    build = threading.Thread(target=lambda: outcome.append(store.obtain(key, model, SEQS)), daemon=True)
+    build.start()
+    build.join(30)
+    waited = build.is_alive()
+    if waited:  # on a writer to the pipe, for ever: give it one, so that the thread ends
+        with open(entry / "progress.json", "w") as writer:
+            writer.write("{}")
+        build.join(30)
+    assert not waited
+    assert outcome and outcome[0].outcome == "built" and outcome[0].detail is None
+
+
 MANY = [s if i % 7 or i == 0 or len(MANY[i - 1]) < 14 else MANY[i - 1][:14] + s for i, s in enumerate(MANY)]
 
 
