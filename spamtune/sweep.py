@@ -445,14 +445,22 @@ class DataChanged(SpamtuneError):
 
 
 def _check_no_lost_state(folder: Path, names: list[str]) -> None:
-    """No run in the sweep's folder has trained yet lost its resume state: the sweep would take it
-    for one stopped before its first checkpoint, remove it and train it again from the start,
-    metrics and weights gone. One error before any run. A finished run has no resume state to
-    lose: the end of training removes it."""
+    """No run in the sweep's folder has trained yet lost its resume state, nor finished and lost
+    its weights: the sweep would take it for one stopped before its first checkpoint, remove it
+    and train it again from the start, metrics (and weights) gone. One error before any run. A
+    finished run has no resume state to lose: the end of training removes it."""
     for name in names:
         run_dir = folder / name
         if run_dir.is_symlink() or not run_dir.is_dir() or runs.resume_file(run_dir).is_file():
             continue
+        if runs.is_finished(run_dir) and not runs.is_classifier_dir(run_dir):
+            # Finished, then its weights or config went (moved away, removed by hand): not a run
+            # the sweep can skip, and its summary and metrics are no leftovers of a run stopped
+            # before its first checkpoint, which is all the sweep removes.
+            raise SpamtuneError(
+                f"{run_dir} finished, but its weights or {runs.CONFIG_FILE} are missing, so this sweep can "
+                f"neither rank it nor go on with it; put them back, or remove {run_dir} to train it again"
+            )
         if not (run_dir / runs.SUMMARY_FILE).is_file() and runs.has_trained(run_dir):
             raise SpamtuneError(
                 f"{run_dir} has trained but its resume state {runs.resume_file(run_dir)} is missing, so this "

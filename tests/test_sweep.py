@@ -375,7 +375,6 @@ def test_a_finished_run_whose_summary_was_edited_is_one_error_naming_it(tmp_path
     base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 2e-3]}
     folder = tmp_path / "sweep"
     run_sweep(base, grid, out=folder, finetune=fake_finetune)
-    (folder / "lr-0.001" / "base.json").write_text("{}")  # a compact run's classifier, as training leaves it
     (folder / "lr-0.001" / "summary.json").write_text(summary)
     with pytest.raises(SpamtuneError, match=r"cannot read run summary .*lr-0.001.summary\.json: it does not hold the run's figures"):
         run_sweep(base, grid, out=folder, finetune=fake_finetune)
@@ -388,6 +387,7 @@ def fake_finetune(options, run_dir, on_event=None) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary))
     (run_dir / "config.json").write_text("{}")
     (run_dir / "delta.safetensors").write_bytes(b"")
+    (run_dir / "base.json").write_text("{}")  # a compact run's classifier: its delta and the base it names
     return summary
 
 
@@ -614,6 +614,24 @@ def test_a_run_that_trained_and_lost_its_resume_state_is_refused_not_removed(tmp
     with pytest.raises(SpamtuneError, match=f"^{run_dir} has trained but its resume state {runs.resume_file(run_dir)} is missing, .* remove {run_dir} to train it from the start$"):
         run_sweep(base, grid, finetune=lambda *a: started.append(a))
     assert started == [] and (run_dir / runs.METRICS_FILE).read_bytes() == metrics
+
+
+@pytest.mark.parametrize("lost", ["delta.safetensors", "config.json"])
+def test_a_finished_run_that_lost_its_weights_or_config_is_refused_not_removed(tmp_path, lost):
+    """The sweep took such a run for one stopped before its first checkpoint: it removed it,
+    summary and metrics, and trained it again from step 0, without a word."""
+    from spamtune import runs
+
+    root = write_tiny_data(tmp_path)
+    base, grid = tiny_options(root, epochs=1), {"lr": [1e-3, 3e-3]}
+    run_sweep(base, grid, out=tmp_path / "s")
+    run_dir = tmp_path / "s" / "lr-0.001"
+    (run_dir / lost).unlink()
+    summary = (run_dir / runs.SUMMARY_FILE).read_bytes()
+    started = []
+    with pytest.raises(SpamtuneError, match=f"^{run_dir} finished, but its weights or config.json are missing, .* remove {run_dir} to train it again$"):
+        run_sweep(base, grid, out=tmp_path / "s", finetune=lambda *a: started.append(a) or FIGURES)
+    assert started == [] and (run_dir / runs.SUMMARY_FILE).read_bytes() == summary
 
 
 def test_a_prepare_while_the_sweep_runs_stops_it_before_its_runs_train_on_other_data(tmp_path):
