@@ -408,6 +408,33 @@ def _check_same_data(folder: Path, names: list[str], root: Path, fingerprint: st
             )
 
 
+def _check_same_models(folder: Path, models: dict) -> None:
+    """The runs already in the sweep's folder were trained on the model each run's ``--model``
+    names now (``models``: each run's config, by folder name). The sweep's name hashes a config
+    file's path as it was given: the same command run from another directory, where that
+    relative path is another file, or after the file was edited, finds the same folder, and
+    would skip its finished runs as this sweep's, ranking runs of another model. One error
+    before any run. Compared as configs, as a resumed run reads its own (a field added since
+    with its default is the same model)."""
+    from spamtune.model import GPTConfig
+
+    for name, expected in models.items():
+        run_dir = folder / name
+        if run_dir.is_symlink():  # in the way, said as such by the run; never followed
+            continue
+        try:
+            hparams = runs.read_hparams(run_dir)
+            recorded = GPTConfig.from_dict(hparams["resolved"]["model_config"])
+        except (SpamtuneError, LookupError, TypeError, ValueError):  # no run yet, or none this can read
+            continue
+        if recorded != expected:
+            raise SpamtuneError(
+                f"{run_dir} was trained on another model ({hparams.get('model')}) than this sweep's --model names now "
+                "(a config file's relative path is another file from here, or the file changed); "
+                f"give this sweep another --out, or remove {folder} to run it again"
+            )
+
+
 def _recorded_fingerprint(run_dir: Path) -> str | None:
     """The fingerprint of the splits a run trained on, as its ``hparams.json`` records it; None
     where there is no run yet, or none this can read."""
@@ -496,7 +523,8 @@ def run_sweep(
     _refuse_unused_lora_values(base, grid, combinations(grid))
     combos = _distinct_runs(base, combinations(grid))
     # A value that cannot work is the first thing to say (not a name clash).
-    trainables = [validate_options(replace(base, **overrides))[1] for overrides in combos]
+    checked = [validate_options(replace(base, **overrides)) for overrides in combos]
+    trainables = [trainable for _, trainable in checked]
     names = [run_name(c) for c in combos]
     if len(set(names)) != len(names):
         raise SpamtuneUsageError("two runs of this sweep would get the same folder name; make the listed values differ more")
@@ -525,6 +553,7 @@ def run_sweep(
     with runs.hold_folder(folder, SweepInUse, "the sweep folder"):
         fingerprint = _current_fingerprint(root)
         _check_same_data(folder, names, root, fingerprint)
+        _check_same_models(folder, {name: cfg for name, (cfg, _) in zip(names, checked)})
         _check_no_lost_state(folder, names)
         return _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetune, resume_finetune, fingerprint)
 

@@ -468,6 +468,33 @@ def test_a_sweep_given_its_model_file_relative_knows_its_runs_without_its_sweep_
     assert [row["skipped"] for row in run_sweep(base, grid, out=folder, finetune=no_training).rows] == [True, True]
 
 
+@pytest.mark.parametrize("where", ["another directory", "the file edited"])
+def test_a_sweep_whose_relative_model_file_now_names_another_model_refuses_its_runs(tmp_path, monkeypatch, where):
+    """The sweep's name hashes --model as given: from another directory, where m.json is another
+    config, the same command found the same folder and skipped its runs as finished, ranking
+    runs of another model as this sweep's."""
+    root = write_tiny_data(tmp_path / "data")
+    first, second = tmp_path / "a", tmp_path / "b"
+    config = json.loads((root / "tiny.json").read_text())
+    for folder, width in ((first, config["emb_dim"]), (second, config["emb_dim"] * 2)):
+        folder.mkdir()
+        (folder / "m.json").write_text(json.dumps({**config, "emb_dim": width}))
+    monkeypatch.chdir(first)
+    base, grid = tiny_options(root, model="m.json", epochs=1), {"lr": [1e-3, 2e-3]}
+    run_sweep(base, grid)
+    if where == "another directory":
+        monkeypatch.chdir(second)
+    else:
+        shutil.copy(second / "m.json", first / "m.json")
+    started = []
+    with pytest.raises(SpamtuneError, match="lr-0.001 was trained on another model .* than this sweep's --model names now"):
+        run_sweep(base, grid, finetune=lambda *a: started.append(a) or FIGURES)
+    assert started == []
+    monkeypatch.chdir(first)
+    (first / "m.json").write_text(json.dumps(config))  # the model the runs trained: theirs again
+    assert [row["skipped"] for row in run_sweep(base, grid, finetune=lambda *a: started.append(a) or FIGURES).rows] == [True, True]
+
+
 @pytest.mark.parametrize("damage", ["removed", "cut", "not a sweep"])
 def test_a_sweep_whose_sweep_file_is_gone_or_damaged_goes_on_when_its_runs_show_it_is_this_sweep(tmp_path, damage):
     # sweep.json only ranks the runs; losing it used to strand every finished run ("is not
