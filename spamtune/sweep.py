@@ -41,10 +41,12 @@ def sweeps_dir(root: Path) -> Path:
 
 
 def _convert(field_type: str, name: str, text: str):
-    """One value of a comma list, typed as the option is (``int | None`` takes ``none``)."""
+    """One value of a comma list, typed as the option is (``int | None`` takes ``none``). An
+    empty value is none of them: ``--max-length "$LEN"`` with nothing in ``$LEN`` ran with the
+    default, where ``finetune`` refuses it."""
     text = text.strip()
     optional = "None" in field_type
-    if optional and text.lower() in ("none", ""):
+    if optional and text.lower() == "none":
         return None
     base = field_type.replace("| None", "").strip()
     try:

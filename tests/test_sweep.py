@@ -36,6 +36,13 @@ def test_a_value_holding_a_comma_escapes_it_and_a_stray_comma_is_no_value():
     assert parse_grid(train.FinetuneOptions, {"max_length": "none,128"}) == {"max_length": [None, 128]}
 
 
+@pytest.mark.parametrize("name", ["max_length", "patience", "clip_grad_norm", "lr"])
+def test_an_empty_value_alone_is_a_usage_error_not_the_default(name):
+    for empty in ("", " "):
+        with pytest.raises(SpamtuneUsageError, match=f"--{name.replace('_', '-')}: '' is not a valid"):
+            parse_grid(train.FinetuneOptions, {name: empty})
+
+
 @pytest.mark.parametrize("name, listed", [("max_length", "128,"), ("lr", "1e-4,,"), ("epochs", ",2"), ("trainable", "head,"), ("patience", "2,")])
 def test_a_stray_comma_is_told_a_fix_that_the_option_takes(name, listed):
     with pytest.raises(SpamtuneUsageError, match="lists an empty value") as caught:
