@@ -78,7 +78,7 @@ from hf_peer import build_peer, time_grouped_epoch, time_prediction, time_traini
 from spamtune.device import cpu_has_native_bf16, resolve_device, resolve_precision  # noqa: E402
 from spamtune.infer import SpamClassifier  # noqa: E402
 from spamtune.model import GPTConfig  # noqa: E402
-from spamtune.prepare import read_labelled_texts  # noqa: E402
+from spamtune.labelled_texts import read_labelled_texts  # noqa: E402
 from spamtune.tokenizer import encode_texts  # noqa: E402
 from spamtune.examples import load_training_data  # noqa: E402
 

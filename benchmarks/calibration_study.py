@@ -38,7 +38,8 @@ from spamtune.evaluate import model_logits, run_precision
 from spamtune.examples import Examples, pad_width
 from spamtune.forward import predict_logits
 from spamtune.options import FinetuneOptions
-from spamtune.prepare import LabelledTexts, PrepareOptions, prepare_splits, read_labelled_texts, write_prepared
+from spamtune.labelled_texts import LabelledTexts, read_labelled_texts
+from spamtune.prepare import PrepareOptions, prepare_splits, write_prepared
 from spamtune.tokenizer import encode_texts
 
 

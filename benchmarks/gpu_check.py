@@ -46,7 +46,7 @@ from hf_peer import build_peer, time_prediction  # noqa: E402
 from spamtune.adamw import AdamW  # noqa: E402
 from spamtune.infer import SpamClassifier  # noqa: E402
 from spamtune.model import GPTConfig  # noqa: E402
-from spamtune.prepare import read_labelled_texts  # noqa: E402
+from spamtune.labelled_texts import read_labelled_texts  # noqa: E402
 from spamtune.tokenizer import encode_texts  # noqa: E402
 
 TINY = ["--model", "tiny", "--weights", "random", "--epochs", "2", "--lr", "5e-4"]

@@ -41,7 +41,7 @@ import torch
 from spamtune import checkpoint
 from spamtune.infer import SpamClassifier
 from spamtune.model import GPTConfig
-from spamtune.prepare import read_labelled_texts
+from spamtune.labelled_texts import read_labelled_texts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SMS = REPO / "data" / "sms_spam_collection" / "SMSSpamCollection"  # the copy bundled in the repo

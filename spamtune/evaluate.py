@@ -72,7 +72,7 @@ def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig, fmt:
     extension tells), or mail sources ``LABEL=PATH`` (a list of them). Labels are the run's
     names (``ham``/``spam``) or class indices. One label is enough: a file of ham alone gives the
     false-positive rate on it, the figures that need both classes are n/a."""
-    from spamtune.prepare import read_input
+    from spamtune.labelled_texts import read_input
 
     source = read_input(Path("."), _input_list(path), fmt, min_labels=1)
     labels = []
@@ -95,7 +95,7 @@ def _input_list(inputs: str | Path | list[str]) -> list[str]:
 
 def _input_names(inputs: str | Path | list[str]) -> str:
     """``--input`` as reports name it: ``-`` is stdin."""
-    from spamtune.prepare import input_name
+    from spamtune.labelled_texts import input_name
 
     return ", ".join(input_name(Path(p)) for p in _input_list(inputs))
 
@@ -297,7 +297,7 @@ def evaluate_run(
             if wants_train:
                 baseline_train = read_splits(root, "train", cfg)["train"]
 
-    from spamtune.prepare import mail_inputs
+    from spamtune.labelled_texts import mail_inputs
 
     if long is None and input_file is not None and mail_inputs(_input_list(input_file)):
         long = DEFAULT_LONG

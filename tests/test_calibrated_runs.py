@@ -16,7 +16,8 @@ from spamtune.cli import app
 from spamtune.errors import SpamtuneUsageError
 from spamtune.forward import class_weight_tensor
 from spamtune.infer import SpamClassifier
-from spamtune.prepare import LabelledTexts, PrepareOptions, prepare_splits
+from spamtune.labelled_texts import LabelledTexts
+from spamtune.prepare import PrepareOptions, prepare_splits
 
 
 def test_balanced_class_weights_are_inverse_frequencies():

@@ -21,7 +21,8 @@ from spamtune import paths
 from spamtune.cli import app
 from spamtune.data import MAX_TEXT_CHARS, Split, read_label_map, read_split, write_split
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
-from spamtune.prepare import PrepareOptions, prepare_splits, read_labelled_texts, write_prepared
+from spamtune.labelled_texts import read_labelled_texts
+from spamtune.prepare import PrepareOptions, prepare_splits, write_prepared
 
 OUTPUT_NAMES = ["train.csv", "validation.csv", "test.csv", "labels.json", "prepare.json"]
 
@@ -756,9 +757,9 @@ def test_stdin_a_pipe_and_a_fifo_give_the_splits_of_the_file(tmp_path):
 def test_an_empty_or_endless_stream_is_one_line(tmp_path, monkeypatch, given):
     """Nothing on the stream is one line saying so; a stream with no end (`yes`, /dev/zero) is
     read up to MAX_STREAM_BYTES, then refused in one line rather than filling the memory."""
-    from spamtune import prepare
+    from spamtune import labelled_texts
 
-    monkeypatch.setattr(prepare, "MAX_STREAM_BYTES", 1 << 20)
+    monkeypatch.setattr(labelled_texts, "MAX_STREAM_BYTES", 1 << 20)
     fifo = tmp_path / "fifo.tsv"
     if given == "fifo":
         os.mkfifo(fifo)

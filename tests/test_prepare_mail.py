@@ -14,7 +14,8 @@ from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.mail import READING_VERSION
 from spamtune.mail_sources import parse_source
 from spamtune.options import PrepareOptions
-from spamtune.prepare import prepare_splits, read_input, read_mail_sources
+from spamtune.labelled_texts import read_input, read_mail_sources
+from spamtune.prepare import prepare_splits
 
 
 def make_corpus(root):

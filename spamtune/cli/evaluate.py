@@ -204,7 +204,7 @@ def evaluate_command(
     if split is not None and input_file:
         raise SpamtuneUsageError("give either --split or --input, not both")
     if input_format is not None:
-        from spamtune.prepare import mail_inputs
+        from spamtune.labelled_texts import mail_inputs
 
         if not input_file or mail_inputs(input_file):
             raise SpamtuneUsageError("--input-format applies to a labelled-text --input FILE (or -), not to a split or mail sources")

@@ -48,7 +48,8 @@ def prepare(
     The default is the book's chapter 6 recipe: undersample ham to spam's count, shuffle with random_state 123, cut 70% / 10% / 20%. A summary goes to stderr; the written paths to stdout.
     """
     from spamtune.interrupts import sigterm_as_interrupt
-    from spamtune.prepare import parse_split, prepare_splits, read_input, write_prepared
+    from spamtune.labelled_texts import read_input
+    from spamtune.prepare import parse_split, prepare_splits, write_prepared
 
     root = paths.data_root(data_dir)
     options = PrepareOptions(**{**options, "split": parse_split(options["split"])})
