@@ -167,8 +167,8 @@ def _model_label(spec) -> str | None:
     return Path(spec).stem if spec.endswith(".json") else spec
 
 
-def _size_and_mtime(run_dir: Path) -> tuple[int, float]:
-    """Bytes of every file under the run (links not followed) and the newest modification time."""
+def size_and_mtime(run_dir: Path) -> tuple[int, float]:
+    """Bytes of every file under the folder (links not followed) and the newest modification time."""
     total, newest = 0, run_dir.lstat().st_mtime
     for folder, dirs, files in os.walk(run_dir):
         for name in dirs + files:
@@ -260,7 +260,7 @@ def describe_run(run_dir: Path, now: float | None = None) -> RunInfo:
     summary = read_summary(run_dir) or {}
     hparams = read_hparams(run_dir) or {}
     status = run_status(run_dir)
-    size, modified = _size_and_mtime(run_dir)
+    size, modified = size_and_mtime(run_dir)
     validation = _fraction(summary.get("validation_accuracy"))
     if validation is None:
         validation = _best_validation_accuracy(read_evaluations(run_dir))

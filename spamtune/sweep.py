@@ -290,7 +290,7 @@ def _holds_only_these_runs(folder: Path, planned: dict[str, object] | None) -> b
     return shown
 
 
-def _started_run(run_dir: Path) -> bool:
+def started_run(run_dir: Path) -> bool:
     """A run folder that training made (or began to: nothing in it yet but its lock)."""
     return paths.looks_like_run(run_dir) or (run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {runs.LOCK_FILE})
 
@@ -602,7 +602,7 @@ def _run_all(base, grid, identity, folder, combos, names, emit, on_event, finetu
             continue
         resumable = runs.resume_file(run_dir).is_file()
         if run_dir.exists() and not resumable:
-            if not _started_run(run_dir):
+            if not started_run(run_dir):
                 raise in_the_way
             shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
         if _current_fingerprint(root) not in (None, fingerprint):

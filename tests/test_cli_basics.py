@@ -16,6 +16,7 @@ from spamtune.cli import app
 COMMANDS = [
     [], ["download"], ["download", "data"], ["download", "model"], ["prepare"], ["finetune"], ["evaluate"],
     ["calibrate"], ["predict"], ["filter"], ["serve"], ["runs"], ["runs", "show"], ["runs", "rm"], ["sweep"],
+    ["sweeps"], ["sweeps", "show"], ["sweeps", "rm"],
     ["export"], ["cache"], ["cache", "ls"], ["cache", "rm"], ["bases"], ["bases", "ls"], ["bases", "rm"],
 ]
 

@@ -399,13 +399,13 @@ def fake_finetune(options, run_dir, on_event=None) -> dict:
 
 
 def test_a_run_folder_holding_only_its_lock_is_started_and_anything_else_is_not(tmp_path):
-    from spamtune.sweep import _started_run
+    from spamtune.sweep import started_run
 
     (tmp_path / "locked").mkdir()
     (tmp_path / "locked" / ".lock").write_text("")
     (tmp_path / "dotfiles").mkdir()
     (tmp_path / "dotfiles" / ".git").mkdir()
-    assert _started_run(tmp_path / "locked") and not _started_run(tmp_path / "dotfiles")
+    assert started_run(tmp_path / "locked") and not started_run(tmp_path / "dotfiles")
 
 
 def test_a_sweep_on_an_unprepared_data_root_says_so_once_before_any_run(tmp_path):

@@ -185,7 +185,7 @@ def root(
 
 # Subcommands, in the order a user runs them. Each module defines ``register(app)`` and keeps
 # heavy imports (torch, pandas) inside its command function so `--help` stays instant.
-COMMANDS = ("download", "prepare", "finetune", "sweep", "calibrate", "evaluate", "predict", "filter", "serve", "runs", "export", "cache", "bases")
+COMMANDS = ("download", "prepare", "finetune", "sweep", "calibrate", "evaluate", "predict", "filter", "serve", "runs", "sweeps", "export", "cache", "bases")
 
 
 def _register_commands() -> None:

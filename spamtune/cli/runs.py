@@ -49,7 +49,7 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def _tsv_value(value) -> str:
+def tsv_value(value) -> str:
     return "" if value is None else common.tsv_field(str(value))
 
 
@@ -108,20 +108,30 @@ def list_runs(
     common.require_stdout()  # the listing is the result: with stdout closed it would vanish
     root = paths.data_root(data_dir)
     infos = run_catalog.list_runs(root)
+    empty = f"no runs in {paths.runs_dir(root)} yet: `spamtune finetune` makes one; {paths.ELSEWHERE}"
+    emit_listing(infos, as_json, TSV_FIELDS, _print_table, empty)
+
+
+def emit_listing(infos, as_json: bool, tsv_fields: tuple[str, ...], print_table, empty: str) -> bool:
+    """A listing's ``infos`` (each with ``to_dict``) on stdout: a JSON array with ``--json``, a
+    table (``print_table(infos, console)``) on a terminal, where an empty one is the note
+    ``empty`` instead, else TSV with a header line. True when a table was printed."""
     if as_json:
         typer.echo(common.json_line([info.to_dict() for info in infos]))
     elif _stdout_is_terminal():
         if not infos:
-            common.note(f"no runs in {paths.runs_dir(root)} yet: `spamtune finetune` makes one; {paths.ELSEWHERE}")
-            return
+            common.note(empty)
+            return False
         from rich.console import Console
 
-        _print_table(infos, Console(highlight=False, soft_wrap=True))
+        print_table(infos, Console(highlight=False, soft_wrap=True))
+        return True
     else:
-        typer.echo("\t".join(TSV_FIELDS))
+        typer.echo("\t".join(tsv_fields))
         for info in infos:
             record = info.to_dict()
-            typer.echo("\t".join(_tsv_value(record[field]) for field in TSV_FIELDS))
+            typer.echo("\t".join(tsv_value(record[field]) for field in tsv_fields))
+    return False
 
 
 runs_app = common.group_with_default(list_runs)
@@ -220,10 +230,10 @@ def remove_runs(
     for run_dir in run_dirs:
         run_catalog.remove_run(run_dir)
         typer.echo(common.one_line(str(run_dir)))
-    _note_bases_left_unused(root, bases)
+    note_bases_left_unused(root, bases)
 
 
-def _note_bases_left_unused(root: Path, bases: set[str]) -> None:
+def note_bases_left_unused(root: Path, bases: set[str]) -> None:
     """Say which of ``bases`` (those the removed runs were on) no run here uses any more: they
     stay on the disk, 0.5 GB for gpt2-small, until `bases rm --unused` frees them."""
     from spamtune import run_catalog
