@@ -131,7 +131,7 @@ def describe_sweep(folder: Path, now: float | None = None) -> SweepInfo:
     )
 
 
-def _sweep_folders(root: Path) -> list[Path]:
+def sweep_folders(root: Path) -> list[Path]:
     """The folders under ``<root>/sweeps`` that a sweep made (they hold its sweep.json or its
     lock); a symbolic link there is not one (a sweep never makes one, nor follows one)."""
     folder = sweeps_dir(root)
@@ -150,7 +150,7 @@ def list_sweeps(root: Path) -> list[SweepInfo]:
     """Every sweep kept under the data root, the most recently active first."""
     now = datetime.now(timezone.utc).timestamp()
     infos = []
-    for folder in _sweep_folders(root):
+    for folder in sweep_folders(root):
         try:
             infos.append(describe_sweep(folder, now))
         except FileNotFoundError:  # removed while listed
@@ -176,7 +176,7 @@ def find_sweep(sweep: str | None, root: Path) -> Path:
         if not (folder / SWEEP_FILE).is_file():
             raise SpamtuneError(f"{folder} is not a sweep folder (it holds no {SWEEP_FILE})")
         return folder
-    names = [folder.name for folder in _sweep_folders(root)]
+    names = [folder.name for folder in sweep_folders(root)]
     # A default folder's name is sweep-<hash>: the hash alone (or its start) names it too.
     matches = [name for name in names if sweep in (name, name.removeprefix("sweep-"))] or [
         name for name in names if name.startswith(sweep) or name.removeprefix("sweep-").startswith(sweep)

@@ -122,6 +122,12 @@ def test_completion_offers_commands_choices_and_run_names(tmp_path):
     assert complete("spamtune pr") == ["prepare", "predict"]
     assert complete("spamtune predict --precision ") == ["auto", "fp32", "bf16", "fp16"]
     assert complete("spamtune runs show 2026") == ["20261125-101500-tiny-all"]
+    for name in ("sweep-3f9a1c2b7d4e", "sweep-3f00aa000000"):
+        (tmp_path / "sweeps" / name).mkdir(parents=True)
+        (tmp_path / "sweeps" / name / "sweep.json").write_text("{}")
+    (tmp_path / "sweeps" / "not-a-sweep").mkdir()
+    assert complete("spamtune sweeps show sweep-3f") == ["sweep-3f00aa000000", "sweep-3f9a1c2b7d4e"]
+    assert complete("spamtune sweeps rm sweep-3f9") == ["sweep-3f9a1c2b7d4e"]
 
 
 def test_completion_of_run_names_follows_a_typed_data_dir_and_never_prints_an_error(tmp_path):

@@ -618,6 +618,18 @@ def complete_run_names(ctx: typer.Context, incomplete: str) -> list[str]:
     return [name for name in names if name.startswith(incomplete)]
 
 
+def complete_sweep_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Sweep names for the shell, as ``complete_run_names`` gives run names."""
+    from spamtune.errors import SpamtuneError
+    from spamtune.sweep_catalog import sweep_folders
+
+    try:
+        names = [p.name for p in sweep_folders(paths.data_root(_typed_data_dir(ctx)))]
+    except (OSError, SpamtuneError):
+        return []
+    return sorted(name for name in names if name.startswith(incomplete))
+
+
 def _typed_data_dir(ctx: typer.Context | None) -> str | Path | None:
     while ctx is not None:
         if ctx.params.get("data_dir") is not None:

@@ -84,7 +84,9 @@ sweeps_app = common.group_with_default(list_sweeps)
 )
 def show_sweep(
     ctx: typer.Context,
-    sweep: str | None = typer.Argument(None, metavar="SWEEP", help=SWEEP_ARGUMENT_HELP, show_default="the newest sweep"),
+    sweep: str | None = typer.Argument(
+        None, metavar="SWEEP", help=SWEEP_ARGUMENT_HELP, show_default="the newest sweep", autocompletion=common.complete_sweep_names
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: the listing's fields and the runs, ranked (fields in the README)."),
     data_dir: Path | None = common.data_dir_option(),
 ) -> None:
@@ -123,7 +125,7 @@ def show_sweep(
 )
 def remove_sweeps(
     ctx: typer.Context,
-    sweeps: list[str] = typer.Argument(..., metavar="SWEEP...", help=SWEEP_ARGUMENT_HELP),
+    sweeps: list[str] = typer.Argument(..., metavar="SWEEP...", help=SWEEP_ARGUMENT_HELP, autocompletion=common.complete_sweep_names),
     yes: bool = typer.Option(False, "--yes", "-y", help="Remove without asking (needed when stdin is not a terminal)."),
     data_dir: Path | None = common.data_dir_option(),
 ) -> None:
