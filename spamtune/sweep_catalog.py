@@ -57,9 +57,13 @@ class SweepInfo:
 
 
 def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:  # a hand-written integer too large for a float (10**400) is no figure either
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _clean_row(row, folder: Path) -> dict | None:

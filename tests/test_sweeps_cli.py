@@ -148,3 +148,21 @@ def test_rm_removes_a_sweep_with_its_runs_once_and_only_a_sweeps_folder(root):
     assert removed.stdout.splitlines() == [str(sweep)] and not sweep.exists()
     assert list((root / "sweeps").iterdir()) == []  # no hidden leftover either
     assert "used by no run now" in removed.stderr  # the random base its runs shared
+
+
+def test_hand_edited_figures_and_option_names_neither_fail_nor_split_the_listing(root):
+    root, sweep = root
+    table = json.loads((sweep / SWEEP_FILE).read_text())
+    table["runs"][0]["wall_time_s"] = 10**400  # valid JSON, too large for a float
+    table["runs"][0]["overrides"] = {"a\tb\nc": 1}  # an option name no sweep writes
+    (sweep / SWEEP_FILE).write_text(json.dumps(table))
+    listed = invoke("sweeps", "--json", "--data-dir", root)
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)[0]["runs"] == 2
+    shown = invoke("sweeps", "show", sweep.name, "--data-dir", root)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert len(lines) == 3 and {len(line.split("\t")) for line in lines} == {len(lines[0].split("\t"))}
+    edited = next(dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:] if table["runs"][0]["name"] in line)
+    assert edited["wall_time_s"] == "" and edited["a b c"] == "1"  # no figure, and the name on one line
+

@@ -111,7 +111,9 @@ def show_sweep(
         render_table(Console(highlight=False, soft_wrap=True), result)
         return
     swept = info.swept
-    typer.echo("\t".join(("best", *swept, *SHOW_FIELDS)))
+    # The swept options' names come from sweep.json too: a hand-edited one could hold a tab or
+    # a newline, which would split the header.
+    typer.echo("\t".join(tsv_value(name) for name in ("best", *swept, *SHOW_FIELDS)))
     for row in result.ranked():
         mark = "best" if row["name"] == info.best else ""
         values = (mark, *(row["overrides"].get(name) for name in swept), *(row[field] for field in SHOW_FIELDS))
