@@ -195,9 +195,11 @@ def find_sweep(sweep: str | None, root: Path) -> Path:
 def check_removable(folder: Path) -> None:
     """Refuse a folder that holds anything but a sweep's: its sweep.json, hidden files (its lock,
     temporaries) and run folders. ``sweeps rm`` deletes the whole folder, and an ``--out``
-    folder given by path may be anyone's."""
+    folder given by path may be anyone's. A symbolic link is only unlinked, so it is not checked."""
     from spamtune.sweep import started_run
 
+    if folder.is_symlink():
+        return
     try:
         entries = sorted(os.listdir(folder))
     except OSError as exc:
@@ -217,13 +219,22 @@ def remove_sweep(folder: Path) -> None:
     """Delete a sweep folder and its runs. Refused while a sweep runs in it or a process trains
     one of its runs (a ``finetune --resume`` of it); both are held, as the sweep and training hold
     them, until the folder is renamed to a hidden name (atomic), so that nothing starts in it
-    meanwhile and no half-removed sweep is ever listed."""
+    meanwhile and no half-removed sweep is ever listed. A symbolic link (a path given to a
+    sweep kept elsewhere) is removed, never what it points to, as ``runs rm`` removes one: its
+    runs were locked and its folder renamed through the link, which left the link renamed to a
+    hidden name, the sweep in place and lock files in its finished runs."""
     import secrets
     import shutil
     from contextlib import ExitStack
 
     from spamtune import runs
 
+    if folder.is_symlink():
+        try:
+            folder.unlink()
+        except OSError as exc:
+            raise SpamtuneError(f"cannot remove {folder}: {exc.strerror or exc}") from None
+        return
     check_removable(folder)
     unlocked = []  # finished runs, which have no lock file and must be left with none
     with ExitStack() as held:

@@ -166,3 +166,16 @@ def test_hand_edited_figures_and_option_names_neither_fail_nor_split_the_listing
     edited = next(dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:] if table["runs"][0]["name"] in line)
     assert edited["wall_time_s"] == "" and edited["a b c"] == "1"  # no figure, and the name on one line
 
+
+def test_rm_of_a_link_to_a_sweep_removes_the_link_alone(root, tmp_path):
+    root, sweep = root
+    kept = tmp_path / "kept-sweep"
+    shutil.move(sweep, kept)
+    link = tmp_path / "link"
+    link.symlink_to(kept, target_is_directory=True)
+    removed = invoke("sweeps", "rm", link, "--yes", "--data-dir", root)
+    assert removed.exit_code == 0, removed.output
+    assert removed.stdout.splitlines() == [str(link)] and not link.is_symlink() and not link.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert (kept / SWEEP_FILE).is_file()
+    assert [p for p in kept.rglob(runs.LOCK_FILE) if p.parent != kept] == []  # its finished runs left unlocked

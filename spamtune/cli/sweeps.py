@@ -159,7 +159,8 @@ def remove_sweeps(
             raise typer.Exit(1)
     bases = set()
     for folder in folders:
-        bases |= {(base_of(run_dir) or {}).get("sha256") for run_dir in folder.iterdir() if run_dir.is_dir()} - {None}
+        if not folder.is_symlink():  # a link is removed alone: the runs it points to stay
+            bases |= {(base_of(run_dir) or {}).get("sha256") for run_dir in folder.iterdir() if run_dir.is_dir()} - {None}
         sweep_catalog.remove_sweep(folder)
         typer.echo(common.one_line(str(folder)))
     note_bases_left_unused(root, bases)
