@@ -62,7 +62,10 @@ def data_root_source(override: str | Path | None = None) -> str:
 
 def absolute(path: str | Path) -> Path:
     """``path`` with ``~`` expanded, made absolute (not resolved: a link in it stays one)."""
-    return Path(path).expanduser().absolute()
+    try:
+        return Path(path).expanduser().absolute()
+    except RuntimeError:  # ~name of no user, or ~ with no home folder known
+        raise SpamtuneError(f"cannot expand {str(path)!r}: no home folder for {str(path).split('/')[0]}") from None
 
 
 def sms_file(root: Path) -> Path:

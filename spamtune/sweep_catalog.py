@@ -174,7 +174,7 @@ def find_sweep(sweep: str | None, root: Path) -> Path:
     if sweep == "":
         raise SpamtuneError("an empty sweep name: name a sweep (`spamtune sweeps` lists them)")
     if "/" in sweep or sweep.startswith("~") or sweep in (".", ".."):
-        folder = paths.absolute(Path(sweep).expanduser())
+        folder = paths.absolute(sweep)
         if folder.name == SWEEP_FILE and not folder.is_dir():
             folder = folder.parent
         if not (folder / SWEEP_FILE).is_file():

@@ -179,3 +179,10 @@ def test_rm_of_a_link_to_a_sweep_removes_the_link_alone(root, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert (kept / SWEEP_FILE).is_file()
     assert [p for p in kept.rglob(runs.LOCK_FILE) if p.parent != kept] == []  # its finished runs left unlocked
+
+
+def test_a_path_under_the_home_of_no_user_is_one_line(tmp_path):
+    for args in (("sweeps", "show"), ("sweeps", "rm", "--yes")):
+        result = invoke(*args, "~no-such-user-spamtune/sweep", "--data-dir", tmp_path)
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+        assert "no home folder for ~no-such-user-spamtune" in result.stderr and "unexpected" not in result.stderr
