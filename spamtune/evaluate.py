@@ -8,6 +8,7 @@ LLM: how far does TF-IDF + logistic regression, trained on the same split, get?
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -66,6 +67,11 @@ def read_splits(root: Path, split: str, cfg: ClassifierConfig) -> dict[str, Spli
     return splits
 
 
+# A class index as a labelled file may give it: ASCII digits only ("²" and "+-1" pass isdigit()
+# after a strip, and int() refuses them).
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig, fmt: str | None = None) -> Split:
     """A labelled file in any layout ``spamtune prepare`` reads (SMS collection, TSV, CSV with
     ``label,text``, JSONL; ``fmt`` as prepare's ``--format``: needed for stdin, ``-``, where no
@@ -75,16 +81,20 @@ def read_labelled_file(path: str | Path | list[str], cfg: ClassifierConfig, fmt:
     from spamtune.labelled_texts import read_input
 
     source = read_input(Path("."), _input_list(path), fmt, min_labels=1)
+    # A run whose labels are themselves numbers (1 and 2, -1 and 1) takes no indices: "0" or
+    # "1" would then name a class by position where the file most likely means a label.
+    takes_indices = not any(_INTEGER.fullmatch(name) for name in cfg.labels)
     labels = []
     for value in source.labels:
         if value in cfg.labels:
             labels.append(cfg.labels[value])
-        elif value.lstrip("+-").isdigit() and 0 <= int(value) < cfg.num_classes:
+        elif takes_indices and _INTEGER.fullmatch(value) and 0 <= int(value) < cfg.num_classes:
             labels.append(int(value))
         else:
             known = ", ".join(cfg.label_names)
             where = _input_names(path)  # the CLI's --input is a list: named as given, not as ['...']
-            raise SpamtuneError(f"{where} has the label {value!r}; this run knows {known} (or indices 0-{cfg.num_classes - 1})")
+            indices = f" (or indices 0-{cfg.num_classes - 1})" if takes_indices else ""
+            raise SpamtuneError(f"{where} has the label {value!r}; this run knows {known}{indices}")
     return Split(source.texts, labels)
 
 

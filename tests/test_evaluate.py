@@ -314,3 +314,30 @@ def test_a_run_of_three_classes_is_reported_without_the_spam_filter_figures(tmp_
         "Error: --threshold cannot apply: the run has 3 classes (ham, spam, promo) and decides by the most "
         "probable one; a spam threshold is for two-class (spam/ham) runs\n"
     )
+
+
+def test_a_label_that_only_looks_like_an_index_is_an_unknown_label(run, tmp_path):
+    """"+-1" and "²" pass a digit test once signs are stripped, and int() refused them: an
+    unexpected ValueError rather than the one-line unknown-label error."""
+    _, run_dir, _ = run
+    for odd in ("+-1", "\u00b2"):
+        file = tmp_path / "mails.csv"
+        file.write_text(f"label,text\nham,see you\n{odd},verify your account\n", encoding="utf-8")
+        result = evaluate(str(run_dir), "--input", str(file), "--no-plots")
+        assert result.exit_code == 1 and result.stdout == "", result.output
+        assert result.stderr == f"Error: {file} has the label {odd!r}; this run knows ham, spam (or indices 0-1)\n"
+
+
+def test_a_run_with_numbers_for_labels_takes_no_indices(tmp_path):
+    """With a label named -1, a file's "0" would have meant that class by position, silently:
+    the number is a label there, and one the run does not know."""
+    run_dir = write_rigged_run(tmp_path / "runs" / "numbered", labels={"-1": 0, "spam": 1})
+    file = tmp_path / "mails.jsonl"
+    file.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in (("see you", "-1"), ("WIN now!", "spam"))))
+    named = evaluate(str(run_dir), "--input", str(file), "--device", "cpu", "--format", "json", "--no-plots")
+    assert named.exit_code == 0, named.stderr
+    assert json.loads(named.stdout)["n"] == 2
+    file.write_text(json.dumps({"text": "see you", "label": "0"}) + "\n")
+    by_index = evaluate(str(run_dir), "--input", str(file), "--device", "cpu", "--no-plots")
+    assert by_index.exit_code == 1 and by_index.stdout == ""
+    assert by_index.stderr == f"Error: {file} has the label '0'; this run knows -1, spam\n"
