@@ -66,6 +66,15 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _plain_value(value) -> bool:
+    """An option's value as a sweep writes one: a string, a number, a flag or none. Python's
+    json reads NaN and Infinity, which ``sweeps show --json`` would then write, and no JSON
+    reader takes; a list or object would show as Python's repr in the TSV."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (str, int, bool))
+
+
 def _clean_row(row, folder: Path) -> dict | None:
     """A row of sweep.json as the sweep wrote it, its figures finite numbers or None; None for
     what is not a row at all. A run is named by its folder beside sweep.json (where it is, for
@@ -80,7 +89,7 @@ def _clean_row(row, folder: Path) -> dict | None:
     return {
         "name": name,
         "run": str(folder / name),
-        "overrides": {str(k): v for k, v in overrides.items()} if isinstance(overrides, dict) else {},
+        "overrides": {str(k): v for k, v in overrides.items() if _plain_value(v)} if isinstance(overrides, dict) else {},
         "status": row["status"],
         "skipped": row.get("skipped") is True,
         **{figure: _number(row.get(figure)) for figure in _ROW_FIGURES},

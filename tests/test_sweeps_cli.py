@@ -186,3 +186,20 @@ def test_a_path_under_the_home_of_no_user_is_one_line(tmp_path):
         result = invoke(*args, "~no-such-user-spamtune/sweep", "--data-dir", tmp_path)
         assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
         assert "no home folder for ~no-such-user-spamtune" in result.stderr and "unexpected" not in result.stderr
+
+
+def test_show_json_stays_json_whatever_values_sweep_json_was_edited_to(root):
+    """Python's json reads NaN and Infinity: written back, no JSON reader took the output."""
+    root, sweep = root
+    table = json.loads((sweep / SWEEP_FILE).read_text())
+    table["runs"][0]["overrides"] = {"lr": float("nan"), "seed": float("inf"), "nested": {"a": [1]}, "epochs": 2}
+    (sweep / SWEEP_FILE).write_text(json.dumps(table))
+    shown = invoke("sweeps", "show", sweep, "--json")
+    assert shown.exit_code == 0, shown.output
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the JSON output")
+
+    record = json.loads(shown.stdout, parse_constant=refuse)
+    [edited] = [r for r in record["runs"] if r["name"] == table["runs"][0]["name"]]
+    assert edited["overrides"] == {"epochs": 2}
