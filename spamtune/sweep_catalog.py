@@ -146,7 +146,9 @@ def describe_sweep(folder: Path, now: float | None = None) -> SweepInfo:
 
 def sweep_folders(root: Path) -> list[Path]:
     """The folders under ``<root>/sweeps`` that a sweep made (they hold its sweep.json or its
-    lock); a symbolic link there is not one (a sweep never makes one, nor follows one)."""
+    lock); a symbolic link there is not one (a sweep never makes one, nor follows one), nor is
+    a hidden folder: ``sweeps rm`` renames a sweep to one before deleting it, and one cut short
+    (Ctrl-C, a file it could not delete) still holds the sweep.json."""
     folder = sweeps_dir(root)
     if not folder.is_dir():
         return []
@@ -154,7 +156,9 @@ def sweep_folders(root: Path) -> list[Path]:
 
     found = []
     for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink() and ((entry / SWEEP_FILE).exists() or (entry / LOCK_FILE).exists()):
+        if entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir():
+            continue
+        if (entry / SWEEP_FILE).exists() or (entry / LOCK_FILE).exists():
             found.append(entry)
     return found
 

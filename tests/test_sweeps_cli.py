@@ -203,3 +203,16 @@ def test_show_json_stays_json_whatever_values_sweep_json_was_edited_to(root):
     record = json.loads(shown.stdout, parse_constant=refuse)
     [edited] = [r for r in record["runs"] if r["name"] == table["runs"][0]["name"]]
     assert edited["overrides"] == {"epochs": 2}
+
+
+def test_a_removal_cut_short_is_not_listed_as_a_sweep(root):
+    """sweeps rm renames a sweep to a hidden folder, then deletes it: cut short there (Ctrl-C,
+    a file it could not delete), the folder still holds sweep.json, and was listed as a sweep."""
+    root, sweep = root
+    shutil.copytree(sweep, sweep.with_name(f".{sweep.name}.removing-0123abcd"))
+    shutil.rmtree(sweep)
+    listed = invoke("sweeps", "--json", "--data-dir", root)
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == [], listed.output
+    shown = invoke("sweeps", "show", "--data-dir", root)
+    assert shown.exit_code == 1 and "no sweeps in" in shown.stderr
+    assert invoke("sweeps", "show", f".{sweep.name}", "--data-dir", root).exit_code == 1
