@@ -19,6 +19,7 @@ from pathlib import Path
 from spamtune import paths
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import read_json
+from spamtune.run_catalog import check_removable as check_run_removable
 from spamtune.run_catalog import is_in_use, size_and_mtime
 from spamtune.sweep import SWEEP_FILE, SWEEP_FORMAT, SweepResult, sweeps_dir
 
@@ -205,10 +206,13 @@ def find_sweep(sweep: str | None, root: Path) -> Path:
     return sweeps_dir(root) / matches[0]
 
 
-def check_removable(folder: Path) -> None:
+def check_removable(folder: Path, root: Path) -> None:
     """Refuse a folder that holds anything but a sweep's: its sweep.json, hidden files (its lock,
     temporaries) and run folders. ``sweeps rm`` deletes the whole folder, and an ``--out``
-    folder given by path may be anyone's. A symbolic link is only unlinked, so it is not checked."""
+    folder given by path may be anyone's: outside ``<root>/sweeps`` each run folder must hold
+    nothing but what a run holds, as ``runs rm`` asks of a run given by path (one file a run
+    writes, a ``config.json``, is in any Hugging Face model folder too). A symbolic link is only
+    unlinked, so it is not checked."""
     from spamtune.sweep import started_run
 
     if folder.is_symlink():
@@ -226,9 +230,13 @@ def check_removable(folder: Path) -> None:
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise SpamtuneError(f"{folder} holds {shown}, which is not a run of the sweep, so it is not removed; delete it by hand if it really is to go")
+    if os.path.realpath(folder.parent) != os.path.realpath(sweeps_dir(root)):
+        for name in entries:
+            if not name.startswith(".") and name != SWEEP_FILE:
+                check_run_removable(folder / name, root)
 
 
-def remove_sweep(folder: Path) -> None:
+def remove_sweep(folder: Path, root: Path) -> None:
     """Delete a sweep folder and its runs. Refused while a sweep runs in it or a process trains
     one of its runs (a ``finetune --resume`` of it); both are held, as the sweep and training hold
     them, until the folder is renamed to a hidden name (atomic), so that nothing starts in it
@@ -248,7 +256,7 @@ def remove_sweep(folder: Path) -> None:
         except OSError as exc:
             raise SpamtuneError(f"cannot remove {folder}: {exc.strerror or exc}") from None
         return
-    check_removable(folder)
+    check_removable(folder, root)
     unlocked = []  # finished runs, which have no lock file and must be left with none
     with ExitStack() as held:
         try:

@@ -216,3 +216,21 @@ def test_a_removal_cut_short_is_not_listed_as_a_sweep(root):
     shown = invoke("sweeps", "show", "--data-dir", root)
     assert shown.exit_code == 1 and "no sweeps in" in shown.stderr
     assert invoke("sweeps", "show", f".{sweep.name}", "--data-dir", root).exit_code == 1
+
+
+def test_rm_of_a_folder_elsewhere_asks_its_runs_to_be_runs_only(root, tmp_path):
+    """A sweep.json copied beside Hugging Face model folders (each with a config.json, a file a
+    run writes) made the folder a sweep to remove, models and all."""
+    root, sweep = root
+    models = tmp_path / "models"
+    (models / "bert").mkdir(parents=True)
+    shutil.copy(sweep / SWEEP_FILE, models / SWEEP_FILE)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (models / "bert" / name).write_text("{}")
+    refused = invoke("sweeps", "rm", models, "--yes", "--data-dir", root)
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1, refused.output
+    assert "holds tokenizer.json" in refused.stderr and (models / "bert" / "tokenizer.json").is_file()
+    moved = tmp_path / "moved-sweep"  # a real sweep moved out of the data root still goes
+    shutil.move(sweep, moved)
+    removed = invoke("sweeps", "rm", moved, "--yes", "--data-dir", root)
+    assert removed.exit_code == 0 and not moved.exists(), removed.output

@@ -145,7 +145,7 @@ def remove_sweeps(
         found.setdefault(os.path.realpath(folder), folder)  # one sweep named twice is removed once
     folders = list(found.values())
     for folder in folders:  # all checked before anything is removed
-        sweep_catalog.check_removable(folder)
+        sweep_catalog.check_removable(folder, root)
     if not yes:
         if not (sys.stdin is not None and sys.stdin.isatty()):
             raise SpamtuneUsageError("refusing to remove sweeps without --yes: stdin is not a terminal to ask on")
@@ -161,7 +161,7 @@ def remove_sweeps(
     for folder in folders:
         if not folder.is_symlink():  # a link is removed alone: the runs it points to stay
             bases |= {(base_of(run_dir) or {}).get("sha256") for run_dir in folder.iterdir() if run_dir.is_dir()} - {None}
-        sweep_catalog.remove_sweep(folder)
+        sweep_catalog.remove_sweep(folder, root)
         typer.echo(common.one_line(str(folder)))
     note_bases_left_unused(root, bases)
 
