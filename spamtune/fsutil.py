@@ -279,6 +279,15 @@ def atomic_write_json(final: str | Path, obj) -> Path:
 MAX_JSON_BYTES = 16 << 20
 
 
+def expand_user(path: str | Path) -> Path:
+    """``path`` with a leading ``~`` or ``~name`` expanded; one error naming it where there is no
+    such home folder (pathlib raises a RuntimeError, an unexpected error to the CLI)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise SpamtuneError(f"cannot expand {str(path)!r}: no home folder for {str(path).split('/')[0]}") from None
+
+
 def read_json(path: str | Path, what: str = "file") -> dict:
     """The JSON value in ``path``, or one error naming it: missing, not a regular file (a pipe
     would block the read, /dev/zero would fill the memory), larger than ``MAX_JSON_BYTES``, or

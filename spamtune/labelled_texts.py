@@ -41,6 +41,7 @@ import pandas as pd
 from spamtune import paths
 from spamtune.data import MAX_TEXT_CHARS
 from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
+from spamtune.fsutil import expand_user
 from spamtune.lines import normalise_line_ends
 from spamtune.mail import Unreadable, extract
 from spamtune.mail_sources import MailSource, iter_messages, parse_source
@@ -135,7 +136,7 @@ def resolve_input(root: Path, input_file: str | Path | None) -> Path:
     if str(input_file) == STDIN:
         return Path(STDIN)
     # Expanded here as --data-dir and mail sources are: the shell leaves the "~" of --input=~/x.csv.
-    path = Path(input_file).expanduser()
+    path = expand_user(input_file)
     if not path.exists():
         raise SpamtuneError(f"input file not found: {path.absolute()}")
     if not is_input_file(path):
@@ -155,7 +156,7 @@ def input_name(path: Path) -> str:
 
 def mail_inputs(inputs: list[str]) -> list[str]:
     """The inputs that name mail sources: ``LABEL=PATH`` and not an existing file or pipe."""
-    return [str(spec) for spec in inputs if "=" in str(spec) and not is_input_file(Path(spec).expanduser())]
+    return [str(spec) for spec in inputs if "=" in str(spec) and not is_input_file(expand_user(spec))]
 
 
 def read_input(

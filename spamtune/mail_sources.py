@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from spamtune.errors import SpamtuneError, SpamtuneUsageError, SpamtuneWarning
+from spamtune.fsutil import expand_user
 from spamtune.mail import MAX_MESSAGE_BYTES, Unreadable, header_value
 
 _READ_BLOCK = 1 << 16
@@ -39,7 +40,7 @@ def parse_source(spec: str) -> MailSource:
         raise SpamtuneUsageError(f"a mail source is LABEL=PATH (e.g. spam=~/Mail/Junk), not {spec!r}")
     if not label.isprintable():  # a tab or line break in a label would split predict's output lines
         raise SpamtuneUsageError(f"a mail source's label is printable text on one line, not {label!r}")
-    return MailSource(label, Path(path).expanduser())
+    return MailSource(label, expand_user(path))
 
 
 def iter_messages(path: str | Path, max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[str, bytes | Unreadable]]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
+from spamtune.fsutil import expand_user
 from spamtune.runs import RESUME_DIR, RUN_FILES, is_classifier_dir, is_finished, weights_file
 
 ENV_HOME = "SPAMTUNE_HOME"
@@ -62,10 +63,7 @@ def data_root_source(override: str | Path | None = None) -> str:
 
 def absolute(path: str | Path) -> Path:
     """``path`` with ``~`` expanded, made absolute (not resolved: a link in it stays one)."""
-    try:
-        return Path(path).expanduser().absolute()
-    except RuntimeError:  # ~name of no user, or ~ with no home folder known
-        raise SpamtuneError(f"cannot expand {str(path)!r}: no home folder for {str(path).split('/')[0]}") from None
+    return expand_user(path).absolute()
 
 
 def sms_file(root: Path) -> Path:

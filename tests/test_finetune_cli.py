@@ -369,3 +369,9 @@ def test_a_damaged_metrics_line_stops_a_resume_with_one_line_naming_it(root, mon
     metrics.write_text(good)
     resumed = finetune(root, "--resume")
     assert resumed.exit_code == 0, resumed.stderr
+
+
+def test_a_config_under_the_home_of_no_user_is_one_line(tmp_path):
+    result = finetune(tmp_path, "--config", "~no-such-user-spamtune/hparams.json")
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert "no home folder for ~no-such-user-spamtune" in result.stderr and "unexpected" not in result.stderr

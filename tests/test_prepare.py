@@ -1115,3 +1115,11 @@ def test_a_prepare_killed_among_its_renames_leaves_splits_no_reader_takes(tmp_pa
     assert run_prepare("--input", new, "--data-dir", out).exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
     assert load_training_data(out, 64, None).labels == {"x": 0, "y": 1}
+
+
+def test_an_input_under_the_home_of_no_user_is_one_line(tmp_path):
+    """pathlib raises a RuntimeError for ~name of no user: an unexpected error, not this line."""
+    for spec in ("~no-such-user-spamtune/mails.csv", "spam=~no-such-user-spamtune/Junk"):
+        result = run_prepare("--input", spec, "--data-dir", tmp_path)
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+        assert "no home folder for ~no-such-user-spamtune" in result.stderr and "unexpected" not in result.stderr

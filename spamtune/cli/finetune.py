@@ -164,9 +164,9 @@ def _settings_from(config: str, root: Path) -> tuple[Path, dict]:
     """The FinetuneOptions fields of a run's hparams.json (a file, a run folder or a run's name),
     and that file; the data root is not among them: it follows --data-dir / $SPAMTUNE_HOME as always."""
     from spamtune import paths, runs
-    from spamtune.fsutil import read_json
+    from spamtune.fsutil import expand_user, read_json
 
-    path = Path(config).expanduser()
+    path = expand_user(config)
     if not path.exists() or path.is_dir():  # a file, even one that is no regular file, is read as the file
         path = paths.resolve_run(config, root) / runs.HPARAMS_FILE
     hparams = read_json(path.absolute(), "run hyperparameters")
