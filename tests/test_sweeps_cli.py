@@ -179,6 +179,10 @@ def test_rm_of_a_link_to_a_sweep_removes_the_link_alone(root, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert (kept / SWEEP_FILE).is_file()
     assert [p for p in kept.rglob(runs.LOCK_FILE) if p.parent != kept] == []  # its finished runs left unlocked
+    link.symlink_to(kept, target_is_directory=True)
+    both = invoke("sweeps", "rm", link, kept, "--yes", "--data-dir", root)  # the link and the sweep: both go
+    assert both.exit_code == 0 and both.stdout.splitlines() == [str(link), str(kept)], both.output
+    assert not link.is_symlink() and not kept.exists()
 
 
 def test_a_path_under_the_home_of_no_user_is_one_line(tmp_path):

@@ -142,7 +142,10 @@ def remove_sweeps(
     found: dict[str, Path] = {}
     for sweep in sweeps:
         folder = sweep_catalog.find_sweep(sweep, root)
-        found.setdefault(os.path.realpath(folder), folder)  # one sweep named twice is removed once
+        # One sweep named twice is removed once; a link to a sweep is removed alone, so it is
+        # not the sweep it points to, which may be named beside it.
+        key = os.path.join(os.path.realpath(folder.parent), folder.name) if folder.is_symlink() else os.path.realpath(folder)
+        found.setdefault(key, folder)
     folders = list(found.values())
     for folder in folders:  # all checked before anything is removed
         sweep_catalog.check_removable(folder, root)
