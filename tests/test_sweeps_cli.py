@@ -173,6 +173,13 @@ def test_rm_of_a_link_to_a_sweep_removes_the_link_alone(root, tmp_path):
     shutil.move(sweep, kept)
     link = tmp_path / "link"
     link.symlink_to(kept, target_is_directory=True)
+    from spamtune.cli import sweeps as sweeps_cli
+
+    with pytest.MonkeyPatch.context() as patch:  # asked on a terminal: what goes, and what is freed
+        patch.setattr(sweeps_cli, "_stdin_is_terminal", lambda: True)
+        asked = invoke("sweeps", "rm", link, "--data-dir", root, input="n\n")
+    assert asked.exit_code == 1 and link.is_symlink() and "nothing removed" in asked.stderr
+    assert f"a symbolic link to {kept}: the link alone is removed" in asked.stderr and "(0 B)?" in asked.stderr
     removed = invoke("sweeps", "rm", link, "--yes", "--data-dir", root)
     assert removed.exit_code == 0, removed.output
     assert removed.stdout.splitlines() == [str(link)] and not link.is_symlink() and not link.exists()

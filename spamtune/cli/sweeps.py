@@ -26,6 +26,10 @@ SHOW_FIELDS = ("name", "status", "validation_accuracy", "validation_loss", "test
 SWEEP_ARGUMENT_HELP = "A sweep's name (under <data root>/sweeps/, or a unique start of it), or a sweep folder's path."
 
 
+def _stdin_is_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
 def _print_listing(infos, console) -> None:
     """The sweeps as a table that fits a terminal's 80 columns with a default sweep's name and a
     best run of three options: sizes and ages are in the TSV and JSON, the total below."""
@@ -150,13 +154,17 @@ def remove_sweeps(
     for folder in folders:  # all checked before anything is removed
         sweep_catalog.check_removable(folder, root)
     if not yes:
-        if not (sys.stdin is not None and sys.stdin.isatty()):
+        if not _stdin_is_terminal():
             raise SpamtuneUsageError("refusing to remove sweeps without --yes: stdin is not a terminal to ask on")
-        infos = [sweep_catalog.describe_sweep(folder) for folder in folders]
-        for info in infos:
+        freed = 0
+        for folder in folders:
+            if folder.is_symlink():  # what it points to stays: nothing of it is freed
+                print(f"  {common.one_line(str(folder))}  (a symbolic link to {common.one_line(os.readlink(folder))}: the link alone is removed)", file=sys.stderr)
+                continue
+            info = sweep_catalog.describe_sweep(folder)
+            freed += info.size_bytes
             print(f"  {common.one_line(info.path)}  ({info.status}, {info.runs} runs, {human_size(info.size_bytes)})", file=sys.stderr)
-        total = human_size(sum(info.size_bytes for info in infos))
-        question = f"Remove {'this sweep' if len(infos) == 1 else f'these {len(infos)} sweeps'} and their runs ({total})?"
+        question = f"Remove {'this sweep' if len(folders) == 1 else f'these {len(folders)} sweeps'} and their runs ({human_size(freed)})?"
         if not typer.confirm(question, default=False, err=True):
             print("nothing removed", file=sys.stderr)
             raise typer.Exit(1)
