@@ -57,8 +57,9 @@ from spamtune.mail_html import visible_text
 # something it never saw. Raised whenever a message's text changes: 2 reads the HTML version of
 # ``multipart/alternative`` unless the plain one says the same, and attached text bodies; 3 drops
 # HTML text hidden by inline styles and reads images' alt text; 4 also drops text hidden by the
-# rules of ``<style>`` sheets and text of the colour of its background.
-READING_VERSION = 4
+# rules of ``<style>`` sheets and text of the colour of its background; 5 drops the document's
+# <title> and what browsers show nothing of (datalists, noembed, noframes).
+READING_VERSION = 5
 
 # Enough for any real text part (long HTML newsletters run to a few hundred KB); the rest of a
 # larger message is attachments, which the text skips anyway.

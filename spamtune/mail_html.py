@@ -1,10 +1,11 @@
 """The text a mail client shows of an HTML part (``visible_text``; ``spamtune.mail`` reads HTML
 parts through it).
 
-HTML goes through a real parser (``html.parser``): scripts, styles, templates and comments are
-dropped, entities decoded, the text of links kept, block elements separate words, an image reads
-as its ``alt`` text (mail clients block remote images and show that text in their place) and a
-tag or comment left open at the end is dropped with what follows it.
+HTML goes through a real parser (``html.parser``): scripts, styles, templates, comments, the
+title, datalists and the fallbacks of embeds and frames are dropped, entities decoded, the text
+of links kept, block elements separate words, an image reads as its ``alt`` text (mail clients
+block remote images and show that text in their place) and a tag or comment left open at the
+end is dropped with what follows it.
 
 Text that a reader does not see is dropped too: that of elements hidden by the inline means mail
 clients honour, the spammer's way to bury a pitch in innocent words no one reads. An element
@@ -85,9 +86,15 @@ from spamtune.mail_css import (
     parse_stylesheet,
 )
 
-# Elements whose content is never shown: scripts, styles, and templates (inert until a script
-# uses them).
-_SKIPPED_ELEMENTS = frozenset({"script", "style", "template"})
+# Elements whose content is never shown: scripts, styles, templates (inert until a script uses
+# them), the document's title (a browser's tab or window name, which a mail client does not
+# show: a newsletter's read as a word glued to the body's first, "NewsletterDear"), and what
+# browsers render as nothing: a datalist's options, and the fallbacks for embeds and frames.
+_SKIPPED_ELEMENTS = frozenset({"script", "style", "template", "title", "datalist", "noembed", "noframes"})
+# Of those, the ones whose content browsers read as text to their own end tag, tags and all, as
+# html.parser reads scripts and styles: "<p><title>salad</p>more salad</title>" is one title,
+# not a title that "</p>" closes before "more salad" shows.
+_TEXT_CONTENT_ELEMENTS = ("script", "style", "title", "noembed", "noframes")
 # Elements that separate words: "<p>a</p><p>b</p>" reads "a b", while "<b>Fr</b>ee" stays "Free".
 _BREAKING_ELEMENTS = frozenset(
     "address article aside blockquote br dd div dl dt fieldset figcaption figure footer form h1 h2 h3 h4 h5 h6 "
@@ -645,6 +652,8 @@ class VisibleText(HTMLParser):
     it implicitly closes, without walking the stack, so each tag costs the same at any depth.
     """
 
+    CDATA_CONTENT_ELEMENTS = _TEXT_CONTENT_ELEMENTS
+
     def __init__(self, sheet: Stylesheet | None = None) -> None:
         super().__init__(convert_charrefs=True)
         self.matcher = SelectorMatcher(sheet) if sheet is not None and sheet.count else None
@@ -909,6 +918,8 @@ class _StyleSheets(HTMLParser):
     """Collects the text of a document's ``<style>`` elements that apply (``texts``), in order:
     wherever they stand, as mail clients that honour them apply them, but not inside a
     ``<template>`` (inert) nor with a ``media`` attribute that no screen matches."""
+
+    CDATA_CONTENT_ELEMENTS = _TEXT_CONTENT_ELEMENTS  # a "<style>" in a title is the title's text
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

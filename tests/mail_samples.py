@@ -357,7 +357,7 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "plain": (PLAIN, "Lunch tomorrow? Are we still on for lunch? Ann", False),
     "alternative": (ALTERNATIVE, "Your order Your order has shipped.", False),
     "alternative_empty_plain": (ALTERNATIVE_EMPTY_PLAIN, "Newsletter News Big sale", False),
-    "html_only": (HTML_ONLY, "You won! ignored? Claim your free prize now… Café & bar €5 line break", False),
+    "html_only": (HTML_ONLY, "You won! Claim your free prize now… Café & bar €5 line break", False),
     "html_in_related": (HTML_IN_RELATED, "Offer Cheap pills", False),
     "alternative_pitch_in_html": (ALTERNATIVE_PITCH_IN_HTML, "hi Cheap pills, no prescription: order now", False),
     "alternative_same_words": (ALTERNATIVE_SAME_WORDS, " ".join(f"Minutes {MINUTES_PLAIN}".split()), False),

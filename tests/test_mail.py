@@ -134,6 +134,12 @@ def test_html_rules():
         ('<div style="width:0;overflow:hidden">salad</div>pitch', "pitch"),
         ('<div hidden>salad</div>pitch', "pitch"),
         ("<template><p>salad</p></template>pitch", "pitch"),
+        # The title names a browser's tab, which a mail client does not show; nor do browsers show
+        # datalists or the fallbacks of embeds and frames. A title's content is text to its end tag.
+        ("<head><title>Newsletter</title></head><body>pitch</body>", "pitch"),
+        ("<p><title>salad</p>more salad</title>pitch", "pitch"),
+        ("<datalist><option>salad</option></datalist>pitch", "pitch"),
+        ("<noembed>salad</noembed>pitch<noframes>salad</noframes>", "pitch"),
         # Hidden text that takes no room joins the words around it, as on the screen.
         ('W<span style="font-size:0">salad</span>IN', "WIN"),
         ('V<div style="display:none">salad</div>iagra', "Viagra"),
