@@ -58,7 +58,8 @@ from spamtune.mail_html import visible_text
 # ``multipart/alternative`` unless the plain one says the same, and attached text bodies; 3 drops
 # HTML text hidden by inline styles and reads images' alt text; 4 also drops text hidden by the
 # rules of ``<style>`` sheets and text of the colour of its background; 5 drops the document's
-# <title> and what browsers show nothing of (datalists, noembed, noframes).
+# <title> and what browsers show nothing of (datalists, noembed, noframes), and all the characters
+# that renderers draw as nothing (variation selectors, tag characters, ...).
 READING_VERSION = 5
 
 # Enough for any real text part (long HTML newsletters run to a few hundred KB); the rest of a
@@ -226,8 +227,17 @@ _SURROGATES = re.compile(f"[{_SURROGATE_CHARS}]")
 
 # Characters a mail reader does not show (zero-width spaces and joiners, the soft hyphen, direction
 # marks, the byte-order mark): put between the letters of "WIN" they leave it "WIN" on the screen,
-# but gave the model tokens unlike any word it was trained on. They are dropped.
-_INVISIBLE_CHARS = "\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff"
+# but gave the model tokens unlike any word it was trained on. They are dropped. So are the other
+# characters that Unicode says take no room and renderers draw as nothing (its default-ignorable
+# ones but for the Hangul fillers, which fonts draw as a blank): the combining grapheme joiner,
+# the Arabic letter mark (a direction mark too), the Khmer inherent vowels, Mongolian variation
+# selectors, variation selectors (U+FE00-FE0F and the supplement's), the musical formatting
+# characters and the tag characters (U+E0000-E007F), all of which "W\U000e0041IN" and the like
+# once left inside the word.
+_INVISIBLE_CHARS = (
+    "\u00ad\u034f\u061c\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "\ufe00-\ufe0f\ufeff\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
+)
 
 # Letters and digits in forms that a reader shows as plain ones: full width ("ＦＲＥＥ"),
 # mathematical alphanumerics ("𝐅𝐑𝐄𝐄"), ligatures ("ﬁ"), circled and squared ones ("Ⓕ", "🄵").

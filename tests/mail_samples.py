@@ -265,7 +265,7 @@ SURROGATE_CHARSET = b"Subject: s\nContent-Type: text/plain; charset=unicode-esca
 # Characters a mail reader does not show, between the letters of words the reader shows whole.
 INVISIBLE_CHARACTERS = _lf(
     "Subject: F\u200bR\u00adE\u2060E\nContent-Type: text/html; charset=utf-8\n\n"
-    "<p>W&#8203;I\u200cN c\ufeffa\u200ds\u202eh</p>\n"
+    "<p>W&#8203;I\u200cN c\ufeffa\u200ds\u202eh n\u034fo\u061cw f\U000e0066r\ufe0fe\U000e0100e\U000e007f</p>\n"
 )
 
 # One 8-bit byte in a base64 part, in a charset whose codec raises on it even when told to replace.
@@ -400,7 +400,7 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "bad_base64_chars": (BAD_BASE64_CHARS, "noise hello world", True),
     "encoding_with_comment": (ENCODING_WITH_COMMENT, "offer Claim your free cruise now. Call = free.", False),
     "surrogate_charset": (SURROGATE_CHARSET, "s WIN \ufffd now", True),
-    "invisible_characters": (INVISIBLE_CHARACTERS, "FREE WIN cash", False),
+    "invisible_characters": (INVISIBLE_CHARACTERS, "FREE WIN cash now free", False),
     "base64_8bit_odd_charset": (BASE64_8BIT_ODD_CHARSET, "hello Claim your free cruise now.", True),
     "compatibility_letters": (COMPATIBILITY_LETTERS, "FREE money WIN now, final offer today", False),
     "malformed_header": (MALFORMED_HEADER, "fine This line is not a header From: x@example.org the body", True),
