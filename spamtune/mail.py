@@ -59,7 +59,8 @@ from spamtune.mail_html import visible_text
 # HTML text hidden by inline styles and reads images' alt text; 4 also drops text hidden by the
 # rules of ``<style>`` sheets and text of the colour of its background; 5 drops the document's
 # <title> and what browsers show nothing of (datalists, noembed, noframes), and all the characters
-# that renderers draw as nothing (variation selectors, tag characters, ...).
+# that renderers draw as nothing (variation selectors, tag characters, ...), and parts every block
+# element (<center>, <details>, ...) from the words around it.
 READING_VERSION = 5
 
 # Enough for any real text part (long HTML newsletters run to a few hundred KB); the rest of a

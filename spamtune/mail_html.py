@@ -96,9 +96,12 @@ _SKIPPED_ELEMENTS = frozenset({"script", "style", "template", "title", "datalist
 # not a title that "</p>" closes before "more salad" shows.
 _TEXT_CONTENT_ELEMENTS = ("script", "style", "title", "noembed", "noframes")
 # Elements that separate words: "<p>a</p><p>b</p>" reads "a b", while "<b>Fr</b>ee" stays "Free".
+# Every element browsers lay out as a block is one: "Hello<center>WIN</center>now", common in
+# newsletters, read "HelloWINnow".
 _BREAKING_ELEMENTS = frozenset(
-    "address article aside blockquote br dd div dl dt fieldset figcaption figure footer form h1 h2 h3 h4 h5 h6 "
-    "header hr img input li main nav ol option p pre section select table tbody td tfoot th thead tr ul".split()
+    "address article aside blockquote br caption center dd details dialog dir div dl dt fieldset figcaption "
+    "figure footer form h1 h2 h3 h4 h5 h6 header hgroup hr img input legend li listing main menu nav ol option "
+    "p plaintext pre search section select summary table tbody td tfoot th thead tr ul xmp".split()
 )
 # Elements that have no content and no end tag: never open.
 _VOID_ELEMENTS = frozenset(

@@ -104,6 +104,9 @@ def test_versions_in_odd_charsets_never_raise(charset):
 
 def test_html_rules():
     assert html_to_text("<p>a</p><p>b</p>") == "a b"
+    # Every element laid out as a block separates words, <center> of newsletters among them.
+    assert html_to_text("Hello<center>WIN</center>now") == "Hello WIN now"
+    assert html_to_text("<details open><summary>Order</summary>shipped</details>") == "Order shipped"
     assert html_to_text("<b>Fr</b>ee <a href='http://x'>link text</a>") == "Free link text"
     assert html_to_text("x<!-- hidden -->y<script>never</script>z<style>.a{}</style>") == "xyz"
     assert html_to_text("&lt;tag&gt; &amp;&#x41;&copy;") == "<tag> &A©"
