@@ -60,7 +60,8 @@ from spamtune.mail_html import visible_text
 # rules of ``<style>`` sheets and text of the colour of its background; 5 drops the document's
 # <title> and what browsers show nothing of (datalists, noembed, noframes), and all the characters
 # that renderers draw as nothing (variation selectors, tag characters, ...), and parts every block
-# element (<center>, <details>, ...) from the words around it.
+# element (<center>, <details>, ...) from the words around it, and reads base64 on past padding
+# in its middle.
 READING_VERSION = 5
 
 # Enough for any real text part (long HTML newsletters run to a few hundred KB); the rest of a
@@ -560,15 +561,22 @@ def _lenient_base64(payload: str) -> bytes:
     """Base64 decoded as far as it goes: stray characters dropped, a cut-off last group kept in part.
 
     The standard library hands back the undecoded text when base64 is truncated; the start of the
-    message is worth more to the model than a page of base64 letters.
+    message is worth more to the model than a page of base64 letters. Padding in the middle (a
+    mailer that encodes each line apart, ``SGk=`` then ``Q2xhaW0=``) ends a group, not the text:
+    decoders that read group by group show what follows, and reading up to the first ``=`` only
+    let a sender put the pitch after a harmless ``Hi``.
     """
-    letters = _NOT_BASE64.sub("", payload.split("=", 1)[0])
-    usable = len(letters) - (len(letters) % 4 == 1)  # one lone letter carries no whole byte
-    letters = letters[:usable]
-    return base64.b64decode(letters + "=" * (-len(letters) % 4))
+    decoded = []
+    for run in _PADDING.split(_NOT_BASE64.sub("", payload)):
+        usable = len(run) - (len(run) % 4 == 1)  # one lone letter carries no whole byte
+        run = run[:usable]
+        if run:
+            decoded.append(base64.b64decode(run + "=" * (-len(run) % 4)))
+    return b"".join(decoded)
 
 
-_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
+_PADDING = re.compile(r"=+")
 
 
 def _children(part: Message) -> Iterator[Message]:

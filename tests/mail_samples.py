@@ -245,6 +245,12 @@ TRUNCATED_BASE64 = (
     + b"\n"
 )
 
+# Base64 encoded line by line, each with its padding: decoders that read group by group show it all.
+BASE64_PADDED_MIDWAY = (
+    b"Subject: hi\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\n"
+    + base64.b64encode(b"Hi") + b"\n" + base64.b64encode(b" claim your prize") + b"\n"
+)
+
 BAD_BASE64_CHARS = (
     b"Subject: noise\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\n"
     + b"aGVsbG8g!!d29ybGQ=\n"
@@ -397,6 +403,7 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "eight_bit_header_latin1": (EIGHT_BIT_HEADER_LATIN1, "Grüße hallo", True),
     "nested_rfc822": (NESTED_RFC822, "Fwd: deal See the forwarded mail. Great deal Buy now!", False),
     "truncated_base64": (TRUNCATED_BASE64, "cut hello there, frien", True),
+    "base64_padded_midway": (BASE64_PADDED_MIDWAY, "hi Hi claim your prize", True),
     "bad_base64_chars": (BAD_BASE64_CHARS, "noise hello world", True),
     "encoding_with_comment": (ENCODING_WITH_COMMENT, "offer Claim your free cruise now. Call = free.", False),
     "surrogate_charset": (SURROGATE_CHARSET, "s WIN \ufffd now", True),
