@@ -60,8 +60,8 @@ from spamtune.mail_html import visible_text
 # rules of ``<style>`` sheets and text of the colour of its background; 5 drops the document's
 # <title> and what browsers show nothing of (datalists, noembed, noframes), and all the characters
 # that renderers draw as nothing (variation selectors, tag characters, ...), and parts every block
-# element (<center>, <details>, ...) from the words around it, and reads base64 on past padding
-# in its middle.
+# element (<center>, <details>, ...) from the words around it, reads base64 on past padding in
+# its middle and takes "= " at the end of a quoted-printable line for a soft break.
 READING_VERSION = 5
 
 # Enough for any real text part (long HTML newsletters run to a few hundred KB); the rest of a
@@ -485,13 +485,15 @@ class _TextWalker:
         encoding = _transfer_encoding(part)
         if encoding == "base64":
             payload = self._base64(_encoded_payload(part))
+        elif encoding == "quoted-printable":
+            # Decoded here, not by the standard library: it decodes only a header that is the bare
+            # name (not "quoted-printable (x)"), and keeps the blanks that transport adds at the
+            # end of a line, which RFC 2045 has decoders delete: "V= " then a line break is a soft
+            # break to mail clients, and read "V= iagra".
+            sent = _sent_bytes(part)
+            payload = None if sent is None else quopri.decodestring(_TRAILING_BLANKS.sub(b"", sent))
         else:
-            # The standard library decodes only a header that is the bare name: with a comment
-            # ("quoted-printable (x)") it hands back the bytes as they stand, to be decoded here.
             payload = part.get_payload(decode=True)
-            if encoding == "quoted-printable" and isinstance(payload, bytes):
-                if str(part.get("content-transfer-encoding", "")).strip().lower() != encoding:
-                    payload = quopri.decodestring(payload)
         if payload is None:  # a payload that is not a string (a mislabelled multipart)
             self.problems.append("text part without text")
             return ""
@@ -541,6 +543,23 @@ def _encoded_payload(part: Message):
         return part.get_payload()
     except (UnicodeError, ValueError):
         return part._payload  # as the parser stored it (the standard library's generator reads it so too)
+
+
+def _sent_bytes(part: Message) -> bytes | None:
+    """The part's body as sent, still transfer-encoded, as bytes (None for a payload that is not
+    text: a mislabelled multipart). 8-bit bytes, kept by the parser as surrogates, come back as
+    they were; a message built from text gives its characters as the standard library does."""
+    payload = part._payload  # get_payload() would read 8-bit bytes in the charset first, losing them
+    if not isinstance(payload, str):
+        return None
+    try:
+        return payload.encode("ascii", "surrogateescape")
+    except UnicodeError:
+        return payload.encode("raw-unicode-escape")
+
+
+# Blanks at the end of a line (before its break, or at the end of the body).
+_TRAILING_BLANKS = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
 
 
 def _transfer_encoding(part: Message) -> str:

@@ -251,6 +251,12 @@ BASE64_PADDED_MIDWAY = (
     + base64.b64encode(b"Hi") + b"\n" + base64.b64encode(b" claim your prize") + b"\n"
 )
 
+# Soft line breaks with the blanks transport adds after the "=": decoders delete them (RFC 2045).
+QP_BLANKS_AFTER_SOFT_BREAK = (
+    b"Subject: s\nContent-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n\n"
+    b"cheap V= \niagra, W=\t\r\nIN=20now   \n"
+)
+
 BAD_BASE64_CHARS = (
     b"Subject: noise\nContent-Type: text/plain\nContent-Transfer-Encoding: base64\n\n"
     + b"aGVsbG8g!!d29ybGQ=\n"
@@ -404,6 +410,7 @@ SAMPLES: dict[str, tuple[bytes, str, bool]] = {
     "nested_rfc822": (NESTED_RFC822, "Fwd: deal See the forwarded mail. Great deal Buy now!", False),
     "truncated_base64": (TRUNCATED_BASE64, "cut hello there, frien", True),
     "base64_padded_midway": (BASE64_PADDED_MIDWAY, "hi Hi claim your prize", True),
+    "qp_blanks_after_soft_break": (QP_BLANKS_AFTER_SOFT_BREAK, "s cheap Viagra, WIN now", False),
     "bad_base64_chars": (BAD_BASE64_CHARS, "noise hello world", True),
     "encoding_with_comment": (ENCODING_WITH_COMMENT, "offer Claim your free cruise now. Call = free.", False),
     "surrogate_charset": (SURROGATE_CHARSET, "s WIN \ufffd now", True),
