@@ -94,7 +94,8 @@ _SKIPPED_ELEMENTS = frozenset({"script", "style", "template", "title", "datalist
 # Of those, the ones whose content browsers read as text to their own end tag, tags and all, as
 # html.parser reads scripts and styles: "<p><title>salad</p>more salad</title>" is one title,
 # not a title that "</p>" closes before "more salad" shows.
-_TEXT_CONTENT_ELEMENTS = ("script", "style", "title", "noembed", "noframes")
+# (Added to html.parser's own, which newer Pythons extend.)
+_TEXT_CONTENT_ELEMENTS = tuple(dict.fromkeys((*HTMLParser.CDATA_CONTENT_ELEMENTS, "title", "noembed", "noframes")))
 # Elements that separate words: "<p>a</p><p>b</p>" reads "a b", while "<b>Fr</b>ee" stays "Free".
 # Every element browsers lay out as a block is one: "Hello<center>WIN</center>now", common in
 # newsletters, read "HelloWINnow".
