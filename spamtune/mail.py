@@ -200,6 +200,10 @@ def extract(raw: bytes | Message | Unreadable, max_bytes: int = MAX_MESSAGE_BYTE
     # not damage (past MAX_PARTS the message is marked damaged anyway).
     if truncated or stopped_at is not None:
         problems = tuple(p for p in problems if p not in _CUT_DEFECTS)
+    if truncated and header_block_end(data) is None:
+        # Header lines padded past the part read leave no Subject or body to read: an empty text
+        # judged as harmless would let a sender hide any pitch behind a megabyte of headers.
+        problems += (_HEADERS_PAST_THE_CUT,)
     return MailText(text, bool(problems), truncated, problems, tuple(ctype for ctype, _ in walker.attachments))
 
 
@@ -211,6 +215,8 @@ def _raw_text(raw: bytes) -> str:
     body = raw if end is None else raw[end:]
     return (header_value(raw, "subject") or "") + " " + _decode_without_charset(body)
 
+
+_HEADERS_PAST_THE_CUT = "header block longer than the part read"
 
 # What cutting a message short makes the parser report about its last part.
 _CUT_DEFECTS = {"CloseBoundaryNotFoundDefect", "InvalidBase64PaddingDefect", "InvalidBase64LengthDefect",

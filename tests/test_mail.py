@@ -429,6 +429,15 @@ def _big_attachment_message(size: int) -> bytes:
     return head + line * (size // len(line)) + b"--m--\n"
 
 
+def test_headers_padded_past_the_part_read_make_the_message_damaged():
+    pitch = b"Subject: WIN a prize\n\nClaim your cash now"
+    line = b"X-Padding: yyyy\n"  # 16 bytes: the cut falls between two header lines, no defect there
+    result = extract(line * (MAX_MESSAGE_BYTES // len(line)) + pitch)
+    assert result.truncated and result.text == "" and result.damaged
+    assert result.problems == ("header block longer than the part read",)
+    assert not extract(b"X-Pad: y\n" * 1000 + pitch).damaged  # padding within the MiB read: read whole
+
+
 def test_a_20_mb_attachment_is_cut_not_parsed_in_full():
     raw = _big_attachment_message(20 << 20)
     result, seconds, peak = _measured(extract, raw)
