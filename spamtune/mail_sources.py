@@ -135,6 +135,8 @@ def _maildir_unique(name: str) -> str:
 def _maildir_renamed(box: Path, unique: str) -> str | None:
     """Where the message named ``unique`` is now (``cur/...`` or ``new/...``), or None."""
     for sub in ("cur", "new"):
+        if (box / sub).is_symlink():  # not listed either (_sorted_names)
+            continue
         try:
             with os.scandir(box / sub) as entries:
                 for entry in entries:
@@ -146,7 +148,8 @@ def _maildir_renamed(box: Path, unique: str) -> str | None:
 
 
 def _sorted_names(folder: Path) -> list[str]:
-    if not folder.is_dir():
+    # A link in place of cur/ or new/ leads anywhere, as a linked file would: skipped like one.
+    if folder.is_symlink() or not folder.is_dir():
         return []
     try:
         with os.scandir(folder) as entries:

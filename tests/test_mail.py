@@ -594,6 +594,17 @@ def test_folder_tree_in_path_order_without_links_or_hidden_files(tmp_path):
     assert items[1][1] == SAMPLES["crlf_plain"][0]
 
 
+def test_a_maildir_folder_that_is_a_link_is_skipped_as_a_linked_file_is(tmp_path):
+    elsewhere = tmp_path / "secret"
+    _write(elsewhere / "1.host", SAMPLES["plain"][0])
+    box = tmp_path / "INBOX"
+    _write(box / "new" / "2.host", SAMPLES["crlf_plain"][0])
+    (box / "tmp").mkdir()
+    (box / "cur").symlink_to(elsewhere, target_is_directory=True)
+    assert [i for i, _ in iter_messages(box)] == ["new/2.host"]
+    assert [i for i, _ in iter_messages(tmp_path / "INBOX" / "..")] == ["INBOX/new/2.host", "secret/1.host"]
+
+
 def test_a_file_that_cannot_be_read_has_its_place_and_the_read_goes_on(tmp_path):
     """A message file replaced by a folder between the listing and the read (as a permission
     error would): it comes as Unreadable in its place, and the messages after it still come."""
