@@ -245,3 +245,18 @@ def test_rm_of_a_folder_elsewhere_asks_its_runs_to_be_runs_only(root, tmp_path):
     shutil.move(sweep, moved)
     removed = invoke("sweeps", "rm", moved, "--yes", "--data-dir", root)
     assert removed.exit_code == 0 and not moved.exists(), removed.output
+
+
+def test_a_failed_run_is_counted_and_shown_with_why_it_failed(root):
+    root, sweep = root
+    table = json.loads((sweep / SWEEP_FILE).read_text())
+    failed = table["runs"][1]
+    failed.update(status="failed", error="training loss became nan at step 3", validation_loss=None, validation_accuracy=None)
+    (sweep / SWEEP_FILE).write_text(json.dumps(table))
+    [info] = json.loads(invoke("sweeps", "--json", "--data-dir", root).stdout)
+    assert (info["done"], info["failed"], info["status"], info["best"]) == (1, 1, "finished", table["runs"][0]["name"])
+    lines = invoke("sweeps", "show", sweep).stdout.splitlines()
+    rows = [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
+    assert [(r["name"], r["status"], r["error"]) for r in rows] == [
+        (table["runs"][0]["name"], "done", ""), (failed["name"], "failed", "training loss became nan at step 3"),
+    ]

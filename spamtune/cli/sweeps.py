@@ -21,7 +21,7 @@ from spamtune.errors import SpamtuneUsageError
 TSV_FIELDS = ("name", "status", "runs", "done", "failed", "best", "best_validation_loss", "best_test_accuracy", "size_bytes", "modified")
 STATUS_STYLE = {"finished": "green", "interrupted": "yellow", "running": "cyan", "damaged": "red"}
 # The fields of one run in ``sweeps show``'s TSV (a row of sweep.json, its options flattened).
-SHOW_FIELDS = ("name", "status", "validation_accuracy", "validation_loss", "test_accuracy", "test_loss", "wall_time_s", "run")
+SHOW_FIELDS = ("name", "status", "validation_accuracy", "validation_loss", "test_accuracy", "test_loss", "wall_time_s", "run", "error")
 
 SWEEP_ARGUMENT_HELP = "A sweep's name (under <data root>/sweeps/, or a unique start of it), or a sweep folder's path."
 
