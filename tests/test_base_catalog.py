@@ -270,3 +270,11 @@ def test_a_run_in_progress_keeps_its_base_from_its_first_step(tmp_path):
     assert seen == [([[run_dir]], [])]
     (stored,) = list_bases(root)
     assert stored.users == [run_dir] and stored.path.is_file()
+
+
+def test_ls_says_when_bases_is_no_folder(tmp_path):
+    root = write_tiny_data(tmp_path)
+    (root / "bases").write_text("")  # a file where the folder goes: nothing listed, and why
+    listed = bases(root, "ls", "-q")
+    assert (listed.exit_code, listed.stdout) == (0, "")
+    assert listed.stderr == f"WARNING: {root / 'bases'} is not a folder, so no base can be stored there: runs make theirs again at each use; move it away\n"

@@ -65,6 +65,9 @@ def ls(
         typer.echo("\t".join(map(common.tsv_field, [base.sha256[:12], human_size(base.nbytes), row["describe"], used, row["path"]])))
     total = sum(base.nbytes for base in stored)
     common.note(f"{len(stored)} base(s), {human_size(total)} in {paths.bases_dir(root)}")
+    folder = paths.bases_dir(root)
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():  # none stored, and none can be
+        common.warn(f"{folder} is not a folder, so no base can be stored there: runs make theirs again at each use; move it away")
     for folder in folders_in_the_way(root):  # the runs on that base make it again at each use
         common.warn(f"not a base: {how_to_clear(folder)}")
 
