@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,6 +36,8 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_TEXTS = 256
 DEFAULT_MAX_EXPLAIN_TEXTS = 8
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+# The limits of GET /v1/model that size the client's requests: each, when given, a positive count.
+LIMITS = ("max_texts", "max_explain_texts", "max_body_bytes", "max_mail_bytes")
 
 
 API_KEY_RULE = "the API key must be printable ASCII, with no space at either end (it travels in an HTTP header)"
@@ -112,12 +115,15 @@ class SpamtuneClient:
         """The run being served: name, labels, positive label, threshold, limits (cached)."""
         if self._info is None:
             info = self._request("GET", "/v1/model")
-            labels = info.get("labels")
+            labels, limits = info.get("labels"), info.get("limits", {})
             # What every caller reads: another JSON service at this URL answers without them. A
             # label is printable text, as `prepare` makes it: callers write labels to terminals.
+            # The limits size every request: read unchecked, a list or a string there failed
+            # the caller with an unexpected AttributeError or ValueError.
             if (
                 not isinstance(labels, list) or info.get("positive_label") not in labels
                 or not all(isinstance(label, str) and label.isprintable() for label in labels)
+                or not isinstance(limits, dict) or not all(_is_count(limits.get(name, 1)) for name in LIMITS)
             ):  # fmt: skip
                 raise SpamtuneError(f"the service at {self.url} sent a malformed answer (is it `spamtune serve`?)")
             self._info = info
@@ -127,6 +133,9 @@ class SpamtuneClient:
         """Verdicts for ``texts`` in order, sent in as many requests as the service's limits need;
         with ``explain``, ``ExplainedVerdict``s carrying ``predict --explain``'s spans."""
         verdicts: list[Verdict] = []
+        # As the service reads them (a JSON body cannot carry them in UTF-8): as U+FFFD, one
+        # character for one, so that an explanation's spans are spans of the text sent.
+        texts = [well_formed(text) for text in texts]
         info = self.model()  # read already: the requests are sized by its limits
         labels = info["labels"]
         max_texts = int(info.get("limits", {}).get("max_explain_texts", DEFAULT_MAX_EXPLAIN_TEXTS)) if explain else None
@@ -157,14 +166,14 @@ class SpamtuneClient:
         query = "?" + urllib.parse.urlencode(parameters) if parameters else ""
         answer = self._request("POST", "/v1/classify/mail" + query, raw, content_type="message/rfc822")
         try:
-            p_spam, damaged = float(answer["p_spam"]), answer.get("damaged", False)
+            p_spam, damaged = _probability(answer["p_spam"]), answer.get("damaged", False)
             if answer["label"] not in self.model()["labels"] or not isinstance(damaged, bool):
                 raise ValueError("a label the run does not have, or damage that is no boolean")
             explanation = None
             if explain:
                 explanation = Explanation.from_answer(answer["text"], p_spam, answer["explanation"], answer["window"])
             return MailVerdict(
-                answer["label"], p_spam, float(answer["threshold"]), str(answer["run"]), dict(answer["headers"]),
+                answer["label"], p_spam, _probability(answer["threshold"]), str(answer["run"]), dict(answer["headers"]),
                 damaged, explanation,
             )  # fmt: skip
         except (KeyError, TypeError, ValueError):
@@ -234,18 +243,41 @@ class SpamtuneClient:
 
 def _verdict(text: str, result: dict, explain: bool) -> Verdict:
     """One result of ``/v1/classify`` for ``text``; a ValueError (or KeyError, TypeError) if malformed."""
-    p_spam = float(result["p_spam"])
+    p_spam = _probability(result["p_spam"])
     if not explain:
         return Verdict(result["label"], p_spam)
     explanation = Explanation.from_answer(text, p_spam, result["explanation"], result["window"])
     return ExplainedVerdict(result["label"], p_spam, explanation)
 
 
+def _probability(value: Any) -> float:
+    """A JSON number in [0, 1] (a p_spam, a threshold), else a ValueError: a NaN, a string, ``true``
+    or an integer too large for a float went into the output and a mail's headers as they came."""
+    # Compared before any conversion: NaN fails the comparison, and float(10**400) would overflow.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError("not a probability")
+    return float(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(text: str) -> str:
+    """``text`` with each lone surrogate (JSON's ``"\\ud800"``, a byte that is no UTF-8 read with
+    surrogateescape) as U+FFFD: what the tokenizer reads it as, and what predict reads for bytes
+    that are not UTF-8. One character for one, so offsets still hold."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def _error_line(exc: urllib.error.HTTPError) -> str:
     """The service's one-line reason (``{"error": ...}``) and the status."""
     try:
         message = json.loads(exc.read()).get("error")
-    except (ValueError, AttributeError, OSError):
+    except (ValueError, AttributeError, OSError, http.client.HTTPException):  # the last: a body cut short
         message = None
     return f"{message or exc.reason} (HTTP {exc.code})"
 

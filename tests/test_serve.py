@@ -220,6 +220,21 @@ def test_a_lone_surrogate_reads_as_a_replacement_character(service, clf):
         assert result["p_spam"] == pytest.approx(clf.predict("WIN \ud800 prize").probability, abs=1e-6)
 
 
+def test_the_client_sends_a_lone_surrogate_as_the_service_reads_it(service, clf):
+    """A Python caller's text may hold half a surrogate pair (a file name or bytes read with
+    surrogateescape): the client sent it as UTF-8, which cannot hold one, and raised a
+    UnicodeEncodeError rather than classify it as the service reads it, as U+FFFD."""
+    from spamtune.client import SpamtuneClient
+
+    client = SpamtuneClient(service)
+    (verdict,) = client.classify(["WIN \udcff prize"])
+    assert verdict.p_spam == pytest.approx(clf.predict("WIN \ufffd prize").probability, abs=1e-6)
+    (explained,) = client.classify(["WIN \udcff prize"], explain=True)
+    expected = clf.explain("WIN \ufffd prize").top(3)
+    spans = [(s["text"], s["start"], s["end"]) for s in explained.explanation.top(3)]
+    assert "\ufffd" in {text for text, _, _ in spans} and spans == [(s["text"], s["start"], s["end"]) for s in expected]
+
+
 def test_concurrent_requests_get_their_own_answers(service, clf):
     """Many clients at once, single texts and lists mixed: each gets the answers for its own texts."""
     texts = varied_messages(240)
@@ -1452,6 +1467,18 @@ def answering(answers: dict[str, dict]):
         # predict --mail prints a mail verdict's label too
         {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"}, "/v1/classify": {"results": [{"label": "[2J", "p_spam": 0.5}]},
          "/v1/classify/mail": {"label": "\x1b[2J", "p_spam": 0.5, "threshold": 0.5, "run": "r", "headers": {}}},
+        # limits that are no positive counts: the client sized its requests by them and failed with
+        # 'unexpected AttributeError' (or ValueError, TypeError)
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam", "limits": [1]}},
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam", "limits": {"max_texts": "abc"}}},
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam", "limits": {"max_texts": None}}},
+        # a p_spam that is no probability went into the output, and into the mail's header, as it came
+        *({"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"},
+           "/v1/classify": {"results": [{"label": "ham", "p_spam": p_spam}]},
+           "/v1/classify/mail": {"label": "ham", "p_spam": p_spam, "threshold": 0.5, "run": "r", "headers": {}}}
+          for p_spam in (float("nan"), -3, 1.5, "0.5", True, 10**400)),
+        {"/v1/model": {"labels": ["ham", "spam"], "positive_label": "spam"},  # the filter's header said threshold=inf
+         "/v1/classify/mail": {"label": "ham", "p_spam": 0.5, "threshold": float("inf"), "run": "r", "headers": {}}},
     ],
 )
 def test_a_malformed_answer_is_one_line(answers):
@@ -1503,6 +1530,12 @@ def test_a_redirect_or_a_broken_answer_is_one_line_and_the_key_stays_home():
             "(HTTP 307): give the service's own URL (redirects are not followed: the API key would go along)\n"
         )
         assert elsewhere.requests == []
+        # A refusal whose body is cut short: its reason unread, the status says it (not 'unexpected IncompleteRead').
+        service.add("/v1/model", b'{"error": "the service is shutting down"}', status=503, script=["drop"])
+        result = CliRunner().invoke(cli_app, ["predict", "--server", service.base_url, "hi"])
+        assert result.exit_code == 1 and result.stderr == (
+            f"Error: the service at {service.base_url} refused the request: Service Unavailable (HTTP 503)\n"
+        )
         service.add("/v1/model", model, script=["drop"])  # half the body, then the connection closed
         result = CliRunner().invoke(cli_app, ["predict", "--server", service.base_url, "hi"])
         assert result.exit_code == 1 and result.stderr == (

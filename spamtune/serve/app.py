@@ -11,7 +11,6 @@ import asyncio
 import hmac
 import ipaddress
 import json
-import re
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -32,6 +31,7 @@ from starlette.requests import ClientDisconnect
 
 from spamtune import __version__
 from spamtune.calibration import threshold_refusal
+from spamtune.client import well_formed  # a lone surrogate, which no UTF-8 answer can carry back, as U+FFFD
 from spamtune.serve import verdicts
 from spamtune.serve.batcher import DynamicBatcher, ServiceStopping
 from spamtune.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -736,7 +736,7 @@ def parse_classify_request(
     if "text" in data:
         if not isinstance(data["text"], str):
             raise ApiError(422, f'"text" must be a string, not {_json_type(data["text"])}')
-        return [_well_formed(data["text"])], True, threshold, explain
+        return [well_formed(data["text"])], True, threshold, explain
     texts = data["texts"]
     if not isinstance(texts, list):
         raise ApiError(422, f'"texts" must be a list of strings, not {_json_type(texts)}')
@@ -748,17 +748,7 @@ def parse_classify_request(
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ApiError(422, f'"texts" must hold strings only; item {i} is {_json_type(text)}')
-    return [_well_formed(text) for text in texts], False, threshold, explain
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _well_formed(text: str) -> str:
-    """``text`` with each lone surrogate (JSON's ``"\\ud800"``, which no UTF-8 answer can
-    carry back in an explanation) as U+FFFD: what the tokenizer reads it as, and what predict
-    reads for bytes that are not UTF-8. One character for one, so offsets still hold."""
-    return _LONE_SURROGATE.sub("\ufffd", text)
+    return [well_formed(text) for text in texts], False, threshold, explain
 
 
 def _json_type(value: Any) -> str:
