@@ -19,6 +19,7 @@ import http.client
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +37,11 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_TEXTS = 256
 DEFAULT_MAX_EXPLAIN_TEXTS = 8
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+# The largest answer read: a service's largest, an explained mail message with the text read of
+# it, is a few times its --max-mail-bytes. A server that streams without end (no spamtune) is
+# cut off there, rather than fill the memory.
+MAX_ANSWER_BYTES = 256 << 20
+MAX_ERROR_BYTES = 64 << 10  # a refusal is one line
 # The limits of GET /v1/model that size the client's requests: each, when given, a positive count.
 LIMITS = ("max_texts", "max_explain_texts", "max_body_bytes", "max_mail_bytes")
 
@@ -209,6 +215,30 @@ class SpamtuneClient:
         if part:
             yield part
 
+    def _read_answer(self, response, limit: int) -> bytes:
+        """The body of ``response``, within ``self.timeout`` seconds in all (not only between two
+        reads: a server that trickles a byte now and then held the client forever), and of at
+        most ``limit`` bytes; raises ``_TooLarge`` past it, ``TimeoutError`` past the time."""
+        deadline = time.monotonic() + self.timeout
+        payload = bytearray()
+        while chunk := response.read1(65536):  # read1: what one read gives, not a wait for all 64 KiB
+            payload += chunk
+            if len(payload) > limit:
+                raise _TooLarge
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the answer did not arrive within {self.timeout:g} s")
+        if getattr(response, "length", None):  # read1 ends quietly where read raised: cut short of its length
+            raise http.client.IncompleteRead(bytes(payload), response.length)
+        return bytes(payload)
+
+    def _error_line(self, exc: urllib.error.HTTPError) -> str:
+        """The service's one-line reason (``{"error": ...}``) and the status."""
+        try:
+            message = json.loads(self._read_answer(exc, MAX_ERROR_BYTES)).get("error")
+        except (ValueError, AttributeError, OSError, http.client.HTTPException, _TooLarge):  # a body cut short, or endless
+            message = None
+        return f"{message or exc.reason} (HTTP {exc.code})"
+
     def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json") -> dict:
         headers = {"Accept": "application/json", "User-Agent": "spamtune-client"}
         if body is not None:
@@ -218,7 +248,7 @@ class SpamtuneClient:
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
         try:
             with _OPENER.open(request, timeout=self.timeout) as response:
-                payload = response.read()
+                payload = self._read_answer(response, MAX_ANSWER_BYTES)
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:
                 location = exc.headers.get("Location", "")[:200]
@@ -226,12 +256,16 @@ class SpamtuneClient:
                     f"the service at {self.url} answered with a redirect to {location!r} (HTTP {exc.code}): give "
                     "the service's own URL (redirects are not followed: the API key would go along)"
                 ) from None
-            raise SpamtuneError(f"the service at {self.url} refused the request: {_error_line(exc)}") from None
+            raise SpamtuneError(f"the service at {self.url} refused the request: {self._error_line(exc)}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise SpamtuneError(f"cannot reach the service at {self.url}: {reason}") from None
         except http.client.HTTPException:  # no HTTP status line, or a body cut short of its length
             raise SpamtuneError(f"the service at {self.url} sent a malformed answer (is it `spamtune serve`?)") from None
+        except _TooLarge:
+            raise SpamtuneError(
+                f"the service at {self.url} sent an answer of over {MAX_ANSWER_BYTES:,} bytes (is it `spamtune serve`?)"
+            ) from None
         try:
             answer = json.loads(payload)
         except ValueError:
@@ -248,6 +282,10 @@ def _verdict(text: str, result: dict, explain: bool) -> Verdict:
         return Verdict(result["label"], p_spam)
     explanation = Explanation.from_answer(text, p_spam, result["explanation"], result["window"])
     return ExplainedVerdict(result["label"], p_spam, explanation)
+
+
+class _TooLarge(Exception):
+    """An answer past ``MAX_ANSWER_BYTES`` (an error's past ``MAX_ERROR_BYTES``)."""
 
 
 def _probability(value: Any) -> float:
@@ -271,15 +309,6 @@ def well_formed(text: str) -> str:
     surrogateescape) as U+FFFD: what the tokenizer reads it as, and what predict reads for bytes
     that are not UTF-8. One character for one, so offsets still hold."""
     return _LONE_SURROGATE.sub("\ufffd", text)
-
-
-def _error_line(exc: urllib.error.HTTPError) -> str:
-    """The service's one-line reason (``{"error": ...}``) and the status."""
-    try:
-        message = json.loads(exc.read()).get("error")
-    except (ValueError, AttributeError, OSError, http.client.HTTPException):  # the last: a body cut short
-        message = None
-    return f"{message or exc.reason} (HTTP {exc.code})"
 
 
 def client_from_env(url: str | None = None, api_key: str | None = None) -> SpamtuneClient:

@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from spamtune import __version__, checkpoint
 from spamtune.cli import app as cli_app
+from spamtune.errors import SpamtuneError
 from spamtune.infer import SpamClassifier
 from spamtune.long_messages import predict_long
 from spamtune.options import DEFAULT_LONG
@@ -1558,6 +1559,29 @@ def test_a_redirect_or_a_broken_answer_is_one_line_and_the_key_stays_home():
         result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"])
         thread.join(10)
     assert result.exit_code == 1 and result.stderr == f"Error: the service at {url} sent a malformed answer (is it `spamtune serve`?)\n"
+
+
+def test_an_endless_or_trickling_answer_ends_the_client_in_time(monkeypatch):
+    """A server that streams without end was read into memory until none was left, and one that
+    trickles a byte now and then (each read within the timeout) held the client forever."""
+    from loopback_server import LoopbackServer
+
+    from spamtune import client as client_module
+
+    monkeypatch.setattr(client_module, "MAX_ANSWER_BYTES", 1 << 20, raising=False)
+    model = json.dumps({"labels": ["ham", "spam"], "positive_label": "spam"}).encode()
+    with LoopbackServer() as service:
+        service.add("/v1/model", b"x" * 4096, stream_up_to=64 << 20)
+        with pytest.raises(SpamtuneError, match=r"sent an answer of over 1,048,576 bytes \(is it `spamtune serve`\?\)$"):
+            client_module.SpamtuneClient(service.base_url).model()
+        service.add("/v1/model", model + b" " * 100, pace=(2, 0.05))  # a read every 0.05 s, 3 s in all
+        started = time.monotonic()
+        with pytest.raises(SpamtuneError, match="the answer did not arrive within 1 s"):
+            client_module.SpamtuneClient(service.base_url, timeout=1).model()
+        assert time.monotonic() - started < 2.5
+        service.add("/v1/model", b'{"error": "no"}' + b" " * 200_000, status=503)  # a refusal is read in part
+        with pytest.raises(SpamtuneError, match=r"refused the request: Service Unavailable \(HTTP 503\)$"):
+            client_module.SpamtuneClient(service.base_url).model()
 
 
 def test_client_errors_are_one_line(service, clf, tmp_path):
