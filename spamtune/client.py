@@ -103,7 +103,14 @@ class SpamtuneClient:
             parsed.port  # noqa: B018 - a port that is not a number raises here, not at the first request
         except ValueError:  # an unclosed [IPv6 address, a port out of range or not a number
             parsed = None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+        # The client adds its paths to the URL: a query or fragment in it took them in (a request
+        # for "/?x=1/v1/model", answered by the web page), "user:pass@" was read as part of the
+        # host name, and a space or control character failed in http.client, each reported as
+        # a malformed answer or an unknown host rather than as the URL it is.
+        if (
+            parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc
+            or any(c in url for c in "?#@") or not all("!" <= c <= "~" for c in url)
+        ):  # fmt: skip
             raise SpamtuneError(f"not a service URL: {url!r} (expected http://HOST:PORT)")
         if api_key and not is_valid_api_key(api_key):
             raise SpamtuneError(API_KEY_RULE)

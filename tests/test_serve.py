@@ -1587,7 +1587,8 @@ def test_an_endless_or_trickling_answer_ends_the_client_in_time(monkeypatch):
 def test_client_errors_are_one_line(service, clf, tmp_path):
     result = CliRunner().invoke(cli_app, ["predict", "--server", "http://127.0.0.1:9", "hi"])
     assert result.exit_code == 1 and "cannot reach the service at http://127.0.0.1:9" in result.stderr
-    for url in ("http://[::1", "http://127.0.0.1:abc", "http://127.0.0.1:99999"):
+    for url in ("http://[::1", "http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://127.0.0.1:9?x=1", "http://127.0.0.1:9#top",
+                "http://user:secret@127.0.0.1:9", "http://127.0.0.1:9/a b", "http://127.0.0.1:9/\r\nX-Injected: 1"):
         result = CliRunner().invoke(cli_app, ["predict", "--server", url, "hi"])
         assert result.exit_code == 1 and result.stderr == f"Error: not a service URL: {url!r} (expected http://HOST:PORT)\n"
     for key in ("ключ-ключ-ключ-ключ", "line\nbreak"):
