@@ -1200,6 +1200,25 @@ def test_loopback_detection():
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.5", "example.org", ""]))
 
 
+def test_a_loopback_name_that_resolves_elsewhere_needs_a_key(monkeypatch):
+    """``localhost.localdomain`` (and any of the names taken for loopback) is what the resolver
+    says it is: where /etc/hosts or DNS maps it to another address, the keyless service listened
+    there, reachable from other machines. The addresses it binds are checked, not its name."""
+    import spamtune.serve.server as server
+
+    def load(*args, **kwargs):
+        raise AssertionError("the run was loaded")
+
+    resolve = socket.getaddrinfo
+    monkeypatch.setattr(SpamClassifier, "load", load)
+    monkeypatch.setattr(server.socket, "getaddrinfo", lambda host, port, *a, **k: resolve("0.0.0.0", port, *a, **k))
+    monkeypatch.delenv("SPAMTUNE_API_KEY", raising=False)
+    result = CliRunner().invoke(cli_app, ["serve", "--host", "localhost.localdomain", "--port", "0"])
+    assert result.exit_code == 2 and result.stderr.startswith(
+        "Error: --host localhost.localdomain resolves to 0.0.0.0, which makes the service reachable from other machines"
+    ) and result.stderr.count("\n") == 1
+
+
 def test_a_taken_port_or_a_wrong_host_fails_before_the_run_loads(random_run, monkeypatch):
     """The port is taken before the run loads (seconds for gpt2-small, minutes for a large one):
     a taken port, an address this machine does not have or a host that does not resolve is one

@@ -108,6 +108,16 @@ def serve(
         sockets = listening_sockets(host, port)
     except OSError as exc:
         raise SpamtuneError(listen_failure(host, port, exc)) from None
+    # A name is taken for loopback above, but the resolver decides where it points: /etc/hosts
+    # or DNS may map localhost.localdomain to an address other machines reach.
+    exposed = [sock.getsockname()[0] for sock in sockets if not is_loopback(sock.getsockname()[0])]
+    if exposed and api_key is None:
+        for sock in sockets:
+            sock.close()
+        raise SpamtuneUsageError(
+            f"--host {host} resolves to {exposed[0]}, which makes the service reachable from other machines: "
+            "give an API key with SPAMTUNE_API_KEY (or --api-key)"
+        )
 
     def load() -> SpamClassifier:
         # few_shapes: the service's passes meet a bounded set of batch shapes, so its memory
