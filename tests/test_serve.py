@@ -1219,6 +1219,21 @@ def test_a_loopback_name_that_resolves_elsewhere_needs_a_key(monkeypatch):
     ) and result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("origin", ["https://app.example/", "null", "app.example", "https://app.example/path", "ftp://app.example"])
+def test_cors_takes_origins_only(origin, monkeypatch):
+    """An Origin header is compared with each --cors whole: "https://app.example/" never matched
+    (the page meant was refused), and "null" let any sandboxed page of any site read answers."""
+    def load(*args, **kwargs):
+        raise AssertionError("the run was loaded")
+
+    monkeypatch.setattr(SpamClassifier, "load", load)
+    result = CliRunner().invoke(cli_app, ["serve", "--port", "0", "--cors", "https://ok.example:8443", "--cors", origin])
+    assert result.exit_code == 2 and result.stderr == (
+        f"Error: --cors {origin!r} is not an origin: give it as a browser sends it, scheme://host[:port] with no path "
+        "(e.g. https://app.example)\n"
+    )
+
+
 def test_a_taken_port_or_a_wrong_host_fails_before_the_run_loads(random_run, monkeypatch):
     """The port is taken before the run loads (seconds for gpt2-small, minutes for a large one):
     a taken port, an address this machine does not have or a host that does not resolve is one

@@ -590,6 +590,12 @@ def _is_loopback_name(host: str) -> bool:
         return False
 
 
+def is_origin(value: str) -> bool:
+    """Whether ``value`` is an origin as browsers send it in ``Origin`` (``https://app.example``,
+    ``http://127.0.0.1:3000``): what ``--cors`` takes, and all an Origin header is compared with."""
+    return _origin_parts(value) is not None
+
+
 def _origin_parts(origin: str) -> tuple[str, str, str] | None:
     """``(scheme, host, port)`` of an Origin header, in the form ``_host_and_port`` gives, the
     scheme's default port filled in; None for ``null`` or anything that is no origin."""
