@@ -126,6 +126,22 @@ def test_pasted_mail_goes_to_the_mail_endpoint_and_shows_the_header(browser, ser
     _shot(page, "phone-mail")
 
 
+def test_an_opened_eml_file_is_sent_as_its_bytes(browser, service):
+    """A message in another charset than UTF-8 (8-bit Latin-1, as mail often is): read as UTF-8
+    text, its é became U+FFFD before the page sent it, and the service read mojibake where
+    `predict --mail` reads the file's own bytes. The page sends the file's bytes, while unedited."""
+    raw = (b"Subject: offre\nContent-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: 8bit\n\n"
+           b"Caf\xe9 gratuit, r\xe9pondez!\n")  # fmt: skip
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(service + "/")
+    page.wait_for_selector("#run:has-text('run rigged')")
+    page.set_input_files("#file", files=[{"name": "offre.eml", "mimeType": "message/rfc822", "buffer": raw}])
+    page.wait_for_selector("#headers-box:not([hidden])")
+    page.wait_for_selector("#explanation-box:not([hidden])")
+    assert page.text_content("#explanation") == "offre Café gratuit, répondez!"
+    assert page.text_content("#file-name") == "offre.eml"
+
+
 def test_explanations_are_highlighted_as_text_never_as_markup(browser, service):
     """When an answer carries explanation spans the page highlights them, writing them as text."""
     page = browser.new_page(viewport={"width": 1100, "height": 900})

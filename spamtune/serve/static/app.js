@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { apiKey: sessionStorage.getItem("spamtune-key") || "", positive: "spam" };
+// file: the opened file's bytes and the text shown of them, sent as the bytes while the text is
+// unedited: a message in another charset than UTF-8, read as UTF-8 text, lost its 8-bit characters.
+const state = { apiKey: sessionStorage.getItem("spamtune-key") || "", positive: "spam", file: null };
 
 // A pasted e-mail starts with header lines ("Name: value") before its first blank line.
 const MAIL_HEADERS = /^(?:[!-9;-~]+:[^\n]*\n(?:[ \t][^\n]*\n)*)+\r?\n/;
@@ -55,7 +57,8 @@ async function classify(event) {
   showError("");
   try {
     const response = asMail
-      ? await fetch("/v1/classify/mail?explain=true", { method: "POST", headers: headers({ "Content-Type": "message/rfc822" }), body: text })
+      ? await fetch("/v1/classify/mail?explain=true", { method: "POST", headers: headers({ "Content-Type": "message/rfc822" }),
+          body: state.file && state.file.text === text ? state.file.bytes : text })
       : await fetch("/v1/classify", { method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify({ text, explain: true }) });
     const answer = await response.json().catch(() => ({ error: `the service answered ${response.status}` }));
     if (response.status === 401) {
@@ -141,13 +144,16 @@ function loadFile(file) {
   if (!file) return;
   const reader = new FileReader();
   reader.onload = () => {
-    $("message").value = reader.result;
+    const bytes = new Uint8Array(reader.result);
+    $("message").value = new TextDecoder().decode(bytes);
+    // As the text area gives it back (line breaks normalized), to tell an edit from none.
+    state.file = { bytes, text: $("message").value };
     $("file-name").textContent = file.name;
-    $("as-mail").checked = /\.eml$/i.test(file.name) || looksLikeMail(reader.result);
+    $("as-mail").checked = /\.eml$/i.test(file.name) || looksLikeMail(state.file.text);
     classify();
   };
   reader.onerror = () => showError("Could not read that file.");
-  reader.readAsText(file);
+  reader.readAsArrayBuffer(file);
 }
 
 function setUp() {
@@ -158,6 +164,7 @@ function setUp() {
   $("message").addEventListener("input", () => {
     $("as-mail").checked = looksLikeMail($("message").value);
     $("file-name").textContent = "";
+    state.file = null;
   });
   $("file").addEventListener("change", (e) => loadFile(e.target.files[0]));
   const drop = $("drop");
