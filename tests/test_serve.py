@@ -1219,6 +1219,18 @@ def test_a_loopback_name_that_resolves_elsewhere_needs_a_key(monkeypatch):
     ) and result.stderr.count("\n") == 1
 
 
+def test_cors_values_are_taken_in_the_form_browsers_send():
+    """Browsers send an origin in lower case without its default port, and it is compared with
+    --cors's values string for string: HTTPS://App.Example passed the check and never matched."""
+    from spamtune.serve.app import browser_form
+
+    assert browser_form("HTTPS://App.Example") == "https://app.example"
+    assert browser_form("https://app.example:443") == "https://app.example"
+    assert browser_form("http://[::1]:80") == "http://[::1]"
+    assert browser_form("http://app.example:8080") == "http://app.example:8080"
+    assert browser_form("https://app.example:80") == "https://app.example:80"
+
+
 @pytest.mark.parametrize("origin", ["https://app.example/", "null", "app.example", "https://app.example/path", "ftp://app.example"])
 def test_cors_takes_origins_only(origin, monkeypatch):
     """An Origin header is compared with each --cors whole: "https://app.example/" never matched

@@ -100,7 +100,7 @@ def serve(
     except ImportError as exc:
         raise SpamtuneError(f"spamtune serve needs its extra: pip install 'spamtune[serve]' ({exc.name} is missing)") from None
     from spamtune.infer import SpamClassifier
-    from spamtune.serve.app import is_origin
+    from spamtune.serve.app import browser_form, is_origin
     from spamtune.threads import call_on_passing_thread
 
     # An Origin header is compared with each whole: "https://app.example/" (an address copied
@@ -112,6 +112,7 @@ def serve(
                 f"--cors {origin!r} is not an origin: give it as a browser sends it, scheme://host[:port] "
                 "with no path (e.g. https://app.example)"
             )
+    cors = [origin if origin == "*" else browser_form(origin) for origin in cors]
 
     # The port is taken before the run loads: a taken port or a wrong --host fails at once, not
     # after seconds (minutes for a large model) of loading and warming up.

@@ -596,6 +596,16 @@ def is_origin(value: str) -> bool:
     return _origin_parts(value) is not None
 
 
+def browser_form(origin: str) -> str:
+    """An origin as a browser writes it in ``Origin``, which is compared with ``--cors``'s values
+    string for string: scheme and host in lower case, no default port (``HTTPS://App.Example:443``
+    is ``https://app.example``)."""
+    origin = origin.strip().lower()
+    scheme = origin.partition("://")[0]
+    default = f":{_DEFAULT_PORTS.get(scheme)}"
+    return origin[: -len(default)] if origin.endswith(default) else origin
+
+
 def _origin_parts(origin: str) -> tuple[str, str, str] | None:
     """``(scheme, host, port)`` of an Origin header, in the form ``_host_and_port`` gives, the
     scheme's default port filled in; None for ``null`` or anything that is no origin."""
