@@ -187,6 +187,10 @@ def test_no_runs_yet(tmp_path, monkeypatch):
     empty = invoke("runs", "--data-dir", str(tmp_path))
     assert empty.exit_code == 0 and empty.stdout == ""
     assert f"no runs in {tmp_path / 'runs'} yet" in empty.stderr and "--data-dir DIR or set SPAMTUNE_HOME" in empty.stderr
+    (tmp_path / "sweeps" / "sweep-3f9a1c2b7d4e").mkdir(parents=True)  # runs there are a sweep's
+    (tmp_path / "sweeps" / "sweep-3f9a1c2b7d4e" / "sweep.json").write_text("{}")
+    pointed = invoke("runs", "--data-dir", str(tmp_path))
+    assert pointed.stderr == f"no runs in {tmp_path / 'runs'}; the runs of the sweeps here are listed by `spamtune sweeps`\n"
 
 
 def test_show_prints_summary_and_hparams(root, monkeypatch):

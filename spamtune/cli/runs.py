@@ -109,6 +109,10 @@ def list_runs(
     root = paths.data_root(data_dir)
     infos = run_catalog.list_runs(root)
     empty = f"no runs in {paths.runs_dir(root)} yet: `spamtune finetune` makes one; {paths.ELSEWHERE}"
+    from spamtune.sweep_catalog import sweep_folders
+
+    if sweep_folders(root):  # a sweep's runs live in its own folder, listed by `spamtune sweeps`
+        empty = f"no runs in {paths.runs_dir(root)}; the runs of the sweeps here are listed by `spamtune sweeps`"
     emit_listing(infos, as_json, TSV_FIELDS, _print_table, empty)
 
 
