@@ -26,8 +26,8 @@ from spamtune.device import Precision
 from spamtune.errors import SpamtuneError
 from spamtune.fsdp import shard_like, whole
 from spamtune.interrupts import interrupts_deferred
-from spamtune.model import GPTModel, is_integer, show_value
-from spamtune.runs import resume_file
+from spamtune.model import GPTModel, is_integer, is_real, show_value
+from spamtune.runs import EVALUATION_FIGURES, normalize_metrics_record, resume_file
 
 
 def trainable_weights(model: GPTModel, keep: bool = True) -> dict[str, torch.Tensor]:
@@ -148,16 +148,49 @@ def load_resume_state(
     return position, best_weights
 
 
+def _count(value) -> bool:
+    return is_integer(value) and value >= 0
+
+
+def _seconds(value) -> bool:
+    return is_real(value) and value >= 0
+
+
+# The loop position's fields besides its step (``train_run``'s ``checkpoint``), each with its
+# test and what that test asks for, as the error says it.
+_LOOP_FIELDS = (
+    ("epoch", _count, "a whole number of at least 0"),
+    ("steps_in_epoch", _count, "a whole number of at least 0"),
+    ("examples_seen", _count, "a whole number of at least 0"),
+    ("evals_since_best", _count, "a whole number of at least 0"),
+    ("stopped_early", lambda v: isinstance(v, bool), "true or false"),
+    ("elapsed_s", _seconds, "a number of seconds"),
+    ("training_time_s", _seconds, "a number of seconds"),
+)
+# What a new evaluation is compared with, and what the summary reports of the best one.
+_BEST_FIGURES = ("epoch", *EVALUATION_FIGURES)
+
+
 def _check_state_layout(path: Path, tensors: dict[str, torch.Tensor], position, optimizer_count: int) -> None:
     """Refuse, in one line, a resume state that is not laid out as ``resume_writer`` lays it
     out (a damaged or hand-edited file): the loop position an object with the step it stands
-    at, the RNG state bytes, and optimizer state only for the parameters that train."""
+    at, its counters and the best evaluation so far of the right types, the RNG state bytes, and optimizer state only for the parameters that train."""
 
     def damaged(what: str) -> SpamtuneError:
         return SpamtuneError(f"cannot read the resume state {path}: {what}")
 
     if not isinstance(position, dict) or not is_integer(position.get("step")) or position["step"] < 0:
         raise damaged(f"its loop position {show_value(position)} does not say at which step training stands")
+    # The loop carries on from these: a wrong type would stop it with a bare TypeError or
+    # KeyError, or only at the end, in the comparison with the best evaluation so far.
+    for name, ok, wanted in _LOOP_FIELDS:
+        if name in position and not ok(position[name]):
+            raise damaged(f'its loop position\'s "{name}" is {show_value(position[name])}, not {wanted}')
+    best = position.get("best")
+    if best is not None:
+        best = normalize_metrics_record(best) if isinstance(best, dict) else best
+        if not (isinstance(best, dict) and is_integer(best.get("step")) and all(is_real(best.get(k)) for k in _BEST_FIGURES)):
+            raise damaged(f'its loop position\'s "best" is {show_value(position["best"])}, not an evaluation record with its step, epoch, losses and accuracies')
     rng = tensors.get("rng.torch")
     if rng is None or rng.dtype != torch.uint8:
         raise damaged("it holds no random number generator state ('rng.torch', bytes)")

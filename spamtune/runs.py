@@ -222,6 +222,9 @@ def remove_leftovers(run_dir: Path) -> None:
             remove_stale_temporaries(folder)
 
 
+# The figures of every evaluation record (``metrics.jsonl``'s lines, the best one kept in the
+# resume state), under summary.json's names.
+EVALUATION_FIGURES = ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy")
 # ``metrics.jsonl`` once used short names; runs written then are still read under today's,
 # which are those of ``summary.json``.
 _OLD_METRIC_NAMES = {"train_acc": "train_accuracy", "val_loss": "validation_loss", "val_acc": "validation_accuracy"}

@@ -482,6 +482,12 @@ def test_cli_resume_refuses_other_options_and_other_shapes(data_root):
         (lambda t, loop: t.update({"rng.torch": torch.zeros(3)}), "no random number generator state"),
         (lambda t, loop: loop.clear(), "its loop position {} does not say at which step"),
         (lambda t, loop: loop.update({"step": "5"}), "does not say at which step"),
+        # The rest of the loop position: a bare TypeError or KeyError, once at the very end.
+        (lambda t, loop: loop.update({"epoch": "x"}), 'its loop position\'s "epoch" is "x", not a whole number'),
+        (lambda t, loop: loop.update({"stopped_early": "no"}), '"stopped_early" is "no", not true or false'),
+        (lambda t, loop: loop.update({"elapsed_s": None}), '"elapsed_s" is null, not a number of seconds'),
+        (lambda t, loop: loop.update({"best": {"step": 3}}), 'its loop position\'s "best" is {"step": 3}, not an evaluation record'),
+        (lambda t, loop: loop["best"].pop("train_loss"), '"best" is {"step": 3'),
     ],
 )
 def test_a_damaged_resume_state_is_one_line(data_root, change, refusal):
