@@ -64,7 +64,7 @@ from spamtune.events import (
 from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_data, pad_width
 from spamtune.calibration import calibrate_and_store
 from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples
-from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters, is_integer
+from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters, is_integer, is_real
 from spamtune.options import (
     ADDED_OPTIONS, FOLDED_POOLINGS, LORA_OPTIONS, RESUMABLE_CHANGES, FinetuneOptions, as_typed, blamed_on_record, options_in_record,
     recorded_model, validate_options,
@@ -389,6 +389,8 @@ def check_metrics_kept(run: Run, start_over: str) -> None:
             f"put the file itself back, or {start_over}"
         )
     step = saved_step(run.run_dir)  # None: the resume state is damaged, which loading it reports
+    if mode is not None:
+        _check_records_complete(run, [r for r in runs.read_metrics(run.run_dir) if r["step"] <= (step or 0)], start_over)
     expected = evaluation_steps(run.steps_per_epoch, run.options.eval_every, step or 0)
     if not expected:
         return
@@ -408,6 +410,20 @@ def check_metrics_kept(run: Run, start_over: str) -> None:
         f"cannot resume {run.run_dir}: its metrics {path} {what}; the finished run's metrics and curves would be "
         f"incomplete: put the file back, or {start_over}"
     )
+
+
+def _check_records_complete(run: Run, records: list[dict], start_over: str) -> None:
+    """Refuse kept evaluation records that lack a figure the run's curves are drawn from (a
+    line edited by hand): the resumed run trained to its end, then stopped drawing them with an
+    unexpected KeyError, and a resume again stopped there again."""
+    for record in records:
+        lacking = [name for name in ("examples_seen", *runs.EVALUATION_FIGURES) if not is_real(record.get(name))]
+        if lacking:
+            raise SpamtuneError(
+                f"cannot resume {run.run_dir}: its metrics {run.run_dir / runs.METRICS_FILE} hold a record of step "
+                f"{record['step']} with no number for {', '.join(lacking)}; the finished run's curves could not be "
+                f"drawn: fix that line, or {start_over}"
+            )
 
 
 def evaluates_after(step: int, steps_per_epoch: int, eval_every: int | None) -> bool:

@@ -669,6 +669,12 @@ def test_a_resume_whose_metrics_lost_evaluations_is_refused(data_root, tmp_path)
         "one in the middle gone": (lambda: metrics.write_bytes(b"".join(kept.splitlines(keepends=True)[::2])), f"{refused}lacks 1 of the 3 evaluations up to step 6, where its resume state stands (step 4); "),
         "a link to a copy": (lambda: (metrics.unlink(), metrics.symlink_to(elsewhere)), f"{refused}is a symbolic link; "),
         "a folder": (lambda: (metrics.unlink(), metrics.mkdir()), f"{refused}is not a file; "),
+        # A record without a figure the curves are drawn from: the resume trained to the end, then
+        # stopped drawing them with an unexpected KeyError.
+        "a record without its losses": (
+            lambda: metrics.write_bytes(kept.replace(b'"train_loss"', b'"train_lost"', 1)),
+            f"{refused}hold a record of step 3 with no number for train_loss; ",
+        ),
         # A line cut short is no record: named as it always was ("fix or remove that line").
         "cut mid-line": (lambda: metrics.write_bytes(kept[:-20]), f"Error: {metrics}, line 3, is not an evaluation record"),
     }
