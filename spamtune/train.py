@@ -317,6 +317,10 @@ def resume_finetune(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SpamtuneError(f"no run folder {run_dir}")
+    if not (run_dir / runs.HPARAMS_FILE).is_file():
+        # Not a run (a folder of other things, a typo for another run): refused before the lock,
+        # whose file would be left in that folder.
+        runs.read_hparams(run_dir)
     world = World.current()
     with run_lock(world, run_dir):
         hparams = runs.read_hparams(run_dir)

@@ -695,6 +695,15 @@ def test_a_resume_whose_metrics_lost_evaluations_is_refused(data_root, tmp_path)
     assert [r["step"] for r in runs.read_metrics(run_dir)] == [3, 4, 6, 8]  # the schedule the check expects
 
 
+def test_resuming_a_folder_that_is_no_run_leaves_nothing_in_it(tmp_path):
+    """The refusal took the run's lock first, leaving a .lock file in the user's folder."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"jpeg")
+    assert_one_line_error(invoke("finetune", "--resume", "--run", str(folder)), f"run hyperparameters not found: {folder / runs.HPARAMS_FILE}", 1)
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.jpg"]
+
+
 def test_a_run_trains_in_one_process_at_a_time(data_root):
     run_dir = interrupted_run(data_root, "twice")
     with runs.lock_run_dir(run_dir):  # as a second `finetune --resume` of the same run holds it
