@@ -629,6 +629,10 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     try:
         if not resuming:
             checkpoint()  # an interrupted run is resumable from its first step
+            # Waited for: written behind, a failure of this one (a full disk) came out only at the
+            # next checkpoint, after metrics.jsonl was written, and a run with evaluations but no
+            # resume state is one that --resume refuses, though the error offered it.
+            writer.wait()
         cache = start_session(run, model, step, emit, world, base_sha256)
         model.train()
         session_examples, session_time = examples_seen, training_time

@@ -614,6 +614,31 @@ def test_a_full_disk_at_a_checkpoint_says_so_and_keeps_the_last_one(data_root, m
     assert steps[0] == 1 and summary["steps"] == 5
 
 
+def test_a_full_disk_at_the_first_checkpoint_leaves_a_run_its_resume_command_continues(data_root, monkeypatch):
+    """Written behind the steps, the first checkpoint's failure came out at the second, once
+    metrics.jsonl held an evaluation: the error offered --resume, which then refused a run with
+    evaluations and no resume state."""
+    real_save = checkpoint.save_file
+    saves = []
+
+    def disk_full_at_the_first_checkpoint(tensors, path, metadata=None):
+        saves.append(path)
+        if len(saves) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full_at_the_first_checkpoint)
+    run_dir = data_root / "runs" / "full-at-once"
+    result = invoke(*cli_args(data_root, "--out", str(run_dir), "--epochs", "1", "--eval-every", "2"))
+    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(f"continue with: spamtune finetune --resume --run {run_dir}")
+    assert len(saves) == 1 and not (run_dir / runs.METRICS_FILE).exists()  # stopped before training
+    monkeypatch.undo()
+    resumed = invoke("finetune", "--resume", "--run", str(run_dir))
+    assert resumed.exit_code == 0, resumed.stderr
+    assert runs.is_finished(run_dir)
+
+
 def test_a_write_cut_short_leaves_nothing_after_resume(data_root):
     """A kill during the final model write (or a checkpoint) leaves a temporary file; resuming
     the run removes it, so the finished folder holds exactly its files."""
