@@ -12,7 +12,6 @@ import json
 import math
 import os
 import secrets
-import shlex
 import shutil
 import stat
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from spamtune import paths, runs
 from spamtune.errors import SpamtuneError
 from spamtune.fsutil import read_json, read_small_file
+from spamtune.shell import shell_word
 from spamtune.sweep import sweeps_dir
 
 RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
@@ -183,7 +183,7 @@ def size_and_mtime(run_dir: Path) -> tuple[int, float]:
 
 
 def resume_command(run_dir: Path) -> str:
-    return f"spamtune finetune --resume --run {shlex.quote(str(run_dir))}"
+    return f"spamtune finetune --resume --run {shell_word(str(run_dir))}"
 
 
 def bases_root_of(run_dir: Path) -> Path:

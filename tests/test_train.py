@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -761,6 +763,29 @@ def test_paths_with_brackets_are_printed_as_they_are(data_root, monkeypatch):
     resumed = invoke("finetune", "--resume", str(run_dir))
     assert resumed.exit_code == 0, resumed.stderr
     assert f"run folder: {run_dir}\n" in resumed.stderr and resumed.stdout.splitlines()[-1] == str(run_dir)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the resume command is pasted into bash")
+def test_the_resume_command_of_a_run_named_with_a_newline_pastes_back_as_that_run(data_root, monkeypatch):
+    """Shown on one line, the newline of the shell-quoted path became the two characters \\n,
+    so the command pasted from the warning named a folder that did not exist."""
+    real_step = train.optimizer_step
+
+    def ctrl_c_at_step_2(*args, **kwargs):
+        if ctrl_c_at_step_2.calls == 1:
+            raise KeyboardInterrupt
+        ctrl_c_at_step_2.calls += 1
+        return real_step(*args, **kwargs)
+
+    ctrl_c_at_step_2.calls = 0
+    monkeypatch.setattr(train, "optimizer_step", ctrl_c_at_step_2)
+    run_dir = data_root / "runs" / "line\nbreak"
+    stopped = invoke(*cli_args(data_root, "--run", str(run_dir)))
+    assert stopped.exit_code == 130, stopped.stderr
+    warning = stopped.stderr.splitlines()[-1]
+    command = warning.split("continue with: ", 1)[1]
+    words = subprocess.run(["bash", "-c", 'printf "%s\\0" ' + command], capture_output=True, text=True, check=True).stdout
+    assert words.split("\0")[:-1] == ["spamtune", "finetune", "--resume", "--run", str(run_dir)]
 
 
 def test_the_cli_takes_its_defaults_from_the_options_dataclass(data_root, monkeypatch):

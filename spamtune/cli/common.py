@@ -37,6 +37,7 @@ import typer
 from spamtune import paths
 from spamtune.model_names import MODEL_NAMES
 from spamtune.options import LONG_MODES, trains_final_block_alone
+from spamtune.shell import is_control
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -167,12 +168,6 @@ def one_line(message: str) -> str:
     character in a value the user gave (a path with an escape sequence or a newline) is written
     as Python writes it in a string (``\\n``, ``\\x1b``), not acted on."""
     return message.translate(_ESCAPED)
-
-
-def is_control(c: str) -> bool:
-    """Whether a terminal would act on the character rather than show it: C0 and C1 controls
-    (escape sequences start with one) and the two Unicode line separators."""
-    return ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"
 
 
 # The lone surrogates: how Python reads the bytes of a file name that are no UTF-8 (``\xff`` is

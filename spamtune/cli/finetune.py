@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from spamtune.cli.process_end import work_done
 from spamtune.errors import SpamtuneError, SpamtuneUsageError
 from spamtune.interrupts import interrupted_status, sigterm_as_interrupt, tell_the_launcher_it_was_said
 from spamtune.options import LORA_OPTIONS, WEIGHT_SOURCES, FinetuneOptions, blamed_on_record, options_in_record
+from spamtune.shell import shell_word
 
 if TYPE_CHECKING:  # rich is imported when the command runs, not when the CLI starts
     from rich.console import Console
@@ -337,7 +337,7 @@ def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str]
         if "threshold" in c:
             console.print(
                 f"{fitted}, threshold {c['threshold']:g}; choose an operating point with: "
-                f"spamtune calibrate --run {common.one_line(shlex.quote(summary['run']))} --max-ham-loss 1%"
+                f"spamtune calibrate --run {shell_word(summary['run'])} --max-ham-loss 1%"
             )
         else:  # a run of more classes: no threshold decides it, and calibrate refuses it
             console.print(f"{fitted}; the run decides by the most probable class, with no threshold")
