@@ -21,8 +21,16 @@ def shell_word(text: str) -> str:
     such a path has its newline written ``\\n``, which names another folder."""
     if not any(is_control(c) for c in text):
         return shlex.quote(text)
-    escaped = "".join(
-        "\\" + c if c in "\\'" else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}") if is_control(c) else c
-        for c in text
-    )
-    return f"$'{escaped}'"
+    return "$'" + "".join(_escaped(c) for c in text) + "'"
+
+
+# As Python writes them in a string (``cli.common.one_line``), which bash's ``$'...'`` reads back.
+_NAMED_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "'": "\\'"}
+
+
+def _escaped(c: str) -> str:
+    if c in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[c]
+    if is_control(c):
+        return f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+    return c

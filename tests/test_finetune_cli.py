@@ -82,7 +82,8 @@ def test_a_run_named_with_control_characters_is_printed_escaped_on_one_line(root
     assert result.exit_code == 0, result.stderr
     shown = f"{root}/runs/run\\x1b]0;x\\x07\\nx"
     assert result.stdout == f"{shown}\n"
-    assert f"choose an operating point with: spamtune calibrate --run '{shown}' --max-ham-loss 1%\n" in result.stderr
+    # Spelt as bash's $'...', which reads the escapes back as the characters themselves.
+    assert f"choose an operating point with: spamtune calibrate --run $'{shown}' --max-ham-loss 1%\n" in result.stderr
     assert "\x1b" not in result.output and runs.is_finished(root / "runs" / "run\x1b]0;x\x07\nx")
 
 
