@@ -629,10 +629,6 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
     try:
         if not resuming:
             checkpoint()  # an interrupted run is resumable from its first step
-            # Waited for: written behind, a failure of this one (a full disk) came out only at the
-            # next checkpoint, after metrics.jsonl was written, and a run with evaluations but no
-            # resume state is one that --resume refuses, though the error offered it.
-            writer.wait()
         cache = start_session(run, model, step, emit, world, base_sha256)
         model.train()
         session_examples, session_time = examples_seen, training_time
@@ -681,6 +677,13 @@ def train_run(run: Run, on_event: Callable[[Event], None] | None = None) -> dict
                     evals_since_best += 1
                     stopped_early = bool(options.patience and evals_since_best >= options.patience)
                 records.append(record)
+                if len(records) == 1:
+                    # The first checkpoint, written behind the steps, is done by now: waited for
+                    # here, its failure (a full disk) stops the run before metrics.jsonl holds an
+                    # evaluation, as a run with evaluations but no resume state is one --resume
+                    # refuses, though the error would offer it. Waited for before the steps, it
+                    # would keep the cache build waiting on a 113 MB write for gpt2-small.
+                    writer.wait()
                 world.on_main(lambda: runs.write_metrics(run_dir, records), share=False)
                 checkpoint()
                 emit(Evaluated(record, improved))

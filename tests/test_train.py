@@ -634,7 +634,7 @@ def test_a_full_disk_at_the_first_checkpoint_leaves_a_run_its_resume_command_con
     result = invoke(*cli_args(data_root, "--out", str(run_dir), "--epochs", "1", "--eval-every", "2"))
     assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith(f"continue with: spamtune finetune --resume --run {run_dir}")
-    assert len(saves) == 1 and not (run_dir / runs.METRICS_FILE).exists()  # stopped before training
+    assert len(saves) == 1 and not (run_dir / runs.METRICS_FILE).exists()  # stopped before its first evaluation was kept
     monkeypatch.undo()
     resumed = invoke("finetune", "--resume", "--run", str(run_dir))
     assert resumed.exit_code == 0, resumed.stderr
