@@ -8,6 +8,7 @@ no code, so loading one cannot execute anything.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -74,9 +75,18 @@ def infer_config(shapes: dict[str, tuple[int, ...]]) -> GPTConfig:
     size with that width, else 64-dim heads as in every released GPT-2)."""
     if "wte.weight" not in shapes or "wpe.weight" not in shapes:
         raise SpamtuneError("file holds no GPT-2 embeddings (wte.weight / wpe.weight missing)")
+    # The file is anyone's: embeddings of another rank, or a block not numbered, are a wrong
+    # file to report, not shapes to unpack.
+    for key in ("wte.weight", "wpe.weight"):
+        if len(shapes[key]) != 2:
+            raise SpamtuneError(f"file holds no GPT-2 embeddings ('{key}' has shape {list(shapes[key])}, not 2-D)")
     vocab, dim = shapes["wte.weight"]
     context = shapes["wpe.weight"][0]
-    layers = 1 + max((int(k.split(".")[1]) for k in shapes if k.startswith("h.")), default=-1)
+    # A key like "h.x.ln_1.weight" is no block; check_hf_file reports it as unexpected.
+    blocks = (re.match(r"h\.(\d+)\.", key) for key in shapes)
+    layers = 1 + max((int(match.group(1)) for match in blocks if match), default=-1)
+    if layers == 0:
+        raise SpamtuneError("file holds no GPT-2 blocks (no h.0.* weights)")
     heads = next((c.n_heads for c in MODEL_SIZES.values() if c.emb_dim == dim), max(1, dim // 64))
     return GPTConfig(vocab_size=vocab, context_length=context, emb_dim=dim, n_layers=layers, n_heads=heads)
 
@@ -85,7 +95,10 @@ def check_hf_file(path: str | Path, cfg: GPTConfig) -> None:
     """Raise a one-line error unless the file holds exactly the weights ``cfg`` needs."""
     shapes = {k: v for k, v in read_hf_shapes(path).items() if not k.endswith(_SKIPPED_SUFFIXES)}
     shapes.pop("lm_head.weight", None)  # tied to wte; some exports save it anyway
-    found = infer_config(shapes)
+    try:
+        found = infer_config(shapes)
+    except SpamtuneError as exc:  # shapes no GPT-2 has (a width of 0 included): say which file
+        raise SpamtuneError(f"{path} is not a GPT-2 weights file: {exc}") from None
     if (found.emb_dim, found.n_layers, found.vocab_size, found.context_length) != (
         cfg.emb_dim,
         cfg.n_layers,

@@ -20,9 +20,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import file_download as hf_file_download
 from huggingface_hub.utils import _http as hf_http
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from conftest import write_hf_gpt2
@@ -918,6 +920,25 @@ def test_model_import_from_file(tmp_path, root, tiny_weights):
     assert not paths.imported_weights_file(root, "gpt2-medium").exists()
     with pytest.raises(SpamtuneError, match="weights file not found"):
         import_model(root, "gpt2", tmp_path / "missing.safetensors", config=TINY)
+
+
+@pytest.mark.parametrize(
+    "tensors, expected",
+    [
+        ({"wte.weight": (4,), "wpe.weight": (2, 4)}, r"'wte.weight' has shape \[4\], not 2-D"),
+        ({"wte.weight": (4, 4), "wpe.weight": ()}, r"'wpe.weight' has shape \[\], not 2-D"),
+        ({"wte.weight": (4, 4), "wpe.weight": (2, 4), "h.x.ln_1.weight": (4,)}, "no h.0.* weights"),
+        ({"wte.weight": (4, 0), "wpe.weight": (2, 0), "h.0.ln_1.weight": (0,)}, "emb_dim must be a positive integer"),
+    ],
+)
+def test_model_import_of_a_file_shaped_like_no_gpt2_is_one_error(tmp_path, root, tensors, expected):
+    """A carried-over file is anyone's: embeddings that are not matrices, or a block that is not
+    numbered, failed with an unexpected ValueError or IndexError while its shapes were read."""
+    source = tmp_path / "odd.safetensors"
+    save_file({key: torch.zeros(shape) for key, shape in tensors.items()}, str(source))
+    with pytest.raises(SpamtuneError, match=f"^{re.escape(str(source))} is not a GPT-2 weights file: .*{expected}"):
+        import_model(root, "gpt2", source, config=TINY)
+    assert not paths.imported_weights_file(root, "gpt2-small").exists()
 
 
 # --------------------------------------------------------------------------- model and everything, CLI
