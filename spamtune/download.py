@@ -284,12 +284,10 @@ def _download(url: str, part: BinaryIO, on_progress: Progress | None, notify: No
 def _download_guarded(
     url: str, part: BinaryIO, on_progress: Progress | None, notify: Notify, guard: _StallGuard
 ) -> None:
-    host = urlsplit(url).hostname or url
+    redirects = _HttpOnlyRedirectHandler()
     # Built per call so proxy variables are read now; its connections are handed to the guard,
     # which closes one that stalls whatever it is waiting for (headers or body).
-    opener = urllib.request.build_opener(
-        _GuardedHTTPHandler(guard), _GuardedHTTPSHandler(guard), _HttpOnlyRedirectHandler()
-    )
+    opener = urllib.request.build_opener(_GuardedHTTPHandler(guard), _GuardedHTTPSHandler(guard), redirects)
     total = None
     for _ in range(MAX_ATTEMPTS_PER_URL):
         have = part.seek(0, os.SEEK_END)
@@ -297,21 +295,24 @@ def _download_guarded(
         if have:
             headers["Range"] = f"bytes={have}-"
             notify(f"resuming {url} at byte {have:,}")
+        redirects.start(url)
         try:
             response = opener.open(urllib.request.Request(url, headers=headers), timeout=HTTP_TIMEOUT_S)
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # what we hold no longer fits what the server has
                 _start_over(part)
                 continue
-            raise _SourceError(f"{host} answered HTTP {exc.code} {exc.reason} for {url}") from None
+            # The reason of a redirect loop runs over three lines: its first says what happened.
+            reason = _reason(str(exc.reason)).rstrip(".")
+            raise _SourceError(f"{redirects.host()} answered HTTP {exc.code} {reason} for {url}") from None
         except http.client.HTTPException as exc:  # reached, but what came back is no HTTP answer
             guard.raise_if_stalled()  # the guard closed the connection: say why, not how it ended
-            raise _SourceError(f"{host} sent no valid HTTP answer for {url} ({_reason(exc)})") from None
+            raise _SourceError(f"{redirects.host()} sent no valid HTTP answer for {url} ({_reason(exc)})") from None
         except (urllib.error.URLError, OSError) as exc:
             guard.raise_if_stalled()
             reason = _reason(getattr(exc, "reason", exc))
             raise _SourceError(
-                f"cannot reach {host}: {reason}", "; use --from FILE or give a mirror with --url"
+                f"cannot reach {redirects.host()}: {reason}", "; use --from FILE or give a mirror with --url"
             ) from None
         guard.receiving_body()
         with response:
@@ -331,7 +332,7 @@ def _download_guarded(
         if done == start:
             break  # no progress at all: retrying would loop
     raise _SourceError(
-        f"download from {host} was cut off at byte {part.tell():,}"
+        f"download from {redirects.host()} was cut off at byte {part.tell():,}"
         + (f" of {total:,}" if total else "")
         + "; run the command again"
     )
@@ -473,13 +474,32 @@ def _guarded_connection(connection_class, guard: _StallGuard):
 
 class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
     """Follows redirects to http(s) URLs only. urllib's own also follows one to ``ftp://``, so a
-    mirror could make the download log in to an FTP server of its choosing, anywhere."""
+    mirror could make the download log in to an FTP server of its choosing, anywhere.
+
+    It keeps the URL each request last went to, so that an error names the host that failed:
+    after a redirect to a CDN, "cannot reach" the mirror the user named sends them looking in
+    the wrong place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = self.url = ""
+
+    def start(self, url: str) -> None:
+        self.asked = self.url = url
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if urlsplit(newurl).scheme.lower() not in ("http", "https"):
             fp.close()
             raise _SourceError(f"{req.full_url} redirects to {newurl}, not an http(s) URL; not followed")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        request = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if request is not None:
+            self.url = request.full_url
+        return request
+
+    def host(self) -> str:
+        """The host the request last went to, with its URL when a redirect led there."""
+        host = urlsplit(self.url).hostname or self.url
+        return host if self.url == self.asked else f"{host} (redirected to {self.url})"
 
 
 class _GuardedOpen:

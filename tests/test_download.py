@@ -320,6 +320,34 @@ def test_a_redirect_to_anything_but_http_is_not_followed(server, root):
     assert not root.exists() or list(paths.sms_file(root).parent.iterdir()) == []
 
 
+def test_an_error_after_a_redirect_names_the_host_that_failed(server, root):
+    """A mirror that sends the download to another host: the error named the mirror, which
+    answered fine, as the host that could not be reached or answered 404."""
+    gone = closed_port_url("/sms.zip").replace("127.0.0.1", "localhost")
+    to_gone = server.add("/to-gone.zip", status=302, headers={"Location": gone})
+    with pytest.raises(SpamtuneError) as err:
+        fetch_data(root, source_for(to_gone))
+    assert str(err.value).startswith(f"cannot reach localhost (redirected to {gone}): ")
+
+    missing = server.url("/missing.zip").replace("127.0.0.1", "localhost")
+    to_missing = server.add("/to-missing.zip", status=301, headers={"Location": missing})
+    with pytest.raises(SpamtuneError) as err:
+        fetch_data(root, source_for(to_missing))
+    assert str(err.value) == f"localhost (redirected to {missing}) answered HTTP 404 Not Found for {to_missing}"
+    assert not paths.sms_file(root).exists() and leftovers(root) == []
+
+
+def test_a_redirect_loop_is_one_line(server, root):
+    # urllib's reason for it runs over three lines, ending in the last redirect's status text.
+    url = server.add("/loop.zip", status=302, headers={"Location": "/loop.zip"})
+    with pytest.raises(SpamtuneError) as err:
+        fetch_data(root, source_for(url))
+    assert str(err.value) == (
+        f"127.0.0.1 answered HTTP 302 The HTTP server returned a redirect error that would lead to an infinite loop "
+        f"for {url}"
+    )
+
+
 @pytest.mark.parametrize("what", ["data", "model"])
 def test_sigterm_during_the_download_leaves_nothing_and_exits_143(server, root, tiny_weights, monkeypatch, what):
     """`timeout` or a scheduler ends the download as Ctrl-C does: the temporary file, named at
