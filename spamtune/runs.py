@@ -126,11 +126,16 @@ class RunFolderTaken(SpamtuneError):
         self.out = out
 
 
-def claim_run_dir(out: Path) -> Path:
-    """Use ``out`` only if it is new or empty."""
+def check_run_dir_free(out: Path) -> None:
+    """Raise unless ``out`` is new or empty, and a path a run can record."""
     check_utf8_path(out, "the run folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunFolderTaken(out)
+
+
+def claim_run_dir(out: Path) -> Path:
+    """Use ``out`` only if it is new or empty."""
+    check_run_dir_free(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -61,7 +61,7 @@ from spamtune.events import (
     TrainingStarted,
     TrainingStopped,
 )
-from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_data, pad_width
+from spamtune.examples import Batch, TrainingData, epoch_batches, load_training_data, pad_width, prepared_data
 from spamtune.calibration import calibrate_and_store
 from spamtune.forward import calc_loss_batch, class_weight_tensor, evaluate_examples
 from spamtune.model import GPTConfig, GPTModel, Trainable, convert_to_classifier, count_parameters, is_integer, is_real
@@ -218,11 +218,13 @@ def check_before_launch(options: FinetuneOptions, ranks: int) -> None:
     """The option checks each of ``ranks`` processes would make, made once before they are started,
     so that a refusal is one line rather than one per rank: all of ``validate_options``, and
     FSDP's limits where they are known without a GPU's properties (reading those here would
-    start CUDA in the launcher, holding memory on the first rank's GPU while the ranks train)."""
+    start CUDA in the launcher, holding memory on the first rank's GPU while the ranks train),
+    that the device asked for is there, and that the data root holds prepared splits."""
     validate_options(options)
+    device = resolve_device(options.device)  # whether CUDA is there at all starts none of it
+    prepared_data(Path(options.data_dir))  # the files only: reading them is each rank's work
     if options.strategy != "fsdp":
         return
-    device = resolve_device(options.device)
     if device.type == "cuda" and options.precision in ("auto", "bf16"):
         return  # what they resolve to depends on the GPU: each rank checks
     check_strategy(options.strategy, Precision.resolve(options.precision, device), World(0, ranks))

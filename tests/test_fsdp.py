@@ -215,6 +215,33 @@ def test_devices_refuses_bad_options_once_before_starting_any_rank(root, monkeyp
     assert len(launched) == 1
 
 
+def test_devices_refuses_a_taken_run_folder_a_missing_device_or_unprepared_data_before_starting_any_rank(
+    root, tmp_path, monkeypatch, capsys
+):
+    """Each of these started the ranks, which then refused it one line each, followed by the
+    launcher's "rank 0 of 2 exited": the run folder, --device and the data root are known here."""
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: launched.append(argv))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    tiny = ["--model", str(root / "tiny.json"), "--weights", "random", "--devices", "2"]
+    refused = {
+        "taken": ([*tiny, "--data-dir", str(root), "--run", str(taken)], f"Error: {taken} already exists and is not empty; choose another --run"),
+        "cuda": ([*tiny, "--data-dir", str(root), "--device", "cuda"], "Error: --device cuda: CUDA is not available"),
+        "unprepared": ([*tiny, "--data-dir", str(tmp_path / "empty")], "Error: label map (run `spamtune prepare` first) not found"),
+    }
+    for name, (args, first_words) in refused.items():
+        assert app(["finetune", *args], standalone_mode=False) == 1, name
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(first_words), (name, lines)
+    assert launched == [] and (taken / "notes.txt").read_text() == "mine"
+    assert app(["finetune", *tiny, "--data-dir", str(root), "--run", str(tmp_path / "new")], standalone_mode=False) in (0, None)
+    assert len(launched) == 1 and not (tmp_path / "new").exists()  # the ranks' rank 0 creates it
+
+
 @pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled")  # CUDA faked: the scaler notices
 def test_the_launcher_checks_fsdp_limits_it_can_know_without_a_gpu(root, monkeypatch):
     """fp16 and non-CUDA/CPU devices are refused before launching; what "auto" or bf16 becomes on

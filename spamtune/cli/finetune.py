@@ -234,6 +234,13 @@ def finetune_command(
             # Refused here, once, rather than by each rank the launcher starts (a resumed run's
             # options are its own: its ranks read and check them).
             train.check_before_launch(FinetuneOptions(**options), devices)
+            if run is not None:
+                from spamtune import paths, runs
+
+                try:
+                    runs.check_run_dir_free(paths.new_run_path(run, root))
+                except runs.RunFolderTaken as exc:
+                    raise _run_folder_taken(exc) from None
         if distributed.maybe_launch(devices, sys.argv[1:], options["device"]):
             return
         world = distributed.init_from_env(options["device"])
@@ -286,6 +293,17 @@ def _settle(
     return root, run, given, (source, set(taken))
 
 
+def _run_folder_taken(exc) -> SpamtuneError:
+    """The error for a ``--run`` folder that holds something (``runs.RunFolderTaken``)."""
+    from spamtune import runs
+
+    # --resume only where it can continue something: for a finished run, a file or a folder
+    # of other things it would only lead to another error.
+    unfinished = (exc.out / runs.HPARAMS_FILE).is_file() and not runs.is_finished(exc.out)
+    resume = f", or continue this unfinished run with `{_resume_command(exc.out)}`" if unfinished else ""
+    return SpamtuneError(f"{exc}; choose another --run{resume}")
+
+
 def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str], options: dict) -> None:
     """Train or resume (``_settle``'s results); under several ranks only rank 0 reports: the
     others' events are dropped and they print nothing."""
@@ -316,11 +334,7 @@ def _finetune(world, root: Path, run: str | None, resume: bool, given: list[str]
     except events.TrainingStopped as exc:
         raise SpamtuneError(f"{exc}; continue with: {_resume_command(exc.run_dir)}") from None
     except runs.RunFolderTaken as exc:
-        # --resume only where it can continue something: for a finished run, a file or a folder
-        # of other things it would only lead to another error.
-        unfinished = (exc.out / runs.HPARAMS_FILE).is_file() and not runs.is_finished(exc.out)
-        resume = f", or continue this unfinished run with `{_resume_command(exc.out)}`" if unfinished else ""
-        raise SpamtuneError(f"{exc}; choose another --run{resume}") from None
+        raise _run_folder_taken(exc) from None
     finally:
         reporter.close()
     if not world.is_main:
