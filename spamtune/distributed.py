@@ -484,6 +484,9 @@ def will_launch(devices: int | None, device: str = "auto") -> bool:
         raise SpamtuneUsageError(f"--devices must be at least 1 (got {devices})")
     if devices is None or devices < 2 or launched_by_torchrun():
         return False
+    from spamtune.device import resolve_device
+
+    resolve_device(device)  # "--device cuda" where there is none: one line here, not one per rank
     check_rank_count(devices, device)
     return True
 

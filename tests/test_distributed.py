@@ -330,6 +330,29 @@ def test_devices_looks_the_run_up_once_before_starting_any_rank(tmp_path, monkey
     assert launched == []
 
 
+def test_devices_checks_the_input_and_the_device_once_before_starting_any_rank(tmp_path, monkeypatch, capsys):
+    """A missing --input, or --device cuda where there is none: each rank said so, then the
+    launcher that rank 0 exited; one line from the launching process instead."""
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: launched.append(argv))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run_dir = str(write_rigged_run(tmp_path / "run"))
+    (tmp_path / "in.txt").write_text("hello\n")
+    missing = tmp_path / "no-such-input.txt"
+    refused = {
+        "predict input": (["predict", "--input", str(missing)], f"Error: cannot read {missing}: No such file or directory"),
+        "evaluate input": (["evaluate", "--input", str(missing)], f"Error: input file not found: {missing}"),
+    }
+    cuda = "Error: --device cuda: CUDA is not available in this PyTorch build or machine"
+    for command in (["predict", "--input", str(tmp_path / "in.txt")], ["evaluate"], ["finetune", "--resume"]):
+        refused[f"{command[0]} cuda"] = ([*command, "--device", "cuda"], cuda)
+    for name, (command, line) in refused.items():
+        assert app([*command, "--run", run_dir, "--devices", "2"], standalone_mode=False) == 1, name
+        assert capsys.readouterr().err.splitlines() == [line], name
+    assert launched == []
+
+
 def test_devices_beyond_the_cores_is_refused_before_any_rank_starts(tmp_path, monkeypatch, capsys):
     """More CPU ranks than cores only slows training: one usage line, nothing launched."""
     launched = []

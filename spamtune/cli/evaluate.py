@@ -211,8 +211,13 @@ def evaluate_command(
     if run_argument is not None:
         run = run_argument
     common.require_stdout()  # the report is the result: refused before the scoring, not lost after it
-    if distributed.will_launch(devices, device):  # a missing run: one line here rather than one per rank
+    if distributed.will_launch(devices, device):  # a missing run or input: one line here rather than one per rank
         paths.resolve_run(run, paths.data_root(data_dir))
+        from spamtune.labelled_texts import mail_inputs, resolve_input
+
+        if input_file and not mail_inputs(input_file):
+            for each in input_file:
+                resolve_input(paths.data_root(data_dir), each)
     if distributed.maybe_launch(devices, sys.argv[1:], device):
         return
     world = distributed.init_from_env(device)

@@ -224,7 +224,7 @@ def message_source(messages: list[str], file: Path | None, meter: ReadMeter | No
         try:
             stream = open(file, "rb")  # noqa: SIM115 - closed by _lines_then_close once read
         except OSError as exc:
-            raise SpamtuneError(f"cannot read {Path(file).absolute()}: {exc.strerror or exc}") from None
+            raise _cannot_read(file, exc) from None
         source = str(Path(file).absolute())
         return _reading(_lines_then_close(stream, meter, first_chunk_lines, source), source)
     if file is not None:
@@ -589,7 +589,7 @@ def predict(
     else:
         if several and (input_path is None or str(input_path) == "-" or "-" in (messages or [])):
             raise SpamtuneUsageError("several processes classify a file, not stdin: give --input PATH")
-        if several and _launched(devices, run, data_dir, device):
+        if several and _launched(devices, run, data_dir, device, input_path):
             return
         chunks = message_source(messages or [], input_path, meter, first_chunk_lines=batch_size or FIRST_CHUNK_LINES)
     if server:  # client mode: hand off before anything imports torch
@@ -644,14 +644,31 @@ def _several_ranks(devices: int | None) -> bool:
     return distributed.launched_by_torchrun() or (devices or 1) > 1
 
 
-def _launched(devices: int | None, run: str | None, data_dir: Path | None, device: str) -> bool:
+def _launched(devices: int | None, run: str | None, data_dir: Path | None, device: str, input_path: Path | None = None) -> bool:
     """``--devices N``: this command ran as N ranks through torch's launcher and is done. The run
-    is looked up first, so that a missing one is one line here rather than one per rank."""
+    and the ``--input`` file are looked up first, so that a missing one is one line here rather
+    than one per rank."""
     from spamtune import distributed
 
     if distributed.will_launch(devices, device):
         paths.resolve_run(run, paths.data_root(data_dir))
+        if input_path is not None:
+            _check_readable(input_path)
     return distributed.maybe_launch(devices, sys.argv[1:], device)
+
+
+def _check_readable(file: Path) -> None:
+    """Raise ``message_source``'s error for a ``--input`` that cannot be opened. A FIFO is not
+    opened: that would wait for its writer."""
+    try:
+        if not stat.S_ISFIFO(os.stat(file).st_mode):
+            open(file, "rb").close()
+    except OSError as exc:
+        raise _cannot_read(file, exc) from None
+
+
+def _cannot_read(file: Path, exc: OSError) -> SpamtuneError:
+    return SpamtuneError(f"cannot read {Path(file).absolute()}: {exc.strerror or exc}")
 
 
 def _classify_all(chunks, world, run_dir, meter, out_file, *, renderer_options, threshold, batch_size, device, precision, mail, long, explain) -> tuple[int, int]:
