@@ -307,6 +307,19 @@ class OptionChanged(OptionError):
         )
 
 
+def check_resumable(run_dir: Path) -> None:
+    """What ``resume_finetune`` refuses first, checked before ``--devices`` starts ranks that
+    would each refuse it (the ranks check again, holding the run's lock)."""
+    if not run_dir.is_dir():
+        raise SpamtuneError(f"no run folder {run_dir}")
+    if runs.is_finished(run_dir):
+        raise _nothing_to_resume(run_dir)
+
+
+def _nothing_to_resume(run_dir: Path) -> SpamtuneError:
+    return SpamtuneError(f"{run_dir} is a finished run; nothing to resume")
+
+
 def resume_finetune(
     run_dir: str | Path, changed: dict | None = None, on_event: Callable[[Event], None] | None = None
 ) -> dict:
@@ -328,7 +341,7 @@ def resume_finetune(
         hparams = runs.read_hparams(run_dir)
         if runs.is_finished(run_dir):
             runs.release_finished(run_dir)
-            raise SpamtuneError(f"{run_dir} is a finished run; nothing to resume")
+            raise _nothing_to_resume(run_dir)
         try:
             saved = options_in_record(hparams, run_dir / runs.HPARAMS_FILE, [f.name for f in fields(FinetuneOptions)])
             options = FinetuneOptions(**{

@@ -353,6 +353,20 @@ def test_devices_checks_the_input_and_the_device_once_before_starting_any_rank(t
     assert launched == []
 
 
+def test_devices_refuses_to_resume_a_finished_or_missing_run_before_starting_any_rank(tmp_path, monkeypatch, capsys):
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: launched.append(argv))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    finished = write_rigged_run(tmp_path / "run")
+    (finished / runs.SUMMARY_FILE).write_text("{}")  # what a completed training leaves
+    assert runs.is_finished(finished)
+    missing = tmp_path / "no-such-run"
+    for run, line in ((finished, f"Error: {finished} is a finished run; nothing to resume"), (missing, f"Error: run folder not found: {missing}")):
+        assert app(["finetune", "--resume", "--run", str(run), "--devices", "2"], standalone_mode=False) == 1, run
+        assert capsys.readouterr().err.splitlines() == [line]
+    assert launched == []
+
+
 def test_devices_beyond_the_cores_is_refused_before_any_rank_starts(tmp_path, monkeypatch, capsys):
     """More CPU ranks than cores only slows training: one usage line, nothing launched."""
     launched = []

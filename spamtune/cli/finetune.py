@@ -228,11 +228,16 @@ def finetune_command(
     from spamtune import distributed  # imports torch: the spin is chosen by now
 
     with blamed_on_record(*configured) if configured else contextlib.nullcontext():
-        if distributed.will_launch(devices, options["device"]) and not resume:
+        if distributed.will_launch(devices, options["device"]) and resume:
             from spamtune import train
 
-            # Refused here, once, rather than by each rank the launcher starts (a resumed run's
-            # options are its own: its ranks read and check them).
+            # A missing or finished run: one line here rather than one per rank (its options
+            # are its own: its ranks read and check them).
+            train.check_resumable(_run_to_resume(run, root))
+        elif distributed.will_launch(devices, options["device"]):
+            from spamtune import train
+
+            # Refused here, once, rather than by each rank the launcher starts.
             train.check_before_launch(FinetuneOptions(**options), devices)
             if run is not None:
                 from spamtune import paths, runs
