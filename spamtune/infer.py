@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,10 @@ class SpamClassifier:
         self.threshold = threshold
         self.max_length = min(config.max_length, config.model.context_length)
         self._positive_index = config.labels[config.positive_label]
+        # One forward pass at a time: ``predict_explained`` swaps the model's head for an fp32
+        # one while it explains, and a ``predict`` from another thread meanwhile got other
+        # probabilities than alone; two explanations at once left the fp32 head in for good.
+        self._model_in_use = threading.RLock()
 
     @classmethod
     def load(
@@ -311,7 +316,7 @@ class SpamClassifier:
         # run's precision: fp32_head below could rank two close windows otherwise.
         verdicts, windows = deciding_windows(token_lists, self.max_length, mode, self._positive_index, self.token_logits)
         predictions = self.predictions(items, torch.softmax(verdicts, dim=1))  # a NaN stops here, before the variants
-        with fp32_head(self.model):  # token_logits' logits are calibrated already
+        with self._model_in_use, fp32_head(self.model):  # token_logits' logits are calibrated already
             explanations = explain_windows(
                 items, token_lists, windows, verdicts, self.token_logits, positive_index=self._positive_index
             )
@@ -324,15 +329,17 @@ class SpamClassifier:
         ``spamtune calibrate``, so that a probability is compared with the threshold exactly as
         the threshold was chosen (float32 cannot tell apart probabilities within 6e-8 of 1)."""
         examples = Examples([list(ids) for ids in token_lists], pad_id=self.config.pad_token_id)
-        return predict_logits(
-            self.model,
-            examples,
-            self.config.pooling,
-            precision=self._precision,
-            batch_size=self.batch_size,
-            pad_to=pad_width(self.config.pooling, self.max_length),
-            few_shapes=self.few_shapes,
-        ).double() / self.temperature
+        with self._model_in_use:
+            logits = predict_logits(
+                self.model,
+                examples,
+                self.config.pooling,
+                precision=self._precision,
+                batch_size=self.batch_size,
+                pad_to=pad_width(self.config.pooling, self.max_length),
+                few_shapes=self.few_shapes,
+            )
+        return logits.double() / self.temperature
 
     def _probabilities(self, texts: list[str]) -> torch.Tensor:
         return torch.softmax(self.token_logits(encode_texts(texts, self.max_length)), dim=1)

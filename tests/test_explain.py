@@ -446,3 +446,53 @@ def test_predict_explain_forwards_each_window_once_for_its_verdict(rigged_classi
     assert [{k: r[k] for k in ("text", "label", "p_spam")} for r in explained] == plain
     assert [r["explanation"] for r in explained] == [json.loads(json.dumps(e.top(3))) for e in explanations]
     assert [r["window"] for r in explained] == [e.window_list() for e in explanations]
+
+
+def test_one_classifier_explains_and_predicts_from_two_threads_as_it_does_in_turn(tmp_path):
+    """``explain`` runs the head in fp32 (``fp32_head``) for a while: a ``predict`` from another
+    thread meanwhile must still get the answers it gets alone, and two explanations at once must
+    leave the model's own head in place (the second one used to put the fp32 wrapper back)."""
+    import threading
+
+    clf = SpamClassifier.load(write_rigged_run(tmp_path / "run"), device="cpu", precision="bf16")
+    head = clf.model.out_head
+    texts = ["WIN a prize now!", "see you at noon", "call me!", "ok"]
+    alone = [p.probability for p in clf.predict(texts)]
+    explained_alone = [e.top(3) for e in clf.explain(texts)]
+    assert not isinstance(head, explain._Fp32Head)
+
+    # Hold the first explanation inside its fp32 pass until the other thread is done (or, where
+    # the other thread waits for it, for a moment), so the two overlap whenever they can.
+    inside, other_done = threading.Event(), threading.Event()
+    explainer = None
+
+    def hold(*_):
+        if threading.current_thread() is explainer and isinstance(clf.model.out_head, explain._Fp32Head) and not inside.is_set():
+            inside.set()
+            other_done.wait(timeout=1)
+
+    hook = clf.model.trf_blocks[0].register_forward_pre_hook(hold)
+    results = {}
+
+    def run_explain():
+        results["explain"] = [e.top(3) for e in clf.explain(texts)]
+
+    try:
+        for other in ("predict", "explain"):
+            inside.clear()
+            other_done.clear()
+            explainer = threading.Thread(target=run_explain)
+            explainer.start()
+            assert inside.wait(timeout=30)
+            if other == "predict":
+                results["predict"] = [p.probability for p in clf.predict(texts)]
+            else:
+                results["second explain"] = [e.top(3) for e in clf.explain(texts)]
+            other_done.set()
+            explainer.join(timeout=60)
+            assert results.pop("explain") == explained_alone
+    finally:
+        hook.remove()
+    assert results == {"predict": alone, "second explain": explained_alone}
+    assert clf.model.out_head is head
+    assert [p.probability for p in clf.predict(texts)] == alone
