@@ -262,7 +262,7 @@ class SpamClassifier:
     def predict_proba(self, texts: str | Iterable[str]) -> torch.Tensor:
         """Class probabilities ``[n, num_classes]`` (rows sum to 1), columns ordered as ``labels``;
         float32, as the model computes (labels are decided on the float64 ones)."""
-        return self._probabilities(_text_list(texts)[0]).float()
+        return self._probabilities(text_list(texts)[0]).float()
 
     @overload
     def predict(self, texts: str) -> Prediction: ...
@@ -272,7 +272,7 @@ class SpamClassifier:
 
     def predict(self, texts: str | Iterable[str]) -> Prediction | list[Prediction]:
         """One ``Prediction`` for a string, a list of them (in order) for an iterable of strings."""
-        items, single = _text_list(texts)
+        items, single = text_list(texts)
         predictions = self.predictions(items, self._probabilities(items))
         return predictions[0] if single else predictions
 
@@ -298,7 +298,7 @@ class SpamClassifier:
         head, as ``predict``); the explanation is of the window that decided the verdict, which
         ``Explanation.window`` names, and its ``p_spam`` is the verdict's. For the verdicts too,
         ``predict_explained``: they come from the same pass."""
-        items, single = _text_list(texts)
+        items, single = text_list(texts)
         explanations = self.predict_explained(items, long)[1]
         return explanations[0] if single else explanations
 
@@ -309,7 +309,7 @@ class SpamClassifier:
         more: the two passes are the same call on the same windows, so the answers are the same
         bit for bit, and the second cost ``predict --explain`` 7 of its 46 forward calls and
         7-10% of its time on 50 SMS texts (the ``tiny`` model, 2 CPU cores)."""
-        items, _ = _text_list(texts)
+        items, _ = text_list(texts)
         mode = check_mode(TEXT_LONG if long is None else long)
         token_lists = encode_texts(items)
         # The windows are chosen, and the verdicts computed, by predict_long's own pass, at the
@@ -361,8 +361,9 @@ _BYTES_HINT = (
 )
 
 
-def _text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:
-    """``(texts as a list, whether a single string was given)``; anything but strings is a TypeError."""
+def text_list(texts: str | Iterable[str]) -> tuple[list[str], bool]:
+    """``(texts as a list, whether a single string was given)``; anything but strings is a TypeError
+    (what every entry point that takes texts accepts: ``predict``, ``explain``, ``predict_long``)."""
     if isinstance(texts, str):
         return [texts], True
     if isinstance(texts, _BYTES):

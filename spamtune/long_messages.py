@@ -15,7 +15,7 @@ which window gave each verdict (what ``SpamClassifier.explain`` explains).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -112,13 +112,18 @@ def deciding_windows(
     return logits[chosen], deciding
 
 
-def predict_long(classifier: SpamClassifier, texts: Sequence[str], mode: str | None = None) -> list[Prediction]:
-    """``classifier.predict(texts)`` with long texts read the ``mode`` way (see ``windows``).
+def predict_long(classifier: SpamClassifier, texts: str | Iterable[str], mode: str | None = None) -> list[Prediction]:
+    """``classifier.predict(texts)`` with long texts read the ``mode`` way (see ``windows``), as a
+    list (a string is one text, as ``predict_explained`` reads it).
 
     Each text's windows are classified in the classifier's batches; a text takes the probabilities
     of its window with the highest spam probability, and its label follows as in ``predict``.
     """
-    texts = list(texts)
+    from spamtune.infer import text_list  # spamtune.infer imports this module
+
+    # A string taken as an iterable was one message per character, and an int item failed deep
+    # in the tokenizer; the texts are checked as predict checks them.
+    texts = text_list(texts)[0]
     positive = classifier.labels.index(classifier.positive_label)
     logits, _ = deciding_windows(encode_texts(texts), classifier.max_length, mode, positive, classifier.token_logits)
     return classifier.predictions(texts, torch.softmax(logits, dim=1))

@@ -66,3 +66,14 @@ def test_predict_long_modes_on_a_rigged_run(classifier):
     assert chunks[0].probability == pytest.approx(P_SPAM, abs=1e-5)
     assert chunks[2].probability == pytest.approx(P_HAM, abs=1e-5)
     assert chunks[0].text == cue_at_end
+
+
+def test_predict_long_reads_a_string_as_one_text_and_refuses_what_is_not_text(classifier):
+    """A string is one text, as ``predict_explained`` reads it, not one message per character;
+    an item that is not a string is ``predict``'s TypeError, naming the item."""
+    assert predict_long(classifier, "hi!", "chunks") == [classifier.predict("hi!")]
+    assert predict_long(classifier, (t for t in ["a", "b!"]), "head") == classifier.predict(["a", "b!"])
+    with pytest.raises(TypeError, match="^texts must be strings; item 1 is int$"):
+        predict_long(classifier, ["fine", 3], "chunks")
+    with pytest.raises(TypeError, match="^texts must be strings, not bytes"):
+        predict_long(classifier, b"raw mail", "chunks")
