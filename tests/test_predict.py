@@ -467,6 +467,19 @@ def test_a_line_past_the_cap_keeps_its_first_bytes_and_the_lines_after_it(monkey
         assert cut == [2, 4], read_size
 
 
+def test_a_crlf_line_end_does_not_count_towards_the_cap(monkeypatch):
+    """A line of exactly the cap in a Windows file is whole: its \\r is part of the line end,
+    which the warning "only its first MiB is classified" must not count (it named such a line,
+    whose text was complete). One byte more is cut, as in an LF file."""
+    monkeypatch.setattr(predict_cli, "MAX_LINE_BYTES", 10)
+    data = b"x" * 10 + b"\r\n" + b"y" * 11 + b"\r\n" + b"z" * 10 + b"\r"
+    for read_size in (1, 3, 7, 11, 64):
+        cut: list[int] = []
+        chunks = predict_cli.read_message_chunks(io.BytesIO(data), read_size=read_size, on_cut=cut.append)
+        assert [m for c in chunks for m in c] == ["x" * 10, "y" * 10, "z" * 10], read_size
+        assert cut == [2], read_size
+
+
 def test_a_line_without_an_end_is_read_in_bounded_memory():
     """`predict < /dev/zero`: 24 MiB of one line held at most the first MiB and a read."""
     import tracemalloc

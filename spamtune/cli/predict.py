@@ -115,7 +115,7 @@ def read_message_chunks(
             pending.extend(lines)
             lines_read += len(lines)
             del buffer[: end + 1]
-        if len(buffer) > MAX_LINE_BYTES and not cutting:  # no line end in sight: keep the first MiB
+        if _line_bytes(buffer) > MAX_LINE_BYTES and not cutting:  # no line end in sight: keep the first MiB
             del buffer[_utf8_prefix(buffer, MAX_LINE_BYTES) :]
             cutting = True
             on_cut(lines_read + 1)
@@ -133,8 +133,15 @@ def read_message_chunks(
         yield pending
 
 
+def _line_bytes(line: bytes | bytearray) -> int:
+    """How much of ``line`` counts towards ``MAX_LINE_BYTES``: a trailing ``\\r`` is (or may be,
+    before its ``\\n`` arrives) the line end of a CRLF file, not text, and a line of exactly the cap
+    is whole."""
+    return len(line) - line.endswith(b"\r")
+
+
 def _capped(line: bytes, number: int, on_cut: Callable[[int], None]) -> bytes:
-    if len(line) <= MAX_LINE_BYTES:
+    if _line_bytes(line) <= MAX_LINE_BYTES:
         return line
     on_cut(number)
     return line[: _utf8_prefix(line, MAX_LINE_BYTES)]
