@@ -104,7 +104,11 @@ def test_a_byte_order_mark_opening_the_input_is_dropped_as_prepare_drops_it(run_
         result = invoke(run_dir, *args, "--format", "jsonl", input=stdin)
         assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["free now!", "\ufeffsee you"]
     for read_size in (1, 2, 3, 1 << 16):
-        for raw, expected in ((data, ["free now!", "\ufeffsee you"]), (b"\xef\xbb\xbflast", ["last"]), (b"\xef\xbb", ["\ufffd"])):
+        for raw, expected in (
+            (data, ["free now!", "\ufeffsee you"]), (b"\xef\xbb\xbflast", ["last"]), (b"\xef\xbb", ["\ufffd"]),
+            # a file of only the mark (PowerShell's empty UTF-8 file) is empty: no message, as b""
+            (b"\xef\xbb\xbf", []), (b"\xef\xbb\xbf\n", [""]), (b"", []),
+        ):
             chunks = predict_cli.read_message_chunks(io.BytesIO(raw), read_size=read_size)
             assert [m for c in chunks for m in c] == expected
 

@@ -47,6 +47,7 @@ READ_SIZE = 1 << 16
 # bound, and tokenising it all took 2.3 GB and 52 s for 40 MB. A MiB is ~250,000 tokens,
 # beyond what any --long mode reads of it in practice.
 MAX_LINE_BYTES = 1 << 20
+UTF8_BOM = "\ufeff".encode()
 # Field names of the machine-readable formats (documented in the README).
 TSV_HEADER = "label\tp_spam\ttext\n"
 MAIL_TSV_HEADER = "label\tp_spam\tid\n"  # predict --mail: the message's id in the text's place
@@ -126,6 +127,8 @@ def read_message_chunks(
         if pending and len(data) < read_size:
             yield pending
             pending = []
+    if first_line and buffer == UTF8_BOM:  # the mark alone (PowerShell's empty UTF-8 file) is an empty input
+        buffer.clear()
     if buffer:  # a last line without a newline
         last = _decode_line(bytes(buffer) if cutting else _capped(bytes(buffer), lines_read + 1, on_cut))
         pending.append(_without_bom(last) if first_line else last)
