@@ -112,11 +112,16 @@ def read_sweep(folder: Path) -> SweepResult:
 
 
 def describe_sweep(folder: Path, now: float | None = None) -> SweepInfo:
-    size, mtime = size_and_mtime(folder)
     try:
         result = read_sweep(folder)
     except SpamtuneError:
         result = None
+    return sweep_info(folder, result, now)
+
+
+def sweep_info(folder: Path, result: SweepResult | None, now: float | None = None) -> SweepInfo:
+    """``folder``'s listing from its sweep.json as ``read_sweep`` gave it (None: damaged)."""
+    size, mtime = size_and_mtime(folder)
     rows = result.rows if result is not None else []
     counts = {status: sum(row["status"] == status for row in rows) for status in _ROW_STATUSES}
     if is_in_use(folder):

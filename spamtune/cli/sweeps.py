@@ -103,7 +103,7 @@ def show_sweep(
     common.require_stdout()
     folder = sweep_catalog.find_sweep(sweep, paths.data_root(data_dir or ctx.obj))
     result = sweep_catalog.read_sweep(folder)
-    info = sweep_catalog.describe_sweep(folder)
+    info = sweep_catalog.sweep_info(folder, result)  # sweep.json read once
     if as_json:
         typer.echo(common.json_line({**info.to_dict(), "runs": result.ranked()}))
         return
